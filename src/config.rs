@@ -1,0 +1,410 @@
+//! Typed configuration. clap reads flags and `FLOWGATE_*` variables as plain strings;
+//! [`Config::from_args`] is the one pure constructor that turns them into checked values, so a
+//! bad value stops start-up with one line naming the setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::Url;
+
+/// `flowgate run` flags. Every flag also reads its `FLOWGATE_*` environment variable.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Flowise base URL.
+    #[arg(
+        long,
+        env = "FLOWGATE_FLOWISE_URL",
+        default_value = "http://127.0.0.1:3000"
+    )]
+    pub flowise_url: String,
+    /// File holding the default Flowise API key.
+    #[arg(long, env = "FLOWGATE_FLOWISE_API_KEY_FILE")]
+    pub flowise_api_key_file: Option<PathBuf>,
+    /// Address the proxy listens on.
+    #[arg(long, env = "FLOWGATE_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: String,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "FLOWGATE_OPS_ADDR", default_value = "0.0.0.0:9090")]
+    pub ops_addr: String,
+    /// Credits ledger: `sqlite:///path/ledger.db` or `postgres://…`.
+    #[arg(
+        long,
+        env = "FLOWGATE_LEDGER_URL",
+        default_value = "sqlite://./flowgate-ledger.db"
+    )]
+    pub ledger_url: String,
+    /// File holding the HS256 secret for caller JWTs.
+    #[arg(long, env = "FLOWGATE_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// PEM public key (RSA, EC or Ed25519) for caller JWTs.
+    #[arg(long, env = "FLOWGATE_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWKS URL for caller JWTs.
+    #[arg(long, env = "FLOWGATE_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// OIDC issuer whose discovery document names the JWKS.
+    #[arg(long, env = "FLOWGATE_OIDC_ISSUER_URL")]
+    pub oidc_issuer_url: Option<String>,
+    /// Required `iss` of caller JWTs (unset: not checked).
+    #[arg(long, env = "FLOWGATE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of caller JWTs (unset: not checked).
+    #[arg(long, env = "FLOWGATE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock leeway for `exp`/`nbf`.
+    #[arg(long, env = "FLOWGATE_JWT_LEEWAY", default_value = "30s")]
+    pub jwt_leeway: String,
+    /// Accept Kubernetes ServiceAccount tokens with this audience (unset: off).
+    #[arg(long, env = "FLOWGATE_SERVICE_ACCOUNT_AUDIENCE")]
+    pub service_account_audience: Option<String>,
+    /// Claims naming the user, in order.
+    #[arg(long, env = "FLOWGATE_USER_CLAIMS", default_value = "sub,email")]
+    pub user_claims: String,
+    /// Claim holding the caller's groups.
+    #[arg(long, env = "FLOWGATE_GROUPS_CLAIM", default_value = "groups")]
+    pub groups_claim: String,
+    /// Global admin, as `claim=value`.
+    #[arg(long, env = "FLOWGATE_ADMIN_CLAIM", default_value = "role=Admin")]
+    pub admin_claim: String,
+    /// Import every unclaimed Flowise chatflow as a Chatflow in this namespace.
+    #[arg(long, env = "FLOWGATE_IMPORT_NAMESPACE")]
+    pub import_namespace: Option<String>,
+    /// How often Chatflows are compared with Flowise.
+    #[arg(long, env = "FLOWGATE_SYNC_INTERVAL", default_value = "60s")]
+    pub sync_interval: String,
+    /// Target of /chat/authenticate and /chat/refresh (OIDC token endpoint).
+    #[arg(long, env = "FLOWGATE_TOKEN_ENDPOINT_URL")]
+    pub token_endpoint_url: Option<String>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "FLOWGATE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Run without the controller (proxy only).
+    #[arg(long, env = "FLOWGATE_NO_CONTROLLER")]
+    pub no_controller: bool,
+    /// Run without the proxy (controller only).
+    #[arg(long, env = "FLOWGATE_NO_PROXY")]
+    pub no_proxy: bool,
+    /// Read resources from YAML files in this directory instead of a cluster.
+    #[arg(long, env = "FLOWGATE_RESOURCES_DIR")]
+    pub resources_dir: Option<PathBuf>,
+}
+
+/// Checked configuration of `flowgate run`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub flowise_url: Url,
+    pub flowise_api_key_file: Option<PathBuf>,
+    pub listen_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub ledger: LedgerUrl,
+    pub jwt: JwtConfig,
+    pub identity: ClaimMapping,
+    pub import_namespace: Option<String>,
+    pub sync_interval: Duration,
+    pub token_endpoint_url: Option<Url>,
+    pub log_format: LogFormat,
+    pub controller: bool,
+    pub proxy: bool,
+    pub resources_dir: Option<PathBuf>,
+}
+
+/// Where the credits ledger lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerUrl {
+    /// Embedded SQLite database file.
+    Sqlite(PathBuf),
+    /// PostgreSQL connection string, as given.
+    Postgres(String),
+}
+
+/// How caller JWTs are verified.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct JwtConfig {
+    pub hs256_secret_file: Option<PathBuf>,
+    pub public_key_file: Option<PathBuf>,
+    pub jwks_url: Option<Url>,
+    pub oidc_issuer_url: Option<Url>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub service_account_audience: Option<String>,
+}
+
+/// How token claims map onto subjects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimMapping {
+    pub user_claims: Vec<String>,
+    pub groups_claim: String,
+    pub admin_claim: String,
+    pub admin_value: String,
+}
+
+impl Default for ClaimMapping {
+    fn default() -> Self {
+        Self {
+            user_claims: vec!["sub".into(), "email".into()],
+            groups_claim: "groups".into(),
+            admin_claim: "role".into(),
+            admin_value: "Admin".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A setting with a bad value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable (and flag) at fault.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Checks every setting; the first bad one is the error.
+    pub fn from_args(args: RunArgs) -> Result<Self, ConfigError> {
+        if args.no_controller && args.no_proxy {
+            return Err(invalid(
+                "FLOWGATE_NO_CONTROLLER/FLOWGATE_NO_PROXY",
+                "both set: nothing would run",
+            ));
+        }
+        let jwt = JwtConfig {
+            hs256_secret_file: args.jwt_hs256_secret_file,
+            public_key_file: args.jwt_public_key_file,
+            jwks_url: optional_url("FLOWGATE_JWKS_URL", args.jwks_url)?,
+            oidc_issuer_url: optional_url("FLOWGATE_OIDC_ISSUER_URL", args.oidc_issuer_url)?,
+            issuer: non_empty(args.jwt_issuer),
+            audience: non_empty(args.jwt_audience),
+            leeway: duration("FLOWGATE_JWT_LEEWAY", &args.jwt_leeway)?,
+            service_account_audience: non_empty(args.service_account_audience),
+        };
+        Ok(Self {
+            flowise_url: url("FLOWGATE_FLOWISE_URL", &args.flowise_url)?,
+            flowise_api_key_file: args.flowise_api_key_file,
+            listen_addr: socket_addr("FLOWGATE_LISTEN_ADDR", &args.listen_addr)?,
+            ops_addr: socket_addr("FLOWGATE_OPS_ADDR", &args.ops_addr)?,
+            ledger: LedgerUrl::parse(&args.ledger_url)?,
+            jwt,
+            identity: claim_mapping(&args.user_claims, &args.groups_claim, &args.admin_claim)?,
+            import_namespace: non_empty(args.import_namespace),
+            sync_interval: positive(
+                "FLOWGATE_SYNC_INTERVAL",
+                duration("FLOWGATE_SYNC_INTERVAL", &args.sync_interval)?,
+            )?,
+            token_endpoint_url: optional_url(
+                "FLOWGATE_TOKEN_ENDPOINT_URL",
+                args.token_endpoint_url,
+            )?,
+            log_format: match args.log_format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(invalid(
+                        "FLOWGATE_LOG_FORMAT",
+                        format!("'{other}' is neither 'text' nor 'json'"),
+                    ));
+                }
+            },
+            controller: !args.no_controller,
+            proxy: !args.no_proxy,
+            resources_dir: args.resources_dir,
+        })
+    }
+}
+
+impl LedgerUrl {
+    fn parse(raw: &str) -> Result<Self, ConfigError> {
+        const SETTING: &str = "FLOWGATE_LEDGER_URL";
+        if let Some(path) = raw.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(invalid(
+                    SETTING,
+                    "sqlite:// needs a file path, e.g. sqlite:///var/lib/flowgate/ledger.db",
+                ));
+            }
+            Ok(Self::Sqlite(PathBuf::from(path)))
+        } else if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            raw.parse::<tokio_postgres::Config>()
+                .map_err(|e| invalid(SETTING, format!("not a valid PostgreSQL URL: {e}")))?;
+            Ok(Self::Postgres(raw.to_string()))
+        } else {
+            Err(invalid(
+                SETTING,
+                format!("'{raw}' must start with sqlite:// or postgres://"),
+            ))
+        }
+    }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+fn url(setting: &'static str, raw: &str) -> Result<Url, ConfigError> {
+    let parsed =
+        Url::parse(raw).map_err(|e| invalid(setting, format!("'{raw}' is not a URL: {e}")))?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(parsed),
+        other => Err(invalid(
+            setting,
+            format!("scheme '{other}' is not http or https"),
+        )),
+    }
+}
+
+fn optional_url(setting: &'static str, raw: Option<String>) -> Result<Option<Url>, ConfigError> {
+    non_empty(raw).map(|raw| url(setting, &raw)).transpose()
+}
+
+fn socket_addr(setting: &'static str, raw: &str) -> Result<SocketAddr, ConfigError> {
+    raw.parse().map_err(|_| {
+        invalid(
+            setting,
+            format!("'{raw}' is not an address like 0.0.0.0:8080"),
+        )
+    })
+}
+
+/// Parses `60s`, `5m`, `1h 30m` or ISO 8601 (`PT60S`).
+pub fn duration(setting: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    let parsed: jiff::SignedDuration = raw
+        .trim()
+        .parse()
+        .map_err(|_| invalid(setting, format!("'{raw}' is not a duration like 30s or 5m")))?;
+    Duration::try_from(parsed).map_err(|_| invalid(setting, format!("'{raw}' is negative")))
+}
+
+fn positive(setting: &'static str, value: Duration) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        Err(invalid(setting, "must be greater than zero"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn claim_mapping(users: &str, groups: &str, admin: &str) -> Result<ClaimMapping, ConfigError> {
+    let user_claims: Vec<String> = users
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(String::from)
+        .collect();
+    if user_claims.is_empty() {
+        return Err(invalid("FLOWGATE_USER_CLAIMS", "names no claim"));
+    }
+    if groups.trim().is_empty() {
+        return Err(invalid("FLOWGATE_GROUPS_CLAIM", "is empty"));
+    }
+    let (claim, value) = admin
+        .split_once('=')
+        .filter(|(c, v)| !c.trim().is_empty() && !v.trim().is_empty())
+        .ok_or_else(|| {
+            invalid(
+                "FLOWGATE_ADMIN_CLAIM",
+                format!("'{admin}' is not claim=value"),
+            )
+        })?;
+    Ok(ClaimMapping {
+        user_claims,
+        groups_claim: groups.trim().to_string(),
+        admin_claim: claim.trim().to_string(),
+        admin_value: value.trim().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("flowgate").chain(args.iter().copied()))
+            .expect("flags parse");
+        Config::from_args(cli.run)
+    }
+
+    #[test]
+    fn defaults_match_the_documented_table() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.flowise_url.as_str(), "http://127.0.0.1:3000/");
+        assert_eq!(config.listen_addr, "0.0.0.0:8080".parse().expect("addr"));
+        assert_eq!(config.ops_addr, "0.0.0.0:9090".parse().expect("addr"));
+        assert_eq!(
+            config.ledger,
+            LedgerUrl::Sqlite(PathBuf::from("./flowgate-ledger.db"))
+        );
+        assert_eq!(config.identity, ClaimMapping::default());
+        assert_eq!(config.sync_interval, Duration::from_secs(60));
+        assert_eq!(config.jwt.leeway, Duration::from_secs(30));
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert!(config.controller && config.proxy);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_setting() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--listen-addr", "localhost"], "FLOWGATE_LISTEN_ADDR"),
+            (&["--ledger-url", "mysql://x"], "FLOWGATE_LEDGER_URL"),
+            (&["--ledger-url", "sqlite://"], "FLOWGATE_LEDGER_URL"),
+            (&["--sync-interval", "soon"], "FLOWGATE_SYNC_INTERVAL"),
+            (&["--sync-interval", "0s"], "FLOWGATE_SYNC_INTERVAL"),
+            (&["--admin-claim", "role"], "FLOWGATE_ADMIN_CLAIM"),
+            (&["--flowise-url", "ftp://x"], "FLOWGATE_FLOWISE_URL"),
+            (&["--log-format", "xml"], "FLOWGATE_LOG_FORMAT"),
+            (&["--user-claims", " , "], "FLOWGATE_USER_CLAIMS"),
+        ];
+        for (args, setting) in cases {
+            let err = parse(args).expect_err("bad value is refused");
+            assert_eq!(err.setting, *setting, "for {args:?}");
+            assert!(
+                err.to_string().starts_with(setting),
+                "one line naming the setting: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn postgres_and_claims_parse() {
+        let config = parse(&[
+            "--ledger-url",
+            "postgres://flowgate@127.0.0.1:5432/ledger",
+            "--user-claims",
+            "email, preferred_username",
+            "--admin-claim",
+            "realm_role = platform-admin",
+            "--sync-interval",
+            "5m",
+        ])
+        .expect("valid");
+        assert!(matches!(config.ledger, LedgerUrl::Postgres(_)));
+        assert_eq!(
+            config.identity.user_claims,
+            vec!["email", "preferred_username"]
+        );
+        assert_eq!(config.identity.admin_claim, "realm_role");
+        assert_eq!(config.identity.admin_value, "platform-admin");
+        assert_eq!(config.sync_interval, Duration::from_secs(300));
+    }
+}

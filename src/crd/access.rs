@@ -1,0 +1,122 @@
+//! `ChatflowAccess`: who may use which chatflows.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Grants subjects the use of chatflows in this namespace. Access is the union of all
+/// ChatflowAccess objects; there is no implicit access.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "flowgate.io",
+    version = "v1alpha1",
+    kind = "ChatflowAccess",
+    doc = "Grants users, groups and ServiceAccounts the use of Chatflows in its namespace",
+    plural = "chatflowaccesses",
+    shortname = "cfa",
+    category = "flowgate",
+    namespaced,
+    status = "ChatflowAccessStatus",
+    printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.role"}"#,
+    printcolumn = r#"{"name":"Chatflows","type":"integer","jsonPath":".status.resolvedChatflows"}"#,
+    printcolumn = r#"{"name":"Subjects","type":"integer","jsonPath":".status.subjects"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".spec.expiresAt"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatflowAccessSpec {
+    /// Names of Chatflow objects in this namespace, or `["*"]` for all of them.
+    #[schemars(
+        length(min = 1),
+        inner(regex(pattern = r"^(\*|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$"))
+    )]
+    pub chatflows: Vec<String>,
+
+    /// Who is granted access. Each entry sets exactly one of `user`, `group`, `serviceAccount`.
+    #[schemars(length(min = 1))]
+    pub subjects: Vec<Subject>,
+
+    /// `User` may use the chatflows; `Admin` may also manage them through the admin API.
+    #[serde(default)]
+    pub role: Role,
+
+    /// When set, the access ends by itself at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// When true, the access is kept but grants nothing.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+/// One party that may be granted access or charged credits. Set exactly one field.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Subject {
+    /// A user, matched against the identity claims (by default `sub`, then `email`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub user: Option<String>,
+    /// A group, matched against the groups claim (by default `groups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub group: Option<String>,
+    /// A Kubernetes ServiceAccount, authenticated with its own token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountRef>,
+}
+
+/// A Kubernetes ServiceAccount.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub struct ServiceAccountRef {
+    /// Namespace of the ServiceAccount.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Name of the ServiceAccount.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// What a ChatflowAccess lets its subjects do.
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    JsonSchema,
+)]
+pub enum Role {
+    /// Use the chatflows (list them, predict).
+    #[default]
+    User,
+    /// Use the chatflows and manage their users through the admin API.
+    Admin,
+}
+
+/// What the controller resolved of a ChatflowAccess.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatflowAccessStatus {
+    /// How many Chatflows the rule resolves to now.
+    #[serde(default)]
+    pub resolved_chatflows: u32,
+    /// How many valid subjects the rule names.
+    #[serde(default)]
+    pub subjects: u32,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (the rule is in force; reasons InvalidSpec, Expired, Suspended) and `ResolvedRefs`
+    /// (False names the Chatflows that do not exist).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

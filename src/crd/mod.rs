@@ -1,0 +1,116 @@
+//! Wire types: the three custom resources of `flowgate.io/v1alpha1`.
+//!
+//! Everything here is data as the API server stores it. Meaning (which chatflows a rule resolves
+//! to, whether a spec is valid) is decided later, in `index` and `controller`.
+
+pub mod access;
+pub mod chatflow;
+pub mod conditions;
+pub mod policy;
+
+pub use access::{
+    ChatflowAccess, ChatflowAccessSpec, ChatflowAccessStatus, Role, ServiceAccountRef, Subject,
+};
+pub use chatflow::{
+    Chatflow, ChatflowDefinition, ChatflowSpec, ChatflowStatus, ChatflowType, DeletionPolicy,
+    SecretKeyRef,
+};
+pub use policy::{
+    Budget, BudgetScope, Cost, CreditPolicy, CreditPolicySpec, CreditPolicyStatus, Period,
+};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// API group of every flowgate resource.
+pub const GROUP: &str = "flowgate.io";
+/// Field manager for every server-side apply flowgate makes.
+pub const FIELD_MANAGER: &str = "flowgate";
+/// Finalizer on Chatflows that own a chatflow in Flowise.
+pub const FINALIZER: &str = "flowgate.io/cleanup";
+/// Label on Chatflows created by `--import-namespace`.
+pub const LABEL_IMPORTED: &str = "flowgate.io/imported";
+/// Label on ChatflowAccess objects written by the admin API (`flowgate.io/managed-by=admin-api`).
+pub const LABEL_MANAGED_BY: &str = "flowgate.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`] for objects the admin API owns.
+pub const MANAGED_BY_ADMIN_API: &str = "admin-api";
+
+/// The CRDs, each with the file name it has under `crds/`, in file-name order.
+///
+/// `flowgate crd` prints them in this order, so its output equals `cat crds/*.yaml`.
+pub fn definitions() -> Vec<(String, CustomResourceDefinition)> {
+    let mut crds: Vec<(String, CustomResourceDefinition)> =
+        [Chatflow::crd(), ChatflowAccess::crd(), CreditPolicy::crd()]
+            .into_iter()
+            .map(|crd| {
+                (
+                    format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default()),
+                    crd,
+                )
+            })
+            .collect();
+    crds.sort_by(|a, b| a.0.cmp(&b.0));
+    crds
+}
+
+/// One CRD as the YAML document committed under `crds/`.
+pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::ser::Error> {
+    Ok(format!("---\n{}", serde_saphyr::to_string(crd)?))
+}
+
+/// A schema for free-form JSON the API server must keep as-is (Flowise `flowData`).
+pub(crate) fn preserve_unknown_fields(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crds_match_the_generated_ones() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        for (file, crd) in definitions() {
+            let generated = to_yaml(&crd).expect("CRD serializes");
+            let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "crds/{file} differs from `flowgate crd`; regenerate with `cargo run -- crd --out-dir crds`"
+            );
+        }
+        let files = std::fs::read_dir(&dir).expect("crds/ exists").count();
+        assert_eq!(
+            files,
+            definitions().len(),
+            "crds/ holds exactly one file per kind"
+        );
+    }
+
+    #[test]
+    fn every_kind_is_in_the_flowgate_category_with_its_short_name() {
+        let expected = [
+            ("Chatflow", "cf"),
+            ("ChatflowAccess", "cfa"),
+            ("CreditPolicy", "cpol"),
+        ];
+        for (_, crd) in definitions() {
+            let names = &crd.spec.names;
+            let short = expected
+                .iter()
+                .find(|(kind, _)| *kind == names.kind)
+                .map(|(_, short)| *short);
+            assert_eq!(
+                names.short_names.as_deref(),
+                short.map(|s| vec![s.to_string()]).as_deref()
+            );
+            assert_eq!(
+                names.categories.as_deref(),
+                Some(&["flowgate".to_string()][..])
+            );
+            assert_eq!(crd.spec.scope, "Namespaced");
+        }
+    }
+}
