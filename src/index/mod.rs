@@ -1,0 +1,306 @@
+//! The index: watched resources compiled into an immutable [`Snapshot`] that the proxy reads.
+//!
+//! [`compile`] is pure: resources in, lookups out. Bad objects are skipped and reported in
+//! [`Snapshot::invalid`], never poisoning the rest. The watch task ([`watch`]) is the one writer;
+//! it recompiles on every change and publishes the new snapshot, and a request reads the current
+//! snapshot once.
+
+pub mod rules;
+pub mod watch;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy, Role};
+pub use rules::{AccessRule, ChatflowRule, ChatflowSelector, InvalidSpec, PolicyRule, SubjectRule};
+
+/// The raw resources a snapshot is compiled from.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    pub chatflows: Vec<Arc<Chatflow>>,
+    pub accesses: Vec<Arc<ChatflowAccess>>,
+    pub policies: Vec<Arc<CreditPolicy>>,
+}
+
+/// Who is asking, as far as access is concerned.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller<'a> {
+    /// Values of the identity's user claims (`sub`, `email`, …).
+    pub users: &'a [String],
+    pub groups: &'a [String],
+    /// `namespace/name` of a ServiceAccount token.
+    pub service_account: Option<&'a str>,
+}
+
+/// A chatflow in the snapshot.
+#[derive(Debug)]
+pub struct ChatflowEntry {
+    /// Position in [`Snapshot::chatflows`].
+    pub idx: u32,
+    ns: u32,
+    pub rule: ChatflowRule,
+}
+
+/// One resource the index skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub error: InvalidSpec,
+}
+
+/// A grant of access to one chatflow or a whole namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Grant {
+    role: Role,
+    expires_at: Option<Timestamp>,
+}
+
+impl Grant {
+    fn live(&self, now: Timestamp) -> bool {
+        self.expires_at.is_none_or(|at| now < at)
+    }
+}
+
+/// What one subject (a user value, a group, a ServiceAccount) is granted.
+#[derive(Debug, Default)]
+struct Grants {
+    /// By chatflow idx.
+    chatflows: HashMap<u32, Vec<Grant>>,
+    /// `"*"` grants, by namespace idx.
+    namespaces: HashMap<u32, Vec<Grant>>,
+}
+
+/// Compiled, immutable view of every resource. Cheap to read, rebuilt on every change.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    chatflows: Vec<Arc<ChatflowEntry>>,
+    by_flowise_id: HashMap<String, u32>,
+    by_name: HashMap<String, HashMap<String, u32>>,
+    namespaces: Vec<String>,
+    ns_chatflows: Vec<Vec<u32>>,
+    users: HashMap<Box<str>, Grants>,
+    groups: HashMap<Box<str>, Grants>,
+    service_accounts: HashMap<Box<str>, Grants>,
+    /// Policies by chatflow idx (named or `*`), each with the subjects it applies to.
+    policies: HashMap<u32, Vec<Arc<PolicyRule>>>,
+    access_rules: Vec<Arc<AccessRule>>,
+    policy_rules: Vec<Arc<PolicyRule>>,
+    /// Resources skipped because their spec is invalid.
+    pub invalid: Vec<Invalid>,
+    /// When the snapshot was compiled.
+    pub compiled_at: Option<Timestamp>,
+}
+
+/// Compiles `resources` into a snapshot. Pure: same input, same output.
+pub fn compile(resources: &Resources) -> Snapshot {
+    let mut snap = Snapshot::default();
+    let mut ns_index: HashMap<String, u32> = HashMap::new();
+
+    for cf in &resources.chatflows {
+        let rule = match ChatflowRule::try_from(cf.as_ref()) {
+            Ok(rule) => rule,
+            Err(error) => {
+                snap.skip("Chatflow", &cf.metadata, error);
+                continue;
+            }
+        };
+        let ns = intern(&mut ns_index, &mut snap.namespaces, &mut snap.ns_chatflows, &rule.namespace);
+        let idx = u32::try_from(snap.chatflows.len()).unwrap_or(u32::MAX);
+        if let Some(id) = &rule.flowise_id {
+            // Two Chatflows claiming one Flowise id: the first (by namespace/name) keeps it.
+            snap.by_flowise_id.entry(id.clone()).or_insert(idx);
+        }
+        snap.by_name.entry(rule.namespace.clone()).or_default().insert(rule.name.clone(), idx);
+        snap.ns_chatflows[ns as usize].push(idx);
+        snap.chatflows.push(Arc::new(ChatflowEntry { idx, ns, rule }));
+    }
+
+    for access in &resources.accesses {
+        let rule = match AccessRule::try_from(access.as_ref()) {
+            Ok(rule) => Arc::new(rule),
+            Err(error) => {
+                snap.skip("ChatflowAccess", &access.metadata, error);
+                continue;
+            }
+        };
+        snap.access_rules.push(rule.clone());
+        if rule.suspended {
+            continue;
+        }
+        let grant = Grant { role: rule.role, expires_at: rule.expires_at };
+        let targets = snap.targets(&rule.namespace, &rule.chatflows, &ns_index);
+        for subject in &rule.subjects {
+            let grants = match subject {
+                SubjectRule::User(u) => snap.users.entry(u.as_str().into()).or_default(),
+                SubjectRule::Group(g) => snap.groups.entry(g.as_str().into()).or_default(),
+                SubjectRule::ServiceAccount(sa) => {
+                    snap.service_accounts.entry(sa.as_str().into()).or_default()
+                }
+            };
+            match &targets {
+                Target::Namespace(ns) => grants.namespaces.entry(*ns).or_default().push(grant),
+                Target::Chatflows(ids) => {
+                    for id in ids {
+                        grants.chatflows.entry(*id).or_default().push(grant);
+                    }
+                }
+                Target::Nothing => {}
+            }
+        }
+    }
+
+    for policy in &resources.policies {
+        let rule = match PolicyRule::try_from(policy.as_ref()) {
+            Ok(rule) => Arc::new(rule),
+            Err(error) => {
+                snap.skip("CreditPolicy", &policy.metadata, error);
+                continue;
+            }
+        };
+        snap.policy_rules.push(rule.clone());
+        let ids = match snap.targets(&rule.namespace, &rule.chatflows, &ns_index) {
+            Target::Namespace(ns) => snap.ns_chatflows[ns as usize].clone(),
+            Target::Chatflows(ids) => ids,
+            Target::Nothing => Vec::new(),
+        };
+        for id in ids {
+            snap.policies.entry(id).or_default().push(rule.clone());
+        }
+    }
+    for rules in snap.policies.values_mut() {
+        rules.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    snap
+}
+
+enum Target {
+    Namespace(u32),
+    Chatflows(Vec<u32>),
+    Nothing,
+}
+
+fn intern(
+    index: &mut HashMap<String, u32>,
+    names: &mut Vec<String>,
+    members: &mut Vec<Vec<u32>>,
+    ns: &str,
+) -> u32 {
+    if let Some(i) = index.get(ns) {
+        return *i;
+    }
+    let i = u32::try_from(names.len()).unwrap_or(u32::MAX);
+    index.insert(ns.to_string(), i);
+    names.push(ns.to_string());
+    members.push(Vec::new());
+    i
+}
+
+impl Snapshot {
+    fn skip(&mut self, kind: &'static str, meta: &kube::api::ObjectMeta, error: InvalidSpec) {
+        let namespace = meta.namespace.clone().unwrap_or_default();
+        let name = meta.name.clone().unwrap_or_default();
+        tracing::warn!(kind, %namespace, %name, %error, "skipping invalid resource");
+        self.invalid.push(Invalid { kind, namespace, name, error });
+    }
+
+    fn targets(&self, ns: &str, selector: &ChatflowSelector, ns_index: &HashMap<String, u32>) -> Target {
+        match (selector, ns_index.get(ns)) {
+            (_, None) => Target::Nothing,
+            (ChatflowSelector::All, Some(ns)) => Target::Namespace(*ns),
+            (ChatflowSelector::Names(names), Some(_)) => Target::Chatflows(
+                names.iter().filter_map(|n| self.by_name.get(ns).and_then(|m| m.get(n)).copied()).collect(),
+            ),
+        }
+    }
+
+    /// The chatflow Flowise knows by `flowise_id`.
+    pub fn chatflow_by_flowise_id(&self, flowise_id: &str) -> Option<&Arc<ChatflowEntry>> {
+        let idx = match self.by_flowise_id.get(flowise_id) {
+            Some(idx) => *idx,
+            // Flowise ids are UUIDs; accept any case without allocating on the common path.
+            None => *self.by_flowise_id.get(&flowise_id.to_ascii_lowercase())?,
+        };
+        self.chatflows.get(idx as usize)
+    }
+
+    /// The Chatflow object `namespace/name`.
+    pub fn chatflow_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<ChatflowEntry>> {
+        let idx = *self.by_name.get(namespace)?.get(name)?;
+        self.chatflows.get(idx as usize)
+    }
+
+    /// Every chatflow, in compile order.
+    pub fn chatflows(&self) -> &[Arc<ChatflowEntry>] {
+        &self.chatflows
+    }
+
+    /// Every valid ChatflowAccess.
+    pub fn access_rules(&self) -> &[Arc<AccessRule>] {
+        &self.access_rules
+    }
+
+    /// Every valid CreditPolicy.
+    pub fn policy_rules(&self) -> &[Arc<PolicyRule>] {
+        &self.policy_rules
+    }
+
+    /// The strongest role `caller` holds on `chatflow` at `now`, if any.
+    pub fn role(&self, caller: &Caller<'_>, chatflow: &ChatflowEntry, now: Timestamp) -> Option<Role> {
+        let mut best: Option<Role> = None;
+        let mut consider = |grants: Option<&Grants>| {
+            let Some(grants) = grants else { return };
+            let exact = grants.chatflows.get(&chatflow.idx).into_iter().flatten();
+            let wide = grants.namespaces.get(&chatflow.ns).into_iter().flatten();
+            for grant in exact.chain(wide) {
+                if grant.live(now) && best.is_none_or(|b| grant.role > b) {
+                    best = Some(grant.role);
+                }
+            }
+        };
+        for user in caller.users {
+            consider(self.users.get(user.as_str()));
+        }
+        for group in caller.groups {
+            consider(self.groups.get(group.as_str()));
+        }
+        if let Some(sa) = caller.service_account {
+            consider(self.service_accounts.get(sa));
+        }
+        best
+    }
+
+    /// The chatflows `caller` may use at `now`, in compile order.
+    pub fn visible(&self, caller: &Caller<'_>, now: Timestamp) -> Vec<&Arc<ChatflowEntry>> {
+        self.chatflows.iter().filter(|cf| self.role(caller, cf, now).is_some()).collect()
+    }
+
+    /// The credit policies that apply to `caller` on `chatflow`, sorted by policy id.
+    pub fn policies_for<'s>(&'s self, caller: &Caller<'_>, chatflow: &ChatflowEntry) -> Vec<&'s Arc<PolicyRule>> {
+        self.policies
+            .get(&chatflow.idx)
+            .into_iter()
+            .flatten()
+            .filter(|rule| rule.subjects.is_empty() || rule.subjects.iter().any(|s| matches(s, caller)))
+            .collect()
+    }
+
+    /// Namespace of a chatflow entry.
+    pub fn namespace_of(&self, chatflow: &ChatflowEntry) -> &str {
+        self.namespaces.get(chatflow.ns as usize).map(String::as_str).unwrap_or_default()
+    }
+}
+
+fn matches(subject: &SubjectRule, caller: &Caller<'_>) -> bool {
+    match subject {
+        SubjectRule::User(u) => caller.users.iter().any(|v| v == u),
+        SubjectRule::Group(g) => caller.groups.iter().any(|v| v == g),
+        SubjectRule::ServiceAccount(sa) => caller.service_account == Some(sa.as_str()),
+    }
+}

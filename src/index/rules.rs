@@ -1,0 +1,243 @@
+//! Each resource converted at the edge into the rule the index uses, or a reason it is invalid.
+//!
+//! The controller reports the same errors in status; the index logs and skips the object.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+use crate::crd::{
+    self, BudgetScope, Chatflow, ChatflowAccess, ChatflowType, CreditPolicy, Period, Role,
+    SecretKeyRef, Subject,
+};
+
+/// Why a resource cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSpec {
+    #[error("set exactly one of flowiseId, flowiseName, definition (found {0})")]
+    ChatflowSource(usize),
+    #[error("subjects[{index}] must set exactly one of user, group, serviceAccount")]
+    Subject { index: usize },
+    #[error("chatflows: \"*\" cannot be combined with names")]
+    MixedWildcard,
+    #[error("budget.timeZone: unknown time zone '{0}'")]
+    TimeZone(String),
+}
+
+/// Which chatflows a rule names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatflowSelector {
+    /// Every Chatflow in the rule's namespace.
+    All,
+    /// These Chatflow names in the rule's namespace.
+    Names(Vec<String>),
+}
+
+impl ChatflowSelector {
+    fn parse(names: &[String]) -> Result<Self, InvalidSpec> {
+        let wildcard = names.iter().any(|n| n == "*");
+        match (wildcard, names.len()) {
+            (true, 1) => Ok(Self::All),
+            (true, _) => Err(InvalidSpec::MixedWildcard),
+            (false, _) => {
+                let mut names = names.to_vec();
+                names.sort();
+                names.dedup();
+                Ok(Self::Names(names))
+            }
+        }
+    }
+}
+
+/// One subject, checked to name exactly one thing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SubjectRule {
+    User(String),
+    Group(String),
+    /// `namespace/name`.
+    ServiceAccount(String),
+}
+
+impl SubjectRule {
+    fn parse(index: usize, subject: &Subject) -> Result<Self, InvalidSpec> {
+        match (&subject.user, &subject.group, &subject.service_account) {
+            (Some(user), None, None) => Ok(Self::User(user.clone())),
+            (None, Some(group), None) => Ok(Self::Group(group.clone())),
+            (None, None, Some(sa)) => Ok(Self::ServiceAccount(format!("{}/{}", sa.namespace, sa.name))),
+            _ => Err(InvalidSpec::Subject { index }),
+        }
+    }
+}
+
+fn subjects(list: &[Subject]) -> Result<Vec<SubjectRule>, InvalidSpec> {
+    let mut rules = list
+        .iter()
+        .enumerate()
+        .map(|(i, s)| SubjectRule::parse(i, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    rules.dedup();
+    Ok(rules)
+}
+
+/// Where a Chatflow's Flowise chatflow comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatflowSource {
+    Id(String),
+    Name(String),
+    Definition(crd::ChatflowDefinition),
+}
+
+/// A Chatflow as the data plane sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatflowRule {
+    pub namespace: String,
+    pub name: String,
+    pub source: ChatflowSource,
+    /// The Flowise id, from the spec or, once synced, from status.
+    pub flowise_id: Option<String>,
+    pub flowise_name: Option<String>,
+    pub flow_type: Option<String>,
+    pub deployed: Option<bool>,
+    /// Status says the chatflow exists in Flowise and is usable.
+    pub ready: bool,
+    pub suspended: bool,
+    pub api_key: Option<SecretKeyRef>,
+    /// Flowise binds the chatflow to an API key (status), so predictions must carry one.
+    pub api_key_bound: bool,
+    pub created: Option<Timestamp>,
+    pub updated: Option<Timestamp>,
+}
+
+/// Checks the spec of a Chatflow (the rule the schema cannot express).
+pub fn chatflow_source(spec: &crd::ChatflowSpec) -> Result<ChatflowSource, InvalidSpec> {
+    let set = [spec.flowise_id.is_some(), spec.flowise_name.is_some(), spec.definition.is_some()]
+        .iter()
+        .filter(|s| **s)
+        .count();
+    match (&spec.flowise_id, &spec.flowise_name, &spec.definition) {
+        (Some(id), None, None) => Ok(ChatflowSource::Id(id.to_ascii_lowercase())),
+        (None, Some(name), None) => Ok(ChatflowSource::Name(name.clone())),
+        (None, None, Some(def)) => Ok(ChatflowSource::Definition(def.clone())),
+        _ => Err(InvalidSpec::ChatflowSource(set)),
+    }
+}
+
+impl TryFrom<&Chatflow> for ChatflowRule {
+    type Error = InvalidSpec;
+
+    fn try_from(cf: &Chatflow) -> Result<Self, Self::Error> {
+        let source = chatflow_source(&cf.spec)?;
+        let status = cf.status.clone().unwrap_or_default();
+        let spec_id = match &source {
+            ChatflowSource::Id(id) => Some(id.clone()),
+            _ => None,
+        };
+        let flow_type = status.flow_type.clone().or_else(|| match &source {
+            ChatflowSource::Definition(def) => Some(def.flow_type.as_str().to_string()),
+            _ => None,
+        });
+        Ok(Self {
+            namespace: cf.metadata.namespace.clone().unwrap_or_default(),
+            name: cf.metadata.name.clone().unwrap_or_default(),
+            // The spec wins: status can lag behind an edit of flowiseId.
+            flowise_id: spec_id.or(status.flowise_id.map(|id| id.to_ascii_lowercase())),
+            flowise_name: status.flowise_name,
+            flow_type,
+            deployed: status.deployed,
+            ready: crd::conditions::is_true(&status.conditions, crd::conditions::READY),
+            suspended: cf.spec.suspended,
+            api_key: cf.spec.api_key_secret_ref.clone(),
+            api_key_bound: status.api_key_bound.unwrap_or(false),
+            created: cf.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            updated: status.last_sync_time.map(|t| t.0),
+            source,
+        })
+    }
+}
+
+/// A ChatflowAccess as the data plane sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessRule {
+    pub namespace: String,
+    pub name: String,
+    pub chatflows: ChatflowSelector,
+    pub subjects: Vec<SubjectRule>,
+    pub role: Role,
+    pub expires_at: Option<Timestamp>,
+    pub suspended: bool,
+}
+
+impl TryFrom<&ChatflowAccess> for AccessRule {
+    type Error = InvalidSpec;
+
+    fn try_from(access: &ChatflowAccess) -> Result<Self, Self::Error> {
+        Ok(Self {
+            namespace: access.metadata.namespace.clone().unwrap_or_default(),
+            name: access.metadata.name.clone().unwrap_or_default(),
+            chatflows: ChatflowSelector::parse(&access.spec.chatflows)?,
+            subjects: subjects(&access.spec.subjects)?,
+            role: access.spec.role,
+            expires_at: access.spec.expires_at.as_ref().map(|t| t.0),
+            suspended: access.spec.suspended,
+        })
+    }
+}
+
+/// A CreditPolicy as the data plane sees it.
+#[derive(Debug, Clone)]
+pub struct PolicyRule {
+    /// `namespace/name`: the policy's identity in the ledger.
+    pub id: Arc<str>,
+    pub namespace: String,
+    pub name: String,
+    pub chatflows: ChatflowSelector,
+    /// Empty: everyone with access.
+    pub subjects: Vec<SubjectRule>,
+    pub credits: u64,
+    pub period: Period,
+    pub time_zone: TimeZone,
+    pub time_zone_name: String,
+    pub scope: BudgetScope,
+    pub per_prediction: u64,
+    pub per_thousand_tokens: u64,
+    pub alert_at_percent: Vec<u8>,
+}
+
+impl TryFrom<&CreditPolicy> for PolicyRule {
+    type Error = InvalidSpec;
+
+    fn try_from(policy: &CreditPolicy) -> Result<Self, Self::Error> {
+        let namespace = policy.metadata.namespace.clone().unwrap_or_default();
+        let name = policy.metadata.name.clone().unwrap_or_default();
+        let spec = &policy.spec;
+        let time_zone = TimeZone::get(&spec.budget.time_zone)
+            .map_err(|_| InvalidSpec::TimeZone(spec.budget.time_zone.clone()))?;
+        let mut alerts = spec.alert_at_percent.clone();
+        alerts.sort_unstable();
+        alerts.dedup();
+        Ok(Self {
+            id: Arc::from(format!("{namespace}/{name}")),
+            chatflows: ChatflowSelector::parse(&spec.chatflows)?,
+            subjects: subjects(&spec.subjects)?,
+            credits: spec.budget.credits,
+            period: spec.budget.period,
+            time_zone,
+            time_zone_name: spec.budget.time_zone.clone(),
+            scope: spec.budget.scope,
+            per_prediction: spec.cost.per_prediction,
+            per_thousand_tokens: spec.cost.per_thousand_tokens,
+            alert_at_percent: alerts,
+            namespace,
+            name,
+        })
+    }
+}
+
+impl ChatflowRule {
+    /// The Flowise type, or CHATFLOW when Flowise has not told yet.
+    pub fn flow_type_or_default(&self) -> &str {
+        self.flow_type.as_deref().unwrap_or(ChatflowType::Chatflow.as_str())
+    }
+}

@@ -1,0 +1,244 @@
+//! The index, specified with small YAML fixtures and a fixed clock.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use super::*;
+
+fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> Arc<T> {
+    Arc::new(serde_saphyr::from_str(yaml).expect("fixture is valid YAML"))
+}
+
+fn chatflow(ns: &str, name: &str, id: &str) -> Arc<Chatflow> {
+    parse(&format!(
+        "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec: {{flowiseId: {id}}}\n\
+         status: {{flowiseId: {id}, type: CHATFLOW, conditions: [{{type: Ready, status: 'True', reason: Synced, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}}]}}\n"
+    ))
+}
+
+fn access(ns: &str, name: &str, body: &str) -> Arc<ChatflowAccess> {
+    parse(&format!(
+        "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{body}"
+    ))
+}
+
+fn policy(ns: &str, name: &str, body: &str) -> Arc<CreditPolicy> {
+    parse(&format!(
+        "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{body}"
+    ))
+}
+
+const SUPPORT: &str = "00000000-0000-4000-8000-000000000001";
+const FAQ: &str = "00000000-0000-4000-8000-000000000002";
+const OTHER: &str = "00000000-0000-4000-8000-000000000003";
+
+fn team_a() -> Resources {
+    Resources {
+        chatflows: vec![
+            chatflow("team-a", "support-bot", SUPPORT),
+            chatflow("team-a", "faq-bot", FAQ),
+            chatflow("team-b", "other-bot", OTHER),
+        ],
+        accesses: vec![access(
+            "team-a",
+            "support-team",
+            "  chatflows: [support-bot]\n  subjects:\n  - user: alice@example.com\n  - group: support\n  - serviceAccount: {namespace: apps, name: chat-client}\n",
+        )],
+        policies: vec![],
+    }
+}
+
+fn now() -> Timestamp {
+    "2026-06-01T12:00:00Z".parse().expect("timestamp")
+}
+
+fn user(values: &[String]) -> Caller<'_> {
+    Caller { users: values, groups: &[], service_account: None }
+}
+
+fn role_on(snap: &Snapshot, caller: &Caller<'_>, id: &str) -> Option<Role> {
+    let cf = snap.chatflow_by_flowise_id(id).expect("chatflow indexed");
+    snap.role(caller, cf, now())
+}
+
+#[test]
+fn a_user_named_in_an_access_rule_may_use_only_its_chatflows() {
+    let snap = compile(&team_a());
+    let alice = ["alice-sub".to_string(), "alice@example.com".to_string()];
+    assert_eq!(role_on(&snap, &user(&alice), SUPPORT), Some(Role::User));
+    assert_eq!(role_on(&snap, &user(&alice), FAQ), None);
+    assert_eq!(role_on(&snap, &user(&alice), OTHER), None);
+}
+
+#[test]
+fn there_is_no_implicit_access() {
+    let snap = compile(&team_a());
+    let bob = ["bob@example.com".to_string()];
+    assert!(snap.visible(&user(&bob), now()).is_empty());
+}
+
+#[test]
+fn groups_and_service_accounts_are_matched() {
+    let snap = compile(&team_a());
+    let groups = ["support".to_string()];
+    let by_group = Caller { users: &[], groups: &groups, service_account: None };
+    assert_eq!(role_on(&snap, &by_group, SUPPORT), Some(Role::User));
+    let by_sa = Caller { users: &[], groups: &[], service_account: Some("apps/chat-client") };
+    assert_eq!(role_on(&snap, &by_sa, SUPPORT), Some(Role::User));
+    let other_sa = Caller { users: &[], groups: &[], service_account: Some("apps/intruder") };
+    assert_eq!(role_on(&snap, &other_sa, SUPPORT), None);
+}
+
+#[test]
+fn wildcard_grants_cover_every_chatflow_of_the_namespace_only() {
+    let mut res = team_a();
+    res.accesses.push(access("team-a", "leads", "  chatflows: ['*']\n  subjects: [{user: lead}]\n  role: Admin\n"));
+    let snap = compile(&res);
+    let lead = ["lead".to_string()];
+    assert_eq!(role_on(&snap, &user(&lead), SUPPORT), Some(Role::Admin));
+    assert_eq!(role_on(&snap, &user(&lead), FAQ), Some(Role::Admin));
+    assert_eq!(role_on(&snap, &user(&lead), OTHER), None, "references never cross namespaces");
+}
+
+#[test]
+fn the_strongest_live_role_wins_and_expired_access_grants_nothing() {
+    let mut res = team_a();
+    res.accesses.push(access(
+        "team-a",
+        "temp-admin",
+        "  chatflows: [support-bot]\n  subjects: [{user: alice@example.com}]\n  role: Admin\n  expiresAt: '2026-06-01T11:00:00Z'\n",
+    ));
+    res.accesses.push(access(
+        "team-a",
+        "future-admin",
+        "  chatflows: [faq-bot]\n  subjects: [{user: alice@example.com}]\n  role: Admin\n  expiresAt: '2026-06-01T13:00:00Z'\n",
+    ));
+    let snap = compile(&res);
+    let alice = ["alice@example.com".to_string()];
+    assert_eq!(role_on(&snap, &user(&alice), SUPPORT), Some(Role::User), "expired Admin falls back to User");
+    assert_eq!(role_on(&snap, &user(&alice), FAQ), Some(Role::Admin));
+}
+
+#[test]
+fn suspended_access_grants_nothing_but_stays_listed() {
+    let mut res = team_a();
+    res.accesses = vec![access(
+        "team-a",
+        "paused",
+        "  chatflows: [support-bot]\n  subjects: [{user: alice}]\n  suspended: true\n",
+    )];
+    let snap = compile(&res);
+    assert_eq!(role_on(&snap, &user(&["alice".to_string()]), SUPPORT), None);
+    assert_eq!(snap.access_rules().len(), 1);
+}
+
+#[test]
+fn an_invalid_object_is_skipped_without_poisoning_the_rest() {
+    let mut res = team_a();
+    res.accesses.push(access(
+        "team-a",
+        "broken",
+        "  chatflows: [faq-bot]\n  subjects: [{user: eve, group: admins}]\n",
+    ));
+    res.chatflows.push(parse(
+        "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {name: two-sources, namespace: team-a}\n\
+         spec: {flowiseId: 00000000-0000-4000-8000-000000000009, flowiseName: X}\n",
+    ));
+    res.policies.push(policy(
+        "team-a",
+        "bad-zone",
+        "  chatflows: ['*']\n  budget: {credits: 5, period: Daily, timeZone: Mars/Olympus}\n",
+    ));
+    let snap = compile(&res);
+    let alice = ["alice@example.com".to_string()];
+    assert_eq!(role_on(&snap, &user(&alice), SUPPORT), Some(Role::User), "valid rules still apply");
+    assert_eq!(role_on(&snap, &user(&["eve".to_string()]), FAQ), None);
+    let mut skipped: Vec<_> = snap.invalid.iter().map(|i| (i.kind, i.name.as_str())).collect();
+    skipped.sort();
+    assert_eq!(
+        skipped,
+        vec![("Chatflow", "two-sources"), ("ChatflowAccess", "broken"), ("CreditPolicy", "bad-zone")]
+    );
+    assert!(snap.chatflow_by_name("team-a", "two-sources").is_none());
+}
+
+#[test]
+fn references_to_missing_chatflows_are_ignored_until_they_exist() {
+    let mut res = team_a();
+    res.accesses = vec![access(
+        "team-a",
+        "early",
+        "  chatflows: [future-bot]\n  subjects: [{user: alice}]\n",
+    )];
+    let snap = compile(&res);
+    assert!(snap.visible(&user(&["alice".to_string()]), now()).is_empty());
+    res.chatflows.push(chatflow("team-a", "future-bot", "00000000-0000-4000-8000-00000000000a"));
+    let snap = compile(&res);
+    assert_eq!(snap.visible(&user(&["alice".to_string()]), now()).len(), 1);
+}
+
+#[test]
+fn flowise_ids_are_looked_up_case_insensitively() {
+    let snap = compile(&team_a());
+    assert!(snap.chatflow_by_flowise_id(&SUPPORT.to_ascii_uppercase()).is_some());
+    assert!(snap.chatflow_by_flowise_id("00000000-0000-4000-8000-0000000000ff").is_none());
+}
+
+#[test]
+fn policies_apply_by_chatflow_and_subject() {
+    let mut res = team_a();
+    res.accesses.push(access("team-a", "all", "  chatflows: ['*']\n  subjects: [{group: staff}]\n"));
+    res.policies = vec![
+        policy("team-a", "monthly", "  chatflows: ['*']\n  budget: {credits: 1000, period: Monthly}\n"),
+        policy(
+            "team-a",
+            "support-daily",
+            "  chatflows: [faq-bot]\n  subjects: [{group: support}]\n  budget: {credits: 50, period: Daily, scope: Shared}\n  cost: {perPrediction: 2}\n",
+        ),
+        policy("team-b", "elsewhere", "  chatflows: ['*']\n  budget: {credits: 1, period: Never}\n"),
+    ];
+    let snap = compile(&res);
+    let faq = snap.chatflow_by_flowise_id(FAQ).expect("faq");
+    let groups = ["staff".to_string(), "support".to_string()];
+    let support_member = Caller { users: &[], groups: &groups, service_account: None };
+    let ids: Vec<&str> = snap.policies_for(&support_member, faq).iter().map(|p| &*p.id).collect();
+    assert_eq!(ids, vec!["team-a/monthly", "team-a/support-daily"]);
+    let staff = ["staff".to_string()];
+    let other_member = Caller { users: &[], groups: &staff, service_account: None };
+    let ids: Vec<&str> = snap.policies_for(&other_member, faq).iter().map(|p| &*p.id).collect();
+    assert_eq!(ids, vec!["team-a/monthly"]);
+    let daily = snap.policy_rules().iter().find(|p| p.name == "support-daily").expect("policy");
+    assert_eq!((daily.credits, daily.per_prediction), (50, 2));
+}
+
+#[test]
+fn a_chatflow_without_a_ready_status_is_indexed_but_not_ready() {
+    let res = Resources {
+        chatflows: vec![parse(
+            "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {name: new-bot, namespace: team-a}\nspec: {flowiseName: New Bot}\n",
+        )],
+        ..Default::default()
+    };
+    let snap = compile(&res);
+    let cf = snap.chatflow_by_name("team-a", "new-bot").expect("indexed by name");
+    assert!(!cf.rule.ready);
+    assert_eq!(cf.rule.flowise_id, None);
+}
+
+#[test]
+fn ten_thousand_access_objects_compile() {
+    let mut res = team_a();
+    for i in 0..10_000 {
+        res.accesses.push(access(
+            "team-a",
+            &format!("rule-{i}"),
+            &format!("  chatflows: [support-bot]\n  subjects: [{{user: user-{i}}}]\n"),
+        ));
+    }
+    let snap = compile(&res);
+    assert_eq!(snap.access_rules().len(), 10_001);
+    let u = ["user-9999".to_string()];
+    assert_eq!(role_on(&snap, &user(&u), SUPPORT), Some(Role::User));
+}

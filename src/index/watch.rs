@@ -1,0 +1,148 @@
+//! The index writer: reflectors on the three kinds feed one task that recompiles the snapshot on
+//! every change and publishes it. Requests read [`SnapshotHandle::load`] once.
+//!
+//! While the API server is unreachable the reflectors retry with backoff and the last snapshot
+//! keeps serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::StreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Resources, Snapshot, compile};
+use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy};
+use crate::ops::Gate;
+
+/// Shared read access to the current snapshot.
+#[derive(Clone)]
+pub struct SnapshotHandle {
+    current: Arc<ArcSwap<Snapshot>>,
+    changed: Arc<Notify>,
+}
+
+impl Default for SnapshotHandle {
+    fn default() -> Self {
+        Self::new(Snapshot::default())
+    }
+}
+
+impl SnapshotHandle {
+    /// A handle starting at `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self { current: Arc::new(ArcSwap::from_pointee(snapshot)), changed: Arc::new(Notify::new()) }
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Replaces the snapshot and wakes everyone waiting in [`SnapshotHandle::changed`].
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves at the next publish.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// The reflector stores, as the controller also reads them.
+#[derive(Clone)]
+pub struct Stores {
+    pub chatflows: Store<Chatflow>,
+    pub accesses: Store<ChatflowAccess>,
+    pub policies: Store<CreditPolicy>,
+}
+
+impl Stores {
+    /// Everything the stores hold now.
+    pub fn resources(&self) -> Resources {
+        let mut res = Resources {
+            chatflows: self.chatflows.state(),
+            accesses: self.accesses.state(),
+            policies: self.policies.state(),
+        };
+        // Deterministic order: the same objects always compile to the same snapshot.
+        res.chatflows.sort_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
+        res.accesses.sort_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
+        res.policies.sort_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
+        res
+    }
+}
+
+fn key(meta: &kube::api::ObjectMeta) -> (Option<&str>, Option<&str>) {
+    (meta.namespace.as_deref(), meta.name.as_deref())
+}
+
+/// Starts reflectors on every namespace and the writer task. Returns the stores and the
+/// snapshot handle; `ready` opens after the first full sync of all three kinds.
+pub fn spawn(client: Client, ready: Gate, shutdown: CancellationToken) -> (Stores, SnapshotHandle) {
+    let dirty = Arc::new(Notify::new());
+    let (chatflows, cf_task) = reflect::<Chatflow>(client.clone(), dirty.clone());
+    let (accesses, cfa_task) = reflect::<ChatflowAccess>(client.clone(), dirty.clone());
+    let (policies, cpol_task) = reflect::<CreditPolicy>(client, dirty.clone());
+    let stores = Stores { chatflows, accesses, policies };
+    let handle = SnapshotHandle::default();
+
+    let writer = {
+        let (stores, handle) = (stores.clone(), handle.clone());
+        async move {
+            let synced = futures::future::join3(
+                stores.chatflows.wait_until_ready(),
+                stores.accesses.wait_until_ready(),
+                stores.policies.wait_until_ready(),
+            )
+            .await;
+            if synced.0.is_err() || synced.1.is_err() || synced.2.is_err() {
+                return;
+            }
+            loop {
+                let notified = dirty.notified();
+                let started = std::time::Instant::now();
+                let mut snapshot = compile(&stores.resources());
+                snapshot.compiled_at = Some(jiff::Timestamp::now());
+                tracing::debug!(elapsed = ?started.elapsed(), chatflows = snapshot.chatflows().len(), "index recompiled");
+                handle.publish(snapshot);
+                ready.open();
+                notified.await;
+                // Coalesce bursts (an initial list, a kubectl apply of many files) into one compile.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            _ = futures::future::join4(cf_task, cfa_task, cpol_task, writer) => {}
+        }
+    });
+    (stores, handle)
+}
+
+fn reflect<K>(client: Client, dirty: Arc<Notify>) -> (Store<K>, impl Future<Output = ()>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let api: Api<K> = Api::all(client);
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(move |event| {
+            match event {
+                Ok(_) => dirty.notify_one(),
+                Err(error) => tracing::warn!(kind = K::kind(&()).as_ref(), %error, "watch error; retrying"),
+            }
+            std::future::ready(())
+        });
+    (reader, stream)
+}

@@ -1,0 +1,153 @@
+//! Every reason a request is refused, and the one function that turns it into an HTTP answer:
+//! JSON `{"error": {"code": "...", "message": "..."}}` with the right status.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+
+use crate::server::Body;
+
+/// Why the proxy did not forward a request (or why forwarding failed).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("a bearer token is required")]
+    Unauthenticated { reason: &'static str },
+    #[error("the token is not valid: {detail}")]
+    InvalidToken { reason: &'static str, detail: String },
+    #[error("the identity keys could not be loaded; try again")]
+    KeysUnavailable,
+    #[error("chatflow {0} not found")]
+    ChatflowNotFound(String),
+    #[error("no access to chatflow {0}")]
+    Forbidden(String),
+    #[error("chatflow {0} is suspended")]
+    Suspended(String),
+    #[error("admin rights are required")]
+    AdminRequired,
+    #[error("chatflow {0} is not available in Flowise right now")]
+    ChatflowUnavailable(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request names chatflow '{0}' ambiguously; use its Flowise id")]
+    Ambiguous(String),
+    #[error("insufficient credits on policy {policy}: {remaining} left, resets {reset}")]
+    InsufficientCredits { policy: String, remaining: i64, reset: String },
+    #[error("a request with this Idempotency-Key is already in progress or done")]
+    DuplicateRequest,
+    #[error("the credits ledger is unavailable")]
+    LedgerUnavailable,
+    #[error("{0}")]
+    NotConfigured(String),
+    #[error("Flowise answered with an error: {0}")]
+    Upstream(String),
+    #[error("Flowise could not be reached: {0}")]
+    UpstreamUnreachable(String),
+    #[error("Flowise did not answer in time")]
+    UpstreamTimeout,
+}
+
+impl ProxyError {
+    /// HTTP status and stable code (also the `reason` label of the decision metric).
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use ProxyError::*;
+        match self {
+            NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            InvalidToken { .. } => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            KeysUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "keys_unavailable"),
+            ChatflowNotFound(_) => (StatusCode::NOT_FOUND, "chatflow_not_found"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Suspended(_) => (StatusCode::FORBIDDEN, "chatflow_suspended"),
+            AdminRequired => (StatusCode::FORBIDDEN, "admin_required"),
+            ChatflowUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "chatflow_unavailable"),
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Ambiguous(_) => (StatusCode::CONFLICT, "ambiguous_chatflow"),
+            InsufficientCredits { .. } => (StatusCode::PAYMENT_REQUIRED, "insufficient_credits"),
+            DuplicateRequest => (StatusCode::CONFLICT, "duplicate_request"),
+            LedgerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable"),
+            NotConfigured(_) => (StatusCode::NOT_FOUND, "not_configured"),
+            Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+            UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+        }
+    }
+
+    /// Finer reason for logs and metrics where the code is shared (token problems).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated { reason } | Self::InvalidToken { reason, .. } => reason,
+            other => other.status_and_code().1,
+        }
+    }
+
+    /// The JSON error answer.
+    pub fn into_response(self) -> Response<Body> {
+        let (status, code) = self.status_and_code();
+        let mut error = serde_json::json!({"code": code, "message": self.to_string()});
+        if let Self::InsufficientCredits { policy, remaining, reset } = &self {
+            error["policy"] = serde_json::json!(policy);
+            error["remaining"] = serde_json::json!(remaining);
+            error["resetAt"] = serde_json::json!(reset);
+        }
+        let mut resp = json(status, &serde_json::json!({ "error": error }));
+        match self {
+            Self::Unauthenticated { .. } | Self::InvalidToken { .. } => {
+                resp.headers_mut()
+                    .insert("www-authenticate", HeaderValue::from_static("Bearer realm=\"flowgate\""));
+            }
+            Self::KeysUnavailable | Self::LedgerUnavailable => {
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// A JSON answer.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_are_json_with_code_and_message() {
+        let resp = ProxyError::InsufficientCredits {
+            policy: "team-a/monthly".into(),
+            remaining: 0,
+            reset: "2026-12-01T00:00:00+01:00".into(),
+        }
+        .into_response();
+        assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(value["error"]["code"], "insufficient_credits");
+        assert_eq!(value["error"]["policy"], "team-a/monthly");
+        assert!(value["error"]["message"].as_str().is_some_and(|m| m.contains("team-a/monthly")));
+    }
+
+    #[test]
+    fn token_errors_are_401_and_ledger_errors_fail_closed() {
+        let bad = ProxyError::InvalidToken { reason: "expired", detail: "exp".into() };
+        assert_eq!(bad.status_and_code().0, StatusCode::UNAUTHORIZED);
+        assert_eq!(bad.reason(), "expired");
+        assert_eq!(ProxyError::LedgerUnavailable.status_and_code().0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ProxyError::UpstreamTimeout.status_and_code().0, StatusCode::GATEWAY_TIMEOUT);
+    }
+}

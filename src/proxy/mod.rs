@@ -1,0 +1,502 @@
+//! The data plane. Every request goes through one fixed pipeline, visible in [`Proxy::handle`]:
+//!
+//! ```text
+//! route → authenticate → resolve → authorize → (reserve credits) → forward → (settle | refund)
+//! ```
+//!
+//! Nothing reaches Flowise unless its route is on the allow-list ([`routes`]), the caller's token
+//! is valid, and the index grants the caller the chatflow. Every refusal is a [`ProxyError`],
+//! turned into JSON in one place ([`error`]).
+
+pub mod error;
+pub mod keys;
+pub mod listing;
+pub mod routes;
+pub mod session;
+pub mod stream;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::identity::{Identity, Verifier, bearer_token};
+use crate::index::watch::SnapshotHandle;
+use crate::index::{Caller, ChatflowEntry, Snapshot};
+use crate::metrics::Metrics;
+use crate::server::Body;
+pub use error::ProxyError;
+use keys::ApiKeys;
+use routes::Route;
+use stream::{Observed, StreamEnd};
+use upstream::Upstream;
+
+/// Largest JSON request body accepted.
+pub const MAX_JSON_BODY: usize = 10 * 1024 * 1024;
+/// Largest non-streaming Flowise answer read back.
+pub const MAX_ANSWER: usize = 32 * 1024 * 1024;
+
+/// Everything a request needs, shared by all connections.
+pub struct Proxy {
+    pub snapshot: SnapshotHandle,
+    pub verifier: Arc<Verifier>,
+    pub upstream: Upstream,
+    pub keys: ApiKeys,
+    pub metrics: Arc<Metrics>,
+    pub token_endpoint: Option<reqwest::Url>,
+    pub http: reqwest::Client,
+}
+
+/// A prediction ready to forward.
+struct Prediction {
+    body: serde_json::Map<String, Value>,
+    streaming: bool,
+    chat_id: String,
+}
+
+impl Proxy {
+    /// Answers one request. Never fails: every error becomes its JSON answer.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let route = routes::route(req.method(), req.uri().path());
+        let label = route.as_ref().map(route_label).unwrap_or("unknown");
+        let resp = match route {
+            Ok(route) => self.dispatch(route, req, peer).await.unwrap_or_else(|e| self.refuse(e)),
+            Err(e) => self.refuse(e),
+        };
+        self.metrics.observe_request(label, resp.status().as_u16(), started.elapsed());
+        resp
+    }
+
+    fn refuse(&self, error: ProxyError) -> Response<Body> {
+        self.metrics.decision("deny", error.reason());
+        error.into_response()
+    }
+
+    async fn dispatch(&self, route: Route, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, ProxyError> {
+        match route {
+            Route::Authenticate | Route::Refresh => return self.token_grant(route, req).await,
+            _ => {}
+        }
+        let identity = self.authenticate(&req).await?;
+        let snapshot = self.snapshot.load();
+        let now = jiff::Timestamp::now();
+        let caller = caller(&identity);
+        match route {
+            Route::ListChatflows => {
+                let list: Vec<Value> =
+                    snapshot.visible(&caller, now).into_iter().map(|cf| listing::flowise_shape(cf)).collect();
+                Ok(error::json(StatusCode::OK, &Value::Array(list)))
+            }
+            Route::GetChatflow(id) => {
+                let cf = self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
+                Ok(error::json(StatusCode::OK, &listing::flowise_shape(&cf)))
+            }
+            Route::CompatListChatflows => {
+                let list: Vec<Value> =
+                    snapshot.visible(&caller, now).into_iter().map(|cf| listing::compat_shape(cf)).collect();
+                Ok(error::json(StatusCode::OK, &Value::Array(list)))
+            }
+            Route::CompatGetChatflow(id) => {
+                let cf = self.authorize(&snapshot, &identity, &caller, Lookup::NameOrId(&id), now)?;
+                Ok(error::json(StatusCode::OK, &listing::compat_shape(&cf)))
+            }
+            Route::Predict(id) => {
+                let cf = self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
+                let usable = usable(&cf)?;
+                let body = read_json(req, MAX_JSON_BODY).await?;
+                let prediction = prepare(body, &identity)?;
+                let headers = self.forward_headers(&cf).await?;
+                log_decision(&identity, &cf, "allow", "granted");
+                self.metrics.decision("allow", "granted");
+                self.forward(usable, &cf, prediction, headers, peer).await
+            }
+            Route::CompatPredict => {
+                let mut body = read_json(req, MAX_JSON_BODY).await?;
+                let (chatflow_id, prediction) = compat_request(&mut body, &identity)?;
+                let cf = self.authorize(&snapshot, &identity, &caller, Lookup::NameOrId(&chatflow_id), now)?;
+                let usable = usable(&cf)?;
+                let headers = self.forward_headers(&cf).await?;
+                log_decision(&identity, &cf, "allow", "granted");
+                self.metrics.decision("allow", "granted");
+                if prediction.streaming {
+                    return self.forward(usable, &cf, prediction, headers, peer).await;
+                }
+                let chat_id = prediction.chat_id.clone();
+                let resp = self.forward(usable, &cf, prediction, headers, peer).await?;
+                compat_response(resp, &chatflow_id, &chat_id).await
+            }
+            Route::Credits => Ok(error::json(StatusCode::OK, &json!({"subject": identity.key, "balances": []}))),
+            Route::Authenticate | Route::Refresh => Err(ProxyError::NotFound { method: String::new(), path: String::new() }),
+        }
+    }
+
+    async fn authenticate(&self, req: &Request<Incoming>) -> Result<Identity, ProxyError> {
+        let token = bearer_token(req.headers().get(hyper::header::AUTHORIZATION))
+            .map_err(|e| ProxyError::Unauthenticated { reason: e.reason() })?;
+        self.verifier.verify(token).await.map_err(|e| {
+            if e.is_transient() {
+                ProxyError::KeysUnavailable
+            } else {
+                ProxyError::InvalidToken { reason: e.reason(), detail: e.to_string() }
+            }
+        })
+    }
+
+    /// Resolves the chatflow and checks the caller may use it.
+    fn authorize(
+        &self,
+        snapshot: &Snapshot,
+        identity: &Identity,
+        caller: &Caller<'_>,
+        lookup: Lookup<'_>,
+        now: jiff::Timestamp,
+    ) -> Result<Arc<ChatflowEntry>, ProxyError> {
+        let cf = match lookup {
+            Lookup::FlowiseId(id) => snapshot.chatflow_by_flowise_id(id).cloned(),
+            Lookup::NameOrId(id) => match snapshot.chatflow_by_flowise_id(id) {
+                Some(cf) => Some(cf.clone()),
+                None => by_visible_name(snapshot, caller, id, now)?,
+            },
+        };
+        let Some(cf) = cf else {
+            let id = match lookup {
+                Lookup::FlowiseId(id) | Lookup::NameOrId(id) => id,
+            };
+            tracing::info!(subject = %identity.key, chatflow = id, decision = "deny", reason = "chatflow_not_found");
+            return Err(ProxyError::ChatflowNotFound(id.to_string()));
+        };
+        if snapshot.role(caller, &cf, now).is_none() {
+            log_decision(identity, &cf, "deny", "forbidden");
+            return Err(ProxyError::Forbidden(format!("{}/{}", cf.rule.namespace, cf.rule.name)));
+        }
+        Ok(cf)
+    }
+
+    /// The Flowise credentials for `cf`: its own key, the default key where Flowise binds the
+    /// chatflow to one, or none (Flowise checks keys with a slow hash: send none where not needed).
+    async fn forward_headers(&self, cf: &ChatflowEntry) -> Result<Option<HeaderValue>, ProxyError> {
+        if let Some(secret) = &cf.rule.api_key {
+            return self.keys.get(&cf.rule.namespace, secret).await.map(Some);
+        }
+        Ok(if cf.rule.api_key_bound { self.upstream.default_key().cloned() } else { None })
+    }
+
+    async fn forward(
+        &self,
+        flowise_id: String,
+        cf: &ChatflowEntry,
+        prediction: Prediction,
+        key: Option<HeaderValue>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, ProxyError> {
+        let body = Bytes::from(serde_json::to_vec(&Value::Object(prediction.body)).unwrap_or_default());
+        let mut client_headers = hyper::HeaderMap::new();
+        client_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let path = format!("/api/v1/prediction/{flowise_id}");
+        let req = self.upstream.request(Method::POST, &path, &client_headers, peer, key.as_ref(), body)?;
+        let upstream = match self.upstream.send(req).await {
+            Ok(resp) => resp,
+            Err(error) => {
+                self.metrics.upstream_error(error.reason());
+                return Err(error);
+            }
+        };
+        let status = upstream.status();
+        if status.is_server_error() {
+            let body = self.upstream.read_body(upstream.into_body(), 64 * 1024).await.unwrap_or_default();
+            self.metrics.upstream_error("status_5xx");
+            return Err(ProxyError::Upstream(flowise_message(status, &body)));
+        }
+        let (parts, incoming) = upstream.into_parts();
+        let mut resp = Response::builder().status(parts.status);
+        if let Some(headers) = resp.headers_mut() {
+            upstream::copy_response_headers(&parts.headers, headers);
+        }
+        if prediction.streaming {
+            let abort = self.abort_on_disconnect(flowise_id, prediction.chat_id, key, peer);
+            let observed = Observed::new(incoming, move |report| {
+                if report.end == StreamEnd::ClientGone {
+                    abort();
+                }
+            });
+            let _ = cf;
+            return resp
+                .body(observed.boxed())
+                .map_err(|e| ProxyError::Upstream(e.to_string()));
+        }
+        let answer = self.upstream.read_body(incoming, MAX_ANSWER).await?;
+        resp.body(http_body_util::Full::new(answer).map_err(|e| match e {}).boxed())
+            .map_err(|e| ProxyError::Upstream(e.to_string()))
+    }
+
+    /// A callback that asks Flowise to stop generating for a client that went away.
+    fn abort_on_disconnect(
+        &self,
+        flowise_id: String,
+        chat_id: String,
+        key: Option<HeaderValue>,
+        peer: SocketAddr,
+    ) -> impl FnOnce() + Send + 'static {
+        let upstream = self.upstream.clone();
+        move || {
+            tokio::spawn(async move {
+                let path = format!("/api/v1/chatmessage/abort/{flowise_id}/{chat_id}");
+                let headers = hyper::HeaderMap::new();
+                match upstream.request(Method::PUT, &path, &headers, peer, key.as_ref(), Bytes::new()) {
+                    Ok(req) => match upstream.send(req).await {
+                        Ok(resp) => tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort"),
+                        Err(error) => tracing::warn!(%error, %chat_id, "abort request failed"),
+                    },
+                    Err(error) => tracing::warn!(%error, "cannot build the abort request"),
+                }
+            });
+        }
+    }
+
+    async fn token_grant(&self, route: Route, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+        let endpoint = self.token_endpoint.clone().ok_or_else(|| {
+            ProxyError::NotConfigured(
+                "token endpoint not configured: set FLOWGATE_TOKEN_ENDPOINT_URL to enable /chat/authenticate and /chat/refresh".into(),
+            )
+        })?;
+        let body = read_json(req, 64 * 1024).await?;
+        let field = |name: &str| {
+            body.get(name)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| ProxyError::BadRequest(format!("field '{name}' is required")))
+        };
+        let form: Vec<(&str, String)> = match route {
+            Route::Authenticate => vec![
+                ("grant_type", "password".into()),
+                ("username", field("username")?),
+                ("password", field("password")?),
+            ],
+            _ => vec![("grant_type", "refresh_token".into()), ("refresh_token", field("refresh_token")?)],
+        };
+        let mut extra: Vec<(&str, String)> = ["client_id", "client_secret", "scope"]
+            .into_iter()
+            .filter_map(|k| body.get(k).and_then(Value::as_str).map(|v| (k, v.to_string())))
+            .collect();
+        let mut params = form;
+        params.append(&mut extra);
+        let encoded = params
+            .iter()
+            .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let answer = self
+            .http
+            .post(endpoint)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(encoded)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .map_err(|e| if e.is_timeout() { ProxyError::UpstreamTimeout } else { ProxyError::UpstreamUnreachable(e.to_string()) })?;
+        let status = answer.status();
+        let bytes = answer.bytes().await.map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
+        if status.is_success() {
+            let mut out = json!({
+                "access_token": value.get("access_token"),
+                "token_type": value.get("token_type").cloned().unwrap_or(json!("bearer")),
+            });
+            for k in ["refresh_token", "expires_in"] {
+                if let Some(v) = value.get(k) {
+                    out[k] = v.clone();
+                }
+            }
+            Ok(error::json(StatusCode::OK, &out))
+        } else if status.is_client_error() {
+            Err(ProxyError::InvalidToken {
+                reason: "token_endpoint_refused",
+                detail: value.get("error_description").or(value.get("error")).and_then(Value::as_str).unwrap_or("authentication failed").to_string(),
+            })
+        } else {
+            Err(ProxyError::Upstream(format!("token endpoint answered {status}")))
+        }
+    }
+}
+
+enum Lookup<'a> {
+    FlowiseId(&'a str),
+    NameOrId(&'a str),
+}
+
+fn route_label(route: &Route) -> &'static str {
+    match route {
+        Route::ListChatflows => "list_chatflows",
+        Route::GetChatflow(_) => "get_chatflow",
+        Route::Predict(_) => "prediction",
+        Route::CompatListChatflows => "compat_list_chatflows",
+        Route::CompatGetChatflow(_) => "compat_get_chatflow",
+        Route::CompatPredict => "compat_predict",
+        Route::Authenticate => "authenticate",
+        Route::Refresh => "refresh",
+        Route::Credits => "credits",
+    }
+}
+
+fn caller(identity: &Identity) -> Caller<'_> {
+    Caller {
+        users: &identity.users,
+        groups: &identity.groups,
+        service_account: identity.service_account_key.as_deref(),
+    }
+}
+
+fn log_decision(identity: &Identity, cf: &ChatflowEntry, decision: &str, reason: &str) {
+    tracing::info!(
+        subject = %identity.key,
+        chatflow = %format_args!("{}/{}", cf.rule.namespace, cf.rule.name),
+        decision,
+        reason,
+    );
+}
+
+/// A chatflow named by its Chatflow name among those the caller may use.
+fn by_visible_name(
+    snapshot: &Snapshot,
+    caller: &Caller<'_>,
+    name: &str,
+    now: jiff::Timestamp,
+) -> Result<Option<Arc<ChatflowEntry>>, ProxyError> {
+    let matches: Vec<_> = snapshot
+        .chatflows()
+        .iter()
+        .filter(|cf| cf.rule.name == name && snapshot.role(caller, cf, now).is_some())
+        .collect();
+    match matches.as_slice() {
+        [] => Ok(snapshot.chatflows().iter().find(|cf| cf.rule.name == name).cloned()),
+        [one] => Ok(Some((*one).clone())),
+        _ => Err(ProxyError::Ambiguous(name.to_string())),
+    }
+}
+
+/// The Flowise id to forward to, if the chatflow may be used now.
+fn usable(cf: &ChatflowEntry) -> Result<String, ProxyError> {
+    let name = || format!("{}/{}", cf.rule.namespace, cf.rule.name);
+    if cf.rule.suspended {
+        return Err(ProxyError::Suspended(name()));
+    }
+    match (&cf.rule.flowise_id, cf.rule.ready) {
+        (Some(id), true) => Ok(id.clone()),
+        _ => Err(ProxyError::ChatflowUnavailable(name())),
+    }
+}
+
+async fn read_json(req: Request<Incoming>, limit: usize) -> Result<serde_json::Map<String, Value>, ProxyError> {
+    let is_json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.starts_with("application/json") || ct.contains("+json"));
+    if !is_json {
+        return Err(ProxyError::BadRequest("the body must be JSON (Content-Type: application/json)".into()));
+    }
+    let bytes = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ProxyError::PayloadTooLarge { limit }
+            } else {
+                ProxyError::BadRequest(format!("cannot read the body: {e}"))
+            }
+        })?
+        .to_bytes();
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ProxyError::BadRequest("the body must be a JSON object".into())),
+        Err(e) => Err(ProxyError::BadRequest(format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+/// Checks a Flowise prediction body and binds its session to the caller.
+fn prepare(mut body: serde_json::Map<String, Value>, identity: &Identity) -> Result<Prediction, ProxyError> {
+    let has_input = ["question", "form", "humanInput", "uploads"].iter().any(|k| body.contains_key(*k));
+    if !has_input {
+        return Err(ProxyError::BadRequest("a prediction needs 'question' (or 'form', 'uploads', 'humanInput')".into()));
+    }
+    if body.get("question").is_some_and(|q| !q.is_string()) {
+        return Err(ProxyError::BadRequest("'question' must be a string".into()));
+    }
+    let streaming = match body.get("streaming") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ProxyError::BadRequest("'streaming' must be a boolean".into())),
+    };
+    let chat_id = session::bind_body(&mut body, &identity.key);
+    Ok(Prediction { body, streaming, chat_id })
+}
+
+/// The Python service's `{chatflow_id, question|message, sessionId?, overrideConfig?, streaming?}`.
+fn compat_request(body: &mut serde_json::Map<String, Value>, identity: &Identity) -> Result<(String, Prediction), ProxyError> {
+    let chatflow_id = match body.get("chatflow_id") {
+        Some(Value::String(id)) if !id.is_empty() => id.clone(),
+        _ => return Err(ProxyError::BadRequest("field 'chatflow_id' is required".into())),
+    };
+    let question = body
+        .get("question")
+        .or_else(|| body.get("message"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| ProxyError::BadRequest("field 'question' (or 'message') is required".into()))?;
+    let mut forward = serde_json::Map::new();
+    forward.insert("question".into(), json!(question));
+    if let Some(config) = body.get("overrideConfig") {
+        if !config.is_object() && !config.is_null() {
+            return Err(ProxyError::BadRequest("'overrideConfig' must be an object".into()));
+        }
+        forward.insert("overrideConfig".into(), config.clone());
+    }
+    if let Some(session) = body.get("sessionId").and_then(Value::as_str) {
+        forward.insert("chatId".into(), json!(session));
+    }
+    if let Some(streaming) = body.get("streaming") {
+        forward.insert("streaming".into(), streaming.clone());
+    }
+    Ok((chatflow_id, prepare(forward, identity)?))
+}
+
+async fn compat_response(resp: Response<Body>, chatflow_id: &str, chat_id: &str) -> Result<Response<Body>, ProxyError> {
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.map_err(|e| ProxyError::Upstream(e.to_string()))?.to_bytes();
+    if !status.is_success() {
+        return Err(ProxyError::Upstream(flowise_message(status, &bytes)));
+    }
+    let result: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+    Ok(error::json(
+        StatusCode::OK,
+        &json!({"result": result, "credits_remaining": null, "chatflow_id": chatflow_id, "session_id": chat_id}),
+    ))
+}
+
+/// Flowise's own error message from an error answer, for our JSON error.
+fn flowise_message(status: StatusCode, body: &[u8]) -> String {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v.get("message").or(v.get("error")))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+    format!("{status}: {message}")
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,136 @@
+//! The allow-list: every path the proxy answers, and nothing else. Routing is on the raw path,
+//! segment by segment; percent-encoded or dot segments and empty segments never match, so path
+//! tricks (`..`, `%2f`, `//`) cannot reach a route they do not spell out.
+
+use hyper::Method;
+
+use super::error::ProxyError;
+
+/// A request the proxy knows how to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /api/v1/chatflows` — Flowise-compatible listing, from the index.
+    ListChatflows,
+    /// `GET /api/v1/chatflows/{flowiseId}`.
+    GetChatflow(String),
+    /// `POST /api/v1/prediction/{flowiseId}` — forwarded to Flowise.
+    Predict(String),
+    /// `GET /chatflows` — the Python service's listing.
+    CompatListChatflows,
+    /// `GET /chatflows/{id}` — id is the Chatflow name or the Flowise id.
+    CompatGetChatflow(String),
+    /// `POST /chat/predict` — the Python service's consolidated prediction.
+    CompatPredict,
+    /// `POST /chat/authenticate` — password grant at the token endpoint.
+    Authenticate,
+    /// `POST /chat/refresh` — refresh-token grant at the token endpoint.
+    Refresh,
+    /// `GET /credits` — the caller's balances.
+    Credits,
+}
+
+/// Longest path the router looks at.
+const MAX_PATH: usize = 512;
+
+/// Maps a method and raw path to a route, or the error to answer with.
+pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
+    let not_found = || ProxyError::NotFound { method: method.to_string(), path: truncate(path) };
+    if path.len() > MAX_PATH || !path.starts_with('/') {
+        return Err(not_found());
+    }
+    let trimmed = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+    let segments: Vec<&str> = trimmed[1..].split('/').collect();
+    if segments.iter().any(|s| !plain_segment(s)) {
+        return Err(not_found());
+    }
+    let (route, allowed) = match segments.as_slice() {
+        ["api", "v1", "chatflows"] => (Route::ListChatflows, Method::GET),
+        ["api", "v1", "chatflows", id] => (Route::GetChatflow((*id).to_string()), Method::GET),
+        ["api", "v1", "prediction", id] => (Route::Predict((*id).to_string()), Method::POST),
+        ["chatflows"] => (Route::CompatListChatflows, Method::GET),
+        ["chatflows", id] => (Route::CompatGetChatflow((*id).to_string()), Method::GET),
+        ["chat", "predict"] => (Route::CompatPredict, Method::POST),
+        ["chat", "authenticate"] => (Route::Authenticate, Method::POST),
+        ["chat", "refresh"] => (Route::Refresh, Method::POST),
+        ["credits"] => (Route::Credits, Method::GET),
+        _ => return Err(not_found()),
+    };
+    if *method == allowed || (allowed == Method::GET && *method == Method::HEAD) {
+        Ok(route)
+    } else {
+        Err(ProxyError::MethodNotAllowed { method: method.to_string(), path: truncate(path) })
+    }
+}
+
+/// A segment made only of characters ids and names use: no `%`, no dots-only, not empty.
+fn plain_segment(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment != "."
+        && segment != ".."
+        && segment.len() <= 253
+        && segment.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn truncate(path: &str) -> String {
+    path.chars().take(128).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f1c2a7e-0000-4000-8000-000000000001";
+
+    #[test]
+    fn the_allow_list_routes() {
+        assert_eq!(route(&Method::GET, "/api/v1/chatflows").ok(), Some(Route::ListChatflows));
+        assert_eq!(route(&Method::GET, "/api/v1/chatflows/").ok(), Some(Route::ListChatflows));
+        assert_eq!(
+            route(&Method::POST, &format!("/api/v1/prediction/{ID}")).ok(),
+            Some(Route::Predict(ID.into()))
+        );
+        assert_eq!(route(&Method::GET, "/chatflows/support-bot").ok(), Some(Route::CompatGetChatflow("support-bot".into())));
+        assert_eq!(route(&Method::POST, "/chat/predict").ok(), Some(Route::CompatPredict));
+        assert_eq!(route(&Method::GET, "/credits").ok(), Some(Route::Credits));
+    }
+
+    #[test]
+    fn side_doors_are_not_found() {
+        for path in [
+            "/api/v1/internal-prediction/x",
+            "/api/v1/webhook/x",
+            "/api/v1/mcp/x",
+            "/api/v1/chatmessage/x",
+            "/api/v1/attachments/x/y",
+            "/api/v1/get-upload-file",
+            "/api/v1/feedback/x",
+            "/api/v1/leads/x",
+            "/api/v1/public-chatflows/x",
+            "/api/v1/vector/upsert/x",
+            "/api/v1/apikey",
+            "/api/v1/prediction",
+            "/api/v1/prediction/x/../../apikey",
+            "/api/v1/prediction/%2e%2e/apikey",
+            "/api/v1/prediction/a%2fb",
+            "/api/v1//prediction/x",
+            "//api/v1/prediction/x",
+            "/API/V1/prediction/x",
+            "/api/v1/prediction/x/extra",
+            "/",
+            "",
+            "api/v1/chatflows",
+        ] {
+            let result = route(&Method::POST, path);
+            assert!(matches!(result, Err(ProxyError::NotFound { .. })), "{path} -> {result:?}");
+        }
+    }
+
+    #[test]
+    fn a_known_path_with_the_wrong_method_is_405() {
+        assert!(matches!(
+            route(&Method::DELETE, "/api/v1/chatflows/x"),
+            Err(ProxyError::MethodNotAllowed { .. })
+        ));
+        assert!(matches!(route(&Method::GET, "/api/v1/prediction/x"), Err(ProxyError::MethodNotAllowed { .. })));
+    }
+}

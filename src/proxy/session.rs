@@ -1,0 +1,93 @@
+//! Binding Flowise chat sessions to callers.
+//!
+//! Flowise continues whatever session the request's `chatId` (or `overrideConfig.sessionId`)
+//! names, so a client choosing another user's id would read and continue that user's memory.
+//! The proxy therefore rewrites the id to `fg-<caller prefix>-<client id>`, where the prefix is
+//! derived from the caller's identity. A client that sends an id it got back from Flowise (already
+//! carrying its own prefix) keeps its session; any other id — including another caller's — lands
+//! in a fresh session of the caller's own. Stateless, so every replica agrees.
+
+use sha2::{Digest, Sha256};
+
+/// The session prefix of the caller with subject `key`.
+pub fn prefix(subject_key: &str) -> String {
+    let digest = Sha256::digest(subject_key.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("fg-{hex}-")
+}
+
+/// The chat id Flowise gets for a client's requested id (`None`: a new session).
+pub fn bind(subject_key: &str, requested: Option<&str>) -> String {
+    let prefix = prefix(subject_key);
+    match requested.map(str::trim).filter(|r| !r.is_empty()) {
+        Some(id) if id.starts_with(&prefix) => id.to_string(),
+        Some(id) => format!("{prefix}{}", truncate(id, 200)),
+        None => format!("{prefix}{}", uuid::Uuid::new_v4()),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Rewrites a JSON prediction body so its session belongs to the caller; returns the bound id.
+pub fn bind_body(body: &mut serde_json::Map<String, serde_json::Value>, subject_key: &str) -> String {
+    let requested = body
+        .get("chatId")
+        .and_then(|v| v.as_str())
+        .or_else(|| body.get("overrideConfig")?.get("sessionId")?.as_str())
+        .map(str::to_string);
+    let bound = bind(subject_key, requested.as_deref());
+    body.insert("chatId".into(), serde_json::Value::String(bound.clone()));
+    if let Some(config) = body.get_mut("overrideConfig").and_then(|v| v.as_object_mut()) {
+        if config.contains_key("sessionId") {
+            config.insert("sessionId".into(), serde_json::Value::String(bound.clone()));
+        }
+    }
+    bound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        value.as_object().cloned().expect("object")
+    }
+
+    #[test]
+    fn a_new_conversation_gets_a_fresh_id_of_the_callers_own() {
+        let mut b = body(json!({"question": "hi"}));
+        let id = bind_body(&mut b, "user:alice");
+        assert!(id.starts_with(&prefix("user:alice")));
+        assert_eq!(b["chatId"], json!(id));
+        assert_ne!(bind("user:alice", None), bind("user:alice", None));
+    }
+
+    #[test]
+    fn a_caller_continues_its_own_session() {
+        let first = bind("user:alice", None);
+        assert_eq!(bind("user:alice", Some(&first)), first);
+    }
+
+    #[test]
+    fn another_callers_session_id_lands_in_a_session_of_ones_own() {
+        let alices = bind("user:alice", None);
+        let mallory = bind("user:mallory", Some(&alices));
+        assert_ne!(mallory, alices);
+        assert!(mallory.starts_with(&prefix("user:mallory")));
+    }
+
+    #[test]
+    fn session_id_in_override_config_is_bound_too() {
+        let mut b = body(json!({"question": "hi", "overrideConfig": {"sessionId": "abc", "temperature": 0}}));
+        let id = bind_body(&mut b, "user:bob");
+        assert_eq!(id, format!("{}abc", prefix("user:bob")));
+        assert_eq!(b["overrideConfig"]["sessionId"], json!(id));
+        assert_eq!(b["overrideConfig"]["temperature"], json!(0));
+    }
+}

@@ -1,0 +1,158 @@
+//! The connection to Flowise: a pooled HTTP/1.1 client (TLS when the URL is https), requests
+//! built from an allow-list of headers, and every call bounded by a timeout.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::error::ProxyError;
+use crate::server::Body;
+
+/// Request headers a client may send on to Flowise. Everything else — `Authorization`,
+/// cookies, `x-request-from`, `flowise-tool`, forwarding headers — is dropped.
+const FORWARDED_REQUEST_HEADERS: [HeaderName; 3] =
+    [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
+
+/// Response headers passed back to the client.
+const FORWARDED_RESPONSE_HEADERS: [&str; 4] =
+    ["content-type", "cache-control", "x-accel-buffering", "content-disposition"];
+
+/// The Flowise upstream.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    base_path: String,
+    default_key: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// A pooled client for Flowise at `base`. `default_key` is sent where a chatflow is bound to
+    /// a key and has none of its own.
+    pub fn new(
+        base: &reqwest::Url,
+        default_key: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, ProxyError> {
+        let uri: Uri = base
+            .as_str()
+            .parse()
+            .map_err(|e| ProxyError::NotConfigured(format!("Flowise URL: {e}")))?;
+        let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP);
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| ProxyError::NotConfigured("Flowise URL has no host".into()))?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let tls = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| ProxyError::NotConfigured(format!("TLS roots: {e}")))?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(tls);
+        let default_key = default_key
+            .map(|key| bearer(&key))
+            .transpose()
+            .map_err(|_| ProxyError::NotConfigured("the Flowise API key is not a valid header value".into()))?;
+        Ok(Self {
+            client,
+            scheme,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_string(),
+            default_key,
+            timeout,
+        })
+    }
+
+    /// The default Flowise key, if configured.
+    pub fn default_key(&self) -> Option<&HeaderValue> {
+        self.default_key.as_ref()
+    }
+
+    /// Builds a request to Flowise `path` with the client's allowed headers, the caller's address
+    /// as the only `X-Forwarded-For`, and `key` as the only credentials.
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        client_headers: &HeaderMap,
+        peer: SocketAddr,
+        key: Option<&HeaderValue>,
+        body: Bytes,
+    ) -> Result<Request<Body>, ProxyError> {
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{}", self.base_path, path))
+            .build()
+            .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URL: {e}")))?;
+        let mut req = Request::new(Full::new(body).map_err(|e| match e {}).boxed());
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
+        for name in &FORWARDED_REQUEST_HEADERS {
+            if let Some(value) = client_headers.get(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+        }
+        if let Some(key) = key {
+            headers.insert(header::AUTHORIZATION, key.clone());
+        }
+        Ok(req)
+    }
+
+    /// Sends `req`; the response headers must arrive within the timeout.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(error)) => Err(ProxyError::UpstreamUnreachable(error.to_string())),
+            Err(_) => Err(ProxyError::UpstreamTimeout),
+        }
+    }
+
+    /// Reads a whole (non-streaming) upstream body, bounded in size and time.
+    pub async fn read_body(&self, body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
+        let limited = http_body_util::Limited::new(body, limit);
+        match tokio::time::timeout(self.timeout, limited.collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(error)) => Err(ProxyError::UpstreamUnreachable(error.to_string())),
+            Err(_) => Err(ProxyError::UpstreamTimeout),
+        }
+    }
+}
+
+/// `Bearer <key>` as a header value.
+pub fn bearer(key: &str) -> Result<HeaderValue, header::InvalidHeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Copies the response headers a client may see.
+pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for name in FORWARDED_RESPONSE_HEADERS {
+        if let Some(value) = from.get(name) {
+            to.insert(HeaderName::from_static(name), value.clone());
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Shared set-up for tests that run against the real local API server (scripts/local-cluster.sh).
+#![allow(dead_code)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::Client;
+
+/// A client for the local API server named by `KUBECONFIG`.
+///
+/// Panics with instructions when it is not set: these tests never pass without the real thing.
+pub async fn client() -> Client {
+    flowgate::telemetry::install_crypto_provider();
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "KUBECONFIG is not set: this test needs the local API server. \
+         Run the whole suite with scripts/test.sh, or `eval \"$(scripts/local-cluster.sh env)\"` after \
+         `scripts/local-cluster.sh start`."
+    );
+    Client::try_default().await.expect("KUBECONFIG names a reachable API server")
+}
+
+/// Applies the generated CRDs (server-side apply, idempotent) and waits until they are served.
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("flowgate-tests").force();
+    for (_, crd) in flowgate::crd::definitions() {
+        let name = crd.metadata.name.clone().expect("CRD has a name");
+        api.patch(&name, &params, &Patch::Apply(&crd)).await.expect("CRD applies");
+        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .expect("CRD established within 30 s")
+            .expect("watching the CRD works");
+    }
+}
+
+/// A namespace of its own for one test: `<prefix>-<unique suffix>`.
+pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let name = format!("{prefix}-{:x}", nanos & 0xffff_ffff_ffff);
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+    }))
+    .expect("namespace literal");
+    api.create(&PostParams::default(), &ns).await.expect("namespace created");
+    name
+}
+
+/// Runs kubectl against the local API server and returns stdout; panics with stderr on failure.
+pub fn kubectl(args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The files of `examples/`, as (file name, parsed YAML document).
+pub fn examples() -> Vec<(String, serde_json::Value)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/ exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("readable example");
+            let doc: serde_json::Value = serde_saphyr::from_str(&text)
+                .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
+            (path.file_name().expect("file name").to_string_lossy().into_owned(), doc)
+        })
+        .collect()
+}
