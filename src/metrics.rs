@@ -56,42 +56,76 @@ impl Metrics {
         let mut registry = Registry::with_prefix("flowgate");
         let build_info = Family::<Vec<(String, String)>, Gauge>::default();
         build_info
-            .get_or_create(&vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())])
+            .get_or_create(&vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )])
             .set(1);
         registry.register("build_info", "flowgate version", build_info);
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("proxy_requests", "Proxy requests by route and status", requests.clone());
+        registry.register(
+            "proxy_requests",
+            "Proxy requests by route and status",
+            requests.clone(),
+        );
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.0, 20))
         });
-        registry.register("proxy_request_duration_seconds", "Time to the response head, by route", latency.clone());
+        registry.register(
+            "proxy_request_duration_seconds",
+            "Time to the response head, by route",
+            latency.clone(),
+        );
         let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register("proxy_decisions", "Access decisions by outcome and reason", decisions.clone());
+        registry.register(
+            "proxy_decisions",
+            "Access decisions by outcome and reason",
+            decisions.clone(),
+        );
         let upstream_errors = Family::<ReasonLabels, Counter>::default();
-        registry.register("upstream_errors", "Failed calls to Flowise by reason", upstream_errors.clone());
+        registry.register(
+            "upstream_errors",
+            "Failed calls to Flowise by reason",
+            upstream_errors.clone(),
+        );
         let snapshot_compiled = Gauge::default();
         registry.register(
             "index_snapshot_timestamp_seconds",
             "Unix time the served index snapshot was compiled",
             snapshot_compiled.clone(),
         );
-        Self { registry, requests, latency, decisions, upstream_errors, snapshot_compiled }
+        Self {
+            registry,
+            requests,
+            latency,
+            decisions,
+            upstream_errors,
+            snapshot_compiled,
+        }
     }
 
     /// Counts one answered request.
     pub fn observe_request(&self, route: &'static str, status: u16, elapsed: Duration) {
-        self.requests.get_or_create(&RequestLabels { route, status }).inc();
-        self.latency.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts one access decision.
     pub fn decision(&self, decision: &'static str, reason: &'static str) {
-        self.decisions.get_or_create(&DecisionLabels { decision, reason }).inc();
+        self.decisions
+            .get_or_create(&DecisionLabels { decision, reason })
+            .inc();
     }
 
     /// Counts one failed call to Flowise.
     pub fn upstream_error(&self, reason: &'static str) {
-        self.upstream_errors.get_or_create(&ReasonLabels { reason }).inc();
+        self.upstream_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// The registry in OpenMetrics text format.
@@ -113,9 +147,23 @@ mod tests {
         metrics.decision("deny", "forbidden");
         metrics.upstream_error("timeout");
         let text = metrics.encode().expect("encodes");
-        assert!(text.contains("flowgate_proxy_requests_total{route=\"prediction\",status=\"200\"} 1"), "{text}");
-        assert!(text.contains("flowgate_proxy_decisions_total{decision=\"deny\",reason=\"forbidden\"} 1"), "{text}");
-        assert!(text.contains("flowgate_upstream_errors_total{reason=\"timeout\"} 1"), "{text}");
-        assert!(text.contains("flowgate_proxy_request_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("flowgate_proxy_requests_total{route=\"prediction\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "flowgate_proxy_decisions_total{decision=\"deny\",reason=\"forbidden\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("flowgate_upstream_errors_total{reason=\"timeout\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flowgate_proxy_request_duration_seconds_bucket"),
+            "{text}"
+        );
     }
 }

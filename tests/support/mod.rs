@@ -5,9 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::Client;
 
 /// A client for the local API server named by `KUBECONFIG`.
 ///
@@ -20,7 +20,9 @@ pub async fn client() -> Client {
          Run the whole suite with scripts/test.sh, or `eval \"$(scripts/local-cluster.sh env)\"` after \
          `scripts/local-cluster.sh start`."
     );
-    Client::try_default().await.expect("KUBECONFIG names a reachable API server")
+    Client::try_default()
+        .await
+        .expect("KUBECONFIG names a reachable API server")
 }
 
 /// Applies the generated CRDs (server-side apply, idempotent) and waits until they are served.
@@ -29,7 +31,9 @@ pub async fn install_crds(client: &Client) {
     let params = PatchParams::apply("flowgate-tests").force();
     for (_, crd) in flowgate::crd::definitions() {
         let name = crd.metadata.name.clone().expect("CRD has a name");
-        api.patch(&name, &params, &Patch::Apply(&crd)).await.expect("CRD applies");
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .expect("CRD applies");
         let established = await_condition(api.clone(), &name, conditions::is_crd_established());
         tokio::time::timeout(Duration::from_secs(30), established)
             .await
@@ -40,20 +44,30 @@ pub async fn install_crds(client: &Client) {
 
 /// A namespace of its own for one test: `<prefix>-<unique suffix>`.
 pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let name = format!("{prefix}-{:x}", nanos & 0xffff_ffff_ffff);
     let api: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
     }))
     .expect("namespace literal");
-    api.create(&PostParams::default(), &ns).await.expect("namespace created");
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace created");
     name
 }
 
 /// Runs kubectl against the local API server and returns stdout; panics with stderr on failure.
+///
+/// Each call uses a fresh discovery cache: CRDs installed moments ago must be visible.
 pub fn kubectl(args: &[&str]) -> String {
+    let cache = tempfile::tempdir().expect("temp dir");
     let out = std::process::Command::new("kubectl")
+        .arg("--cache-dir")
+        .arg(cache.path())
         .args(args)
         .output()
         .expect("kubectl runs");
@@ -80,7 +94,13 @@ pub fn examples() -> Vec<(String, serde_json::Value)> {
             let text = std::fs::read_to_string(&path).expect("readable example");
             let doc: serde_json::Value = serde_saphyr::from_str(&text)
                 .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
-            (path.file_name().expect("file name").to_string_lossy().into_owned(), doc)
+            (
+                path.file_name()
+                    .expect("file name")
+                    .to_string_lossy()
+                    .into_owned(),
+                doc,
+            )
         })
         .collect()
 }
