@@ -289,6 +289,16 @@ async fn a_header_alg_outside_the_keys_family_is_rejected() {
     );
 }
 
+#[tokio::test]
+async fn a_cached_token_still_expires() {
+    let (verifier, _file) = hs256_verifier(|c| c.leeway = Duration::ZERO);
+    let token = Signer::hs256(SECRET).sign(&with(json!({"exp": now() + 1})));
+    assert_eq!(reason(verifier.verify(&token).await), "ok");
+    assert_eq!(reason(verifier.verify(&token).await), "ok", "served again");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(verifier.verify(&token).await, Err(AuthError::Expired));
+}
+
 // --- shape and size -------------------------------------------------------------------------
 
 #[tokio::test]
@@ -416,7 +426,8 @@ async fn a_rotated_key_is_picked_up_through_its_unknown_kid() {
     let new = Signer::rsa("rsa2.key", Algorithm::RS256).with_kid("new");
     let server = KeyServer::start(jwks(&[&old])).await;
     let verifier = jwks_verifier(&server, cooldown);
-    assert_eq!(reason(verifier.verify(&old.sign(&claims())).await), "ok");
+    let old_token = old.sign(&claims());
+    assert_eq!(reason(verifier.verify(&old_token).await), "ok");
     assert_eq!(server.jwks_fetches(), 1);
 
     server.set_jwks(jwks(&[&new]));
@@ -432,9 +443,9 @@ async fn a_rotated_key_is_picked_up_through_its_unknown_kid() {
     assert_eq!(reason(verifier.verify(&token).await), "ok");
     assert_eq!(server.jwks_fetches(), 2);
     assert_eq!(
-        verifier.verify(&old.sign(&claims())).await,
+        verifier.verify(&old_token).await,
         Err(AuthError::UnknownKey),
-        "a key removed from the set is no longer accepted"
+        "a key removed from the set is no longer accepted, not even for a cached token"
     );
     assert_eq!(server.jwks_fetches(), 2);
 }
@@ -488,13 +499,16 @@ async fn a_failing_key_server_leaves_the_old_keys_in_use() {
     let unknown = Signer::ed25519().with_kid("unknown").sign(&claims());
     assert_eq!(verifier.verify(&unknown).await, Err(AuthError::UnknownKey));
     assert_eq!(server.jwks_fetches(), 2, "the refresh was attempted");
-    assert_eq!(reason(verifier.verify(&signer.sign(&claims())).await), "ok");
+    // A token not seen before, so the old key (not the token cache) accepts it.
+    let fresh = signer.sign(&with(json!({"sub": "bob"})));
+    assert_eq!(reason(verifier.verify(&fresh).await), "ok");
     assert!(
         verifier.refresh().await,
         "keys stay loaded after a failed refresh"
     );
     assert_eq!(server.jwks_fetches(), 3);
-    assert_eq!(reason(verifier.verify(&signer.sign(&claims())).await), "ok");
+    let fresh = signer.sign(&with(json!({"sub": "carol"})));
+    assert_eq!(reason(verifier.verify(&fresh).await), "ok");
 }
 
 #[tokio::test]
@@ -510,7 +524,8 @@ async fn an_unreachable_key_server_leaves_the_old_keys_in_use() {
     let unknown = Signer::ed25519().with_kid("unknown").sign(&claims());
     assert_eq!(verifier.verify(&unknown).await, Err(AuthError::UnknownKey));
     assert_eq!(verifier.key_fetches(), 2, "the refresh was attempted");
-    assert_eq!(reason(verifier.verify(&signer.sign(&claims())).await), "ok");
+    let fresh = signer.sign(&with(json!({"sub": "bob"})));
+    assert_eq!(reason(verifier.verify(&fresh).await), "ok");
 }
 
 #[tokio::test]

@@ -108,6 +108,29 @@ impl std::fmt::Debug for VerifyingKey {
     }
 }
 
+impl VerifyingKey {
+    /// Same `kid`, algorithms and key material.
+    fn same_as(&self, other: &Self) -> bool {
+        use jsonwebtoken::DecodingKeyKind::{RsaModulusExponent, SecretOrDer};
+        let material = match (self.key.kind(), other.key.kind()) {
+            (SecretOrDer(a), SecretOrDer(b)) => a == b,
+            (RsaModulusExponent { n, e }, RsaModulusExponent { n: n2, e: e2 }) => {
+                n == n2 && e == e2
+            }
+            _ => false,
+        };
+        material
+            && self.kid == other.kid
+            && self.algorithms == other.algorithms
+            && self.key.family() == other.key.family()
+    }
+}
+
+/// Whether two key sets hold the same keys in the same order.
+pub(crate) fn same_keys(a: &[VerifyingKey], b: &[VerifyingKey]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same_as(y))
+}
+
 /// What looking a key up by `kid` found.
 pub(crate) enum Lookup<'a> {
     Found(&'a VerifyingKey),
@@ -413,6 +436,17 @@ mod tests {
         .expect("one usable key");
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].kid.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn key_sets_compare_by_kid_algorithms_and_material() {
+        let ed = |kid: &str, x: &str| serde_json::json!([{"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": x}]);
+        let other_x = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let a = jwks(ed("a", ED_X)).expect("keys");
+        assert!(same_keys(&a, &jwks(ed("a", ED_X)).expect("keys")));
+        assert!(!same_keys(&a, &jwks(ed("b", ED_X)).expect("keys")));
+        assert!(!same_keys(&a, &jwks(ed("a", other_x)).expect("keys")));
+        assert!(!same_keys(&a, &[]));
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //!             stack buffers)    issuer → SA)    ArcSwap cache)  the key)        claims::*_identity)
 //! ```
 //!
-//! Keys are decoded once when they load. Remote keys ([`remote`]) are read lock-free; a token
+//! Keys are decoded once when they load. Remote keys (`remote.rs`) are read lock-free; a token
 //! with an unknown `kid` triggers at most one shared fetch per cooldown, and a failed fetch keeps
-//! the previous keys.
+//! the previous keys. Tokens that passed are remembered (`cache.rs`) until their `exp` or a
+//! key-set change, so a client resending its token pays for the signature once.
 
 mod bearer;
+mod cache;
 mod claims;
 mod error;
 mod fetch;
@@ -21,6 +23,7 @@ mod select;
 mod token;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -33,6 +36,7 @@ pub use token::{MAX_HEADER_BYTES, MAX_TOKEN_BYTES};
 
 use crate::config::{ClaimMapping, ConfigError, JwtConfig};
 use crate::crd::ServiceAccountRef;
+use cache::TokenCache;
 use claims::Mapping;
 use fetch::{Fetcher, Limits};
 use remote::{RemoteKeys, Trigger};
@@ -57,7 +61,8 @@ pub struct Identity {
     pub expires_at: Timestamp,
 }
 
-/// Tuning of remote key sources. The defaults suit production; tests shorten them.
+/// Tuning of remote key sources and the verified-token cache. The defaults suit production;
+/// tests shorten them.
 #[derive(Debug, Clone, Copy)]
 pub struct VerifierOptions {
     /// Least time between two fetches caused by unknown `kid`s.
@@ -68,6 +73,9 @@ pub struct VerifierOptions {
     pub fetch_timeout: Duration,
     /// Bound on each fetched document.
     pub max_response_bytes: usize,
+    /// Verified tokens remembered until their `exp` or a key-set change (`cache.rs`); 0 turns
+    /// the cache off. Each entry holds the token and its identity (~1–2 KiB).
+    pub token_cache_capacity: usize,
 }
 
 impl Default for VerifierOptions {
@@ -77,6 +85,7 @@ impl Default for VerifierOptions {
             refresh_interval: Duration::from_secs(300),
             fetch_timeout: Duration::from_secs(5),
             max_response_bytes: 256 * 1024,
+            token_cache_capacity: 10_000,
         }
     }
 }
@@ -122,7 +131,9 @@ impl Verifier {
             timeout: options.fetch_timeout,
             max_bytes: options.max_response_bytes,
         };
-        let remote = |fetcher| RemoteKeys::new(fetcher, limits, options.refresh_cooldown);
+        let key_epoch = Arc::new(AtomicU64::new(0));
+        let remote =
+            |fetcher| RemoteKeys::new(fetcher, limits, options.refresh_cooldown, key_epoch.clone());
         let mut remote_keys = Vec::new();
         if config.jwks_url.is_some() || config.oidc_issuer_url.is_some() {
             let http = http_client(&options)?;
@@ -167,13 +178,34 @@ impl Verifier {
                     audience: config.audience.clone(),
                 },
                 service_accounts,
+                cache: TokenCache::new(options.token_cache_capacity),
+                key_epoch,
                 options,
             }),
         })
     }
 
-    /// Verifies a bearer token (as returned by [`bearer_token`]) and maps its claims.
+    /// Verifies a bearer token (as returned by [`bearer_token`]) and maps its claims. A token
+    /// verified before is answered from the cache while it is unexpired and the keys unchanged.
     pub async fn verify(&self, bearer: &str) -> Result<Identity, AuthError> {
+        let inner = &*self.inner;
+        if bearer.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
+        // Read before any key is: an entry is never newer than the keys it was verified with.
+        let epoch = inner.key_epoch.load(Ordering::Acquire);
+        let Some(cache) = &inner.cache else {
+            return self.verify_uncached(bearer).await;
+        };
+        if let Some(identity) = cache.get(bearer, epoch, Timestamp::now().as_second()) {
+            return Ok(identity);
+        }
+        let identity = self.verify_uncached(bearer).await?;
+        cache.insert(bearer, &identity, epoch, inner.leeway);
+        Ok(identity)
+    }
+
+    async fn verify_uncached(&self, bearer: &str) -> Result<Identity, AuthError> {
         let inner = &*self.inner;
         let token = token::parse(bearer, &inner.mapping.names)?;
         let step = match inner.attempt(&token, Timestamp::now(), false) {

@@ -16,7 +16,7 @@ use futures::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
 use super::fetch::{Fetcher, KeyFetchError, Limits};
-use super::keys::VerifyingKey;
+use super::keys::{VerifyingKey, same_keys};
 
 /// The keys of one source as last fetched.
 #[derive(Debug)]
@@ -50,10 +50,17 @@ pub(crate) struct RemoteKeys {
     current: ArcSwapOption<KeySnapshot>,
     flight: Mutex<Flight>,
     fetches: AtomicU64,
+    /// Shared by all sources; moved whenever one's keys change (see [`super::cache`]).
+    epoch: Arc<AtomicU64>,
 }
 
 impl RemoteKeys {
-    pub(crate) fn new(fetcher: Fetcher, limits: Limits, cooldown: Duration) -> Arc<Self> {
+    pub(crate) fn new(
+        fetcher: Fetcher,
+        limits: Limits,
+        cooldown: Duration,
+        epoch: Arc<AtomicU64>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             fetcher,
             limits,
@@ -61,6 +68,7 @@ impl RemoteKeys {
             current: ArcSwapOption::empty(),
             flight: Mutex::new(Flight::default()),
             fetches: AtomicU64::new(0),
+            epoch,
         })
     }
 
@@ -119,10 +127,17 @@ impl RemoteKeys {
                     keys = fetched.keys.len(),
                     "verification keys refreshed"
                 );
-                self.current.store(Some(Arc::new(KeySnapshot {
+                let fresh = Arc::new(KeySnapshot {
                     keys: fetched.keys,
                     issuer: fetched.issuer,
-                })));
+                });
+                let previous = self.current.swap(Some(fresh.clone()));
+                let unchanged = previous
+                    .is_some_and(|p| p.issuer == fresh.issuer && same_keys(&p.keys, &fresh.keys));
+                if !unchanged {
+                    // After the store: whoever sees the new epoch also sees the new keys.
+                    self.epoch.fetch_add(1, Ordering::Release);
+                }
                 true
             }
             Err(error) => {

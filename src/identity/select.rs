@@ -6,10 +6,12 @@
 //! a key source and run it again ([`Step::Refresh`]). So no key snapshot is held across an await.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use jiff::Timestamp;
 use jsonwebtoken::errors::ErrorKind;
 
+use super::cache::TokenCache;
 use super::claims::{self, Checks, Mapping};
 use super::keys::{self, Lookup, VerifyingKey};
 use super::remote::{RemoteKeys, Trigger};
@@ -23,6 +25,9 @@ pub(super) struct Inner {
     pub(super) users: UserKeys,
     pub(super) service_accounts: Option<ServiceAccountKeys>,
     pub(super) options: VerifierOptions,
+    pub(super) cache: Option<TokenCache>,
+    /// Moves whenever a remote key set changes; invalidates cached tokens.
+    pub(super) key_epoch: Arc<AtomicU64>,
 }
 
 /// Keys for callers' own JWTs.
