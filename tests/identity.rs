@@ -529,6 +529,50 @@ async fn an_unreachable_key_server_leaves_the_old_keys_in_use() {
 }
 
 #[tokio::test]
+async fn the_background_refresh_picks_up_new_keys_by_itself() {
+    let old = Signer::ed25519().with_kid("old");
+    let new = Signer::ec256().with_kid("new");
+    let server = KeyServer::start(jwks(&[&old])).await;
+    let config = JwtConfig {
+        jwks_url: Some(server.jwks_url()),
+        ..config()
+    };
+    let options = VerifierOptions {
+        refresh_interval: Duration::from_millis(100),
+        // Long enough that an unknown kid cannot be what fetches the new keys.
+        refresh_cooldown: Duration::from_secs(3600),
+        ..VerifierOptions::default()
+    };
+    let verifier =
+        Verifier::with_options(&config, &ClaimMapping::default(), None, options).expect("valid");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(verifier.clone().run_refresh(shutdown.clone()));
+
+    server.set_jwks(jwks(&[&new]));
+    let fetched_again = async {
+        while server.jwks_fetches() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fetched_again)
+        .await
+        .expect("a periodic fetch");
+    assert_eq!(reason(verifier.verify(&new.sign(&claims())).await), "ok");
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the refresh loop stops on shutdown")
+        .expect("no panic");
+}
+
+#[test]
+fn a_verifier_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync + Clone + 'static>() {}
+    shared::<Verifier>();
+}
+
+#[tokio::test]
 async fn keys_that_never_loaded_are_a_transient_error() {
     let server = KeyServer::start(json!({})).await;
     server.set_failing(true);
