@@ -19,7 +19,7 @@ pub(crate) struct Fetched {
 
 /// Why a key fetch failed. The previous keys stay in use.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyFetchError {
+pub(crate) enum KeyFetchError {
     #[error("request failed: {0}")]
     Http(#[from] reqwest::Error),
     #[error("Kubernetes API request failed: {0}")]

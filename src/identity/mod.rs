@@ -31,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use bearer::bearer_token;
 pub use error::AuthError;
-pub use fetch::KeyFetchError;
 pub use token::{MAX_HEADER_BYTES, MAX_TOKEN_BYTES};
 
 use crate::config::{ClaimMapping, ConfigError, JwtConfig};
