@@ -12,9 +12,11 @@
 
 pub mod config;
 pub mod crd;
+pub mod identity;
 pub mod index;
 pub mod metrics;
 pub mod ops;
+pub mod proxy;
 pub mod run;
 pub mod server;
 pub mod telemetry;

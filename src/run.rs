@@ -6,13 +6,20 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::identity::Verifier;
+use crate::index;
 use crate::metrics::Metrics;
 use crate::ops::{self, Health};
+use crate::proxy::keys::ApiKeys;
+use crate::proxy::upstream::Upstream;
+use crate::proxy::{Proxy, ProxyError};
 use crate::server;
 
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN_PERIOD: Duration = Duration::from_secs(25);
+/// How long Flowise may take to start answering a prediction.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why `flowgate run` could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +32,15 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// A setting is unusable (a file that cannot be read, no key source, …).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No Kubernetes configuration (in-cluster or KUBECONFIG) could be loaded.
+    #[error("cannot reach Kubernetes (in-cluster config or KUBECONFIG): {0}")]
+    Kube(#[source] kube::Error),
+    /// The proxy could not be set up.
+    #[error("proxy: {0}")]
+    Proxy(#[from] ProxyError),
 }
 
 /// Runs every configured part until `shutdown` is cancelled, then drains and returns.
@@ -32,35 +48,91 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::new());
 
-    let ops_listener =
-        TcpListener::bind(config.ops_addr)
-            .await
-            .map_err(|source| RunError::Bind {
-                setting: "FLOWGATE_OPS_ADDR",
-                addr: config.ops_addr,
-                source,
-            })?;
-    tracing::info!(addr = %config.ops_addr, "ops listener (healthz, readyz, metrics) up");
-
-    let ops_task = {
+    let ops_listener = bind(config.ops_addr, "FLOWGATE_OPS_ADDR").await?;
+    let mut tasks = Vec::new();
+    {
         let (health, metrics) = (health.clone(), metrics.clone());
         let handler = move |req, peer| ops::handle(req, peer, health.clone(), metrics.clone());
-        tokio::spawn(server::serve(
+        tasks.push(tokio::spawn(server::serve(
             ops_listener,
             handler,
             shutdown.clone(),
             Duration::from_secs(1),
-        ))
-    };
+        )));
+    }
+    tracing::info!(addr = %config.ops_addr, "ops listener (healthz, readyz, metrics) up");
+
+    let client = kube::Client::try_default().await.map_err(RunError::Kube)?;
+
+    if config.proxy {
+        let (_stores, snapshot) =
+            index::watch::spawn(client.clone(), health.gate("index"), shutdown.clone());
+        let sa_client = config
+            .jwt
+            .service_account_audience
+            .as_ref()
+            .map(|_| client.clone());
+        let verifier = Verifier::new(&config.jwt, &config.identity, sa_client)?;
+        tokio::spawn(verifier.clone().run_refresh(shutdown.clone()));
+        let default_key = match &config.flowise_api_key_file {
+            Some(path) => Some(read_secret(path, "FLOWGATE_FLOWISE_API_KEY_FILE")?),
+            None => None,
+        };
+        let proxy = Arc::new(Proxy {
+            snapshot,
+            verifier: Arc::new(verifier),
+            upstream: Upstream::new(&config.flowise_url, default_key, UPSTREAM_TIMEOUT)?,
+            keys: ApiKeys::new(Some(client.clone())),
+            metrics: metrics.clone(),
+            token_endpoint: config.token_endpoint_url.clone(),
+            http: reqwest::Client::new(),
+        });
+        let listener = bind(config.listen_addr, "FLOWGATE_LISTEN_ADDR").await?;
+        let handler = move |req, peer| proxy.clone().handle(req, peer);
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            handler,
+            shutdown.clone(),
+            DRAIN_PERIOD,
+        )));
+        tracing::info!(addr = %config.listen_addr, flowise = %config.flowise_url, "proxy listening");
+    }
 
     tracing::info!(
         controller = config.controller,
         proxy = config.proxy,
-        flowise = %config.flowise_url,
         "flowgate running"
     );
     shutdown.cancelled().await;
-    tracing::info!("shutting down");
-    let _ = ops_task.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    for task in tasks {
+        let _ = task.await;
+    }
     Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr, setting: &'static str) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            setting,
+            addr,
+            source,
+        })
+}
+
+/// The trimmed content of a secret file.
+pub fn read_secret(path: &std::path::Path, setting: &'static str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        setting,
+        problem: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Err(ConfigError {
+            setting,
+            problem: format!("{} is empty", path.display()),
+        });
+    }
+    Ok(text)
 }

@@ -63,15 +63,23 @@ struct Prediction {
 
 impl Proxy {
     /// Answers one request. Never fails: every error becomes its JSON answer.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         let started = std::time::Instant::now();
         let route = routes::route(req.method(), req.uri().path());
         let label = route.as_ref().map(route_label).unwrap_or("unknown");
         let resp = match route {
-            Ok(route) => self.dispatch(route, req, peer).await.unwrap_or_else(|e| self.refuse(e)),
+            Ok(route) => self
+                .dispatch(route, req, peer)
+                .await
+                .unwrap_or_else(|e| self.refuse(e)),
             Err(e) => self.refuse(e),
         };
-        self.metrics.observe_request(label, resp.status().as_u16(), started.elapsed());
+        self.metrics
+            .observe_request(label, resp.status().as_u16(), started.elapsed());
         resp
     }
 
@@ -80,7 +88,12 @@ impl Proxy {
         error.into_response()
     }
 
-    async fn dispatch(&self, route: Route, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, ProxyError> {
+    async fn dispatch(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, ProxyError> {
         match route {
             Route::Authenticate | Route::Refresh => return self.token_grant(route, req).await,
             _ => {}
@@ -91,25 +104,34 @@ impl Proxy {
         let caller = caller(&identity);
         match route {
             Route::ListChatflows => {
-                let list: Vec<Value> =
-                    snapshot.visible(&caller, now).into_iter().map(|cf| listing::flowise_shape(cf)).collect();
+                let list: Vec<Value> = snapshot
+                    .visible(&caller, now)
+                    .into_iter()
+                    .map(|cf| listing::flowise_shape(cf))
+                    .collect();
                 Ok(error::json(StatusCode::OK, &Value::Array(list)))
             }
             Route::GetChatflow(id) => {
-                let cf = self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
+                let cf =
+                    self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
                 Ok(error::json(StatusCode::OK, &listing::flowise_shape(&cf)))
             }
             Route::CompatListChatflows => {
-                let list: Vec<Value> =
-                    snapshot.visible(&caller, now).into_iter().map(|cf| listing::compat_shape(cf)).collect();
+                let list: Vec<Value> = snapshot
+                    .visible(&caller, now)
+                    .into_iter()
+                    .map(|cf| listing::compat_shape(cf))
+                    .collect();
                 Ok(error::json(StatusCode::OK, &Value::Array(list)))
             }
             Route::CompatGetChatflow(id) => {
-                let cf = self.authorize(&snapshot, &identity, &caller, Lookup::NameOrId(&id), now)?;
+                let cf =
+                    self.authorize(&snapshot, &identity, &caller, Lookup::NameOrId(&id), now)?;
                 Ok(error::json(StatusCode::OK, &listing::compat_shape(&cf)))
             }
             Route::Predict(id) => {
-                let cf = self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
+                let cf =
+                    self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
                 let usable = usable(&cf)?;
                 let body = read_json(req, MAX_JSON_BODY).await?;
                 let prediction = prepare(body, &identity)?;
@@ -121,7 +143,13 @@ impl Proxy {
             Route::CompatPredict => {
                 let mut body = read_json(req, MAX_JSON_BODY).await?;
                 let (chatflow_id, prediction) = compat_request(&mut body, &identity)?;
-                let cf = self.authorize(&snapshot, &identity, &caller, Lookup::NameOrId(&chatflow_id), now)?;
+                let cf = self.authorize(
+                    &snapshot,
+                    &identity,
+                    &caller,
+                    Lookup::NameOrId(&chatflow_id),
+                    now,
+                )?;
                 let usable = usable(&cf)?;
                 let headers = self.forward_headers(&cf).await?;
                 log_decision(&identity, &cf, "allow", "granted");
@@ -133,8 +161,14 @@ impl Proxy {
                 let resp = self.forward(usable, &cf, prediction, headers, peer).await?;
                 compat_response(resp, &chatflow_id, &chat_id).await
             }
-            Route::Credits => Ok(error::json(StatusCode::OK, &json!({"subject": identity.key, "balances": []}))),
-            Route::Authenticate | Route::Refresh => Err(ProxyError::NotFound { method: String::new(), path: String::new() }),
+            Route::Credits => Ok(error::json(
+                StatusCode::OK,
+                &json!({"subject": identity.key, "balances": []}),
+            )),
+            Route::Authenticate | Route::Refresh => Err(ProxyError::NotFound {
+                method: String::new(),
+                path: String::new(),
+            }),
         }
     }
 
@@ -145,7 +179,10 @@ impl Proxy {
             if e.is_transient() {
                 ProxyError::KeysUnavailable
             } else {
-                ProxyError::InvalidToken { reason: e.reason(), detail: e.to_string() }
+                ProxyError::InvalidToken {
+                    reason: e.reason(),
+                    detail: e.to_string(),
+                }
             }
         })
     }
@@ -175,7 +212,10 @@ impl Proxy {
         };
         if snapshot.role(caller, &cf, now).is_none() {
             log_decision(identity, &cf, "deny", "forbidden");
-            return Err(ProxyError::Forbidden(format!("{}/{}", cf.rule.namespace, cf.rule.name)));
+            return Err(ProxyError::Forbidden(format!(
+                "{}/{}",
+                cf.rule.namespace, cf.rule.name
+            )));
         }
         Ok(cf)
     }
@@ -186,7 +226,11 @@ impl Proxy {
         if let Some(secret) = &cf.rule.api_key {
             return self.keys.get(&cf.rule.namespace, secret).await.map(Some);
         }
-        Ok(if cf.rule.api_key_bound { self.upstream.default_key().cloned() } else { None })
+        Ok(if cf.rule.api_key_bound {
+            self.upstream.default_key().cloned()
+        } else {
+            None
+        })
     }
 
     async fn forward(
@@ -197,11 +241,19 @@ impl Proxy {
         key: Option<HeaderValue>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, ProxyError> {
-        let body = Bytes::from(serde_json::to_vec(&Value::Object(prediction.body)).unwrap_or_default());
+        let body =
+            Bytes::from(serde_json::to_vec(&Value::Object(prediction.body)).unwrap_or_default());
         let mut client_headers = hyper::HeaderMap::new();
         client_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let path = format!("/api/v1/prediction/{flowise_id}");
-        let req = self.upstream.request(Method::POST, &path, &client_headers, peer, key.as_ref(), body)?;
+        let req = self.upstream.request(
+            Method::POST,
+            &path,
+            &client_headers,
+            peer,
+            key.as_ref(),
+            body,
+        )?;
         let upstream = match self.upstream.send(req).await {
             Ok(resp) => resp,
             Err(error) => {
@@ -211,7 +263,11 @@ impl Proxy {
         };
         let status = upstream.status();
         if status.is_server_error() {
-            let body = self.upstream.read_body(upstream.into_body(), 64 * 1024).await.unwrap_or_default();
+            let body = self
+                .upstream
+                .read_body(upstream.into_body(), 64 * 1024)
+                .await
+                .unwrap_or_default();
             self.metrics.upstream_error("status_5xx");
             return Err(ProxyError::Upstream(flowise_message(status, &body)));
         }
@@ -233,8 +289,12 @@ impl Proxy {
                 .map_err(|e| ProxyError::Upstream(e.to_string()));
         }
         let answer = self.upstream.read_body(incoming, MAX_ANSWER).await?;
-        resp.body(http_body_util::Full::new(answer).map_err(|e| match e {}).boxed())
-            .map_err(|e| ProxyError::Upstream(e.to_string()))
+        resp.body(
+            http_body_util::Full::new(answer)
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .map_err(|e| ProxyError::Upstream(e.to_string()))
     }
 
     /// A callback that asks Flowise to stop generating for a client that went away.
@@ -244,15 +304,24 @@ impl Proxy {
         chat_id: String,
         key: Option<HeaderValue>,
         peer: SocketAddr,
-    ) -> impl FnOnce() + Send + 'static {
+    ) -> impl FnOnce() + Send + Sync + 'static {
         let upstream = self.upstream.clone();
         move || {
             tokio::spawn(async move {
                 let path = format!("/api/v1/chatmessage/abort/{flowise_id}/{chat_id}");
                 let headers = hyper::HeaderMap::new();
-                match upstream.request(Method::PUT, &path, &headers, peer, key.as_ref(), Bytes::new()) {
+                match upstream.request(
+                    Method::PUT,
+                    &path,
+                    &headers,
+                    peer,
+                    key.as_ref(),
+                    Bytes::new(),
+                ) {
                     Ok(req) => match upstream.send(req).await {
-                        Ok(resp) => tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort"),
+                        Ok(resp) => {
+                            tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort")
+                        }
                         Err(error) => tracing::warn!(%error, %chat_id, "abort request failed"),
                     },
                     Err(error) => tracing::warn!(%error, "cannot build the abort request"),
@@ -261,7 +330,11 @@ impl Proxy {
         }
     }
 
-    async fn token_grant(&self, route: Route, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    async fn token_grant(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ProxyError> {
         let endpoint = self.token_endpoint.clone().ok_or_else(|| {
             ProxyError::NotConfigured(
                 "token endpoint not configured: set FLOWGATE_TOKEN_ENDPOINT_URL to enable /chat/authenticate and /chat/refresh".into(),
@@ -280,11 +353,18 @@ impl Proxy {
                 ("username", field("username")?),
                 ("password", field("password")?),
             ],
-            _ => vec![("grant_type", "refresh_token".into()), ("refresh_token", field("refresh_token")?)],
+            _ => vec![
+                ("grant_type", "refresh_token".into()),
+                ("refresh_token", field("refresh_token")?),
+            ],
         };
         let mut extra: Vec<(&str, String)> = ["client_id", "client_secret", "scope"]
             .into_iter()
-            .filter_map(|k| body.get(k).and_then(Value::as_str).map(|v| (k, v.to_string())))
+            .filter_map(|k| {
+                body.get(k)
+                    .and_then(Value::as_str)
+                    .map(|v| (k, v.to_string()))
+            })
             .collect();
         let mut params = form;
         params.append(&mut extra);
@@ -301,9 +381,18 @@ impl Proxy {
             .timeout(Duration::from_secs(15))
             .send()
             .await
-            .map_err(|e| if e.is_timeout() { ProxyError::UpstreamTimeout } else { ProxyError::UpstreamUnreachable(e.to_string()) })?;
+            .map_err(|e| {
+                if e.is_timeout() {
+                    ProxyError::UpstreamTimeout
+                } else {
+                    ProxyError::UpstreamUnreachable(e.to_string())
+                }
+            })?;
         let status = answer.status();
-        let bytes = answer.bytes().await.map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
+        let bytes = answer
+            .bytes()
+            .await
+            .map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
         if status.is_success() {
             let mut out = json!({
@@ -319,10 +408,17 @@ impl Proxy {
         } else if status.is_client_error() {
             Err(ProxyError::InvalidToken {
                 reason: "token_endpoint_refused",
-                detail: value.get("error_description").or(value.get("error")).and_then(Value::as_str).unwrap_or("authentication failed").to_string(),
+                detail: value
+                    .get("error_description")
+                    .or(value.get("error"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("authentication failed")
+                    .to_string(),
             })
         } else {
-            Err(ProxyError::Upstream(format!("token endpoint answered {status}")))
+            Err(ProxyError::Upstream(format!(
+                "token endpoint answered {status}"
+            )))
         }
     }
 }
@@ -350,7 +446,10 @@ fn caller(identity: &Identity) -> Caller<'_> {
     Caller {
         users: &identity.users,
         groups: &identity.groups,
-        service_account: identity.service_account_key.as_deref(),
+        service_account: identity
+            .service_account
+            .as_ref()
+            .and_then(|_| identity.key.strip_prefix("sa:")),
     }
 }
 
@@ -376,7 +475,11 @@ fn by_visible_name(
         .filter(|cf| cf.rule.name == name && snapshot.role(caller, cf, now).is_some())
         .collect();
     match matches.as_slice() {
-        [] => Ok(snapshot.chatflows().iter().find(|cf| cf.rule.name == name).cloned()),
+        [] => Ok(snapshot
+            .chatflows()
+            .iter()
+            .find(|cf| cf.rule.name == name)
+            .cloned()),
         [one] => Ok(Some((*one).clone())),
         _ => Err(ProxyError::Ambiguous(name.to_string())),
     }
@@ -394,20 +497,27 @@ fn usable(cf: &ChatflowEntry) -> Result<String, ProxyError> {
     }
 }
 
-async fn read_json(req: Request<Incoming>, limit: usize) -> Result<serde_json::Map<String, Value>, ProxyError> {
+async fn read_json(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<serde_json::Map<String, Value>, ProxyError> {
     let is_json = req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|ct| ct.starts_with("application/json") || ct.contains("+json"));
     if !is_json {
-        return Err(ProxyError::BadRequest("the body must be JSON (Content-Type: application/json)".into()));
+        return Err(ProxyError::BadRequest(
+            "the body must be JSON (Content-Type: application/json)".into(),
+        ));
     }
     let bytes = Limited::new(req.into_body(), limit)
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 ProxyError::PayloadTooLarge { limit }
             } else {
                 ProxyError::BadRequest(format!("cannot read the body: {e}"))
@@ -416,16 +526,27 @@ async fn read_json(req: Request<Incoming>, limit: usize) -> Result<serde_json::M
         .to_bytes();
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ProxyError::BadRequest("the body must be a JSON object".into())),
-        Err(e) => Err(ProxyError::BadRequest(format!("the body is not valid JSON: {e}"))),
+        Ok(_) => Err(ProxyError::BadRequest(
+            "the body must be a JSON object".into(),
+        )),
+        Err(e) => Err(ProxyError::BadRequest(format!(
+            "the body is not valid JSON: {e}"
+        ))),
     }
 }
 
 /// Checks a Flowise prediction body and binds its session to the caller.
-fn prepare(mut body: serde_json::Map<String, Value>, identity: &Identity) -> Result<Prediction, ProxyError> {
-    let has_input = ["question", "form", "humanInput", "uploads"].iter().any(|k| body.contains_key(*k));
+fn prepare(
+    mut body: serde_json::Map<String, Value>,
+    identity: &Identity,
+) -> Result<Prediction, ProxyError> {
+    let has_input = ["question", "form", "humanInput", "uploads"]
+        .iter()
+        .any(|k| body.contains_key(*k));
     if !has_input {
-        return Err(ProxyError::BadRequest("a prediction needs 'question' (or 'form', 'uploads', 'humanInput')".into()));
+        return Err(ProxyError::BadRequest(
+            "a prediction needs 'question' (or 'form', 'uploads', 'humanInput')".into(),
+        ));
     }
     if body.get("question").is_some_and(|q| !q.is_string()) {
         return Err(ProxyError::BadRequest("'question' must be a string".into()));
@@ -433,28 +554,47 @@ fn prepare(mut body: serde_json::Map<String, Value>, identity: &Identity) -> Res
     let streaming = match body.get("streaming") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ProxyError::BadRequest("'streaming' must be a boolean".into())),
+        Some(_) => {
+            return Err(ProxyError::BadRequest(
+                "'streaming' must be a boolean".into(),
+            ));
+        }
     };
     let chat_id = session::bind_body(&mut body, &identity.key);
-    Ok(Prediction { body, streaming, chat_id })
+    Ok(Prediction {
+        body,
+        streaming,
+        chat_id,
+    })
 }
 
 /// The Python service's `{chatflow_id, question|message, sessionId?, overrideConfig?, streaming?}`.
-fn compat_request(body: &mut serde_json::Map<String, Value>, identity: &Identity) -> Result<(String, Prediction), ProxyError> {
+fn compat_request(
+    body: &mut serde_json::Map<String, Value>,
+    identity: &Identity,
+) -> Result<(String, Prediction), ProxyError> {
     let chatflow_id = match body.get("chatflow_id") {
         Some(Value::String(id)) if !id.is_empty() => id.clone(),
-        _ => return Err(ProxyError::BadRequest("field 'chatflow_id' is required".into())),
+        _ => {
+            return Err(ProxyError::BadRequest(
+                "field 'chatflow_id' is required".into(),
+            ));
+        }
     };
     let question = body
         .get("question")
         .or_else(|| body.get("message"))
         .and_then(Value::as_str)
-        .ok_or_else(|| ProxyError::BadRequest("field 'question' (or 'message') is required".into()))?;
+        .ok_or_else(|| {
+            ProxyError::BadRequest("field 'question' (or 'message') is required".into())
+        })?;
     let mut forward = serde_json::Map::new();
     forward.insert("question".into(), json!(question));
     if let Some(config) = body.get("overrideConfig") {
         if !config.is_object() && !config.is_null() {
-            return Err(ProxyError::BadRequest("'overrideConfig' must be an object".into()));
+            return Err(ProxyError::BadRequest(
+                "'overrideConfig' must be an object".into(),
+            ));
         }
         forward.insert("overrideConfig".into(), config.clone());
     }
@@ -467,13 +607,23 @@ fn compat_request(body: &mut serde_json::Map<String, Value>, identity: &Identity
     Ok((chatflow_id, prepare(forward, identity)?))
 }
 
-async fn compat_response(resp: Response<Body>, chatflow_id: &str, chat_id: &str) -> Result<Response<Body>, ProxyError> {
+async fn compat_response(
+    resp: Response<Body>,
+    chatflow_id: &str,
+    chat_id: &str,
+) -> Result<Response<Body>, ProxyError> {
     let status = resp.status();
-    let bytes = resp.into_body().collect().await.map_err(|e| ProxyError::Upstream(e.to_string()))?.to_bytes();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ProxyError::Upstream(e.to_string()))?
+        .to_bytes();
     if !status.is_success() {
         return Err(ProxyError::Upstream(flowise_message(status, &bytes)));
     }
-    let result: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+    let result: Value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
     Ok(error::json(
         StatusCode::OK,
         &json!({"result": result, "credits_remaining": null, "chatflow_id": chatflow_id, "session_id": chat_id}),
@@ -495,7 +645,9 @@ fn flowise_message(status: StatusCode, body: &[u8]) -> String {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -104,3 +104,5 @@ pub fn examples() -> Vec<(String, serde_json::Value)> {
         })
         .collect()
 }
+
+pub mod gate;
