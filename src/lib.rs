@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod crd;
+pub mod ledger;
 pub mod metrics;
 pub mod ops;
 pub mod run;
