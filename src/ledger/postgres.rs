@@ -276,6 +276,11 @@ impl Conn {
         let tx = self.client.transaction().await?;
         let now = request.now.as_microsecond();
         let expires = expiry(request.now, request.ttl);
+        let idx: Vec<i32> = (0..).take(charges.len()).collect();
+        let policies: Vec<&str> = charges.iter().map(|c| c.policy).collect();
+        let buckets: Vec<&str> = charges.iter().map(|c| c.bucket).collect();
+        let starts: Vec<i64> = charges.iter().map(|c| c.window_start).collect();
+        let amounts: Vec<i64> = charges.iter().map(|c| c.amount).collect();
         let inserted = tx
             .query_opt(
                 &st.insert_reservation,
@@ -285,6 +290,11 @@ impl Conn {
                     &request.idempotency_key,
                     &now,
                     &expires,
+                    &idx,
+                    &policies,
+                    &buckets,
+                    &starts,
+                    &amounts,
                 ],
             )
             .await?;
@@ -306,6 +316,8 @@ impl Conn {
             (None, None) => return Err(LedgerError::Corrupt("reservation not inserted".into())),
         };
 
+        // The bucket rows are the contended ones: charge them last, to hold their locks only
+        // until the commit.
         let mut used_after = vec![0; charges.len()];
         for i in lock_order(charges.iter().map(Charge::key)) {
             let charge = &charges[i];
@@ -332,16 +344,6 @@ impl Conn {
                 }
             }
         }
-        let idx: Vec<i32> = (0..).take(charges.len()).collect();
-        let policies: Vec<&str> = charges.iter().map(|c| c.policy).collect();
-        let buckets: Vec<&str> = charges.iter().map(|c| c.bucket).collect();
-        let starts: Vec<i64> = charges.iter().map(|c| c.window_start).collect();
-        let amounts: Vec<i64> = charges.iter().map(|c| c.amount).collect();
-        tx.execute(
-            &st.hold_lines,
-            &[&id, &idx, &policies, &buckets, &starts, &amounts],
-        )
-        .await?;
         tx.commit().await?;
         Ok(Some(ReserveOutcome::Reserved {
             id: ReservationId(id),
@@ -651,7 +653,6 @@ struct Statements {
     insert_reservation: Statement,
     find_key: Statement,
     charge: Statement,
-    hold_lines: Statement,
     used_of: Statement,
     lock_reservation: Statement,
     lines_of: Statement,
@@ -666,16 +667,26 @@ struct Statements {
 
 impl Statements {
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
-        let (insert_reservation, find_key, charge, hold_lines, used_of, lock_reservation, lines_of) =
+        let (insert_reservation, find_key, charge, used_of, lock_reservation, lines_of) =
             futures::try_join!(
+            // The reservation and its lines, in one round trip.
             client.prepare(
-                "INSERT INTO reservations
-                     (subject, chatflow, idempotency_key, state, created_us, expires_us, updated_us)
-                 VALUES ($1::text, $2::text, $3::text, 'reserved', $4::int8, $5::int8, $4::int8)
-                 ON CONFLICT (subject, idempotency_key)
-                     WHERE idempotency_key IS NOT NULL AND state <> 'refunded'
-                 DO NOTHING
-                 RETURNING id"
+                "WITH reservation AS (
+                     INSERT INTO reservations (subject, chatflow, idempotency_key, state,
+                                               created_us, expires_us, updated_us)
+                     VALUES ($1::text, $2::text, $3::text, 'reserved', $4::int8, $5::int8, $4::int8)
+                     ON CONFLICT (subject, idempotency_key)
+                         WHERE idempotency_key IS NOT NULL AND state <> 'refunded'
+                     DO NOTHING
+                     RETURNING id
+                 ), held AS (
+                     INSERT INTO reservation_lines
+                         (reservation_id, idx, policy, bucket, window_start, amount)
+                     SELECT reservation.id, line.*
+                     FROM reservation,
+                          unnest($6::int4[], $7::text[], $8::text[], $9::int8[], $10::int8[]) AS line
+                 )
+                 SELECT id FROM reservation"
             ),
             client.prepare(
                 "SELECT id, state FROM reservations
@@ -689,12 +700,6 @@ impl Statements {
                  DO UPDATE SET used = b.used + EXCLUDED.used
                      WHERE b.used <= $5::int8 - EXCLUDED.used
                  RETURNING used"
-            ),
-            client.prepare(
-                "INSERT INTO reservation_lines
-                     (reservation_id, idx, policy, bucket, window_start, amount)
-                 SELECT $1::int8, *
-                 FROM unnest($2::int4[], $3::text[], $4::text[], $5::int8[], $6::int8[])"
             ),
             client.prepare(
                 "SELECT used FROM buckets
@@ -761,7 +766,6 @@ impl Statements {
             insert_reservation,
             find_key,
             charge,
-            hold_lines,
             used_of,
             lock_reservation,
             lines_of,
