@@ -5,21 +5,24 @@
 //! it is unset: run `scripts/postgres.sh start` and `eval "$(scripts/postgres.sh env)"`).
 //! The clock is injected through `now`; nothing sleeps.
 
+#[path = "ledger/postgres_replicas.rs"]
+mod postgres_replicas;
+#[path = "ledger/sqlite_crash.rs"]
+mod sqlite_crash;
 #[path = "ledger/support.rs"]
 mod support;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use flowgate::crd::policy::Period;
 use flowgate::ledger::{
-    self, CreditLedger, LedgerError, PolicyUsage, ReservationId, ReservationState, ReserveOutcome,
-    Resolution, UsageFilter, UsageRecord,
+    self, LedgerError, PolicyUsage, ReservationId, ReservationState, ReserveOutcome, Resolution,
+    UsageFilter, UsageRecord,
 };
 use jiff::SignedDuration;
 
-use support::{OutcomeExt, Store, at, line, now, request, used};
+use support::{OutcomeExt, Store, at, concurrently, line, now, request, used};
 
 macro_rules! scenarios {
     ($($scenario:ident),* $(,)?) => {
@@ -751,124 +754,4 @@ async fn policy_usage_sums_credits_and_counts_exhausted_buckets(store: Store) {
             buckets_exhausted: 1
         }
     );
-}
-
-/// Runs `n` reserves at once and returns their outcomes.
-async fn concurrently(
-    ledger: &Arc<dyn CreditLedger>,
-    n: usize,
-    make: impl Fn(usize) -> ledger::ReserveRequest,
-) -> Vec<ReserveOutcome> {
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let (ledger, req) = (ledger.clone(), make(i));
-            tokio::spawn(async move { ledger.reserve(req).await })
-        })
-        .collect();
-    let mut outcomes = Vec::with_capacity(n);
-    for task in tasks {
-        outcomes.push(task.await.expect("task").expect("reserve"));
-    }
-    outcomes
-}
-
-mod postgres_replicas {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn three_replicas_sharing_the_database_admit_exactly_the_budget() {
-        let store = crate::support::postgres("three_replicas").await;
-        let replicas = [store.open().await, store.open().await, store.open().await];
-        let tasks: Vec<_> = (0..200)
-            .map(|i| {
-                let ledger = replicas[i % 3].clone();
-                let req = request(&format!("user-{i}"), vec![line(POLICY, "*", 50, 1)]);
-                tokio::spawn(async move { ledger.reserve(req).await })
-            })
-            .collect();
-        let mut reserved = 0;
-        for task in tasks {
-            if let ReserveOutcome::Reserved { .. } = task.await.expect("task").expect("reserve") {
-                reserved += 1;
-            }
-        }
-        assert_eq!(reserved, 50);
-        for replica in &replicas {
-            assert_eq!(used(&**replica, POLICY, "*").await, 50);
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn replicas_starting_together_create_the_schema_once() {
-        let store = crate::support::postgres("replicas_starting_together").await;
-        let url = &store.url;
-        let (a, b, c) = tokio::join!(ledger::open(url), ledger::open(url), ledger::open(url));
-        for opened in [a, b, c] {
-            opened.expect("every replica opens");
-        }
-    }
-}
-
-mod sqlite_crash {
-    //! `kill -9` of a process holding reservations loses none of them.
-
-    use super::*;
-
-    const CHILD_ENV: &str = "FLOWGATE_LEDGER_CRASH_CHILD_DB";
-    const RESERVATIONS: usize = 25;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reserved_charges_survive_kill_9() {
-        use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-
-        let store = crate::support::sqlite();
-        let flowgate::config::LedgerUrl::Sqlite(path) = &store.url else {
-            unreachable!("a SQLite store")
-        };
-        let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "--exact",
-                "sqlite_crash::crash_child",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env(CHILD_ENV, path)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("child");
-        let stdout = child.stdout.take().expect("stdout");
-        let reported = tokio::task::spawn_blocking(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .any(|line| line == "reserved")
-        })
-        .await
-        .expect("reader");
-        assert!(reported, "the child reported its reservations");
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reaped");
-
-        let ledger = store.open().await;
-        assert_eq!(used(&*ledger, POLICY, "*").await, RESERVATIONS as i64);
-    }
-
-    /// Run by `reserved_charges_survive_kill_9` in a child process, which it then kills.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "a helper process for reserved_charges_survive_kill_9"]
-    async fn crash_child() {
-        let Some(path) = std::env::var_os(CHILD_ENV) else {
-            return;
-        };
-        let ledger = ledger::open(&flowgate::config::LedgerUrl::Sqlite(path.into()))
-            .await
-            .expect("open");
-        concurrently(&ledger, RESERVATIONS, |i| {
-            request(&format!("user-{i}"), vec![line(POLICY, "*", 1000, 1)])
-        })
-        .await;
-        println!("reserved");
-        tokio::time::sleep(Duration::from_secs(600)).await;
-    }
 }

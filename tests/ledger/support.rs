@@ -126,3 +126,22 @@ pub async fn used(ledger: &dyn CreditLedger, policy: &str, bucket: &str) -> i64 
         .await
         .expect("balance")
 }
+
+/// Runs `n` reserves at once and returns their outcomes.
+pub async fn concurrently(
+    ledger: &Arc<dyn CreditLedger>,
+    n: usize,
+    make: impl Fn(usize) -> ReserveRequest,
+) -> Vec<ReserveOutcome> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (ledger, req) = (ledger.clone(), make(i));
+            tokio::spawn(async move { ledger.reserve(req).await })
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(n);
+    for task in tasks {
+        outcomes.push(task.await.expect("task").expect("reserve"));
+    }
+    outcomes
+}
