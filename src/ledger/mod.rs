@@ -7,7 +7,7 @@
 //! # Buckets
 //!
 //! A budget is a bucket keyed by (policy, bucket, window start): `bucket` is the subject for a
-//! `PerSubject` policy and `"*"` for a `Shared` one, the window comes from [`period::window`].
+//! `PerSubject` policy and `"*"` for a `Shared` one, the window comes from [`window`].
 //! A new period therefore starts from an empty bucket by itself. The bucket holds only `used`;
 //! the limit comes with every request from the *current* policy spec, so an edited policy
 //! applies at once (a limit lowered below `used` refuses the next request).
