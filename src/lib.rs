@@ -14,6 +14,7 @@ pub mod config;
 pub mod crd;
 pub mod identity;
 pub mod index;
+pub mod ledger;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
