@@ -29,6 +29,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
 }
@@ -40,6 +45,7 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     decisions: Family<DecisionLabels, Counter>,
     upstream_errors: Family<ReasonLabels, Counter>,
+    credits_charged: Family<PolicyLabels, Counter>,
     /// Unix time of the snapshot the proxy serves.
     pub snapshot_compiled: Gauge,
 }
@@ -88,6 +94,12 @@ impl Metrics {
             "Failed calls to Flowise by reason",
             upstream_errors.clone(),
         );
+        let credits_charged = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "credits_charged",
+            "Credits charged by settled predictions, by policy",
+            credits_charged.clone(),
+        );
         let snapshot_compiled = Gauge::default();
         registry.register(
             "index_snapshot_timestamp_seconds",
@@ -100,6 +112,7 @@ impl Metrics {
             latency,
             decisions,
             upstream_errors,
+            credits_charged,
             snapshot_compiled,
         }
     }
@@ -126,6 +139,15 @@ impl Metrics {
         self.upstream_errors
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Counts credits settled on a policy (`namespace/name`).
+    pub fn credits_charged(&self, policy: &str, credits: u64) {
+        self.credits_charged
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_string(),
+            })
+            .inc_by(credits);
     }
 
     /// The registry in OpenMetrics text format.

@@ -9,8 +9,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::identity::Verifier;
 use crate::index;
+use crate::ledger;
 use crate::metrics::Metrics;
 use crate::ops::{self, Health};
+use crate::proxy::credits::Credits;
 use crate::proxy::keys::ApiKeys;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Proxy, ProxyError};
@@ -38,6 +40,9 @@ pub enum RunError {
     /// No Kubernetes configuration (in-cluster or KUBECONFIG) could be loaded.
     #[error("cannot reach Kubernetes (in-cluster config or KUBECONFIG): {0}")]
     Kube(#[source] kube::Error),
+    /// The credits ledger could not be opened.
+    #[error("credits ledger (FLOWGATE_LEDGER_URL): {0}")]
+    Ledger(#[from] ledger::LedgerError),
     /// The proxy could not be set up.
     #[error("proxy: {0}")]
     Proxy(#[from] ProxyError),
@@ -78,7 +83,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             Some(path) => Some(read_secret(path, "FLOWGATE_FLOWISE_API_KEY_FILE")?),
             None => None,
         };
+        let ledger_gate = health.gate("ledger");
+        let credits = Credits::new(ledger::open(&config.ledger).await?, metrics.clone());
+        ledger_gate.open();
+        tokio::spawn(credits.clone().run_sweeper(shutdown.clone()));
         let proxy = Arc::new(Proxy {
+            credits,
             snapshot,
             verifier: Arc::new(verifier),
             upstream: Upstream::new(&config.flowise_url, default_key, UPSTREAM_TIMEOUT)?,

@@ -198,10 +198,10 @@ async fn typed_api_creates_lists_watches_and_applies_status() {
 
     let seen = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(event) = events.try_next().await.expect("watch works") {
-            if let watcher::Event::Apply(cf) | watcher::Event::InitApply(cf) = event {
-                if cf.metadata.name.as_deref() == Some("support-bot") {
-                    return cf;
-                }
+            if let watcher::Event::Apply(cf) | watcher::Event::InitApply(cf) = event
+                && cf.metadata.name.as_deref() == Some("support-bot")
+            {
+                return cf;
             }
         }
         panic!("watch ended")

@@ -3,124 +3,13 @@
 
 mod support;
 
-use std::time::Duration;
-
 use futures::StreamExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use flowgate::crd::{Chatflow, ChatflowAccess};
-use support::gate::{Flowgate, create_echo_chatflow, delete_chatflow, token};
-
-/// A namespace with one adopted, Ready chatflow (`support-bot`) backed by a real Flowise echo flow,
-/// and alice@example.com granted it.
-struct Team {
-    client: kube::Client,
-    ns: String,
-    flowise_id: String,
-}
-
-impl Team {
-    async fn new(prefix: &str) -> Self {
-        let client = support::client().await;
-        support::install_crds(&client).await;
-        let ns = support::fresh_namespace(&client, prefix).await;
-        let flowise_id = create_echo_chatflow(&format!("flowgate-test-{ns}")).await;
-        let team = Self {
-            client,
-            ns,
-            flowise_id,
-        };
-        team.chatflow("support-bot", &team.flowise_id.clone()).await;
-        let (user, group) = (team.user(), team.group());
-        team.grant("support-team", json!([{"user": user}, {"group": group}]))
-            .await;
-        team
-    }
-
-    async fn chatflow(&self, name: &str, flowise_id: &str) {
-        let api: Api<Chatflow> = Api::namespaced(self.client.clone(), &self.ns);
-        let cf: Chatflow = serde_json::from_value(json!({
-            "apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow",
-            "metadata": {"name": name}, "spec": {"flowiseId": flowise_id}
-        }))
-        .expect("chatflow literal");
-        api.create(&PostParams::default(), &cf)
-            .await
-            .expect("chatflow created");
-        let status = json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow", "status": {
-            "flowiseId": flowise_id, "flowiseName": format!("flowgate-test-{}", self.ns), "type": "AGENTFLOW",
-            "deployed": false, "apiKeyBound": false,
-            "conditions": [{"type": "Ready", "status": "True", "reason": "Synced", "message": "in sync",
-                            "lastTransitionTime": "2026-11-22T00:00:00Z"}]}});
-        api.patch_status(
-            name,
-            &PatchParams::apply("flowgate-tests").force(),
-            &Patch::Apply(&status),
-        )
-        .await
-        .expect("status written");
-    }
-
-    async fn grant(&self, name: &str, subjects: Value) {
-        let api: Api<ChatflowAccess> = Api::namespaced(self.client.clone(), &self.ns);
-        let access: ChatflowAccess = serde_json::from_value(json!({
-            "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess",
-            "metadata": {"name": name}, "spec": {"chatflows": ["support-bot"], "subjects": subjects}
-        }))
-        .expect("access literal");
-        api.create(&PostParams::default(), &access)
-            .await
-            .expect("access created");
-    }
-
-    /// The granted user of this test (unique: other tests grant their own).
-    fn user(&self) -> String {
-        format!("alice@{}.test", self.ns)
-    }
-
-    /// The granted group of this test.
-    fn group(&self) -> String {
-        format!("support-{}", self.ns)
-    }
-
-    /// A token for the granted user.
-    fn alice(&self) -> String {
-        token("alice-sub", json!({"email": self.user()}))
-    }
-
-    async fn cleanup(self) {
-        delete_chatflow(&self.flowise_id).await;
-    }
-}
-
-async fn predict(gate: &Flowgate, bearer: &str, id: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/v1/prediction/{id}", gate.base))
-        .bearer_auth(bearer)
-        .json(&body)
-        .send()
-        .await
-        .expect("flowgate answers");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// Polls until `check` holds for the prediction status (the watch is asynchronous).
-async fn eventually_status(gate: &Flowgate, bearer: &str, id: &str, want: u16) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, body) = predict(gate, bearer, id, json!({"question": "ping"})).await;
-        if status == want {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "status {status} (wanted {want}): {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::gate::{Flowgate, eventually_status, predict, token};
+use support::team::Team;
 
 #[tokio::test]
 async fn a_granted_user_lists_gets_and_predicts_through_flowgate() {

@@ -58,6 +58,8 @@ pub enum ProxyError {
     UpstreamUnreachable(String),
     #[error("Flowise did not answer in time")]
     UpstreamTimeout,
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ProxyError {
@@ -85,6 +87,7 @@ impl ProxyError {
             Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
             UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 

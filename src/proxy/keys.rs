@@ -44,10 +44,10 @@ impl ApiKeys {
             secret.name.clone(),
             secret.key.clone(),
         );
-        if let Some((value, at)) = self.lock().get(&key) {
-            if at.elapsed() < TTL {
-                return Ok(value.clone());
-            }
+        if let Some((value, at)) = self.lock().get(&key)
+            && at.elapsed() < TTL
+        {
+            return Ok(value.clone());
         }
         let unavailable = |why: String| {
             ProxyError::ChatflowUnavailable(format!(

@@ -8,6 +8,7 @@
 //! is valid, and the index grants the caller the chatflow. Every refusal is a [`ProxyError`],
 //! turned into JSON in one place ([`error`]).
 
+pub mod credits;
 pub mod error;
 pub mod keys;
 pub mod listing;
@@ -32,6 +33,7 @@ use crate::index::watch::SnapshotHandle;
 use crate::index::{Caller, ChatflowEntry, Snapshot};
 use crate::metrics::Metrics;
 use crate::server::Body;
+use credits::{Charge, Credits};
 pub use error::ProxyError;
 use keys::ApiKeys;
 use routes::Route;
@@ -49,6 +51,7 @@ pub struct Proxy {
     pub verifier: Arc<Verifier>,
     pub upstream: Upstream,
     pub keys: ApiKeys,
+    pub credits: Credits,
     pub metrics: Arc<Metrics>,
     pub token_endpoint: Option<reqwest::Url>,
     pub http: reqwest::Client,
@@ -133,38 +136,41 @@ impl Proxy {
                 let cf =
                     self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
                 let usable = usable(&cf)?;
+                let idempotency_key = idempotency_key(&req)?;
                 let body = read_json(req, MAX_JSON_BODY).await?;
                 let prediction = prepare(body, &identity)?;
-                let headers = self.forward_headers(&cf).await?;
-                log_decision(&identity, &cf, "allow", "granted");
-                self.metrics.decision("allow", "granted");
-                self.forward(usable, &cf, prediction, headers, peer).await
+                let key = self.forward_headers(&cf).await?;
+                let charge = self
+                    .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
+                    .await?;
+                self.forward(usable, prediction, key, peer, charge).await
             }
             Route::CompatPredict => {
+                let idempotency_key = idempotency_key(&req)?;
                 let mut body = read_json(req, MAX_JSON_BODY).await?;
                 let (chatflow_id, prediction) = compat_request(&mut body, &identity)?;
-                let cf = self.authorize(
-                    &snapshot,
-                    &identity,
-                    &caller,
-                    Lookup::NameOrId(&chatflow_id),
-                    now,
-                )?;
+                let lookup = Lookup::NameOrId(&chatflow_id);
+                let cf = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
                 let usable = usable(&cf)?;
-                let headers = self.forward_headers(&cf).await?;
-                log_decision(&identity, &cf, "allow", "granted");
-                self.metrics.decision("allow", "granted");
+                let key = self.forward_headers(&cf).await?;
+                let charge = self
+                    .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
+                    .await?;
                 if prediction.streaming {
-                    return self.forward(usable, &cf, prediction, headers, peer).await;
+                    return self.forward(usable, prediction, key, peer, charge).await;
                 }
+                let remaining = charge.as_ref().and_then(|c| c.remaining);
                 let chat_id = prediction.chat_id.clone();
-                let resp = self.forward(usable, &cf, prediction, headers, peer).await?;
-                compat_response(resp, &chatflow_id, &chat_id).await
+                let resp = self.forward(usable, prediction, key, peer, charge).await?;
+                compat_response(resp, &chatflow_id, &chat_id, remaining).await
             }
-            Route::Credits => Ok(error::json(
-                StatusCode::OK,
-                &json!({"subject": identity.key, "balances": []}),
-            )),
+            Route::Credits => {
+                let balances = self
+                    .credits
+                    .balances(&snapshot, &identity, &caller, now)
+                    .await?;
+                Ok(error::json(StatusCode::OK, &balances))
+            }
             Route::Authenticate | Route::Refresh => Err(ProxyError::NotFound {
                 method: String::new(),
                 path: String::new(),
@@ -233,31 +239,71 @@ impl Proxy {
         })
     }
 
+    /// Reserves credits for an allowed prediction and logs the decision once.
+    async fn charge(
+        &self,
+        snapshot: &Snapshot,
+        identity: &Identity,
+        caller: &Caller<'_>,
+        cf: &ChatflowEntry,
+        idempotency_key: Option<String>,
+        now: jiff::Timestamp,
+    ) -> Result<Option<Charge>, ProxyError> {
+        match self
+            .credits
+            .reserve(snapshot, identity, caller, cf, idempotency_key, now)
+            .await
+        {
+            Ok(charge) => {
+                log_decision(identity, cf, "allow", "granted");
+                self.metrics.decision("allow", "granted");
+                Ok(charge)
+            }
+            Err(error) => {
+                log_decision(identity, cf, "deny", error.reason());
+                Err(error)
+            }
+        }
+    }
+
+    /// Forwards a prediction and settles or refunds its charge by how Flowise answered.
     async fn forward(
         &self,
         flowise_id: String,
-        cf: &ChatflowEntry,
         prediction: Prediction,
         key: Option<HeaderValue>,
         peer: SocketAddr,
+        charge: Option<Charge>,
     ) -> Result<Response<Body>, ProxyError> {
+        let refund = |charge: Option<Charge>| {
+            if let Some(charge) = charge {
+                self.credits.refund(charge);
+            }
+        };
         let body =
             Bytes::from(serde_json::to_vec(&Value::Object(prediction.body)).unwrap_or_default());
         let mut client_headers = hyper::HeaderMap::new();
         client_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let path = format!("/api/v1/prediction/{flowise_id}");
-        let req = self.upstream.request(
+        let req = match self.upstream.request(
             Method::POST,
             &path,
             &client_headers,
             peer,
             key.as_ref(),
             body,
-        )?;
+        ) {
+            Ok(req) => req,
+            Err(error) => {
+                refund(charge);
+                return Err(error);
+            }
+        };
         let upstream = match self.upstream.send(req).await {
             Ok(resp) => resp,
             Err(error) => {
                 self.metrics.upstream_error(error.reason());
+                refund(charge);
                 return Err(error);
             }
         };
@@ -269,6 +315,7 @@ impl Proxy {
                 .await
                 .unwrap_or_default();
             self.metrics.upstream_error("status_5xx");
+            refund(charge);
             return Err(ProxyError::Upstream(flowise_message(status, &body)));
         }
         let (parts, incoming) = upstream.into_parts();
@@ -276,25 +323,50 @@ impl Proxy {
         if let Some(headers) = resp.headers_mut() {
             upstream::copy_response_headers(&parts.headers, headers);
         }
-        if prediction.streaming {
+        if prediction.streaming && status.is_success() {
             let abort = self.abort_on_disconnect(flowise_id, prediction.chat_id, key, peer);
+            let credits = self.credits.clone();
             let observed = Observed::new(incoming, move |report| {
-                if report.end == StreamEnd::ClientGone {
-                    abort();
+                let answered = report.answered && !report.error_event;
+                match (report.end, charge) {
+                    (StreamEnd::ClientGone, charge) => {
+                        abort();
+                        if let Some(charge) = charge {
+                            credits.settle(charge, report.tokens);
+                        }
+                    }
+                    (_, Some(charge)) if answered => credits.settle(charge, report.tokens),
+                    (_, Some(charge)) => credits.refund(charge),
+                    (_, None) => {}
                 }
             });
-            let _ = cf;
             return resp
                 .body(observed.boxed())
-                .map_err(|e| ProxyError::Upstream(e.to_string()));
+                .map_err(|e| ProxyError::Internal(e.to_string()));
         }
-        let answer = self.upstream.read_body(incoming, MAX_ANSWER).await?;
+        let answer = match self.upstream.read_body(incoming, MAX_ANSWER).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                refund(charge);
+                return Err(error);
+            }
+        };
+        if let Some(charge) = charge {
+            if status.is_success() {
+                let tokens = serde_json::from_slice::<Value>(&answer)
+                    .map(|v| stream::json_usage_tokens(&v))
+                    .unwrap_or(0);
+                self.credits.settle(charge, tokens);
+            } else {
+                self.credits.refund(charge);
+            }
+        }
         resp.body(
             http_body_util::Full::new(answer)
                 .map_err(|e| match e {})
                 .boxed(),
         )
-        .map_err(|e| ProxyError::Upstream(e.to_string()))
+        .map_err(|e| ProxyError::Internal(e.to_string()))
     }
 
     /// A callback that asks Flowise to stop generating for a client that went away.
@@ -497,6 +569,19 @@ fn usable(cf: &ChatflowEntry) -> Result<String, ProxyError> {
     }
 }
 
+/// The `Idempotency-Key` header, if any: a retried request with the same key is charged once.
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+    match req.headers().get("idempotency-key") {
+        None => Ok(None),
+        Some(value) => match value.to_str() {
+            Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key.to_string())),
+            _ => Err(ProxyError::BadRequest(
+                "Idempotency-Key must be 1-255 visible ASCII characters".into(),
+            )),
+        },
+    }
+}
+
 async fn read_json(
     req: Request<Incoming>,
     limit: usize,
@@ -611,6 +696,7 @@ async fn compat_response(
     resp: Response<Body>,
     chatflow_id: &str,
     chat_id: &str,
+    credits_remaining: Option<u64>,
 ) -> Result<Response<Body>, ProxyError> {
     let status = resp.status();
     let bytes = resp
@@ -626,7 +712,7 @@ async fn compat_response(
         serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
     Ok(error::json(
         StatusCode::OK,
-        &json!({"result": result, "credits_remaining": null, "chatflow_id": chatflow_id, "session_id": chat_id}),
+        &json!({"result": result, "credits_remaining": credits_remaining, "chatflow_id": chatflow_id, "session_id": chat_id}),
     ))
 }
 

@@ -48,10 +48,9 @@ pub fn bind_body(
     if let Some(config) = body
         .get_mut("overrideConfig")
         .and_then(|v| v.as_object_mut())
+        && config.contains_key("sessionId")
     {
-        if config.contains_key("sessionId") {
-            config.insert("sessionId".into(), serde_json::Value::String(bound.clone()));
-        }
+        config.insert("sessionId".into(), serde_json::Value::String(bound.clone()));
     }
     bound
 }

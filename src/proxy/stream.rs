@@ -28,6 +28,8 @@ pub struct StreamReport {
     pub tokens: u64,
     /// Flowise sent an `error` event (e.g. a key-bound chatflow without its key).
     pub error_event: bool,
+    /// Flowise started answering (a `token` event, or any event after `start`).
+    pub answered: bool,
 }
 
 type OnEnd = Box<dyn FnOnce(StreamReport) + Send + Sync>;
@@ -55,6 +57,7 @@ impl<B> Observed<B> {
                 end,
                 tokens: self.scanner.tokens,
                 error_event: self.scanner.error_event,
+                answered: self.scanner.answered,
             });
         }
     }
@@ -117,6 +120,7 @@ pub struct SseScanner {
     overflow: bool,
     pub tokens: u64,
     pub error_event: bool,
+    pub answered: bool,
 }
 
 impl SseScanner {
@@ -149,6 +153,11 @@ impl SseScanner {
         let Ok(text) = std::str::from_utf8(event) else {
             return;
         };
+        if !self.answered
+            && (text.contains("\"event\":\"token\"") || text.contains("\"event\":\"end\""))
+        {
+            self.answered = true;
+        }
         if !text.contains("usageMetadata") && !text.contains("\"error\"") {
             return;
         }
@@ -229,6 +238,7 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
             }
             assert_eq!(scanner.tokens, 50, "chunk size {chunk}");
             assert!(!scanner.error_event);
+            assert!(scanner.answered);
         }
     }
 
@@ -289,7 +299,8 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
             vec![StreamReport {
                 end: StreamEnd::Completed,
                 tokens: 7,
-                error_event: false
+                error_event: false,
+                answered: false
             }]
         );
     }

@@ -83,10 +83,24 @@ impl Drop for Flowgate {
     }
 }
 
+/// Where a test flowgate sends predictions and keeps credits.
+#[derive(Default)]
+pub struct Options {
+    /// Flowise URL; default: the real Flowise from the environment.
+    pub flowise_url: Option<String>,
+    /// Ledger URL; default: a SQLite file in the test's temp dir.
+    pub ledger_url: Option<String>,
+}
+
 impl Flowgate {
-    /// Starts the proxy (no controller) and waits until /readyz says ready.
+    /// Starts the proxy (no controller) against the real Flowise and waits until it is ready.
     pub async fn start() -> Self {
-        let (flowise_url, _) = flowise_env();
+        Self::start_with(Options::default()).await
+    }
+
+    /// Starts the proxy (no controller) with `options` and waits until /readyz says ready.
+    pub async fn start_with(options: Options) -> Self {
+        let flowise_url = options.flowise_url.unwrap_or_else(|| flowise_env().0);
         let dir = tempfile::tempdir().expect("temp dir");
         let secret = dir.path().join("hs256");
         std::fs::write(&secret, SECRET).expect("write secret");
@@ -98,7 +112,9 @@ impl Flowgate {
                 .map(Into::into),
             listen_addr: listen.to_string(),
             ops_addr: ops.to_string(),
-            ledger_url: format!("sqlite://{}", dir.path().join("ledger.db").display()),
+            ledger_url: options
+                .ledger_url
+                .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("ledger.db").display())),
             jwt_hs256_secret_file: Some(secret),
             jwt_leeway: "30s".into(),
             user_claims: "sub,email".into(),
@@ -126,10 +142,10 @@ impl Flowgate {
         let http = reqwest::Client::new();
         let ready = async {
             loop {
-                if let Ok(resp) = http.get(format!("{}/readyz", me.ops)).send().await {
-                    if resp.status().is_success() {
-                        return;
-                    }
+                if let Ok(resp) = http.get(format!("{}/readyz", me.ops)).send().await
+                    && resp.status().is_success()
+                {
+                    return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -156,4 +172,33 @@ pub fn token(sub: &str, claims: Value) -> String {
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .expect("token signs")
+}
+
+/// POSTs a prediction; returns the status and the JSON body (Null when not JSON).
+pub async fn predict(gate: &Flowgate, bearer: &str, id: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .bearer_auth(bearer)
+        .json(&body)
+        .send()
+        .await
+        .expect("flowgate answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls until the prediction answers `want` for the prediction status (the watch is asynchronous).
+pub async fn eventually_status(gate: &Flowgate, bearer: &str, id: &str, want: u16) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = predict(gate, bearer, id, json!({"question": "ping"})).await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status {status} (wanted {want}): {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

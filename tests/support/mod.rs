@@ -105,4 +105,6 @@ pub fn examples() -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+pub mod fake_flowise;
 pub mod gate;
+pub mod team;
