@@ -100,6 +100,11 @@ impl Flowgate {
 
     /// Starts the proxy (no controller) with `options` and waits until /readyz says ready.
     pub async fn start_with(options: Options) -> Self {
+        // Warnings (watch errors, failed settles) show in the output of a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
         let flowise_url = options.flowise_url.unwrap_or_else(|| flowise_env().0);
         let dir = tempfile::tempdir().expect("temp dir");
         let secret = dir.path().join("hs256");
