@@ -45,6 +45,17 @@ async fn a_granted_user_lists_gets_and_predicts_through_flowgate() {
         "flow definitions are not exposed"
     );
 
+    // The official SDKs ask this without credentials before predicting.
+    let streaming: Value = http
+        .get(format!("{}/api/v1/chatflows-streaming/{id}", gate.base))
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(streaming["isStreaming"], true);
+
     let one = http
         .get(format!("{}/api/v1/chatflows/{id}", gate.base))
         .bearer_auth(team.alice())

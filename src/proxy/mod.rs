@@ -99,6 +99,7 @@ impl Proxy {
     ) -> Result<Response<Body>, ProxyError> {
         match route {
             Route::Authenticate | Route::Refresh => return self.token_grant(route, req).await,
+            Route::ChatflowStreaming(id) => return self.streaming_capability(&id),
             _ => {}
         }
         let identity = self.authenticate(&req).await?;
@@ -171,10 +172,22 @@ impl Proxy {
                     .await?;
                 Ok(error::json(StatusCode::OK, &balances))
             }
-            Route::Authenticate | Route::Refresh => Err(ProxyError::NotFound {
-                method: String::new(),
-                path: String::new(),
-            }),
+            Route::Authenticate | Route::Refresh | Route::ChatflowStreaming(_) => {
+                Err(ProxyError::NotFound {
+                    method: String::new(),
+                    path: String::new(),
+                })
+            }
+        }
+    }
+
+    /// `{"isStreaming": true}` for a chatflow the index knows. The official SDKs ask this without
+    /// credentials, so it is answered without them — and says nothing beyond whether an id (a
+    /// UUID) exists. Nothing is forwarded to Flowise.
+    fn streaming_capability(&self, id: &str) -> Result<Response<Body>, ProxyError> {
+        match self.snapshot.load().chatflow_by_flowise_id(id) {
+            Some(_) => Ok(error::json(StatusCode::OK, &json!({"isStreaming": true}))),
+            None => Err(ProxyError::ChatflowNotFound(id.to_string())),
         }
     }
 
@@ -505,6 +518,7 @@ fn route_label(route: &Route) -> &'static str {
         Route::ListChatflows => "list_chatflows",
         Route::GetChatflow(_) => "get_chatflow",
         Route::Predict(_) => "prediction",
+        Route::ChatflowStreaming(_) => "chatflow_streaming",
         Route::CompatListChatflows => "compat_list_chatflows",
         Route::CompatGetChatflow(_) => "compat_get_chatflow",
         Route::CompatPredict => "compat_predict",

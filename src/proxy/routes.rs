@@ -15,6 +15,9 @@ pub enum Route {
     GetChatflow(String),
     /// `POST /api/v1/prediction/{flowiseId}` — forwarded to Flowise.
     Predict(String),
+    /// `GET /api/v1/chatflows-streaming/{flowiseId}` — asked without credentials by the official
+    /// Flowise SDKs before every prediction; answered from the index.
+    ChatflowStreaming(String),
     /// `GET /chatflows` — the Python service's listing.
     CompatListChatflows,
     /// `GET /chatflows/{id}` — id is the Chatflow name or the Flowise id.
@@ -53,6 +56,9 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         ["api", "v1", "chatflows"] => (Route::ListChatflows, Method::GET),
         ["api", "v1", "chatflows", id] => (Route::GetChatflow((*id).to_string()), Method::GET),
         ["api", "v1", "prediction", id] => (Route::Predict((*id).to_string()), Method::POST),
+        ["api", "v1", "chatflows-streaming", id] => {
+            (Route::ChatflowStreaming((*id).to_string()), Method::GET)
+        }
         ["chatflows"] => (Route::CompatListChatflows, Method::GET),
         ["chatflows", id] => (Route::CompatGetChatflow((*id).to_string()), Method::GET),
         ["chat", "predict"] => (Route::CompatPredict, Method::POST),
