@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod crd;
+pub mod flowise;
 pub mod index;
 pub mod metrics;
 pub mod ops;

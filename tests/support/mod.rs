@@ -5,9 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::Client;
 
 /// A client for the local API server named by `KUBECONFIG`.
 ///
@@ -20,7 +20,9 @@ pub async fn client() -> Client {
          Run the whole suite with scripts/test.sh, or `eval \"$(scripts/local-cluster.sh env)\"` after \
          `scripts/local-cluster.sh start`."
     );
-    Client::try_default().await.expect("KUBECONFIG names a reachable API server")
+    Client::try_default()
+        .await
+        .expect("KUBECONFIG names a reachable API server")
 }
 
 /// Applies the generated CRDs (server-side apply, idempotent) and waits until they are served.
@@ -29,7 +31,9 @@ pub async fn install_crds(client: &Client) {
     let params = PatchParams::apply("flowgate-tests").force();
     for (_, crd) in flowgate::crd::definitions() {
         let name = crd.metadata.name.clone().expect("CRD has a name");
-        api.patch(&name, &params, &Patch::Apply(&crd)).await.expect("CRD applies");
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .expect("CRD applies");
         let established = await_condition(api.clone(), &name, conditions::is_crd_established());
         tokio::time::timeout(Duration::from_secs(30), established)
             .await
@@ -40,14 +44,19 @@ pub async fn install_crds(client: &Client) {
 
 /// A namespace of its own for one test: `<prefix>-<unique suffix>`.
 pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let name = format!("{prefix}-{:x}", nanos & 0xffff_ffff_ffff);
     let api: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
     }))
     .expect("namespace literal");
-    api.create(&PostParams::default(), &ns).await.expect("namespace created");
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace created");
     name
 }
 
@@ -80,7 +89,94 @@ pub fn examples() -> Vec<(String, serde_json::Value)> {
             let text = std::fs::read_to_string(&path).expect("readable example");
             let doc: serde_json::Value = serde_saphyr::from_str(&text)
                 .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
-            (path.file_name().expect("file name").to_string_lossy().into_owned(), doc)
+            (
+                path.file_name()
+                    .expect("file name")
+                    .to_string_lossy()
+                    .into_owned(),
+                doc,
+            )
         })
         .collect()
+}
+
+/// The real Flowise started by `scripts/flowise.sh`: base URL and API key.
+///
+/// Panics with instructions when the environment does not name one.
+pub fn flowise_env() -> (String, String) {
+    let url = std::env::var("FLOWGATE_FLOWISE_URL");
+    let key_file = std::env::var("FLOWGATE_FLOWISE_API_KEY_FILE");
+    let (Ok(url), Ok(key_file)) = (url, key_file) else {
+        panic!(
+            "FLOWGATE_FLOWISE_URL / FLOWGATE_FLOWISE_API_KEY_FILE are not set: this test needs the \
+             real Flowise. Run the whole suite with scripts/test.sh, or `scripts/flowise.sh start` \
+             and `eval \"$(scripts/flowise.sh env)\"`."
+        )
+    };
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap_or_else(|e| panic!("cannot read the Flowise API key from {key_file}: {e}"));
+    (url, key.trim().to_string())
+}
+
+/// A client for the real Flowise (see [`flowise_env`]).
+pub fn flowise() -> flowgate::flowise::FlowiseClient {
+    let (url, key) = flowise_env();
+    flowgate::flowise::FlowiseClient::new(
+        url.parse().expect("FLOWGATE_FLOWISE_URL is a URL"),
+        Some(key),
+        flowgate::flowise::Timeouts::default(),
+    )
+    .expect("Flowise client builds")
+}
+
+/// A name no other test (or earlier run) uses: `<prefix>-<unique suffix>`.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{:x}{seq:x}", nanos & 0xff_ffff_ffff)
+}
+
+/// The `flowData` of tests/fixtures/flowise-echo-agentflow.json (an AGENTFLOW answering "Echo: …").
+pub fn echo_flow_data() -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/flowise-echo-agentflow.json");
+    let text = std::fs::read_to_string(&path).expect("echo fixture readable");
+    let fixture: serde_json::Value = serde_json::from_str(&text).expect("echo fixture is JSON");
+    fixture["flowData"].clone()
+}
+
+/// Deletes every Flowise chatflow whose name starts with `prefix` (test clean-up).
+pub async fn delete_flowise_chatflows(prefix: &str) {
+    use flowgate::flowise::FlowiseApi;
+    let flowise = flowise();
+    let Ok(all) = flowise.list().await else {
+        return;
+    };
+    for chatflow in all.into_iter().filter(|c| c.name.starts_with(prefix)) {
+        let _ = flowise.delete(&chatflow.id).await;
+    }
+}
+
+/// Waits up to `secs` seconds for `check` to return `Some`, polling every 100 ms.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
