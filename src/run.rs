@@ -25,6 +25,12 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// No Kubernetes client configuration (KUBECONFIG or in-cluster).
+    #[error("cannot configure the Kubernetes client (KUBECONFIG or in-cluster): {0}")]
+    Kube(#[source] kube::Error),
+    /// The controller could not start.
+    #[error("controller: {0}")]
+    Controller(#[from] crate::controller::ControllerError),
 }
 
 /// Runs every configured part until `shutdown` is cancelled, then drains and returns.
@@ -53,6 +59,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         ))
     };
 
+    // The controller campaigns for the Lease and reconciles while it holds it.
+    let controller_task = if config.controller && config.resources_dir.is_none() {
+        let client = kube::Client::try_default().await.map_err(RunError::Kube)?;
+        let controller =
+            crate::controller::Controller::from_config(client, &config, metrics.clone())?;
+        Some(tokio::spawn(controller.run(shutdown.clone())))
+    } else {
+        None
+    };
+
     tracing::info!(
         controller = config.controller,
         proxy = config.proxy,
@@ -61,6 +77,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     );
     shutdown.cancelled().await;
     tracing::info!("shutting down");
+    if let Some(task) = controller_task {
+        match task.await {
+            Ok(Err(error)) => tracing::error!(%error, "controller failed"),
+            Err(error) => tracing::error!(%error, "controller task panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     let _ = ops_task.await;
     Ok(())
 }

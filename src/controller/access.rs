@@ -49,9 +49,9 @@ pub(super) fn next_status(
             Some(at) if at <= now => (false, reason::EXPIRED, format!("expired at {at}")),
             Some(at) => {
                 expires_in = now.duration_until(at).try_into().ok();
-                (true, reason::ACTIVE, String::new())
+                (true, reason::ACTIVE, format!("in force until {at}"))
             }
-            None => (true, reason::ACTIVE, String::new()),
+            None => (true, reason::ACTIVE, "in force".to_string()),
         },
     };
     conditions::upsert(
@@ -65,7 +65,8 @@ pub(super) fn next_status(
     (new, expires_in)
 }
 
-/// `ResolvedRefs`: True, or False naming the Chatflows that do not exist.
+/// `ResolvedRefs`: True, or False naming the Chatflows that do not exist. Messages are never
+/// empty: Kubernetes 1.20's server-side apply turns `""` into null, which the schema refuses.
 pub(super) fn refs_condition(
     missing: &[String],
     generation: Option<i64>,
@@ -76,7 +77,7 @@ pub(super) fn refs_condition(
             conditions::RESOLVED_REFS,
             true,
             reason::RESOLVED,
-            "",
+            "every named Chatflow exists",
             generation,
             now,
         )

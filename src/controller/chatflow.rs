@@ -291,11 +291,15 @@ pub(super) fn next_status(
     let (mut ok, mut why, mut message) = match outcome {
         Outcome::Synced { chatflow, .. } => {
             new.flowise_id = Some(chatflow.id.clone());
-            new.flowise_name = Some(chatflow.name.clone());
-            new.flow_type = Some(chatflow.flow_type.clone());
+            new.flowise_name = non_empty(&chatflow.name);
+            new.flow_type = non_empty(&chatflow.flow_type);
             new.deployed = Some(chatflow.deployed.unwrap_or(false));
             new.api_key_bound = Some(chatflow.api_key_bound());
-            (true, reason::SYNCED, String::new())
+            (
+                true,
+                reason::SYNCED,
+                "matches the chatflow in Flowise".to_string(),
+            )
         }
         Outcome::NotFound(m) => (false, reason::NOT_FOUND_IN_FLOWISE, m.clone()),
         Outcome::Conflict(m) => (false, reason::CONFLICT, m.clone()),
@@ -324,6 +328,12 @@ pub(super) fn next_status(
         }
     }
     new
+}
+
+/// `Some(text)` unless it is empty. Kubernetes 1.20's server-side apply turns an empty string
+/// into null, which the schema refuses, so status never carries empty strings.
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_string())
 }
 
 /// The Event worth publishing for a reconcile, if any: what was done in Flowise, an adoption,

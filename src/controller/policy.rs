@@ -61,7 +61,7 @@ pub(super) fn next_status(
     let mut new = PolicyConditions::of(policy);
     new.observed_generation = generation;
     let (ok, why, message) = match PolicyRule::try_from(policy) {
-        Ok(_) => (true, reason::ACTIVE, String::new()),
+        Ok(_) => (true, reason::ACTIVE, "the budget is enforced".to_string()),
         Err(invalid) => (false, reason::INVALID_SPEC, invalid.to_string()),
     };
     conditions::upsert(

@@ -141,15 +141,20 @@ impl FlowiseClient {
     }
 
     fn transport(&self, error: reqwest::Error, url: &Url) -> FlowiseError {
+        let cause = FlowiseError::cause(&error);
         if error.is_connect() {
             FlowiseError::Connect {
                 url: url.to_string(),
+                cause,
                 source: error,
             }
         } else if error.is_timeout() {
             FlowiseError::Timeout(self.timeouts.request)
         } else {
-            FlowiseError::Http(error)
+            FlowiseError::Http {
+                cause,
+                source: error,
+            }
         }
     }
 

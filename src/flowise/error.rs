@@ -6,9 +6,11 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum FlowiseError {
     /// No TCP/TLS connection (refused, unreachable, DNS).
-    #[error("cannot connect to Flowise at {url}: {source}")]
+    #[error("cannot connect to Flowise at {url}: {cause}")]
     Connect {
         url: String,
+        /// The innermost cause, e.g. "Connection refused (os error 111)".
+        cause: String,
         #[source]
         source: reqwest::Error,
     },
@@ -37,9 +39,14 @@ pub enum FlowiseError {
     /// JSON that does not have the expected shape.
     #[error("Flowise answered JSON of an unexpected shape: {0}")]
     Decode(#[source] serde_json::Error),
-    /// The request failed in another way (body cut off, protocol error).
-    #[error("request to Flowise failed: {0}")]
-    Http(#[source] reqwest::Error),
+    /// The request failed in another way (connection cut, protocol error).
+    #[error("request to Flowise failed: {cause}")]
+    Http {
+        /// The innermost cause.
+        cause: String,
+        #[source]
+        source: reqwest::Error,
+    },
     /// The API key file could not be read.
     #[error("cannot read the Flowise API key from {path}: {source}")]
     ApiKeyFile {
@@ -58,7 +65,7 @@ impl FlowiseError {
     /// a change of configuration or spec.
     pub fn transient(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::Timeout(_) | Self::Http(_) => true,
+            Self::Connect { .. } | Self::Timeout(_) | Self::Http { .. } => true,
             Self::Status { status, .. } | Self::NotJson { status, .. } => {
                 *status >= 500 || *status == 429 || *status == 408
             }
@@ -86,10 +93,20 @@ impl FlowiseError {
             Self::Status { .. } => "status",
             Self::NotJson { .. } => "not_json",
             Self::Decode(_) => "decode",
-            Self::Http(_) => "http",
+            Self::Http { .. } => "http",
             Self::ApiKeyFile { .. } => "api_key_file",
             Self::Client(_) => "client",
         }
+    }
+
+    /// The innermost cause of `error`: reqwest's own message ("error sending request") says
+    /// less than the I/O error under it.
+    pub(crate) fn cause(error: &reqwest::Error) -> String {
+        let mut cause: &dyn std::error::Error = error;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
+        cause.to_string()
     }
 
     /// Classifies an error status from Flowise with its message.
