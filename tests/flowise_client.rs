@@ -140,6 +140,10 @@ async fn a_closed_port_is_a_transient_connect_error() {
     .expect("client");
     let error = flowise.list().await.expect_err("nothing listens");
     assert_eq!(error.reason(), "connect");
+    assert!(
+        error.to_string().contains("Connection refused"),
+        "the message names the cause: {error}"
+    );
     assert!(error.transient());
 }
 
