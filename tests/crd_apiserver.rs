@@ -167,10 +167,10 @@ async fn typed_api_creates_lists_watches_and_applies_status() {
 
     let seen = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(event) = events.try_next().await.expect("watch works") {
-            if let watcher::Event::Apply(cf) | watcher::Event::InitApply(cf) = event {
-                if cf.metadata.name.as_deref() == Some("support-bot") {
-                    return cf;
-                }
+            if let watcher::Event::Apply(cf) | watcher::Event::InitApply(cf) = event
+                && cf.metadata.name.as_deref() == Some("support-bot")
+            {
+                return cf;
             }
         }
         panic!("watch ended")
@@ -179,12 +179,14 @@ async fn typed_api_creates_lists_watches_and_applies_status() {
     .expect("the watch sees the new Chatflow within 20 s");
     assert_eq!(seen.spec.flowise_name.as_deref(), Some("Support Bot"));
 
+    // Not an empty message: the 1.20 API server's server-side apply turns "" into null, which the
+    // schema refuses (422 "status.conditions.message ... must be of type string").
     let status = json!({
         "apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow",
         "status": {
             "flowiseId": "3f1c2a7e-0000-4000-8000-000000000001",
             "type": "CHATFLOW", "deployed": true, "observedGeneration": 1,
-            "conditions": [{"type": "Ready", "status": "True", "reason": "Synced", "message": "",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Synced", "message": "ok",
                             "lastTransitionTime": "2026-11-22T00:00:00Z"}]
         }
     });
