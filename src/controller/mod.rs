@@ -343,12 +343,20 @@ where
         .collect()
 }
 
-fn log_outcome<K: Resource, E: std::fmt::Debug>(
-    outcome: Result<(kube::runtime::reflector::ObjectRef<K>, Action), E>,
+fn log_outcome<K: Resource>(
+    outcome: Result<
+        (kube::runtime::reflector::ObjectRef<K>, Action),
+        kube::runtime::controller::Error<ControllerError, watcher::Error>,
+    >,
 ) -> std::future::Ready<()> {
-    if let Err(error) = outcome {
-        // Reconcile errors were counted and logged by the error policy.
-        tracing::debug!(?error, "reconcile did not complete");
+    match outcome {
+        Ok(_) => {}
+        // Counted and logged by the error policy.
+        Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+        // Deleted while queued: nothing to do.
+        Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
+        // A watch failing (CRDs missing, no permission, API server away) is retried with backoff.
+        Err(error) => tracing::warn!(%error, "controller watch or queue error"),
     }
     std::future::ready(())
 }
