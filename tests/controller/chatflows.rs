@@ -282,3 +282,31 @@ async fn an_invalid_spec_is_reported_touches_nothing_in_flowise_and_deletes_free
     wait_deleted(&api, "two").await;
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn quick_successive_edits_of_a_new_definition_create_one_chatflow() {
+    let (client, ns, api, _objects) = setup("cf-quick").await;
+    let name = support::unique("fgtest-quick");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let controller = start(&client, settings(&ns));
+
+    create(&api, owned_doc("quick", &name, "Delete")).await;
+    for deployed in [true, false, true] {
+        let patch = json!({"spec": {"definition": {"deployed": deployed}}});
+        api.patch("quick", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("edited");
+    }
+    let cf = wait_until(&api, "quick", 30, "generation 4 synced", |cf: &Chatflow| {
+        let status = cf.status.clone().unwrap_or_default();
+        status.observed_generation == Some(4) && status.deployed == Some(true)
+    })
+    .await;
+    let in_flowise = named_in_flowise(&name).await;
+    assert_eq!(in_flowise.len(), 1, "one chatflow whatever the timing");
+    assert_eq!(
+        cf.status.and_then(|s| s.flowise_id).as_deref(),
+        Some(in_flowise[0].id.as_str())
+    );
+    controller.stop().await;
+}
