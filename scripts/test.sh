@@ -30,6 +30,9 @@ step "Flowise"
 scripts/flowise.sh start
 eval "$(scripts/flowise.sh env)"
 
+step "Helm (helm-sdkpy venv)"
+scripts/helm.sh setup
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -331,17 +331,21 @@ fn claim_mapping(users: &str, groups: &str, admin: &str) -> Result<ClaimMapping,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
-    #[derive(Parser)]
+    #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
         run: RunArgs,
     }
 
+    /// Parses flags only: the test process's own FLOWGATE_* variables must not leak in.
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
-        let cli = Cli::try_parse_from(std::iter::once("flowgate").chain(args.iter().copied()))
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Cli::command().mut_args(|arg| arg.env(None::<&str>));
+        let matches = command
+            .try_get_matches_from(std::iter::once("flowgate").chain(args.iter().copied()))
             .expect("flags parse");
+        let cli = Cli::from_arg_matches(&matches).expect("matches map to the flags");
         Config::from_args(cli.run)
     }
 

@@ -29,6 +29,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
 }
@@ -40,6 +45,7 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     decisions: Family<DecisionLabels, Counter>,
     upstream_errors: Family<ReasonLabels, Counter>,
+    credits_charged: Family<PolicyLabels, Counter>,
     /// Unix time of the snapshot the proxy serves.
     pub snapshot_compiled: Gauge,
     /// The controller's reconciles, status writes, Flowise sync passes and leadership.
@@ -58,19 +64,44 @@ impl Metrics {
         let mut registry = Registry::with_prefix("flowgate");
         let build_info = Family::<Vec<(String, String)>, Gauge>::default();
         build_info
-            .get_or_create(&vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())])
+            .get_or_create(&vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )])
             .set(1);
         registry.register("build_info", "flowgate version", build_info);
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("proxy_requests", "Proxy requests by route and status", requests.clone());
+        registry.register(
+            "proxy_requests",
+            "Proxy requests by route and status",
+            requests.clone(),
+        );
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.0, 20))
         });
-        registry.register("proxy_request_duration_seconds", "Time to the response head, by route", latency.clone());
+        registry.register(
+            "proxy_request_duration_seconds",
+            "Time to the response head, by route",
+            latency.clone(),
+        );
         let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register("proxy_decisions", "Access decisions by outcome and reason", decisions.clone());
+        registry.register(
+            "proxy_decisions",
+            "Access decisions by outcome and reason",
+            decisions.clone(),
+        );
         let upstream_errors = Family::<ReasonLabels, Counter>::default();
-        registry.register("upstream_errors", "Failed calls to Flowise by reason", upstream_errors.clone());
+        registry.register(
+            "upstream_errors",
+            "Failed calls to Flowise by reason",
+            upstream_errors.clone(),
+        );
+        let credits_charged = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "credits_charged",
+            "Credits charged by settled predictions, by policy",
+            credits_charged.clone(),
+        );
         let snapshot_compiled = Gauge::default();
         registry.register(
             "index_snapshot_timestamp_seconds",
@@ -78,23 +109,49 @@ impl Metrics {
             snapshot_compiled.clone(),
         );
         let controller = ControllerMetrics::register(&mut registry);
-        Self { registry, requests, latency, decisions, upstream_errors, snapshot_compiled, controller }
+        Self {
+            registry,
+            requests,
+            latency,
+            decisions,
+            upstream_errors,
+            credits_charged,
+            snapshot_compiled,
+            controller,
+        }
     }
 
     /// Counts one answered request.
     pub fn observe_request(&self, route: &'static str, status: u16, elapsed: Duration) {
-        self.requests.get_or_create(&RequestLabels { route, status }).inc();
-        self.latency.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts one access decision.
     pub fn decision(&self, decision: &'static str, reason: &'static str) {
-        self.decisions.get_or_create(&DecisionLabels { decision, reason }).inc();
+        self.decisions
+            .get_or_create(&DecisionLabels { decision, reason })
+            .inc();
     }
 
     /// Counts one failed call to Flowise.
     pub fn upstream_error(&self, reason: &'static str) {
-        self.upstream_errors.get_or_create(&ReasonLabels { reason }).inc();
+        self.upstream_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts credits settled on a policy (`namespace/name`).
+    pub fn credits_charged(&self, policy: &str, credits: u64) {
+        self.credits_charged
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_string(),
+            })
+            .inc_by(credits);
     }
 
     /// The registry in OpenMetrics text format.
@@ -243,7 +300,9 @@ impl ControllerMetrics {
     /// Records one sync pass.
     pub fn sync_pass(&self, success: bool, counts: SyncCounts, finished_unix: i64) {
         let outcome = if success { "success" } else { "failed" };
-        self.sync_passes.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.sync_passes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
         for (change, value) in [
             ("added", counts.added),
             ("updated", counts.updated),
@@ -300,10 +359,24 @@ mod tests {
         metrics.decision("deny", "forbidden");
         metrics.upstream_error("timeout");
         let text = metrics.encode().expect("encodes");
-        assert!(text.contains("flowgate_proxy_requests_total{route=\"prediction\",status=\"200\"} 1"), "{text}");
-        assert!(text.contains("flowgate_proxy_decisions_total{decision=\"deny\",reason=\"forbidden\"} 1"), "{text}");
-        assert!(text.contains("flowgate_upstream_errors_total{reason=\"timeout\"} 1"), "{text}");
-        assert!(text.contains("flowgate_proxy_request_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("flowgate_proxy_requests_total{route=\"prediction\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "flowgate_proxy_decisions_total{decision=\"deny\",reason=\"forbidden\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("flowgate_upstream_errors_total{reason=\"timeout\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flowgate_proxy_request_duration_seconds_bucket"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -313,7 +386,13 @@ mod tests {
         controller.reconciled("Chatflow", Duration::from_millis(2));
         controller.reconcile_error("Chatflow", "connect");
         controller.status_written("Chatflow");
-        let counts = SyncCounts { added: 2, updated: 1, removed: 0, total: 7, errors: 0 };
+        let counts = SyncCounts {
+            added: 2,
+            updated: 1,
+            removed: 0,
+            total: 7,
+            errors: 0,
+        };
         controller.sync_pass(true, counts, 1_700_000_000);
         controller.set_leader(true);
         assert_eq!(controller.reconciles("Chatflow"), 1);

@@ -6,13 +6,22 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::identity::Verifier;
+use crate::index;
+use crate::ledger;
 use crate::metrics::Metrics;
 use crate::ops::{self, Health};
+use crate::proxy::credits::Credits;
+use crate::proxy::keys::ApiKeys;
+use crate::proxy::upstream::Upstream;
+use crate::proxy::{Proxy, ProxyError};
 use crate::server;
 
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN_PERIOD: Duration = Duration::from_secs(25);
+/// How long Flowise may take to start answering a prediction.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why `flowgate run` could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +34,18 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
-    /// No Kubernetes client configuration (KUBECONFIG or in-cluster).
-    #[error("cannot configure the Kubernetes client (KUBECONFIG or in-cluster): {0}")]
+    /// A setting is unusable (a file that cannot be read, no key source, …).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No Kubernetes configuration (in-cluster or KUBECONFIG) could be loaded.
+    #[error("cannot reach Kubernetes (in-cluster config or KUBECONFIG): {0}")]
     Kube(#[source] kube::Error),
+    /// The credits ledger could not be opened.
+    #[error("credits ledger (FLOWGATE_LEDGER_URL): {0}")]
+    Ledger(#[from] ledger::LedgerError),
+    /// The proxy could not be set up.
+    #[error("proxy: {0}")]
+    Proxy(#[from] ProxyError),
     /// The controller could not start.
     #[error("controller: {0}")]
     Controller(#[from] crate::controller::ControllerError),
@@ -38,52 +56,109 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::new());
 
-    let ops_listener =
-        TcpListener::bind(config.ops_addr)
-            .await
-            .map_err(|source| RunError::Bind {
-                setting: "FLOWGATE_OPS_ADDR",
-                addr: config.ops_addr,
-                source,
-            })?;
-    tracing::info!(addr = %config.ops_addr, "ops listener (healthz, readyz, metrics) up");
-
-    let ops_task = {
+    let ops_listener = bind(config.ops_addr, "FLOWGATE_OPS_ADDR").await?;
+    let mut tasks = Vec::new();
+    {
         let (health, metrics) = (health.clone(), metrics.clone());
         let handler = move |req, peer| ops::handle(req, peer, health.clone(), metrics.clone());
-        tokio::spawn(server::serve(
+        tasks.push(tokio::spawn(server::serve(
             ops_listener,
             handler,
             shutdown.clone(),
             Duration::from_secs(1),
-        ))
-    };
+        )));
+    }
+    tracing::info!(addr = %config.ops_addr, "ops listener (healthz, readyz, metrics) up");
 
-    // The controller campaigns for the Lease and reconciles while it holds it.
-    let controller_task = if config.controller && config.resources_dir.is_none() {
-        let client = kube::Client::try_default().await.map_err(RunError::Kube)?;
+    let client = kube::Client::try_default().await.map_err(RunError::Kube)?;
+
+    if config.proxy {
+        let (_stores, snapshot) =
+            index::watch::spawn(client.clone(), health.gate("index"), shutdown.clone());
+        let sa_client = config
+            .jwt
+            .service_account_audience
+            .as_ref()
+            .map(|_| client.clone());
+        let verifier = Verifier::new(&config.jwt, &config.identity, sa_client)?;
+        tokio::spawn(verifier.clone().run_refresh(shutdown.clone()));
+        let default_key = match &config.flowise_api_key_file {
+            Some(path) => Some(read_secret(path, "FLOWGATE_FLOWISE_API_KEY_FILE")?),
+            None => None,
+        };
+        let ledger_gate = health.gate("ledger");
+        let credits = Credits::new(ledger::open(&config.ledger).await?, metrics.clone());
+        ledger_gate.open();
+        tokio::spawn(credits.clone().run_sweeper(shutdown.clone()));
+        let proxy = Arc::new(Proxy {
+            credits,
+            snapshot,
+            verifier: Arc::new(verifier),
+            upstream: Upstream::new(&config.flowise_url, default_key, UPSTREAM_TIMEOUT)?,
+            keys: ApiKeys::new(Some(client.clone())),
+            metrics: metrics.clone(),
+            token_endpoint: config.token_endpoint_url.clone(),
+            http: reqwest::Client::new(),
+        });
+        let listener = bind(config.listen_addr, "FLOWGATE_LISTEN_ADDR").await?;
+        let handler = move |req, peer| proxy.clone().handle(req, peer);
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            handler,
+            shutdown.clone(),
+            DRAIN_PERIOD,
+        )));
+        tracing::info!(addr = %config.listen_addr, flowise = %config.flowise_url, "proxy listening");
+    }
+
+    // The controller campaigns for the Lease and reconciles while it holds it; on shutdown it
+    // lets in-flight reconciles finish and releases the Lease.
+    if config.controller {
         let controller =
-            crate::controller::Controller::from_config(client, &config, metrics.clone())?;
-        Some(tokio::spawn(controller.run(shutdown.clone())))
-    } else {
-        None
-    };
+            crate::controller::Controller::from_config(client.clone(), &config, metrics.clone())?;
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = controller.run(shutdown).await {
+                tracing::error!(%error, "controller failed");
+            }
+        }));
+    }
 
     tracing::info!(
         controller = config.controller,
         proxy = config.proxy,
-        flowise = %config.flowise_url,
         "flowgate running"
     );
     shutdown.cancelled().await;
-    tracing::info!("shutting down");
-    if let Some(task) = controller_task {
-        match task.await {
-            Ok(Err(error)) => tracing::error!(%error, "controller failed"),
-            Err(error) => tracing::error!(%error, "controller task panicked"),
-            Ok(Ok(())) => {}
-        }
+    tracing::info!("shutting down: draining in-flight requests");
+    for task in tasks {
+        let _ = task.await;
     }
-    let _ = ops_task.await;
     Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr, setting: &'static str) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            setting,
+            addr,
+            source,
+        })
+}
+
+/// The trimmed content of a secret file.
+pub fn read_secret(path: &std::path::Path, setting: &'static str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        setting,
+        problem: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Err(ConfigError {
+            setting,
+            problem: format!("{} is empty", path.display()),
+        });
+    }
+    Ok(text)
 }

@@ -24,7 +24,11 @@ fn api_resource(kind: &str) -> ApiResource {
 }
 
 /// Creates `doc` in `ns` and returns the API server's answer.
-async fn create(client: &kube::Client, ns: &str, mut doc: serde_json::Value) -> kube::Result<DynamicObject> {
+async fn create(
+    client: &kube::Client,
+    ns: &str,
+    mut doc: serde_json::Value,
+) -> kube::Result<DynamicObject> {
     doc["metadata"]["namespace"] = json!(ns);
     let kind = doc["kind"].as_str().expect("kind").to_string();
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &api_resource(&kind));
@@ -35,7 +39,10 @@ async fn create(client: &kube::Client, ns: &str, mut doc: serde_json::Value) -> 
 fn rejection_message(result: kube::Result<DynamicObject>) -> String {
     match result {
         Err(kube::Error::Api(status)) => {
-            assert_eq!(status.code, 422, "schema violations are 422 Invalid: {status:?}");
+            assert_eq!(
+                status.code, 422,
+                "schema violations are 422 Invalid: {status:?}"
+            );
             status.message.clone()
         }
         other => panic!("expected the API server to refuse the object, got {other:?}"),
@@ -48,7 +55,10 @@ async fn every_example_is_accepted_by_the_api_server() {
     support::install_crds(&client).await;
     let ns = support::fresh_namespace(&client, "examples").await;
     let examples = support::examples();
-    assert!(examples.len() >= 5, "examples/ holds the team-a walkthrough");
+    assert!(
+        examples.len() >= 5,
+        "examples/ holds the team-a walkthrough"
+    );
     for (file, doc) in examples {
         create(&client, &ns, doc)
             .await
@@ -65,8 +75,16 @@ async fn every_example_is_accepted_by_the_api_server() {
         .collect();
     assert_eq!(names, vec!["faq-bot", "support-bot"]);
     let faq = chatflows.get("faq-bot").await.expect("faq-bot stored");
-    let flow = &faq.spec.definition.expect("faq-bot owns a definition").flow_data;
-    assert_eq!(flow["nodes"].as_array().map(Vec::len), Some(2), "flowData kept as-is");
+    let flow = &faq
+        .spec
+        .definition
+        .expect("faq-bot owns a definition")
+        .flow_data;
+    assert_eq!(
+        flow["nodes"].as_array().map(Vec::len),
+        Some(2),
+        "flowData kept as-is"
+    );
 }
 
 #[tokio::test]
@@ -75,11 +93,15 @@ async fn a_chatflow_with_an_unknown_type_is_refused_naming_the_field() {
     support::install_crds(&client).await;
     let ns = support::fresh_namespace(&client, "bad-type").await;
     let message = rejection_message(
-        create(&client, &ns, json!({
-            "apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow",
-            "metadata": {"name": "bad"},
-            "spec": {"definition": {"type": "NOTATYPE", "flowData": {"nodes": [], "edges": []}}}
-        }))
+        create(
+            &client,
+            &ns,
+            json!({
+                "apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow",
+                "metadata": {"name": "bad"},
+                "spec": {"definition": {"type": "NOTATYPE", "flowData": {"nodes": [], "edges": []}}}
+            }),
+        )
         .await,
     );
     assert!(message.contains("spec.definition.type"), "{message}");
@@ -92,11 +114,15 @@ async fn a_negative_budget_is_refused_naming_the_field() {
     support::install_crds(&client).await;
     let ns = support::fresh_namespace(&client, "bad-budget").await;
     let message = rejection_message(
-        create(&client, &ns, json!({
-            "apiVersion": "flowgate.io/v1alpha1", "kind": "CreditPolicy",
-            "metadata": {"name": "bad"},
-            "spec": {"chatflows": ["*"], "budget": {"credits": -1, "period": "Monthly"}}
-        }))
+        create(
+            &client,
+            &ns,
+            json!({
+                "apiVersion": "flowgate.io/v1alpha1", "kind": "CreditPolicy",
+                "metadata": {"name": "bad"},
+                "spec": {"chatflows": ["*"], "budget": {"credits": -1, "period": "Monthly"}}
+            }),
+        )
         .await,
     );
     assert!(message.contains("spec.budget.credits"), "{message}");
@@ -161,9 +187,14 @@ async fn typed_api_creates_lists_watches_and_applies_status() {
     let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
     let chatflow = Chatflow::new(
         "support-bot",
-        ChatflowSpec { flowise_name: Some("Support Bot".into()), ..Default::default() },
+        ChatflowSpec {
+            flowise_name: Some("Support Bot".into()),
+            ..Default::default()
+        },
     );
-    api.create(&PostParams::default(), &chatflow).await.expect("created");
+    api.create(&PostParams::default(), &chatflow)
+        .await
+        .expect("created");
 
     let seen = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(event) = events.try_next().await.expect("watch works") {
@@ -179,34 +210,64 @@ async fn typed_api_creates_lists_watches_and_applies_status() {
     .expect("the watch sees the new Chatflow within 20 s");
     assert_eq!(seen.spec.flowise_name.as_deref(), Some("Support Bot"));
 
-    // Not an empty message: the 1.20 API server's server-side apply turns "" into null, which the
-    // schema refuses (422 "status.conditions.message ... must be of type string").
     let status = json!({
         "apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow",
         "status": {
             "flowiseId": "3f1c2a7e-0000-4000-8000-000000000001",
             "type": "CHATFLOW", "deployed": true, "observedGeneration": 1,
-            "conditions": [{"type": "Ready", "status": "True", "reason": "Synced", "message": "ok",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Synced", "message": "in sync",
                             "lastTransitionTime": "2026-11-22T00:00:00Z"}]
         }
     });
-    api.patch_status("support-bot", &PatchParams::apply("flowgate").force(), &Patch::Apply(&status))
-        .await
-        .expect("status applied server-side");
+    api.patch_status(
+        "support-bot",
+        &PatchParams::apply("flowgate").force(),
+        &Patch::Apply(&status),
+    )
+    .await
+    .expect("status applied server-side");
     let stored = api.get_status("support-bot").await.expect("read back");
     let stored = stored.status.expect("status stored");
-    assert_eq!(stored.flowise_id.as_deref(), Some("3f1c2a7e-0000-4000-8000-000000000001"));
-    assert!(flowgate::crd::conditions::is_true(&stored.conditions, "Ready"));
+    assert_eq!(
+        stored.flowise_id.as_deref(),
+        Some("3f1c2a7e-0000-4000-8000-000000000001")
+    );
+    assert!(flowgate::crd::conditions::is_true(
+        &stored.conditions,
+        "Ready"
+    ));
 
     let listed = api.list(&ListParams::default()).await.expect("list");
     assert_eq!(listed.items.len(), 1);
 
     // Printer columns and short name, as an operator sees them.
     let table = support::kubectl(&["get", "cf", "-n", &ns]);
-    let header: Vec<&str> = table.lines().next().expect("header").split_whitespace().collect();
-    assert_eq!(header, ["NAME", "FLOWISE-ID", "TYPE", "DEPLOYED", "READY", "AGE"]);
-    let row: Vec<&str> = table.lines().nth(1).expect("one row").split_whitespace().collect();
-    assert_eq!(&row[..5], ["support-bot", "3f1c2a7e-0000-4000-8000-000000000001", "CHATFLOW", "true", "True"]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "FLOWISE-ID", "TYPE", "DEPLOYED", "READY", "AGE"]
+    );
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .expect("one row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row[..5],
+        [
+            "support-bot",
+            "3f1c2a7e-0000-4000-8000-000000000001",
+            "CHATFLOW",
+            "true",
+            "True"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -223,15 +284,30 @@ async fn short_names_category_and_explain_work_through_kubectl() {
         "chatflowaccess.flowgate.io/support-team",
         "creditpolicy.flowgate.io/monthly-default",
     ] {
-        assert!(all.contains(expected), "`kubectl get flowgate` lists {expected}: {all}");
+        assert!(
+            all.contains(expected),
+            "`kubectl get flowgate` lists {expected}: {all}"
+        );
     }
     let cfa = support::kubectl(&["get", "cfa", "-n", &ns]);
-    assert!(cfa.starts_with("NAME") && cfa.contains("ROLE") && cfa.contains("team-admins"), "{cfa}");
+    assert!(
+        cfa.starts_with("NAME") && cfa.contains("ROLE") && cfa.contains("team-admins"),
+        "{cfa}"
+    );
     let cpol = support::kubectl(&["get", "cpol", "-n", &ns]);
-    assert!(cpol.contains("CREDITS") && cpol.contains("PERIOD") && cpol.contains("monthly-default"), "{cpol}");
+    assert!(
+        cpol.contains("CREDITS") && cpol.contains("PERIOD") && cpol.contains("monthly-default"),
+        "{cpol}"
+    );
 
     let explain = support::kubectl(&["explain", "chatflow.spec.flowiseId"]);
-    assert!(explain.contains("Adopt the existing Flowise chatflow with this id"), "{explain}");
+    assert!(
+        explain.contains("Adopt the existing Flowise chatflow with this id"),
+        "{explain}"
+    );
     let explain = support::kubectl(&["explain", "chatflow.spec"]);
-    assert!(explain.contains("deletionPolicy") && explain.contains("definition"), "{explain}");
+    assert!(
+        explain.contains("deletionPolicy") && explain.contains("definition"),
+        "{explain}"
+    );
 }

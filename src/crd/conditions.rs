@@ -48,6 +48,10 @@ pub fn upsert(conditions: &mut Vec<Condition>, mut new: Condition) {
 }
 
 /// A condition of `type_`, `True` when `ok`, observed at `now` for `generation`.
+///
+/// The message is never empty: Kubernetes 1.20's server-side apply turns an empty string into
+/// `null`, which the schema then refuses (`status.conditions.message … must be of type string`).
+/// An empty message falls back to the reason.
 pub fn new(
     type_: &str,
     ok: bool,
@@ -56,11 +60,16 @@ pub fn new(
     generation: Option<i64>,
     now: jiff::Timestamp,
 ) -> Condition {
+    let message = message.into();
     Condition {
+        message: if message.is_empty() {
+            reason.to_string()
+        } else {
+            message
+        },
         type_: type_.to_string(),
         status: if ok { "True" } else { "False" }.to_string(),
         reason: reason.to_string(),
-        message: message.into(),
         observed_generation: generation,
         last_transition_time: Time(now),
     }
@@ -123,6 +132,14 @@ mod tests {
         );
         assert_eq!(conds[0].last_transition_time, Time(at(200)));
         assert!(is_true(&conds, READY));
+    }
+
+    #[test]
+    fn an_empty_message_falls_back_to_the_reason() {
+        assert_eq!(
+            new(READY, true, reason::SYNCED, "", None, at(1)).message,
+            "Synced"
+        );
     }
 
     #[test]

@@ -111,15 +111,24 @@ pub fn compile(resources: &Resources) -> Snapshot {
                 continue;
             }
         };
-        let ns = intern(&mut ns_index, &mut snap.namespaces, &mut snap.ns_chatflows, &rule.namespace);
+        let ns = intern(
+            &mut ns_index,
+            &mut snap.namespaces,
+            &mut snap.ns_chatflows,
+            &rule.namespace,
+        );
         let idx = u32::try_from(snap.chatflows.len()).unwrap_or(u32::MAX);
         if let Some(id) = &rule.flowise_id {
             // Two Chatflows claiming one Flowise id: the first (by namespace/name) keeps it.
             snap.by_flowise_id.entry(id.clone()).or_insert(idx);
         }
-        snap.by_name.entry(rule.namespace.clone()).or_default().insert(rule.name.clone(), idx);
+        snap.by_name
+            .entry(rule.namespace.clone())
+            .or_default()
+            .insert(rule.name.clone(), idx);
         snap.ns_chatflows[ns as usize].push(idx);
-        snap.chatflows.push(Arc::new(ChatflowEntry { idx, ns, rule }));
+        snap.chatflows
+            .push(Arc::new(ChatflowEntry { idx, ns, rule }));
     }
 
     for access in &resources.accesses {
@@ -134,7 +143,10 @@ pub fn compile(resources: &Resources) -> Snapshot {
         if rule.suspended {
             continue;
         }
-        let grant = Grant { role: rule.role, expires_at: rule.expires_at };
+        let grant = Grant {
+            role: rule.role,
+            expires_at: rule.expires_at,
+        };
         let targets = snap.targets(&rule.namespace, &rule.chatflows, &ns_index);
         for subject in &rule.subjects {
             let grants = match subject {
@@ -207,15 +219,28 @@ impl Snapshot {
         let namespace = meta.namespace.clone().unwrap_or_default();
         let name = meta.name.clone().unwrap_or_default();
         tracing::warn!(kind, %namespace, %name, %error, "skipping invalid resource");
-        self.invalid.push(Invalid { kind, namespace, name, error });
+        self.invalid.push(Invalid {
+            kind,
+            namespace,
+            name,
+            error,
+        });
     }
 
-    fn targets(&self, ns: &str, selector: &ChatflowSelector, ns_index: &HashMap<String, u32>) -> Target {
+    fn targets(
+        &self,
+        ns: &str,
+        selector: &ChatflowSelector,
+        ns_index: &HashMap<String, u32>,
+    ) -> Target {
         match (selector, ns_index.get(ns)) {
             (_, None) => Target::Nothing,
             (ChatflowSelector::All, Some(ns)) => Target::Namespace(*ns),
             (ChatflowSelector::Names(names), Some(_)) => Target::Chatflows(
-                names.iter().filter_map(|n| self.by_name.get(ns).and_then(|m| m.get(n)).copied()).collect(),
+                names
+                    .iter()
+                    .filter_map(|n| self.by_name.get(ns).and_then(|m| m.get(n)).copied())
+                    .collect(),
             ),
         }
     }
@@ -252,7 +277,12 @@ impl Snapshot {
     }
 
     /// The strongest role `caller` holds on `chatflow` at `now`, if any.
-    pub fn role(&self, caller: &Caller<'_>, chatflow: &ChatflowEntry, now: Timestamp) -> Option<Role> {
+    pub fn role(
+        &self,
+        caller: &Caller<'_>,
+        chatflow: &ChatflowEntry,
+        now: Timestamp,
+    ) -> Option<Role> {
         let mut best: Option<Role> = None;
         let mut consider = |grants: Option<&Grants>| {
             let Some(grants) = grants else { return };
@@ -278,22 +308,34 @@ impl Snapshot {
 
     /// The chatflows `caller` may use at `now`, in compile order.
     pub fn visible(&self, caller: &Caller<'_>, now: Timestamp) -> Vec<&Arc<ChatflowEntry>> {
-        self.chatflows.iter().filter(|cf| self.role(caller, cf, now).is_some()).collect()
+        self.chatflows
+            .iter()
+            .filter(|cf| self.role(caller, cf, now).is_some())
+            .collect()
     }
 
     /// The credit policies that apply to `caller` on `chatflow`, sorted by policy id.
-    pub fn policies_for<'s>(&'s self, caller: &Caller<'_>, chatflow: &ChatflowEntry) -> Vec<&'s Arc<PolicyRule>> {
+    pub fn policies_for<'s>(
+        &'s self,
+        caller: &Caller<'_>,
+        chatflow: &ChatflowEntry,
+    ) -> Vec<&'s Arc<PolicyRule>> {
         self.policies
             .get(&chatflow.idx)
             .into_iter()
             .flatten()
-            .filter(|rule| rule.subjects.is_empty() || rule.subjects.iter().any(|s| matches(s, caller)))
+            .filter(|rule| {
+                rule.subjects.is_empty() || rule.subjects.iter().any(|s| matches(s, caller))
+            })
             .collect()
     }
 
     /// Namespace of a chatflow entry.
     pub fn namespace_of(&self, chatflow: &ChatflowEntry) -> &str {
-        self.namespaces.get(chatflow.ns as usize).map(String::as_str).unwrap_or_default()
+        self.namespaces
+            .get(chatflow.ns as usize)
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 }
 

@@ -64,7 +64,10 @@ impl SubjectRule {
         match (&subject.user, &subject.group, &subject.service_account) {
             (Some(user), None, None) => Ok(Self::User(user.clone())),
             (None, Some(group), None) => Ok(Self::Group(group.clone())),
-            (None, None, Some(sa)) => Ok(Self::ServiceAccount(format!("{}/{}", sa.namespace, sa.name))),
+            (None, None, Some(sa)) => Ok(Self::ServiceAccount(format!(
+                "{}/{}",
+                sa.namespace, sa.name
+            ))),
             _ => Err(InvalidSpec::Subject { index }),
         }
     }
@@ -112,10 +115,14 @@ pub struct ChatflowRule {
 
 /// Checks the spec of a Chatflow (the rule the schema cannot express).
 pub fn chatflow_source(spec: &crd::ChatflowSpec) -> Result<ChatflowSource, InvalidSpec> {
-    let set = [spec.flowise_id.is_some(), spec.flowise_name.is_some(), spec.definition.is_some()]
-        .iter()
-        .filter(|s| **s)
-        .count();
+    let set = [
+        spec.flowise_id.is_some(),
+        spec.flowise_name.is_some(),
+        spec.definition.is_some(),
+    ]
+    .iter()
+    .filter(|s| **s)
+    .count();
     match (&spec.flowise_id, &spec.flowise_name, &spec.definition) {
         (Some(id), None, None) => Ok(ChatflowSource::Id(id.to_ascii_lowercase())),
         (None, Some(name), None) => Ok(ChatflowSource::Name(name.clone())),
@@ -238,6 +245,8 @@ impl TryFrom<&CreditPolicy> for PolicyRule {
 impl ChatflowRule {
     /// The Flowise type, or CHATFLOW when Flowise has not told yet.
     pub fn flow_type_or_default(&self) -> &str {
-        self.flow_type.as_deref().unwrap_or(ChatflowType::Chatflow.as_str())
+        self.flow_type
+            .as_deref()
+            .unwrap_or(ChatflowType::Chatflow.as_str())
     }
 }

@@ -55,7 +55,11 @@ fn now() -> Timestamp {
 }
 
 fn user(values: &[String]) -> Caller<'_> {
-    Caller { users: values, groups: &[], service_account: None }
+    Caller {
+        users: values,
+        groups: &[],
+        service_account: None,
+    }
 }
 
 fn role_on(snap: &Snapshot, caller: &Caller<'_>, id: &str) -> Option<Role> {
@@ -83,23 +87,43 @@ fn there_is_no_implicit_access() {
 fn groups_and_service_accounts_are_matched() {
     let snap = compile(&team_a());
     let groups = ["support".to_string()];
-    let by_group = Caller { users: &[], groups: &groups, service_account: None };
+    let by_group = Caller {
+        users: &[],
+        groups: &groups,
+        service_account: None,
+    };
     assert_eq!(role_on(&snap, &by_group, SUPPORT), Some(Role::User));
-    let by_sa = Caller { users: &[], groups: &[], service_account: Some("apps/chat-client") };
+    let by_sa = Caller {
+        users: &[],
+        groups: &[],
+        service_account: Some("apps/chat-client"),
+    };
     assert_eq!(role_on(&snap, &by_sa, SUPPORT), Some(Role::User));
-    let other_sa = Caller { users: &[], groups: &[], service_account: Some("apps/intruder") };
+    let other_sa = Caller {
+        users: &[],
+        groups: &[],
+        service_account: Some("apps/intruder"),
+    };
     assert_eq!(role_on(&snap, &other_sa, SUPPORT), None);
 }
 
 #[test]
 fn wildcard_grants_cover_every_chatflow_of_the_namespace_only() {
     let mut res = team_a();
-    res.accesses.push(access("team-a", "leads", "  chatflows: ['*']\n  subjects: [{user: lead}]\n  role: Admin\n"));
+    res.accesses.push(access(
+        "team-a",
+        "leads",
+        "  chatflows: ['*']\n  subjects: [{user: lead}]\n  role: Admin\n",
+    ));
     let snap = compile(&res);
     let lead = ["lead".to_string()];
     assert_eq!(role_on(&snap, &user(&lead), SUPPORT), Some(Role::Admin));
     assert_eq!(role_on(&snap, &user(&lead), FAQ), Some(Role::Admin));
-    assert_eq!(role_on(&snap, &user(&lead), OTHER), None, "references never cross namespaces");
+    assert_eq!(
+        role_on(&snap, &user(&lead), OTHER),
+        None,
+        "references never cross namespaces"
+    );
 }
 
 #[test]
@@ -117,7 +141,11 @@ fn the_strongest_live_role_wins_and_expired_access_grants_nothing() {
     ));
     let snap = compile(&res);
     let alice = ["alice@example.com".to_string()];
-    assert_eq!(role_on(&snap, &user(&alice), SUPPORT), Some(Role::User), "expired Admin falls back to User");
+    assert_eq!(
+        role_on(&snap, &user(&alice), SUPPORT),
+        Some(Role::User),
+        "expired Admin falls back to User"
+    );
     assert_eq!(role_on(&snap, &user(&alice), FAQ), Some(Role::Admin));
 }
 
@@ -153,13 +181,25 @@ fn an_invalid_object_is_skipped_without_poisoning_the_rest() {
     ));
     let snap = compile(&res);
     let alice = ["alice@example.com".to_string()];
-    assert_eq!(role_on(&snap, &user(&alice), SUPPORT), Some(Role::User), "valid rules still apply");
+    assert_eq!(
+        role_on(&snap, &user(&alice), SUPPORT),
+        Some(Role::User),
+        "valid rules still apply"
+    );
     assert_eq!(role_on(&snap, &user(&["eve".to_string()]), FAQ), None);
-    let mut skipped: Vec<_> = snap.invalid.iter().map(|i| (i.kind, i.name.as_str())).collect();
+    let mut skipped: Vec<_> = snap
+        .invalid
+        .iter()
+        .map(|i| (i.kind, i.name.as_str()))
+        .collect();
     skipped.sort();
     assert_eq!(
         skipped,
-        vec![("Chatflow", "two-sources"), ("ChatflowAccess", "broken"), ("CreditPolicy", "bad-zone")]
+        vec![
+            ("Chatflow", "two-sources"),
+            ("ChatflowAccess", "broken"),
+            ("CreditPolicy", "bad-zone")
+        ]
     );
     assert!(snap.chatflow_by_name("team-a", "two-sources").is_none());
 }
@@ -173,8 +213,15 @@ fn references_to_missing_chatflows_are_ignored_until_they_exist() {
         "  chatflows: [future-bot]\n  subjects: [{user: alice}]\n",
     )];
     let snap = compile(&res);
-    assert!(snap.visible(&user(&["alice".to_string()]), now()).is_empty());
-    res.chatflows.push(chatflow("team-a", "future-bot", "00000000-0000-4000-8000-00000000000a"));
+    assert!(
+        snap.visible(&user(&["alice".to_string()]), now())
+            .is_empty()
+    );
+    res.chatflows.push(chatflow(
+        "team-a",
+        "future-bot",
+        "00000000-0000-4000-8000-00000000000a",
+    ));
     let snap = compile(&res);
     assert_eq!(snap.visible(&user(&["alice".to_string()]), now()).len(), 1);
 }
@@ -182,34 +229,72 @@ fn references_to_missing_chatflows_are_ignored_until_they_exist() {
 #[test]
 fn flowise_ids_are_looked_up_case_insensitively() {
     let snap = compile(&team_a());
-    assert!(snap.chatflow_by_flowise_id(&SUPPORT.to_ascii_uppercase()).is_some());
-    assert!(snap.chatflow_by_flowise_id("00000000-0000-4000-8000-0000000000ff").is_none());
+    assert!(
+        snap.chatflow_by_flowise_id(&SUPPORT.to_ascii_uppercase())
+            .is_some()
+    );
+    assert!(
+        snap.chatflow_by_flowise_id("00000000-0000-4000-8000-0000000000ff")
+            .is_none()
+    );
 }
 
 #[test]
 fn policies_apply_by_chatflow_and_subject() {
     let mut res = team_a();
-    res.accesses.push(access("team-a", "all", "  chatflows: ['*']\n  subjects: [{group: staff}]\n"));
+    res.accesses.push(access(
+        "team-a",
+        "all",
+        "  chatflows: ['*']\n  subjects: [{group: staff}]\n",
+    ));
     res.policies = vec![
-        policy("team-a", "monthly", "  chatflows: ['*']\n  budget: {credits: 1000, period: Monthly}\n"),
+        policy(
+            "team-a",
+            "monthly",
+            "  chatflows: ['*']\n  budget: {credits: 1000, period: Monthly}\n",
+        ),
         policy(
             "team-a",
             "support-daily",
             "  chatflows: [faq-bot]\n  subjects: [{group: support}]\n  budget: {credits: 50, period: Daily, scope: Shared}\n  cost: {perPrediction: 2}\n",
         ),
-        policy("team-b", "elsewhere", "  chatflows: ['*']\n  budget: {credits: 1, period: Never}\n"),
+        policy(
+            "team-b",
+            "elsewhere",
+            "  chatflows: ['*']\n  budget: {credits: 1, period: Never}\n",
+        ),
     ];
     let snap = compile(&res);
     let faq = snap.chatflow_by_flowise_id(FAQ).expect("faq");
     let groups = ["staff".to_string(), "support".to_string()];
-    let support_member = Caller { users: &[], groups: &groups, service_account: None };
-    let ids: Vec<&str> = snap.policies_for(&support_member, faq).iter().map(|p| &*p.id).collect();
+    let support_member = Caller {
+        users: &[],
+        groups: &groups,
+        service_account: None,
+    };
+    let ids: Vec<&str> = snap
+        .policies_for(&support_member, faq)
+        .iter()
+        .map(|p| &*p.id)
+        .collect();
     assert_eq!(ids, vec!["team-a/monthly", "team-a/support-daily"]);
     let staff = ["staff".to_string()];
-    let other_member = Caller { users: &[], groups: &staff, service_account: None };
-    let ids: Vec<&str> = snap.policies_for(&other_member, faq).iter().map(|p| &*p.id).collect();
+    let other_member = Caller {
+        users: &[],
+        groups: &staff,
+        service_account: None,
+    };
+    let ids: Vec<&str> = snap
+        .policies_for(&other_member, faq)
+        .iter()
+        .map(|p| &*p.id)
+        .collect();
     assert_eq!(ids, vec!["team-a/monthly"]);
-    let daily = snap.policy_rules().iter().find(|p| p.name == "support-daily").expect("policy");
+    let daily = snap
+        .policy_rules()
+        .iter()
+        .find(|p| p.name == "support-daily")
+        .expect("policy");
     assert_eq!((daily.credits, daily.per_prediction), (50, 2));
 }
 
@@ -222,7 +307,9 @@ fn a_chatflow_without_a_ready_status_is_indexed_but_not_ready() {
         ..Default::default()
     };
     let snap = compile(&res);
-    let cf = snap.chatflow_by_name("team-a", "new-bot").expect("indexed by name");
+    let cf = snap
+        .chatflow_by_name("team-a", "new-bot")
+        .expect("indexed by name");
     assert!(!cf.rule.ready);
     assert_eq!(cf.rule.flowise_id, None);
 }

@@ -35,7 +35,10 @@ impl Default for SnapshotHandle {
 impl SnapshotHandle {
     /// A handle starting at `snapshot`.
     pub fn new(snapshot: Snapshot) -> Self {
-        Self { current: Arc::new(ArcSwap::from_pointee(snapshot)), changed: Arc::new(Notify::new()) }
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(snapshot)),
+            changed: Arc::new(Notify::new()),
+        }
     }
 
     /// The current snapshot.
@@ -72,9 +75,12 @@ impl Stores {
             policies: self.policies.state(),
         };
         // Deterministic order: the same objects always compile to the same snapshot.
-        res.chatflows.sort_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
-        res.accesses.sort_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
-        res.policies.sort_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
+        res.chatflows
+            .sort_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
+        res.accesses
+            .sort_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
+        res.policies
+            .sort_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
         res
     }
 }
@@ -90,7 +96,11 @@ pub fn spawn(client: Client, ready: Gate, shutdown: CancellationToken) -> (Store
     let (chatflows, cf_task) = reflect::<Chatflow>(client.clone(), dirty.clone());
     let (accesses, cfa_task) = reflect::<ChatflowAccess>(client.clone(), dirty.clone());
     let (policies, cpol_task) = reflect::<CreditPolicy>(client, dirty.clone());
-    let stores = Stores { chatflows, accesses, policies };
+    let stores = Stores {
+        chatflows,
+        accesses,
+        policies,
+    };
     let handle = SnapshotHandle::default();
 
     let writer = {
@@ -130,7 +140,13 @@ pub fn spawn(client: Client, ready: Gate, shutdown: CancellationToken) -> (Store
 
 fn reflect<K>(client: Client, dirty: Arc<Notify>) -> (Store<K>, impl Future<Output = ()>)
 where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let api: Api<K> = Api::all(client);
     let (reader, writer) = reflector::store();
@@ -140,7 +156,9 @@ where
         .for_each(move |event| {
             match event {
                 Ok(_) => dirty.notify_one(),
-                Err(error) => tracing::warn!(kind = K::kind(&()).as_ref(), %error, "watch error; retrying"),
+                Err(error) => {
+                    tracing::warn!(kind = K::kind(&()).as_ref(), %error, "watch error; retrying")
+                }
             }
             std::future::ready(())
         });

@@ -18,7 +18,10 @@ pub enum ProxyError {
     #[error("a bearer token is required")]
     Unauthenticated { reason: &'static str },
     #[error("the token is not valid: {detail}")]
-    InvalidToken { reason: &'static str, detail: String },
+    InvalidToken {
+        reason: &'static str,
+        detail: String,
+    },
     #[error("the identity keys could not be loaded; try again")]
     KeysUnavailable,
     #[error("chatflow {0} not found")]
@@ -38,7 +41,11 @@ pub enum ProxyError {
     #[error("the request names chatflow '{0}' ambiguously; use its Flowise id")]
     Ambiguous(String),
     #[error("insufficient credits on policy {policy}: {remaining} left, resets {reset}")]
-    InsufficientCredits { policy: String, remaining: i64, reset: String },
+    InsufficientCredits {
+        policy: String,
+        remaining: i64,
+        reset: String,
+    },
     #[error("a request with this Idempotency-Key is already in progress or done")]
     DuplicateRequest,
     #[error("the credits ledger is unavailable")]
@@ -51,6 +58,8 @@ pub enum ProxyError {
     UpstreamUnreachable(String),
     #[error("Flowise did not answer in time")]
     UpstreamTimeout,
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ProxyError {
@@ -78,6 +87,7 @@ impl ProxyError {
             Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
             UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 
@@ -93,7 +103,12 @@ impl ProxyError {
     pub fn into_response(self) -> Response<Body> {
         let (status, code) = self.status_and_code();
         let mut error = serde_json::json!({"code": code, "message": self.to_string()});
-        if let Self::InsufficientCredits { policy, remaining, reset } = &self {
+        if let Self::InsufficientCredits {
+            policy,
+            remaining,
+            reset,
+        } = &self
+        {
             error["policy"] = serde_json::json!(policy);
             error["remaining"] = serde_json::json!(remaining);
             error["resetAt"] = serde_json::json!(reset);
@@ -101,11 +116,14 @@ impl ProxyError {
         let mut resp = json(status, &serde_json::json!({ "error": error }));
         match self {
             Self::Unauthenticated { .. } | Self::InvalidToken { .. } => {
-                resp.headers_mut()
-                    .insert("www-authenticate", HeaderValue::from_static("Bearer realm=\"flowgate\""));
+                resp.headers_mut().insert(
+                    "www-authenticate",
+                    HeaderValue::from_static("Bearer realm=\"flowgate\""),
+                );
             }
             Self::KeysUnavailable | Self::LedgerUnavailable => {
-                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }
@@ -118,7 +136,8 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -139,15 +158,28 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(value["error"]["code"], "insufficient_credits");
         assert_eq!(value["error"]["policy"], "team-a/monthly");
-        assert!(value["error"]["message"].as_str().is_some_and(|m| m.contains("team-a/monthly")));
+        assert!(
+            value["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("team-a/monthly"))
+        );
     }
 
     #[test]
     fn token_errors_are_401_and_ledger_errors_fail_closed() {
-        let bad = ProxyError::InvalidToken { reason: "expired", detail: "exp".into() };
+        let bad = ProxyError::InvalidToken {
+            reason: "expired",
+            detail: "exp".into(),
+        };
         assert_eq!(bad.status_and_code().0, StatusCode::UNAUTHORIZED);
         assert_eq!(bad.reason(), "expired");
-        assert_eq!(ProxyError::LedgerUnavailable.status_and_code().0, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(ProxyError::UpstreamTimeout.status_and_code().0, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            ProxyError::LedgerUnavailable.status_and_code().0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ProxyError::UpstreamTimeout.status_and_code().0,
+            StatusCode::GATEWAY_TIMEOUT
+        );
     }
 }

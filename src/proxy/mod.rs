@@ -8,6 +8,7 @@
 //! is valid, and the index grants the caller the chatflow. Every refusal is a [`ProxyError`],
 //! turned into JSON in one place ([`error`]).
 
+pub mod credits;
 pub mod error;
 pub mod keys;
 pub mod listing;
@@ -32,6 +33,7 @@ use crate::index::watch::SnapshotHandle;
 use crate::index::{Caller, ChatflowEntry, Snapshot};
 use crate::metrics::Metrics;
 use crate::server::Body;
+use credits::{Charge, Credits};
 pub use error::ProxyError;
 use keys::ApiKeys;
 use routes::Route;
@@ -49,6 +51,7 @@ pub struct Proxy {
     pub verifier: Arc<Verifier>,
     pub upstream: Upstream,
     pub keys: ApiKeys,
+    pub credits: Credits,
     pub metrics: Arc<Metrics>,
     pub token_endpoint: Option<reqwest::Url>,
     pub http: reqwest::Client,
@@ -63,15 +66,23 @@ struct Prediction {
 
 impl Proxy {
     /// Answers one request. Never fails: every error becomes its JSON answer.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         let started = std::time::Instant::now();
         let route = routes::route(req.method(), req.uri().path());
         let label = route.as_ref().map(route_label).unwrap_or("unknown");
         let resp = match route {
-            Ok(route) => self.dispatch(route, req, peer).await.unwrap_or_else(|e| self.refuse(e)),
+            Ok(route) => self
+                .dispatch(route, req, peer)
+                .await
+                .unwrap_or_else(|e| self.refuse(e)),
             Err(e) => self.refuse(e),
         };
-        self.metrics.observe_request(label, resp.status().as_u16(), started.elapsed());
+        self.metrics
+            .observe_request(label, resp.status().as_u16(), started.elapsed());
         resp
     }
 
@@ -80,7 +91,12 @@ impl Proxy {
         error.into_response()
     }
 
-    async fn dispatch(&self, route: Route, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, ProxyError> {
+    async fn dispatch(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, ProxyError> {
         match route {
             Route::Authenticate | Route::Refresh => return self.token_grant(route, req).await,
             _ => {}
@@ -91,50 +107,74 @@ impl Proxy {
         let caller = caller(&identity);
         match route {
             Route::ListChatflows => {
-                let list: Vec<Value> =
-                    snapshot.visible(&caller, now).into_iter().map(|cf| listing::flowise_shape(cf)).collect();
+                let list: Vec<Value> = snapshot
+                    .visible(&caller, now)
+                    .into_iter()
+                    .map(|cf| listing::flowise_shape(cf))
+                    .collect();
                 Ok(error::json(StatusCode::OK, &Value::Array(list)))
             }
             Route::GetChatflow(id) => {
-                let cf = self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
+                let cf =
+                    self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
                 Ok(error::json(StatusCode::OK, &listing::flowise_shape(&cf)))
             }
             Route::CompatListChatflows => {
-                let list: Vec<Value> =
-                    snapshot.visible(&caller, now).into_iter().map(|cf| listing::compat_shape(cf)).collect();
+                let list: Vec<Value> = snapshot
+                    .visible(&caller, now)
+                    .into_iter()
+                    .map(|cf| listing::compat_shape(cf))
+                    .collect();
                 Ok(error::json(StatusCode::OK, &Value::Array(list)))
             }
             Route::CompatGetChatflow(id) => {
-                let cf = self.authorize(&snapshot, &identity, &caller, Lookup::NameOrId(&id), now)?;
+                let cf =
+                    self.authorize(&snapshot, &identity, &caller, Lookup::NameOrId(&id), now)?;
                 Ok(error::json(StatusCode::OK, &listing::compat_shape(&cf)))
             }
             Route::Predict(id) => {
-                let cf = self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
+                let cf =
+                    self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
                 let usable = usable(&cf)?;
+                let idempotency_key = idempotency_key(&req)?;
                 let body = read_json(req, MAX_JSON_BODY).await?;
                 let prediction = prepare(body, &identity)?;
-                let headers = self.forward_headers(&cf).await?;
-                log_decision(&identity, &cf, "allow", "granted");
-                self.metrics.decision("allow", "granted");
-                self.forward(usable, &cf, prediction, headers, peer).await
+                let key = self.forward_headers(&cf).await?;
+                let charge = self
+                    .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
+                    .await?;
+                self.forward(usable, prediction, key, peer, charge).await
             }
             Route::CompatPredict => {
+                let idempotency_key = idempotency_key(&req)?;
                 let mut body = read_json(req, MAX_JSON_BODY).await?;
                 let (chatflow_id, prediction) = compat_request(&mut body, &identity)?;
-                let cf = self.authorize(&snapshot, &identity, &caller, Lookup::NameOrId(&chatflow_id), now)?;
+                let lookup = Lookup::NameOrId(&chatflow_id);
+                let cf = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
                 let usable = usable(&cf)?;
-                let headers = self.forward_headers(&cf).await?;
-                log_decision(&identity, &cf, "allow", "granted");
-                self.metrics.decision("allow", "granted");
+                let key = self.forward_headers(&cf).await?;
+                let charge = self
+                    .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
+                    .await?;
                 if prediction.streaming {
-                    return self.forward(usable, &cf, prediction, headers, peer).await;
+                    return self.forward(usable, prediction, key, peer, charge).await;
                 }
+                let remaining = charge.as_ref().and_then(|c| c.remaining);
                 let chat_id = prediction.chat_id.clone();
-                let resp = self.forward(usable, &cf, prediction, headers, peer).await?;
-                compat_response(resp, &chatflow_id, &chat_id).await
+                let resp = self.forward(usable, prediction, key, peer, charge).await?;
+                compat_response(resp, &chatflow_id, &chat_id, remaining).await
             }
-            Route::Credits => Ok(error::json(StatusCode::OK, &json!({"subject": identity.key, "balances": []}))),
-            Route::Authenticate | Route::Refresh => Err(ProxyError::NotFound { method: String::new(), path: String::new() }),
+            Route::Credits => {
+                let balances = self
+                    .credits
+                    .balances(&snapshot, &identity, &caller, now)
+                    .await?;
+                Ok(error::json(StatusCode::OK, &balances))
+            }
+            Route::Authenticate | Route::Refresh => Err(ProxyError::NotFound {
+                method: String::new(),
+                path: String::new(),
+            }),
         }
     }
 
@@ -145,7 +185,10 @@ impl Proxy {
             if e.is_transient() {
                 ProxyError::KeysUnavailable
             } else {
-                ProxyError::InvalidToken { reason: e.reason(), detail: e.to_string() }
+                ProxyError::InvalidToken {
+                    reason: e.reason(),
+                    detail: e.to_string(),
+                }
             }
         })
     }
@@ -175,7 +218,10 @@ impl Proxy {
         };
         if snapshot.role(caller, &cf, now).is_none() {
             log_decision(identity, &cf, "deny", "forbidden");
-            return Err(ProxyError::Forbidden(format!("{}/{}", cf.rule.namespace, cf.rule.name)));
+            return Err(ProxyError::Forbidden(format!(
+                "{}/{}",
+                cf.rule.namespace, cf.rule.name
+            )));
         }
         Ok(cf)
     }
@@ -186,33 +232,90 @@ impl Proxy {
         if let Some(secret) = &cf.rule.api_key {
             return self.keys.get(&cf.rule.namespace, secret).await.map(Some);
         }
-        Ok(if cf.rule.api_key_bound { self.upstream.default_key().cloned() } else { None })
+        Ok(if cf.rule.api_key_bound {
+            self.upstream.default_key().cloned()
+        } else {
+            None
+        })
     }
 
+    /// Reserves credits for an allowed prediction and logs the decision once.
+    async fn charge(
+        &self,
+        snapshot: &Snapshot,
+        identity: &Identity,
+        caller: &Caller<'_>,
+        cf: &ChatflowEntry,
+        idempotency_key: Option<String>,
+        now: jiff::Timestamp,
+    ) -> Result<Option<Charge>, ProxyError> {
+        match self
+            .credits
+            .reserve(snapshot, identity, caller, cf, idempotency_key, now)
+            .await
+        {
+            Ok(charge) => {
+                log_decision(identity, cf, "allow", "granted");
+                self.metrics.decision("allow", "granted");
+                Ok(charge)
+            }
+            Err(error) => {
+                log_decision(identity, cf, "deny", error.reason());
+                Err(error)
+            }
+        }
+    }
+
+    /// Forwards a prediction and settles or refunds its charge by how Flowise answered.
     async fn forward(
         &self,
         flowise_id: String,
-        cf: &ChatflowEntry,
         prediction: Prediction,
         key: Option<HeaderValue>,
         peer: SocketAddr,
+        charge: Option<Charge>,
     ) -> Result<Response<Body>, ProxyError> {
-        let body = Bytes::from(serde_json::to_vec(&Value::Object(prediction.body)).unwrap_or_default());
+        let refund = |charge: Option<Charge>| {
+            if let Some(charge) = charge {
+                self.credits.refund(charge);
+            }
+        };
+        let body =
+            Bytes::from(serde_json::to_vec(&Value::Object(prediction.body)).unwrap_or_default());
         let mut client_headers = hyper::HeaderMap::new();
         client_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let path = format!("/api/v1/prediction/{flowise_id}");
-        let req = self.upstream.request(Method::POST, &path, &client_headers, peer, key.as_ref(), body)?;
+        let req = match self.upstream.request(
+            Method::POST,
+            &path,
+            &client_headers,
+            peer,
+            key.as_ref(),
+            body,
+        ) {
+            Ok(req) => req,
+            Err(error) => {
+                refund(charge);
+                return Err(error);
+            }
+        };
         let upstream = match self.upstream.send(req).await {
             Ok(resp) => resp,
             Err(error) => {
                 self.metrics.upstream_error(error.reason());
+                refund(charge);
                 return Err(error);
             }
         };
         let status = upstream.status();
         if status.is_server_error() {
-            let body = self.upstream.read_body(upstream.into_body(), 64 * 1024).await.unwrap_or_default();
+            let body = self
+                .upstream
+                .read_body(upstream.into_body(), 64 * 1024)
+                .await
+                .unwrap_or_default();
             self.metrics.upstream_error("status_5xx");
+            refund(charge);
             return Err(ProxyError::Upstream(flowise_message(status, &body)));
         }
         let (parts, incoming) = upstream.into_parts();
@@ -220,21 +323,50 @@ impl Proxy {
         if let Some(headers) = resp.headers_mut() {
             upstream::copy_response_headers(&parts.headers, headers);
         }
-        if prediction.streaming {
+        if prediction.streaming && status.is_success() {
             let abort = self.abort_on_disconnect(flowise_id, prediction.chat_id, key, peer);
+            let credits = self.credits.clone();
             let observed = Observed::new(incoming, move |report| {
-                if report.end == StreamEnd::ClientGone {
-                    abort();
+                let answered = report.answered && !report.error_event;
+                match (report.end, charge) {
+                    (StreamEnd::ClientGone, charge) => {
+                        abort();
+                        if let Some(charge) = charge {
+                            credits.settle(charge, report.tokens);
+                        }
+                    }
+                    (_, Some(charge)) if answered => credits.settle(charge, report.tokens),
+                    (_, Some(charge)) => credits.refund(charge),
+                    (_, None) => {}
                 }
             });
-            let _ = cf;
             return resp
                 .body(observed.boxed())
-                .map_err(|e| ProxyError::Upstream(e.to_string()));
+                .map_err(|e| ProxyError::Internal(e.to_string()));
         }
-        let answer = self.upstream.read_body(incoming, MAX_ANSWER).await?;
-        resp.body(http_body_util::Full::new(answer).map_err(|e| match e {}).boxed())
-            .map_err(|e| ProxyError::Upstream(e.to_string()))
+        let answer = match self.upstream.read_body(incoming, MAX_ANSWER).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                refund(charge);
+                return Err(error);
+            }
+        };
+        if let Some(charge) = charge {
+            if status.is_success() {
+                let tokens = serde_json::from_slice::<Value>(&answer)
+                    .map(|v| stream::json_usage_tokens(&v))
+                    .unwrap_or(0);
+                self.credits.settle(charge, tokens);
+            } else {
+                self.credits.refund(charge);
+            }
+        }
+        resp.body(
+            http_body_util::Full::new(answer)
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .map_err(|e| ProxyError::Internal(e.to_string()))
     }
 
     /// A callback that asks Flowise to stop generating for a client that went away.
@@ -244,15 +376,24 @@ impl Proxy {
         chat_id: String,
         key: Option<HeaderValue>,
         peer: SocketAddr,
-    ) -> impl FnOnce() + Send + 'static {
+    ) -> impl FnOnce() + Send + Sync + 'static {
         let upstream = self.upstream.clone();
         move || {
             tokio::spawn(async move {
                 let path = format!("/api/v1/chatmessage/abort/{flowise_id}/{chat_id}");
                 let headers = hyper::HeaderMap::new();
-                match upstream.request(Method::PUT, &path, &headers, peer, key.as_ref(), Bytes::new()) {
+                match upstream.request(
+                    Method::PUT,
+                    &path,
+                    &headers,
+                    peer,
+                    key.as_ref(),
+                    Bytes::new(),
+                ) {
                     Ok(req) => match upstream.send(req).await {
-                        Ok(resp) => tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort"),
+                        Ok(resp) => {
+                            tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort")
+                        }
                         Err(error) => tracing::warn!(%error, %chat_id, "abort request failed"),
                     },
                     Err(error) => tracing::warn!(%error, "cannot build the abort request"),
@@ -261,7 +402,11 @@ impl Proxy {
         }
     }
 
-    async fn token_grant(&self, route: Route, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    async fn token_grant(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ProxyError> {
         let endpoint = self.token_endpoint.clone().ok_or_else(|| {
             ProxyError::NotConfigured(
                 "token endpoint not configured: set FLOWGATE_TOKEN_ENDPOINT_URL to enable /chat/authenticate and /chat/refresh".into(),
@@ -280,11 +425,18 @@ impl Proxy {
                 ("username", field("username")?),
                 ("password", field("password")?),
             ],
-            _ => vec![("grant_type", "refresh_token".into()), ("refresh_token", field("refresh_token")?)],
+            _ => vec![
+                ("grant_type", "refresh_token".into()),
+                ("refresh_token", field("refresh_token")?),
+            ],
         };
         let mut extra: Vec<(&str, String)> = ["client_id", "client_secret", "scope"]
             .into_iter()
-            .filter_map(|k| body.get(k).and_then(Value::as_str).map(|v| (k, v.to_string())))
+            .filter_map(|k| {
+                body.get(k)
+                    .and_then(Value::as_str)
+                    .map(|v| (k, v.to_string()))
+            })
             .collect();
         let mut params = form;
         params.append(&mut extra);
@@ -301,9 +453,18 @@ impl Proxy {
             .timeout(Duration::from_secs(15))
             .send()
             .await
-            .map_err(|e| if e.is_timeout() { ProxyError::UpstreamTimeout } else { ProxyError::UpstreamUnreachable(e.to_string()) })?;
+            .map_err(|e| {
+                if e.is_timeout() {
+                    ProxyError::UpstreamTimeout
+                } else {
+                    ProxyError::UpstreamUnreachable(e.to_string())
+                }
+            })?;
         let status = answer.status();
-        let bytes = answer.bytes().await.map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
+        let bytes = answer
+            .bytes()
+            .await
+            .map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
         if status.is_success() {
             let mut out = json!({
@@ -319,10 +480,17 @@ impl Proxy {
         } else if status.is_client_error() {
             Err(ProxyError::InvalidToken {
                 reason: "token_endpoint_refused",
-                detail: value.get("error_description").or(value.get("error")).and_then(Value::as_str).unwrap_or("authentication failed").to_string(),
+                detail: value
+                    .get("error_description")
+                    .or(value.get("error"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("authentication failed")
+                    .to_string(),
             })
         } else {
-            Err(ProxyError::Upstream(format!("token endpoint answered {status}")))
+            Err(ProxyError::Upstream(format!(
+                "token endpoint answered {status}"
+            )))
         }
     }
 }
@@ -350,7 +518,10 @@ fn caller(identity: &Identity) -> Caller<'_> {
     Caller {
         users: &identity.users,
         groups: &identity.groups,
-        service_account: identity.service_account_key.as_deref(),
+        service_account: identity
+            .service_account
+            .as_ref()
+            .and_then(|_| identity.key.strip_prefix("sa:")),
     }
 }
 
@@ -376,7 +547,11 @@ fn by_visible_name(
         .filter(|cf| cf.rule.name == name && snapshot.role(caller, cf, now).is_some())
         .collect();
     match matches.as_slice() {
-        [] => Ok(snapshot.chatflows().iter().find(|cf| cf.rule.name == name).cloned()),
+        [] => Ok(snapshot
+            .chatflows()
+            .iter()
+            .find(|cf| cf.rule.name == name)
+            .cloned()),
         [one] => Ok(Some((*one).clone())),
         _ => Err(ProxyError::Ambiguous(name.to_string())),
     }
@@ -394,20 +569,40 @@ fn usable(cf: &ChatflowEntry) -> Result<String, ProxyError> {
     }
 }
 
-async fn read_json(req: Request<Incoming>, limit: usize) -> Result<serde_json::Map<String, Value>, ProxyError> {
+/// The `Idempotency-Key` header, if any: a retried request with the same key is charged once.
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+    match req.headers().get("idempotency-key") {
+        None => Ok(None),
+        Some(value) => match value.to_str() {
+            Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key.to_string())),
+            _ => Err(ProxyError::BadRequest(
+                "Idempotency-Key must be 1-255 visible ASCII characters".into(),
+            )),
+        },
+    }
+}
+
+async fn read_json(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<serde_json::Map<String, Value>, ProxyError> {
     let is_json = req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|ct| ct.starts_with("application/json") || ct.contains("+json"));
     if !is_json {
-        return Err(ProxyError::BadRequest("the body must be JSON (Content-Type: application/json)".into()));
+        return Err(ProxyError::BadRequest(
+            "the body must be JSON (Content-Type: application/json)".into(),
+        ));
     }
     let bytes = Limited::new(req.into_body(), limit)
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 ProxyError::PayloadTooLarge { limit }
             } else {
                 ProxyError::BadRequest(format!("cannot read the body: {e}"))
@@ -416,16 +611,27 @@ async fn read_json(req: Request<Incoming>, limit: usize) -> Result<serde_json::M
         .to_bytes();
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ProxyError::BadRequest("the body must be a JSON object".into())),
-        Err(e) => Err(ProxyError::BadRequest(format!("the body is not valid JSON: {e}"))),
+        Ok(_) => Err(ProxyError::BadRequest(
+            "the body must be a JSON object".into(),
+        )),
+        Err(e) => Err(ProxyError::BadRequest(format!(
+            "the body is not valid JSON: {e}"
+        ))),
     }
 }
 
 /// Checks a Flowise prediction body and binds its session to the caller.
-fn prepare(mut body: serde_json::Map<String, Value>, identity: &Identity) -> Result<Prediction, ProxyError> {
-    let has_input = ["question", "form", "humanInput", "uploads"].iter().any(|k| body.contains_key(*k));
+fn prepare(
+    mut body: serde_json::Map<String, Value>,
+    identity: &Identity,
+) -> Result<Prediction, ProxyError> {
+    let has_input = ["question", "form", "humanInput", "uploads"]
+        .iter()
+        .any(|k| body.contains_key(*k));
     if !has_input {
-        return Err(ProxyError::BadRequest("a prediction needs 'question' (or 'form', 'uploads', 'humanInput')".into()));
+        return Err(ProxyError::BadRequest(
+            "a prediction needs 'question' (or 'form', 'uploads', 'humanInput')".into(),
+        ));
     }
     if body.get("question").is_some_and(|q| !q.is_string()) {
         return Err(ProxyError::BadRequest("'question' must be a string".into()));
@@ -433,28 +639,47 @@ fn prepare(mut body: serde_json::Map<String, Value>, identity: &Identity) -> Res
     let streaming = match body.get("streaming") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ProxyError::BadRequest("'streaming' must be a boolean".into())),
+        Some(_) => {
+            return Err(ProxyError::BadRequest(
+                "'streaming' must be a boolean".into(),
+            ));
+        }
     };
     let chat_id = session::bind_body(&mut body, &identity.key);
-    Ok(Prediction { body, streaming, chat_id })
+    Ok(Prediction {
+        body,
+        streaming,
+        chat_id,
+    })
 }
 
 /// The Python service's `{chatflow_id, question|message, sessionId?, overrideConfig?, streaming?}`.
-fn compat_request(body: &mut serde_json::Map<String, Value>, identity: &Identity) -> Result<(String, Prediction), ProxyError> {
+fn compat_request(
+    body: &mut serde_json::Map<String, Value>,
+    identity: &Identity,
+) -> Result<(String, Prediction), ProxyError> {
     let chatflow_id = match body.get("chatflow_id") {
         Some(Value::String(id)) if !id.is_empty() => id.clone(),
-        _ => return Err(ProxyError::BadRequest("field 'chatflow_id' is required".into())),
+        _ => {
+            return Err(ProxyError::BadRequest(
+                "field 'chatflow_id' is required".into(),
+            ));
+        }
     };
     let question = body
         .get("question")
         .or_else(|| body.get("message"))
         .and_then(Value::as_str)
-        .ok_or_else(|| ProxyError::BadRequest("field 'question' (or 'message') is required".into()))?;
+        .ok_or_else(|| {
+            ProxyError::BadRequest("field 'question' (or 'message') is required".into())
+        })?;
     let mut forward = serde_json::Map::new();
     forward.insert("question".into(), json!(question));
     if let Some(config) = body.get("overrideConfig") {
         if !config.is_object() && !config.is_null() {
-            return Err(ProxyError::BadRequest("'overrideConfig' must be an object".into()));
+            return Err(ProxyError::BadRequest(
+                "'overrideConfig' must be an object".into(),
+            ));
         }
         forward.insert("overrideConfig".into(), config.clone());
     }
@@ -467,16 +692,27 @@ fn compat_request(body: &mut serde_json::Map<String, Value>, identity: &Identity
     Ok((chatflow_id, prepare(forward, identity)?))
 }
 
-async fn compat_response(resp: Response<Body>, chatflow_id: &str, chat_id: &str) -> Result<Response<Body>, ProxyError> {
+async fn compat_response(
+    resp: Response<Body>,
+    chatflow_id: &str,
+    chat_id: &str,
+    credits_remaining: Option<u64>,
+) -> Result<Response<Body>, ProxyError> {
     let status = resp.status();
-    let bytes = resp.into_body().collect().await.map_err(|e| ProxyError::Upstream(e.to_string()))?.to_bytes();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ProxyError::Upstream(e.to_string()))?
+        .to_bytes();
     if !status.is_success() {
         return Err(ProxyError::Upstream(flowise_message(status, &bytes)));
     }
-    let result: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+    let result: Value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
     Ok(error::json(
         StatusCode::OK,
-        &json!({"result": result, "credits_remaining": null, "chatflow_id": chatflow_id, "session_id": chat_id}),
+        &json!({"result": result, "credits_remaining": credits_remaining, "chatflow_id": chatflow_id, "session_id": chat_id}),
     ))
 }
 
@@ -495,7 +731,9 @@ fn flowise_message(status: StatusCode, body: &[u8]) -> String {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -34,11 +34,17 @@ const MAX_PATH: usize = 512;
 
 /// Maps a method and raw path to a route, or the error to answer with.
 pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
-    let not_found = || ProxyError::NotFound { method: method.to_string(), path: truncate(path) };
+    let not_found = || ProxyError::NotFound {
+        method: method.to_string(),
+        path: truncate(path),
+    };
     if path.len() > MAX_PATH || !path.starts_with('/') {
         return Err(not_found());
     }
-    let trimmed = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+    let trimmed = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
     let segments: Vec<&str> = trimmed[1..].split('/').collect();
     if segments.iter().any(|s| !plain_segment(s)) {
         return Err(not_found());
@@ -58,7 +64,10 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
     if *method == allowed || (allowed == Method::GET && *method == Method::HEAD) {
         Ok(route)
     } else {
-        Err(ProxyError::MethodNotAllowed { method: method.to_string(), path: truncate(path) })
+        Err(ProxyError::MethodNotAllowed {
+            method: method.to_string(),
+            path: truncate(path),
+        })
     }
 }
 
@@ -68,7 +77,9 @@ fn plain_segment(segment: &str) -> bool {
         && segment != "."
         && segment != ".."
         && segment.len() <= 253
-        && segment.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn truncate(path: &str) -> String {
@@ -83,14 +94,26 @@ mod tests {
 
     #[test]
     fn the_allow_list_routes() {
-        assert_eq!(route(&Method::GET, "/api/v1/chatflows").ok(), Some(Route::ListChatflows));
-        assert_eq!(route(&Method::GET, "/api/v1/chatflows/").ok(), Some(Route::ListChatflows));
+        assert_eq!(
+            route(&Method::GET, "/api/v1/chatflows").ok(),
+            Some(Route::ListChatflows)
+        );
+        assert_eq!(
+            route(&Method::GET, "/api/v1/chatflows/").ok(),
+            Some(Route::ListChatflows)
+        );
         assert_eq!(
             route(&Method::POST, &format!("/api/v1/prediction/{ID}")).ok(),
             Some(Route::Predict(ID.into()))
         );
-        assert_eq!(route(&Method::GET, "/chatflows/support-bot").ok(), Some(Route::CompatGetChatflow("support-bot".into())));
-        assert_eq!(route(&Method::POST, "/chat/predict").ok(), Some(Route::CompatPredict));
+        assert_eq!(
+            route(&Method::GET, "/chatflows/support-bot").ok(),
+            Some(Route::CompatGetChatflow("support-bot".into()))
+        );
+        assert_eq!(
+            route(&Method::POST, "/chat/predict").ok(),
+            Some(Route::CompatPredict)
+        );
         assert_eq!(route(&Method::GET, "/credits").ok(), Some(Route::Credits));
     }
 
@@ -121,7 +144,10 @@ mod tests {
             "api/v1/chatflows",
         ] {
             let result = route(&Method::POST, path);
-            assert!(matches!(result, Err(ProxyError::NotFound { .. })), "{path} -> {result:?}");
+            assert!(
+                matches!(result, Err(ProxyError::NotFound { .. })),
+                "{path} -> {result:?}"
+            );
         }
     }
 
@@ -131,6 +157,9 @@ mod tests {
             route(&Method::DELETE, "/api/v1/chatflows/x"),
             Err(ProxyError::MethodNotAllowed { .. })
         ));
-        assert!(matches!(route(&Method::GET, "/api/v1/prediction/x"), Err(ProxyError::MethodNotAllowed { .. })));
+        assert!(matches!(
+            route(&Method::GET, "/api/v1/prediction/x"),
+            Err(ProxyError::MethodNotAllowed { .. })
+        ));
     }
 }

@@ -34,7 +34,10 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Rewrites a JSON prediction body so its session belongs to the caller; returns the bound id.
-pub fn bind_body(body: &mut serde_json::Map<String, serde_json::Value>, subject_key: &str) -> String {
+pub fn bind_body(
+    body: &mut serde_json::Map<String, serde_json::Value>,
+    subject_key: &str,
+) -> String {
     let requested = body
         .get("chatId")
         .and_then(|v| v.as_str())
@@ -42,10 +45,12 @@ pub fn bind_body(body: &mut serde_json::Map<String, serde_json::Value>, subject_
         .map(str::to_string);
     let bound = bind(subject_key, requested.as_deref());
     body.insert("chatId".into(), serde_json::Value::String(bound.clone()));
-    if let Some(config) = body.get_mut("overrideConfig").and_then(|v| v.as_object_mut()) {
-        if config.contains_key("sessionId") {
-            config.insert("sessionId".into(), serde_json::Value::String(bound.clone()));
-        }
+    if let Some(config) = body
+        .get_mut("overrideConfig")
+        .and_then(|v| v.as_object_mut())
+        && config.contains_key("sessionId")
+    {
+        config.insert("sessionId".into(), serde_json::Value::String(bound.clone()));
     }
     bound
 }
@@ -84,7 +89,9 @@ mod tests {
 
     #[test]
     fn session_id_in_override_config_is_bound_too() {
-        let mut b = body(json!({"question": "hi", "overrideConfig": {"sessionId": "abc", "temperature": 0}}));
+        let mut b = body(
+            json!({"question": "hi", "overrideConfig": {"sessionId": "abc", "temperature": 0}}),
+        );
         let id = bind_body(&mut b, "user:bob");
         assert_eq!(id, format!("{}abc", prefix("user:bob")));
         assert_eq!(b["overrideConfig"]["sessionId"], json!(id));

@@ -28,9 +28,11 @@ pub struct StreamReport {
     pub tokens: u64,
     /// Flowise sent an `error` event (e.g. a key-bound chatflow without its key).
     pub error_event: bool,
+    /// Flowise started answering (a `token` event, or any event after `start`).
+    pub answered: bool,
 }
 
-type OnEnd = Box<dyn FnOnce(StreamReport) + Send>;
+type OnEnd = Box<dyn FnOnce(StreamReport) + Send + Sync>;
 
 /// An upstream body passed through unchanged while being watched.
 pub struct Observed<B> {
@@ -41,13 +43,22 @@ pub struct Observed<B> {
 
 impl<B> Observed<B> {
     /// Wraps `inner`; `on_end` runs once when the stream ends or is dropped.
-    pub fn new(inner: B, on_end: impl FnOnce(StreamReport) + Send + 'static) -> Self {
-        Self { inner, scanner: SseScanner::default(), on_end: Some(Box::new(on_end)) }
+    pub fn new(inner: B, on_end: impl FnOnce(StreamReport) + Send + Sync + 'static) -> Self {
+        Self {
+            inner,
+            scanner: SseScanner::default(),
+            on_end: Some(Box::new(on_end)),
+        }
     }
 
     fn finish(&mut self, end: StreamEnd) {
         if let Some(on_end) = self.on_end.take() {
-            on_end(StreamReport { end, tokens: self.scanner.tokens, error_event: self.scanner.error_event });
+            on_end(StreamReport {
+                end,
+                tokens: self.scanner.tokens,
+                error_event: self.scanner.error_event,
+                answered: self.scanner.answered,
+            });
         }
     }
 }
@@ -109,6 +120,7 @@ pub struct SseScanner {
     overflow: bool,
     pub tokens: u64,
     pub error_event: bool,
+    pub answered: bool,
 }
 
 impl SseScanner {
@@ -138,13 +150,24 @@ impl SseScanner {
 
     fn inspect(&mut self, event: &[u8]) {
         // Flowise frames: `message:\ndata:{"event":"usageMetadata","data":{...}}\n\n`.
-        let Ok(text) = std::str::from_utf8(event) else { return };
+        let Ok(text) = std::str::from_utf8(event) else {
+            return;
+        };
+        if !self.answered
+            && (text.contains("\"event\":\"token\"") || text.contains("\"event\":\"end\""))
+        {
+            self.answered = true;
+        }
         if !text.contains("usageMetadata") && !text.contains("\"error\"") {
             return;
         }
         for line in text.lines() {
-            let Some(data) = line.strip_prefix("data:") else { continue };
-            let Ok(value) = serde_json::from_str::<serde_json::Value>(data.trim_start()) else { continue };
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(data.trim_start()) else {
+                continue;
+            };
             match value.get("event").and_then(|e| e.as_str()) {
                 Some("usageMetadata") => self.tokens += usage_tokens(&value["data"]),
                 Some("error") => self.error_event = true,
@@ -165,7 +188,11 @@ fn find_event_end(pending: &[u8], next: &[u8]) -> Option<usize> {
 
 /// Total tokens in one Flowise usage report (`total_tokens`, else input + output).
 pub fn usage_tokens(usage: &serde_json::Value) -> u64 {
-    let field = |names: &[&str]| names.iter().find_map(|n| usage.get(*n).and_then(|v| v.as_u64()));
+    let field = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| usage.get(*n).and_then(|v| v.as_u64()))
+    };
     field(&["total_tokens", "totalTokens"]).unwrap_or_else(|| {
         field(&["input_tokens", "inputTokens", "promptTokens"]).unwrap_or(0)
             + field(&["output_tokens", "outputTokens", "completionTokens"]).unwrap_or(0)
@@ -211,6 +238,7 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
             }
             assert_eq!(scanner.tokens, 50, "chunk size {chunk}");
             assert!(!scanner.error_event);
+            assert!(scanner.answered);
         }
     }
 
@@ -232,13 +260,20 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
         assert_eq!(json_usage_tokens(&serde_json::json!({"text": "x"})), 0);
     }
 
-    fn chunks(parts: Vec<Result<&'static str, std::io::Error>>) -> impl Body<Data = Bytes, Error = std::io::Error> + Unpin {
+    fn chunks(
+        parts: Vec<Result<&'static str, std::io::Error>>,
+    ) -> impl Body<Data = Bytes, Error = std::io::Error> + Unpin {
         StreamBody::new(futures::stream::iter(
-            parts.into_iter().map(|p| p.map(|s| Frame::data(Bytes::from_static(s.as_bytes())))),
+            parts
+                .into_iter()
+                .map(|p| p.map(|s| Frame::data(Bytes::from_static(s.as_bytes())))),
         ))
     }
 
-    fn recorder() -> (Arc<Mutex<Vec<StreamReport>>>, impl FnOnce(StreamReport) + Send + 'static) {
+    fn recorder() -> (
+        Arc<Mutex<Vec<StreamReport>>>,
+        impl FnOnce(StreamReport) + Send + Sync + 'static,
+    ) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
         (seen, move |r| sink.lock().expect("lock").push(r))
@@ -247,11 +282,27 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
     #[tokio::test]
     async fn frames_pass_through_unchanged_and_the_end_is_reported_once() {
         let (seen, on_end) = recorder();
-        let body = Observed::new(chunks(vec![Ok("message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":7}}\n\n"), Ok("x")]), on_end);
+        let body = Observed::new(
+            chunks(vec![
+                Ok(
+                    "message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":7}}\n\n",
+                ),
+                Ok("x"),
+            ]),
+            on_end,
+        );
         let bytes = body.collect().await.expect("collects").to_bytes();
         assert!(bytes.ends_with(b"x"));
         let reports = seen.lock().expect("lock").clone();
-        assert_eq!(reports, vec![StreamReport { end: StreamEnd::Completed, tokens: 7, error_event: false }]);
+        assert_eq!(
+            reports,
+            vec![StreamReport {
+                end: StreamEnd::Completed,
+                tokens: 7,
+                error_event: false,
+                answered: false
+            }]
+        );
     }
 
     #[tokio::test]
@@ -267,7 +318,10 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
     #[tokio::test]
     async fn an_upstream_failure_is_reported() {
         let (seen, on_end) = recorder();
-        let body = Observed::new(chunks(vec![Ok("a"), Err(std::io::Error::other("reset"))]), on_end);
+        let body = Observed::new(
+            chunks(vec![Ok("a"), Err(std::io::Error::other("reset"))]),
+            on_end,
+        );
         assert!(body.collect().await.is_err());
         assert_eq!(seen.lock().expect("lock")[0].end, StreamEnd::UpstreamFailed);
     }

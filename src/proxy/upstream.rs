@@ -22,8 +22,12 @@ const FORWARDED_REQUEST_HEADERS: [HeaderName; 3] =
     [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
 
 /// Response headers passed back to the client.
-const FORWARDED_RESPONSE_HEADERS: [&str; 4] =
-    ["content-type", "cache-control", "x-accel-buffering", "content-disposition"];
+const FORWARDED_RESPONSE_HEADERS: [&str; 4] = [
+    "content-type",
+    "cache-control",
+    "x-accel-buffering",
+    "content-disposition",
+];
 
 /// The Flowise upstream.
 #[derive(Clone)]
@@ -70,7 +74,9 @@ impl Upstream {
         let default_key = default_key
             .map(|key| bearer(&key))
             .transpose()
-            .map_err(|_| ProxyError::NotConfigured("the Flowise API key is not a valid header value".into()))?;
+            .map_err(|_| {
+                ProxyError::NotConfigured("the Flowise API key is not a valid header value".into())
+            })?;
         Ok(Self {
             client,
             scheme,

@@ -61,8 +61,13 @@ pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
 }
 
 /// Runs kubectl against the local API server and returns stdout; panics with stderr on failure.
+///
+/// Each call uses a fresh discovery cache: CRDs installed moments ago must be visible.
 pub fn kubectl(args: &[&str]) -> String {
+    let cache = tempfile::tempdir().expect("temp dir");
     let out = std::process::Command::new("kubectl")
+        .arg("--cache-dir")
+        .arg(cache.path())
         .args(args)
         .output()
         .expect("kubectl runs");
@@ -99,6 +104,10 @@ pub fn examples() -> Vec<(String, serde_json::Value)> {
         })
         .collect()
 }
+
+pub mod fake_flowise;
+pub mod gate;
+pub mod team;
 
 /// The real Flowise started by `scripts/flowise.sh`: base URL and API key.
 ///

@@ -1,0 +1,295 @@
+//! Who is calling: bearer JWTs (HS256 secret, PEM public key, JWKS URL, OIDC discovery) and
+//! Kubernetes ServiceAccount tokens, verified into an [`Identity`].
+//!
+//! ```text
+//!  bearer ─▶ token::parse ─▶ route by iss ─▶ key by kid ─▶ signature ─▶ exp/nbf/iss/aud ─▶ Identity
+//!            (sizes first,     (cluster       (static or      (alg from      (claims::validate,
+//!             stack buffers)    issuer → SA)    ArcSwap cache)  the key)        claims::*_identity)
+//! ```
+//!
+//! Keys are decoded once when they load. Remote keys (`remote.rs`) are read lock-free; a token
+//! with an unknown `kid` triggers at most one shared fetch per cooldown, and a failed fetch keeps
+//! the previous keys. Tokens that passed are remembered (`cache.rs`) until their `exp` or a
+//! key-set change, so a client resending its token pays for the signature once.
+
+mod bearer;
+mod cache;
+mod claims;
+mod error;
+mod fetch;
+mod keys;
+mod remote;
+mod select;
+mod token;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio_util::sync::CancellationToken;
+
+pub use bearer::bearer_token;
+pub use error::AuthError;
+pub use token::{MAX_HEADER_BYTES, MAX_TOKEN_BYTES};
+
+use crate::config::{ClaimMapping, ConfigError, JwtConfig};
+use crate::crd::ServiceAccountRef;
+use cache::TokenCache;
+use claims::Mapping;
+use fetch::{Fetcher, Limits};
+use remote::{RemoteKeys, Trigger};
+use select::{Domain, Inner, ServiceAccountKeys, Step, UserKeys};
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Values of the configured user claims, in configured order, duplicates and non-strings
+    /// left out (e.g. `[sub, email]`). Empty for ServiceAccounts.
+    pub users: Vec<String>,
+    /// Values of the groups claim. Empty for ServiceAccounts.
+    pub groups: Vec<String>,
+    /// Set for Kubernetes ServiceAccount tokens.
+    pub service_account: Option<ServiceAccountRef>,
+    /// The global admin claim matched.
+    pub admin: bool,
+    /// Stable subject key for the ledger and logs: `user:<first user value>` or
+    /// `sa:<namespace>/<name>`.
+    pub key: String,
+    /// The token's `exp`.
+    pub expires_at: Timestamp,
+}
+
+/// Tuning of remote key sources and the verified-token cache. The defaults suit production;
+/// tests shorten them.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifierOptions {
+    /// Least time between two fetches caused by unknown `kid`s.
+    pub refresh_cooldown: Duration,
+    /// Period of the background refresh ([`Verifier::run_refresh`]).
+    pub refresh_interval: Duration,
+    /// Bound on one fetch (discovery and key set together).
+    pub fetch_timeout: Duration,
+    /// Bound on each fetched document.
+    pub max_response_bytes: usize,
+    /// Verified tokens remembered until their `exp` or a key-set change (`cache.rs`); 0 turns
+    /// the cache off. Each entry holds the token and its identity (~1–2 KiB).
+    pub token_cache_capacity: usize,
+}
+
+impl Default for VerifierOptions {
+    fn default() -> Self {
+        Self {
+            refresh_cooldown: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(300),
+            fetch_timeout: Duration::from_secs(5),
+            max_response_bytes: 256 * 1024,
+            token_cache_capacity: 10_000,
+        }
+    }
+}
+
+/// Verifies bearer tokens. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+const NO_KEY_SOURCE: &str = "FLOWGATE_JWT_HS256_SECRET_FILE/FLOWGATE_JWT_PUBLIC_KEY_FILE/\
+                             FLOWGATE_JWKS_URL/FLOWGATE_OIDC_ISSUER_URL/\
+                             FLOWGATE_SERVICE_ACCOUNT_AUDIENCE";
+
+impl Verifier {
+    /// Reads the static keys and sets up the remote sources (fetched lazily, or by
+    /// [`Verifier::refresh`] / [`Verifier::run_refresh`]). `kube` is needed for
+    /// ServiceAccount tokens.
+    pub fn new(
+        config: &JwtConfig,
+        mapping: &ClaimMapping,
+        kube: Option<kube::Client>,
+    ) -> Result<Self, ConfigError> {
+        Self::with_options(config, mapping, kube, VerifierOptions::default())
+    }
+
+    /// [`Verifier::new`] with non-default [`VerifierOptions`].
+    pub fn with_options(
+        config: &JwtConfig,
+        mapping: &ClaimMapping,
+        kube: Option<kube::Client>,
+        options: VerifierOptions,
+    ) -> Result<Self, ConfigError> {
+        let mut static_keys = Vec::new();
+        if let Some(path) = &config.hs256_secret_file {
+            static_keys.push(keys::hs256_secret(path)?);
+        }
+        if let Some(path) = &config.public_key_file {
+            static_keys.push(keys::public_key_file(path)?);
+        }
+
+        let limits = Limits {
+            timeout: options.fetch_timeout,
+            max_bytes: options.max_response_bytes,
+        };
+        let key_epoch = Arc::new(AtomicU64::new(0));
+        let remote =
+            |fetcher| RemoteKeys::new(fetcher, limits, options.refresh_cooldown, key_epoch.clone());
+        let mut remote_keys = Vec::new();
+        if config.jwks_url.is_some() || config.oidc_issuer_url.is_some() {
+            let http = http_client(&options)?;
+            if let Some(url) = &config.jwks_url {
+                let (http, url) = (http.clone(), url.clone());
+                remote_keys.push(remote(Fetcher::Jwks { http, url }));
+            }
+            if let Some(issuer) = &config.oidc_issuer_url {
+                let issuer = issuer.clone();
+                remote_keys.push(remote(Fetcher::Oidc { http, issuer }));
+            }
+        }
+
+        let service_accounts = match (&config.service_account_audience, kube) {
+            (None, _) => None,
+            (Some(audience), Some(client)) => Some(ServiceAccountKeys {
+                remote: remote(Fetcher::Kubernetes { client }),
+                audience: audience.clone(),
+            }),
+            (Some(_), None) => {
+                return Err(ConfigError {
+                    setting: "FLOWGATE_SERVICE_ACCOUNT_AUDIENCE",
+                    problem: "ServiceAccount tokens need a Kubernetes API connection".into(),
+                });
+            }
+        };
+
+        if static_keys.is_empty() && remote_keys.is_empty() && service_accounts.is_none() {
+            return Err(ConfigError {
+                setting: NO_KEY_SOURCE,
+                problem: "none is set, so no token could be verified".into(),
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                mapping: Mapping::new(mapping),
+                leeway: i64::try_from(config.leeway.as_secs()).unwrap_or(i64::MAX),
+                users: UserKeys {
+                    static_keys,
+                    remote: remote_keys,
+                    issuer: config.issuer.clone(),
+                    audience: config.audience.clone(),
+                },
+                service_accounts,
+                cache: TokenCache::new(options.token_cache_capacity),
+                key_epoch,
+                options,
+            }),
+        })
+    }
+
+    /// Verifies a bearer token (as returned by [`bearer_token`]) and maps its claims. A token
+    /// verified before is answered from the cache while it is unexpired and the keys unchanged.
+    pub async fn verify(&self, bearer: &str) -> Result<Identity, AuthError> {
+        let inner = &*self.inner;
+        if bearer.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
+        // Read before any key is: an entry is never newer than the keys it was verified with.
+        let epoch = inner.key_epoch.load(Ordering::Acquire);
+        let Some(cache) = &inner.cache else {
+            return self.verify_uncached(bearer).await;
+        };
+        if let Some(identity) = cache.get(bearer, epoch, Timestamp::now().as_second()) {
+            return Ok(identity);
+        }
+        let identity = self.verify_uncached(bearer).await?;
+        cache.insert(bearer, &identity, epoch, inner.leeway);
+        Ok(identity)
+    }
+
+    async fn verify_uncached(&self, bearer: &str) -> Result<Identity, AuthError> {
+        let inner = &*self.inner;
+        let token = token::parse(bearer, &inner.mapping.names)?;
+        let step = match inner.attempt(&token, Timestamp::now(), false) {
+            Step::Refresh(domain) => {
+                inner.refresh(domain, Trigger::OnDemand).await;
+                inner.attempt(&token, Timestamp::now(), true)
+            }
+            step => step,
+        };
+        match step {
+            Step::Verified(Domain::Users, expires_at) => {
+                claims::user_identity(token.claims, &inner.mapping, expires_at)
+            }
+            Step::Verified(Domain::ServiceAccounts, expires_at) => {
+                claims::service_account_identity(&token.claims, expires_at)
+            }
+            Step::Failed(error) => Err(error),
+            Step::Refresh(_) => Err(AuthError::UnknownKey),
+        }
+    }
+
+    /// Fetches every remote key source now (or joins the fetch in flight). True when every
+    /// source has keys, from this fetch or an earlier one.
+    pub async fn refresh(&self) -> bool {
+        let inner = &*self.inner;
+        inner.refresh(Domain::Users, Trigger::Scheduled).await;
+        inner
+            .refresh(Domain::ServiceAccounts, Trigger::Scheduled)
+            .await;
+        self.keys_loaded()
+    }
+
+    /// Every remote key source has been loaded at least once (for readiness).
+    pub fn keys_loaded(&self) -> bool {
+        self.inner.remotes().all(|r| r.loaded())
+    }
+
+    /// Key fetches started since start-up, over all sources.
+    pub fn key_fetches(&self) -> u64 {
+        self.inner.remotes().map(|r| r.fetches()).sum()
+    }
+
+    /// Refreshes the remote keys every `refresh_interval` (every `refresh_cooldown` while a
+    /// source has never loaded) until `shutdown`. Returns at once without remote sources.
+    pub async fn run_refresh(self, shutdown: CancellationToken) {
+        if self.inner.remotes().next().is_none() {
+            return;
+        }
+        let options = self.inner.options;
+        loop {
+            let wait = if self.refresh().await {
+                options.refresh_interval
+            } else {
+                options.refresh_cooldown.min(options.refresh_interval)
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = &*self.inner;
+        f.debug_struct("Verifier")
+            .field("static_keys", &inner.users.static_keys)
+            .field("remote_sources", &inner.users.remote.len())
+            .field("service_accounts", &inner.service_accounts.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn http_client(options: &VerifierOptions) -> Result<reqwest::Client, ConfigError> {
+    // reqwest is built without a default TLS provider; building a client without one panics.
+    crate::telemetry::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(options.fetch_timeout)
+        .connect_timeout(options.fetch_timeout)
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .user_agent(concat!("flowgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ConfigError {
+            setting: "FLOWGATE_JWKS_URL/FLOWGATE_OIDC_ISSUER_URL",
+            problem: format!("cannot build the HTTP client: {e}"),
+        })
+}

@@ -1,0 +1,243 @@
+//! Key selection and verification of one parsed token: route it (cluster issuer → the
+//! ServiceAccount keys), pick the key by `kid` (or the static key of its algorithm family),
+//! check the signature with the algorithm the key allows, then the registered claims.
+//!
+//! A pass ([`Inner::attempt`]) is synchronous: it either decides, or asks the caller to refresh
+//! a key source and run it again ([`Step::Refresh`]). So no key snapshot is held across an await.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use jiff::Timestamp;
+use jsonwebtoken::errors::ErrorKind;
+
+use super::cache::TokenCache;
+use super::claims::{self, Checks, Mapping};
+use super::keys::{self, Lookup, VerifyingKey};
+use super::remote::{RemoteKeys, Trigger};
+use super::token::{ClaimNames, Parsed};
+use super::{AuthError, VerifierOptions};
+
+/// Everything a [`super::Verifier`] shares between its clones.
+pub(super) struct Inner {
+    pub(super) mapping: Mapping,
+    pub(super) leeway: i64,
+    pub(super) users: UserKeys,
+    pub(super) service_accounts: Option<ServiceAccountKeys>,
+    pub(super) options: VerifierOptions,
+    pub(super) cache: Option<TokenCache>,
+    /// Moves whenever a remote key set changes; invalidates cached tokens.
+    pub(super) key_epoch: Arc<AtomicU64>,
+}
+
+/// Keys for callers' own JWTs.
+pub(super) struct UserKeys {
+    pub(super) static_keys: Vec<VerifyingKey>,
+    pub(super) remote: Vec<Arc<RemoteKeys>>,
+    pub(super) issuer: Option<String>,
+    pub(super) audience: Option<String>,
+}
+
+/// The cluster's ServiceAccount issuer.
+pub(super) struct ServiceAccountKeys {
+    pub(super) remote: Arc<RemoteKeys>,
+    pub(super) audience: String,
+}
+
+/// Which keys a token is checked against.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Domain {
+    Users,
+    ServiceAccounts,
+}
+
+/// One pass of key selection and verification.
+pub(super) enum Step {
+    Verified(Domain, Timestamp),
+    Failed(AuthError),
+    /// The keys of this domain should be refreshed, then try again.
+    Refresh(Domain),
+}
+
+impl Inner {
+    pub(super) fn remotes(&self) -> impl Iterator<Item = &Arc<RemoteKeys>> {
+        let service_accounts = self.service_accounts.as_ref().map(|sa| &sa.remote);
+        self.users.remote.iter().chain(service_accounts)
+    }
+
+    pub(super) async fn refresh(&self, domain: Domain, trigger: Trigger) {
+        match domain {
+            Domain::Users => {
+                futures::future::join_all(self.users.remote.iter().map(|r| r.refresh(trigger)))
+                    .await;
+            }
+            Domain::ServiceAccounts => {
+                if let Some(sa) = &self.service_accounts {
+                    sa.remote.refresh(trigger).await;
+                }
+            }
+        }
+    }
+
+    /// Routes the token: a ServiceAccount token (its `iss` is the cluster issuer) to the
+    /// cluster's keys, everything else to the callers' keys.
+    pub(super) fn attempt(&self, token: &Parsed<'_>, now: Timestamp, refreshed: bool) -> Step {
+        if let Some(sa) = &self.service_accounts {
+            let snapshot = sa.remote.current();
+            match snapshot.as_deref() {
+                Some(keys)
+                    if keys.issuer.is_some() && token_issuer(token) == keys.issuer.as_deref() =>
+                {
+                    let checks = self.checks(now, keys.issuer.as_deref(), Some(&sa.audience));
+                    return match keys::lookup(&keys.keys, token.kid.as_deref(), token.alg) {
+                        Lookup::Found(key) => {
+                            self.check(token, key, checks, Domain::ServiceAccounts)
+                        }
+                        Lookup::WrongAlgorithm => Step::Failed(AuthError::AlgorithmMismatch),
+                        Lookup::NotFound if refreshed => Step::Failed(AuthError::UnknownKey),
+                        Lookup::NotFound => Step::Refresh(Domain::ServiceAccounts),
+                    };
+                }
+                None if claims::looks_like_service_account(&token.claims) => {
+                    return if refreshed {
+                        Step::Failed(AuthError::KeysUnavailable)
+                    } else {
+                        Step::Refresh(Domain::ServiceAccounts)
+                    };
+                }
+                _ => {}
+            }
+        }
+        self.attempt_user(token, now, refreshed)
+    }
+
+    /// A token with a `kid` is checked against the remote key of that `kid`; without one (or
+    /// when no remote key has it, after a refresh) against the static key of its algorithm
+    /// family, else the only remote key for its algorithm.
+    fn attempt_user(&self, token: &Parsed<'_>, now: Timestamp, refreshed: bool) -> Step {
+        let users = &self.users;
+        let (kid, alg) = (token.kid.as_deref(), token.alg);
+        if kid.is_some() {
+            for remote in &users.remote {
+                let snapshot = remote.current();
+                let Some(keys) = snapshot.as_deref() else {
+                    continue;
+                };
+                match keys::lookup(&keys.keys, kid, alg) {
+                    Lookup::Found(key) => {
+                        let checks = self.user_checks(now, keys.issuer.as_deref());
+                        return self.check(token, key, checks, Domain::Users);
+                    }
+                    Lookup::WrongAlgorithm => return Step::Failed(AuthError::AlgorithmMismatch),
+                    Lookup::NotFound => {}
+                }
+            }
+        }
+        if kid.is_none() || users.remote.is_empty() || refreshed {
+            let family = alg.family();
+            if let Some(key) = users.static_keys.iter().find(|k| k.key.family() == family) {
+                let checks = self.user_checks(now, None);
+                return self.check(token, key, checks, Domain::Users);
+            }
+        }
+        if kid.is_none() && self.usable_remote_keys(alg) == 1 {
+            for remote in &users.remote {
+                let snapshot = remote.current();
+                if let Some(keys) = snapshot.as_deref()
+                    && let Lookup::Found(key) = keys::lookup(&keys.keys, None, alg)
+                {
+                    let checks = self.user_checks(now, keys.issuer.as_deref());
+                    return self.check(token, key, checks, Domain::Users);
+                }
+            }
+        }
+        if users.remote.is_empty() {
+            return Step::Failed(if users.static_keys.is_empty() {
+                AuthError::UnknownKey
+            } else {
+                AuthError::AlgorithmMismatch
+            });
+        }
+        let all_loaded = users.remote.iter().all(|r| r.loaded());
+        if !refreshed && (kid.is_some() || !all_loaded) {
+            return Step::Refresh(Domain::Users);
+        }
+        if users.remote.iter().any(|r| r.loaded()) {
+            Step::Failed(AuthError::UnknownKey)
+        } else {
+            Step::Failed(AuthError::KeysUnavailable)
+        }
+    }
+
+    fn usable_remote_keys(&self, alg: jsonwebtoken::Algorithm) -> usize {
+        let count = |r: &Arc<RemoteKeys>| {
+            r.current().as_deref().map_or(0, |keys| {
+                keys.keys
+                    .iter()
+                    .filter(|k| k.algorithms.contains(alg))
+                    .count()
+            })
+        };
+        self.users.remote.iter().map(count).sum()
+    }
+
+    /// The configured issuer, else the one a discovery document named, and the audience.
+    fn user_checks<'a>(&'a self, now: Timestamp, discovered_issuer: Option<&'a str>) -> Checks<'a> {
+        let users = &self.users;
+        let issuer = users.issuer.as_deref().or(discovered_issuer);
+        self.checks(now, issuer, users.audience.as_deref())
+    }
+
+    fn checks<'a>(
+        &self,
+        now: Timestamp,
+        issuer: Option<&'a str>,
+        audience: Option<&'a str>,
+    ) -> Checks<'a> {
+        Checks {
+            now: now.as_second(),
+            leeway: self.leeway,
+            issuer,
+            audience,
+        }
+    }
+
+    /// Signature with the algorithm the key allows, then the registered claims.
+    fn check(
+        &self,
+        token: &Parsed<'_>,
+        key: &VerifyingKey,
+        checks: Checks<'_>,
+        domain: Domain,
+    ) -> Step {
+        if !key.algorithms.contains(token.alg) {
+            return Step::Failed(AuthError::AlgorithmMismatch);
+        }
+        let verified = jsonwebtoken::crypto::verify(
+            token.signature,
+            token.signed.as_bytes(),
+            &key.key,
+            token.alg,
+        );
+        match verified {
+            Ok(true) => {}
+            Ok(false) => return Step::Failed(AuthError::BadSignature),
+            Err(e) if matches!(e.kind(), ErrorKind::Base64(_)) => {
+                return Step::Failed(AuthError::Malformed("signature is not base64url"));
+            }
+            Err(_) => return Step::Failed(AuthError::BadSignature),
+        }
+        match claims::validate(&token.claims, checks) {
+            Ok(expires_at) => Step::Verified(domain, expires_at),
+            Err(error) => Step::Failed(error),
+        }
+    }
+}
+
+fn token_issuer<'t>(token: &'t Parsed<'_>) -> Option<&'t str> {
+    token
+        .claims
+        .get(ClaimNames::ISS)
+        .and_then(Option::as_ref)
+        .and_then(serde_json::Value::as_str)
+}

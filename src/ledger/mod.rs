@@ -1,0 +1,485 @@
+//! The credits ledger: budgets charged atomically before a prediction is forwarded.
+//!
+//! One trait, [`CreditLedger`], with two backends that pass the same scenario suite
+//! (`tests/ledger.rs`): embedded SQLite, the default, and PostgreSQL for several proxy replicas
+//! sharing one database. [`open`] picks one from `FLOWGATE_LEDGER_URL`.
+//!
+//! # Buckets
+//!
+//! A budget is a bucket keyed by (policy, bucket, window start): `bucket` is the subject for a
+//! `PerSubject` policy and `"*"` for a `Shared` one, the window comes from [`window`].
+//! A new period therefore starts from an empty bucket by itself. The bucket holds only `used`;
+//! the limit comes with every request from the *current* policy spec, so an edited policy
+//! applies at once (a limit lowered below `used` refuses the next request).
+//!
+//! # The life of a reservation
+//!
+//! ```text
+//!                 settle ──▶ Settled   (bucket charged the actual amount)
+//!                ╱
+//!  reserve ──▶ Reserved ── refund ──▶ Refunded  (held amount released)
+//!                ╲
+//!                 sweep, once created + ttl has passed
+//!                   ╲
+//!                    ▶ Expired ── settle ──▶ Settled   (charge adjusted to the actual amount)
+//!                      (still       ╲
+//!                       charged)     refund ──▶ Refunded  (held amount released)
+//! ```
+//!
+//! - [`CreditLedger::reserve`] is one atomic operation over every budget line of a request:
+//!   either each line fits (`used + amount <= limit`) and all are charged, or none is and the
+//!   outcome is [`ReserveOutcome::Exhausted`] naming the first line, in request order, that does
+//!   not fit. Running out is a value, not an error. The reservation is committed (fsync for
+//!   SQLite, COMMIT for PostgreSQL) before `reserve` returns.
+//! - [`CreditLedger::settle`] replaces the held amounts by the actual ones, which may be larger
+//!   (tokens billed after the fact): the bucket may go over its limit and the next reserve is
+//!   refused. [`CreditLedger::refund`] releases the held amounts.
+//! - A reservation neither settled nor refunded by `created + ttl` was left by a proxy that
+//!   crashed. [`CreditLedger::sweep`] marks it `Expired` and **keeps it charged** at the
+//!   reserved amount: after a `kill -9` the request had most likely been forwarded and answered
+//!   by Flowise, and "no lost charges" wins over "never overcharge". A late settle or refund of
+//!   an expired reservation still applies.
+//! - `Settled` and `Refunded` are final. A second settle or refund is a no-op that reports the
+//!   current state ([`Resolution::applied`] is false).
+//! - With an idempotency key (scoped to the subject), a reserve that finds a reservation with
+//!   the same (subject, key) in any state but `Refunded` returns [`ReserveOutcome::Duplicate`]
+//!   and charges nothing; a refunded key may reserve anew.
+//!
+//! Dropping a `reserve` future does not cancel it: the reservation may still be committed, and
+//! then it expires and stays charged like any other abandoned one.
+//!
+//! # Usage log
+//!
+//! Every settle, refund and expiry writes one [`UsageRecord`] per budget line. Its `credits` is
+//! what the event changed in the charge recorded by the log, so summing a reservation's rows gives
+//! what it is charged: settle logs the actual amount, refund 0, expiry the held amount; a late
+//! settle or refund after expiry logs the correction (`actual - held`, or `-held`).
+
+mod period;
+mod postgres;
+mod sqlite;
+mod state;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+
+pub use period::{PeriodError, window};
+
+use crate::config::LedgerUrl;
+
+/// What every ledger operation returns.
+pub type LedgerFuture<'a, T> = BoxFuture<'a, Result<T, LedgerError>>;
+
+/// Budgets charged atomically; see the module documentation for the state machine.
+///
+/// Every method takes the time it should consider "now", so tests and replays inject the clock
+/// and the ledger never reads it.
+pub trait CreditLedger: Send + Sync {
+    /// Charges every line of the request, or none. Durable before it returns.
+    fn reserve(&self, request: ReserveRequest) -> LedgerFuture<'_, ReserveOutcome>;
+
+    /// Replaces the held amounts by `actual` (one per line, in the order of the reservation's
+    /// lines) and records `tokens`. Idempotent.
+    fn settle<'a>(
+        &'a self,
+        id: ReservationId,
+        actual: &'a [u64],
+        tokens: u64,
+        now: Timestamp,
+    ) -> LedgerFuture<'a, Resolution>;
+
+    /// Releases the held amounts. Idempotent.
+    fn refund(&self, id: ReservationId, now: Timestamp) -> LedgerFuture<'_, Resolution>;
+
+    /// Marks reservations whose `created + ttl` is at or before `now` as expired (they stay
+    /// charged) and returns how many there were.
+    fn sweep(&self, now: Timestamp) -> LedgerFuture<'_, u64>;
+
+    /// Credits used in one bucket in `window` (0 if the bucket was never charged). May exceed
+    /// the limit after a settle that charged more than was reserved.
+    fn balance<'a>(
+        &'a self,
+        policy: &'a str,
+        bucket: &'a str,
+        window: &'a Window,
+    ) -> LedgerFuture<'a, i64>;
+
+    /// Aggregate use of a policy in `window`, for its status.
+    fn policy_usage<'a>(
+        &'a self,
+        policy: &'a str,
+        window: &'a Window,
+        limit: u64,
+    ) -> LedgerFuture<'a, PolicyUsage>;
+
+    /// Usage log rows matching `filter`, newest first.
+    fn usage(&self, filter: UsageFilter) -> LedgerFuture<'_, Vec<UsageRecord>>;
+}
+
+/// Opens (and creates, or migrates) the ledger `url` names.
+pub async fn open(url: &LedgerUrl) -> Result<Arc<dyn CreditLedger>, LedgerError> {
+    Ok(match url {
+        LedgerUrl::Sqlite(path) => Arc::new(sqlite::SqliteLedger::open(path).await?),
+        LedgerUrl::Postgres(url) => Arc::new(postgres::PostgresLedger::connect(url).await?),
+    })
+}
+
+/// A calendar window of a budget period; see [`window`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    /// First instant of the period; part of the bucket key.
+    pub start: Timestamp,
+    /// First instant of the next period (`None` for `Never`): when the budget resets.
+    pub end: Option<Timestamp>,
+}
+
+/// One budget a request is charged on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetLine {
+    /// The CreditPolicy, as `namespace/name`.
+    pub policy: String,
+    /// The subject for a `PerSubject` policy, `"*"` for a `Shared` one.
+    pub bucket: String,
+    /// Credits per period, from the current policy spec.
+    pub limit: u64,
+    /// The current period.
+    pub window: Window,
+    /// Credits to hold.
+    pub amount: u64,
+}
+
+/// A request for credits before a prediction is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveRequest {
+    /// Who is charged (recorded in the usage log; scopes the idempotency key).
+    pub subject: String,
+    /// Which chatflow, as `namespace/name` (recorded in the usage log).
+    pub chatflow: String,
+    /// The request's `Idempotency-Key`, if any.
+    pub idempotency_key: Option<String>,
+    /// Every budget that applies; all are charged or none.
+    pub lines: Vec<BudgetLine>,
+    /// The time of the request.
+    pub now: Timestamp,
+    /// How long the proxy may take to settle or refund before the reservation counts as
+    /// abandoned.
+    pub ttl: Duration,
+}
+
+/// Identifies a reservation; unique within one ledger database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReservationId(pub i64);
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where a reservation is in its life (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReservationState {
+    /// Charged at the reserved amount, waiting for settle or refund.
+    Reserved,
+    /// Charged at the actual amount; final.
+    Settled,
+    /// Released; final.
+    Refunded,
+    /// Abandoned and swept; still charged at the reserved amount.
+    Expired,
+}
+
+impl ReservationState {
+    /// The name stored in the database and used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Settled => "settled",
+            Self::Refunded => "refunded",
+            Self::Expired => "expired",
+        }
+    }
+
+    fn parse(stored: &str) -> Result<Self, LedgerError> {
+        Ok(match stored {
+            "reserved" => Self::Reserved,
+            "settled" => Self::Settled,
+            "refunded" => Self::Refunded,
+            "expired" => Self::Expired,
+            other => return Err(LedgerError::Corrupt(format!("reservation state '{other}'"))),
+        })
+    }
+}
+
+impl fmt::Display for ReservationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What [`CreditLedger::reserve`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// Every line was charged.
+    Reserved {
+        id: ReservationId,
+        /// Credits left per line (policy, remaining), in request order.
+        remaining: Vec<(String, u64)>,
+    },
+    /// Nothing was charged: this budget does not fit the request.
+    Exhausted {
+        /// The first policy, in request order, that does not fit.
+        policy: String,
+        /// What is left of it (0 when it is used up or overdrawn).
+        remaining: u64,
+        /// When its window ends and the budget resets (`None` for `Never`).
+        reset_at: Option<Timestamp>,
+    },
+    /// The idempotency key was used before; nothing was charged.
+    Duplicate {
+        id: ReservationId,
+        state: ReservationState,
+    },
+}
+
+/// What a settle or refund found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolution {
+    /// The reservation's state after the call.
+    pub state: ReservationState,
+    /// False when the call was a no-op (the reservation was already final).
+    pub applied: bool,
+}
+
+/// Aggregate use of one policy in one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyUsage {
+    /// Credits charged over all buckets (held reservations included).
+    pub credits_used: i64,
+    /// Buckets with nothing left (`used >= limit`).
+    pub buckets_exhausted: u64,
+}
+
+/// Which usage log rows to return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageFilter {
+    pub subject: Option<String>,
+    pub policy: Option<String>,
+    /// Only rows at or after this time.
+    pub since: Option<Timestamp>,
+    /// At most this many rows (the newest).
+    pub limit: u32,
+}
+
+impl Default for UsageFilter {
+    fn default() -> Self {
+        Self {
+            subject: None,
+            policy: None,
+            since: None,
+            limit: 100,
+        }
+    }
+}
+
+/// One budget line of a settle, refund or expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub time: Timestamp,
+    pub reservation: ReservationId,
+    pub subject: String,
+    pub chatflow: String,
+    pub policy: String,
+    /// Change of the charge recorded by the log (see the module documentation).
+    pub credits: i64,
+    /// Tokens Flowise reported (settle only).
+    pub tokens: u64,
+    /// The state the event moved the reservation to: `Settled`, `Refunded` or `Expired`.
+    pub outcome: ReservationState,
+}
+
+/// Why a ledger operation failed. Running out of credits is not an error
+/// ([`ReserveOutcome::Exhausted`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("SQLite ledger: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The group commit of the SQLite writer failed; every operation in the batch failed with it.
+    #[error("SQLite ledger: commit failed: {message}")]
+    Commit { message: String, transient: bool },
+    #[error("cannot start the SQLite ledger's writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The SQLite ledger's worker threads have ended (the ledger is shutting down).
+    #[error("the SQLite ledger has stopped")]
+    Stopped,
+    #[error("PostgreSQL ledger: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the ledger database has schema version {found}; this flowgate knows up to {known}")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("reservation {0} does not exist")]
+    UnknownReservation(ReservationId),
+    #[error("reservation {id} has {lines} budget lines but {given} amounts were given")]
+    LineCount {
+        id: ReservationId,
+        lines: usize,
+        given: usize,
+    },
+    #[error("{what} {value} is larger than the ledger's counters hold (2^63-1)")]
+    OutOfRange { what: &'static str, value: u64 },
+    #[error("ledger data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl LedgerError {
+    /// Whether retrying later may succeed (database busy, connection lost, server restarting).
+    pub fn transient(&self) -> bool {
+        match self {
+            Self::Sqlite(e) => sqlite::is_transient(e),
+            Self::Commit { transient, .. } => *transient,
+            Self::Postgres(e) => postgres::is_transient(e),
+            Self::Spawn(_)
+            | Self::Stopped
+            | Self::SchemaTooNew { .. }
+            | Self::UnknownReservation(_)
+            | Self::LineCount { .. }
+            | Self::OutOfRange { .. }
+            | Self::Corrupt(_) => false,
+        }
+    }
+
+    /// A stable label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) | Self::Commit { .. } => "SqliteError",
+            Self::Spawn(_) | Self::Stopped => "Stopped",
+            Self::Postgres(_) => "PostgresError",
+            Self::SchemaTooNew { .. } => "SchemaTooNew",
+            Self::UnknownReservation(_) => "UnknownReservation",
+            Self::LineCount { .. } => "LineCount",
+            Self::OutOfRange { .. } => "OutOfRange",
+            Self::Corrupt(_) => "Corrupt",
+        }
+    }
+}
+
+/// A budget line in database units: microseconds since the epoch and signed 64-bit credits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Charge<'a> {
+    policy: &'a str,
+    bucket: &'a str,
+    window_start: i64,
+    amount: i64,
+    /// Saturated at `i64::MAX`: a larger limit is unlimited in practice.
+    limit: i64,
+}
+
+impl<'a> Charge<'a> {
+    fn of(line: &'a BudgetLine) -> Result<Self, LedgerError> {
+        Ok(Self {
+            policy: &line.policy,
+            bucket: &line.bucket,
+            window_start: line.window.start.as_microsecond(),
+            amount: credits("amount", line.amount)?,
+            limit: i64::try_from(line.limit).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// The bucket key, for a consistent lock order.
+    fn key(&self) -> (&'a str, &'a str, i64) {
+        (self.policy, self.bucket, self.window_start)
+    }
+
+    /// Whether `amount` more fits a bucket that has `used`, without overflowing.
+    fn fits(&self, used: i64) -> bool {
+        used <= self.limit - self.amount
+    }
+
+    /// What is left when the bucket has `used`.
+    fn remaining(&self, used: i64) -> u64 {
+        u64::try_from(self.limit.saturating_sub(used)).unwrap_or(0)
+    }
+}
+
+fn credits(what: &'static str, value: u64) -> Result<i64, LedgerError> {
+    i64::try_from(value).map_err(|_| LedgerError::OutOfRange { what, value })
+}
+
+/// `now + ttl` in microseconds, saturating far in the future.
+fn expiry(now: Timestamp, ttl: Duration) -> i64 {
+    let ttl = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+    now.as_microsecond().saturating_add(ttl)
+}
+
+fn timestamp(micros: i64) -> Result<Timestamp, LedgerError> {
+    Timestamp::from_microsecond(micros)
+        .map_err(|e| LedgerError::Corrupt(format!("timestamp {micros}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(limit: u64, amount: u64) -> BudgetLine {
+        BudgetLine {
+            policy: "ns/p".into(),
+            bucket: "alice".into(),
+            limit,
+            window: Window {
+                start: Timestamp::UNIX_EPOCH,
+                end: None,
+            },
+            amount,
+        }
+    }
+
+    #[test]
+    fn a_charge_fits_up_to_the_limit_and_never_overflows() {
+        let c = line(10, 3);
+        let charge = Charge::of(&c).expect("fits i64");
+        assert!(charge.fits(7));
+        assert!(!charge.fits(8));
+        assert_eq!(charge.remaining(7), 3);
+        assert_eq!(charge.remaining(12), 0, "overdrawn");
+
+        let huge = line(u64::MAX, i64::MAX as u64);
+        let charge = Charge::of(&huge).expect("limit saturates");
+        assert!(charge.fits(0));
+        assert!(!charge.fits(1));
+    }
+
+    #[test]
+    fn an_amount_beyond_i64_is_refused() {
+        let err = Charge::of(&line(10, u64::MAX)).expect_err("too large");
+        assert_eq!(err.reason(), "OutOfRange");
+        assert!(!err.transient());
+    }
+
+    #[test]
+    fn states_round_trip_through_their_stored_names() {
+        for state in [
+            ReservationState::Reserved,
+            ReservationState::Settled,
+            ReservationState::Refunded,
+            ReservationState::Expired,
+        ] {
+            assert_eq!(
+                ReservationState::parse(state.as_str()).expect("known"),
+                state
+            );
+        }
+        assert!(ReservationState::parse("lost").is_err());
+    }
+
+    #[test]
+    fn expiry_saturates() {
+        assert_eq!(
+            expiry(Timestamp::UNIX_EPOCH, Duration::from_secs(2)),
+            2_000_000
+        );
+        assert_eq!(expiry(Timestamp::MAX, Duration::MAX), i64::MAX);
+    }
+}

@@ -1,0 +1,472 @@
+//! PostgreSQL backend, for several proxy replicas sharing one database.
+//!
+//! Exactness comes from conditional writes, never from read-then-write: a reserve charges each
+//! bucket with one upsert whose update only happens `WHERE used <= limit - amount`, in one
+//! transaction, taking the bucket rows in sorted key order so that concurrent multi-line
+//! requests cannot deadlock. A line that does not fit rolls the whole transaction back.
+//! Serialization failures and deadlocks (which a replica sweeping concurrently can still cause)
+//! are retried.
+//!
+//! Connections come from a small pool ([`pool`]) whose connections prepare every statement
+//! once ([`schema`]).
+
+mod pool;
+mod schema;
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+
+use self::pool::{Conn, Pool};
+use super::state::{self, Close, HeldLine};
+use super::{
+    Charge, CreditLedger, LedgerError, LedgerFuture, PolicyUsage, ReservationId, ReservationState,
+    ReserveOutcome, ReserveRequest, Resolution, UsageFilter, UsageRecord, Window, expiry,
+    timestamp,
+};
+
+/// Attempts of one operation that keeps hitting serialization failures or deadlocks.
+const ATTEMPTS: u32 = 8;
+
+/// The PostgreSQL ledger.
+pub(super) struct PostgresLedger {
+    pool: Pool,
+}
+
+impl PostgresLedger {
+    /// Connects, and creates the schema if it is missing (safe when replicas start together).
+    pub(super) async fn connect(url: &str) -> Result<Self, LedgerError> {
+        Ok(Self {
+            pool: Pool::connect(url.parse()?).await?,
+        })
+    }
+}
+
+impl CreditLedger for PostgresLedger {
+    fn reserve(&self, request: ReserveRequest) -> LedgerFuture<'_, ReserveOutcome> {
+        Box::pin(async move {
+            let charges = request
+                .lines
+                .iter()
+                .map(Charge::of)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let mut conn = self.pool.get().await?;
+                match conn.reserve(&request, &charges).await {
+                    Ok(Some(outcome)) => return Ok(outcome),
+                    // The key's holder was refunded between our insert and our look-up.
+                    Ok(None) if attempt < ATTEMPTS => {}
+                    Ok(None) => return Err(LedgerError::Corrupt("idempotency key race".into())),
+                    Err(e) if attempt < ATTEMPTS && retryable(&e) => backoff(attempt).await,
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+    }
+
+    fn settle<'a>(
+        &'a self,
+        id: ReservationId,
+        actual: &'a [u64],
+        tokens: u64,
+        now: Timestamp,
+    ) -> LedgerFuture<'a, Resolution> {
+        let close = Close::Settle {
+            actual: actual.to_vec(),
+            tokens,
+        };
+        Box::pin(async move { self.close(id, close, now).await })
+    }
+
+    fn refund(&self, id: ReservationId, now: Timestamp) -> LedgerFuture<'_, Resolution> {
+        Box::pin(self.close(id, Close::Refund, now))
+    }
+
+    fn sweep(&self, now: Timestamp) -> LedgerFuture<'_, u64> {
+        Box::pin(async move {
+            let now = now.as_microsecond();
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let conn = self.pool.get().await?;
+                match conn.client.query_one(&conn.st.sweep, &[&now]).await {
+                    Ok(row) => return Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)),
+                    Err(e) => {
+                        let e = LedgerError::from(e);
+                        if attempt < ATTEMPTS && retryable(&e) {
+                            backoff(attempt).await;
+                        } else {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    fn balance<'a>(
+        &'a self,
+        policy: &'a str,
+        bucket: &'a str,
+        window: &'a Window,
+    ) -> LedgerFuture<'a, i64> {
+        Box::pin(async move {
+            let conn = self.pool.get().await?;
+            let start = window.start.as_microsecond();
+            let row = conn
+                .client
+                .query_opt(&conn.st.used_of, &[&policy, &bucket, &start])
+                .await?;
+            Ok(match row {
+                Some(row) => row.try_get(0)?,
+                None => 0,
+            })
+        })
+    }
+
+    fn policy_usage<'a>(
+        &'a self,
+        policy: &'a str,
+        window: &'a Window,
+        limit: u64,
+    ) -> LedgerFuture<'a, PolicyUsage> {
+        Box::pin(async move {
+            let conn = self.pool.get().await?;
+            let start = window.start.as_microsecond();
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let row = conn
+                .client
+                .query_one(&conn.st.policy_usage, &[&policy, &start, &limit])
+                .await?;
+            Ok(PolicyUsage {
+                credits_used: row.try_get(0)?,
+                buckets_exhausted: u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0),
+            })
+        })
+    }
+
+    fn usage(&self, filter: UsageFilter) -> LedgerFuture<'_, Vec<UsageRecord>> {
+        Box::pin(async move {
+            let conn = self.pool.get().await?;
+            let since = filter.since.map_or(i64::MIN, |t| t.as_microsecond());
+            let limit = i64::from(filter.limit);
+            let rows = conn
+                .client
+                .query(
+                    &conn.st.usage,
+                    &[&filter.subject, &filter.policy, &since, &limit],
+                )
+                .await?;
+            rows.iter().map(usage_record).collect()
+        })
+    }
+}
+
+impl PostgresLedger {
+    async fn close(
+        &self,
+        id: ReservationId,
+        how: Close,
+        now: Timestamp,
+    ) -> Result<Resolution, LedgerError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut conn = self.pool.get().await?;
+            match conn.close(id, &how, now).await {
+                Err(e) if attempt < ATTEMPTS && retryable(&e) => backoff(attempt).await,
+                result => return result,
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// One attempt; `None` asks for another.
+    async fn reserve(
+        &mut self,
+        request: &ReserveRequest,
+        charges: &[Charge<'_>],
+    ) -> Result<Option<ReserveOutcome>, LedgerError> {
+        let st = &self.st;
+        let tx = self.client.transaction().await?;
+        let now = request.now.as_microsecond();
+        let expires = expiry(request.now, request.ttl);
+        let idx: Vec<i32> = (0..).take(charges.len()).collect();
+        let policies: Vec<&str> = charges.iter().map(|c| c.policy).collect();
+        let buckets: Vec<&str> = charges.iter().map(|c| c.bucket).collect();
+        let starts: Vec<i64> = charges.iter().map(|c| c.window_start).collect();
+        let amounts: Vec<i64> = charges.iter().map(|c| c.amount).collect();
+        let inserted = tx
+            .query_opt(
+                &st.insert_reservation,
+                &[
+                    &request.subject,
+                    &request.chatflow,
+                    &request.idempotency_key,
+                    &now,
+                    &expires,
+                    &idx,
+                    &policies,
+                    &buckets,
+                    &starts,
+                    &amounts,
+                ],
+            )
+            .await?;
+        let id: i64 = match (inserted, &request.idempotency_key) {
+            (Some(row), _) => row.try_get(0)?,
+            // ON CONFLICT DO NOTHING: the key belongs to a reservation that is not refunded
+            // (it waited for that reservation's transaction to commit first).
+            (None, Some(key)) => {
+                let existing = tx.query_opt(&st.find_key, &[&request.subject, key]).await?;
+                tx.rollback().await?;
+                return match existing {
+                    Some(row) => Ok(Some(ReserveOutcome::Duplicate {
+                        id: ReservationId(row.try_get(0)?),
+                        state: ReservationState::parse(row.try_get(1)?)?,
+                    })),
+                    None => Ok(None),
+                };
+            }
+            (None, None) => return Err(LedgerError::Corrupt("reservation not inserted".into())),
+        };
+
+        // The bucket rows are the contended ones: charge them last, to hold their locks only
+        // until the commit.
+        let mut used_after = vec![0; charges.len()];
+        for i in lock_order(charges.iter().map(Charge::key)) {
+            let charge = &charges[i];
+            let charged = if charge.fits(0) {
+                tx.query_opt(
+                    &st.charge,
+                    &[
+                        &charge.policy,
+                        &charge.bucket,
+                        &charge.window_start,
+                        &charge.amount,
+                        &charge.limit,
+                    ],
+                )
+                .await?
+            } else {
+                None
+            };
+            match charged {
+                Some(row) => used_after[i] = row.try_get(0)?,
+                None => {
+                    tx.rollback().await?;
+                    return self.exhausted(request, charges, i).await.map(Some);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(ReserveOutcome::Reserved {
+            id: ReservationId(id),
+            remaining: charges
+                .iter()
+                .zip(used_after)
+                .map(|(charge, used)| (charge.policy.to_string(), charge.remaining(used)))
+                .collect(),
+        }))
+    }
+
+    /// After a rollback: names the first line in request order that does not fit now, or the
+    /// line that failed if the buckets changed in between.
+    async fn exhausted(
+        &self,
+        request: &ReserveRequest,
+        charges: &[Charge<'_>],
+        failed: usize,
+    ) -> Result<ReserveOutcome, LedgerError> {
+        let mut planned = std::collections::HashMap::new();
+        let mut failed_used = 0;
+        for (i, charge) in charges.iter().enumerate() {
+            let used = match planned.get(&charge.key()) {
+                Some(&used) => used,
+                None => self.used(charge).await?,
+            };
+            if i == failed {
+                failed_used = used;
+            }
+            if !charge.fits(used) {
+                return Ok(exhausted(request, charges, i, used));
+            }
+            planned.insert(charge.key(), used + charge.amount);
+        }
+        Ok(exhausted(request, charges, failed, failed_used))
+    }
+
+    async fn used(&self, charge: &Charge<'_>) -> Result<i64, LedgerError> {
+        let row = self
+            .client
+            .query_opt(
+                &self.st.used_of,
+                &[&charge.policy, &charge.bucket, &charge.window_start],
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        })
+    }
+
+    async fn close(
+        &mut self,
+        id: ReservationId,
+        how: &Close,
+        now: Timestamp,
+    ) -> Result<Resolution, LedgerError> {
+        let st = &self.st;
+        let tx = self.client.transaction().await?;
+        let row = tx
+            .query_opt(&st.lock_reservation, &[&id.0])
+            .await?
+            .ok_or(LedgerError::UnknownReservation(id))?;
+        let state = ReservationState::parse(row.try_get(0)?)?;
+        let subject: &str = row.try_get(1)?;
+        let chatflow: &str = row.try_get(2)?;
+        let lines = tx
+            .query(&st.lines_of, &[&id.0])
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(HeldLine {
+                    idx: row.try_get(0)?,
+                    policy: row.try_get(1)?,
+                    bucket: row.try_get(2)?,
+                    window_start: row.try_get(3)?,
+                    amount: row.try_get(4)?,
+                })
+            })
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+        let held: Vec<i64> = lines.iter().map(|line| line.amount).collect();
+        let Some(change) = state::close(id, state, &held, how)? else {
+            tx.rollback().await?;
+            return Ok(Resolution {
+                state,
+                applied: false,
+            });
+        };
+
+        let keys = lines
+            .iter()
+            .map(|l| (l.policy.as_str(), l.bucket.as_str(), l.window_start));
+        for i in lock_order(keys) {
+            if change.bucket_delta[i] != 0 {
+                let line = &lines[i];
+                tx.execute(
+                    &st.adjust,
+                    &[
+                        &line.policy,
+                        &line.bucket,
+                        &line.window_start,
+                        &change.bucket_delta[i],
+                    ],
+                )
+                .await?;
+            }
+        }
+        let now = now.as_microsecond();
+        let idx: Vec<i32> = lines.iter().map(|line| line.idx).collect();
+        let policies: Vec<&str> = lines.iter().map(|line| line.policy.as_str()).collect();
+        let outcome = change.state.as_str();
+        tx.execute(&st.rehold, &[&id.0, &idx, &change.held]).await?;
+        tx.execute(
+            &st.log,
+            &[
+                &now,
+                &id.0,
+                &subject,
+                &chatflow,
+                &change.tokens,
+                &outcome,
+                &policies,
+                &change.logged,
+            ],
+        )
+        .await?;
+        tx.execute(&st.finish, &[&id.0, &outcome, &change.tokens, &now])
+            .await?;
+        tx.commit().await?;
+        Ok(Resolution {
+            state: change.state,
+            applied: true,
+        })
+    }
+}
+
+fn exhausted(
+    request: &ReserveRequest,
+    charges: &[Charge<'_>],
+    i: usize,
+    used: i64,
+) -> ReserveOutcome {
+    let line = &request.lines[i];
+    ReserveOutcome::Exhausted {
+        policy: line.policy.clone(),
+        remaining: charges[i].remaining(used),
+        reset_at: line.window.end,
+    }
+}
+
+/// Indexes of `keys` in sorted key order: every transaction takes bucket rows in this order.
+fn lock_order<'k>(keys: impl Iterator<Item = (&'k str, &'k str, i64)>) -> Vec<usize> {
+    let mut keyed: Vec<_> = keys.enumerate().map(|(i, key)| (key, i)).collect();
+    keyed.sort();
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+fn usage_record(row: &Row) -> Result<UsageRecord, LedgerError> {
+    let tokens: i64 = row.try_get(6)?;
+    Ok(UsageRecord {
+        time: timestamp(row.try_get(0)?)?,
+        reservation: ReservationId(row.try_get(1)?),
+        subject: row.try_get(2)?,
+        chatflow: row.try_get(3)?,
+        policy: row.try_get(4)?,
+        credits: row.try_get(5)?,
+        tokens: u64::try_from(tokens)
+            .map_err(|_| LedgerError::Corrupt(format!("tokens {tokens}")))?,
+        outcome: ReservationState::parse(row.try_get(7)?)?,
+    })
+}
+
+/// Connection-level failures and overload: worth retrying later.
+pub(super) fn is_transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => ["08", "40", "53", "57P"]
+            .iter()
+            .any(|class| code.code().starts_with(class)),
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
+/// Failures of a transaction that rolled back as a whole and may simply run again.
+fn retryable(e: &LedgerError) -> bool {
+    matches!(e, LedgerError::Postgres(e)
+        if e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+            || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED))
+}
+
+async fn backoff(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(2 << attempt.min(6))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_locked_in_key_order_whatever_the_request_order() {
+        let keys = [("ns/b", "*", 0), ("ns/a", "zoe", 5), ("ns/a", "alice", 5)];
+        assert_eq!(lock_order(keys.into_iter()), vec![2, 1, 0]);
+    }
+}

@@ -1,0 +1,123 @@
+//! A small connection pool: a semaphore bounds the connections, idle ones wait on a stack
+//! with their statements prepared. A few dozen lines instead of a dependency.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::schema::{Statements, create_schema};
+use crate::ledger::LedgerError;
+
+/// Connections per ledger (per replica).
+const POOL_SIZE: usize = 8;
+/// Used when the URL sets no `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One pooled connection and its prepared statements.
+pub(super) struct Conn {
+    pub(super) client: Client,
+    pub(super) st: Statements,
+}
+
+impl Conn {
+    async fn prepare(client: Client) -> Result<Self, LedgerError> {
+        let st = Statements::prepare(&client).await?;
+        Ok(Self { client, st })
+    }
+}
+
+async fn open_client(config: &Config) -> Result<Client, LedgerError> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "ledger PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A fixed set of connections, created on demand and reused.
+pub(super) struct Pool {
+    config: Config,
+    idle: Mutex<Vec<Conn>>,
+    permits: Semaphore,
+}
+
+impl Pool {
+    /// Connects, creates the schema if it is missing, and keeps that first connection.
+    pub(super) async fn connect(mut config: Config) -> Result<Self, LedgerError> {
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("flowgate-ledger");
+        }
+        let mut client = open_client(&config).await?;
+        create_schema(&mut client).await?;
+        let first = Conn::prepare(client).await?;
+        Ok(Self {
+            config,
+            idle: Mutex::new(vec![first]),
+            permits: Semaphore::new(POOL_SIZE),
+        })
+    }
+
+    pub(super) async fn get(&self) -> Result<Pooled<'_>, LedgerError> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| LedgerError::Stopped)?;
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.retain(|conn| !conn.client.is_closed());
+            idle.pop()
+        };
+        let conn = match idle {
+            Some(conn) => conn,
+            None => Conn::prepare(open_client(&self.config).await?).await?,
+        };
+        Ok(Pooled {
+            conn: Some(conn),
+            pool: self,
+            _permit: permit,
+        })
+    }
+}
+
+/// A connection lent out; it goes back to the pool when dropped (a transaction left open by a
+/// cancelled future is rolled back first, as tokio-postgres queues the ROLLBACK).
+pub(super) struct Pooled<'p> {
+    conn: Option<Conn>,
+    pool: &'p Pool,
+    _permit: SemaphorePermit<'p>,
+}
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        // Only `drop` takes the connection out.
+        self.conn.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl std::ops::DerefMut for Pooled<'_> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.conn.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take().filter(|c| !c.client.is_closed()) {
+            let mut idle = self
+                .pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            idle.push(conn);
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The PostgreSQL schema, created once under an advisory lock, and the statements every
+//! pooled connection prepares.
+
+use tokio_postgres::{Client, Statement};
+
+use crate::ledger::LedgerError;
+
+/// Serializes schema creation between replicas starting together ("flowgate" in ASCII).
+const SCHEMA_LOCK: i64 = 0x666c_6f77_6761_7465;
+const SCHEMA_VERSION: i32 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ledger_schema (version integer PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS buckets (
+    policy       text   NOT NULL,
+    bucket       text   NOT NULL,
+    window_start bigint NOT NULL, -- microseconds since the epoch
+    used         bigint NOT NULL,
+    PRIMARY KEY (policy, bucket, window_start)
+);
+CREATE INDEX IF NOT EXISTS buckets_by_window ON buckets (policy, window_start);
+CREATE TABLE IF NOT EXISTS reservations (
+    id              bigserial PRIMARY KEY,
+    subject         text   NOT NULL,
+    chatflow        text   NOT NULL,
+    idempotency_key text,
+    state           text   NOT NULL,
+    created_us      bigint NOT NULL,
+    expires_us      bigint NOT NULL,
+    updated_us      bigint NOT NULL,
+    tokens          bigint NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS reservations_by_key ON reservations (subject, idempotency_key)
+    WHERE idempotency_key IS NOT NULL AND state <> 'refunded';
+CREATE INDEX IF NOT EXISTS reservations_open ON reservations (expires_us)
+    WHERE state = 'reserved';
+CREATE TABLE IF NOT EXISTS reservation_lines (
+    reservation_id bigint  NOT NULL,
+    idx            integer NOT NULL,
+    policy         text    NOT NULL,
+    bucket         text    NOT NULL,
+    window_start   bigint  NOT NULL,
+    amount         bigint  NOT NULL, -- what the line holds now
+    PRIMARY KEY (reservation_id, idx)
+);
+CREATE TABLE IF NOT EXISTS usage (
+    id             bigserial PRIMARY KEY,
+    time_us        bigint NOT NULL,
+    reservation_id bigint NOT NULL,
+    subject        text   NOT NULL,
+    chatflow       text   NOT NULL,
+    policy         text   NOT NULL,
+    credits        bigint NOT NULL,
+    tokens         bigint NOT NULL,
+    outcome        text   NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_by_time ON usage (time_us);
+CREATE INDEX IF NOT EXISTS usage_by_subject ON usage (subject, time_us);
+CREATE INDEX IF NOT EXISTS usage_by_policy ON usage (policy, time_us);
+";
+
+/// Creates the tables if needed under an advisory lock, so replicas starting together do not
+/// race on `CREATE … IF NOT EXISTS`; refuses a schema written by a newer flowgate.
+pub(super) async fn create_schema(client: &mut Client) -> Result<(), LedgerError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .await?;
+    tx.batch_execute(SCHEMA).await?;
+    let found: Option<i32> = tx
+        .query_one("SELECT max(version) FROM ledger_schema", &[])
+        .await?
+        .try_get(0)?;
+    match found {
+        None => {
+            tx.execute(
+                "INSERT INTO ledger_schema (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )
+            .await?;
+        }
+        Some(SCHEMA_VERSION) => {}
+        Some(found) if found > SCHEMA_VERSION => {
+            return Err(LedgerError::SchemaTooNew {
+                found: found.into(),
+                known: SCHEMA_VERSION.into(),
+            });
+        }
+        Some(found) => return Err(LedgerError::Corrupt(format!("schema version {found}"))),
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Every statement, prepared once per connection.
+pub(super) struct Statements {
+    pub(super) insert_reservation: Statement,
+    pub(super) find_key: Statement,
+    pub(super) charge: Statement,
+    pub(super) used_of: Statement,
+    pub(super) lock_reservation: Statement,
+    pub(super) lines_of: Statement,
+    pub(super) adjust: Statement,
+    pub(super) rehold: Statement,
+    pub(super) log: Statement,
+    pub(super) finish: Statement,
+    pub(super) sweep: Statement,
+    pub(super) policy_usage: Statement,
+    pub(super) usage: Statement,
+}
+
+impl Statements {
+    pub(super) async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        let (insert_reservation, find_key, charge, used_of, lock_reservation, lines_of) =
+            futures::try_join!(
+            // The reservation and its lines, in one round trip.
+            client.prepare(
+                "WITH reservation AS (
+                     INSERT INTO reservations (subject, chatflow, idempotency_key, state,
+                                               created_us, expires_us, updated_us)
+                     VALUES ($1::text, $2::text, $3::text, 'reserved', $4::int8, $5::int8, $4::int8)
+                     ON CONFLICT (subject, idempotency_key)
+                         WHERE idempotency_key IS NOT NULL AND state <> 'refunded'
+                     DO NOTHING
+                     RETURNING id
+                 ), held AS (
+                     INSERT INTO reservation_lines
+                         (reservation_id, idx, policy, bucket, window_start, amount)
+                     SELECT reservation.id, line.*
+                     FROM reservation,
+                          unnest($6::int4[], $7::text[], $8::text[], $9::int8[], $10::int8[]) AS line
+                 )
+                 SELECT id FROM reservation"
+            ),
+            client.prepare(
+                "SELECT id, state FROM reservations
+                 WHERE subject = $1::text AND idempotency_key = $2::text AND state <> 'refunded'"
+            ),
+            // The row is locked even when the WHERE refuses the update: the check is exact.
+            client.prepare(
+                "INSERT INTO buckets AS b (policy, bucket, window_start, used)
+                 VALUES ($1::text, $2::text, $3::int8, $4::int8)
+                 ON CONFLICT (policy, bucket, window_start)
+                 DO UPDATE SET used = b.used + EXCLUDED.used
+                     WHERE b.used <= $5::int8 - EXCLUDED.used
+                 RETURNING used"
+            ),
+            client.prepare(
+                "SELECT used FROM buckets
+                 WHERE policy = $1::text AND bucket = $2::text AND window_start = $3::int8"
+            ),
+            client.prepare(
+                "SELECT state, subject, chatflow FROM reservations WHERE id = $1::int8 FOR UPDATE"
+            ),
+            client.prepare(
+                "SELECT idx, policy, bucket, window_start, amount FROM reservation_lines
+                 WHERE reservation_id = $1::int8 ORDER BY idx"
+            ),
+        )?;
+        let (adjust, rehold, log, finish, sweep, policy_usage, usage) = futures::try_join!(
+            client.prepare(
+                "UPDATE buckets SET used = used + $4::int8
+                 WHERE policy = $1::text AND bucket = $2::text AND window_start = $3::int8"
+            ),
+            client.prepare(
+                "UPDATE reservation_lines SET amount = u.amount
+                 FROM unnest($2::int4[], $3::int8[]) AS u (idx, amount)
+                 WHERE reservation_id = $1::int8 AND reservation_lines.idx = u.idx"
+            ),
+            client.prepare(
+                "INSERT INTO usage
+                     (time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome)
+                 SELECT $1::int8, $2::int8, $3::text, $4::text, u.policy, u.credits, $5::int8, $6::text
+                 FROM unnest($7::text[], $8::int8[]) WITH ORDINALITY AS u (policy, credits, n)
+                 ORDER BY u.n"
+            ),
+            client.prepare(
+                "UPDATE reservations SET state = $2::text, tokens = $3::int8, updated_us = $4::int8
+                 WHERE id = $1::int8"
+            ),
+            client.prepare(
+                "WITH expired AS (
+                     UPDATE reservations SET state = 'expired', updated_us = $1::int8
+                     WHERE state = 'reserved' AND expires_us <= $1::int8
+                     RETURNING id, subject, chatflow
+                 ), logged AS (
+                     INSERT INTO usage
+                         (time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome)
+                     SELECT $1::int8, e.id, e.subject, e.chatflow, l.policy, l.amount, 0, 'expired'
+                     FROM expired e JOIN reservation_lines l ON l.reservation_id = e.id
+                     ORDER BY e.id, l.idx
+                 )
+                 SELECT count(*) FROM expired"
+            ),
+            client.prepare(
+                "SELECT COALESCE(SUM(used), 0)::int8, COUNT(*) FILTER (WHERE used >= $3::int8)
+                 FROM buckets WHERE policy = $1::text AND window_start = $2::int8"
+            ),
+            client.prepare(
+                "SELECT time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome
+                 FROM usage
+                 WHERE ($1::text IS NULL OR subject = $1::text)
+                   AND ($2::text IS NULL OR policy = $2::text)
+                   AND time_us >= $3::int8
+                 ORDER BY time_us DESC, id DESC
+                 LIMIT $4::int8"
+            ),
+        )?;
+        Ok(Self {
+            insert_reservation,
+            find_key,
+            charge,
+            used_of,
+            lock_reservation,
+            lines_of,
+            adjust,
+            rehold,
+            log,
+            finish,
+            sweep,
+            policy_usage,
+            usage,
+        })
+    }
+}

@@ -1,0 +1,492 @@
+//! Embedded SQLite backend, the default: one file, WAL, `synchronous=FULL`.
+//!
+//! **Group commit.** One writer thread owns the read-write connection and takes operations from
+//! a channel. It blocks for the first one, drains whatever else is queued (up to
+//! [`MAX_BATCH`]) into ONE `BEGIN IMMEDIATE` transaction, runs each operation in its own
+//! savepoint (a failing operation rolls back alone), commits once — one WAL fsync for the whole
+//! batch — and only then answers every caller. A single writer running every check inside the
+//! transaction keeps the budgets exact; answering after the commit keeps them durable; the
+//! batch makes that cost one fsync per burst instead of one per request.
+//!
+//! Reads (`balance`, `policy_usage`, `usage`) use a second connection on the blocking pool; WAL
+//! lets them run while the writer commits.
+
+mod ops;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::state::Close;
+use super::{
+    CreditLedger, LedgerError, LedgerFuture, PolicyUsage, ReservationId, ReservationState,
+    ReserveOutcome, ReserveRequest, Resolution, UsageFilter, UsageRecord, Window, timestamp,
+};
+
+/// The schema this code writes; stored in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// How long a connection waits for a lock held by another process before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &str = "
+CREATE TABLE buckets (
+    policy       TEXT    NOT NULL,
+    bucket       TEXT    NOT NULL,
+    window_start INTEGER NOT NULL, -- microseconds since the epoch
+    used         INTEGER NOT NULL,
+    PRIMARY KEY (policy, bucket, window_start)
+) WITHOUT ROWID;
+CREATE INDEX buckets_by_window ON buckets (policy, window_start);
+
+CREATE TABLE reservations (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject         TEXT    NOT NULL,
+    chatflow        TEXT    NOT NULL,
+    idempotency_key TEXT,
+    state           TEXT    NOT NULL,
+    created_us      INTEGER NOT NULL,
+    expires_us      INTEGER NOT NULL,
+    updated_us      INTEGER NOT NULL,
+    tokens          INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX reservations_by_key ON reservations (subject, idempotency_key)
+    WHERE idempotency_key IS NOT NULL AND state <> 'refunded';
+CREATE INDEX reservations_open ON reservations (expires_us) WHERE state = 'reserved';
+
+CREATE TABLE reservation_lines (
+    reservation_id INTEGER NOT NULL,
+    idx            INTEGER NOT NULL,
+    policy         TEXT    NOT NULL,
+    bucket         TEXT    NOT NULL,
+    window_start   INTEGER NOT NULL,
+    amount         INTEGER NOT NULL, -- what the line holds now
+    PRIMARY KEY (reservation_id, idx)
+) WITHOUT ROWID;
+
+CREATE TABLE usage (
+    id             INTEGER PRIMARY KEY,
+    time_us        INTEGER NOT NULL,
+    reservation_id INTEGER NOT NULL,
+    subject        TEXT    NOT NULL,
+    chatflow       TEXT    NOT NULL,
+    policy         TEXT    NOT NULL,
+    credits        INTEGER NOT NULL,
+    tokens         INTEGER NOT NULL,
+    outcome        TEXT    NOT NULL
+);
+CREATE INDEX usage_by_time ON usage (time_us);
+CREATE INDEX usage_by_subject ON usage (subject, time_us);
+CREATE INDEX usage_by_policy ON usage (policy, time_us);
+";
+
+type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
+
+/// An operation for the writer thread.
+enum Op {
+    Reserve(ReserveRequest, Reply<ReserveOutcome>),
+    Close(ReservationId, Close, Timestamp, Reply<Resolution>),
+    Sweep(Timestamp, Reply<u64>),
+}
+
+/// An operation's result, held until the batch is committed.
+enum Answer {
+    Reserve(Reply<ReserveOutcome>, Result<ReserveOutcome, LedgerError>),
+    Close(Reply<Resolution>, Result<Resolution, LedgerError>),
+    Sweep(Reply<u64>, Result<u64, LedgerError>),
+}
+
+/// The SQLite ledger. Dropping it stops the writer thread after its current batch.
+pub(super) struct SqliteLedger {
+    ops: Option<mpsc::Sender<Op>>,
+    writer: Option<JoinHandle<()>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl SqliteLedger {
+    /// Opens `path`, creating the file and schema if needed.
+    pub(super) async fn open(path: &Path) -> Result<Self, LedgerError> {
+        let (ops, queue) = mpsc::channel();
+        let (ready, started) = oneshot::channel();
+        let writer_path = path.to_path_buf();
+        let writer = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || match open_writer(&writer_path) {
+                Ok(conn) => {
+                    // The receiver only goes away if `open` was cancelled; then so are we.
+                    if ready.send(Ok(())).is_ok() {
+                        run_writer(conn, queue);
+                    }
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            })
+            .map_err(LedgerError::Spawn)?;
+        started.await.map_err(|_| LedgerError::Stopped)??;
+
+        let reader_path = path.to_path_buf();
+        let reader = tokio::task::spawn_blocking(move || open_reader(&reader_path))
+            .await
+            .map_err(|_| LedgerError::Stopped)??;
+        Ok(Self {
+            ops: Some(ops),
+            writer: Some(writer),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    /// Queues an operation for the writer and waits for its committed answer.
+    fn write<T: Send + 'static>(&self, op: impl FnOnce(Reply<T>) -> Op) -> LedgerFuture<'_, T> {
+        let (reply, answer) = oneshot::channel();
+        let queued = self
+            .ops
+            .as_ref()
+            .is_some_and(|ops| ops.send(op(reply)).is_ok());
+        Box::pin(async move {
+            if !queued {
+                return Err(LedgerError::Stopped);
+            }
+            answer.await.map_err(|_| LedgerError::Stopped)?
+        })
+    }
+
+    /// Runs a query on the read connection, off the async threads.
+    fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, LedgerError> + Send + 'static,
+    ) -> LedgerFuture<'_, T> {
+        let reader = self.reader.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
+                query(&conn)
+            })
+            .await
+            .map_err(|_| LedgerError::Stopped)?
+        })
+    }
+}
+
+impl Drop for SqliteLedger {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer loop once the current batch is committed.
+        self.ops.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl CreditLedger for SqliteLedger {
+    fn reserve(&self, request: ReserveRequest) -> LedgerFuture<'_, ReserveOutcome> {
+        self.write(|reply| Op::Reserve(request, reply))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        id: ReservationId,
+        actual: &'a [u64],
+        tokens: u64,
+        now: Timestamp,
+    ) -> LedgerFuture<'a, Resolution> {
+        let close = Close::Settle {
+            actual: actual.to_vec(),
+            tokens,
+        };
+        self.write(|reply| Op::Close(id, close, now, reply))
+    }
+
+    fn refund(&self, id: ReservationId, now: Timestamp) -> LedgerFuture<'_, Resolution> {
+        self.write(|reply| Op::Close(id, Close::Refund, now, reply))
+    }
+
+    fn sweep(&self, now: Timestamp) -> LedgerFuture<'_, u64> {
+        self.write(|reply| Op::Sweep(now, reply))
+    }
+
+    fn balance<'a>(
+        &'a self,
+        policy: &'a str,
+        bucket: &'a str,
+        window: &'a Window,
+    ) -> LedgerFuture<'a, i64> {
+        let key = (
+            policy.to_string(),
+            bucket.to_string(),
+            window.start.as_microsecond(),
+        );
+        self.read(move |conn| {
+            let used = conn
+                .prepare_cached(
+                    "SELECT used FROM buckets WHERE policy = ?1 AND bucket = ?2 AND window_start = ?3",
+                )?
+                .query_row(params![key.0, key.1, key.2], |row| row.get(0))
+                .optional()?;
+            Ok(used.unwrap_or(0))
+        })
+    }
+
+    fn policy_usage<'a>(
+        &'a self,
+        policy: &'a str,
+        window: &'a Window,
+        limit: u64,
+    ) -> LedgerFuture<'a, PolicyUsage> {
+        let policy = policy.to_string();
+        let start = window.start.as_microsecond();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let (credits_used, exhausted): (i64, i64) = conn
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(used), 0), COUNT(*) FILTER (WHERE used >= ?3)
+                     FROM buckets WHERE policy = ?1 AND window_start = ?2",
+                )?
+                .query_row(params![policy, start, limit], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+            Ok(PolicyUsage {
+                credits_used,
+                buckets_exhausted: u64::try_from(exhausted).unwrap_or(0),
+            })
+        })
+    }
+
+    fn usage(&self, filter: UsageFilter) -> LedgerFuture<'_, Vec<UsageRecord>> {
+        self.read(move |conn| {
+            let mut query = conn.prepare_cached(
+                "SELECT time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome
+                 FROM usage
+                 WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR policy = ?2)
+                   AND time_us >= ?3
+                 ORDER BY time_us DESC, id DESC LIMIT ?4",
+            )?;
+            let since = filter.since.map_or(i64::MIN, |t| t.as_microsecond());
+            let rows = query.query_map(
+                params![filter.subject, filter.policy, since, filter.limit],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, i64>(5)?,
+                        row.get::<_, i64>(6)?,
+                        row.get::<_, String>(7)?,
+                    ))
+                },
+            )?;
+            rows.map(|row| {
+                let (time, id, subject, chatflow, policy, credits, tokens, outcome) = row?;
+                Ok(UsageRecord {
+                    time: timestamp(time)?,
+                    reservation: ReservationId(id),
+                    subject,
+                    chatflow,
+                    policy,
+                    credits,
+                    tokens: u64::try_from(tokens)
+                        .map_err(|_| LedgerError::Corrupt(format!("tokens {tokens}")))?,
+                    outcome: ReservationState::parse(&outcome)?,
+                })
+            })
+            .collect()
+        })
+    }
+}
+
+pub(super) fn is_transient(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn open_writer(path: &Path) -> Result<Connection, LedgerError> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), mode, "ledger database is not in WAL mode");
+    }
+    // FULL: a commit is on disk (WAL fsynced) before the writer answers anyone.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> Result<Connection, LedgerError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+/// Creates the schema in an empty database; refuses one written by a newer flowgate.
+fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    match version {
+        0 => {
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        SCHEMA_VERSION => {}
+        found if found > SCHEMA_VERSION => {
+            return Err(LedgerError::SchemaTooNew {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        found => return Err(LedgerError::Corrupt(format!("schema version {found}"))),
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The writer loop: one transaction per batch of queued operations, until the channel closes.
+fn run_writer(mut conn: Connection, queue: mpsc::Receiver<Op>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        batch.extend(queue.try_iter().take(MAX_BATCH - 1));
+        for answer in commit_batch(&mut conn, batch) {
+            answer.send();
+        }
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: Vec<Op>) -> Vec<Answer> {
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return batch.into_iter().map(|op| op.fail(&e)).collect(),
+    };
+    let answers: Vec<Answer> = batch.into_iter().map(|op| op.apply(&mut tx)).collect();
+    match tx.commit() {
+        Ok(()) => answers,
+        Err(e) => answers.into_iter().map(|a| a.fail(&e)).collect(),
+    }
+}
+
+/// Runs `f` in a savepoint: its writes are kept only if it succeeds.
+fn in_savepoint<T>(
+    tx: &mut Transaction<'_>,
+    f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
+) -> Result<T, LedgerError> {
+    let savepoint = tx.savepoint()?;
+    let out = f(&savepoint)?;
+    savepoint.commit()?;
+    Ok(out)
+}
+
+fn commit_failure(e: &rusqlite::Error) -> LedgerError {
+    LedgerError::Commit {
+        message: e.to_string(),
+        transient: is_transient(e),
+    }
+}
+
+impl Op {
+    fn apply(self, tx: &mut Transaction<'_>) -> Answer {
+        match self {
+            Op::Reserve(request, reply) => {
+                Answer::Reserve(reply, in_savepoint(tx, |c| ops::reserve(c, &request)))
+            }
+            Op::Close(id, how, now, reply) => {
+                Answer::Close(reply, in_savepoint(tx, |c| ops::close(c, id, &how, now)))
+            }
+            Op::Sweep(now, reply) => Answer::Sweep(reply, in_savepoint(tx, |c| ops::sweep(c, now))),
+        }
+    }
+
+    fn fail(self, e: &rusqlite::Error) -> Answer {
+        match self {
+            Op::Reserve(_, reply) => Answer::Reserve(reply, Err(commit_failure(e))),
+            Op::Close(.., reply) => Answer::Close(reply, Err(commit_failure(e))),
+            Op::Sweep(_, reply) => Answer::Sweep(reply, Err(commit_failure(e))),
+        }
+    }
+}
+
+impl Answer {
+    /// The batch was not committed: what succeeded in it failed after all.
+    fn fail(self, e: &rusqlite::Error) -> Answer {
+        match self {
+            Answer::Reserve(reply, r) => Answer::Reserve(reply, r.and(Err(commit_failure(e)))),
+            Answer::Close(reply, r) => Answer::Close(reply, r.and(Err(commit_failure(e)))),
+            Answer::Sweep(reply, r) => Answer::Sweep(reply, r.and(Err(commit_failure(e)))),
+        }
+    }
+
+    fn send(self) {
+        // A caller that stopped waiting has nothing to learn; the commit stands.
+        let _ = match self {
+            Answer::Reserve(reply, r) => reply.send(r).map_err(drop),
+            Answer::Close(reply, r) => reply.send(r).map_err(drop),
+            Answer::Sweep(reply, r) => reply.send(r).map_err(drop),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_database_is_wal_with_full_sync_and_versioned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        let ledger = SqliteLedger::open(&path).await.expect("open");
+        drop(ledger);
+
+        let conn = open_writer(&path).expect("reopen");
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .expect("journal_mode");
+        let sync: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .expect("synchronous");
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version");
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2, "FULL");
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn a_database_from_a_newer_flowgate_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        Connection::open(&path)
+            .and_then(|c| c.pragma_update(None, "user_version", SCHEMA_VERSION + 1))
+            .expect("prepare newer db");
+        let err = SqliteLedger::open(&path)
+            .await
+            .err()
+            .expect("newer schema refused");
+        assert!(
+            matches!(err, LedgerError::SchemaTooNew { found: 2, .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_directory_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = SqliteLedger::open(&dir.path().join("no/such/dir/ledger.db"))
+            .await
+            .err()
+            .expect("cannot create file");
+        assert_eq!(err.reason(), "SqliteError");
+    }
+}

@@ -1,0 +1,219 @@
+//! What each operation does inside the writer's transaction. The single writer makes every
+//! check-then-write here exact.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::ledger::state::{self, Close, HeldLine};
+use crate::ledger::{
+    Charge, LedgerError, ReservationId, ReservationState, ReserveOutcome, ReserveRequest,
+    Resolution, expiry,
+};
+
+pub(super) fn reserve(
+    conn: &Connection,
+    request: &ReserveRequest,
+) -> Result<ReserveOutcome, LedgerError> {
+    if let Some(key) = &request.idempotency_key {
+        let existing = conn
+            .prepare_cached(
+                "SELECT id, state FROM reservations
+                 WHERE subject = ?1 AND idempotency_key = ?2 AND state <> 'refunded'",
+            )?
+            .query_row(params![request.subject, key], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })
+            .optional()?;
+        if let Some((id, state)) = existing {
+            return Ok(ReserveOutcome::Duplicate {
+                id: ReservationId(id),
+                state: ReservationState::parse(&state)?,
+            });
+        }
+    }
+
+    // Check every line before writing any: the single writer makes check-then-write exact.
+    let charges = request
+        .lines
+        .iter()
+        .map(Charge::of)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut used_after = Vec::with_capacity(charges.len());
+    let mut planned: HashMap<(&str, &str, i64), i64> = HashMap::new();
+    let mut used_of = conn.prepare_cached(
+        "SELECT used FROM buckets WHERE policy = ?1 AND bucket = ?2 AND window_start = ?3",
+    )?;
+    for (charge, line) in charges.iter().zip(&request.lines) {
+        let used = match planned.get(&charge.key()) {
+            Some(&used) => used,
+            None => used_of
+                .query_row(
+                    params![charge.policy, charge.bucket, charge.window_start],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .unwrap_or(0),
+        };
+        if !charge.fits(used) {
+            return Ok(ReserveOutcome::Exhausted {
+                policy: line.policy.clone(),
+                remaining: charge.remaining(used),
+                reset_at: line.window.end,
+            });
+        }
+        planned.insert(charge.key(), used + charge.amount);
+        used_after.push(used + charge.amount);
+    }
+
+    let now = request.now.as_microsecond();
+    conn.prepare_cached(
+        "INSERT INTO reservations
+             (subject, chatflow, idempotency_key, state, created_us, expires_us, updated_us)
+         VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, ?4)",
+    )?
+    .execute(params![
+        request.subject,
+        request.chatflow,
+        request.idempotency_key,
+        now,
+        expiry(request.now, request.ttl),
+    ])?;
+    let id = conn.last_insert_rowid();
+    let mut charge_bucket = conn.prepare_cached(
+        "INSERT INTO buckets (policy, bucket, window_start, used) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (policy, bucket, window_start) DO UPDATE SET used = used + excluded.used",
+    )?;
+    let mut hold = conn.prepare_cached(
+        "INSERT INTO reservation_lines (reservation_id, idx, policy, bucket, window_start, amount)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (idx, charge) in (0_i32..).zip(&charges) {
+        charge_bucket.execute(params![
+            charge.policy,
+            charge.bucket,
+            charge.window_start,
+            charge.amount
+        ])?;
+        hold.execute(params![
+            id,
+            idx,
+            charge.policy,
+            charge.bucket,
+            charge.window_start,
+            charge.amount
+        ])?;
+    }
+    Ok(ReserveOutcome::Reserved {
+        id: ReservationId(id),
+        remaining: charges
+            .iter()
+            .zip(used_after)
+            .map(|(charge, used)| (charge.policy.to_string(), charge.remaining(used)))
+            .collect(),
+    })
+}
+
+pub(super) fn close(
+    conn: &Connection,
+    id: ReservationId,
+    how: &Close,
+    now: Timestamp,
+) -> Result<Resolution, LedgerError> {
+    let (state, subject, chatflow) = conn
+        .prepare_cached("SELECT state, subject, chatflow FROM reservations WHERE id = ?1")?
+        .query_row([id.0], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })
+        .optional()?
+        .ok_or(LedgerError::UnknownReservation(id))?;
+    let state = ReservationState::parse(&state)?;
+    let lines = conn
+        .prepare_cached(
+            "SELECT idx, policy, bucket, window_start, amount FROM reservation_lines
+             WHERE reservation_id = ?1 ORDER BY idx",
+        )?
+        .query_map([id.0], |row| {
+            Ok(HeldLine {
+                idx: row.get(0)?,
+                policy: row.get(1)?,
+                bucket: row.get(2)?,
+                window_start: row.get(3)?,
+                amount: row.get(4)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let held: Vec<i64> = lines.iter().map(|line| line.amount).collect();
+    let Some(change) = state::close(id, state, &held, how)? else {
+        return Ok(Resolution {
+            state,
+            applied: false,
+        });
+    };
+
+    let now = now.as_microsecond();
+    let mut adjust = conn.prepare_cached(
+        "UPDATE buckets SET used = used + ?4 WHERE policy = ?1 AND bucket = ?2 AND window_start = ?3",
+    )?;
+    let mut rehold = conn.prepare_cached(
+        "UPDATE reservation_lines SET amount = ?3 WHERE reservation_id = ?1 AND idx = ?2",
+    )?;
+    let mut log = conn.prepare_cached(
+        "INSERT INTO usage (time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for (i, line) in lines.iter().enumerate() {
+        if change.bucket_delta[i] != 0 {
+            adjust.execute(params![
+                line.policy,
+                line.bucket,
+                line.window_start,
+                change.bucket_delta[i]
+            ])?;
+        }
+        rehold.execute(params![id.0, line.idx, change.held[i]])?;
+        log.execute(params![
+            now,
+            id.0,
+            subject,
+            chatflow,
+            line.policy,
+            change.logged[i],
+            change.tokens,
+            change.state.as_str()
+        ])?;
+    }
+    conn.prepare_cached(
+        "UPDATE reservations SET state = ?2, tokens = ?3, updated_us = ?4 WHERE id = ?1",
+    )?
+    .execute(params![id.0, change.state.as_str(), change.tokens, now])?;
+    Ok(Resolution {
+        state: change.state,
+        applied: true,
+    })
+}
+
+/// Expires abandoned reservations: they keep their charge, the usage log records it.
+pub(super) fn sweep(conn: &Connection, now: Timestamp) -> Result<u64, LedgerError> {
+    let now = now.as_microsecond();
+    conn.prepare_cached(
+        "INSERT INTO usage (time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome)
+         SELECT ?1, r.id, r.subject, r.chatflow, l.policy, l.amount, 0, 'expired'
+         FROM reservations r JOIN reservation_lines l ON l.reservation_id = r.id
+         WHERE r.state = 'reserved' AND r.expires_us <= ?1
+         ORDER BY r.id, l.idx",
+    )?
+    .execute([now])?;
+    let expired = conn
+        .prepare_cached(
+            "UPDATE reservations SET state = 'expired', updated_us = ?1
+             WHERE state = 'reserved' AND expires_us <= ?1",
+        )?
+        .execute([now])?;
+    Ok(expired as u64)
+}

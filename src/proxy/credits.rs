@@ -1,0 +1,218 @@
+//! Credits on the request path: reserve the flat cost of every applicable policy atomically before
+//! forwarding, then settle the actual cost (flat + tokens Flowise reported) or refund.
+//!
+//! Running out is a 402 naming the policy; a ledger that cannot be reached is a 503 — never a free
+//! pass. Settling and refunding happen off the request path (a spawned task), so a client never
+//! waits for the second durable write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use super::error::ProxyError;
+use crate::crd::BudgetScope;
+use crate::identity::Identity;
+use crate::index::{Caller, ChatflowEntry, PolicyRule, Snapshot};
+use crate::ledger::{
+    self, BudgetLine, CreditLedger, ReservationId, ReserveOutcome, ReserveRequest,
+};
+use crate::metrics::Metrics;
+
+/// How long a reservation may stay open before a sweep settles it as expired (longer than any
+/// upstream call may take).
+pub const RESERVATION_TTL: Duration = Duration::from_secs(900);
+/// How often expired reservations are swept.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The ledger as the proxy uses it.
+#[derive(Clone)]
+pub struct Credits {
+    ledger: Arc<dyn CreditLedger>,
+    metrics: Arc<Metrics>,
+}
+
+/// Credits held for one request.
+pub struct Charge {
+    id: ReservationId,
+    policies: Vec<Arc<PolicyRule>>,
+    /// Smallest remaining balance over the charged policies, after this reservation.
+    pub remaining: Option<u64>,
+}
+
+impl Credits {
+    pub fn new(ledger: Arc<dyn CreditLedger>, metrics: Arc<Metrics>) -> Self {
+        Self { ledger, metrics }
+    }
+
+    /// Reserves the flat cost on every policy that applies; `None` when no policy applies.
+    pub async fn reserve(
+        &self,
+        snapshot: &Snapshot,
+        identity: &Identity,
+        caller: &Caller<'_>,
+        cf: &ChatflowEntry,
+        idempotency_key: Option<String>,
+        now: Timestamp,
+    ) -> Result<Option<Charge>, ProxyError> {
+        let policies: Vec<Arc<PolicyRule>> = snapshot
+            .policies_for(caller, cf)
+            .into_iter()
+            .cloned()
+            .collect();
+        if policies.is_empty() {
+            return Ok(None);
+        }
+        let lines = policies
+            .iter()
+            .map(|p| {
+                Ok(BudgetLine {
+                    policy: p.id.to_string(),
+                    bucket: bucket(p, identity).to_string(),
+                    limit: p.credits,
+                    window: window(p, now)?,
+                    amount: p.per_prediction,
+                })
+            })
+            .collect::<Result<Vec<_>, ProxyError>>()?;
+        let request = ReserveRequest {
+            subject: identity.key.clone(),
+            chatflow: format!("{}/{}", cf.rule.namespace, cf.rule.name),
+            idempotency_key,
+            lines,
+            now,
+            ttl: RESERVATION_TTL,
+        };
+        match self.ledger.reserve(request).await {
+            Ok(ReserveOutcome::Reserved { id, remaining }) => Ok(Some(Charge {
+                id,
+                policies,
+                remaining: remaining.iter().map(|(_, left)| *left).min(),
+            })),
+            Ok(ReserveOutcome::Exhausted {
+                policy,
+                remaining,
+                reset_at,
+            }) => Err(ProxyError::InsufficientCredits {
+                policy,
+                remaining: i64::try_from(remaining).unwrap_or(i64::MAX),
+                reset: reset_at
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "never".into()),
+            }),
+            Ok(ReserveOutcome::Duplicate { .. }) => Err(ProxyError::DuplicateRequest),
+            Err(error) => {
+                tracing::error!(%error, reason = error.reason(), "credits ledger unavailable; refusing");
+                Err(ProxyError::LedgerUnavailable)
+            }
+        }
+    }
+
+    /// Charges the actual cost in the background: the flat cost plus tokens on every policy.
+    pub fn settle(&self, charge: Charge, tokens: u64) {
+        let actual: Vec<u64> = charge.policies.iter().map(|p| cost(p, tokens)).collect();
+        for (policy, credits) in charge.policies.iter().zip(&actual) {
+            self.metrics.credits_charged(&policy.id, *credits);
+        }
+        let ledger = self.ledger.clone();
+        tokio::spawn(async move {
+            if let Err(error) = ledger
+                .settle(charge.id, &actual, tokens, Timestamp::now())
+                .await
+            {
+                // The reservation stays; the sweep charges it at the reserved amount.
+                tracing::error!(%error, reservation = charge.id.0, "settling failed");
+            }
+        });
+    }
+
+    /// Releases the reservation in the background (Flowise failed before answering).
+    pub fn refund(&self, charge: Charge) {
+        let ledger = self.ledger.clone();
+        tokio::spawn(async move {
+            if let Err(error) = ledger.refund(charge.id, Timestamp::now()).await {
+                tracing::error!(%error, reservation = charge.id.0, "refund failed");
+            }
+        });
+    }
+
+    /// The caller's balance on every policy that applies to any chatflow they may use.
+    pub async fn balances(
+        &self,
+        snapshot: &Snapshot,
+        identity: &Identity,
+        caller: &Caller<'_>,
+        now: Timestamp,
+    ) -> Result<Value, ProxyError> {
+        let mut seen: Vec<Arc<PolicyRule>> = Vec::new();
+        for cf in snapshot.visible(caller, now) {
+            for policy in snapshot.policies_for(caller, cf) {
+                if !seen.iter().any(|p| p.id == policy.id) {
+                    seen.push(policy.clone());
+                }
+            }
+        }
+        let mut balances = Vec::with_capacity(seen.len());
+        for policy in seen {
+            let window = window(&policy, now)?;
+            let bucket = bucket(&policy, identity);
+            let used = self
+                .ledger
+                .balance(&policy.id, bucket, &window)
+                .await
+                .map_err(|_| ProxyError::LedgerUnavailable)?;
+            let credits = i64::try_from(policy.credits).unwrap_or(i64::MAX);
+            balances.push(json!({
+                "policy": &*policy.id,
+                "scope": match policy.scope { BudgetScope::PerSubject => "PerSubject", BudgetScope::Shared => "Shared" },
+                "period": format!("{:?}", policy.period),
+                "timeZone": policy.time_zone_name,
+                "credits": policy.credits,
+                "used": used,
+                "remaining": (credits - used).max(0),
+                "periodStart": window.start.to_string(),
+                "resetAt": window.end.map(|t| t.to_string()),
+            }));
+        }
+        Ok(json!({"subject": identity.key, "balances": balances}))
+    }
+
+    /// Expires reservations left behind by crashed requests, every [`SWEEP_INTERVAL`].
+    pub async fn run_sweeper(self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            }
+            match self.ledger.sweep(Timestamp::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    expired = n,
+                    "expired reservations charged at their reserved amount"
+                ),
+                Err(error) => tracing::warn!(%error, "sweeping reservations failed"),
+            }
+        }
+    }
+}
+
+fn bucket<'a>(policy: &PolicyRule, identity: &'a Identity) -> &'a str {
+    match policy.scope {
+        BudgetScope::PerSubject => &identity.key,
+        BudgetScope::Shared => "*",
+    }
+}
+
+fn window(policy: &PolicyRule, now: Timestamp) -> Result<ledger::Window, ProxyError> {
+    ledger::window(policy.period, &policy.time_zone_name, now)
+        .map_err(|e| ProxyError::Internal(format!("policy {}: {e}", policy.id)))
+}
+
+/// Credits one prediction costs on `policy` given the tokens Flowise reported.
+pub fn cost(policy: &PolicyRule, tokens: u64) -> u64 {
+    let token_cost = tokens
+        .saturating_mul(policy.per_thousand_tokens)
+        .div_ceil(1000);
+    policy.per_prediction.saturating_add(token_cost)
+}

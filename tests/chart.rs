@@ -1,0 +1,686 @@
+//! The Helm chart (`charts/flowgate`) with real Helm — Helm v4's library through
+//! `scripts/helm.sh` — against the local API server: lint, install, upgrade, uninstall, the
+//! refusals of values.schema.json and of the templates, and the RBAC it grants.
+//!
+//! A bare API server runs no Pods and never finishes deleting a namespace, so nothing here waits
+//! for either: the objects are stored and validated by the API server, and that is what is
+//! checked. Each test installs into a namespace of its own; the release is named after it.
+
+mod chart_support;
+mod support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+
+use chart_support::{
+    CHART, env_of, env_value, exists, get, helm, install, install_service_monitor_crd, pdb,
+    refused, release_json, template, unique_release, upgrade,
+};
+
+/// The rules the chart's ClusterRole grants with default values — every one of them.
+fn expected_cluster_rules() -> Value {
+    json!([
+        {"apiGroups": ["flowgate.io"], "resources": ["chatflows", "chatflowaccesses", "creditpolicies"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["flowgate.io"], "resources": ["chatflows"],
+         "verbs": ["create", "patch", "update", "delete"]},
+        {"apiGroups": ["flowgate.io"], "resources": ["chatflowaccesses"],
+         "verbs": ["create", "patch", "update", "delete"]},
+        {"apiGroups": ["flowgate.io"],
+         "resources": ["chatflows/status", "chatflowaccesses/status", "creditpolicies/status"],
+         "verbs": ["patch", "update"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        {"nonResourceURLs": ["/.well-known/openid-configuration", "/openid/v1/jwks"], "verbs": ["get"]},
+    ])
+}
+
+#[test]
+fn the_chart_lints_clean() {
+    let out = helm(&["lint", CHART]).unwrap_or_else(|e| panic!("helm lint fails: {e}"));
+    let result: Value = serde_json::from_str(&out).expect("lint prints JSON");
+    assert_eq!(result["ok"], true, "{result}");
+    let findings: Vec<&Value> = result["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["severity"] != "INFO")
+        .collect();
+    assert!(findings.is_empty(), "lint warnings or errors: {findings:?}");
+}
+
+#[tokio::test]
+async fn a_default_install_creates_the_expected_objects() {
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "chart-default").await;
+    let release = install(&ns, &ns, &json!({})).unwrap_or_else(|e| panic!("install: {e}"));
+    assert_eq!(release["status"], "deployed", "{release}");
+    let name = format!("{ns}-flowgate");
+
+    // The CRDs come with the chart (or were there already).
+    for crd in [
+        "chatflows.flowgate.io",
+        "chatflowaccesses.flowgate.io",
+        "creditpolicies.flowgate.io",
+    ] {
+        support::kubectl(&["get", "crd", crd]);
+    }
+
+    let deploy = get(Api::<Deployment>::namespaced(client.clone(), &ns), &name).await;
+    assert_eq!(
+        deploy["metadata"]["annotations"]["meta.helm.sh/release-name"],
+        json!(ns)
+    );
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    assert_eq!(
+        deploy["spec"]["strategy"]["type"], "Recreate",
+        "one SQLite writer at a time"
+    );
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], json!(name));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["image"],
+        format!("ghcr.io/flowgate/flowgate:{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(container["args"], json!(["run"]));
+    let sc = &container["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"], "ops");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "ops");
+    assert_eq!(
+        container["ports"],
+        json!([
+            {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+            {"name": "ops", "containerPort": 9090, "protocol": "TCP"},
+        ])
+    );
+    assert_eq!(container["resources"]["requests"]["memory"], "128Mi");
+    let env = env_of(container);
+    for (var, value) in [
+        (
+            "FLOWGATE_FLOWISE_URL",
+            "http://flowise.flowise.svc.cluster.local:3000",
+        ),
+        ("FLOWGATE_LISTEN_ADDR", "0.0.0.0:8080"),
+        ("FLOWGATE_OPS_ADDR", "0.0.0.0:9090"),
+        (
+            "FLOWGATE_LEDGER_URL",
+            "sqlite:///var/lib/flowgate/ledger.db",
+        ),
+        ("FLOWGATE_JWT_LEEWAY", "30s"),
+        ("FLOWGATE_USER_CLAIMS", "sub,email"),
+        ("FLOWGATE_GROUPS_CLAIM", "groups"),
+        ("FLOWGATE_ADMIN_CLAIM", "role=Admin"),
+        ("FLOWGATE_SYNC_INTERVAL", "60s"),
+        ("FLOWGATE_LOG_FORMAT", "json"),
+    ] {
+        assert_eq!(env_value(&env, var), value, "{var}");
+    }
+    for unset in [
+        "FLOWGATE_FLOWISE_API_KEY_FILE",
+        "FLOWGATE_JWT_HS256_SECRET_FILE",
+        "FLOWGATE_NO_CONTROLLER",
+        "FLOWGATE_NO_PROXY",
+        "FLOWGATE_IMPORT_NAMESPACE",
+    ] {
+        assert!(!env.contains_key(unset), "{unset} is not set by default");
+    }
+    // The ledger directory is the writable PersistentVolumeClaim.
+    let mounts = container["volumeMounts"].as_array().expect("mounts");
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["name"] == "data" && m["mountPath"] == "/var/lib/flowgate")
+    );
+    let data = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "data")
+        .expect("data volume");
+    assert_eq!(
+        data["persistentVolumeClaim"]["claimName"],
+        format!("{name}-ledger")
+    );
+
+    let pvc = get(
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns),
+        &format!("{name}-ledger"),
+    )
+    .await;
+    assert_eq!(pvc["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "1Gi");
+    assert_eq!(
+        pvc["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+
+    let svc = get(Api::<Service>::namespaced(client.clone(), &ns), &name).await;
+    let ports: Vec<(Value, Value, Value)> = svc["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].clone(),
+                p["port"].clone(),
+                p["targetPort"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            (json!("http"), json!(8080), json!("http")),
+            (json!("metrics"), json!(9090), json!("ops")),
+        ]
+    );
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+
+    assert!(
+        exists(
+            Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+            &name
+        )
+        .await
+    );
+
+    let cluster_role = get(Api::<ClusterRole>::all(client.clone()), &name).await;
+    assert_eq!(cluster_role["rules"], expected_cluster_rules());
+    let binding = get(Api::<ClusterRoleBinding>::all(client.clone()), &name).await;
+    assert_eq!(binding["roleRef"]["name"], json!(name));
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": name, "namespace": ns}])
+    );
+
+    let lease_role = format!("{name}-leader-election");
+    let role = get(Api::<Role>::namespaced(client.clone(), &ns), &lease_role).await;
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                "verbs": ["get", "create", "update"]}])
+    );
+    let role_binding = get(
+        Api::<RoleBinding>::namespaced(client.clone(), &ns),
+        &lease_role,
+    )
+    .await;
+    assert_eq!(
+        role_binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": name, "namespace": ns}])
+    );
+
+    let budget = pdb(&ns, &name).expect("PodDisruptionBudget stored");
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+
+    // Opt-in objects stay out of a default install.
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list ConfigMaps");
+    assert!(configmaps.items.iter().all(|c| {
+        !c.metadata
+            .name
+            .as_deref()
+            .unwrap_or("")
+            .ends_with("-dashboard")
+    }));
+}
+
+#[tokio::test]
+async fn three_replicas_on_postgresql_install_without_a_volume_claim() {
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "chart-postgres").await;
+    let values = json!({
+        "replicas": 3,
+        "ledger": {"type": "postgres", "postgres": {"existingSecret": "flowgate-ledger"}},
+    });
+    install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
+    let name = format!("{ns}-flowgate");
+
+    let deploy = get(Api::<Deployment>::namespaced(client.clone(), &ns), &name).await;
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert_eq!(deploy["spec"]["strategy"]["type"], "RollingUpdate");
+    let pod = &deploy["spec"]["template"]["spec"];
+    let env = env_of(&pod["containers"][0]);
+    assert_eq!(
+        env["FLOWGATE_LEDGER_URL"]["valueFrom"]["secretKeyRef"],
+        json!({"name": "flowgate-ledger", "key": "url"}),
+        "the URL (with its password) comes from the Secret"
+    );
+    let data = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "data")
+        .expect("data volume");
+    assert!(data.get("emptyDir").is_some(), "{data}");
+
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list claims");
+    assert!(claims.items.is_empty(), "no PVC with PostgreSQL");
+}
+
+#[tokio::test]
+async fn three_replicas_on_sqlite_are_refused_with_a_clear_message() {
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "chart-sqlite3").await;
+    let error = refused(&ns, &ns, &json!({"replicas": 3}));
+    assert!(
+        error.contains("replicas: 3 with the embedded SQLite ledger is refused"),
+        "{error}"
+    );
+    assert!(
+        error.contains("ledger.type=postgres") && error.contains("replicas: 1"),
+        "says how to fix it: {error}"
+    );
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    assert!(deployments.items.is_empty(), "nothing was created");
+    assert!(helm(&["status", &ns, "-n", &ns]).is_err(), "no release");
+}
+
+#[tokio::test]
+async fn values_of_the_wrong_shape_are_refused_by_the_schema() {
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "chart-schema").await;
+    let cases = [
+        (
+            json!({"replicas": "three"}),
+            "at '/replicas': got string, want integer",
+        ),
+        (
+            json!({"replica": 2}),
+            "additional properties 'replica' not allowed",
+        ),
+        (json!({"ledger": {"type": "mysql"}}), "at '/ledger/type'"),
+        (json!({"logFormat": "xml"}), "at '/logFormat'"),
+        (
+            json!({"auth": {"adminClaim": "role"}}),
+            "at '/auth/adminClaim'",
+        ),
+        (
+            json!({"flowise": {"url": "flowise:3000"}}),
+            "at '/flowise/url'",
+        ),
+    ];
+    for (values, expected) in cases {
+        let error = refused(&ns, &ns, &values);
+        assert!(
+            error.contains("values don't meet the specifications of the schema"),
+            "{values}: {error}"
+        );
+        assert!(error.contains(expected), "{values}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn contradicting_values_are_refused_with_a_message_saying_what_to_change() {
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "chart-refuse").await;
+    let cases = [
+        (
+            json!({"ledger": {"type": "postgres"}}),
+            "ledger.type=postgres needs the database URL",
+        ),
+        (
+            json!({"controller": {"enabled": false}, "proxy": {"enabled": false}}),
+            "nothing would run",
+        ),
+        (
+            json!({"flowise": {"networkPolicy": {"namespace": "flowise"}}}),
+            "flowise.networkPolicy.podLabels is empty",
+        ),
+        (
+            json!({"podDisruptionBudget": {"maxUnavailable": null}}),
+            "podDisruptionBudget.enabled needs maxUnavailable or minAvailable",
+        ),
+    ];
+    for (values, expected) in cases {
+        let error = refused(&ns, &ns, &values);
+        assert!(error.contains(expected), "{values}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_with_changed_values_updates_the_deployment() {
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "chart-upgrade").await;
+    install(&ns, &ns, &json!({})).unwrap_or_else(|e| panic!("install: {e}"));
+    let name = format!("{ns}-flowgate");
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let before = get(deployments.clone(), &name).await;
+
+    let values = json!({
+        "flowise": {"url": "http://flowise.ai-tools.svc:3000",
+                    "apiKey": {"existingSecret": "flowise-admin"}},
+        "auth": {"jwt": {"hs256Secret": {"existingSecret": "flowgate-jwt"}, "issuer": "https://id.example.com"}},
+        "controller": {"importNamespace": "flowise-imported", "syncInterval": "5m"},
+        "logFormat": "text",
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+    });
+    let release = upgrade(&ns, &ns, &values).unwrap_or_else(|e| panic!("upgrade: {e}"));
+    assert_eq!(release["revision"], 2);
+    assert_eq!(release["status"], "deployed");
+
+    let after = get(deployments, &name).await;
+    assert!(
+        after["metadata"]["generation"].as_i64() > before["metadata"]["generation"].as_i64(),
+        "the pod template changed"
+    );
+    let container = &after["spec"]["template"]["spec"]["containers"][0];
+    let env = env_of(container);
+    assert_eq!(
+        env_value(&env, "FLOWGATE_FLOWISE_URL"),
+        "http://flowise.ai-tools.svc:3000"
+    );
+    assert_eq!(env_value(&env, "FLOWGATE_LOG_FORMAT"), "text");
+    assert_eq!(env_value(&env, "FLOWGATE_SYNC_INTERVAL"), "5m");
+    assert_eq!(
+        env_value(&env, "FLOWGATE_IMPORT_NAMESPACE"),
+        "flowise-imported"
+    );
+    assert_eq!(
+        env_value(&env, "FLOWGATE_JWT_ISSUER"),
+        "https://id.example.com"
+    );
+    assert_eq!(
+        env_value(&env, "FLOWGATE_JWT_HS256_SECRET_FILE"),
+        "/etc/flowgate/jwt-hs256/secret"
+    );
+    assert_eq!(
+        env_value(&env, "FLOWGATE_FLOWISE_API_KEY_FILE"),
+        "/etc/flowgate/flowise-api-key/apiKey"
+    );
+    assert_eq!(container["resources"]["limits"]["memory"], "1Gi");
+    // The Secrets are mounted as files readable through the pod's fsGroup (0440).
+    let volumes = after["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes");
+    let jwt = volumes
+        .iter()
+        .find(|v| v["name"] == "jwt-hs256")
+        .expect("jwt volume");
+    assert_eq!(
+        jwt["secret"],
+        json!({"secretName": "flowgate-jwt", "items": [{"key": "secret", "path": "secret"}],
+               "defaultMode": 0o440})
+    );
+    let api_key = volumes
+        .iter()
+        .find(|v| v["name"] == "flowise-api-key")
+        .expect("Flowise key volume");
+    assert_eq!(api_key["secret"]["secretName"], "flowise-admin");
+}
+
+#[tokio::test]
+async fn uninstall_removes_what_install_created_and_keeps_the_ledger() {
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "chart-uninstall").await;
+    let flowise_ns = support::fresh_namespace(&client, "chart-uninstall-flowise").await;
+    let team_ns = support::fresh_namespace(&client, "chart-uninstall-team").await;
+    let values = json!({
+        "flowise": {"networkPolicy": {"namespace": flowise_ns, "podLabels": {"app": "flowise"}}},
+        "rbac": {"secretNamespaces": [team_ns]},
+        "dashboard": {"enabled": true},
+    });
+    install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
+    let name = format!("{ns}-flowgate");
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let services = Api::<Service>::namespaced(client.clone(), &ns);
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
+    let cluster_roles = Api::<ClusterRole>::all(client.clone());
+    let cluster_bindings = Api::<ClusterRoleBinding>::all(client.clone());
+    let roles = Api::<Role>::namespaced(client.clone(), &ns);
+    let team_roles = Api::<Role>::namespaced(client.clone(), &team_ns);
+    let team_bindings = Api::<RoleBinding>::namespaced(client.clone(), &team_ns);
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &flowise_ns);
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
+    let lease_role = format!("{name}-leader-election");
+    let key_role = format!("{name}-chatflow-api-keys");
+    let policy = format!("{name}-flowise-ingress");
+    let dashboard = format!("{name}-dashboard");
+    let claim = format!("{name}-ledger");
+
+    assert!(exists(deployments.clone(), &name).await);
+    assert!(exists(team_roles.clone(), &key_role).await);
+    assert!(exists(policies.clone(), &policy).await);
+    assert!(exists(configmaps.clone(), &dashboard).await);
+    assert!(pdb(&ns, &name).is_some());
+
+    let out = helm(&["uninstall", &ns, "-n", &ns]).unwrap_or_else(|e| panic!("uninstall: {e}"));
+    assert_eq!(release_json(out)["status"], "uninstalled");
+
+    assert!(!exists(deployments, &name).await, "Deployment");
+    assert!(!exists(services, &name).await, "Service");
+    assert!(!exists(accounts, &name).await, "ServiceAccount");
+    assert!(!exists(cluster_roles, &name).await, "ClusterRole");
+    assert!(!exists(cluster_bindings, &name).await, "ClusterRoleBinding");
+    assert!(!exists(roles, &lease_role).await, "lease Role");
+    assert!(!exists(team_roles, &key_role).await, "Secret Role");
+    assert!(
+        !exists(team_bindings, &key_role).await,
+        "Secret RoleBinding"
+    );
+    assert!(!exists(policies, &policy).await, "NetworkPolicy");
+    assert!(!exists(configmaps, &dashboard).await, "dashboard ConfigMap");
+    assert!(pdb(&ns, &name).is_none(), "PodDisruptionBudget");
+    assert!(helm(&["status", &ns, "-n", &ns]).is_err(), "release gone");
+    // The ledger survives an uninstall on purpose (helm.sh/resource-policy: keep).
+    assert!(exists(claims, &claim).await, "the ledger's claim is kept");
+}
+
+#[tokio::test]
+async fn the_network_policy_lets_only_flowgate_reach_flowise() {
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "chart-netpol").await;
+    let flowise_ns = support::fresh_namespace(&client, "chart-netpol-flowise").await;
+    let ingress_peer = json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}});
+    let values = json!({
+        "flowise": {"networkPolicy": {
+            "namespace": flowise_ns,
+            "podLabels": {"app.kubernetes.io/name": "flowise"},
+            "allowFrom": [ingress_peer],
+        }},
+    });
+    install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
+    let policy = get(
+        Api::<NetworkPolicy>::namespaced(client.clone(), &flowise_ns),
+        &format!("{ns}-flowgate-flowise-ingress"),
+    )
+    .await;
+    assert_eq!(
+        policy["spec"],
+        json!({
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "flowise"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                     "podSelector": {"matchLabels": {"app.kubernetes.io/name": "flowgate",
+                                                      "app.kubernetes.io/instance": ns}}},
+                    ingress_peer,
+                ],
+                "ports": [{"protocol": "TCP", "port": 3000}],
+            }],
+        })
+    );
+    // The flowgate pods carry the labels the policy admits.
+    let deploy = get(
+        Api::<Deployment>::namespaced(client.clone(), &ns),
+        &format!("{ns}-flowgate"),
+    )
+    .await;
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/name"], "flowgate");
+    assert_eq!(labels["app.kubernetes.io/instance"], json!(ns));
+}
+
+#[tokio::test]
+async fn secret_namespaces_replace_the_cluster_wide_secret_rule_with_roles() {
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "chart-secrets").await;
+    let team_a = support::fresh_namespace(&client, "chart-secrets-a").await;
+    let team_b = support::fresh_namespace(&client, "chart-secrets-b").await;
+    let values = json!({"rbac": {"secretNamespaces": [team_a, team_b]}});
+    install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
+    let name = format!("{ns}-flowgate");
+
+    let cluster_role = get(Api::<ClusterRole>::all(client.clone()), &name).await;
+    let rules = cluster_role["rules"].as_array().expect("rules");
+    assert!(
+        rules
+            .iter()
+            .all(|r| !r["resources"].to_string().contains("secrets")),
+        "no cluster-wide Secret access: {rules:?}"
+    );
+    assert_eq!(
+        rules.len(),
+        expected_cluster_rules().as_array().map_or(0, Vec::len) - 1
+    );
+    for team in [&team_a, &team_b] {
+        let role_name = format!("{name}-chatflow-api-keys");
+        let role = get(Api::<Role>::namespaced(client.clone(), team), &role_name).await;
+        assert_eq!(
+            role["rules"],
+            json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}])
+        );
+        let binding = get(
+            Api::<RoleBinding>::namespaced(client.clone(), team),
+            &role_name,
+        )
+        .await;
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": name, "namespace": ns}])
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_service_monitor_and_the_dashboard_are_rendered_when_enabled() {
+    let client = support::client().await;
+    install_service_monitor_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "chart-monitoring").await;
+    let values = json!({
+        "metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}}},
+        "dashboard": {"enabled": true, "annotations": {"grafana_folder": "flowgate"}},
+    });
+    install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
+    let name = format!("{ns}-flowgate");
+
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "monitoring.coreos.com",
+        "v1",
+        "ServiceMonitor",
+    ));
+    let monitors: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    let monitor = monitors.get(&name).await.expect("ServiceMonitor stored");
+    assert_eq!(
+        monitor
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("release")),
+        Some(&"prometheus".to_string())
+    );
+    assert_eq!(
+        monitor.data["spec"]["endpoints"],
+        json!([{"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}])
+    );
+    assert_eq!(
+        monitor.data["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"],
+        json!(ns)
+    );
+
+    let dashboard = get(
+        Api::<ConfigMap>::namespaced(client.clone(), &ns),
+        &format!("{name}-dashboard"),
+    )
+    .await;
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(
+        dashboard["metadata"]["annotations"]["grafana_folder"],
+        "flowgate"
+    );
+    let json_text = dashboard["data"]["flowgate.json"].as_str().expect("JSON");
+    let parsed: Value = serde_json::from_str(json_text).expect("the dashboard is JSON");
+    assert_eq!(parsed["uid"], "flowgate-overview");
+}
+
+#[test]
+fn the_rendered_rbac_grants_no_wildcards() {
+    for values in [
+        json!({}),
+        json!({"rbac": {"secretNamespaces": ["default"]}}),
+    ] {
+        let docs = template(&unique_release("rbac"), &values);
+        let roles: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+            .collect();
+        assert!(
+            roles.iter().any(|r| r["kind"] == "ClusterRole"),
+            "renders a ClusterRole"
+        );
+        for role in roles {
+            let name = &role["metadata"]["name"];
+            for rule in role["rules"].as_array().expect("rules") {
+                for field in [
+                    "apiGroups",
+                    "resources",
+                    "verbs",
+                    "nonResourceURLs",
+                    "resourceNames",
+                ] {
+                    let items = rule[field]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
+                    assert!(
+                        items
+                            .iter()
+                            .all(|v| !v.as_str().unwrap_or("").contains('*')),
+                        "{name}: wildcard in {field}: {rule}"
+                    );
+                }
+                let verbs = rule["verbs"].to_string();
+                for broad in ["escalate", "bind", "impersonate", "deletecollection"] {
+                    assert!(!verbs.contains(broad), "{name}: {broad} in {rule}");
+                }
+                if rule["resources"].to_string().contains("secrets") {
+                    assert_eq!(
+                        rule["verbs"],
+                        json!(["get"]),
+                        "{name}: Secrets are only read by name"
+                    );
+                }
+            }
+        }
+    }
+}

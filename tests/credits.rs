@@ -1,0 +1,349 @@
+//! Credits end to end: exact budgets under concurrency (one flowgate on SQLite, three flowgate
+//! processes sharing PostgreSQL), refunds when Flowise fails, token-based costs, idempotency.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use support::fake_flowise::{FakeFlowise, Mode};
+use support::gate::{Flowgate, Options, SECRET, eventually_status, predict};
+use support::team::Team;
+
+async fn credits(gate_base: &str, bearer: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{gate_base}/credits"))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .expect("credits answer")
+        .json()
+        .await
+        .expect("credits JSON")
+}
+
+fn balance<'a>(credits: &'a Value, policy: &str) -> &'a Value {
+    credits["balances"]
+        .as_array()
+        .and_then(|b| b.iter().find(|x| x["policy"] == policy))
+        .unwrap_or_else(|| panic!("no balance for {policy}: {credits}"))
+}
+
+/// Sends `n` predictions at once through `bases` (round robin); returns (200s, 402s, others).
+async fn burst(bases: &[String], bearer: &str, id: &str, n: usize) -> (usize, usize, Vec<u16>) {
+    let http = reqwest::Client::new();
+    let answers = futures::stream::iter(0..n)
+        .map(|i| {
+            let http = http.clone();
+            let url = format!("{}/api/v1/prediction/{id}", bases[i % bases.len()]);
+            let bearer = bearer.to_string();
+            async move {
+                http.post(url)
+                    .bearer_auth(bearer)
+                    .json(&json!({"question": format!("q{i}")}))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+        .buffer_unordered(n)
+        .collect::<Vec<u16>>()
+        .await;
+    let ok = answers.iter().filter(|s| **s == 200).count();
+    let refused = answers.iter().filter(|s| **s == 402).count();
+    let other = answers
+        .into_iter()
+        .filter(|s| *s != 200 && *s != 402)
+        .collect();
+    (ok, refused, other)
+}
+
+#[tokio::test]
+async fn exactly_the_budget_is_admitted_under_concurrency_with_sqlite() {
+    let team = Team::new("credits-sqlite").await;
+    team.policy(
+        "fifty",
+        json!({"chatflows": ["*"], "budget": {"credits": 50, "period": "Never"}}),
+    )
+    .await;
+    let gate = Flowgate::start().await;
+    let id = team.flowise_id.clone();
+    let probe = support::gate::token("probe", json!({"email": team.user()}));
+    // Wait until the policy is in the index: /credits lists it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while credits(&gate.base, &probe).await["balances"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "policy never indexed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (ok, refused, other) =
+        burst(std::slice::from_ref(&gate.base), &team.alice(), &id, 200).await;
+    assert_eq!(
+        (ok, refused, other),
+        (50, 150, vec![]),
+        "exactly the budget is admitted, against the real Flowise"
+    );
+    let (status, body) = predict(&gate, &team.alice(), &id, json!({"question": "one more"})).await;
+    assert_eq!(status, 402);
+    assert_eq!(body["error"]["policy"], format!("{}/fifty", team.ns));
+    assert_eq!(body["error"]["remaining"], 0);
+
+    let mine = credits(&gate.base, &team.alice()).await;
+    assert_eq!(balance(&mine, &format!("{}/fifty", team.ns))["used"], 50);
+    let someone_else = credits(&gate.base, &probe).await;
+    assert_eq!(
+        balance(&someone_else, &format!("{}/fifty", team.ns))["used"],
+        0,
+        "PerSubject budgets are separate"
+    );
+    team.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failing_flowise_refunds_and_token_usage_is_charged() {
+    let team = Team::with_fake_flowise("credits-refund").await;
+    let policy = format!("{}/tokens", team.ns);
+    team.policy(
+        "tokens",
+        json!({"chatflows": ["support-bot"], "budget": {"credits": 1000, "period": "Daily"},
+                                 "cost": {"perPrediction": 2, "perThousandTokens": 10}}),
+    )
+    .await;
+    let failing = FakeFlowise::start(Mode::Fail).await;
+    let gate = Flowgate::start_with(Options {
+        flowise_url: Some(failing.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let id = team.flowise_id.clone();
+    let body = eventually_status(&gate, &team.alice(), &id, 502).await;
+    assert_eq!(body["error"]["code"], "upstream_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("boom")),
+        "{body}"
+    );
+    for _ in 0..5 {
+        let (status, _) = predict(&gate, &team.alice(), &id, json!({"question": "x"})).await;
+        assert_eq!(status, 502);
+    }
+    assert!(failing.predictions() >= 6);
+    // Refunds are written off the request path: wait for them to land.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let used = balance(&credits(&gate.base, &team.alice()).await, &policy)["used"].as_i64();
+        if used == Some(0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "balance unchanged after failures, got {used:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let answering = FakeFlowise::start(Mode::Answer { tokens: 1500 }).await;
+    let gate = Flowgate::start_with(Options {
+        flowise_url: Some(answering.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+    let streaming = FakeFlowise::start(Mode::Stream {
+        tokens: 250,
+        gap: Duration::from_millis(5),
+    })
+    .await;
+    let gate2 = Flowgate::start_with(Options {
+        flowise_url: Some(streaming.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate2.base))
+        .bearer_auth(team.alice())
+        .json(&json!({"question": "hi", "streaming": true}))
+        .send()
+        .await
+        .expect("stream");
+    let text = resp.text().await.expect("stream read");
+    assert!(text.contains("usageMetadata"), "{text}");
+    // Each test flowgate has its own SQLite ledger. JSON answer: 2 + ceil(1500 * 10 / 1000) = 17
+    // (the readiness probe above was one such prediction); stream: 2 + ceil(250 * 10 / 1000) = 5.
+    for (base, want) in [(&gate.base, 17), (&gate2.base, 5)] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let used = balance(&credits(base, &team.alice()).await, &policy)["used"].as_i64();
+            if used == Some(want) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "charged flat + tokens: want {want}, got {used:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    team.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_retried_request_with_the_same_idempotency_key_is_charged_once() {
+    let team = Team::with_fake_flowise("credits-idem").await;
+    let policy = format!("{}/ten", team.ns);
+    team.policy("ten", json!({"chatflows": ["*"], "budget": {"credits": 10, "period": "Monthly", "timeZone": "Europe/Berlin"}})).await;
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let gate = Flowgate::start_with(Options {
+        flowise_url: Some(fake.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let id = team.flowise_id.clone();
+    let http = reqwest::Client::new();
+    let send = |key: &'static str| {
+        http.post(format!("{}/api/v1/prediction/{id}", gate.base))
+            .bearer_auth(team.alice())
+            .header("Idempotency-Key", key)
+            .json(&json!({"question": "pay once"}))
+            .send()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if send("warm-up").await.expect("answer").status() == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = send("order-42").await.expect("answer");
+    assert_eq!(first.status(), 200);
+    let retry = send("order-42").await.expect("answer");
+    assert_eq!(retry.status(), 409);
+    let body: Value = retry.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "duplicate_request");
+    let mine = credits(&gate.base, &team.alice()).await;
+    let line = balance(&mine, &policy);
+    assert_eq!(line["used"], 2, "warm-up + order-42 charged once: {mine}");
+    assert_eq!(line["timeZone"], "Europe/Berlin");
+    assert!(
+        line["resetAt"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("T23:00:00Z") || r.ends_with("T22:00:00Z")),
+        "local midnight on the 1st: {line}"
+    );
+    team.cleanup().await;
+}
+
+/// A flowgate process (the real binary) for multi-replica tests; killed when dropped.
+struct Replica {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn spawn_replica(flowise_url: &str, ledger_url: &str, secret_file: &std::path::Path) -> Replica {
+    let (port, ops) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["run", "--no-controller"])
+        .env("FLOWGATE_FLOWISE_URL", flowise_url)
+        .env("FLOWGATE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("FLOWGATE_OPS_ADDR", format!("127.0.0.1:{ops}"))
+        .env("FLOWGATE_LEDGER_URL", ledger_url)
+        .env("FLOWGATE_JWT_HS256_SECRET_FILE", secret_file)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("flowgate binary starts");
+    Replica {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+#[tokio::test]
+async fn three_flowgate_processes_sharing_postgres_admit_exactly_the_budget() {
+    let pg = std::env::var("FLOWGATE_TEST_POSTGRES_URL").unwrap_or_default();
+    assert!(
+        !pg.is_empty(),
+        "FLOWGATE_TEST_POSTGRES_URL is not set: run scripts/test.sh, or `scripts/postgres.sh start && eval \"$(scripts/postgres.sh env)\"`"
+    );
+    let team = Team::with_fake_flowise("credits-pg").await;
+    team.policy("shared-fifty", json!({"chatflows": ["*"], "budget": {"credits": 50, "period": "Never", "scope": "Shared"}})).await;
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = dir.path().join("hs256");
+    std::fs::write(&secret, SECRET).expect("secret");
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| spawn_replica(&fake.url, &pg, &secret))
+        .collect();
+    let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+    let id = team.flowise_id.clone();
+    let probe = support::gate::token("probe", json!({"groups": [team.group()]}));
+    // Every replica must have the policy indexed before the burst.
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for base in &bases {
+        loop {
+            let listed = match http
+                .get(format!("{base}/credits"))
+                .bearer_auth(&probe)
+                .send()
+                .await
+            {
+                Ok(resp) => resp
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["balances"].as_array().map(|b| !b.is_empty()))
+                    .unwrap_or(false),
+                Err(_) => false,
+            };
+            if listed {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica {base} never ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // A shared budget: alice and the group members draw from the same 50.
+    let (ok, refused, other) = burst(&bases, &team.alice(), &id, 200).await;
+    assert_eq!(
+        (ok, refused, other),
+        (50, 150, vec![]),
+        "exactly 50 across three replicas"
+    );
+    assert_eq!(
+        fake.predictions(),
+        50,
+        "only admitted requests reached Flowise"
+    );
+    team.cleanup().await;
+}

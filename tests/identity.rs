@@ -1,0 +1,691 @@
+//! Bearer JWT verification against every key source, with real signatures: static HS256 secret
+//! and PEM keys, a JWKS URL and OIDC discovery served by an in-process server that counts
+//! fetches.
+
+mod identity_support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use flowgate::config::{ClaimMapping, JwtConfig};
+use flowgate::identity::{AuthError, MAX_TOKEN_BYTES, Verifier, VerifierOptions};
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+
+use identity_support::{KeyServer, Signer, claims, fixture, fixture_path, jwks, now, raw_token};
+
+const SECRET: &[u8] = b"an-hs256-secret-of-at-least-32-bytes!";
+
+fn config() -> JwtConfig {
+    JwtConfig {
+        leeway: Duration::from_secs(30),
+        ..JwtConfig::default()
+    }
+}
+
+fn verifier(config: &JwtConfig) -> Verifier {
+    Verifier::new(config, &ClaimMapping::default(), None).expect("valid configuration")
+}
+
+/// A verifier for the HS256 secret, written to a file with a trailing newline.
+fn hs256_verifier(adjust: impl FnOnce(&mut JwtConfig)) -> (Verifier, tempfile::NamedTempFile) {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(SECRET)
+        .and_then(|()| file.write_all(b"\n"))
+        .expect("writes");
+    let mut config = JwtConfig {
+        hs256_secret_file: Some(file.path().to_path_buf()),
+        ..config()
+    };
+    adjust(&mut config);
+    (verifier(&config), file)
+}
+
+fn pem_verifier(public_key: &str) -> Verifier {
+    verifier(&JwtConfig {
+        public_key_file: Some(fixture_path(public_key)),
+        ..config()
+    })
+}
+
+fn with(claims_patch: Value) -> Value {
+    let mut claims = claims();
+    for (name, value) in claims_patch.as_object().expect("object") {
+        if value.is_null() {
+            claims.as_object_mut().expect("object").remove(name);
+        } else {
+            claims[name] = value.clone();
+        }
+    }
+    claims
+}
+
+fn reason(result: Result<flowgate::identity::Identity, AuthError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(e) => e.reason(),
+    }
+}
+
+// --- static keys --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn hs256_secret_file_accepts_a_good_token_and_maps_its_claims() {
+    let (verifier, _file) = hs256_verifier(|_| {});
+    let exp = now() + 600;
+    let token = Signer::hs256(SECRET).sign(&with(json!({"exp": exp})));
+    let identity = verifier.verify(&token).await.expect("valid token");
+    assert_eq!(identity.users, ["alice", "alice@example.com"]);
+    assert_eq!(identity.groups, ["support"]);
+    assert!(identity.admin);
+    assert_eq!(identity.key, "user:alice");
+    assert_eq!(identity.service_account, None);
+    assert_eq!(identity.expires_at.as_second(), exp);
+}
+
+#[tokio::test]
+async fn rsa_public_key_accepts_rs256_and_ps256_tokens() {
+    let verifier = pem_verifier("rsa.pub");
+    for alg in [Algorithm::RS256, Algorithm::RS512, Algorithm::PS256] {
+        let token = Signer::rsa("rsa.key", alg).sign(&claims());
+        assert_eq!(reason(verifier.verify(&token).await), "ok", "{alg:?}");
+    }
+}
+
+#[tokio::test]
+async fn ec_p256_public_key_accepts_es256_tokens() {
+    let token = Signer::ec256().sign(&claims());
+    let identity = pem_verifier("ec256.pub").verify(&token).await;
+    assert_eq!(identity.map(|i| i.key), Ok("user:alice".to_string()));
+}
+
+#[tokio::test]
+async fn ed25519_public_key_accepts_eddsa_tokens() {
+    let token = Signer::ed25519().sign(&claims());
+    let identity = pem_verifier("ed25519.pub").verify(&token).await;
+    assert_eq!(identity.map(|i| i.key), Ok("user:alice".to_string()));
+}
+
+#[tokio::test]
+async fn a_token_signed_by_another_key_has_a_bad_signature() {
+    let token = Signer::rsa("rsa2.key", Algorithm::RS256).sign(&claims());
+    assert_eq!(
+        reason(pem_verifier("rsa.pub").verify(&token).await),
+        "bad_signature"
+    );
+    let token = Signer::hs256(b"another-secret-of-at-least-32-bytes!!").sign(&claims());
+    let (verifier, _file) = hs256_verifier(|_| {});
+    assert_eq!(reason(verifier.verify(&token).await), "bad_signature");
+}
+
+#[tokio::test]
+async fn a_tampered_payload_has_a_bad_signature() {
+    let token = Signer::ed25519().sign(&claims());
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let forged = identity_support::b64(with(json!({"sub": "mallory"})).to_string());
+    parts[1] = &forged;
+    let forged = parts.join(".");
+    assert_eq!(
+        reason(pem_verifier("ed25519.pub").verify(&forged).await),
+        "bad_signature"
+    );
+}
+
+// --- registered claims ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn expired_and_not_yet_valid_tokens_are_rejected() {
+    let (verifier, _file) = hs256_verifier(|_| {});
+    let sign = |patch| Signer::hs256(SECRET).sign(&with(patch));
+    let cases = [
+        (json!({"exp": now() - 120}), "expired"),
+        (json!({"nbf": now() + 120}), "not_yet_valid"),
+        (json!({"nbf": now() - 120}), "ok"),
+    ];
+    for (patch, expected) in cases {
+        assert_eq!(
+            reason(verifier.verify(&sign(patch.clone())).await),
+            expected,
+            "{patch}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_leeway_is_honoured() {
+    let sign = |patch| Signer::hs256(SECRET).sign(&with(patch));
+    let just_expired = sign(json!({"exp": now() - 10}));
+    let almost_valid = sign(json!({"nbf": now() + 10}));
+
+    let (lenient, _file) = hs256_verifier(|_| {});
+    assert_eq!(reason(lenient.verify(&just_expired).await), "ok");
+    assert_eq!(reason(lenient.verify(&almost_valid).await), "ok");
+
+    let (strict, _file) = hs256_verifier(|c| c.leeway = Duration::ZERO);
+    assert_eq!(reason(strict.verify(&just_expired).await), "expired");
+    assert_eq!(reason(strict.verify(&almost_valid).await), "not_yet_valid");
+}
+
+#[tokio::test]
+async fn configured_issuer_and_audience_are_required() {
+    let (verifier, _file) = hs256_verifier(|c| {
+        c.issuer = Some("https://idp.example.com".into());
+        c.audience = Some("flowgate".into());
+    });
+    let sign = |patch| Signer::hs256(SECRET).sign(&with(patch));
+    let cases = [
+        (
+            json!({"iss": "https://idp.example.com", "aud": ["x", "flowgate"]}),
+            "ok",
+        ),
+        (
+            json!({"iss": "https://evil.example.com", "aud": "flowgate"}),
+            "wrong_issuer",
+        ),
+        (json!({"aud": "flowgate"}), "missing_claim"),
+        (
+            json!({"iss": "https://idp.example.com", "aud": "other"}),
+            "wrong_audience",
+        ),
+        (json!({"iss": "https://idp.example.com"}), "missing_claim"),
+    ];
+    for (patch, expected) in cases {
+        assert_eq!(
+            reason(verifier.verify(&sign(patch.clone())).await),
+            expected,
+            "{patch}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn exp_is_required_and_must_be_a_number() {
+    let (verifier, _file) = hs256_verifier(|_| {});
+    let missing = Signer::hs256(SECRET).sign(&with(json!({"exp": null})));
+    assert_eq!(
+        verifier.verify(&missing).await,
+        Err(AuthError::MissingClaim("exp".into()))
+    );
+    let string = Signer::hs256(SECRET).sign(&with(json!({"exp": (now() + 600).to_string()})));
+    assert_eq!(
+        verifier.verify(&string).await,
+        Err(AuthError::InvalidClaim("exp".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_token_without_any_user_claim_is_rejected() {
+    let (verifier, _file) = hs256_verifier(|_| {});
+    let token = Signer::hs256(SECRET).sign(&with(json!({"sub": null, "email": null})));
+    assert_eq!(
+        verifier.verify(&token).await,
+        Err(AuthError::MissingClaim("sub".into()))
+    );
+}
+
+// --- algorithms -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn alg_none_is_rejected_in_every_casing() {
+    let (verifier, _file) = hs256_verifier(|_| {});
+    let payload = claims().to_string();
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        let header = format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#);
+        for signature in ["", "c2ln"] {
+            let token = raw_token(&header, &payload, signature);
+            assert_eq!(
+                verifier.verify(&token).await,
+                Err(AuthError::UnsupportedAlgorithm),
+                "{alg} with signature {signature:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_rsa_public_key_is_rejected() {
+    // The classic algorithm-confusion attack: use the (public) PEM as an HMAC secret.
+    let public_pem = fixture("rsa.pub");
+    let forged = Signer::hs256(&public_pem).sign(&claims());
+    assert_eq!(
+        pem_verifier("rsa.pub").verify(&forged).await,
+        Err(AuthError::AlgorithmMismatch)
+    );
+
+    let server = KeyServer::start(jwks(&[
+        &Signer::rsa("rsa.key", Algorithm::RS256).with_kid("r1")
+    ]))
+    .await;
+    let verifier = verifier(&JwtConfig {
+        jwks_url: Some(server.jwks_url()),
+        ..config()
+    });
+    let forged = Signer::hs256(&public_pem).with_kid("r1").sign(&claims());
+    assert_eq!(
+        verifier.verify(&forged).await,
+        Err(AuthError::AlgorithmMismatch)
+    );
+}
+
+#[tokio::test]
+async fn a_header_alg_outside_the_keys_family_is_rejected() {
+    let es256 = Signer::ec256().sign(&claims());
+    assert_eq!(
+        pem_verifier("rsa.pub").verify(&es256).await,
+        Err(AuthError::AlgorithmMismatch)
+    );
+    let rs256 = Signer::rsa("rsa.key", Algorithm::RS256).sign(&claims());
+    assert_eq!(
+        pem_verifier("ec256.pub").verify(&rs256).await,
+        Err(AuthError::AlgorithmMismatch)
+    );
+    let (verifier, _file) = hs256_verifier(|_| {});
+    let hs384 = Signer::hs256(SECRET)
+        .with_alg(Algorithm::HS384)
+        .sign(&claims());
+    assert_eq!(
+        verifier.verify(&hs384).await,
+        Err(AuthError::AlgorithmMismatch)
+    );
+}
+
+#[tokio::test]
+async fn a_cached_token_still_expires() {
+    let (verifier, _file) = hs256_verifier(|c| c.leeway = Duration::ZERO);
+    let token = Signer::hs256(SECRET).sign(&with(json!({"exp": now() + 1})));
+    assert_eq!(reason(verifier.verify(&token).await), "ok");
+    assert_eq!(reason(verifier.verify(&token).await), "ok", "served again");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(verifier.verify(&token).await, Err(AuthError::Expired));
+}
+
+// --- shape and size -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn garbage_truncated_and_extra_segments_are_malformed() {
+    let (verifier, _file) = hs256_verifier(|_| {});
+    let good = Signer::hs256(SECRET).sign(&claims());
+    let (head, signature) = good.rsplit_once('.').expect("three segments");
+    assert_eq!(signature.len(), 43, "HS256: 32 bytes of base64url");
+    let cases = [
+        "garbage".to_string(),
+        "a.b.c".to_string(),
+        head.to_string(),
+        format!("{head}."),
+        // 33 signature characters cannot be base64.
+        good[..good.len() - 10].to_string(),
+        format!("{good}.extra"),
+        format!("{head}.!!notbase64!!"),
+        format!("{}.{signature}", &head[..head.len() - 3]),
+        raw_token(r#"{"alg":"HS256"}"#, "not json", signature),
+    ];
+    for token in cases {
+        let result = verifier.verify(&token).await;
+        assert!(
+            matches!(result, Err(AuthError::Malformed(_))),
+            "{token}: {result:?}"
+        );
+    }
+    assert_eq!(reason(verifier.verify("").await), "missing");
+
+    let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+    let corrupted = format!("{head}.{flipped}{}", &signature[1..]);
+    assert_eq!(
+        verifier.verify(&corrupted).await,
+        Err(AuthError::BadSignature)
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_token_is_rejected_before_decoding() {
+    let (verifier, _file) = hs256_verifier(|_| {});
+    let big = with(json!({"padding": "x".repeat(MAX_TOKEN_BYTES)}));
+    let token = Signer::hs256(SECRET).sign(&big);
+    assert_eq!(verifier.verify(&token).await, Err(AuthError::TooLarge));
+    let huge_header = format!("{}.e30.c2ln", "A".repeat(2000));
+    assert_eq!(
+        verifier.verify(&huge_header).await,
+        Err(AuthError::TooLarge)
+    );
+}
+
+// --- configuration --------------------------------------------------------------------------
+
+#[test]
+fn bad_key_configuration_names_its_setting() {
+    let mapping = ClaimMapping::default();
+    let err = Verifier::new(&config(), &mapping, None).expect_err("no key source");
+    assert!(err.setting.contains("FLOWGATE_JWKS_URL"), "{err}");
+
+    let cases = [
+        (fixture_path("rsa.key"), "private key"),
+        (fixture_path("README.md"), "not a PEM"),
+        (fixture_path("missing.pub"), "cannot read"),
+    ];
+    for (path, problem) in cases {
+        let config = JwtConfig {
+            public_key_file: Some(path),
+            ..config()
+        };
+        let err = Verifier::new(&config, &mapping, None).expect_err("bad key file");
+        assert_eq!(err.setting, "FLOWGATE_JWT_PUBLIC_KEY_FILE");
+        assert!(err.problem.contains(problem), "{err}");
+    }
+
+    let config = JwtConfig {
+        service_account_audience: Some("flowgate".into()),
+        ..config()
+    };
+    let err = Verifier::new(&config, &mapping, None).expect_err("needs a cluster");
+    assert_eq!(err.setting, "FLOWGATE_SERVICE_ACCOUNT_AUDIENCE");
+}
+
+// --- JWKS URL -------------------------------------------------------------------------------
+
+fn jwks_verifier(server: &KeyServer, cooldown: Duration) -> Verifier {
+    let config = JwtConfig {
+        jwks_url: Some(server.jwks_url()),
+        ..config()
+    };
+    let options = VerifierOptions {
+        refresh_cooldown: cooldown,
+        ..VerifierOptions::default()
+    };
+    Verifier::with_options(&config, &ClaimMapping::default(), None, options).expect("valid")
+}
+
+#[tokio::test]
+async fn a_jwks_url_serves_rsa_ec_and_ed25519_keys() {
+    let signers = [
+        Signer::rsa("rsa.key", Algorithm::RS256).with_kid("rsa"),
+        Signer::ec256().with_kid("ec"),
+        Signer::ed25519().with_kid("ed"),
+    ];
+    let server = KeyServer::start(jwks(&signers.iter().collect::<Vec<_>>())).await;
+    let verifier = jwks_verifier(&server, Duration::from_secs(30));
+    for signer in &signers {
+        assert_eq!(reason(verifier.verify(&signer.sign(&claims())).await), "ok");
+    }
+    assert_eq!(server.jwks_fetches(), 1, "keys are fetched once and cached");
+    assert!(verifier.keys_loaded());
+}
+
+#[tokio::test]
+async fn an_unknown_kid_is_rejected() {
+    let server = KeyServer::start(jwks(&[&Signer::ed25519().with_kid("ed")])).await;
+    let verifier = jwks_verifier(&server, Duration::from_secs(30));
+    let token = Signer::ed25519().with_kid("someone-else").sign(&claims());
+    assert_eq!(verifier.verify(&token).await, Err(AuthError::UnknownKey));
+    assert_eq!(server.jwks_fetches(), 1);
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_picked_up_through_its_unknown_kid() {
+    let cooldown = Duration::from_millis(400);
+    let old = Signer::ed25519().with_kid("old");
+    let new = Signer::rsa("rsa2.key", Algorithm::RS256).with_kid("new");
+    let server = KeyServer::start(jwks(&[&old])).await;
+    let verifier = jwks_verifier(&server, cooldown);
+    let old_token = old.sign(&claims());
+    assert_eq!(reason(verifier.verify(&old_token).await), "ok");
+    assert_eq!(server.jwks_fetches(), 1);
+
+    server.set_jwks(jwks(&[&new]));
+    let token = new.sign(&claims());
+    assert_eq!(
+        verifier.verify(&token).await,
+        Err(AuthError::UnknownKey),
+        "within the cooldown the key set is not fetched again"
+    );
+    assert_eq!(server.jwks_fetches(), 1);
+
+    tokio::time::sleep(cooldown + Duration::from_millis(100)).await;
+    assert_eq!(reason(verifier.verify(&token).await), "ok");
+    assert_eq!(server.jwks_fetches(), 2);
+    assert_eq!(
+        verifier.verify(&old_token).await,
+        Err(AuthError::UnknownKey),
+        "a key removed from the set is no longer accepted, not even for a cached token"
+    );
+    assert_eq!(server.jwks_fetches(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_kids_causes_one_shared_fetch() {
+    let known = Signer::ed25519().with_kid("known");
+    let server = KeyServer::start(jwks(&[&known])).await;
+    server.set_delay(Duration::from_millis(300));
+    let verifier = jwks_verifier(&server, Duration::from_secs(30));
+
+    let flood = |round: usize| {
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let verifier = verifier.clone();
+                let token = Signer::ed25519()
+                    .with_kid(&format!("random-{round}-{i}"))
+                    .sign(&claims());
+                tokio::spawn(async move { verifier.verify(&token).await })
+            })
+            .collect();
+        futures::future::join_all(tasks)
+    };
+    for result in flood(1).await {
+        // UnknownKey, not KeysUnavailable: every request waited for the one fetch.
+        assert_eq!(result.expect("task"), Err(AuthError::UnknownKey));
+    }
+    assert_eq!(server.jwks_fetches(), 1);
+    for result in flood(2).await {
+        assert_eq!(result.expect("task"), Err(AuthError::UnknownKey));
+    }
+    assert_eq!(
+        server.jwks_fetches(),
+        1,
+        "no second fetch within the cooldown"
+    );
+    assert_eq!(reason(verifier.verify(&known.sign(&claims())).await), "ok");
+    assert_eq!(server.jwks_fetches(), 1);
+}
+
+#[tokio::test]
+async fn a_failing_key_server_leaves_the_old_keys_in_use() {
+    let cooldown = Duration::from_millis(200);
+    let signer = Signer::ed25519().with_kid("ed");
+    let server = KeyServer::start(jwks(&[&signer])).await;
+    let verifier = jwks_verifier(&server, cooldown);
+    assert_eq!(reason(verifier.verify(&signer.sign(&claims())).await), "ok");
+
+    server.set_failing(true);
+    tokio::time::sleep(cooldown + Duration::from_millis(50)).await;
+    let unknown = Signer::ed25519().with_kid("unknown").sign(&claims());
+    assert_eq!(verifier.verify(&unknown).await, Err(AuthError::UnknownKey));
+    assert_eq!(server.jwks_fetches(), 2, "the refresh was attempted");
+    // A token not seen before, so the old key (not the token cache) accepts it.
+    let fresh = signer.sign(&with(json!({"sub": "bob"})));
+    assert_eq!(reason(verifier.verify(&fresh).await), "ok");
+    assert!(
+        verifier.refresh().await,
+        "keys stay loaded after a failed refresh"
+    );
+    assert_eq!(server.jwks_fetches(), 3);
+    let fresh = signer.sign(&with(json!({"sub": "carol"})));
+    assert_eq!(reason(verifier.verify(&fresh).await), "ok");
+}
+
+#[tokio::test]
+async fn an_unreachable_key_server_leaves_the_old_keys_in_use() {
+    let cooldown = Duration::from_millis(200);
+    let signer = Signer::ed25519().with_kid("ed");
+    let server = KeyServer::start(jwks(&[&signer])).await;
+    let verifier = jwks_verifier(&server, cooldown);
+    assert_eq!(reason(verifier.verify(&signer.sign(&claims())).await), "ok");
+
+    server.stop().await;
+    tokio::time::sleep(cooldown + Duration::from_millis(50)).await;
+    let unknown = Signer::ed25519().with_kid("unknown").sign(&claims());
+    assert_eq!(verifier.verify(&unknown).await, Err(AuthError::UnknownKey));
+    assert_eq!(verifier.key_fetches(), 2, "the refresh was attempted");
+    let fresh = signer.sign(&with(json!({"sub": "bob"})));
+    assert_eq!(reason(verifier.verify(&fresh).await), "ok");
+}
+
+#[tokio::test]
+async fn the_background_refresh_picks_up_new_keys_by_itself() {
+    let old = Signer::ed25519().with_kid("old");
+    let new = Signer::ec256().with_kid("new");
+    let server = KeyServer::start(jwks(&[&old])).await;
+    let config = JwtConfig {
+        jwks_url: Some(server.jwks_url()),
+        ..config()
+    };
+    let options = VerifierOptions {
+        refresh_interval: Duration::from_millis(100),
+        // Long enough that an unknown kid cannot be what fetches the new keys.
+        refresh_cooldown: Duration::from_secs(3600),
+        ..VerifierOptions::default()
+    };
+    let verifier =
+        Verifier::with_options(&config, &ClaimMapping::default(), None, options).expect("valid");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(verifier.clone().run_refresh(shutdown.clone()));
+
+    server.set_jwks(jwks(&[&new]));
+    let fetched_again = async {
+        while server.jwks_fetches() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fetched_again)
+        .await
+        .expect("a periodic fetch");
+    assert_eq!(reason(verifier.verify(&new.sign(&claims())).await), "ok");
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the refresh loop stops on shutdown")
+        .expect("no panic");
+}
+
+#[test]
+fn a_verifier_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync + Clone + 'static>() {}
+    shared::<Verifier>();
+}
+
+#[tokio::test]
+async fn keys_that_never_loaded_are_a_transient_error() {
+    let server = KeyServer::start(json!({})).await;
+    server.set_failing(true);
+    let verifier = jwks_verifier(&server, Duration::from_secs(30));
+    let token = Signer::ed25519().with_kid("ed").sign(&claims());
+    let error = verifier.verify(&token).await.expect_err("no keys");
+    assert_eq!(error, AuthError::KeysUnavailable);
+    assert!(error.is_transient());
+    assert_eq!(
+        verifier.verify(&token).await,
+        Err(AuthError::KeysUnavailable)
+    );
+    assert_eq!(server.jwks_fetches(), 1, "retries wait for the cooldown");
+    assert!(!verifier.keys_loaded());
+}
+
+#[tokio::test]
+async fn an_oversized_key_set_is_refused() {
+    let signer = Signer::ed25519().with_kid("ed");
+    let mut big = jwks(&[&signer]);
+    big["padding"] = json!("x".repeat(10_000));
+    let server = KeyServer::start(big).await;
+    let config = JwtConfig {
+        jwks_url: Some(server.jwks_url()),
+        ..config()
+    };
+    let options = VerifierOptions {
+        max_response_bytes: 4096,
+        ..VerifierOptions::default()
+    };
+    let verifier =
+        Verifier::with_options(&config, &ClaimMapping::default(), None, options).expect("valid");
+    assert!(!verifier.refresh().await);
+    assert_eq!(
+        verifier.verify(&signer.sign(&claims())).await,
+        Err(AuthError::KeysUnavailable)
+    );
+}
+
+#[tokio::test]
+async fn static_and_remote_keys_work_side_by_side() {
+    let remote = Signer::ed25519().with_kid("ed");
+    let server = KeyServer::start(jwks(&[&remote])).await;
+    let (verifier, _file) = hs256_verifier(|c| c.jwks_url = Some(server.jwks_url()));
+    assert_eq!(reason(verifier.verify(&remote.sign(&claims())).await), "ok");
+    let hs = Signer::hs256(SECRET);
+    assert_eq!(reason(verifier.verify(&hs.sign(&claims())).await), "ok");
+    // A kid the key set does not know falls back to the static key of the token's family.
+    let hs_with_kid = Signer::hs256(SECRET).with_kid("hs-1").sign(&claims());
+    assert_eq!(reason(verifier.verify(&hs_with_kid).await), "ok");
+}
+
+// --- OIDC discovery -------------------------------------------------------------------------
+
+fn oidc_verifier(server: &KeyServer, issuer: Option<&str>) -> Verifier {
+    let config = JwtConfig {
+        oidc_issuer_url: Some(reqwest::Url::parse(&server.base()).expect("url")),
+        issuer: issuer.map(String::from),
+        ..config()
+    };
+    verifier(&config)
+}
+
+#[tokio::test]
+async fn oidc_discovery_finds_the_keys_and_requires_the_discovered_issuer() {
+    let signer = Signer::rsa("rsa.key", Algorithm::RS256).with_kid("idp-1");
+    let server = KeyServer::start(jwks(&[&signer])).await;
+    server.set_discovery(&server.base());
+    let verifier = oidc_verifier(&server, None);
+
+    let token = signer.sign(&with(json!({"iss": server.base()})));
+    assert_eq!(reason(verifier.verify(&token).await), "ok");
+    assert_eq!((server.discovery_fetches(), server.jwks_fetches()), (1, 1));
+
+    let other = signer.sign(&with(json!({"iss": "https://elsewhere.example.com"})));
+    assert_eq!(verifier.verify(&other).await, Err(AuthError::WrongIssuer));
+    let none = signer.sign(&claims());
+    assert_eq!(
+        verifier.verify(&none).await,
+        Err(AuthError::MissingClaim("iss".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_configured_issuer_overrides_the_discovered_one() {
+    let signer = Signer::ec256().with_kid("idp-1");
+    let server = KeyServer::start(jwks(&[&signer])).await;
+    server.set_discovery(&server.base());
+    let verifier = oidc_verifier(&server, Some("https://public.example.com"));
+    let public = signer.sign(&with(json!({"iss": "https://public.example.com"})));
+    assert_eq!(reason(verifier.verify(&public).await), "ok");
+    let discovered = signer.sign(&with(json!({"iss": server.base()})));
+    assert_eq!(
+        verifier.verify(&discovered).await,
+        Err(AuthError::WrongIssuer)
+    );
+}
+
+#[tokio::test]
+async fn a_discovery_document_for_another_issuer_is_refused() {
+    let signer = Signer::ed25519().with_kid("ed");
+    let server = KeyServer::start(jwks(&[&signer])).await;
+    server.set_discovery("https://impostor.example.com");
+    let verifier = oidc_verifier(&server, None);
+    assert!(!verifier.refresh().await);
+    assert_eq!(
+        server.jwks_fetches(),
+        0,
+        "the key set of a mismatched issuer is not read"
+    );
+    let token = signer.sign(&with(json!({"iss": "https://impostor.example.com"})));
+    assert_eq!(
+        verifier.verify(&token).await,
+        Err(AuthError::KeysUnavailable)
+    );
+}

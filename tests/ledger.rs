@@ -1,0 +1,757 @@
+//! The ledger's scenario suite: every scenario runs against every backend.
+//!
+//! `scenarios!` generates, for each scenario, `sqlite::<name>` (a file in a temporary directory)
+//! and `postgres::<name>` (a fresh schema in `FLOWGATE_TEST_POSTGRES_URL`; the tests fail when
+//! it is unset: run `scripts/postgres.sh start` and `eval "$(scripts/postgres.sh env)"`).
+//! The clock is injected through `now`; nothing sleeps.
+
+#[path = "ledger/postgres_replicas.rs"]
+mod postgres_replicas;
+#[path = "ledger/sqlite_crash.rs"]
+mod sqlite_crash;
+#[path = "ledger/support.rs"]
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use flowgate::crd::policy::Period;
+use flowgate::ledger::{
+    self, LedgerError, PolicyUsage, ReservationId, ReservationState, ReserveOutcome, Resolution,
+    UsageFilter, UsageRecord,
+};
+use jiff::SignedDuration;
+
+use support::{OutcomeExt, Store, at, concurrently, line, now, request, used};
+
+macro_rules! scenarios {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(crate::support::sqlite()).await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let store = crate::support::postgres(stringify!($scenario)).await;
+                    super::$scenario(store).await;
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(
+    a_reserve_within_budget_is_charged_and_reports_what_remains,
+    an_exhausted_budget_names_the_policy_what_remains_and_when_it_resets,
+    several_policies_are_charged_all_or_nothing,
+    per_subject_buckets_are_independent_and_a_shared_bucket_is_not,
+    settle_may_charge_more_than_reserved_and_the_next_reserve_is_refused,
+    refund_releases_what_was_held,
+    settle_and_refund_are_idempotent,
+    closing_an_unknown_reservation_or_with_the_wrong_line_count_fails,
+    an_idempotency_key_charges_once_and_a_refunded_key_reserves_again,
+    concurrent_retries_with_one_idempotency_key_are_charged_once,
+    expired_reservations_stay_charged_and_a_late_settle_or_refund_still_applies,
+    a_new_period_is_a_fresh_budget,
+    a_limit_lowered_mid_period_is_respected,
+    concurrent_reserves_admit_exactly_the_budget,
+    charges_survive_a_restart_and_every_opened_ledger_shares_them,
+    the_usage_log_records_every_settle_refund_and_expiry,
+    policy_usage_sums_credits_and_counts_exhausted_buckets,
+);
+
+const POLICY: &str = "team-a/monthly";
+
+async fn a_reserve_within_budget_is_charged_and_reports_what_remains(store: Store) {
+    let ledger = store.open().await;
+
+    let first = ledger
+        .reserve(request("alice", vec![line(POLICY, "alice", 10, 3)]))
+        .await
+        .expect("reserve");
+    let ReserveOutcome::Reserved { remaining, .. } = first else {
+        panic!("expected Reserved, got {first:?}");
+    };
+    assert_eq!(remaining, vec![(POLICY.to_string(), 7)]);
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 3);
+
+    let rest = ledger
+        .reserve(request("alice", vec![line(POLICY, "alice", 10, 7)]))
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(&rest, ReserveOutcome::Reserved { remaining, .. } if remaining[0].1 == 0),
+        "the last credit fits exactly: {rest:?}"
+    );
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 10);
+}
+
+async fn an_exhausted_budget_names_the_policy_what_remains_and_when_it_resets(store: Store) {
+    let ledger = store.open().await;
+    ledger
+        .reserve(request("alice", vec![line(POLICY, "alice", 5, 4)]))
+        .await
+        .expect("reserve")
+        .id();
+
+    let refused = ledger
+        .reserve(request("alice", vec![line(POLICY, "alice", 5, 2)]))
+        .await
+        .expect("running out is not an error");
+    assert_eq!(
+        refused,
+        ReserveOutcome::Exhausted {
+            policy: POLICY.into(),
+            remaining: 1,
+            reset_at: Some(at("2026-06-01T00:00:00Z")),
+        }
+    );
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 4, "nothing charged");
+
+    let mut forever = line("team-a/lifetime", "alice", 0, 1);
+    forever.window = ledger::window(Period::Never, "UTC", now()).expect("window");
+    let refused = ledger
+        .reserve(request("alice", vec![forever]))
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(
+            &refused,
+            ReserveOutcome::Exhausted {
+                reset_at: None,
+                remaining: 0,
+                ..
+            }
+        ),
+        "a Never budget does not reset: {refused:?}"
+    );
+}
+
+async fn several_policies_are_charged_all_or_nothing(store: Store) {
+    let ledger = store.open().await;
+    let lines = || {
+        vec![
+            line("team-a/zeta", "alice", 10, 1),
+            line("team-a/alpha", "*", 1, 1),
+            line("team-a/mid", "alice", 10, 1),
+        ]
+    };
+    let first = ledger
+        .reserve(request("alice", lines()))
+        .await
+        .expect("reserve");
+    let ReserveOutcome::Reserved { remaining, .. } = first else {
+        panic!("expected Reserved, got {first:?}");
+    };
+    assert_eq!(
+        remaining,
+        vec![
+            ("team-a/zeta".to_string(), 9),
+            ("team-a/alpha".to_string(), 0),
+            ("team-a/mid".to_string(), 9)
+        ],
+        "in request order"
+    );
+
+    let second = ledger
+        .reserve(request("alice", lines()))
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(&second, ReserveOutcome::Exhausted { policy, .. } if policy == "team-a/alpha"),
+        "{second:?}"
+    );
+    assert_eq!(
+        used(&*ledger, "team-a/zeta", "alice").await,
+        1,
+        "not charged"
+    );
+    assert_eq!(used(&*ledger, "team-a/alpha", "*").await, 1);
+    assert_eq!(
+        used(&*ledger, "team-a/mid", "alice").await,
+        1,
+        "not charged"
+    );
+
+    // When several do not fit, the first in request order is named (not the first by name).
+    let both_short = vec![
+        line("team-a/zeta", "alice", 1, 1),
+        line("team-a/alpha", "*", 1, 1),
+    ];
+    let third = ledger
+        .reserve(request("alice", both_short))
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(&third, ReserveOutcome::Exhausted { policy, .. } if policy == "team-a/zeta"),
+        "{third:?}"
+    );
+}
+
+async fn per_subject_buckets_are_independent_and_a_shared_bucket_is_not(store: Store) {
+    let ledger = store.open().await;
+    let per_subject = |who: &str| request(who, vec![line("team-a/each", who, 2, 2)]);
+    ledger
+        .reserve(per_subject("alice"))
+        .await
+        .expect("reserve")
+        .id();
+    assert!(matches!(
+        ledger.reserve(per_subject("alice")).await.expect("reserve"),
+        ReserveOutcome::Exhausted { .. }
+    ));
+    ledger
+        .reserve(per_subject("bob"))
+        .await
+        .expect("reserve")
+        .id();
+
+    let shared = |who: &str| request(who, vec![line("team-a/pool", "*", 2, 1)]);
+    ledger.reserve(shared("alice")).await.expect("reserve").id();
+    ledger.reserve(shared("bob")).await.expect("reserve").id();
+    let carol = ledger.reserve(shared("carol")).await.expect("reserve");
+    assert!(
+        matches!(&carol, ReserveOutcome::Exhausted { policy, remaining: 0, .. } if policy == "team-a/pool"),
+        "{carol:?}"
+    );
+    assert_eq!(used(&*ledger, "team-a/pool", "*").await, 2);
+}
+
+async fn settle_may_charge_more_than_reserved_and_the_next_reserve_is_refused(store: Store) {
+    let ledger = store.open().await;
+    let id = ledger
+        .reserve(request("alice", vec![line(POLICY, "alice", 10, 2)]))
+        .await
+        .expect("reserve")
+        .id();
+    let settled = ledger.settle(id, &[12], 9000, now()).await.expect("settle");
+    assert_eq!(
+        settled,
+        Resolution {
+            state: ReservationState::Settled,
+            applied: true
+        }
+    );
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 12, "over the limit");
+
+    let refused = ledger
+        .reserve(request("alice", vec![line(POLICY, "alice", 10, 1)]))
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(refused, ReserveOutcome::Exhausted { remaining: 0, .. }),
+        "{refused:?}"
+    );
+
+    // Settling for less than was held gives the difference back.
+    let id = ledger
+        .reserve(request("bob", vec![line(POLICY, "bob", 10, 5)]))
+        .await
+        .expect("reserve")
+        .id();
+    ledger.settle(id, &[3], 0, now()).await.expect("settle");
+    assert_eq!(used(&*ledger, POLICY, "bob").await, 3);
+}
+
+async fn refund_releases_what_was_held(store: Store) {
+    let ledger = store.open().await;
+    let full = || request("alice", vec![line(POLICY, "alice", 3, 3)]);
+    let id = ledger.reserve(full()).await.expect("reserve").id();
+    assert!(matches!(
+        ledger.reserve(full()).await.expect("reserve"),
+        ReserveOutcome::Exhausted { .. }
+    ));
+
+    let refunded = ledger.refund(id, now()).await.expect("refund");
+    assert_eq!(
+        refunded,
+        Resolution {
+            state: ReservationState::Refunded,
+            applied: true
+        }
+    );
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 0);
+    ledger.reserve(full()).await.expect("reserve").id();
+}
+
+async fn settle_and_refund_are_idempotent(store: Store) {
+    let ledger = store.open().await;
+    let reserve = || ledger.reserve(request("alice", vec![line(POLICY, "alice", 10, 1)]));
+    let noop = |state| Resolution {
+        state,
+        applied: false,
+    };
+
+    let settled = reserve().await.expect("reserve").id();
+    assert!(
+        ledger
+            .settle(settled, &[2], 0, now())
+            .await
+            .expect("settle")
+            .applied
+    );
+    assert_eq!(
+        ledger
+            .settle(settled, &[2], 0, now())
+            .await
+            .expect("settle"),
+        noop(ReservationState::Settled)
+    );
+    assert_eq!(
+        ledger.refund(settled, now()).await.expect("refund"),
+        noop(ReservationState::Settled)
+    );
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 2);
+
+    let refunded = reserve().await.expect("reserve").id();
+    assert!(
+        ledger
+            .refund(refunded, now())
+            .await
+            .expect("refund")
+            .applied
+    );
+    assert_eq!(
+        ledger.refund(refunded, now()).await.expect("refund"),
+        noop(ReservationState::Refunded)
+    );
+    assert_eq!(
+        ledger
+            .settle(refunded, &[5], 0, now())
+            .await
+            .expect("settle"),
+        noop(ReservationState::Refunded)
+    );
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 2, "unchanged");
+}
+
+async fn closing_an_unknown_reservation_or_with_the_wrong_line_count_fails(store: Store) {
+    let ledger = store.open().await;
+    let unknown = ledger
+        .refund(ReservationId(987_654), now())
+        .await
+        .expect_err("unknown");
+    assert!(
+        matches!(
+            unknown,
+            LedgerError::UnknownReservation(ReservationId(987_654))
+        ),
+        "{unknown}"
+    );
+    assert!(!unknown.transient());
+
+    let id = ledger
+        .reserve(request("alice", vec![line(POLICY, "alice", 10, 1)]))
+        .await
+        .expect("reserve")
+        .id();
+    let mismatch = ledger
+        .settle(id, &[1, 1], 0, now())
+        .await
+        .expect_err("two amounts for one line");
+    assert_eq!(mismatch.reason(), "LineCount");
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 1, "still held");
+    assert!(
+        ledger
+            .settle(id, &[1], 0, now())
+            .await
+            .expect("settle")
+            .applied
+    );
+}
+
+async fn an_idempotency_key_charges_once_and_a_refunded_key_reserves_again(store: Store) {
+    let ledger = store.open().await;
+    let keyed = |who: &str, key: &str| {
+        let mut req = request(who, vec![line(POLICY, who, 10, 1)]);
+        req.idempotency_key = Some(key.into());
+        req
+    };
+
+    let id = ledger
+        .reserve(keyed("alice", "k1"))
+        .await
+        .expect("reserve")
+        .id();
+    let retry = ledger.reserve(keyed("alice", "k1")).await.expect("reserve");
+    assert_eq!(
+        retry,
+        ReserveOutcome::Duplicate {
+            id,
+            state: ReservationState::Reserved
+        }
+    );
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 1, "charged once");
+
+    // Keys are scoped to the subject.
+    ledger
+        .reserve(keyed("bob", "k1"))
+        .await
+        .expect("reserve")
+        .id();
+
+    ledger.settle(id, &[1], 0, now()).await.expect("settle");
+    assert_eq!(
+        ledger.reserve(keyed("alice", "k1")).await.expect("reserve"),
+        ReserveOutcome::Duplicate {
+            id,
+            state: ReservationState::Settled
+        }
+    );
+
+    let refunded = ledger
+        .reserve(keyed("alice", "k2"))
+        .await
+        .expect("reserve")
+        .id();
+    ledger.refund(refunded, now()).await.expect("refund");
+    let again = ledger
+        .reserve(keyed("alice", "k2"))
+        .await
+        .expect("reserve")
+        .id();
+    assert_ne!(again, refunded, "a refunded key reserves anew");
+    assert_eq!(
+        ledger.reserve(keyed("alice", "k2")).await.expect("reserve"),
+        ReserveOutcome::Duplicate {
+            id: again,
+            state: ReservationState::Reserved
+        }
+    );
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 2);
+}
+
+async fn concurrent_retries_with_one_idempotency_key_are_charged_once(store: Store) {
+    let ledger = store.open().await;
+    let outcomes = concurrently(&ledger, 20, |_| {
+        let mut req = request("alice", vec![line(POLICY, "alice", 100, 1)]);
+        req.idempotency_key = Some("retried".into());
+        req
+    })
+    .await;
+    let ids: HashSet<ReservationId> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            ReserveOutcome::Reserved { id, .. } | ReserveOutcome::Duplicate { id, .. } => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let reserved = outcomes
+        .iter()
+        .filter(|o| matches!(o, ReserveOutcome::Reserved { .. }))
+        .count();
+    assert_eq!((reserved, ids.len()), (1, 1), "{outcomes:?}");
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 1);
+}
+
+async fn expired_reservations_stay_charged_and_a_late_settle_or_refund_still_applies(store: Store) {
+    let ledger = store.open().await;
+    let mut abandoned = request("alice", vec![line(POLICY, "alice", 10, 2)]);
+    abandoned.idempotency_key = Some("crashed".into());
+    let refunded_late = ledger
+        .reserve(abandoned.clone())
+        .await
+        .expect("reserve")
+        .id();
+    let settled_late = ledger
+        .reserve(request("alice", vec![line(POLICY, "alice", 10, 3)]))
+        .await
+        .expect("reserve")
+        .id();
+    let ttl = SignedDuration::from_secs(60);
+    let before_expiry = now() + ttl - SignedDuration::from_secs(1);
+
+    assert_eq!(ledger.sweep(before_expiry).await.expect("sweep"), 0);
+    assert_eq!(ledger.sweep(now() + ttl).await.expect("sweep"), 2);
+    assert_eq!(
+        ledger.sweep(now() + ttl).await.expect("sweep"),
+        0,
+        "swept once"
+    );
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 5, "kept charged");
+    assert_eq!(
+        ledger.reserve(abandoned).await.expect("reserve"),
+        ReserveOutcome::Duplicate {
+            id: refunded_late,
+            state: ReservationState::Expired
+        },
+        "a retry of an expired request is not charged again"
+    );
+
+    let later = now() + SignedDuration::from_mins(5);
+    assert_eq!(
+        ledger.refund(refunded_late, later).await.expect("refund"),
+        Resolution {
+            state: ReservationState::Refunded,
+            applied: true
+        }
+    );
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 3, "released");
+    assert!(
+        ledger
+            .settle(settled_late, &[4], 100, later)
+            .await
+            .expect("settle")
+            .applied
+    );
+    assert_eq!(
+        used(&*ledger, POLICY, "alice").await,
+        4,
+        "adjusted to actual"
+    );
+}
+
+async fn a_new_period_is_a_fresh_budget(store: Store) {
+    let ledger = store.open().await;
+    let berlin_monthly = |instant: &str| {
+        let now = at(instant);
+        let mut req = request(
+            "alice",
+            vec![ledger::BudgetLine {
+                policy: POLICY.into(),
+                bucket: "alice".into(),
+                limit: 2,
+                window: ledger::window(Period::Monthly, "Europe/Berlin", now).expect("window"),
+                amount: 1,
+            }],
+        );
+        req.now = now;
+        req
+    };
+    // 2026-10-31T23:00Z is local midnight on November 1st in Berlin (CET, after the DST change).
+    for _ in 0..2 {
+        ledger
+            .reserve(berlin_monthly("2026-10-31T12:00:00Z"))
+            .await
+            .expect("reserve")
+            .id();
+    }
+    let october = ledger
+        .reserve(berlin_monthly("2026-10-31T22:59:59Z"))
+        .await
+        .expect("reserve");
+    assert_eq!(
+        october,
+        ReserveOutcome::Exhausted {
+            policy: POLICY.into(),
+            remaining: 0,
+            reset_at: Some(at("2026-10-31T23:00:00Z")),
+        }
+    );
+    let november = ledger
+        .reserve(berlin_monthly("2026-10-31T23:00:00Z"))
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(&november, ReserveOutcome::Reserved { remaining, .. } if remaining[0].1 == 1),
+        "{november:?}"
+    );
+}
+
+async fn a_limit_lowered_mid_period_is_respected(store: Store) {
+    let ledger = store.open().await;
+    let with_limit = |limit, amount| request("alice", vec![line(POLICY, "alice", limit, amount)]);
+    ledger
+        .reserve(with_limit(10, 6))
+        .await
+        .expect("reserve")
+        .id();
+
+    let lowered = ledger.reserve(with_limit(5, 1)).await.expect("reserve");
+    assert!(
+        matches!(lowered, ReserveOutcome::Exhausted { remaining: 0, .. }),
+        "{lowered:?}"
+    );
+    let raised = ledger.reserve(with_limit(8, 2)).await.expect("reserve");
+    assert!(
+        matches!(&raised, ReserveOutcome::Reserved { remaining, .. } if remaining[0].1 == 0),
+        "{raised:?}"
+    );
+}
+
+async fn concurrent_reserves_admit_exactly_the_budget(store: Store) {
+    let ledger = store.open().await;
+    let outcomes = concurrently(&ledger, 200, |i| {
+        request(&format!("user-{i}"), vec![line(POLICY, "*", 50, 1)])
+    })
+    .await;
+    let reserved = outcomes
+        .iter()
+        .filter(|o| matches!(o, ReserveOutcome::Reserved { .. }))
+        .count();
+    let exhausted = outcomes
+        .iter()
+        .filter(|o| matches!(o, ReserveOutcome::Exhausted { .. }))
+        .count();
+    assert_eq!((reserved, exhausted), (50, 150));
+    assert_eq!(used(&*ledger, POLICY, "*").await, 50);
+}
+
+/// SQLite: a restart (the writer thread stops on drop); PostgreSQL: a replica going away.
+async fn charges_survive_a_restart_and_every_opened_ledger_shares_them(store: Store) {
+    let first = store.open().await;
+    let outcomes = concurrently(&first, 10, |i| {
+        request(&format!("user-{i}"), vec![line(POLICY, "*", 100, 1)])
+    })
+    .await;
+    drop(first);
+
+    let restarted = store.open().await;
+    assert_eq!(
+        used(&*restarted, POLICY, "*").await,
+        10,
+        "every reserved charge kept"
+    );
+    let replica = store.open().await;
+    let settled = restarted
+        .settle(outcomes[0].id(), &[5], 0, now())
+        .await
+        .expect("settle after the restart");
+    assert!(settled.applied);
+    assert_eq!(used(&*replica, POLICY, "*").await, 14);
+}
+
+async fn the_usage_log_records_every_settle_refund_and_expiry(store: Store) {
+    let ledger = store.open().await;
+    let t = |minutes| now() + SignedDuration::from_mins(minutes);
+
+    let two_lines = ledger
+        .reserve(request(
+            "alice",
+            vec![
+                line(POLICY, "alice", 10, 2),
+                line("team-a/pool", "*", 100, 2),
+            ],
+        ))
+        .await
+        .expect("reserve")
+        .id();
+    ledger
+        .settle(two_lines, &[3, 1], 1200, t(1))
+        .await
+        .expect("settle");
+    let refunded = ledger
+        .reserve(request("bob", vec![line(POLICY, "bob", 10, 1)]))
+        .await
+        .expect("reserve")
+        .id();
+    ledger.refund(refunded, t(2)).await.expect("refund");
+    let expired = ledger
+        .reserve(request("bob", vec![line(POLICY, "bob", 10, 2)]))
+        .await
+        .expect("reserve")
+        .id();
+    ledger.sweep(t(3)).await.expect("sweep");
+    ledger
+        .settle(expired, &[5], 700, t(4))
+        .await
+        .expect("late settle");
+    // Still held: not in the log.
+    ledger
+        .reserve(request("carol", vec![line(POLICY, "carol", 10, 1)]))
+        .await
+        .expect("reserve")
+        .id();
+
+    let row =
+        |time, reservation, subject: &str, policy: &str, credits, tokens, outcome| UsageRecord {
+            time,
+            reservation,
+            subject: subject.into(),
+            chatflow: "team-a/support-bot".into(),
+            policy: policy.into(),
+            credits,
+            tokens,
+            outcome,
+        };
+    use ReservationState::{Expired, Refunded, Settled};
+    let all = ledger.usage(UsageFilter::default()).await.expect("usage");
+    assert_eq!(
+        all,
+        vec![
+            row(t(4), expired, "bob", POLICY, 3, 700, Settled),
+            row(t(3), expired, "bob", POLICY, 2, 0, Expired),
+            row(t(2), refunded, "bob", POLICY, 0, 0, Refunded),
+            row(t(1), two_lines, "alice", "team-a/pool", 1, 1200, Settled),
+            row(t(1), two_lines, "alice", POLICY, 3, 1200, Settled),
+        ],
+        "newest first"
+    );
+    let bob: i64 = all
+        .iter()
+        .filter(|r| r.subject == "bob")
+        .map(|r| r.credits)
+        .sum();
+    assert_eq!(
+        bob,
+        used(&*ledger, POLICY, "bob").await,
+        "the log sums to the charge"
+    );
+
+    let filtered = |subject: Option<&str>, policy: Option<&str>, since, limit| UsageFilter {
+        subject: subject.map(Into::into),
+        policy: policy.map(Into::into),
+        since,
+        limit,
+    };
+    let alice = ledger
+        .usage(filtered(Some("alice"), None, None, 100))
+        .await
+        .expect("usage");
+    assert_eq!(alice.len(), 2);
+    let pool = ledger
+        .usage(filtered(None, Some("team-a/pool"), None, 100))
+        .await
+        .expect("usage");
+    assert_eq!(pool, vec![all[3].clone()]);
+    let recent = ledger
+        .usage(filtered(None, None, Some(t(3)), 100))
+        .await
+        .expect("usage");
+    assert_eq!(recent, all[..2].to_vec());
+    let newest = ledger
+        .usage(filtered(None, None, None, 1))
+        .await
+        .expect("usage");
+    assert_eq!(newest, all[..1].to_vec());
+}
+
+async fn policy_usage_sums_credits_and_counts_exhausted_buckets(store: Store) {
+    let ledger = store.open().await;
+    for (who, amount) in [("alice", 5), ("bob", 2), ("carol", 1)] {
+        let id = ledger
+            .reserve(request(who, vec![line(POLICY, who, 5, amount)]))
+            .await
+            .expect("reserve")
+            .id();
+        if who == "carol" {
+            ledger.refund(id, now()).await.expect("refund");
+        }
+    }
+    let mut last_month = line(POLICY, "dave", 5, 5);
+    last_month.window = support::monthly_utc(at("2026-04-15T00:00:00Z"));
+    ledger
+        .reserve(request("dave", vec![last_month]))
+        .await
+        .expect("reserve")
+        .id();
+
+    let usage = ledger
+        .policy_usage(POLICY, &support::monthly_utc(now()), 5)
+        .await
+        .expect("policy usage");
+    assert_eq!(
+        usage,
+        PolicyUsage {
+            credits_used: 7,
+            buckets_exhausted: 1
+        }
+    );
+}

@@ -1,0 +1,147 @@
+//! Fixtures: a fresh store per test, for each backend, and request builders.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowgate::config::LedgerUrl;
+use flowgate::crd::policy::Period;
+use flowgate::ledger::{
+    self, BudgetLine, CreditLedger, ReservationId, ReserveOutcome, ReserveRequest, Window,
+};
+use jiff::Timestamp;
+
+/// Where a test's ledger lives; every `open` is an independent ledger (a replica, or a restart).
+pub struct Store {
+    pub url: LedgerUrl,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Store {
+    pub async fn open(&self) -> Arc<dyn CreditLedger> {
+        ledger::open(&self.url).await.expect("ledger opens")
+    }
+}
+
+/// A SQLite file in a fresh temporary directory.
+pub fn sqlite() -> Store {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Store {
+        url: LedgerUrl::Sqlite(dir.path().join("ledger.db")),
+        _dir: Some(dir),
+    }
+}
+
+/// A fresh schema named after the test in the database of `FLOWGATE_TEST_POSTGRES_URL`.
+pub async fn postgres(test: &str) -> Store {
+    let Ok(base) = std::env::var("FLOWGATE_TEST_POSTGRES_URL") else {
+        panic!(
+            "FLOWGATE_TEST_POSTGRES_URL is not set: the PostgreSQL ledger tests need a server. \
+             Run `scripts/postgres.sh start` and `eval \"$(scripts/postgres.sh env)\"`, \
+             then run the tests again."
+        );
+    };
+    let schema = schema_name(test);
+    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot connect to FLOWGATE_TEST_POSTGRES_URL={base} ({e}); run `scripts/postgres.sh start`")
+        });
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .await
+        .expect("fresh schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Store {
+        url: LedgerUrl::Postgres(format!("{base}{separator}options=-csearch_path%3D{schema}")),
+        _dir: None,
+    }
+}
+
+/// A valid, short, deterministic schema name: a rerun replaces the previous run's schema.
+fn schema_name(test: &str) -> String {
+    let hash = test.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let short: String = test.chars().take(40).collect();
+    format!("t_{short}_{:08x}", hash as u32)
+}
+
+/// The instant most scenarios happen at: Monday 2026-05-04 10:00 UTC.
+pub fn now() -> Timestamp {
+    at("2026-05-04T10:00:00Z")
+}
+
+pub fn at(instant: &str) -> Timestamp {
+    instant.parse().expect("test instant")
+}
+
+pub fn monthly_utc(now: Timestamp) -> Window {
+    ledger::window(Period::Monthly, "UTC", now).expect("window")
+}
+
+/// A line of a Monthly UTC budget in the window of [`now`].
+pub fn line(policy: &str, bucket: &str, limit: u64, amount: u64) -> BudgetLine {
+    BudgetLine {
+        policy: policy.into(),
+        bucket: bucket.into(),
+        limit,
+        window: monthly_utc(now()),
+        amount,
+    }
+}
+
+/// A request by `subject` at [`now`] with a one-minute ttl.
+pub fn request(subject: &str, lines: Vec<BudgetLine>) -> ReserveRequest {
+    ReserveRequest {
+        subject: subject.into(),
+        chatflow: "team-a/support-bot".into(),
+        idempotency_key: None,
+        lines,
+        now: now(),
+        ttl: Duration::from_secs(60),
+    }
+}
+
+pub trait OutcomeExt {
+    fn id(&self) -> ReservationId;
+}
+
+impl OutcomeExt for ReserveOutcome {
+    /// The id of a `Reserved` outcome; anything else fails the test.
+    fn id(&self) -> ReservationId {
+        match self {
+            ReserveOutcome::Reserved { id, .. } => *id,
+            other => panic!("expected Reserved, got {other:?}"),
+        }
+    }
+}
+
+/// The used credits of a bucket in the window of [`now`].
+pub async fn used(ledger: &dyn CreditLedger, policy: &str, bucket: &str) -> i64 {
+    ledger
+        .balance(policy, bucket, &monthly_utc(now()))
+        .await
+        .expect("balance")
+}
+
+/// Runs `n` reserves at once and returns their outcomes.
+pub async fn concurrently(
+    ledger: &Arc<dyn CreditLedger>,
+    n: usize,
+    make: impl Fn(usize) -> ReserveRequest,
+) -> Vec<ReserveOutcome> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (ledger, req) = (ledger.clone(), make(i));
+            tokio::spawn(async move { ledger.reserve(req).await })
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(n);
+    for task in tasks {
+        outcomes.push(task.await.expect("task").expect("reserve"));
+    }
+    outcomes
+}

@@ -1,0 +1,344 @@
+//! The proxy end to end: real API server (resources and watch), real Flowise (predictions),
+//! flowgate in-process. The test writes Chatflow status itself, standing in for the controller.
+
+mod support;
+
+use futures::StreamExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use flowgate::crd::{Chatflow, ChatflowAccess};
+use support::gate::{Flowgate, eventually_status, predict, token};
+use support::team::Team;
+
+#[tokio::test]
+async fn a_granted_user_lists_gets_and_predicts_through_flowgate() {
+    let team = Team::new("proxy-predict").await;
+    let gate = Flowgate::start().await;
+    let id = team.flowise_id.clone();
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+
+    let http = reqwest::Client::new();
+    let list: Value = http
+        .get(format!("{}/api/v1/chatflows", gate.base))
+        .bearer_auth(team.alice())
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![id.as_str()],
+        "only the granted chatflow is listed: {list}"
+    );
+    assert_eq!(list[0]["type"], "AGENTFLOW");
+    assert!(
+        list[0].get("flowData").is_none(),
+        "flow definitions are not exposed"
+    );
+
+    let one = http
+        .get(format!("{}/api/v1/chatflows/{id}", gate.base))
+        .bearer_auth(team.alice())
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(one.status(), 200);
+
+    let (status, answer) = predict(&gate, &team.alice(), &id, json!({"question": "hello"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["text"], "Echo: hello");
+    let chat_id = answer["chatId"].as_str().expect("chatId");
+    assert!(
+        chat_id.starts_with("fg-"),
+        "the session is bound to the caller: {chat_id}"
+    );
+
+    // Continuing the same session keeps its id.
+    let (_, again) = predict(
+        &gate,
+        &team.alice(),
+        &id,
+        json!({"question": "again", "chatId": chat_id}),
+    )
+    .await;
+    assert_eq!(again["chatId"], chat_id);
+    team.cleanup().await;
+}
+
+#[tokio::test]
+async fn streaming_predictions_pass_through_event_by_event() {
+    let team = Team::new("proxy-stream").await;
+    let gate = Flowgate::start().await;
+    let id = team.flowise_id.clone();
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .bearer_auth(team.alice())
+        .json(&json!({"question": "hi", "streaming": true}))
+        .send()
+        .await
+        .expect("stream starts");
+    assert_eq!(resp.status(), 200);
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let mut chunks = 0;
+    let mut text = String::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        chunks += 1;
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+    }
+    assert!(
+        text.contains("\"event\":\"token\"") && text.contains("Echo: hi"),
+        "{text}"
+    );
+    assert!(text.contains("\"event\":\"end\""), "{text}");
+    assert!(
+        chunks > 1,
+        "events arrive as Flowise sends them, not as one buffered body"
+    );
+    team.cleanup().await;
+}
+
+#[tokio::test]
+async fn requests_without_a_grant_are_refused_with_json_errors() {
+    let team = Team::new("proxy-deny").await;
+    let gate = Flowgate::start().await;
+    let id = team.flowise_id.clone();
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+    let http = reqwest::Client::new();
+
+    let no_token = http
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .json(&json!({"question": "x"}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(no_token.status(), 401);
+    let body: Value = no_token.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "unauthenticated");
+
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "alice-sub", "email": "alice@example.com", "exp": jiff::Timestamp::now().as_second() + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(b"some-other-secret-of-32-bytes-or-more"),
+    )
+    .expect("sign");
+    let (status, body) = predict(&gate, &forged, &id, json!({"question": "x"})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_token"))
+    );
+
+    let bob = token("bob", json!({"email": "bob@example.com"}));
+    let (status, body) = predict(&gate, &bob, &id, json!({"question": "x"})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let list: Value = http
+        .get(format!("{}/api/v1/chatflows", gate.base))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list, json!([]), "no implicit access");
+
+    let group_member = token("carol", json!({"groups": [team.group()]}));
+    let (status, _) = predict(&gate, &group_member, &id, json!({"question": "x"})).await;
+    assert_eq!(status, 200, "access by group claim");
+
+    let (status, body) = predict(
+        &gate,
+        &team.alice(),
+        "00000000-0000-4000-8000-00000000dead",
+        json!({"question": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("chatflow_not_found"))
+    );
+
+    let (status, body) = predict(&gate, &team.alice(), &id, json!({"nothing": true})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+
+    for path in [
+        "/api/v1/chatmessage/x",
+        "/api/v1/apikey",
+        "/api/v1/internal-prediction/x",
+        "/api/v1/prediction/%2e%2e",
+    ] {
+        let resp = http
+            .post(format!("{}{path}", gate.base))
+            .bearer_auth(team.alice())
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 404, "{path}");
+    }
+    team.cleanup().await;
+}
+
+#[tokio::test]
+async fn revoked_access_and_suspension_take_effect_from_the_watch() {
+    let team = Team::new("proxy-revoke").await;
+    let gate = Flowgate::start().await;
+    let id = team.flowise_id.clone();
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+
+    let chatflows: Api<Chatflow> = Api::namespaced(team.client.clone(), &team.ns);
+    chatflows
+        .patch(
+            "support-bot",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspended": true}})),
+        )
+        .await
+        .expect("suspend");
+    let body = eventually_status(&gate, &team.alice(), &id, 403).await;
+    assert_eq!(body["error"]["code"], "chatflow_suspended");
+    chatflows
+        .patch(
+            "support-bot",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspended": false}})),
+        )
+        .await
+        .expect("resume");
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+
+    let accesses: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
+    accesses
+        .delete("support-team", &DeleteParams::default())
+        .await
+        .expect("revoke");
+    let body = eventually_status(&gate, &team.alice(), &id, 403).await;
+    assert_eq!(body["error"]["code"], "forbidden");
+    team.cleanup().await;
+}
+
+#[tokio::test]
+async fn another_users_session_cannot_be_continued() {
+    let team = Team::new("proxy-session").await;
+    let gate = Flowgate::start().await;
+    let id = team.flowise_id.clone();
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+
+    let (_, first) = predict(&gate, &team.alice(), &id, json!({"question": "secret"})).await;
+    let alices = first["chatId"].as_str().expect("chatId").to_string();
+    let mallory = token("mallory", json!({"groups": [team.group()]}));
+    let (status, hijack) = predict(
+        &gate,
+        &mallory,
+        &id,
+        json!({"question": "what did she say?", "chatId": alices}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_ne!(
+        hijack["chatId"].as_str(),
+        Some(alices.as_str()),
+        "mallory lands in a session of her own"
+    );
+    let (_, via_override) = predict(
+        &gate,
+        &mallory,
+        &id,
+        json!({"question": "x", "overrideConfig": {"sessionId": alices}}),
+    )
+    .await;
+    assert_ne!(via_override["sessionId"].as_str(), Some(alices.as_str()));
+    team.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_python_service_routes_keep_working() {
+    let team = Team::new("proxy-compat").await;
+    let gate = Flowgate::start().await;
+    let id = team.flowise_id.clone();
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+    let http = reqwest::Client::new();
+
+    let list: Value = http
+        .get(format!("{}/chatflows", gate.base))
+        .bearer_auth(team.alice())
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list[0]["id"], "support-bot");
+    assert_eq!(list[0]["flowise_id"], id.as_str());
+    assert_eq!(list[0]["status"], "active");
+    let by_name = http
+        .get(format!("{}/chatflows/support-bot", gate.base))
+        .bearer_auth(team.alice())
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(by_name.status(), 200);
+
+    let answer: Value = http
+        .post(format!("{}/chat/predict", gate.base))
+        .bearer_auth(team.alice())
+        .json(&json!({"chatflow_id": "support-bot", "message": "hello", "sessionId": "s-1"}))
+        .send()
+        .await
+        .expect("predict")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["result"]["text"], "Echo: hello", "{answer}");
+    assert_eq!(answer["chatflow_id"], "support-bot");
+    assert!(
+        answer["session_id"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("fg-") && s.ends_with("s-1")),
+        "{answer}"
+    );
+
+    let missing = http
+        .post(format!("{}/chat/authenticate", gate.base))
+        .json(&json!({"username": "a", "password": "b"}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        missing.status(),
+        404,
+        "no token endpoint configured → 404 with a clear message"
+    );
+    let body: Value = missing.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("FLOWGATE_TOKEN_ENDPOINT_URL"))
+    );
+    team.cleanup().await;
+}

@@ -1,0 +1,142 @@
+//! A small in-process stand-in for Flowise, for what the real one cannot do on demand: answer
+//! 500, report token usage, stream slowly. It speaks Flowise's exact prediction shapes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// How the fake answers predictions.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// 200 JSON; Agentflow usage of `tokens` in `agentFlowExecutedData`.
+    Answer { tokens: u64 },
+    /// 500 with Flowise's error shape.
+    Fail,
+    /// SSE: token events, one `usageMetadata` of `tokens`, `end`; `gap` between events.
+    Stream { tokens: u64, gap: Duration },
+}
+
+/// A running fake; counts what it received.
+pub struct FakeFlowise {
+    pub url: String,
+    pub predictions: Arc<AtomicU64>,
+    pub aborts: Arc<AtomicU64>,
+}
+
+impl FakeFlowise {
+    pub async fn start(mode: Mode) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let predictions = Arc::new(AtomicU64::new(0));
+        let aborts = Arc::new(AtomicU64::new(0));
+        let (p, a) = (predictions.clone(), aborts.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (p, a) = (p.clone(), a.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        answer(req, mode, p.clone(), a.clone())
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            url,
+            predictions,
+            aborts,
+        }
+    }
+
+    pub fn predictions(&self) -> u64 {
+        self.predictions.load(Ordering::SeqCst)
+    }
+}
+
+type FakeBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(status: u16, content_type: &str, body: String) -> Response<FakeBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+    resp.headers_mut()
+        .insert("content-type", content_type.parse().expect("header"));
+    resp
+}
+
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    mode: Mode,
+    predictions: Arc<AtomicU64>,
+    aborts: Arc<AtomicU64>,
+) -> Result<Response<FakeBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/api/v1/chatmessage/abort/") {
+        aborts.fetch_add(1, Ordering::SeqCst);
+        return Ok(full(200, "application/json", "{}".into()));
+    }
+    if !path.starts_with("/api/v1/prediction/") {
+        return Ok(full(
+            404,
+            "application/json",
+            "{\"message\":\"not found\"}".into(),
+        ));
+    }
+    predictions.fetch_add(1, Ordering::SeqCst);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let chat_id = request["chatId"].as_str().unwrap_or("new").to_string();
+    let question = request["question"].as_str().unwrap_or_default().to_string();
+    Ok(match mode {
+        Mode::Fail => full(
+            500,
+            "application/json",
+            serde_json::json!({"statusCode": 500, "success": false, "message": "Error: buildChatflow - boom", "stack": {}}).to_string(),
+        ),
+        Mode::Answer { tokens } => full(
+            200,
+            "application/json",
+            serde_json::json!({
+                "text": format!("Echo: {question}"), "question": question, "chatId": chat_id, "sessionId": chat_id,
+                "agentFlowExecutedData": [{"data": {"output": {"usageMetadata": {"input_tokens": tokens / 2, "output_tokens": tokens - tokens / 2, "total_tokens": tokens}}}}]
+            })
+            .to_string(),
+        ),
+        Mode::Stream { tokens, gap } => {
+            let frames = vec![
+                r#"{"event":"start","data":""}"#.to_string(),
+                r#"{"event":"token","data":"Echo: "}"#.to_string(),
+                serde_json::json!({"event": "token", "data": question}).to_string(),
+                serde_json::json!({"event": "usageMetadata", "data": {"input_tokens": tokens / 2, "output_tokens": tokens - tokens / 2, "total_tokens": tokens}}).to_string(),
+                serde_json::json!({"event": "metadata", "data": {"chatId": chat_id}}).to_string(),
+                r#"{"event":"end","data":"[DONE]"}"#.to_string(),
+            ];
+            let stream = futures::stream::unfold(frames.into_iter(), move |mut it| async move {
+                let frame = it.next()?;
+                tokio::time::sleep(gap).await;
+                Some((Ok::<_, Infallible>(Frame::data(Bytes::from(format!("message:\ndata:{frame}\n\n")))), it))
+            });
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            resp.headers_mut().insert("content-type", "text/event-stream".parse().expect("header"));
+            resp.headers_mut().insert("x-accel-buffering", "no".parse().expect("header"));
+            resp
+        }
+    })
+}

@@ -1,0 +1,209 @@
+//! A flowgate running in-process against the real API server and real Flowise, with an HS256
+//! secret of its own to mint caller tokens.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use flowgate::config::{Config, RunArgs};
+
+pub const SECRET: &str = "flowgate-test-secret-of-at-least-32-bytes!";
+
+/// Flowise URL and API key from `scripts/flowise.sh env`; panics with instructions when unset.
+pub fn flowise_env() -> (String, String) {
+    let url = std::env::var("FLOWGATE_FLOWISE_URL").unwrap_or_default();
+    let key_file = std::env::var("FLOWGATE_FLOWISE_API_KEY_FILE").unwrap_or_default();
+    assert!(
+        !url.is_empty() && !key_file.is_empty(),
+        "FLOWGATE_FLOWISE_URL / FLOWGATE_FLOWISE_API_KEY_FILE are not set: this test needs the real \
+         Flowise. Run scripts/test.sh, or `scripts/flowise.sh start && eval \"$(scripts/flowise.sh env)\"`."
+    );
+    let key = std::fs::read_to_string(&key_file).expect("Flowise API key file readable");
+    (
+        url.trim_end_matches('/').to_string(),
+        key.trim().to_string(),
+    )
+}
+
+/// Creates the offline echo Agentflow in Flowise under `name`; returns its id.
+pub async fn create_echo_chatflow(name: &str) -> String {
+    let (url, key) = flowise_env();
+    let fixture: Value =
+        serde_json::from_str(include_str!("../fixtures/flowise-echo-agentflow.json"))
+            .expect("fixture is JSON");
+    let mut body = fixture.clone();
+    body["name"] = json!(name);
+    if !body["flowData"].is_string() {
+        // Flowise stores flowData as a JSON string and refuses an object.
+        body["flowData"] = json!(fixture["flowData"].to_string());
+    }
+    let created: Value = reqwest::Client::new()
+        .post(format!("{url}/api/v1/chatflows"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .expect("Flowise reachable")
+        .error_for_status()
+        .expect("chatflow created")
+        .json()
+        .await
+        .expect("JSON answer");
+    created["id"].as_str().expect("id").to_string()
+}
+
+/// Deletes a chatflow from Flowise (best effort, for clean-up).
+pub async fn delete_chatflow(id: &str) {
+    let (url, key) = flowise_env();
+    let _ = reqwest::Client::new()
+        .delete(format!("{url}/api/v1/chatflows/{id}"))
+        .bearer_auth(&key)
+        .send()
+        .await;
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// A running flowgate; stops when dropped.
+pub struct Flowgate {
+    pub base: String,
+    pub ops: String,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Flowgate {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Where a test flowgate sends predictions and keeps credits.
+#[derive(Default)]
+pub struct Options {
+    /// Flowise URL; default: the real Flowise from the environment.
+    pub flowise_url: Option<String>,
+    /// Ledger URL; default: a SQLite file in the test's temp dir.
+    pub ledger_url: Option<String>,
+}
+
+impl Flowgate {
+    /// Starts the proxy (no controller) against the real Flowise and waits until it is ready.
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Starts the proxy (no controller) with `options` and waits until /readyz says ready.
+    pub async fn start_with(options: Options) -> Self {
+        // Warnings (watch errors, failed settles) show in the output of a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
+        let flowise_url = options.flowise_url.unwrap_or_else(|| flowise_env().0);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let secret = dir.path().join("hs256");
+        std::fs::write(&secret, SECRET).expect("write secret");
+        let (listen, ops) = (free_port(), free_port());
+        let args = RunArgs {
+            flowise_url,
+            flowise_api_key_file: std::env::var("FLOWGATE_FLOWISE_API_KEY_FILE")
+                .ok()
+                .map(Into::into),
+            listen_addr: listen.to_string(),
+            ops_addr: ops.to_string(),
+            ledger_url: options
+                .ledger_url
+                .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("ledger.db").display())),
+            jwt_hs256_secret_file: Some(secret),
+            jwt_leeway: "30s".into(),
+            user_claims: "sub,email".into(),
+            groups_claim: "groups".into(),
+            admin_claim: "role=Admin".into(),
+            sync_interval: "60s".into(),
+            log_format: "text".into(),
+            no_controller: true,
+            ..Default::default()
+        };
+        let config = Config::from_args(args).expect("valid test config");
+        let shutdown = CancellationToken::new();
+        let task_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) = flowgate::run::run(config, task_shutdown).await {
+                panic!("flowgate stopped: {error}");
+            }
+        });
+        let me = Self {
+            base: format!("http://{listen}"),
+            ops: format!("http://{ops}"),
+            shutdown,
+            _dir: dir,
+        };
+        let http = reqwest::Client::new();
+        let ready = async {
+            loop {
+                if let Ok(resp) = http.get(format!("{}/readyz", me.ops)).send().await
+                    && resp.status().is_success()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), ready)
+            .await
+            .expect("flowgate ready within 30 s");
+        me
+    }
+}
+
+/// An HS256 caller token with `claims` merged over `sub` and a one-hour `exp`.
+pub fn token(sub: &str, claims: Value) -> String {
+    let exp = jiff::Timestamp::now().as_second() + 3600;
+    let mut body = json!({"sub": sub, "exp": exp});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), claims.as_object()) {
+        for (k, v) in extra {
+            body.insert(k.clone(), v.clone());
+        }
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &body,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("token signs")
+}
+
+/// POSTs a prediction; returns the status and the JSON body (Null when not JSON).
+pub async fn predict(gate: &Flowgate, bearer: &str, id: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .bearer_auth(bearer)
+        .json(&body)
+        .send()
+        .await
+        .expect("flowgate answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls until the prediction answers `want` for the prediction status (the watch is asynchronous).
+pub async fn eventually_status(gate: &Flowgate, bearer: &str, id: &str, want: u16) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = predict(gate, bearer, id, json!({"question": "ping"})).await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status {status} (wanted {want}): {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
