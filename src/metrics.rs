@@ -168,6 +168,12 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindResultLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindReasonLabels {
     kind: &'static str,
     reason: &'static str,
@@ -183,9 +189,11 @@ struct ChangeLabels {
     change: &'static str,
 }
 
-/// The controller's metrics (`flowgate_controller_*`).
+/// The controller's metrics: `flowgate_reconciles_total{kind,result}` (the name the chart's
+/// dashboard reads), reconcile errors by reason and durations, status writes, the Flowise sync
+/// counts, and `flowgate_controller_leader`.
 pub struct ControllerMetrics {
-    reconciles: Family<KindLabels, Counter>,
+    reconciles: Family<KindResultLabels, Counter>,
     reconcile_errors: Family<KindReasonLabels, Counter>,
     reconcile_duration: Family<KindLabels, Histogram>,
     status_writes: Family<KindLabels, Counter>,
@@ -208,15 +216,15 @@ pub struct SyncCounts {
 
 impl ControllerMetrics {
     fn register(registry: &mut Registry) -> Self {
-        let reconciles = Family::<KindLabels, Counter>::default();
+        let reconciles = Family::<KindResultLabels, Counter>::default();
         registry.register(
-            "controller_reconciles",
-            "Reconciles by kind",
+            "reconciles",
+            "Reconciles by kind and result (success, error)",
             reconciles.clone(),
         );
         let reconcile_errors = Family::<KindReasonLabels, Counter>::default();
         registry.register(
-            "controller_reconcile_errors",
+            "reconcile_errors",
             "Failed reconciles by kind and reason",
             reconcile_errors.clone(),
         );
@@ -224,37 +232,37 @@ impl ControllerMetrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
         });
         registry.register(
-            "controller_reconcile_duration_seconds",
+            "reconcile_duration_seconds",
             "Time of one reconcile, by kind",
             reconcile_duration.clone(),
         );
         let status_writes = Family::<KindLabels, Counter>::default();
         registry.register(
-            "controller_status_writes",
+            "status_writes",
             "Status patches sent to the API server, by kind",
             status_writes.clone(),
         );
         let sync_passes = Family::<OutcomeLabels, Counter>::default();
         registry.register(
-            "controller_sync_passes",
+            "sync_passes",
             "Flowise sync passes by outcome (success, failed)",
             sync_passes.clone(),
         );
         let sync_changes = Family::<ChangeLabels, Counter>::default();
         registry.register(
-            "controller_sync_chatflows",
+            "sync_chatflows",
             "Chatflows added, updated, removed and errors over all sync passes",
             sync_changes.clone(),
         );
         let sync_last = Family::<ChangeLabels, Gauge>::default();
         registry.register(
-            "controller_sync_last_chatflows",
+            "sync_last_chatflows",
             "Counts of the last sync pass (added, updated, removed, total, errors)",
             sync_last.clone(),
         );
         let sync_last_timestamp = Gauge::default();
         registry.register(
-            "controller_sync_last_timestamp_seconds",
+            "sync_last_timestamp_seconds",
             "Unix time the last sync pass finished",
             sync_last_timestamp.clone(),
         );
@@ -278,8 +286,11 @@ impl ControllerMetrics {
     }
 
     /// Counts one finished reconcile of `kind`.
-    pub fn reconciled(&self, kind: &'static str, elapsed: Duration) {
-        self.reconciles.get_or_create(&KindLabels { kind }).inc();
+    pub fn reconciled(&self, kind: &'static str, ok: bool, elapsed: Duration) {
+        let result = if ok { "success" } else { "error" };
+        self.reconciles
+            .get_or_create(&KindResultLabels { kind, result })
+            .inc();
         self.reconcile_duration
             .get_or_create(&KindLabels { kind })
             .observe(elapsed.as_secs_f64());
@@ -332,9 +343,16 @@ impl ControllerMetrics {
         self.leader.set(i64::from(leader));
     }
 
-    /// Reconciles of `kind` so far (for tests and diagnostics).
+    /// Reconciles of `kind` so far, whatever their result (for tests and diagnostics).
     pub fn reconciles(&self, kind: &'static str) -> u64 {
-        self.reconciles.get_or_create(&KindLabels { kind }).get()
+        ["success", "error"]
+            .into_iter()
+            .map(|result| {
+                self.reconciles
+                    .get_or_create(&KindResultLabels { kind, result })
+                    .get()
+            })
+            .sum()
     }
 
     /// Status patches of `kind` so far.
@@ -383,7 +401,7 @@ mod tests {
     fn controller_values_are_exported() {
         let metrics = Metrics::new();
         let controller = &metrics.controller;
-        controller.reconciled("Chatflow", Duration::from_millis(2));
+        controller.reconciled("Chatflow", true, Duration::from_millis(2));
         controller.reconcile_error("Chatflow", "connect");
         controller.status_written("Chatflow");
         let counts = SyncCounts {
@@ -399,13 +417,13 @@ mod tests {
         assert_eq!(controller.status_writes("Chatflow"), 1);
         let text = metrics.encode().expect("encodes");
         for line in [
-            "flowgate_controller_reconciles_total{kind=\"Chatflow\"} 1",
-            "flowgate_controller_reconcile_errors_total{kind=\"Chatflow\",reason=\"connect\"} 1",
-            "flowgate_controller_status_writes_total{kind=\"Chatflow\"} 1",
-            "flowgate_controller_sync_passes_total{outcome=\"success\"} 1",
-            "flowgate_controller_sync_chatflows_total{change=\"added\"} 2",
-            "flowgate_controller_sync_last_chatflows{change=\"total\"} 7",
-            "flowgate_controller_sync_last_timestamp_seconds 1700000000",
+            "flowgate_reconciles_total{kind=\"Chatflow\",result=\"success\"} 1",
+            "flowgate_reconcile_errors_total{kind=\"Chatflow\",reason=\"connect\"} 1",
+            "flowgate_status_writes_total{kind=\"Chatflow\"} 1",
+            "flowgate_sync_passes_total{outcome=\"success\"} 1",
+            "flowgate_sync_chatflows_total{change=\"added\"} 2",
+            "flowgate_sync_last_chatflows{change=\"total\"} 7",
+            "flowgate_sync_last_timestamp_seconds 1700000000",
             "flowgate_controller_leader 1",
         ] {
             assert!(text.contains(line), "{line} in {text}");

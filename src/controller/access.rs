@@ -101,18 +101,25 @@ pub(super) async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
     let started = std::time::Instant::now();
+    let result = update(&access, &ctx).await;
+    ctx.metrics
+        .controller
+        .reconciled(KIND, result.is_ok(), started.elapsed());
+    result
+}
+
+/// Writes the status when it changed; requeues at `expiresAt` or the sync interval.
+async fn update(access: &ChatflowAccess, ctx: &Context) -> Result<Action, ControllerError> {
     let ns = access.namespace().ok_or(ControllerError::Unnamed)?;
-    let (new, expires_in) = next_status(&access, &ctx.chatflow_names(&ns), super::now());
+    let (new, expires_in) = next_status(access, &ctx.chatflow_names(&ns), super::now());
     let old = access.status.clone().unwrap_or_default();
     if access.status.as_ref() != Some(&new) {
         if let Some((type_, why, note)) = ready_transition(&old.conditions, &new.conditions) {
-            ctx.event(access.as_ref(), type_, why, "Reconcile", note)
-                .await;
+            ctx.event(access, type_, why, "Reconcile", note).await;
         }
         let status = serde_json::to_value(&new).map_err(ControllerError::Serialize)?;
-        apply_status(&ctx, access.as_ref(), status, FIELD_MANAGER).await?;
+        apply_status(ctx, access, status, FIELD_MANAGER).await?;
     }
-    ctx.metrics.controller.reconciled(KIND, started.elapsed());
     let resync = ctx.settings.sync_interval;
     Ok(Action::requeue(match expires_in {
         // A second late rather than early: at `expiresAt` itself the access has expired.

@@ -372,28 +372,29 @@ pub(super) async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
     let started = std::time::Instant::now();
+    let result = with_finalizer(cf, &ctx).await;
+    ctx.metrics
+        .controller
+        .reconciled(KIND, result.is_ok(), started.elapsed());
+    result
+}
+
+async fn with_finalizer(cf: Arc<Chatflow>, ctx: &Context) -> Result<Action, ControllerError> {
     let needs_finalizer =
         cf.spec.definition.is_some() || cf.finalizers().iter().any(|f| f == FINALIZER);
-    let result = if needs_finalizer {
-        let ns = cf
-            .metadata
-            .namespace
-            .as_deref()
-            .ok_or(ControllerError::Unnamed)?;
-        let api: Api<Chatflow> = Api::namespaced(ctx.client.clone(), ns);
-        finalizer(&api, FINALIZER, cf, |event| async {
-            match event {
-                Finalizer::Apply(cf) => apply(&cf, &ctx).await,
-                Finalizer::Cleanup(cf) => cleanup(&cf, &ctx).await,
-            }
-        })
-        .await
-        .map_err(ControllerError::finalizer)
-    } else {
-        apply(&cf, &ctx).await
-    };
-    ctx.metrics.controller.reconciled(KIND, started.elapsed());
-    result
+    if !needs_finalizer {
+        return apply(&cf, ctx).await;
+    }
+    let ns = cf.namespace().ok_or(ControllerError::Unnamed)?;
+    let api: Api<Chatflow> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, cf, |event| async {
+        match event {
+            Finalizer::Apply(cf) => apply(&cf, ctx).await,
+            Finalizer::Cleanup(cf) => cleanup(&cf, ctx).await,
+        }
+    })
+    .await
+    .map_err(ControllerError::finalizer)
 }
 
 /// The driver: validate → dereference → plan → sync → status.

@@ -81,17 +81,24 @@ pub(super) async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
     let started = std::time::Instant::now();
+    let result = update(&policy, &ctx).await;
+    ctx.metrics
+        .controller
+        .reconciled(KIND, result.is_ok(), started.elapsed());
+    result
+}
+
+/// Writes the controller's part of the status when it changed.
+async fn update(policy: &CreditPolicy, ctx: &Context) -> Result<Action, ControllerError> {
     let ns = policy.namespace().ok_or(ControllerError::Unnamed)?;
-    let old = PolicyConditions::of(&policy);
-    let new = next_status(&policy, &ctx.chatflow_names(&ns), super::now());
+    let old = PolicyConditions::of(policy);
+    let new = next_status(policy, &ctx.chatflow_names(&ns), super::now());
     if new != old {
         if let Some((type_, why, note)) = ready_transition(&old.conditions, &new.conditions) {
-            ctx.event(policy.as_ref(), type_, why, "Reconcile", note)
-                .await;
+            ctx.event(policy, type_, why, "Reconcile", note).await;
         }
-        apply_status(&ctx, policy.as_ref(), new.to_json(), POLICY_STATUS_MANAGER).await?;
+        apply_status(ctx, policy, new.to_json(), POLICY_STATUS_MANAGER).await?;
     }
-    ctx.metrics.controller.reconciled(KIND, started.elapsed());
     Ok(Action::requeue(ctx.settings.sync_interval))
 }
 

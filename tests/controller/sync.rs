@@ -232,11 +232,11 @@ async fn import_creates_one_labelled_chatflow_per_unclaimed_chatflow_and_reports
 
     let text = controller.metrics.encode().expect("metrics encode");
     assert!(
-        text.contains("flowgate_controller_sync_chatflows_total{change=\"added\"} 2"),
+        text.contains("flowgate_sync_chatflows_total{change=\"added\"} 2"),
         "{text}"
     );
     assert!(
-        text.contains("flowgate_controller_sync_chatflows_total{change=\"removed\"} 1"),
+        text.contains("flowgate_sync_chatflows_total{change=\"removed\"} 1"),
         "{text}"
     );
     controller.stop().await;
