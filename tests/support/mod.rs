@@ -301,7 +301,7 @@ pub fn logs() {
         .try_init();
 }
 
-/// Deletes the flowgate objects of a test's namespace when dropped (also when the test panics),
+/// Deletes the flowgate objects (and Leases) of a test's namespace when dropped (also when the test panics),
 /// removing finalizers first: the bare API server has no namespace controller, and a later
 /// cluster-wide controller must not act on a finished test's Chatflows.
 pub struct NamespaceCleanup(pub String);
@@ -340,8 +340,11 @@ impl Drop for NamespaceCleanup {
                 let params = (DeleteParams::default(), ListParams::default());
                 let accesses: Api<ChatflowAccess> = Api::namespaced(client.clone(), &ns);
                 let _ = accesses.delete_collection(&params.0, &params.1).await;
-                let policies: Api<CreditPolicy> = Api::namespaced(client, &ns);
+                let policies: Api<CreditPolicy> = Api::namespaced(client.clone(), &ns);
                 let _ = policies.delete_collection(&params.0, &params.1).await;
+                let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+                    Api::namespaced(client, &ns);
+                let _ = leases.delete_collection(&params.0, &params.1).await;
             });
         })
         .join();
