@@ -11,7 +11,9 @@
 //! controller read compiled lookups, never raw objects; Flowise and the ledger sit behind traits.
 
 pub mod config;
+pub mod controller;
 pub mod crd;
+pub mod flowise;
 pub mod identity;
 pub mod index;
 pub mod ledger;

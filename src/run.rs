@@ -46,6 +46,9 @@ pub enum RunError {
     /// The proxy could not be set up.
     #[error("proxy: {0}")]
     Proxy(#[from] ProxyError),
+    /// The controller could not start.
+    #[error("controller: {0}")]
+    Controller(#[from] crate::controller::ControllerError),
 }
 
 /// Runs every configured part until `shutdown` is cancelled, then drains and returns.
@@ -106,6 +109,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             DRAIN_PERIOD,
         )));
         tracing::info!(addr = %config.listen_addr, flowise = %config.flowise_url, "proxy listening");
+    }
+
+    // The controller campaigns for the Lease and reconciles while it holds it; on shutdown it
+    // lets in-flight reconciles finish and releases the Lease.
+    if config.controller {
+        let controller =
+            crate::controller::Controller::from_config(client.clone(), &config, metrics.clone())?;
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = controller.run(shutdown).await {
+                tracing::error!(%error, "controller failed");
+            }
+        }));
     }
 
     tracing::info!(

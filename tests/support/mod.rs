@@ -108,3 +108,245 @@ pub fn examples() -> Vec<(String, serde_json::Value)> {
 pub mod fake_flowise;
 pub mod gate;
 pub mod team;
+
+/// The real Flowise started by `scripts/flowise.sh`: base URL and API key.
+///
+/// Panics with instructions when the environment does not name one.
+pub fn flowise_env() -> (String, String) {
+    let url = std::env::var("FLOWGATE_FLOWISE_URL");
+    let key_file = std::env::var("FLOWGATE_FLOWISE_API_KEY_FILE");
+    let (Ok(url), Ok(key_file)) = (url, key_file) else {
+        panic!(
+            "FLOWGATE_FLOWISE_URL / FLOWGATE_FLOWISE_API_KEY_FILE are not set: this test needs the \
+             real Flowise. Run the whole suite with scripts/test.sh, or `scripts/flowise.sh start` \
+             and `eval \"$(scripts/flowise.sh env)\"`."
+        )
+    };
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap_or_else(|e| panic!("cannot read the Flowise API key from {key_file}: {e}"));
+    (url, key.trim().to_string())
+}
+
+/// A client for the real Flowise (see [`flowise_env`]).
+pub fn flowise() -> flowgate::flowise::FlowiseClient {
+    let (url, key) = flowise_env();
+    flowgate::flowise::FlowiseClient::new(
+        url.parse().expect("FLOWGATE_FLOWISE_URL is a URL"),
+        Some(key),
+        flowgate::flowise::Timeouts::default(),
+    )
+    .expect("Flowise client builds")
+}
+
+/// A name no other test (or earlier run) uses: `<prefix>-<unique suffix>`.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{:x}{seq:x}", nanos & 0xff_ffff_ffff)
+}
+
+/// The `flowData` of tests/fixtures/flowise-echo-agentflow.json (an AGENTFLOW answering "Echo: …").
+pub fn echo_flow_data() -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/flowise-echo-agentflow.json");
+    let text = std::fs::read_to_string(&path).expect("echo fixture readable");
+    let fixture: serde_json::Value = serde_json::from_str(&text).expect("echo fixture is JSON");
+    fixture["flowData"].clone()
+}
+
+/// Deletes every Flowise chatflow whose name starts with `prefix` (test clean-up).
+pub async fn delete_flowise_chatflows(prefix: &str) {
+    use flowgate::flowise::FlowiseApi;
+    let flowise = flowise();
+    let Ok(all) = flowise.list().await else {
+        return;
+    };
+    for chatflow in all.into_iter().filter(|c| c.name.starts_with(prefix)) {
+        let _ = flowise.delete(&chatflow.id).await;
+    }
+}
+
+/// Waits up to `secs` seconds for `check` to return `Some`, polling every 100 ms.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Deletes the Flowise chatflows named `<prefix>…` when dropped, also when the test panics.
+pub struct FlowiseCleanup(pub String);
+
+impl Drop for FlowiseCleanup {
+    fn drop(&mut self) {
+        let prefix = self.0.clone();
+        // Drop cannot await; a thread with its own runtime does the clean-up.
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(delete_flowise_chatflows(&prefix));
+            }
+        })
+        .join();
+    }
+}
+
+/// A TCP forwarder in front of the real Flowise that a test can close and open again: closed,
+/// its port refuses connections (and open connections are cut), as when Flowise is stopped; the
+/// shared Flowise itself keeps running for other tests.
+pub struct FlowiseGate {
+    addr: std::net::SocketAddr,
+    target: String,
+    forwarding: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl FlowiseGate {
+    /// An open gate to the Flowise of [`flowise_env`].
+    pub async fn open_to_flowise() -> Self {
+        let (url, _) = flowise_env();
+        let target = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a port");
+        let addr = listener.local_addr().expect("local address");
+        let gate = Self {
+            addr,
+            target,
+            forwarding: std::sync::Mutex::new(None),
+        };
+        gate.serve(listener);
+        gate
+    }
+
+    /// The gate's base URL, to use instead of Flowise's.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Refuses connections from now on and cuts the open ones.
+    pub fn close(&self) {
+        if let Some(task) = self.forwarding.lock().expect("gate lock").take() {
+            task.abort();
+        }
+    }
+
+    /// Forwards again, on the same port.
+    pub async fn reopen(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot bind {} again: {e}", self.addr),
+            }
+        };
+        self.serve(listener);
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let target = self.target.clone();
+        let task = tokio::spawn(async move {
+            // Dropping this set (when the task is aborted) cuts every open connection.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        *self.forwarding.lock().expect("gate lock") = Some(task);
+    }
+}
+
+impl Drop for FlowiseGate {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Sends the code's logs to the test's output, filtered by `RUST_LOG` (default: warnings).
+pub fn logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Deletes the flowgate objects (and Leases) of a test's namespace when dropped (also when the test panics),
+/// removing finalizers first: the bare API server has no namespace controller, and a later
+/// cluster-wide controller must not act on a finished test's Chatflows.
+pub struct NamespaceCleanup(pub String);
+
+impl Drop for NamespaceCleanup {
+    fn drop(&mut self) {
+        let ns = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                use flowgate::crd::{Chatflow, ChatflowAccess, CreditPolicy};
+                use kube::api::{DeleteParams, ListParams};
+                let Ok(client) = Client::try_default().await else {
+                    return;
+                };
+                let chatflows: Api<Chatflow> = Api::namespaced(client.clone(), &ns);
+                if let Ok(list) = chatflows.list(&ListParams::default()).await {
+                    let no_finalizers = serde_json::json!({"metadata": {"finalizers": null}});
+                    for cf in list.items {
+                        let name = cf.metadata.name.unwrap_or_default();
+                        let _ = chatflows
+                            .patch(
+                                &name,
+                                &PatchParams::default(),
+                                &Patch::Merge(&no_finalizers),
+                            )
+                            .await;
+                        let _ = chatflows.delete(&name, &DeleteParams::default()).await;
+                    }
+                }
+                let params = (DeleteParams::default(), ListParams::default());
+                let accesses: Api<ChatflowAccess> = Api::namespaced(client.clone(), &ns);
+                let _ = accesses.delete_collection(&params.0, &params.1).await;
+                let policies: Api<CreditPolicy> = Api::namespaced(client.clone(), &ns);
+                let _ = policies.delete_collection(&params.0, &params.1).await;
+                let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+                    Api::namespaced(client, &ns);
+                let _ = leases.delete_collection(&params.0, &params.1).await;
+            });
+        })
+        .join();
+    }
+}

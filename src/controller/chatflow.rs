@@ -1,0 +1,508 @@
+//! Chatflow: one Flowise chatflow, adopted (`flowiseId`, `flowiseName`) or owned (`definition`).
+//!
+//! `reconcile` is a short driver over named steps; only `dereference`, `sync` and
+//! `update_status` talk to Flowise or the API server:
+//!
+//! 1. [`validate`] (pure): the spec → [`Desired`], or InvalidSpec. An invalid spec never touches
+//!    Flowise, so validation comes before anything else.
+//! 2. [`dereference`]: what Flowise holds for this Chatflow → [`Found`].
+//! 3. [`plan`] (pure): keep, create, update (only the fields that differ), or report.
+//! 4. `sync`: carries out the plan in Flowise → [`Outcome`].
+//! 5. [`next_status`] (pure) and `update_status`: written only when it differs.
+//!
+//! **Never a duplicate.** An owned chatflow carries the marker `flowgate:<namespace>/<name>` as
+//! a tag in its Flowise `category` (which the Flowise UI shows as a tag). Before creating,
+//! the controller looks for its marker in the listing, so a lost status write, a restart or a new
+//! leader finds the chatflow again instead of creating a second one; the id in status is only a
+//! shortcut. A chatflow of the same name without the marker is somebody else's: Conflict, not
+//! a second chatflow of that name. Cleanup deletes only chatflows carrying the marker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+
+use super::{Context, ControllerError, apply_status, object_key};
+use crate::crd::conditions::{self, reason};
+use crate::crd::{
+    Chatflow, ChatflowStatus, ChatflowType, DeletionPolicy, FIELD_MANAGER, FINALIZER,
+};
+use crate::flowise::{ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
+use crate::index::rules::{ChatflowSource, chatflow_source};
+
+pub(super) const KIND: &str = "Chatflow";
+
+/// What the spec asks for, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Desired {
+    /// Adopt the Flowise chatflow with this id.
+    AdoptId(String),
+    /// Adopt the one Flowise chatflow with this name.
+    AdoptName(String),
+    /// Own a chatflow with this content.
+    Own(Owned),
+}
+
+/// An owned chatflow as it should be in Flowise.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Owned {
+    /// `flowgate:<namespace>/<name>`, kept in the chatflow's `category`.
+    pub marker: String,
+    pub name: String,
+    pub flow_type: ChatflowType,
+    pub flow_data: serde_json::Value,
+    pub deployed: Option<bool>,
+}
+
+/// The ownership marker of the Chatflow `namespace/name`.
+pub(crate) fn marker(namespace: &str, name: &str) -> String {
+    format!("flowgate:{namespace}/{name}")
+}
+
+/// Whether `chatflow` carries `marker` among its category tags.
+pub(crate) fn has_marker(chatflow: &FlowiseChatflow, marker: &str) -> bool {
+    chatflow.categories().any(|tag| tag == marker)
+}
+
+/// Step 1: the spec checked for what the schema cannot express — exactly one source
+/// ([`chatflow_source`]) and, for a definition, `flowData` with `nodes` and `edges` arrays
+/// (Flowise stores nothing and answers 500 otherwise).
+pub(super) fn validate(cf: &Chatflow) -> Result<Desired, String> {
+    match chatflow_source(&cf.spec).map_err(|e| e.to_string())? {
+        ChatflowSource::Id(id) => Ok(Desired::AdoptId(id)),
+        ChatflowSource::Name(name) => Ok(Desired::AdoptName(name)),
+        ChatflowSource::Definition(def) => {
+            for field in ["nodes", "edges"] {
+                if !def.flow_data.get(field).is_some_and(|v| v.is_array()) {
+                    return Err(format!(
+                        "definition.flowData must be an object with a '{field}' array"
+                    ));
+                }
+            }
+            let namespace = cf.metadata.namespace.as_deref().unwrap_or_default();
+            let name = cf.metadata.name.as_deref().unwrap_or_default();
+            Ok(Desired::Own(Owned {
+                marker: marker(namespace, name),
+                name: def.name.unwrap_or_else(|| name.to_string()),
+                flow_type: def.flow_type,
+                flow_data: def.flow_data,
+                deployed: def.deployed,
+            }))
+        }
+    }
+}
+
+/// What Flowise holds for a Chatflow.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Found {
+    One(FlowiseChatflow),
+    /// Nothing; for an owned chatflow, the ids of unmarked chatflows that already have its name.
+    None {
+        name_taken_by: Vec<String>,
+    },
+    /// Several candidates (ids).
+    Many(Vec<String>),
+}
+
+fn one_of(mut candidates: Vec<FlowiseChatflow>) -> Found {
+    match candidates.len() {
+        0 => Found::None {
+            name_taken_by: Vec::new(),
+        },
+        1 => Found::One(candidates.remove(0)),
+        _ => Found::Many(candidates.into_iter().map(|c| c.id).collect()),
+    }
+}
+
+/// Step 2: looks the Chatflow up in Flowise. An owned chatflow is found by the id in status
+/// when that still exists, else by its marker in the listing.
+pub(super) async fn dereference(
+    flowise: &dyn FlowiseApi,
+    desired: &Desired,
+    known_id: Option<&str>,
+) -> Result<Found, FlowiseError> {
+    match desired {
+        Desired::AdoptId(id) => Ok(match flowise.get(id).await? {
+            Some(chatflow) => Found::One(chatflow),
+            None => Found::None {
+                name_taken_by: Vec::new(),
+            },
+        }),
+        Desired::AdoptName(name) => {
+            let all = flowise.list().await?;
+            Ok(one_of(
+                all.into_iter().filter(|c| &c.name == name).collect(),
+            ))
+        }
+        Desired::Own(owned) => {
+            if let Some(id) = known_id
+                && let Some(chatflow) = flowise.get(id).await?
+            {
+                return Ok(Found::One(chatflow));
+            }
+            let all = flowise.list().await?;
+            let name_taken_by: Vec<String> = all
+                .iter()
+                .filter(|c| c.name == owned.name && !has_marker(c, &owned.marker))
+                .map(|c| c.id.clone())
+                .collect();
+            match one_of(
+                all.into_iter()
+                    .filter(|c| has_marker(c, &owned.marker))
+                    .collect(),
+            ) {
+                Found::None { .. } => Ok(Found::None { name_taken_by }),
+                found => Ok(found),
+            }
+        }
+    }
+}
+
+/// What to do in Flowise.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Plan {
+    /// Flowise is as it should be.
+    Keep(FlowiseChatflow),
+    Create(ChatflowWrite),
+    /// Send these changes to the chatflow.
+    Update(FlowiseChatflow, ChatflowWrite),
+    NotFound(String),
+    Conflict(String),
+}
+
+/// Step 3: the plan for what was found.
+pub(super) fn plan(desired: &Desired, found: Found) -> Plan {
+    match (desired, found) {
+        (Desired::Own(owned), Found::One(current)) => {
+            let changes = changes(owned, &current);
+            if changes.is_empty() {
+                Plan::Keep(current)
+            } else {
+                Plan::Update(current, changes)
+            }
+        }
+        (Desired::Own(owned), Found::None { name_taken_by }) if name_taken_by.is_empty() => {
+            Plan::Create(create_body(owned))
+        }
+        (Desired::Own(owned), Found::None { name_taken_by }) => Plan::Conflict(format!(
+            "Flowise already has a chatflow named '{}' that flowgate does not own ({}); \
+             rename the definition, or adopt that chatflow with flowiseId",
+            owned.name,
+            name_taken_by.join(", ")
+        )),
+        (Desired::Own(owned), Found::Many(ids)) => Plan::Conflict(format!(
+            "several Flowise chatflows carry the marker {}: {}",
+            owned.marker,
+            ids.join(", ")
+        )),
+        (_, Found::One(current)) => Plan::Keep(current),
+        (Desired::AdoptId(id), Found::None { .. }) => {
+            Plan::NotFound(format!("Flowise has no chatflow with id {id}"))
+        }
+        (Desired::AdoptName(name), Found::None { .. }) => {
+            Plan::NotFound(format!("Flowise has no chatflow named '{name}'"))
+        }
+        (Desired::AdoptName(name), Found::Many(ids)) => Plan::Conflict(format!(
+            "several Flowise chatflows are named '{name}' ({}); adopt one with flowiseId",
+            ids.join(", ")
+        )),
+        (Desired::AdoptId(id), Found::Many(_)) => {
+            Plan::Conflict(format!("Flowise answered several chatflows for id {id}"))
+        }
+    }
+}
+
+/// The full body that creates `owned`.
+fn create_body(owned: &Owned) -> ChatflowWrite {
+    ChatflowWrite {
+        name: Some(owned.name.clone()),
+        flow_type: Some(owned.flow_type.as_str().to_string()),
+        flow_data: Some(owned.flow_data.to_string()),
+        deployed: Some(owned.deployed.unwrap_or(false)),
+        category: Some(owned.marker.clone()),
+    }
+}
+
+/// The fields of `current` that differ from `owned`. `flowData` is compared as JSON, so key order
+/// and whitespace do not count; `deployed` only when the definition sets it; the category keeps
+/// other tags and only gains the marker when it lacks it.
+pub(super) fn changes(owned: &Owned, current: &FlowiseChatflow) -> ChatflowWrite {
+    let flow_type = owned.flow_type.as_str();
+    ChatflowWrite {
+        name: (current.name != owned.name).then(|| owned.name.clone()),
+        flow_type: (current.flow_type != flow_type).then(|| flow_type.to_string()),
+        flow_data: (current.flow_data_json().as_ref() != Some(&owned.flow_data))
+            .then(|| owned.flow_data.to_string()),
+        deployed: owned
+            .deployed
+            .filter(|want| current.deployed.unwrap_or(false) != *want),
+        category: (!has_marker(current, &owned.marker)).then(|| {
+            current
+                .categories()
+                .chain(std::iter::once(owned.marker.as_str()))
+                .collect::<Vec<_>>()
+                .join(";")
+        }),
+    }
+}
+
+/// What the sync step did.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Change {
+    None,
+    Created,
+    /// The fields sent, e.g. `flowData, deployed`.
+    Updated(String),
+}
+
+/// The result of steps 2–4, the input of the status.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Outcome {
+    Synced {
+        chatflow: FlowiseChatflow,
+        change: Change,
+    },
+    NotFound(String),
+    Conflict(String),
+    Invalid(String),
+    /// Flowise could not be asked (transient) or refused the call (permanent).
+    Unreachable(String),
+}
+
+/// Step 5: the status after `outcome`.
+///
+/// `lastSyncTime` moves on a successful comparison when anything else in the status changes, or
+/// when it is older than `refresh`; otherwise the status equals the old one and is not written.
+pub(super) fn next_status(
+    old: &ChatflowStatus,
+    outcome: &Outcome,
+    generation: Option<i64>,
+    suspended: bool,
+    now: jiff::Timestamp,
+    refresh: Duration,
+) -> ChatflowStatus {
+    let mut new = old.clone();
+    new.observed_generation = generation;
+    let (mut ok, mut why, mut message) = match outcome {
+        Outcome::Synced { chatflow, .. } => {
+            new.flowise_id = Some(chatflow.id.clone());
+            new.flowise_name = non_empty(&chatflow.name);
+            new.flow_type = non_empty(&chatflow.flow_type);
+            new.deployed = Some(chatflow.deployed.unwrap_or(false));
+            new.api_key_bound = Some(chatflow.api_key_bound());
+            (
+                true,
+                reason::SYNCED,
+                "matches the chatflow in Flowise".to_string(),
+            )
+        }
+        Outcome::NotFound(m) => (false, reason::NOT_FOUND_IN_FLOWISE, m.clone()),
+        Outcome::Conflict(m) => (false, reason::CONFLICT, m.clone()),
+        Outcome::Invalid(m) => (false, reason::INVALID_SPEC, m.clone()),
+        Outcome::Unreachable(m) => (false, reason::FLOWISE_UNREACHABLE, m.clone()),
+    };
+    if suspended && !matches!(outcome, Outcome::Invalid(_)) {
+        (ok, why, message) = (
+            false,
+            reason::SUSPENDED,
+            "spec.suspended is true: predictions are refused".to_string(),
+        );
+    }
+    conditions::upsert(
+        &mut new.conditions,
+        conditions::new(conditions::READY, ok, why, message, generation, now),
+    );
+    if matches!(outcome, Outcome::Synced { .. }) {
+        let stale = old.last_sync_time.as_ref().is_none_or(|t| {
+            now.duration_since(t.0)
+                .try_into()
+                .is_ok_and(|age: Duration| age >= refresh)
+        });
+        if stale || new != *old {
+            new.last_sync_time = Some(Time(now));
+        }
+    }
+    new
+}
+
+/// `Some(text)` unless it is empty. Kubernetes 1.20's server-side apply turns an empty string
+/// into null, which the schema refuses, so status never carries empty strings.
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+/// The Event worth publishing for a reconcile, if any: what was done in Flowise, an adoption,
+/// or Ready turning False for a new reason. Repeats of the same state publish nothing.
+pub(super) fn notable(
+    old: &ChatflowStatus,
+    new: &ChatflowStatus,
+    outcome: &Outcome,
+) -> Option<(EventType, &'static str, String)> {
+    if let Outcome::Synced { chatflow, change } = outcome {
+        let what = format!("Flowise chatflow {} '{}'", chatflow.id, chatflow.name);
+        match change {
+            Change::Created => {
+                return Some((EventType::Normal, "Created", format!("created {what}")));
+            }
+            Change::Updated(fields) => {
+                return Some((
+                    EventType::Normal,
+                    "Updated",
+                    format!("updated {fields} of {what}"),
+                ));
+            }
+            Change::None if old.flowise_id.as_deref() != Some(chatflow.id.as_str()) => {
+                return Some((EventType::Normal, "Adopted", format!("adopted {what}")));
+            }
+            Change::None => {}
+        }
+    }
+    super::ready_transition(&old.conditions, &new.conditions)
+}
+
+/// Entry point: the finalizer for Chatflows that own (or owned) a definition, then
+/// [`apply`] or [`cleanup`].
+pub(super) async fn reconcile(
+    cf: Arc<Chatflow>,
+    ctx: Arc<Context>,
+) -> Result<Action, ControllerError> {
+    let started = std::time::Instant::now();
+    let result = with_finalizer(cf, &ctx).await;
+    ctx.metrics
+        .controller
+        .reconciled(KIND, result.is_ok(), started.elapsed());
+    result
+}
+
+async fn with_finalizer(cf: Arc<Chatflow>, ctx: &Context) -> Result<Action, ControllerError> {
+    let needs_finalizer =
+        cf.spec.definition.is_some() || cf.finalizers().iter().any(|f| f == FINALIZER);
+    if !needs_finalizer {
+        return apply(&cf, ctx).await;
+    }
+    let ns = cf.namespace().ok_or(ControllerError::Unnamed)?;
+    let api: Api<Chatflow> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, cf, |event| async {
+        match event {
+            Finalizer::Apply(cf) => apply(&cf, ctx).await,
+            Finalizer::Cleanup(cf) => cleanup(&cf, ctx).await,
+        }
+    })
+    .await
+    .map_err(ControllerError::finalizer)
+}
+
+/// The driver: validate → dereference → plan → sync → status.
+async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> {
+    let old = cf.status.clone().unwrap_or_default();
+    let (outcome, error) = match validate(cf) {
+        Err(message) => (Outcome::Invalid(message), None),
+        Ok(desired) => {
+            match sync(ctx.flowise.as_ref(), &desired, old.flowise_id.as_deref()).await {
+                Ok(outcome) => (outcome, None),
+                Err(error) => (Outcome::Unreachable(error.to_string()), Some(error)),
+            }
+        }
+    };
+    let new = next_status(
+        &old,
+        &outcome,
+        cf.metadata.generation,
+        cf.spec.suspended,
+        super::now(),
+        ctx.settings.last_sync_refresh,
+    );
+    if let Some((type_, why, note)) = notable(&old, &new, &outcome) {
+        ctx.event(cf, type_, why, "Reconcile", note).await;
+    }
+    update_status(ctx, cf, &new).await?;
+    match error {
+        Some(error) => Err(error.into()),
+        None => {
+            ctx.backoff.reset(&object_key(cf));
+            Ok(Action::requeue(ctx.settings.sync_interval))
+        }
+    }
+}
+
+/// Steps 2–4.
+pub(super) async fn sync(
+    flowise: &dyn FlowiseApi,
+    desired: &Desired,
+    known_id: Option<&str>,
+) -> Result<Outcome, FlowiseError> {
+    let found = dereference(flowise, desired, known_id).await?;
+    Ok(match plan(desired, found) {
+        Plan::Keep(chatflow) => Outcome::Synced {
+            chatflow,
+            change: Change::None,
+        },
+        Plan::Create(body) => Outcome::Synced {
+            chatflow: flowise.create(&body).await?,
+            change: Change::Created,
+        },
+        Plan::Update(current, changes) => Outcome::Synced {
+            chatflow: flowise.update(&current.id, &changes).await?,
+            change: Change::Updated(changes.fields()),
+        },
+        Plan::NotFound(message) => Outcome::NotFound(message),
+        Plan::Conflict(message) => Outcome::Conflict(message),
+    })
+}
+
+/// Step 6: writes `new` when it differs from what the object carries.
+async fn update_status(
+    ctx: &Context,
+    cf: &Chatflow,
+    new: &ChatflowStatus,
+) -> Result<(), ControllerError> {
+    if cf.status.as_ref() == Some(new) {
+        return Ok(());
+    }
+    let status = serde_json::to_value(new).map_err(ControllerError::Serialize)?;
+    apply_status(ctx, cf, status, FIELD_MANAGER).await
+}
+
+/// The Chatflow is being deleted: with `deletionPolicy: Delete`, delete the chatflows that carry
+/// its marker. Adopted chatflows are always retained. Needs no valid spec.
+async fn cleanup(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> {
+    let adopted = cf.spec.definition.is_none()
+        && (cf.spec.flowise_id.is_some() || cf.spec.flowise_name.is_some());
+    if cf.spec.deletion_policy == DeletionPolicy::Retain || adopted {
+        return Ok(Action::await_change());
+    }
+    let ns = cf
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(ControllerError::Unnamed)?;
+    let marker = marker(ns, &cf.name_any());
+    let owned: Vec<FlowiseChatflow> = ctx
+        .flowise
+        .list()
+        .await?
+        .into_iter()
+        .filter(|c| has_marker(c, &marker))
+        .collect();
+    for chatflow in owned {
+        if ctx.flowise.delete(&chatflow.id).await? == Deletion::Deleted {
+            let note = format!(
+                "deleted Flowise chatflow {} '{}'",
+                chatflow.id, chatflow.name
+            );
+            tracing::info!(chatflow = %object_key(cf), flowise_id = %chatflow.id, "deleted in Flowise");
+            ctx.event(cf, EventType::Normal, "Deleted", "Cleanup", note)
+                .await;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+#[path = "chatflow_tests.rs"]
+mod tests;

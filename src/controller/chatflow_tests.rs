@@ -1,0 +1,449 @@
+//! The Chatflow steps without I/O (and `sync` against the in-memory Flowise).
+
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+
+use super::*;
+use crate::flowise::fake::FakeFlowise;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn at(secs: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(1_800_000_000 + secs).expect("valid time")
+}
+
+fn chatflow(spec: serde_json::Value) -> Chatflow {
+    serde_json::from_value(json!({
+        "apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow",
+        "metadata": {"name": "support-bot", "namespace": "team-a", "generation": 3},
+        "spec": spec,
+    }))
+    .expect("valid Chatflow")
+}
+
+fn flow() -> serde_json::Value {
+    json!({"nodes": [{"id": "a", "data": {"x": 1, "y": 2}}], "edges": []})
+}
+
+fn owned() -> Owned {
+    match validate(&chatflow(
+        json!({"definition": {"type": "AGENTFLOW", "flowData": flow()}}),
+    )) {
+        Ok(Desired::Own(owned)) => owned,
+        other => panic!("expected an owned definition, got {other:?}"),
+    }
+}
+
+fn in_flowise(id: &str, name: &str, category: Option<&str>) -> FlowiseChatflow {
+    FlowiseChatflow {
+        id: id.into(),
+        name: name.into(),
+        flow_type: "AGENTFLOW".into(),
+        flow_data: flow().to_string(),
+        deployed: Some(false),
+        is_public: None,
+        apikeyid: None,
+        category: category.map(str::to_string),
+        created_date: None,
+        updated_date: None,
+    }
+}
+
+fn synced(chatflow: FlowiseChatflow) -> Outcome {
+    Outcome::Synced {
+        chatflow,
+        change: Change::None,
+    }
+}
+
+fn ready(status: &ChatflowStatus) -> (String, String) {
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::READY)
+        .expect("Ready condition");
+    (c.status.clone(), c.reason.clone())
+}
+
+// validate
+
+#[test]
+fn a_spec_with_two_sources_is_invalid_and_says_so() {
+    let cf = chatflow(json!({"flowiseId": "3f1c2a7e-0000-4000-8000-000000000001",
+                             "definition": {"flowData": flow()}}));
+    let message = validate(&cf).expect_err("invalid");
+    assert!(
+        message.contains("exactly one of flowiseId, flowiseName, definition"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_definition_without_nodes_is_invalid_before_flowise_sees_it() {
+    let cf = chatflow(json!({"definition": {"flowData": {"edges": []}}}));
+    let message = validate(&cf).expect_err("invalid");
+    assert!(message.contains("'nodes' array"), "{message}");
+}
+
+#[test]
+fn an_owned_definition_defaults_its_name_and_carries_its_marker() {
+    let owned = owned();
+    assert_eq!(owned.name, "support-bot");
+    assert_eq!(owned.marker, "flowgate:team-a/support-bot");
+    assert_eq!(owned.flow_type, ChatflowType::Agentflow);
+}
+
+#[test]
+fn an_adopted_id_is_lower_cased() {
+    let cf = chatflow(json!({"flowiseId": "3F1C2A7E-0000-4000-8000-00000000000A"}));
+    assert_eq!(
+        validate(&cf),
+        Ok(Desired::AdoptId(
+            "3f1c2a7e-0000-4000-8000-00000000000a".into()
+        ))
+    );
+}
+
+// plan
+
+#[test]
+fn nothing_found_creates_with_the_marker() {
+    let owned = owned();
+    let plan = plan(
+        &Desired::Own(owned.clone()),
+        Found::None {
+            name_taken_by: vec![],
+        },
+    );
+    let Plan::Create(body) = plan else {
+        panic!("expected Create, got {plan:?}")
+    };
+    assert_eq!(body.name.as_deref(), Some("support-bot"));
+    assert_eq!(body.flow_type.as_deref(), Some("AGENTFLOW"));
+    assert_eq!(
+        body.category.as_deref(),
+        Some("flowgate:team-a/support-bot")
+    );
+    assert_eq!(body.deployed, Some(false));
+    let sent: serde_json::Value =
+        serde_json::from_str(body.flow_data.as_deref().expect("flowData")).expect("a JSON string");
+    assert_eq!(sent, flow());
+}
+
+#[test]
+fn an_unmarked_chatflow_of_the_same_name_is_a_conflict_not_a_second_chatflow() {
+    let plan = plan(
+        &Desired::Own(owned()),
+        Found::None {
+            name_taken_by: vec!["id-1".into()],
+        },
+    );
+    assert!(
+        matches!(&plan, Plan::Conflict(m) if m.contains("id-1")),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn an_unchanged_chatflow_is_kept_whatever_the_key_order_of_its_flow_data() {
+    let mut current = in_flowise("id-1", "support-bot", Some("flowgate:team-a/support-bot"));
+    current.flow_data =
+        r#"{ "edges": [], "nodes": [{"data": {"y": 2, "x": 1}, "id": "a"}] }"#.into();
+    assert_eq!(
+        plan(&Desired::Own(owned()), Found::One(current.clone())),
+        Plan::Keep(current)
+    );
+}
+
+#[test]
+fn a_changed_definition_sends_only_what_differs() {
+    let mut owned = owned();
+    owned.flow_data["nodes"][0]["data"]["x"] = json!(5);
+    owned.deployed = Some(true);
+    let current = in_flowise("id-1", "support-bot", Some("flowgate:team-a/support-bot"));
+    let Plan::Update(target, changes) = plan(&Desired::Own(owned), Found::One(current)) else {
+        panic!("expected Update")
+    };
+    assert_eq!(target.id, "id-1");
+    assert_eq!(changes.fields(), "flowData, deployed");
+}
+
+#[test]
+fn a_lost_marker_is_put_back_next_to_other_tags() {
+    let current = in_flowise("id-1", "support-bot", Some("sales; demo"));
+    let changes = changes(&owned(), &current);
+    assert_eq!(
+        changes.category.as_deref(),
+        Some("sales;demo;flowgate:team-a/support-bot")
+    );
+    assert_eq!(changes.fields(), "category");
+}
+
+#[test]
+fn several_chatflows_of_an_adopted_name_are_a_conflict() {
+    let plan = plan(
+        &Desired::AdoptName("Support Bot".into()),
+        Found::Many(vec!["a".into(), "b".into()]),
+    );
+    assert!(
+        matches!(&plan, Plan::Conflict(m) if m.contains("a, b")),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn an_unknown_id_is_not_found() {
+    let plan = plan(
+        &Desired::AdoptId("x".into()),
+        Found::None {
+            name_taken_by: vec![],
+        },
+    );
+    assert!(matches!(plan, Plan::NotFound(_)));
+}
+
+#[test]
+fn an_adopted_chatflow_is_never_changed() {
+    let current = in_flowise("id-1", "Other", None);
+    assert_eq!(
+        plan(
+            &Desired::AdoptName("Other".into()),
+            Found::One(current.clone())
+        ),
+        Plan::Keep(current)
+    );
+}
+
+// next_status
+
+#[test]
+fn a_synced_chatflow_reports_what_flowise_holds() {
+    let mut chatflow = in_flowise("id-1", "Support Bot", None);
+    chatflow.apikeyid = Some("key-id".into());
+    let status = next_status(
+        &ChatflowStatus::default(),
+        &synced(chatflow),
+        Some(3),
+        false,
+        at(0),
+        HOUR,
+    );
+    assert_eq!(status.flowise_id.as_deref(), Some("id-1"));
+    assert_eq!(status.flowise_name.as_deref(), Some("Support Bot"));
+    assert_eq!(status.flow_type.as_deref(), Some("AGENTFLOW"));
+    assert_eq!(status.deployed, Some(false));
+    assert_eq!(status.api_key_bound, Some(true));
+    assert_eq!(status.observed_generation, Some(3));
+    assert_eq!(status.last_sync_time, Some(Time(at(0))));
+    assert_eq!(ready(&status), ("True".into(), "Synced".into()));
+}
+
+#[test]
+fn a_resync_that_finds_nothing_new_leaves_the_status_identical() {
+    let outcome = synced(in_flowise("id-1", "Support Bot", None));
+    let first = next_status(
+        &ChatflowStatus::default(),
+        &outcome,
+        Some(3),
+        false,
+        at(0),
+        HOUR,
+    );
+    let again = next_status(&first, &outcome, Some(3), false, at(60), HOUR);
+    assert_eq!(
+        again, first,
+        "no write: lastSyncTime waits for a change or the refresh bound"
+    );
+    let later = next_status(&first, &outcome, Some(3), false, at(3600), HOUR);
+    assert_eq!(
+        later.last_sync_time,
+        Some(Time(at(3600))),
+        "refreshed once stale"
+    );
+}
+
+#[test]
+fn any_other_change_moves_last_sync_time_at_once() {
+    let first = next_status(
+        &ChatflowStatus::default(),
+        &synced(in_flowise("id-1", "Support Bot", None)),
+        Some(3),
+        false,
+        at(0),
+        HOUR,
+    );
+    let mut deployed = in_flowise("id-1", "Support Bot", None);
+    deployed.deployed = Some(true);
+    let next = next_status(&first, &synced(deployed), Some(3), false, at(60), HOUR);
+    assert_eq!(next.deployed, Some(true));
+    assert_eq!(next.last_sync_time, Some(Time(at(60))));
+}
+
+#[test]
+fn flowise_down_keeps_the_last_known_fields_and_says_unreachable() {
+    let good = next_status(
+        &ChatflowStatus::default(),
+        &synced(in_flowise("id-1", "Support Bot", None)),
+        Some(3),
+        false,
+        at(0),
+        HOUR,
+    );
+    let down = Outcome::Unreachable("cannot connect".into());
+    let bad = next_status(&good, &down, Some(3), false, at(60), HOUR);
+    assert_eq!(bad.flowise_id.as_deref(), Some("id-1"));
+    assert_eq!(bad.last_sync_time, good.last_sync_time);
+    assert_eq!(ready(&bad), ("False".into(), "FlowiseUnreachable".into()));
+    let still = next_status(&bad, &down, Some(3), false, at(120), HOUR);
+    assert_eq!(still, bad, "a second failed attempt writes nothing");
+}
+
+#[test]
+fn a_suspended_chatflow_is_not_ready_but_keeps_syncing() {
+    let status = next_status(
+        &ChatflowStatus::default(),
+        &synced(in_flowise("id-1", "Support Bot", None)),
+        Some(3),
+        true,
+        at(0),
+        HOUR,
+    );
+    assert_eq!(status.flowise_id.as_deref(), Some("id-1"));
+    assert_eq!(ready(&status), ("False".into(), "Suspended".into()));
+}
+
+// notable
+
+#[test]
+fn events_mark_creation_adoption_and_new_problems_only() {
+    let chatflow = in_flowise("id-1", "Support Bot", None);
+    let created = Outcome::Synced {
+        chatflow: chatflow.clone(),
+        change: Change::Created,
+    };
+    let empty = ChatflowStatus::default();
+    let ok = next_status(&empty, &created, Some(1), false, at(0), HOUR);
+    assert_eq!(notable(&empty, &ok, &created).map(|e| e.1), Some("Created"));
+    assert_eq!(
+        notable(&empty, &ok, &synced(chatflow.clone())).map(|e| e.1),
+        Some("Adopted")
+    );
+    assert_eq!(
+        notable(&ok, &ok, &synced(chatflow)),
+        None,
+        "a resync is not news"
+    );
+
+    let down = Outcome::Unreachable("refused".into());
+    let bad = next_status(&ok, &down, Some(1), false, at(1), HOUR);
+    let event = notable(&ok, &bad, &down).expect("a new problem is news");
+    assert!(matches!(event.0, EventType::Warning));
+    assert_eq!(event.1, "FlowiseUnreachable");
+    assert_eq!(
+        notable(&bad, &bad, &down),
+        None,
+        "the same problem again is not"
+    );
+}
+
+// sync against the in-memory Flowise
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+#[test]
+fn a_lost_status_write_finds_the_chatflow_again_instead_of_creating_a_second() {
+    let flowise = FakeFlowise::default();
+    let desired = Desired::Own(owned());
+    let first = block_on(sync(&flowise, &desired, None)).expect("synced");
+    let Outcome::Synced {
+        chatflow,
+        change: Change::Created,
+    } = first
+    else {
+        panic!("expected a creation, got {first:?}")
+    };
+    // The status write with the id was lost: the next reconcile knows no id.
+    let second = block_on(sync(&flowise, &desired, None)).expect("synced");
+    assert_eq!(second, synced(chatflow));
+    assert_eq!(flowise.creates.load(Ordering::SeqCst), 1);
+    assert_eq!(flowise.all().len(), 1);
+}
+
+#[test]
+fn a_chatflow_deleted_in_flowise_is_created_again() {
+    let flowise = FakeFlowise::default();
+    let desired = Desired::Own(owned());
+    let Outcome::Synced { chatflow, .. } = block_on(sync(&flowise, &desired, None)).expect("ok")
+    else {
+        panic!("expected a chatflow")
+    };
+    block_on(flowise.delete(&chatflow.id)).expect("deleted");
+    let again = block_on(sync(&flowise, &desired, Some(&chatflow.id))).expect("ok");
+    assert!(
+        matches!(
+            again,
+            Outcome::Synced {
+                change: Change::Created,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    assert_eq!(flowise.all().len(), 1);
+}
+
+#[test]
+fn an_unchanged_definition_is_not_sent_again() {
+    let flowise = FakeFlowise::default();
+    let desired = Desired::Own(owned());
+    let Outcome::Synced { chatflow, .. } = block_on(sync(&flowise, &desired, None)).expect("ok")
+    else {
+        panic!("expected a chatflow")
+    };
+    for _ in 0..3 {
+        block_on(sync(&flowise, &desired, Some(&chatflow.id))).expect("ok");
+    }
+    assert_eq!(
+        flowise.updates.load(Ordering::SeqCst),
+        0,
+        "PUT only when different"
+    );
+}
+
+#[test]
+fn flowise_down_is_a_transient_error_and_creates_nothing() {
+    let flowise = FakeFlowise::default();
+    flowise.set_down(true);
+    let error = block_on(sync(&flowise, &Desired::Own(owned()), None)).expect_err("down");
+    assert!(error.transient());
+    flowise.set_down(false);
+    assert!(flowise.all().is_empty());
+}
+
+#[test]
+fn adoption_by_name_finds_the_single_chatflow_of_that_name() {
+    let flowise = FakeFlowise::default();
+    let id = flowise.insert("Support Bot", "CHATFLOW", None);
+    flowise.insert("Other", "CHATFLOW", None);
+    let outcome = block_on(sync(
+        &flowise,
+        &Desired::AdoptName("Support Bot".into()),
+        None,
+    ))
+    .expect("ok");
+    assert!(matches!(&outcome, Outcome::Synced { chatflow, .. } if chatflow.id == id));
+    flowise.insert("Support Bot", "AGENTFLOW", None);
+    let outcome = block_on(sync(
+        &flowise,
+        &Desired::AdoptName("Support Bot".into()),
+        None,
+    ))
+    .expect("ok");
+    assert!(matches!(outcome, Outcome::Conflict(_)), "{outcome:?}");
+}

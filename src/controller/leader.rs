@@ -1,0 +1,245 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so one replica reconciles and writes
+//! status while every replica runs its proxy.
+//!
+//! Acquire and renew are a read followed by a replace carrying the read's `resourceVersion`:
+//! of two replicas racing for the same Lease the API server accepts one and answers the other
+//! 409. A Lease counts as expired when its record has not changed for its duration, measured on
+//! this replica's clock from when this replica first saw that record (as client-go does), so
+//! clock skew between replicas does not matter. A holder that cannot renew for two thirds of
+//! the duration stops leading before anyone else may start; on shutdown it releases the Lease so
+//! the next replica takes over at once.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease as KubeLease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+/// Which Lease, who we are, and the timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseSettings {
+    pub namespace: String,
+    pub name: String,
+    /// This replica's identity in `holderIdentity`; unique per process.
+    pub identity: String,
+    /// How long a Lease stays valid without renewal.
+    pub duration: Duration,
+    /// How often the holder renews.
+    pub renew_every: Duration,
+    /// How often a candidate tries to acquire.
+    pub retry_every: Duration,
+}
+
+impl LeaseSettings {
+    /// The Lease `flowgate-controller` in `namespace`: 15 s, renewed every 5 s, tried every 2 s.
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: "flowgate-controller".to_string(),
+            identity: default_identity(),
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+            retry_every: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `<hostname>-<8 random hex>`: the Pod name in a cluster, unique even for two processes on one
+/// host.
+fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "flowgate".to_string());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &random[..8])
+}
+
+/// The last Lease record seen, and when this replica first saw it.
+struct Observed {
+    resource_version: String,
+    at: Instant,
+}
+
+/// One replica's view of the Lease.
+pub(super) struct Lease {
+    api: Api<KubeLease>,
+    settings: LeaseSettings,
+    observed: Mutex<Option<Observed>>,
+}
+
+impl Lease {
+    pub(super) fn new(client: Client, settings: LeaseSettings) -> Self {
+        Self {
+            api: Api::namespaced(client, &settings.namespace),
+            settings,
+            observed: Mutex::new(None),
+        }
+    }
+
+    /// Tries every `retry_every` until this replica holds the Lease (true) or `shutdown` (false).
+    pub(super) async fn acquire(&self, shutdown: &CancellationToken) -> bool {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "cannot read or write the controller Lease"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(self.settings.retry_every) => {}
+            }
+        }
+    }
+
+    /// Renews every `renew_every` until `session` ends; cancels `session` when the Lease is lost
+    /// (someone else holds it, or no renewal succeeded for two thirds of its duration).
+    pub(super) async fn hold(&self, session: CancellationToken) {
+        let deadline = self.settings.duration * 2 / 3;
+        let mut renewed = Instant::now();
+        loop {
+            tokio::select! {
+                () = session.cancelled() => return,
+                () = tokio::time::sleep(self.settings.renew_every) => {}
+            }
+            match self.try_acquire_or_renew().await {
+                Ok(true) => renewed = Instant::now(),
+                Ok(false) => {
+                    tracing::warn!("another replica holds the controller Lease");
+                    session.cancel();
+                    return;
+                }
+                Err(error) if renewed.elapsed() >= deadline => {
+                    tracing::warn!(%error, "could not renew the controller Lease in time");
+                    session.cancel();
+                    return;
+                }
+                Err(error) => tracing::debug!(%error, "Lease renewal failed; retrying"),
+            }
+        }
+    }
+
+    /// Gives the Lease up if this replica holds it, so another can take over at once.
+    pub(super) async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.settings.name).await else {
+            return;
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(self.settings.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+        if let Err(error) = self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
+            tracing::debug!(%error, "could not release the controller Lease");
+        }
+    }
+
+    /// One attempt: Ok(true) when this replica holds the Lease afterwards.
+    async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let now = Instant::now();
+        let Some(current) = self.api.get_opt(&self.settings.name).await? else {
+            return self.create().await;
+        };
+        let spec = current.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty());
+        let mine = holder == Some(self.settings.identity.as_str());
+        let seen_at = self.observe(current.resource_version().unwrap_or_default(), now);
+        let duration = spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(self.settings.duration, Duration::from_secs);
+        let expired = holder.is_none() || now.duration_since(seen_at) >= duration;
+        if !mine && !expired {
+            return Ok(false);
+        }
+
+        let mut lease = current;
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let stamp = MicroTime(jiff::Timestamp::now());
+        if !mine {
+            spec.holder_identity = Some(self.settings.identity.clone());
+            spec.acquire_time = Some(stamp.clone());
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+            tracing::info!(previous = ?holder, "taking over the controller Lease");
+        }
+        spec.renew_time = Some(stamp);
+        spec.lease_duration_seconds = Some(self.duration_seconds());
+        match self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(written) => {
+                self.observe(written.resource_version().unwrap_or_default(), now);
+                Ok(true)
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn create(&self) -> Result<bool, kube::Error> {
+        let stamp = MicroTime(jiff::Timestamp::now());
+        let lease = KubeLease {
+            metadata: ObjectMeta {
+                name: Some(self.settings.name.clone()),
+                namespace: Some(self.settings.namespace.clone()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(self.settings.identity.clone()),
+                lease_duration_seconds: Some(self.duration_seconds()),
+                acquire_time: Some(stamp.clone()),
+                renew_time: Some(stamp),
+                lease_transitions: Some(0),
+                ..Default::default()
+            }),
+        };
+        match self.api.create(&PostParams::default(), &lease).await {
+            Ok(written) => {
+                self.observe(
+                    written.resource_version().unwrap_or_default(),
+                    Instant::now(),
+                );
+                Ok(true)
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Records `resource_version` as seen at `now` unless it is the one already seen; returns when
+    /// the current record was first seen.
+    fn observe(&self, resource_version: String, now: Instant) -> Instant {
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        match observed.as_ref() {
+            Some(seen) if seen.resource_version == resource_version => seen.at,
+            _ => {
+                *observed = Some(Observed {
+                    resource_version,
+                    at: now,
+                });
+                now
+            }
+        }
+    }
+
+    fn duration_seconds(&self) -> i32 {
+        i32::try_from(self.settings.duration.as_secs().max(1)).unwrap_or(i32::MAX)
+    }
+}

@@ -1,0 +1,601 @@
+//! The controller: keeps Flowise in step with the Chatflow objects and reports what it sees in
+//! the status of every flowgate resource.
+//!
+//! ```text
+//!  run ── leader::Lease ──(while leading)──┬─ chatflow: validate → dereference → plan → sync → status
+//!                                          ├─ access:   resolve refs, expiry        → status
+//!                                          ├─ policy:   validate, resolve refs      → status
+//!                                          └─ sync:     periodic Flowise listing → import, counts
+//! ```
+//!
+//! Only the replica holding the Lease reconciles and writes status; the others wait (their proxy
+//! keeps serving). Errors from Flowise say whether they are transient: transient ones requeue
+//! with backoff, permanent ones are reported in status and retried at the sync interval.
+
+mod access;
+mod chatflow;
+mod leader;
+mod policy;
+mod sync;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::{Controller as KubeController, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy};
+use crate::flowise::{FlowiseApi, FlowiseClient, FlowiseError};
+use crate::metrics::Metrics;
+
+pub use leader::LeaseSettings;
+pub use sync::{ChatflowSyncResult, SyncOutcome, SyncReport, SyncState};
+
+/// How long a status's `lastSyncTime` may lag before an otherwise unchanged status is rewritten
+/// just to move it. Every other status change moves it at once. Without this bound a resync
+/// would write every Chatflow every `--sync-interval` (a write, a watch event and an index
+/// recompile per object per minute); with it an idle Chatflow is written at most every 10 minutes.
+pub const LAST_SYNC_REFRESH: Duration = Duration::from_secs(600);
+
+/// What the controller does and where.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Watch this namespace only; `None` watches all namespaces.
+    pub namespace: Option<String>,
+    /// Import unclaimed Flowise chatflows as Chatflows in this namespace.
+    pub import_namespace: Option<String>,
+    /// Consider only Flowise chatflows whose name starts with this when importing and counting
+    /// (`None`: all). Lets several flowgate installations, or tests, share one Flowise.
+    pub import_name_prefix: Option<String>,
+    /// How often every Chatflow is compared with Flowise, and the sync pass runs.
+    pub sync_interval: Duration,
+    /// See [`LAST_SYNC_REFRESH`].
+    pub last_sync_refresh: Duration,
+    /// The Lease that elects the one reconciling replica.
+    pub lease: LeaseSettings,
+}
+
+impl Settings {
+    /// The settings of `flowgate run`; the Lease lives in `lease_namespace` (the namespace the
+    /// process runs in).
+    pub fn from_config(config: &Config, lease_namespace: &str) -> Self {
+        Self {
+            namespace: None,
+            import_namespace: config.import_namespace.clone(),
+            import_name_prefix: None,
+            sync_interval: config.sync_interval,
+            last_sync_refresh: LAST_SYNC_REFRESH,
+            lease: LeaseSettings::new(lease_namespace),
+        }
+    }
+}
+
+/// Why the controller could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// A call to Flowise failed.
+    #[error(transparent)]
+    Flowise(#[from] FlowiseError),
+    /// A call to the Kubernetes API failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<ControllerError>>),
+    /// The object lacks a namespace or name (never for objects from the API server).
+    #[error("object without namespace or name")]
+    Unnamed,
+    /// A status could not be serialized (never for the plain types it holds).
+    #[error("cannot serialize status: {0}")]
+    Serialize(#[source] serde_json::Error),
+}
+
+impl ControllerError {
+    /// Whether retrying soon may help (see [`FlowiseError::transient`]). API server errors count as
+    /// transient except when it refuses the request as invalid or forbidden.
+    pub fn transient(&self) -> bool {
+        match self {
+            Self::Flowise(error) => error.transient(),
+            Self::Kube(kube::Error::Api(status)) => !matches!(status.code, 400 | 403 | 404 | 422),
+            Self::Kube(_) => true,
+            Self::Finalizer(error) => match error.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.transient(),
+                _ => true,
+            },
+            Self::Unnamed | Self::Serialize(_) => false,
+        }
+    }
+
+    /// A short stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Flowise(error) => error.reason(),
+            Self::Kube(_) => "kube",
+            Self::Finalizer(error) => match error.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => "finalizer",
+            },
+            Self::Unnamed => "unnamed",
+            Self::Serialize(_) => "serialize",
+        }
+    }
+
+    fn finalizer(error: kube::runtime::finalizer::Error<ControllerError>) -> Self {
+        match error {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Self::Finalizer(Box::new(other)),
+        }
+    }
+}
+
+/// The controller, ready to run.
+pub struct Controller {
+    client: Client,
+    flowise: Arc<dyn FlowiseApi>,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    sync: SyncState,
+}
+
+impl Controller {
+    /// A controller talking to `flowise` with `settings`.
+    pub fn new(
+        client: Client,
+        flowise: Arc<dyn FlowiseApi>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let settings = Arc::new(settings);
+        let sync = SyncState::new(
+            client.clone(),
+            flowise.clone(),
+            settings.clone(),
+            metrics.clone(),
+        );
+        Self {
+            client,
+            flowise,
+            settings,
+            metrics,
+            sync,
+        }
+    }
+
+    /// A controller configured like `flowgate run`.
+    pub fn from_config(
+        client: Client,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ControllerError> {
+        let flowise = Arc::new(FlowiseClient::from_config(config)?);
+        let settings = Settings::from_config(config, client.default_namespace());
+        Ok(Self::new(client, flowise, settings, metrics))
+    }
+
+    /// The sync handle: last pass, and `sync_now` for the admin API.
+    pub fn sync_state(&self) -> SyncState {
+        self.sync.clone()
+    }
+
+    /// Campaigns for the Lease and, while holding it, reconciles everything; returns after
+    /// `shutdown` once in-flight reconciles have finished and the Lease is released.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ControllerError> {
+        let lease = leader::Lease::new(self.client.clone(), self.settings.lease.clone());
+        tracing::info!(
+            identity = %self.settings.lease.identity,
+            lease = %format!("{}/{}", self.settings.lease.namespace, self.settings.lease.name),
+            "controller campaigning for leadership"
+        );
+        loop {
+            if !lease.acquire(&shutdown).await {
+                return Ok(());
+            }
+            tracing::info!(identity = %self.settings.lease.identity, "leading: reconciling");
+            self.metrics.controller.set_leader(true);
+            let session = shutdown.child_token();
+            tokio::join!(
+                async {
+                    self.lead(session.clone()).await;
+                    session.cancel();
+                },
+                lease.hold(session.clone()),
+            );
+            self.metrics.controller.set_leader(false);
+            if shutdown.is_cancelled() {
+                lease.release().await;
+                tracing::info!("controller stopped; lease released");
+                return Ok(());
+            }
+            tracing::warn!("lost the lease; waiting to lead again");
+        }
+    }
+
+    /// Runs every reconciler and the periodic sync until `session` ends.
+    async fn lead(&self, session: CancellationToken) {
+        let chatflows = KubeController::new(self.api::<Chatflow>(), watcher_config());
+        let ctx = Arc::new(Context {
+            client: self.client.clone(),
+            flowise: self.flowise.clone(),
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+            recorder: Recorder::new(
+                self.client.clone(),
+                Reporter {
+                    controller: "flowgate".into(),
+                    instance: Some(self.settings.lease.identity.clone()),
+                },
+            ),
+            backoff: Backoff::default(),
+            chatflows: chatflows.store(),
+        });
+        let stop = {
+            let session = session.clone();
+            move || {
+                let session = session.clone();
+                async move { session.cancelled().await }
+            }
+        };
+
+        let chatflow_task = chatflows
+            .reconcile_all_on(self.sync.reconcile_requests())
+            .graceful_shutdown_on(stop())
+            .run(chatflow::reconcile, error_policy::<Chatflow>, ctx.clone())
+            .for_each(log_outcome);
+
+        let access_task = {
+            let ctx = ctx.clone();
+            let store = ctx.chatflows.clone();
+            let controller = KubeController::new(self.api::<ChatflowAccess>(), watcher_config());
+            let accesses = controller.store();
+            let controller = controller
+                .watches(self.api::<Chatflow>(), watcher_config(), move |cf| {
+                    same_namespace(&accesses, &cf)
+                })
+                .graceful_shutdown_on(stop());
+            async move {
+                if store.wait_until_ready().await.is_ok() {
+                    controller
+                        .run(access::reconcile, error_policy::<ChatflowAccess>, ctx)
+                        .for_each(log_outcome)
+                        .await;
+                }
+            }
+        };
+
+        let policy_task = {
+            let ctx = ctx.clone();
+            let store = ctx.chatflows.clone();
+            let controller = KubeController::new(self.api::<CreditPolicy>(), watcher_config());
+            let policies = controller.store();
+            let controller = controller
+                .watches(self.api::<Chatflow>(), watcher_config(), move |cf| {
+                    same_namespace(&policies, &cf)
+                })
+                .graceful_shutdown_on(stop());
+            async move {
+                if store.wait_until_ready().await.is_ok() {
+                    controller
+                        .run(policy::reconcile, error_policy::<CreditPolicy>, ctx)
+                        .for_each(log_outcome)
+                        .await;
+                }
+            }
+        };
+
+        tokio::join!(
+            chatflow_task,
+            access_task,
+            policy_task,
+            self.sync.run_periodically(session.clone()),
+        );
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match &self.settings.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+}
+
+/// Runs the controller configured like `flowgate run` until `shutdown`.
+pub async fn run(
+    client: Client,
+    config: &Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), ControllerError> {
+    Controller::from_config(client, config, metrics)?
+        .run(shutdown)
+        .await
+}
+
+fn watcher_config() -> watcher::Config {
+    watcher::Config::default().any_semantic()
+}
+
+/// Every object of `store` in the namespace of `cf`: a Chatflow appearing or going away changes
+/// how rules in its namespace resolve.
+fn same_namespace<K>(store: &Store<K>, cf: &Chatflow) -> Vec<kube::runtime::reflector::ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let ns = cf.namespace();
+    store
+        .state()
+        .iter()
+        .filter(|obj| obj.namespace() == ns)
+        .map(|obj| kube::runtime::reflector::ObjectRef::from_obj(obj.as_ref()))
+        .collect()
+}
+
+fn log_outcome<K: Resource>(
+    outcome: Result<
+        (kube::runtime::reflector::ObjectRef<K>, Action),
+        kube::runtime::controller::Error<ControllerError, watcher::Error>,
+    >,
+) -> std::future::Ready<()> {
+    match outcome {
+        Ok(_) => {}
+        // Counted and logged by the error policy.
+        Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+        // Deleted while queued: nothing to do.
+        Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
+        // A watch failing (CRDs missing, no permission, API server away) is retried with backoff.
+        Err(error) => tracing::warn!(%error, "controller watch or queue error"),
+    }
+    std::future::ready(())
+}
+
+/// What every reconcile needs.
+pub(crate) struct Context {
+    pub client: Client,
+    pub flowise: Arc<dyn FlowiseApi>,
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub backoff: Backoff,
+    /// Chatflows as the Chatflow reconciler sees them (for resolving references).
+    pub chatflows: Store<Chatflow>,
+}
+
+impl Context {
+    /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
+    pub async fn event<K>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::debug!(%error, reason, "could not publish an Event");
+        }
+    }
+
+    /// Names of the Chatflows in `namespace`.
+    pub fn chatflow_names(&self, namespace: &str) -> BTreeSet<String> {
+        self.chatflows
+            .state()
+            .iter()
+            .filter(|cf| cf.metadata.namespace.as_deref() == Some(namespace))
+            .filter_map(|cf| cf.metadata.name.clone())
+            .collect()
+    }
+}
+
+/// The error policy of every kind: transient errors back off per object (1 s, 2 s, 4 s, … up to
+/// the sync interval); permanent ones were reported in status and wait for the next resync.
+fn error_policy<K>(obj: Arc<K>, error: &ControllerError, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    let kind = kind_name::<K>();
+    ctx.metrics.controller.reconcile_error(kind, error.reason());
+    let key = object_key(obj.as_ref());
+    if error.transient() {
+        let delay = ctx.backoff.next(&key, ctx.settings.sync_interval);
+        tracing::warn!(kind, object = %key, %error, retry_in = ?delay, "reconcile failed (transient)");
+        Action::requeue(delay)
+    } else {
+        ctx.backoff.reset(&key);
+        tracing::warn!(kind, object = %key, %error, "reconcile failed (permanent); retrying at the sync interval");
+        Action::requeue(ctx.settings.sync_interval)
+    }
+}
+
+/// The kind as a static label.
+fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "Chatflow" => chatflow::KIND,
+        "ChatflowAccess" => access::KIND,
+        "CreditPolicy" => policy::KIND,
+        _ => "other",
+    }
+}
+
+/// `Kind/namespace/name` of an object.
+fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Per-object retry delays for transient errors.
+#[derive(Default)]
+pub(crate) struct Backoff {
+    attempts: Mutex<HashMap<String, u32>>,
+}
+
+impl Backoff {
+    /// The delay before the next attempt for `key`: 1 s doubling per failure, at most `max`.
+    pub fn next(&self, key: &str, max: Duration) -> Duration {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = attempts.entry(key.to_string()).or_insert(0);
+        let delay = Duration::from_secs(1u64 << (*n).min(16));
+        *n = n.saturating_add(1);
+        delay.min(max)
+    }
+
+    /// Forgets the failures of `key` (it reconciled).
+    pub fn reset(&self, key: &str) {
+        self.attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+/// Writes `status` with server-side apply on `/status` as field manager `manager` (forced).
+/// Only the fields in `status` are owned; fields other managers set are left alone.
+pub(crate) async fn apply_status<K>(
+    ctx: &Context,
+    obj: &K,
+    status: serde_json::Value,
+    manager: &str,
+) -> Result<(), ControllerError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = obj.meta().name.as_deref().ok_or(ControllerError::Unnamed)?;
+    let ns = obj
+        .meta()
+        .namespace
+        .as_deref()
+        .ok_or(ControllerError::Unnamed)?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    ctx.metrics.controller.status_written(kind_name::<K>());
+    Ok(())
+}
+
+/// How many of `names` exist in `existing`, and which do not (`"*"`: every existing one).
+pub(crate) fn resolve_refs(names: &[String], existing: &BTreeSet<String>) -> (u32, Vec<String>) {
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    if names.iter().any(|n| n == "*") {
+        return (count(existing.len()), Vec::new());
+    }
+    let wanted: BTreeSet<&String> = names.iter().collect();
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|n| !existing.contains(n.as_str()))
+        .map(|n| n.to_string())
+        .collect();
+    (count(wanted.len() - missing.len()), missing)
+}
+
+/// The Event for `Ready` turning False for a new reason: Warning, except for Suspended.
+pub(crate) fn ready_transition(
+    old: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    new: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Option<(EventType, &'static str, String)> {
+    use crate::crd::conditions::{READY, reason};
+    let ready = |list: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+        list.iter().find(|c| c.type_ == READY).cloned()
+    };
+    let now = ready(new)?;
+    if now.status != "False" || ready(old).is_some_and(|before| before.reason == now.reason) {
+        return None;
+    }
+    let why = [
+        reason::NOT_FOUND_IN_FLOWISE,
+        reason::FLOWISE_UNREACHABLE,
+        reason::INVALID_SPEC,
+        reason::SUSPENDED,
+        reason::CONFLICT,
+        reason::EXPIRED,
+    ]
+    .into_iter()
+    .find(|r| *r == now.reason)?;
+    let type_ = if why == reason::SUSPENDED {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    Some((type_, why, now.message))
+}
+
+/// Now, to the second: the API server stores times to the second, so a status computed from a
+/// finer time would never equal the one read back.
+pub(crate) fn now() -> jiff::Timestamp {
+    let now = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_resolve_by_name_or_wildcard() {
+        let existing: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            resolve_refs(&names(&["a", "c", "a"]), &existing),
+            (1, vec!["c".to_string()])
+        );
+        assert_eq!(resolve_refs(&names(&["*"]), &existing), (2, vec![]));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let backoff = Backoff::default();
+        let cap = Duration::from_secs(10);
+        let delays: Vec<u64> = (0..6).map(|_| backoff.next("a", cap).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(backoff.next("b", cap).as_secs(), 1, "per object");
+        backoff.reset("a");
+        assert_eq!(backoff.next("a", cap).as_secs(), 1);
+    }
+
+    #[test]
+    fn flowise_errors_keep_their_transience_through_the_finalizer() {
+        let refused = ControllerError::Flowise(FlowiseError::Unauthorized("no".into()));
+        assert!(!refused.transient());
+        let wrapped = ControllerError::finalizer(kube::runtime::finalizer::Error::CleanupFailed(
+            ControllerError::Flowise(FlowiseError::Timeout(Duration::from_secs(1))),
+        ));
+        assert!(wrapped.transient());
+        assert_eq!(wrapped.reason(), "timeout");
+    }
+}

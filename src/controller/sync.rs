@@ -1,0 +1,609 @@
+//! The sync pass: one Flowise listing compared with every Chatflow, every `--sync-interval` and
+//! on demand ([`SyncState::sync_now`], for the admin API's `POST /chatflows/sync`).
+//!
+//! A pass imports unclaimed Flowise chatflows (with `--import-namespace`), counts what changed
+//! the way the Python service's `ChatflowSyncResult` does, and asks the Chatflow reconciler to
+//! run at once when a status no longer matches Flowise. The reconciler stays the one writer of
+//! Chatflow status; the pass only creates imported Chatflow objects, which is idempotent (create,
+//! never overwrite), so it is safe on any replica. Nothing is ever deleted: a vanished chatflow
+//! is reported by its Chatflow (`NotFoundInFlowise`), and Flowise being down only adds an error.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use futures::Stream;
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::Settings;
+use super::chatflow::{Desired, changes, has_marker, marker, validate};
+use crate::crd::conditions::{READY, reason};
+use crate::crd::{Chatflow, ChatflowSpec, ChatflowStatus, FIELD_MANAGER, LABEL_IMPORTED};
+use crate::flowise::{FlowiseApi, FlowiseChatflow};
+use crate::metrics::{Metrics, SyncCounts};
+
+/// The counts of one sync pass, in the Python service's shape (`ChatflowSyncResult`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatflowSyncResult {
+    /// Chatflow objects created by the import.
+    pub new_chatflows_added: u32,
+    /// Chatflows whose status no longer matched Flowise (refreshed by the reconciler now).
+    pub existing_chatflows_updated: u32,
+    /// Adopted or imported Chatflows whose chatflow disappeared from Flowise since the last pass.
+    pub chatflows_removed: u32,
+    /// Chatflows Flowise listed.
+    pub total_chatflows_synced: u32,
+    /// What went wrong; empty on success.
+    pub errors: Vec<String>,
+}
+
+/// Whether a pass went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncOutcome {
+    Success,
+    Failed,
+}
+
+/// The last pass.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyncReport {
+    pub result: ChatflowSyncResult,
+    pub finished_at: jiff::Timestamp,
+    pub outcome: SyncOutcome,
+}
+
+/// Shared handle on the sync: the last pass and a way to run one now. Cheap to clone.
+#[derive(Clone)]
+pub struct SyncState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    flowise: Arc<dyn FlowiseApi>,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    last: Mutex<Option<SyncReport>>,
+    /// One pass at a time.
+    running: tokio::sync::Mutex<()>,
+    /// Asks the Chatflow reconciler to reconcile everything.
+    reconcile_all: broadcast::Sender<()>,
+}
+
+impl SyncState {
+    pub(super) fn new(
+        client: Client,
+        flowise: Arc<dyn FlowiseApi>,
+        settings: Arc<Settings>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (reconcile_all, _) = broadcast::channel(4);
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                flowise,
+                settings,
+                metrics,
+                last: Mutex::new(None),
+                running: tokio::sync::Mutex::new(()),
+                reconcile_all,
+            }),
+        }
+    }
+
+    /// The last pass, if one has run.
+    pub fn last(&self) -> Option<SyncReport> {
+        self.inner
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs a pass now (after the one in progress, if any) and returns its counts.
+    pub async fn sync_now(&self) -> ChatflowSyncResult {
+        self.pass().await
+    }
+
+    /// A stream that yields whenever a pass wants every Chatflow reconciled.
+    pub(super) fn reconcile_requests(&self) -> impl Stream<Item = ()> + Send + 'static {
+        let rx = self.inner.reconcile_all.subscribe();
+        futures::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        })
+    }
+
+    /// A pass now and every sync interval until `session` ends.
+    pub(super) async fn run_periodically(&self, session: CancellationToken) {
+        loop {
+            self.pass().await;
+            tokio::select! {
+                () = session.cancelled() => return,
+                () = tokio::time::sleep(self.inner.settings.sync_interval) => {}
+            }
+        }
+    }
+
+    async fn pass(&self) -> ChatflowSyncResult {
+        let inner = &self.inner;
+        let _one_at_a_time = inner.running.lock().await;
+        let result = match self.observe().await {
+            Err(error) => ChatflowSyncResult {
+                errors: vec![error],
+                ..Default::default()
+            },
+            Ok((flowise, chatflows)) => {
+                let plan = plan(
+                    &flowise,
+                    &chatflows,
+                    inner.settings.import_namespace.as_deref(),
+                    inner.settings.import_name_prefix.as_deref(),
+                );
+                let (added, errors) = self.import(plan.imports).await;
+                if !plan.updated.is_empty() || !plan.removed.is_empty() {
+                    let _ = inner.reconcile_all.send(());
+                }
+                tracing::debug!(updated = ?plan.updated, removed = ?plan.removed, "sync pass");
+                ChatflowSyncResult {
+                    new_chatflows_added: added,
+                    existing_chatflows_updated: count(plan.updated.len()),
+                    chatflows_removed: count(plan.removed.len()),
+                    total_chatflows_synced: count(plan.total),
+                    errors,
+                }
+            }
+        };
+        self.record(&result);
+        result
+    }
+
+    /// Flowise's listing and the Chatflow objects in scope.
+    async fn observe(&self) -> Result<(Vec<FlowiseChatflow>, Vec<Chatflow>), String> {
+        let inner = &self.inner;
+        let flowise = inner
+            .flowise
+            .list()
+            .await
+            .map_err(|e| format!("listing Flowise chatflows: {e}"))?;
+        let api: Api<Chatflow> = match &inner.settings.namespace {
+            Some(ns) => Api::namespaced(inner.client.clone(), ns),
+            None => Api::all(inner.client.clone()),
+        };
+        let chatflows = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("listing Chatflow objects: {e}"))?
+            .items;
+        Ok((flowise, chatflows))
+    }
+
+    /// Creates the imported Chatflows; an object that already exists and adopts the same id
+    /// counts as done, one that adopts something else is an error.
+    async fn import(&self, imports: Vec<Chatflow>) -> (u32, Vec<String>) {
+        let (mut added, mut errors) = (0, Vec::new());
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        for cf in imports {
+            let ns = cf.namespace().unwrap_or_default();
+            let api: Api<Chatflow> = Api::namespaced(self.inner.client.clone(), &ns);
+            match api.create(&params, &cf).await {
+                Ok(_) => {
+                    tracing::info!(chatflow = %format!("{ns}/{}", cf.name_any()), flowise_id = ?cf.spec.flowise_id, "imported");
+                    added += 1;
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    match api.get(&cf.name_any()).await {
+                        Ok(existing) if existing.spec.flowise_id == cf.spec.flowise_id => {}
+                        Ok(_) => errors.push(format!(
+                            "cannot import Flowise chatflow {}: Chatflow {ns}/{} exists and adopts another chatflow",
+                            cf.spec.flowise_id.as_deref().unwrap_or_default(),
+                            cf.name_any()
+                        )),
+                        Err(e) => errors.push(format!("importing {ns}/{}: {e}", cf.name_any())),
+                    }
+                }
+                Err(e) => errors.push(format!("importing {ns}/{}: {e}", cf.name_any())),
+            }
+        }
+        (added, errors)
+    }
+
+    fn record(&self, result: &ChatflowSyncResult) {
+        let inner = &self.inner;
+        let outcome = if result.errors.is_empty() {
+            SyncOutcome::Success
+        } else {
+            SyncOutcome::Failed
+        };
+        let finished_at = super::now();
+        let previous = inner
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(SyncReport {
+                result: result.clone(),
+                finished_at,
+                outcome,
+            });
+        // Flowise went away or came back: let every Chatflow say so now, not at its next resync.
+        if previous.is_some_and(|p| p.outcome != outcome) {
+            let _ = inner.reconcile_all.send(());
+        }
+        if outcome == SyncOutcome::Failed {
+            tracing::warn!(errors = ?result.errors, "sync pass failed");
+        }
+        inner.metrics.controller.sync_pass(
+            outcome == SyncOutcome::Success,
+            SyncCounts {
+                added: result.new_chatflows_added.into(),
+                updated: result.existing_chatflows_updated.into(),
+                removed: result.chatflows_removed.into(),
+                total: result.total_chatflows_synced.into(),
+                errors: u64::try_from(result.errors.len()).unwrap_or(u64::MAX),
+            },
+            finished_at.as_second(),
+        );
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// What a pass found.
+#[derive(Debug, Default)]
+pub(super) struct SyncPlan {
+    /// Chatflow objects to create in the import namespace.
+    pub imports: Vec<Chatflow>,
+    /// `namespace/name` of Chatflows whose status no longer matches Flowise.
+    pub updated: Vec<String>,
+    /// `namespace/name` of adopted Chatflows whose chatflow vanished from Flowise.
+    pub removed: Vec<String>,
+    /// Flowise chatflows in scope.
+    pub total: usize,
+}
+
+/// Compares Flowise's listing with the Chatflows (pure).
+///
+/// A Flowise chatflow is claimed by a Chatflow that points at it: by the id in its status or
+/// spec, by its `flowiseName`, or by carrying the Chatflow's ownership marker. Only Chatflows the
+/// reconciler has seen (with a status) are counted as updated or removed.
+pub(super) fn plan(
+    flowise: &[FlowiseChatflow],
+    chatflows: &[Chatflow],
+    import_namespace: Option<&str>,
+    name_prefix: Option<&str>,
+) -> SyncPlan {
+    let by_id: HashMap<&str, &FlowiseChatflow> =
+        flowise.iter().map(|c| (c.id.as_str(), c)).collect();
+    let mut claimed: HashSet<&str> = HashSet::new();
+    let mut plan = SyncPlan::default();
+
+    for cf in chatflows {
+        let ns = cf.namespace().unwrap_or_default();
+        let name = cf.name_any();
+        let marker = marker(&ns, &name);
+        let status_id = cf.status.as_ref().and_then(|s| s.flowise_id.as_deref());
+        let spec_id = cf
+            .spec
+            .flowise_id
+            .as_ref()
+            .map(|id| id.to_ascii_lowercase());
+        for entry in flowise {
+            let points_at = Some(entry.id.as_str()) == status_id
+                || Some(&entry.id) == spec_id.as_ref()
+                || cf.spec.flowise_name.as_deref() == Some(entry.name.as_str())
+                || (cf.spec.definition.is_some() && has_marker(entry, &marker));
+            if points_at {
+                claimed.insert(entry.id.as_str());
+            }
+        }
+
+        let (Some(status), Ok(desired)) = (cf.status.as_ref(), validate(cf)) else {
+            continue;
+        };
+        let target: Option<&FlowiseChatflow> = match &desired {
+            Desired::AdoptId(id) => by_id.get(id.as_str()).copied(),
+            Desired::AdoptName(wanted) => {
+                let mut named = flowise.iter().filter(|c| &c.name == wanted);
+                match (named.next(), named.next()) {
+                    (Some(one), None) => Some(one),
+                    (None, _) => None,
+                    // Several: the Chatflow reports Conflict; nothing to count.
+                    (Some(_), Some(_)) => continue,
+                }
+            }
+            Desired::Own(owned) => status_id
+                .and_then(|id| by_id.get(id).copied())
+                .or_else(|| flowise.iter().find(|c| has_marker(c, &owned.marker))),
+        };
+        let key = format!("{ns}/{name}");
+        match (target, &desired) {
+            (Some(entry), Desired::Own(owned)) => {
+                if !reflects(status, entry) || !changes(owned, entry).is_empty() {
+                    plan.updated.push(key);
+                }
+            }
+            (Some(entry), _) => {
+                if !reflects(status, entry) {
+                    plan.updated.push(key);
+                }
+            }
+            // An owned chatflow that vanished is created again: an update.
+            (None, Desired::Own(_)) => {
+                if status_id.is_some() {
+                    plan.updated.push(key);
+                }
+            }
+            (None, _) => {
+                if status_id.is_some() && ready_reason(status) != Some(reason::NOT_FOUND_IN_FLOWISE)
+                {
+                    plan.removed.push(key);
+                }
+            }
+        }
+    }
+
+    let in_scope: Vec<&FlowiseChatflow> = flowise
+        .iter()
+        .filter(|c| name_prefix.is_none_or(|p| c.name.starts_with(p)))
+        .collect();
+    plan.total = in_scope.len();
+    if let Some(ns) = import_namespace {
+        plan.imports = in_scope
+            .into_iter()
+            .filter(|c| !claimed.contains(c.id.as_str()))
+            .map(|c| import_object(ns, c))
+            .collect();
+    }
+    plan
+}
+
+fn ready_reason(status: &ChatflowStatus) -> Option<&str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map(|c| c.reason.as_str())
+}
+
+/// Whether `status` says what Flowise says of `entry` (and is not stuck on an earlier failure).
+fn reflects(status: &ChatflowStatus, entry: &FlowiseChatflow) -> bool {
+    status.flowise_id.as_deref() == Some(entry.id.as_str())
+        && status.flowise_name.as_deref() == Some(entry.name.as_str())
+        && status.flow_type.as_deref() == Some(entry.flow_type.as_str())
+        && status.deployed == Some(entry.deployed.unwrap_or(false))
+        && status.api_key_bound == Some(entry.api_key_bound())
+        && !matches!(
+            ready_reason(status),
+            Some(reason::NOT_FOUND_IN_FLOWISE | reason::FLOWISE_UNREACHABLE)
+        )
+}
+
+/// The Chatflow that imports `entry` into `namespace`.
+fn import_object(namespace: &str, entry: &FlowiseChatflow) -> Chatflow {
+    let mut cf = Chatflow::new(
+        &import_name(&entry.name, &entry.id),
+        ChatflowSpec {
+            flowise_id: Some(entry.id.clone()),
+            ..Default::default()
+        },
+    );
+    cf.metadata.namespace = Some(namespace.to_string());
+    cf.metadata.labels = Some(BTreeMap::from([(
+        LABEL_IMPORTED.to_string(),
+        "true".to_string(),
+    )]));
+    cf
+}
+
+/// A DNS-safe object name for a Flowise chatflow: its name lower-cased with runs of other
+/// characters as `-`, at most 50 characters, then the first 8 characters of its id — stable
+/// across passes and distinct for chatflows of the same name.
+pub(super) fn import_name(flowise_name: &str, id: &str) -> String {
+    let mut base = String::new();
+    for ch in flowise_name.chars() {
+        if ch.is_ascii_alphanumeric() {
+            base.push(ch.to_ascii_lowercase());
+        } else if !base.is_empty() && !base.ends_with('-') {
+            base.push('-');
+        }
+    }
+    base.truncate(50);
+    let base = base.trim_end_matches('-');
+    let base = if base.is_empty() { "chatflow" } else { base };
+    let suffix: String = id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    format!("{base}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn entry(id: &str, name: &str, category: Option<&str>) -> FlowiseChatflow {
+        FlowiseChatflow {
+            id: id.into(),
+            name: name.into(),
+            flow_type: "CHATFLOW".into(),
+            flow_data: r#"{"nodes":[],"edges":[]}"#.into(),
+            deployed: Some(true),
+            is_public: None,
+            apikeyid: None,
+            category: category.map(str::to_string),
+            created_date: None,
+            updated_date: None,
+        }
+    }
+
+    fn chatflow(
+        name: &str,
+        spec: serde_json::Value,
+        status: Option<serde_json::Value>,
+    ) -> Chatflow {
+        let mut doc = json!({
+            "apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": spec,
+        });
+        if let Some(status) = status {
+            doc["status"] = status;
+        }
+        serde_json::from_value(doc).expect("valid Chatflow")
+    }
+
+    fn synced_status(id: &str, name: &str) -> serde_json::Value {
+        json!({"flowiseId": id, "flowiseName": name, "type": "CHATFLOW", "deployed": true,
+               "apiKeyBound": false,
+               "conditions": [{"type": "Ready", "status": "True", "reason": "Synced", "message": "",
+                               "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+    }
+
+    const A: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+    const B: &str = "bbbbbbbb-0000-4000-8000-000000000002";
+    const C: &str = "cccccccc-0000-4000-8000-000000000003";
+
+    #[test]
+    fn unclaimed_chatflows_are_imported_and_claimed_ones_are_not() {
+        let flowise = [
+            entry(A, "Adopted By Id", None),
+            entry(B, "Owned", Some("flowgate:ns/owned")),
+            entry(C, "Nobody's", None),
+        ];
+        let chatflows = [
+            chatflow("by-id", json!({"flowiseId": A}), None),
+            chatflow(
+                "owned",
+                json!({"definition": {"flowData": {"nodes": [], "edges": []}}}),
+                None,
+            ),
+        ];
+        let plan = plan(&flowise, &chatflows, Some("imports"), None);
+        let imported: Vec<(String, Option<String>)> = plan
+            .imports
+            .iter()
+            .map(|c| (c.name_any(), c.spec.flowise_id.clone()))
+            .collect();
+        assert_eq!(
+            imported,
+            [("nobody-s-cccccccc".to_string(), Some(C.to_string()))]
+        );
+        let labels = plan.imports[0].labels();
+        assert_eq!(
+            labels.get("flowgate.io/imported").map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(plan.imports[0].namespace().as_deref(), Some("imports"));
+        assert_eq!(plan.total, 3);
+    }
+
+    #[test]
+    fn without_an_import_namespace_nothing_is_imported() {
+        let plan = plan(&[entry(C, "x", None)], &[], None, None);
+        assert!(plan.imports.is_empty());
+        assert_eq!(plan.total, 1);
+    }
+
+    #[test]
+    fn a_name_prefix_limits_import_and_total() {
+        let flowise = [entry(A, "team-x bot", None), entry(B, "other", None)];
+        let plan = plan(&flowise, &[], Some("ns"), Some("team-x"));
+        assert_eq!(plan.total, 1);
+        assert_eq!(plan.imports.len(), 1);
+    }
+
+    #[test]
+    fn a_vanished_adopted_chatflow_counts_as_removed_once() {
+        let cf = chatflow(
+            "imported",
+            json!({"flowiseId": A}),
+            Some(synced_status(A, "x")),
+        );
+        let plan_now = plan(&[], std::slice::from_ref(&cf), None, None);
+        assert_eq!(plan_now.removed, ["ns/imported"]);
+        let mut reported = synced_status(A, "x");
+        reported["conditions"][0] = json!({"type": "Ready", "status": "False", "reason": "NotFoundInFlowise",
+                                            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+        let cf = chatflow("imported", json!({"flowiseId": A}), Some(reported));
+        assert!(
+            plan(&[], &[cf], None, None).removed.is_empty(),
+            "already reported"
+        );
+    }
+
+    #[test]
+    fn a_changed_chatflow_counts_as_updated_and_an_unchanged_one_does_not() {
+        let mut renamed = entry(A, "New Name", None);
+        renamed.deployed = Some(true);
+        let cf = chatflow(
+            "a",
+            json!({"flowiseId": A}),
+            Some(synced_status(A, "Old Name")),
+        );
+        assert_eq!(
+            plan(&[renamed], std::slice::from_ref(&cf), None, None).updated,
+            ["ns/a"]
+        );
+        let same = entry(A, "Old Name", None);
+        let plan = plan(&[same], &[cf], None, None);
+        assert!(plan.updated.is_empty() && plan.removed.is_empty());
+    }
+
+    #[test]
+    fn an_owned_definition_edited_in_flowise_counts_as_updated() {
+        let mut edited = entry(A, "owned", Some("flowgate:ns/owned"));
+        edited.flow_data = r#"{"nodes":[{"id":"new"}],"edges":[]}"#.into();
+        let cf = chatflow(
+            "owned",
+            json!({"definition": {"flowData": {"nodes": [], "edges": []}}}),
+            Some(synced_status(A, "owned")),
+        );
+        assert_eq!(plan(&[edited], &[cf], None, None).updated, ["ns/owned"]);
+    }
+
+    #[test]
+    fn import_names_are_dns_safe_stable_and_distinct() {
+        assert_eq!(
+            import_name("Support Bot (v2)!", A),
+            "support-bot-v2-aaaaaaaa"
+        );
+        assert_eq!(
+            import_name("Support Bot (v2)!", B),
+            "support-bot-v2-bbbbbbbb"
+        );
+        assert_eq!(import_name("日本語", C), "chatflow-cccccccc");
+        let long = import_name(&"x".repeat(300), A);
+        assert!(long.len() <= 63, "{long}");
+    }
+
+    #[test]
+    fn the_result_has_the_python_field_names() {
+        let result = ChatflowSyncResult {
+            new_chatflows_added: 1,
+            existing_chatflows_updated: 2,
+            chatflows_removed: 3,
+            total_chatflows_synced: 4,
+            errors: vec!["e".into()],
+        };
+        assert_eq!(
+            serde_json::to_value(&result).expect("serializes"),
+            json!({"new_chatflows_added": 1, "existing_chatflows_updated": 2, "chatflows_removed": 3,
+                   "total_chatflows_synced": 4, "errors": ["e"]})
+        );
+    }
+}

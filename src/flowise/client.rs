@@ -1,0 +1,316 @@
+//! [`FlowiseApi`] over HTTP with reqwest.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+
+use super::{ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
+
+/// How long the client waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To establish a connection.
+    pub connect: Duration,
+    /// For a whole request, answer included (the listing carries every flow's JSON).
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The Flowise REST API at one base URL, with the default API key.
+#[derive(Clone)]
+pub struct FlowiseClient {
+    http: reqwest::Client,
+    /// Base URL ending in `/`, so `join("api/v1/…")` keeps any path prefix.
+    base: Url,
+    api_key: Option<String>,
+    timeouts: Timeouts,
+}
+
+impl std::fmt::Debug for FlowiseClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowiseClient")
+            .field("base", &self.base.as_str())
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("timeouts", &self.timeouts)
+            .finish()
+    }
+}
+
+impl FlowiseClient {
+    /// A client for the Flowise at `base`, sending `api_key` as a bearer token when set.
+    pub fn new(
+        mut base: Url,
+        api_key: Option<String>,
+        timeouts: Timeouts,
+    ) -> Result<Self, FlowiseError> {
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        // reqwest is built without a default rustls provider and panics without one installed.
+        crate::telemetry::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.request)
+            .build()
+            .map_err(FlowiseError::Client)?;
+        Ok(Self {
+            http,
+            base,
+            api_key: api_key.filter(|k| !k.is_empty()),
+            timeouts,
+        })
+    }
+
+    /// A client configured like `flowgate run`: the URL and the key read from the key file.
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, FlowiseError> {
+        let api_key = match &config.flowise_api_key_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| FlowiseError::ApiKeyFile {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Self::new(config.flowise_url.clone(), api_key, Timeouts::default())
+    }
+
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> Url {
+        // `path` is one of our fixed relative paths; joining it onto a base ending in `/` cannot
+        // fail, but fall back to the base rather than panic.
+        self.base.join(path).unwrap_or_else(|_| self.base.clone())
+    }
+
+    /// Sends one request and returns the status with the whole body, after checking that the
+    /// body is JSON (Flowise answers unknown routes with HTML and 200).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&ChatflowWrite>,
+    ) -> Result<(StatusCode, Bytes), FlowiseError> {
+        let url = self.url(path);
+        let mut request = self.http.request(method, url.clone());
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.transport(e, &url))?;
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport(e, &url))?;
+        if !content_type.contains("json") {
+            return Err(FlowiseError::NotJson {
+                status: status.as_u16(),
+                content_type,
+                url: self.base.to_string(),
+            });
+        }
+        Ok((status, bytes))
+    }
+
+    fn transport(&self, error: reqwest::Error, url: &Url) -> FlowiseError {
+        let cause = FlowiseError::cause(&error);
+        if error.is_connect() {
+            FlowiseError::Connect {
+                url: url.to_string(),
+                cause,
+                source: error,
+            }
+        } else if error.is_timeout() {
+            FlowiseError::Timeout(self.timeouts.request)
+        } else {
+            FlowiseError::Http {
+                cause,
+                source: error,
+            }
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&ChatflowWrite>,
+    ) -> Result<T, FlowiseError> {
+        let (status, bytes) = self.send(method, path, body).await?;
+        if !status.is_success() {
+            return Err(FlowiseError::from_status(
+                status.as_u16(),
+                error_message(&bytes),
+            ));
+        }
+        serde_json::from_slice(&bytes).map_err(FlowiseError::Decode)
+    }
+
+    async fn list_chatflows(&self) -> Result<Vec<FlowiseChatflow>, FlowiseError> {
+        self.call(Method::GET, "api/v1/chatflows", None).await
+    }
+
+    async fn get_chatflow(&self, id: &str) -> Result<Option<FlowiseChatflow>, FlowiseError> {
+        match self.call(Method::GET, &chatflow_path(id), None).await {
+            Ok(chatflow) => Ok(Some(chatflow)),
+            Err(FlowiseError::Status { status: 404, .. }) => Ok(None),
+            // Flowise refuses ids it considers malformed (e.g. a wrong UUID version nibble):
+            // no chatflow can have such an id.
+            Err(FlowiseError::Status {
+                status: 400,
+                message,
+            }) if message.contains("Invalid Chatflow ID") => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn delete_chatflow(&self, id: &str) -> Result<Deletion, FlowiseError> {
+        let (status, bytes) = self.send(Method::DELETE, &chatflow_path(id), None).await?;
+        if status.is_success() {
+            return Ok(Deletion::Deleted);
+        }
+        let message = error_message(&bytes);
+        // Flowise 3.1.2 answers an unknown id with 500 "... not found in the database!".
+        if status == StatusCode::NOT_FOUND
+            || (status == StatusCode::INTERNAL_SERVER_ERROR
+                && message.to_ascii_lowercase().contains("not found"))
+        {
+            return Ok(Deletion::AlreadyGone);
+        }
+        Err(FlowiseError::from_status(status.as_u16(), message))
+    }
+}
+
+/// `api/v1/chatflows/{id}`, the id percent-encoded as one path segment.
+fn chatflow_path(id: &str) -> String {
+    let encoded: String = id
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    format!("api/v1/chatflows/{encoded}")
+}
+
+/// Flowise's message from an error body: `{"message": …}` (its usual shape) or
+/// `{"error": …}` (401), else the body itself, shortened.
+fn error_message(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let field = parsed.as_ref().and_then(|v| {
+        v.get("message")
+            .or_else(|| v.get("error"))
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+    });
+    field.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        text.chars().take(200).collect()
+    })
+}
+
+impl FlowiseApi for FlowiseClient {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<FlowiseChatflow>, FlowiseError>> {
+        self.list_chatflows().boxed()
+    }
+
+    fn get<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FlowiseChatflow>, FlowiseError>> {
+        self.get_chatflow(id).boxed()
+    }
+
+    fn create<'a>(
+        &'a self,
+        chatflow: &'a ChatflowWrite,
+    ) -> BoxFuture<'a, Result<FlowiseChatflow, FlowiseError>> {
+        self.call(Method::POST, "api/v1/chatflows", Some(chatflow))
+            .boxed()
+    }
+
+    fn update<'a>(
+        &'a self,
+        id: &'a str,
+        changes: &'a ChatflowWrite,
+    ) -> BoxFuture<'a, Result<FlowiseChatflow, FlowiseError>> {
+        async move {
+            self.call(Method::PUT, &chatflow_path(id), Some(changes))
+                .await
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Deletion, FlowiseError>> {
+        self.delete_chatflow(id).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_url_with_a_path_keeps_it() {
+        let client = FlowiseClient::new(
+            Url::parse("http://flowise:3000/prefix").expect("url"),
+            Some(String::new()),
+            Timeouts::default(),
+        )
+        .expect("client");
+        assert_eq!(
+            client.url("api/v1/chatflows").as_str(),
+            "http://flowise:3000/prefix/api/v1/chatflows"
+        );
+        assert!(client.api_key.is_none(), "an empty key is no key");
+    }
+
+    #[test]
+    fn ids_are_one_path_segment() {
+        assert_eq!(chatflow_path("ab-12"), "api/v1/chatflows/ab-12");
+        assert_eq!(chatflow_path("../x"), "api/v1/chatflows/..%2Fx");
+    }
+
+    #[test]
+    fn error_messages_come_from_either_shape() {
+        assert_eq!(
+            error_message(br#"{"statusCode":404,"success":false,"message":"Chatflow x not found in the database!","stack":{}}"#),
+            "Chatflow x not found in the database!"
+        );
+        assert_eq!(
+            error_message(br#"{"error":"Unauthorized Access"}"#),
+            "Unauthorized Access"
+        );
+        assert_eq!(error_message(b"oops"), "oops");
+    }
+}

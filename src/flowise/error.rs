@@ -1,0 +1,166 @@
+//! Why a call to Flowise failed, and whether trying again later can help.
+
+use std::time::Duration;
+
+/// A failed call to Flowise.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowiseError {
+    /// No TCP/TLS connection (refused, unreachable, DNS).
+    #[error("cannot connect to Flowise at {url}: {cause}")]
+    Connect {
+        url: String,
+        /// The innermost cause, e.g. "Connection refused (os error 111)".
+        cause: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// No answer within the request timeout.
+    #[error("Flowise did not answer within {0:?}")]
+    Timeout(Duration),
+    /// 401: the API key is missing or wrong.
+    #[error("Flowise refused the API key (401): {0}")]
+    Unauthorized(String),
+    /// 403: the API key lacks a permission.
+    #[error("the Flowise API key lacks a permission (403): {0}")]
+    Forbidden(String),
+    /// Any other error status, with Flowise's message.
+    #[error("Flowise answered {status}: {message}")]
+    Status { status: u16, message: String },
+    /// The answer was not JSON: usually a wrong base URL (Flowise answers unknown routes with its
+    /// UI's HTML and 200) or a gateway's error page.
+    #[error(
+        "Flowise answered {status} with {content_type:?} instead of JSON; is {url} the Flowise API?"
+    )]
+    NotJson {
+        status: u16,
+        content_type: String,
+        url: String,
+    },
+    /// JSON that does not have the expected shape.
+    #[error("Flowise answered JSON of an unexpected shape: {0}")]
+    Decode(#[source] serde_json::Error),
+    /// The request failed in another way (connection cut, protocol error).
+    #[error("request to Flowise failed: {cause}")]
+    Http {
+        /// The innermost cause.
+        cause: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The API key file could not be read.
+    #[error("cannot read the Flowise API key from {path}: {source}")]
+    ApiKeyFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot build the Flowise HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+impl FlowiseError {
+    /// Whether the same call may succeed later without anyone changing anything: connection
+    /// problems, timeouts, 5xx, 429. Everything else (401, 403, 404, 400, 422, a wrong URL) needs
+    /// a change of configuration or spec.
+    pub fn transient(&self) -> bool {
+        match self {
+            Self::Connect { .. } | Self::Timeout(_) | Self::Http { .. } => true,
+            Self::Status { status, .. } | Self::NotJson { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
+            Self::Unauthorized(_)
+            | Self::Forbidden(_)
+            | Self::Decode(_)
+            | Self::ApiKeyFile { .. }
+            | Self::Client(_) => false,
+        }
+    }
+
+    /// A short stable label for metrics and Event reasons.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect",
+            Self::Timeout(_) => "timeout",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::Status { status: 404, .. } => "not_found",
+            Self::Status {
+                status: 400 | 412 | 422,
+                ..
+            } => "rejected",
+            Self::Status { status, .. } if *status >= 500 => "server_error",
+            Self::Status { .. } => "status",
+            Self::NotJson { .. } => "not_json",
+            Self::Decode(_) => "decode",
+            Self::Http { .. } => "http",
+            Self::ApiKeyFile { .. } => "api_key_file",
+            Self::Client(_) => "client",
+        }
+    }
+
+    /// The innermost cause of `error`: reqwest's own message ("error sending request") says
+    /// less than the I/O error under it.
+    pub(crate) fn cause(error: &reqwest::Error) -> String {
+        let mut cause: &dyn std::error::Error = error;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
+        cause.to_string()
+    }
+
+    /// Classifies an error status from Flowise with its message.
+    pub(crate) fn from_status(status: u16, message: String) -> Self {
+        match status {
+            401 => Self::Unauthorized(message),
+            403 => Self::Forbidden(message),
+            _ => Self::Status { status, message },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> FlowiseError {
+        FlowiseError::from_status(code, "x".into())
+    }
+
+    #[test]
+    fn server_errors_and_timeouts_are_transient() {
+        assert!(status(500).transient());
+        assert!(status(503).transient());
+        assert!(status(429).transient());
+        assert!(FlowiseError::Timeout(Duration::from_secs(1)).transient());
+        let gateway_page = FlowiseError::NotJson {
+            status: 502,
+            content_type: "text/html".into(),
+            url: "http://f/".into(),
+        };
+        assert!(gateway_page.transient());
+    }
+
+    #[test]
+    fn refusals_and_bad_requests_are_permanent() {
+        for code in [400, 401, 403, 404, 412, 422] {
+            assert!(!status(code).transient(), "{code}");
+        }
+        let html_instead_of_api = FlowiseError::NotJson {
+            status: 200,
+            content_type: "text/html".into(),
+            url: "http://f/ui/".into(),
+        };
+        assert!(!html_instead_of_api.transient());
+    }
+
+    #[test]
+    fn reasons_are_stable_labels() {
+        assert_eq!(status(401).reason(), "unauthorized");
+        assert_eq!(status(403).reason(), "forbidden");
+        assert_eq!(status(404).reason(), "not_found");
+        assert_eq!(status(422).reason(), "rejected");
+        assert_eq!(status(500).reason(), "server_error");
+        assert_eq!(status(418).reason(), "status");
+    }
+}

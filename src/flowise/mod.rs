@@ -1,0 +1,188 @@
+//! Flowise's chatflow REST API, behind a trait so the controller's logic does not depend on HTTP.
+//!
+//! Shapes follow Flowise 3.1.2 as recorded in `docs/flowise-notes.md`: `flowData` travels as a
+//! JSON *string*, `deployed`/`isPublic`/`apikeyid` may be null, the listing returns every flow type,
+//! an unknown id on DELETE answers 500 "not found", and unknown routes answer 200 with HTML.
+
+mod client;
+mod error;
+#[cfg(test)]
+pub(crate) mod fake;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+pub use client::{FlowiseClient, Timeouts};
+pub use error::FlowiseError;
+
+/// The chatflow operations flowgate needs. Object-safe: the controller holds an
+/// `Arc<dyn FlowiseApi>`.
+pub trait FlowiseApi: Send + Sync {
+    /// Every chatflow of every type in the key's workspace.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<FlowiseChatflow>, FlowiseError>>;
+
+    /// One chatflow; `None` when Flowise has no chatflow with this id (404, or an id Flowise
+    /// considers malformed).
+    fn get<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FlowiseChatflow>, FlowiseError>>;
+
+    /// Creates a chatflow; `name`, `type` and `flowData` must be set.
+    fn create<'a>(
+        &'a self,
+        chatflow: &'a ChatflowWrite,
+    ) -> BoxFuture<'a, Result<FlowiseChatflow, FlowiseError>>;
+
+    /// Changes the fields set in `changes`; the others keep their values (Flowise merges).
+    fn update<'a>(
+        &'a self,
+        id: &'a str,
+        changes: &'a ChatflowWrite,
+    ) -> BoxFuture<'a, Result<FlowiseChatflow, FlowiseError>>;
+
+    /// Deletes a chatflow. A chatflow that is already gone is a success.
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Deletion, FlowiseError>>;
+}
+
+/// A chatflow as Flowise returns it (fields flowgate does not use are dropped).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowiseChatflow {
+    pub id: String,
+    pub name: String,
+    /// `CHATFLOW`, `AGENTFLOW`, `MULTIAGENT` or `ASSISTANT`; kept as text so a new type does not
+    /// break the listing.
+    #[serde(rename = "type", default)]
+    pub flow_type: String,
+    /// The flow JSON, as a string (Flowise's wire format).
+    #[serde(default)]
+    pub flow_data: String,
+    #[serde(default)]
+    pub deployed: Option<bool>,
+    #[serde(default)]
+    pub is_public: Option<bool>,
+    /// Id of the Flowise API key the chatflow is bound to (`null` or `""` when unbound).
+    #[serde(default)]
+    pub apikeyid: Option<String>,
+    /// Free text; the Flowise UI uses `;`-separated tags. flowgate keeps its ownership marker here.
+    #[serde(default)]
+    pub category: Option<String>,
+    #[serde(default)]
+    pub created_date: Option<jiff::Timestamp>,
+    #[serde(default)]
+    pub updated_date: Option<jiff::Timestamp>,
+}
+
+impl FlowiseChatflow {
+    /// Whether Flowise requires an API key for predictions on this chatflow.
+    pub fn api_key_bound(&self) -> bool {
+        self.apikeyid.as_deref().is_some_and(|id| !id.is_empty())
+    }
+
+    /// The `;`-separated tags of `category`, trimmed, empty ones dropped.
+    pub fn categories(&self) -> impl Iterator<Item = &str> {
+        self.category
+            .as_deref()
+            .unwrap_or_default()
+            .split(';')
+            .map(str::trim)
+            .filter(|tag| !tag.is_empty())
+    }
+
+    /// `flowData` parsed, or `None` when it is not JSON.
+    pub fn flow_data_json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.flow_data).ok()
+    }
+}
+
+/// The body of a create or (partial) update. Unset fields are not sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatflowWrite {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub flow_type: Option<String>,
+    /// The flow JSON as a string.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+}
+
+impl ChatflowWrite {
+    /// True when the write would change nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Names of the fields set, for logs and Events (`name, flowData`).
+    pub fn fields(&self) -> String {
+        let fields = [
+            ("name", self.name.is_some()),
+            ("type", self.flow_type.is_some()),
+            ("flowData", self.flow_data.is_some()),
+            ("deployed", self.deployed.is_some()),
+            ("category", self.category.is_some()),
+        ];
+        fields
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// Flowise deleted the chatflow.
+    Deleted,
+    /// Flowise had no such chatflow.
+    AlreadyGone,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chatflow_in_flowise_shape_decodes_with_nulls() {
+        let json = r#"{
+            "id": "672c3d66-a2bc-4701-b72c-58bd73f1b3d5", "name": "echo",
+            "flowData": "{\"nodes\":[],\"edges\":[]}", "deployed": null, "isPublic": false,
+            "apikeyid": "", "chatbotConfig": null, "category": "a; flowgate:ns/x ;",
+            "type": "AGENTFLOW", "createdDate": "2026-11-22T04:17:49.000Z",
+            "updatedDate": "2026-11-22T04:17:49.000Z", "workspaceId": "d73e3169"
+        }"#;
+        let cf: FlowiseChatflow = serde_json::from_str(json).expect("decodes");
+        assert_eq!(cf.flow_type, "AGENTFLOW");
+        assert_eq!(cf.deployed, None);
+        assert!(!cf.api_key_bound(), "an empty apikeyid binds no key");
+        assert_eq!(cf.categories().collect::<Vec<_>>(), ["a", "flowgate:ns/x"]);
+        assert_eq!(
+            cf.flow_data_json(),
+            Some(serde_json::json!({"nodes": [], "edges": []}))
+        );
+        assert_eq!(cf.created_date.map(|t| t.as_second()), Some(1_795_321_069));
+    }
+
+    #[test]
+    fn a_write_sends_only_the_fields_it_sets() {
+        let write = ChatflowWrite {
+            flow_data: Some("{}".into()),
+            deployed: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&write).expect("serializes"),
+            serde_json::json!({"flowData": "{}", "deployed": true})
+        );
+        assert_eq!(write.fields(), "flowData, deployed");
+        assert!(ChatflowWrite::default().is_empty());
+    }
+}

@@ -1,0 +1,312 @@
+//! Chatflow: adoption, owned definitions, restarts and lost status writes, invalid specs.
+
+use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+
+use crate::harness::*;
+use crate::support;
+use flowgate::crd::Chatflow;
+use flowgate::flowise::FlowiseApi;
+
+#[tokio::test]
+async fn adopting_by_id_and_by_name_reports_what_flowise_holds() {
+    let (client, ns, api, _objects) = setup("cf-adopt").await;
+    let name = support::unique("fgtest-adopt");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let existing = flowise_chatflow(&name, None).await;
+    let controller = start(&client, settings(&ns));
+
+    create(
+        &api,
+        chatflow_doc("by-id", json!({"flowiseId": existing.id})),
+    )
+    .await;
+    create(&api, chatflow_doc("by-name", json!({"flowiseName": name}))).await;
+    for object in ["by-id", "by-name"] {
+        let cf = wait_ready(&api, object, "True", "Synced").await;
+        let status = cf.status.expect("status");
+        assert_eq!(status.flowise_id.as_deref(), Some(existing.id.as_str()));
+        assert_eq!(status.flowise_name.as_deref(), Some(name.as_str()));
+        assert_eq!(status.flow_type.as_deref(), Some("AGENTFLOW"));
+        assert_eq!(status.deployed, Some(true));
+        assert_eq!(status.api_key_bound, Some(false));
+        assert_eq!(status.observed_generation, Some(1));
+        assert!(status.last_sync_time.is_some());
+        assert!(
+            cf.metadata.finalizers.is_none(),
+            "adopted chatflows need no finalizer"
+        );
+    }
+    wait_for_event(&client, &ns, "by-id", "Adopted").await;
+
+    let table = support::kubectl(&["get", "cf", "-n", &ns]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "FLOWISE-ID", "TYPE", "DEPLOYED", "READY", "AGE"]
+    );
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("by-id"))
+        .expect("a row for by-id")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row[..5],
+        ["by-id", existing.id.as_str(), "AGENTFLOW", "true", "True"]
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn an_ambiguous_name_is_a_conflict_and_unknown_ones_are_not_found() {
+    let (client, ns, api, _objects) = setup("cf-conflict").await;
+    let name = support::unique("fgtest-twice");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    flowise_chatflow(&name, None).await;
+    flowise_chatflow(&name, None).await;
+    let controller = start(&client, settings(&ns));
+
+    create(&api, chatflow_doc("twice", json!({"flowiseName": name}))).await;
+    create(
+        &api,
+        chatflow_doc(
+            "no-id",
+            json!({"flowiseId": "3f1c2a7e-1111-4222-8333-444455556666"}),
+        ),
+    )
+    .await;
+    create(
+        &api,
+        chatflow_doc("no-name", json!({"flowiseName": format!("{name}-missing")})),
+    )
+    .await;
+
+    wait_ready(&api, "twice", "False", "Conflict").await;
+    wait_ready(&api, "no-id", "False", "NotFoundInFlowise").await;
+    wait_ready(&api, "no-name", "False", "NotFoundInFlowise").await;
+    wait_for_event(&client, &ns, "twice", "Conflict").await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn an_owned_definition_is_created_updated_on_change_and_deleted_with_delete_policy() {
+    let (client, ns, api, _objects) = setup("cf-owned").await;
+    let name = support::unique("fgtest-owned");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let controller = start(&client, settings(&ns));
+
+    create(&api, owned_doc("owned", &name, "Delete")).await;
+    let cf = wait_ready(&api, "owned", "True", "Synced").await;
+    let id = cf
+        .status
+        .as_ref()
+        .and_then(|s| s.flowise_id.clone())
+        .expect("id in status");
+    assert!(cf.finalizers().iter().any(|f| f == "flowgate.io/cleanup"));
+    let in_flowise = named_in_flowise(&name).await;
+    assert_eq!(in_flowise.len(), 1, "exactly one chatflow of that name");
+    assert_eq!(in_flowise[0].id, id);
+    assert_eq!(in_flowise[0].flow_type, "AGENTFLOW");
+    assert_eq!(
+        in_flowise[0].flow_data_json(),
+        Some(support::echo_flow_data())
+    );
+    assert_eq!(
+        in_flowise[0].category.as_deref(),
+        Some(format!("flowgate:{ns}/owned").as_str())
+    );
+    wait_for_event(&client, &ns, "owned", "Created").await;
+
+    // Edit the definition: deployed and the reply text change.
+    let mut flow = support::echo_flow_data();
+    let edited = flow.to_string().replace("Echo: ", "Edited echo: ");
+    flow = serde_json::from_str(&edited).expect("still JSON");
+    let patch = json!({"spec": {"definition": {"deployed": true, "flowData": flow}}});
+    api.patch("owned", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("edited");
+    let cf = wait_until(&api, "owned", 30, "generation 2 synced", |cf: &Chatflow| {
+        let status = cf.status.clone().unwrap_or_default();
+        status.observed_generation == Some(2) && status.deployed == Some(true)
+    })
+    .await;
+    assert_eq!(
+        cf.status.and_then(|s| s.flowise_id).as_deref(),
+        Some(id.as_str())
+    );
+    let now = support::flowise()
+        .get(&id)
+        .await
+        .expect("read")
+        .expect("still there");
+    assert_eq!(now.deployed, Some(true));
+    assert_eq!(now.flow_data_json(), Some(flow));
+    assert_eq!(named_in_flowise(&name).await.len(), 1, "updated in place");
+    wait_for_event(&client, &ns, "owned", "Updated").await;
+
+    api.delete("owned", &DeleteParams::default())
+        .await
+        .expect("delete requested");
+    wait_deleted(&api, "owned").await;
+    assert_eq!(
+        support::flowise().get(&id).await.expect("read"),
+        None,
+        "deleted from Flowise"
+    );
+    wait_for_event(&client, &ns, "owned", "Deleted").await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_retained_definition_stays_in_flowise_after_its_chatflow_is_deleted() {
+    let (client, ns, api, _objects) = setup("cf-retain").await;
+    let name = support::unique("fgtest-retain");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let controller = start(&client, settings(&ns));
+
+    create(&api, owned_doc("kept", &name, "Retain")).await;
+    let cf = wait_ready(&api, "kept", "True", "Synced").await;
+    let id = cf.status.and_then(|s| s.flowise_id).expect("id");
+    api.delete("kept", &DeleteParams::default())
+        .await
+        .expect("delete requested");
+    wait_deleted(&api, "kept").await;
+    assert!(
+        support::flowise().get(&id).await.expect("read").is_some(),
+        "retained in Flowise"
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_or_a_lost_status_write_never_creates_a_second_chatflow() {
+    let (client, ns, api, _objects) = setup("cf-once").await;
+    let name = support::unique("fgtest-once");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let clear_status = |object: &'static str| {
+        let api = api.clone();
+        async move {
+            api.patch_status(
+                object,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": null})),
+            )
+            .await
+            .expect("status cleared");
+        }
+    };
+
+    let first = start(&client, settings(&ns));
+    create(&api, owned_doc("once", &name, "Delete")).await;
+    let cf = wait_ready(&api, "once", "True", "Synced").await;
+    let id = cf.status.and_then(|s| s.flowise_id).expect("id");
+
+    // The status is lost while the controller runs: it finds its chatflow again.
+    clear_status("once").await;
+    let cf = wait_ready(&api, "once", "True", "Synced").await;
+    assert_eq!(
+        cf.status.and_then(|s| s.flowise_id).as_deref(),
+        Some(id.as_str())
+    );
+
+    // A restart with the status lost as well.
+    first.stop().await;
+    clear_status("once").await;
+    let second = start(&client, settings(&ns));
+    let cf = wait_ready(&api, "once", "True", "Synced").await;
+    assert_eq!(
+        cf.status.and_then(|s| s.flowise_id).as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(named_in_flowise(&name).await.len(), 1, "still one chatflow");
+
+    // A controller killed between creating in Flowise and writing status left this behind.
+    let crashed_name = format!("{name}-crashed");
+    let orphan = flowise_chatflow(&crashed_name, Some(&format!("flowgate:{ns}/crashed"))).await;
+    create(&api, owned_doc("crashed", &crashed_name, "Delete")).await;
+    let cf = wait_ready(&api, "crashed", "True", "Synced").await;
+    assert_eq!(
+        cf.status.and_then(|s| s.flowise_id).as_deref(),
+        Some(orphan.id.as_str())
+    );
+    assert_eq!(
+        named_in_flowise(&crashed_name).await.len(),
+        1,
+        "the orphan was taken over"
+    );
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_touches_nothing_in_flowise_and_deletes_freely() {
+    let (client, ns, api, _objects) = setup("cf-invalid").await;
+    let name = support::unique("fgtest-invalid");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let controller = start(&client, settings(&ns));
+
+    let mut two_sources = owned_doc("two", &name, "Delete");
+    two_sources["spec"]["flowiseName"] = json!("something");
+    create(&api, two_sources).await;
+    let mut no_nodes = owned_doc("no-nodes", &format!("{name}-nodes"), "Delete");
+    no_nodes["spec"]["definition"]["flowData"] = json!({"edges": []});
+    create(&api, no_nodes).await;
+
+    let cf = wait_ready(&api, "two", "False", "InvalidSpec").await;
+    let message = cf.conditions()[0].message.clone();
+    assert!(message.contains("exactly one of"), "{message}");
+    wait_ready(&api, "no-nodes", "False", "InvalidSpec").await;
+    wait_for_event(&client, &ns, "two", "InvalidSpec").await;
+    let created: Vec<_> = support::flowise()
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|c| c.name.starts_with(&name))
+        .collect();
+    assert!(
+        created.is_empty(),
+        "nothing created in Flowise: {created:?}"
+    );
+
+    // Cleanup is never blocked by validation.
+    api.delete("two", &DeleteParams::default())
+        .await
+        .expect("delete requested");
+    wait_deleted(&api, "two").await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn quick_successive_edits_of_a_new_definition_create_one_chatflow() {
+    let (client, ns, api, _objects) = setup("cf-quick").await;
+    let name = support::unique("fgtest-quick");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let controller = start(&client, settings(&ns));
+
+    create(&api, owned_doc("quick", &name, "Delete")).await;
+    for deployed in [true, false, true] {
+        let patch = json!({"spec": {"definition": {"deployed": deployed}}});
+        api.patch("quick", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("edited");
+    }
+    let cf = wait_until(&api, "quick", 30, "generation 4 synced", |cf: &Chatflow| {
+        let status = cf.status.clone().unwrap_or_default();
+        status.observed_generation == Some(4) && status.deployed == Some(true)
+    })
+    .await;
+    let in_flowise = named_in_flowise(&name).await;
+    assert_eq!(in_flowise.len(), 1, "one chatflow whatever the timing");
+    assert_eq!(
+        cf.status.and_then(|s| s.flowise_id).as_deref(),
+        Some(in_flowise[0].id.as_str())
+    );
+    controller.stop().await;
+}

@@ -1,0 +1,138 @@
+//! ChatflowAccess and CreditPolicy status.
+
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use crate::harness::*;
+use flowgate::crd::{ChatflowAccess, CreditPolicy};
+
+#[tokio::test]
+async fn access_resolves_refs_as_chatflows_come_and_reports_expiry_and_invalid_specs() {
+    let (client, ns, api, _objects) = setup("cfa").await;
+    let accesses: Api<ChatflowAccess> = Api::namespaced(client.clone(), &ns);
+    let controller = start(&client, settings(&ns));
+    create(
+        &api,
+        chatflow_doc("faq-bot", json!({"flowiseName": "fgtest-nowhere"})),
+    )
+    .await;
+
+    create(&accesses, json!({
+        "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess",
+        "metadata": {"name": "team"},
+        "spec": {"chatflows": ["faq-bot", "support-bot"], "subjects": [{"user": "alice"}, {"group": "support"}]}
+    }))
+    .await;
+    let access = wait_until(
+        &accesses,
+        "team",
+        30,
+        "ResolvedRefs=False",
+        |a: &ChatflowAccess| {
+            a.conditions()
+                .iter()
+                .any(|c| c.type_ == "ResolvedRefs" && c.status == "False")
+        },
+    )
+    .await;
+    let status = access.status.clone().expect("status");
+    assert_eq!((status.resolved_chatflows, status.subjects), (1, 2));
+    let refs = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ResolvedRefs")
+        .expect("refs");
+    assert!(
+        refs.message.contains("support-bot") && !refs.message.contains("faq-bot"),
+        "{}",
+        refs.message
+    );
+    assert_eq!(ready(&access), Some(("True".into(), "Active".into())));
+
+    // The missing Chatflow appears: the access is re-evaluated without being touched.
+    create(
+        &api,
+        chatflow_doc("support-bot", json!({"flowiseName": "fgtest-nowhere-2"})),
+    )
+    .await;
+    wait_until(
+        &accesses,
+        "team",
+        30,
+        "ResolvedRefs=True",
+        |a: &ChatflowAccess| {
+            a.status.as_ref().is_some_and(|s| s.resolved_chatflows == 2)
+                && a.conditions()
+                    .iter()
+                    .any(|c| c.type_ == "ResolvedRefs" && c.status == "True")
+        },
+    )
+    .await;
+
+    let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(5);
+    let soon = jiff::Timestamp::from_second(soon.as_second()).expect("time");
+    create(&accesses, json!({
+        "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess",
+        "metadata": {"name": "temporary"},
+        "spec": {"chatflows": ["*"], "subjects": [{"user": "bob"}], "expiresAt": soon.to_string()}
+    }))
+    .await;
+    wait_ready(&accesses, "temporary", "True", "Active").await;
+    wait_ready(&accesses, "temporary", "False", "Expired").await;
+
+    create(
+        &accesses,
+        json!({
+            "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess",
+            "metadata": {"name": "broken"},
+            "spec": {"chatflows": ["*", "faq-bot"], "subjects": [{"user": "carol"}]}
+        }),
+    )
+    .await;
+    wait_ready(&accesses, "broken", "False", "InvalidSpec").await;
+    assert_eq!(
+        ready(&accesses.get("team").await.expect("read")),
+        Some(("True".into(), "Active".into())),
+        "one bad object does not affect the others"
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_credit_policy_reports_invalid_time_zones_and_leaves_credit_fields_alone() {
+    let (client, ns, _, _objects) = setup("cpol").await;
+    let policies: Api<CreditPolicy> = Api::namespaced(client.clone(), &ns);
+    let policy = |name: &str, tz: &str| {
+        json!({
+            "apiVersion": "flowgate.io/v1alpha1", "kind": "CreditPolicy",
+            "metadata": {"name": name},
+            "spec": {"chatflows": ["*"], "budget": {"credits": 100, "period": "Monthly", "timeZone": tz}}
+        })
+    };
+    create(&policies, policy("mars", "Mars/Olympus")).await;
+    create(&policies, policy("berlin", "Europe/Berlin")).await;
+    // The ledger's fields, written under another field manager before the controller runs.
+    let credits = json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "CreditPolicy",
+                         "status": {"creditsUsed": 7, "subjectsExhausted": 1}});
+    policies
+        .patch_status(
+            "berlin",
+            &PatchParams::apply("flowgate-credits-test").force(),
+            &Patch::Apply(&credits),
+        )
+        .await
+        .expect("credits written");
+    let controller = start(&client, settings(&ns));
+
+    let mars = wait_ready(&policies, "mars", "False", "InvalidSpec").await;
+    assert!(mars.conditions()[0].message.contains("Mars/Olympus"));
+    let berlin = wait_ready(&policies, "berlin", "True", "Active").await;
+    let status = berlin.status.expect("status");
+    assert_eq!(
+        (status.credits_used, status.subjects_exhausted),
+        (7, 1),
+        "credit fields kept"
+    );
+    assert_eq!(status.observed_generation, Some(1));
+    controller.stop().await;
+}
