@@ -54,6 +54,7 @@ async fn every_example_is_accepted_by_the_api_server() {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::fresh_namespace(&client, "examples").await;
+    let _cleanup = support::NamespaceCleanup(ns.clone());
     let examples = support::examples();
     assert!(
         examples.len() >= 5,
@@ -92,6 +93,7 @@ async fn a_chatflow_with_an_unknown_type_is_refused_naming_the_field() {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::fresh_namespace(&client, "bad-type").await;
+    let _cleanup = support::NamespaceCleanup(ns.clone());
     let message = rejection_message(
         create(
             &client,
@@ -113,6 +115,7 @@ async fn a_negative_budget_is_refused_naming_the_field() {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::fresh_namespace(&client, "bad-budget").await;
+    let _cleanup = support::NamespaceCleanup(ns.clone());
     let message = rejection_message(
         create(
             &client,
@@ -133,6 +136,7 @@ async fn other_schema_violations_are_refused_naming_the_field() {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::fresh_namespace(&client, "bad-fields").await;
+    let _cleanup = support::NamespaceCleanup(ns.clone());
     let cases = [
         (
             json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow", "metadata": {"name": "a"},
@@ -182,6 +186,7 @@ async fn typed_api_creates_lists_watches_and_applies_status() {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::fresh_namespace(&client, "typed").await;
+    let _cleanup = support::NamespaceCleanup(ns.clone());
     let api: Api<Chatflow> = Api::namespaced(client.clone(), &ns);
 
     let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
@@ -275,6 +280,7 @@ async fn short_names_category_and_explain_work_through_kubectl() {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::fresh_namespace(&client, "kubectl").await;
+    let _cleanup = support::NamespaceCleanup(ns.clone());
     for (_, doc) in support::examples() {
         create(&client, &ns, doc).await.expect("example accepted");
     }

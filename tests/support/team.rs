@@ -15,6 +15,8 @@ pub struct Team {
     pub flowise_id: String,
     /// Whether `flowise_id` was created in the real Flowise (and is deleted by `cleanup`).
     owned: bool,
+    /// Deletes the namespace's flowgate objects when the test ends, pass or fail.
+    _objects: super::NamespaceCleanup,
 }
 
 impl Team {
@@ -38,11 +40,13 @@ impl Team {
     }
 
     async fn setup(client: kube::Client, ns: String, flowise_id: String, owned: bool) -> Self {
+        let _objects = super::NamespaceCleanup(ns.clone());
         let team = Self {
             client,
             ns,
             flowise_id,
             owned,
+            _objects,
         };
         team.chatflow("support-bot", &team.flowise_id.clone()).await;
         let (user, group) = (team.user(), team.group());
