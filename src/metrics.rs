@@ -34,6 +34,12 @@ struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    policy: String,
+    percent: u8,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
 }
@@ -46,6 +52,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     upstream_errors: Family<ReasonLabels, Counter>,
     credits_charged: Family<PolicyLabels, Counter>,
+    credit_alerts: Family<AlertLabels, Counter>,
     /// Unix time of the snapshot the proxy serves.
     pub snapshot_compiled: Gauge,
     /// The controller's reconciles, status writes, Flowise sync passes and leadership.
@@ -102,6 +109,12 @@ impl Metrics {
             "Credits charged by settled predictions, by policy",
             credits_charged.clone(),
         );
+        let credit_alerts = Family::<AlertLabels, Counter>::default();
+        registry.register(
+            "credit_alerts",
+            "Subjects crossing a CreditPolicy alertAtPercent threshold",
+            credit_alerts.clone(),
+        );
         let snapshot_compiled = Gauge::default();
         registry.register(
             "index_snapshot_timestamp_seconds",
@@ -116,6 +129,7 @@ impl Metrics {
             decisions,
             upstream_errors,
             credits_charged,
+            credit_alerts,
             snapshot_compiled,
             controller,
         }
@@ -152,6 +166,16 @@ impl Metrics {
                 policy: policy.to_string(),
             })
             .inc_by(credits);
+    }
+
+    /// Counts a subject crossing a policy's alert threshold.
+    pub fn credit_alert(&self, policy: &str, percent: u8) {
+        self.credit_alerts
+            .get_or_create(&AlertLabels {
+                policy: policy.to_string(),
+                percent,
+            })
+            .inc();
     }
 
     /// The registry in OpenMetrics text format.

@@ -72,6 +72,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     let client = kube::Client::try_default().await.map_err(RunError::Kube)?;
 
+    // One ledger for both parts: the proxy charges it, the controller reports usage from it.
+    let ledger_gate = health.gate("ledger");
+    let ledger = ledger::open(&config.ledger).await?;
+    ledger_gate.open();
+
     if config.proxy {
         let (_stores, snapshot) =
             index::watch::spawn(client.clone(), health.gate("index"), shutdown.clone());
@@ -86,9 +91,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             Some(path) => Some(read_secret(path, "FLOWGATE_FLOWISE_API_KEY_FILE")?),
             None => None,
         };
-        let ledger_gate = health.gate("ledger");
-        let credits = Credits::new(ledger::open(&config.ledger).await?, metrics.clone());
-        ledger_gate.open();
+        let credits = Credits::new(ledger.clone(), metrics.clone())
+            .with_alerts(crate::proxy::credits::Alerts::new(client.clone()));
         tokio::spawn(credits.clone().run_sweeper(shutdown.clone()));
         let proxy = Arc::new(Proxy {
             credits,
@@ -115,7 +119,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     // lets in-flight reconciles finish and releases the Lease.
     if config.controller {
         let controller =
-            crate::controller::Controller::from_config(client.clone(), &config, metrics.clone())?;
+            crate::controller::Controller::from_config(client.clone(), &config, metrics.clone())?
+                .with_ledger(ledger.clone());
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(error) = controller.run(shutdown).await {

@@ -347,3 +347,94 @@ async fn three_flowgate_processes_sharing_postgres_admit_exactly_the_budget() {
     );
     team.cleanup().await;
 }
+
+#[tokio::test]
+async fn policy_status_shows_usage_and_crossing_a_threshold_raises_an_event() {
+    let team = Team::with_fake_flowise("credits-status").await;
+    team.policy("ten", json!({"chatflows": ["*"], "budget": {"credits": 10, "period": "Daily", "timeZone": "Europe/Berlin"},
+                              "alertAtPercent": [50]})).await;
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger_url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let gate = Flowgate::start_with(Options {
+        flowise_url: Some(fake.url.clone()),
+        ledger_url: Some(ledger_url.clone()),
+    })
+    .await;
+    let id = team.flowise_id.clone();
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+    for _ in 0..5 {
+        let (status, _) = predict(&gate, &team.alice(), &id, json!({"question": "x"})).await;
+        assert_eq!(status, 200);
+    }
+    // Six predictions at cost 1 (the readiness probe was one): the fifth reached 50% of 10.
+    let config_ledger = flowgate::config::LedgerUrl::Sqlite(dir.path().join("ledger.db"));
+    let ledger = flowgate::ledger::open(&config_ledger)
+        .await
+        .expect("ledger opens");
+    let api: kube::Api<flowgate::crd::CreditPolicy> =
+        kube::Api::namespaced(team.client.clone(), &team.ns);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        flowgate::controller::credits_status::refresh_all(
+            &api,
+            ledger.as_ref(),
+            jiff::Timestamp::now(),
+        )
+        .await
+        .expect("usage refresh");
+        let status = api
+            .get("ten")
+            .await
+            .expect("policy")
+            .status
+            .unwrap_or_default();
+        if status.credits_used == 6 {
+            assert!(
+                status.period_start.is_some() && status.next_reset.is_some(),
+                "{status:?}"
+            );
+            assert_eq!(status.subjects_exhausted, 0);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "creditsUsed never reached 6: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let written = flowgate::controller::credits_status::refresh_all(
+        &api,
+        ledger.as_ref(),
+        jiff::Timestamp::now(),
+    )
+    .await
+    .expect("usage refresh");
+    assert_eq!(written, 0, "unchanged usage writes no status");
+
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(team.client.clone(), &team.ns);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = events.list(&Default::default()).await.expect("events");
+        let alert = list
+            .items
+            .iter()
+            .find(|e| e.reason.as_deref() == Some("CreditThresholdCrossed"));
+        if let Some(alert) = alert {
+            let note = alert.note.clone().unwrap_or_default();
+            assert!(note.contains("50%"), "{note}");
+            assert_eq!(
+                alert.regarding.as_ref().and_then(|r| r.name.as_deref()),
+                Some("ten")
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no CreditThresholdCrossed event"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    team.cleanup().await;
+}

@@ -14,6 +14,7 @@
 
 mod access;
 mod chatflow;
+pub mod credits_status;
 mod leader;
 mod policy;
 mod sync;
@@ -146,6 +147,7 @@ pub struct Controller {
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
     sync: SyncState,
+    ledger: Option<Arc<dyn crate::ledger::CreditLedger>>,
 }
 
 impl Controller {
@@ -169,7 +171,14 @@ impl Controller {
             settings,
             metrics,
             sync,
+            ledger: None,
         }
+    }
+
+    /// Also keeps CreditPolicy usage (`creditsUsed`, `periodStart`, …) in status, from `ledger`.
+    pub fn with_ledger(mut self, ledger: Arc<dyn crate::ledger::CreditLedger>) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// A controller configured like `flowgate run`.
@@ -293,10 +302,24 @@ impl Controller {
             }
         };
 
+        let usage_task = {
+            let (api, ledger, session) = (
+                self.api::<CreditPolicy>(),
+                self.ledger.clone(),
+                session.clone(),
+            );
+            async move {
+                if let Some(ledger) = ledger {
+                    credits_status::run(api, ledger, session).await;
+                }
+            }
+        };
+
         tokio::join!(
             chatflow_task,
             access_task,
             policy_task,
+            usage_task,
             self.sync.run_periodically(session.clone()),
         );
     }

@@ -31,6 +31,42 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 pub struct Credits {
     ledger: Arc<dyn CreditLedger>,
     metrics: Arc<Metrics>,
+    alerts: Option<Alerts>,
+}
+
+/// Kubernetes Events on a CreditPolicy when a subject crosses one of its `alertAtPercent`.
+#[derive(Clone)]
+pub struct Alerts {
+    recorder: kube::runtime::events::Recorder,
+}
+
+impl Alerts {
+    pub fn new(client: kube::Client) -> Self {
+        let reporter = kube::runtime::events::Reporter {
+            controller: "flowgate-proxy".into(),
+            instance: None,
+        };
+        Self {
+            recorder: kube::runtime::events::Recorder::new(client, reporter),
+        }
+    }
+}
+
+/// The `alertAtPercent` thresholds a charge of `amount` crossed, leaving `remaining` of `limit`.
+pub fn crossed(limit: u64, remaining: u64, amount: u64, percents: &[u8]) -> Vec<u8> {
+    if limit == 0 {
+        return Vec::new();
+    }
+    let after = limit.saturating_sub(remaining);
+    let before = after.saturating_sub(amount);
+    percents
+        .iter()
+        .copied()
+        .filter(|p| {
+            let threshold = (limit * u64::from(*p)).div_ceil(100);
+            before < threshold && threshold <= after
+        })
+        .collect()
 }
 
 /// Credits held for one request.
@@ -43,7 +79,54 @@ pub struct Charge {
 
 impl Credits {
     pub fn new(ledger: Arc<dyn CreditLedger>, metrics: Arc<Metrics>) -> Self {
-        Self { ledger, metrics }
+        Self {
+            ledger,
+            metrics,
+            alerts: None,
+        }
+    }
+
+    /// Also publishes an Event when a subject crosses a policy's `alertAtPercent`.
+    pub fn with_alerts(mut self, alerts: Alerts) -> Self {
+        self.alerts = Some(alerts);
+        self
+    }
+
+    fn alert(&self, policy: &PolicyRule, subject: &str, remaining: u64) {
+        for percent in crossed(
+            policy.credits,
+            remaining,
+            policy.per_prediction,
+            &policy.alert_at_percent,
+        ) {
+            self.metrics.credit_alert(&policy.id, percent);
+            tracing::info!(policy = %policy.id, subject, percent, remaining, "credit threshold crossed");
+            let Some(alerts) = self.alerts.clone() else {
+                continue;
+            };
+            let reference = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("flowgate.io/v1alpha1".into()),
+                kind: Some("CreditPolicy".into()),
+                name: Some(policy.name.clone()),
+                namespace: Some(policy.namespace.clone()),
+                ..Default::default()
+            };
+            let event = kube::runtime::events::Event {
+                type_: kube::runtime::events::EventType::Warning,
+                reason: "CreditThresholdCrossed".into(),
+                note: Some(format!(
+                    "{subject} has used {percent}% of {} credits ({remaining} left this period)",
+                    policy.credits
+                )),
+                action: "Charge".into(),
+                secondary: None,
+            };
+            tokio::spawn(async move {
+                if let Err(error) = alerts.recorder.publish(&event, &reference).await {
+                    tracing::debug!(%error, "could not publish the credit alert Event");
+                }
+            });
+        }
     }
 
     /// Reserves the flat cost on every policy that applies; `None` when no policy applies.
@@ -85,11 +168,18 @@ impl Credits {
             ttl: RESERVATION_TTL,
         };
         match self.ledger.reserve(request).await {
-            Ok(ReserveOutcome::Reserved { id, remaining }) => Ok(Some(Charge {
-                id,
-                policies,
-                remaining: remaining.iter().map(|(_, left)| *left).min(),
-            })),
+            Ok(ReserveOutcome::Reserved { id, remaining }) => {
+                for (policy, (_, left)) in policies.iter().zip(&remaining) {
+                    if !policy.alert_at_percent.is_empty() {
+                        self.alert(policy, &identity.key, *left);
+                    }
+                }
+                Ok(Some(Charge {
+                    id,
+                    policies,
+                    remaining: remaining.iter().map(|(_, left)| *left).min(),
+                }))
+            }
             Ok(ReserveOutcome::Exhausted {
                 policy,
                 remaining,
@@ -215,4 +305,32 @@ pub fn cost(policy: &PolicyRule, tokens: u64) -> u64 {
         .saturating_mul(policy.per_thousand_tokens)
         .div_ceil(1000);
     policy.per_prediction.saturating_add(token_cost)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_threshold_is_crossed_once_by_the_charge_that_reaches_it() {
+        // 1000 credits, alerts at 80% and 100%, cost 1.
+        assert_eq!(
+            crossed(1000, 201, 1, &[80, 100]),
+            Vec::<u8>::new(),
+            "799 used"
+        );
+        assert_eq!(crossed(1000, 200, 1, &[80, 100]), vec![80], "800 used");
+        assert_eq!(
+            crossed(1000, 199, 1, &[80, 100]),
+            Vec::<u8>::new(),
+            "801 used"
+        );
+        assert_eq!(crossed(1000, 0, 1, &[80, 100]), vec![100]);
+        assert_eq!(
+            crossed(10, 0, 10, &[50, 100]),
+            vec![50, 100],
+            "one big charge crosses both"
+        );
+        assert_eq!(crossed(0, 0, 1, &[80]), Vec::<u8>::new());
+    }
 }
