@@ -353,3 +353,74 @@ async fn the_python_service_routes_keep_working() {
     );
     team.cleanup().await;
 }
+
+#[tokio::test]
+async fn multipart_predictions_with_files_are_forwarded_and_their_session_is_bound() {
+    let team = Team::new("proxy-multipart").await;
+    let gate = Flowgate::start().await;
+    let id = team.flowise_id.clone();
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+    let boundary = "test-boundary-7f3a";
+    let victim = "fg-0000000000000000-someone-elses-session";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"question\"\r\n\r\nhello\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"chatId\"\r\n\r\n{victim}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"notes.txt\"\r\nContent-Type: text/plain\r\n\r\nsome notes\r\n\
+         --{boundary}--\r\n"
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .bearer_auth(team.alice())
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.expect("json");
+    assert_eq!(answer["text"], "Echo: hello", "{answer}");
+    assert_ne!(
+        answer["chatId"].as_str(),
+        Some(victim),
+        "the client's session id never reaches Flowise as-is"
+    );
+
+    let text_only = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"question\"\r\n\r\nhi\r\n--{boundary}--\r\n"
+    );
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .bearer_auth(team.alice())
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(text_only)
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["text"], "Echo: hi");
+    assert!(
+        answer["chatId"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("fg-")),
+        "{answer}"
+    );
+
+    let broken = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .bearer_auth(team.alice())
+        .header("content-type", "multipart/form-data; boundary=nope")
+        .body("not multipart at all")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(broken.status(), 400);
+    team.cleanup().await;
+}

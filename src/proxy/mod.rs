@@ -12,6 +12,7 @@ pub mod credits;
 pub mod error;
 pub mod keys;
 pub mod listing;
+pub mod multipart;
 pub mod routes;
 pub mod session;
 pub mod stream;
@@ -42,6 +43,8 @@ use upstream::Upstream;
 
 /// Largest JSON request body accepted.
 pub const MAX_JSON_BODY: usize = 10 * 1024 * 1024;
+/// Largest multipart (file upload) request body accepted.
+pub const MAX_MULTIPART_BODY: usize = 50 * 1024 * 1024;
 /// Largest non-streaming Flowise answer read back.
 pub const MAX_ANSWER: usize = 32 * 1024 * 1024;
 
@@ -59,9 +62,34 @@ pub struct Proxy {
 
 /// A prediction ready to forward.
 struct Prediction {
-    body: serde_json::Map<String, Value>,
+    body: Payload,
     streaming: bool,
     chat_id: String,
+}
+
+/// A prediction body as it will be sent to Flowise.
+enum Payload {
+    Json(serde_json::Map<String, Value>),
+    Multipart(multipart::Form),
+}
+
+impl Payload {
+    /// The encoded body and its Content-Type.
+    fn encode(self) -> (Bytes, HeaderValue) {
+        match self {
+            Payload::Json(map) => (
+                Bytes::from(serde_json::to_vec(&Value::Object(map)).unwrap_or_default()),
+                HeaderValue::from_static("application/json"),
+            ),
+            Payload::Multipart(form) => {
+                let (body, content_type) =
+                    form.encode(&format!("flowgate-{}", uuid::Uuid::new_v4().simple()));
+                let content_type = HeaderValue::from_str(&content_type)
+                    .unwrap_or_else(|_| HeaderValue::from_static("multipart/form-data"));
+                (body, content_type)
+            }
+        }
+    }
 }
 
 impl Proxy {
@@ -138,8 +166,7 @@ impl Proxy {
                     self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
                 let usable = usable(&cf)?;
                 let idempotency_key = idempotency_key(&req)?;
-                let body = read_json(req, MAX_JSON_BODY).await?;
-                let prediction = prepare(body, &identity)?;
+                let prediction = read_prediction(req, &identity).await?;
                 let key = self.forward_headers(&cf).await?;
                 let charge = self
                     .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
@@ -293,10 +320,9 @@ impl Proxy {
                 self.credits.refund(charge);
             }
         };
-        let body =
-            Bytes::from(serde_json::to_vec(&Value::Object(prediction.body)).unwrap_or_default());
+        let (body, content_type) = prediction.body.encode();
         let mut client_headers = hyper::HeaderMap::new();
-        client_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        client_headers.insert(CONTENT_TYPE, content_type);
         let path = format!("/api/v1/prediction/{flowise_id}");
         let req = match self.upstream.request(
             Method::POST,
@@ -610,19 +636,7 @@ async fn read_json(
             "the body must be JSON (Content-Type: application/json)".into(),
         ));
     }
-    let bytes = Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ProxyError::PayloadTooLarge { limit }
-            } else {
-                ProxyError::BadRequest(format!("cannot read the body: {e}"))
-            }
-        })?
-        .to_bytes();
+    let bytes = read_limited(req, limit).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ProxyError::BadRequest(
@@ -661,10 +675,57 @@ fn prepare(
     };
     let chat_id = session::bind_body(&mut body, &identity.key);
     Ok(Prediction {
-        body,
+        body: Payload::Json(body),
         streaming,
         chat_id,
     })
+}
+
+/// A Flowise prediction body: JSON, or `multipart/form-data` with file uploads.
+async fn read_prediction(
+    req: Request<Incoming>,
+    identity: &Identity,
+) -> Result<Prediction, ProxyError> {
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if !content_type.starts_with("multipart/form-data") {
+        return prepare(read_json(req, MAX_JSON_BODY).await?, identity);
+    }
+    let body = read_limited(req, MAX_MULTIPART_BODY).await?;
+    let mut form = multipart::parse(&content_type, body).await?;
+    if form.text("question").is_none() && !form.parts.iter().any(|p| p.file_name.is_some()) {
+        return Err(ProxyError::BadRequest(
+            "a prediction needs 'question' or files".into(),
+        ));
+    }
+    let streaming = form.streaming();
+    let chat_id = form.bind_session(&identity.key);
+    Ok(Prediction {
+        body: Payload::Multipart(form),
+        streaming,
+        chat_id,
+    })
+}
+
+/// The whole request body, at most `limit` bytes.
+async fn read_limited(req: Request<Incoming>, limit: usize) -> Result<Bytes, ProxyError> {
+    Ok(Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ProxyError::PayloadTooLarge { limit }
+            } else {
+                ProxyError::BadRequest(format!("cannot read the body: {e}"))
+            }
+        })?
+        .to_bytes())
 }
 
 /// The Python service's `{chatflow_id, question|message, sessionId?, overrideConfig?, streaming?}`.

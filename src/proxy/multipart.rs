@@ -1,0 +1,215 @@
+//! `multipart/form-data` predictions (file uploads). The body is parsed so its session fields can
+//! be bound to the caller, then encoded again with a boundary of our own.
+//!
+//! Flowise takes the session from `chatId`, and in multipart mode also from `sessionId` and
+//! `overrideConfig[sessionId]` (its form parser nests bracketed names): all of them are rewritten,
+//! and `chatId` is added when absent.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::error::ProxyError;
+use super::session;
+
+/// One form field or file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub name: String,
+    pub file_name: Option<String>,
+    pub content_type: Option<String>,
+    pub data: Bytes,
+}
+
+/// A parsed multipart prediction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Form {
+    pub parts: Vec<Part>,
+}
+
+/// Parses `body` sent with `content_type` (which carries the boundary).
+pub async fn parse(content_type: &str, body: Bytes) -> Result<Form, ProxyError> {
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|e| ProxyError::BadRequest(format!("multipart body: {e}")))?;
+    let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut parts = Vec::new();
+    let bad = |e: multer::Error| ProxyError::BadRequest(format!("multipart body: {e}"));
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let name = field
+            .name()
+            .map(str::to_string)
+            .ok_or_else(|| ProxyError::BadRequest("multipart body: a part has no name".into()))?;
+        let file_name = field.file_name().map(str::to_string);
+        let content_type = field.content_type().map(|m| m.to_string());
+        let data = field.bytes().await.map_err(bad)?;
+        parts.push(Part {
+            name,
+            file_name,
+            content_type,
+            data,
+        });
+    }
+    Ok(Form { parts })
+}
+
+impl Form {
+    /// A text field's value.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.parts
+            .iter()
+            .find(|p| p.name == name && p.file_name.is_none())
+            .and_then(|p| std::str::from_utf8(&p.data).ok())
+    }
+
+    /// Whether the client asked for a stream (`streaming=true`).
+    pub fn streaming(&self) -> bool {
+        self.text("streaming").is_some_and(|v| v.trim() == "true")
+    }
+
+    /// Rewrites every session field to a session of the caller's own; returns the bound id.
+    pub fn bind_session(&mut self, subject_key: &str) -> String {
+        let requested = ["chatId", "sessionId", "overrideConfig[sessionId]"]
+            .iter()
+            .find_map(|name| self.text(name))
+            .map(str::to_string);
+        let bound = session::bind(subject_key, requested.as_deref());
+        let mut has_chat_id = false;
+        for part in &mut self.parts {
+            if is_session_field(&part.name) {
+                has_chat_id |= part.name == "chatId";
+                part.file_name = None;
+                part.content_type = None;
+                part.data = Bytes::from(bound.clone());
+            }
+        }
+        if !has_chat_id {
+            self.parts.push(Part {
+                name: "chatId".into(),
+                file_name: None,
+                content_type: None,
+                data: Bytes::from(bound.clone()),
+            });
+        }
+        bound
+    }
+
+    /// The form encoded with `boundary`, and the matching Content-Type.
+    pub fn encode(&self, boundary: &str) -> (Bytes, String) {
+        let size: usize = self.parts.iter().map(|p| p.data.len() + 200).sum();
+        let mut out = BytesMut::with_capacity(size + boundary.len() + 8);
+        for part in &self.parts {
+            out.put_slice(format!("--{boundary}\r\n").as_bytes());
+            let mut disposition = format!(
+                "Content-Disposition: form-data; name=\"{}\"",
+                quote(&part.name)
+            );
+            if let Some(file) = &part.file_name {
+                disposition.push_str(&format!("; filename=\"{}\"", quote(file)));
+            }
+            out.put_slice(disposition.as_bytes());
+            out.put_slice(b"\r\n");
+            if let Some(ct) = &part.content_type {
+                out.put_slice(format!("Content-Type: {}\r\n", strip_newlines(ct)).as_bytes());
+            }
+            out.put_slice(b"\r\n");
+            out.put_slice(&part.data);
+            out.put_slice(b"\r\n");
+        }
+        out.put_slice(format!("--{boundary}--\r\n").as_bytes());
+        (
+            out.freeze(),
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+    }
+}
+
+fn is_session_field(name: &str) -> bool {
+    matches!(name, "chatId" | "sessionId")
+        || name.ends_with("[sessionId]")
+        || name.ends_with("[chatId]")
+}
+
+/// Quoting as browsers do for form-data names: `"` → `%22`, line breaks → `%0D`/`%0A`.
+fn quote(s: &str) -> String {
+    s.replace('"', "%22")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+fn strip_newlines(s: &str) -> String {
+    s.chars().filter(|c| *c != '\r' && *c != '\n').collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(parts: &[(&str, Option<&str>, &str)]) -> (Bytes, String) {
+        let form = Form {
+            parts: parts
+                .iter()
+                .map(|(name, file, data)| Part {
+                    name: (*name).into(),
+                    file_name: file.map(Into::into),
+                    content_type: file.map(|_| "text/plain".into()),
+                    data: Bytes::from(data.to_string()),
+                })
+                .collect(),
+        };
+        form.encode("client-boundary-123")
+    }
+
+    #[tokio::test]
+    async fn a_form_survives_parse_and_encode() {
+        let (body, ct) = form(&[
+            ("question", None, "hi"),
+            ("files", Some("a \"b\".txt"), "line1\r\nline2"),
+        ]);
+        let parsed = parse(&ct, body).await.expect("parses");
+        assert_eq!(parsed.text("question"), Some("hi"));
+        assert_eq!(parsed.parts[1].file_name.as_deref(), Some("a %22b%22.txt"));
+        assert_eq!(&parsed.parts[1].data[..], b"line1\r\nline2");
+        let (again, ct2) = parsed.encode("flowgate-x");
+        let reparsed = parse(&ct2, again).await.expect("re-parses");
+        assert_eq!(reparsed, parsed);
+    }
+
+    #[tokio::test]
+    async fn every_session_field_is_bound_to_the_caller() {
+        let (body, ct) = form(&[
+            ("question", None, "hi"),
+            ("chatId", None, "victim-session"),
+            ("overrideConfig[sessionId]", None, "victim-session"),
+            ("streaming", None, "true"),
+        ]);
+        let mut parsed = parse(&ct, body).await.expect("parses");
+        assert!(parsed.streaming());
+        let bound = parsed.bind_session("user:mallory");
+        assert!(bound.starts_with(&session::prefix("user:mallory")));
+        assert_eq!(parsed.text("chatId"), Some(bound.as_str()));
+        assert_eq!(
+            parsed.text("overrideConfig[sessionId]"),
+            Some(bound.as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chat_id_is_added_when_the_client_sent_none() {
+        let (body, ct) = form(&[("question", None, "hi")]);
+        let mut parsed = parse(&ct, body).await.expect("parses");
+        let bound = parsed.bind_session("user:alice");
+        assert_eq!(parsed.text("chatId"), Some(bound.as_str()));
+        assert!(!parsed.streaming());
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_multipart_is_a_bad_request() {
+        let result = parse(
+            "multipart/form-data; boundary=zzz",
+            Bytes::from_static(b"garbage"),
+        )
+        .await;
+        assert!(matches!(result, Err(ProxyError::BadRequest(_))));
+        let result = parse("multipart/form-data", Bytes::new()).await;
+        assert!(matches!(result, Err(ProxyError::BadRequest(_))));
+    }
+}
