@@ -87,6 +87,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             .map(|_| client.clone());
         let verifier = Verifier::new(&config.jwt, &config.identity, sa_client)?;
         tokio::spawn(verifier.clone().run_refresh(shutdown.clone()));
+        // Ready once remote keys (JWKS, OIDC, the cluster's ServiceAccount issuer) have loaded.
+        let keys_gate = health.gate("identity keys");
+        let probe = verifier.clone();
+        tokio::spawn(async move {
+            while !probe.keys_loaded() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            keys_gate.open();
+        });
+        // The age of the served snapshot, for alerting on a stale index.
+        let (watched, gauge) = (snapshot.clone(), metrics.clone());
+        let mut published = snapshot.subscribe();
+        tokio::spawn(async move {
+            loop {
+                if let Some(at) = watched.load().compiled_at {
+                    gauge.snapshot_compiled.set(at.as_second());
+                }
+                if published.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         let default_key = match &config.flowise_api_key_file {
             Some(path) => Some(read_secret(path, "FLOWGATE_FLOWISE_API_KEY_FILE")?),
             None => None,

@@ -73,6 +73,29 @@ async fn a_granted_user_lists_gets_and_predicts_through_flowgate() {
         "the session is bound to the caller: {chat_id}"
     );
 
+    // The ops port reports the served snapshot's age and the decisions taken.
+    let metrics = http
+        .get(format!("{}/metrics", gate.ops))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let compiled = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("flowgate_index_snapshot_timestamp_seconds "))
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    assert!(
+        compiled > 1_700_000_000,
+        "snapshot timestamp exported: {compiled}"
+    );
+    assert!(
+        metrics.contains("flowgate_proxy_decisions_total{decision=\"allow\",reason=\"granted\"}"),
+        "{metrics}"
+    );
+
     // Continuing the same session keeps its id.
     let (_, again) = predict(
         &gate,

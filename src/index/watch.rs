@@ -23,7 +23,8 @@ use crate::ops::Gate;
 #[derive(Clone)]
 pub struct SnapshotHandle {
     current: Arc<ArcSwap<Snapshot>>,
-    changed: Arc<Notify>,
+    /// Generation of the current snapshot; receivers never miss a publish.
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for SnapshotHandle {
@@ -37,7 +38,7 @@ impl SnapshotHandle {
     pub fn new(snapshot: Snapshot) -> Self {
         Self {
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
-            changed: Arc::new(Notify::new()),
+            generation: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
@@ -46,15 +47,15 @@ impl SnapshotHandle {
         self.current.load_full()
     }
 
-    /// Replaces the snapshot and wakes everyone waiting in [`SnapshotHandle::changed`].
+    /// Replaces the snapshot and tells every subscriber.
     pub fn publish(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
-        self.changed.notify_waiters();
+        self.generation.send_modify(|g| *g += 1);
     }
 
-    /// Resolves at the next publish.
-    pub async fn changed(&self) {
-        self.changed.notified().await;
+    /// A receiver whose `changed()` resolves after each publish it has not seen yet.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 }
 
