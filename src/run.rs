@@ -53,6 +53,7 @@ pub enum RunError {
 
 /// Runs every configured part until `shutdown` is cancelled, then drains and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    crate::telemetry::install_crypto_provider();
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::new());
 
@@ -70,7 +71,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     }
     tracing::info!(addr = %config.ops_addr, "ops listener (healthz, readyz, metrics) up");
 
-    let client = kube::Client::try_default().await.map_err(RunError::Kube)?;
+    // With --resources-dir there is no cluster: resources come from files, status is logged.
+    let client = match &config.resources_dir {
+        Some(dir) => {
+            tracing::info!(dir = %dir.display(), "resources from files; no cluster, status only logged");
+            None
+        }
+        None => Some(kube::Client::try_default().await.map_err(RunError::Kube)?),
+    };
 
     // One ledger for both parts: the proxy charges it, the controller reports usage from it.
     let ledger_gate = health.gate("ledger");
@@ -78,13 +86,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     ledger_gate.open();
 
     if config.proxy {
-        let (_stores, snapshot) =
-            index::watch::spawn(client.clone(), health.gate("index"), shutdown.clone());
+        let snapshot = match (&client, &config.resources_dir) {
+            (Some(client), _) => {
+                index::watch::spawn(client.clone(), health.gate("index"), shutdown.clone()).1
+            }
+            (None, Some(dir)) => {
+                let flowise = crate::flowise::FlowiseClient::from_config(&config).map_err(|e| {
+                    ConfigError {
+                        setting: "FLOWGATE_FLOWISE_URL",
+                        problem: e.to_string(),
+                    }
+                })?;
+                index::files::spawn(
+                    dir.clone(),
+                    Arc::new(flowise),
+                    config.sync_interval,
+                    health.gate("index"),
+                    shutdown.clone(),
+                )
+            }
+            (None, None) => unreachable!("a client exists unless resources come from files"),
+        };
         let sa_client = config
             .jwt
             .service_account_audience
             .as_ref()
-            .map(|_| client.clone());
+            .and(client.clone());
         let verifier = Verifier::new(&config.jwt, &config.identity, sa_client)?;
         tokio::spawn(verifier.clone().run_refresh(shutdown.clone()));
         // Ready once remote keys (JWKS, OIDC, the cluster's ServiceAccount issuer) have loaded.
@@ -113,15 +140,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             Some(path) => Some(read_secret(path, "FLOWGATE_FLOWISE_API_KEY_FILE")?),
             None => None,
         };
-        let credits = Credits::new(ledger.clone(), metrics.clone())
-            .with_alerts(crate::proxy::credits::Alerts::new(client.clone()));
+        let mut credits = Credits::new(ledger.clone(), metrics.clone());
+        if let Some(client) = &client {
+            credits = credits.with_alerts(crate::proxy::credits::Alerts::new(client.clone()));
+        }
         tokio::spawn(credits.clone().run_sweeper(shutdown.clone()));
         let proxy = Arc::new(Proxy {
             credits,
             snapshot,
             verifier: Arc::new(verifier),
             upstream: Upstream::new(&config.flowise_url, default_key, UPSTREAM_TIMEOUT)?,
-            keys: ApiKeys::new(Some(client.clone())),
+            keys: ApiKeys::new(client.clone()),
             metrics: metrics.clone(),
             token_endpoint: config.token_endpoint_url.clone(),
             http: reqwest::Client::new(),
@@ -139,7 +168,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     // The controller campaigns for the Lease and reconciles while it holds it; on shutdown it
     // lets in-flight reconciles finish and releases the Lease.
-    if config.controller {
+    if let (true, None) = (config.controller, &client) {
+        tracing::info!(
+            "controller not started: with --resources-dir there is no cluster to reconcile"
+        );
+    }
+    if let (true, Some(client)) = (config.controller, &client) {
         let controller =
             crate::controller::Controller::from_config(client.clone(), &config, metrics.clone())?
                 .with_ledger(ledger.clone());

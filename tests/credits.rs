@@ -359,6 +359,7 @@ async fn policy_status_shows_usage_and_crossing_a_threshold_raises_an_event() {
     let gate = Flowgate::start_with(Options {
         flowise_url: Some(fake.url.clone()),
         ledger_url: Some(ledger_url.clone()),
+        ..Default::default()
     })
     .await;
     let id = team.flowise_id.clone();

@@ -5,6 +5,7 @@
 //! it recompiles on every change and publishes the new snapshot, and a request reads the current
 //! snapshot once.
 
+pub mod files;
 pub mod rules;
 pub mod watch;
 

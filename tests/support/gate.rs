@@ -13,6 +13,7 @@ pub const SECRET: &str = "flowgate-test-secret-of-at-least-32-bytes!";
 
 /// Flowise URL and API key from `scripts/flowise.sh env`; panics with instructions when unset.
 pub fn flowise_env() -> (String, String) {
+    flowgate::telemetry::install_crypto_provider();
     let url = std::env::var("FLOWGATE_FLOWISE_URL").unwrap_or_default();
     let key_file = std::env::var("FLOWGATE_FLOWISE_API_KEY_FILE").unwrap_or_default();
     assert!(
@@ -90,6 +91,8 @@ pub struct Options {
     pub flowise_url: Option<String>,
     /// Ledger URL; default: a SQLite file in the test's temp dir.
     pub ledger_url: Option<String>,
+    /// Read resources from this directory instead of the cluster.
+    pub resources_dir: Option<std::path::PathBuf>,
 }
 
 impl Flowgate {
@@ -128,6 +131,7 @@ impl Flowgate {
             sync_interval: "60s".into(),
             log_format: "text".into(),
             no_controller: true,
+            resources_dir: options.resources_dir,
             ..Default::default()
         };
         let config = Config::from_args(args).expect("valid test config");

@@ -1,0 +1,332 @@
+//! `flowgate run --resources-dir DIR`: the same resources, from YAML files instead of a cluster.
+//!
+//! The directory is polled (every second) and reloaded when a file changes, and Chatflows are
+//! resolved against Flowise on every change and every sync interval. There is no API server to
+//! write status to, so status is only logged. Adopting (`flowiseId`, `flowiseName`) works;
+//! owning a `definition` needs the controller and a cluster, so such Chatflows are reported and
+//! not served.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use jiff::Timestamp;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::rules::{ChatflowSource, chatflow_source};
+use super::watch::SnapshotHandle;
+use super::{Resources, compile};
+use crate::crd::conditions::{self, READY, reason};
+use crate::crd::{Chatflow, ChatflowStatus};
+use crate::flowise::{FlowiseApi, FlowiseChatflow};
+use crate::ops::Gate;
+
+/// Reads every `*.yaml`/`*.yml` file of `dir` (multi-document files allowed). Objects without a
+/// namespace land in `default`. Returns the resources and one message per unusable document.
+pub fn load(dir: &Path) -> (Resources, Vec<String>) {
+    let mut resources = Resources::default();
+    let mut problems = Vec::new();
+    for path in yaml_files(dir) {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                problems.push(format!("{}: {e}", path.display()));
+                continue;
+            }
+        };
+        let docs: Vec<Value> = match serde_saphyr::from_multiple(&text) {
+            Ok(docs) => docs,
+            Err(e) => {
+                problems.push(format!("{}: not YAML: {e}", path.display()));
+                continue;
+            }
+        };
+        for (i, mut doc) in docs.into_iter().enumerate() {
+            if doc.is_null() {
+                continue;
+            }
+            if doc
+                .pointer("/metadata/namespace")
+                .is_none_or(Value::is_null)
+                && let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut)
+            {
+                meta.insert("namespace".into(), Value::String("default".into()));
+            }
+            let at = format!("{} (document {})", path.display(), i + 1);
+            let kind = doc
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let parsed = match kind.as_str() {
+                "Chatflow" => {
+                    serde_json::from_value(doc).map(|o| resources.chatflows.push(Arc::new(o)))
+                }
+                "ChatflowAccess" => {
+                    serde_json::from_value(doc).map(|o| resources.accesses.push(Arc::new(o)))
+                }
+                "CreditPolicy" => {
+                    serde_json::from_value(doc).map(|o| resources.policies.push(Arc::new(o)))
+                }
+                _ => {
+                    problems.push(format!(
+                        "{at}: kind '{kind}' is not a flowgate resource; skipped"
+                    ));
+                    continue;
+                }
+            };
+            if let Err(e) = parsed {
+                problems.push(format!("{at}: invalid {kind}: {e}"));
+            }
+        }
+    }
+    (resources, problems)
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// What the directory looks like now: changes when a file is added, removed or written.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    yaml_files(dir)
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let modified = meta.as_ref().and_then(|m| m.modified().ok());
+            let len = meta.map(|m| m.len()).unwrap_or(0);
+            (p, modified, len)
+        })
+        .collect()
+}
+
+/// Fills each Chatflow's status from what Flowise holds, as the controller would.
+pub fn resolve(
+    chatflows: &mut [Arc<Chatflow>],
+    flowise: Result<&[FlowiseChatflow], String>,
+    now: Timestamp,
+) {
+    for cf in chatflows.iter_mut() {
+        let mut status = ChatflowStatus::default();
+        let generation = cf.metadata.generation;
+        let ready = |ok, why: &str, message: String| {
+            conditions::new(READY, ok, why, message, generation, now)
+        };
+        let condition = match (chatflow_source(&cf.spec), &flowise) {
+            (Err(e), _) => ready(false, reason::INVALID_SPEC, e.to_string()),
+            (Ok(ChatflowSource::Definition(_)), _) => ready(
+                false,
+                reason::INVALID_SPEC,
+                "owning a definition needs the controller and a cluster; use flowiseId or flowiseName with --resources-dir".into(),
+            ),
+            (Ok(_), Err(why)) => ready(false, reason::FLOWISE_UNREACHABLE, why.clone()),
+            (Ok(source), Ok(list)) => {
+                let found: Vec<&FlowiseChatflow> = match &source {
+                    ChatflowSource::Id(id) => list.iter().filter(|c| c.id.eq_ignore_ascii_case(id)).collect(),
+                    ChatflowSource::Name(name) => list.iter().filter(|c| &c.name == name).collect(),
+                    ChatflowSource::Definition(_) => Vec::new(),
+                };
+                match found.as_slice() {
+                    [one] => {
+                        status.flowise_id = Some(one.id.clone());
+                        status.flowise_name = Some(one.name.clone());
+                        status.flow_type = Some(one.flow_type.clone());
+                        status.deployed = one.deployed;
+                        status.api_key_bound = Some(one.api_key_bound());
+                        status.last_sync_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+                        if cf.spec.suspended {
+                            ready(false, reason::SUSPENDED, "suspended by its spec".into())
+                        } else {
+                            ready(true, reason::SYNCED, "found in Flowise".into())
+                        }
+                    }
+                    [] => ready(false, reason::NOT_FOUND_IN_FLOWISE, "no such chatflow in Flowise".into()),
+                    many => ready(false, reason::CONFLICT, format!("{} Flowise chatflows carry this name", many.len())),
+                }
+            }
+        };
+        status.conditions.push(condition);
+        let mut updated = (**cf).clone();
+        updated.status = Some(status);
+        *cf = Arc::new(updated);
+    }
+}
+
+/// Loads, resolves and publishes the directory's resources whenever a file changes and every
+/// `resync`; `ready` opens after the first publish.
+pub fn spawn(
+    dir: PathBuf,
+    flowise: Arc<dyn FlowiseApi>,
+    resync: Duration,
+    ready: Gate,
+    shutdown: CancellationToken,
+) -> SnapshotHandle {
+    let handle = SnapshotHandle::default();
+    let publisher = handle.clone();
+    tokio::spawn(async move {
+        let mut seen = None;
+        let mut last_sync = Instant::now();
+        let mut logged: BTreeMap<String, String> = BTreeMap::new();
+        loop {
+            let now_fingerprint = fingerprint(&dir);
+            if seen.as_ref() != Some(&now_fingerprint) || last_sync.elapsed() >= resync {
+                let (mut resources, problems) = load(&dir);
+                for problem in &problems {
+                    tracing::warn!(dir = %dir.display(), "{problem}");
+                }
+                let list = flowise.list().await.map_err(|e| e.to_string());
+                let now = Timestamp::now();
+                resolve(
+                    &mut resources.chatflows,
+                    list.as_deref().map_err(Clone::clone),
+                    now,
+                );
+                log_status_changes(&resources, &mut logged);
+                let mut snapshot = compile(&resources);
+                snapshot.compiled_at = Some(now);
+                publisher.publish(snapshot);
+                ready.open();
+                seen = Some(now_fingerprint);
+                last_sync = Instant::now();
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+    handle
+}
+
+/// "Status only logged": one line per Chatflow whose Ready condition changed.
+fn log_status_changes(resources: &Resources, logged: &mut BTreeMap<String, String>) {
+    for cf in &resources.chatflows {
+        let key = format!(
+            "{}/{}",
+            cf.metadata.namespace.as_deref().unwrap_or_default(),
+            cf.metadata.name.as_deref().unwrap_or_default()
+        );
+        let Some(cond) = cf.status.as_ref().and_then(|s| s.conditions.first()) else {
+            continue;
+        };
+        let line = format!("{} {} {}", cond.status, cond.reason, cond.message);
+        if logged.get(&key) != Some(&line) {
+            let flowise_id = cf
+                .status
+                .as_ref()
+                .and_then(|s| s.flowise_id.clone())
+                .unwrap_or_default();
+            tracing::info!(chatflow = %key, ready = %cond.status, reason = %cond.reason, message = %cond.message, %flowise_id, "chatflow status");
+            logged.insert(key, line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flowise::FlowiseApi;
+    use crate::flowise::fake::FakeFlowise;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).expect("write fixture");
+    }
+
+    #[test]
+    fn multi_document_files_load_and_bad_documents_are_reported_not_fatal() {
+        let dir = tempfile::tempdir().expect("dir");
+        write(
+            dir.path(),
+            "team.yaml",
+            "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {name: a}\nspec: {flowiseName: A}\n---\n\
+            apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {name: r, namespace: team}\nspec: {chatflows: ['*'], subjects: [{user: u}]}\n---\n\
+            apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\n\
+            apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: p}\nspec: {chatflows: ['*'], budget: {credits: -5, period: Daily}}\n",
+        );
+        write(dir.path(), "broken.yml", "kind: [unclosed\n");
+        write(dir.path(), "notes.txt", "ignored");
+        let (res, problems) = load(dir.path());
+        assert_eq!(res.chatflows.len(), 1);
+        assert_eq!(
+            res.chatflows[0].metadata.namespace.as_deref(),
+            Some("default")
+        );
+        assert_eq!(res.accesses.len(), 1);
+        assert_eq!(res.policies.len(), 0, "a negative budget does not parse");
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    fn chatflow(yaml_spec: &str) -> Arc<Chatflow> {
+        Arc::new(
+            serde_saphyr::from_str(&format!(
+                "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: c, namespace: n}}\nspec: {yaml_spec}\n"
+            ))
+            .expect("fixture"),
+        )
+    }
+
+    fn ready_reason(cf: &Chatflow) -> (String, String) {
+        let c = &cf.status.as_ref().expect("status").conditions[0];
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[tokio::test]
+    async fn chatflows_resolve_by_id_and_name_like_the_controller_would() {
+        let fake = FakeFlowise::default();
+        let support = fake.insert("Support Bot", "CHATFLOW", None);
+        fake.insert("Twin", "CHATFLOW", None);
+        fake.insert("Twin", "AGENTFLOW", None);
+        let list = fake.list().await.expect("list");
+        let mut cfs = vec![
+            chatflow(&format!("{{flowiseId: {support}}}")),
+            chatflow("{flowiseName: Support Bot}"),
+            chatflow("{flowiseName: Twin}"),
+            chatflow("{flowiseName: Nobody}"),
+            chatflow("{definition: {type: CHATFLOW, flowData: {nodes: []}}}"),
+            chatflow("{flowiseName: Support Bot, suspended: true}"),
+        ];
+        resolve(&mut cfs, Ok(&list), Timestamp::now());
+        let reasons: Vec<(String, String)> = cfs.iter().map(|c| ready_reason(c)).collect();
+        let expect = |s: &str, r: &str| (s.to_string(), r.to_string());
+        assert_eq!(
+            reasons,
+            vec![
+                expect("True", "Synced"),
+                expect("True", "Synced"),
+                expect("False", "Conflict"),
+                expect("False", "NotFoundInFlowise"),
+                expect("False", "InvalidSpec"),
+                expect("False", "Suspended"),
+            ]
+        );
+        assert_eq!(
+            cfs[1].status.as_ref().and_then(|s| s.flowise_id.clone()),
+            Some(support)
+        );
+        let snap = compile(&Resources {
+            chatflows: cfs,
+            ..Default::default()
+        });
+        assert!(snap.chatflow_by_name("n", "c").is_some());
+    }
+
+    #[tokio::test]
+    async fn flowise_down_makes_chatflows_unavailable_not_invalid() {
+        let mut cfs = vec![chatflow("{flowiseName: Support Bot}")];
+        resolve(&mut cfs, Err("connection refused".into()), Timestamp::now());
+        assert_eq!(
+            ready_reason(&cfs[0]),
+            ("False".into(), "FlowiseUnreachable".into())
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! `flowgate run --resources-dir`: no cluster, resources from YAML files (watched), chatflows
+//! resolved against the real Flowise.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use support::gate::{
+    Flowgate, Options, create_echo_chatflow, delete_chatflow, eventually_status, predict, token,
+};
+
+const ACCESS: &str = "apiVersion: flowgate.io/v1alpha1
+kind: ChatflowAccess
+metadata: {name: local-team}
+spec:
+  chatflows: [local-bot]
+  subjects: [{user: dana@example.com}]
+";
+
+#[tokio::test]
+async fn resources_from_files_are_enforced_and_edits_take_effect() {
+    let name = format!("flowgate-files-{}", jiff::Timestamp::now().as_millisecond());
+    let flowise_id = create_echo_chatflow(&name).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("chatflow.yaml"),
+        format!("apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: local-bot}}\nspec: {{flowiseName: {name}}}\n---\n{ACCESS}"),
+    )
+    .expect("write");
+    let gate = Flowgate::start_with(Options {
+        resources_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    let dana = token("dana", json!({"email": "dana@example.com"}));
+    let body = eventually_status(&gate, &dana, &flowise_id, 200).await;
+    assert!(
+        body["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Echo: ")),
+        "{body}"
+    );
+    let (status, answer) =
+        predict(&gate, &dana, &flowise_id, json!({"question": "from files"})).await;
+    assert_eq!(
+        (status, answer["text"].as_str()),
+        (200, Some("Echo: from files"))
+    );
+    let stranger = token("eve", json!({"email": "eve@example.com"}));
+    let (status, _) = predict(&gate, &stranger, &flowise_id, json!({"question": "x"})).await;
+    assert_eq!(status, 403);
+
+    // Removing the access document revokes it (the directory is polled every second).
+    std::fs::write(
+        dir.path().join("chatflow.yaml"),
+        format!("apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: local-bot}}\nspec: {{flowiseName: {name}}}\n"),
+    )
+    .expect("rewrite");
+    let body = eventually_status(&gate, &dana, &flowise_id, 403).await;
+    assert_eq!(body["error"]["code"], "forbidden");
+
+    // A broken file is reported and skipped; the rest keeps working.
+    std::fs::write(dir.path().join("broken.yaml"), "kind: [unclosed").expect("write");
+    std::fs::write(dir.path().join("access.yaml"), ACCESS).expect("write");
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        eventually_status(&gate, &dana, &flowise_id, 200),
+    )
+    .await
+    .expect("access restored despite a broken file");
+    delete_chatflow(&flowise_id).await;
+}
