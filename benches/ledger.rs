@@ -128,10 +128,16 @@ async fn fresh_schema(base: &str) -> String {
         .await
         .expect("connect to FLOWGATE_TEST_POSTGRES_URL");
     tokio::spawn(connection);
+    // A schema of this run's own: concurrent runs (another checkout, CI) never share one.
+    let schema = format!(
+        "bench_{}_{}",
+        std::process::id(),
+        jiff::Timestamp::now().as_millisecond()
+    );
     client
-        .batch_execute("DROP SCHEMA IF EXISTS bench CASCADE; CREATE SCHEMA bench")
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
         .await
         .expect("bench schema");
     let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-csearch_path%3Dbench")
+    format!("{base}{separator}options=-csearch_path%3D{schema}")
 }
