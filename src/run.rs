@@ -72,6 +72,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     let client = kube::Client::try_default().await.map_err(RunError::Kube)?;
 
+    // The controller is built first so the proxy's admin API shares its sync handle. Without the
+    // controller (`--no-controller`) the admin API still gets a sync handle of its own: a pass only
+    // creates imported Chatflow objects (create, never overwrite), which is safe on any replica;
+    // status refreshes then wait for the controller replica's own periodic pass.
+    let controller =
+        crate::controller::Controller::from_config(client.clone(), &config, metrics.clone())?;
+    let sync = controller.sync_state();
+
     if config.proxy {
         let (_stores, snapshot) =
             index::watch::spawn(client.clone(), health.gate("index"), shutdown.clone());
@@ -99,6 +107,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             metrics: metrics.clone(),
             token_endpoint: config.token_endpoint_url.clone(),
             http: reqwest::Client::new(),
+            admin: crate::admin::Admin {
+                client: client.clone(),
+                sync,
+            },
         });
         let listener = bind(config.listen_addr, "FLOWGATE_LISTEN_ADDR").await?;
         let handler = move |req, peer| proxy.clone().handle(req, peer);
@@ -114,8 +126,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     // The controller campaigns for the Lease and reconciles while it holds it; on shutdown it
     // lets in-flight reconciles finish and releases the Lease.
     if config.controller {
-        let controller =
-            crate::controller::Controller::from_config(client.clone(), &config, metrics.clone())?;
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(error) = controller.run(shutdown).await {

@@ -55,6 +55,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub token_endpoint: Option<reqwest::Url>,
     pub http: reqwest::Client,
+    /// The admin API (`/api/admin`).
+    pub admin: crate::admin::Admin,
 }
 
 /// A prediction ready to forward.
@@ -100,6 +102,12 @@ impl Proxy {
         match route {
             Route::Authenticate | Route::Refresh => return self.token_grant(route, req).await,
             Route::ChatflowStreaming(id) => return self.streaming_capability(&id),
+            Route::OpenApi => {
+                return Ok(error::json(
+                    StatusCode::OK,
+                    &crate::admin::openapi::document(),
+                ));
+            }
             _ => {}
         }
         let identity = self.authenticate(&req).await?;
@@ -172,7 +180,16 @@ impl Proxy {
                     .await?;
                 Ok(error::json(StatusCode::OK, &balances))
             }
-            Route::Authenticate | Route::Refresh | Route::ChatflowStreaming(_) => {
+            Route::Admin(route) => {
+                let call = crate::admin::Call {
+                    identity: &identity,
+                    caller: &caller,
+                    snapshot: &snapshot,
+                    now,
+                };
+                self.admin.handle(route, req, &call).await
+            }
+            Route::Authenticate | Route::Refresh | Route::ChatflowStreaming(_) | Route::OpenApi => {
                 Err(ProxyError::NotFound {
                     method: String::new(),
                     path: String::new(),
@@ -525,6 +542,8 @@ fn route_label(route: &Route) -> &'static str {
         Route::Authenticate => "authenticate",
         Route::Refresh => "refresh",
         Route::Credits => "credits",
+        Route::OpenApi => "openapi",
+        Route::Admin(route) => route.label(),
     }
 }
 
@@ -596,7 +615,7 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ProxyError
     }
 }
 
-async fn read_json(
+pub(crate) async fn read_json(
     req: Request<Incoming>,
     limit: usize,
 ) -> Result<serde_json::Map<String, Value>, ProxyError> {

@@ -5,6 +5,8 @@
 use hyper::Method;
 
 use super::error::ProxyError;
+pub use crate::admin::routes::AdminRoute;
+use crate::admin::routes::Miss;
 
 /// A request the proxy knows how to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,10 @@ pub enum Route {
     Refresh,
     /// `GET /credits` — the caller's balances.
     Credits,
+    /// `GET /openapi.json` — the OpenAPI document of this API, without credentials.
+    OpenApi,
+    /// Everything under `/api/admin` ([`crate::admin`]).
+    Admin(AdminRoute),
 }
 
 /// Longest path the router looks at.
@@ -49,6 +55,17 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         .filter(|p| !p.is_empty())
         .unwrap_or(path);
     let segments: Vec<&str> = trimmed[1..].split('/').collect();
+    if let ["api", "admin", rest @ ..] = segments.as_slice() {
+        return crate::admin::routes::route(method, rest)
+            .map(Route::Admin)
+            .map_err(|miss| match miss {
+                Miss::NotFound => not_found(),
+                Miss::MethodNotAllowed => ProxyError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: truncate(path),
+                },
+            });
+    }
     if segments.iter().any(|s| !plain_segment(s)) {
         return Err(not_found());
     }
@@ -65,6 +82,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         ["chat", "authenticate"] => (Route::Authenticate, Method::POST),
         ["chat", "refresh"] => (Route::Refresh, Method::POST),
         ["credits"] => (Route::Credits, Method::GET),
+        ["openapi.json"] => (Route::OpenApi, Method::GET),
         _ => return Err(not_found()),
     };
     if *method == allowed || (allowed == Method::GET && *method == Method::HEAD) {
@@ -78,7 +96,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
 }
 
 /// A segment made only of characters ids and names use: no `%`, no dots-only, not empty.
-fn plain_segment(segment: &str) -> bool {
+pub(crate) fn plain_segment(segment: &str) -> bool {
     !segment.is_empty()
         && segment != "."
         && segment != ".."

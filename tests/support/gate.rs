@@ -90,6 +90,8 @@ pub struct Options {
     pub flowise_url: Option<String>,
     /// Ledger URL; default: a SQLite file in the test's temp dir.
     pub ledger_url: Option<String>,
+    /// `--import-namespace` for the admin API's sync pass; default: none.
+    pub import_namespace: Option<String>,
 }
 
 impl Flowgate {
@@ -128,6 +130,7 @@ impl Flowgate {
             sync_interval: "60s".into(),
             log_format: "text".into(),
             no_controller: true,
+            import_namespace: options.import_namespace,
             ..Default::default()
         };
         let config = Config::from_args(args).expect("valid test config");
