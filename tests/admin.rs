@@ -38,6 +38,9 @@ async fn call(
 
 use reqwest::Method as M;
 
+/// A request for the OpenAPI check: method, path, documented path, bearer, body.
+type Probe<'a> = (M, String, String, Option<&'a str>, Option<Value>);
+
 fn encode(email: &str) -> String {
     email.replace('@', "%40").replace('+', "%2B")
 }
@@ -694,7 +697,7 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
     // Real answers, each with the documented path it came from.
     let alice = team.alice();
     let email = format!("olga@{}.test", team.ns);
-    let requests: Vec<(M, String, String, Option<&str>, Option<Value>)> = vec![
+    let requests: Vec<Probe<'_>> = vec![
         (
             M::GET,
             "/api/v1/chatflows".into(),
