@@ -186,4 +186,42 @@ mod tests {
             Err(ProxyError::MethodNotAllowed { .. })
         ));
     }
+
+    #[test]
+    fn admin_paths_route_and_their_tricks_do_not() {
+        assert_eq!(
+            route(&Method::GET, "/openapi.json").ok(),
+            Some(Route::OpenApi)
+        );
+        assert_eq!(
+            route(
+                &Method::DELETE,
+                "/api/admin/chatflows/x/users/email/a%2Bb%40c.d"
+            )
+            .ok(),
+            Some(Route::Admin(AdminRoute::RemoveUserByEmail {
+                chatflow: "x".into(),
+                email: "a+b@c.d".into()
+            }))
+        );
+        for path in [
+            "/api/admin/chatflows/x/users/email/..%2F..%2Fv1@x",
+            "/api/admin/chatflows/x/users/email/a@b/extra",
+            "/api/admin/chatflows/%2e%2e/users/x",
+            "/api/admin/../v1/chatflows",
+            "/api/admin//chatflows",
+            "/api/admin",
+            "/api/admin/chatflows/x/users/a@b.c",
+        ] {
+            let result = route(&Method::DELETE, path);
+            assert!(
+                matches!(result, Err(ProxyError::NotFound { .. })),
+                "{path} -> {result:?}"
+            );
+        }
+        assert!(matches!(
+            route(&Method::PUT, "/api/admin/chatflows/x/users/email/a@b.c"),
+            Err(ProxyError::MethodNotAllowed { .. })
+        ));
+    }
 }
