@@ -156,12 +156,13 @@ async fn adds_report_each_entry_and_refuse_bad_bodies_strangers_and_unknown_chat
         .collect();
     assert_eq!(statuses, ["success", "error", "success"], "{out}");
 
+    // `chatflow_id` may also be the listing's `namespace/name`.
     let (status, out) = call(
         &gate,
         M::POST,
         "/api/admin/chatflows/add-users-by-email",
         Some(&admin),
-        Some(json!({"emails": ["erin@example.test", "not-an-email"], "chatflow_id": id})),
+        Some(json!({"emails": ["erin@example.test", "not-an-email"], "chatflow_id": format!("{}/support-bot", team.ns)})),
     )
     .await;
     assert_eq!(status, 200, "{out}");

@@ -60,10 +60,15 @@ impl Call<'_> {
         self.identity.admin || self.snapshot.role(self.caller, cf, self.now) == Some(Role::Admin)
     }
 
-    /// The chatflow with this Flowise id, if the caller administers it. Unknown ids are 404 for
-    /// global admins and 403 for everyone else (a non-admin learns nothing).
+    /// The chatflow with this Flowise id (or `namespace/name`, the `id` of the listing), if the
+    /// caller administers it. Unknown ids are 404 for global admins and 403 for everyone else (a
+    /// non-admin learns nothing).
     pub fn chatflow(&self, flowise_id: &str) -> Result<Arc<ChatflowEntry>, ProxyError> {
-        match self.snapshot.chatflow_by_flowise_id(flowise_id) {
+        let found = match flowise_id.split_once('/') {
+            Some((ns, name)) => self.snapshot.chatflow_by_name(ns, name),
+            None => self.snapshot.chatflow_by_flowise_id(flowise_id),
+        };
+        match found {
             Some(cf) if self.administers(cf) => Ok(cf.clone()),
             Some(_) => Err(ProxyError::AdminRequired),
             None if self.identity.admin => Err(ProxyError::ChatflowNotFound(flowise_id.into())),

@@ -11,7 +11,8 @@ use crate::proxy::ProxyError;
 pub struct AddUsersToChatflowRequest {
     /// Values matched against the caller's user claims (`sub`, `email`, …).
     pub user_ids: Vec<String>,
-    /// Flowise id of the chatflow; overridden by the path in the `bulk` routes.
+    /// Flowise id of the chatflow (or `namespace/name`, the listing's `id`); overridden by the
+    /// path in the `bulk` routes.
     #[serde(default)]
     pub chatflow_id: Option<String>,
 }
@@ -20,7 +21,8 @@ pub struct AddUsersToChatflowRequest {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct AddUsersToChatflowByEmailRequest {
     pub emails: Vec<String>,
-    /// Flowise id of the chatflow; overridden by the path in the `bulk` routes.
+    /// Flowise id of the chatflow (or `namespace/name`, the listing's `id`); overridden by the
+    /// path in the `bulk` routes.
     #[serde(default)]
     pub chatflow_id: Option<String>,
 }
