@@ -1,5 +1,6 @@
 //! `GET /openapi.json`: the document validates (openapi-spec-validator) and real answers of
-//! every kind of route match its schemas (jsonschema), checked by tests/fixtures/openapi_check.py.
+//! every kind of route match its schemas (jsonschema), checked by scripts/openapi-check.sh
+//! (tests/fixtures/openapi_check.py in a cached venv).
 
 mod support;
 
@@ -242,16 +243,12 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
     let answers_file = dir.path().join("answers.json");
     std::fs::write(&doc_file, doc.to_string()).expect("write");
     std::fs::write(&answers_file, Value::Array(answers).to_string()).expect("write");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openapi_check.py");
-    let out = std::process::Command::new(
-        std::env::var("FLOWGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into()),
-    )
-    .arg(&script)
-    .arg(&doc_file)
-    .arg(&answers_file)
-    .output()
-    .expect("python3 runs (needs openapi-spec-validator and jsonschema from PyPI)");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/openapi-check.sh");
+    let out = std::process::Command::new(script)
+        .arg(&doc_file)
+        .arg(&answers_file)
+        .output()
+        .expect("scripts/openapi-check.sh runs (needs python3 with venv; PyPI on first run)");
     assert!(
         out.status.success(),
         "the document or an answer does not validate:\n{}{}",
