@@ -33,6 +33,9 @@ eval "$(scripts/flowise.sh env)"
 step "Helm (helm-sdkpy venv)"
 scripts/helm.sh setup
 
+step "OpenAPI checker (openapi-spec-validator venv)"
+scripts/openapi-check.sh setup
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

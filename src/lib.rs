@@ -10,6 +10,7 @@
 //! Dependencies point one way: [`crd`] (wire types) is used by everything; the proxy and the
 //! controller read compiled lookups, never raw objects; Flowise and the ledger sit behind traits.
 
+pub mod admin;
 pub mod config;
 pub mod controller;
 pub mod crd;

@@ -85,6 +85,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let ledger = ledger::open(&config.ledger).await?;
     ledger_gate.open();
 
+    // The controller is built first so the proxy's admin API shares its sync handle. Without the
+    // controller (`--no-controller`) the admin API still gets a sync handle of its own: a pass only
+    // creates imported Chatflow objects (create, never overwrite), which is safe on any replica;
+    // status refreshes then wait for the controller replica's own periodic pass.
+    let controller = match &client {
+        Some(client) => Some(
+            crate::controller::Controller::from_config(client.clone(), &config, metrics.clone())?
+                .with_ledger(ledger.clone()),
+        ),
+        None => None,
+    };
+
     if config.proxy {
         let snapshot = match (&client, &config.resources_dir) {
             (Some(client), _) => {
@@ -154,6 +166,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             metrics: metrics.clone(),
             token_endpoint: config.token_endpoint_url.clone(),
             http: reqwest::Client::new(),
+            admin: client
+                .clone()
+                .zip(controller.as_ref())
+                .map(|(client, controller)| crate::admin::Admin {
+                    client,
+                    sync: controller.sync_state(),
+                }),
         });
         let listener = bind(config.listen_addr, "FLOWGATE_LISTEN_ADDR").await?;
         let handler = move |req, peer| proxy.clone().handle(req, peer);
@@ -173,10 +192,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             "controller not started: with --resources-dir there is no cluster to reconcile"
         );
     }
-    if let (true, Some(client)) = (config.controller, &client) {
-        let controller =
-            crate::controller::Controller::from_config(client.clone(), &config, metrics.clone())?
-                .with_ledger(ledger.clone());
+    if let (true, Some(controller)) = (config.controller, controller) {
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(error) = controller.run(shutdown).await {

@@ -58,6 +58,12 @@ pub enum ProxyError {
     UpstreamUnreachable(String),
     #[error("Flowise did not answer in time")]
     UpstreamTimeout,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFoundDetail(String),
+    #[error("Kubernetes API error: {0}")]
+    Kubernetes(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -87,6 +93,9 @@ impl ProxyError {
             Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
             UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            NotFoundDetail(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Kubernetes(_) => (StatusCode::SERVICE_UNAVAILABLE, "kubernetes_unavailable"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

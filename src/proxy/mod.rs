@@ -58,6 +58,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub token_endpoint: Option<reqwest::Url>,
     pub http: reqwest::Client,
+    /// The admin API (`/api/admin`); `None` without a cluster (`--resources-dir`).
+    pub admin: Option<crate::admin::Admin>,
 }
 
 /// A prediction ready to forward.
@@ -128,6 +130,12 @@ impl Proxy {
         match route {
             Route::Authenticate | Route::Refresh => return self.token_grant(route, req).await,
             Route::ChatflowStreaming(id) => return self.streaming_capability(&id),
+            Route::OpenApi => {
+                return Ok(error::json(
+                    StatusCode::OK,
+                    &crate::admin::openapi::document(),
+                ));
+            }
             _ => {}
         }
         let identity = self.authenticate(&req).await?;
@@ -199,7 +207,22 @@ impl Proxy {
                     .await?;
                 Ok(error::json(StatusCode::OK, &balances))
             }
-            Route::Authenticate | Route::Refresh | Route::ChatflowStreaming(_) => {
+            Route::Admin(route) => {
+                let call = crate::admin::Call {
+                    identity: &identity,
+                    caller: &caller,
+                    snapshot: &snapshot,
+                    now,
+                };
+                let admin = self.admin.as_ref().ok_or_else(|| {
+                    ProxyError::NotConfigured(
+                        "the admin API writes Kubernetes objects and is off with --resources-dir"
+                            .into(),
+                    )
+                })?;
+                admin.handle(route, req, &call).await
+            }
+            Route::Authenticate | Route::Refresh | Route::ChatflowStreaming(_) | Route::OpenApi => {
                 Err(ProxyError::NotFound {
                     method: String::new(),
                     path: String::new(),
@@ -551,6 +574,8 @@ fn route_label(route: &Route) -> &'static str {
         Route::Authenticate => "authenticate",
         Route::Refresh => "refresh",
         Route::Credits => "credits",
+        Route::OpenApi => "openapi",
+        Route::Admin(route) => route.label(),
     }
 }
 
@@ -622,7 +647,7 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ProxyError
     }
 }
 
-async fn read_json(
+pub(crate) async fn read_json(
     req: Request<Incoming>,
     limit: usize,
 ) -> Result<serde_json::Map<String, Value>, ProxyError> {

@@ -5,6 +5,8 @@
 use hyper::Method;
 
 use super::error::ProxyError;
+pub use crate::admin::routes::AdminRoute;
+use crate::admin::routes::Miss;
 
 /// A request the proxy knows how to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,10 @@ pub enum Route {
     Refresh,
     /// `GET /credits` — the caller's balances.
     Credits,
+    /// `GET /openapi.json` — the OpenAPI document of this API, without credentials.
+    OpenApi,
+    /// Everything under `/api/admin` ([`crate::admin`]).
+    Admin(AdminRoute),
 }
 
 /// Longest path the router looks at.
@@ -49,6 +55,17 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         .filter(|p| !p.is_empty())
         .unwrap_or(path);
     let segments: Vec<&str> = trimmed[1..].split('/').collect();
+    if let ["api", "admin", rest @ ..] = segments.as_slice() {
+        return crate::admin::routes::route(method, rest)
+            .map(Route::Admin)
+            .map_err(|miss| match miss {
+                Miss::NotFound => not_found(),
+                Miss::MethodNotAllowed => ProxyError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: truncate(path),
+                },
+            });
+    }
     if segments.iter().any(|s| !plain_segment(s)) {
         return Err(not_found());
     }
@@ -65,6 +82,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         ["chat", "authenticate"] => (Route::Authenticate, Method::POST),
         ["chat", "refresh"] => (Route::Refresh, Method::POST),
         ["credits"] => (Route::Credits, Method::GET),
+        ["openapi.json"] => (Route::OpenApi, Method::GET),
         _ => return Err(not_found()),
     };
     if *method == allowed || (allowed == Method::GET && *method == Method::HEAD) {
@@ -78,7 +96,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
 }
 
 /// A segment made only of characters ids and names use: no `%`, no dots-only, not empty.
-fn plain_segment(segment: &str) -> bool {
+pub(crate) fn plain_segment(segment: &str) -> bool {
     !segment.is_empty()
         && segment != "."
         && segment != ".."
@@ -165,6 +183,44 @@ mod tests {
         ));
         assert!(matches!(
             route(&Method::GET, "/api/v1/prediction/x"),
+            Err(ProxyError::MethodNotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn admin_paths_route_and_their_tricks_do_not() {
+        assert_eq!(
+            route(&Method::GET, "/openapi.json").ok(),
+            Some(Route::OpenApi)
+        );
+        assert_eq!(
+            route(
+                &Method::DELETE,
+                "/api/admin/chatflows/x/users/email/a%2Bb%40c.d"
+            )
+            .ok(),
+            Some(Route::Admin(AdminRoute::RemoveUserByEmail {
+                chatflow: "x".into(),
+                email: "a+b@c.d".into()
+            }))
+        );
+        for path in [
+            "/api/admin/chatflows/x/users/email/..%2F..%2Fv1@x",
+            "/api/admin/chatflows/x/users/email/a@b/extra",
+            "/api/admin/chatflows/%2e%2e/users/x",
+            "/api/admin/../v1/chatflows",
+            "/api/admin//chatflows",
+            "/api/admin",
+            "/api/admin/chatflows/x/users/a@b.c",
+        ] {
+            let result = route(&Method::DELETE, path);
+            assert!(
+                matches!(result, Err(ProxyError::NotFound { .. })),
+                "{path} -> {result:?}"
+            );
+        }
+        assert!(matches!(
+            route(&Method::PUT, "/api/admin/chatflows/x/users/email/a@b.c"),
             Err(ProxyError::MethodNotAllowed { .. })
         ));
     }

@@ -93,6 +93,8 @@ pub struct Options {
     pub ledger_url: Option<String>,
     /// Read resources from this directory instead of the cluster.
     pub resources_dir: Option<std::path::PathBuf>,
+    /// `--import-namespace` for the admin API's sync pass; default: none.
+    pub import_namespace: Option<String>,
 }
 
 impl Flowgate {
@@ -132,6 +134,7 @@ impl Flowgate {
             log_format: "text".into(),
             no_controller: true,
             resources_dir: options.resources_dir,
+            import_namespace: options.import_namespace,
             ..Default::default()
         };
         let config = Config::from_args(args).expect("valid test config");

@@ -105,6 +105,7 @@ pub fn examples() -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+pub mod admin;
 pub mod fake_flowise;
 pub mod gate;
 pub mod team;

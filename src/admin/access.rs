@@ -1,0 +1,163 @@
+//! Writes to the admin API's own ChatflowAccess objects: one per chatflow,
+//! `admin-api-<chatflow>` in the chatflow's namespace, labelled
+//! `flowgate.io/managed-by=admin-api`. Every write is a read-modify-write guarded by
+//! `resourceVersion` and retried on a 409 conflict, so concurrent admin calls (on any replica)
+//! never lose an update. Objects without the label are never modified. The proxy enforces the
+//! result through its normal watch, like any other ChatflowAccess.
+
+use std::collections::BTreeMap;
+
+use kube::Client;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
+
+use crate::crd::{
+    ChatflowAccess, ChatflowAccessSpec, LABEL_MANAGED_BY, MANAGED_BY_ADMIN_API, Role, Subject,
+};
+use crate::proxy::ProxyError;
+
+/// How often a write is retried after losing a race.
+const ATTEMPTS: usize = 10;
+
+/// Name of the admin API's ChatflowAccess for chatflow `name`.
+pub fn object_name(chatflow: &str) -> String {
+    format!("admin-api-{chatflow}")
+}
+
+/// Whether a ChatflowAccess is the admin API's to change.
+pub fn is_managed(access: &ChatflowAccess) -> bool {
+    access
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_MANAGED_BY))
+        .is_some_and(|v| v == MANAGED_BY_ADMIN_API)
+}
+
+/// The user subject for `value`.
+pub fn user(value: &str) -> Subject {
+    Subject {
+        user: Some(value.to_string()),
+        ..Subject::default()
+    }
+}
+
+/// Applies `edit` to the subjects of the admin API's ChatflowAccess for `namespace/chatflow`,
+/// creating, replacing or (when no subject is left) deleting it. `edit` may run more than once
+/// (once per attempt) and must be pure.
+pub async fn edit_subjects<R>(
+    client: &Client,
+    namespace: &str,
+    chatflow: &str,
+    edit: impl Fn(&mut Vec<Subject>) -> R,
+) -> Result<R, ProxyError> {
+    let api: Api<ChatflowAccess> = Api::namespaced(client.clone(), namespace);
+    let name = object_name(chatflow);
+    if name.len() > 253 {
+        return Err(ProxyError::BadRequest(format!(
+            "chatflow name '{chatflow}' is too long for an admin-api ChatflowAccess"
+        )));
+    }
+    for _ in 0..ATTEMPTS {
+        let current = api.get_opt(&name).await.map_err(kube_error)?;
+        let Some(mut access) = current else {
+            let mut subjects = Vec::new();
+            let result = edit(&mut subjects);
+            if subjects.is_empty() {
+                return Ok(result);
+            }
+            match api
+                .create(
+                    &PostParams::default(),
+                    &new_object(&name, chatflow, subjects),
+                )
+                .await
+            {
+                Ok(_) => return Ok(result),
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(kube_error(e)),
+            }
+        };
+        if !is_managed(&access) {
+            return Err(ProxyError::Conflict(format!(
+                "ChatflowAccess {namespace}/{name} exists without the label \
+                 {LABEL_MANAGED_BY}={MANAGED_BY_ADMIN_API}; the admin API does not modify it"
+            )));
+        }
+        let mut subjects = access.spec.subjects.clone();
+        let result = edit(&mut subjects);
+        if subjects == access.spec.subjects {
+            return Ok(result);
+        }
+        let written = if subjects.is_empty() {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: access.metadata.resource_version.clone(),
+                    uid: access.metadata.uid.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            api.delete(&name, &params).await.map(|_| ())
+        } else {
+            access.spec.subjects = subjects;
+            // `replace` sends metadata.resourceVersion: a concurrent write makes it fail with 409.
+            api.replace(&name, &PostParams::default(), &access)
+                .await
+                .map(|_| ())
+        };
+        match written {
+            Ok(()) => return Ok(result),
+            Err(e) if is_conflict(&e) || is_not_found(&e) => continue,
+            Err(e) => return Err(kube_error(e)),
+        }
+    }
+    Err(ProxyError::Conflict(format!(
+        "ChatflowAccess {namespace}/{name} kept changing; try again"
+    )))
+}
+
+fn new_object(name: &str, chatflow: &str, subjects: Vec<Subject>) -> ChatflowAccess {
+    ChatflowAccess {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([(
+                LABEL_MANAGED_BY.to_string(),
+                MANAGED_BY_ADMIN_API.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: ChatflowAccessSpec {
+            chatflows: vec![chatflow.to_string()],
+            subjects,
+            role: Role::User,
+            expires_at: None,
+            suspended: false,
+        },
+        status: None,
+    }
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// A Kubernetes failure as the proxy's error.
+pub fn kube_error(e: kube::Error) -> ProxyError {
+    ProxyError::Kubernetes(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_objects_carry_the_label_and_name_one_chatflow() {
+        let access = new_object("admin-api-bot", "bot", vec![user("a@b.c")]);
+        assert!(is_managed(&access));
+        assert_eq!(access.spec.chatflows, vec!["bot".to_string()]);
+        assert_eq!(access.spec.role, Role::User);
+    }
+}

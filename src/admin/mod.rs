@@ -1,0 +1,226 @@
+//! The Python service's admin API (`/api/admin/...`) on top of the index and the Kubernetes
+//! client. Reads come from the proxy's [`Snapshot`]; writes go to Kubernetes objects (the admin
+//! API's own ChatflowAccess per chatflow, see [`access`]; Chatflow deletion, see [`chatflows`])
+//! and take effect through the index's normal watch.
+//!
+//! Authorization: the global admin claim, or `role: Admin` on the chatflow concerned. Listing and
+//! stats show a per-chatflow admin only the chatflows they administer; `sync` needs the global
+//! admin claim.
+//!
+//! Choices, stated once:
+//! - A `user_id` is a subject `user:` value, matched against the caller's user claims (`sub`,
+//!   `email`, … as configured); an email is the same kind of subject.
+//! - Removing a user the admin API does not grant: 409 naming the ChatflowAccess objects that
+//!   still grant them when GitOps does, otherwise 404 (no such link). Removing twice is
+//!   therefore 404 the second time: the API keeps no record of former links.
+//! - Adding a user who already has access through the admin API is a success ("already has
+//!   access"); adding one who is granted by GitOps adds the admin-api grant as well.
+
+pub mod access;
+pub mod chatflows;
+pub mod models;
+pub mod openapi;
+pub mod routes;
+pub mod shapes;
+pub mod users;
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+use crate::controller::SyncState;
+use crate::crd::Role;
+use crate::identity::Identity;
+use crate::index::{Caller, ChatflowEntry, Snapshot};
+use crate::proxy::{ProxyError, error};
+use crate::server::Body;
+use models::{ChatflowSyncResult, string_field, string_list};
+pub use routes::AdminRoute;
+
+/// What the admin API needs beyond the proxy's snapshot.
+pub struct Admin {
+    /// The proxy's own Kubernetes client (its identity writes the objects).
+    pub client: kube::Client,
+    /// Runs a Flowise sync pass on demand.
+    pub sync: SyncState,
+}
+
+/// One admin request after authentication.
+pub struct Call<'a> {
+    pub identity: &'a Identity,
+    pub caller: &'a Caller<'a>,
+    pub snapshot: &'a Snapshot,
+    pub now: jiff::Timestamp,
+}
+
+impl Call<'_> {
+    /// Whether the caller administers `cf`.
+    pub fn administers(&self, cf: &ChatflowEntry) -> bool {
+        self.identity.admin || self.snapshot.role(self.caller, cf, self.now) == Some(Role::Admin)
+    }
+
+    /// The chatflow with this Flowise id (or `namespace/name`, the `id` of the listing), if the
+    /// caller administers it. Unknown ids are 404 for global admins and 403 for everyone else (a
+    /// non-admin learns nothing).
+    pub fn chatflow(&self, flowise_id: &str) -> Result<Arc<ChatflowEntry>, ProxyError> {
+        let found = match flowise_id.split_once('/') {
+            Some((ns, name)) => self.snapshot.chatflow_by_name(ns, name),
+            None => self.snapshot.chatflow_by_flowise_id(flowise_id),
+        };
+        match found {
+            Some(cf) if self.administers(cf) => Ok(cf.clone()),
+            Some(_) => Err(ProxyError::AdminRequired),
+            None if self.identity.admin => Err(ProxyError::ChatflowNotFound(flowise_id.into())),
+            None => Err(ProxyError::AdminRequired),
+        }
+    }
+
+    /// The chatflows the caller administers; 403 when none.
+    pub fn administered(&self) -> Result<Vec<&Arc<ChatflowEntry>>, ProxyError> {
+        let list: Vec<_> = self
+            .snapshot
+            .chatflows()
+            .iter()
+            .filter(|cf| self.administers(cf))
+            .collect();
+        if list.is_empty() && !self.identity.admin {
+            return Err(ProxyError::AdminRequired);
+        }
+        Ok(list)
+    }
+}
+
+impl Admin {
+    /// Answers one admin request.
+    pub async fn handle(
+        &self,
+        route: AdminRoute,
+        req: Request<Incoming>,
+        call: &Call<'_>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let ok = |value: serde_json::Value| Ok(error::json(StatusCode::OK, &value));
+        match route {
+            AdminRoute::AddUsers | AdminRoute::BulkAddUsers(_) => {
+                let body = crate::proxy::read_json(req, crate::proxy::MAX_JSON_BODY).await?;
+                let user_ids = string_list(&body, "user_ids")?;
+                let chatflow_id = match &route {
+                    AdminRoute::BulkAddUsers(id) => id.clone(),
+                    _ => string_field(&body, "chatflow_id")?,
+                };
+                let cf = call.chatflow(&chatflow_id)?;
+                let out = users::add(&self.client, call, &cf, &user_ids, users::Kind::Id).await?;
+                ok(to_json(&out))
+            }
+            AdminRoute::AddUsersByEmail | AdminRoute::BulkAddUsersByEmail(_) => {
+                let body = crate::proxy::read_json(req, crate::proxy::MAX_JSON_BODY).await?;
+                let emails = string_list(&body, "emails")?;
+                let chatflow_id = match &route {
+                    AdminRoute::BulkAddUsersByEmail(id) => id.clone(),
+                    _ => string_field(&body, "chatflow_id")?,
+                };
+                let cf = call.chatflow(&chatflow_id)?;
+                let out = users::add(&self.client, call, &cf, &emails, users::Kind::Email).await?;
+                ok(to_json(&out))
+            }
+            AdminRoute::AddUser { chatflow, user } => {
+                let cf = call.chatflow(&chatflow)?;
+                let out = users::add(&self.client, call, &cf, &[user], users::Kind::Id).await?;
+                ok(to_json(&out.into_iter().next()))
+            }
+            AdminRoute::AddUserByEmail { chatflow, email } => {
+                let cf = call.chatflow(&chatflow)?;
+                let out = users::add(&self.client, call, &cf, &[email], users::Kind::Email).await?;
+                ok(to_json(&out.into_iter().next()))
+            }
+            AdminRoute::RemoveUser {
+                chatflow,
+                user: subject,
+            }
+            | AdminRoute::RemoveUserByEmail {
+                chatflow,
+                email: subject,
+            } => {
+                let cf = call.chatflow(&chatflow)?;
+                ok(to_json(
+                    &users::remove(&self.client, call, &cf, &subject).await?,
+                ))
+            }
+            AdminRoute::ListUsers(id) => {
+                let cf = call.chatflow(&id)?;
+                ok(to_json(&users::list(call, &cf)))
+            }
+            AdminRoute::Sync => {
+                if !call.identity.admin {
+                    return Err(ProxyError::AdminRequired);
+                }
+                let result: ChatflowSyncResult = self.sync.sync_now().await.into();
+                ok(to_json(&result))
+            }
+            AdminRoute::ListChatflows => {
+                let include_deleted = include_deleted(req.uri().query())?;
+                let list = call.administered()?;
+                ok(to_json(&chatflows::list(&list, include_deleted)))
+            }
+            AdminRoute::Stats => {
+                let list = call.administered()?;
+                ok(to_json(&chatflows::stats(&list, self.sync.last())))
+            }
+            AdminRoute::GetChatflow(id) => {
+                let cf = call.chatflow(&id)?;
+                ok(to_json(&chatflows::model(&cf)))
+            }
+            AdminRoute::DeleteChatflow(id) => {
+                let cf = call.chatflow(&id)?;
+                ok(to_json(&chatflows::delete(&self.client, &cf).await?))
+            }
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+/// `include_deleted=true|false` (default false); anything else is a 400 naming the parameter.
+fn include_deleted(query: Option<&str>) -> Result<bool, ProxyError> {
+    let mut value = false;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if key == "include_deleted" {
+            value = match v.to_ascii_lowercase().as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(ProxyError::BadRequest(
+                        "query parameter 'include_deleted' must be true or false".into(),
+                    ));
+                }
+            };
+        }
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn include_deleted_is_a_boolean() {
+        assert_eq!(include_deleted(None).ok(), Some(false));
+        assert_eq!(
+            include_deleted(Some("include_deleted=true")).ok(),
+            Some(true)
+        );
+        assert_eq!(
+            include_deleted(Some("x=1&include_deleted=False")).ok(),
+            Some(false)
+        );
+        assert!(include_deleted(Some("include_deleted=maybe")).is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! Request and response bodies of the admin API, in the Python service's shapes. The OpenAPI
+//! document ([`super::openapi`]) is generated from these types.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::proxy::ProxyError;
+
+/// `AddUsersToChatflowRequest`: users (subject `user:` values) to grant a chatflow.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct AddUsersToChatflowRequest {
+    /// Values matched against the caller's user claims (`sub`, `email`, …).
+    pub user_ids: Vec<String>,
+    /// Flowise id of the chatflow (or `namespace/name`, the listing's `id`); overridden by the
+    /// path in the `bulk` routes.
+    #[serde(default)]
+    pub chatflow_id: Option<String>,
+}
+
+/// `AddUsersToChatlowByEmailRequest` (sic): users by email to grant a chatflow.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct AddUsersToChatflowByEmailRequest {
+    pub emails: Vec<String>,
+    /// Flowise id of the chatflow (or `namespace/name`, the listing's `id`); overridden by the
+    /// path in the `bulk` routes.
+    #[serde(default)]
+    pub chatflow_id: Option<String>,
+}
+
+/// Outcome of one entry of an add or remove.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryStatus {
+    Success,
+    Error,
+}
+
+/// `UserChatflowResponse`: one per input entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct UserChatflowResponse {
+    /// The subject value (user id or email); null when the entry was unusable.
+    pub user_id: Option<String>,
+    pub username: String,
+    pub status: EntryStatus,
+    pub message: String,
+}
+
+impl UserChatflowResponse {
+    pub fn success(user: &str, message: String) -> Self {
+        Self {
+            user_id: Some(user.to_string()),
+            username: user.to_string(),
+            status: EntryStatus::Success,
+            message,
+        }
+    }
+
+    pub fn error(user: Option<&str>, username: &str, message: String) -> Self {
+        Self {
+            user_id: user.map(str::to_string),
+            username: username.to_string(),
+            status: EntryStatus::Error,
+            message,
+        }
+    }
+}
+
+/// A plain confirmation.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct MessageResponse {
+    pub message: String,
+}
+
+/// A Chatflow object as the Python service's `Chatflow` model.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct ChatflowModel {
+    /// `namespace/name` of the Chatflow object.
+    pub id: String,
+    pub flowise_id: Option<String>,
+    pub name: String,
+    pub namespace: String,
+    /// The chatflow's name in Flowise.
+    pub description: Option<String>,
+    /// `active` (Ready, not suspended), `inactive` or `deleted` (gone from Flowise).
+    pub status: String,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    /// Whether Flowise deploys the chatflow publicly (`deployed`).
+    pub is_public: bool,
+}
+
+/// `GET /api/admin/chatflows/stats`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct ChatflowStats {
+    pub total_chatflows: u32,
+    pub active_chatflows: u32,
+    pub inactive_chatflows: u32,
+    pub deleted_chatflows: u32,
+    /// `success` or `failed`; null before the first pass of this replica.
+    pub last_sync_status: Option<String>,
+    pub last_sync_time: Option<String>,
+}
+
+/// One user of a chatflow.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct ChatflowUser {
+    pub user_id: String,
+    pub username: String,
+    /// The subject value when it is an email.
+    pub email: Option<String>,
+    /// `User` or `Admin` (the strongest grant).
+    pub role: String,
+    /// Creation time of the granting ChatflowAccess, when known.
+    pub assigned_at: Option<String>,
+    /// False when every grant is suspended or expired.
+    pub is_active_in_chatflow: bool,
+    /// `namespace/name` of each ChatflowAccess naming this user.
+    pub granted_by: Vec<String>,
+}
+
+/// `ChatflowSyncResult`, re-declared for the schema (the controller's type is the source).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct ChatflowSyncResult {
+    pub new_chatflows_added: u32,
+    pub existing_chatflows_updated: u32,
+    pub chatflows_removed: u32,
+    pub total_chatflows_synced: u32,
+    pub errors: Vec<String>,
+}
+
+impl From<crate::controller::ChatflowSyncResult> for ChatflowSyncResult {
+    fn from(r: crate::controller::ChatflowSyncResult) -> Self {
+        Self {
+            new_chatflows_added: r.new_chatflows_added,
+            existing_chatflows_updated: r.existing_chatflows_updated,
+            chatflows_removed: r.chatflows_removed,
+            total_chatflows_synced: r.total_chatflows_synced,
+            errors: r.errors,
+        }
+    }
+}
+
+/// `field` of a body as a non-empty list of strings; the 400 names the field.
+pub fn string_list(
+    body: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> Result<Vec<String>, ProxyError> {
+    let bad = || {
+        ProxyError::BadRequest(format!(
+            "field '{field}' must be a non-empty list of strings"
+        ))
+    };
+    let list = body.get(field).and_then(|v| v.as_array()).ok_or_else(bad)?;
+    if list.is_empty() || list.len() > 1000 {
+        return Err(bad());
+    }
+    list.iter()
+        .map(|v| v.as_str().map(str::to_string).ok_or_else(bad))
+        .collect()
+}
+
+/// `field` of a body as a non-empty string; the 400 names the field.
+pub fn string_field(
+    body: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> Result<String, ProxyError> {
+    match body.get(field) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(ProxyError::BadRequest(format!(
+            "field '{field}' is required (a non-empty string)"
+        ))),
+    }
+}

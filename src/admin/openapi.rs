@@ -1,0 +1,381 @@
+//! `GET /openapi.json`: the whole HTTP API as an OpenAPI 3.0 document. Component schemas are
+//! generated with schemars from the Rust types the admin API serializes (and from small
+//! mirror types for the proxy's answers, which are checked against real answers in
+//! `tests/admin.rs`); the operations are listed in [`OPERATIONS`].
+
+use schemars::SchemaGenerator;
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+use super::models::{
+    AddUsersToChatflowByEmailRequest, AddUsersToChatflowRequest, ChatflowModel, ChatflowStats,
+    ChatflowSyncResult, ChatflowUser, MessageResponse, UserChatflowResponse,
+};
+use super::shapes::{
+    AuthenticateRequest, CompatChatflow, CompatPredictRequest, CompatPredictResponse,
+    CreditsResponse, ErrorEnvelope, FlowiseChatflow, PredictionRequest, PredictionResponse,
+    RefreshRequest, StreamingCapability, TokenResponse,
+};
+
+/// One operation of the API.
+pub struct Operation {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Needs a bearer token.
+    pub auth: bool,
+    pub request: Option<&'static str>,
+    /// Schema name of the 200 answer; `[Name]` for a list of them.
+    pub response: &'static str,
+    /// Error statuses the operation answers with.
+    pub errors: &'static [u16],
+}
+
+const fn op(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    request: Option<&'static str>,
+    response: &'static str,
+    errors: &'static [u16],
+) -> Operation {
+    Operation {
+        method,
+        path,
+        summary,
+        auth: true,
+        request,
+        response,
+        errors,
+    }
+}
+
+const USERS: Option<&str> = Some("AddUsersToChatflowRequest");
+const EMAILS: Option<&str> = Some("AddUsersToChatflowByEmailRequest");
+const ADMIN_ERRORS: &[u16] = &[400, 401, 403, 404, 409, 503];
+const READ_ERRORS: &[u16] = &[401, 403, 404];
+
+/// Every route of the router, with its schemas.
+pub const OPERATIONS: &[Operation] = &[
+    op(
+        "get",
+        "/api/v1/chatflows",
+        "Chatflows the caller may use (Flowise shape)",
+        None,
+        "[FlowiseChatflow]",
+        &[401],
+    ),
+    op(
+        "get",
+        "/api/v1/chatflows/{id}",
+        "One chatflow (Flowise shape)",
+        None,
+        "FlowiseChatflow",
+        READ_ERRORS,
+    ),
+    Operation {
+        auth: false,
+        ..op(
+            "get",
+            "/api/v1/chatflows-streaming/{id}",
+            "Whether the chatflow streams (asked by the Flowise SDKs without credentials)",
+            None,
+            "StreamingCapability",
+            &[404],
+        )
+    },
+    op(
+        "post",
+        "/api/v1/prediction/{id}",
+        "Prediction, forwarded to Flowise (JSON, or SSE when streaming)",
+        Some("PredictionRequest"),
+        "PredictionResponse",
+        &[400, 401, 402, 403, 404, 409, 413, 502, 503, 504],
+    ),
+    op(
+        "get",
+        "/chatflows",
+        "Chatflows the caller may use (Python service shape)",
+        None,
+        "[CompatChatflow]",
+        &[401],
+    ),
+    op(
+        "get",
+        "/chatflows/{id}",
+        "One chatflow by name or Flowise id (Python service shape)",
+        None,
+        "CompatChatflow",
+        &[401, 403, 404, 409],
+    ),
+    op(
+        "post",
+        "/chat/predict",
+        "The Python service's prediction",
+        Some("CompatPredictRequest"),
+        "CompatPredictResponse",
+        &[400, 401, 402, 403, 404, 409, 413, 502, 503, 504],
+    ),
+    Operation {
+        auth: false,
+        ..op(
+            "post",
+            "/chat/authenticate",
+            "Password grant at the configured token endpoint",
+            Some("AuthenticateRequest"),
+            "TokenResponse",
+            &[400, 401, 404, 502, 504],
+        )
+    },
+    Operation {
+        auth: false,
+        ..op(
+            "post",
+            "/chat/refresh",
+            "Refresh-token grant at the configured token endpoint",
+            Some("RefreshRequest"),
+            "TokenResponse",
+            &[400, 401, 404, 502, 504],
+        )
+    },
+    op(
+        "get",
+        "/credits",
+        "The caller's credit balances",
+        None,
+        "CreditsResponse",
+        &[401, 503],
+    ),
+    Operation {
+        auth: false,
+        ..op("get", "/openapi.json", "This document", None, "", &[])
+    },
+    op(
+        "post",
+        "/api/admin/chatflows/add-users",
+        "Add users (subject values) to a chatflow",
+        USERS,
+        "[UserChatflowResponse]",
+        ADMIN_ERRORS,
+    ),
+    op(
+        "post",
+        "/api/admin/chatflows/add-users-by-email",
+        "Add users by email to a chatflow",
+        EMAILS,
+        "[UserChatflowResponse]",
+        ADMIN_ERRORS,
+    ),
+    op(
+        "post",
+        "/api/admin/chatflows/{chatflow_id}/users/{user_id}",
+        "Add one user",
+        None,
+        "UserChatflowResponse",
+        ADMIN_ERRORS,
+    ),
+    op(
+        "delete",
+        "/api/admin/chatflows/{chatflow_id}/users/{user_id}",
+        "Remove one user (404: no link; 409: granted by a GitOps ChatflowAccess)",
+        None,
+        "MessageResponse",
+        ADMIN_ERRORS,
+    ),
+    op(
+        "post",
+        "/api/admin/chatflows/{chatflow_id}/users/email/{email}",
+        "Add one user by email",
+        None,
+        "UserChatflowResponse",
+        ADMIN_ERRORS,
+    ),
+    op(
+        "delete",
+        "/api/admin/chatflows/{chatflow_id}/users/email/{email}",
+        "Remove one user by email (404: no link; 409: granted by a GitOps ChatflowAccess)",
+        None,
+        "MessageResponse",
+        ADMIN_ERRORS,
+    ),
+    op(
+        "post",
+        "/api/admin/chatflows/{flowise_id}/users/bulk",
+        "Add users to the chatflow of the path",
+        USERS,
+        "[UserChatflowResponse]",
+        ADMIN_ERRORS,
+    ),
+    op(
+        "post",
+        "/api/admin/chatflows/{flowise_id}/users/email/bulk",
+        "Add users by email to the chatflow of the path",
+        EMAILS,
+        "[UserChatflowResponse]",
+        ADMIN_ERRORS,
+    ),
+    op(
+        "post",
+        "/api/admin/chatflows/sync",
+        "Run a Flowise sync pass now (global admin)",
+        None,
+        "ChatflowSyncResult",
+        &[401, 403],
+    ),
+    op(
+        "get",
+        "/api/admin/chatflows",
+        "Chatflows the caller administers",
+        None,
+        "[ChatflowModel]",
+        &[400, 401, 403],
+    ),
+    op(
+        "get",
+        "/api/admin/chatflows/stats",
+        "Counts and the last sync pass",
+        None,
+        "ChatflowStats",
+        &[401, 403],
+    ),
+    op(
+        "get",
+        "/api/admin/chatflows/{flowise_id}",
+        "One chatflow",
+        None,
+        "ChatflowModel",
+        READ_ERRORS,
+    ),
+    op(
+        "delete",
+        "/api/admin/chatflows/{flowise_id}",
+        "Delete the Chatflow object (never the chatflow in Flowise)",
+        None,
+        "MessageResponse",
+        &[401, 403, 404, 503],
+    ),
+    op(
+        "get",
+        "/api/admin/chatflows/{flowise_id}/users",
+        "Users granted the chatflow",
+        None,
+        "[ChatflowUser]",
+        READ_ERRORS,
+    ),
+];
+
+fn schemas() -> Map<String, Value> {
+    let mut generator: SchemaGenerator = SchemaSettings::openapi3().into_generator();
+    macro_rules! add {
+        ($($t:ty),* $(,)?) => { $( let _ = generator.subschema_for::<$t>(); )* };
+    }
+    add!(
+        ErrorEnvelope,
+        FlowiseChatflow,
+        CompatChatflow,
+        StreamingCapability,
+        PredictionRequest,
+        PredictionResponse,
+        CompatPredictRequest,
+        CompatPredictResponse,
+        AuthenticateRequest,
+        RefreshRequest,
+        TokenResponse,
+        CreditsResponse,
+        AddUsersToChatflowRequest,
+        AddUsersToChatflowByEmailRequest,
+        UserChatflowResponse,
+        MessageResponse,
+        ChatflowModel,
+        ChatflowStats,
+        ChatflowSyncResult,
+        ChatflowUser,
+    );
+    generator.take_definitions(true).into_iter().collect()
+}
+
+fn reference(name: &str) -> Value {
+    match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(item) => {
+            json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")}})
+        }
+        None if name.is_empty() => json!({"type": "object"}),
+        None => json!({"$ref": format!("#/components/schemas/{name}")}),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    hyper::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error")
+}
+
+fn operation(op: &Operation) -> Value {
+    let mut responses = Map::new();
+    responses.insert(
+        "200".into(),
+        json!({"description": "OK", "content": {"application/json": {"schema": reference(op.response)}}}),
+    );
+    let mut errors = op.errors.to_vec();
+    errors.push(405);
+    for status in errors {
+        responses.insert(
+            status.to_string(),
+            json!({"description": reason(status), "content": {"application/json": {"schema": reference("ErrorEnvelope")}}}),
+        );
+    }
+    let parameters: Vec<Value> = op
+        .path
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .chain(
+            (op.method == "get" && op.path == "/api/admin/chatflows").then(|| {
+                json!({"name": "include_deleted", "in": "query", "required": false, "schema": {"type": "boolean", "default": false}})
+            }),
+        )
+        .collect();
+    let mut value = json!({
+        "summary": op.summary,
+        "operationId": format!("{}{}", op.method, op.path.replace(['/', '{', '}', '.', '-'], "_")),
+        "parameters": parameters,
+        "responses": responses,
+    });
+    if !op.auth {
+        value["security"] = json!([]);
+    }
+    if let Some(request) = op.request {
+        value["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": reference(request)}}});
+    }
+    value
+}
+
+/// The OpenAPI document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for op in OPERATIONS {
+        let entry = paths
+            .entry(op.path.to_string())
+            .or_insert_with(|| json!({}));
+        entry[op.method] = operation(op);
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "flowgate",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Access control and credit budgets in front of Flowise. Every error is {\"error\": {\"code\", \"message\"}}.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+        "security": [{"bearer": []}],
+    })
+}
+
+#[cfg(test)]
+#[path = "openapi_tests.rs"]
+mod tests;

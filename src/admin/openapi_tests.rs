@@ -1,0 +1,114 @@
+//! The OpenAPI document lists exactly the routes the router knows.
+
+use super::*;
+use crate::proxy::routes::{Route, route};
+use hyper::Method;
+
+/// A concrete path for a template.
+fn sample(path: &str) -> String {
+    path.replace("{email}", "bob%2Bx%40example.com")
+        .replace(['{', '}'], "")
+}
+
+#[test]
+fn every_documented_operation_routes() {
+    for op in OPERATIONS {
+        let method = Method::from_bytes(op.method.to_uppercase().as_bytes()).expect("method");
+        let path = sample(op.path);
+        assert!(route(&method, &path).is_ok(), "{} {path}", op.method);
+    }
+}
+
+#[test]
+fn every_route_is_documented() {
+    // One example per route variant; the match below fails to compile when a variant is added.
+    let documented: Vec<Route> = OPERATIONS
+        .iter()
+        .filter_map(|op| {
+            let method = Method::from_bytes(op.method.to_uppercase().as_bytes()).ok()?;
+            route(&method, &sample(op.path)).ok()
+        })
+        .collect();
+    let kinds: std::collections::BTreeSet<String> = documented.iter().map(kind).collect();
+    let all = [
+        "ListChatflows",
+        "GetChatflow",
+        "Predict",
+        "ChatflowStreaming",
+        "CompatListChatflows",
+        "CompatGetChatflow",
+        "CompatPredict",
+        "Authenticate",
+        "Refresh",
+        "Credits",
+        "OpenApi",
+        "AddUsers",
+        "AddUsersByEmail",
+        "AddUser",
+        "AddUserByEmail",
+        "RemoveUser",
+        "RemoveUserByEmail",
+        "BulkAddUsers",
+        "BulkAddUsersByEmail",
+        "Sync",
+        "AdminList",
+        "Stats",
+        "AdminGet",
+        "Delete",
+        "ListUsers",
+    ];
+    for name in all {
+        assert!(
+            kinds.contains(name),
+            "{name} is not in the OpenAPI document"
+        );
+    }
+}
+
+fn kind(route: &Route) -> String {
+    use crate::admin::routes::AdminRoute as A;
+    match route {
+        Route::ListChatflows => "ListChatflows",
+        Route::GetChatflow(_) => "GetChatflow",
+        Route::Predict(_) => "Predict",
+        Route::ChatflowStreaming(_) => "ChatflowStreaming",
+        Route::CompatListChatflows => "CompatListChatflows",
+        Route::CompatGetChatflow(_) => "CompatGetChatflow",
+        Route::CompatPredict => "CompatPredict",
+        Route::Authenticate => "Authenticate",
+        Route::Refresh => "Refresh",
+        Route::Credits => "Credits",
+        Route::OpenApi => "OpenApi",
+        Route::Admin(a) => match a {
+            A::AddUsers => "AddUsers",
+            A::AddUsersByEmail => "AddUsersByEmail",
+            A::AddUser { .. } => "AddUser",
+            A::AddUserByEmail { .. } => "AddUserByEmail",
+            A::RemoveUser { .. } => "RemoveUser",
+            A::RemoveUserByEmail { .. } => "RemoveUserByEmail",
+            A::BulkAddUsers(_) => "BulkAddUsers",
+            A::BulkAddUsersByEmail(_) => "BulkAddUsersByEmail",
+            A::Sync => "Sync",
+            A::ListChatflows => "AdminList",
+            A::Stats => "Stats",
+            A::GetChatflow(_) => "AdminGet",
+            A::DeleteChatflow(_) => "Delete",
+            A::ListUsers(_) => "ListUsers",
+        },
+    }
+    .to_string()
+}
+
+#[test]
+fn the_document_references_only_defined_schemas() {
+    let doc = document();
+    let text = doc.to_string();
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    for part in text.split("#/components/schemas/").skip(1) {
+        let name: String = part.chars().take_while(|c| *c != '"').collect();
+        assert!(
+            schemas.contains_key(&name),
+            "{name} is referenced but not defined"
+        );
+    }
+}

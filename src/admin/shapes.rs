@@ -1,0 +1,147 @@
+//! The shapes of the proxy's own answers (built as JSON in `proxy`), declared as types for the
+//! OpenAPI document. `tests/admin.rs` checks real answers against the document, so a change to a
+//! handler that these types do not follow fails there.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// `{"error": {"code", "message"}}`, the body of every error answer.
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code (`forbidden`, `admin_required`, …).
+    pub code: String,
+    pub message: String,
+}
+
+/// A chatflow in Flowise's JSON shape (`GET /api/v1/chatflows`).
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowiseChatflow {
+    pub id: Option<String>,
+    pub name: String,
+    pub deployed: bool,
+    pub is_public: bool,
+    #[serde(rename = "type")]
+    pub flow_type: String,
+    pub category: Option<String>,
+    pub created_date: Option<String>,
+    pub updated_date: Option<String>,
+}
+
+/// A chatflow in the Python service's shape (`GET /chatflows`).
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct CompatChatflow {
+    pub id: String,
+    pub flowise_id: Option<String>,
+    pub name: String,
+    pub namespace: String,
+    pub description: Option<String>,
+    /// `active`, `inactive` or `suspended`.
+    pub status: String,
+    #[serde(rename = "type")]
+    pub flow_type: String,
+    pub deployed: bool,
+    pub is_public: bool,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+/// `GET /api/v1/chatflows-streaming/{id}`.
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamingCapability {
+    pub is_streaming: bool,
+}
+
+/// `POST /chat/predict` body.
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CompatPredictRequest {
+    #[serde(rename = "chatflow_id")]
+    pub chatflow_id: String,
+    pub question: Option<String>,
+    /// Alias of `question`.
+    pub message: Option<String>,
+    pub session_id: Option<String>,
+    pub override_config: Option<Map<String, Value>>,
+    pub streaming: Option<bool>,
+}
+
+/// `POST /chat/predict` answer (non-streaming).
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct CompatPredictResponse {
+    /// Flowise's answer.
+    pub result: Value,
+    pub credits_remaining: Option<u64>,
+    pub chatflow_id: String,
+    pub session_id: String,
+}
+
+/// A Flowise prediction body (`POST /api/v1/prediction/{id}`); other Flowise fields pass through.
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PredictionRequest {
+    pub question: Option<String>,
+    pub streaming: Option<bool>,
+    pub chat_id: Option<String>,
+    pub override_config: Option<Map<String, Value>>,
+}
+
+/// Flowise's prediction answer, passed through.
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct PredictionResponse {
+    pub text: Option<String>,
+    #[serde(rename = "chatId")]
+    pub chat_id: Option<String>,
+}
+
+/// `POST /chat/authenticate` body.
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct AuthenticateRequest {
+    pub username: String,
+    pub password: String,
+}
+
+/// `POST /chat/refresh` body.
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// Tokens from the token endpoint.
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct TokenResponse {
+    pub access_token: Option<String>,
+    pub token_type: String,
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<u64>,
+}
+
+/// `GET /credits`.
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct CreditsResponse {
+    pub subject: String,
+    pub balances: Vec<Balance>,
+}
+
+/// One policy's balance for the caller.
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Balance {
+    pub policy: String,
+    pub scope: String,
+    pub period: String,
+    pub time_zone: String,
+    pub credits: u64,
+    pub used: i64,
+    pub remaining: i64,
+    pub period_start: String,
+    pub reset_at: Option<String>,
+}

@@ -1,0 +1,636 @@
+//! The admin API end to end: real API server (ChatflowAccess writes and the watch that enforces
+//! them), real Flowise (predictions, sync), flowgate in-process without the controller.
+
+mod support;
+
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use flowgate::crd::{Chatflow, ChatflowAccess};
+use flowgate::flowise::FlowiseApi;
+use reqwest::Method as M;
+use support::admin::{call, encode, root};
+use support::gate::{Flowgate, Options, create_echo_chatflow, eventually_status, token};
+use support::team::Team;
+
+async fn resource_version(team: &Team, name: &str) -> String {
+    let api: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
+    api.get(name)
+        .await
+        .expect("access exists")
+        .metadata
+        .resource_version
+        .expect("resourceVersion")
+}
+
+#[tokio::test]
+async fn a_user_added_by_email_can_predict_until_removed_and_gitops_objects_stay_untouched() {
+    let team = Team::new("admin-cycle").await;
+    let gate = Flowgate::start().await;
+    let id = team.flowise_id.clone();
+    let gitops_version = resource_version(&team, "support-team").await;
+    let bob = format!("bob+x@{}.test", team.ns);
+    let bob_token = token("bob-sub", json!({"email": bob}));
+    eventually_status(&gate, &bob_token, &id, 403).await;
+
+    let path = format!("/api/admin/chatflows/{id}/users/email/{}", encode(&bob));
+    let (status, added) = call(&gate, M::POST, &path, Some(&root()), None).await;
+    assert_eq!(status, 200, "{added}");
+    assert_eq!(added["status"], "success");
+    assert_eq!(added["user_id"], json!(bob));
+    assert!(
+        added["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("New user")),
+        "a never-seen email is 'created': {added}"
+    );
+    eventually_status(&gate, &bob_token, &id, 200).await;
+
+    let ours: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
+    let object = ours
+        .get("admin-api-support-bot")
+        .await
+        .expect("admin-api object");
+    assert_eq!(
+        object
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("flowgate.io/managed-by")),
+        Some(&"admin-api".to_string())
+    );
+
+    // Alice is granted by GitOps; the admin API may add its own grant next to it.
+    let alice = team.user();
+    let path_alice = format!("/api/admin/chatflows/{id}/users/email/{}", encode(&alice));
+    let (status, body) = call(&gate, M::POST, &path_alice, Some(&root()), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("successfully added"))
+    );
+
+    let users_path = format!("/api/admin/chatflows/{id}/users");
+    let users = support::eventually(10, "both users listed", || async {
+        let (_, users) = call(&gate, M::GET, &users_path, Some(&root()), None).await;
+        let list = users.as_array().cloned().unwrap_or_default();
+        let alice_row = list.iter().find(|u| u["user_id"] == json!(alice))?;
+        (list.iter().any(|u| u["email"] == json!(bob))
+            && alice_row["granted_by"]
+                .as_array()
+                .is_some_and(|g| g.len() == 2))
+        .then_some(list)
+    })
+    .await;
+    assert!(
+        users
+            .iter()
+            .all(|u| u["is_active_in_chatflow"] == true && u["role"] == "User")
+    );
+
+    let (status, body) = call(&gate, M::DELETE, &path, Some(&root()), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("revoked"))
+    );
+    eventually_status(&gate, &bob_token, &id, 403).await;
+    let (status, body) = call(&gate, M::DELETE, &path, Some(&root()), None).await;
+    assert_eq!(status, 404, "removing twice finds no link: {body}");
+
+    let (status, body) = call(&gate, M::DELETE, &path_alice, Some(&root()), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("support-team")),
+        "{body}"
+    );
+    let conflict = support::eventually(
+        10,
+        "alice's admin-api grant gone from the index",
+        || async {
+            let (status, body) = call(&gate, M::DELETE, &path_alice, Some(&root()), None).await;
+            (status == 409).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(conflict["error"]["code"], "conflict");
+    assert!(
+        conflict["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("{}/support-team", team.ns)))
+    );
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+
+    assert_eq!(
+        resource_version(&team, "support-team").await,
+        gitops_version
+    );
+    team.cleanup().await;
+}
+
+#[tokio::test]
+async fn adds_report_each_entry_and_refuse_bad_bodies_strangers_and_unknown_chatflows() {
+    let team = Team::new("admin-bulk").await;
+    let gate = Flowgate::start().await;
+    let id = team.flowise_id.clone();
+    let admin = root();
+
+    let (status, out) = call(
+        &gate,
+        M::POST,
+        "/api/admin/chatflows/add-users",
+        Some(&admin),
+        Some(json!({"user_ids": ["carol", " ", "dave"], "chatflow_id": id})),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    let statuses: Vec<&str> = out
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["success", "error", "success"], "{out}");
+
+    // `chatflow_id` may also be the listing's `namespace/name`.
+    let (status, out) = call(
+        &gate,
+        M::POST,
+        "/api/admin/chatflows/add-users-by-email",
+        Some(&admin),
+        Some(json!({"emails": ["erin@example.test", "not-an-email"], "chatflow_id": format!("{}/support-bot", team.ns)})),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out[0]["status"], "success");
+    assert_eq!(out[1]["status"], "error");
+    assert_eq!(out[1]["user_id"], Value::Null);
+
+    // The path's id wins over the body's.
+    let (status, out) = call(
+        &gate,
+        M::POST,
+        &format!("/api/admin/chatflows/{id}/users/bulk"),
+        Some(&admin),
+        Some(json!({"user_ids": ["frank"], "chatflow_id": "ignored"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    let (status, out) = call(
+        &gate,
+        M::POST,
+        &format!("/api/admin/chatflows/{id}/users/email/bulk"),
+        Some(&admin),
+        Some(json!({"emails": ["gina@example.test"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    let (status, out) = call(
+        &gate,
+        M::POST,
+        &format!("/api/admin/chatflows/{id}/users/henry"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, out["status"].clone()),
+        (200, json!("success")),
+        "{out}"
+    );
+
+    // Concurrent adds never lose an update.
+    let adds = (0..8).map(|i| {
+        let (gate, admin, id) = (&gate, admin.clone(), id.clone());
+        async move {
+            call(
+                gate,
+                M::POST,
+                &format!("/api/admin/chatflows/{id}/users/racer-{i}"),
+                Some(&admin),
+                None,
+            )
+            .await
+            .0
+        }
+    });
+    assert!(
+        futures::future::join_all(adds)
+            .await
+            .iter()
+            .all(|s| *s == 200)
+    );
+    let ours: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
+    let object = ours
+        .get("admin-api-support-bot")
+        .await
+        .expect("admin-api object");
+    let users: Vec<String> = object
+        .spec
+        .subjects
+        .iter()
+        .filter_map(|s| s.user.clone())
+        .collect();
+    for expected in [
+        "carol",
+        "dave",
+        "erin@example.test",
+        "frank",
+        "gina@example.test",
+        "henry",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain((0..8).map(|i| format!("racer-{i}")))
+    {
+        assert!(
+            users.contains(&expected),
+            "{expected} missing from {users:?}"
+        );
+    }
+
+    // 400 names the field.
+    for (path, body, field) in [
+        (
+            "/api/admin/chatflows/add-users",
+            json!({"chatflow_id": id}),
+            "user_ids",
+        ),
+        (
+            "/api/admin/chatflows/add-users",
+            json!({"user_ids": ["x"]}),
+            "chatflow_id",
+        ),
+        (
+            "/api/admin/chatflows/add-users-by-email",
+            json!({"emails": "a@b.c", "chatflow_id": id}),
+            "emails",
+        ),
+    ] {
+        let (status, out) = call(&gate, M::POST, path, Some(&admin), Some(body)).await;
+        assert_eq!(status, 400, "{out}");
+        assert!(
+            out["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(field)),
+            "{out}"
+        );
+    }
+    // 404 for an unknown chatflow, 401 without a token, 403 for a user who is not an admin.
+    let unknown = "00000000-0000-4000-8000-00000000dead";
+    let (status, _) = call(
+        &gate,
+        M::POST,
+        &format!("/api/admin/chatflows/{unknown}/users/x"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &gate,
+        M::DELETE,
+        &format!("/api/admin/chatflows/{unknown}/users/email/a%40b.c"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, out) = call(
+        &gate,
+        M::POST,
+        &format!("/api/admin/chatflows/{id}/users/x"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "{out}");
+    for (method, path) in [
+        (M::POST, format!("/api/admin/chatflows/{id}/users/x")),
+        (M::DELETE, format!("/api/admin/chatflows/{id}/users/carol")),
+        (
+            M::POST,
+            format!("/api/admin/chatflows/{id}/users/email/x%40y.z"),
+        ),
+        (
+            M::DELETE,
+            format!("/api/admin/chatflows/{id}/users/email/erin%40example.test"),
+        ),
+        (M::POST, format!("/api/admin/chatflows/{id}/users/bulk")),
+        (
+            M::POST,
+            format!("/api/admin/chatflows/{id}/users/email/bulk"),
+        ),
+        (M::GET, format!("/api/admin/chatflows/{id}/users")),
+        (M::GET, format!("/api/admin/chatflows/{id}")),
+        (M::DELETE, format!("/api/admin/chatflows/{id}")),
+        (M::GET, "/api/admin/chatflows".to_string()),
+        (M::GET, "/api/admin/chatflows/stats".to_string()),
+        (M::POST, "/api/admin/chatflows/sync".to_string()),
+    ] {
+        let body = (method == M::POST)
+            .then(|| json!({"user_ids": ["x"], "emails": ["x@y.z"], "chatflow_id": id}));
+        let (status, out) = call(&gate, method.clone(), &path, Some(&team.alice()), body).await;
+        assert_eq!(status, 403, "{method} {path}: {out}");
+        assert_eq!(out["error"]["code"], "admin_required");
+    }
+
+    // `role: Admin` on the chatflow is enough for that chatflow, not for sync.
+    let api: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
+    let owner = format!("owner@{}.test", team.ns);
+    let access: ChatflowAccess = serde_json::from_value(json!({
+        "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess", "metadata": {"name": "owners"},
+        "spec": {"chatflows": ["support-bot"], "subjects": [{"user": owner}], "role": "Admin"}
+    })).expect("access literal");
+    api.create(&PostParams::default(), &access)
+        .await
+        .expect("created");
+    let owner_token = token("owner-sub", json!({"email": owner}));
+    let path = format!("/api/admin/chatflows/{id}/users/ivy");
+    support::eventually(10, "the chatflow admin may add users", || async {
+        (call(&gate, M::POST, &path, Some(&owner_token), None)
+            .await
+            .0
+            == 200)
+            .then_some(())
+    })
+    .await;
+    let (status, list) = call(
+        &gate,
+        M::GET,
+        "/api/admin/chatflows",
+        Some(&owner_token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(1),
+        "only the administered chatflow: {list}"
+    );
+    let (status, _) = call(
+        &gate,
+        M::POST,
+        "/api/admin/chatflows/sync",
+        Some(&owner_token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    team.cleanup().await;
+}
+
+#[tokio::test]
+async fn chatflows_are_listed_counted_and_deleted_without_touching_flowise() {
+    let team = Team::new("admin-chatflows").await;
+    let gate = Flowgate::start().await;
+    let id = team.flowise_id.clone();
+    let admin = root();
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+
+    let (status, list) = call(
+        &gate,
+        M::GET,
+        "/api/admin/chatflows?include_deleted=false",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mine = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|c| c["flowise_id"] == json!(id))
+        .cloned()
+        .expect("listed");
+    assert_eq!(mine["id"], json!(format!("{}/support-bot", team.ns)));
+    assert_eq!(mine["status"], "active");
+    let (status, _) = call(
+        &gate,
+        M::GET,
+        "/api/admin/chatflows?include_deleted=perhaps",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let (status, stats) = call(
+        &gate,
+        M::GET,
+        "/api/admin/chatflows/stats",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{stats}");
+    assert!(stats["total_chatflows"].as_u64().is_some_and(|n| n >= 1));
+    assert!(stats["active_chatflows"].as_u64().is_some_and(|n| n >= 1));
+
+    let (status, one) = call(
+        &gate,
+        M::GET,
+        &format!("/api/admin/chatflows/{id}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!((status, one["name"].clone()), (200, json!("support-bot")));
+    let unknown = "00000000-0000-4000-8000-00000000beef";
+    assert_eq!(
+        call(
+            &gate,
+            M::GET,
+            &format!("/api/admin/chatflows/{unknown}"),
+            Some(&admin),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call(
+            &gate,
+            M::DELETE,
+            &format!("/api/admin/chatflows/{unknown}"),
+            Some(&admin),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call(
+            &gate,
+            M::GET,
+            &format!("/api/admin/chatflows/{unknown}/users"),
+            Some(&admin),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call(&gate, M::GET, "/api/admin/chatflows", None, None)
+            .await
+            .0,
+        401
+    );
+
+    // An owned Chatflow asking Flowise to delete its chatflow: the admin API switches it to
+    // Retain first. A finalizer of the test's keeps the object visible after the delete.
+    let chatflows: Api<Chatflow> = Api::namespaced(team.client.clone(), &team.ns);
+    let patch = json!({"metadata": {"finalizers": ["flowgate-tests/hold"]}, "spec": {"deletionPolicy": "Delete"}});
+    chatflows
+        .patch(
+            "support-bot",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .expect("patched");
+    let (status, out) = call(
+        &gate,
+        M::DELETE,
+        &format!("/api/admin/chatflows/{id}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    let held = chatflows
+        .get("support-bot")
+        .await
+        .expect("held by the finalizer");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        held.spec.deletion_policy,
+        flowgate::crd::DeletionPolicy::Retain
+    );
+    let release = json!({"metadata": {"finalizers": null}});
+    chatflows
+        .patch(
+            "support-bot",
+            &PatchParams::default(),
+            &Patch::Merge(&release),
+        )
+        .await
+        .expect("released");
+
+    assert!(
+        matches!(support::flowise().get(&id).await, Ok(Some(_))),
+        "the chatflow in Flowise is kept"
+    );
+    team.cleanup().await;
+}
+
+#[tokio::test]
+async fn sync_imports_what_flowise_has_and_counts_it() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::fresh_namespace(&client, "admin-sync").await;
+    let _cleanup = support::NamespaceCleanup(ns.clone());
+    let name = support::unique("flowgate-test-admin-sync");
+    let _flowise_cleanup = support::FlowiseCleanup(name.clone());
+    let flowise_id = create_echo_chatflow(&name).await;
+    let gate = Flowgate::start_with(Options {
+        import_namespace: Some(ns.clone()),
+        ..Options::default()
+    })
+    .await;
+
+    let (status, result) = call(
+        &gate,
+        M::POST,
+        "/api/admin/chatflows/sync",
+        Some(&root()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["errors"], json!([]), "{result}");
+    let chatflows: Api<Chatflow> = Api::namespaced(client.clone(), &ns);
+    let imported = chatflows
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items;
+    let count = |field: &str| result[field].as_u64().unwrap_or(0);
+    assert_eq!(
+        count("new_chatflows_added") as usize,
+        imported.len(),
+        "one object per import: {result}"
+    );
+    assert!(
+        imported
+            .iter()
+            .any(|c| c.spec.flowise_id.as_deref() == Some(flowise_id.as_str())),
+        "{result}"
+    );
+    let listed = support::flowise()
+        .list()
+        .await
+        .expect("Flowise lists")
+        .len() as u64;
+    assert!(
+        count("total_chatflows_synced") >= 1 && count("total_chatflows_synced") <= listed + 5,
+        "{result}"
+    );
+
+    // A second pass imports nothing it already imported.
+    let (_, again) = call(
+        &gate,
+        M::POST,
+        "/api/admin/chatflows/sync",
+        Some(&root()),
+        None,
+    )
+    .await;
+    let after = chatflows
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items;
+    assert_eq!(
+        after
+            .iter()
+            .filter(|c| c.spec.flowise_id.as_deref() == Some(flowise_id.as_str()))
+            .count(),
+        1,
+        "{again}"
+    );
+    assert_eq!(
+        again["new_chatflows_added"].as_u64().unwrap_or(0) as usize,
+        after.len() - imported.len(),
+        "{again}"
+    );
+
+    let (status, stats) = call(
+        &gate,
+        M::GET,
+        "/api/admin/chatflows/stats",
+        Some(&root()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, stats["last_sync_status"].clone()),
+        (200, json!("success")),
+        "{stats}"
+    );
+    assert_eq!(
+        call(&gate, M::POST, "/api/admin/chatflows/sync", None, None)
+            .await
+            .0,
+        401
+    );
+}
