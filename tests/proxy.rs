@@ -8,7 +8,10 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use flowgate::crd::{Chatflow, ChatflowAccess};
-use support::gate::{Flowgate, eventually_status, predict, token};
+use std::time::Duration;
+
+use support::fake_flowise::{FakeFlowise, Mode};
+use support::gate::{Flowgate, Options, eventually_status, predict, token};
 use support::team::Team;
 
 #[tokio::test]
@@ -445,5 +448,125 @@ async fn multipart_predictions_with_files_are_forwarded_and_their_session_is_bou
         .await
         .expect("answer");
     assert_eq!(broken.status(), 400);
+    team.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_slow_stream_reaches_the_client_event_by_event_in_flowises_order() {
+    let team = Team::with_fake_flowise("proxy-slow-stream").await;
+    let gap = Duration::from_millis(300);
+    let fake = FakeFlowise::start(Mode::Stream { tokens: 0, gap }).await;
+    let gate = Flowgate::start_with(Options {
+        flowise_url: Some(fake.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let id = team.flowise_id.clone();
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .bearer_auth(team.alice())
+        .json(&json!({"question": "slowly", "streaming": true}))
+        .send()
+        .await
+        .expect("stream starts");
+    let mut stream = resp.bytes_stream();
+    let mut text = String::new();
+    let mut first_event_at = None;
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+        if first_event_at.is_none() && text.contains("\n\n") {
+            first_event_at = Some(tokio::time::Instant::now());
+        }
+    }
+    let ended_at = tokio::time::Instant::now();
+    let first = first_event_at.expect("at least one event");
+    // The upstream sleeps `gap` before each of its six events: a buffering proxy would deliver the
+    // first event together with the last one.
+    assert!(
+        ended_at - first >= gap * 4,
+        "first event {:?} before the end",
+        ended_at - first
+    );
+    let events: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["event"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "start",
+            "token",
+            "token",
+            "usageMetadata",
+            "metadata",
+            "end"
+        ],
+        "Flowise's sequence, unchanged"
+    );
+    team.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_service_account_token_is_granted_as_its_service_account_subject() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+
+    let team = Team::new("proxy-sa").await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(team.client.clone(), &team.ns);
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "chat-client"}})).expect("literal");
+    accounts
+        .create(&Default::default(), &account)
+        .await
+        .expect("service account");
+    team.grant(
+        "sa-access",
+        json!([{"serviceAccount": {"namespace": team.ns, "name": "chat-client"}}]),
+    )
+    .await;
+    let token_for = |audience: &str| {
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![audience.to_string()],
+                expiration_seconds: Some(600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let accounts = accounts.clone();
+        async move {
+            accounts
+                .create_token_request("chat-client", &Default::default(), &request)
+                .await
+                .expect("TokenRequest")
+                .status
+                .expect("token")
+                .token
+        }
+    };
+    let gate = Flowgate::start_with(Options {
+        service_account_audience: Some("flowgate-tests".into()),
+        ..Default::default()
+    })
+    .await;
+    let id = team.flowise_id.clone();
+    let good = token_for("flowgate-tests").await;
+    let body = eventually_status(&gate, &good, &id, 200).await;
+    assert!(
+        body["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Echo: ")),
+        "{body}"
+    );
+    let wrong_audience = token_for("someone-else").await;
+    let (status, body) = predict(&gate, &wrong_audience, &id, json!({"question": "x"})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_token"))
+    );
     team.cleanup().await;
 }

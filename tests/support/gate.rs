@@ -93,6 +93,8 @@ pub struct Options {
     pub ledger_url: Option<String>,
     /// Read resources from this directory instead of the cluster.
     pub resources_dir: Option<std::path::PathBuf>,
+    /// Accept Kubernetes ServiceAccount tokens with this audience.
+    pub service_account_audience: Option<String>,
     /// `--import-namespace` for the admin API's sync pass; default: none.
     pub import_namespace: Option<String>,
 }
@@ -134,6 +136,7 @@ impl Flowgate {
             log_format: "text".into(),
             no_controller: true,
             resources_dir: options.resources_dir,
+            service_account_audience: options.service_account_audience,
             import_namespace: options.import_namespace,
             ..Default::default()
         };
