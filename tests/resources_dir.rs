@@ -72,3 +72,72 @@ async fn resources_from_files_are_enforced_and_edits_take_effect() {
     .expect("access restored despite a broken file");
     delete_chatflow(&flowise_id).await;
 }
+
+#[tokio::test]
+async fn the_examples_directory_serves_the_same_decisions_without_a_cluster() {
+    // examples/chatflow-support-bot.yaml adopts the Flowise chatflow named "Support Bot"
+    // (scripts/dev.sh creates the same one); make sure exactly one exists.
+    let (url, key) = support::gate::flowise_env();
+    let list: Vec<serde_json::Value> = reqwest::Client::new()
+        .get(format!("{url}/api/v1/chatflows"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("Flowise")
+        .json()
+        .await
+        .expect("list");
+    let named: Vec<String> = list
+        .iter()
+        .filter(|c| c["name"] == "Support Bot")
+        .filter_map(|c| c["id"].as_str().map(str::to_string))
+        .collect();
+    let support_bot = match named.as_slice() {
+        [one] => one.clone(),
+        [] => create_echo_chatflow("Support Bot").await,
+        many => panic!(
+            "{} Flowise chatflows are named 'Support Bot'; the example needs one",
+            many.len()
+        ),
+    };
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let gate = Flowgate::start_with(Options {
+        resources_dir: Some(examples),
+        ..Default::default()
+    })
+    .await;
+    let alice = token("alice", json!({"email": "alice@example.com"}));
+    let body = eventually_status(&gate, &alice, &support_bot, 200).await;
+    assert!(
+        body["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Echo: ")),
+        "{body}"
+    );
+    let by_group = token("sam", json!({"groups": ["support"]}));
+    let (status, _) = predict(&gate, &by_group, &support_bot, json!({"question": "x"})).await;
+    assert_eq!(status, 200, "the support group is granted too");
+    let bob = token("bob", json!({"email": "bob@example.com"}));
+    let (status, _) = predict(&gate, &bob, &support_bot, json!({"question": "x"})).await;
+    assert_eq!(status, 403);
+    let listed: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/chatflows", gate.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<&str> = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![support_bot.as_str()],
+        "faq-bot owns a definition: not served without the controller"
+    );
+}
