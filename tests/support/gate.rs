@@ -90,6 +90,14 @@ pub struct Options {
     pub flowise_url: Option<String>,
     /// Ledger URL; default: a SQLite file in the test's temp dir.
     pub ledger_url: Option<String>,
+    /// A PEM public key accepted besides the HS256 secret.
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// Required `iss` of user tokens.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of user tokens.
+    pub jwt_audience: Option<String>,
+    /// Accept Kubernetes ServiceAccount tokens for this audience.
+    pub service_account_audience: Option<String>,
 }
 
 impl Flowgate {
@@ -121,6 +129,10 @@ impl Flowgate {
                 .ledger_url
                 .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("ledger.db").display())),
             jwt_hs256_secret_file: Some(secret),
+            jwt_public_key_file: options.jwt_public_key_file,
+            jwt_issuer: options.jwt_issuer,
+            jwt_audience: options.jwt_audience,
+            service_account_audience: options.service_account_audience,
             jwt_leeway: "30s".into(),
             user_claims: "sub,email".into(),
             groups_claim: "groups".into(),
