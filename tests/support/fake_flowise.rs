@@ -29,6 +29,8 @@ pub struct FakeFlowise {
     pub url: String,
     pub predictions: Arc<AtomicU64>,
     pub aborts: Arc<AtomicU64>,
+    /// Every request received, whatever its path.
+    pub requests: Arc<AtomicU64>,
 }
 
 impl FakeFlowise {
@@ -37,15 +39,17 @@ impl FakeFlowise {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let predictions = Arc::new(AtomicU64::new(0));
         let aborts = Arc::new(AtomicU64::new(0));
-        let (p, a) = (predictions.clone(), aborts.clone());
+        let requests = Arc::new(AtomicU64::new(0));
+        let (p, a, r) = (predictions.clone(), aborts.clone(), requests.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (p, a) = (p.clone(), a.clone());
+                let (p, a, r) = (p.clone(), a.clone(), r.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
+                        r.fetch_add(1, Ordering::SeqCst);
                         answer(req, mode, p.clone(), a.clone())
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -58,7 +62,13 @@ impl FakeFlowise {
             url,
             predictions,
             aborts,
+            requests,
         }
+    }
+
+    /// Every request received so far, whatever its path.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
     }
 
     pub fn predictions(&self) -> u64 {
