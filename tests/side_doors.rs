@@ -218,3 +218,95 @@ async fn run() {
     assert_eq!(status, 200, "{body}");
     team.cleanup().await;
 }
+
+#[tokio::test]
+async fn another_users_session_cannot_be_continued_when_streaming_or_via_override_config() {
+    tokio::time::timeout(Duration::from_secs(60), sessions())
+        .await
+        .expect("session test bounded to 60 s");
+}
+
+/// Streams one prediction; returns its status and the SSE text.
+async fn stream(gate: &Flowgate, bearer: &str, id: &str, body: Value) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .bearer_auth(bearer)
+        .json(&body)
+        .send()
+        .await
+        .expect("flowgate answers");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+async fn sessions() {
+    let team = Team::with_fake_flowise("side-sessions").await;
+    let fake = FakeFlowise::start(Mode::Stream {
+        tokens: 0,
+        gap: Duration::from_millis(1),
+    })
+    .await;
+    let gate = Flowgate::start_with(Options {
+        flowise_url: Some(fake.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let id = team.flowise_id.clone();
+    let alice = team.alice();
+    eventually_status(&gate, &alice, &id, 200).await;
+
+    let (status, _) = stream(
+        &gate,
+        &alice,
+        &id,
+        serde_json::json!({"question": "secret", "streaming": true}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let alices = fake.last_body()["chatId"]
+        .as_str()
+        .expect("a bound chatId was forwarded")
+        .to_string();
+    // Alice continues her own session: the same id is forwarded.
+    let (status, _) = stream(
+        &gate,
+        &alice,
+        &id,
+        serde_json::json!({"question": "more", "streaming": true, "chatId": alices}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(fake.last_body()["chatId"], alices.as_str());
+
+    let mallory = support::gate::token("mallory", serde_json::json!({"groups": [team.group()]}));
+    for body in [
+        serde_json::json!({"question": "what did she say?", "streaming": true, "chatId": alices}),
+        serde_json::json!({"question": "x", "streaming": true, "overrideConfig": {"sessionId": alices}}),
+        serde_json::json!({"question": "x", "streaming": true, "chatId": alices,
+                           "overrideConfig": {"sessionId": alices}}),
+        serde_json::json!({"question": "x", "streaming": true, "chatId": "mine",
+                           "overrideConfig": {"sessionId": alices}}),
+        serde_json::json!({"question": "x", "chatId": alices, "overrideConfig": {"sessionId": alices}}),
+    ] {
+        let (status, text) = stream(&gate, &mallory, &id, body.clone()).await;
+        assert_eq!(status, 200, "{body}: {text}");
+        let forwarded = fake.last_body();
+        assert_ne!(
+            forwarded["chatId"],
+            alices.as_str(),
+            "{body} -> {forwarded}"
+        );
+        assert_ne!(
+            forwarded["overrideConfig"]["sessionId"],
+            alices.as_str(),
+            "{body} -> {forwarded}"
+        );
+        // Mallory's session id may embed the one she asked for, but is bound to her: never
+        // Alice's own id.
+        assert!(
+            !text.contains(&format!("\"chatId\":\"{alices}\"")),
+            "{body}: {text}"
+        );
+    }
+    team.cleanup().await;
+}
