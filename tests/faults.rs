@@ -255,3 +255,69 @@ async fn a_client_hanging_up_mid_stream_aborts_in_flowise_and_is_charged() {
     .await
     .expect("bounded to 60 s");
 }
+
+#[tokio::test]
+async fn postgres_unreachable_fails_closed_with_503_and_recovers_without_restart() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let pg = std::env::var("FLOWGATE_TEST_POSTGRES_URL").unwrap_or_default();
+        assert!(
+            !pg.is_empty(),
+            "FLOWGATE_TEST_POSTGRES_URL is not set: run scripts/test.sh, or \
+             `scripts/postgres.sh start && eval \"$(scripts/postgres.sh env)\"`"
+        );
+        // postgres://user@host:port/db — route host:port through a relay we can close.
+        let (scheme_user, rest) = pg.split_once('@').expect("postgres URL with user@");
+        let (host_port, db) = rest.split_once('/').expect("postgres URL with a database");
+        let relay = support::FlowiseGate::open_to(host_port).await;
+        let relayed = format!(
+            "{scheme_user}@{}/{db}",
+            relay.url().trim_start_matches("http://")
+        );
+        let (team, policy) = team_with_policy("faults-postgres").await;
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+        let gate = Flowgate::start_with(Options {
+            flowise_url: Some(fake.url.clone()),
+            ledger_url: Some(relayed),
+            ..Default::default()
+        })
+        .await;
+        let alice = team.alice();
+        indexed(&gate, &alice, &policy).await;
+        let id = team.flowise_id.clone();
+        let (status, body) = predict(&gate, &alice, &id, json!({"question": "before"})).await;
+        assert_eq!(status, 200, "{body}");
+
+        relay.close();
+        for _ in 0..5 {
+            let (status, body) = tokio::time::timeout(
+                Duration::from_secs(15),
+                predict(&gate, &alice, &id, json!({"question": "during"})),
+            )
+            .await
+            .expect("a refusal within 15 s, not a hang");
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["error"]["code"], "ledger_unavailable", "{body}");
+        }
+        assert_eq!(fake.predictions(), 1, "nothing forwarded without a ledger");
+
+        relay.reopen().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = predict(&gate, &alice, &id, json!({"question": "after"})).await;
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 503, "{body}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ledger back within 30 s of PostgreSQL coming back"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(fake.predictions(), 2);
+        used_becomes(&gate, &alice, &policy, 2).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 90 s");
+}
