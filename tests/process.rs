@@ -81,8 +81,11 @@ async fn spawn(flowise_url: &str, kubeconfig: &std::path::Path) -> Process {
 }
 
 async fn predict(base: &str, bearer: &str, id: &str) -> u16 {
-    reqwest::Client::new()
-        .post(format!("{base}/api/v1/prediction/{id}"))
+    predict_with(&reqwest::Client::new(), base, bearer, id).await
+}
+
+async fn predict_with(http: &reqwest::Client, base: &str, bearer: &str, id: &str) -> u16 {
+    http.post(format!("{base}/api/v1/prediction/{id}"))
         .bearer_auth(bearer)
         .json(&json!({"question": "ping"}))
         .timeout(Duration::from_secs(5))
@@ -111,12 +114,14 @@ async fn eventually(base: &str, bearer: &str, id: &str, want: u16) {
 async fn steady(base: &str, bearer: &str, id: &str, rate: u64, secs: u64) -> (usize, Vec<u16>) {
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / rate));
     let mut all = Vec::new();
+    let http = reqwest::Client::new();
     for _ in 0..rate * secs {
         tick.tick().await;
         let (base, bearer, id) = (base.to_string(), bearer.to_string(), id.to_string());
-        all.push(tokio::spawn(
-            async move { predict(&base, &bearer, &id).await },
-        ));
+        let http = http.clone();
+        all.push(tokio::spawn(async move {
+            predict_with(&http, &base, &bearer, &id).await
+        }));
     }
     let mut bad = Vec::new();
     for handle in all {
@@ -228,4 +233,79 @@ async fn sigterm_drains_an_in_flight_stream() {
     })
     .await
     .expect("bounded to 60 s");
+}
+
+/// Resident memory of `pid` in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Steady load with periodic ChatflowAccess changes: zero errors and flat memory. The test
+/// command runs one minute (`FLOWGATE_SOAK_SECS` overrides it; `scripts/soak.sh` runs ten).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_load_with_access_changes_has_no_errors_and_flat_memory() {
+    let secs: u64 = std::env::var("FLOWGATE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    tokio::time::timeout(Duration::from_secs(secs + 90), async {
+        let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
+        let team = Team::with_fake_flowise("process-soak").await;
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 3 }).await;
+        let gate = spawn(&fake.url, std::path::Path::new(&kubeconfig)).await;
+        let pid = gate.child.id();
+        let (id, alice) = (team.flowise_id.clone(), team.alice());
+        eventually(&gate.base, &alice, &id, 200).await;
+
+        let rate = 50u64;
+        let load = {
+            let (base, alice, id) = (gate.base.clone(), alice.clone(), id.clone());
+            tokio::spawn(async move { steady(&base, &alice, &id, rate, secs).await })
+        };
+        // Every 5 s: grant and revoke other subjects (Alice's own grant stays), and sample RSS.
+        let mut samples = Vec::new();
+        let mut changes = 0;
+        let started = tokio::time::Instant::now();
+        let mut round = 0;
+        while started.elapsed() < Duration::from_secs(secs) {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            round += 1;
+            let name = format!("churn-{round}");
+            team.grant(&name, json!([{"user": format!("bob{round}@example.com")}]))
+                .await;
+            changes += 1;
+            if round > 1 {
+                let api: kube::Api<flowgate::crd::ChatflowAccess> =
+                    kube::Api::namespaced(team.client.clone(), &team.ns);
+                api.delete(&format!("churn-{}", round - 1), &Default::default())
+                    .await
+                    .expect("revoke");
+                changes += 1;
+            }
+            samples.push(rss_kib(pid));
+        }
+        let (sent, bad) = load.await.expect("load task");
+        eprintln!(
+            "soak: {sent} predictions over {secs} s, {changes} access changes, RSS KiB {samples:?}"
+        );
+        assert!(bad.is_empty(), "{} of {sent} failed: {bad:?}", bad.len());
+        assert_eq!(fake.predictions() as usize, sent + 1);
+        // Flat memory: after the first sample (warm-up), growth stays under 25 % + 8 MiB.
+        let warm = samples.get(1).copied().unwrap_or(samples[0]);
+        let last = *samples.last().expect("samples");
+        assert!(
+            last <= warm + warm / 4 + 8 * 1024,
+            "RSS grew from {warm} KiB to {last} KiB: {samples:?}"
+        );
+        team.cleanup().await;
+    })
+    .await
+    .expect("soak bounded");
 }
