@@ -33,6 +33,9 @@ eval "$(scripts/flowise.sh env)"
 step "Helm (helm-sdkpy venv)"
 scripts/helm.sh setup
 
+step "Official Flowise clients (npm flowise-sdk, PyPI flowise)"
+scripts/clients.sh setup
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
