@@ -36,6 +36,9 @@ scripts/helm.sh setup
 step "OpenAPI checker (openapi-spec-validator venv)"
 scripts/openapi-check.sh setup
 
+step "Official Flowise clients (npm flowise-sdk, PyPI flowise)"
+scripts/clients.sh setup
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

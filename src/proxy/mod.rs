@@ -244,8 +244,18 @@ impl Proxy {
     }
 
     async fn authenticate(&self, req: &Request<Incoming>) -> Result<Identity, ProxyError> {
-        let token = bearer_token(req.headers().get(hyper::header::AUTHORIZATION))
-            .map_err(|e| ProxyError::Unauthenticated { reason: e.reason() })?;
+        // More than one Authorization header is ambiguous (proxies and servers disagree on which
+        // one counts): refuse it rather than pick one.
+        let mut authorizations = req.headers().get_all(hyper::header::AUTHORIZATION).iter();
+        let first = authorizations.next();
+        if authorizations.next().is_some() {
+            return Err(ProxyError::InvalidToken {
+                reason: "malformed",
+                detail: "more than one Authorization header".into(),
+            });
+        }
+        let token =
+            bearer_token(first).map_err(|e| ProxyError::Unauthenticated { reason: e.reason() })?;
         self.verifier.verify(token).await.map_err(|e| {
             if e.is_transient() {
                 ProxyError::KeysUnavailable

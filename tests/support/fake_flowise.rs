@@ -2,8 +2,8 @@
 //! 500, report token usage, stream slowly. It speaks Flowise's exact prediction shapes.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +29,10 @@ pub struct FakeFlowise {
     pub url: String,
     pub predictions: Arc<AtomicU64>,
     pub aborts: Arc<AtomicU64>,
+    /// Every request received, whatever its path.
+    pub requests: Arc<AtomicU64>,
+    /// The JSON bodies of the predictions received, in order.
+    pub bodies: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl FakeFlowise {
@@ -37,16 +41,20 @@ impl FakeFlowise {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let predictions = Arc::new(AtomicU64::new(0));
         let aborts = Arc::new(AtomicU64::new(0));
-        let (p, a) = (predictions.clone(), aborts.clone());
+        let requests = Arc::new(AtomicU64::new(0));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (p, a, r) = (predictions.clone(), aborts.clone(), requests.clone());
+        let b = bodies.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (p, a) = (p.clone(), a.clone());
+                let (p, a, r, b) = (p.clone(), a.clone(), r.clone(), b.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        answer(req, mode, p.clone(), a.clone())
+                        r.fetch_add(1, Ordering::SeqCst);
+                        answer(req, mode, p.clone(), a.clone(), b.clone())
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -58,7 +66,24 @@ impl FakeFlowise {
             url,
             predictions,
             aborts,
+            requests,
+            bodies,
         }
+    }
+
+    /// The body of the last prediction received.
+    pub fn last_body(&self) -> serde_json::Value {
+        self.bodies
+            .lock()
+            .expect("bodies lock")
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every request received so far, whatever its path.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
     }
 
     pub fn predictions(&self) -> u64 {
@@ -81,6 +106,7 @@ async fn answer(
     mode: Mode,
     predictions: Arc<AtomicU64>,
     aborts: Arc<AtomicU64>,
+    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
 ) -> Result<Response<FakeBody>, Infallible> {
     let path = req.uri().path().to_string();
     if path.starts_with("/api/v1/chatmessage/abort/") {
@@ -102,6 +128,7 @@ async fn answer(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    bodies.lock().expect("bodies lock").push(request.clone());
     let chat_id = request["chatId"].as_str().unwrap_or("new").to_string();
     let question = request["question"].as_str().unwrap_or_default().to_string();
     Ok(match mode {

@@ -97,6 +97,12 @@ pub struct Options {
     pub service_account_audience: Option<String>,
     /// `--import-namespace` for the admin API's sync pass; default: none.
     pub import_namespace: Option<String>,
+    /// A PEM public key accepted besides the HS256 secret.
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// Required `iss` of user tokens.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of user tokens.
+    pub jwt_audience: Option<String>,
 }
 
 impl Flowgate {
@@ -128,6 +134,10 @@ impl Flowgate {
                 .ledger_url
                 .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("ledger.db").display())),
             jwt_hs256_secret_file: Some(secret),
+            jwt_public_key_file: options.jwt_public_key_file,
+            jwt_issuer: options.jwt_issuer,
+            jwt_audience: options.jwt_audience,
+            service_account_audience: options.service_account_audience,
             jwt_leeway: "30s".into(),
             user_claims: "sub,email".into(),
             groups_claim: "groups".into(),
@@ -136,7 +146,6 @@ impl Flowgate {
             log_format: "text".into(),
             no_controller: true,
             resources_dir: options.resources_dir,
-            service_account_audience: options.service_account_audience,
             import_namespace: options.import_namespace,
             ..Default::default()
         };

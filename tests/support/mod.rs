@@ -227,6 +227,12 @@ impl FlowiseGate {
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_string();
+        Self::open_to(&target).await
+    }
+
+    /// An open gate to any TCP `host:port` (PostgreSQL, the API server, …).
+    pub async fn open_to(target: &str) -> Self {
+        let target = target.to_string();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a port");

@@ -1,0 +1,323 @@
+//! Faults between flowgate and Flowise, nothing lost: Flowise refusing connections, Flowise
+//! dropping the connection mid-stream, and a client hanging up mid-stream. Each answer is a clear
+//! error (or a cut stream) and every charge ends refunded or settled as designed.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use support::fake_flowise::{FakeFlowise, Mode};
+use support::gate::{Flowgate, Options, predict};
+use support::team::Team;
+
+const POLICY_SPEC: &str = r#"{"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
+                               "cost": {"perPrediction": 1}}"#;
+
+async fn used(gate: &Flowgate, bearer: &str, policy: &str) -> Option<i64> {
+    let credits: Value = reqwest::Client::new()
+        .get(format!("{}/credits", gate.base))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    credits["balances"]
+        .as_array()?
+        .iter()
+        .find(|b| b["policy"] == policy)?["used"]
+        .as_i64()
+}
+
+/// Waits until the policy is indexed (used is Some).
+async fn indexed(gate: &Flowgate, bearer: &str, policy: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while used(gate, bearer, policy).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "policy never indexed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the policy's `used` is `want` (settles and refunds land off the request path).
+async fn used_becomes(gate: &Flowgate, bearer: &str, policy: &str, want: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = used(gate, bearer, policy).await;
+        if now == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "used: want {want}, got {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn team_with_policy(prefix: &str) -> (Team, String) {
+    let team = Team::with_fake_flowise(prefix).await;
+    team.policy(
+        "flat",
+        serde_json::from_str(POLICY_SPEC).expect("policy JSON"),
+    )
+    .await;
+    let policy = format!("{}/flat", team.ns);
+    (team, policy)
+}
+
+#[tokio::test]
+async fn flowise_refusing_connections_is_a_502_and_every_charge_is_refunded() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (team, policy) = team_with_policy("faults-refused").await;
+        // A port nothing listens on: bound, then closed.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", closed.local_addr().expect("addr"));
+        drop(closed);
+        let gate = Flowgate::start_with(Options {
+            flowise_url: Some(url),
+            ..Default::default()
+        })
+        .await;
+        let alice = team.alice();
+        indexed(&gate, &alice, &policy).await;
+        let id = team.flowise_id.clone();
+        for streaming in [false, true, false, true, false] {
+            let (status, body) = predict(
+                &gate,
+                &alice,
+                &id,
+                json!({"question": "hello?", "streaming": streaming}),
+            )
+            .await;
+            assert_eq!(status, 502, "{body}");
+            assert_eq!(body["error"]["code"], "upstream_unreachable", "{body}");
+        }
+        used_becomes(&gate, &alice, &policy, 0).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+/// A Flowise that starts an SSE answer and closes the connection in the middle of it. With
+/// `answered`, a token event goes out before the cut.
+async fn cutting_flowise(answered: bool) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the request head and body (Content-Length).
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let mut events = vec![r#"{"event":"start","data":""}"#];
+                if answered {
+                    events.push(r#"{"event":"token","data":"Half an ans"}"#);
+                }
+                let mut out = String::from(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                     transfer-encoding: chunked\r\n\r\n",
+                );
+                for event in events {
+                    let data = format!("message:\ndata:{event}\n\n");
+                    out.push_str(&format!("{:x}\r\n{data}\r\n", data.len()));
+                }
+                let _ = stream.write_all(out.as_bytes()).await;
+                let _ = stream.flush().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Dropped without the last chunk: the body is cut.
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn flowise_cutting_a_stream_refunds_unanswered_and_settles_answered_predictions() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for (answered, want) in [(false, 0), (true, 3)] {
+            let (team, policy) = team_with_policy("faults-cut").await;
+            let gate = Flowgate::start_with(Options {
+                flowise_url: Some(cutting_flowise(answered).await),
+                ..Default::default()
+            })
+            .await;
+            let alice = team.alice();
+            indexed(&gate, &alice, &policy).await;
+            for _ in 0..3 {
+                let resp = reqwest::Client::new()
+                    .post(format!(
+                        "{}/api/v1/prediction/{}",
+                        gate.base, team.flowise_id
+                    ))
+                    .bearer_auth(&alice)
+                    .json(&json!({"question": "hi", "streaming": true}))
+                    .send()
+                    .await
+                    .expect("flowgate answers");
+                assert_eq!(resp.status(), 200);
+                // The cut reaches the client as a broken body, never as a clean end.
+                let text = resp.text().await;
+                assert!(
+                    text.is_err() || !text.as_deref().unwrap_or_default().contains("[DONE]"),
+                    "{text:?}"
+                );
+            }
+            // Nothing answered: refunded; a partial answer was delivered: settled at 1 each.
+            used_becomes(&gate, &alice, &policy, want).await;
+            team.cleanup().await;
+        }
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_mid_stream_aborts_in_flowise_and_is_charged() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (team, policy) = team_with_policy("faults-hangup").await;
+        let fake = FakeFlowise::start(Mode::Stream {
+            tokens: 0,
+            gap: Duration::from_millis(400),
+        })
+        .await;
+        let gate = Flowgate::start_with(Options {
+            flowise_url: Some(fake.url.clone()),
+            ..Default::default()
+        })
+        .await;
+        let alice = team.alice();
+        indexed(&gate, &alice, &policy).await;
+        for i in 1..=3 {
+            let resp = reqwest::Client::new()
+                .post(format!(
+                    "{}/api/v1/prediction/{}",
+                    gate.base, team.flowise_id
+                ))
+                .bearer_auth(&alice)
+                .json(&json!({"question": "a long one", "streaming": true}))
+                .send()
+                .await
+                .expect("flowgate answers");
+            assert_eq!(resp.status(), 200);
+            let mut body = resp.bytes_stream();
+            // Read the first event, then hang up.
+            let first = body.next().await.expect("a first chunk").expect("chunk");
+            assert!(!first.is_empty());
+            drop(body);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while fake.aborts.load(std::sync::atomic::Ordering::SeqCst) < i {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "Flowise's abort endpoint called after hang-up {i}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        used_becomes(&gate, &alice, &policy, 3).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+#[tokio::test]
+async fn postgres_unreachable_fails_closed_with_503_and_recovers_without_restart() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let pg = std::env::var("FLOWGATE_TEST_POSTGRES_URL").unwrap_or_default();
+        assert!(
+            !pg.is_empty(),
+            "FLOWGATE_TEST_POSTGRES_URL is not set: run scripts/test.sh, or \
+             `scripts/postgres.sh start && eval \"$(scripts/postgres.sh env)\"`"
+        );
+        // postgres://user@host:port/db — route host:port through a relay we can close.
+        let (scheme_user, rest) = pg.split_once('@').expect("postgres URL with user@");
+        let (host_port, db) = rest.split_once('/').expect("postgres URL with a database");
+        let relay = support::FlowiseGate::open_to(host_port).await;
+        let relayed = format!(
+            "{scheme_user}@{}/{db}",
+            relay.url().trim_start_matches("http://")
+        );
+        let (team, policy) = team_with_policy("faults-postgres").await;
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+        let gate = Flowgate::start_with(Options {
+            flowise_url: Some(fake.url.clone()),
+            ledger_url: Some(relayed),
+            ..Default::default()
+        })
+        .await;
+        let alice = team.alice();
+        indexed(&gate, &alice, &policy).await;
+        let id = team.flowise_id.clone();
+        let (status, body) = predict(&gate, &alice, &id, json!({"question": "before"})).await;
+        assert_eq!(status, 200, "{body}");
+
+        relay.close();
+        for _ in 0..5 {
+            let (status, body) = tokio::time::timeout(
+                Duration::from_secs(15),
+                predict(&gate, &alice, &id, json!({"question": "during"})),
+            )
+            .await
+            .expect("a refusal within 15 s, not a hang");
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["error"]["code"], "ledger_unavailable", "{body}");
+        }
+        assert_eq!(fake.predictions(), 1, "nothing forwarded without a ledger");
+
+        relay.reopen().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = predict(&gate, &alice, &id, json!({"question": "after"})).await;
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 503, "{body}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ledger back within 30 s of PostgreSQL coming back"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(fake.predictions(), 2);
+        used_becomes(&gate, &alice, &policy, 2).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 90 s");
+}

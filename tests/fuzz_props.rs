@@ -1,0 +1,284 @@
+//! Deterministic property loops over generated inputs for the same entry points as the
+//! `cargo fuzz` targets in `fuzz/` (bearer parsing, token verification, routing, session
+//! binding). They run in the test command in a few seconds; `fuzz/README.md` documents the
+//! longer coverage-guided runs.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+use flowgate::config::{ClaimMapping, JwtConfig};
+use flowgate::identity::{Verifier, bearer_token};
+use flowgate::proxy::routes::{Route, route};
+use flowgate::proxy::session;
+
+/// xorshift64*: small, deterministic, good enough to generate inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let len = self.below(max + 1);
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+const BUDGET: Duration = Duration::from_secs(3);
+
+#[test]
+fn bearer_parsing_returns_a_plain_token_or_an_error() {
+    let mut rng = Rng(0x5eed_0001);
+    let pieces: [&[u8]; 10] = [
+        b"Bearer",
+        b"bearer",
+        b"BEARER",
+        b" ",
+        b"\t",
+        b"a.b.c",
+        b"Basic",
+        b"=",
+        b",",
+        b"\xc3\xa9",
+    ];
+    let started = Instant::now();
+    let mut tried = 0u64;
+    while started.elapsed() < BUDGET && tried < 200_000 {
+        let mut raw = Vec::new();
+        for _ in 0..rng.below(6) {
+            if rng.below(3) == 0 {
+                raw.extend(rng.bytes(8));
+            } else {
+                raw.extend_from_slice(rng.pick::<&[u8]>(&pieces));
+            }
+        }
+        tried += 1;
+        let Ok(value) = http::HeaderValue::from_bytes(&raw) else {
+            continue;
+        };
+        if let Ok(token) = bearer_token(Some(&value)) {
+            assert!(!token.is_empty(), "{raw:?}");
+            assert!(!token.contains([' ', '\t']), "{raw:?}");
+            assert!(token.is_ascii(), "{raw:?}");
+            let text = value.to_str().expect("ASCII");
+            assert!(
+                text.trim().to_ascii_lowercase().starts_with("bearer"),
+                "{raw:?}"
+            );
+            assert!(text.trim_end().ends_with(token), "{raw:?}");
+        }
+    }
+    eprintln!("bearer: {tried} inputs");
+}
+
+fn canonical(route: &Route) -> Option<String> {
+    Some(match route {
+        Route::ListChatflows => "/api/v1/chatflows".into(),
+        Route::GetChatflow(id) => format!("/api/v1/chatflows/{id}"),
+        Route::Predict(id) => format!("/api/v1/prediction/{id}"),
+        Route::ChatflowStreaming(id) => format!("/api/v1/chatflows-streaming/{id}"),
+        Route::CompatListChatflows => "/chatflows".into(),
+        Route::CompatGetChatflow(id) => format!("/chatflows/{id}"),
+        Route::CompatPredict => "/chat/predict".into(),
+        Route::Authenticate => "/chat/authenticate".into(),
+        Route::Refresh => "/chat/refresh".into(),
+        Route::Credits => "/credits".into(),
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    })
+}
+
+#[test]
+fn routing_only_accepts_the_allow_list_spelled_out() {
+    let mut rng = Rng(0x5eed_0002);
+    let segments = [
+        "api",
+        "v1",
+        "API",
+        "prediction",
+        "chatflows",
+        "chatflows-streaming",
+        "chat",
+        "predict",
+        "authenticate",
+        "refresh",
+        "credits",
+        "internal-prediction",
+        "webhook",
+        "apikey",
+        "..",
+        ".",
+        "",
+        "%2f",
+        "%2e%2e",
+        "%2F",
+        "3f1c2a7e-0000-4000-8000-000000000001",
+        "support-bot",
+        "a;b",
+        "x\\y",
+        "é",
+        "a?b",
+        "*",
+    ];
+    let methods = [
+        Method::GET,
+        Method::POST,
+        Method::HEAD,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::PATCH,
+    ];
+    let started = Instant::now();
+    let (mut tried, mut routed) = (0u64, 0u64);
+    while started.elapsed() < BUDGET && tried < 300_000 {
+        let mut path = String::new();
+        if rng.below(20) != 0 {
+            path.push('/');
+        }
+        let n = rng.below(6);
+        for i in 0..n {
+            if i > 0 {
+                path.push('/');
+            }
+            path.push_str(rng.pick::<&str>(&segments));
+        }
+        if rng.below(8) == 0 {
+            path.push('/');
+        }
+        if rng.below(50) == 0 {
+            path.push_str(&"z".repeat(rng.below(600)));
+        }
+        let method = rng.pick(&methods);
+        tried += 1;
+        let Ok(found) = route(method, &path) else {
+            continue;
+        };
+        routed += 1;
+        let want = canonical(&found).expect("known route");
+        let spelled = if path.len() > 1 {
+            path.strip_suffix('/').unwrap_or(&path)
+        } else {
+            &path
+        };
+        assert_eq!(spelled, want, "{method} {path:?} -> {found:?}");
+        assert!(!path.contains('%') && !path.contains("//"), "{path:?}");
+        assert!(path.split('/').all(|s| s != ".." && s != "."), "{path:?}");
+    }
+    assert!(routed > 0, "the generator reaches the allow-list");
+    eprintln!("routes: {tried} inputs, {routed} routed");
+}
+
+#[test]
+fn session_binding_never_hands_out_another_subjects_session() {
+    let mut rng = Rng(0x5eed_0003);
+    let started = Instant::now();
+    let mut tried = 0u64;
+    while started.elapsed() < BUDGET && tried < 100_000 {
+        let a = format!("user:{}", rng.next() % 50);
+        let b = format!("user:{}", rng.next() % 50);
+        let requested: String = match rng.below(4) {
+            0 => session::prefix(&b) + &String::from_utf8_lossy(&rng.bytes(20)),
+            1 => session::bind(&b, None),
+            2 => String::from_utf8_lossy(&rng.bytes(300)).into_owned(),
+            _ => String::new(),
+        };
+        tried += 1;
+        let bound = session::bind(&a, Some(&requested));
+        assert!(bound.starts_with(&session::prefix(&a)), "{a} {requested:?}");
+        if a != b && !requested.is_empty() {
+            assert_ne!(bound, requested, "{a} got {b}'s session");
+        }
+        let mut body = serde_json::Map::new();
+        if rng.below(2) == 0 {
+            body.insert("chatId".into(), json!(requested));
+        }
+        body.insert(
+            "overrideConfig".into(),
+            json!({"sessionId": requested, "x": 1}),
+        );
+        let bound = session::bind_body(&mut body, &a);
+        assert_eq!(body["chatId"], json!(bound));
+        assert_eq!(body["overrideConfig"]["sessionId"], json!(bound));
+        assert!(bound.starts_with(&session::prefix(&a)));
+    }
+    eprintln!("sessions: {tried} inputs");
+}
+
+const SECRET: &[u8] = b"fuzz-props-secret-of-at-least-32-bytes!!";
+
+#[tokio::test]
+async fn mutated_tokens_never_verify() {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(SECRET).expect("writes");
+    let config = JwtConfig {
+        hs256_secret_file: Some(file.path().to_path_buf()),
+        leeway: Duration::from_secs(30),
+        ..JwtConfig::default()
+    };
+    // No token cache: every input goes through parsing and the signature check.
+    let verifier = Verifier::with_options(
+        &config,
+        &ClaimMapping::default(),
+        None,
+        flowgate::identity::VerifierOptions {
+            token_cache_capacity: 0,
+            ..Default::default()
+        },
+    )
+    .expect("valid configuration");
+    let exp = jiff::Timestamp::now().as_second() + 3600;
+    let good = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "alice", "exp": exp, "groups": ["g"]}),
+        &EncodingKey::from_secret(SECRET),
+    )
+    .expect("signs");
+    assert!(verifier.verify(&good).await.is_ok(), "the seed verifies");
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ %{}\"";
+    let mut rng = Rng(0x5eed_0004);
+    let started = Instant::now();
+    let mut tried = 0u64;
+    while started.elapsed() < BUDGET && tried < 50_000 {
+        let mut token = good.clone().into_bytes();
+        for _ in 0..=rng.below(3) {
+            match rng.below(5) {
+                0 if !token.is_empty() => {
+                    let i = rng.below(token.len());
+                    token[i] = *rng.pick(alphabet);
+                }
+                1 if !token.is_empty() => token.truncate(rng.below(token.len())),
+                2 => {
+                    let i = rng.below(token.len() + 1);
+                    token.insert(i, *rng.pick(alphabet));
+                }
+                3 if !token.is_empty() => {
+                    let i = rng.below(token.len());
+                    token.remove(i);
+                }
+                _ => token.extend(rng.bytes(4)),
+            }
+        }
+        tried += 1;
+        let Ok(text) = String::from_utf8(token) else {
+            continue;
+        };
+        if verifier.verify(&text).await.is_ok() {
+            assert_eq!(text, good, "a mutated token verified");
+        }
+    }
+    eprintln!("tokens: {tried} mutations");
+}

@@ -1,0 +1,311 @@
+//! The real flowgate binary under faults: the API server unreachable under steady load (decisions
+//! keep coming from the last snapshot), and SIGTERM draining an in-flight stream.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+
+use support::FlowiseGate;
+use support::fake_flowise::{FakeFlowise, Mode};
+use support::gate::SECRET;
+use support::team::Team;
+
+/// A flowgate process; killed when dropped.
+struct Process {
+    child: Child,
+    base: String,
+    ops: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// Starts the binary (proxy only) against `flowise_url` with `kubeconfig`; waits until ready.
+async fn spawn(flowise_url: &str, kubeconfig: &std::path::Path) -> Process {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = dir.path().join("hs256");
+    std::fs::write(&secret, SECRET).expect("secret");
+    let (port, ops) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["run", "--no-controller"])
+        .env("KUBECONFIG", kubeconfig)
+        .env("FLOWGATE_FLOWISE_URL", flowise_url)
+        .env("FLOWGATE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("FLOWGATE_OPS_ADDR", format!("127.0.0.1:{ops}"))
+        .env(
+            "FLOWGATE_LEDGER_URL",
+            format!("sqlite://{}", dir.path().join("ledger.db").display()),
+        )
+        .env("FLOWGATE_JWT_HS256_SECRET_FILE", &secret)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("flowgate binary starts");
+    let process = Process {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        ops: format!("http://127.0.0.1:{ops}"),
+        _dir: dir,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(resp) = reqwest::get(format!("{}/readyz", process.ops)).await
+            && resp.status().is_success()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flowgate never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    process
+}
+
+async fn predict(base: &str, bearer: &str, id: &str) -> u16 {
+    predict_with(&reqwest::Client::new(), base, bearer, id).await
+}
+
+async fn predict_with(http: &reqwest::Client, base: &str, bearer: &str, id: &str) -> u16 {
+    http.post(format!("{base}/api/v1/prediction/{id}"))
+        .bearer_auth(bearer)
+        .json(&json!({"question": "ping"}))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+async fn eventually(base: &str, bearer: &str, id: &str, want: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = predict(base, bearer, id).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status {status}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends predictions at `rate` per second for `secs`; returns (sent, statuses other than 200).
+async fn steady(base: &str, bearer: &str, id: &str, rate: u64, secs: u64) -> (usize, Vec<u16>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / rate));
+    let mut all = Vec::new();
+    let http = reqwest::Client::new();
+    for _ in 0..rate * secs {
+        tick.tick().await;
+        let (base, bearer, id) = (base.to_string(), bearer.to_string(), id.to_string());
+        let http = http.clone();
+        all.push(tokio::spawn(async move {
+            predict_with(&http, &base, &bearer, &id).await
+        }));
+    }
+    let mut bad = Vec::new();
+    for handle in all {
+        let status = handle.await.unwrap_or(0);
+        if status != 200 {
+            bad.push(status);
+        }
+    }
+    ((rate * secs) as usize, bad)
+}
+
+#[tokio::test]
+async fn an_unreachable_api_server_does_not_stop_decisions() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let kubeconfig_path = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
+        let team = Team::with_fake_flowise("process-apiserver").await;
+        let kubeconfig = std::fs::read_to_string(&kubeconfig_path).expect("kubeconfig");
+        let server = kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: https://"))
+            .expect("a server line")
+            .to_string();
+        let relay = FlowiseGate::open_to(&server).await;
+        let relayed_addr = relay.url().trim_start_matches("http://").to_string();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let relayed = dir.path().join("kubeconfig");
+        std::fs::write(
+            &relayed,
+            kubeconfig.replace(
+                &format!("server: https://{server}"),
+                &format!("server: https://{relayed_addr}"),
+            ),
+        )
+        .expect("write kubeconfig");
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+        let gate = spawn(&fake.url, &relayed).await;
+        let (id, alice) = (team.flowise_id.clone(), team.alice());
+        eventually(&gate.base, &alice, &id, 200).await;
+
+        relay.close();
+        // 12 s of outage under steady load at 20 req/s.
+        let (sent, bad) = steady(&gate.base, &alice, &id, 20, 12).await;
+        assert!(bad.is_empty(), "{} of {sent} failed: {bad:?}", bad.len());
+        eprintln!("{sent} predictions answered during the API server outage");
+
+        relay.reopen().await;
+        // The watch comes back: a revocation made now takes effect.
+        let api: kube::Api<flowgate::crd::ChatflowAccess> =
+            kube::Api::namespaced(team.client.clone(), &team.ns);
+        api.delete("support-team", &Default::default())
+            .await
+            .expect("revoke");
+        eventually(&gate.base, &alice, &id, 403).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 120 s");
+}
+
+#[tokio::test]
+async fn sigterm_drains_an_in_flight_stream() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
+        let team = Team::with_fake_flowise("process-sigterm").await;
+        let fake = FakeFlowise::start(Mode::Stream {
+            tokens: 4,
+            gap: Duration::from_millis(400),
+        })
+        .await;
+        let mut gate = spawn(&fake.url, std::path::Path::new(&kubeconfig)).await;
+        let (id, alice) = (team.flowise_id.clone(), team.alice());
+        eventually(&gate.base, &alice, &id, 200).await;
+
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v1/prediction/{id}", gate.base))
+            .bearer_auth(&alice)
+            .json(&json!({"question": "slow", "streaming": true}))
+            .send()
+            .await
+            .expect("stream starts");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let mut text =
+            String::from_utf8_lossy(&body.next().await.expect("chunk").expect("chunk")).to_string();
+        let pid = gate.child.id().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success());
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("stream not cut")));
+        }
+        assert!(text.contains("[DONE]"), "stream drained to its end: {text}");
+        // The process exits by itself once drained.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = gate.child.try_wait().expect("wait") {
+                assert!(status.success(), "exit status {status}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "flowgate exited after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+/// Resident memory of `pid` in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Steady load with periodic ChatflowAccess changes: zero errors and flat memory. The test
+/// command runs one minute (`FLOWGATE_SOAK_SECS` overrides it; `scripts/soak.sh` runs ten).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_load_with_access_changes_has_no_errors_and_flat_memory() {
+    let secs: u64 = std::env::var("FLOWGATE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    tokio::time::timeout(Duration::from_secs(secs + 90), async {
+        let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
+        let team = Team::with_fake_flowise("process-soak").await;
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 3 }).await;
+        let gate = spawn(&fake.url, std::path::Path::new(&kubeconfig)).await;
+        let pid = gate.child.id();
+        let (id, alice) = (team.flowise_id.clone(), team.alice());
+        eventually(&gate.base, &alice, &id, 200).await;
+
+        let rate = 50u64;
+        let load = {
+            let (base, alice, id) = (gate.base.clone(), alice.clone(), id.clone());
+            tokio::spawn(async move { steady(&base, &alice, &id, rate, secs).await })
+        };
+        // Every 5 s: grant and revoke other subjects (Alice's own grant stays), and sample RSS.
+        let mut samples = Vec::new();
+        let mut changes = 0;
+        let started = tokio::time::Instant::now();
+        let mut round = 0;
+        while started.elapsed() < Duration::from_secs(secs) {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            round += 1;
+            let name = format!("churn-{round}");
+            team.grant(&name, json!([{"user": format!("bob{round}@example.com")}]))
+                .await;
+            changes += 1;
+            if round > 1 {
+                let api: kube::Api<flowgate::crd::ChatflowAccess> =
+                    kube::Api::namespaced(team.client.clone(), &team.ns);
+                api.delete(&format!("churn-{}", round - 1), &Default::default())
+                    .await
+                    .expect("revoke");
+                changes += 1;
+            }
+            samples.push(rss_kib(pid));
+        }
+        let (sent, bad) = load.await.expect("load task");
+        eprintln!(
+            "soak: {sent} predictions over {secs} s, {changes} access changes, RSS KiB {samples:?}"
+        );
+        assert!(bad.is_empty(), "{} of {sent} failed: {bad:?}", bad.len());
+        assert_eq!(fake.predictions() as usize, sent + 1);
+        // Flat memory: after the first sample (warm-up), growth stays under 25 % + 8 MiB.
+        let warm = samples.get(1).copied().unwrap_or(samples[0]);
+        let last = *samples.last().expect("samples");
+        assert!(
+            last <= warm + warm / 4 + 8 * 1024,
+            "RSS grew from {warm} KiB to {last} KiB: {samples:?}"
+        );
+        team.cleanup().await;
+    })
+    .await
+    .expect("soak bounded");
+}
