@@ -14,10 +14,12 @@ use crate::crd::{Chatflow, DeletionPolicy};
 use crate::index::ChatflowEntry;
 use crate::proxy::ProxyError;
 
-/// `active` (Ready and not suspended) or `inactive`. The index holds no deleted Chatflows: a
-/// deleted object is gone, so `deleted` counts are always 0 and `include_deleted` changes nothing.
+/// `deleted` (its chatflow vanished from Flowise: `NotFoundInFlowise`, the Python service's
+/// "removed"), `active` (Ready and not suspended) or `inactive`.
 fn status(cf: &ChatflowEntry) -> &'static str {
-    if cf.rule.ready && !cf.rule.suspended {
+    if cf.rule.gone_from_flowise {
+        "deleted"
+    } else if cf.rule.ready && !cf.rule.suspended {
         "active"
     } else {
         "inactive"
@@ -40,9 +42,13 @@ pub fn model(cf: &ChatflowEntry) -> ChatflowModel {
     }
 }
 
-/// The listing.
-pub fn list(chatflows: &[&Arc<ChatflowEntry>], _include_deleted: bool) -> Vec<ChatflowModel> {
-    chatflows.iter().map(|cf| model(cf)).collect()
+/// The listing; chatflows gone from Flowise only with `include_deleted`.
+pub fn list(chatflows: &[&Arc<ChatflowEntry>], include_deleted: bool) -> Vec<ChatflowModel> {
+    chatflows
+        .iter()
+        .filter(|cf| include_deleted || !cf.rule.gone_from_flowise)
+        .map(|cf| model(cf))
+        .collect()
 }
 
 /// Counts, and this replica's last sync pass.
@@ -54,7 +60,7 @@ pub fn stats(chatflows: &[&Arc<ChatflowEntry>], last: Option<SyncReport>) -> Cha
         total_chatflows: u32::try_from(chatflows.len()).unwrap_or(u32::MAX),
         active_chatflows: count("active"),
         inactive_chatflows: count("inactive"),
-        deleted_chatflows: 0,
+        deleted_chatflows: count("deleted"),
         last_sync_status: last.as_ref().map(|r| {
             match r.outcome {
                 SyncOutcome::Success => "success",
@@ -89,5 +95,48 @@ pub async fn delete(client: &Client, cf: &ChatflowEntry) -> Result<MessageRespon
         }),
         Err(kube::Error::Api(s)) if s.code == 404 => Err(gone()),
         Err(e) => Err(kube_error(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{Resources, compile};
+
+    fn chatflow(name: &str, ready: &str, reason: &str) -> Arc<Chatflow> {
+        Arc::new(
+            serde_saphyr::from_str(&format!(
+                "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: {name}, namespace: t}}\n\
+                 spec: {{flowiseName: {name}}}\nstatus: {{conditions: [{{type: Ready, status: '{ready}', reason: {reason}, \
+                 message: m, lastTransitionTime: '2026-01-01T00:00:00Z'}}]}}\n"
+            ))
+            .expect("fixture"),
+        )
+    }
+
+    #[test]
+    fn chatflows_gone_from_flowise_are_deleted_and_listed_only_on_request() {
+        let snap = compile(&Resources {
+            chatflows: vec![
+                chatflow("live", "True", "Synced"),
+                chatflow("down", "False", "FlowiseUnreachable"),
+                chatflow("gone", "False", "NotFoundInFlowise"),
+            ],
+            ..Default::default()
+        });
+        let all: Vec<&Arc<ChatflowEntry>> = snap.chatflows().iter().collect();
+        let names = |list: Vec<ChatflowModel>| list.into_iter().map(|m| m.name).collect::<Vec<_>>();
+        assert_eq!(names(list(&all, false)), ["live", "down"]);
+        assert_eq!(names(list(&all, true)), ["live", "down", "gone"]);
+        let counts = stats(&all, None);
+        assert_eq!(
+            (
+                counts.total_chatflows,
+                counts.active_chatflows,
+                counts.inactive_chatflows,
+                counts.deleted_chatflows
+            ),
+            (3, 1, 1, 1)
+        );
     }
 }

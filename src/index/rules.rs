@@ -105,6 +105,9 @@ pub struct ChatflowRule {
     pub deployed: Option<bool>,
     /// Status says the chatflow exists in Flowise and is usable.
     pub ready: bool,
+    /// Status says the chatflow vanished from Flowise (`NotFoundInFlowise`): "deleted" to the
+    /// admin API, as the Python service counted removed chatflows.
+    pub gone_from_flowise: bool,
     pub suspended: bool,
     pub api_key: Option<SecretKeyRef>,
     /// Flowise binds the chatflow to an API key (status), so predictions must carry one.
@@ -137,6 +140,11 @@ impl TryFrom<&Chatflow> for ChatflowRule {
     fn try_from(cf: &Chatflow) -> Result<Self, Self::Error> {
         let source = chatflow_source(&cf.spec)?;
         let status = cf.status.clone().unwrap_or_default();
+        let gone_from_flowise = status.conditions.iter().any(|c| {
+            c.type_ == crd::conditions::READY
+                && c.status == "False"
+                && c.reason == crd::conditions::reason::NOT_FOUND_IN_FLOWISE
+        });
         let spec_id = match &source {
             ChatflowSource::Id(id) => Some(id.clone()),
             _ => None,
@@ -154,6 +162,7 @@ impl TryFrom<&Chatflow> for ChatflowRule {
             flow_type,
             deployed: status.deployed,
             ready: crd::conditions::is_true(&status.conditions, crd::conditions::READY),
+            gone_from_flowise,
             suspended: cf.spec.suspended,
             api_key: cf.spec.api_key_secret_ref.clone(),
             api_key_bound: status.api_key_bound.unwrap_or(false),
