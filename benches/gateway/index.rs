@@ -1,0 +1,141 @@
+//! The pure index figures: how long [`flowgate::index::compile`] takes, and what one request's
+//! decision costs (find the chatflow by Flowise id, `Snapshot::role`, `Snapshot::policies_for`),
+//! with the team's 10 ChatflowAccess objects and with the bulk load on top.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flowgate::crd::{Chatflow, ChatflowAccess, CreditPolicy};
+use flowgate::index::{Caller, Resources, Snapshot, compile};
+use serde_json::Value;
+
+use crate::report::{Stat, fmt_duration};
+use crate::workload::{Bulk, GROUP, Plan, USER, USER_EMAIL};
+
+/// Figures for one index size.
+pub struct Figures {
+    pub label: String,
+    pub chatflows: usize,
+    pub accesses: usize,
+    pub compile: Stat,
+    /// Nanoseconds per decision.
+    pub decision_ns: Stat,
+}
+
+/// Measures the team-only index and the team + bulk index.
+pub fn measure(quick: bool) -> Vec<Figures> {
+    let bulk = if quick { Bulk::QUICK } else { Bulk::FULL };
+    let plan = Plan::new(bulk);
+    let small = resources(plan.team());
+    let mut all = plan.team();
+    all.extend(plan.bulk());
+    let large = resources(all);
+    [("10 access objects", small), ("bulk load", large)]
+        .into_iter()
+        .map(|(label, res)| figures(label, &plan, &res, quick))
+        .collect()
+}
+
+fn figures(label: &str, plan: &Plan, res: &Resources, quick: bool) -> Figures {
+    let compiles = if quick { 2 } else { 15 };
+    let samples: Vec<f64> = (0..compiles)
+        .map(|_| {
+            let started = Instant::now();
+            let snap = compile(black_box(res));
+            let took = started.elapsed();
+            drop(black_box(snap));
+            took.as_secs_f64()
+        })
+        .collect();
+    let snap = compile(res);
+    let iterations = if quick { 20_000 } else { 1_000_000 };
+    let rounds = if quick { 3 } else { 9 };
+    let decision: Vec<f64> = (0..rounds)
+        .map(|_| decision_ns(&snap, &plan.paid_id(), iterations))
+        .collect();
+    Figures {
+        label: format!(
+            "{label} ({} ChatflowAccess, {} Chatflows)",
+            res.accesses.len(),
+            res.chatflows.len()
+        ),
+        chatflows: res.chatflows.len(),
+        accesses: res.accesses.len(),
+        compile: Stat::of(&samples),
+        decision_ns: Stat::of(&decision),
+    }
+}
+
+/// Mean nanoseconds of one request's decision over `iterations`.
+fn decision_ns(snap: &Snapshot, flowise_id: &str, iterations: u32) -> f64 {
+    let users = vec![USER.to_string(), USER_EMAIL.to_string()];
+    let groups = vec![GROUP.to_string()];
+    let caller = Caller {
+        users: &users,
+        groups: &groups,
+        service_account: None,
+    };
+    let now = jiff::Timestamp::now();
+    let started = Instant::now();
+    for _ in 0..iterations {
+        let cf = snap
+            .chatflow_by_flowise_id(black_box(flowise_id))
+            .expect("the paid chatflow is in the index");
+        let role = snap.role(black_box(&caller), cf, now);
+        assert!(
+            role.is_some(),
+            "the bench user is granted the paid chatflow"
+        );
+        let policies = snap.policies_for(&caller, cf);
+        black_box((role, policies));
+    }
+    started.elapsed().as_secs_f64() * 1e9 / f64::from(iterations)
+}
+
+/// Typed resources from the workload's JSON objects.
+pub fn resources(objects: Vec<Value>) -> Resources {
+    let mut res = Resources::default();
+    for object in objects {
+        match object["kind"].as_str() {
+            Some("Chatflow") => res.chatflows.push(Arc::new(typed::<Chatflow>(object))),
+            Some("ChatflowAccess") => res.accesses.push(Arc::new(typed::<ChatflowAccess>(object))),
+            Some("CreditPolicy") => res.policies.push(Arc::new(typed::<CreditPolicy>(object))),
+            other => panic!("unexpected kind {other:?}"),
+        }
+    }
+    res
+}
+
+fn typed<T: serde::de::DeserializeOwned>(object: Value) -> T {
+    serde_json::from_value(object).expect("workload objects match the CRD types")
+}
+
+/// The index figures as a Markdown table.
+pub fn table(figures: &[Figures]) -> String {
+    let mut out = String::from(
+        "| index | compile (median, min–max) | decision per request (median, min–max) |\n|---|---|---|\n",
+    );
+    for f in figures {
+        out.push_str(&format!(
+            "| {} | {} ({}–{}) | {:.0} ns ({:.0}–{:.0}) |\n",
+            f.label,
+            fmt_duration(Duration::from_secs_f64(f.compile.median)),
+            fmt_duration(Duration::from_secs_f64(f.compile.min)),
+            fmt_duration(Duration::from_secs_f64(f.compile.max)),
+            f.decision_ns.median,
+            f.decision_ns.min,
+            f.decision_ns.max,
+        ));
+    }
+    if let [small, large] = figures {
+        out.push_str(&format!(
+            "\nDecision time, {} vs {} access objects: {:.2}× ({} Chatflows in the larger index).\n",
+            large.accesses,
+            small.accesses,
+            large.decision_ns.median / small.decision_ns.median,
+            large.chatflows,
+        ));
+    }
+    out
+}

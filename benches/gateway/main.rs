@@ -1,0 +1,81 @@
+//! `flowgate-bench`: the harness behind `scripts/bench`.
+//!
+//! ```text
+//!   flowgate-bench run [--quick]   the whole benchmark: starts what it needs, prints the table
+//!   flowgate-bench upstream        a Flowise-like upstream (JSON prediction and SSE)
+//!   flowgate-bench index           the pure index figures (compile time, decision time)
+//! ```
+//!
+//! `run` plays the controller (it writes Chatflow status itself, so flowgate runs with
+//! `--no-controller`), mints the tokens, starts the upstream, flowgate (one process per ledger)
+//! and HAProxy as child processes, drives `wrk` (saturation) and `oha` (fixed rate), and removes
+//! what it created. Every figure is a ratio or a difference against the direct path measured in
+//! the same run, in interleaved rounds.
+
+mod cluster;
+mod control;
+mod haproxy;
+mod index;
+mod load;
+mod measure;
+mod procs;
+mod report;
+mod run;
+mod sse;
+mod tokens;
+mod upstream;
+mod workload;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "flowgate-bench",
+    about = "Benchmark harness for flowgate (see scripts/bench)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs every scenario and prints the table.
+    Run(run::Options),
+    /// Serves Flowise-shaped answers: JSON predictions, or SSE when the body asks to stream.
+    Upstream(upstream::Options),
+    /// Compile time and per-request decision time of the index, 10 vs 10,000 access objects.
+    Index {
+        /// Also write the table to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Fewer iterations (a proof that it works, not a measurement).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Upstream(options) => upstream::serve(options),
+        Command::Index { out, quick } => {
+            let table = index::table(&index::measure(quick));
+            print!("{table}");
+            if let Some(out) = out {
+                std::fs::write(out, table)?;
+            }
+            Ok(())
+        }
+        Command::Run(options) => {
+            flowgate::telemetry::install_crypto_provider();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(run::run(options))
+        }
+    }
+}

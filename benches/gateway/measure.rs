@@ -1,0 +1,280 @@
+//! Interleaved rounds: every round runs each scenario once, in order, the direct path first, so
+//! slow drift of the shared machine hits all paths alike. Ratios and differences are taken per
+//! round against that round's direct figure, then summarised as median (min–max).
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::load::{self, FixedRate, Sample, Saturation, Target};
+use crate::procs;
+use crate::report::{Stat, Table};
+use crate::sse::{self, Streamed};
+
+/// One path under load.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub key: &'static str,
+    pub label: String,
+    pub target: Target,
+    /// The process whose CPU time is charged to this path (the proxy; the upstream for direct).
+    pub pid: u32,
+}
+
+/// What the rounds measured for one scenario.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub key: &'static str,
+    pub label: String,
+    pub samples: Vec<Sample>,
+    /// CPU microseconds the proxy process spent per request, per round.
+    pub cpu_us: Vec<f64>,
+}
+
+/// Runs `rounds` interleaved rounds of `wrk` over `scenarios` (direct first), after a warm-up.
+pub async fn saturation(
+    scenarios: &[Scenario],
+    rounds: u32,
+    load: Saturation,
+    warmup: Duration,
+    dir: &Path,
+) -> anyhow::Result<Vec<Measured>> {
+    let mut out = empty(scenarios);
+    for scenario in scenarios.iter().filter(|_| !warmup.is_zero()) {
+        let warm = Saturation {
+            duration: warmup,
+            ..load
+        };
+        run_wrk(scenario, warm, dir).await?;
+    }
+    for round in 0..rounds {
+        for (scenario, measured) in scenarios.iter().zip(&mut out) {
+            let before = procs::cpu_time(scenario.pid);
+            let sample = run_wrk(scenario, load, dir).await?;
+            let after = procs::cpu_time(scenario.pid);
+            if let (Some(before), Some(after)) = (before, after) {
+                let used = after.saturating_sub(before).as_secs_f64() * 1e6;
+                measured.cpu_us.push(used / sample.requests.max(1) as f64);
+            }
+            eprintln!(
+                "  round {}/{rounds} {:<28} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms{}",
+                round + 1,
+                scenario.key,
+                sample.rps,
+                sample.p50_ms,
+                sample.p99_ms,
+                failures(&sample),
+            );
+            measured.samples.push(sample);
+        }
+    }
+    Ok(out)
+}
+
+async fn run_wrk(scenario: &Scenario, load: Saturation, dir: &Path) -> anyhow::Result<Sample> {
+    let (target, dir) = (scenario.target.clone(), dir.to_path_buf());
+    tokio::task::spawn_blocking(move || load::wrk(&target, load, &dir)).await?
+}
+
+/// Runs `rounds` interleaved rounds of `oha` at a fixed rate over `scenarios` (direct first).
+pub async fn fixed_rate(
+    oha: &Path,
+    scenarios: &[Scenario],
+    rounds: u32,
+    load: FixedRate,
+) -> anyhow::Result<Vec<Measured>> {
+    let mut out = empty(scenarios);
+    for round in 0..rounds {
+        for (scenario, measured) in scenarios.iter().zip(&mut out) {
+            let (oha, target) = (oha.to_path_buf(), scenario.target.clone());
+            let sample =
+                tokio::task::spawn_blocking(move || load::oha(&oha, &target, load)).await??;
+            eprintln!(
+                "  round {}/{rounds} {:<28} {:>6.0} req/s  p50 {:.3} ms  p99 {:.3} ms{}",
+                round + 1,
+                scenario.key,
+                sample.rps,
+                sample.p50_ms,
+                sample.p99_ms,
+                failures(&sample),
+            );
+            measured.samples.push(sample);
+        }
+    }
+    Ok(out)
+}
+
+fn failures(sample: &Sample) -> String {
+    if sample.failures == 0 {
+        String::new()
+    } else {
+        format!("  FAILED {}", sample.failures)
+    }
+}
+
+fn empty(scenarios: &[Scenario]) -> Vec<Measured> {
+    scenarios
+        .iter()
+        .map(|s| Measured {
+            key: s.key,
+            label: s.label.clone(),
+            samples: Vec::new(),
+            cpu_us: Vec::new(),
+        })
+        .collect()
+}
+
+/// Per-round `f(scenario sample, reference sample)` against the scenario `reference`.
+fn per_round(
+    rows: &[Measured],
+    row: &Measured,
+    reference: &str,
+    f: impl Fn(&Sample, &Sample) -> f64,
+) -> Option<Stat> {
+    let reference = rows.iter().find(|r| r.key == reference)?;
+    let values: Vec<f64> = row
+        .samples
+        .iter()
+        .zip(&reference.samples)
+        .map(|(s, r)| f(s, r))
+        .collect();
+    Some(Stat::of(&values))
+}
+
+/// The saturation table: throughput with ratios to direct and to HAProxy, latency, CPU.
+pub fn saturation_table(rows: &[Measured]) -> String {
+    let mut table = Table::new(&[
+        "path",
+        "req/s, median (min–max)",
+        "× direct",
+        "× HAProxy HS256",
+        "× HAProxy RS256",
+        "p50 ms",
+        "p99 ms",
+        "proxy CPU µs/req",
+        "failed",
+    ]);
+    let ratio = |row: &Measured, reference: &str| {
+        per_round(rows, row, reference, |s, r| s.rps / r.rps)
+            .filter(|_| row.key != reference)
+            .map_or("–".into(), |s| s.show(2))
+    };
+    for row in rows {
+        let rps: Vec<f64> = row.samples.iter().map(|s| s.rps).collect();
+        let p50: Vec<f64> = row.samples.iter().map(|s| s.p50_ms).collect();
+        let p99: Vec<f64> = row.samples.iter().map(|s| s.p99_ms).collect();
+        let failed: u64 = row.samples.iter().map(|s| s.failures).sum();
+        table.row(vec![
+            row.label.clone(),
+            Stat::of(&rps).show(0),
+            ratio(row, "direct"),
+            ratio(row, "haproxy-hs256"),
+            ratio(row, "haproxy-rs256"),
+            format!("{:.3}", Stat::of(&p50).median),
+            format!("{:.3}", Stat::of(&p99).median),
+            format!("{:.1}", Stat::of(&row.cpu_us).median),
+            failed.to_string(),
+        ]);
+    }
+    table.render()
+}
+
+/// The fixed-rate table: latency and what each path adds to the direct path's.
+pub fn fixed_rate_table(rows: &[Measured]) -> String {
+    let mut table = Table::new(&[
+        "path",
+        "achieved req/s",
+        "p50 ms",
+        "p99 ms",
+        "added p50 ms, median (min…max)",
+        "added p99 ms, median (min…max)",
+        "failed",
+    ]);
+    for row in rows {
+        let stat = |f: fn(&Sample) -> f64| Stat::of(&row.samples.iter().map(f).collect::<Vec<_>>());
+        let added = |f: fn(&Sample) -> f64| {
+            per_round(rows, row, "direct", |s, r| f(s) - f(r))
+                .filter(|_| row.key != "direct")
+                .map_or("–".into(), |s| s.show_signed(3))
+        };
+        let failed: u64 = row.samples.iter().map(|s| s.failures).sum();
+        table.row(vec![
+            row.label.clone(),
+            format!("{:.0}", stat(|s| s.rps).median),
+            stat(|s| s.p50_ms).show(3),
+            stat(|s| s.p99_ms).show(3),
+            added(|s| s.p50_ms),
+            added(|s| s.p99_ms),
+            failed.to_string(),
+        ]);
+    }
+    table.render()
+}
+
+/// Streams `count` predictions through each of `direct` and `via`, interleaved.
+pub async fn streaming(
+    direct: &Target,
+    via: &Target,
+    count: usize,
+) -> anyhow::Result<(Vec<Streamed>, Vec<Streamed>)> {
+    let http = reqwest::Client::new();
+    // Warm both connection pools.
+    sse::stream_once(&http, direct).await?;
+    sse::stream_once(&http, via).await?;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..count {
+        a.push(sse::stream_once(&http, direct).await?);
+        b.push(sse::stream_once(&http, via).await?);
+    }
+    Ok((a, b))
+}
+
+/// The streaming table: first-event time and per-event delay, and what the path adds.
+pub fn streaming_table(label: &str, direct: &[Streamed], via: &[Streamed]) -> String {
+    let first = |s: &[Streamed]| Stat::of(&s.iter().map(|x| x.first_event_ms).collect::<Vec<_>>());
+    let delays = |s: &[Streamed]| {
+        let mut all: Vec<f64> = s.iter().flat_map(|x| x.event_delays_ms.clone()).collect();
+        all.sort_by(f64::total_cmp);
+        all
+    };
+    let events = |s: &[Streamed]| s.iter().map(|x| x.event_delays_ms.len()).sum::<usize>();
+    let batched = |s: &[Streamed]| s.iter().map(|x| x.batched).sum::<usize>();
+    let added_first: Vec<f64> = via
+        .iter()
+        .zip(direct)
+        .map(|(v, d)| v.first_event_ms - d.first_event_ms)
+        .collect();
+    let (dd, vd) = (delays(direct), delays(via));
+    let mut table = Table::new(&[
+        "path",
+        "streams",
+        "first event ms, median (min–max)",
+        "added first event ms",
+        "event delay p50 / p99 ms",
+        "added event delay p50 / p99 ms",
+        "events batched",
+    ]);
+    let pct = |v: &[f64], p| crate::report::percentile(v, p);
+    table.row(vec![
+        "direct".into(),
+        direct.len().to_string(),
+        first(direct).show(3),
+        "–".into(),
+        format!("{:.3} / {:.3}", pct(&dd, 50.0), pct(&dd, 99.0)),
+        "–".into(),
+        format!("{} of {}", batched(direct), events(direct)),
+    ]);
+    table.row(vec![
+        label.into(),
+        via.len().to_string(),
+        first(via).show(3),
+        Stat::of(&added_first).show_signed(3),
+        format!("{:.3} / {:.3}", pct(&vd, 50.0), pct(&vd, 99.0)),
+        format!(
+            "{:+.3} / {:+.3}",
+            pct(&vd, 50.0) - pct(&dd, 50.0),
+            pct(&vd, 99.0) - pct(&dd, 99.0)
+        ),
+        format!("{} of {}", batched(via), events(via)),
+    ]);
+    table.render()
+}

@@ -1,0 +1,687 @@
+//! `flowgate-bench run`: set up, measure in phases, tear down, print the report.
+//!
+//! 1. Keys, the JWKS server, the team's resources in the API server, the upstream, HAProxy, and
+//!    two flowgate processes (SQLite ledger; PostgreSQL ledger when a URL is given).
+//! 2. Small index (10 ChatflowAccess): saturation rounds; apply-to-enforce.
+//! 3. Bulk load (10,000 ChatflowAccess, 1,000 Chatflows): saturation rounds with and without
+//!    credits; fixed-rate rounds; streaming; apply-to-enforce; memory.
+//! 4. The pure index figures, then the report.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kube::Client;
+use serde_json::json;
+
+use crate::load::{FixedRate, Saturation, Target};
+use crate::measure::{self, Scenario};
+use crate::procs::{self, Child};
+use crate::report::{Table, fmt_duration};
+use crate::tokens::{self, Keys};
+use crate::workload::{self, Bulk, Plan};
+use crate::{cluster, control, haproxy, index};
+
+/// `flowgate-bench run` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// A short run that proves every part works (CI); its figures mean nothing.
+    #[arg(long)]
+    pub quick: bool,
+    /// Interleaved rounds per phase [default: 5; quick: 1].
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Seconds per load measurement [default: 5; quick: 1].
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// wrk connections (one wrk thread).
+    #[arg(long, default_value_t = 16)]
+    pub connections: u32,
+    /// Fixed request rate of the latency phase, requests per second.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u32,
+    /// apply/delete changes timed for apply-to-enforce [default: 50; quick: 4].
+    #[arg(long)]
+    pub changes: Option<usize>,
+    /// The flowgate binary [default: next to this one].
+    #[arg(long)]
+    pub flowgate: Option<PathBuf>,
+    /// The oha binary.
+    #[arg(long, env = "OHA", default_value = "oha")]
+    pub oha: PathBuf,
+    /// PostgreSQL for the PostgreSQL-ledger scenario (a fresh schema is used); unset: skipped.
+    #[arg(long, env = "FLOWGATE_TEST_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+    /// flowgate's log filter (`info` logs every decision, as in production).
+    #[arg(long, default_value = "info")]
+    pub flowgate_log: String,
+    /// Directory for logs, keys and the SQLite ledger [default: a new one under
+    /// ~/.cache/flowgate/bench]. On a real disk: the ledger's fsyncs must mean something.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+struct Settings {
+    rounds: u32,
+    saturation: Saturation,
+    fixed: FixedRate,
+    warmup: Duration,
+    changes: usize,
+    streams: usize,
+    bulk: Bulk,
+}
+
+impl Settings {
+    fn from(options: &Options) -> Self {
+        let quick = options.quick;
+        let seconds = options.seconds.unwrap_or(if quick { 1.0 } else { 5.0 });
+        let duration = Duration::from_secs_f64(seconds);
+        Self {
+            rounds: options.rounds.unwrap_or(if quick { 1 } else { 5 }),
+            saturation: Saturation {
+                threads: 1,
+                connections: options.connections,
+                duration,
+            },
+            fixed: FixedRate {
+                rate: options.rate,
+                connections: 8,
+                duration,
+            },
+            warmup: if quick {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(1)
+            },
+            changes: options.changes.unwrap_or(if quick { 4 } else { 50 }),
+            streams: if quick { 2 } else { 20 },
+            bulk: if quick { Bulk::QUICK } else { Bulk::FULL },
+        }
+    }
+}
+
+/// A flowgate child process and its addresses.
+struct Gate {
+    child: Child,
+    base: String,
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let settings = Settings::from(&options);
+    let dir = run_dir(&options)?;
+    let flowgate = match &options.flowgate {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .join("flowgate"),
+    };
+    for tool in ["wrk", "haproxy", "openssl"] {
+        procs::which(tool).with_context(|| format!("`{tool}` is not installed"))?;
+    }
+    let oha = procs::which(&options.oha.to_string_lossy())
+        .with_context(|| format!("oha not found at {}", options.oha.display()))?;
+    anyhow::ensure!(
+        flowgate.is_file(),
+        "no flowgate binary at {}",
+        flowgate.display()
+    );
+    eprintln!("run directory: {}", dir.display());
+
+    let client = Client::try_default()
+        .await
+        .context("KUBECONFIG must name the local API server (scripts/local-cluster.sh env)")?;
+    let plan = Plan::new(settings.bulk);
+    cluster::install_crds(&client).await?;
+    let stale = cluster::remove_leftovers(&client).await?;
+    if stale > 0 {
+        eprintln!("cleared objects of earlier runs in {stale} namespaces");
+    }
+    let result = measure_all(&options, &settings, &plan, &client, &dir, &flowgate, &oha).await;
+    eprintln!("removing the run's objects from the API server");
+    let cleanup = cluster::remove(&client, &plan.namespaces()).await;
+    let mut report = result?;
+    cleanup?;
+    report.push_str(&format!(
+        "\nWhole run: {:.0} s ({} mode). Logs: {}\n",
+        started.elapsed().as_secs_f64(),
+        if options.quick { "quick" } else { "full" },
+        dir.display()
+    ));
+    print!("{report}");
+    if let Some(out) = &options.out {
+        std::fs::write(out, &report)?;
+    }
+    Ok(())
+}
+
+fn run_dir(options: &Options) -> anyhow::Result<PathBuf> {
+    let dir = match &options.dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let home = std::env::var_os("HOME").context("HOME")?;
+            let stamp = jiff::Zoned::now().strftime("%Y%m%d-%H%M%S").to_string();
+            Path::new(&home).join(".cache/flowgate/bench").join(stamp)
+        }
+    };
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+async fn measure_all(
+    options: &Options,
+    settings: &Settings,
+    plan: &Plan,
+    client: &Client,
+    dir: &Path,
+    flowgate: &Path,
+    oha: &Path,
+) -> anyhow::Result<String> {
+    let keys = Keys::generate(dir)?;
+    let jwks = tokens::serve_jwks(&keys.jwks).await?;
+    let namespaces = plan.namespaces();
+    cluster::create_namespaces(client, &namespaces).await?;
+    cluster::create(client, plan.team()).await?;
+
+    let (upstream, upstream_addr) = start_upstream(dir, options.quick)?;
+    let mut peer = haproxy::start(dir, &keys, upstream_addr)?;
+    let upstream_url = format!("http://{upstream_addr}");
+    let jwks_url = format!("http://{jwks}/jwks.json");
+    let ledger = format!("sqlite://{}", dir.join("ledger.db").display());
+    let mut sqlite_gate = start_flowgate(
+        "flowgate-sqlite",
+        flowgate,
+        dir,
+        &upstream_url,
+        &jwks_url,
+        &keys,
+        &ledger,
+        &options.flowgate_log,
+    )?;
+    let mut pg_gate = match &options.postgres_url {
+        Some(url) => {
+            let url = fresh_schema(url).await?;
+            Some(start_flowgate(
+                "flowgate-postgres",
+                flowgate,
+                dir,
+                &upstream_url,
+                &jwks_url,
+                &keys,
+                &url,
+                &options.flowgate_log,
+            )?)
+        }
+        None => {
+            eprintln!("FLOWGATE_TEST_POSTGRES_URL is unset: skipping the PostgreSQL ledger");
+            None
+        }
+    };
+
+    let user_claims = json!({"email": workload::USER_EMAIL, "groups": [workload::GROUP]});
+    let hs = keys.hs256(workload::USER, user_claims.clone())?;
+    let rs = keys.rs256(workload::USER, user_claims)?;
+    let probe = keys.hs256(workload::PROBE_USER, json!({}))?;
+    let body = r#"{"question":"hello"}"#.to_string();
+    let target = |base: &str, id: &str, token: &str| Target {
+        url: format!("{base}/api/v1/prediction/{id}"),
+        token: token.to_string(),
+        body: body.clone(),
+    };
+    let (free, paid) = (plan.free_id(), plan.paid_id());
+    let haproxy_pid = peer.child.pid();
+    let scenario = |key, label: &str, target: Target, pid| Scenario {
+        key,
+        label: label.to_string(),
+        target,
+        pid,
+    };
+    let direct = scenario(
+        "direct",
+        "direct → upstream",
+        target(&upstream_url, &free, &rs),
+        upstream.pid(),
+    );
+    let ha_plain = scenario(
+        "haproxy-plain",
+        "HAProxy pass-through (no auth)",
+        target(&format!("http://{}", peer.plain), &free, &rs),
+        haproxy_pid,
+    );
+    let ha_hs = scenario(
+        "haproxy-hs256",
+        "HAProxy jwt_verify HS256 + exp",
+        target(&format!("http://{}", peer.hs256), &free, &hs),
+        haproxy_pid,
+    );
+    let ha_rs = scenario(
+        "haproxy-rs256",
+        "HAProxy jwt_verify RS256 + exp",
+        target(&format!("http://{}", peer.rs256), &free, &rs),
+        haproxy_pid,
+    );
+    let sq = &sqlite_gate;
+    let fg_hs = scenario(
+        "flowgate-hs256",
+        "flowgate HS256 + access",
+        target(&sq.base, &free, &hs),
+        sq.child.pid(),
+    );
+    let fg_rs = scenario(
+        "flowgate-rs256",
+        "flowgate RS256 (JWKS) + access",
+        target(&sq.base, &free, &rs),
+        sq.child.pid(),
+    );
+    let fg_sqlite = scenario(
+        "flowgate-sqlite",
+        "flowgate RS256 + access + SQLite credits",
+        target(&sq.base, &paid, &rs),
+        sq.child.pid(),
+    );
+    let fg_pg = pg_gate.as_ref().map(|g| {
+        scenario(
+            "flowgate-postgres",
+            "flowgate RS256 + access + PostgreSQL credits",
+            target(&g.base, &paid, &rs),
+            g.child.pid(),
+        )
+    });
+
+    let all: Vec<&Scenario> = [
+        &direct, &ha_plain, &ha_hs, &ha_rs, &fg_hs, &fg_rs, &fg_sqlite,
+    ]
+    .into_iter()
+    .chain(fg_pg.as_ref())
+    .collect();
+    for s in &all {
+        wait_answering(&s.target)
+            .await
+            .with_context(|| format!("scenario {}", s.key))?;
+    }
+    let mut report = header(options, settings, dir)?;
+
+    // Phase A: the team's 10 ChatflowAccess objects.
+    eprintln!(
+        "phase A: saturation, {} ChatflowAccess",
+        workload::TEAM_ACCESSES
+    );
+    let small_memory = memory(&sqlite_gate.child);
+    let phase_a = [
+        direct.clone(),
+        ha_plain,
+        ha_hs.clone(),
+        ha_rs.clone(),
+        fg_hs,
+        fg_rs.clone(),
+    ];
+    let rows_a = measure::saturation(
+        &phase_a,
+        settings.rounds,
+        settings.saturation,
+        settings.warmup,
+        dir,
+    )
+    .await?;
+    eprintln!("phase A: apply-to-enforce");
+    let enforce_small =
+        control::apply_to_enforce(client, plan, &sqlite_gate.base, &probe, settings.changes)
+            .await?;
+
+    // Bulk load.
+    eprintln!(
+        "loading {} ChatflowAccess and {} Chatflows",
+        plan.bulk.total_accesses(),
+        plan.bulk.total_chatflows()
+    );
+    let load_started = Instant::now();
+    cluster::create(client, plan.bulk()).await?;
+    let api_load = load_started.elapsed();
+    let mut gates: Vec<&mut Gate> = vec![&mut sqlite_gate];
+    if let Some(g) = pg_gate.as_mut() {
+        gates.push(g);
+    }
+    for gate in gates {
+        wait_bulk_visible(gate, plan, &keys).await?;
+    }
+    let visible = load_started.elapsed();
+    let bulk_memory = memory(&sqlite_gate.child);
+
+    // Phase B: bulk index, with and without credits.
+    eprintln!("phase B: saturation, bulk index");
+    let phase_b: Vec<Scenario> = [
+        direct.clone(),
+        ha_hs.clone(),
+        ha_rs.clone(),
+        fg_rs.clone(),
+        fg_sqlite.clone(),
+    ]
+    .into_iter()
+    .chain(fg_pg.clone())
+    .collect();
+    let rows_b = measure::saturation(
+        &phase_b,
+        settings.rounds,
+        settings.saturation,
+        settings.warmup,
+        dir,
+    )
+    .await?;
+    eprintln!("phase B: fixed rate {} req/s", settings.fixed.rate);
+    let fixed: Vec<Scenario> = [
+        direct.clone(),
+        ha_rs.clone(),
+        fg_rs.clone(),
+        fg_sqlite.clone(),
+    ]
+    .into_iter()
+    .chain(fg_pg.clone())
+    .collect();
+    let rows_fixed = measure::fixed_rate(oha, &fixed, settings.rounds, settings.fixed).await?;
+    eprintln!("phase B: streaming");
+    let streaming_body = r#"{"question":"hello","streaming":true}"#.to_string();
+    let stream_direct = Target {
+        body: streaming_body.clone(),
+        ..direct.target.clone()
+    };
+    let stream_via = Target {
+        body: streaming_body,
+        ..fg_sqlite.target.clone()
+    };
+    let (streams_direct, streams_via) =
+        measure::streaming(&stream_direct, &stream_via, settings.streams).await?;
+    eprintln!("phase B: apply-to-enforce");
+    let enforce_bulk =
+        control::apply_to_enforce(client, plan, &sqlite_gate.base, &probe, settings.changes)
+            .await?;
+    let after_memory = memory(&sqlite_gate.child);
+    peer.child.check_alive()?;
+    sqlite_gate.child.check_alive()?;
+
+    eprintln!("pure index figures");
+    let figures = tokio::task::spawn_blocking({
+        let quick = options.quick;
+        move || index::measure(quick)
+    })
+    .await?;
+
+    report.push_str(&format!(
+        "\n### Saturation, {} ChatflowAccess in the index\n\nwrk, 1 thread, {} connections, {} rounds × {}, interleaved. Ratios are medians of per-round ratios (min–max).\n\n",
+        workload::TEAM_ACCESSES,
+        settings.saturation.connections,
+        settings.rounds,
+        fmt_duration(settings.saturation.duration),
+    ));
+    report.push_str(&measure::saturation_table(&rows_a));
+    report.push_str(&format!(
+        "\n### Saturation, {} ChatflowAccess + {} Chatflows in the index\n\n",
+        plan.bulk.total_accesses() + workload::TEAM_ACCESSES,
+        plan.bulk.total_chatflows() + 2,
+    ));
+    report.push_str(&measure::saturation_table(&rows_b));
+    report.push_str(&format!(
+        "\n### Fixed rate {} req/s, bulk index\n\noha, {} connections, `--latency-correction`, {} rounds × {}, interleaved. Added = path − direct in the same round.\n\n",
+        settings.fixed.rate,
+        settings.fixed.connections,
+        settings.rounds,
+        fmt_duration(settings.fixed.duration),
+    ));
+    report.push_str(&measure::fixed_rate_table(&rows_fixed));
+    report.push_str(&format!(
+        "\n### Streaming (SSE), bulk index\n\n{} streams per path, interleaved; the upstream sends {} events {} apart, each stamped with its send time.\n\n",
+        settings.streams,
+        if options.quick { 5 } else { 20 },
+        if options.quick { "5 ms" } else { "10 ms" },
+    ));
+    report.push_str(&measure::streaming_table(
+        "flowgate RS256 + access + SQLite credits",
+        &streams_direct,
+        &streams_via,
+    ));
+    report.push_str("\n### Control plane\n\n");
+    let mut table = Table::new(&["figure", "10 ChatflowAccess", "bulk index"]);
+    let enforce = |v: &[f64]| {
+        let mut sorted = v.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})",
+            crate::report::percentile(&sorted, 50.0),
+            crate::report::percentile(&sorted, 99.0),
+            sorted.last().copied().unwrap_or(f64::NAN),
+            sorted.len()
+        )
+    };
+    table.row(vec![
+        "apply/delete → enforced".into(),
+        enforce(&enforce_small),
+        enforce(&enforce_bulk),
+    ]);
+    table.row(vec![
+        "flowgate RSS (idle / after all load, peak)".into(),
+        format!("{} MB", mb(small_memory.map(|m| m.0))),
+        format!(
+            "{} MB / {} MB, peak {} MB",
+            mb(bulk_memory.map(|m| m.0)),
+            mb(after_memory.map(|m| m.0)),
+            mb(after_memory.map(|m| m.1))
+        ),
+    ]);
+    table.row(vec![
+        "bulk load: API server accepted / flowgate serves it".into(),
+        "–".into(),
+        format!("{} / {}", fmt_duration(api_load), fmt_duration(visible)),
+    ]);
+    report.push_str(&table.render());
+    report.push_str("\n### Index (pure, in-process)\n\n");
+    report.push_str(&index::table(&figures));
+    report.push_str(&failures_note(&[&rows_a, &rows_b, &rows_fixed]));
+    Ok(report)
+}
+
+fn mb(kib: Option<u64>) -> String {
+    kib.map_or("?".into(), |k| format!("{:.0}", k as f64 / 1024.0))
+}
+
+fn memory(child: &Child) -> Option<(u64, u64)> {
+    child.memory_kib()
+}
+
+fn failures_note(phases: &[&Vec<measure::Measured>]) -> String {
+    let failed: Vec<String> = phases
+        .iter()
+        .flat_map(|rows| rows.iter())
+        .filter(|r| r.samples.iter().any(|s| s.failures > 0))
+        .map(|r| r.key.to_string())
+        .collect();
+    if failed.is_empty() {
+        "\nEvery request of every load run was answered 2xx.\n".into()
+    } else {
+        format!(
+            "\n**Requests failed in: {}** — those figures are not valid.\n",
+            failed.join(", ")
+        )
+    }
+}
+
+fn header(options: &Options, settings: &Settings, dir: &Path) -> anyhow::Result<String> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let fs = Command::new("df")
+        .args(["--output=fstype", &dir.display().to_string()])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().nth(1).map(str::trim).map(String::from))
+        .unwrap_or_else(|| "?".into());
+    let haproxy = version(Command::new("haproxy").arg("-v"));
+    let wrk = version(Command::new("wrk").arg("-v"));
+    let oha = version(Command::new(&options.oha).arg("--version"));
+    Ok(format!(
+        "## flowgate benchmark ({mode})\n\n{date}; {cores} × {cpu}; load average at start {load}; run directory on {fs}.\n{haproxy}; {wrk}; {oha}; flowgate logs at `{log}`.\n{rounds} rounds per phase.\n",
+        mode = if options.quick {
+            "quick: proves the harness works, figures mean nothing"
+        } else {
+            "full"
+        },
+        date = jiff::Zoned::now().strftime("%Y-%m-%d %H:%M %Z"),
+        load = load
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        log = options.flowgate_log,
+        rounds = settings.rounds,
+    ))
+}
+
+fn version(command: &mut Command) -> String {
+    command
+        .output()
+        .ok()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Starts the upstream (this binary, `upstream` subcommand).
+fn start_upstream(dir: &Path, quick: bool) -> anyhow::Result<(Child, SocketAddr)> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["upstream", "--print-addr"]);
+    if quick {
+        command.args(["--sse-events", "5", "--sse-gap-ms", "5"]);
+    }
+    Child::spawn_printing_addr("upstream", command, dir)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_flowgate(
+    name: &str,
+    binary: &Path,
+    dir: &Path,
+    upstream: &str,
+    jwks: &str,
+    keys: &Keys,
+    ledger: &str,
+    log: &str,
+) -> anyhow::Result<Gate> {
+    let (listen, ops) = (procs::free_port()?, procs::free_port()?);
+    let mut command = Command::new(binary);
+    command.env_clear();
+    for keep in ["PATH", "HOME", "KUBECONFIG"] {
+        if let Some(value) = std::env::var_os(keep) {
+            command.env(keep, value);
+        }
+    }
+    command
+        .arg("run")
+        .env("RUST_LOG", log)
+        .env("FLOWGATE_NO_CONTROLLER", "true")
+        .env("FLOWGATE_FLOWISE_URL", upstream)
+        .env("FLOWGATE_LISTEN_ADDR", listen.to_string())
+        .env("FLOWGATE_OPS_ADDR", ops.to_string())
+        .env("FLOWGATE_LEDGER_URL", ledger)
+        .env("FLOWGATE_JWT_HS256_SECRET_FILE", &keys.hs256_file)
+        .env("FLOWGATE_JWKS_URL", jwks);
+    let mut child = Child::spawn(name, command, dir)?;
+    procs::wait_listening(&mut child, listen, Duration::from_secs(30))?;
+    Ok(Gate {
+        child,
+        base: format!("http://{listen}"),
+    })
+}
+
+/// A fresh schema for this run's PostgreSQL ledger; the URL selecting it.
+async fn fresh_schema(base: &str) -> anyhow::Result<String> {
+    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .context("connecting to FLOWGATE_TEST_POSTGRES_URL")?;
+    tokio::spawn(connection);
+    client
+        .batch_execute("DROP SCHEMA IF EXISTS flowgate_bench CASCADE; CREATE SCHEMA flowgate_bench")
+        .await?;
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Ok(format!(
+        "{base}{separator}options=-csearch_path%3Dflowgate_bench"
+    ))
+}
+
+/// Waits until `target` answers 200 (flowgate has synced the resources and fetched the keys).
+async fn wait_answering(target: &Target) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = http
+            .post(&target.url)
+            .bearer_auth(&target.token)
+            .header("content-type", "application/json")
+            .body(target.body.clone())
+            .send()
+            .await;
+        let status = match answer {
+            Ok(resp) if resp.status().is_success() => return Ok(()),
+            Ok(resp) => format!(
+                "{} {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            ),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() > deadline {
+            bail!("{} does not answer 200 after 30 s: {status}", target.url);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `gate` grants the last ChatflowAccess of every bulk namespace.
+async fn wait_bulk_visible(gate: &mut Gate, plan: &Plan, keys: &Keys) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let bulk = plan.bulk;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for k in 0..bulk.namespaces {
+        let j = bulk.accesses - 1;
+        let token = keys.hs256(&format!("user-{k}-{j}@example.com"), json!({}))?;
+        let id = plan.bulk_flowise_id(k, j % bulk.chatflows);
+        let url = format!("{}/api/v1/chatflows/{id}", gate.base);
+        loop {
+            let status = http.get(&url).bearer_auth(&token).send().await?.status();
+            if status.is_success() {
+                break;
+            }
+            gate.child.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{} does not serve the bulk objects after 300 s ({url}: {status})",
+                    gate.child.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
