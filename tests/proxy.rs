@@ -11,7 +11,7 @@ use flowgate::crd::{Chatflow, ChatflowAccess};
 use std::time::Duration;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{Flowgate, Options, eventually_status, predict, token};
+use support::gate::{Flowgate, Options, eventually_status, get_json, predict, token};
 use support::team::Team;
 
 #[tokio::test]
@@ -22,15 +22,7 @@ async fn a_granted_user_lists_gets_and_predicts_through_flowgate() {
     eventually_status(&gate, &team.alice(), &id, 200).await;
 
     let http = reqwest::Client::new();
-    let list: Value = http
-        .get(format!("{}/api/v1/chatflows", gate.base))
-        .bearer_auth(team.alice())
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let list: Value = get_json(&format!("{}/api/v1/chatflows", gate.base), &team.alice()).await;
     let ids: Vec<&str> = list
         .as_array()
         .expect("array")
@@ -191,15 +183,7 @@ async fn requests_without_a_grant_are_refused_with_json_errors() {
         (status, body["error"]["code"].as_str()),
         (403, Some("forbidden"))
     );
-    let list: Value = http
-        .get(format!("{}/api/v1/chatflows", gate.base))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let list: Value = get_json(&format!("{}/api/v1/chatflows", gate.base), &bob).await;
     assert_eq!(list, json!([]), "no implicit access");
 
     let group_member = token("carol", json!({"groups": [team.group()]}));
@@ -321,15 +305,7 @@ async fn the_python_service_routes_keep_working() {
     eventually_status(&gate, &team.alice(), &id, 200).await;
     let http = reqwest::Client::new();
 
-    let list: Value = http
-        .get(format!("{}/chatflows", gate.base))
-        .bearer_auth(team.alice())
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let list: Value = get_json(&format!("{}/chatflows", gate.base), &team.alice()).await;
     assert_eq!(list[0]["id"], "support-bot");
     assert_eq!(list[0]["flowise_id"], id.as_str());
     assert_eq!(list[0]["status"], "active");

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use support::gate::{
-    Flowgate, Options, create_echo_chatflow, delete_chatflow, eventually_status, predict, token,
+    Flowgate, Options, create_echo_chatflow, delete_chatflow, eventually_status, get_json, predict,
+    token,
 };
 
 const ACCESS: &str = "apiVersion: flowgate.io/v1alpha1
@@ -78,15 +79,8 @@ async fn the_examples_directory_serves_the_same_decisions_without_a_cluster() {
     // examples/chatflow-support-bot.yaml adopts the Flowise chatflow named "Support Bot"
     // (scripts/dev.sh creates the same one); make sure exactly one exists.
     let (url, key) = support::gate::flowise_env();
-    let list: Vec<serde_json::Value> = reqwest::Client::new()
-        .get(format!("{url}/api/v1/chatflows"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .expect("Flowise")
-        .json()
-        .await
-        .expect("list");
+    let list = get_json(&format!("{url}/api/v1/chatflows"), &key).await;
+    let list = list.as_array().cloned().unwrap_or_default();
     let named: Vec<String> = list
         .iter()
         .filter(|c| c["name"] == "Support Bot")
@@ -120,15 +114,8 @@ async fn the_examples_directory_serves_the_same_decisions_without_a_cluster() {
     let bob = token("bob", json!({"email": "bob@example.com"}));
     let (status, _) = predict(&gate, &bob, &support_bot, json!({"question": "x"})).await;
     assert_eq!(status, 403);
-    let listed: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/chatflows", gate.base))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let listed: serde_json::Value =
+        get_json(&format!("{}/api/v1/chatflows", gate.base), &alice).await;
     let ids: Vec<&str> = listed
         .as_array()
         .into_iter()

@@ -226,3 +226,16 @@ pub async fn eventually_status(gate: &Flowgate, bearer: &str, id: &str, want: u1
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// GETs `url` with a bearer token and decodes the JSON answer.
+pub async fn get_json(url: &str, bearer: &str) -> Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .expect("flowgate answers")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
