@@ -88,6 +88,12 @@ async fn a_user_added_by_email_can_predict_until_removed_and_gitops_objects_stay
             .iter()
             .all(|u| u["is_active_in_chatflow"] == true && u["role"] == "User")
     );
+    assert!(
+        users
+            .iter()
+            .all(|u| u["assigned_at"].as_str().is_some_and(|t| t.ends_with('Z'))),
+        "assigned_at is the granting object's creation time: {users:?}"
+    );
 
     let (status, body) = call(&gate, M::DELETE, &path, Some(&root()), None).await;
     assert_eq!(status, 200, "{body}");

@@ -62,6 +62,13 @@ pub fn list(call: &Call<'_>, cf: &ChatflowEntry) -> Vec<ChatflowUser> {
                 is_active_in_chatflow: false,
                 granted_by: Vec::new(),
             });
+            // The earliest grant still standing is when the user was assigned.
+            if let Some(created) = rule.created {
+                let created = created.to_string();
+                if entry.assigned_at.as_ref().is_none_or(|at| created < *at) {
+                    entry.assigned_at = Some(created);
+                }
+            }
             if active {
                 entry.is_active_in_chatflow = true;
                 if rule.role == Role::Admin {

@@ -183,6 +183,8 @@ pub struct AccessRule {
     pub role: Role,
     pub expires_at: Option<Timestamp>,
     pub suspended: bool,
+    /// When the object was created (the admin API's `assigned_at`).
+    pub created: Option<Timestamp>,
 }
 
 impl TryFrom<&ChatflowAccess> for AccessRule {
@@ -197,6 +199,7 @@ impl TryFrom<&ChatflowAccess> for AccessRule {
             role: access.spec.role,
             expires_at: access.spec.expires_at.as_ref().map(|t| t.0),
             suspended: access.spec.suspended,
+            created: access.metadata.creation_timestamp.as_ref().map(|t| t.0),
         })
     }
 }
