@@ -8,6 +8,7 @@
 //! is valid, and the index grants the caller the chatflow. Every refusal is a [`ProxyError`],
 //! turned into JSON in one place ([`error`]).
 
+pub mod compat;
 pub mod credits;
 pub mod error;
 pub mod keys;
@@ -20,7 +21,6 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -34,6 +34,7 @@ use crate::index::watch::SnapshotHandle;
 use crate::index::{Caller, ChatflowEntry, Snapshot};
 use crate::metrics::Metrics;
 use crate::server::Body;
+use compat::{compat_request, compat_response};
 use credits::{Charge, Credits};
 pub use error::ProxyError;
 use keys::ApiKeys;
@@ -475,98 +476,6 @@ impl Proxy {
             });
         }
     }
-
-    async fn token_grant(
-        &self,
-        route: Route,
-        req: Request<Incoming>,
-    ) -> Result<Response<Body>, ProxyError> {
-        let endpoint = self.token_endpoint.clone().ok_or_else(|| {
-            ProxyError::NotConfigured(
-                "token endpoint not configured: set FLOWGATE_TOKEN_ENDPOINT_URL to enable /chat/authenticate and /chat/refresh".into(),
-            )
-        })?;
-        let body = read_json(req, 64 * 1024).await?;
-        let field = |name: &str| {
-            body.get(name)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| ProxyError::BadRequest(format!("field '{name}' is required")))
-        };
-        let form: Vec<(&str, String)> = match route {
-            Route::Authenticate => vec![
-                ("grant_type", "password".into()),
-                ("username", field("username")?),
-                ("password", field("password")?),
-            ],
-            _ => vec![
-                ("grant_type", "refresh_token".into()),
-                ("refresh_token", field("refresh_token")?),
-            ],
-        };
-        let mut extra: Vec<(&str, String)> = ["client_id", "client_secret", "scope"]
-            .into_iter()
-            .filter_map(|k| {
-                body.get(k)
-                    .and_then(Value::as_str)
-                    .map(|v| (k, v.to_string()))
-            })
-            .collect();
-        let mut params = form;
-        params.append(&mut extra);
-        let encoded = params
-            .iter()
-            .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let answer = self
-            .http
-            .post(endpoint)
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(encoded)
-            .timeout(Duration::from_secs(15))
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    ProxyError::UpstreamTimeout
-                } else {
-                    ProxyError::UpstreamUnreachable(e.to_string())
-                }
-            })?;
-        let status = answer.status();
-        let bytes = answer
-            .bytes()
-            .await
-            .map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
-        if status.is_success() {
-            let mut out = json!({
-                "access_token": value.get("access_token"),
-                "token_type": value.get("token_type").cloned().unwrap_or(json!("bearer")),
-            });
-            for k in ["refresh_token", "expires_in"] {
-                if let Some(v) = value.get(k) {
-                    out[k] = v.clone();
-                }
-            }
-            Ok(error::json(StatusCode::OK, &out))
-        } else if status.is_client_error() {
-            Err(ProxyError::InvalidToken {
-                reason: "token_endpoint_refused",
-                detail: value
-                    .get("error_description")
-                    .or(value.get("error"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("authentication failed")
-                    .to_string(),
-            })
-        } else {
-            Err(ProxyError::Upstream(format!(
-                "token endpoint answered {status}"
-            )))
-        }
-    }
 }
 
 enum Lookup<'a> {
@@ -765,69 +674,6 @@ async fn read_limited(req: Request<Incoming>, limit: usize) -> Result<Bytes, Pro
         .to_bytes())
 }
 
-/// The Python service's `{chatflow_id, question|message, sessionId?, overrideConfig?, streaming?}`.
-fn compat_request(
-    body: &mut serde_json::Map<String, Value>,
-    identity: &Identity,
-) -> Result<(String, Prediction), ProxyError> {
-    let chatflow_id = match body.get("chatflow_id") {
-        Some(Value::String(id)) if !id.is_empty() => id.clone(),
-        _ => {
-            return Err(ProxyError::BadRequest(
-                "field 'chatflow_id' is required".into(),
-            ));
-        }
-    };
-    let question = body
-        .get("question")
-        .or_else(|| body.get("message"))
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            ProxyError::BadRequest("field 'question' (or 'message') is required".into())
-        })?;
-    let mut forward = serde_json::Map::new();
-    forward.insert("question".into(), json!(question));
-    if let Some(config) = body.get("overrideConfig") {
-        if !config.is_object() && !config.is_null() {
-            return Err(ProxyError::BadRequest(
-                "'overrideConfig' must be an object".into(),
-            ));
-        }
-        forward.insert("overrideConfig".into(), config.clone());
-    }
-    if let Some(session) = body.get("sessionId").and_then(Value::as_str) {
-        forward.insert("chatId".into(), json!(session));
-    }
-    if let Some(streaming) = body.get("streaming") {
-        forward.insert("streaming".into(), streaming.clone());
-    }
-    Ok((chatflow_id, prepare(forward, identity)?))
-}
-
-async fn compat_response(
-    resp: Response<Body>,
-    chatflow_id: &str,
-    chat_id: &str,
-    credits_remaining: Option<u64>,
-) -> Result<Response<Body>, ProxyError> {
-    let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ProxyError::Upstream(e.to_string()))?
-        .to_bytes();
-    if !status.is_success() {
-        return Err(ProxyError::Upstream(flowise_message(status, &bytes)));
-    }
-    let result: Value =
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
-    Ok(error::json(
-        StatusCode::OK,
-        &json!({"result": result, "credits_remaining": credits_remaining, "chatflow_id": chatflow_id, "session_id": chat_id}),
-    ))
-}
-
 /// Flowise's own error message from an error answer, for our JSON error.
 fn flowise_message(status: StatusCode, body: &[u8]) -> String {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
@@ -838,15 +684,4 @@ fn flowise_message(status: StatusCode, body: &[u8]) -> String {
         .map(str::to_string)
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
     format!("{status}: {message}")
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
