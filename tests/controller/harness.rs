@@ -204,14 +204,24 @@ pub async fn wait_until<K>(
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let condition = await_condition(api.clone(), name, move |obj: Option<&K>| {
-        obj.is_some_and(&check)
-    });
-    tokio::time::timeout(Duration::from_secs(secs), condition)
+    let check = std::sync::Arc::new(check);
+    // A watch can end with 410 Expired on a busy API server: watch again until the deadline.
+    let watch = async {
+        loop {
+            let check = check.clone();
+            let condition = await_condition(api.clone(), name, move |obj: Option<&K>| {
+                obj.is_some_and(|o| check(o))
+            });
+            match condition.await {
+                Ok(Some(obj)) => return obj,
+                Ok(None) => panic!("{name}: the object does not exist"),
+                Err(error) => tracing::debug!(%error, "watch ended; watching again"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(secs), watch)
         .await
         .unwrap_or_else(|_| panic!("{name}: timed out after {secs} s waiting for {what}"))
-        .expect("watching works")
-        .expect("the object exists")
 }
 
 /// Waits until Ready has `status` and `reason`.
