@@ -114,7 +114,9 @@ pid_alive() {
 # `kill -0` alone would report it alive forever.
 proc_running() {
   local stat
-  { stat=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
+  # Not `$(<file)`: with `set -e`, bash 5.2 exits the whole script when that redirection fails
+  # (a stale pid file names a process that is gone), even under `|| return`.
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
   stat=${stat##*) } # fields after "(comm)"; the first is the state
   [[ ${stat%% *} != Z ]]
 }
@@ -122,6 +124,33 @@ proc_running() {
 # True if something accepts TCP connections on 127.0.0.1:$1 (pure bash, no ss/netstat needed).
 port_in_use() {
   (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null
+}
+
+# Pids of running processes whose executable is named $1 and whose command line mentions
+# 127.0.0.1:$2 — a daemon of a flowgate local cluster, possibly started from another cache dir.
+our_daemons_on() {
+  local name=$1 port=$2 dir pid cmdline
+  for dir in /proc/[0-9]*; do
+    pid=${dir#/proc/}
+    [[ $(readlink "$dir/exe" 2>/dev/null) == */"$name"* ]] || continue
+    cmdline=$(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null) || continue
+    [[ $cmdline == *"$HOST:$port"* || $cmdline == *"--secure-port $port"* ]] && echo "$pid"
+  done
+}
+
+# Make sure port $2 is free for daemon $1: a leftover flowgate daemon of the same kind (from
+# another cache dir, whose pid file we do not have) is stopped; anything else is an error.
+claim_port() {
+  local name=$1 port=$2 pid deadline
+  port_in_use "$port" || return 0
+  for pid in $(our_daemons_on "$name" "$port"); do
+    log "port $port is held by a leftover flowgate $name (pid $pid); stopping it"
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  deadline=$((SECONDS + STOP_TIMEOUT))
+  while port_in_use "$port" && ((SECONDS < deadline)); do sleep 0.2; done
+  port_in_use "$port" && die "port $port is in use by another process"
+  return 0
 }
 
 admin_token() {
@@ -317,8 +346,8 @@ start_etcd() {
   if pid_alive "$ETCD_PID" /usr/bin/etcd; then
     log "etcd already running (pid $(<"$ETCD_PID"))"
   else
-    port_in_use "$ETCD_CLIENT_PORT" && die "port $ETCD_CLIENT_PORT is in use by another process"
-    port_in_use "$ETCD_PEER_PORT" && die "port $ETCD_PEER_PORT is in use by another process"
+    claim_port etcd "$ETCD_CLIENT_PORT"
+    claim_port etcd "$ETCD_PEER_PORT"
     log "starting etcd on $ETCD_URL"
     spawn "$ETCD_PID" "$ETCD_LOG" /usr/bin/etcd \
       --name flowgate \
@@ -337,7 +366,7 @@ start_apiserver() {
   if pid_alive "$APISERVER_PID" "$APISERVER_BIN"; then
     log "kube-apiserver already running (pid $(<"$APISERVER_PID"))"
   else
-    port_in_use "$APISERVER_PORT" && die "port $APISERVER_PORT is in use by another process"
+    claim_port kube-apiserver "$APISERVER_PORT"
     log "starting kube-apiserver on $APISERVER_URL"
     spawn "$APISERVER_PID" "$APISERVER_LOG" "$APISERVER_BIN" \
       --etcd-servers "$ETCD_URL" \
@@ -520,6 +549,9 @@ take_lock() {
 main() {
   local cmd=${1:-}
   (($#)) && shift
+  # Under `set -e` a failing command ends the script; say which one, so a CI log shows it.
+  [[ $cmd == @(build|start|stop) ]] &&
+    trap 'rc=$?; ((rc == 0)) || log "exit status $rc; last command: $BASH_COMMAND"' EXIT
   case "$cmd" in
     build) take_lock; cmd_build ;;
     start) take_lock; cmd_start ;;

@@ -16,6 +16,9 @@ export FLOWGATE_CACHE=${FLOWGATE_CACHE:-$HOME/.cache/flowgate}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FLOWGATE_CACHE/target}
 mkdir -p "$FLOWGATE_CACHE"
 
+# A failing step ends the run; name the command, so a CI log says what broke.
+trap 'printf "test.sh: failed (exit %s) at line %s: %s\n" "$?" "$LINENO" "$BASH_COMMAND"' ERR
+
 step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
 
 step "local API server"
