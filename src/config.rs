@@ -73,6 +73,11 @@ pub struct RunArgs {
     /// How often Chatflows are compared with Flowise.
     #[arg(long, env = "FLOWGATE_SYNC_INTERVAL", default_value = "60s")]
     pub sync_interval: String,
+    /// How long Flowise may take to start answering (response headers) and to finish a
+    /// non-streaming answer; past it the caller gets 504 and the reservation is refunded.
+    /// Streams are bounded by their first byte only.
+    #[arg(long, env = "FLOWGATE_UPSTREAM_TIMEOUT", default_value = "300s")]
+    pub upstream_timeout: String,
     /// Target of /chat/authenticate and /chat/refresh (OIDC token endpoint).
     #[arg(long, env = "FLOWGATE_TOKEN_ENDPOINT_URL")]
     pub token_endpoint_url: Option<String>,
@@ -102,6 +107,7 @@ pub struct Config {
     pub identity: ClaimMapping,
     pub import_namespace: Option<String>,
     pub sync_interval: Duration,
+    pub upstream_timeout: Duration,
     pub token_endpoint_url: Option<Url>,
     pub log_format: LogFormat,
     pub controller: bool,
@@ -206,6 +212,10 @@ impl Config {
             sync_interval: positive(
                 "FLOWGATE_SYNC_INTERVAL",
                 duration("FLOWGATE_SYNC_INTERVAL", &args.sync_interval)?,
+            )?,
+            upstream_timeout: positive(
+                "FLOWGATE_UPSTREAM_TIMEOUT",
+                duration("FLOWGATE_UPSTREAM_TIMEOUT", &args.upstream_timeout)?,
             )?,
             token_endpoint_url: optional_url(
                 "FLOWGATE_TOKEN_ENDPOINT_URL",
@@ -361,6 +371,7 @@ mod tests {
         );
         assert_eq!(config.identity, ClaimMapping::default());
         assert_eq!(config.sync_interval, Duration::from_secs(60));
+        assert_eq!(config.upstream_timeout, Duration::from_secs(300));
         assert_eq!(config.jwt.leeway, Duration::from_secs(30));
         assert_eq!(config.log_format, LogFormat::Text);
         assert!(config.controller && config.proxy);
@@ -374,6 +385,8 @@ mod tests {
             (&["--ledger-url", "sqlite://"], "FLOWGATE_LEDGER_URL"),
             (&["--sync-interval", "soon"], "FLOWGATE_SYNC_INTERVAL"),
             (&["--sync-interval", "0s"], "FLOWGATE_SYNC_INTERVAL"),
+            (&["--upstream-timeout", "0s"], "FLOWGATE_UPSTREAM_TIMEOUT"),
+            (&["--upstream-timeout", "long"], "FLOWGATE_UPSTREAM_TIMEOUT"),
             (&["--admin-claim", "role"], "FLOWGATE_ADMIN_CLAIM"),
             (&["--flowise-url", "ftp://x"], "FLOWGATE_FLOWISE_URL"),
             (&["--log-format", "xml"], "FLOWGATE_LOG_FORMAT"),

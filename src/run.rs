@@ -20,8 +20,6 @@ use crate::server;
 
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN_PERIOD: Duration = Duration::from_secs(25);
-/// How long Flowise may take to start answering a prediction.
-pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why `flowgate run` could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +159,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             credits,
             snapshot,
             verifier: Arc::new(verifier),
-            upstream: Upstream::new(&config.flowise_url, default_key, UPSTREAM_TIMEOUT)?,
+            upstream: Upstream::new(&config.flowise_url, default_key, config.upstream_timeout)?,
             keys: ApiKeys::new(client.clone()),
             metrics: metrics.clone(),
             token_endpoint: config.token_endpoint_url.clone(),

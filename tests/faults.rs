@@ -108,6 +108,47 @@ async fn flowise_refusing_connections_is_a_502_and_every_charge_is_refunded() {
     .expect("bounded to 60 s");
 }
 
+#[tokio::test]
+async fn flowise_slower_than_the_upstream_timeout_is_a_504_and_the_charge_is_refunded() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (team, policy) = team_with_policy("faults-slow").await;
+        let slow = FakeFlowise::start(Mode::Slow {
+            delay: Duration::from_secs(10),
+        })
+        .await;
+        let gate = Flowgate::start_with(Options {
+            flowise_url: Some(slow.url.clone()),
+            upstream_timeout: Some("1s".into()),
+            ..Default::default()
+        })
+        .await;
+        let alice = team.alice();
+        indexed(&gate, &alice, &policy).await;
+        let id = team.flowise_id.clone();
+        for streaming in [false, true] {
+            let started = tokio::time::Instant::now();
+            let (status, body) = predict(
+                &gate,
+                &alice,
+                &id,
+                json!({"question": "anyone there?", "streaming": streaming}),
+            )
+            .await;
+            assert_eq!(status, 504, "streaming {streaming}: {body}");
+            assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "answered at the timeout, not when Flowise finally did"
+            );
+        }
+        assert_eq!(slow.predictions(), 2, "both requests reached Flowise");
+        used_becomes(&gate, &alice, &policy, 0).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
 /// A Flowise that starts an SSE answer and closes the connection in the middle of it. With
 /// `answered`, a token event goes out before the cut.
 async fn cutting_flowise(answered: bool) -> String {

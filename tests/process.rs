@@ -1,5 +1,6 @@
 //! The real flowgate binary under faults: the API server unreachable under steady load (decisions
-//! keep coming from the last snapshot), and SIGTERM draining an in-flight stream.
+//! keep coming from the last snapshot), SIGTERM draining an in-flight stream, and `kill -9` under
+//! load followed by a restart on the same ledger (no charge lost, none doubled).
 
 mod support;
 
@@ -39,6 +40,17 @@ fn free_port() -> u16 {
 /// Starts the binary (proxy only) against `flowise_url` with `kubeconfig`; waits until ready.
 async fn spawn(flowise_url: &str, kubeconfig: &std::path::Path) -> Process {
     let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    spawn_on(flowise_url, kubeconfig, &ledger, dir).await
+}
+
+/// Like [`spawn`], with the ledger at `ledger_url` (which may outlive the process).
+async fn spawn_on(
+    flowise_url: &str,
+    kubeconfig: &std::path::Path,
+    ledger_url: &str,
+    dir: tempfile::TempDir,
+) -> Process {
     let secret = dir.path().join("hs256");
     std::fs::write(&secret, SECRET).expect("secret");
     let (port, ops) = (free_port(), free_port());
@@ -48,10 +60,7 @@ async fn spawn(flowise_url: &str, kubeconfig: &std::path::Path) -> Process {
         .env("FLOWGATE_FLOWISE_URL", flowise_url)
         .env("FLOWGATE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("FLOWGATE_OPS_ADDR", format!("127.0.0.1:{ops}"))
-        .env(
-            "FLOWGATE_LEDGER_URL",
-            format!("sqlite://{}", dir.path().join("ledger.db").display()),
-        )
+        .env("FLOWGATE_LEDGER_URL", ledger_url)
         .env("FLOWGATE_JWT_HS256_SECRET_FILE", &secret)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
@@ -308,4 +317,254 @@ async fn steady_load_with_access_changes_has_no_errors_and_flat_memory() {
     })
     .await
     .expect("soak bounded");
+}
+
+/// Credits `used` on `policy` for the caller, from `GET /credits`; None until the policy is indexed.
+async fn used(base: &str, bearer: &str, policy: &str) -> Option<i64> {
+    let credits: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/credits"))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    credits["balances"]
+        .as_array()?
+        .iter()
+        .find(|b| b["policy"] == policy)?["used"]
+        .as_i64()
+}
+
+/// One prediction with its own question and Idempotency-Key; the status, or None when the
+/// connection failed (the process was killed under it).
+async fn keyed_predict(
+    http: &reqwest::Client,
+    base: &str,
+    bearer: &str,
+    id: &str,
+    key: &str,
+) -> Option<u16> {
+    http.post(format!("{base}/api/v1/prediction/{id}"))
+        .bearer_auth(bearer)
+        .header("Idempotency-Key", key)
+        .json(&json!({"question": key}))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+const CRASH_REQUESTS: usize = 200;
+const CRASH_BUDGET: i64 = 50;
+
+/// Where the crash scenario keeps its ledger, and how it reads the charged reservations back.
+enum CrashLedger {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl CrashLedger {
+    fn url(&self) -> String {
+        match self {
+            Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("ledger.db").display()),
+            Self::Postgres(url) => url.clone(),
+        }
+    }
+
+    /// Idempotency keys starting with `prefix` whose reservation is charged (not refunded).
+    async fn charged(&self, prefix: &str) -> std::collections::BTreeSet<String> {
+        const QUERY: &str = "SELECT idempotency_key FROM reservations \
+                             WHERE state <> 'refunded' AND idempotency_key LIKE $1";
+        let pattern = format!("{prefix}%");
+        match self {
+            Self::Sqlite(dir) => {
+                let db = rusqlite::Connection::open(dir.path().join("ledger.db")).expect("open");
+                let mut rows = db.prepare(QUERY).expect("query");
+                rows.query_map([&pattern], |row| row.get::<_, String>(0))
+                    .expect("rows")
+                    .collect::<Result<_, _>>()
+                    .expect("keys")
+            }
+            Self::Postgres(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect to PostgreSQL");
+                tokio::spawn(connection);
+                client
+                    .query(QUERY, &[&pattern])
+                    .await
+                    .expect("query")
+                    .iter()
+                    .map(|row| row.get::<_, String>(0))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The issue's crash criterion: 200 predictions against a budget of 50, `kill -9` of the
+/// flowgate in the middle, a restart on the same ledger, clients retrying what failed with the
+/// same Idempotency-Key. Flowise (a counting fake) is the witness: a charge exists for every
+/// request it received, it never receives one twice, the budget is spent exactly, and a charge
+/// without an answer can only belong to a request that was in flight in the killed process
+/// (reserved, not yet forwarded — the window no proxy can close; see `ledger` module docs).
+async fn kill_9_under_load_then_restart(prefix: &str, ledger: CrashLedger) {
+    let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
+    let kubeconfig = std::path::Path::new(&kubeconfig);
+    let team = Team::with_fake_flowise(prefix).await;
+    team.policy(
+        "budget",
+        json!({"chatflows": ["*"], "budget": {"credits": CRASH_BUDGET, "period": "Never"},
+               "cost": {"perPrediction": 1}}),
+    )
+    .await;
+    let policy = format!("{}/budget", team.ns);
+    let fake = FakeFlowise::start(Mode::Slow {
+        delay: Duration::from_millis(100),
+    })
+    .await;
+    let url = ledger.url();
+    let tempdir = || tempfile::tempdir().expect("temp dir");
+    let mut first = spawn_on(&fake.url, kubeconfig, &url, tempdir()).await;
+    let (id, alice) = (team.flowise_id.clone(), team.alice());
+    let indexed = |base: String| {
+        let (alice, policy) = (alice.clone(), policy.clone());
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while used(&base, &alice, &policy).await.is_none() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "policy never indexed"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    indexed(first.base.clone()).await;
+
+    // Load: keyed predictions at 100/s; kill -9 once Flowise has received 25.
+    let keys: Vec<String> = (0..CRASH_REQUESTS)
+        .map(|i| format!("{}-{i}", team.ns))
+        .collect();
+    let http = reqwest::Client::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut first_attempts = Vec::new();
+    for key in &keys {
+        tick.tick().await;
+        let (http, base, alice, id) = (http.clone(), first.base.clone(), alice.clone(), id.clone());
+        let key = key.clone();
+        first_attempts.push(tokio::spawn(async move {
+            let status = keyed_predict(&http, &base, &alice, &id, &key).await;
+            (key, status)
+        }));
+        if fake.predictions() >= 25 {
+            break;
+        }
+    }
+    let sent_before_kill = first_attempts.len();
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().expect("reaped");
+    let mut outcomes: std::collections::BTreeMap<String, Option<u16>> =
+        keys.iter().map(|k| (k.clone(), None)).collect();
+    for handle in first_attempts {
+        let (key, status) = handle.await.expect("client task");
+        outcomes.insert(key, status);
+    }
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, s)| s.is_none())
+        .map(|(k, _)| k.clone())
+        .collect();
+
+    // Restart on the same ledger; every client whose request failed (or was never sent) retries.
+    let second = spawn_on(&fake.url, kubeconfig, &url, tempdir()).await;
+    indexed(second.base.clone()).await;
+    for key in &failed {
+        let status = keyed_predict(&http, &second.base, &alice, &id, key).await;
+        outcomes.insert(key.clone(), status);
+    }
+    let count = |want: u16| outcomes.values().filter(|s| **s == Some(want)).count();
+    let (answered, duplicates, refused) = (count(200), count(409), count(402));
+    assert_eq!(
+        answered + duplicates + refused,
+        CRASH_REQUESTS,
+        "every request ends answered, refused as already charged, or out of credits: {outcomes:?}"
+    );
+
+    // The witness: what Flowise received, by question (= key).
+    let received: Vec<String> = fake
+        .bodies
+        .lock()
+        .expect("bodies")
+        .iter()
+        .filter_map(|b| b["question"].as_str().map(str::to_string))
+        .collect();
+    let received_set: std::collections::BTreeSet<String> = received.iter().cloned().collect();
+    assert_eq!(
+        received.len(),
+        received_set.len(),
+        "Flowise received a request twice"
+    );
+
+    let charged = ledger.charged(&format!("{}-", team.ns)).await;
+    let total = used(&second.base, &alice, &policy).await.expect("balance");
+    assert_eq!(
+        total,
+        charged.len() as i64,
+        "the bucket agrees with the reservations"
+    );
+    assert_eq!(
+        total, CRASH_BUDGET,
+        "the budget is spent exactly, never overspent"
+    );
+    let lost: Vec<_> = received_set.difference(&charged).collect();
+    assert!(
+        lost.is_empty(),
+        "answered by Flowise but never charged: {lost:?}"
+    );
+    let unanswered: Vec<_> = charged.difference(&received_set).collect();
+    assert!(
+        unanswered.iter().all(|k| failed.contains(*k)),
+        "charged without reaching Flowise, yet not in flight at the kill: {unanswered:?}"
+    );
+    eprintln!(
+        "{prefix}: kill -9 after {sent_before_kill} requests sent ({} failed or unsent, retried \
+         after restart): {answered} answered, {duplicates} retries refused as already charged, \
+         {refused} out of credits; Flowise received {}, ledger charged {total}, charged but never \
+         forwarded {}",
+        failed.len(),
+        received_set.len(),
+        unanswered.len()
+    );
+    drop(second);
+    team.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_on_sqlite_loses_no_charge_and_doubles_none() {
+    let ledger = CrashLedger::Sqlite(tempfile::tempdir().expect("temp dir"));
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        kill_9_under_load_then_restart("process-kill9-sqlite", ledger),
+    )
+    .await
+    .expect("bounded to 120 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_on_postgres_loses_no_charge_and_doubles_none() {
+    let pg = std::env::var("FLOWGATE_TEST_POSTGRES_URL").unwrap_or_default();
+    assert!(
+        !pg.is_empty(),
+        "FLOWGATE_TEST_POSTGRES_URL is not set: run scripts/test.sh, or `scripts/postgres.sh start && eval \"$(scripts/postgres.sh env)\"`"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        kill_9_under_load_then_restart("process-kill9-pg", CrashLedger::Postgres(pg)),
+    )
+    .await
+    .expect("bounded to 120 s");
 }

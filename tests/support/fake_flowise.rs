@@ -22,6 +22,8 @@ pub enum Mode {
     Fail,
     /// SSE: token events, one `usageMetadata` of `tokens`, `end`; `gap` between events.
     Stream { tokens: u64, gap: Duration },
+    /// 200 JSON like `Answer { tokens: 0 }`, after `delay` (the request is recorded on arrival).
+    Slow { delay: Duration },
 }
 
 /// A running fake; counts what it received.
@@ -137,6 +139,14 @@ async fn answer(
             "application/json",
             serde_json::json!({"statusCode": 500, "success": false, "message": "Error: buildChatflow - boom", "stack": {}}).to_string(),
         ),
+        Mode::Slow { delay } => {
+            tokio::time::sleep(delay).await;
+            full(
+                200,
+                "application/json",
+                serde_json::json!({"text": format!("Echo: {question}"), "question": question, "chatId": chat_id, "sessionId": chat_id}).to_string(),
+            )
+        }
         Mode::Answer { tokens } => full(
             200,
             "application/json",

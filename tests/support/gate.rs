@@ -103,6 +103,8 @@ pub struct Options {
     pub jwt_issuer: Option<String>,
     /// Required `aud` of user tokens.
     pub jwt_audience: Option<String>,
+    /// `--upstream-timeout`; default: 300s.
+    pub upstream_timeout: Option<String>,
 }
 
 impl Flowgate {
@@ -143,6 +145,7 @@ impl Flowgate {
             groups_claim: "groups".into(),
             admin_claim: "role=Admin".into(),
             sync_interval: "60s".into(),
+            upstream_timeout: options.upstream_timeout.unwrap_or_else(|| "300s".into()),
             log_format: "text".into(),
             no_controller: true,
             resources_dir: options.resources_dir,
