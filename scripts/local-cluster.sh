@@ -435,15 +435,23 @@ EOF
 }
 
 # Create an object via POST unless it exists (GET 200). $1 = collection URL, $2 = name, $3 = JSON.
+# Retried for a while: an apiserver that just saw etcd come back answers /readyz before writes work.
 ensure_object() {
-  local collection=$1 name=$2 body=$3 code
-  # curl prints 000 and fails when it cannot connect; keep going and report the code.
-  code=$(api_curl -o /dev/null -w '%{http_code}' "$APISERVER_URL$collection/$name" || true)
-  [[ $code == 200 ]] && return 0
-  code=$(api_curl -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
-    --data "$body" "$APISERVER_URL$collection" || true)
-  [[ $code == 201 || $code == 409 ]] || die "creating $collection/$name failed (HTTP $code)"
-  log "created $collection/$name"
+  local collection=$1 name=$2 body=$3 code attempt
+  for attempt in {1..20}; do
+    # curl prints 000 and fails when it cannot connect; keep going and report the code.
+    code=$(api_curl -o /dev/null -w '%{http_code}' "$APISERVER_URL$collection/$name" || true)
+    [[ $code == 200 ]] && return 0
+    code=$(api_curl -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+      --data "$body" "$APISERVER_URL$collection" || true)
+    if [[ $code == 201 || $code == 409 ]]; then
+      log "created $collection/$name"
+      return 0
+    fi
+    [[ $code == 000 || $code == 5* ]] || break
+    sleep 1
+  done
+  die "creating $collection/$name failed (HTTP $code, attempt $attempt)"
 }
 
 # Objects a bare apiserver lacks that tests rely on. Uses curl, so start does not need kubectl.
