@@ -7,32 +7,19 @@ mod support;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{Flowgate, Options, predict};
+use support::gate::{Flowgate, Options, credits_used, predict};
 use support::team::Team;
 
 const POLICY_SPEC: &str = r#"{"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
                                "cost": {"perPrediction": 1}}"#;
 
 async fn used(gate: &Flowgate, bearer: &str, policy: &str) -> Option<i64> {
-    let credits: Value = reqwest::Client::new()
-        .get(format!("{}/credits", gate.base))
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    credits["balances"]
-        .as_array()?
-        .iter()
-        .find(|b| b["policy"] == policy)?["used"]
-        .as_i64()
+    credits_used(&gate.base, bearer, policy).await
 }
 
 /// Waits until the policy is indexed (used is Some).

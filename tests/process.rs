@@ -12,7 +12,7 @@ use serde_json::json;
 
 use support::FlowiseGate;
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::SECRET;
+use support::gate::{SECRET, credits_used};
 use support::team::Team;
 
 /// A flowgate process; killed when dropped.
@@ -319,24 +319,6 @@ async fn steady_load_with_access_changes_has_no_errors_and_flat_memory() {
     .expect("soak bounded");
 }
 
-/// Credits `used` on `policy` for the caller, from `GET /credits`; None until the policy is indexed.
-async fn used(base: &str, bearer: &str, policy: &str) -> Option<i64> {
-    let credits: serde_json::Value = reqwest::Client::new()
-        .get(format!("{base}/credits"))
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    credits["balances"]
-        .as_array()?
-        .iter()
-        .find(|b| b["policy"] == policy)?["used"]
-        .as_i64()
-}
-
 /// One prediction with its own question and Idempotency-Key; the status, or None when the
 /// connection failed (the process was killed under it).
 async fn keyed_predict(
@@ -434,7 +416,7 @@ async fn kill_9_under_load_then_restart(prefix: &str, ledger: CrashLedger) {
         let (alice, policy) = (alice.clone(), policy.clone());
         async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            while used(&base, &alice, &policy).await.is_none() {
+            while credits_used(&base, &alice, &policy).await.is_none() {
                 assert!(
                     tokio::time::Instant::now() < deadline,
                     "policy never indexed"
@@ -510,7 +492,9 @@ async fn kill_9_under_load_then_restart(prefix: &str, ledger: CrashLedger) {
     );
 
     let charged = ledger.charged(&format!("{}-", team.ns)).await;
-    let total = used(&second.base, &alice, &policy).await.expect("balance");
+    let total = credits_used(&second.base, &alice, &policy)
+        .await
+        .expect("balance");
     assert_eq!(
         total,
         charged.len() as i64,

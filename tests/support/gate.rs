@@ -242,3 +242,22 @@ pub async fn get_json(url: &str, bearer: &str) -> Value {
         .await
         .expect("a JSON answer")
 }
+
+/// Credits `used` on `policy` for the caller of flowgate at `base`, from `GET /credits`; None
+/// while the policy is not indexed (or flowgate does not answer).
+pub async fn credits_used(base: &str, bearer: &str, policy: &str) -> Option<i64> {
+    let credits: Value = reqwest::Client::new()
+        .get(format!("{base}/credits"))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    credits["balances"]
+        .as_array()?
+        .iter()
+        .find(|b| b["policy"] == policy)?["used"]
+        .as_i64()
+}
