@@ -22,20 +22,21 @@ use chart_support::{
     refused, release_json, template, unique_release, upgrade,
 };
 
-/// The rules the chart's ClusterRole grants with default values — every one of them.
+/// The rules the chart's ClusterRole grants with default values — every one of them. Any
+/// added rule or verb fails `a_default_install_creates_the_expected_objects`; tests/rbac.rs
+/// shows each one is needed, running flowgate under the chart's ServiceAccount.
 fn expected_cluster_rules() -> Value {
     json!([
         {"apiGroups": ["flowgate.io"], "resources": ["chatflows", "chatflowaccesses", "creditpolicies"],
-         "verbs": ["get", "list", "watch"]},
+         "verbs": ["list", "watch"]},
         {"apiGroups": ["flowgate.io"], "resources": ["chatflows"],
-         "verbs": ["create", "patch", "update", "delete"]},
+         "verbs": ["get", "create", "patch", "delete"]},
         {"apiGroups": ["flowgate.io"], "resources": ["chatflowaccesses"],
-         "verbs": ["create", "patch", "update", "delete"]},
+         "verbs": ["get", "create", "update", "delete"]},
         {"apiGroups": ["flowgate.io"],
          "resources": ["chatflows/status", "chatflowaccesses/status", "creditpolicies/status"],
-         "verbs": ["patch", "update"]},
+         "verbs": ["patch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
         {"nonResourceURLs": ["/.well-known/openid-configuration", "/openid/v1/jwks"], "verbs": ["get"]},
     ])
