@@ -39,6 +39,9 @@ scripts/helm.sh setup
 step "OpenAPI checker (openapi-spec-validator venv)"
 scripts/openapi-check.sh setup
 
+step "API fuzzer (schemathesis venv)"
+scripts/schemathesis.sh setup
+
 step "Official Flowise clients (npm flowise-sdk, PyPI flowise)"
 scripts/clients.sh setup
 
