@@ -5,6 +5,7 @@
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh crd_       # extra arguments go to `cargo test` (a filter, say)
+#   FLOWGATE_FUZZ_SECONDS=0 scripts/test.sh   # without the cargo-fuzz step (default 12 s per target)
 #
 # Services are left running for the next run (each `start` reuses what runs);
 # stop them with `scripts/local-cluster.sh stop`, `scripts/postgres.sh stop`, `scripts/flowise.sh stop`.
@@ -39,6 +40,9 @@ scripts/helm.sh setup
 step "OpenAPI checker (openapi-spec-validator venv)"
 scripts/openapi-check.sh setup
 
+step "API fuzzer (schemathesis venv)"
+scripts/schemathesis.sh setup
+
 step "Official Flowise clients (npm flowise-sdk, PyPI flowise)"
 scripts/clients.sh setup
 
@@ -50,5 +54,13 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --all-targets --locked "$@"
+
+# Coverage-guided fuzzing of the parsers: about a minute warm (first run: cargo-fuzz install and
+# an instrumented release build). FLOWGATE_FUZZ_SECONDS=0 skips it.
+fuzz_seconds=${FLOWGATE_FUZZ_SECONDS:-12}
+if [[ $fuzz_seconds != 0 ]]; then
+  step "cargo fuzz (${fuzz_seconds}s per target)"
+  scripts/fuzz.sh "$fuzz_seconds"
+fi
 
 step "done"

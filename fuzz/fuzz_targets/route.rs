@@ -1,12 +1,13 @@
 //! Method + raw path → `proxy::routes::route`, and the session binding of the chat id a request
-//! asks for. A routed path must be the canonical spelling of its route; a bound session always
+//! asks for. A routed path must be the canonical spelling of its route (an admin email segment:
+//! one that routes to the same place, and the email never carries a `/`); a bound session always
 //! carries the caller's prefix.
 #![no_main]
 
 use hyper::Method;
 use libfuzzer_sys::fuzz_target;
 
-use flowgate::proxy::routes::{Route, route};
+use flowgate::proxy::routes::{AdminRoute, Route, route};
 use flowgate::proxy::session;
 
 const METHODS: [Method; 7] = [
@@ -31,8 +32,51 @@ fn canonical(route: &Route) -> String {
         Route::Authenticate => "/chat/authenticate".into(),
         Route::Refresh => "/chat/refresh".into(),
         Route::Credits => "/credits".into(),
-        #[allow(unreachable_patterns)]
-        other => format!("{other:?}"),
+        Route::OpenApi => "/openapi.json".into(),
+        Route::Admin(admin) => format!("/api/admin/chatflows{}", admin_suffix(admin)),
+    }
+}
+
+fn admin_suffix(route: &AdminRoute) -> String {
+    match route {
+        AdminRoute::ListChatflows => String::new(),
+        AdminRoute::AddUsers => "/add-users".into(),
+        AdminRoute::AddUsersByEmail => "/add-users-by-email".into(),
+        AdminRoute::Sync => "/sync".into(),
+        AdminRoute::Stats => "/stats".into(),
+        AdminRoute::GetChatflow(id) | AdminRoute::DeleteChatflow(id) => format!("/{id}"),
+        AdminRoute::ListUsers(id) => format!("/{id}/users"),
+        AdminRoute::BulkAddUsers(id) => format!("/{id}/users/bulk"),
+        AdminRoute::BulkAddUsersByEmail(id) => format!("/{id}/users/email/bulk"),
+        AdminRoute::AddUser { chatflow, user } | AdminRoute::RemoveUser { chatflow, user } => {
+            format!("/{chatflow}/users/{user}")
+        }
+        AdminRoute::AddUserByEmail { chatflow, email }
+        | AdminRoute::RemoveUserByEmail { chatflow, email } => {
+            format!("/{chatflow}/users/email/{}", percent_encode(email))
+        }
+    }
+}
+
+/// Every byte but ASCII letters, digits, `.`, `-` and `_` as `%XX`.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn email(route: &Route) -> Option<&str> {
+    match route {
+        Route::Admin(
+            AdminRoute::AddUserByEmail { email, .. } | AdminRoute::RemoveUserByEmail { email, .. },
+        ) => Some(email),
+        _ => None,
     }
 }
 
@@ -50,7 +94,16 @@ fuzz_target!(|data: &[u8]| {
         } else {
             path
         };
-        assert_eq!(spelled, canonical(&found));
+        let canonical = canonical(&found);
+        if let Some(email) = email(&found) {
+            assert!(!email.contains('/'), "{path:?} -> {found:?}");
+            // Fully escaped, a long email can exceed the router's path limit.
+            if canonical.len() <= 512 {
+                assert_eq!(route(method, &canonical).ok(), Some(found), "{path:?}");
+            }
+        } else {
+            assert_eq!(spelled, canonical);
+        }
     }
     let subject = format!("user:{}", first % 7);
     let bound = session::bind(&subject, Some(path));

@@ -9,22 +9,40 @@ use crate::proxy::ProxyError;
 /// `AddUsersToChatflowRequest`: users (subject `user:` values) to grant a chatflow.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct AddUsersToChatflowRequest {
-    /// Values matched against the caller's user claims (`sub`, `email`, …).
+    /// Values matched against the caller's user claims (`sub`, `email`, …); 1–1000 entries.
+    #[schemars(length(min = 1, max = 1000))]
     pub user_ids: Vec<String>,
-    /// Flowise id of the chatflow (or `namespace/name`, the listing's `id`); overridden by the
-    /// path in the `bulk` routes.
-    #[serde(default)]
-    pub chatflow_id: Option<String>,
+    /// Flowise id of the chatflow (or `namespace/name`, the listing's `id`).
+    #[schemars(length(min = 1))]
+    pub chatflow_id: String,
 }
 
 /// `AddUsersToChatlowByEmailRequest` (sic): users by email to grant a chatflow.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct AddUsersToChatflowByEmailRequest {
+    /// 1–1000 entries; an unusable one is reported in its own result.
+    #[schemars(length(min = 1, max = 1000))]
     pub emails: Vec<String>,
-    /// Flowise id of the chatflow (or `namespace/name`, the listing's `id`); overridden by the
-    /// path in the `bulk` routes.
-    #[serde(default)]
-    pub chatflow_id: Option<String>,
+    /// Flowise id of the chatflow (or `namespace/name`, the listing's `id`).
+    #[schemars(length(min = 1))]
+    pub chatflow_id: String,
+}
+
+/// The body of `POST /api/admin/chatflows/{flowise_id}/users/bulk`: the path names the chatflow
+/// (a `chatflow_id` in the body is ignored).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct BulkAddUsersRequest {
+    /// Values matched against the caller's user claims (`sub`, `email`, …); 1–1000 entries.
+    #[schemars(length(min = 1, max = 1000))]
+    pub user_ids: Vec<String>,
+}
+
+/// The body of `POST /api/admin/chatflows/{flowise_id}/users/email/bulk`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct BulkAddUsersByEmailRequest {
+    /// 1–1000 entries; an unusable one is reported in its own result.
+    #[schemars(length(min = 1, max = 1000))]
+    pub emails: Vec<String>,
 }
 
 /// Outcome of one entry of an add or remove.

@@ -8,8 +8,9 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
 use super::models::{
-    AddUsersToChatflowByEmailRequest, AddUsersToChatflowRequest, ChatflowModel, ChatflowStats,
-    ChatflowSyncResult, ChatflowUser, MessageResponse, UserChatflowResponse,
+    AddUsersToChatflowByEmailRequest, AddUsersToChatflowRequest, BulkAddUsersByEmailRequest,
+    BulkAddUsersRequest, ChatflowModel, ChatflowStats, ChatflowSyncResult, ChatflowUser,
+    MessageResponse, UserChatflowResponse,
 };
 use super::shapes::{
     AuthenticateRequest, CompatChatflow, CompatPredictRequest, CompatPredictResponse,
@@ -29,6 +30,8 @@ pub struct Operation {
     pub response: &'static str,
     /// Error statuses the operation answers with.
     pub errors: &'static [u16],
+    /// Answers `text/event-stream` too (a prediction with `streaming: true`).
+    pub streams: bool,
 }
 
 const fn op(
@@ -47,11 +50,14 @@ const fn op(
         request,
         response,
         errors,
+        streams: false,
     }
 }
 
 const USERS: Option<&str> = Some("AddUsersToChatflowRequest");
 const EMAILS: Option<&str> = Some("AddUsersToChatflowByEmailRequest");
+const BULK_USERS: Option<&str> = Some("BulkAddUsersRequest");
+const BULK_EMAILS: Option<&str> = Some("BulkAddUsersByEmailRequest");
 const ADMIN_ERRORS: &[u16] = &[400, 401, 403, 404, 409, 503];
 const READ_ERRORS: &[u16] = &[401, 403, 404];
 
@@ -84,14 +90,17 @@ pub const OPERATIONS: &[Operation] = &[
             &[404],
         )
     },
-    op(
-        "post",
-        "/api/v1/prediction/{id}",
-        "Prediction, forwarded to Flowise (JSON, or SSE when streaming)",
-        Some("PredictionRequest"),
-        "PredictionResponse",
-        &[400, 401, 402, 403, 404, 409, 413, 502, 503, 504],
-    ),
+    Operation {
+        streams: true,
+        ..op(
+            "post",
+            "/api/v1/prediction/{id}",
+            "Prediction, forwarded to Flowise (JSON, or SSE when streaming)",
+            Some("PredictionRequest"),
+            "PredictionResponse",
+            &[400, 401, 402, 403, 404, 409, 413, 502, 503, 504],
+        )
+    },
     op(
         "get",
         "/chatflows",
@@ -108,14 +117,17 @@ pub const OPERATIONS: &[Operation] = &[
         "CompatChatflow",
         &[401, 403, 404, 409],
     ),
-    op(
-        "post",
-        "/chat/predict",
-        "The Python service's prediction",
-        Some("CompatPredictRequest"),
-        "CompatPredictResponse",
-        &[400, 401, 402, 403, 404, 409, 413, 502, 503, 504],
-    ),
+    Operation {
+        streams: true,
+        ..op(
+            "post",
+            "/chat/predict",
+            "The Python service's prediction",
+            Some("CompatPredictRequest"),
+            "CompatPredictResponse",
+            &[400, 401, 402, 403, 404, 409, 413, 502, 503, 504],
+        )
+    },
     Operation {
         auth: false,
         ..op(
@@ -202,7 +214,7 @@ pub const OPERATIONS: &[Operation] = &[
         "post",
         "/api/admin/chatflows/{flowise_id}/users/bulk",
         "Add users to the chatflow of the path",
-        USERS,
+        BULK_USERS,
         "[UserChatflowResponse]",
         ADMIN_ERRORS,
     ),
@@ -210,7 +222,7 @@ pub const OPERATIONS: &[Operation] = &[
         "post",
         "/api/admin/chatflows/{flowise_id}/users/email/bulk",
         "Add users by email to the chatflow of the path",
-        EMAILS,
+        BULK_EMAILS,
         "[UserChatflowResponse]",
         ADMIN_ERRORS,
     ),
@@ -284,6 +296,8 @@ fn schemas() -> Map<String, Value> {
         CreditsResponse,
         AddUsersToChatflowRequest,
         AddUsersToChatflowByEmailRequest,
+        BulkAddUsersRequest,
+        BulkAddUsersByEmailRequest,
         UserChatflowResponse,
         MessageResponse,
         ChatflowModel,
@@ -313,10 +327,20 @@ fn reason(status: u16) -> &'static str {
 
 fn operation(op: &Operation) -> Value {
     let mut responses = Map::new();
-    responses.insert(
-        "200".into(),
-        json!({"description": "OK", "content": {"application/json": {"schema": reference(op.response)}}}),
-    );
+    let mut ok = json!({"description": "OK", "content": {"application/json": {"schema": reference(op.response)}}});
+    if op.streams {
+        // Each server-sent event of Flowise's stream, passed through frame by frame.
+        ok["content"]["text/event-stream"] = json!({"schema": {
+            "type": "object",
+            "properties": {
+                "event": {"type": "string"},
+                "data": {"type": "string"},
+                "id": {"type": "string"},
+                "retry": {"type": "integer"},
+            },
+        }});
+    }
+    responses.insert("200".into(), ok);
     let mut errors = op.errors.to_vec();
     errors.push(405);
     for status in errors {

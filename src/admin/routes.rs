@@ -64,7 +64,18 @@ impl AdminRoute {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Miss {
     NotFound,
-    MethodNotAllowed,
+    /// The path exists; the value is its `Allow` header.
+    MethodNotAllowed(&'static str),
+}
+
+/// The `Allow` header value of a path answering `method` (GET implies HEAD).
+pub(crate) fn allow(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET, HEAD",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        _ => "",
+    }
 }
 
 /// Routes the segments after `api/admin`.
@@ -91,7 +102,7 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<AdminRoute, Miss> {
             return match *method {
                 Method::GET | Method::HEAD => Ok(AdminRoute::GetChatflow(s(id))),
                 Method::DELETE => Ok(AdminRoute::DeleteChatflow(s(id))),
-                _ => Err(Miss::MethodNotAllowed),
+                _ => Err(Miss::MethodNotAllowed("GET, HEAD, DELETE")),
             };
         }
         ["chatflows", id, "users"] => (AdminRoute::ListUsers(s(id)), Method::GET),
@@ -110,7 +121,7 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<AdminRoute, Miss> {
                     chatflow: s(id),
                     email,
                 }),
-                _ => Err(Miss::MethodNotAllowed),
+                _ => Err(Miss::MethodNotAllowed("POST, DELETE")),
             };
         }
         ["chatflows", id, "users", user] => {
@@ -123,7 +134,7 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<AdminRoute, Miss> {
                     chatflow: s(id),
                     user: s(user),
                 }),
-                _ => Err(Miss::MethodNotAllowed),
+                _ => Err(Miss::MethodNotAllowed("POST, DELETE")),
             };
         }
         _ => return Err(Miss::NotFound),
@@ -131,7 +142,7 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<AdminRoute, Miss> {
     if *method == allowed || (allowed == Method::GET && *method == Method::HEAD) {
         Ok(route)
     } else {
-        Err(Miss::MethodNotAllowed)
+        Err(Miss::MethodNotAllowed(allow(&allowed)))
     }
 }
 
@@ -251,7 +262,7 @@ mod tests {
         );
         assert_eq!(
             route(&Method::GET, &segs("chatflows/sync")),
-            Err(Miss::MethodNotAllowed)
+            Err(Miss::MethodNotAllowed("POST"))
         );
     }
 }

@@ -60,14 +60,20 @@ pub struct StreamingCapability {
     pub is_streaming: bool,
 }
 
-/// `POST /chat/predict` body.
+/// `POST /chat/predict` body: `question` or its alias `message` is required.
 #[derive(Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("anyOf" = [
+    {"required": ["question"], "properties": {"question": {"type": "string"}}},
+    {"required": ["message"], "properties": {"message": {"type": "string"}}}
+]))]
 pub struct CompatPredictRequest {
+    /// Name or Flowise id of the chatflow.
     #[serde(rename = "chatflow_id")]
+    #[schemars(length(min = 1))]
     pub chatflow_id: String,
     pub question: Option<String>,
-    /// Alias of `question`.
+    /// Alias of `question` (used when `question` is absent or null).
     pub message: Option<String>,
     pub session_id: Option<String>,
     pub override_config: Option<Map<String, Value>>,
@@ -88,7 +94,9 @@ pub struct CompatPredictResponse {
 #[derive(Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PredictionRequest {
-    pub question: Option<String>,
+    /// Required unless one of Flowise's other inputs (`form`, `uploads`, `humanInput`) is sent;
+    /// never null.
+    pub question: String,
     pub streaming: Option<bool>,
     pub chat_id: Option<String>,
     pub override_config: Option<Map<String, Value>>,

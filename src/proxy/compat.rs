@@ -123,10 +123,11 @@ pub(super) fn compat_request(
             ));
         }
     };
+    // `message` stands in for a `question` that is absent or null.
     let question = body
         .get("question")
-        .or_else(|| body.get("message"))
         .and_then(Value::as_str)
+        .or_else(|| body.get("message").and_then(Value::as_str))
         .ok_or_else(|| {
             ProxyError::BadRequest("field 'question' (or 'message') is required".into())
         })?;

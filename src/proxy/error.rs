@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 use crate::server::Body;
@@ -14,7 +14,12 @@ pub enum ProxyError {
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
-    MethodNotAllowed { method: String, path: String },
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        /// The `Allow` header: the methods the path answers (RFC 9110 requires it on a 405).
+        allow: &'static str,
+    },
     #[error("a bearer token is required")]
     Unauthenticated { reason: &'static str },
     #[error("the token is not valid: {detail}")]
@@ -129,6 +134,10 @@ impl ProxyError {
                     "www-authenticate",
                     HeaderValue::from_static("Bearer realm=\"flowgate\""),
                 );
+            }
+            Self::MethodNotAllowed { allow, .. } => {
+                resp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
             }
             Self::KeysUnavailable | Self::LedgerUnavailable => {
                 resp.headers_mut()

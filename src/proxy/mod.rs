@@ -610,6 +610,21 @@ fn prepare(
     if body.get("question").is_some_and(|q| !q.is_string()) {
         return Err(ProxyError::BadRequest("'question' must be a string".into()));
     }
+    // The session binding reads both; a value of another type would be silently replaced.
+    if body
+        .get("overrideConfig")
+        .is_some_and(|c| !c.is_object() && !c.is_null())
+    {
+        return Err(ProxyError::BadRequest(
+            "'overrideConfig' must be an object".into(),
+        ));
+    }
+    if body
+        .get("chatId")
+        .is_some_and(|c| !c.is_string() && !c.is_null())
+    {
+        return Err(ProxyError::BadRequest("'chatId' must be a string".into()));
+    }
     let streaming = match body.get("streaming") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,

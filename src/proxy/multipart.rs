@@ -128,9 +128,12 @@ fn is_session_field(name: &str) -> bool {
         || name.ends_with("[chatId]")
 }
 
-/// Quoting as browsers do for form-data names: `"` → `%22`, line breaks → `%0D`/`%0A`.
+/// Quoting as browsers do for form-data names: `"` → `%22`, line breaks → `%0D`/`%0A`; and `\`
+/// → `%5C`, which browsers leave alone but parsers (multer, Flowise's busboy) read as an escape:
+/// a name ending in `\` would swallow its closing quote and the rest of the header.
 fn quote(s: &str) -> String {
-    s.replace('"', "%22")
+    s.replace('\\', "%5C")
+        .replace('"', "%22")
         .replace('\r', "%0D")
         .replace('\n', "%0A")
 }
@@ -171,6 +174,33 @@ mod tests {
         let (again, ct2) = parsed.encode("flowgate-x");
         let reparsed = parse(&ct2, again).await.expect("re-parses");
         assert_eq!(reparsed, parsed);
+    }
+
+    #[tokio::test]
+    async fn a_name_ending_in_a_backslash_does_not_swallow_the_header() {
+        // Found by the `multipart` fuzz target: `name="-\"` left the quoted name unterminated.
+        let form = Form {
+            parts: vec![
+                Part {
+                    name: "-\\".into(),
+                    file_name: Some("a\\".into()),
+                    content_type: None,
+                    data: Bytes::from_static(b"x"),
+                },
+                Part {
+                    name: "question".into(),
+                    file_name: None,
+                    content_type: None,
+                    data: Bytes::from_static(b"hi"),
+                },
+            ],
+        };
+        let (body, ct) = form.encode("flowgate-x");
+        let parsed = parse(&ct, body).await.expect("parses");
+        assert_eq!(parsed.parts.len(), 2);
+        assert_eq!(parsed.parts[0].name, "-%5C");
+        assert_eq!(parsed.parts[0].file_name.as_deref(), Some("a%5C"));
+        assert_eq!(parsed.text("question"), Some("hi"));
     }
 
     #[tokio::test]

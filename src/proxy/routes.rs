@@ -60,9 +60,10 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
             .map(Route::Admin)
             .map_err(|miss| match miss {
                 Miss::NotFound => not_found(),
-                Miss::MethodNotAllowed => ProxyError::MethodNotAllowed {
+                Miss::MethodNotAllowed(allow) => ProxyError::MethodNotAllowed {
                     method: method.to_string(),
                     path: truncate(path),
+                    allow,
                 },
             });
     }
@@ -91,6 +92,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         Err(ProxyError::MethodNotAllowed {
             method: method.to_string(),
             path: truncate(path),
+            allow: crate::admin::routes::allow(&allowed),
         })
     }
 }
@@ -176,15 +178,32 @@ mod tests {
     }
 
     #[test]
-    fn a_known_path_with_the_wrong_method_is_405() {
+    fn a_known_path_with_the_wrong_method_is_405_naming_the_allowed_ones() {
         assert!(matches!(
             route(&Method::DELETE, "/api/v1/chatflows/x"),
-            Err(ProxyError::MethodNotAllowed { .. })
+            Err(ProxyError::MethodNotAllowed {
+                allow: "GET, HEAD",
+                ..
+            })
         ));
         assert!(matches!(
             route(&Method::GET, "/api/v1/prediction/x"),
-            Err(ProxyError::MethodNotAllowed { .. })
+            Err(ProxyError::MethodNotAllowed { allow: "POST", .. })
         ));
+        assert!(matches!(
+            route(&Method::PUT, "/api/admin/chatflows/x"),
+            Err(ProxyError::MethodNotAllowed {
+                allow: "GET, HEAD, DELETE",
+                ..
+            })
+        ));
+        let answer = route(&Method::TRACE, "/credits")
+            .err()
+            .map(ProxyError::into_response);
+        assert_eq!(
+            answer.as_ref().and_then(|r| r.headers().get("allow")),
+            Some(&hyper::header::HeaderValue::from_static("GET, HEAD"))
+        );
     }
 
     #[test]
