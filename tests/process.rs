@@ -144,7 +144,7 @@ async fn steady(base: &str, bearer: &str, id: &str, rate: u64, secs: u64) -> (us
 
 #[tokio::test]
 async fn an_unreachable_api_server_does_not_stop_decisions() {
-    tokio::time::timeout(Duration::from_secs(120), async {
+    tokio::time::timeout(Duration::from_secs(180), async {
         let kubeconfig_path = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
         let team = Team::with_fake_flowise("process-apiserver").await;
         let kubeconfig = std::fs::read_to_string(&kubeconfig_path).expect("kubeconfig");
@@ -171,8 +171,8 @@ async fn an_unreachable_api_server_does_not_stop_decisions() {
         eventually(&gate.base, &alice, &id, 200).await;
 
         relay.close();
-        // 12 s of outage under steady load at 20 req/s.
-        let (sent, bad) = steady(&gate.base, &alice, &id, 20, 12).await;
+        // The 60 s of outage under steady load at 20 req/s.
+        let (sent, bad) = steady(&gate.base, &alice, &id, 20, 60).await;
         assert!(bad.is_empty(), "{} of {sent} failed: {bad:?}", bad.len());
         eprintln!("{sent} predictions answered during the API server outage");
 
@@ -187,7 +187,7 @@ async fn an_unreachable_api_server_does_not_stop_decisions() {
         team.cleanup().await;
     })
     .await
-    .expect("bounded to 120 s");
+    .expect("bounded to 180 s");
 }
 
 #[tokio::test]
