@@ -492,6 +492,19 @@ async fn chatflows_are_listed_counted_and_deleted_without_touching_flowise() {
         401
     );
 
+    // A user granted through the admin API: its own access object goes with the Chatflow.
+    let path = format!("/api/admin/chatflows/{id}/users/email/gone%40example.test");
+    let (status, added) = call(&gate, M::POST, &path, Some(&admin), None).await;
+    assert_eq!(status, 200, "{added}");
+    let accesses: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
+    assert!(
+        accesses
+            .get_opt("admin-api-support-bot")
+            .await
+            .expect("get")
+            .is_some()
+    );
+
     // An owned Chatflow asking Flowise to delete its chatflow: the admin API switches it to
     // Retain first. A finalizer of the test's keeps the object visible after the delete.
     let chatflows: Api<Chatflow> = Api::namespaced(team.client.clone(), &team.ns);
@@ -513,6 +526,22 @@ async fn chatflows_are_listed_counted_and_deleted_without_touching_flowise() {
     )
     .await;
     assert_eq!(status, 200, "{out}");
+    assert!(
+        accesses
+            .get_opt("admin-api-support-bot")
+            .await
+            .expect("get")
+            .is_none(),
+        "the admin API's grants for the deleted chatflow are gone: {out}"
+    );
+    assert!(
+        accesses
+            .get_opt("support-team")
+            .await
+            .expect("get")
+            .is_some(),
+        "GitOps grants are never touched"
+    );
     let held = chatflows
         .get("support-bot")
         .await

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
-use super::access::kube_error;
+use super::access::{self, kube_error};
 use super::models::{ChatflowModel, ChatflowStats, MessageResponse};
 use crate::controller::{SyncOutcome, SyncReport};
-use crate::crd::{Chatflow, DeletionPolicy};
+use crate::crd::{Chatflow, ChatflowAccess, DeletionPolicy};
 use crate::index::ChatflowEntry;
 use crate::proxy::ProxyError;
 
@@ -88,13 +88,32 @@ pub async fn delete(client: &Client, cf: &ChatflowEntry) -> Result<MessageRespon
             .map_err(kube_error)?;
     }
     match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(MessageResponse {
-            message: format!(
-                "Chatflow {ns}/{name} deleted from Kubernetes; the chatflow in Flowise is kept."
-            ),
-        }),
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(gone()),
-        Err(e) => Err(kube_error(e)),
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Err(gone()),
+        Err(e) => return Err(kube_error(e)),
+    }
+    let access = remove_own_access(client, ns, name).await?;
+    Ok(MessageResponse {
+        message: format!(
+            "Chatflow {ns}/{name} deleted from Kubernetes{access}; the chatflow in Flowise is kept."
+        ),
+    })
+}
+
+/// Deletes the admin API's own grants for a deleted chatflow (`admin-api-<name>`, only when it
+/// carries the admin API's label: GitOps objects are never touched). Says what it removed.
+async fn remove_own_access(client: &Client, ns: &str, name: &str) -> Result<String, ProxyError> {
+    let api: Api<ChatflowAccess> = Api::namespaced(client.clone(), ns);
+    let object = access::object_name(name);
+    match api.get_opt(&object).await.map_err(kube_error)? {
+        Some(found) if access::is_managed(&found) => {
+            match api.delete(&object, &DeleteParams::default()).await {
+                Ok(_) => Ok(format!(" with its admin API grants ({object})")),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(String::new()),
+                Err(e) => Err(kube_error(e)),
+            }
+        }
+        _ => Ok(String::new()),
     }
 }
 
