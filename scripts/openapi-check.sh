@@ -12,35 +12,10 @@ set -euo pipefail
 readonly PY_DEPS=(openapi-spec-validator==0.9.0 jsonschema==4.26.0)
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-readonly CACHE="${FLOWGATE_CACHE:-$HOME/.cache/flowgate}"
-readonly VENV="$CACHE/openapi-venv"
-# Written last: a venv without it is incomplete and gets rebuilt.
-readonly MARKER="$VENV/.flowgate-ready"
-readonly SPEC="${PY_DEPS[*]}"
+# shellcheck source=lib/venv.sh
+source "$(dirname "$0")/lib/venv.sh"
 
-log() { printf '[openapi-check.sh] %s\n' "$*" >&2; }
-
-venv_ready() {
-  [[ -f $MARKER && "$(<"$MARKER")" == "$SPEC" && -x $VENV/bin/python ]]
-}
-
-create_venv() {
-  log "creating $VENV ($SPEC)"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip --disable-pip-version-check -q install "${PY_DEPS[@]}"
-  echo "$SPEC" >"$MARKER"
-}
-
-ensure_venv() {
-  venv_ready && return 0
-  mkdir -p "$CACHE"
-  # Parallel test processes may all call this; one creates the venv, the others wait for it.
-  exec 9>"$CACHE/openapi-venv.lock"
-  flock 9
-  venv_ready || create_venv
-  exec 9>&-
-}
+ensure_venv() { venv_ensure openapi-venv python "${PY_DEPS[@]}"; }
 
 main() {
   [[ $# -ge 1 ]] || { sed -n '2,/^set -euo/s/^# \{0,1\}//p' "$0" >&2; exit 2; }

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use support::fake_flowise::{FakeFlowise, Mode};
 use support::gate::{Flowgate, Options, SECRET, eventually_status, predict};
+use support::process::{KillOnDrop, free_port};
 use support::team::Team;
 
 async fn credits(gate_base: &str, bearer: &str) -> Value {
@@ -247,22 +248,8 @@ async fn a_retried_request_with_the_same_idempotency_key_is_charged_once() {
 
 /// A flowgate process (the real binary) for multi-replica tests; killed when dropped.
 struct Replica {
-    child: Child,
+    _child: KillOnDrop,
     base: String,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 fn spawn_replica(flowise_url: &str, ledger_url: &str, secret_file: &std::path::Path) -> Replica {
@@ -280,7 +267,7 @@ fn spawn_replica(flowise_url: &str, ledger_url: &str, secret_file: &std::path::P
         .spawn()
         .expect("flowgate binary starts");
     Replica {
-        child,
+        _child: KillOnDrop(child),
         base: format!("http://127.0.0.1:{port}"),
     }
 }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,28 +13,15 @@ use serde_json::json;
 use support::FlowiseGate;
 use support::fake_flowise::{FakeFlowise, Mode};
 use support::gate::{SECRET, credits_used};
+use support::process::{KillOnDrop, free_port};
 use support::team::Team;
 
 /// A flowgate process; killed when dropped.
 struct Process {
-    child: Child,
+    child: KillOnDrop,
     base: String,
     ops: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 /// Starts the binary (proxy only) against `flowise_url` with `kubeconfig`; waits until ready.
@@ -68,7 +55,7 @@ async fn spawn_on(
         .spawn()
         .expect("flowgate binary starts");
     let process = Process {
-        child,
+        child: KillOnDrop(child),
         base: format!("http://127.0.0.1:{port}"),
         ops: format!("http://127.0.0.1:{ops}"),
         _dir: dir,

@@ -139,6 +139,22 @@ pub fn spawn(client: Client, ready: Gate, shutdown: CancellationToken) -> (Store
     (stores, handle)
 }
 
+/// How the reflectors retry a failed watch: kube-runtime's default (client-go's: 0.8 s doubling to
+/// 30 s, with jitter) capped at 5 s instead, so enforcement catches up within seconds of an API
+/// server coming back after a long outage. Three watches retrying every 5 s are no burden on it.
+fn watch_backoff() -> impl kube::runtime::utils::Backoff {
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(800))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(
+        watcher::ExponentialBackoff::from(exponential),
+        Duration::from_secs(120),
+    )
+}
+
 fn reflect<K>(client: Client, dirty: Arc<Notify>) -> (Store<K>, impl Future<Output = ()>)
 where
     K: kube::Resource<DynamicType = ()>
@@ -152,7 +168,7 @@ where
     let api: Api<K> = Api::all(client);
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(watch_backoff())
         .reflect(writer)
         .for_each(move |event| {
             match event {

@@ -4,7 +4,7 @@
 //! namespace, see [`Stack::start`]).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use flowgate::metrics::Metrics;
 
 use crate::chart_support::{helm, install};
 use crate::support;
+use crate::support::process::{KillOnDrop, free_port};
 
 /// The audience chat clients' ServiceAccount tokens are minted for.
 pub const AUDIENCE: &str = "flowgate-rbac-test";
@@ -137,24 +138,10 @@ fn write_kubeconfig(path: &Path, token: &str, namespace: &str) {
 
 /// The `flowgate` binary (proxy + admin API, `--no-controller`) under a kubeconfig; killed on drop.
 pub struct Binary {
-    child: Child,
+    _child: KillOnDrop,
     pub base: String,
     pub ops: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// The PostgreSQL ledger the binary and the controller share (`FLOWGATE_TEST_POSTGRES_URL`).
@@ -194,7 +181,7 @@ impl Binary {
             .spawn()
             .expect("the flowgate binary starts");
         let binary = Self {
-            child,
+            _child: KillOnDrop(child),
             base: format!("http://127.0.0.1:{port}"),
             ops: format!("http://127.0.0.1:{ops}"),
             _dir: dir,

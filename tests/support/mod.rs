@@ -108,6 +108,7 @@ pub fn examples() -> Vec<(String, serde_json::Value)> {
 pub mod admin;
 pub mod fake_flowise;
 pub mod gate;
+pub mod process;
 pub mod team;
 
 /// The real Flowise started by `scripts/flowise.sh`: base URL and API key.
