@@ -217,6 +217,25 @@ launch() {
     LAUNCHER_PID=$!
 }
 
+# A Flowise that flowise.sh started from another cache dir (its pid file is not ours) and that
+# holds our port: stopped, so a changed FLOWGATE_CACHE does not leave the port blocked. Only
+# processes with our launch environment (PORT, telemetry off, data under .../flowise/data).
+stop_leftovers() {
+    local dir pid env
+    for dir in /proc/[0-9]*; do
+        pid=${dir#/proc/}
+        tr '\0' ' ' <"$dir/cmdline" 2>/dev/null | grep -q 'flowise start' || continue
+        env=$(tr '\0' '\n' <"$dir/environ" 2>/dev/null) || continue
+        grep -qx "PORT=$LISTEN_PORT" <<<"$env" || continue
+        grep -qx 'DISABLE_FLOWISE_TELEMETRY=true' <<<"$env" || continue
+        grep -q '^DATABASE_PATH=.*/flowise/data$' <<<"$env" || continue
+        log "port $LISTEN_PORT is held by a Flowise started from another cache dir (pid $pid); stopping it"
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    done
+    local deadline=$((SECONDS + STOP_TIMEOUT))
+    while port_in_use && ((SECONDS < deadline)); do sleep 0.5; done
+}
+
 # alive PID: the process exists and is not a zombie
 alive() {
     kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != "Z" ]]
@@ -333,7 +352,8 @@ cmd_start() {
     fi
     rm -f "$PID_FILE"
     if port_in_use; then
-        die "port $LISTEN_PORT is already in use (not by a Flowise started from $ROOT); set FLOWISE_PORT"
+        stop_leftovers
+        port_in_use && die "port $LISTEN_PORT is already in use (not by a Flowise started by flowise.sh); set FLOWISE_PORT"
     fi
     do_install
 
