@@ -121,11 +121,7 @@ async fn a_failing_flowise_refunds_and_token_usage_is_charged() {
     )
     .await;
     let failing = FakeFlowise::start(Mode::Fail).await;
-    let gate = Flowgate::start_with(Options {
-        flowise_url: Some(failing.url.clone()),
-        ..Default::default()
-    })
-    .await;
+    let gate = Flowgate::with_flowise(&failing.url).await;
     let id = team.flowise_id.clone();
     let body = eventually_status(&gate, &team.alice(), &id, 502).await;
     assert_eq!(body["error"]["code"], "upstream_error");
@@ -155,22 +151,14 @@ async fn a_failing_flowise_refunds_and_token_usage_is_charged() {
     }
 
     let answering = FakeFlowise::start(Mode::Answer { tokens: 1500 }).await;
-    let gate = Flowgate::start_with(Options {
-        flowise_url: Some(answering.url.clone()),
-        ..Default::default()
-    })
-    .await;
+    let gate = Flowgate::with_flowise(&answering.url).await;
     eventually_status(&gate, &team.alice(), &id, 200).await;
     let streaming = FakeFlowise::start(Mode::Stream {
         tokens: 250,
         gap: Duration::from_millis(5),
     })
     .await;
-    let gate2 = Flowgate::start_with(Options {
-        flowise_url: Some(streaming.url.clone()),
-        ..Default::default()
-    })
-    .await;
+    let gate2 = Flowgate::with_flowise(&streaming.url).await;
     let resp = reqwest::Client::new()
         .post(format!("{}/api/v1/prediction/{id}", gate2.base))
         .bearer_auth(team.alice())
@@ -205,11 +193,7 @@ async fn a_retried_request_with_the_same_idempotency_key_is_charged_once() {
     let policy = format!("{}/ten", team.ns);
     team.policy("ten", json!({"chatflows": ["*"], "budget": {"credits": 10, "period": "Monthly", "timeZone": "Europe/Berlin"}})).await;
     let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
-    let gate = Flowgate::start_with(Options {
-        flowise_url: Some(fake.url.clone()),
-        ..Default::default()
-    })
-    .await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
     let id = team.flowise_id.clone();
     let http = reqwest::Client::new();
     let send = |key: &'static str| {

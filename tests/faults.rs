@@ -69,11 +69,7 @@ async fn flowise_refusing_connections_is_a_502_and_every_charge_is_refunded() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", closed.local_addr().expect("addr"));
         drop(closed);
-        let gate = Flowgate::start_with(Options {
-            flowise_url: Some(url),
-            ..Default::default()
-        })
-        .await;
+        let gate = Flowgate::with_flowise(&url).await;
         let alice = team.alice();
         indexed(&gate, &alice, &policy).await;
         let id = team.flowise_id.clone();
@@ -200,11 +196,7 @@ async fn flowise_cutting_a_stream_refunds_unanswered_and_settles_answered_predic
     tokio::time::timeout(Duration::from_secs(60), async {
         for (answered, want) in [(false, 0), (true, 3)] {
             let (team, policy) = team_with_policy("faults-cut").await;
-            let gate = Flowgate::start_with(Options {
-                flowise_url: Some(cutting_flowise(answered).await),
-                ..Default::default()
-            })
-            .await;
+            let gate = Flowgate::with_flowise(&cutting_flowise(answered).await).await;
             let alice = team.alice();
             indexed(&gate, &alice, &policy).await;
             for _ in 0..3 {
@@ -244,11 +236,7 @@ async fn a_client_hanging_up_mid_stream_aborts_in_flowise_and_is_charged() {
             gap: Duration::from_millis(400),
         })
         .await;
-        let gate = Flowgate::start_with(Options {
-            flowise_url: Some(fake.url.clone()),
-            ..Default::default()
-        })
-        .await;
+        let gate = Flowgate::with_flowise(&fake.url).await;
         let alice = team.alice();
         indexed(&gate, &alice, &policy).await;
         for i in 1..=3 {

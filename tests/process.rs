@@ -447,6 +447,12 @@ async fn kill_9_under_load_then_restart(prefix: &str, ledger: CrashLedger) {
         .filter(|(_, s)| s.is_none())
         .map(|(k, _)| k.clone())
         .collect();
+    // Sent to the killed process and never answered: the only requests that may end up charged
+    // without reaching Flowise. (Keys after them were never sent before the kill.)
+    let in_flight: std::collections::BTreeSet<&String> = keys[..sent_before_kill]
+        .iter()
+        .filter(|k| failed.contains(*k))
+        .collect();
 
     // Restart on the same ledger; every client whose request failed (or was never sent) retries.
     let second = spawn_on(&fake.url, kubeconfig, &url, tempdir()).await;
@@ -498,14 +504,15 @@ async fn kill_9_under_load_then_restart(prefix: &str, ledger: CrashLedger) {
     );
     let unanswered: Vec<_> = charged.difference(&received_set).collect();
     assert!(
-        unanswered.iter().all(|k| failed.contains(*k)),
+        unanswered.iter().all(|k| in_flight.contains(*k)),
         "charged without reaching Flowise, yet not in flight at the kill: {unanswered:?}"
     );
     eprintln!(
-        "{prefix}: kill -9 after {sent_before_kill} requests sent ({} failed or unsent, retried \
-         after restart): {answered} answered, {duplicates} retries refused as already charged, \
+        "{prefix}: kill -9 after {sent_before_kill} requests sent ({} in flight, {} failed or \
+         unsent, retried after restart): {answered} answered, {duplicates} retries refused as already charged, \
          {refused} out of credits; Flowise received {}, ledger charged {total}, charged but never \
          forwarded {}",
+        in_flight.len(),
         failed.len(),
         received_set.len(),
         unanswered.len()

@@ -432,11 +432,7 @@ async fn a_slow_stream_reaches_the_client_event_by_event_in_flowises_order() {
     let team = Team::with_fake_flowise("proxy-slow-stream").await;
     let gap = Duration::from_millis(300);
     let fake = FakeFlowise::start(Mode::Stream { tokens: 0, gap }).await;
-    let gate = Flowgate::start_with(Options {
-        flowise_url: Some(fake.url.clone()),
-        ..Default::default()
-    })
-    .await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
     let id = team.flowise_id.clone();
     eventually_status(&gate, &team.alice(), &id, 200).await;
 

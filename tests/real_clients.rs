@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{Flowgate, Options, eventually_status};
+use support::gate::{Flowgate, eventually_status};
 use support::team::Team;
 
 const NODE: &str = r#"
@@ -95,16 +95,8 @@ async fn the_official_sdks_predict_and_stream_through_flowgate() {
             gap: Duration::from_millis(5),
         })
         .await;
-        let json_gate = Flowgate::start_with(Options {
-            flowise_url: Some(answering.url.clone()),
-            ..Default::default()
-        })
-        .await;
-        let stream_gate = Flowgate::start_with(Options {
-            flowise_url: Some(streaming.url.clone()),
-            ..Default::default()
-        })
-        .await;
+        let json_gate = Flowgate::with_flowise(&answering.url).await;
+        let stream_gate = Flowgate::with_flowise(&streaming.url).await;
         let (id, alice) = (team.flowise_id.clone(), team.alice());
         eventually_status(&json_gate, &alice, &id, 200).await;
         eventually_status(&stream_gate, &alice, &id, 200).await;

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{Flowgate, Options, eventually_status};
+use support::gate::{Flowgate, eventually_status};
 use support::team::Team;
 
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
@@ -58,11 +58,7 @@ async fn side_doors_and_path_tricks_never_reach_flowise() {
 async fn run() {
     let team = Team::with_fake_flowise("side-doors").await;
     let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
-    let gate = Flowgate::start_with(Options {
-        flowise_url: Some(fake.url.clone()),
-        ..Default::default()
-    })
-    .await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
     let id = team.flowise_id.clone();
     let alice = team.alice();
     // Wait until the chatflow is indexed and granted (one real prediction), then count from there.
@@ -246,11 +242,7 @@ async fn sessions() {
         gap: Duration::from_millis(1),
     })
     .await;
-    let gate = Flowgate::start_with(Options {
-        flowise_url: Some(fake.url.clone()),
-        ..Default::default()
-    })
-    .await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
     let id = team.flowise_id.clone();
     let alice = team.alice();
     eventually_status(&gate, &alice, &id, 200).await;

@@ -4,72 +4,15 @@
 //! carries the caller's prefix.
 #![no_main]
 
-use hyper::Method;
 use libfuzzer_sys::fuzz_target;
 
 use flowgate::proxy::routes::{AdminRoute, Route, route};
 use flowgate::proxy::session;
 
-const METHODS: [Method; 7] = [
-    Method::GET,
-    Method::POST,
-    Method::HEAD,
-    Method::PUT,
-    Method::DELETE,
-    Method::OPTIONS,
-    Method::PATCH,
-];
+#[path = "../../tests/support/route_spelling.rs"]
+mod route_spelling;
 
-fn canonical(route: &Route) -> String {
-    match route {
-        Route::ListChatflows => "/api/v1/chatflows".into(),
-        Route::GetChatflow(id) => format!("/api/v1/chatflows/{id}"),
-        Route::Predict(id) => format!("/api/v1/prediction/{id}"),
-        Route::ChatflowStreaming(id) => format!("/api/v1/chatflows-streaming/{id}"),
-        Route::CompatListChatflows => "/chatflows".into(),
-        Route::CompatGetChatflow(id) => format!("/chatflows/{id}"),
-        Route::CompatPredict => "/chat/predict".into(),
-        Route::Authenticate => "/chat/authenticate".into(),
-        Route::Refresh => "/chat/refresh".into(),
-        Route::Credits => "/credits".into(),
-        Route::OpenApi => "/openapi.json".into(),
-        Route::Admin(admin) => format!("/api/admin/chatflows{}", admin_suffix(admin)),
-    }
-}
-
-fn admin_suffix(route: &AdminRoute) -> String {
-    match route {
-        AdminRoute::ListChatflows => String::new(),
-        AdminRoute::AddUsers => "/add-users".into(),
-        AdminRoute::AddUsersByEmail => "/add-users-by-email".into(),
-        AdminRoute::Sync => "/sync".into(),
-        AdminRoute::Stats => "/stats".into(),
-        AdminRoute::GetChatflow(id) | AdminRoute::DeleteChatflow(id) => format!("/{id}"),
-        AdminRoute::ListUsers(id) => format!("/{id}/users"),
-        AdminRoute::BulkAddUsers(id) => format!("/{id}/users/bulk"),
-        AdminRoute::BulkAddUsersByEmail(id) => format!("/{id}/users/email/bulk"),
-        AdminRoute::AddUser { chatflow, user } | AdminRoute::RemoveUser { chatflow, user } => {
-            format!("/{chatflow}/users/{user}")
-        }
-        AdminRoute::AddUserByEmail { chatflow, email }
-        | AdminRoute::RemoveUserByEmail { chatflow, email } => {
-            format!("/{chatflow}/users/email/{}", percent_encode(email))
-        }
-    }
-}
-
-/// Every byte but ASCII letters, digits, `.`, `-` and `_` as `%XX`.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
+use route_spelling::{METHODS, canonical};
 
 fn email(route: &Route) -> Option<&str> {
     match route {

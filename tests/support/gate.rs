@@ -113,6 +113,16 @@ impl Flowgate {
         Self::start_with(Options::default()).await
     }
 
+    /// Starts the proxy (no controller) against the Flowise at `url` — usually a fake — with the
+    /// other options at their defaults.
+    pub async fn with_flowise(url: &str) -> Self {
+        Self::start_with(Options {
+            flowise_url: Some(url.to_string()),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Starts the proxy (no controller) with `options` and waits until /readyz says ready.
     pub async fn start_with(options: Options) -> Self {
         // Warnings (watch errors, failed settles) show in the output of a failing test.

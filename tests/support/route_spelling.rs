@@ -1,0 +1,70 @@
+//! How each allow-listed route is spelled: the oracle shared by the property test
+//! (`tests/fuzz_props.rs`) and the coverage-guided fuzz target (`fuzz/fuzz_targets/route.rs`),
+//! both included with `#[path]`, so a new route is spelled in one place.
+
+use hyper::Method;
+
+use flowgate::proxy::routes::{AdminRoute, Route};
+
+/// Every method a caller may send.
+pub const METHODS: [Method; 7] = [
+    Method::GET,
+    Method::POST,
+    Method::HEAD,
+    Method::PUT,
+    Method::DELETE,
+    Method::OPTIONS,
+    Method::PATCH,
+];
+
+/// The one path that routes to `route` (admin emails fully percent-encoded).
+pub fn canonical(route: &Route) -> String {
+    match route {
+        Route::ListChatflows => "/api/v1/chatflows".into(),
+        Route::GetChatflow(id) => format!("/api/v1/chatflows/{id}"),
+        Route::Predict(id) => format!("/api/v1/prediction/{id}"),
+        Route::ChatflowStreaming(id) => format!("/api/v1/chatflows-streaming/{id}"),
+        Route::CompatListChatflows => "/chatflows".into(),
+        Route::CompatGetChatflow(id) => format!("/chatflows/{id}"),
+        Route::CompatPredict => "/chat/predict".into(),
+        Route::Authenticate => "/chat/authenticate".into(),
+        Route::Refresh => "/chat/refresh".into(),
+        Route::Credits => "/credits".into(),
+        Route::OpenApi => "/openapi.json".into(),
+        Route::Admin(admin) => format!("/api/admin/chatflows{}", admin_suffix(admin)),
+    }
+}
+
+fn admin_suffix(route: &AdminRoute) -> String {
+    match route {
+        AdminRoute::ListChatflows => String::new(),
+        AdminRoute::AddUsers => "/add-users".into(),
+        AdminRoute::AddUsersByEmail => "/add-users-by-email".into(),
+        AdminRoute::Sync => "/sync".into(),
+        AdminRoute::Stats => "/stats".into(),
+        AdminRoute::GetChatflow(id) | AdminRoute::DeleteChatflow(id) => format!("/{id}"),
+        AdminRoute::ListUsers(id) => format!("/{id}/users"),
+        AdminRoute::BulkAddUsers(id) => format!("/{id}/users/bulk"),
+        AdminRoute::BulkAddUsersByEmail(id) => format!("/{id}/users/email/bulk"),
+        AdminRoute::AddUser { chatflow, user } | AdminRoute::RemoveUser { chatflow, user } => {
+            format!("/{chatflow}/users/{user}")
+        }
+        AdminRoute::AddUserByEmail { chatflow, email }
+        | AdminRoute::RemoveUserByEmail { chatflow, email } => {
+            format!("/{chatflow}/users/email/{}", percent_encode(email))
+        }
+    }
+}
+
+/// Every byte but ASCII letters, digits, `.`, `-` and `_` as `%XX`.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
