@@ -62,6 +62,7 @@ scenarios!(
     a_new_period_is_a_fresh_budget,
     a_limit_lowered_mid_period_is_respected,
     concurrent_reserves_admit_exactly_the_budget,
+    a_burst_of_mixed_requests_is_decided_as_if_each_ran_alone,
     charges_survive_a_restart_and_every_opened_ledger_shares_them,
     the_usage_log_records_every_settle_refund_and_expiry,
     policy_usage_sums_credits_and_counts_exhausted_buckets,
@@ -592,6 +593,56 @@ async fn concurrent_reserves_admit_exactly_the_budget(store: Store) {
         .count();
     assert_eq!((reserved, exhausted), (50, 150));
     assert_eq!(used(&*ledger, POLICY, "*").await, 50);
+}
+
+/// A burst the writer commits in few batches: two-line requests whose per-subject line binds
+/// before the shared one, and retries of one keyed request among them.
+async fn a_burst_of_mixed_requests_is_decided_as_if_each_ran_alone(store: Store) {
+    const SHARED: &str = "team-a/shared";
+    let ledger = store.open().await;
+    let outcomes = concurrently(&ledger, 50, |i| {
+        if i % 5 == 4 {
+            let mut req = request(
+                "kim",
+                vec![line(SHARED, "*", 30, 1), line(POLICY, "kim", 6, 1)],
+            );
+            req.idempotency_key = Some("kim-1".into());
+            return req;
+        }
+        let user = format!("user-{}", i % 4);
+        // Half the requests list their lines the other way round.
+        let mut lines = vec![line(SHARED, "*", 30, 1), line(POLICY, &user, 6, 1)];
+        if i % 2 == 0 {
+            lines.reverse();
+        }
+        request(&user, lines)
+    })
+    .await;
+    let (mut reserved, mut duplicates, mut refused) = (0, 0, 0);
+    for outcome in &outcomes {
+        match outcome {
+            ReserveOutcome::Reserved { .. } => reserved += 1,
+            ReserveOutcome::Duplicate { .. } => duplicates += 1,
+            ReserveOutcome::Exhausted { policy, .. } => {
+                assert_eq!(
+                    policy, POLICY,
+                    "only per-subject budgets run out: {outcome:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    // 40 unkeyed requests by 4 users with 6 each; kim's 10 retries are one reservation.
+    assert_eq!(
+        (reserved, duplicates, refused),
+        (24 + 1, 9, 16),
+        "{outcomes:?}"
+    );
+    assert_eq!(used(&*ledger, SHARED, "*").await, 25);
+    for user in ["user-0", "user-1", "user-2", "user-3"] {
+        assert_eq!(used(&*ledger, POLICY, user).await, 6, "{user}");
+    }
+    assert_eq!(used(&*ledger, POLICY, "kim").await, 1);
 }
 
 /// SQLite: a restart (the writer thread stops on drop); PostgreSQL: a replica going away.

@@ -308,13 +308,13 @@ pub struct UsageRecord {
 pub enum LedgerError {
     #[error("SQLite ledger: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// The group commit of the SQLite writer failed; every operation in the batch failed with it.
-    #[error("SQLite ledger: commit failed: {message}")]
+    /// A group commit failed; every operation in the batch failed with it.
+    #[error("ledger: commit failed: {message}")]
     Commit { message: String, transient: bool },
     #[error("cannot start the SQLite ledger's writer thread: {0}")]
     Spawn(#[source] std::io::Error),
-    /// The SQLite ledger's worker threads have ended (the ledger is shutting down).
-    #[error("the SQLite ledger has stopped")]
+    /// The ledger's writer has ended (the ledger is shutting down).
+    #[error("the ledger has stopped")]
     Stopped,
     #[error("PostgreSQL ledger: {0}")]
     Postgres(#[from] tokio_postgres::Error),
@@ -354,7 +354,8 @@ impl LedgerError {
     /// A stable label for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Sqlite(_) | Self::Commit { .. } => "SqliteError",
+            Self::Sqlite(_) => "SqliteError",
+            Self::Commit { .. } => "CommitFailed",
             Self::Spawn(_) | Self::Stopped => "Stopped",
             Self::Postgres(_) => "PostgresError",
             Self::SchemaTooNew { .. } => "SchemaTooNew",

@@ -7,12 +7,19 @@
 //! Serialization failures and deadlocks (which a replica sweeping concurrently can still cause)
 //! are retried.
 //!
+//! Reservations are group-committed: one writer task per replica charges the reservations that
+//! queued while the previous batch committed in one transaction ([`batch`]), so a hot budget
+//! row (one caller, or a `Shared` budget) costs one COMMIT per batch instead of one per
+//! request. Settles and refunds run as their own transactions, concurrently.
+//!
 //! Connections come from a small pool ([`pool`]) whose connections prepare every statement
 //! once ([`schema`]).
 
+mod batch;
 mod pool;
 mod schema;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -30,41 +37,30 @@ use super::{
 /// Attempts of one operation that keeps hitting serialization failures or deadlocks.
 const ATTEMPTS: u32 = 8;
 
-/// The PostgreSQL ledger.
+/// The PostgreSQL ledger. Dropping it stops the reservation writer after its current batch.
 pub(super) struct PostgresLedger {
-    pool: Pool,
+    pool: Arc<Pool>,
+    reservations: tokio::sync::mpsc::Sender<batch::Pending>,
 }
 
 impl PostgresLedger {
     /// Connects, and creates the schema if it is missing (safe when replicas start together).
     pub(super) async fn connect(url: &str) -> Result<Self, LedgerError> {
-        Ok(Self {
-            pool: Pool::connect(url.parse()?).await?,
-        })
+        let pool = Arc::new(Pool::connect(url.parse()?).await?);
+        let reservations = batch::spawn(Arc::clone(&pool));
+        Ok(Self { pool, reservations })
     }
 }
 
 impl CreditLedger for PostgresLedger {
     fn reserve(&self, request: ReserveRequest) -> LedgerFuture<'_, ReserveOutcome> {
         Box::pin(async move {
-            let charges = request
-                .lines
-                .iter()
-                .map(Charge::of)
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let mut conn = self.pool.get().await?;
-                match conn.reserve(&request, &charges).await {
-                    Ok(Some(outcome)) => return Ok(outcome),
-                    // The key's holder was refunded between our insert and our look-up.
-                    Ok(None) if attempt < ATTEMPTS => {}
-                    Ok(None) => return Err(LedgerError::Corrupt("idempotency key race".into())),
-                    Err(e) if attempt < ATTEMPTS && retryable(&e) => backoff(attempt).await,
-                    Err(e) => return Err(e),
-                }
-            }
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.reservations
+                .send(batch::Pending { request, reply })
+                .await
+                .map_err(|_| LedgerError::Stopped)?;
+            answer.await.map_err(|_| LedgerError::Stopped)?
         })
     }
 
@@ -163,6 +159,32 @@ impl CreditLedger for PostgresLedger {
                 .await?;
             rows.iter().map(usage_record).collect()
         })
+    }
+}
+
+/// One reservation in its own transaction, retried on serialization failures and deadlocks:
+/// the writer's fallback when a batch fails before its commit.
+async fn reserve_alone(
+    pool: &Pool,
+    request: &ReserveRequest,
+) -> Result<ReserveOutcome, LedgerError> {
+    let charges = request
+        .lines
+        .iter()
+        .map(Charge::of)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut conn = pool.get().await?;
+        match conn.reserve(request, &charges).await {
+            Ok(Some(outcome)) => return Ok(outcome),
+            // The key's holder was refunded between our insert and our look-up.
+            Ok(None) if attempt < ATTEMPTS => {}
+            Ok(None) => return Err(LedgerError::Corrupt("idempotency key race".into())),
+            Err(e) if attempt < ATTEMPTS && retryable(&e) => backoff(attempt).await,
+            Err(e) => return Err(e),
+        }
     }
 }
 

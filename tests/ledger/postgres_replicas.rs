@@ -34,3 +34,69 @@ async fn replicas_starting_together_create_the_schema_once() {
         opened.expect("every replica opens");
     }
 }
+
+/// Replicas batch concurrently and lock buckets in one order whatever the order of a request's
+/// lines; two-line requests listed both ways round neither deadlock nor overspend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_batching_two_line_requests_admit_exactly_the_budget() {
+    const SHARED: &str = "team-a/shared";
+    let store = crate::support::postgres("replicas_two_lines").await;
+    let replicas = [store.open().await, store.open().await, store.open().await];
+    let tasks: Vec<_> = (0..240)
+        .map(|i| {
+            let ledger = replicas[i % 3].clone();
+            let user = format!("user-{}", i % 8);
+            let mut lines = vec![line(SHARED, "*", 50, 1), line(POLICY, &user, 10, 1)];
+            if i % 2 == 0 {
+                lines.reverse();
+            }
+            let req = request(&user, lines);
+            tokio::spawn(async move { ledger.reserve(req).await })
+        })
+        .collect();
+    let mut reserved = 0;
+    for task in tasks {
+        if let ReserveOutcome::Reserved { .. } = task.await.expect("task").expect("reserve") {
+            reserved += 1;
+        }
+    }
+    assert_eq!(reserved, 50);
+    assert_eq!(used(&*replicas[0], SHARED, "*").await, 50);
+    let mut per_user = 0;
+    for user in 0..8 {
+        let used = used(&*replicas[1], POLICY, &format!("user-{user}")).await;
+        assert!(used <= 10, "user-{user} used {used}");
+        per_user += used;
+    }
+    assert_eq!(per_user, 50);
+}
+
+/// A request PostgreSQL refuses (a NUL byte in a text column) fails alone; the requests
+/// batched with it are reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_database_refuses_fails_alone() {
+    let store = crate::support::postgres("refused_alone").await;
+    let ledger = store.open().await;
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let ledger = ledger.clone();
+            let subject = if i == 7 {
+                "bad\0subject".to_string()
+            } else {
+                format!("user-{i}")
+            };
+            let req = request(&subject, vec![line(POLICY, "*", 100, 1)]);
+            tokio::spawn(async move { (i, ledger.reserve(req).await) })
+        })
+        .collect();
+    for task in tasks {
+        let (i, outcome) = task.await.expect("task");
+        match (i, outcome) {
+            (7, Err(LedgerError::Postgres(_))) => {}
+            (7, other) => panic!("the NUL subject was not refused: {other:?}"),
+            (_, Ok(ReserveOutcome::Reserved { .. })) => {}
+            (i, other) => panic!("request {i}: {other:?}"),
+        }
+    }
+    assert_eq!(used(&*ledger, POLICY, "*").await, 19);
+}
