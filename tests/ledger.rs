@@ -63,6 +63,7 @@ scenarios!(
     a_limit_lowered_mid_period_is_respected,
     concurrent_reserves_admit_exactly_the_budget,
     a_burst_of_mixed_requests_is_decided_as_if_each_ran_alone,
+    a_burst_of_settles_refunds_and_reserves_keeps_the_budget_exact,
     charges_survive_a_restart_and_every_opened_ledger_shares_them,
     the_usage_log_records_every_settle_refund_and_expiry,
     policy_usage_sums_credits_and_counts_exhausted_buckets,
@@ -643,6 +644,71 @@ async fn a_burst_of_mixed_requests_is_decided_as_if_each_ran_alone(store: Store)
         assert_eq!(used(&*ledger, POLICY, user).await, 6, "{user}");
     }
     assert_eq!(used(&*ledger, POLICY, "kim").await, 1);
+}
+
+/// Settles (each sent twice), refunds and new reserves at once: every close applies once and
+/// the bucket ends at exactly what is charged.
+async fn a_burst_of_settles_refunds_and_reserves_keeps_the_budget_exact(store: Store) {
+    let ledger = store.open().await;
+    let first = concurrently(&ledger, 20, |i| {
+        request(&format!("user-{i}"), vec![line(POLICY, "*", 20, 1)])
+    })
+    .await;
+    let ids: Vec<ReservationId> = first.iter().map(OutcomeExt::id).collect();
+    let closes: Vec<_> = (0..30)
+        .map(|n| {
+            let (ledger, id) = (ledger.clone(), ids[n % 20]);
+            tokio::spawn(async move {
+                if n % 20 < 10 {
+                    ledger.settle(id, &[1], 7, now()).await
+                } else {
+                    ledger.refund(id, now()).await
+                }
+            })
+        })
+        .collect();
+    let more = concurrently(&ledger, 15, |i| {
+        request(&format!("late-{i}"), vec![line(POLICY, "*", 20, 1)])
+    })
+    .await;
+    let mut applied = vec![0; 20];
+    for (n, close) in closes.into_iter().enumerate() {
+        let resolution = close.await.expect("task").expect("close");
+        let expected = if n % 20 < 10 {
+            ReservationState::Settled
+        } else {
+            ReservationState::Refunded
+        };
+        assert_eq!(resolution.state, expected, "close {n}");
+        applied[n % 20] += usize::from(resolution.applied);
+    }
+    assert_eq!(applied, vec![1; 20], "each reservation closes once");
+    let late = more
+        .iter()
+        .filter(|o| matches!(o, ReserveOutcome::Reserved { .. }))
+        .count();
+    assert!(
+        late <= 10,
+        "{late} late reserves fit into 10 released credits"
+    );
+    assert_eq!(used(&*ledger, POLICY, "*").await, 10 + late as i64);
+    let log = ledger
+        .usage(UsageFilter {
+            limit: 1000,
+            ..UsageFilter::default()
+        })
+        .await
+        .expect("usage");
+    let settled: i64 = log
+        .iter()
+        .filter(|r| r.outcome == ReservationState::Settled)
+        .map(|r| r.credits)
+        .sum();
+    let refunded = log
+        .iter()
+        .filter(|r| r.outcome == ReservationState::Refunded)
+        .count();
+    assert_eq!((settled, refunded, log.len()), (10, 10, 20));
 }
 
 /// SQLite: a restart (the writer thread stops on drop); PostgreSQL: a replica going away.

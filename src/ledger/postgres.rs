@@ -7,10 +7,10 @@
 //! Serialization failures and deadlocks (which a replica sweeping concurrently can still cause)
 //! are retried.
 //!
-//! Reservations are group-committed: one writer task per replica charges the reservations that
-//! queued while the previous batch committed in one transaction ([`batch`]), so a hot budget
-//! row (one caller, or a `Shared` budget) costs one COMMIT per batch instead of one per
-//! request. Settles and refunds run as their own transactions, concurrently.
+//! Reserves, settles and refunds are group-committed ([`batch`]): a writer task runs everything
+//! that queued while it was busy in one transaction, so a hot budget row (one caller, or a
+//! `Shared` budget) costs one COMMIT per batch instead of two per request. The one-operation
+//! transactions below are the fallback when a batch fails before its commit.
 //!
 //! Connections come from a small pool ([`pool`]) whose connections prepare every statement
 //! once ([`schema`]).
@@ -37,31 +37,24 @@ use super::{
 /// Attempts of one operation that keeps hitting serialization failures or deadlocks.
 const ATTEMPTS: u32 = 8;
 
-/// The PostgreSQL ledger. Dropping it stops the reservation writer after its current batch.
+/// The PostgreSQL ledger. Dropping it stops the writers after their current batch.
 pub(super) struct PostgresLedger {
     pool: Arc<Pool>,
-    reservations: tokio::sync::mpsc::Sender<batch::Pending>,
+    ops: tokio::sync::mpsc::Sender<batch::Op>,
 }
 
 impl PostgresLedger {
     /// Connects, and creates the schema if it is missing (safe when replicas start together).
     pub(super) async fn connect(url: &str) -> Result<Self, LedgerError> {
         let pool = Arc::new(Pool::connect(url.parse()?).await?);
-        let reservations = batch::spawn(Arc::clone(&pool));
-        Ok(Self { pool, reservations })
+        let ops = batch::spawn(Arc::clone(&pool));
+        Ok(Self { pool, ops })
     }
 }
 
 impl CreditLedger for PostgresLedger {
     fn reserve(&self, request: ReserveRequest) -> LedgerFuture<'_, ReserveOutcome> {
-        Box::pin(async move {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            self.reservations
-                .send(batch::Pending { request, reply })
-                .await
-                .map_err(|_| LedgerError::Stopped)?;
-            answer.await.map_err(|_| LedgerError::Stopped)?
-        })
+        Box::pin(self.write(|reply| batch::Op::Reserve(request, reply)))
     }
 
     fn settle<'a>(
@@ -75,11 +68,11 @@ impl CreditLedger for PostgresLedger {
             actual: actual.to_vec(),
             tokens,
         };
-        Box::pin(async move { self.close(id, close, now).await })
+        Box::pin(self.write(move |reply| batch::Op::Close(id, close, now, reply)))
     }
 
     fn refund(&self, id: ReservationId, now: Timestamp) -> LedgerFuture<'_, Resolution> {
-        Box::pin(self.close(id, Close::Refund, now))
+        Box::pin(self.write(move |reply| batch::Op::Close(id, Close::Refund, now, reply)))
     }
 
     fn sweep(&self, now: Timestamp) -> LedgerFuture<'_, u64> {
@@ -188,22 +181,36 @@ async fn reserve_alone(
     }
 }
 
-impl PostgresLedger {
-    async fn close(
-        &self,
-        id: ReservationId,
-        how: Close,
-        now: Timestamp,
-    ) -> Result<Resolution, LedgerError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut conn = self.pool.get().await?;
-            match conn.close(id, &how, now).await {
-                Err(e) if attempt < ATTEMPTS && retryable(&e) => backoff(attempt).await,
-                result => return result,
-            }
+/// One settle or refund in its own transaction, retried like [`reserve_alone`].
+async fn close_alone(
+    pool: &Pool,
+    id: ReservationId,
+    how: &Close,
+    now: Timestamp,
+) -> Result<Resolution, LedgerError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut conn = pool.get().await?;
+        match conn.close(id, how, now).await {
+            Err(e) if attempt < ATTEMPTS && retryable(&e) => backoff(attempt).await,
+            result => return result,
         }
+    }
+}
+
+impl PostgresLedger {
+    /// Queues `op` for the writers and waits for its answer.
+    async fn write<T>(
+        &self,
+        op: impl FnOnce(batch::Reply<T>) -> batch::Op,
+    ) -> Result<T, LedgerError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.ops
+            .send(op(reply))
+            .await
+            .map_err(|_| LedgerError::Stopped)?;
+        answer.await.map_err(|_| LedgerError::Stopped)?
     }
 }
 

@@ -1,53 +1,60 @@
-//! Group commit of reservations: a writer task takes every reservation queued while it was busy
-//! and charges them in ONE transaction. Two writers per ledger (per replica) take turns, so one
-//! batch gathers and runs while the other waits for its COMMIT.
+//! Group commit: a writer task takes every operation queued while it was busy — reserves,
+//! settles, refunds — and runs them in ONE transaction. Two writers per ledger (per replica)
+//! take turns, so one batch gathers and runs while the other waits for its COMMIT.
 //!
-//! Exactness without a savepoint per request: the transaction first locks every bucket the
-//! batch touches, creating missing ones, in key order with one upsert (the same order every
-//! replica and every settle uses, so batches cannot deadlock each other), and reads their
-//! `used`. With the rows locked, whether a request fits is decided in memory, in queue order,
-//! exactly as the database would; only requests that fit are written, each with one statement
-//! that inserts the reservation and charges its buckets, all pipelined in one round trip.
+//! Exactness without a savepoint per operation:
 //!
-//! The one thing memory cannot know is whether an idempotency key is already taken. A request
+//! 1. The reservations the batch closes are locked in id order, with their lines.
+//! 2. Every bucket the batch may change is locked (created at 0 if missing) in byte order, with
+//!    one upsert that reads its `used`. Reservation rows before buckets, each in one order, is
+//!    the order of the one-operation path too, so batches of different replicas cannot deadlock
+//!    each other.
+//! 3. With those rows locked, every settle and refund ([`state::close`]), then every reserve in
+//!    queue order, is decided in memory exactly as the database would decide it.
+//! 4. The writes: closed reservations and their usage rows, new reservations (one pipelined
+//!    round trip), then each changed bucket's final `used` in one statement.
+//!
+//! The one thing memory cannot know is whether an idempotency key is already taken. A reserve
 //! with a key therefore ends a pipelined segment: its answer is read before anything after it is
-//! decided, and if the key was taken nothing was charged (the statement charges only when it
-//! inserted the reservation) and its planned charge is taken back.
+//! decided, and if the key was taken its planned charge is taken back.
 //!
-//! Any error before the commit rolls the whole batch back and reruns each request alone through
-//! the one-request path ([`super::Conn::reserve`]), so one bad request (a string PostgreSQL
-//! refuses, say) fails alone. A failed COMMIT fails the batch: whether it was applied is
-//! unknowable, and rerunning it could charge twice.
+//! Any error before the commit rolls the whole batch back and reruns each operation alone
+//! through the one-operation path, so one bad request (a string PostgreSQL refuses, say) fails
+//! alone. A failed COMMIT fails the batch: whether it was applied is unknowable, and rerunning
+//! it could charge twice.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use jiff::Timestamp;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use super::pool::{Conn, Pool};
+use super::schema::Statements;
+use super::state::{self, Close, HeldLine, Transition};
 use super::{Charge, LedgerError, ReservationId, ReserveOutcome, ReserveRequest, exhausted};
-use crate::ledger::{ReservationState, expiry};
+use crate::ledger::{ReservationState, Resolution, expiry};
 
-/// Most reservations in one transaction.
+/// Most operations in one transaction.
 const MAX_BATCH: usize = 256;
-/// Reservations waiting for a writer before callers wait to queue.
+/// Operations waiting for a writer before callers wait to queue.
 const QUEUE: usize = 4096;
 /// Writers per ledger: while one batch waits for its COMMIT, the next one gathers and runs up
-/// to the first bucket the committing batch still holds.
+/// to the first row the committing batch still holds.
 const WRITERS: usize = 2;
 
-type Reply = oneshot::Sender<Result<ReserveOutcome, LedgerError>>;
+pub(super) type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
 
-/// A reservation waiting for the writer.
-pub(super) struct Pending {
-    pub(super) request: ReserveRequest,
-    pub(super) reply: Reply,
+/// An operation for the writers.
+pub(super) enum Op {
+    Reserve(ReserveRequest, Reply<ReserveOutcome>),
+    Close(ReservationId, Close, Timestamp, Reply<Resolution>),
 }
 
 /// Starts the writers; they end when the returned sender (the ledger) is dropped.
-pub(super) fn spawn(pool: Arc<Pool>) -> mpsc::Sender<Pending> {
+pub(super) fn spawn(pool: Arc<Pool>) -> mpsc::Sender<Op> {
     let (queue, waiting) = mpsc::channel(QUEUE);
     let waiting = Arc::new(Mutex::new(waiting));
     for _ in 0..WRITERS {
@@ -57,7 +64,7 @@ pub(super) fn spawn(pool: Arc<Pool>) -> mpsc::Sender<Pending> {
 }
 
 /// Takes what queued while it was busy, commits it, and again.
-async fn write(pool: Arc<Pool>, waiting: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+async fn write(pool: Arc<Pool>, waiting: Arc<Mutex<mpsc::Receiver<Op>>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let taken = waiting.lock().await.recv_many(&mut batch, MAX_BATCH).await;
@@ -68,46 +75,69 @@ async fn write(pool: Arc<Pool>, waiting: Arc<Mutex<mpsc::Receiver<Pending>>>) {
     }
 }
 
-/// Reserves every pending request and answers each caller once its reservation is durable.
-async fn commit(pool: &Pool, batch: Vec<Pending>) {
-    // Requests whose lines cannot be stored are answered at once and stay out of the batch.
-    let mut ready = Vec::with_capacity(batch.len());
-    for pending in batch {
-        match charges_of(&pending.request) {
-            Ok(_) => ready.push(pending),
-            Err(e) => {
-                let _ = pending.reply.send(Err(e));
-            }
+/// A settle or refund of the batch.
+struct Closing {
+    id: ReservationId,
+    how: Close,
+    now: Timestamp,
+}
+
+/// Runs the batch and answers each caller once the batch is durable.
+async fn commit(pool: &Pool, batch: Vec<Op>) {
+    let mut reserves = Vec::new();
+    let mut closes = Vec::new();
+    for op in batch {
+        match op {
+            // Requests whose lines cannot be stored are answered at once.
+            Op::Reserve(request, reply) => match charges_of(&request) {
+                Ok(_) => reserves.push((request, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Op::Close(id, how, now, reply) => closes.push((Closing { id, how, now }, reply)),
         }
     }
-    if ready.is_empty() {
-        return;
-    }
-    let requests: Vec<&ReserveRequest> = ready.iter().map(|p| &p.request).collect();
-    let outcomes = match pool.get().await {
-        Ok(mut pooled) => match reserve_all(&mut pooled, &requests).await {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(Failure::Commit(e)) => all_failed(&e, requests.len()),
+    let requests: Vec<&ReserveRequest> = reserves.iter().map(|(r, _)| r).collect();
+    let closing: Vec<&Closing> = closes.iter().map(|(c, _)| c).collect();
+    let answers = match pool.get().await {
+        Ok(mut pooled) => match run(&mut pooled, &requests, &closing).await {
+            Ok((reserved, closed)) => (reserved.into_iter().map(Ok).collect(), closed),
+            Err(Failure::Commit(e)) => (
+                all_failed(&e, requests.len()),
+                all_failed(&e, closing.len()),
+            ),
             Err(Failure::Before(error)) => {
-                tracing::debug!(%error, n = requests.len(), "reservation batch rolled back; reserving one by one");
+                tracing::debug!(%error, reserves = requests.len(), closes = closing.len(),
+                    "ledger batch rolled back; running its operations one by one");
                 drop(pooled);
-                let mut outcomes = Vec::with_capacity(requests.len());
-                for request in &requests {
-                    outcomes.push(super::reserve_alone(pool, request).await);
+                let mut closed = Vec::with_capacity(closing.len());
+                for c in &closing {
+                    closed.push(super::close_alone(pool, c.id, &c.how, c.now).await);
                 }
-                outcomes
+                let mut reserved = Vec::with_capacity(requests.len());
+                for request in &requests {
+                    reserved.push(super::reserve_alone(pool, request).await);
+                }
+                (reserved, closed)
             }
         },
-        Err(e) => all_failed(&e, requests.len()),
+        Err(e) => (
+            all_failed(&e, requests.len()),
+            all_failed(&e, closing.len()),
+        ),
     };
-    for (pending, outcome) in ready.into_iter().zip(outcomes) {
-        // A caller that went away still has its reservation (see the trait documentation).
-        let _ = pending.reply.send(outcome);
+    // A caller that went away still has its reservation (see the trait documentation).
+    for ((_, reply), answer) in reserves.into_iter().zip(answers.0) {
+        let _ = reply.send(answer);
+    }
+    for ((_, reply), answer) in closes.into_iter().zip(answers.1) {
+        let _ = reply.send(answer);
     }
 }
 
-/// The same failure for each of `n` requests.
-fn all_failed(e: &LedgerError, n: usize) -> Vec<Result<ReserveOutcome, LedgerError>> {
+/// The same failure for each of `n` operations.
+fn all_failed<T>(e: &LedgerError, n: usize) -> Vec<Result<T, LedgerError>> {
     let (message, transient) = (e.to_string(), e.transient());
     (0..n)
         .map(|_| {
@@ -125,7 +155,7 @@ fn charges_of(request: &ReserveRequest) -> Result<Vec<Charge<'_>>, LedgerError> 
 
 /// Why a batch did not commit.
 enum Failure {
-    /// Nothing was committed; each request may run again.
+    /// Nothing was committed; each operation may run again.
     Before(LedgerError),
     /// COMMIT itself failed: the batch may or may not be applied.
     Commit(LedgerError),
@@ -145,96 +175,153 @@ impl From<tokio_postgres::Error> for Failure {
 
 type Key<'a> = (&'a str, &'a str, i64);
 
-/// What memory decided for one request.
-enum Plan {
-    /// Fits: the bucket `used` after each line, in request order.
-    Fits(Vec<i64>),
-    Refused(ReserveOutcome),
+/// A reservation being closed, as locked and as the batch has changed it so far.
+struct Held {
+    state: ReservationState,
+    subject: String,
+    chatflow: String,
+    lines: Vec<HeldLine>,
 }
 
-async fn reserve_all(
+/// The answers of one batch: reserves in queue order, then closes in queue order.
+type Answers = (Vec<ReserveOutcome>, Vec<Result<Resolution, LedgerError>>);
+
+async fn run(
     conn: &mut Conn,
     requests: &[&ReserveRequest],
-) -> Result<Vec<ReserveOutcome>, Failure> {
+    closing: &[&Closing],
+) -> Result<Answers, Failure> {
     let charges: Vec<Vec<Charge<'_>>> = requests
         .iter()
         .map(|r| charges_of(r))
         .collect::<Result<_, _>>()?;
     let Conn { client, st } = conn;
     let tx = client.transaction().await?;
-    let mut used = lock_buckets(&tx, st, &charges).await?;
 
-    let mut outcomes: Vec<Option<ReserveOutcome>> = vec![None; requests.len()];
-    let mut next = 0;
-    while next < requests.len() {
-        // Decide in memory up to and including the next request with an idempotency key.
-        let mut segment = Vec::new();
-        while next < requests.len() {
-            let i = next;
-            next += 1;
-            match plan(requests[i], &charges[i], &used) {
-                Plan::Refused(outcome) => outcomes[i] = Some(outcome),
-                Plan::Fits(after) => {
-                    for (charge, &u) in charges[i].iter().zip(&after) {
-                        used.insert(charge.key(), u);
-                    }
-                    segment.push((i, after));
-                    if requests[i].idempotency_key.is_some() {
-                        break;
-                    }
-                }
+    let mut held = lock_reservations(&tx, st, closing).await?;
+    let mut closed = Vec::with_capacity(closing.len());
+    let mut transitions = Vec::new();
+    for c in closing {
+        closed.push(close(&mut held, c, &mut transitions));
+    }
+    let mut deltas: Vec<(Key<'_>, i64)> = Vec::new();
+    for (id, t, _) in &transitions {
+        let h = &held[id];
+        for (line, &delta) in h.lines.iter().zip(&t.bucket_delta) {
+            if delta != 0 {
+                deltas.push(((&line.policy, &line.bucket, line.window_start), delta));
             }
         }
-        let inserted = write_segment(&tx, st, requests, &charges, &segment).await?;
-        for ((i, after), id) in segment.into_iter().zip(inserted) {
-            let request = requests[i];
-            outcomes[i] = Some(match (id, &request.idempotency_key) {
-                (Some(id), _) => ReserveOutcome::Reserved {
-                    id: ReservationId(id),
-                    remaining: charges[i]
-                        .iter()
-                        .zip(after)
-                        .map(|(charge, used)| (charge.policy.to_string(), charge.remaining(used)))
-                        .collect(),
-                },
-                (None, Some(key)) => {
-                    // Nothing was charged: take the plan back (it was the segment's last).
-                    for charge in &charges[i] {
-                        if let Some(u) = used.get_mut(&charge.key()) {
-                            *u -= charge.amount;
-                        }
-                    }
-                    let row = tx
-                        .query_opt(&st.find_key, &[&request.subject, key])
-                        .await?
-                        // The key's holder was refunded in between: let the one-request path
-                        // retry it.
-                        .ok_or_else(|| LedgerError::Corrupt("idempotency key race".into()))?;
-                    ReserveOutcome::Duplicate {
-                        id: ReservationId(row.try_get(0)?),
-                        state: ReservationState::parse(row.try_get(1)?)?,
-                    }
-                }
-                (None, None) => {
-                    return Err(LedgerError::Corrupt("reservation not inserted".into()).into());
-                }
+    }
+    let keys: BTreeSet<Key<'_>> = charges
+        .iter()
+        .flatten()
+        .map(Charge::key)
+        .chain(deltas.iter().map(|(key, _)| *key))
+        .collect();
+    let locked = lock_buckets(&tx, st, keys).await?;
+    let mut used = locked.clone();
+    for (key, delta) in &deltas {
+        if let Some(u) = used.get_mut(key) {
+            *u += delta;
+        }
+    }
+    write_closes(&tx, st, &held, &transitions).await?;
+    let reserved = reserve(&tx, st, requests, &charges, &mut used).await?;
+
+    let changed: Vec<(Key<'_>, i64)> = used
+        .iter()
+        .filter(|(key, u)| locked.get(*key) != Some(*u))
+        .map(|(key, u)| (*key, *u))
+        .collect();
+    set_used(&tx, st, &changed).await?;
+    tx.commit().await.map_err(|e| Failure::Commit(e.into()))?;
+    Ok((reserved, closed))
+}
+
+/// Locks the reservations the batch closes, in id order, and reads their lines.
+async fn lock_reservations(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    closing: &[&Closing],
+) -> Result<HashMap<ReservationId, Held>, LedgerError> {
+    if closing.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<i64> = closing
+        .iter()
+        .map(|c| c.id.0)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let params: [&(dyn ToSql + Sync); 1] = [&ids];
+    let (reservations, lines) = futures::try_join!(
+        tx.query(&st.lock_reservations, &params),
+        tx.query(&st.lines_of_many, &params),
+    )?;
+    let mut held = HashMap::with_capacity(reservations.len());
+    for row in reservations {
+        held.insert(
+            ReservationId(row.try_get(0)?),
+            Held {
+                state: ReservationState::parse(row.try_get(1)?)?,
+                subject: row.try_get(2)?,
+                chatflow: row.try_get(3)?,
+                lines: Vec::new(),
+            },
+        );
+    }
+    for row in lines {
+        if let Some(h) = held.get_mut(&ReservationId(row.try_get(0)?)) {
+            h.lines.push(HeldLine {
+                idx: row.try_get(1)?,
+                policy: row.try_get(2)?,
+                bucket: row.try_get(3)?,
+                window_start: row.try_get(4)?,
+                amount: row.try_get(5)?,
             });
         }
     }
-    tx.commit().await.map_err(|e| Failure::Commit(e.into()))?;
-    outcomes
-        .into_iter()
-        .map(|o| o.ok_or_else(|| Failure::Commit(LedgerError::Corrupt("unplanned".into()))))
-        .collect()
+    Ok(held)
 }
 
-/// Locks (creating at 0) every bucket the batch charges, in key order; returns their `used`.
+/// Decides one settle or refund against what the batch has done so far, and records it.
+fn close(
+    held: &mut HashMap<ReservationId, Held>,
+    c: &Closing,
+    transitions: &mut Vec<(ReservationId, Transition, Timestamp)>,
+) -> Result<Resolution, LedgerError> {
+    let h = held
+        .get_mut(&c.id)
+        .ok_or(LedgerError::UnknownReservation(c.id))?;
+    let amounts: Vec<i64> = h.lines.iter().map(|line| line.amount).collect();
+    let Some(t) = state::close(c.id, h.state, &amounts, &c.how)? else {
+        return Ok(Resolution {
+            state: h.state,
+            applied: false,
+        });
+    };
+    h.state = t.state;
+    for (line, &amount) in h.lines.iter_mut().zip(&t.held) {
+        line.amount = amount;
+    }
+    let resolution = Resolution {
+        state: t.state,
+        applied: true,
+    };
+    transitions.push((c.id, t, c.now));
+    Ok(resolution)
+}
+
+/// Locks (creating at 0) every bucket in `keys`, in key order; returns their `used`.
 async fn lock_buckets<'a>(
     tx: &Transaction<'_>,
-    st: &super::schema::Statements,
-    charges: &[Vec<Charge<'a>>],
+    st: &Statements,
+    keys: BTreeSet<Key<'a>>,
 ) -> Result<HashMap<Key<'a>, i64>, LedgerError> {
-    let keys: BTreeSet<Key<'a>> = charges.iter().flatten().map(Charge::key).collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
     let policies: Vec<&str> = keys.iter().map(|k| k.0).collect();
     let buckets: Vec<&str> = keys.iter().map(|k| k.1).collect();
     let starts: Vec<i64> = keys.iter().map(|k| k.2).collect();
@@ -261,8 +348,153 @@ async fn lock_buckets<'a>(
     Ok(used)
 }
 
+/// Writes every applied settle and refund: lines, usage rows, reservation state, pipelined.
+async fn write_closes(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    held: &HashMap<ReservationId, Held>,
+    transitions: &[(ReservationId, Transition, Timestamp)],
+) -> Result<(), LedgerError> {
+    struct Params<'a> {
+        id: i64,
+        idx: Vec<i32>,
+        policies: Vec<&'a str>,
+        now: i64,
+        outcome: &'static str,
+        held: &'a Held,
+        t: &'a Transition,
+    }
+    let params: Vec<Params<'_>> = transitions
+        .iter()
+        .map(|(id, t, now)| {
+            let held = &held[id];
+            Params {
+                id: id.0,
+                idx: held.lines.iter().map(|line| line.idx).collect(),
+                policies: held.lines.iter().map(|line| line.policy.as_str()).collect(),
+                now: now.as_microsecond(),
+                outcome: t.state.as_str(),
+                held,
+                t,
+            }
+        })
+        .collect();
+    type Row<'p, const N: usize> = [&'p (dyn ToSql + Sync); N];
+    let rehold: Vec<Row<'_, 3>> = params
+        .iter()
+        .map(|p| -> Row<'_, 3> { [&p.id, &p.idx, &p.t.held] })
+        .collect();
+    let log: Vec<Row<'_, 8>> = params
+        .iter()
+        .map(|p| -> Row<'_, 8> {
+            [
+                &p.now,
+                &p.id,
+                &p.held.subject,
+                &p.held.chatflow,
+                &p.t.tokens,
+                &p.outcome,
+                &p.policies,
+                &p.t.logged,
+            ]
+        })
+        .collect();
+    let finish: Vec<Row<'_, 4>> = params
+        .iter()
+        .map(|p| -> Row<'_, 4> { [&p.id, &p.outcome, &p.t.tokens, &p.now] })
+        .collect();
+    let mut writes = Vec::with_capacity(3 * params.len());
+    for i in 0..params.len() {
+        writes.push(tx.execute(&st.rehold, rehold[i].as_slice()));
+        writes.push(tx.execute(&st.log, log[i].as_slice()));
+        writes.push(tx.execute(&st.finish, finish[i].as_slice()));
+    }
+    for written in futures::future::join_all(writes).await {
+        written?;
+    }
+    Ok(())
+}
+
+/// Decides and writes every reserve in queue order; `used` follows what is charged.
+async fn reserve<'a>(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    requests: &[&ReserveRequest],
+    charges: &[Vec<Charge<'a>>],
+    used: &mut HashMap<Key<'a>, i64>,
+) -> Result<Vec<ReserveOutcome>, LedgerError> {
+    let mut outcomes: Vec<Option<ReserveOutcome>> = vec![None; requests.len()];
+    let mut next = 0;
+    while next < requests.len() {
+        // Decide in memory up to and including the next request with an idempotency key.
+        let mut segment = Vec::new();
+        while next < requests.len() {
+            let i = next;
+            next += 1;
+            match plan(requests[i], &charges[i], used) {
+                Plan::Refused(outcome) => outcomes[i] = Some(outcome),
+                Plan::Fits(after) => {
+                    for (charge, &u) in charges[i].iter().zip(&after) {
+                        used.insert(charge.key(), u);
+                    }
+                    segment.push((i, after));
+                    if requests[i].idempotency_key.is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        let inserted = insert_reservations(tx, st, requests, charges, &segment).await?;
+        for ((i, after), id) in segment.into_iter().zip(inserted) {
+            let request = requests[i];
+            outcomes[i] = Some(match (id, &request.idempotency_key) {
+                (Some(id), _) => ReserveOutcome::Reserved {
+                    id: ReservationId(id),
+                    remaining: charges[i]
+                        .iter()
+                        .zip(after)
+                        .map(|(charge, used)| (charge.policy.to_string(), charge.remaining(used)))
+                        .collect(),
+                },
+                (None, Some(key)) => {
+                    // Nothing was inserted: take the plan back (it was the segment's last).
+                    for charge in &charges[i] {
+                        if let Some(u) = used.get_mut(&charge.key()) {
+                            *u -= charge.amount;
+                        }
+                    }
+                    let row = tx
+                        .query_opt(&st.find_key, &[&request.subject, key])
+                        .await?
+                        // The key's holder was refunded in between: the one-operation path
+                        // retries it.
+                        .ok_or_else(|| LedgerError::Corrupt("idempotency key race".into()))?;
+                    ReserveOutcome::Duplicate {
+                        id: ReservationId(row.try_get(0)?),
+                        state: ReservationState::parse(row.try_get(1)?)?,
+                    }
+                }
+                (None, None) => {
+                    return Err(LedgerError::Corrupt("reservation not inserted".into()));
+                }
+            });
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.ok_or_else(|| LedgerError::Corrupt("reserve left undecided".into())))
+        .collect()
+}
+
+/// What memory decided for one request.
+enum Plan {
+    /// Fits: the bucket `used` after each line, in request order.
+    Fits(Vec<i64>),
+    Refused(ReserveOutcome),
+}
+
 /// Whether `charges` fit buckets holding `used`, line by line in request order, exactly as
-/// the one-request path decides it.
+/// the one-operation path decides it.
 fn plan(request: &ReserveRequest, charges: &[Charge<'_>], used: &HashMap<Key<'_>, i64>) -> Plan {
     let mut planned: HashMap<Key<'_>, i64> = HashMap::new();
     let mut after = Vec::with_capacity(charges.len());
@@ -281,35 +513,31 @@ fn plan(request: &ReserveRequest, charges: &[Charge<'_>], used: &HashMap<Key<'_>
     Plan::Fits(after)
 }
 
-/// Owned parameters of one reservation statement.
-struct Params<'a> {
-    subject: &'a str,
-    chatflow: &'a str,
-    key: Option<&'a str>,
-    now: i64,
-    expires: i64,
-    idx: Vec<i32>,
-    policies: Vec<&'a str>,
-    buckets: Vec<&'a str>,
-    starts: Vec<i64>,
-    amounts: Vec<i64>,
-    distinct: i64,
-}
-
-/// Inserts and charges the segment's reservations in one pipelined round trip; the id of each,
-/// or `None` where its idempotency key was taken (and nothing was charged).
-async fn write_segment(
+/// Inserts the segment's reservations and their lines in one pipelined round trip; the id of
+/// each, or `None` where its idempotency key was taken.
+async fn insert_reservations(
     tx: &Transaction<'_>,
-    st: &super::schema::Statements,
+    st: &Statements,
     requests: &[&ReserveRequest],
     charges: &[Vec<Charge<'_>>],
     segment: &[(usize, Vec<i64>)],
 ) -> Result<Vec<Option<i64>>, LedgerError> {
+    struct Params<'a> {
+        subject: &'a str,
+        chatflow: &'a str,
+        key: Option<&'a str>,
+        now: i64,
+        expires: i64,
+        idx: Vec<i32>,
+        policies: Vec<&'a str>,
+        buckets: Vec<&'a str>,
+        starts: Vec<i64>,
+        amounts: Vec<i64>,
+    }
     let params: Vec<Params<'_>> = segment
         .iter()
         .map(|&(i, _)| {
-            let request = requests[i];
-            let lines = &charges[i];
+            let (request, lines) = (requests[i], &charges[i]);
             Params {
                 subject: &request.subject,
                 chatflow: &request.chatflow,
@@ -321,10 +549,6 @@ async fn write_segment(
                 buckets: lines.iter().map(|c| c.bucket).collect(),
                 starts: lines.iter().map(|c| c.window_start).collect(),
                 amounts: lines.iter().map(|c| c.amount).collect(),
-                distinct: i64::try_from(
-                    lines.iter().map(Charge::key).collect::<BTreeSet<_>>().len(),
-                )
-                .unwrap_or(i64::MAX),
             }
         })
         .collect();
@@ -348,24 +572,35 @@ async fn write_segment(
     // Polled together, the statements go out back to back and run in this order.
     let rows = futures::future::join_all(
         refs.iter()
-            .map(|params| tx.query_opt(&st.reserve_locked, params.as_slice())),
+            .map(|params| tx.query_opt(&st.insert_reservation, params.as_slice())),
     )
     .await;
-    let mut ids = Vec::with_capacity(rows.len());
-    for (row, p) in rows.into_iter().zip(&params) {
-        ids.push(match row? {
-            Some(row) => {
-                let charged: i64 = row.try_get(1)?;
-                if charged != p.distinct {
-                    return Err(LedgerError::Corrupt(format!(
-                        "charged {charged} of {} buckets",
-                        p.distinct
-                    )));
-                }
-                Some(row.try_get(0)?)
-            }
-            None => None,
-        });
+    rows.into_iter()
+        .map(|row| Ok(row?.map(|row| row.try_get(0)).transpose()?))
+        .collect()
+}
+
+/// Writes the final `used` of every bucket the batch changed (all of them locked).
+async fn set_used(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    changed: &[(Key<'_>, i64)],
+) -> Result<(), LedgerError> {
+    if changed.is_empty() {
+        return Ok(());
     }
-    Ok(ids)
+    let policies: Vec<&str> = changed.iter().map(|(k, _)| k.0).collect();
+    let buckets: Vec<&str> = changed.iter().map(|(k, _)| k.1).collect();
+    let starts: Vec<i64> = changed.iter().map(|(k, _)| k.2).collect();
+    let used: Vec<i64> = changed.iter().map(|(_, u)| *u).collect();
+    let updated = tx
+        .execute(&st.set_used, &[&policies, &buckets, &starts, &used])
+        .await?;
+    if updated != changed.len() as u64 {
+        return Err(LedgerError::Corrupt(format!(
+            "updated {updated} of {} buckets",
+            changed.len()
+        )));
+    }
+    Ok(())
 }

@@ -94,7 +94,9 @@ pub(super) async fn create_schema(client: &mut Client) -> Result<(), LedgerError
 /// Every statement, prepared once per connection.
 pub(super) struct Statements {
     pub(super) lock_buckets: Statement,
-    pub(super) reserve_locked: Statement,
+    pub(super) set_used: Statement,
+    pub(super) lock_reservations: Statement,
+    pub(super) lines_of_many: Statement,
     pub(super) insert_reservation: Statement,
     pub(super) find_key: Statement,
     pub(super) charge: Statement,
@@ -158,7 +160,7 @@ impl Statements {
                  WHERE reservation_id = $1::int8 ORDER BY idx"
             ),
         )?;
-        let (lock_buckets, reserve_locked) = futures::try_join!(
+        let (lock_buckets, set_used, lock_reservations, lines_of_many) = futures::try_join!(
             // A batch's buckets, created if missing and locked in byte order (the order of
             // `lock_order`, whatever the database's collation).
             client.prepare(
@@ -169,35 +171,22 @@ impl Statements {
                  ON CONFLICT (policy, bucket, window_start) DO UPDATE SET used = b.used
                  RETURNING policy, bucket, window_start, used"
             ),
-            // A reservation, its lines and its charge, in a batch whose buckets are locked:
-            // charges only if the reservation was inserted (its key was free).
+            // A batch's final bucket values (its buckets are locked).
             client.prepare(
-                "WITH reservation AS (
-                     INSERT INTO reservations (subject, chatflow, idempotency_key, state,
-                                               created_us, expires_us, updated_us)
-                     VALUES ($1::text, $2::text, $3::text, 'reserved', $4::int8, $5::int8, $4::int8)
-                     ON CONFLICT (subject, idempotency_key)
-                         WHERE idempotency_key IS NOT NULL AND state <> 'refunded'
-                     DO NOTHING
-                     RETURNING id
-                 ), held AS (
-                     INSERT INTO reservation_lines
-                         (reservation_id, idx, policy, bucket, window_start, amount)
-                     SELECT reservation.id, line.*
-                     FROM reservation,
-                          unnest($6::int4[], $7::text[], $8::text[], $9::int8[], $10::int8[]) AS line
-                 ), charged AS (
-                     UPDATE buckets AS b SET used = b.used + c.amount
-                     FROM reservation,
-                          (SELECT l.policy, l.bucket, l.window_start, sum(l.amount)::int8 AS amount
-                           FROM unnest($7::text[], $8::text[], $9::int8[], $10::int8[])
-                                AS l (policy, bucket, window_start, amount)
-                           GROUP BY l.policy, l.bucket, l.window_start) AS c
-                     WHERE b.policy = c.policy AND b.bucket = c.bucket
-                       AND b.window_start = c.window_start
-                     RETURNING 1
-                 )
-                 SELECT id, (SELECT count(*) FROM charged) FROM reservation"
+                "UPDATE buckets AS b SET used = v.used
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[])
+                      AS v (policy, bucket, window_start, used)
+                 WHERE b.policy = v.policy AND b.bucket = v.bucket
+                   AND b.window_start = v.window_start"
+            ),
+            client.prepare(
+                "SELECT id, state, subject, chatflow FROM reservations
+                 WHERE id = ANY($1::int8[]) ORDER BY id FOR UPDATE"
+            ),
+            client.prepare(
+                "SELECT reservation_id, idx, policy, bucket, window_start, amount
+                 FROM reservation_lines WHERE reservation_id = ANY($1::int8[])
+                 ORDER BY reservation_id, idx"
             ),
         )?;
         let (adjust, rehold, log, finish, sweep, policy_usage, usage) = futures::try_join!(
@@ -251,7 +240,9 @@ impl Statements {
         )?;
         Ok(Self {
             lock_buckets,
-            reserve_locked,
+            set_used,
+            lock_reservations,
+            lines_of_many,
             insert_reservation,
             find_key,
             charge,
