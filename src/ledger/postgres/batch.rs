@@ -348,7 +348,7 @@ async fn lock_buckets<'a>(
     Ok(used)
 }
 
-/// Writes every applied settle and refund: lines, usage rows, reservation state, pipelined.
+/// Writes every applied settle and refund (one statement each, pipelined).
 async fn write_closes(
     tx: &Transaction<'_>,
     st: &Statements,
@@ -379,14 +379,9 @@ async fn write_closes(
             }
         })
         .collect();
-    type Row<'p, const N: usize> = [&'p (dyn ToSql + Sync); N];
-    let rehold: Vec<Row<'_, 3>> = params
+    let rows: Vec<[&(dyn ToSql + Sync); 10]> = params
         .iter()
-        .map(|p| -> Row<'_, 3> { [&p.id, &p.idx, &p.t.held] })
-        .collect();
-    let log: Vec<Row<'_, 8>> = params
-        .iter()
-        .map(|p| -> Row<'_, 8> {
+        .map(|p| -> [&(dyn ToSql + Sync); 10] {
             [
                 &p.now,
                 &p.id,
@@ -396,19 +391,14 @@ async fn write_closes(
                 &p.outcome,
                 &p.policies,
                 &p.t.logged,
+                &p.idx,
+                &p.t.held,
             ]
         })
         .collect();
-    let finish: Vec<Row<'_, 4>> = params
+    let writes = rows
         .iter()
-        .map(|p| -> Row<'_, 4> { [&p.id, &p.outcome, &p.t.tokens, &p.now] })
-        .collect();
-    let mut writes = Vec::with_capacity(3 * params.len());
-    for i in 0..params.len() {
-        writes.push(tx.execute(&st.rehold, rehold[i].as_slice()));
-        writes.push(tx.execute(&st.log, log[i].as_slice()));
-        writes.push(tx.execute(&st.finish, finish[i].as_slice()));
-    }
+        .map(|row| tx.execute(&st.close_locked, row.as_slice()));
     for written in futures::future::join_all(writes).await {
         written?;
     }

@@ -96,6 +96,7 @@ pub(super) struct Statements {
     pub(super) lock_buckets: Statement,
     pub(super) set_used: Statement,
     pub(super) lock_reservations: Statement,
+    pub(super) close_locked: Statement,
     pub(super) lines_of_many: Statement,
     pub(super) insert_reservation: Statement,
     pub(super) find_key: Statement,
@@ -160,7 +161,8 @@ impl Statements {
                  WHERE reservation_id = $1::int8 ORDER BY idx"
             ),
         )?;
-        let (lock_buckets, set_used, lock_reservations, lines_of_many) = futures::try_join!(
+        let (lock_buckets, set_used, lock_reservations, close_locked, lines_of_many) =
+            futures::try_join!(
             // A batch's buckets, created if missing and locked in byte order (the order of
             // `lock_order`, whatever the database's collation).
             client.prepare(
@@ -182,6 +184,25 @@ impl Statements {
             client.prepare(
                 "SELECT id, state, subject, chatflow FROM reservations
                  WHERE id = ANY($1::int8[]) ORDER BY id FOR UPDATE"
+            ),
+            // A settle or refund decided by a batch, in one statement: the reservation's state,
+            // the lines whose amount changes, and the usage rows.
+            client.prepare(
+                "WITH finished AS (
+                     UPDATE reservations
+                     SET state = $6::text, tokens = $5::int8, updated_us = $1::int8
+                     WHERE id = $2::int8
+                 ), reheld AS (
+                     UPDATE reservation_lines SET amount = u.amount
+                     FROM unnest($9::int4[], $10::int8[]) AS u (idx, amount)
+                     WHERE reservation_id = $2::int8 AND reservation_lines.idx = u.idx
+                       AND reservation_lines.amount <> u.amount
+                 )
+                 INSERT INTO usage
+                     (time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome)
+                 SELECT $1::int8, $2::int8, $3::text, $4::text, u.policy, u.credits, $5::int8, $6::text
+                 FROM unnest($7::text[], $8::int8[]) WITH ORDINALITY AS u (policy, credits, n)
+                 ORDER BY u.n"
             ),
             client.prepare(
                 "SELECT reservation_id, idx, policy, bucket, window_start, amount
@@ -242,6 +263,7 @@ impl Statements {
             lock_buckets,
             set_used,
             lock_reservations,
+            close_locked,
             lines_of_many,
             insert_reservation,
             find_key,
