@@ -8,6 +8,9 @@ use tokio_util::sync::CancellationToken;
 use flowgate::config::{Config, RunArgs};
 use flowgate::{crd, run, telemetry};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// GitOps-managed access control and credit budgets in front of Flowise.
 #[derive(Parser)]
 #[command(name = "flowgate", version, about)]
