@@ -64,6 +64,7 @@ scenarios!(
     concurrent_reserves_admit_exactly_the_budget,
     a_burst_of_mixed_requests_is_decided_as_if_each_ran_alone,
     a_burst_of_settles_refunds_and_reserves_keeps_the_budget_exact,
+    a_key_refunded_and_reused_in_one_burst_is_charged_at_most_once,
     charges_survive_a_restart_and_every_opened_ledger_shares_them,
     the_usage_log_records_every_settle_refund_and_expiry,
     policy_usage_sums_credits_and_counts_exhausted_buckets,
@@ -709,6 +710,46 @@ async fn a_burst_of_settles_refunds_and_reserves_keeps_the_budget_exact(store: S
         .filter(|r| r.outcome == ReservationState::Refunded)
         .count();
     assert_eq!((settled, refunded, log.len()), (10, 10, 20));
+}
+
+/// Refunds of keyed reservations racing retries with the same keys (often in one batch): a
+/// retry either finds the old reservation (it ran first) or reserves anew after the refund,
+/// and the bucket holds exactly the new reservations.
+async fn a_key_refunded_and_reused_in_one_burst_is_charged_at_most_once(store: Store) {
+    let ledger = store.open().await;
+    let keyed = |n: usize| {
+        let mut req = request("alice", vec![line(POLICY, "alice", 100, 1)]);
+        req.idempotency_key = Some(format!("key-{n}"));
+        req
+    };
+    let mut old = Vec::new();
+    for n in 0..20 {
+        old.push(ledger.reserve(keyed(n)).await.expect("reserve").id());
+    }
+    let refunds: Vec<_> = old
+        .iter()
+        .map(|&id| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move { ledger.refund(id, now()).await })
+        })
+        .collect();
+    let retries = concurrently(&ledger, 20, keyed).await;
+    for refund in refunds {
+        let resolution = refund.await.expect("task").expect("refund");
+        assert!(resolution.applied && resolution.state == ReservationState::Refunded);
+    }
+    let mut fresh = 0;
+    for (n, outcome) in retries.iter().enumerate() {
+        match outcome {
+            ReserveOutcome::Reserved { id, .. } => {
+                assert_ne!(*id, old[n], "key-{n}");
+                fresh += 1;
+            }
+            ReserveOutcome::Duplicate { id, .. } => assert_eq!(*id, old[n], "key-{n}"),
+            other => panic!("key-{n}: {other:?}"),
+        }
+    }
+    assert_eq!(used(&*ledger, POLICY, "alice").await, fresh);
 }
 
 /// SQLite: a restart (the writer thread stops on drop); PostgreSQL: a replica going away.
