@@ -2,14 +2,19 @@
 
 use super::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_sharing_the_database_admit_exactly_the_budget() {
-    let store = crate::support::postgres("three_replicas").await;
-    let replicas = [store.open().await, store.open().await, store.open().await];
-    let tasks: Vec<_> = (0..200)
+use std::sync::Arc;
+
+use flowgate::ledger::CreditLedger;
+
+/// Sends `n` reserves at once, round-robin over `replicas`; how many were reserved.
+async fn reserved_across(
+    replicas: &[Arc<dyn CreditLedger>],
+    n: usize,
+    make: impl Fn(usize) -> ledger::ReserveRequest,
+) -> usize {
+    let tasks: Vec<_> = (0..n)
         .map(|i| {
-            let ledger = replicas[i % 3].clone();
-            let req = request(&format!("user-{i}"), vec![line(POLICY, "*", 50, 1)]);
+            let (ledger, req) = (replicas[i % replicas.len()].clone(), make(i));
             tokio::spawn(async move { ledger.reserve(req).await })
         })
         .collect();
@@ -19,6 +24,17 @@ async fn three_replicas_sharing_the_database_admit_exactly_the_budget() {
             reserved += 1;
         }
     }
+    reserved
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_sharing_the_database_admit_exactly_the_budget() {
+    let store = crate::support::postgres("three_replicas").await;
+    let replicas = [store.open().await, store.open().await, store.open().await];
+    let reserved = reserved_across(&replicas, 200, |i| {
+        request(&format!("user-{i}"), vec![line(POLICY, "*", 50, 1)])
+    })
+    .await;
     assert_eq!(reserved, 50);
     for replica in &replicas {
         assert_eq!(used(&**replica, POLICY, "*").await, 50);
@@ -42,24 +58,15 @@ async fn replicas_batching_two_line_requests_admit_exactly_the_budget() {
     const SHARED: &str = "team-a/shared";
     let store = crate::support::postgres("replicas_two_lines").await;
     let replicas = [store.open().await, store.open().await, store.open().await];
-    let tasks: Vec<_> = (0..240)
-        .map(|i| {
-            let ledger = replicas[i % 3].clone();
-            let user = format!("user-{}", i % 8);
-            let mut lines = vec![line(SHARED, "*", 50, 1), line(POLICY, &user, 10, 1)];
-            if i % 2 == 0 {
-                lines.reverse();
-            }
-            let req = request(&user, lines);
-            tokio::spawn(async move { ledger.reserve(req).await })
-        })
-        .collect();
-    let mut reserved = 0;
-    for task in tasks {
-        if let ReserveOutcome::Reserved { .. } = task.await.expect("task").expect("reserve") {
-            reserved += 1;
+    let reserved = reserved_across(&replicas, 240, |i| {
+        let user = format!("user-{}", i % 8);
+        let mut lines = vec![line(SHARED, "*", 50, 1), line(POLICY, &user, 10, 1)];
+        if i % 2 == 0 {
+            lines.reverse();
         }
-    }
+        request(&user, lines)
+    })
+    .await;
     assert_eq!(reserved, 50);
     assert_eq!(used(&*replicas[0], SHARED, "*").await, 50);
     let mut per_user = 0;

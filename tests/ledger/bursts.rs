@@ -1,0 +1,200 @@
+//! Scenarios of many operations at once: what the group commits of both backends batch
+//! together must be decided as if each operation ran alone.
+
+use super::*;
+
+pub async fn concurrent_retries_with_one_idempotency_key_are_charged_once(store: Store) {
+    let ledger = store.open().await;
+    let outcomes = concurrently(&ledger, 20, |_| {
+        let mut req = request("alice", vec![line(POLICY, "alice", 100, 1)]);
+        req.idempotency_key = Some("retried".into());
+        req
+    })
+    .await;
+    let ids: HashSet<ReservationId> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            ReserveOutcome::Reserved { id, .. } | ReserveOutcome::Duplicate { id, .. } => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let reserved = outcomes
+        .iter()
+        .filter(|o| matches!(o, ReserveOutcome::Reserved { .. }))
+        .count();
+    assert_eq!((reserved, ids.len()), (1, 1), "{outcomes:?}");
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 1);
+}
+
+pub async fn concurrent_reserves_admit_exactly_the_budget(store: Store) {
+    let ledger = store.open().await;
+    let outcomes = concurrently(&ledger, 200, |i| {
+        request(&format!("user-{i}"), vec![line(POLICY, "*", 50, 1)])
+    })
+    .await;
+    let reserved = outcomes
+        .iter()
+        .filter(|o| matches!(o, ReserveOutcome::Reserved { .. }))
+        .count();
+    let exhausted = outcomes
+        .iter()
+        .filter(|o| matches!(o, ReserveOutcome::Exhausted { .. }))
+        .count();
+    assert_eq!((reserved, exhausted), (50, 150));
+    assert_eq!(used(&*ledger, POLICY, "*").await, 50);
+}
+
+/// A burst the writer commits in few batches: two-line requests whose per-subject line binds
+/// before the shared one, and retries of one keyed request among them.
+pub async fn a_burst_of_mixed_requests_is_decided_as_if_each_ran_alone(store: Store) {
+    const SHARED: &str = "team-a/shared";
+    let ledger = store.open().await;
+    let outcomes = concurrently(&ledger, 50, |i| {
+        if i % 5 == 4 {
+            let mut req = request(
+                "kim",
+                vec![line(SHARED, "*", 30, 1), line(POLICY, "kim", 6, 1)],
+            );
+            req.idempotency_key = Some("kim-1".into());
+            return req;
+        }
+        let user = format!("user-{}", i % 4);
+        // Half the requests list their lines the other way round.
+        let mut lines = vec![line(SHARED, "*", 30, 1), line(POLICY, &user, 6, 1)];
+        if i % 2 == 0 {
+            lines.reverse();
+        }
+        request(&user, lines)
+    })
+    .await;
+    let (mut reserved, mut duplicates, mut refused) = (0, 0, 0);
+    for outcome in &outcomes {
+        match outcome {
+            ReserveOutcome::Reserved { .. } => reserved += 1,
+            ReserveOutcome::Duplicate { .. } => duplicates += 1,
+            ReserveOutcome::Exhausted { policy, .. } => {
+                assert_eq!(
+                    policy, POLICY,
+                    "only per-subject budgets run out: {outcome:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    // 40 unkeyed requests by 4 users with 6 each; kim's 10 retries are one reservation.
+    assert_eq!(
+        (reserved, duplicates, refused),
+        (24 + 1, 9, 16),
+        "{outcomes:?}"
+    );
+    assert_eq!(used(&*ledger, SHARED, "*").await, 25);
+    for user in ["user-0", "user-1", "user-2", "user-3"] {
+        assert_eq!(used(&*ledger, POLICY, user).await, 6, "{user}");
+    }
+    assert_eq!(used(&*ledger, POLICY, "kim").await, 1);
+}
+
+/// Settles (each sent twice), refunds and new reserves at once: every close applies once and
+/// the bucket ends at exactly what is charged.
+pub async fn a_burst_of_settles_refunds_and_reserves_keeps_the_budget_exact(store: Store) {
+    let ledger = store.open().await;
+    let first = concurrently(&ledger, 20, |i| {
+        request(&format!("user-{i}"), vec![line(POLICY, "*", 20, 1)])
+    })
+    .await;
+    let ids: Vec<ReservationId> = first.iter().map(OutcomeExt::id).collect();
+    let closes: Vec<_> = (0..30)
+        .map(|n| {
+            let (ledger, id) = (ledger.clone(), ids[n % 20]);
+            tokio::spawn(async move {
+                if n % 20 < 10 {
+                    ledger.settle(id, &[1], 7, now()).await
+                } else {
+                    ledger.refund(id, now()).await
+                }
+            })
+        })
+        .collect();
+    let more = concurrently(&ledger, 15, |i| {
+        request(&format!("late-{i}"), vec![line(POLICY, "*", 20, 1)])
+    })
+    .await;
+    let mut applied = vec![0; 20];
+    for (n, close) in closes.into_iter().enumerate() {
+        let resolution = close.await.expect("task").expect("close");
+        let expected = if n % 20 < 10 {
+            ReservationState::Settled
+        } else {
+            ReservationState::Refunded
+        };
+        assert_eq!(resolution.state, expected, "close {n}");
+        applied[n % 20] += usize::from(resolution.applied);
+    }
+    assert_eq!(applied, vec![1; 20], "each reservation closes once");
+    let late = more
+        .iter()
+        .filter(|o| matches!(o, ReserveOutcome::Reserved { .. }))
+        .count();
+    assert!(
+        late <= 10,
+        "{late} late reserves fit into 10 released credits"
+    );
+    assert_eq!(used(&*ledger, POLICY, "*").await, 10 + late as i64);
+    let log = ledger
+        .usage(UsageFilter {
+            limit: 1000,
+            ..UsageFilter::default()
+        })
+        .await
+        .expect("usage");
+    let settled: i64 = log
+        .iter()
+        .filter(|r| r.outcome == ReservationState::Settled)
+        .map(|r| r.credits)
+        .sum();
+    let refunded = log
+        .iter()
+        .filter(|r| r.outcome == ReservationState::Refunded)
+        .count();
+    assert_eq!((settled, refunded, log.len()), (10, 10, 20));
+}
+
+/// Refunds of keyed reservations racing retries with the same keys (often in one batch): a
+/// retry either finds the old reservation (it ran first) or reserves anew after the refund,
+/// and the bucket holds exactly the new reservations.
+pub async fn a_key_refunded_and_reused_in_one_burst_is_charged_at_most_once(store: Store) {
+    let ledger = store.open().await;
+    let keyed = |n: usize| {
+        let mut req = request("alice", vec![line(POLICY, "alice", 100, 1)]);
+        req.idempotency_key = Some(format!("key-{n}"));
+        req
+    };
+    let mut old = Vec::new();
+    for n in 0..20 {
+        old.push(ledger.reserve(keyed(n)).await.expect("reserve").id());
+    }
+    let refunds: Vec<_> = old
+        .iter()
+        .map(|&id| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move { ledger.refund(id, now()).await })
+        })
+        .collect();
+    let retries = concurrently(&ledger, 20, keyed).await;
+    for refund in refunds {
+        let resolution = refund.await.expect("task").expect("refund");
+        assert!(resolution.applied && resolution.state == ReservationState::Refunded);
+    }
+    let mut fresh = 0;
+    for (n, outcome) in retries.iter().enumerate() {
+        match outcome {
+            ReserveOutcome::Reserved { id, .. } => {
+                assert_ne!(*id, old[n], "key-{n}");
+                fresh += 1;
+            }
+            ReserveOutcome::Duplicate { id, .. } => assert_eq!(*id, old[n], "key-{n}"),
+            other => panic!("key-{n}: {other:?}"),
+        }
+    }
+    assert_eq!(used(&*ledger, POLICY, "alice").await, fresh);
+}
