@@ -309,7 +309,7 @@ pub enum LedgerError {
     #[error("SQLite ledger: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// A group commit failed; every operation in the batch failed with it.
-    #[error("ledger: commit failed: {message}")]
+    #[error("ledger batch failed: {message}")]
     Commit { message: String, transient: bool },
     #[error("cannot start the SQLite ledger's writer thread: {0}")]
     Spawn(#[source] std::io::Error),

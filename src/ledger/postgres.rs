@@ -19,6 +19,8 @@ mod batch;
 mod pool;
 mod schema;
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -312,22 +314,19 @@ impl Conn {
         charges: &[Charge<'_>],
         failed: usize,
     ) -> Result<ReserveOutcome, LedgerError> {
-        let mut planned = std::collections::HashMap::new();
-        let mut failed_used = 0;
-        for (i, charge) in charges.iter().enumerate() {
-            let used = match planned.get(&charge.key()) {
-                Some(&used) => used,
-                None => self.used(charge).await?,
-            };
-            if i == failed {
-                failed_used = used;
+        let mut used = HashMap::new();
+        for charge in charges {
+            if let Entry::Vacant(slot) = used.entry(charge.key()) {
+                slot.insert(self.used(charge).await?);
             }
-            if !charge.fits(used) {
-                return Ok(exhausted(request, charges, i, used));
-            }
-            planned.insert(charge.key(), used + charge.amount);
         }
-        Ok(exhausted(request, charges, failed, failed_used))
+        Ok(match plan(request, charges, &used) {
+            Plan::Refused(outcome) => outcome,
+            Plan::Fits(after) => {
+                let before = after[failed] - charges[failed].amount;
+                exhausted(request, charges, failed, before)
+            }
+        })
     }
 
     async fn used(&self, charge: &Charge<'_>) -> Result<i64, LedgerError> {
@@ -441,6 +440,38 @@ fn exhausted(
         remaining: charges[i].remaining(used),
         reset_at: line.window.end,
     }
+}
+
+/// What memory decided for one request.
+pub(super) enum Plan {
+    /// Fits: the bucket `used` after each line, in request order.
+    Fits(Vec<i64>),
+    Refused(ReserveOutcome),
+}
+
+/// Whether `charges` fit buckets holding `used`, line by line in request order: the one
+/// decision both the batch (in memory, rows locked) and the one-operation path (after a
+/// refused charge) make.
+pub(super) fn plan(
+    request: &ReserveRequest,
+    charges: &[Charge<'_>],
+    used: &HashMap<(&str, &str, i64), i64>,
+) -> Plan {
+    let mut planned: HashMap<(&str, &str, i64), i64> = HashMap::new();
+    let mut after = Vec::with_capacity(charges.len());
+    for (i, charge) in charges.iter().enumerate() {
+        let now = planned
+            .get(&charge.key())
+            .or_else(|| used.get(&charge.key()))
+            .copied()
+            .unwrap_or(0);
+        if !charge.fits(now) {
+            return Plan::Refused(exhausted(request, charges, i, now));
+        }
+        planned.insert(charge.key(), now + charge.amount);
+        after.push(now + charge.amount);
+    }
+    Plan::Fits(after)
 }
 
 /// Indexes of `keys` in sorted key order: every transaction takes bucket rows in this order.

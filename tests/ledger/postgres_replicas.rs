@@ -78,8 +78,9 @@ async fn replicas_batching_two_line_requests_admit_exactly_the_budget() {
     assert_eq!(per_user, 50);
 }
 
-/// A request PostgreSQL refuses (a NUL byte in a text column) fails alone; the requests
-/// batched with it are reserved.
+/// A request PostgreSQL refuses (a NUL byte in a text column) fails alone: the requests
+/// batched with it are decided one by one, exactly (a budget of 10 for 19 good requests), and
+/// the refusals of that path name the policy as the batch's do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_database_refuses_fails_alone() {
     let store = crate::support::postgres("refused_alone").await;
@@ -92,18 +93,30 @@ async fn a_request_the_database_refuses_fails_alone() {
             } else {
                 format!("user-{i}")
             };
-            let req = request(&subject, vec![line(POLICY, "*", 100, 1)]);
+            let req = request(&subject, vec![line(POLICY, "*", 10, 1)]);
             tokio::spawn(async move { (i, ledger.reserve(req).await) })
         })
         .collect();
+    let (mut reserved, mut refused) = (0, 0);
     for task in tasks {
         let (i, outcome) = task.await.expect("task");
         match (i, outcome) {
-            (7, Err(LedgerError::Postgres(_))) => {}
+            // Refused by PostgreSQL, or by the budget before it reached PostgreSQL.
+            (7, Err(LedgerError::Postgres(_)) | Ok(ReserveOutcome::Exhausted { .. })) => {}
             (7, other) => panic!("the NUL subject was not refused: {other:?}"),
-            (_, Ok(ReserveOutcome::Reserved { .. })) => {}
+            (_, Ok(ReserveOutcome::Reserved { .. })) => reserved += 1,
+            (
+                _,
+                Ok(ReserveOutcome::Exhausted {
+                    policy, remaining, ..
+                }),
+            ) => {
+                assert_eq!((policy.as_str(), remaining), (POLICY, 0));
+                refused += 1;
+            }
             (i, other) => panic!("request {i}: {other:?}"),
         }
     }
-    assert_eq!(used(&*ledger, POLICY, "*").await, 19);
+    assert_eq!((reserved, refused), (10, 9));
+    assert_eq!(used(&*ledger, POLICY, "*").await, 10);
 }

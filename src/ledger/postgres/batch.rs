@@ -18,10 +18,11 @@
 //! with a key therefore ends a pipelined segment: its answer is read before anything after it is
 //! decided, and if the key was taken its planned charge is taken back.
 //!
-//! Any error before the commit rolls the whole batch back and reruns each operation alone
-//! through the one-operation path, so one bad request (a string PostgreSQL refuses, say) fails
-//! alone. A failed COMMIT fails the batch: whether it was applied is unknowable, and rerunning
-//! it could charge twice.
+//! An error before the commit rolls the whole batch back. If it came from one operation (a
+//! string PostgreSQL refuses, say) or was a serialization failure or deadlock, each operation
+//! reruns alone through the one-operation path (which retries), so a bad request fails alone;
+//! if the connection or server is gone, every operation fails with it at once. A failed COMMIT
+//! fails the batch: whether it was applied is unknowable, and rerunning it could charge twice.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -34,7 +35,7 @@ use tokio_postgres::types::ToSql;
 use super::pool::{Conn, Pool};
 use super::schema::Statements;
 use super::state::{self, Close, HeldLine, Transition};
-use super::{Charge, LedgerError, ReservationId, ReserveOutcome, ReserveRequest, exhausted};
+use super::{Charge, LedgerError, Plan, ReservationId, ReserveOutcome, ReserveRequest, plan};
 use crate::ledger::{ReservationState, Resolution, expiry};
 
 /// Most operations in one transaction.
@@ -104,6 +105,12 @@ async fn commit(pool: &Pool, batch: Vec<Op>) {
         Ok(mut pooled) => match run(&mut pooled, &requests, &closing).await {
             Ok((reserved, closed)) => (reserved.into_iter().map(Ok).collect(), closed),
             Err(Failure::Commit(e)) => (
+                all_failed(&e, requests.len()),
+                all_failed(&e, closing.len()),
+            ),
+            // The connection or the server is gone: running each operation alone would only
+            // wait for the same failure once per operation, the writer stalled meanwhile.
+            Err(Failure::Before(e)) if e.transient() && !super::retryable(&e) => (
                 all_failed(&e, requests.len()),
                 all_failed(&e, closing.len()),
             ),
@@ -478,33 +485,6 @@ async fn reserve<'a>(
         .into_iter()
         .map(|o| o.ok_or_else(|| LedgerError::Corrupt("reserve left undecided".into())))
         .collect()
-}
-
-/// What memory decided for one request.
-enum Plan {
-    /// Fits: the bucket `used` after each line, in request order.
-    Fits(Vec<i64>),
-    Refused(ReserveOutcome),
-}
-
-/// Whether `charges` fit buckets holding `used`, line by line in request order, exactly as
-/// the one-operation path decides it.
-fn plan(request: &ReserveRequest, charges: &[Charge<'_>], used: &HashMap<Key<'_>, i64>) -> Plan {
-    let mut planned: HashMap<Key<'_>, i64> = HashMap::new();
-    let mut after = Vec::with_capacity(charges.len());
-    for (i, charge) in charges.iter().enumerate() {
-        let now = planned
-            .get(&charge.key())
-            .or_else(|| used.get(&charge.key()))
-            .copied()
-            .unwrap_or(0);
-        if !charge.fits(now) {
-            return Plan::Refused(exhausted(request, charges, i, now));
-        }
-        planned.insert(charge.key(), now + charge.amount);
-        after.push(now + charge.amount);
-    }
-    Plan::Fits(after)
 }
 
 /// Inserts the segment's reservations and their lines in one pipelined round trip; the id of
