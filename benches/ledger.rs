@@ -8,7 +8,9 @@
 //! `FLOWGATE_BENCH_SECONDS` sets the length of each measurement (default 3).
 //!
 //! Each caller reserves 1 credit in a loop, either in its own bucket (PerSubject) or in one
-//! bucket all callers share (Shared: every reserve contends for the same row).
+//! bucket all callers share (Shared: every reserve contends for the same row). In the
+//! `Shared+settle` rows each reservation is also settled in the background as soon as it is
+//! made, as the proxy does when Flowise answers: reserves then share the writer with settles.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +34,7 @@ async fn main() {
     let sqlite = ledger::open(&LedgerUrl::Sqlite(dir.path().join("bench.db")))
         .await
         .expect("SQLite ledger");
-    println!("backend     callers  bucket       reservations/s   p50 ms   p99 ms");
+    println!("backend     callers  bucket         reservations/s   p50 ms   p99 ms   max ms");
     run("sqlite", &sqlite, length).await;
     drop(sqlite);
 
@@ -50,11 +52,29 @@ async fn main() {
     }
 }
 
+/// Whose bucket each caller charges, and whether reservations are settled.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    PerSubject,
+    Shared,
+    SharedSettle,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::PerSubject => "PerSubject",
+            Mode::Shared => "Shared",
+            Mode::SharedSettle => "Shared+settle",
+        }
+    }
+}
+
 async fn run(backend: &str, ledger: &Arc<dyn CreditLedger>, length: Duration) {
-    for shared in [false, true] {
+    for mode in [Mode::PerSubject, Mode::Shared, Mode::SharedSettle] {
         for callers in CALLERS {
-            let policy = format!("bench/{backend}-{callers}-{shared}");
-            let (mut latencies, elapsed) = measure(ledger, &policy, callers, shared, length).await;
+            let policy = format!("bench/{backend}-{callers}-{mode:?}");
+            let (mut latencies, elapsed) = measure(ledger, &policy, callers, mode, length).await;
             latencies.sort();
             let pct = |p: usize| {
                 latencies
@@ -62,11 +82,12 @@ async fn run(backend: &str, ledger: &Arc<dyn CreditLedger>, length: Duration) {
                     .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
             };
             println!(
-                "{backend:<11} {callers:>7}  {:<11} {:>15.0} {:>8.2} {:>8.2}",
-                if shared { "Shared" } else { "PerSubject" },
+                "{backend:<11} {callers:>7}  {:<13} {:>13.0} {:>8.2} {:>8.2} {:>8.2}",
+                mode.label(),
                 latencies.len() as f64 / elapsed.as_secs_f64(),
                 pct(50),
                 pct(99),
+                latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
             );
         }
     }
@@ -78,7 +99,7 @@ async fn measure(
     ledger: &Arc<dyn CreditLedger>,
     policy: &str,
     callers: usize,
-    shared: bool,
+    mode: Mode,
     length: Duration,
 ) -> (Vec<Duration>, Duration) {
     let now = Timestamp::now();
@@ -91,13 +112,17 @@ async fn measure(
             let subject = format!("user-{caller}");
             let line = BudgetLine {
                 policy: policy.to_string(),
-                bucket: if shared { "*".into() } else { subject.clone() },
+                bucket: match mode {
+                    Mode::PerSubject => subject.clone(),
+                    Mode::Shared | Mode::SharedSettle => "*".into(),
+                },
                 limit: u64::MAX,
                 window,
                 amount: 1,
             };
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
+                let mut settles = Vec::new();
                 while Instant::now() < deadline {
                     let request = ReserveRequest {
                         subject: subject.clone(),
@@ -110,7 +135,18 @@ async fn measure(
                     let started = Instant::now();
                     let outcome = ledger.reserve(request).await.expect("reserve");
                     latencies.push(started.elapsed());
-                    assert!(matches!(outcome, ReserveOutcome::Reserved { .. }));
+                    let ReserveOutcome::Reserved { id, .. } = outcome else {
+                        panic!("not reserved: {outcome:?}");
+                    };
+                    if let Mode::SharedSettle = mode {
+                        let ledger = ledger.clone();
+                        settles.push(tokio::spawn(async move {
+                            ledger.settle(id, &[1], 0, now).await.expect("settle");
+                        }));
+                    }
+                }
+                for settle in settles {
+                    settle.await.expect("settle task");
                 }
                 latencies
             })

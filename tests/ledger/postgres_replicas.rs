@@ -5,6 +5,7 @@ use super::*;
 use std::sync::Arc;
 
 use flowgate::ledger::CreditLedger;
+use tokio_postgres::error::SqlState;
 
 /// Sends `n` reserves at once, round-robin over `replicas`; how many were reserved.
 async fn reserved_across(
@@ -119,4 +120,29 @@ async fn a_request_the_database_refuses_fails_alone() {
     }
     assert_eq!((reserved, refused), (10, 9));
     assert_eq!(used(&*ledger, POLICY, "*").await, 10);
+}
+
+/// A batch PostgreSQL aborts leaves no transaction open on its connection: every request after
+/// a refused one is served.
+#[tokio::test]
+async fn the_connection_of_a_refused_batch_serves_the_next_request() {
+    let store = crate::support::postgres("refused_then_served").await;
+    let ledger = store.open().await;
+    for round in 0..3 {
+        let bad = request("bad\0subject", vec![line(POLICY, "*", 100, 1)]);
+        // Refused for what it holds, not for a transaction left aborted on the connection.
+        let bad = ledger.reserve(bad).await;
+        assert!(
+            matches!(&bad, Err(LedgerError::Postgres(e))
+                if e.code() == Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE)),
+            "round {round}: {bad:?}"
+        );
+        let good = request(&format!("user-{round}"), vec![line(POLICY, "*", 100, 1)]);
+        let good = ledger.reserve(good).await;
+        assert!(
+            matches!(good, Ok(ReserveOutcome::Reserved { .. })),
+            "round {round}: {good:?}"
+        );
+    }
+    assert_eq!(used(&*ledger, POLICY, "*").await, 3);
 }

@@ -12,7 +12,11 @@
 //! 3. With those rows locked, every settle and refund ([`state::close`]), then every reserve in
 //!    queue order, is decided in memory exactly as the database would decide it.
 //! 4. The writes: closed reservations and their usage rows, new reservations (one pipelined
-//!    round trip), then each changed bucket's final `used` in one statement.
+//!    round trip), then each changed bucket's final `used` in one statement, sent with COMMIT.
+//!
+//! `BEGIN` goes out with the first lock and the last write with `COMMIT`: a batch of reserves
+//! is three round trips (BEGIN + buckets, reservations, `used` + COMMIT), one more when it also
+//! closes reservations.
 //!
 //! The one thing memory cannot know is whether an idempotency key is already taken. A reserve
 //! with a key therefore ends a pipelined segment: its answer is read before anything after it is
@@ -23,13 +27,15 @@
 //! reruns alone through the one-operation path (which retries), so a bad request fails alone;
 //! if the connection or server is gone, every operation fails with it at once. A failed COMMIT
 //! fails the batch: whether it was applied is unknowable, and rerunning it could charge twice.
+//! (The last write failing in PostgreSQL is not that case: the transaction was aborted, and the
+//! COMMIT behind it rolled it back.)
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use jiff::Timestamp;
 use tokio::sync::{Mutex, mpsc, oneshot};
-use tokio_postgres::Transaction;
+use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
 use super::pool::{Conn, Pool};
@@ -202,31 +208,38 @@ async fn run(
         .iter()
         .map(|r| charges_of(r))
         .collect::<Result<_, _>>()?;
-    let Conn { client, st } = conn;
-    let tx = client.transaction().await?;
+    let Conn { client, st, open } = conn;
+    let tx: &Client = client;
+    // BEGIN by hand, to send it in the same round trip as the first lock. Until the batch is
+    // known to be committed or rolled back, `open` has the pool roll it back before reuse.
+    *open = true;
+    let begin = || async { Ok::<(), LedgerError>(tx.batch_execute("BEGIN").await?) };
+    let charged = || charges.iter().flatten().map(Charge::key);
 
-    let mut held = lock_reservations(&tx, st, closing).await?;
+    let mut held = HashMap::new();
     let mut closed = Vec::with_capacity(closing.len());
     let mut transitions = Vec::new();
-    for c in closing {
-        closed.push(close(&mut held, c, &mut transitions));
-    }
     let mut deltas: Vec<(Key<'_>, i64)> = Vec::new();
-    for (id, t, _) in &transitions {
-        let h = &held[id];
-        for (line, &delta) in h.lines.iter().zip(&t.bucket_delta) {
-            if delta != 0 {
-                deltas.push(((&line.policy, &line.bucket, line.window_start), delta));
+    let locked = if closing.is_empty() {
+        futures::try_join!(begin(), lock_buckets(tx, st, charged().collect()))?.1
+    } else {
+        held = futures::try_join!(begin(), lock_reservations(tx, st, closing))?.1;
+        for c in closing {
+            closed.push(close(&mut held, c, &mut transitions));
+        }
+        for (id, t, _) in &transitions {
+            let h = &held[id];
+            for (line, &delta) in h.lines.iter().zip(&t.bucket_delta) {
+                if delta != 0 {
+                    deltas.push(((&line.policy, &line.bucket, line.window_start), delta));
+                }
             }
         }
-    }
-    let keys: BTreeSet<Key<'_>> = charges
-        .iter()
-        .flatten()
-        .map(Charge::key)
-        .chain(deltas.iter().map(|(key, _)| *key))
-        .collect();
-    let locked = lock_buckets(&tx, st, keys).await?;
+        let keys = charged()
+            .chain(deltas.iter().map(|(key, _)| *key))
+            .collect();
+        lock_buckets(tx, st, keys).await?
+    };
     let mut used = locked.clone();
     for (key, delta) in &deltas {
         if let Some(u) = used.get_mut(key) {
@@ -236,8 +249,8 @@ async fn run(
     // Polled in this order, the closes' writes go out before the first reserves (a refund
     // frees its idempotency key for a reserve behind it) in the same round trip.
     let ((), reserved) = futures::try_join!(
-        write_closes(&tx, st, &held, &transitions),
-        reserve(&tx, st, requests, &charges, &mut used),
+        write_closes(tx, st, &held, &transitions),
+        reserve(tx, st, requests, &charges, &mut used),
     )?;
 
     let changed: Vec<(Key<'_>, i64)> = used
@@ -245,14 +258,32 @@ async fn run(
         .filter(|(key, u)| locked.get(*key) != Some(*u))
         .map(|(key, u)| (*key, *u))
         .collect();
-    set_used(&tx, st, &changed).await?;
-    tx.commit().await.map_err(|e| Failure::Commit(e.into()))?;
-    Ok((reserved, closed))
+    // The last write and COMMIT in one round trip.
+    let (updated, committed) =
+        futures::join!(set_used(tx, st, &changed), tx.batch_execute("COMMIT"));
+    match (updated, committed) {
+        (_, Err(e)) => Err(Failure::Commit(e.into())),
+        // The statement failed in PostgreSQL, which aborted the transaction: COMMIT rolled it
+        // back.
+        (Err(e), Ok(())) if e.as_db_error().is_some() => {
+            *open = false;
+            Err(Failure::Before(e.into()))
+        }
+        // Never sent, yet COMMIT went through without it.
+        (Err(e), Ok(())) => Err(Failure::Commit(e.into())),
+        (Ok(n), Ok(())) if n != changed.len() as u64 => Err(Failure::Commit(LedgerError::Corrupt(
+            format!("updated {n} of {} buckets", changed.len()),
+        ))),
+        (Ok(_), Ok(())) => {
+            *open = false;
+            Ok((reserved, closed))
+        }
+    }
 }
 
 /// Locks the reservations the batch closes, in id order, and reads their lines.
 async fn lock_reservations(
-    tx: &Transaction<'_>,
+    tx: &Client,
     st: &Statements,
     closing: &[&Closing],
 ) -> Result<HashMap<ReservationId, Held>, LedgerError> {
@@ -326,7 +357,7 @@ fn close(
 
 /// Locks (creating at 0) every bucket in `keys`, in key order; returns their `used`.
 async fn lock_buckets<'a>(
-    tx: &Transaction<'_>,
+    tx: &Client,
     st: &Statements,
     keys: BTreeSet<Key<'a>>,
 ) -> Result<HashMap<Key<'a>, i64>, LedgerError> {
@@ -361,7 +392,7 @@ async fn lock_buckets<'a>(
 
 /// Writes every applied settle and refund (one statement each, pipelined).
 async fn write_closes(
-    tx: &Transaction<'_>,
+    tx: &Client,
     st: &Statements,
     held: &HashMap<ReservationId, Held>,
     transitions: &[(ReservationId, Transition, Timestamp)],
@@ -418,7 +449,7 @@ async fn write_closes(
 
 /// Decides and writes every reserve in queue order; `used` follows what is charged.
 async fn reserve<'a>(
-    tx: &Transaction<'_>,
+    tx: &Client,
     st: &Statements,
     requests: &[&ReserveRequest],
     charges: &[Vec<Charge<'a>>],
@@ -490,7 +521,7 @@ async fn reserve<'a>(
 /// Inserts the segment's reservations and their lines in one pipelined round trip; the id of
 /// each, or `None` where its idempotency key was taken.
 async fn insert_reservations(
-    tx: &Transaction<'_>,
+    tx: &Client,
     st: &Statements,
     requests: &[&ReserveRequest],
     charges: &[Vec<Charge<'_>>],
@@ -554,27 +585,20 @@ async fn insert_reservations(
         .collect()
 }
 
-/// Writes the final `used` of every bucket the batch changed (all of them locked).
+/// Writes the final `used` of every bucket the batch changed (all of them locked); how many
+/// rows it updated.
 async fn set_used(
-    tx: &Transaction<'_>,
+    tx: &Client,
     st: &Statements,
     changed: &[(Key<'_>, i64)],
-) -> Result<(), LedgerError> {
+) -> Result<u64, tokio_postgres::Error> {
     if changed.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let policies: Vec<&str> = changed.iter().map(|(k, _)| k.0).collect();
     let buckets: Vec<&str> = changed.iter().map(|(k, _)| k.1).collect();
     let starts: Vec<i64> = changed.iter().map(|(k, _)| k.2).collect();
     let used: Vec<i64> = changed.iter().map(|(_, u)| *u).collect();
-    let updated = tx
-        .execute(&st.set_used, &[&policies, &buckets, &starts, &used])
-        .await?;
-    if updated != changed.len() as u64 {
-        return Err(LedgerError::Corrupt(format!(
-            "updated {updated} of {} buckets",
-            changed.len()
-        )));
-    }
-    Ok(())
+    tx.execute(&st.set_used, &[&policies, &buckets, &starts, &used])
+        .await
 }

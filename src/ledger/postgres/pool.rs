@@ -19,12 +19,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) struct Conn {
     pub(super) client: Client,
     pub(super) st: Statements,
+    /// A transaction begun by hand (`BEGIN` sent) and not yet known to be over; the pool rolls
+    /// it back before lending the connection again (its user failed or was cancelled).
+    pub(super) open: bool,
 }
 
 impl Conn {
     async fn prepare(client: Client) -> Result<Self, LedgerError> {
         let st = Statements::prepare(&client).await?;
-        Ok(Self { client, st })
+        Ok(Self {
+            client,
+            st,
+            open: false,
+        })
     }
 }
 
@@ -76,6 +83,12 @@ impl Pool {
             idle.pop()
         };
         let conn = match idle {
+            Some(mut conn) if conn.open => {
+                // Outside a transaction this only warns.
+                conn.client.batch_execute("ROLLBACK").await?;
+                conn.open = false;
+                conn
+            }
             Some(conn) => conn,
             None => Conn::prepare(open_client(&self.config).await?).await?,
         };
