@@ -68,6 +68,7 @@ scenarios!(
     a_burst_of_mixed_requests_is_decided_as_if_each_ran_alone,
     a_burst_of_settles_refunds_and_reserves_keeps_the_budget_exact,
     a_key_refunded_and_reused_in_one_burst_is_charged_at_most_once,
+    each_caller_of_a_burst_gets_its_own_reservation,
     charges_survive_a_restart_and_every_opened_ledger_shares_them,
     the_usage_log_records_every_settle_refund_and_expiry,
     policy_usage_sums_credits_and_counts_exhausted_buckets,

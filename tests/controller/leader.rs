@@ -33,7 +33,11 @@ async fn only_the_lease_holder_reconciles_and_another_takes_over_when_it_is_kill
 
     create(&api, chatflow_doc("first", json!({"flowiseName": name}))).await;
     wait_ready(&api, "first", "True", "Synced").await;
-    assert!(leader.reconciles() > 0);
+    // A reconcile is counted when it returns, just after its status write.
+    support::eventually(10, "the leader counts its reconcile", || async {
+        (leader.reconciles() > 0).then_some(())
+    })
+    .await;
     assert_eq!(follower.reconciles(), 0, "the follower does not reconcile");
     let holder = |lease: Lease| {
         lease
@@ -48,7 +52,10 @@ async fn only_the_lease_holder_reconciles_and_another_takes_over_when_it_is_kill
     // Lease duration 3 s: the follower takes over after it, then reconciles.
     wait_ready(&api, "second", "True", "Synced").await;
     assert!(follower.metrics.controller.is_leader());
-    assert!(follower.reconciles() > 0);
+    support::eventually(10, "the new leader counts its reconcile", || async {
+        (follower.reconciles() > 0).then_some(())
+    })
+    .await;
     let after = holder(leases.get("flowgate-controller").await.expect("lease"));
     assert_ne!(before, after, "the Lease changed hands");
     follower.stop().await;

@@ -198,3 +198,26 @@ pub async fn a_key_refunded_and_reused_in_one_burst_is_charged_at_most_once(stor
     }
     assert_eq!(used(&*ledger, POLICY, "alice").await, fresh);
 }
+
+/// Each caller of a burst gets the id of its own reservation: refunding the ids returned to
+/// every other caller releases exactly those callers' credits.
+pub async fn each_caller_of_a_burst_gets_its_own_reservation(store: Store) {
+    const CALLERS: usize = 40;
+    let ledger = store.open().await;
+    let outcomes = concurrently(&ledger, CALLERS, |i| {
+        let user = format!("user-{i}");
+        request(&user, vec![line(POLICY, &user, 100, i as u64 + 1)])
+    })
+    .await;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if i % 2 == 0 {
+            let refund = ledger.refund(outcome.id(), now()).await.expect("refund");
+            assert!(refund.applied, "user-{i}: {refund:?}");
+        }
+    }
+    for i in 0..CALLERS {
+        let expected = if i % 2 == 0 { 0 } else { i as i64 + 1 };
+        let user = format!("user-{i}");
+        assert_eq!(used(&*ledger, POLICY, &user).await, expected, "{user}");
+    }
+}

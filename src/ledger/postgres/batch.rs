@@ -11,8 +11,9 @@
 //!    each other.
 //! 3. With those rows locked, every settle and refund ([`state::close`]), then every reserve in
 //!    queue order, is decided in memory exactly as the database would decide it.
-//! 4. The writes: closed reservations and their usage rows, new reservations (one pipelined
-//!    round trip), then each changed bucket's final `used` in one statement, sent with COMMIT.
+//! 4. The writes: closed reservations and their usage rows (one statement each), new
+//!    reservations (one statement for those without an idempotency key), all pipelined in one
+//!    round trip; then each changed bucket's final `used` in one statement, sent with COMMIT.
 //!
 //! `BEGIN` goes out with the first lock and the last write with `COMMIT`: a batch of reserves
 //! is three round trips (BEGIN + buckets, reservations, `used` + COMMIT), one more when it also
@@ -518,8 +519,9 @@ async fn reserve<'a>(
         .collect()
 }
 
-/// Inserts the segment's reservations and their lines in one pipelined round trip; the id of
-/// each, or `None` where its idempotency key was taken.
+/// Inserts the segment's reservations and their lines in one round trip: those without an
+/// idempotency key in one statement, the keyed one (only a segment's last may have a key) in
+/// its own. The id of each, or `None` where its idempotency key was taken.
 async fn insert_reservations(
     tx: &Client,
     st: &Statements,
@@ -527,62 +529,118 @@ async fn insert_reservations(
     charges: &[Vec<Charge<'_>>],
     segment: &[(usize, Vec<i64>)],
 ) -> Result<Vec<Option<i64>>, LedgerError> {
-    struct Params<'a> {
-        subject: &'a str,
-        chatflow: &'a str,
-        key: Option<&'a str>,
-        now: i64,
-        expires: i64,
-        idx: Vec<i32>,
-        policies: Vec<&'a str>,
-        buckets: Vec<&'a str>,
-        starts: Vec<i64>,
-        amounts: Vec<i64>,
+    let (plain, keyed) = match segment.split_last() {
+        Some(((last, _), rest)) if requests[*last].idempotency_key.is_some() => (rest, Some(*last)),
+        _ => (segment, None),
+    };
+    if plain
+        .iter()
+        .any(|&(i, _)| requests[i].idempotency_key.is_some())
+    {
+        return Err(LedgerError::Corrupt(
+            "a keyed reservation inside a segment".into(),
+        ));
     }
-    let params: Vec<Params<'_>> = segment
-        .iter()
-        .map(|&(i, _)| {
-            let (request, lines) = (requests[i], &charges[i]);
-            Params {
-                subject: &request.subject,
-                chatflow: &request.chatflow,
-                key: request.idempotency_key.as_deref(),
-                now: request.now.as_microsecond(),
-                expires: expiry(request.now, request.ttl),
-                idx: (0..).take(lines.len()).collect(),
-                policies: lines.iter().map(|c| c.policy).collect(),
-                buckets: lines.iter().map(|c| c.bucket).collect(),
-                starts: lines.iter().map(|c| c.window_start).collect(),
-                amounts: lines.iter().map(|c| c.amount).collect(),
-            }
-        })
-        .collect();
-    let refs: Vec<[&(dyn ToSql + Sync); 10]> = params
-        .iter()
-        .map(|p| -> [&(dyn ToSql + Sync); 10] {
-            [
-                &p.subject,
-                &p.chatflow,
-                &p.key,
-                &p.now,
-                &p.expires,
-                &p.idx,
-                &p.policies,
-                &p.buckets,
-                &p.starts,
-                &p.amounts,
-            ]
-        })
-        .collect();
-    // Polled together, the statements go out back to back and run in this order.
-    let rows = futures::future::join_all(
-        refs.iter()
-            .map(|params| tx.query_opt(&st.insert_reservation, params.as_slice())),
-    )
-    .await;
-    rows.into_iter()
-        .map(|row| Ok(row?.map(|row| row.try_get(0)).transpose()?))
-        .collect()
+    let keyed = async {
+        match keyed {
+            Some(i) => Ok(Some(insert_keyed(tx, st, requests[i], &charges[i]).await?)),
+            None => Ok::<_, LedgerError>(None),
+        }
+    };
+    // Polled together, the two statements go out back to back.
+    let (mut ids, keyed) =
+        futures::try_join!(insert_plain(tx, st, requests, charges, plain), keyed)?;
+    ids.extend(keyed);
+    Ok(ids)
+}
+
+/// Inserts reservations without an idempotency key, and their lines, in one statement.
+async fn insert_plain(
+    tx: &Client,
+    st: &Statements,
+    requests: &[&ReserveRequest],
+    charges: &[Vec<Charge<'_>>],
+    plain: &[(usize, Vec<i64>)],
+) -> Result<Vec<Option<i64>>, LedgerError> {
+    if plain.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut subjects = Vec::with_capacity(plain.len());
+    let mut chatflows = Vec::with_capacity(plain.len());
+    let mut created = Vec::with_capacity(plain.len());
+    let mut expires = Vec::with_capacity(plain.len());
+    let (mut of, mut idx, mut policies, mut buckets, mut starts, mut amounts) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for (n, &(i, _)) in (1_i64..).zip(plain) {
+        let request = requests[i];
+        subjects.push(request.subject.as_str());
+        chatflows.push(request.chatflow.as_str());
+        created.push(request.now.as_microsecond());
+        expires.push(expiry(request.now, request.ttl));
+        for (line, charge) in (0_i32..).zip(&charges[i]) {
+            of.push(n);
+            idx.push(line);
+            policies.push(charge.policy);
+            buckets.push(charge.bucket);
+            starts.push(charge.window_start);
+            amounts.push(charge.amount);
+        }
+    }
+    let rows = tx
+        .query(
+            &st.insert_many,
+            &[
+                &subjects, &chatflows, &created, &expires, &of, &idx, &policies, &buckets, &starts,
+                &amounts,
+            ],
+        )
+        .await?;
+    if rows.len() != plain.len() {
+        return Err(LedgerError::Corrupt(format!(
+            "inserted {} of {} reservations",
+            rows.len(),
+            plain.len()
+        )));
+    }
+    rows.iter().map(|row| Ok(Some(row.try_get(0)?))).collect()
+}
+
+/// Inserts one reservation with an idempotency key and its lines; `None` if the key is taken.
+async fn insert_keyed(
+    tx: &Client,
+    st: &Statements,
+    request: &ReserveRequest,
+    lines: &[Charge<'_>],
+) -> Result<Option<i64>, LedgerError> {
+    let idx: Vec<i32> = (0..).take(lines.len()).collect();
+    let policies: Vec<&str> = lines.iter().map(|c| c.policy).collect();
+    let buckets: Vec<&str> = lines.iter().map(|c| c.bucket).collect();
+    let starts: Vec<i64> = lines.iter().map(|c| c.window_start).collect();
+    let amounts: Vec<i64> = lines.iter().map(|c| c.amount).collect();
+    let row = tx
+        .query_opt(
+            &st.insert_reservation,
+            &[
+                &request.subject,
+                &request.chatflow,
+                &request.idempotency_key,
+                &request.now.as_microsecond(),
+                &expiry(request.now, request.ttl),
+                &idx,
+                &policies,
+                &buckets,
+                &starts,
+                &amounts,
+            ],
+        )
+        .await?;
+    Ok(row.map(|row| row.try_get(0)).transpose()?)
 }
 
 /// Writes the final `used` of every bucket the batch changed (all of them locked); how many

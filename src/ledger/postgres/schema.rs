@@ -98,6 +98,7 @@ pub(super) struct Statements {
     pub(super) lock_reservations: Statement,
     pub(super) close_locked: Statement,
     pub(super) lines_of_many: Statement,
+    pub(super) insert_many: Statement,
     pub(super) insert_reservation: Statement,
     pub(super) find_key: Statement,
     pub(super) charge: Statement,
@@ -161,7 +162,7 @@ impl Statements {
                  WHERE reservation_id = $1::int8 ORDER BY idx"
             ),
         )?;
-        let (lock_buckets, set_used, lock_reservations, close_locked, lines_of_many) =
+        let (lock_buckets, set_used, lock_reservations, close_locked, lines_of_many, insert_many) =
             futures::try_join!(
             // A batch's buckets, created if missing and locked in byte order (the order of
             // `lock_order`, whatever the database's collation).
@@ -208,6 +209,31 @@ impl Statements {
                 "SELECT reservation_id, idx, policy, bucket, window_start, amount
                  FROM reservation_lines WHERE reservation_id = ANY($1::int8[])
                  ORDER BY reservation_id, idx"
+            ),
+            // Many reservations without an idempotency key and their lines (line.n: the
+            // 1-based position of its reservation); their ids in input order. The ids are
+            // taken before inserting, so no order of RETURNING rows is relied on.
+            client.prepare(
+                "WITH input AS (
+                     SELECT nextval('reservations_id_seq') AS id, r.*
+                     FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) WITH ORDINALITY
+                          AS r (subject, chatflow, created_us, expires_us, n)
+                 ), reservation AS (
+                     INSERT INTO reservations (id, subject, chatflow, state,
+                                               created_us, expires_us, updated_us)
+                     SELECT id, subject, chatflow, 'reserved', created_us, expires_us, created_us
+                     FROM input
+                 ), held AS (
+                     INSERT INTO reservation_lines
+                         (reservation_id, idx, policy, bucket, window_start, amount)
+                     SELECT input.id, line.idx, line.policy, line.bucket, line.window_start,
+                            line.amount
+                     FROM unnest($5::int8[], $6::int4[], $7::text[], $8::text[], $9::int8[],
+                                 $10::int8[])
+                          AS line (n, idx, policy, bucket, window_start, amount)
+                     JOIN input ON input.n = line.n
+                 )
+                 SELECT id FROM input ORDER BY n"
             ),
         )?;
         let (adjust, rehold, log, finish, sweep, policy_usage, usage) = futures::try_join!(
@@ -265,6 +291,7 @@ impl Statements {
             lock_reservations,
             close_locked,
             lines_of_many,
+            insert_many,
             insert_reservation,
             find_key,
             charge,
