@@ -25,10 +25,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::{GenericClient, Row};
 
 use self::pool::{Conn, Pool};
+use self::schema::Statements;
 use super::state::{self, Close, HeldLine};
 use super::{
     Charge, CreditLedger, LedgerError, LedgerFuture, PolicyUsage, ReservationId, ReservationState,
@@ -216,6 +217,39 @@ impl PostgresLedger {
     }
 }
 
+/// Inserts one reservation and its lines; its id, or `None` if its idempotency key is taken.
+/// (The batch inserts reservations without a key many at a time.)
+async fn insert_reservation(
+    tx: &impl GenericClient,
+    st: &Statements,
+    request: &ReserveRequest,
+    charges: &[Charge<'_>],
+) -> Result<Option<i64>, LedgerError> {
+    let idx: Vec<i32> = (0..).take(charges.len()).collect();
+    let policies: Vec<&str> = charges.iter().map(|c| c.policy).collect();
+    let buckets: Vec<&str> = charges.iter().map(|c| c.bucket).collect();
+    let starts: Vec<i64> = charges.iter().map(|c| c.window_start).collect();
+    let amounts: Vec<i64> = charges.iter().map(|c| c.amount).collect();
+    let row = tx
+        .query_opt(
+            &st.insert_reservation,
+            &[
+                &request.subject,
+                &request.chatflow,
+                &request.idempotency_key,
+                &request.now.as_microsecond(),
+                &expiry(request.now, request.ttl),
+                &idx,
+                &policies,
+                &buckets,
+                &starts,
+                &amounts,
+            ],
+        )
+        .await?;
+    Ok(row.map(|row| row.try_get(0)).transpose()?)
+}
+
 impl Conn {
     /// One attempt; `None` asks for another.
     async fn reserve(
@@ -225,32 +259,9 @@ impl Conn {
     ) -> Result<Option<ReserveOutcome>, LedgerError> {
         let st = &self.st;
         let tx = self.client.transaction().await?;
-        let now = request.now.as_microsecond();
-        let expires = expiry(request.now, request.ttl);
-        let idx: Vec<i32> = (0..).take(charges.len()).collect();
-        let policies: Vec<&str> = charges.iter().map(|c| c.policy).collect();
-        let buckets: Vec<&str> = charges.iter().map(|c| c.bucket).collect();
-        let starts: Vec<i64> = charges.iter().map(|c| c.window_start).collect();
-        let amounts: Vec<i64> = charges.iter().map(|c| c.amount).collect();
-        let inserted = tx
-            .query_opt(
-                &st.insert_reservation,
-                &[
-                    &request.subject,
-                    &request.chatflow,
-                    &request.idempotency_key,
-                    &now,
-                    &expires,
-                    &idx,
-                    &policies,
-                    &buckets,
-                    &starts,
-                    &amounts,
-                ],
-            )
-            .await?;
+        let inserted = insert_reservation(&tx, st, request, charges).await?;
         let id: i64 = match (inserted, &request.idempotency_key) {
-            (Some(row), _) => row.try_get(0)?,
+            (Some(id), _) => id,
             // ON CONFLICT DO NOTHING: the key belongs to a reservation that is not refunded
             // (it waited for that reservation's transaction to commit first).
             (None, Some(key)) => {

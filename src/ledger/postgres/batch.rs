@@ -543,7 +543,9 @@ async fn insert_reservations(
     }
     let keyed = async {
         match keyed {
-            Some(i) => Ok(Some(insert_keyed(tx, st, requests[i], &charges[i]).await?)),
+            Some(i) => Ok(Some(
+                super::insert_reservation(tx, st, requests[i], &charges[i]).await?,
+            )),
             None => Ok::<_, LedgerError>(None),
         }
     };
@@ -609,38 +611,6 @@ async fn insert_plain(
         )));
     }
     rows.iter().map(|row| Ok(Some(row.try_get(0)?))).collect()
-}
-
-/// Inserts one reservation with an idempotency key and its lines; `None` if the key is taken.
-async fn insert_keyed(
-    tx: &Client,
-    st: &Statements,
-    request: &ReserveRequest,
-    lines: &[Charge<'_>],
-) -> Result<Option<i64>, LedgerError> {
-    let idx: Vec<i32> = (0..).take(lines.len()).collect();
-    let policies: Vec<&str> = lines.iter().map(|c| c.policy).collect();
-    let buckets: Vec<&str> = lines.iter().map(|c| c.bucket).collect();
-    let starts: Vec<i64> = lines.iter().map(|c| c.window_start).collect();
-    let amounts: Vec<i64> = lines.iter().map(|c| c.amount).collect();
-    let row = tx
-        .query_opt(
-            &st.insert_reservation,
-            &[
-                &request.subject,
-                &request.chatflow,
-                &request.idempotency_key,
-                &request.now.as_microsecond(),
-                &expiry(request.now, request.ttl),
-                &idx,
-                &policies,
-                &buckets,
-                &starts,
-                &amounts,
-            ],
-        )
-        .await?;
-    Ok(row.map(|row| row.try_get(0)).transpose()?)
 }
 
 /// Writes the final `used` of every bucket the batch changed (all of them locked); how many
