@@ -550,10 +550,8 @@ async fn insert_reservations(
         }
     };
     // Polled together, the two statements go out back to back.
-    let (mut ids, keyed) =
-        futures::try_join!(insert_plain(tx, st, requests, charges, plain), keyed)?;
-    ids.extend(keyed);
-    Ok(ids)
+    let (ids, keyed) = futures::try_join!(insert_plain(tx, st, requests, charges, plain), keyed)?;
+    Ok(ids.into_iter().map(Some).chain(keyed).collect())
 }
 
 /// Inserts reservations without an idempotency key, and their lines, in one statement.
@@ -563,7 +561,7 @@ async fn insert_plain(
     requests: &[&ReserveRequest],
     charges: &[Vec<Charge<'_>>],
     plain: &[(usize, Vec<i64>)],
-) -> Result<Vec<Option<i64>>, LedgerError> {
+) -> Result<Vec<i64>, LedgerError> {
     if plain.is_empty() {
         return Ok(Vec::new());
     }
@@ -610,7 +608,7 @@ async fn insert_plain(
             plain.len()
         )));
     }
-    rows.iter().map(|row| Ok(Some(row.try_get(0)?))).collect()
+    rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
 }
 
 /// Writes the final `used` of every bucket the batch changed (all of them locked); how many
