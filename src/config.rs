@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// Read resources from YAML files in this directory instead of a cluster.
     #[arg(long, env = "FLOWGATE_RESOURCES_DIR")]
     pub resources_dir: Option<PathBuf>,
+    /// Threads serving proxy connections, each with its own runtime and Flowise connection
+    /// pool (`auto`: one per CPU the process may use).
+    #[arg(long, env = "FLOWGATE_PROXY_THREADS", default_value = "auto")]
+    pub proxy_threads: String,
 }
 
 /// Checked configuration of `flowgate run`.
@@ -113,6 +117,7 @@ pub struct Config {
     pub controller: bool,
     pub proxy: bool,
     pub resources_dir: Option<PathBuf>,
+    pub proxy_threads: usize,
 }
 
 /// Where the credits ledger lives.
@@ -234,6 +239,7 @@ impl Config {
             controller: !args.no_controller,
             proxy: !args.no_proxy,
             resources_dir: args.resources_dir,
+            proxy_threads: proxy_threads(&args.proxy_threads)?,
         })
     }
 }
@@ -259,6 +265,21 @@ impl LedgerUrl {
                 format!("'{raw}' must start with sqlite:// or postgres://"),
             ))
         }
+    }
+}
+
+/// `auto` (one per CPU this process may use, cgroup quota included) or a count from 1 to 256.
+fn proxy_threads(raw: &str) -> Result<usize, ConfigError> {
+    const SETTING: &str = "FLOWGATE_PROXY_THREADS";
+    if matches!(raw.trim(), "auto" | "") {
+        return Ok(std::thread::available_parallelism().map_or(1, usize::from));
+    }
+    match raw.trim().parse::<usize>() {
+        Ok(n @ 1..=256) => Ok(n),
+        _ => Err(invalid(
+            SETTING,
+            format!("'{raw}' is neither 'auto' nor a number of threads from 1 to 256"),
+        )),
     }
 }
 
@@ -375,6 +396,17 @@ mod tests {
         assert_eq!(config.jwt.leeway, Duration::from_secs(30));
         assert_eq!(config.log_format, LogFormat::Text);
         assert!(config.controller && config.proxy);
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(
+            config.proxy_threads, cpus,
+            "auto: one thread per usable CPU"
+        );
+    }
+
+    #[test]
+    fn proxy_threads_take_a_count() {
+        let config = parse(&["--proxy-threads", " 3 "]).expect("valid");
+        assert_eq!(config.proxy_threads, 3);
     }
 
     #[test]
@@ -391,6 +423,9 @@ mod tests {
             (&["--flowise-url", "ftp://x"], "FLOWGATE_FLOWISE_URL"),
             (&["--log-format", "xml"], "FLOWGATE_LOG_FORMAT"),
             (&["--user-claims", " , "], "FLOWGATE_USER_CLAIMS"),
+            (&["--proxy-threads", "0"], "FLOWGATE_PROXY_THREADS"),
+            (&["--proxy-threads", "257"], "FLOWGATE_PROXY_THREADS"),
+            (&["--proxy-threads", "many"], "FLOWGATE_PROXY_THREADS"),
         ];
         for (args, setting) in cases {
             let err = parse(args).expect_err("bad value is refused");

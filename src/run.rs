@@ -44,6 +44,9 @@ pub enum RunError {
     /// The proxy could not be set up.
     #[error("proxy: {0}")]
     Proxy(#[from] ProxyError),
+    /// The proxy's threads could not be started.
+    #[error("cannot start the proxy's threads: {0}")]
+    Threads(#[source] std::io::Error),
     /// The controller could not start.
     #[error("controller: {0}")]
     Controller(#[from] crate::controller::ControllerError),
@@ -155,11 +158,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             credits = credits.with_alerts(crate::proxy::credits::Alerts::new(client.clone()));
         }
         tokio::spawn(credits.clone().run_sweeper(shutdown.clone()));
-        let proxy = Arc::new(Proxy {
+        let upstream = Upstream::new(&config.flowise_url, default_key, config.upstream_timeout)?;
+        let background = credits.background().clone();
+        let proxy = Proxy {
             credits,
             snapshot,
             verifier: Arc::new(verifier),
-            upstream: Upstream::new(&config.flowise_url, default_key, config.upstream_timeout)?,
+            upstream,
             keys: ApiKeys::new(client.clone()),
             metrics: metrics.clone(),
             token_endpoint: config.token_endpoint_url.clone(),
@@ -167,20 +172,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             admin: client
                 .clone()
                 .zip(controller.as_ref())
-                .map(|(client, controller)| crate::admin::Admin {
-                    client,
-                    sync: controller.sync_state(),
+                .map(|(client, controller)| {
+                    Arc::new(crate::admin::Admin {
+                        client,
+                        sync: controller.sync_state(),
+                    })
                 }),
-        });
+        };
+        // Each thread gets its own Flowise pool: a pooled connection's task runs on the
+        // runtime that opened it, so one shared pool would send requests across threads.
+        let handlers = (0..config.proxy_threads)
+            .map(|_| {
+                let proxy = Arc::new(proxy.with_own_upstream()?);
+                Ok(move |req, peer| proxy.clone().handle(req, peer))
+            })
+            .collect::<Result<Vec<_>, ProxyError>>()?;
+        let threads = server::Threads::start(handlers, &background, &shutdown, DRAIN_PERIOD)
+            .map_err(RunError::Threads)?;
         let listener = bind(config.listen_addr, "FLOWGATE_LISTEN_ADDR").await?;
-        let handler = move |req, peer| proxy.clone().handle(req, peer);
-        tasks.push(tokio::spawn(server::serve(
-            listener,
-            handler,
-            shutdown.clone(),
-            DRAIN_PERIOD,
-        )));
-        tracing::info!(addr = %config.listen_addr, flowise = %config.flowise_url, "proxy listening");
+        tasks.push(tokio::spawn(threads.serve(listener, shutdown.clone())));
+        tracing::info!(addr = %config.listen_addr, flowise = %config.flowise_url, threads = config.proxy_threads, "proxy listening");
     }
 
     // The controller campaigns for the Lease and reconciles while it holds it; on shutdown it

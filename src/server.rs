@@ -1,5 +1,11 @@
-//! One accept loop for every HTTP listener (proxy and ops), with graceful shutdown: on
-//! cancellation it stops accepting and waits for in-flight connections to finish.
+//! The HTTP listeners (proxy and ops), with graceful shutdown: on cancellation they stop
+//! accepting and wait for in-flight connections to finish.
+//!
+//! The ops listener serves on the main runtime ([`serve`]). The proxy serves thread per core
+//! ([`Threads`]): one accept loop hands each connection, round robin, to one of N
+//! threads, each running a current-thread runtime with its own handler (and so its own pool of
+//! upstream connections). A request then lives on one thread from accept to answer — no work
+//! stealing, no wake-ups across threads between the client's connection and Flowise's.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,11 +19,16 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Response body type shared by every handler.
 pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// How many accepted connections may wait for a busy thread before accepting pauses.
+const HANDOFF_QUEUE: usize = 64;
 
 /// Serves `handler` on `listener` until `shutdown` fires, then drains connections for at most
 /// `drain` before returning.
@@ -30,38 +41,185 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    let mut connections = Connections::new(handler);
+    while let Some((stream, peer)) = accept(&listener, &shutdown).await {
+        connections.serve(stream, peer);
+    }
+    drop(listener);
+    connections.drain(drain).await;
+}
+
+/// Threads serving proxy connections, each with its own current-thread runtime.
+pub struct Threads {
+    senders: Vec<mpsc::Sender<(std::net::TcpStream, SocketAddr)>>,
+    finished: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Threads {
+    /// Starts one thread per handler. After `shutdown` each drains its connections and then
+    /// finishes the work its handler left in `background` (settling credits after an answer),
+    /// each within `drain`.
+    pub fn start<H, F>(
+        handlers: Vec<H>,
+        background: &TaskTracker,
+        shutdown: &CancellationToken,
+        drain: Duration,
+    ) -> std::io::Result<Self>
+    where
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let mut threads = Self {
+            senders: Vec::with_capacity(handlers.len()),
+            finished: Vec::with_capacity(handlers.len()),
+        };
+        for (i, handler) in handlers.into_iter().enumerate() {
+            let (tx, mut rx) = mpsc::channel::<(std::net::TcpStream, SocketAddr)>(HANDOFF_QUEUE);
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            let (shutdown, background) = (shutdown.clone(), background.clone());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            std::thread::Builder::new()
+                .name(format!("flowgate-proxy-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let mut connections = Connections::new(handler);
+                        loop {
+                            let (stream, peer) = tokio::select! {
+                                handed = rx.recv() => match handed {
+                                    Some(conn) => conn,
+                                    None => break,
+                                },
+                                () = shutdown.cancelled() => break,
+                            };
+                            match TcpStream::from_std(stream) {
+                                Ok(stream) => connections.serve(stream, peer),
+                                Err(error) => {
+                                    tracing::warn!(%error, %peer, "cannot adopt a connection");
+                                }
+                            }
+                        }
+                        connections.drain(drain).await;
+                        background.close();
+                        if tokio::time::timeout(drain, background.wait())
+                            .await
+                            .is_err()
+                        {
+                            tracing::warn!(
+                                ?drain,
+                                "background work unfinished after the drain period"
+                            );
+                        }
+                    });
+                    let _ = done_tx.send(());
+                })?;
+            threads.senders.push(tx);
+            threads.finished.push(done_rx);
+        }
+        Ok(threads)
+    }
+
+    /// Accepts on `listener` until `shutdown` fires, handing each connection to the next
+    /// thread in turn; returns once every thread has finished.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        let mut next = 0;
+        while let Some((stream, peer)) = accept(&listener, &shutdown).await {
+            if self.senders.is_empty() {
+                break;
+            }
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, %peer, "cannot hand a connection over");
+                    continue;
+                }
+            };
+            // Round robin: with few long-lived client connections (a load balancer's pool),
+            // each thread gets its share; a hash of the peer address would not promise that.
+            if self.senders[next].send((stream, peer)).await.is_err() {
+                // Never expected (its tasks catch their own panics); rather than keep running
+                // with a part of the proxy gone, stop the whole process so it is restarted.
+                tracing::error!(thread = next, "a proxy thread stopped; shutting down");
+                shutdown.cancel();
+                break;
+            }
+            next = (next + 1) % self.senders.len();
+        }
+        drop(listener);
+        drop(self.senders);
+        for done in self.finished {
+            let _ = done.await;
+        }
+    }
+}
+
+/// The next connection, or `None` once `shutdown` fires.
+async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
-        let (stream, peer) = tokio::select! {
+        tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer));
+                }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
             },
-            () = shutdown.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
+            () = shutdown.cancelled() => return None,
+        }
+    }
+}
+
+/// The connections one runtime serves, watched for graceful shutdown.
+struct Connections<H> {
+    handler: H,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: GracefulShutdown,
+}
+
+impl<H, F> Connections<H>
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    fn new(handler: H) -> Self {
+        Self {
+            handler,
+            builder: auto::Builder::new(TokioExecutor::new()),
+            graceful: GracefulShutdown::new(),
+        }
+    }
+
+    /// Serves one connection in a task of the current runtime.
+    fn serve(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let handler = self.handler.clone();
         let service = hyper::service::service_fn(move |req| {
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler(req, peer).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = self.graceful.watch(conn.into_owned());
         tokio::spawn(async move {
             if let Err(error) = conn.await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
         });
     }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(drain) => tracing::warn!(?drain, "connections still open after the drain period"),
+
+    /// Asks every connection to finish and waits at most `drain` for them.
+    async fn drain(self, drain: Duration) {
+        tokio::select! {
+            () = self.graceful.shutdown() => {}
+            () = tokio::time::sleep(drain) => tracing::warn!(?drain, "connections still open after the drain period"),
+        }
     }
 }

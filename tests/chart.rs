@@ -320,6 +320,7 @@ async fn values_of_the_wrong_shape_are_refused_by_the_schema() {
         ),
         (json!({"ledger": {"type": "mysql"}}), "at '/ledger/type'"),
         (json!({"logFormat": "xml"}), "at '/logFormat'"),
+        (json!({"proxy": {"threads": 0}}), "at '/proxy/threads'"),
         (
             json!({"auth": {"adminClaim": "role"}}),
             "at '/auth/adminClaim'",

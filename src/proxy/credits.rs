@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
+use tokio_util::task::TaskTracker;
 
 use super::error::ProxyError;
 use crate::crd::BudgetScope;
@@ -32,6 +33,9 @@ pub struct Credits {
     ledger: Arc<dyn CreditLedger>,
     metrics: Arc<Metrics>,
     alerts: Option<Alerts>,
+    /// Settles, refunds and alerts still running after their request was answered; the proxy
+    /// waits for them when it stops.
+    background: TaskTracker,
 }
 
 /// Kubernetes Events on a CreditPolicy when a subject crosses one of its `alertAtPercent`.
@@ -83,7 +87,13 @@ impl Credits {
             ledger,
             metrics,
             alerts: None,
+            background: TaskTracker::new(),
         }
+    }
+
+    /// The settles, refunds and alerts still running in the background.
+    pub fn background(&self) -> &TaskTracker {
+        &self.background
     }
 
     /// Also publishes an Event when a subject crosses a policy's `alertAtPercent`.
@@ -121,7 +131,7 @@ impl Credits {
                 action: "Charge".into(),
                 secondary: None,
             };
-            tokio::spawn(async move {
+            self.background.spawn(async move {
                 if let Err(error) = alerts.recorder.publish(&event, &reference).await {
                     tracing::debug!(%error, "could not publish the credit alert Event");
                 }
@@ -206,7 +216,7 @@ impl Credits {
             self.metrics.credits_charged(&policy.id, *credits);
         }
         let ledger = self.ledger.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             if let Err(error) = ledger
                 .settle(charge.id, &actual, tokens, Timestamp::now())
                 .await
@@ -220,7 +230,7 @@ impl Credits {
     /// Releases the reservation in the background (Flowise failed before answering).
     pub fn refund(&self, charge: Charge) {
         let ledger = self.ledger.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             if let Err(error) = ledger.refund(charge.id, Timestamp::now()).await {
                 tracing::error!(%error, reservation = charge.id.0, "refund failed");
             }

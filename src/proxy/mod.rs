@@ -50,6 +50,7 @@ pub const MAX_MULTIPART_BODY: usize = 50 * 1024 * 1024;
 pub const MAX_ANSWER: usize = 32 * 1024 * 1024;
 
 /// Everything a request needs, shared by all connections.
+#[derive(Clone)]
 pub struct Proxy {
     pub snapshot: SnapshotHandle,
     pub verifier: Arc<Verifier>,
@@ -60,7 +61,7 @@ pub struct Proxy {
     pub token_endpoint: Option<reqwest::Url>,
     pub http: reqwest::Client,
     /// The admin API (`/api/admin`); `None` without a cluster (`--resources-dir`).
-    pub admin: Option<crate::admin::Admin>,
+    pub admin: Option<Arc<crate::admin::Admin>>,
 }
 
 /// A prediction ready to forward.
@@ -96,6 +97,14 @@ impl Payload {
 }
 
 impl Proxy {
+    /// The same proxy with a Flowise connection pool of its own (one per serving thread).
+    pub fn with_own_upstream(&self) -> Result<Self, ProxyError> {
+        Ok(Self {
+            upstream: self.upstream.with_own_pool()?,
+            ..self.clone()
+        })
+    }
+
     /// Answers one request. Never fails: every error becomes its JSON answer.
     pub async fn handle(
         self: Arc<Self>,

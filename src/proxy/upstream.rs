@@ -57,20 +57,6 @@ impl Upstream {
             .authority()
             .cloned()
             .ok_or_else(|| ProxyError::NotConfigured("Flowise URL has no host".into()))?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| ProxyError::NotConfigured(format!("TLS roots: {e}")))?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(tls);
         let default_key = default_key
             .map(|key| bearer(&key))
             .transpose()
@@ -78,12 +64,20 @@ impl Upstream {
                 ProxyError::NotConfigured("the Flowise API key is not a valid header value".into())
             })?;
         Ok(Self {
-            client,
+            client: pool()?,
             scheme,
             authority,
             base_path: uri.path().trim_end_matches('/').to_string(),
             default_key,
             timeout,
+        })
+    }
+
+    /// The same upstream with a pool of its own (for another thread's runtime).
+    pub fn with_own_pool(&self) -> Result<Self, ProxyError> {
+        Ok(Self {
+            client: pool()?,
+            ..self.clone()
         })
     }
 
@@ -145,6 +139,25 @@ impl Upstream {
             Err(_) => Err(ProxyError::UpstreamTimeout),
         }
     }
+}
+
+/// An empty pool of HTTP/1.1 connections (TLS for https URLs). A connection's task runs on the
+/// runtime that opened it.
+fn pool() -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>, ProxyError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| ProxyError::NotConfigured(format!("TLS roots: {e}")))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(tls))
 }
 
 /// `Bearer <key>` as a header value.

@@ -4,6 +4,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -35,9 +36,11 @@ impl Conn {
     }
 }
 
-async fn open_client(config: &Config) -> Result<Client, LedgerError> {
+/// Connects; the connection's task runs on `runtime` (the pool's, not that of whichever
+/// thread asked for a connection, so it outlives a proxy thread's runtime).
+async fn open_client(config: &Config, runtime: &Handle) -> Result<Client, LedgerError> {
     let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%error, "ledger PostgreSQL connection ended");
         }
@@ -48,6 +51,7 @@ async fn open_client(config: &Config) -> Result<Client, LedgerError> {
 /// A fixed set of connections, created on demand and reused.
 pub(super) struct Pool {
     config: Config,
+    runtime: Handle,
     idle: Mutex<Vec<Conn>>,
     permits: Semaphore,
 }
@@ -61,11 +65,13 @@ impl Pool {
         if config.get_application_name().is_none() {
             config.application_name("flowgate-ledger");
         }
-        let mut client = open_client(&config).await?;
+        let runtime = Handle::current();
+        let mut client = open_client(&config, &runtime).await?;
         create_schema(&mut client).await?;
         let first = Conn::prepare(client).await?;
         Ok(Self {
             config,
+            runtime,
             idle: Mutex::new(vec![first]),
             permits: Semaphore::new(POOL_SIZE),
         })
@@ -90,7 +96,7 @@ impl Pool {
                 conn
             }
             Some(conn) => conn,
-            None => Conn::prepare(open_client(&self.config).await?).await?,
+            None => Conn::prepare(open_client(&self.config, &self.runtime).await?).await?,
         };
         Ok(Pooled {
             conn: Some(conn),
