@@ -11,7 +11,7 @@
 //!    each other.
 //! 3. With those rows locked, every settle and refund ([`state::close`]), then every reserve in
 //!    queue order, is decided in memory exactly as the database would decide it.
-//! 4. The writes: closed reservations and their usage rows (one statement each), new
+//! 4. The writes: every closed reservation, its lines and usage rows (one statement), new
 //!    reservations (one statement for those without an idempotency key), all pipelined in one
 //!    round trip; then each changed bucket's final `used` in one statement, sent with COMMIT.
 //!
@@ -391,61 +391,81 @@ async fn lock_buckets<'a>(
     Ok(used)
 }
 
-/// Writes every applied settle and refund (one statement each, pipelined).
+/// Writes every applied settle and refund, in one statement.
 async fn write_closes(
     tx: &Client,
     st: &Statements,
     held: &HashMap<ReservationId, Held>,
     transitions: &[(ReservationId, Transition, Timestamp)],
 ) -> Result<(), LedgerError> {
-    struct Params<'a> {
-        id: i64,
-        idx: Vec<i32>,
-        policies: Vec<&'a str>,
-        now: i64,
-        outcome: &'static str,
-        held: &'a Held,
-        t: &'a Transition,
+    if transitions.is_empty() {
+        return Ok(());
     }
-    let params: Vec<Params<'_>> = transitions
-        .iter()
-        .map(|(id, t, now)| {
-            let held = &held[id];
-            Params {
-                id: id.0,
-                idx: held.lines.iter().map(|line| line.idx).collect(),
-                policies: held.lines.iter().map(|line| line.policy.as_str()).collect(),
-                now: now.as_microsecond(),
-                outcome: t.state.as_str(),
-                held,
-                t,
-            }
-        })
-        .collect();
-    let rows: Vec<[&(dyn ToSql + Sync); 10]> = params
-        .iter()
-        .map(|p| -> [&(dyn ToSql + Sync); 10] {
-            [
-                &p.now,
-                &p.id,
-                &p.held.subject,
-                &p.held.chatflow,
-                &p.t.tokens,
-                &p.outcome,
-                &p.policies,
-                &p.t.logged,
-                &p.idx,
-                &p.t.held,
-            ]
-        })
-        .collect();
-    let writes = rows
-        .iter()
-        .map(|row| tx.execute(&st.close_locked, row.as_slice()));
-    for written in futures::future::join_all(writes).await {
-        written?;
+    let mut c = Closes::default();
+    for (id, t, now) in transitions {
+        let h = &held[id];
+        let (id, outcome, now) = (id.0, t.state.as_str(), now.as_microsecond());
+        c.id.push(id);
+        c.state.push(outcome);
+        c.tokens.push(t.tokens);
+        c.now.push(now);
+        for ((line, &amount), &logged) in h.lines.iter().zip(&t.held).zip(&t.logged) {
+            c.line_reservation.push(id);
+            c.line_idx.push(line.idx);
+            c.line_amount.push(amount);
+            c.usage_time.push(now);
+            c.usage_reservation.push(id);
+            c.usage_subject.push(&h.subject);
+            c.usage_chatflow.push(&h.chatflow);
+            c.usage_policy.push(&line.policy);
+            c.usage_credits.push(logged);
+            c.usage_tokens.push(t.tokens);
+            c.usage_outcome.push(outcome);
+        }
     }
+    tx.execute(
+        &st.close_many,
+        &[
+            &c.id,
+            &c.state,
+            &c.tokens,
+            &c.now,
+            &c.line_reservation,
+            &c.line_idx,
+            &c.line_amount,
+            &c.usage_time,
+            &c.usage_reservation,
+            &c.usage_subject,
+            &c.usage_chatflow,
+            &c.usage_policy,
+            &c.usage_credits,
+            &c.usage_tokens,
+            &c.usage_outcome,
+        ],
+    )
+    .await?;
     Ok(())
+}
+
+/// A batch's settles and refunds as the columns of `close_many`: per reservation, per line
+/// (the amount it now holds), per usage row (one per line).
+#[derive(Default)]
+struct Closes<'a> {
+    id: Vec<i64>,
+    state: Vec<&'static str>,
+    tokens: Vec<i64>,
+    now: Vec<i64>,
+    line_reservation: Vec<i64>,
+    line_idx: Vec<i32>,
+    line_amount: Vec<i64>,
+    usage_time: Vec<i64>,
+    usage_reservation: Vec<i64>,
+    usage_subject: Vec<&'a str>,
+    usage_chatflow: Vec<&'a str>,
+    usage_policy: Vec<&'a str>,
+    usage_credits: Vec<i64>,
+    usage_tokens: Vec<i64>,
+    usage_outcome: Vec<&'static str>,
 }
 
 /// Decides and writes every reserve in queue order; `used` follows what is charged.

@@ -96,7 +96,7 @@ pub(super) struct Statements {
     pub(super) lock_buckets: Statement,
     pub(super) set_used: Statement,
     pub(super) lock_reservations: Statement,
-    pub(super) close_locked: Statement,
+    pub(super) close_many: Statement,
     pub(super) lines_of_many: Statement,
     pub(super) insert_many: Statement,
     pub(super) insert_reservation: Statement,
@@ -162,8 +162,7 @@ impl Statements {
                  WHERE reservation_id = $1::int8 ORDER BY idx"
             ),
         )?;
-        let (lock_buckets, set_used, lock_reservations, close_locked, lines_of_many, insert_many) =
-            futures::try_join!(
+        let (lock_buckets, set_used, lock_reservations, close_many, lines_of_many, insert_many) = futures::try_join!(
             // A batch's buckets, created if missing and locked in byte order (the order of
             // `lock_order`, whatever the database's collation).
             client.prepare(
@@ -186,23 +185,31 @@ impl Statements {
                 "SELECT id, state, subject, chatflow FROM reservations
                  WHERE id = ANY($1::int8[]) ORDER BY id FOR UPDATE"
             ),
-            // A settle or refund decided by a batch, in one statement: the reservation's state,
-            // the lines whose amount changes, and the usage rows.
+            // Every settle and refund a batch decided, in one statement: the reservations'
+            // states, the lines whose amount changes, and the usage rows (in input order).
+            // A batch closes a reservation at most once (a closed one is final).
             client.prepare(
                 "WITH finished AS (
-                     UPDATE reservations
-                     SET state = $6::text, tokens = $5::int8, updated_us = $1::int8
-                     WHERE id = $2::int8
+                     UPDATE reservations AS r
+                     SET state = f.state, tokens = f.tokens, updated_us = f.now
+                     FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[])
+                          AS f (id, state, tokens, now)
+                     WHERE r.id = f.id
                  ), reheld AS (
-                     UPDATE reservation_lines SET amount = u.amount
-                     FROM unnest($9::int4[], $10::int8[]) AS u (idx, amount)
-                     WHERE reservation_id = $2::int8 AND reservation_lines.idx = u.idx
-                       AND reservation_lines.amount <> u.amount
+                     UPDATE reservation_lines AS l SET amount = u.amount
+                     FROM unnest($5::int8[], $6::int4[], $7::int8[])
+                          AS u (reservation_id, idx, amount)
+                     WHERE l.reservation_id = u.reservation_id AND l.idx = u.idx
+                       AND l.amount <> u.amount
                  )
                  INSERT INTO usage
                      (time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome)
-                 SELECT $1::int8, $2::int8, $3::text, $4::text, u.policy, u.credits, $5::int8, $6::text
-                 FROM unnest($7::text[], $8::int8[]) WITH ORDINALITY AS u (policy, credits, n)
+                 SELECT u.time_us, u.reservation_id, u.subject, u.chatflow, u.policy, u.credits,
+                        u.tokens, u.outcome
+                 FROM unnest($8::int8[], $9::int8[], $10::text[], $11::text[], $12::text[],
+                             $13::int8[], $14::int8[], $15::text[]) WITH ORDINALITY
+                      AS u (time_us, reservation_id, subject, chatflow, policy, credits, tokens,
+                            outcome, n)
                  ORDER BY u.n"
             ),
             client.prepare(
@@ -289,7 +296,7 @@ impl Statements {
             lock_buckets,
             set_used,
             lock_reservations,
-            close_locked,
+            close_many,
             lines_of_many,
             insert_many,
             insert_reservation,
