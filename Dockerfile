@@ -15,6 +15,7 @@ RUN apk add --no-cache musl-dev gcc
 WORKDIR /src
 # Only what the build reads (see .dockerignore); benches/ because Cargo.toml declares a bench.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
