@@ -29,6 +29,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyLabels {
     policy: String,
 }
@@ -52,6 +57,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     upstream_errors: Family<ReasonLabels, Counter>,
     credits_charged: Family<PolicyLabels, Counter>,
+    ledger_latency: Family<OperationLabels, Histogram>,
     credit_alerts: Family<AlertLabels, Counter>,
     /// Unix time of the snapshot the proxy serves.
     pub snapshot_compiled: Gauge,
@@ -109,6 +115,14 @@ impl Metrics {
             "Credits charged by settled predictions, by policy",
             credits_charged.clone(),
         );
+        let ledger_latency = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.00005, 1.6, 24))
+        });
+        registry.register(
+            "ledger_operation_duration_seconds",
+            "Credit ledger calls from the proxy, until durable: reserve, settle, refund",
+            ledger_latency.clone(),
+        );
         let credit_alerts = Family::<AlertLabels, Counter>::default();
         registry.register(
             "credit_alerts",
@@ -129,6 +143,7 @@ impl Metrics {
             decisions,
             upstream_errors,
             credits_charged,
+            ledger_latency,
             credit_alerts,
             snapshot_compiled,
             controller,
@@ -166,6 +181,13 @@ impl Metrics {
                 policy: policy.to_string(),
             })
             .inc_by(credits);
+    }
+
+    /// Times one ledger call (`reserve`, `settle` or `refund`), answered or failed.
+    pub fn ledger_call(&self, operation: &'static str, elapsed: Duration) {
+        self.ledger_latency
+            .get_or_create(&OperationLabels { operation })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts a subject crossing a policy's alert threshold.
@@ -400,6 +422,7 @@ mod tests {
         metrics.observe_request("prediction", 200, Duration::from_millis(3));
         metrics.decision("deny", "forbidden");
         metrics.upstream_error("timeout");
+        metrics.ledger_call("reserve", Duration::from_micros(300));
         let text = metrics.encode().expect("encodes");
         assert!(
             text.contains("flowgate_proxy_requests_total{route=\"prediction\",status=\"200\"} 1"),
@@ -417,6 +440,12 @@ mod tests {
         );
         assert!(
             text.contains("flowgate_proxy_request_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "flowgate_ledger_operation_duration_seconds_count{operation=\"reserve\"} 1"
+            ),
             "{text}"
         );
     }

@@ -21,6 +21,7 @@ mod measure;
 mod procs;
 mod report;
 mod run;
+mod scrape;
 mod sse;
 mod tokens;
 mod upstream;

@@ -20,6 +20,7 @@ use crate::load::{FixedRate, Saturation, Target};
 use crate::measure::{self, Scenario};
 use crate::procs::{self, Child};
 use crate::report::{Table, fmt_duration};
+use crate::scrape;
 use crate::tokens::{self, Keys};
 use crate::workload::{self, Bulk, Plan};
 use crate::{cluster, control, haproxy, index};
@@ -109,6 +110,8 @@ impl Settings {
 struct Gate {
     child: Child,
     base: String,
+    /// The ops address (`/metrics`), as a URL.
+    ops: String,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -383,7 +386,12 @@ async fn measure_all(
     .into_iter()
     .chain(fg_pg.clone())
     .collect();
+    let http = reqwest::Client::new();
+    let ops = sqlite_gate.ops.clone();
+    let reserves = || scrape::reserves(&http, &ops);
+    let before_fixed = reserves().await?;
     let rows_fixed = measure::fixed_rate(oha, &fixed, settings.rounds, settings.fixed).await?;
+    let after_fixed = reserves().await?;
     eprintln!("phase B: streaming");
     let streaming_body = r#"{"question":"hello","streaming":true}"#.to_string();
     let stream_direct = Target {
@@ -396,6 +404,7 @@ async fn measure_all(
     };
     let (streams_direct, streams_via) =
         measure::streaming(&stream_direct, &stream_via, settings.streams).await?;
+    let after_streams = reserves().await?;
     eprintln!("phase B: apply-to-enforce");
     let enforce_bulk =
         control::apply_to_enforce(client, plan, &sqlite_gate.base, &probe, settings.changes)
@@ -434,6 +443,10 @@ async fn measure_all(
     ));
     report.push_str(&measure::fixed_rate_table(&rows_fixed));
     report.push_str(&format!(
+        "\nThe SQLite flowgate's own reserve latency over its fixed-rate rounds (`flowgate_ledger_operation_duration_seconds`, bucket-interpolated): {}.\n",
+        after_fixed.since(&before_fixed).describe(),
+    ));
+    report.push_str(&format!(
         "\n### Streaming (SSE), bulk index\n\n{} streams per path, interleaved; the upstream sends {} events {} apart, each stamped with its send time.\n\n",
         settings.streams,
         if options.quick { 5 } else { 20 },
@@ -443,6 +456,10 @@ async fn measure_all(
         "flowgate RS256 + access + SQLite credits",
         &streams_direct,
         &streams_via,
+    ));
+    report.push_str(&format!(
+        "\nOf the added first-event time, the reserve (on disk before the request is forwarded): {}.\n",
+        after_streams.since(&after_fixed).describe(),
     ));
     report.push_str("\n### Control plane\n\n");
     let mut table = Table::new(&["figure", "10 ChatflowAccess", "bulk index"]);
@@ -612,6 +629,7 @@ fn start_flowgate(
     Ok(Gate {
         child,
         base: format!("http://{listen}"),
+        ops: format!("http://{ops}"),
     })
 }
 

@@ -6,7 +6,7 @@
 //! waits for the second durable write.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -177,7 +177,10 @@ impl Credits {
             now,
             ttl: RESERVATION_TTL,
         };
-        match self.ledger.reserve(request).await {
+        let started = Instant::now();
+        let outcome = self.ledger.reserve(request).await;
+        self.metrics.ledger_call("reserve", started.elapsed());
+        match outcome {
             Ok(ReserveOutcome::Reserved { id, remaining }) => {
                 for (policy, (_, left)) in policies.iter().zip(&remaining) {
                     if !policy.alert_at_percent.is_empty() {
@@ -216,11 +219,14 @@ impl Credits {
             self.metrics.credits_charged(&policy.id, *credits);
         }
         let ledger = self.ledger.clone();
+        let metrics = self.metrics.clone();
         self.background.spawn(async move {
-            if let Err(error) = ledger
+            let started = Instant::now();
+            let settled = ledger
                 .settle(charge.id, &actual, tokens, Timestamp::now())
-                .await
-            {
+                .await;
+            metrics.ledger_call("settle", started.elapsed());
+            if let Err(error) = settled {
                 // The reservation stays; the sweep charges it at the reserved amount.
                 tracing::error!(%error, reservation = charge.id.0, "settling failed");
             }
@@ -230,8 +236,12 @@ impl Credits {
     /// Releases the reservation in the background (Flowise failed before answering).
     pub fn refund(&self, charge: Charge) {
         let ledger = self.ledger.clone();
+        let metrics = self.metrics.clone();
         self.background.spawn(async move {
-            if let Err(error) = ledger.refund(charge.id, Timestamp::now()).await {
+            let started = Instant::now();
+            let refunded = ledger.refund(charge.id, Timestamp::now()).await;
+            metrics.ledger_call("refund", started.elapsed());
+            if let Err(error) = refunded {
                 tracing::error!(%error, reservation = charge.id.0, "refund failed");
             }
         });
