@@ -463,6 +463,34 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
     }
 
+    /// The sweep runs every 30 s on the writer, whose table of reservations only grows: it must
+    /// find expired reservations through the index of open ones, never by a scan.
+    #[tokio::test]
+    async fn the_sweep_reads_only_open_reservations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        drop(SqliteLedger::open(&path).await.expect("open"));
+        let conn = open_writer(&path).expect("reopen");
+        for statement in [ops::SWEEP_USAGE, ops::SWEEP_STATE] {
+            let mut plan = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
+                .expect("explain");
+            let steps: Vec<String> = plan
+                .query_map([0i64], |row| row.get::<_, String>(3))
+                .expect("plan")
+                .collect::<Result<_, _>>()
+                .expect("plan rows");
+            assert!(
+                steps.iter().any(|s| s.contains("reservations_open")),
+                "{statement}: {steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|s| s.starts_with("SCAN")),
+                "{statement} scans: {steps:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_database_from_a_newer_flowgate_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -199,21 +199,24 @@ pub(super) fn close(
 }
 
 /// Expires abandoned reservations: they keep their charge, the usage log records it.
+/// Usage rows for every open reservation past its expiry (`?1`: now). The expired ids come from
+/// the partial index of open reservations: written as a plain join with `ORDER BY r.id`, SQLite
+/// walks the whole reservations table in id order instead, every sweep, under the writer.
+pub(super) const SWEEP_USAGE: &str = "
+    INSERT INTO usage (time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome)
+    SELECT ?1, r.id, r.subject, r.chatflow, l.policy, l.amount, 0, 'expired'
+    FROM reservations r JOIN reservation_lines l ON l.reservation_id = r.id
+    WHERE r.id IN (SELECT id FROM reservations WHERE state = 'reserved' AND expires_us <= ?1)
+    ORDER BY r.id, l.idx";
+
+/// Marks the reservations [`SWEEP_USAGE`] charged as expired.
+pub(super) const SWEEP_STATE: &str = "
+    UPDATE reservations SET state = 'expired', updated_us = ?1
+    WHERE state = 'reserved' AND expires_us <= ?1";
+
 pub(super) fn sweep(conn: &Connection, now: Timestamp) -> Result<u64, LedgerError> {
     let now = now.as_microsecond();
-    conn.prepare_cached(
-        "INSERT INTO usage (time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome)
-         SELECT ?1, r.id, r.subject, r.chatflow, l.policy, l.amount, 0, 'expired'
-         FROM reservations r JOIN reservation_lines l ON l.reservation_id = r.id
-         WHERE r.state = 'reserved' AND r.expires_us <= ?1
-         ORDER BY r.id, l.idx",
-    )?
-    .execute([now])?;
-    let expired = conn
-        .prepare_cached(
-            "UPDATE reservations SET state = 'expired', updated_us = ?1
-             WHERE state = 'reserved' AND expires_us <= ?1",
-        )?
-        .execute([now])?;
+    conn.prepare_cached(SWEEP_USAGE)?.execute([now])?;
+    let expired = conn.prepare_cached(SWEEP_STATE)?.execute([now])?;
     Ok(expired as u64)
 }
