@@ -5,12 +5,18 @@
 //! SQLite runs durable (WAL, synchronous=FULL, group commit) on a file under the target
 //! directory (a real disk, not tmpfs). PostgreSQL runs when `FLOWGATE_TEST_POSTGRES_URL` is set
 //! (`scripts/postgres.sh start`, `eval "$(scripts/postgres.sh env)"`), in a fresh schema.
-//! `FLOWGATE_BENCH_SECONDS` sets the length of each measurement (default 3).
+//! `FLOWGATE_BENCH_SECONDS` sets the length of each measurement (default 3; 1 when `cargo test`
+//! runs it as a smoke test).
 //!
 //! Each caller reserves 1 credit in a loop, either in its own bucket (PerSubject) or in one
 //! bucket all callers share (Shared: every reserve contends for the same row). In the
 //! `Shared+settle` rows each reservation is also settled in the background as soon as it is
 //! made, as the proxy does when Flowise answers: reserves then share the writer with settles.
+//!
+//! The paced rows are one caller that waits 5 or 50 ms between reserves, as a gateway at low
+//! load does: the writer thread and the disk go idle in between, and waking them costs more
+//! than a reserve under load. Beside them, the same pacing for a bare 4 KiB `fdatasync` in the
+//! SQLite directory: the part of a paced reserve that is the disk's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,13 +27,20 @@ use flowgate::ledger::{self, BudgetLine, CreditLedger, ReserveOutcome, ReserveRe
 use jiff::Timestamp;
 
 const CALLERS: [usize; 3] = [1, 16, 64];
+/// Gaps between one caller's reserves in the paced rows.
+const PACES: [Duration; 2] = [Duration::from_millis(5), Duration::from_millis(50)];
 
 #[tokio::main]
 async fn main() {
     let seconds = std::env::var("FLOWGATE_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        // `cargo test --all-targets` runs this as a smoke test, without `--bench`: 1 s per row.
+        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
+            3
+        } else {
+            1
+        });
     let length = Duration::from_secs(seconds);
 
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("bench directory");
@@ -37,6 +50,16 @@ async fn main() {
     println!("backend     callers  bucket         reservations/s   p50 ms   p99 ms   max ms");
     run("sqlite", &sqlite, length).await;
     drop(sqlite);
+    let sync_file = dir.path().join("fdatasync.bin");
+    for pace in [None, Some(PACES[0]), Some(PACES[1])] {
+        let file = sync_file.clone();
+        let (latencies, elapsed) =
+            tokio::task::spawn_blocking(move || fdatasyncs(&file, pace, length))
+                .await
+                .expect("fdatasync task");
+        let label = pace.map_or("back to back".to_string(), |p| Mode::Paced(p).label());
+        print_row("fdatasync", 1, &label, latencies, elapsed);
+    }
 
     match std::env::var("FLOWGATE_TEST_POSTGRES_URL") {
         Ok(url) => {
@@ -58,39 +81,82 @@ enum Mode {
     PerSubject,
     Shared,
     SharedSettle,
+    /// PerSubject, waiting this long after each reserve.
+    Paced(Duration),
 }
 
 impl Mode {
-    fn label(self) -> &'static str {
+    fn label(self) -> String {
         match self {
-            Mode::PerSubject => "PerSubject",
-            Mode::Shared => "Shared",
-            Mode::SharedSettle => "Shared+settle",
+            Mode::PerSubject => "PerSubject".into(),
+            Mode::Shared => "Shared".into(),
+            Mode::SharedSettle => "Shared+settle".into(),
+            Mode::Paced(gap) => format!("paced {} ms", gap.as_millis()),
         }
     }
 }
 
 async fn run(backend: &str, ledger: &Arc<dyn CreditLedger>, length: Duration) {
-    for mode in [Mode::PerSubject, Mode::Shared, Mode::SharedSettle] {
-        for callers in CALLERS {
-            let policy = format!("bench/{backend}-{callers}-{mode:?}");
-            let (mut latencies, elapsed) = measure(ledger, &policy, callers, mode, length).await;
-            latencies.sort();
-            let pct = |p: usize| {
-                latencies
-                    .get(latencies.len() * p / 100)
-                    .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-            };
-            println!(
-                "{backend:<11} {callers:>7}  {:<13} {:>13.0} {:>8.2} {:>8.2} {:>8.2}",
-                mode.label(),
-                latencies.len() as f64 / elapsed.as_secs_f64(),
-                pct(50),
-                pct(99),
-                latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-            );
+    let loaded = [Mode::PerSubject, Mode::Shared, Mode::SharedSettle]
+        .into_iter()
+        .flat_map(|mode| CALLERS.map(|callers| (mode, callers)));
+    let paced = PACES.map(|gap| (Mode::Paced(gap), 1));
+    for (mode, callers) in loaded.chain(paced) {
+        let policy = format!("bench/{backend}-{callers}-{mode:?}");
+        let (latencies, elapsed) = measure(ledger, &policy, callers, mode, length).await;
+        print_row(backend, callers, &mode.label(), latencies, elapsed);
+    }
+}
+
+fn print_row(
+    backend: &str,
+    callers: usize,
+    label: &str,
+    mut latencies: Vec<Duration>,
+    elapsed: Duration,
+) {
+    latencies.sort();
+    let pct = |p: usize| {
+        latencies
+            .get(latencies.len() * p / 100)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "{backend:<11} {callers:>7}  {label:<13} {:>13.0} {:>8.2} {:>8.2} {:>8.2}",
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        pct(50),
+        pct(99),
+        latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+    );
+}
+
+/// Overwrites 4 KiB of a 1 MiB file and `fdatasync`s it in a loop for `length`, waiting `pace` after each.
+fn fdatasyncs(
+    path: &std::path::Path,
+    pace: Option<Duration>,
+    length: Duration,
+) -> (Vec<Duration>, Duration) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::create(path).expect("fdatasync file");
+    let page = [0x5au8; 4096];
+    // Allocated up front: the loop measures overwrites, as SQLite's reused WAL pages are.
+    for offset in (0..256u64).map(|i| i * 4096) {
+        file.write_all_at(&page, offset).expect("write");
+    }
+    file.sync_all().expect("fsync");
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    while started.elapsed() < length {
+        let offset = (latencies.len() % 256) as u64 * 4096;
+        file.write_all_at(&page, offset).expect("write");
+        let synced = Instant::now();
+        file.sync_data().expect("fdatasync");
+        latencies.push(synced.elapsed());
+        if let Some(gap) = pace {
+            std::thread::sleep(gap);
         }
     }
+    (latencies, started.elapsed())
 }
 
 /// Runs `callers` loops of reserves for `length`; returns every reserve's latency and how long
@@ -113,7 +179,7 @@ async fn measure(
             let line = BudgetLine {
                 policy: policy.to_string(),
                 bucket: match mode {
-                    Mode::PerSubject => subject.clone(),
+                    Mode::PerSubject | Mode::Paced(_) => subject.clone(),
                     Mode::Shared | Mode::SharedSettle => "*".into(),
                 },
                 limit: u64::MAX,
@@ -138,6 +204,9 @@ async fn measure(
                     let ReserveOutcome::Reserved { id, .. } = outcome else {
                         panic!("not reserved: {outcome:?}");
                     };
+                    if let Mode::Paced(gap) = mode {
+                        tokio::time::sleep(gap).await;
+                    }
                     if let Mode::SharedSettle = mode {
                         let ledger = ledger.clone();
                         settles.push(tokio::spawn(async move {
