@@ -6,6 +6,7 @@
 #   scripts/test.sh            # everything
 #   scripts/test.sh crd_       # extra arguments go to `cargo test` (a filter, say)
 #   FLOWGATE_FUZZ_SECONDS=0 scripts/test.sh   # without the cargo-fuzz step (default 12 s per target)
+#   FLOWGATE_TARGET_BUDGET_GB=20               # the debug build cache is cleared past this size
 #
 # Services are left running for the next run (each `start` reuses what runs);
 # stop them with `scripts/local-cluster.sh stop`, `scripts/postgres.sh stop`, `scripts/flowise.sh stop`.
@@ -21,6 +22,18 @@ mkdir -p "$FLOWGATE_CACHE"
 trap 'printf "test.sh: failed (exit %s) at line %s: %s\n" "$?" "$LINENO" "$BASH_COMMAND"' ERR
 
 step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
+
+# Cargo never deletes what it built before: every change leaves its old test binaries and
+# incremental state behind, and a long-lived cache grows without bound (it once reached 57 GB
+# and filled the disk). Past the budget the debug build starts over: one cold build, then warm.
+budget_gb=${FLOWGATE_TARGET_BUDGET_GB:-20}
+if [[ -d $CARGO_TARGET_DIR/debug ]]; then
+  used_gb=$(du -s --block-size=1G "$CARGO_TARGET_DIR/debug" | cut -f1)
+  if ((used_gb > budget_gb)); then
+    step "debug build cache at ${used_gb} GB, over ${budget_gb} GB: starting it over"
+    rm -rf "$CARGO_TARGET_DIR/debug"
+  fi
+fi
 
 step "local API server"
 scripts/local-cluster.sh start
