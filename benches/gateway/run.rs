@@ -59,7 +59,8 @@ pub struct Options {
     #[arg(long, default_value = "info")]
     pub flowgate_log: String,
     /// Directory for logs, keys and the SQLite ledger [default: a new one under
-    /// ~/.cache/flowgate/bench]. On a real disk: the ledger's fsyncs must mean something.
+    /// ~/.cache/flowgate/bench, where the 3 newest runs are kept]. On a real disk: the ledger's
+    /// fsyncs must mean something.
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Also write the report to this file.
@@ -164,17 +165,42 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Run directories kept under `~/.cache/flowgate/bench`, this one included (each holds
+/// 0.2–0.6 GB of logs and ledger).
+const KEPT_RUNS: usize = 3;
+
 fn run_dir(options: &Options) -> anyhow::Result<PathBuf> {
     let dir = match &options.dir {
         Some(dir) => dir.clone(),
         None => {
             let home = std::env::var_os("HOME").context("HOME")?;
+            let runs = Path::new(&home).join(".cache/flowgate/bench");
+            prune_runs(&runs, KEPT_RUNS - 1);
             let stamp = jiff::Zoned::now().strftime("%Y%m%d-%H%M%S").to_string();
-            Path::new(&home).join(".cache/flowgate/bench").join(stamp)
+            runs.join(stamp)
         }
     };
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Removes all but the `keep` newest run directories (named by their start time) in `runs`.
+fn prune_runs(runs: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(runs) else {
+        return;
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    let old = dirs.len().saturating_sub(keep);
+    for dir in &dirs[..old] {
+        if let Err(error) = std::fs::remove_dir_all(dir) {
+            eprintln!("could not remove the old run {}: {error}", dir.display());
+        }
+    }
 }
 
 async fn measure_all(
@@ -702,4 +728,30 @@ async fn wait_bulk_visible(gate: &mut Gate, plan: &Plan, keys: &Keys) -> anyhow:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_newest_runs_are_kept() {
+        let runs = tempfile::tempdir().expect("tempdir");
+        for stamp in [
+            "20261122-101500",
+            "20261122-091500",
+            "20261121-235959",
+            "20261122-214533",
+        ] {
+            std::fs::create_dir(runs.path().join(stamp)).expect("run dir");
+        }
+        std::fs::write(runs.path().join("notes.txt"), "kept").expect("a file");
+        prune_runs(runs.path(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(runs.path())
+            .expect("read")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["20261122-101500", "20261122-214533", "notes.txt"]);
+    }
 }
