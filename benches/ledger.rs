@@ -63,11 +63,16 @@ async fn main() {
 
     match std::env::var("FLOWGATE_TEST_POSTGRES_URL") {
         Ok(url) => {
-            let url = fresh_schema(&url).await;
+            let (admin, schema, url) = fresh_schema(&url).await;
             let postgres = ledger::open(&LedgerUrl::Postgres(url))
                 .await
                 .expect("PostgreSQL ledger");
             run("postgres", &postgres, length).await;
+            drop(postgres);
+            admin
+                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                .await
+                .expect("drop the bench schema");
         }
         Err(_) => println!(
             "postgres    skipped: FLOWGATE_TEST_POSTGRES_URL is unset (scripts/postgres.sh start)"
@@ -228,21 +233,41 @@ async fn measure(
     (all, started.elapsed())
 }
 
-async fn fresh_schema(base: &str) -> String {
+/// A schema of this run's own (concurrent runs — another checkout, CI — never share one), and a
+/// connection to drop it with when the run ends. Schemas that crashed runs left behind more than
+/// an hour ago are dropped first: every `cargo test` runs this bench, so they would pile up.
+async fn fresh_schema(base: &str) -> (tokio_postgres::Client, String, String) {
     let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
         .await
         .expect("connect to FLOWGATE_TEST_POSTGRES_URL");
     tokio::spawn(connection);
-    // A schema of this run's own: concurrent runs (another checkout, CI) never share one.
-    let schema = format!(
-        "bench_{}_{}",
-        std::process::id(),
-        jiff::Timestamp::now().as_millisecond()
-    );
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let stale = client
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench\\_%'",
+            &[],
+        )
+        .await
+        .expect("list bench schemas");
+    for row in stale {
+        let name: String = row.get(0);
+        let started_ms = name
+            .rsplit('_')
+            .next()
+            .and_then(|ms| ms.parse::<i64>().ok());
+        if started_ms.is_some_and(|ms| now_ms - ms > 3_600_000) {
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .await
+                .expect("drop a stale bench schema");
+        }
+    }
+    let schema = format!("bench_{}_{now_ms}", std::process::id());
     client
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
         .await
         .expect("bench schema");
     let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-csearch_path%3D{schema}")
+    let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
+    (client, schema, url)
 }
