@@ -24,16 +24,21 @@ trap 'printf "test.sh: failed (exit %s) at line %s: %s\n" "$?" "$LINENO" "$BASH_
 step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
 
 # Cargo never deletes what it built before: every change leaves its old test binaries and
-# incremental state behind, and a long-lived cache grows without bound (it once reached 57 GB
-# and filled the disk). Past the budget the debug build starts over: one cold build, then warm.
+# incremental state behind, and a long-lived cache grows without bound (the debug build once
+# reached 57 GB and filled the disk). Past its budget a build starts over: one cold build, then
+# warm again. The fuzz build (release, instrumented) grows the same way, more slowly.
 budget_gb=${FLOWGATE_TARGET_BUDGET_GB:-20}
-if [[ -d $CARGO_TARGET_DIR/debug ]]; then
-  used_gb=$(du -s --block-size=1G "$CARGO_TARGET_DIR/debug" | cut -f1)
-  if ((used_gb > budget_gb)); then
-    step "debug build cache at ${used_gb} GB, over ${budget_gb} GB: starting it over"
-    rm -rf "$CARGO_TARGET_DIR/debug"
+trim() { # DIR BUDGET_GB
+  [[ -d $1 ]] || return 0
+  local used_gb
+  used_gb=$(du -s --block-size=1G "$1" | cut -f1)
+  if ((used_gb > $2)); then
+    step "$1 is ${used_gb} GB, over ${2} GB: starting that build over"
+    rm -rf "$1"
   fi
-fi
+}
+trim "$CARGO_TARGET_DIR/debug" "$budget_gb"
+trim "$FLOWGATE_CACHE/fuzz-target" $((budget_gb / 2))
 
 step "local API server"
 scripts/local-cluster.sh start
