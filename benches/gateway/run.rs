@@ -415,9 +415,16 @@ async fn measure_all(
     let http = reqwest::Client::new();
     let ops = sqlite_gate.ops.clone();
     let reserves = || scrape::reserves(&http, &ops);
+    let pg_ops = pg_gate.as_ref().map(|g| g.ops.clone());
+    let pg_reserves = async || match &pg_ops {
+        Some(ops) => scrape::reserves(&http, ops).await.map(Some),
+        None => Ok(None),
+    };
     let before_fixed = reserves().await?;
+    let before_fixed_pg = pg_reserves().await?;
     let rows_fixed = measure::fixed_rate(oha, &fixed, settings.rounds, settings.fixed).await?;
     let after_fixed = reserves().await?;
+    let after_fixed_pg = pg_reserves().await?;
     eprintln!("phase B: streaming");
     let streaming_body = r#"{"question":"hello","streaming":true}"#.to_string();
     let stream_direct = Target {
@@ -472,6 +479,12 @@ async fn measure_all(
         "\nThe SQLite flowgate's own reserve latency over its fixed-rate rounds (`flowgate_ledger_operation_duration_seconds`, bucket-interpolated): {}.\n",
         after_fixed.since(&before_fixed).describe(),
     ));
+    if let (Some(after), Some(before)) = (&after_fixed_pg, &before_fixed_pg) {
+        report.push_str(&format!(
+            "The PostgreSQL flowgate's, the same way: {}.\n",
+            after.since(before).describe(),
+        ));
+    }
     report.push_str(&format!(
         "\n### Streaming (SSE), bulk index\n\n{} streams per path, interleaved; the upstream sends {} events {} apart, each stamped with its send time.\n\n",
         settings.streams,
