@@ -51,7 +51,7 @@ async fn main() {
     run("sqlite", &sqlite, length).await;
     drop(sqlite);
     let sync_file = dir.path().join("fdatasync.bin");
-    for pace in [None, Some(PACES[0]), Some(PACES[1])] {
+    for pace in std::iter::once(None).chain(PACES.map(Some)) {
         let file = sync_file.clone();
         let (latencies, elapsed) =
             tokio::task::spawn_blocking(move || fdatasyncs(&file, pace, length))

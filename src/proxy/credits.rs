@@ -177,10 +177,7 @@ impl Credits {
             now,
             ttl: RESERVATION_TTL,
         };
-        let started = Instant::now();
-        let outcome = self.ledger.reserve(request).await;
-        self.metrics.ledger_call("reserve", started.elapsed());
-        match outcome {
+        match timed(&self.metrics, "reserve", self.ledger.reserve(request)).await {
             Ok(ReserveOutcome::Reserved { id, remaining }) => {
                 for (policy, (_, left)) in policies.iter().zip(&remaining) {
                     if !policy.alert_at_percent.is_empty() {
@@ -221,12 +218,8 @@ impl Credits {
         let ledger = self.ledger.clone();
         let metrics = self.metrics.clone();
         self.background.spawn(async move {
-            let started = Instant::now();
-            let settled = ledger
-                .settle(charge.id, &actual, tokens, Timestamp::now())
-                .await;
-            metrics.ledger_call("settle", started.elapsed());
-            if let Err(error) = settled {
+            let settle = ledger.settle(charge.id, &actual, tokens, Timestamp::now());
+            if let Err(error) = timed(&metrics, "settle", settle).await {
                 // The reservation stays; the sweep charges it at the reserved amount.
                 tracing::error!(%error, reservation = charge.id.0, "settling failed");
             }
@@ -238,10 +231,8 @@ impl Credits {
         let ledger = self.ledger.clone();
         let metrics = self.metrics.clone();
         self.background.spawn(async move {
-            let started = Instant::now();
-            let refunded = ledger.refund(charge.id, Timestamp::now()).await;
-            metrics.ledger_call("refund", started.elapsed());
-            if let Err(error) = refunded {
+            let refund = ledger.refund(charge.id, Timestamp::now());
+            if let Err(error) = timed(&metrics, "refund", refund).await {
                 tracing::error!(%error, reservation = charge.id.0, "refund failed");
             }
         });
@@ -305,6 +296,14 @@ impl Credits {
             }
         }
     }
+}
+
+/// Runs one ledger call and records how long it took, answered or failed.
+async fn timed<T>(metrics: &Metrics, operation: &'static str, call: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = call.await;
+    metrics.ledger_call(operation, started.elapsed());
+    out
 }
 
 fn bucket<'a>(policy: &PolicyRule, identity: &'a Identity) -> &'a str {

@@ -198,7 +198,6 @@ pub(super) fn close(
     })
 }
 
-/// Expires abandoned reservations: they keep their charge, the usage log records it.
 /// Usage rows for every open reservation past its expiry (`?1`: now). The expired ids come from
 /// the partial index of open reservations: written as a plain join with `ORDER BY r.id`, SQLite
 /// walks the whole reservations table in id order instead, every sweep, under the writer.
@@ -214,6 +213,7 @@ pub(super) const SWEEP_STATE: &str = "
     UPDATE reservations SET state = 'expired', updated_us = ?1
     WHERE state = 'reserved' AND expires_us <= ?1";
 
+/// Expires abandoned reservations: they keep their charge, the usage log records it.
 pub(super) fn sweep(conn: &Connection, now: Timestamp) -> Result<u64, LedgerError> {
     let now = now.as_microsecond();
     conn.prepare_cached(SWEEP_USAGE)?.execute([now])?;
