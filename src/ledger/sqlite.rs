@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::state::Close;
@@ -366,25 +366,47 @@ fn run_writer(mut conn: Connection, queue: mpsc::Receiver<Op>) {
 }
 
 fn commit_batch(conn: &mut Connection, batch: Vec<Op>) -> Vec<Answer> {
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => return batch.into_iter().map(|op| op.fail(&e)).collect(),
     };
-    let answers: Vec<Answer> = batch.into_iter().map(|op| op.apply(&mut tx)).collect();
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut ops = batch.into_iter();
+    for op in ops.by_ref() {
+        let (answer, broken) = op.apply(&tx);
+        answers.push(answer);
+        if let Some(e) = broken {
+            // A savepoint could not be opened, released or rolled back: what the batch holds is
+            // unknown, so none of it is kept (dropping `tx` rolls it back).
+            return answers
+                .into_iter()
+                .map(|a| a.fail(&e))
+                .chain(ops.map(|op| op.fail(&e)))
+                .collect();
+        }
+    }
     match tx.commit() {
         Ok(()) => answers,
         Err(e) => answers.into_iter().map(|a| a.fail(&e)).collect(),
     }
 }
 
-/// Runs `f` in a savepoint: its writes are kept only if it succeeds.
+/// Runs `f` in a savepoint: its writes are kept only if it succeeds. The outer error is the
+/// savepoint's own failure, after which the transaction must not be committed.
+///
+/// The savepoint statements are prepared once (rusqlite's `Savepoint` parses its SQL anew each
+/// time: four parses per request, ~8 % of the writer's CPU in a profile).
 fn in_savepoint<T>(
-    tx: &mut Transaction<'_>,
+    conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
-) -> Result<T, LedgerError> {
-    let savepoint = tx.savepoint()?;
-    let out = f(&savepoint)?;
-    savepoint.commit()?;
+) -> Result<Result<T, LedgerError>, rusqlite::Error> {
+    let run = |sql: &str| conn.prepare_cached(sql)?.execute([]).map(drop);
+    run("SAVEPOINT op")?;
+    let out = f(conn);
+    if out.is_err() {
+        run("ROLLBACK TO op")?;
+    }
+    run("RELEASE op")?;
     Ok(out)
 }
 
@@ -396,15 +418,35 @@ fn commit_failure(e: &rusqlite::Error) -> LedgerError {
 }
 
 impl Op {
-    fn apply(self, tx: &mut Transaction<'_>) -> Answer {
+    /// Applies the operation in its own savepoint. With its answer comes the savepoint's own
+    /// failure, if it had one.
+    fn apply(self, conn: &Connection) -> (Answer, Option<rusqlite::Error>) {
+        fn answer<T>(
+            reply: Reply<T>,
+            out: Result<Result<T, LedgerError>, rusqlite::Error>,
+            wrap: fn(Reply<T>, Result<T, LedgerError>) -> Answer,
+        ) -> (Answer, Option<rusqlite::Error>) {
+            match out {
+                Ok(result) => (wrap(reply, result), None),
+                Err(e) => (wrap(reply, Err(commit_failure(&e))), Some(e)),
+            }
+        }
         match self {
-            Op::Reserve(request, reply) => {
-                Answer::Reserve(reply, in_savepoint(tx, |c| ops::reserve(c, &request)))
-            }
-            Op::Close(id, how, now, reply) => {
-                Answer::Close(reply, in_savepoint(tx, |c| ops::close(c, id, &how, now)))
-            }
-            Op::Sweep(now, reply) => Answer::Sweep(reply, in_savepoint(tx, |c| ops::sweep(c, now))),
+            Op::Reserve(request, reply) => answer(
+                reply,
+                in_savepoint(conn, |c| ops::reserve(c, &request)),
+                Answer::Reserve,
+            ),
+            Op::Close(id, how, now, reply) => answer(
+                reply,
+                in_savepoint(conn, |c| ops::close(c, id, &how, now)),
+                Answer::Close,
+            ),
+            Op::Sweep(now, reply) => answer(
+                reply,
+                in_savepoint(conn, |c| ops::sweep(c, now)),
+                Answer::Sweep,
+            ),
         }
     }
 
@@ -440,6 +482,7 @@ impl Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::{BudgetLine, Window};
 
     #[tokio::test]
     async fn the_database_is_wal_with_full_sync_and_versioned() {
@@ -487,6 +530,59 @@ mod tests {
             assert!(
                 !steps.iter().any(|s| s.starts_with("SCAN")),
                 "{statement} scans: {steps:?}"
+            );
+        }
+    }
+
+    /// A reserve and a settle run a dozen statements on the writer; each must be compiled once,
+    /// not at every call (`ORDER BY` on the held lines made SQLite re-prepare it each time).
+    #[tokio::test]
+    async fn the_hot_statements_are_compiled_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        drop(SqliteLedger::open(&path).await.expect("open"));
+        let mut conn = open_writer(&path).expect("reopen");
+        let now = Timestamp::now();
+        for n in 0..20 {
+            let tx = conn.transaction().expect("transaction");
+            let request = ReserveRequest {
+                subject: format!("user-{n}"),
+                chatflow: "team/bot".into(),
+                idempotency_key: Some(format!("key-{n}")),
+                lines: vec![BudgetLine {
+                    policy: "team/monthly".into(),
+                    bucket: "*".into(),
+                    limit: 1_000,
+                    window: Window {
+                        start: now,
+                        end: None,
+                    },
+                    amount: 2,
+                }],
+                now,
+                ttl: Duration::from_secs(900),
+            };
+            let ReserveOutcome::Reserved { id, .. } = ops::reserve(&tx, &request).expect("reserve")
+            else {
+                panic!("not reserved");
+            };
+            let settle = Close::Settle {
+                actual: vec![3],
+                tokens: 10,
+            };
+            ops::close(&tx, id, &settle, now).expect("settle");
+            tx.commit().expect("commit");
+        }
+        for statement in ops::HOT {
+            let cached = conn.prepare_cached(statement).expect("cached");
+            assert_eq!(
+                cached.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "re-prepared: {statement}"
+            );
+            assert!(
+                cached.get_status(rusqlite::StatementStatus::Run) >= 20,
+                "not run by a reserve and a settle: {statement}"
             );
         }
     }

@@ -12,16 +12,64 @@ use crate::ledger::{
     Resolution, expiry,
 };
 
+// The statements of a reserve and a settle, each compiled once per connection (rusqlite's
+// statement cache). SQLite may still re-prepare a cached statement at each call when its plan
+// could depend on a bound value; a test checks that none of these is.
+const FIND_KEY: &str = "
+    SELECT id, state FROM reservations
+    WHERE subject = ?1 AND idempotency_key = ?2 AND state <> 'refunded'";
+const BUCKET_USED: &str =
+    "SELECT used FROM buckets WHERE policy = ?1 AND bucket = ?2 AND window_start = ?3";
+const INSERT_RESERVATION: &str = "
+    INSERT INTO reservations
+        (subject, chatflow, idempotency_key, state, created_us, expires_us, updated_us)
+    VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, ?4)";
+const CHARGE_BUCKET: &str = "
+    INSERT INTO buckets (policy, bucket, window_start, used) VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT (policy, bucket, window_start) DO UPDATE SET used = used + excluded.used";
+const HOLD_LINE: &str = "
+    INSERT INTO reservation_lines (reservation_id, idx, policy, bucket, window_start, amount)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+const RESERVATION: &str = "SELECT state, subject, chatflow FROM reservations WHERE id = ?1";
+/// No `ORDER BY idx` (the caller sorts): with it, SQLite re-prepared this statement at every
+/// call, most of the SQL parsing left on the writer in a profile.
+const HELD_LINES: &str = "
+    SELECT idx, policy, bucket, window_start, amount FROM reservation_lines
+    WHERE reservation_id = ?1";
+const ADJUST_BUCKET: &str =
+    "UPDATE buckets SET used = used + ?4 WHERE policy = ?1 AND bucket = ?2 AND window_start = ?3";
+const REHOLD_LINE: &str =
+    "UPDATE reservation_lines SET amount = ?3 WHERE reservation_id = ?1 AND idx = ?2";
+const LOG_USAGE: &str = "
+    INSERT INTO usage
+        (time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const CLOSE_RESERVATION: &str =
+    "UPDATE reservations SET state = ?2, tokens = ?3, updated_us = ?4 WHERE id = ?1";
+
+/// Every statement above, for the test that none is compiled twice.
+#[cfg(test)]
+pub(super) const HOT: [&str; 11] = [
+    FIND_KEY,
+    BUCKET_USED,
+    INSERT_RESERVATION,
+    CHARGE_BUCKET,
+    HOLD_LINE,
+    RESERVATION,
+    HELD_LINES,
+    ADJUST_BUCKET,
+    REHOLD_LINE,
+    LOG_USAGE,
+    CLOSE_RESERVATION,
+];
+
 pub(super) fn reserve(
     conn: &Connection,
     request: &ReserveRequest,
 ) -> Result<ReserveOutcome, LedgerError> {
     if let Some(key) = &request.idempotency_key {
         let existing = conn
-            .prepare_cached(
-                "SELECT id, state FROM reservations
-                 WHERE subject = ?1 AND idempotency_key = ?2 AND state <> 'refunded'",
-            )?
+            .prepare_cached(FIND_KEY)?
             .query_row(params![request.subject, key], |row| {
                 Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
             })
@@ -42,9 +90,7 @@ pub(super) fn reserve(
         .collect::<Result<Vec<_>, _>>()?;
     let mut used_after = Vec::with_capacity(charges.len());
     let mut planned: HashMap<(&str, &str, i64), i64> = HashMap::new();
-    let mut used_of = conn.prepare_cached(
-        "SELECT used FROM buckets WHERE policy = ?1 AND bucket = ?2 AND window_start = ?3",
-    )?;
+    let mut used_of = conn.prepare_cached(BUCKET_USED)?;
     for (charge, line) in charges.iter().zip(&request.lines) {
         let used = match planned.get(&charge.key()) {
             Some(&used) => used,
@@ -68,12 +114,7 @@ pub(super) fn reserve(
     }
 
     let now = request.now.as_microsecond();
-    conn.prepare_cached(
-        "INSERT INTO reservations
-             (subject, chatflow, idempotency_key, state, created_us, expires_us, updated_us)
-         VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, ?4)",
-    )?
-    .execute(params![
+    conn.prepare_cached(INSERT_RESERVATION)?.execute(params![
         request.subject,
         request.chatflow,
         request.idempotency_key,
@@ -81,14 +122,8 @@ pub(super) fn reserve(
         expiry(request.now, request.ttl),
     ])?;
     let id = conn.last_insert_rowid();
-    let mut charge_bucket = conn.prepare_cached(
-        "INSERT INTO buckets (policy, bucket, window_start, used) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (policy, bucket, window_start) DO UPDATE SET used = used + excluded.used",
-    )?;
-    let mut hold = conn.prepare_cached(
-        "INSERT INTO reservation_lines (reservation_id, idx, policy, bucket, window_start, amount)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
+    let mut charge_bucket = conn.prepare_cached(CHARGE_BUCKET)?;
+    let mut hold = conn.prepare_cached(HOLD_LINE)?;
     for (idx, charge) in (0_i32..).zip(&charges) {
         charge_bucket.execute(params![
             charge.policy,
@@ -122,7 +157,7 @@ pub(super) fn close(
     now: Timestamp,
 ) -> Result<Resolution, LedgerError> {
     let (state, subject, chatflow) = conn
-        .prepare_cached("SELECT state, subject, chatflow FROM reservations WHERE id = ?1")?
+        .prepare_cached(RESERVATION)?
         .query_row([id.0], |row| {
             Ok((
                 row.get::<_, String>(0)?,
@@ -133,11 +168,8 @@ pub(super) fn close(
         .optional()?
         .ok_or(LedgerError::UnknownReservation(id))?;
     let state = ReservationState::parse(&state)?;
-    let lines = conn
-        .prepare_cached(
-            "SELECT idx, policy, bucket, window_start, amount FROM reservation_lines
-             WHERE reservation_id = ?1 ORDER BY idx",
-        )?
+    let mut lines = conn
+        .prepare_cached(HELD_LINES)?
         .query_map([id.0], |row| {
             Ok(HeldLine {
                 idx: row.get(0)?,
@@ -148,6 +180,7 @@ pub(super) fn close(
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
+    lines.sort_unstable_by_key(|line| line.idx);
     let held: Vec<i64> = lines.iter().map(|line| line.amount).collect();
     let Some(change) = state::close(id, state, &held, how)? else {
         return Ok(Resolution {
@@ -157,16 +190,9 @@ pub(super) fn close(
     };
 
     let now = now.as_microsecond();
-    let mut adjust = conn.prepare_cached(
-        "UPDATE buckets SET used = used + ?4 WHERE policy = ?1 AND bucket = ?2 AND window_start = ?3",
-    )?;
-    let mut rehold = conn.prepare_cached(
-        "UPDATE reservation_lines SET amount = ?3 WHERE reservation_id = ?1 AND idx = ?2",
-    )?;
-    let mut log = conn.prepare_cached(
-        "INSERT INTO usage (time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
+    let mut adjust = conn.prepare_cached(ADJUST_BUCKET)?;
+    let mut rehold = conn.prepare_cached(REHOLD_LINE)?;
+    let mut log = conn.prepare_cached(LOG_USAGE)?;
     for (i, line) in lines.iter().enumerate() {
         if change.bucket_delta[i] != 0 {
             adjust.execute(params![
@@ -188,10 +214,12 @@ pub(super) fn close(
             change.state.as_str()
         ])?;
     }
-    conn.prepare_cached(
-        "UPDATE reservations SET state = ?2, tokens = ?3, updated_us = ?4 WHERE id = ?1",
-    )?
-    .execute(params![id.0, change.state.as_str(), change.tokens, now])?;
+    conn.prepare_cached(CLOSE_RESERVATION)?.execute(params![
+        id.0,
+        change.state.as_str(),
+        change.tokens,
+        now
+    ])?;
     Ok(Resolution {
         state: change.state,
         applied: true,
