@@ -394,8 +394,8 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Op>) -> Vec<Answer> {
 /// Runs `f` in a savepoint: its writes are kept only if it succeeds. The outer error is the
 /// savepoint's own failure, after which the transaction must not be committed.
 ///
-/// The savepoint statements are prepared once (rusqlite's `Savepoint` parses its SQL anew each
-/// time: four parses per request, ~8 % of the writer's CPU in a profile).
+/// The savepoint statements are prepared once: rusqlite's `Savepoint` parses its SQL anew each
+/// time, four parses per request.
 fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
