@@ -391,6 +391,9 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Op>) -> Vec<Answer> {
     }
 }
 
+const SAVEPOINT: &str = "SAVEPOINT op";
+const RELEASE: &str = "RELEASE op";
+
 /// Runs `f` in a savepoint: its writes are kept only if it succeeds. The outer error is the
 /// savepoint's own failure, after which the transaction must not be committed.
 ///
@@ -401,12 +404,12 @@ fn in_savepoint<T>(
     f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
 ) -> Result<Result<T, LedgerError>, rusqlite::Error> {
     let run = |sql: &str| conn.prepare_cached(sql)?.execute([]).map(drop);
-    run("SAVEPOINT op")?;
+    run(SAVEPOINT)?;
     let out = f(conn);
     if out.is_err() {
         run("ROLLBACK TO op")?;
     }
-    run("RELEASE op")?;
+    run(RELEASE)?;
     Ok(out)
 }
 
@@ -534,8 +537,9 @@ mod tests {
         }
     }
 
-    /// A reserve and a settle run a dozen statements on the writer; each must be compiled once,
-    /// not at every call (`ORDER BY` on the held lines made SQLite re-prepare it each time).
+    /// A reserve and a settle run a dozen statements on the writer, savepoints included; each
+    /// must be compiled once, not at every call (`ORDER BY` on the held lines made SQLite
+    /// re-prepare it each time; rusqlite's `Savepoint` parses its SQL anew each time).
     #[tokio::test]
     async fn the_hot_statements_are_compiled_once() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -544,7 +548,6 @@ mod tests {
         let mut conn = open_writer(&path).expect("reopen");
         let now = Timestamp::now();
         for n in 0..20 {
-            let tx = conn.transaction().expect("transaction");
             let request = ReserveRequest {
                 subject: format!("user-{n}"),
                 chatflow: "team/bot".into(),
@@ -562,18 +565,24 @@ mod tests {
                 now,
                 ttl: Duration::from_secs(900),
             };
-            let ReserveOutcome::Reserved { id, .. } = ops::reserve(&tx, &request).expect("reserve")
-            else {
+            let (reply, mut reserved) = oneshot::channel();
+            commit_batch(&mut conn, vec![Op::Reserve(request, reply)])
+                .into_iter()
+                .for_each(Answer::send);
+            let Ok(Ok(ReserveOutcome::Reserved { id, .. })) = reserved.try_recv() else {
                 panic!("not reserved");
             };
             let settle = Close::Settle {
                 actual: vec![3],
                 tokens: 10,
             };
-            ops::close(&tx, id, &settle, now).expect("settle");
-            tx.commit().expect("commit");
+            let (reply, mut settled) = oneshot::channel();
+            commit_batch(&mut conn, vec![Op::Close(id, settle, now, reply)])
+                .into_iter()
+                .for_each(Answer::send);
+            settled.try_recv().expect("answered").expect("settled");
         }
-        for statement in ops::HOT {
+        for statement in ops::HOT.into_iter().chain([SAVEPOINT, RELEASE]) {
             let cached = conn.prepare_cached(statement).expect("cached");
             assert_eq!(
                 cached.get_status(rusqlite::StatementStatus::RePrepare),
