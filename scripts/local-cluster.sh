@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # local-cluster.sh — a real kube-apiserver + etcd on loopback, for tests and local runs.
 #
-# Usage: scripts/local-cluster.sh <build|start|stop [--purge]|env|status>
+# Usage: scripts/local-cluster.sh <build|start|stop [--purge]|prune|env|status>
 #
 #   build   Build kube-apiserver v1.20.2 from Debian's `kubernetes` source package and cache
 #           the binary at $CACHE/bin/kube-apiserver. No-op when the binary is cached.
@@ -9,6 +9,9 @@
 #           $CACHE/cluster/kubeconfig. No-op when both are already running and ready.
 #   stop    Stop both (TERM, then KILL). `stop --purge` also deletes all cluster state
 #           (etcd data, certificates, token, service-account keys, logs, kubeconfig).
+#   prune   Delete the chart releases' Services, ClusterRoles and ClusterRoleBindings that test
+#           runs (scratch namespaces `chart-*`/`rbac-*`) left behind more than an hour ago.
+#           Nothing else frees them here, and the Service range holds only 253 cluster IPs.
 #   env     Print `export KUBECONFIG=...` (use: eval "$(scripts/local-cluster.sh env)").
 #   status  Say whether the cluster is up; exit 0 if it is, 1 if not.
 #
@@ -92,7 +95,7 @@ ensure_packages() {
 }
 
 # Packages needed to run the cluster, and additionally to build the apiserver.
-readonly RUNTIME_PACKAGES=(etcd-server openssl curl)
+readonly RUNTIME_PACKAGES=(etcd-server openssl curl jq)
 readonly BUILD_PACKAGES=(golang-go golang-github-modern-go-reflect2-dev rsync make tar gzip
   debian-archive-keyring)
 
@@ -515,6 +518,38 @@ cmd_stop() {
   fi
 }
 
+# A test's chart release is named after its scratch namespace: `<prefix>-<hex suffix>`.
+readonly TEST_RELEASE_RE='^(chart|rbac)-[a-z0-9-]*-[0-9a-f]+$'
+readonly PRUNE_AGE='1 hour'
+
+cmd_prune() {
+  cluster_up || die "the cluster is not running (scripts/local-cluster.sh start)"
+  local cutoff selector collection path deleted=0
+  # RFC 3339 UTC timestamps compare correctly as strings.
+  cutoff=$(date -u -d "-$PRUNE_AGE" +%Y-%m-%dT%H:%M:%SZ)
+  selector='app.kubernetes.io/name%3Dflowgate,app.kubernetes.io/managed-by%3DHelm'
+  for collection in /api/v1/services \
+    /apis/rbac.authorization.k8s.io/v1/clusterroles \
+    /apis/rbac.authorization.k8s.io/v1/clusterrolebindings; do
+    # Objects of a namespaced collection live under /namespaces/NS/ (no selfLink in 1.20).
+    while read -r ns name; do
+      [[ -n $name ]] || continue
+      if [[ $collection == /api/v1/services ]]; then
+        path=/api/v1/namespaces/$ns/services/$name
+      else
+        path=$collection/$name
+      fi
+      api_curl -f -o /dev/null -X DELETE "$APISERVER_URL$path" || die "deleting $path failed"
+      deleted=$((deleted + 1))
+    done < <(api_curl -f "$APISERVER_URL$collection?labelSelector=$selector" |
+      jq -r --arg cutoff "$cutoff" --arg re "$TEST_RELEASE_RE" '.items[]
+        | select(.metadata.creationTimestamp < $cutoff)
+        | select(.metadata.labels["app.kubernetes.io/instance"] // "" | test($re))
+        | "\(.metadata.namespace // "-") \(.metadata.name)"')
+  done
+  log "pruned $deleted objects left by test runs before $cutoff"
+}
+
 cmd_env() {
   printf 'export KUBECONFIG=%q\n' "$KUBECONFIG_FILE"
 }
@@ -564,6 +599,7 @@ main() {
     build) take_lock; cmd_build ;;
     start) take_lock; cmd_start ;;
     stop) take_lock; cmd_stop "$@" ;;
+    prune) cmd_prune ;;
     env) cmd_env ;;
     status) cmd_status ;;
     *) usage ;;

@@ -43,6 +43,9 @@ trim "$FLOWGATE_CACHE/fuzz-target" $((budget_gb / 2))
 step "local API server"
 scripts/local-cluster.sh start
 eval "$(scripts/local-cluster.sh env)"
+# What interrupted runs left behind (there is no garbage collector here); an hour old at least,
+# so a run going on beside this one keeps its releases.
+scripts/local-cluster.sh prune
 
 step "PostgreSQL"
 scripts/postgres.sh start

@@ -61,7 +61,7 @@ async fn a_default_install_creates_the_expected_objects() {
     let client = support::client().await;
     let ns = support::fresh_namespace(&client, "chart-default").await;
     let release = install(&ns, &ns, &json!({})).unwrap_or_else(|e| panic!("install: {e}"));
-    assert_eq!(release["status"], "deployed", "{release}");
+    assert_eq!(release.json["status"], "deployed", "{}", release.json);
     let name = format!("{ns}-flowgate");
 
     // The CRDs come with the chart (or were there already).
@@ -246,6 +246,26 @@ async fn a_default_install_creates_the_expected_objects() {
             .unwrap_or("")
             .ends_with("-dashboard")
     }));
+
+    // Dropping the release uninstalls it: the Service's cluster IP and the cluster-wide RBAC
+    // are freed (nothing else would free them on this API server).
+    drop(release);
+    let services = Api::<Service>::namespaced(client.clone(), &ns);
+    assert!(
+        services
+            .get_opt(&name)
+            .await
+            .expect("get Service")
+            .is_none()
+    );
+    let cluster_roles = Api::<ClusterRole>::all(client.clone());
+    assert!(
+        cluster_roles
+            .get_opt(&name)
+            .await
+            .expect("get ClusterRole")
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -256,7 +276,7 @@ async fn three_replicas_on_postgresql_install_without_a_volume_claim() {
         "replicas": 3,
         "ledger": {"type": "postgres", "postgres": {"existingSecret": "flowgate-ledger"}},
     });
-    install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
+    let _release = install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
     let name = format!("{ns}-flowgate");
 
     let deploy = get(Api::<Deployment>::namespaced(client.clone(), &ns), &name).await;
@@ -372,7 +392,7 @@ async fn contradicting_values_are_refused_with_a_message_saying_what_to_change()
 async fn an_upgrade_with_changed_values_updates_the_deployment() {
     let client = support::client().await;
     let ns = support::fresh_namespace(&client, "chart-upgrade").await;
-    install(&ns, &ns, &json!({})).unwrap_or_else(|e| panic!("install: {e}"));
+    let _release = install(&ns, &ns, &json!({})).unwrap_or_else(|e| panic!("install: {e}"));
     let name = format!("{ns}-flowgate");
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     let before = get(deployments.clone(), &name).await;
@@ -450,7 +470,7 @@ async fn uninstall_removes_what_install_created_and_keeps_the_ledger() {
         "rbac": {"secretNamespaces": [team_ns]},
         "dashboard": {"enabled": true},
     });
-    install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
+    let _release = install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
     let name = format!("{ns}-flowgate");
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     let services = Api::<Service>::namespaced(client.clone(), &ns);
@@ -510,7 +530,7 @@ async fn the_network_policy_lets_only_flowgate_reach_flowise() {
             "allowFrom": [ingress_peer],
         }},
     });
-    install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
+    let _release = install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
     let policy = get(
         Api::<NetworkPolicy>::namespaced(client.clone(), &flowise_ns),
         &format!("{ns}-flowgate-flowise-ingress"),
@@ -550,7 +570,7 @@ async fn secret_namespaces_replace_the_cluster_wide_secret_rule_with_roles() {
     let team_a = support::fresh_namespace(&client, "chart-secrets-a").await;
     let team_b = support::fresh_namespace(&client, "chart-secrets-b").await;
     let values = json!({"rbac": {"secretNamespaces": [team_a, team_b]}});
-    install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
+    let _release = install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
     let name = format!("{ns}-flowgate");
 
     let cluster_role = get(Api::<ClusterRole>::all(client.clone()), &name).await;
@@ -593,7 +613,7 @@ async fn the_service_monitor_and_the_dashboard_are_rendered_when_enabled() {
         "metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}}},
         "dashboard": {"enabled": true, "annotations": {"grafana_folder": "flowgate"}},
     });
-    install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
+    let _release = install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
     let name = format!("{ns}-flowgate");
 
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(

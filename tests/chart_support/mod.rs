@@ -32,10 +32,37 @@ pub fn release_json(out: String) -> Value {
     serde_json::from_str(&out).expect("scripts/helm.sh prints the release as JSON")
 }
 
+/// An installed release; `helm uninstall`ed when dropped, also when the test panics. The bare
+/// API server has no namespace controller: a release left behind keeps its Service's cluster IP
+/// (the local cluster has 253) and its cluster-wide ClusterRole for good.
+pub struct Release {
+    name: String,
+    ns: String,
+    /// What `helm install -o json` printed.
+    pub json: Value,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // A test that uninstalled on purpose gets "not found" here; anything else is worth seeing.
+        if let Err(error) = helm(&["uninstall", &self.name, "-n", &self.ns])
+            && !error.contains("not found")
+        {
+            eprintln!("helm uninstall {}: {error}", self.name);
+        }
+    }
+}
+
 /// `helm install RELEASE charts/flowgate -n NS` with `values`; the release, or Helm's error.
-pub fn install(release: &str, ns: &str, values: &Value) -> Result<Value, String> {
+pub fn install(release: &str, ns: &str, values: &Value) -> Result<Release, String> {
     let values = values.to_string();
-    helm(&["install", release, CHART, "-n", ns, "--set-json", &values]).map(release_json)
+    let json =
+        helm(&["install", release, CHART, "-n", ns, "--set-json", &values]).map(release_json)?;
+    Ok(Release {
+        name: release.to_owned(),
+        ns: ns.to_owned(),
+        json,
+    })
 }
 
 /// Helm's error for an install that must be refused; panics (briefly) when it succeeds.
@@ -44,7 +71,7 @@ pub fn refused(release: &str, ns: &str, values: &Value) -> String {
         Err(error) => error,
         Ok(release) => panic!(
             "{values} was installed (revision {}) but must be refused",
-            release["revision"]
+            release.json["revision"]
         ),
     }
 }

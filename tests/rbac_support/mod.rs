@@ -19,7 +19,7 @@ use flowgate::controller::{Controller, LAST_SYNC_REFRESH, LeaseSettings, Setting
 use flowgate::ledger::{self, CreditLedger};
 use flowgate::metrics::Metrics;
 
-use crate::chart_support::{helm, install};
+use crate::chart_support::{Release, install};
 use crate::support;
 use crate::support::process::{KillOnDrop, free_port};
 
@@ -38,6 +38,7 @@ pub struct ChartAccount {
     pub client: Client,
     pub kubeconfig: PathBuf,
     _dir: tempfile::TempDir,
+    _release: Release,
 }
 
 impl ChartAccount {
@@ -46,7 +47,7 @@ impl ChartAccount {
         support::install_crds(&admin).await;
         let ns = support::fresh_namespace(&admin, prefix).await;
         let release = install(&ns, &ns, &json!({})).unwrap_or_else(|e| panic!("install: {e}"));
-        assert_eq!(release["status"], "deployed", "{release}");
+        assert_eq!(release.json["status"], "deployed", "{}", release.json);
         let name = format!("{ns}-flowgate");
         let token = token_request(&admin, &ns, &name, None).await;
         let dir = tempfile::tempdir().expect("temp dir");
@@ -65,14 +66,8 @@ impl ChartAccount {
             client,
             kubeconfig,
             _dir: dir,
+            _release: release,
         }
-    }
-}
-
-impl Drop for ChartAccount {
-    fn drop(&mut self) {
-        // The ClusterRole and ClusterRoleBinding are cluster-wide: never leave them behind.
-        let _ = helm(&["uninstall", &self.ns, "-n", &self.ns]);
     }
 }
 
