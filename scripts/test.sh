@@ -38,6 +38,18 @@ trim() { # DIR BUDGET_GB
   fi
 }
 trim "$CARGO_TARGET_DIR/debug" "$budget_gb"
+
+# Two checkouts sharing this target dir (a CI clone and a working copy) confuse cargo: it keeps
+# source paths relative to the package, so a binary built in the other checkout looks fresh
+# when its sources are older, yet its `env!("CARGO_MANIFEST_DIR")` still names the other tree
+# (a fixture then reads a file that is not there). Rebuild flowgate itself on a switch.
+checkout_stamp=$CARGO_TARGET_DIR/flowgate-checkout
+if [[ -f $checkout_stamp && $(<"$checkout_stamp") != "$root" ]]; then
+  step "the target dir was last built from $(<"$checkout_stamp"): rebuilding flowgate's own crates"
+  cargo clean --locked -p flowgate
+fi
+mkdir -p "$CARGO_TARGET_DIR"
+printf '%s\n' "$root" >"$checkout_stamp"
 trim "$FLOWGATE_CACHE/fuzz-target" $((budget_gb / 2))
 
 step "local API server"
