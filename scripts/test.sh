@@ -38,6 +38,7 @@ trim() { # DIR BUDGET_GB
   fi
 }
 trim "$CARGO_TARGET_DIR/debug" "$budget_gb"
+trim "$FLOWGATE_CACHE/fuzz-target" $((budget_gb / 2))
 
 # Two checkouts sharing this target dir (a CI clone and a working copy) confuse cargo: it keeps
 # source paths relative to the package, so a binary built in the other checkout looks fresh
@@ -50,7 +51,6 @@ if [[ -f $checkout_stamp && $(<"$checkout_stamp") != "$root" ]]; then
 fi
 mkdir -p "$CARGO_TARGET_DIR"
 printf '%s\n' "$root" >"$checkout_stamp"
-trim "$FLOWGATE_CACHE/fuzz-target" $((budget_gb / 2))
 
 step "local API server"
 scripts/local-cluster.sh start
