@@ -86,6 +86,9 @@ enum Mode {
     PerSubject,
     Shared,
     SharedSettle,
+    /// Shared, each reserve a final cost (charged and logged at once, nothing to settle): what
+    /// the proxy does for a policy without token pricing.
+    SharedFinal,
     /// PerSubject, waiting this long after each reserve.
     Paced(Duration),
 }
@@ -96,15 +99,21 @@ impl Mode {
             Mode::PerSubject => "PerSubject".into(),
             Mode::Shared => "Shared".into(),
             Mode::SharedSettle => "Shared+settle".into(),
+            Mode::SharedFinal => "Shared, final".into(),
             Mode::Paced(gap) => format!("paced {} ms", gap.as_millis()),
         }
     }
 }
 
 async fn run(backend: &str, ledger: &Arc<dyn CreditLedger>, length: Duration) {
-    let loaded = [Mode::PerSubject, Mode::Shared, Mode::SharedSettle]
-        .into_iter()
-        .flat_map(|mode| CALLERS.map(|callers| (mode, callers)));
+    let loaded = [
+        Mode::PerSubject,
+        Mode::Shared,
+        Mode::SharedSettle,
+        Mode::SharedFinal,
+    ]
+    .into_iter()
+    .flat_map(|mode| CALLERS.map(|callers| (mode, callers)));
     let paced = PACES.map(|gap| (Mode::Paced(gap), 1));
     for (mode, callers) in loaded.chain(paced) {
         let policy = format!("bench/{backend}-{callers}-{mode:?}");
@@ -185,7 +194,7 @@ async fn measure(
                 policy: policy.to_string(),
                 bucket: match mode {
                     Mode::PerSubject | Mode::Paced(_) => subject.clone(),
-                    Mode::Shared | Mode::SharedSettle => "*".into(),
+                    Mode::Shared | Mode::SharedSettle | Mode::SharedFinal => "*".into(),
                 },
                 limit: u64::MAX,
                 window,
@@ -202,6 +211,7 @@ async fn measure(
                         lines: vec![line.clone()],
                         now,
                         ttl: Duration::from_secs(60),
+                        final_cost: matches!(mode, Mode::SharedFinal),
                     };
                     let started = Instant::now();
                     let outcome = ledger.reserve(request).await.expect("reserve");

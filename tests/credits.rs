@@ -187,6 +187,71 @@ async fn a_failing_flowise_refunds_and_token_usage_is_charged() {
     team.cleanup().await;
 }
 
+/// `flowgate_ledger_operation_duration_seconds_count` of one operation, from the ops listener.
+async fn ledger_calls(gate: &Flowgate, operation: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", gate.ops))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let series =
+        format!("flowgate_ledger_operation_duration_seconds_count{{operation=\"{operation}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+#[tokio::test]
+async fn a_flat_cost_is_charged_at_reserve_with_no_settle_and_refunded_when_flowise_fails() {
+    let team = Team::with_fake_flowise("credits-flat").await;
+    let policy = format!("{}/flat", team.ns);
+    team.policy(
+        "flat",
+        json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Daily"},
+               "cost": {"perPrediction": 3}}),
+    )
+    .await;
+    let id = team.flowise_id.clone();
+    let used = |gate: &Flowgate| {
+        let (base, alice, policy) = (gate.base.clone(), team.alice(), policy.clone());
+        async move { balance(&credits(&base, &alice).await, &policy)["used"].as_i64() }
+    };
+
+    let failing = FakeFlowise::start(Mode::Fail).await;
+    let gate = Flowgate::with_flowise(&failing.url).await;
+    eventually_status(&gate, &team.alice(), &id, 502).await;
+    for _ in 0..3 {
+        let (status, _) = predict(&gate, &team.alice(), &id, json!({"question": "x"})).await;
+        assert_eq!(status, 502);
+    }
+    // Refunds are written off the request path: wait for them to land.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while used(&gate).await != Some(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a failed flat-cost prediction is refunded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ledger_calls(&gate, "refund").await >= 4);
+
+    let answering = FakeFlowise::start(Mode::Answer { tokens: 1500 }).await;
+    let gate = Flowgate::with_flowise(&answering.url).await;
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+    let (status, _) = predict(&gate, &team.alice(), &id, json!({"question": "y"})).await;
+    assert_eq!(status, 200);
+    // Charged when reserved, before the answer: no wait, and tokens are not priced.
+    assert_eq!(used(&gate).await, Some(6), "3 per prediction, twice");
+    assert_eq!(ledger_calls(&gate, "reserve").await, 2);
+    assert_eq!(
+        ledger_calls(&gate, "settle").await,
+        0,
+        "nothing settles a final cost"
+    );
+    team.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_retried_request_with_the_same_idempotency_key_is_charged_once() {
     let team = Team::with_fake_flowise("credits-idem").await;

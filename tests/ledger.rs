@@ -71,6 +71,8 @@ scenarios!(
     each_caller_of_a_burst_gets_its_own_reservation,
     charges_survive_a_restart_and_every_opened_ledger_shares_them,
     the_usage_log_records_every_settle_refund_and_expiry,
+    a_final_cost_is_charged_and_logged_at_once_and_only_a_refund_or_settle_changes_it,
+    a_burst_of_final_cost_and_held_reserves_logs_each_final_charge_once,
     policy_usage_sums_credits_and_counts_exhausted_buckets,
 );
 
@@ -687,6 +689,154 @@ async fn the_usage_log_records_every_settle_refund_and_expiry(store: Store) {
         .await
         .expect("usage");
     assert_eq!(newest, all[..1].to_vec());
+}
+
+async fn a_final_cost_is_charged_and_logged_at_once_and_only_a_refund_or_settle_changes_it(
+    store: Store,
+) {
+    let ledger = store.open().await;
+    let t = |minutes| now() + SignedDuration::from_mins(minutes);
+    let final_cost = |subject: &str, key: Option<&str>| {
+        let mut req = request(
+            subject,
+            vec![
+                line(POLICY, subject, 10, 2),
+                line("team-a/pool", "*", 100, 1),
+            ],
+        );
+        req.final_cost = true;
+        req.idempotency_key = key.map(Into::into);
+        req
+    };
+
+    let refunded = ledger
+        .reserve(final_cost("alice", Some("k1")))
+        .await
+        .expect("reserve")
+        .id();
+    let kept = ledger
+        .reserve(final_cost("bob", None))
+        .await
+        .expect("reserve")
+        .id();
+    let corrected = ledger
+        .reserve(final_cost("carol", None))
+        .await
+        .expect("reserve")
+        .id();
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 2, "charged at once");
+    assert_eq!(used(&*ledger, "team-a/pool", "*").await, 3);
+    assert_eq!(
+        ledger
+            .reserve(final_cost("alice", Some("k1")))
+            .await
+            .expect("retry"),
+        ReserveOutcome::Duplicate {
+            id: refunded,
+            state: ReservationState::Charged
+        },
+        "a retry is not charged again"
+    );
+    assert_eq!(
+        ledger.sweep(t(60)).await.expect("sweep"),
+        0,
+        "nothing to expire: nothing is held open"
+    );
+
+    assert_eq!(
+        ledger.refund(refunded, t(1)).await.expect("refund"),
+        Resolution {
+            state: ReservationState::Refunded,
+            applied: true
+        }
+    );
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 0, "released");
+    assert!(
+        !ledger.refund(refunded, t(2)).await.expect("refund").applied,
+        "once"
+    );
+    let again = match ledger
+        .reserve(final_cost("alice", Some("k1")))
+        .await
+        .expect("reserve")
+    {
+        ReserveOutcome::Reserved { id, .. } => id,
+        other => panic!("a refunded key reserves again: {other:?}"),
+    };
+    assert!(
+        ledger
+            .settle(corrected, &[5, 1], 3000, t(3))
+            .await
+            .expect("settle")
+            .applied,
+        "a settle still corrects a final charge"
+    );
+    assert_eq!(used(&*ledger, POLICY, "carol").await, 5);
+    assert!(
+        !ledger
+            .refund(corrected, t(4))
+            .await
+            .expect("refund")
+            .applied,
+        "settled is final"
+    );
+
+    use ReservationState::{Charged, Refunded, Settled};
+    let log = |subject: &str| {
+        let ledger = ledger.clone();
+        let subject = subject.to_string();
+        async move {
+            let mut rows: Vec<(ReservationId, String, i64, u64, ReservationState)> = ledger
+                .usage(UsageFilter {
+                    subject: Some(subject),
+                    ..UsageFilter::default()
+                })
+                .await
+                .expect("usage")
+                .into_iter()
+                .map(|r| (r.reservation, r.policy, r.credits, r.tokens, r.outcome))
+                .collect();
+            rows.reverse();
+            rows
+        }
+    };
+    let pool = || "team-a/pool".to_string();
+    assert_eq!(
+        log("bob").await,
+        vec![
+            (kept, POLICY.to_string(), 2, 0, Charged),
+            (kept, pool(), 1, 0, Charged),
+        ],
+        "logged with the reserve, in line order"
+    );
+    assert_eq!(
+        log("carol").await,
+        vec![
+            (corrected, POLICY.to_string(), 2, 0, Charged),
+            (corrected, pool(), 1, 0, Charged),
+            (corrected, POLICY.to_string(), 3, 3000, Settled),
+            (corrected, pool(), 0, 3000, Settled),
+        ]
+    );
+    // Oldest first: both reserves happened at `now()`, the refund a minute later.
+    let alice = log("alice").await;
+    assert_eq!(
+        alice,
+        vec![
+            (refunded, POLICY.to_string(), 2, 0, Charged),
+            (refunded, pool(), 1, 0, Charged),
+            (again, POLICY.to_string(), 2, 0, Charged),
+            (again, pool(), 1, 0, Charged),
+            (refunded, POLICY.to_string(), -2, 0, Refunded),
+            (refunded, pool(), -1, 0, Refunded),
+        ]
+    );
+    let alice_sum: i64 = alice.iter().map(|row| row.2).sum();
+    assert_eq!(
+        alice_sum,
+        used(&*ledger, POLICY, "alice").await + 1,
+        "the log sums to the charges (alice's policy line and her pool line)"
+    );
 }
 
 async fn policy_usage_sums_credits_and_counts_exhausted_buckets(store: Store) {

@@ -24,6 +24,10 @@
 //!                    ▶ Expired ── settle ──▶ Settled   (charge adjusted to the actual amount)
 //!                      (still       ╲
 //!                       charged)     refund ──▶ Refunded  (held amount released)
+//!
+//!  reserve, final ──▶ Charged ── refund ──▶ Refunded  (held amount released)
+//!  (a flat cost)        ╲
+//!                        settle ──▶ Settled  (charge adjusted to the actual amount)
 //! ```
 //!
 //! - [`CreditLedger::reserve`] is one atomic operation over every budget line of a request:
@@ -39,6 +43,11 @@
 //!   reserved amount: after a `kill -9` the request had most likely been forwarded and answered
 //!   by Flowise, and "no lost charges" wins over "never overcharge". A late settle or refund of
 //!   an expired reservation still applies.
+//! - A reserve marked [`ReserveRequest::final_cost`] (every line's amount is the whole cost, as
+//!   for a flat price per prediction) is charged in full at once: the reservation is `Charged`,
+//!   its usage rows are logged in the same write, and nothing needs to settle it — one write per
+//!   prediction instead of two. Only a refund (Flowise failed) or a correcting settle changes it,
+//!   as for an expired reservation; the sweep leaves it alone.
 //! - `Settled` and `Refunded` are final. A second settle or refund is a no-op that reports the
 //!   current state ([`Resolution::applied`] is false).
 //! - With an idempotency key (scoped to the subject), a reserve that finds a reservation with
@@ -50,10 +59,11 @@
 //!
 //! # Usage log
 //!
-//! Every settle, refund and expiry writes one [`UsageRecord`] per budget line. Its `credits` is
-//! what the event changed in the charge recorded by the log, so summing a reservation's rows gives
-//! what it is charged: settle logs the actual amount, refund 0, expiry the held amount; a late
-//! settle or refund after expiry logs the correction (`actual - held`, or `-held`).
+//! Every settle, refund, expiry and final-cost reserve writes one [`UsageRecord`] per budget
+//! line. Its `credits` is what the event changed in the charge recorded by the log, so summing a
+//! reservation's rows gives what it is charged: settle logs the actual amount, refund 0, expiry
+//! and a final-cost reserve the held amount; a settle or refund after those logs the correction
+//! (`actual - held`, or `-held`).
 
 mod period;
 mod postgres;
@@ -168,6 +178,9 @@ pub struct ReserveRequest {
     /// How long the proxy may take to settle or refund before the reservation counts as
     /// abandoned.
     pub ttl: Duration,
+    /// The amounts are the whole cost (no part depends on the answer): charge them as final,
+    /// `Charged`, with no settle to follow. See the module documentation.
+    pub final_cost: bool,
 }
 
 /// Identifies a reservation; unique within one ledger database.
@@ -191,6 +204,9 @@ pub enum ReservationState {
     Refunded,
     /// Abandoned and swept; still charged at the reserved amount.
     Expired,
+    /// Charged in full when reserved (a final cost); changed only by a refund or a correcting
+    /// settle.
+    Charged,
 }
 
 impl ReservationState {
@@ -201,6 +217,7 @@ impl ReservationState {
             Self::Settled => "settled",
             Self::Refunded => "refunded",
             Self::Expired => "expired",
+            Self::Charged => "charged",
         }
     }
 
@@ -210,6 +227,7 @@ impl ReservationState {
             "settled" => Self::Settled,
             "refunded" => Self::Refunded,
             "expired" => Self::Expired,
+            "charged" => Self::Charged,
             other => return Err(LedgerError::Corrupt(format!("reservation state '{other}'"))),
         })
     }
@@ -286,7 +304,7 @@ impl Default for UsageFilter {
     }
 }
 
-/// One budget line of a settle, refund or expiry.
+/// One budget line of a settle, refund, expiry or final-cost reserve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageRecord {
     pub time: Timestamp,
@@ -298,7 +316,8 @@ pub struct UsageRecord {
     pub credits: i64,
     /// Tokens Flowise reported (settle only).
     pub tokens: u64,
-    /// The state the event moved the reservation to: `Settled`, `Refunded` or `Expired`.
+    /// The state the event moved the reservation to: `Settled`, `Refunded`, `Expired` or
+    /// `Charged`.
     pub outcome: ReservationState,
 }
 

@@ -563,6 +563,7 @@ mod tests {
                     amount: 2,
                 }],
                 now,
+                final_cost: n % 2 == 0,
                 ttl: Duration::from_secs(900),
             };
             let (reply, mut reserved) = oneshot::channel();

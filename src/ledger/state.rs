@@ -57,10 +57,10 @@ pub(super) fn close(
         Close::Refund => vec![0; held.len()],
     };
     // What the usage log has recorded so far: nothing while reserved, the held amount once the
-    // sweep logged the expiry.
+    // sweep logged the expiry or the reserve logged a final cost.
     let already_logged: Vec<i64> = match state {
         ReservationState::Reserved => vec![0; held.len()],
-        ReservationState::Expired => held.to_vec(),
+        ReservationState::Expired | ReservationState::Charged => held.to_vec(),
         ReservationState::Settled | ReservationState::Refunded => return Ok(None),
     };
     let (target, tokens) = match close {
@@ -130,6 +130,25 @@ mod tests {
             .expect("applies");
         assert_eq!(settle.state, Settled);
         assert_eq!((settle.bucket_delta, settle.logged), (vec![1], vec![1]));
+    }
+
+    #[test]
+    fn a_final_cost_charge_is_undone_by_a_refund_and_corrected_by_a_settle() {
+        let refund = close(ID, Charged, &[2, 1], &Close::Refund)
+            .expect("valid")
+            .expect("applies");
+        assert_eq!(refund.state, Refunded);
+        assert_eq!(refund.bucket_delta, vec![-2, -1]);
+        assert_eq!(refund.logged, vec![-2, -1]);
+
+        let settle = close(ID, Charged, &[2, 1], &settle(&[2, 3]))
+            .expect("valid")
+            .expect("applies");
+        assert_eq!(settle.state, Settled);
+        assert_eq!(
+            (settle.bucket_delta, settle.logged),
+            (vec![0, 2], vec![0, 2])
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //!
 //! Running out is a 402 naming the policy; a ledger that cannot be reached is a 503 — never a free
 //! pass. Settling and refunding happen off the request path (a spawned task), so a client never
-//! waits for the second durable write.
+//! waits for the second durable write. When no applicable policy prices tokens, the flat cost is
+//! the whole cost: it is reserved as final ([`ReserveRequest::final_cost`]) and there is nothing
+//! to settle, so such a prediction costs the ledger one write (a refund still undoes it).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,8 +79,17 @@ pub fn crossed(limit: u64, remaining: u64, amount: u64, percents: &[u8]) -> Vec<
 pub struct Charge {
     id: ReservationId,
     policies: Vec<Arc<PolicyRule>>,
+    /// Charged in full at reserve time (no policy prices tokens): nothing to settle.
+    final_cost: bool,
     /// Smallest remaining balance over the charged policies, after this reservation.
     pub remaining: Option<u64>,
+}
+
+impl Charge {
+    /// Whether settling needs the tokens Flowise reports (some policy prices them).
+    pub fn counts_tokens(&self) -> bool {
+        !self.final_cost
+    }
 }
 
 impl Credits {
@@ -169,6 +180,7 @@ impl Credits {
                 })
             })
             .collect::<Result<Vec<_>, ProxyError>>()?;
+        let final_cost = policies.iter().all(|p| p.per_thousand_tokens == 0);
         let request = ReserveRequest {
             subject: identity.key.clone(),
             chatflow: format!("{}/{}", cf.rule.namespace, cf.rule.name),
@@ -176,6 +188,7 @@ impl Credits {
             lines,
             now,
             ttl: RESERVATION_TTL,
+            final_cost,
         };
         match timed(&self.metrics, "reserve", self.ledger.reserve(request)).await {
             Ok(ReserveOutcome::Reserved { id, remaining }) => {
@@ -187,6 +200,7 @@ impl Credits {
                 Ok(Some(Charge {
                     id,
                     policies,
+                    final_cost,
                     remaining: remaining.iter().map(|(_, left)| *left).min(),
                 }))
             }
@@ -210,10 +224,14 @@ impl Credits {
     }
 
     /// Charges the actual cost in the background: the flat cost plus tokens on every policy.
+    /// A final-cost charge is already what it should be; only the metrics see it.
     pub fn settle(&self, charge: Charge, tokens: u64) {
         let actual: Vec<u64> = charge.policies.iter().map(|p| cost(p, tokens)).collect();
         for (policy, credits) in charge.policies.iter().zip(&actual) {
             self.metrics.credits_charged(&policy.id, *credits);
+        }
+        if charge.final_cost {
+            return;
         }
         let ledger = self.ledger.clone();
         let metrics = self.metrics.clone();

@@ -437,9 +437,13 @@ impl Proxy {
         };
         if let Some(charge) = charge {
             if status.is_success() {
-                let tokens = serde_json::from_slice::<Value>(&answer)
-                    .map(|v| stream::json_usage_tokens(&v))
-                    .unwrap_or(0);
+                let tokens = if charge.counts_tokens() {
+                    serde_json::from_slice::<Value>(&answer)
+                        .map(|v| stream::json_usage_tokens(&v))
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
                 self.credits.settle(charge, tokens);
             } else {
                 self.credits.refund(charge);

@@ -221,3 +221,64 @@ pub async fn each_caller_of_a_burst_gets_its_own_reservation(store: Store) {
         assert_eq!(used(&*ledger, POLICY, &user).await, expected, "{user}");
     }
 }
+
+/// Final-cost and held reserves in one burst, over budget: the batches write each kind with its
+/// own state, and the usage log has exactly one row per final charge.
+pub async fn a_burst_of_final_cost_and_held_reserves_logs_each_final_charge_once(store: Store) {
+    let ledger = store.open().await;
+    let outcomes = concurrently(&ledger, 80, |i| {
+        let mut req = request(&format!("user-{i}"), vec![line(POLICY, "*", 50, 1)]);
+        req.final_cost = i % 2 == 0;
+        if i % 10 == 0 {
+            req.idempotency_key = Some(format!("key-{i}"));
+        }
+        req
+    })
+    .await;
+    let reserved: Vec<(usize, ReservationId)> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match o {
+            ReserveOutcome::Reserved { id, .. } => Some((i, *id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reserved.len(), 50, "{outcomes:?}");
+    assert_eq!(used(&*ledger, POLICY, "*").await, 50);
+
+    let logged: HashSet<ReservationId> = ledger
+        .usage(UsageFilter {
+            limit: 1000,
+            ..UsageFilter::default()
+        })
+        .await
+        .expect("usage")
+        .into_iter()
+        .map(|row| {
+            assert_eq!(
+                (row.credits, row.outcome),
+                (1, ReservationState::Charged),
+                "{row:?}"
+            );
+            row.reservation
+        })
+        .collect();
+    let finals: HashSet<ReservationId> = reserved
+        .iter()
+        .filter(|(i, _)| i % 2 == 0)
+        .map(|(_, id)| *id)
+        .collect();
+    assert!(!finals.is_empty());
+    assert_eq!(
+        logged, finals,
+        "one row per final charge, none for the held ones"
+    );
+
+    // The held ones expire; the final ones are not open.
+    let expired = ledger
+        .sweep(now() + SignedDuration::from_mins(60))
+        .await
+        .expect("sweep");
+    assert_eq!(expired as usize, reserved.len() - finals.len());
+    assert_eq!(used(&*ledger, POLICY, "*").await, 50);
+}

@@ -102,6 +102,7 @@ pub fn request(subject: &str, lines: Vec<BudgetLine>) -> ReserveRequest {
         lines,
         now: now(),
         ttl: Duration::from_secs(60),
+        final_cost: false,
     }
 }
 

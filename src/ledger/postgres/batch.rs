@@ -589,6 +589,7 @@ async fn insert_plain(
     let mut chatflows = Vec::with_capacity(plain.len());
     let mut created = Vec::with_capacity(plain.len());
     let mut expires = Vec::with_capacity(plain.len());
+    let mut states = Vec::with_capacity(plain.len());
     let (mut of, mut idx, mut policies, mut buckets, mut starts, mut amounts) = (
         Vec::new(),
         Vec::new(),
@@ -603,6 +604,7 @@ async fn insert_plain(
         chatflows.push(request.chatflow.as_str());
         created.push(request.now.as_microsecond());
         expires.push(expiry(request.now, request.ttl));
+        states.push(super::initial_state(request).as_str());
         for (line, charge) in (0_i32..).zip(&charges[i]) {
             of.push(n);
             idx.push(line);
@@ -617,7 +619,7 @@ async fn insert_plain(
             &st.insert_many,
             &[
                 &subjects, &chatflows, &created, &expires, &of, &idx, &policies, &buckets, &starts,
-                &amounts,
+                &amounts, &states,
             ],
         )
         .await?;

@@ -116,24 +116,35 @@ pub(super) struct Statements {
 
 impl Statements {
     pub(super) async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
-        let (insert_reservation, find_key, charge, used_of, lock_reservation, lines_of) =
-            futures::try_join!(
-            // The reservation and its lines, in one round trip.
+        let (insert_reservation, find_key, charge, used_of, lock_reservation, lines_of) = futures::try_join!(
+            // The reservation and its lines, in one round trip; with state `charged` (a final
+            // cost) also its usage rows.
             client.prepare(
                 "WITH reservation AS (
                      INSERT INTO reservations (subject, chatflow, idempotency_key, state,
                                                created_us, expires_us, updated_us)
-                     VALUES ($1::text, $2::text, $3::text, 'reserved', $4::int8, $5::int8, $4::int8)
+                     VALUES ($1::text, $2::text, $3::text, $11::text, $4::int8, $5::int8, $4::int8)
                      ON CONFLICT (subject, idempotency_key)
                          WHERE idempotency_key IS NOT NULL AND state <> 'refunded'
                      DO NOTHING
                      RETURNING id
+                 ), line AS (
+                     SELECT * FROM unnest($6::int4[], $7::text[], $8::text[], $9::int8[],
+                                          $10::int8[])
+                         AS line (idx, policy, bucket, window_start, amount)
                  ), held AS (
                      INSERT INTO reservation_lines
                          (reservation_id, idx, policy, bucket, window_start, amount)
                      SELECT reservation.id, line.*
-                     FROM reservation,
-                          unnest($6::int4[], $7::text[], $8::text[], $9::int8[], $10::int8[]) AS line
+                     FROM reservation, line
+                 ), logged AS (
+                     INSERT INTO usage (time_us, reservation_id, subject, chatflow, policy,
+                                        credits, tokens, outcome)
+                     SELECT $4::int8, reservation.id, $1::text, $2::text, line.policy,
+                            line.amount, 0, $11::text
+                     FROM reservation, line
+                     WHERE $11::text = 'charged'
+                     ORDER BY line.idx
                  )
                  SELECT id FROM reservation"
             ),
@@ -218,27 +229,38 @@ impl Statements {
                  ORDER BY reservation_id, idx"
             ),
             // Many reservations without an idempotency key and their lines (line.n: the
-            // 1-based position of its reservation); their ids in input order. The ids are
-            // taken before inserting, so no order of RETURNING rows is relied on.
+            // 1-based position of its reservation), and the usage rows of those `charged` (a
+            // final cost); their ids in input order. The ids are taken before inserting, so no
+            // order of RETURNING rows is relied on.
             client.prepare(
                 "WITH input AS (
                      SELECT nextval('reservations_id_seq') AS id, r.*
-                     FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) WITH ORDINALITY
-                          AS r (subject, chatflow, created_us, expires_us, n)
+                     FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $11::text[])
+                          WITH ORDINALITY
+                          AS r (subject, chatflow, created_us, expires_us, state, n)
                  ), reservation AS (
                      INSERT INTO reservations (id, subject, chatflow, state,
                                                created_us, expires_us, updated_us)
-                     SELECT id, subject, chatflow, 'reserved', created_us, expires_us, created_us
+                     SELECT id, subject, chatflow, state, created_us, expires_us, created_us
                      FROM input
+                 ), line AS (
+                     SELECT * FROM unnest($5::int8[], $6::int4[], $7::text[], $8::text[],
+                                          $9::int8[], $10::int8[])
+                          AS line (n, idx, policy, bucket, window_start, amount)
                  ), held AS (
                      INSERT INTO reservation_lines
                          (reservation_id, idx, policy, bucket, window_start, amount)
                      SELECT input.id, line.idx, line.policy, line.bucket, line.window_start,
                             line.amount
-                     FROM unnest($5::int8[], $6::int4[], $7::text[], $8::text[], $9::int8[],
-                                 $10::int8[])
-                          AS line (n, idx, policy, bucket, window_start, amount)
-                     JOIN input ON input.n = line.n
+                     FROM line JOIN input ON input.n = line.n
+                 ), logged AS (
+                     INSERT INTO usage (time_us, reservation_id, subject, chatflow, policy,
+                                        credits, tokens, outcome)
+                     SELECT input.created_us, input.id, input.subject, input.chatflow,
+                            line.policy, line.amount, 0, input.state
+                     FROM line JOIN input ON input.n = line.n
+                     WHERE input.state = 'charged'
+                     ORDER BY line.n, line.idx
                  )
                  SELECT id FROM input ORDER BY n"
             ),

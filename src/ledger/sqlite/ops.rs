@@ -23,7 +23,7 @@ const BUCKET_USED: &str =
 const INSERT_RESERVATION: &str = "
     INSERT INTO reservations
         (subject, chatflow, idempotency_key, state, created_us, expires_us, updated_us)
-    VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, ?4)";
+    VALUES (?1, ?2, ?3, ?6, ?4, ?5, ?4)";
 const CHARGE_BUCKET: &str = "
     INSERT INTO buckets (policy, bucket, window_start, used) VALUES (?1, ?2, ?3, ?4)
     ON CONFLICT (policy, bucket, window_start) DO UPDATE SET used = used + excluded.used";
@@ -114,16 +114,23 @@ pub(super) fn reserve(
     }
 
     let now = request.now.as_microsecond();
+    let state = if request.final_cost {
+        ReservationState::Charged
+    } else {
+        ReservationState::Reserved
+    };
     conn.prepare_cached(INSERT_RESERVATION)?.execute(params![
         request.subject,
         request.chatflow,
         request.idempotency_key,
         now,
         expiry(request.now, request.ttl),
+        state.as_str(),
     ])?;
     let id = conn.last_insert_rowid();
     let mut charge_bucket = conn.prepare_cached(CHARGE_BUCKET)?;
     let mut hold = conn.prepare_cached(HOLD_LINE)?;
+    let mut log = conn.prepare_cached(LOG_USAGE)?;
     for (idx, charge) in (0_i32..).zip(&charges) {
         charge_bucket.execute(params![
             charge.policy,
@@ -139,6 +146,18 @@ pub(super) fn reserve(
             charge.window_start,
             charge.amount
         ])?;
+        if request.final_cost {
+            log.execute(params![
+                now,
+                id,
+                request.subject,
+                request.chatflow,
+                charge.policy,
+                charge.amount,
+                0,
+                state.as_str()
+            ])?;
+        }
     }
     Ok(ReserveOutcome::Reserved {
         id: ReservationId(id),
