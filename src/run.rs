@@ -176,6 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                     Arc::new(crate::admin::Admin {
                         client,
                         sync: controller.sync_state(),
+                        ledger: ledger.clone(),
                     })
                 }),
         };

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use support::admin::{call, root};
 use support::fake_flowise::{FakeFlowise, Mode};
 use support::gate::{Flowgate, Options, SECRET, eventually_status, predict};
 use support::process::{KillOnDrop, free_port};
@@ -248,6 +249,93 @@ async fn a_flat_cost_is_charged_at_reserve_with_no_settle_and_refunded_when_flow
         ledger_calls(&gate, "settle").await,
         0,
         "nothing settles a final cost"
+    );
+    team.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_global_admin_reads_the_usage_log_filtered_and_no_one_else_does() {
+    let team = Team::with_fake_flowise("credits-usage").await;
+    let policy = format!("{}/flat", team.ns);
+    team.policy(
+        "flat",
+        json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Daily"},
+               "cost": {"perPrediction": 2}}),
+    )
+    .await;
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
+    let id = team.flowise_id.clone();
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+    let (status, _) = predict(&gate, &team.alice(), &id, json!({"question": "two"})).await;
+    assert_eq!(status, 200);
+    let usage = |query: String, bearer: String| {
+        let gate = &gate;
+        async move {
+            call(
+                gate,
+                reqwest::Method::GET,
+                &format!("/api/admin/credits/usage{query}"),
+                Some(&bearer),
+                None,
+            )
+            .await
+        }
+    };
+
+    let (status, rows) = usage(format!("?policy={policy}"), root()).await;
+    assert_eq!(status, 200, "{rows}");
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 2, "one row per prediction: {rows:?}");
+    let subject = rows[0]["subject"].as_str().unwrap_or_default().to_string();
+    for row in &rows {
+        assert_eq!(row["policy"], policy.as_str(), "{row}");
+        assert_eq!(row["chatflow"], format!("{}/support-bot", team.ns), "{row}");
+        assert_eq!(
+            (row["credits"].as_i64(), row["outcome"].as_str()),
+            (Some(2), Some("charged"))
+        );
+        assert_eq!(row["subject"], subject.as_str());
+        assert!(
+            row["time"]
+                .as_str()
+                .is_some_and(|t| t.parse::<jiff::Timestamp>().is_ok()),
+            "{row}"
+        );
+    }
+    assert!(subject.contains("alice"), "{subject}");
+    assert!(
+        rows[0]["reservation_id"].as_i64() > rows[1]["reservation_id"].as_i64(),
+        "newest first: {rows:?}"
+    );
+
+    let count = |(status, rows): (u16, Value)| {
+        assert_eq!(status, 200, "{rows}");
+        rows.as_array().map_or(0, Vec::len)
+    };
+    let encoded: String = form_urlencoded::byte_serialize(subject.as_bytes()).collect();
+    assert_eq!(count(usage(format!("?subject={encoded}"), root()).await), 2);
+    assert_eq!(
+        count(usage("?subject=user%3Anobody".into(), root()).await),
+        0
+    );
+    assert_eq!(count(usage("?limit=1".into(), root()).await), 1);
+    assert_eq!(
+        count(usage("?since=2999-01-01T00:00:00Z".into(), root()).await),
+        0
+    );
+
+    let (status, body) = usage("?since=yesterday".into(), root()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    let (status, body) = usage(String::new(), team.alice()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("admin_required")),
+        "{body}"
     );
     team.cleanup().await;
 }

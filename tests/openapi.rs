@@ -35,6 +35,7 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
         "/credits",
         "/api/admin/chatflows/sync",
         "/api/admin/chatflows/{chatflow_id}/users/email/{email}",
+        "/api/admin/credits/usage",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
@@ -189,6 +190,27 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
             "/api/admin/chatflows/stats".into(),
             "/api/admin/chatflows/stats".into(),
             Some(&admin),
+            None,
+        ),
+        (
+            M::GET,
+            "/api/admin/credits/usage?limit=5".into(),
+            "/api/admin/credits/usage".into(),
+            Some(&admin),
+            None,
+        ),
+        (
+            M::GET,
+            "/api/admin/credits/usage?limit=0".into(),
+            "/api/admin/credits/usage".into(),
+            Some(&admin),
+            None,
+        ),
+        (
+            M::GET,
+            "/api/admin/credits/usage".into(),
+            "/api/admin/credits/usage".into(),
+            Some(&alice),
             None,
         ),
         (

@@ -189,3 +189,40 @@ pub fn string_field(
         ))),
     }
 }
+
+/// One row of the credits usage log: what one settle, refund, expiry or final-cost charge
+/// changed on one policy. A reservation's rows sum to what it is charged.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct CreditUsageRecord {
+    /// When it happened (RFC 3339).
+    pub time: String,
+    /// The reservation (one per charged prediction).
+    pub reservation_id: i64,
+    /// Who was charged: the identity key (`user:…`, `serviceAccount:…`).
+    pub subject: String,
+    /// `namespace/name` of the Chatflow.
+    pub chatflow: String,
+    /// `namespace/name` of the CreditPolicy.
+    pub policy: String,
+    /// The change of the charge (negative for a refund of something already charged).
+    pub credits: i64,
+    /// Tokens Flowise reported (only where a policy prices tokens).
+    pub tokens: u64,
+    /// `charged`, `settled`, `refunded` or `expired`.
+    pub outcome: String,
+}
+
+impl From<crate::ledger::UsageRecord> for CreditUsageRecord {
+    fn from(r: crate::ledger::UsageRecord) -> Self {
+        Self {
+            time: r.time.to_string(),
+            reservation_id: r.reservation.0,
+            subject: r.subject,
+            chatflow: r.chatflow,
+            policy: r.policy,
+            credits: r.credits,
+            tokens: r.tokens,
+            outcome: r.outcome.as_str().to_string(),
+        }
+    }
+}

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use super::models::{
     AddUsersToChatflowByEmailRequest, AddUsersToChatflowRequest, BulkAddUsersByEmailRequest,
     BulkAddUsersRequest, ChatflowModel, ChatflowStats, ChatflowSyncResult, ChatflowUser,
-    MessageResponse, UserChatflowResponse,
+    CreditUsageRecord, MessageResponse, UserChatflowResponse,
 };
 use super::shapes::{
     AuthenticateRequest, CompatChatflow, CompatPredictRequest, CompatPredictResponse,
@@ -274,6 +274,14 @@ pub const OPERATIONS: &[Operation] = &[
         "[ChatflowUser]",
         READ_ERRORS,
     ),
+    op(
+        "get",
+        "/api/admin/credits/usage",
+        "The credits usage log, newest first (global admin)",
+        None,
+        "[CreditUsageRecord]",
+        &[400, 401, 403, 503],
+    ),
 ];
 
 fn schemas() -> Map<String, Value> {
@@ -304,6 +312,7 @@ fn schemas() -> Map<String, Value> {
         ChatflowStats,
         ChatflowSyncResult,
         ChatflowUser,
+        CreditUsageRecord,
     );
     generator.take_definitions(true).into_iter().collect()
 }
@@ -354,11 +363,7 @@ fn operation(op: &Operation) -> Value {
         .split('/')
         .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-        .chain(
-            (op.method == "get" && op.path == "/api/admin/chatflows").then(|| {
-                json!({"name": "include_deleted", "in": "query", "required": false, "schema": {"type": "boolean", "default": false}})
-            }),
-        )
+        .chain(query_parameters(op))
         .collect();
     let mut value = json!({
         "summary": op.summary,
@@ -373,6 +378,41 @@ fn operation(op: &Operation) -> Value {
         value["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": reference(request)}}});
     }
     value
+}
+
+/// The query parameters of an operation.
+fn query_parameters(op: &Operation) -> Vec<Value> {
+    let param = |name: &str, description: &str, schema: Value| json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema});
+    match (op.method, op.path) {
+        ("get", "/api/admin/chatflows") => vec![param(
+            "include_deleted",
+            "Also chatflows gone from Flowise",
+            json!({"type": "boolean", "default": false}),
+        )],
+        ("get", "/api/admin/credits/usage") => vec![
+            param(
+                "subject",
+                "Only this subject (identity key, e.g. `user:alice@example.com`)",
+                json!({"type": "string"}),
+            ),
+            param(
+                "policy",
+                "Only this CreditPolicy (`namespace/name`)",
+                json!({"type": "string"}),
+            ),
+            param(
+                "since",
+                "Only rows at or after this time (RFC 3339)",
+                json!({"type": "string", "format": "date-time"}),
+            ),
+            param(
+                "limit",
+                "At most this many rows, the newest",
+                json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+            ),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 /// The OpenAPI document.

@@ -56,6 +56,7 @@ fn every_route_is_documented() {
         "AdminGet",
         "Delete",
         "ListUsers",
+        "CreditUsage",
     ];
     for name in all {
         assert!(
@@ -94,6 +95,7 @@ fn kind(route: &Route) -> String {
             A::GetChatflow(_) => "AdminGet",
             A::DeleteChatflow(_) => "Delete",
             A::ListUsers(_) => "ListUsers",
+            A::CreditUsage => "CreditUsage",
         },
     }
     .to_string()

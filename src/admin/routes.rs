@@ -36,6 +36,8 @@ pub enum AdminRoute {
     DeleteChatflow(String),
     /// `GET /api/admin/chatflows/{flowise_id}/users`.
     ListUsers(String),
+    /// `GET /api/admin/credits/usage`.
+    CreditUsage,
 }
 
 impl AdminRoute {
@@ -56,6 +58,7 @@ impl AdminRoute {
             Self::GetChatflow(_) => "admin_get_chatflow",
             Self::DeleteChatflow(_) => "admin_delete_chatflow",
             Self::ListUsers(_) => "admin_list_users",
+            Self::CreditUsage => "admin_credit_usage",
         }
     }
 }
@@ -98,6 +101,7 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<AdminRoute, Miss> {
         ["chatflows", "add-users-by-email"] => (AdminRoute::AddUsersByEmail, Method::POST),
         ["chatflows", "sync"] => (AdminRoute::Sync, Method::POST),
         ["chatflows", "stats"] => (AdminRoute::Stats, Method::GET),
+        ["credits", "usage"] => (AdminRoute::CreditUsage, Method::GET),
         ["chatflows", id] => {
             return match *method {
                 Method::GET | Method::HEAD => Ok(AdminRoute::GetChatflow(s(id))),

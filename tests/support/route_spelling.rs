@@ -31,28 +31,32 @@ pub fn canonical(route: &Route) -> String {
         Route::Refresh => "/chat/refresh".into(),
         Route::Credits => "/credits".into(),
         Route::OpenApi => "/openapi.json".into(),
-        Route::Admin(admin) => format!("/api/admin/chatflows{}", admin_suffix(admin)),
+        Route::Admin(admin) => format!("/api/admin{}", admin_path(admin)),
     }
 }
 
-fn admin_suffix(route: &AdminRoute) -> String {
+fn admin_path(route: &AdminRoute) -> String {
     match route {
-        AdminRoute::ListChatflows => String::new(),
-        AdminRoute::AddUsers => "/add-users".into(),
-        AdminRoute::AddUsersByEmail => "/add-users-by-email".into(),
-        AdminRoute::Sync => "/sync".into(),
-        AdminRoute::Stats => "/stats".into(),
-        AdminRoute::GetChatflow(id) | AdminRoute::DeleteChatflow(id) => format!("/{id}"),
-        AdminRoute::ListUsers(id) => format!("/{id}/users"),
-        AdminRoute::BulkAddUsers(id) => format!("/{id}/users/bulk"),
-        AdminRoute::BulkAddUsersByEmail(id) => format!("/{id}/users/email/bulk"),
+        AdminRoute::ListChatflows => "/chatflows".into(),
+        AdminRoute::AddUsers => "/chatflows/add-users".into(),
+        AdminRoute::AddUsersByEmail => "/chatflows/add-users-by-email".into(),
+        AdminRoute::Sync => "/chatflows/sync".into(),
+        AdminRoute::Stats => "/chatflows/stats".into(),
+        AdminRoute::GetChatflow(id) | AdminRoute::DeleteChatflow(id) => format!("/chatflows/{id}"),
+        AdminRoute::ListUsers(id) => format!("/chatflows/{id}/users"),
+        AdminRoute::BulkAddUsers(id) => format!("/chatflows/{id}/users/bulk"),
+        AdminRoute::BulkAddUsersByEmail(id) => format!("/chatflows/{id}/users/email/bulk"),
         AdminRoute::AddUser { chatflow, user } | AdminRoute::RemoveUser { chatflow, user } => {
-            format!("/{chatflow}/users/{user}")
+            format!("/chatflows/{chatflow}/users/{user}")
         }
         AdminRoute::AddUserByEmail { chatflow, email }
         | AdminRoute::RemoveUserByEmail { chatflow, email } => {
-            format!("/{chatflow}/users/email/{}", percent_encode(email))
+            format!(
+                "/chatflows/{chatflow}/users/email/{}",
+                percent_encode(email)
+            )
         }
+        AdminRoute::CreditUsage => "/credits/usage".into(),
     }
 }
 
