@@ -32,6 +32,16 @@ fn is_session_field(name: &str) -> bool {
         || name.ends_with("[chatId]")
 }
 
+/// multer, the oracle here for what Flowise parses, finds `filename` after a `;` or a space even
+/// inside a quoted name (`name="x; filename=y"`), where Flowise's busboy, which reads quoted
+/// strings, sees one name and no file. Such a name (a client's own, passed through quoted) is
+/// left out of the file-name check only.
+fn hides_a_file_name(name: &str) -> bool {
+    name.match_indices("filename").any(|(i, _)| {
+        i > 0 && (name.as_bytes()[i - 1] == b';' || name.as_bytes()[i - 1].is_ascii_whitespace())
+    })
+}
+
 /// The input is a body sent with a fixed boundary, or (first byte 0) a Content-Type line and
 /// then the body.
 fn split(data: &[u8]) -> Option<(String, Bytes)> {
@@ -73,7 +83,9 @@ fuzz_target!(|data: &[u8]| {
     for (ours, theirs) in form.parts.iter().zip(&again.parts) {
         if is_session_field(&theirs.name) {
             assert_eq!(theirs.data, bound.as_bytes(), "{encoded:?}");
-            assert_eq!(theirs.file_name, None);
+            if !hides_a_file_name(&theirs.name) {
+                assert_eq!(theirs.file_name, None, "{encoded:?}");
+            }
         } else {
             assert_eq!(theirs.data, ours.data, "{encoded:?}");
         }
