@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 
 use support::admin::{call, root};
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{Flowgate, Options, SECRET, eventually_status, predict};
+use support::gate::{
+    Flowgate, Options, SECRET, credits_used, eventually_status, predict, used_becomes,
+};
 use support::process::{KillOnDrop, free_port};
 use support::team::Team;
 
@@ -138,18 +140,7 @@ async fn a_failing_flowise_refunds_and_token_usage_is_charged() {
     }
     assert!(failing.predictions() >= 6);
     // Refunds are written off the request path: wait for them to land.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let used = balance(&credits(&gate.base, &team.alice()).await, &policy)["used"].as_i64();
-        if used == Some(0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "balance unchanged after failures, got {used:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    used_becomes(&gate, &team.alice(), &policy, 0).await;
 
     let answering = FakeFlowise::start(Mode::Answer { tokens: 1500 }).await;
     let gate = Flowgate::with_flowise(&answering.url).await;
@@ -171,19 +162,8 @@ async fn a_failing_flowise_refunds_and_token_usage_is_charged() {
     assert!(text.contains("usageMetadata"), "{text}");
     // Each test flowgate has its own SQLite ledger. JSON answer: 2 + ceil(1500 * 10 / 1000) = 17
     // (the readiness probe above was one such prediction); stream: 2 + ceil(250 * 10 / 1000) = 5.
-    for (base, want) in [(&gate.base, 17), (&gate2.base, 5)] {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let used = balance(&credits(base, &team.alice()).await, &policy)["used"].as_i64();
-            if used == Some(want) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "charged flat + tokens: want {want}, got {used:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    for (gate, want) in [(&gate, 17), (&gate2, 5)] {
+        used_becomes(gate, &team.alice(), &policy, want).await;
     }
     team.cleanup().await;
 }
@@ -214,10 +194,6 @@ async fn a_flat_cost_is_charged_at_reserve_with_no_settle_and_refunded_when_flow
     )
     .await;
     let id = team.flowise_id.clone();
-    let used = |gate: &Flowgate| {
-        let (base, alice, policy) = (gate.base.clone(), team.alice(), policy.clone());
-        async move { balance(&credits(&base, &alice).await, &policy)["used"].as_i64() }
-    };
 
     let failing = FakeFlowise::start(Mode::Fail).await;
     let gate = Flowgate::with_flowise(&failing.url).await;
@@ -227,14 +203,7 @@ async fn a_flat_cost_is_charged_at_reserve_with_no_settle_and_refunded_when_flow
         assert_eq!(status, 502);
     }
     // Refunds are written off the request path: wait for them to land.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while used(&gate).await != Some(0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a failed flat-cost prediction is refunded"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    used_becomes(&gate, &team.alice(), &policy, 0).await;
     assert!(ledger_calls(&gate, "refund").await >= 4);
 
     let answering = FakeFlowise::start(Mode::Answer { tokens: 1500 }).await;
@@ -243,7 +212,11 @@ async fn a_flat_cost_is_charged_at_reserve_with_no_settle_and_refunded_when_flow
     let (status, _) = predict(&gate, &team.alice(), &id, json!({"question": "y"})).await;
     assert_eq!(status, 200);
     // Charged when reserved, before the answer: no wait, and tokens are not priced.
-    assert_eq!(used(&gate).await, Some(6), "3 per prediction, twice");
+    assert_eq!(
+        credits_used(&gate.base, &team.alice(), &policy).await,
+        Some(6),
+        "3 per prediction, twice"
+    );
     assert_eq!(ledger_calls(&gate, "reserve").await, 2);
     assert_eq!(
         ledger_calls(&gate, "settle").await,

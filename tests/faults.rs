@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{Flowgate, Options, credits_used, predict};
+use support::gate::{Flowgate, Options, credits_used, predict, used_becomes};
 use support::team::Team;
 
 const POLICY_SPEC: &str = r#"{"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
@@ -29,22 +29,6 @@ async fn indexed(gate: &Flowgate, bearer: &str, policy: &str) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "policy never indexed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until the policy's `used` is `want` (settles and refunds land off the request path).
-async fn used_becomes(gate: &Flowgate, bearer: &str, policy: &str, want: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = used(gate, bearer, policy).await;
-        if now == Some(want) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "used: want {want}, got {now:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

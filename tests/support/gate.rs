@@ -271,3 +271,19 @@ pub async fn credits_used(base: &str, bearer: &str, policy: &str) -> Option<i64>
         .find(|b| b["policy"] == policy)?["used"]
         .as_i64()
 }
+
+/// Waits until the policy's `used` is `want` (settles and refunds land off the request path).
+pub async fn used_becomes(gate: &Flowgate, bearer: &str, policy: &str, want: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = credits_used(&gate.base, bearer, policy).await;
+        if now == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "used: want {want}, got {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
