@@ -183,6 +183,17 @@ pub struct ReserveRequest {
     pub final_cost: bool,
 }
 
+impl ReserveRequest {
+    /// The state a reservation starts in: `Charged` for a final cost, else `Reserved`.
+    fn initial_state(&self) -> ReservationState {
+        if self.final_cost {
+            ReservationState::Charged
+        } else {
+            ReservationState::Reserved
+        }
+    }
+}
+
 /// Identifies a reservation; unique within one ledger database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReservationId(pub i64);

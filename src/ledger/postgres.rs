@@ -244,20 +244,11 @@ async fn insert_reservation(
                 &buckets,
                 &starts,
                 &amounts,
-                &initial_state(request).as_str(),
+                &request.initial_state().as_str(),
             ],
         )
         .await?;
     Ok(row.map(|row| row.try_get(0)).transpose()?)
-}
-
-/// `Charged` for a final cost, else `Reserved`.
-pub(super) fn initial_state(request: &ReserveRequest) -> ReservationState {
-    if request.final_cost {
-        ReservationState::Charged
-    } else {
-        ReservationState::Reserved
-    }
 }
 
 impl Conn {

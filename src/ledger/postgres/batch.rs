@@ -604,7 +604,7 @@ async fn insert_plain(
         chatflows.push(request.chatflow.as_str());
         created.push(request.now.as_microsecond());
         expires.push(expiry(request.now, request.ttl));
-        states.push(super::initial_state(request).as_str());
+        states.push(request.initial_state().as_str());
         for (line, charge) in (0_i32..).zip(&charges[i]) {
             of.push(n);
             idx.push(line);

@@ -114,11 +114,7 @@ pub(super) fn reserve(
     }
 
     let now = request.now.as_microsecond();
-    let state = if request.final_cost {
-        ReservationState::Charged
-    } else {
-        ReservationState::Reserved
-    };
+    let state = request.initial_state();
     conn.prepare_cached(INSERT_RESERVATION)?.execute(params![
         request.subject,
         request.chatflow,
