@@ -13,6 +13,10 @@
 //! `Shared+settle` rows each reservation is also settled in the background as soon as it is
 //! made, as the proxy does when Flowise answers: reserves then share the writer with settles.
 //!
+//! The `while pruning` row is `Shared, final` with 16 callers again, while a retention prune
+//! (chunks of 1,000 rows, 10 ms apart, as the sweeper runs it) deletes every reservation the rows
+//! before it closed and their usage rows; the line after it says how many and how fast.
+//!
 //! The paced rows are one caller that waits 5 or 50 ms between reserves, as a gateway at low
 //! load does: the writer thread and the disk go idle in between, and waking them costs more
 //! than a reserve under load. Beside them, the same pacing for a bare 4 KiB `fdatasync` in the
@@ -120,6 +124,40 @@ async fn run(backend: &str, ledger: &Arc<dyn CreditLedger>, length: Duration) {
         let (latencies, elapsed) = measure(ledger, &policy, callers, mode, length).await;
         print_row(backend, callers, &mode.label(), latencies, elapsed);
     }
+    prune_under_load(backend, ledger, length).await;
+}
+
+/// `Shared, final` with 16 callers while a prune deletes what the rows before closed.
+async fn prune_under_load(backend: &str, ledger: &Arc<dyn CreditLedger>, length: Duration) {
+    // Everything closed so far is older than the cutoff; what the callers write now is not.
+    let cutoff = Timestamp::now();
+    let pruning = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let pruned = ledger::retention::prune(
+                &*ledger,
+                cutoff,
+                ledger::retention::CHUNK,
+                ledger::retention::PAUSE,
+            )
+            .await
+            .expect("prune");
+            (pruned, started.elapsed())
+        })
+    };
+    let policy = format!("bench/{backend}-prune");
+    let (latencies, elapsed) = measure(ledger, &policy, 16, Mode::SharedFinal, length).await;
+    print_row(backend, 16, "while pruning", latencies, elapsed);
+    let (pruned, took) = pruning.await.expect("prune task");
+    let rows = pruned.reservations + pruned.usage;
+    println!(
+        "{backend:<11} pruned {} reservations and {} usage rows in {:.2} s ({:.0} rows/s)",
+        pruned.reservations,
+        pruned.usage,
+        took.as_secs_f64(),
+        rows as f64 / took.as_secs_f64(),
+    );
 }
 
 fn print_row(

@@ -34,6 +34,10 @@ pub struct RunArgs {
         default_value = "sqlite://./flowgate-ledger.db"
     )]
     pub ledger_url: String,
+    /// Delete settled, refunded and expired reservations and usage-log rows older than this
+    /// (`90d`, `2160h`, `12w`; unset: keep everything). Budgets are never deleted.
+    #[arg(long, env = "FLOWGATE_LEDGER_RETENTION")]
+    pub ledger_retention: Option<String>,
     /// File holding the HS256 secret for caller JWTs.
     #[arg(long, env = "FLOWGATE_JWT_HS256_SECRET_FILE")]
     pub jwt_hs256_secret_file: Option<PathBuf>,
@@ -107,6 +111,7 @@ pub struct Config {
     pub listen_addr: SocketAddr,
     pub ops_addr: SocketAddr,
     pub ledger: LedgerUrl,
+    pub ledger_retention: Option<Duration>,
     pub jwt: JwtConfig,
     pub identity: ClaimMapping,
     pub import_namespace: Option<String>,
@@ -211,6 +216,9 @@ impl Config {
             listen_addr: socket_addr("FLOWGATE_LISTEN_ADDR", &args.listen_addr)?,
             ops_addr: socket_addr("FLOWGATE_OPS_ADDR", &args.ops_addr)?,
             ledger: LedgerUrl::parse(&args.ledger_url)?,
+            ledger_retention: non_empty(args.ledger_retention)
+                .map(|raw| retention("FLOWGATE_LEDGER_RETENTION", &raw))
+                .transpose()?,
             jwt,
             identity: claim_mapping(&args.user_claims, &args.groups_claim, &args.admin_claim)?,
             import_namespace: non_empty(args.import_namespace),
@@ -321,6 +329,29 @@ pub fn duration(setting: &'static str, raw: &str) -> Result<Duration, ConfigErro
     Duration::try_from(parsed).map_err(|_| invalid(setting, format!("'{raw}' is negative")))
 }
 
+/// The shortest retention: far beyond a reservation's ttl, so that pruning never deletes what a
+/// proxy may still settle, nor an idempotency key a client is still retrying.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3_600);
+
+/// Parses a retention like [`duration`], with days and weeks (of 24 hours) as well.
+fn retention(setting: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    let bad = || {
+        invalid(
+            setting,
+            format!("'{raw}' is not a duration like 90d or 2160h"),
+        )
+    };
+    let span: jiff::Span = raw.trim().parse().map_err(|_| bad())?;
+    let length = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| bad())?;
+    let length = Duration::try_from(length).map_err(|_| bad())?;
+    if length < MIN_RETENTION {
+        return Err(invalid(setting, format!("'{raw}' is shorter than 1h")));
+    }
+    Ok(length)
+}
+
 fn positive(setting: &'static str, value: Duration) -> Result<Duration, ConfigError> {
     if value.is_zero() {
         Err(invalid(setting, "must be greater than zero"))
@@ -395,6 +426,7 @@ mod tests {
         assert_eq!(config.upstream_timeout, Duration::from_secs(300));
         assert_eq!(config.jwt.leeway, Duration::from_secs(30));
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.ledger_retention, None, "keep everything");
         assert!(config.controller && config.proxy);
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         assert_eq!(
@@ -426,6 +458,13 @@ mod tests {
             (&["--proxy-threads", "0"], "FLOWGATE_PROXY_THREADS"),
             (&["--proxy-threads", "257"], "FLOWGATE_PROXY_THREADS"),
             (&["--proxy-threads", "many"], "FLOWGATE_PROXY_THREADS"),
+            (
+                &["--ledger-retention", "forever"],
+                "FLOWGATE_LEDGER_RETENTION",
+            ),
+            (&["--ledger-retention", "3mo"], "FLOWGATE_LEDGER_RETENTION"),
+            (&["--ledger-retention", "59m"], "FLOWGATE_LEDGER_RETENTION"),
+            (&["--ledger-retention=-90d"], "FLOWGATE_LEDGER_RETENTION"),
         ];
         for (args, setting) in cases {
             let err = parse(args).expect_err("bad value is refused");
@@ -435,6 +474,25 @@ mod tests {
                 "one line naming the setting: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_retention_takes_days_weeks_and_hours() {
+        for (raw, hours) in [
+            ("90d", 90 * 24),
+            ("2w", 14 * 24),
+            ("2160h", 2160),
+            (" 1h ", 1),
+        ] {
+            let config = parse(&["--ledger-retention", raw]).expect("valid");
+            assert_eq!(
+                config.ledger_retention,
+                Some(Duration::from_secs(hours * 3_600)),
+                "{raw}"
+            );
+        }
+        let config = parse(&["--ledger-retention", ""]).expect("empty is unset");
+        assert_eq!(config.ledger_retention, None);
     }
 
     #[test]

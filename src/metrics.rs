@@ -34,6 +34,11 @@ struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyLabels {
     policy: String,
 }
@@ -59,6 +64,7 @@ pub struct Metrics {
     credits_charged: Family<PolicyLabels, Counter>,
     ledger_latency: Family<OperationLabels, Histogram>,
     credit_alerts: Family<AlertLabels, Counter>,
+    ledger_pruned: Family<TableLabels, Counter>,
     /// Unix time of the snapshot the proxy serves.
     pub snapshot_compiled: Gauge,
     /// The controller's reconciles, status writes, Flowise sync passes and leadership.
@@ -129,6 +135,12 @@ impl Metrics {
             "Subjects crossing a CreditPolicy alertAtPercent threshold",
             credit_alerts.clone(),
         );
+        let ledger_pruned = Family::<TableLabels, Counter>::default();
+        registry.register(
+            "ledger_pruned_rows",
+            "Ledger rows deleted by FLOWGATE_LEDGER_RETENTION: reservations, usage",
+            ledger_pruned.clone(),
+        );
         let snapshot_compiled = Gauge::default();
         registry.register(
             "index_snapshot_timestamp_seconds",
@@ -145,6 +157,7 @@ impl Metrics {
             credits_charged,
             ledger_latency,
             credit_alerts,
+            ledger_pruned,
             snapshot_compiled,
             controller,
         }
@@ -188,6 +201,13 @@ impl Metrics {
         self.ledger_latency
             .get_or_create(&OperationLabels { operation })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts ledger rows deleted by retention, by table (`reservations` or `usage`).
+    pub fn ledger_pruned(&self, table: &'static str, rows: u64) {
+        self.ledger_pruned
+            .get_or_create(&TableLabels { table })
+            .inc_by(rows);
     }
 
     /// Counts a subject crossing a policy's alert threshold.

@@ -142,6 +142,7 @@ async fn a_default_install_creates_the_expected_objects() {
         "FLOWGATE_NO_CONTROLLER",
         "FLOWGATE_NO_PROXY",
         "FLOWGATE_IMPORT_NAMESPACE",
+        "FLOWGATE_LEDGER_RETENTION",
     ] {
         assert!(!env.contains_key(unset), "{unset} is not set by default");
     }
@@ -403,6 +404,7 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
         "auth": {"jwt": {"hs256Secret": {"existingSecret": "flowgate-jwt"}, "issuer": "https://id.example.com"}},
         "controller": {"importNamespace": "flowise-imported", "syncInterval": "5m"},
         "logFormat": "text",
+        "ledger": {"retention": "90d"},
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
     });
     let release = upgrade(&ns, &ns, &values).unwrap_or_else(|e| panic!("upgrade: {e}"));
@@ -422,6 +424,7 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
     );
     assert_eq!(env_value(&env, "FLOWGATE_LOG_FORMAT"), "text");
     assert_eq!(env_value(&env, "FLOWGATE_SYNC_INTERVAL"), "5m");
+    assert_eq!(env_value(&env, "FLOWGATE_LEDGER_RETENTION"), "90d");
     assert_eq!(
         env_value(&env, "FLOWGATE_IMPORT_NAMESPACE"),
         "flowise-imported"

@@ -313,6 +313,110 @@ async fn a_global_admin_reads_the_usage_log_filtered_and_no_one_else_does() {
     team.cleanup().await;
 }
 
+/// `flowgate_ledger_pruned_rows_total` of one table, once it reaches `want`.
+async fn pruned_rows_become(gate: &Flowgate, table: &str, want: u64) {
+    let series = format!("flowgate_ledger_pruned_rows_total{{table=\"{table}\"}} ");
+    let mut seen = None;
+    for _ in 0..100 {
+        let text = reqwest::get(format!("{}/metrics", gate.ops))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        seen = text
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .map(|n| n.trim().parse::<u64>().expect("a count"));
+        if seen == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{table}: pruned {seen:?}, want {want}");
+}
+
+#[tokio::test]
+async fn a_ledger_retention_prunes_old_reservations_and_usage_at_start_and_keeps_budgets() {
+    use flowgate::ledger::{self, BudgetLine, ReserveOutcome, ReserveRequest, UsageFilter};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = flowgate::config::LedgerUrl::Sqlite(path);
+    let now = jiff::Timestamp::now();
+    let window = ledger::window(flowgate::crd::policy::Period::Never, "UTC", now).expect("window");
+    let policy = "retention/lifetime";
+    let predict_at = |at: jiff::Timestamp| ReserveRequest {
+        subject: "user:alice".into(),
+        chatflow: "retention/bot".into(),
+        idempotency_key: None,
+        lines: vec![BudgetLine {
+            policy: policy.into(),
+            bucket: "*".into(),
+            limit: 100,
+            window,
+            amount: 4,
+        }],
+        now: at,
+        ttl: Duration::from_secs(900),
+        final_cost: true,
+    };
+    {
+        let ledger = ledger::open(&store).await.expect("ledger");
+        let old = now - jiff::SignedDuration::from_hours(40 * 24);
+        for at in [old, old, old, now - jiff::SignedDuration::from_hours(1)] {
+            let outcome = ledger.reserve(predict_at(at)).await.expect("reserve");
+            assert!(
+                matches!(outcome, ReserveOutcome::Reserved { .. }),
+                "{outcome:?}"
+            );
+        }
+    }
+
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let gate = Flowgate::start_with(Options {
+        flowise_url: Some(fake.url.clone()),
+        ledger_url: Some(url),
+        ledger_retention: Some("30d".into()),
+        ..Default::default()
+    })
+    .await;
+    pruned_rows_become(&gate, "reservations", 3).await;
+    pruned_rows_become(&gate, "usage", 3).await;
+
+    let (status, rows) = call(
+        &gate,
+        reqwest::Method::GET,
+        &format!("/api/admin/credits/usage?policy={policy}"),
+        Some(&root()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{rows}");
+    assert_eq!(
+        rows.as_array().map(Vec::len),
+        Some(1),
+        "the recent row: {rows}"
+    );
+    drop(gate);
+
+    let ledger = ledger::open(&store).await.expect("reopen");
+    assert_eq!(
+        ledger.balance(policy, "*", &window).await.expect("balance"),
+        16,
+        "the lifetime budget keeps every charge"
+    );
+    let left = ledger
+        .usage(UsageFilter {
+            policy: Some(policy.into()),
+            ..Default::default()
+        })
+        .await
+        .expect("usage");
+    assert_eq!(left.len(), 1);
+}
+
 #[tokio::test]
 async fn a_retried_request_with_the_same_idempotency_key_is_charged_once() {
     let team = Team::with_fake_flowise("credits-idem").await;

@@ -9,6 +9,8 @@
 mod bursts;
 #[path = "ledger/postgres_replicas.rs"]
 mod postgres_replicas;
+#[path = "ledger/retention.rs"]
+mod retention;
 #[path = "ledger/sqlite_crash.rs"]
 mod sqlite_crash;
 #[path = "ledger/support.rs"]
@@ -25,6 +27,7 @@ use flowgate::ledger::{
 use jiff::SignedDuration;
 
 use bursts::*;
+use retention::*;
 use support::{OutcomeExt, Store, at, concurrently, line, now, request, used};
 
 macro_rules! scenarios {
@@ -74,6 +77,8 @@ scenarios!(
     a_final_cost_is_charged_and_logged_at_once_and_only_a_refund_or_settle_changes_it,
     a_burst_of_final_cost_and_held_reserves_logs_each_final_charge_once,
     policy_usage_sums_credits_and_counts_exhausted_buckets,
+    pruning_deletes_closed_reservations_and_usage_before_the_cutoff,
+    pruning_during_a_burst_keeps_the_budget_exact,
 );
 
 const POLICY: &str = "team-a/monthly";

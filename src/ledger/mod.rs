@@ -64,9 +64,28 @@
 //! reservation's rows gives what it is charged: settle logs the actual amount, refund 0, expiry
 //! and a final-cost reserve the held amount; a settle or refund after those logs the correction
 //! (`actual - held`, or `-held`).
+//!
+//! # Retention
+//!
+//! Nothing above deletes: reservations, their lines and the usage log grow with every
+//! prediction. [`CreditLedger::prune_reservations`] and [`CreditLedger::prune_usage`] delete
+//! what is older than a cutoff, a bounded chunk per call so that pruning a large backlog never
+//! holds the writer (or a PostgreSQL lock) for long; [`retention::prune`] walks them to the end.
+//!
+//! - A reservation is deleted, with its lines, once it is not `Reserved` and was last changed
+//!   before the cutoff. Its idempotency key is forgotten with it, and a settle or refund that
+//!   arrives after that fails with [`LedgerError::UnknownReservation`].
+//! - A usage row is deleted once its time is before the cutoff.
+//! - Buckets are never deleted: they are the budgets (one row per bucket and period, not per
+//!   prediction), and a `Never` period's only window may be older than any cutoff.
+//!
+//! Reservations are walked in id order from a cursor, a chunk at a time; a chunk in which
+//! nothing was created before the cutoff ends the walk (ids grow with time). Usage rows are
+//! taken oldest first through the time index. Neither reads the table beyond its chunk.
 
 mod period;
 mod postgres;
+pub mod retention;
 mod sqlite;
 mod state;
 
@@ -128,6 +147,20 @@ pub trait CreditLedger: Send + Sync {
 
     /// Usage log rows matching `filter`, newest first.
     fn usage(&self, filter: UsageFilter) -> LedgerFuture<'_, Vec<UsageRecord>>;
+
+    /// Looks at the (at most) `chunk` reservations with ids after `after` and deletes those that
+    /// are not `Reserved` and were last changed before `before`, with their lines. See
+    /// "Retention" in the module documentation.
+    fn prune_reservations(
+        &self,
+        before: Timestamp,
+        after: ReservationId,
+        chunk: u32,
+    ) -> LedgerFuture<'_, PrunedChunk>;
+
+    /// Deletes the (at most) `chunk` oldest usage rows whose time is before `before`; returns
+    /// how many it deleted.
+    fn prune_usage(&self, before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64>;
 }
 
 /// Opens (and creates, or migrates) the ledger `url` names.
@@ -273,6 +306,28 @@ pub enum ReserveOutcome {
         id: ReservationId,
         state: ReservationState,
     },
+}
+
+/// What one call of [`CreditLedger::prune_reservations`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PrunedChunk {
+    /// Reservations deleted.
+    pub deleted: u64,
+    /// Where the next chunk starts; `None` when the walk is over (the chunk was short, or
+    /// nothing in it was created before the cutoff).
+    pub next: Option<ReservationId>,
+}
+
+impl PrunedChunk {
+    /// The outcome of a chunk of `seen` rows (of at most `chunk`) ending at id `last`, whose
+    /// oldest was created at `oldest_us`.
+    fn of(deleted: u64, seen: u64, chunk: u32, last: i64, oldest_us: i64, before: i64) -> Self {
+        let more = seen >= u64::from(chunk) && oldest_us < before;
+        Self {
+            deleted,
+            next: more.then_some(ReservationId(last)),
+        }
+    }
 }
 
 /// What a settle or refund found or did.
@@ -496,6 +551,7 @@ mod tests {
             ReservationState::Settled,
             ReservationState::Refunded,
             ReservationState::Expired,
+            ReservationState::Charged,
         ] {
             assert_eq!(
                 ReservationState::parse(state.as_str()).expect("known"),
@@ -503,6 +559,25 @@ mod tests {
             );
         }
         assert!(ReservationState::parse("lost").is_err());
+    }
+
+    #[test]
+    fn a_prune_walk_goes_on_only_after_a_full_chunk_holding_something_old() {
+        let before = 1_000;
+        let full_and_old = PrunedChunk::of(3, 10, 10, 77, 999, before);
+        assert_eq!(full_and_old.next, Some(ReservationId(77)));
+        assert_eq!(full_and_old.deleted, 3);
+        assert_eq!(
+            PrunedChunk::of(0, 10, 10, 77, 1_000, before).next,
+            None,
+            "all new"
+        );
+        assert_eq!(
+            PrunedChunk::of(9, 9, 10, 77, 0, before).next,
+            None,
+            "the table's end"
+        );
+        assert_eq!(PrunedChunk::of(0, 0, 10, 0, 0, before).next, None, "empty");
     }
 
     #[test]

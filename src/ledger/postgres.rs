@@ -32,9 +32,9 @@ use self::pool::{Conn, Pool};
 use self::schema::Statements;
 use super::state::{self, Close, HeldLine};
 use super::{
-    Charge, CreditLedger, LedgerError, LedgerFuture, PolicyUsage, ReservationId, ReservationState,
-    ReserveOutcome, ReserveRequest, Resolution, UsageFilter, UsageRecord, Window, expiry,
-    timestamp,
+    Charge, CreditLedger, LedgerError, LedgerFuture, PolicyUsage, PrunedChunk, ReservationId,
+    ReservationState, ReserveOutcome, ReserveRequest, Resolution, UsageFilter, UsageRecord, Window,
+    expiry, timestamp,
 };
 
 /// Attempts of one operation that keeps hitting serialization failures or deadlocks.
@@ -81,20 +81,54 @@ impl CreditLedger for PostgresLedger {
     fn sweep(&self, now: Timestamp) -> LedgerFuture<'_, u64> {
         Box::pin(async move {
             let now = now.as_microsecond();
+            let row = self.retried(|st| &st.sweep, &[&now]).await?;
+            Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+        })
+    }
+
+    fn prune_reservations(
+        &self,
+        before: Timestamp,
+        after: ReservationId,
+        chunk: u32,
+    ) -> LedgerFuture<'_, PrunedChunk> {
+        Box::pin(async move {
+            let before = before.as_microsecond();
+            let row = self
+                .retried(
+                    |st| &st.prune_reservations,
+                    &[&after.0, &before, &i64::from(chunk)],
+                )
+                .await?;
+            let count = |i| -> Result<u64, LedgerError> {
+                Ok(u64::try_from(row.try_get::<_, i64>(i)?).unwrap_or(0))
+            };
+            Ok(PrunedChunk::of(
+                count(0)?,
+                count(1)?,
+                chunk,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                before,
+            ))
+        })
+    }
+
+    fn prune_usage(&self, before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64> {
+        Box::pin(async move {
+            let before = before.as_microsecond();
+            let chunk = i64::from(chunk);
             let mut attempt = 0;
             loop {
                 attempt += 1;
                 let conn = self.pool.get().await?;
-                match conn.client.query_one(&conn.st.sweep, &[&now]).await {
-                    Ok(row) => return Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)),
-                    Err(e) => {
-                        let e = LedgerError::from(e);
-                        if attempt < ATTEMPTS && retryable(&e) {
-                            backoff(attempt).await;
-                        } else {
-                            return Err(e);
-                        }
-                    }
+                match conn
+                    .client
+                    .execute(&conn.st.prune_usage, &[&before, &chunk])
+                    .await
+                {
+                    Ok(deleted) => return Ok(deleted),
+                    Err(e) => retry_or_fail(attempt, e.into()).await?,
                 }
             }
         })
@@ -203,6 +237,24 @@ async fn close_alone(
 }
 
 impl PostgresLedger {
+    /// Runs a one-row statement on a pooled connection in its own transaction, retried on
+    /// serialization failures and deadlocks.
+    async fn retried(
+        &self,
+        statement: impl Fn(&Statements) -> &tokio_postgres::Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Row, LedgerError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let conn = self.pool.get().await?;
+            match conn.client.query_one(statement(&conn.st), params).await {
+                Ok(row) => return Ok(row),
+                Err(e) => retry_or_fail(attempt, e.into()).await?,
+            }
+        }
+    }
+
     /// Queues `op` for the writers and waits for its answer.
     async fn write<T>(
         &self,
@@ -526,6 +578,16 @@ fn retryable(e: &LedgerError) -> bool {
     matches!(e, LedgerError::Postgres(e)
         if e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
             || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED))
+}
+
+/// Waits before another attempt if `e` is worth retrying and attempts are left; else `e`.
+async fn retry_or_fail(attempt: u32, e: LedgerError) -> Result<(), LedgerError> {
+    if attempt < ATTEMPTS && retryable(&e) {
+        backoff(attempt).await;
+        Ok(())
+    } else {
+        Err(e)
+    }
 }
 
 async fn backoff(attempt: u32) {

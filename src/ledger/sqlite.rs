@@ -24,8 +24,9 @@ use tokio::sync::oneshot;
 
 use super::state::Close;
 use super::{
-    CreditLedger, LedgerError, LedgerFuture, PolicyUsage, ReservationId, ReservationState,
-    ReserveOutcome, ReserveRequest, Resolution, UsageFilter, UsageRecord, Window, timestamp,
+    CreditLedger, LedgerError, LedgerFuture, PolicyUsage, PrunedChunk, ReservationId,
+    ReservationState, ReserveOutcome, ReserveRequest, Resolution, UsageFilter, UsageRecord, Window,
+    timestamp,
 };
 
 /// The schema this code writes; stored in `PRAGMA user_version`.
@@ -95,13 +96,17 @@ enum Op {
     Reserve(ReserveRequest, Reply<ReserveOutcome>),
     Close(ReservationId, Close, Timestamp, Reply<Resolution>),
     Sweep(Timestamp, Reply<u64>),
+    PruneReservations(Timestamp, ReservationId, u32, Reply<PrunedChunk>),
+    PruneUsage(Timestamp, u32, Reply<u64>),
 }
 
 /// An operation's result, held until the batch is committed.
 enum Answer {
     Reserve(Reply<ReserveOutcome>, Result<ReserveOutcome, LedgerError>),
     Close(Reply<Resolution>, Result<Resolution, LedgerError>),
-    Sweep(Reply<u64>, Result<u64, LedgerError>),
+    /// A sweep's or a usage prune's row count.
+    Count(Reply<u64>, Result<u64, LedgerError>),
+    Pruned(Reply<PrunedChunk>, Result<PrunedChunk, LedgerError>),
 }
 
 /// The SQLite ledger. Dropping it stops the writer thread after its current batch.
@@ -211,6 +216,19 @@ impl CreditLedger for SqliteLedger {
 
     fn sweep(&self, now: Timestamp) -> LedgerFuture<'_, u64> {
         self.write(|reply| Op::Sweep(now, reply))
+    }
+
+    fn prune_reservations(
+        &self,
+        before: Timestamp,
+        after: ReservationId,
+        chunk: u32,
+    ) -> LedgerFuture<'_, PrunedChunk> {
+        self.write(|reply| Op::PruneReservations(before, after, chunk, reply))
+    }
+
+    fn prune_usage(&self, before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64> {
+        self.write(|reply| Op::PruneUsage(before, chunk, reply))
     }
 
     fn balance<'a>(
@@ -448,7 +466,17 @@ impl Op {
             Op::Sweep(now, reply) => answer(
                 reply,
                 in_savepoint(conn, |c| ops::sweep(c, now)),
-                Answer::Sweep,
+                Answer::Count,
+            ),
+            Op::PruneReservations(before, after, chunk, reply) => answer(
+                reply,
+                in_savepoint(conn, |c| ops::prune_reservations(c, before, after, chunk)),
+                Answer::Pruned,
+            ),
+            Op::PruneUsage(before, chunk, reply) => answer(
+                reply,
+                in_savepoint(conn, |c| ops::prune_usage(c, before, chunk)),
+                Answer::Count,
             ),
         }
     }
@@ -457,7 +485,10 @@ impl Op {
         match self {
             Op::Reserve(_, reply) => Answer::Reserve(reply, Err(commit_failure(e))),
             Op::Close(.., reply) => Answer::Close(reply, Err(commit_failure(e))),
-            Op::Sweep(_, reply) => Answer::Sweep(reply, Err(commit_failure(e))),
+            Op::Sweep(_, reply) | Op::PruneUsage(_, _, reply) => {
+                Answer::Count(reply, Err(commit_failure(e)))
+            }
+            Op::PruneReservations(.., reply) => Answer::Pruned(reply, Err(commit_failure(e))),
         }
     }
 }
@@ -468,7 +499,8 @@ impl Answer {
         match self {
             Answer::Reserve(reply, r) => Answer::Reserve(reply, r.and(Err(commit_failure(e)))),
             Answer::Close(reply, r) => Answer::Close(reply, r.and(Err(commit_failure(e)))),
-            Answer::Sweep(reply, r) => Answer::Sweep(reply, r.and(Err(commit_failure(e)))),
+            Answer::Count(reply, r) => Answer::Count(reply, r.and(Err(commit_failure(e)))),
+            Answer::Pruned(reply, r) => Answer::Pruned(reply, r.and(Err(commit_failure(e)))),
         }
     }
 
@@ -477,7 +509,8 @@ impl Answer {
         let _ = match self {
             Answer::Reserve(reply, r) => reply.send(r).map_err(drop),
             Answer::Close(reply, r) => reply.send(r).map_err(drop),
-            Answer::Sweep(reply, r) => reply.send(r).map_err(drop),
+            Answer::Count(reply, r) => reply.send(r).map_err(drop),
+            Answer::Pruned(reply, r) => reply.send(r).map_err(drop),
         };
     }
 }
@@ -509,6 +542,26 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
     }
 
+    /// The steps of `statement`'s query plan, its `?` parameters bound to 0.
+    fn plan(conn: &Connection, statement: &str) -> Vec<String> {
+        let mut plan = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
+            .expect("explain");
+        let zeros = vec![0i64; plan.parameter_count()];
+        plan.query_map(rusqlite::params_from_iter(zeros), |row| {
+            row.get::<_, String>(3)
+        })
+        .expect("plan")
+        .collect::<Result<_, _>>()
+        .expect("plan rows")
+    }
+
+    /// Whether a step reads a table or index from end to end (a subquery's own bounded result
+    /// may be scanned).
+    fn scans_a_table(step: &str) -> bool {
+        step.starts_with("SCAN") && !step.starts_with("SCAN (subquery")
+    }
+
     /// The sweep runs every 30 s on the writer, whose table of reservations only grows: it must
     /// find expired reservations through the index of open ones, never by a scan.
     #[tokio::test]
@@ -518,20 +571,42 @@ mod tests {
         drop(SqliteLedger::open(&path).await.expect("open"));
         let conn = open_writer(&path).expect("reopen");
         for statement in [ops::SWEEP_USAGE, ops::SWEEP_STATE] {
-            let mut plan = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
-                .expect("explain");
-            let steps: Vec<String> = plan
-                .query_map([0i64], |row| row.get::<_, String>(3))
-                .expect("plan")
-                .collect::<Result<_, _>>()
-                .expect("plan rows");
+            let steps = plan(&conn, statement);
             assert!(
                 steps.iter().any(|s| s.contains("reservations_open")),
                 "{statement}: {steps:?}"
             );
             assert!(
-                !steps.iter().any(|s| s.starts_with("SCAN")),
+                !steps.iter().any(|s| scans_a_table(s)),
+                "{statement} scans: {steps:?}"
+            );
+        }
+    }
+
+    /// Pruning runs on the writer too, a chunk per call: each statement must reach its chunk
+    /// through the primary key or the time index, never by reading a whole table.
+    #[tokio::test]
+    async fn pruning_reads_only_its_chunk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        drop(SqliteLedger::open(&path).await.expect("open"));
+        let conn = open_writer(&path).expect("reopen");
+        for (statement, uses) in [
+            (ops::PRUNE_CHUNK, "INTEGER PRIMARY KEY (rowid>?)"),
+            (ops::PRUNE_LINES, "PRIMARY KEY (reservation_id=?)"),
+            (
+                ops::PRUNE_RESERVATIONS,
+                "INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+            ),
+            (ops::PRUNE_USAGE, "usage_by_time (time_us<?)"),
+        ] {
+            let steps = plan(&conn, statement);
+            assert!(
+                steps.iter().any(|s| s.contains(uses)),
+                "{statement} does not use {uses}: {steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|s| scans_a_table(s)),
                 "{statement} scans: {steps:?}"
             );
         }

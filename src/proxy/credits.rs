@@ -297,12 +297,20 @@ impl Credits {
         Ok(json!({"subject": identity.key, "balances": balances}))
     }
 
-    /// Expires reservations left behind by crashed requests, every [`SWEEP_INTERVAL`].
-    pub async fn run_sweeper(self, shutdown: tokio_util::sync::CancellationToken) {
+    /// Expires reservations left behind by crashed requests, at start and every
+    /// [`SWEEP_INTERVAL`]; with a `retention`, then deletes what is older than it
+    /// ([`ledger::retention`]).
+    pub async fn run_sweeper(
+        self,
+        retention: Option<Duration>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                _ = ticks.tick() => {}
             }
             match self.ledger.sweep(Timestamp::now()).await {
                 Ok(0) => {}
@@ -312,6 +320,43 @@ impl Credits {
                 ),
                 Err(error) => tracing::warn!(%error, "sweeping reservations failed"),
             }
+            if let Some(keep) = retention {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = self.prune(keep) => {}
+                }
+            }
+        }
+    }
+
+    /// Deletes the ledger rows older than `keep` (a large backlog takes several sweeps' time:
+    /// the walk is paced, and the next tick waits for it).
+    async fn prune(&self, keep: Duration) {
+        let Ok(before) = Timestamp::now().checked_sub(keep) else {
+            return;
+        };
+        let pruned = ledger::retention::prune(
+            &*self.ledger,
+            before,
+            ledger::retention::CHUNK,
+            ledger::retention::PAUSE,
+        )
+        .await;
+        match pruned {
+            Ok(pruned) => {
+                self.metrics
+                    .ledger_pruned("reservations", pruned.reservations);
+                self.metrics.ledger_pruned("usage", pruned.usage);
+                if pruned.reservations + pruned.usage > 0 {
+                    tracing::info!(
+                        reservations = pruned.reservations,
+                        usage = pruned.usage,
+                        %before,
+                        "pruned the ledger"
+                    );
+                }
+            }
+            Err(error) => tracing::warn!(%error, "pruning the ledger failed"),
         }
     }
 }

@@ -105,6 +105,8 @@ pub struct Options {
     pub jwt_audience: Option<String>,
     /// `--upstream-timeout`; default: 300s.
     pub upstream_timeout: Option<String>,
+    /// `--ledger-retention`; default: keep everything.
+    pub ledger_retention: Option<String>,
 }
 
 impl Flowgate {
@@ -125,6 +127,7 @@ impl Flowgate {
 
     /// Starts the proxy (no controller) with `options` and waits until /readyz says ready.
     pub async fn start_with(options: Options) -> Self {
+        flowgate::telemetry::install_crypto_provider();
         // Warnings (watch errors, failed settles) show in the output of a failing test.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
@@ -145,6 +148,7 @@ impl Flowgate {
             ledger_url: options
                 .ledger_url
                 .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("ledger.db").display())),
+            ledger_retention: options.ledger_retention,
             jwt_hs256_secret_file: Some(secret),
             jwt_public_key_file: options.jwt_public_key_file,
             jwt_issuer: options.jwt_issuer,

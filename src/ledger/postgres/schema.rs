@@ -110,6 +110,8 @@ pub(super) struct Statements {
     pub(super) log: Statement,
     pub(super) finish: Statement,
     pub(super) sweep: Statement,
+    pub(super) prune_reservations: Statement,
+    pub(super) prune_usage: Statement,
     pub(super) policy_usage: Statement,
     pub(super) usage: Statement,
 }
@@ -314,7 +316,39 @@ impl Statements {
                  LIMIT $4::int8"
             ),
         )?;
+        let (prune_reservations, prune_usage) = futures::try_join!(
+            // One chunk of reservations after a cursor, in id order, and of those the closed
+            // ones last changed before the cutoff deleted with their lines; the chunk's size,
+            // last id and oldest creation time. Rows locked by a settle or refund are skipped
+            // (the next run gets them), so a prune never waits on a request's write, nor two
+            // replicas pruning at once on each other.
+            client.prepare(
+                "WITH chunk AS (
+                     SELECT id, created_us FROM reservations WHERE id > $1::int8
+                     ORDER BY id LIMIT $3::int8
+                     FOR UPDATE SKIP LOCKED
+                 ), gone AS (
+                     DELETE FROM reservations r USING chunk
+                     WHERE r.id = chunk.id AND r.state <> 'reserved' AND r.updated_us < $2::int8
+                     RETURNING r.id
+                 ), lines AS (
+                     DELETE FROM reservation_lines l USING gone WHERE l.reservation_id = gone.id
+                 )
+                 SELECT (SELECT count(*) FROM gone), count(*), COALESCE(max(id), 0)::int8,
+                        COALESCE(min(created_us), 0)::int8
+                 FROM chunk"
+            ),
+            // The oldest usage rows before the cutoff, through the time index.
+            client.prepare(
+                "DELETE FROM usage WHERE id IN (
+                     SELECT id FROM usage WHERE time_us < $1::int8
+                     ORDER BY time_us LIMIT $2::int8
+                     FOR UPDATE SKIP LOCKED)"
+            ),
+        )?;
         Ok(Self {
+            prune_reservations,
+            prune_usage,
             lock_buckets,
             set_used,
             lock_reservations,

@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::ledger::state::{self, Close, HeldLine};
 use crate::ledger::{
-    Charge, LedgerError, ReservationId, ReservationState, ReserveOutcome, ReserveRequest,
-    Resolution, expiry,
+    Charge, LedgerError, PrunedChunk, ReservationId, ReservationState, ReserveOutcome,
+    ReserveRequest, Resolution, expiry,
 };
 
 // The statements of a reserve and a settle, each compiled once per connection (rusqlite's
@@ -262,4 +262,72 @@ pub(super) fn sweep(conn: &Connection, now: Timestamp) -> Result<u64, LedgerErro
     conn.prepare_cached(SWEEP_USAGE)?.execute([now])?;
     let expired = conn.prepare_cached(SWEEP_STATE)?.execute([now])?;
     Ok(expired as u64)
+}
+
+/// The chunk a prune looks at (`?1`: after this id, `?2`: chunk size): its size, last id and
+/// oldest creation time, read through the primary key.
+pub(super) const PRUNE_CHUNK: &str = "
+    SELECT count(*), COALESCE(max(id), 0), COALESCE(min(created_us), 0)
+    FROM (SELECT id, created_us FROM reservations WHERE id > ?1 ORDER BY id LIMIT ?2)";
+
+/// The lines of the reservations [`PRUNE_RESERVATIONS`] deletes (`?1` < id <= `?2`, `?3`: the
+/// cutoff).
+pub(super) const PRUNE_LINES: &str = "
+    DELETE FROM reservation_lines WHERE reservation_id IN (
+        SELECT id FROM reservations
+        WHERE id > ?1 AND id <= ?2 AND state <> 'reserved' AND updated_us < ?3)";
+
+/// Closed reservations of the chunk last changed before the cutoff.
+pub(super) const PRUNE_RESERVATIONS: &str = "
+    DELETE FROM reservations
+    WHERE id > ?1 AND id <= ?2 AND state <> 'reserved' AND updated_us < ?3";
+
+/// The oldest usage rows before the cutoff (`?1`), at most `?2`, through the time index.
+pub(super) const PRUNE_USAGE: &str = "
+    DELETE FROM usage WHERE id IN (
+        SELECT id FROM usage WHERE time_us < ?1 ORDER BY time_us LIMIT ?2)";
+
+/// Deletes the closed reservations of one chunk; see [`CreditLedger::prune_reservations`].
+///
+/// [`CreditLedger::prune_reservations`]: crate::ledger::CreditLedger::prune_reservations
+pub(super) fn prune_reservations(
+    conn: &Connection,
+    before: Timestamp,
+    after: ReservationId,
+    chunk: u32,
+) -> Result<PrunedChunk, LedgerError> {
+    let before = before.as_microsecond();
+    let (seen, last, oldest): (i64, i64, i64) = conn
+        .prepare_cached(PRUNE_CHUNK)?
+        .query_row(params![after.0, chunk], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+    let mut deleted = 0;
+    if seen > 0 && oldest < before {
+        conn.prepare_cached(PRUNE_LINES)?
+            .execute(params![after.0, last, before])?;
+        deleted = conn
+            .prepare_cached(PRUNE_RESERVATIONS)?
+            .execute(params![after.0, last, before])?;
+    }
+    Ok(PrunedChunk::of(
+        deleted as u64,
+        u64::try_from(seen).unwrap_or(0),
+        chunk,
+        last,
+        oldest,
+        before,
+    ))
+}
+
+/// Deletes the oldest usage rows before `before`, at most `chunk`.
+pub(super) fn prune_usage(
+    conn: &Connection,
+    before: Timestamp,
+    chunk: u32,
+) -> Result<u64, LedgerError> {
+    let deleted = conn
+        .prepare_cached(PRUNE_USAGE)?
+        .execute(params![before.as_microsecond(), chunk])?;
+    Ok(deleted as u64)
 }

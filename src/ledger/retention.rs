@@ -1,0 +1,51 @@
+//! Walks the ledger's prune calls to the end: everything older than a cutoff, a chunk at a time,
+//! with a pause between chunks so that a large backlog (retention turned on for a ledger that
+//! has grown for months) never stands long between the writer and the requests waiting on it.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::{CreditLedger, LedgerError, ReservationId};
+
+/// Rows one prune call may delete.
+pub const CHUNK: u32 = 1_000;
+
+/// Time left to other writes between two chunks.
+pub const PAUSE: Duration = Duration::from_millis(10);
+
+/// What [`prune`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    pub reservations: u64,
+    pub usage: u64,
+}
+
+/// Deletes every closed reservation last changed before `before` and every usage row older than
+/// it, `chunk` rows per call, sleeping `pause` between calls. Stops at the first error: what was
+/// deleted before it stays deleted, and the next run starts over from the oldest rows.
+pub async fn prune(
+    ledger: &dyn CreditLedger,
+    before: Timestamp,
+    chunk: u32,
+    pause: Duration,
+) -> Result<Pruned, LedgerError> {
+    let mut pruned = Pruned::default();
+    let mut after = ReservationId(0);
+    loop {
+        let step = ledger.prune_reservations(before, after, chunk).await?;
+        pruned.reservations += step.deleted;
+        let Some(next) = step.next else { break };
+        after = next;
+        tokio::time::sleep(pause).await;
+    }
+    loop {
+        let deleted = ledger.prune_usage(before, chunk).await?;
+        pruned.usage += deleted;
+        if deleted < u64::from(chunk) {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    Ok(pruned)
+}
