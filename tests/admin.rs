@@ -3,7 +3,7 @@
 
 mod support;
 
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use flowgate::crd::{Chatflow, ChatflowAccess};
@@ -346,16 +346,7 @@ async fn adds_report_each_entry_and_refuse_bad_bodies_strangers_and_unknown_chat
     }
 
     // `role: Admin` on the chatflow is enough for that chatflow, not for sync.
-    let api: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
-    let owner = format!("owner@{}.test", team.ns);
-    let access: ChatflowAccess = serde_json::from_value(json!({
-        "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess", "metadata": {"name": "owners"},
-        "spec": {"chatflows": ["support-bot"], "subjects": [{"user": owner}], "role": "Admin"}
-    })).expect("access literal");
-    api.create(&PostParams::default(), &access)
-        .await
-        .expect("created");
-    let owner_token = token("owner-sub", json!({"email": owner}));
+    let owner_token = team.owner().await;
     let path = format!("/api/admin/chatflows/{id}/users/ivy");
     support::eventually(10, "the chatflow admin may add users", || async {
         (call(&gate, M::POST, &path, Some(&owner_token), None)

@@ -310,6 +310,34 @@ async fn a_global_admin_reads_the_usage_log_filtered_and_no_one_else_does() {
         (403, Some("admin_required")),
         "{body}"
     );
+
+    // A chatflow's admin reads that chatflow's rows, named by Flowise id or namespace/name.
+    let owner = team.owner().await;
+    let by_id = format!("?chatflow={id}");
+    support::eventually(10, "the chatflow admin reads its usage", || async {
+        (usage(by_id.clone(), owner.clone()).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(count(usage(by_id.clone(), owner.clone()).await), 2);
+    let by_name = format!("?chatflow={}/support-bot", team.ns);
+    assert_eq!(count(usage(by_name, owner.clone()).await), 2);
+    for (query, bearer) in [
+        (String::new(), owner.clone()),
+        (format!("?chatflow={}/other-bot", team.ns), owner.clone()),
+        (by_id, team.alice()),
+    ] {
+        let (status, body) = usage(query.clone(), bearer).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("admin_required")),
+            "{query}: {body}"
+        );
+    }
+    // A global admin may name a chatflow the index no longer has: its usage outlives it.
+    assert_eq!(
+        count(usage(format!("?chatflow={}/deleted-bot", team.ns), root()).await),
+        0
+    );
     team.cleanup().await;
 }
 

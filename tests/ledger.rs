@@ -610,11 +610,9 @@ async fn the_usage_log_records_every_settle_refund_and_expiry(store: Store) {
         .settle(two_lines, &[3, 1], 1200, t(1))
         .await
         .expect("settle");
-    let refunded = ledger
-        .reserve(request("bob", vec![line(POLICY, "bob", 10, 1)]))
-        .await
-        .expect("reserve")
-        .id();
+    let mut other_bot = request("bob", vec![line(POLICY, "bob", 10, 1)]);
+    other_bot.chatflow = "team-a/other-bot".into();
+    let refunded = ledger.reserve(other_bot).await.expect("reserve").id();
     ledger.refund(refunded, t(2)).await.expect("refund");
     let expired = ledger
         .reserve(request("bob", vec![line(POLICY, "bob", 10, 2)]))
@@ -646,12 +644,16 @@ async fn the_usage_log_records_every_settle_refund_and_expiry(store: Store) {
         };
     use ReservationState::{Expired, Refunded, Settled};
     let all = ledger.usage(UsageFilter::default()).await.expect("usage");
+    let other_bot = UsageRecord {
+        chatflow: "team-a/other-bot".into(),
+        ..row(t(2), refunded, "bob", POLICY, 0, 0, Refunded)
+    };
     assert_eq!(
         all,
         vec![
             row(t(4), expired, "bob", POLICY, 3, 700, Settled),
             row(t(3), expired, "bob", POLICY, 2, 0, Expired),
-            row(t(2), refunded, "bob", POLICY, 0, 0, Refunded),
+            other_bot.clone(),
             row(t(1), two_lines, "alice", "team-a/pool", 1, 1200, Settled),
             row(t(1), two_lines, "alice", POLICY, 3, 1200, Settled),
         ],
@@ -673,7 +675,16 @@ async fn the_usage_log_records_every_settle_refund_and_expiry(store: Store) {
         policy: policy.map(Into::into),
         since,
         limit,
+        ..UsageFilter::default()
     };
+    let of_chatflow = ledger
+        .usage(UsageFilter {
+            chatflow: Some("team-a/other-bot".into()),
+            ..UsageFilter::default()
+        })
+        .await
+        .expect("usage");
+    assert_eq!(of_chatflow, vec![other_bot]);
     let alice = ledger
         .usage(filtered(Some("alice"), None, None, 100))
         .await

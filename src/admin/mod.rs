@@ -79,6 +79,21 @@ impl Call<'_> {
         }
     }
 
+    /// The chatflow (`namespace/name`) a usage query may read, from its `chatflow` parameter: a
+    /// global admin reads any, or all — a `namespace/name` no longer in the index included, since
+    /// its usage outlives it; anyone else only one they administer, named.
+    pub fn usage_chatflow(&self, named: Option<String>) -> Result<Option<String>, ProxyError> {
+        match named {
+            None if self.identity.admin => Ok(None),
+            None => Err(ProxyError::AdminRequired),
+            Some(key) if self.identity.admin && key.contains('/') => Ok(Some(key)),
+            Some(id) => {
+                let cf = self.chatflow(&id)?;
+                Ok(Some(format!("{}/{}", cf.rule.namespace, cf.rule.name)))
+            }
+        }
+    }
+
     /// The chatflows the caller administers; 403 when none.
     pub fn administered(&self) -> Result<Vec<&Arc<ChatflowEntry>>, ProxyError> {
         let list: Vec<_> = self
@@ -178,10 +193,8 @@ impl Admin {
                 ok(to_json(&chatflows::delete(&self.client, &cf).await?))
             }
             AdminRoute::CreditUsage => {
-                if !call.identity.admin {
-                    return Err(ProxyError::AdminRequired);
-                }
-                let filter = usage_filter(req.uri().query())?;
+                let mut filter = usage_filter(req.uri().query())?;
+                filter.chatflow = call.usage_chatflow(filter.chatflow.take())?;
                 let rows = self.ledger.usage(filter).await.map_err(|error| {
                     tracing::error!(%error, "reading the credits usage log failed");
                     ProxyError::LedgerUnavailable
@@ -200,7 +213,8 @@ fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
 /// Most usage rows one request returns.
 const MAX_USAGE_ROWS: u32 = 1000;
 
-/// `subject`, `policy` (exact), `since` (RFC 3339) and `limit` (1–1000, default 100) of
+/// `subject`, `policy`, `chatflow` (exact; [`Call::usage_chatflow`] checks and resolves the
+/// chatflow), `since` (RFC 3339) and `limit` (1–1000, default 100) of
 /// `GET /api/admin/credits/usage`; a bad value is a 400 naming its parameter.
 fn usage_filter(query: Option<&str>) -> Result<UsageFilter, ProxyError> {
     let mut filter = UsageFilter::default();
@@ -208,6 +222,7 @@ fn usage_filter(query: Option<&str>) -> Result<UsageFilter, ProxyError> {
         match &*key {
             "subject" => filter.subject = Some(value.into_owned()),
             "policy" => filter.policy = Some(value.into_owned()),
+            "chatflow" => filter.chatflow = Some(value.into_owned()),
             "since" => {
                 filter.since = Some(value.parse().map_err(|_| {
                     ProxyError::BadRequest(
@@ -278,9 +293,10 @@ mod tests {
     #[test]
     fn the_usage_filter_reads_its_parameters_and_names_a_bad_one() {
         let filter = usage_filter(Some(
-            "subject=user%3Aalice%40example.com&policy=team-a/monthly&since=2026-11-01T00:00:00Z&limit=5&other=x",
+            "subject=user%3Aalice%40example.com&policy=team-a/monthly&chatflow=team-a%2Fbot&since=2026-11-01T00:00:00Z&limit=5&other=x",
         ))
         .expect("valid");
+        assert_eq!(filter.chatflow.as_deref(), Some("team-a/bot"));
         assert_eq!(filter.subject.as_deref(), Some("user:alice@example.com"));
         assert_eq!(filter.policy.as_deref(), Some("team-a/monthly"));
         assert_eq!(

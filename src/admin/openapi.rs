@@ -277,10 +277,10 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "get",
         "/api/admin/credits/usage",
-        "The credits usage log, newest first (global admin)",
+        "The credits usage log, newest first (global admin; a chatflow's admin with `chatflow`)",
         None,
         "[CreditUsageRecord]",
-        &[400, 401, 403, 503],
+        &[400, 401, 403, 404, 503],
     ),
 ];
 
@@ -398,6 +398,11 @@ fn query_parameters(op: &Operation) -> Vec<Value> {
             param(
                 "policy",
                 "Only this CreditPolicy (`namespace/name`)",
+                json!({"type": "string"}),
+            ),
+            param(
+                "chatflow",
+                "Only this chatflow (Flowise id or `namespace/name`); required unless a global admin",
                 json!({"type": "string"}),
             ),
             param(

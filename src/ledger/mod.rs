@@ -353,6 +353,8 @@ pub struct PolicyUsage {
 pub struct UsageFilter {
     pub subject: Option<String>,
     pub policy: Option<String>,
+    /// The chatflow, as `namespace/name`.
+    pub chatflow: Option<String>,
     /// Only rows at or after this time.
     pub since: Option<Timestamp>,
     /// At most this many rows (the newest).
@@ -364,6 +366,7 @@ impl Default for UsageFilter {
         Self {
             subject: None,
             policy: None,
+            chatflow: None,
             since: None,
             limit: 100,
         }

@@ -184,7 +184,13 @@ impl CreditLedger for PostgresLedger {
                 .client
                 .query(
                     &conn.st.usage,
-                    &[&filter.subject, &filter.policy, &since, &limit],
+                    &[
+                        &filter.subject,
+                        &filter.policy,
+                        &since,
+                        &limit,
+                        &filter.chatflow,
+                    ],
                 )
                 .await?;
             rows.iter().map(usage_record).collect()

@@ -284,12 +284,18 @@ impl CreditLedger for SqliteLedger {
                 "SELECT time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome
                  FROM usage
                  WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR policy = ?2)
-                   AND time_us >= ?3
+                   AND (?5 IS NULL OR chatflow = ?5) AND time_us >= ?3
                  ORDER BY time_us DESC, id DESC LIMIT ?4",
             )?;
             let since = filter.since.map_or(i64::MIN, |t| t.as_microsecond());
             let rows = query.query_map(
-                params![filter.subject, filter.policy, since, filter.limit],
+                params![
+                    filter.subject,
+                    filter.policy,
+                    since,
+                    filter.limit,
+                    filter.chatflow
+                ],
                 |row| {
                     Ok((
                         row.get::<_, i64>(0)?,

@@ -91,6 +91,22 @@ impl Team {
             .expect("access created");
     }
 
+    /// Makes `owner@<namespace>.test` an admin of `support-bot` (ChatflowAccess `owners`,
+    /// `role: Admin`) and returns a token for them; callers poll until the proxy sees it.
+    pub async fn owner(&self) -> String {
+        let owner = format!("owner@{}.test", self.ns);
+        let api: Api<ChatflowAccess> = Api::namespaced(self.client.clone(), &self.ns);
+        let access: ChatflowAccess = serde_json::from_value(json!({
+            "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess", "metadata": {"name": "owners"},
+            "spec": {"chatflows": ["support-bot"], "subjects": [{"user": owner}], "role": "Admin"}
+        }))
+        .expect("access literal");
+        api.create(&PostParams::default(), &access)
+            .await
+            .expect("owners created");
+        token("owner-sub", json!({"email": owner}))
+    }
+
     /// The granted user of this test (unique: other tests grant their own).
     pub fn user(&self) -> String {
         format!("alice@{}.test", self.ns)

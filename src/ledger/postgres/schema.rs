@@ -311,6 +311,7 @@ impl Statements {
                  FROM usage
                  WHERE ($1::text IS NULL OR subject = $1::text)
                    AND ($2::text IS NULL OR policy = $2::text)
+                   AND ($5::text IS NULL OR chatflow = $5::text)
                    AND time_us >= $3::int8
                  ORDER BY time_us DESC, id DESC
                  LIMIT $4::int8"
