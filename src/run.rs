@@ -157,11 +157,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         if let Some(client) = &client {
             credits = credits.with_alerts(crate::proxy::credits::Alerts::new(client.clone()));
         }
-        tokio::spawn(
-            credits
-                .clone()
-                .run_sweeper(config.ledger_retention, shutdown.clone()),
-        );
+        tokio::spawn(credits.clone().run_sweeper(shutdown.clone()));
+        if let Some(keep) = config.ledger_retention {
+            tokio::spawn(credits.clone().run_retention(keep, shutdown.clone()));
+        }
         let upstream = Upstream::new(&config.flowise_url, default_key, config.upstream_timeout)?;
         let background = credits.background().clone();
         let proxy = Proxy {

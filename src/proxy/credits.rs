@@ -298,13 +298,8 @@ impl Credits {
     }
 
     /// Expires reservations left behind by crashed requests, at start and every
-    /// [`SWEEP_INTERVAL`]; with a `retention`, then deletes what is older than it
-    /// ([`ledger::retention`]).
-    pub async fn run_sweeper(
-        self,
-        retention: Option<Duration>,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) {
+    /// [`SWEEP_INTERVAL`].
+    pub async fn run_sweeper(self, shutdown: tokio_util::sync::CancellationToken) {
         let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -320,17 +315,30 @@ impl Credits {
                 ),
                 Err(error) => tracing::warn!(%error, "sweeping reservations failed"),
             }
-            if let Some(keep) = retention {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = self.prune(keep) => {}
-                }
+        }
+    }
+
+    /// Deletes what is older than `keep` ([`ledger::retention`]) at start and every
+    /// [`SWEEP_INTERVAL`] after the previous run ended. Its own task, so that a long first run
+    /// (a backlog of months) never holds up the sweep.
+    pub async fn run_retention(
+        self,
+        keep: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.prune(keep) => {}
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(SWEEP_INTERVAL) => {}
             }
         }
     }
 
-    /// Deletes the ledger rows older than `keep` (a large backlog takes several sweeps' time:
-    /// the walk is paced, and the next tick waits for it).
+    /// Deletes the ledger rows older than `keep`, paced ([`ledger::retention::PAUSE`]).
     async fn prune(&self, keep: Duration) {
         let Ok(before) = Timestamp::now().checked_sub(keep) else {
             return;
