@@ -68,6 +68,11 @@ readonly APISERVER_URL="https://$HOST:$APISERVER_PORT"
 readonly ETCD_URL="http://$HOST:$ETCD_CLIENT_PORT"
 
 readonly READY_TIMEOUT=60 # seconds to wait for etcd /health and apiserver /readyz
+# Test runs leave their namespaces behind (this control plane has no namespace controller to
+# empty a deleted one), so etcd's database only grows, and etcd refuses every write once it
+# reaches its 2 GiB quota. A database past this size is started over when etcd starts: tests
+# create everything they need.
+readonly ETCD_MAX_DB_MB=${FLOWGATE_ETCD_MAX_DB_MB:-1024}
 readonly STOP_TIMEOUT=15  # seconds between TERM and KILL
 
 # --- Helpers ----------------------------------------------------------------------------------
@@ -345,10 +350,22 @@ ensure_credentials() {
   fi
 }
 
+# Removes etcd's data when its database is over ETCD_MAX_DB_MB (see there); etcd is stopped.
+reset_large_etcd() {
+  local db="$ETCD_DATA/member/snap/db"
+  [[ -f $db ]] || return 0
+  local mb=$(($(stat -c %s "$db") / 1048576))
+  if ((mb > ETCD_MAX_DB_MB)); then
+    log "etcd's database is $mb MB, over $ETCD_MAX_DB_MB MB: starting it over"
+    rm -rf "$ETCD_DATA"
+  fi
+}
+
 start_etcd() {
   if pid_alive "$ETCD_PID" /usr/bin/etcd; then
     log "etcd already running (pid $(<"$ETCD_PID"))"
   else
+    reset_large_etcd
     claim_port etcd "$ETCD_CLIENT_PORT"
     claim_port etcd "$ETCD_PEER_PORT"
     log "starting etcd on $ETCD_URL"
