@@ -77,6 +77,7 @@ scenarios!(
     a_final_cost_is_charged_and_logged_at_once_and_only_a_refund_or_settle_changes_it,
     a_burst_of_final_cost_and_held_reserves_logs_each_final_charge_once,
     policy_usage_sums_credits_and_counts_exhausted_buckets,
+    an_operation_the_database_refuses_fails_alone_in_its_burst,
     pruning_deletes_closed_reservations_and_usage_before_the_cutoff,
     pruning_during_a_burst_keeps_the_budget_exact,
 );

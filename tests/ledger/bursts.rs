@@ -282,3 +282,72 @@ pub async fn a_burst_of_final_cost_and_held_reserves_logs_each_final_charge_once
     assert_eq!(expired as usize, reserved.len() - finals.len());
     assert_eq!(used(&*ledger, POLICY, "*").await, 50);
 }
+
+/// An operation the database refuses after its first writes (its usage row, here) fails alone:
+/// the others of its burst — batched with it by either backend — are charged, settled and
+/// logged, and nothing of the refused one stays.
+pub async fn an_operation_the_database_refuses_fails_alone_in_its_burst(store: Store) {
+    let ledger = store.open().await;
+    store.refuse_usage_of_subject_refused().await;
+    let subject = |i: usize| {
+        if i % 10 == 3 {
+            "refused".to_string()
+        } else {
+            format!("user-{i}")
+        }
+    };
+
+    // Final costs: the usage row is written with the reservation.
+    let reserves: Vec<_> = (0..40)
+        .map(|i| {
+            let (ledger, subject) = (ledger.clone(), subject(i));
+            tokio::spawn(async move {
+                let mut req = request(&subject, vec![line(POLICY, "*", 1_000, 1)]);
+                req.final_cost = true;
+                ledger.reserve(req).await
+            })
+        })
+        .collect();
+    for (i, task) in reserves.into_iter().enumerate() {
+        let outcome = task.await.expect("task");
+        match (subject(i).as_str(), outcome) {
+            ("refused", Err(_)) | (_, Ok(ReserveOutcome::Reserved { .. })) => {}
+            (who, other) => panic!("{who}: {other:?}"),
+        }
+    }
+    assert_eq!(used(&*ledger, POLICY, "*").await, 36);
+
+    // Held reserves (no usage row yet), then settled at once: the refused settle fails after
+    // its bucket and line changes, which must not stay.
+    let mut held = Vec::new();
+    for i in 0..20 {
+        let req = request(&subject(i), vec![line(POLICY, "*", 1_000, 2)]);
+        held.push((subject(i), ledger.reserve(req).await.expect("reserve").id()));
+    }
+    assert_eq!(used(&*ledger, POLICY, "*").await, 36 + 40);
+    let settles: Vec<_> = held
+        .iter()
+        .map(|(_, id)| {
+            let (ledger, id) = (ledger.clone(), *id);
+            tokio::spawn(async move { ledger.settle(id, &[5], 0, now()).await })
+        })
+        .collect();
+    for ((who, _), task) in held.iter().zip(settles) {
+        let settled = task.await.expect("task");
+        assert_eq!(settled.is_err(), who == "refused", "{who}: {settled:?}");
+    }
+    assert_eq!(
+        used(&*ledger, POLICY, "*").await,
+        36 + 18 * 5 + 2 * 2,
+        "18 settled at 5, the 2 refused still held at 2"
+    );
+    let log = ledger
+        .usage(UsageFilter {
+            limit: 1000,
+            ..UsageFilter::default()
+        })
+        .await
+        .expect("usage");
+    assert_eq!(log.len(), 36 + 18);
+    assert!(log.iter().all(|row| row.subject != "refused"));
+}

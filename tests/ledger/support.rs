@@ -20,6 +20,41 @@ impl Store {
     pub async fn open(&self) -> Arc<dyn CreditLedger> {
         ledger::open(&self.url).await.expect("ledger opens")
     }
+
+    /// Makes the database refuse every usage row of subject `refused`, as a database can refuse
+    /// any write (a full disk, a constraint): the operation fails after its earlier writes.
+    pub async fn refuse_usage_of_subject_refused(&self) {
+        match &self.url {
+            LedgerUrl::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path).expect("open SQLite");
+                conn.execute_batch(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON usage WHEN NEW.subject = 'refused'
+                     BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+                )
+                .expect("trigger");
+            }
+            LedgerUrl::Postgres(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect");
+                tokio::spawn(connection);
+                client
+                    .batch_execute(
+                        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+                         BEGIN
+                             IF NEW.subject = 'refused' THEN
+                                 RAISE EXCEPTION 'refused by the test';
+                             END IF;
+                             RETURN NEW;
+                         END $$;
+                         CREATE TRIGGER refuse BEFORE INSERT ON usage
+                             FOR EACH ROW EXECUTE FUNCTION refuse();",
+                    )
+                    .await
+                    .expect("trigger");
+            }
+        }
+    }
 }
 
 /// A SQLite file in a fresh temporary directory.

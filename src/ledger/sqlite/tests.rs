@@ -1,0 +1,309 @@
+//! The SQLite backend's own tests: its pragmas, query plans, statement cache and savepoints.
+
+use super::*;
+use crate::ledger::{BudgetLine, Window};
+
+#[tokio::test]
+async fn the_database_is_wal_with_full_sync_and_versioned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = SqliteLedger::open(&path).await.expect("open");
+    drop(ledger);
+
+    let conn = open_writer(&path).expect("reopen");
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .expect("journal_mode");
+    let sync: i64 = conn
+        .pragma_query_value(None, "synchronous", |r| r.get(0))
+        .expect("synchronous");
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(mode, "wal");
+    assert_eq!(sync, 2, "FULL");
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
+/// The steps of `statement`'s query plan, its `?` parameters bound to 0.
+fn plan(conn: &Connection, statement: &str) -> Vec<String> {
+    let mut plan = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
+        .expect("explain");
+    let zeros = vec![0i64; plan.parameter_count()];
+    plan.query_map(rusqlite::params_from_iter(zeros), |row| {
+        row.get::<_, String>(3)
+    })
+    .expect("plan")
+    .collect::<Result<_, _>>()
+    .expect("plan rows")
+}
+
+/// Whether a step reads a table or index from end to end (a subquery's own bounded result
+/// may be scanned).
+fn scans_a_table(step: &str) -> bool {
+    step.starts_with("SCAN") && !step.starts_with("SCAN (subquery")
+}
+
+/// The sweep runs every 30 s on the writer, whose table of reservations only grows: it must
+/// find expired reservations through the index of open ones, never by a scan.
+#[tokio::test]
+async fn the_sweep_reads_only_open_reservations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    drop(SqliteLedger::open(&path).await.expect("open"));
+    let conn = open_writer(&path).expect("reopen");
+    for statement in [ops::SWEEP_USAGE, ops::SWEEP_STATE] {
+        let steps = plan(&conn, statement);
+        assert!(
+            steps.iter().any(|s| s.contains("reservations_open")),
+            "{statement}: {steps:?}"
+        );
+        assert!(
+            !steps.iter().any(|s| scans_a_table(s)),
+            "{statement} scans: {steps:?}"
+        );
+    }
+}
+
+/// Pruning runs on the writer too, a chunk per call: each statement must reach its chunk
+/// through the primary key or the time index, never by reading a whole table.
+#[tokio::test]
+async fn pruning_reads_only_its_chunk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    drop(SqliteLedger::open(&path).await.expect("open"));
+    let conn = open_writer(&path).expect("reopen");
+    for (statement, uses) in [
+        (ops::PRUNE_CHUNK, "INTEGER PRIMARY KEY (rowid>?)"),
+        (ops::PRUNE_LINES, "PRIMARY KEY (reservation_id=?)"),
+        (
+            ops::PRUNE_RESERVATIONS,
+            "INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+        ),
+        (ops::PRUNE_USAGE, "usage_by_time (time_us<?)"),
+    ] {
+        let steps = plan(&conn, statement);
+        assert!(
+            steps.iter().any(|s| s.contains(uses)),
+            "{statement} does not use {uses}: {steps:?}"
+        );
+        assert!(
+            !steps.iter().any(|s| scans_a_table(s)),
+            "{statement} scans: {steps:?}"
+        );
+    }
+}
+
+/// A reserve and a settle run a dozen statements on the writer, savepoints included; each
+/// must be compiled once, not at every call (`ORDER BY` on the held lines made SQLite
+/// re-prepare it each time; rusqlite's `Savepoint` parses its SQL anew each time).
+#[tokio::test]
+async fn the_hot_statements_are_compiled_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    drop(SqliteLedger::open(&path).await.expect("open"));
+    let mut conn = open_writer(&path).expect("reopen");
+    let now = Timestamp::now();
+    for n in 0..20 {
+        let request = ReserveRequest {
+            subject: format!("user-{n}"),
+            chatflow: "team/bot".into(),
+            idempotency_key: Some(format!("key-{n}")),
+            lines: vec![BudgetLine {
+                policy: "team/monthly".into(),
+                bucket: "*".into(),
+                limit: 1_000,
+                window: Window {
+                    start: now,
+                    end: None,
+                },
+                amount: 2,
+            }],
+            now,
+            final_cost: n % 2 == 0,
+            ttl: Duration::from_secs(900),
+        };
+        let (reply, mut reserved) = oneshot::channel();
+        commit_batch(&mut conn, vec![Op::Reserve(request, reply)])
+            .into_iter()
+            .for_each(Answer::send);
+        let Ok(Ok(ReserveOutcome::Reserved { id, .. })) = reserved.try_recv() else {
+            panic!("not reserved");
+        };
+        let settle = Close::Settle {
+            actual: vec![3],
+            tokens: 10,
+        };
+        let (reply, mut settled) = oneshot::channel();
+        commit_batch(&mut conn, vec![Op::Close(id, settle, now, reply)])
+            .into_iter()
+            .for_each(Answer::send);
+        settled.try_recv().expect("answered").expect("settled");
+    }
+    for statement in ops::HOT.into_iter().chain([SAVEPOINT, RELEASE]) {
+        let cached = conn.prepare_cached(statement).expect("cached");
+        assert_eq!(
+            cached.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "re-prepared: {statement}"
+        );
+        assert!(
+            cached.get_status(rusqlite::StatementStatus::Run) >= 20,
+            "not run by a reserve and a settle: {statement}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_flowgate_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    Connection::open(&path)
+        .and_then(|c| c.pragma_update(None, "user_version", SCHEMA_VERSION + 1))
+        .expect("prepare newer db");
+    let err = SqliteLedger::open(&path)
+        .await
+        .err()
+        .expect("newer schema refused");
+    assert!(
+        matches!(err, LedgerError::SchemaTooNew { found: 2, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = SqliteLedger::open(&dir.path().join("no/such/dir/ledger.db"))
+        .await
+        .err()
+        .expect("cannot create file");
+    assert_eq!(err.reason(), "SqliteError");
+}
+
+/// A batch's operations commit together, but one that fails after it has written (here: a
+/// trigger refuses its usage row) is rolled back alone to its savepoint — its reservation,
+/// bucket charge and held line, or its settle's bucket and line changes — while the operations
+/// before and after it in the same transaction are kept.
+#[tokio::test]
+async fn an_operation_failing_after_its_writes_is_rolled_back_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    drop(SqliteLedger::open(&path).await.expect("open"));
+    let mut conn = open_writer(&path).expect("reopen");
+    conn.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON usage WHEN NEW.subject = 'refused'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .expect("trigger");
+    let now = Timestamp::now();
+    let window = Window {
+        start: now,
+        end: None,
+    };
+    let reserve = |subject: &str, final_cost: bool| ReserveRequest {
+        subject: subject.into(),
+        chatflow: "team/bot".into(),
+        idempotency_key: None,
+        lines: vec![BudgetLine {
+            policy: "team/pool".into(),
+            bucket: "*".into(),
+            limit: 1_000,
+            window,
+            amount: 10,
+        }],
+        now,
+        ttl: Duration::from_secs(900),
+        final_cost,
+    };
+    let count = |conn: &Connection, sql: &str| -> i64 {
+        conn.query_row(sql, [], |row| row.get(0)).expect(sql)
+    };
+    let used = |conn: &Connection| count(conn, "SELECT used FROM buckets");
+
+    // Three final-cost reserves in one batch; the middle one fails at its usage row.
+    let mut replies = Vec::new();
+    let batch = ["kept-1", "refused", "kept-2"]
+        .into_iter()
+        .map(|subject| {
+            let (reply, answer) = oneshot::channel();
+            replies.push(answer);
+            Op::Reserve(reserve(subject, true), reply)
+        })
+        .collect();
+    commit_batch(&mut conn, batch)
+        .into_iter()
+        .for_each(Answer::send);
+    let outcomes: Vec<_> = replies
+        .iter_mut()
+        .map(|answer| answer.try_recv().expect("answered").is_ok())
+        .collect();
+    assert_eq!(outcomes, [true, false, true]);
+    assert_eq!(
+        used(&conn),
+        20,
+        "the refused reserve's charge is rolled back"
+    );
+    assert_eq!(count(&conn, "SELECT count(*) FROM reservations"), 2);
+    assert_eq!(count(&conn, "SELECT count(*) FROM reservation_lines"), 2);
+    assert_eq!(count(&conn, "SELECT count(*) FROM usage"), 2);
+
+    // A held reservation of the refused subject: its settle fails after adjusting the bucket
+    // and re-holding the line, between two settles that succeed.
+    let mut held = Vec::new();
+    for subject in ["kept-3", "refused", "kept-4"] {
+        let (reply, mut answer) = oneshot::channel();
+        commit_batch(&mut conn, vec![Op::Reserve(reserve(subject, false), reply)])
+            .into_iter()
+            .for_each(Answer::send);
+        let Ok(Ok(ReserveOutcome::Reserved { id, .. })) = answer.try_recv() else {
+            panic!("not reserved");
+        };
+        held.push(id);
+    }
+    assert_eq!(used(&conn), 50);
+    let mut replies = Vec::new();
+    let batch = held
+        .iter()
+        .map(|&id| {
+            let (reply, answer) = oneshot::channel();
+            replies.push(answer);
+            let settle = Close::Settle {
+                actual: vec![25],
+                tokens: 0,
+            };
+            Op::Close(id, settle, now, reply)
+        })
+        .collect();
+    commit_batch(&mut conn, batch)
+        .into_iter()
+        .for_each(Answer::send);
+    let outcomes: Vec<_> = replies
+        .iter_mut()
+        .map(|answer| answer.try_recv().expect("answered").is_ok())
+        .collect();
+    assert_eq!(outcomes, [true, false, true]);
+    assert_eq!(
+        used(&conn),
+        50 + 2 * 15,
+        "only the two kept settles moved the bucket"
+    );
+    let refused = held[1].0;
+    assert_eq!(
+        count(
+            &conn,
+            &format!("SELECT amount FROM reservation_lines WHERE reservation_id = {refused}")
+        ),
+        10,
+        "the refused settle's line still holds the reserved amount"
+    );
+    let state: String = conn
+        .query_row(
+            "SELECT state FROM reservations WHERE id = ?1",
+            [refused],
+            |row| row.get(0),
+        )
+        .expect("state");
+    assert_eq!(state, "reserved");
+}
