@@ -340,6 +340,10 @@ async fn values_of_the_wrong_shape_are_refused_by_the_schema() {
             "additional properties 'replica' not allowed",
         ),
         (json!({"ledger": {"type": "mysql"}}), "at '/ledger/type'"),
+        (
+            json!({"ledger": {"retention": 90}}),
+            "at '/ledger/retention': got number, want string",
+        ),
         (json!({"logFormat": "xml"}), "at '/logFormat'"),
         (json!({"proxy": {"threads": 0}}), "at '/proxy/threads'"),
         (

@@ -251,12 +251,7 @@ fn usage_filter(query: Option<&str>) -> Result<UsageFilter, ProxyError> {
 /// `include_deleted=true|false` (default false); anything else is a 400 naming the parameter.
 fn include_deleted(query: Option<&str>) -> Result<bool, ProxyError> {
     let mut value = false;
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (key, v) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         if key == "include_deleted" {
             value = match v.to_ascii_lowercase().as_str() {
                 "true" | "1" => true,
@@ -288,6 +283,11 @@ mod tests {
             Some(false)
         );
         assert!(include_deleted(Some("include_deleted=maybe")).is_err());
+        assert_eq!(
+            include_deleted(Some("include%5Fdeleted=%74rue")).ok(),
+            Some(true),
+            "percent-decoded like every other query parameter"
+        );
     }
 
     #[test]
