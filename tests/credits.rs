@@ -256,9 +256,9 @@ async fn a_global_admin_reads_the_usage_log_filtered_and_no_one_else_does() {
         }
     };
 
-    let (status, rows) = usage(format!("?policy={policy}"), root()).await;
-    assert_eq!(status, 200, "{rows}");
-    let rows = rows.as_array().cloned().unwrap_or_default();
+    let (status, rows_json) = usage(format!("?policy={policy}"), root()).await;
+    assert_eq!(status, 200, "{rows_json}");
+    let rows = rows_json.as_array().cloned().unwrap_or_default();
     assert_eq!(rows.len(), 2, "one row per prediction: {rows:?}");
     let subject = rows[0]["subject"].as_str().unwrap_or_default().to_string();
     for row in &rows {
@@ -310,6 +310,31 @@ async fn a_global_admin_reads_the_usage_log_filtered_and_no_one_else_does() {
         (403, Some("admin_required")),
         "{body}"
     );
+
+    // Every caller reads their own rows at /credits/usage, whatever subject they name.
+    let own = |query: &str| {
+        let (gate, alice, query) = (&gate, team.alice(), query.to_string());
+        async move {
+            call(
+                gate,
+                reqwest::Method::GET,
+                &format!("/credits/usage{query}"),
+                Some(&alice),
+                None,
+            )
+            .await
+        }
+    };
+    let (status, mine) = own("?subject=user%3Asomeone-else").await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(mine, rows_json, "the same rows an admin sees for alice");
+    assert_eq!(count(own("?limit=1").await), 1);
+    assert_eq!(
+        count(own(&format!("?chatflow={}/other-bot", team.ns)).await),
+        0
+    );
+    let (status, _) = call(&gate, reqwest::Method::GET, "/credits/usage", None, None).await;
+    assert_eq!(status, 401, "no token, no usage");
 
     // A chatflow's admin reads that chatflow's rows, named by Flowise id or namespace/name.
     let owner = team.owner().await;

@@ -33,6 +33,7 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
         "/chat/authenticate",
         "/chat/refresh",
         "/credits",
+        "/credits/usage",
         "/api/admin/chatflows/sync",
         "/api/admin/chatflows/{chatflow_id}/users/email/{email}",
         "/api/admin/credits/usage",
@@ -108,6 +109,20 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
             None,
         ),
         (M::GET, "/credits".into(), "/credits".into(), None, None),
+        (
+            M::GET,
+            "/credits/usage?limit=5".into(),
+            "/credits/usage".into(),
+            Some(&alice),
+            None,
+        ),
+        (
+            M::GET,
+            "/credits/usage?since=never".into(),
+            "/credits/usage".into(),
+            Some(&alice),
+            None,
+        ),
         (
             M::POST,
             "/api/admin/chatflows/add-users".into(),

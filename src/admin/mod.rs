@@ -33,10 +33,10 @@ use crate::controller::SyncState;
 use crate::crd::Role;
 use crate::identity::Identity;
 use crate::index::{Caller, ChatflowEntry, Snapshot};
-use crate::ledger::{CreditLedger, UsageFilter};
-use crate::proxy::{ProxyError, error};
+use crate::ledger::CreditLedger;
+use crate::proxy::{ProxyError, credits, error};
 use crate::server::Body;
-use models::{ChatflowSyncResult, CreditUsageRecord, string_field, string_list};
+use models::{ChatflowSyncResult, string_field, string_list};
 pub use routes::AdminRoute;
 
 /// What the admin API needs beyond the proxy's snapshot.
@@ -193,14 +193,11 @@ impl Admin {
                 ok(to_json(&chatflows::delete(&self.client, &cf).await?))
             }
             AdminRoute::CreditUsage => {
-                let mut filter = usage_filter(req.uri().query())?;
+                let mut filter = credits::usage_filter(req.uri().query())?;
                 filter.chatflow = call.usage_chatflow(filter.chatflow.take())?;
-                let rows = self.ledger.usage(filter).await.map_err(|error| {
-                    tracing::error!(%error, "reading the credits usage log failed");
-                    ProxyError::LedgerUnavailable
-                })?;
-                let rows: Vec<CreditUsageRecord> = rows.into_iter().map(Into::into).collect();
-                ok(to_json(&rows))
+                ok(to_json(
+                    &credits::usage_records(&*self.ledger, filter).await?,
+                ))
             }
         }
     }
@@ -208,44 +205,6 @@ impl Admin {
 
 fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
-}
-
-/// Most usage rows one request returns.
-const MAX_USAGE_ROWS: u32 = 1000;
-
-/// `subject`, `policy`, `chatflow` (exact; [`Call::usage_chatflow`] checks and resolves the
-/// chatflow), `since` (RFC 3339) and `limit` (1–1000, default 100) of
-/// `GET /api/admin/credits/usage`; a bad value is a 400 naming its parameter.
-fn usage_filter(query: Option<&str>) -> Result<UsageFilter, ProxyError> {
-    let mut filter = UsageFilter::default();
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match &*key {
-            "subject" => filter.subject = Some(value.into_owned()),
-            "policy" => filter.policy = Some(value.into_owned()),
-            "chatflow" => filter.chatflow = Some(value.into_owned()),
-            "since" => {
-                filter.since = Some(value.parse().map_err(|_| {
-                    ProxyError::BadRequest(
-                        "query parameter 'since' must be an RFC 3339 time, like 2026-11-01T00:00:00Z"
-                            .into(),
-                    )
-                })?);
-            }
-            "limit" => {
-                filter.limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_USAGE_ROWS).contains(n))
-                    .ok_or_else(|| {
-                        ProxyError::BadRequest(format!(
-                            "query parameter 'limit' must be a whole number from 1 to {MAX_USAGE_ROWS}"
-                        ))
-                    })?;
-            }
-            _ => {}
-        }
-    }
-    Ok(filter)
 }
 
 /// `include_deleted=true|false` (default false); anything else is a 400 naming the parameter.
@@ -288,37 +247,5 @@ mod tests {
             Some(true),
             "percent-decoded like every other query parameter"
         );
-    }
-
-    #[test]
-    fn the_usage_filter_reads_its_parameters_and_names_a_bad_one() {
-        let filter = usage_filter(Some(
-            "subject=user%3Aalice%40example.com&policy=team-a/monthly&chatflow=team-a%2Fbot&since=2026-11-01T00:00:00Z&limit=5&other=x",
-        ))
-        .expect("valid");
-        assert_eq!(filter.chatflow.as_deref(), Some("team-a/bot"));
-        assert_eq!(filter.subject.as_deref(), Some("user:alice@example.com"));
-        assert_eq!(filter.policy.as_deref(), Some("team-a/monthly"));
-        assert_eq!(
-            filter.since,
-            Some("2026-11-01T00:00:00Z".parse().expect("time"))
-        );
-        assert_eq!(filter.limit, 5);
-        assert_eq!(usage_filter(None).expect("empty").limit, 100);
-
-        for (query, named) in [
-            ("since=yesterday", "since"),
-            ("limit=0", "limit"),
-            ("limit=1001", "limit"),
-            ("limit=-1", "limit"),
-            ("limit=", "limit"),
-        ] {
-            match usage_filter(Some(query)) {
-                Err(ProxyError::BadRequest(message)) => {
-                    assert!(message.contains(named), "{query}: {message}");
-                }
-                other => panic!("{query}: {:?}", other.map(|f| f.limit)),
-            }
-        }
     }
 }

@@ -158,6 +158,14 @@ pub const OPERATIONS: &[Operation] = &[
         "CreditsResponse",
         &[401, 503],
     ),
+    op(
+        "get",
+        "/credits/usage",
+        "The caller's own credits usage log, newest first",
+        None,
+        "[CreditUsageRecord]",
+        &[400, 401, 503],
+    ),
     Operation {
         auth: false,
         ..op("get", "/openapi.json", "This document", None, "", &[])
@@ -382,42 +390,65 @@ fn operation(op: &Operation) -> Value {
 
 /// The query parameters of an operation.
 fn query_parameters(op: &Operation) -> Vec<Value> {
-    let param = |name: &str, description: &str, schema: Value| json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema});
     match (op.method, op.path) {
         ("get", "/api/admin/chatflows") => vec![param(
             "include_deleted",
             "Also chatflows gone from Flowise",
             json!({"type": "boolean", "default": false}),
         )],
-        ("get", "/api/admin/credits/usage") => vec![
-            param(
-                "subject",
-                "Only this subject (identity key, e.g. `user:alice@example.com`)",
-                json!({"type": "string"}),
-            ),
-            param(
-                "policy",
-                "Only this CreditPolicy (`namespace/name`)",
-                json!({"type": "string"}),
-            ),
-            param(
+        ("get", "/api/admin/credits/usage") => {
+            let mut params = vec![
+                param(
+                    "subject",
+                    "Only this subject (identity key, e.g. `user:alice@example.com`)",
+                    json!({"type": "string"}),
+                ),
+                param(
+                    "chatflow",
+                    "Only this chatflow (Flowise id or `namespace/name`); required unless a global admin",
+                    json!({"type": "string"}),
+                ),
+            ];
+            params.extend(usage_parameters());
+            params
+        }
+        ("get", "/credits/usage") => {
+            let mut params = vec![param(
                 "chatflow",
-                "Only this chatflow (Flowise id or `namespace/name`); required unless a global admin",
+                "Only this chatflow (`namespace/name`)",
                 json!({"type": "string"}),
-            ),
-            param(
-                "since",
-                "Only rows at or after this time (RFC 3339)",
-                json!({"type": "string", "format": "date-time"}),
-            ),
-            param(
-                "limit",
-                "At most this many rows, the newest",
-                json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
-            ),
-        ],
+            )];
+            params.extend(usage_parameters());
+            params
+        }
         _ => Vec::new(),
     }
+}
+
+/// The query parameters both usage logs take.
+fn usage_parameters() -> Vec<Value> {
+    vec![
+        param(
+            "policy",
+            "Only this CreditPolicy (`namespace/name`)",
+            json!({"type": "string"}),
+        ),
+        param(
+            "since",
+            "Only rows at or after this time (RFC 3339)",
+            json!({"type": "string", "format": "date-time"}),
+        ),
+        param(
+            "limit",
+            "At most this many rows, the newest",
+            json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+        ),
+    ]
+}
+
+/// An optional query parameter.
+fn param(name: &str, description: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema})
 }
 
 /// The OpenAPI document.

@@ -41,6 +41,7 @@ fn every_route_is_documented() {
         "Authenticate",
         "Refresh",
         "Credits",
+        "OwnCreditUsage",
         "OpenApi",
         "AddUsers",
         "AddUsersByEmail",
@@ -79,6 +80,7 @@ fn kind(route: &Route) -> String {
         Route::Authenticate => "Authenticate",
         Route::Refresh => "Refresh",
         Route::Credits => "Credits",
+        Route::CreditUsage => "OwnCreditUsage",
         Route::OpenApi => "OpenApi",
         Route::Admin(a) => match a {
             A::AddUsers => "AddUsers",

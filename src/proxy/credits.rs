@@ -15,11 +15,12 @@ use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
 
 use super::error::ProxyError;
+use crate::admin::models::CreditUsageRecord;
 use crate::crd::BudgetScope;
 use crate::identity::Identity;
 use crate::index::{Caller, ChatflowEntry, PolicyRule, Snapshot};
 use crate::ledger::{
-    self, BudgetLine, CreditLedger, ReservationId, ReserveOutcome, ReserveRequest,
+    self, BudgetLine, CreditLedger, ReservationId, ReserveOutcome, ReserveRequest, UsageFilter,
 };
 use crate::metrics::Metrics;
 
@@ -297,6 +298,11 @@ impl Credits {
         Ok(json!({"subject": identity.key, "balances": balances}))
     }
 
+    /// The caller's usage log rows `filter` selects.
+    pub async fn usage(&self, filter: UsageFilter) -> Result<Vec<CreditUsageRecord>, ProxyError> {
+        usage_records(&*self.ledger, filter).await
+    }
+
     /// Expires reservations left behind by crashed requests, at start and every
     /// [`SWEEP_INTERVAL`].
     pub async fn run_sweeper(self, shutdown: tokio_util::sync::CancellationToken) {
@@ -369,6 +375,56 @@ impl Credits {
     }
 }
 
+/// Most usage rows one request returns.
+pub const MAX_USAGE_ROWS: u32 = 1000;
+
+/// `subject`, `policy`, `chatflow` (exact), `since` (RFC 3339) and `limit` (1–1000, default
+/// 100) of `GET /api/admin/credits/usage` and `GET /credits/usage`; a bad value is a 400 naming
+/// its parameter. Each route then decides whose rows and which chatflows the caller may read.
+pub fn usage_filter(query: Option<&str>) -> Result<UsageFilter, ProxyError> {
+    let mut filter = UsageFilter::default();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "subject" => filter.subject = Some(value.into_owned()),
+            "policy" => filter.policy = Some(value.into_owned()),
+            "chatflow" => filter.chatflow = Some(value.into_owned()),
+            "since" => {
+                filter.since = Some(value.parse().map_err(|_| {
+                    ProxyError::BadRequest(
+                        "query parameter 'since' must be an RFC 3339 time, like 2026-11-01T00:00:00Z"
+                            .into(),
+                    )
+                })?);
+            }
+            "limit" => {
+                filter.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_USAGE_ROWS).contains(n))
+                    .ok_or_else(|| {
+                        ProxyError::BadRequest(format!(
+                            "query parameter 'limit' must be a whole number from 1 to {MAX_USAGE_ROWS}"
+                        ))
+                    })?;
+            }
+            _ => {}
+        }
+    }
+    Ok(filter)
+}
+
+/// The usage log rows `filter` selects, as the API shows them; a ledger error is a 503.
+pub async fn usage_records(
+    ledger: &dyn CreditLedger,
+    filter: UsageFilter,
+) -> Result<Vec<CreditUsageRecord>, ProxyError> {
+    let rows = ledger.usage(filter).await.map_err(|error| {
+        tracing::error!(%error, "reading the credits usage log failed");
+        ProxyError::LedgerUnavailable
+    })?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
 /// Runs one ledger call and records how long it took, answered or failed.
 async fn timed<T>(metrics: &Metrics, operation: &'static str, call: impl Future<Output = T>) -> T {
     let started = Instant::now();
@@ -400,6 +456,38 @@ pub fn cost(policy: &PolicyRule, tokens: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_usage_filter_reads_its_parameters_and_names_a_bad_one() {
+        let filter = usage_filter(Some(
+            "subject=user%3Aalice%40example.com&policy=team-a/monthly&chatflow=team-a%2Fbot&since=2026-11-01T00:00:00Z&limit=5&other=x",
+        ))
+        .expect("valid");
+        assert_eq!(filter.chatflow.as_deref(), Some("team-a/bot"));
+        assert_eq!(filter.subject.as_deref(), Some("user:alice@example.com"));
+        assert_eq!(filter.policy.as_deref(), Some("team-a/monthly"));
+        assert_eq!(
+            filter.since,
+            Some("2026-11-01T00:00:00Z".parse().expect("time"))
+        );
+        assert_eq!(filter.limit, 5);
+        assert_eq!(usage_filter(None).expect("empty").limit, 100);
+
+        for (query, named) in [
+            ("since=yesterday", "since"),
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("limit=-1", "limit"),
+            ("limit=", "limit"),
+        ] {
+            match usage_filter(Some(query)) {
+                Err(ProxyError::BadRequest(message)) => {
+                    assert!(message.contains(named), "{query}: {message}");
+                }
+                other => panic!("{query}: {:?}", other.map(|f| f.limit)),
+            }
+        }
+    }
 
     #[test]
     fn a_threshold_is_crossed_once_by_the_charge_that_reaches_it() {

@@ -219,6 +219,14 @@ impl Proxy {
                     .await?;
                 Ok(error::json(StatusCode::OK, &balances))
             }
+            Route::CreditUsage => {
+                let mut filter = credits::usage_filter(req.uri().query())?;
+                filter.subject = Some(identity.key.clone());
+                let rows = self.credits.usage(filter).await?;
+                let rows = serde_json::to_value(rows)
+                    .map_err(|e| ProxyError::Internal(format!("usage rows: {e}")))?;
+                Ok(error::json(StatusCode::OK, &rows))
+            }
             Route::Admin(route) => {
                 let call = crate::admin::Call {
                     identity: &identity,
@@ -508,6 +516,7 @@ fn route_label(route: &Route) -> &'static str {
         Route::Authenticate => "authenticate",
         Route::Refresh => "refresh",
         Route::Credits => "credits",
+        Route::CreditUsage => "credits_usage",
         Route::OpenApi => "openapi",
         Route::Admin(route) => route.label(),
     }

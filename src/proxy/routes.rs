@@ -32,6 +32,8 @@ pub enum Route {
     Refresh,
     /// `GET /credits` — the caller's balances.
     Credits,
+    /// `GET /credits/usage` — the caller's own usage log.
+    CreditUsage,
     /// `GET /openapi.json` — the OpenAPI document of this API, without credentials.
     OpenApi,
     /// Everything under `/api/admin` ([`crate::admin`]).
@@ -83,6 +85,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         ["chat", "authenticate"] => (Route::Authenticate, Method::POST),
         ["chat", "refresh"] => (Route::Refresh, Method::POST),
         ["credits"] => (Route::Credits, Method::GET),
+        ["credits", "usage"] => (Route::CreditUsage, Method::GET),
         ["openapi.json"] => (Route::OpenApi, Method::GET),
         _ => return Err(not_found()),
     };

@@ -30,6 +30,7 @@ pub fn canonical(route: &Route) -> String {
         Route::Authenticate => "/chat/authenticate".into(),
         Route::Refresh => "/chat/refresh".into(),
         Route::Credits => "/credits".into(),
+        Route::CreditUsage => "/credits/usage".into(),
         Route::OpenApi => "/openapi.json".into(),
         Route::Admin(admin) => format!("/api/admin{}", admin_path(admin)),
     }
