@@ -76,6 +76,10 @@ scripts/openapi-check.sh setup
 step "API fuzzer (schemathesis venv)"
 scripts/schemathesis.sh setup
 
+step "promtool (from Debian's prometheus package)"
+scripts/promtool.sh setup
+eval "$(scripts/promtool.sh env)"
+
 step "Official Flowise clients (npm flowise-sdk, PyPI flowise)"
 scripts/clients.sh setup
 

@@ -18,8 +18,8 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
 use chart_support::{
-    CHART, env_of, env_value, exists, get, helm, install, install_service_monitor_crd, pdb,
-    refused, release_json, template, unique_release, upgrade,
+    CHART, env_of, env_value, exists, get, helm, install, install_monitoring_crd, pdb, refused,
+    release_json, template, unique_release, upgrade,
 };
 
 /// The rules the chart's ClusterRole grants with default values — every one of them. Any
@@ -614,7 +614,7 @@ async fn secret_namespaces_replace_the_cluster_wide_secret_rule_with_roles() {
 #[tokio::test]
 async fn the_service_monitor_and_the_dashboard_are_rendered_when_enabled() {
     let client = support::client().await;
-    install_service_monitor_crd(&client).await;
+    install_monitoring_crd(&client, "ServiceMonitor").await;
     let ns = support::fresh_namespace(&client, "chart-monitoring").await;
     let values = json!({
         "metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}}},

@@ -1,5 +1,5 @@
-//! Helpers of tests/chart.rs: real Helm through scripts/helm.sh, and reading back what it
-//! stored in the local API server.
+//! Helpers of tests/chart.rs and tests/chart_alerts.rs: real Helm through scripts/helm.sh, and
+//! reading back what it stored in the local API server.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -163,19 +163,23 @@ pub fn env_value(env: &BTreeMap<String, Value>, name: &str) -> String {
         .to_string()
 }
 
-/// A stand-in for prometheus-operator's ServiceMonitor CRD (not available offline): enough for
-/// the API server to serve the kind, so the chart's ServiceMonitor is stored and read back.
-pub async fn install_service_monitor_crd(client: &kube::Client) {
+/// A stand-in for one of prometheus-operator's CRDs (`ServiceMonitor`, `PrometheusRule`; not
+/// available offline): enough for the API server to serve the kind, so the chart's object is
+/// stored and read back.
+pub async fn install_monitoring_crd(client: &kube::Client, kind: &str) {
+    let singular = kind.to_lowercase();
+    let plural = format!("{singular}s");
+    let name = format!("{plural}.monitoring.coreos.com");
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+        "metadata": {"name": name},
         "spec": {
             "group": "monitoring.coreos.com",
             "scope": "Namespaced",
-            "names": {"kind": "ServiceMonitor", "plural": "servicemonitors",
-                      "singular": "servicemonitor", "listKind": "ServiceMonitorList"},
+            "names": {"kind": kind, "plural": plural, "singular": singular,
+                      "listKind": format!("{kind}List")},
             "versions": [{"name": "v1", "served": true, "storage": true,
                           "schema": {"openAPIV3Schema": {"type": "object",
                                      "x-kubernetes-preserve-unknown-fields": true}}}],
@@ -184,15 +188,15 @@ pub async fn install_service_monitor_crd(client: &kube::Client) {
     .expect("CRD literal");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     api.patch(
-        "servicemonitors.monitoring.coreos.com",
+        &name,
         &PatchParams::apply("flowgate-tests").force(),
         &Patch::Apply(&crd),
     )
     .await
-    .expect("ServiceMonitor CRD applies");
+    .expect("monitoring CRD applies");
     let established = kube::runtime::wait::await_condition(
         api,
-        "servicemonitors.monitoring.coreos.com",
+        &name,
         kube::runtime::wait::conditions::is_crd_established(),
     );
     tokio::time::timeout(std::time::Duration::from_secs(30), established)
