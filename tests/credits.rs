@@ -293,6 +293,9 @@ async fn a_global_admin_reads_the_usage_log_filtered_and_no_one_else_does() {
         0
     );
     assert_eq!(count(usage("?limit=1".into(), root()).await), 1);
+    let (status, next) = usage(format!("?limit=1&before={}", rows[0]["id"]), root()).await;
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(next, json!([rows[1]]), "the page after the newest row");
     assert_eq!(
         count(usage("?since=2999-01-01T00:00:00Z".into(), root()).await),
         0

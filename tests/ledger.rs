@@ -634,6 +634,7 @@ async fn the_usage_log_records_every_settle_refund_and_expiry(store: Store) {
 
     let row =
         |time, reservation, subject: &str, policy: &str, credits, tokens, outcome| UsageRecord {
+            id: 0,
             time,
             reservation,
             subject: subject.into(),
@@ -644,7 +645,12 @@ async fn the_usage_log_records_every_settle_refund_and_expiry(store: Store) {
             outcome,
         };
     use ReservationState::{Expired, Refunded, Settled};
-    let all = ledger.usage(UsageFilter::default()).await.expect("usage");
+    let logged = ledger.usage(UsageFilter::default()).await.expect("usage");
+    // Row ids are the store's own; everything else is known.
+    let all: Vec<UsageRecord> = logged
+        .iter()
+        .map(|r| UsageRecord { id: 0, ..r.clone() })
+        .collect();
     let other_bot = UsageRecord {
         chatflow: "team-a/other-bot".into(),
         ..row(t(2), refunded, "bob", POLICY, 0, 0, Refunded)
@@ -685,7 +691,45 @@ async fn the_usage_log_records_every_settle_refund_and_expiry(store: Store) {
         })
         .await
         .expect("usage");
-    assert_eq!(of_chatflow, vec![other_bot]);
+    assert_eq!(of_chatflow.len(), 1);
+    assert_eq!(
+        UsageRecord {
+            id: 0,
+            ..of_chatflow[0].clone()
+        },
+        other_bot
+    );
+
+    // Pages of two, each after the last row of the one before, are the log in order.
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = ledger
+            .usage(UsageFilter {
+                before,
+                limit: 2,
+                ..UsageFilter::default()
+            })
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        pages.extend(page);
+    }
+    assert_eq!(pages, logged, "paged = all at once");
+    let bob_after_first = ledger
+        .usage(UsageFilter {
+            subject: Some("bob".into()),
+            before: Some(logged[0].id),
+            ..UsageFilter::default()
+        })
+        .await
+        .expect("usage");
+    assert_eq!(
+        bob_after_first,
+        logged[1..3].to_vec(),
+        "a cursor with a filter"
+    );
     let alice = ledger
         .usage(filtered(Some("alice"), None, None, 100))
         .await
@@ -695,17 +739,17 @@ async fn the_usage_log_records_every_settle_refund_and_expiry(store: Store) {
         .usage(filtered(None, Some("team-a/pool"), None, 100))
         .await
         .expect("usage");
-    assert_eq!(pool, vec![all[3].clone()]);
+    assert_eq!(pool, vec![logged[3].clone()]);
     let recent = ledger
         .usage(filtered(None, None, Some(t(3)), 100))
         .await
         .expect("usage");
-    assert_eq!(recent, all[..2].to_vec());
+    assert_eq!(recent, logged[..2].to_vec());
     let newest = ledger
         .usage(filtered(None, None, None, 1))
         .await
         .expect("usage");
-    assert_eq!(newest, all[..1].to_vec());
+    assert_eq!(newest, logged[..1].to_vec());
 }
 
 async fn a_final_cost_is_charged_and_logged_at_once_and_only_a_refund_or_settle_changes_it(

@@ -194,6 +194,8 @@ pub fn string_field(
 /// changed on one policy. A reservation's rows sum to what it is charged.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub struct CreditUsageRecord {
+    /// The row's id: pass the last one of a page as `before` for the next page.
+    pub id: i64,
     /// When it happened (RFC 3339).
     pub time: String,
     /// The reservation (one per charged prediction).
@@ -215,6 +217,7 @@ pub struct CreditUsageRecord {
 impl From<crate::ledger::UsageRecord> for CreditUsageRecord {
     fn from(r: crate::ledger::UsageRecord) -> Self {
         Self {
+            id: r.id,
             time: r.time.to_string(),
             reservation_id: r.reservation.0,
             subject: r.subject,

@@ -439,6 +439,11 @@ fn usage_parameters() -> Vec<Value> {
             json!({"type": "string", "format": "date-time"}),
         ),
         param(
+            "before",
+            "Only rows after this one, newest first: the `id` of the last row of the previous page",
+            json!({"type": "integer", "format": "int64"}),
+        ),
+        param(
             "limit",
             "At most this many rows, the newest",
             json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),

@@ -33,8 +33,8 @@ use self::schema::Statements;
 use super::state::{self, Close, HeldLine};
 use super::{
     Charge, CreditLedger, LedgerError, LedgerFuture, PolicyUsage, PrunedChunk, ReservationId,
-    ReservationState, ReserveOutcome, ReserveRequest, Resolution, UsageFilter, UsageRecord, Window,
-    expiry, timestamp,
+    ReservationState, ReserveOutcome, ReserveRequest, Resolution, UsageFilter, UsageParam,
+    UsageRecord, Window, expiry, timestamp, usage_query,
 };
 
 /// Attempts of one operation that keeps hitting serialization failures or deadlocks.
@@ -178,21 +178,16 @@ impl CreditLedger for PostgresLedger {
     fn usage(&self, filter: UsageFilter) -> LedgerFuture<'_, Vec<UsageRecord>> {
         Box::pin(async move {
             let conn = self.pool.get().await?;
-            let since = filter.since.map_or(i64::MIN, |t| t.as_microsecond());
-            let limit = i64::from(filter.limit);
-            let rows = conn
-                .client
-                .query(
-                    &conn.st.usage,
-                    &[
-                        &filter.subject,
-                        &filter.policy,
-                        &since,
-                        &limit,
-                        &filter.chatflow,
-                    ],
-                )
-                .await?;
+            let (sql, params) = usage_query(&filter, |n, kind| format!("${n}::{kind}"));
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                .iter()
+                .map(|p| match p {
+                    UsageParam::Text(text) => text as &(dyn tokio_postgres::types::ToSql + Sync),
+                    UsageParam::Int(n) => n,
+                })
+                .collect();
+            // Prepared per call: each filter has its own plan (see `usage_query`).
+            let rows = conn.client.query(&sql, &params).await?;
             rows.iter().map(usage_record).collect()
         })
     }
@@ -552,17 +547,18 @@ fn lock_order<'k>(keys: impl Iterator<Item = (&'k str, &'k str, i64)>) -> Vec<us
 }
 
 fn usage_record(row: &Row) -> Result<UsageRecord, LedgerError> {
-    let tokens: i64 = row.try_get(6)?;
+    let tokens: i64 = row.try_get(7)?;
     Ok(UsageRecord {
-        time: timestamp(row.try_get(0)?)?,
-        reservation: ReservationId(row.try_get(1)?),
-        subject: row.try_get(2)?,
-        chatflow: row.try_get(3)?,
-        policy: row.try_get(4)?,
-        credits: row.try_get(5)?,
+        id: row.try_get(0)?,
+        time: timestamp(row.try_get(1)?)?,
+        reservation: ReservationId(row.try_get(2)?),
+        subject: row.try_get(3)?,
+        chatflow: row.try_get(4)?,
+        policy: row.try_get(5)?,
+        credits: row.try_get(6)?,
         tokens: u64::try_from(tokens)
             .map_err(|_| LedgerError::Corrupt(format!("tokens {tokens}")))?,
-        outcome: ReservationState::parse(row.try_get(7)?)?,
+        outcome: ReservationState::parse(row.try_get(8)?)?,
     })
 }
 

@@ -25,8 +25,8 @@ use tokio::sync::oneshot;
 use super::state::Close;
 use super::{
     CreditLedger, LedgerError, LedgerFuture, PolicyUsage, PrunedChunk, ReservationId,
-    ReservationState, ReserveOutcome, ReserveRequest, Resolution, UsageFilter, UsageRecord, Window,
-    timestamp,
+    ReservationState, ReserveOutcome, ReserveRequest, Resolution, UsageFilter, UsageParam,
+    UsageRecord, Window, timestamp, usage_query,
 };
 
 /// The schema this code writes; stored in `PRAGMA user_version`.
@@ -280,40 +280,28 @@ impl CreditLedger for SqliteLedger {
 
     fn usage(&self, filter: UsageFilter) -> LedgerFuture<'_, Vec<UsageRecord>> {
         self.read(move |conn| {
-            let mut query = conn.prepare_cached(
-                "SELECT time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome
-                 FROM usage
-                 WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR policy = ?2)
-                   AND (?5 IS NULL OR chatflow = ?5) AND time_us >= ?3
-                 ORDER BY time_us DESC, id DESC LIMIT ?4",
-            )?;
-            let since = filter.since.map_or(i64::MIN, |t| t.as_microsecond());
-            let rows = query.query_map(
-                params![
-                    filter.subject,
-                    filter.policy,
-                    since,
-                    filter.limit,
-                    filter.chatflow
-                ],
-                |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, i64>(5)?,
-                        row.get::<_, i64>(6)?,
-                        row.get::<_, String>(7)?,
-                    ))
-                },
-            )?;
+            let (sql, params) = usage_query(&filter, |n, _| format!("?{n}"));
+            let mut query = conn.prepare_cached(&sql)?;
+            let rows = query.query_map(rusqlite::params_from_iter(params), |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, i64>(6)?,
+                    row.get::<_, i64>(7)?,
+                    row.get::<_, String>(8)?,
+                ))
+            })?;
             rows.map(|row| {
-                let (time, id, subject, chatflow, policy, credits, tokens, outcome) = row?;
+                let (id, time, reservation, subject, chatflow, policy, credits, tokens, outcome) =
+                    row?;
                 Ok(UsageRecord {
+                    id,
                     time: timestamp(time)?,
-                    reservation: ReservationId(id),
+                    reservation: ReservationId(reservation),
                     subject,
                     chatflow,
                     policy,
@@ -325,6 +313,15 @@ impl CreditLedger for SqliteLedger {
             })
             .collect()
         })
+    }
+}
+
+impl rusqlite::ToSql for UsageParam {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Self::Text(text) => text.to_sql(),
+            Self::Int(n) => n.to_sql(),
+        }
     }
 }
 

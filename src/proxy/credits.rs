@@ -378,8 +378,8 @@ impl Credits {
 /// Most usage rows one request returns.
 pub const MAX_USAGE_ROWS: u32 = 1000;
 
-/// `subject`, `policy`, `chatflow` (exact), `since` (RFC 3339) and `limit` (1–1000, default
-/// 100) of `GET /api/admin/credits/usage` and `GET /credits/usage`; a bad value is a 400 naming
+/// `subject`, `policy`, `chatflow` (exact), `since` (RFC 3339), `before` (a row id: the next
+/// page) and `limit` (1–1000, default 100) of `GET /api/admin/credits/usage` and `GET /credits/usage`; a bad value is a 400 naming
 /// its parameter. Each route then decides whose rows and which chatflows the caller may read.
 pub fn usage_filter(query: Option<&str>) -> Result<UsageFilter, ProxyError> {
     let mut filter = UsageFilter::default();
@@ -388,6 +388,13 @@ pub fn usage_filter(query: Option<&str>) -> Result<UsageFilter, ProxyError> {
             "subject" => filter.subject = Some(value.into_owned()),
             "policy" => filter.policy = Some(value.into_owned()),
             "chatflow" => filter.chatflow = Some(value.into_owned()),
+            "before" => {
+                filter.before = Some(value.parse().map_err(|_| {
+                    ProxyError::BadRequest(
+                        "query parameter 'before' must be the id of a usage row".into(),
+                    )
+                })?);
+            }
             "since" => {
                 filter.since = Some(value.parse().map_err(|_| {
                     ProxyError::BadRequest(
@@ -460,7 +467,7 @@ mod tests {
     #[test]
     fn the_usage_filter_reads_its_parameters_and_names_a_bad_one() {
         let filter = usage_filter(Some(
-            "subject=user%3Aalice%40example.com&policy=team-a/monthly&chatflow=team-a%2Fbot&since=2026-11-01T00:00:00Z&limit=5&other=x",
+            "subject=user%3Aalice%40example.com&policy=team-a/monthly&chatflow=team-a%2Fbot&since=2026-11-01T00:00:00Z&before=42&limit=5&other=x",
         ))
         .expect("valid");
         assert_eq!(filter.chatflow.as_deref(), Some("team-a/bot"));
@@ -471,10 +478,12 @@ mod tests {
             Some("2026-11-01T00:00:00Z".parse().expect("time"))
         );
         assert_eq!(filter.limit, 5);
+        assert_eq!(filter.before, Some(42));
         assert_eq!(usage_filter(None).expect("empty").limit, 100);
 
         for (query, named) in [
             ("since=yesterday", "since"),
+            ("before=last", "before"),
             ("limit=0", "limit"),
             ("limit=1001", "limit"),
             ("limit=-1", "limit"),

@@ -113,7 +113,6 @@ pub(super) struct Statements {
     pub(super) prune_reservations: Statement,
     pub(super) prune_usage: Statement,
     pub(super) policy_usage: Statement,
-    pub(super) usage: Statement,
 }
 
 impl Statements {
@@ -267,7 +266,7 @@ impl Statements {
                  SELECT id FROM input ORDER BY n"
             ),
         )?;
-        let (adjust, rehold, log, finish, sweep, policy_usage, usage) = futures::try_join!(
+        let (adjust, rehold, log, finish, sweep, policy_usage) = futures::try_join!(
             client.prepare(
                 "UPDATE buckets SET used = used + $4::int8
                  WHERE policy = $1::text AND bucket = $2::text AND window_start = $3::int8"
@@ -305,16 +304,6 @@ impl Statements {
             client.prepare(
                 "SELECT COALESCE(SUM(used), 0)::int8, COUNT(*) FILTER (WHERE used >= $3::int8)
                  FROM buckets WHERE policy = $1::text AND window_start = $2::int8"
-            ),
-            client.prepare(
-                "SELECT time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome
-                 FROM usage
-                 WHERE ($1::text IS NULL OR subject = $1::text)
-                   AND ($2::text IS NULL OR policy = $2::text)
-                   AND ($5::text IS NULL OR chatflow = $5::text)
-                   AND time_us >= $3::int8
-                 ORDER BY time_us DESC, id DESC
-                 LIMIT $4::int8"
             ),
         )?;
         let (prune_reservations, prune_usage) = futures::try_join!(
@@ -368,7 +357,6 @@ impl Statements {
             finish,
             sweep,
             policy_usage,
-            usage,
         })
     }
 }

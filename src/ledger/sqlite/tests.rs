@@ -307,3 +307,70 @@ async fn an_operation_failing_after_its_writes_is_rolled_back_alone() {
         .expect("state");
     assert_eq!(state, "reserved");
 }
+
+/// Each usage query reaches its rows through the index of its filter (a subject's rows through
+/// `usage_by_subject`, a cursor as a range of it), never by walking the whole log.
+#[tokio::test]
+async fn usage_queries_use_the_index_of_their_filter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    drop(SqliteLedger::open(&path).await.expect("open"));
+    let conn = open_writer(&path).expect("reopen");
+    let text = |s: &str| Some(s.to_string());
+    let since = Some(Timestamp::UNIX_EPOCH);
+    for (filter, index) in [
+        (UsageFilter::default(), "usage_by_time"),
+        (
+            UsageFilter {
+                since,
+                ..UsageFilter::default()
+            },
+            "usage_by_time (time_us>?)",
+        ),
+        (
+            UsageFilter {
+                before: Some(7),
+                ..UsageFilter::default()
+            },
+            "usage_by_time (time_us<?)",
+        ),
+        (
+            UsageFilter {
+                subject: text("user:alice"),
+                ..UsageFilter::default()
+            },
+            "usage_by_subject (subject=?)",
+        ),
+        (
+            UsageFilter {
+                subject: text("user:alice"),
+                since,
+                before: Some(7),
+                ..UsageFilter::default()
+            },
+            "usage_by_subject (subject=? AND time_us>? AND time_us<?)",
+        ),
+        (
+            UsageFilter {
+                policy: text("team/monthly"),
+                chatflow: text("team/bot"),
+                ..UsageFilter::default()
+            },
+            "usage_by_policy (policy=?)",
+        ),
+    ] {
+        let (sql, _) = usage_query(&filter, |n, _| format!("?{n}"));
+        let steps = plan(&conn, &sql);
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.starts_with("SEARCH usage USING") || s.starts_with("SCAN usage USING"))
+                && steps.iter().any(|s| s.contains(index)),
+            "{filter:?} does not use {index}: {steps:?}"
+        );
+        assert!(
+            !steps.iter().any(|s| s.contains("TEMP B-TREE")),
+            "{filter:?} sorts instead of reading in index order: {steps:?}"
+        );
+    }
+}
