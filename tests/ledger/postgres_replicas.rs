@@ -146,3 +146,83 @@ async fn the_connection_of_a_refused_batch_serves_the_next_request() {
     }
     assert_eq!(used(&*ledger, POLICY, "*").await, 3);
 }
+
+/// Three replicas pruning at once, while a fourth settles some of the old reservations, split
+/// the work between them (`SKIP LOCKED`): every old closed reservation and usage row is deleted
+/// exactly once, none fails, and the budget does not move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_pruning_at_once_delete_each_row_once() {
+    use flowgate::ledger::retention;
+    use jiff::SignedDuration;
+
+    let store = crate::support::postgres("replicas_pruning").await;
+    let writer = store.open().await;
+    let later = |hours| now() + SignedDuration::from_hours(hours);
+    let mut open = Vec::new();
+    for i in 0..600 {
+        let mut req = request(&format!("user-{i}"), vec![line(POLICY, "*", 10_000, 1)]);
+        req.final_cost = i % 3 != 0;
+        let id = writer.reserve(req).await.expect("reserve").id();
+        if i % 3 == 0 {
+            open.push(id);
+        }
+    }
+    // A third were held: settle half of those before the cutoff (old, prunable), and the other
+    // half while the prune runs, after it (kept).
+    let (early, late) = open.split_at(open.len() / 2);
+    for &id in early {
+        writer.settle(id, &[1], 0, later(1)).await.expect("settle");
+    }
+    let budget = used(&*writer, POLICY, "*").await;
+
+    let cutoff = later(24);
+    let replicas = [store.open().await, store.open().await, store.open().await];
+    let pruning: Vec<_> = replicas
+        .iter()
+        .map(|replica| {
+            let replica = replica.clone();
+            tokio::spawn(
+                async move { retention::prune(&*replica, cutoff, 50, Duration::ZERO).await },
+            )
+        })
+        .collect();
+    for &id in late {
+        // A settle may race the prune of a neighbouring chunk but never loses its reservation:
+        // held ones are not prunable.
+        writer
+            .settle(id, &[1], 0, later(48))
+            .await
+            .expect("late settle");
+    }
+    let mut reservations = 0;
+    let mut usage = 0;
+    for task in pruning {
+        let pruned = task.await.expect("task").expect("prune");
+        reservations += pruned.reservations;
+        usage += pruned.usage;
+    }
+    // Rows a replica skipped because another held them are deleted by that other one; anything
+    // still left (skipped under a settle's lock) goes in the next run.
+    let rest = retention::prune(&*writer, cutoff, 50, Duration::ZERO)
+        .await
+        .expect("prune again");
+    assert_eq!(
+        reservations + rest.reservations,
+        400 + 100,
+        "final costs and early settles"
+    );
+    assert_eq!(usage + rest.usage, 400 + 100, "one usage row each");
+    assert_eq!(
+        used(&*writer, POLICY, "*").await,
+        budget,
+        "budgets are kept"
+    );
+    let left = writer
+        .usage(UsageFilter {
+            limit: 1000,
+            ..UsageFilter::default()
+        })
+        .await
+        .expect("usage");
+    assert_eq!(left.len(), late.len(), "only the late settles' rows");
+}
