@@ -386,6 +386,10 @@ async fn contradicting_values_are_refused_with_a_message_saying_what_to_change()
             json!({"podDisruptionBudget": {"maxUnavailable": null}}),
             "podDisruptionBudget.enabled needs maxUnavailable or minAvailable",
         ),
+        (
+            json!({"metrics": {"prometheusRule": {"enabled": true}}}),
+            "Enable the ServiceMonitor, or set metrics.prometheusRule.selector",
+        ),
     ];
     for (values, expected) in cases {
         let error = refused(&ns, &ns, &values);

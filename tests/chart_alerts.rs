@@ -107,9 +107,12 @@ fn series(sel: &str, healthy: bool) -> Vec<Value> {
 async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
     let client = support::client().await;
     install_monitoring_crd(&client, "PrometheusRule").await;
+    install_monitoring_crd(&client, "ServiceMonitor").await;
     let ns = support::fresh_namespace(&client, "chart-alerts").await;
-    let values = json!({"metrics": {"prometheusRule": {
-        "enabled": true, "labels": {"release": "prometheus"}, "alertLabels": {"team": "platform"}}}});
+    let values = json!({"metrics": {
+        "serviceMonitor": {"enabled": true},
+        "prometheusRule": {"enabled": true, "labels": {"release": "prometheus"},
+                           "alertLabels": {"team": "platform"}}}});
     let _release = install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
     let name = format!("{ns}-flowgate");
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
