@@ -253,7 +253,8 @@ impl Config {
 }
 
 impl LedgerUrl {
-    fn parse(raw: &str) -> Result<Self, ConfigError> {
+    /// Parses `sqlite:///path` or `postgres://…`; an error names `FLOWGATE_LEDGER_URL`.
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
         const SETTING: &str = "FLOWGATE_LEDGER_URL";
         if let Some(path) = raw.strip_prefix("sqlite://") {
             if path.is_empty() {

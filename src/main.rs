@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use flowgate::config::{Config, RunArgs};
-use flowgate::{crd, run, telemetry};
+use flowgate::config::{Config, LedgerUrl, RunArgs};
+use flowgate::{crd, ledger, run, telemetry};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -29,6 +29,28 @@ enum Command {
     },
     /// Run the controller and the proxy.
     Run(Box<RunArgs>),
+    /// Work with the credits ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Copy the SQLite ledger consistently while flowgate runs, to a new file or to stdout
+    /// (`-`), e.g. `kubectl exec deploy/flowgate -- /flowgate ledger backup - > ledger.db`.
+    Backup {
+        /// The ledger, as `flowgate run` takes it.
+        #[arg(
+            long,
+            env = "FLOWGATE_LEDGER_URL",
+            default_value = "sqlite://./flowgate-ledger.db"
+        )]
+        ledger_url: String,
+        /// A file that does not exist yet, or `-` for stdout.
+        dest: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -38,6 +60,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("flowgate crd: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Ledger {
+            command: LedgerCommand::Backup { ledger_url, dest },
+        } => match backup(&ledger_url, &dest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("flowgate ledger backup: {error:#}");
                 ExitCode::FAILURE
             }
         },
@@ -71,6 +102,38 @@ fn print_crds(out_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `flowgate ledger backup`: to `dest`, or for `-` to a file beside the ledger (the one place
+/// known to be writable in the container) that is streamed to stdout and removed.
+fn backup(ledger_url: &str, dest: &std::path::Path) -> anyhow::Result<()> {
+    let url = LedgerUrl::parse(ledger_url)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if dest != std::path::Path::new("-") {
+        return Ok(runtime.block_on(ledger::backup(&url, dest))?);
+    }
+    let LedgerUrl::Sqlite(path) = &url else {
+        return Ok(runtime.block_on(ledger::backup(&url, dest))?);
+    };
+    let scratch = path.with_file_name(format!(
+        ".{}.backup-{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("ledger"),
+        std::process::id()
+    ));
+    let copied = runtime
+        .block_on(ledger::backup(&url, &scratch))
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            let mut file = std::fs::File::open(&scratch)?;
+            std::io::copy(&mut file, &mut std::io::stdout().lock())?;
+            Ok(())
+        });
+    let _ = std::fs::remove_file(&scratch);
+    copied
 }
 
 fn start(config: Config) -> anyhow::Result<()> {

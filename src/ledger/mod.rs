@@ -171,6 +171,24 @@ pub async fn open(url: &LedgerUrl) -> Result<Arc<dyn CreditLedger>, LedgerError>
     })
 }
 
+/// Writes a consistent copy of the SQLite ledger at `url` to the new file `dest`, while flowgate
+/// may be writing to it (`VACUUM INTO`: one read transaction, so the copy holds every charge
+/// committed before it started and none after). A PostgreSQL ledger is backed up with
+/// PostgreSQL's own tools.
+pub async fn backup(url: &LedgerUrl, dest: &std::path::Path) -> Result<(), LedgerError> {
+    match url {
+        LedgerUrl::Sqlite(path) => {
+            let (path, dest) = (path.clone(), dest.to_path_buf());
+            tokio::task::spawn_blocking(move || sqlite::backup(&path, &dest))
+                .await
+                .map_err(|_| LedgerError::Stopped)?
+        }
+        LedgerUrl::Postgres(_) => Err(LedgerError::Unsupported(
+            "a PostgreSQL ledger is backed up with pg_dump (or your provider's backups)",
+        )),
+    }
+}
+
 /// A calendar window of a budget period; see [`window`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Window {
@@ -490,6 +508,10 @@ pub enum LedgerError {
     OutOfRange { what: &'static str, value: u64 },
     #[error("ledger data is corrupt: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Unsupported(&'static str),
+    #[error("{} already exists: a backup never overwrites a file", .0.display())]
+    BackupExists(std::path::PathBuf),
 }
 
 impl LedgerError {
@@ -505,7 +527,9 @@ impl LedgerError {
             | Self::UnknownReservation(_)
             | Self::LineCount { .. }
             | Self::OutOfRange { .. }
-            | Self::Corrupt(_) => false,
+            | Self::Corrupt(_)
+            | Self::Unsupported(_)
+            | Self::BackupExists(_) => false,
         }
     }
 
@@ -521,6 +545,8 @@ impl LedgerError {
             Self::LineCount { .. } => "LineCount",
             Self::OutOfRange { .. } => "OutOfRange",
             Self::Corrupt(_) => "Corrupt",
+            Self::Unsupported(_) => "Unsupported",
+            Self::BackupExists(_) => "BackupExists",
         }
     }
 }

@@ -346,6 +346,28 @@ fn open_writer(path: &Path) -> Result<Connection, LedgerError> {
     Ok(conn)
 }
 
+/// See [`super::backup`]. Refuses a `path` that is not a flowgate ledger and a `dest` that
+/// exists (SQLite would write into it).
+pub(super) fn backup(path: &Path, dest: &Path) -> Result<(), LedgerError> {
+    if dest.exists() {
+        return Err(LedgerError::BackupExists(dest.to_path_buf()));
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version == 0 {
+        return Err(LedgerError::Corrupt(format!(
+            "{} is not a flowgate ledger (no schema)",
+            path.display()
+        )));
+    }
+    let dest = dest.to_str().ok_or_else(|| {
+        LedgerError::Corrupt(format!("backup path {} is not UTF-8", dest.display()))
+    })?;
+    conn.execute("VACUUM INTO ?1", [dest])?;
+    Ok(())
+}
+
 fn open_reader(path: &Path) -> Result<Connection, LedgerError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
