@@ -379,8 +379,9 @@ impl Credits {
 pub const MAX_USAGE_ROWS: u32 = 1000;
 
 /// `subject`, `policy`, `chatflow` (exact), `since` (RFC 3339), `before` (a row id: the next
-/// page) and `limit` (1–1000, default 100) of `GET /api/admin/credits/usage` and `GET /credits/usage`; a bad value is a 400 naming
-/// its parameter. Each route then decides whose rows and which chatflows the caller may read.
+/// page) and `limit` (1–1000, default 100) of `GET /api/admin/credits/usage` and
+/// `GET /credits/usage`; a bad value is a 400 naming its parameter. Each route then decides
+/// whose rows and which chatflows the caller may read.
 pub fn usage_filter(query: Option<&str>) -> Result<UsageFilter, ProxyError> {
     let mut filter = UsageFilter::default();
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
