@@ -35,7 +35,8 @@ pub struct RunArgs {
     )]
     pub ledger_url: String,
     /// Delete settled, refunded and expired reservations and usage-log rows older than this
-    /// (`90d`, `2160h`, `12w`; unset: keep everything). Budgets are never deleted.
+    /// (`90d`, `2160h`, `12w`; unset: keep everything), and budgets of periods long over. A current
+    /// budget is never deleted.
     #[arg(long, env = "FLOWGATE_LEDGER_RETENTION")]
     pub ledger_retention: Option<String>,
     /// File holding the HS256 secret for caller JWTs.

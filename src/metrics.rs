@@ -138,7 +138,7 @@ impl Metrics {
         let ledger_pruned = Family::<TableLabels, Counter>::default();
         registry.register(
             "ledger_pruned_rows",
-            "Ledger rows deleted by FLOWGATE_LEDGER_RETENTION: reservations, usage",
+            "Ledger rows deleted by FLOWGATE_LEDGER_RETENTION: reservations, usage, buckets",
             ledger_pruned.clone(),
         );
         let snapshot_compiled = Gauge::default();
@@ -203,7 +203,7 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Counts ledger rows deleted by retention, by table (`reservations` or `usage`).
+    /// Counts ledger rows deleted by retention, by table (`reservations`, `usage`, `buckets`).
     pub fn ledger_pruned(&self, table: &'static str, rows: u64) {
         self.ledger_pruned
             .get_or_create(&TableLabels { table })

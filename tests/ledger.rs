@@ -83,6 +83,7 @@ scenarios!(
     an_operation_the_database_refuses_fails_alone_in_its_burst,
     pruning_deletes_closed_reservations_and_usage_before_the_cutoff,
     pruning_during_a_burst_keeps_the_budget_exact,
+    pruning_deletes_the_buckets_of_windows_long_over_and_keeps_never,
 );
 
 const POLICY: &str = "team-a/monthly";

@@ -76,8 +76,9 @@
 //!   before the cutoff. Its idempotency key is forgotten with it, and a settle or refund that
 //!   arrives after that fails with [`LedgerError::UnknownReservation`].
 //! - A usage row is deleted once its time is before the cutoff.
-//! - Buckets are never deleted: they are the budgets (one row per bucket and period, not per
-//!   prediction), and a `Never` period's only window may be older than any cutoff.
+//! - A bucket is deleted by [`CreditLedger::prune_buckets`] once its window started more than
+//!   [`LONGEST_WINDOW`] before the cutoff: it had ended by then, and no request charges or reads
+//!   a past window. A `Never` window (it starts at the epoch) is never deleted.
 //!
 //! Reservations are walked in id order from a cursor, a chunk at a time; a chunk in which
 //! nothing was created before the cutoff ends the walk (ids grow with time). Usage rows are
@@ -96,7 +97,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 
-pub use period::{PeriodError, window};
+pub use period::{LONGEST_WINDOW, PeriodError, window};
 
 use crate::config::LedgerUrl;
 
@@ -161,6 +162,11 @@ pub trait CreditLedger: Send + Sync {
     /// Deletes the (at most) `chunk` oldest usage rows whose time is before `before`; returns
     /// how many it deleted.
     fn prune_usage(&self, before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64>;
+
+    /// Deletes (at most `chunk`) buckets whose window started before `started_before`, except
+    /// `Never` windows (which start at the epoch); returns how many it deleted. The caller keeps
+    /// `started_before` at least [`LONGEST_WINDOW`] in the past, so only ended windows go.
+    fn prune_buckets(&self, started_before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64>;
 }
 
 /// Opens (and creates, or migrates) the ledger `url` names.

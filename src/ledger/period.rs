@@ -26,6 +26,10 @@ pub enum PeriodError {
     OutOfRange(#[from] jiff::Error),
 }
 
+/// Longer than any window but `Never`'s (a month of 31 days, plus a time zone's offset): a
+/// window that started this long before an instant had ended by then.
+pub const LONGEST_WINDOW: std::time::Duration = std::time::Duration::from_secs(32 * 24 * 3_600);
+
 /// The window of `period` that contains `now`, calendar-aligned in the IANA zone `tz`.
 ///
 /// - `Hourly`: from the top of the local hour, one hour long.
@@ -165,6 +169,26 @@ mod tests {
         let berlin = win(Period::Weekly, "Europe/Berlin", "2026-05-03T23:30:00Z");
         assert_eq!(berlin.start, ts("2026-05-03T22:00:00Z"));
         assert_eq!(berlin.end, Some(ts("2026-05-10T22:00:00Z")));
+    }
+
+    #[test]
+    fn every_window_but_never_is_shorter_than_the_longest() {
+        for zone in ["UTC", "Europe/Berlin", "Pacific/Kiritimati", "America/Adak"] {
+            for month in 1..=12 {
+                let at = format!("2026-{month:02}-15T12:00:00Z");
+                for period in [
+                    Period::Hourly,
+                    Period::Daily,
+                    Period::Weekly,
+                    Period::Monthly,
+                ] {
+                    let w = win(period, zone, &at);
+                    let end = w.end.expect("ends");
+                    let length = end.duration_since(w.start).unsigned_abs();
+                    assert!(length < LONGEST_WINDOW, "{period:?} in {zone} at {at}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -115,23 +115,11 @@ impl CreditLedger for PostgresLedger {
     }
 
     fn prune_usage(&self, before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64> {
-        Box::pin(async move {
-            let before = before.as_microsecond();
-            let chunk = i64::from(chunk);
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let conn = self.pool.get().await?;
-                match conn
-                    .client
-                    .execute(&conn.st.prune_usage, &[&before, &chunk])
-                    .await
-                {
-                    Ok(deleted) => return Ok(deleted),
-                    Err(e) => retry_or_fail(attempt, e.into()).await?,
-                }
-            }
-        })
+        Box::pin(self.delete_chunk(|st| &st.prune_usage, before, chunk))
+    }
+
+    fn prune_buckets(&self, started_before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64> {
+        Box::pin(self.delete_chunk(|st| &st.prune_buckets, started_before, chunk))
     }
 
     fn balance<'a>(
@@ -251,6 +239,30 @@ impl PostgresLedger {
             let conn = self.pool.get().await?;
             match conn.client.query_one(statement(&conn.st), params).await {
                 Ok(row) => return Ok(row),
+                Err(e) => retry_or_fail(attempt, e.into()).await?,
+            }
+        }
+    }
+
+    /// Runs a chunked delete (`$1`: a time bound, `$2`: the chunk) in its own transaction,
+    /// retried like [`Self::retried`]; how many rows it deleted.
+    async fn delete_chunk(
+        &self,
+        statement: impl Fn(&Statements) -> &tokio_postgres::Statement,
+        bound: Timestamp,
+        chunk: u32,
+    ) -> Result<u64, LedgerError> {
+        let (bound, chunk) = (bound.as_microsecond(), i64::from(chunk));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let conn = self.pool.get().await?;
+            match conn
+                .client
+                .execute(statement(&conn.st), &[&bound, &chunk])
+                .await
+            {
+                Ok(deleted) => return Ok(deleted),
                 Err(e) => retry_or_fail(attempt, e.into()).await?,
             }
         }

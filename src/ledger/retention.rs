@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{CreditLedger, LedgerError, ReservationId};
+use super::{CreditLedger, LONGEST_WINDOW, LedgerError, ReservationId};
 
 /// Rows one prune call may delete.
 pub const CHUNK: u32 = 1_000;
@@ -19,10 +19,12 @@ pub const PAUSE: Duration = Duration::from_millis(10);
 pub struct Pruned {
     pub reservations: u64,
     pub usage: u64,
+    pub buckets: u64,
 }
 
-/// Deletes every closed reservation last changed before `before` and every usage row older than
-/// it, `chunk` rows per call, sleeping `pause` between calls. Stops at the first error: what was
+/// Deletes every closed reservation last changed before `before`, every usage row older than
+/// it and every bucket whose window had ended by then (it started [`LONGEST_WINDOW`] earlier;
+/// `Never` windows stay), `chunk` rows per call, sleeping `pause` between calls. Stops at the first error: what was
 /// deleted before it stays deleted, and the next run starts over from the oldest rows.
 pub async fn prune(
     ledger: &dyn CreditLedger,
@@ -46,6 +48,16 @@ pub async fn prune(
             break;
         }
         tokio::time::sleep(pause).await;
+    }
+    if let Ok(ended) = before.checked_sub(LONGEST_WINDOW) {
+        loop {
+            let deleted = ledger.prune_buckets(ended, chunk).await?;
+            pruned.buckets += deleted;
+            if deleted < u64::from(chunk) {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+        }
     }
     Ok(pruned)
 }

@@ -47,6 +47,7 @@ CREATE TABLE buckets (
     PRIMARY KEY (policy, bucket, window_start)
 ) WITHOUT ROWID;
 CREATE INDEX buckets_by_window ON buckets (policy, window_start);
+CREATE INDEX buckets_by_start ON buckets (window_start);
 
 CREATE TABLE reservations (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -89,6 +90,10 @@ CREATE INDEX usage_by_subject ON usage (subject, time_us);
 CREATE INDEX usage_by_policy ON usage (policy, time_us);
 ";
 
+/// The index retention finds past windows' buckets by.
+const BUCKETS_BY_START: &str =
+    "CREATE INDEX IF NOT EXISTS buckets_by_start ON buckets (window_start)";
+
 type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
 
 /// An operation for the writer thread.
@@ -98,6 +103,7 @@ enum Op {
     Sweep(Timestamp, Reply<u64>),
     PruneReservations(Timestamp, ReservationId, u32, Reply<PrunedChunk>),
     PruneUsage(Timestamp, u32, Reply<u64>),
+    PruneBuckets(Timestamp, u32, Reply<u64>),
 }
 
 /// An operation's result, held until the batch is committed.
@@ -229,6 +235,10 @@ impl CreditLedger for SqliteLedger {
 
     fn prune_usage(&self, before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64> {
         self.write(|reply| Op::PruneUsage(before, chunk, reply))
+    }
+
+    fn prune_buckets(&self, started_before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64> {
+        self.write(|reply| Op::PruneBuckets(started_before, chunk, reply))
     }
 
     fn balance<'a>(
@@ -384,7 +394,10 @@ fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
             tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
-        SCHEMA_VERSION => {}
+        SCHEMA_VERSION => {
+            // Added after version 1 was released, without a version: older flowgates ignore it.
+            tx.execute_batch(BUCKETS_BY_START)?;
+        }
         found if found > SCHEMA_VERSION => {
             return Err(LedgerError::SchemaTooNew {
                 found,
@@ -503,6 +516,11 @@ impl Op {
                 in_savepoint(conn, |c| ops::prune_usage(c, before, chunk)),
                 Answer::Count,
             ),
+            Op::PruneBuckets(started_before, chunk, reply) => answer(
+                reply,
+                in_savepoint(conn, |c| ops::prune_buckets(c, started_before, chunk)),
+                Answer::Count,
+            ),
         }
     }
 
@@ -510,7 +528,7 @@ impl Op {
         match self {
             Op::Reserve(_, reply) => Answer::Reserve(reply, Err(commit_failure(e))),
             Op::Close(.., reply) => Answer::Close(reply, Err(commit_failure(e))),
-            Op::Sweep(_, reply) | Op::PruneUsage(_, _, reply) => {
+            Op::Sweep(_, reply) | Op::PruneUsage(_, _, reply) | Op::PruneBuckets(_, _, reply) => {
                 Answer::Count(reply, Err(commit_failure(e)))
             }
             Op::PruneReservations(.., reply) => Answer::Pruned(reply, Err(commit_failure(e))),

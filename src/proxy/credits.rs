@@ -361,10 +361,12 @@ impl Credits {
                 self.metrics
                     .ledger_pruned("reservations", pruned.reservations);
                 self.metrics.ledger_pruned("usage", pruned.usage);
-                if pruned.reservations + pruned.usage > 0 {
+                self.metrics.ledger_pruned("buckets", pruned.buckets);
+                if pruned.reservations + pruned.usage + pruned.buckets > 0 {
                     tracing::info!(
                         reservations = pruned.reservations,
                         usage = pruned.usage,
+                        buckets = pruned.buckets,
                         %before,
                         "pruned the ledger"
                     );

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flowgate::crd::policy::Period;
 use flowgate::ledger::retention::{self, Pruned};
 use flowgate::ledger::{
-    CreditLedger, LedgerError, ReservationId, ReservationState, ReserveOutcome, ReserveRequest,
-    Resolution, UsageFilter,
+    self, CreditLedger, LedgerError, ReservationId, ReservationState, ReserveOutcome,
+    ReserveRequest, Resolution, UsageFilter,
 };
 use jiff::{SignedDuration, Timestamp};
 
@@ -90,6 +91,7 @@ pub async fn pruning_deletes_closed_reservations_and_usage_before_the_cutoff(sto
         Pruned {
             reservations: 4,
             usage: 5,
+            buckets: 0,
         },
         "settled, refunded, charged and expired; their rows and the late one's expiry row"
     );
@@ -174,6 +176,7 @@ pub async fn pruning_during_a_burst_keeps_the_budget_exact(store: Store) {
         Pruned {
             reservations: 300,
             usage: 300,
+            buckets: 0,
         },
         "every old reservation and its usage row; none of the burst's"
     );
@@ -182,4 +185,81 @@ pub async fn pruning_during_a_burst_keeps_the_budget_exact(store: Store) {
 async fn refund_at(ledger: &Arc<dyn CreditLedger>, id: ReservationId, at: Timestamp) {
     let done = ledger.refund(id, at).await.expect("refund");
     assert_eq!(done.state, ReservationState::Refunded);
+}
+
+/// Buckets go once their window had ended well before the cutoff (it started
+/// `LONGEST_WINDOW` earlier): an old month's, an old day's, a deleted policy's. The current
+/// windows stay, and so does a `Never` budget, however old.
+pub async fn pruning_deletes_the_buckets_of_windows_long_over_and_keeps_never(store: Store) {
+    let ledger = store.open().await;
+    let long_ago = now() - SignedDuration::from_hours(24 * 100);
+    let charge_in = |policy: &str, period: Period, at: Timestamp| {
+        let mut req = request("alice", vec![line(policy, "alice", 1_000, 2)]);
+        req.lines[0].window = ledger::window(period, "UTC", at).expect("window");
+        req.now = at;
+        req.final_cost = true;
+        req
+    };
+    for req in [
+        charge_in("team-a/monthly", Period::Monthly, long_ago),
+        charge_in("team-a/daily", Period::Daily, long_ago),
+        charge_in("team-a/deleted", Period::Hourly, long_ago),
+        charge_in("team-a/lifetime", Period::Never, long_ago),
+        charge_in("team-a/monthly", Period::Monthly, now()),
+        charge_in("team-a/daily", Period::Daily, now()),
+        charge_in("team-a/lifetime", Period::Never, now()),
+    ] {
+        ledger.reserve(req).await.expect("reserve").id();
+    }
+    let balance = |policy: &'static str, period: Period, at: Timestamp| {
+        let ledger = ledger.clone();
+        async move {
+            let window = ledger::window(period, "UTC", at).expect("window");
+            ledger
+                .balance(policy, "alice", &window)
+                .await
+                .expect("balance")
+        }
+    };
+    assert_eq!(
+        balance("team-a/monthly", Period::Monthly, long_ago).await,
+        2
+    );
+
+    let pruned = retention::prune(&*ledger, plus(1, 0), 2, Duration::ZERO)
+        .await
+        .expect("prune");
+    assert_eq!(
+        pruned.buckets, 3,
+        "the old month, the old day and the deleted policy's hour"
+    );
+    for (policy, period, at) in [
+        ("team-a/monthly", Period::Monthly, long_ago),
+        ("team-a/daily", Period::Daily, long_ago),
+        ("team-a/deleted", Period::Hourly, long_ago),
+    ] {
+        assert_eq!(
+            balance(policy, period, at).await,
+            0,
+            "{policy} long ago is gone"
+        );
+    }
+    assert_eq!(balance("team-a/monthly", Period::Monthly, now()).await, 2);
+    assert_eq!(balance("team-a/daily", Period::Daily, now()).await, 2);
+    assert_eq!(
+        balance("team-a/lifetime", Period::Never, now()).await,
+        4,
+        "a Never budget keeps every charge"
+    );
+    // A window that ended, but less than LONGEST_WINDOW before the cutoff, stays for now.
+    let yesterday = now() - SignedDuration::from_hours(24);
+    ledger
+        .reserve(charge_in("team-a/daily", Period::Daily, yesterday))
+        .await
+        .expect("reserve");
+    let again = retention::prune(&*ledger, plus(1, 0), 2, Duration::ZERO)
+        .await
+        .expect("prune again");
+    assert_eq!(again.buckets, 0);
+    assert_eq!(balance("team-a/daily", Period::Daily, yesterday).await, 2);
 }

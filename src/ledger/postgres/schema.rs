@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS buckets (
     PRIMARY KEY (policy, bucket, window_start)
 );
 CREATE INDEX IF NOT EXISTS buckets_by_window ON buckets (policy, window_start);
+CREATE INDEX IF NOT EXISTS buckets_by_start ON buckets (window_start);
 CREATE TABLE IF NOT EXISTS reservations (
     id              bigserial PRIMARY KEY,
     subject         text   NOT NULL,
@@ -112,6 +113,7 @@ pub(super) struct Statements {
     pub(super) sweep: Statement,
     pub(super) prune_reservations: Statement,
     pub(super) prune_usage: Statement,
+    pub(super) prune_buckets: Statement,
     pub(super) policy_usage: Statement,
 }
 
@@ -306,7 +308,7 @@ impl Statements {
                  FROM buckets WHERE policy = $1::text AND window_start = $2::int8"
             ),
         )?;
-        let (prune_reservations, prune_usage) = futures::try_join!(
+        let (prune_reservations, prune_usage, prune_buckets) = futures::try_join!(
             // One chunk of reservations after a cursor, in id order, and of those the closed
             // ones last changed before the cutoff deleted with their lines; the chunk's size,
             // last id and oldest creation time. Rows locked by a settle or refund are skipped
@@ -335,10 +337,20 @@ impl Statements {
                      ORDER BY time_us LIMIT $2::int8
                      FOR UPDATE SKIP LOCKED)"
             ),
+            // Buckets of windows that started before $1 (not `Never`'s, at the epoch), through
+            // `buckets_by_start`; requests only touch current windows, so nothing waits.
+            client.prepare(
+                "DELETE FROM buckets WHERE (policy, bucket, window_start) IN (
+                     SELECT policy, bucket, window_start FROM buckets
+                     WHERE window_start > 0 AND window_start < $1::int8
+                     ORDER BY window_start LIMIT $2::int8
+                     FOR UPDATE SKIP LOCKED)"
+            ),
         )?;
         Ok(Self {
             prune_reservations,
             prune_usage,
+            prune_buckets,
             lock_buckets,
             set_used,
             lock_reservations,

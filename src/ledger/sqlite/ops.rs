@@ -287,6 +287,27 @@ pub(super) const PRUNE_USAGE: &str = "
     DELETE FROM usage WHERE id IN (
         SELECT id FROM usage WHERE time_us < ?1 ORDER BY time_us LIMIT ?2)";
 
+/// Buckets of windows that started before `?1` (not `Never`'s, at the epoch), at most `?2`,
+/// through `buckets_by_start`.
+pub(super) const PRUNE_BUCKETS: &str = "
+    DELETE FROM buckets WHERE (policy, bucket, window_start) IN (
+        SELECT policy, bucket, window_start FROM buckets
+        WHERE window_start > 0 AND window_start < ?1 LIMIT ?2)";
+
+/// Deletes the buckets of past windows; see [`CreditLedger::prune_buckets`].
+///
+/// [`CreditLedger::prune_buckets`]: crate::ledger::CreditLedger::prune_buckets
+pub(super) fn prune_buckets(
+    conn: &Connection,
+    started_before: Timestamp,
+    chunk: u32,
+) -> Result<u64, LedgerError> {
+    let deleted = conn
+        .prepare_cached(PRUNE_BUCKETS)?
+        .execute(params![started_before.as_microsecond(), chunk])?;
+    Ok(deleted as u64)
+}
+
 /// Deletes the closed reservations of one chunk; see [`CreditLedger::prune_reservations`].
 ///
 /// [`CreditLedger::prune_reservations`]: crate::ledger::CreditLedger::prune_reservations

@@ -82,6 +82,10 @@ async fn pruning_reads_only_its_chunk() {
             "INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
         ),
         (ops::PRUNE_USAGE, "usage_by_time (time_us<?)"),
+        (
+            ops::PRUNE_BUCKETS,
+            "buckets_by_start (window_start>? AND window_start<?)",
+        ),
     ] {
         let steps = plan(&conn, statement);
         assert!(
@@ -373,4 +377,30 @@ async fn usage_queries_use_the_index_of_their_filter() {
             "{filter:?} sorts instead of reading in index order: {steps:?}"
         );
     }
+}
+
+/// `buckets_by_start` came after schema version 1 was released: a ledger created before it
+/// gets it when flowgate opens it.
+#[tokio::test]
+async fn a_ledger_from_before_buckets_by_start_gets_the_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    drop(SqliteLedger::open(&path).await.expect("open"));
+    let has_index = |conn: &Connection| -> bool {
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'buckets_by_start'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .expect("sqlite_master")
+            == 1
+    };
+    let conn = Connection::open(&path).expect("open");
+    assert!(has_index(&conn));
+    conn.execute_batch("DROP INDEX buckets_by_start")
+        .expect("as a version-1 ledger had it");
+    assert!(!has_index(&conn));
+    drop(conn);
+    drop(SqliteLedger::open(&path).await.expect("reopen"));
+    assert!(has_index(&Connection::open(&path).expect("open")));
 }
