@@ -13,13 +13,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{Api, DynamicObject, ListParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
 use chart_support::{
-    CHART, env_of, env_value, exists, get, helm, install, install_monitoring_crd, pdb, refused,
-    release_json, template, unique_release, upgrade,
+    CHART, env_of, env_value, exists, get, helm, install, install_monitoring_crd,
+    monitoring_objects, pdb, refused, release_json, template, unique_release, upgrade,
 };
 
 /// The rules the chart's ClusterRole grants with default values — every one of them. Any
@@ -627,12 +626,7 @@ async fn the_service_monitor_and_the_dashboard_are_rendered_when_enabled() {
     let _release = install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
     let name = format!("{ns}-flowgate");
 
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "monitoring.coreos.com",
-        "v1",
-        "ServiceMonitor",
-    ));
-    let monitors: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    let monitors = monitoring_objects(&client, &ns, "ServiceMonitor");
     let monitor = monitors.get(&name).await.expect("ServiceMonitor stored");
     assert_eq!(
         monitor

@@ -10,11 +10,9 @@
 mod chart_support;
 mod support;
 
-use kube::api::{Api, DynamicObject};
-use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
-use chart_support::{install, install_monitoring_crd};
+use chart_support::{install, install_monitoring_crd, monitoring_objects};
 
 fn promtool(args: &[&str], dir: &std::path::Path) -> (bool, String) {
     let Some(bin) = std::env::var_os("FLOWGATE_PROMTOOL") else {
@@ -115,12 +113,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
                            "alertLabels": {"team": "platform"}}}});
     let _release = install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
     let name = format!("{ns}-flowgate");
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "monitoring.coreos.com",
-        "v1",
-        "PrometheusRule",
-    ));
-    let rules: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    let rules = monitoring_objects(&client, &ns, "PrometheusRule");
     let rule = rules.get(&name).await.expect("PrometheusRule stored");
     assert_eq!(
         rule.metadata.labels.as_ref().and_then(|l| l.get("release")),
@@ -227,12 +220,7 @@ async fn without_a_controller_there_is_no_leader_alert() {
         "metrics": {"prometheusRule": {"enabled": true, "selector": r#"job="flowgate-proxy""#}},
     });
     let _release = install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "monitoring.coreos.com",
-        "v1",
-        "PrometheusRule",
-    ));
-    let rules: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    let rules = monitoring_objects(&client, &ns, "PrometheusRule");
     let rule = rules
         .get(&format!("{ns}-flowgate"))
         .await

@@ -30,7 +30,7 @@ use jiff::SignedDuration;
 
 use bursts::*;
 use retention::*;
-use support::{OutcomeExt, Store, at, concurrently, line, now, request, used};
+use support::{OutcomeExt, Store, at, concurrently, line, now, request, used, whole_log};
 use usage_log::*;
 
 macro_rules! scenarios {

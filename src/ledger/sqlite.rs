@@ -102,8 +102,8 @@ enum Op {
     Close(ReservationId, Close, Timestamp, Reply<Resolution>),
     Sweep(Timestamp, Reply<u64>),
     PruneReservations(Timestamp, ReservationId, u32, Reply<PrunedChunk>),
-    PruneUsage(Timestamp, u32, Reply<u64>),
-    PruneBuckets(Timestamp, u32, Reply<u64>),
+    /// A chunked delete of retention: [`ops::PRUNE_USAGE`] or [`ops::PRUNE_BUCKETS`].
+    DeleteChunk(&'static str, Timestamp, u32, Reply<u64>),
 }
 
 /// An operation's result, held until the batch is committed.
@@ -234,11 +234,11 @@ impl CreditLedger for SqliteLedger {
     }
 
     fn prune_usage(&self, before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64> {
-        self.write(|reply| Op::PruneUsage(before, chunk, reply))
+        self.write(|reply| Op::DeleteChunk(ops::PRUNE_USAGE, before, chunk, reply))
     }
 
     fn prune_buckets(&self, started_before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64> {
-        self.write(|reply| Op::PruneBuckets(started_before, chunk, reply))
+        self.write(|reply| Op::DeleteChunk(ops::PRUNE_BUCKETS, started_before, chunk, reply))
     }
 
     fn balance<'a>(
@@ -511,14 +511,9 @@ impl Op {
                 in_savepoint(conn, |c| ops::prune_reservations(c, before, after, chunk)),
                 Answer::Pruned,
             ),
-            Op::PruneUsage(before, chunk, reply) => answer(
+            Op::DeleteChunk(statement, bound, chunk, reply) => answer(
                 reply,
-                in_savepoint(conn, |c| ops::prune_usage(c, before, chunk)),
-                Answer::Count,
-            ),
-            Op::PruneBuckets(started_before, chunk, reply) => answer(
-                reply,
-                in_savepoint(conn, |c| ops::prune_buckets(c, started_before, chunk)),
+                in_savepoint(conn, |c| ops::delete_chunk(c, statement, bound, chunk)),
                 Answer::Count,
             ),
         }
@@ -528,7 +523,7 @@ impl Op {
         match self {
             Op::Reserve(_, reply) => Answer::Reserve(reply, Err(commit_failure(e))),
             Op::Close(.., reply) => Answer::Close(reply, Err(commit_failure(e))),
-            Op::Sweep(_, reply) | Op::PruneUsage(_, _, reply) | Op::PruneBuckets(_, _, reply) => {
+            Op::Sweep(_, reply) | Op::DeleteChunk(.., reply) => {
                 Answer::Count(reply, Err(commit_failure(e)))
             }
             Op::PruneReservations(.., reply) => Answer::Pruned(reply, Err(commit_failure(e))),

@@ -163,6 +163,20 @@ pub fn env_value(env: &BTreeMap<String, Value>, name: &str) -> String {
         .to_string()
 }
 
+/// The prometheus-operator objects of `kind` (`ServiceMonitor`, `PrometheusRule`) in `ns`.
+pub fn monitoring_objects(
+    client: &kube::Client,
+    ns: &str,
+    kind: &str,
+) -> Api<kube::api::DynamicObject> {
+    let resource = kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+        "monitoring.coreos.com",
+        "v1",
+        kind,
+    ));
+    Api::namespaced_with(client.clone(), ns, &resource)
+}
+
 /// A stand-in for one of prometheus-operator's CRDs (`ServiceMonitor`, `PrometheusRule`; not
 /// available offline): enough for the API server to serve the kind, so the chart's object is
 /// stored and read back.

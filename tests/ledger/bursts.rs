@@ -140,13 +140,7 @@ pub async fn a_burst_of_settles_refunds_and_reserves_keeps_the_budget_exact(stor
         "{late} late reserves fit into 10 released credits"
     );
     assert_eq!(used(&*ledger, POLICY, "*").await, 10 + late as i64);
-    let log = ledger
-        .usage(UsageFilter {
-            limit: 1000,
-            ..UsageFilter::default()
-        })
-        .await
-        .expect("usage");
+    let log = whole_log(&*ledger).await;
     let settled: i64 = log
         .iter()
         .filter(|r| r.outcome == ReservationState::Settled)
@@ -246,13 +240,8 @@ pub async fn a_burst_of_final_cost_and_held_reserves_logs_each_final_charge_once
     assert_eq!(reserved.len(), 50, "{outcomes:?}");
     assert_eq!(used(&*ledger, POLICY, "*").await, 50);
 
-    let logged: HashSet<ReservationId> = ledger
-        .usage(UsageFilter {
-            limit: 1000,
-            ..UsageFilter::default()
-        })
+    let logged: HashSet<ReservationId> = whole_log(&*ledger)
         .await
-        .expect("usage")
         .into_iter()
         .map(|row| {
             assert_eq!(
@@ -341,13 +330,7 @@ pub async fn an_operation_the_database_refuses_fails_alone_in_its_burst(store: S
         36 + 18 * 5 + 2 * 2,
         "18 settled at 5, the 2 refused still held at 2"
     );
-    let log = ledger
-        .usage(UsageFilter {
-            limit: 1000,
-            ..UsageFilter::default()
-        })
-        .await
-        .expect("usage");
+    let log = whole_log(&*ledger).await;
     assert_eq!(log.len(), 36 + 18);
     assert!(log.iter().all(|row| row.subject != "refused"));
 }

@@ -163,6 +163,17 @@ pub async fn used(ledger: &dyn CreditLedger, policy: &str, bucket: &str) -> i64 
         .expect("balance")
 }
 
+/// The whole usage log (up to 1,000 rows), newest first.
+pub async fn whole_log(ledger: &dyn CreditLedger) -> Vec<ledger::UsageRecord> {
+    ledger
+        .usage(ledger::UsageFilter {
+            limit: 1000,
+            ..ledger::UsageFilter::default()
+        })
+        .await
+        .expect("usage")
+}
+
 /// Runs `n` reserves at once and returns their outcomes.
 pub async fn concurrently(
     ledger: &Arc<dyn CreditLedger>,

@@ -294,20 +294,6 @@ pub(super) const PRUNE_BUCKETS: &str = "
         SELECT policy, bucket, window_start FROM buckets
         WHERE window_start > 0 AND window_start < ?1 LIMIT ?2)";
 
-/// Deletes the buckets of past windows; see [`CreditLedger::prune_buckets`].
-///
-/// [`CreditLedger::prune_buckets`]: crate::ledger::CreditLedger::prune_buckets
-pub(super) fn prune_buckets(
-    conn: &Connection,
-    started_before: Timestamp,
-    chunk: u32,
-) -> Result<u64, LedgerError> {
-    let deleted = conn
-        .prepare_cached(PRUNE_BUCKETS)?
-        .execute(params![started_before.as_microsecond(), chunk])?;
-    Ok(deleted as u64)
-}
-
 /// Deletes the closed reservations of one chunk; see [`CreditLedger::prune_reservations`].
 ///
 /// [`CreditLedger::prune_reservations`]: crate::ledger::CreditLedger::prune_reservations
@@ -341,14 +327,16 @@ pub(super) fn prune_reservations(
     ))
 }
 
-/// Deletes the oldest usage rows before `before`, at most `chunk`.
-pub(super) fn prune_usage(
+/// Runs one of the chunked deletes, [`PRUNE_USAGE`] or [`PRUNE_BUCKETS`] (`?1`: a time bound,
+/// `?2`: the chunk); how many rows it deleted.
+pub(super) fn delete_chunk(
     conn: &Connection,
-    before: Timestamp,
+    statement: &str,
+    bound: Timestamp,
     chunk: u32,
 ) -> Result<u64, LedgerError> {
     let deleted = conn
-        .prepare_cached(PRUNE_USAGE)?
-        .execute(params![before.as_microsecond(), chunk])?;
+        .prepare_cached(statement)?
+        .execute(params![bound.as_microsecond(), chunk])?;
     Ok(deleted as u64)
 }

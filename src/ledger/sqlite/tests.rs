@@ -3,6 +3,14 @@
 use super::*;
 use crate::ledger::{BudgetLine, Window};
 
+/// A ledger file with the schema, in a directory that lives as long as the returned guard.
+async fn created() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    drop(SqliteLedger::open(&path).await.expect("open"));
+    (dir, path)
+}
+
 #[tokio::test]
 async fn the_database_is_wal_with_full_sync_and_versioned() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -49,9 +57,7 @@ fn scans_a_table(step: &str) -> bool {
 /// find expired reservations through the index of open ones, never by a scan.
 #[tokio::test]
 async fn the_sweep_reads_only_open_reservations() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("ledger.db");
-    drop(SqliteLedger::open(&path).await.expect("open"));
+    let (_dir, path) = created().await;
     let conn = open_writer(&path).expect("reopen");
     for statement in [ops::SWEEP_USAGE, ops::SWEEP_STATE] {
         let steps = plan(&conn, statement);
@@ -70,9 +76,7 @@ async fn the_sweep_reads_only_open_reservations() {
 /// through the primary key or the time index, never by reading a whole table.
 #[tokio::test]
 async fn pruning_reads_only_its_chunk() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("ledger.db");
-    drop(SqliteLedger::open(&path).await.expect("open"));
+    let (_dir, path) = created().await;
     let conn = open_writer(&path).expect("reopen");
     for (statement, uses) in [
         (ops::PRUNE_CHUNK, "INTEGER PRIMARY KEY (rowid>?)"),
@@ -104,9 +108,7 @@ async fn pruning_reads_only_its_chunk() {
 /// re-prepare it each time; rusqlite's `Savepoint` parses its SQL anew each time).
 #[tokio::test]
 async fn the_hot_statements_are_compiled_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("ledger.db");
-    drop(SqliteLedger::open(&path).await.expect("open"));
+    let (_dir, path) = created().await;
     let mut conn = open_writer(&path).expect("reopen");
     let now = Timestamp::now();
     for n in 0..20 {
@@ -192,9 +194,7 @@ async fn a_missing_directory_is_an_error_not_a_hang() {
 /// before and after it in the same transaction are kept.
 #[tokio::test]
 async fn an_operation_failing_after_its_writes_is_rolled_back_alone() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("ledger.db");
-    drop(SqliteLedger::open(&path).await.expect("open"));
+    let (_dir, path) = created().await;
     let mut conn = open_writer(&path).expect("reopen");
     conn.execute_batch(
         "CREATE TRIGGER refuse BEFORE INSERT ON usage WHEN NEW.subject = 'refused'
@@ -316,9 +316,7 @@ async fn an_operation_failing_after_its_writes_is_rolled_back_alone() {
 /// `usage_by_subject`, a cursor as a range of it), never by walking the whole log.
 #[tokio::test]
 async fn usage_queries_use_the_index_of_their_filter() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("ledger.db");
-    drop(SqliteLedger::open(&path).await.expect("open"));
+    let (_dir, path) = created().await;
     let conn = open_writer(&path).expect("reopen");
     let text = |s: &str| Some(s.to_string());
     let since = Some(Timestamp::UNIX_EPOCH);
@@ -383,9 +381,7 @@ async fn usage_queries_use_the_index_of_their_filter() {
 /// gets it when flowgate opens it.
 #[tokio::test]
 async fn a_ledger_from_before_buckets_by_start_gets_the_index() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("ledger.db");
-    drop(SqliteLedger::open(&path).await.expect("open"));
+    let (_dir, path) = created().await;
     let has_index = |conn: &Connection| -> bool {
         conn.query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'buckets_by_start'",
