@@ -65,6 +65,7 @@ pub struct Metrics {
     ledger_latency: Family<OperationLabels, Histogram>,
     credit_alerts: Family<AlertLabels, Counter>,
     ledger_pruned: Family<TableLabels, Counter>,
+    ledger_prune_failures: Counter,
     /// Unix time of the snapshot the proxy serves.
     pub snapshot_compiled: Gauge,
     /// The controller's reconciles, status writes, Flowise sync passes and leadership.
@@ -141,6 +142,12 @@ impl Metrics {
             "Ledger rows deleted by FLOWGATE_LEDGER_RETENTION: reservations, usage, buckets",
             ledger_pruned.clone(),
         );
+        let ledger_prune_failures = Counter::default();
+        registry.register(
+            "ledger_prune_failures",
+            "Retention runs that stopped on a ledger error (the next one starts over)",
+            ledger_prune_failures.clone(),
+        );
         let snapshot_compiled = Gauge::default();
         registry.register(
             "index_snapshot_timestamp_seconds",
@@ -158,6 +165,7 @@ impl Metrics {
             ledger_latency,
             credit_alerts,
             ledger_pruned,
+            ledger_prune_failures,
             snapshot_compiled,
             controller,
         }
@@ -208,6 +216,11 @@ impl Metrics {
         self.ledger_pruned
             .get_or_create(&TableLabels { table })
             .inc_by(rows);
+    }
+
+    /// Counts a retention run that stopped on a ledger error.
+    pub fn ledger_prune_failed(&self) {
+        self.ledger_prune_failures.inc();
     }
 
     /// Counts a subject crossing a policy's alert threshold.

@@ -98,6 +98,11 @@ fn series(sel: &str, healthy: bool) -> Vec<Value> {
             pick("0x40", "0+1x40"),
         ),
         s("flowgate_controller_leader", "", pick("1x40", "0x40")),
+        s(
+            "flowgate_ledger_prune_failures_total",
+            "",
+            pick("0x40", "0+1x40"),
+        ),
     ]
 }
 
@@ -146,6 +151,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
             "FlowgateDown",
             "FlowgateLedgerUnavailable",
             "FlowgateLedgerSlow",
+            "FlowgateLedgerRetentionFailing",
             "FlowgateFlowiseErrors",
             "FlowgateReconcileErrors",
             "FlowgateFlowiseSyncFailing",

@@ -369,9 +369,10 @@ async fn a_global_admin_reads_the_usage_log_filtered_and_no_one_else_does() {
     team.cleanup().await;
 }
 
-/// `flowgate_ledger_pruned_rows_total` of one table, once it reaches `want`.
-async fn pruned_rows_become(gate: &Flowgate, table: &str, want: u64) {
-    let series = format!("flowgate_ledger_pruned_rows_total{{table=\"{table}\"}} ");
+/// Waits until the metric series `series` (name and labels, as `/metrics` prints them) reads
+/// `want`.
+async fn metric_becomes(gate: &Flowgate, series: &str, want: u64) {
+    let prefix = format!("{series} ");
     let mut seen = None;
     for _ in 0..100 {
         let text = reqwest::get(format!("{}/metrics", gate.ops))
@@ -382,18 +383,18 @@ async fn pruned_rows_become(gate: &Flowgate, table: &str, want: u64) {
             .expect("metrics text");
         seen = text
             .lines()
-            .find_map(|line| line.strip_prefix(&series))
+            .find_map(|line| line.strip_prefix(&prefix))
             .map(|n| n.trim().parse::<u64>().expect("a count"));
         if seen == Some(want) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{table}: pruned {seen:?}, want {want}");
+    panic!("{series}: {seen:?}, want {want}");
 }
 
 #[tokio::test]
-async fn a_ledger_retention_prunes_old_reservations_and_usage_at_start_and_keeps_budgets() {
+async fn a_ledger_retention_prunes_old_rows_at_start_keeps_budgets_and_counts_failed_runs() {
     use flowgate::ledger::{self, BudgetLine, ReserveOutcome, ReserveRequest, UsageFilter};
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -438,8 +439,9 @@ async fn a_ledger_retention_prunes_old_reservations_and_usage_at_start_and_keeps
         ..Default::default()
     })
     .await;
-    pruned_rows_become(&gate, "reservations", 3).await;
-    pruned_rows_become(&gate, "usage", 3).await;
+    let pruned = |table: &str| format!("flowgate_ledger_pruned_rows_total{{table=\"{table}\"}}");
+    metric_becomes(&gate, &pruned("reservations"), 3).await;
+    metric_becomes(&gate, &pruned("usage"), 3).await;
 
     let (status, rows) = call(
         &gate,
@@ -463,14 +465,45 @@ async fn a_ledger_retention_prunes_old_reservations_and_usage_at_start_and_keeps
         16,
         "the lifetime budget keeps every charge"
     );
-    let left = ledger
-        .usage(UsageFilter {
-            policy: Some(policy.into()),
-            ..Default::default()
+    let of_policy = || UsageFilter {
+        policy: Some(policy.into()),
+        ..Default::default()
+    };
+    assert_eq!(ledger.usage(of_policy()).await.expect("usage").len(), 1);
+
+    // A run that fails (here the database refuses to delete usage rows) is counted, and the
+    // rows it could not delete stay.
+    let old = now - jiff::SignedDuration::from_hours(40 * 24);
+    for _ in 0..2 {
+        ledger.reserve(predict_at(old)).await.expect("reserve");
+    }
+    drop(ledger);
+    rusqlite::Connection::open(dir.path().join("ledger.db"))
+        .and_then(|c| {
+            c.execute_batch(
+                "CREATE TRIGGER keep BEFORE DELETE ON usage
+                 BEGIN SELECT RAISE(ABORT, 'kept by the test'); END;",
+            )
         })
-        .await
-        .expect("usage");
-    assert_eq!(left.len(), 1);
+        .expect("trigger");
+    let gate = Flowgate::start_with(Options {
+        flowise_url: Some(fake.url.clone()),
+        ledger_url: Some(format!(
+            "sqlite://{}",
+            dir.path().join("ledger.db").display()
+        )),
+        ledger_retention: Some("30d".into()),
+        ..Default::default()
+    })
+    .await;
+    metric_becomes(&gate, "flowgate_ledger_prune_failures_total", 1).await;
+    drop(gate);
+    let ledger = ledger::open(&store).await.expect("reopen");
+    assert_eq!(
+        ledger.usage(of_policy()).await.expect("usage").len(),
+        3,
+        "the recent row and the two the failed run could not delete"
+    );
 }
 
 #[tokio::test]

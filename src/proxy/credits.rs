@@ -372,7 +372,10 @@ impl Credits {
                     );
                 }
             }
-            Err(error) => tracing::warn!(%error, "pruning the ledger failed"),
+            Err(error) => {
+                self.metrics.ledger_prune_failed();
+                tracing::warn!(%error, "pruning the ledger failed");
+            }
         }
     }
 }
