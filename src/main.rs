@@ -111,11 +111,9 @@ fn backup(ledger_url: &str, dest: &std::path::Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    if dest != std::path::Path::new("-") {
-        return Ok(runtime.block_on(ledger::backup(&url, dest))?);
-    }
-    let LedgerUrl::Sqlite(path) = &url else {
-        return Ok(runtime.block_on(ledger::backup(&url, dest))?);
+    let path = match &url {
+        LedgerUrl::Sqlite(path) if dest == std::path::Path::new("-") => path,
+        _ => return Ok(runtime.block_on(ledger::backup(&url, dest))?),
     };
     let scratch = path.with_file_name(format!(
         ".{}.backup-{}",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{CreditLedger, LONGEST_WINDOW, LedgerError, ReservationId};
+use super::{CreditLedger, LONGEST_WINDOW, LedgerError, LedgerFuture, ReservationId};
 
 /// Rows one prune call may delete.
 pub const CHUNK: u32 = 1_000;
@@ -24,8 +24,9 @@ pub struct Pruned {
 
 /// Deletes every closed reservation last changed before `before`, every usage row older than
 /// it and every bucket whose window had ended by then (it started [`LONGEST_WINDOW`] earlier;
-/// `Never` windows stay), `chunk` rows per call, sleeping `pause` between calls. Stops at the first error: what was
-/// deleted before it stays deleted, and the next run starts over from the oldest rows.
+/// `Never` windows stay), `chunk` rows per call, sleeping `pause` between calls. Stops at the
+/// first error: what was deleted before it stays deleted, and the next run starts over from the
+/// oldest rows.
 pub async fn prune(
     ledger: &dyn CreditLedger,
     before: Timestamp,
@@ -41,23 +42,27 @@ pub async fn prune(
         after = next;
         tokio::time::sleep(pause).await;
     }
+    pruned.usage = drain(chunk, pause, || ledger.prune_usage(before, chunk)).await?;
+    if let Ok(ended) = before.checked_sub(LONGEST_WINDOW) {
+        pruned.buckets = drain(chunk, pause, || ledger.prune_buckets(ended, chunk)).await?;
+    }
+    Ok(pruned)
+}
+
+/// Calls `delete` until it deletes fewer than a `chunk`, sleeping `pause` in between; how many
+/// rows it deleted in all.
+async fn drain<'a>(
+    chunk: u32,
+    pause: Duration,
+    mut delete: impl FnMut() -> LedgerFuture<'a, u64>,
+) -> Result<u64, LedgerError> {
+    let mut total = 0;
     loop {
-        let deleted = ledger.prune_usage(before, chunk).await?;
-        pruned.usage += deleted;
+        let deleted = delete().await?;
+        total += deleted;
         if deleted < u64::from(chunk) {
-            break;
+            return Ok(total);
         }
         tokio::time::sleep(pause).await;
     }
-    if let Ok(ended) = before.checked_sub(LONGEST_WINDOW) {
-        loop {
-            let deleted = ledger.prune_buckets(ended, chunk).await?;
-            pruned.buckets += deleted;
-            if deleted < u64::from(chunk) {
-                break;
-            }
-            tokio::time::sleep(pause).await;
-        }
-    }
-    Ok(pruned)
 }

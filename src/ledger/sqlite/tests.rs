@@ -53,6 +53,20 @@ fn scans_a_table(step: &str) -> bool {
     step.starts_with("SCAN") && !step.starts_with("SCAN (subquery")
 }
 
+/// Asserts that `statement`'s plan reads through `index` (a plan step names it) and reads no
+/// table from end to end.
+fn assert_reads_through(conn: &Connection, statement: &str, index: &str) {
+    let steps = plan(conn, statement);
+    assert!(
+        steps.iter().any(|s| s.contains(index)),
+        "{statement} does not use {index}: {steps:?}"
+    );
+    assert!(
+        !steps.iter().any(|s| scans_a_table(s)),
+        "{statement} scans: {steps:?}"
+    );
+}
+
 /// The sweep runs every 30 s on the writer, whose table of reservations only grows: it must
 /// find expired reservations through the index of open ones, never by a scan.
 #[tokio::test]
@@ -60,15 +74,7 @@ async fn the_sweep_reads_only_open_reservations() {
     let (_dir, path) = created().await;
     let conn = open_writer(&path).expect("reopen");
     for statement in [ops::SWEEP_USAGE, ops::SWEEP_STATE] {
-        let steps = plan(&conn, statement);
-        assert!(
-            steps.iter().any(|s| s.contains("reservations_open")),
-            "{statement}: {steps:?}"
-        );
-        assert!(
-            !steps.iter().any(|s| scans_a_table(s)),
-            "{statement} scans: {steps:?}"
-        );
+        assert_reads_through(&conn, statement, "reservations_open");
     }
 }
 
@@ -91,15 +97,7 @@ async fn pruning_reads_only_its_chunk() {
             "buckets_by_start (window_start>? AND window_start<?)",
         ),
     ] {
-        let steps = plan(&conn, statement);
-        assert!(
-            steps.iter().any(|s| s.contains(uses)),
-            "{statement} does not use {uses}: {steps:?}"
-        );
-        assert!(
-            !steps.iter().any(|s| scans_a_table(s)),
-            "{statement} scans: {steps:?}"
-        );
+        assert_reads_through(&conn, statement, uses);
     }
 }
 
