@@ -24,6 +24,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::telemetry;
+
 /// Response body type shared by every handler.
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -77,12 +79,15 @@ impl Threads {
             let (tx, mut rx) = mpsc::channel::<(std::net::TcpStream, SocketAddr)>(HANDOFF_QUEUE);
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             let (shutdown, background) = (shutdown.clone(), background.clone());
+            // The thread's log lines (a decision per request) are written when it goes idle.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_park(telemetry::flush_thread)
                 .build()?;
             std::thread::Builder::new()
                 .name(format!("flowgate-proxy-{i}"))
                 .spawn(move || {
+                    telemetry::buffer_thread();
                     runtime.block_on(async move {
                         let mut connections = Connections::new(handler);
                         loop {
@@ -112,6 +117,7 @@ impl Threads {
                             );
                         }
                     });
+                    telemetry::flush_thread();
                     let _ = done_tx.send(());
                 })?;
             threads.senders.push(tx);

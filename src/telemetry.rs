@@ -1,6 +1,17 @@
 //! Logging set-up: `tracing` to stderr, text or JSON, filtered by `RUST_LOG` (default `info`).
+//!
+//! The proxy logs every decision, so a line per request is written at full load. A proxy thread
+//! therefore holds its lines in a buffer of its own ([`buffer_thread`]) and writes them in one
+//! `write` when its runtime goes idle ([`flush_thread`], tokio's `on_thread_park`), when the
+//! buffer reaches [`FLUSH_AT`] bytes, or when the thread ends. An idle proxy writes each line at
+//! once; a busy one writes a few lines per syscall, and never contends with the other proxy
+//! threads for the stderr lock per line. Every other thread writes straight to stderr.
+
+use std::cell::RefCell;
+use std::io::Write;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::LogFormat;
 
@@ -12,7 +23,7 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(Stderr);
     match format {
         LogFormat::Json => builder
             .json()
@@ -27,4 +38,131 @@ pub fn init(format: LogFormat) {
 /// Idempotent.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A thread's buffered lines are written once they reach this many bytes (~50 decision lines).
+pub const FLUSH_AT: usize = 16 * 1024;
+
+thread_local! {
+    static LINES: RefCell<Option<Lines<std::io::Stderr>>> = const { RefCell::new(None) };
+}
+
+/// From now on this thread's log lines are buffered until [`flush_thread`], [`FLUSH_AT`] bytes,
+/// or the end of the thread.
+pub fn buffer_thread() {
+    LINES.with(|lines| {
+        if let Ok(mut lines) = lines.try_borrow_mut() {
+            lines.get_or_insert_with(|| Lines::new(std::io::stderr()));
+        }
+    });
+}
+
+/// Writes the lines this thread holds. Cheap when it holds none.
+pub fn flush_thread() {
+    LINES.with(|lines| {
+        if let Ok(mut lines) = lines.try_borrow_mut()
+            && let Some(lines) = lines.as_mut()
+        {
+            lines.flush();
+        }
+    });
+}
+
+/// Whole log lines waiting to be written to `out` together.
+struct Lines<W: Write> {
+    out: W,
+    held: Vec<u8>,
+}
+
+impl<W: Write> Lines<W> {
+    fn new(out: W) -> Self {
+        Self {
+            out,
+            held: Vec::with_capacity(FLUSH_AT),
+        }
+    }
+
+    fn push(&mut self, line: &[u8]) {
+        self.held.extend_from_slice(line);
+        if self.held.len() >= FLUSH_AT {
+            self.flush();
+        }
+    }
+
+    /// A log line that cannot be written is dropped: there is nowhere left to report it.
+    fn flush(&mut self) {
+        if !self.held.is_empty() {
+            let _ = self.out.write_all(&self.held);
+            self.held.clear();
+        }
+    }
+}
+
+impl<W: Write> Drop for Lines<W> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// The subscriber's writer: this thread's buffer if it has one, stderr otherwise. The fmt layer
+/// writes each event with one `write_all`, so a buffer only ever holds whole lines.
+#[derive(Clone, Copy)]
+struct Stderr;
+
+impl<'a> MakeWriter<'a> for Stderr {
+    type Writer = Stderr;
+
+    fn make_writer(&'a self) -> Stderr {
+        Stderr
+    }
+}
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let held = LINES.with(|lines| match lines.try_borrow_mut() {
+            Ok(mut lines) => lines.as_mut().map(|lines| lines.push(buf)).is_some(),
+            Err(_) => false,
+        });
+        if held {
+            Ok(buf.len())
+        } else {
+            std::io::stderr().write(buf)
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_wait_for_a_flush_or_a_full_buffer() {
+        let mut lines = Lines::new(Vec::new());
+        lines.push(b"one\n");
+        lines.push(b"two\n");
+        assert!(lines.out.is_empty(), "held until flushed");
+        lines.flush();
+        assert_eq!(lines.out, b"one\ntwo\n");
+
+        let long = vec![b'x'; FLUSH_AT - 1];
+        lines.push(&long);
+        assert_eq!(lines.out.len(), 8, "below the limit: held");
+        lines.push(b"\n");
+        assert_eq!(lines.out.len(), 8 + FLUSH_AT, "at the limit: written");
+        assert!(lines.held.is_empty());
+    }
+
+    #[test]
+    fn a_dropped_buffer_writes_what_it_held() {
+        let mut out = Vec::new();
+        {
+            let mut lines = Lines::new(&mut out);
+            lines.push(b"last words\n");
+        }
+        assert_eq!(out, b"last words\n");
+    }
 }

@@ -1,6 +1,7 @@
 //! The real flowgate binary under faults: the API server unreachable under steady load (decisions
 //! keep coming from the last snapshot), SIGTERM draining an in-flight stream, and `kill -9` under
-//! load followed by a restart on the same ledger (no charge lost, none doubled).
+//! load followed by a restart on the same ledger (no charge lost, none doubled), and the decision
+//! log complete both when idle and at exit.
 
 mod support;
 
@@ -38,9 +39,37 @@ async fn spawn_on(
     ledger_url: &str,
     dir: tempfile::TempDir,
 ) -> Process {
+    launch(flowise_url, kubeconfig, ledger_url, dir, None).await
+}
+
+/// Like [`spawn`], logging at `info` (every decision) to the file `log`.
+async fn spawn_logging(
+    flowise_url: &str,
+    kubeconfig: &std::path::Path,
+    log: &std::path::Path,
+) -> Process {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    launch(flowise_url, kubeconfig, &ledger, dir, Some(log)).await
+}
+
+async fn launch(
+    flowise_url: &str,
+    kubeconfig: &std::path::Path,
+    ledger_url: &str,
+    dir: tempfile::TempDir,
+    log: Option<&std::path::Path>,
+) -> Process {
     let secret = dir.path().join("hs256");
     std::fs::write(&secret, SECRET).expect("secret");
     let (port, ops) = (free_port(), free_port());
+    let (filter, stderr) = match log {
+        Some(log) => (
+            "info",
+            Stdio::from(std::fs::File::create(log).expect("log file")),
+        ),
+        None => ("error", Stdio::inherit()),
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
         .args(["run", "--no-controller"])
         .env("KUBECONFIG", kubeconfig)
@@ -49,9 +78,9 @@ async fn spawn_on(
         .env("FLOWGATE_OPS_ADDR", format!("127.0.0.1:{ops}"))
         .env("FLOWGATE_LEDGER_URL", ledger_url)
         .env("FLOWGATE_JWT_HS256_SECRET_FILE", &secret)
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", filter)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("flowgate binary starts");
     let process = Process {
@@ -225,6 +254,68 @@ async fn sigterm_drains_an_in_flight_stream() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+/// Decision lines in a log file (`decision="allow"` and the like).
+fn decisions(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .expect("log readable")
+        .lines()
+        .filter(|line| line.contains(" decision="))
+        .count()
+}
+
+#[tokio::test]
+async fn every_decision_is_logged_when_idle_and_before_exit() {
+    // Proxy threads hold their log lines until they go idle; a line must never wait for traffic.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
+        let team = Team::with_fake_flowise("process-logs").await;
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("flowgate.log");
+        let mut gate = spawn_logging(&fake.url, std::path::Path::new(&kubeconfig), &log).await;
+        let (id, alice) = (team.flowise_id.clone(), team.alice());
+        eventually(&gate.base, &alice, &id, 200).await;
+
+        // One request on an idle proxy: its line appears without any further traffic.
+        let before = decisions(&log);
+        assert_eq!(predict(&gate.base, &alice, &id).await, 200);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while decisions(&log) == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the decision of an idle proxy is still unwritten after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(decisions(&log), before + 1);
+
+        // A burst, then SIGTERM at once: every line is in the log when the process has exited.
+        let before = decisions(&log);
+        let http = reqwest::Client::new();
+        let burst = (0..400).map(|_| predict_with(&http, &gate.base, &alice, &id));
+        let statuses = futures::future::join_all(burst).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        let pid = gate.child.id().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while gate.child.try_wait().expect("wait").is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "flowgate exited after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(decisions(&log), before + 400);
         team.cleanup().await;
     })
     .await
