@@ -9,21 +9,37 @@
 
 use sha2::{Digest, Sha256};
 
-/// The session prefix of the caller with subject `key`.
+/// The session prefix of the caller with subject `key`: `fg-` and 16 hex digits of its SHA-256.
 pub fn prefix(subject_key: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(subject_key.as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("fg-{hex}-")
+    // Room for a new session's uuid too: one allocation per request.
+    let mut prefix = String::with_capacity(PREFIX_LEN + uuid::fmt::Hyphenated::LENGTH);
+    prefix.push_str("fg-");
+    for byte in &digest[..8] {
+        prefix.push(char::from(HEX[usize::from(byte >> 4)]));
+        prefix.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    prefix.push('-');
+    prefix
 }
+
+/// `fg-`, 16 hex digits, `-`.
+const PREFIX_LEN: usize = 20;
 
 /// The chat id Flowise gets for a client's requested id (`None`: a new session).
 pub fn bind(subject_key: &str, requested: Option<&str>) -> String {
-    let prefix = prefix(subject_key);
+    let mut bound = prefix(subject_key);
     match requested.map(str::trim).filter(|r| !r.is_empty()) {
-        Some(id) if id.starts_with(&prefix) => id.to_string(),
-        Some(id) => format!("{prefix}{}", truncate(id, 200)),
-        None => format!("{prefix}{}", uuid::Uuid::new_v4()),
+        Some(id) if id.starts_with(&bound) => return id.to_string(),
+        Some(id) => bound.push_str(truncate(id, 200)),
+        None => bound.push_str(
+            uuid::Uuid::new_v4()
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        ),
     }
+    bound
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -71,6 +87,16 @@ mod tests {
         assert!(id.starts_with(&prefix("user:alice")));
         assert_eq!(b["chatId"], json!(id));
         assert_ne!(bind("user:alice", None), bind("user:alice", None));
+    }
+
+    #[test]
+    fn the_prefix_is_stable_across_versions() {
+        // Sessions already in Flowise carry it: it must never change.
+        assert_eq!(prefix("user:alice"), "fg-dabd1db8d35ab131-");
+        assert_eq!(prefix("user:alice").len(), PREFIX_LEN);
+        let id = bind("user:alice", None);
+        assert_eq!(id.len(), PREFIX_LEN + 36, "{id}");
+        assert!(uuid::Uuid::parse_str(&id[PREFIX_LEN..]).is_ok(), "{id}");
     }
 
     #[test]
