@@ -172,6 +172,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             metrics: metrics.clone(),
             token_endpoint: config.token_endpoint_url.clone(),
             http: reqwest::Client::new(),
+            limiter: Arc::default(),
             admin: client
                 .clone()
                 .zip(controller.as_ref())

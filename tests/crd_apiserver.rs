@@ -174,6 +174,18 @@ async fn other_schema_violations_are_refused_naming_the_field() {
                             "cost": {"perPrediction": -2}}}),
             "spec.cost.perPrediction",
         ),
+        (
+            json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess", "metadata": {"name": "h"},
+                   "spec": {"chatflows": ["x"], "subjects": [{"user": "u"}],
+                            "rateLimit": {"requests": 0, "per": "Minute"}}}),
+            "spec.rateLimit.requests",
+        ),
+        (
+            json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess", "metadata": {"name": "i"},
+                   "spec": {"chatflows": ["x"], "subjects": [{"user": "u"}],
+                            "rateLimit": {"requests": 5, "per": "Day"}}}),
+            "spec.rateLimit.per",
+        ),
     ];
     for (doc, field) in cases {
         let message = rejection_message(create(&client, &ns, doc).await);

@@ -131,6 +131,7 @@ fn new_object(name: &str, chatflow: &str, subjects: Vec<Subject>) -> ChatflowAcc
             role: Role::User,
             expires_at: None,
             suspended: false,
+            rate_limit: None,
         },
         status: None,
     }

@@ -98,7 +98,7 @@ pub const OPERATIONS: &[Operation] = &[
             "Prediction, forwarded to Flowise (JSON, or SSE when streaming)",
             Some("PredictionRequest"),
             "PredictionResponse",
-            &[400, 401, 402, 403, 404, 409, 413, 502, 503, 504],
+            &[400, 401, 402, 403, 404, 409, 413, 429, 502, 503, 504],
         )
     },
     op(
@@ -125,7 +125,7 @@ pub const OPERATIONS: &[Operation] = &[
             "The Python service's prediction",
             Some("CompatPredictRequest"),
             "CompatPredictResponse",
-            &[400, 401, 402, 403, 404, 409, 413, 502, 503, 504],
+            &[400, 401, 402, 403, 404, 409, 413, 429, 502, 503, 504],
         )
     },
     Operation {

@@ -49,6 +49,41 @@ pub struct ChatflowAccessSpec {
     /// When true, the access is kept but grants nothing.
     #[serde(default)]
     pub suspended: bool,
+
+    /// At most this many predictions per subject through this access, over its chatflows
+    /// together; more are refused with 429 until the rate allows again. Counted by each proxy
+    /// replica on its own. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A request rate: `requests` per `per`, which may all come at once (a burst of `requests`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Predictions allowed per period.
+    #[schemars(range(min = 1))]
+    pub requests: u32,
+    /// The period: `Second`, `Minute` or `Hour`.
+    pub per: RatePeriod,
+}
+
+/// The period of a [`RateLimit`]. Windows slide: the allowance refills steadily.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum RatePeriod {
+    Second,
+    Minute,
+    Hour,
+}
+
+impl RatePeriod {
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(match self {
+            Self::Second => 1,
+            Self::Minute => 60,
+            Self::Hour => 3600,
+        })
+    }
 }
 
 /// One party that may be granted access or charged credits. Set exactly one field.

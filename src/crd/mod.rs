@@ -9,7 +9,8 @@ pub mod conditions;
 pub mod policy;
 
 pub use access::{
-    ChatflowAccess, ChatflowAccessSpec, ChatflowAccessStatus, Role, ServiceAccountRef, Subject,
+    ChatflowAccess, ChatflowAccessSpec, ChatflowAccessStatus, RateLimit, RatePeriod, Role,
+    ServiceAccountRef, Subject,
 };
 pub use chatflow::{
     Chatflow, ChatflowDefinition, ChatflowSpec, ChatflowStatus, ChatflowType, DeletionPolicy,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy, Role};
+use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy, RateLimit, Role};
 pub use rules::{AccessRule, ChatflowRule, ChatflowSelector, InvalidSpec, PolicyRule, SubjectRule};
 
 /// The raw resources a snapshot is compiled from.
@@ -61,6 +61,32 @@ pub struct Invalid {
 struct Grant {
     role: Role,
     expires_at: Option<Timestamp>,
+    limit: Option<Limit>,
+}
+
+/// The rate limit of one ChatflowAccess, carried by each of its grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Position of the ChatflowAccess in [`Snapshot::access_rules`]: whose allowance is counted.
+    pub rule: u32,
+    pub rate: RateLimit,
+}
+
+impl Limit {
+    /// Whether this limit allows more than `other` (a higher rate).
+    fn more_than(&self, other: &Limit) -> bool {
+        let per = |l: &Limit| l.rate.per.duration().as_secs();
+        u64::from(self.rate.requests) * per(other) > u64::from(other.rate.requests) * per(self)
+    }
+}
+
+/// What a caller may do with a chatflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// The strongest role of the caller's live grants.
+    pub role: Role,
+    /// The most generous rate limit among them; `None` when any of them has none.
+    pub limit: Option<Limit>,
 }
 
 impl Grant {
@@ -140,6 +166,7 @@ pub fn compile(resources: &Resources) -> Snapshot {
                 continue;
             }
         };
+        let position = u32::try_from(snap.access_rules.len()).unwrap_or(u32::MAX);
         snap.access_rules.push(rule.clone());
         if rule.suspended {
             continue;
@@ -147,6 +174,10 @@ pub fn compile(resources: &Resources) -> Snapshot {
         let grant = Grant {
             role: rule.role,
             expires_at: rule.expires_at,
+            limit: rule.rate_limit.map(|rate| Limit {
+                rule: position,
+                rate,
+            }),
         };
         let targets = snap.targets(&rule.namespace, &rule.chatflows, &ns_index);
         for subject in &rule.subjects {
@@ -284,15 +315,36 @@ impl Snapshot {
         chatflow: &ChatflowEntry,
         now: Timestamp,
     ) -> Option<Role> {
-        let mut best: Option<Role> = None;
+        self.access(caller, chatflow, now).map(|access| access.role)
+    }
+
+    /// What `caller` may do with `chatflow` at `now`: `None` without a live grant. Access is the
+    /// union of the grants, so the strongest role and the most generous rate limit count.
+    pub fn access(
+        &self,
+        caller: &Caller<'_>,
+        chatflow: &ChatflowEntry,
+        now: Timestamp,
+    ) -> Option<Access> {
+        let mut best: Option<Access> = None;
         let mut consider = |grants: Option<&Grants>| {
             let Some(grants) = grants else { return };
             let exact = grants.chatflows.get(&chatflow.idx).into_iter().flatten();
             let wide = grants.namespaces.get(&chatflow.ns).into_iter().flatten();
-            for grant in exact.chain(wide) {
-                if grant.live(now) && best.is_none_or(|b| grant.role > b) {
-                    best = Some(grant.role);
-                }
+            for grant in exact.chain(wide).filter(|g| g.live(now)) {
+                let Some(access) = best.as_mut() else {
+                    best = Some(Access {
+                        role: grant.role,
+                        limit: grant.limit,
+                    });
+                    continue;
+                };
+                access.role = access.role.max(grant.role);
+                access.limit = match (access.limit, grant.limit) {
+                    (Some(held), Some(limit)) if limit.more_than(&held) => Some(limit),
+                    (Some(held), Some(_)) => Some(held),
+                    _ => None,
+                };
             }
         };
         for user in caller.users {

@@ -23,6 +23,8 @@ pub enum InvalidSpec {
     MixedWildcard,
     #[error("budget.timeZone: unknown time zone '{0}'")]
     TimeZone(String),
+    #[error("rateLimit.requests must be at least 1")]
+    RateLimit,
 }
 
 /// Which chatflows a rule names.
@@ -185,6 +187,7 @@ pub struct AccessRule {
     pub suspended: bool,
     /// When the object was created (the admin API's `assigned_at`).
     pub created: Option<Timestamp>,
+    pub rate_limit: Option<crd::RateLimit>,
 }
 
 impl TryFrom<&ChatflowAccess> for AccessRule {
@@ -200,6 +203,10 @@ impl TryFrom<&ChatflowAccess> for AccessRule {
             expires_at: access.spec.expires_at.as_ref().map(|t| t.0),
             suspended: access.spec.suspended,
             created: access.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            rate_limit: match access.spec.rate_limit {
+                Some(limit) if limit.requests == 0 => return Err(InvalidSpec::RateLimit),
+                limit => limit,
+            },
         })
     }
 }

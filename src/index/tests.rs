@@ -329,3 +329,65 @@ fn ten_thousand_access_objects_compile() {
     let u = ["user-9999".to_string()];
     assert_eq!(role_on(&snap, &user(&u), SUPPORT), Some(Role::User));
 }
+
+#[test]
+fn the_most_generous_rate_limit_of_the_live_grants_applies() {
+    let limited = |name: &str, who: &str, limit: &str| {
+        access(
+            "team-a",
+            name,
+            &format!("  chatflows: [support-bot]\n  subjects: [{{{who}}}]\n  rateLimit: {limit}\n"),
+        )
+    };
+    let mut resources = team_a();
+    resources.accesses = vec![
+        limited(
+            "slow",
+            "user: alice@example.com",
+            "{requests: 10, per: Minute}",
+        ),
+        limited("fast", "group: support", "{requests: 1, per: Second}"),
+        limited("bad", "user: bob@example.com", "{requests: 0, per: Second}"),
+    ];
+    let snap = compile(&resources);
+    let cf = snap.chatflow_by_flowise_id(SUPPORT).expect("indexed");
+    let rule_name = |access: Option<Access>| {
+        let limit = access.and_then(|a| a.limit)?;
+        Some(snap.access_rules()[limit.rule as usize].name.clone())
+    };
+    let alice = ["alice@example.com".to_string()];
+    let support = ["support".to_string()];
+    let alice_alone = user(&alice);
+    let alice_in_support = Caller {
+        users: &alice,
+        groups: &support,
+        service_account: None,
+    };
+    assert_eq!(
+        rule_name(snap.access(&alice_alone, cf, now())).as_deref(),
+        Some("slow")
+    );
+    // 1/s is more than 10/min: the union gives the higher rate, counted against its object.
+    assert_eq!(
+        rule_name(snap.access(&alice_in_support, cf, now())).as_deref(),
+        Some("fast")
+    );
+    // A grant without a limit lifts it.
+    resources.accesses.push(access(
+        "team-a",
+        "open",
+        "  chatflows: ['*']\n  subjects: [{group: support}]\n",
+    ));
+    let snap = compile(&resources);
+    let cf = snap.chatflow_by_flowise_id(SUPPORT).expect("indexed");
+    let access = snap.access(&alice_in_support, cf, now()).expect("access");
+    assert_eq!(access.limit, None);
+    // `requests: 0` is refused (the CRD schema refuses it too), not read as "never".
+    assert!(
+        snap.invalid.iter().any(|i| i.name == "bad"),
+        "{:?}",
+        snap.invalid
+    );
+    let bob = ["bob@example.com".to_string()];
+    assert_eq!(snap.access(&user(&bob), cf, now()), None);
+}

@@ -51,6 +51,13 @@ pub enum ProxyError {
         remaining: i64,
         reset: String,
     },
+    #[error("rate limit of {access} reached; retry in {retry_after} s")]
+    RateLimited {
+        /// `namespace/name` of the ChatflowAccess whose limit applies.
+        access: String,
+        /// Seconds until a request is allowed again (`Retry-After`).
+        retry_after: u64,
+    },
     #[error("a request with this Idempotency-Key is already in progress or done")]
     DuplicateRequest,
     #[error("the credits ledger is unavailable")]
@@ -92,6 +99,7 @@ impl ProxyError {
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Ambiguous(_) => (StatusCode::CONFLICT, "ambiguous_chatflow"),
             InsufficientCredits { .. } => (StatusCode::PAYMENT_REQUIRED, "insufficient_credits"),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             DuplicateRequest => (StatusCode::CONFLICT, "duplicate_request"),
             LedgerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable"),
             NotConfigured(_) => (StatusCode::NOT_FOUND, "not_configured"),
@@ -127,6 +135,14 @@ impl ProxyError {
             error["remaining"] = serde_json::json!(remaining);
             error["resetAt"] = serde_json::json!(reset);
         }
+        if let Self::RateLimited {
+            access,
+            retry_after,
+        } = &self
+        {
+            error["access"] = serde_json::json!(access);
+            error["retryAfter"] = serde_json::json!(retry_after);
+        }
         let mut resp = json(status, &serde_json::json!({ "error": error }));
         match self {
             Self::Unauthenticated { .. } | Self::InvalidToken { .. } => {
@@ -142,6 +158,10 @@ impl ProxyError {
             Self::KeysUnavailable | Self::LedgerUnavailable => {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::RateLimited { retry_after, .. } => {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after));
             }
             _ => {}
         }

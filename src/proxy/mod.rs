@@ -14,6 +14,7 @@ pub mod error;
 pub mod keys;
 pub mod listing;
 pub mod multipart;
+pub mod ratelimit;
 pub mod routes;
 pub mod session;
 pub mod stream;
@@ -31,13 +32,14 @@ use serde_json::{Value, json};
 
 use crate::identity::{Identity, Verifier, bearer_token};
 use crate::index::watch::SnapshotHandle;
-use crate::index::{Caller, ChatflowEntry, Snapshot};
+use crate::index::{Access, Caller, ChatflowEntry, Snapshot};
 use crate::metrics::Metrics;
 use crate::server::Body;
 use compat::{compat_request, compat_response};
 use credits::{Charge, Credits};
 pub use error::ProxyError;
 use keys::ApiKeys;
+use ratelimit::RateLimiter;
 use routes::Route;
 use stream::{Observed, StreamEnd};
 use upstream::Upstream;
@@ -60,6 +62,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub token_endpoint: Option<reqwest::Url>,
     pub http: reqwest::Client,
+    /// Rate limits of ChatflowAccess objects, shared by the serving threads.
+    pub limiter: Arc<RateLimiter>,
     /// The admin API (`/api/admin`); `None` without a cluster (`--resources-dir`).
     pub admin: Option<Arc<crate::admin::Admin>>,
 }
@@ -164,7 +168,7 @@ impl Proxy {
                 Ok(error::json(StatusCode::OK, &Value::Array(list)))
             }
             Route::GetChatflow(id) => {
-                let cf =
+                let (cf, _) =
                     self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
                 Ok(error::json(StatusCode::OK, &listing::flowise_shape(&cf)))
             }
@@ -177,16 +181,17 @@ impl Proxy {
                 Ok(error::json(StatusCode::OK, &Value::Array(list)))
             }
             Route::CompatGetChatflow(id) => {
-                let cf =
+                let (cf, _) =
                     self.authorize(&snapshot, &identity, &caller, Lookup::NameOrId(&id), now)?;
                 Ok(error::json(StatusCode::OK, &listing::compat_shape(&cf)))
             }
             Route::Predict(id) => {
-                let cf =
+                let (cf, access) =
                     self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
                 let usable = usable(&cf)?;
                 let idempotency_key = idempotency_key(&req)?;
                 let prediction = read_prediction(req, &identity).await?;
+                self.rate_limit(&snapshot, &identity, &cf, access)?;
                 let key = self.forward_headers(&cf).await?;
                 let charge = self
                     .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
@@ -198,8 +203,9 @@ impl Proxy {
                 let mut body = read_json(req, MAX_JSON_BODY).await?;
                 let (chatflow_id, prediction) = compat_request(&mut body, &identity)?;
                 let lookup = Lookup::NameOrId(&chatflow_id);
-                let cf = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
+                let (cf, access) = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
                 let usable = usable(&cf)?;
+                self.rate_limit(&snapshot, &identity, &cf, access)?;
                 let key = self.forward_headers(&cf).await?;
                 let charge = self
                     .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
@@ -294,7 +300,7 @@ impl Proxy {
         caller: &Caller<'_>,
         lookup: Lookup<'_>,
         now: jiff::Timestamp,
-    ) -> Result<Arc<ChatflowEntry>, ProxyError> {
+    ) -> Result<(Arc<ChatflowEntry>, Access), ProxyError> {
         let cf = match lookup {
             Lookup::FlowiseId(id) => snapshot.chatflow_by_flowise_id(id).cloned(),
             Lookup::NameOrId(id) => match snapshot.chatflow_by_flowise_id(id) {
@@ -309,14 +315,44 @@ impl Proxy {
             tracing::info!(subject = %identity.key, chatflow = id, decision = "deny", reason = "chatflow_not_found");
             return Err(ProxyError::ChatflowNotFound(id.to_string()));
         };
-        if snapshot.role(caller, &cf, now).is_none() {
+        let Some(access) = snapshot.access(caller, &cf, now) else {
             log_decision(identity, &cf, "deny", "forbidden");
             return Err(ProxyError::Forbidden(format!(
                 "{}/{}",
                 cf.rule.namespace, cf.rule.name
             )));
+        };
+        Ok((cf, access))
+    }
+
+    /// Spends one request of the caller's allowance under the rate limit of its access, if any.
+    fn rate_limit(
+        &self,
+        snapshot: &Snapshot,
+        identity: &Identity,
+        cf: &ChatflowEntry,
+        access: Access,
+    ) -> Result<(), ProxyError> {
+        let Some(limit) = access.limit else {
+            return Ok(());
+        };
+        let Some(rule) = snapshot.access_rules().get(limit.rule as usize) else {
+            return Ok(());
+        };
+        let key = (rule.namespace.as_str(), rule.name.as_str(), &identity.key);
+        match self
+            .limiter
+            .check(key, limit.rate, std::time::Instant::now())
+        {
+            Ok(()) => Ok(()),
+            Err(wait) => {
+                log_decision(identity, cf, "deny", "rate_limited");
+                Err(ProxyError::RateLimited {
+                    access: format!("{}/{}", rule.namespace, rule.name),
+                    retry_after: ratelimit::retry_after_secs(wait),
+                })
+            }
         }
-        Ok(cf)
     }
 
     /// The Flowise credentials for `cf`: its own key, the default key where Flowise binds the
