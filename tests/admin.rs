@@ -209,6 +209,44 @@ async fn adds_report_each_entry_and_refuse_bad_bodies_strangers_and_unknown_chat
         "{out}"
     );
 
+    // An identity provider's subject is not path-safe: added in a body, removed by its
+    // percent-encoded path segment.
+    let (status, out) = call(
+        &gate,
+        M::POST,
+        "/api/admin/chatflows/add-users",
+        Some(&admin),
+        Some(json!({"user_ids": ["auth0|64f1c2"], "chatflow_id": id})),
+    )
+    .await;
+    assert_eq!(
+        (status, out[0]["status"].clone()),
+        (200, json!("success")),
+        "{out}"
+    );
+    let (status, out) = call(
+        &gate,
+        M::DELETE,
+        &format!("/api/admin/chatflows/{id}/users/auth0%7C64f1c2"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    let (status, users) = call(
+        &gate,
+        M::GET,
+        &format!("/api/admin/chatflows/{id}/users"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        !users.to_string().contains("auth0|64f1c2"),
+        "removed: {users}"
+    );
+
     // Concurrent adds never lose an update.
     let adds = (0..8).map(|i| {
         let (gate, admin, id) = (&gate, admin.clone(), id.clone());

@@ -85,13 +85,14 @@ pub(crate) fn allow(method: &Method) -> &'static str {
 pub fn route(method: &Method, segments: &[&str]) -> Result<AdminRoute, Miss> {
     let plain = |s: &str| crate::proxy::routes::plain_segment(s);
     let s = |x: &&str| (*x).to_string();
-    // Every segment but an email one must be plain.
-    let email_at = match segments {
+    // Every segment but a user's (an email or an id, percent-decoded once) must be plain.
+    let user_at = match segments {
         ["chatflows", _, "users", "email", last] if *last != "bulk" => Some(4),
+        ["chatflows", _, "users", last] if !matches!(*last, "bulk" | "email") => Some(3),
         _ => None,
     };
     for (i, seg) in segments.iter().enumerate() {
-        if Some(i) != email_at && !plain(seg) {
+        if Some(i) != user_at && !plain(seg) {
             return Err(Miss::NotFound);
         }
     }
@@ -128,15 +129,16 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<AdminRoute, Miss> {
                 _ => Err(Miss::MethodNotAllowed("POST, DELETE")),
             };
         }
-        ["chatflows", id, "users", user] => {
+        ["chatflows", id, "users", raw] => {
+            let user = decode_user_id(raw).ok_or(Miss::NotFound)?;
             return match *method {
                 Method::POST => Ok(AdminRoute::AddUser {
                     chatflow: s(id),
-                    user: s(user),
+                    user,
                 }),
                 Method::DELETE => Ok(AdminRoute::RemoveUser {
                     chatflow: s(id),
-                    user: s(user),
+                    user,
                 }),
                 _ => Err(Miss::MethodNotAllowed("POST, DELETE")),
             };
@@ -150,26 +152,36 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<AdminRoute, Miss> {
     }
 }
 
+/// Percent-decodes a path segment once; `None` for a `%` not followed by two hex digits (which
+/// the decoder would keep as it is, making `%zz` and `%25zz` the same id).
+fn decode_segment(raw: &str) -> Option<String> {
+    let escapes_valid = raw.split('%').skip(1).all(|escape| {
+        escape
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_valid {
+        return None;
+    }
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
+}
+
 /// Percent-decodes an email segment once; `None` unless the result is a plausible email.
 pub fn decode_email(raw: &str) -> Option<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = raw.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    let email = String::from_utf8(out).ok()?;
-    valid_email(&email).then_some(email)
+    decode_segment(raw).filter(|email| valid_email(email))
+}
+
+/// Percent-decodes a user id segment once; `None` unless it is an id the admin API accepts in
+/// a body (1–512 characters, no control characters, no surrounding whitespace). Identity
+/// providers' subjects are not path-safe (`auth0|64f…`, `google-oauth2|10…`).
+pub fn decode_user_id(raw: &str) -> Option<String> {
+    decode_segment(raw).filter(|id| {
+        !id.is_empty() && id.len() <= 512 && id.trim() == id && !id.chars().any(char::is_control)
+    })
 }
 
 /// One `@` with something on both sides, at most 254 bytes, and none of `/ \ % ?  #`,
@@ -239,15 +251,46 @@ mod tests {
     }
 
     #[test]
-    fn only_the_email_segment_may_carry_escapes() {
+    fn only_the_user_segment_may_carry_escapes() {
         assert_eq!(
             route(&Method::POST, &segs("chatflows/a%40b/users/x")),
             Err(Miss::NotFound)
         );
         assert_eq!(
-            route(&Method::POST, &segs("chatflows/abc/users/a@b")),
+            route(&Method::GET, &segs("chatflows/a%2Fb/users")),
             Err(Miss::NotFound)
         );
+    }
+
+    #[test]
+    fn user_ids_of_identity_providers_round_trip_through_the_path() {
+        for (raw, id) in [
+            ("auth0|64f1c2", "auth0|64f1c2"),
+            ("auth0%7C64f1c2", "auth0|64f1c2"),
+            ("google-oauth2%7C1093", "google-oauth2|1093"),
+            ("a@b", "a@b"),
+            ("CgNib2I%3D", "CgNib2I="),
+            ("plain-id", "plain-id"),
+        ] {
+            let path = format!("chatflows/abc/users/{raw}");
+            assert_eq!(
+                route(&Method::DELETE, &segs(&path)),
+                Ok(AdminRoute::RemoveUser {
+                    chatflow: "abc".into(),
+                    user: id.into()
+                }),
+                "{raw}"
+            );
+        }
+        let long = "x".repeat(513);
+        for raw in ["%20bob", "bob%0A", "%zz", "a%2", "%C3%28", long.as_str()] {
+            let path = format!("chatflows/abc/users/{raw}");
+            assert_eq!(
+                route(&Method::POST, &segs(&path)),
+                Err(Miss::NotFound),
+                "{raw}"
+            );
+        }
     }
 
     #[test]
