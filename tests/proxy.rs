@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use flowgate::crd::{Chatflow, ChatflowAccess};
 use std::time::Duration;
 
-use support::fake_flowise::{FakeFlowise, Mode};
+use support::fake_flowise::{FakeFlowise, Mode, TOKEN_PATH, TOKEN_USER};
 use support::gate::{Flowgate, Options, eventually_status, get_json, predict, token};
 use support::team::Team;
 
@@ -354,6 +354,68 @@ async fn the_python_service_routes_keep_working() {
             .is_some_and(|m| m.contains("FLOWGATE_TOKEN_ENDPOINT_URL"))
     );
     team.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_token_routes_forward_password_and_refresh_grants() {
+    let idp = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let gate = Flowgate::start_with(Options {
+        token_endpoint_url: Some(format!("{}{TOKEN_PATH}", idp.url)),
+        ..Default::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let post =
+        |path: &str, body: Value| http.post(format!("{}{path}", gate.base)).json(&body).send();
+    let (user, password) = TOKEN_USER;
+    let resp = post(
+        "/chat/authenticate",
+        json!({"username": user, "password": password}),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(resp.status(), 200);
+    let tokens: Value = resp.json().await.expect("json");
+    assert_eq!(tokens["access_token"], "at-1", "{tokens}");
+    assert_eq!(tokens["refresh_token"], "rt-1", "{tokens}");
+
+    let resp = post(
+        "/chat/authenticate",
+        json!({"username": user, "password": "wrong"}),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("wrong credentials")),
+        "{body}"
+    );
+
+    // The provider does not rotate refresh tokens: the one sent is answered back, as the Python
+    // service always answered one.
+    let resp = post("/chat/refresh", json!({"refresh_token": "rt-1"}))
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 200);
+    let tokens: Value = resp.json().await.expect("json");
+    assert_eq!(
+        (
+            tokens["access_token"].as_str(),
+            tokens["refresh_token"].as_str()
+        ),
+        (Some("at-2"), Some("rt-1")),
+        "{tokens}"
+    );
+    let resp = post("/chat/refresh", json!({})).await.expect("answer");
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        idp.predictions(),
+        0,
+        "nothing but the token endpoint was called"
+    );
 }
 
 #[tokio::test]

@@ -55,11 +55,9 @@ impl Proxy {
             .collect();
         let mut params = form;
         params.append(&mut extra);
-        let encoded = params
-            .iter()
-            .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
+        let encoded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&params)
+            .finish();
         let answer = self
             .http
             .post(endpoint)
@@ -89,6 +87,14 @@ impl Proxy {
             for k in ["refresh_token", "expires_in"] {
                 if let Some(v) = value.get(k) {
                     out[k] = v.clone();
+                }
+            }
+            // A provider that does not rotate refresh tokens returns none: the one sent stays
+            // valid (RFC 6749 section 6), and the Python service always answered one.
+            if route == Route::Refresh && out.get("refresh_token").is_none() {
+                let sent = params.iter().find(|(k, _)| *k == "refresh_token");
+                if let Some((_, token)) = sent {
+                    out["refresh_token"] = json!(token);
                 }
             }
             Ok(error::json(StatusCode::OK, &out))
@@ -172,15 +178,4 @@ pub(super) async fn compat_response(
         StatusCode::OK,
         &json!({"result": result, "credits_remaining": credits_remaining, "chatflow_id": chatflow_id, "session_id": chat_id}),
     ))
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

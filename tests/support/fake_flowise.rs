@@ -95,6 +95,44 @@ impl FakeFlowise {
 
 type FakeBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
+/// The fake also plays an OAuth token endpoint here (for `/chat/authenticate` and `/chat/refresh`).
+pub const TOKEN_PATH: &str = "/oauth/token";
+/// The one password grant it accepts: this user with this password (which needs encoding).
+pub const TOKEN_USER: (&str, &str) = ("alice", "s3cret & more=+");
+
+/// Password grant for [`TOKEN_USER`]: tokens `at-1` and `rt-1`. Refresh grant of `rt-1`: `at-2`
+/// and no new refresh token (a provider that does not rotate them). Anything else: 400.
+async fn token_grant(req: Request<hyper::body::Incoming>) -> Response<FakeBody> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let form: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(&body).into_owned().collect();
+    let field = |k: &str| form.get(k).map(String::as_str);
+    let answer = match field("grant_type") {
+        Some("password")
+            if (field("username"), field("password"))
+                == (Some(TOKEN_USER.0), Some(TOKEN_USER.1)) =>
+        {
+            serde_json::json!({"access_token": "at-1", "token_type": "Bearer", "refresh_token": "rt-1", "expires_in": 300})
+        }
+        Some("refresh_token") if field("refresh_token") == Some("rt-1") => {
+            serde_json::json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 300})
+        }
+        _ => {
+            return full(
+                400,
+                "application/json",
+                serde_json::json!({"error": "invalid_grant", "error_description": "wrong credentials"}).to_string(),
+            );
+        }
+    };
+    full(200, "application/json", answer.to_string())
+}
+
 fn full(status: u16, content_type: &str, body: String) -> Response<FakeBody> {
     let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
     *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
@@ -111,6 +149,9 @@ async fn answer(
     bodies: Arc<Mutex<Vec<serde_json::Value>>>,
 ) -> Result<Response<FakeBody>, Infallible> {
     let path = req.uri().path().to_string();
+    if path == TOKEN_PATH {
+        return Ok(token_grant(req).await);
+    }
     if path.starts_with("/api/v1/chatmessage/abort/") {
         aborts.fetch_add(1, Ordering::SeqCst);
         return Ok(full(200, "application/json", "{}".into()));

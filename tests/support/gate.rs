@@ -107,6 +107,8 @@ pub struct Options {
     pub upstream_timeout: Option<String>,
     /// `--ledger-retention`; default: keep everything.
     pub ledger_retention: Option<String>,
+    /// `--token-endpoint-url`; default: unset (`/chat/authenticate` answers 404).
+    pub token_endpoint_url: Option<String>,
 }
 
 impl Flowgate {
@@ -164,6 +166,7 @@ impl Flowgate {
             no_controller: true,
             resources_dir: options.resources_dir,
             import_namespace: options.import_namespace,
+            token_endpoint_url: options.token_endpoint_url,
             ..Default::default()
         };
         let config = Config::from_args(args).expect("valid test config");
