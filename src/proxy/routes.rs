@@ -233,7 +233,8 @@ mod tests {
             "/api/admin/../v1/chatflows",
             "/api/admin//chatflows",
             "/api/admin",
-            "/api/admin/chatflows/x/users/a@b.c",
+            "/api/admin/chatflows/x/users/a%2",
+            "/api/admin/chatflows/x/users/a%0Ab",
         ] {
             let result = route(&Method::DELETE, path);
             assert!(
