@@ -168,6 +168,75 @@ async fn a_failing_flowise_refunds_and_token_usage_is_charged() {
     team.cleanup().await;
 }
 
+#[tokio::test]
+async fn a_streaming_request_that_flowise_answers_with_json_is_charged() {
+    // Flowise answers a chatflow it cannot stream with JSON even when asked to stream (and the
+    // SDKs always ask): that answer was delivered, so it is charged, never refunded.
+    let team = Team::with_fake_flowise("credits-json-stream").await;
+    let flat_id = format!("{}0", &team.flowise_id[..team.flowise_id.len() - 1]);
+    team.chatflow("flat-bot", &flat_id).await;
+    let api: kube::Api<flowgate::crd::ChatflowAccess> =
+        kube::Api::namespaced(team.client.clone(), &team.ns);
+    let grant: flowgate::crd::ChatflowAccess = serde_json::from_value(json!({
+        "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess", "metadata": {"name": "flat"},
+        "spec": {"chatflows": ["flat-bot"], "subjects": [{"user": team.user()}]}
+    }))
+    .expect("access literal");
+    api.create(&kube::api::PostParams::default(), &grant)
+        .await
+        .expect("access created");
+    team.policy(
+        "tokens",
+        json!({"chatflows": ["support-bot"], "budget": {"credits": 1000, "period": "Daily"},
+               "cost": {"perPrediction": 2, "perThousandTokens": 10}}),
+    )
+    .await;
+    team.policy(
+        "flat",
+        json!({"chatflows": ["flat-bot"], "budget": {"credits": 1000, "period": "Daily"}}),
+    )
+    .await;
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 1000 }).await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
+    let alice = team.alice();
+    eventually_status(&gate, &alice, &flat_id, 200).await;
+    let http = reqwest::Client::new();
+    for (id, streaming) in [
+        (&team.flowise_id, json!(true)),
+        (&flat_id, json!(true)),
+        (&flat_id, json!("true")),
+    ] {
+        let resp = http
+            .post(format!("{}/api/v1/prediction/{id}", gate.base))
+            .bearer_auth(&alice)
+            .json(&json!({"question": "hi", "streaming": streaming}))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 200);
+        let answer: Value = resp.json().await.expect("a JSON answer");
+        assert_eq!(answer["text"], "Echo: hi");
+    }
+    // The compat route hands such an answer back in its own shape.
+    let answer: Value = http
+        .post(format!("{}/chat/predict", gate.base))
+        .bearer_auth(&alice)
+        .json(&json!({"chatflow_id": "flat-bot", "question": "hi", "streaming": true}))
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["result"]["text"], "Echo: hi", "{answer}");
+    // tokens: 2 + 1000 * 10 / 1000, settled. flat: the probe, two streams and the compat call,
+    // each final at reserve; a refund of any of them would have landed before the last reserve.
+    used_becomes(&gate, &alice, &format!("{}/tokens", team.ns), 12).await;
+    let used = credits_used(&gate.base, &alice, &format!("{}/flat", team.ns)).await;
+    assert_eq!(used, Some(4));
+    team.cleanup().await;
+}
+
 /// `flowgate_ledger_operation_duration_seconds_count` of one operation, from the ops listener.
 async fn ledger_calls(gate: &Flowgate, operation: &str) -> u64 {
     let text = reqwest::get(format!("{}/metrics", gate.ops))

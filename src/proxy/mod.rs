@@ -71,7 +71,6 @@ pub struct Proxy {
 /// A prediction ready to forward.
 struct Prediction {
     body: Payload,
-    streaming: bool,
     chat_id: String,
 }
 
@@ -210,12 +209,12 @@ impl Proxy {
                 let charge = self
                     .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
                     .await?;
-                if prediction.streaming {
-                    return self.forward(usable, prediction, key, peer, charge).await;
-                }
                 let remaining = charge.as_ref().and_then(|c| c.remaining);
                 let chat_id = prediction.chat_id.clone();
                 let resp = self.forward(usable, prediction, key, peer, charge).await?;
+                if stream::is_event_stream(resp.headers()) {
+                    return Ok(resp);
+                }
                 compat_response(resp, &chatflow_id, &chat_id, remaining).await
             }
             Route::Credits => {
@@ -451,7 +450,9 @@ impl Proxy {
         if let Some(headers) = resp.headers_mut() {
             upstream::copy_response_headers(&parts.headers, headers);
         }
-        if prediction.streaming && status.is_success() {
+        // What Flowise sent decides, not what the client asked: Flowise answers a chatflow it
+        // cannot stream with JSON, and such an answer must be settled like any other.
+        if status.is_success() && stream::is_event_stream(&parts.headers) {
             let abort = self.abort_on_disconnect(flowise_id, prediction.chat_id, key, peer);
             let credits = self.credits.clone();
             let observed = Observed::new(incoming, move |report| {
@@ -683,19 +684,19 @@ fn prepare(
     {
         return Err(ProxyError::BadRequest("'chatId' must be a string".into()));
     }
-    let streaming = match body.get("streaming") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(ProxyError::BadRequest(
-                "'streaming' must be a boolean".into(),
-            ));
-        }
-    };
+    // Flowise streams for `true` and for the string "true" (form-style clients send strings).
+    // Whether it did is read from its answer (`forward`), so only the type is checked here.
+    if body
+        .get("streaming")
+        .is_some_and(|v| !(v.is_boolean() || v.is_string() || v.is_null()))
+    {
+        return Err(ProxyError::BadRequest(
+            "'streaming' must be a boolean".into(),
+        ));
+    }
     let chat_id = session::bind_body(&mut body, &identity.key);
     Ok(Prediction {
         body: Payload::Json(body),
-        streaming,
         chat_id,
     })
 }
@@ -721,11 +722,9 @@ async fn read_prediction(
             "a prediction needs 'question' or files".into(),
         ));
     }
-    let streaming = form.streaming();
     let chat_id = form.bind_session(&identity.key);
     Ok(Prediction {
         body: Payload::Multipart(form),
-        streaming,
         chat_id,
     })
 }

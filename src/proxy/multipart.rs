@@ -60,11 +60,6 @@ impl Form {
             .and_then(|p| std::str::from_utf8(&p.data).ok())
     }
 
-    /// Whether the client asked for a stream (`streaming=true`).
-    pub fn streaming(&self) -> bool {
-        self.text("streaming").is_some_and(|v| v.trim() == "true")
-    }
-
     /// Rewrites every session field to a session of the caller's own; returns the bound id.
     pub fn bind_session(&mut self, subject_key: &str) -> String {
         let requested = ["chatId", "sessionId", "overrideConfig[sessionId]"]
@@ -212,7 +207,6 @@ mod tests {
             ("streaming", None, "true"),
         ]);
         let mut parsed = parse(&ct, body).await.expect("parses");
-        assert!(parsed.streaming());
         let bound = parsed.bind_session("user:mallory");
         assert!(bound.starts_with(&session::prefix("user:mallory")));
         assert_eq!(parsed.text("chatId"), Some(bound.as_str()));
@@ -228,7 +222,6 @@ mod tests {
         let mut parsed = parse(&ct, body).await.expect("parses");
         let bound = parsed.bind_session("user:alice");
         assert_eq!(parsed.text("chatId"), Some(bound.as_str()));
-        assert!(!parsed.streaming());
     }
 
     #[tokio::test]

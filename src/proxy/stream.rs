@@ -34,6 +34,15 @@ pub struct StreamReport {
 
 type OnEnd = Box<dyn FnOnce(StreamReport) + Send + Sync>;
 
+/// Whether an answer is a Server-Sent Events stream (`Content-Type: text/event-stream`).
+pub fn is_event_stream(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
 /// An upstream body passed through unchanged while being watched.
 pub struct Observed<B> {
     inner: B,
