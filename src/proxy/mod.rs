@@ -513,7 +513,7 @@ impl Proxy {
         let upstream = self.upstream.clone();
         move || {
             tokio::spawn(async move {
-                let path = format!("/api/v1/chatmessage/abort/{flowise_id}/{chat_id}");
+                let path = session::abort_path(&flowise_id, &chat_id);
                 let headers = hyper::HeaderMap::new();
                 match upstream.request(
                     Method::PUT,

@@ -117,10 +117,13 @@ impl Form {
     }
 }
 
+/// A field Flowise may read a session from: any name with a `chatId` or `sessionId` key in its
+/// bracket path (`chatId`, `sessionId[]`, `overrideConfig[sessionId][0]`, …). Flowise's multer
+/// turns `sessionId[]` into an array that memory nodes turn back into the id, so every spelling
+/// is bound, not only the plain ones.
 fn is_session_field(name: &str) -> bool {
-    matches!(name, "chatId" | "sessionId")
-        || name.ends_with("[sessionId]")
-        || name.ends_with("[chatId]")
+    name.split(['[', ']'])
+        .any(|key| matches!(key, "chatId" | "sessionId"))
 }
 
 /// Quoting as browsers do for form-data names: `"` → `%22`, line breaks → `%0D`/`%0A`; and `\`
@@ -204,16 +207,28 @@ mod tests {
             ("question", None, "hi"),
             ("chatId", None, "victim-session"),
             ("overrideConfig[sessionId]", None, "victim-session"),
+            ("sessionId[]", None, "victim-session"),
+            ("chatId[]", None, "victim-session"),
+            ("overrideConfig[sessionId][0]", None, "victim-session"),
+            ("overrideConfig[chatId]", None, "victim-session"),
             ("streaming", None, "true"),
         ]);
         let mut parsed = parse(&ct, body).await.expect("parses");
         let bound = parsed.bind_session("user:mallory");
         assert!(bound.starts_with(&session::prefix("user:mallory")));
-        assert_eq!(parsed.text("chatId"), Some(bound.as_str()));
-        assert_eq!(
-            parsed.text("overrideConfig[sessionId]"),
-            Some(bound.as_str())
-        );
+        for name in [
+            "chatId",
+            "overrideConfig[sessionId]",
+            "sessionId[]",
+            "chatId[]",
+            "overrideConfig[sessionId][0]",
+            "overrideConfig[chatId]",
+        ] {
+            assert_eq!(parsed.text(name), Some(bound.as_str()), "{name}");
+        }
+        assert_eq!(parsed.text("streaming"), Some("true"));
+        assert!(!is_session_field("overrideConfig[temperature]"));
+        assert!(!is_session_field("chatIdea"));
     }
 
     #[tokio::test]

@@ -26,13 +26,17 @@ pub fn prefix(subject_key: &str) -> String {
 
 /// `fg-`, 16 hex digits, `-`.
 const PREFIX_LEN: usize = 20;
+/// Characters of the client's own id kept after the prefix.
+const MAX_CLIENT_ID: usize = 200;
 
 /// The chat id Flowise gets for a client's requested id (`None`: a new session).
 pub fn bind(subject_key: &str, requested: Option<&str>) -> String {
     let mut bound = prefix(subject_key);
     match requested.map(str::trim).filter(|r| !r.is_empty()) {
-        Some(id) if id.starts_with(&bound) => return id.to_string(),
-        Some(id) => bound.push_str(truncate(id, 200)),
+        Some(id) if id.starts_with(&bound) => {
+            return truncate(id, PREFIX_LEN + MAX_CLIENT_ID).into();
+        }
+        Some(id) => bound.push_str(truncate(id, MAX_CLIENT_ID)),
         None => bound.push_str(
             uuid::Uuid::new_v4()
                 .hyphenated()
@@ -40,6 +44,18 @@ pub fn bind(subject_key: &str, requested: Option<&str>) -> String {
         ),
     }
     bound
+}
+
+/// Flowise's abort endpoint for a chat. The chat id carries the client's own id, so it is one
+/// percent-encoded path segment whatever it holds (`/`, `?`, `..`).
+pub fn abort_path(flowise_id: &str, chat_id: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let chat_id = percent_encoding::utf8_percent_encode(chat_id, SEGMENT);
+    format!("/api/v1/chatmessage/abort/{flowise_id}/{chat_id}")
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -61,12 +77,16 @@ pub fn bind_body(
         .map(str::to_string);
     let bound = bind(subject_key, requested.as_deref());
     body.insert("chatId".into(), serde_json::Value::String(bound.clone()));
+    // Flowise spreads overrideConfig over its own chatId and sessionId: bind both there too.
     if let Some(config) = body
         .get_mut("overrideConfig")
         .and_then(|v| v.as_object_mut())
-        && config.contains_key("sessionId")
     {
-        config.insert("sessionId".into(), serde_json::Value::String(bound.clone()));
+        for key in ["sessionId", "chatId"] {
+            if config.contains_key(key) {
+                config.insert(key.into(), serde_json::Value::String(bound.clone()));
+            }
+        }
     }
     bound
 }
@@ -111,6 +131,41 @@ mod tests {
         let mallory = bind("user:mallory", Some(&alices));
         assert_ne!(mallory, alices);
         assert!(mallory.starts_with(&prefix("user:mallory")));
+    }
+
+    #[test]
+    fn the_abort_path_holds_the_chat_id_as_one_segment() {
+        let id = bind("user:alice", Some("/../../../../apikey?x=1"));
+        let path = abort_path("f1", &id);
+        assert_eq!(
+            path,
+            format!(
+                "/api/v1/chatmessage/abort/f1/{}%2F..%2F..%2F..%2F..%2Fapikey%3Fx%3D1",
+                prefix("user:alice")
+            )
+        );
+        let plain = bind("user:alice", None);
+        assert_eq!(
+            abort_path("f1", &plain),
+            format!("/api/v1/chatmessage/abort/f1/{plain}")
+        );
+    }
+
+    #[test]
+    fn a_chat_id_in_override_config_is_bound_too() {
+        let mut b = body(json!({"question": "hi", "overrideConfig": {"chatId": "victim"}}));
+        let id = bind_body(&mut b, "user:mallory");
+        assert_eq!(b["overrideConfig"]["chatId"], json!(id));
+        assert_eq!(b["chatId"], json!(id));
+    }
+
+    #[test]
+    fn a_long_id_is_cut_whether_or_not_it_carries_the_prefix() {
+        let long = "x".repeat(10_000);
+        let first = bind("user:alice", Some(&long));
+        assert_eq!(first.len(), PREFIX_LEN + MAX_CLIENT_ID);
+        let own = format!("{}{long}", prefix("user:alice"));
+        assert_eq!(bind("user:alice", Some(&own)), first);
     }
 
     #[test]
