@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::telemetry;
+
+/// How long a client may take to send a request's headers (hyper closes the connection after).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Response body type shared by every handler.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -196,9 +199,17 @@ where
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     fn new(handler: H) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // Without a timer hyper never times out a client that sends its headers slowly (or
+        // never finishes them): each such connection would hold its task and buffer forever.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        builder.http2().timer(TokioTimer::new());
         Self {
             handler,
-            builder: auto::Builder::new(TokioExecutor::new()),
+            builder,
             graceful: GracefulShutdown::new(),
         }
     }

@@ -2,8 +2,9 @@
 //! be bound to the caller, then encoded again with a boundary of our own.
 //!
 //! Flowise takes the session from `chatId`, and in multipart mode also from `sessionId` and
-//! `overrideConfig[sessionId]` (its form parser nests bracketed names): all of them are rewritten,
-//! and `chatId` is added when absent.
+//! `overrideConfig[sessionId]` (its form parser nests bracketed names): every field with such a
+//! key in its name is rewritten, and `chatId` is added when absent. A form has at most
+//! [`MAX_PARTS`] parts.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -25,6 +26,10 @@ pub struct Form {
     pub parts: Vec<Part>,
 }
 
+/// Most parts a prediction form may have: a question, its settings and files. Each part costs
+/// an allocation and its re-encoding, so a body of a million empty parts is refused.
+pub const MAX_PARTS: usize = 1000;
+
 /// Parses `body` sent with `content_type` (which carries the boundary).
 pub async fn parse(content_type: &str, body: Bytes) -> Result<Form, ProxyError> {
     let boundary = multer::parse_boundary(content_type)
@@ -34,6 +39,11 @@ pub async fn parse(content_type: &str, body: Bytes) -> Result<Form, ProxyError> 
     let mut parts = Vec::new();
     let bad = |e: multer::Error| ProxyError::BadRequest(format!("multipart body: {e}"));
     while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        if parts.len() == MAX_PARTS {
+            return Err(ProxyError::BadRequest(format!(
+                "multipart body: more than {MAX_PARTS} parts"
+            )));
+        }
         let name = field
             .name()
             .map(str::to_string)
@@ -229,6 +239,22 @@ mod tests {
         assert_eq!(parsed.text("streaming"), Some("true"));
         assert!(!is_session_field("overrideConfig[temperature]"));
         assert!(!is_session_field("chatIdea"));
+    }
+
+    #[tokio::test]
+    async fn a_form_of_too_many_parts_is_refused() {
+        let fields: Vec<(&str, Option<&str>, &str)> =
+            (0..MAX_PARTS).map(|_| ("x", None, "")).collect();
+        let (body, ct) = form(&fields);
+        assert!(parse(&ct, body).await.is_ok(), "{MAX_PARTS} parts are fine");
+        let fields: Vec<(&str, Option<&str>, &str)> =
+            (0..=MAX_PARTS).map(|_| ("x", None, "")).collect();
+        let (body, ct) = form(&fields);
+        let refused = parse(&ct, body).await;
+        assert!(
+            matches!(&refused, Err(ProxyError::BadRequest(m)) if m.contains("parts")),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]
