@@ -1,5 +1,5 @@
-//! Faults between flowgate and Flowise, nothing lost: Flowise refusing connections, Flowise
-//! dropping the connection mid-stream, and a client hanging up mid-stream. Each answer is a clear
+//! Faults between flowgate and Flowise, nothing lost: Flowise refusing connections or flowgate's
+//! credentials, Flowise dropping the connection mid-stream, and a client hanging up mid-stream. Each answer is a clear
 //! error (or a cut stream) and every charge ends refunded or settled as designed.
 
 mod support;
@@ -67,6 +67,38 @@ async fn flowise_refusing_connections_is_a_502_and_every_charge_is_refunded() {
             .await;
             assert_eq!(status, 502, "{body}");
             assert_eq!(body["error"]["code"], "upstream_unreachable", "{body}");
+        }
+        used_becomes(&gate, &alice, &policy, 0).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+#[tokio::test]
+async fn flowise_refusing_flowgates_credentials_is_a_502_not_the_callers_401() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (team, policy) = team_with_policy("faults-flowise-401").await;
+        let refusing = FakeFlowise::start(Mode::Unauthorized).await;
+        let gate = Flowgate::with_flowise(&refusing.url).await;
+        let alice = team.alice();
+        indexed(&gate, &alice, &policy).await;
+        for streaming in [false, true] {
+            let (status, body) = predict(
+                &gate,
+                &alice,
+                &team.flowise_id,
+                json!({"question": "hello?", "streaming": streaming}),
+            )
+            .await;
+            assert_eq!(status, 502, "{body}");
+            assert_eq!(body["error"]["code"], "upstream_error", "{body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("apiKeySecretRef")),
+                "{body}"
+            );
         }
         used_becomes(&gate, &alice, &policy, 0).await;
         team.cleanup().await;

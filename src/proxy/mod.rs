@@ -445,6 +445,22 @@ impl Proxy {
             refund(charge);
             return Err(ProxyError::Upstream(flowise_message(status, &body)));
         }
+        // Flowise refusing flowgate's key is flowgate's configuration, not the caller's token:
+        // passed through, it would read as the caller's 401.
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            let body = self
+                .upstream
+                .read_body(upstream.into_body(), 64 * 1024)
+                .await
+                .unwrap_or_default();
+            self.metrics.upstream_error("status_auth");
+            refund(charge);
+            return Err(ProxyError::Upstream(format!(
+                "Flowise refused flowgate's credentials for this chatflow (check the Chatflow's \
+                 apiKeySecretRef or FLOWGATE_FLOWISE_API_KEY_FILE): {}",
+                flowise_message(status, &body)
+            )));
+        }
         let (parts, incoming) = upstream.into_parts();
         let mut resp = Response::builder().status(parts.status);
         if let Some(headers) = resp.headers_mut() {

@@ -24,6 +24,8 @@ pub enum Mode {
     Stream { tokens: u64, gap: Duration },
     /// 200 JSON like `Answer { tokens: 0 }`, after `delay` (the request is recorded on arrival).
     Slow { delay: Duration },
+    /// 401 as Flowise answers a key-bound chatflow called without its key.
+    Unauthorized,
 }
 
 /// A running fake; counts what it received.
@@ -175,6 +177,11 @@ async fn answer(
     let chat_id = request["chatId"].as_str().unwrap_or("new").to_string();
     let question = request["question"].as_str().unwrap_or_default().to_string();
     Ok(match mode {
+        Mode::Unauthorized => full(
+            401,
+            "application/json",
+            serde_json::json!({"statusCode": 401, "success": false, "message": "Unauthorized", "stack": {}}).to_string(),
+        ),
         Mode::Fail => full(
             500,
             "application/json",
