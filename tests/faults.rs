@@ -289,6 +289,46 @@ async fn a_client_hanging_up_mid_stream_aborts_in_flowise_and_is_charged() {
 }
 
 #[tokio::test]
+async fn a_client_hanging_up_before_the_answer_aborts_in_flowise_and_is_charged() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (team, policy) = team_with_policy("faults-hangup-json").await;
+        let fake = FakeFlowise::start(Mode::Slow {
+            delay: Duration::from_secs(3),
+        })
+        .await;
+        let gate = Flowgate::with_flowise(&fake.url).await;
+        let alice = team.alice();
+        indexed(&gate, &alice, &policy).await;
+        for i in 1..=2 {
+            let gone = reqwest::Client::new()
+                .post(format!(
+                    "{}/api/v1/prediction/{}",
+                    gate.base, team.flowise_id
+                ))
+                .bearer_auth(&alice)
+                .json(&json!({"question": "a long one"}))
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await;
+            assert!(gone.is_err(), "the client gave up first");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while fake.aborts.load(std::sync::atomic::Ordering::SeqCst) < i {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "Flowise's abort endpoint called after hang-up {i}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // Charged the flat cost at once, as a hang-up mid-stream is; not left to the sweep.
+        used_becomes(&gate, &alice, &policy, 2).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+#[tokio::test]
 async fn postgres_unreachable_fails_closed_with_503_and_recovers_without_restart() {
     tokio::time::timeout(Duration::from_secs(90), async {
         let pg = std::env::var("FLOWGATE_TEST_POSTGRES_URL").unwrap_or_default();

@@ -8,6 +8,7 @@
 //! is valid, and the index grants the caller the chatflow. Every refusal is a [`ProxyError`],
 //! turned into JSON in one place ([`error`]).
 
+mod abandon;
 pub mod compat;
 pub mod credits;
 pub mod error;
@@ -35,6 +36,7 @@ use crate::index::watch::SnapshotHandle;
 use crate::index::{Access, Caller, ChatflowEntry, Snapshot};
 use crate::metrics::Metrics;
 use crate::server::Body;
+use abandon::InFlight;
 use compat::{compat_request, compat_response};
 use credits::{Charge, Credits};
 pub use error::ProxyError;
@@ -394,7 +396,8 @@ impl Proxy {
         }
     }
 
-    /// Forwards a prediction and settles or refunds its charge by how Flowise answered.
+    /// Forwards a prediction and settles or refunds its charge by how Flowise answered. A client
+    /// gone before the answer gets Flowise's run aborted and the flat cost charged ([`InFlight`]).
     async fn forward(
         &self,
         flowise_id: String,
@@ -403,26 +406,30 @@ impl Proxy {
         peer: SocketAddr,
         charge: Option<Charge>,
     ) -> Result<Response<Body>, ProxyError> {
-        let refund = |charge: Option<Charge>| {
-            if let Some(charge) = charge {
-                self.credits.refund(charge);
-            }
-        };
         let (body, content_type) = prediction.body.encode();
         let mut client_headers = hyper::HeaderMap::new();
         client_headers.insert(CONTENT_TYPE, content_type);
         let path = format!("/api/v1/prediction/{flowise_id}");
+        let mut flight = InFlight::new(
+            &self.upstream,
+            &self.credits,
+            flowise_id,
+            prediction.chat_id,
+            key,
+            peer,
+            charge,
+        );
         let req = match self.upstream.request(
             Method::POST,
             &path,
             &client_headers,
             peer,
-            key.as_ref(),
+            flight.key(),
             body,
         ) {
             Ok(req) => req,
             Err(error) => {
-                refund(charge);
+                flight.refund();
                 return Err(error);
             }
         };
@@ -430,31 +437,31 @@ impl Proxy {
             Ok(resp) => resp,
             Err(error) => {
                 self.metrics.upstream_error(error.reason());
-                refund(charge);
+                flight.refund();
                 return Err(error);
             }
         };
         let status = upstream.status();
         if status.is_server_error() {
+            flight.refund();
             let body = self
                 .upstream
                 .read_body(upstream.into_body(), 64 * 1024)
                 .await
                 .unwrap_or_default();
             self.metrics.upstream_error("status_5xx");
-            refund(charge);
             return Err(ProxyError::Upstream(flowise_message(status, &body)));
         }
         // Flowise refusing flowgate's key is flowgate's configuration, not the caller's token:
         // passed through, it would read as the caller's 401.
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            flight.refund();
             let body = self
                 .upstream
                 .read_body(upstream.into_body(), 64 * 1024)
                 .await
                 .unwrap_or_default();
             self.metrics.upstream_error("status_auth");
-            refund(charge);
             return Err(ProxyError::Upstream(format!(
                 "Flowise refused flowgate's credentials for this chatflow (check the Chatflow's \
                  apiKeySecretRef or FLOWGATE_FLOWISE_API_KEY_FILE): {}",
@@ -469,7 +476,7 @@ impl Proxy {
         // What Flowise sent decides, not what the client asked: Flowise answers a chatflow it
         // cannot stream with JSON, and such an answer must be settled like any other.
         if status.is_success() && stream::is_event_stream(&parts.headers) {
-            let abort = self.abort_on_disconnect(flowise_id, prediction.chat_id, key, peer);
+            let (abort, charge) = flight.streaming();
             let credits = self.credits.clone();
             let observed = Observed::new(incoming, move |report| {
                 let answered = report.answered && !report.error_event;
@@ -492,11 +499,11 @@ impl Proxy {
         let answer = match self.upstream.read_body(incoming, MAX_ANSWER).await {
             Ok(answer) => answer,
             Err(error) => {
-                refund(charge);
+                flight.refund();
                 return Err(error);
             }
         };
-        if let Some(charge) = charge {
+        if let Some(charge) = flight.answered() {
             if status.is_success() {
                 let tokens = if charge.counts_tokens() {
                     serde_json::from_slice::<Value>(&answer)
@@ -516,39 +523,6 @@ impl Proxy {
                 .boxed(),
         )
         .map_err(|e| ProxyError::Internal(e.to_string()))
-    }
-
-    /// A callback that asks Flowise to stop generating for a client that went away.
-    fn abort_on_disconnect(
-        &self,
-        flowise_id: String,
-        chat_id: String,
-        key: Option<HeaderValue>,
-        peer: SocketAddr,
-    ) -> impl FnOnce() + Send + Sync + 'static {
-        let upstream = self.upstream.clone();
-        move || {
-            tokio::spawn(async move {
-                let path = session::abort_path(&flowise_id, &chat_id);
-                let headers = hyper::HeaderMap::new();
-                match upstream.request(
-                    Method::PUT,
-                    &path,
-                    &headers,
-                    peer,
-                    key.as_ref(),
-                    Bytes::new(),
-                ) {
-                    Ok(req) => match upstream.send(req).await {
-                        Ok(resp) => {
-                            tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort")
-                        }
-                        Err(error) => tracing::warn!(%error, %chat_id, "abort request failed"),
-                    },
-                    Err(error) => tracing::warn!(%error, "cannot build the abort request"),
-                }
-            });
-        }
     }
 }
 

@@ -1,0 +1,136 @@
+//! A prediction on its way through Flowise, and what happens when its client goes away first.
+//!
+//! A client that hangs up before the answer (closes the connection, times out) makes hyper drop
+//! the request's future wherever it waits: for Flowise's response headers or its JSON body. The
+//! prediction then still runs in Flowise, and its charge would stay reserved until the sweep
+//! charges it, 15 minutes later. [`InFlight`] is armed for that time: dropped while armed, it asks
+//! Flowise to abort the run and settles the charge at once at its flat cost (the tokens are
+//! never known) — what a hang-up mid-stream gets ([`super::stream`]).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use hyper::Method;
+use hyper::header::HeaderValue;
+
+use super::credits::{Charge, Credits};
+use super::session;
+use super::upstream::Upstream;
+
+/// A forwarded prediction until Flowise answered it (or failed).
+pub(super) struct InFlight<'a> {
+    upstream: &'a Upstream,
+    credits: &'a Credits,
+    flowise_id: String,
+    chat_id: String,
+    key: Option<HeaderValue>,
+    peer: SocketAddr,
+    charge: Option<Charge>,
+    armed: bool,
+}
+
+impl<'a> InFlight<'a> {
+    pub(super) fn new(
+        upstream: &'a Upstream,
+        credits: &'a Credits,
+        flowise_id: String,
+        chat_id: String,
+        key: Option<HeaderValue>,
+        peer: SocketAddr,
+        charge: Option<Charge>,
+    ) -> Self {
+        Self {
+            upstream,
+            credits,
+            flowise_id,
+            chat_id,
+            key,
+            peer,
+            charge,
+            armed: true,
+        }
+    }
+
+    pub(super) fn key(&self) -> Option<&HeaderValue> {
+        self.key.as_ref()
+    }
+
+    /// Flowise failed before answering: the charge is refunded.
+    pub(super) fn refund(&mut self) {
+        self.armed = false;
+        if let Some(charge) = self.charge.take() {
+            self.credits.refund(charge);
+        }
+    }
+
+    /// Flowise answered: the charge, for the caller to settle.
+    pub(super) fn answered(&mut self) -> Option<Charge> {
+        self.armed = false;
+        self.charge.take()
+    }
+
+    /// Flowise streams its answer: the stream watches it from here, with a callback that asks
+    /// Flowise to abort and the charge.
+    pub(super) fn streaming(mut self) -> (impl FnOnce() + Send + Sync + 'static, Option<Charge>) {
+        self.armed = false;
+        let abort = abort(
+            self.upstream.clone(),
+            std::mem::take(&mut self.flowise_id),
+            std::mem::take(&mut self.chat_id),
+            self.key.take(),
+            self.peer,
+        );
+        (abort, self.charge.take())
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        tracing::debug!(chat_id = %self.chat_id, "client gone before Flowise answered");
+        abort(
+            self.upstream.clone(),
+            std::mem::take(&mut self.flowise_id),
+            std::mem::take(&mut self.chat_id),
+            self.key.take(),
+            self.peer,
+        )();
+        if let Some(charge) = self.charge.take() {
+            self.credits.settle(charge, 0);
+        }
+    }
+}
+
+/// A callback that asks Flowise to stop generating for a client that went away.
+pub(super) fn abort(
+    upstream: Upstream,
+    flowise_id: String,
+    chat_id: String,
+    key: Option<HeaderValue>,
+    peer: SocketAddr,
+) -> impl FnOnce() + Send + Sync + 'static {
+    move || {
+        tokio::spawn(async move {
+            let path = session::abort_path(&flowise_id, &chat_id);
+            let headers = hyper::HeaderMap::new();
+            match upstream.request(
+                Method::PUT,
+                &path,
+                &headers,
+                peer,
+                key.as_ref(),
+                Bytes::new(),
+            ) {
+                Ok(req) => match upstream.send(req).await {
+                    Ok(resp) => {
+                        tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort")
+                    }
+                    Err(error) => tracing::warn!(%error, %chat_id, "abort request failed"),
+                },
+                Err(error) => tracing::warn!(%error, "cannot build the abort request"),
+            }
+        });
+    }
+}
