@@ -77,7 +77,24 @@ pub struct CompatPredictRequest {
     pub message: Option<String>,
     pub session_id: Option<String>,
     pub override_config: Option<Map<String, Value>>,
-    pub streaming: Option<bool>,
+    pub streaming: Option<StreamingFlag>,
+}
+
+/// `streaming`: a boolean, or the same as a string, as Flowise accepts from form-style clients.
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StreamingFlag {
+    Bool(bool),
+    Text(StreamingText),
+}
+
+/// `"true"` or `"false"`.
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub enum StreamingText {
+    #[serde(rename = "true")]
+    True,
+    #[serde(rename = "false")]
+    False,
 }
 
 /// `POST /chat/predict` answer (non-streaming).
@@ -97,7 +114,7 @@ pub struct PredictionRequest {
     /// Required unless one of Flowise's other inputs (`form`, `uploads`, `humanInput`) is sent;
     /// never null.
     pub question: String,
-    pub streaming: Option<bool>,
+    pub streaming: Option<StreamingFlag>,
     pub chat_id: Option<String>,
     pub override_config: Option<Map<String, Value>>,
 }

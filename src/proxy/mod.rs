@@ -676,12 +676,11 @@ fn prepare(
     }
     // Flowise streams for `true` and for the string "true" (form-style clients send strings).
     // Whether it did is read from its answer (`forward`), so only the type is checked here.
-    if body
-        .get("streaming")
-        .is_some_and(|v| !(v.is_boolean() || v.is_string() || v.is_null()))
-    {
+    let flag =
+        |v: &Value| v.is_boolean() || v.is_null() || matches!(v.as_str(), Some("true" | "false"));
+    if body.get("streaming").is_some_and(|v| !flag(v)) {
         return Err(ProxyError::BadRequest(
-            "'streaming' must be a boolean".into(),
+            "'streaming' must be true or false (or \"true\" or \"false\")".into(),
         ));
     }
     let chat_id = session::bind_body(&mut body, &identity.key);
