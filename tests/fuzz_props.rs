@@ -145,6 +145,11 @@ fn routing_only_accepts_the_allow_list_spelled_out() {
         };
         routed += 1;
         let want = route_spelling::canonical(&found);
+        if route_spelling::user_segment(&found).is_some() {
+            // A user segment is decoded once: any spelling that routes to the same place.
+            assert_eq!(route(method, &want).ok(), Some(found), "{path:?}");
+            continue;
+        }
         let spelled = if path.len() > 1 {
             path.strip_suffix('/').unwrap_or(&path)
         } else {

@@ -1,7 +1,7 @@
 //! Method + raw path → `proxy::routes::route`, and the session binding of the chat id a request
-//! asks for. A routed path must be the canonical spelling of its route (an admin email segment:
-//! one that routes to the same place, and the email never carries a `/`); a bound session always
-//! carries the caller's prefix.
+//! asks for. A routed path must be the canonical spelling of its route (an admin user segment,
+//! email or id, which the router decodes once: one that routes to the same place; an email never
+//! carries a `/`); a bound session always carries the caller's prefix.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,15 +12,13 @@ use flowgate::proxy::session;
 #[path = "../../tests/support/route_spelling.rs"]
 mod route_spelling;
 
-use route_spelling::{METHODS, canonical};
+use route_spelling::{METHODS, canonical, user_segment};
 
-fn email(route: &Route) -> Option<&str> {
-    match route {
-        Route::Admin(
-            AdminRoute::AddUserByEmail { email, .. } | AdminRoute::RemoveUserByEmail { email, .. },
-        ) => Some(email),
-        _ => None,
-    }
+fn is_email_route(route: &Route) -> bool {
+    matches!(
+        route,
+        Route::Admin(AdminRoute::AddUserByEmail { .. } | AdminRoute::RemoveUserByEmail { .. })
+    )
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -38,9 +36,11 @@ fuzz_target!(|data: &[u8]| {
             path
         };
         let canonical = canonical(&found);
-        if let Some(email) = email(&found) {
-            assert!(!email.contains('/'), "{path:?} -> {found:?}");
-            // Fully escaped, a long email can exceed the router's path limit.
+        if let Some(user) = user_segment(&found) {
+            if is_email_route(&found) {
+                assert!(!user.contains('/'), "{path:?} -> {found:?}");
+            }
+            // Fully escaped, a long user can exceed the router's path limit.
             if canonical.len() <= 512 {
                 assert_eq!(route(method, &canonical).ok(), Some(found), "{path:?}");
             }

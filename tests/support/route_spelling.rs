@@ -17,7 +17,7 @@ pub const METHODS: [Method; 7] = [
     Method::PATCH,
 ];
 
-/// The one path that routes to `route` (admin emails fully percent-encoded).
+/// The one path that routes to `route` (admin user ids and emails fully percent-encoded).
 pub fn canonical(route: &Route) -> String {
     match route {
         Route::ListChatflows => "/api/v1/chatflows".into(),
@@ -48,7 +48,7 @@ fn admin_path(route: &AdminRoute) -> String {
         AdminRoute::BulkAddUsers(id) => format!("/chatflows/{id}/users/bulk"),
         AdminRoute::BulkAddUsersByEmail(id) => format!("/chatflows/{id}/users/email/bulk"),
         AdminRoute::AddUser { chatflow, user } | AdminRoute::RemoveUser { chatflow, user } => {
-            format!("/chatflows/{chatflow}/users/{user}")
+            format!("/chatflows/{chatflow}/users/{}", percent_encode(user))
         }
         AdminRoute::AddUserByEmail { chatflow, email }
         | AdminRoute::RemoveUserByEmail { chatflow, email } => {
@@ -61,8 +61,21 @@ fn admin_path(route: &AdminRoute) -> String {
     }
 }
 
+/// The user a route names in its last segment (decoded once by the router): an email or an id.
+pub fn user_segment(route: &Route) -> Option<&str> {
+    match route {
+        Route::Admin(
+            AdminRoute::AddUserByEmail { email: user, .. }
+            | AdminRoute::RemoveUserByEmail { email: user, .. }
+            | AdminRoute::AddUser { user, .. }
+            | AdminRoute::RemoveUser { user, .. },
+        ) => Some(user),
+        _ => None,
+    }
+}
+
 /// Every byte but ASCII letters, digits, `.`, `-` and `_` as `%XX`.
-fn percent_encode(s: &str) -> String {
+pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') {
