@@ -268,6 +268,24 @@ async fn settle_may_charge_more_than_reserved_and_the_next_reserve_is_refused(st
         matches!(refused, ReserveOutcome::Exhausted { remaining: 0, .. }),
         "{refused:?}"
     );
+    // A policy that prices only tokens reserves 0: a spent budget refuses that too, whether
+    // overdrawn by a settle or used exactly up.
+    let zero = ledger
+        .reserve(request("alice", vec![line(POLICY, "alice", 10, 0)]))
+        .await
+        .expect("reserve");
+    assert!(matches!(zero, ReserveOutcome::Exhausted { .. }), "{zero:?}");
+    let id = ledger
+        .reserve(request("carol", vec![line(POLICY, "carol", 10, 0)]))
+        .await
+        .expect("reserve")
+        .id();
+    ledger.settle(id, &[10], 1000, now()).await.expect("settle");
+    let zero = ledger
+        .reserve(request("carol", vec![line(POLICY, "carol", 10, 0)]))
+        .await
+        .expect("reserve");
+    assert!(matches!(zero, ReserveOutcome::Exhausted { .. }), "{zero:?}");
 
     // Settling for less than was held gives the difference back.
     let id = ledger

@@ -584,9 +584,11 @@ impl<'a> Charge<'a> {
         (self.policy, self.bucket, self.window_start)
     }
 
-    /// Whether `amount` more fits a bucket that has `used`, without overflowing.
+    /// Whether `amount` more fits a bucket that has `used`, without overflowing. A spent budget
+    /// (`used >= limit`) admits nothing, not even a prediction whose flat cost is 0 (a policy
+    /// that prices only tokens).
     fn fits(&self, used: i64) -> bool {
-        used <= self.limit - self.amount
+        used < self.limit && used <= self.limit - self.amount
     }
 
     /// What is left when the bucket has `used`.
@@ -635,6 +637,12 @@ mod tests {
         assert!(!charge.fits(8));
         assert_eq!(charge.remaining(7), 3);
         assert_eq!(charge.remaining(12), 0, "overdrawn");
+
+        let tokens_only = line(10, 0);
+        let charge = Charge::of(&tokens_only).expect("fits i64");
+        assert!(charge.fits(9));
+        assert!(!charge.fits(10), "spent: refused even at a flat cost of 0");
+        assert!(!charge.fits(11), "overdrawn by a settle");
 
         let huge = line(u64::MAX, i64::MAX as u64);
         let charge = Charge::of(&huge).expect("limit saturates");

@@ -1,7 +1,7 @@
 //! PostgreSQL backend, for several proxy replicas sharing one database.
 //!
 //! Exactness comes from conditional writes, never from read-then-write: a reserve charges each
-//! bucket with one upsert whose update only happens `WHERE used <= limit - amount`, in one
+//! bucket with one upsert whose update only happens `WHERE used < limit AND used <= limit - amount`, in one
 //! transaction, taking the bucket rows in sorted key order so that concurrent multi-line
 //! requests cannot deadlock. A line that does not fit rolls the whole transaction back.
 //! Serialization failures and deadlocks (which a replica sweeping concurrently can still cause)

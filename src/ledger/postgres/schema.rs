@@ -161,7 +161,7 @@ impl Statements {
                  VALUES ($1::text, $2::text, $3::int8, $4::int8)
                  ON CONFLICT (policy, bucket, window_start)
                  DO UPDATE SET used = b.used + EXCLUDED.used
-                     WHERE b.used <= $5::int8 - EXCLUDED.used
+                     WHERE b.used < $5::int8 AND b.used <= $5::int8 - EXCLUDED.used
                  RETURNING used"
             ),
             client.prepare(
