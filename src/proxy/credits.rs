@@ -70,8 +70,9 @@ pub fn crossed(limit: u64, remaining: u64, amount: u64, percents: &[u8]) -> Vec<
         .iter()
         .copied()
         .filter(|p| {
-            let threshold = (limit * u64::from(*p)).div_ceil(100);
-            before < threshold && threshold <= after
+            // In u128: a budget near u64::MAX (a stand-in for "unlimited") must not overflow.
+            let threshold = (u128::from(limit) * u128::from(*p)).div_ceil(100);
+            u128::from(before) < threshold && threshold <= u128::from(after)
         })
         .collect()
 }
@@ -525,5 +526,12 @@ mod tests {
             "one big charge crosses both"
         );
         assert_eq!(crossed(0, 0, 1, &[80]), Vec::<u8>::new());
+        let huge = u64::MAX / 2;
+        assert_eq!(
+            crossed(huge, huge - huge / 10 * 8, huge / 10 * 8, &[80]),
+            Vec::<u8>::new(),
+            "just below 80 % of a huge budget, without overflowing"
+        );
+        assert_eq!(crossed(huge, 0, huge, &[80, 100]), vec![80, 100]);
     }
 }

@@ -178,7 +178,9 @@ impl SseScanner {
                 continue;
             };
             match value.get("event").and_then(|e| e.as_str()) {
-                Some("usageMetadata") => self.tokens += usage_tokens(&value["data"]),
+                Some("usageMetadata") => {
+                    self.tokens = self.tokens.saturating_add(usage_tokens(&value["data"]));
+                }
                 Some("error") => self.error_event = true,
                 _ => {}
             }
@@ -203,8 +205,11 @@ pub fn usage_tokens(usage: &serde_json::Value) -> u64 {
             .find_map(|n| usage.get(*n).and_then(|v| v.as_u64()))
     };
     field(&["total_tokens", "totalTokens"]).unwrap_or_else(|| {
-        field(&["input_tokens", "inputTokens", "promptTokens"]).unwrap_or(0)
-            + field(&["output_tokens", "outputTokens", "completionTokens"]).unwrap_or(0)
+        field(&["input_tokens", "inputTokens", "promptTokens"])
+            .unwrap_or(0)
+            .saturating_add(
+                field(&["output_tokens", "outputTokens", "completionTokens"]).unwrap_or(0),
+            )
     })
 }
 
@@ -217,7 +222,7 @@ pub fn json_usage_tokens(answer: &serde_json::Value) -> u64 {
         .flatten()
         .filter_map(|node| node.pointer("/data/output/usageMetadata"))
         .map(usage_tokens)
-        .sum();
+        .fold(0, u64::saturating_add);
     if from_nodes > 0 {
         from_nodes
     } else {
@@ -267,6 +272,13 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
         ]});
         assert_eq!(json_usage_tokens(&answer), 115);
         assert_eq!(json_usage_tokens(&serde_json::json!({"text": "x"})), 0);
+        // Counts from Flowise are outside input: they saturate instead of overflowing.
+        let max = u64::MAX;
+        let huge = serde_json::json!({"agentFlowExecutedData": [
+            {"data": {"output": {"usageMetadata": {"input_tokens": max, "output_tokens": max}}}},
+            {"data": {"output": {"usageMetadata": {"total_tokens": max}}}}
+        ]});
+        assert_eq!(json_usage_tokens(&huge), u64::MAX);
     }
 
     fn chunks(
