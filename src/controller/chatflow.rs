@@ -140,8 +140,12 @@ pub(super) async fn dereference(
             ))
         }
         Desired::Own(owned) => {
+            // The id in status is a shortcut only to a chatflow that carries our marker: a
+            // Chatflow that adopted X and was switched to a `definition` must not take X over
+            // (and delete it later with `deletionPolicy: Delete`).
             if let Some(id) = known_id
                 && let Some(chatflow) = flowise.get(id).await?
+                && has_marker(&chatflow, &owned.marker)
             {
                 return Ok(Found::One(chatflow));
             }

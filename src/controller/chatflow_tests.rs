@@ -376,6 +376,37 @@ fn a_lost_status_write_finds_the_chatflow_again_instead_of_creating_a_second() {
 }
 
 #[test]
+fn an_adopted_chatflow_in_status_is_not_taken_over_when_the_spec_turns_to_a_definition() {
+    let flowise = FakeFlowise::default();
+    // Someone else's chatflow, adopted before: its id is in status, it carries no marker.
+    let theirs = flowise.insert("their bot", "CHATFLOW", Some("their-tag"));
+    let desired = Desired::Own(owned());
+    let outcome = block_on(sync(&flowise, &desired, Some(&theirs))).expect("synced");
+    let Outcome::Synced {
+        chatflow,
+        change: Change::Created,
+    } = outcome
+    else {
+        panic!("expected a chatflow of its own, got {outcome:?}")
+    };
+    assert_ne!(chatflow.id, theirs);
+    assert_eq!(
+        flowise.updates.load(Ordering::SeqCst),
+        0,
+        "theirs untouched"
+    );
+    let kept = flowise
+        .all()
+        .into_iter()
+        .find(|c| c.id == theirs)
+        .expect("kept");
+    assert_eq!(
+        (kept.name.as_str(), kept.category.as_deref()),
+        ("their bot", Some("their-tag"))
+    );
+}
+
+#[test]
 fn a_chatflow_deleted_in_flowise_is_created_again() {
     let flowise = FakeFlowise::default();
     let desired = Desired::Own(owned());
