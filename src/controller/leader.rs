@@ -111,19 +111,29 @@ impl Lease {
                 () = session.cancelled() => return,
                 () = tokio::time::sleep(self.settings.renew_every) => {}
             }
-            match self.try_acquire_or_renew().await {
-                Ok(true) => renewed = Instant::now(),
-                Ok(false) => {
+            // A renewal counts from when it was sent, and may not outlast the deadline: a call
+            // hanging on a slow API server (kube's read timeout is minutes) would otherwise let
+            // this replica reconcile on while another takes the expired Lease.
+            let sent = Instant::now();
+            let left = deadline.saturating_sub(renewed.elapsed());
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => renewed = sent,
+                Ok(Ok(false)) => {
                     tracing::warn!("another replica holds the controller Lease");
                     session.cancel();
                     return;
                 }
-                Err(error) if renewed.elapsed() >= deadline => {
+                Ok(Err(error)) if renewed.elapsed() >= deadline => {
                     tracing::warn!(%error, "could not renew the controller Lease in time");
                     session.cancel();
                     return;
                 }
-                Err(error) => tracing::debug!(%error, "Lease renewal failed; retrying"),
+                Ok(Err(error)) => tracing::debug!(%error, "Lease renewal failed; retrying"),
+                Err(_) => {
+                    tracing::warn!(?left, "the Lease renewal did not answer in time");
+                    session.cancel();
+                    return;
+                }
             }
         }
     }
