@@ -328,23 +328,99 @@ async fn a_client_hanging_up_before_the_answer_aborts_in_flowise_and_is_charged(
     .expect("bounded to 60 s");
 }
 
+/// The PostgreSQL URL of the tests, routed through a gate the test can close and reopen.
+async fn gated_postgres() -> (support::FlowiseGate, String) {
+    let pg = std::env::var("FLOWGATE_TEST_POSTGRES_URL").unwrap_or_default();
+    assert!(
+        !pg.is_empty(),
+        "FLOWGATE_TEST_POSTGRES_URL is not set: run scripts/test.sh, or \
+         `scripts/postgres.sh start && eval \"$(scripts/postgres.sh env)\"`"
+    );
+    // postgres://user@host:port/db — route host:port through a relay we can close.
+    let (scheme_user, rest) = pg.split_once('@').expect("postgres URL with user@");
+    let (host_port, db) = rest.split_once('/').expect("postgres URL with a database");
+    let relay = support::FlowiseGate::open_to(host_port).await;
+    let relayed = format!(
+        "{scheme_user}@{}/{db}",
+        relay.url().trim_start_matches("http://")
+    );
+    (relay, relayed)
+}
+
+#[tokio::test]
+async fn a_settle_that_meets_a_ledger_outage_is_retried_until_it_lands() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let (relay, relayed) = gated_postgres().await;
+        let team = Team::with_fake_flowise("faults-settle-retry").await;
+        // Tokens priced: the charge is settled after the answer, not final at reserve.
+        team.policy(
+            "tokens",
+            json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
+                   "cost": {"perPrediction": 1, "perThousandTokens": 1}}),
+        )
+        .await;
+        let policy = format!("{}/tokens", team.ns);
+        let fake = FakeFlowise::start(Mode::Slow {
+            delay: Duration::from_millis(1500),
+        })
+        .await;
+        let gate = Flowgate::start_with(Options {
+            flowise_url: Some(fake.url.clone()),
+            ledger_url: Some(relayed),
+            ..Default::default()
+        })
+        .await;
+        let alice = team.alice();
+        indexed(&gate, &alice, &policy).await;
+        let asked = tokio::spawn({
+            let (base, alice, id) = (gate.base.clone(), alice.clone(), team.flowise_id.clone());
+            async move {
+                reqwest::Client::new()
+                    .post(format!("{base}/api/v1/prediction/{id}"))
+                    .bearer_auth(alice)
+                    .json(&json!({"question": "slow"}))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }
+        });
+        // Reserved, Flowise still thinking: PostgreSQL goes away; the answer's settle fails.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        relay.close();
+        assert_eq!(asked.await.expect("task").expect("answer"), 200);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        relay.reopen().await;
+        // Without a retry the reservation would stay open until the sweep, 15 minutes later.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            let rows = reqwest::Client::new()
+                .get(format!("{}/credits/usage?policy={policy}", gate.base))
+                .bearer_auth(&alice)
+                .send()
+                .await
+                .expect("usage answers");
+            if rows.status() == 200 {
+                let rows: serde_json::Value = rows.json().await.expect("json");
+                if rows.to_string().contains("\"settled\"") {
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the settle landed once PostgreSQL was back"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 90 s");
+}
+
 #[tokio::test]
 async fn postgres_unreachable_fails_closed_with_503_and_recovers_without_restart() {
     tokio::time::timeout(Duration::from_secs(90), async {
-        let pg = std::env::var("FLOWGATE_TEST_POSTGRES_URL").unwrap_or_default();
-        assert!(
-            !pg.is_empty(),
-            "FLOWGATE_TEST_POSTGRES_URL is not set: run scripts/test.sh, or \
-             `scripts/postgres.sh start && eval \"$(scripts/postgres.sh env)\"`"
-        );
-        // postgres://user@host:port/db — route host:port through a relay we can close.
-        let (scheme_user, rest) = pg.split_once('@').expect("postgres URL with user@");
-        let (host_port, db) = rest.split_once('/').expect("postgres URL with a database");
-        let relay = support::FlowiseGate::open_to(host_port).await;
-        let relayed = format!(
-            "{scheme_user}@{}/{db}",
-            relay.url().trim_start_matches("http://")
-        );
+        let (relay, relayed) = gated_postgres().await;
         let (team, policy) = team_with_policy("faults-postgres").await;
         let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
         let gate = Flowgate::start_with(Options {

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::Retryable;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
@@ -20,7 +21,8 @@ use crate::crd::BudgetScope;
 use crate::identity::Identity;
 use crate::index::{Caller, ChatflowEntry, PolicyRule, Snapshot};
 use crate::ledger::{
-    self, BudgetLine, CreditLedger, ReservationId, ReserveOutcome, ReserveRequest, UsageFilter,
+    self, BudgetLine, CreditLedger, LedgerError, ReservationId, ReserveOutcome, ReserveRequest,
+    UsageFilter,
 };
 use crate::metrics::Metrics;
 
@@ -238,8 +240,14 @@ impl Credits {
         let ledger = self.ledger.clone();
         let metrics = self.metrics.clone();
         self.background.spawn(async move {
-            let settle = ledger.settle(charge.id, &actual, tokens, Timestamp::now());
-            if let Err(error) = timed(&metrics, "settle", settle).await {
+            let settle = || {
+                timed(
+                    &metrics,
+                    "settle",
+                    ledger.settle(charge.id, &actual, tokens, Timestamp::now()),
+                )
+            };
+            if let Err(error) = retried(settle, charge.id, "settle").await {
                 // The reservation stays; the sweep charges it at the reserved amount.
                 tracing::error!(%error, reservation = charge.id.0, "settling failed");
             }
@@ -251,8 +259,15 @@ impl Credits {
         let ledger = self.ledger.clone();
         let metrics = self.metrics.clone();
         self.background.spawn(async move {
-            let refund = ledger.refund(charge.id, Timestamp::now());
-            if let Err(error) = timed(&metrics, "refund", refund).await {
+            let refund = || {
+                timed(
+                    &metrics,
+                    "refund",
+                    ledger.refund(charge.id, Timestamp::now()),
+                )
+            };
+            if let Err(error) = retried(refund, charge.id, "refund").await {
+                // The reservation stays; the sweep charges it at the reserved amount.
                 tracing::error!(%error, reservation = charge.id.0, "refund failed");
             }
         });
@@ -440,6 +455,34 @@ pub async fn usage_records(
 }
 
 /// Runs one ledger call and records how long it took, answered or failed.
+/// A settle or refund, retried while the ledger fails transiently (a lost connection, a
+/// failover, a busy database): 0.2 s doubling to 10 s, about two minutes in all — well inside
+/// a reservation's expiry, after which the sweep charges what it held. Both are idempotent (the
+/// reservation's state decides), so a retry of one that did commit changes nothing.
+async fn retried<T, F, Fut>(
+    call: F,
+    reservation: ReservationId,
+    operation: &'static str,
+) -> Result<T, LedgerError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, LedgerError>>,
+{
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(15);
+    call.retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(LedgerError::transient)
+        .notify(|error, after| {
+            tracing::warn!(%error, reservation = reservation.0, operation, ?after, "ledger failed; retrying");
+        })
+        .await
+}
+
 async fn timed<T>(metrics: &Metrics, operation: &'static str, call: impl Future<Output = T>) -> T {
     let started = Instant::now();
     let out = call.await;
