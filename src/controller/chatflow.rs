@@ -480,6 +480,12 @@ async fn cleanup(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError
     if cf.spec.deletion_policy == DeletionPolicy::Retain || adopted {
         return Ok(Action::await_change());
     }
+    // An invalid spec that never reached Flowise (no id in status) has nothing there to delete:
+    // its deletion must not wait for a Flowise that may be down or refuse the key.
+    let never_synced = cf.status.as_ref().is_none_or(|s| s.flowise_id.is_none());
+    if never_synced && validate(cf).is_err() {
+        return Ok(Action::await_change());
+    }
     let ns = cf
         .metadata
         .namespace

@@ -275,11 +275,21 @@ async fn an_invalid_spec_is_reported_touches_nothing_in_flowise_and_deletes_free
         "nothing created in Flowise: {created:?}"
     );
 
-    // Cleanup is never blocked by validation.
+    // Cleanup is never blocked by validation, nor by a Flowise it never reached: with Flowise
+    // unreachable an invalid Chatflow (`deletionPolicy: Delete`) still goes.
     api.delete("two", &DeleteParams::default())
         .await
         .expect("delete requested");
     wait_deleted(&api, "two").await;
+    controller.stop().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let controller = start_with(&client, settings(&ns), flowise_at(&dead));
+    api.delete("no-nodes", &DeleteParams::default())
+        .await
+        .expect("delete requested");
+    wait_deleted(&api, "no-nodes").await;
     controller.stop().await;
 }
 
