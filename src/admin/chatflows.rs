@@ -78,19 +78,43 @@ pub async fn delete(client: &Client, cf: &ChatflowEntry) -> Result<MessageRespon
     let (ns, name) = (&cf.rule.namespace, &cf.rule.name);
     let api: Api<Chatflow> = Api::namespaced(client.clone(), ns);
     let gone = || ProxyError::NotFoundDetail(format!("Chatflow {ns}/{name} no longer exists"));
-    let Some(current) = api.get_opt(name).await.map_err(kube_error)? else {
-        return Err(gone());
-    };
-    if current.spec.deletion_policy == DeletionPolicy::Delete {
-        let retain = serde_json::json!({"spec": {"deletionPolicy": "Retain"}});
-        api.patch(name, &PatchParams::default(), &Patch::Merge(&retain))
-            .await
-            .map_err(kube_error)?;
-    }
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => return Err(gone()),
-        Err(e) => return Err(kube_error(e)),
+    // The switch to Retain and the delete must see the same object: a GitOps sync putting
+    // `Delete` back in between (or a new object of that name) would otherwise have its chatflow
+    // deleted in Flowise. Both are conditional on the version read; a race is retried.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let Some(mut current) = api.get_opt(name).await.map_err(kube_error)? else {
+            return Err(gone());
+        };
+        if current.spec.deletion_policy == DeletionPolicy::Delete {
+            let retain = serde_json::json!({
+                "metadata": {"resourceVersion": current.metadata.resource_version},
+                "spec": {"deletionPolicy": "Retain"},
+            });
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&retain))
+                .await
+            {
+                Ok(patched) => current = patched,
+                Err(kube::Error::Api(s)) if s.code == 409 && attempts < 5 => continue,
+                Err(kube::Error::Api(s)) if s.code == 404 => return Err(gone()),
+                Err(e) => return Err(kube_error(e)),
+            }
+        }
+        let exactly = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: current.metadata.uid.clone(),
+                resource_version: current.metadata.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &exactly).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 409 && attempts < 5 => continue,
+            Err(kube::Error::Api(s)) if s.code == 404 => return Err(gone()),
+            Err(e) => return Err(kube_error(e)),
+        }
     }
     let access = remove_own_access(client, ns, name).await?;
     Ok(MessageResponse {
