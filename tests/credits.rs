@@ -337,6 +337,48 @@ async fn a_retried_request_with_the_same_idempotency_key_is_charged_once() {
     team.cleanup().await;
 }
 
+#[tokio::test]
+async fn a_keyed_request_that_failed_upstream_may_be_retried_at_once() {
+    // The refund of a keyed request lands before its error answer: a client retrying the same
+    // key straight after a 502 finds it free, not "in progress" (409).
+    let team = Team::with_fake_flowise("credits-idem-retry").await;
+    let policy = format!("{}/ten", team.ns);
+    team.policy(
+        "ten",
+        json!({"chatflows": ["*"], "budget": {"credits": 10, "period": "Daily"}}),
+    )
+    .await;
+    let failing = FakeFlowise::start(Mode::Fail).await;
+    // PostgreSQL: a refund's commit takes long enough there for a retry to overtake it.
+    let gate = Flowgate::start_with(Options {
+        flowise_url: Some(failing.url.clone()),
+        ledger_url: Some(
+            std::env::var("FLOWGATE_TEST_POSTGRES_URL").expect("PostgreSQL for tests"),
+        ),
+        ..Default::default()
+    })
+    .await;
+    let id = team.flowise_id.clone();
+    eventually_status(&gate, &team.alice(), &id, 502).await;
+    let http = reqwest::Client::new();
+    for i in 0..20 {
+        let key = format!("order-{i}-{}", team.ns);
+        for attempt in 0..2 {
+            let resp = http
+                .post(format!("{}/api/v1/prediction/{id}", gate.base))
+                .bearer_auth(team.alice())
+                .header("Idempotency-Key", &key)
+                .json(&json!({"question": "retry me"}))
+                .send()
+                .await
+                .expect("answer");
+            assert_eq!(resp.status(), 502, "{key}, attempt {attempt}");
+        }
+    }
+    used_becomes(&gate, &team.alice(), &policy, 0).await;
+    team.cleanup().await;
+}
+
 /// A flowgate process (the real binary) for multi-replica tests; killed when dropped.
 struct Replica {
     _child: KillOnDrop,

@@ -55,11 +55,12 @@ impl<'a> InFlight<'a> {
         self.key.as_ref()
     }
 
-    /// Flowise failed before answering: the charge is refunded.
-    pub(super) fn refund(&mut self) {
+    /// Flowise failed before answering: the charge is refunded (before the error answer when
+    /// the request is keyed, see [`Credits::refund_now`]).
+    pub(super) async fn refund(&mut self) {
         self.armed = false;
         if let Some(charge) = self.charge.take() {
-            self.credits.refund(charge);
+            self.credits.refund_now(charge).await;
         }
     }
 

@@ -85,6 +85,9 @@ pub struct Charge {
     policies: Vec<Arc<PolicyRule>>,
     /// Charged in full at reserve time (no policy prices tokens): nothing to settle.
     final_cost: bool,
+    /// The request carried an `Idempotency-Key`: its refund lands before the answer, so that a
+    /// prompt retry with the same key finds it free, not "in progress" (409).
+    keyed: bool,
     /// Smallest remaining balance over the charged policies, after this reservation.
     pub remaining: Option<u64>,
 }
@@ -185,6 +188,7 @@ impl Credits {
             })
             .collect::<Result<Vec<_>, ProxyError>>()?;
         let final_cost = policies.iter().all(|p| p.per_thousand_tokens == 0);
+        let keyed = idempotency_key.is_some();
         let request = ReserveRequest {
             subject: identity.key.clone(),
             chatflow: format!("{}/{}", cf.rule.namespace, cf.rule.name),
@@ -205,6 +209,7 @@ impl Credits {
                     id,
                     policies,
                     final_cost,
+                    keyed,
                     remaining: remaining.iter().map(|(_, left)| *left).min(),
                 }))
             }
@@ -252,6 +257,26 @@ impl Credits {
                 tracing::error!(%error, reservation = charge.id.0, "settling failed");
             }
         });
+    }
+
+    /// Releases the reservation (Flowise failed before answering): before returning when the
+    /// request carried an `Idempotency-Key` (its retry must find the key free), in the
+    /// background otherwise.
+    pub async fn refund_now(&self, charge: Charge) {
+        if !charge.keyed {
+            return self.refund(charge);
+        }
+        let refund = || {
+            timed(
+                &self.metrics,
+                "refund",
+                self.ledger.refund(charge.id, Timestamp::now()),
+            )
+        };
+        if let Err(error) = retried(refund, charge.id, "refund").await {
+            // The reservation stays; the sweep charges it at the reserved amount.
+            tracing::error!(%error, reservation = charge.id.0, "refund failed");
+        }
     }
 
     /// Releases the reservation in the background (Flowise failed before answering).

@@ -429,7 +429,7 @@ impl Proxy {
         ) {
             Ok(req) => req,
             Err(error) => {
-                flight.refund();
+                flight.refund().await;
                 return Err(error);
             }
         };
@@ -437,13 +437,13 @@ impl Proxy {
             Ok(resp) => resp,
             Err(error) => {
                 self.metrics.upstream_error(error.reason());
-                flight.refund();
+                flight.refund().await;
                 return Err(error);
             }
         };
         let status = upstream.status();
         if status.is_server_error() {
-            flight.refund();
+            flight.refund().await;
             let body = self
                 .upstream
                 .read_body(upstream.into_body(), 64 * 1024)
@@ -455,7 +455,7 @@ impl Proxy {
         // Flowise refusing flowgate's key is flowgate's configuration, not the caller's token:
         // passed through, it would read as the caller's 401.
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-            flight.refund();
+            flight.refund().await;
             let body = self
                 .upstream
                 .read_body(upstream.into_body(), 64 * 1024)
@@ -499,7 +499,7 @@ impl Proxy {
         let answer = match self.upstream.read_body(incoming, MAX_ANSWER).await {
             Ok(answer) => answer,
             Err(error) => {
-                flight.refund();
+                flight.refund().await;
                 return Err(error);
             }
         };
