@@ -20,8 +20,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) struct Conn {
     pub(super) client: Client,
     pub(super) st: Statements,
-    /// A transaction begun by hand (`BEGIN` sent) and not yet known to be over; the pool rolls
-    /// it back before lending the connection again (its user failed or was cancelled).
+    /// A transaction begun by hand (`BEGIN` sent) and not yet known to be over (its user failed
+    /// or was cancelled). The pool closes such a connection instead of keeping it: that ends the
+    /// transaction, and its row locks, at once.
     pub(super) open: bool,
 }
 
@@ -89,12 +90,6 @@ impl Pool {
             idle.pop()
         };
         let conn = match idle {
-            Some(mut conn) if conn.open => {
-                // Outside a transaction this only warns.
-                conn.client.batch_execute("ROLLBACK").await?;
-                conn.open = false;
-                conn
-            }
             Some(conn) => conn,
             None => Conn::prepare(open_client(&self.config, &self.runtime).await?).await?,
         };
@@ -106,8 +101,9 @@ impl Pool {
     }
 }
 
-/// A connection lent out; it goes back to the pool when dropped (a transaction left open by a
-/// cancelled future is rolled back first, as tokio-postgres queues the ROLLBACK).
+/// A connection lent out; it goes back to the pool when dropped (a `Transaction` left open by
+/// a cancelled future is rolled back first, as tokio-postgres queues the ROLLBACK; a batch's
+/// hand-begun transaction left open closes the connection instead, see [`Conn::open`]).
 pub(super) struct Pooled<'p> {
     conn: Option<Conn>,
     pool: &'p Pool,
@@ -130,7 +126,15 @@ impl std::ops::DerefMut for Pooled<'_> {
 
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take().filter(|c| !c.client.is_closed()) {
+        // A transaction left open holds its bucket and reservation locks until it ends. Kept
+        // idle, it would hold them (other replicas' reserves on those budgets waiting) until
+        // some later `get` took this connection and rolled it back; dropped, the client closes
+        // and PostgreSQL ends the transaction now. A reconnect is the price, on a rare path.
+        if let Some(conn) = self
+            .conn
+            .take()
+            .filter(|c| !c.client.is_closed() && !c.open)
+        {
             let mut idle = self
                 .pool
                 .idle
