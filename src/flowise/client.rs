@@ -143,8 +143,12 @@ impl FlowiseClient {
     fn transport(&self, error: reqwest::Error, url: &Url) -> FlowiseError {
         let cause = FlowiseError::cause(&error);
         if error.is_connect() {
+            tracing::debug!(%url, %cause, "cannot connect to Flowise");
+            // The base URL, not the endpoint's: the error ends up in Chatflow status, and a
+            // message that changed with the endpoint (a get by id, then the listing) would make
+            // every reconcile write the status anew and trigger the next one, past the backoff.
             FlowiseError::Connect {
-                url: url.to_string(),
+                url: self.base.to_string(),
                 cause,
                 source: error,
             }
@@ -293,6 +297,23 @@ mod tests {
             "http://flowise:3000/prefix/api/v1/chatflows"
         );
         assert!(client.api_key.is_none(), "an empty key is no key");
+    }
+
+    #[tokio::test]
+    async fn a_connection_error_names_the_base_url_whatever_the_endpoint() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}/", closed.local_addr().expect("addr"));
+        drop(closed);
+        let client = FlowiseClient::new(Url::parse(&base).expect("url"), None, Timeouts::default())
+            .expect("client");
+        let by_id = client.get("3f1c2a7e-0000-4000-8000-000000000001").await;
+        let listing = client.list().await;
+        let (Err(by_id), Err(listing)) = (by_id, listing) else {
+            panic!("nothing listens there")
+        };
+        assert!(matches!(by_id, FlowiseError::Connect { .. }), "{by_id}");
+        assert_eq!(by_id.to_string(), listing.to_string());
+        assert!(by_id.to_string().contains(&base), "{by_id}");
     }
 
     #[test]
