@@ -463,6 +463,19 @@ async fn an_idempotency_key_charges_once_and_a_refunded_key_reserves_again(store
         }
     );
     assert_eq!(used(&*ledger, POLICY, "alice").await, 2);
+
+    // A key whose request spent the budget is still a duplicate, not a 402: the key is checked
+    // before the budget, on both backends.
+    let mut last = request("carol", vec![line(POLICY, "carol", 1, 1)]);
+    last.idempotency_key = Some("k3".into());
+    let id = ledger.reserve(last.clone()).await.expect("reserve").id();
+    assert_eq!(
+        ledger.reserve(last).await.expect("reserve"),
+        ReserveOutcome::Duplicate {
+            id,
+            state: ReservationState::Reserved
+        }
+    );
 }
 
 async fn expired_reservations_stay_charged_and_a_late_settle_or_refund_still_applies(store: Store) {

@@ -485,7 +485,24 @@ async fn reserve<'a>(
             let i = next;
             next += 1;
             match plan(requests[i], &charges[i], used) {
-                Plan::Refused(outcome) => outcomes[i] = Some(outcome),
+                // A key already held is a duplicate even when the budget is spent (as on
+                // SQLite and the one-operation path, which check the key first).
+                Plan::Refused(outcome) => {
+                    outcomes[i] = Some(match &requests[i].idempotency_key {
+                        Some(key) => tx
+                            .query_opt(&st.find_key, &[&requests[i].subject, key])
+                            .await?
+                            .map(|row| -> Result<ReserveOutcome, LedgerError> {
+                                Ok(ReserveOutcome::Duplicate {
+                                    id: ReservationId(row.try_get(0)?),
+                                    state: ReservationState::parse(row.try_get(1)?)?,
+                                })
+                            })
+                            .transpose()?
+                            .unwrap_or(outcome),
+                        None => outcome,
+                    });
+                }
                 Plan::Fits(after) => {
                     for (charge, &u) in charges[i].iter().zip(&after) {
                         used.insert(charge.key(), u);
