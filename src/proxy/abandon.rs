@@ -74,14 +74,18 @@ impl<'a> InFlight<'a> {
     /// Flowise to abort and the charge.
     pub(super) fn streaming(mut self) -> (impl FnOnce() + Send + Sync + 'static, Option<Charge>) {
         self.armed = false;
-        let abort = abort(
+        (self.take_abort(), self.charge.take())
+    }
+
+    /// The abort callback for this chat, built from what the flight holds (taken out of it).
+    fn take_abort(&mut self) -> impl FnOnce() + Send + Sync + use<> {
+        abort(
             self.upstream.clone(),
             std::mem::take(&mut self.flowise_id),
             std::mem::take(&mut self.chat_id),
             self.key.take(),
             self.peer,
-        );
-        (abort, self.charge.take())
+        )
     }
 }
 
@@ -91,13 +95,7 @@ impl Drop for InFlight<'_> {
             return;
         }
         tracing::debug!(chat_id = %self.chat_id, "client gone before Flowise answered");
-        abort(
-            self.upstream.clone(),
-            std::mem::take(&mut self.flowise_id),
-            std::mem::take(&mut self.chat_id),
-            self.key.take(),
-            self.peer,
-        )();
+        self.take_abort()();
         if let Some(charge) = self.charge.take() {
             self.credits.settle(charge, 0);
         }

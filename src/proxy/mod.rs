@@ -442,30 +442,25 @@ impl Proxy {
             }
         };
         let status = upstream.status();
-        if status.is_server_error() {
-            flight.refund().await;
-            let body = self
-                .upstream
-                .read_body(upstream.into_body(), 64 * 1024)
-                .await
-                .unwrap_or_default();
-            self.metrics.upstream_error("status_5xx");
-            return Err(ProxyError::Upstream(flowise_message(status, &body)));
-        }
         // Flowise refusing flowgate's key is flowgate's configuration, not the caller's token:
         // passed through, it would read as the caller's 401.
-        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        let key_refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+        if status.is_server_error() || key_refused {
             flight.refund().await;
             let body = self
                 .upstream
                 .read_body(upstream.into_body(), 64 * 1024)
                 .await
                 .unwrap_or_default();
+            let message = flowise_message(status, &body);
+            if !key_refused {
+                self.metrics.upstream_error("status_5xx");
+                return Err(ProxyError::Upstream(message));
+            }
             self.metrics.upstream_error("status_auth");
             return Err(ProxyError::Upstream(format!(
                 "Flowise refused flowgate's credentials for this chatflow (check the Chatflow's \
-                 apiKeySecretRef or FLOWGATE_FLOWISE_API_KEY_FILE): {}",
-                flowise_message(status, &body)
+                 apiKeySecretRef or FLOWGATE_FLOWISE_API_KEY_FILE): {message}"
             )));
         }
         let (parts, incoming) = upstream.into_parts();
