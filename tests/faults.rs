@@ -300,17 +300,32 @@ async fn a_client_hanging_up_before_the_answer_aborts_in_flowise_and_is_charged(
         let alice = team.alice();
         indexed(&gate, &alice, &policy).await;
         for i in 1..=2 {
-            let gone = reqwest::Client::new()
-                .post(format!(
-                    "{}/api/v1/prediction/{}",
-                    gate.base, team.flowise_id
-                ))
-                .bearer_auth(&alice)
-                .json(&json!({"question": "a long one"}))
-                .timeout(Duration::from_millis(500))
-                .send()
-                .await;
-            assert!(gone.is_err(), "the client gave up first");
+            let asking = tokio::spawn({
+                let url = format!("{}/api/v1/prediction/{}", gate.base, team.flowise_id);
+                let alice = alice.clone();
+                async move {
+                    reqwest::Client::new()
+                        .post(url)
+                        .bearer_auth(alice)
+                        .json(&json!({"question": "a long one"}))
+                        .send()
+                        .await
+                }
+            });
+            // Once Flowise has the prediction, the client gives up (its connection is dropped).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while fake.predictions() < i {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "prediction {i} reached Flowise"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            asking.abort();
+            assert!(
+                asking.await.is_err(),
+                "the client gave up before the answer"
+            );
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while fake.aborts.load(std::sync::atomic::Ordering::SeqCst) < i {
                 assert!(
@@ -384,8 +399,16 @@ async fn a_settle_that_meets_a_ledger_outage_is_retried_until_it_lands() {
                     .map(|r| r.status().as_u16())
             }
         });
-        // Reserved, Flowise still thinking: PostgreSQL goes away; the answer's settle fails.
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Reserved and forwarded, Flowise still thinking: PostgreSQL goes away; the answer's
+        // settle fails.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while fake.predictions() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the prediction reached Flowise"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         relay.close();
         assert_eq!(asked.await.expect("task").expect("answer"), 200);
         tokio::time::sleep(Duration::from_secs(2)).await;

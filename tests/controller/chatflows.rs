@@ -282,10 +282,9 @@ async fn an_invalid_spec_is_reported_touches_nothing_in_flowise_and_deletes_free
         .expect("delete requested");
     wait_deleted(&api, "two").await;
     controller.stop().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
-    let controller = start_with(&client, settings(&ns), flowise_at(&dead));
+    // Port 1: nothing listens there, and no other test can take it meanwhile (a port freed by
+    // the test could be, and then hang instead of refusing).
+    let controller = start_with(&client, settings(&ns), flowise_at("http://127.0.0.1:1"));
     api.delete("no-nodes", &DeleteParams::default())
         .await
         .expect("delete requested");
