@@ -313,27 +313,19 @@ async fn a_client_hanging_up_before_the_answer_aborts_in_flowise_and_is_charged(
                 }
             });
             // Once Flowise has the prediction, the client gives up (its connection is dropped).
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while fake.predictions() < i {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "prediction {i} reached Flowise"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            support::eventually(10, "the prediction in Flowise", || async {
+                (fake.predictions() >= i).then_some(())
+            })
+            .await;
             asking.abort();
             assert!(
                 asking.await.is_err(),
                 "the client gave up before the answer"
             );
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while fake.aborts.load(std::sync::atomic::Ordering::SeqCst) < i {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "Flowise's abort endpoint called after hang-up {i}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            support::eventually(10, "Flowise's abort endpoint called", || async {
+                (fake.aborts.load(std::sync::atomic::Ordering::SeqCst) >= i).then_some(())
+            })
+            .await;
         }
         // Charged the flat cost at once, as a hang-up mid-stream is; not left to the sweep.
         used_becomes(&gate, &alice, &policy, 2).await;
@@ -401,39 +393,27 @@ async fn a_settle_that_meets_a_ledger_outage_is_retried_until_it_lands() {
         });
         // Reserved and forwarded, Flowise still thinking: PostgreSQL goes away; the answer's
         // settle fails.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while fake.predictions() == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the prediction reached Flowise"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        support::eventually(10, "the prediction in Flowise", || async {
+            (fake.predictions() > 0).then_some(())
+        })
+        .await;
         relay.close();
         assert_eq!(asked.await.expect("task").expect("answer"), 200);
         tokio::time::sleep(Duration::from_secs(2)).await;
         relay.reopen().await;
         // Without a retry the reservation would stay open until the sweep, 15 minutes later.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-        loop {
+        let usage = format!("{}/credits/usage?policy={policy}", gate.base);
+        support::eventually(40, "the settle, once PostgreSQL was back", || async {
             let rows = reqwest::Client::new()
-                .get(format!("{}/credits/usage?policy={policy}", gate.base))
+                .get(&usage)
                 .bearer_auth(&alice)
                 .send()
                 .await
-                .expect("usage answers");
-            if rows.status() == 200 {
-                let rows: serde_json::Value = rows.json().await.expect("json");
-                if rows.to_string().contains("\"settled\"") {
-                    break;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the settle landed once PostgreSQL was back"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+                .ok()?;
+            let rows: serde_json::Value = rows.json().await.ok()?;
+            rows.to_string().contains("\"settled\"").then_some(())
+        })
+        .await;
         team.cleanup().await;
     })
     .await

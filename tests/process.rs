@@ -285,14 +285,10 @@ async fn every_decision_is_logged_when_idle_and_before_exit() {
         // One request on an idle proxy: its line appears without any further traffic.
         let before = decisions(&log);
         assert_eq!(predict(&gate.base, &alice, &id).await, 200);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while decisions(&log) == before {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the decision of an idle proxy is still unwritten after 5 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        support::eventually(5, "the decision line of an idle proxy", || async {
+            (decisions(&log) != before).then_some(())
+        })
+        .await;
         assert_eq!(decisions(&log), before + 1);
 
         // A burst, then SIGTERM at once: every line is in the log when the process has exited.
