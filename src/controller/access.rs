@@ -101,7 +101,7 @@ pub(super) async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
     let started = std::time::Instant::now();
-    let result = update(&access, &ctx).await;
+    let result = ctx.fenced(update(&access, &ctx)).await;
     ctx.metrics
         .controller
         .reconciled(KIND, result.is_ok(), started.elapsed());

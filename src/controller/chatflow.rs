@@ -376,7 +376,7 @@ pub(super) async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
     let started = std::time::Instant::now();
-    let result = with_finalizer(cf, &ctx).await;
+    let result = ctx.fenced(with_finalizer(cf, &ctx)).await;
     ctx.metrics
         .controller
         .reconciled(KIND, result.is_ok(), started.elapsed());

@@ -97,6 +97,10 @@ pub enum ControllerError {
     /// A status could not be serialized (never for the plain types it holds).
     #[error("cannot serialize status: {0}")]
     Serialize(#[source] serde_json::Error),
+    /// The Lease was lost while the reconcile ran; it stopped at its next await, so nothing more
+    /// reaches Flowise or the API server from this replica.
+    #[error("the controller Lease was lost; the reconcile was stopped")]
+    LeaseLost,
 }
 
 impl ControllerError {
@@ -113,6 +117,7 @@ impl ControllerError {
                 _ => true,
             },
             Self::Unnamed | Self::Serialize(_) => false,
+            Self::LeaseLost => true,
         }
     }
 
@@ -128,6 +133,7 @@ impl ControllerError {
             },
             Self::Unnamed => "unnamed",
             Self::Serialize(_) => "serialize",
+            Self::LeaseLost => "lease_lost",
         }
     }
 
@@ -213,12 +219,21 @@ impl Controller {
             tracing::info!(identity = %self.settings.lease.identity, "leading: reconciling");
             self.metrics.controller.set_leader(true);
             let session = shutdown.child_token();
+            // Cancelled when the Lease is lost (not on shutdown): reconciles still running stop
+            // at their next await instead of finishing, so a Flowise write can no longer start
+            // here while another replica already leads.
+            let fence = CancellationToken::new();
             tokio::join!(
                 async {
-                    self.lead(session.clone()).await;
+                    self.lead(session.clone(), fence.clone()).await;
                     session.cancel();
                 },
-                lease.hold(session.clone()),
+                async {
+                    lease.hold(session.clone()).await;
+                    if !shutdown.is_cancelled() {
+                        fence.cancel();
+                    }
+                },
             );
             self.metrics.controller.set_leader(false);
             if shutdown.is_cancelled() {
@@ -231,7 +246,7 @@ impl Controller {
     }
 
     /// Runs every reconciler and the periodic sync until `session` ends.
-    async fn lead(&self, session: CancellationToken) {
+    async fn lead(&self, session: CancellationToken, fence: CancellationToken) {
         let chatflows = KubeController::new(self.api::<Chatflow>(), watcher_config());
         let ctx = Arc::new(Context {
             client: self.client.clone(),
@@ -247,6 +262,7 @@ impl Controller {
             ),
             backoff: Backoff::default(),
             chatflows: chatflows.store(),
+            fence,
         });
         let stop = {
             let session = session.clone();
@@ -394,9 +410,25 @@ pub(crate) struct Context {
     pub backoff: Backoff,
     /// Chatflows as the Chatflow reconciler sees them (for resolving references).
     pub chatflows: Store<Chatflow>,
+    /// Cancelled when the Lease is lost.
+    pub fence: CancellationToken,
 }
 
 impl Context {
+    /// Runs a reconcile's `work` while this replica holds the Lease: when it is lost, `work` is
+    /// dropped at its next await (a Flowise call in flight is abandoned, as on a crash; the new
+    /// leader's reconcile finds what it did by the ownership marker).
+    pub async fn fenced<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, ControllerError>>,
+    ) -> Result<T, ControllerError> {
+        tokio::select! {
+            biased;
+            () = self.fence.cancelled() => Err(ControllerError::LeaseLost),
+            result = work => result,
+        }
+    }
+
     /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
     pub async fn event<K>(
         &self,

@@ -81,7 +81,7 @@ pub(super) async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
     let started = std::time::Instant::now();
-    let result = update(&policy, &ctx).await;
+    let result = ctx.fenced(update(&policy, &ctx)).await;
     ctx.metrics
         .controller
         .reconciled(KIND, result.is_ok(), started.elapsed());

@@ -1,8 +1,16 @@
-//! One controller reconciles per Lease; another takes over when it is killed.
+//! One controller reconciles per Lease; another takes over when it is killed; a replica that
+//! loses the Lease stops the reconciles it has in flight.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::future::BoxFuture;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::Api;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, PostParams};
 use serde_json::json;
+
+use flowgate::flowise::{ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
 
 use crate::harness::*;
 use crate::support;
@@ -59,4 +67,106 @@ async fn only_the_lease_holder_reconciles_and_another_takes_over_when_it_is_kill
     let after = holder(leases.get("flowgate-controller").await.expect("lease"));
     assert_ne!(before, after, "the Lease changed hands");
     follower.stop().await;
+}
+
+/// The real Flowise, except that a create never answers. It records when one starts and when
+/// it is dropped by the controller.
+struct HangingCreates {
+    inner: Arc<dyn FlowiseApi>,
+    started: Arc<AtomicBool>,
+    dropped: Arc<AtomicBool>,
+}
+
+/// Sets its flag when dropped.
+struct Dropped(Arc<AtomicBool>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl FlowiseApi for HangingCreates {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<FlowiseChatflow>, FlowiseError>> {
+        self.inner.list()
+    }
+
+    fn get<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FlowiseChatflow>, FlowiseError>> {
+        self.inner.get(id)
+    }
+
+    fn create<'a>(
+        &'a self,
+        _chatflow: &'a ChatflowWrite,
+    ) -> BoxFuture<'a, Result<FlowiseChatflow, FlowiseError>> {
+        Box::pin(async move {
+            let _dropped = Dropped(self.dropped.clone());
+            self.started.store(true, Ordering::SeqCst);
+            std::future::pending().await
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        id: &'a str,
+        changes: &'a ChatflowWrite,
+    ) -> BoxFuture<'a, Result<FlowiseChatflow, FlowiseError>> {
+        self.inner.update(id, changes)
+    }
+
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Deletion, FlowiseError>> {
+        self.inner.delete(id)
+    }
+}
+
+#[tokio::test]
+async fn losing_the_lease_stops_a_flowise_call_in_flight() {
+    let (client, ns, api, _objects) = setup("cf-fence").await;
+    let name = support::unique("fgtest-fence");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let (started, dropped) = (Arc::default(), Arc::default());
+    let flowise = HangingCreates {
+        inner: Arc::new(support::flowise()),
+        started: Arc::clone(&started),
+        dropped: Arc::clone(&dropped),
+    };
+    let running = start_with(&client, settings(&ns), Arc::new(flowise));
+    support::eventually(20, "the controller leads", || async {
+        running.metrics.controller.is_leader().then_some(())
+    })
+    .await;
+
+    create(&api, owned_doc("owned", &name, "Delete")).await;
+    support::eventually(20, "the create reaches Flowise", || async {
+        started.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    assert!(
+        !dropped.load(Ordering::SeqCst),
+        "the create is still waiting"
+    );
+
+    // Another replica takes the Lease, as after a partition: this one learns it at its next
+    // renewal (every second here).
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let mut lease = leases.get("flowgate-controller").await.expect("lease");
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    spec.holder_identity = Some("another-replica".into());
+    spec.lease_duration_seconds = Some(600);
+    spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+    leases
+        .replace("flowgate-controller", &PostParams::default(), &lease)
+        .await
+        .expect("the Lease changes hands");
+
+    support::eventually(20, "the create in flight is dropped", || async {
+        dropped.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    assert!(!running.metrics.controller.is_leader());
+    // Nothing is left running that could hold up shutdown.
+    running.stop().await;
 }
