@@ -27,8 +27,8 @@ use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
-use kube::runtime::{Controller as KubeController, watcher};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{Controller as KubeController, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
@@ -248,6 +248,11 @@ impl Controller {
     /// Runs every reconciler and the periodic sync until `session` ends.
     async fn lead(&self, session: CancellationToken, fence: CancellationToken) {
         let chatflows = KubeController::new(self.api::<Chatflow>(), watcher_config());
+        // One Chatflow reflector: ChatflowAccess and CreditPolicy reconciles resolve names
+        // against its store and are triggered by its events, which it applies to the store
+        // before passing on. With a watch of their own the trigger could run ahead of the store
+        // and leave `ResolvedRefs` stale until the next resync.
+        let (chatflow_names, writer) = reflector::store::<Chatflow>();
         let ctx = Arc::new(Context {
             client: self.client.clone(),
             flowise: self.flowise.clone(),
@@ -261,7 +266,7 @@ impl Controller {
                 },
             ),
             backoff: Backoff::default(),
-            chatflows: chatflows.store(),
+            chatflows: chatflow_names,
             fence,
         });
         let stop = {
@@ -278,18 +283,40 @@ impl Controller {
             .run(chatflow::reconcile, error_policy::<Chatflow>, ctx.clone())
             .for_each(log_outcome);
 
+        let (access_refs, access_triggers) = futures::channel::mpsc::unbounded();
+        let (policy_refs, policy_triggers) = futures::channel::mpsc::unbounded();
+        let access_controller = KubeController::new(self.api::<ChatflowAccess>(), watcher_config());
+        let policy_controller = KubeController::new(self.api::<CreditPolicy>(), watcher_config());
+        let fan_out = {
+            let (accesses, policies) = (access_controller.store(), policy_controller.store());
+            let events = reflector::reflector(
+                writer,
+                watcher(self.api::<Chatflow>(), watcher_config()).default_backoff(),
+            )
+            .touched_objects()
+            .take_until(session.clone().cancelled_owned());
+            events.for_each(move |event| {
+                match event {
+                    Ok(cf) => {
+                        for access in same_namespace(&accesses, &cf) {
+                            let _ = access_refs.unbounded_send(access);
+                        }
+                        for policy in same_namespace(&policies, &cf) {
+                            let _ = policy_refs.unbounded_send(policy);
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "Chatflow watch error"),
+                }
+                std::future::ready(())
+            })
+        };
         let access_task = {
             let ctx = ctx.clone();
-            let store = ctx.chatflows.clone();
-            let controller = KubeController::new(self.api::<ChatflowAccess>(), watcher_config());
-            let accesses = controller.store();
-            let controller = controller
-                .watches(self.api::<Chatflow>(), watcher_config(), move |cf| {
-                    same_namespace(&accesses, &cf)
-                })
+            let controller = access_controller
+                .reconcile_on(access_triggers)
                 .graceful_shutdown_on(stop());
             async move {
-                if store.wait_until_ready().await.is_ok() {
+                if ctx.chatflows.wait_until_ready().await.is_ok() {
                     controller
                         .run(access::reconcile, error_policy::<ChatflowAccess>, ctx)
                         .for_each(log_outcome)
@@ -300,16 +327,11 @@ impl Controller {
 
         let policy_task = {
             let ctx = ctx.clone();
-            let store = ctx.chatflows.clone();
-            let controller = KubeController::new(self.api::<CreditPolicy>(), watcher_config());
-            let policies = controller.store();
-            let controller = controller
-                .watches(self.api::<Chatflow>(), watcher_config(), move |cf| {
-                    same_namespace(&policies, &cf)
-                })
+            let controller = policy_controller
+                .reconcile_on(policy_triggers)
                 .graceful_shutdown_on(stop());
             async move {
-                if store.wait_until_ready().await.is_ok() {
+                if ctx.chatflows.wait_until_ready().await.is_ok() {
                     controller
                         .run(policy::reconcile, error_policy::<CreditPolicy>, ctx)
                         .for_each(log_outcome)
@@ -332,6 +354,7 @@ impl Controller {
         };
 
         tokio::join!(
+            fan_out,
             chatflow_task,
             access_task,
             policy_task,
@@ -408,7 +431,8 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub backoff: Backoff,
-    /// Chatflows as the Chatflow reconciler sees them (for resolving references).
+    /// Chatflows as the reflector that triggers ChatflowAccess and CreditPolicy reconciles sees
+    /// them (for resolving references).
     pub chatflows: Store<Chatflow>,
     /// Cancelled when the Lease is lost.
     pub fence: CancellationToken,

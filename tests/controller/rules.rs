@@ -4,6 +4,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use crate::harness::*;
+use crate::support;
 use flowgate::crd::{ChatflowAccess, CreditPolicy};
 
 #[tokio::test]
@@ -134,5 +135,103 @@ async fn a_credit_policy_reports_invalid_time_zones_and_leaves_credit_fields_alo
         "credit fields kept"
     );
     assert_eq!(status.observed_generation, Some(1));
+    controller.stop().await;
+}
+
+/// Objects applied together, as a GitOps sync does, in no particular order: every reference
+/// resolves from the watch events alone (the resync is 10 minutes away), and Chatflows going
+/// away turn the references naming them False.
+#[tokio::test]
+async fn references_follow_chatflows_applied_and_deleted_together_without_a_resync() {
+    let (client, ns, api, _objects) = setup("refs").await;
+    let accesses: Api<ChatflowAccess> = Api::namespaced(client.clone(), &ns);
+    let policies: Api<CreditPolicy> = Api::namespaced(client.clone(), &ns);
+    let mut quiet = settings(&ns);
+    quiet.sync_interval = std::time::Duration::from_secs(600);
+    let controller = start(&client, quiet);
+    support::eventually(20, "the controller leads", || async {
+        controller.metrics.controller.is_leader().then_some(())
+    })
+    .await;
+
+    const PAIRS: usize = 12;
+    let apply = (0..PAIRS).map(|i| {
+        let (api, accesses, policies) = (api.clone(), accesses.clone(), policies.clone());
+        async move {
+            let bot = format!("bot-{i}");
+            create(
+                &accesses,
+                json!({
+                    "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess",
+                    "metadata": {"name": format!("access-{i}")},
+                    "spec": {"chatflows": [bot], "subjects": [{"user": "alice"}]}
+                }),
+            )
+            .await;
+            create(
+                &policies,
+                json!({
+                    "apiVersion": "flowgate.io/v1alpha1", "kind": "CreditPolicy",
+                    "metadata": {"name": format!("policy-{i}")},
+                    "spec": {"chatflows": [bot], "budget": {"credits": 10, "period": "Monthly"}}
+                }),
+            )
+            .await;
+            create(
+                &api,
+                chatflow_doc(&bot, json!({"flowiseName": "fgtest-nowhere"})),
+            )
+            .await;
+        }
+    });
+    futures::future::join_all(apply).await;
+
+    let refs = |want: &'static str| {
+        move |conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "ResolvedRefs" && c.status == want)
+        }
+    };
+    for i in 0..PAIRS {
+        let resolved = refs("True");
+        wait_until(
+            &accesses,
+            &format!("access-{i}"),
+            20,
+            "ResolvedRefs=True",
+            move |a| resolved(a.conditions()),
+        )
+        .await;
+        let resolved = refs("True");
+        wait_until(
+            &policies,
+            &format!("policy-{i}"),
+            20,
+            "ResolvedRefs=True",
+            move |p| resolved(p.conditions()),
+        )
+        .await;
+    }
+
+    let gone = PAIRS / 2;
+    for i in 0..gone {
+        api.delete(&format!("bot-{i}"), &Default::default())
+            .await
+            .expect("delete");
+    }
+    for i in 0..PAIRS {
+        let want = if i < gone { "False" } else { "True" };
+        let check = refs(want);
+        wait_until(&accesses, &format!("access-{i}"), 20, want, move |a| {
+            check(a.conditions())
+        })
+        .await;
+        let check = refs(want);
+        wait_until(&policies, &format!("policy-{i}"), 20, want, move |p| {
+            check(p.conditions())
+        })
+        .await;
+    }
     controller.stop().await;
 }
