@@ -360,6 +360,11 @@ fn operation(op: &Operation) -> Value {
     responses.insert("200".into(), ok);
     let mut errors = op.errors.to_vec();
     errors.push(405);
+    if op.request.is_some() {
+        // A body not received in time (`proxy::body`).
+        errors.push(408);
+    }
+    errors.sort_unstable();
     for status in errors {
         responses.insert(
             status.to_string(),

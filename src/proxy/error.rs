@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 use crate::server::Body;
@@ -43,6 +43,8 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body was not received in time")]
+    RequestTimeout,
     #[error("the request names chatflow '{0}' ambiguously; use its Flowise id")]
     Ambiguous(String),
     #[error("insufficient credits on policy {policy}: {remaining} left, resets {reset}")]
@@ -97,6 +99,7 @@ impl ProxyError {
             ChatflowUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "chatflow_unavailable"),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Ambiguous(_) => (StatusCode::CONFLICT, "ambiguous_chatflow"),
             InsufficientCredits { .. } => (StatusCode::PAYMENT_REQUIRED, "insufficient_credits"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
@@ -162,6 +165,11 @@ impl ProxyError {
             Self::RateLimited { retry_after, .. } => {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            // The rest of the body may still arrive: this connection cannot carry another request.
+            Self::RequestTimeout => {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -9,6 +9,7 @@
 //! turned into JSON in one place ([`error`]).
 
 mod abandon;
+pub mod body;
 pub mod compat;
 pub mod credits;
 pub mod error;
@@ -25,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -45,6 +46,9 @@ use ratelimit::RateLimiter;
 use routes::Route;
 use stream::{Observed, StreamEnd};
 use upstream::Upstream;
+
+pub(crate) use body::read_json;
+use body::read_limited;
 
 /// Largest JSON request body accepted.
 pub const MAX_JSON_BODY: usize = 10 * 1024 * 1024;
@@ -612,32 +616,6 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ProxyError
     }
 }
 
-pub(crate) async fn read_json(
-    req: Request<Incoming>,
-    limit: usize,
-) -> Result<serde_json::Map<String, Value>, ProxyError> {
-    let is_json = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|ct| ct.starts_with("application/json") || ct.contains("+json"));
-    if !is_json {
-        return Err(ProxyError::BadRequest(
-            "the body must be JSON (Content-Type: application/json)".into(),
-        ));
-    }
-    let bytes = read_limited(req, limit).await?;
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ProxyError::BadRequest(
-            "the body must be a JSON object".into(),
-        )),
-        Err(e) => Err(ProxyError::BadRequest(format!(
-            "the body is not valid JSON: {e}"
-        ))),
-    }
-}
-
 /// Checks a Flowise prediction body and binds its session to the caller.
 fn prepare(
     mut body: serde_json::Map<String, Value>,
@@ -711,23 +689,6 @@ async fn read_prediction(
         body: Payload::Multipart(form),
         chat_id,
     })
-}
-
-/// The whole request body, at most `limit` bytes.
-async fn read_limited(req: Request<Incoming>, limit: usize) -> Result<Bytes, ProxyError> {
-    Ok(Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ProxyError::PayloadTooLarge { limit }
-            } else {
-                ProxyError::BadRequest(format!("cannot read the body: {e}"))
-            }
-        })?
-        .to_bytes())
 }
 
 /// Flowise's own error message from an error answer, for our JSON error.
