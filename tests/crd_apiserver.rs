@@ -186,6 +186,17 @@ async fn other_schema_violations_are_refused_naming_the_field() {
                             "rateLimit": {"requests": 5, "per": "Day"}}}),
             "spec.rateLimit.per",
         ),
+        (
+            json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "CreditPolicy", "metadata": {"name": "j"},
+                   "spec": {"chatflows": ["*"], "budget": {"credits": 5, "period": "Daily"},
+                            "cost": {"perPrediction": 9_007_199_254_740_992_u64}}}),
+            "spec.cost.perPrediction",
+        ),
+        (
+            json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "CreditPolicy", "metadata": {"name": "k"},
+                   "spec": {"chatflows": ["*"], "budget": {"credits": u64::MAX, "period": "Daily"}}}),
+            "spec.budget.credits",
+        ),
     ];
     for (doc, field) in cases {
         let message = rejection_message(create(&client, &ns, doc).await);

@@ -57,7 +57,8 @@ pub struct CreditPolicySpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Budget {
-    /// Credits available in each period.
+    /// Credits available in each period (at most 2^53-1, exact in every JSON parser).
+    #[schemars(range(max = 9_007_199_254_740_991_u64))]
     pub credits: u64,
     /// Length of a period; periods are calendar-aligned in `timeZone` (a Monthly budget resets at
     /// local midnight on the 1st). `Never` never resets.
@@ -105,11 +106,14 @@ pub enum BudgetScope {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cost {
-    /// Flat credits per prediction, for every flow type.
+    /// Flat credits per prediction, for every flow type (at most 2^53-1).
     #[serde(default = "one")]
+    #[schemars(range(max = 9_007_199_254_740_991_u64))]
     pub per_prediction: u64,
-    /// Extra credits per thousand tokens, when Flowise reports token usage (`usageMetadata`).
+    /// Extra credits per thousand tokens, when Flowise reports token usage (`usageMetadata`;
+    /// at most 2^53-1).
     #[serde(default)]
+    #[schemars(range(max = 9_007_199_254_740_991_u64))]
     pub per_thousand_tokens: u64,
 }
 

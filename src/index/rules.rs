@@ -25,6 +25,8 @@ pub enum InvalidSpec {
     TimeZone(String),
     #[error("rateLimit.requests must be at least 1")]
     RateLimit,
+    #[error("{0} must be at most 9223372036854775807 (the ledger counts in signed 64 bits)")]
+    TooLarge(&'static str),
 }
 
 /// Which chatflows a rule names.
@@ -240,6 +242,17 @@ impl TryFrom<&CreditPolicy> for PolicyRule {
         let spec = &policy.spec;
         let time_zone = TimeZone::get(&spec.budget.time_zone)
             .map_err(|_| InvalidSpec::TimeZone(spec.budget.time_zone.clone()))?;
+        // Past the schema (a file under --resources-dir): a flat cost the ledger cannot hold
+        // would make every prediction on the policy fail.
+        for (field, value) in [
+            ("budget.credits", spec.budget.credits),
+            ("cost.perPrediction", spec.cost.per_prediction),
+            ("cost.perThousandTokens", spec.cost.per_thousand_tokens),
+        ] {
+            if i64::try_from(value).is_err() {
+                return Err(InvalidSpec::TooLarge(field));
+            }
+        }
         let mut alerts = spec.alert_at_percent.clone();
         alerts.sort_unstable();
         alerts.dedup();

@@ -179,6 +179,12 @@ fn an_invalid_object_is_skipped_without_poisoning_the_rest() {
         "bad-zone",
         "  chatflows: ['*']\n  budget: {credits: 5, period: Daily, timeZone: Mars/Olympus}\n",
     ));
+    // Past the schema's maximum (a --resources-dir file): the ledger could not hold this cost.
+    res.policies.push(policy(
+        "team-a",
+        "too-dear",
+        "  chatflows: ['*']\n  budget: {credits: 5, period: Daily}\n  cost: {perPrediction: 9223372036854775808}\n",
+    ));
     let snap = compile(&res);
     let alice = ["alice@example.com".to_string()];
     assert_eq!(
@@ -198,8 +204,14 @@ fn an_invalid_object_is_skipped_without_poisoning_the_rest() {
         vec![
             ("Chatflow", "two-sources"),
             ("ChatflowAccess", "broken"),
-            ("CreditPolicy", "bad-zone")
+            ("CreditPolicy", "bad-zone"),
+            ("CreditPolicy", "too-dear")
         ]
+    );
+    let dear = snap.invalid.iter().find(|i| i.name == "too-dear");
+    assert!(
+        dear.is_some_and(|i| i.error.to_string().contains("cost.perPrediction")),
+        "{dear:?}"
     );
     assert!(snap.chatflow_by_name("team-a", "two-sources").is_none());
 }
