@@ -290,6 +290,20 @@ async fn every_decision_is_logged_when_idle_and_before_exit() {
         })
         .await;
         assert_eq!(decisions(&log), before + 1);
+        // The line names the request by the id its answer carried.
+        let text = std::fs::read_to_string(&log).expect("log readable");
+        let line = text
+            .lines()
+            .rfind(|l| l.contains(" decision="))
+            .expect("a decision line");
+        let request_id = line
+            .split_once("request_id=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(request_id, _)| request_id);
+        assert!(
+            request_id.is_some_and(|r| r.len() == 32 && r.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{line}"
+        );
 
         // A burst, then SIGTERM at once: every line is in the log when the process has exited.
         let before = decisions(&log);

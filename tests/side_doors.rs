@@ -302,3 +302,89 @@ async fn sessions() {
     }
     team.cleanup().await;
 }
+
+/// What reaches Flowise with a prediction: the body's headers, the caller's user agent, a
+/// request id and W3C trace context; never the caller's token, cookies, forwarding headers or
+/// Flowise's own control headers. The request id comes back in the answer.
+#[tokio::test]
+async fn only_allowed_headers_reach_flowise_and_every_answer_carries_its_request_id() {
+    tokio::time::timeout(Duration::from_secs(60), headers())
+        .await
+        .expect("header test bounded to 60 s");
+}
+
+async fn headers() {
+    let team = Team::with_fake_flowise("headers").await;
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
+    let (id, alice) = (team.flowise_id.clone(), team.alice());
+    eventually_status(&gate, &alice, &id, 200).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/prediction/{id}", gate.base);
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    // The caller's own id is kept.
+    let resp = http
+        .post(&url)
+        .bearer_auth(&alice)
+        .header("x-request-id", "client-42")
+        .header("traceparent", traceparent)
+        .header("tracestate", "vendor=abc")
+        .header("user-agent", "flowise-sdk/1.0")
+        .header("cookie", "session=secret")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-request-from", "internal")
+        .header("flowise-tool", "true")
+        .json(&serde_json::json!({"question": "hi"}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"], "client-42");
+    let sent = fake.last_headers();
+    let header = |name: &str| sent.get(name).and_then(|v| v.to_str().ok());
+    assert_eq!(header("x-request-id"), Some("client-42"));
+    assert_eq!(header("traceparent"), Some(traceparent));
+    assert_eq!(header("tracestate"), Some("vendor=abc"));
+    assert_eq!(header("user-agent"), Some("flowise-sdk/1.0"));
+    assert_eq!(header("x-forwarded-for"), Some("127.0.0.1"), "overwritten");
+    for dropped in ["authorization", "cookie", "x-request-from", "flowise-tool"] {
+        assert_eq!(header(dropped), None, "{dropped} reached Flowise");
+    }
+
+    // Without one (or with an implausible one), flowgate makes one up and sends it both ways.
+    for given in [None, Some("has space")] {
+        let mut req = http.post(&url).bearer_auth(&alice);
+        if let Some(given) = given {
+            req = req.header("x-request-id", given);
+        }
+        let resp = req
+            .json(&serde_json::json!({"question": "hi"}))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(resp.status(), 200);
+        let answered = resp.headers()["x-request-id"].to_str().expect("ascii");
+        assert_eq!(answered.len(), 32, "{answered}");
+        assert_eq!(
+            fake.last_headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok()),
+            Some(answered)
+        );
+    }
+
+    // Refusals carry one too, and nothing reached Flowise for them.
+    let before = fake.requests();
+    let refused = http
+        .post(&url)
+        .bearer_auth("not-a-token")
+        .json(&serde_json::json!({"question": "hi"}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["x-request-id"].len(), 32);
+    assert_eq!(fake.requests(), before);
+    team.cleanup().await;
+}

@@ -17,6 +17,7 @@ pub mod keys;
 pub mod listing;
 pub mod multipart;
 pub mod ratelimit;
+pub mod request_id;
 pub mod routes;
 pub mod session;
 pub mod stream;
@@ -117,19 +118,20 @@ impl Proxy {
     /// Answers one request. Never fails: every error becomes its JSON answer.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
         let started = std::time::Instant::now();
+        let id = request_id::assign(req.headers_mut());
         let route = routes::route(req.method(), req.uri().path());
         let label = route.as_ref().map(route_label).unwrap_or("unknown");
-        let resp = match route {
-            Ok(route) => self
-                .dispatch(route, req, peer)
+        let mut resp = match route {
+            Ok(route) => request_id::scope(id.clone(), self.dispatch(route, req, peer))
                 .await
                 .unwrap_or_else(|e| self.refuse(e)),
             Err(e) => self.refuse(e),
         };
+        resp.headers_mut().insert(request_id::X_REQUEST_ID, id);
         self.metrics
             .observe_request(label, resp.status().as_u16(), started.elapsed());
         resp
@@ -195,16 +197,19 @@ impl Proxy {
                     self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
                 let usable = usable(&cf)?;
                 let idempotency_key = idempotency_key(&req)?;
+                let passed = upstream::passed_headers(req.headers());
                 let prediction = read_prediction(req, &identity).await?;
                 self.rate_limit(&snapshot, &identity, &cf, access)?;
                 let key = self.forward_headers(&cf).await?;
                 let charge = self
                     .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
                     .await?;
-                self.forward(usable, prediction, key, peer, charge).await
+                self.forward(usable, prediction, passed, key, peer, charge)
+                    .await
             }
             Route::CompatPredict => {
                 let idempotency_key = idempotency_key(&req)?;
+                let passed = upstream::passed_headers(req.headers());
                 let mut body = read_json(req, MAX_JSON_BODY).await?;
                 let (chatflow_id, prediction) = compat_request(&mut body, &identity)?;
                 let lookup = Lookup::NameOrId(&chatflow_id);
@@ -217,7 +222,9 @@ impl Proxy {
                     .await?;
                 let remaining = charge.as_ref().and_then(|c| c.remaining);
                 let chat_id = prediction.chat_id.clone();
-                let resp = self.forward(usable, prediction, key, peer, charge).await?;
+                let resp = self
+                    .forward(usable, prediction, passed, key, peer, charge)
+                    .await?;
                 if stream::is_event_stream(resp.headers()) {
                     return Ok(resp);
                 }
@@ -317,7 +324,9 @@ impl Proxy {
             let id = match lookup {
                 Lookup::FlowiseId(id) | Lookup::NameOrId(id) => id,
             };
-            tracing::info!(subject = %identity.key, chatflow = id, decision = "deny", reason = "chatflow_not_found");
+            request_id::with_current(|request_id| {
+                tracing::info!(subject = %identity.key, chatflow = id, decision = "deny", reason = "chatflow_not_found", request_id);
+            });
             return Err(ProxyError::ChatflowNotFound(id.to_string()));
         };
         let Some(access) = snapshot.access(caller, &cf, now) else {
@@ -406,12 +415,12 @@ impl Proxy {
         &self,
         flowise_id: String,
         prediction: Prediction,
+        mut client_headers: hyper::HeaderMap,
         key: Option<HeaderValue>,
         peer: SocketAddr,
         charge: Option<Charge>,
     ) -> Result<Response<Body>, ProxyError> {
         let (body, content_type) = prediction.body.encode();
-        let mut client_headers = hyper::HeaderMap::new();
         client_headers.insert(CONTENT_TYPE, content_type);
         let path = format!("/api/v1/prediction/{flowise_id}");
         let mut flight = InFlight::new(
@@ -560,12 +569,15 @@ fn caller(identity: &Identity) -> Caller<'_> {
 }
 
 fn log_decision(identity: &Identity, cf: &ChatflowEntry, decision: &str, reason: &str) {
-    tracing::info!(
-        subject = %identity.key,
-        chatflow = %format_args!("{}/{}", cf.rule.namespace, cf.rule.name),
-        decision,
-        reason,
-    );
+    request_id::with_current(|request_id| {
+        tracing::info!(
+            subject = %identity.key,
+            chatflow = %format_args!("{}/{}", cf.rule.namespace, cf.rule.name),
+            decision,
+            reason,
+            request_id,
+        );
+    });
 }
 
 /// A chatflow named by its Chatflow name among those the caller may use.

@@ -18,8 +18,27 @@ use crate::server::Body;
 
 /// Request headers a client may send on to Flowise. Everything else — `Authorization`,
 /// cookies, `x-request-from`, `flowise-tool`, forwarding headers — is dropped.
-const FORWARDED_REQUEST_HEADERS: [HeaderName; 3] =
-    [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
+const FORWARDED_REQUEST_HEADERS: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    header::USER_AGENT,
+    // Correlation: flowgate's request id (see `request_id`) and W3C trace context.
+    super::request_id::X_REQUEST_ID,
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
+
+/// The request headers of `client` that may go on to Flowise (see [`Upstream::request`]),
+/// taken before the request's body is read.
+pub fn passed_headers(client: &HeaderMap) -> HeaderMap {
+    let mut passed = HeaderMap::new();
+    for name in &FORWARDED_REQUEST_HEADERS {
+        if let Some(value) = client.get(name) {
+            passed.insert(name.clone(), value.clone());
+        }
+    }
+    passed
+}
 
 /// Response headers passed back to the client.
 const FORWARDED_RESPONSE_HEADERS: [&str; 4] = [

@@ -37,6 +37,8 @@ pub struct FakeFlowise {
     pub requests: Arc<AtomicU64>,
     /// The JSON bodies of the predictions received, in order.
     pub bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// The headers of the predictions received, in order.
+    pub headers: Arc<Mutex<Vec<hyper::HeaderMap>>>,
 }
 
 impl FakeFlowise {
@@ -47,17 +49,21 @@ impl FakeFlowise {
         let aborts = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(AtomicU64::new(0));
         let bodies = Arc::new(Mutex::new(Vec::new()));
+        let headers = Arc::new(Mutex::new(Vec::new()));
         let (p, a, r) = (predictions.clone(), aborts.clone(), requests.clone());
-        let b = bodies.clone();
+        let (b, h) = (bodies.clone(), headers.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (p, a, r, b) = (p.clone(), a.clone(), r.clone(), b.clone());
+                let (p, a, r, b, h) = (p.clone(), a.clone(), r.clone(), b.clone(), h.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
+                    let service = hyper::service::service_fn(move |req: Request<_>| {
                         r.fetch_add(1, Ordering::SeqCst);
+                        if req.uri().path().starts_with("/api/v1/prediction/") {
+                            h.lock().expect("headers lock").push(req.headers().clone());
+                        }
                         answer(req, mode, p.clone(), a.clone(), b.clone())
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -72,7 +78,18 @@ impl FakeFlowise {
             aborts,
             requests,
             bodies,
+            headers,
         }
+    }
+
+    /// The headers of the last prediction received.
+    pub fn last_headers(&self) -> hyper::HeaderMap {
+        self.headers
+            .lock()
+            .expect("headers lock")
+            .last()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The body of the last prediction received.
