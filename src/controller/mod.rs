@@ -23,7 +23,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -277,11 +277,16 @@ impl Controller {
             }
         };
 
-        let chatflow_task = chatflows
-            .reconcile_all_on(self.sync.reconcile_requests())
-            .graceful_shutdown_on(stop())
-            .run(chatflow::reconcile, error_policy::<Chatflow>, ctx.clone())
-            .for_each(log_outcome);
+        let chatflow_store = chatflows.store();
+        let chatflow_task = until_stopped(
+            chatflows
+                .reconcile_all_on(self.sync.reconcile_requests())
+                .graceful_shutdown_on(stop())
+                .run(chatflow::reconcile, error_policy::<Chatflow>, ctx.clone())
+                .for_each(log_outcome),
+            chatflow_store,
+            &session,
+        );
 
         let (access_refs, access_triggers) = futures::channel::mpsc::unbounded();
         let (policy_refs, policy_triggers) = futures::channel::mpsc::unbounded();
@@ -311,31 +316,33 @@ impl Controller {
             })
         };
         let access_task = {
-            let ctx = ctx.clone();
+            let (ctx, session) = (ctx.clone(), session.clone());
+            let store = access_controller.store();
             let controller = access_controller
                 .reconcile_on(access_triggers)
                 .graceful_shutdown_on(stop());
             async move {
                 if ctx.chatflows.wait_until_ready().await.is_ok() {
-                    controller
+                    let run = controller
                         .run(access::reconcile, error_policy::<ChatflowAccess>, ctx)
-                        .for_each(log_outcome)
-                        .await;
+                        .for_each(log_outcome);
+                    until_stopped(run, store, &session).await;
                 }
             }
         };
 
         let policy_task = {
-            let ctx = ctx.clone();
+            let (ctx, session) = (ctx.clone(), session.clone());
+            let store = policy_controller.store();
             let controller = policy_controller
                 .reconcile_on(policy_triggers)
                 .graceful_shutdown_on(stop());
             async move {
                 if ctx.chatflows.wait_until_ready().await.is_ok() {
-                    controller
+                    let run = controller
                         .run(policy::reconcile, error_policy::<CreditPolicy>, ctx)
-                        .for_each(log_outcome)
-                        .await;
+                        .for_each(log_outcome);
+                    until_stopped(run, store, &session).await;
                 }
             }
         };
@@ -384,6 +391,31 @@ pub async fn run(
     Controller::from_config(client, config, metrics)?
         .run(shutdown)
         .await
+}
+
+/// Runs a controller until it ends or `session` does; then lets its graceful shutdown finish
+/// the reconciles in flight. kube-runtime's runner starts only once the controller's store is
+/// ready, and a graceful shutdown that comes first stops the watch that would make it ready, so
+/// the run would never end: then nothing can be in flight, and the run is dropped instead.
+async fn until_stopped<K>(
+    run: impl std::future::Future<Output = ()>,
+    store: Store<K>,
+    session: &CancellationToken,
+) where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut run = std::pin::pin!(run);
+    tokio::select! {
+        () = &mut run => return,
+        () = session.cancelled() => {}
+    }
+    if store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|ready| ready.is_ok())
+    {
+        run.await;
+    }
 }
 
 fn watcher_config() -> watcher::Config {

@@ -170,3 +170,18 @@ async fn losing_the_lease_stops_a_flowise_call_in_flight() {
     // Nothing is left running that could hold up shutdown.
     running.stop().await;
 }
+
+/// A replica told to stop just as it starts leading (a rollout, a SIGTERM at the wrong moment)
+/// stops at once, also when its watches have not listed anything yet.
+#[tokio::test]
+async fn a_controller_stopped_as_soon_as_it_leads_stops_at_once() {
+    let (client, ns, _api, _objects) = setup("cf-quick-stop").await;
+    for _ in 0..5 {
+        let running = start(&client, settings(&ns));
+        support::eventually(20, "the controller leads", || async {
+            running.metrics.controller.is_leader().then_some(())
+        })
+        .await;
+        running.stop().await;
+    }
+}
