@@ -102,6 +102,10 @@ pub struct RunArgs {
     /// pool (`auto`: one per CPU the process may use).
     #[arg(long, env = "FLOWGATE_PROXY_THREADS", default_value = "auto")]
     pub proxy_threads: String,
+    /// After SIGTERM, how long to keep serving (with /readyz answering 503) before draining, so
+    /// load balancers stop sending new connections first.
+    #[arg(long, env = "FLOWGATE_SHUTDOWN_DELAY", default_value = "0s")]
+    pub shutdown_delay: String,
 }
 
 /// Checked configuration of `flowgate run`.
@@ -124,6 +128,7 @@ pub struct Config {
     pub proxy: bool,
     pub resources_dir: Option<PathBuf>,
     pub proxy_threads: usize,
+    pub shutdown_delay: Duration,
 }
 
 /// Where the credits ledger lives.
@@ -231,6 +236,7 @@ impl Config {
                 "FLOWGATE_UPSTREAM_TIMEOUT",
                 duration("FLOWGATE_UPSTREAM_TIMEOUT", &args.upstream_timeout)?,
             )?,
+            shutdown_delay: duration("FLOWGATE_SHUTDOWN_DELAY", &args.shutdown_delay)?,
             token_endpoint_url: optional_url(
                 "FLOWGATE_TOKEN_ENDPOINT_URL",
                 args.token_endpoint_url,
@@ -429,12 +435,19 @@ mod tests {
         assert_eq!(config.jwt.leeway, Duration::from_secs(30));
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.ledger_retention, None, "keep everything");
+        assert_eq!(config.shutdown_delay, Duration::ZERO, "drain at once");
         assert!(config.controller && config.proxy);
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         assert_eq!(
             config.proxy_threads, cpus,
             "auto: one thread per usable CPU"
         );
+    }
+
+    #[test]
+    fn a_shutdown_delay_is_a_duration() {
+        let config = parse(&["--shutdown-delay", "5s"]).expect("valid");
+        assert_eq!(config.shutdown_delay, Duration::from_secs(5));
     }
 
     #[test]
@@ -460,6 +473,8 @@ mod tests {
             (&["--proxy-threads", "0"], "FLOWGATE_PROXY_THREADS"),
             (&["--proxy-threads", "257"], "FLOWGATE_PROXY_THREADS"),
             (&["--proxy-threads", "many"], "FLOWGATE_PROXY_THREADS"),
+            (&["--shutdown-delay", "-5s"], "FLOWGATE_SHUTDOWN_DELAY"),
+            (&["--shutdown-delay", "later"], "FLOWGATE_SHUTDOWN_DELAY"),
             (
                 &["--ledger-retention", "forever"],
                 "FLOWGATE_LEDGER_RETENTION",

@@ -17,6 +17,8 @@ use crate::server::Body;
 #[derive(Default)]
 pub struct Health {
     gates: Mutex<Vec<(String, Arc<AtomicBool>)>>,
+    /// Set on SIGTERM: not ready any more, whatever the gates say.
+    stopping: AtomicBool,
 }
 
 /// One component's readiness; open it once the component has synced.
@@ -39,6 +41,11 @@ impl Health {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push((name.to_string(), flag.clone()));
         Gate(flag)
+    }
+
+    /// Marks the process as stopping: `/readyz` answers 503 from now on.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 
     /// Names of the components that are not ready yet.
@@ -67,7 +74,9 @@ pub async fn handle(
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             let pending = health.pending();
-            if pending.is_empty() {
+            if health.stopping.load(Ordering::Acquire) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into())
+            } else if pending.is_empty() {
                 text(StatusCode::OK, "ready\n".into())
             } else {
                 text(

@@ -52,11 +52,37 @@ pub enum RunError {
     Controller(#[from] crate::controller::ControllerError),
 }
 
-/// Runs every configured part until `shutdown` is cancelled, then drains and returns.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+/// A token cancelled `delay` after `signalled`; meanwhile `/readyz` answers 503 and everything
+/// keeps serving, so load balancers stop sending new connections before the drain starts.
+fn delayed(
+    signalled: CancellationToken,
+    health: Arc<Health>,
+    delay: Duration,
+) -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        signalled.cancelled().await;
+        if !delay.is_zero() {
+            health.stop();
+            tracing::info!(
+                ?delay,
+                "stopping: /readyz answers 503; serving on before draining"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        stop.cancel();
+    });
+    shutdown
+}
+
+/// Runs every configured part until `signalled` is cancelled and the shutdown delay has passed,
+/// then drains and returns.
+pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), RunError> {
     crate::telemetry::install_crypto_provider();
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::new());
+    let shutdown = delayed(signalled, health.clone(), config.shutdown_delay);
 
     let ops_listener = bind(config.ops_addr, "FLOWGATE_OPS_ADDR").await?;
     let mut tasks = Vec::new();

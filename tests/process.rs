@@ -39,7 +39,7 @@ async fn spawn_on(
     ledger_url: &str,
     dir: tempfile::TempDir,
 ) -> Process {
-    launch(flowise_url, kubeconfig, ledger_url, dir, None).await
+    launch(flowise_url, kubeconfig, ledger_url, dir, None, &[]).await
 }
 
 /// Like [`spawn`], logging at `info` (every decision) to the file `log`.
@@ -50,7 +50,7 @@ async fn spawn_logging(
 ) -> Process {
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    launch(flowise_url, kubeconfig, &ledger, dir, Some(log)).await
+    launch(flowise_url, kubeconfig, &ledger, dir, Some(log), &[]).await
 }
 
 async fn launch(
@@ -59,6 +59,7 @@ async fn launch(
     ledger_url: &str,
     dir: tempfile::TempDir,
     log: Option<&std::path::Path>,
+    extra_env: &[(&str, &str)],
 ) -> Process {
     let secret = dir.path().join("hs256");
     std::fs::write(&secret, SECRET).expect("secret");
@@ -79,6 +80,7 @@ async fn launch(
         .env("FLOWGATE_LEDGER_URL", ledger_url)
         .env("FLOWGATE_JWT_HS256_SECRET_FILE", &secret)
         .env("RUST_LOG", filter)
+        .envs(extra_env.iter().copied())
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
@@ -254,6 +256,62 @@ async fn sigterm_drains_an_in_flight_stream() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+#[tokio::test]
+async fn sigterm_with_a_shutdown_delay_serves_on_unready_then_drains_and_exits() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
+        let team = Team::with_fake_flowise("process-delay").await;
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+        let delay = ("FLOWGATE_SHUTDOWN_DELAY", "5s");
+        let kubeconfig = std::path::Path::new(&kubeconfig);
+        let mut gate = launch(&fake.url, kubeconfig, &ledger, dir, None, &[delay]).await;
+        let (id, alice) = (team.flowise_id.clone(), team.alice());
+        eventually(&gate.base, &alice, &id, 200).await;
+
+        let pid = gate.child.id().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success());
+        let signalled = tokio::time::Instant::now();
+        let readyz = format!("{}/readyz", gate.ops);
+        support::eventually(5, "/readyz answers 503 once signalled", || async {
+            let resp = reqwest::get(&readyz).await.ok()?;
+            (resp.status() == 503).then_some(resp.text().await.ok()?)
+        })
+        .await;
+        // Out of the load balancers, still serving: a new connection is answered.
+        assert_eq!(predict(&gate.base, &alice, &id).await, 200);
+        assert!(
+            gate.child.try_wait().expect("wait").is_none(),
+            "still running"
+        );
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = gate.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "flowgate exited after the delay"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "exit status {status}");
+        assert!(
+            signalled.elapsed() >= Duration::from_secs(5),
+            "not before the delay"
+        );
         team.cleanup().await;
     })
     .await
