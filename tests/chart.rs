@@ -102,6 +102,7 @@ async fn a_default_install_creates_the_expected_objects() {
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["runAsNonRoot"], true);
     assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(pod["terminationGracePeriodSeconds"], 60);
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["livenessProbe"]["httpGet"]["port"], "ops");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
@@ -132,6 +133,8 @@ async fn a_default_install_creates_the_expected_objects() {
         ("FLOWGATE_ADMIN_CLAIM", "role=Admin"),
         ("FLOWGATE_SYNC_INTERVAL", "60s"),
         ("FLOWGATE_LOG_FORMAT", "json"),
+        // A stopping pod serves on, unready, while endpoints drop it.
+        ("FLOWGATE_SHUTDOWN_DELAY", "5s"),
     ] {
         assert_eq!(env_value(&env, var), value, "{var}");
     }
@@ -388,6 +391,22 @@ async fn contradicting_values_are_refused_with_a_message_saying_what_to_change()
         (
             json!({"metrics": {"prometheusRule": {"enabled": true}}}),
             "Enable the ServiceMonitor, or set metrics.prometheusRule.selector",
+        ),
+        (
+            json!({"auth": {}}),
+            "the proxy needs a way to verify callers' tokens",
+        ),
+        (
+            json!({"serviceAccount": {"create": false}}),
+            "serviceAccount.create=false needs serviceAccount.name",
+        ),
+        (
+            json!({"terminationGracePeriodSeconds": 30}),
+            "terminationGracePeriodSeconds: 30 is shorter than flowgate's shutdown",
+        ),
+        (
+            json!({"podDisruptionBudget": {"minAvailable": 1}}),
+            "would block every node drain",
         ),
     ];
     for (values, expected) in cases {

@@ -53,9 +53,21 @@ impl Drop for Release {
     }
 }
 
-/// `helm install RELEASE charts/flowgate -n NS` with `values`; the release, or Helm's error.
+/// `values` with a way to verify callers when they give none: the chart refuses a proxy without
+/// one, and most tests here are about something else. `auth.serviceAccountAudience` needs no
+/// Secret. A test that sets `auth` itself (even `{}`) gets exactly its own.
+fn with_auth(values: &Value) -> Value {
+    let mut values = values.clone();
+    if values.get("auth").is_none() {
+        values["auth"] = serde_json::json!({"serviceAccountAudience": "flowgate"});
+    }
+    values
+}
+
+/// `helm install RELEASE charts/flowgate -n NS` with `values` (see [`with_auth`]); the release,
+/// or Helm's error.
 pub fn install(release: &str, ns: &str, values: &Value) -> Result<Release, String> {
-    let values = values.to_string();
+    let values = with_auth(values).to_string();
     let json =
         helm(&["install", release, CHART, "-n", ns, "--set-json", &values]).map(release_json)?;
     Ok(Release {
@@ -77,7 +89,7 @@ pub fn refused(release: &str, ns: &str, values: &Value) -> String {
 }
 
 pub fn upgrade(release: &str, ns: &str, values: &Value) -> Result<Value, String> {
-    let values = values.to_string();
+    let values = with_auth(values).to_string();
     helm(&["upgrade", release, CHART, "-n", ns, "--set-json", &values]).map(release_json)
 }
 
@@ -88,7 +100,7 @@ pub fn template(release: &str, values: &Value) -> Vec<Value> {
         "KUBECONFIG is not set: rendering the chart needs the local API server. Run \
          scripts/test.sh, or `eval \"$(scripts/local-cluster.sh env)\"` after `scripts/local-cluster.sh start`."
     );
-    let values = values.to_string();
+    let values = with_auth(values).to_string();
     let manifest = helm(&[
         "template",
         CHART,

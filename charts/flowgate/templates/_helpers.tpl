@@ -21,7 +21,7 @@
 {{- if .Values.serviceAccount.create }}
 {{- default (include "flowgate.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
-{{- default "default" .Values.serviceAccount.name }}
+{{- .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
 
@@ -73,6 +73,21 @@ and how to fix it; `helm install` stops with the message.
 {{- end }}
 {{- if and .Values.ledger.postgres.existingSecret .Values.ledger.postgres.url }}
 {{- fail "\n\nflowgate: set only one of ledger.postgres.existingSecret and ledger.postgres.url.\n" }}
+{{- end }}
+{{- $jwt := .Values.auth.jwt }}
+{{- if and .Values.proxy.enabled (not (or $jwt.hs256Secret.existingSecret $jwt.publicKey.existingSecret $jwt.jwksUrl $jwt.oidcIssuerUrl .Values.auth.serviceAccountAudience)) }}
+{{- fail "\n\nflowgate: the proxy needs a way to verify callers' tokens, and none is set (flowgate would exit at start).\nSet at least one of auth.jwt.hs256Secret.existingSecret, auth.jwt.publicKey.existingSecret, auth.jwt.jwksUrl, auth.jwt.oidcIssuerUrl or auth.serviceAccountAudience (docs/install.md, \"Callers (identity)\"), or proxy.enabled=false for a controller-only release.\n" }}
+{{- end }}
+{{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
+{{- fail "\n\nflowgate: serviceAccount.create=false needs serviceAccount.name: without it flowgate's permissions (Secret reads included) would go to the namespace's \"default\" ServiceAccount and every pod using it.\n" }}
+{{- end }}
+{{- $grace := int .Values.terminationGracePeriodSeconds }}
+{{- if lt $grace (add (int .Values.shutdownDelaySeconds) 50) }}
+{{- fail (printf "\n\nflowgate: terminationGracePeriodSeconds: %d is shorter than flowgate's shutdown (shutdownDelaySeconds + 25 s of draining + up to 25 s of settling = %d s): settles, refunds and the Lease release would be cut off. Raise it to at least %d.\n" $grace (add (int .Values.shutdownDelaySeconds) 50) (add (int .Values.shutdownDelaySeconds) 50)) }}
+{{- end }}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- if and $pdb.enabled (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "string" $pdb.minAvailable)) (ge (int $pdb.minAvailable) $replicas) }}
+{{- fail (printf "\n\nflowgate: podDisruptionBudget.minAvailable: %d with replicas: %d would block every node drain (no pod may ever be evicted). Use maxUnavailable, or fewer minAvailable than replicas.\n" (int $pdb.minAvailable) $replicas) }}
 {{- end }}
 {{- if not (or .Values.controller.enabled .Values.proxy.enabled) }}
 {{- fail "\n\nflowgate: controller.enabled and proxy.enabled are both false: nothing would run.\n" }}
