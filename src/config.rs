@@ -236,7 +236,10 @@ impl Config {
                 "FLOWGATE_UPSTREAM_TIMEOUT",
                 duration("FLOWGATE_UPSTREAM_TIMEOUT", &args.upstream_timeout)?,
             )?,
-            shutdown_delay: duration("FLOWGATE_SHUTDOWN_DELAY", &args.shutdown_delay)?,
+            shutdown_delay: non_empty(Some(args.shutdown_delay))
+                .map(|raw| duration("FLOWGATE_SHUTDOWN_DELAY", &raw))
+                .transpose()?
+                .unwrap_or_default(),
             token_endpoint_url: optional_url(
                 "FLOWGATE_TOKEN_ENDPOINT_URL",
                 args.token_endpoint_url,
@@ -473,7 +476,7 @@ mod tests {
             (&["--proxy-threads", "0"], "FLOWGATE_PROXY_THREADS"),
             (&["--proxy-threads", "257"], "FLOWGATE_PROXY_THREADS"),
             (&["--proxy-threads", "many"], "FLOWGATE_PROXY_THREADS"),
-            (&["--shutdown-delay", "-5s"], "FLOWGATE_SHUTDOWN_DELAY"),
+            (&["--shutdown-delay=-5s"], "FLOWGATE_SHUTDOWN_DELAY"),
             (&["--shutdown-delay", "later"], "FLOWGATE_SHUTDOWN_DELAY"),
             (
                 &["--ledger-retention", "forever"],

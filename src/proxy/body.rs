@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Limited};
-use hyper::Request;
 use hyper::body::{Body, Incoming};
 use hyper::header::CONTENT_TYPE;
+use hyper::{HeaderMap, Request};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -28,8 +28,17 @@ pub(crate) async fn read_json(
     req: Request<Incoming>,
     limit: usize,
 ) -> Result<serde_json::Map<String, Value>, ProxyError> {
-    let is_json = req
-        .headers()
+    let (parts, body) = req.into_parts();
+    read_json_body(&parts.headers, body, limit).await
+}
+
+/// Like [`read_json`], for a request already taken apart (its headers are still needed).
+pub(super) async fn read_json_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<serde_json::Map<String, Value>, ProxyError> {
+    let is_json = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|ct| ct.starts_with("application/json") || ct.contains("+json"));
@@ -38,7 +47,7 @@ pub(crate) async fn read_json(
             "the body must be JSON (Content-Type: application/json)".into(),
         ));
     }
-    let bytes = read_limited(req, limit).await?;
+    let bytes = read_limited(body, limit).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ProxyError::BadRequest(
@@ -51,11 +60,8 @@ pub(crate) async fn read_json(
 }
 
 /// The whole request body, at most `limit` bytes, within the time bounds above.
-pub(super) async fn read_limited(
-    req: Request<Incoming>,
-    limit: usize,
-) -> Result<Bytes, ProxyError> {
-    collect(req.into_body(), limit, BODY_IDLE_TIMEOUT, BODY_READ_LIMIT).await
+pub(super) async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
+    collect(body, limit, BODY_IDLE_TIMEOUT, BODY_READ_LIMIT).await
 }
 
 /// `body` in one buffer: at most `limit` bytes, no pause longer than `idle`, all within `total`.

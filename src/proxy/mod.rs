@@ -49,7 +49,7 @@ use stream::{Observed, StreamEnd};
 use upstream::Upstream;
 
 pub(crate) use body::read_json;
-use body::read_limited;
+use body::{read_json_body, read_limited};
 
 /// Largest JSON request body accepted.
 pub const MAX_JSON_BODY: usize = 10 * 1024 * 1024;
@@ -118,11 +118,11 @@ impl Proxy {
     /// Answers one request. Never fails: every error becomes its JSON answer.
     pub async fn handle(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
         let started = std::time::Instant::now();
-        let id = request_id::assign(req.headers_mut());
+        let id = request_id::assign(req.headers());
         let route = routes::route(req.method(), req.uri().path());
         let label = route.as_ref().map(route_label).unwrap_or("unknown");
         let mut resp = match route {
@@ -197,20 +197,21 @@ impl Proxy {
                     self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
                 let usable = usable(&cf)?;
                 let idempotency_key = idempotency_key(&req)?;
-                let passed = upstream::passed_headers(req.headers());
-                let prediction = read_prediction(req, &identity).await?;
+                // The headers go on to Flowise (the allowed ones) after the body is read.
+                let (parts, body) = req.into_parts();
+                let prediction = read_prediction(&parts.headers, body, &identity).await?;
                 self.rate_limit(&snapshot, &identity, &cf, access)?;
                 let key = self.forward_headers(&cf).await?;
                 let charge = self
                     .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
                     .await?;
-                self.forward(usable, prediction, passed, key, peer, charge)
+                self.forward(usable, prediction, parts.headers, key, peer, charge)
                     .await
             }
             Route::CompatPredict => {
                 let idempotency_key = idempotency_key(&req)?;
-                let passed = upstream::passed_headers(req.headers());
-                let mut body = read_json(req, MAX_JSON_BODY).await?;
+                let (parts, body) = req.into_parts();
+                let mut body = read_json_body(&parts.headers, body, MAX_JSON_BODY).await?;
                 let (chatflow_id, prediction) = compat_request(&mut body, &identity)?;
                 let lookup = Lookup::NameOrId(&chatflow_id);
                 let (cf, access) = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
@@ -223,7 +224,7 @@ impl Proxy {
                 let remaining = charge.as_ref().and_then(|c| c.remaining);
                 let chat_id = prediction.chat_id.clone();
                 let resp = self
-                    .forward(usable, prediction, passed, key, peer, charge)
+                    .forward(usable, prediction, parts.headers, key, peer, charge)
                     .await?;
                 if stream::is_event_stream(resp.headers()) {
                     return Ok(resp);
@@ -677,20 +678,22 @@ fn prepare(
 
 /// A Flowise prediction body: JSON, or `multipart/form-data` with file uploads.
 async fn read_prediction(
-    req: Request<Incoming>,
+    headers: &hyper::HeaderMap,
+    body: Incoming,
     identity: &Identity,
 ) -> Result<Prediction, ProxyError> {
-    let content_type = req
-        .headers()
+    let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+        .unwrap_or_default();
     if !content_type.starts_with("multipart/form-data") {
-        return prepare(read_json(req, MAX_JSON_BODY).await?, identity);
+        return prepare(
+            read_json_body(headers, body, MAX_JSON_BODY).await?,
+            identity,
+        );
     }
-    let body = read_limited(req, MAX_MULTIPART_BODY).await?;
-    let mut form = multipart::parse(&content_type, body).await?;
+    let body = read_limited(body, MAX_MULTIPART_BODY).await?;
+    let mut form = multipart::parse(content_type, body).await?;
     if form.text("question").is_none() && !form.parts.iter().any(|p| p.file_name.is_some()) {
         return Err(ProxyError::BadRequest(
             "a prediction needs 'question' or files".into(),

@@ -18,15 +18,17 @@ tokio::task_local! {
     static CURRENT: HeaderValue;
 }
 
-/// The request's id: the caller's when plausible, otherwise a fresh one, which is also written
-/// into `headers` (so it travels to Flowise with the other forwarded headers).
-pub fn assign(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(&X_REQUEST_ID).filter(|id| plausible(id)) {
-        return id.clone();
+/// The request's id: the caller's when plausible, otherwise a fresh one.
+pub fn assign(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(&X_REQUEST_ID).filter(|id| plausible(id)) {
+        Some(id) => id.clone(),
+        None => fresh(),
     }
-    let id = fresh();
-    headers.insert(X_REQUEST_ID, id.clone());
-    id
+}
+
+/// The current request's id, for a request to Flowise made on its behalf.
+pub fn current() -> Option<HeaderValue> {
+    CURRENT.try_with(HeaderValue::clone).ok()
 }
 
 /// Runs `work` with `id` as the current request's id.
@@ -63,31 +65,30 @@ mod tests {
     fn a_plausible_caller_id_is_kept_and_anything_else_replaced() {
         let mut headers = HeaderMap::new();
         headers.insert(X_REQUEST_ID, HeaderValue::from_static("ingress-7f3a:42"));
-        assert_eq!(assign(&mut headers), "ingress-7f3a:42");
+        assert_eq!(assign(&headers), "ingress-7f3a:42");
 
         for bad in [String::new(), "has space".into(), "x".repeat(MAX_LEN + 1)] {
             let mut headers = HeaderMap::new();
             headers.insert(X_REQUEST_ID, HeaderValue::from_str(&bad).expect("header"));
-            let id = assign(&mut headers);
+            let id = assign(&headers);
             assert_eq!(id.len(), 32, "{bad:?} replaced by a fresh id");
             assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
-            assert_eq!(headers.get(&X_REQUEST_ID), Some(&id), "and forwarded");
         }
     }
 
     #[test]
-    fn fresh_ids_differ_and_are_sent_on() {
-        let (mut a, mut b) = (HeaderMap::new(), HeaderMap::new());
-        let (id_a, id_b) = (assign(&mut a), assign(&mut b));
-        assert_ne!(id_a, id_b);
-        assert_eq!(a.get(&X_REQUEST_ID), Some(&id_a));
+    fn fresh_ids_differ() {
+        let none = HeaderMap::new();
+        assert_ne!(assign(&none), assign(&none));
     }
 
     #[tokio::test]
     async fn the_current_id_is_seen_inside_its_scope_only() {
         let id = HeaderValue::from_static("req-1");
-        let inside = scope(id, async { with_current(str::to_string) }).await;
-        assert_eq!(inside, "req-1");
+        let inside = scope(id, async { (with_current(str::to_string), current()) }).await;
+        assert_eq!(inside.0, "req-1");
+        assert_eq!(inside.1, Some(HeaderValue::from_static("req-1")));
         assert_eq!(with_current(str::to_string), "");
+        assert_eq!(current(), None);
     }
 }

@@ -18,27 +18,14 @@ use crate::server::Body;
 
 /// Request headers a client may send on to Flowise. Everything else — `Authorization`,
 /// cookies, `x-request-from`, `flowise-tool`, forwarding headers — is dropped.
-const FORWARDED_REQUEST_HEADERS: [HeaderName; 6] = [
+const FORWARDED_REQUEST_HEADERS: [HeaderName; 5] = [
     header::CONTENT_TYPE,
     header::ACCEPT,
     header::USER_AGENT,
-    // Correlation: flowgate's request id (see `request_id`) and W3C trace context.
-    super::request_id::X_REQUEST_ID,
+    // W3C trace context. The request's own `X-Request-Id` is added from `request_id`.
     HeaderName::from_static("traceparent"),
     HeaderName::from_static("tracestate"),
 ];
-
-/// The request headers of `client` that may go on to Flowise (see [`Upstream::request`]),
-/// taken before the request's body is read.
-pub fn passed_headers(client: &HeaderMap) -> HeaderMap {
-    let mut passed = HeaderMap::new();
-    for name in &FORWARDED_REQUEST_HEADERS {
-        if let Some(value) = client.get(name) {
-            passed.insert(name.clone(), value.clone());
-        }
-    }
-    passed
-}
 
 /// Response headers passed back to the client.
 const FORWARDED_RESPONSE_HEADERS: [&str; 4] = [
@@ -133,6 +120,9 @@ impl Upstream {
         }
         if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
             headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+        }
+        if let Some(id) = super::request_id::current() {
+            headers.insert(super::request_id::X_REQUEST_ID, id);
         }
         if let Some(key) = key {
             headers.insert(header::AUTHORIZATION, key.clone());
