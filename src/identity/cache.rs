@@ -43,11 +43,20 @@ impl TokenCache {
         })
     }
 
-    /// The shard of a token, from its last byte: the end of the signature, which is as good as
-    /// random for the signed tokens stored here.
+    /// The shard of a token, from the six bits of the next-to-last character of its signature,
+    /// as good as random for the signed tokens stored here. (Not the last character: it carries
+    /// only the leftover bits, 2 for 256-byte RS256 and 64-byte ES256 and EdDSA signatures; nor
+    /// the character's ASCII code, which is not uniform modulo 16.)
     fn shard(&self, token: &str) -> &Shard {
-        let byte = token.as_bytes().last().copied().unwrap_or(0);
-        &self.shards[usize::from(byte) % self.shards.len()]
+        let bytes = token.as_bytes();
+        let sextet = match bytes.len().checked_sub(2).and_then(|i| bytes.get(i)) {
+            Some(b @ b'A'..=b'Z') => b - b'A',
+            Some(b @ b'a'..=b'z') => b - b'a' + 26,
+            Some(b @ b'0'..=b'9') => b - b'0' + 52,
+            Some(b'-') => 62,
+            _ => 63,
+        };
+        &self.shards[usize::from(sextet) % self.shards.len()]
     }
 
     /// The identity of `token` if it was verified in `epoch` and is still valid at `now`.
@@ -110,6 +119,45 @@ mod tests {
             admin: false,
             key: "user:alice".into(),
             expires_at: Timestamp::from_second(exp).expect("valid"),
+        }
+    }
+
+    /// Compact tokens with signatures of `len` pseudo-random bytes.
+    fn tokens(len: usize, count: u32) -> Vec<String> {
+        use base64::Engine;
+        use sha2::Digest;
+        (0..count)
+            .map(|i| {
+                let signature: Vec<u8> = (0_u32..)
+                    .flat_map(|block| sha2::Sha256::digest(format!("{i}/{block}")))
+                    .take(len)
+                    .collect();
+                let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature);
+                format!("h.p.{encoded}")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tokens_of_every_signature_size_spread_over_all_shards() {
+        // HS256 (32 bytes), ES256/EdDSA (64), RS256 (256), RS512 with a 4096-bit key (512).
+        for len in [32, 64, 256, 512] {
+            let cache = TokenCache::new(16_000).expect("enabled");
+            let mut per_shard = [0_u32; SHARDS];
+            for token in tokens(len, 1_600) {
+                let shard = cache.shard(&token) as *const Shard;
+                let index = cache
+                    .shards
+                    .iter()
+                    .position(|s| std::ptr::eq(s, shard))
+                    .expect("a shard of this cache");
+                per_shard[index] += 1;
+            }
+            // 100 per shard on average; the old last-byte choice put RS256 in two shards.
+            assert!(
+                per_shard.iter().all(|&n| n >= 50),
+                "{len}-byte signatures: {per_shard:?}"
+            );
         }
     }
 
