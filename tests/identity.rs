@@ -84,6 +84,18 @@ async fn hs256_secret_file_accepts_a_good_token_and_maps_its_claims() {
 }
 
 #[tokio::test]
+async fn an_email_marked_unverified_in_the_token_names_no_user() {
+    let (verifier, _file) = hs256_verifier(|_| {});
+    let exp = now() + 600;
+    let token = Signer::hs256(SECRET).sign(&with(json!({"exp": exp, "email_verified": false})));
+    let identity = verifier.verify(&token).await.expect("valid token");
+    assert_eq!(identity.users, ["alice"], "the subject only");
+    let token = Signer::hs256(SECRET).sign(&with(json!({"exp": exp, "email_verified": true})));
+    let identity = verifier.verify(&token).await.expect("valid token");
+    assert_eq!(identity.users, ["alice", "alice@example.com"]);
+}
+
+#[tokio::test]
 async fn rsa_public_key_accepts_rs256_and_ps256_tokens() {
     let verifier = pem_verifier("rsa.pub");
     for alg in [Algorithm::RS256, Algorithm::RS512, Algorithm::PS256] {

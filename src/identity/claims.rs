@@ -14,6 +14,8 @@ use crate::crd::ServiceAccountRef;
 pub(crate) struct Mapping {
     pub(crate) names: ClaimNames,
     user_slots: Vec<usize>,
+    /// The `email` user claim and `email_verified`, when `email` names users.
+    email: Option<(usize, usize)>,
     groups_slot: usize,
     admin_slot: usize,
     admin_value: Box<str>,
@@ -23,11 +25,17 @@ impl Mapping {
     pub(crate) fn new(mapping: &ClaimMapping) -> Self {
         let mut names = ClaimNames::new();
         let user_slots = mapping.user_claims.iter().map(|c| names.slot(c)).collect();
+        let email = mapping
+            .user_claims
+            .iter()
+            .any(|c| c == "email")
+            .then(|| (names.slot("email"), names.slot("email_verified")));
         let groups_slot = names.slot(&mapping.groups_claim);
         let admin_slot = names.slot(&mapping.admin_claim);
         Self {
             names,
             user_slots,
+            email,
             groups_slot,
             admin_slot,
             admin_value: mapping.admin_value.as_str().into(),
@@ -134,7 +142,22 @@ pub(crate) fn user_identity(
     expires_at: Timestamp,
 ) -> Result<Identity, AuthError> {
     let mut users = Vec::with_capacity(mapping.user_slots.len());
+    // An address the provider says it has not verified names no one: with some providers a
+    // user can set any address, someone else's included.
+    // Without `email_verified` the provider says nothing, and the address counts.
+    let unverified = mapping.email.and_then(|(email, verified)| {
+        let said_no = match claim(&claims, verified) {
+            Some(Value::Bool(verified)) => !verified,
+            // Some providers (Amazon Cognito) send it as a string.
+            Some(Value::String(verified)) => verified != "true",
+            _ => false,
+        };
+        said_no.then_some(email)
+    });
     for &slot in &mapping.user_slots {
+        if Some(slot) == unverified {
+            continue;
+        }
         if let Some(Value::String(s)) = claims.get(slot).and_then(Option::as_ref)
             && !s.is_empty()
             && !users.contains(s)

@@ -283,3 +283,26 @@ fn service_account_tokens_are_recognised_before_their_keys_are_known() {
     assert!(looks(json!({"kubernetes.io": {}})));
     assert!(!looks(json!({"sub": "alice"})));
 }
+
+#[test]
+fn an_email_the_provider_has_not_verified_names_no_one() {
+    for unverified in [json!(false), json!("false")] {
+        let id =
+            user(json!({"sub": "u-1", "email": "alice@corp.io", "email_verified": unverified}))
+                .expect("identity");
+        assert_eq!(id.users, ["u-1"], "{unverified}: only the subject");
+        assert_eq!(
+            user(json!({"email": "alice@corp.io", "email_verified": unverified})),
+            Err(AuthError::MissingClaim("sub".into())),
+            "{unverified}: no user at all"
+        );
+    }
+    for verified in [json!(true), json!("true"), Value::Null] {
+        let mut claims = json!({"sub": "u-1", "email": "alice@corp.io"});
+        if !verified.is_null() {
+            claims["email_verified"] = verified.clone();
+        }
+        let id = user(claims).expect("identity");
+        assert_eq!(id.users, ["u-1", "alice@corp.io"], "{verified}");
+    }
+}
