@@ -110,8 +110,11 @@ impl Fetcher {
                     .as_deref()
                     .ok_or_else(|| invalid(&discovery_url, "no jwks_uri"))
                     .and_then(|raw| Url::parse(raw).map_err(|e| invalid(&discovery_url, e)))?;
-                if !matches!(jwks_url.scheme(), "https" | "http") {
-                    return Err(invalid(&discovery_url, "jwks_uri is not http(s)"));
+                if !jwks_url_allowed(&discovery_url, &jwks_url) {
+                    return Err(invalid(
+                        &discovery_url,
+                        format!("jwks_uri {jwks_url} is not https like the issuer"),
+                    ));
                 }
                 let body = get(http, &jwks_url, JWK_SET, limits.max_bytes).await?;
                 Ok(Fetched {
@@ -219,4 +222,69 @@ async fn kube_get(
             }
         })?;
     Ok(body.to_bytes().to_vec())
+}
+
+/// Why a key fetch must not follow a redirect from `previous` (the URLs so far, the first one
+/// included) to `next`: more than 3 redirects, or from https to plain http, where anyone on
+/// the path could replace the keys.
+pub(super) fn redirect_refusal(previous: &[Url], next: &Url) -> Option<&'static str> {
+    if previous.iter().any(|u| u.scheme() == "https") && next.scheme() != "https" {
+        Some("redirect from https to plain http refused")
+    } else if previous.len() > 3 {
+        Some("more than 3 redirects")
+    } else {
+        None
+    }
+}
+
+/// Whether discovery at `discovery` may send us to `jwks` for keys: http(s), and https when
+/// discovery was (a plain-http jwks_uri would let anyone on the path hand us signing keys).
+fn jwks_url_allowed(discovery: &Url, jwks: &Url) -> bool {
+    match jwks.scheme() {
+        "https" => true,
+        "http" => discovery.scheme() == "http",
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(raw: &str) -> Url {
+        Url::parse(raw).expect("url")
+    }
+
+    #[test]
+    fn redirects_never_leave_https_and_stop_after_three() {
+        let https = url("https://id.example.com/jwks");
+        let http = url("http://id.example.com/jwks");
+        assert_eq!(redirect_refusal(std::slice::from_ref(&https), &https), None);
+        assert_eq!(redirect_refusal(std::slice::from_ref(&http), &https), None);
+        assert_eq!(redirect_refusal(std::slice::from_ref(&http), &http), None);
+        assert!(redirect_refusal(std::slice::from_ref(&https), &http).is_some());
+        assert!(redirect_refusal(&[https.clone(), http.clone()], &http).is_some());
+        assert!(
+            redirect_refusal(
+                &[http.clone(), http.clone(), http.clone(), http.clone()],
+                &http
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn discovery_over_https_only_points_to_https_keys() {
+        let (https, http) = (url("https://id.example.com/"), url("http://id.local/"));
+        assert!(jwks_url_allowed(
+            &https,
+            &url("https://keys.example.com/jwks")
+        ));
+        assert!(!jwks_url_allowed(
+            &https,
+            &url("http://keys.example.com/jwks")
+        ));
+        assert!(jwks_url_allowed(&http, &url("http://id.local/jwks")));
+        assert!(!jwks_url_allowed(&http, &url("ftp://id.local/jwks")));
+    }
 }

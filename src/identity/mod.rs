@@ -285,7 +285,12 @@ fn http_client(options: &VerifierOptions) -> Result<reqwest::Client, ConfigError
     reqwest::Client::builder()
         .timeout(options.fetch_timeout)
         .connect_timeout(options.fetch_timeout)
-        .redirect(reqwest::redirect::Policy::limited(3))
+        .redirect(reqwest::redirect::Policy::custom(
+            |attempt| match fetch::redirect_refusal(attempt.previous(), attempt.url()) {
+                Some(why) => attempt.error(why),
+                None => attempt.follow(),
+            },
+        ))
         .user_agent(concat!("flowgate/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| ConfigError {
