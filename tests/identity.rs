@@ -423,6 +423,27 @@ async fn a_jwks_url_serves_rsa_ec_and_ed25519_keys() {
 }
 
 #[tokio::test]
+async fn a_token_without_kid_is_checked_against_the_remote_key_when_the_static_one_did_not_sign_it()
+{
+    // A static RSA key and a provider whose one RSA key has no `kid`.
+    let remote = Signer::rsa("rsa2.key", Algorithm::RS256);
+    let server = KeyServer::start(jwks(&[&remote])).await;
+    let verifier = verifier(&JwtConfig {
+        public_key_file: Some(fixture_path("rsa.pub")),
+        jwks_url: Some(server.jwks_url()),
+        ..config()
+    });
+    assert_eq!(reason(verifier.verify(&remote.sign(&claims())).await), "ok");
+    let local = Signer::rsa("rsa.key", Algorithm::RS256);
+    assert_eq!(reason(verifier.verify(&local.sign(&claims())).await), "ok");
+    let stranger = Signer::ec256();
+    assert_ne!(
+        reason(verifier.verify(&stranger.sign(&claims())).await),
+        "ok"
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_kid_is_rejected() {
     let server = KeyServer::start(jwks(&[&Signer::ed25519().with_kid("ed")])).await;
     let verifier = jwks_verifier(&server, Duration::from_secs(30));

@@ -137,7 +137,15 @@ impl Inner {
             let family = alg.family();
             if let Some(key) = users.static_keys.iter().find(|k| k.key.family() == family) {
                 let checks = self.user_checks(now, None);
-                return self.check(token, key, checks, Domain::Users);
+                let step = self.check(token, key, checks, Domain::Users);
+                // A token without `kid` that the static key did not sign may still be signed
+                // by the only remote key for its algorithm (a provider that sends no `kid`).
+                let other_key = kid.is_none()
+                    && matches!(step, Step::Failed(AuthError::BadSignature))
+                    && !users.remote.is_empty();
+                if !other_key {
+                    return step;
+                }
             }
         }
         if kid.is_none() && self.usable_remote_keys(alg) == 1 {
