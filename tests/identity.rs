@@ -453,6 +453,27 @@ async fn an_unknown_kid_is_rejected() {
 }
 
 #[tokio::test]
+async fn a_scheduled_refresh_does_not_hold_back_a_key_rotated_just_after_it() {
+    let old = Signer::ed25519().with_kid("old");
+    let new = Signer::rsa("rsa2.key", Algorithm::RS256).with_kid("new");
+    let server = KeyServer::start(jwks(&[&old])).await;
+    let verifier = jwks_verifier(&server, Duration::from_secs(30));
+    assert!(
+        verifier.refresh().await,
+        "the scheduled refresh loads the keys"
+    );
+    assert_eq!(server.jwks_fetches(), 1);
+
+    server.set_jwks(jwks(&[&new]));
+    assert_eq!(
+        reason(verifier.verify(&new.sign(&claims())).await),
+        "ok",
+        "the unknown kid is fetched at once, not 30 s later"
+    );
+    assert_eq!(server.jwks_fetches(), 2);
+}
+
+#[tokio::test]
 async fn a_rotated_key_is_picked_up_through_its_unknown_kid() {
     let cooldown = Duration::from_millis(400);
     let old = Signer::ed25519().with_kid("old");

@@ -31,7 +31,8 @@ pub(crate) struct KeySnapshot {
 pub(crate) enum Trigger {
     /// A token needs a key that is not there: subject to the cooldown.
     OnDemand,
-    /// Start-up or the periodic refresh: always fetches (or joins the fetch in flight).
+    /// Start-up or the periodic refresh: always fetches (or joins the fetch in flight), and does
+    /// not start the cooldown.
     Scheduled,
 }
 
@@ -108,7 +109,11 @@ impl RemoteKeys {
         {
             return None;
         }
-        flight.last_attempt = Some(now);
+        // Only fetches a token asked for start the cooldown: a scheduled refresh just before a
+        // key rotation must not keep the new key out for the cooldown.
+        if trigger == Trigger::OnDemand {
+            flight.last_attempt = Some(now);
+        }
         self.fetches.fetch_add(1, Ordering::Relaxed);
         // Spawned, so the fetch completes even if every waiting request goes away.
         let task = tokio::spawn(Arc::clone(self).fetch_and_store());
