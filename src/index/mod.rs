@@ -130,14 +130,49 @@ pub fn compile(resources: &Resources) -> Snapshot {
     let mut snap = Snapshot::default();
     let mut ns_index: HashMap<String, u32> = HashMap::new();
 
-    for cf in &resources.chatflows {
-        let rule = match ChatflowRule::try_from(cf.as_ref()) {
+    let rules: Vec<_> = resources
+        .chatflows
+        .iter()
+        .map(|cf| (cf, ChatflowRule::try_from(cf.as_ref())))
+        .collect();
+    // Who claims each Flowise chatflow. Two Chatflows claiming one (in any namespaces): neither
+    // is served. Otherwise one namespace could take over another's chatflow, its grants and its
+    // budgets, just by naming its id.
+    let mut claimants: HashMap<String, Vec<String>> = HashMap::new();
+    for rule in rules.iter().filter_map(|(_, rule)| rule.as_ref().ok()) {
+        if let Some(id) = &rule.flowise_id {
+            claimants
+                .entry(id.to_ascii_lowercase())
+                .or_default()
+                .push(format!("{}/{}", rule.namespace, rule.name));
+        }
+    }
+
+    for (cf, rule) in rules {
+        let rule = match rule {
             Ok(rule) => rule,
             Err(error) => {
                 snap.skip("Chatflow", &cf.metadata, error);
                 continue;
             }
         };
+        if let Some(id) = &rule.flowise_id
+            && let Some(all) = claimants.get(&id.to_ascii_lowercase())
+            && all.len() > 1
+        {
+            let me = format!("{}/{}", rule.namespace, rule.name);
+            let others: Vec<&str> = all
+                .iter()
+                .filter(|c| **c != me)
+                .map(String::as_str)
+                .collect();
+            let error = InvalidSpec::SharedFlowiseId {
+                id: id.clone(),
+                others: others.join(", "),
+            };
+            snap.skip("Chatflow", &cf.metadata, error);
+            continue;
+        }
         let ns = intern(
             &mut ns_index,
             &mut snap.namespaces,
@@ -146,8 +181,7 @@ pub fn compile(resources: &Resources) -> Snapshot {
         );
         let idx = u32::try_from(snap.chatflows.len()).unwrap_or(u32::MAX);
         if let Some(id) = &rule.flowise_id {
-            // Two Chatflows claiming one Flowise id: the first (by namespace/name) keeps it.
-            snap.by_flowise_id.entry(id.clone()).or_insert(idx);
+            snap.by_flowise_id.insert(id.clone(), idx);
         }
         snap.by_name
             .entry(rule.namespace.clone())

@@ -27,6 +27,10 @@ pub enum InvalidSpec {
     RateLimit,
     #[error("{0} must be at most 9223372036854775807 (the ledger counts in signed 64 bits)")]
     TooLarge(&'static str),
+    #[error(
+        "Flowise chatflow {id} is also claimed by {others}: none of them is served until only one claims it"
+    )]
+    SharedFlowiseId { id: String, others: String },
 }
 
 /// Which chatflows a rule names.

@@ -403,3 +403,36 @@ fn the_most_generous_rate_limit_of_the_live_grants_applies() {
     let bob = ["bob@example.com".to_string()];
     assert_eq!(snap.access(&user(&bob), cf, now()), None);
 }
+
+#[test]
+fn a_flowise_chatflow_claimed_by_two_chatflows_is_served_by_neither() {
+    // A tenant in namespace "aa" (which sorts first) names team-b's chatflow, in another case,
+    // and grants itself access to it.
+    let mut res = team_a();
+    res.chatflows
+        .push(chatflow("aa", "borrowed", &OTHER.to_uppercase()));
+    res.accesses.push(access(
+        "aa",
+        "mine",
+        "  chatflows: [borrowed]\n  subjects: [{user: mallory}]\n",
+    ));
+    let snap = compile(&res);
+    assert!(
+        snap.chatflow_by_flowise_id(OTHER).is_none(),
+        "neither claimant is served"
+    );
+    assert!(snap.chatflow_by_name("aa", "borrowed").is_none());
+    assert!(snap.chatflow_by_name("team-b", "other-bot").is_none());
+    let mut skipped: Vec<_> = snap
+        .invalid
+        .iter()
+        .map(|i| (i.namespace.as_str(), i.name.as_str(), i.error.to_string()))
+        .collect();
+    skipped.sort();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(skipped[0].2.contains("team-b/other-bot"), "{skipped:?}");
+    assert!(skipped[1].2.contains("aa/borrowed"), "{skipped:?}");
+    // The others are untouched.
+    let alice = ["alice@example.com".to_string()];
+    assert_eq!(role_on(&snap, &user(&alice), SUPPORT), Some(Role::User));
+}
