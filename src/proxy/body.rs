@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::header::CONTENT_TYPE;
@@ -81,11 +82,20 @@ where
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
     loop {
-        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
-        let frame = match tokio::time::timeout(wait, body.frame()).await {
-            Err(_) => return Err(ProxyError::RequestTimeout),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
+        // A frame already received (a small body usually arrives with its headers) needs no
+        // timer; only a wait for more does.
+        let next = match body.frame().now_or_never() {
+            Some(next) => next,
+            None => {
+                let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::timeout(wait, body.frame())
+                    .await
+                    .map_err(|_| ProxyError::RequestTimeout)?
+            }
+        };
+        let frame = match next {
+            None => break,
+            Some(Err(e)) => {
                 return Err(
                     if e.downcast_ref::<http_body_util::LengthLimitError>()
                         .is_some()
@@ -96,7 +106,7 @@ where
                     },
                 );
             }
-            Ok(Some(Ok(frame))) => frame,
+            Some(Ok(frame)) => frame,
         };
         let Ok(data) = frame.into_data() else {
             continue; // trailers
