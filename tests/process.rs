@@ -244,18 +244,8 @@ async fn sigterm_drains_an_in_flight_stream() {
         }
         assert!(text.contains("[DONE]"), "stream drained to its end: {text}");
         // The process exits by itself once drained.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = gate.child.try_wait().expect("wait") {
-                assert!(status.success(), "exit status {status}");
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "flowgate exited after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let status = gate.child.exited(20, "flowgate after SIGTERM").await;
+        assert!(status.success(), "exit status {status}");
         team.cleanup().await;
     })
     .await
@@ -296,17 +286,7 @@ async fn sigterm_with_a_shutdown_delay_serves_on_unready_then_drains_and_exits()
             "still running"
         );
 
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = gate.child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "flowgate exited after the delay"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let status = gate.child.exited(30, "flowgate after the delay").await;
         assert!(status.success(), "exit status {status}");
         assert!(
             signalled.elapsed() >= Duration::from_secs(5),
@@ -375,14 +355,7 @@ async fn every_decision_is_logged_when_idle_and_before_exit() {
             .status()
             .expect("kill runs");
         assert!(killed.success());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while gate.child.try_wait().expect("wait").is_none() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "flowgate exited after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        gate.child.exited(20, "flowgate after SIGTERM").await;
         assert_eq!(decisions(&log), before + 400);
         team.cleanup().await;
     })

@@ -14,6 +14,23 @@ impl Drop for KillOnDrop {
     }
 }
 
+impl KillOnDrop {
+    /// Waits (polling, up to `secs`) for the process to exit by itself; its exit status.
+    pub async fn exited(&mut self, secs: u64, what: &str) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not exited within {secs} s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
 impl Deref for KillOnDrop {
     type Target = Child;
     fn deref(&self) -> &Child {
