@@ -27,9 +27,18 @@ struct Process {
 
 /// Starts the binary (proxy only) against `flowise_url` with `kubeconfig`; waits until ready.
 async fn spawn(flowise_url: &str, kubeconfig: &std::path::Path) -> Process {
+    spawn_with(flowise_url, kubeconfig, &[]).await
+}
+
+/// Like [`spawn`], with `extra_env` set.
+async fn spawn_with(
+    flowise_url: &str,
+    kubeconfig: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> Process {
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    spawn_on(flowise_url, kubeconfig, &ledger, dir).await
+    launch(flowise_url, kubeconfig, &ledger, dir, None, extra_env).await
 }
 
 /// Like [`spawn`], with the ledger at `ledger_url` (which may outlive the process).
@@ -233,12 +242,7 @@ async fn sigterm_drains_an_in_flight_stream() {
         let mut body = resp.bytes_stream();
         let mut text =
             String::from_utf8_lossy(&body.next().await.expect("chunk").expect("chunk")).to_string();
-        let pid = gate.child.id().to_string();
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(killed.success());
+        gate.child.sigterm();
         while let Some(chunk) = body.next().await {
             text.push_str(&String::from_utf8_lossy(&chunk.expect("stream not cut")));
         }
@@ -258,20 +262,13 @@ async fn sigterm_with_a_shutdown_delay_serves_on_unready_then_drains_and_exits()
         let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
         let team = Team::with_fake_flowise("process-delay").await;
         let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
         let delay = ("FLOWGATE_SHUTDOWN_DELAY", "5s");
         let kubeconfig = std::path::Path::new(&kubeconfig);
-        let mut gate = launch(&fake.url, kubeconfig, &ledger, dir, None, &[delay]).await;
+        let mut gate = spawn_with(&fake.url, kubeconfig, &[delay]).await;
         let (id, alice) = (team.flowise_id.clone(), team.alice());
         eventually(&gate.base, &alice, &id, 200).await;
 
-        let pid = gate.child.id().to_string();
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(killed.success());
+        gate.child.sigterm();
         let signalled = tokio::time::Instant::now();
         let readyz = format!("{}/readyz", gate.ops);
         support::eventually(5, "/readyz answers 503 once signalled", || async {
@@ -349,12 +346,7 @@ async fn every_decision_is_logged_when_idle_and_before_exit() {
         let burst = (0..400).map(|_| predict_with(&http, &gate.base, &alice, &id));
         let statuses = futures::future::join_all(burst).await;
         assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-        let pid = gate.child.id().to_string();
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(killed.success());
+        gate.child.sigterm();
         gate.child.exited(20, "flowgate after SIGTERM").await;
         assert_eq!(decisions(&log), before + 400);
         team.cleanup().await;

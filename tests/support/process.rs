@@ -15,6 +15,15 @@ impl Drop for KillOnDrop {
 }
 
 impl KillOnDrop {
+    /// Sends SIGTERM, as Kubernetes does to a pod it stops.
+    pub fn sigterm(&self) {
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success(), "kill -TERM {}", self.0.id());
+    }
+
     /// Waits (polling, up to `secs`) for the process to exit by itself; its exit status.
     pub async fn exited(&mut self, secs: u64, what: &str) -> std::process::ExitStatus {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
