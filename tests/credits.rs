@@ -168,6 +168,45 @@ async fn a_failing_flowise_refunds_and_token_usage_is_charged() {
 }
 
 #[tokio::test]
+async fn a_streamed_agentflow_is_charged_every_node_even_when_it_fails_after_answering() {
+    // Streaming, Flowise reports `usageMetadata` for the last LLM node only; the other nodes'
+    // tokens are in the node list it sends after each node. The same Agentflow must cost the same
+    // streamed as answered in JSON, and a node failing after the answer reached the caller does
+    // not refund it.
+    let team = Team::with_fake_flowise("credits-agentflow").await;
+    let policy = format!("{}/tokens", team.ns);
+    team.policy(
+        "tokens",
+        json!({"chatflows": ["support-bot"], "budget": {"credits": 1000, "period": "Daily"},
+               "cost": {"perPrediction": 2, "perThousandTokens": 10}}),
+    )
+    .await;
+    let id = team.flowise_id.clone();
+    for fail_at_end in [false, true] {
+        let fake = FakeFlowise::start(Mode::Agentflow {
+            nodes: [1000, 400, 100],
+            fail_at_end,
+        })
+        .await;
+        let gate = Flowgate::with_flowise(&fake.url).await;
+        eventually_status(&gate, &team.alice(), &id, 200).await;
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v1/prediction/{id}", gate.base))
+            .bearer_auth(team.alice())
+            .json(&json!({"question": "hi", "streaming": true}))
+            .send()
+            .await
+            .expect("stream");
+        let text = resp.text().await.expect("stream read");
+        assert_eq!(text.contains("\"event\":\"error\""), fail_at_end, "{text}");
+        // Each prediction (the readiness probe streamed too): 2 + ceil(1500 * 10 / 1000) = 17.
+        let want = 17 * i64::try_from(fake.predictions()).expect("count");
+        used_becomes(&gate, &team.alice(), &policy, want).await;
+    }
+    team.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_streaming_request_that_flowise_answers_with_json_is_charged() {
     // Flowise answers a chatflow it cannot stream with JSON even when asked to stream (and the
     // SDKs always ask): that answer was delivered, so it is charged, never refunded.

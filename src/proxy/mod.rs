@@ -487,8 +487,17 @@ impl Proxy {
         if status.is_success() && stream::is_event_stream(&parts.headers) {
             let (abort, charge) = flight.streaming();
             let credits = self.credits.clone();
+            // An answer is charged once it reached the caller, whatever follows it: an error
+            // after the first token (a later Agentflow node failing) does not refund the tokens.
             let observed = Observed::new(incoming, move |report| {
-                let answered = report.answered && !report.error_event;
+                let answered = report.answered;
+                if report.error_event {
+                    tracing::warn!(
+                        answered,
+                        tokens = report.tokens,
+                        "Flowise sent an error event in a streamed answer"
+                    );
+                }
                 match (report.end, charge) {
                     (StreamEnd::ClientGone, charge) => {
                         abort();

@@ -24,11 +24,12 @@ pub enum StreamEnd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamReport {
     pub end: StreamEnd,
-    /// Total tokens from `usageMetadata` events.
+    /// Tokens Flowise reported (see [`SseScanner`]).
     pub tokens: u64,
     /// Flowise sent an `error` event (e.g. a key-bound chatflow without its key).
     pub error_event: bool,
-    /// Flowise started answering (a `token` event, or any event after `start`).
+    /// Flowise answered: it streamed a token, or ended without an error. An error after the
+    /// answer started does not take the answer back.
     pub answered: bool,
 }
 
@@ -62,11 +63,14 @@ impl<B> Observed<B> {
 
     fn finish(&mut self, end: StreamEnd) {
         if let Some(on_end) = self.on_end.take() {
+            if end == StreamEnd::Completed {
+                self.scanner.finish();
+            }
             on_end(StreamReport {
                 end,
-                tokens: self.scanner.tokens,
-                error_event: self.scanner.error_event,
-                answered: self.scanner.answered,
+                tokens: self.scanner.tokens(),
+                error_event: self.scanner.failed(),
+                answered: self.scanner.answered(),
             });
         }
     }
@@ -122,14 +126,32 @@ where
 /// Largest SSE event the scanner looks into; bigger events pass through unscanned.
 const MAX_EVENT: usize = 256 * 1024;
 
-/// Finds `usageMetadata` and `error` events in a Flowise SSE stream, fed in arbitrary chunks.
+/// Largest `agentFlowExecutedData` event the scanner reads. It carries every node run so far, with
+/// its inputs and outputs, and it is the only report of the tokens of nodes before the last.
+const MAX_EXECUTED_EVENT: usize = 8 * 1024 * 1024;
+
+/// How an `agentFlowExecutedData` event starts (Flowise writes the `event` key first).
+const EXECUTED_PREFIX: &[u8] = b"\"event\":\"agentFlowExecutedData\"";
+
+/// Reads a Flowise SSE stream, fed in arbitrary chunks, for what settles its charge: the tokens
+/// it used, whether it answered, whether it failed.
+///
+/// Flowise reports token usage two ways while streaming an Agentflow: a `usageMetadata` event
+/// for the last LLM node only, and after every node an `agentFlowExecutedData` event listing
+/// every node run so far with its `usageMetadata`. The total is the last node list read plus the
+/// `usageMetadata` events after it, so no node is counted twice and none is missed.
 #[derive(Debug, Default)]
 pub struct SseScanner {
     pending: Vec<u8>,
     overflow: bool,
-    pub tokens: u64,
-    pub error_event: bool,
-    pub answered: bool,
+    /// Tokens of the nodes in the last `agentFlowExecutedData` event read.
+    executed_tokens: u64,
+    /// Tokens of the `usageMetadata` events after that event.
+    streamed_tokens: u64,
+    error_event: bool,
+    token_event: bool,
+    /// An `end` event with no `error` event before it.
+    clean_end: bool,
 }
 
 impl SseScanner {
@@ -141,7 +163,9 @@ impl SseScanner {
             if !self.overflow {
                 self.pending.extend_from_slice(head);
                 let event = std::mem::take(&mut self.pending);
-                self.inspect(&event);
+                if event.len() <= MAX_EVENT || event.len() <= event_limit(&event) {
+                    self.inspect(&event);
+                }
             } else {
                 self.pending.clear();
             }
@@ -150,11 +174,34 @@ impl SseScanner {
         }
         if !self.overflow {
             self.pending.extend_from_slice(rest);
-            if self.pending.len() > MAX_EVENT {
-                self.pending.clear();
+            if self.pending.len() > MAX_EVENT && self.pending.len() > event_limit(&self.pending) {
+                self.pending = Vec::new();
                 self.overflow = true;
             }
         }
+    }
+
+    /// The stream ended: reads a last event that had no blank line after it.
+    pub fn finish(&mut self) {
+        if !self.overflow && !self.pending.is_empty() {
+            let event = std::mem::take(&mut self.pending);
+            self.inspect(&event);
+        }
+    }
+
+    /// Tokens Flowise reported so far.
+    pub fn tokens(&self) -> u64 {
+        self.executed_tokens.saturating_add(self.streamed_tokens)
+    }
+
+    /// Whether Flowise answered: it streamed a token, or ended without an error.
+    pub fn answered(&self) -> bool {
+        self.token_event || self.clean_end
+    }
+
+    /// Whether Flowise sent an `error` event.
+    pub fn failed(&self) -> bool {
+        self.error_event
     }
 
     fn inspect(&mut self, event: &[u8]) {
@@ -162,30 +209,89 @@ impl SseScanner {
         let Ok(text) = std::str::from_utf8(event) else {
             return;
         };
-        if !self.answered
-            && (text.contains("\"event\":\"token\"") || text.contains("\"event\":\"end\""))
-        {
-            self.answered = true;
-        }
-        if !text.contains("usageMetadata") && !text.contains("\"error\"") {
-            return;
-        }
         for line in text.lines() {
             let Some(data) = line.strip_prefix("data:") else {
                 continue;
             };
-            let Ok(value) = serde_json::from_str::<serde_json::Value>(data.trim_start()) else {
-                continue;
-            };
-            match value.get("event").and_then(|e| e.as_str()) {
-                Some("usageMetadata") => {
-                    self.tokens = self.tokens.saturating_add(usage_tokens(&value["data"]));
+            let data = data.trim_start();
+            // Flowise writes `event` first: most events (tokens) are read without parsing.
+            let mut parsed = None;
+            let kind = match event_kind(data) {
+                Some(kind) => Kind::of(kind),
+                None => {
+                    let Ok(value) = serde_json::from_str::<serde_json::Value>(data) else {
+                        continue;
+                    };
+                    Kind::of(parsed.insert(value)["event"].as_str().unwrap_or_default())
                 }
-                Some("error") => self.error_event = true,
-                _ => {}
+            };
+            match kind {
+                Kind::Token => self.token_event = true,
+                Kind::End => self.clean_end |= !self.error_event,
+                Kind::Error => self.error_event = true,
+                Kind::Usage | Kind::Executed => {
+                    let value = match parsed.take() {
+                        Some(value) => value,
+                        None => match serde_json::from_str::<serde_json::Value>(data) {
+                            Ok(value) => value,
+                            Err(_) => continue,
+                        },
+                    };
+                    if kind == Kind::Usage {
+                        let tokens = usage_tokens(&value["data"]);
+                        self.streamed_tokens = self.streamed_tokens.saturating_add(tokens);
+                    } else {
+                        self.executed_tokens = nodes_usage_tokens(&value["data"]);
+                        self.streamed_tokens = 0;
+                    }
+                }
+                Kind::Other => {}
             }
         }
     }
+}
+
+/// The Flowise events that settle a charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Token,
+    End,
+    Error,
+    Usage,
+    Executed,
+    Other,
+}
+
+impl Kind {
+    fn of(event: &str) -> Self {
+        match event {
+            "token" => Self::Token,
+            "end" => Self::End,
+            "error" => Self::Error,
+            "usageMetadata" => Self::Usage,
+            "agentFlowExecutedData" => Self::Executed,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The largest size the scanner reads an event of, by how the event starts.
+fn event_limit(event: &[u8]) -> usize {
+    let head = &event[..event.len().min(64)];
+    if head
+        .windows(EXECUTED_PREFIX.len())
+        .any(|w| w == EXECUTED_PREFIX)
+    {
+        MAX_EXECUTED_EVENT
+    } else {
+        MAX_EVENT
+    }
+}
+
+/// The `event` of a Flowise SSE data line, `{"event":"<kind>",...}`, without parsing the rest.
+fn event_kind(data: &str) -> Option<&str> {
+    let rest = data.strip_prefix("{\"event\":\"")?;
+    rest.split_once('"').map(|(kind, _)| kind)
 }
 
 /// End (exclusive, in `next`) of the first complete event given what is pending, if any.
@@ -215,19 +321,26 @@ pub fn usage_tokens(usage: &serde_json::Value) -> u64 {
 
 /// Tokens reported in a non-streaming Flowise answer (`usageMetadata` of Agentflow nodes).
 pub fn json_usage_tokens(answer: &serde_json::Value) -> u64 {
-    let from_nodes: u64 = answer
+    let from_nodes = answer
         .get("agentFlowExecutedData")
-        .and_then(|d| d.as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|node| node.pointer("/data/output/usageMetadata"))
-        .map(usage_tokens)
-        .fold(0, u64::saturating_add);
+        .map(nodes_usage_tokens)
+        .unwrap_or(0);
     if from_nodes > 0 {
         from_nodes
     } else {
         answer.get("usageMetadata").map(usage_tokens).unwrap_or(0)
     }
+}
+
+/// Tokens of every node in an Agentflow's executed-node list.
+fn nodes_usage_tokens(nodes: &serde_json::Value) -> u64 {
+    nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|node| node.pointer("/data/output/usageMetadata"))
+        .map(usage_tokens)
+        .fold(0, u64::saturating_add)
 }
 
 #[cfg(test)]
@@ -250,9 +363,9 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
             for piece in STREAM.as_bytes().chunks(chunk) {
                 scanner.feed(piece);
             }
-            assert_eq!(scanner.tokens, 50, "chunk size {chunk}");
-            assert!(!scanner.error_event);
-            assert!(scanner.answered);
+            assert_eq!(scanner.tokens(), 50, "chunk size {chunk}");
+            assert!(!scanner.failed());
+            assert!(scanner.answered());
         }
     }
 
@@ -260,7 +373,132 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
     fn error_events_are_noticed() {
         let mut scanner = SseScanner::default();
         scanner.feed(b"message:\ndata:{\"event\":\"error\",\"data\":\"Unauthorized\"}\n\n");
-        assert!(scanner.error_event);
+        assert!(scanner.failed());
+        scanner.feed(b"message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n");
+        assert!(
+            !scanner.answered(),
+            "Flowise ends every stream, also after an error"
+        );
+    }
+
+    /// An Agentflow streamed as Flowise 3 streams it: the node list after every node, the last
+    /// LLM node's tokens and `usageMetadata`, then the end.
+    fn agentflow_stream(nodes: &[u64], fail_at_end: bool) -> String {
+        let mut out = flowise_event("agentFlowEvent", "INPROGRESS".into());
+        let mut done = Vec::new();
+        for (i, tokens) in nodes.iter().enumerate() {
+            if i + 1 == nodes.len() {
+                out += &flowise_event("token", "Hello".into());
+                out += &flowise_event(
+                    "usageMetadata",
+                    serde_json::json!({"input_tokens": 1, "output_tokens": tokens - 1, "total_tokens": tokens}),
+                );
+            }
+            done.push(
+                serde_json::json!({"nodeId": format!("llm_{i}"), "status": "FINISHED",
+                "data": {"output": {"content": "x", "usageMetadata": {"total_tokens": tokens}}}}),
+            );
+            out += &flowise_event("agentFlowExecutedData", done.clone().into());
+        }
+        if fail_at_end {
+            out += &flowise_event("error", "boom".into());
+        } else {
+            out += &flowise_event("agentFlowEvent", "FINISHED".into());
+        }
+        out + &flowise_event("end", "[DONE]".into())
+    }
+
+    /// One event as Flowise writes it: `event` first.
+    fn flowise_event(kind: &str, data: serde_json::Value) -> String {
+        format!("message:\ndata:{{\"event\":\"{kind}\",\"data\":{data}}}\n\n")
+    }
+
+    #[test]
+    fn an_agentflow_stream_is_charged_every_node_once() {
+        let stream = agentflow_stream(&[300, 200, 50], false);
+        for chunk in [1, 5, 64, stream.len()] {
+            let mut scanner = SseScanner::default();
+            for piece in stream.as_bytes().chunks(chunk) {
+                scanner.feed(piece);
+            }
+            assert_eq!(scanner.tokens(), 550, "chunk size {chunk}");
+            assert!(scanner.answered() && !scanner.failed());
+        }
+    }
+
+    #[test]
+    fn an_error_after_the_answer_started_keeps_the_answer() {
+        let mut scanner = SseScanner::default();
+        scanner.feed(agentflow_stream(&[300, 50], true).as_bytes());
+        assert!(scanner.failed());
+        assert!(
+            scanner.answered(),
+            "tokens reached the caller before the error"
+        );
+        assert_eq!(scanner.tokens(), 350);
+    }
+
+    #[test]
+    fn a_node_list_too_large_to_read_falls_back_to_the_events_after_the_last_one_read() {
+        let mut scanner = SseScanner::default();
+        scanner.feed(agentflow_stream(&[300], false).as_bytes());
+        assert_eq!(scanner.tokens(), 300);
+        // A big node list (past the general event limit) is still read.
+        let big = "x".repeat(MAX_EVENT * 2);
+        let nodes = serde_json::json!([
+            {"data": {"output": {"content": big, "usageMetadata": {"total_tokens": 300}}}},
+            {"data": {"output": {"usageMetadata": {"total_tokens": 40}}}}
+        ]);
+        for chunk in flowise_event("agentFlowExecutedData", nodes)
+            .as_bytes()
+            .chunks(64 * 1024)
+        {
+            scanner.feed(chunk);
+        }
+        assert_eq!(scanner.tokens(), 340);
+        // One past even that limit is skipped: the usage reported after the last list read counts.
+        let huge = "x".repeat(MAX_EXECUTED_EVENT);
+        scanner.feed(
+            b"message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":7}}\n\n",
+        );
+        let nodes = serde_json::json!([{"data": {"output": {"content": huge}}}]);
+        for chunk in flowise_event("agentFlowExecutedData", nodes)
+            .as_bytes()
+            .chunks(64 * 1024)
+        {
+            scanner.feed(chunk);
+        }
+        assert_eq!(scanner.tokens(), 347);
+        // And scanning goes on after it.
+        scanner.feed(
+            b"message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":3}}\n\n",
+        );
+        assert_eq!(scanner.tokens(), 350);
+    }
+
+    #[test]
+    fn events_written_with_another_key_order_are_read_too() {
+        let mut scanner = SseScanner::default();
+        for event in [
+            serde_json::json!({"data": "Hi", "event": "token"}),
+            serde_json::json!({"data": [{"data": {"output": {"usageMetadata": {"total_tokens": 5}}}}],
+                               "event": "agentFlowExecutedData"}),
+            serde_json::json!({"data": "[DONE]", "event": "end"}),
+        ] {
+            scanner.feed(format!("message:\ndata:{event}\n\n").as_bytes());
+        }
+        assert_eq!(scanner.tokens(), 5);
+        assert!(scanner.answered());
+    }
+
+    #[test]
+    fn a_last_event_without_a_blank_line_is_read_at_the_end() {
+        let mut scanner = SseScanner::default();
+        scanner
+            .feed(b"message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":9}}\n");
+        assert_eq!(scanner.tokens(), 0);
+        scanner.finish();
+        assert_eq!(scanner.tokens(), 9);
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub enum Mode {
     Fail,
     /// SSE: token events, one `usageMetadata` of `tokens`, `end`; `gap` between events.
     Stream { tokens: u64, gap: Duration },
+    /// SSE as Flowise 3 streams an Agentflow of LLM nodes using `nodes` tokens each: the node
+    /// list after every node, tokens and `usageMetadata` for the last node only; an `error`
+    /// event before the end when `fail_at_end`.
+    Agentflow { nodes: [u64; 3], fail_at_end: bool },
     /// 200 JSON like `Answer { tokens: 0 }`, after `delay` (the request is recorded on arrival).
     Slow { delay: Duration },
     /// 401 as Flowise answers a key-bound chatflow called without its key.
@@ -221,6 +225,31 @@ async fn answer(
             })
             .to_string(),
         ),
+        Mode::Agentflow { nodes, fail_at_end } => {
+            // Written as Flowise writes them, `event` first.
+            let event = |kind: &str, data: serde_json::Value| {
+                format!("message:\ndata:{{\"event\":\"{kind}\",\"data\":{data}}}\n\n")
+            };
+            let mut out = event("agentFlowEvent", "INPROGRESS".into());
+            let mut done = Vec::new();
+            for (i, tokens) in nodes.iter().enumerate() {
+                if i + 1 == nodes.len() {
+                    out += &event("token", format!("Echo: {question}").into());
+                    out += &event("usageMetadata", serde_json::json!({"input_tokens": tokens / 2, "output_tokens": tokens - tokens / 2, "total_tokens": tokens}));
+                }
+                done.push(serde_json::json!({"nodeId": format!("llmAgentflow_{i}"), "status": "FINISHED",
+                    "data": {"output": {"content": "x", "usageMetadata": {"total_tokens": tokens}}}}));
+                out += &event("agentFlowExecutedData", done.clone().into());
+            }
+            if fail_at_end {
+                out += &event("error", "Error: the last node failed".into());
+            } else {
+                out += &event("agentFlowEvent", "FINISHED".into());
+                out += &event("metadata", serde_json::json!({"chatId": chat_id}));
+            }
+            out += &event("end", "[DONE]".into());
+            full(200, "text/event-stream", out)
+        }
         Mode::Stream { tokens, gap } => {
             let frames = vec![
                 r#"{"event":"start","data":""}"#.to_string(),
