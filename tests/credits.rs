@@ -211,7 +211,9 @@ async fn a_streaming_request_that_flowise_answers_with_json_is_charged() {
     // Flowise answers a chatflow it cannot stream with JSON even when asked to stream (and the
     // SDKs always ask): that answer was delivered, so it is charged, never refunded.
     let team = Team::with_fake_flowise("credits-json-stream").await;
-    let flat_id = format!("{}0", &team.flowise_id[..team.flowise_id.len() - 1]);
+    // Another id than the team's (two Chatflows naming one Flowise id are both refused).
+    let (head, last) = team.flowise_id.split_at(team.flowise_id.len() - 1);
+    let flat_id = format!("{head}{}", if last == "0" { "1" } else { "0" });
     team.chatflow("flat-bot", &flat_id).await;
     let api: kube::Api<flowgate::crd::ChatflowAccess> =
         kube::Api::namespaced(team.client.clone(), &team.ns);
