@@ -7,10 +7,13 @@
 //! the whole cost: it is reserved as final ([`ReserveRequest::final_cost`]) and there is nothing
 //! to settle, so such a prediction costs the ledger one write (a refund still undoes it).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use backon::Retryable;
+use futures::future::BoxFuture;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
@@ -198,7 +201,8 @@ impl Credits {
             ttl: RESERVATION_TTL,
             final_cost,
         };
-        match timed(&self.metrics, "reserve", self.ledger.reserve(request)).await {
+        let landing = Landing::new(self, request);
+        match timed(&self.metrics, "reserve", landing).await {
             Ok(ReserveOutcome::Reserved { id, remaining }) => {
                 for (policy, (_, left)) in policies.iter().zip(&remaining) {
                     if !policy.alert_at_percent.is_empty() {
@@ -260,42 +264,33 @@ impl Credits {
     }
 
     /// Releases the reservation (Flowise failed before answering): before returning when the
-    /// request carried an `Idempotency-Key` (its retry must find the key free), in the
-    /// background otherwise.
+    /// request is keyed, so that a prompt retry with the same key finds it free (409 otherwise).
+    /// The refund runs in its own task either way: a client gone meanwhile does not cancel it.
     pub async fn refund_now(&self, charge: Charge) {
-        if !charge.keyed {
-            return self.refund(charge);
-        }
-        let refund = || {
-            timed(
-                &self.metrics,
-                "refund",
-                self.ledger.refund(charge.id, Timestamp::now()),
-            )
-        };
-        if let Err(error) = retried(refund, charge.id, "refund").await {
-            // The reservation stays; the sweep charges it at the reserved amount.
-            tracing::error!(%error, reservation = charge.id.0, "refund failed");
+        let keyed = charge.keyed;
+        let refund = self.release(charge.id);
+        if keyed {
+            // A task that failed is already logged; nothing more to do with it here.
+            let _ = refund.await;
         }
     }
 
     /// Releases the reservation in the background (Flowise failed before answering).
     pub fn refund(&self, charge: Charge) {
+        self.release(charge.id);
+    }
+
+    /// Refunds reservation `id` in a background task, retried while the ledger is unreachable.
+    fn release(&self, id: ReservationId) -> tokio::task::JoinHandle<()> {
         let ledger = self.ledger.clone();
         let metrics = self.metrics.clone();
         self.background.spawn(async move {
-            let refund = || {
-                timed(
-                    &metrics,
-                    "refund",
-                    ledger.refund(charge.id, Timestamp::now()),
-                )
-            };
-            if let Err(error) = retried(refund, charge.id, "refund").await {
+            let refund = || timed(&metrics, "refund", ledger.refund(id, Timestamp::now()));
+            if let Err(error) = retried(refund, id, "refund").await {
                 // The reservation stays; the sweep charges it at the reserved amount.
-                tracing::error!(%error, reservation = charge.id.0, "refund failed");
+                tracing::error!(%error, reservation = id.0, "refund failed");
             }
-        });
+        })
     }
 
     /// The caller's balance on every policy that applies to any chatflow they may use.
@@ -508,6 +503,66 @@ where
         .await
 }
 
+/// A reservation on its way to disk. Dropped before it lands (its client went away while the
+/// group commit ran), it still lands, in the background, and is refunded at once: no request owns
+/// its charge, which would otherwise stay held until the sweep charged it (and hold its
+/// `Idempotency-Key` for as long).
+struct Landing {
+    reserve: Option<BoxFuture<'static, Result<ReserveOutcome, LedgerError>>>,
+    credits: Credits,
+}
+
+impl Landing {
+    fn new(credits: &Credits, request: ReserveRequest) -> Self {
+        let ledger = credits.ledger.clone();
+        Self {
+            reserve: Some(Box::pin(async move { ledger.reserve(request).await })),
+            credits: credits.clone(),
+        }
+    }
+}
+
+impl Future for Landing {
+    type Output = Result<ReserveOutcome, LedgerError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(reserve) = self.reserve.as_mut() else {
+            return Poll::Ready(Err(LedgerError::Unsupported(
+                "a reservation polled after it landed",
+            )));
+        };
+        let outcome = std::task::ready!(reserve.as_mut().poll(cx));
+        self.reserve = None;
+        Poll::Ready(outcome)
+    }
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        let Some(reserve) = self.reserve.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("a reservation whose client went away cannot be refunded: no runtime");
+            return;
+        };
+        let credits = self.credits.clone();
+        self.credits.background.spawn_on(
+            async move {
+                if let Ok(ReserveOutcome::Reserved { id, .. }) = reserve.await {
+                    tracing::debug!(
+                        reservation = id.0,
+                        "client gone during its reserve; refunding"
+                    );
+                    // The refund runs in its own tracked task; this one may end.
+                    credits.release(id);
+                }
+            },
+            &runtime,
+        );
+    }
+}
+
 async fn timed<T>(metrics: &Metrics, operation: &'static str, call: impl Future<Output = T>) -> T {
     let started = Instant::now();
     let out = call.await;
@@ -538,6 +593,64 @@ pub fn cost(policy: &PolicyRule, tokens: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn sqlite_credits(dir: &tempfile::TempDir) -> Credits {
+        let url = crate::config::LedgerUrl::Sqlite(dir.path().join("ledger.db"));
+        let ledger = ledger::open(&url).await.expect("ledger");
+        Credits::new(ledger, Arc::new(Metrics::new()))
+    }
+
+    fn two_credits(subject: &str, now: Timestamp) -> (ReserveRequest, ledger::Window) {
+        let window = ledger::window(crate::crd::Period::Never, "UTC", now).expect("window");
+        let line = BudgetLine {
+            policy: "team-a/budget".into(),
+            bucket: "*".into(),
+            limit: 100,
+            window,
+            amount: 2,
+        };
+        let request = ReserveRequest {
+            subject: subject.into(),
+            chatflow: "team-a/bot".into(),
+            idempotency_key: Some(format!("{subject}-key")),
+            lines: vec![line],
+            now,
+            ttl: RESERVATION_TTL,
+            final_cost: false,
+        };
+        (request, window)
+    }
+
+    #[tokio::test]
+    async fn a_reserve_whose_client_went_away_lands_and_is_refunded() {
+        let dir = tempfile::tempdir().expect("dir");
+        let credits = sqlite_credits(&dir).await;
+        let now = Timestamp::now();
+        // Kept: the reservation stays held.
+        let (request, window) = two_credits("kept", now);
+        let outcome = Landing::new(&credits, request).await.expect("reserve");
+        assert!(matches!(outcome, ReserveOutcome::Reserved { .. }));
+        let used = || credits.ledger.balance("team-a/budget", "*", &window);
+        assert_eq!(used().await.expect("balance"), 2);
+        // Dropped while its group commit runs: it lands in the background, then is refunded.
+        let (request, _) = two_credits("gone", now);
+        let mut landing = Landing::new(&credits, request);
+        assert!(
+            futures::poll!(&mut landing).is_pending(),
+            "the reserve waits for the writer"
+        );
+        drop(landing);
+        credits.background().close();
+        credits.background().wait().await;
+        assert_eq!(used().await.expect("balance"), 2, "only the kept charge");
+        // Its key is free again.
+        let (request, _) = two_credits("gone", now);
+        let outcome = Landing::new(&credits, request).await.expect("reserve");
+        assert!(
+            matches!(outcome, ReserveOutcome::Reserved { .. }),
+            "{outcome:?}"
+        );
+    }
 
     #[test]
     fn the_usage_filter_reads_its_parameters_and_names_a_bad_one() {

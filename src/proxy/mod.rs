@@ -532,7 +532,7 @@ impl Proxy {
                 };
                 self.credits.settle(charge, tokens);
             } else {
-                self.credits.refund(charge);
+                self.credits.refund_now(charge).await;
             }
         }
         resp.body(
