@@ -1,12 +1,13 @@
 //! `flowgate run --resources-dir DIR`: the same resources, from YAML files instead of a cluster.
 //!
 //! The directory is polled (every second) and reloaded when a file changes, and Chatflows are
-//! resolved against Flowise on every change and every sync interval. There is no API server to
-//! write status to, so status is only logged. Adopting (`flowiseId`, `flowiseName`) works;
-//! owning a `definition` needs the controller and a cluster, so such Chatflows are reported and
-//! not served.
+//! resolved against Flowise on every change and every sync interval (a failed listing keeps the
+//! last good one and is retried within 5 s). An object defined twice keeps its first definition,
+//! as a cluster would refuse the second. There is no API server to write status to, so status
+//! is only logged. Adopting (`flowiseId`, `flowiseName`) works; owning a `definition` needs the
+//! controller and a cluster, so such Chatflows are reported and not served.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -23,11 +24,17 @@ use crate::crd::{Chatflow, ChatflowStatus};
 use crate::flowise::{FlowiseApi, FlowiseChatflow};
 use crate::ops::Gate;
 
+/// How soon a failed Flowise listing is tried again.
+const LISTING_RETRY: Duration = Duration::from_secs(5);
+
 /// Reads every `*.yaml`/`*.yml` file of `dir` (multi-document files allowed). Objects without a
 /// namespace land in `default`. Returns the resources and one message per unusable document.
 pub fn load(dir: &Path) -> (Resources, Vec<String>) {
     let mut resources = Resources::default();
     let mut problems = Vec::new();
+    // kind/namespace/name → where it was first defined: a second definition is skipped (in a
+    // cluster it could not exist; here it would, for a CreditPolicy, charge twice).
+    let mut defined: HashMap<(String, String, String), String> = HashMap::new();
     for path in yaml_files(dir) {
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
@@ -60,6 +67,18 @@ pub fn load(dir: &Path) -> (Resources, Vec<String>) {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
+            let key = (
+                kind.clone(),
+                str_at(&doc, "/metadata/namespace"),
+                str_at(&doc, "/metadata/name"),
+            );
+            if let Some(first) = defined.get(&key) {
+                problems.push(format!(
+                    "{at}: {kind} {}/{} is already defined in {first}; skipped",
+                    key.1, key.2
+                ));
+                continue;
+            }
             let parsed = match kind.as_str() {
                 "Chatflow" => {
                     serde_json::from_value(doc).map(|o| resources.chatflows.push(Arc::new(o)))
@@ -77,12 +96,22 @@ pub fn load(dir: &Path) -> (Resources, Vec<String>) {
                     continue;
                 }
             };
-            if let Err(e) = parsed {
-                problems.push(format!("{at}: invalid {kind}: {e}"));
+            match parsed {
+                Ok(()) => {
+                    defined.insert(key, at);
+                }
+                Err(e) => problems.push(format!("{at}: invalid {kind}: {e}")),
             }
         }
     }
     (resources, problems)
+}
+
+fn str_at(doc: &Value, pointer: &str) -> String {
+    doc.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
@@ -175,29 +204,39 @@ pub fn spawn(
     let publisher = handle.clone();
     tokio::spawn(async move {
         let mut seen = None;
-        let mut last_sync = Instant::now();
+        let mut next_sync = Instant::now() + resync;
         let mut logged: BTreeMap<String, String> = BTreeMap::new();
+        // The last listing Flowise gave: one failed listing must not take every chatflow away.
+        let mut listed: Option<Vec<FlowiseChatflow>> = None;
         loop {
             let now_fingerprint = fingerprint(&dir);
-            if seen.as_ref() != Some(&now_fingerprint) || last_sync.elapsed() >= resync {
+            if seen.as_ref() != Some(&now_fingerprint) || Instant::now() >= next_sync {
                 let (mut resources, problems) = load(&dir);
                 for problem in &problems {
                     tracing::warn!(dir = %dir.display(), "{problem}");
                 }
-                let list = flowise.list().await.map_err(|e| e.to_string());
+                next_sync = Instant::now() + resync;
+                let list = match flowise.list().await {
+                    Ok(list) => Ok(&**listed.insert(list)),
+                    Err(error) => {
+                        next_sync = Instant::now() + LISTING_RETRY.min(resync);
+                        match &listed {
+                            Some(last) => {
+                                tracing::warn!(%error, "cannot list Flowise's chatflows; keeping the last listing");
+                                Ok(last.as_slice())
+                            }
+                            None => Err(error.to_string()),
+                        }
+                    }
+                };
                 let now = Timestamp::now();
-                resolve(
-                    &mut resources.chatflows,
-                    list.as_deref().map_err(Clone::clone),
-                    now,
-                );
+                resolve(&mut resources.chatflows, list, now);
                 log_status_changes(&resources, &mut logged);
                 let mut snapshot = compile(&resources);
                 snapshot.compiled_at = Some(now);
                 publisher.publish(snapshot);
                 ready.open();
                 seen = Some(now_fingerprint);
-                last_sync = Instant::now();
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -318,6 +357,79 @@ mod tests {
             ..Default::default()
         });
         assert!(snap.chatflow_by_name("n", "c").is_some());
+    }
+
+    #[test]
+    fn a_second_definition_of_an_object_is_skipped_and_reported() {
+        let dir = tempfile::tempdir().expect("dir");
+        let policy = |credits: u32| {
+            format!(
+                "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {{name: p, namespace: team}}\n\
+                 spec: {{chatflows: ['*'], budget: {{credits: {credits}, period: Daily}}}}\n"
+            )
+        };
+        write(dir.path(), "a.yaml", &policy(10));
+        write(
+            dir.path(),
+            "b.yaml",
+            &format!("{}---\n{}", policy(20), policy(30)),
+        );
+        // Another kind, or another namespace, with the same name is another object.
+        write(
+            dir.path(),
+            "c.yaml",
+            "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {name: p, namespace: team}\nspec: {chatflows: ['*'], subjects: [{user: u}]}\n---\n\
+             apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: p, namespace: other}\nspec: {chatflows: ['*'], budget: {credits: 5, period: Daily}}\n",
+        );
+        let (res, problems) = load(dir.path());
+        let credits: Vec<u64> = res.policies.iter().map(|p| p.spec.budget.credits).collect();
+        assert_eq!(credits, vec![10, 5], "the first definition wins");
+        assert_eq!(res.accesses.len(), 1);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .all(|p| p.contains("CreditPolicy team/p is already defined in")
+                    && p.contains("a.yaml (document 1)")),
+            "{problems:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_flowise_listing_keeps_the_last_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        write(
+            dir.path(),
+            "bot.yaml",
+            "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {name: bot, namespace: team}\nspec: {flowiseName: Bot}\n",
+        );
+        let fake = Arc::new(FakeFlowise::default());
+        fake.insert("Bot", "CHATFLOW", None);
+        let health = crate::ops::Health::default();
+        let shutdown = CancellationToken::new();
+        let handle = spawn(
+            dir.path().to_path_buf(),
+            fake.clone(),
+            Duration::from_secs(600),
+            health.gate("resources"),
+            shutdown.clone(),
+        );
+        let mut published = handle.subscribe();
+        let ready = |handle: &SnapshotHandle| {
+            handle
+                .load()
+                .chatflow_by_name("team", "bot")
+                .is_some_and(|cf| cf.rule.ready)
+        };
+        while !ready(&handle) {
+            published.changed().await.expect("publisher alive");
+        }
+        fake.set_down(true);
+        // A file change reloads, and lists Flowise again.
+        write(dir.path(), "more.yaml", "# nothing yet\n");
+        published.changed().await.expect("publisher alive");
+        assert!(ready(&handle), "still served from the last listing");
+        shutdown.cancel();
     }
 
     #[tokio::test]

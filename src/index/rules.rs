@@ -157,6 +157,12 @@ impl TryFrom<&Chatflow> for ChatflowRule {
             ChatflowSource::Id(id) => Some(id.clone()),
             _ => None,
         };
+        // A status id found by an older `flowiseName` names another chatflow: until the
+        // controller resolves the new name, there is no id to forward to.
+        let status_id = match &source {
+            ChatflowSource::Name(name) if status.flowise_name.as_deref() != Some(name) => None,
+            _ => status.flowise_id.map(|id| id.to_ascii_lowercase()),
+        };
         let flow_type = status.flow_type.clone().or_else(|| match &source {
             ChatflowSource::Definition(def) => Some(def.flow_type.as_str().to_string()),
             _ => None,
@@ -165,7 +171,7 @@ impl TryFrom<&Chatflow> for ChatflowRule {
             namespace: cf.metadata.namespace.clone().unwrap_or_default(),
             name: cf.metadata.name.clone().unwrap_or_default(),
             // The spec wins: status can lag behind an edit of flowiseId.
-            flowise_id: spec_id.or(status.flowise_id.map(|id| id.to_ascii_lowercase())),
+            flowise_id: spec_id.or(status_id),
             flowise_name: status.flowise_name,
             flow_type,
             deployed: status.deployed,

@@ -327,6 +327,34 @@ fn a_chatflow_without_a_ready_status_is_indexed_but_not_ready() {
 }
 
 #[test]
+fn a_status_id_found_by_an_older_flowise_name_is_not_used() {
+    let adopted = |spec_name: &str| {
+        parse::<Chatflow>(&format!(
+            "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: bot, namespace: team-a}}\n\
+             spec: {{flowiseName: {spec_name}}}\n\
+             status:\n  flowiseId: 00000000-0000-4000-8000-00000000000A\n  flowiseName: Old Bot\n\
+             \x20 conditions: [{{type: Ready, status: 'True', reason: Synced, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}}]\n"
+        ))
+    };
+    for (spec_name, want) in [
+        ("Old Bot", Some("00000000-0000-4000-8000-00000000000a")),
+        ("New Bot", None),
+    ] {
+        let res = Resources {
+            chatflows: vec![adopted(spec_name)],
+            ..Default::default()
+        };
+        let snap = compile(&res);
+        let cf = snap.chatflow_by_name("team-a", "bot").expect("indexed");
+        assert_eq!(
+            cf.rule.flowise_id.as_deref(),
+            want,
+            "spec names {spec_name}"
+        );
+    }
+}
+
+#[test]
 fn ten_thousand_access_objects_compile() {
     let mut res = team_a();
     for i in 0..10_000 {
