@@ -108,7 +108,7 @@ async fn flowise_refusing_flowgates_credentials_is_a_502_not_the_callers_401() {
 }
 
 #[tokio::test]
-async fn flowise_slower_than_the_upstream_timeout_is_a_504_and_the_charge_is_refunded() {
+async fn flowise_slower_than_the_upstream_timeout_is_a_504_refunded_and_aborted() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let (team, policy) = team_with_policy("faults-slow").await;
         let slow = FakeFlowise::start(Mode::Slow {
@@ -142,6 +142,10 @@ async fn flowise_slower_than_the_upstream_timeout_is_a_504_and_the_charge_is_ref
         }
         assert_eq!(slow.predictions(), 2, "both requests reached Flowise");
         used_becomes(&gate, &alice, &policy, 0).await;
+        // Refunded, so Flowise is asked to stop the work (the abort is sent in the background).
+        while slow.aborts.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         team.cleanup().await;
     })
     .await

@@ -64,6 +64,12 @@ impl<'a> InFlight<'a> {
         }
     }
 
+    /// Asks Flowise to stop the run (it did not answer in time); the charge stays to refund.
+    pub(super) fn abort(&mut self) {
+        tracing::debug!(chat_id = %self.chat_id, "Flowise did not answer in time; aborting");
+        self.take_abort()();
+    }
+
     /// Flowise answered: the charge, for the caller to settle.
     pub(super) fn answered(&mut self) -> Option<Charge> {
         self.armed = false;

@@ -451,6 +451,10 @@ impl Proxy {
             Ok(resp) => resp,
             Err(error) => {
                 self.metrics.upstream_error(error.reason());
+                if matches!(error, ProxyError::UpstreamTimeout) {
+                    // Flowise may still be running it: stop the work no one is charged for.
+                    flight.abort();
+                }
                 flight.refund().await;
                 return Err(error);
             }

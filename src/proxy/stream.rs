@@ -99,6 +99,11 @@ where
                 if let Some(data) = frame.data_ref() {
                     self.scanner.feed(data);
                 }
+                // A body of known length is not polled past its last byte: hyper drops it then,
+                // which must not read as a client gone.
+                if self.inner.is_end_stream() {
+                    self.finish(StreamEnd::Completed);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
@@ -562,6 +567,56 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
                 answered: false
             }]
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_length_served_by_hyper_is_reported_completed() {
+        // hyper stops polling a body whose `is_end_stream` says so; the end must still be seen.
+        let (seen, on_end) = recorder();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let on_end = Arc::new(Mutex::new(Some(on_end)));
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let service = hyper::service::service_fn(move |_req| {
+                let on_end = on_end.lock().expect("lock").take().expect("one request");
+                let body = http_body_util::Full::new(Bytes::from_static(
+                    b"message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n",
+                ));
+                async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Observed::new(
+                        body, on_end,
+                    )))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::new(http_body_util::Empty::<Bytes>::new());
+        let resp = sender.send_request(req).await.expect("answer");
+        assert!(resp.headers().contains_key(hyper::header::CONTENT_LENGTH));
+        resp.into_body().collect().await.expect("body");
+        // The server reports once it is done with the body; give it a moment.
+        for _ in 0..100 {
+            if !seen.lock().expect("lock").is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let reports = seen.lock().expect("lock").clone();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].end, StreamEnd::Completed);
+        assert!(reports[0].answered);
     }
 
     #[tokio::test]
