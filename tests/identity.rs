@@ -392,6 +392,67 @@ fn bad_key_configuration_names_its_setting() {
     assert_eq!(err.setting, "FLOWGATE_SERVICE_ACCOUNT_AUDIENCE");
 }
 
+#[tokio::test]
+async fn a_rotated_secret_file_is_picked_up_and_a_bad_one_is_ignored() {
+    let (verifier, file) = hs256_verifier(|_| {});
+    let claims = with(json!({"exp": now() + 600}));
+    let old = Signer::hs256(SECRET).sign(&claims);
+    assert_eq!(reason(verifier.verify(&old).await), "ok", "and now cached");
+    assert!(!verifier.reload_key_files(), "nothing changed yet");
+
+    // A Secret volume swaps the file in place.
+    const NEW: &[u8] = b"the-rotated-hs256-secret-32-bytes-or-more";
+    std::fs::write(file.path(), NEW).expect("rotate");
+    assert!(verifier.reload_key_files());
+    let new = Signer::hs256(NEW).sign(&claims);
+    assert_eq!(reason(verifier.verify(&new).await), "ok");
+    assert_eq!(
+        reason(verifier.verify(&old).await),
+        "bad_signature",
+        "the cached verification of the old secret is forgotten"
+    );
+
+    // Rotated into something unusable (empty), or gone: the key in use stays.
+    std::fs::write(file.path(), b"\n").expect("empty");
+    assert!(!verifier.reload_key_files());
+    std::fs::remove_file(file.path()).expect("remove");
+    assert!(!verifier.reload_key_files());
+    assert_eq!(reason(verifier.verify(&new).await), "ok");
+}
+
+#[tokio::test]
+async fn the_background_refresh_reads_a_rotated_public_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("key.pub");
+    std::fs::write(&path, fixture("rsa.pub")).expect("key");
+    let config = JwtConfig {
+        public_key_file: Some(path.clone()),
+        ..config()
+    };
+    let options = VerifierOptions {
+        key_file_interval: Duration::from_millis(20),
+        ..VerifierOptions::default()
+    };
+    let verifier =
+        Verifier::with_options(&config, &ClaimMapping::default(), None, options).expect("valid");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(verifier.clone().run_refresh(shutdown.clone()));
+    let claims = with(json!({"exp": now() + 600}));
+    let first = Signer::rsa("rsa.key", Algorithm::RS256).sign(&claims);
+    let second = Signer::rsa("rsa2.key", Algorithm::RS256).sign(&claims);
+    assert_eq!(reason(verifier.verify(&first).await), "ok");
+    assert_eq!(reason(verifier.verify(&second).await), "bad_signature");
+
+    std::fs::write(&path, fixture("rsa2.pub")).expect("rotate");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reason(verifier.verify(&second).await) != "ok" {
+        assert!(tokio::time::Instant::now() < deadline, "never picked up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(reason(verifier.verify(&first).await), "bad_signature");
+    shutdown.cancel();
+}
+
 // --- JWKS URL -------------------------------------------------------------------------------
 
 fn jwks_verifier(server: &KeyServer, cooldown: Duration) -> Verifier {

@@ -93,6 +93,7 @@ pub(crate) fn parse_alg(name: &str) -> Option<Algorithm> {
 }
 
 /// One key, ready to verify.
+#[derive(Clone)]
 pub(crate) struct VerifyingKey {
     pub(crate) kid: Option<Box<str>>,
     pub(crate) key: DecodingKey,
@@ -173,11 +174,19 @@ fn unreadable(setting: &'static str, path: &Path, e: std::io::Error) -> ConfigEr
     }
 }
 
+/// Where a key file is configured, for errors.
+pub(crate) const HS256_SETTING: &str = "FLOWGATE_JWT_HS256_SECRET_FILE";
+pub(crate) const PUBLIC_KEY_SETTING: &str = "FLOWGATE_JWT_PUBLIC_KEY_FILE";
+
+/// Reads a key file configured by `setting`.
+pub(crate) fn read_key_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| unreadable(setting, path, e))
+}
+
 /// The HS256 secret: the file's bytes, without trailing newline characters.
-pub(crate) fn hs256_secret(path: &Path) -> Result<VerifyingKey, ConfigError> {
-    const SETTING: &str = "FLOWGATE_JWT_HS256_SECRET_FILE";
-    let bytes = std::fs::read(path).map_err(|e| unreadable(SETTING, path, e))?;
-    let secret = trim_trailing_newlines(&bytes);
+pub(crate) fn hs256_secret(path: &Path, bytes: &[u8]) -> Result<VerifyingKey, ConfigError> {
+    const SETTING: &str = HS256_SETTING;
+    let secret = trim_trailing_newlines(bytes);
     if secret.is_empty() {
         return Err(ConfigError {
             setting: SETTING,
@@ -207,11 +216,9 @@ fn trim_trailing_newlines(bytes: &[u8]) -> &[u8] {
 }
 
 /// A PEM public key file: RSA (SPKI or PKCS#1), EC P-256/P-384 or Ed25519.
-pub(crate) fn public_key_file(path: &Path) -> Result<VerifyingKey, ConfigError> {
-    const SETTING: &str = "FLOWGATE_JWT_PUBLIC_KEY_FILE";
-    let pem = std::fs::read(path).map_err(|e| unreadable(SETTING, path, e))?;
-    public_key_pem(&pem).map_err(|problem| ConfigError {
-        setting: SETTING,
+pub(crate) fn public_key_file(path: &Path, pem: &[u8]) -> Result<VerifyingKey, ConfigError> {
+    public_key_pem(pem).map_err(|problem| ConfigError {
+        setting: PUBLIC_KEY_SETTING,
         problem: format!("{}: {problem}", path.display()),
     })
 }

@@ -17,6 +17,7 @@ mod cache;
 mod claims;
 mod error;
 mod fetch;
+mod key_files;
 mod keys;
 mod remote;
 mod select;
@@ -38,6 +39,7 @@ use crate::crd::ServiceAccountRef;
 use cache::TokenCache;
 use claims::Mapping;
 use fetch::{Fetcher, Limits};
+use key_files::KeyFiles;
 use remote::{RemoteKeys, Trigger};
 use select::{Domain, Inner, ServiceAccountKeys, Step, UserKeys};
 
@@ -75,6 +77,9 @@ pub struct VerifierOptions {
     /// Verified tokens remembered until their `exp` or a key-set change (`cache.rs`); 0 turns
     /// the cache off. Each entry holds the token and its identity (~1–2 KiB).
     pub token_cache_capacity: usize,
+    /// How often the key files (HS256 secret, PEM public key) are read again for a rotation
+    /// ([`Verifier::run_refresh`]). The kubelet updates a mounted Secret within about a minute.
+    pub key_file_interval: Duration,
 }
 
 impl Default for VerifierOptions {
@@ -85,6 +90,7 @@ impl Default for VerifierOptions {
             fetch_timeout: Duration::from_secs(5),
             max_response_bytes: 256 * 1024,
             token_cache_capacity: 10_000,
+            key_file_interval: Duration::from_secs(10),
         }
     }
 }
@@ -118,13 +124,7 @@ impl Verifier {
         kube: Option<kube::Client>,
         options: VerifierOptions,
     ) -> Result<Self, ConfigError> {
-        let mut static_keys = Vec::new();
-        if let Some(path) = &config.hs256_secret_file {
-            static_keys.push(keys::hs256_secret(path)?);
-        }
-        if let Some(path) = &config.public_key_file {
-            static_keys.push(keys::public_key_file(path)?);
-        }
+        let static_keys = KeyFiles::load(config)?;
 
         let limits = Limits {
             timeout: options.fetch_timeout,
@@ -160,7 +160,7 @@ impl Verifier {
             }
         };
 
-        if static_keys.is_empty() && remote_keys.is_empty() && service_accounts.is_none() {
+        if !static_keys.any() && remote_keys.is_empty() && service_accounts.is_none() {
             return Err(ConfigError {
                 setting: NO_KEY_SOURCE,
                 problem: "none is set, so no token could be verified".into(),
@@ -247,22 +247,49 @@ impl Verifier {
         self.inner.remotes().map(|r| r.fetches()).sum()
     }
 
-    /// Refreshes the remote keys every `refresh_interval` (every `refresh_cooldown` while a
-    /// source has never loaded) until `shutdown`. Returns at once without remote sources.
+    /// Reads the key files again; true when a key changed. Tokens verified with the old keys
+    /// are forgotten, so one signed by a rotated-out secret is refused from now on.
+    pub fn reload_key_files(&self) -> bool {
+        let inner = &*self.inner;
+        let changed = inner.users.static_keys.reload();
+        if changed {
+            inner.key_epoch.fetch_add(1, Ordering::Release);
+        }
+        changed
+    }
+
+    /// Until `shutdown`: refreshes the remote keys every `refresh_interval` (every
+    /// `refresh_cooldown` while a source has never loaded), and reads the key files again every
+    /// `key_file_interval`. Returns at once when there is neither.
     pub async fn run_refresh(self, shutdown: CancellationToken) {
-        if self.inner.remotes().next().is_none() {
+        let remote = self.inner.remotes().next().is_some();
+        let files = self.inner.users.static_keys.any();
+        if !remote && !files {
             return;
         }
         let options = self.inner.options;
+        let mut next_fetch = tokio::time::Instant::now();
         loop {
-            let wait = if self.refresh().await {
-                options.refresh_interval
-            } else {
-                options.refresh_cooldown.min(options.refresh_interval)
+            let now = tokio::time::Instant::now();
+            if remote && now >= next_fetch {
+                let wait = if self.refresh().await {
+                    options.refresh_interval
+                } else {
+                    options.refresh_cooldown.min(options.refresh_interval)
+                };
+                next_fetch = tokio::time::Instant::now() + wait;
+            }
+            if files {
+                self.reload_key_files();
+            }
+            let wake = match (remote, files) {
+                (true, true) => next_fetch.min(now + options.key_file_interval),
+                (true, false) => next_fetch,
+                _ => now + options.key_file_interval,
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep_until(wake) => {}
             }
         }
     }
@@ -272,7 +299,7 @@ impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let inner = &*self.inner;
         f.debug_struct("Verifier")
-            .field("static_keys", &inner.users.static_keys)
+            .field("static_keys", &*inner.users.static_keys.current())
             .field("remote_sources", &inner.users.remote.len())
             .field("service_accounts", &inner.service_accounts.is_some())
             .finish_non_exhaustive()

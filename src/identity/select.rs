@@ -13,6 +13,7 @@ use jsonwebtoken::errors::ErrorKind;
 
 use super::cache::TokenCache;
 use super::claims::{self, Checks, Mapping};
+use super::key_files::KeyFiles;
 use super::keys::{self, Lookup, VerifyingKey};
 use super::remote::{RemoteKeys, Trigger};
 use super::token::{ClaimNames, Parsed};
@@ -32,7 +33,7 @@ pub(super) struct Inner {
 
 /// Keys for callers' own JWTs.
 pub(super) struct UserKeys {
-    pub(super) static_keys: Vec<VerifyingKey>,
+    pub(super) static_keys: KeyFiles,
     pub(super) remote: Vec<Arc<RemoteKeys>>,
     pub(super) issuer: Option<String>,
     pub(super) audience: Option<String>,
@@ -135,7 +136,8 @@ impl Inner {
         }
         if kid.is_none() || users.remote.is_empty() || refreshed {
             let family = alg.family();
-            if let Some(key) = users.static_keys.iter().find(|k| k.key.family() == family) {
+            let static_keys = users.static_keys.current();
+            if let Some(key) = static_keys.iter().find(|k| k.key.family() == family) {
                 let checks = self.user_checks(now, None);
                 let step = self.check(token, key, checks, Domain::Users);
                 // A token without `kid` that the static key did not sign may still be signed
@@ -160,7 +162,7 @@ impl Inner {
             }
         }
         if users.remote.is_empty() {
-            return Step::Failed(if users.static_keys.is_empty() {
+            return Step::Failed(if !users.static_keys.any() {
                 AuthError::UnknownKey
             } else {
                 AuthError::AlgorithmMismatch
