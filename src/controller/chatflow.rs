@@ -33,7 +33,7 @@ use crate::crd::{
     Chatflow, ChatflowStatus, ChatflowType, DeletionPolicy, FIELD_MANAGER, FINALIZER,
 };
 use crate::flowise::{ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
-use crate::index::rules::{ChatflowSource, chatflow_source};
+use crate::index::rules::{ChatflowSource, chatflow_source, claimed_flowise_id};
 
 pub(super) const KIND: &str = "Chatflow";
 
@@ -413,14 +413,37 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
             }
         }
     };
-    let new = next_status(
+    let now = super::now();
+    let mut new = next_status(
         &old,
         &outcome,
         cf.metadata.generation,
         cf.spec.suspended,
-        super::now(),
+        now,
         ctx.settings.last_sync_refresh,
     );
+    if let Outcome::Synced { chatflow, .. } = &outcome
+        && !cf.spec.suspended
+    {
+        let others = claimed_also_by(ctx, cf, &chatflow.id);
+        if !others.is_empty() {
+            let message = format!(
+                "Flowise chatflow {} is also claimed by {}: the proxy serves none of them until \
+                 one claim remains",
+                chatflow.id,
+                others.join(", ")
+            );
+            let condition = conditions::new(
+                conditions::READY,
+                false,
+                reason::CONFLICT,
+                message,
+                cf.metadata.generation,
+                now,
+            );
+            conditions::upsert(&mut new.conditions, condition);
+        }
+    }
     if let Some((type_, why, note)) = notable(&old, &new, &outcome) {
         ctx.event(cf, type_, why, "Reconcile", note).await;
     }
@@ -432,6 +455,28 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
             Ok(Action::requeue(ctx.settings.sync_interval))
         }
     }
+}
+
+/// The other Chatflows, in any namespace, that claim Flowise chatflow `id` (as the proxy's index
+/// reads claims: [`claimed_flowise_id`]).
+fn claimed_also_by(ctx: &Context, cf: &Chatflow, id: &str) -> Vec<String> {
+    let me = (cf.namespace(), cf.metadata.name.as_deref());
+    let mut others: Vec<String> = ctx
+        .chatflows
+        .state()
+        .iter()
+        .filter(|other| (other.namespace(), other.metadata.name.as_deref()) != me)
+        .filter(|other| claimed_flowise_id(other).is_some_and(|o| o.eq_ignore_ascii_case(id)))
+        .map(|other| {
+            format!(
+                "{}/{}",
+                other.namespace().unwrap_or_default(),
+                other.name_any()
+            )
+        })
+        .collect();
+    others.sort();
+    others
 }
 
 /// Steps 2–4.

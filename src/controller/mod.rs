@@ -27,7 +27,7 @@ use futures::{FutureExt, StreamExt};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller as KubeController, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy};
 use crate::flowise::{FlowiseApi, FlowiseClient, FlowiseError};
+use crate::index::rules::claimed_flowise_id;
 use crate::metrics::Metrics;
 
 pub use leader::LeaseSettings;
@@ -278,9 +279,13 @@ impl Controller {
         };
 
         let chatflow_store = chatflows.store();
+        // Chatflows claiming the Flowise chatflow of one that changed or went: their Conflict
+        // starts or ends with it, not at their next resync.
+        let (claim_refs, claim_triggers) = futures::channel::mpsc::unbounded();
         let chatflow_task = until_stopped(
             chatflows
                 .reconcile_all_on(self.sync.reconcile_requests())
+                .reconcile_on(claim_triggers)
                 .graceful_shutdown_on(stop())
                 .run(chatflow::reconcile, error_policy::<Chatflow>, ctx.clone())
                 .for_each(log_outcome),
@@ -294,6 +299,7 @@ impl Controller {
         let policy_controller = KubeController::new(self.api::<CreditPolicy>(), watcher_config());
         let fan_out = {
             let (accesses, policies) = (access_controller.store(), policy_controller.store());
+            let claims = ctx.chatflows.clone();
             let events = reflector::reflector(
                 writer,
                 watcher(self.api::<Chatflow>(), watcher_config()).default_backoff(),
@@ -308,6 +314,9 @@ impl Controller {
                         }
                         for policy in same_namespace(&policies, &cf) {
                             let _ = policy_refs.unbounded_send(policy);
+                        }
+                        for other in same_claim(&claims, &cf) {
+                            let _ = claim_refs.unbounded_send(other);
                         }
                     }
                     Err(error) => tracing::warn!(%error, "Chatflow watch error"),
@@ -434,6 +443,21 @@ where
         .iter()
         .filter(|obj| obj.namespace() == ns)
         .map(|obj| kube::runtime::reflector::ObjectRef::from_obj(obj.as_ref()))
+        .collect()
+}
+
+/// The other Chatflows that claim the Flowise chatflow `cf` claims.
+fn same_claim(store: &Store<Chatflow>, cf: &Chatflow) -> Vec<ObjectRef<Chatflow>> {
+    let Some(id) = claimed_flowise_id(cf) else {
+        return Vec::new();
+    };
+    let me = ObjectRef::from_obj(cf);
+    store
+        .state()
+        .iter()
+        .filter(|other| claimed_flowise_id(other).is_some_and(|o| o == id))
+        .map(|other| ObjectRef::from_obj(other.as_ref()))
+        .filter(|other| *other != me)
         .collect()
 }
 

@@ -142,6 +142,29 @@ pub fn chatflow_source(spec: &crd::ChatflowSpec) -> Result<ChatflowSource, Inval
     }
 }
 
+/// The Flowise chatflow a Chatflow claims (lowercase): the id its spec names, else the one its
+/// status found. The spec wins because status can lag behind an edit of `flowiseId`; a status
+/// id found for another `flowiseName` than the spec's now names another chatflow, so there is
+/// none until the controller resolves the new name.
+pub fn flowise_id(source: &ChatflowSource, status: &crd::ChatflowStatus) -> Option<String> {
+    match source {
+        ChatflowSource::Id(id) => Some(id.clone()),
+        ChatflowSource::Name(name) if status.flowise_name.as_deref() != Some(name) => None,
+        _ => status.flowise_id.as_ref().map(|id| id.to_ascii_lowercase()),
+    }
+}
+
+/// [`flowise_id`] of a Chatflow, if its spec is valid.
+pub fn claimed_flowise_id(cf: &Chatflow) -> Option<String> {
+    let source = chatflow_source(&cf.spec).ok()?;
+    flowise_id(
+        &source,
+        cf.status
+            .as_ref()
+            .unwrap_or(&crd::ChatflowStatus::default()),
+    )
+}
+
 impl TryFrom<&Chatflow> for ChatflowRule {
     type Error = InvalidSpec;
 
@@ -153,16 +176,7 @@ impl TryFrom<&Chatflow> for ChatflowRule {
                 && c.status == "False"
                 && c.reason == crd::conditions::reason::NOT_FOUND_IN_FLOWISE
         });
-        let spec_id = match &source {
-            ChatflowSource::Id(id) => Some(id.clone()),
-            _ => None,
-        };
-        // A status id found by an older `flowiseName` names another chatflow: until the
-        // controller resolves the new name, there is no id to forward to.
-        let status_id = match &source {
-            ChatflowSource::Name(name) if status.flowise_name.as_deref() != Some(name) => None,
-            _ => status.flowise_id.map(|id| id.to_ascii_lowercase()),
-        };
+        let flowise_id = flowise_id(&source, &status);
         let flow_type = status.flow_type.clone().or_else(|| match &source {
             ChatflowSource::Definition(def) => Some(def.flow_type.as_str().to_string()),
             _ => None,
@@ -170,8 +184,7 @@ impl TryFrom<&Chatflow> for ChatflowRule {
         Ok(Self {
             namespace: cf.metadata.namespace.clone().unwrap_or_default(),
             name: cf.metadata.name.clone().unwrap_or_default(),
-            // The spec wins: status can lag behind an edit of flowiseId.
-            flowise_id: spec_id.or(status_id),
+            flowise_id,
             flowise_name: status.flowise_name,
             flow_type,
             deployed: status.deployed,

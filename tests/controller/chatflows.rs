@@ -15,6 +15,9 @@ async fn adopting_by_id_and_by_name_reports_what_flowise_holds() {
     let name = support::unique("fgtest-adopt");
     let _cleanup = support::FlowiseCleanup(name.clone());
     let existing = flowise_chatflow(&name, None).await;
+    let other_name = support::unique("fgtest-adopt-name");
+    let _cleanup_other = support::FlowiseCleanup(other_name.clone());
+    let named = flowise_chatflow(&other_name, None).await;
     let controller = start(&client, settings(&ns));
 
     create(
@@ -22,12 +25,16 @@ async fn adopting_by_id_and_by_name_reports_what_flowise_holds() {
         chatflow_doc("by-id", json!({"flowiseId": existing.id})),
     )
     .await;
-    create(&api, chatflow_doc("by-name", json!({"flowiseName": name}))).await;
-    for object in ["by-id", "by-name"] {
+    create(
+        &api,
+        chatflow_doc("by-name", json!({"flowiseName": other_name})),
+    )
+    .await;
+    for (object, want) in [("by-id", &existing), ("by-name", &named)] {
         let cf = wait_ready(&api, object, "True", "Synced").await;
         let status = cf.status.expect("status");
-        assert_eq!(status.flowise_id.as_deref(), Some(existing.id.as_str()));
-        assert_eq!(status.flowise_name.as_deref(), Some(name.as_str()));
+        assert_eq!(status.flowise_id.as_deref(), Some(want.id.as_str()));
+        assert_eq!(status.flowise_name.as_deref(), Some(want.name.as_str()));
         assert_eq!(status.flow_type.as_deref(), Some("AGENTFLOW"));
         assert_eq!(status.deployed, Some(true));
         assert_eq!(status.api_key_bound, Some(false));
@@ -92,6 +99,45 @@ async fn an_ambiguous_name_is_a_conflict_and_unknown_ones_are_not_found() {
     wait_ready(&api, "no-id", "False", "NotFoundInFlowise").await;
     wait_ready(&api, "no-name", "False", "NotFoundInFlowise").await;
     wait_for_event(&client, &ns, "twice", "Conflict").await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn two_chatflows_claiming_one_flowise_chatflow_conflict_until_one_goes() {
+    // The proxy serves neither (one namespace could otherwise take over another's chatflow);
+    // status says so, and the survivor is Ready again as soon as the other is deleted.
+    let (client, ns, api, _objects) = setup("cf-shared").await;
+    let name = support::unique("fgtest-shared");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let existing = flowise_chatflow(&name, None).await;
+    let controller = start(&client, settings(&ns));
+
+    create(
+        &api,
+        chatflow_doc("first", json!({"flowiseId": existing.id})),
+    )
+    .await;
+    wait_ready(&api, "first", "True", "Synced").await;
+    create(&api, chatflow_doc("second", json!({"flowiseName": name}))).await;
+    for (object, other) in [("first", "second"), ("second", "first")] {
+        let cf = wait_ready(&api, object, "False", "Conflict").await;
+        let message = cf
+            .status
+            .iter()
+            .flat_map(|s| &s.conditions)
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(
+            message.contains(&existing.id) && message.contains(&format!("{ns}/{other}")),
+            "{message}"
+        );
+    }
+    api.delete("second", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    // wait_ready gives up after 30 s: the resync that would also clear it is a minute away.
+    wait_ready(&api, "first", "True", "Synced").await;
     controller.stop().await;
 }
 
