@@ -64,10 +64,21 @@ impl<'a> InFlight<'a> {
         }
     }
 
-    /// Asks Flowise to stop the run (it did not answer in time); the charge stays to refund.
-    pub(super) fn abort(&mut self) {
+    /// Asks Flowise to stop the run (it did not answer in time), and waits a moment for it: Flowise
+    /// aborts by chat, so an abort still on its way could stop the caller's prompt retry of the
+    /// same chat. The charge stays, to refund.
+    pub(super) async fn abort(&mut self) {
         tracing::debug!(chat_id = %self.chat_id, "Flowise did not answer in time; aborting");
-        self.take_abort()();
+        let request = abort_request(
+            self.upstream.clone(),
+            std::mem::take(&mut self.flowise_id),
+            std::mem::take(&mut self.chat_id),
+            self.key.take(),
+            self.peer,
+        );
+        if tokio::time::timeout(ABORT_WAIT, request).await.is_err() {
+            tracing::warn!(?ABORT_WAIT, "Flowise did not confirm the abort in time");
+        }
     }
 
     /// Flowise answered: the charge, for the caller to settle.
@@ -116,26 +127,39 @@ pub(super) fn abort(
     key: Option<HeaderValue>,
     peer: SocketAddr,
 ) -> impl FnOnce() + Send + Sync + 'static {
+    let request = abort_request(upstream, flowise_id, chat_id, key, peer);
     move || {
-        tokio::spawn(async move {
-            let path = session::abort_path(&flowise_id, &chat_id);
-            let headers = hyper::HeaderMap::new();
-            match upstream.request(
-                Method::PUT,
-                &path,
-                &headers,
-                peer,
-                key.as_ref(),
-                Bytes::new(),
-            ) {
-                Ok(req) => match upstream.send(req).await {
-                    Ok(resp) => {
-                        tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort")
-                    }
-                    Err(error) => tracing::warn!(%error, %chat_id, "abort request failed"),
-                },
-                Err(error) => tracing::warn!(%error, "cannot build the abort request"),
+        tokio::spawn(request);
+    }
+}
+
+/// How long a 504 waits for Flowise to confirm the abort of the run it did not answer.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Asks Flowise to stop generating for `chat_id` on `flowise_id`.
+async fn abort_request(
+    upstream: Upstream,
+    flowise_id: String,
+    chat_id: String,
+    key: Option<HeaderValue>,
+    peer: SocketAddr,
+) {
+    let path = session::abort_path(&flowise_id, &chat_id);
+    let headers = hyper::HeaderMap::new();
+    match upstream.request(
+        Method::PUT,
+        &path,
+        &headers,
+        peer,
+        key.as_ref(),
+        Bytes::new(),
+    ) {
+        Ok(req) => match upstream.send(req).await {
+            Ok(resp) => {
+                tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort")
             }
-        });
+            Err(error) => tracing::warn!(%error, %chat_id, "abort request failed"),
+        },
+        Err(error) => tracing::warn!(%error, "cannot build the abort request"),
     }
 }

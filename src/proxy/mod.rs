@@ -20,8 +20,10 @@ pub mod ratelimit;
 pub mod request_id;
 pub mod routes;
 pub mod session;
+pub mod sse;
 pub mod stream;
 pub mod upstream;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -453,7 +455,7 @@ impl Proxy {
                 self.metrics.upstream_error(error.reason());
                 if matches!(error, ProxyError::UpstreamTimeout) {
                     // Flowise may still be running it: stop the work no one is charged for.
-                    flight.abort();
+                    flight.abort().await;
                 }
                 flight.refund().await;
                 return Err(error);
@@ -528,9 +530,7 @@ impl Proxy {
         if let Some(charge) = flight.answered() {
             if status.is_success() {
                 let tokens = if charge.counts_tokens() {
-                    serde_json::from_slice::<Value>(&answer)
-                        .map(|v| stream::json_usage_tokens(&v))
-                        .unwrap_or(0)
+                    usage::json_answer_tokens(&answer)
                 } else {
                     0
                 };

@@ -1,0 +1,423 @@
+//! Reads a Flowise Server-Sent Events stream, fed in arbitrary chunks as it passes through, for
+//! what settles its charge: the tokens it used, whether it answered, whether it failed.
+//!
+//! Flowise frames every event as `message:\ndata:{"event":"<kind>","data":...}\n\n`. Tokens
+//! come two ways while an Agentflow streams: a `usageMetadata` event for the last LLM node only,
+//! and after every node an `agentFlowExecutedData` event listing every node run so far
+//! ([`super::usage`]). The total is the last node list read plus the `usageMetadata` events
+//! after it, so no node is counted twice and none is missed. The node lists grow with every
+//! node, so only the last one is kept (as bytes) and it is read once, when the stream ends.
+
+use super::usage;
+
+/// Largest SSE event the scanner looks into; bigger events pass through unscanned.
+const MAX_EVENT: usize = 256 * 1024;
+
+/// Largest `agentFlowExecutedData` event the scanner reads. It carries every node run so far, with
+/// its inputs and outputs, and it is the only report of the tokens of nodes before the last.
+const MAX_EXECUTED_EVENT: usize = 8 * 1024 * 1024;
+
+/// How an `agentFlowExecutedData` event starts (Flowise writes the `event` key first).
+const EXECUTED_PREFIX: &[u8] = b"\"event\":\"agentFlowExecutedData\"";
+
+/// The scanner's state between chunks.
+#[derive(Debug, Default)]
+pub struct SseScanner {
+    /// The event read so far, when it started in an earlier chunk.
+    pending: Vec<u8>,
+    /// The event being read is too large and is skipped up to its end.
+    overflow: bool,
+    /// The last byte fed was a newline (an event's blank line may straddle two chunks).
+    newline: bool,
+    /// The last `agentFlowExecutedData` event, read when asked for tokens.
+    nodes: Option<String>,
+    /// Tokens of the `usageMetadata` events after that event.
+    streamed_tokens: u64,
+    error_event: bool,
+    token_event: bool,
+    /// An `end` event with no `error` event before it.
+    clean_end: bool,
+}
+
+impl SseScanner {
+    /// Feeds the next chunk of the stream.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let mut rest = chunk;
+        let mut newline = self.newline;
+        while let Some(end) = find_event_end(newline, rest) {
+            let (head, tail) = rest.split_at(end);
+            if !self.overflow {
+                self.pending.extend_from_slice(head);
+                let event = std::mem::take(&mut self.pending);
+                if event.len() <= MAX_EVENT || event.len() <= event_limit(&event) {
+                    self.inspect(event);
+                }
+            }
+            self.overflow = false;
+            newline = false;
+            rest = tail;
+        }
+        self.newline = match rest.last() {
+            Some(last) => *last == b'\n',
+            None => newline,
+        };
+        if !self.overflow {
+            self.pending.extend_from_slice(rest);
+            if self.pending.len() > MAX_EVENT && self.pending.len() > event_limit(&self.pending) {
+                self.pending = Vec::new();
+                self.overflow = true;
+            }
+        }
+    }
+
+    /// The stream ended: reads a last event that had no blank line after it.
+    pub fn finish(&mut self) {
+        if !self.overflow && !self.pending.is_empty() {
+            let event = std::mem::take(&mut self.pending);
+            self.inspect(event);
+        }
+    }
+
+    /// Tokens Flowise reported so far.
+    pub fn tokens(&self) -> u64 {
+        let listed = self.nodes.as_deref().map_or(0, executed_tokens);
+        listed.saturating_add(self.streamed_tokens)
+    }
+
+    /// Whether Flowise answered: it streamed a token, or ended without an error.
+    pub fn answered(&self) -> bool {
+        self.token_event || self.clean_end
+    }
+
+    /// Whether Flowise sent an `error` event.
+    pub fn failed(&self) -> bool {
+        self.error_event
+    }
+
+    fn inspect(&mut self, event: Vec<u8>) {
+        let Ok(text) = String::from_utf8(event) else {
+            return;
+        };
+        let mut executed = false;
+        for line in text.lines() {
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.trim_start();
+            // Flowise writes `event` first: most events (tokens) are read without parsing.
+            let kind = match event_kind(data) {
+                Some(kind) => Kind::of(kind),
+                None => match serde_json::from_str::<Tagged<'_>>(data) {
+                    Ok(tagged) => Kind::of(tagged.event),
+                    Err(_) => continue,
+                },
+            };
+            match kind {
+                Kind::Token => self.token_event = true,
+                Kind::End => self.clean_end |= !self.error_event,
+                Kind::Error => self.error_event = true,
+                Kind::Usage => {
+                    if let Ok(event) = serde_json::from_str::<UsageEvent>(data) {
+                        let tokens = usage::usage_tokens(&event.data);
+                        self.streamed_tokens = self.streamed_tokens.saturating_add(tokens);
+                    }
+                }
+                Kind::Executed => executed = true,
+                Kind::Other => {}
+            }
+        }
+        if executed {
+            // Kept whole, not copied out: the list can be megabytes, and comes after every node.
+            self.nodes = Some(text);
+            self.streamed_tokens = 0;
+        }
+    }
+}
+
+/// Any Flowise event, for its kind.
+#[derive(serde::Deserialize)]
+struct Tagged<'a> {
+    #[serde(borrow)]
+    event: &'a str,
+}
+
+#[derive(serde::Deserialize)]
+struct UsageEvent {
+    data: serde_json::Value,
+}
+
+/// Tokens of the nodes in an `agentFlowExecutedData` event.
+fn executed_tokens(event: &str) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Executed<'a> {
+        #[serde(borrow)]
+        data: &'a serde_json::value::RawValue,
+    }
+    event
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str::<Executed<'_>>(data.trim_start()).ok())
+        .map(|e| usage::node_list_tokens(e.data.get()))
+        .fold(0, u64::saturating_add)
+}
+
+/// The Flowise events that settle a charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Token,
+    End,
+    Error,
+    Usage,
+    Executed,
+    Other,
+}
+
+impl Kind {
+    fn of(event: &str) -> Self {
+        match event {
+            "token" => Self::Token,
+            "end" => Self::End,
+            "error" => Self::Error,
+            "usageMetadata" => Self::Usage,
+            "agentFlowExecutedData" => Self::Executed,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The largest size the scanner reads an event of, by how the event starts.
+fn event_limit(event: &[u8]) -> usize {
+    let head = &event[..event.len().min(64)];
+    if head
+        .windows(EXECUTED_PREFIX.len())
+        .any(|w| w == EXECUTED_PREFIX)
+    {
+        MAX_EXECUTED_EVENT
+    } else {
+        MAX_EVENT
+    }
+}
+
+/// The `event` of a Flowise SSE data line, `{"event":"<kind>",...}`, without parsing the rest.
+fn event_kind(data: &str) -> Option<&str> {
+    let rest = data.strip_prefix("{\"event\":\"")?;
+    rest.split_once('"').map(|(kind, _)| kind)
+}
+
+/// End (exclusive, in `next`) of the first complete event, if any; `newline` says the byte
+/// before `next` was a newline (the blank line may straddle two chunks).
+fn find_event_end(newline: bool, next: &[u8]) -> Option<usize> {
+    if newline && next.first() == Some(&b'\n') {
+        return Some(1);
+    }
+    next.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = "message:\ndata:{\"event\":\"start\",\"data\":\"\"}\n\n\
+message:\ndata:{\"event\":\"token\",\"data\":\"Echo: hi\"}\n\n\
+message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"input_tokens\":12,\"output_tokens\":30,\"total_tokens\":42}}\n\n\
+message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"input_tokens\":5,\"output_tokens\":3}}\n\n\
+message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
+
+    #[test]
+    fn usage_is_summed_whatever_the_chunking() {
+        for chunk in [1, 2, 3, 7, 64, STREAM.len()] {
+            let mut scanner = SseScanner::default();
+            for piece in STREAM.as_bytes().chunks(chunk) {
+                scanner.feed(piece);
+            }
+            assert_eq!(scanner.tokens(), 50, "chunk size {chunk}");
+            assert!(!scanner.failed());
+            assert!(scanner.answered());
+        }
+    }
+
+    #[test]
+    fn error_events_are_noticed() {
+        let mut scanner = SseScanner::default();
+        scanner.feed(b"message:\ndata:{\"event\":\"error\",\"data\":\"Unauthorized\"}\n\n");
+        assert!(scanner.failed());
+        scanner.feed(b"message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n");
+        assert!(
+            !scanner.answered(),
+            "Flowise ends every stream, also after an error"
+        );
+    }
+
+    /// An Agentflow streamed as Flowise 3 streams it: the node list after every node, the last
+    /// LLM node's tokens and `usageMetadata`, then the end.
+    fn agentflow_stream(nodes: &[u64], fail_at_end: bool) -> String {
+        let mut out = flowise_event("agentFlowEvent", "INPROGRESS".into());
+        let mut done = Vec::new();
+        for (i, tokens) in nodes.iter().enumerate() {
+            if i + 1 == nodes.len() {
+                out += &flowise_event("token", "Hello".into());
+                out += &flowise_event(
+                    "usageMetadata",
+                    serde_json::json!({"input_tokens": 1, "output_tokens": tokens - 1, "total_tokens": tokens}),
+                );
+            }
+            done.push(
+                serde_json::json!({"nodeId": format!("llm_{i}"), "status": "FINISHED",
+                "data": {"output": {"content": "x", "usageMetadata": {"total_tokens": tokens}}}}),
+            );
+            out += &flowise_event("agentFlowExecutedData", done.clone().into());
+        }
+        if fail_at_end {
+            out += &flowise_event("error", "boom".into());
+        } else {
+            out += &flowise_event("agentFlowEvent", "FINISHED".into());
+        }
+        out + &flowise_event("end", "[DONE]".into())
+    }
+
+    /// One event as Flowise writes it: `event` first.
+    fn flowise_event(kind: &str, data: serde_json::Value) -> String {
+        format!("message:\ndata:{{\"event\":\"{kind}\",\"data\":{data}}}\n\n")
+    }
+
+    #[test]
+    fn an_agentflow_stream_is_charged_every_node_once() {
+        let stream = agentflow_stream(&[300, 200, 50], false);
+        for chunk in [1, 5, 64, stream.len()] {
+            let mut scanner = SseScanner::default();
+            for piece in stream.as_bytes().chunks(chunk) {
+                scanner.feed(piece);
+            }
+            assert_eq!(scanner.tokens(), 550, "chunk size {chunk}");
+            assert!(scanner.answered() && !scanner.failed());
+        }
+    }
+
+    #[test]
+    fn an_error_after_the_answer_started_keeps_the_answer() {
+        let mut scanner = SseScanner::default();
+        scanner.feed(agentflow_stream(&[300, 50], true).as_bytes());
+        assert!(scanner.failed());
+        assert!(
+            scanner.answered(),
+            "tokens reached the caller before the error"
+        );
+        assert_eq!(scanner.tokens(), 350);
+    }
+
+    #[test]
+    fn a_node_list_too_large_to_read_falls_back_to_the_events_after_the_last_one_read() {
+        let mut scanner = SseScanner::default();
+        scanner.feed(agentflow_stream(&[300], false).as_bytes());
+        assert_eq!(scanner.tokens(), 300);
+        // A big node list (past the general event limit) is still read.
+        let big = "x".repeat(MAX_EVENT * 2);
+        let nodes = serde_json::json!([
+            {"data": {"output": {"content": big, "usageMetadata": {"total_tokens": 300}}}},
+            {"data": {"output": {"usageMetadata": {"total_tokens": 40}}}}
+        ]);
+        for chunk in flowise_event("agentFlowExecutedData", nodes)
+            .as_bytes()
+            .chunks(64 * 1024)
+        {
+            scanner.feed(chunk);
+        }
+        assert_eq!(scanner.tokens(), 340);
+        // One past even that limit is skipped: the usage reported after the last list read counts.
+        let huge = "x".repeat(MAX_EXECUTED_EVENT);
+        scanner.feed(
+            b"message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":7}}\n\n",
+        );
+        let nodes = serde_json::json!([{"data": {"output": {"content": huge}}}]);
+        for chunk in flowise_event("agentFlowExecutedData", nodes)
+            .as_bytes()
+            .chunks(64 * 1024)
+        {
+            scanner.feed(chunk);
+        }
+        assert_eq!(scanner.tokens(), 347);
+        // And scanning goes on after it.
+        scanner.feed(
+            b"message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":3}}\n\n",
+        );
+        assert_eq!(scanner.tokens(), 350);
+    }
+
+    #[test]
+    fn events_written_with_another_key_order_are_read_too() {
+        let mut scanner = SseScanner::default();
+        for event in [
+            serde_json::json!({"data": "Hi", "event": "token"}),
+            serde_json::json!({"data": [{"data": {"output": {"usageMetadata": {"total_tokens": 5}}}}],
+                               "event": "agentFlowExecutedData"}),
+            serde_json::json!({"data": "[DONE]", "event": "end"}),
+        ] {
+            scanner.feed(format!("message:\ndata:{event}\n\n").as_bytes());
+        }
+        assert_eq!(scanner.tokens(), 5);
+        assert!(scanner.answered());
+    }
+
+    #[test]
+    fn the_blank_line_after_a_skipped_event_may_straddle_two_chunks() {
+        let mut scanner = SseScanner::default();
+        let big = format!(
+            "message:\ndata:{{\"event\":\"token\",\"data\":\"{}\"}}\n",
+            "x".repeat(MAX_EVENT + 1)
+        );
+        scanner.feed(big.as_bytes());
+        // The skipped event's blank line arrives alone, then the next event.
+        scanner.feed(b"\n");
+        scanner.feed(
+            b"message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":4}}\n\n",
+        );
+        assert_eq!(scanner.tokens(), 4);
+    }
+
+    #[test]
+    fn a_resumed_agentflow_stream_counts_only_its_own_nodes() {
+        // Resuming after a Human Input node: Flowise lists the first run's nodes (charged then)
+        // and the resumed node before this run's.
+        let earlier = serde_json::json!({"status": "FINISHED",
+            "data": {"name": "llmAgentflow", "output": {"usageMetadata": {"total_tokens": 500}}}});
+        let resumed = serde_json::json!({"status": "FINISHED",
+            "data": {"name": "humanInputAgentflow", "output": {"content": "proceed"}}});
+        let mine = serde_json::json!({"status": "FINISHED",
+            "data": {"name": "llmAgentflow", "output": {"usageMetadata": {"total_tokens": 30}}}});
+        let mut scanner = SseScanner::default();
+        scanner.feed(
+            flowise_event(
+                "agentFlowExecutedData",
+                serde_json::json!([earlier, resumed]),
+            )
+            .as_bytes(),
+        );
+        scanner.feed(flowise_event("token", "Hello".into()).as_bytes());
+        scanner.feed(
+            flowise_event("usageMetadata", serde_json::json!({"total_tokens": 30})).as_bytes(),
+        );
+        assert_eq!(
+            scanner.tokens(),
+            30,
+            "the last LLM node's usage, before its list"
+        );
+        scanner.feed(
+            flowise_event(
+                "agentFlowExecutedData",
+                serde_json::json!([earlier, resumed, mine]),
+            )
+            .as_bytes(),
+        );
+        assert_eq!(scanner.tokens(), 30);
+    }
+
+    #[test]
+    fn a_last_event_without_a_blank_line_is_read_at_the_end() {
+        let mut scanner = SseScanner::default();
+        scanner
+            .feed(b"message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":9}}\n");
+        assert_eq!(scanner.tokens(), 0);
+        scanner.finish();
+        assert_eq!(scanner.tokens(), 9);
+    }
+}
