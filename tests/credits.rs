@@ -274,6 +274,18 @@ async fn a_streaming_request_that_flowise_answers_with_json_is_charged() {
     used_becomes(&gate, &alice, &format!("{}/tokens", team.ns), 12).await;
     let used = credits_used(&gate.base, &alice, &format!("{}/flat", team.ns)).await;
     assert_eq!(used, Some(4));
+    // The compat route's `credits_remaining` counts the answer's tokens too: 1000 - 12 - 12.
+    let answer: Value = http
+        .post(format!("{}/chat/predict", gate.base))
+        .bearer_auth(&alice)
+        .json(&json!({"chatflow_id": "support-bot", "question": "hi"}))
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["credits_remaining"], 976, "{answer}");
     team.cleanup().await;
 }
 

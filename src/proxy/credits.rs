@@ -91,11 +91,24 @@ pub struct Charge {
     /// The request carried an `Idempotency-Key`: its refund lands before the answer, so that a
     /// prompt retry with the same key finds it free, not "in progress" (409).
     keyed: bool,
+    /// Remaining balance on each charged policy (in `policies`' order), after this reservation.
+    left: Vec<u64>,
     /// Smallest remaining balance over the charged policies, after this reservation.
     pub remaining: Option<u64>,
 }
 
 impl Charge {
+    /// Smallest remaining balance over the charged policies once settled with `tokens`.
+    pub fn remaining_after(&self, tokens: u64) -> Option<u64> {
+        self.policies
+            .iter()
+            .zip(&self.left)
+            .map(|(policy, left)| {
+                left.saturating_sub(cost(policy, tokens).saturating_sub(policy.per_prediction))
+            })
+            .min()
+    }
+
     /// Whether settling needs the tokens Flowise reports (some policy prices them).
     pub fn counts_tokens(&self) -> bool {
         !self.final_cost
@@ -214,6 +227,7 @@ impl Credits {
                     policies,
                     final_cost,
                     keyed,
+                    left: remaining.iter().map(|(_, left)| *left).collect(),
                     remaining: remaining.iter().map(|(_, left)| *left).min(),
                 }))
             }

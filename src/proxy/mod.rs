@@ -231,6 +231,12 @@ impl Proxy {
                 if stream::is_event_stream(resp.headers()) {
                     return Ok(resp);
                 }
+                // After the tokens of the answer, where some policy prices them.
+                let remaining = resp
+                    .extensions()
+                    .get::<CreditsRemaining>()
+                    .map(|r| r.0)
+                    .or(remaining);
                 compat_response(resp, &chatflow_id, &chat_id, remaining).await
             }
             Route::Credits => {
@@ -534,6 +540,9 @@ impl Proxy {
                 } else {
                     0
                 };
+                if let Some(left) = charge.remaining_after(tokens) {
+                    resp = resp.extension(CreditsRemaining(left));
+                }
                 self.credits.settle(charge, tokens);
             } else {
                 self.credits.refund_now(charge).await;
@@ -547,6 +556,11 @@ impl Proxy {
         .map_err(|e| ProxyError::Internal(e.to_string()))
     }
 }
+
+/// The caller's smallest remaining balance once a JSON answer is settled (its tokens counted),
+/// for the compat route's `credits_remaining`.
+#[derive(Debug, Clone, Copy)]
+struct CreditsRemaining(u64);
 
 enum Lookup<'a> {
     FlowiseId(&'a str),
