@@ -271,6 +271,13 @@ pub(super) enum Outcome {
         chatflow: FlowiseChatflow,
         change: Change,
     },
+    /// Synced, but other Chatflows (`others`, namespace/name) claim the same Flowise chatflow:
+    /// the proxy serves none of them.
+    Shared {
+        chatflow: FlowiseChatflow,
+        change: Change,
+        others: Vec<String>,
+    },
     NotFound(String),
     Conflict(String),
     Invalid(String),
@@ -293,17 +300,29 @@ pub(super) fn next_status(
     let mut new = old.clone();
     new.observed_generation = generation;
     let (mut ok, mut why, mut message) = match outcome {
-        Outcome::Synced { chatflow, .. } => {
+        Outcome::Synced { chatflow, .. } | Outcome::Shared { chatflow, .. } => {
             new.flowise_id = Some(chatflow.id.clone());
             new.flowise_name = non_empty(&chatflow.name);
             new.flow_type = non_empty(&chatflow.flow_type);
             new.deployed = Some(chatflow.deployed.unwrap_or(false));
             new.api_key_bound = Some(chatflow.api_key_bound());
-            (
-                true,
-                reason::SYNCED,
-                "matches the chatflow in Flowise".to_string(),
-            )
+            match outcome {
+                Outcome::Shared { others, .. } => (
+                    false,
+                    reason::CONFLICT,
+                    format!(
+                        "Flowise chatflow {} is also claimed by {}: the proxy serves none of \
+                         them until one claim remains",
+                        chatflow.id,
+                        others.join(", ")
+                    ),
+                ),
+                _ => (
+                    true,
+                    reason::SYNCED,
+                    "matches the chatflow in Flowise".to_string(),
+                ),
+            }
         }
         Outcome::NotFound(m) => (false, reason::NOT_FOUND_IN_FLOWISE, m.clone()),
         Outcome::Conflict(m) => (false, reason::CONFLICT, m.clone()),
@@ -321,7 +340,7 @@ pub(super) fn next_status(
         &mut new.conditions,
         conditions::new(conditions::READY, ok, why, message, generation, now),
     );
-    if matches!(outcome, Outcome::Synced { .. }) {
+    if matches!(outcome, Outcome::Synced { .. } | Outcome::Shared { .. }) {
         let stale = old.last_sync_time.as_ref().is_none_or(|t| {
             now.duration_since(t.0)
                 .try_into()
@@ -347,7 +366,12 @@ pub(super) fn notable(
     new: &ChatflowStatus,
     outcome: &Outcome,
 ) -> Option<(EventType, &'static str, String)> {
-    if let Outcome::Synced { chatflow, change } = outcome {
+    if let Outcome::Synced { chatflow, change }
+    | Outcome::Shared {
+        chatflow, change, ..
+    } = outcome
+    {
+        let shared = matches!(outcome, Outcome::Shared { .. });
         let what = format!("Flowise chatflow {} '{}'", chatflow.id, chatflow.name);
         match change {
             Change::Created => {
@@ -360,7 +384,7 @@ pub(super) fn notable(
                     format!("updated {fields} of {what}"),
                 ));
             }
-            Change::None if old.flowise_id.as_deref() != Some(chatflow.id.as_str()) => {
+            Change::None if !shared && old.flowise_id.as_deref() != Some(chatflow.id.as_str()) => {
                 return Some((EventType::Normal, "Adopted", format!("adopted {what}")));
             }
             Change::None => {}
@@ -413,37 +437,29 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
             }
         }
     };
-    let now = super::now();
-    let mut new = next_status(
+    let outcome = match outcome {
+        Outcome::Synced { chatflow, change } => {
+            let others = claimed_also_by(ctx, cf, &chatflow.id);
+            if others.is_empty() {
+                Outcome::Synced { chatflow, change }
+            } else {
+                Outcome::Shared {
+                    chatflow,
+                    change,
+                    others,
+                }
+            }
+        }
+        outcome => outcome,
+    };
+    let new = next_status(
         &old,
         &outcome,
         cf.metadata.generation,
         cf.spec.suspended,
-        now,
+        super::now(),
         ctx.settings.last_sync_refresh,
     );
-    if let Outcome::Synced { chatflow, .. } = &outcome
-        && !cf.spec.suspended
-    {
-        let others = claimed_also_by(ctx, cf, &chatflow.id);
-        if !others.is_empty() {
-            let message = format!(
-                "Flowise chatflow {} is also claimed by {}: the proxy serves none of them until \
-                 one claim remains",
-                chatflow.id,
-                others.join(", ")
-            );
-            let condition = conditions::new(
-                conditions::READY,
-                false,
-                reason::CONFLICT,
-                message,
-                cf.metadata.generation,
-                now,
-            );
-            conditions::upsert(&mut new.conditions, condition);
-        }
-    }
     if let Some((type_, why, note)) = notable(&old, &new, &outcome) {
         ctx.event(cf, type_, why, "Reconcile", note).await;
     }

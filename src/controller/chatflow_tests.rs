@@ -240,6 +240,44 @@ fn a_synced_chatflow_reports_what_flowise_holds() {
 }
 
 #[test]
+fn a_shared_chatflow_is_a_conflict_that_stays_put_across_resyncs() {
+    let chatflow = in_flowise("id-1", "Support Bot", None);
+    let synced_status = next_status(
+        &ChatflowStatus::default(),
+        &synced(chatflow.clone()),
+        Some(3),
+        false,
+        at(0),
+        HOUR,
+    );
+    let shared = Outcome::Shared {
+        chatflow,
+        change: Change::None,
+        others: vec!["team-b/bot".into()],
+    };
+    let first = next_status(&synced_status, &shared, Some(3), false, at(10), HOUR);
+    assert_eq!(ready(&first), ("False".into(), "Conflict".into()));
+    assert_eq!(
+        first.flowise_id.as_deref(),
+        Some("id-1"),
+        "the claim stays recorded"
+    );
+    let message = &first.conditions[0].message;
+    assert!(
+        message.contains("id-1") && message.contains("team-b/bot"),
+        "{message}"
+    );
+    // Resyncs of the same conflict write nothing: no status loop between the claimants.
+    let again = next_status(&first, &shared, Some(3), false, at(70), HOUR);
+    assert_eq!(again, first);
+    assert_eq!(
+        notable(&first, &again, &shared),
+        None,
+        "and publish no Event"
+    );
+}
+
+#[test]
 fn a_resync_that_finds_nothing_new_leaves_the_status_identical() {
     let outcome = synced(in_flowise("id-1", "Support Bot", None));
     let first = next_status(

@@ -300,6 +300,9 @@ impl Controller {
         let fan_out = {
             let (accesses, policies) = (access_controller.store(), policy_controller.store());
             let claims = ctx.chatflows.clone();
+            // What each Chatflow claimed at its last event: a claim moved or dropped ends the
+            // other claimants' Conflict, so they are triggered for the old id too.
+            let mut claimed: HashMap<ObjectRef<Chatflow>, String> = HashMap::new();
             let events = reflector::reflector(
                 writer,
                 watcher(self.api::<Chatflow>(), watcher_config()).default_backoff(),
@@ -315,7 +318,7 @@ impl Controller {
                         for policy in same_namespace(&policies, &cf) {
                             let _ = policy_refs.unbounded_send(policy);
                         }
-                        for other in same_claim(&claims, &cf) {
+                        for other in claims_changed(&claims, &mut claimed, &cf) {
                             let _ = claim_refs.unbounded_send(other);
                         }
                     }
@@ -446,16 +449,31 @@ where
         .collect()
 }
 
-/// The other Chatflows that claim the Flowise chatflow `cf` claims.
-fn same_claim(store: &Store<Chatflow>, cf: &Chatflow) -> Vec<ObjectRef<Chatflow>> {
-    let Some(id) = claimed_flowise_id(cf) else {
-        return Vec::new();
-    };
+/// The Chatflows to reconcile after an event on `cf`: the other claimants of the Flowise
+/// chatflow it claims now and of the one it claimed before (`claimed`, updated here). A
+/// Chatflow no longer in `store` was deleted and claims nothing.
+fn claims_changed(
+    store: &Store<Chatflow>,
+    claimed: &mut HashMap<ObjectRef<Chatflow>, String>,
+    cf: &Chatflow,
+) -> Vec<ObjectRef<Chatflow>> {
     let me = ObjectRef::from_obj(cf);
+    let now = store.get(&me).and_then(|_| claimed_flowise_id(cf));
+    let before = match &now {
+        Some(id) => claimed.insert(me.clone(), id.clone()),
+        None => claimed.remove(&me),
+    };
+    let ids: Vec<String> = match (before, now) {
+        (Some(before), Some(now)) if before == now => vec![now],
+        (before, now) => before.into_iter().chain(now).collect(),
+    };
+    if ids.is_empty() {
+        return Vec::new();
+    }
     store
         .state()
         .iter()
-        .filter(|other| claimed_flowise_id(other).is_some_and(|o| o == id))
+        .filter(|other| claimed_flowise_id(other).is_some_and(|o| ids.contains(&o)))
         .map(|other| ObjectRef::from_obj(other.as_ref()))
         .filter(|other| *other != me)
         .collect()

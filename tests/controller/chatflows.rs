@@ -138,6 +138,19 @@ async fn two_chatflows_claiming_one_flowise_chatflow_conflict_until_one_goes() {
         .expect("deleted");
     // wait_ready gives up after 30 s: the resync that would also clear it is a minute away.
     wait_ready(&api, "first", "True", "Synced").await;
+    // A claim that moves elsewhere ends the conflict too.
+    create(
+        &api,
+        chatflow_doc("third", json!({"flowiseId": existing.id})),
+    )
+    .await;
+    wait_ready(&api, "first", "False", "Conflict").await;
+    let elsewhere = json!({"spec": {"flowiseId": null, "flowiseName": format!("{name}-nowhere")}});
+    api.patch("third", &PatchParams::default(), &Patch::Merge(&elsewhere))
+        .await
+        .expect("patched");
+    wait_ready(&api, "third", "False", "NotFoundInFlowise").await;
+    wait_ready(&api, "first", "True", "Synced").await;
     controller.stop().await;
 }
 

@@ -21,6 +21,10 @@ async fn only_the_lease_holder_reconciles_and_another_takes_over_when_it_is_kill
     let name = support::unique("fgtest-leader");
     let _cleanup = support::FlowiseCleanup(name.clone());
     flowise_chatflow(&name, None).await;
+    // A second Flowise chatflow: two Chatflows claiming one are both a Conflict.
+    let other = support::unique("fgtest-leader-2");
+    let _cleanup_other = support::FlowiseCleanup(other.clone());
+    flowise_chatflow(&other, None).await;
     let a = start(&client, settings(&ns));
     let b = start(&client, settings(&ns));
 
@@ -56,7 +60,7 @@ async fn only_the_lease_holder_reconciles_and_another_takes_over_when_it_is_kill
     let before = holder(leases.get("flowgate-controller").await.expect("lease"));
 
     leader.kill();
-    create(&api, chatflow_doc("second", json!({"flowiseName": name}))).await;
+    create(&api, chatflow_doc("second", json!({"flowiseName": other}))).await;
     // Lease duration 3 s: the follower takes over after it, then reconciles.
     wait_ready(&api, "second", "True", "Synced").await;
     assert!(follower.metrics.controller.is_leader());
