@@ -145,6 +145,9 @@ async fn two_chatflows_claiming_one_flowise_chatflow_conflict_until_one_goes() {
     )
     .await;
     wait_ready(&api, "first", "False", "Conflict").await;
+    wait_ready(&api, "third", "False", "Conflict").await;
+    // Let the reconciles these status writes triggered run, so that only the move can end it.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let elsewhere = json!({"spec": {"flowiseId": null, "flowiseName": format!("{name}-nowhere")}});
     api.patch("third", &PatchParams::default(), &Patch::Merge(&elsewhere))
         .await
