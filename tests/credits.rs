@@ -207,6 +207,38 @@ async fn a_streamed_agentflow_is_charged_every_node_even_when_it_fails_after_ans
 }
 
 #[tokio::test]
+async fn a_resumed_agentflow_is_charged_only_for_its_own_nodes() {
+    // Resuming after a Human Input node (`humanInput`), Flowise lists the nodes of the run it
+    // resumes first: those were charged with that run.
+    let team = Team::with_fake_flowise("credits-resume").await;
+    let policy = format!("{}/tokens", team.ns);
+    team.policy(
+        "tokens",
+        json!({"chatflows": ["support-bot"], "budget": {"credits": 1000, "period": "Daily"},
+               "cost": {"perPrediction": 2, "perThousandTokens": 10}}),
+    )
+    .await;
+    let fake = FakeFlowise::start(Mode::Resumed {
+        earlier: 5000,
+        own: 300,
+    })
+    .await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
+    let id = team.flowise_id.clone();
+    // Not a resume (the readiness probe): every node listed counts, 2 + 53.
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+    let probes = i64::try_from(fake.predictions()).expect("count");
+    used_becomes(&gate, &team.alice(), &policy, 55 * probes).await;
+    let resume =
+        json!({"question": "yes", "humanInput": {"type": "proceed", "startNodeId": "human"}});
+    let (status, _) = predict(&gate, &team.alice(), &id, resume).await;
+    assert_eq!(status, 200);
+    // The resume: only the node after the resumed one, 2 + 3.
+    used_becomes(&gate, &team.alice(), &policy, 55 * probes + 5).await;
+    team.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_streaming_request_that_flowise_answers_with_json_is_charged() {
     // Flowise answers a chatflow it cannot stream with JSON even when asked to stream (and the
     // SDKs always ask): that answer was delivered, so it is charged, never refunded.

@@ -81,7 +81,9 @@ impl TokenCache {
             .unwrap_or_else(PoisonError::into_inner);
         if shard.len() >= self.per_shard && !shard.contains_key(token) {
             let now = jiff::Timestamp::now().as_second();
-            shard.retain(|_, e| e.epoch == epoch && now <= e.valid_until);
+            // Entries of a newer key set are kept: this insert may come from a verification
+            // that started before the keys changed.
+            shard.retain(|_, e| e.epoch >= epoch && now <= e.valid_until);
             if shard.len() >= self.per_shard
                 && let Some(victim) = shard.keys().next().cloned()
             {

@@ -18,6 +18,8 @@ type Decode = fn(&Path, &[u8]) -> Result<VerifyingKey, ConfigError>;
 pub(super) struct KeyFiles {
     files: Vec<KeyFile>,
     current: ArcSwap<Vec<VerifyingKey>>,
+    /// One reload at a time: two could otherwise store their key sets in the wrong order.
+    reloading: Mutex<()>,
 }
 
 struct KeyFile {
@@ -32,6 +34,8 @@ struct FileState {
     key: VerifyingKey,
     /// Bytes last refused, so that a bad file is reported once, not at every look.
     refused: Option<Vec<u8>>,
+    /// The file could not be read at the last look (reported once until it can be again).
+    unreadable: bool,
 }
 
 impl KeyFiles {
@@ -64,6 +68,7 @@ impl KeyFiles {
                     loaded,
                     key,
                     refused: None,
+                    unreadable: false,
                 }),
             });
         }
@@ -71,6 +76,7 @@ impl KeyFiles {
         Ok(Self {
             files,
             current: ArcSwap::from_pointee(keys),
+            reloading: Mutex::new(()),
         })
     }
 
@@ -86,6 +92,10 @@ impl KeyFiles {
 
     /// Reads the files again; true when a key changed (the new keys are then in use).
     pub(super) fn reload(&self) -> bool {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut changed = false;
         for file in &self.files {
             changed |= file.reload();
@@ -106,14 +116,20 @@ impl KeyFile {
     }
 
     fn reload(&self) -> bool {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(bytes) => bytes,
+        let read = std::fs::read(&self.path);
+        let mut state = self.lock();
+        let bytes = match read {
+            Ok(bytes) => {
+                state.unreadable = false;
+                bytes
+            }
             Err(error) => {
-                tracing::warn!(%error, path = %self.path.display(), "cannot read key file; the key read before stays in use");
+                if !std::mem::replace(&mut state.unreadable, true) {
+                    tracing::warn!(%error, path = %self.path.display(), "cannot read key file; the key read before stays in use");
+                }
                 return false;
             }
         };
-        let mut state = self.lock();
         if bytes == state.loaded || state.refused.as_ref() == Some(&bytes) {
             return false;
         }

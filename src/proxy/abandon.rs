@@ -64,19 +64,21 @@ impl<'a> InFlight<'a> {
         }
     }
 
-    /// Asks Flowise to stop the run (it did not answer in time), and waits a moment for it: Flowise
-    /// aborts by chat, so an abort still on its way could stop the caller's prompt retry of the
-    /// same chat. The charge stays, to refund.
-    pub(super) async fn abort(&mut self) {
+    /// Flowise did not answer in time: refunds the charge and asks Flowise to stop the run, then
+    /// waits a moment for the abort (Flowise aborts by chat, so an abort still on its way could
+    /// stop the caller's prompt retry of the same chat). Both run in tasks of their own: a client
+    /// gone meanwhile cancels neither.
+    pub(super) async fn time_out(&mut self) {
         tracing::debug!(chat_id = %self.chat_id, "Flowise did not answer in time; aborting");
-        let request = abort_request(
+        let abort = tokio::spawn(abort_request(
             self.upstream.clone(),
             std::mem::take(&mut self.flowise_id),
             std::mem::take(&mut self.chat_id),
             self.key.take(),
             self.peer,
-        );
-        if tokio::time::timeout(ABORT_WAIT, request).await.is_err() {
+        ));
+        self.refund().await;
+        if tokio::time::timeout(ABORT_WAIT, abort).await.is_err() {
             tracing::warn!(?ABORT_WAIT, "Flowise did not confirm the abort in time");
         }
     }

@@ -81,6 +81,8 @@ pub struct Proxy {
 struct Prediction {
     body: Payload,
     chat_id: String,
+    /// The run it continues (`humanInput`), for counting only its own nodes' tokens.
+    resume: usage::Resume,
 }
 
 /// A prediction body as it will be sent to Flowise.
@@ -429,6 +431,7 @@ impl Proxy {
         peer: SocketAddr,
         charge: Option<Charge>,
     ) -> Result<Response<Body>, ProxyError> {
+        let resume = prediction.resume;
         let (body, content_type) = prediction.body.encode();
         client_headers.insert(CONTENT_TYPE, content_type);
         let path = format!("/api/v1/prediction/{flowise_id}");
@@ -461,9 +464,10 @@ impl Proxy {
                 self.metrics.upstream_error(error.reason());
                 if matches!(error, ProxyError::UpstreamTimeout) {
                     // Flowise may still be running it: stop the work no one is charged for.
-                    flight.abort().await;
+                    flight.time_out().await;
+                } else {
+                    flight.refund().await;
                 }
-                flight.refund().await;
                 return Err(error);
             }
         };
@@ -501,7 +505,7 @@ impl Proxy {
             let credits = self.credits.clone();
             // An answer is charged once it reached the caller, whatever follows it: an error
             // after the first token (a later Agentflow node failing) does not refund the tokens.
-            let observed = Observed::new(incoming, move |report| {
+            let observed = Observed::new(incoming, resume.clone(), move |report| {
                 let answered = report.answered;
                 if report.error_event {
                     tracing::warn!(
@@ -536,7 +540,7 @@ impl Proxy {
         if let Some(charge) = flight.answered() {
             if status.is_success() {
                 let tokens = if charge.counts_tokens() {
-                    usage::json_answer_tokens(&answer)
+                    usage::json_answer_tokens(&answer, &resume)
                 } else {
                     0
                 };
@@ -697,9 +701,11 @@ fn prepare(
         ));
     }
     let chat_id = session::bind_body(&mut body, &identity.key);
+    let resume = usage::Resume::of(&body);
     Ok(Prediction {
         body: Payload::Json(body),
         chat_id,
+        resume,
     })
 }
 
@@ -730,6 +736,8 @@ async fn read_prediction(
     Ok(Prediction {
         body: Payload::Multipart(form),
         chat_id,
+        // A form's fields are text: it carries no `humanInput` object.
+        resume: usage::Resume::New,
     })
 }
 

@@ -37,9 +37,19 @@ pub struct SseScanner {
     token_event: bool,
     /// An `end` event with no `error` event before it.
     clean_end: bool,
+    /// Which run the stream continues: which listed nodes are its own.
+    resume: usage::Resume,
 }
 
 impl SseScanner {
+    /// A scanner for the stream of a prediction that continues `resume`.
+    pub fn resuming(resume: usage::Resume) -> Self {
+        Self {
+            resume,
+            ..Self::default()
+        }
+    }
+
     /// Feeds the next chunk of the stream.
     pub fn feed(&mut self, chunk: &[u8]) {
         let mut rest = chunk;
@@ -80,7 +90,10 @@ impl SseScanner {
 
     /// Tokens Flowise reported so far.
     pub fn tokens(&self) -> u64 {
-        let listed = self.nodes.as_deref().map_or(0, executed_tokens);
+        let listed = self
+            .nodes
+            .as_deref()
+            .map_or(0, |event| executed_tokens(event, &self.resume));
         listed.saturating_add(self.streamed_tokens)
     }
 
@@ -147,7 +160,7 @@ struct UsageEvent {
 }
 
 /// Tokens of the nodes in an `agentFlowExecutedData` event.
-fn executed_tokens(event: &str) -> u64 {
+fn executed_tokens(event: &str, resume: &usage::Resume) -> u64 {
     #[derive(serde::Deserialize)]
     struct Executed<'a> {
         #[serde(borrow)]
@@ -157,7 +170,7 @@ fn executed_tokens(event: &str) -> u64 {
         .lines()
         .filter_map(|line| line.strip_prefix("data:"))
         .filter_map(|data| serde_json::from_str::<Executed<'_>>(data.trim_start()).ok())
-        .map(|e| usage::node_list_tokens(e.data.get()))
+        .map(|e| usage::node_list_tokens(e.data.get(), resume))
         .fold(0, u64::saturating_add)
 }
 
@@ -380,11 +393,11 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
         // and the resumed node before this run's.
         let earlier = serde_json::json!({"status": "FINISHED",
             "data": {"name": "llmAgentflow", "output": {"usageMetadata": {"total_tokens": 500}}}});
-        let resumed = serde_json::json!({"status": "FINISHED",
+        let resumed = serde_json::json!({"nodeId": "human", "status": "FINISHED",
             "data": {"name": "humanInputAgentflow", "output": {"content": "proceed"}}});
         let mine = serde_json::json!({"status": "FINISHED",
             "data": {"name": "llmAgentflow", "output": {"usageMetadata": {"total_tokens": 30}}}});
-        let mut scanner = SseScanner::default();
+        let mut scanner = SseScanner::resuming(usage::Resume::From("human".into()));
         scanner.feed(
             flowise_event(
                 "agentFlowExecutedData",

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::sse::SseScanner;
+use super::usage::Resume;
 
 /// How a stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,11 +55,16 @@ pub struct Observed<B> {
 }
 
 impl<B> Observed<B> {
-    /// Wraps `inner`; `on_end` runs once when the stream ends or is dropped.
-    pub fn new(inner: B, on_end: impl FnOnce(StreamReport) + Send + Sync + 'static) -> Self {
+    /// Wraps `inner`, the stream of a prediction that continues `resume`; `on_end` runs once
+    /// when the stream ends or is dropped.
+    pub fn new(
+        inner: B,
+        resume: Resume,
+        on_end: impl FnOnce(StreamReport) + Send + Sync + 'static,
+    ) -> Self {
         Self {
             inner,
-            scanner: SseScanner::default(),
+            scanner: SseScanner::resuming(resume),
             on_end: Some(Box::new(on_end)),
         }
     }
@@ -166,6 +172,7 @@ mod tests {
                 ),
                 Ok("x"),
             ]),
+            Resume::New,
             on_end,
         );
         let bytes = body.collect().await.expect("collects").to_bytes();
@@ -200,7 +207,9 @@ mod tests {
                 ));
                 async move {
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(Observed::new(
-                        body, on_end,
+                        body,
+                        Resume::New,
+                        on_end,
                     )))
                 }
             });
@@ -235,7 +244,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_goes_away_is_reported() {
         let (seen, on_end) = recorder();
-        let mut body = Observed::new(chunks(vec![Ok("a"), Ok("b")]), on_end);
+        let mut body = Observed::new(chunks(vec![Ok("a"), Ok("b")]), Resume::New, on_end);
         let first = body.frame().await;
         assert!(first.is_some());
         drop(body);
@@ -247,6 +256,7 @@ mod tests {
         let (seen, on_end) = recorder();
         let body = Observed::new(
             chunks(vec![Ok("a"), Err(std::io::Error::other("reset"))]),
+            Resume::New,
             on_end,
         );
         assert!(body.collect().await.is_err());

@@ -2,10 +2,11 @@
 //!
 //! An Agentflow lists the nodes it ran in `agentFlowExecutedData`, each with the
 //! `usageMetadata` of its model call, if any: in a JSON answer, and in a stream after every
-//! node. A run resumed after a Human Input node lists the nodes of the run it resumes first (they
-//! were charged then), then the resumed Human Input node, then its own: only the nodes after the
-//! last resumed Human Input node count. Lists are read with borrowed raw values, so a large list
-//! (every node's inputs and outputs) costs a scan, not a tree of allocations.
+//! node. A run resumed from a stopped node (a Human Input node, or an Agent waiting for a tool's
+//! approval; the request carries `humanInput`) lists the nodes of the run it resumes first (they
+//! were charged then), then the resumed node, then its own: only the nodes after the resumed
+//! node count ([`Resume`]). Lists are read with borrowed raw values, so a large list (every
+//! node's inputs and outputs) costs a scan, not a tree of allocations.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -26,9 +27,35 @@ pub fn usage_tokens(usage: &serde_json::Value) -> u64 {
     })
 }
 
+/// Which run a prediction continues, read from its `humanInput`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Resume {
+    /// A new run: every node listed is its own.
+    #[default]
+    New,
+    /// Resumes the stopped node `startNodeId`: only the nodes after it count.
+    From(String),
+    /// Resumes without naming the node (Flowise takes the last stopped one): only the nodes after
+    /// the last Human Input node that did not stop count.
+    Unnamed,
+}
+
+impl Resume {
+    /// From a Flowise prediction body.
+    pub fn of(body: &serde_json::Map<String, serde_json::Value>) -> Self {
+        match body.get("humanInput") {
+            None | Some(serde_json::Value::Null) => Self::New,
+            Some(input) => match input.get("startNodeId").and_then(|v| v.as_str()) {
+                Some(node) => Self::From(node.to_string()),
+                None => Self::Unnamed,
+            },
+        }
+    }
+}
+
 /// Tokens reported in a non-streaming Flowise answer: the Agentflow's nodes, else a top-level
 /// `usageMetadata`. Anything unreadable counts nothing.
-pub fn json_answer_tokens(answer: &[u8]) -> u64 {
+pub fn json_answer_tokens(answer: &[u8], resume: &Resume) -> u64 {
     #[derive(Deserialize)]
     struct Answer<'a> {
         #[serde(default, borrow, rename = "agentFlowExecutedData")]
@@ -39,7 +66,9 @@ pub fn json_answer_tokens(answer: &[u8]) -> u64 {
     let Ok(answer) = serde_json::from_slice::<Answer<'_>>(answer) else {
         return 0;
     };
-    let from_nodes = answer.nodes.map_or(0, |n| node_list_tokens(n.get()));
+    let from_nodes = answer
+        .nodes
+        .map_or(0, |n| node_list_tokens(n.get(), resume));
     if from_nodes > 0 {
         from_nodes
     } else {
@@ -48,7 +77,7 @@ pub fn json_answer_tokens(answer: &[u8]) -> u64 {
 }
 
 /// Tokens of this run's nodes in an `agentFlowExecutedData` node list (a JSON array).
-pub fn node_list_tokens(list: &str) -> u64 {
+pub fn node_list_tokens(list: &str, resume: &Resume) -> u64 {
     let Ok(nodes) = serde_json::from_str::<Vec<&RawValue>>(list) else {
         return 0;
     };
@@ -56,8 +85,15 @@ pub fn node_list_tokens(list: &str) -> u64 {
         .into_iter()
         .filter_map(|node| serde_json::from_str::<Node<'_>>(node.get()).ok())
         .fold(0, |total, node| {
-            if node.resumed_human_input() {
-                0
+            // The resumed node starts this run's nodes (its own work counts: an Agent resumed
+            // after a tool's approval calls its model again); what came before was charged then.
+            let resumed = match resume {
+                Resume::New => false,
+                Resume::From(id) => node.is(id),
+                Resume::Unnamed => node.resumed_human_input(),
+            };
+            if resumed {
+                node.tokens()
             } else {
                 total.saturating_add(node.tokens())
             }
@@ -67,6 +103,8 @@ pub fn node_list_tokens(list: &str) -> u64 {
 /// One executed node: `{nodeId, nodeLabel, status, data: {name, output: {usageMetadata}}}`.
 #[derive(Deserialize)]
 struct Node<'a> {
+    #[serde(default, borrow, rename = "nodeId")]
+    node_id: Option<&'a RawValue>,
     #[serde(default, borrow)]
     status: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -90,6 +128,13 @@ struct NodeOutput {
 impl Node<'_> {
     fn data(&self) -> Option<NodeData<'_>> {
         serde_json::from_str(self.data?.get()).ok()
+    }
+
+    /// Whether this is node `id`.
+    fn is(&self, id: &str) -> bool {
+        self.node_id
+            .and_then(|raw| serde_json::from_str::<&str>(raw.get()).ok())
+            .is_some_and(|node| node == id)
     }
 
     /// A Human Input node that did not stop the run: the one a resumed run resumed.
@@ -120,7 +165,7 @@ mod tests {
                "data": {"name": "llmAgentflow", "output": {"content": "x", "usageMetadata": {"total_tokens": tokens}}}})
     }
 
-    fn human(status: &str) -> serde_json::Value {
+    fn human_input(status: &str) -> serde_json::Value {
         json!({"nodeId": "human", "status": status,
                "data": {"name": "humanInputAgentflow", "output": {"content": "proceed?"}}})
     }
@@ -132,18 +177,27 @@ mod tests {
             {"data": {"output": {"content": "no usage"}}},
             {"data": {"output": {"usageMetadata": {"input_tokens": 10, "output_tokens": 5}}}}
         ]});
-        assert_eq!(json_answer_tokens(answer.to_string().as_bytes()), 115);
-        assert_eq!(json_answer_tokens(br#"{"text": "x"}"#), 0);
+        assert_eq!(
+            json_answer_tokens(answer.to_string().as_bytes(), &Resume::New),
+            115
+        );
+        assert_eq!(json_answer_tokens(br#"{"text": "x"}"#, &Resume::New), 0);
         let top = json!({"text": "x", "usageMetadata": {"total_tokens": 9}});
-        assert_eq!(json_answer_tokens(top.to_string().as_bytes()), 9);
-        assert_eq!(json_answer_tokens(b"not json"), 0);
+        assert_eq!(
+            json_answer_tokens(top.to_string().as_bytes(), &Resume::New),
+            9
+        );
+        assert_eq!(json_answer_tokens(b"not json", &Resume::New), 0);
         // Counts from Flowise are outside input: they saturate instead of overflowing.
         let max = u64::MAX;
         let huge = json!({"agentFlowExecutedData": [
             {"data": {"output": {"usageMetadata": {"input_tokens": max, "output_tokens": max}}}},
             {"data": {"output": {"usageMetadata": {"total_tokens": max}}}}
         ]});
-        assert_eq!(json_answer_tokens(huge.to_string().as_bytes()), u64::MAX);
+        assert_eq!(
+            json_answer_tokens(huge.to_string().as_bytes(), &Resume::New),
+            u64::MAX
+        );
     }
 
     #[test]
@@ -157,26 +211,47 @@ mod tests {
             {"status": 7, "data": {"name": 3, "output": {"usageMetadata": {"total_tokens": 5}}}},
             llm(20)
         ]);
-        assert_eq!(node_list_tokens(&list.to_string()), 35);
-        assert_eq!(node_list_tokens("{\"not\": \"a list\"}"), 0);
+        assert_eq!(node_list_tokens(&list.to_string(), &Resume::New), 35);
+        assert_eq!(node_list_tokens("{\"not\": \"a list\"}", &Resume::New), 0);
     }
 
     #[test]
-    fn a_resumed_run_counts_only_the_nodes_after_the_human_input_it_resumed() {
+    fn a_resumed_run_counts_only_the_nodes_after_the_node_it_resumed() {
+        let human = Resume::From("human".into());
         // First run: LLM, then Human Input stops it. All of it is charged.
-        let first = json!([llm(300), human("STOPPED")]);
-        assert_eq!(node_list_tokens(&first.to_string()), 300);
+        let first = json!([llm(300), human_input("STOPPED")]);
+        assert_eq!(node_list_tokens(&first.to_string(), &Resume::New), 300);
         // Resumed: the first run's nodes, the resumed Human Input, then this run's nodes.
-        let resumed = json!([llm(300), human("FINISHED"), llm(40), human("STOPPED")]);
-        assert_eq!(node_list_tokens(&resumed.to_string()), 40);
-        // Resumed again: only what follows the last resumed Human Input.
-        let again = json!([
-            llm(300),
-            human("FINISHED"),
-            llm(40),
-            human("FINISHED"),
-            llm(2)
-        ]);
-        assert_eq!(node_list_tokens(&again.to_string()), 2);
+        let resumed = json!([llm(300), human_input("FINISHED"), llm(40)]);
+        assert_eq!(node_list_tokens(&resumed.to_string(), &human), 40);
+        assert_eq!(node_list_tokens(&resumed.to_string(), &Resume::Unnamed), 40);
+        // An Agent that stopped for a tool's approval resumes the same way.
+        let agent = json!({"nodeId": "agent", "status": "FINISHED",
+            "data": {"name": "agentAgentflow", "output": {"usageMetadata": {"total_tokens": 7}}}});
+        let approved = json!([llm(300), agent, llm(2)]);
+        assert_eq!(
+            node_list_tokens(&approved.to_string(), &Resume::From("agent".into())),
+            9,
+            "the resumed agent's own call counts"
+        );
+        // A new run never skips: a Human Input node inside an iteration may read as finished.
+        assert_eq!(node_list_tokens(&resumed.to_string(), &Resume::New), 340);
+    }
+
+    #[test]
+    fn the_resume_is_read_from_the_request() {
+        let body = |v: serde_json::Value| v.as_object().cloned().expect("object");
+        assert_eq!(Resume::of(&body(json!({"question": "hi"}))), Resume::New);
+        assert_eq!(Resume::of(&body(json!({"humanInput": null}))), Resume::New);
+        assert_eq!(
+            Resume::of(&body(
+                json!({"humanInput": {"type": "proceed", "startNodeId": "h1"}})
+            )),
+            Resume::From("h1".into())
+        );
+        assert_eq!(
+            Resume::of(&body(json!({"humanInput": {"type": "proceed"}}))),
+            Resume::Unnamed
+        );
     }
 }

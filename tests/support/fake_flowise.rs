@@ -26,6 +26,9 @@ pub enum Mode {
     /// list after every node, tokens and `usageMetadata` for the last node only; an `error`
     /// event before the end when `fail_at_end`.
     Agentflow { nodes: [u64; 3], fail_at_end: bool },
+    /// 200 JSON of an Agentflow resumed at Human Input node `human`: the resumed run's LLM
+    /// node of `earlier` tokens, the resumed node, then this run's LLM node of `own` tokens.
+    Resumed { earlier: u64, own: u64 },
     /// 200 JSON like `Answer { tokens: 0 }`, after `delay` (the request is recorded on arrival).
     Slow { delay: Duration },
     /// 401 as Flowise answers a key-bound chatflow called without its key.
@@ -222,6 +225,19 @@ async fn answer(
             serde_json::json!({
                 "text": format!("Echo: {question}"), "question": question, "chatId": chat_id, "sessionId": chat_id,
                 "agentFlowExecutedData": [{"data": {"output": {"usageMetadata": {"input_tokens": tokens / 2, "output_tokens": tokens - tokens / 2, "total_tokens": tokens}}}}]
+            })
+            .to_string(),
+        ),
+        Mode::Resumed { earlier, own } => full(
+            200,
+            "application/json",
+            serde_json::json!({
+                "text": format!("Echo: {question}"), "question": question, "chatId": chat_id, "sessionId": chat_id,
+                "agentFlowExecutedData": [
+                    {"nodeId": "llm_0", "status": "FINISHED", "data": {"name": "llmAgentflow", "output": {"usageMetadata": {"total_tokens": earlier}}}},
+                    {"nodeId": "human", "status": "FINISHED", "data": {"name": "humanInputAgentflow", "output": {"content": "proceed"}}},
+                    {"nodeId": "llm_1", "status": "FINISHED", "data": {"name": "llmAgentflow", "output": {"usageMetadata": {"total_tokens": own}}}}
+                ]
             })
             .to_string(),
         ),
