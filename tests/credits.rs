@@ -464,6 +464,50 @@ async fn a_keyed_request_that_failed_upstream_may_be_retried_at_once() {
     team.cleanup().await;
 }
 
+#[tokio::test]
+async fn a_keyed_stream_that_failed_before_answering_may_be_retried_at_once() {
+    // Flowise answers 200 and streams an error: the refund of a keyed request lands before the
+    // stream's end reaches the client, so an immediate retry with the key is not a 409.
+    let team = Team::with_fake_flowise("credits-idem-stream").await;
+    let policy = format!("{}/ten", team.ns);
+    team.policy(
+        "ten",
+        json!({"chatflows": ["*"], "budget": {"credits": 10, "period": "Daily"}}),
+    )
+    .await;
+    let failing = FakeFlowise::start(Mode::StreamFail).await;
+    // PostgreSQL: a refund's commit takes long enough there for a retry to overtake it.
+    let gate = Flowgate::start_with(Options {
+        flowise_url: Some(failing.url.clone()),
+        ledger_url: Some(
+            std::env::var("FLOWGATE_TEST_POSTGRES_URL").expect("PostgreSQL for tests"),
+        ),
+        ..Default::default()
+    })
+    .await;
+    let id = team.flowise_id.clone();
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+    let http = reqwest::Client::new();
+    for i in 0..20 {
+        let key = format!("stream-{i}-{}", team.ns);
+        for attempt in 0..2 {
+            let resp = http
+                .post(format!("{}/api/v1/prediction/{id}", gate.base))
+                .bearer_auth(team.alice())
+                .header("Idempotency-Key", &key)
+                .json(&json!({"question": "retry me", "streaming": true}))
+                .send()
+                .await
+                .expect("answer");
+            assert_eq!(resp.status(), 200, "{key}, attempt {attempt}");
+            let text = resp.text().await.expect("stream");
+            assert!(text.contains("boom"), "{key}, attempt {attempt}: {text}");
+        }
+    }
+    used_becomes(&gate, &team.alice(), &policy, 0).await;
+    team.cleanup().await;
+}
+
 /// A flowgate process (the real binary) for multi-replica tests; killed when dropped.
 struct Replica {
     _child: KillOnDrop,

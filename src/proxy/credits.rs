@@ -294,6 +294,14 @@ impl Credits {
         self.release(charge.id);
     }
 
+    /// [`Credits::refund`], returning the refund's task when the request is keyed: its answer
+    /// should end only once the refund landed (see [`Credits::refund_now`]).
+    pub fn refund_held(&self, charge: Charge) -> Option<tokio::task::JoinHandle<()>> {
+        let keyed = charge.keyed;
+        let refund = self.release(charge.id);
+        keyed.then_some(refund)
+    }
+
     /// Refunds reservation `id` in a background task, retried while the ledger is unreachable.
     fn release(&self, id: ReservationId) -> tokio::task::JoinHandle<()> {
         let ledger = self.ledger.clone();

@@ -520,10 +520,15 @@ impl Proxy {
                         if let Some(charge) = charge {
                             credits.settle(charge, report.tokens);
                         }
+                        None
                     }
-                    (_, Some(charge)) if answered => credits.settle(charge, report.tokens),
-                    (_, Some(charge)) => credits.refund(charge),
-                    (_, None) => {}
+                    (_, Some(charge)) if answered => {
+                        credits.settle(charge, report.tokens);
+                        None
+                    }
+                    // A keyed refund lands before the stream's end reaches the client.
+                    (_, Some(charge)) => credits.refund_held(charge),
+                    (_, None) => None,
                 }
             });
             return resp

@@ -1,8 +1,11 @@
 //! Streaming answers pass through frame by frame, never buffered. [`Observed`] wraps the
 //! upstream body: it forwards every frame as it arrives, scans Server-Sent Events for Flowise's
 //! token usage on the side, and reports how the stream ended — completed, failed upstream, or
-//! abandoned by the client (dropped before the end) — exactly once.
+//! abandoned by the client (dropped before the end) — exactly once. What the report starts may
+//! hold back the stream's end until it is done ([`Settling`]): a keyed refund lands before the
+//! client sees the end, so a prompt retry with the same key finds it free.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -36,7 +39,13 @@ pub struct StreamReport {
     pub answered: bool,
 }
 
-type OnEnd = Box<dyn FnOnce(StreamReport) + Send + Sync>;
+/// Work the end of a stream waits for before the client sees it.
+pub type Settling = tokio::task::JoinHandle<()>;
+
+type OnEnd = Box<dyn FnOnce(StreamReport) -> Option<Settling> + Send + Sync>;
+
+/// The last item of a stream, held back while its [`Settling`] runs.
+type Last = Option<Result<Frame<Bytes>, std::io::Error>>;
 
 /// Whether an answer is a Server-Sent Events stream (`Content-Type: text/event-stream`).
 pub fn is_event_stream(headers: &hyper::HeaderMap) -> bool {
@@ -52,41 +61,65 @@ pub struct Observed<B> {
     inner: B,
     scanner: SseScanner,
     on_end: Option<OnEnd>,
+    /// The end, waiting for `settling`.
+    held: Option<(Settling, Last)>,
 }
 
 impl<B> Observed<B> {
     /// Wraps `inner`, the stream of a prediction that continues `resume`; `on_end` runs once
-    /// when the stream ends or is dropped.
+    /// when the stream ends or is dropped, and the end reaches the client once what it returns
+    /// is done.
     pub fn new(
         inner: B,
         resume: Resume,
-        on_end: impl FnOnce(StreamReport) + Send + Sync + 'static,
+        on_end: impl FnOnce(StreamReport) -> Option<Settling> + Send + Sync + 'static,
     ) -> Self {
         Self {
             inner,
             scanner: SseScanner::resuming(resume),
             on_end: Some(Box::new(on_end)),
+            held: None,
         }
     }
 
-    fn finish(&mut self, end: StreamEnd) {
-        if let Some(on_end) = self.on_end.take() {
-            if end == StreamEnd::Completed {
-                self.scanner.finish();
-            }
-            on_end(StreamReport {
-                end,
-                tokens: self.scanner.tokens(),
-                error_event: self.scanner.failed(),
-                answered: self.scanner.answered(),
-            });
+    fn finish(&mut self, end: StreamEnd) -> Option<Settling> {
+        let on_end = self.on_end.take()?;
+        if end == StreamEnd::Completed {
+            self.scanner.finish();
         }
+        on_end(StreamReport {
+            end,
+            tokens: self.scanner.tokens(),
+            error_event: self.scanner.failed(),
+            answered: self.scanner.answered(),
+        })
+    }
+
+    /// Ends the stream with `last`, once the settling `finish` started (if any) is done.
+    fn end(&mut self, end: StreamEnd, last: Last, cx: &mut Context<'_>) -> Poll<Last> {
+        match self.finish(end) {
+            None => Poll::Ready(last),
+            Some(settling) => {
+                self.held = Some((settling, last));
+                self.release(cx)
+            }
+        }
+    }
+
+    fn release(&mut self, cx: &mut Context<'_>) -> Poll<Last> {
+        let Some((settling, _)) = self.held.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // The task logs its own failure; either way the end goes out.
+        let _ = std::task::ready!(Pin::new(settling).poll(cx));
+        Poll::Ready(self.held.take().and_then(|(_, last)| last))
     }
 }
 
 impl<B> Drop for Observed<B> {
     fn drop(&mut self) {
-        self.finish(StreamEnd::ClientGone);
+        // A settling started here runs on by itself: no one waits for this end.
+        let _ = self.finish(StreamEnd::ClientGone);
     }
 }
 
@@ -102,33 +135,32 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.held.is_some() {
+            return self.release(cx);
+        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.scanner.feed(data);
                 }
                 // A body of known length is not polled past its last byte: hyper drops it then,
-                // which must not read as a client gone.
+                // which must not read as a client gone. Its last frame is the end.
                 if self.inner.is_end_stream() {
-                    self.finish(StreamEnd::Completed);
+                    return self.end(StreamEnd::Completed, Some(Ok(frame)), cx);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
-                let message = error.to_string();
-                self.finish(StreamEnd::UpstreamFailed);
-                Poll::Ready(Some(Err(std::io::Error::other(message))))
+                let last = Some(Err(std::io::Error::other(error.to_string())));
+                self.end(StreamEnd::UpstreamFailed, last, cx)
             }
-            Poll::Ready(None) => {
-                self.finish(StreamEnd::Completed);
-                Poll::Ready(None)
-            }
+            Poll::Ready(None) => self.end(StreamEnd::Completed, None, cx),
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.held.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -155,11 +187,14 @@ mod tests {
 
     fn recorder() -> (
         Arc<Mutex<Vec<StreamReport>>>,
-        impl FnOnce(StreamReport) + Send + Sync + 'static,
+        impl FnOnce(StreamReport) -> Option<Settling> + Send + Sync + 'static,
     ) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
-        (seen, move |r| sink.lock().expect("lock").push(r))
+        (seen, move |r| {
+            sink.lock().expect("lock").push(r);
+            None
+        })
     }
 
     #[tokio::test]
@@ -239,6 +274,24 @@ mod tests {
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].end, StreamEnd::Completed);
         assert!(reports[0].answered);
+    }
+
+    #[tokio::test]
+    async fn the_end_waits_for_the_settling_it_started() {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let mut body = Observed::new(chunks(vec![Ok("a")]), Resume::New, move |_| {
+            Some(tokio::spawn(async move {
+                let _ = released.await;
+            }))
+        });
+        assert!(body.frame().await.is_some(), "the frame passes at once");
+        let mut end = Box::pin(body.frame());
+        assert!(
+            futures::poll!(&mut end).is_pending(),
+            "the end waits for the settling"
+        );
+        release.send(()).expect("settling waits");
+        assert!(end.await.is_none(), "then the stream ends");
     }
 
     #[tokio::test]

@@ -29,6 +29,9 @@ pub enum Mode {
     /// 200 JSON of an Agentflow resumed at Human Input node `human`: the resumed run's LLM
     /// node of `earlier` tokens, the resumed node, then this run's LLM node of `own` tokens.
     Resumed { earlier: u64, own: u64 },
+    /// SSE that fails before answering: `start`, an `error` event, `end` (as Flowise streams a
+    /// run that failed at once).
+    StreamFail,
     /// 200 JSON like `Answer { tokens: 0 }`, after `delay` (the request is recorded on arrival).
     Slow { delay: Duration },
     /// 401 as Flowise answers a key-bound chatflow called without its key.
@@ -241,6 +244,18 @@ async fn answer(
             })
             .to_string(),
         ),
+        Mode::StreamFail => {
+            // Chunked, event by event, as Flowise writes it.
+            let frames = [
+                r#"{"event":"start","data":""}"#,
+                r#"{"event":"error","data":"Error: buildAgentflow - boom"}"#,
+                r#"{"event":"end","data":"[DONE]"}"#,
+            ]
+            .map(|e| Ok::<_, Infallible>(Frame::data(Bytes::from(format!("message:\ndata:{e}\n\n")))));
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(futures::stream::iter(frames))));
+            resp.headers_mut().insert("content-type", "text/event-stream".parse().expect("header"));
+            resp
+        }
         Mode::Agentflow { nodes, fail_at_end } => {
             // Written as Flowise writes them, `event` first.
             let event = |kind: &str, data: serde_json::Value| {
