@@ -260,6 +260,11 @@ async fn revoked_access_and_suspension_take_effect_from_the_watch() {
         .expect("revoke");
     let body = eventually_status(&gate, &team.alice(), &id, 403).await;
     assert_eq!(body["error"]["code"], "forbidden");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&id) && !message.contains(&team.ns),
+        "named as asked, without the namespace: {message}"
+    );
     team.cleanup().await;
 }
 

@@ -324,6 +324,9 @@ impl Proxy {
         lookup: Lookup<'_>,
         now: jiff::Timestamp,
     ) -> Result<(Arc<ChatflowEntry>, Access), ProxyError> {
+        let id = match lookup {
+            Lookup::FlowiseId(id) | Lookup::NameOrId(id) => id,
+        };
         let cf = match lookup {
             Lookup::FlowiseId(id) => snapshot.chatflow_by_flowise_id(id).cloned(),
             Lookup::NameOrId(id) => match snapshot.chatflow_by_flowise_id(id) {
@@ -332,9 +335,6 @@ impl Proxy {
             },
         };
         let Some(cf) = cf else {
-            let id = match lookup {
-                Lookup::FlowiseId(id) | Lookup::NameOrId(id) => id,
-            };
             request_id::with_current(|request_id| {
                 tracing::info!(subject = %identity.key, chatflow = id, decision = "deny", reason = "chatflow_not_found", request_id);
             });
@@ -342,10 +342,8 @@ impl Proxy {
         };
         let Some(access) = snapshot.access(caller, &cf, now) else {
             log_decision(identity, &cf, "deny", "forbidden");
-            return Err(ProxyError::Forbidden(format!(
-                "{}/{}",
-                cf.rule.namespace, cf.rule.name
-            )));
+            // Named as the caller named it: where it lives is not for the caller to learn.
+            return Err(ProxyError::Forbidden(id.to_string()));
         };
         Ok((cf, access))
     }
