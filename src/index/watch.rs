@@ -167,7 +167,10 @@ where
 {
     let api: Api<K> = Api::all(client);
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().any_semantic())
+    // Lists (at start and after a 410) read the latest state, not the API server's watch cache:
+    // a cache behind etcd (another API server instance) could grant a just-deleted access again
+    // until the watch caught up. The controller's watches may read the cache.
+    let stream = watcher(api, watcher::Config::default())
         .backoff(watch_backoff())
         .reflect(writer)
         .for_each(move |event| {
