@@ -14,8 +14,10 @@ use super::usage;
 const MAX_EVENT: usize = 256 * 1024;
 
 /// Largest `agentFlowExecutedData` event the scanner reads. It carries every node run so far, with
-/// its inputs and outputs, and it is the only report of the tokens of nodes before the last.
-const MAX_EXECUTED_EVENT: usize = 8 * 1024 * 1024;
+/// its inputs and outputs (a retriever's documents, say), and it is the only report of the tokens
+/// of nodes before the last: as large as the JSON answer flowgate reads (`MAX_ANSWER`). Past it,
+/// the last list read and the usage events after it count.
+const MAX_EXECUTED_EVENT: usize = super::MAX_ANSWER;
 
 /// How an `agentFlowExecutedData` event starts (Flowise writes the `event` key first).
 const EXECUTED_PREFIX: &[u8] = b"\"event\":\"agentFlowExecutedData\"";
