@@ -736,11 +736,11 @@ async fn read_prediction(
         ));
     }
     let chat_id = form.bind_session(&identity.key);
+    let resume = usage::Resume::of_form(&form);
     Ok(Prediction {
         body: Payload::Multipart(form),
         chat_id,
-        // A form's fields are text: it carries no `humanInput` object.
-        resume: usage::Resume::New,
+        resume,
     })
 }
 

@@ -33,22 +33,43 @@ pub enum Resume {
     /// A new run: every node listed is its own.
     #[default]
     New,
-    /// Resumes the stopped node `startNodeId`: only the nodes after it count.
+    /// Resumes the stopped node `startNodeId`: the nodes from its first entry that did not stop
+    /// on count.
     From(String),
-    /// Resumes without naming the node (Flowise takes the last stopped one): only the nodes after
-    /// the last Human Input node that did not stop count.
+    /// Resumes without naming the node (Flowise takes the last stopped one): only the nodes from
+    /// the last Human Input node that did not stop count. (An Agent's tool approval resumed this
+    /// way is charged for the whole list.)
     Unnamed,
 }
 
 impl Resume {
-    /// From a Flowise prediction body.
+    /// From a Flowise prediction body. Flowise resumes on any `humanInput` JavaScript holds true.
     pub fn of(body: &serde_json::Map<String, serde_json::Value>) -> Self {
+        use serde_json::Value;
         match body.get("humanInput") {
-            None | Some(serde_json::Value::Null) => Self::New,
-            Some(input) => match input.get("startNodeId").and_then(|v| v.as_str()) {
-                Some(node) => Self::From(node.to_string()),
-                None => Self::Unnamed,
-            },
+            None | Some(Value::Null) | Some(Value::Bool(false)) => Self::New,
+            Some(Value::Number(n)) if n.as_f64() == Some(0.0) => Self::New,
+            Some(Value::String(s)) if s.is_empty() => Self::New,
+            Some(input) => Self::named(input.get("startNodeId").and_then(Value::as_str)),
+        }
+    }
+
+    /// From a multipart prediction: Flowise reads `humanInput[startNodeId]`-style fields into an
+    /// object (and a plain `humanInput` field as a string).
+    pub fn of_form(form: &super::multipart::Form) -> Self {
+        let resumes = form.parts.iter().any(|p| {
+            p.file_name.is_none() && p.name.starts_with("humanInput") && !p.data.is_empty()
+        });
+        if !resumes {
+            return Self::New;
+        }
+        Self::named(form.text("humanInput[startNodeId]"))
+    }
+
+    fn named(start: Option<&str>) -> Self {
+        match start.filter(|s| !s.is_empty()) {
+            Some(node) => Self::From(node.to_string()),
+            None => Self::Unnamed,
         }
     }
 }
@@ -81,23 +102,24 @@ pub fn node_list_tokens(list: &str, resume: &Resume) -> u64 {
     let Ok(nodes) = serde_json::from_str::<Vec<&RawValue>>(list) else {
         return 0;
     };
-    nodes
+    let nodes: Vec<Node<'_>> = nodes
         .into_iter()
-        .filter_map(|node| serde_json::from_str::<Node<'_>>(node.get()).ok())
-        .fold(0, |total, node| {
-            // The resumed node starts this run's nodes (its own work counts: an Agent resumed
-            // after a tool's approval calls its model again); what came before was charged then.
-            let resumed = match resume {
-                Resume::New => false,
-                Resume::From(id) => node.is(id),
-                Resume::Unnamed => node.resumed_human_input(),
-            };
-            if resumed {
-                node.tokens()
-            } else {
-                total.saturating_add(node.tokens())
-            }
-        })
+        .filter_map(|node| serde_json::from_str(node.get()).ok())
+        .collect();
+    // The resumed node starts this run's nodes (its own work counts: an Agent resumed after a
+    // tool's approval calls its model again); what came before was charged then. Flowise drops
+    // the resumed node's earlier entries, so its first entry that did not stop is the resumed
+    // one; a later one is the same node run again in a loop, in this run. No such entry: the
+    // whole list counts.
+    let start = match resume {
+        Resume::New => None,
+        Resume::From(id) => nodes.iter().position(|n| n.is(id) && !n.stopped()),
+        Resume::Unnamed => nodes.iter().rposition(Node::resumed_human_input),
+    };
+    nodes[start.unwrap_or(0)..]
+        .iter()
+        .map(Node::tokens)
+        .fold(0, u64::saturating_add)
 }
 
 /// One executed node: `{nodeId, nodeLabel, status, data: {name, output: {usageMetadata}}}`.
@@ -133,8 +155,13 @@ impl Node<'_> {
     /// Whether this is node `id`.
     fn is(&self, id: &str) -> bool {
         self.node_id
-            .and_then(|raw| serde_json::from_str::<&str>(raw.get()).ok())
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
             .is_some_and(|node| node == id)
+    }
+
+    /// Whether the node stopped the run (waiting for a human).
+    fn stopped(&self) -> bool {
+        self.status.is_some_and(|s| s.get() == "\"STOPPED\"")
     }
 
     /// A Human Input node that did not stop the run: the one a resumed run resumed.
@@ -143,7 +170,7 @@ impl Node<'_> {
             .data()
             .and_then(|d| d.name)
             .is_some_and(|n| n.get() == "\"humanInputAgentflow\"");
-        human && self.status.is_none_or(|s| s.get() != "\"STOPPED\"")
+        human && !self.stopped()
     }
 
     fn tokens(&self) -> u64 {
@@ -236,6 +263,30 @@ mod tests {
         );
         // A new run never skips: a Human Input node inside an iteration may read as finished.
         assert_eq!(node_list_tokens(&resumed.to_string(), &Resume::New), 340);
+        // A loop back to the resumed node in this run: it stops again, and what ran in between
+        // is this run's.
+        let looped = json!([
+            llm(300),
+            human_input("FINISHED"),
+            llm(40),
+            human_input("STOPPED")
+        ]);
+        assert_eq!(node_list_tokens(&looped.to_string(), &human), 40);
+        // The resumed node failed: its earlier stop is still listed before the failure.
+        let failed = json!([llm(300), human_input("STOPPED"), {"nodeId": "human", "status": "ERROR", "data": {"error": "x"}}]);
+        assert_eq!(node_list_tokens(&failed.to_string(), &human), 0);
+        // No entry of the named node: the whole list counts.
+        assert_eq!(
+            node_list_tokens(&resumed.to_string(), &Resume::From("other".into())),
+            340
+        );
+        // Ids are compared as JSON strings, escapes read.
+        let quoted =
+            json!([llm(300), {"nodeId": "h\"1", "status": "FINISHED", "data": {}}, llm(5)]);
+        assert_eq!(
+            node_list_tokens(&quoted.to_string(), &Resume::From("h\"1".into())),
+            5
+        );
     }
 
     #[test]
@@ -253,5 +304,42 @@ mod tests {
             Resume::of(&body(json!({"humanInput": {"type": "proceed"}}))),
             Resume::Unnamed
         );
+        assert_eq!(
+            Resume::of(&body(
+                json!({"humanInput": {"type": "proceed", "startNodeId": ""}})
+            )),
+            Resume::Unnamed
+        );
+        let form = |fields: &[(&str, &str)]| super::super::multipart::Form {
+            parts: fields
+                .iter()
+                .map(|(name, value)| super::super::multipart::Part {
+                    name: (*name).into(),
+                    file_name: None,
+                    content_type: None,
+                    data: bytes::Bytes::from(value.to_string()),
+                })
+                .collect(),
+        };
+        assert_eq!(Resume::of_form(&form(&[("question", "hi")])), Resume::New);
+        assert_eq!(
+            Resume::of_form(&form(&[
+                ("humanInput[type]", "proceed"),
+                ("humanInput[startNodeId]", "h1")
+            ])),
+            Resume::From("h1".into())
+        );
+        assert_eq!(
+            Resume::of_form(&form(&[("humanInput", "{\"type\":\"proceed\"}")])),
+            Resume::Unnamed
+        );
+        // What JavaScript holds false is a new run to Flowise.
+        for falsy in [json!(false), json!(0), json!(""), json!(0.0)] {
+            assert_eq!(
+                Resume::of(&body(json!({"humanInput": falsy}))),
+                Resume::New,
+                "{falsy}"
+            );
+        }
     }
 }
