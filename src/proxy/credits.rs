@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
 
 use super::error::ProxyError;
+use super::sse::StreamUsage;
 use crate::admin::models::CreditUsageRecord;
 use crate::crd::BudgetScope;
 use crate::identity::Identity;
@@ -32,6 +33,8 @@ use crate::metrics::Metrics;
 /// How long a reservation may stay open before a sweep settles it as expired (longer than any
 /// upstream call may take).
 pub const RESERVATION_TTL: Duration = Duration::from_secs(900);
+/// Longest an answer waits for the refund of its keyed request (see [`Credits::refund_now`]).
+pub const KEYED_REFUND_WAIT: Duration = Duration::from_secs(5);
 /// How often expired reservations are swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -277,15 +280,33 @@ impl Credits {
         });
     }
 
+    /// [`Credits::settle`] with the tokens of a stream, counted in the background: reading a
+    /// large node list is not the request path's work.
+    pub fn settle_stream(&self, charge: Charge, usage: StreamUsage) {
+        if !charge.counts_tokens() {
+            return self.settle(charge, 0);
+        }
+        let credits = self.clone();
+        self.background.spawn(async move {
+            let tokens = usage.count().await;
+            credits.settle(charge, tokens);
+        });
+    }
+
     /// Releases the reservation (Flowise failed before answering): before returning when the
     /// request is keyed, so that a prompt retry with the same key finds it free (409 otherwise).
     /// The refund runs in its own task either way: a client gone meanwhile does not cancel it.
     pub async fn refund_now(&self, charge: Charge) {
         let keyed = charge.keyed;
         let refund = self.release(charge.id);
-        if keyed {
-            // A task that failed is already logged; nothing more to do with it here.
-            let _ = refund.await;
+        // A task that failed is already logged. With the ledger down the refund retries for
+        // minutes: the answer does not wait that long.
+        if keyed
+            && tokio::time::timeout(KEYED_REFUND_WAIT, refund)
+                .await
+                .is_err()
+        {
+            tracing::warn!(?KEYED_REFUND_WAIT, "answering before a keyed refund landed");
         }
     }
 

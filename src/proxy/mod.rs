@@ -506,22 +506,18 @@ impl Proxy {
             let observed = Observed::new(incoming, resume.clone(), move |report| {
                 let answered = report.answered;
                 if report.error_event {
-                    tracing::warn!(
-                        answered,
-                        tokens = report.tokens,
-                        "Flowise sent an error event in a streamed answer"
-                    );
+                    tracing::warn!(answered, "Flowise sent an error event in a streamed answer");
                 }
                 match (report.end, charge) {
                     (StreamEnd::ClientGone, charge) => {
                         abort();
                         if let Some(charge) = charge {
-                            credits.settle(charge, report.tokens);
+                            credits.settle_stream(charge, report.usage);
                         }
                         None
                     }
                     (_, Some(charge)) if answered => {
-                        credits.settle(charge, report.tokens);
+                        credits.settle_stream(charge, report.usage);
                         None
                     }
                     // A keyed refund lands before the stream's end reaches the client.

@@ -31,23 +31,58 @@ pub struct SseScanner {
     overflow: bool,
     /// The last byte fed was a newline (an event's blank line may straddle two chunks).
     newline: bool,
-    /// The last `agentFlowExecutedData` event, read when asked for tokens.
-    nodes: Option<String>,
-    /// Tokens of the `usageMetadata` events after that event.
-    streamed_tokens: u64,
+    /// What the stream reported of its tokens so far.
+    usage: StreamUsage,
     error_event: bool,
     token_event: bool,
     /// An `end` event with no `error` event before it.
     clean_end: bool,
+}
+
+/// A stream's token reports, counted when asked: the last node list is read only then.
+#[derive(Debug, Default)]
+pub struct StreamUsage {
+    /// The last `agentFlowExecutedData` event.
+    nodes: Option<String>,
+    /// Tokens of the `usageMetadata` events after that event.
+    streamed_tokens: u64,
     /// Which run the stream continues: which listed nodes are its own.
     resume: usage::Resume,
+}
+
+impl StreamUsage {
+    /// Tokens Flowise reported.
+    pub fn tokens(&self) -> u64 {
+        let listed = self
+            .nodes
+            .as_deref()
+            .map_or(0, |event| executed_tokens(event, &self.resume));
+        listed.saturating_add(self.streamed_tokens)
+    }
+
+    /// [`StreamUsage::tokens`], read on a blocking thread when the node list is large: a list of
+    /// megabytes takes milliseconds to read, and a proxy thread serves many connections.
+    pub async fn count(self) -> u64 {
+        if self.nodes.as_ref().is_none_or(|n| n.len() <= MAX_EVENT) {
+            return self.tokens();
+        }
+        tokio::task::spawn_blocking(move || self.tokens())
+            .await
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "counting a stream's tokens failed");
+                0
+            })
+    }
 }
 
 impl SseScanner {
     /// A scanner for the stream of a prediction that continues `resume`.
     pub fn resuming(resume: usage::Resume) -> Self {
         Self {
-            resume,
+            usage: StreamUsage {
+                resume,
+                ..StreamUsage::default()
+            },
             ..Self::default()
         }
     }
@@ -92,11 +127,12 @@ impl SseScanner {
 
     /// Tokens Flowise reported so far.
     pub fn tokens(&self) -> u64 {
-        let listed = self
-            .nodes
-            .as_deref()
-            .map_or(0, |event| executed_tokens(event, &self.resume));
-        listed.saturating_add(self.streamed_tokens)
+        self.usage.tokens()
+    }
+
+    /// The token reports, taken out (once the stream ended).
+    pub fn take_usage(&mut self) -> StreamUsage {
+        std::mem::take(&mut self.usage)
     }
 
     /// Whether Flowise answered: it streamed a token, or ended without an error.
@@ -134,7 +170,8 @@ impl SseScanner {
                 Kind::Usage => {
                     if let Ok(event) = serde_json::from_str::<UsageEvent>(data) {
                         let tokens = usage::usage_tokens(&event.data);
-                        self.streamed_tokens = self.streamed_tokens.saturating_add(tokens);
+                        let usage = &mut self.usage;
+                        usage.streamed_tokens = usage.streamed_tokens.saturating_add(tokens);
                     }
                 }
                 Kind::Executed => executed = true,
@@ -143,8 +180,8 @@ impl SseScanner {
         }
         if executed {
             // Kept whole, not copied out: the list can be megabytes, and comes after every node.
-            self.nodes = Some(text);
-            self.streamed_tokens = 0;
+            self.usage.nodes = Some(text);
+            self.usage.streamed_tokens = 0;
         }
     }
 }

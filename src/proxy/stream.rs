@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::sse::SseScanner;
+use super::sse::{SseScanner, StreamUsage};
 use super::usage::Resume;
 
 /// How a stream ended.
@@ -27,11 +27,11 @@ pub enum StreamEnd {
 }
 
 /// What a stream reported, once it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct StreamReport {
     pub end: StreamEnd,
-    /// Tokens Flowise reported (see [`SseScanner`]).
-    pub tokens: u64,
+    /// Tokens Flowise reported (see [`SseScanner`]), to count off the request path.
+    pub usage: StreamUsage,
     /// Flowise sent an `error` event (e.g. a key-bound chatflow without its key).
     pub error_event: bool,
     /// Flowise answered: it streamed a token, or ended without an error. An error after the
@@ -41,6 +41,10 @@ pub struct StreamReport {
 
 /// Work the end of a stream waits for before the client sees it.
 pub type Settling = tokio::task::JoinHandle<()>;
+
+/// Longest a stream's end waits for its [`Settling`]: with the ledger down, a refund retries for
+/// minutes, and the client has had every event.
+const SETTLING_WAIT: std::time::Duration = super::credits::KEYED_REFUND_WAIT;
 
 type OnEnd = Box<dyn FnOnce(StreamReport) -> Option<Settling> + Send + Sync>;
 
@@ -61,8 +65,14 @@ pub struct Observed<B> {
     inner: B,
     scanner: SseScanner,
     on_end: Option<OnEnd>,
-    /// The end, waiting for `settling`.
-    held: Option<(Settling, Last)>,
+    /// The end, waiting for its settling, at most until the deadline.
+    held: Option<Held>,
+}
+
+struct Held {
+    settling: Settling,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    last: Last,
 }
 
 impl<B> Observed<B> {
@@ -89,9 +99,9 @@ impl<B> Observed<B> {
         }
         on_end(StreamReport {
             end,
-            tokens: self.scanner.tokens(),
             error_event: self.scanner.failed(),
             answered: self.scanner.answered(),
+            usage: self.scanner.take_usage(),
         })
     }
 
@@ -100,19 +110,30 @@ impl<B> Observed<B> {
         match self.finish(end) {
             None => Poll::Ready(last),
             Some(settling) => {
-                self.held = Some((settling, last));
+                self.held = Some(Held {
+                    settling,
+                    deadline: Box::pin(tokio::time::sleep(SETTLING_WAIT)),
+                    last,
+                });
                 self.release(cx)
             }
         }
     }
 
     fn release(&mut self, cx: &mut Context<'_>) -> Poll<Last> {
-        let Some((settling, _)) = self.held.as_mut() else {
+        let Some(held) = self.held.as_mut() else {
             return Poll::Ready(None);
         };
-        // The task logs its own failure; either way the end goes out.
-        let _ = std::task::ready!(Pin::new(settling).poll(cx));
-        Poll::Ready(self.held.take().and_then(|(_, last)| last))
+        // The task logs its own failure; either way the end goes out, at the latest at the
+        // deadline (the settling then runs on by itself).
+        if Pin::new(&mut held.settling).poll(cx).is_pending() {
+            std::task::ready!(held.deadline.as_mut().poll(cx));
+            tracing::warn!(
+                ?SETTLING_WAIT,
+                "a stream's end went out before its refund landed"
+            );
+        }
+        Poll::Ready(self.held.take().and_then(|held| held.last))
     }
 }
 
@@ -164,6 +185,10 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.held.is_some() {
+            // The held last frame is no longer counted by the inner body.
+            return SizeHint::default();
+        }
         self.inner.size_hint()
     }
 }
@@ -185,14 +210,28 @@ mod tests {
         ))
     }
 
+    /// A report as a test compares it: its tokens counted.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Seen {
+        end: StreamEnd,
+        tokens: u64,
+        error_event: bool,
+        answered: bool,
+    }
+
     fn recorder() -> (
-        Arc<Mutex<Vec<StreamReport>>>,
+        Arc<Mutex<Vec<Seen>>>,
         impl FnOnce(StreamReport) -> Option<Settling> + Send + Sync + 'static,
     ) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
-        (seen, move |r| {
-            sink.lock().expect("lock").push(r);
+        (seen, move |r: StreamReport| {
+            sink.lock().expect("lock").push(Seen {
+                end: r.end,
+                tokens: r.usage.tokens(),
+                error_event: r.error_event,
+                answered: r.answered,
+            });
             None
         })
     }
@@ -215,7 +254,7 @@ mod tests {
         let reports = seen.lock().expect("lock").clone();
         assert_eq!(
             reports,
-            vec![StreamReport {
+            vec![Seen {
                 end: StreamEnd::Completed,
                 tokens: 7,
                 error_event: false,
@@ -292,6 +331,16 @@ mod tests {
         );
         release.send(()).expect("settling waits");
         assert!(end.await.is_none(), "then the stream ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_end_waits_for_its_settling_at_most_a_few_seconds() {
+        let mut body = Observed::new(chunks(vec![]), Resume::New, move |_| {
+            Some(tokio::spawn(std::future::pending::<()>()))
+        });
+        let started = tokio::time::Instant::now();
+        assert!(body.frame().await.is_none(), "the stream ends regardless");
+        assert_eq!(started.elapsed(), SETTLING_WAIT);
     }
 
     #[tokio::test]
