@@ -17,13 +17,11 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
-use identity_support::{Signer, claims};
+use identity_support::{SECRET, Signer, claims};
 
 /// Never deleted: without a controller-manager a deleted namespace stays Terminating forever.
 const NAMESPACE: &str = "flowgate-identity-test";
 const AUDIENCE: &str = "flowgate";
-const SECRET: &[u8] = b"an-hs256-secret-of-at-least-32-bytes!";
-
 async fn cluster() -> Client {
     // Key-fetch failures are logged; show them in a failing test's output.
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test crate uses a different part
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+use flowgate::config::{ClaimMapping, JwtConfig};
+use flowgate::identity::{AuthError, Verifier};
+
 /// Bytes of `tests/fixtures/keys/<name>`.
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = fixture_path(name);
@@ -31,6 +35,67 @@ pub fn fixture_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/keys")
         .join(name)
+}
+
+// --- verifiers and claims ---------------------------------------------------------------
+
+/// The HS256 secret the tests sign with.
+pub const SECRET: &[u8] = b"an-hs256-secret-of-at-least-32-bytes!";
+
+/// Verification settings with the default leeway and no key source.
+pub fn config() -> JwtConfig {
+    JwtConfig {
+        leeway: Duration::from_secs(30),
+        ..JwtConfig::default()
+    }
+}
+
+/// A verifier of `config`, default claim mapping, no cluster.
+pub fn verifier(config: &JwtConfig) -> Verifier {
+    Verifier::new(config, &ClaimMapping::default(), None).expect("valid configuration")
+}
+
+/// A verifier for the HS256 secret, written to a file with a trailing newline.
+pub fn hs256_verifier(adjust: impl FnOnce(&mut JwtConfig)) -> (Verifier, tempfile::NamedTempFile) {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(SECRET)
+        .and_then(|()| file.write_all(b"\n"))
+        .expect("writes");
+    let mut config = JwtConfig {
+        hs256_secret_file: Some(file.path().to_path_buf()),
+        ..config()
+    };
+    adjust(&mut config);
+    (verifier(&config), file)
+}
+
+/// A verifier of the PEM public key fixture `public_key`.
+pub fn pem_verifier(public_key: &str) -> Verifier {
+    verifier(&JwtConfig {
+        public_key_file: Some(fixture_path(public_key)),
+        ..config()
+    })
+}
+
+/// [`claims`] with `claims_patch` applied (a null removes the claim).
+pub fn with(claims_patch: Value) -> Value {
+    let mut claims = claims();
+    for (name, value) in claims_patch.as_object().expect("object") {
+        if value.is_null() {
+            claims.as_object_mut().expect("object").remove(name);
+        } else {
+            claims[name] = value.clone();
+        }
+    }
+    claims
+}
+
+/// `ok`, or the reason of the refusal.
+pub fn reason(result: Result<flowgate::identity::Identity, AuthError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(e) => e.reason(),
+    }
 }
 
 /// Seconds since the epoch.
