@@ -426,15 +426,28 @@ async fn a_retried_request_with_the_same_idempotency_key_is_charged_once() {
 async fn a_keyed_request_that_failed_upstream_may_be_retried_at_once() {
     // The refund of a keyed request lands before its error answer: a client retrying the same
     // key straight after a 502 finds it free, not "in progress" (409).
-    let team = Team::with_fake_flowise("credits-idem-retry").await;
+    keyed_retries_after_failures("credits-idem-retry", Mode::Fail, false, 502).await;
+}
+
+#[tokio::test]
+async fn a_keyed_stream_that_failed_before_answering_may_be_retried_at_once() {
+    // Flowise answers 200 and streams an error: the refund of a keyed request lands before the
+    // stream's end reaches the client, so an immediate retry with the key is not a 409.
+    keyed_retries_after_failures("credits-idem-stream", Mode::StreamFail, true, 200).await;
+}
+
+/// Sends 20 keyed predictions to a Flowise failing as `mode`, each retried at once with its key,
+/// through a flowgate on PostgreSQL (where a refund's commit takes long enough for a retry to
+/// overtake it): every attempt is answered `status`, none 409, and nothing stays charged.
+async fn keyed_retries_after_failures(prefix: &str, mode: Mode, streaming: bool, status: u16) {
+    let team = Team::with_fake_flowise(prefix).await;
     let policy = format!("{}/ten", team.ns);
     team.policy(
         "ten",
         json!({"chatflows": ["*"], "budget": {"credits": 10, "period": "Daily"}}),
     )
     .await;
-    let failing = FakeFlowise::start(Mode::Fail).await;
-    // PostgreSQL: a refund's commit takes long enough there for a retry to overtake it.
+    let failing = FakeFlowise::start(mode).await;
     let gate = Flowgate::start_with(Options {
         flowise_url: Some(failing.url.clone()),
         ledger_url: Some(
@@ -444,7 +457,7 @@ async fn a_keyed_request_that_failed_upstream_may_be_retried_at_once() {
     })
     .await;
     let id = team.flowise_id.clone();
-    eventually_status(&gate, &team.alice(), &id, 502).await;
+    eventually_status(&gate, &team.alice(), &id, status).await;
     let http = reqwest::Client::new();
     for i in 0..20 {
         let key = format!("order-{i}-{}", team.ns);
@@ -453,54 +466,12 @@ async fn a_keyed_request_that_failed_upstream_may_be_retried_at_once() {
                 .post(format!("{}/api/v1/prediction/{id}", gate.base))
                 .bearer_auth(team.alice())
                 .header("Idempotency-Key", &key)
-                .json(&json!({"question": "retry me"}))
+                .json(&json!({"question": "retry me", "streaming": streaming}))
                 .send()
                 .await
                 .expect("answer");
-            assert_eq!(resp.status(), 502, "{key}, attempt {attempt}");
-        }
-    }
-    used_becomes(&gate, &team.alice(), &policy, 0).await;
-    team.cleanup().await;
-}
-
-#[tokio::test]
-async fn a_keyed_stream_that_failed_before_answering_may_be_retried_at_once() {
-    // Flowise answers 200 and streams an error: the refund of a keyed request lands before the
-    // stream's end reaches the client, so an immediate retry with the key is not a 409.
-    let team = Team::with_fake_flowise("credits-idem-stream").await;
-    let policy = format!("{}/ten", team.ns);
-    team.policy(
-        "ten",
-        json!({"chatflows": ["*"], "budget": {"credits": 10, "period": "Daily"}}),
-    )
-    .await;
-    let failing = FakeFlowise::start(Mode::StreamFail).await;
-    // PostgreSQL: a refund's commit takes long enough there for a retry to overtake it.
-    let gate = Flowgate::start_with(Options {
-        flowise_url: Some(failing.url.clone()),
-        ledger_url: Some(
-            std::env::var("FLOWGATE_TEST_POSTGRES_URL").expect("PostgreSQL for tests"),
-        ),
-        ..Default::default()
-    })
-    .await;
-    let id = team.flowise_id.clone();
-    eventually_status(&gate, &team.alice(), &id, 200).await;
-    let http = reqwest::Client::new();
-    for i in 0..20 {
-        let key = format!("stream-{i}-{}", team.ns);
-        for attempt in 0..2 {
-            let resp = http
-                .post(format!("{}/api/v1/prediction/{id}", gate.base))
-                .bearer_auth(team.alice())
-                .header("Idempotency-Key", &key)
-                .json(&json!({"question": "retry me", "streaming": true}))
-                .send()
-                .await
-                .expect("answer");
-            assert_eq!(resp.status(), 200, "{key}, attempt {attempt}");
-            let text = resp.text().await.expect("stream");
+            assert_eq!(resp.status(), status, "{key}, attempt {attempt}");
+            let text = resp.text().await.expect("the whole answer");
             assert!(text.contains("boom"), "{key}, attempt {attempt}: {text}");
         }
     }
