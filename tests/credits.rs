@@ -35,6 +35,34 @@ fn balance<'a>(credits: &'a Value, policy: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no balance for {policy}: {credits}"))
 }
 
+/// The CreditPolicy `tokens`: 2 credits per prediction and 10 per 1,000 tokens on support-bot.
+fn tokens_policy() -> Value {
+    json!({"chatflows": ["support-bot"], "budget": {"credits": 1000, "period": "Daily"},
+           "cost": {"perPrediction": 2, "perThousandTokens": 10}})
+}
+
+/// A team on a fake Flowise with [`tokens_policy`]; returns it and the policy's id.
+async fn token_priced(prefix: &str) -> (Team, String) {
+    let team = Team::with_fake_flowise(prefix).await;
+    team.policy("tokens", tokens_policy()).await;
+    let policy = format!("{}/tokens", team.ns);
+    (team, policy)
+}
+
+/// A streamed prediction (`streaming: true`) of `id` through `gate`, read to its end.
+async fn streamed(gate: &Flowgate, bearer: &str, id: &str) -> String {
+    reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .bearer_auth(bearer)
+        .json(&json!({"question": "hi", "streaming": true}))
+        .send()
+        .await
+        .expect("stream")
+        .text()
+        .await
+        .expect("stream read")
+}
+
 /// Sends `n` predictions at once through `bases` (round robin); returns (200s, 402s, others).
 async fn burst(bases: &[String], bearer: &str, id: &str, n: usize) -> (usize, usize, Vec<u16>) {
     let http = reqwest::Client::new();
@@ -114,14 +142,7 @@ async fn exactly_the_budget_is_admitted_under_concurrency_with_sqlite() {
 
 #[tokio::test]
 async fn a_failing_flowise_refunds_and_token_usage_is_charged() {
-    let team = Team::with_fake_flowise("credits-refund").await;
-    let policy = format!("{}/tokens", team.ns);
-    team.policy(
-        "tokens",
-        json!({"chatflows": ["support-bot"], "budget": {"credits": 1000, "period": "Daily"},
-                                 "cost": {"perPrediction": 2, "perThousandTokens": 10}}),
-    )
-    .await;
+    let (team, policy) = token_priced("credits-refund").await;
     let failing = FakeFlowise::start(Mode::Fail).await;
     let gate = Flowgate::with_flowise(&failing.url).await;
     let id = team.flowise_id.clone();
@@ -150,14 +171,7 @@ async fn a_failing_flowise_refunds_and_token_usage_is_charged() {
     })
     .await;
     let gate2 = Flowgate::with_flowise(&streaming.url).await;
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/v1/prediction/{id}", gate2.base))
-        .bearer_auth(team.alice())
-        .json(&json!({"question": "hi", "streaming": true}))
-        .send()
-        .await
-        .expect("stream");
-    let text = resp.text().await.expect("stream read");
+    let text = streamed(&gate2, &team.alice(), &id).await;
     assert!(text.contains("usageMetadata"), "{text}");
     // Each test flowgate has its own SQLite ledger. JSON answer: 2 + ceil(1500 * 10 / 1000) = 17
     // (the readiness probe above was one such prediction); stream: 2 + ceil(250 * 10 / 1000) = 5.
@@ -173,14 +187,7 @@ async fn a_streamed_agentflow_is_charged_every_node_even_when_it_fails_after_ans
     // tokens are in the node list it sends after each node. The same Agentflow must cost the same
     // streamed as answered in JSON, and a node failing after the answer reached the caller does
     // not refund it.
-    let team = Team::with_fake_flowise("credits-agentflow").await;
-    let policy = format!("{}/tokens", team.ns);
-    team.policy(
-        "tokens",
-        json!({"chatflows": ["support-bot"], "budget": {"credits": 1000, "period": "Daily"},
-               "cost": {"perPrediction": 2, "perThousandTokens": 10}}),
-    )
-    .await;
+    let (team, policy) = token_priced("credits-agentflow").await;
     let id = team.flowise_id.clone();
     for fail_at_end in [false, true] {
         let fake = FakeFlowise::start(Mode::Agentflow {
@@ -190,14 +197,7 @@ async fn a_streamed_agentflow_is_charged_every_node_even_when_it_fails_after_ans
         .await;
         let gate = Flowgate::with_flowise(&fake.url).await;
         eventually_status(&gate, &team.alice(), &id, 200).await;
-        let resp = reqwest::Client::new()
-            .post(format!("{}/api/v1/prediction/{id}", gate.base))
-            .bearer_auth(team.alice())
-            .json(&json!({"question": "hi", "streaming": true}))
-            .send()
-            .await
-            .expect("stream");
-        let text = resp.text().await.expect("stream read");
+        let text = streamed(&gate, &team.alice(), &id).await;
         assert_eq!(text.contains("\"event\":\"error\""), fail_at_end, "{text}");
         // Each prediction (the readiness probe streamed too): 2 + ceil(1500 * 10 / 1000) = 17.
         let want = 17 * i64::try_from(fake.predictions()).expect("count");
@@ -210,14 +210,7 @@ async fn a_streamed_agentflow_is_charged_every_node_even_when_it_fails_after_ans
 async fn a_resumed_agentflow_is_charged_only_for_its_own_nodes() {
     // Resuming after a Human Input node (`humanInput`), Flowise lists the nodes of the run it
     // resumes first: those were charged with that run.
-    let team = Team::with_fake_flowise("credits-resume").await;
-    let policy = format!("{}/tokens", team.ns);
-    team.policy(
-        "tokens",
-        json!({"chatflows": ["support-bot"], "budget": {"credits": 1000, "period": "Daily"},
-               "cost": {"perPrediction": 2, "perThousandTokens": 10}}),
-    )
-    .await;
+    let (team, policy) = token_priced("credits-resume").await;
     let fake = FakeFlowise::start(Mode::Resumed {
         earlier: 5000,
         own: 300,
@@ -257,12 +250,7 @@ async fn a_streaming_request_that_flowise_answers_with_json_is_charged() {
     api.create(&kube::api::PostParams::default(), &grant)
         .await
         .expect("access created");
-    team.policy(
-        "tokens",
-        json!({"chatflows": ["support-bot"], "budget": {"credits": 1000, "period": "Daily"},
-               "cost": {"perPrediction": 2, "perThousandTokens": 10}}),
-    )
-    .await;
+    team.policy("tokens", tokens_policy()).await;
     team.policy(
         "flat",
         json!({"chatflows": ["flat-bot"], "budget": {"credits": 1000, "period": "Daily"}}),
