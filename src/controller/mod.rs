@@ -248,7 +248,7 @@ impl Controller {
 
     /// Runs every reconciler and the periodic sync until `session` ends.
     async fn lead(&self, session: CancellationToken, fence: CancellationToken) {
-        let chatflows = KubeController::new(self.api::<Chatflow>(), watcher_config());
+        let chatflows = controller(self.api::<Chatflow>());
         // One Chatflow reflector: ChatflowAccess and CreditPolicy reconciles resolve names
         // against its store and are triggered by its events, which it applies to the store
         // before passing on. With a watch of their own the trigger could run ahead of the store
@@ -295,8 +295,8 @@ impl Controller {
 
         let (access_refs, access_triggers) = futures::channel::mpsc::unbounded();
         let (policy_refs, policy_triggers) = futures::channel::mpsc::unbounded();
-        let access_controller = KubeController::new(self.api::<ChatflowAccess>(), watcher_config());
-        let policy_controller = KubeController::new(self.api::<CreditPolicy>(), watcher_config());
+        let access_controller = controller(self.api::<ChatflowAccess>());
+        let policy_controller = controller(self.api::<CreditPolicy>());
         let fan_out = {
             let (accesses, policies) = (access_controller.store(), policy_controller.store());
             let claims = ctx.chatflows.clone();
@@ -305,7 +305,9 @@ impl Controller {
             let mut claimed: HashMap<ObjectRef<Chatflow>, String> = HashMap::new();
             let events = reflector::reflector(
                 writer,
-                watcher(self.api::<Chatflow>(), watcher_config()).default_backoff(),
+                watcher(self.api::<Chatflow>(), watcher_config())
+                    .default_backoff()
+                    .modify(crate::crd::trim),
             )
             .touched_objects()
             .take_until(session.clone().cancelled_owned());
@@ -432,6 +434,27 @@ async fn until_stopped<K>(
 
 fn watcher_config() -> watcher::Config {
     watcher::Config::default().any_semantic()
+}
+
+/// `KubeController::new`, with each object trimmed ([`crate::crd::trim`]) before the
+/// controller's store keeps it.
+fn controller<K>(api: Api<K>) -> KubeController<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let objects = reflector::reflector(
+        writer,
+        watcher(api, watcher_config()).modify(crate::crd::trim),
+    )
+    .applied_objects();
+    KubeController::for_stream(objects, reader)
 }
 
 /// Every object of `store` in the namespace of `cf`: a Chatflow appearing or going away changes

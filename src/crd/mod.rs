@@ -36,6 +36,23 @@ pub const LABEL_MANAGED_BY: &str = "flowgate.io/managed-by";
 /// Value of [`LABEL_MANAGED_BY`] for objects the admin API owns.
 pub const MANAGED_BY_ADMIN_API: &str = "admin-api";
 
+/// kubectl's copy of the last object it applied (client-side apply, as Argo CD and `kubectl apply`
+/// do by default): the whole spec again, as a JSON string.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what a watch delivers but flowgate never reads from a watched object: `managedFields` (a
+/// tree as large as the fields each manager set) and kubectl's last-applied annotation. Each
+/// reflector store holds every object, so with 10,000 ChatflowAccess objects these copies are
+/// most of the store. Objects flowgate writes back are read fresh from the API server, never from
+/// a store.
+pub fn trim<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
 /// The CRDs, each with the file name it has under `crds/`, in file-name order.
 ///
 /// `flowgate crd` prints them in this order, so its output equals `cat crds/*.yaml`.
@@ -113,5 +130,32 @@ mod tests {
             );
             assert_eq!(crd.spec.scope, "Namespaced");
         }
+    }
+
+    #[test]
+    fn trim_drops_managed_fields_and_the_last_applied_copy_only() {
+        let mut access: ChatflowAccess = serde_json::from_value(serde_json::json!({
+            "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess",
+            "metadata": {
+                "name": "a", "namespace": "team", "uid": "u-1", "resourceVersion": "7",
+                "labels": {"team": "x"},
+                "annotations": {LAST_APPLIED: "{\"spec\":{}}", "owner": "ops"},
+                "managedFields": [{"manager": "kubectl", "operation": "Update",
+                                   "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]
+            },
+            "spec": {"chatflows": ["c"], "subjects": [{"user": "alice"}]}
+        }))
+        .expect("a valid ChatflowAccess");
+        let untouched = access.spec.clone();
+        trim(&mut access);
+        let meta = &access.metadata;
+        assert_eq!(meta.managed_fields, None);
+        assert_eq!(
+            meta.annotations.as_ref().map(|a| a.keys().collect::<Vec<_>>()),
+            Some(vec![&"owner".to_string()])
+        );
+        assert_eq!(meta.labels.as_ref().map(|l| l.len()), Some(1));
+        assert_eq!(meta.resource_version.as_deref(), Some("7"));
+        assert_eq!(access.spec, untouched);
     }
 }

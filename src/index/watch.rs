@@ -172,6 +172,7 @@ where
     // until the watch caught up. The controller's watches may read the cache.
     let stream = watcher(api, watcher::Config::default())
         .backoff(watch_backoff())
+        .modify(crate::crd::trim)
         .reflect(writer)
         .for_each(move |event| {
             match event {
