@@ -119,7 +119,12 @@ pub fn spawn(client: Client, ready: Gate, shutdown: CancellationToken) -> (Store
             loop {
                 let notified = dirty.notified();
                 let started = std::time::Instant::now();
-                let mut snapshot = compile(&stores.resources());
+                let resources = stores.resources();
+                let Ok(mut snapshot) =
+                    tokio::task::spawn_blocking(move || compile(&resources)).await
+                else {
+                    return;
+                };
                 snapshot.compiled_at = Some(jiff::Timestamp::now());
                 tracing::debug!(elapsed = ?started.elapsed(), chatflows = snapshot.chatflows().len(), "index recompiled");
                 handle.publish(snapshot);
