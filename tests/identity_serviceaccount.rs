@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use flowgate::config::{ClaimMapping, JwtConfig};
 use flowgate::crd::ServiceAccountRef;
-use flowgate::identity::{AuthError, Verifier};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use flowgate::identity::{AuthError, Verifier, VerifierOptions};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, ServiceAccount};
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
@@ -78,11 +78,16 @@ impl ServiceAccountFixture {
 
     /// A bound token for `audience`, from the TokenRequest API.
     async fn token(&self, audience: &str) -> String {
+        self.token_bound_to(audience, None).await
+    }
+
+    /// A token for `audience` bound to `object` too (a pod), as the kubelet's are.
+    async fn token_bound_to(&self, audience: &str, object: Option<BoundObjectReference>) -> String {
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 audiences: vec![audience.to_string()],
                 expiration_seconds: Some(600),
-                ..TokenRequestSpec::default()
+                bound_object_ref: object,
             },
             ..TokenRequest::default()
         };
@@ -104,6 +109,58 @@ impl ServiceAccountFixture {
 
     async fn delete(self) {
         let _ = self.api.delete(&self.name, &DeleteParams::default()).await;
+    }
+
+    /// Deletes the ServiceAccount and creates it again under the same name (a new uid).
+    async fn recreate(&self) {
+        self.api
+            .delete(&self.name, &DeleteParams::default())
+            .await
+            .expect("deletes the ServiceAccount");
+        let account = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                ..ObjectMeta::default()
+            },
+            ..ServiceAccount::default()
+        };
+        self.api
+            .create(&PostParams::default(), &account)
+            .await
+            .expect("creates the ServiceAccount again");
+    }
+}
+
+/// A verifier that reviews ServiceAccount tokens again after 1 s, not 30.
+fn reviewing_verifier(client: Client) -> Verifier {
+    let config = JwtConfig {
+        service_account_audience: Some(AUDIENCE.into()),
+        leeway: Duration::from_secs(30),
+        ..JwtConfig::default()
+    };
+    let options = VerifierOptions {
+        review_interval: Duration::from_secs(1),
+        ..VerifierOptions::default()
+    };
+    Verifier::with_options(&config, &ClaimMapping::default(), Some(client), options)
+        .expect("valid configuration")
+}
+
+/// Verifies `token` every 100 ms until it is refused as revoked; how long that took. Panics
+/// after 15 s, or on any other outcome than success or `Revoked`.
+async fn until_revoked(verifier: &Verifier, token: &str) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        match verifier.verify(token).await {
+            Err(AuthError::Revoked(_)) => return started.elapsed(),
+            Ok(_) => {}
+            Err(other) => panic!("expected success or Revoked, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the token was still accepted 15 s later"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -210,5 +267,212 @@ async fn user_tokens_and_service_account_tokens_are_told_apart() {
         .expect("still a valid user token");
     assert_eq!(impostor.service_account, None);
     assert!(impostor.key.starts_with("user:system:serviceaccount:"));
+    account.delete().await;
+}
+
+#[tokio::test]
+async fn a_token_of_a_deleted_or_recreated_service_account_is_refused() {
+    let client = cluster().await;
+    let account = ServiceAccountFixture::create(&client, "recreated").await;
+    let verifier = reviewing_verifier(client);
+    let token = account.token(AUDIENCE).await;
+    let identity = verifier
+        .verify(&token)
+        .await
+        .expect("accepted while it exists");
+    assert_eq!(identity.service_account, Some(account.reference()));
+
+    // The signature still verifies and `exp` is ten minutes away: only the API server knows.
+    account.recreate().await;
+    let took = until_revoked(&verifier, &token).await;
+    eprintln!("refused {took:?} after the ServiceAccount was recreated");
+    assert!(
+        matches!(verifier.verify(&token).await, Err(AuthError::Revoked(_))),
+        "and stays refused"
+    );
+    // Refusals are remembered for 5 s only (whole seconds: 5-6 s); then the API server is
+    // asked again, and its reason is passed on.
+    tokio::time::sleep(Duration::from_millis(6_100)).await;
+    assert!(matches!(
+        verifier.verify(&token).await,
+        Err(AuthError::Revoked(reason)) if !reason.contains("moments ago")
+    ));
+
+    let fresh = account.token(AUDIENCE).await;
+    let again = verifier
+        .verify(&fresh)
+        .await
+        .expect("the new account's token");
+    assert_eq!(again.service_account, Some(account.reference()));
+    account.delete().await;
+}
+
+#[tokio::test]
+async fn a_pod_bound_token_is_refused_once_its_pod_is_gone() {
+    let client = cluster().await;
+    let account = ServiceAccountFixture::create(&client, "pod-bound").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    // No kubelet here: the pod is never scheduled, which the API server does not mind.
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(account.name.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            service_account_name: Some(account.name.clone()),
+            automount_service_account_token: Some(false),
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some("example.invalid/app".into()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    };
+    let pod = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("creates the pod");
+    let bound = BoundObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: pod.metadata.name.clone(),
+        uid: pod.metadata.uid.clone(),
+    };
+    let token = account.token_bound_to(AUDIENCE, Some(bound)).await;
+    let verifier = reviewing_verifier(client);
+    verifier
+        .verify(&token)
+        .await
+        .expect("accepted while the pod exists");
+
+    pods.delete(&account.name, &DeleteParams::default().grace_period(0))
+        .await
+        .expect("deletes the pod");
+    let took = until_revoked(&verifier, &token).await;
+    eprintln!("refused {took:?} after the pod was deleted");
+    account.delete().await;
+}
+
+/// A TCP relay to the API server that can be cut (every connection dropped, new ones refused)
+/// and restored: the API server unreachable without stopping it.
+struct Relay {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let port = listener.local_addr().expect("bound").port();
+        let relay = Self {
+            port,
+            down: Default::default(),
+            connections: Default::default(),
+        };
+        let (down, connections) = (relay.down.clone(), relay.connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if down.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let copy = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                connections.lock().expect("not poisoned").push(copy);
+            }
+        });
+        relay
+    }
+
+    fn cut(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            for copy in self.connections.lock().expect("not poisoned").drain(..) {
+                copy.abort();
+            }
+        }
+    }
+
+    /// A client of the API server through this relay.
+    async fn client(&self) -> Client {
+        let mut config = kube::Config::infer()
+            .await
+            .expect("a config from KUBECONFIG");
+        let url = format!("https://127.0.0.1:{}", self.port);
+        config.cluster_url = url.parse().expect("a URL");
+        Client::try_from(config).expect("a client")
+    }
+}
+
+#[tokio::test]
+async fn while_the_api_server_cannot_be_asked_only_recently_reviewed_tokens_pass() {
+    let admin = cluster().await;
+    let account = ServiceAccountFixture::create(&admin, "outage").await;
+    let config = kube::Config::infer()
+        .await
+        .expect("a config from KUBECONFIG");
+    let upstream = format!(
+        "{}:{}",
+        config.cluster_url.host().expect("a host"),
+        config.cluster_url.port_u16().unwrap_or(443)
+    );
+    let relay = Relay::start(upstream).await;
+    let jwt = JwtConfig {
+        service_account_audience: Some(AUDIENCE.into()),
+        ..JwtConfig::default()
+    };
+    let options = VerifierOptions {
+        review_interval: Duration::from_secs(1),
+        review_grace: Duration::from_secs(4),
+        fetch_timeout: Duration::from_secs(2),
+        ..VerifierOptions::default()
+    };
+    let verifier = Verifier::with_options(
+        &jwt,
+        &ClaimMapping::default(),
+        Some(relay.client().await),
+        options,
+    )
+    .expect("valid configuration");
+    // Keys first: a key load moves the cache's epoch, which would drop the first entry.
+    assert!(verifier.refresh().await, "keys load through the relay");
+    let seen = account.token(AUDIENCE).await;
+    // Tokens have no `jti` here: one requested in the same second would be the same token.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let unseen = account.token(AUDIENCE).await;
+    assert_ne!(seen, unseen);
+    verifier.verify(&seen).await.expect("reviewed and accepted");
+    let reviewed = std::time::Instant::now();
+
+    relay.cut(true);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Due for review: served from the last review, while the review in the background fails.
+    verifier
+        .verify(&seen)
+        .await
+        .expect("accepted 1.5 s after its review");
+    assert_eq!(
+        verifier.verify(&unseen).await,
+        Err(AuthError::ReviewUnavailable),
+        "a token never reviewed is not accepted"
+    );
+    // Past the grace (whole seconds: 4-5 s after the review).
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(reviewed.elapsed())).await;
+    assert_eq!(
+        verifier.verify(&seen).await,
+        Err(AuthError::ReviewUnavailable)
+    );
+
+    relay.cut(false);
+    verifier.verify(&seen).await.expect("reviewed again");
+    verifier.verify(&unseen).await.expect("reviewed at last");
     account.delete().await;
 }

@@ -25,6 +25,7 @@
 //! | events.k8s.io events: create, patch | `credit_alerts_are_recorded_as_events_under_the_chart_service_account` (a second crossing patches the Event's series); controller Events in the examples test |
 //! | core secrets: get | `chatflow_api_keys_are_read_from_secrets_under_the_chart_service_account` |
 //! | nonResourceURLs /.well-known/openid-configuration, /openid/v1/jwks: get | `service_account_callers_are_verified_under_the_chart_service_account` (needed: without the keys /readyz never opens; but Kubernetes' bootstrap binding `system:service-account-issuer-discovery` grants the same to every ServiceAccount, so on a default cluster only the exact-rules test notices the chart's rule missing) |
+//! | authentication.k8s.io tokenreviews: create | `service_account_callers_are_verified_under_the_chart_service_account` (every ServiceAccount token is reviewed before it is accepted; without the rule the caller gets 503) |
 //! | Role (release namespace) leases: get, create, update | `the_leader_lease_is_acquired_renewed_and_released_under_the_chart_service_account` |
 //! | (nothing else) | `the_chart_service_account_is_refused_what_the_chart_does_not_grant` |
 

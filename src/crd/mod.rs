@@ -151,7 +151,9 @@ mod tests {
         let meta = &access.metadata;
         assert_eq!(meta.managed_fields, None);
         assert_eq!(
-            meta.annotations.as_ref().map(|a| a.keys().collect::<Vec<_>>()),
+            meta.annotations
+                .as_ref()
+                .map(|a| a.keys().collect::<Vec<_>>()),
             Some(vec![&"owner".to_string()])
         );
         assert_eq!(meta.labels.as_ref().map(|l| l.len()), Some(1));

@@ -7,6 +7,9 @@
 //! since it was verified (the `epoch` moves whenever a key set changes, so a key removed from a
 //! JWKS stops its tokens at once). Bounded: sharded maps with a fixed capacity each; a full
 //! shard drops expired entries, then an arbitrary one.
+//!
+//! A ServiceAccount token's entry also records when the API server last accepted it
+//! ([`Cached::reviewed_at`]); the verifier decides when that is too old.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -17,6 +20,25 @@ const SHARDS: usize = 16;
 
 type Shard = Mutex<HashMap<Box<str>, Entry>>;
 
+/// A cache hit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cached {
+    pub(crate) identity: Identity,
+    /// For ServiceAccount tokens: the Unix second the API server last accepted the token.
+    pub(crate) reviewed_at: Option<i64>,
+    /// The API server refused the token lately ([`TokenCache::refuse`]).
+    pub(crate) refused: bool,
+}
+
+/// When the API server last accepted a ServiceAccount token, and when to ask again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reviewed {
+    /// Unix second of the acceptance.
+    pub(crate) at: i64,
+    /// Unix second from which [`TokenCache::claim_review`] hands out the next review.
+    pub(crate) due: i64,
+}
+
 pub(crate) struct TokenCache {
     shards: Box<[Shard]>,
     per_shard: usize,
@@ -24,6 +46,11 @@ pub(crate) struct TokenCache {
 
 struct Entry {
     identity: Identity,
+    /// For ServiceAccount tokens: the API server's last acceptance.
+    reviewed: Option<Reviewed>,
+    /// The API server refused the token: remembered briefly, so a refused token sent again and
+    /// again does not cost a `TokenReview` each time.
+    refused: bool,
     /// Key-set epoch the token was verified in.
     epoch: u64,
     /// `exp` plus leeway, in seconds.
@@ -60,21 +87,73 @@ impl TokenCache {
     }
 
     /// The identity of `token` if it was verified in `epoch` and is still valid at `now`.
-    pub(crate) fn get(&self, token: &str, epoch: u64, now: i64) -> Option<Identity> {
+    pub(crate) fn get(&self, token: &str, epoch: u64, now: i64) -> Option<Cached> {
         let mut shard = self
             .shard(token)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.get(token)?;
         if entry.epoch == epoch && now <= entry.valid_until {
-            return Some(entry.identity.clone());
+            return Some(Cached {
+                identity: entry.identity.clone(),
+                reviewed_at: entry.reviewed.map(|r| r.at),
+                refused: entry.refused,
+            });
         }
         shard.remove(token);
         None
     }
 
-    pub(crate) fn insert(&self, token: &str, identity: &Identity, epoch: u64, leeway: i64) {
-        let valid_until = identity.expires_at.as_second().saturating_add(leeway);
+    /// True, once per `retry` seconds, when `token`'s review is due at `now`: the caller reviews
+    /// it. Concurrent requests with the same token start one review, not one each.
+    pub(crate) fn claim_review(&self, token: &str, now: i64, retry: i64) -> bool {
+        let mut shard = self
+            .shard(token)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match shard.get_mut(token).and_then(|e| e.reviewed.as_mut()) {
+            Some(reviewed) if now >= reviewed.due => {
+                reviewed.due = now.saturating_add(retry);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Remembers until `until` (a Unix second) that the API server refused `token`.
+    pub(crate) fn refuse(&self, token: &str, identity: &Identity, epoch: u64, until: i64) {
+        self.put(
+            token,
+            Entry {
+                identity: identity.clone(),
+                reviewed: None,
+                refused: true,
+                epoch,
+                valid_until: until.min(identity.expires_at.as_second()),
+            },
+        );
+    }
+
+    pub(crate) fn insert(
+        &self,
+        token: &str,
+        identity: &Identity,
+        epoch: u64,
+        leeway: i64,
+        reviewed: Option<Reviewed>,
+    ) {
+        let entry = Entry {
+            identity: identity.clone(),
+            reviewed,
+            refused: false,
+            epoch,
+            valid_until: identity.expires_at.as_second().saturating_add(leeway),
+        };
+        self.put(token, entry);
+    }
+
+    fn put(&self, token: &str, entry: Entry) {
+        let epoch = entry.epoch;
         let mut shard = self
             .shard(token)
             .lock()
@@ -90,11 +169,6 @@ impl TokenCache {
                 shard.remove(&victim);
             }
         }
-        let entry = Entry {
-            identity: identity.clone(),
-            epoch,
-            valid_until,
-        };
         shard.insert(token.into(), entry);
     }
 
@@ -166,8 +240,11 @@ mod tests {
     #[test]
     fn a_cached_token_is_served_until_exp_plus_leeway() {
         let cache = TokenCache::new(100).expect("enabled");
-        cache.insert("t.o.k", &identity(1000), 1, 30);
-        assert_eq!(cache.get("t.o.k", 1, 1030), Some(identity(1000)));
+        cache.insert("t.o.k", &identity(1000), 1, 30, None);
+        assert_eq!(
+            cache.get("t.o.k", 1, 1030).map(|c| c.identity),
+            Some(identity(1000))
+        );
         assert_eq!(cache.get("t.o.k", 1, 1031), None);
         assert_eq!(cache.len(), 0, "an expired entry is dropped");
     }
@@ -175,15 +252,53 @@ mod tests {
     #[test]
     fn a_key_set_change_invalidates_cached_tokens() {
         let cache = TokenCache::new(100).expect("enabled");
-        cache.insert("t.o.k", &identity(1000), 1, 0);
+        cache.insert("t.o.k", &identity(1000), 1, 0, None);
         assert_eq!(cache.get("t.o.k", 2, 0), None);
         assert_eq!(cache.get("t.o.k", 1, 0), None, "gone, not just hidden");
     }
 
     #[test]
+    fn a_due_review_is_handed_out_once_per_retry() {
+        let cache = TokenCache::new(100).expect("enabled");
+        let reviewed = Reviewed { at: 100, due: 130 };
+        cache.insert("s.a.t", &identity(1000), 1, 0, Some(reviewed));
+        cache.insert("u.s.r", &identity(1000), 1, 0, None);
+        assert_eq!(
+            cache.get("s.a.t", 1, 129).and_then(|c| c.reviewed_at),
+            Some(100)
+        );
+        assert!(!cache.claim_review("s.a.t", 129, 5), "not due yet");
+        assert!(cache.claim_review("s.a.t", 130, 5));
+        assert!(!cache.claim_review("s.a.t", 134, 5), "claimed until 135");
+        assert!(
+            cache.claim_review("s.a.t", 135, 5),
+            "the claimed review never landed"
+        );
+        assert!(
+            !cache.claim_review("u.s.r", 200, 5),
+            "user tokens are never reviewed"
+        );
+        assert!(
+            !cache.claim_review("n.o.t", 200, 5),
+            "nor tokens not in the cache"
+        );
+        cache.refuse("s.a.t", &identity(1000), 1, 140);
+        assert!(cache.get("s.a.t", 1, 140).is_some_and(|c| c.refused));
+        assert!(
+            !cache.claim_review("s.a.t", 140, 5),
+            "a refusal is not reviewed"
+        );
+        assert_eq!(
+            cache.get("s.a.t", 1, 141),
+            None,
+            "a refusal is remembered until its end"
+        );
+    }
+
+    #[test]
     fn only_the_exact_token_hits() {
         let cache = TokenCache::new(100).expect("enabled");
-        cache.insert("t.o.k", &identity(1000), 1, 0);
+        cache.insert("t.o.k", &identity(1000), 1, 0, None);
         assert_eq!(cache.get("t.o.", 1, 0), None);
         assert_eq!(cache.get("t.o.kk", 1, 0), None);
     }
@@ -192,7 +307,7 @@ mod tests {
     fn the_cache_stays_within_its_capacity() {
         let cache = TokenCache::new(SHARDS * 2).expect("enabled");
         for i in 0..1000 {
-            cache.insert(&format!("token-{i}"), &identity(10_000_000_000), 1, 0);
+            cache.insert(&format!("token-{i}"), &identity(10_000_000_000), 1, 0, None);
         }
         assert!(cache.len() <= SHARDS * 2, "{} entries", cache.len());
         assert!(TokenCache::new(0).is_none());

@@ -4,8 +4,9 @@
 
 /// Why a token did not yield an [`Identity`](super::Identity).
 ///
-/// Every variant is a 401 for the caller except [`AuthError::KeysUnavailable`], which is
-/// transient (503): no key could be loaded yet, so nothing can be verified. The proxy maps them.
+/// Every variant is a 401 for the caller except [`AuthError::KeysUnavailable`] and
+/// [`AuthError::ReviewUnavailable`], which are transient (503): nothing can be decided yet. The
+/// proxy maps them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No `Authorization` header, or an empty token.
@@ -51,6 +52,14 @@ pub enum AuthError {
     /// No key could be loaded yet from the key sources the token needs. Transient.
     #[error("verification keys are not available yet")]
     KeysUnavailable,
+    /// The API server no longer accepts this ServiceAccount token (its ServiceAccount or pod is
+    /// gone); its reason.
+    #[error("the Kubernetes API server refused the ServiceAccount token: {0}")]
+    Revoked(String),
+    /// The API server could not be asked whether it still accepts this ServiceAccount token,
+    /// and no recent answer is at hand. Transient.
+    #[error("the ServiceAccount token could not be reviewed with the Kubernetes API server")]
+    ReviewUnavailable,
 }
 
 impl AuthError {
@@ -71,12 +80,14 @@ impl AuthError {
             Self::MissingClaim(_) => "missing_claim",
             Self::InvalidClaim(_) => "invalid_claim",
             Self::KeysUnavailable => "keys_unavailable",
+            Self::Revoked(_) => "revoked",
+            Self::ReviewUnavailable => "review_unavailable",
         }
     }
 
     /// True when trying again later may succeed without a new token.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::KeysUnavailable)
+        matches!(self, Self::KeysUnavailable | Self::ReviewUnavailable)
     }
 }
 
@@ -101,6 +112,8 @@ mod tests {
             AuthError::MissingClaim("exp".into()),
             AuthError::InvalidClaim("exp".into()),
             AuthError::KeysUnavailable,
+            AuthError::Revoked("gone".into()),
+            AuthError::ReviewUnavailable,
         ];
         let mut reasons: Vec<_> = all.iter().map(AuthError::reason).collect();
         assert!(
@@ -112,6 +125,9 @@ mod tests {
         reasons.dedup();
         assert_eq!(reasons.len(), all.len());
         let transient: Vec<_> = all.iter().filter(|e| e.is_transient()).collect();
-        assert_eq!(transient, [&AuthError::KeysUnavailable]);
+        assert_eq!(
+            transient,
+            [&AuthError::KeysUnavailable, &AuthError::ReviewUnavailable]
+        );
     }
 }

@@ -11,6 +11,10 @@
 //! with an unknown `kid` triggers at most one shared fetch per cooldown, and a failed fetch keeps
 //! the previous keys. Tokens that passed are remembered (`cache.rs`) until their `exp` or a
 //! key-set change, so a client resending its token pays for the signature once.
+//!
+//! A ServiceAccount token that passed is also reviewed with the API server (`review.rs`):
+//! before it is first accepted, then in the background whenever its last review is older than
+//! [`VerifierOptions::review_interval`].
 
 mod bearer;
 mod cache;
@@ -20,6 +24,7 @@ mod fetch;
 mod key_files;
 mod keys;
 mod remote;
+mod review;
 mod select;
 mod token;
 
@@ -36,11 +41,12 @@ pub use token::{MAX_HEADER_BYTES, MAX_TOKEN_BYTES};
 
 use crate::config::{ClaimMapping, ConfigError, JwtConfig};
 use crate::crd::ServiceAccountRef;
-use cache::TokenCache;
+use cache::{Cached, Reviewed, TokenCache};
 use claims::Mapping;
 use fetch::{Fetcher, Limits};
 use key_files::KeyFiles;
 use remote::{RemoteKeys, Trigger};
+use review::{Review, Reviewer};
 use select::{Domain, Inner, ServiceAccountKeys, Step, UserKeys};
 
 /// A verified caller.
@@ -80,6 +86,13 @@ pub struct VerifierOptions {
     /// How often the key files (HS256 secret, PEM public key) are read again for a rotation
     /// ([`Verifier::run_refresh`]). The kubelet updates a mounted Secret within about a minute.
     pub key_file_interval: Duration,
+    /// A ServiceAccount token is reviewed with the API server when first seen, and again in the
+    /// background once its last review is this old (`review.rs`): a token of a deleted pod or
+    /// ServiceAccount is refused this long after at most (plus one review).
+    pub review_interval: Duration,
+    /// While the API server cannot be asked, a ServiceAccount token it accepted this recently is
+    /// still served; an older one, or a new token, gets a 503.
+    pub review_grace: Duration,
 }
 
 impl Default for VerifierOptions {
@@ -91,6 +104,8 @@ impl Default for VerifierOptions {
             max_response_bytes: 256 * 1024,
             token_cache_capacity: 10_000,
             key_file_interval: Duration::from_secs(10),
+            review_interval: Duration::from_secs(30),
+            review_grace: Duration::from_secs(300),
         }
     }
 }
@@ -99,6 +114,14 @@ impl Default for VerifierOptions {
 #[derive(Clone)]
 pub struct Verifier {
     inner: Arc<Inner>,
+}
+
+/// Least time between two background reviews of one token while the API server cannot be
+/// asked; and how long a refusal is remembered.
+const REVIEW_RETRY: Duration = Duration::from_secs(5);
+
+fn secs(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
 }
 
 const NO_KEY_SOURCE: &str = "FLOWGATE_JWT_HS256_SECRET_FILE/FLOWGATE_JWT_PUBLIC_KEY_FILE/\
@@ -149,6 +172,7 @@ impl Verifier {
         let service_accounts = match (&config.service_account_audience, kube) {
             (None, _) => None,
             (Some(audience), Some(client)) => Some(ServiceAccountKeys {
+                reviewer: Reviewer::new(client.clone(), audience.clone(), options.fetch_timeout),
                 remote: remote(Fetcher::Kubernetes { client }),
                 audience: audience.clone(),
             }),
@@ -186,6 +210,7 @@ impl Verifier {
 
     /// Verifies a bearer token (as returned by [`bearer_token`]) and maps its claims. A token
     /// verified before is answered from the cache while it is unexpired and the keys unchanged.
+    /// A ServiceAccount token is also reviewed with the API server (`review.rs`).
     pub async fn verify(&self, bearer: &str) -> Result<Identity, AuthError> {
         let inner = &*self.inner;
         if bearer.len() > MAX_TOKEN_BYTES {
@@ -193,15 +218,92 @@ impl Verifier {
         }
         // Read before any key is: an entry is never newer than the keys it was verified with.
         let epoch = inner.key_epoch.load(Ordering::Acquire);
-        let Some(cache) = &inner.cache else {
-            return self.verify_uncached(bearer).await;
-        };
-        if let Some(identity) = cache.get(bearer, epoch, Timestamp::now().as_second()) {
-            return Ok(identity);
+        let now = Timestamp::now().as_second();
+        let cached = inner.cache.as_ref().and_then(|c| c.get(bearer, epoch, now));
+        match cached {
+            Some(Cached { refused: true, .. }) => Err(AuthError::Revoked(
+                "refused by the Kubernetes API server moments ago".into(),
+            )),
+            Some(Cached {
+                identity,
+                reviewed_at: None,
+                ..
+            }) => Ok(identity),
+            Some(Cached {
+                identity,
+                reviewed_at: Some(at),
+                ..
+            }) => {
+                if now > at.saturating_add(secs(inner.options.review_grace)) {
+                    return self.review(bearer, identity, epoch).await;
+                }
+                let retry = secs(inner.options.review_interval.min(REVIEW_RETRY));
+                if inner
+                    .cache
+                    .as_ref()
+                    .is_some_and(|c| c.claim_review(bearer, now, retry))
+                {
+                    let (verifier, token) = (self.clone(), bearer.to_string());
+                    let reviewed = identity.clone();
+                    tokio::spawn(async move {
+                        // Refused: the entry is gone; unavailable: the next claim retries.
+                        let _ = verifier.review(&token, reviewed, epoch).await;
+                    });
+                }
+                Ok(identity)
+            }
+            None => {
+                let identity = self.verify_uncached(bearer).await?;
+                if identity.service_account.is_some() {
+                    return self.review(bearer, identity, epoch).await;
+                }
+                if let Some(cache) = &inner.cache {
+                    cache.insert(bearer, &identity, epoch, inner.leeway, None);
+                }
+                Ok(identity)
+            }
         }
-        let identity = self.verify_uncached(bearer).await?;
-        cache.insert(bearer, &identity, epoch, inner.leeway);
-        Ok(identity)
+    }
+
+    /// Asks the API server whether it still accepts `bearer`, a ServiceAccount token verified
+    /// locally as `identity`, and records the answer in the cache.
+    async fn review(
+        &self,
+        bearer: &str,
+        identity: Identity,
+        epoch: u64,
+    ) -> Result<Identity, AuthError> {
+        let inner = &*self.inner;
+        let (Some(keys), Some(account)) = (&inner.service_accounts, &identity.service_account)
+        else {
+            // A ServiceAccount identity comes only from the ServiceAccount keys.
+            return Err(AuthError::ReviewUnavailable);
+        };
+        match keys.reviewer.review(bearer, account).await {
+            Review::Accepted => {
+                if let Some(cache) = &inner.cache {
+                    let at = Timestamp::now().as_second();
+                    let due = at.saturating_add(secs(inner.options.review_interval));
+                    let reviewed = Some(Reviewed { at, due });
+                    cache.insert(bearer, &identity, epoch, inner.leeway, reviewed);
+                }
+                Ok(identity)
+            }
+            Review::Refused(reason) => {
+                if let Some(cache) = &inner.cache {
+                    let until = Timestamp::now()
+                        .as_second()
+                        .saturating_add(secs(REVIEW_RETRY));
+                    cache.refuse(bearer, &identity, epoch, until);
+                }
+                tracing::info!(account = %identity.key, %reason, "ServiceAccount token refused by the API server");
+                Err(AuthError::Revoked(reason))
+            }
+            Review::Unavailable(error) => {
+                tracing::warn!(account = %identity.key, %error, "cannot review a ServiceAccount token");
+                Err(AuthError::ReviewUnavailable)
+            }
+        }
     }
 
     async fn verify_uncached(&self, bearer: &str) -> Result<Identity, AuthError> {

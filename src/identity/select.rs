@@ -43,6 +43,7 @@ pub(super) struct UserKeys {
 pub(super) struct ServiceAccountKeys {
     pub(super) remote: Arc<RemoteKeys>,
     pub(super) audience: String,
+    pub(super) reviewer: super::review::Reviewer,
 }
 
 /// Which keys a token is checked against.

@@ -29,6 +29,10 @@ pub enum ProxyError {
     },
     #[error("the identity keys could not be loaded; try again")]
     KeysUnavailable,
+    #[error(
+        "the Kubernetes API server could not be asked whether it still accepts the ServiceAccount token; try again"
+    )]
+    TokenReviewUnavailable,
     #[error("chatflow {0} not found")]
     ChatflowNotFound(String),
     #[error("no access to chatflow {0}")]
@@ -92,6 +96,7 @@ impl ProxyError {
             Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             InvalidToken { .. } => (StatusCode::UNAUTHORIZED, "invalid_token"),
             KeysUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "keys_unavailable"),
+            TokenReviewUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "token_review_unavailable"),
             ChatflowNotFound(_) => (StatusCode::NOT_FOUND, "chatflow_not_found"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Suspended(_) => (StatusCode::FORBIDDEN, "chatflow_suspended"),
@@ -158,7 +163,7 @@ impl ProxyError {
                 resp.headers_mut()
                     .insert(ALLOW, HeaderValue::from_static(allow));
             }
-            Self::KeysUnavailable | Self::LedgerUnavailable => {
+            Self::KeysUnavailable | Self::TokenReviewUnavailable | Self::LedgerUnavailable => {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }

@@ -304,7 +304,9 @@ impl Proxy {
         let token =
             bearer_token(first).map_err(|e| ProxyError::Unauthenticated { reason: e.reason() })?;
         self.verifier.verify(token).await.map_err(|e| {
-            if e.is_transient() {
+            if e == crate::identity::AuthError::ReviewUnavailable {
+                ProxyError::TokenReviewUnavailable
+            } else if e.is_transient() {
                 ProxyError::KeysUnavailable
             } else {
                 ProxyError::InvalidToken {

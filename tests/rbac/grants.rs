@@ -178,7 +178,7 @@ async fn service_account_callers_are_verified_under_the_chart_service_account() 
     )
     .await;
     // The binary verifies it with the keys it read from /.well-known/openid-configuration and
-    // /openid/v1/jwks under the chart's token.
+    // /openid/v1/jwks under the chart's token, then reviews it (a TokenReview) under that token.
     let bearer = token_request(&stack.account.admin, &ns, "chat-client", Some(AUDIENCE)).await;
     stack.eventually_predicts(&bearer, &id, 200).await;
     stack.controller_stop().await;
