@@ -147,7 +147,8 @@ fn reviewing_verifier(client: Client) -> Verifier {
 }
 
 /// Verifies `token` every 100 ms until it is refused as revoked; how long that took. Panics
-/// after 15 s, or on any other outcome than success or `Revoked`.
+/// after 25 s (expected: the 1 s interval plus the API server's own 10 s token cache), or on
+/// any other outcome than success or `Revoked`.
 async fn until_revoked(verifier: &Verifier, token: &str) -> Duration {
     let started = std::time::Instant::now();
     loop {
@@ -157,8 +158,8 @@ async fn until_revoked(verifier: &Verifier, token: &str) -> Duration {
             Err(other) => panic!("expected success or Revoked, got {other:?}"),
         }
         assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the token was still accepted 15 s later"
+            started.elapsed() < Duration::from_secs(25),
+            "the token was still accepted 25 s later"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -290,12 +291,12 @@ async fn a_token_of_a_deleted_or_recreated_service_account_is_refused() {
         matches!(verifier.verify(&token).await, Err(AuthError::Revoked(_))),
         "and stays refused"
     );
-    // Refusals are remembered for 5 s only (whole seconds: 5-6 s); then the API server is
-    // asked again, and its reason is passed on.
+    // Refusals are remembered for 5 s (whole seconds: 5-6 s); then the API server is asked
+    // again, and refuses again.
     tokio::time::sleep(Duration::from_millis(6_100)).await;
     assert!(matches!(
         verifier.verify(&token).await,
-        Err(AuthError::Revoked(reason)) if !reason.contains("moments ago")
+        Err(AuthError::Revoked(reason)) if reason.contains("does not match")
     ));
 
     let fresh = account.token(AUDIENCE).await;
@@ -471,8 +472,22 @@ async fn while_the_api_server_cannot_be_asked_only_recently_reviewed_tokens_pass
         Err(AuthError::ReviewUnavailable)
     );
 
+    // Back: answered 503 at once until the failed review's claim (fetch timeout + 1 s) ends.
     relay.cut(false);
-    verifier.verify(&seen).await.expect("reviewed again");
-    verifier.verify(&unseen).await.expect("reviewed at last");
+    for token in [&seen, &unseen] {
+        let started = std::time::Instant::now();
+        loop {
+            match verifier.verify(token).await {
+                Ok(_) => break,
+                Err(AuthError::ReviewUnavailable) => {}
+                Err(other) => panic!("expected success or ReviewUnavailable, got {other:?}"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "not reviewed again within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     account.delete().await;
 }

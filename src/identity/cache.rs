@@ -2,16 +2,18 @@
 //! the signature once. RS256 and ES256 verification cost 150–300 µs of CPU each with the
 //! RustCrypto backend; a hit costs a hash of the token and a clone of its [`Identity`].
 //!
-//! Only tokens that passed every check are stored, keyed by the whole token. An entry is
+//! Only tokens whose signature and claims passed are stored, keyed by the whole token. An entry is
 //! served while the token's `exp` (plus leeway) has not passed and the key sets are unchanged
 //! since it was verified (the `epoch` moves whenever a key set changes, so a key removed from a
 //! JWKS stops its tokens at once). Bounded: sharded maps with a fixed capacity each; a full
 //! shard drops expired entries, then an arbitrary one.
 //!
-//! A ServiceAccount token's entry also records when the API server last accepted it
-//! ([`Cached::reviewed_at`]); the verifier decides when that is too old.
+//! A ServiceAccount token's entry also holds the API server's last verdict on it
+//! ([`Verdict`]), stamped with the order its review was sent in, so a slow review never
+//! overwrites a newer one; the verifier decides what a verdict is worth and when to ask again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use super::Identity;
@@ -24,17 +26,27 @@ type Shard = Mutex<HashMap<Box<str>, Entry>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Cached {
     pub(crate) identity: Identity,
-    /// For ServiceAccount tokens: the Unix second the API server last accepted the token.
-    pub(crate) reviewed_at: Option<i64>,
-    /// The API server refused the token lately ([`TokenCache::refuse`]).
-    pub(crate) refused: bool,
+    /// For ServiceAccount tokens: the API server's last verdict.
+    pub(crate) verdict: Option<Verdict>,
 }
 
-/// When the API server last accepted a ServiceAccount token, and when to ask again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Reviewed {
-    /// Unix second of the acceptance.
-    pub(crate) at: i64,
+/// What the API server last said of a ServiceAccount token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Accepted by the review sent at this Unix second.
+    Accepted { at: i64 },
+    /// Refused, for this reason.
+    Refused(String),
+    /// The API server could not be asked, and no acceptance was at hand.
+    Unavailable,
+}
+
+/// A verdict and when to ask again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReviewRecord {
+    pub(crate) verdict: Verdict,
+    /// Order in which the review was sent ([`TokenCache::next_review`]).
+    pub(crate) seq: u64,
     /// Unix second from which [`TokenCache::claim_review`] hands out the next review.
     pub(crate) due: i64,
 }
@@ -42,15 +54,13 @@ pub(crate) struct Reviewed {
 pub(crate) struct TokenCache {
     shards: Box<[Shard]>,
     per_shard: usize,
+    reviews: AtomicU64,
 }
 
 struct Entry {
     identity: Identity,
-    /// For ServiceAccount tokens: the API server's last acceptance.
-    reviewed: Option<Reviewed>,
-    /// The API server refused the token: remembered briefly, so a refused token sent again and
-    /// again does not cost a `TokenReview` each time.
-    refused: bool,
+    /// For ServiceAccount tokens.
+    review: Option<ReviewRecord>,
     /// Key-set epoch the token was verified in.
     epoch: u64,
     /// `exp` plus leeway, in seconds.
@@ -67,6 +77,7 @@ impl TokenCache {
         Some(Self {
             shards,
             per_shard: capacity.div_ceil(SHARDS),
+            reviews: AtomicU64::new(0),
         })
     }
 
@@ -96,68 +107,89 @@ impl TokenCache {
         if entry.epoch == epoch && now <= entry.valid_until {
             return Some(Cached {
                 identity: entry.identity.clone(),
-                reviewed_at: entry.reviewed.map(|r| r.at),
-                refused: entry.refused,
+                verdict: entry.review.as_ref().map(|r| r.verdict.clone()),
             });
         }
         shard.remove(token);
         None
     }
 
-    /// True, once per `retry` seconds, when `token`'s review is due at `now`: the caller reviews
-    /// it. Concurrent requests with the same token start one review, not one each.
-    pub(crate) fn claim_review(&self, token: &str, now: i64, retry: i64) -> bool {
+    /// The stamp of a review about to be sent for a token the cache has no verdict on.
+    pub(crate) fn next_review(&self) -> u64 {
+        self.reviews.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// When `token`'s next review is due at `now`: a stamp for it, and nobody else gets one for
+    /// `hold` seconds (or until its verdict is recorded). Concurrent requests with the same
+    /// token send one review, not one each.
+    pub(crate) fn claim_review(&self, token: &str, now: i64, hold: i64) -> Option<u64> {
         let mut shard = self
             .shard(token)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match shard.get_mut(token).and_then(|e| e.reviewed.as_mut()) {
-            Some(reviewed) if now >= reviewed.due => {
-                reviewed.due = now.saturating_add(retry);
-                true
-            }
-            _ => false,
+        let review = shard.get_mut(token)?.review.as_mut()?;
+        if now < review.due {
+            return None;
         }
+        review.due = now.saturating_add(hold);
+        Some(self.next_review())
     }
 
-    /// Remembers until `until` (a Unix second) that the API server refused `token`.
-    pub(crate) fn refuse(&self, token: &str, identity: &Identity, epoch: u64, until: i64) {
-        self.put(
-            token,
-            Entry {
-                identity: identity.clone(),
-                reviewed: None,
-                refused: true,
-                epoch,
-                valid_until: until.min(identity.expires_at.as_second()),
-            },
-        );
-    }
-
-    pub(crate) fn insert(
+    /// Records a review's verdict. A review sent before the one that gave the current verdict
+    /// changes nothing, and `Unavailable` does not replace an acceptance (its due time stays as
+    /// claimed).
+    pub(crate) fn record(
         &self,
         token: &str,
         identity: &Identity,
         epoch: u64,
         leeway: i64,
-        reviewed: Option<Reviewed>,
+        review: ReviewRecord,
     ) {
-        let entry = Entry {
-            identity: identity.clone(),
-            reviewed,
-            refused: false,
-            epoch,
-            valid_until: identity.expires_at.as_second().saturating_add(leeway),
-        };
-        self.put(token, entry);
+        let (seq, unavailable) = (review.seq, review.verdict == Verdict::Unavailable);
+        let entry = self.entry(identity, epoch, leeway, Some(review));
+        self.put(token, entry, |current| {
+            match current.and_then(|e| e.review.as_ref()) {
+                None => true,
+                Some(current) => {
+                    current.seq < seq
+                        && !(unavailable && matches!(current.verdict, Verdict::Accepted { .. }))
+                }
+            }
+        });
     }
 
-    fn put(&self, token: &str, entry: Entry) {
+    /// Remembers a verified token that needs no review (a user's).
+    pub(crate) fn insert(&self, token: &str, identity: &Identity, epoch: u64, leeway: i64) {
+        self.put(token, self.entry(identity, epoch, leeway, None), |_| true);
+    }
+
+    fn entry(
+        &self,
+        identity: &Identity,
+        epoch: u64,
+        leeway: i64,
+        review: Option<ReviewRecord>,
+    ) -> Entry {
+        Entry {
+            identity: identity.clone(),
+            review,
+            epoch,
+            valid_until: identity.expires_at.as_second().saturating_add(leeway),
+        }
+    }
+
+    /// Stores `entry` if `replace` agrees, given the entry there now (checked under the same
+    /// lock as the write).
+    fn put(&self, token: &str, entry: Entry, replace: impl FnOnce(Option<&Entry>) -> bool) {
         let epoch = entry.epoch;
         let mut shard = self
             .shard(token)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if !replace(shard.get(token)) {
+            return;
+        }
         if shard.len() >= self.per_shard && !shard.contains_key(token) {
             let now = jiff::Timestamp::now().as_second();
             // Entries of a newer key set are kept: this insert may come from a verification
@@ -240,7 +272,7 @@ mod tests {
     #[test]
     fn a_cached_token_is_served_until_exp_plus_leeway() {
         let cache = TokenCache::new(100).expect("enabled");
-        cache.insert("t.o.k", &identity(1000), 1, 30, None);
+        cache.insert("t.o.k", &identity(1000), 1, 30);
         assert_eq!(
             cache.get("t.o.k", 1, 1030).map(|c| c.identity),
             Some(identity(1000))
@@ -252,53 +284,90 @@ mod tests {
     #[test]
     fn a_key_set_change_invalidates_cached_tokens() {
         let cache = TokenCache::new(100).expect("enabled");
-        cache.insert("t.o.k", &identity(1000), 1, 0, None);
+        cache.insert("t.o.k", &identity(1000), 1, 0);
         assert_eq!(cache.get("t.o.k", 2, 0), None);
         assert_eq!(cache.get("t.o.k", 1, 0), None, "gone, not just hidden");
     }
 
+    fn record(seq: u64, verdict: Verdict, due: i64) -> ReviewRecord {
+        ReviewRecord { verdict, seq, due }
+    }
+
     #[test]
-    fn a_due_review_is_handed_out_once_per_retry() {
+    fn a_due_review_is_handed_out_once_per_hold() {
         let cache = TokenCache::new(100).expect("enabled");
-        let reviewed = Reviewed { at: 100, due: 130 };
-        cache.insert("s.a.t", &identity(1000), 1, 0, Some(reviewed));
-        cache.insert("u.s.r", &identity(1000), 1, 0, None);
-        assert_eq!(
-            cache.get("s.a.t", 1, 129).and_then(|c| c.reviewed_at),
-            Some(100)
+        let accepted = Verdict::Accepted { at: 100 };
+        let first = cache.next_review();
+        cache.record(
+            "s.a.t",
+            &identity(1000),
+            1,
+            0,
+            record(first, accepted.clone(), 130),
         );
-        assert!(!cache.claim_review("s.a.t", 129, 5), "not due yet");
-        assert!(cache.claim_review("s.a.t", 130, 5));
-        assert!(!cache.claim_review("s.a.t", 134, 5), "claimed until 135");
+        cache.insert("u.s.r", &identity(1000), 1, 0);
+        let verdict = |now| cache.get("s.a.t", 1, now).and_then(|c| c.verdict);
+        assert_eq!(verdict(129), Some(accepted.clone()));
+        assert_eq!(cache.claim_review("s.a.t", 129, 5), None, "not due yet");
+        let second = cache.claim_review("s.a.t", 130, 5).expect("due");
+        assert!(second > first);
+        assert_eq!(
+            cache.claim_review("s.a.t", 134, 5),
+            None,
+            "claimed until 135"
+        );
         assert!(
-            cache.claim_review("s.a.t", 135, 5),
+            cache.claim_review("s.a.t", 135, 5).is_some(),
             "the claimed review never landed"
         );
-        assert!(
-            !cache.claim_review("u.s.r", 200, 5),
+        assert_eq!(
+            cache.claim_review("u.s.r", 200, 5),
+            None,
             "user tokens are never reviewed"
         );
-        assert!(
-            !cache.claim_review("n.o.t", 200, 5),
+        assert_eq!(
+            cache.claim_review("n.o.t", 200, 5),
+            None,
             "nor tokens not in the cache"
         );
-        cache.refuse("s.a.t", &identity(1000), 1, 140);
-        assert!(cache.get("s.a.t", 1, 140).is_some_and(|c| c.refused));
-        assert!(
-            !cache.claim_review("s.a.t", 140, 5),
-            "a refusal is not reviewed"
+    }
+
+    #[test]
+    fn a_slower_older_review_never_overwrites_a_newer_verdict() {
+        let cache = TokenCache::new(100).expect("enabled");
+        let (older, newer) = (cache.next_review(), cache.next_review());
+        let refused = Verdict::Refused("pod deleted".into());
+        let accepted_before = Verdict::Accepted { at: 99 };
+        cache.record(
+            "s.a.t",
+            &identity(1000),
+            1,
+            0,
+            record(newer, refused.clone(), 105),
         );
-        assert_eq!(
-            cache.get("s.a.t", 1, 141),
-            None,
-            "a refusal is remembered until its end"
+        cache.record(
+            "s.a.t",
+            &identity(1000),
+            1,
+            0,
+            record(older, accepted_before, 130),
         );
+        let verdict = || cache.get("s.a.t", 1, 101).and_then(|c| c.verdict);
+        assert_eq!(verdict(), Some(refused));
+
+        // An outage does not undo an acceptance; a later acceptance replaces a refusal.
+        let accepted = Verdict::Accepted { at: 110 };
+        let later = record(cache.next_review(), accepted.clone(), 140);
+        cache.record("s.a.t", &identity(1000), 1, 0, later);
+        let outage = record(cache.next_review(), Verdict::Unavailable, 115);
+        cache.record("s.a.t", &identity(1000), 1, 0, outage);
+        assert_eq!(verdict(), Some(accepted));
     }
 
     #[test]
     fn only_the_exact_token_hits() {
         let cache = TokenCache::new(100).expect("enabled");
-        cache.insert("t.o.k", &identity(1000), 1, 0, None);
+        cache.insert("t.o.k", &identity(1000), 1, 0);
         assert_eq!(cache.get("t.o.", 1, 0), None);
         assert_eq!(cache.get("t.o.kk", 1, 0), None);
     }
@@ -307,7 +376,7 @@ mod tests {
     fn the_cache_stays_within_its_capacity() {
         let cache = TokenCache::new(SHARDS * 2).expect("enabled");
         for i in 0..1000 {
-            cache.insert(&format!("token-{i}"), &identity(10_000_000_000), 1, 0, None);
+            cache.insert(&format!("token-{i}"), &identity(10_000_000_000), 1, 0);
         }
         assert!(cache.len() <= SHARDS * 2, "{} entries", cache.len());
         assert!(TokenCache::new(0).is_none());

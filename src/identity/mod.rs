@@ -41,7 +41,7 @@ pub use token::{MAX_HEADER_BYTES, MAX_TOKEN_BYTES};
 
 use crate::config::{ClaimMapping, ConfigError, JwtConfig};
 use crate::crd::ServiceAccountRef;
-use cache::{Cached, Reviewed, TokenCache};
+use cache::{Cached, ReviewRecord, TokenCache, Verdict};
 use claims::Mapping;
 use fetch::{Fetcher, Limits};
 use key_files::KeyFiles;
@@ -116,9 +116,13 @@ pub struct Verifier {
     inner: Arc<Inner>,
 }
 
-/// Least time between two background reviews of one token while the API server cannot be
-/// asked; and how long a refusal is remembered.
-const REVIEW_RETRY: Duration = Duration::from_secs(5);
+/// How long a refused ServiceAccount token is answered 401 at once before the API server is
+/// asked again (so a refused token sent in a loop costs one review per this long).
+const REFUSAL_MEMORY: Duration = Duration::from_secs(5);
+
+/// How long a ServiceAccount token the API server could not be asked about, and that has no
+/// recent acceptance, is answered 503 at once (so requests do not each wait for a timeout).
+const OUTAGE_MEMORY: Duration = Duration::from_secs(1);
 
 fn secs(duration: Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
@@ -220,58 +224,66 @@ impl Verifier {
         let epoch = inner.key_epoch.load(Ordering::Acquire);
         let now = Timestamp::now().as_second();
         let cached = inner.cache.as_ref().and_then(|c| c.get(bearer, epoch, now));
-        match cached {
-            Some(Cached { refused: true, .. }) => Err(AuthError::Revoked(
-                "refused by the Kubernetes API server moments ago".into(),
-            )),
-            Some(Cached {
-                identity,
-                reviewed_at: None,
-                ..
-            }) => Ok(identity),
-            Some(Cached {
-                identity,
-                reviewed_at: Some(at),
-                ..
-            }) => {
-                if now > at.saturating_add(secs(inner.options.review_grace)) {
-                    return self.review(bearer, identity, epoch).await;
-                }
-                let retry = secs(inner.options.review_interval.min(REVIEW_RETRY));
-                if inner
-                    .cache
-                    .as_ref()
-                    .is_some_and(|c| c.claim_review(bearer, now, retry))
-                {
+        let Some(Cached { identity, verdict }) = cached else {
+            let identity = self.verify_uncached(bearer).await?;
+            let Some(cache) = &inner.cache else {
+                return match identity.service_account {
+                    Some(_) => self.review(bearer, identity, epoch, 0).await,
+                    None => Ok(identity),
+                };
+            };
+            if identity.service_account.is_some() {
+                return self
+                    .review(bearer, identity, epoch, cache.next_review())
+                    .await;
+            }
+            cache.insert(bearer, &identity, epoch, inner.leeway);
+            return Ok(identity);
+        };
+        let Some(verdict) = verdict else {
+            return Ok(identity);
+        };
+        // The review of a ServiceAccount token, if one is due and nobody else is sending it.
+        let claim = || {
+            let hold = secs(inner.options.fetch_timeout).saturating_add(1);
+            inner
+                .cache
+                .as_ref()
+                .and_then(|c| c.claim_review(bearer, now, hold))
+        };
+        match verdict {
+            Verdict::Accepted { at }
+                if now <= at.saturating_add(secs(inner.options.review_grace)) =>
+            {
+                if let Some(seq) = claim() {
                     let (verifier, token) = (self.clone(), bearer.to_string());
                     let reviewed = identity.clone();
                     tokio::spawn(async move {
-                        // Refused: the entry is gone; unavailable: the next claim retries.
-                        let _ = verifier.review(&token, reviewed, epoch).await;
+                        // The verdict lands in the cache; this request does not wait for it.
+                        let _ = verifier.review(&token, reviewed, epoch, seq).await;
                     });
                 }
                 Ok(identity)
             }
-            None => {
-                let identity = self.verify_uncached(bearer).await?;
-                if identity.service_account.is_some() {
-                    return self.review(bearer, identity, epoch).await;
-                }
-                if let Some(cache) = &inner.cache {
-                    cache.insert(bearer, &identity, epoch, inner.leeway, None);
-                }
-                Ok(identity)
-            }
+            // Refused, unavailable, or accepted too long ago: only a review now can accept it.
+            verdict => match claim() {
+                Some(seq) => self.review(bearer, identity, epoch, seq).await,
+                None => Err(match verdict {
+                    Verdict::Refused(reason) => AuthError::Revoked(reason),
+                    _ => AuthError::ReviewUnavailable,
+                }),
+            },
         }
     }
 
     /// Asks the API server whether it still accepts `bearer`, a ServiceAccount token verified
-    /// locally as `identity`, and records the answer in the cache.
+    /// locally as `identity`, and records the verdict in the cache, stamped `seq`.
     async fn review(
         &self,
         bearer: &str,
         identity: Identity,
         epoch: u64,
+        seq: u64,
     ) -> Result<Identity, AuthError> {
         let inner = &*self.inner;
         let (Some(keys), Some(account)) = (&inner.service_accounts, &identity.service_account)
@@ -279,31 +291,34 @@ impl Verifier {
             // A ServiceAccount identity comes only from the ServiceAccount keys.
             return Err(AuthError::ReviewUnavailable);
         };
-        match keys.reviewer.review(bearer, account).await {
+        let sent = Timestamp::now().as_second();
+        let review = keys.reviewer.review(bearer, account).await;
+        let answered = Timestamp::now().as_second();
+        let (verdict, due, result) = match review {
             Review::Accepted => {
-                if let Some(cache) = &inner.cache {
-                    let at = Timestamp::now().as_second();
-                    let due = at.saturating_add(secs(inner.options.review_interval));
-                    let reviewed = Some(Reviewed { at, due });
-                    cache.insert(bearer, &identity, epoch, inner.leeway, reviewed);
-                }
-                Ok(identity)
+                let due = sent.saturating_add(secs(inner.options.review_interval));
+                (Verdict::Accepted { at: sent }, due, Ok(()))
             }
             Review::Refused(reason) => {
-                if let Some(cache) = &inner.cache {
-                    let until = Timestamp::now()
-                        .as_second()
-                        .saturating_add(secs(REVIEW_RETRY));
-                    cache.refuse(bearer, &identity, epoch, until);
-                }
                 tracing::info!(account = %identity.key, %reason, "ServiceAccount token refused by the API server");
-                Err(AuthError::Revoked(reason))
+                let due = answered.saturating_add(secs(REFUSAL_MEMORY));
+                (
+                    Verdict::Refused(reason.clone()),
+                    due,
+                    Err(AuthError::Revoked(reason)),
+                )
             }
             Review::Unavailable(error) => {
                 tracing::warn!(account = %identity.key, %error, "cannot review a ServiceAccount token");
-                Err(AuthError::ReviewUnavailable)
+                let due = answered.saturating_add(secs(OUTAGE_MEMORY));
+                (Verdict::Unavailable, due, Err(AuthError::ReviewUnavailable))
             }
+        };
+        if let Some(cache) = &inner.cache {
+            let record = ReviewRecord { verdict, seq, due };
+            cache.record(bearer, &identity, epoch, inner.leeway, record);
         }
+        result.map(|()| identity)
     }
 
     async fn verify_uncached(&self, bearer: &str) -> Result<Identity, AuthError> {

@@ -120,10 +120,15 @@ pub fn spawn(client: Client, ready: Gate, shutdown: CancellationToken) -> (Store
                 let notified = dirty.notified();
                 let started = std::time::Instant::now();
                 let resources = stores.resources();
-                let Ok(mut snapshot) =
-                    tokio::task::spawn_blocking(move || compile(&resources)).await
-                else {
-                    return;
+                let mut snapshot = match tokio::task::spawn_blocking(move || compile(&resources))
+                    .await
+                {
+                    Ok(snapshot) => snapshot,
+                    Err(error) => {
+                        // A bug; the last snapshot keeps serving, and /readyz says nothing.
+                        tracing::error!(%error, "index compile failed; the index stops updating");
+                        return;
+                    }
                 };
                 snapshot.compiled_at = Some(jiff::Timestamp::now());
                 tracing::debug!(elapsed = ?started.elapsed(), chatflows = snapshot.chatflows().len(), "index recompiled");
