@@ -291,8 +291,9 @@ async fn a_token_of_a_deleted_or_recreated_service_account_is_refused() {
         matches!(verifier.verify(&token).await, Err(AuthError::Revoked(_))),
         "and stays refused"
     );
-    // Refusals are remembered for 5 s (whole seconds: 5-6 s); then the API server is asked
-    // again, and refuses again.
+    // Refusals are answered at once for 5 s (whole seconds: 5-6 s); then the API server is
+    // asked again. (Either way the answer stays a refusal; the unit tests of `review::decide`
+    // and `TokenCache` show which requests ask.)
     tokio::time::sleep(Duration::from_millis(6_100)).await;
     assert!(matches!(
         verifier.verify(&token).await,

@@ -33,12 +33,23 @@ pub(crate) struct Cached {
 /// What the API server last said of a ServiceAccount token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Accepted by the review sent at this Unix second.
-    Accepted { at: i64 },
+    /// Accepted by the review sent at Unix second `at`; `failing` when a review after it could
+    /// not be made (the API server could not be asked).
+    Accepted { at: i64, failing: bool },
     /// Refused, for this reason.
     Refused(String),
     /// The API server could not be asked, and no acceptance was at hand.
     Unavailable,
+}
+
+/// A cached ServiceAccount token's verdict, read under the same lock as the claim on its next
+/// review ([`TokenCache::claim_review`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Claim {
+    pub(crate) verdict: Verdict,
+    /// The stamp of the review this caller is to send; `None` when it is not due, or another
+    /// caller is sending it.
+    pub(crate) seq: Option<u64>,
 }
 
 /// A verdict and when to ask again.
@@ -119,25 +130,29 @@ impl TokenCache {
         self.reviews.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// When `token`'s next review is due at `now`: a stamp for it, and nobody else gets one for
-    /// `hold` seconds (or until its verdict is recorded). Concurrent requests with the same
-    /// token send one review, not one each.
-    pub(crate) fn claim_review(&self, token: &str, now: i64, hold: i64) -> Option<u64> {
+    /// `token`'s verdict, and when its next review is due at `now`, a stamp for it: nobody else
+    /// gets one for `hold` seconds (or until a verdict is recorded), so concurrent requests with
+    /// the same token send one review, not one each. `None` when the cache holds no verdict.
+    pub(crate) fn claim_review(&self, token: &str, now: i64, hold: i64) -> Option<Claim> {
         let mut shard = self
             .shard(token)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let review = shard.get_mut(token)?.review.as_mut()?;
-        if now < review.due {
-            return None;
-        }
-        review.due = now.saturating_add(hold);
-        Some(self.next_review())
+        let seq = (now >= review.due).then(|| {
+            review.due = now.saturating_add(hold);
+            self.next_review()
+        });
+        Some(Claim {
+            verdict: review.verdict.clone(),
+            seq,
+        })
     }
 
     /// Records a review's verdict. A review sent before the one that gave the current verdict
-    /// changes nothing, and `Unavailable` does not replace an acceptance (its due time stays as
-    /// claimed).
+    /// changes nothing; `Unavailable` over an acceptance only marks it `failing` (and is retried
+    /// from `due`). Without an entry (evicted, or expired) a verdict is stored only when
+    /// `create` (a first review): a stale claimed review must not bring back an evicted one.
     pub(crate) fn record(
         &self,
         token: &str,
@@ -145,23 +160,42 @@ impl TokenCache {
         epoch: u64,
         leeway: i64,
         review: ReviewRecord,
+        create: bool,
     ) {
-        let (seq, unavailable) = (review.seq, review.verdict == Verdict::Unavailable);
-        let entry = self.entry(identity, epoch, leeway, Some(review));
-        self.put(token, entry, |current| {
-            match current.and_then(|e| e.review.as_ref()) {
-                None => true,
-                Some(current) => {
-                    current.seq < seq
-                        && !(unavailable && matches!(current.verdict, Verdict::Accepted { .. }))
+        let mut shard = self
+            .shard(token)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match shard.get_mut(token).and_then(|e| e.review.as_mut()) {
+            None if !create => return,
+            None => {}
+            Some(current) if current.seq >= review.seq => return,
+            Some(current) => {
+                if let (Verdict::Unavailable, Verdict::Accepted { at, .. }) =
+                    (&review.verdict, &current.verdict)
+                {
+                    current.verdict = Verdict::Accepted {
+                        at: *at,
+                        failing: true,
+                    };
+                    current.seq = review.seq;
+                    current.due = review.due;
+                    return;
                 }
             }
-        });
+        }
+        let entry = self.entry(identity, epoch, leeway, Some(review));
+        self.put_locked(&mut shard, token, entry);
     }
 
     /// Remembers a verified token that needs no review (a user's).
     pub(crate) fn insert(&self, token: &str, identity: &Identity, epoch: u64, leeway: i64) {
-        self.put(token, self.entry(identity, epoch, leeway, None), |_| true);
+        let entry = self.entry(identity, epoch, leeway, None);
+        let mut shard = self
+            .shard(token)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.put_locked(&mut shard, token, entry);
     }
 
     fn entry(
@@ -179,17 +213,9 @@ impl TokenCache {
         }
     }
 
-    /// Stores `entry` if `replace` agrees, given the entry there now (checked under the same
-    /// lock as the write).
-    fn put(&self, token: &str, entry: Entry, replace: impl FnOnce(Option<&Entry>) -> bool) {
+    /// Stores `entry`, making room in its (locked) shard when it is full.
+    fn put_locked(&self, shard: &mut HashMap<Box<str>, Entry>, token: &str, entry: Entry) {
         let epoch = entry.epoch;
-        let mut shard = self
-            .shard(token)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !replace(shard.get(token)) {
-            return;
-        }
         if shard.len() >= self.per_shard && !shard.contains_key(token) {
             let now = jiff::Timestamp::now().as_second();
             // Entries of a newer key set are kept: this insert may come from a verification
@@ -289,35 +315,37 @@ mod tests {
         assert_eq!(cache.get("t.o.k", 1, 0), None, "gone, not just hidden");
     }
 
-    fn record(seq: u64, verdict: Verdict, due: i64) -> ReviewRecord {
-        ReviewRecord { verdict, seq, due }
+    /// Records `verdict` for the token `s.a.t` under stamp `seq`, next due at `due`.
+    fn put(cache: &TokenCache, seq: u64, verdict: Verdict, due: i64, create: bool) {
+        let review = ReviewRecord { verdict, seq, due };
+        cache.record("s.a.t", &identity(1000), 1, 0, review, create);
     }
+
+    const ACCEPTED: Verdict = Verdict::Accepted {
+        at: 100,
+        failing: false,
+    };
 
     #[test]
     fn a_due_review_is_handed_out_once_per_hold() {
         let cache = TokenCache::new(100).expect("enabled");
-        let accepted = Verdict::Accepted { at: 100 };
         let first = cache.next_review();
-        cache.record(
-            "s.a.t",
-            &identity(1000),
-            1,
-            0,
-            record(first, accepted.clone(), 130),
-        );
+        put(&cache, first, ACCEPTED, 130, true);
         cache.insert("u.s.r", &identity(1000), 1, 0);
-        let verdict = |now| cache.get("s.a.t", 1, now).and_then(|c| c.verdict);
-        assert_eq!(verdict(129), Some(accepted.clone()));
-        assert_eq!(cache.claim_review("s.a.t", 129, 5), None, "not due yet");
-        let second = cache.claim_review("s.a.t", 130, 5).expect("due");
-        assert!(second > first);
+        let claim = |now| cache.claim_review("s.a.t", now, 5);
         assert_eq!(
-            cache.claim_review("s.a.t", 134, 5),
-            None,
-            "claimed until 135"
+            claim(129),
+            Some(Claim {
+                verdict: ACCEPTED,
+                seq: None
+            }),
+            "not due yet"
         );
+        let second = claim(130).and_then(|c| c.seq).expect("due");
+        assert!(second > first);
+        assert_eq!(claim(134).and_then(|c| c.seq), None, "claimed until 135");
         assert!(
-            cache.claim_review("s.a.t", 135, 5).is_some(),
+            claim(135).and_then(|c| c.seq).is_some(),
             "the claimed review never landed"
         );
         assert_eq!(
@@ -335,33 +363,40 @@ mod tests {
     #[test]
     fn a_slower_older_review_never_overwrites_a_newer_verdict() {
         let cache = TokenCache::new(100).expect("enabled");
+        let verdict = || cache.get("s.a.t", 1, 101).and_then(|c| c.verdict);
         let (older, newer) = (cache.next_review(), cache.next_review());
         let refused = Verdict::Refused("pod deleted".into());
-        let accepted_before = Verdict::Accepted { at: 99 };
-        cache.record(
-            "s.a.t",
-            &identity(1000),
-            1,
-            0,
-            record(newer, refused.clone(), 105),
-        );
-        cache.record(
-            "s.a.t",
-            &identity(1000),
-            1,
-            0,
-            record(older, accepted_before, 130),
-        );
-        let verdict = || cache.get("s.a.t", 1, 101).and_then(|c| c.verdict);
+        put(&cache, newer, refused.clone(), 105, true);
+        put(&cache, older, ACCEPTED, 130, false);
         assert_eq!(verdict(), Some(refused));
 
-        // An outage does not undo an acceptance; a later acceptance replaces a refusal.
-        let accepted = Verdict::Accepted { at: 110 };
-        let later = record(cache.next_review(), accepted.clone(), 140);
-        cache.record("s.a.t", &identity(1000), 1, 0, later);
-        let outage = record(cache.next_review(), Verdict::Unavailable, 115);
-        cache.record("s.a.t", &identity(1000), 1, 0, outage);
-        assert_eq!(verdict(), Some(accepted));
+        // A later acceptance replaces a refusal; an outage after it only marks it failing.
+        put(&cache, cache.next_review(), ACCEPTED, 140, false);
+        assert_eq!(verdict(), Some(ACCEPTED));
+        put(
+            &cache,
+            cache.next_review(),
+            Verdict::Unavailable,
+            115,
+            false,
+        );
+        let failing = Verdict::Accepted {
+            at: 100,
+            failing: true,
+        };
+        assert_eq!(verdict(), Some(failing));
+        put(&cache, cache.next_review(), ACCEPTED, 150, false);
+        assert_eq!(verdict(), Some(ACCEPTED), "a success ends the failing mark");
+    }
+
+    #[test]
+    fn only_a_first_review_creates_an_entry() {
+        let cache = TokenCache::new(100).expect("enabled");
+        // A claimed review landing after its entry was evicted does not bring it back.
+        put(&cache, cache.next_review(), ACCEPTED, 130, false);
+        assert_eq!(cache.get("s.a.t", 1, 101), None);
+        put(&cache, cache.next_review(), ACCEPTED, 130, true);
+        assert!(cache.get("s.a.t", 1, 101).is_some());
     }
 
     #[test]

@@ -46,7 +46,7 @@ use claims::Mapping;
 use fetch::{Fetcher, Limits};
 use key_files::KeyFiles;
 use remote::{RemoteKeys, Trigger};
-use review::{Review, Reviewer};
+use review::{Next, Review, Reviewer};
 use select::{Domain, Inner, ServiceAccountKeys, Step, UserKeys};
 
 /// A verified caller.
@@ -228,62 +228,63 @@ impl Verifier {
             let identity = self.verify_uncached(bearer).await?;
             let Some(cache) = &inner.cache else {
                 return match identity.service_account {
-                    Some(_) => self.review(bearer, identity, epoch, 0).await,
+                    Some(_) => self.review(bearer, identity, epoch, 0, true).await,
                     None => Ok(identity),
                 };
             };
             if identity.service_account.is_some() {
-                return self
-                    .review(bearer, identity, epoch, cache.next_review())
-                    .await;
+                let seq = cache.next_review();
+                return self.review(bearer, identity, epoch, seq, true).await;
             }
             cache.insert(bearer, &identity, epoch, inner.leeway);
             return Ok(identity);
         };
-        let Some(verdict) = verdict else {
+        if verdict.is_none() {
             return Ok(identity);
+        }
+        // A ServiceAccount token: its verdict and, when due, the claim on its next review, read
+        // under one lock.
+        let hold = secs(inner.options.fetch_timeout).saturating_add(1);
+        let claim = inner
+            .cache
+            .as_ref()
+            .and_then(|c| c.claim_review(bearer, now, hold));
+        let Some(claim) = claim else {
+            // Evicted since: as on first sight.
+            let seq = inner.cache.as_ref().map_or(0, TokenCache::next_review);
+            return self.review(bearer, identity, epoch, seq, true).await;
         };
-        // The review of a ServiceAccount token, if one is due and nobody else is sending it.
-        let claim = || {
-            let hold = secs(inner.options.fetch_timeout).saturating_add(1);
-            inner
-                .cache
-                .as_ref()
-                .and_then(|c| c.claim_review(bearer, now, hold))
-        };
-        match verdict {
-            Verdict::Accepted { at }
-                if now <= at.saturating_add(secs(inner.options.review_grace)) =>
-            {
-                if let Some(seq) = claim() {
-                    let (verifier, token) = (self.clone(), bearer.to_string());
-                    let reviewed = identity.clone();
-                    tokio::spawn(async move {
-                        // The verdict lands in the cache; this request does not wait for it.
-                        let _ = verifier.review(&token, reviewed, epoch, seq).await;
-                    });
-                }
+        match review::decide(claim, now, secs(inner.options.review_grace)) {
+            Next::Serve => Ok(identity),
+            Next::ServeAndReview(seq) => {
+                let (verifier, token) = (self.clone(), bearer.to_string());
+                let reviewed = identity.clone();
+                tokio::spawn(async move {
+                    // The verdict lands in the cache; this request does not wait for it.
+                    let _ = verifier.review(&token, reviewed, epoch, seq, false).await;
+                });
                 Ok(identity)
             }
-            // Refused, unavailable, or accepted too long ago: only a review now can accept it.
-            verdict => match claim() {
-                Some(seq) => self.review(bearer, identity, epoch, seq).await,
-                None => Err(match verdict {
-                    Verdict::Refused(reason) => AuthError::Revoked(reason),
-                    _ => AuthError::ReviewUnavailable,
-                }),
-            },
+            Next::Review(seq) => self.review(bearer, identity, epoch, seq, false).await,
+            Next::ReviewUnclaimed => {
+                let seq = inner.cache.as_ref().map_or(0, TokenCache::next_review);
+                self.review(bearer, identity, epoch, seq, false).await
+            }
+            Next::Refuse(reason) => Err(AuthError::Revoked(reason)),
+            Next::Unavailable => Err(AuthError::ReviewUnavailable),
         }
     }
 
     /// Asks the API server whether it still accepts `bearer`, a ServiceAccount token verified
-    /// locally as `identity`, and records the verdict in the cache, stamped `seq`.
+    /// locally as `identity`, and records the verdict in the cache, stamped `seq` (a new entry
+    /// only when `first`: see [`TokenCache::record`]).
     async fn review(
         &self,
         bearer: &str,
         identity: Identity,
         epoch: u64,
         seq: u64,
+        first: bool,
     ) -> Result<Identity, AuthError> {
         let inner = &*self.inner;
         let (Some(keys), Some(account)) = (&inner.service_accounts, &identity.service_account)
@@ -297,7 +298,11 @@ impl Verifier {
         let (verdict, due, result) = match review {
             Review::Accepted => {
                 let due = sent.saturating_add(secs(inner.options.review_interval));
-                (Verdict::Accepted { at: sent }, due, Ok(()))
+                let verdict = Verdict::Accepted {
+                    at: sent,
+                    failing: false,
+                };
+                (verdict, due, Ok(()))
             }
             Review::Refused(reason) => {
                 tracing::info!(account = %identity.key, %reason, "ServiceAccount token refused by the API server");
@@ -316,7 +321,7 @@ impl Verifier {
         };
         if let Some(cache) = &inner.cache {
             let record = ReviewRecord { verdict, seq, due };
-            cache.record(bearer, &identity, epoch, inner.leeway, record);
+            cache.record(bearer, &identity, epoch, inner.leeway, record, first);
         }
         result.map(|()| identity)
     }

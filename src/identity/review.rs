@@ -12,6 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 
+use super::cache::{Claim, Verdict};
 use crate::crd::ServiceAccountRef;
 
 /// What the API server said of a token.
@@ -57,6 +58,39 @@ impl Reviewer {
             Ok(Err(error)) => Review::Unavailable(error.to_string()),
             Ok(Ok(review)) => judge(&review, &self.audience, account),
         }
+    }
+}
+
+/// What a request with a cached ServiceAccount token does ([`decide`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Accepted recently enough: served.
+    Serve,
+    /// Served, and this request starts the due review (stamped) in the background.
+    ServeAndReview(u64),
+    /// Only a review now can accept it: this request sends the claimed review and waits.
+    Review(u64),
+    /// As `Review`, but another request holds the claim: this one sends a review of its own,
+    /// because nothing is known to be wrong (an acceptance that only grew old).
+    ReviewUnclaimed,
+    /// Refused lately, and another request is asking again.
+    Refuse(String),
+    /// The API server could not be asked lately, and another request is asking again.
+    Unavailable,
+}
+
+/// What to do with a request whose token has `claim` at `now`, when an acceptance is served
+/// for `grace` seconds without a fresh one.
+pub(super) fn decide(claim: Claim, now: i64, grace: i64) -> Next {
+    match (claim.verdict, claim.seq) {
+        (Verdict::Accepted { at, .. }, seq) if now <= at.saturating_add(grace) => match seq {
+            Some(seq) => Next::ServeAndReview(seq),
+            None => Next::Serve,
+        },
+        (_, Some(seq)) => Next::Review(seq),
+        (Verdict::Accepted { failing: false, .. }, None) => Next::ReviewUnclaimed,
+        (Verdict::Accepted { failing: true, .. } | Verdict::Unavailable, None) => Next::Unavailable,
+        (Verdict::Refused(reason), None) => Next::Refuse(reason),
     }
 }
 
@@ -115,6 +149,44 @@ mod tests {
             }),
             ..TokenReview::default()
         }
+    }
+
+    #[test]
+    fn a_cached_verdict_decides_whether_the_request_waits_for_a_review() {
+        let claim = |verdict: Verdict, seq| Claim { verdict, seq };
+        let accepted = |at, failing| Verdict::Accepted { at, failing };
+        let grace = 300;
+        // Within the grace, an acceptance is served, failing or not; a due review goes along.
+        assert_eq!(
+            decide(claim(accepted(100, false), None), 400, grace),
+            Next::Serve
+        );
+        assert_eq!(
+            decide(claim(accepted(100, true), None), 400, grace),
+            Next::Serve
+        );
+        let due = claim(accepted(100, false), Some(7));
+        assert_eq!(decide(due, 400, grace), Next::ServeAndReview(7));
+        // Past it, only a fresh review accepts.
+        let old = claim(accepted(100, false), Some(8));
+        assert_eq!(decide(old, 401, grace), Next::Review(8));
+        // Another request is already asking: an idle client's old acceptance asks again too,
+        // one whose last review failed is answered 503 at once.
+        let idle = claim(accepted(100, false), None);
+        assert_eq!(decide(idle, 401, grace), Next::ReviewUnclaimed);
+        let outage = claim(accepted(100, true), None);
+        assert_eq!(decide(outage, 401, grace), Next::Unavailable);
+        // A refusal or an outage is answered at once until its review is due.
+        let refused = Verdict::Refused("pod deleted".into());
+        assert_eq!(
+            decide(claim(refused.clone(), None), 401, grace),
+            Next::Refuse("pod deleted".into())
+        );
+        assert_eq!(decide(claim(refused, Some(9)), 401, grace), Next::Review(9));
+        let down = claim(Verdict::Unavailable, None);
+        assert_eq!(decide(down, 401, grace), Next::Unavailable);
+        let retry = claim(Verdict::Unavailable, Some(10));
+        assert_eq!(decide(retry, 401, grace), Next::Review(10));
     }
 
     #[test]
