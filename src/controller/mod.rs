@@ -438,16 +438,7 @@ fn watcher_config() -> watcher::Config {
 
 /// `KubeController::new`, with each object trimmed ([`crate::crd::trim`]) before the
 /// controller's store keeps it.
-fn controller<K>(api: Api<K>) -> KubeController<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+fn controller<K: crate::crd::Watched>(api: Api<K>) -> KubeController<K> {
     let (reader, writer) = reflector::store();
     let objects = reflector::reflector(
         writer,

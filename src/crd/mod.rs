@@ -40,6 +40,29 @@ pub const MANAGED_BY_ADMIN_API: &str = "admin-api";
 /// do by default): the whole spec again, as a JSON string.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// What a reflector of one of the kinds (the index's, the controller's) needs of it.
+pub trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Drops what a watch delivers but flowgate never reads from a watched object: `managedFields` (a
 /// tree as large as the fields each manager set) and kubectl's last-applied annotation. Each
 /// reflector store holds every object, so with 10,000 ChatflowAccess objects these copies are

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Resources, Snapshot, compile};
-use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy};
+use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy, Watched};
 use crate::ops::Gate;
 
 /// Shared read access to the current snapshot.
@@ -165,16 +165,7 @@ fn watch_backoff() -> impl kube::runtime::utils::Backoff {
     )
 }
 
-fn reflect<K>(client: Client, dirty: Arc<Notify>) -> (Store<K>, impl Future<Output = ()>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+fn reflect<K: Watched>(client: Client, dirty: Arc<Notify>) -> (Store<K>, impl Future<Output = ()>) {
     let api: Api<K> = Api::all(client);
     let (reader, writer) = reflector::store();
     // Lists (at start and after a 410) read the latest state, not the API server's watch cache:
