@@ -54,6 +54,11 @@ fn series(sel: &str, healthy: bool) -> Vec<Value> {
         ),
         s(
             "flowgate_proxy_decisions_total",
+            r#"decision="deny", reason="token_review_unavailable""#,
+            pick("0x40", "0+5x40"),
+        ),
+        s(
+            "flowgate_proxy_decisions_total",
             r#"decision="allow", reason="granted""#,
             "0+100x40".into(),
         ),
@@ -150,6 +155,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
         [
             "FlowgateDown",
             "FlowgateLedgerUnavailable",
+            "FlowgateIdentityUnavailable",
             "FlowgateLedgerSlow",
             "FlowgateLedgerRetentionFailing",
             "FlowgateFlowiseErrors",
