@@ -414,19 +414,24 @@ impl Relay {
     }
 }
 
+/// `host:port` of the API server KUBECONFIG names.
+async fn api_server_address() -> String {
+    let config = kube::Config::infer()
+        .await
+        .expect("a config from KUBECONFIG");
+    let url = config.cluster_url;
+    format!(
+        "{}:{}",
+        url.host().expect("a host"),
+        url.port_u16().unwrap_or(443)
+    )
+}
+
 #[tokio::test]
 async fn while_the_api_server_cannot_be_asked_only_recently_reviewed_tokens_pass() {
     let admin = cluster().await;
     let account = ServiceAccountFixture::create(&admin, "outage").await;
-    let config = kube::Config::infer()
-        .await
-        .expect("a config from KUBECONFIG");
-    let upstream = format!(
-        "{}:{}",
-        config.cluster_url.host().expect("a host"),
-        config.cluster_url.port_u16().unwrap_or(443)
-    );
-    let relay = Relay::start(upstream).await;
+    let relay = Relay::start(api_server_address().await).await;
     let jwt = JwtConfig {
         service_account_audience: Some(AUDIENCE.into()),
         ..JwtConfig::default()
@@ -490,5 +495,54 @@ async fn while_the_api_server_cannot_be_asked_only_recently_reviewed_tokens_pass
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    account.delete().await;
+}
+
+#[tokio::test]
+async fn a_rotated_user_key_keeps_service_account_reviews() {
+    let admin = cluster().await;
+    let account = ServiceAccountFixture::create(&admin, "rotation").await;
+    let relay = Relay::start(api_server_address().await).await;
+    let mut secret = tempfile::NamedTempFile::new().expect("temp file");
+    secret.write_all(SECRET).expect("writes");
+    let jwt = JwtConfig {
+        service_account_audience: Some(AUDIENCE.into()),
+        hs256_secret_file: Some(secret.path().to_path_buf()),
+        ..JwtConfig::default()
+    };
+    let options = VerifierOptions {
+        fetch_timeout: Duration::from_secs(2),
+        ..VerifierOptions::default()
+    };
+    let verifier = Verifier::with_options(
+        &jwt,
+        &ClaimMapping::default(),
+        Some(relay.client().await),
+        options,
+    )
+    .expect("valid configuration");
+    assert!(verifier.refresh().await, "keys load through the relay");
+    let token = account.token(AUDIENCE).await;
+    verifier
+        .verify(&token)
+        .await
+        .expect("reviewed and accepted");
+    let user = Signer::hs256(SECRET).sign(&claims());
+    verifier.verify(&user).await.expect("a user token");
+
+    // The HS256 secret is rotated while the API server cannot be asked.
+    relay.cut(true);
+    std::fs::write(secret.path(), b"another-hs256-secret-of-32-bytes-or-more").expect("rewrites");
+    assert!(verifier.reload_key_files(), "the new secret is read");
+    assert_eq!(
+        verifier.verify(&user).await,
+        Err(AuthError::BadSignature),
+        "the old secret's tokens stop"
+    );
+    let served = verifier.verify(&token).await;
+    assert!(
+        served.is_ok(),
+        "the ServiceAccount token's review outlives a user-key change: {served:?}"
+    );
     account.delete().await;
 }

@@ -22,6 +22,25 @@ const SHARDS: usize = 16;
 
 type Shard = Mutex<HashMap<Box<str>, Entry>>;
 
+/// The key-set epochs a verification started in: one for callers' own keys (key files, JWKS,
+/// OIDC), one for the cluster's. A ServiceAccount token's entry follows only the cluster's, so
+/// a rotated user key does not throw away its review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Epochs {
+    pub(crate) users: u64,
+    pub(crate) service_accounts: u64,
+}
+
+impl Epochs {
+    /// The epoch `entry` is checked against.
+    fn of(&self, entry: &Entry) -> u64 {
+        match entry.review {
+            Some(_) => self.service_accounts,
+            None => self.users,
+        }
+    }
+}
+
 /// A cache hit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Cached {
@@ -72,7 +91,8 @@ struct Entry {
     identity: Identity,
     /// For ServiceAccount tokens.
     review: Option<ReviewRecord>,
-    /// Key-set epoch the token was verified in.
+    /// Key-set epoch the token was verified in ([`Epochs`]: the cluster's for ServiceAccount
+    /// tokens).
     epoch: u64,
     /// `exp` plus leeway, in seconds.
     valid_until: i64,
@@ -108,14 +128,15 @@ impl TokenCache {
         &self.shards[usize::from(sextet) % self.shards.len()]
     }
 
-    /// The identity of `token` if it was verified in `epoch` and is still valid at `now`.
-    pub(crate) fn get(&self, token: &str, epoch: u64, now: i64) -> Option<Cached> {
+    /// The identity of `token` if it was verified in the current `epochs` and is still valid
+    /// at `now`.
+    pub(crate) fn get(&self, token: &str, epochs: Epochs, now: i64) -> Option<Cached> {
         let mut shard = self
             .shard(token)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.get(token)?;
-        if entry.epoch == epoch && now <= entry.valid_until {
+        if entry.epoch == epochs.of(entry) && now <= entry.valid_until {
             return Some(Cached {
                 identity: entry.identity.clone(),
                 verdict: entry.review.as_ref().map(|r| r.verdict.clone()),
@@ -157,7 +178,7 @@ impl TokenCache {
         &self,
         token: &str,
         identity: &Identity,
-        epoch: u64,
+        epochs: Epochs,
         leeway: i64,
         review: ReviewRecord,
         create: bool,
@@ -184,18 +205,18 @@ impl TokenCache {
                 }
             }
         }
-        let entry = self.entry(identity, epoch, leeway, Some(review));
-        self.put_locked(&mut shard, token, entry);
+        let entry = self.entry(identity, epochs.service_accounts, leeway, Some(review));
+        self.put_locked(&mut shard, token, entry, epochs);
     }
 
     /// Remembers a verified token that needs no review (a user's).
-    pub(crate) fn insert(&self, token: &str, identity: &Identity, epoch: u64, leeway: i64) {
-        let entry = self.entry(identity, epoch, leeway, None);
+    pub(crate) fn insert(&self, token: &str, identity: &Identity, epochs: Epochs, leeway: i64) {
+        let entry = self.entry(identity, epochs.users, leeway, None);
         let mut shard = self
             .shard(token)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        self.put_locked(&mut shard, token, entry);
+        self.put_locked(&mut shard, token, entry, epochs);
     }
 
     fn entry(
@@ -213,14 +234,19 @@ impl TokenCache {
         }
     }
 
-    /// Stores `entry`, making room in its (locked) shard when it is full.
-    fn put_locked(&self, shard: &mut HashMap<Box<str>, Entry>, token: &str, entry: Entry) {
-        let epoch = entry.epoch;
+    /// Stores `entry`, verified in `epochs`, making room in its (locked) shard when it is full.
+    fn put_locked(
+        &self,
+        shard: &mut HashMap<Box<str>, Entry>,
+        token: &str,
+        entry: Entry,
+        epochs: Epochs,
+    ) {
         if shard.len() >= self.per_shard && !shard.contains_key(token) {
             let now = jiff::Timestamp::now().as_second();
             // Entries of a newer key set are kept: this insert may come from a verification
             // that started before the keys changed.
-            shard.retain(|_, e| e.epoch >= epoch && now <= e.valid_until);
+            shard.retain(|_, e| e.epoch >= epochs.of(e) && now <= e.valid_until);
             if shard.len() >= self.per_shard
                 && let Some(victim) = shard.keys().next().cloned()
             {
@@ -244,6 +270,11 @@ mod tests {
     use jiff::Timestamp;
 
     use super::*;
+
+    const E1: Epochs = Epochs {
+        users: 1,
+        service_accounts: 1,
+    };
 
     fn identity(exp: i64) -> Identity {
         Identity {
@@ -298,27 +329,27 @@ mod tests {
     #[test]
     fn a_cached_token_is_served_until_exp_plus_leeway() {
         let cache = TokenCache::new(100).expect("enabled");
-        cache.insert("t.o.k", &identity(1000), 1, 30);
+        cache.insert("t.o.k", &identity(1000), E1, 30);
         assert_eq!(
-            cache.get("t.o.k", 1, 1030).map(|c| c.identity),
+            cache.get("t.o.k", E1, 1030).map(|c| c.identity),
             Some(identity(1000))
         );
-        assert_eq!(cache.get("t.o.k", 1, 1031), None);
+        assert_eq!(cache.get("t.o.k", E1, 1031), None);
         assert_eq!(cache.len(), 0, "an expired entry is dropped");
     }
 
     #[test]
     fn a_key_set_change_invalidates_cached_tokens() {
         let cache = TokenCache::new(100).expect("enabled");
-        cache.insert("t.o.k", &identity(1000), 1, 0);
-        assert_eq!(cache.get("t.o.k", 2, 0), None);
-        assert_eq!(cache.get("t.o.k", 1, 0), None, "gone, not just hidden");
+        cache.insert("t.o.k", &identity(1000), E1, 0);
+        assert_eq!(cache.get("t.o.k", Epochs { users: 2, ..E1 }, 0), None);
+        assert_eq!(cache.get("t.o.k", E1, 0), None, "gone, not just hidden");
     }
 
     /// Records `verdict` for the token `s.a.t` under stamp `seq`, next due at `due`.
     fn put(cache: &TokenCache, seq: u64, verdict: Verdict, due: i64, create: bool) {
         let review = ReviewRecord { verdict, seq, due };
-        cache.record("s.a.t", &identity(1000), 1, 0, review, create);
+        cache.record("s.a.t", &identity(1000), E1, 0, review, create);
     }
 
     const ACCEPTED: Verdict = Verdict::Accepted {
@@ -331,7 +362,7 @@ mod tests {
         let cache = TokenCache::new(100).expect("enabled");
         let first = cache.next_review();
         put(&cache, first, ACCEPTED, 130, true);
-        cache.insert("u.s.r", &identity(1000), 1, 0);
+        cache.insert("u.s.r", &identity(1000), E1, 0);
         let claim = |now| cache.claim_review("s.a.t", now, 5);
         assert_eq!(
             claim(129),
@@ -363,7 +394,7 @@ mod tests {
     #[test]
     fn a_slower_older_review_never_overwrites_a_newer_verdict() {
         let cache = TokenCache::new(100).expect("enabled");
-        let verdict = || cache.get("s.a.t", 1, 101).and_then(|c| c.verdict);
+        let verdict = || cache.get("s.a.t", E1, 101).and_then(|c| c.verdict);
         let (older, newer) = (cache.next_review(), cache.next_review());
         let refused = Verdict::Refused("pod deleted".into());
         put(&cache, newer, refused.clone(), 105, true);
@@ -394,24 +425,39 @@ mod tests {
         let cache = TokenCache::new(100).expect("enabled");
         // A claimed review landing after its entry was evicted does not bring it back.
         put(&cache, cache.next_review(), ACCEPTED, 130, false);
-        assert_eq!(cache.get("s.a.t", 1, 101), None);
+        assert_eq!(cache.get("s.a.t", E1, 101), None);
         put(&cache, cache.next_review(), ACCEPTED, 130, true);
-        assert!(cache.get("s.a.t", 1, 101).is_some());
+        assert!(cache.get("s.a.t", E1, 101).is_some());
+    }
+
+    #[test]
+    fn a_key_change_of_one_kind_keeps_the_other_kind_s_entries() {
+        let cache = TokenCache::new(100).expect("enabled");
+        put(&cache, cache.next_review(), ACCEPTED, 130, true);
+        cache.insert("u.s.r", &identity(1000), E1, 0);
+        let user_keys_rotated = Epochs { users: 2, ..E1 };
+        assert!(cache.get("s.a.t", user_keys_rotated, 101).is_some());
+        assert_eq!(cache.get("u.s.r", user_keys_rotated, 101), None);
+        let cluster_keys_rotated = Epochs {
+            service_accounts: 2,
+            ..user_keys_rotated
+        };
+        assert_eq!(cache.get("s.a.t", cluster_keys_rotated, 101), None);
     }
 
     #[test]
     fn only_the_exact_token_hits() {
         let cache = TokenCache::new(100).expect("enabled");
-        cache.insert("t.o.k", &identity(1000), 1, 0);
-        assert_eq!(cache.get("t.o.", 1, 0), None);
-        assert_eq!(cache.get("t.o.kk", 1, 0), None);
+        cache.insert("t.o.k", &identity(1000), E1, 0);
+        assert_eq!(cache.get("t.o.", E1, 0), None);
+        assert_eq!(cache.get("t.o.kk", E1, 0), None);
     }
 
     #[test]
     fn the_cache_stays_within_its_capacity() {
         let cache = TokenCache::new(SHARDS * 2).expect("enabled");
         for i in 0..1000 {
-            cache.insert(&format!("token-{i}"), &identity(10_000_000_000), 1, 0);
+            cache.insert(&format!("token-{i}"), &identity(10_000_000_000), E1, 0);
         }
         assert!(cache.len() <= SHARDS * 2, "{} entries", cache.len());
         assert!(TokenCache::new(0).is_none());

@@ -41,7 +41,7 @@ pub use token::{MAX_HEADER_BYTES, MAX_TOKEN_BYTES};
 
 use crate::config::{ClaimMapping, ConfigError, JwtConfig};
 use crate::crd::ServiceAccountRef;
-use cache::{Cached, ReviewRecord, TokenCache, Verdict};
+use cache::{Cached, Epochs, ReviewRecord, TokenCache, Verdict};
 use claims::Mapping;
 use fetch::{Fetcher, Limits};
 use key_files::KeyFiles;
@@ -158,6 +158,7 @@ impl Verifier {
             max_bytes: options.max_response_bytes,
         };
         let key_epoch = Arc::new(AtomicU64::new(0));
+        let service_account_epoch = Arc::new(AtomicU64::new(0));
         let remote =
             |fetcher| RemoteKeys::new(fetcher, limits, options.refresh_cooldown, key_epoch.clone());
         let mut remote_keys = Vec::new();
@@ -177,7 +178,12 @@ impl Verifier {
             (None, _) => None,
             (Some(audience), Some(client)) => Some(ServiceAccountKeys {
                 reviewer: Reviewer::new(client.clone(), audience.clone(), options.fetch_timeout),
-                remote: remote(Fetcher::Kubernetes { client }),
+                remote: RemoteKeys::new(
+                    Fetcher::Kubernetes { client },
+                    limits,
+                    options.refresh_cooldown,
+                    service_account_epoch.clone(),
+                ),
                 audience: audience.clone(),
             }),
             (Some(_), None) => {
@@ -207,6 +213,7 @@ impl Verifier {
                 service_accounts,
                 cache: TokenCache::new(options.token_cache_capacity),
                 key_epoch,
+                service_account_epoch,
                 options,
             }),
         })
@@ -221,22 +228,28 @@ impl Verifier {
             return Err(AuthError::TooLarge);
         }
         // Read before any key is: an entry is never newer than the keys it was verified with.
-        let epoch = inner.key_epoch.load(Ordering::Acquire);
+        let epochs = Epochs {
+            users: inner.key_epoch.load(Ordering::Acquire),
+            service_accounts: inner.service_account_epoch.load(Ordering::Acquire),
+        };
         let now = Timestamp::now().as_second();
-        let cached = inner.cache.as_ref().and_then(|c| c.get(bearer, epoch, now));
+        let cached = inner
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(bearer, epochs, now));
         let Some(Cached { identity, verdict }) = cached else {
             let identity = self.verify_uncached(bearer).await?;
             let Some(cache) = &inner.cache else {
                 return match identity.service_account {
-                    Some(_) => self.review(bearer, identity, epoch, 0, true).await,
+                    Some(_) => self.review(bearer, identity, epochs, 0, true).await,
                     None => Ok(identity),
                 };
             };
             if identity.service_account.is_some() {
                 let seq = cache.next_review();
-                return self.review(bearer, identity, epoch, seq, true).await;
+                return self.review(bearer, identity, epochs, seq, true).await;
             }
-            cache.insert(bearer, &identity, epoch, inner.leeway);
+            cache.insert(bearer, &identity, epochs, inner.leeway);
             return Ok(identity);
         };
         if verdict.is_none() {
@@ -252,7 +265,7 @@ impl Verifier {
         let Some(claim) = claim else {
             // Evicted since: as on first sight.
             let seq = inner.cache.as_ref().map_or(0, TokenCache::next_review);
-            return self.review(bearer, identity, epoch, seq, true).await;
+            return self.review(bearer, identity, epochs, seq, true).await;
         };
         match review::decide(claim, now, secs(inner.options.review_grace)) {
             Next::Serve => Ok(identity),
@@ -261,14 +274,14 @@ impl Verifier {
                 let reviewed = identity.clone();
                 tokio::spawn(async move {
                     // The verdict lands in the cache; this request does not wait for it.
-                    let _ = verifier.review(&token, reviewed, epoch, seq, false).await;
+                    let _ = verifier.review(&token, reviewed, epochs, seq, false).await;
                 });
                 Ok(identity)
             }
-            Next::Review(seq) => self.review(bearer, identity, epoch, seq, false).await,
+            Next::Review(seq) => self.review(bearer, identity, epochs, seq, false).await,
             Next::ReviewUnclaimed => {
                 let seq = inner.cache.as_ref().map_or(0, TokenCache::next_review);
-                self.review(bearer, identity, epoch, seq, false).await
+                self.review(bearer, identity, epochs, seq, false).await
             }
             Next::Refuse(reason) => Err(AuthError::Revoked(reason)),
             Next::Unavailable => Err(AuthError::ReviewUnavailable),
@@ -282,7 +295,7 @@ impl Verifier {
         &self,
         bearer: &str,
         identity: Identity,
-        epoch: u64,
+        epochs: Epochs,
         seq: u64,
         first: bool,
     ) -> Result<Identity, AuthError> {
@@ -321,7 +334,7 @@ impl Verifier {
         };
         if let Some(cache) = &inner.cache {
             let record = ReviewRecord { verdict, seq, due };
-            cache.record(bearer, &identity, epoch, inner.leeway, record, first);
+            cache.record(bearer, &identity, epochs, inner.leeway, record, first);
         }
         result.map(|()| identity)
     }

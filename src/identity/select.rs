@@ -27,8 +27,11 @@ pub(super) struct Inner {
     pub(super) service_accounts: Option<ServiceAccountKeys>,
     pub(super) options: VerifierOptions,
     pub(super) cache: Option<TokenCache>,
-    /// Moves whenever a remote key set changes; invalidates cached tokens.
+    /// Moves whenever a key set for callers' own tokens changes (a key file, a JWKS or OIDC
+    /// source); invalidates their cached tokens.
     pub(super) key_epoch: Arc<AtomicU64>,
+    /// Moves whenever the cluster's key set changes; invalidates cached ServiceAccount tokens.
+    pub(super) service_account_epoch: Arc<AtomicU64>,
 }
 
 /// Keys for callers' own JWTs.
