@@ -201,12 +201,23 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
     for (k, v) in down["labels"].as_object().expect("labels") {
         absent_labels[k] = v.clone();
     }
+    let identity_alert = firing
+        .iter()
+        .find(|t| t["alertname"] == "FlowgateIdentityUnavailable")
+        .cloned()
+        .expect("the identity alert is among the rules");
     let unit_tests = json!({
         "rule_files": ["rules.yaml"],
         "evaluation_interval": "1m",
         "tests": [
             {"interval": "1m", "input_series": series(&sel, true), "alert_rule_test": quiet},
             {"interval": "1m", "input_series": series(&sel, false), "alert_rule_test": firing},
+            // The other reason of FlowgateIdentityUnavailable, alone.
+            {"interval": "1m",
+             "input_series": [{"series": format!(
+                 r#"flowgate_proxy_decisions_total{{{sel}, decision="deny", reason="keys_unavailable"}}"#),
+                 "values": "0+5x40"}],
+             "alert_rule_test": [identity_alert]},
             {"interval": "1m",
              "input_series": [{"series": format!("flowgate_controller_leader{{{sel}}}"), "values": "1x40"}],
              "alert_rule_test": [{"alertname": "FlowgateDown", "eval_time": "30m", "exp_alerts": [{

@@ -51,7 +51,8 @@ pub(crate) struct RemoteKeys {
     current: ArcSwapOption<KeySnapshot>,
     flight: Mutex<Flight>,
     fetches: AtomicU64,
-    /// Shared by all sources; moved whenever one's keys change (see [`super::cache`]).
+    /// The epoch of this source's kind (callers' sources share one, the cluster's has its
+    /// own); moved whenever this source's keys change (see [`super::cache`]).
     epoch: Arc<AtomicU64>,
 }
 
