@@ -133,17 +133,11 @@ impl ServiceAccountFixture {
 
 /// A verifier that reviews ServiceAccount tokens again after 1 s, not 30.
 fn reviewing_verifier(client: Client) -> Verifier {
-    let config = JwtConfig {
-        service_account_audience: Some(AUDIENCE.into()),
-        leeway: Duration::from_secs(30),
-        ..JwtConfig::default()
-    };
     let options = VerifierOptions {
         review_interval: Duration::from_secs(1),
         ..VerifierOptions::default()
     };
-    Verifier::with_options(&config, &ClaimMapping::default(), Some(client), options)
-        .expect("valid configuration")
+    verifier_with(client, JwtConfig::default(), options)
 }
 
 /// Verifies `token` every 100 ms until it is refused as revoked; how long that took. Panics
@@ -166,12 +160,18 @@ async fn until_revoked(verifier: &Verifier, token: &str) -> Duration {
 }
 
 fn verifier(client: Client, config: JwtConfig) -> Verifier {
+    verifier_with(client, config, VerifierOptions::default())
+}
+
+/// A verifier of ServiceAccount tokens for [`AUDIENCE`] (and whatever else `config` sets).
+fn verifier_with(client: Client, config: JwtConfig, options: VerifierOptions) -> Verifier {
     let config = JwtConfig {
         service_account_audience: Some(AUDIENCE.into()),
         leeway: Duration::from_secs(30),
         ..config
     };
-    Verifier::new(&config, &ClaimMapping::default(), Some(client)).expect("valid configuration")
+    Verifier::with_options(&config, &ClaimMapping::default(), Some(client), options)
+        .expect("valid configuration")
 }
 
 #[tokio::test]
@@ -432,23 +432,13 @@ async fn while_the_api_server_cannot_be_asked_only_recently_reviewed_tokens_pass
     let admin = cluster().await;
     let account = ServiceAccountFixture::create(&admin, "outage").await;
     let relay = Relay::start(api_server_address().await).await;
-    let jwt = JwtConfig {
-        service_account_audience: Some(AUDIENCE.into()),
-        ..JwtConfig::default()
-    };
     let options = VerifierOptions {
         review_interval: Duration::from_secs(1),
         review_grace: Duration::from_secs(4),
         fetch_timeout: Duration::from_secs(2),
         ..VerifierOptions::default()
     };
-    let verifier = Verifier::with_options(
-        &jwt,
-        &ClaimMapping::default(),
-        Some(relay.client().await),
-        options,
-    )
-    .expect("valid configuration");
+    let verifier = verifier_with(relay.client().await, JwtConfig::default(), options);
     // Keys first: a key load moves the cache's epoch, which would drop the first entry.
     assert!(verifier.refresh().await, "keys load through the relay");
     let seen = account.token(AUDIENCE).await;
@@ -506,7 +496,6 @@ async fn a_rotated_user_key_keeps_service_account_reviews() {
     let mut secret = tempfile::NamedTempFile::new().expect("temp file");
     secret.write_all(SECRET).expect("writes");
     let jwt = JwtConfig {
-        service_account_audience: Some(AUDIENCE.into()),
         hs256_secret_file: Some(secret.path().to_path_buf()),
         ..JwtConfig::default()
     };
@@ -514,13 +503,7 @@ async fn a_rotated_user_key_keeps_service_account_reviews() {
         fetch_timeout: Duration::from_secs(2),
         ..VerifierOptions::default()
     };
-    let verifier = Verifier::with_options(
-        &jwt,
-        &ClaimMapping::default(),
-        Some(relay.client().await),
-        options,
-    )
-    .expect("valid configuration");
+    let verifier = verifier_with(relay.client().await, jwt, options);
     assert!(verifier.refresh().await, "keys load through the relay");
     let token = account.token(AUDIENCE).await;
     verifier
