@@ -15,6 +15,7 @@ mod tests;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use foldhash::HashMap as FastMap;
 use jiff::Timestamp;
 
 use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy, RateLimit, Role};
@@ -95,28 +96,63 @@ impl Grant {
     }
 }
 
-/// What one subject (a user value, a group, a ServiceAccount) is granted.
+/// Who is granted one chatflow, or (by `"*"`) every chatflow of one namespace, by subject.
+///
+/// Kept per chatflow and per namespace, not per subject: a decision then looks the caller up in
+/// maps as large as the chatflow's own audience, however many objects the index holds.
 #[derive(Debug, Default)]
-struct Grants {
-    /// By chatflow idx.
-    chatflows: HashMap<u32, Vec<Grant>>,
-    /// `"*"` grants, by namespace idx.
-    namespaces: HashMap<u32, Vec<Grant>>,
+struct Holders {
+    users: FastMap<Box<str>, Vec<Grant>>,
+    groups: FastMap<Box<str>, Vec<Grant>>,
+    service_accounts: FastMap<Box<str>, Vec<Grant>>,
+}
+
+impl Holders {
+    fn grant(&mut self, subject: &SubjectRule, grant: Grant) {
+        let (map, key) = match subject {
+            SubjectRule::User(u) => (&mut self.users, u),
+            SubjectRule::Group(g) => (&mut self.groups, g),
+            SubjectRule::ServiceAccount(sa) => (&mut self.service_accounts, sa),
+        };
+        match map.get_mut(key.as_str()) {
+            Some(grants) => grants.push(grant),
+            None => {
+                map.insert(key.as_str().into(), vec![grant]);
+            }
+        }
+    }
+
+    /// The grants this holds for `caller`, live or not.
+    fn of<'s>(&'s self, caller: &Caller<'_>) -> impl Iterator<Item = &'s Grant> {
+        let users = caller
+            .users
+            .iter()
+            .filter_map(|u| self.users.get(u.as_str()));
+        let groups = caller
+            .groups
+            .iter()
+            .filter_map(|g| self.groups.get(g.as_str()));
+        let sa = caller
+            .service_account
+            .and_then(|sa| self.service_accounts.get(sa));
+        users.chain(groups).chain(sa).flatten()
+    }
 }
 
 /// Compiled, immutable view of every resource. Cheap to read, rebuilt on every change.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     chatflows: Vec<Arc<ChatflowEntry>>,
-    by_flowise_id: HashMap<String, u32>,
+    by_flowise_id: FastMap<String, u32>,
     by_name: HashMap<String, HashMap<String, u32>>,
     namespaces: Vec<String>,
     ns_chatflows: Vec<Vec<u32>>,
-    users: HashMap<Box<str>, Grants>,
-    groups: HashMap<Box<str>, Grants>,
-    service_accounts: HashMap<Box<str>, Grants>,
+    /// Grants by chatflow idx.
+    chatflow_holders: Vec<Holders>,
+    /// `"*"` grants by namespace idx.
+    namespace_holders: Vec<Holders>,
     /// Policies by chatflow idx (named or `*`), each with the subjects it applies to.
-    policies: HashMap<u32, Vec<Arc<PolicyRule>>>,
+    policies: Vec<Vec<Arc<PolicyRule>>>,
     access_rules: Vec<Arc<AccessRule>>,
     policy_rules: Vec<Arc<PolicyRule>>,
     /// Resources skipped because their spec is invalid.
@@ -192,6 +228,12 @@ pub fn compile(resources: &Resources) -> Snapshot {
             .push(Arc::new(ChatflowEntry { idx, ns, rule }));
     }
 
+    snap.chatflow_holders
+        .resize_with(snap.chatflows.len(), Holders::default);
+    snap.namespace_holders
+        .resize_with(snap.namespaces.len(), Holders::default);
+    snap.policies.resize_with(snap.chatflows.len(), Vec::new);
+
     for access in &resources.accesses {
         let rule = match AccessRule::try_from(access.as_ref()) {
             Ok(rule) => Arc::new(rule),
@@ -213,23 +255,17 @@ pub fn compile(resources: &Resources) -> Snapshot {
                 rate,
             }),
         };
-        let targets = snap.targets(&rule.namespace, &rule.chatflows, &ns_index);
-        for subject in &rule.subjects {
-            let grants = match subject {
-                SubjectRule::User(u) => snap.users.entry(u.as_str().into()).or_default(),
-                SubjectRule::Group(g) => snap.groups.entry(g.as_str().into()).or_default(),
-                SubjectRule::ServiceAccount(sa) => {
-                    snap.service_accounts.entry(sa.as_str().into()).or_default()
-                }
+        let (holders, at) = match snap.targets(&rule.namespace, &rule.chatflows, &ns_index) {
+            Target::Namespace(ns) => (&mut snap.namespace_holders, vec![ns]),
+            Target::Chatflows(ids) => (&mut snap.chatflow_holders, ids),
+            Target::Nothing => continue,
+        };
+        for i in at {
+            let Some(holder) = holders.get_mut(i as usize) else {
+                continue;
             };
-            match &targets {
-                Target::Namespace(ns) => grants.namespaces.entry(*ns).or_default().push(grant),
-                Target::Chatflows(ids) => {
-                    for id in ids {
-                        grants.chatflows.entry(*id).or_default().push(grant);
-                    }
-                }
-                Target::Nothing => {}
+            for subject in &rule.subjects {
+                holder.grant(subject, grant);
             }
         }
     }
@@ -249,10 +285,12 @@ pub fn compile(resources: &Resources) -> Snapshot {
             Target::Nothing => Vec::new(),
         };
         for id in ids {
-            snap.policies.entry(id).or_default().push(rule.clone());
+            if let Some(rules) = snap.policies.get_mut(id as usize) {
+                rules.push(rule.clone());
+            }
         }
     }
-    for rules in snap.policies.values_mut() {
+    for rules in &mut snap.policies {
         rules.sort_by(|a, b| a.id.cmp(&b.id));
     }
     snap
@@ -360,35 +398,24 @@ impl Snapshot {
         chatflow: &ChatflowEntry,
         now: Timestamp,
     ) -> Option<Access> {
+        let exact = self.chatflow_holders.get(chatflow.idx as usize);
+        let wide = self.namespace_holders.get(chatflow.ns as usize);
+        let grants = exact.into_iter().chain(wide).flat_map(|h| h.of(caller));
         let mut best: Option<Access> = None;
-        let mut consider = |grants: Option<&Grants>| {
-            let Some(grants) = grants else { return };
-            let exact = grants.chatflows.get(&chatflow.idx).into_iter().flatten();
-            let wide = grants.namespaces.get(&chatflow.ns).into_iter().flatten();
-            for grant in exact.chain(wide).filter(|g| g.live(now)) {
-                let Some(access) = best.as_mut() else {
-                    best = Some(Access {
-                        role: grant.role,
-                        limit: grant.limit,
-                    });
-                    continue;
-                };
-                access.role = access.role.max(grant.role);
-                access.limit = match (access.limit, grant.limit) {
-                    (Some(held), Some(limit)) if limit.more_than(&held) => Some(limit),
-                    (Some(held), Some(_)) => Some(held),
-                    _ => None,
-                };
-            }
-        };
-        for user in caller.users {
-            consider(self.users.get(user.as_str()));
-        }
-        for group in caller.groups {
-            consider(self.groups.get(group.as_str()));
-        }
-        if let Some(sa) = caller.service_account {
-            consider(self.service_accounts.get(sa));
+        for grant in grants.filter(|g| g.live(now)) {
+            let Some(access) = best.as_mut() else {
+                best = Some(Access {
+                    role: grant.role,
+                    limit: grant.limit,
+                });
+                continue;
+            };
+            access.role = access.role.max(grant.role);
+            access.limit = match (access.limit, grant.limit) {
+                (Some(held), Some(limit)) if limit.more_than(&held) => Some(limit),
+                (Some(held), Some(_)) => Some(held),
+                _ => None,
+            };
         }
         best
     }
@@ -408,7 +435,7 @@ impl Snapshot {
         chatflow: &ChatflowEntry,
     ) -> Vec<&'s Arc<PolicyRule>> {
         self.policies
-            .get(&chatflow.idx)
+            .get(chatflow.idx as usize)
             .into_iter()
             .flatten()
             .filter(|rule| {
