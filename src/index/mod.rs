@@ -74,10 +74,21 @@ pub struct Limit {
 }
 
 impl Limit {
-    /// Whether this limit allows more than `other` (a higher rate).
+    /// Whether this limit is more generous than `other`: a higher rate; at the same rate, the
+    /// larger burst (more `requests` per longer period); then the earlier ChatflowAccess. A total
+    /// order, so the union of a caller's grants does not depend on the order it is read in.
     fn more_than(&self, other: &Limit) -> bool {
         let per = |l: &Limit| l.rate.per.duration().as_secs();
-        u64::from(self.rate.requests) * per(other) > u64::from(other.rate.requests) * per(self)
+        let rate = |l: &Limit, by: &Limit| u64::from(l.rate.requests) * per(by);
+        (
+            rate(self, other),
+            self.rate.requests,
+            std::cmp::Reverse(self.rule),
+        ) > (
+            rate(other, self),
+            other.rate.requests,
+            std::cmp::Reverse(other.rule),
+        )
     }
 }
 
@@ -100,6 +111,11 @@ impl Grant {
 ///
 /// Kept per chatflow and per namespace, not per subject: a decision then looks the caller up in
 /// maps as large as the chatflow's own audience, however many objects the index holds.
+///
+/// The maps hash with foldhash, not SipHash: their keys are subjects written in the cluster's
+/// own ChatflowAccess objects, and callers only look up (a caller's claim values never become
+/// keys). foldhash is seeded per map, which is the resistance that setting needs; the token
+/// cache, whose keys callers choose, keeps SipHash.
 #[derive(Debug, Default)]
 struct Holders {
     users: FastMap<Box<str>, Vec<Grant>>,

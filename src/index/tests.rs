@@ -433,6 +433,67 @@ fn the_most_generous_rate_limit_of_the_live_grants_applies() {
 }
 
 #[test]
+fn equal_rates_are_settled_by_burst_then_by_object_whatever_grants_the_caller() {
+    let limited = |name: &str, chatflows: &str, who: &str, limit: &str| {
+        access(
+            "team-a",
+            name,
+            &format!("  chatflows: [{chatflows}]\n  subjects: [{{{who}}}]\n  rateLimit: {limit}\n"),
+        )
+    };
+    let alice = ["alice@example.com".to_string()];
+    let support = ["support".to_string()];
+    let alice_in_support = Caller {
+        users: &alice,
+        groups: &support,
+        service_account: None,
+    };
+    let winner = |accesses: Vec<Arc<ChatflowAccess>>| {
+        let mut resources = team_a();
+        resources.accesses = accesses;
+        let snap = compile(&resources);
+        let cf = snap.chatflow_by_flowise_id(SUPPORT).expect("indexed");
+        let access = snap.access(&alice_in_support, cf, now()).expect("access");
+        let limit = access.limit.expect("limited");
+        snap.access_rules()[limit.rule as usize].name.clone()
+    };
+    // 60/min and 1/s are the same rate; 60/min allows a burst of 60. Whether the caller holds it
+    // through a `*` grant as a user or a named grant as a group, in either order of objects.
+    let by_minute = limited(
+        "by-minute",
+        "'*'",
+        "user: alice@example.com",
+        "{requests: 60, per: Minute}",
+    );
+    let by_second = limited(
+        "by-second",
+        "support-bot",
+        "group: support",
+        "{requests: 1, per: Second}",
+    );
+    assert_eq!(
+        winner(vec![by_minute.clone(), by_second.clone()]),
+        "by-minute"
+    );
+    assert_eq!(winner(vec![by_second, by_minute]), "by-minute");
+    // The same limit twice: the earlier object counts, through whichever subject.
+    let first = limited(
+        "first",
+        "'*'",
+        "group: support",
+        "{requests: 5, per: Minute}",
+    );
+    let second = limited(
+        "second",
+        "support-bot",
+        "user: alice@example.com",
+        "{requests: 5, per: Minute}",
+    );
+    assert_eq!(winner(vec![first.clone(), second.clone()]), "first");
+    assert_eq!(winner(vec![second, first]), "second");
+}
+
+#[test]
 fn a_flowise_chatflow_claimed_by_two_chatflows_is_served_by_neither() {
     // A tenant in namespace "aa" (which sorts first) names team-b's chatflow, in another case,
     // and grants itself access to it.
