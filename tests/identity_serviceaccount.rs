@@ -201,6 +201,58 @@ async fn a_service_account_token_is_verified_and_mapped_to_its_account() {
 }
 
 #[tokio::test]
+async fn requests_that_see_a_new_token_together_share_one_review() {
+    let client = cluster().await;
+    let account = ServiceAccountFixture::create(&client, "burst").await;
+    for capacity in [10_000, 0] {
+        let options = VerifierOptions {
+            token_cache_capacity: capacity,
+            ..VerifierOptions::default()
+        };
+        let verifier = verifier_with(client.clone(), JwtConfig::default(), options);
+        assert!(verifier.refresh().await, "keys load through the client");
+        let token = account.token(AUDIENCE).await;
+
+        // A client's burst on a new token: every request waits for the one review.
+        let burst = futures::future::join_all((0..16).map(|_| verifier.verify(&token))).await;
+        for identity in burst {
+            let identity = identity.expect("the reviewed token is accepted");
+            assert_eq!(identity.service_account, Some(account.reference()));
+        }
+        assert_eq!(
+            verifier.token_reviews_sent(),
+            1,
+            "cache capacity {capacity}"
+        );
+
+        // Then: from the cache without a review, or (no cache) one review per request.
+        verifier.verify(&token).await.expect("accepted again");
+        let expected = if capacity == 0 { 2 } else { 1 };
+        assert_eq!(
+            verifier.token_reviews_sent(),
+            expected,
+            "cache capacity {capacity}"
+        );
+    }
+
+    // A first review whose requests all hung up is not lost: the next request gets its verdict
+    // and sends no review of its own.
+    let verifier = verifier(client.clone(), JwtConfig::default());
+    assert!(verifier.refresh().await, "keys load through the client");
+    let token = account.token(AUDIENCE).await;
+    let gone = tokio::time::timeout(Duration::from_micros(1), verifier.verify(&token)).await;
+    assert!(
+        gone.is_err(),
+        "the request hung up before the review answered"
+    );
+    assert_eq!(verifier.token_reviews_sent(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    verifier.verify(&token).await.expect("accepted");
+    assert_eq!(verifier.token_reviews_sent(), 1, "the verdict was recorded");
+    account.delete().await;
+}
+
+#[tokio::test]
 async fn a_service_account_token_for_another_audience_is_rejected() {
     let client = cluster().await;
     let account = ServiceAccountFixture::create(&client, "other-audience").await;

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 
@@ -239,17 +240,12 @@ impl Verifier {
             .and_then(|c| c.get(bearer, epochs, now));
         let Some(Cached { identity, verdict }) = cached else {
             let identity = self.verify_uncached(bearer).await?;
-            let Some(cache) = &inner.cache else {
-                return match identity.service_account {
-                    Some(_) => self.review(bearer, identity, epochs, 0, true).await,
-                    None => Ok(identity),
-                };
-            };
             if identity.service_account.is_some() {
-                let seq = cache.next_review();
-                return self.review(bearer, identity, epochs, seq, true).await;
+                return self.first_review(bearer, identity, epochs).await;
             }
-            cache.insert(bearer, &identity, epochs, inner.leeway);
+            if let Some(cache) = &inner.cache {
+                cache.insert(bearer, &identity, epochs, inner.leeway);
+            }
             return Ok(identity);
         };
         if verdict.is_none() {
@@ -264,8 +260,7 @@ impl Verifier {
             .and_then(|c| c.claim_review(bearer, now, hold));
         let Some(claim) = claim else {
             // Evicted since: as on first sight.
-            let seq = inner.cache.as_ref().map_or(0, TokenCache::next_review);
-            return self.review(bearer, identity, epochs, seq, true).await;
+            return self.first_review(bearer, identity, epochs).await;
         };
         match review::decide(claim, now, secs(inner.options.review_grace)) {
             Next::Serve => Ok(identity),
@@ -286,6 +281,47 @@ impl Verifier {
             Next::Refuse(reason) => Err(AuthError::Revoked(reason)),
             Next::Unavailable => Err(AuthError::ReviewUnavailable),
         }
+    }
+
+    /// The first review of `bearer`, a ServiceAccount token verified locally as `identity` and
+    /// not in the cache: one review, shared by every request that finds the token uncached
+    /// while it is in flight. It runs as a task of its own, so it records its verdict (and
+    /// leaves the in-flight map) even when every request waiting for it is gone.
+    async fn first_review(
+        &self,
+        bearer: &str,
+        identity: Identity,
+        epochs: Epochs,
+    ) -> Result<Identity, AuthError> {
+        let Some(keys) = &self.inner.service_accounts else {
+            // A ServiceAccount identity comes only from the ServiceAccount keys.
+            return Err(AuthError::ReviewUnavailable);
+        };
+        let flight = keys.reviewer.first_review(bearer, || {
+            let seq = self.inner.cache.as_ref().map_or(0, TokenCache::next_review);
+            let (verifier, token) = (self.clone(), bearer.to_string());
+            let review = tokio::spawn(async move {
+                let result = verifier.review(&token, identity, epochs, seq, true).await;
+                if let Some(keys) = &verifier.inner.service_accounts {
+                    keys.reviewer.first_done(&token);
+                }
+                result
+            });
+            // A review that panicked is reported as one that could not be sent.
+            review
+                .map(|joined| joined.unwrap_or(Err(AuthError::ReviewUnavailable)))
+                .boxed()
+                .shared()
+        });
+        flight.await
+    }
+
+    /// How many TokenReviews this verifier has sent (0 without ServiceAccount tokens).
+    pub fn token_reviews_sent(&self) -> u64 {
+        self.inner
+            .service_accounts
+            .as_ref()
+            .map_or(0, |keys| keys.reviewer.sent())
     }
 
     /// Asks the API server whether it still accepts `bearer`, a ServiceAccount token verified

@@ -7,12 +7,17 @@
 //! reviewed when first seen and again once its review is older than the review interval
 //! (`Verifier::verify`).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 
 use super::cache::{Claim, Verdict};
+use super::{AuthError, Identity};
 use crate::crd::ServiceAccountRef;
 
 /// What the API server said of a token.
@@ -30,7 +35,14 @@ pub(super) struct Reviewer {
     client: kube::Client,
     audience: String,
     timeout: Duration,
+    /// Reviews sent so far.
+    sent: AtomicU64,
+    /// First reviews in flight, by token.
+    first: Mutex<HashMap<Box<str>, FirstReview>>,
 }
+
+/// The outcome of a first review, shared by every request waiting for it.
+pub(super) type FirstReview = Shared<BoxFuture<'static, Result<Identity, AuthError>>>;
 
 impl Reviewer {
     pub(super) fn new(client: kube::Client, audience: String, timeout: Duration) -> Self {
@@ -38,11 +50,45 @@ impl Reviewer {
             client,
             audience,
             timeout,
+            sent: AtomicU64::new(0),
+            first: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How many reviews this reviewer has sent.
+    pub(super) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The first review of `token` in flight, or the one `start` makes. Requests that see a new
+    /// token together (a client's burst, or every caller after the cluster's keys change) wait
+    /// for one review, not one each. `start` gets to run only under the map's lock, so it only
+    /// spawns; the spawned review calls [`Reviewer::first_done`] when it has recorded its verdict.
+    pub(super) fn first_review(
+        &self,
+        token: &str,
+        start: impl FnOnce() -> FirstReview,
+    ) -> FirstReview {
+        let mut first = self.first.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(flight) = first.get(token) {
+            return flight.clone();
+        }
+        let flight = start();
+        first.insert(token.into(), flight.clone());
+        flight
+    }
+
+    /// `token`'s first review is over: the next request that finds it uncached starts another.
+    pub(super) fn first_done(&self, token: &str) {
+        self.first
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(token);
     }
 
     /// Reviews `token`, which verified locally as `account`'s.
     pub(super) async fn review(&self, token: &str, account: &ServiceAccountRef) -> Review {
+        self.sent.fetch_add(1, Ordering::Relaxed);
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let request = TokenReview {
             spec: TokenReviewSpec {
