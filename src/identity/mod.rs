@@ -50,6 +50,22 @@ use remote::{RemoteKeys, Trigger};
 use review::{Next, Review, Reviewer};
 use select::{Domain, Inner, ServiceAccountKeys, Step, UserKeys};
 
+/// A first review's task: leaves the in-flight map when dropped, whether the review finished,
+/// panicked, or was dropped unpolled with its runtime (a proxy thread ending), so no request
+/// joins a flight that will never answer.
+struct FirstFlight {
+    verifier: Verifier,
+    token: String,
+}
+
+impl Drop for FirstFlight {
+    fn drop(&mut self) {
+        if let Some(keys) = &self.verifier.inner.service_accounts {
+            keys.reviewer.first_done(&self.token);
+        }
+    }
+}
+
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -285,8 +301,8 @@ impl Verifier {
 
     /// The first review of `bearer`, a ServiceAccount token verified locally as `identity` and
     /// not in the cache: one review, shared by every request that finds the token uncached
-    /// while it is in flight. It runs as a task of its own, so it records its verdict (and
-    /// leaves the in-flight map) even when every request waiting for it is gone.
+    /// while it is in flight. It runs as a task of its own, so it records its verdict even when
+    /// every request waiting for it is gone.
     async fn first_review(
         &self,
         bearer: &str,
@@ -297,22 +313,27 @@ impl Verifier {
             // A ServiceAccount identity comes only from the ServiceAccount keys.
             return Err(AuthError::ReviewUnavailable);
         };
-        let flight = keys.reviewer.first_review(bearer, || {
-            let seq = self.inner.cache.as_ref().map_or(0, TokenCache::next_review);
-            let (verifier, token) = (self.clone(), bearer.to_string());
-            let review = tokio::spawn(async move {
-                let result = verifier.review(&token, identity, epochs, seq, true).await;
-                if let Some(keys) = &verifier.inner.service_accounts {
-                    keys.reviewer.first_done(&token);
-                }
-                result
-            });
-            // A review that panicked is reported as one that could not be sent.
-            review
-                .map(|joined| joined.unwrap_or(Err(AuthError::ReviewUnavailable)))
-                .boxed()
-                .shared()
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let (flight, start) = keys.reviewer.first_review(bearer, || {
+            // No answer (the review's task was dropped) is a review that could not be sent.
+            let answered = answered.map(|r| r.unwrap_or(Err(AuthError::ReviewUnavailable)));
+            answered.boxed().shared()
         });
+        if start {
+            // Spawned outside the map's lock: a task dropped at once (its runtime shutting
+            // down) takes the lock to leave the map.
+            let seq = self.inner.cache.as_ref().map_or(0, TokenCache::next_review);
+            let flight = FirstFlight {
+                verifier: self.clone(),
+                token: bearer.to_string(),
+            };
+            tokio::spawn(async move {
+                let FirstFlight { verifier, token } = &flight;
+                let result = verifier.review(token, identity, epochs, seq, true).await;
+                drop(flight);
+                let _ = answer.send(result);
+            });
+        }
         flight.await
     }
 

@@ -60,22 +60,21 @@ impl Reviewer {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// The first review of `token` in flight, or the one `start` makes. Requests that see a new
-    /// token together (a client's burst, or every caller after the cluster's keys change) wait
-    /// for one review, not one each. `start` gets to run only under the map's lock, so it only
-    /// spawns; the spawned review calls [`Reviewer::first_done`] when it has recorded its verdict.
+    /// The first review of `token` in flight, or a new one made by `flight` (then `true`: the
+    /// caller must start it). Requests that see a new token together (a client's burst, or every
+    /// caller after the cluster's keys change) wait for one review, not one each.
     pub(super) fn first_review(
         &self,
         token: &str,
-        start: impl FnOnce() -> FirstReview,
-    ) -> FirstReview {
+        flight: impl FnOnce() -> FirstReview,
+    ) -> (FirstReview, bool) {
         let mut first = self.first.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(flight) = first.get(token) {
-            return flight.clone();
+            return (flight.clone(), false);
         }
-        let flight = start();
+        let flight = flight();
         first.insert(token.into(), flight.clone());
-        flight
+        (flight, true)
     }
 
     /// `token`'s first review is over: the next request that finds it uncached starts another.
