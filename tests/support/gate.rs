@@ -1,7 +1,7 @@
 //! A flowgate running in-process against the real API server and real Flowise, with an HS256
 //! secret of its own to mint caller tokens.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -66,8 +66,7 @@ pub async fn delete_chatflow(id: &str) {
 }
 
 fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+    SocketAddr::from(([127, 0, 0, 1], super::process::free_port()))
 }
 
 /// A running flowgate; stops when dropped.

@@ -53,8 +53,28 @@ impl DerefMut for KillOnDrop {
     }
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, for a server the test starts next.
+///
+/// Drawn below the kernel's ephemeral range (32768–60999 by default), above the local services
+/// (Flowise 23000, etcd 23790/23800, PostgreSQL 25432, the API server 26443). A port `bind(0)`
+/// gave is in the ephemeral range: free only until the next outgoing connection took it, and the
+/// tests make many, so the server started on it a moment later could find it in use. Here only
+/// explicit binds compete.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    const LOW: u64 = 27_000;
+    const HIGH: u64 = 32_700;
+    for _ in 0..64 {
+        let draw = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let Ok(port) = u16::try_from(LOW + draw % (HIGH - LOW)) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
