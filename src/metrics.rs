@@ -66,6 +66,7 @@ pub struct Metrics {
     credit_alerts: Family<AlertLabels, Counter>,
     ledger_pruned: Family<TableLabels, Counter>,
     ledger_prune_failures: Counter,
+    token_reviews: Family<OutcomeLabels, Counter>,
     /// Unix time of the snapshot the proxy serves.
     pub snapshot_compiled: Gauge,
     /// The controller's reconciles, status writes, Flowise sync passes and leadership.
@@ -148,6 +149,12 @@ impl Metrics {
             "Retention runs that stopped on a ledger error (the next one starts over)",
             ledger_prune_failures.clone(),
         );
+        let token_reviews = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "token_reviews",
+            "TokenReviews of ServiceAccount tokens sent to the API server, by outcome: accepted, refused, unavailable",
+            token_reviews.clone(),
+        );
         let snapshot_compiled = Gauge::default();
         registry.register(
             "index_snapshot_timestamp_seconds",
@@ -166,6 +173,7 @@ impl Metrics {
             credit_alerts,
             ledger_pruned,
             ledger_prune_failures,
+            token_reviews,
             snapshot_compiled,
             controller,
         }
@@ -185,6 +193,13 @@ impl Metrics {
     pub fn decision(&self, decision: &'static str, reason: &'static str) {
         self.decisions
             .get_or_create(&DecisionLabels { decision, reason })
+            .inc();
+    }
+
+    /// Counts one TokenReview answered `outcome` (`accepted`, `refused`, `unavailable`).
+    pub fn token_review(&self, outcome: &'static str) {
+        self.token_reviews
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

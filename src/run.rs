@@ -152,6 +152,8 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             .as_ref()
             .and(client.clone());
         let verifier = Verifier::new(&config.jwt, &config.identity, sa_client)?;
+        let reviews = metrics.clone();
+        verifier.observe_reviews(move |outcome| reviews.token_review(outcome));
         tokio::spawn(verifier.clone().run_refresh(shutdown.clone()));
         // Ready once remote keys (JWKS, OIDC, the cluster's ServiceAccount issuer) have loaded.
         let keys_gate = health.gate("identity keys");

@@ -337,6 +337,14 @@ impl Verifier {
         flight.await
     }
 
+    /// Tells `observer` the outcome of every TokenReview from now on (`accepted`, `refused`,
+    /// `unavailable`): the process's metrics. Only the first observer set is kept.
+    pub fn observe_reviews(&self, observer: impl Fn(&'static str) + Send + Sync + 'static) {
+        if let Some(keys) = &self.inner.service_accounts {
+            keys.reviewer.observe(Box::new(observer));
+        }
+    }
+
     /// How many TokenReviews this verifier has sent (0 without ServiceAccount tokens).
     pub fn token_reviews_sent(&self) -> u64 {
         self.inner

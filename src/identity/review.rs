@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, Shared};
@@ -39,7 +39,12 @@ pub(super) struct Reviewer {
     sent: AtomicU64,
     /// First reviews in flight, by token.
     first: Mutex<HashMap<Box<str>, FirstReview>>,
+    /// Told each review's outcome (a metric), once set.
+    observer: OnceLock<ReviewObserver>,
 }
+
+/// Told the outcome of each review: `accepted`, `refused` or `unavailable`.
+pub(super) type ReviewObserver = Box<dyn Fn(&'static str) + Send + Sync>;
 
 /// The outcome of a first review, shared by every request waiting for it.
 pub(super) type FirstReview = Shared<BoxFuture<'static, Result<Identity, AuthError>>>;
@@ -52,7 +57,13 @@ impl Reviewer {
             timeout,
             sent: AtomicU64::new(0),
             first: Mutex::new(HashMap::new()),
+            observer: OnceLock::new(),
         }
+    }
+
+    /// Tells `observer` the outcome of every review from now on; the first observer set stays.
+    pub(super) fn observe(&self, observer: ReviewObserver) {
+        let _ = self.observer.set(observer);
     }
 
     /// How many reviews this reviewer has sent.
@@ -98,11 +109,19 @@ impl Reviewer {
         };
         let answer =
             tokio::time::timeout(self.timeout, api.create(&PostParams::default(), &request)).await;
-        match answer {
+        let review = match answer {
             Err(_) => Review::Unavailable(format!("no answer within {:?}", self.timeout)),
             Ok(Err(error)) => Review::Unavailable(error.to_string()),
             Ok(Ok(review)) => judge(&review, &self.audience, account),
+        };
+        if let Some(observer) = self.observer.get() {
+            observer(match review {
+                Review::Accepted => "accepted",
+                Review::Refused(_) => "refused",
+                Review::Unavailable(_) => "unavailable",
+            });
         }
+        review
     }
 }
 
