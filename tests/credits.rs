@@ -311,17 +311,11 @@ async fn a_streaming_request_that_flowise_answers_with_json_is_charged() {
 
 /// `flowgate_ledger_operation_duration_seconds_count` of one operation, from the ops listener.
 async fn ledger_calls(gate: &Flowgate, operation: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", gate.ops))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
     let series =
-        format!("flowgate_ledger_operation_duration_seconds_count{{operation=\"{operation}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .map_or(0, |n| n.trim().parse().expect("a count"))
+        format!("flowgate_ledger_operation_duration_seconds_count{{operation=\"{operation}\"}}");
+    support::metric(&gate.ops, &series)
+        .await
+        .map_or(0, |n| n as u64)
 }
 
 #[tokio::test]

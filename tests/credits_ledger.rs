@@ -159,19 +159,9 @@ async fn a_global_admin_reads_the_usage_log_filtered_and_no_one_else_does() {
 /// Waits until the metric series `series` (name and labels, as `/metrics` prints them) reads
 /// `want`.
 async fn metric_becomes(gate: &Flowgate, series: &str, want: u64) {
-    let prefix = format!("{series} ");
     let mut seen = None;
     for _ in 0..100 {
-        let text = reqwest::get(format!("{}/metrics", gate.ops))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        seen = text
-            .lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .map(|n| n.trim().parse::<u64>().expect("a count"));
+        seen = support::metric(&gate.ops, series).await.map(|n| n as u64);
         if seen == Some(want) {
             return;
         }

@@ -182,16 +182,11 @@ async fn service_account_callers_are_verified_under_the_chart_service_account() 
     let bearer = token_request(&stack.account.admin, &ns, "chat-client", Some(AUDIENCE)).await;
     stack.eventually_predicts(&bearer, &id, 200).await;
     // The review shows in the binary's metrics.
-    let metrics = reqwest::get(format!("{}/metrics", stack.binary.ops))
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .expect("/metrics body");
-    let accepted = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("flowgate_token_reviews_total{outcome=\"accepted\"} "))
-        .and_then(|v| v.trim().parse::<f64>().ok());
+    let accepted = support::metric(
+        &stack.binary.ops,
+        "flowgate_token_reviews_total{outcome=\"accepted\"}",
+    )
+    .await;
     assert!(
         accepted.is_some_and(|n| n >= 1.0),
         "an accepted review counted: {accepted:?}"

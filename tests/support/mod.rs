@@ -192,6 +192,21 @@ where
     }
 }
 
+/// One series of the `/metrics` of the ops listener at `ops` (`name{labels}`, as the page prints
+/// it): its value, or `None` while it is not exported.
+pub async fn metric(ops: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics body");
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.trim().parse().expect("a number"))
+}
+
 /// Deletes the Flowise chatflows named `<prefix>…` when dropped, also when the test panics.
 pub struct FlowiseCleanup(pub String);
 
