@@ -292,6 +292,75 @@ async fn a_client_hanging_up_mid_stream_aborts_in_flowise_and_is_charged() {
     .expect("bounded to 60 s");
 }
 
+/// Reads the first chunk of a streamed prediction, then hangs up.
+async fn hang_up_after_the_first_event(gate: &Flowgate, bearer: &str, flowise_id: &str) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{flowise_id}", gate.base))
+        .bearer_auth(bearer)
+        .json(&json!({"question": "a long one", "streaming": true}))
+        .send()
+        .await
+        .expect("flowgate answers");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let first = body.next().await.expect("a first chunk").expect("chunk");
+    assert!(!first.is_empty());
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_when_tokens_are_priced()
+ {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let team = Team::with_fake_flowise("faults-hangup-tokens").await;
+        // One credit per token: the run's 10 tokens, reported after the client left, cost 10.
+        team.policy(
+            "tokens",
+            json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
+                   "cost": {"perPrediction": 1, "perThousandTokens": 1000}}),
+        )
+        .await;
+        let policy = format!("{}/tokens", team.ns);
+        let alice = team.alice();
+
+        let fake = FakeFlowise::start(Mode::Stream {
+            tokens: 10,
+            gap: Duration::from_millis(300),
+        })
+        .await;
+        let gate = Flowgate::with_flowise(&fake.url).await;
+        indexed(&gate, &alice, &policy).await;
+        hang_up_after_the_first_event(&gate, &alice, &team.flowise_id).await;
+        // Read to its end without the client: charged 1 + 10, and the run was not aborted.
+        used_becomes(&gate, &alice, &policy, 11).await;
+        assert_eq!(fake.aborts.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        // A run that does not end within FLOWGATE_UPSTREAM_TIMEOUT of the hang-up is aborted
+        // and charged what Flowise reported by then (nothing: the flat cost).
+        let slow = FakeFlowise::start(Mode::Stream {
+            tokens: 10,
+            gap: Duration::from_millis(1500),
+        })
+        .await;
+        let gate = Flowgate::start_with(Options {
+            flowise_url: Some(slow.url.clone()),
+            upstream_timeout: Some("1s".into()),
+            ..Default::default()
+        })
+        .await;
+        indexed(&gate, &alice, &policy).await;
+        hang_up_after_the_first_event(&gate, &alice, &team.flowise_id).await;
+        support::eventually(10, "Flowise's abort endpoint called", || async {
+            (slow.aborts.load(std::sync::atomic::Ordering::SeqCst) >= 1).then_some(())
+        })
+        .await;
+        // A gate of its own, with a ledger of its own.
+        used_becomes(&gate, &alice, &policy, 1).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
 #[tokio::test]
 async fn a_client_hanging_up_before_the_answer_aborts_in_flowise_and_is_charged() {
     tokio::time::timeout(Duration::from_secs(60), async {

@@ -5,7 +5,8 @@
 //! prediction then still runs in Flowise, and its charge would stay reserved until the sweep
 //! charges it, 15 minutes later. [`InFlight`] is armed for that time: dropped while armed, it asks
 //! Flowise to abort the run and settles the charge at once at its flat cost (the tokens are
-//! never known) — what a hang-up mid-stream gets ([`super::stream`]).
+//! never known). A hang-up mid-stream is the stream's to handle ([`super::stream`]): aborted as
+//! here when the cost is flat, read to its end for Flowise's report when tokens are priced.
 
 use std::net::SocketAddr;
 

@@ -47,7 +47,7 @@ pub use error::ProxyError;
 use keys::ApiKeys;
 use ratelimit::RateLimiter;
 use routes::Route;
-use stream::{Observed, StreamEnd};
+use stream::{Draining, Observed, StreamEnd};
 use upstream::Upstream;
 
 pub(crate) use body::read_json;
@@ -502,6 +502,9 @@ impl Proxy {
         // cannot stream with JSON, and such an answer must be settled like any other.
         if status.is_success() && stream::is_event_stream(&parts.headers) {
             let (abort, charge) = flight.streaming();
+            // Tokens priced: the run's report comes after its last token, so a client that
+            // leaves mid-stream leaves the rest to be read for it ([`stream::Draining`]).
+            let drain = charge.as_ref().is_some_and(Charge::counts_tokens);
             let credits = self.credits.clone();
             // An answer is charged once it reached the caller, whatever follows it: an error
             // after the first token (a later Agentflow node failing) does not refund the tokens.
@@ -527,8 +530,14 @@ impl Proxy {
                     (_, None) => None,
                 }
             });
+            let body = if drain {
+                let background = self.credits.background().clone();
+                Draining::new(observed, self.upstream.timeout(), background).boxed()
+            } else {
+                observed.boxed()
+            };
             return resp
-                .body(observed.boxed())
+                .body(body)
                 .map_err(|e| ProxyError::Internal(e.to_string()));
         }
         let answer = match self.upstream.read_body(incoming, MAX_ANSWER).await {
