@@ -13,6 +13,7 @@ use crate::ledger;
 use crate::metrics::Metrics;
 use crate::ops::{self, Health};
 use crate::proxy::credits::Credits;
+use crate::proxy::drain::Drains;
 use crate::proxy::keys::ApiKeys;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Proxy, ProxyError};
@@ -191,7 +192,16 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
         }
         let upstream = Upstream::new(&config.flowise_url, default_key, config.upstream_timeout)?;
         let background = credits.background().clone();
+        // Streams left by their clients are read on during the connections' drain and stopped
+        // before the background work's, so their settles land before the threads end.
+        let drains = Drains::new(
+            config.upstream_timeout,
+            DRAIN_PERIOD.saturating_sub(Duration::from_secs(5)),
+            shutdown.clone(),
+            background.clone(),
+        );
         let proxy = Proxy {
+            drains,
             credits,
             snapshot,
             verifier: Arc::new(verifier),

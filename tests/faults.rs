@@ -292,8 +292,8 @@ async fn a_client_hanging_up_mid_stream_aborts_in_flowise_and_is_charged() {
     .expect("bounded to 60 s");
 }
 
-/// Reads the first chunk of a streamed prediction, then hangs up.
-async fn hang_up_after_the_first_event(gate: &Flowgate, bearer: &str, flowise_id: &str) {
+/// Streams a prediction, reads until an event of `kind` arrived, then hangs up.
+async fn hang_up_after(gate: &Flowgate, bearer: &str, flowise_id: &str, kind: &str) {
     let resp = reqwest::Client::new()
         .post(format!("{}/api/v1/prediction/{flowise_id}", gate.base))
         .bearer_auth(bearer)
@@ -303,8 +303,38 @@ async fn hang_up_after_the_first_event(gate: &Flowgate, bearer: &str, flowise_id
         .expect("flowgate answers");
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
-    let first = body.next().await.expect("a first chunk").expect("chunk");
-    assert!(!first.is_empty());
+    let mut read = String::new();
+    let wanted = format!("\"event\":\"{kind}\"");
+    while !read.contains(&wanted) {
+        let chunk = body.next().await.expect("more events").expect("chunk");
+        read.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!read.contains("[DONE]"), "hung up before the end: {read}");
+}
+
+/// The caller's usage rows on `policy`, oldest first: (outcome, credits, tokens).
+async fn usage_rows(gate: &Flowgate, bearer: &str, policy: &str) -> Vec<(String, i64, u64)> {
+    let rows: Vec<serde_json::Value> = reqwest::Client::new()
+        .get(format!("{}/credits/usage?policy={policy}", gate.base))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .expect("usage answers")
+        .json()
+        .await
+        .expect("usage rows");
+    let mut rows: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["outcome"].as_str().unwrap_or_default().to_string(),
+                r["credits"].as_i64().unwrap_or_default(),
+                r["tokens"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    rows.reverse();
+    rows
 }
 
 #[tokio::test]
@@ -321,6 +351,7 @@ async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_w
         .await;
         let policy = format!("{}/tokens", team.ns);
         let alice = team.alice();
+        let aborts = |fake: &FakeFlowise| fake.aborts.load(std::sync::atomic::Ordering::SeqCst);
 
         let fake = FakeFlowise::start(Mode::Stream {
             tokens: 10,
@@ -329,13 +360,25 @@ async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_w
         .await;
         let gate = Flowgate::with_flowise(&fake.url).await;
         indexed(&gate, &alice, &policy).await;
-        hang_up_after_the_first_event(&gate, &alice, &team.flowise_id).await;
-        // Read to its end without the client: charged 1 + 10, and the run was not aborted.
-        used_becomes(&gate, &alice, &policy, 11).await;
-        assert_eq!(fake.aborts.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // Gone before the first token: the client had nothing of the answer; aborted, flat cost.
+        hang_up_after(&gate, &alice, &team.flowise_id, "start").await;
+        support::eventually(10, "Flowise's abort endpoint called", || async {
+            (aborts(&fake) == 1).then_some(())
+        })
+        .await;
+        used_becomes(&gate, &alice, &policy, 1).await;
+        // Gone after a token: read to its end without the client, charged 1 + 10, not aborted.
+        hang_up_after(&gate, &alice, &team.flowise_id, "token").await;
+        used_becomes(&gate, &alice, &policy, 12).await;
+        assert_eq!(
+            usage_rows(&gate, &alice, &policy).await.last(),
+            Some(&("settled".to_string(), 11, 10)),
+            "settled at 1 + 10 tokens"
+        );
+        assert_eq!(aborts(&fake), 1, "the second run was not aborted");
 
-        // A run that does not end within FLOWGATE_UPSTREAM_TIMEOUT of the hang-up is aborted
-        // and charged what Flowise reported by then (nothing: the flat cost).
+        // Still streaming FLOWGATE_UPSTREAM_TIMEOUT after the hang-up: let go, charged what
+        // Flowise reported by then (the flat cost), and not aborted either.
         let slow = FakeFlowise::start(Mode::Stream {
             tokens: 10,
             gap: Duration::from_millis(1500),
@@ -348,13 +391,17 @@ async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_w
         })
         .await;
         indexed(&gate, &alice, &policy).await;
-        hang_up_after_the_first_event(&gate, &alice, &team.flowise_id).await;
-        support::eventually(10, "Flowise's abort endpoint called", || async {
-            (slow.aborts.load(std::sync::atomic::Ordering::SeqCst) >= 1).then_some(())
+        hang_up_after(&gate, &alice, &team.flowise_id, "token").await;
+        // A gate of its own, with a ledger of its own.
+        support::eventually(10, "the abandoned stream settled", || async {
+            let rows = usage_rows(&gate, &alice, &policy).await;
+            rows.iter()
+                .any(|(outcome, _, _)| outcome == "settled")
+                .then_some(rows)
         })
         .await;
-        // A gate of its own, with a ledger of its own.
         used_becomes(&gate, &alice, &policy, 1).await;
+        assert_eq!(aborts(&slow), 0);
         team.cleanup().await;
     })
     .await

@@ -6,7 +6,8 @@
 //! charges it, 15 minutes later. [`InFlight`] is armed for that time: dropped while armed, it asks
 //! Flowise to abort the run and settles the charge at once at its flat cost (the tokens are
 //! never known). A hang-up mid-stream is the stream's to handle ([`super::stream`]): aborted as
-//! here when the cost is flat, read to its end for Flowise's report when tokens are priced.
+//! here, or, once the answer started and a policy prices tokens, read on for Flowise's report
+//! ([`super::drain`]).
 
 use std::net::SocketAddr;
 

@@ -12,6 +12,7 @@ mod abandon;
 pub mod body;
 pub mod compat;
 pub mod credits;
+pub mod drain;
 pub mod error;
 pub mod keys;
 pub mod listing;
@@ -47,7 +48,7 @@ pub use error::ProxyError;
 use keys::ApiKeys;
 use ratelimit::RateLimiter;
 use routes::Route;
-use stream::{Draining, Observed, StreamEnd};
+use stream::{Observed, StreamEnd};
 use upstream::Upstream;
 
 pub(crate) use body::read_json;
@@ -75,6 +76,8 @@ pub struct Proxy {
     pub limiter: Arc<RateLimiter>,
     /// The admin API (`/api/admin`); `None` without a cluster (`--resources-dir`).
     pub admin: Option<Arc<crate::admin::Admin>>,
+    /// Streams read on after their clients left, for their token reports.
+    pub drains: drain::Drains,
 }
 
 /// A prediction ready to forward.
@@ -503,7 +506,7 @@ impl Proxy {
         if status.is_success() && stream::is_event_stream(&parts.headers) {
             let (abort, charge) = flight.streaming();
             // Tokens priced: the run's report comes after its last token, so a client that
-            // leaves mid-stream leaves the rest to be read for it ([`stream::Draining`]).
+            // leaves mid-stream leaves the rest to be read for it ([`drain`]).
             let drain = charge.as_ref().is_some_and(Charge::counts_tokens);
             let credits = self.credits.clone();
             // An answer is charged once it reached the caller, whatever follows it: an error
@@ -521,6 +524,11 @@ impl Proxy {
                         }
                         None
                     }
+                    // Read on without the client, then let go: not aborted (see `drain`).
+                    (StreamEnd::Abandoned, Some(charge)) => {
+                        credits.settle_stream(charge, report.usage);
+                        None
+                    }
                     (_, Some(charge)) if answered => {
                         credits.settle_stream(charge, report.usage);
                         None
@@ -531,8 +539,7 @@ impl Proxy {
                 }
             });
             let body = if drain {
-                let background = self.credits.background().clone();
-                Draining::new(observed, self.upstream.timeout(), background).boxed()
+                self.drains.wrap(observed).boxed()
             } else {
                 observed.boxed()
             };

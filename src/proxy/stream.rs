@@ -4,21 +4,15 @@
 //! abandoned by the client (dropped before the end) — exactly once. What the report starts may
 //! hold back the stream's end until it is done ([`Settling`]): a keyed refund lands before the
 //! client sees the end, so a prompt retry with the same key finds it free.
-//!
-//! A stream whose charge waits for Flowise's token report is [`Draining`]: when its client goes
-//! away mid-stream, the rest of the answer is read without it, so the run is charged what Flowise
-//! reports for it rather than what it had reported when the client left (usually nothing: the
-//! report comes after the last token).
+//! A stream whose charge waits for Flowise's token report may be read on after its client left
+//! ([`super::drain`]).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio_util::task::TaskTracker;
 
 use super::sse::{SseScanner, StreamUsage};
 use super::usage::Resume;
@@ -32,6 +26,9 @@ pub enum StreamEnd {
     UpstreamFailed,
     /// The client went away before the end.
     ClientGone,
+    /// The client went away, and the rest was read without it until flowgate stopped reading
+    /// ([`super::drain`]): the run was not aborted.
+    Abandoned,
 }
 
 /// What a stream reported, once it ended.
@@ -101,8 +98,18 @@ impl<B> Observed<B> {
     }
 
     /// Whether the end was reported (the stream ended, or failed).
-    fn reported(&self) -> bool {
+    pub(super) fn reported(&self) -> bool {
         self.on_end.is_none()
+    }
+
+    /// Whether Flowise answered so far: it streamed a token, or ended without an error.
+    pub(super) fn answered(&self) -> bool {
+        self.scanner.answered()
+    }
+
+    /// Reports the stream [`StreamEnd::Abandoned`] unless it already reported its end.
+    pub(super) fn abandon(&mut self) {
+        let _ = self.finish(StreamEnd::Abandoned);
     }
 
     fn finish(&mut self, end: StreamEnd) -> Option<Settling> {
@@ -203,110 +210,6 @@ where
             return SizeHint::default();
         }
         self.inner.size_hint()
-    }
-}
-
-/// An [`Observed`] stream read to its end even when its client goes away first.
-///
-/// Flowise reports a run's tokens after its last token (`usageMetadata`, the last node list), so
-/// a client that reads the answer and hangs up before the report would otherwise be charged only
-/// the flat cost. Dropped before its end, this hands the stream to a task that reads the rest
-/// (passing nothing on) for at most `limit`; the end is then reported as if the client had
-/// stayed. The reading is tracked with the proxy's other background work, which a shutdown lets
-/// finish for a while. Past the limit, or without a runtime to read it on, the stream is reported
-/// as abandoned, as an undrained one is.
-pub struct Draining<B>
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display,
-{
-    body: Option<Observed<B>>,
-    limit: Duration,
-    background: TaskTracker,
-}
-
-impl<B> Draining<B>
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display,
-{
-    pub fn new(body: Observed<B>, limit: Duration, background: TaskTracker) -> Self {
-        Self {
-            body: Some(body),
-            limit,
-            background,
-        }
-    }
-}
-
-impl<B> Drop for Draining<B>
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display,
-{
-    fn drop(&mut self) {
-        let Some(body) = self.body.take() else {
-            return;
-        };
-        if body.reported() {
-            return;
-        }
-        // Without a runtime the body is dropped here: reported as abandoned.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            tracing::debug!("client gone mid-stream; reading the rest for Flowise's token report");
-            runtime.spawn(self.background.track_future(drain(body, self.limit)));
-        }
-    }
-}
-
-/// Reads `body` to its end, for at most `limit`; the body reports how it ended.
-async fn drain<B>(mut body: Observed<B>, limit: Duration)
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display,
-{
-    let rest = async {
-        while let Some(frame) = body.frame().await {
-            if frame.is_err() {
-                break;
-            }
-        }
-    };
-    if tokio::time::timeout(limit, rest).await.is_err() {
-        tracing::warn!(
-            ?limit,
-            "Flowise did not end a stream its client left within the limit; aborting the run"
-        );
-    }
-    // Dropped before its end (past the limit), the body reports the client gone.
-}
-
-impl<B> Body for Draining<B>
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display,
-{
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.body.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body
-            .as_ref()
-            .map_or_else(SizeHint::default, Body::size_hint)
     }
 }
 
@@ -468,122 +371,6 @@ mod tests {
         assert!(first.is_some());
         drop(body);
         assert_eq!(seen.lock().expect("lock")[0].end, StreamEnd::ClientGone);
-    }
-
-    type Sender = futures::channel::mpsc::UnboundedSender<Result<Frame<Bytes>, std::io::Error>>;
-
-    /// A body whose frames the test sends when it chooses.
-    fn fed() -> (
-        Sender,
-        impl Body<Data = Bytes, Error = std::io::Error> + Send + Unpin + 'static,
-    ) {
-        let (tx, rx) = futures::channel::mpsc::unbounded();
-        (tx, StreamBody::new(rx))
-    }
-
-    fn event(line: &str) -> Result<Frame<Bytes>, std::io::Error> {
-        Ok(Frame::data(Bytes::from(format!(
-            "message:\ndata:{line}\n\n"
-        ))))
-    }
-
-    async fn reported(seen: &Arc<Mutex<Vec<Seen>>>) -> Seen {
-        loop {
-            if let Some(first) = seen.lock().expect("lock").first() {
-                return first.clone();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn a_stream_its_client_left_is_read_to_the_end_for_its_report() {
-        let (seen, on_end) = recorder();
-        let (tx, inner) = fed();
-        let mut body = Draining::new(
-            Observed::new(inner, Resume::New, on_end),
-            Duration::from_secs(60),
-            TaskTracker::new(),
-        );
-        tx.unbounded_send(event(r#"{"event":"token","data":"Hi"}"#))
-            .expect("send");
-        assert!(body.frame().await.is_some(), "the client reads a token");
-        drop(body);
-        assert!(seen.lock().expect("lock").is_empty(), "not reported yet");
-        // The rest arrives after the client left: the report counts it.
-        tx.unbounded_send(event(
-            r#"{"event":"usageMetadata","data":{"total_tokens":7}}"#,
-        ))
-        .expect("the drain still reads");
-        tx.unbounded_send(event(r#"{"event":"end","data":"[DONE]"}"#))
-            .expect("send");
-        drop(tx);
-        let report = tokio::time::timeout(Duration::from_secs(10), reported(&seen))
-            .await
-            .expect("reported once drained");
-        assert_eq!(
-            report,
-            Seen {
-                end: StreamEnd::Completed,
-                tokens: 7,
-                error_event: false,
-                answered: true
-            }
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_drain_past_its_limit_reports_the_client_gone() {
-        let (seen, on_end) = recorder();
-        let (tx, inner) = fed();
-        let limit = Duration::from_secs(30);
-        let background = TaskTracker::new();
-        let mut body = Draining::new(
-            Observed::new(inner, Resume::New, on_end),
-            limit,
-            background.clone(),
-        );
-        tx.unbounded_send(event(r#"{"event":"token","data":"Hi"}"#))
-            .expect("send");
-        assert!(body.frame().await.is_some());
-        let left = tokio::time::Instant::now();
-        drop(body);
-        assert_eq!(background.len(), 1, "the drain is background work");
-        let report = reported(&seen).await;
-        assert_eq!(report.end, StreamEnd::ClientGone);
-        assert!(report.answered);
-        assert!(left.elapsed() >= limit, "{:?}", left.elapsed());
-        assert!(
-            tx.unbounded_send(event("{}")).is_err(),
-            "the upstream body is let go"
-        );
-    }
-
-    #[test]
-    fn without_a_runtime_a_stream_its_client_left_is_reported_at_once() {
-        let (seen, on_end) = recorder();
-        let (_tx, inner) = fed();
-        drop(Draining::new(
-            Observed::new(inner, Resume::New, on_end),
-            Duration::from_secs(60),
-            TaskTracker::new(),
-        ));
-        assert_eq!(seen.lock().expect("lock")[0].end, StreamEnd::ClientGone);
-    }
-
-    #[tokio::test]
-    async fn a_stream_that_ended_is_reported_once_and_not_drained() {
-        let (seen, on_end) = recorder();
-        let body = Draining::new(
-            Observed::new(chunks(vec![Ok("a")]), Resume::New, on_end),
-            Duration::from_secs(60),
-            TaskTracker::new(),
-        );
-        assert!(body.collect().await.is_ok());
-        tokio::task::yield_now().await;
-        let reports = seen.lock().expect("lock").clone();
-        assert_eq!(reports.len(), 1);
-        assert_eq!(reports[0].end, StreamEnd::Completed);
     }
 
     #[tokio::test]

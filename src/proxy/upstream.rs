@@ -87,11 +87,6 @@ impl Upstream {
         })
     }
 
-    /// How long a call to Flowise may take to answer (`FLOWGATE_UPSTREAM_TIMEOUT`).
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// The default Flowise key, if configured.
     pub fn default_key(&self) -> Option<&HeaderValue> {
         self.default_key.as_ref()
