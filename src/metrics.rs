@@ -67,6 +67,7 @@ pub struct Metrics {
     ledger_pruned: Family<TableLabels, Counter>,
     ledger_prune_failures: Counter,
     token_reviews: Family<OutcomeLabels, Counter>,
+    stream_hangups: Family<OutcomeLabels, Counter>,
     /// Unix time of the snapshot the proxy serves.
     pub snapshot_compiled: Gauge,
     /// The controller's reconciles, status writes, Flowise sync passes and leadership.
@@ -155,6 +156,14 @@ impl Metrics {
             "TokenReviews of ServiceAccount tokens sent to the API server, by outcome: accepted, refused, unavailable",
             token_reviews.clone(),
         );
+        let stream_hangups = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "stream_hangups",
+            "Streamed answers whose client went away before the end, by what flowgate did: \
+             aborted (Flowise asked to abort the run), read_to_end (read on for the token report), \
+             stopped (read on until a limit, then let go)",
+            stream_hangups.clone(),
+        );
         let snapshot_compiled = Gauge::default();
         registry.register(
             "index_snapshot_timestamp_seconds",
@@ -174,6 +183,7 @@ impl Metrics {
             ledger_pruned,
             ledger_prune_failures,
             token_reviews,
+            stream_hangups,
             snapshot_compiled,
             controller,
         }
@@ -199,6 +209,13 @@ impl Metrics {
     /// Counts one TokenReview answered `outcome` (`accepted`, `refused`, `unavailable`).
     pub fn token_review(&self, outcome: &'static str) {
         self.token_reviews
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Counts one stream whose client went away before its end, by `outcome`.
+    pub fn stream_hangup(&self, outcome: &'static str) {
+        self.stream_hangups
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }

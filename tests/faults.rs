@@ -376,6 +376,14 @@ async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_w
             "settled at 1 + 10 tokens"
         );
         assert_eq!(aborts(&fake), 1, "the second run was not aborted");
+        for (outcome, count) in [("aborted", 1.0), ("read_to_end", 1.0)] {
+            let series = format!("flowgate_stream_hangups_total{{outcome=\"{outcome}\"}}");
+            assert_eq!(
+                support::metric(&gate.ops, &series).await,
+                Some(count),
+                "{series}"
+            );
+        }
 
         // Still streaming FLOWGATE_UPSTREAM_TIMEOUT after the hang-up: let go, charged what
         // Flowise reported by then (the flat cost), and not aborted either.
@@ -402,6 +410,14 @@ async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_w
         .await;
         used_becomes(&gate, &alice, &policy, 1).await;
         assert_eq!(aborts(&slow), 0);
+        assert_eq!(
+            support::metric(
+                &gate.ops,
+                "flowgate_stream_hangups_total{outcome=\"stopped\"}"
+            )
+            .await,
+            Some(1.0)
+        );
         team.cleanup().await;
     })
     .await

@@ -8,11 +8,13 @@
 //! reads the rest (passing nothing on), and the stream's end is reported as if the client had
 //! stayed. The run is not aborted.
 //!
-//! What that may cost is bounded ([`Drains`]): a number of streams read at once (past it, the
-//! stream is abandoned as an undrained one is: abort, charge what was reported), a time per
-//! stream, and a grace period once the process is shutting down. A reading that stops there
-//! reports [`super::stream::StreamEnd::Abandoned`]: charged what was reported, and *not* aborted, because
-//! Flowise aborts by chat and the chat may by then be running the caller's next question.
+//! What that may cost is bounded ([`Drains`]): a number of streams read at once, a time per
+//! stream, and a grace period once the process is shutting down. A stream left when as many are
+//! read already, or once the shutdown began, is not read on: its client is reported gone, so
+//! Flowise is asked to abort it and it is charged what was reported. A reading that stops at its
+//! limit or at the end of the grace reports [`super::stream::StreamEnd::Abandoned`]: charged
+//! what was reported, and *not* aborted, because Flowise aborts by chat and the chat may by then
+//! be running the caller's next question.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,7 +40,7 @@ pub struct Drains {
     permits: Arc<Semaphore>,
     /// Longest a stream is read after its client left.
     limit: Duration,
-    /// How long readings go on once `shutdown` fired.
+    /// How long readings under way go on once `shutdown` fired (none starts after it).
     grace: Duration,
     shutdown: CancellationToken,
     /// Where the readings run: a shutdown waits for them with the proxy's other background work.
@@ -46,8 +48,8 @@ pub struct Drains {
 }
 
 impl Drains {
-    /// At most [`MAX_DRAINS`] at once, each for at most `limit`, and for `grace` once `shutdown`
-    /// fired; run as `background` work.
+    /// At most [`MAX_DRAINS`] at once, each for at most `limit` and until `grace` after
+    /// `shutdown` fired; run as `background` work.
     pub fn new(
         limit: Duration,
         grace: Duration,
@@ -102,8 +104,9 @@ where
         };
         // Dropped here instead, an unreported body reports its client gone: Flowise is asked to
         // abort the run. So it goes before any token (the client had nothing of the answer),
-        // without a runtime, and past the limit of readings at once.
-        if body.reported() || !body.answered() {
+        // once the shutdown began (its grace counts from then), without a runtime, and past the
+        // limit of readings at once.
+        if body.reported() || !body.answered() || self.drains.shutdown.is_cancelled() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -117,6 +120,8 @@ where
             return;
         };
         tracing::debug!("client gone mid-stream; reading the rest for Flowise's token report");
+        let mut body = body;
+        body.left();
         let drains = &self.drains;
         runtime.spawn(drains.background.track_future(drain(
             body,
@@ -152,6 +157,7 @@ async fn drain<B>(
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
+        biased;
         () = rest => return,
         () = tokio::time::sleep(limit) => tracing::warn!(
             ?limit,
@@ -335,6 +341,15 @@ mod tests {
             drains.grace <= stopped && stopped < drains.grace + Duration::from_secs(1),
             "{stopped:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn no_reading_starts_once_the_shutdown_began() {
+        let (drains, shutdown) = drains(Duration::from_secs(300));
+        shutdown.cancel();
+        let (_tx, seen, _) = left_after(&drains, TOKEN).await;
+        assert_eq!(self::seen(&seen), vec![(StreamEnd::ClientGone, 0)]);
+        assert!(drains.background.is_empty());
     }
 
     #[tokio::test]

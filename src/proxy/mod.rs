@@ -511,10 +511,18 @@ impl Proxy {
             let credits = self.credits.clone();
             // An answer is charged once it reached the caller, whatever follows it: an error
             // after the first token (a later Agentflow node failing) does not refund the tokens.
+            let metrics = self.metrics.clone();
             let observed = Observed::new(incoming, resume.clone(), move |report| {
                 let answered = report.answered;
                 if report.error_event {
                     tracing::warn!(answered, "Flowise sent an error event in a streamed answer");
+                }
+                if report.client_left {
+                    metrics.stream_hangup(match report.end {
+                        StreamEnd::ClientGone => "aborted",
+                        StreamEnd::Abandoned => "stopped",
+                        StreamEnd::Completed | StreamEnd::UpstreamFailed => "read_to_end",
+                    });
                 }
                 match (report.end, charge) {
                     (StreamEnd::ClientGone, charge) => {

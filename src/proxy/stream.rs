@@ -42,6 +42,8 @@ pub struct StreamReport {
     /// Flowise answered: it streamed a token, or ended without an error. An error after the
     /// answer started does not take the answer back.
     pub answered: bool,
+    /// The client went away before the end (the rest may have been read without it).
+    pub client_left: bool,
 }
 
 /// Work the end of a stream waits for before the client sees it.
@@ -72,6 +74,8 @@ pub struct Observed<B> {
     on_end: Option<OnEnd>,
     /// The end, waiting for its settling, at most until the deadline.
     held: Option<Held>,
+    /// The client went away and the stream is read on without it.
+    client_left: bool,
 }
 
 struct Held {
@@ -94,7 +98,13 @@ impl<B> Observed<B> {
             scanner: SseScanner::resuming(resume),
             on_end: Some(Box::new(on_end)),
             held: None,
+            client_left: false,
         }
+    }
+
+    /// The client went away; the stream is read on without it.
+    pub(super) fn left(&mut self) {
+        self.client_left = true;
     }
 
     /// Whether the end was reported (the stream ended, or failed).
@@ -122,6 +132,8 @@ impl<B> Observed<B> {
             error_event: self.scanner.failed(),
             answered: self.scanner.answered(),
             usage: self.scanner.take_usage(),
+            client_left: self.client_left
+                || matches!(end, StreamEnd::ClientGone | StreamEnd::Abandoned),
         })
     }
 
