@@ -146,6 +146,33 @@ async fn flowise_slower_than_the_upstream_timeout_is_a_504_refunded_and_aborted(
         while slow.aborts.load(std::sync::atomic::Ordering::SeqCst) < 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+
+        // Headers in time, the JSON answer not: the same.
+        let slow_body = FakeFlowise::start(Mode::SlowBody {
+            delay: Duration::from_secs(10),
+        })
+        .await;
+        let gate = Flowgate::start_with(Options {
+            flowise_url: Some(slow_body.url.clone()),
+            upstream_timeout: Some("1s".into()),
+            ..Default::default()
+        })
+        .await;
+        indexed(&gate, &alice, &policy).await;
+        let (status, body) = predict(&gate, &alice, &id, json!({"question": "half there?"})).await;
+        assert_eq!(status, 504, "{body}");
+        assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
+        used_becomes(&gate, &alice, &policy, 0).await;
+        support::eventually(10, "Flowise's abort endpoint called", || async {
+            (slow_body.aborts.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+        let timeouts = support::metric(
+            &gate.ops,
+            "flowgate_upstream_errors_total{reason=\"upstream_timeout\"}",
+        )
+        .await;
+        assert_eq!(timeouts, Some(1.0), "counted as a Flowise timeout");
         team.cleanup().await;
     })
     .await

@@ -66,6 +66,17 @@ impl<'a> InFlight<'a> {
         }
     }
 
+    /// Flowise failed with `error` before its answer was whole: refunded. When it timed out,
+    /// Flowise may still be running the prediction, so it is asked to stop the work no one is
+    /// charged for ([`InFlight::time_out`]).
+    pub(super) async fn failed(&mut self, error: &super::ProxyError) {
+        if matches!(error, super::ProxyError::UpstreamTimeout) {
+            self.time_out().await;
+        } else {
+            self.refund().await;
+        }
+    }
+
     /// Flowise did not answer in time: refunds the charge and asks Flowise to stop the run, then
     /// waits a moment for the abort (Flowise aborts by chat, so an abort still on its way could
     /// stop the caller's prompt retry of the same chat). Both run in tasks of their own: a client

@@ -465,12 +465,7 @@ impl Proxy {
             Ok(resp) => resp,
             Err(error) => {
                 self.metrics.upstream_error(error.reason());
-                if matches!(error, ProxyError::UpstreamTimeout) {
-                    // Flowise may still be running it: stop the work no one is charged for.
-                    flight.time_out().await;
-                } else {
-                    flight.refund().await;
-                }
+                flight.failed(&error).await;
                 return Err(error);
             }
         };
@@ -558,7 +553,8 @@ impl Proxy {
         let answer = match self.upstream.read_body(incoming, MAX_ANSWER).await {
             Ok(answer) => answer,
             Err(error) => {
-                flight.refund().await;
+                self.metrics.upstream_error(error.reason());
+                flight.failed(&error).await;
                 return Err(error);
             }
         };

@@ -34,6 +34,8 @@ pub enum Mode {
     StreamFail,
     /// 200 JSON like `Answer { tokens: 0 }`, after `delay` (the request is recorded on arrival).
     Slow { delay: Duration },
+    /// 200 JSON headers at once, the body after `delay`.
+    SlowBody { delay: Duration },
     /// 401 as Flowise answers a key-bound chatflow called without its key.
     Unauthorized,
 }
@@ -221,6 +223,16 @@ async fn answer(
                 "application/json",
                 serde_json::json!({"text": format!("Echo: {question}"), "question": question, "chatId": chat_id, "sessionId": chat_id}).to_string(),
             )
+        }
+        Mode::SlowBody { delay } => {
+            let answer = serde_json::json!({"text": format!("Echo: {question}"), "question": question, "chatId": chat_id, "sessionId": chat_id}).to_string();
+            let body = futures::stream::once(async move {
+                tokio::time::sleep(delay).await;
+                Ok::<_, Infallible>(Frame::data(Bytes::from(answer)))
+            });
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(body)));
+            resp.headers_mut().insert("content-type", "application/json".parse().expect("header"));
+            resp
         }
         Mode::Answer { tokens } => full(
             200,
