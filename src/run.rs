@@ -202,6 +202,7 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
         );
         let proxy = Proxy {
             drains,
+            turns: Default::default(),
             credits,
             snapshot,
             verifier: Arc::new(verifier),

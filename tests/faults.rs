@@ -451,6 +451,67 @@ async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_w
     .expect("bounded to 60 s");
 }
 
+/// A streamed question in chat `chat`, read to its end.
+async fn ask(gate: &Flowgate, bearer: &str, id: &str, chat: &str) -> (u16, serde_json::Value) {
+    predict(
+        gate,
+        bearer,
+        id,
+        json!({"question": "hi", "chatId": chat, "streaming": true}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_chat_takes_one_prediction_at_a_time() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (team, policy) = team_with_policy("faults-chat-turns").await;
+        let fake = FakeFlowise::start(Mode::Stream {
+            tokens: 0,
+            gap: Duration::from_millis(300),
+        })
+        .await;
+        let gate = Flowgate::with_flowise(&fake.url).await;
+        let alice = team.alice();
+        // Granted through the team's group.
+        let bob = support::gate::token(
+            "bob-sub",
+            json!({"email": format!("bob@{}.test", team.ns), "groups": [team.group()]}),
+        );
+        indexed(&gate, &alice, &policy).await;
+        let id = team.flowise_id.clone();
+        // Alice's first question in chat c1 streams for ~2 s; her second one in c1 meanwhile
+        // is refused before anything is charged or sent to Flowise.
+        let first = reqwest::Client::new()
+            .post(format!("{}/api/v1/prediction/{id}", gate.base))
+            .bearer_auth(&alice)
+            .json(&json!({"question": "a long one", "chatId": "c1", "streaming": true}))
+            .send()
+            .await
+            .expect("flowgate answers");
+        assert_eq!(first.status(), 200);
+        let (status, body) = ask(&gate, &alice, &id, "c1").await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "chat_busy", "{body}");
+        assert_eq!(
+            fake.predictions(),
+            1,
+            "the busy chat's question never reached Flowise"
+        );
+        // Another chat of hers, and Bob's own c1 (bound to him), are free.
+        assert_eq!(ask(&gate, &alice, &id, "c2").await.0, 200);
+        assert_eq!(ask(&gate, &bob, &id, "c1").await.0, 200);
+        // Once the first answer ended, c1 takes the next question.
+        let text = first.text().await.expect("the first answer");
+        assert!(text.contains("[DONE]"), "{text}");
+        assert_eq!(ask(&gate, &alice, &id, "c1").await.0, 200);
+        used_becomes(&gate, &alice, &policy, 3).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
 #[tokio::test]
 async fn a_client_hanging_up_before_the_answer_aborts_in_flowise_and_is_charged() {
     tokio::time::timeout(Duration::from_secs(60), async {

@@ -17,6 +17,7 @@ use hyper::header::HeaderValue;
 
 use super::credits::{Charge, Credits};
 use super::session;
+use super::turns::Turn;
 use super::upstream::Upstream;
 
 /// A forwarded prediction until Flowise answered it (or failed).
@@ -29,6 +30,9 @@ pub(super) struct InFlight<'a> {
     peer: SocketAddr,
     charge: Option<Charge>,
     armed: bool,
+    /// The chat's turn: released when the prediction is done with, or once Flowise answered the
+    /// abort of its run (an abort still on its way would stop the chat's next run).
+    turn: Option<Turn>,
 }
 
 impl<'a> InFlight<'a> {
@@ -50,7 +54,14 @@ impl<'a> InFlight<'a> {
             peer,
             charge,
             armed: true,
+            turn: None,
         }
+    }
+
+    /// The flight holds its chat's `turn` until it is done with.
+    pub(super) fn holding(mut self, turn: Option<Turn>) -> Self {
+        self.turn = turn;
+        self
     }
 
     pub(super) fn key(&self) -> Option<&HeaderValue> {
@@ -89,6 +100,7 @@ impl<'a> InFlight<'a> {
             std::mem::take(&mut self.chat_id),
             self.key.take(),
             self.peer,
+            self.turn.take(),
         ));
         self.refund().await;
         if tokio::time::timeout(ABORT_WAIT, abort).await.is_err() {
@@ -117,6 +129,7 @@ impl<'a> InFlight<'a> {
             std::mem::take(&mut self.chat_id),
             self.key.take(),
             self.peer,
+            self.turn.take(),
         )
     }
 }
@@ -141,23 +154,29 @@ pub(super) fn abort(
     chat_id: String,
     key: Option<HeaderValue>,
     peer: SocketAddr,
+    turn: Option<Turn>,
 ) -> impl FnOnce() + Send + Sync + 'static {
-    let request = abort_request(upstream, flowise_id, chat_id, key, peer);
+    let request = abort_request(upstream, flowise_id, chat_id, key, peer, turn);
     move || {
         tokio::spawn(request);
     }
 }
 
+/// Longest an abort request is waited for (and its chat kept busy).
+const ABORT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a 504 waits for Flowise to confirm the abort of the run it did not answer.
 const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Asks Flowise to stop generating for `chat_id` on `flowise_id`.
+/// Asks Flowise to stop generating for `chat_id` on `flowise_id`; the chat's `turn` ends once
+/// Flowise answered.
 async fn abort_request(
     upstream: Upstream,
     flowise_id: String,
     chat_id: String,
     key: Option<HeaderValue>,
     peer: SocketAddr,
+    turn: Option<Turn>,
 ) {
     let path = session::abort_path(&flowise_id, &chat_id);
     let headers = hyper::HeaderMap::new();
@@ -169,12 +188,15 @@ async fn abort_request(
         key.as_ref(),
         Bytes::new(),
     ) {
-        Ok(req) => match upstream.send(req).await {
-            Ok(resp) => {
+        // Bounded on its own: the chat's turn waits for it.
+        Ok(req) => match tokio::time::timeout(ABORT_LIMIT, upstream.send(req)).await {
+            Ok(Ok(resp)) => {
                 tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort")
             }
-            Err(error) => tracing::warn!(%error, %chat_id, "abort request failed"),
+            Ok(Err(error)) => tracing::warn!(%error, %chat_id, "abort request failed"),
+            Err(_) => tracing::warn!(?ABORT_LIMIT, %chat_id, "Flowise did not answer an abort"),
         },
         Err(error) => tracing::warn!(%error, "cannot build the abort request"),
     }
+    drop(turn);
 }

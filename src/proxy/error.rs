@@ -66,6 +66,8 @@ pub enum ProxyError {
     },
     #[error("a request with this Idempotency-Key is already in progress or done")]
     DuplicateRequest,
+    #[error("this chat is still answering an earlier question: send the next one once it ended")]
+    ChatBusy,
     #[error("the credits ledger is unavailable")]
     LedgerUnavailable,
     #[error("{0}")]
@@ -109,6 +111,7 @@ impl ProxyError {
             InsufficientCredits { .. } => (StatusCode::PAYMENT_REQUIRED, "insufficient_credits"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             DuplicateRequest => (StatusCode::CONFLICT, "duplicate_request"),
+            ChatBusy => (StatusCode::CONFLICT, "chat_busy"),
             LedgerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable"),
             NotConfigured(_) => (StatusCode::NOT_FOUND, "not_configured"),
             Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),

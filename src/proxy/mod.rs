@@ -23,6 +23,7 @@ pub mod routes;
 pub mod session;
 pub mod sse;
 pub mod stream;
+pub mod turns;
 pub mod upstream;
 pub mod usage;
 
@@ -78,6 +79,8 @@ pub struct Proxy {
     pub admin: Option<Arc<crate::admin::Admin>>,
     /// Streams read on after their clients left, for their token reports.
     pub drains: drain::Drains,
+    /// The chats with a prediction under way: one at a time each.
+    pub turns: turns::ChatTurns,
 }
 
 /// A prediction ready to forward.
@@ -86,6 +89,8 @@ struct Prediction {
     chat_id: String,
     /// The run it continues (`humanInput`), for counting only its own nodes' tokens.
     resume: usage::Resume,
+    /// Its chat's turn, taken before it is charged.
+    turn: Option<turns::Turn>,
 }
 
 /// A prediction body as it will be sent to Flowise.
@@ -206,7 +211,8 @@ impl Proxy {
                 let idempotency_key = idempotency_key(&req)?;
                 // The headers go on to Flowise (the allowed ones) after the body is read.
                 let (parts, body) = req.into_parts();
-                let prediction = read_prediction(&parts.headers, body, &identity).await?;
+                let mut prediction = read_prediction(&parts.headers, body, &identity).await?;
+                prediction.turn = Some(self.turns.begin(&prediction.chat_id)?);
                 self.rate_limit(&snapshot, &identity, &cf, access)?;
                 let key = self.forward_headers(&cf).await?;
                 let charge = self
@@ -219,10 +225,11 @@ impl Proxy {
                 let idempotency_key = idempotency_key(&req)?;
                 let (parts, body) = req.into_parts();
                 let mut body = read_json_body(&parts.headers, body, MAX_JSON_BODY).await?;
-                let (chatflow_id, prediction) = compat_request(&mut body, &identity)?;
+                let (chatflow_id, mut prediction) = compat_request(&mut body, &identity)?;
                 let lookup = Lookup::NameOrId(&chatflow_id);
                 let (cf, access) = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
                 let usable = usable(&cf)?;
+                prediction.turn = Some(self.turns.begin(&prediction.chat_id)?);
                 self.rate_limit(&snapshot, &identity, &cf, access)?;
                 let key = self.forward_headers(&cf).await?;
                 let charge = self
@@ -446,7 +453,8 @@ impl Proxy {
             key,
             peer,
             charge,
-        );
+        )
+        .holding(prediction.turn);
         let req = match self.upstream.request(
             Method::POST,
             &path,
@@ -727,6 +735,7 @@ fn prepare(
         body: Payload::Json(body),
         chat_id,
         resume,
+        turn: None,
     })
 }
 
@@ -759,6 +768,7 @@ async fn read_prediction(
         body: Payload::Multipart(form),
         chat_id,
         resume,
+        turn: None,
     })
 }
 
