@@ -321,10 +321,25 @@ async fn a_client_hanging_up_mid_stream_aborts_in_flowise_and_is_charged() {
 
 /// Streams a prediction, reads until an event of `kind` arrived, then hangs up.
 async fn hang_up_after(gate: &Flowgate, bearer: &str, flowise_id: &str, kind: &str) {
+    hang_up_in(gate, bearer, flowise_id, None, kind).await;
+}
+
+/// [`hang_up_after`] in chat `chat` (a new one when `None`).
+async fn hang_up_in(
+    gate: &Flowgate,
+    bearer: &str,
+    flowise_id: &str,
+    chat: Option<&str>,
+    kind: &str,
+) {
+    let mut question = json!({"question": "a long one", "streaming": true});
+    if let Some(chat) = chat {
+        question["chatId"] = json!(chat);
+    }
     let resp = reqwest::Client::new()
         .post(format!("{}/api/v1/prediction/{flowise_id}", gate.base))
         .bearer_auth(bearer)
-        .json(&json!({"question": "a long one", "streaming": true}))
+        .json(&question)
         .send()
         .await
         .expect("flowgate answers");
@@ -412,8 +427,8 @@ async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_w
             );
         }
 
-        // Still streaming FLOWGATE_UPSTREAM_TIMEOUT after the hang-up: let go, charged what
-        // Flowise reported by then (the flat cost), and not aborted either.
+        // Still streaming FLOWGATE_UPSTREAM_TIMEOUT after the hang-up: aborted, charged what
+        // Flowise reported by then (the flat cost).
         let slow = FakeFlowise::start(Mode::Stream {
             tokens: 10,
             gap: Duration::from_millis(1500),
@@ -436,7 +451,10 @@ async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_w
         })
         .await;
         used_becomes(&gate, &alice, &policy, 1).await;
-        assert_eq!(aborts(&slow), 0);
+        support::eventually(10, "Flowise's abort endpoint called", || async {
+            (aborts(&slow) == 1).then_some(())
+        })
+        .await;
         assert_eq!(
             support::metric(
                 &gate.ops,
@@ -468,7 +486,7 @@ async fn a_chat_takes_one_prediction_at_a_time() {
         let (team, policy) = team_with_policy("faults-chat-turns").await;
         let fake = FakeFlowise::start(Mode::Stream {
             tokens: 0,
-            gap: Duration::from_millis(300),
+            gap: Duration::from_millis(500),
         })
         .await;
         let gate = Flowgate::with_flowise(&fake.url).await;
@@ -480,7 +498,7 @@ async fn a_chat_takes_one_prediction_at_a_time() {
         );
         indexed(&gate, &alice, &policy).await;
         let id = team.flowise_id.clone();
-        // Alice's first question in chat c1 streams for ~2 s; her second one in c1 meanwhile
+        // Alice's first question in chat c1 streams for ~3 s; her second one in c1 meanwhile
         // is refused before anything is charged or sent to Flowise.
         let first = reqwest::Client::new()
             .post(format!("{}/api/v1/prediction/{id}", gate.base))
@@ -505,7 +523,20 @@ async fn a_chat_takes_one_prediction_at_a_time() {
         let text = first.text().await.expect("the first answer");
         assert!(text.contains("[DONE]"), "{text}");
         assert_eq!(ask(&gate, &alice, &id, "c1").await.0, 200);
-        used_becomes(&gate, &alice, &policy, 3).await;
+        // A run aborted (its client left before the first token) keeps the chat until Flowise
+        // answered the abort, then a moment; then the chat is free again.
+        hang_up_in(&gate, &alice, &id, Some("c3"), "start").await;
+        let (status, body) = ask(&gate, &alice, &id, "c3").await;
+        assert_eq!(status, 409, "{body}");
+        support::eventually(10, "Flowise's abort endpoint called", || async {
+            (fake.aborts.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+        support::eventually(10, "chat c3 free again", || async {
+            (ask(&gate, &alice, &id, "c3").await.0 == 200).then_some(())
+        })
+        .await;
+        used_becomes(&gate, &alice, &policy, 5).await;
         team.cleanup().await;
     })
     .await

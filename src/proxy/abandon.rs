@@ -77,23 +77,14 @@ impl<'a> InFlight<'a> {
         }
     }
 
-    /// Flowise failed with `error` before its answer was whole: refunded. When it timed out,
-    /// Flowise may still be running the prediction, so it is asked to stop the work no one is
-    /// charged for ([`InFlight::time_out`]).
+    /// Flowise failed with `error` before its answer was whole: refunded, and Flowise is asked
+    /// to stop the run, which may still be going (a timeout, a connection cut after the request
+    /// went out), so that no one's work goes uncharged and the chat's next run is not mixed with
+    /// it; the chat's turn waits for that. After a timeout the error answer also waits a moment
+    /// for the abort, so a prompt retry finds the chat free. Both run in tasks of their own: a
+    /// client gone meanwhile cancels neither.
     pub(super) async fn failed(&mut self, error: &super::ProxyError) {
-        if matches!(error, super::ProxyError::UpstreamTimeout) {
-            self.time_out().await;
-        } else {
-            self.refund().await;
-        }
-    }
-
-    /// Flowise did not answer in time: refunds the charge and asks Flowise to stop the run, then
-    /// waits a moment for the abort (Flowise aborts by chat, so an abort still on its way could
-    /// stop the caller's prompt retry of the same chat). Both run in tasks of their own: a client
-    /// gone meanwhile cancels neither.
-    pub(super) async fn time_out(&mut self) {
-        tracing::debug!(chat_id = %self.chat_id, "Flowise did not answer in time; aborting");
+        tracing::debug!(chat_id = %self.chat_id, %error, "Flowise failed; aborting the run");
         let abort = tokio::spawn(abort_request(
             self.upstream.clone(),
             std::mem::take(&mut self.flowise_id),
@@ -103,7 +94,9 @@ impl<'a> InFlight<'a> {
             self.turn.take(),
         ));
         self.refund().await;
-        if tokio::time::timeout(ABORT_WAIT, abort).await.is_err() {
+        if matches!(error, super::ProxyError::UpstreamTimeout)
+            && tokio::time::timeout(ABORT_WAIT, abort).await.is_err()
+        {
             tracing::warn!(?ABORT_WAIT, "Flowise did not confirm the abort in time");
         }
     }
@@ -162,6 +155,9 @@ pub(super) fn abort(
     }
 }
 
+/// How long a chat stays busy after Flowise answered the abort of its run.
+const RUN_UNWIND: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Longest an abort request is waited for (and its chat kept busy).
 const ABORT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -191,7 +187,16 @@ async fn abort_request(
         // Bounded on its own: the chat's turn waits for it.
         Ok(req) => match tokio::time::timeout(ABORT_LIMIT, upstream.send(req)).await {
             Ok(Ok(resp)) => {
-                tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort")
+                tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort");
+                // Flowise answers once it signalled the run, which then still unwinds (and ends
+                // the chat's stream on its way out): the turn waits a moment longer.
+                if let Some(turn) = turn {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(RUN_UNWIND).await;
+                        drop(turn);
+                    });
+                }
+                return;
             }
             Ok(Err(error)) => tracing::warn!(%error, %chat_id, "abort request failed"),
             Err(_) => tracing::warn!(?ABORT_LIMIT, %chat_id, "Flowise did not answer an abort"),

@@ -13,8 +13,8 @@
 //! read already, or once the shutdown began, is not read on: its client is reported gone, so
 //! Flowise is asked to abort it and it is charged what was reported. A reading that stops at its
 //! limit or at the end of the grace reports [`super::stream::StreamEnd::Abandoned`]: charged
-//! what was reported, and *not* aborted, because Flowise aborts by chat and the chat may by then
-//! be running the caller's next question.
+//! what was reported, and aborted. (The chat's turn, [`super::turns`], is held meanwhile, so
+//! the abort cannot reach a newer run in the chat.)
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -161,10 +161,10 @@ async fn drain<B>(
         () = rest => return,
         () = tokio::time::sleep(limit) => tracing::warn!(
             ?limit,
-            "Flowise did not end a stream its client left within the limit; charging what it reported"
+            "Flowise did not end a stream its client left within the limit; aborting it"
         ),
         () = stopping => tracing::warn!(
-            "shutting down before Flowise ended a stream its client left; charging what it reported"
+            "shutting down before Flowise ended a stream its client left; aborting it"
         ),
     }
     body.abandon();

@@ -166,7 +166,10 @@ impl ProxyError {
                 resp.headers_mut()
                     .insert(ALLOW, HeaderValue::from_static(allow));
             }
-            Self::KeysUnavailable | Self::TokenReviewUnavailable | Self::LedgerUnavailable => {
+            Self::KeysUnavailable
+            | Self::TokenReviewUnavailable
+            | Self::LedgerUnavailable
+            | Self::ChatBusy => {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }

@@ -527,16 +527,14 @@ impl Proxy {
                         StreamEnd::Completed | StreamEnd::UpstreamFailed => "read_to_end",
                     });
                 }
+                // Flowise may still be running it: asked to stop, and the chat's turn waits for
+                // that (dropped unused, the callback ends the turn at once).
+                let gone = matches!(report.end, StreamEnd::ClientGone | StreamEnd::Abandoned);
+                if gone || report.end == StreamEnd::UpstreamFailed {
+                    abort();
+                }
                 match (report.end, charge) {
-                    (StreamEnd::ClientGone, charge) => {
-                        abort();
-                        if let Some(charge) = charge {
-                            credits.settle_stream(charge, report.usage);
-                        }
-                        None
-                    }
-                    // Read on without the client, then let go: not aborted (see `drain`).
-                    (StreamEnd::Abandoned, Some(charge)) => {
+                    (_, Some(charge)) if gone => {
                         credits.settle_stream(charge, report.usage);
                         None
                     }

@@ -3,8 +3,8 @@
 //!
 //! Flowise takes the session from `chatId`, and in multipart mode also from `sessionId` and
 //! `overrideConfig[sessionId]` (its form parser nests bracketed names): every field with such a
-//! key in its name is rewritten, and `chatId` is added when absent. A form has at most
-//! [`MAX_PARTS`] parts.
+//! key in its name is replaced by those three, once each, bound to the caller. A form has at
+//! most [`MAX_PARTS`] parts.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -70,29 +70,43 @@ impl Form {
             .and_then(|p| std::str::from_utf8(&p.data).ok())
     }
 
-    /// Rewrites every session field to a session of the caller's own; returns the bound id.
+    /// Replaces the session fields with one `chatId` of the caller's own (and one `sessionId`
+    /// and `overrideConfig[sessionId]` where the form had such fields); returns the bound id.
+    /// Each field once and unbracketed: Flowise's form parser turns a repeated name into an array
+    /// and a bracketed one into an object, which Flowise would read as another chat id (`a,a`,
+    /// `[object Object]`) than the one bound.
     pub fn bind_session(&mut self, subject_key: &str) -> String {
         let requested = ["chatId", "sessionId", "overrideConfig[sessionId]"]
             .iter()
             .find_map(|name| self.text(name))
             .map(str::to_string);
         let bound = session::bind(subject_key, requested.as_deref());
-        let mut has_chat_id = false;
-        for part in &mut self.parts {
-            if is_session_field(&part.name) {
-                has_chat_id |= part.name == "chatId";
-                part.file_name = None;
-                part.content_type = None;
-                part.data = Bytes::from(bound.clone());
+        let (mut session_id, mut override_session) = (false, false);
+        self.parts.retain(|part| {
+            if !is_session_field(&part.name) {
+                return true;
             }
-        }
-        if !has_chat_id {
-            self.parts.push(Part {
-                name: "chatId".into(),
-                file_name: None,
-                content_type: None,
-                data: Bytes::from(bound.clone()),
-            });
+            if part.name.starts_with("overrideConfig") {
+                override_session = true;
+            } else if !part.name.starts_with("chatId") {
+                session_id = true;
+            }
+            false
+        });
+        let fields = [
+            ("chatId", true),
+            ("sessionId", session_id),
+            ("overrideConfig[sessionId]", override_session),
+        ];
+        for (name, present) in fields {
+            if present {
+                self.parts.push(Part {
+                    name: name.into(),
+                    file_name: None,
+                    content_type: None,
+                    data: Bytes::from(bound.clone()),
+                });
+            }
         }
         bound
     }
@@ -226,16 +240,22 @@ mod tests {
         let mut parsed = parse(&ct, body).await.expect("parses");
         let bound = parsed.bind_session("user:mallory");
         assert!(bound.starts_with(&session::prefix("user:mallory")));
-        for name in [
-            "chatId",
-            "overrideConfig[sessionId]",
-            "sessionId[]",
-            "chatId[]",
-            "overrideConfig[sessionId][0]",
-            "overrideConfig[chatId]",
-        ] {
-            assert_eq!(parsed.text(name), Some(bound.as_str()), "{name}");
-        }
+        // Once each, unbracketed: Flowise reads each as the one string bound.
+        let session: Vec<(&str, &[u8])> = parsed
+            .parts
+            .iter()
+            .filter(|p| is_session_field(&p.name))
+            .map(|p| (p.name.as_str(), p.data.as_ref()))
+            .collect();
+        assert_eq!(
+            session,
+            vec![
+                ("chatId", bound.as_bytes()),
+                ("sessionId", bound.as_bytes()),
+                ("overrideConfig[sessionId]", bound.as_bytes()),
+            ]
+        );
+        assert_eq!(parsed.text("question"), Some("hi"));
         assert_eq!(parsed.text("streaming"), Some("true"));
         assert!(!is_session_field("overrideConfig[temperature]"));
         assert!(!is_session_field("chatIdea"));

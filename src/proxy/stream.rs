@@ -27,7 +27,7 @@ pub enum StreamEnd {
     /// The client went away before the end.
     ClientGone,
     /// The client went away, and the rest was read without it until flowgate stopped reading
-    /// ([`super::drain`]): the run was not aborted.
+    /// ([`super::drain`]) before the end.
     Abandoned,
 }
 

@@ -1,15 +1,16 @@
 //! One prediction at a time per chat.
 //!
-//! Flowise keys what belongs to a run by its chat id alone, whatever the chatflow: the stream its
-//! events go to (a second stream in the chat takes the events of the first run, whose own stream
-//! then carries no token and no usage report), and the controller an abort stops (the latest
-//! run in the chat). Two predictions in one chat at once would therefore let a caller read one
-//! run's answer on another request, charged as the other (a token-priced run on the stream of a
-//! flat-priced one), and make a hang-up's abort miss the run it was for. So a chat takes one
-//! prediction at a time: a second one while the first runs is refused with 409 `chat_busy` before
-//! anything is charged. A chat's turn ends when its answer has been read from Flowise — for a
-//! stream, when it ended, also when it was read on after its client left ([`super::drain`]) — or,
-//! for a run flowgate asked Flowise to abort, once that request was answered.
+//! Flowise routes a run's stream events by its chat id alone, whatever the chatflow: a second
+//! stream in the chat takes the events of the first run (whose own stream then carries no token
+//! and no usage report), and a run that ends closes whatever stream the chat has then. Its abort
+//! controllers are keyed by chatflow and chat and stop the latest run there. Two predictions in
+//! one chat at once would therefore let a caller read one run's answer on another request,
+//! charged as the other (a token-priced run on the stream of a flat-priced one), and make a
+//! hang-up's abort miss the run it was for. So a chat takes one prediction at a time: a second
+//! one while the first runs is refused with 409 `chat_busy` before anything is charged. A chat's
+//! turn ends when its answer has been read from Flowise — for a stream, when it ended, also when
+//! it was read on after its client left ([`super::drain`]) — or, for a run flowgate asked Flowise
+//! to abort, a moment after that request was answered.
 //!
 //! The turns are per process: replicas behind one Service do not see each other's.
 
