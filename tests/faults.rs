@@ -124,13 +124,14 @@ async fn flowise_slower_than_the_upstream_timeout_is_a_504_refunded_and_aborted(
         let alice = team.alice();
         indexed(&gate, &alice, &policy).await;
         let id = team.flowise_id.clone();
+        // One chat: the 504 waits for the abort, so the retry finds the chat free (not 409).
         for streaming in [false, true] {
             let started = tokio::time::Instant::now();
             let (status, body) = predict(
                 &gate,
                 &alice,
                 &id,
-                json!({"question": "anyone there?", "streaming": streaming}),
+                json!({"question": "anyone there?", "streaming": streaming, "chatId": "retry"}),
             )
             .await;
             assert_eq!(status, 504, "streaming {streaming}: {body}");

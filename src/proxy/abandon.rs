@@ -19,6 +19,7 @@ use super::credits::{Charge, Credits};
 use super::session;
 use super::turns::Turn;
 use super::upstream::Upstream;
+use tokio_util::task::TaskTracker;
 
 /// A forwarded prediction until Flowise answered it (or failed).
 pub(super) struct InFlight<'a> {
@@ -77,22 +78,20 @@ impl<'a> InFlight<'a> {
         }
     }
 
-    /// Flowise failed with `error` before its answer was whole: refunded, and Flowise is asked
-    /// to stop the run, which may still be going (a timeout, a connection cut after the request
-    /// went out), so that no one's work goes uncharged and the chat's next run is not mixed with
-    /// it; the chat's turn waits for that. After a timeout the error answer also waits a moment
-    /// for the abort, so a prompt retry finds the chat free. Both run in tasks of their own: a
-    /// client gone meanwhile cancels neither.
+    /// Flowise failed with `error` before its answer was whole: refunded. Unless the request
+    /// never reached Flowise (no connection), the run may still be going (a timeout, a
+    /// connection cut after the request went out): Flowise is asked to stop it, so that no one's
+    /// work goes uncharged and the chat's next run is not mixed with it; the chat's turn waits
+    /// for that. After a timeout the error answer also waits for the abort, so a prompt retry
+    /// finds the chat free. Both run in tasks of their own: a client gone meanwhile cancels
+    /// neither.
     pub(super) async fn failed(&mut self, error: &super::ProxyError) {
+        if matches!(error, super::ProxyError::UpstreamNotConnected(_)) {
+            self.refund().await;
+            return;
+        }
         tracing::debug!(chat_id = %self.chat_id, %error, "Flowise failed; aborting the run");
-        let abort = tokio::spawn(abort_request(
-            self.upstream.clone(),
-            std::mem::take(&mut self.flowise_id),
-            std::mem::take(&mut self.chat_id),
-            self.key.take(),
-            self.peer,
-            self.turn.take(),
-        ));
+        let abort = self.take_abort().spawn();
         self.refund().await;
         if matches!(error, super::ProxyError::UpstreamTimeout)
             && tokio::time::timeout(ABORT_WAIT, abort).await.is_err()
@@ -111,19 +110,26 @@ impl<'a> InFlight<'a> {
     /// Flowise to abort and the charge.
     pub(super) fn streaming(mut self) -> (impl FnOnce() + Send + Sync + 'static, Option<Charge>) {
         self.armed = false;
-        (self.take_abort(), self.charge.take())
+        let abort = self.take_abort();
+        (
+            move || {
+                abort.spawn();
+            },
+            self.charge.take(),
+        )
     }
 
-    /// The abort callback for this chat, built from what the flight holds (taken out of it).
-    fn take_abort(&mut self) -> impl FnOnce() + Send + Sync + use<> {
-        abort(
-            self.upstream.clone(),
-            std::mem::take(&mut self.flowise_id),
-            std::mem::take(&mut self.chat_id),
-            self.key.take(),
-            self.peer,
-            self.turn.take(),
-        )
+    /// The abort of this chat's run, built from what the flight holds (taken out of it).
+    fn take_abort(&mut self) -> Abort {
+        Abort {
+            upstream: self.upstream.clone(),
+            flowise_id: std::mem::take(&mut self.flowise_id),
+            chat_id: std::mem::take(&mut self.chat_id),
+            key: self.key.take(),
+            peer: self.peer,
+            turn: self.turn.take(),
+            background: self.credits.background().clone(),
+        }
     }
 }
 
@@ -133,25 +139,10 @@ impl Drop for InFlight<'_> {
             return;
         }
         tracing::debug!(chat_id = %self.chat_id, "client gone before Flowise answered");
-        self.take_abort()();
+        self.take_abort().spawn();
         if let Some(charge) = self.charge.take() {
             self.credits.settle(charge, 0);
         }
-    }
-}
-
-/// A callback that asks Flowise to stop generating for a client that went away.
-pub(super) fn abort(
-    upstream: Upstream,
-    flowise_id: String,
-    chat_id: String,
-    key: Option<HeaderValue>,
-    peer: SocketAddr,
-    turn: Option<Turn>,
-) -> impl FnOnce() + Send + Sync + 'static {
-    let request = abort_request(upstream, flowise_id, chat_id, key, peer, turn);
-    move || {
-        tokio::spawn(request);
     }
 }
 
@@ -161,47 +152,69 @@ const RUN_UNWIND: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest an abort request is waited for (and its chat kept busy).
 const ABORT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long a 504 waits for Flowise to confirm the abort of the run it did not answer.
-const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a 504 waits for Flowise to confirm the abort of the run it did not answer (and the
+/// run to unwind, [`RUN_UNWIND`]).
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Asks Flowise to stop generating for `chat_id` on `flowise_id`; the chat's `turn` ends once
-/// Flowise answered.
-async fn abort_request(
+/// A request asking Flowise to stop generating for `chat_id` on `flowise_id`, with the chat's
+/// turn, which ends a moment after Flowise answered.
+pub(super) struct Abort {
     upstream: Upstream,
     flowise_id: String,
     chat_id: String,
     key: Option<HeaderValue>,
     peer: SocketAddr,
     turn: Option<Turn>,
-) {
-    let path = session::abort_path(&flowise_id, &chat_id);
-    let headers = hyper::HeaderMap::new();
-    match upstream.request(
-        Method::PUT,
-        &path,
-        &headers,
-        peer,
-        key.as_ref(),
-        Bytes::new(),
-    ) {
+    /// Where it runs: a shutdown waits for it with the proxy's other background work.
+    background: TaskTracker,
+}
+
+impl Abort {
+    /// Sends it in a task of its own.
+    pub(super) fn spawn(self) -> tokio::task::JoinHandle<()> {
+        let background = self.background.clone();
+        background.spawn(self.send())
+    }
+
+    async fn send(self) {
+        let Self {
+            upstream,
+            flowise_id,
+            chat_id,
+            key,
+            peer,
+            turn,
+            background: _,
+        } = self;
+        let path = session::abort_path(&flowise_id, &chat_id);
+        let headers = hyper::HeaderMap::new();
+        let req = match upstream.request(
+            Method::PUT,
+            &path,
+            &headers,
+            peer,
+            key.as_ref(),
+            Bytes::new(),
+        ) {
+            Ok(req) => req,
+            Err(error) => {
+                tracing::warn!(%error, "cannot build the abort request");
+                return;
+            }
+        };
         // Bounded on its own: the chat's turn waits for it.
-        Ok(req) => match tokio::time::timeout(ABORT_LIMIT, upstream.send(req)).await {
+        match tokio::time::timeout(ABORT_LIMIT, upstream.send(req)).await {
             Ok(Ok(resp)) => {
                 tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort");
                 // Flowise answers once it signalled the run, which then still unwinds (and ends
                 // the chat's stream on its way out): the turn waits a moment longer.
-                if let Some(turn) = turn {
-                    tokio::spawn(async move {
-                        tokio::time::sleep(RUN_UNWIND).await;
-                        drop(turn);
-                    });
+                if turn.is_some() {
+                    tokio::time::sleep(RUN_UNWIND).await;
                 }
-                return;
             }
             Ok(Err(error)) => tracing::warn!(%error, %chat_id, "abort request failed"),
             Err(_) => tracing::warn!(?ABORT_LIMIT, %chat_id, "Flowise did not answer an abort"),
-        },
-        Err(error) => tracing::warn!(%error, "cannot build the abort request"),
+        }
+        drop(turn);
     }
-    drop(turn);
 }

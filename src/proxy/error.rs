@@ -76,6 +76,9 @@ pub enum ProxyError {
     Upstream(String),
     #[error("Flowise could not be reached: {0}")]
     UpstreamUnreachable(String),
+    /// As `UpstreamUnreachable`, before the request went out (no connection).
+    #[error("Flowise could not be reached: {0}")]
+    UpstreamNotConnected(String),
     #[error("Flowise did not answer in time")]
     UpstreamTimeout,
     #[error("{0}")]
@@ -115,7 +118,9 @@ impl ProxyError {
             LedgerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable"),
             NotConfigured(_) => (StatusCode::NOT_FOUND, "not_configured"),
             Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
-            UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+            UpstreamUnreachable(_) | UpstreamNotConnected(_) => {
+                (StatusCode::BAD_GATEWAY, "upstream_unreachable")
+            }
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             NotFoundDetail(_) => (StatusCode::NOT_FOUND, "not_found"),

@@ -134,6 +134,9 @@ impl Upstream {
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(error)) if error.is_connect() => {
+                Err(ProxyError::UpstreamNotConnected(error.to_string()))
+            }
             Ok(Err(error)) => Err(ProxyError::UpstreamUnreachable(error.to_string())),
             Err(_) => Err(ProxyError::UpstreamTimeout),
         }
