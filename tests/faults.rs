@@ -526,13 +526,15 @@ async fn a_chat_takes_one_prediction_at_a_time() {
         assert_eq!(ask(&gate, &alice, &id, "c1").await.0, 200);
         // A run aborted (its client left before the first token) keeps the chat until Flowise
         // answered the abort, then a moment; then the chat is free again.
+        fake.abort_delay_ms
+            .store(3000, std::sync::atomic::Ordering::SeqCst);
         hang_up_in(&gate, &alice, &id, Some("c3"), "start").await;
-        let (status, body) = ask(&gate, &alice, &id, "c3").await;
-        assert_eq!(status, 409, "{body}");
         support::eventually(10, "Flowise's abort endpoint called", || async {
             (fake.aborts.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
         })
         .await;
+        let (status, body) = ask(&gate, &alice, &id, "c3").await;
+        assert_eq!(status, 409, "busy while the abort is unanswered: {body}");
         support::eventually(10, "chat c3 free again", || async {
             (ask(&gate, &alice, &id, "c3").await.0 == 200).then_some(())
         })

@@ -44,7 +44,10 @@ pub enum Mode {
 pub struct FakeFlowise {
     pub url: String,
     pub predictions: Arc<AtomicU64>,
+    /// Abort requests received (counted on arrival).
     pub aborts: Arc<AtomicU64>,
+    /// How long the abort endpoint takes to answer, in milliseconds (0 at start).
+    pub abort_delay_ms: Arc<AtomicU64>,
     /// Every request received, whatever its path.
     pub requests: Arc<AtomicU64>,
     /// The JSON bodies of the predictions received, in order.
@@ -59,10 +62,12 @@ impl FakeFlowise {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let predictions = Arc::new(AtomicU64::new(0));
         let aborts = Arc::new(AtomicU64::new(0));
+        let abort_delay_ms = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(AtomicU64::new(0));
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let headers = Arc::new(Mutex::new(Vec::new()));
         let (p, a, r) = (predictions.clone(), aborts.clone(), requests.clone());
+        let d = abort_delay_ms.clone();
         let (b, h) = (bodies.clone(), headers.clone());
         tokio::spawn(async move {
             loop {
@@ -70,13 +75,14 @@ impl FakeFlowise {
                     return;
                 };
                 let (p, a, r, b, h) = (p.clone(), a.clone(), r.clone(), b.clone(), h.clone());
+                let d = d.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<_>| {
                         r.fetch_add(1, Ordering::SeqCst);
                         if req.uri().path().starts_with("/api/v1/prediction/") {
                             h.lock().expect("headers lock").push(req.headers().clone());
                         }
-                        answer(req, mode, p.clone(), a.clone(), b.clone())
+                        answer(req, mode, p.clone(), (a.clone(), d.clone()), b.clone())
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -88,6 +94,7 @@ impl FakeFlowise {
             url,
             predictions,
             aborts,
+            abort_delay_ms,
             requests,
             bodies,
             headers,
@@ -176,7 +183,7 @@ async fn answer(
     req: Request<hyper::body::Incoming>,
     mode: Mode,
     predictions: Arc<AtomicU64>,
-    aborts: Arc<AtomicU64>,
+    (aborts, abort_delay_ms): (Arc<AtomicU64>, Arc<AtomicU64>),
     bodies: Arc<Mutex<Vec<serde_json::Value>>>,
 ) -> Result<Response<FakeBody>, Infallible> {
     let path = req.uri().path().to_string();
@@ -185,6 +192,7 @@ async fn answer(
     }
     if path.starts_with("/api/v1/chatmessage/abort/") {
         aborts.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(abort_delay_ms.load(Ordering::SeqCst))).await;
         return Ok(full(200, "application/json", "{}".into()));
     }
     if !path.starts_with("/api/v1/prediction/") {
