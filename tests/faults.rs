@@ -288,22 +288,8 @@ async fn a_client_hanging_up_mid_stream_aborts_in_flowise_and_is_charged() {
         let alice = team.alice();
         indexed(&gate, &alice, &policy).await;
         for i in 1..=3 {
-            let resp = reqwest::Client::new()
-                .post(format!(
-                    "{}/api/v1/prediction/{}",
-                    gate.base, team.flowise_id
-                ))
-                .bearer_auth(&alice)
-                .json(&json!({"question": "a long one", "streaming": true}))
-                .send()
-                .await
-                .expect("flowgate answers");
-            assert_eq!(resp.status(), 200);
-            let mut body = resp.bytes_stream();
             // Read the first event, then hang up.
-            let first = body.next().await.expect("a first chunk").expect("chunk");
-            assert!(!first.is_empty());
-            drop(body);
+            hang_up_after(&gate, &alice, &team.flowise_id, "start").await;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while fake.aborts.load(std::sync::atomic::Ordering::SeqCst) < i {
                 assert!(
