@@ -106,6 +106,10 @@ pub struct RunArgs {
     /// load balancers stop sending new connections first.
     #[arg(long, env = "FLOWGATE_SHUTDOWN_DELAY", default_value = "0s")]
     pub shutdown_delay: String,
+    /// Memory for prediction bodies and JSON answers held by all requests together (`256Mi`,
+    /// `1Gi`); past it new prediction bodies are refused with 503. Request bodies count twice.
+    #[arg(long, env = "FLOWGATE_BODY_MEMORY", default_value = "256Mi")]
+    pub body_memory: String,
 }
 
 /// Checked configuration of `flowgate run`.
@@ -129,6 +133,8 @@ pub struct Config {
     pub resources_dir: Option<PathBuf>,
     pub proxy_threads: usize,
     pub shutdown_delay: Duration,
+    /// Bytes.
+    pub body_memory: usize,
 }
 
 /// Where the credits ledger lives.
@@ -258,6 +264,10 @@ impl Config {
             proxy: !args.no_proxy,
             resources_dir: args.resources_dir,
             proxy_threads: proxy_threads(&args.proxy_threads)?,
+            body_memory: non_empty(Some(args.body_memory))
+                .map(|raw| body_memory(&raw))
+                .transpose()?
+                .unwrap_or(DEFAULT_BODY_MEMORY),
         })
     }
 }
@@ -298,6 +308,35 @@ fn proxy_threads(raw: &str) -> Result<usize, ConfigError> {
         _ => Err(invalid(
             SETTING,
             format!("'{raw}' is neither 'auto' nor a number of threads from 1 to 256"),
+        )),
+    }
+}
+
+/// `FLOWGATE_BODY_MEMORY` when unset: half the chart's default memory limit (512Mi).
+const DEFAULT_BODY_MEMORY: usize = 256 << 20;
+
+/// A size in mebibytes or gibibytes as Kubernetes writes them (`256Mi`, `1Gi`), 1Mi to 1024Gi.
+fn body_memory(raw: &str) -> Result<usize, ConfigError> {
+    const SETTING: &str = "FLOWGATE_BODY_MEMORY";
+    const MI: u64 = 1024 * 1024;
+    let raw = raw.trim();
+    let (digits, unit) = if let Some(n) = raw.strip_suffix("Mi") {
+        (n, MI)
+    } else if let Some(n) = raw.strip_suffix("Gi") {
+        (n, 1024 * MI)
+    } else {
+        (raw, 0)
+    };
+    match digits.parse::<u64>().ok().map(|n| n.saturating_mul(unit)) {
+        Some(bytes @ MI..=1_099_511_627_776) => usize::try_from(bytes).map_err(|_| {
+            invalid(
+                SETTING,
+                format!("'{raw}' is more than this machine can address"),
+            )
+        }),
+        _ => Err(invalid(
+            SETTING,
+            format!("'{raw}' is not a size from 1Mi to 1024Gi, such as 256Mi or 1Gi"),
         )),
     }
 }
@@ -439,6 +478,7 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.ledger_retention, None, "keep everything");
         assert_eq!(config.shutdown_delay, Duration::ZERO, "drain at once");
+        assert_eq!(config.body_memory, 256 << 20);
         assert!(config.controller && config.proxy);
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         assert_eq!(
@@ -451,6 +491,14 @@ mod tests {
     fn a_shutdown_delay_is_a_duration() {
         let config = parse(&["--shutdown-delay", "5s"]).expect("valid");
         assert_eq!(config.shutdown_delay, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn body_memory_takes_mebibytes_or_gibibytes() {
+        let config = parse(&["--body-memory", "64Mi"]).expect("valid");
+        assert_eq!(config.body_memory, 64 << 20);
+        let config = parse(&["--body-memory", " 2Gi "]).expect("valid");
+        assert_eq!(config.body_memory, 2 << 30);
     }
 
     #[test]
@@ -477,6 +525,11 @@ mod tests {
             (&["--proxy-threads", "257"], "FLOWGATE_PROXY_THREADS"),
             (&["--proxy-threads", "many"], "FLOWGATE_PROXY_THREADS"),
             (&["--shutdown-delay=-5s"], "FLOWGATE_SHUTDOWN_DELAY"),
+            (&["--body-memory", "256"], "FLOWGATE_BODY_MEMORY"),
+            (&["--body-memory", "256M"], "FLOWGATE_BODY_MEMORY"),
+            (&["--body-memory", "0Mi"], "FLOWGATE_BODY_MEMORY"),
+            (&["--body-memory", "1025Gi"], "FLOWGATE_BODY_MEMORY"),
+            (&["--body-memory", "Mi"], "FLOWGATE_BODY_MEMORY"),
             (&["--shutdown-delay", "later"], "FLOWGATE_SHUTDOWN_DELAY"),
             (
                 &["--ledger-retention", "forever"],

@@ -70,6 +70,10 @@ pub struct Metrics {
     stream_hangups: Family<OutcomeLabels, Counter>,
     /// Unix time of the snapshot the proxy serves.
     pub snapshot_compiled: Gauge,
+    /// Bytes of request and answer bodies held in memory now (the proxy's `Buffers` count).
+    pub body_buffer: Gauge,
+    /// What `body_buffer` may reach (FLOWGATE_BODY_MEMORY).
+    pub body_buffer_limit: Gauge,
     /// The controller's reconciles, status writes, Flowise sync passes and leadership.
     pub controller: ControllerMetrics,
 }
@@ -170,6 +174,20 @@ impl Metrics {
             "Unix time the served index snapshot was compiled",
             snapshot_compiled.clone(),
         );
+        let body_buffer = Gauge::default();
+        registry.register(
+            "body_buffer_bytes",
+            "Bytes of prediction bodies and JSON answers held in memory now; request bodies count \
+             twice (as read and as rewritten)",
+            body_buffer.clone(),
+        );
+        let body_buffer_limit = Gauge::default();
+        registry.register(
+            "body_buffer_limit_bytes",
+            "What flowgate_body_buffer_bytes may reach before new prediction bodies are refused \
+             (FLOWGATE_BODY_MEMORY)",
+            body_buffer_limit.clone(),
+        );
         let controller = ControllerMetrics::register(&mut registry);
         Self {
             registry,
@@ -185,6 +203,8 @@ impl Metrics {
             token_reviews,
             stream_hangups,
             snapshot_compiled,
+            body_buffer,
+            body_buffer_limit,
             controller,
         }
     }

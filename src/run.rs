@@ -203,6 +203,12 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
         let proxy = Proxy {
             drains,
             turns: Default::default(),
+            buffers: {
+                metrics
+                    .body_buffer_limit
+                    .set(i64::try_from(config.body_memory).unwrap_or(i64::MAX));
+                crate::proxy::buffers::Buffers::new(config.body_memory, metrics.body_buffer.clone())
+            },
             credits,
             snapshot,
             verifier: Arc::new(verifier),

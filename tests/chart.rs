@@ -136,6 +136,7 @@ async fn a_default_install_creates_the_expected_objects() {
         ("FLOWGATE_LOG_FORMAT", "json"),
         // A stopping pod serves on, unready, while endpoints drop it.
         ("FLOWGATE_SHUTDOWN_DELAY", "5s"),
+        ("FLOWGATE_BODY_MEMORY", "256Mi"),
     ] {
         assert_eq!(env_value(&env, var), value, "{var}");
     }

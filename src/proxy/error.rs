@@ -70,6 +70,11 @@ pub enum ProxyError {
     ChatBusy,
     #[error("the credits ledger is unavailable")]
     LedgerUnavailable,
+    #[error(
+        "flowgate holds as many request and answer bodies in memory as FLOWGATE_BODY_MEMORY \
+         allows; retry shortly"
+    )]
+    Overloaded,
     #[error("{0}")]
     NotConfigured(String),
     #[error("Flowise answered with an error: {0}")]
@@ -116,6 +121,7 @@ impl ProxyError {
             DuplicateRequest => (StatusCode::CONFLICT, "duplicate_request"),
             ChatBusy => (StatusCode::CONFLICT, "chat_busy"),
             LedgerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable"),
+            Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             NotConfigured(_) => (StatusCode::NOT_FOUND, "not_configured"),
             Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
             UpstreamUnreachable(_) | UpstreamNotConnected(_) => {
@@ -184,6 +190,12 @@ impl ProxyError {
             }
             // The rest of the body may still arrive: this connection cannot carry another request.
             Self::RequestTimeout => {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Self::Overloaded => {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }

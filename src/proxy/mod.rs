@@ -10,6 +10,7 @@
 
 mod abandon;
 pub mod body;
+pub mod buffers;
 pub mod compat;
 pub mod credits;
 pub mod drain;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod keys;
 pub mod listing;
 pub mod multipart;
+mod prediction;
 pub mod ratelimit;
 pub mod request_id;
 pub mod routes;
@@ -30,7 +32,6 @@ pub mod usage;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
@@ -53,7 +54,8 @@ use stream::{Observed, StreamEnd};
 use upstream::Upstream;
 
 pub(crate) use body::read_json;
-use body::{read_json_body, read_limited};
+use body::read_json_body;
+use prediction::{Prediction, prepare, read_prediction};
 
 /// Largest JSON request body accepted.
 pub const MAX_JSON_BODY: usize = 10 * 1024 * 1024;
@@ -81,41 +83,8 @@ pub struct Proxy {
     pub drains: drain::Drains,
     /// The chats with a prediction under way: one at a time each.
     pub turns: turns::ChatTurns,
-}
-
-/// A prediction ready to forward.
-struct Prediction {
-    body: Payload,
-    chat_id: String,
-    /// The run it continues (`humanInput`), for counting only its own nodes' tokens.
-    resume: usage::Resume,
-    /// Its chat's turn, taken before it is charged.
-    turn: Option<turns::Turn>,
-}
-
-/// A prediction body as it will be sent to Flowise.
-enum Payload {
-    Json(serde_json::Map<String, Value>),
-    Multipart(multipart::Form),
-}
-
-impl Payload {
-    /// The encoded body and its Content-Type.
-    fn encode(self) -> (Bytes, HeaderValue) {
-        match self {
-            Payload::Json(map) => (
-                Bytes::from(serde_json::to_vec(&Value::Object(map)).unwrap_or_default()),
-                HeaderValue::from_static("application/json"),
-            ),
-            Payload::Multipart(form) => {
-                let (body, content_type) =
-                    form.encode(&format!("flowgate-{}", uuid::Uuid::new_v4().simple()));
-                let content_type = HeaderValue::from_str(&content_type)
-                    .unwrap_or_else(|_| HeaderValue::from_static("multipart/form-data"));
-                (body, content_type)
-            }
-        }
-    }
+    /// The bound on request and answer bodies held in memory, all requests together.
+    pub buffers: buffers::Buffers,
 }
 
 impl Proxy {
@@ -211,7 +180,10 @@ impl Proxy {
                 let idempotency_key = idempotency_key(&req)?;
                 // The headers go on to Flowise (the allowed ones) after the body is read.
                 let (parts, body) = req.into_parts();
-                let mut prediction = read_prediction(&parts.headers, body, &identity).await?;
+                let mut held = self.buffers.hold();
+                let mut prediction =
+                    read_prediction(&parts.headers, body, &identity, &mut held).await?;
+                prediction.held = Some(held);
                 prediction.turn = Some(self.turns.begin(&prediction.chat_id)?);
                 self.rate_limit(&snapshot, &identity, &cf, access)?;
                 let key = self.forward_headers(&cf).await?;
@@ -224,8 +196,11 @@ impl Proxy {
             Route::CompatPredict => {
                 let idempotency_key = idempotency_key(&req)?;
                 let (parts, body) = req.into_parts();
-                let mut body = read_json_body(&parts.headers, body, MAX_JSON_BODY).await?;
+                let mut held = self.buffers.hold();
+                let mut body =
+                    read_json_body(&parts.headers, body, MAX_JSON_BODY, Some(&mut held)).await?;
                 let (chatflow_id, mut prediction) = compat_request(&mut body, &identity)?;
+                prediction.held = Some(held);
                 let lookup = Lookup::NameOrId(&chatflow_id);
                 let (cf, access) = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
                 let usable = usable(&cf)?;
@@ -442,6 +417,7 @@ impl Proxy {
         charge: Option<Charge>,
     ) -> Result<Response<Body>, ProxyError> {
         let resume = prediction.resume;
+        let held = prediction.held;
         let (body, content_type) = prediction.body.encode();
         client_headers.insert(CONTENT_TYPE, content_type);
         let path = format!("/api/v1/prediction/{flowise_id}");
@@ -469,7 +445,10 @@ impl Proxy {
                 return Err(error);
             }
         };
-        let upstream = match self.upstream.send(req).await {
+        let sent = self.upstream.send(req).await;
+        // Flowise has read the body (or never will): no longer held here.
+        drop(held);
+        let upstream = match sent {
             Ok(resp) => resp,
             Err(error) => {
                 self.metrics.upstream_error(error.reason());
@@ -579,12 +558,11 @@ impl Proxy {
                 self.credits.refund_now(charge).await;
             }
         }
-        resp.body(
-            http_body_util::Full::new(answer)
-                .map_err(|e| match e {})
-                .boxed(),
-        )
-        .map_err(|e| ProxyError::Internal(e.to_string()))
+        // Counted until the client has read it; never refused, it is already paid for.
+        let mut held = self.buffers.hold();
+        held.grow(answer.len());
+        resp.body(buffers::HeldBytes::new(answer, held).boxed())
+            .map_err(|e| ProxyError::Internal(e.to_string()))
     }
 }
 
@@ -685,89 +663,6 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ProxyError
             )),
         },
     }
-}
-
-/// Checks a Flowise prediction body and binds its session to the caller.
-fn prepare(
-    mut body: serde_json::Map<String, Value>,
-    identity: &Identity,
-) -> Result<Prediction, ProxyError> {
-    let has_input = ["question", "form", "humanInput", "uploads"]
-        .iter()
-        .any(|k| body.contains_key(*k));
-    if !has_input {
-        return Err(ProxyError::BadRequest(
-            "a prediction needs 'question' (or 'form', 'uploads', 'humanInput')".into(),
-        ));
-    }
-    if body.get("question").is_some_and(|q| !q.is_string()) {
-        return Err(ProxyError::BadRequest("'question' must be a string".into()));
-    }
-    // The session binding reads both; a value of another type would be silently replaced.
-    if body
-        .get("overrideConfig")
-        .is_some_and(|c| !c.is_object() && !c.is_null())
-    {
-        return Err(ProxyError::BadRequest(
-            "'overrideConfig' must be an object".into(),
-        ));
-    }
-    if body
-        .get("chatId")
-        .is_some_and(|c| !c.is_string() && !c.is_null())
-    {
-        return Err(ProxyError::BadRequest("'chatId' must be a string".into()));
-    }
-    // Flowise streams for `true` and for the string "true" (form-style clients send strings).
-    // Whether it did is read from its answer (`forward`), so only the type is checked here.
-    let flag =
-        |v: &Value| v.is_boolean() || v.is_null() || matches!(v.as_str(), Some("true" | "false"));
-    if body.get("streaming").is_some_and(|v| !flag(v)) {
-        return Err(ProxyError::BadRequest(
-            "'streaming' must be true or false (or \"true\" or \"false\")".into(),
-        ));
-    }
-    let chat_id = session::bind_body(&mut body, &identity.key);
-    let resume = usage::Resume::of(&body);
-    Ok(Prediction {
-        body: Payload::Json(body),
-        chat_id,
-        resume,
-        turn: None,
-    })
-}
-
-/// A Flowise prediction body: JSON, or `multipart/form-data` with file uploads.
-async fn read_prediction(
-    headers: &hyper::HeaderMap,
-    body: Incoming,
-    identity: &Identity,
-) -> Result<Prediction, ProxyError> {
-    let content_type = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !content_type.starts_with("multipart/form-data") {
-        return prepare(
-            read_json_body(headers, body, MAX_JSON_BODY).await?,
-            identity,
-        );
-    }
-    let body = read_limited(body, MAX_MULTIPART_BODY).await?;
-    let mut form = multipart::parse(content_type, body).await?;
-    if form.text("question").is_none() && !form.parts.iter().any(|p| p.file_name.is_some()) {
-        return Err(ProxyError::BadRequest(
-            "a prediction needs 'question' or files".into(),
-        ));
-    }
-    let chat_id = form.bind_session(&identity.key);
-    let resume = usage::Resume::of_form(&form);
-    Ok(Prediction {
-        body: Payload::Multipart(form),
-        chat_id,
-        resume,
-        turn: None,
-    })
 }
 
 /// Flowise's own error message from an error answer, for our JSON error.

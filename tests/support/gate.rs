@@ -108,6 +108,8 @@ pub struct Options {
     pub ledger_retention: Option<String>,
     /// `--token-endpoint-url`; default: unset (`/chat/authenticate` answers 404).
     pub token_endpoint_url: Option<String>,
+    /// `--body-memory`; default: 256Mi.
+    pub body_memory: Option<String>,
 }
 
 impl Flowgate {
@@ -166,6 +168,7 @@ impl Flowgate {
             resources_dir: options.resources_dir,
             import_namespace: options.import_namespace,
             token_endpoint_url: options.token_endpoint_url,
+            body_memory: options.body_memory.unwrap_or_default(),
             ..Default::default()
         };
         let config = Config::from_args(args).expect("valid test config");

@@ -1,0 +1,137 @@
+//! A prediction body on its way to Flowise: read (JSON or multipart, counted in the body
+//! budget), checked, its session bound to the caller, and encoded again.
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use serde_json::Value;
+
+use super::body::{read_json_body, read_limited};
+use super::{
+    MAX_JSON_BODY, MAX_MULTIPART_BODY, ProxyError, buffers, multipart, session, turns, usage,
+};
+use crate::identity::Identity;
+
+/// A prediction ready to forward.
+pub(super) struct Prediction {
+    pub(super) body: Payload,
+    pub(super) chat_id: String,
+    /// The run it continues (`humanInput`), for counting only its own nodes' tokens.
+    pub(super) resume: usage::Resume,
+    /// Its chat's turn, taken before it is charged.
+    pub(super) turn: Option<turns::Turn>,
+    /// Its body's bytes in [`Buffers`](buffers::Buffers), until Flowise has answered.
+    pub(super) held: Option<buffers::Held>,
+}
+
+/// A prediction body as it will be sent to Flowise.
+pub(super) enum Payload {
+    Json(serde_json::Map<String, Value>),
+    Multipart(multipart::Form),
+}
+
+impl Payload {
+    /// The encoded body and its Content-Type.
+    pub(super) fn encode(self) -> (Bytes, HeaderValue) {
+        match self {
+            Payload::Json(map) => (
+                Bytes::from(serde_json::to_vec(&Value::Object(map)).unwrap_or_default()),
+                HeaderValue::from_static("application/json"),
+            ),
+            Payload::Multipart(form) => {
+                let (body, content_type) =
+                    form.encode(&format!("flowgate-{}", uuid::Uuid::new_v4().simple()));
+                let content_type = HeaderValue::from_str(&content_type)
+                    .unwrap_or_else(|_| HeaderValue::from_static("multipart/form-data"));
+                (body, content_type)
+            }
+        }
+    }
+}
+
+/// Checks a Flowise prediction body and binds its session to the caller.
+pub(super) fn prepare(
+    mut body: serde_json::Map<String, Value>,
+    identity: &Identity,
+) -> Result<Prediction, ProxyError> {
+    let has_input = ["question", "form", "humanInput", "uploads"]
+        .iter()
+        .any(|k| body.contains_key(*k));
+    if !has_input {
+        return Err(ProxyError::BadRequest(
+            "a prediction needs 'question' (or 'form', 'uploads', 'humanInput')".into(),
+        ));
+    }
+    if body.get("question").is_some_and(|q| !q.is_string()) {
+        return Err(ProxyError::BadRequest("'question' must be a string".into()));
+    }
+    // The session binding reads both; a value of another type would be silently replaced.
+    if body
+        .get("overrideConfig")
+        .is_some_and(|c| !c.is_object() && !c.is_null())
+    {
+        return Err(ProxyError::BadRequest(
+            "'overrideConfig' must be an object".into(),
+        ));
+    }
+    if body
+        .get("chatId")
+        .is_some_and(|c| !c.is_string() && !c.is_null())
+    {
+        return Err(ProxyError::BadRequest("'chatId' must be a string".into()));
+    }
+    // Flowise streams for `true` and for the string "true" (form-style clients send strings).
+    // Whether it did is read from its answer (`forward`), so only the type is checked here.
+    let flag =
+        |v: &Value| v.is_boolean() || v.is_null() || matches!(v.as_str(), Some("true" | "false"));
+    if body.get("streaming").is_some_and(|v| !flag(v)) {
+        return Err(ProxyError::BadRequest(
+            "'streaming' must be true or false (or \"true\" or \"false\")".into(),
+        ));
+    }
+    let chat_id = session::bind_body(&mut body, &identity.key);
+    let resume = usage::Resume::of(&body);
+    Ok(Prediction {
+        body: Payload::Json(body),
+        chat_id,
+        resume,
+        turn: None,
+        held: None,
+    })
+}
+
+/// A Flowise prediction body: JSON, or `multipart/form-data` with file uploads, counted in
+/// `held` as it arrives.
+pub(super) async fn read_prediction(
+    headers: &hyper::HeaderMap,
+    body: Incoming,
+    identity: &Identity,
+    held: &mut buffers::Held,
+) -> Result<Prediction, ProxyError> {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("multipart/form-data") {
+        return prepare(
+            read_json_body(headers, body, MAX_JSON_BODY, Some(held)).await?,
+            identity,
+        );
+    }
+    let body = read_limited(body, MAX_MULTIPART_BODY, held).await?;
+    let mut form = multipart::parse(content_type, body).await?;
+    if form.text("question").is_none() && !form.parts.iter().any(|p| p.file_name.is_some()) {
+        return Err(ProxyError::BadRequest(
+            "a prediction needs 'question' or files".into(),
+        ));
+    }
+    let chat_id = form.bind_session(&identity.key);
+    let resume = usage::Resume::of_form(&form);
+    Ok(Prediction {
+        body: Payload::Multipart(form),
+        chat_id,
+        resume,
+        turn: None,
+        held: None,
+    })
+}
