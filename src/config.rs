@@ -107,7 +107,7 @@ pub struct RunArgs {
     #[arg(long, env = "FLOWGATE_SHUTDOWN_DELAY", default_value = "0s")]
     pub shutdown_delay: String,
     /// Memory for prediction bodies and JSON answers held by all requests together (`256Mi`,
-    /// `1Gi`); past it new prediction bodies are refused with 503. Request bodies count twice.
+    /// `1Gi`); past it new prediction bodies are refused with 503.
     #[arg(long, env = "FLOWGATE_BODY_MEMORY", default_value = "256Mi")]
     pub body_memory: String,
 }
@@ -315,28 +315,26 @@ fn proxy_threads(raw: &str) -> Result<usize, ConfigError> {
 /// `FLOWGATE_BODY_MEMORY` when unset: half the chart's default memory limit (512Mi).
 const DEFAULT_BODY_MEMORY: usize = 256 << 20;
 
-/// A size in mebibytes or gibibytes as Kubernetes writes them (`256Mi`, `1Gi`), 1Mi to 1024Gi.
+/// A size in mebibytes or gibibytes as Kubernetes writes them (`256Mi`, `1Gi`), at least 1Mi.
 fn body_memory(raw: &str) -> Result<usize, ConfigError> {
     const SETTING: &str = "FLOWGATE_BODY_MEMORY";
-    const MI: u64 = 1024 * 1024;
     let raw = raw.trim();
     let (digits, unit) = if let Some(n) = raw.strip_suffix("Mi") {
-        (n, MI)
+        (n, 1usize << 20)
     } else if let Some(n) = raw.strip_suffix("Gi") {
-        (n, 1024 * MI)
+        (n, 1usize << 30)
     } else {
         (raw, 0)
     };
-    match digits.parse::<u64>().ok().map(|n| n.saturating_mul(unit)) {
-        Some(bytes @ MI..=1_099_511_627_776) => usize::try_from(bytes).map_err(|_| {
-            invalid(
-                SETTING,
-                format!("'{raw}' is more than this machine can address"),
-            )
-        }),
+    match digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+    {
+        Some(bytes) if bytes >= 1 << 20 => Ok(bytes),
         _ => Err(invalid(
             SETTING,
-            format!("'{raw}' is not a size from 1Mi to 1024Gi, such as 256Mi or 1Gi"),
+            format!("'{raw}' is not a size of at least 1Mi, such as 256Mi or 1Gi"),
         )),
     }
 }
@@ -528,7 +526,11 @@ mod tests {
             (&["--body-memory", "256"], "FLOWGATE_BODY_MEMORY"),
             (&["--body-memory", "256M"], "FLOWGATE_BODY_MEMORY"),
             (&["--body-memory", "0Mi"], "FLOWGATE_BODY_MEMORY"),
-            (&["--body-memory", "1025Gi"], "FLOWGATE_BODY_MEMORY"),
+            (
+                &["--body-memory", "99999999999999999999Mi"],
+                "FLOWGATE_BODY_MEMORY",
+            ),
+            (&["--body-memory", "1.5Gi"], "FLOWGATE_BODY_MEMORY"),
             (&["--body-memory", "Mi"], "FLOWGATE_BODY_MEMORY"),
             (&["--shutdown-delay", "later"], "FLOWGATE_SHUTDOWN_DELAY"),
             (

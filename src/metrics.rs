@@ -177,8 +177,8 @@ impl Metrics {
         let body_buffer = Gauge::default();
         registry.register(
             "body_buffer_bytes",
-            "Bytes of prediction bodies and JSON answers held in memory now; request bodies count \
-             twice (as read and as rewritten)",
+            "Bytes of prediction bodies and JSON answers held in memory now; a request body counts \
+             twice its size plus its parsed JSON values until it is encoded for Flowise",
             body_buffer.clone(),
         );
         let body_buffer_limit = Gauge::default();

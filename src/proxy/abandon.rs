@@ -194,7 +194,7 @@ impl Abort {
             &headers,
             peer,
             key.as_ref(),
-            Bytes::new(),
+            super::buffers::HeldBytes::new(Bytes::new(), None),
         ) {
             Ok(req) => req,
             Err(error) => {

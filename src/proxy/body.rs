@@ -52,7 +52,18 @@ pub(super) async fn read_json_body(
             "the body must be JSON (Content-Type: application/json)".into(),
         ));
     }
-    let bytes = collect(body, limit, BODY_IDLE_TIMEOUT, BODY_READ_LIMIT, hold).await?;
+    let mut hold = hold;
+    let bytes = collect(
+        body,
+        limit,
+        BODY_IDLE_TIMEOUT,
+        BODY_READ_LIMIT,
+        hold.as_deref_mut(),
+    )
+    .await?;
+    if let Some(hold) = hold {
+        count_values(&bytes, hold)?;
+    }
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ProxyError::BadRequest(
@@ -62,6 +73,43 @@ pub(super) async fn read_json_body(
             "the body is not valid JSON: {e}"
         ))),
     }
+}
+
+/// Counts in `hold` the values parsing `text` will make, before they are made: the parsed tree
+/// takes more than the text for small values (`[0,0,…]`: 32 bytes a value from 2 of text).
+fn count_values(text: &[u8], hold: &mut Held) -> Result<(), ProxyError> {
+    hold.try_grow(json_values(text).saturating_mul(BYTES_PER_VALUE))
+        .map_err(|refused| match refused {
+            Refused::Full => ProxyError::Overloaded,
+            Refused::TooLarge => ProxyError::TooManyValues,
+        })
+}
+
+/// What one parsed JSON value is counted as: a `Value` (32 bytes), with room for a growing
+/// array's spare capacity or a map entry's key and node.
+const BYTES_PER_VALUE: usize = 64;
+
+/// How many values parsing `text` as JSON makes at most: one per `[`, `{`, `,` and `:` outside
+/// strings, plus one. Exact enough to bound the tree; never less than it.
+fn json_values(text: &[u8]) -> usize {
+    let (mut values, mut in_string, mut escaped) = (1usize, false, false);
+    for &byte in text {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' | b',' | b':' => values += 1,
+                _ => {}
+            }
+        }
+    }
+    values
 }
 
 /// The whole request body, at most `limit` bytes, within the time bounds above, counted in
@@ -75,9 +123,10 @@ pub(super) async fn read_limited(
 }
 
 /// `body` in one buffer: at most `limit` bytes, no pause longer than `idle`, all within `total`,
-/// each byte counted [`REQUEST_WEIGHT`] times in `hold` (if any) before it is kept. A declared
-/// length is counted, or refused, before anything is read. A body in one piece (the usual JSON
-/// request) is not copied.
+/// each byte counted [`REQUEST_WEIGHT`] times in `hold` (if any) as it arrives. A declared
+/// length that could not fit is refused before anything is read, but only what arrives is
+/// counted: a client that declares much and sends little holds nothing. A body in one piece
+/// (the usual JSON request) is not copied.
 async fn collect<B>(
     body: B,
     limit: usize,
@@ -94,26 +143,16 @@ where
     if declared > limit {
         return Err(ProxyError::PayloadTooLarge { limit });
     }
-    // Bytes counted in `hold` so far (of the body, before the weight).
-    let mut counted = 0;
-    let mut count = |hold: &mut Option<&mut Held>, upto: usize| {
-        let Some(hold) = hold.as_deref_mut() else {
-            return Ok(());
-        };
-        if upto > counted {
-            hold.try_grow((upto - counted).saturating_mul(REQUEST_WEIGHT))
-                .map_err(|refused| match refused {
-                    Refused::Full => ProxyError::Overloaded,
-                    Refused::TooLarge => ProxyError::PayloadTooLarge {
-                        limit: limit.min(hold.budget_limit() / REQUEST_WEIGHT),
-                    },
-                })?;
-            counted = upto;
-        }
-        Ok::<(), ProxyError>(())
+    let refused = |refused: Refused, hold: &Held| match refused {
+        Refused::Full => ProxyError::Overloaded,
+        Refused::TooLarge => ProxyError::PayloadTooLarge {
+            limit: limit.min(hold.budget_limit() / REQUEST_WEIGHT),
+        },
     };
-    count(&mut hold, declared)?;
-    let mut received = 0usize;
+    if let Some(hold) = hold.as_deref_mut() {
+        hold.check(declared.saturating_mul(REQUEST_WEIGHT))
+            .map_err(|r| refused(r, hold))?;
+    }
     let mut body = std::pin::pin!(Limited::new(body, limit));
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
@@ -147,8 +186,10 @@ where
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        received += data.len();
-        count(&mut hold, received)?;
+        if let Some(hold) = hold.as_deref_mut() {
+            hold.try_grow(data.len().saturating_mul(REQUEST_WEIGHT))
+                .map_err(|r| refused(r, hold))?;
+        }
         match &first {
             None => first = Some(data),
             Some(head) => {
@@ -243,45 +284,97 @@ mod tests {
         assert_eq!((body.len(), held.bytes()), (20, 40));
     }
 
+    /// A body that declares `len` bytes and never sends any.
+    struct Declared(u64);
+
+    impl Body for Declared {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            hyper::body::SizeHint::with_exact(self.0)
+        }
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_declared_length_is_counted_or_refused_before_anything_is_read() {
+    async fn a_declared_length_is_refused_before_anything_is_read_but_never_counted() {
         let buffers = budget(100);
-        let declared = || http_body_util::Full::new(Bytes::from_static(&[b'x'; 40]));
-        // More than the whole budget (twice 60 > 100): too large, named with what would fit.
         let mut held = buffers.hold();
-        let error = collect(
-            http_body_util::Full::new(Bytes::from_static(&[b'x'; 60])),
-            1024,
-            IDLE,
-            TOTAL,
-            Some(&mut held),
-        )
-        .await
-        .expect_err("never fits");
+        // Each of these answers at once: nothing was sent, so no timer ran.
+        let at_once = |result: Option<Result<Bytes, ProxyError>>| {
+            result
+                .expect("answered without waiting")
+                .expect_err("refused")
+        };
+        // More than the whole budget (twice 60 > 100): too large, named with what would fit.
+        let error =
+            at_once(collect(Declared(60), 1024, IDLE, TOTAL, Some(&mut held)).now_or_never());
         assert!(
             matches!(error, ProxyError::PayloadTooLarge { limit: 50 }),
             "{error:?}"
         );
         // Past the body limit: too large before the budget is asked.
-        let error = collect(declared(), 39, IDLE, TOTAL, Some(&mut held))
-            .await
-            .expect_err("over the limit");
+        let error = at_once(collect(Declared(40), 39, IDLE, TOTAL, Some(&mut held)).now_or_never());
         assert!(
             matches!(error, ProxyError::PayloadTooLarge { limit: 39 }),
             "{error:?}"
         );
-        assert_eq!(buffers.in_use(), 0);
+        // Twice 40 does not fit beside 30 now.
         let mut other = buffers.hold();
         other.try_grow(30).expect("fits");
-        let error = collect(declared(), 1024, IDLE, TOTAL, Some(&mut held))
-            .await
-            .expect_err("80 more do not fit beside 30");
+        let error =
+            at_once(collect(Declared(40), 1024, IDLE, TOTAL, Some(&mut held)).now_or_never());
         assert!(matches!(error, ProxyError::Overloaded), "{error:?}");
         drop(other);
-        let body = collect(declared(), 1024, IDLE, TOTAL, Some(&mut held))
-            .await
-            .expect("fits alone");
-        assert_eq!((body.len(), held.bytes(), buffers.in_use()), (40, 80, 80));
+        // Alone it fits, and while nothing arrives nothing is held.
+        let waiting = collect(Declared(40), 1024, IDLE, TOTAL, Some(&mut held)).now_or_never();
+        assert!(waiting.is_none(), "waits for the body");
+        assert_eq!((held.bytes(), buffers.in_use()), (0, 0));
+    }
+
+    #[test]
+    fn json_values_are_counted_outside_strings_only() {
+        assert_eq!(json_values(b"{}"), 2);
+        assert_eq!(json_values(b"[0,0,0]"), 4);
+        assert_eq!(json_values(br#"{"a":[1,2],"b":{"c":3}}"#), 9);
+        // Separators inside strings, escaped quotes included, are text.
+        assert_eq!(json_values(br#"{"q":"a, b: [c] {d} \" , e"}"#), 3);
+        assert_eq!(json_values(br#"["\\",1]"#), 3);
+        // Never fewer than serde_json makes.
+        for text in [&br#"{"q":"x","o":{"a":[1,[2,{}]]}}"#[..], b"[[[[]]]]", b"7"] {
+            let parsed: Value = serde_json::from_slice(text).expect("JSON");
+            fn count(v: &Value) -> usize {
+                1 + match v {
+                    Value::Array(items) => items.iter().map(count).sum(),
+                    Value::Object(map) => map.values().map(count).sum(),
+                    _ => 0,
+                }
+            }
+            assert!(json_values(text) >= count(&parsed), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_json_body_counts_its_values_before_they_are_parsed() {
+        let buffers = budget(400);
+        let mut held = buffers.hold();
+        // 11 values × 64 > 400: too many to hold at all, whatever else is held.
+        let many = format!("[{}0]", "0,".repeat(10));
+        let error = count_values(many.as_bytes(), &mut held);
+        assert!(matches!(error, Err(ProxyError::TooManyValues)), "{error:?}");
+        assert_eq!(held.bytes(), 0);
+        count_values(br#"{"a":[1,2]}"#, &mut held).expect("5 values fit");
+        assert_eq!(held.bytes(), 5 * BYTES_PER_VALUE);
+        // 2 more do not fit beside them now.
+        let error = count_values(b"[0]", &mut buffers.hold());
+        assert!(matches!(error, Err(ProxyError::Overloaded)), "{error:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,13 +5,16 @@
 //! its own size limit; [`Buffers`] bounds them together, so many large requests at once cannot
 //! take the process past its memory limit.
 //!
-//! - A request body counts [`REQUEST_WEIGHT`] times its size (the body as read and as rewritten
-//!   for Flowise) from its first bytes until Flowise has answered. One that does not fit is
-//!   refused with 503 `overloaded` before anything is charged or sent; one that could never fit
-//!   (larger than the whole budget) with 413.
-//! - An answer counts its size from when it has been read until the client has read it. It is
-//!   never refused — Flowise has run it, and it may be charged — but it counts: while answers
-//!   fill the budget, new request bodies are refused.
+//! - A request body counts as its bytes arrive: [`REQUEST_WEIGHT`] times its size (the body as
+//!   read and as rewritten for Flowise), plus its parsed JSON values (`body.rs`), until it is
+//!   encoded for Flowise; then its encoded size, until Flowise's connection took the last of it.
+//!   One that does not fit is refused with 503 `overloaded` before anything is charged or sent;
+//!   one that could never fit (more than half the budget) with 413. A declared length is only
+//!   checked, not counted, so a client that declares much and sends little holds nothing.
+//! - An answer counts its size from when it has been read until all of it is handed to the
+//!   client's connection (which then holds at most its write buffer). It is never refused —
+//!   Flowise has run it, and it may be charged — but it counts: while answers fill the budget,
+//!   new request bodies are refused.
 //!
 //! The count is the gauge `flowgate_body_buffer_bytes` itself, so exporting it costs nothing.
 
@@ -70,6 +73,9 @@ impl Buffers {
     }
 }
 
+/// How much of a counted body is handed out per frame: the hold ends with the last one.
+const CHUNK: usize = 64 * 1024;
+
 /// Bytes one request holds; let go when it is dropped.
 #[derive(Debug)]
 pub struct Held {
@@ -96,11 +102,32 @@ impl Held {
         Ok(())
     }
 
+    /// Whether `more` bytes would fit now, without counting them.
+    pub fn check(&self, more: usize) -> Result<(), Refused> {
+        let more = i64::try_from(more).map_err(|_| Refused::TooLarge)?;
+        if self.bytes.saturating_add(more) > self.budget.limit {
+            return Err(Refused::TooLarge);
+        }
+        if self.budget.held.get().saturating_add(more) > self.budget.limit {
+            return Err(Refused::Full);
+        }
+        Ok(())
+    }
+
     /// Counts `more` bytes whether they fit or not (bytes already read).
     pub fn grow(&mut self, more: usize) {
         let more = i64::try_from(more).unwrap_or(i64::MAX);
         self.budget.held.inc_by(more);
         self.bytes = self.bytes.saturating_add(more);
+    }
+
+    /// Counts only `bytes` from now on, if that is less (what is left once a body was encoded).
+    pub fn shrink_to(&mut self, bytes: usize) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        if bytes < self.bytes {
+            self.budget.held.dec_by(self.bytes - bytes);
+            self.bytes = bytes;
+        }
     }
 
     /// The bytes this hold counts.
@@ -122,18 +149,16 @@ impl Drop for Held {
     }
 }
 
-/// A whole answer in one frame, holding its bytes in the budget until it is read or dropped.
+/// A whole body handed out in frames of [`CHUNK`], holding its bytes until the last frame is
+/// taken (the connection's writer then holds at most its buffer) or the body is dropped.
 pub struct HeldBytes {
-    data: Option<Bytes>,
+    data: Bytes,
     held: Option<Held>,
 }
 
 impl HeldBytes {
-    pub fn new(data: Bytes, held: Held) -> Self {
-        Self {
-            data: Some(data).filter(|d| !d.is_empty()),
-            held: Some(held),
-        }
+    pub fn new(data: Bytes, held: Option<Held>) -> Self {
+        Self { data, held }
     }
 }
 
@@ -146,18 +171,24 @@ impl Body for HeldBytes {
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        let frame = this.data.take().map(|data| Ok(Frame::data(data)));
-        // Handed to the connection's writer: no longer ours to count.
-        this.held = None;
-        Poll::Ready(frame)
+        if this.data.is_empty() {
+            this.held = None;
+            return Poll::Ready(None);
+        }
+        let frame = this.data.split_to(this.data.len().min(CHUNK));
+        if this.data.is_empty() {
+            // The last of it: the writer's buffer has it now.
+            this.held = None;
+        }
+        Poll::Ready(Some(Ok(Frame::data(frame))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none()
+        self.data.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+        SizeHint::with_exact(self.data.len() as u64)
     }
 }
 
@@ -212,21 +243,60 @@ mod tests {
         assert_eq!(buffers.in_use(), 100);
     }
 
-    #[tokio::test]
-    async fn an_answer_body_lets_go_of_its_bytes_once_it_is_read() {
+    #[test]
+    fn a_check_counts_nothing() {
         let buffers = budget(100);
-        let mut held = buffers.hold();
-        held.grow(5);
-        let body = HeldBytes::new(Bytes::from_static(b"hello"), held);
-        assert_eq!(body.size_hint().exact(), Some(5));
-        assert_eq!(buffers.in_use(), 5);
-        let read = body.collect().await.expect("read").to_bytes();
-        assert_eq!(&read[..], b"hello");
+        let mut a = buffers.hold();
+        a.try_grow(60).expect("fits");
+        assert_eq!(a.check(40), Ok(()));
+        // Past the budget with what this hold already has: it could never fit.
+        assert_eq!(a.check(41), Err(Refused::TooLarge));
+        // Another hold could, once `a` is gone.
+        assert_eq!(buffers.hold().check(41), Err(Refused::Full));
+        assert_eq!(buffers.hold().check(101), Err(Refused::TooLarge));
+        assert_eq!(buffers.in_use(), 60);
+    }
+
+    #[test]
+    fn a_hold_shrinks_to_what_is_left() {
+        let buffers = budget(100);
+        let mut a = buffers.hold();
+        a.try_grow(80).expect("fits");
+        a.shrink_to(30);
+        assert_eq!((a.bytes(), buffers.in_use()), (30, 30));
+        a.shrink_to(50);
+        assert_eq!(buffers.in_use(), 30, "never grows");
+        drop(a);
         assert_eq!(buffers.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_holds_its_bytes_until_its_last_frame_is_taken() {
+        let buffers = budget(1 << 20);
+        let size = 2 * CHUNK + 10;
+        let mut held = buffers.hold();
+        held.grow(size);
+        let mut body = HeldBytes::new(Bytes::from(vec![b'x'; size]), Some(held));
+        assert_eq!(body.size_hint().exact(), Some(size as u64));
+        for _ in 0..2 {
+            let frame = body.frame().await.expect("a frame").expect("data");
+            assert_eq!(frame.into_data().expect("data").len(), CHUNK);
+            assert_eq!(buffers.in_use(), size, "held while frames are left");
+        }
+        let last = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(last.into_data().expect("data").len(), 10);
+        assert_eq!(buffers.in_use(), 0, "let go with the last frame");
+        assert!(body.is_end_stream() && body.frame().await.is_none());
 
         let mut held = buffers.hold();
-        held.grow(7);
-        drop(HeldBytes::new(Bytes::from_static(b"dropped"), held));
-        assert_eq!(buffers.in_use(), 0, "a client gone before reading");
+        held.grow(size);
+        let mut body = HeldBytes::new(Bytes::from(vec![b'x'; size]), Some(held));
+        let _ = body.frame().await;
+        drop(body);
+        assert_eq!(buffers.in_use(), 0, "a client gone before reading it all");
+
+        let empty = HeldBytes::new(Bytes::new(), None);
+        assert!(empty.is_end_stream());
+        assert_eq!(empty.collect().await.expect("read").to_bytes().len(), 0);
     }
 }

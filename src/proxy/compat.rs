@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
+use super::buffers::{Held, HeldBytes};
 use super::error::{self, ProxyError};
 use super::routes::Route;
 use super::{Prediction, Proxy, flowise_message, prepare, read_json};
@@ -117,12 +119,13 @@ impl Proxy {
 }
 
 /// The Python service's `{chatflow_id, question|message, sessionId?, overrideConfig?, streaming?}`.
+/// Its fields are moved, not copied: the rest of the body is dropped here.
 pub(super) fn compat_request(
-    body: &mut serde_json::Map<String, Value>,
+    mut body: serde_json::Map<String, Value>,
     identity: &Identity,
 ) -> Result<(String, Prediction), ProxyError> {
-    let chatflow_id = match body.get("chatflow_id") {
-        Some(Value::String(id)) if !id.is_empty() => id.clone(),
+    let chatflow_id = match body.remove("chatflow_id") {
+        Some(Value::String(id)) if !id.is_empty() => id,
         _ => {
             return Err(ProxyError::BadRequest(
                 "field 'chatflow_id' is required".into(),
@@ -130,37 +133,41 @@ pub(super) fn compat_request(
         }
     };
     // `message` stands in for a `question` that is absent or null.
-    let question = body
-        .get("question")
-        .and_then(Value::as_str)
-        .or_else(|| body.get("message").and_then(Value::as_str))
-        .ok_or_else(|| {
-            ProxyError::BadRequest("field 'question' (or 'message') is required".into())
-        })?;
+    let question = match (body.remove("question"), body.remove("message")) {
+        (Some(Value::String(q)), _) | (_, Some(Value::String(q))) => q,
+        _ => {
+            return Err(ProxyError::BadRequest(
+                "field 'question' (or 'message') is required".into(),
+            ));
+        }
+    };
     let mut forward = serde_json::Map::new();
-    forward.insert("question".into(), json!(question));
-    if let Some(config) = body.get("overrideConfig") {
+    forward.insert("question".into(), Value::String(question));
+    if let Some(config) = body.remove("overrideConfig") {
         if !config.is_object() && !config.is_null() {
             return Err(ProxyError::BadRequest(
                 "'overrideConfig' must be an object".into(),
             ));
         }
-        forward.insert("overrideConfig".into(), config.clone());
+        forward.insert("overrideConfig".into(), config);
     }
-    if let Some(session) = body.get("sessionId").and_then(Value::as_str) {
-        forward.insert("chatId".into(), json!(session));
+    if let Some(Value::String(session)) = body.remove("sessionId") {
+        forward.insert("chatId".into(), Value::String(session));
     }
-    if let Some(streaming) = body.get("streaming") {
-        forward.insert("streaming".into(), streaming.clone());
+    if let Some(streaming) = body.remove("streaming") {
+        forward.insert("streaming".into(), streaming);
     }
     Ok((chatflow_id, prepare(forward, identity)?))
 }
 
+/// The Python service's consolidated answer around Flowise's, counted in `held` as the answer
+/// it replaces was.
 pub(super) async fn compat_response(
     resp: Response<Body>,
     chatflow_id: &str,
     chat_id: &str,
     credits_remaining: Option<u64>,
+    mut held: Held,
 ) -> Result<Response<Body>, ProxyError> {
     let status = resp.status();
     let bytes = resp
@@ -174,8 +181,13 @@ pub(super) async fn compat_response(
     }
     let result: Value =
         serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
-    Ok(error::json(
-        StatusCode::OK,
-        &json!({"result": result, "credits_remaining": credits_remaining, "chatflow_id": chatflow_id, "session_id": chat_id}),
-    ))
+    drop(bytes);
+    let answer = json!({"result": result, "credits_remaining": credits_remaining, "chatflow_id": chatflow_id, "session_id": chat_id});
+    let body = Bytes::from(serde_json::to_vec(&answer).unwrap_or_default());
+    drop(answer);
+    held.grow(body.len());
+    let mut resp = Response::new(HeldBytes::new(body, Some(held)).boxed());
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
 }

@@ -47,6 +47,11 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error(
+        "the request body's JSON has more values than flowgate may hold in memory \
+         (FLOWGATE_BODY_MEMORY)"
+    )]
+    TooManyValues,
     #[error("the request body was not received in time")]
     RequestTimeout,
     #[error("the request names chatflow '{0}' ambiguously; use its Flowise id")]
@@ -113,7 +118,9 @@ impl ProxyError {
             AdminRequired => (StatusCode::FORBIDDEN, "admin_required"),
             ChatflowUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "chatflow_unavailable"),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            PayloadTooLarge { .. } | TooManyValues => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Ambiguous(_) => (StatusCode::CONFLICT, "ambiguous_chatflow"),
             InsufficientCredits { .. } => (StatusCode::PAYMENT_REQUIRED, "insufficient_credits"),
@@ -196,6 +203,11 @@ impl ProxyError {
             Self::Overloaded => {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            // Refused before the rest of the body was read.
+            Self::PayloadTooLarge { .. } => {
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }

@@ -197,9 +197,9 @@ impl Proxy {
                 let idempotency_key = idempotency_key(&req)?;
                 let (parts, body) = req.into_parts();
                 let mut held = self.buffers.hold();
-                let mut body =
+                let body =
                     read_json_body(&parts.headers, body, MAX_JSON_BODY, Some(&mut held)).await?;
-                let (chatflow_id, mut prediction) = compat_request(&mut body, &identity)?;
+                let (chatflow_id, mut prediction) = compat_request(body, &identity)?;
                 prediction.held = Some(held);
                 let lookup = Lookup::NameOrId(&chatflow_id);
                 let (cf, access) = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
@@ -224,7 +224,7 @@ impl Proxy {
                     .get::<CreditsRemaining>()
                     .map(|r| r.0)
                     .or(remaining);
-                compat_response(resp, &chatflow_id, &chat_id, remaining).await
+                compat_response(resp, &chatflow_id, &chat_id, remaining, self.buffers.hold()).await
             }
             Route::Credits => {
                 let balances = self
@@ -417,8 +417,13 @@ impl Proxy {
         charge: Option<Charge>,
     ) -> Result<Response<Body>, ProxyError> {
         let resume = prediction.resume;
-        let held = prediction.held;
         let (body, content_type) = prediction.body.encode();
+        // The parsed body is gone: what is left is the encoded one, until Flowise's connection
+        // took the last of it.
+        let held = prediction.held.map(|mut held| {
+            held.shrink_to(body.len());
+            held
+        });
         client_headers.insert(CONTENT_TYPE, content_type);
         let path = format!("/api/v1/prediction/{flowise_id}");
         let mut flight = InFlight::new(
@@ -437,7 +442,7 @@ impl Proxy {
             &client_headers,
             peer,
             flight.key(),
-            body,
+            buffers::HeldBytes::new(body, held),
         ) {
             Ok(req) => req,
             Err(error) => {
@@ -445,10 +450,7 @@ impl Proxy {
                 return Err(error);
             }
         };
-        let sent = self.upstream.send(req).await;
-        // Flowise has read the body (or never will): no longer held here.
-        drop(held);
-        let upstream = match sent {
+        let upstream = match self.upstream.send(req).await {
             Ok(resp) => resp,
             Err(error) => {
                 self.metrics.upstream_error(error.reason());
@@ -558,10 +560,11 @@ impl Proxy {
                 self.credits.refund_now(charge).await;
             }
         }
-        // Counted until the client has read it; never refused, it is already paid for.
+        // Counted until the client's connection took the last of it; never refused, it is
+        // already paid for.
         let mut held = self.buffers.hold();
         held.grow(answer.len());
-        resp.body(buffers::HeldBytes::new(answer, held).boxed())
+        resp.body(buffers::HeldBytes::new(answer, Some(held)).boxed())
             .map_err(|e| ProxyError::Internal(e.to_string()))
     }
 }

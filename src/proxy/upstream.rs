@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Uri};
@@ -13,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::buffers::HeldBytes;
 use super::error::ProxyError;
 use crate::server::Body;
 
@@ -101,7 +102,7 @@ impl Upstream {
         client_headers: &HeaderMap,
         peer: SocketAddr,
         key: Option<&HeaderValue>,
-        body: Bytes,
+        body: HeldBytes,
     ) -> Result<Request<Body>, ProxyError> {
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
@@ -109,7 +110,7 @@ impl Upstream {
             .path_and_query(format!("{}{}", self.base_path, path))
             .build()
             .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URL: {e}")))?;
-        let mut req = Request::new(Full::new(body).map_err(|e| match e {}).boxed());
+        let mut req = Request::new(body.boxed());
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
