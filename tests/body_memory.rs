@@ -1,8 +1,12 @@
-//! The bound on bodies held in memory (`FLOWGATE_BODY_MEMORY`), end to end: a body that could
-//! never fit is 413, one that does not fit beside the bodies held now is 503 `overloaded` with
-//! `Retry-After`, neither is charged or sent to Flowise, and every byte counted is let go again —
-//! also a stalled upload's once its client leaves. An answer its client does not read counts
-//! until it does, and keeps new bodies out meanwhile.
+//! The bound on bodies held in memory (`FLOWGATE_BODY_MEMORY`), end to end:
+//!
+//! - a body that could never fit is 413, one that does not fit beside the bodies held now is 503
+//!   `overloaded` with `Retry-After`; neither is charged or sent to Flowise;
+//! - a declared length holds nothing; what arrives holds twice its size, and a stalled upload
+//!   lets go once its client leaves;
+//! - a question stops counting once Flowise has read it, not when Flowise answers;
+//! - an answer its client does not read counts whole, and keeps new bodies out, until it is
+//!   written.
 
 mod support;
 
@@ -10,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use support::fake_flowise::{FakeFlowise, Mode};
 use support::gate::{Flowgate, Options, credits_used, predict, used_becomes};
@@ -22,77 +27,141 @@ fn of_size(size: usize) -> serde_json::Value {
     json!({"question": "x".repeat(size)})
 }
 
+async fn held(gate: &Flowgate) -> f64 {
+    support::metric(&gate.ops, GAUGE).await.unwrap_or(-1.0)
+}
+
+/// A connection to `gate` that has sent the head of a prediction declaring `length` bytes.
+async fn declaring(gate: &Flowgate, bearer: &str, id: &str, length: usize) -> TcpStream {
+    let mut conn = TcpStream::connect(gate.base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/v1/prediction/{id} HTTP/1.1\r\nHost: flowgate\r\n\
+         Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.expect("send");
+    conn
+}
+
+/// The status and JSON of an answer refused before the body was read (it closes the connection).
+/// Only the head is sent, so the refusal never races a body still being written.
+async fn refused_up_front(gate: &Flowgate, bearer: &str, id: &str, length: usize) -> (u16, String) {
+    let mut conn = declaring(gate, bearer, id, length).await;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.expect("read");
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    (status, answer)
+}
+
+/// The body of the one HTTP/1.1 answer on `conn` (it has a Content-Length).
+async fn read_answer(conn: &mut TcpStream) -> Vec<u8> {
+    let mut read = Vec::new();
+    let mut buf = vec![0; 1 << 20];
+    let (start, length) = loop {
+        let n = conn.read(&mut buf).await.expect("read");
+        assert!(n > 0, "the answer ended early");
+        read.extend_from_slice(&buf[..n]);
+        if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&read[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .expect("a Content-Length");
+            break (end + 4, length);
+        }
+    };
+    while read.len() < start + length {
+        let n = conn.read(&mut buf).await.expect("read");
+        assert!(n > 0, "the answer ended early");
+        read.extend_from_slice(&buf[..n]);
+    }
+    read[start..start + length].to_vec()
+}
+
+/// A team whose chatflow answers through `fake`, and flowgate with `memory` for bodies.
+async fn gate_with(prefix: &str, fake: &FakeFlowise, memory: &str) -> (Team, Flowgate, String) {
+    let team = Team::with_fake_flowise(prefix).await;
+    team.policy(
+        "flat",
+        json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
+               "cost": {"perPrediction": 1}}),
+    )
+    .await;
+    let gate = Flowgate::start_with(Options {
+        flowise_url: Some(fake.url.clone()),
+        body_memory: Some(memory.into()),
+        ..Options::default()
+    })
+    .await;
+    let policy = format!("{}/flat", team.ns);
+    let alice = team.alice();
+    support::eventually(15, "the policy indexed", || async {
+        credits_used(&gate.base, &alice, &policy).await
+    })
+    .await;
+    (team, gate, policy)
+}
+
 #[tokio::test]
 async fn bodies_past_the_memory_budget_are_refused_and_cost_nothing() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let team = Team::with_fake_flowise("body-memory").await;
-        team.policy(
-            "flat",
-            json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
-                   "cost": {"perPrediction": 1}}),
-        )
-        .await;
-        let policy = format!("{}/flat", team.ns);
         let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
-        let gate = Flowgate::start_with(Options {
-            flowise_url: Some(fake.url.clone()),
-            body_memory: Some("1Mi".into()),
-            ..Options::default()
-        })
-        .await;
-        let alice = team.alice();
-        support::eventually(15, "the policy indexed", || async {
-            credits_used(&gate.base, &alice, &policy).await
-        })
-        .await;
-        let id = team.flowise_id.clone();
+        let (team, gate, policy) = gate_with("body-memory", &fake, "1Mi").await;
+        let (alice, id) = (team.alice(), team.flowise_id.clone());
         assert_eq!(
             support::metric(&gate.ops, "flowgate_body_buffer_limit_bytes").await,
             Some(1048576.0)
         );
 
-        // Twice 600 KiB is more than the whole 1 MiB: never fits.
-        let (status, body) = predict(&gate, &alice, &id, of_size(600 << 10)).await;
-        assert_eq!(status, 413, "{body}");
-        assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
-
-        // An upload that declared 450 KiB and stalls after 400 KiB holds twice what it sent: what
-        // it only declared holds nothing.
-        let mut stalled = tokio::net::TcpStream::connect(gate.base.trim_start_matches("http://"))
+        // Twice 600 KiB is more than the whole 1 MiB: it could never fit.
+        let (status, answer) = refused_up_front(&gate, &alice, &id, 600 << 10).await;
+        assert_eq!(status, 413, "{answer}");
+        assert!(answer.contains("payload_too_large"), "{answer}");
+        // 300 KiB of `0,` parse into ~150,000 values: too many to hold, though the text fits.
+        let values = format!(r#"{{"question": "hi", "h": [{}0]}}"#, "0,".repeat(150_000));
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v1/prediction/{id}", gate.base))
+            .bearer_auth(&alice)
+            .header("content-type", "application/json")
+            .body(values)
+            .send()
             .await
-            .expect("connect");
-        let head = format!(
-            "POST /api/v1/prediction/{id} HTTP/1.1\r\nHost: flowgate\r\n\
-             Authorization: Bearer {alice}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n",
-            450 << 10
+            .expect("flowgate answers");
+        assert_eq!(resp.status(), 413);
+        let body: serde_json::Value = resp.json().await.expect("JSON error");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("values")),
+            "{body}"
         );
-        stalled.write_all(head.as_bytes()).await.expect("send");
+
+        // An upload that declared 450 KiB and stalls after 400 KiB holds twice what it sent:
+        // what it only declared holds nothing.
+        let mut stalled = declaring(&gate, &alice, &id, 450 << 10).await;
         stalled
             .write_all(&vec![b' '; 400 << 10])
             .await
             .expect("send");
         support::eventually(10, "the stalled upload counted", || async {
-            (support::metric(&gate.ops, GAUGE).await == Some(f64::from(800 << 10))).then_some(())
+            (held(&gate).await == f64::from(800 << 10)).then_some(())
         })
         .await;
-        // ...so 2 × 200 KiB more does not fit now: 503, to be retried.
-        let resp = reqwest::Client::new()
-            .post(format!("{}/api/v1/prediction/{id}", gate.base))
-            .bearer_auth(&alice)
-            .json(&of_size(200 << 10))
-            .send()
-            .await
-            .expect("flowgate answers");
-        assert_eq!(resp.status(), 503);
-        assert_eq!(
-            resp.headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok()),
-            Some("1")
+        // So 2 × 200 KiB more does not fit now: 503, to be retried.
+        let (status, answer) = refused_up_front(&gate, &alice, &id, 200 << 10).await;
+        assert_eq!(status, 503, "{answer}");
+        assert!(answer.contains("overloaded"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("retry-after: 1"),
+            "{answer}"
         );
-        let body: serde_json::Value = resp.json().await.expect("JSON error");
-        assert_eq!(body["error"]["code"], "overloaded", "{body}");
         // A small question still fits beside it.
         let (status, body) = predict(&gate, &alice, &id, json!({"question": "hi"})).await;
         assert_eq!(status, 200, "{body}");
@@ -102,7 +171,7 @@ async fn bodies_past_the_memory_budget_are_refused_and_cost_nothing() {
         // The upload's client leaves: its bytes are let go, and the larger body fits.
         drop(stalled);
         support::eventually(10, "the stalled upload let go", || async {
-            (support::metric(&gate.ops, GAUGE).await == Some(0.0)).then_some(())
+            (held(&gate).await == 0.0).then_some(())
         })
         .await;
         let (status, body) = predict(&gate, &alice, &id, of_size(200 << 10)).await;
@@ -110,68 +179,69 @@ async fn bodies_past_the_memory_budget_are_refused_and_cost_nothing() {
         assert_eq!(fake.predictions(), 2);
         used_becomes(&gate, &alice, &policy, 2).await;
         // Every hold ended: the refused, the answered and the abandoned.
-        assert_eq!(support::metric(&gate.ops, GAUGE).await, Some(0.0));
+        assert_eq!(held(&gate).await, 0.0);
         team.cleanup().await;
     })
     .await
     .expect("bounded to 60 s");
 }
 
-/// The body of the one HTTP/1.1 answer on `conn` (it has a Content-Length).
-async fn read_answer(conn: &mut tokio::net::TcpStream) -> Vec<u8> {
-    let mut read = Vec::new();
-    let mut buf = vec![0; 1 << 20];
-    loop {
-        let text = String::from_utf8_lossy(&read);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().to_string())
-                })
-                .expect("a Content-Length")
-                .parse()
-                .expect("a number");
-            if read.len() >= end + 4 + length {
-                return read[end + 4..end + 4 + length].to_vec();
-            }
-        }
-        let n = conn.read(&mut buf).await.expect("read");
-        assert!(n > 0, "the answer ended early");
-        read.extend_from_slice(&buf[..n]);
-    }
+#[tokio::test]
+async fn a_question_stops_counting_once_flowise_has_read_it() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let fake = FakeFlowise::start(Mode::Slow {
+            delay: Duration::from_secs(3),
+        })
+        .await;
+        let (team, gate, _) = gate_with("body-memory-run", &fake, "16Mi").await;
+        let (alice, id) = (team.alice(), team.flowise_id.clone());
+        let base = gate.base.clone();
+        let asking = tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{base}/api/v1/prediction/{id}"))
+                .bearer_auth(&alice)
+                .json(&of_size(3 << 20))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        });
+        // Flowise has the whole question and runs for 3 s: nothing of it is held any more.
+        support::eventually(10, "Flowise read the question", || async {
+            (!fake.bodies.lock().expect("bodies").is_empty()).then_some(())
+        })
+        .await;
+        support::eventually(2, "the question let go", || async {
+            (held(&gate).await == 0.0).then_some(())
+        })
+        .await;
+        assert!(!asking.is_finished(), "Flowise is still running it");
+        let status = asking.await.expect("joined").expect("flowgate answers");
+        assert_eq!(status, 200);
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
 }
 
 #[tokio::test]
-async fn an_unread_answer_counts_until_its_client_reads_it() {
+async fn an_unread_answer_counts_whole_until_it_is_written() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let team = Team::with_fake_flowise("body-memory-answer").await;
-        // Echoes the question twice: a 7 MiB question is a 14 MiB answer, more than the
-        // connection's buffers (hyper's ~400 KiB, a loopback socket's few MiB) take unread.
+        // Echoes the question twice: a 7 MiB question is a 14 MiB answer, far more than the
+        // connection takes unread (hyper's ~400 KiB, flowgate's socket buffer of at most
+        // 4 MiB here, and the reader's 64 KiB).
         let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
-        let gate = Flowgate::start_with(Options {
-            flowise_url: Some(fake.url.clone()),
-            body_memory: Some("16Mi".into()),
-            ..Options::default()
-        })
-        .await;
-        let alice = team.alice();
-        let id = team.flowise_id.clone();
-        support::eventually(15, "the chatflow indexed", || async {
-            (predict(&gate, &alice, &id, json!({"question": "hi"}))
-                .await
-                .0
-                == 200)
-                .then_some(())
-        })
-        .await;
+        let (team, gate, _) = gate_with("body-memory-answer", &fake, "16Mi").await;
+        let (alice, id) = (team.alice(), team.flowise_id.clone());
         let question: usize = 7 << 20;
         let body = serde_json::to_vec(&of_size(question)).expect("JSON");
-        let mut reader = tokio::net::TcpStream::connect(gate.base.trim_start_matches("http://"))
-            .await
-            .expect("connect");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(64 << 10).expect("SO_RCVBUF");
+        let addr = gate
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("address");
+        let mut reader = socket.connect(addr).await.expect("connect");
         let head = format!(
             "POST /api/v1/prediction/{id} HTTP/1.1\r\nHost: flowgate\r\n\
              Authorization: Bearer {alice}\r\nContent-Type: application/json\r\n\
@@ -181,22 +251,21 @@ async fn an_unread_answer_counts_until_its_client_reads_it() {
         reader.write_all(head.as_bytes()).await.expect("send");
         reader.write_all(&body).await.expect("send");
         // Flowise has read the question (so its hold ended) and the answer is held unread.
-        let held = support::eventually(20, "the unread answer counted", || async {
-            let bodies = fake.bodies.lock().expect("bodies").len();
-            let held = support::metric(&gate.ops, GAUGE).await.unwrap_or(0.0);
-            (bodies == 2 && held > (2 * question) as f64).then_some(held)
+        let whole = support::eventually(20, "the unread answer counted", || async {
+            let read = fake.bodies.lock().expect("bodies").len();
+            let now = held(&gate).await;
+            (read == 1 && now > (2 * question) as f64).then_some(now)
         })
         .await;
         // Counted whole while unread: a 1.5 MiB question (3 MiB counted) does not fit beside it.
-        let (status, body) = predict(&gate, &alice, &id, of_size(3 << 19)).await;
-        assert_eq!(status, 503, "{body}");
-        assert_eq!(body["error"]["code"], "overloaded", "{body}");
-        assert_eq!(support::metric(&gate.ops, GAUGE).await, Some(held));
+        let (status, answer) = refused_up_front(&gate, &alice, &id, 3 << 19).await;
+        assert_eq!(status, 503, "{answer}");
+        assert_eq!(held(&gate).await, whole);
         // Read, it is let go, and the question fits.
         let answer = read_answer(&mut reader).await;
         assert!(answer.len() > 2 * question, "{} bytes", answer.len());
         support::eventually(10, "the answer let go", || async {
-            (support::metric(&gate.ops, GAUGE).await == Some(0.0)).then_some(())
+            (held(&gate).await == 0.0).then_some(())
         })
         .await;
         let (status, body) = predict(&gate, &alice, &id, of_size(3 << 19)).await;

@@ -194,7 +194,7 @@ impl Abort {
             &headers,
             peer,
             key.as_ref(),
-            super::buffers::HeldBytes::new(Bytes::new(), None),
+            Bytes::new(),
         ) {
             Ok(req) => req,
             Err(error) => {

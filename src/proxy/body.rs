@@ -89,8 +89,9 @@ fn count_values(text: &[u8], hold: &mut Held) -> Result<(), ProxyError> {
 /// array's spare capacity or a map entry's key and node.
 const BYTES_PER_VALUE: usize = 64;
 
-/// How many values parsing `text` as JSON makes at most: one per `[`, `{`, `,` and `:` outside
-/// strings, plus one. Exact enough to bound the tree; never less than it.
+/// How many values parsing `text` as JSON makes at most, counting an object's key and entry as a
+/// value too: one per `[`, `{` and `,`, two per `:`, outside strings, plus one. Never less than
+/// the tree serde_json builds.
 fn json_values(text: &[u8]) -> usize {
     let (mut values, mut in_string, mut escaped) = (1usize, false, false);
     for &byte in text {
@@ -104,7 +105,8 @@ fn json_values(text: &[u8]) -> usize {
         } else {
             match byte {
                 b'"' => in_string = true,
-                b'[' | b'{' | b',' | b':' => values += 1,
+                b'[' | b'{' | b',' => values += 1,
+                b':' => values += 2,
                 _ => {}
             }
         }
@@ -154,8 +156,7 @@ where
             .map_err(|r| refused(r, hold))?;
     }
     let mut body = std::pin::pin!(Limited::new(body, limit));
-    let mut first: Option<Bytes> = None;
-    let mut rest = BytesMut::new();
+    let mut joined = Joined::new(declared);
     loop {
         // A frame already received (a small body usually arrives with its headers) needs no
         // timer; only a wait for more does.
@@ -190,21 +191,50 @@ where
             hold.try_grow(data.len().saturating_mul(REQUEST_WEIGHT))
                 .map_err(|r| refused(r, hold))?;
         }
-        match &first {
-            None => first = Some(data),
+        joined.push(data);
+    }
+    Ok(joined.finish())
+}
+
+/// A body's frames in one buffer. A body in one frame (the usual JSON request or answer) is not
+/// copied; one in several is copied once, into a buffer sized by its declared length.
+pub(super) struct Joined {
+    first: Option<Bytes>,
+    rest: BytesMut,
+    declared: usize,
+}
+
+impl Joined {
+    /// Frames of a body that declared `declared` bytes (0 if it did not).
+    pub(super) fn new(declared: usize) -> Self {
+        Self {
+            first: None,
+            rest: BytesMut::new(),
+            declared,
+        }
+    }
+
+    pub(super) fn push(&mut self, data: Bytes) {
+        match &self.first {
+            None => self.first = Some(data),
             Some(head) => {
-                if rest.is_empty() {
-                    rest.extend_from_slice(head);
+                if self.rest.is_empty() {
+                    self.rest
+                        .reserve(self.declared.max(head.len() + data.len()));
+                    self.rest.extend_from_slice(head);
                 }
-                rest.extend_from_slice(&data);
+                self.rest.extend_from_slice(&data);
             }
         }
     }
-    Ok(if rest.is_empty() {
-        first.unwrap_or_default()
-    } else {
-        rest.freeze()
-    })
+
+    pub(super) fn finish(self) -> Bytes {
+        if self.rest.is_empty() {
+            self.first.unwrap_or_default()
+        } else {
+            self.rest.freeze()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -343,9 +373,9 @@ mod tests {
     fn json_values_are_counted_outside_strings_only() {
         assert_eq!(json_values(b"{}"), 2);
         assert_eq!(json_values(b"[0,0,0]"), 4);
-        assert_eq!(json_values(br#"{"a":[1,2],"b":{"c":3}}"#), 9);
+        assert_eq!(json_values(br#"{"a":[1,2],"b":{"c":3}}"#), 12);
         // Separators inside strings, escaped quotes included, are text.
-        assert_eq!(json_values(br#"{"q":"a, b: [c] {d} \" , e"}"#), 3);
+        assert_eq!(json_values(br#"{"q":"a, b: [c] {d} \" , e"}"#), 4);
         assert_eq!(json_values(br#"["\\",1]"#), 3);
         // Never fewer than serde_json makes.
         for text in [&br#"{"q":"x","o":{"a":[1,[2,{}]]}}"#[..], b"[[[[]]]]", b"7"] {
@@ -365,13 +395,13 @@ mod tests {
     fn a_json_body_counts_its_values_before_they_are_parsed() {
         let buffers = budget(400);
         let mut held = buffers.hold();
-        // 11 values × 64 > 400: too many to hold at all, whatever else is held.
+        // 12 values × 64 > 400: too many to hold at all, whatever else is held.
         let many = format!("[{}0]", "0,".repeat(10));
         let error = count_values(many.as_bytes(), &mut held);
         assert!(matches!(error, Err(ProxyError::TooManyValues)), "{error:?}");
         assert_eq!(held.bytes(), 0);
-        count_values(br#"{"a":[1,2]}"#, &mut held).expect("5 values fit");
-        assert_eq!(held.bytes(), 5 * BYTES_PER_VALUE);
+        count_values(br#"{"a":[1,2]}"#, &mut held).expect("6 values fit");
+        assert_eq!(held.bytes(), 6 * BYTES_PER_VALUE);
         // 2 more do not fit beside them now.
         let error = count_values(b"[0]", &mut buffers.hold());
         assert!(matches!(error, Err(ProxyError::Overloaded)), "{error:?}");

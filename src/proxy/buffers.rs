@@ -7,23 +7,24 @@
 //!
 //! - A request body counts as its bytes arrive: [`REQUEST_WEIGHT`] times its size (the body as
 //!   read and as rewritten for Flowise), plus its parsed JSON values (`body.rs`), until it is
-//!   encoded for Flowise; then its encoded size, until Flowise's connection took the last of it.
-//!   One that does not fit is refused with 503 `overloaded` before anything is charged or sent;
-//!   one that could never fit (more than half the budget) with 413. A declared length is only
-//!   checked, not counted, so a client that declares much and sends little holds nothing.
-//! - An answer counts its size from when it has been read until all of it is handed to the
-//!   client's connection (which then holds at most its write buffer). It is never refused —
-//!   Flowise has run it, and it may be charged — but it counts: while answers fill the budget,
-//!   new request bodies are refused.
+//!   encoded for Flowise; then the encoded body's allocation, until the last of it is written to
+//!   Flowise's connection. One that does not fit is refused with 503 `overloaded` before anything
+//!   is charged or sent; one that could never fit (more than half the budget) with 413. A
+//!   declared length is only checked, not counted, so a client that declares much and sends
+//!   little holds nothing.
+//! - A JSON answer counts as it is read from Flowise, until the last of it is written to the
+//!   client's connection. It is never refused — Flowise has run it, and it may be charged — but
+//!   it counts: while answers fill the budget, new request bodies are refused.
+//!
+//! A counted body is handed on as [`Bytes`] that own their hold ([`owning`]), so the count ends
+//! when the memory is freed, wherever the last reference is (hyper's write queue included). The
+//! kernel's socket buffers are not counted.
 //!
 //! The count is the gauge `flowgate_body_buffer_bytes` itself, so exporting it costs nothing.
 
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
 
 /// What a request body counts per byte: the body as read, and as rewritten for Flowise.
@@ -72,9 +73,6 @@ impl Buffers {
         }
     }
 }
-
-/// How much of a counted body is handed out per frame: the hold ends with the last one.
-const CHUNK: usize = 64 * 1024;
 
 /// Bytes one request holds; let go when it is dropped.
 #[derive(Debug)]
@@ -149,53 +147,29 @@ impl Drop for Held {
     }
 }
 
-/// A whole body handed out in frames of [`CHUNK`], holding its bytes until the last frame is
-/// taken (the connection's writer then holds at most its buffer) or the body is dropped.
-pub struct HeldBytes {
-    data: Bytes,
-    held: Option<Held>,
+/// `data` as [`Bytes`] that count in `held` until the last reference to them is dropped.
+pub fn owning<T>(data: T, held: Held) -> Bytes
+where
+    T: AsRef<[u8]> + Send + 'static,
+{
+    Bytes::from_owner(Owned { data, _held: held })
 }
 
-impl HeldBytes {
-    pub fn new(data: Bytes, held: Option<Held>) -> Self {
-        Self { data, held }
-    }
+/// The owner behind [`owning`]'s bytes.
+struct Owned<T> {
+    data: T,
+    _held: Held,
 }
 
-impl Body for HeldBytes {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        if this.data.is_empty() {
-            this.held = None;
-            return Poll::Ready(None);
-        }
-        let frame = this.data.split_to(this.data.len().min(CHUNK));
-        if this.data.is_empty() {
-            // The last of it: the writer's buffer has it now.
-            this.held = None;
-        }
-        Poll::Ready(Some(Ok(Frame::data(frame))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.len() as u64)
+impl<T: AsRef<[u8]>> AsRef<[u8]> for Owned<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.data.as_ref()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
 
     fn budget(limit: usize) -> Buffers {
         Buffers::new(limit, Gauge::default())
@@ -270,33 +244,17 @@ mod tests {
         assert_eq!(buffers.in_use(), 0);
     }
 
-    #[tokio::test]
-    async fn a_body_holds_its_bytes_until_its_last_frame_is_taken() {
-        let buffers = budget(1 << 20);
-        let size = 2 * CHUNK + 10;
+    #[test]
+    fn bytes_count_until_their_last_reference_is_dropped() {
+        let buffers = budget(100);
         let mut held = buffers.hold();
-        held.grow(size);
-        let mut body = HeldBytes::new(Bytes::from(vec![b'x'; size]), Some(held));
-        assert_eq!(body.size_hint().exact(), Some(size as u64));
-        for _ in 0..2 {
-            let frame = body.frame().await.expect("a frame").expect("data");
-            assert_eq!(frame.into_data().expect("data").len(), CHUNK);
-            assert_eq!(buffers.in_use(), size, "held while frames are left");
-        }
-        let last = body.frame().await.expect("a frame").expect("data");
-        assert_eq!(last.into_data().expect("data").len(), 10);
-        assert_eq!(buffers.in_use(), 0, "let go with the last frame");
-        assert!(body.is_end_stream() && body.frame().await.is_none());
-
-        let mut held = buffers.hold();
-        held.grow(size);
-        let mut body = HeldBytes::new(Bytes::from(vec![b'x'; size]), Some(held));
-        let _ = body.frame().await;
-        drop(body);
-        assert_eq!(buffers.in_use(), 0, "a client gone before reading it all");
-
-        let empty = HeldBytes::new(Bytes::new(), None);
-        assert!(empty.is_end_stream());
-        assert_eq!(empty.collect().await.expect("read").to_bytes().len(), 0);
+        held.grow(40);
+        let bytes = owning(vec![b'x'; 40], held);
+        let tail = bytes.slice(30..);
+        drop(bytes);
+        assert_eq!(buffers.in_use(), 40, "a slice keeps the whole allocation");
+        assert_eq!(&tail[..], &[b'x'; 10]);
+        drop(tail);
+        assert_eq!(buffers.in_use(), 0);
     }
 }

@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::buffers::{Held, HeldBytes};
+use super::buffers::{Held, owning};
 use super::error::{self, ProxyError};
 use super::routes::Route;
 use super::{Prediction, Proxy, flowise_message, prepare, read_json};
@@ -161,7 +161,7 @@ pub(super) fn compat_request(
 }
 
 /// The Python service's consolidated answer around Flowise's, counted in `held` as the answer
-/// it replaces was.
+/// it replaces was. (Flowise's answer counts until it is parsed; the parsed tree is not counted.)
 pub(super) async fn compat_response(
     resp: Response<Body>,
     chatflow_id: &str,
@@ -183,10 +183,11 @@ pub(super) async fn compat_response(
         serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
     drop(bytes);
     let answer = json!({"result": result, "credits_remaining": credits_remaining, "chatflow_id": chatflow_id, "session_id": chat_id});
-    let body = Bytes::from(serde_json::to_vec(&answer).unwrap_or_default());
+    let body = serde_json::to_vec(&answer).unwrap_or_default();
     drop(answer);
-    held.grow(body.len());
-    let mut resp = Response::new(HeldBytes::new(body, Some(held)).boxed());
+    held.grow(body.capacity());
+    let body = Full::new(owning(body, held)).map_err(|e| match e {});
+    let mut resp = Response::new(body.boxed());
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(resp)

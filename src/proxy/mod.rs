@@ -417,13 +417,7 @@ impl Proxy {
         charge: Option<Charge>,
     ) -> Result<Response<Body>, ProxyError> {
         let resume = prediction.resume;
-        let (body, content_type) = prediction.body.encode();
-        // The parsed body is gone: what is left is the encoded one, until Flowise's connection
-        // took the last of it.
-        let held = prediction.held.map(|mut held| {
-            held.shrink_to(body.len());
-            held
-        });
+        let (body, content_type) = prediction.body.encode(prediction.held);
         client_headers.insert(CONTENT_TYPE, content_type);
         let path = format!("/api/v1/prediction/{flowise_id}");
         let mut flight = InFlight::new(
@@ -442,7 +436,7 @@ impl Proxy {
             &client_headers,
             peer,
             flight.key(),
-            buffers::HeldBytes::new(body, held),
+            body,
         ) {
             Ok(req) => req,
             Err(error) => {
@@ -466,7 +460,7 @@ impl Proxy {
             flight.refund().await;
             let body = self
                 .upstream
-                .read_body(upstream.into_body(), 64 * 1024)
+                .read_body(upstream.into_body(), 64 * 1024, None)
                 .await
                 .unwrap_or_default();
             let message = flowise_message(status, &body);
@@ -537,7 +531,14 @@ impl Proxy {
                 .body(body)
                 .map_err(|e| ProxyError::Internal(e.to_string()));
         }
-        let answer = match self.upstream.read_body(incoming, MAX_ANSWER).await {
+        // Counted as it arrives, until the last of it is written to the client's connection;
+        // never refused, it is already paid for.
+        let mut held = self.buffers.hold();
+        let answer = match self
+            .upstream
+            .read_body(incoming, MAX_ANSWER, Some(&mut held))
+            .await
+        {
             Ok(answer) => answer,
             Err(error) => {
                 self.metrics.upstream_error(error.reason());
@@ -560,12 +561,12 @@ impl Proxy {
                 self.credits.refund_now(charge).await;
             }
         }
-        // Counted until the client's connection took the last of it; never refused, it is
-        // already paid for.
-        let mut held = self.buffers.hold();
-        held.grow(answer.len());
-        resp.body(buffers::HeldBytes::new(answer, Some(held)).boxed())
-            .map_err(|e| ProxyError::Internal(e.to_string()))
+        resp.body(
+            http_body_util::Full::new(buffers::owning(answer, held))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .map_err(|e| ProxyError::Internal(e.to_string()))
     }
 }
 

@@ -20,7 +20,7 @@ pub(super) struct Prediction {
     pub(super) resume: usage::Resume,
     /// Its chat's turn, taken before it is charged.
     pub(super) turn: Option<turns::Turn>,
-    /// Its body's bytes in [`Buffers`](buffers::Buffers), until Flowise has answered.
+    /// Its body's bytes in [`Buffers`](buffers::Buffers), until it is written to Flowise.
     pub(super) held: Option<buffers::Held>,
 }
 
@@ -31,21 +31,42 @@ pub(super) enum Payload {
 }
 
 impl Payload {
-    /// The encoded body and its Content-Type.
-    pub(super) fn encode(self) -> (Bytes, HeaderValue) {
+    /// The encoded body and its Content-Type. Once encoded the parsed body is gone: `held` then
+    /// counts the encoded body's allocation, until the last reference to it is dropped (once it
+    /// is written to Flowise's connection).
+    pub(super) fn encode(self, held: Option<buffers::Held>) -> (Bytes, HeaderValue) {
         match self {
-            Payload::Json(map) => (
-                Bytes::from(serde_json::to_vec(&Value::Object(map)).unwrap_or_default()),
-                HeaderValue::from_static("application/json"),
-            ),
+            Payload::Json(map) => {
+                let json = serde_json::to_vec(&Value::Object(map)).unwrap_or_default();
+                let size = json.capacity();
+                (
+                    counted(json, size, held),
+                    HeaderValue::from_static("application/json"),
+                )
+            }
             Payload::Multipart(form) => {
                 let (body, content_type) =
                     form.encode(&format!("flowgate-{}", uuid::Uuid::new_v4().simple()));
                 let content_type = HeaderValue::from_str(&content_type)
                     .unwrap_or_else(|_| HeaderValue::from_static("multipart/form-data"));
-                (body, content_type)
+                let size = body.len();
+                (counted(body, size, held), content_type)
             }
         }
+    }
+}
+
+/// `data` (`size` bytes allocated) counted in `held`, shrunk to it.
+fn counted<T>(data: T, size: usize, held: Option<buffers::Held>) -> Bytes
+where
+    T: AsRef<[u8]> + Send + 'static,
+{
+    match held {
+        Some(mut held) => {
+            held.shrink_to(size);
+            buffers::owning(data, held)
+        }
+        None => Bytes::from_owner(data),
     }
 }
 

@@ -5,15 +5,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::buffers::HeldBytes;
+use super::body::Joined;
+use super::buffers::Held;
 use super::error::ProxyError;
 use crate::server::Body;
 
@@ -102,7 +103,7 @@ impl Upstream {
         client_headers: &HeaderMap,
         peer: SocketAddr,
         key: Option<&HeaderValue>,
-        body: HeldBytes,
+        body: Bytes,
     ) -> Result<Request<Body>, ProxyError> {
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
@@ -110,7 +111,7 @@ impl Upstream {
             .path_and_query(format!("{}{}", self.base_path, path))
             .build()
             .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URL: {e}")))?;
-        let mut req = Request::new(body.boxed());
+        let mut req = Request::new(Full::new(body).map_err(|e| match e {}).boxed());
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
@@ -143,14 +144,32 @@ impl Upstream {
         }
     }
 
-    /// Reads a whole (non-streaming) upstream body, bounded in size and time.
-    pub async fn read_body(&self, body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
-        let limited = http_body_util::Limited::new(body, limit);
-        match tokio::time::timeout(self.timeout, limited.collect()).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(error)) => Err(ProxyError::UpstreamUnreachable(error.to_string())),
-            Err(_) => Err(ProxyError::UpstreamTimeout),
-        }
+    /// Reads a whole (non-streaming) upstream body, bounded in size and time, each frame counted
+    /// in `hold` (if any) as it arrives.
+    pub async fn read_body(
+        &self,
+        body: Incoming,
+        limit: usize,
+        mut hold: Option<&mut Held>,
+    ) -> Result<Bytes, ProxyError> {
+        let declared = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+        let read = async {
+            let mut body = std::pin::pin!(http_body_util::Limited::new(body, limit));
+            let mut joined = Joined::new(declared.min(limit));
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
+                if let Ok(data) = frame.into_data() {
+                    if let Some(hold) = hold.as_deref_mut() {
+                        hold.grow(data.len());
+                    }
+                    joined.push(data);
+                }
+            }
+            Ok(joined.finish())
+        };
+        tokio::time::timeout(self.timeout, read)
+            .await
+            .unwrap_or(Err(ProxyError::UpstreamTimeout))
     }
 }
 
