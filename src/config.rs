@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use hyper::header::HeaderValue;
 use reqwest::Url;
 
 /// `flowgate run` flags. Every flag also reads its `FLOWGATE_*` environment variable.
@@ -110,6 +111,10 @@ pub struct RunArgs {
     /// `1Gi`); past it new prediction bodies are refused with 503.
     #[arg(long, env = "FLOWGATE_BODY_MEMORY", default_value = "256Mi")]
     pub body_memory: String,
+    /// Origins whose pages may call the proxy from a browser: `*`, or a comma-separated list such
+    /// as `https://chat.example.com,http://localhost:5173`. Unset: none (no CORS headers).
+    #[arg(long, env = "FLOWGATE_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
 }
 
 /// Checked configuration of `flowgate run`.
@@ -135,6 +140,16 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// Bytes.
     pub body_memory: usize,
+    pub cors_origins: Option<CorsOrigins>,
+}
+
+/// Origins allowed to call the proxy from a browser (`FLOWGATE_CORS_ORIGINS`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CorsOrigins {
+    /// `*`: any page.
+    Any,
+    /// Exactly these origins, as browsers send them (`https://chat.example.com`).
+    List(Vec<HeaderValue>),
 }
 
 /// Where the credits ledger lives.
@@ -268,6 +283,9 @@ impl Config {
                 .map(|raw| body_memory(&raw))
                 .transpose()?
                 .unwrap_or(DEFAULT_BODY_MEMORY),
+            cors_origins: non_empty(args.cors_origins)
+                .map(|raw| cors_origins(&raw))
+                .transpose()?,
         })
     }
 }
@@ -337,6 +355,42 @@ fn body_memory(raw: &str) -> Result<usize, ConfigError> {
             format!("'{raw}' is not a size of at least 1Mi, such as 256Mi or 1Gi"),
         )),
     }
+}
+
+/// `*`, or origins as browsers write them in `Origin`: scheme, host and port only.
+fn cors_origins(raw: &str) -> Result<CorsOrigins, ConfigError> {
+    const SETTING: &str = "FLOWGATE_CORS_ORIGINS";
+    let items: Vec<&str> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if items == ["*"] {
+        return Ok(CorsOrigins::Any);
+    }
+    let origin = |item: &str| -> Result<HeaderValue, ConfigError> {
+        let origin = Url::parse(item)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "http" | "https"))
+            .map(|url| url.origin().ascii_serialization());
+        match origin {
+            Some(origin) if origin == item => HeaderValue::from_str(item)
+                .map_err(|_| invalid(SETTING, format!("'{item}' is not a header value"))),
+            Some(origin) => Err(invalid(
+                SETTING,
+                format!("'{item}' is not an origin as browsers send it; did you mean '{origin}'?"),
+            )),
+            None => Err(invalid(
+                SETTING,
+                format!(
+                    "'{item}' is neither '*' (alone) nor an origin such as https://chat.example.com"
+                ),
+            )),
+        }
+    };
+    Ok(CorsOrigins::List(
+        items.into_iter().map(origin).collect::<Result<_, _>>()?,
+    ))
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {
@@ -477,6 +531,7 @@ mod tests {
         assert_eq!(config.ledger_retention, None, "keep everything");
         assert_eq!(config.shutdown_delay, Duration::ZERO, "drain at once");
         assert_eq!(config.body_memory, 256 << 20);
+        assert_eq!(config.cors_origins, None, "no CORS headers");
         assert!(config.controller && config.proxy);
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         assert_eq!(
@@ -497,6 +552,31 @@ mod tests {
         assert_eq!(config.body_memory, 64 << 20);
         let config = parse(&["--body-memory", " 2Gi "]).expect("valid");
         assert_eq!(config.body_memory, 2 << 30);
+    }
+
+    #[test]
+    fn cors_origins_are_any_or_exact_origins() {
+        let config = parse(&["--cors-origins", " * "]).expect("valid");
+        assert_eq!(config.cors_origins, Some(CorsOrigins::Any));
+        let config = parse(&[
+            "--cors-origins",
+            "https://chat.example.com, http://localhost:5173,",
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.cors_origins,
+            Some(CorsOrigins::List(vec![
+                HeaderValue::from_static("https://chat.example.com"),
+                HeaderValue::from_static("http://localhost:5173"),
+            ]))
+        );
+        let error = parse(&["--cors-origins", "https://chat.example.com/"]).expect_err("a path");
+        assert!(
+            error
+                .to_string()
+                .contains("did you mean 'https://chat.example.com'"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -532,6 +612,22 @@ mod tests {
             ),
             (&["--body-memory", "1.5Gi"], "FLOWGATE_BODY_MEMORY"),
             (&["--body-memory", "Mi"], "FLOWGATE_BODY_MEMORY"),
+            (
+                &["--cors-origins", "chat.example.com"],
+                "FLOWGATE_CORS_ORIGINS",
+            ),
+            (
+                &["--cors-origins", "*, https://a.example"],
+                "FLOWGATE_CORS_ORIGINS",
+            ),
+            (
+                &["--cors-origins", "HTTPS://A.example"],
+                "FLOWGATE_CORS_ORIGINS",
+            ),
+            (
+                &["--cors-origins", "ftp://a.example"],
+                "FLOWGATE_CORS_ORIGINS",
+            ),
             (&["--shutdown-delay", "later"], "FLOWGATE_SHUTDOWN_DELAY"),
             (
                 &["--ledger-retention", "forever"],

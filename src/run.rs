@@ -203,6 +203,10 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
         let proxy = Proxy {
             drains,
             turns: Default::default(),
+            cors: config
+                .cors_origins
+                .as_ref()
+                .map(crate::proxy::cors::Cors::new),
             buffers: {
                 metrics
                     .body_buffer_limit

@@ -147,6 +147,7 @@ async fn a_default_install_creates_the_expected_objects() {
         "FLOWGATE_NO_PROXY",
         "FLOWGATE_IMPORT_NAMESPACE",
         "FLOWGATE_LEDGER_RETENTION",
+        "FLOWGATE_CORS_ORIGINS",
     ] {
         assert!(!env.contains_key(unset), "{unset} is not set by default");
     }
@@ -351,6 +352,14 @@ async fn values_of_the_wrong_shape_are_refused_by_the_schema() {
         (json!({"logFormat": "xml"}), "at '/logFormat'"),
         (json!({"proxy": {"threads": 0}}), "at '/proxy/threads'"),
         (
+            json!({"proxy": {"bodyMemory": "256M"}}),
+            "at '/proxy/bodyMemory'",
+        ),
+        (
+            json!({"proxy": {"corsOrigins": ["chat.example.com"]}}),
+            "at '/proxy/corsOrigins/0'",
+        ),
+        (
             json!({"auth": {"adminClaim": "role"}}),
             "at '/auth/adminClaim'",
         ),
@@ -434,6 +443,8 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
         "logFormat": "text",
         "ledger": {"retention": "90d"},
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "proxy": {"bodyMemory": "512Mi",
+                  "corsOrigins": ["https://chat.example.com", "http://localhost:5173"]},
     });
     let release = upgrade(&ns, &ns, &values).unwrap_or_else(|e| panic!("upgrade: {e}"));
     assert_eq!(release["revision"], 2);
@@ -453,6 +464,11 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
     assert_eq!(env_value(&env, "FLOWGATE_LOG_FORMAT"), "text");
     assert_eq!(env_value(&env, "FLOWGATE_SYNC_INTERVAL"), "5m");
     assert_eq!(env_value(&env, "FLOWGATE_LEDGER_RETENTION"), "90d");
+    assert_eq!(env_value(&env, "FLOWGATE_BODY_MEMORY"), "512Mi");
+    assert_eq!(
+        env_value(&env, "FLOWGATE_CORS_ORIGINS"),
+        "https://chat.example.com,http://localhost:5173"
+    );
     assert_eq!(
         env_value(&env, "FLOWGATE_IMPORT_NAMESPACE"),
         "flowise-imported"

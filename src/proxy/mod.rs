@@ -12,6 +12,7 @@ mod abandon;
 pub mod body;
 pub mod buffers;
 pub mod compat;
+pub mod cors;
 pub mod credits;
 pub mod drain;
 pub mod error;
@@ -85,6 +86,8 @@ pub struct Proxy {
     pub turns: turns::ChatTurns,
     /// The bound on request and answer bodies held in memory, all requests together.
     pub buffers: buffers::Buffers,
+    /// What browser pages of other origins may call (`FLOWGATE_CORS_ORIGINS`); `None`: none.
+    pub cors: Option<cors::Cors>,
 }
 
 impl Proxy {
@@ -102,6 +105,22 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
+        let Some(cors) = self.cors.clone() else {
+            return self.answer(req, peer).await;
+        };
+        if req.method() != Method::OPTIONS {
+            return cors.serve(self, req, peer).await;
+        }
+        // A preflight, answered by the CORS rules alone.
+        let started = std::time::Instant::now();
+        let metrics = self.metrics.clone();
+        let resp = cors.serve(self, req, peer).await;
+        metrics.observe_request("cors_preflight", resp.status().as_u16(), started.elapsed());
+        resp
+    }
+
+    /// [`Proxy::handle`] past the CORS rules.
+    async fn answer(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = std::time::Instant::now();
         let id = request_id::assign(req.headers());
         let route = routes::route(req.method(), req.uri().path());

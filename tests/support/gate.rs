@@ -110,6 +110,8 @@ pub struct Options {
     pub token_endpoint_url: Option<String>,
     /// `--body-memory`; default: 256Mi.
     pub body_memory: Option<String>,
+    /// `--cors-origins`; default: none.
+    pub cors_origins: Option<String>,
 }
 
 impl Flowgate {
@@ -169,6 +171,7 @@ impl Flowgate {
             import_namespace: options.import_namespace,
             token_endpoint_url: options.token_endpoint_url,
             body_memory: options.body_memory.unwrap_or_default(),
+            cors_origins: options.cors_origins,
             ..Default::default()
         };
         let config = Config::from_args(args).expect("valid test config");
