@@ -357,7 +357,8 @@ fn body_memory(raw: &str) -> Result<usize, ConfigError> {
     }
 }
 
-/// `*`, or origins as browsers write them in `Origin`: scheme, host and port only.
+/// `*`, or origins: scheme, host and port only. Each is kept as browsers send it in `Origin`
+/// (lowercase host, punycode, no default port), whichever way it was written.
 fn cors_origins(raw: &str) -> Result<CorsOrigins, ConfigError> {
     const SETTING: &str = "FLOWGATE_CORS_ORIGINS";
     let items: Vec<&str> = raw
@@ -365,28 +366,36 @@ fn cors_origins(raw: &str) -> Result<CorsOrigins, ConfigError> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .collect();
+    if items.is_empty() {
+        return Err(invalid(SETTING, format!("'{raw}' lists no origin")));
+    }
     if items == ["*"] {
         return Ok(CorsOrigins::Any);
     }
     let origin = |item: &str| -> Result<HeaderValue, ConfigError> {
-        let origin = Url::parse(item)
+        let url = Url::parse(item)
             .ok()
-            .filter(|url| matches!(url.scheme(), "http" | "https"))
-            .map(|url| url.origin().ascii_serialization());
-        match origin {
-            Some(origin) if origin == item => HeaderValue::from_str(item)
-                .map_err(|_| invalid(SETTING, format!("'{item}' is not a header value"))),
-            Some(origin) => Err(invalid(
-                SETTING,
-                format!("'{item}' is not an origin as browsers send it; did you mean '{origin}'?"),
-            )),
-            None => Err(invalid(
+            .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some());
+        let Some(url) = url else {
+            return Err(invalid(
                 SETTING,
                 format!(
                     "'{item}' is neither '*' (alone) nor an origin such as https://chat.example.com"
                 ),
-            )),
+            ));
+        };
+        let origin = url.origin().ascii_serialization();
+        let after_scheme = item.split_once("://").map_or("", |(_, rest)| rest);
+        if after_scheme.contains(['/', '?', '#', '@']) {
+            return Err(invalid(
+                SETTING,
+                format!(
+                    "'{item}' is not an origin (scheme, host and port only); did you mean '{origin}'?"
+                ),
+            ));
         }
+        HeaderValue::from_str(&origin)
+            .map_err(|_| invalid(SETTING, format!("'{item}' is not a header value")))
     };
     Ok(CorsOrigins::List(
         items.into_iter().map(origin).collect::<Result<_, _>>()?,
@@ -570,6 +579,14 @@ mod tests {
                 HeaderValue::from_static("http://localhost:5173"),
             ]))
         );
+        // Written another way, kept as browsers send it.
+        let config = parse(&["--cors-origins", "HTTPS://Chat.Example.com:443"]).expect("valid");
+        assert_eq!(
+            config.cors_origins,
+            Some(CorsOrigins::List(vec![HeaderValue::from_static(
+                "https://chat.example.com"
+            )]))
+        );
         let error = parse(&["--cors-origins", "https://chat.example.com/"]).expect_err("a path");
         assert!(
             error
@@ -620,10 +637,16 @@ mod tests {
                 &["--cors-origins", "*, https://a.example"],
                 "FLOWGATE_CORS_ORIGINS",
             ),
+            (&["--cors-origins", " , "], "FLOWGATE_CORS_ORIGINS"),
             (
-                &["--cors-origins", "HTTPS://A.example"],
+                &["--cors-origins", "https://a.example?x"],
                 "FLOWGATE_CORS_ORIGINS",
             ),
+            (
+                &["--cors-origins", "https://me@a.example"],
+                "FLOWGATE_CORS_ORIGINS",
+            ),
+            (&["--cors-origins", "null"], "FLOWGATE_CORS_ORIGINS"),
             (
                 &["--cors-origins", "ftp://a.example"],
                 "FLOWGATE_CORS_ORIGINS",

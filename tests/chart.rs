@@ -357,7 +357,15 @@ async fn values_of_the_wrong_shape_are_refused_by_the_schema() {
         ),
         (
             json!({"proxy": {"corsOrigins": ["chat.example.com"]}}),
-            "at '/proxy/corsOrigins/0'",
+            "at '/proxy/corsOrigins'",
+        ),
+        (
+            json!({"proxy": {"corsOrigins": ["*", "https://chat.example.com"]}}),
+            "at '/proxy/corsOrigins'",
+        ),
+        (
+            json!({"proxy": {"corsOrigins": ["https://chat.example.com/app"]}}),
+            "at '/proxy/corsOrigins'",
         ),
         (
             json!({"auth": {"adminClaim": "role"}}),

@@ -1,7 +1,8 @@
 //! Browsers calling flowgate from another origin (`FLOWGATE_CORS_ORIGINS`): a preflight from an
 //! allowed origin is answered by flowgate alone (no token, nothing sent to Flowise), every answer
 //! to that origin says so — errors included — and other origins, or a flowgate without the
-//! setting, get no CORS headers at all.
+//! setting, get no `Access-Control-Allow-Origin`. An `OPTIONS` that is not a preflight is not a
+//! route, as before.
 
 mod support;
 
@@ -75,9 +76,27 @@ async fn pages_of_allowed_origins_may_call_the_proxy_from_a_browser() {
         assert_eq!(header(&headers, "access-control-max-age"), Some("3600"));
         assert_eq!(header(&headers, "access-control-allow-credentials"), None);
         assert_eq!(fake.requests(), before, "a preflight never reaches Flowise");
-        // Another page's preflight gets no permission.
+        // Another page's preflight gets no permission, and is counted apart.
         let (_, headers) = preflight(&gate, &id, "https://evil.example").await;
         assert_eq!(header(&headers, "access-control-allow-origin"), None);
+        assert_eq!(
+            support::metric(
+                &gate.ops,
+                r#"flowgate_proxy_requests_total{route="cors_preflight_refused",status="200"}"#
+            )
+            .await,
+            Some(1.0)
+        );
+        // An OPTIONS that is no preflight is answered as before.
+        let resp = reqwest::Client::new()
+            .request(
+                Method::OPTIONS,
+                format!("{}/api/v1/prediction/{id}", gate.base),
+            )
+            .send()
+            .await
+            .expect("flowgate answers");
+        assert_eq!(resp.status(), 405);
 
         // The prediction itself, and an error a page must be able to read.
         let resp = reqwest::Client::new()
@@ -95,6 +114,7 @@ async fn pages_of_allowed_origins_may_call_the_proxy_from_a_browser() {
         );
         let exposed = header(resp.headers(), "access-control-expose-headers").unwrap_or_default();
         assert!(exposed.contains("x-request-id"), "{exposed}");
+        assert!(header(resp.headers(), "x-request-id").is_some());
         let vary = resp
             .headers()
             .get_all("vary")
@@ -115,13 +135,24 @@ async fn pages_of_allowed_origins_may_call_the_proxy_from_a_browser() {
             header(resp.headers(), "access-control-allow-origin"),
             Some(PAGE)
         );
+        // Another page's request is answered, but the browser may not let it read the answer.
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v1/prediction/{id}", gate.base))
+            .bearer_auth(&alice)
+            .header("origin", "https://evil.example")
+            .json(&json!({"question": "hi"}))
+            .send()
+            .await
+            .expect("flowgate answers");
+        assert_eq!(header(resp.headers(), "access-control-allow-origin"), None);
         assert_eq!(
             support::metric(
                 &gate.ops,
                 r#"flowgate_proxy_requests_total{route="cors_preflight",status="200"}"#
             )
             .await,
-            Some(2.0)
+            Some(1.0),
+            "the one allowed preflight"
         );
 
         // Without the setting: no CORS headers, and OPTIONS is not a route.

@@ -1,6 +1,7 @@
 //! Browsers calling flowgate from another origin (`FLOWGATE_CORS_ORIGINS`): preflight requests
-//! are answered here, without authentication and without reaching Flowise, and every answer to
-//! an allowed origin — errors included, so a page can read them — says so. Off by default.
+//! (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) are answered here, without
+//! authentication and without reaching Flowise, and every answer to an allowed origin — errors
+//! included, so a page can read them — says so. Off by default.
 //!
 //! Callers send their token in `Authorization`, never a cookie, so no credentials mode is
 //! offered: a page that may call flowgate still needs the user's token to do anything.
@@ -16,7 +17,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName};
 use hyper::{Method, Request, Response};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -48,22 +49,26 @@ impl Cors {
                     Method::PATCH,
                     Method::DELETE,
                 ])
-                .allow_headers([
-                    header::AUTHORIZATION,
-                    header::CONTENT_TYPE,
-                    header::ACCEPT,
-                    HeaderName::from_static("idempotency-key"),
-                    HeaderName::from_static("x-request-id"),
-                    HeaderName::from_static("traceparent"),
-                    HeaderName::from_static("tracestate"),
-                ])
+                // Whatever a page asks to send, as the Python service allowed: flowgate passes
+                // on only its allow-list of headers to Flowise anyway.
+                .allow_headers(AllowHeaders::mirror_request())
                 .expose_headers([
                     HeaderName::from_static("x-request-id"),
                     header::RETRY_AFTER,
                     header::WWW_AUTHENTICATE,
+                    header::CONTENT_DISPOSITION,
                 ])
                 .max_age(MAX_AGE),
         )
+    }
+
+    /// Whether `req` is a preflight: these rules answer it alone.
+    pub(super) fn is_preflight(req: &Request<Incoming>) -> bool {
+        req.method() == Method::OPTIONS
+            && req.headers().contains_key(header::ORIGIN)
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     }
 
     /// `req` answered by `proxy` under these rules.

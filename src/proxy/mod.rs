@@ -105,17 +105,29 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
-        let Some(cors) = self.cors.clone() else {
-            return self.answer(req, peer).await;
+        let Some(cors) = &self.cors else {
+            return self.clone().answer(req, peer).await;
         };
-        if req.method() != Method::OPTIONS {
-            return cors.serve(self, req, peer).await;
+        if !cors::Cors::is_preflight(&req) {
+            // tower-http takes every OPTIONS for a preflight: one that is not goes past it.
+            if req.method() == Method::OPTIONS {
+                return self.clone().answer(req, peer).await;
+            }
+            return cors.serve(self.clone(), req, peer).await;
         }
-        // A preflight, answered by the CORS rules alone.
+        // Answered by the CORS rules alone; one from an origin not listed gets no permission.
         let started = std::time::Instant::now();
-        let metrics = self.metrics.clone();
-        let resp = cors.serve(self, req, peer).await;
-        metrics.observe_request("cors_preflight", resp.status().as_u16(), started.elapsed());
+        let resp = cors.serve(self.clone(), req, peer).await;
+        let route = if resp
+            .headers()
+            .contains_key(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        {
+            "cors_preflight"
+        } else {
+            "cors_preflight_refused"
+        };
+        self.metrics
+            .observe_request(route, resp.status().as_u16(), started.elapsed());
         resp
     }
 
