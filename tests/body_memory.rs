@@ -4,6 +4,7 @@
 //!   `overloaded` with `Retry-After`; neither is charged or sent to Flowise;
 //! - a declared length holds nothing; what arrives holds twice its size, and a stalled upload
 //!   lets go once its client leaves;
+//! - one caller's bodies hold at most half the budget (429 past it), so others keep the rest;
 //! - a question stops counting once Flowise has read it, not when Flowise answers;
 //! - an answer its client does not read counts whole, and keeps new bodies out, until it is
 //!   written.
@@ -120,12 +121,12 @@ async fn bodies_past_the_memory_budget_are_refused_and_cost_nothing() {
             Some(1048576.0)
         );
 
-        // Twice 600 KiB is more than the whole 1 MiB: it could never fit.
+        // Twice 600 KiB is more than a caller's half of the 1 MiB: it could never fit.
         let (status, answer) = refused_up_front(&gate, &alice, &id, 600 << 10).await;
         assert_eq!(status, 413, "{answer}");
         assert!(answer.contains("payload_too_large"), "{answer}");
-        // 300 KiB of `0,` parse into ~150,000 values: too many to hold, though the text fits.
-        let values = format!(r#"{{"question": "hi", "h": [{}0]}}"#, "0,".repeat(150_000));
+        // 200 KiB of `0,` parse into ~100,000 values: too many to hold, though the text fits.
+        let values = format!(r#"{{"question": "hi", "h": [{}0]}}"#, "0,".repeat(100_000));
         let resp = reqwest::Client::new()
             .post(format!("{}/api/v1/prediction/{id}", gate.base))
             .bearer_auth(&alice)
@@ -143,19 +144,43 @@ async fn bodies_past_the_memory_budget_are_refused_and_cost_nothing() {
             "{body}"
         );
 
-        // An upload that declared 450 KiB and stalls after 400 KiB holds twice what it sent:
+        // An upload that declared 250 KiB and stalls after 200 KiB holds twice what it sent:
         // what it only declared holds nothing.
-        let mut stalled = declaring(&gate, &alice, &id, 450 << 10).await;
-        stalled
-            .write_all(&vec![b' '; 400 << 10])
-            .await
-            .expect("send");
+        let stall = |bearer: String| {
+            let (gate, id) = (&gate, &id);
+            async move {
+                let mut conn = declaring(gate, &bearer, id, 250 << 10).await;
+                conn.write_all(&vec![b' '; 200 << 10]).await.expect("send");
+                conn
+            }
+        };
+        let alice_stalled = stall(alice.clone()).await;
         support::eventually(10, "the stalled upload counted", || async {
+            (held(&gate).await == f64::from(400 << 10)).then_some(())
+        })
+        .await;
+        // Alice's next 100 KiB would take her past her half of the budget: 429, hers alone.
+        let (status, answer) = refused_up_front(&gate, &alice, &id, 100 << 10).await;
+        assert_eq!(status, 429, "{answer}");
+        assert!(answer.contains("body_memory_share"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("retry-after: 1"),
+            "{answer}"
+        );
+        // Bob stalls the same way: together they hold 800 KiB.
+        let caller = |name: &str| {
+            support::gate::token(
+                &format!("{name}-sub"),
+                json!({"email": format!("{name}@{}.test", team.ns), "groups": [team.group()]}),
+            )
+        };
+        let bob_stalled = stall(caller("bob")).await;
+        support::eventually(10, "both stalled uploads counted", || async {
             (held(&gate).await == f64::from(800 << 10)).then_some(())
         })
         .await;
-        // So 2 × 200 KiB more does not fit now: 503, to be retried.
-        let (status, answer) = refused_up_front(&gate, &alice, &id, 200 << 10).await;
+        // So Carol's 2 × 150 KiB, well within her own half, does not fit now: 503, to retry.
+        let (status, answer) = refused_up_front(&gate, &caller("carol"), &id, 150 << 10).await;
         assert_eq!(status, 503, "{answer}");
         assert!(answer.contains("overloaded"), "{answer}");
         assert!(
@@ -168,9 +193,9 @@ async fn bodies_past_the_memory_budget_are_refused_and_cost_nothing() {
         assert_eq!(fake.predictions(), 1, "refused bodies never reach Flowise");
         assert_eq!(credits_used(&gate.base, &alice, &policy).await, Some(1));
 
-        // The upload's client leaves: its bytes are let go, and the larger body fits.
-        drop(stalled);
-        support::eventually(10, "the stalled upload let go", || async {
+        // The uploads' clients leave: their bytes are let go, and the larger body fits.
+        drop((alice_stalled, bob_stalled));
+        support::eventually(10, "the stalled uploads let go", || async {
             (held(&gate).await == 0.0).then_some(())
         })
         .await;
@@ -223,52 +248,65 @@ async fn a_question_stops_counting_once_flowise_has_read_it() {
     .expect("bounded to 60 s");
 }
 
+/// A connection that asked `question` bytes' prediction and reads nothing back (64 KiB socket
+/// receive buffer).
+async fn unread(gate: &Flowgate, bearer: &str, id: &str, question: usize) -> TcpStream {
+    let body = serde_json::to_vec(&of_size(question)).expect("JSON");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 << 10).expect("SO_RCVBUF");
+    let addr = gate
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let mut conn = socket.connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /api/v1/prediction/{id} HTTP/1.1\r\nHost: flowgate\r\n\
+         Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("send");
+    conn.write_all(&body).await.expect("send");
+    conn
+}
+
 #[tokio::test]
-async fn an_unread_answer_counts_whole_until_it_is_written() {
+async fn unread_answers_count_whole_until_they_are_written() {
     tokio::time::timeout(Duration::from_secs(60), async {
         // Echoes the question twice: a 7 MiB question is a 14 MiB answer, far more than the
         // connection takes unread (hyper's ~400 KiB, flowgate's socket buffer of at most
         // 4 MiB here, and the reader's 64 KiB).
         let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
-        let (team, gate, _) = gate_with("body-memory-answer", &fake, "16Mi").await;
+        let (team, gate, _) = gate_with("body-memory-answer", &fake, "32Mi").await;
         let (alice, id) = (team.alice(), team.flowise_id.clone());
         let question: usize = 7 << 20;
-        let body = serde_json::to_vec(&of_size(question)).expect("JSON");
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(64 << 10).expect("SO_RCVBUF");
-        let addr = gate
-            .base
-            .trim_start_matches("http://")
-            .parse()
-            .expect("address");
-        let mut reader = socket.connect(addr).await.expect("connect");
-        let head = format!(
-            "POST /api/v1/prediction/{id} HTTP/1.1\r\nHost: flowgate\r\n\
-             Authorization: Bearer {alice}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n",
-            body.len()
-        );
-        reader.write_all(head.as_bytes()).await.expect("send");
-        reader.write_all(&body).await.expect("send");
-        // Flowise has read the question (so its hold ended) and the answer is held unread.
-        let whole = support::eventually(20, "the unread answer counted", || async {
-            let read = fake.bodies.lock().expect("bodies").len();
-            let now = held(&gate).await;
-            (read == 1 && now > (2 * question) as f64).then_some(now)
-        })
-        .await;
-        // Counted whole while unread: a 1.5 MiB question (3 MiB counted) does not fit beside it.
-        let (status, answer) = refused_up_front(&gate, &alice, &id, 3 << 19).await;
+        let mut readers = Vec::new();
+        for n in 1..=2 {
+            readers.push(unread(&gate, &alice, &id, question).await);
+            // Flowise has read the question (so its hold ended) and the answer is held unread.
+            support::eventually(20, "the unread answer counted", || async {
+                let read = fake.bodies.lock().expect("bodies").len();
+                (read == n && held(&gate).await > (2 * n * question) as f64).then_some(())
+            })
+            .await;
+        }
+        // Counted whole while unread: a 3 MiB question (6 MiB counted) does not fit beside them,
+        // though no caller's share is taken (answers count in the budget only).
+        let whole = held(&gate).await;
+        let (status, answer) = refused_up_front(&gate, &alice, &id, 3 << 20).await;
         assert_eq!(status, 503, "{answer}");
         assert_eq!(held(&gate).await, whole);
-        // Read, it is let go, and the question fits.
-        let answer = read_answer(&mut reader).await;
-        assert!(answer.len() > 2 * question, "{} bytes", answer.len());
-        support::eventually(10, "the answer let go", || async {
+        // Read, they are let go, and the question fits.
+        for mut reader in readers {
+            let answer = read_answer(&mut reader).await;
+            assert!(answer.len() > 2 * question, "{} bytes", answer.len());
+        }
+        support::eventually(10, "the answers let go", || async {
             (held(&gate).await == 0.0).then_some(())
         })
         .await;
-        let (status, body) = predict(&gate, &alice, &id, of_size(3 << 19)).await;
+        let (status, body) = predict(&gate, &alice, &id, of_size(3 << 20)).await;
         assert_eq!(status, 200, "{body}");
         team.cleanup().await;
     })

@@ -81,6 +81,7 @@ fn count_values(text: &[u8], hold: &mut Held) -> Result<(), ProxyError> {
     hold.try_grow(json_values(text).saturating_mul(BYTES_PER_VALUE))
         .map_err(|refused| match refused {
             Refused::Full => ProxyError::Overloaded,
+            Refused::CallerFull => ProxyError::BodyShareFull,
             Refused::TooLarge => ProxyError::TooManyValues,
         })
 }
@@ -147,8 +148,9 @@ where
     }
     let refused = |refused: Refused, hold: &Held| match refused {
         Refused::Full => ProxyError::Overloaded,
+        Refused::CallerFull => ProxyError::BodyShareFull,
         Refused::TooLarge => ProxyError::PayloadTooLarge {
-            limit: limit.min(hold.budget_limit() / REQUEST_WEIGHT),
+            limit: limit.min(hold.ceiling_bytes() / REQUEST_WEIGHT),
         },
     };
     if let Some(hold) = hold.as_deref_mut() {

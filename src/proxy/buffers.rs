@@ -8,10 +8,12 @@
 //! - A request body counts as its bytes arrive: [`REQUEST_WEIGHT`] times its size (the body as
 //!   read and as rewritten for Flowise), plus its parsed JSON values (`body.rs`), until it is
 //!   encoded for Flowise; then the encoded body's allocation, until the last of it is written to
-//!   Flowise's connection. One that does not fit is refused with 503 `overloaded` before anything
-//!   is charged or sent; one that could never fit (more than half the budget) with 413. A
-//!   declared length is only checked, not counted, so a client that declares much and sends
-//!   little holds nothing.
+//!   Flowise's connection. One caller's request bodies may count at most half the budget
+//!   together (429 `body_memory_share` past it), so one caller cannot take all of it. A body that
+//!   does not fit beside everyone's is refused with 503 `overloaded`, one that could never fit
+//!   (more than half the budget) with 413, before anything is charged or sent. A declared length
+//!   is only checked, not counted, so a client that declares much and sends little holds
+//!   nothing.
 //! - A JSON answer counts as it is read from Flowise, until the last of it is written to the
 //!   client's connection. It is never refused — Flowise has run it, and it may be charged — but
 //!   it counts: while answers fill the budget, new request bodies are refused.
@@ -22,7 +24,9 @@
 //!
 //! The count is the gauge `flowgate_body_buffer_bytes` itself, so exporting it costs nothing.
 
-use std::sync::atomic::Ordering;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,11 +34,21 @@ use prometheus_client::metrics::gauge::Gauge;
 /// What a request body counts per byte: the body as read, and as rewritten for Flowise.
 pub const REQUEST_WEIGHT: usize = 2;
 
+/// Callers' shares are counted in this many slots, by a hash of the caller (two callers in one
+/// slot share its half; with few callers holding large bodies at once, that is rare).
+const SLOTS: usize = 4096;
+
 /// The budget, shared by every serving thread.
 #[derive(Clone, Debug)]
-pub struct Buffers {
+pub struct Buffers(Arc<Budget>);
+
+#[derive(Debug)]
+struct Budget {
+    /// Bytes held now: the gauge `flowgate_body_buffer_bytes`.
     held: Gauge,
     limit: i64,
+    /// Request bytes held now by the callers of each slot; at most half the budget each.
+    callers: Box<[AtomicI64]>,
 }
 
 /// Why bytes could not be counted.
@@ -42,60 +56,111 @@ pub struct Buffers {
 pub enum Refused {
     /// They do not fit now; they may once others are let go.
     Full,
-    /// They are more than the whole budget.
+    /// The caller's own bodies would take more than half the budget; they may once the caller's
+    /// other requests are done.
+    CallerFull,
+    /// They are more than half the budget: they could never fit beside another caller's share.
     TooLarge,
 }
 
 impl Buffers {
     /// A budget of `limit` bytes, counted in `held` (a gauge of bytes held now).
     pub fn new(limit: usize, held: Gauge) -> Self {
-        Self {
+        Self(Arc::new(Budget {
             held,
             limit: i64::try_from(limit).unwrap_or(i64::MAX),
-        }
+            callers: (0..SLOTS).map(|_| AtomicI64::new(0)).collect(),
+        }))
     }
 
     /// The budget in bytes.
     pub fn limit(&self) -> usize {
-        usize::try_from(self.limit).unwrap_or(usize::MAX)
+        usize::try_from(self.0.limit).unwrap_or(usize::MAX)
     }
 
     /// Bytes held now, by every request.
     pub fn in_use(&self) -> usize {
-        usize::try_from(self.held.get()).unwrap_or(0)
+        usize::try_from(self.0.held.get()).unwrap_or(0)
     }
 
-    /// An empty hold, to grow as a body is read.
+    /// An empty hold, to grow as an answer is read (never refused, no caller's share).
     pub fn hold(&self) -> Held {
         Held {
-            budget: self.clone(),
+            budget: self.0.clone(),
             bytes: 0,
+            slot: None,
         }
+    }
+
+    /// An empty hold for a request body of `caller` (an identity's key), which may take at most
+    /// half the budget with the caller's other bodies.
+    pub fn hold_for(&self, caller: &str) -> Held {
+        let hash = foldhash::fast::FixedState::default().hash_one(caller);
+        Held {
+            budget: self.0.clone(),
+            bytes: 0,
+            slot: Some((hash % SLOTS as u64) as usize),
+        }
+    }
+}
+
+impl Budget {
+    /// What one caller's request bodies may hold together.
+    fn share(&self) -> i64 {
+        self.limit / 2
+    }
+
+    fn slot(&self, slot: Option<usize>) -> Option<&AtomicI64> {
+        slot.and_then(|slot| self.callers.get(slot))
     }
 }
 
 /// Bytes one request holds; let go when it is dropped.
 #[derive(Debug)]
 pub struct Held {
-    budget: Buffers,
+    budget: Arc<Budget>,
     bytes: i64,
+    /// The caller's slot, for a request body's hold.
+    slot: Option<usize>,
+}
+
+/// Adds `more` to `counter` if the total stays within `limit`.
+fn add_within(counter: &AtomicI64, more: i64, limit: i64) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            used.checked_add(more).filter(|&total| total <= limit)
+        })
+        .is_ok()
 }
 
 impl Held {
-    /// Counts `more` bytes if they fit in what the budget has left.
+    /// The most this hold may ever count.
+    fn ceiling(&self) -> i64 {
+        if self.slot.is_some() {
+            self.budget.share()
+        } else {
+            self.budget.limit
+        }
+    }
+
+    /// Counts `more` bytes if they fit in what the budget, and the caller's share, have left.
     pub fn try_grow(&mut self, more: usize) -> Result<(), Refused> {
         let more = i64::try_from(more).map_err(|_| Refused::TooLarge)?;
-        if self.bytes.saturating_add(more) > self.budget.limit {
+        if self.bytes.saturating_add(more) > self.ceiling() {
             return Err(Refused::TooLarge);
         }
-        let limit = self.budget.limit;
-        self.budget
-            .held
-            .inner()
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(more).filter(|&total| total <= limit)
-            })
-            .map_err(|_| Refused::Full)?;
+        let caller = self.budget.slot(self.slot);
+        if let Some(caller) = caller
+            && !add_within(caller, more, self.budget.share())
+        {
+            return Err(Refused::CallerFull);
+        }
+        if !add_within(self.budget.held.inner(), more, self.budget.limit) {
+            if let Some(caller) = caller {
+                caller.fetch_sub(more, Ordering::AcqRel);
+            }
+            return Err(Refused::Full);
+        }
         self.bytes += more;
         Ok(())
     }
@@ -103,8 +168,13 @@ impl Held {
     /// Whether `more` bytes would fit now, without counting them.
     pub fn check(&self, more: usize) -> Result<(), Refused> {
         let more = i64::try_from(more).map_err(|_| Refused::TooLarge)?;
-        if self.bytes.saturating_add(more) > self.budget.limit {
+        if self.bytes.saturating_add(more) > self.ceiling() {
             return Err(Refused::TooLarge);
+        }
+        if let Some(caller) = self.budget.slot(self.slot)
+            && caller.load(Ordering::Acquire).saturating_add(more) > self.budget.share()
+        {
+            return Err(Refused::CallerFull);
         }
         if self.budget.held.get().saturating_add(more) > self.budget.limit {
             return Err(Refused::Full);
@@ -112,10 +182,13 @@ impl Held {
         Ok(())
     }
 
-    /// Counts `more` bytes whether they fit or not (bytes already read).
+    /// Counts `more` bytes whether they fit or not (an answer already read).
     pub fn grow(&mut self, more: usize) {
         let more = i64::try_from(more).unwrap_or(i64::MAX);
         self.budget.held.inc_by(more);
+        if let Some(caller) = self.budget.slot(self.slot) {
+            caller.fetch_add(more, Ordering::AcqRel);
+        }
         self.bytes = self.bytes.saturating_add(more);
     }
 
@@ -123,7 +196,7 @@ impl Held {
     pub fn shrink_to(&mut self, bytes: usize) {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         if bytes < self.bytes {
-            self.budget.held.dec_by(self.bytes - bytes);
+            self.release(self.bytes - bytes);
             self.bytes = bytes;
         }
     }
@@ -133,16 +206,24 @@ impl Held {
         usize::try_from(self.bytes).unwrap_or(0)
     }
 
-    /// The whole budget's size.
-    pub fn budget_limit(&self) -> usize {
-        self.budget.limit()
+    /// The most this hold may ever count: half the budget for a request body (a caller's
+    /// share), the whole budget for an answer.
+    pub fn ceiling_bytes(&self) -> usize {
+        usize::try_from(self.ceiling()).unwrap_or(usize::MAX)
+    }
+
+    fn release(&self, bytes: i64) {
+        self.budget.held.dec_by(bytes);
+        if let Some(caller) = self.budget.slot(self.slot) {
+            caller.fetch_sub(bytes, Ordering::AcqRel);
+        }
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         if self.bytes != 0 {
-            self.budget.held.dec_by(self.bytes);
+            self.release(self.bytes);
         }
     }
 }
@@ -242,6 +323,50 @@ mod tests {
         assert_eq!(buffers.in_use(), 30, "never grows");
         drop(a);
         assert_eq!(buffers.in_use(), 0);
+    }
+
+    #[test]
+    fn one_caller_holds_at_most_half_the_budget() {
+        let buffers = budget(100);
+        let mut alice = buffers.hold_for("user:alice-sub");
+        alice.try_grow(40).expect("fits");
+        let mut again = buffers.hold_for("user:alice-sub");
+        assert_eq!(again.check(11), Err(Refused::CallerFull));
+        assert_eq!(again.try_grow(11), Err(Refused::CallerFull));
+        assert_eq!(
+            again.try_grow(51),
+            Err(Refused::TooLarge),
+            "more than a share"
+        );
+        again.try_grow(10).expect("the rest of her half");
+        let mut bob = buffers.hold_for("user:bob-sub");
+        bob.try_grow(50).expect("his half");
+        assert_eq!(buffers.in_use(), 100);
+        // The budget is full: refused, and Carol's share keeps nothing of the attempt.
+        let mut carol = buffers.hold_for("user:carol-sub");
+        assert_eq!(carol.try_grow(1), Err(Refused::Full));
+        drop(bob);
+        carol.try_grow(50).expect("her whole half once Bob is done");
+        // Answers count in the budget, not in a share.
+        drop(carol);
+        let mut answer = buffers.hold();
+        answer.grow(40);
+        assert_eq!(
+            again.try_grow(1),
+            Err(Refused::CallerFull),
+            "Alice's share is full"
+        );
+        drop((alice, answer));
+        again.shrink_to(5);
+        let mut more = buffers.hold_for("user:alice-sub");
+        more.try_grow(45)
+            .expect("her share, less what she still holds");
+        drop((again, more));
+        assert_eq!(buffers.in_use(), 0);
+        buffers
+            .hold_for("user:alice-sub")
+            .try_grow(50)
+            .expect("her share let go");
     }
 
     #[test]

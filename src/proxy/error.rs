@@ -80,6 +80,11 @@ pub enum ProxyError {
          allows; retry shortly"
     )]
     Overloaded,
+    #[error(
+        "this caller's request bodies held in memory would pass half of FLOWGATE_BODY_MEMORY; \
+         send the next once earlier ones are done"
+    )]
+    BodyShareFull,
     #[error("{0}")]
     NotConfigured(String),
     #[error("Flowise answered with an error: {0}")]
@@ -129,6 +134,7 @@ impl ProxyError {
             ChatBusy => (StatusCode::CONFLICT, "chat_busy"),
             LedgerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable"),
             Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            BodyShareFull => (StatusCode::TOO_MANY_REQUESTS, "body_memory_share"),
             NotConfigured(_) => (StatusCode::NOT_FOUND, "not_configured"),
             Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
             UpstreamUnreachable(_) | UpstreamNotConnected(_) => {
@@ -200,7 +206,7 @@ impl ProxyError {
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Self::Overloaded => {
+            Self::Overloaded | Self::BodyShareFull => {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
                 resp.headers_mut()

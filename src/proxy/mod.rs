@@ -211,7 +211,7 @@ impl Proxy {
                 let idempotency_key = idempotency_key(&req)?;
                 // The headers go on to Flowise (the allowed ones) after the body is read.
                 let (parts, body) = req.into_parts();
-                let mut held = self.buffers.hold();
+                let mut held = self.buffers.hold_for(&identity.key);
                 let mut prediction =
                     read_prediction(&parts.headers, body, &identity, &mut held).await?;
                 prediction.held = Some(held);
@@ -227,7 +227,7 @@ impl Proxy {
             Route::CompatPredict => {
                 let idempotency_key = idempotency_key(&req)?;
                 let (parts, body) = req.into_parts();
-                let mut held = self.buffers.hold();
+                let mut held = self.buffers.hold_for(&identity.key);
                 let body =
                     read_json_body(&parts.headers, body, MAX_JSON_BODY, Some(&mut held)).await?;
                 let (chatflow_id, mut prediction) = compat_request(body, &identity)?;
