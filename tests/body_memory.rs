@@ -6,8 +6,8 @@
 //!   lets go once its client leaves;
 //! - one caller's bodies hold at most half the budget (429 past it), so others keep the rest;
 //! - a question stops counting once Flowise has read it, not when Flowise answers;
-//! - an answer its client does not read counts whole, and keeps new bodies out, until it is
-//!   written.
+//! - an answer its client does not read counts whole, in the budget and its caller's share, and
+//!   keeps new bodies out, until it is written.
 
 mod support;
 
@@ -121,10 +121,12 @@ async fn bodies_past_the_memory_budget_are_refused_and_cost_nothing() {
             Some(1048576.0)
         );
 
-        // Twice 600 KiB is more than a caller's half of the 1 MiB: it could never fit.
-        let (status, answer) = refused_up_front(&gate, &alice, &id, 600 << 10).await;
+        // Twice 300 KiB is more than a caller's half of the 1 MiB: it could never fit, and the
+        // answer names the largest body that could (a quarter of the budget).
+        let (status, answer) = refused_up_front(&gate, &alice, &id, 300 << 10).await;
         assert_eq!(status, 413, "{answer}");
         assert!(answer.contains("payload_too_large"), "{answer}");
+        assert!(answer.contains("larger than 262144 bytes"), "{answer}");
         // 200 KiB of `0,` parse into ~100,000 values: too many to hold, though the text fits.
         let values = format!(r#"{{"question": "hi", "h": [{}0]}}"#, "0,".repeat(100_000));
         let resp = reqwest::Client::new()
@@ -281,9 +283,15 @@ async fn unread_answers_count_whole_until_they_are_written() {
         let (team, gate, _) = gate_with("body-memory-answer", &fake, "32Mi").await;
         let (alice, id) = (team.alice(), team.flowise_id.clone());
         let question: usize = 7 << 20;
+        let caller = |name: &str| {
+            support::gate::token(
+                &format!("{name}-sub"),
+                json!({"email": format!("{name}@{}.test", team.ns), "groups": [team.group()]}),
+            )
+        };
         let mut readers = Vec::new();
-        for n in 1..=2 {
-            readers.push(unread(&gate, &alice, &id, question).await);
+        for (n, bearer) in [(1, alice.clone()), (2, caller("bob"))] {
+            readers.push(unread(&gate, &bearer, &id, question).await);
             // Flowise has read the question (so its hold ended) and the answer is held unread.
             support::eventually(20, "the unread answer counted", || async {
                 let read = fake.bodies.lock().expect("bodies").len();
@@ -291,10 +299,13 @@ async fn unread_answers_count_whole_until_they_are_written() {
             })
             .await;
         }
-        // Counted whole while unread: a 3 MiB question (6 MiB counted) does not fit beside them,
-        // though no caller's share is taken (answers count in the budget only).
+        // Counted whole while unread, in the budget and in each reader's share: Alice's next
+        // 3 MiB question (6 MiB counted) would pass her half (429); Carol's fits in hers but not
+        // beside the two answers (503).
         let whole = held(&gate).await;
         let (status, answer) = refused_up_front(&gate, &alice, &id, 3 << 20).await;
+        assert_eq!(status, 429, "{answer}");
+        let (status, answer) = refused_up_front(&gate, &caller("carol"), &id, 3 << 20).await;
         assert_eq!(status, 503, "{answer}");
         assert_eq!(held(&gate).await, whole);
         // Read, they are let go, and the question fits.

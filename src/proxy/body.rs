@@ -158,7 +158,8 @@ where
             .map_err(|r| refused(r, hold))?;
     }
     let mut body = std::pin::pin!(Limited::new(body, limit));
-    let mut joined = Joined::new(declared);
+    // Not sized by the declared length: a client may declare 50 MiB and drip a byte.
+    let mut joined = Joined::new(0);
     loop {
         // A frame already received (a small body usually arrives with its headers) needs no
         // timer; only a wait for more does.
@@ -199,7 +200,8 @@ where
 }
 
 /// A body's frames in one buffer. A body in one frame (the usual JSON request or answer) is not
-/// copied; one in several is copied once, into a buffer sized by its declared length.
+/// copied; one in several is copied into a buffer sized by the declared length given (Flowise's,
+/// for an answer), or grown as frames come.
 pub(super) struct Joined {
     first: Option<Bytes>,
     rest: BytesMut,

@@ -15,8 +15,9 @@
 //!   is only checked, not counted, so a client that declares much and sends little holds
 //!   nothing.
 //! - A JSON answer counts as it is read from Flowise, until the last of it is written to the
-//!   client's connection. It is never refused — Flowise has run it, and it may be charged — but
-//!   it counts: while answers fill the budget, new request bodies are refused.
+//!   client's connection, in the budget and in its caller's share. It is never refused — Flowise
+//!   has run it, and it may be charged — but it counts: while answers fill the budget, or a
+//!   caller's share, new request bodies (that caller's) are refused.
 //!
 //! A counted body is handed on as [`Bytes`] that own their hold ([`owning`]), so the count ends
 //! when the memory is freed, wherever the last reference is (hyper's write queue included). The
@@ -34,15 +35,15 @@ use prometheus_client::metrics::gauge::Gauge;
 /// What a request body counts per byte: the body as read, and as rewritten for Flowise.
 pub const REQUEST_WEIGHT: usize = 2;
 
-/// Callers' shares are counted in this many slots, by a hash of the caller (two callers in one
-/// slot share its half; with few callers holding large bodies at once, that is rare).
+/// Callers' shares are counted in this many slots, by a fixed hash of the caller: two callers in
+/// one slot share its half. By chance that is rare while few callers hold large bodies at once;
+/// a caller who can choose its identity's key could aim at another's slot (see docs/install.md).
 const SLOTS: usize = 4096;
 
 /// The budget, shared by every serving thread.
 #[derive(Clone, Debug)]
 pub struct Buffers(Arc<Budget>);
 
-#[derive(Debug)]
 struct Budget {
     /// Bytes held now: the gauge `flowgate_body_buffer_bytes`.
     held: Gauge,
@@ -101,6 +102,15 @@ impl Buffers {
             bytes: 0,
             slot: Some((hash % SLOTS as u64) as usize),
         }
+    }
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budget")
+            .field("held", &self.held.get())
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
     }
 }
 
@@ -198,6 +208,15 @@ impl Held {
         if bytes < self.bytes {
             self.release(self.bytes - bytes);
             self.bytes = bytes;
+        }
+    }
+
+    /// A new, empty hold for the same caller (for the answer to the body this one holds).
+    pub fn sibling(&self) -> Held {
+        Held {
+            budget: self.budget.clone(),
+            bytes: 0,
+            slot: self.slot,
         }
     }
 
@@ -367,6 +386,17 @@ mod tests {
             .hold_for("user:alice-sub")
             .try_grow(50)
             .expect("her share let go");
+        // An answer to her counts in her share: her next body waits for it, Bob's does not.
+        let mut answer = buffers.hold_for("user:alice-sub").sibling();
+        answer.grow(50);
+        let error = buffers.hold_for("user:alice-sub").try_grow(1);
+        assert_eq!(error, Err(Refused::CallerFull));
+        buffers
+            .hold_for("user:bob-sub")
+            .try_grow(50)
+            .expect("his half");
+        drop(answer);
+        assert_eq!(buffers.in_use(), 0);
     }
 
     #[test]

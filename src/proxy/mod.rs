@@ -255,7 +255,8 @@ impl Proxy {
                     .get::<CreditsRemaining>()
                     .map(|r| r.0)
                     .or(remaining);
-                compat_response(resp, &chatflow_id, &chat_id, remaining, self.buffers.hold()).await
+                let held = self.buffers.hold_for(&identity.key);
+                compat_response(resp, &chatflow_id, &chat_id, remaining, held).await
             }
             Route::Credits => {
                 let balances = self
@@ -448,6 +449,8 @@ impl Proxy {
         charge: Option<Charge>,
     ) -> Result<Response<Body>, ProxyError> {
         let resume = prediction.resume;
+        // The answer counts in the same caller's share as the question.
+        let answer_held = prediction.held.as_ref().map(buffers::Held::sibling);
         let (body, content_type) = prediction.body.encode(prediction.held);
         client_headers.insert(CONTENT_TYPE, content_type);
         let path = format!("/api/v1/prediction/{flowise_id}");
@@ -564,7 +567,7 @@ impl Proxy {
         }
         // Counted as it arrives, until the last of it is written to the client's connection;
         // never refused, it is already paid for.
-        let mut held = self.buffers.hold();
+        let mut held = answer_held.unwrap_or_else(|| self.buffers.hold());
         let answer = match self
             .upstream
             .read_body(incoming, MAX_ANSWER, Some(&mut held))
