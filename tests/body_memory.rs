@@ -170,19 +170,13 @@ async fn bodies_past_the_memory_budget_are_refused_and_cost_nothing() {
             "{answer}"
         );
         // Bob stalls the same way: together they hold 800 KiB.
-        let caller = |name: &str| {
-            support::gate::token(
-                &format!("{name}-sub"),
-                json!({"email": format!("{name}@{}.test", team.ns), "groups": [team.group()]}),
-            )
-        };
-        let bob_stalled = stall(caller("bob")).await;
+        let bob_stalled = stall(team.member("bob")).await;
         support::eventually(10, "both stalled uploads counted", || async {
             (held(&gate).await == f64::from(800 << 10)).then_some(())
         })
         .await;
         // So Carol's 2 × 150 KiB, well within her own half, does not fit now: 503, to retry.
-        let (status, answer) = refused_up_front(&gate, &caller("carol"), &id, 150 << 10).await;
+        let (status, answer) = refused_up_front(&gate, &team.member("carol"), &id, 150 << 10).await;
         assert_eq!(status, 503, "{answer}");
         assert!(answer.contains("overloaded"), "{answer}");
         assert!(
@@ -283,14 +277,8 @@ async fn unread_answers_count_whole_until_they_are_written() {
         let (team, gate, _) = gate_with("body-memory-answer", &fake, "32Mi").await;
         let (alice, id) = (team.alice(), team.flowise_id.clone());
         let question: usize = 7 << 20;
-        let caller = |name: &str| {
-            support::gate::token(
-                &format!("{name}-sub"),
-                json!({"email": format!("{name}@{}.test", team.ns), "groups": [team.group()]}),
-            )
-        };
         let mut readers = Vec::new();
-        for (n, bearer) in [(1, alice.clone()), (2, caller("bob"))] {
+        for (n, bearer) in [(1, alice.clone()), (2, team.member("bob"))] {
             readers.push(unread(&gate, &bearer, &id, question).await);
             // Flowise has read the question (so its hold ended) and the answer is held unread.
             support::eventually(20, "the unread answer counted", || async {
@@ -305,7 +293,7 @@ async fn unread_answers_count_whole_until_they_are_written() {
         let whole = held(&gate).await;
         let (status, answer) = refused_up_front(&gate, &alice, &id, 3 << 20).await;
         assert_eq!(status, 429, "{answer}");
-        let (status, answer) = refused_up_front(&gate, &caller("carol"), &id, 3 << 20).await;
+        let (status, answer) = refused_up_front(&gate, &team.member("carol"), &id, 3 << 20).await;
         assert_eq!(status, 503, "{answer}");
         assert_eq!(held(&gate).await, whole);
         // Read, they are let go, and the question fits.

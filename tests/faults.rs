@@ -479,10 +479,7 @@ async fn a_chat_takes_one_prediction_at_a_time() {
         let gate = Flowgate::with_flowise(&fake.url).await;
         let alice = team.alice();
         // Granted through the team's group.
-        let bob = support::gate::token(
-            "bob-sub",
-            json!({"email": format!("bob@{}.test", team.ns), "groups": [team.group()]}),
-        );
+        let bob = team.member("bob");
         indexed(&gate, &alice, &policy).await;
         let id = team.flowise_id.clone();
         // Alice's first question in chat c1 streams for ~3 s; her second one in c1 meanwhile

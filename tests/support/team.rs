@@ -122,6 +122,14 @@ impl Team {
         token("alice-sub", json!({"email": self.user()}))
     }
 
+    /// A token for `name` (subject `<name>-sub`), granted through the team's group.
+    pub fn member(&self, name: &str) -> String {
+        token(
+            &format!("{name}-sub"),
+            json!({"email": format!("{name}@{}.test", self.ns), "groups": [self.group()]}),
+        )
+    }
+
     /// Applies a CreditPolicy from its `spec` (JSON) and waits for nothing: callers poll.
     pub async fn policy(&self, name: &str, spec: Value) {
         let api: Api<CreditPolicy> = Api::namespaced(self.client.clone(), &self.ns);
