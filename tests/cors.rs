@@ -36,6 +36,23 @@ async fn preflight(gate: &Flowgate, id: &str, origin: &str) -> (u16, HeaderMap) 
     (resp.status().as_u16(), resp.headers().clone())
 }
 
+/// A prediction sent as a page of `origin` would send it, with `bearer` if any.
+async fn from_page(
+    gate: &Flowgate,
+    id: &str,
+    origin: &str,
+    bearer: Option<&str>,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .header("origin", origin)
+        .json(&json!({"question": "hi"}));
+    if let Some(bearer) = bearer {
+        req = req.bearer_auth(bearer);
+    }
+    req.send().await.expect("flowgate answers")
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -99,14 +116,7 @@ async fn pages_of_allowed_origins_may_call_the_proxy_from_a_browser() {
         assert_eq!(resp.status(), 405);
 
         // The prediction itself, and an error a page must be able to read.
-        let resp = reqwest::Client::new()
-            .post(format!("{}/api/v1/prediction/{id}", gate.base))
-            .bearer_auth(&alice)
-            .header("origin", PAGE)
-            .json(&json!({"question": "hi"}))
-            .send()
-            .await
-            .expect("flowgate answers");
+        let resp = from_page(&gate, &id, PAGE, Some(&alice)).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(
             header(resp.headers(), "access-control-allow-origin"),
@@ -123,27 +133,14 @@ async fn pages_of_allowed_origins_may_call_the_proxy_from_a_browser() {
             .collect::<Vec<_>>()
             .join(",");
         assert!(vary.contains("origin"), "{vary}");
-        let resp = reqwest::Client::new()
-            .post(format!("{}/api/v1/prediction/{id}", gate.base))
-            .header("origin", PAGE)
-            .json(&json!({"question": "hi"}))
-            .send()
-            .await
-            .expect("flowgate answers");
+        let resp = from_page(&gate, &id, PAGE, None).await;
         assert_eq!(resp.status(), 401);
         assert_eq!(
             header(resp.headers(), "access-control-allow-origin"),
             Some(PAGE)
         );
         // Another page's request is answered, but the browser may not let it read the answer.
-        let resp = reqwest::Client::new()
-            .post(format!("{}/api/v1/prediction/{id}", gate.base))
-            .bearer_auth(&alice)
-            .header("origin", "https://evil.example")
-            .json(&json!({"question": "hi"}))
-            .send()
-            .await
-            .expect("flowgate answers");
+        let resp = from_page(&gate, &id, "https://evil.example", Some(&alice)).await;
         assert_eq!(header(resp.headers(), "access-control-allow-origin"), None);
         assert_eq!(
             support::metric(
