@@ -1,6 +1,7 @@
 //! `ChatflowAccess.spec.rateLimit` through the real API server: predictions over the rate get
 //! 429 with `Retry-After`, reach no Flowise and charge nothing; a grant without a limit is not
-//! held back; removing the limit lifts it.
+//! held back; removing the limit lifts it. Answers say what is left of the allowance
+//! (`RateLimit-*`) and of the credits (`X-Credits-Remaining`, and `Retry-After` on a 402).
 
 mod support;
 
@@ -126,5 +127,157 @@ async fn predictions_over_the_rate_are_refused_with_429_and_charge_nothing() {
         let (status, _) = predict(&gate, &bob, &id, json!({"question": "hi"})).await;
         assert_eq!(status, 200);
     }
+    team.cleanup().await;
+}
+
+/// A header's value as text.
+fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A header's value as a number.
+fn number(resp: &reqwest::Response, name: &str) -> Option<u64> {
+    header(resp, name).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn answers_tell_the_caller_its_allowance_and_balance() {
+    // Through the real Flowise: a rate-limited caller sees what is left of its allowance, every
+    // charged caller its balance, and both refusals say when to come back.
+    let team = Team::new("rate-headers").await;
+    team.policy(
+        "daily",
+        json!({"chatflows": ["support-bot"], "budget": {"credits": 4, "period": "Daily"}}),
+    )
+    .await;
+    let bob_email = format!("bob@{}.test", team.ns);
+    team.grant("limited", json!([{"user": bob_email}])).await;
+    let api: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
+    let limit = json!({"spec": {"rateLimit": {"requests": 3, "per": "Minute"}}});
+    api.patch("limited", &PatchParams::default(), &Patch::Merge(&limit))
+        .await
+        .expect("limit set");
+    let gate = Flowgate::start().await;
+    let id = team.flowise_id.clone();
+    let bob = token("bob-sub", json!({"email": bob_email}));
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/prediction/{id}", gate.base);
+
+    // The first allowed prediction (flowgate started after the patch: every grant it sees has
+    // the limit) spends one request of three and one credit of four.
+    let first = loop {
+        let resp = http
+            .post(&url)
+            .bearer_auth(&bob)
+            .json(&json!({"question": "hi"}))
+            .send()
+            .await
+            .expect("flowgate answers");
+        if resp.status() == 200 {
+            break resp;
+        }
+        assert_eq!(
+            resp.status(),
+            403,
+            "refused only until the index has the grant"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(number(&first, "x-credits-remaining"), Some(3));
+    assert_eq!(header(&first, "ratelimit-limit"), Some("3, 3;w=60"));
+    assert_eq!(number(&first, "ratelimit-remaining"), Some(2));
+    assert!(
+        number(&first, "ratelimit-reset").is_some_and(|s| (19..=20).contains(&s)),
+        "one interval of 20 s: {:?}",
+        header(&first, "ratelimit-reset")
+    );
+
+    // A stream: the balance after its flat cost, in the headers before the first event.
+    let stream = http
+        .post(&url)
+        .bearer_auth(&bob)
+        .json(&json!({"question": "hi", "streaming": true}))
+        .send()
+        .await
+        .expect("stream starts");
+    assert_eq!(stream.status(), 200);
+    assert!(header(&stream, "content-type").is_some_and(|t| t.starts_with("text/event-stream")));
+    assert_eq!(number(&stream, "ratelimit-remaining"), Some(1));
+    assert_eq!(number(&stream, "x-credits-remaining"), Some(2));
+    assert!(
+        stream
+            .text()
+            .await
+            .expect("stream read")
+            .contains("Echo: hi")
+    );
+
+    let last = http
+        .post(&url)
+        .bearer_auth(&bob)
+        .json(&json!({"question": "hi"}))
+        .send()
+        .await
+        .expect("flowgate answers");
+    assert_eq!(last.status(), 200);
+    assert_eq!(number(&last, "x-credits-remaining"), Some(1));
+    assert_eq!(number(&last, "ratelimit-remaining"), Some(0));
+    assert!(number(&last, "ratelimit-reset").is_some_and(|s| (58..=60).contains(&s)));
+
+    // Over the rate: nothing left, back in full within a minute, one request within 20 s.
+    let refused = http
+        .post(&url)
+        .bearer_auth(&bob)
+        .json(&json!({"question": "hi"}))
+        .send()
+        .await
+        .expect("flowgate answers");
+    assert_eq!(refused.status(), 429);
+    assert_eq!(number(&refused, "ratelimit-remaining"), Some(0));
+    assert!(number(&refused, "ratelimit-reset").is_some_and(|s| (58..=60).contains(&s)));
+    assert!(number(&refused, "retry-after").is_some_and(|s| (1..=20).contains(&s)));
+    assert_eq!(
+        header(&refused, "x-credits-remaining"),
+        None,
+        "nothing charged"
+    );
+
+    // Alice's grant has no limit: no RateLimit headers; the compat route's balance is in its
+    // body and its headers alike. She spends her own 4 (the policy is per subject).
+    for left in (0..4).rev() {
+        let resp = http
+            .post(format!("{}/chat/predict", gate.base))
+            .bearer_auth(team.alice())
+            .json(&json!({"chatflow_id": "support-bot", "question": "hi"}))
+            .send()
+            .await
+            .expect("flowgate answers");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(&resp, "ratelimit-limit"), None);
+        assert_eq!(number(&resp, "x-credits-remaining"), Some(left));
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["credits_remaining"], json!(left), "{body}");
+    }
+    // Out of credits: 402 with nothing left and `Retry-After` at the budget's reset.
+    let broke = http
+        .post(&url)
+        .bearer_auth(team.alice())
+        .json(&json!({"question": "hi"}))
+        .send()
+        .await
+        .expect("flowgate answers");
+    assert_eq!(broke.status(), 402);
+    assert_eq!(number(&broke, "x-credits-remaining"), Some(0));
+    let retry_after = number(&broke, "retry-after").expect("Retry-After on 402");
+    let body: Value = broke.json().await.expect("json");
+    let reset: jiff::Timestamp = body["error"]["resetAt"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("resetAt: {body}"));
+    let until = reset.as_second() - jiff::Timestamp::now().as_second();
+    assert!(
+        (until - 5..=until + 5).contains(&i64::try_from(retry_after).unwrap_or(i64::MAX)),
+        "Retry-After {retry_after} s, reset in {until} s"
+    );
     team.cleanup().await;
 }

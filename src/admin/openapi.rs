@@ -371,6 +371,9 @@ fn operation(op: &Operation) -> Value {
             json!({"description": reason(status), "content": {"application/json": {"schema": reference("ErrorEnvelope")}}}),
         );
     }
+    if op.streams {
+        prediction_headers(&mut responses);
+    }
     let parameters: Vec<Value> = op
         .path
         .split('/')
@@ -391,6 +394,48 @@ fn operation(op: &Operation) -> Value {
         value["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": reference(request)}}});
     }
     value
+}
+
+/// The headers a prediction's answers carry: the caller's balance and rate allowance.
+fn prediction_headers(responses: &mut Map<String, Value>) {
+    let header =
+        |description: &str, schema: Value| json!({"description": description, "schema": schema});
+    let integer = || json!({"type": "integer", "minimum": 0});
+    let balance = header(
+        "Smallest balance left over the CreditPolicies that charged this prediction (of the one \
+         that refused it, on a 402); absent when none applies",
+        integer(),
+    );
+    let limit = header(
+        "The ChatflowAccess rateLimit: `30, 30;w=60` is 30 requests per 60 s; absent without one",
+        json!({"type": "string"}),
+    );
+    let remaining = header("Requests of the allowance left now", integer());
+    let reset = header("Seconds until the whole allowance is back", integer());
+    let retry = |what: &str| header(what, integer());
+    let headers = [
+        (
+            "200",
+            json!({"X-Credits-Remaining": balance, "RateLimit-Limit": limit,
+                   "RateLimit-Remaining": remaining, "RateLimit-Reset": reset}),
+        ),
+        (
+            "402",
+            json!({"X-Credits-Remaining": balance,
+                   "Retry-After": retry("Seconds until the budget resets; absent for a Never period")}),
+        ),
+        (
+            "429",
+            json!({"Retry-After": retry("Seconds until a request is allowed again"),
+                   "RateLimit-Limit": limit, "RateLimit-Remaining": remaining,
+                   "RateLimit-Reset": reset}),
+        ),
+    ];
+    for (status, headers) in headers {
+        if let Some(response) = responses.get_mut(status) {
+            response["headers"] = headers;
+        }
+    }
 }
 
 /// The query parameters of an operation.

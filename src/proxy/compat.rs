@@ -190,5 +190,9 @@ pub(super) async fn compat_response(
     let mut resp = Response::new(body.boxed());
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(left) = credits_remaining {
+        resp.headers_mut()
+            .insert(super::credits::X_CREDITS_REMAINING, HeaderValue::from(left));
+    }
     Ok(resp)
 }

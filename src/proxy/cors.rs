@@ -57,6 +57,10 @@ impl Cors {
                     header::RETRY_AFTER,
                     header::WWW_AUTHENTICATE,
                     header::CONTENT_DISPOSITION,
+                    super::credits::X_CREDITS_REMAINING,
+                    super::ratelimit::RATELIMIT_LIMIT,
+                    super::ratelimit::RATELIMIT_REMAINING,
+                    super::ratelimit::RATELIMIT_RESET,
                 ])
                 .max_age(MAX_AGE),
         )

@@ -6,6 +6,11 @@
 //! waits for the second durable write. When no applicable policy prices tokens, the flat cost is
 //! the whole cost: it is reserved as final ([`ReserveRequest::final_cost`]) and there is nothing
 //! to settle, so such a prediction costs the ledger one write (a refund still undoes it).
+//!
+//! A charged answer carries `X-Credits-Remaining`: the smallest balance left over the policies
+//! that charged it — once its tokens are counted for a JSON answer, after the flat cost for a
+//! stream (its tokens are counted after its headers went out). A 402 carries it too (what is left
+//! of the policy that refused), with `Retry-After` until that budget resets.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use backon::Retryable;
 use futures::future::BoxFuture;
+use hyper::header::HeaderName;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
@@ -37,6 +43,8 @@ pub const RESERVATION_TTL: Duration = Duration::from_secs(900);
 pub const KEYED_REFUND_WAIT: Duration = Duration::from_secs(5);
 /// How often expired reservations are swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// The caller's smallest balance left after a charged answer, or of the budget that refused.
+pub const X_CREDITS_REMAINING: HeaderName = HeaderName::from_static("x-credits-remaining");
 
 /// The ledger as the proxy uses it.
 #[derive(Clone)]
@@ -244,6 +252,7 @@ impl Credits {
                 reset: reset_at
                     .map(|t| t.to_string())
                     .unwrap_or_else(|| "never".into()),
+                retry_after: reset_at.map(|at| secs_until(now, at)),
             }),
             Ok(ReserveOutcome::Duplicate { .. }) => Err(ProxyError::DuplicateRequest),
             Err(error) => {
@@ -633,9 +642,24 @@ pub fn cost(policy: &PolicyRule, tokens: u64) -> u64 {
     policy.per_prediction.saturating_add(token_cost)
 }
 
+/// Whole seconds from `now` until `at` (`Retry-After`): rounded up, at least 1.
+fn secs_until(now: Timestamp, at: Timestamp) -> u64 {
+    let micros = at.as_microsecond().saturating_sub(now.as_microsecond());
+    u64::try_from(micros).map_or(1, |m| m.div_ceil(1_000_000).max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_a_refusal_is_the_reset_in_whole_seconds() {
+        let now: Timestamp = "2026-11-24T23:59:58.5Z".parse().expect("time");
+        let reset: Timestamp = "2026-11-25T00:00:00Z".parse().expect("time");
+        assert_eq!(secs_until(now, reset), 2);
+        assert_eq!(secs_until(reset, reset), 1, "never 0");
+        assert_eq!(secs_until(reset, now), 1, "a reset just passed");
+    }
 
     async fn sqlite_credits(dir: &tempfile::TempDir) -> Credits {
         let url = crate::config::LedgerUrl::Sqlite(dir.path().join("ledger.db"));

@@ -6,6 +6,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
+use super::credits::X_CREDITS_REMAINING;
+use super::ratelimit::Allowance;
 use crate::server::Body;
 
 /// Why the proxy did not forward a request (or why forwarding failed).
@@ -61,6 +63,8 @@ pub enum ProxyError {
         policy: String,
         remaining: i64,
         reset: String,
+        /// Seconds until the budget resets (`Retry-After`); `None` for a `Never` period.
+        retry_after: Option<u64>,
     },
     #[error("rate limit of {access} reached; retry in {retry_after} s")]
     RateLimited {
@@ -68,6 +72,8 @@ pub enum ProxyError {
         access: String,
         /// Seconds until a request is allowed again (`Retry-After`).
         retry_after: u64,
+        /// Nothing left, and when all of it is back (`RateLimit-*`).
+        allowance: Allowance,
     },
     #[error("a request with this Idempotency-Key is already in progress or done")]
     DuplicateRequest,
@@ -164,6 +170,7 @@ impl ProxyError {
             policy,
             remaining,
             reset,
+            ..
         } = &self
         {
             error["policy"] = serde_json::json!(policy);
@@ -173,6 +180,7 @@ impl ProxyError {
         if let Self::RateLimited {
             access,
             retry_after,
+            ..
         } = &self
         {
             error["access"] = serde_json::json!(access);
@@ -197,9 +205,27 @@ impl ProxyError {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            Self::RateLimited { retry_after, .. } => {
+            Self::RateLimited {
+                retry_after,
+                allowance,
+                ..
+            } => {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+                allowance.write_headers(resp.headers_mut());
+            }
+            Self::InsufficientCredits {
+                remaining,
+                retry_after,
+                ..
+            } => {
+                let remaining = u64::try_from(remaining).unwrap_or(0);
+                resp.headers_mut()
+                    .insert(X_CREDITS_REMAINING, HeaderValue::from(remaining));
+                if let Some(secs) = retry_after {
+                    resp.headers_mut()
+                        .insert(RETRY_AFTER, HeaderValue::from(secs));
+                }
             }
             // The rest of the body may still arrive: this connection cannot carry another request.
             Self::RequestTimeout => {
@@ -243,9 +269,12 @@ mod tests {
             policy: "team-a/monthly".into(),
             remaining: 0,
             reset: "2026-12-01T00:00:00+01:00".into(),
+            retry_after: Some(3600),
         }
         .into_response();
         assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(resp.headers()[RETRY_AFTER], "3600");
+        assert_eq!(resp.headers()[X_CREDITS_REMAINING], "0");
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(value["error"]["code"], "insufficient_credits");

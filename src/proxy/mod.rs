@@ -216,13 +216,18 @@ impl Proxy {
                     read_prediction(&parts.headers, body, &identity, &mut held).await?;
                 prediction.held = Some(held);
                 prediction.turn = Some(self.turns.begin(&prediction.chat_id)?);
-                self.rate_limit(&snapshot, &identity, &cf, access)?;
+                let allowance = self.rate_limit(&snapshot, &identity, &cf, access)?;
                 let key = self.forward_headers(&cf).await?;
                 let charge = self
                     .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
                     .await?;
-                self.forward(usable, prediction, parts.headers, key, peer, charge)
-                    .await
+                let mut resp = self
+                    .forward(usable, prediction, parts.headers, key, peer, charge)
+                    .await?;
+                if let Some(allowance) = allowance {
+                    allowance.write_headers(resp.headers_mut());
+                }
+                Ok(resp)
             }
             Route::CompatPredict => {
                 let idempotency_key = idempotency_key(&req)?;
@@ -236,7 +241,7 @@ impl Proxy {
                 let (cf, access) = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
                 let usable = usable(&cf)?;
                 prediction.turn = Some(self.turns.begin(&prediction.chat_id)?);
-                self.rate_limit(&snapshot, &identity, &cf, access)?;
+                let allowance = self.rate_limit(&snapshot, &identity, &cf, access)?;
                 let key = self.forward_headers(&cf).await?;
                 let charge = self
                     .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
@@ -246,17 +251,22 @@ impl Proxy {
                 let resp = self
                     .forward(usable, prediction, parts.headers, key, peer, charge)
                     .await?;
-                if stream::is_event_stream(resp.headers()) {
-                    return Ok(resp);
+                let mut resp = if stream::is_event_stream(resp.headers()) {
+                    resp
+                } else {
+                    // After the tokens of the answer, where some policy prices them.
+                    let remaining = resp
+                        .extensions()
+                        .get::<CreditsRemaining>()
+                        .map(|r| r.0)
+                        .or(remaining);
+                    let held = self.buffers.hold_for(&identity.key);
+                    compat_response(resp, &chatflow_id, &chat_id, remaining, held).await?
+                };
+                if let Some(allowance) = allowance {
+                    allowance.write_headers(resp.headers_mut());
                 }
-                // After the tokens of the answer, where some policy prices them.
-                let remaining = resp
-                    .extensions()
-                    .get::<CreditsRemaining>()
-                    .map(|r| r.0)
-                    .or(remaining);
-                let held = self.buffers.hold_for(&identity.key);
-                compat_response(resp, &chatflow_id, &chat_id, remaining, held).await
+                Ok(resp)
             }
             Route::Credits => {
                 let balances = self
@@ -367,31 +377,33 @@ impl Proxy {
         Ok((cf, access))
     }
 
-    /// Spends one request of the caller's allowance under the rate limit of its access, if any.
+    /// Spends one request of the caller's allowance under the rate limit of its access, if any,
+    /// and says what is left of it.
     fn rate_limit(
         &self,
         snapshot: &Snapshot,
         identity: &Identity,
         cf: &ChatflowEntry,
         access: Access,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Option<ratelimit::Allowance>, ProxyError> {
         let Some(limit) = access.limit else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(rule) = snapshot.access_rules().get(limit.rule as usize) else {
-            return Ok(());
+            return Ok(None);
         };
         let key = (rule.namespace.as_str(), rule.name.as_str(), &identity.key);
         match self
             .limiter
             .check(key, limit.rate, std::time::Instant::now())
         {
-            Ok(()) => Ok(()),
-            Err(wait) => {
+            Ok(allowance) => Ok(Some(allowance)),
+            Err(refused) => {
                 log_decision(identity, cf, "deny", "rate_limited");
                 Err(ProxyError::RateLimited {
                     access: format!("{}/{}", rule.namespace, rule.name),
-                    retry_after: ratelimit::retry_after_secs(wait),
+                    retry_after: ratelimit::whole_secs(refused.wait),
+                    allowance: refused.allowance,
                 })
             }
         }
@@ -517,6 +529,11 @@ impl Proxy {
         // cannot stream with JSON, and such an answer must be settled like any other.
         if status.is_success() && stream::is_event_stream(&parts.headers) {
             let (abort, charge) = flight.streaming();
+            if let Some(headers) = resp.headers_mut()
+                && let Some(left) = charge.as_ref().and_then(|c| c.remaining)
+            {
+                headers.insert(credits::X_CREDITS_REMAINING, HeaderValue::from(left));
+            }
             // Tokens priced: the run's report comes after its last token, so a client that
             // leaves mid-stream leaves the rest to be read for it ([`drain`]).
             let drain = charge.as_ref().is_some_and(Charge::counts_tokens);
@@ -588,7 +605,9 @@ impl Proxy {
                     0
                 };
                 if let Some(left) = charge.remaining_after(tokens) {
-                    resp = resp.extension(CreditsRemaining(left));
+                    resp = resp
+                        .header(credits::X_CREDITS_REMAINING, left)
+                        .extension(CreditsRemaining(left));
                 }
                 self.credits.settle(charge, tokens);
             } else {

@@ -11,13 +11,25 @@
 //! bounded by the callers active within the longest period (an hour). Replicas count on their
 //! own: behind N replicas a caller gets up to N times the rate. Exact budgets across replicas
 //! are what CreditPolicy (an `Hourly` period) is for.
+//!
+//! Every answer under a limit tells the caller where it stands, in the `RateLimit-Limit`,
+//! `RateLimit-Remaining` and `RateLimit-Reset` headers of draft-ietf-httpapi-ratelimit-headers
+//! (the form Kong and Envoy send): the allowance, what is left of it now, and the seconds until
+//! it is whole again.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use hyper::HeaderMap;
+use hyper::header::{HeaderName, HeaderValue};
+
 use crate::crd::RateLimit;
+
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 const SHARDS: usize = 16;
 /// A shard first drops passed entries when it holds this many.
@@ -51,10 +63,48 @@ impl Default for RateLimiter {
     }
 }
 
+/// Where a caller stands under one rate limit, after its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    pub rate: RateLimit,
+    /// Requests that may follow at once.
+    pub remaining: u32,
+    /// Until the whole allowance is back.
+    pub full_in: Duration,
+}
+
+impl Allowance {
+    /// `RateLimit-Limit: 30, 30;w=60`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds,
+    /// rounded up).
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        let requests = self.rate.requests;
+        let window = self.rate.per.duration().as_secs();
+        if let Ok(limit) = HeaderValue::try_from(format!("{requests}, {requests};w={window}")) {
+            headers.insert(RATELIMIT_LIMIT, limit);
+        }
+        headers.insert(RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
+        headers.insert(RATELIMIT_RESET, HeaderValue::from(whole_secs(self.full_in)));
+    }
+}
+
+/// A request over the rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Until one request is allowed again (`Retry-After`).
+    pub wait: Duration,
+    /// Nothing remaining, and when the whole allowance is back.
+    pub allowance: Allowance,
+}
+
 impl RateLimiter {
-    /// Spends one request of `key`'s allowance under `rate` at `now`, or says how long until
-    /// one is available again.
-    pub fn check(&self, key: impl Hash, rate: RateLimit, now: Instant) -> Result<(), Duration> {
+    /// Spends one request of `key`'s allowance under `rate` at `now` and says what is left, or
+    /// says how long until one is available again.
+    pub fn check(
+        &self,
+        key: impl Hash,
+        rate: RateLimit,
+        now: Instant,
+    ) -> Result<Allowance, Refused> {
         let per = rate.per.duration();
         let interval = per / rate.requests.max(1);
         let burst = per.saturating_sub(interval);
@@ -66,14 +116,29 @@ impl RateLimiter {
         let full_at = shard.full_at.get(&hash).map_or(now, |at| (*at).max(now));
         let ahead = full_at - now;
         if ahead > burst {
-            return Err(ahead - burst);
+            return Err(Refused {
+                wait: ahead - burst,
+                allowance: Allowance {
+                    rate,
+                    remaining: 0,
+                    full_in: ahead,
+                },
+            });
         }
         shard.full_at.insert(hash, full_at + interval);
         if shard.full_at.len() >= shard.prune_at {
             shard.full_at.retain(|_, at| *at > now);
             shard.prune_at = PRUNE_FROM.max(shard.full_at.len() * 2);
         }
-        Ok(())
+        drop(shard);
+        // Each further request moves the instant one interval on; it may be `per` ahead at most.
+        let full_in = ahead + interval;
+        let room = per.saturating_sub(full_in).as_nanos() / interval.as_nanos().max(1);
+        Ok(Allowance {
+            rate,
+            remaining: u32::try_from(room).unwrap_or(u32::MAX),
+            full_in,
+        })
     }
 
     /// Keys held, over all shards (for tests).
@@ -91,8 +156,8 @@ impl RateLimiter {
     }
 }
 
-/// `Retry-After` seconds for a wait: rounded up, at least 1.
-pub fn retry_after_secs(wait: Duration) -> u64 {
+/// `Retry-After` (or `RateLimit-Reset`) seconds for a wait: rounded up, at least 1.
+pub fn whole_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     secs.max(1)
 }
@@ -111,32 +176,46 @@ mod tests {
         let limiter = RateLimiter::default();
         let three = rate(3, RatePeriod::Minute);
         let t0 = Instant::now();
-        for _ in 0..3 {
-            assert_eq!(limiter.check("alice", three, t0), Ok(()));
+        // Each spends one interval (60 s / 3) of the allowance.
+        for (remaining, full_in) in [(2, 20), (1, 40), (0, 60)] {
+            assert_eq!(
+                limiter.check("alice", three, t0),
+                Ok(Allowance {
+                    rate: three,
+                    remaining,
+                    full_in: Duration::from_secs(full_in)
+                })
+            );
         }
+        let refused = |wait, full_in| Refused {
+            wait: Duration::from_secs(wait),
+            allowance: Allowance {
+                rate: three,
+                remaining: 0,
+                full_in: Duration::from_secs(full_in),
+            },
+        };
         assert_eq!(
             limiter.check("alice", three, t0),
-            Err(Duration::from_secs(20)),
-            "the fourth waits for one interval (60 s / 3)"
+            Err(refused(20, 60)),
+            "the fourth waits for one interval"
         );
         // A refused request spends nothing: still 20 s, and 19 s a second later.
-        assert_eq!(
-            limiter.check("alice", three, t0),
-            Err(Duration::from_secs(20))
-        );
+        assert_eq!(limiter.check("alice", three, t0), Err(refused(20, 60)));
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(
-            limiter.check("alice", three, t1),
-            Err(Duration::from_secs(19))
-        );
-        // After one interval exactly one more is allowed.
+        assert_eq!(limiter.check("alice", three, t1), Err(refused(19, 59)));
+        // After one interval exactly one more is allowed, and it is the last for now.
         let t20 = t0 + Duration::from_secs(20);
-        assert_eq!(limiter.check("alice", three, t20), Ok(()));
+        let allowed = limiter.check("alice", three, t20).map(|a| a.remaining);
+        assert_eq!(allowed, Ok(0));
         assert!(limiter.check("alice", three, t20).is_err());
-        // After a whole period idle, the whole burst again.
+        // Half an interval later still nothing; after a whole period idle, the whole burst.
+        let t30 = t20 + Duration::from_secs(10);
+        assert!(limiter.check("alice", three, t30).is_err());
         let later = t20 + Duration::from_secs(60);
-        for _ in 0..3 {
-            assert_eq!(limiter.check("alice", three, later), Ok(()));
+        for remaining in [2, 1, 0] {
+            let allowed = limiter.check("alice", three, later).map(|a| a.remaining);
+            assert_eq!(allowed, Ok(remaining));
         }
         assert!(limiter.check("alice", three, later).is_err());
     }
@@ -146,13 +225,13 @@ mod tests {
         let limiter = RateLimiter::default();
         let one = rate(1, RatePeriod::Hour);
         let now = Instant::now();
-        assert_eq!(limiter.check(("team/a", "user:alice"), one, now), Ok(()));
-        assert_eq!(limiter.check(("team/a", "user:bob"), one, now), Ok(()));
-        assert_eq!(limiter.check(("team/b", "user:alice"), one, now), Ok(()));
-        assert_eq!(
-            limiter.check(("team/a", "user:alice"), one, now),
-            Err(Duration::from_secs(3600))
-        );
+        assert!(limiter.check(("team/a", "user:alice"), one, now).is_ok());
+        assert!(limiter.check(("team/a", "user:bob"), one, now).is_ok());
+        assert!(limiter.check(("team/b", "user:alice"), one, now).is_ok());
+        let wait = limiter
+            .check(("team/a", "user:alice"), one, now)
+            .map_err(|r| r.wait);
+        assert_eq!(wait, Err(Duration::from_secs(3600)));
     }
 
     #[test]
@@ -183,11 +262,11 @@ mod tests {
         let one = rate(1, RatePeriod::Second);
         let t0 = Instant::now();
         for i in 0..(SHARDS * PRUNE_FROM) {
-            assert_eq!(limiter.check(i, one, t0), Ok(()));
+            assert!(limiter.check(i, one, t0).is_ok());
         }
         let later = t0 + Duration::from_secs(2);
         for i in 0..(SHARDS * PRUNE_FROM) {
-            assert_eq!(limiter.check(("later", i), one, later), Ok(()));
+            assert!(limiter.check(("later", i), one, later).is_ok());
         }
         assert!(
             limiter.len() < 2 * SHARDS * PRUNE_FROM,
@@ -197,10 +276,38 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_rounds_up() {
-        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
-        assert_eq!(retry_after_secs(Duration::ZERO), 1);
-        assert_eq!(retry_after_secs(Duration::from_secs(20)), 20);
-        assert_eq!(retry_after_secs(Duration::from_millis(20_001)), 21);
+    fn an_allowance_whose_interval_does_not_divide_the_period() {
+        // 1 s / 3 is 333,333,333 ns: the third request must still leave 0, not wrap.
+        let limiter = RateLimiter::default();
+        let three = rate(3, RatePeriod::Second);
+        let now = Instant::now();
+        let left: Vec<_> = (0..3)
+            .map(|_| limiter.check("k", three, now).map(|a| a.remaining))
+            .collect();
+        assert_eq!(left, [Ok(2), Ok(1), Ok(0)]);
+        assert!(limiter.check("k", three, now).is_err());
+    }
+
+    #[test]
+    fn the_headers_say_limit_window_remaining_and_reset() {
+        let allowance = Allowance {
+            rate: rate(30, RatePeriod::Minute),
+            remaining: 7,
+            full_in: Duration::from_millis(46_001),
+        };
+        let mut headers = HeaderMap::new();
+        allowance.write_headers(&mut headers);
+        let value = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(value(RATELIMIT_LIMIT), Some("30, 30;w=60"));
+        assert_eq!(value(RATELIMIT_REMAINING), Some("7"));
+        assert_eq!(value(RATELIMIT_RESET), Some("47"));
+    }
+
+    #[test]
+    fn whole_secs_round_up() {
+        assert_eq!(whole_secs(Duration::from_millis(1)), 1);
+        assert_eq!(whole_secs(Duration::ZERO), 1);
+        assert_eq!(whole_secs(Duration::from_secs(20)), 20);
+        assert_eq!(whole_secs(Duration::from_millis(20_001)), 21);
     }
 }
