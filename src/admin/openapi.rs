@@ -411,7 +411,10 @@ fn prediction_headers(responses: &mut Map<String, Value>) {
         json!({"type": "string"}),
     );
     let remaining = header("Requests of the allowance left now", integer());
-    let reset = header("Seconds until the whole allowance is back", integer());
+    let reset = header(
+        "Seconds until the allowance refills by one request (with nothing left: when to send again)",
+        integer(),
+    );
     let retry = |what: &str| header(what, integer());
     let headers = [
         (

@@ -9,8 +9,10 @@
 //!
 //! A charged answer carries `X-Credits-Remaining`: the smallest balance left over the policies
 //! that charged it — once its tokens are counted for a JSON answer, after the flat cost for a
-//! stream (its tokens are counted after its headers went out). A 402 carries it too (what is left
-//! of the policy that refused), with `Retry-After` until that budget resets.
+//! stream (its headers go out before its tokens are known, and a stream that ends unanswered is
+//! refunded). A 402 carries it too (what is left of the policy that refused), with `Retry-After`
+//! until that budget resets — a hint: another policy may still refuse then, and none is sent
+//! for a `Never` period or a prediction dearer than the whole budget.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -246,14 +248,22 @@ impl Credits {
                 policy,
                 remaining,
                 reset_at,
-            }) => Err(ProxyError::InsufficientCredits {
-                policy,
-                remaining: i64::try_from(remaining).unwrap_or(i64::MAX),
-                reset: reset_at
-                    .map(|t| t.to_string())
-                    .unwrap_or_else(|| "never".into()),
-                retry_after: reset_at.map(|at| secs_until(now, at)),
-            }),
+            }) => {
+                // A prediction dearer than the whole budget fits after no reset either.
+                let never_fits = policies
+                    .iter()
+                    .any(|p| *p.id == *policy && p.per_prediction > p.credits);
+                Err(ProxyError::InsufficientCredits {
+                    retry_after: reset_at
+                        .filter(|_| !never_fits)
+                        .map(|at| secs_until(now, at)),
+                    policy,
+                    remaining: i64::try_from(remaining).unwrap_or(i64::MAX),
+                    reset: reset_at
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "never".into()),
+                })
+            }
             Ok(ReserveOutcome::Duplicate { .. }) => Err(ProxyError::DuplicateRequest),
             Err(error) => {
                 tracing::error!(%error, reason = error.reason(), "credits ledger unavailable; refusing");

@@ -72,7 +72,7 @@ pub enum ProxyError {
         access: String,
         /// Seconds until a request is allowed again (`Retry-After`).
         retry_after: u64,
-        /// Nothing left, and when all of it is back (`RateLimit-*`).
+        /// Nothing left, and when one more request is (`RateLimit-*`).
         allowance: Allowance,
     },
     #[error("a request with this Idempotency-Key is already in progress or done")]

@@ -154,6 +154,20 @@ impl Proxy {
         error.into_response()
     }
 
+    /// The answer to a prediction that spent a request of `allowance`, refused later or not,
+    /// telling the caller what is left of it.
+    fn telling(
+        &self,
+        answered: Result<Response<Body>, ProxyError>,
+        allowance: Option<ratelimit::Allowance>,
+    ) -> Response<Body> {
+        let mut resp = answered.unwrap_or_else(|e| self.refuse(e));
+        if let Some(allowance) = allowance {
+            allowance.write_headers(resp.headers_mut());
+        }
+        resp
+    }
+
     async fn dispatch(
         &self,
         route: Route,
@@ -217,17 +231,15 @@ impl Proxy {
                 prediction.held = Some(held);
                 prediction.turn = Some(self.turns.begin(&prediction.chat_id)?);
                 let allowance = self.rate_limit(&snapshot, &identity, &cf, access)?;
-                let key = self.forward_headers(&cf).await?;
-                let charge = self
-                    .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
-                    .await?;
-                let mut resp = self
-                    .forward(usable, prediction, parts.headers, key, peer, charge)
-                    .await?;
-                if let Some(allowance) = allowance {
-                    allowance.write_headers(resp.headers_mut());
-                }
-                Ok(resp)
+                let answered = async {
+                    let key = self.forward_headers(&cf).await?;
+                    let charge = self
+                        .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
+                        .await?;
+                    self.forward(usable, prediction, parts.headers, key, peer, charge)
+                        .await
+                };
+                Ok(self.telling(answered.await, allowance))
             }
             Route::CompatPredict => {
                 let idempotency_key = idempotency_key(&req)?;
@@ -242,18 +254,19 @@ impl Proxy {
                 let usable = usable(&cf)?;
                 prediction.turn = Some(self.turns.begin(&prediction.chat_id)?);
                 let allowance = self.rate_limit(&snapshot, &identity, &cf, access)?;
-                let key = self.forward_headers(&cf).await?;
-                let charge = self
-                    .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
-                    .await?;
-                let remaining = charge.as_ref().and_then(|c| c.remaining);
-                let chat_id = prediction.chat_id.clone();
-                let resp = self
-                    .forward(usable, prediction, parts.headers, key, peer, charge)
-                    .await?;
-                let mut resp = if stream::is_event_stream(resp.headers()) {
-                    resp
-                } else {
+                let answered = async {
+                    let key = self.forward_headers(&cf).await?;
+                    let charge = self
+                        .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
+                        .await?;
+                    let remaining = charge.as_ref().and_then(|c| c.remaining);
+                    let chat_id = prediction.chat_id.clone();
+                    let resp = self
+                        .forward(usable, prediction, parts.headers, key, peer, charge)
+                        .await?;
+                    if stream::is_event_stream(resp.headers()) {
+                        return Ok(resp);
+                    }
                     // After the tokens of the answer, where some policy prices them.
                     let remaining = resp
                         .extensions()
@@ -261,12 +274,9 @@ impl Proxy {
                         .map(|r| r.0)
                         .or(remaining);
                     let held = self.buffers.hold_for(&identity.key);
-                    compat_response(resp, &chatflow_id, &chat_id, remaining, held).await?
+                    compat_response(resp, &chatflow_id, &chat_id, remaining, held).await
                 };
-                if let Some(allowance) = allowance {
-                    allowance.write_headers(resp.headers_mut());
-                }
-                Ok(resp)
+                Ok(self.telling(answered.await, allowance))
             }
             Route::Credits => {
                 let balances = self
@@ -398,12 +408,12 @@ impl Proxy {
             .check(key, limit.rate, std::time::Instant::now())
         {
             Ok(allowance) => Ok(Some(allowance)),
-            Err(refused) => {
+            Err(ratelimit::Refused(allowance)) => {
                 log_decision(identity, cf, "deny", "rate_limited");
                 Err(ProxyError::RateLimited {
                     access: format!("{}/{}", rule.namespace, rule.name),
-                    retry_after: ratelimit::whole_secs(refused.wait),
-                    allowance: refused.allowance,
+                    retry_after: ratelimit::whole_secs(allowance.next_in),
+                    allowance,
                 })
             }
         }

@@ -15,7 +15,9 @@
 //! Every answer under a limit tells the caller where it stands, in the `RateLimit-Limit`,
 //! `RateLimit-Remaining` and `RateLimit-Reset` headers of draft-ietf-httpapi-ratelimit-headers
 //! (the form Kong and Envoy send): the allowance, what is left of it now, and the seconds until
-//! it is whole again.
+//! it grows by one request. The allowance refills one request at a time, so that is the moment
+//! a caller with nothing left may send again: on a 429 it is the `Retry-After`, as the draft
+//! asks when both are sent.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -63,19 +65,34 @@ impl Default for RateLimiter {
     }
 }
 
-/// Where a caller stands under one rate limit, after its request.
+/// Where a caller stands under one rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Allowance {
     pub rate: RateLimit,
     /// Requests that may follow at once.
     pub remaining: u32,
-    /// Until the whole allowance is back.
-    pub full_in: Duration,
+    /// Until one more request may follow.
+    pub next_in: Duration,
 }
 
 impl Allowance {
-    /// `RateLimit-Limit: 30, 30;w=60`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds,
-    /// rounded up).
+    /// What is left when the key's instant is `ahead` of now: each request moves the instant
+    /// one `interval` on, and it may be one period ahead at most.
+    fn at(rate: RateLimit, interval: Duration, ahead: Duration) -> Self {
+        let room = rate.per.duration().saturating_sub(ahead).as_nanos();
+        let interval = interval.as_nanos().max(1);
+        // `interval` is rounded down: with a very large `requests` the room could hold one more.
+        let remaining = (room / interval).min(u128::from(rate.requests.saturating_sub(1)));
+        let until_next = interval - room % interval;
+        Self {
+            rate,
+            remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+            next_in: Duration::from_nanos(u64::try_from(until_next).unwrap_or(u64::MAX)),
+        }
+    }
+
+    /// `RateLimit-Limit: 30, 30;w=60`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds until
+    /// one more request, rounded up).
     pub fn write_headers(&self, headers: &mut HeaderMap) {
         let requests = self.rate.requests;
         let window = self.rate.per.duration().as_secs();
@@ -83,18 +100,13 @@ impl Allowance {
             headers.insert(RATELIMIT_LIMIT, limit);
         }
         headers.insert(RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
-        headers.insert(RATELIMIT_RESET, HeaderValue::from(whole_secs(self.full_in)));
+        headers.insert(RATELIMIT_RESET, HeaderValue::from(whole_secs(self.next_in)));
     }
 }
 
-/// A request over the rate.
+/// A request over the rate: nothing remains, and `next_in` is the wait (`Retry-After`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
-    /// Until one request is allowed again (`Retry-After`).
-    pub wait: Duration,
-    /// Nothing remaining, and when the whole allowance is back.
-    pub allowance: Allowance,
-}
+pub struct Refused(pub Allowance);
 
 impl RateLimiter {
     /// Spends one request of `key`'s allowance under `rate` at `now` and says what is left, or
@@ -116,14 +128,7 @@ impl RateLimiter {
         let full_at = shard.full_at.get(&hash).map_or(now, |at| (*at).max(now));
         let ahead = full_at - now;
         if ahead > burst {
-            return Err(Refused {
-                wait: ahead - burst,
-                allowance: Allowance {
-                    rate,
-                    remaining: 0,
-                    full_in: ahead,
-                },
-            });
+            return Err(Refused(Allowance::at(rate, interval, ahead)));
         }
         shard.full_at.insert(hash, full_at + interval);
         if shard.full_at.len() >= shard.prune_at {
@@ -131,14 +136,7 @@ impl RateLimiter {
             shard.prune_at = PRUNE_FROM.max(shard.full_at.len() * 2);
         }
         drop(shard);
-        // Each further request moves the instant one interval on; it may be `per` ahead at most.
-        let full_in = ahead + interval;
-        let room = per.saturating_sub(full_in).as_nanos() / interval.as_nanos().max(1);
-        Ok(Allowance {
-            rate,
-            remaining: u32::try_from(room).unwrap_or(u32::MAX),
-            full_in,
-        })
+        Ok(Allowance::at(rate, interval, ahead + interval))
     }
 
     /// Keys held, over all shards (for tests).
@@ -176,34 +174,36 @@ mod tests {
         let limiter = RateLimiter::default();
         let three = rate(3, RatePeriod::Minute);
         let t0 = Instant::now();
-        // Each spends one interval (60 s / 3) of the allowance.
-        for (remaining, full_in) in [(2, 20), (1, 40), (0, 60)] {
-            assert_eq!(
-                limiter.check("alice", three, t0),
-                Ok(Allowance {
-                    rate: three,
-                    remaining,
-                    full_in: Duration::from_secs(full_in)
-                })
-            );
-        }
-        let refused = |wait, full_in| Refused {
-            wait: Duration::from_secs(wait),
-            allowance: Allowance {
-                rate: three,
-                remaining: 0,
-                full_in: Duration::from_secs(full_in),
-            },
+        let left = |remaining, next_in| Allowance {
+            rate: three,
+            remaining,
+            next_in: Duration::from_secs(next_in),
         };
+        // Each spends one interval (60 s / 3) of the allowance, which refills one per interval.
+        for remaining in [2, 1, 0] {
+            assert_eq!(limiter.check("alice", three, t0), Ok(left(remaining, 20)));
+        }
         assert_eq!(
             limiter.check("alice", three, t0),
-            Err(refused(20, 60)),
+            Err(Refused(left(0, 20))),
             "the fourth waits for one interval"
         );
         // A refused request spends nothing: still 20 s, and 19 s a second later.
-        assert_eq!(limiter.check("alice", three, t0), Err(refused(20, 60)));
+        assert_eq!(limiter.check("alice", three, t0), Err(Refused(left(0, 20))));
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(limiter.check("alice", three, t1), Err(refused(19, 59)));
+        assert_eq!(limiter.check("alice", three, t1), Err(Refused(left(0, 19))));
+        // 5 s into the first request's interval a second leaves one; the first refills in 15 s.
+        let t5 = t0 + Duration::from_secs(5);
+        let mut fresh = RateLimiter::default();
+        fresh.check("bob", three, t0).expect("first");
+        assert_eq!(fresh.check("bob", three, t5), Ok(left(1, 15)));
+        fresh = RateLimiter::default();
+        fresh.check("carol", three, t0).expect("first");
+        assert_eq!(
+            fresh.check("carol", three, t0 + Duration::from_secs(25)),
+            Ok(left(2, 20)),
+            "the first request's interval passed: the allowance is whole again, less this one"
+        );
         // After one interval exactly one more is allowed, and it is the last for now.
         let t20 = t0 + Duration::from_secs(20);
         let allowed = limiter.check("alice", three, t20).map(|a| a.remaining);
@@ -230,7 +230,7 @@ mod tests {
         assert!(limiter.check(("team/b", "user:alice"), one, now).is_ok());
         let wait = limiter
             .check(("team/a", "user:alice"), one, now)
-            .map_err(|r| r.wait);
+            .map_err(|r| r.0.next_in);
         assert_eq!(wait, Err(Duration::from_secs(3600)));
     }
 
@@ -289,18 +289,29 @@ mod tests {
     }
 
     #[test]
+    fn remaining_never_passes_the_limit_when_the_interval_rounds_down() {
+        // 1 s / 999,999 rounds down to 1,000 ns, so a period holds 1,000,000 of them.
+        let limiter = RateLimiter::default();
+        let many = rate(999_999, RatePeriod::Second);
+        let first = limiter
+            .check("k", many, Instant::now())
+            .map(|a| a.remaining);
+        assert_eq!(first, Ok(999_998));
+    }
+
+    #[test]
     fn the_headers_say_limit_window_remaining_and_reset() {
         let allowance = Allowance {
             rate: rate(30, RatePeriod::Minute),
             remaining: 7,
-            full_in: Duration::from_millis(46_001),
+            next_in: Duration::from_millis(1_001),
         };
         let mut headers = HeaderMap::new();
         allowance.write_headers(&mut headers);
         let value = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         assert_eq!(value(RATELIMIT_LIMIT), Some("30, 30;w=60"));
         assert_eq!(value(RATELIMIT_REMAINING), Some("7"));
-        assert_eq!(value(RATELIMIT_RESET), Some("47"));
+        assert_eq!(value(RATELIMIT_RESET), Some("2"));
     }
 
     #[test]
