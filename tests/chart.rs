@@ -11,7 +11,7 @@ mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
@@ -78,6 +78,8 @@ async fn a_default_install_creates_the_expected_objects() {
         deploy["metadata"]["annotations"]["meta.helm.sh/release-name"],
         json!(ns)
     );
+    // No Ingress unless asked for: the proxy is not exposed outside the cluster by default.
+    assert!(!exists(Api::<Ingress>::namespaced(client.clone(), &ns), &name).await);
     assert_eq!(deploy["spec"]["replicas"], 1);
     assert_eq!(
         deploy["spec"]["strategy"]["type"], "Recreate",
@@ -375,6 +377,19 @@ async fn values_of_the_wrong_shape_are_refused_by_the_schema() {
             json!({"flowise": {"url": "flowise:3000"}}),
             "at '/flowise/url'",
         ),
+        (
+            json!({"ingress": {"enabled": true, "hosts": [{"host": "a.example.com",
+                   "paths": [{"path": "/", "pathType": "Regex"}]}]}}),
+            "at '/ingress/hosts/0/paths/0/pathType'",
+        ),
+        (
+            json!({"ingress": {"hosts": [{"host": "a.example.com"}]}}),
+            "at '/ingress/hosts/0'",
+        ),
+        (
+            json!({"ingress": {"tls": [{"hosts": ["a.example.com"]}]}}),
+            "at '/ingress/tls/0'",
+        ),
     ];
     for (values, expected) in cases {
         let error = refused(&ns, &ns, &values);
@@ -426,6 +441,16 @@ async fn contradicting_values_are_refused_with_a_message_saying_what_to_change()
         (
             json!({"podDisruptionBudget": {"minAvailable": 1}}),
             "would block every node drain",
+        ),
+        (
+            json!({"ingress": {"enabled": true}}),
+            "ingress.enabled needs at least one entry in ingress.hosts",
+        ),
+        (
+            json!({"ingress": {"enabled": true, "hosts": [{"host": "a.example.com",
+                   "paths": [{"path": "/", "pathType": "Prefix"}]}]},
+                   "proxy": {"enabled": false}}),
+            "the Ingress would route to a port nothing answers",
         ),
     ];
     for (values, expected) in cases {
@@ -703,6 +728,55 @@ async fn the_service_monitor_and_the_dashboard_are_rendered_when_enabled() {
     let json_text = dashboard["data"]["flowgate.json"].as_str().expect("JSON");
     let parsed: Value = serde_json::from_str(json_text).expect("the dashboard is JSON");
     assert_eq!(parsed["uid"], "flowgate-overview");
+}
+
+#[tokio::test]
+async fn an_ingress_routes_outside_callers_to_the_proxy_port_only() {
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "chart-ingress").await;
+    let name = format!("{ns}-flowgate");
+    let values = json!({"ingress": {
+        "enabled": true,
+        "className": "nginx",
+        "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "50m"},
+        "hosts": [
+            {"host": "chat-api.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]},
+            {"paths": [{"path": "/api/v1/prediction", "pathType": "Prefix"},
+                       {"path": "/chat/predict", "pathType": "Exact"}]},
+        ],
+        "tls": [{"secretName": "chat-api-tls", "hosts": ["chat-api.example.com"]}],
+    }});
+    let _release = install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
+    let ingress = get(Api::<Ingress>::namespaced(client.clone(), &ns), &name).await;
+    assert_eq!(
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"],
+        "50m"
+    );
+    let to_proxy = json!({"service": {"name": name, "port": {"name": "http"}}});
+    assert_eq!(
+        ingress["spec"],
+        json!({
+            "ingressClassName": "nginx",
+            "tls": [{"secretName": "chat-api-tls", "hosts": ["chat-api.example.com"]}],
+            "rules": [
+                {"host": "chat-api.example.com", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix", "backend": to_proxy},
+                ]}},
+                {"http": {"paths": [
+                    {"path": "/api/v1/prediction", "pathType": "Prefix", "backend": to_proxy},
+                    {"path": "/chat/predict", "pathType": "Exact", "backend": to_proxy},
+                ]}},
+            ],
+        })
+    );
+    // The port it names is the Service's proxy port, not the ops port.
+    let service = get(Api::<Service>::namespaced(client.clone(), &ns), &name).await;
+    let http = service["spec"]["ports"]
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["name"] == "http"))
+        .unwrap_or_else(|| panic!("no port named http: {service}"));
+    assert_eq!(http["targetPort"], "http");
+    assert_eq!(http["port"], 8080);
 }
 
 #[test]

@@ -99,6 +99,12 @@ and how to fix it; `helm install` stops with the message.
 {{- if and $np.podLabels (not $np.namespace) }}
 {{- fail "\n\nflowgate: flowise.networkPolicy.podLabels is set but flowise.networkPolicy.namespace is empty: give Flowise's namespace.\n" }}
 {{- end }}
+{{- if and .Values.ingress.enabled (not .Values.ingress.hosts) }}
+{{- fail "\n\nflowgate: ingress.enabled needs at least one entry in ingress.hosts, e.g. {host: chat-api.example.com, paths: [{path: /, pathType: Prefix}]}.\n" }}
+{{- end }}
+{{- if and .Values.ingress.enabled (not .Values.proxy.enabled) }}
+{{- fail "\n\nflowgate: ingress.enabled with proxy.enabled=false: the Ingress would route to a port nothing answers. Enable the proxy, or disable the ingress.\n" }}
+{{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable) (kindIs "invalid" .Values.podDisruptionBudget.minAvailable) }}
 {{- fail "\n\nflowgate: podDisruptionBudget.enabled needs maxUnavailable or minAvailable.\n" }}
 {{- end }}
