@@ -387,8 +387,8 @@ async fn values_of_the_wrong_shape_are_refused_by_the_schema() {
             "at '/ingress/hosts/0'",
         ),
         (
-            json!({"ingress": {"tls": [{"hosts": ["a.example.com"]}]}}),
-            "at '/ingress/tls/0'",
+            json!({"ingress": {"tls": [{"secretName": 5}]}}),
+            "at '/ingress/tls/0/secretName'",
         ),
     ];
     for (values, expected) in cases {
@@ -741,10 +741,13 @@ async fn an_ingress_routes_outside_callers_to_the_proxy_port_only() {
         "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "50m"},
         "hosts": [
             {"host": "chat-api.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]},
-            {"paths": [{"path": "/api/v1/prediction", "pathType": "Prefix"},
+            {"paths": [{"path": "/api/v1/", "pathType": "Prefix"},
                        {"path": "/chat/predict", "pathType": "Exact"}]},
         ],
-        "tls": [{"secretName": "chat-api-tls", "hosts": ["chat-api.example.com"]}],
+        "tls": [
+            {"secretName": "chat-api-tls", "hosts": ["chat-api.example.com"]},
+            {"hosts": ["other.example.com"]},
+        ],
     }});
     let _release = install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
     let ingress = get(Api::<Ingress>::namespaced(client.clone(), &ns), &name).await;
@@ -757,13 +760,16 @@ async fn an_ingress_routes_outside_callers_to_the_proxy_port_only() {
         ingress["spec"],
         json!({
             "ingressClassName": "nginx",
-            "tls": [{"secretName": "chat-api-tls", "hosts": ["chat-api.example.com"]}],
+            "tls": [
+                {"secretName": "chat-api-tls", "hosts": ["chat-api.example.com"]},
+                {"hosts": ["other.example.com"]},
+            ],
             "rules": [
                 {"host": "chat-api.example.com", "http": {"paths": [
                     {"path": "/", "pathType": "Prefix", "backend": to_proxy},
                 ]}},
                 {"http": {"paths": [
-                    {"path": "/api/v1/prediction", "pathType": "Prefix", "backend": to_proxy},
+                    {"path": "/api/v1/", "pathType": "Prefix", "backend": to_proxy},
                     {"path": "/chat/predict", "pathType": "Exact", "backend": to_proxy},
                 ]}},
             ],

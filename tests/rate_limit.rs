@@ -154,7 +154,8 @@ async fn answers_tell_the_caller_its_allowance_and_balance() {
     let bob_email = format!("bob@{}.test", team.ns);
     team.grant("limited", json!([{"user": bob_email}])).await;
     let api: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
-    let limit = json!({"spec": {"rateLimit": {"requests": 5, "per": "Minute"}}});
+    // Per hour: one request refills every 12 min, so the counts below hold however slow the run.
+    let limit = json!({"spec": {"rateLimit": {"requests": 5, "per": "Hour"}}});
     api.patch("limited", &PatchParams::default(), &Patch::Merge(&limit))
         .await
         .expect("limit set");
@@ -167,7 +168,7 @@ async fn answers_tell_the_caller_its_allowance_and_balance() {
 
     // The first allowed prediction (flowgate started after the patch: every grant it sees has
     // the limit) spends one request of five and one credit of three. The allowance refills one
-    // request every 12 s (60 s / 5): exactly 12 s away for a fresh one.
+    // request every 720 s (3600 s / 5): exactly 720 s away for a fresh one.
     let first = loop {
         let resp = ask(&bob, json!({"question": "hi"}))
             .await
@@ -183,12 +184,12 @@ async fn answers_tell_the_caller_its_allowance_and_balance() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert_eq!(number(&first, "x-credits-remaining"), Some(2));
-    assert_eq!(header(&first, "ratelimit-limit"), Some("5, 5;w=60"));
+    assert_eq!(header(&first, "ratelimit-limit"), Some("5, 5;w=3600"));
     assert_eq!(number(&first, "ratelimit-remaining"), Some(4));
-    assert_eq!(number(&first, "ratelimit-reset"), Some(12));
+    assert_eq!(number(&first, "ratelimit-reset"), Some(720));
     let within_an_interval = |resp: &reqwest::Response| {
         let reset = number(resp, "ratelimit-reset");
-        assert!(reset.is_some_and(|s| (1..=12).contains(&s)), "{reset:?}");
+        assert!(reset.is_some_and(|s| (1..=720).contains(&s)), "{reset:?}");
     };
 
     // A stream: the balance after its flat cost, in the headers before the first event.
@@ -197,6 +198,8 @@ async fn answers_tell_the_caller_its_allowance_and_balance() {
         .expect("stream starts");
     assert_eq!(stream.status(), 200);
     assert!(header(&stream, "content-type").is_some_and(|t| t.starts_with("text/event-stream")));
+    // Flowise's own, passed on: an nginx in front streams it unbuffered (docs/install.md).
+    assert_eq!(header(&stream, "x-accel-buffering"), Some("no"));
     assert_eq!(number(&stream, "ratelimit-remaining"), Some(3));
     within_an_interval(&stream);
     assert_eq!(number(&stream, "x-credits-remaining"), Some(1));

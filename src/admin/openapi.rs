@@ -416,28 +416,26 @@ fn prediction_headers(responses: &mut Map<String, Value>) {
         integer(),
     );
     let retry = |what: &str| header(what, integer());
-    let headers = [
-        (
-            "200",
-            json!({"X-Credits-Remaining": balance, "RateLimit-Limit": limit,
-                   "RateLimit-Remaining": remaining, "RateLimit-Reset": reset}),
-        ),
-        (
-            "402",
-            json!({"X-Credits-Remaining": balance,
-                   "Retry-After": retry("Seconds until the budget resets; absent for a Never period")}),
-        ),
-        (
-            "429",
-            json!({"Retry-After": retry("Seconds until a request is allowed again"),
-                   "RateLimit-Limit": limit, "RateLimit-Remaining": remaining,
-                   "RateLimit-Reset": reset}),
-        ),
-    ];
-    for (status, headers) in headers {
-        if let Some(response) = responses.get_mut(status) {
-            response["headers"] = headers;
+    // Every answer after the rate limit was spent tells what is left of it.
+    for (status, response) in responses.iter_mut() {
+        if !["200", "402", "409", "429", "502", "503", "504"].contains(&status.as_str()) {
+            continue;
         }
+        let mut headers = json!({"RateLimit-Limit": limit, "RateLimit-Remaining": remaining,
+                                 "RateLimit-Reset": reset});
+        match status.as_str() {
+            "200" => headers["X-Credits-Remaining"] = balance.clone(),
+            "402" => {
+                headers["X-Credits-Remaining"] = balance.clone();
+                headers["Retry-After"] = retry(
+                    "Seconds until the refusing budget resets, a hint (another policy may still \
+                     refuse); absent for a Never period or a perPrediction above the budget",
+                );
+            }
+            "429" => headers["Retry-After"] = retry("Seconds until a request is allowed again"),
+            _ => {}
+        }
+        response["headers"] = headers;
     }
 }
 

@@ -77,9 +77,19 @@ pub struct Allowance {
 
 impl Allowance {
     /// What is left when the key's instant is `ahead` of now: each request moves the instant
-    /// one `interval` on, and it may be one period ahead at most.
+    /// one `interval` on, and it may be one period ahead at most — unless the rule's period was
+    /// shortened since (the key is the rule and the caller, not the rate), when the caller waits
+    /// until it is back within one period.
     fn at(rate: RateLimit, interval: Duration, ahead: Duration) -> Self {
-        let room = rate.per.duration().saturating_sub(ahead).as_nanos();
+        let per = rate.per.duration();
+        if ahead > per {
+            return Self {
+                rate,
+                remaining: 0,
+                next_in: ahead - per + interval,
+            };
+        }
+        let room = (per - ahead).as_nanos();
         let interval = interval.as_nanos().max(1);
         // `interval` is rounded down: with a very large `requests` the room could hold one more.
         let remaining = (room / interval).min(u128::from(rate.requests.saturating_sub(1)));
@@ -286,6 +296,25 @@ mod tests {
             .collect();
         assert_eq!(left, [Ok(2), Ok(1), Ok(0)]);
         assert!(limiter.check("k", three, now).is_err());
+    }
+
+    #[test]
+    fn a_shortened_period_waits_for_what_the_longer_one_spent() {
+        let limiter = RateLimiter::default();
+        let now = Instant::now();
+        let hourly = rate(10, RatePeriod::Hour);
+        for _ in 0..10 {
+            assert!(limiter.check("k", hourly, now).is_ok());
+        }
+        // The rule becomes 10 per minute: the instant is an hour ahead, the wait 59 min 6 s.
+        let minutely = rate(10, RatePeriod::Minute);
+        let refused = limiter.check("k", minutely, now);
+        let expected = Allowance {
+            rate: minutely,
+            remaining: 0,
+            next_in: Duration::from_secs(3546),
+        };
+        assert_eq!(refused, Err(Refused(expected)));
     }
 
     #[test]
