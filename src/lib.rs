@@ -11,6 +11,7 @@
 //! controller read compiled lookups, never raw objects; Flowise and the ledger sit behind traits.
 
 pub mod admin;
+pub mod check;
 pub mod config;
 pub mod controller;
 pub mod crd;

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use flowgate::config::{Config, LedgerUrl, RunArgs};
-use flowgate::{crd, ledger, run, telemetry};
+use flowgate::{check, crd, ledger, run, telemetry};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -26,6 +26,13 @@ enum Command {
         /// Write one file per kind into this directory instead of printing.
         #[arg(long)]
         out_dir: Option<std::path::PathBuf>,
+    },
+    /// Check the flowgate resources in YAML files before they are applied (for CI): what the
+    /// API server would drop or the controller refuse. Exit status 1 on an error.
+    Check {
+        /// Files, or directories searched recursively for *.yaml and *.yml.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
     },
     /// Run the controller and the proxy.
     Run(Box<RunArgs>),
@@ -63,6 +70,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Check { paths } => {
+            let report = check::check(&paths);
+            for finding in &report.findings {
+                println!("{finding}");
+            }
+            let count =
+                |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+            println!(
+                "{}, {}: {}, {}",
+                count(report.files, "file"),
+                count(report.objects, "flowgate object"),
+                count(report.errors(), "error"),
+                count(report.warnings(), "warning")
+            );
+            if report.errors() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Ledger {
             command: LedgerCommand::Backup { ledger_url, dest },
         } => match backup(&ledger_url, &dest) {

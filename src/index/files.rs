@@ -36,17 +36,10 @@ pub fn load(dir: &Path) -> (Resources, Vec<String>) {
     // cluster it could not exist; here it would, for a CreditPolicy, charge twice).
     let mut defined: HashMap<(String, String, String), String> = HashMap::new();
     for path in yaml_files(dir) {
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) => {
-                problems.push(format!("{}: {e}", path.display()));
-                continue;
-            }
-        };
-        let docs: Vec<Value> = match serde_saphyr::from_multiple(&text) {
+        let docs = match read_documents(&path) {
             Ok(docs) => docs,
-            Err(e) => {
-                problems.push(format!("{}: not YAML: {e}", path.display()));
+            Err(problem) => {
+                problems.push(problem);
                 continue;
             }
         };
@@ -105,6 +98,12 @@ pub fn load(dir: &Path) -> (Resources, Vec<String>) {
         }
     }
     (resources, problems)
+}
+
+/// The YAML documents of one file (empty ones included, as `null`), or why it cannot be read.
+pub(crate) fn read_documents(path: &Path) -> Result<Vec<Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_saphyr::from_multiple(&text).map_err(|e| format!("{}: not YAML: {e}", path.display()))
 }
 
 fn str_at(doc: &Value, pointer: &str) -> String {
