@@ -4,21 +4,35 @@
 
 mod support;
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-/// Runs `flowgate check ARGS`: success, and stdout.
-fn check(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+/// Runs `flowgate check ARGS` with `stdin`: success, and stdout.
+fn check_input(args: &[&str], stdin: &str) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
         .arg("check")
         .args(args)
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
         .expect("flowgate runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("stdin written");
+    let out = child.wait_with_output().expect("flowgate ends");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+fn check(args: &[&str]) -> (bool, String) {
+    check_input(args, "")
 }
 
 #[test]
@@ -29,6 +43,24 @@ fn the_examples_pass() {
     assert_eq!(
         out.trim(),
         "6 files, 6 flowgate objects: 0 errors, 0 warnings"
+    );
+    // The same as one stream on standard input, as `kustomize build` or `helm template` write.
+    let rendered: String = support::examples()
+        .iter()
+        .map(|(_, doc)| format!("---\n{}\n", serde_json::to_string(doc).expect("JSON")))
+        .collect();
+    let (ok, out) = check_input(&["-"], &rendered);
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.trim(),
+        "1 file, 6 flowgate objects: 0 errors, 0 warnings"
+    );
+    // Nothing of flowgate's where CI looked is an error too: most likely a wrong path.
+    let (ok, out) = check_input(&["-"], "apiVersion: v1\nkind: ConfigMap\n");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("error: -: no flowgate resources (flowgate.io/v1alpha1) found"),
+        "{out}"
     );
 }
 
@@ -77,14 +109,14 @@ spec:
     assert!(
         lines[0].starts_with("error: ")
             && lines[0].ends_with(&format!(
-                "access.yaml (document 1): ChatflowAccess {ns}/team: unknown field .spec.expiresat: \
+                "access.yaml:1: ChatflowAccess {ns}/team: unknown field .spec.expiresat: \
                  not in the CRD (dropped or refused when applied)"
             )),
         "{out}"
     );
     assert!(
         lines[1].ends_with(&format!(
-            "policy.yaml (document 1): CreditPolicy {ns}/monthly: budget.timeZone: unknown time \
+            "policy.yaml:1: CreditPolicy {ns}/monthly: budget.timeZone: unknown time \
              zone 'Europe/Pariss'"
         )),
         "{out}"

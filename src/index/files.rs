@@ -100,7 +100,7 @@ pub fn load(dir: &Path) -> (Resources, Vec<String>) {
     (resources, problems)
 }
 
-/// The YAML documents of one file (empty ones included, as `null`), or why it cannot be read.
+/// The YAML documents of one file, or why it cannot be read.
 pub(crate) fn read_documents(path: &Path) -> Result<Vec<Value>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_saphyr::from_multiple(&text).map_err(|e| format!("{}: not YAML: {e}", path.display()))

@@ -1,0 +1,573 @@
+//! `flowgate check PATH...`: the flowgate resources of a GitOps repository checked before they
+//! are applied, in CI, without a cluster.
+//!
+//! The API server checks a resource's shape against its CRD, and drops fields it does not know
+//! without a word; what the schema cannot say (one of `flowiseId`/`flowiseName`/`definition`, a
+//! subject naming exactly one thing, a known time zone, …) only shows in status once the object
+//! is applied. This runs the same checks as the index and the controller on the files:
+//!
+//! - **errors** (exit status 1): a flowgate object's document that is not YAML or whose shape
+//!   does not parse (with the field's path); a field its CRD or `metadata` does not know (a typo:
+//!   the API server drops it, kubectl may refuse it, and a GitOps tool may apply the rest
+//!   without it); a spec the index would refuse ([`InvalidSpec`]); an object defined twice in
+//!   one namespace; two Chatflows claiming one Flowise chatflow by id or by name (neither would
+//!   be served); an `apiVersion` that looks like flowgate's but is not; no flowgate object at all
+//!   (a wrong path in CI);
+//! - **warnings**: a ChatflowAccess or CreditPolicy naming Chatflows not defined in the files of
+//!   its namespace (fine when they exist in the cluster or are imported from Flowise); an object
+//!   defined twice without a namespace (fine when they go to different namespaces, as two
+//!   kustomize overlays do); a Helm template that mentions `flowgate.io` (check what it renders).
+//!
+//! Directories are walked recursively (`*.yaml`, `*.yml`; hidden ones skipped); `-` reads
+//! standard input, for rendered output (`kustomize build overlays/prod | flowgate check -`).
+//! Files that never mention `flowgate.io` are not parsed (Helm templates, other kinds), and other
+//! kinds in the files are left alone. `status` is ignored, as the API server ignores it on apply.
+//! Objects without a namespace are checked together, as if applied into one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::crd::{self, Chatflow, ChatflowAccess, CreditPolicy};
+use crate::index::rules::{
+    AccessRule, ChatflowRule, ChatflowSource, InvalidSpec, PolicyRule, chatflow_source,
+    claimed_flowise_id,
+};
+
+/// The `apiVersion` every flowgate resource has.
+const API_VERSION: &str = "flowgate.io/v1alpha1";
+
+/// The fields of `metadata` (Kubernetes' ObjectMeta); the API server drops any other.
+const METADATA_FIELDS: [&str; 16] = [
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+    "clusterName",
+];
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One thing wrong with the files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    /// `file:line` of the document (its first line that is not blank or a comment), or the
+    /// file alone.
+    pub at: String,
+    /// `Kind namespace/name`, when the document is a flowgate object.
+    pub object: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{severity}: {}: ", self.at)?;
+        if let Some(object) = &self.object {
+            write!(f, "{object}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// What a check found, and how much it looked at.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub files: usize,
+    /// flowgate objects checked.
+    pub objects: usize,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn errors(&self) -> usize {
+        self.count(Severity::Error)
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.count(Severity::Warning)
+    }
+
+    fn count(&self, severity: Severity) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .count()
+    }
+
+    fn error(&mut self, at: &str, object: Option<&str>, message: String) {
+        self.push(Severity::Error, at, object, message);
+    }
+
+    fn push(&mut self, severity: Severity, at: &str, object: Option<&str>, message: String) {
+        self.findings.push(Finding {
+            severity,
+            at: at.to_string(),
+            object: object.map(str::to_string),
+            message,
+        });
+    }
+}
+
+/// A flowgate object of the files, parsed.
+enum Object {
+    Chatflow(Chatflow),
+    Access(ChatflowAccess),
+    Policy(CreditPolicy),
+}
+
+/// Where an object was defined, and what it is.
+struct Place {
+    at: String,
+    /// `Kind namespace/name`, or `Kind name` without a namespace.
+    object: String,
+    namespaced: bool,
+}
+
+/// Checks every YAML file under `paths` (files, directories walked recursively, `-` for
+/// standard input).
+pub fn check(paths: &[PathBuf]) -> Report {
+    let schemas = schemas();
+    let mut report = Report::default();
+    let mut objects: Vec<(Place, Object)> = Vec::new();
+    let mut defined: HashMap<String, (String, bool)> = HashMap::new();
+    for source in sources(paths, &mut report) {
+        report.files += 1;
+        let text = match source.read() {
+            Ok(text) => text,
+            Err(e) => {
+                report.error(&source.name, None, e.to_string());
+                continue;
+            }
+        };
+        if !text.contains(crd::GROUP) {
+            continue;
+        }
+        for doc in documents(&text) {
+            let at = format!("{}:{}", source.name, doc.line);
+            let mut value: Value = match serde_saphyr::from_str(doc.text) {
+                Ok(value) => value,
+                // Only a document that may be one of ours is worth a word.
+                Err(_) if !doc.text.contains(crd::GROUP) => continue,
+                Err(_) if is_template(doc.text) => {
+                    report.push(
+                        Severity::Warning,
+                        &at,
+                        None,
+                        "a template, not YAML: check what it renders \
+                         (`helm template … | flowgate check -`)"
+                            .into(),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    report.error(&at, None, format!("not YAML: {e}"));
+                    continue;
+                }
+            };
+            let api_version = text_at(&value, "/apiVersion").to_string();
+            if api_version.split('/').next() != Some(crd::GROUP) {
+                if api_version.contains("flowgate") {
+                    report.error(
+                        &at,
+                        None,
+                        format!("apiVersion {api_version}: flowgate's is {API_VERSION}"),
+                    );
+                }
+                continue;
+            }
+            report.objects += 1;
+            let kind = text_at(&value, "/kind").to_string();
+            let schema = match schemas.get(&kind) {
+                Some(schema) if api_version == API_VERSION => schema,
+                known => {
+                    let message = if known.is_some() {
+                        format!("apiVersion {api_version}: flowgate serves {API_VERSION}")
+                    } else {
+                        format!(
+                            "kind '{kind}' is not a flowgate resource (Chatflow, \
+                             ChatflowAccess, CreditPolicy)"
+                        )
+                    };
+                    report.error(&at, None, message);
+                    continue;
+                }
+            };
+            // The status subresource: what a file says there is never applied.
+            if let Some(fields) = value.as_object_mut() {
+                fields.remove("status");
+            }
+            let name = text_at(&value, "/metadata/name");
+            let place = match text_at(&value, "/metadata/namespace") {
+                "" => Place {
+                    object: format!("{kind} {name}"),
+                    namespaced: false,
+                    at,
+                },
+                ns => Place {
+                    object: format!("{kind} {ns}/{name}"),
+                    namespaced: true,
+                    at,
+                },
+            };
+            let object = Some(place.object.as_str());
+            let mut unknown = Vec::new();
+            unknown_fields(&value, schema, "", &mut unknown);
+            for field in unknown {
+                report.error(
+                    &place.at,
+                    object,
+                    format!(
+                        "unknown field {field}: not in the CRD (dropped or refused when applied)"
+                    ),
+                );
+            }
+            let parsed = parse(value);
+            match &parsed {
+                Ok(parsed) => {
+                    if let Err(invalid) = validate(parsed) {
+                        report.error(&place.at, object, invalid.to_string());
+                    }
+                }
+                Err(e) => report.error(&place.at, object, format!("invalid: {e}")),
+            }
+            if let Some((first, namespaced)) = defined.get(&place.object) {
+                let message = format!("also defined at {first}");
+                if *namespaced && place.namespaced {
+                    report.error(&place.at, object, message);
+                } else {
+                    report.push(
+                        Severity::Warning,
+                        &place.at,
+                        object,
+                        format!(
+                            "{message}, without a namespace (fine if they are applied to \
+                             different namespaces)"
+                        ),
+                    );
+                }
+                continue;
+            }
+            defined.insert(place.object.clone(), (place.at.clone(), place.namespaced));
+            if let Ok(parsed) = parsed {
+                objects.push((place, parsed));
+            }
+        }
+    }
+    across(&objects, &mut report);
+    if report.objects == 0 {
+        report.error(
+            &paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            None,
+            format!("no flowgate resources ({API_VERSION}) found"),
+        );
+    }
+    report
+}
+
+fn text_at<'a>(doc: &'a Value, pointer: &str) -> &'a str {
+    doc.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// Each kind's OpenAPI schema, from the CRDs flowgate generates.
+fn schemas() -> BTreeMap<String, Value> {
+    crd::definitions()
+        .into_iter()
+        .filter_map(|(_, crd)| {
+            let version = crd.spec.versions.into_iter().find(|v| v.served)?;
+            let schema = version.schema?.open_api_v3_schema?;
+            Some((crd.spec.names.kind, serde_json::to_value(schema).ok()?))
+        })
+        .collect()
+}
+
+/// The object, or what does not parse and where (`spec.budget.credits: invalid type: …`).
+fn parse(doc: Value) -> Result<Object, String> {
+    fn typed<T: DeserializeOwned>(doc: Value) -> Result<T, String> {
+        serde_path_to_error::deserialize(doc).map_err(|e| match e.path().to_string() {
+            path if path == "." => e.inner().to_string(),
+            path => format!("{path}: {}", e.inner()),
+        })
+    }
+    Ok(match text_at(&doc, "/kind") {
+        "Chatflow" => Object::Chatflow(typed(doc)?),
+        "ChatflowAccess" => Object::Access(typed(doc)?),
+        _ => Object::Policy(typed(doc)?),
+    })
+}
+
+/// What the index would refuse.
+fn validate(object: &Object) -> Result<(), InvalidSpec> {
+    match object {
+        Object::Chatflow(cf) => ChatflowRule::try_from(cf).map(drop),
+        Object::Access(access) => AccessRule::try_from(access).map(drop),
+        Object::Policy(policy) => PolicyRule::try_from(policy).map(drop),
+    }
+}
+
+/// Findings across objects: Flowise chatflows claimed twice (by id, or by name: both resolve
+/// to one chatflow), and names of Chatflows that the files do not define.
+fn across(objects: &[(Place, Object)], report: &mut Report) {
+    let mut chatflows: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut claims: BTreeMap<String, Vec<&Place>> = BTreeMap::new();
+    for (place, object) in objects {
+        let Object::Chatflow(cf) = object else {
+            continue;
+        };
+        let ns = cf.metadata.namespace.as_deref().unwrap_or_default();
+        chatflows
+            .entry(ns)
+            .or_default()
+            .insert(cf.metadata.name.clone().unwrap_or_default());
+        let claim = match chatflow_source(&cf.spec) {
+            Ok(ChatflowSource::Name(name)) => Some(format!("named '{name}'")),
+            _ => claimed_flowise_id(cf),
+        };
+        if let Some(claim) = claim {
+            claims.entry(claim).or_default().push(place);
+        }
+    }
+    for (claim, places) in claims.iter().filter(|(_, places)| places.len() > 1) {
+        for place in places {
+            let others: Vec<&str> = places
+                .iter()
+                .filter(|p| p.object != place.object)
+                .map(|p| p.object.as_str())
+                .collect();
+            let message = InvalidSpec::SharedFlowiseId {
+                id: claim.clone(),
+                others: others.join(", "),
+            };
+            report.error(&place.at, Some(&place.object), message.to_string());
+        }
+    }
+    let empty = BTreeSet::new();
+    for (place, object) in objects {
+        let (meta, names) = match object {
+            Object::Chatflow(_) => continue,
+            Object::Access(access) => (&access.metadata, &access.spec.chatflows),
+            Object::Policy(policy) => (&policy.metadata, &policy.spec.chatflows),
+        };
+        let ns = meta.namespace.as_deref().unwrap_or_default();
+        let existing = chatflows.get(ns).unwrap_or(&empty);
+        let (_, missing) = crate::controller::resolve_refs(names, existing);
+        if !missing.is_empty() {
+            report.push(
+                Severity::Warning,
+                &place.at,
+                Some(&place.object),
+                format!(
+                    "names Chatflows these files do not define in its namespace: {} (fine if \
+                     they exist in the cluster)",
+                    missing.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// The fields of `value` that `schema` (a Kubernetes structural schema) does not know, as
+/// paths like `.spec.subjects[0].usr`. Objects without `properties` (free-form maps such as
+/// `metadata.labels`) and `x-kubernetes-preserve-unknown-fields` subtrees take anything;
+/// `apiVersion` and `kind` are the API server's, and `metadata` is checked against ObjectMeta.
+fn unknown_fields(value: &Value, schema: &Value, path: &str, out: &mut Vec<String>) {
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return;
+    }
+    match value {
+        Value::Object(fields) => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|s| s.is_object());
+            for (key, field) in fields {
+                let here = format!("{path}.{key}");
+                if path.is_empty() {
+                    match key.as_str() {
+                        "apiVersion" | "kind" => continue,
+                        "metadata" => {
+                            let meta = field.as_object().into_iter().flatten();
+                            out.extend(
+                                meta.filter(|(k, _)| !METADATA_FIELDS.contains(&k.as_str()))
+                                    .map(|(k, _)| format!("{here}.{k}")),
+                            );
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+                match (properties.and_then(|p| p.get(key)), additional) {
+                    (Some(inner), _) | (None, Some(inner)) => {
+                        unknown_fields(field, inner, &here, out);
+                    }
+                    (None, None) if properties.is_some() => out.push(here),
+                    (None, None) => {}
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(inner) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    unknown_fields(item, inner, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One YAML document of a file.
+struct Document<'a> {
+    /// 1-based line of its first line that is not blank, a comment or `---`.
+    line: usize,
+    text: &'a str,
+}
+
+/// The documents of a YAML text, split at `---` lines, with where each starts; those holding
+/// nothing but blanks and comments are left out. (A YAML parser skips those too, so counting
+/// the documents it returns would point at the wrong one.)
+fn documents(text: &str) -> Vec<Document<'_>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut starts = vec![0];
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if offset > 0 && is_separator(line) {
+            starts.push(offset);
+        }
+        offset += line.len();
+    }
+    starts.push(text.len());
+    starts
+        .windows(2)
+        .filter_map(|w| {
+            let chunk = &text[w[0]..w[1]];
+            let before = text[..w[0]].matches('\n').count();
+            let (skip, _) = chunk.split_inclusive('\n').enumerate().find(|(_, line)| {
+                let trimmed = line.trim();
+                !(trimmed.is_empty() || trimmed.starts_with('#') || is_separator(line))
+            })?;
+            Some(Document {
+                line: before + skip + 1,
+                text: chunk,
+            })
+        })
+        .collect()
+}
+
+/// Whether a text that is not YAML is a Go template (Helm's `{{ .Values.x }}`, `{{- if … }}`),
+/// not a Flowise prompt's `{{question}}`.
+fn is_template(text: &str) -> bool {
+    text.contains("{{ ")
+        || text.contains("{{- ")
+        || text.lines().any(|line| line.trim_start().starts_with("{{"))
+}
+
+/// A line that starts a new document: `---` alone or followed by a space (`--- # a comment`).
+fn is_separator(line: &str) -> bool {
+    let line = line.trim_end_matches(['\n', '\r']);
+    line == "---" || line.starts_with("--- ") || line.starts_with("---\t")
+}
+
+/// A file to check, or standard input.
+struct Source {
+    name: String,
+    path: Option<PathBuf>,
+}
+
+impl Source {
+    fn read(&self) -> std::io::Result<String> {
+        match &self.path {
+            Some(path) => std::fs::read_to_string(path),
+            None => {
+                let mut text = String::new();
+                std::io::stdin().read_to_string(&mut text)?;
+                Ok(text)
+            }
+        }
+    }
+}
+
+/// The files of `paths`: `-` is standard input, directories are walked recursively for
+/// `*.yaml` and `*.yml` (hidden entries skipped, each directory once however many links lead
+/// to it). A directory that cannot be read is an error.
+fn sources(paths: &[PathBuf], report: &mut Report) -> Vec<Source> {
+    let mut files = Vec::new();
+    let mut seen = BTreeSet::new();
+    for path in paths {
+        if path.as_os_str() == "-" {
+            files.push(Source {
+                name: "<stdin>".into(),
+                path: None,
+            });
+        } else if path.is_dir() {
+            walk(path, &mut files, &mut seen, report);
+        } else {
+            files.push(Source {
+                name: path.display().to_string(),
+                path: Some(path.clone()),
+            });
+        }
+    }
+    files
+}
+
+fn walk(dir: &Path, files: &mut Vec<Source>, seen: &mut BTreeSet<PathBuf>, report: &mut Report) {
+    if !seen.insert(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())) {
+        return;
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => return report.error(&dir.display().to_string(), None, e.to_string()),
+    };
+    let mut entries: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        })
+        .collect();
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            walk(&entry, files, seen, report);
+        } else if entry.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            files.push(Source {
+                name: entry.display().to_string(),
+                path: Some(entry),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

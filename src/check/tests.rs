@@ -1,0 +1,242 @@
+use serde_json::json;
+
+use super::*;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("directory");
+    }
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+/// `Severity line object: message` of each finding, the line without the directory.
+fn lines(report: &Report, dir: &Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
+    report
+        .findings
+        .iter()
+        .map(|f| {
+            let object = f.object.as_deref().unwrap_or("-");
+            let at = f.at.strip_prefix(&prefix).unwrap_or(&f.at);
+            format!("{:?} {at} {object}: {}", f.severity, f.message)
+        })
+        .collect()
+}
+
+#[test]
+fn unknown_fields_are_found_where_the_schema_lists_properties() {
+    let schema = json!({"properties": {
+        "spec": {"properties": {
+            "subjects": {"items": {"properties": {"user": {}, "group": {}}}},
+            "labels": {"additionalProperties": {"type": "string"}},
+            "flowData": {"x-kubernetes-preserve-unknown-fields": true},
+            "free": {"type": "object"},
+        }},
+    }});
+    let doc = json!({
+        "apiVersion": "flowgate.io/v1alpha1", "kind": "X",
+        "metadata": {"name": "n", "labels": {"any": "thing"}, "namesapce": "typo"},
+        "spec": {
+            "subjects": [{"user": "a"}, {"usr": "b"}],
+            "labels": {"any": "thing"},
+            "flowData": {"nodes": [{"whatever": 1}]},
+            "free": {"any": {"thing": 1}},
+            "extra": 1,
+        },
+        "stray": true,
+    });
+    let mut unknown = Vec::new();
+    unknown_fields(&doc, &schema, "", &mut unknown);
+    assert_eq!(
+        unknown,
+        [
+            ".metadata.namesapce",
+            ".spec.extra",
+            ".spec.subjects[1].usr",
+            ".stray"
+        ]
+    );
+}
+
+#[test]
+fn documents_start_where_their_first_line_is_and_empty_ones_are_skipped() {
+    let text = "\u{feff}# a header\n---\n# only a comment\n---\n\napiVersion: v1\nkind: A\n--- # b\nkind: B\n---\n---\n";
+    let docs = documents(text);
+    let found: Vec<(usize, &str)> = docs.iter().map(|d| (d.line, d.text.trim())).collect();
+    assert_eq!(
+        found,
+        [
+            (6, "---\n\napiVersion: v1\nkind: A"),
+            (9, "--- # b\nkind: B")
+        ]
+    );
+    assert!(is_template("{{- if .Values.x }}\nkind: A\n"));
+    assert!(is_template("metadata:\n  name: {{ include \"x\" . }}\n"));
+    assert!(!is_template("template: \"Answer {{question}}\"\nkind: [\n"));
+    // A line that only starts with dashes is content, not a separator.
+    let docs = documents("a: |\n  ---x\n----\nb: 1\n");
+    assert_eq!(docs.len(), 1);
+    assert!(is_separator("---\r\n"));
+}
+
+#[test]
+fn the_examples_are_clean() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let report = check(std::slice::from_ref(&examples));
+    assert_eq!(lines(&report, &examples), Vec::<String>::new());
+    assert_eq!(report.objects, 6);
+}
+
+#[test]
+fn each_kind_of_mistake_is_reported_where_it_is() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(
+        dir.path(),
+        "team/access.yaml",
+        "# team a
+---
+apiVersion: flowgate.io/v1alpha1
+kind: ChatflowAccess
+metadata: {name: team, namespace: a, namesapce: b}
+spec:
+  chatflows: [bot, missing-bot]
+  subjects: [{user: alice, group: g}]
+  rateLimit: {requests: 5, per: Minute, burst: 3}
+status: {anything: 1}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: not-ours}
+spec: {anything: 1}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {name: bot, namespace: a}
+spec: {flowiseId: 3F1C2A7E-0000-4000-8000-000000000000}
+",
+    );
+    write(
+        dir.path(),
+        "team/more/policies.yml",
+        "apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {name: twin, namespace: a}
+spec: {flowiseId: 3f1c2a7e-0000-4000-8000-000000000000}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: CreditPolicy
+metadata: {name: monthly, namespace: a}
+spec:
+  chatflows: [\"*\"]
+  budget: {credits: 10, period: Monthly, timeZone: Mars/Olympus}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: CreditPolicy
+metadata: {name: monthly, namespace: a}
+spec: {chatflows: [bot], budget: {credits: ten}}
+---
+apiVersion: flowgate.io/v1
+kind: Chatflow
+metadata: {name: old}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: ChatFlow
+metadata: {name: typo}
+---
+apiVersion: flowgate/v1alpha1
+kind: Chatflow
+metadata: {name: group-typo}
+",
+    );
+    write(
+        dir.path(),
+        "overlays/one.yaml",
+        "apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {name: faq}
+spec: {flowiseName: FAQ}
+",
+    );
+    write(
+        dir.path(),
+        "overlays/two.yaml",
+        "apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {name: faq}
+spec: {flowiseName: FAQ}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {name: faq-again, namespace: b}
+spec: {flowiseName: FAQ}
+",
+    );
+    write(
+        dir.path(),
+        "broken.yaml",
+        "apiVersion: flowgate.io/v1alpha1\nkind: [Chatflow\n",
+    );
+    write(
+        dir.path(),
+        "chart/templates/deployment.yaml",
+        "{{- if .Values.x }}\nkind: Deployment\n{{- end }}\n",
+    );
+    write(
+        dir.path(),
+        "chart/templates/policy.yaml",
+        "{{- if .Values.x }}\napiVersion: flowgate.io/v1alpha1\n{{- end }}\n",
+    );
+    write(dir.path(), ".git/config.yaml", "flowgate.io: [\n");
+    write(dir.path(), "notes.txt", "flowgate.io: [\n");
+    let report = check(&[dir.path().to_path_buf()]);
+    assert_eq!(report.files, 7);
+    assert_eq!(report.objects, 10);
+    let shared = "Flowise chatflow 3f1c2a7e-0000-4000-8000-000000000000 is also claimed by";
+    let faq = "Flowise chatflow named 'FAQ' is also claimed by";
+    let expected = [
+        "Error broken.yaml:1 -: not YAML: ",
+        "Warning chart/templates/policy.yaml:1 -: a template, not YAML: ",
+        "Error team/access.yaml:3 ChatflowAccess a/team: unknown field .metadata.namesapce: ",
+        "Error team/access.yaml:3 ChatflowAccess a/team: unknown field .spec.rateLimit.burst: ",
+        "Error team/access.yaml:3 ChatflowAccess a/team: subjects[0] must set exactly one of",
+        "Error team/more/policies.yml:6 CreditPolicy a/monthly: budget.timeZone: unknown time zone 'Mars/Olympus'",
+        "Error team/more/policies.yml:13 CreditPolicy a/monthly: invalid: spec.budget.credits: invalid type: string \"ten\"",
+        "Error team/more/policies.yml:13 CreditPolicy a/monthly: also defined at ",
+        "Error team/more/policies.yml:18 -: apiVersion flowgate.io/v1: flowgate serves flowgate.io/v1alpha1",
+        "Error team/more/policies.yml:22 -: kind 'ChatFlow' is not a flowgate resource",
+        "Error team/more/policies.yml:26 -: apiVersion flowgate/v1alpha1: flowgate's is flowgate.io/v1alpha1",
+        "Warning overlays/two.yaml:1 Chatflow faq: also defined at ",
+        &format!("Error team/access.yaml:17 Chatflow a/bot: {shared} Chatflow a/twin"),
+        &format!("Error team/more/policies.yml:1 Chatflow a/twin: {shared} Chatflow a/bot"),
+        &format!("Error overlays/one.yaml:1 Chatflow faq: {faq} Chatflow b/faq-again"),
+        &format!("Error overlays/two.yaml:6 Chatflow b/faq-again: {faq} Chatflow faq"),
+        "Warning team/access.yaml:3 ChatflowAccess a/team: names Chatflows these files do not define in its namespace: missing-bot",
+    ];
+    let found = lines(&report, dir.path());
+    for want in expected {
+        assert!(
+            found.iter().any(|f| f.starts_with(want)),
+            "{want}\nnot in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
+
+#[test]
+fn no_flowgate_resource_at_all_is_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(
+        dir.path(),
+        "deploy.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\n",
+    );
+    let report = check(&[dir.path().to_path_buf()]);
+    assert_eq!((report.files, report.objects, report.errors()), (1, 0, 1));
+    assert!(
+        report.findings[0]
+            .message
+            .starts_with("no flowgate resources")
+    );
+}
