@@ -154,7 +154,10 @@ pub fn check(paths: &[PathBuf]) -> Report {
     let schemas = schemas();
     let mut report = Report::default();
     let mut objects: Vec<(Place, Object)> = Vec::new();
-    let mut defined: HashMap<String, (String, bool)> = HashMap::new();
+    // Where each object was first defined, whether that one is namespaced, and whether it
+    // parsed (a later copy stands in for one that did not).
+    let mut defined: HashMap<String, (String, bool, bool)> = HashMap::new();
+    let mut templates = 0;
     for source in sources(paths, &mut report) {
         report.files += 1;
         let text = match source.read() {
@@ -164,7 +167,7 @@ pub fn check(paths: &[PathBuf]) -> Report {
                 continue;
             }
         };
-        if !text.contains(crd::GROUP) {
+        if !text.contains("flowgate") {
             continue;
         }
         for doc in documents(&text) {
@@ -172,8 +175,9 @@ pub fn check(paths: &[PathBuf]) -> Report {
             let mut value: Value = match serde_saphyr::from_str(doc.text) {
                 Ok(value) => value,
                 // Only a document that may be one of ours is worth a word.
-                Err(_) if !doc.text.contains(crd::GROUP) => continue,
+                Err(_) if !names_flowgate_api(doc.text) => continue,
                 Err(_) if is_template(doc.text) => {
+                    templates += 1;
                     report.push(
                         Severity::Warning,
                         &at,
@@ -255,8 +259,10 @@ pub fn check(paths: &[PathBuf]) -> Report {
                 }
                 Err(e) => report.error(&place.at, object, format!("invalid: {e}")),
             }
-            if let Some((first, namespaced)) = defined.get(&place.object) {
+            if let Some((first, namespaced, first_parsed)) = defined.get_mut(&place.object) {
                 let message = format!("also defined at {first}");
+                let stands_in = !*first_parsed && parsed.is_ok();
+                *first_parsed |= parsed.is_ok();
                 if *namespaced && place.namespaced {
                     report.error(&place.at, object, message);
                 } else {
@@ -270,9 +276,15 @@ pub fn check(paths: &[PathBuf]) -> Report {
                         ),
                     );
                 }
+                if let (true, Ok(parsed)) = (stands_in, parsed) {
+                    objects.push((place, parsed));
+                }
                 continue;
             }
-            defined.insert(place.object.clone(), (place.at.clone(), place.namespaced));
+            defined.insert(
+                place.object.clone(),
+                (place.at.clone(), place.namespaced, parsed.is_ok()),
+            );
             if let Ok(parsed) = parsed {
                 objects.push((place, parsed));
             }
@@ -280,6 +292,11 @@ pub fn check(paths: &[PathBuf]) -> Report {
     }
     across(&objects, &mut report);
     if report.objects == 0 {
+        let only_templates = if templates > 0 {
+            ", only templates that mention them: check what they render"
+        } else {
+            ""
+        };
         report.error(
             &paths
                 .iter()
@@ -287,7 +304,7 @@ pub fn check(paths: &[PathBuf]) -> Report {
                 .collect::<Vec<_>>()
                 .join(" "),
             None,
-            format!("no flowgate resources ({API_VERSION}) found"),
+            format!("no flowgate resources ({API_VERSION}) found{only_templates}"),
         );
     }
     report
@@ -451,20 +468,36 @@ struct Document<'a> {
     text: &'a str,
 }
 
-/// The documents of a YAML text, split at `---` lines, with where each starts; those holding
-/// nothing but blanks and comments are left out. (A YAML parser skips those too, so counting
-/// the documents it returns would point at the wrong one.)
+/// The documents of a YAML text, split where a `---` line starts one and after a `...` line
+/// ends one (directives such as `%YAML` stay with the document they precede), with where each
+/// starts; those holding nothing but blanks and comments are left out. (A YAML parser skips
+/// those too, so counting the documents it returns would point at the wrong one.)
 fn documents(text: &str) -> Vec<Document<'_>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut starts = vec![0];
+    // The current piece holds directives and nothing else but blanks and comments: they belong
+    // to the document the next `---` starts.
+    let mut directives_only = false;
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
-        if offset > 0 && is_separator(line) {
-            starts.push(offset);
+        let bare = line.trim_end_matches(['\n', '\r']);
+        if is_separator(line) {
+            if !directives_only {
+                starts.push(offset);
+            }
+            directives_only = false;
+        } else if bare == "..." {
+            starts.push(offset + line.len());
+            directives_only = false;
+        } else if bare.starts_with('%') {
+            directives_only = true;
+        } else if !(bare.trim().is_empty() || bare.starts_with('#')) {
+            directives_only = false;
         }
         offset += line.len();
     }
     starts.push(text.len());
+    starts.dedup();
     starts
         .windows(2)
         .filter_map(|w| {
@@ -472,7 +505,11 @@ fn documents(text: &str) -> Vec<Document<'_>> {
             let before = text[..w[0]].matches('\n').count();
             let (skip, _) = chunk.split_inclusive('\n').enumerate().find(|(_, line)| {
                 let trimmed = line.trim();
-                !(trimmed.is_empty() || trimmed.starts_with('#') || is_separator(line))
+                !(trimmed.is_empty()
+                    || trimmed.starts_with('#')
+                    || trimmed.starts_with('%')
+                    || trimmed == "..."
+                    || is_bare_separator(line))
             })?;
             Some(Document {
                 line: before + skip + 1,
@@ -485,15 +522,30 @@ fn documents(text: &str) -> Vec<Document<'_>> {
 /// Whether a text that is not YAML is a Go template (Helm's `{{ .Values.x }}`, `{{- if … }}`),
 /// not a Flowise prompt's `{{question}}`.
 fn is_template(text: &str) -> bool {
-    text.contains("{{ ")
-        || text.contains("{{- ")
+    ["{{ ", "{{-", "{{."].iter().any(|t| text.contains(t))
         || text.lines().any(|line| line.trim_start().starts_with("{{"))
 }
 
-/// A line that starts a new document: `---` alone or followed by a space (`--- # a comment`).
+/// Whether a document names the flowgate API (an `apiVersion` line mentioning it), so that
+/// failing to parse it is worth reporting; a label such as `flowgate.io/managed-by` is not.
+fn names_flowgate_api(text: &str) -> bool {
+    text.lines()
+        .any(|line| line.contains("apiVersion") && line.contains("flowgate"))
+}
+
+/// A line that starts a new document: `---` alone or followed by a space or tab (`--- # a
+/// comment`, `--- {kind: …}`).
 fn is_separator(line: &str) -> bool {
     let line = line.trim_end_matches(['\n', '\r']);
     line == "---" || line.starts_with("--- ") || line.starts_with("---\t")
+}
+
+/// A separator with nothing after it but blanks or a comment.
+fn is_bare_separator(line: &str) -> bool {
+    is_separator(line) && {
+        let rest = line.trim_end_matches(['\n', '\r'])[3..].trim();
+        rest.is_empty() || rest.starts_with('#')
+    }
 }
 
 /// A file to check, or standard input.
@@ -523,10 +575,12 @@ fn sources(paths: &[PathBuf], report: &mut Report) -> Vec<Source> {
     let mut seen = BTreeSet::new();
     for path in paths {
         if path.as_os_str() == "-" {
-            files.push(Source {
-                name: "<stdin>".into(),
-                path: None,
-            });
+            if files.iter().all(|f: &Source| f.path.is_some()) {
+                files.push(Source {
+                    name: "<stdin>".into(),
+                    path: None,
+                });
+            }
         } else if path.is_dir() {
             walk(path, &mut files, &mut seen, report);
         } else {
@@ -536,6 +590,13 @@ fn sources(paths: &[PathBuf], report: &mut Report) -> Vec<Source> {
             });
         }
     }
+    // A file named twice (or reached through a link) is checked once: its objects are not
+    // duplicates of themselves.
+    let mut files_seen = BTreeSet::new();
+    files.retain(|f| match &f.path {
+        Some(path) => files_seen.insert(path.canonicalize().unwrap_or_else(|_| path.clone())),
+        None => true,
+    });
     files
 }
 

@@ -20,7 +20,8 @@ fn lines(report: &Report, dir: &Path) -> Vec<String> {
         .map(|f| {
             let object = f.object.as_deref().unwrap_or("-");
             let at = f.at.strip_prefix(&prefix).unwrap_or(&f.at);
-            format!("{:?} {at} {object}: {}", f.severity, f.message)
+            let message = f.message.replace(&prefix, "");
+            format!("{:?} {at} {object}: {message}", f.severity)
         })
         .collect()
 }
@@ -73,8 +74,35 @@ fn documents_start_where_their_first_line_is_and_empty_ones_are_skipped() {
         ]
     );
     assert!(is_template("{{- if .Values.x }}\nkind: A\n"));
+    assert!(is_template("metadata:\n  name: {{.Values.name}}\n"));
+    assert!(names_flowgate_api("apiVersion: flowgate.io/v1alpha1\n"));
+    assert!(names_flowgate_api(
+        "--- {apiVersion: flowgate.io/v1alpha1, kind: [\n"
+    ));
+    assert!(!names_flowgate_api(
+        "metadata:\n  labels: {flowgate.io/managed-by: x}\n"
+    ));
     assert!(is_template("metadata:\n  name: {{ include \"x\" . }}\n"));
     assert!(!is_template("template: \"Answer {{question}}\"\nkind: [\n"));
+    // An object on its separator line (flow style, as PyYAML's explicit_start writes it).
+    let docs = documents("--- {kind: A}\n--- {kind: B}\n");
+    let found: Vec<(usize, &str)> = docs.iter().map(|d| (d.line, d.text.trim())).collect();
+    assert_eq!(found, [(1, "--- {kind: A}"), (2, "--- {kind: B}")]);
+    // `...` ends a document; a directive belongs to the one after it.
+    let docs = documents("%YAML 1.2\n---\na: 1\n...\n%YAML 1.2\n---\nb: 2\n...\n");
+    let found: Vec<(usize, &str)> = docs.iter().map(|d| (d.line, d.text)).collect();
+    assert_eq!(
+        found,
+        [
+            (3, "%YAML 1.2\n---\na: 1\n...\n"),
+            (7, "%YAML 1.2\n---\nb: 2\n...\n")
+        ]
+    );
+    let docs = documents("a: 1\n...\nb: 2\n");
+    assert_eq!(docs.iter().map(|d| d.line).collect::<Vec<_>>(), [1, 3]);
+    for doc in &docs {
+        serde_saphyr::from_str::<Value>(doc.text).expect("each parses alone");
+    }
     // A line that only starts with dashes is content, not a separator.
     let docs = documents("a: |\n  ---x\n----\nb: 1\n");
     assert_eq!(docs.len(), 1);
@@ -203,11 +231,11 @@ spec: {flowiseName: FAQ}
         "Error team/access.yaml:3 ChatflowAccess a/team: subjects[0] must set exactly one of",
         "Error team/more/policies.yml:6 CreditPolicy a/monthly: budget.timeZone: unknown time zone 'Mars/Olympus'",
         "Error team/more/policies.yml:13 CreditPolicy a/monthly: invalid: spec.budget.credits: invalid type: string \"ten\"",
-        "Error team/more/policies.yml:13 CreditPolicy a/monthly: also defined at ",
+        "Error team/more/policies.yml:13 CreditPolicy a/monthly: also defined at team/more/policies.yml:6",
         "Error team/more/policies.yml:18 -: apiVersion flowgate.io/v1: flowgate serves flowgate.io/v1alpha1",
         "Error team/more/policies.yml:22 -: kind 'ChatFlow' is not a flowgate resource",
         "Error team/more/policies.yml:26 -: apiVersion flowgate/v1alpha1: flowgate's is flowgate.io/v1alpha1",
-        "Warning overlays/two.yaml:1 Chatflow faq: also defined at ",
+        "Warning overlays/two.yaml:1 Chatflow faq: also defined at overlays/one.yaml:1, without a namespace (fine if they are applied to different namespaces)",
         &format!("Error team/access.yaml:17 Chatflow a/bot: {shared} Chatflow a/twin"),
         &format!("Error team/more/policies.yml:1 Chatflow a/twin: {shared} Chatflow a/bot"),
         &format!("Error overlays/one.yaml:1 Chatflow faq: {faq} Chatflow b/faq-again"),
@@ -225,6 +253,57 @@ spec: {flowiseName: FAQ}
 }
 
 #[test]
+fn a_file_named_twice_is_checked_once_and_a_good_copy_stands_in_for_a_broken_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write(
+        dir.path(),
+        "flows.yaml",
+        "apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {name: x, namespace: a}
+spec: {flowiseId: 5}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {name: x, namespace: a}
+spec: {flowiseId: 3f1c2a7e-0000-4000-8000-000000000000}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {name: twin, namespace: a}
+spec: {flowiseId: 3f1c2a7e-0000-4000-8000-000000000000}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: ChatflowAccess
+metadata: {name: team, namespace: a}
+spec: {chatflows: [x, twin], subjects: [{group: g}]}
+",
+    );
+    let link = dir.path().join("link.yaml");
+    std::os::unix::fs::symlink(&file, &link).expect("symlink");
+    let report = check(&[dir.path().to_path_buf(), file, link]);
+    assert_eq!(report.files, 1, "one file, however it is named");
+    let found = lines(&report, dir.path());
+    let shared = "Flowise chatflow 3f1c2a7e-0000-4000-8000-000000000000 is also claimed by";
+    let expected = [
+        "Error flows.yaml:1 Chatflow a/x: invalid: spec.flowiseId: invalid type: integer `5`, \
+         expected a string"
+            .to_string(),
+        "Error flows.yaml:6 Chatflow a/x: also defined at flows.yaml:1".into(),
+        format!(
+            "Error flows.yaml:6 Chatflow a/x: {shared} Chatflow a/twin: none of them is served \
+             until only one claims it"
+        ),
+        format!(
+            "Error flows.yaml:11 Chatflow a/twin: {shared} Chatflow a/x: none of them is served \
+             until only one claims it"
+        ),
+    ];
+    // The second x is the one checked across objects: its claim counts, and team finds it.
+    assert_eq!(found, expected);
+}
+
+#[test]
 fn no_flowgate_resource_at_all_is_an_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     write(
@@ -234,9 +313,29 @@ fn no_flowgate_resource_at_all_is_an_error() {
     );
     let report = check(&[dir.path().to_path_buf()]);
     assert_eq!((report.files, report.objects, report.errors()), (1, 0, 1));
+    let found = lines(&report, dir.path());
+    assert!(found[0].ends_with("no flowgate resources (flowgate.io/v1alpha1) found"));
+    // A template that mentions flowgate is not an object; a label is not even that.
+    write(
+        dir.path(),
+        "templates/policy.yaml",
+        "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: {{.Values.x}}}\n",
+    );
+    write(
+        dir.path(),
+        "broken-other.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {flowgate.io/managed-by: x}\n",
+    );
+    let report = check(&[dir.path().to_path_buf()]);
+    assert_eq!((report.files, report.objects, report.errors()), (3, 0, 1));
+    let found = lines(&report, dir.path());
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].starts_with("Warning templates/policy.yaml:1 -: a template"));
     assert!(
-        report.findings[0]
-            .message
-            .starts_with("no flowgate resources")
+        found[1].ends_with(
+            "no flowgate resources (flowgate.io/v1alpha1) found, only templates that mention \
+             them: check what they render"
+        ),
+        "{found:#?}"
     );
 }
