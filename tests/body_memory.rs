@@ -34,11 +34,16 @@ async fn held(gate: &Flowgate) -> f64 {
 
 /// A connection to `gate` that has sent the head of a prediction declaring `length` bytes.
 async fn declaring(gate: &Flowgate, bearer: &str, id: &str, length: usize) -> TcpStream {
+    declaring_to(gate, bearer, &format!("/api/v1/prediction/{id}"), length).await
+}
+
+/// A connection to `gate` that has sent the head of a POST to `path` declaring `length` bytes.
+async fn declaring_to(gate: &Flowgate, bearer: &str, path: &str, length: usize) -> TcpStream {
     let mut conn = TcpStream::connect(gate.base.trim_start_matches("http://"))
         .await
         .expect("connect");
     let head = format!(
-        "POST /api/v1/prediction/{id} HTTP/1.1\r\nHost: flowgate\r\n\
+        "POST {path} HTTP/1.1\r\nHost: flowgate\r\n\
          Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\n\
          Content-Length: {length}\r\n\r\n"
     );
@@ -205,6 +210,43 @@ async fn bodies_past_the_memory_budget_are_refused_and_cost_nothing() {
     })
     .await
     .expect("bounded to 60 s");
+}
+
+#[tokio::test]
+async fn a_caller_no_grant_names_is_refused_before_its_compat_body_is_read() {
+    // `/chat/predict` names its chatflow in the body, so the body is read before the chatflow
+    // is authorized; a caller with no grant at all is refused first, and holds nothing.
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let (team, gate, _) = gate_with("body-no-grants", &fake, "8Mi").await;
+    let stranger = support::gate::token("stranger", json!({"email": "nobody@example.com"}));
+    let mut conn = declaring_to(&gate, &stranger, "/chat/predict", 1 << 20).await;
+    conn.write_all(b"{\"chatflow_id\": \"support-bot\", \"question\": \"")
+        .await
+        .expect("part of the body");
+    // The rest never comes: an answer now (not a 408 in 30 s) was not waiting for it.
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(20), conn.read_to_string(&mut answer))
+        .await
+        .expect("answered without the body")
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.contains("no ChatflowAccess grants this caller any chatflow"),
+        "{answer}"
+    );
+    assert_eq!(held(&gate).await, 0.0);
+    // A member of the team's group is named by a grant: read, authorized, answered.
+    let member = team.member("carol");
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/predict", gate.base))
+        .bearer_auth(&member)
+        .json(&json!({"chatflow_id": "support-bot", "question": "hi"}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(fake.predictions(), 1, "only the member's reached Flowise");
+    team.cleanup().await;
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use foldhash::HashMap as FastMap;
+use foldhash::HashSet as FastSet;
 use jiff::Timestamp;
 
 use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy, RateLimit, Role};
@@ -155,6 +156,38 @@ impl Holders {
     }
 }
 
+/// Every subject some grant names, whatever it grants.
+#[derive(Debug, Default)]
+struct Granted {
+    users: FastSet<Box<str>>,
+    groups: FastSet<Box<str>>,
+    service_accounts: FastSet<Box<str>>,
+}
+
+impl Granted {
+    fn add(&mut self, subject: &SubjectRule) {
+        let (set, key) = match subject {
+            SubjectRule::User(u) => (&mut self.users, u),
+            SubjectRule::Group(g) => (&mut self.groups, g),
+            SubjectRule::ServiceAccount(sa) => (&mut self.service_accounts, sa),
+        };
+        if !set.contains(key.as_str()) {
+            set.insert(key.as_str().into());
+        }
+    }
+
+    fn names(&self, caller: &Caller<'_>) -> bool {
+        caller.users.iter().any(|u| self.users.contains(u.as_str()))
+            || caller
+                .groups
+                .iter()
+                .any(|g| self.groups.contains(g.as_str()))
+            || caller
+                .service_account
+                .is_some_and(|sa| self.service_accounts.contains(sa))
+    }
+}
+
 /// Compiled, immutable view of every resource. Cheap to read, rebuilt on every change.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -167,6 +200,8 @@ pub struct Snapshot {
     chatflow_holders: Vec<Holders>,
     /// `"*"` grants by namespace idx.
     namespace_holders: Vec<Holders>,
+    /// Every subject named by a grant of some chatflow.
+    granted: Granted,
     /// Policies by chatflow idx (named or `*`), each with the subjects it applies to.
     policies: Vec<Vec<Arc<PolicyRule>>>,
     access_rules: Vec<Arc<AccessRule>>,
@@ -276,6 +311,11 @@ pub fn compile(resources: &Resources) -> Snapshot {
             Target::Chatflows(ids) => (&mut snap.chatflow_holders, ids),
             Target::Nothing => continue,
         };
+        if !at.is_empty() {
+            for subject in &rule.subjects {
+                snap.granted.add(subject);
+            }
+        }
         for i in at {
             let Some(holder) = holders.get_mut(i as usize) else {
                 continue;
@@ -434,6 +474,13 @@ impl Snapshot {
             };
         }
         best
+    }
+
+    /// Whether some grant names `caller`, live or not: a few lookups, to refuse a caller with no
+    /// access at all before work that only access should cost (the compat route reads a body
+    /// before it knows the chatflow). [`Snapshot::access`] still decides.
+    pub fn grants_anything(&self, caller: &Caller<'_>) -> bool {
+        self.granted.names(caller)
     }
 
     /// The chatflows `caller` may use at `now`, in compile order.

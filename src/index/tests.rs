@@ -150,6 +150,49 @@ fn the_strongest_live_role_wins_and_expired_access_grants_nothing() {
 }
 
 #[test]
+fn grants_anything_knows_every_subject_some_live_object_names() {
+    let mut res = team_a();
+    res.accesses.push(access(
+        "team-a",
+        "paused",
+        "  chatflows: [support-bot]\n  subjects: [{user: paused}]\n  suspended: true\n",
+    ));
+    res.accesses.push(access(
+        "team-a",
+        "dangling",
+        "  chatflows: [no-such-bot]\n  subjects: [{user: dangling}]\n",
+    ));
+    res.accesses.push(access(
+        "team-b",
+        "everything",
+        "  chatflows: ['*']\n  subjects: [{group: b-team}]\n",
+    ));
+    let snap = compile(&res);
+    let names = |users: &[&str], groups: &[&str], sa: Option<&str>| {
+        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        snap.grants_anything(&Caller {
+            users: &users,
+            groups: &groups,
+            service_account: sa,
+        })
+    };
+    assert!(names(&["sub-1", "alice@example.com"], &[], None));
+    assert!(names(&[], &["support"], None));
+    assert!(names(&[], &["x", "b-team"], None), "a '*' grant");
+    assert!(names(&[], &[], Some("apps/chat-client")));
+    assert!(!names(&["bob"], &["sales"], Some("apps/intruder")));
+    assert!(
+        !names(&["paused"], &[], None),
+        "a suspended object grants nothing"
+    );
+    assert!(
+        !names(&["dangling"], &[], None),
+        "nor one naming no Chatflow"
+    );
+}
+
+#[test]
 fn suspended_access_grants_nothing_but_stays_listed() {
     let mut res = team_a();
     res.accesses = vec![access(

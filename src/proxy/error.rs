@@ -39,6 +39,8 @@ pub enum ProxyError {
     ChatflowNotFound(String),
     #[error("no access to chatflow {0}")]
     Forbidden(String),
+    #[error("no ChatflowAccess grants this caller any chatflow")]
+    NoGrants,
     #[error("chatflow {0} is suspended")]
     Suspended(String),
     #[error("admin rights are required")]
@@ -124,7 +126,7 @@ impl ProxyError {
             KeysUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "keys_unavailable"),
             TokenReviewUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "token_review_unavailable"),
             ChatflowNotFound(_) => (StatusCode::NOT_FOUND, "chatflow_not_found"),
-            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Forbidden(_) | NoGrants => (StatusCode::FORBIDDEN, "forbidden"),
             Suspended(_) => (StatusCode::FORBIDDEN, "chatflow_suspended"),
             AdminRequired => (StatusCode::FORBIDDEN, "admin_required"),
             ChatflowUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "chatflow_unavailable"),
@@ -158,6 +160,7 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Unauthenticated { reason } | Self::InvalidToken { reason, .. } => reason,
+            Self::NoGrants => "no_grants",
             other => other.status_and_code().1,
         }
     }

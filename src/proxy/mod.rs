@@ -242,6 +242,14 @@ impl Proxy {
                 Ok(self.telling(answered.await, allowance))
             }
             Route::CompatPredict => {
+                // The chatflow is named in the body: a caller no grant names is refused before
+                // the body is read, and costs no memory.
+                if !snapshot.grants_anything(&caller) {
+                    request_id::with_current(|request_id| {
+                        tracing::info!(subject = %identity.key, decision = "deny", reason = "no_grants", request_id);
+                    });
+                    return Err(ProxyError::NoGrants);
+                }
                 let idempotency_key = idempotency_key(&req)?;
                 let (parts, body) = req.into_parts();
                 let mut held = self.buffers.hold_for(&identity.key);
