@@ -69,6 +69,8 @@ async fn what_check_refuses_the_api_server_lets_through() {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::fresh_namespace(&client, "check").await;
+    // The invalid policy would stay, and every later flowgate would warn of it.
+    let _objects = support::NamespaceCleanup(ns.clone());
     let dir = tempfile::tempdir().expect("temp dir");
     let access = dir.path().join("access.yaml");
     // `expiresat` for `expiresAt`: a typo that makes a grant meant to end last for good.

@@ -478,6 +478,8 @@ fn documents(text: &str) -> Vec<Document<'_>> {
     // The current piece holds directives and nothing else but blanks and comments: they belong
     // to the document the next `---` starts.
     let mut directives_only = false;
+    // The current piece holds something but blanks, comments and directives.
+    let mut content = false;
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         let bare = line.trim_end_matches(['\n', '\r']);
@@ -486,13 +488,16 @@ fn documents(text: &str) -> Vec<Document<'_>> {
                 starts.push(offset);
             }
             directives_only = false;
-        } else if bare == "..." {
+            content = true;
+        } else if is_end_marker(line) {
             starts.push(offset + line.len());
             directives_only = false;
-        } else if bare.starts_with('%') {
+            content = false;
+        } else if bare.starts_with('%') && !content {
             directives_only = true;
-        } else if !(bare.trim().is_empty() || bare.starts_with('#')) {
+        } else if !(bare.trim().is_empty() || bare.trim_start().starts_with('#')) {
             directives_only = false;
+            content = true;
         }
         offset += line.len();
     }
@@ -508,7 +513,7 @@ fn documents(text: &str) -> Vec<Document<'_>> {
                 !(trimmed.is_empty()
                     || trimmed.starts_with('#')
                     || trimmed.starts_with('%')
-                    || trimmed == "..."
+                    || is_end_marker(line)
                     || is_bare_separator(line))
             })?;
             Some(Document {
@@ -538,6 +543,12 @@ fn names_flowgate_api(text: &str) -> bool {
 fn is_separator(line: &str) -> bool {
     let line = line.trim_end_matches(['\n', '\r']);
     line == "---" || line.starts_with("--- ") || line.starts_with("---\t")
+}
+
+/// A line that ends a document: `...` alone or followed by a space or tab (`... # end`).
+fn is_end_marker(line: &str) -> bool {
+    let line = line.trim_end_matches(['\n', '\r']);
+    line == "..." || line.starts_with("... ") || line.starts_with("...\t")
 }
 
 /// A separator with nothing after it but blanks or a comment.

@@ -98,8 +98,12 @@ fn documents_start_where_their_first_line_is_and_empty_ones_are_skipped() {
             (7, "%YAML 1.2\n---\nb: 2\n...\n")
         ]
     );
-    let docs = documents("a: 1\n...\nb: 2\n");
+    let docs = documents("a: 1\n... # end\nb: 2\n");
     assert_eq!(docs.iter().map(|d| d.line).collect::<Vec<_>>(), [1, 3]);
+    // An indented comment between a directive and its document keeps them together.
+    let docs = documents("a: 1\n...\n%TAG !e! tag:example.com,2026:\n  # note\n---\nb: !e!x 2\n");
+    assert_eq!(docs.iter().map(|d| d.line).collect::<Vec<_>>(), [1, 6]);
+    assert!(docs[1].text.starts_with("%TAG"), "{}", docs[1].text);
     for doc in &docs {
         serde_saphyr::from_str::<Value>(doc.text).expect("each parses alone");
     }

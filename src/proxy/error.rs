@@ -115,7 +115,8 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// HTTP status and stable code (also the `reason` label of the decision metric).
+    /// HTTP status and stable code (also the `reason` label of the decision metric, unless
+    /// [`ProxyError::reason`] is finer).
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         use ProxyError::*;
         match self {
@@ -156,7 +157,8 @@ impl ProxyError {
         }
     }
 
-    /// Finer reason for logs and metrics where the code is shared (token problems).
+    /// Finer reason for logs and metrics where the code is shared (token problems, a caller no
+    /// grant names).
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Unauthenticated { reason } | Self::InvalidToken { reason, .. } => reason,
