@@ -70,6 +70,7 @@ pub struct Metrics {
     stream_hangups: Family<OutcomeLabels, Counter>,
     /// Unix time of the snapshot the proxy serves.
     pub snapshot_compiled: Gauge,
+    index_invalid: Family<KindLabels, Gauge>,
     /// Bytes of request and answer bodies held in memory now (the proxy's `Buffers` count).
     pub body_buffer: Gauge,
     /// What `body_buffer` may reach (FLOWGATE_BODY_MEMORY).
@@ -174,6 +175,14 @@ impl Metrics {
             "Unix time the served index snapshot was compiled",
             snapshot_compiled.clone(),
         );
+        let index_invalid = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "index_invalid_resources",
+            "Objects the served index skips because their spec is invalid, by kind: a skipped \
+             CreditPolicy charges nothing, a skipped ChatflowAccess grants nothing (their status \
+             says why: Ready=False, InvalidSpec)",
+            index_invalid.clone(),
+        );
         let body_buffer = Gauge::default();
         registry.register(
             "body_buffer_bytes",
@@ -203,10 +212,18 @@ impl Metrics {
             token_reviews,
             stream_hangups,
             snapshot_compiled,
+            index_invalid,
             body_buffer,
             body_buffer_limit,
             controller,
         }
+    }
+
+    /// How many objects of `kind` the served snapshot skips as invalid.
+    pub fn set_invalid(&self, kind: &'static str, count: usize) {
+        self.index_invalid
+            .get_or_create(&KindLabels { kind })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Counts one answered request.

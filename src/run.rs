@@ -170,9 +170,15 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
         let mut published = snapshot.subscribe();
         tokio::spawn(async move {
             loop {
-                if let Some(at) = watched.load().compiled_at {
+                let served = watched.load();
+                if let Some(at) = served.compiled_at {
                     gauge.snapshot_compiled.set(at.as_second());
                 }
+                for kind in ["Chatflow", "ChatflowAccess", "CreditPolicy"] {
+                    let skipped = served.invalid.iter().filter(|i| i.kind == kind).count();
+                    gauge.set_invalid(kind, skipped);
+                }
+                drop(served);
                 if published.changed().await.is_err() {
                     return;
                 }

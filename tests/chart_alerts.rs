@@ -109,6 +109,16 @@ fn series(sel: &str, healthy: bool) -> Vec<Value> {
         ),
         s("flowgate_controller_leader", "", pick("1x40", "0x40")),
         s(
+            "flowgate_index_invalid_resources",
+            r#"kind="CreditPolicy""#,
+            pick("0x40", "1x40"),
+        ),
+        s(
+            "flowgate_index_invalid_resources",
+            r#"kind="Chatflow""#,
+            "0x40".into(),
+        ),
+        s(
             "flowgate_ledger_prune_failures_total",
             "",
             pick("0x40", "0+1x40"),
@@ -165,6 +175,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
             "FlowgateLedgerRetentionFailing",
             "FlowgateFlowiseErrors",
             "FlowgateBodyMemoryFull",
+            "FlowgateInvalidResources",
             "FlowgateReconcileErrors",
             "FlowgateFlowiseSyncFailing",
             "FlowgateNoControllerLeader",
@@ -179,6 +190,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
                 json!({"namespace": ns, "job": name, "instance": "10.0.0.7:9090"})
             }
             "FlowgateReconcileErrors" => json!({"kind": "Chatflow"}),
+            "FlowgateInvalidResources" => json!({"kind": "CreditPolicy"}),
             _ => json!({}),
         }
     };

@@ -71,6 +71,27 @@ async fn resources_from_files_are_enforced_and_edits_take_effect() {
     )
     .await
     .expect("access restored despite a broken file");
+
+    // An invalid object is skipped, and counted where an alert can see it.
+    let invalid = |kind: &str| format!("flowgate_index_invalid_resources{{kind=\"{kind}\"}}");
+    assert_eq!(
+        support::metric(&gate.ops, &invalid("CreditPolicy")).await,
+        Some(0.0)
+    );
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: local}\n\
+         spec: {chatflows: [\"*\"], budget: {credits: 5, period: Daily, timeZone: Europe/Pariss}}\n",
+    )
+    .expect("write");
+    support::eventually(15, "the invalid policy counted", || async {
+        (support::metric(&gate.ops, &invalid("CreditPolicy")).await == Some(1.0)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        support::metric(&gate.ops, &invalid("ChatflowAccess")).await,
+        Some(0.0)
+    );
     delete_chatflow(&flowise_id).await;
 }
 
