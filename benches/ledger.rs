@@ -235,6 +235,7 @@ async fn measure(
                     Mode::Shared | Mode::SharedSettle | Mode::SharedFinal => "*".into(),
                 },
                 limit: u64::MAX,
+                own_limit: false,
                 window,
                 amount: 1,
             };

@@ -641,3 +641,80 @@ async fn policy_status_shows_usage_and_crossing_a_threshold_raises_an_event() {
     }
     team.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_budget_override_gives_its_subjects_their_own_credits() {
+    // The policy's budget is 1 a day; alice's override is 3, dave's 2. Requests, balances and
+    // the policy's status count each against their own: alice has used 2, past the policy's 1
+    // but not her 3, so she is not exhausted.
+    let team = Team::with_fake_flowise("credits-override").await;
+    let dave_email = format!("dave@{}.test", team.ns);
+    team.policy(
+        "daily",
+        json!({"chatflows": ["*"], "budget": {"credits": 1, "period": "Daily",
+               "overrides": [{"subjects": [{"user": team.user()}], "credits": 3},
+                             {"subjects": [{"user": dave_email}], "credits": 2}]}}),
+    )
+    .await;
+    let policy = format!("{}/daily", team.ns);
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gate = Flowgate::start_with(Options {
+        flowise_url: Some(fake.url.clone()),
+        ledger_url: Some(format!(
+            "sqlite://{}",
+            dir.path().join("ledger.db").display()
+        )),
+        ..Default::default()
+    })
+    .await;
+    let id = team.flowise_id.clone();
+    let (alice, carol, dave) = (team.alice(), team.member("carol"), team.member("dave"));
+    eventually_status(&gate, &alice, &id, 200).await;
+    let mut statuses = Vec::new();
+    for bearer in [&alice, &dave, &dave, &dave, &carol, &carol] {
+        let (status, _) = predict(&gate, bearer, &id, json!({"question": "x"})).await;
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 402, 200, 402],
+        "alice within her 3 (the probe was one), dave has 2, carol the policy's 1"
+    );
+    for (bearer, own, used) in [(&alice, 3, 2), (&dave, 2, 2), (&carol, 1, 1)] {
+        let balances = credits(&gate.base, bearer).await;
+        let balance = balance(&balances, &policy);
+        assert_eq!(
+            (&balance["credits"], &balance["used"], &balance["remaining"]),
+            (&json!(own), &json!(used), &json!(own - used)),
+            "{balances}"
+        );
+    }
+
+    let ledger = flowgate::ledger::open(&flowgate::config::LedgerUrl::Sqlite(
+        dir.path().join("ledger.db"),
+    ))
+    .await
+    .expect("ledger opens");
+    let api: kube::Api<flowgate::crd::CreditPolicy> =
+        kube::Api::namespaced(team.client.clone(), &team.ns);
+    flowgate::controller::credits_status::refresh_all(
+        &api,
+        ledger.as_ref(),
+        jiff::Timestamp::now(),
+    )
+    .await
+    .expect("usage refresh");
+    let status = api
+        .get("daily")
+        .await
+        .expect("policy")
+        .status
+        .unwrap_or_default();
+    assert_eq!(
+        (status.credits_used, status.subjects_exhausted),
+        (5, 2),
+        "dave and carol are spent; alice, 2 of her 3, is not"
+    );
+    team.cleanup().await;
+}

@@ -189,6 +189,7 @@ async fn a_ledger_retention_prunes_old_rows_at_start_keeps_budgets_and_counts_fa
             policy: policy.into(),
             bucket: "*".into(),
             limit: 100,
+            own_limit: false,
             window,
             amount: 4,
         }],

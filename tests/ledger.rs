@@ -80,6 +80,8 @@ scenarios!(
     a_final_cost_is_charged_and_logged_at_once_and_only_a_refund_or_settle_changes_it,
     a_burst_of_final_cost_and_held_reserves_logs_each_final_charge_once,
     policy_usage_sums_credits_and_counts_exhausted_buckets,
+    a_bucket_with_its_own_limit_is_exhausted_against_it,
+    a_burst_of_reserves_keeps_each_buckets_own_limit,
     an_operation_the_database_refuses_fails_alone_in_its_burst,
     pruning_deletes_closed_reservations_and_usage_before_the_cutoff,
     pruning_during_a_burst_keeps_the_budget_exact,
@@ -545,6 +547,7 @@ async fn a_new_period_is_a_fresh_budget(store: Store) {
                 policy: POLICY.into(),
                 bucket: "alice".into(),
                 limit: 2,
+                own_limit: false,
                 window: ledger::window(Period::Monthly, "Europe/Berlin", now).expect("window"),
                 amount: 1,
             }],
@@ -657,5 +660,107 @@ async fn policy_usage_sums_credits_and_counts_exhausted_buckets(store: Store) {
             credits_used: 7,
             buckets_exhausted: 1
         }
+    );
+}
+
+/// `line`, with `limit` the subject's own (a budget override).
+fn own_line(bucket: &str, limit: u64, amount: u64) -> ledger::BudgetLine {
+    ledger::BudgetLine {
+        own_limit: true,
+        ..line(POLICY, bucket, limit, amount)
+    }
+}
+
+async fn a_bucket_with_its_own_limit_is_exhausted_against_it(store: Store) {
+    let ledger = store.open().await;
+    // The policy's budget is 5. erin's own is 2, grace's 10; frank has the policy's.
+    ledger
+        .reserve(request("erin", vec![own_line("erin", 2, 2)]))
+        .await
+        .expect("reserve")
+        .id();
+    let refused = ledger
+        .reserve(request("erin", vec![own_line("erin", 2, 1)]))
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(refused, ReserveOutcome::Exhausted { remaining: 0, .. }),
+        "her own limit holds though the policy's would admit it: {refused:?}"
+    );
+    ledger
+        .reserve(request("frank", vec![line(POLICY, "frank", 5, 2)]))
+        .await
+        .expect("reserve")
+        .id();
+    ledger
+        .reserve(request("grace", vec![own_line("grace", 10, 7)]))
+        .await
+        .expect("reserve")
+        .id();
+    let window = support::monthly_utc(now());
+    let usage = ledger
+        .policy_usage(POLICY, &window, 5)
+        .await
+        .expect("policy usage");
+    assert_eq!(
+        usage,
+        PolicyUsage {
+            credits_used: 11,
+            buckets_exhausted: 1
+        },
+        "erin (2 of 2) is exhausted; grace (7 of her 10) is not, though 7 is past the policy's 5"
+    );
+    // erin's override gone: her next reserve keeps no limit of her own, and the policy's counts.
+    ledger
+        .reserve(request("erin", vec![line(POLICY, "erin", 5, 1)]))
+        .await
+        .expect("reserve")
+        .id();
+    let usage = ledger
+        .policy_usage(POLICY, &window, 5)
+        .await
+        .expect("policy usage");
+    assert_eq!(usage.buckets_exhausted, 0);
+    // A restart keeps what each bucket holds.
+    drop(ledger);
+    let reopened = store.open().await;
+    let usage = reopened
+        .policy_usage(POLICY, &window, 3)
+        .await
+        .expect("policy usage");
+    assert_eq!(
+        (usage.credits_used, usage.buckets_exhausted),
+        (12, 1),
+        "against a policy's 3: erin (3) is spent, frank (2) is not, nor grace (7 of her own 10)"
+    );
+}
+
+async fn a_burst_of_reserves_keeps_each_buckets_own_limit(store: Store) {
+    // Many at once, as a group commit batches them: each bucket keeps its own last limit.
+    let ledger = store.open().await;
+    let calls = (0..8).map(|i| {
+        let ledger = ledger.clone();
+        async move {
+            let who = format!("s{i}");
+            // Even subjects have an override of 1, odd ones the policy's 5.
+            let line = if i % 2 == 0 {
+                own_line(&who, 1, 1)
+            } else {
+                line(POLICY, &who, 5, 1)
+            };
+            ledger.reserve(request(&who, vec![line])).await
+        }
+    });
+    for outcome in futures::future::join_all(calls).await {
+        outcome.expect("reserve").id();
+    }
+    let usage = ledger
+        .policy_usage(POLICY, &support::monthly_utc(now()), 5)
+        .await
+        .expect("policy usage");
+    assert_eq!(
+        (usage.credits_used, usage.buckets_exhausted),
+        (8, 4),
+        "the four with a limit of 1 are spent"
     );
 }

@@ -66,6 +66,7 @@ async fn a_backup_taken_while_charging_is_a_consistent_ledger() {
                             policy: POLICY.into(),
                             bucket: "*".into(),
                             limit: u64::MAX,
+                            own_limit: false,
                             window,
                             amount: 3,
                         }],

@@ -17,7 +17,8 @@ pub use chatflow::{
     SecretKeyRef,
 };
 pub use policy::{
-    Budget, BudgetScope, Cost, CreditPolicy, CreditPolicySpec, CreditPolicyStatus, Period,
+    Budget, BudgetOverride, BudgetScope, Cost, CreditPolicy, CreditPolicySpec, CreditPolicyStatus,
+    Period,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -70,6 +70,22 @@ pub struct Budget {
     /// `PerSubject`: every subject has the full budget. `Shared`: the subjects share one budget.
     #[serde(default)]
     pub scope: BudgetScope,
+    /// Other budgets for some subjects of a `PerSubject` policy, larger or smaller: a subject
+    /// an override names has its `credits` instead (the largest, when several name it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<BudgetOverride>,
+}
+
+/// A budget of its own for some subjects of a `PerSubject` policy.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetOverride {
+    /// Who has this budget instead of the policy's `credits`.
+    #[schemars(length(min = 1))]
+    pub subjects: Vec<Subject>,
+    /// Credits available to each of them in each period (at most 2^53-1).
+    #[schemars(range(max = 9_007_199_254_740_991_u64))]
+    pub credits: u64,
 }
 
 fn utc() -> String {

@@ -516,6 +516,19 @@ impl Snapshot {
     }
 }
 
+impl PolicyRule {
+    /// The credits per period `caller` has on this policy: the largest budget override naming
+    /// it, else `credits`; and whether an override set it.
+    pub fn credits_for(&self, caller: &Caller<'_>) -> (u64, bool) {
+        self.overrides
+            .iter()
+            .filter(|(who, _)| who.iter().any(|s| matches(s, caller)))
+            .map(|(_, credits)| *credits)
+            .max()
+            .map_or((self.credits, false), |credits| (credits, true))
+    }
+}
+
 fn matches(subject: &SubjectRule, caller: &Caller<'_>) -> bool {
     match subject {
         SubjectRule::User(u) => caller.users.iter().any(|v| v == u),

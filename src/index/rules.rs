@@ -19,6 +19,13 @@ pub enum InvalidSpec {
     ChatflowSource(usize),
     #[error("subjects[{index}] must set exactly one of user, group, serviceAccount")]
     Subject { index: usize },
+    #[error(
+        "budget.overrides[{index}].subjects[{subject}] must set exactly one of user, group, \
+         serviceAccount"
+    )]
+    OverrideSubject { index: usize, subject: usize },
+    #[error("budget.overrides need scope PerSubject: a Shared budget is one for all its subjects")]
+    OverridesShared,
     #[error("chatflows: \"*\" cannot be combined with names")]
     MixedWildcard,
     #[error("budget.timeZone: unknown time zone '{0}'")]
@@ -254,6 +261,8 @@ pub struct PolicyRule {
     pub per_prediction: u64,
     pub per_thousand_tokens: u64,
     pub alert_at_percent: Vec<u8>,
+    /// Budgets of their own for some subjects (`PerSubject` only): who, and how many credits.
+    pub overrides: Vec<(Vec<SubjectRule>, u64)>,
 }
 
 impl TryFrom<&CreditPolicy> for PolicyRule {
@@ -271,11 +280,37 @@ impl TryFrom<&CreditPolicy> for PolicyRule {
             ("budget.credits", spec.budget.credits),
             ("cost.perPrediction", spec.cost.per_prediction),
             ("cost.perThousandTokens", spec.cost.per_thousand_tokens),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            spec.budget
+                .overrides
+                .iter()
+                .map(|o| ("budget.overrides[].credits", o.credits)),
+        ) {
             if i64::try_from(value).is_err() {
                 return Err(InvalidSpec::TooLarge(field));
             }
         }
+        if !spec.budget.overrides.is_empty() && spec.budget.scope == BudgetScope::Shared {
+            return Err(InvalidSpec::OverridesShared);
+        }
+        let overrides = spec
+            .budget
+            .overrides
+            .iter()
+            .enumerate()
+            .map(|(index, o)| {
+                subjects(&o.subjects)
+                    .map(|who| (who, o.credits))
+                    .map_err(|e| match e {
+                        InvalidSpec::Subject { index: subject } => {
+                            InvalidSpec::OverrideSubject { index, subject }
+                        }
+                        other => other,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut alerts = spec.alert_at_percent.clone();
         alerts.sort_unstable();
         alerts.dedup();
@@ -291,6 +326,7 @@ impl TryFrom<&CreditPolicy> for PolicyRule {
             per_prediction: spec.cost.per_prediction,
             per_thousand_tokens: spec.cost.per_thousand_tokens,
             alert_at_percent: alerts,
+            overrides,
             namespace,
             name,
         })

@@ -295,6 +295,77 @@ fn flowise_ids_are_looked_up_case_insensitively() {
 }
 
 #[test]
+fn a_budget_override_gives_the_subjects_it_names_their_own_credits() {
+    let mut res = team_a();
+    res.policies = vec![
+        policy(
+            "team-a",
+            "monthly",
+            "  chatflows: ['*']\n  budget:\n    credits: 100\n    period: Monthly\n    overrides:\n    - {subjects: [{user: alice@example.com}], credits: 500}\n    - {subjects: [{group: support}, {user: bob}], credits: 10}\n    - {subjects: [{group: leads}], credits: 1000}\n",
+        ),
+        policy(
+            "team-a",
+            "shared",
+            "  chatflows: ['*']\n  budget: {credits: 5, period: Never, scope: Shared, overrides: [{subjects: [{user: x}], credits: 9}]}\n",
+        ),
+        policy(
+            "team-a",
+            "two-things",
+            "  chatflows: ['*']\n  budget: {credits: 5, period: Never, overrides: [{subjects: [{user: x}], credits: 1}, {subjects: [{user: y, group: z}], credits: 2}]}\n",
+        ),
+    ];
+    let snap = compile(&res);
+    let monthly = snap
+        .policy_rules()
+        .iter()
+        .find(|p| &*p.id == "team-a/monthly")
+        .expect("monthly compiled");
+    let credits = |users: &[&str], groups: &[&str]| {
+        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        monthly.credits_for(&Caller {
+            users: &users,
+            groups: &groups,
+            service_account: None,
+        })
+    };
+    assert_eq!(credits(&["carol"], &[]), (100, false), "the policy's");
+    assert_eq!(credits(&["sub-1", "alice@example.com"], &[]), (500, true));
+    assert_eq!(
+        credits(&["bob"], &[]),
+        (10, true),
+        "smaller than the policy's"
+    );
+    assert_eq!(
+        credits(&["bob"], &["support", "leads"]),
+        (1000, true),
+        "the largest that names the caller"
+    );
+    let invalid: Vec<(String, String)> = snap
+        .invalid
+        .iter()
+        .map(|i| (i.name.clone(), i.error.to_string()))
+        .collect();
+    assert_eq!(
+        invalid,
+        [
+            (
+                "shared".to_string(),
+                "budget.overrides need scope PerSubject: a Shared budget is one for all its \
+                 subjects"
+                    .to_string()
+            ),
+            (
+                "two-things".to_string(),
+                "budget.overrides[1].subjects[0] must set exactly one of user, group, \
+                 serviceAccount"
+                    .to_string()
+            ),
+        ]
+    );
+}
+
+#[test]
 fn policies_apply_by_chatflow_and_subject() {
     let mut res = team_a();
     res.accesses.push(access(

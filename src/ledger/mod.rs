@@ -138,7 +138,9 @@ pub trait CreditLedger: Send + Sync {
         window: &'a Window,
     ) -> LedgerFuture<'a, i64>;
 
-    /// Aggregate use of a policy in `window`, for its status.
+    /// Aggregate use of a policy in `window`, for its status: a bucket is exhausted once its
+    /// `used` reaches its own limit (kept by its last reserve with [`BudgetLine::own_limit`]),
+    /// else `limit`.
     fn policy_usage<'a>(
         &'a self,
         policy: &'a str,
@@ -213,6 +215,9 @@ pub struct BudgetLine {
     pub bucket: String,
     /// Credits per period, from the current policy spec.
     pub limit: u64,
+    /// `limit` is the subject's own (a budget override), not the policy's: the bucket keeps
+    /// it, so that [`CreditLedger::policy_usage`] counts the subject against it.
+    pub own_limit: bool,
     /// The current period.
     pub window: Window,
     /// Credits to hold.
@@ -566,6 +571,8 @@ struct Charge<'a> {
     amount: i64,
     /// Saturated at `i64::MAX`: a larger limit is unlimited in practice.
     limit: i64,
+    /// What the bucket keeps as its own limit: `limit` for a budget override, else none.
+    own_limit: Option<i64>,
 }
 
 impl<'a> Charge<'a> {
@@ -576,6 +583,9 @@ impl<'a> Charge<'a> {
             window_start: line.window.start.as_microsecond(),
             amount: credits("amount", line.amount)?,
             limit: i64::try_from(line.limit).unwrap_or(i64::MAX),
+            own_limit: line
+                .own_limit
+                .then(|| i64::try_from(line.limit).unwrap_or(i64::MAX)),
         })
     }
 
@@ -621,6 +631,7 @@ mod tests {
             policy: "ns/p".into(),
             bucket: "alice".into(),
             limit,
+            own_limit: false,
             window: Window {
                 start: Timestamp::UNIX_EPOCH,
                 end: None,

@@ -358,6 +358,7 @@ impl Conn {
                         &charge.window_start,
                         &charge.amount,
                         &charge.limit,
+                        &charge.own_limit,
                     ],
                 )
                 .await?

@@ -44,6 +44,7 @@ CREATE TABLE buckets (
     bucket       TEXT    NOT NULL,
     window_start INTEGER NOT NULL, -- microseconds since the epoch
     used         INTEGER NOT NULL,
+    own_limit    INTEGER,          -- a budget override's limit, from the last reserve
     PRIMARY KEY (policy, bucket, window_start)
 ) WITHOUT ROWID;
 CREATE INDEX buckets_by_window ON buckets (policy, window_start);
@@ -90,7 +91,9 @@ CREATE INDEX usage_by_subject ON usage (subject, time_us);
 CREATE INDEX usage_by_policy ON usage (policy, time_us);
 ";
 
-/// The index retention finds past windows' buckets by.
+/// Added after schema version 1 was released, without a new version (older flowgates ignore
+/// them): the index retention finds past windows' buckets by, and (in `migrate`) the column a
+/// bucket keeps a budget override's limit in.
 const BUCKETS_BY_START: &str =
     "CREATE INDEX IF NOT EXISTS buckets_by_start ON buckets (window_start)";
 
@@ -275,7 +278,8 @@ impl CreditLedger for SqliteLedger {
         self.read(move |conn| {
             let (credits_used, exhausted): (i64, i64) = conn
                 .prepare_cached(
-                    "SELECT COALESCE(SUM(used), 0), COUNT(*) FILTER (WHERE used >= ?3)
+                    "SELECT COALESCE(SUM(used), 0),
+                            COUNT(*) FILTER (WHERE used >= COALESCE(own_limit, ?3))
                      FROM buckets WHERE policy = ?1 AND window_start = ?2",
                 )?
                 .query_row(params![policy, start, limit], |row| {
@@ -397,6 +401,14 @@ fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
         SCHEMA_VERSION => {
             // Added after version 1 was released, without a version: older flowgates ignore it.
             tx.execute_batch(BUCKETS_BY_START)?;
+            let has_own_limit: bool = tx.query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info('buckets') WHERE name = 'own_limit'",
+                [],
+                |row| row.get(0),
+            )?;
+            if !has_own_limit {
+                tx.execute_batch("ALTER TABLE buckets ADD COLUMN own_limit INTEGER")?;
+            }
         }
         found if found > SCHEMA_VERSION => {
             return Err(LedgerError::SchemaTooNew {

@@ -149,9 +149,10 @@ impl Credits {
         self
     }
 
-    fn alert(&self, policy: &PolicyRule, subject: &str, remaining: u64) {
+    /// `limit`: the subject's credits per period on `policy` (its budget override's, if any).
+    fn alert(&self, policy: &PolicyRule, limit: u64, subject: &str, remaining: u64) {
         for percent in crossed(
-            policy.credits,
+            limit,
             remaining,
             policy.per_prediction,
             &policy.alert_at_percent,
@@ -172,8 +173,7 @@ impl Credits {
                 type_: kube::runtime::events::EventType::Warning,
                 reason: "CreditThresholdCrossed".into(),
                 note: Some(format!(
-                    "{subject} has used {percent}% of {} credits ({remaining} left this period)",
-                    policy.credits
+                    "{subject} has used {percent}% of {limit} credits ({remaining} left this period)"
                 )),
                 action: "Charge".into(),
                 secondary: None,
@@ -204,13 +204,16 @@ impl Credits {
         if policies.is_empty() {
             return Ok(None);
         }
+        let limits: Vec<(u64, bool)> = policies.iter().map(|p| p.credits_for(caller)).collect();
         let lines = policies
             .iter()
-            .map(|p| {
+            .zip(&limits)
+            .map(|(p, &(limit, own_limit))| {
                 Ok(BudgetLine {
                     policy: p.id.to_string(),
                     bucket: bucket(p, identity).to_string(),
-                    limit: p.credits,
+                    limit,
+                    own_limit,
                     window: window(p, now)?,
                     amount: p.per_prediction,
                 })
@@ -230,9 +233,11 @@ impl Credits {
         let landing = Landing::new(self, request);
         match timed(&self.metrics, "reserve", landing).await {
             Ok(ReserveOutcome::Reserved { id, remaining }) => {
-                for (policy, (_, left)) in policies.iter().zip(&remaining) {
+                for ((policy, (_, left)), (limit, _)) in
+                    policies.iter().zip(&remaining).zip(&limits)
+                {
                     if !policy.alert_at_percent.is_empty() {
-                        self.alert(policy, &identity.key, *left);
+                        self.alert(policy, *limit, &identity.key, *left);
                     }
                 }
                 Ok(Some(Charge {
@@ -380,13 +385,15 @@ impl Credits {
                 .balance(&policy.id, bucket, &window)
                 .await
                 .map_err(|_| ProxyError::LedgerUnavailable)?;
-            let credits = i64::try_from(policy.credits).unwrap_or(i64::MAX);
+            // The caller's own budget where an override names it.
+            let (limit, _) = policy.credits_for(caller);
+            let credits = i64::try_from(limit).unwrap_or(i64::MAX);
             balances.push(json!({
                 "policy": &*policy.id,
                 "scope": match policy.scope { BudgetScope::PerSubject => "PerSubject", BudgetScope::Shared => "Shared" },
                 "period": format!("{:?}", policy.period),
                 "timeZone": policy.time_zone_name,
-                "credits": policy.credits,
+                "credits": limit,
                 "used": used,
                 "remaining": (credits - used).max(0),
                 "periodStart": window.start.to_string(),
@@ -683,6 +690,7 @@ mod tests {
             policy: "team-a/budget".into(),
             bucket: "*".into(),
             limit: 100,
+            own_limit: false,
             window,
             amount: 2,
         };

@@ -123,6 +123,7 @@ pub fn line(policy: &str, bucket: &str, limit: u64, amount: u64) -> BudgetLine {
         policy: policy.into(),
         bucket: bucket.into(),
         limit,
+        own_limit: false,
         window: monthly_utc(now()),
         amount,
     }

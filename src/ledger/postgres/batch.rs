@@ -254,10 +254,20 @@ async fn run(
         reserve(tx, st, requests, &charges, &mut used),
     )?;
 
-    let changed: Vec<(Key<'_>, i64)> = used
+    // The own limit each bucket keeps: its last reserve's, where a reserve of the batch charged
+    // it (a budget override's limit, or none).
+    let mut own_limits: HashMap<Key<'_>, Option<i64>> = HashMap::new();
+    for (outcome, charges) in reserved.iter().zip(&charges) {
+        if let ReserveOutcome::Reserved { .. } = outcome {
+            for charge in charges {
+                own_limits.insert(charge.key(), charge.own_limit);
+            }
+        }
+    }
+    let changed: Vec<(Key<'_>, i64, Option<Option<i64>>)> = used
         .iter()
         .filter(|(key, u)| locked.get(*key) != Some(*u))
-        .map(|(key, u)| (*key, *u))
+        .map(|(key, u)| (*key, *u, own_limits.get(key).copied()))
         .collect();
     // The last write and COMMIT in one round trip.
     let (updated, committed) =
@@ -650,20 +660,25 @@ async fn insert_plain(
     rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
 }
 
-/// Writes the final `used` of every bucket the batch changed (all of them locked); how many
-/// rows it updated.
+/// Writes the final `used` of every bucket the batch changed (all of them locked), and the own
+/// limit of those a reserve charged (`Some`); how many rows it updated.
 async fn set_used(
     tx: &Client,
     st: &Statements,
-    changed: &[(Key<'_>, i64)],
+    changed: &[(Key<'_>, i64, Option<Option<i64>>)],
 ) -> Result<u64, tokio_postgres::Error> {
     if changed.is_empty() {
         return Ok(0);
     }
-    let policies: Vec<&str> = changed.iter().map(|(k, _)| k.0).collect();
-    let buckets: Vec<&str> = changed.iter().map(|(k, _)| k.1).collect();
-    let starts: Vec<i64> = changed.iter().map(|(k, _)| k.2).collect();
-    let used: Vec<i64> = changed.iter().map(|(_, u)| *u).collect();
-    tx.execute(&st.set_used, &[&policies, &buckets, &starts, &used])
-        .await
+    let policies: Vec<&str> = changed.iter().map(|(k, ..)| k.0).collect();
+    let buckets: Vec<&str> = changed.iter().map(|(k, ..)| k.1).collect();
+    let starts: Vec<i64> = changed.iter().map(|(k, ..)| k.2).collect();
+    let used: Vec<i64> = changed.iter().map(|(_, u, _)| *u).collect();
+    let reserved: Vec<bool> = changed.iter().map(|(.., own)| own.is_some()).collect();
+    let own_limits: Vec<Option<i64>> = changed.iter().map(|(.., own)| own.flatten()).collect();
+    tx.execute(
+        &st.set_used,
+        &[&policies, &buckets, &starts, &used, &reserved, &own_limits],
+    )
+    .await
 }

@@ -18,6 +18,14 @@ CREATE TABLE IF NOT EXISTS buckets (
     used         bigint NOT NULL,
     PRIMARY KEY (policy, bucket, window_start)
 );
+-- Added after version 1, without a new version: a budget override's limit, from the last reserve.
+-- Looked up first: ALTER TABLE would lock the table even when the column is there.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'buckets' AND column_name = 'own_limit') THEN
+        ALTER TABLE buckets ADD COLUMN own_limit bigint;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS buckets_by_window ON buckets (policy, window_start);
 CREATE INDEX IF NOT EXISTS buckets_by_start ON buckets (window_start);
 CREATE TABLE IF NOT EXISTS reservations (
@@ -157,10 +165,10 @@ impl Statements {
             ),
             // The row is locked even when the WHERE refuses the update: the check is exact.
             client.prepare(
-                "INSERT INTO buckets AS b (policy, bucket, window_start, used)
-                 VALUES ($1::text, $2::text, $3::int8, $4::int8)
+                "INSERT INTO buckets AS b (policy, bucket, window_start, used, own_limit)
+                 VALUES ($1::text, $2::text, $3::int8, $4::int8, $6::int8)
                  ON CONFLICT (policy, bucket, window_start)
-                 DO UPDATE SET used = b.used + EXCLUDED.used
+                 DO UPDATE SET used = b.used + EXCLUDED.used, own_limit = EXCLUDED.own_limit
                      WHERE b.used < $5::int8 AND b.used <= $5::int8 - EXCLUDED.used
                  RETURNING used"
             ),
@@ -187,11 +195,13 @@ impl Statements {
                  ON CONFLICT (policy, bucket, window_start) DO UPDATE SET used = b.used
                  RETURNING policy, bucket, window_start, used"
             ),
-            // A batch's final bucket values (its buckets are locked).
+            // A batch's final bucket values (its buckets are locked); the own limit only where
+            // a reserve of the batch set one (or set none).
             client.prepare(
-                "UPDATE buckets AS b SET used = v.used
-                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[])
-                      AS v (policy, bucket, window_start, used)
+                "UPDATE buckets AS b SET used = v.used,
+                     own_limit = CASE WHEN v.reserved THEN v.own_limit ELSE b.own_limit END
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::bool[], $6::int8[])
+                      AS v (policy, bucket, window_start, used, reserved, own_limit)
                  WHERE b.policy = v.policy AND b.bucket = v.bucket
                    AND b.window_start = v.window_start"
             ),
@@ -304,7 +314,8 @@ impl Statements {
                  SELECT count(*) FROM expired"
             ),
             client.prepare(
-                "SELECT COALESCE(SUM(used), 0)::int8, COUNT(*) FILTER (WHERE used >= $3::int8)
+                "SELECT COALESCE(SUM(used), 0)::int8,
+                        COUNT(*) FILTER (WHERE used >= COALESCE(own_limit, $3::int8))
                  FROM buckets WHERE policy = $1::text AND window_start = $2::int8"
             ),
         )?;

@@ -25,8 +25,9 @@ const INSERT_RESERVATION: &str = "
         (subject, chatflow, idempotency_key, state, created_us, expires_us, updated_us)
     VALUES (?1, ?2, ?3, ?6, ?4, ?5, ?4)";
 const CHARGE_BUCKET: &str = "
-    INSERT INTO buckets (policy, bucket, window_start, used) VALUES (?1, ?2, ?3, ?4)
-    ON CONFLICT (policy, bucket, window_start) DO UPDATE SET used = used + excluded.used";
+    INSERT INTO buckets (policy, bucket, window_start, used, own_limit) VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT (policy, bucket, window_start)
+    DO UPDATE SET used = used + excluded.used, own_limit = excluded.own_limit";
 const HOLD_LINE: &str = "
     INSERT INTO reservation_lines (reservation_id, idx, policy, bucket, window_start, amount)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -132,7 +133,8 @@ pub(super) fn reserve(
             charge.policy,
             charge.bucket,
             charge.window_start,
-            charge.amount
+            charge.amount,
+            charge.own_limit
         ])?;
         hold.execute(params![
             id,

@@ -118,6 +118,7 @@ async fn the_hot_statements_are_compiled_once() {
                 policy: "team/monthly".into(),
                 bucket: "*".into(),
                 limit: 1_000,
+                own_limit: false,
                 window: Window {
                     start: now,
                     end: None,
@@ -212,6 +213,7 @@ async fn an_operation_failing_after_its_writes_is_rolled_back_alone() {
             policy: "team/pool".into(),
             bucket: "*".into(),
             limit: 1_000,
+            own_limit: false,
             window,
             amount: 10,
         }],
@@ -377,6 +379,41 @@ async fn usage_queries_use_the_index_of_their_filter() {
 
 /// `buckets_by_start` came after schema version 1 was released: a ledger created before it
 /// gets it when flowgate opens it.
+/// `buckets.own_limit` came after schema version 1 was released too: a ledger created before it
+/// gets the column when flowgate opens it, and keeps its buckets.
+#[tokio::test]
+async fn a_ledger_from_before_own_limits_gets_the_column() {
+    let (_dir, path) = created().await;
+    let has_column = |conn: &Connection| -> bool {
+        conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('buckets') WHERE name = 'own_limit'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("table_info")
+    };
+    let conn = Connection::open(&path).expect("open");
+    assert!(has_column(&conn));
+    conn.execute_batch(
+        "ALTER TABLE buckets DROP COLUMN own_limit;
+         INSERT INTO buckets (policy, bucket, window_start, used) VALUES ('ns/p', 'alice', 0, 3);",
+    )
+    .expect("as a version-1 ledger had it");
+    assert!(!has_column(&conn));
+    drop(conn);
+    drop(SqliteLedger::open(&path).await.expect("reopen"));
+    let conn = Connection::open(&path).expect("open");
+    assert!(has_column(&conn));
+    let used: i64 = conn
+        .query_row(
+            "SELECT used FROM buckets WHERE bucket = 'alice'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("the bucket kept");
+    assert_eq!(used, 3);
+}
+
 #[tokio::test]
 async fn a_ledger_from_before_buckets_by_start_gets_the_index() {
     let (_dir, path) = created().await;
