@@ -649,11 +649,13 @@ async fn a_budget_override_gives_its_subjects_their_own_credits() {
     // but not her 3, so she is not exhausted.
     let team = Team::with_fake_flowise("credits-override").await;
     let dave_email = format!("dave@{}.test", team.ns);
+    let erin_email = format!("erin@{}.test", team.ns);
     team.policy(
         "daily",
         json!({"chatflows": ["*"], "budget": {"credits": 1, "period": "Daily",
                "overrides": [{"subjects": [{"user": team.user()}], "credits": 3},
-                             {"subjects": [{"user": dave_email}], "credits": 2}]}}),
+                             {"subjects": [{"user": dave_email}], "credits": 2},
+                             {"subjects": [{"user": erin_email}], "credits": 0}]}}),
     )
     .await;
     let policy = format!("{}/daily", team.ns);
@@ -681,6 +683,25 @@ async fn a_budget_override_gives_its_subjects_their_own_credits() {
         [200, 200, 200, 402, 200, 402],
         "alice within her 3 (the probe was one), dave has 2, carol the policy's 1"
     );
+    // A 402 says when the budget comes back, unless it never fits: erin's own budget is 0.
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/prediction/{id}", gate.base);
+    for (bearer, comes_back) in [(&dave, true), (&team.member("erin"), false)] {
+        let resp = http
+            .post(&url)
+            .bearer_auth(bearer)
+            .json(&json!({"question": "x"}))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 402);
+        assert_eq!(
+            resp.headers().contains_key("retry-after"),
+            comes_back,
+            "{:?}",
+            resp.headers()
+        );
+    }
     for (bearer, own, used) in [(&alice, 3, 2), (&dave, 2, 2), (&carol, 1, 1)] {
         let balances = credits(&gate.base, bearer).await;
         let balance = balance(&balances, &policy);

@@ -82,6 +82,7 @@ scenarios!(
     policy_usage_sums_credits_and_counts_exhausted_buckets,
     a_bucket_with_its_own_limit_is_exhausted_against_it,
     a_burst_of_reserves_keeps_each_buckets_own_limit,
+    a_reserve_of_nothing_still_keeps_its_own_limit,
     an_operation_the_database_refuses_fails_alone_in_its_burst,
     pruning_deletes_closed_reservations_and_usage_before_the_cutoff,
     pruning_during_a_burst_keeps_the_budget_exact,
@@ -762,5 +763,36 @@ async fn a_burst_of_reserves_keeps_each_buckets_own_limit(store: Store) {
         (usage.credits_used, usage.buckets_exhausted),
         (8, 4),
         "the four with a limit of 1 are spent"
+    );
+}
+
+async fn a_reserve_of_nothing_still_keeps_its_own_limit(store: Store) {
+    // A policy that prices only tokens reserves 0: the bucket's `used` does not move, but its
+    // own limit is still the last reserve's.
+    let ledger = store.open().await;
+    ledger
+        .reserve(request("tess", vec![line(POLICY, "tess", 5, 1)]))
+        .await
+        .expect("reserve")
+        .id();
+    let window = support::monthly_utc(now());
+    let before = ledger
+        .policy_usage(POLICY, &window, 1)
+        .await
+        .expect("usage");
+    assert_eq!(before.buckets_exhausted, 1, "1 used against the policy's 1");
+    ledger
+        .reserve(request("tess", vec![own_line("tess", 2, 0)]))
+        .await
+        .expect("reserve")
+        .id();
+    let after = ledger
+        .policy_usage(POLICY, &window, 1)
+        .await
+        .expect("usage");
+    assert_eq!(
+        (after.credits_used, after.buckets_exhausted),
+        (1, 0),
+        "1 used against her own 2"
     );
 }

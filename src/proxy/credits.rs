@@ -254,10 +254,11 @@ impl Credits {
                 remaining,
                 reset_at,
             }) => {
-                // A prediction dearer than the whole budget fits after no reset either.
+                // A prediction dearer than the caller's whole budget fits after no reset either.
                 let never_fits = policies
                     .iter()
-                    .any(|p| *p.id == *policy && p.per_prediction > p.credits);
+                    .zip(&limits)
+                    .any(|(p, (limit, _))| *p.id == *policy && p.per_prediction > *limit);
                 Err(ProxyError::InsufficientCredits {
                     retry_after: reset_at
                         .filter(|_| !never_fits)

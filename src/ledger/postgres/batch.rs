@@ -264,9 +264,11 @@ async fn run(
             }
         }
     }
+    // A bucket a reserve charged is written even when its `used` came out the same (a cost of
+    // 0, or a refund of as much in the batch): its own limit is the reserve's.
     let changed: Vec<(Key<'_>, i64, Option<Option<i64>>)> = used
         .iter()
-        .filter(|(key, u)| locked.get(*key) != Some(*u))
+        .filter(|(key, u)| locked.get(*key) != Some(*u) || own_limits.contains_key(*key))
         .map(|(key, u)| (*key, *u, own_limits.get(key).copied()))
         .collect();
     // The last write and COMMIT in one round trip.
