@@ -34,7 +34,7 @@ use crate::crd::Role;
 use crate::identity::Identity;
 use crate::index::{Caller, ChatflowEntry, Snapshot};
 use crate::ledger::CreditLedger;
-use crate::proxy::{ProxyError, credits, error};
+use crate::proxy::{ProxyError, error, usage_log};
 use crate::server::Body;
 use models::{ChatflowSyncResult, string_field, string_list};
 pub use routes::AdminRoute;
@@ -193,10 +193,10 @@ impl Admin {
                 ok(to_json(&chatflows::delete(&self.client, &cf).await?))
             }
             AdminRoute::CreditUsage => {
-                let mut filter = credits::usage_filter(req.uri().query())?;
+                let mut filter = usage_log::usage_filter(req.uri().query())?;
                 filter.chatflow = call.usage_chatflow(filter.chatflow.take())?;
                 ok(to_json(
-                    &credits::usage_records(&*self.ledger, filter).await?,
+                    &usage_log::usage_records(&*self.ledger, filter).await?,
                 ))
             }
         }

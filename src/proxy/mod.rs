@@ -29,6 +29,7 @@ pub mod stream;
 pub mod turns;
 pub mod upstream;
 pub mod usage;
+pub mod usage_log;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -294,7 +295,7 @@ impl Proxy {
                 Ok(error::json(StatusCode::OK, &balances))
             }
             Route::CreditUsage => {
-                let mut filter = credits::usage_filter(req.uri().query())?;
+                let mut filter = usage_log::usage_filter(req.uri().query())?;
                 filter.subject = Some(identity.key.clone());
                 let rows = self.credits.usage(filter).await?;
                 let rows = serde_json::to_value(rows)
