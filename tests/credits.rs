@@ -550,6 +550,22 @@ async fn three_flowgate_processes_sharing_postgres_admit_exactly_the_budget() {
     team.cleanup().await;
 }
 
+/// The status of CreditPolicy `name` once the controller's usage refresh has run on `ledger`.
+async fn refreshed_status(
+    api: &kube::Api<flowgate::crd::CreditPolicy>,
+    ledger: &dyn flowgate::ledger::CreditLedger,
+    name: &str,
+) -> flowgate::crd::CreditPolicyStatus {
+    flowgate::controller::credits_status::refresh_all(api, ledger, jiff::Timestamp::now())
+        .await
+        .expect("usage refresh");
+    api.get(name)
+        .await
+        .expect("policy")
+        .status
+        .unwrap_or_default()
+}
+
 #[tokio::test]
 async fn policy_status_shows_usage_and_crossing_a_threshold_raises_an_event() {
     let team = Team::with_fake_flowise("credits-status").await;
@@ -579,19 +595,7 @@ async fn policy_status_shows_usage_and_crossing_a_threshold_raises_an_event() {
         kube::Api::namespaced(team.client.clone(), &team.ns);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        flowgate::controller::credits_status::refresh_all(
-            &api,
-            ledger.as_ref(),
-            jiff::Timestamp::now(),
-        )
-        .await
-        .expect("usage refresh");
-        let status = api
-            .get("ten")
-            .await
-            .expect("policy")
-            .status
-            .unwrap_or_default();
+        let status = refreshed_status(&api, ledger.as_ref(), "ten").await;
         if status.credits_used == 6 {
             assert!(
                 status.period_start.is_some() && status.next_reset.is_some(),
@@ -719,19 +723,7 @@ async fn a_budget_override_gives_its_subjects_their_own_credits() {
     .expect("ledger opens");
     let api: kube::Api<flowgate::crd::CreditPolicy> =
         kube::Api::namespaced(team.client.clone(), &team.ns);
-    flowgate::controller::credits_status::refresh_all(
-        &api,
-        ledger.as_ref(),
-        jiff::Timestamp::now(),
-    )
-    .await
-    .expect("usage refresh");
-    let status = api
-        .get("daily")
-        .await
-        .expect("policy")
-        .status
-        .unwrap_or_default();
+    let status = refreshed_status(&api, ledger.as_ref(), "daily").await;
     assert_eq!(
         (status.credits_used, status.subjects_exhausted),
         (5, 2),
