@@ -14,6 +14,7 @@ use serde_json::json;
 
 use support::fake_flowise::{FakeFlowise, Mode};
 use support::gate::{Flowgate, Options, predict};
+use support::header;
 use support::team::Team;
 
 const PAGE: &str = "https://chat.example.com";
@@ -51,10 +52,6 @@ async fn from_page(
         req = req.bearer_auth(bearer);
     }
     req.send().await.expect("flowgate answers")
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use flowgate::crd::ChatflowAccess;
 use support::fake_flowise::{FakeFlowise, Mode};
 use support::gate::{Flowgate, eventually_status, predict, token, used_becomes};
+use support::header;
 use support::team::Team;
 
 /// POSTs a prediction; returns the status, `Retry-After`, and the JSON body.
@@ -130,14 +131,9 @@ async fn predictions_over_the_rate_are_refused_with_429_and_charge_nothing() {
     team.cleanup().await;
 }
 
-/// A header's value as text.
-fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
 /// A header's value as a number.
 fn number(resp: &reqwest::Response, name: &str) -> Option<u64> {
-    header(resp, name).and_then(|v| v.parse().ok())
+    header(resp.headers(), name).and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]
@@ -184,7 +180,10 @@ async fn answers_tell_the_caller_its_allowance_and_balance() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert_eq!(number(&first, "x-credits-remaining"), Some(2));
-    assert_eq!(header(&first, "ratelimit-limit"), Some("5, 5;w=3600"));
+    assert_eq!(
+        header(first.headers(), "ratelimit-limit"),
+        Some("5, 5;w=3600")
+    );
     assert_eq!(number(&first, "ratelimit-remaining"), Some(4));
     assert_eq!(number(&first, "ratelimit-reset"), Some(720));
     let within_an_interval = |resp: &reqwest::Response| {
@@ -197,9 +196,12 @@ async fn answers_tell_the_caller_its_allowance_and_balance() {
         .await
         .expect("stream starts");
     assert_eq!(stream.status(), 200);
-    assert!(header(&stream, "content-type").is_some_and(|t| t.starts_with("text/event-stream")));
+    assert!(
+        header(stream.headers(), "content-type")
+            .is_some_and(|t| t.starts_with("text/event-stream"))
+    );
     // Flowise's own, passed on: an nginx in front streams it unbuffered (docs/install.md).
-    assert_eq!(header(&stream, "x-accel-buffering"), Some("no"));
+    assert_eq!(header(stream.headers(), "x-accel-buffering"), Some("no"));
     assert_eq!(number(&stream, "ratelimit-remaining"), Some(3));
     within_an_interval(&stream);
     assert_eq!(number(&stream, "x-credits-remaining"), Some(1));
@@ -248,7 +250,7 @@ async fn answers_tell_the_caller_its_allowance_and_balance() {
         number(&refused, "retry-after")
     );
     assert_eq!(
-        header(&refused, "x-credits-remaining"),
+        header(refused.headers(), "x-credits-remaining"),
         None,
         "nothing charged"
     );
@@ -264,7 +266,7 @@ async fn answers_tell_the_caller_its_allowance_and_balance() {
             .await
             .expect("flowgate answers");
         assert_eq!(resp.status(), 200);
-        assert_eq!(header(&resp, "ratelimit-limit"), None);
+        assert_eq!(header(resp.headers(), "ratelimit-limit"), None);
         assert_eq!(number(&resp, "x-credits-remaining"), Some(left));
         let body: Value = resp.json().await.expect("json");
         assert_eq!(body["credits_remaining"], json!(left), "{body}");

@@ -9,6 +9,11 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 
+/// A header's value as text (`None` when absent or not visible ASCII).
+pub fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
 /// A client for the local API server named by `KUBECONFIG`.
 ///
 /// Panics with instructions when it is not set: these tests never pass without the real thing.
