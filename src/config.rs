@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// as `https://chat.example.com,http://localhost:5173`. Unset: none (no CORS headers).
     #[arg(long, env = "FLOWGATE_CORS_ORIGINS")]
     pub cors_origins: Option<String>,
+    /// What an invalid CreditPolicy does to the predictions it names: `skip` (charge nothing on
+    /// it, as if it did not exist) or `refuse` (503 `policy_invalid` until it is fixed).
+    #[arg(long, env = "FLOWGATE_INVALID_POLICIES", default_value = "skip")]
+    pub invalid_policies: String,
 }
 
 /// Checked configuration of `flowgate run`.
@@ -141,6 +145,17 @@ pub struct Config {
     /// Bytes.
     pub body_memory: usize,
     pub cors_origins: Option<CorsOrigins>,
+    pub invalid_policies: InvalidPolicies,
+}
+
+/// What an invalid CreditPolicy does to the predictions it names (`FLOWGATE_INVALID_POLICIES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InvalidPolicies {
+    /// Skipped: it charges nothing, so its chatflows cost nothing on it (DESIGN's "skipped").
+    #[default]
+    Skip,
+    /// Its predictions are refused (503 `policy_invalid`) until it is fixed or deleted.
+    Refuse,
 }
 
 /// Origins allowed to call the proxy from a browser (`FLOWGATE_CORS_ORIGINS`).
@@ -286,6 +301,16 @@ impl Config {
             cors_origins: non_empty(args.cors_origins)
                 .map(|raw| cors_origins(&raw))
                 .transpose()?,
+            invalid_policies: match args.invalid_policies.trim() {
+                "skip" | "" => InvalidPolicies::Skip,
+                "refuse" => InvalidPolicies::Refuse,
+                other => {
+                    return Err(invalid(
+                        "FLOWGATE_INVALID_POLICIES",
+                        format!("'{other}' is neither 'skip' nor 'refuse'"),
+                    ));
+                }
+            },
         })
     }
 }
@@ -541,6 +566,11 @@ mod tests {
         assert_eq!(config.shutdown_delay, Duration::ZERO, "drain at once");
         assert_eq!(config.body_memory, 256 << 20);
         assert_eq!(config.cors_origins, None, "no CORS headers");
+        assert_eq!(
+            config.invalid_policies,
+            InvalidPolicies::Skip,
+            "as DESIGN says"
+        );
         assert!(config.controller && config.proxy);
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         assert_eq!(
@@ -553,6 +583,14 @@ mod tests {
     fn a_shutdown_delay_is_a_duration() {
         let config = parse(&["--shutdown-delay", "5s"]).expect("valid");
         assert_eq!(config.shutdown_delay, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn invalid_policies_are_skipped_or_refuse() {
+        let config = parse(&["--invalid-policies", "refuse"]).expect("valid");
+        assert_eq!(config.invalid_policies, InvalidPolicies::Refuse);
+        let config = parse(&["--invalid-policies", "skip"]).expect("valid");
+        assert_eq!(config.invalid_policies, InvalidPolicies::Skip);
     }
 
     #[test]
@@ -652,6 +690,7 @@ mod tests {
                 "FLOWGATE_CORS_ORIGINS",
             ),
             (&["--shutdown-delay", "later"], "FLOWGATE_SHUTDOWN_DELAY"),
+            (&["--invalid-policies", "deny"], "FLOWGATE_INVALID_POLICIES"),
             (
                 &["--ledger-retention", "forever"],
                 "FLOWGATE_LEDGER_RETENTION",

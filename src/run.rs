@@ -188,7 +188,8 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             Some(path) => Some(read_secret(path, "FLOWGATE_FLOWISE_API_KEY_FILE")?),
             None => None,
         };
-        let mut credits = Credits::new(ledger.clone(), metrics.clone());
+        let mut credits = Credits::new(ledger.clone(), metrics.clone())
+            .with_invalid_policies(config.invalid_policies);
         if let Some(client) = &client {
             credits = credits.with_alerts(crate::proxy::credits::Alerts::new(client.clone()));
         }

@@ -139,6 +139,7 @@ async fn a_default_install_creates_the_expected_objects() {
         // A stopping pod serves on, unready, while endpoints drop it.
         ("FLOWGATE_SHUTDOWN_DELAY", "5s"),
         ("FLOWGATE_BODY_MEMORY", "256Mi"),
+        ("FLOWGATE_INVALID_POLICIES", "skip"),
     ] {
         assert_eq!(env_value(&env, var), value, "{var}");
     }
@@ -362,6 +363,10 @@ async fn values_of_the_wrong_shape_are_refused_by_the_schema() {
             "at '/proxy/corsOrigins'",
         ),
         (
+            json!({"proxy": {"invalidPolicies": "deny"}}),
+            "at '/proxy/invalidPolicies'",
+        ),
+        (
             json!({"proxy": {"corsOrigins": ["*", "https://chat.example.com"]}}),
             "at '/proxy/corsOrigins'",
         ),
@@ -476,7 +481,7 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
         "logFormat": "text",
         "ledger": {"retention": "90d"},
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        "proxy": {"bodyMemory": "512Mi",
+        "proxy": {"bodyMemory": "512Mi", "invalidPolicies": "refuse",
                   "corsOrigins": ["https://chat.example.com", "http://localhost:5173"]},
     });
     let release = upgrade(&ns, &ns, &values).unwrap_or_else(|e| panic!("upgrade: {e}"));
@@ -498,6 +503,7 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
     assert_eq!(env_value(&env, "FLOWGATE_SYNC_INTERVAL"), "5m");
     assert_eq!(env_value(&env, "FLOWGATE_LEDGER_RETENTION"), "90d");
     assert_eq!(env_value(&env, "FLOWGATE_BODY_MEMORY"), "512Mi");
+    assert_eq!(env_value(&env, "FLOWGATE_INVALID_POLICIES"), "refuse");
     assert_eq!(
         env_value(&env, "FLOWGATE_CORS_ORIGINS"),
         "https://chat.example.com,http://localhost:5173"

@@ -92,6 +92,74 @@ async fn resources_from_files_are_enforced_and_edits_take_effect() {
         support::metric(&gate.ops, &invalid("ChatflowAccess")).await,
         Some(0.0)
     );
+    // By default (FLOWGATE_INVALID_POLICIES=skip) it charges nothing: predictions go on.
+    let (status, answer) = predict(&gate, &dana, &flowise_id, json!({"question": "free"})).await;
+    assert_eq!(status, 200, "{answer}");
+    delete_chatflow(&flowise_id).await;
+}
+
+/// [`ACCESS`], also granting the group `interns`.
+fn access_with_interns() -> String {
+    ACCESS.replace(
+        "subjects: [{user: dana@example.com}]",
+        "subjects: [{user: dana@example.com}, {group: interns}]",
+    )
+}
+
+#[tokio::test]
+async fn with_invalid_policies_refused_an_invalid_policy_stops_what_it_would_charge() {
+    let name = format!(
+        "flowgate-refuse-{}",
+        jiff::Timestamp::now().as_millisecond()
+    );
+    let flowise_id = create_echo_chatflow(&name).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = |time_zone: &str| {
+        format!(
+            "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {{name: interns}}\n\
+             spec: {{chatflows: [local-bot], subjects: [{{group: interns}}],\n\
+             budget: {{credits: 1, period: Daily, timeZone: {time_zone}}}}}\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("chatflow.yaml"),
+        format!("apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: local-bot}}\nspec: {{flowiseName: {name}}}\n---\n{}\n---\n{}", access_with_interns(), policy("Europe/Pariss")),
+    )
+    .expect("write");
+    let gate = Flowgate::start_with(Options {
+        resources_dir: Some(dir.path().to_path_buf()),
+        invalid_policies: Some("refuse".into()),
+        ..Default::default()
+    })
+    .await;
+    let intern = token("ivan", json!({"groups": ["interns"]}));
+    let body = eventually_status(&gate, &intern, &flowise_id, 503).await;
+    assert_eq!(body["error"]["code"], "policy_invalid", "{body}");
+    assert_eq!(body["error"]["policy"], "default/interns", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Europe/Pariss")),
+        "the message says what is wrong: {body}"
+    );
+    // The policy names interns only: dana is not refused.
+    let dana = token("dana", json!({"email": "dana@example.com"}));
+    let (status, answer) = predict(&gate, &dana, &flowise_id, json!({"question": "hi"})).await;
+    assert_eq!(status, 200, "{answer}");
+
+    // Fixed, it charges: one credit a day, then 402.
+    std::fs::write(
+        dir.path().join("chatflow.yaml"),
+        format!("apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: local-bot}}\nspec: {{flowiseName: {name}}}\n---\n{}\n---\n{}", access_with_interns(), policy("Europe/Paris")),
+    )
+    .expect("rewrite");
+    eventually_status(&gate, &intern, &flowise_id, 200).await;
+    let (status, answer) = predict(&gate, &intern, &flowise_id, json!({"question": "2"})).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (402, &json!("insufficient_credits")),
+        "{answer}"
+    );
     delete_chatflow(&flowise_id).await;
 }
 

@@ -58,6 +58,17 @@ pub struct Invalid {
     pub error: InvalidSpec,
 }
 
+/// A CreditPolicy the index skipped, kept with whom it would have charged: with
+/// `FLOWGATE_INVALID_POLICIES=refuse` its predictions are refused rather than free.
+#[derive(Debug)]
+pub struct InvalidPolicy {
+    /// `namespace/name`.
+    pub id: Arc<str>,
+    /// Empty: everyone with access.
+    subjects: Vec<SubjectRule>,
+    pub error: InvalidSpec,
+}
+
 /// A grant of access to one chatflow or a whole namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Grant {
@@ -206,6 +217,8 @@ pub struct Snapshot {
     policies: Vec<Vec<Arc<PolicyRule>>>,
     access_rules: Vec<Arc<AccessRule>>,
     policy_rules: Vec<Arc<PolicyRule>>,
+    /// Invalid CreditPolicies by the chatflow idx they name, sorted by policy id.
+    invalid_policies: FastMap<u32, Vec<Arc<InvalidPolicy>>>,
     /// Resources skipped because their spec is invalid.
     pub invalid: Vec<Invalid>,
     /// When the snapshot was compiled.
@@ -330,17 +343,26 @@ pub fn compile(resources: &Resources) -> Snapshot {
         let rule = match PolicyRule::try_from(policy.as_ref()) {
             Ok(rule) => Arc::new(rule),
             Err(error) => {
+                let (chatflows, subjects) = rules::invalid_policy_reach(policy);
+                let namespace = policy.metadata.namespace.as_deref().unwrap_or_default();
+                let name = policy.metadata.name.as_deref().unwrap_or_default();
+                let invalid = Arc::new(InvalidPolicy {
+                    id: Arc::from(format!("{namespace}/{name}")),
+                    subjects,
+                    error: error.clone(),
+                });
+                for id in snap.chatflow_ids(namespace, &chatflows, &ns_index) {
+                    snap.invalid_policies
+                        .entry(id)
+                        .or_default()
+                        .push(invalid.clone());
+                }
                 snap.skip("CreditPolicy", &policy.metadata, error);
                 continue;
             }
         };
         snap.policy_rules.push(rule.clone());
-        let ids = match snap.targets(&rule.namespace, &rule.chatflows, &ns_index) {
-            Target::Namespace(ns) => snap.ns_chatflows[ns as usize].clone(),
-            Target::Chatflows(ids) => ids,
-            Target::Nothing => Vec::new(),
-        };
-        for id in ids {
+        for id in snap.chatflow_ids(&rule.namespace, &rule.chatflows, &ns_index) {
             if let Some(rules) = snap.policies.get_mut(id as usize) {
                 rules.push(rule.clone());
             }
@@ -348,6 +370,9 @@ pub fn compile(resources: &Resources) -> Snapshot {
     }
     for rules in &mut snap.policies {
         rules.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    for invalid in snap.invalid_policies.values_mut() {
+        invalid.sort_by(|a, b| a.id.cmp(&b.id));
     }
     snap
 }
@@ -385,6 +410,20 @@ impl Snapshot {
             name,
             error,
         });
+    }
+
+    /// The chatflows `selector` names in `ns`.
+    fn chatflow_ids(
+        &self,
+        ns: &str,
+        selector: &ChatflowSelector,
+        ns_index: &HashMap<String, u32>,
+    ) -> Vec<u32> {
+        match self.targets(ns, selector, ns_index) {
+            Target::Namespace(ns) => self.ns_chatflows[ns as usize].clone(),
+            Target::Chatflows(ids) => ids,
+            Target::Nothing => Vec::new(),
+        }
     }
 
     fn targets(
@@ -505,6 +544,22 @@ impl Snapshot {
                 rule.subjects.is_empty() || rule.subjects.iter().any(|s| matches(s, caller))
             })
             .collect()
+    }
+
+    /// The first invalid CreditPolicy, by id, that would have applied to `caller` on
+    /// `chatflow` had it been valid.
+    pub fn invalid_policy_for(
+        &self,
+        caller: &Caller<'_>,
+        chatflow: &ChatflowEntry,
+    ) -> Option<&Arc<InvalidPolicy>> {
+        if self.invalid_policies.is_empty() {
+            return None;
+        }
+        self.invalid_policies
+            .get(&chatflow.idx)?
+            .iter()
+            .find(|p| p.subjects.is_empty() || p.subjects.iter().any(|s| matches(s, caller)))
     }
 
     /// Namespace of a chatflow entry.

@@ -88,6 +88,16 @@ impl SubjectRule {
     }
 }
 
+/// Whom and where an invalid CreditPolicy would charge, as far as it can be read: its chatflows
+/// (all of its namespace's when the list does not parse) and its subjects (empty, everyone with
+/// access, when the list does not parse).
+pub fn invalid_policy_reach(policy: &CreditPolicy) -> (ChatflowSelector, Vec<SubjectRule>) {
+    let chatflows =
+        ChatflowSelector::parse(&policy.spec.chatflows).unwrap_or(ChatflowSelector::All);
+    let subjects = subjects(&policy.spec.subjects).unwrap_or_default();
+    (chatflows, subjects)
+}
+
 fn subjects(list: &[Subject]) -> Result<Vec<SubjectRule>, InvalidSpec> {
     let mut rules = list
         .iter()

@@ -425,6 +425,57 @@ fn policies_apply_by_chatflow_and_subject() {
 }
 
 #[test]
+fn an_invalid_policy_is_kept_with_whom_and_where_it_would_have_charged() {
+    let mut res = team_a();
+    res.policies = vec![
+        policy(
+            "team-a",
+            "interns",
+            "  chatflows: [faq-bot]\n  subjects: [{group: interns}]\n  budget: {credits: 5, period: Daily, timeZone: Europe/Pariss}\n",
+        ),
+        // Its chatflow list does not parse: it reaches the whole namespace.
+        policy(
+            "team-a",
+            "mixed",
+            "  chatflows: ['*', support-bot]\n  budget: {credits: 5, period: Daily}\n",
+        ),
+        policy(
+            "team-b",
+            "fine",
+            "  chatflows: ['*']\n  budget: {credits: 5, period: Daily}\n",
+        ),
+    ];
+    let snap = compile(&res);
+    let (interns, staff) = (["interns".to_string()], ["staff".to_string()]);
+    let intern = Caller {
+        users: &[],
+        groups: &interns,
+        service_account: None,
+    };
+    let other = Caller {
+        users: &[],
+        groups: &staff,
+        service_account: None,
+    };
+    let on = |caller: &Caller<'_>, id: &str| {
+        let cf = snap.chatflow_by_flowise_id(id).expect("chatflow indexed");
+        snap.invalid_policy_for(caller, cf)
+            .map(|p| (p.id.to_string(), p.error.clone()))
+    };
+    let interns_policy = (
+        "team-a/interns".to_string(),
+        InvalidSpec::TimeZone("Europe/Pariss".into()),
+    );
+    let mixed = ("team-a/mixed".to_string(), InvalidSpec::MixedWildcard);
+    assert_eq!(on(&intern, FAQ), Some(interns_policy), "the first by id");
+    assert_eq!(on(&other, FAQ), Some(mixed.clone()), "not an intern");
+    assert_eq!(on(&other, SUPPORT), Some(mixed));
+    assert_eq!(on(&intern, OTHER), None, "another namespace");
+    assert_eq!(snap.policy_rules().len(), 1, "both are skipped");
+    assert_eq!(snap.invalid.len(), 2);
+}
+
+#[test]
 fn a_chatflow_without_a_ready_status_is_indexed_but_not_ready() {
     let res = Resources {
         chatflows: vec![parse(

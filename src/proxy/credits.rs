@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use super::error::ProxyError;
 use super::sse::StreamUsage;
 use crate::admin::models::CreditUsageRecord;
+use crate::config::InvalidPolicies;
 use crate::crd::BudgetScope;
 use crate::identity::Identity;
 use crate::index::{Caller, ChatflowEntry, PolicyRule, Snapshot};
@@ -54,6 +55,8 @@ pub struct Credits {
     ledger: Arc<dyn CreditLedger>,
     metrics: Arc<Metrics>,
     alerts: Option<Alerts>,
+    /// What an invalid CreditPolicy does to the predictions it would charge.
+    invalid_policies: InvalidPolicies,
     /// Settles, refunds and alerts still running after their request was answered; the proxy
     /// waits for them when it stops.
     background: TaskTracker,
@@ -134,6 +137,7 @@ impl Credits {
             ledger,
             metrics,
             alerts: None,
+            invalid_policies: InvalidPolicies::Skip,
             background: TaskTracker::new(),
         }
     }
@@ -141,6 +145,13 @@ impl Credits {
     /// The settles, refunds and alerts still running in the background.
     pub fn background(&self) -> &TaskTracker {
         &self.background
+    }
+
+    /// With [`InvalidPolicies::Refuse`], a prediction an invalid CreditPolicy would have
+    /// charged is refused (503 `policy_invalid`) instead of costing nothing on it.
+    pub fn with_invalid_policies(mut self, invalid_policies: InvalidPolicies) -> Self {
+        self.invalid_policies = invalid_policies;
+        self
     }
 
     /// Also publishes an Event when a subject crosses a policy's `alertAtPercent`.
@@ -196,6 +207,14 @@ impl Credits {
         idempotency_key: Option<String>,
         now: Timestamp,
     ) -> Result<Option<Charge>, ProxyError> {
+        if self.invalid_policies == InvalidPolicies::Refuse
+            && let Some(invalid) = snapshot.invalid_policy_for(caller, cf)
+        {
+            return Err(ProxyError::PolicyInvalid {
+                policy: invalid.id.to_string(),
+                problem: invalid.error.to_string(),
+            });
+        }
         let policies: Vec<Arc<PolicyRule>> = snapshot
             .policies_for(caller, cf)
             .into_iter()

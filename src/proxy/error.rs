@@ -81,6 +81,11 @@ pub enum ProxyError {
     DuplicateRequest,
     #[error("this chat is still answering an earlier question: send the next one once it ended")]
     ChatBusy,
+    #[error(
+        "CreditPolicy {policy} applies to this request and is invalid ({problem}): predictions \
+         it would charge are refused until it is fixed"
+    )]
+    PolicyInvalid { policy: String, problem: String },
     #[error("the credits ledger is unavailable")]
     LedgerUnavailable,
     #[error(
@@ -142,6 +147,7 @@ impl ProxyError {
             DuplicateRequest => (StatusCode::CONFLICT, "duplicate_request"),
             ChatBusy => (StatusCode::CONFLICT, "chat_busy"),
             LedgerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable"),
+            PolicyInvalid { .. } => (StatusCode::SERVICE_UNAVAILABLE, "policy_invalid"),
             Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             BodyShareFull => (StatusCode::TOO_MANY_REQUESTS, "body_memory_share"),
             NotConfigured(_) => (StatusCode::NOT_FOUND, "not_configured"),
@@ -190,6 +196,9 @@ impl ProxyError {
         {
             error["access"] = serde_json::json!(access);
             error["retryAfter"] = serde_json::json!(retry_after);
+        }
+        if let Self::PolicyInvalid { policy, .. } = &self {
+            error["policy"] = serde_json::json!(policy);
         }
         let mut resp = json(status, &serde_json::json!({ "error": error }));
         match self {

@@ -112,6 +112,8 @@ pub struct Options {
     pub body_memory: Option<String>,
     /// `--cors-origins`; default: none.
     pub cors_origins: Option<String>,
+    /// `--invalid-policies`; default: skip.
+    pub invalid_policies: Option<String>,
 }
 
 impl Flowgate {
@@ -172,6 +174,7 @@ impl Flowgate {
             token_endpoint_url: options.token_endpoint_url,
             body_memory: options.body_memory.unwrap_or_default(),
             cors_origins: options.cors_origins,
+            invalid_policies: options.invalid_policies.unwrap_or_default(),
             ..Default::default()
         };
         let config = Config::from_args(args).expect("valid test config");
