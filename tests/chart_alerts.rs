@@ -59,6 +59,11 @@ fn series(sel: &str, healthy: bool) -> Vec<Value> {
         ),
         s(
             "flowgate_proxy_decisions_total",
+            r#"decision="deny", reason="policy_invalid""#,
+            pick("0x40", "0+3x40"),
+        ),
+        s(
+            "flowgate_proxy_decisions_total",
             r#"decision="deny", reason="overloaded""#,
             pick("0x40", "0+2x40"),
         ),
@@ -170,6 +175,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
         [
             "FlowgateDown",
             "FlowgateLedgerUnavailable",
+            "FlowgateInvalidPolicyRefusing",
             "FlowgateIdentityUnavailable",
             "FlowgateLedgerSlow",
             "FlowgateLedgerRetentionFailing",

@@ -160,6 +160,33 @@ async fn with_invalid_policies_refused_an_invalid_policy_stops_what_it_would_cha
         (402, &json!("insufficient_credits")),
         "{answer}"
     );
+
+    // A policy that does not even parse is counted, and refuses everything in its namespace,
+    // on both prediction routes.
+    std::fs::write(
+        dir.path().join("typo.yaml"),
+        "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: typo}\n\
+         spec: {chatflows: [local-bot], budget: {credits: 5, period: Dialy}}\n",
+    )
+    .expect("write");
+    let body = eventually_status(&gate, &dana, &flowise_id, 503).await;
+    assert_eq!(
+        (&body["error"]["code"], &body["error"]["policy"]),
+        (&json!("policy_invalid"), &json!("default/typo")),
+        "{body}"
+    );
+    let invalid = "flowgate_index_invalid_resources{kind=\"CreditPolicy\"}";
+    assert_eq!(support::metric(&gate.ops, invalid).await, Some(1.0));
+    let compat = reqwest::Client::new()
+        .post(format!("{}/chat/predict", gate.base))
+        .bearer_auth(&dana)
+        .json(&json!({"chatflow_id": flowise_id, "question": "hi"}))
+        .send()
+        .await
+        .expect("flowgate answers");
+    assert_eq!(compat.status().as_u16(), 503);
+    let answer: serde_json::Value = compat.json().await.expect("JSON error");
+    assert_eq!(answer["error"]["code"], "policy_invalid", "{answer}");
     delete_chatflow(&flowise_id).await;
 }
 

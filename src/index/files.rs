@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::rules::{ChatflowSource, chatflow_source};
 use super::watch::SnapshotHandle;
-use super::{Resources, compile};
+use super::{Resources, Unreadable, compile};
 use crate::crd::conditions::{self, READY, reason};
 use crate::crd::{Chatflow, ChatflowStatus};
 use crate::flowise::{FlowiseApi, FlowiseChatflow};
@@ -93,7 +93,22 @@ pub fn load(dir: &Path) -> (Resources, Vec<String>) {
                 Ok(()) => {
                     defined.insert(key, at);
                 }
-                Err(e) => problems.push(format!("{at}: invalid {kind}: {e}")),
+                Err(e) => {
+                    problems.push(format!("{at}: invalid {kind}: {e}"));
+                    // Counted with the invalid objects (and a CreditPolicy may refuse): a
+                    // document is unreadable exactly when it has a typo.
+                    let kind = match kind.as_str() {
+                        "Chatflow" => "Chatflow",
+                        "ChatflowAccess" => "ChatflowAccess",
+                        _ => "CreditPolicy",
+                    };
+                    resources.unreadable.push(Unreadable {
+                        kind,
+                        namespace: key.1,
+                        name: key.2,
+                        error: e.to_string(),
+                    });
+                }
             }
         }
     }
@@ -302,6 +317,18 @@ mod tests {
         assert_eq!(res.accesses.len(), 1);
         assert_eq!(res.policies.len(), 0, "a negative budget does not parse");
         assert_eq!(problems.len(), 3, "{problems:?}");
+        // ... and is kept as unreadable, so that the index counts it (and may refuse).
+        let unreadable: Vec<_> = res
+            .unreadable
+            .iter()
+            .map(|u| (u.kind, u.namespace.as_str(), u.name.as_str()))
+            .collect();
+        assert_eq!(unreadable, vec![("CreditPolicy", "default", "p")]);
+        assert!(
+            res.unreadable[0].error.contains("-5"),
+            "{:?}",
+            res.unreadable[0]
+        );
     }
 
     fn chatflow(yaml_spec: &str) -> Arc<Chatflow> {

@@ -28,6 +28,18 @@ pub struct Resources {
     pub chatflows: Vec<Arc<Chatflow>>,
     pub accesses: Vec<Arc<ChatflowAccess>>,
     pub policies: Vec<Arc<CreditPolicy>>,
+    /// Objects of these kinds that do not parse (files only), reported as invalid.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// An object of a flowgate kind whose document does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// `Chatflow`, `ChatflowAccess` or `CreditPolicy`.
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub error: String,
 }
 
 /// Who is asking, as far as access is concerned.
@@ -367,6 +379,31 @@ pub fn compile(resources: &Resources) -> Snapshot {
                 rules.push(rule.clone());
             }
         }
+    }
+    for object in &resources.unreadable {
+        let error = InvalidSpec::Unreadable(object.error.clone());
+        // A policy that does not parse would still have charged something: with
+        // `FLOWGATE_INVALID_POLICIES=refuse` it stops everything in its namespace.
+        if object.kind == "CreditPolicy" {
+            let invalid = Arc::new(InvalidPolicy {
+                id: Arc::from(format!("{}/{}", object.namespace, object.name)),
+                subjects: Vec::new(),
+                error: error.clone(),
+            });
+            for id in snap.chatflow_ids(&object.namespace, &ChatflowSelector::All, &ns_index) {
+                snap.invalid_policies
+                    .entry(id)
+                    .or_default()
+                    .push(invalid.clone());
+            }
+        }
+        tracing::warn!(kind = object.kind, namespace = %object.namespace, name = %object.name, %error, "skipping invalid resource");
+        snap.invalid.push(Invalid {
+            kind: object.kind,
+            namespace: object.namespace.clone(),
+            name: object.name.clone(),
+            error,
+        });
     }
     for rules in &mut snap.policies {
         rules.sort_by(|a, b| a.id.cmp(&b.id));

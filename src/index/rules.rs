@@ -38,6 +38,10 @@ pub enum InvalidSpec {
         "Flowise chatflow {id} is also claimed by {others}: none of them is served until only one claims it"
     )]
     SharedFlowiseId { id: String, others: String },
+    /// An object that does not even parse (a file under `--resources-dir`; the API server
+    /// checks shapes against the CRD first).
+    #[error("does not parse: {0}")]
+    Unreadable(String),
 }
 
 /// Which chatflows a rule names.

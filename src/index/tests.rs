@@ -47,6 +47,7 @@ fn team_a() -> Resources {
             "  chatflows: [support-bot]\n  subjects:\n  - user: alice@example.com\n  - group: support\n  - serviceAccount: {namespace: apps, name: chat-client}\n",
         )],
         policies: vec![],
+        unreadable: vec![],
     }
 }
 
@@ -428,16 +429,23 @@ fn policies_apply_by_chatflow_and_subject() {
 fn an_invalid_policy_is_kept_with_whom_and_where_it_would_have_charged() {
     let mut res = team_a();
     res.policies = vec![
+        // Its chatflow list does not parse: it reaches the whole namespace. Listed first, it
+        // still comes after `interns` (by id).
+        policy(
+            "team-a",
+            "mixed",
+            "  chatflows: ['*', support-bot]\n  budget: {credits: 5, period: Daily}\n",
+        ),
         policy(
             "team-a",
             "interns",
             "  chatflows: [faq-bot]\n  subjects: [{group: interns}]\n  budget: {credits: 5, period: Daily, timeZone: Europe/Pariss}\n",
         ),
-        // Its chatflow list does not parse: it reaches the whole namespace.
+        // Its subject list does not parse: it reaches everyone.
         policy(
-            "team-a",
-            "mixed",
-            "  chatflows: ['*', support-bot]\n  budget: {credits: 5, period: Daily}\n",
+            "team-b",
+            "two-things",
+            "  chatflows: [other-bot]\n  subjects: [{user: u, group: g}]\n  budget: {credits: 5, period: Daily}\n",
         ),
         policy(
             "team-b",
@@ -470,9 +478,45 @@ fn an_invalid_policy_is_kept_with_whom_and_where_it_would_have_charged() {
     assert_eq!(on(&intern, FAQ), Some(interns_policy), "the first by id");
     assert_eq!(on(&other, FAQ), Some(mixed.clone()), "not an intern");
     assert_eq!(on(&other, SUPPORT), Some(mixed));
-    assert_eq!(on(&intern, OTHER), None, "another namespace");
-    assert_eq!(snap.policy_rules().len(), 1, "both are skipped");
-    assert_eq!(snap.invalid.len(), 2);
+    let two_things = Some((
+        "team-b/two-things".to_string(),
+        InvalidSpec::Subject { index: 0 },
+    ));
+    assert_eq!(on(&intern, OTHER), two_things, "everyone");
+    assert_eq!(on(&other, OTHER), two_things);
+    assert_eq!(snap.policy_rules().len(), 1, "the invalid ones are skipped");
+    assert_eq!(snap.invalid.len(), 3);
+}
+
+#[test]
+fn an_unreadable_policy_reaches_its_whole_namespace() {
+    let mut res = team_a();
+    res.unreadable = vec![Unreadable {
+        kind: "CreditPolicy",
+        namespace: "team-a".into(),
+        name: "typo".into(),
+        error: "unknown variant `Dialy`".into(),
+    }];
+    let snap = compile(&res);
+    let nobody = Caller::default();
+    for (id, reached) in [(SUPPORT, true), (FAQ, true), (OTHER, false)] {
+        let cf = snap.chatflow_by_flowise_id(id).expect("chatflow indexed");
+        assert_eq!(
+            snap.invalid_policy_for(&nobody, cf)
+                .map(|p| p.id.to_string()),
+            reached.then(|| "team-a/typo".to_string()),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        snap.invalid,
+        vec![Invalid {
+            kind: "CreditPolicy",
+            namespace: "team-a".into(),
+            name: "typo".into(),
+            error: InvalidSpec::Unreadable("unknown variant `Dialy`".into()),
+        }]
+    );
 }
 
 #[test]

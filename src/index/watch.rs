@@ -74,6 +74,8 @@ impl Stores {
             chatflows: self.chatflows.state(),
             accesses: self.accesses.state(),
             policies: self.policies.state(),
+            // The API server checked every object against its CRD.
+            unreadable: Vec::new(),
         };
         // Deterministic order: the same objects always compile to the same snapshot.
         res.chatflows
