@@ -283,3 +283,189 @@ async fn a_ledger_retention_prunes_old_rows_at_start_keeps_budgets_and_counts_fa
         "the recent row and the two the failed run could not delete"
     );
 }
+
+#[tokio::test]
+async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_records_why() {
+    let team = Team::with_fake_flowise("credits-adjust").await;
+    let policy = format!("{}/daily", team.ns);
+    team.policy(
+        "daily",
+        json!({"chatflows": ["*"], "budget": {"credits": 2, "period": "Daily"}}),
+    )
+    .await;
+    team.policy(
+        "pool",
+        json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Daily", "scope": "Shared"}}),
+    )
+    .await;
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
+    let (id, alice) = (team.flowise_id.clone(), team.alice());
+    eventually_status(&gate, &alice, &id, 200).await;
+    let ask = || predict(&gate, &alice, &id, json!({"question": "q"}));
+    assert_eq!(ask().await.0, 200);
+    assert_eq!(ask().await.0, 402, "both credits spent");
+
+    let adjust = |body: Value, bearer: String, key: Option<&'static str>| {
+        let gate = &gate;
+        async move {
+            let mut req = reqwest::Client::new()
+                .post(format!("{}/api/admin/credits/adjustments", gate.base))
+                .bearer_auth(bearer)
+                .json(&body);
+            if let Some(key) = key {
+                req = req.header("Idempotency-Key", key);
+            }
+            let resp = req.send().await.expect("flowgate answers");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let give = json!({"policy": policy, "subject": "user:alice-sub", "credits": 3,
+                      "reason": "refund for ticket 42"});
+    let (status, given) = adjust(give.clone(), root(), Some("ticket-42")).await;
+    assert_eq!(status, 200, "{given}");
+    assert_eq!(
+        (
+            &given["subject"],
+            &given["adjusted"],
+            &given["credits"],
+            &given["used"],
+            &given["remaining"]
+        ),
+        (
+            &json!("user:alice-sub"),
+            &json!(3),
+            &json!(2),
+            &json!(-1),
+            &json!(3)
+        ),
+        "{given}"
+    );
+    let (status, again) = adjust(give, root(), Some("ticket-42")).await;
+    assert_eq!(
+        (status, &again["error"]["code"]),
+        (409, &json!("duplicate_request")),
+        "a retried adjustment is applied once: {again}"
+    );
+    for n in 0..3 {
+        assert_eq!(ask().await.0, 200, "given credit {n}");
+    }
+    assert_eq!(ask().await.0, 402, "the three given credits are spent");
+
+    // The Shared pool has one bucket: no subject. Taking goes past its budget.
+    let (status, taken) = adjust(
+        json!({"policy": format!("{}/pool", team.ns), "credits": -200}),
+        root(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{taken}");
+    assert_eq!(
+        (&taken["subject"], &taken["used"], &taken["remaining"]),
+        (&json!("*"), &json!(205), &json!(0)),
+        "{taken}"
+    );
+
+    // Refusals, each with a JSON error saying why; none changes a budget.
+    let member = team.member("bob");
+    for (body, bearer, want) in [
+        (
+            json!({"policy": policy, "subject": "user:alice-sub", "credits": 1}),
+            member.clone(),
+            403,
+        ),
+        (
+            json!({"policy": format!("{}/nope", team.ns), "subject": "user:x", "credits": 1}),
+            root(),
+            404,
+        ),
+        (json!({"policy": policy, "credits": 1}), root(), 400),
+        (
+            json!({"policy": policy, "subject": "alice-sub", "credits": 1}),
+            root(),
+            400,
+        ),
+        (
+            json!({"policy": policy, "subject": "user:alice-sub", "credits": 0}),
+            root(),
+            400,
+        ),
+        (
+            json!({"policy": policy, "subject": "user:alice-sub", "credits": 1.5}),
+            root(),
+            400,
+        ),
+        (
+            json!({"policy": policy, "subject": "user:alice-sub", "credit": 1}),
+            root(),
+            400,
+        ),
+        (
+            json!({"policy": format!("{}/pool", team.ns), "subject": "user:alice-sub", "credits": 1}),
+            root(),
+            400,
+        ),
+    ] {
+        let (status, answer) = adjust(body.clone(), bearer, None).await;
+        assert_eq!(status, want, "{body} -> {answer}");
+        assert!(answer["error"]["message"].is_string(), "{answer}");
+    }
+    assert_eq!(ask().await.0, 402, "no refusal gave anything");
+
+    // The usage log and the policy's Events record it.
+    let (status, rows) = call(
+        &gate,
+        reqwest::Method::GET,
+        &format!("/api/admin/credits/usage?policy={policy}"),
+        Some(&root()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{rows}");
+    let adjusted: Vec<&Value> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["outcome"] == "adjusted")
+        .collect();
+    assert_eq!(adjusted.len(), 1, "{rows}");
+    assert_eq!(
+        (
+            &adjusted[0]["credits"],
+            &adjusted[0]["chatflow"],
+            &adjusted[0]["reservation_id"]
+        ),
+        (&json!(-3), &json!(""), &given["id"]),
+        "{rows}"
+    );
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(team.client.clone(), &team.ns);
+    let list = events.list(&Default::default()).await.expect("events");
+    let notes: Vec<(String, String)> = list
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("CreditsAdjusted"))
+        .map(|e| {
+            (
+                e.regarding
+                    .as_ref()
+                    .and_then(|r| r.name.clone())
+                    .unwrap_or_default(),
+                e.note.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        notes.iter().any(|(name, note)| name == "daily"
+            && note.starts_with("user:root gave 3 credits to user:alice-sub")
+            && note.ends_with(": refund for ticket 42")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|(name, note)| name == "pool" && note.contains("took 200 credits from *")),
+        "{notes:?}"
+    );
+}

@@ -5,6 +5,8 @@
 //! it is unset: run `scripts/postgres.sh start` and `eval "$(scripts/postgres.sh env)"`).
 //! The clock is injected through `now`; nothing sleeps.
 
+#[path = "ledger/adjust.rs"]
+mod adjust;
 #[path = "ledger/bursts.rs"]
 mod bursts;
 #[path = "ledger/postgres_replicas.rs"]
@@ -23,11 +25,12 @@ use std::time::Duration;
 
 use flowgate::crd::policy::Period;
 use flowgate::ledger::{
-    self, LedgerError, PolicyUsage, ReservationId, ReservationState, ReserveOutcome, Resolution,
-    UsageFilter, UsageRecord,
+    self, AdjustOutcome, AdjustRequest, LedgerError, PolicyUsage, ReservationId, ReservationState,
+    ReserveOutcome, Resolution, UsageFilter, UsageRecord,
 };
 use jiff::SignedDuration;
 
+use adjust::*;
 use bursts::*;
 use retention::*;
 use support::{OutcomeExt, Store, at, concurrently, line, now, request, used, whole_log};
@@ -87,6 +90,9 @@ scenarios!(
     pruning_deletes_closed_reservations_and_usage_before_the_cutoff,
     pruning_during_a_burst_keeps_the_budget_exact,
     pruning_deletes_the_buckets_of_windows_long_over_and_keeps_never,
+    an_adjustment_gives_back_or_takes_credits_whatever_the_budget,
+    an_adjustment_with_an_idempotency_key_is_applied_once,
+    an_adjustment_during_a_burst_of_reserves_keeps_the_budget_exact,
 );
 
 const POLICY: &str = "team-a/monthly";

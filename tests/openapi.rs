@@ -14,6 +14,11 @@ use support::team::Team;
 #[tokio::test]
 async fn the_openapi_document_validates_and_describes_real_answers() {
     let team = Team::new("admin-openapi").await;
+    team.policy(
+        "daily",
+        json!({"chatflows": ["*"], "budget": {"credits": 1000, "period": "Daily"}}),
+    )
+    .await;
     let gate = Flowgate::start().await;
     let id = team.flowise_id.clone();
     let admin = root();
@@ -37,6 +42,7 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
         "/api/admin/chatflows/sync",
         "/api/admin/chatflows/{chatflow_id}/users/email/{email}",
         "/api/admin/credits/usage",
+        "/api/admin/credits/adjustments",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
@@ -250,6 +256,30 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
             None,
         ),
         (
+            M::POST,
+            "/api/admin/credits/adjustments".into(),
+            "/api/admin/credits/adjustments".into(),
+            Some(&admin),
+            Some(
+                json!({"policy": format!("{}/daily", team.ns), "subject": "user:alice-sub",
+                        "credits": 5, "reason": "openapi"}),
+            ),
+        ),
+        (
+            M::POST,
+            "/api/admin/credits/adjustments".into(),
+            "/api/admin/credits/adjustments".into(),
+            Some(&admin),
+            Some(json!({"policy": format!("{}/daily", team.ns), "credits": 5})),
+        ),
+        (
+            M::POST,
+            "/api/admin/credits/adjustments".into(),
+            "/api/admin/credits/adjustments".into(),
+            Some(&alice),
+            Some(json!({"policy": format!("{}/daily", team.ns), "credits": 5})),
+        ),
+        (
             M::PUT,
             "/api/admin/chatflows/sync".into(),
             "/api/admin/chatflows/sync".into(),
@@ -269,6 +299,14 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
         };
         answers.push(json!({"method": method, "path": template, "status": status, "body": answer}));
     }
+    assert!(
+        answers
+            .iter()
+            .any(|a| a["path"] == "/api/admin/credits/adjustments"
+                && a["status"] == 200
+                && a["body"]["subject"] == "user:alice-sub"),
+        "an adjustment's answer is checked: {answers:?}"
+    );
     for status in [200, 400, 401, 403, 404, 405] {
         assert!(
             statuses.contains(&status),

@@ -4,8 +4,9 @@
 //! and take effect through the index's normal watch.
 //!
 //! Authorization: the global admin claim, or `role: Admin` on the chatflow concerned. Listing and
-//! stats show a per-chatflow admin only the chatflows they administer; `sync` and the credits
-//! usage log (`GET /api/admin/credits/usage`, flowgate's own) need the global admin claim.
+//! stats show a per-chatflow admin only the chatflows they administer; `sync`, the credits
+//! usage log (`GET /api/admin/credits/usage`, flowgate's own) and credit adjustments
+//! (`POST /api/admin/credits/adjustments`, [`credits`]) need the global admin claim.
 //!
 //! Choices, stated once:
 //! - A `user_id` is a subject `user:` value, matched against the caller's user claims (`sub`,
@@ -18,6 +19,7 @@
 
 pub mod access;
 pub mod chatflows;
+pub mod credits;
 pub mod models;
 pub mod openapi;
 pub mod routes;
@@ -45,7 +47,7 @@ pub struct Admin {
     pub client: kube::Client,
     /// Runs a Flowise sync pass on demand.
     pub sync: SyncState,
-    /// The credits ledger, for its usage log.
+    /// The credits ledger, for its usage log and adjustments.
     pub ledger: Arc<dyn CreditLedger>,
 }
 
@@ -199,6 +201,7 @@ impl Admin {
                     &usage_log::usage_records(&*self.ledger, filter).await?,
                 ))
             }
+            AdminRoute::AdjustCredits => ok(to_json(&credits::adjust(self, req, call).await?)),
         }
     }
 }

@@ -190,6 +190,46 @@ pub fn string_field(
     }
 }
 
+/// `POST /api/admin/credits/adjustments`: credits given to (or taken from) one budget in its
+/// current period.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditAdjustmentRequest {
+    /// The CreditPolicy, `namespace/name`.
+    pub policy: String,
+    /// Whose budget, as the usage log names subjects (`user:<first user claim>`,
+    /// `sa:<namespace>/<name>`); left out for a `Shared` policy.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Credits given (positive) or taken (negative); not 0.
+    pub credits: i64,
+    /// Why, for the record: the log line and the Kubernetes Event on the policy (at most 500
+    /// characters).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What an adjustment did, and the budget it changed as it stands now.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreditAdjustment {
+    /// The adjustment's reservation id (its usage row's `reservation_id`).
+    pub id: i64,
+    pub policy: String,
+    /// The budget's subject, `*` for a `Shared` one.
+    pub subject: String,
+    /// Credits given (positive) or taken (negative).
+    pub adjusted: i64,
+    /// The subject's credits per period: the policy's, or a budget override naming its user or
+    /// ServiceAccount (an override by group cannot be told from the subject alone).
+    pub credits: u64,
+    /// Used in the period after the adjustment (below 0 when more was given than used).
+    pub used: i64,
+    pub remaining: i64,
+    pub period_start: String,
+    pub reset_at: Option<String>,
+}
+
 /// One row of the credits usage log: what one settle, refund, expiry or final-cost charge
 /// changed on one policy. A reservation's rows sum to what it is charged.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -200,17 +240,19 @@ pub struct CreditUsageRecord {
     pub time: String,
     /// The reservation (one per charged prediction).
     pub reservation_id: i64,
-    /// Who was charged: the identity key (`user:…`, `serviceAccount:…`).
+    /// Who was charged: the identity key (`user:…`, `sa:namespace/name`), or `*` for a
+    /// `Shared` budget's adjustment.
     pub subject: String,
-    /// `namespace/name` of the Chatflow.
+    /// `namespace/name` of the Chatflow; empty for an adjustment.
     pub chatflow: String,
     /// `namespace/name` of the CreditPolicy.
     pub policy: String,
-    /// The change of the charge (negative for a refund of something already charged).
+    /// The change of the charge (negative for a refund of something already charged, or for
+    /// credits an adjustment gave).
     pub credits: i64,
     /// Tokens Flowise reported (only where a policy prices tokens).
     pub tokens: u64,
-    /// `charged`, `settled`, `refunded` or `expired`.
+    /// `charged`, `settled`, `refunded`, `expired` or `adjusted`.
     pub outcome: String,
 }
 

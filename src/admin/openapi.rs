@@ -10,7 +10,8 @@ use serde_json::{Map, Value, json};
 use super::models::{
     AddUsersToChatflowByEmailRequest, AddUsersToChatflowRequest, BulkAddUsersByEmailRequest,
     BulkAddUsersRequest, ChatflowModel, ChatflowStats, ChatflowSyncResult, ChatflowUser,
-    CreditUsageRecord, MessageResponse, UserChatflowResponse,
+    CreditAdjustment, CreditAdjustmentRequest, CreditUsageRecord, MessageResponse,
+    UserChatflowResponse,
 };
 use super::shapes::{
     AuthenticateRequest, CompatChatflow, CompatPredictRequest, CompatPredictResponse,
@@ -290,6 +291,15 @@ pub const OPERATIONS: &[Operation] = &[
         "[CreditUsageRecord]",
         &[400, 401, 403, 404, 503],
     ),
+    op(
+        "post",
+        "/api/admin/credits/adjustments",
+        "Give credits to (or take them from) one budget in its current period (global admin; \
+         `Idempotency-Key` applies it once)",
+        Some("CreditAdjustmentRequest"),
+        "CreditAdjustment",
+        ADMIN_ERRORS,
+    ),
 ];
 
 fn schemas() -> Map<String, Value> {
@@ -321,6 +331,8 @@ fn schemas() -> Map<String, Value> {
         ChatflowSyncResult,
         ChatflowUser,
         CreditUsageRecord,
+        CreditAdjustmentRequest,
+        CreditAdjustment,
     );
     generator.take_definitions(true).into_iter().collect()
 }

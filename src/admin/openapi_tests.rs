@@ -58,6 +58,7 @@ fn every_route_is_documented() {
         "Delete",
         "ListUsers",
         "CreditUsage",
+        "AdjustCredits",
     ];
     for name in all {
         assert!(
@@ -98,6 +99,7 @@ fn kind(route: &Route) -> String {
             A::DeleteChatflow(_) => "Delete",
             A::ListUsers(_) => "ListUsers",
             A::CreditUsage => "CreditUsage",
+            A::AdjustCredits => "AdjustCredits",
         },
     }
     .to_string()

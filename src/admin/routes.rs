@@ -38,6 +38,8 @@ pub enum AdminRoute {
     ListUsers(String),
     /// `GET /api/admin/credits/usage`.
     CreditUsage,
+    /// `POST /api/admin/credits/adjustments`.
+    AdjustCredits,
 }
 
 impl AdminRoute {
@@ -59,6 +61,7 @@ impl AdminRoute {
             Self::DeleteChatflow(_) => "admin_delete_chatflow",
             Self::ListUsers(_) => "admin_list_users",
             Self::CreditUsage => "admin_credit_usage",
+            Self::AdjustCredits => "admin_adjust_credits",
         }
     }
 }
@@ -103,6 +106,7 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<AdminRoute, Miss> {
         ["chatflows", "sync"] => (AdminRoute::Sync, Method::POST),
         ["chatflows", "stats"] => (AdminRoute::Stats, Method::GET),
         ["credits", "usage"] => (AdminRoute::CreditUsage, Method::GET),
+        ["credits", "adjustments"] => (AdminRoute::AdjustCredits, Method::POST),
         ["chatflows", id] => {
             return match *method {
                 Method::GET | Method::HEAD => Ok(AdminRoute::GetChatflow(s(id))),

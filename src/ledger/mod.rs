@@ -28,6 +28,8 @@
 //!  reserve, final ──▶ Charged ── refund ──▶ Refunded  (held amount released)
 //!  (a flat cost)        ╲
 //!                        settle ──▶ Settled  (charge adjusted to the actual amount)
+//!
+//!  adjust ──▶ Adjusted  (an admin's correction of one bucket, either way; final)
 //! ```
 //!
 //! - [`CreditLedger::reserve`] is one atomic operation over every budget line of a request:
@@ -63,7 +65,8 @@
 //! line. Its `credits` is what the event changed in the charge recorded by the log, so summing a
 //! reservation's rows gives what it is charged: settle logs the actual amount, refund 0, expiry
 //! and a final-cost reserve the held amount; a settle or refund after those logs the correction
-//! (`actual - held`, or `-held`).
+//! (`actual - held`, or `-held`). An adjustment logs what it changed, `-credits` (negative for
+//! credits given back), with an empty chatflow.
 //!
 //! # Retention
 //!
@@ -124,6 +127,12 @@ pub trait CreditLedger: Send + Sync {
 
     /// Releases the held amounts. Idempotent.
     fn refund(&self, id: ReservationId, now: Timestamp) -> LedgerFuture<'_, Resolution>;
+
+    /// Changes one bucket's `used` by `-credits` (positive `credits` give credits back, negative
+    /// take them), never refused for the budget: an admin's correction. It is written as a
+    /// reservation in the final state `Adjusted` with one line, and one usage row, in one
+    /// durable transaction; with an idempotency key it is applied once.
+    fn adjust(&self, request: AdjustRequest) -> LedgerFuture<'_, AdjustOutcome>;
 
     /// Marks reservations whose `created + ttl` is at or before `now` as expired (they stay
     /// charged) and returns how many there were.
@@ -256,6 +265,33 @@ impl ReserveRequest {
     }
 }
 
+/// An admin's change to one bucket in one window ([`CreditLedger::adjust`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdjustRequest {
+    /// The CreditPolicy, as `namespace/name`.
+    pub policy: String,
+    /// The subject for a `PerSubject` policy, `"*"` for a `Shared` one. Also the usage row's
+    /// subject, and the scope of the idempotency key.
+    pub bucket: String,
+    pub window: Window,
+    /// Credits given (positive: `used` goes down, possibly below 0) or taken (negative).
+    pub credits: i64,
+    pub idempotency_key: Option<String>,
+    pub now: Timestamp,
+}
+
+/// What [`CreditLedger::adjust`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdjustOutcome {
+    /// Applied: the bucket's `used` afterwards.
+    Adjusted { id: ReservationId, used: i64 },
+    /// The idempotency key was used before; nothing changed.
+    Duplicate {
+        id: ReservationId,
+        state: ReservationState,
+    },
+}
+
 /// Identifies a reservation; unique within one ledger database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReservationId(pub i64);
@@ -280,6 +316,8 @@ pub enum ReservationState {
     /// Charged in full when reserved (a final cost); changed only by a refund or a correcting
     /// settle.
     Charged,
+    /// An admin's adjustment of a bucket ([`CreditLedger::adjust`]); final.
+    Adjusted,
 }
 
 impl ReservationState {
@@ -291,6 +329,7 @@ impl ReservationState {
             Self::Refunded => "refunded",
             Self::Expired => "expired",
             Self::Charged => "charged",
+            Self::Adjusted => "adjusted",
         }
     }
 
@@ -301,6 +340,7 @@ impl ReservationState {
             "refunded" => Self::Refunded,
             "expired" => Self::Expired,
             "charged" => Self::Charged,
+            "adjusted" => Self::Adjusted,
             other => return Err(LedgerError::Corrupt(format!("reservation state '{other}'"))),
         })
     }

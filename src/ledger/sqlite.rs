@@ -24,9 +24,9 @@ use tokio::sync::oneshot;
 
 use super::state::Close;
 use super::{
-    CreditLedger, LedgerError, LedgerFuture, PolicyUsage, PrunedChunk, ReservationId,
-    ReservationState, ReserveOutcome, ReserveRequest, Resolution, UsageFilter, UsageParam,
-    UsageRecord, Window, timestamp, usage_query,
+    AdjustOutcome, AdjustRequest, CreditLedger, LedgerError, LedgerFuture, PolicyUsage,
+    PrunedChunk, ReservationId, ReservationState, ReserveOutcome, ReserveRequest, Resolution,
+    UsageFilter, UsageParam, UsageRecord, Window, timestamp, usage_query,
 };
 
 /// The schema this code writes; stored in `PRAGMA user_version`.
@@ -102,6 +102,7 @@ type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
 /// An operation for the writer thread.
 enum Op {
     Reserve(ReserveRequest, Reply<ReserveOutcome>),
+    Adjust(AdjustRequest, Reply<AdjustOutcome>),
     Close(ReservationId, Close, Timestamp, Reply<Resolution>),
     Sweep(Timestamp, Reply<u64>),
     PruneReservations(Timestamp, ReservationId, u32, Reply<PrunedChunk>),
@@ -112,6 +113,7 @@ enum Op {
 /// An operation's result, held until the batch is committed.
 enum Answer {
     Reserve(Reply<ReserveOutcome>, Result<ReserveOutcome, LedgerError>),
+    Adjust(Reply<AdjustOutcome>, Result<AdjustOutcome, LedgerError>),
     Close(Reply<Resolution>, Result<Resolution, LedgerError>),
     /// A sweep's or a usage prune's row count.
     Count(Reply<u64>, Result<u64, LedgerError>),
@@ -203,6 +205,10 @@ impl Drop for SqliteLedger {
 impl CreditLedger for SqliteLedger {
     fn reserve(&self, request: ReserveRequest) -> LedgerFuture<'_, ReserveOutcome> {
         self.write(|reply| Op::Reserve(request, reply))
+    }
+
+    fn adjust(&self, request: AdjustRequest) -> LedgerFuture<'_, AdjustOutcome> {
+        self.write(|reply| Op::Adjust(request, reply))
     }
 
     fn settle<'a>(
@@ -508,6 +514,11 @@ impl Op {
                 in_savepoint(conn, |c| ops::reserve(c, &request)),
                 Answer::Reserve,
             ),
+            Op::Adjust(request, reply) => answer(
+                reply,
+                in_savepoint(conn, |c| ops::adjust(c, &request)),
+                Answer::Adjust,
+            ),
             Op::Close(id, how, now, reply) => answer(
                 reply,
                 in_savepoint(conn, |c| ops::close(c, id, &how, now)),
@@ -534,6 +545,7 @@ impl Op {
     fn fail(self, e: &rusqlite::Error) -> Answer {
         match self {
             Op::Reserve(_, reply) => Answer::Reserve(reply, Err(commit_failure(e))),
+            Op::Adjust(_, reply) => Answer::Adjust(reply, Err(commit_failure(e))),
             Op::Close(.., reply) => Answer::Close(reply, Err(commit_failure(e))),
             Op::Sweep(_, reply) | Op::DeleteChunk(.., reply) => {
                 Answer::Count(reply, Err(commit_failure(e)))
@@ -548,6 +560,7 @@ impl Answer {
     fn fail(self, e: &rusqlite::Error) -> Answer {
         match self {
             Answer::Reserve(reply, r) => Answer::Reserve(reply, r.and(Err(commit_failure(e)))),
+            Answer::Adjust(reply, r) => Answer::Adjust(reply, r.and(Err(commit_failure(e)))),
             Answer::Close(reply, r) => Answer::Close(reply, r.and(Err(commit_failure(e)))),
             Answer::Count(reply, r) => Answer::Count(reply, r.and(Err(commit_failure(e)))),
             Answer::Pruned(reply, r) => Answer::Pruned(reply, r.and(Err(commit_failure(e)))),
@@ -558,6 +571,7 @@ impl Answer {
         // A caller that stopped waiting has nothing to learn; the commit stands.
         let _ = match self {
             Answer::Reserve(reply, r) => reply.send(r).map_err(drop),
+            Answer::Adjust(reply, r) => reply.send(r).map_err(drop),
             Answer::Close(reply, r) => reply.send(r).map_err(drop),
             Answer::Count(reply, r) => reply.send(r).map_err(drop),
             Answer::Pruned(reply, r) => reply.send(r).map_err(drop),

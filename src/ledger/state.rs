@@ -61,7 +61,9 @@ pub(super) fn close(
     let already_logged: Vec<i64> = match state {
         ReservationState::Reserved => vec![0; held.len()],
         ReservationState::Expired | ReservationState::Charged => held.to_vec(),
-        ReservationState::Settled | ReservationState::Refunded => return Ok(None),
+        ReservationState::Settled | ReservationState::Refunded | ReservationState::Adjusted => {
+            return Ok(None);
+        }
     };
     let (target, tokens) = match close {
         Close::Settle { tokens, .. } => (ReservationState::Settled, credits("tokens", *tokens)?),

@@ -197,6 +197,27 @@ impl Credits {
         }
     }
 
+    /// With [`InvalidPolicies::Refuse`], 503 `policy_invalid` when an invalid CreditPolicy would
+    /// have charged `caller` on `cf`. The prediction routes ask before reading the body (a
+    /// refusal does not change between retries, so it should cost nothing); [`Credits::reserve`]
+    /// asks again.
+    pub fn refuse_invalid(
+        &self,
+        snapshot: &Snapshot,
+        caller: &Caller<'_>,
+        cf: &ChatflowEntry,
+    ) -> Result<(), ProxyError> {
+        if self.invalid_policies == InvalidPolicies::Refuse
+            && let Some(invalid) = snapshot.invalid_policy_for(caller, cf)
+        {
+            return Err(ProxyError::PolicyInvalid {
+                policy: invalid.id.to_string(),
+                problem: invalid.error.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Reserves the flat cost on every policy that applies; `None` when no policy applies.
     pub async fn reserve(
         &self,
@@ -207,14 +228,7 @@ impl Credits {
         idempotency_key: Option<String>,
         now: Timestamp,
     ) -> Result<Option<Charge>, ProxyError> {
-        if self.invalid_policies == InvalidPolicies::Refuse
-            && let Some(invalid) = snapshot.invalid_policy_for(caller, cf)
-        {
-            return Err(ProxyError::PolicyInvalid {
-                policy: invalid.id.to_string(),
-                problem: invalid.error.to_string(),
-            });
-        }
+        self.refuse_invalid(snapshot, caller, cf)?;
         let policies: Vec<Arc<PolicyRule>> = snapshot
             .policies_for(caller, cf)
             .into_iter()
@@ -415,7 +429,7 @@ impl Credits {
                 "timeZone": policy.time_zone_name,
                 "credits": limit,
                 "used": used,
-                "remaining": (credits - used).max(0),
+                "remaining": credits.saturating_sub(used).max(0),
                 "periodStart": window.start.to_string(),
                 "resetAt": window.end.map(|t| t.to_string()),
             }));
@@ -608,7 +622,7 @@ fn bucket<'a>(policy: &PolicyRule, identity: &'a Identity) -> &'a str {
     }
 }
 
-fn window(policy: &PolicyRule, now: Timestamp) -> Result<ledger::Window, ProxyError> {
+pub(crate) fn window(policy: &PolicyRule, now: Timestamp) -> Result<ledger::Window, ProxyError> {
     ledger::window(policy.period, &policy.time_zone_name, now)
         .map_err(|e| ProxyError::Internal(format!("policy {}: {e}", policy.id)))
 }

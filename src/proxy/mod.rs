@@ -223,6 +223,7 @@ impl Proxy {
                 let (cf, access) =
                     self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
                 let usable = usable(&cf)?;
+                self.refuse_invalid(&snapshot, &identity, &caller, &cf)?;
                 let idempotency_key = idempotency_key(&req)?;
                 // The headers go on to Flowise (the allowed ones) after the body is read.
                 let (parts, body) = req.into_parts();
@@ -261,6 +262,7 @@ impl Proxy {
                 let lookup = Lookup::NameOrId(&chatflow_id);
                 let (cf, access) = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
                 let usable = usable(&cf)?;
+                self.refuse_invalid(&snapshot, &identity, &caller, &cf)?;
                 prediction.turn = Some(self.turns.begin(&prediction.chat_id)?);
                 let allowance = self.rate_limit(&snapshot, &identity, &cf, access)?;
                 let answered = async {
@@ -442,6 +444,19 @@ impl Proxy {
     }
 
     /// Reserves credits for an allowed prediction and logs the decision once.
+    /// [`Credits::refuse_invalid`], with the decision logged.
+    fn refuse_invalid(
+        &self,
+        snapshot: &Snapshot,
+        identity: &Identity,
+        caller: &Caller<'_>,
+        cf: &ChatflowEntry,
+    ) -> Result<(), ProxyError> {
+        self.credits
+            .refuse_invalid(snapshot, caller, cf)
+            .inspect_err(|error| log_decision(identity, cf, "deny", error.reason()))
+    }
+
     async fn charge(
         &self,
         snapshot: &Snapshot,
@@ -729,7 +744,7 @@ fn usable(cf: &ChatflowEntry) -> Result<String, ProxyError> {
 }
 
 /// The `Idempotency-Key` header, if any: a retried request with the same key is charged once.
-fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+pub(crate) fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
     match req.headers().get("idempotency-key") {
         None => Ok(None),
         Some(value) => match value.to_str() {

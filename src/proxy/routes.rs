@@ -226,6 +226,14 @@ mod tests {
                 email: "a+b@c.d".into()
             }))
         );
+        assert_eq!(
+            route(&Method::POST, "/api/admin/credits/adjustments").ok(),
+            Some(Route::Admin(AdminRoute::AdjustCredits))
+        );
+        assert!(matches!(
+            route(&Method::GET, "/api/admin/credits/adjustments"),
+            Err(ProxyError::MethodNotAllowed { allow: "POST", .. })
+        ));
         for path in [
             "/api/admin/chatflows/x/users/email/..%2F..%2Fv1@x",
             "/api/admin/chatflows/x/users/email/a@b/extra",

@@ -58,6 +58,7 @@ fn admin_path(route: &AdminRoute) -> String {
             )
         }
         AdminRoute::CreditUsage => "/credits/usage".into(),
+        AdminRoute::AdjustCredits => "/credits/adjustments".into(),
     }
 }
 

@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::ledger::state::{self, Close, HeldLine};
 use crate::ledger::{
-    Charge, LedgerError, PrunedChunk, ReservationId, ReservationState, ReserveOutcome,
-    ReserveRequest, Resolution, expiry,
+    AdjustOutcome, AdjustRequest, Charge, LedgerError, PrunedChunk, ReservationId,
+    ReservationState, ReserveOutcome, ReserveRequest, Resolution, expiry,
 };
 
 // The statements of a reserve and a settle, each compiled once per connection (rusqlite's
@@ -240,6 +240,80 @@ pub(super) fn close(
     Ok(Resolution {
         state: change.state,
         applied: true,
+    })
+}
+
+/// An adjustment's change to its bucket (`?4`: added to `used`), with the bucket's `used` after.
+/// A bucket's own limit is left as its last reserve wrote it.
+const ADJUST: &str = "
+    INSERT INTO buckets (policy, bucket, window_start, used) VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT (policy, bucket, window_start) DO UPDATE SET used = used + excluded.used
+    RETURNING used";
+
+/// An admin's adjustment: a final `Adjusted` reservation with one line, its bucket changed by
+/// `-credits`, and its usage row. Rare: its statements are not kept hot.
+pub(super) fn adjust(
+    conn: &Connection,
+    request: &AdjustRequest,
+) -> Result<AdjustOutcome, LedgerError> {
+    if let Some(key) = &request.idempotency_key {
+        let existing = conn
+            .prepare_cached(FIND_KEY)?
+            .query_row(params![request.bucket, key], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })
+            .optional()?;
+        if let Some((id, state)) = existing {
+            return Ok(AdjustOutcome::Duplicate {
+                id: ReservationId(id),
+                state: ReservationState::parse(&state)?,
+            });
+        }
+    }
+    let delta = request
+        .credits
+        .checked_neg()
+        .ok_or(LedgerError::OutOfRange {
+            what: "credits",
+            value: request.credits.unsigned_abs(),
+        })?;
+    let now = request.now.as_microsecond();
+    let start = request.window.start.as_microsecond();
+    let state = ReservationState::Adjusted;
+    conn.prepare_cached(INSERT_RESERVATION)?.execute(params![
+        request.bucket,
+        "",
+        request.idempotency_key,
+        now,
+        now,
+        state.as_str(),
+    ])?;
+    let id = conn.last_insert_rowid();
+    conn.prepare_cached(HOLD_LINE)?.execute(params![
+        id,
+        0,
+        request.policy,
+        request.bucket,
+        start,
+        delta
+    ])?;
+    let used: i64 = conn.prepare_cached(ADJUST)?.query_row(
+        params![request.policy, request.bucket, start, delta],
+        |row| row.get(0),
+    )?;
+    conn.prepare_cached(LOG_USAGE)?.execute(params![
+        now,
+        id,
+        request.bucket,
+        "",
+        request.policy,
+        delta,
+        0,
+        state.as_str()
+    ])?;
+    Ok(AdjustOutcome::Adjusted {
+        id: ReservationId(id),
+        used,
     })
 }
 

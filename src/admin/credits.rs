@@ -1,0 +1,206 @@
+//! `POST /api/admin/credits/adjustments`: a global admin gives credits to (or takes them from)
+//! one budget in its current period — a refund for an answer that went wrong, a one-off top-up —
+//! without editing the CreditPolicy, whose spec stays what GitOps says.
+//!
+//! The ledger applies it in one durable write that no budget refuses ([`CreditLedger::adjust`]):
+//! given credits may take `used` below 0 (more than the budget this period), taken ones past the
+//! limit. It is logged in the usage log (outcome `adjusted`, an empty chatflow), in the proxy's
+//! log and as a Kubernetes Event on the policy naming the admin and the reason. With an
+//! `Idempotency-Key` a retried adjustment is applied once (409 the second time). It lasts the
+//! period: the next period starts from an empty bucket as always.
+
+use hyper::Request;
+use hyper::body::Incoming;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+use super::models::{CreditAdjustment, CreditAdjustmentRequest};
+use super::{Admin, Call};
+use crate::crd::BudgetScope;
+use crate::index::{Caller, PolicyRule};
+use crate::ledger::{AdjustOutcome, AdjustRequest};
+use crate::proxy::ProxyError;
+
+/// Longest `reason` kept: an Event's note holds at most 1 KiB.
+const MAX_REASON: usize = 500;
+
+/// Applies one adjustment; global admins only.
+pub async fn adjust(
+    admin: &Admin,
+    req: Request<Incoming>,
+    call: &Call<'_>,
+) -> Result<CreditAdjustment, ProxyError> {
+    if !call.identity.admin {
+        return Err(ProxyError::AdminRequired);
+    }
+    let key = crate::proxy::idempotency_key(&req)?;
+    let body = crate::proxy::read_json(req, crate::proxy::MAX_JSON_BODY).await?;
+    let request: CreditAdjustmentRequest = serde_json::from_value(body.into())
+        .map_err(|e| ProxyError::BadRequest(format!("invalid adjustment: {e}")))?;
+    if request.credits == 0 || request.credits == i64::MIN {
+        return Err(ProxyError::BadRequest(
+            "field 'credits' must be a non-zero number of credits: positive gives, negative takes"
+                .into(),
+        ));
+    }
+    let reason = request.reason.unwrap_or_default();
+    if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
+        return Err(ProxyError::BadRequest(format!(
+            "field 'reason' must be at most {MAX_REASON} characters, without control characters"
+        )));
+    }
+    let policy = call
+        .snapshot
+        .policy_rules()
+        .iter()
+        .find(|p| *p.id == *request.policy)
+        .ok_or_else(|| {
+            ProxyError::NotFoundDetail(format!(
+                "no valid CreditPolicy {} (namespace/name)",
+                request.policy
+            ))
+        })?;
+    let subject = Subject::of(policy, request.subject)?;
+    let window = crate::proxy::credits::window(policy, call.now)?;
+    let outcome = admin
+        .ledger
+        .adjust(AdjustRequest {
+            policy: policy.id.to_string(),
+            bucket: subject.key.clone(),
+            window,
+            credits: request.credits,
+            // Apart from the subject's own prediction keys, which share its scope.
+            idempotency_key: key.map(|k| format!("adjust:{k}")),
+            now: call.now,
+        })
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "credit adjustment failed");
+            ProxyError::LedgerUnavailable
+        })?;
+    let (id, used) = match outcome {
+        AdjustOutcome::Adjusted { id, used } => (id, used),
+        AdjustOutcome::Duplicate { .. } => return Err(ProxyError::DuplicateRequest),
+    };
+    let verb = if request.credits > 0 { "gave" } else { "took" };
+    let note = format!(
+        "{} {verb} {} credits {} {} for the period from {}{}",
+        call.identity.key,
+        request.credits.unsigned_abs(),
+        if request.credits > 0 { "to" } else { "from" },
+        subject.key,
+        window.start,
+        if reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {reason}")
+        },
+    );
+    tracing::info!(admin = %call.identity.key, policy = %policy.id, subject = %subject.key, credits = request.credits, used, reason, "credits adjusted");
+    record(admin, policy, note).await;
+    let credits = subject.credits;
+    Ok(CreditAdjustment {
+        id: id.0,
+        policy: policy.id.to_string(),
+        subject: subject.key,
+        adjusted: request.credits,
+        credits,
+        used,
+        remaining: i64::try_from(credits)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(used)
+            .max(0),
+        period_start: window.start.to_string(),
+        reset_at: window.end.map(|t| t.to_string()),
+    })
+}
+
+/// Whose budget an adjustment changes.
+struct Subject {
+    /// The ledger's bucket: the identity key, or `*`.
+    key: String,
+    /// Its credits per period, as far as the key tells.
+    credits: u64,
+}
+
+impl Subject {
+    fn of(policy: &PolicyRule, named: Option<String>) -> Result<Self, ProxyError> {
+        let named = named.filter(|s| !s.is_empty());
+        match (policy.scope, named) {
+            (BudgetScope::Shared, None) => Ok(Self {
+                key: "*".into(),
+                credits: policy.credits,
+            }),
+            (BudgetScope::Shared, Some(s)) if s == "*" => Ok(Self {
+                key: s,
+                credits: policy.credits,
+            }),
+            (BudgetScope::Shared, Some(_)) => Err(ProxyError::BadRequest(format!(
+                "CreditPolicy {} is Shared: its subjects draw from one budget, so leave 'subject' out",
+                policy.id
+            ))),
+            (BudgetScope::PerSubject, None) => Err(ProxyError::BadRequest(format!(
+                "CreditPolicy {} gives each subject its own budget: name it in 'subject' \
+                 (user:<first user claim> or sa:<namespace>/<name>, as the usage log shows)",
+                policy.id
+            ))),
+            (BudgetScope::PerSubject, Some(key)) => {
+                let users;
+                let caller = if let Some(user) = key.strip_prefix("user:")
+                    && !user.is_empty()
+                {
+                    users = [user.to_string()];
+                    Caller {
+                        users: &users,
+                        ..Caller::default()
+                    }
+                } else if let Some(account) = key.strip_prefix("sa:")
+                    && account
+                        .split_once('/')
+                        .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty())
+                {
+                    Caller {
+                        service_account: Some(account),
+                        ..Caller::default()
+                    }
+                } else {
+                    return Err(ProxyError::BadRequest(format!(
+                        "field 'subject' must be user:<first user claim> or sa:<namespace>/<name> \
+                         (as the usage log shows), not '{key}'"
+                    )));
+                };
+                let (credits, _) = policy.credits_for(&caller);
+                Ok(Self { key, credits })
+            }
+        }
+    }
+}
+
+/// A Normal Event on the policy: who changed whose budget, by how much, and why. Best effort:
+/// the ledger and the log already hold the adjustment.
+async fn record(admin: &Admin, policy: &PolicyRule, note: String) {
+    let recorder = Recorder::new(
+        admin.client.clone(),
+        Reporter {
+            controller: "flowgate-proxy".into(),
+            instance: None,
+        },
+    );
+    let reference = ObjectReference {
+        api_version: Some("flowgate.io/v1alpha1".into()),
+        kind: Some("CreditPolicy".into()),
+        name: Some(policy.name.clone()),
+        namespace: Some(policy.namespace.clone()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "CreditsAdjusted".into(),
+        note: Some(note),
+        action: "Adjust".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &reference).await {
+        tracing::warn!(%error, policy = %policy.id, "could not publish the CreditsAdjusted Event");
+    }
+}

@@ -1,0 +1,181 @@
+//! Adjustment scenarios: an admin's correction of one bucket, either way, applied once per key
+//! and exact among concurrent reserves.
+
+use super::*;
+
+fn adjustment(bucket: &str, credits: i64) -> AdjustRequest {
+    AdjustRequest {
+        policy: POLICY.into(),
+        bucket: bucket.into(),
+        window: support::monthly_utc(now()),
+        credits,
+        idempotency_key: None,
+        now: now(),
+    }
+}
+
+fn adjusted(outcome: AdjustOutcome) -> (ReservationId, i64) {
+    match outcome {
+        AdjustOutcome::Adjusted { id, used } => (id, used),
+        other => panic!("expected Adjusted, got {other:?}"),
+    }
+}
+
+pub async fn an_adjustment_gives_back_or_takes_credits_whatever_the_budget(store: Store) {
+    let ledger = store.open().await;
+    let spend = |amount| request("alice", vec![line(POLICY, "alice", 10, amount)]);
+    ledger.reserve(spend(10)).await.expect("reserve").id();
+    assert!(matches!(
+        ledger.reserve(spend(1)).await.expect("reserve"),
+        ReserveOutcome::Exhausted { .. }
+    ));
+
+    let (given, used_after) =
+        adjusted(ledger.adjust(adjustment("alice", 5)).await.expect("adjust"));
+    assert_eq!(used_after, 5, "five credits given back");
+    let ReserveOutcome::Reserved { remaining, .. } =
+        ledger.reserve(spend(3)).await.expect("reserve")
+    else {
+        panic!("the given credits are spendable");
+    };
+    assert_eq!(remaining, vec![(POLICY.to_string(), 2)]);
+
+    // Taking is never refused for the budget: the bucket goes past its limit.
+    let (taken, used_after) = adjusted(
+        ledger
+            .adjust(adjustment("alice", -20))
+            .await
+            .expect("adjust"),
+    );
+    assert_eq!(used_after, 28);
+    assert!(matches!(
+        ledger.reserve(spend(1)).await.expect("reserve"),
+        ReserveOutcome::Exhausted { remaining: 0, .. }
+    ));
+
+    // A bucket never charged starts below zero: more than the budget this period.
+    let (_, used_after) = adjusted(ledger.adjust(adjustment("bob", 7)).await.expect("adjust"));
+    assert_eq!(used_after, -7);
+    let ReserveOutcome::Reserved { remaining, .. } = ledger
+        .reserve(request("bob", vec![line(POLICY, "bob", 10, 17)]))
+        .await
+        .expect("reserve")
+    else {
+        panic!("10 + 7 credits fit");
+    };
+    assert_eq!(remaining, vec![(POLICY.to_string(), 0)]);
+    assert_eq!(
+        ledger
+            .policy_usage(POLICY, &support::monthly_utc(now()), 10)
+            .await
+            .expect("usage"),
+        PolicyUsage {
+            credits_used: 28 + 10,
+            buckets_exhausted: 2
+        }
+    );
+
+    // Logged as what they changed in the charge, with no chatflow.
+    let log: Vec<(ReservationId, String, String, i64, ReservationState)> = whole_log(&*ledger)
+        .await
+        .into_iter()
+        .filter(|r| r.outcome == ReservationState::Adjusted && r.subject == "alice")
+        .map(|r| (r.reservation, r.subject, r.chatflow, r.credits, r.outcome))
+        .collect();
+    assert_eq!(
+        log,
+        vec![
+            (
+                taken,
+                "alice".into(),
+                String::new(),
+                20,
+                ReservationState::Adjusted
+            ),
+            (
+                given,
+                "alice".into(),
+                String::new(),
+                -5,
+                ReservationState::Adjusted
+            ),
+        ]
+    );
+    // Final: a settle or refund of an adjustment changes nothing.
+    for resolution in [
+        ledger.refund(given, now()).await.expect("refund"),
+        ledger.settle(taken, &[0], 0, now()).await.expect("settle"),
+    ] {
+        assert_eq!(
+            resolution,
+            Resolution {
+                state: ReservationState::Adjusted,
+                applied: false
+            }
+        );
+    }
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 28);
+}
+
+pub async fn an_adjustment_with_an_idempotency_key_is_applied_once(store: Store) {
+    let ledger = store.open().await;
+    let keyed = || AdjustRequest {
+        idempotency_key: Some("ticket-42".into()),
+        ..adjustment("alice", 50)
+    };
+    let (id, used_after) = adjusted(ledger.adjust(keyed()).await.expect("adjust"));
+    assert_eq!(used_after, -50);
+    assert_eq!(
+        ledger.adjust(keyed()).await.expect("adjust again"),
+        AdjustOutcome::Duplicate {
+            id,
+            state: ReservationState::Adjusted
+        }
+    );
+    // Another replica, or a restart, knows the key too.
+    let other = store.open().await;
+    assert!(matches!(
+        other.adjust(keyed()).await.expect("adjust elsewhere"),
+        AdjustOutcome::Duplicate { .. }
+    ));
+    assert_eq!(used(&*ledger, POLICY, "alice").await, -50);
+    // The key is the bucket's: another bucket may use it.
+    let (_, bob) = adjusted(
+        ledger
+            .adjust(AdjustRequest {
+                bucket: "bob".into(),
+                ..keyed()
+            })
+            .await
+            .expect("adjust bob"),
+    );
+    assert_eq!(bob, -50);
+}
+
+pub async fn an_adjustment_during_a_burst_of_reserves_keeps_the_budget_exact(store: Store) {
+    let ledger = store.open().await;
+    let give = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move { ledger.adjust(adjustment("*", 10)).await })
+    };
+    let burst = concurrently(&ledger, 80, |_| {
+        request("alice", vec![line(POLICY, "*", 50, 1)])
+    })
+    .await;
+    adjusted(give.await.expect("task").expect("adjust"));
+    let mut admitted = burst
+        .iter()
+        .filter(|o| matches!(o, ReserveOutcome::Reserved { .. }))
+        .count();
+    // Whatever the order, the budget and the credits given are spent exactly.
+    while let ReserveOutcome::Reserved { .. } = ledger
+        .reserve(request("alice", vec![line(POLICY, "*", 50, 1)]))
+        .await
+        .expect("reserve")
+    {
+        admitted += 1;
+        assert!(admitted <= 60, "more admitted than 50 + 10");
+    }
+    assert_eq!(admitted, 60);
+    assert_eq!(used(&*ledger, POLICY, "*").await, 50);
+}
