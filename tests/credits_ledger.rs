@@ -303,7 +303,16 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
     let (id, alice) = (team.flowise_id.clone(), team.alice());
     eventually_status(&gate, &alice, &id, 200).await;
     let ask = || predict(&gate, &alice, &id, json!({"question": "q"}));
-    assert_eq!(ask().await.0, 200);
+    // Alice's own prediction with the key the admin will use takes nothing from the admin.
+    let keyed = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .bearer_auth(&alice)
+        .header("Idempotency-Key", "ticket-42")
+        .json(&json!({"question": "q"}))
+        .send()
+        .await
+        .expect("flowgate answers");
+    assert_eq!(keyed.status().as_u16(), 200);
     assert_eq!(ask().await.0, 402, "both credits spent");
 
     let adjust = |body: Value, bearer: String, key: Option<&'static str>| {
@@ -397,7 +406,17 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
             400,
         ),
         (
-            json!({"policy": policy, "subject": "user:alice-sub", "credit": 1}),
+            json!({"policy": policy, "subject": "user:alice-sub", "credits": 1, "credit": 1}),
+            root(),
+            400,
+        ),
+        (
+            json!({"policy": policy, "subject": "user:alice-sub", "credits": 10_000_000_000_000_i64}),
+            root(),
+            400,
+        ),
+        (
+            json!({"policy": policy, "subject": "user:alice-sub", "credits": 1, "reason": "a\nb"}),
             root(),
             400,
         ),
@@ -441,21 +460,26 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
     );
     let events: kube::Api<k8s_openapi::api::events::v1::Event> =
         kube::Api::namespaced(team.client.clone(), &team.ns);
-    let list = events.list(&Default::default()).await.expect("events");
-    let notes: Vec<(String, String)> = list
-        .items
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some("CreditsAdjusted"))
-        .map(|e| {
-            (
-                e.regarding
-                    .as_ref()
-                    .and_then(|r| r.name.clone())
-                    .unwrap_or_default(),
-                e.note.clone().unwrap_or_default(),
-            )
-        })
-        .collect();
+    // Published in the background, after the answer.
+    let notes = support::eventually(10, "both CreditsAdjusted Events", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let notes: Vec<(String, String)> = list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("CreditsAdjusted"))
+            .map(|e| {
+                (
+                    e.regarding
+                        .as_ref()
+                        .and_then(|r| r.name.clone())
+                        .unwrap_or_default(),
+                    e.note.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        (notes.len() == 2).then_some(notes)
+    })
+    .await;
     assert!(
         notes.iter().any(|(name, note)| name == "daily"
             && note.starts_with("user:root gave 3 credits to user:alice-sub")

@@ -6,8 +6,9 @@
 //! given credits may take `used` below 0 (more than the budget this period), taken ones past the
 //! limit. It is logged in the usage log (outcome `adjusted`, an empty chatflow), in the proxy's
 //! log and as a Kubernetes Event on the policy naming the admin and the reason. With an
-//! `Idempotency-Key` a retried adjustment is applied once (409 the second time). It lasts the
-//! period: the next period starts from an empty bucket as always.
+//! `Idempotency-Key` (scoped to the policy and the subject) a retried adjustment is applied once
+//! (409 the second time). It lasts the period: the next period starts from an empty bucket as
+//! always.
 
 use hyper::Request;
 use hyper::body::Incoming;
@@ -21,8 +22,15 @@ use crate::index::{Caller, PolicyRule};
 use crate::ledger::{AdjustOutcome, AdjustRequest};
 use crate::proxy::ProxyError;
 
-/// Longest `reason` kept: an Event's note holds at most 1 KiB.
+/// Longest `reason`, in bytes: an Event's note holds at most 1 KiB.
 const MAX_REASON: usize = 500;
+
+/// Largest adjustment either way. Far beyond any real correction, and far from the ledger's
+/// 64 bits however many are made.
+const MAX_CREDITS: i64 = 1_000_000_000_000;
+
+/// Longest `subject`, in bytes.
+const MAX_SUBJECT: usize = 256;
 
 /// Applies one adjustment; global admins only.
 pub async fn adjust(
@@ -37,16 +45,16 @@ pub async fn adjust(
     let body = crate::proxy::read_json(req, crate::proxy::MAX_JSON_BODY).await?;
     let request: CreditAdjustmentRequest = serde_json::from_value(body.into())
         .map_err(|e| ProxyError::BadRequest(format!("invalid adjustment: {e}")))?;
-    if request.credits == 0 || request.credits == i64::MIN {
-        return Err(ProxyError::BadRequest(
-            "field 'credits' must be a non-zero number of credits: positive gives, negative takes"
-                .into(),
-        ));
+    if request.credits == 0 || request.credits.unsigned_abs() > MAX_CREDITS.unsigned_abs() {
+        return Err(ProxyError::BadRequest(format!(
+            "field 'credits' must be a whole number of credits from 1 to {MAX_CREDITS} either way: \
+             positive gives, negative takes"
+        )));
     }
     let reason = request.reason.unwrap_or_default();
-    if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
+    if reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
         return Err(ProxyError::BadRequest(format!(
-            "field 'reason' must be at most {MAX_REASON} characters, without control characters"
+            "field 'reason' must be at most {MAX_REASON} bytes, without control characters"
         )));
     }
     let policy = call
@@ -69,8 +77,7 @@ pub async fn adjust(
             bucket: subject.key.clone(),
             window,
             credits: request.credits,
-            // Apart from the subject's own prediction keys, which share its scope.
-            idempotency_key: key.map(|k| format!("adjust:{k}")),
+            idempotency_key: key,
             now: call.now,
         })
         .await
@@ -97,7 +104,9 @@ pub async fn adjust(
         },
     );
     tracing::info!(admin = %call.identity.key, policy = %policy.id, subject = %subject.key, credits = request.credits, used, reason, "credits adjusted");
-    record(admin, policy, note).await;
+    // In the background: the ledger has committed, and a slow API server must not make an
+    // unkeyed client time out and adjust again.
+    tokio::spawn(record(admin.client.clone(), policy.clone(), note));
     let credits = subject.credits;
     Ok(CreditAdjustment {
         id: id.0,
@@ -114,6 +123,9 @@ pub async fn adjust(
         reset_at: window.end.map(|t| t.to_string()),
     })
 }
+
+/// Longest Event note the API server takes, in bytes.
+const MAX_NOTE: usize = 1024;
 
 /// Whose budget an adjustment changes.
 struct Subject {
@@ -144,6 +156,14 @@ impl Subject {
                  (user:<first user claim> or sa:<namespace>/<name>, as the usage log shows)",
                 policy.id
             ))),
+            (BudgetScope::PerSubject, Some(key))
+                if key.len() > MAX_SUBJECT || key.chars().any(char::is_control) =>
+            {
+                Err(ProxyError::BadRequest(format!(
+                    "field 'subject' must be at most {MAX_SUBJECT} bytes, without control \
+                     characters"
+                )))
+            }
             (BudgetScope::PerSubject, Some(key)) => {
                 let users;
                 let caller = if let Some(user) = key.strip_prefix("user:")
@@ -164,10 +184,11 @@ impl Subject {
                         ..Caller::default()
                     }
                 } else {
-                    return Err(ProxyError::BadRequest(format!(
-                        "field 'subject' must be user:<first user claim> or sa:<namespace>/<name> \
-                         (as the usage log shows), not '{key}'"
-                    )));
+                    return Err(ProxyError::BadRequest(
+                        "field 'subject' must be user:<first user claim> or \
+                         sa:<namespace>/<name>, as the usage log shows"
+                            .into(),
+                    ));
                 };
                 let (credits, _) = policy.credits_for(&caller);
                 Ok(Self { key, credits })
@@ -178,9 +199,18 @@ impl Subject {
 
 /// A Normal Event on the policy: who changed whose budget, by how much, and why. Best effort:
 /// the ledger and the log already hold the adjustment.
-async fn record(admin: &Admin, policy: &PolicyRule, note: String) {
+async fn record(client: kube::Client, policy: std::sync::Arc<PolicyRule>, mut note: String) {
+    // The API server refuses a note over 1 KiB; the admin's key is as long as its claim.
+    if note.len() > MAX_NOTE {
+        let mut end = MAX_NOTE - 3;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push_str("...");
+    }
     let recorder = Recorder::new(
-        admin.client.clone(),
+        client,
         Reporter {
             controller: "flowgate-proxy".into(),
             instance: None,

@@ -156,7 +156,8 @@ pub struct CreditPolicyStatus {
     /// When the current period ends and the budget resets (absent for `Never`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_reset: Option<Time>,
-    /// Credits charged in the current period, over all subjects (refreshed periodically).
+    /// Credits charged in the current period, over all subjects, net of admins' adjustments
+    /// (refreshed periodically).
     #[serde(default)]
     pub credits_used: u64,
     /// Subjects with no credits left in the current period.

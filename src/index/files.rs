@@ -97,17 +97,24 @@ pub fn load(dir: &Path) -> (Resources, Vec<String>) {
                     problems.push(format!("{at}: invalid {kind}: {e}"));
                     // Counted with the invalid objects (and a CreditPolicy may refuse): a
                     // document is unreadable exactly when it has a typo.
+                    // It is the object's definition: a later one is a second definition.
                     let kind = match kind.as_str() {
                         "Chatflow" => "Chatflow",
                         "ChatflowAccess" => "ChatflowAccess",
                         _ => "CreditPolicy",
                     };
+                    let namespace = if key.1.is_empty() {
+                        "default".to_string()
+                    } else {
+                        key.1.clone()
+                    };
                     resources.unreadable.push(Unreadable {
                         kind,
-                        namespace: key.1,
-                        name: key.2,
+                        namespace,
+                        name: key.2.clone(),
                         error: e.to_string(),
                     });
+                    defined.insert(key, at);
                 }
             }
         }
@@ -308,6 +315,12 @@ mod tests {
         );
         write(dir.path(), "broken.yml", "kind: [unclosed\n");
         write(dir.path(), "notes.txt", "ignored");
+        // The unreadable policy is its definition: this one, read later, is a second one.
+        write(
+            dir.path(),
+            "z.yaml",
+            "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: p}\nspec: {chatflows: ['*'], budget: {credits: 5, period: Daily}}\n",
+        );
         let (res, problems) = load(dir.path());
         assert_eq!(res.chatflows.len(), 1);
         assert_eq!(
@@ -316,7 +329,8 @@ mod tests {
         );
         assert_eq!(res.accesses.len(), 1);
         assert_eq!(res.policies.len(), 0, "a negative budget does not parse");
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[3].contains("already defined"), "{problems:?}");
         // ... and is kept as unreadable, so that the index counts it (and may refuse).
         let unreadable: Vec<_> = res
             .unreadable

@@ -270,14 +270,25 @@ impl ReserveRequest {
 pub struct AdjustRequest {
     /// The CreditPolicy, as `namespace/name`.
     pub policy: String,
-    /// The subject for a `PerSubject` policy, `"*"` for a `Shared` one. Also the usage row's
-    /// subject, and the scope of the idempotency key.
+    /// The subject for a `PerSubject` policy, `"*"` for a `Shared` one; also the usage row's
+    /// subject.
     pub bucket: String,
     pub window: Window,
     /// Credits given (positive: `used` goes down, possibly below 0) or taken (negative).
     pub credits: i64,
+    /// Scoped to the policy and the bucket ([`AdjustRequest::key_scope`]): never the same as a
+    /// prediction's key, which callers choose.
     pub idempotency_key: Option<String>,
     pub now: Timestamp,
+}
+
+impl AdjustRequest {
+    /// The stored reservation's `subject`, which scopes its idempotency key: no identity key
+    /// (`user:…`, `sa:…`) starts like it, so a caller cannot take an adjustment's key with a
+    /// prediction of their own.
+    fn key_scope(&self) -> String {
+        format!("adjust {} {}", self.policy, self.bucket)
+    }
 }
 
 /// What [`CreditLedger::adjust`] did.

@@ -445,14 +445,14 @@ impl Conn {
                      WHERE idempotency_key IS NOT NULL AND state <> 'refunded'
                  DO NOTHING
                  RETURNING id",
-                &[&request.bucket, &request.idempotency_key, &state, &now],
+                &[&request.key_scope(), &request.idempotency_key, &state, &now],
             )
             .await?;
         let id: i64 = match (inserted, &request.idempotency_key) {
             (Some(row), _) => row.try_get(0)?,
             (None, Some(key)) => {
                 let existing = tx
-                    .query_opt(&self.st.find_key, &[&request.bucket, key])
+                    .query_opt(&self.st.find_key, &[&request.key_scope(), key])
                     .await?;
                 tx.rollback().await?;
                 let row = existing.ok_or_else(|| {

@@ -443,7 +443,6 @@ impl Proxy {
         })
     }
 
-    /// Reserves credits for an allowed prediction and logs the decision once.
     /// [`Credits::refuse_invalid`], with the decision logged.
     fn refuse_invalid(
         &self,
@@ -457,6 +456,7 @@ impl Proxy {
             .inspect_err(|error| log_decision(identity, cf, "deny", error.reason()))
     }
 
+    /// Reserves credits for an allowed prediction and logs the decision once.
     async fn charge(
         &self,
         snapshot: &Snapshot,

@@ -150,6 +150,36 @@ pub async fn an_adjustment_with_an_idempotency_key_is_applied_once(store: Store)
             .expect("adjust bob"),
     );
     assert_eq!(bob, -50);
+    // And another policy, for the same subject.
+    let (_, other_policy) = adjusted(
+        ledger
+            .adjust(AdjustRequest {
+                policy: "team-a/other".into(),
+                ..keyed()
+            })
+            .await
+            .expect("adjust another policy"),
+    );
+    assert_eq!(other_policy, -50);
+    // A subject's own prediction with the same key is another thing: the subject cannot take
+    // an adjustment's key (to stop a charge an admin makes), nor the other way round.
+    let mut prediction = request("alice", vec![line(POLICY, "alice", 10, 1)]);
+    prediction.idempotency_key = Some("ticket-42".into());
+    ledger.reserve(prediction).await.expect("reserve").id();
+    let mut taken_first = request("carol", vec![line(POLICY, "carol", 10, 1)]);
+    taken_first.idempotency_key = Some("ticket-7".into());
+    ledger.reserve(taken_first).await.expect("reserve").id();
+    adjusted(
+        ledger
+            .adjust(AdjustRequest {
+                bucket: "carol".into(),
+                idempotency_key: Some("ticket-7".into()),
+                ..adjustment("carol", -5)
+            })
+            .await
+            .expect("adjust carol"),
+    );
+    assert_eq!(used(&*ledger, POLICY, "carol").await, 6);
 }
 
 pub async fn an_adjustment_during_a_burst_of_reserves_keeps_the_budget_exact(store: Store) {

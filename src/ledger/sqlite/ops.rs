@@ -259,7 +259,7 @@ pub(super) fn adjust(
     if let Some(key) = &request.idempotency_key {
         let existing = conn
             .prepare_cached(FIND_KEY)?
-            .query_row(params![request.bucket, key], |row| {
+            .query_row(params![request.key_scope(), key], |row| {
                 Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
             })
             .optional()?;
@@ -281,7 +281,7 @@ pub(super) fn adjust(
     let start = request.window.start.as_microsecond();
     let state = ReservationState::Adjusted;
     conn.prepare_cached(INSERT_RESERVATION)?.execute(params![
-        request.bucket,
+        request.key_scope(),
         "",
         request.idempotency_key,
         now,
