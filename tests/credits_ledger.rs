@@ -361,6 +361,9 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
         assert_eq!(ask().await.0, 200, "given credit {n}");
     }
     assert_eq!(ask().await.0, 402, "the three given credits are spent");
+    let member = team.member("bob");
+    let (status, _) = predict(&gate, &member, &id, json!({"question": "q"})).await;
+    assert_eq!(status, 200, "bob has his own budget");
 
     // The Shared pool has one bucket: no subject. Taking goes past its budget.
     let (status, taken) = adjust(
@@ -372,12 +375,11 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
     assert_eq!(status, 200, "{taken}");
     assert_eq!(
         (&taken["subject"], &taken["used"], &taken["remaining"]),
-        (&json!("*"), &json!(205), &json!(0)),
+        (&json!("*"), &json!(206), &json!(0)),
         "{taken}"
     );
 
     // Refusals, each with a JSON error saying why; none changes a budget.
-    let member = team.member("bob");
     for (body, bearer, want) in [
         (
             json!({"policy": policy, "subject": "user:alice-sub", "credits": 1}),
@@ -431,6 +433,65 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
         assert!(answer["error"]["message"].is_string(), "{answer}");
     }
     assert_eq!(ask().await.0, 402, "no refusal gave anything");
+
+    // Who stands where this period: the most used first.
+    let balances = |query: String, bearer: String| {
+        let gate = &gate;
+        async move {
+            call(
+                gate,
+                reqwest::Method::GET,
+                &format!("/api/admin/credits/balances{query}"),
+                Some(&bearer),
+                None,
+            )
+            .await
+        }
+    };
+    let (status, daily) = balances(format!("?policy={policy}"), root()).await;
+    assert_eq!(status, 200, "{daily}");
+    let rows: Vec<(&Value, &Value, &Value, &Value)> = daily["balances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| (&b["subject"], &b["used"], &b["credits"], &b["remaining"]))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (&json!("user:alice-sub"), &json!(2), &json!(2), &json!(0)),
+            (&json!("user:bob-sub"), &json!(1), &json!(2), &json!(1)),
+        ],
+        "{daily}"
+    );
+    assert_eq!(
+        (
+            &daily["creditsUsed"],
+            &daily["subjectsExhausted"],
+            &daily["scope"]
+        ),
+        (&json!(3), &json!(1), &json!("PerSubject")),
+        "{daily}"
+    );
+    let (status, one) = balances(
+        format!("?policy={policy}&subject=user:nobody&limit=5"),
+        root(),
+    )
+    .await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(
+        one["balances"],
+        json!([{"subject": "user:nobody", "credits": 2, "used": 0, "remaining": 2}])
+    );
+    for (query, bearer, want) in [
+        (format!("?policy={policy}"), member.clone(), 403),
+        (String::new(), root(), 400),
+        (format!("?policy={policy}&limit=0"), root(), 400),
+        (format!("?policy={}/nope", team.ns), root(), 404),
+    ] {
+        let (status, answer) = balances(query.clone(), bearer).await;
+        assert_eq!(status, want, "{query} -> {answer}");
+    }
 
     // The usage log and the policy's Events record it.
     let (status, rows) = call(

@@ -43,6 +43,7 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
         "/api/admin/chatflows/{chatflow_id}/users/email/{email}",
         "/api/admin/credits/usage",
         "/api/admin/credits/adjustments",
+        "/api/admin/credits/balances",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
@@ -280,6 +281,20 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
             Some(json!({"policy": format!("{}/daily", team.ns), "credits": 5})),
         ),
         (
+            M::GET,
+            format!("/api/admin/credits/balances?policy={}/daily", team.ns),
+            "/api/admin/credits/balances".into(),
+            Some(&admin),
+            None,
+        ),
+        (
+            M::GET,
+            "/api/admin/credits/balances".into(),
+            "/api/admin/credits/balances".into(),
+            Some(&admin),
+            None,
+        ),
+        (
             M::PUT,
             "/api/admin/chatflows/sync".into(),
             "/api/admin/chatflows/sync".into(),
@@ -306,6 +321,14 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
                 && a["status"] == 200
                 && a["body"]["subject"] == "user:alice-sub"),
         "an adjustment's answer is checked: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .any(|a| a["path"] == "/api/admin/credits/balances"
+                && a["status"] == 200
+                && a["body"]["balances"][0]["subject"] == "user:alice-sub"),
+        "a balances answer is checked: {answers:?}"
     );
     for status in [200, 400, 401, 403, 404, 405] {
         assert!(

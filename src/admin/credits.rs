@@ -10,12 +10,14 @@
 //! (409 the second time). It lasts the period: the next period starts from an empty bucket as
 //! always.
 
+use std::sync::Arc;
+
 use hyper::Request;
 use hyper::body::Incoming;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
-use super::models::{CreditAdjustment, CreditAdjustmentRequest};
+use super::models::{CreditAdjustment, CreditAdjustmentRequest, PolicyBalances, SubjectBalance};
 use super::{Admin, Call};
 use crate::crd::BudgetScope;
 use crate::index::{Caller, PolicyRule};
@@ -57,17 +59,7 @@ pub async fn adjust(
             "field 'reason' must be at most {MAX_REASON} bytes, without control characters"
         )));
     }
-    let policy = call
-        .snapshot
-        .policy_rules()
-        .iter()
-        .find(|p| *p.id == *request.policy)
-        .ok_or_else(|| {
-            ProxyError::NotFoundDetail(format!(
-                "no valid CreditPolicy {} (namespace/name)",
-                request.policy
-            ))
-        })?;
+    let policy = find_policy(call, &request.policy)?;
     let subject = Subject::of(policy, request.subject)?;
     let window = crate::proxy::credits::window(policy, call.now)?;
     let outcome = admin
@@ -115,10 +107,7 @@ pub async fn adjust(
         adjusted: request.credits,
         credits,
         used,
-        remaining: i64::try_from(credits)
-            .unwrap_or(i64::MAX)
-            .saturating_sub(used)
-            .max(0),
+        remaining: remaining(credits, used),
         period_start: window.start.to_string(),
         reset_at: window.end.map(|t| t.to_string()),
     })
@@ -199,7 +188,7 @@ impl Subject {
 
 /// A Normal Event on the policy: who changed whose budget, by how much, and why. Best effort:
 /// the ledger and the log already hold the adjustment.
-async fn record(client: kube::Client, policy: std::sync::Arc<PolicyRule>, mut note: String) {
+async fn record(client: kube::Client, policy: Arc<PolicyRule>, mut note: String) {
     // The API server refuses a note over 1 KiB; the admin's key is as long as its claim.
     if note.len() > MAX_NOTE {
         let mut end = MAX_NOTE - 3;
@@ -232,5 +221,127 @@ async fn record(client: kube::Client, policy: std::sync::Arc<PolicyRule>, mut no
     };
     if let Err(error) = recorder.publish(&event, &reference).await {
         tracing::warn!(%error, policy = %policy.id, "could not publish the CreditsAdjusted Event");
+    }
+}
+
+/// Most subjects one balances request lists.
+const MAX_BALANCES: u32 = 1000;
+
+/// `GET /api/admin/credits/balances?policy=…[&subject=…][&limit=…]`: a policy's budgets in its
+/// current period, the most used first — who is close to the limit, who needs a top-up.
+pub async fn balances(
+    admin: &Admin,
+    query: Option<&str>,
+    call: &Call<'_>,
+) -> Result<PolicyBalances, ProxyError> {
+    if !call.identity.admin {
+        return Err(ProxyError::AdminRequired);
+    }
+    let (mut policy_id, mut subject, mut limit) = (None, None, 100);
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "policy" => policy_id = Some(value.into_owned()),
+            "subject" => subject = Some(value.into_owned()),
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_BALANCES).contains(n))
+                    .ok_or_else(|| {
+                        ProxyError::BadRequest(format!(
+                            "query parameter 'limit' must be a whole number from 1 to {MAX_BALANCES}"
+                        ))
+                    })?;
+            }
+            _ => {}
+        }
+    }
+    let policy_id = policy_id.ok_or_else(|| {
+        ProxyError::BadRequest("query parameter 'policy' (namespace/name) is required".into())
+    })?;
+    let policy = find_policy(call, &policy_id)?;
+    let window = crate::proxy::credits::window(policy, call.now)?;
+    let unavailable = |error: crate::ledger::LedgerError| {
+        tracing::error!(%error, "reading credit balances failed");
+        ProxyError::LedgerUnavailable
+    };
+    let buckets = admin
+        .ledger
+        .buckets(&policy.id, &window, subject.as_deref(), limit)
+        .await
+        .map_err(unavailable)?;
+    let usage = admin
+        .ledger
+        .policy_usage(&policy.id, &window, policy.credits)
+        .await
+        .map_err(unavailable)?;
+    let mut balances: Vec<SubjectBalance> = buckets
+        .into_iter()
+        .map(|bucket| {
+            let credits = bucket
+                .own_limit
+                .and_then(|own| u64::try_from(own).ok())
+                .or_else(|| {
+                    Subject::of(policy, Some(bucket.bucket.clone()))
+                        .ok()
+                        .map(|s| s.credits)
+                })
+                .unwrap_or(policy.credits);
+            SubjectBalance {
+                remaining: remaining(credits, bucket.used),
+                subject: bucket.bucket,
+                credits,
+                used: bucket.used,
+            }
+        })
+        .collect();
+    // A subject asked for by name that has not been charged this period has it all.
+    if let Some(subject) = subject
+        && balances.is_empty()
+    {
+        let credits = Subject::of(policy, Some(subject.clone()))?.credits;
+        balances.push(SubjectBalance {
+            subject,
+            credits,
+            used: 0,
+            remaining: remaining(credits, 0),
+        });
+    }
+    Ok(PolicyBalances {
+        policy: policy.id.to_string(),
+        scope: scope_name(policy.scope).into(),
+        period: format!("{:?}", policy.period),
+        time_zone: policy.time_zone_name.clone(),
+        credits: policy.credits,
+        period_start: window.start.to_string(),
+        reset_at: window.end.map(|t| t.to_string()),
+        credits_used: usage.credits_used,
+        subjects_exhausted: usage.buckets_exhausted,
+        balances,
+    })
+}
+
+/// The valid CreditPolicy `namespace/name`; 404 when the index does not hold it.
+fn find_policy<'s>(call: &'s Call<'_>, id: &str) -> Result<&'s Arc<PolicyRule>, ProxyError> {
+    call.snapshot
+        .policy_rules()
+        .iter()
+        .find(|p| *p.id == *id)
+        .ok_or_else(|| {
+            ProxyError::NotFoundDetail(format!("no valid CreditPolicy {id} (namespace/name)"))
+        })
+}
+
+fn remaining(credits: u64, used: i64) -> i64 {
+    i64::try_from(credits)
+        .unwrap_or(i64::MAX)
+        .saturating_sub(used)
+        .max(0)
+}
+
+fn scope_name(scope: BudgetScope) -> &'static str {
+    match scope {
+        BudgetScope::PerSubject => "PerSubject",
+        BudgetScope::Shared => "Shared",
     }
 }

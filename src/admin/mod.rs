@@ -5,8 +5,9 @@
 //!
 //! Authorization: the global admin claim, or `role: Admin` on the chatflow concerned. Listing and
 //! stats show a per-chatflow admin only the chatflows they administer; `sync`, the credits
-//! usage log (`GET /api/admin/credits/usage`, flowgate's own) and credit adjustments
-//! (`POST /api/admin/credits/adjustments`, [`credits`]) need the global admin claim.
+//! usage log (`GET /api/admin/credits/usage`, flowgate's own), credit balances and adjustments
+//! (`GET /api/admin/credits/balances`, `POST /api/admin/credits/adjustments`, [`credits`]) need
+//! the global admin claim.
 //!
 //! Choices, stated once:
 //! - A `user_id` is a subject `user:` value, matched against the caller's user claims (`sub`,
@@ -202,6 +203,9 @@ impl Admin {
                 ))
             }
             AdminRoute::AdjustCredits => ok(to_json(&credits::adjust(self, req, call).await?)),
+            AdminRoute::CreditBalances => ok(to_json(
+                &credits::balances(self, req.uri().query(), call).await?,
+            )),
         }
     }
 }

@@ -230,6 +230,41 @@ pub struct CreditAdjustment {
     pub reset_at: Option<String>,
 }
 
+/// `GET /api/admin/credits/balances`: one policy's budgets in its current period.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyBalances {
+    pub policy: String,
+    /// `PerSubject` or `Shared`.
+    pub scope: String,
+    pub period: String,
+    pub time_zone: String,
+    /// The policy's credits per period (a subject's own may differ: `budget.overrides`).
+    pub credits: u64,
+    pub period_start: String,
+    pub reset_at: Option<String>,
+    /// Credits used over all subjects, net of adjustments.
+    pub credits_used: i64,
+    /// Subjects with nothing left.
+    pub subjects_exhausted: u64,
+    /// The subjects that used the most first (at most `limit`), or the one `subject` asked for.
+    pub balances: Vec<SubjectBalance>,
+}
+
+/// One subject's budget in the current period.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectBalance {
+    /// The identity key (`user:…`, `sa:namespace/name`), or `*` for a `Shared` budget.
+    pub subject: String,
+    /// Its credits per period: the budget override its last prediction was charged against,
+    /// else one naming its user or ServiceAccount, else the policy's.
+    pub credits: u64,
+    /// Used so far (below 0 when an adjustment gave more than was used).
+    pub used: i64,
+    pub remaining: i64,
+}
+
 /// One row of the credits usage log: what one settle, refund, expiry or final-cost charge
 /// changed on one policy. A reservation's rows sum to what it is charged.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

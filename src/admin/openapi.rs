@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use super::models::{
     AddUsersToChatflowByEmailRequest, AddUsersToChatflowRequest, BulkAddUsersByEmailRequest,
     BulkAddUsersRequest, ChatflowModel, ChatflowStats, ChatflowSyncResult, ChatflowUser,
-    CreditAdjustment, CreditAdjustmentRequest, CreditUsageRecord, MessageResponse,
+    CreditAdjustment, CreditAdjustmentRequest, CreditUsageRecord, MessageResponse, PolicyBalances,
     UserChatflowResponse,
 };
 use super::shapes::{
@@ -300,6 +300,14 @@ pub const OPERATIONS: &[Operation] = &[
         "CreditAdjustment",
         ADMIN_ERRORS,
     ),
+    op(
+        "get",
+        "/api/admin/credits/balances",
+        "One policy's budgets in its current period, the most used first (global admin)",
+        None,
+        "PolicyBalances",
+        &[400, 401, 403, 404, 503],
+    ),
 ];
 
 fn schemas() -> Map<String, Value> {
@@ -333,6 +341,7 @@ fn schemas() -> Map<String, Value> {
         CreditUsageRecord,
         CreditAdjustmentRequest,
         CreditAdjustment,
+        PolicyBalances,
     );
     generator.take_definitions(true).into_iter().collect()
 }
@@ -459,6 +468,20 @@ fn query_parameters(op: &Operation) -> Vec<Value> {
             "Also chatflows gone from Flowise",
             json!({"type": "boolean", "default": false}),
         )],
+        ("get", "/api/admin/credits/balances") => vec![
+            json!({"name": "policy", "in": "query", "required": true,
+                   "description": "The CreditPolicy, `namespace/name`", "schema": {"type": "string"}}),
+            param(
+                "subject",
+                "Only this subject (identity key, e.g. `user:alice-sub`)",
+                json!({"type": "string"}),
+            ),
+            param(
+                "limit",
+                "At most this many subjects, the most used",
+                json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+            ),
+        ],
         ("get", "/api/admin/credits/usage") => {
             let mut params = vec![
                 param(

@@ -59,6 +59,7 @@ fn every_route_is_documented() {
         "ListUsers",
         "CreditUsage",
         "AdjustCredits",
+        "CreditBalances",
     ];
     for name in all {
         assert!(
@@ -100,6 +101,7 @@ fn kind(route: &Route) -> String {
             A::ListUsers(_) => "ListUsers",
             A::CreditUsage => "CreditUsage",
             A::AdjustCredits => "AdjustCredits",
+            A::CreditBalances => "CreditBalances",
         },
     }
     .to_string()

@@ -40,6 +40,8 @@ pub enum AdminRoute {
     CreditUsage,
     /// `POST /api/admin/credits/adjustments`.
     AdjustCredits,
+    /// `GET /api/admin/credits/balances`.
+    CreditBalances,
 }
 
 impl AdminRoute {
@@ -62,6 +64,7 @@ impl AdminRoute {
             Self::ListUsers(_) => "admin_list_users",
             Self::CreditUsage => "admin_credit_usage",
             Self::AdjustCredits => "admin_adjust_credits",
+            Self::CreditBalances => "admin_credit_balances",
         }
     }
 }
@@ -107,6 +110,7 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<AdminRoute, Miss> {
         ["chatflows", "stats"] => (AdminRoute::Stats, Method::GET),
         ["credits", "usage"] => (AdminRoute::CreditUsage, Method::GET),
         ["credits", "adjustments"] => (AdminRoute::AdjustCredits, Method::POST),
+        ["credits", "balances"] => (AdminRoute::CreditBalances, Method::GET),
         ["chatflows", id] => {
             return match *method {
                 Method::GET | Method::HEAD => Ok(AdminRoute::GetChatflow(s(id))),

@@ -157,6 +157,16 @@ pub trait CreditLedger: Send + Sync {
         limit: u64,
     ) -> LedgerFuture<'a, PolicyUsage>;
 
+    /// The buckets of a policy in `window`, most used first (then by bucket), at most `limit`;
+    /// with `bucket`, only that one (none if it was never charged).
+    fn buckets<'a>(
+        &'a self,
+        policy: &'a str,
+        window: &'a Window,
+        bucket: Option<&'a str>,
+        limit: u32,
+    ) -> LedgerFuture<'a, Vec<BucketBalance>>;
+
     /// Usage log rows matching `filter`, newest first.
     fn usage(&self, filter: UsageFilter) -> LedgerFuture<'_, Vec<UsageRecord>>;
 
@@ -426,6 +436,36 @@ pub struct PolicyUsage {
     pub credits_used: i64,
     /// Buckets with nothing left (`used >= limit`).
     pub buckets_exhausted: u64,
+}
+
+/// One bucket of a policy in one window ([`CreditLedger::buckets`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketBalance {
+    /// The subject, or `*` for a `Shared` policy.
+    pub bucket: String,
+    pub used: i64,
+    /// The limit its last reserve was charged against, when that was a budget override.
+    pub own_limit: Option<i64>,
+}
+
+/// The query of [`CreditLedger::buckets`]; `param(n)` spells the n-th placeholder. With a bucket:
+/// `(policy, window start, bucket, limit)`, else `(policy, window start, limit)`.
+fn buckets_query(one: bool, param: impl Fn(usize, &str) -> String) -> String {
+    let (filter, limit) = if one {
+        (
+            format!(" AND bucket = {}", param(3, "text")),
+            param(4, "int8"),
+        )
+    } else {
+        (String::new(), param(3, "int8"))
+    };
+    format!(
+        "SELECT bucket, used, own_limit FROM buckets
+         WHERE policy = {} AND window_start = {}{filter}
+         ORDER BY used DESC, bucket LIMIT {limit}",
+        param(1, "text"),
+        param(2, "int8"),
+    )
 }
 
 /// Which usage log rows to return.

@@ -32,9 +32,10 @@ use self::pool::{Conn, Pool};
 use self::schema::Statements;
 use super::state::{self, Close, HeldLine};
 use super::{
-    AdjustOutcome, AdjustRequest, Charge, CreditLedger, LedgerError, LedgerFuture, PolicyUsage,
-    PrunedChunk, ReservationId, ReservationState, ReserveOutcome, ReserveRequest, Resolution,
-    UsageFilter, UsageParam, UsageRecord, Window, expiry, timestamp, usage_query,
+    AdjustOutcome, AdjustRequest, BucketBalance, Charge, CreditLedger, LedgerError, LedgerFuture,
+    PolicyUsage, PrunedChunk, ReservationId, ReservationState, ReserveOutcome, ReserveRequest,
+    Resolution, UsageFilter, UsageParam, UsageRecord, Window, buckets_query, expiry, timestamp,
+    usage_query,
 };
 
 /// Attempts of one operation that keeps hitting serialization failures or deadlocks.
@@ -174,6 +175,38 @@ impl CreditLedger for PostgresLedger {
                 credits_used: row.try_get(0)?,
                 buckets_exhausted: u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0),
             })
+        })
+    }
+
+    fn buckets<'a>(
+        &'a self,
+        policy: &'a str,
+        window: &'a Window,
+        bucket: Option<&'a str>,
+        limit: u32,
+    ) -> LedgerFuture<'a, Vec<BucketBalance>> {
+        Box::pin(async move {
+            let conn = self.pool.get().await?;
+            let start = window.start.as_microsecond();
+            let limit = i64::from(limit);
+            let sql = buckets_query(bucket.is_some(), |n, kind| format!("${n}::{kind}"));
+            let rows = match bucket {
+                Some(bucket) => {
+                    conn.client
+                        .query(&sql, &[&policy, &start, &bucket, &limit])
+                        .await?
+                }
+                None => conn.client.query(&sql, &[&policy, &start, &limit]).await?,
+            };
+            rows.iter()
+                .map(|row| {
+                    Ok(BucketBalance {
+                        bucket: row.try_get(0)?,
+                        used: row.try_get(1)?,
+                        own_limit: row.try_get(2)?,
+                    })
+                })
+                .collect()
         })
     }
 

@@ -24,9 +24,10 @@ use tokio::sync::oneshot;
 
 use super::state::Close;
 use super::{
-    AdjustOutcome, AdjustRequest, CreditLedger, LedgerError, LedgerFuture, PolicyUsage,
-    PrunedChunk, ReservationId, ReservationState, ReserveOutcome, ReserveRequest, Resolution,
-    UsageFilter, UsageParam, UsageRecord, Window, timestamp, usage_query,
+    AdjustOutcome, AdjustRequest, BucketBalance, CreditLedger, LedgerError, LedgerFuture,
+    PolicyUsage, PrunedChunk, ReservationId, ReservationState, ReserveOutcome, ReserveRequest,
+    Resolution, UsageFilter, UsageParam, UsageRecord, Window, buckets_query, timestamp,
+    usage_query,
 };
 
 /// The schema this code writes; stored in `PRAGMA user_version`.
@@ -295,6 +296,37 @@ impl CreditLedger for SqliteLedger {
                 credits_used,
                 buckets_exhausted: u64::try_from(exhausted).unwrap_or(0),
             })
+        })
+    }
+
+    fn buckets<'a>(
+        &'a self,
+        policy: &'a str,
+        window: &'a Window,
+        bucket: Option<&'a str>,
+        limit: u32,
+    ) -> LedgerFuture<'a, Vec<BucketBalance>> {
+        let (policy, bucket) = (policy.to_string(), bucket.map(str::to_string));
+        let start = window.start.as_microsecond();
+        self.read(move |conn| {
+            let sql = buckets_query(bucket.is_some(), |n, _| format!("?{n}"));
+            let mut query = conn.prepare_cached(&sql)?;
+            let row = |row: &rusqlite::Row<'_>| {
+                Ok(BucketBalance {
+                    bucket: row.get(0)?,
+                    used: row.get(1)?,
+                    own_limit: row.get(2)?,
+                })
+            };
+            let rows = match &bucket {
+                Some(bucket) => query
+                    .query_map(params![policy, start, bucket, limit], row)?
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => query
+                    .query_map(params![policy, start, limit], row)?
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
+            Ok(rows)
         })
     }
 

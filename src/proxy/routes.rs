@@ -230,6 +230,10 @@ mod tests {
             route(&Method::POST, "/api/admin/credits/adjustments").ok(),
             Some(Route::Admin(AdminRoute::AdjustCredits))
         );
+        assert_eq!(
+            route(&Method::GET, "/api/admin/credits/balances").ok(),
+            Some(Route::Admin(AdminRoute::CreditBalances))
+        );
         assert!(matches!(
             route(&Method::GET, "/api/admin/credits/adjustments"),
             Err(ProxyError::MethodNotAllowed { allow: "POST", .. })

@@ -310,3 +310,62 @@ pub async fn a_final_cost_is_charged_and_logged_at_once_and_only_a_refund_or_set
         "the log sums to the charges (alice's policy line and her pool line)"
     );
 }
+
+pub async fn a_policys_buckets_are_listed_most_used_first(store: Store) {
+    let ledger = store.open().await;
+    for (subject, amount) in [("alice", 3), ("bob", 7), ("carol", 3), ("dave", 1)] {
+        ledger
+            .reserve(request(subject, vec![line(POLICY, subject, 10, amount)]))
+            .await
+            .expect("reserve")
+            .id();
+    }
+    ledger
+        .reserve(request("erin", vec![own_line("erin", 50, 20)]))
+        .await
+        .expect("reserve")
+        .id();
+    // Another policy, and another window of this one, are not listed.
+    ledger
+        .reserve(request("bob", vec![line("team-a/other", "bob", 10, 9)]))
+        .await
+        .expect("reserve")
+        .id();
+    let mut last_month = request("frank", vec![line(POLICY, "frank", 10, 9)]);
+    last_month.lines[0].window = support::monthly_utc(at("2026-04-30T10:00:00Z"));
+    ledger.reserve(last_month).await.expect("reserve").id();
+
+    let window = support::monthly_utc(now());
+    let listed = |bucket: Option<&'static str>, limit| {
+        let (ledger, window) = (ledger.clone(), window);
+        async move {
+            ledger
+                .buckets(POLICY, &window, bucket, limit)
+                .await
+                .expect("buckets")
+                .into_iter()
+                .map(|b| (b.bucket, b.used, b.own_limit))
+                .collect::<Vec<_>>()
+        }
+    };
+    let row = |bucket: &str, used: i64, own: Option<i64>| (bucket.to_string(), used, own);
+    assert_eq!(
+        listed(None, 100).await,
+        vec![
+            row("erin", 20, Some(50)),
+            row("bob", 7, None),
+            row("alice", 3, None),
+            row("carol", 3, None),
+            row("dave", 1, None),
+        ]
+    );
+    assert_eq!(
+        listed(None, 2).await,
+        vec![row("erin", 20, Some(50)), row("bob", 7, None)]
+    );
+    assert_eq!(
+        listed(Some("carol"), 100).await,
+        vec![row("carol", 3, None)]
+    );
+    assert_eq!(listed(Some("nobody"), 100).await, vec![]);
+}

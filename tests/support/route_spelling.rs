@@ -59,6 +59,7 @@ fn admin_path(route: &AdminRoute) -> String {
         }
         AdminRoute::CreditUsage => "/credits/usage".into(),
         AdminRoute::AdjustCredits => "/credits/adjustments".into(),
+        AdminRoute::CreditBalances => "/credits/balances".into(),
     }
 }
 
