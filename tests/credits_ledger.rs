@@ -303,11 +303,12 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
     let (id, alice) = (team.flowise_id.clone(), team.alice());
     eventually_status(&gate, &alice, &id, 200).await;
     let ask = || predict(&gate, &alice, &id, json!({"question": "q"}));
-    // Alice's own prediction with the key the admin will use takes nothing from the admin.
+    // Alice's own prediction with the key the admin will use, spelled as adjustments' keys
+    // once were stored, takes nothing from the admin.
     let keyed = reqwest::Client::new()
         .post(format!("{}/api/v1/prediction/{id}", gate.base))
         .bearer_auth(&alice)
-        .header("Idempotency-Key", "ticket-42")
+        .header("Idempotency-Key", "adjust:ticket-42")
         .json(&json!({"question": "q"}))
         .send()
         .await
@@ -473,6 +474,12 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
         (&json!(3), &json!(1), &json!("PerSubject")),
         "{daily}"
     );
+    let (status, one) = balances(format!("?policy={policy}&subject=user:alice-sub"), root()).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(
+        one["balances"],
+        json!([{"subject": "user:alice-sub", "credits": 2, "used": 2, "remaining": 0}])
+    );
     let (status, one) = balances(
         format!("?policy={policy}&subject=user:nobody&limit=5"),
         root(),
@@ -486,6 +493,7 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
     for (query, bearer, want) in [
         (format!("?policy={policy}"), member.clone(), 403),
         (String::new(), root(), 400),
+        (format!("?policy={policy}&subject="), root(), 400),
         (format!("?policy={policy}&limit=0"), root(), 400),
         (format!("?policy={}/nope", team.ns), root(), 404),
     ] {

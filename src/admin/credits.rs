@@ -122,6 +122,8 @@ struct Subject {
     key: String,
     /// Its credits per period, as far as the key tells.
     credits: u64,
+    /// A budget override naming its user or ServiceAccount set `credits`.
+    overridden: bool,
 }
 
 impl Subject {
@@ -131,10 +133,12 @@ impl Subject {
             (BudgetScope::Shared, None) => Ok(Self {
                 key: "*".into(),
                 credits: policy.credits,
+                overridden: false,
             }),
             (BudgetScope::Shared, Some(s)) if s == "*" => Ok(Self {
                 key: s,
                 credits: policy.credits,
+                overridden: false,
             }),
             (BudgetScope::Shared, Some(_)) => Err(ProxyError::BadRequest(format!(
                 "CreditPolicy {} is Shared: its subjects draw from one budget, so leave 'subject' out",
@@ -179,8 +183,12 @@ impl Subject {
                             .into(),
                     ));
                 };
-                let (credits, _) = policy.credits_for(&caller);
-                Ok(Self { key, credits })
+                let (credits, overridden) = policy.credits_for(&caller);
+                Ok(Self {
+                    key,
+                    credits,
+                    overridden,
+                })
             }
         }
     }
@@ -241,6 +249,11 @@ pub async fn balances(
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*key {
             "policy" => policy_id = Some(value.into_owned()),
+            "subject" if value.is_empty() => {
+                return Err(ProxyError::BadRequest(
+                    "query parameter 'subject' must not be empty".into(),
+                ));
+            }
             "subject" => subject = Some(value.into_owned()),
             "limit" => {
                 limit = value
@@ -278,15 +291,16 @@ pub async fn balances(
     let mut balances: Vec<SubjectBalance> = buckets
         .into_iter()
         .map(|bucket| {
-            let credits = bucket
-                .own_limit
-                .and_then(|own| u64::try_from(own).ok())
-                .or_else(|| {
-                    Subject::of(policy, Some(bucket.bucket.clone()))
-                        .ok()
-                        .map(|s| s.credits)
-                })
-                .unwrap_or(policy.credits);
+            // An override the subject's name tells is the current spec's; the bucket's own
+            // limit is the one its last prediction was charged against (an override by group,
+            // which the name cannot tell).
+            let credits = match Subject::of(policy, Some(bucket.bucket.clone())) {
+                Ok(named) if named.overridden => named.credits,
+                _ => bucket
+                    .own_limit
+                    .and_then(|own| u64::try_from(own).ok())
+                    .unwrap_or(policy.credits),
+            };
             SubjectBalance {
                 remaining: remaining(credits, bucket.used),
                 subject: bucket.bucket,

@@ -114,7 +114,9 @@ pub fn load(dir: &Path) -> (Resources, Vec<String>) {
                         name: key.2.clone(),
                         error: e.to_string(),
                     });
-                    defined.insert(key, at);
+                    if !key.2.is_empty() {
+                        defined.insert(key, at);
+                    }
                 }
             }
         }

@@ -189,7 +189,11 @@ impl CreditLedger for PostgresLedger {
             let conn = self.pool.get().await?;
             let start = window.start.as_microsecond();
             let limit = i64::from(limit);
-            let sql = buckets_query(bucket.is_some(), |n, kind| format!("${n}::{kind}"));
+            let sql = buckets_query(
+                bucket.is_some(),
+                |n, kind| format!("${n}::{kind}"),
+                "bucket COLLATE \"C\"",
+            );
             let rows = match bucket {
                 Some(bucket) => {
                     conn.client

@@ -15,9 +15,14 @@ pub struct BucketBalance {
     pub own_limit: Option<i64>,
 }
 
-/// The query of [`super::CreditLedger::buckets`]; `param(n)` spells the n-th placeholder. With a bucket:
-/// `(policy, window start, bucket, limit)`, else `(policy, window start, limit)`.
-pub(super) fn buckets_query(one: bool, param: impl Fn(usize, &str) -> String) -> String {
+/// The query of [`super::CreditLedger::buckets`]; `param(n)` spells the n-th placeholder, and
+/// `bytewise` sorts buckets in byte order (PostgreSQL sorts text by its collation). With a
+/// bucket: `(policy, window start, bucket, limit)`, else `(policy, window start, limit)`.
+pub(super) fn buckets_query(
+    one: bool,
+    param: impl Fn(usize, &str) -> String,
+    bytewise: &str,
+) -> String {
     let (filter, limit) = if one {
         (
             format!(" AND bucket = {}", param(3, "text")),
@@ -29,7 +34,7 @@ pub(super) fn buckets_query(one: bool, param: impl Fn(usize, &str) -> String) ->
     format!(
         "SELECT bucket, used, own_limit FROM buckets
          WHERE policy = {} AND window_start = {}{filter}
-         ORDER BY used DESC, bucket LIMIT {limit}",
+         ORDER BY used DESC, {bytewise} LIMIT {limit}",
         param(1, "text"),
         param(2, "int8"),
     )
@@ -74,12 +79,13 @@ pub struct UsageRecord {
     pub subject: String,
     pub chatflow: String,
     pub policy: String,
-    /// Change of the charge recorded by the log (see the module documentation).
+    /// Change of the charge recorded by the log (see "Usage log" in the `ledger` module's
+    /// documentation).
     pub credits: i64,
     /// Tokens Flowise reported (settle only).
     pub tokens: u64,
-    /// The state the event moved the reservation to: `Settled`, `Refunded`, `Expired` or
-    /// `Charged`.
+    /// The state the event moved the reservation to: `Settled`, `Refunded`, `Expired`,
+    /// `Charged` or `Adjusted`.
     pub outcome: ReservationState,
 }
 

@@ -309,7 +309,7 @@ impl CreditLedger for SqliteLedger {
         let (policy, bucket) = (policy.to_string(), bucket.map(str::to_string));
         let start = window.start.as_microsecond();
         self.read(move |conn| {
-            let sql = buckets_query(bucket.is_some(), |n, _| format!("?{n}"));
+            let sql = buckets_query(bucket.is_some(), |n, _| format!("?{n}"), "bucket");
             let mut query = conn.prepare_cached(&sql)?;
             let row = |row: &rusqlite::Row<'_>| {
                 Ok(BucketBalance {
