@@ -228,7 +228,7 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             metrics: metrics.clone(),
             token_endpoint: config.token_endpoint_url.clone(),
             http: reqwest::Client::new(),
-            limiter: Arc::default(),
+            limiter: Arc::new(crate::proxy::ratelimit::RateLimiter::shared(ledger.clone())),
             admin: client
                 .clone()
                 .zip(controller.as_ref())

@@ -131,6 +131,54 @@ async fn predictions_over_the_rate_are_refused_with_429_and_charge_nothing() {
     team.cleanup().await;
 }
 
+#[tokio::test]
+async fn replicas_on_postgresql_share_one_allowance() {
+    let pg = std::env::var("FLOWGATE_TEST_POSTGRES_URL").unwrap_or_default();
+    assert!(
+        !pg.is_empty(),
+        "FLOWGATE_TEST_POSTGRES_URL is not set: run scripts/test.sh, or `scripts/postgres.sh start && eval \"$(scripts/postgres.sh env)\"`"
+    );
+    let team = Team::with_fake_flowise("rate-shared").await;
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let bob_email = format!("bob@{}.test", team.ns);
+    let api: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
+    let limited: ChatflowAccess = serde_json::from_value(json!({
+        "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess",
+        "metadata": {"name": "limited"},
+        "spec": {"chatflows": ["support-bot"], "subjects": [{"user": bob_email}],
+                 "rateLimit": {"requests": 3, "per": "Minute"}}
+    }))
+    .expect("access literal");
+    api.create(&PostParams::default(), &limited)
+        .await
+        .expect("access created");
+    let replica = || {
+        Flowgate::start_with(support::gate::Options {
+            flowise_url: Some(fake.url.clone()),
+            ledger_url: Some(pg.clone()),
+            ..Default::default()
+        })
+    };
+    let (a, b) = (replica().await, replica().await);
+    let id = team.flowise_id.clone();
+    let bob = token("bob-sub", json!({"email": bob_email}));
+    // Each replica admits bob once it knows the grant; those two spend two of the three.
+    eventually_status(&a, &bob, &id, 200).await;
+    eventually_status(&b, &bob, &id, 200).await;
+    let http = reqwest::Client::new();
+    let (status, _, _) = predict_raw(&http, &a, &bob, &id).await;
+    assert_eq!(status, 200, "the third of three");
+    for gate in [&a, &b] {
+        let (status, retry_after, body) = predict_raw(&http, gate, &bob, &id).await;
+        assert_eq!(status, 429, "{body}");
+        assert!(
+            retry_after.is_some_and(|s| (1..=20).contains(&s)),
+            "{retry_after:?}"
+        );
+    }
+    team.cleanup().await;
+}
+
 /// A header's value as a number.
 fn number(resp: &reqwest::Response, name: &str) -> Option<u64> {
     header(resp.headers(), name).and_then(|v| v.parse().ok())

@@ -51,8 +51,9 @@ pub struct ChatflowAccessSpec {
     pub suspended: bool,
 
     /// At most this many predictions per subject through this access, over its chatflows
-    /// together; more are refused with 429 until the rate allows again. Counted by each proxy
-    /// replica on its own. Unset: no limit.
+    /// together; more are refused with 429 until the rate allows again. Replicas on a
+    /// PostgreSQL ledger share one allowance (each counts its own while the database is
+    /// unreachable). Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
 }

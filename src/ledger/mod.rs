@@ -137,6 +137,20 @@ pub trait CreditLedger: Send + Sync {
     /// durable transaction; with an idempotency key it is applied once.
     fn adjust(&self, request: AdjustRequest) -> LedgerFuture<'_, AdjustOutcome>;
 
+    /// Spends one request of the rate allowance `key` has across every replica sharing this
+    /// ledger (GCRA: `interval` per request, at most `burst` ahead of now); `None` when the
+    /// ledger does not share allowances, and each replica counts its own (SQLite: one replica).
+    /// Unlike the other methods it reads the database's clock, the one all replicas share.
+    fn take_rate<'a>(
+        &'a self,
+        key: &'a str,
+        interval: Duration,
+        burst: Duration,
+    ) -> LedgerFuture<'a, Option<RateTake>> {
+        let _ = (key, interval, burst);
+        Box::pin(async { Ok(None) })
+    }
+
     /// Marks reservations whose `created + ttl` is at or before `now` as expired (they stay
     /// charged) and returns how many there were.
     fn sweep(&self, now: Timestamp) -> LedgerFuture<'_, u64>;
@@ -276,6 +290,15 @@ impl ReserveRequest {
             ReservationState::Reserved
         }
     }
+}
+
+/// One request of a shared rate allowance ([`CreditLedger::take_rate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateTake {
+    /// The request was within the allowance, and spent it.
+    pub admitted: bool,
+    /// How far the key's instant is ahead of now afterwards.
+    pub ahead: Duration,
 }
 
 /// An admin's change to one bucket in one window ([`CreditLedger::adjust`]).

@@ -33,9 +33,9 @@ use self::schema::Statements;
 use super::state::{self, Close, HeldLine};
 use super::{
     AdjustOutcome, AdjustRequest, BucketBalance, Charge, CreditLedger, LedgerError, LedgerFuture,
-    PolicyUsage, PrunedChunk, ReservationId, ReservationState, ReserveOutcome, ReserveRequest,
-    Resolution, UsageFilter, UsageParam, UsageRecord, Window, buckets_query, expiry, timestamp,
-    usage_query,
+    PolicyUsage, PrunedChunk, RateTake, ReservationId, ReservationState, ReserveOutcome,
+    ReserveRequest, Resolution, UsageFilter, UsageParam, UsageRecord, Window, buckets_query,
+    expiry, timestamp, usage_query,
 };
 
 /// Attempts of one operation that keeps hitting serialization failures or deadlocks.
@@ -93,9 +93,40 @@ impl CreditLedger for PostgresLedger {
         Box::pin(self.write(move |reply| batch::Op::Close(id, Close::Refund, now, reply)))
     }
 
+    fn take_rate<'a>(
+        &'a self,
+        key: &'a str,
+        interval: Duration,
+        burst: Duration,
+    ) -> LedgerFuture<'a, Option<RateTake>> {
+        Box::pin(async move {
+            let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+            let row = self
+                .retried(
+                    |st| &st.take_rate,
+                    // At least a microsecond a request: a rate the clock cannot tell apart
+                    // from none is still a limit.
+                    &[&key, &micros(interval).max(1), &micros(burst)],
+                )
+                .await?;
+            let admitted: bool = row.try_get(0)?;
+            let ahead = u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0);
+            Ok(Some(RateTake {
+                admitted,
+                ahead: Duration::from_micros(ahead),
+            }))
+        })
+    }
+
     fn sweep(&self, now: Timestamp) -> LedgerFuture<'_, u64> {
         Box::pin(async move {
             let now = now.as_microsecond();
+            // Passed allowances are keys never seen: rows of callers gone quiet go with the sweep.
+            let conn = self.pool.get().await?;
+            if let Err(error) = conn.client.execute(&conn.st.prune_rates, &[]).await {
+                tracing::warn!(%error, "pruning passed rate allowances failed");
+            }
+            drop(conn);
             let row = self.retried(|st| &st.sweep, &[&now]).await?;
             Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
         })

@@ -232,7 +232,7 @@ impl Proxy {
                     read_prediction(&parts.headers, body, &identity, &mut held).await?;
                 prediction.held = Some(held);
                 prediction.turn = Some(self.turns.begin(&prediction.chat_id)?);
-                let allowance = self.rate_limit(&snapshot, &identity, &cf, access)?;
+                let allowance = self.rate_limit(&snapshot, &identity, &cf, access).await?;
                 let answered = async {
                     let key = self.forward_headers(&cf).await?;
                     let charge = self
@@ -264,7 +264,7 @@ impl Proxy {
                 let usable = usable(&cf)?;
                 self.refuse_invalid(&snapshot, &identity, &caller, &cf)?;
                 prediction.turn = Some(self.turns.begin(&prediction.chat_id)?);
-                let allowance = self.rate_limit(&snapshot, &identity, &cf, access)?;
+                let allowance = self.rate_limit(&snapshot, &identity, &cf, access).await?;
                 let answered = async {
                     let key = self.forward_headers(&cf).await?;
                     let charge = self
@@ -400,7 +400,7 @@ impl Proxy {
 
     /// Spends one request of the caller's allowance under the rate limit of its access, if any,
     /// and says what is left of it.
-    fn rate_limit(
+    async fn rate_limit(
         &self,
         snapshot: &Snapshot,
         identity: &Identity,
@@ -413,11 +413,8 @@ impl Proxy {
         let Some(rule) = snapshot.access_rules().get(limit.rule as usize) else {
             return Ok(None);
         };
-        let key = (rule.namespace.as_str(), rule.name.as_str(), &identity.key);
-        match self
-            .limiter
-            .check(key, limit.rate, std::time::Instant::now())
-        {
+        let access = (rule.namespace.as_str(), rule.name.as_str());
+        match self.limiter.take(access, &identity.key, limit.rate).await {
             Ok(allowance) => Ok(Some(allowance)),
             Err(ratelimit::Refused(allowance)) => {
                 log_decision(identity, cf, "deny", "rate_limited");

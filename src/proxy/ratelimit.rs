@@ -1,4 +1,5 @@
-//! Request rate limits (`ChatflowAccess.spec.rateLimit`), counted in this process.
+//! Request rate limits (`ChatflowAccess.spec.rateLimit`), shared by the replicas of a
+//! PostgreSQL ledger, else counted in this process.
 //!
 //! Each (ChatflowAccess, subject) pair has an allowance of `requests` per `per` that refills
 //! steadily, and may be spent at once: the generic cell rate algorithm (GCRA), which keeps one
@@ -6,11 +7,13 @@
 //! A request is allowed when that instant is at most `per − per/requests` ahead of now, and moves
 //! it `per/requests` further. No timer, no counter reset, no per-window buckets.
 //!
-//! The state lives in sharded maps shared by every proxy thread. A pair whose instant has passed
-//! is the same as a pair never seen, so a shard drops those entries when it grows; memory is
-//! bounded by the callers active within the longest period (an hour). Replicas count on their
-//! own: behind N replicas a caller gets up to N times the rate. Exact budgets across replicas
-//! are what CreditPolicy (an `Hourly` period) is for.
+//! On a PostgreSQL ledger the instant is a row every replica updates in one statement
+//! ([`CreditLedger::take_rate`]), so behind N replicas a caller gets the rate once, at the
+//! cost of a round trip per limited request. While the database cannot be asked, each replica
+//! counts on its own, as it does on SQLite (one replica): in sharded maps shared by every proxy
+//! thread. A pair whose instant has passed is the same as a pair never seen, so a shard drops
+//! those entries when it grows (and the ledger's sweep deletes such rows); memory is bounded by
+//! the callers active within the longest period (an hour).
 //!
 //! Every answer under a limit tells the caller where it stands, in the `RateLimit-Limit`,
 //! `RateLimit-Remaining` and `RateLimit-Reset` headers of draft-ietf-httpapi-ratelimit-headers
@@ -21,13 +24,17 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
 
 use hyper::HeaderMap;
 use hyper::header::{HeaderName, HeaderValue};
 
 use crate::crd::RateLimit;
+use crate::ledger::CreditLedger;
 
 pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
@@ -40,6 +47,10 @@ const PRUNE_FROM: usize = 1024;
 pub struct RateLimiter {
     hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
+    /// Where replicas share allowances ([`CreditLedger::take_rate`]).
+    shared: Option<Arc<dyn CreditLedger>>,
+    /// When the last failure to reach `shared` was logged (seconds since the epoch).
+    warned_at: AtomicI64,
 }
 
 #[derive(Default)]
@@ -61,6 +72,8 @@ impl Default for RateLimiter {
                     })
                 })
                 .collect(),
+            shared: None,
+            warned_at: AtomicI64::new(0),
         }
     }
 }
@@ -119,6 +132,51 @@ impl Allowance {
 pub struct Refused(pub Allowance);
 
 impl RateLimiter {
+    /// A limiter that shares allowances through `ledger` where it can (PostgreSQL).
+    pub fn shared(ledger: Arc<dyn CreditLedger>) -> Self {
+        Self {
+            shared: Some(ledger),
+            ..Self::default()
+        }
+    }
+
+    /// Spends one request of `subject`'s allowance under the ChatflowAccess `access`
+    /// (`namespace`, `name`) at `rate`: across replicas where the ledger shares allowances,
+    /// else (or while it cannot be asked) in this process.
+    pub async fn take(
+        &self,
+        access: (&str, &str),
+        subject: &str,
+        rate: RateLimit,
+    ) -> Result<Allowance, Refused> {
+        if let Some(ledger) = &self.shared {
+            let per = rate.per.duration();
+            let interval = per / rate.requests.max(1);
+            let key = format!("{}/{} {subject}", access.0, access.1);
+            let burst = per.saturating_sub(interval);
+            match ledger.take_rate(&key, interval, burst).await {
+                Ok(Some(take)) if take.admitted => {
+                    return Ok(Allowance::at(rate, interval, take.ahead));
+                }
+                Ok(Some(take)) => return Err(Refused(Allowance::at(rate, interval, take.ahead))),
+                Ok(None) => {}
+                Err(error) => {
+                    let now = Timestamp::now().as_second();
+                    let last = self.warned_at.load(Ordering::Relaxed);
+                    if now - last >= 10
+                        && self
+                            .warned_at
+                            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        tracing::warn!(%error, "shared rate allowances unavailable: each replica counts its own");
+                    }
+                }
+            }
+        }
+        self.check((access.0, access.1, subject), rate, Instant::now())
+    }
+
     /// Spends one request of `key`'s allowance under `rate` at `now` and says what is left, or
     /// says how long until one is available again.
     pub fn check(

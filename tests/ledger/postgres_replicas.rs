@@ -220,3 +220,61 @@ async fn replicas_pruning_at_once_delete_each_row_once() {
     let left = whole_log(&*writer).await;
     assert_eq!(left.len(), late.len(), "only the late settles' rows");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_rate_allowance_per_key() {
+    let store = crate::support::postgres("shared_rates").await;
+    let replicas = [store.open().await, store.open().await, store.open().await];
+    // 3 a minute: one every 20 s, up to two intervals ahead.
+    let (interval, burst) = (Duration::from_secs(20), Duration::from_secs(40));
+    let mut taken = Vec::new();
+    for i in 0..4 {
+        let take = replicas[i % 3]
+            .take_rate("team-a/limited user:bob", interval, burst)
+            .await
+            .expect("take")
+            .expect("PostgreSQL shares allowances");
+        taken.push(take);
+    }
+    let admitted: Vec<bool> = taken.iter().map(|t| t.admitted).collect();
+    assert_eq!(admitted, vec![true, true, true, false], "{taken:?}");
+    // Each admitted request moved the instant an interval on; the refusal waits for one.
+    for (take, whole) in taken.iter().zip([20, 40, 60, 60]) {
+        let ahead = take.ahead.as_secs_f64();
+        assert!(
+            ahead <= f64::from(whole) && ahead > f64::from(whole) - 5.0,
+            "{take:?} should be about {whole} s ahead"
+        );
+    }
+    // Another key, and a burst of takes at once across the replicas: exactly the allowance.
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let ledger = replicas[i % 3].clone();
+            tokio::spawn(async move {
+                ledger
+                    .take_rate(
+                        "team-a/limited user:carol",
+                        Duration::from_secs(6),
+                        Duration::from_secs(54),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        let take = task.await.expect("task").expect("take").expect("shared");
+        admitted += usize::from(take.admitted);
+    }
+    assert_eq!(admitted, 10, "10 a minute, however many replicas");
+}
+
+#[tokio::test]
+async fn sqlite_does_not_share_rate_allowances() {
+    let ledger = crate::support::sqlite().open().await;
+    let take = ledger
+        .take_rate("k", Duration::from_secs(1), Duration::ZERO)
+        .await
+        .expect("take");
+    assert_eq!(take, None, "one replica counts in its own process");
+}

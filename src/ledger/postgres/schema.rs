@@ -66,6 +66,12 @@ CREATE TABLE IF NOT EXISTS usage (
 CREATE INDEX IF NOT EXISTS usage_by_time ON usage (time_us);
 CREATE INDEX IF NOT EXISTS usage_by_subject ON usage (subject, time_us);
 CREATE INDEX IF NOT EXISTS usage_by_policy ON usage (policy, time_us);
+-- Added after version 1, without a new version: the rate allowances replicas share (GCRA: when
+-- each key's allowance is whole again). A row whose instant has passed is a key never seen.
+CREATE TABLE IF NOT EXISTS rate_limits (
+    key        text   PRIMARY KEY,
+    full_at_us bigint NOT NULL
+);
 ";
 
 /// Creates the tables if needed under an advisory lock, so replicas starting together do not
@@ -123,6 +129,8 @@ pub(super) struct Statements {
     pub(super) prune_usage: Statement,
     pub(super) prune_buckets: Statement,
     pub(super) policy_usage: Statement,
+    pub(super) take_rate: Statement,
+    pub(super) prune_rates: Statement,
 }
 
 impl Statements {
@@ -319,6 +327,39 @@ impl Statements {
                  FROM buckets WHERE policy = $1::text AND window_start = $2::int8"
             ),
         )?;
+        let (take_rate, prune_rates) = futures::try_join!(
+            // One request of a key's allowance ($1; $2 the interval, $3 the burst, in
+            // microseconds), on the database's clock, which every replica shares: the instant
+            // moves one interval on unless it is more than the burst ahead. Whether it did, and
+            // how far ahead the instant is then. The upsert locks the key's row, so replicas
+            // taking at once queue on it.
+            client.prepare(
+                "WITH now AS (
+                     SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS us
+                 ), taken AS (
+                     INSERT INTO rate_limits (key, full_at_us)
+                     SELECT $1::text, now.us + $2::int8 FROM now
+                     ON CONFLICT (key) DO UPDATE
+                         SET full_at_us =
+                             greatest(rate_limits.full_at_us, (SELECT us FROM now)) + $2::int8
+                         WHERE greatest(rate_limits.full_at_us, (SELECT us FROM now))
+                               - (SELECT us FROM now) <= $3::int8
+                     RETURNING full_at_us
+                 )
+                 SELECT true, full_at_us - (SELECT us FROM now) FROM taken
+                 UNION ALL
+                 -- Refused: the row as the statement began (a row another replica inserted
+                 -- since is not seen here: one interval ahead is the least it can be).
+                 SELECT false, COALESCE(
+                     (SELECT full_at_us FROM rate_limits WHERE key = $1::text),
+                     (SELECT us FROM now) + $2::int8) - (SELECT us FROM now)
+                 WHERE NOT EXISTS (SELECT 1 FROM taken)"
+            ),
+            client.prepare(
+                "DELETE FROM rate_limits
+                 WHERE full_at_us < (extract(epoch FROM clock_timestamp()) * 1000000)::int8"
+            ),
+        )?;
         let (prune_reservations, prune_usage, prune_buckets) = futures::try_join!(
             // One chunk of reservations after a cursor, in id order, and of those the closed
             // ones last changed before the cutoff deleted with their lines; the chunk's size,
@@ -380,6 +421,8 @@ impl Statements {
             finish,
             sweep,
             policy_usage,
+            take_rate,
+            prune_rates,
         })
     }
 }
