@@ -41,6 +41,9 @@ pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-r
 pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 const SHARDS: usize = 16;
+/// Longest a prediction waits for the shared allowance before its replica counts on its own: a
+/// slow database must not hold every limited request.
+const SHARED_WAIT: Duration = Duration::from_secs(1);
 /// A shard first drops passed entries when it holds this many.
 const PRUNE_FROM: usize = 1024;
 
@@ -154,13 +157,22 @@ impl RateLimiter {
             let interval = per / rate.requests.max(1);
             let key = format!("{}/{} {subject}", access.0, access.1);
             let burst = per.saturating_sub(interval);
-            match ledger.take_rate(&key, interval, burst).await {
-                Ok(Some(take)) if take.admitted => {
+            let taken =
+                tokio::time::timeout(SHARED_WAIT, ledger.take_rate(&key, interval, burst)).await;
+            let failed = match taken {
+                Ok(Ok(Some(take))) if take.admitted => {
                     return Ok(Allowance::at(rate, interval, take.ahead));
                 }
-                Ok(Some(take)) => return Err(Refused(Allowance::at(rate, interval, take.ahead))),
-                Ok(None) => {}
-                Err(error) => {
+                Ok(Ok(Some(take))) => {
+                    return Err(Refused(Allowance::at(rate, interval, take.ahead)));
+                }
+                Ok(Ok(None)) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(_) => Some(format!("no answer within {} s", SHARED_WAIT.as_secs())),
+            };
+            match failed {
+                None => {}
+                Some(error) => {
                     let now = Timestamp::now().as_second();
                     let last = self.warned_at.load(Ordering::Relaxed);
                     if now - last >= 10

@@ -49,6 +49,17 @@ async fn open_client(config: &Config, runtime: &Handle) -> Result<Client, Ledger
     Ok(client)
 }
 
+/// `config` with flowgate's connect timeout and application name where the URL sets none.
+fn defaults(mut config: Config) -> Config {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("flowgate-ledger");
+    }
+    config
+}
+
 /// A fixed set of connections, created on demand and reused.
 pub(super) struct Pool {
     config: Config,
@@ -59,13 +70,8 @@ pub(super) struct Pool {
 
 impl Pool {
     /// Connects, creates the schema if it is missing, and keeps that first connection.
-    pub(super) async fn connect(mut config: Config) -> Result<Self, LedgerError> {
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("flowgate-ledger");
-        }
+    pub(super) async fn connect(config: Config) -> Result<Self, LedgerError> {
+        let config = defaults(config);
         let runtime = Handle::current();
         let mut client = open_client(&config, &runtime).await?;
         create_schema(&mut client).await?;
@@ -76,6 +82,17 @@ impl Pool {
             idle: Mutex::new(vec![first]),
             permits: Semaphore::new(POOL_SIZE),
         })
+    }
+
+    /// A pool of at most `size` connections, opened when first asked for (the schema exists:
+    /// [`Pool::connect`] made it).
+    pub(super) fn lazy(config: Config, size: usize) -> Self {
+        Self {
+            config: defaults(config),
+            runtime: Handle::current(),
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(size),
+        }
     }
 
     pub(super) async fn get(&self) -> Result<Pooled<'_>, LedgerError> {
