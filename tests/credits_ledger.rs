@@ -490,6 +490,25 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
         one["balances"],
         json!([{"subject": "user:nobody", "credits": 2, "used": 0, "remaining": 2}])
     );
+    // The chatflow's admin reads its policy's balances (once the proxy sees the grant), but
+    // changes nothing, and learns nothing of policies it does not administer.
+    let owner = team.owner().await;
+    let path = format!("?policy={policy}");
+    let read = support::eventually(15, "the owner reads the balances", || async {
+        let (status, body) = balances(path.clone(), owner.clone()).await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(read["balances"], daily["balances"], "{read}");
+    let (status, _) = adjust(
+        json!({"policy": policy, "subject": "user:alice-sub", "credits": 1}),
+        owner.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "only a global admin adjusts");
+    let (status, _) = balances(format!("?policy={}/nope", team.ns), owner.clone()).await;
+    assert_eq!(status, 403, "not 404: a non-admin learns nothing");
     for (query, bearer, want) in [
         (format!("?policy={policy}"), member.clone(), 403),
         (String::new(), root(), 400),

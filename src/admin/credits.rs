@@ -236,15 +236,14 @@ async fn record(client: kube::Client, policy: Arc<PolicyRule>, mut note: String)
 const MAX_BALANCES: u32 = 1000;
 
 /// `GET /api/admin/credits/balances?policy=…[&subject=…][&limit=…]`: a policy's budgets in its
-/// current period, the most used first — who is close to the limit, who needs a top-up.
+/// current period, the most used first — who is close to the limit, who needs a top-up. For a
+/// global admin, and for whoever administers (`role: Admin`) every chatflow the policy applies
+/// to: a team's admins read their team's budgets (only a global admin changes them).
 pub async fn balances(
     admin: &Admin,
     query: Option<&str>,
     call: &Call<'_>,
 ) -> Result<PolicyBalances, ProxyError> {
-    if !call.identity.admin {
-        return Err(ProxyError::AdminRequired);
-    }
     let (mut policy_id, mut subject, mut limit) = (None, None, 100);
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*key {
@@ -272,7 +271,18 @@ pub async fn balances(
     let policy_id = policy_id.ok_or_else(|| {
         ProxyError::BadRequest("query parameter 'policy' (namespace/name) is required".into())
     })?;
-    let policy = find_policy(call, &policy_id)?;
+    let policy = match find_policy(call, &policy_id) {
+        Ok(policy) => policy,
+        // Anyone else learns nothing about which policies exist.
+        Err(error) if call.identity.admin => return Err(error),
+        Err(_) => return Err(ProxyError::AdminRequired),
+    };
+    if !call.identity.admin {
+        let chatflows = call.snapshot.chatflows_of_policy(&policy.id);
+        if chatflows.is_empty() || !chatflows.iter().all(|cf| call.administers(cf)) {
+            return Err(ProxyError::AdminRequired);
+        }
+    }
     let window = crate::proxy::credits::window(policy, call.now)?;
     let unavailable = |error: crate::ledger::LedgerError| {
         tracing::error!(%error, "reading credit balances failed");

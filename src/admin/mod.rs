@@ -5,9 +5,9 @@
 //!
 //! Authorization: the global admin claim, or `role: Admin` on the chatflow concerned. Listing and
 //! stats show a per-chatflow admin only the chatflows they administer; `sync`, the credits
-//! usage log (`GET /api/admin/credits/usage`, flowgate's own), credit balances and adjustments
-//! (`GET /api/admin/credits/balances`, `POST /api/admin/credits/adjustments`, [`credits`]) need
-//! the global admin claim.
+//! usage log (`GET /api/admin/credits/usage`, flowgate's own) and credit adjustments
+//! (`POST /api/admin/credits/adjustments`, [`credits`]) need the global admin claim; a policy's
+//! balances (`GET /api/admin/credits/balances`) also the admins of every chatflow it applies to.
 //!
 //! Choices, stated once:
 //! - A `user_id` is a subject `user:` value, matched against the caller's user claims (`sub`,

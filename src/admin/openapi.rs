@@ -303,7 +303,8 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "get",
         "/api/admin/credits/balances",
-        "One policy's budgets in its current period, the most used first (global admin)",
+        "One policy's budgets in its current period, the most used first (global admin, or an \
+         admin of every chatflow it applies to)",
         None,
         "PolicyBalances",
         &[400, 401, 403, 404, 503],

@@ -599,6 +599,16 @@ impl Snapshot {
             .find(|p| p.subjects.is_empty() || p.subjects.iter().any(|s| matches(s, caller)))
     }
 
+    /// The chatflows the valid CreditPolicy `id` (`namespace/name`) applies to.
+    pub fn chatflows_of_policy(&self, id: &str) -> Vec<&Arc<ChatflowEntry>> {
+        self.policies
+            .iter()
+            .zip(&self.chatflows)
+            .filter(|(rules, _)| rules.iter().any(|rule| *rule.id == *id))
+            .map(|(_, cf)| cf)
+            .collect()
+    }
+
     /// Namespace of a chatflow entry.
     pub fn namespace_of(&self, chatflow: &ChatflowEntry) -> &str {
         self.namespaces

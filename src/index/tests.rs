@@ -423,6 +423,16 @@ fn policies_apply_by_chatflow_and_subject() {
         .find(|p| p.name == "support-daily")
         .expect("policy");
     assert_eq!((daily.credits, daily.per_prediction), (50, 2));
+    let names = |id: &str| -> Vec<String> {
+        snap.chatflows_of_policy(id)
+            .iter()
+            .map(|cf| cf.rule.name.clone())
+            .collect()
+    };
+    assert_eq!(names("team-a/support-daily"), vec!["faq-bot"]);
+    assert_eq!(names("team-a/monthly"), vec!["support-bot", "faq-bot"]);
+    assert_eq!(names("team-b/elsewhere"), vec!["other-bot"]);
+    assert!(names("team-a/nope").is_empty());
 }
 
 #[test]
