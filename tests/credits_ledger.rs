@@ -509,6 +509,14 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
     assert_eq!(status, 403, "only a global admin adjusts");
     let (status, _) = balances(format!("?policy={}/nope", team.ns), owner.clone()).await;
     assert_eq!(status, 403, "not 404: a non-admin learns nothing");
+    // A chatflow of the policy (`*`) the owner does not administer: no longer theirs to read.
+    let other_id = team.flowise_id.replacen("-8000-", "-9000-", 1);
+    team.chatflow("faq-bot", &other_id).await;
+    support::eventually(15, "the owner refused", || async {
+        let (status, _) = balances(path.clone(), owner.clone()).await;
+        (status == 403).then_some(())
+    })
+    .await;
     for (query, bearer, want) in [
         (format!("?policy={policy}"), member.clone(), 403),
         (String::new(), root(), 400),

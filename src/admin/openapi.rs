@@ -471,11 +471,12 @@ fn query_parameters(op: &Operation) -> Vec<Value> {
         )],
         ("get", "/api/admin/credits/balances") => vec![
             json!({"name": "policy", "in": "query", "required": true,
-                   "description": "The CreditPolicy, `namespace/name`", "schema": {"type": "string"}}),
+                   "description": "The CreditPolicy, `namespace/name`",
+                   "schema": {"type": "string", "minLength": 1}}),
             param(
                 "subject",
                 "Only this subject (identity key, e.g. `user:alice-sub`)",
-                json!({"type": "string"}),
+                json!({"type": "string", "minLength": 1}),
             ),
             param(
                 "limit",

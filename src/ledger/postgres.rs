@@ -59,17 +59,9 @@ impl PostgresLedger {
         let config: tokio_postgres::Config = url.parse()?;
         let pool = Arc::new(Pool::connect(config.clone()).await?);
         let ops = batch::spawn(Arc::clone(&pool));
-        // A rate allowance lost in a database crash costs a few requests more, not a charge:
-        // its commits need not wait for the disk.
-        let mut rates = config;
-        let options = match rates.get_options() {
-            Some(given) => format!("{given} -c synchronous_commit=off"),
-            None => "-c synchronous_commit=off".to_string(),
-        };
-        rates.options(&options);
         Ok(Self {
             pool,
-            rates: Pool::lazy(rates, RATE_POOL_SIZE),
+            rates: Pool::lazy(config, RATE_POOL_SIZE),
             ops,
         })
     }
@@ -122,7 +114,10 @@ impl CreditLedger for PostgresLedger {
             let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
             // One autocommit statement: nothing to retry (READ COMMITTED raises no
             // serialization failures, and it takes one row lock).
-            let conn = self.rates.get().await?;
+            let mut conn = self.rates.get().await?;
+            // Until the answer is read: a take given up on (the caller's time limit) closes
+            // its connection rather than leave the next take queued behind its query.
+            conn.open = true;
             let row = conn
                 .client
                 .query_one(
@@ -132,6 +127,7 @@ impl CreditLedger for PostgresLedger {
                     &[&key, &micros(interval).max(1), &micros(burst)],
                 )
                 .await?;
+            conn.open = false;
             let admitted: bool = row.try_get(0)?;
             let mut ahead =
                 Duration::from_micros(u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0));

@@ -44,6 +44,8 @@ const SHARDS: usize = 16;
 /// Longest a prediction waits for the shared allowance before its replica counts on its own: a
 /// slow database must not hold every limited request.
 const SHARED_WAIT: Duration = Duration::from_secs(1);
+/// Seconds a replica counts on its own after the shared allowance failed it, before asking again.
+const LOCAL_AFTER_FAILURE: i64 = 5;
 /// A shard first drops passed entries when it holds this many.
 const PRUNE_FROM: usize = 1024;
 
@@ -54,6 +56,9 @@ pub struct RateLimiter {
     shared: Option<Arc<dyn CreditLedger>>,
     /// When the last failure to reach `shared` was logged (seconds since the epoch).
     warned_at: AtomicI64,
+    /// Until when (seconds since the epoch) `shared` is not asked after a failure: while the
+    /// database does not answer, limited requests should not each wait for it.
+    local_until: AtomicI64,
 }
 
 #[derive(Default)]
@@ -77,6 +82,7 @@ impl Default for RateLimiter {
                 .collect(),
             shared: None,
             warned_at: AtomicI64::new(0),
+            local_until: AtomicI64::new(0),
         }
     }
 }
@@ -152,7 +158,9 @@ impl RateLimiter {
         subject: &str,
         rate: RateLimit,
     ) -> Result<Allowance, Refused> {
-        if let Some(ledger) = &self.shared {
+        if let Some(ledger) = &self.shared
+            && Timestamp::now().as_second() >= self.local_until.load(Ordering::Relaxed)
+        {
             let per = rate.per.duration();
             let interval = per / rate.requests.max(1);
             let key = format!("{}/{} {subject}", access.0, access.1);
@@ -174,6 +182,8 @@ impl RateLimiter {
                 None => {}
                 Some(error) => {
                     let now = Timestamp::now().as_second();
+                    self.local_until
+                        .store(now + LOCAL_AFTER_FAILURE, Ordering::Relaxed);
                     let last = self.warned_at.load(Ordering::Relaxed);
                     if now - last >= 10
                         && self

@@ -20,9 +20,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) struct Conn {
     pub(super) client: Client,
     pub(super) st: Statements,
-    /// A transaction begun by hand (`BEGIN` sent) and not yet known to be over (its user failed
-    /// or was cancelled). The pool closes such a connection instead of keeping it: that ends the
-    /// transaction, and its row locks, at once.
+    /// A transaction begun by hand (`BEGIN` sent), or a query whose answer was not read yet,
+    /// and not yet known to be over (its user failed or was cancelled). The pool closes such a
+    /// connection instead of keeping it: that ends the transaction, and its row locks, at once,
+    /// and no later user waits behind a query given up on.
     pub(super) open: bool,
 }
 
@@ -37,8 +38,8 @@ impl Conn {
     }
 }
 
-/// Connects; the connection's task runs on `runtime` (the pool's, not that of whichever
-/// thread asked for a connection, so it outlives a proxy thread's runtime).
+/// Connects; the connection's task runs on `runtime`. Called on the pool's runtime (see
+/// [`Pool::get`]), so that its socket is registered there too.
 async fn open_client(config: &Config, runtime: &Handle) -> Result<Client, LedgerError> {
     let (client, connection) = config.connect(NoTls).await?;
     runtime.spawn(async move {
@@ -108,7 +109,17 @@ impl Pool {
         };
         let conn = match idle {
             Some(conn) => conn,
-            None => Conn::prepare(open_client(&self.config, &self.runtime).await?).await?,
+            // On the pool's runtime, not that of whichever thread asked: a socket belongs to the
+            // runtime it was opened on, and a proxy thread's runtime ends before the pool.
+            None => {
+                let (config, runtime) = (self.config.clone(), self.runtime.clone());
+                self.runtime
+                    .spawn(
+                        async move { Conn::prepare(open_client(&config, &runtime).await?).await },
+                    )
+                    .await
+                    .map_err(|_| LedgerError::Stopped)??
+            }
         };
         Ok(Pooled {
             conn: Some(conn),
