@@ -33,7 +33,7 @@ pub enum InvalidSpec {
     #[error("rateLimit.requests must be at least 1")]
     RateLimit,
     #[error("{0} must be at most 9223372036854775807 (the ledger counts in signed 64 bits)")]
-    TooLarge(&'static str),
+    TooLarge(String),
     #[error(
         "Flowise chatflow {id} is also claimed by {others}: none of them is served until only one claims it"
     )]
@@ -290,21 +290,25 @@ impl TryFrom<&CreditPolicy> for PolicyRule {
             .map_err(|_| InvalidSpec::TimeZone(spec.budget.time_zone.clone()))?;
         // Past the schema (a file under --resources-dir): a flat cost the ledger cannot hold
         // would make every prediction on the policy fail.
+        let too_large = |value: u64| i64::try_from(value).is_err();
         for (field, value) in [
             ("budget.credits", spec.budget.credits),
             ("cost.perPrediction", spec.cost.per_prediction),
             ("cost.perThousandTokens", spec.cost.per_thousand_tokens),
-        ]
-        .into_iter()
-        .chain(
-            spec.budget
-                .overrides
-                .iter()
-                .map(|o| ("budget.overrides[].credits", o.credits)),
-        ) {
-            if i64::try_from(value).is_err() {
-                return Err(InvalidSpec::TooLarge(field));
+        ] {
+            if too_large(value) {
+                return Err(InvalidSpec::TooLarge(field.to_string()));
             }
+        }
+        if let Some(i) = spec
+            .budget
+            .overrides
+            .iter()
+            .position(|o| too_large(o.credits))
+        {
+            return Err(InvalidSpec::TooLarge(format!(
+                "budget.overrides[{i}].credits"
+            )));
         }
         if !spec.budget.overrides.is_empty() && spec.budget.scope == BudgetScope::Shared {
             return Err(InvalidSpec::OverridesShared);

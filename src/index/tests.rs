@@ -744,3 +744,24 @@ fn a_flowise_chatflow_claimed_by_two_chatflows_is_served_by_neither() {
     let alice = ["alice@example.com".to_string()];
     assert_eq!(role_on(&snap, &user(&alice), SUPPORT), Some(Role::User));
 }
+
+#[test]
+fn a_number_past_the_ledger_names_its_field() {
+    let mut res = team_a();
+    res.policies = vec![policy(
+        "team-a",
+        "huge",
+        "  chatflows: ['*']\n  budget:\n    credits: 10\n    period: Daily\n    overrides:\n    \
+         - {subjects: [{user: a}], credits: 5}\n    \
+         - {subjects: [{user: b}], credits: 9223372036854775808}\n",
+    )];
+    let snap = compile(&res);
+    let errors: Vec<String> = snap.invalid.iter().map(|i| i.error.to_string()).collect();
+    assert_eq!(
+        errors,
+        vec![
+            "budget.overrides[1].credits must be at most 9223372036854775807 (the ledger counts \
+             in signed 64 bits)"
+        ]
+    );
+}
