@@ -8,16 +8,19 @@
 //! reads the rest (passing nothing on), and the stream's end is reported as if the client had
 //! stayed. The run is not aborted.
 //!
-//! What that may cost is bounded ([`Drains`]): a number of streams read at once, a time per
-//! stream, and a grace period once the process is shutting down. A stream left when as many are
-//! read already, or once the shutdown began, is not read on: its client is reported gone, so
+//! What that may cost is bounded ([`Drains`]): a number of streams read at once, and fewer for
+//! one caller (so that one caller leaving many streams cannot take every reading from the
+//! others), a time per stream, and a grace period once the process is shutting down. A stream
+//! left when as many are read already, for everyone or for its caller, or once the shutdown
+//! began, is not read on: its client is reported gone, so
 //! Flowise is asked to abort it and it is charged what was reported. A reading that stops at its
 //! limit or at the end of the grace reports [`super::stream::StreamEnd::Abandoned`]: charged
 //! what was reported, and aborted. (The chat's turn, [`super::turns`], is held meanwhile, so
 //! the abort cannot reach a newer run in the chat.)
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,10 +37,15 @@ use super::stream::Observed;
 /// what its scanner keeps (the last Agentflow node list, up to `MAX_ANSWER`).
 pub const MAX_DRAINS: usize = 256;
 
+/// Streams of one caller read without it at once.
+pub const MAX_DRAINS_PER_CALLER: usize = MAX_DRAINS / 8;
+
 /// The bounds of reading streams without their clients, shared by the proxy's threads.
 #[derive(Clone)]
 pub struct Drains {
     permits: Arc<Semaphore>,
+    /// Readings under way by caller (identity key); a caller with none has no entry.
+    callers: Arc<Mutex<HashMap<Arc<str>, usize>>>,
     /// Longest a stream is read after its client left.
     limit: Duration,
     /// How long readings under way go on once `shutdown` fired (none starts after it).
@@ -58,6 +66,7 @@ impl Drains {
     ) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(MAX_DRAINS)),
+            callers: Arc::default(),
             limit,
             grace,
             shutdown,
@@ -65,8 +74,9 @@ impl Drains {
         }
     }
 
-    /// Wraps `body`, a stream whose charge needs Flowise's token report.
-    pub fn wrap<B>(&self, body: Observed<B>) -> Draining<B>
+    /// Wraps `body`, a stream of `caller` (its identity key) whose charge needs Flowise's token
+    /// report.
+    pub fn wrap<B>(&self, body: Observed<B>, caller: &str) -> Draining<B>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display,
@@ -74,12 +84,45 @@ impl Drains {
         Draining {
             body: Some(body),
             drains: self.clone(),
+            caller: Arc::from(caller),
         }
+    }
+
+    /// One of `caller`'s readings, if it has fewer than [`MAX_DRAINS_PER_CALLER`].
+    fn caller_slot(&self, caller: &Arc<str>) -> Option<CallerSlot> {
+        let mut callers = self.callers.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = callers.entry(caller.clone()).or_default();
+        if *held >= MAX_DRAINS_PER_CALLER {
+            return None;
+        }
+        *held += 1;
+        Some(CallerSlot {
+            callers: self.callers.clone(),
+            caller: caller.clone(),
+        })
     }
 
     /// Readings under way.
     pub fn running(&self) -> usize {
         MAX_DRAINS - self.permits.available_permits()
+    }
+}
+
+/// One reading of one caller; given back when the reading ends.
+struct CallerSlot {
+    callers: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+    caller: Arc<str>,
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        let mut callers = self.callers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = callers.get_mut(&self.caller) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                callers.remove(&self.caller);
+            }
+        }
     }
 }
 
@@ -91,6 +134,8 @@ where
 {
     body: Option<Observed<B>>,
     drains: Drains,
+    /// Whose stream it is.
+    caller: Arc<str>,
 }
 
 impl<B> Drop for Draining<B>
@@ -119,6 +164,14 @@ where
             );
             return;
         };
+        let Some(slot) = self.drains.caller_slot(&self.caller) else {
+            tracing::warn!(
+                MAX_DRAINS_PER_CALLER,
+                caller = %self.caller,
+                "too many of one caller's streams read without it; aborting this one"
+            );
+            return;
+        };
         tracing::debug!("client gone mid-stream; reading the rest for Flowise's token report");
         let mut body = body;
         body.left();
@@ -128,7 +181,7 @@ where
             drains.limit,
             drains.grace,
             drains.shutdown.clone(),
-            permit,
+            (permit, slot),
         )));
     }
 }
@@ -140,7 +193,7 @@ async fn drain<B>(
     limit: Duration,
     grace: Duration,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    _held: (OwnedSemaphorePermit, CallerSlot),
 ) where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
@@ -269,9 +322,18 @@ mod tests {
 
     /// A stream whose client read `first` and left; its sender, to send what Flowise sends next.
     async fn left_after(drains: &Drains, first: &str) -> (Sender, Seen, tokio::time::Instant) {
+        left_by(drains, "user:alice", first).await
+    }
+
+    /// [`left_after`], for `caller`'s stream.
+    async fn left_by(
+        drains: &Drains,
+        caller: &str,
+        first: &str,
+    ) -> (Sender, Seen, tokio::time::Instant) {
         let (seen, on_end) = recorder();
         let (tx, inner) = fed();
-        let mut body = drains.wrap(Observed::new(inner, Resume::New, on_end));
+        let mut body = drains.wrap(Observed::new(inner, Resume::New, on_end), caller);
         tx.unbounded_send(event(first)).expect("send");
         assert!(body.frame().await.is_some(), "the client reads an event");
         drop(body);
@@ -356,13 +418,43 @@ mod tests {
     async fn past_the_limit_of_readings_a_stream_is_not_read_on() {
         let (drains, _) = drains(Duration::from_secs(60));
         let mut open = Vec::new();
-        for _ in 0..MAX_DRAINS {
-            open.push(left_after(&drains, TOKEN).await);
+        for i in 0..MAX_DRAINS {
+            open.push(left_by(&drains, &format!("user:{i}"), TOKEN).await);
         }
         assert_eq!(drains.running(), MAX_DRAINS);
         let (_tx, seen, _) = left_after(&drains, TOKEN).await;
         assert_eq!(self::seen(&seen), vec![(StreamEnd::ClientGone, 0)]);
         assert!(open.iter().all(|(_, seen, _)| self::seen(seen).is_empty()));
+    }
+
+    #[tokio::test]
+    async fn one_caller_takes_at_most_its_share_of_the_readings() {
+        let (drains, _) = drains(Duration::from_secs(60));
+        let mut open = Vec::new();
+        for _ in 0..MAX_DRAINS_PER_CALLER {
+            open.push(left_after(&drains, TOKEN).await);
+        }
+        assert_eq!(drains.running(), MAX_DRAINS_PER_CALLER);
+        // Alice's next is not read on; bob's is.
+        let (_tx, seen, _) = left_after(&drains, TOKEN).await;
+        assert_eq!(self::seen(&seen), vec![(StreamEnd::ClientGone, 0)]);
+        let (_bob, bob_seen, _) = left_by(&drains, "user:bob", TOKEN).await;
+        assert!(self::seen(&bob_seen).is_empty(), "bob's is read on");
+        assert_eq!(drains.running(), MAX_DRAINS_PER_CALLER + 1);
+        // One of alice's ends: her slot is free again.
+        let (tx, first_seen, _) = open.remove(0);
+        drop(tx);
+        reported(&first_seen).await;
+        let freed = async {
+            while drains.running() != MAX_DRAINS_PER_CALLER {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), freed)
+            .await
+            .expect("the ended reading gives its slots back");
+        let (_again, again_seen, _) = left_after(&drains, TOKEN).await;
+        assert!(self::seen(&again_seen).is_empty(), "read on again");
     }
 
     #[test]
@@ -371,7 +463,7 @@ mod tests {
         let (seen, on_end) = recorder();
         let (tx, inner) = fed();
         tx.unbounded_send(event(TOKEN)).expect("send");
-        let mut body = drains.wrap(Observed::new(inner, Resume::New, on_end));
+        let mut body = drains.wrap(Observed::new(inner, Resume::New, on_end), "user:alice");
         let first = futures::executor::block_on(body.frame());
         assert!(first.is_some());
         drop(body);
@@ -385,7 +477,7 @@ mod tests {
         let (tx, inner) = fed();
         tx.unbounded_send(event(TOKEN)).expect("send");
         drop(tx);
-        let body = drains.wrap(Observed::new(inner, Resume::New, on_end));
+        let body = drains.wrap(Observed::new(inner, Resume::New, on_end), "user:alice");
         assert!(body.collect().await.is_ok());
         assert_eq!(self::seen(&seen), vec![(StreamEnd::Completed, 0)]);
         assert!(drains.background.is_empty());

@@ -492,6 +492,7 @@ impl Proxy {
         charge: Option<Charge>,
     ) -> Result<Response<Body>, ProxyError> {
         let resume = prediction.resume;
+        let caller = prediction.caller;
         // The answer counts in the same caller's share as the question.
         let answer_held = prediction.held.as_ref().map(buffers::Held::sibling);
         let (body, content_type) = prediction.body.encode(prediction.held);
@@ -605,7 +606,7 @@ impl Proxy {
                 }
             });
             let body = if drain {
-                self.drains.wrap(observed).boxed()
+                self.drains.wrap(observed, &caller).boxed()
             } else {
                 observed.boxed()
             };

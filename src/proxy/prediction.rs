@@ -22,6 +22,9 @@ pub(super) struct Prediction {
     pub(super) turn: Option<turns::Turn>,
     /// Its body's bytes in [`Buffers`](buffers::Buffers), until it is written to Flowise.
     pub(super) held: Option<buffers::Held>,
+    /// Whose it is (the identity key): a stream it leaves counts in that caller's readings
+    /// ([`super::drain`]).
+    pub(super) caller: String,
 }
 
 /// A prediction body as it will be sent to Flowise.
@@ -118,6 +121,7 @@ pub(super) fn prepare(
         resume,
         turn: None,
         held: None,
+        caller: identity.key.clone(),
     })
 }
 
@@ -154,5 +158,6 @@ pub(super) async fn read_prediction(
         resume,
         turn: None,
         held: None,
+        caller: identity.key.clone(),
     })
 }
