@@ -165,7 +165,9 @@ where
             return;
         };
         let Some(slot) = self.drains.caller_slot(&self.caller) else {
-            tracing::warn!(
+            // Debug, not warn: this is the abuse case, and every hang-up would log (the
+            // hang-ups metric counts it as aborted).
+            tracing::debug!(
                 MAX_DRAINS_PER_CALLER,
                 caller = %self.caller,
                 "too many of one caller's streams read without it; aborting this one"
@@ -181,7 +183,9 @@ where
             drains.limit,
             drains.grace,
             drains.shutdown.clone(),
-            (permit, slot),
+            // The caller's slot goes back before the global one: a reading that takes the
+            // freed permit must not find this caller still counted.
+            (slot, permit),
         )));
     }
 }
@@ -193,7 +197,7 @@ async fn drain<B>(
     limit: Duration,
     grace: Duration,
     shutdown: CancellationToken,
-    _held: (OwnedSemaphorePermit, CallerSlot),
+    _held: (CallerSlot, OwnedSemaphorePermit),
 ) where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,

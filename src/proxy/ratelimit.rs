@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -44,8 +44,9 @@ const SHARDS: usize = 16;
 /// Longest a prediction waits for the shared allowance before its replica counts on its own: a
 /// slow database must not hold every limited request.
 const SHARED_WAIT: Duration = Duration::from_secs(1);
-/// Seconds a replica counts on its own after the shared allowance failed it, before asking again.
-const LOCAL_AFTER_FAILURE: i64 = 5;
+/// How long a replica counts on its own after the shared allowance failed it, before asking
+/// again (milliseconds).
+const LOCAL_AFTER_FAILURE_MS: u64 = 5_000;
 /// A shard first drops passed entries when it holds this many.
 const PRUNE_FROM: usize = 1024;
 
@@ -56,9 +57,11 @@ pub struct RateLimiter {
     shared: Option<Arc<dyn CreditLedger>>,
     /// When the last failure to reach `shared` was logged (seconds since the epoch).
     warned_at: AtomicI64,
-    /// Until when (seconds since the epoch) `shared` is not asked after a failure: while the
-    /// database does not answer, limited requests should not each wait for it.
-    local_until: AtomicI64,
+    /// Until when (milliseconds after `started`) `shared` is not asked after a failure: while
+    /// the database does not answer, limited requests should not each wait for it.
+    local_until: AtomicU64,
+    /// The monotonic clock `local_until` counts from.
+    started: Instant,
 }
 
 #[derive(Default)]
@@ -82,7 +85,8 @@ impl Default for RateLimiter {
                 .collect(),
             shared: None,
             warned_at: AtomicI64::new(0),
-            local_until: AtomicI64::new(0),
+            local_until: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 }
@@ -159,7 +163,7 @@ impl RateLimiter {
         rate: RateLimit,
     ) -> Result<Allowance, Refused> {
         if let Some(ledger) = &self.shared
-            && Timestamp::now().as_second() >= self.local_until.load(Ordering::Relaxed)
+            && self.millis() >= self.local_until.load(Ordering::Relaxed)
         {
             let per = rate.per.duration();
             let interval = per / rate.requests.max(1);
@@ -183,7 +187,7 @@ impl RateLimiter {
                 Some(error) => {
                     let now = Timestamp::now().as_second();
                     self.local_until
-                        .store(now + LOCAL_AFTER_FAILURE, Ordering::Relaxed);
+                        .store(self.millis() + LOCAL_AFTER_FAILURE_MS, Ordering::Relaxed);
                     let last = self.warned_at.load(Ordering::Relaxed);
                     if now - last >= 10
                         && self
@@ -197,6 +201,11 @@ impl RateLimiter {
             }
         }
         self.check((access.0, access.1, subject), rate, Instant::now())
+    }
+
+    /// Milliseconds since this limiter was made, on the monotonic clock.
+    fn millis(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Spends one request of `key`'s allowance under `rate` at `now` and says what is left, or

@@ -158,11 +158,20 @@ impl Drop for Pooled<'_> {
         // idle, it would hold them (other replicas' reserves on those budgets waiting) until
         // some later `get` took this connection and rolled it back; dropped, the client closes
         // and PostgreSQL ends the transaction now. A reconnect is the price, on a rare path.
-        if let Some(conn) = self
-            .conn
-            .take()
-            .filter(|c| !c.client.is_closed() && !c.open)
-        {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if conn.open && !conn.client.is_closed() {
+            // Closed rather than kept, the client still waits for the server's answer before
+            // it lets go of the socket: ask the server to cancel, so that a database that hangs
+            // does not collect the connections of requests that gave up.
+            let cancel = conn.client.cancel_token();
+            self.pool.runtime.spawn(async move {
+                let _ = cancel.cancel_query(NoTls).await;
+            });
+            return;
+        }
+        if !conn.client.is_closed() {
             let mut idle = self
                 .pool
                 .idle
