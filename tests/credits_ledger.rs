@@ -13,6 +13,11 @@ use support::fake_flowise::{FakeFlowise, Mode};
 use support::gate::{Flowgate, Options, eventually_status, predict};
 use support::team::Team;
 
+/// GETs `path` with `bearer`; the status and the JSON body.
+async fn admin_get(gate: &Flowgate, path: String, bearer: String) -> (u16, Value) {
+    call(gate, reqwest::Method::GET, &path, Some(&bearer), None).await
+}
+
 #[tokio::test]
 async fn a_global_admin_reads_the_usage_log_filtered_and_no_one_else_does() {
     let team = Team::with_fake_flowise("credits-usage").await;
@@ -30,17 +35,7 @@ async fn a_global_admin_reads_the_usage_log_filtered_and_no_one_else_does() {
     let (status, _) = predict(&gate, &team.alice(), &id, json!({"question": "two"})).await;
     assert_eq!(status, 200);
     let usage = |query: String, bearer: String| {
-        let gate = &gate;
-        async move {
-            call(
-                gate,
-                reqwest::Method::GET,
-                &format!("/api/admin/credits/usage{query}"),
-                Some(&bearer),
-                None,
-            )
-            .await
-        }
+        admin_get(&gate, format!("/api/admin/credits/usage{query}"), bearer)
     };
 
     let (status, rows_json) = usage(format!("?policy={policy}"), root()).await;
@@ -437,17 +432,7 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
 
     // Who stands where this period: the most used first.
     let balances = |query: String, bearer: String| {
-        let gate = &gate;
-        async move {
-            call(
-                gate,
-                reqwest::Method::GET,
-                &format!("/api/admin/credits/balances{query}"),
-                Some(&bearer),
-                None,
-            )
-            .await
-        }
+        admin_get(&gate, format!("/api/admin/credits/balances{query}"), bearer)
     };
     let (status, daily) = balances(format!("?policy={policy}"), root()).await;
     assert_eq!(status, 200, "{daily}");

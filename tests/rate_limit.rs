@@ -14,6 +14,23 @@ use support::gate::{Flowgate, eventually_status, predict, token, used_becomes};
 use support::header;
 use support::team::Team;
 
+/// Grants `user` the team's `support-bot` at 3 a minute (ChatflowAccess `limited`); the API of
+/// the team's ChatflowAccess objects, to change it.
+async fn limited_access(team: &Team, user: &str) -> Api<ChatflowAccess> {
+    let api: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
+    let limited: ChatflowAccess = serde_json::from_value(json!({
+        "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess",
+        "metadata": {"name": "limited"},
+        "spec": {"chatflows": ["support-bot"], "subjects": [{"user": user}],
+                 "rateLimit": {"requests": 3, "per": "Minute"}}
+    }))
+    .expect("access literal");
+    api.create(&PostParams::default(), &limited)
+        .await
+        .expect("access created");
+    api
+}
+
 /// POSTs a prediction; returns the status, `Retry-After`, and the JSON body.
 async fn predict_raw(
     http: &reqwest::Client,
@@ -52,17 +69,7 @@ async fn predictions_over_the_rate_are_refused_with_429_and_charge_nothing() {
     .await;
     let policy = format!("{}/daily", team.ns);
     let bob_email = format!("bob@{}.test", team.ns);
-    let api: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
-    let limited: ChatflowAccess = serde_json::from_value(json!({
-        "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess",
-        "metadata": {"name": "limited"},
-        "spec": {"chatflows": ["support-bot"], "subjects": [{"user": bob_email}],
-                 "rateLimit": {"requests": 3, "per": "Minute"}}
-    }))
-    .expect("access literal");
-    api.create(&PostParams::default(), &limited)
-        .await
-        .expect("access created");
+    let api = limited_access(&team, &bob_email).await;
     let gate = Flowgate::with_flowise(&fake.url).await;
     let id = team.flowise_id.clone();
     let bob = token("bob-sub", json!({"email": bob_email}));
@@ -141,17 +148,7 @@ async fn replicas_on_postgresql_share_one_allowance() {
     let team = Team::with_fake_flowise("rate-shared").await;
     let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
     let bob_email = format!("bob@{}.test", team.ns);
-    let api: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
-    let limited: ChatflowAccess = serde_json::from_value(json!({
-        "apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess",
-        "metadata": {"name": "limited"},
-        "spec": {"chatflows": ["support-bot"], "subjects": [{"user": bob_email}],
-                 "rateLimit": {"requests": 3, "per": "Minute"}}
-    }))
-    .expect("access literal");
-    api.create(&PostParams::default(), &limited)
-        .await
-        .expect("access created");
+    limited_access(&team, &bob_email).await;
     let replica = || {
         Flowgate::start_with(support::gate::Options {
             flowise_url: Some(fake.url.clone()),

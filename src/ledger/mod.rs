@@ -325,6 +325,14 @@ impl AdjustRequest {
     fn key_scope(&self) -> String {
         format!("adjust {} {}", self.policy, self.bucket)
     }
+
+    /// What the bucket's `used` changes by: `-credits`.
+    fn delta(&self) -> Result<i64, LedgerError> {
+        self.credits.checked_neg().ok_or(LedgerError::OutOfRange {
+            what: "credits",
+            value: self.credits.unsigned_abs(),
+        })
+    }
 }
 
 /// What [`CreditLedger::adjust`] did.

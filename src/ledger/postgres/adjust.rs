@@ -12,13 +12,7 @@ impl Conn {
         &mut self,
         request: &AdjustRequest,
     ) -> Result<AdjustOutcome, LedgerError> {
-        let delta = request
-            .credits
-            .checked_neg()
-            .ok_or(LedgerError::OutOfRange {
-                what: "credits",
-                value: request.credits.unsigned_abs(),
-            })?;
+        let delta = request.delta()?;
         let now = request.now.as_microsecond();
         let start = request.window.start.as_microsecond();
         let state = ReservationState::Adjusted.as_str();
