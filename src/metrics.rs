@@ -44,6 +44,13 @@ struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdjustmentLabels {
+    policy: String,
+    /// `given` or `taken`.
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AlertLabels {
     policy: String,
     percent: u8,
@@ -62,6 +69,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     upstream_errors: Family<ReasonLabels, Counter>,
     credits_charged: Family<PolicyLabels, Counter>,
+    credits_adjusted: Family<AdjustmentLabels, Counter>,
     ledger_latency: Family<OperationLabels, Histogram>,
     credit_alerts: Family<AlertLabels, Counter>,
     ledger_pruned: Family<TableLabels, Counter>,
@@ -128,6 +136,12 @@ impl Metrics {
             "credits_charged",
             "Credits charged by settled predictions, by policy",
             credits_charged.clone(),
+        );
+        let credits_adjusted = Family::<AdjustmentLabels, Counter>::default();
+        registry.register(
+            "credits_adjusted",
+            "Credits admins gave (direction=given) or took (taken) by adjustment, by policy",
+            credits_adjusted.clone(),
         );
         let ledger_latency = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.00005, 1.6, 24))
@@ -205,6 +219,7 @@ impl Metrics {
             decisions,
             upstream_errors,
             credits_charged,
+            credits_adjusted,
             ledger_latency,
             credit_alerts,
             ledger_pruned,
@@ -271,6 +286,16 @@ impl Metrics {
                 policy: policy.to_string(),
             })
             .inc_by(credits);
+    }
+
+    /// Counts an admin's adjustment of `credits` (positive: given) on a policy.
+    pub fn credits_adjusted(&self, policy: &str, credits: i64) {
+        self.credits_adjusted
+            .get_or_create(&AdjustmentLabels {
+                policy: policy.to_string(),
+                direction: if credits > 0 { "given" } else { "taken" },
+            })
+            .inc_by(credits.unsigned_abs());
     }
 
     /// Times one ledger call (`reserve`, `settle` or `refund`), answered or failed.

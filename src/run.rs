@@ -237,6 +237,7 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
                         client,
                         sync: controller.sync_state(),
                         ledger: ledger.clone(),
+                        metrics: metrics.clone(),
                     })
                 }),
         };

@@ -145,6 +145,7 @@ fn the_dashboard_charts_flowgates_own_metrics() {
         "flowgate_stream_hangups_total",
         "flowgate_body_buffer_bytes",
         "flowgate_credits_charged_total",
+        "flowgate_credits_adjusted_total",
         "flowgate_ledger_operation_duration_seconds_bucket",
         "flowgate_ledger_pruned_rows_total",
         "flowgate_reconciles_total",

@@ -374,6 +374,18 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
         (&json!("*"), &json!(206), &json!(0)),
         "{taken}"
     );
+    let adjusted = |policy: String, direction: &str| {
+        format!("flowgate_credits_adjusted_total{{policy=\"{policy}\",direction=\"{direction}\"}}")
+    };
+    assert_eq!(
+        support::metric(&gate.ops, &adjusted(policy.clone(), "given")).await,
+        Some(3.0),
+        "the retried adjustment counts once"
+    );
+    assert_eq!(
+        support::metric(&gate.ops, &adjusted(format!("{}/pool", team.ns), "taken")).await,
+        Some(200.0)
+    );
 
     // Refusals, each with a JSON error saying why; none changes a budget.
     for (body, bearer, want) in [

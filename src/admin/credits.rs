@@ -96,6 +96,7 @@ pub async fn adjust(
         },
     );
     tracing::info!(admin = %call.identity.key, policy = %policy.id, subject = %subject.key, credits = request.credits, used, reason, "credits adjusted");
+    admin.metrics.credits_adjusted(&policy.id, request.credits);
     // In the background: the ledger has committed, and a slow API server must not make an
     // unkeyed client time out and adjust again.
     tokio::spawn(record(admin.client.clone(), policy.clone(), note));

@@ -50,6 +50,8 @@ pub struct Admin {
     pub sync: SyncState,
     /// The credits ledger, for its usage log and adjustments.
     pub ledger: Arc<dyn CreditLedger>,
+    /// Where adjustments are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// One admin request after authentication.
