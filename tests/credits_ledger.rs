@@ -13,7 +13,8 @@ use support::fake_flowise::{FakeFlowise, Mode};
 use support::gate::{Flowgate, Options, eventually_status, predict};
 use support::team::Team;
 
-/// GETs `path` with `bearer`; the status and the JSON body.
+/// GETs `path` with `bearer` (an admin's, or a caller's own routes); the status and the JSON
+/// body.
 async fn admin_get(gate: &Flowgate, path: String, bearer: String) -> (u16, Value) {
     call(gate, reqwest::Method::GET, &path, Some(&bearer), None).await
 }
@@ -97,19 +98,7 @@ async fn a_global_admin_reads_the_usage_log_filtered_and_no_one_else_does() {
     );
 
     // Every caller reads their own rows at /credits/usage, whatever subject they name.
-    let own = |query: &str| {
-        let (gate, alice, query) = (&gate, team.alice(), query.to_string());
-        async move {
-            call(
-                gate,
-                reqwest::Method::GET,
-                &format!("/credits/usage{query}"),
-                Some(&alice),
-                None,
-            )
-            .await
-        }
-    };
+    let own = |query: &str| admin_get(&gate, format!("/credits/usage{query}"), team.alice());
     let (status, mine) = own("?subject=user%3Asomeone-else").await;
     assert_eq!(status, 200, "{mine}");
     assert_eq!(mine, rows_json, "the same rows an admin sees for alice");
@@ -216,12 +205,10 @@ async fn a_ledger_retention_prunes_old_rows_at_start_keeps_budgets_and_counts_fa
     metric_becomes(&gate, &pruned("reservations"), 3).await;
     metric_becomes(&gate, &pruned("usage"), 3).await;
 
-    let (status, rows) = call(
+    let (status, rows) = admin_get(
         &gate,
-        reqwest::Method::GET,
-        &format!("/api/admin/credits/usage?policy={policy}"),
-        Some(&root()),
-        None,
+        format!("/api/admin/credits/usage?policy={policy}"),
+        root(),
     )
     .await;
     assert_eq!(status, 200, "{rows}");
@@ -526,12 +513,10 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
     }
 
     // The usage log and the policy's Events record it.
-    let (status, rows) = call(
+    let (status, rows) = admin_get(
         &gate,
-        reqwest::Method::GET,
-        &format!("/api/admin/credits/usage?policy={policy}"),
-        Some(&root()),
-        None,
+        format!("/api/admin/credits/usage?policy={policy}"),
+        root(),
     )
     .await;
     assert_eq!(status, 200, "{rows}");
