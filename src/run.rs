@@ -209,7 +209,7 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
         );
         let proxy = Proxy {
             drains,
-            turns: Default::default(),
+            turns: crate::proxy::turns::ChatTurns::shared(ledger.clone()),
             cors: config
                 .cors_origins
                 .as_ref()

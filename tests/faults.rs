@@ -530,6 +530,73 @@ async fn a_chat_takes_one_prediction_at_a_time() {
 }
 
 #[tokio::test]
+async fn replicas_on_postgresql_share_a_chats_turn() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let pg = postgres_url();
+        // Replicas share turns while some policy prices tokens: this one does.
+        let team = Team::with_fake_flowise("faults-shared-turns").await;
+        team.policy(
+            "priced",
+            json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
+                   "cost": {"perPrediction": 1, "perThousandTokens": 1000}}),
+        )
+        .await;
+        let policy = format!("{}/priced", team.ns);
+        let fake = FakeFlowise::start(Mode::Stream {
+            tokens: 0,
+            gap: Duration::from_millis(500),
+        })
+        .await;
+        let replica = || {
+            Flowgate::start_with(Options {
+                flowise_url: Some(fake.url.clone()),
+                ledger_url: Some(pg.clone()),
+                ..Default::default()
+            })
+        };
+        let (a, b) = (replica().await, replica().await);
+        let alice = team.alice();
+        indexed(&a, &alice, &policy).await;
+        indexed(&b, &alice, &policy).await;
+        let id = team.flowise_id.clone();
+        // Alice's question in chat c1 streams from replica a for ~3 s; her second one in c1,
+        // sent to replica b, is refused before anything is charged or sent to Flowise.
+        let first = reqwest::Client::new()
+            .post(format!("{}/api/v1/prediction/{id}", a.base))
+            .bearer_auth(&alice)
+            .json(&json!({"question": "a long one", "chatId": "c1", "streaming": true}))
+            .send()
+            .await
+            .expect("flowgate answers");
+        assert_eq!(first.status(), 200);
+        let (status, body) = ask(&b, &alice, &id, "c1").await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "chat_busy", "{body}");
+        assert_eq!(
+            fake.predictions(),
+            1,
+            "the busy chat's question never reached Flowise"
+        );
+        assert_eq!(
+            ask(&b, &alice, &id, "c2").await.0,
+            200,
+            "another chat is free"
+        );
+        let text = first.text().await.expect("the first answer");
+        assert!(text.contains("[DONE]"), "{text}");
+        // The turn ends on replica a; replica b sees it end soon after.
+        support::eventually(10, "chat c1 free on replica b", || async {
+            (ask(&b, &alice, &id, "c1").await.0 == 200).then_some(())
+        })
+        .await;
+        used_becomes(&a, &alice, &policy, 3).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+#[tokio::test]
 async fn a_client_hanging_up_before_the_answer_aborts_in_flowise_and_is_charged() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let (team, policy) = team_with_policy("faults-hangup-json").await;
@@ -576,14 +643,20 @@ async fn a_client_hanging_up_before_the_answer_aborts_in_flowise_and_is_charged(
     .expect("bounded to 60 s");
 }
 
-/// The PostgreSQL URL of the tests, routed through a gate the test can close and reopen.
-async fn gated_postgres() -> (support::FlowiseGate, String) {
+/// The PostgreSQL URL of the tests.
+fn postgres_url() -> String {
     let pg = std::env::var("FLOWGATE_TEST_POSTGRES_URL").unwrap_or_default();
     assert!(
         !pg.is_empty(),
         "FLOWGATE_TEST_POSTGRES_URL is not set: run scripts/test.sh, or \
          `scripts/postgres.sh start && eval \"$(scripts/postgres.sh env)\"`"
     );
+    pg
+}
+
+/// The PostgreSQL URL of the tests, routed through a gate the test can close and reopen.
+async fn gated_postgres() -> (support::FlowiseGate, String) {
+    let pg = postgres_url();
     // postgres://user@host:port/db — route host:port through a relay we can close.
     let (scheme_user, rest) = pg.split_once('@').expect("postgres URL with user@");
     let (host_port, db) = rest.split_once('/').expect("postgres URL with a database");

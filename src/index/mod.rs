@@ -229,6 +229,8 @@ pub struct Snapshot {
     policies: Vec<Vec<Arc<PolicyRule>>>,
     access_rules: Vec<Arc<AccessRule>>,
     policy_rules: Vec<Arc<PolicyRule>>,
+    /// Some valid CreditPolicy prices tokens.
+    prices_tokens: bool,
     /// Invalid CreditPolicies by the chatflow idx they name, sorted by policy id.
     invalid_policies: FastMap<u32, Vec<Arc<InvalidPolicy>>>,
     /// Resources skipped because their spec is invalid.
@@ -373,6 +375,7 @@ pub fn compile(resources: &Resources) -> Snapshot {
                 continue;
             }
         };
+        snap.prices_tokens |= rule.per_thousand_tokens > 0;
         snap.policy_rules.push(rule.clone());
         for id in snap.chatflow_ids(&rule.namespace, &rule.chatflows, &ns_index) {
             if let Some(rules) = snap.policies.get_mut(id as usize) {
@@ -550,6 +553,12 @@ impl Snapshot {
             };
         }
         best
+    }
+
+    /// Whether some CreditPolicy prices tokens: only then can two predictions in one chat
+    /// shift a charge (a token-priced run's events read on another prediction's stream).
+    pub fn prices_tokens(&self) -> bool {
+        self.prices_tokens
     }
 
     /// Whether some grant names `caller`, live or not: a few lookups, to refuse a caller with no

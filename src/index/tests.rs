@@ -765,3 +765,26 @@ fn a_number_past_the_ledger_names_its_field() {
         ]
     );
 }
+
+#[test]
+fn the_snapshot_knows_whether_some_valid_policy_prices_tokens() {
+    let mut res = team_a();
+    res.policies.push(policy(
+        "team-a",
+        "flat",
+        "  chatflows: ['*']\n  budget: {credits: 5, period: Daily}\n  cost: {perPrediction: 2}\n",
+    ));
+    // Invalid: it charges nothing, tokens or not.
+    res.policies.push(policy(
+        "team-a",
+        "bad-zone",
+        "  chatflows: ['*']\n  budget: {credits: 5, period: Daily, timeZone: Mars/Olympus}\n  cost: {perThousandTokens: 3}\n",
+    ));
+    assert!(!compile(&res).prices_tokens());
+    res.policies.push(policy(
+        "team-b",
+        "priced",
+        "  chatflows: ['*']\n  budget: {credits: 5, period: Daily}\n  cost: {perThousandTokens: 3}\n",
+    ));
+    assert!(compile(&res).prices_tokens());
+}

@@ -151,6 +151,22 @@ pub trait CreditLedger: Send + Sync {
         Box::pin(async { Ok(None) })
     }
 
+    /// Takes chat `chat`'s turn across every replica sharing this ledger: `Taken` with the turn
+    /// to hand to [`CreditLedger::end_turn`], `Busy` while another replica's turn holds it;
+    /// `None` when the ledger does not share turns (SQLite: one replica). The caller holds no
+    /// turn of its own in `chat` while it asks. A turn is held until it is ended, or for a lease
+    /// (a minute) after its replica last renewed it, which a running replica does on its own.
+    /// A take given up on before its answer is ended as if taken. Reads the database's clock.
+    fn begin_turn<'a>(&'a self, chat: &'a str) -> LedgerFuture<'a, Option<SharedTurn>> {
+        let _ = chat;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Ends a turn [`CreditLedger::begin_turn`] took, soon after: never waits.
+    fn end_turn(&self, turn: u64) {
+        let _ = turn;
+    }
+
     /// Marks reservations whose `created + ttl` is at or before `now` as expired (they stay
     /// charged) and returns how many there were.
     fn sweep(&self, now: Timestamp) -> LedgerFuture<'_, u64>;
@@ -299,6 +315,15 @@ pub struct RateTake {
     pub admitted: bool,
     /// How far the key's instant is ahead of now afterwards.
     pub ahead: Duration,
+}
+
+/// A chat's turn as replicas share it ([`CreditLedger::begin_turn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedTurn {
+    /// This replica's turn, until [`CreditLedger::end_turn`] ends it.
+    Taken(u64),
+    /// Another replica's turn holds the chat.
+    Busy,
 }
 
 /// An admin's change to one bucket in one window ([`CreditLedger::adjust`]).

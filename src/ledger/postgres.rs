@@ -14,11 +14,15 @@
 //!
 //! Connections come from a small pool ([`pool`]) whose connections prepare every statement
 //! once ([`schema`]).
+//!
+//! What else replicas share, rate allowances and the chats with a prediction under way, runs
+//! on a pool of its own ([`shared`]).
 
 mod adjust;
 mod batch;
 mod pool;
 mod schema;
+mod shared;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -35,22 +39,18 @@ use super::state::{self, Close, HeldLine};
 use super::{
     AdjustOutcome, AdjustRequest, BucketBalance, Charge, CreditLedger, LedgerError, LedgerFuture,
     PolicyUsage, PrunedChunk, RateTake, ReservationId, ReservationState, ReserveOutcome,
-    ReserveRequest, Resolution, UsageFilter, UsageParam, UsageRecord, Window, buckets_query,
-    expiry, timestamp, usage_query,
+    ReserveRequest, Resolution, SharedTurn, UsageFilter, UsageParam, UsageRecord, Window,
+    buckets_query, expiry, timestamp, usage_query,
 };
 
 /// Attempts of one operation that keeps hitting serialization failures or deadlocks.
 const ATTEMPTS: u32 = 8;
 
-/// Connections of the shared rate allowances, apart from the ledger's: one caller's requests
-/// queueing on their allowance's row must not hold up everyone's reserves and settles.
-const RATE_POOL_SIZE: usize = 4;
-
 /// The PostgreSQL ledger. Dropping it stops the writers after their current batch.
 pub(super) struct PostgresLedger {
     pool: Arc<Pool>,
-    /// For [`CreditLedger::take_rate`] only.
-    rates: Pool,
+    /// Rate allowances and chat turns.
+    shared: shared::Shared,
     ops: tokio::sync::mpsc::Sender<batch::Op>,
 }
 
@@ -62,7 +62,7 @@ impl PostgresLedger {
         let ops = batch::spawn(Arc::clone(&pool));
         Ok(Self {
             pool,
-            rates: Pool::lazy(config, RATE_POOL_SIZE),
+            shared: shared::Shared::new(config),
             ops,
         })
     }
@@ -111,43 +111,25 @@ impl CreditLedger for PostgresLedger {
         interval: Duration,
         burst: Duration,
     ) -> LedgerFuture<'a, Option<RateTake>> {
-        Box::pin(async move {
-            let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-            // One autocommit statement: nothing to retry (READ COMMITTED raises no
-            // serialization failures, and it takes one row lock).
-            let mut conn = self.rates.get().await?;
-            // Until the answer is read: a take given up on (the caller's time limit) closes
-            // its connection rather than leave the next take queued behind its query.
-            conn.open = true;
-            let row = conn
-                .client
-                .query_one(
-                    &conn.st.take_rate,
-                    // At least a microsecond a request: a rate the clock cannot tell apart
-                    // from none is still a limit.
-                    &[&key, &micros(interval).max(1), &micros(burst)],
-                )
-                .await?;
-            conn.open = false;
-            let admitted: bool = row.try_get(0)?;
-            let mut ahead =
-                Duration::from_micros(u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0));
-            if !admitted {
-                // A refusal reads the row as the statement began: another replica's take may
-                // have moved it since. Past the burst is what a refusal means.
-                ahead = ahead.max(burst + Duration::from_micros(1));
-            }
-            Ok(Some(RateTake { admitted, ahead }))
-        })
+        Box::pin(async move { Ok(Some(self.shared.take_rate(key, interval, burst).await?)) })
+    }
+
+    fn begin_turn<'a>(&'a self, chat: &'a str) -> LedgerFuture<'a, Option<SharedTurn>> {
+        Box::pin(async move { Ok(Some(self.shared.begin_turn(chat).await?)) })
+    }
+
+    fn end_turn(&self, turn: u64) {
+        self.shared.end_turn(turn);
     }
 
     fn sweep(&self, now: Timestamp) -> LedgerFuture<'_, u64> {
         Box::pin(async move {
             let now = now.as_microsecond();
-            // Passed allowances are keys never seen: rows of callers gone quiet go with the sweep.
+            // Passed allowances are keys never seen, and passed leases turns ended: rows of
+            // callers gone quiet, and of replicas gone, go with the sweep.
             let conn = self.pool.get().await?;
-            if let Err(error) = conn.client.execute(&conn.st.prune_rates, &[]).await {
-                tracing::warn!(%error, "pruning passed rate allowances failed");
+            if let Err(error) = conn.client.execute(&conn.st.prune_shared, &[]).await {
+                tracing::warn!(%error, "pruning passed rate allowances and chat turns failed");
             }
             drop(conn);
             let row = self.retried(|st| &st.sweep, &[&now]).await?;

@@ -21,6 +21,7 @@ pub mod listing;
 pub mod multipart;
 mod prediction;
 pub mod ratelimit;
+mod replicas;
 pub mod request_id;
 pub mod routes;
 pub mod session;
@@ -231,7 +232,12 @@ impl Proxy {
                 let mut prediction =
                     read_prediction(&parts.headers, body, &identity, &mut held).await?;
                 prediction.held = Some(held);
-                prediction.turn = Some(self.turns.begin(&prediction.chat_id)?);
+                let across_replicas = snapshot.prices_tokens();
+                prediction.turn = Some(
+                    self.turns
+                        .begin(&prediction.chat_id, across_replicas)
+                        .await?,
+                );
                 let allowance = self.rate_limit(&snapshot, &identity, &cf, access).await?;
                 let answered = async {
                     let key = self.forward_headers(&cf).await?;
@@ -263,7 +269,12 @@ impl Proxy {
                 let (cf, access) = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
                 let usable = usable(&cf)?;
                 self.refuse_invalid(&snapshot, &identity, &caller, &cf)?;
-                prediction.turn = Some(self.turns.begin(&prediction.chat_id)?);
+                let across_replicas = snapshot.prices_tokens();
+                prediction.turn = Some(
+                    self.turns
+                        .begin(&prediction.chat_id, across_replicas)
+                        .await?,
+                );
                 let allowance = self.rate_limit(&snapshot, &identity, &cf, access).await?;
                 let answered = async {
                     let key = self.forward_headers(&cf).await?;

@@ -24,11 +24,8 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-
-use jiff::Timestamp;
 
 use hyper::HeaderMap;
 use hyper::header::{HeaderName, HeaderValue};
@@ -36,17 +33,13 @@ use hyper::header::{HeaderName, HeaderValue};
 use crate::crd::RateLimit;
 use crate::ledger::CreditLedger;
 
+use super::replicas::Replicas;
+
 pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 const SHARDS: usize = 16;
-/// Longest a prediction waits for the shared allowance before its replica counts on its own: a
-/// slow database must not hold every limited request.
-const SHARED_WAIT: Duration = Duration::from_secs(1);
-/// How long a replica counts on its own after the shared allowance failed it, before asking
-/// again (milliseconds).
-const LOCAL_AFTER_FAILURE_MS: u64 = 5_000;
 /// A shard first drops passed entries when it holds this many.
 const PRUNE_FROM: usize = 1024;
 
@@ -54,14 +47,7 @@ pub struct RateLimiter {
     hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
     /// Where replicas share allowances ([`CreditLedger::take_rate`]).
-    shared: Option<Arc<dyn CreditLedger>>,
-    /// When the last failure to reach `shared` was logged (seconds since the epoch).
-    warned_at: AtomicI64,
-    /// Until when (milliseconds after `started`) `shared` is not asked after a failure: while
-    /// the database does not answer, limited requests should not each wait for it.
-    local_until: AtomicU64,
-    /// The monotonic clock `local_until` counts from.
-    started: Instant,
+    shared: Replicas,
 }
 
 #[derive(Default)]
@@ -83,10 +69,7 @@ impl Default for RateLimiter {
                     })
                 })
                 .collect(),
-            shared: None,
-            warned_at: AtomicI64::new(0),
-            local_until: AtomicU64::new(0),
-            started: Instant::now(),
+            shared: Replicas::alone(),
         }
     }
 }
@@ -148,7 +131,10 @@ impl RateLimiter {
     /// A limiter that shares allowances through `ledger` where it can (PostgreSQL).
     pub fn shared(ledger: Arc<dyn CreditLedger>) -> Self {
         Self {
-            shared: Some(ledger),
+            shared: Replicas::sharing(
+                ledger,
+                "shared rate allowances unavailable: each replica counts its own",
+            ),
             ..Self::default()
         }
     }
@@ -162,50 +148,20 @@ impl RateLimiter {
         subject: &str,
         rate: RateLimit,
     ) -> Result<Allowance, Refused> {
-        if let Some(ledger) = &self.shared
-            && self.millis() >= self.local_until.load(Ordering::Relaxed)
-        {
-            let per = rate.per.duration();
-            let interval = per / rate.requests.max(1);
-            let key = format!("{}/{} {subject}", access.0, access.1);
-            let burst = per.saturating_sub(interval);
-            let taken =
-                tokio::time::timeout(SHARED_WAIT, ledger.take_rate(&key, interval, burst)).await;
-            let failed = match taken {
-                Ok(Ok(Some(take))) if take.admitted => {
-                    return Ok(Allowance::at(rate, interval, take.ahead));
-                }
-                Ok(Ok(Some(take))) => {
-                    return Err(Refused(Allowance::at(rate, interval, take.ahead)));
-                }
-                Ok(Ok(None)) => None,
-                Ok(Err(error)) => Some(error.to_string()),
-                Err(_) => Some(format!("no answer within {} s", SHARED_WAIT.as_secs())),
-            };
-            match failed {
-                None => {}
-                Some(error) => {
-                    let now = Timestamp::now().as_second();
-                    self.local_until
-                        .store(self.millis() + LOCAL_AFTER_FAILURE_MS, Ordering::Relaxed);
-                    let last = self.warned_at.load(Ordering::Relaxed);
-                    if now - last >= 10
-                        && self
-                            .warned_at
-                            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                            .is_ok()
-                    {
-                        tracing::warn!(%error, "shared rate allowances unavailable: each replica counts its own");
-                    }
-                }
-            }
+        let per = rate.per.duration();
+        let interval = per / rate.requests.max(1);
+        let key = format!("{}/{} {subject}", access.0, access.1);
+        let burst = per.saturating_sub(interval);
+        let shared = self
+            .shared
+            .ask(|ledger| ledger.take_rate(&key, interval, burst))
+            .await;
+        match shared {
+            Some(take) if take.admitted => return Ok(Allowance::at(rate, interval, take.ahead)),
+            Some(take) => return Err(Refused(Allowance::at(rate, interval, take.ahead))),
+            None => {}
         }
         self.check((access.0, access.1, subject), rate, Instant::now())
-    }
-
-    /// Milliseconds since this limiter was made, on the monotonic clock.
-    fn millis(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Spends one request of `key`'s allowance under `rate` at `now` and says what is left, or

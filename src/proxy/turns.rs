@@ -12,31 +12,100 @@
 //! it was read on after its client left ([`super::drain`]) — or, for a run flowgate asked Flowise
 //! to abort, a moment after that request was answered.
 //!
-//! The turns are per process: replicas behind one Service do not see each other's.
+//! Replicas of a PostgreSQL ledger share the turns ([`CreditLedger::begin_turn`]) while some
+//! CreditPolicy prices tokens: a chat's second prediction is then refused whichever replica it
+//! reaches. Without token pricing two predictions in one chat shift no charge (each costs its
+//! flat cost, charged at reserve), and what is left — a hang-up's abort missing its run, one of
+//! the two streams cut short — harms only the caller who sent them, so the turns stay per
+//! replica: sharing costs a share of a round trip per prediction (`scripts/bench-ab` measured a
+//! saturated PostgreSQL-charged path with token pricing at 0.64× its throughput without). A replica first
+//! takes the turn in its own process, which its proxy threads share, and only then asks the
+//! others; while the database cannot be asked, and on SQLite (one replica), the turns are its
+//! own ([`super::replicas`]).
 
 use std::collections::HashSet;
+use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::error::ProxyError;
+use super::replicas::Replicas;
+use crate::ledger::{CreditLedger, SharedTurn};
 
-/// The chats with a prediction under way, shared by the proxy's threads.
-#[derive(Clone, Default)]
+/// The chats with a prediction under way, shared by the proxy's threads, and by the replicas
+/// where the ledger shares them.
+#[derive(Clone)]
 pub struct ChatTurns {
     // SipHash: the chat ids carry what clients send.
     busy: Arc<Mutex<HashSet<Arc<str>>>>,
+    shared: Arc<Replicas>,
+}
+
+impl Default for ChatTurns {
+    fn default() -> Self {
+        Self {
+            busy: Arc::default(),
+            shared: Arc::new(Replicas::alone()),
+        }
+    }
 }
 
 /// A chat's turn: the chat is busy until this is dropped.
-#[derive(Debug)]
 pub struct Turn {
     busy: Arc<Mutex<HashSet<Arc<str>>>>,
     chat_id: Arc<str>,
+    /// The replicas' turn, ended with this one.
+    shared: Option<(Arc<dyn CreditLedger>, u64)>,
+}
+
+impl fmt::Debug for Turn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Turn")
+            .field("chat_id", &self.chat_id)
+            .field("shared", &self.shared.as_ref().map(|(_, turn)| turn))
+            .finish()
+    }
 }
 
 impl ChatTurns {
+    /// Turns shared by the replicas of `ledger` where it shares them.
+    pub fn shared(ledger: Arc<dyn CreditLedger>) -> Self {
+        Self {
+            shared: Arc::new(Replicas::sharing(
+                ledger,
+                "shared chat turns unavailable: each replica keeps its own",
+            )),
+            ..Self::default()
+        }
+    }
+
     /// The turn of the chat `chat_id` (as bound to the caller), or `ChatBusy` while another
-    /// prediction holds it.
-    pub fn begin(&self, chat_id: &str) -> Result<Turn, ProxyError> {
+    /// prediction holds it, in this process or, `across_replicas` where they share turns, in
+    /// another replica.
+    pub async fn begin(&self, chat_id: &str, across_replicas: bool) -> Result<Turn, ProxyError> {
+        let mut turn = self.begin_here(chat_id)?;
+        if !across_replicas {
+            return Ok(turn);
+        }
+        let shared = self.shared.ask(|ledger| {
+            let taken = ledger.begin_turn(chat_id);
+            Box::pin(async move {
+                Ok(match taken.await? {
+                    Some(SharedTurn::Taken(number)) => Some(Some((ledger.clone(), number))),
+                    Some(SharedTurn::Busy) => Some(None),
+                    None => None,
+                })
+            })
+        });
+        match shared.await {
+            Some(Some(taken)) => turn.shared = Some(taken),
+            Some(None) => return Err(ProxyError::ChatBusy),
+            None => {}
+        }
+        Ok(turn)
+    }
+
+    /// The turn of `chat_id` in this process.
+    fn begin_here(&self, chat_id: &str) -> Result<Turn, ProxyError> {
         let chat_id: Arc<str> = Arc::from(chat_id);
         let inserted = self
             .busy
@@ -49,6 +118,7 @@ impl ChatTurns {
         Ok(Turn {
             busy: self.busy.clone(),
             chat_id,
+            shared: None,
         })
     }
 
@@ -63,6 +133,9 @@ impl ChatTurns {
 
 impl Drop for Turn {
     fn drop(&mut self) {
+        if let Some((ledger, turn)) = self.shared.take() {
+            ledger.end_turn(turn);
+        }
         self.busy
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -77,12 +150,17 @@ mod tests {
     #[test]
     fn a_chat_takes_one_prediction_at_a_time() {
         let turns = ChatTurns::default();
-        let first = turns.begin("fg-a-1").expect("a free chat");
-        assert!(matches!(turns.begin("fg-a-1"), Err(ProxyError::ChatBusy)));
-        let other = turns.begin("fg-a-2").expect("another chat is free");
+        let first = turns.begin_here("fg-a-1").expect("a free chat");
+        assert!(matches!(
+            turns.begin_here("fg-a-1"),
+            Err(ProxyError::ChatBusy)
+        ));
+        let other = turns.begin_here("fg-a-2").expect("another chat is free");
         assert_eq!(turns.busy(), 2);
         drop(first);
-        let again = turns.begin("fg-a-1").expect("free once the turn ended");
+        let again = turns
+            .begin_here("fg-a-1")
+            .expect("free once the turn ended");
         drop((again, other));
         assert_eq!(turns.busy(), 0);
     }
@@ -90,9 +168,9 @@ mod tests {
     #[test]
     fn the_turns_are_shared_by_clones() {
         let turns = ChatTurns::default();
-        let _first = turns.begin("fg-a-1").expect("a free chat");
+        let _first = turns.begin_here("fg-a-1").expect("a free chat");
         assert!(matches!(
-            turns.clone().begin("fg-a-1"),
+            turns.clone().begin_here("fg-a-1"),
             Err(ProxyError::ChatBusy)
         ));
     }

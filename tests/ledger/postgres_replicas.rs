@@ -275,11 +275,78 @@ async fn replicas_share_one_rate_allowance_per_key() {
 }
 
 #[tokio::test]
-async fn sqlite_does_not_share_rate_allowances() {
+async fn sqlite_shares_neither_rate_allowances_nor_chat_turns() {
     let ledger = crate::support::sqlite().open().await;
     let take = ledger
         .take_rate("k", Duration::from_secs(1), Duration::ZERO)
         .await
         .expect("take");
     assert_eq!(take, None, "one replica counts in its own process");
+    let turn = ledger.begin_turn("chat-1").await.expect("asked");
+    assert_eq!(turn, None, "one replica keeps its turns in its own process");
+}
+
+/// A chat's turn is one replica's at a time: another replica is refused until it ends, a
+/// replica's own stale turn is taken over (its end is on its way), a stale end does not end
+/// the turn that took over, and a turn its replica stopped renewing is taken once its lease passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_chats_turn() {
+    use flowgate::ledger::SharedTurn;
+
+    let store = crate::support::postgres("replicas_chat_turns").await;
+    let (a, b) = (store.open().await, store.open().await);
+    let begin = |ledger: &Arc<dyn CreditLedger>, chat: &'static str| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .begin_turn(chat)
+                .await
+                .expect("asked")
+                .expect("shared")
+        }
+    };
+    let SharedTurn::Taken(first) = begin(&a, "chat-1").await else {
+        panic!("a free chat is taken");
+    };
+    assert_eq!(begin(&b, "chat-1").await, SharedTurn::Busy);
+    assert!(matches!(begin(&b, "chat-2").await, SharedTurn::Taken(_)));
+    // `a` ends its turn and takes the chat again before the end reached the database.
+    let SharedTurn::Taken(second) = begin(&a, "chat-1").await else {
+        panic!("a replica's own turn is taken over");
+    };
+    assert_ne!(first, second);
+    let SharedTurn::Taken(other) = begin(&a, "chat-3").await else {
+        panic!("a free chat is taken");
+    };
+    a.end_turn(first);
+    a.end_turn(other);
+    // Ends run in order: once chat-3 is free, the stale end of chat-1 has run too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while begin(&b, "chat-3").await == SharedTurn::Busy {
+        assert!(tokio::time::Instant::now() < deadline, "chat-3 never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        begin(&b, "chat-1").await,
+        SharedTurn::Busy,
+        "the stale end did not end the turn that took over"
+    );
+    // `a` stops renewing (as if it had stopped): once the lease passed the chat is free.
+    store
+        .execute("UPDATE chat_turns SET expires_us = 0 WHERE chat = 'chat-1'")
+        .await;
+    assert!(matches!(begin(&b, "chat-1").await, SharedTurn::Taken(_)));
+    assert_eq!(begin(&a, "chat-1").await, SharedTurn::Busy);
+    // The sweep deletes passed leases, and only those.
+    store
+        .execute("UPDATE chat_turns SET expires_us = 0 WHERE chat = 'chat-2'")
+        .await;
+    a.sweep(now()).await.expect("sweep");
+    assert_eq!(
+        store
+            .count("SELECT count(*) FROM chat_turns WHERE chat = 'chat-2'")
+            .await,
+        0
+    );
+    assert_eq!(store.count("SELECT count(*) FROM chat_turns").await, 2);
 }

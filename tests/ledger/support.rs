@@ -21,6 +21,31 @@ impl Store {
         ledger::open(&self.url).await.expect("ledger opens")
     }
 
+    /// Runs `sql` on a PostgreSQL store (as an operator or another flowgate might).
+    pub async fn execute(&self, sql: &str) {
+        let LedgerUrl::Postgres(url) = &self.url else {
+            panic!("SQL is for PostgreSQL stores");
+        };
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client.batch_execute(sql).await.expect("SQL runs");
+    }
+
+    /// The `bigint` the PostgreSQL query `sql` answers.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let LedgerUrl::Postgres(url) = &self.url else {
+            panic!("SQL is for PostgreSQL stores");
+        };
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        let row = client.query_one(sql, &[]).await.expect("SQL runs");
+        row.get(0)
+    }
+
     /// Makes the database refuse every usage row of subject `refused`, as a database can refuse
     /// any write (a full disk, a constraint): the operation fails after its earlier writes.
     pub async fn refuse_usage_of_subject_refused(&self) {

@@ -72,6 +72,17 @@ CREATE TABLE IF NOT EXISTS rate_limits (
     key        text   PRIMARY KEY,
     full_at_us bigint NOT NULL
 );
+-- Added after version 1, without a new version: the chats with a prediction under way, as
+-- replicas share them. A turn is its replica's (a random id per process) until deleted, or until
+-- it expires when its replica stopped renewing it. Unlogged: a turn's commit waits for no disk,
+-- and a crash of the database frees every chat (as a restart of a single replica does).
+CREATE UNLOGGED TABLE IF NOT EXISTS chat_turns (
+    chat       text   PRIMARY KEY,
+    replica    text   NOT NULL,
+    turn       bigint NOT NULL,
+    expires_us bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chat_turns_by_replica ON chat_turns (replica, turn);
 ";
 
 /// Creates the tables if needed under an advisory lock, so replicas starting together do not
@@ -130,7 +141,10 @@ pub(super) struct Statements {
     pub(super) prune_buckets: Statement,
     pub(super) policy_usage: Statement,
     pub(super) take_rate: Statement,
-    pub(super) prune_rates: Statement,
+    pub(super) prune_shared: Statement,
+    pub(super) begin_turns: Statement,
+    pub(super) end_turns: Statement,
+    pub(super) renew_turns: Statement,
 }
 
 impl Statements {
@@ -327,7 +341,7 @@ impl Statements {
                  FROM buckets WHERE policy = $1::text AND window_start = $2::int8"
             ),
         )?;
-        let (take_rate, prune_rates) = futures::try_join!(
+        let (take_rate, prune_shared, begin_turns, end_turns, renew_turns) = futures::try_join!(
             // One request of a key's allowance ($1; $2 the interval, $3 the burst, in
             // microseconds), on the database's clock, which every replica shares: the instant
             // moves one interval on unless it is more than the burst ahead. Whether it did, and
@@ -355,9 +369,42 @@ impl Statements {
                      (SELECT us FROM now) + $2::int8) - (SELECT us FROM now)
                  WHERE NOT EXISTS (SELECT 1 FROM taken)"
             ),
+            // Allowances whose instant has passed, and turns whose lease has.
             client.prepare(
-                "DELETE FROM rate_limits
-                 WHERE full_at_us < (extract(epoch FROM clock_timestamp()) * 1000000)::int8"
+                "WITH now AS (
+                     SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS us
+                 ), rates AS (
+                     DELETE FROM rate_limits WHERE full_at_us < (SELECT us FROM now)
+                 )
+                 DELETE FROM chat_turns WHERE expires_us < (SELECT us FROM now)"
+            ),
+            // The turns of chats $1 (distinct) for replica $2 as its turns $3, leased for $4
+            // microseconds; the numbers of those taken. A chat is taken when it has no turn, or
+            // one whose lease passed, or one of this replica (which holds none of its own while
+            // it asks: that row's end is on its way).
+            client.prepare(
+                "WITH now AS (
+                     SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS us
+                 )
+                 INSERT INTO chat_turns (chat, replica, turn, expires_us)
+                 SELECT asked.chat, $2::text, asked.turn, now.us + $4::int8
+                 FROM unnest($1::text[], $3::int8[]) AS asked (chat, turn), now
+                 ON CONFLICT (chat) DO UPDATE
+                     SET replica = EXCLUDED.replica, turn = EXCLUDED.turn,
+                         expires_us = EXCLUDED.expires_us
+                     WHERE chat_turns.replica = EXCLUDED.replica
+                        OR chat_turns.expires_us <= (SELECT us FROM now)
+                 RETURNING turn"
+            ),
+            // Replica $1's turns $2 end (a turn taken over since has another number).
+            client.prepare(
+                "DELETE FROM chat_turns WHERE replica = $1::text AND turn = ANY($2::int8[])"
+            ),
+            // Replica $1's turns are leased $2 microseconds from now.
+            client.prepare(
+                "UPDATE chat_turns
+                 SET expires_us = (extract(epoch FROM clock_timestamp()) * 1000000)::int8 + $2::int8
+                 WHERE replica = $1::text"
             ),
         )?;
         let (prune_reservations, prune_usage, prune_buckets) = futures::try_join!(
@@ -422,7 +469,10 @@ impl Statements {
             sweep,
             policy_usage,
             take_rate,
-            prune_rates,
+            prune_shared,
+            begin_turns,
+            end_turns,
+            renew_turns,
         })
     }
 }

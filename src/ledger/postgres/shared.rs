@@ -1,0 +1,252 @@
+//! What replicas share besides budgets: rate allowances ([`CreditLedger::take_rate`]) and chat
+//! turns ([`CreditLedger::begin_turn`]), on a small pool of connections apart from the ledger's,
+//! so that one caller's requests queueing on their row cannot hold up everyone's reserves and
+//! settles.
+//!
+//! A turn is a row naming its replica (a random id per process) and a number of that replica's.
+//! One task per replica asks for turns and ends them: whatever queued while it waited for the
+//! database goes in one round trip (one statement takes every chat asked for, one deletes every
+//! turn ended), so a busy replica pays a fraction of a round trip per prediction. The same task
+//! renews the replica's turns every [`RENEW_EVERY`], so a turn outlives a replica that stopped,
+//! or lost the database, by [`TURN_LEASE`] at most.
+//!
+//! [`CreditLedger::take_rate`]: crate::ledger::CreditLedger::take_rate
+//! [`CreditLedger::begin_turn`]: crate::ledger::CreditLedger::begin_turn
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+use tokio_postgres::Config;
+
+use super::pool::Pool;
+use crate::ledger::{LedgerError, RateTake, SharedTurn};
+
+/// Connections per replica for what replicas share.
+const POOL_SIZE: usize = 4;
+/// How long a turn outlives its replica's last renewal.
+const TURN_LEASE: Duration = Duration::from_secs(60);
+/// How often a replica renews its turns.
+const RENEW_EVERY: Duration = Duration::from_secs(15);
+/// Most turns one round trip takes or ends.
+const OPS_PER_ROUND: usize = 256;
+
+pub(super) struct Shared {
+    pool: Arc<Pool>,
+    next_turn: AtomicU64,
+    /// Turns to take and to end, for [`turns`].
+    turns: mpsc::UnboundedSender<TurnOp>,
+}
+
+enum TurnOp {
+    Begin {
+        chat: String,
+        turn: u64,
+        reply: oneshot::Sender<Result<SharedTurn, LedgerError>>,
+    },
+    End(u64),
+}
+
+impl Shared {
+    /// Connects when first asked. Starts the task that takes, ends and renews turns on the
+    /// current runtime; it stops once this is dropped.
+    pub(super) fn new(config: Config) -> Self {
+        let pool = Arc::new(Pool::lazy(config, POOL_SIZE));
+        let replica: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+        let (turns_tx, queue) = mpsc::unbounded_channel();
+        tokio::spawn(turns(pool.clone(), replica, queue));
+        Self {
+            pool,
+            next_turn: AtomicU64::new(1),
+            turns: turns_tx,
+        }
+    }
+
+    pub(super) async fn take_rate(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: Duration,
+    ) -> Result<RateTake, LedgerError> {
+        // One autocommit statement: nothing to retry (READ COMMITTED raises no serialization
+        // failures, and it takes one row lock).
+        let mut conn = self.pool.get().await?;
+        // Until the answer is read: a take given up on (the caller's time limit) closes its
+        // connection rather than leave the next take queued behind its query.
+        conn.open = true;
+        let row = conn
+            .client
+            .query_one(
+                &conn.st.take_rate,
+                // At least a microsecond a request: a rate the clock cannot tell apart from
+                // none is still a limit.
+                &[&key, &micros(interval).max(1), &micros(burst)],
+            )
+            .await?;
+        conn.open = false;
+        let admitted: bool = row.try_get(0)?;
+        let mut ahead =
+            Duration::from_micros(u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0));
+        if !admitted {
+            // A refusal reads the row as the statement began: another replica's take may have
+            // moved it since. Past the burst is what a refusal means.
+            ahead = ahead.max(burst + Duration::from_micros(1));
+        }
+        Ok(RateTake { admitted, ahead })
+    }
+
+    /// A turn given up on (its answer dropped) is ended if it was taken.
+    pub(super) async fn begin_turn(&self, chat: &str) -> Result<SharedTurn, LedgerError> {
+        let turn = self.next_turn.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let chat = chat.to_owned();
+        self.turns
+            .send(TurnOp::Begin { chat, turn, reply })
+            .map_err(|_| LedgerError::Stopped)?;
+        answer.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    pub(super) fn end_turn(&self, turn: u64) {
+        // Closed only once this is dropped: nothing is left to end then but leases.
+        let _ = self.turns.send(TurnOp::End(turn));
+    }
+}
+
+/// Takes and ends the turns asked on `queue`, a round trip for all that queued, and renews
+/// `replica`'s turns every [`RENEW_EVERY`], until the queue closes. A failure to end or renew
+/// is logged (at most once per renewal period) and left to the leases.
+async fn turns(pool: Arc<Pool>, replica: Arc<str>, mut queue: mpsc::UnboundedReceiver<TurnOp>) {
+    let mut renew = tokio::time::interval(RENEW_EVERY);
+    renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ops = Vec::new();
+    let mut warned: Option<Instant> = None;
+    loop {
+        let done = tokio::select! {
+            received = queue.recv_many(&mut ops, OPS_PER_ROUND) => {
+                if received == 0 {
+                    return;
+                }
+                round(&pool, &replica, ops.drain(..)).await.map_err(|e| ("ending chat turns", e))
+            }
+            _ = renew.tick() => {
+                renew_turns(&pool, &replica).await.map_err(|e| ("renewing chat turns", e))
+            }
+        };
+        if let Err((what, error)) = done
+            && warned.is_none_or(|at| at.elapsed() >= RENEW_EVERY)
+        {
+            warned = Some(Instant::now());
+            tracing::warn!(%error, "{what} failed: their leases end them");
+        }
+    }
+}
+
+/// One round trip: the turns ended are deleted and the chats asked for taken, in two pipelined
+/// statements (in either order: a turn taken over has a new number). Every asker is answered;
+/// the result is that of the ends.
+async fn round(
+    pool: &Pool,
+    replica: &str,
+    ops: impl Iterator<Item = TurnOp>,
+) -> Result<(), LedgerError> {
+    let mut ended: Vec<i64> = Vec::new();
+    let (mut chats, mut numbers, mut replies) = (Vec::new(), Vec::new(), Vec::new());
+    for op in ops {
+        match op {
+            TurnOp::End(turn) => ended.push(number(turn)),
+            TurnOp::Begin { chat, turn, reply } => {
+                chats.push(chat);
+                numbers.push(number(turn));
+                replies.push((turn, reply));
+            }
+        }
+    }
+    let conn = match pool.get().await {
+        Ok(conn) => conn,
+        Err(error) => {
+            let message = error.to_string();
+            for (_, reply) in replies {
+                let _ = reply.send(Err(failed(&message)));
+            }
+            return Err(error);
+        }
+    };
+    let end = async {
+        if ended.is_empty() {
+            return Ok(0);
+        }
+        conn.client
+            .execute(&conn.st.end_turns, &[&replica, &ended])
+            .await
+    };
+    let begin = async {
+        if chats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lease = micros(TURN_LEASE);
+        conn.client
+            .query(&conn.st.begin_turns, &[&chats, &replica, &numbers, &lease])
+            .await
+    };
+    let (end, begin) = futures::join!(end, begin);
+    // Turns that may be held but that nobody holds: a take given up on, or one that failed
+    // after the database might have done it (a lost connection).
+    let mut unheld: Vec<i64> = Vec::new();
+    match begin {
+        Ok(rows) => {
+            let taken: HashSet<i64> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
+            for (turn, reply) in replies {
+                let answer = if taken.contains(&number(turn)) {
+                    SharedTurn::Taken(turn)
+                } else {
+                    SharedTurn::Busy
+                };
+                if reply.send(Ok(answer)).is_err() && answer != SharedTurn::Busy {
+                    unheld.push(number(turn));
+                }
+            }
+        }
+        Err(error) => {
+            let message = error.to_string();
+            for (turn, reply) in replies {
+                let _ = reply.send(Err(failed(&message)));
+                unheld.push(number(turn));
+            }
+        }
+    }
+    if !unheld.is_empty() {
+        conn.client
+            .execute(&conn.st.end_turns, &[&replica, &unheld])
+            .await?;
+    }
+    end?;
+    Ok(())
+}
+
+/// What an asker of a failed round is answered.
+fn failed(message: &str) -> LedgerError {
+    LedgerError::Commit {
+        message: format!("chat turns: {message}"),
+        transient: true,
+    }
+}
+
+async fn renew_turns(pool: &Pool, replica: &str) -> Result<(), LedgerError> {
+    let conn = pool.get().await?;
+    conn.client
+        .execute(&conn.st.renew_turns, &[&replica, &micros(TURN_LEASE)])
+        .await?;
+    Ok(())
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A turn's number as PostgreSQL's `bigint` keeps it.
+fn number(turn: u64) -> i64 {
+    i64::try_from(turn).unwrap_or(i64::MAX)
+}
