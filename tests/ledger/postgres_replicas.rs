@@ -310,7 +310,8 @@ async fn replicas_share_a_chats_turn() {
     };
     assert_eq!(begin(&b, "chat-1").await, SharedTurn::Busy);
     assert!(matches!(begin(&b, "chat-2").await, SharedTurn::Taken(_)));
-    // `a` ends its turn and takes the chat again before the end reached the database.
+    // `a` takes the chat again while its first turn's row is still there (as when that turn's
+    // end has not reached the database yet): a replica's own row is taken over.
     let SharedTurn::Taken(second) = begin(&a, "chat-1").await else {
         panic!("a replica's own turn is taken over");
     };
@@ -349,4 +350,41 @@ async fn replicas_share_a_chats_turn() {
         0
     );
     assert_eq!(store.count("SELECT count(*) FROM chat_turns").await, 2);
+}
+
+/// A take its asker gives up on (a client gone, the proxy's time limit) ends, whenever it is
+/// given up: the chat is free for another replica at once, not after a lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_given_up_on_ends() {
+    use flowgate::ledger::SharedTurn;
+
+    let store = crate::support::postgres("replicas_turn_given_up").await;
+    let (a, b) = (store.open().await, store.open().await);
+    let chats: Vec<String> = (0..20).map(|i| format!("chat-{i}")).collect();
+    for (i, chat) in chats.iter().enumerate() {
+        // Given up at different points of its round trip.
+        let wait = Duration::from_micros(50 * i as u64);
+        if let Ok(Ok(Some(SharedTurn::Taken(turn)))) =
+            tokio::time::timeout(wait, a.begin_turn(chat)).await
+        {
+            // Answered in time: its asker ends it (as a prediction's turn does when dropped).
+            a.end_turn(turn);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for chat in &chats {
+        loop {
+            match b.begin_turn(chat).await.expect("asked") {
+                Some(SharedTurn::Taken(_)) => break,
+                Some(SharedTurn::Busy) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{chat} still held by a turn nobody holds"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                None => panic!("PostgreSQL shares turns"),
+            }
+        }
+    }
 }

@@ -378,7 +378,7 @@ impl Statements {
                  )
                  DELETE FROM chat_turns WHERE expires_us < (SELECT us FROM now)"
             ),
-            // The turns of chats $1 (distinct) for replica $2 as its turns $3, leased for $4
+            // The turns of chats $1 (distinct, sorted) for replica $2 as its turns $3, leased for $4
             // microseconds; the numbers of those taken. A chat is taken when it has no turn, or
             // one whose lease passed, or one of this replica (which holds none of its own while
             // it asks: that row's end is on its way).
@@ -400,11 +400,16 @@ impl Statements {
             client.prepare(
                 "DELETE FROM chat_turns WHERE replica = $1::text AND turn = ANY($2::int8[])"
             ),
-            // Replica $1's turns are leased $2 microseconds from now.
+            // Replica $1's turns $2 (those it holds) are leased $3 microseconds from now, and
+            // its other rows deleted.
             client.prepare(
-                "UPDATE chat_turns
-                 SET expires_us = (extract(epoch FROM clock_timestamp()) * 1000000)::int8 + $2::int8
-                 WHERE replica = $1::text"
+                "WITH gone AS (
+                     DELETE FROM chat_turns
+                     WHERE replica = $1::text AND turn <> ALL($2::int8[])
+                 )
+                 UPDATE chat_turns
+                 SET expires_us = (extract(epoch FROM clock_timestamp()) * 1000000)::int8 + $3::int8
+                 WHERE replica = $1::text AND turn = ANY($2::int8[])"
             ),
         )?;
         let (prune_reservations, prune_usage, prune_buckets) = futures::try_join!(

@@ -8,7 +8,9 @@
 //! database goes in one round trip (one statement takes every chat asked for, one deletes every
 //! turn ended), so a busy replica pays a fraction of a round trip per prediction. The same task
 //! renews the replica's turns every [`RENEW_EVERY`], so a turn outlives a replica that stopped,
-//! or lost the database, by [`TURN_LEASE`] at most.
+//! or lost the database, by [`TURN_LEASE`] at most. It renews only the turns it knows are held
+//! and deletes the replica's other rows, so a turn whose end was lost (a failed statement, an
+//! answer nobody read) lasts until the next renewal at most.
 //!
 //! [`CreditLedger::take_rate`]: crate::ledger::CreditLedger::take_rate
 //! [`CreditLedger::begin_turn`]: crate::ledger::CreditLedger::begin_turn
@@ -45,7 +47,7 @@ enum TurnOp {
     Begin {
         chat: String,
         turn: u64,
-        reply: oneshot::Sender<Result<SharedTurn, LedgerError>>,
+        reply: oneshot::Sender<Result<Answer, LedgerError>>,
     },
     End(u64),
 }
@@ -57,7 +59,7 @@ impl Shared {
         let pool = Arc::new(Pool::lazy(config, POOL_SIZE));
         let replica: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         let (turns_tx, queue) = mpsc::unbounded_channel();
-        tokio::spawn(turns(pool.clone(), replica, queue));
+        tokio::spawn(turns(pool.clone(), replica, queue, turns_tx.downgrade()));
         Self {
             pool,
             next_turn: AtomicU64::new(1),
@@ -98,7 +100,7 @@ impl Shared {
         Ok(RateTake { admitted, ahead })
     }
 
-    /// A turn given up on (its answer dropped) is ended if it was taken.
+    /// A turn given up on (its answer unread) is ended if it was taken.
     pub(super) async fn begin_turn(&self, chat: &str) -> Result<SharedTurn, LedgerError> {
         let turn = self.next_turn.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
@@ -106,7 +108,10 @@ impl Shared {
         self.turns
             .send(TurnOp::Begin { chat, turn, reply })
             .map_err(|_| LedgerError::Stopped)?;
-        answer.await.map_err(|_| LedgerError::Stopped)?
+        Ok(match answer.await.map_err(|_| LedgerError::Stopped)?? {
+            Answer::Taken(handed) => SharedTurn::Taken(handed.keep()),
+            Answer::Busy => SharedTurn::Busy,
+        })
     }
 
     pub(super) fn end_turn(&self, turn: u64) {
@@ -115,13 +120,49 @@ impl Shared {
     }
 }
 
+/// What an asker for a turn is answered.
+enum Answer {
+    Taken(Handed),
+    Busy,
+}
+
+/// A turn taken for an asker: ended when dropped, unless its asker keeps it. An answer nobody
+/// read (its asker gave up) thus ends its turn.
+struct Handed {
+    turn: u64,
+    ends: Option<mpsc::UnboundedSender<TurnOp>>,
+}
+
+impl Handed {
+    fn keep(mut self) -> u64 {
+        self.ends = None;
+        self.turn
+    }
+}
+
+impl Drop for Handed {
+    fn drop(&mut self) {
+        if let Some(ends) = self.ends.take() {
+            let _ = ends.send(TurnOp::End(self.turn));
+        }
+    }
+}
+
 /// Takes and ends the turns asked on `queue`, a round trip for all that queued, and renews
-/// `replica`'s turns every [`RENEW_EVERY`], until the queue closes. A failure to end or renew
-/// is logged (at most once per renewal period) and left to the leases.
-async fn turns(pool: Arc<Pool>, replica: Arc<str>, mut queue: mpsc::UnboundedReceiver<TurnOp>) {
+/// `replica`'s turns every [`RENEW_EVERY`], until the queue closes. It knows which turns are
+/// held (handed out and not ended), so a renewal also deletes the replica's other rows: a turn
+/// whose end failed, or whose take failed after the database did it, is gone by the next
+/// renewal. A failure is logged at most once per renewal period.
+async fn turns(
+    pool: Arc<Pool>,
+    replica: Arc<str>,
+    mut queue: mpsc::UnboundedReceiver<TurnOp>,
+    ends: mpsc::WeakUnboundedSender<TurnOp>,
+) {
     let mut renew = tokio::time::interval(RENEW_EVERY);
     renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ops = Vec::new();
+    let mut held: HashSet<u64> = HashSet::new();
     let mut warned: Option<Instant> = None;
     loop {
         let done = tokio::select! {
@@ -129,51 +170,67 @@ async fn turns(pool: Arc<Pool>, replica: Arc<str>, mut queue: mpsc::UnboundedRec
                 if received == 0 {
                     return;
                 }
-                round(&pool, &replica, ops.drain(..)).await.map_err(|e| ("ending chat turns", e))
+                // A weak sender: the queue closes once the ledger is dropped.
+                let ends = ends.upgrade();
+                round(&pool, &replica, ops.drain(..), &mut held, ends).await
             }
-            _ = renew.tick() => {
-                renew_turns(&pool, &replica).await.map_err(|e| ("renewing chat turns", e))
-            }
+            _ = renew.tick() => renew_turns(&pool, &replica, &held).await,
         };
-        if let Err((what, error)) = done
+        if let Err(error) = done
             && warned.is_none_or(|at| at.elapsed() >= RENEW_EVERY)
         {
             warned = Some(Instant::now());
-            tracing::warn!(%error, "{what} failed: their leases end them");
+            tracing::warn!(%error, "sharing chat turns failed: the next renewal mends what it left");
         }
     }
 }
-
 /// One round trip: the turns ended are deleted and the chats asked for taken, in two pipelined
-/// statements (in either order: a turn taken over has a new number). Every asker is answered;
-/// the result is that of the ends.
+/// statements (in either order: a turn taken over has a new number). Every asker is answered.
 async fn round(
     pool: &Pool,
     replica: &str,
     ops: impl Iterator<Item = TurnOp>,
+    held: &mut HashSet<u64>,
+    ends: Option<mpsc::UnboundedSender<TurnOp>>,
 ) -> Result<(), LedgerError> {
     let mut ended: Vec<i64> = Vec::new();
-    let (mut chats, mut numbers, mut replies) = (Vec::new(), Vec::new(), Vec::new());
+    let mut asked = Vec::new();
     for op in ops {
         match op {
-            TurnOp::End(turn) => ended.push(number(turn)),
-            TurnOp::Begin { chat, turn, reply } => {
-                chats.push(chat);
-                numbers.push(number(turn));
-                replies.push((turn, reply));
+            TurnOp::End(turn) => {
+                held.remove(&turn);
+                ended.push(number(turn));
             }
+            TurnOp::Begin { chat, turn, reply } => asked.push((chat, turn, reply)),
+        }
+    }
+    // In chat order, so that batches of several replicas lock their rows in one order. A chat
+    // asked twice was given up on by all but its last asker (a replica holds a chat's turn for
+    // one prediction at a time): the others are answered busy, unasked.
+    asked.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let mut begins = Vec::with_capacity(asked.len());
+    let mut asked = asked.into_iter().peekable();
+    while let Some((chat, turn, reply)) = asked.next() {
+        if asked.peek().is_some_and(|next| next.0 == chat) {
+            let _ = reply.send(Ok(Answer::Busy));
+        } else {
+            begins.push((chat, turn, reply));
         }
     }
     let conn = match pool.get().await {
         Ok(conn) => conn,
         Err(error) => {
             let message = error.to_string();
-            for (_, reply) in replies {
+            for (_, _, reply) in begins {
                 let _ = reply.send(Err(failed(&message)));
             }
             return Err(error);
         }
     };
+    let (chats, numbers): (Vec<&str>, Vec<i64>) = begins
+        .iter()
+        .map(|(chat, turn, _)| (chat.as_str(), number(*turn)))
+        .unzip();
     let end = async {
         if ended.is_empty() {
             return Ok(0);
@@ -192,37 +249,47 @@ async fn round(
             .await
     };
     let (end, begin) = futures::join!(end, begin);
-    // Turns that may be held but that nobody holds: a take given up on, or one that failed
-    // after the database might have done it (a lost connection).
-    let mut unheld: Vec<i64> = Vec::new();
     match begin {
         Ok(rows) => {
             let taken: HashSet<i64> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
-            for (turn, reply) in replies {
+            for (_, turn, reply) in begins {
                 let answer = if taken.contains(&number(turn)) {
-                    SharedTurn::Taken(turn)
+                    held.insert(turn);
+                    Answer::Taken(Handed {
+                        turn,
+                        ends: ends.clone(),
+                    })
                 } else {
-                    SharedTurn::Busy
+                    Answer::Busy
                 };
-                if reply.send(Ok(answer)).is_err() && answer != SharedTurn::Busy {
-                    unheld.push(number(turn));
-                }
+                // An answer its asker no longer waits for is dropped here: a turn in it ends.
+                let _ = reply.send(Ok(answer));
             }
         }
         Err(error) => {
+            // Not held: if the database took some before the error, the next renewal deletes
+            // them.
             let message = error.to_string();
-            for (turn, reply) in replies {
+            for (_, _, reply) in begins {
                 let _ = reply.send(Err(failed(&message)));
-                unheld.push(number(turn));
             }
         }
     }
-    if !unheld.is_empty() {
-        conn.client
-            .execute(&conn.st.end_turns, &[&replica, &unheld])
-            .await?;
-    }
     end?;
+    Ok(())
+}
+
+/// Renews the turns `held` by `replica` and deletes its other rows (turns whose end or take
+/// failed half-way).
+async fn renew_turns(pool: &Pool, replica: &str, held: &HashSet<u64>) -> Result<(), LedgerError> {
+    let held: Vec<i64> = held.iter().copied().map(number).collect();
+    let conn = pool.get().await?;
+    conn.client
+        .execute(
+            &conn.st.renew_turns,
+            &[&replica, &held, &micros(TURN_LEASE)],
+        )
+        .await?;
     Ok(())
 }
 
@@ -232,14 +299,6 @@ fn failed(message: &str) -> LedgerError {
         message: format!("chat turns: {message}"),
         transient: true,
     }
-}
-
-async fn renew_turns(pool: &Pool, replica: &str) -> Result<(), LedgerError> {
-    let conn = pool.get().await?;
-    conn.client
-        .execute(&conn.st.renew_turns, &[&replica, &micros(TURN_LEASE)])
-        .await?;
-    Ok(())
 }
 
 fn micros(d: Duration) -> i64 {
