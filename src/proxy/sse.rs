@@ -1,7 +1,9 @@
 //! Reads a Flowise Server-Sent Events stream, fed in arbitrary chunks as it passes through, for
 //! what settles its charge: the tokens it used, whether it answered, whether it failed.
 //!
-//! Flowise frames every event as `message:\ndata:{"event":"<kind>","data":...}\n\n`. Tokens
+//! Flowise frames every event as `message:\ndata:{"event":"<kind>","data":...}\n\n`; lines that
+//! end in `\r\n`, as the SSE format also allows (a proxy in front of Flowise may write them), are
+//! read the same way. Tokens
 //! come two ways while an Agentflow streams: a `usageMetadata` event for the last LLM node only,
 //! and after every node an `agentFlowExecutedData` event listing every node run so far
 //! ([`super::usage`]). The total is the last node list read plus the `usageMetadata` events
@@ -29,8 +31,8 @@ pub struct SseScanner {
     pending: Vec<u8>,
     /// The event being read is too large and is skipped up to its end.
     overflow: bool,
-    /// The last byte fed was a newline (an event's blank line may straddle two chunks).
-    newline: bool,
+    /// What the line being read holds so far (an event's blank line may straddle two chunks).
+    line: Line,
     /// What the stream reported of its tokens so far.
     usage: StreamUsage,
     error_event: bool,
@@ -90,8 +92,8 @@ impl SseScanner {
     /// Feeds the next chunk of the stream.
     pub fn feed(&mut self, chunk: &[u8]) {
         let mut rest = chunk;
-        let mut newline = self.newline;
-        while let Some(end) = find_event_end(newline, rest) {
+        let mut line = self.line;
+        while let Some(end) = find_event_end(line, rest) {
             let (head, tail) = rest.split_at(end);
             if !self.overflow {
                 self.pending.extend_from_slice(head);
@@ -101,13 +103,10 @@ impl SseScanner {
                 }
             }
             self.overflow = false;
-            newline = false;
+            line = Line::Text;
             rest = tail;
         }
-        self.newline = match rest.last() {
-            Some(last) => *last == b'\n',
-            None => newline,
-        };
+        self.line = Line::after(line, rest);
         if !self.overflow {
             self.pending.extend_from_slice(rest);
             if self.pending.len() > MAX_EVENT && self.pending.len() > event_limit(&self.pending) {
@@ -256,13 +255,49 @@ fn event_kind(data: &str) -> Option<&str> {
     rest.split_once('"').map(|(kind, _)| kind)
 }
 
-/// End (exclusive, in `next`) of the first complete event, if any; `newline` says the byte
-/// before `next` was a newline (the blank line may straddle two chunks).
-fn find_event_end(newline: bool, next: &[u8]) -> Option<usize> {
-    if newline && next.first() == Some(&b'\n') {
-        return Some(1);
+/// What the line being read holds so far: whether it can still be the blank line that ends an
+/// event, `\n` or `\r\n`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// Nothing: a newline ended the line before (or nothing was read yet).
+    Empty,
+    /// A lone `\r`.
+    Cr,
+    /// Anything else. After an event it is this too: the newline that ended the event's
+    /// blank line does not start another one.
+    #[default]
+    Text,
+}
+
+impl Line {
+    /// The line after `line` was continued by `bytes`.
+    fn after(line: Self, bytes: &[u8]) -> Self {
+        let (line, tail) = match bytes.iter().rposition(|&b| b == b'\n') {
+            Some(i) => (Self::Empty, &bytes[i + 1..]),
+            None => (line, bytes),
+        };
+        match (line, tail) {
+            (line, []) => line,
+            (Self::Empty, [b'\r']) => Self::Cr,
+            _ => Self::Text,
+        }
     }
-    next.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
+}
+
+/// End (exclusive, in `next`) of the first complete event, if any: after its first blank line,
+/// `\n` or `\r\n`. `line` is what the line being read held before `next` (the blank line may
+/// straddle two chunks).
+fn find_event_end(mut line: Line, next: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    while let Some(i) = next[start..].iter().position(|&b| b == b'\n') {
+        let i = start + i;
+        if Line::after(line, &next[start..i]) != Line::Text {
+            return Some(i + 1);
+        }
+        line = Line::Empty;
+        start = i + 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -286,6 +321,28 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
             assert!(!scanner.failed());
             assert!(scanner.answered());
         }
+    }
+
+    #[test]
+    fn lines_ending_in_crlf_are_read_the_same_whatever_the_chunking() {
+        let crlf = STREAM.replace('\n', "\r\n");
+        for chunk in [1, 2, 3, 7, 64, crlf.len()] {
+            let mut scanner = SseScanner::default();
+            for piece in crlf.as_bytes().chunks(chunk) {
+                scanner.feed(piece);
+            }
+            assert_eq!(scanner.tokens(), 50, "chunk size {chunk}");
+            assert!(!scanner.failed());
+            assert!(scanner.answered());
+        }
+        // A `\r` inside a line, even at a chunk's end, ends neither the line nor the event
+        // (here it is JSON whitespace): the event is read whole.
+        let mut scanner = SseScanner::default();
+        scanner.feed(b"message:\r\ndata:{\"event\":\"usageMetadata\",\r");
+        scanner.feed(b"\"data\":{\"total_tokens\":9}}\r\n\r");
+        assert_eq!(scanner.tokens(), 0, "not ended yet");
+        scanner.feed(b"\n");
+        assert_eq!(scanner.tokens(), 9);
     }
 
     #[test]
