@@ -291,7 +291,8 @@ fn find_event_end(mut line: Line, next: &[u8]) -> Option<usize> {
     let mut start = 0;
     while let Some(i) = next[start..].iter().position(|&b| b == b'\n') {
         let i = start + i;
-        if Line::after(line, &next[start..i]) != Line::Text {
+        // Only a line of at most one byte here (`\r`) can still be blank.
+        if i - start <= 1 && Line::after(line, &next[start..i]) != Line::Text {
             return Some(i + 1);
         }
         line = Line::Empty;

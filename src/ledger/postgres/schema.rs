@@ -396,20 +396,34 @@ impl Statements {
                         OR chat_turns.expires_us <= (SELECT us FROM now)
                  RETURNING turn"
             ),
-            // Replica $1's turns $2 end (a turn taken over since has another number).
+            // Replica $1's turns $2 end (a turn taken over since has another number). Rows are
+            // locked in chat order, as every statement on this table locks them: no deadlock
+            // with another replica's batch asking for the same chats.
             client.prepare(
-                "DELETE FROM chat_turns WHERE replica = $1::text AND turn = ANY($2::int8[])"
+                "WITH doomed AS (
+                     SELECT chat FROM chat_turns
+                     WHERE replica = $1::text AND turn = ANY($2::int8[])
+                     ORDER BY chat FOR UPDATE
+                 )
+                 DELETE FROM chat_turns
+                 WHERE chat IN (SELECT chat FROM doomed)
+                   AND replica = $1::text AND turn = ANY($2::int8[])"
             ),
             // Replica $1's turns $2 (those it holds) are leased $3 microseconds from now, and
             // its other rows deleted.
+            // Locked in chat order first (see the ends); the held turns are a hashed set.
             client.prepare(
-                "WITH gone AS (
+                "WITH mine AS (
+                     SELECT chat, turn IN (SELECT unnest($2::int8[])) AS held
+                     FROM chat_turns WHERE replica = $1::text
+                     ORDER BY chat FOR UPDATE
+                 ), gone AS (
                      DELETE FROM chat_turns
-                     WHERE replica = $1::text AND turn <> ALL($2::int8[])
+                     WHERE chat IN (SELECT chat FROM mine WHERE NOT held) AND replica = $1::text
                  )
                  UPDATE chat_turns
                  SET expires_us = (extract(epoch FROM clock_timestamp()) * 1000000)::int8 + $3::int8
-                 WHERE replica = $1::text AND turn = ANY($2::int8[])"
+                 WHERE chat IN (SELECT chat FROM mine WHERE held) AND replica = $1::text"
             ),
         )?;
         let (prune_reservations, prune_usage, prune_buckets) = futures::try_join!(

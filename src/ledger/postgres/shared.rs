@@ -10,7 +10,8 @@
 //! renews the replica's turns every [`RENEW_EVERY`], so a turn outlives a replica that stopped,
 //! or lost the database, by [`TURN_LEASE`] at most. It renews only the turns it knows are held
 //! and deletes the replica's other rows, so a turn whose end was lost (a failed statement, an
-//! answer nobody read) lasts until the next renewal at most.
+//! answer nobody read) is deleted by the next renewal, or the one after when the database
+//! committed it after that renewal ran (a take whose connection was lost).
 //!
 //! [`CreditLedger::take_rate`]: crate::ledger::CreditLedger::take_rate
 //! [`CreditLedger::begin_turn`]: crate::ledger::CreditLedger::begin_turn
@@ -185,7 +186,8 @@ async fn turns(
     }
 }
 /// One round trip: the turns ended are deleted and the chats asked for taken, in two pipelined
-/// statements (in either order: a turn taken over has a new number). Every asker is answered.
+/// statements (in either order: a turn taken over has a new number). Every asker is answered;
+/// the error is the first statement's that failed.
 async fn round(
     pool: &Pool,
     replica: &str,
@@ -249,6 +251,7 @@ async fn round(
             .await
     };
     let (end, begin) = futures::join!(end, begin);
+    let mut failure = None;
     match begin {
         Ok(rows) => {
             let taken: HashSet<i64> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
@@ -273,10 +276,14 @@ async fn round(
             for (_, _, reply) in begins {
                 let _ = reply.send(Err(failed(&message)));
             }
+            failure = Some(error);
         }
     }
     end?;
-    Ok(())
+    match failure {
+        Some(error) => Err(error.into()),
+        None => Ok(()),
+    }
 }
 
 /// Renews the turns `held` by `replica` and deletes its other rows (turns whose end or take
