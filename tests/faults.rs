@@ -467,6 +467,19 @@ async fn ask(gate: &Flowgate, bearer: &str, id: &str, chat: &str) -> (u16, serde
     .await
 }
 
+/// A streamed question in chat `chat`, answered 200 and left to stream.
+async fn long_question(gate: &Flowgate, bearer: &str, id: &str, chat: &str) -> reqwest::Response {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .bearer_auth(bearer)
+        .json(&json!({"question": "a long one", "chatId": chat, "streaming": true}))
+        .send()
+        .await
+        .expect("flowgate answers");
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
 #[tokio::test]
 async fn a_chat_takes_one_prediction_at_a_time() {
     tokio::time::timeout(Duration::from_secs(60), async {
@@ -484,14 +497,7 @@ async fn a_chat_takes_one_prediction_at_a_time() {
         let id = team.flowise_id.clone();
         // Alice's first question in chat c1 streams for ~3 s; her second one in c1 meanwhile
         // is refused before anything is charged or sent to Flowise.
-        let first = reqwest::Client::new()
-            .post(format!("{}/api/v1/prediction/{id}", gate.base))
-            .bearer_auth(&alice)
-            .json(&json!({"question": "a long one", "chatId": "c1", "streaming": true}))
-            .send()
-            .await
-            .expect("flowgate answers");
-        assert_eq!(first.status(), 200);
+        let first = long_question(&gate, &alice, &id, "c1").await;
         let (status, body) = ask(&gate, &alice, &id, "c1").await;
         assert_eq!(status, 409, "{body}");
         assert_eq!(body["error"]["code"], "chat_busy", "{body}");
@@ -561,14 +567,7 @@ async fn replicas_on_postgresql_share_a_chats_turn() {
         let id = team.flowise_id.clone();
         // Alice's question in chat c1 streams from replica a for ~3 s; her second one in c1,
         // sent to replica b, is refused before anything is charged or sent to Flowise.
-        let first = reqwest::Client::new()
-            .post(format!("{}/api/v1/prediction/{id}", a.base))
-            .bearer_auth(&alice)
-            .json(&json!({"question": "a long one", "chatId": "c1", "streaming": true}))
-            .send()
-            .await
-            .expect("flowgate answers");
-        assert_eq!(first.status(), 200);
+        let first = long_question(&a, &alice, &id, "c1").await;
         let (status, body) = ask(&b, &alice, &id, "c1").await;
         assert_eq!(status, 409, "{body}");
         assert_eq!(body["error"]["code"], "chat_busy", "{body}");

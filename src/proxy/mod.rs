@@ -232,12 +232,7 @@ impl Proxy {
                 let mut prediction =
                     read_prediction(&parts.headers, body, &identity, &mut held).await?;
                 prediction.held = Some(held);
-                let across_replicas = snapshot.prices_tokens();
-                prediction.turn = Some(
-                    self.turns
-                        .begin(&prediction.chat_id, across_replicas)
-                        .await?,
-                );
+                prediction.turn = Some(self.turn(&snapshot, &prediction.chat_id).await?);
                 let allowance = self.rate_limit(&snapshot, &identity, &cf, access).await?;
                 let answered = async {
                     let key = self.forward_headers(&cf).await?;
@@ -269,12 +264,7 @@ impl Proxy {
                 let (cf, access) = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
                 let usable = usable(&cf)?;
                 self.refuse_invalid(&snapshot, &identity, &caller, &cf)?;
-                let across_replicas = snapshot.prices_tokens();
-                prediction.turn = Some(
-                    self.turns
-                        .begin(&prediction.chat_id, across_replicas)
-                        .await?,
-                );
+                prediction.turn = Some(self.turn(&snapshot, &prediction.chat_id).await?);
                 let allowance = self.rate_limit(&snapshot, &identity, &cf, access).await?;
                 let answered = async {
                     let key = self.forward_headers(&cf).await?;
@@ -407,6 +397,12 @@ impl Proxy {
             return Err(ProxyError::Forbidden(id.to_string()));
         };
         Ok((cf, access))
+    }
+
+    /// The turn of the prediction's chat: across replicas where they share turns while some
+    /// policy prices tokens (only then can two predictions in one chat shift a charge).
+    async fn turn(&self, snapshot: &Snapshot, chat_id: &str) -> Result<turns::Turn, ProxyError> {
+        self.turns.begin(chat_id, snapshot.prices_tokens()).await
     }
 
     /// Spends one request of the caller's allowance under the rate limit of its access, if any,

@@ -21,8 +21,8 @@ impl Store {
         ledger::open(&self.url).await.expect("ledger opens")
     }
 
-    /// Runs `sql` on a PostgreSQL store (as an operator or another flowgate might).
-    pub async fn execute(&self, sql: &str) {
+    /// A connection to a PostgreSQL store (as an operator or another flowgate might open).
+    async fn sql(&self) -> tokio_postgres::Client {
         let LedgerUrl::Postgres(url) = &self.url else {
             panic!("SQL is for PostgreSQL stores");
         };
@@ -30,19 +30,22 @@ impl Store {
             .await
             .expect("connect");
         tokio::spawn(connection);
-        client.batch_execute(sql).await.expect("SQL runs");
+        client
+    }
+
+    /// Runs `sql` on a PostgreSQL store.
+    pub async fn execute(&self, sql: &str) {
+        self.sql().await.batch_execute(sql).await.expect("SQL runs");
     }
 
     /// The `bigint` the PostgreSQL query `sql` answers.
     pub async fn count(&self, sql: &str) -> i64 {
-        let LedgerUrl::Postgres(url) = &self.url else {
-            panic!("SQL is for PostgreSQL stores");
-        };
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        let row = self
+            .sql()
             .await
-            .expect("connect");
-        tokio::spawn(connection);
-        let row = client.query_one(sql, &[]).await.expect("SQL runs");
+            .query_one(sql, &[])
+            .await
+            .expect("SQL runs");
         row.get(0)
     }
 
@@ -58,12 +61,9 @@ impl Store {
                 )
                 .expect("trigger");
             }
-            LedgerUrl::Postgres(url) => {
-                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            LedgerUrl::Postgres(_) => {
+                self.sql()
                     .await
-                    .expect("connect");
-                tokio::spawn(connection);
-                client
                     .batch_execute(
                         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
                          BEGIN
