@@ -58,9 +58,9 @@ impl Replicas {
     /// own: the ledger does not share, or failed this ask or one in the last few seconds.
     pub async fn ask<'a, T>(
         &'a self,
-        ask: impl FnOnce(&'a Arc<dyn CreditLedger>) -> LedgerFuture<'a, Option<T>>,
+        ask: impl FnOnce(&'a dyn CreditLedger) -> LedgerFuture<'a, Option<T>>,
     ) -> Option<T> {
-        let ledger = self.ledger.as_ref()?;
+        let ledger = self.ledger.as_deref()?;
         if self.millis() < self.local_until.load(Ordering::Relaxed) {
             return None;
         }
@@ -82,6 +82,11 @@ impl Replicas {
             tracing::warn!(%error, "{}", self.alone);
         }
         None
+    }
+
+    /// The ledger asked, where there is one.
+    pub fn ledger(&self) -> Option<&Arc<dyn CreditLedger>> {
+        self.ledger.as_ref()
     }
 
     /// Milliseconds since this was made, on the monotonic clock.

@@ -86,19 +86,11 @@ impl ChatTurns {
         if !across_replicas {
             return Ok(turn);
         }
-        let shared = self.shared.ask(|ledger| {
-            let taken = ledger.begin_turn(chat_id);
-            Box::pin(async move {
-                Ok(match taken.await? {
-                    Some(SharedTurn::Taken(number)) => Some(Some((ledger.clone(), number))),
-                    Some(SharedTurn::Busy) => Some(None),
-                    None => None,
-                })
-            })
-        });
-        match shared.await {
-            Some(Some(taken)) => turn.shared = Some(taken),
-            Some(None) => return Err(ProxyError::ChatBusy),
+        match self.shared.ask(|ledger| ledger.begin_turn(chat_id)).await {
+            Some(SharedTurn::Taken(number)) => {
+                turn.shared = self.shared.ledger().map(|ledger| (ledger.clone(), number));
+            }
+            Some(SharedTurn::Busy) => return Err(ProxyError::ChatBusy),
             None => {}
         }
         Ok(turn)
