@@ -21,6 +21,7 @@
 mod adjust;
 mod batch;
 mod pool;
+mod rates;
 mod schema;
 mod shared;
 

@@ -261,17 +261,66 @@ async fn replicas_share_one_rate_allowance_per_key() {
             })
         })
         .collect();
-    let mut admitted = 0;
+    let mut admitted = Vec::new();
     for task in tasks {
         let take = task.await.expect("task").expect("take").expect("shared");
-        admitted += usize::from(take.admitted);
+        if take.admitted {
+            admitted.push(take.ahead);
+        }
         // A refusal is past the burst, however the takes interleaved.
         assert!(
             take.admitted || take.ahead > Duration::from_secs(54),
             "{take:?}"
         );
     }
-    assert_eq!(admitted, 10, "10 a minute, however many replicas");
+    assert_eq!(admitted.len(), 10, "10 a minute, however many replicas");
+    // Each admitted take moved the instant 6 s on, also those a replica took in one statement.
+    admitted.sort();
+    for (ahead, whole) in admitted.iter().zip((6..).step_by(6)) {
+        let ahead = ahead.as_secs_f64();
+        assert!(
+            ahead <= f64::from(whole) && ahead > f64::from(whole) - 3.0,
+            "{admitted:?}: one should be about {whole} s ahead"
+        );
+    }
+}
+
+/// The shared allowances are unlogged (a take waits for no WAL flush): a fresh database's
+/// table, and one an earlier flowgate made logged, which keeps its rows and so its allowances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_allowances_are_unlogged_and_an_older_logged_table_is_converted() {
+    const UNLOGGED: &str = "SELECT count(*) FROM pg_class
+                            WHERE oid = to_regclass('rate_limits') AND relpersistence = 'u'";
+    let fresh = crate::support::postgres("rates_unlogged_fresh").await;
+    fresh.open().await;
+    assert_eq!(fresh.count(UNLOGGED).await, 1, "a fresh database's table");
+
+    let older = crate::support::postgres("rates_unlogged_older").await;
+    // As the flowgate before this one left it: logged, bob's allowance spent an hour ahead.
+    older
+        .execute(
+            "CREATE TABLE rate_limits (key text PRIMARY KEY, full_at_us bigint NOT NULL);
+             INSERT INTO rate_limits VALUES
+                 ('team-a/limited user:bob',
+                  (extract(epoch FROM clock_timestamp()) * 1e6)::int8 + 3600000000)",
+        )
+        .await;
+    assert_eq!(older.count(UNLOGGED).await, 0);
+    let ledger = older.open().await;
+    assert_eq!(older.count(UNLOGGED).await, 1, "converted on open");
+    let take = ledger
+        .take_rate(
+            "team-a/limited user:bob",
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("take")
+        .expect("shared");
+    assert!(
+        !take.admitted,
+        "the allowance spent before is still spent: {take:?}"
+    );
 }
 
 #[tokio::test]

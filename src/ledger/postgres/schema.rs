@@ -68,10 +68,27 @@ CREATE INDEX IF NOT EXISTS usage_by_subject ON usage (subject, time_us);
 CREATE INDEX IF NOT EXISTS usage_by_policy ON usage (policy, time_us);
 -- Added after version 1, without a new version: the rate allowances replicas share (GCRA: when
 -- each key's allowance is whole again). A row whose instant has passed is a key never seen.
-CREATE TABLE IF NOT EXISTS rate_limits (
+-- Unlogged: a take waits for no WAL flush (a logged take halved the throughput of a limited
+-- path), and a crash of the database, or a failover to a standby, whole-fills every allowance.
+CREATE UNLOGGED TABLE IF NOT EXISTS rate_limits (
     key        text   PRIMARY KEY,
     full_at_us bigint NOT NULL
 );
+-- Added later, without a new version: how many requests the row's last take admitted.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'rate_limits' AND column_name = 'taken') THEN
+        ALTER TABLE rate_limits ADD COLUMN taken bigint NOT NULL DEFAULT 0;
+    END IF;
+END $$;
+-- Earlier flowgates made it logged; it is made unlogged once, keeping its rows. Looked up
+-- first: ALTER TABLE would lock (and rewrite) the table even when it is unlogged already.
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('rate_limits')
+               AND relpersistence = 'p') THEN
+        ALTER TABLE rate_limits SET UNLOGGED;
+    END IF;
+END $$;
 -- Added after version 1, without a new version: the chats with a prediction under way, as
 -- replicas share them. A turn is its replica's (a random id per process) until deleted, or until
 -- it expires when its replica stopped renewing it. Unlogged: a turn's commit waits for no disk,
@@ -140,7 +157,7 @@ pub(super) struct Statements {
     pub(super) prune_usage: Statement,
     pub(super) prune_buckets: Statement,
     pub(super) policy_usage: Statement,
-    pub(super) take_rate: Statement,
+    pub(super) take_rates: Statement,
     pub(super) prune_shared: Statement,
     pub(super) begin_turns: Statement,
     pub(super) end_turns: Statement,
@@ -341,33 +358,36 @@ impl Statements {
                  FROM buckets WHERE policy = $1::text AND window_start = $2::int8"
             ),
         )?;
-        let (take_rate, prune_shared, begin_turns, end_turns, renew_turns) = futures::try_join!(
-            // One request of a key's allowance ($1; $2 the interval, $3 the burst, in
-            // microseconds), on the database's clock, which every replica shares: the instant
-            // moves one interval on unless it is more than the burst ahead. Whether it did, and
-            // how far ahead the instant is then. The upsert locks the key's row, so replicas
-            // taking at once queue on it.
+        let (take_rates, prune_shared, begin_turns, end_turns, renew_turns) = futures::try_join!(
+            // Requests of allowances, on the database's clock, which every replica shares:
+            // $2 requests of key $1 (distinct, sorted), $3 the interval and $4 the burst, in
+            // microseconds. Each request moves the key's instant one interval on unless that is
+            // more than the burst ahead (GCRA), so the first few are admitted and the rest not.
+            // How many were, and how far ahead the instant is then. The upsert locks the keys'
+            // rows in key order, so replicas taking at once queue on them and never deadlock; a
+            // key whose requests are all refused is written unchanged, locked all the same.
             client.prepare(
                 "WITH now AS (
                      SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS us
-                 ), taken AS (
-                     INSERT INTO rate_limits (key, full_at_us)
-                     SELECT $1::text, now.us + $2::int8 FROM now
-                     ON CONFLICT (key) DO UPDATE
-                         SET full_at_us =
-                             greatest(rate_limits.full_at_us, (SELECT us FROM now)) + $2::int8
-                         WHERE greatest(rate_limits.full_at_us, (SELECT us FROM now))
-                               - (SELECT us FROM now) <= $3::int8
-                     RETURNING full_at_us
+                 ), asked AS (
+                     SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[])
+                         AS asked (key, n, every, burst)
                  )
-                 SELECT true, full_at_us - (SELECT us FROM now) FROM taken
-                 UNION ALL
-                 -- Refused: the row as the statement began (a row another replica inserted
-                 -- since is not seen here: one interval ahead is the least it can be).
-                 SELECT false, COALESCE(
-                     (SELECT full_at_us FROM rate_limits WHERE key = $1::text),
-                     (SELECT us FROM now) + $2::int8) - (SELECT us FROM now)
-                 WHERE NOT EXISTS (SELECT 1 FROM taken)"
+                 INSERT INTO rate_limits AS r (key, full_at_us, taken)
+                 SELECT asked.key, now.us + least(asked.n, asked.burst / asked.every + 1) * asked.every,
+                        least(asked.n, asked.burst / asked.every + 1)
+                 FROM asked, now
+                 ORDER BY asked.key
+                 ON CONFLICT (key) DO UPDATE SET (full_at_us, taken) = (
+                     SELECT base.us + admitted.n * asked.every, admitted.n
+                     FROM asked, now,
+                          LATERAL (SELECT greatest(r.full_at_us, now.us) AS us) base,
+                          LATERAL (SELECT CASE WHEN base.us - now.us > asked.burst THEN 0
+                                          ELSE least(asked.n,
+                                                     (asked.burst - (base.us - now.us)) / asked.every + 1)
+                                          END AS n) admitted
+                     WHERE asked.key = r.key)
+                 RETURNING r.key, r.full_at_us - (SELECT us FROM now), r.taken"
             ),
             // Allowances whose instant has passed, and turns whose lease has.
             client.prepare(
@@ -487,7 +507,7 @@ impl Statements {
             finish,
             sweep,
             policy_usage,
-            take_rate,
+            take_rates,
             prune_shared,
             begin_turns,
             end_turns,

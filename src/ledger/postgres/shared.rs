@@ -1,7 +1,7 @@
-//! What replicas share besides budgets: rate allowances ([`CreditLedger::take_rate`]) and chat
-//! turns ([`CreditLedger::begin_turn`]), on a small pool of connections apart from the ledger's,
-//! so that one caller's requests queueing on their row cannot hold up everyone's reserves and
-//! settles.
+//! What replicas share besides budgets: rate allowances ([`CreditLedger::take_rate`], in
+//! [`super::rates`]) and chat turns ([`CreditLedger::begin_turn`]), on a small pool of
+//! connections apart from the ledger's, so that one caller's requests queueing on their row
+//! cannot hold up everyone's reserves and settles.
 //!
 //! A turn is a row naming its replica (a random id per process) and a number of that replica's.
 //! One task per replica asks for turns and ends them: whatever queued while it waited for the
@@ -26,6 +26,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_postgres::Config;
 
 use super::pool::Pool;
+use super::rates::Rates;
 use crate::ledger::{LedgerError, RateTake, SharedTurn};
 
 /// Connections per replica for what replicas share.
@@ -38,7 +39,7 @@ const RENEW_EVERY: Duration = Duration::from_secs(15);
 const OPS_PER_ROUND: usize = 256;
 
 pub(super) struct Shared {
-    pool: Arc<Pool>,
+    rates: Rates,
     next_turn: AtomicU64,
     /// Turns to take and to end, for [`turns`].
     turns: mpsc::UnboundedSender<TurnOp>,
@@ -54,15 +55,15 @@ enum TurnOp {
 }
 
 impl Shared {
-    /// Connects when first asked. Starts the task that takes, ends and renews turns on the
-    /// current runtime; it stops once this is dropped.
+    /// Connects when first asked. Starts the tasks that take allowances, and take, end and
+    /// renew turns, on the current runtime; they stop once this is dropped.
     pub(super) fn new(config: Config) -> Self {
         let pool = Arc::new(Pool::lazy(config, POOL_SIZE));
         let replica: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         let (turns_tx, queue) = mpsc::unbounded_channel();
         tokio::spawn(turns(pool.clone(), replica, queue, turns_tx.downgrade()));
         Self {
-            pool,
+            rates: Rates::new(pool),
             next_turn: AtomicU64::new(1),
             turns: turns_tx,
         }
@@ -74,31 +75,7 @@ impl Shared {
         interval: Duration,
         burst: Duration,
     ) -> Result<RateTake, LedgerError> {
-        // One autocommit statement: nothing to retry (READ COMMITTED raises no serialization
-        // failures, and it takes one row lock).
-        let mut conn = self.pool.get().await?;
-        // Until the answer is read: a take given up on (the caller's time limit) closes its
-        // connection rather than leave the next take queued behind its query.
-        conn.open = true;
-        let row = conn
-            .client
-            .query_one(
-                &conn.st.take_rate,
-                // At least a microsecond a request: a rate the clock cannot tell apart from
-                // none is still a limit.
-                &[&key, &micros(interval).max(1), &micros(burst)],
-            )
-            .await?;
-        conn.open = false;
-        let admitted: bool = row.try_get(0)?;
-        let mut ahead =
-            Duration::from_micros(u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0));
-        if !admitted {
-            // A refusal reads the row as the statement began: another replica's take may have
-            // moved it since. Past the burst is what a refusal means.
-            ahead = ahead.max(burst + Duration::from_micros(1));
-        }
-        Ok(RateTake { admitted, ahead })
+        self.rates.take(key, interval, burst).await
     }
 
     /// A turn given up on (its answer unread) is ended if it was taken.

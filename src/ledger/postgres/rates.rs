@@ -1,0 +1,210 @@
+//! Rate allowances as replicas share them ([`CreditLedger::take_rate`]): a row per key in the
+//! unlogged `rate_limits` table, holding the instant (GCRA, on the database's clock) when the
+//! key's allowance is whole again. One task per replica takes every request that queued while
+//! it waited for the database in one statement, the requests of one key together, so a busy
+//! replica pays a fraction of a round trip per limited prediction.
+//!
+//! [`CreditLedger::take_rate`]: crate::ledger::CreditLedger::take_rate
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::pool::Pool;
+use crate::ledger::{LedgerError, RateTake};
+
+/// Most requests one round trip takes.
+const TAKES_PER_ROUND: usize = 1024;
+
+/// The queue of [`takes`], the task that asks the database.
+pub(super) struct Rates {
+    queue: mpsc::UnboundedSender<Take>,
+}
+
+/// One request of key `key`'s allowance; interval and burst in microseconds.
+struct Take {
+    key: String,
+    every: i64,
+    burst: i64,
+    reply: oneshot::Sender<Result<RateTake, LedgerError>>,
+}
+
+/// The requests of one key in a round, in the order they were asked.
+struct Asked {
+    every: i64,
+    burst: i64,
+    replies: Vec<oneshot::Sender<Result<RateTake, LedgerError>>>,
+}
+
+impl Rates {
+    /// Starts the task on the current runtime; it stops once this is dropped.
+    pub(super) fn new(pool: Arc<Pool>) -> Self {
+        let (queue, asked) = mpsc::unbounded_channel();
+        tokio::spawn(takes(pool, asked));
+        Self { queue }
+    }
+
+    /// One request of `key`'s allowance. A request given up on before its round began takes
+    /// nothing; one given up on later may have been admitted, and spent the allowance.
+    pub(super) async fn take(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: Duration,
+    ) -> Result<RateTake, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Take {
+                key: key.to_owned(),
+                // At least a microsecond a request: a rate the clock cannot tell apart from
+                // none is still a limit.
+                every: micros(interval).max(1),
+                burst: micros(burst),
+                reply,
+            })
+            .map_err(|_| LedgerError::Stopped)?;
+        answer.await.map_err(|_| LedgerError::Stopped)?
+    }
+}
+
+/// Takes what is asked on `queue`, a round trip at a time for all that queued, until it closes.
+async fn takes(pool: Arc<Pool>, mut queue: mpsc::UnboundedReceiver<Take>) {
+    let mut asked = Vec::new();
+    while queue.recv_many(&mut asked, TAKES_PER_ROUND).await > 0 {
+        round(&pool, asked.drain(..)).await;
+    }
+}
+
+/// One statement for every key asked; every asker is answered.
+async fn round(pool: &Pool, asked: impl Iterator<Item = Take>) {
+    // By key: the statement wants each key once, and sorted (the order it locks rows in).
+    let mut keys: BTreeMap<String, Asked> = BTreeMap::new();
+    // An asker that gave up (its time limit) takes nothing.
+    for take in asked.filter(|take| !take.reply.is_closed()) {
+        keys.entry(take.key)
+            .or_insert_with(|| Asked {
+                every: take.every,
+                burst: take.burst,
+                replies: Vec::new(),
+            })
+            .replies
+            .push(take.reply);
+    }
+    if keys.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = keys.keys().map(String::as_str).collect();
+    let counts: Vec<i64> = keys.values().map(|a| count(a.replies.len())).collect();
+    let every: Vec<i64> = keys.values().map(|a| a.every).collect();
+    let burst: Vec<i64> = keys.values().map(|a| a.burst).collect();
+    let rows = async {
+        let conn = pool.get().await?;
+        let rows = conn
+            .client
+            .query(&conn.st.take_rates, &[&names, &counts, &every, &burst])
+            .await?;
+        Ok::<_, LedgerError>(rows)
+    }
+    .await;
+    let mut answered = BTreeMap::new();
+    let failure = match rows {
+        Ok(rows) => {
+            for row in rows {
+                let (key, ahead, taken): (String, i64, i64) =
+                    match (row.try_get(0), row.try_get(1), row.try_get(2)) {
+                        (Ok(key), Ok(ahead), Ok(taken)) => (key, ahead, taken),
+                        _ => continue,
+                    };
+                answered.insert(key, (ahead, taken));
+            }
+            "the database answered no row for the key".to_owned()
+        }
+        Err(error) => error.to_string(),
+    };
+    for (key, asked) in keys {
+        match answered.get(&key) {
+            Some(&(ahead, taken)) => {
+                let answers = answers(ahead, taken, asked.every, asked.burst);
+                for (reply, answer) in asked.replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            None => {
+                for reply in asked.replies {
+                    let _ = reply.send(Err(LedgerError::Commit {
+                        message: format!("rate allowances: {failure}"),
+                        transient: true,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// What a key's askers are answered, in the order they asked, when the statement admitted the
+/// first `taken` of them and left the key's instant `ahead` of now (in microseconds, as
+/// `every` and `burst`): each admitted request moved the instant one interval on, and a
+/// refusal is past the burst (another replica may have moved it since the database answered).
+fn answers(ahead: i64, taken: i64, every: i64, burst: i64) -> impl Iterator<Item = RateTake> {
+    (0_i64..).map(move |i| {
+        if i < taken {
+            RateTake {
+                admitted: true,
+                ahead: duration(ahead - (taken - 1 - i) * every),
+            }
+        } else {
+            RateTake {
+                admitted: false,
+                ahead: duration(ahead.max(burst.saturating_add(1))),
+            }
+        }
+    })
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn duration(micros: i64) -> Duration {
+    Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(ahead: i64, taken: i64, asked: usize) -> Vec<(bool, u64)> {
+        answers(ahead, taken, 10, 25)
+            .take(asked)
+            .map(|t| {
+                (
+                    t.admitted,
+                    u64::try_from(t.ahead.as_micros()).unwrap_or(u64::MAX),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_admitted_request_is_one_interval_further_ahead_in_the_order_they_asked() {
+        // Three of five admitted from an instant 2 ahead: 12, 22, 32; the rest past the burst.
+        assert_eq!(
+            taken(32, 3, 5),
+            [(true, 12), (true, 22), (true, 32), (false, 32), (false, 32)]
+        );
+        // A lone request: as one take alone.
+        assert_eq!(taken(10, 1, 1), [(true, 10)]);
+    }
+
+    #[test]
+    fn a_refusal_is_past_the_burst_even_when_the_instant_moved_back_since() {
+        assert_eq!(taken(5, 0, 2), [(false, 26), (false, 26)]);
+        assert_eq!(taken(40, 0, 1), [(false, 40)]);
+    }
+}
