@@ -9,7 +9,8 @@
 //!
 //! On a PostgreSQL ledger the instant is a row every replica updates in one statement
 //! ([`CreditLedger::take_rate`]), so behind N replicas a caller gets the rate once, at the
-//! cost of a round trip per limited request. While the database cannot be asked, each replica
+//! cost of a round trip per limited request (shared by the requests that queued meanwhile: one
+//! statement takes them all). While the database cannot be asked, each replica
 //! counts on its own, as it does on SQLite (one replica): in sharded maps shared by every proxy
 //! thread. A pair whose instant has passed is the same as a pair never seen, so a shard drops
 //! those entries when it grows (and the ledger's sweep deletes such rows); memory is bounded by

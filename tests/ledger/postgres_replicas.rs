@@ -2,6 +2,7 @@
 
 use super::*;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use flowgate::ledger::CreditLedger;
@@ -283,6 +284,100 @@ async fn replicas_share_one_rate_allowance_per_key() {
             "{admitted:?}: one should be about {whole} s ahead"
         );
     }
+}
+
+/// One replica's takes of several keys at once, each key with its own rate, some new and one
+/// spent before: each key admits exactly its own allowance, one interval apart, whichever
+/// takes shared a statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takes_of_several_keys_at_once_each_get_their_own_rate() {
+    let store = crate::support::postgres("rates_several_keys").await;
+    let ledger = store.open().await;
+    let secs = Duration::from_secs;
+    // (key, interval, burst, admitted of 12 at once, the first admitted's instant ahead)
+    let keys = [
+        ("x", secs(6), secs(54), 10, 6),
+        ("y", secs(10), secs(40), 4, 20), // one taken before: 5 in all
+        ("z", secs(1), secs(2), 3, 1),
+    ];
+    let before = ledger
+        .take_rate("y", secs(10), secs(40))
+        .await
+        .expect("take")
+        .expect("shared");
+    assert!(before.admitted);
+    let tasks: Vec<_> = (0..12)
+        .flat_map(|_| keys)
+        .map(|(key, interval, burst, ..)| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move { (key, ledger.take_rate(key, interval, burst).await) })
+        })
+        .collect();
+    let mut admitted: HashMap<&str, Vec<Duration>> = HashMap::new();
+    for task in tasks {
+        let (key, take) = task.await.expect("task");
+        let take = take.expect("take").expect("shared");
+        if take.admitted {
+            admitted.entry(key).or_default().push(take.ahead);
+        }
+    }
+    for (key, interval, _, count, first) in keys {
+        let mut aheads = admitted.remove(key).unwrap_or_default();
+        assert_eq!(aheads.len(), count, "{key}: {aheads:?}");
+        aheads.sort();
+        for (i, ahead) in (0_u32..).zip(&aheads) {
+            let whole = secs(first) + interval * i;
+            assert!(
+                *ahead <= whole && *ahead + secs(2) > whole,
+                "{key}: {aheads:?}, one should be about {whole:?} ahead"
+            );
+        }
+    }
+}
+
+/// A round the database does not answer (a row locked by someone else; as well a connection
+/// gone half-open) is given up on, and the next round runs on a fresh connection at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_the_database_does_not_answer_holds_up_no_later_take() {
+    let store = crate::support::postgres("rates_stuck_round").await;
+    let ledger = store.open().await;
+    let (interval, burst) = (Duration::from_secs(1), Duration::from_secs(10));
+    ledger
+        .take_rate("stuck", interval, burst)
+        .await
+        .expect("take")
+        .expect("shared");
+    // Another session holds the key's row for 6 s.
+    let holder = store.sql().await;
+    let holder = tokio::spawn(async move {
+        holder
+            .batch_execute(
+                "BEGIN; SELECT * FROM rate_limits WHERE key = 'stuck' FOR UPDATE;
+                 SELECT pg_sleep(6); COMMIT;",
+            )
+            .await
+            .expect("held");
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let began = std::time::Instant::now();
+    let stuck = ledger.take_rate("stuck", interval, burst).await;
+    assert!(
+        stuck.as_ref().is_err_and(|e| e.transient()),
+        "given up on: {stuck:?}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        began.elapsed()
+    );
+    let free = ledger
+        .take_rate("free", interval, burst)
+        .await
+        .expect("the next round answers")
+        .expect("shared");
+    assert!(free.admitted);
+    assert!(!holder.is_finished(), "the row was still held");
+    holder.await.expect("holder");
 }
 
 /// The shared allowances are unlogged (a take waits for no WAL flush): a fresh database's

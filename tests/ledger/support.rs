@@ -22,7 +22,7 @@ impl Store {
     }
 
     /// A connection to a PostgreSQL store (as an operator or another flowgate might open).
-    async fn sql(&self) -> tokio_postgres::Client {
+    pub async fn sql(&self) -> tokio_postgres::Client {
         let LedgerUrl::Postgres(url) = &self.url else {
             panic!("SQL is for PostgreSQL stores");
         };

@@ -17,6 +17,9 @@ use crate::ledger::{LedgerError, RateTake};
 
 /// Most requests one round trip takes.
 const TAKES_PER_ROUND: usize = 1024;
+/// How long a round may wait for the database: its askers gave up after a second
+/// (`proxy::replicas`), and the requests queued behind it are waiting.
+pub(super) const ROUND_LIMIT: Duration = Duration::from_secs(2);
 
 /// The queue of [`takes`], the task that asks the database.
 pub(super) struct Rates {
@@ -99,15 +102,20 @@ async fn round(pool: &Pool, asked: impl Iterator<Item = Take>) {
     let counts: Vec<i64> = keys.values().map(|a| count(a.replies.len())).collect();
     let every: Vec<i64> = keys.values().map(|a| a.every).collect();
     let burst: Vec<i64> = keys.values().map(|a| a.burst).collect();
-    let rows = async {
-        let conn = pool.get().await?;
+    let rows = tokio::time::timeout(ROUND_LIMIT, async {
+        let mut conn = pool.get().await?;
+        // Until the answer is read: a round given up on closes its connection (a half-open one
+        // would hold every later round) rather than leave the next round queued behind it.
+        conn.open = true;
         let rows = conn
             .client
             .query(&conn.st.take_rates, &[&names, &counts, &every, &burst])
             .await?;
+        conn.open = false;
         Ok::<_, LedgerError>(rows)
-    }
-    .await;
+    })
+    .await
+    .unwrap_or_else(|_| Err(gave_up()));
     let mut answered = BTreeMap::new();
     let failure = match rows {
         Ok(rows) => {
@@ -161,6 +169,14 @@ fn answers(ahead: i64, taken: i64, every: i64, burst: i64) -> impl Iterator<Item
             }
         }
     })
+}
+
+/// A round that took longer than [`ROUND_LIMIT`].
+pub(super) fn gave_up() -> LedgerError {
+    LedgerError::Commit {
+        message: format!("no answer within {} s", ROUND_LIMIT.as_secs()),
+        transient: true,
+    }
 }
 
 fn micros(d: Duration) -> i64 {

@@ -26,11 +26,11 @@ use tokio::time::MissedTickBehavior;
 use tokio_postgres::Config;
 
 use super::pool::Pool;
-use super::rates::Rates;
+use super::rates::{ROUND_LIMIT, Rates, gave_up};
 use crate::ledger::{LedgerError, RateTake, SharedTurn};
 
-/// Connections per replica for what replicas share.
-const POOL_SIZE: usize = 4;
+/// Connections per replica for what replicas share: one for each task (allowances, turns).
+const POOL_SIZE: usize = 2;
 /// How long a turn outlives its replica's last renewal.
 const TURN_LEASE: Duration = Duration::from_secs(60);
 /// How often a replica renews its turns.
@@ -152,7 +152,11 @@ async fn turns(
                 let ends = ends.upgrade();
                 round(&pool, &replica, ops.drain(..), &mut held, ends).await
             }
-            _ = renew.tick() => renew_turns(&pool, &replica, &held).await,
+            _ = renew.tick() => {
+                tokio::time::timeout(ROUND_LIMIT, renew_turns(&pool, &replica, &held))
+                    .await
+                    .unwrap_or_else(|_| Err(gave_up()))
+            }
         };
         if let Err(error) = done
             && warned.is_none_or(|at| at.elapsed() >= RENEW_EVERY)
@@ -196,38 +200,46 @@ async fn round(
             begins.push((chat, turn, reply));
         }
     }
-    let conn = match pool.get().await {
-        Ok(conn) => conn,
-        Err(error) => {
-            let message = error.to_string();
-            for (_, _, reply) in begins {
-                let _ = reply.send(Err(failed(&message)));
-            }
-            return Err(error);
-        }
-    };
     let (chats, numbers): (Vec<&str>, Vec<i64>) = begins
         .iter()
         .map(|(chat, turn, _)| (chat.as_str(), number(*turn)))
         .unzip();
-    let end = async {
-        if ended.is_empty() {
-            return Ok(0);
-        }
-        conn.client
-            .execute(&conn.st.end_turns, &[&replica, &ended])
-            .await
+    let both = async {
+        let mut conn = pool.get().await?;
+        // Until both answers are read: a round given up on closes its connection (a half-open
+        // one would hold every later round).
+        conn.open = true;
+        let end = async {
+            if ended.is_empty() {
+                return Ok(0);
+            }
+            conn.client
+                .execute(&conn.st.end_turns, &[&replica, &ended])
+                .await
+        };
+        let begin = async {
+            if chats.is_empty() {
+                return Ok(Vec::new());
+            }
+            let lease = micros(TURN_LEASE);
+            conn.client
+                .query(&conn.st.begin_turns, &[&chats, &replica, &numbers, &lease])
+                .await
+        };
+        let (end, begin) = futures::join!(end, begin);
+        conn.open = false;
+        Ok::<_, LedgerError>((
+            end.map_err(LedgerError::from),
+            begin.map_err(LedgerError::from),
+        ))
     };
-    let begin = async {
-        if chats.is_empty() {
-            return Ok(Vec::new());
-        }
-        let lease = micros(TURN_LEASE);
-        conn.client
-            .query(&conn.st.begin_turns, &[&chats, &replica, &numbers, &lease])
-            .await
+    // A round given up on ends nothing and takes nothing it hands out: the next renewal
+    // deletes whatever of it the database did.
+    let (end, begin) = match tokio::time::timeout(ROUND_LIMIT, both).await {
+        Ok(Ok(both)) => both,
+        Ok(Err(error)) => (Err(failed(&error.to_string())), Err(error)),
+        Err(_) => (Err(gave_up()), Err(gave_up())),
     };
-    let (end, begin) = futures::join!(end, begin);
     let mut failure = None;
     match begin {
         Ok(rows) => {
@@ -258,7 +270,7 @@ async fn round(
     }
     end?;
     match failure {
-        Some(error) => Err(error.into()),
+        Some(error) => Err(error),
         None => Ok(()),
     }
 }
@@ -267,13 +279,16 @@ async fn round(
 /// failed half-way).
 async fn renew_turns(pool: &Pool, replica: &str, held: &HashSet<u64>) -> Result<(), LedgerError> {
     let held: Vec<i64> = held.iter().copied().map(number).collect();
-    let conn = pool.get().await?;
+    let mut conn = pool.get().await?;
+    // Until the answer is read (see `round`).
+    conn.open = true;
     conn.client
         .execute(
             &conn.st.renew_turns,
             &[&replica, &held, &micros(TURN_LEASE)],
         )
         .await?;
+    conn.open = false;
     Ok(())
 }
 
