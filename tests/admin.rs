@@ -291,6 +291,40 @@ async fn adds_report_each_entry_and_refuse_bad_bodies_strangers_and_unknown_chat
         );
     }
 
+    // An object with the label that grants more than the admin API writes (here, someone made
+    // it Admin) is not the admin API's to edit: adding to it would make Admins.
+    let patch = PatchParams::default();
+    let role = |role: &str| Patch::Merge(json!({"spec": {"role": role}}));
+    ours.patch("admin-api-support-bot", &patch, &role("Admin"))
+        .await
+        .expect("patched");
+    let (status, out) = call(
+        &gate,
+        M::POST,
+        &format!("/api/admin/chatflows/{id}/users/ivan"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("does not grant role User")),
+        "{out}"
+    );
+    let object = ours.get("admin-api-support-bot").await.expect("object");
+    assert!(
+        !object
+            .spec
+            .subjects
+            .iter()
+            .any(|s| s.user.as_deref() == Some("ivan"))
+    );
+    ours.patch("admin-api-support-bot", &patch, &role("User"))
+        .await
+        .expect("patched back");
+
     // 400 names the field.
     for (path, body, field) in [
         (

@@ -247,6 +247,54 @@ async fn a_caller_no_grant_names_is_refused_before_its_compat_body_is_read() {
     team.cleanup().await;
 }
 
+/// The admin API reads a body only for a caller allowed the route, at most 1 MiB, counted in
+/// the body memory as the caller's.
+#[tokio::test]
+async fn admin_bodies_are_read_only_for_callers_allowed_the_route_and_count_in_the_memory() {
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let (team, gate, _) = gate_with("body-admin", &fake, "8Mi").await;
+    let id = team.flowise_id.clone();
+    // Alice may predict, and administers nothing: refused on the head alone (the body never
+    // comes: an answer now, not a 408 in 30 s, was not waiting for it).
+    let alice = team.alice();
+    for path in [
+        "/api/admin/chatflows/add-users".to_string(),
+        "/api/admin/chatflows/add-users-by-email".to_string(),
+        format!("/api/admin/chatflows/{id}/users/bulk"),
+        format!("/api/admin/chatflows/{id}/users/email/bulk"),
+        "/api/admin/credits/adjustments".to_string(),
+    ] {
+        let mut conn = declaring_to(&gate, &alice, &path, 512 << 10).await;
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(20), conn.read_to_string(&mut answer))
+            .await
+            .expect("answered without the body")
+            .expect("read");
+        assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");
+    }
+    assert_eq!(held(&gate).await, 0.0);
+
+    // A global admin's bodies: 100,000 small values parse to more than its share of the 8 MiB;
+    // a body past 1 MiB is not read on.
+    let admin = support::admin::root();
+    let many = json!({"chatflow_id": id, "user_ids": vec![0; 100_000]});
+    let long = json!({"chatflow_id": id, "user_ids": ["x".repeat(2 << 20)]});
+    for (body, what) in [(many, "100,000 values"), (long, "2 MiB")] {
+        let (status, out) = support::admin::call(
+            &gate,
+            reqwest::Method::POST,
+            "/api/admin/chatflows/add-users",
+            Some(&admin),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 413, "{what}: {out}");
+        assert_eq!(out["error"]["code"], "payload_too_large", "{what}: {out}");
+    }
+    assert_eq!(held(&gate).await, 0.0, "nothing held once answered");
+    team.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_question_stops_counting_once_flowise_has_read_it() {
     tokio::time::timeout(Duration::from_secs(60), async {

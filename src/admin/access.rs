@@ -83,6 +83,15 @@ pub async fn edit_subjects<R>(
                  {LABEL_MANAGED_BY}={MANAGED_BY_ADMIN_API}; the admin API does not modify it"
             )));
         }
+        // Only what the admin API writes: a copy of a GitOps object that kept the label could
+        // grant Admin, or every chatflow, to whoever is added.
+        if access.spec.chatflows != [chatflow] || access.spec.role != Role::User {
+            return Err(ProxyError::Conflict(format!(
+                "ChatflowAccess {namespace}/{name} carries the label \
+                 {LABEL_MANAGED_BY}={MANAGED_BY_ADMIN_API} but does not grant role User on \
+                 chatflow {chatflow} alone; the admin API does not modify it"
+            )));
+        }
         let mut subjects = access.spec.subjects.clone();
         let result = edit(&mut subjects);
         if subjects == access.spec.subjects {

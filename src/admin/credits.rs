@@ -31,8 +31,10 @@ const MAX_REASON: usize = 500;
 /// 64 bits however many are made.
 const MAX_CREDITS: i64 = 1_000_000_000_000;
 
-/// Longest `subject`, in bytes.
-const MAX_SUBJECT: usize = 256;
+/// Longest `subject`, in bytes: a budget's subject is an identity key, `sa:` and a
+/// ServiceAccount's namespace and name (up to 320 bytes), or `user:` and a claim of a token,
+/// which is at most [`MAX_TOKEN_BYTES`](crate::identity::MAX_TOKEN_BYTES) long.
+const MAX_SUBJECT: usize = 5 + crate::identity::MAX_TOKEN_BYTES;
 
 /// Applies one adjustment; global admins only.
 pub async fn adjust(
@@ -44,7 +46,7 @@ pub async fn adjust(
         return Err(ProxyError::AdminRequired);
     }
     let key = crate::proxy::idempotency_key(&req)?;
-    let body = crate::proxy::read_json(req, crate::proxy::MAX_JSON_BODY).await?;
+    let (body, _held) = call.read_json(req).await?;
     let request: CreditAdjustmentRequest = serde_json::from_value(body.into())
         .map_err(|e| ProxyError::BadRequest(format!("invalid adjustment: {e}")))?;
     if request.credits == 0 || request.credits.unsigned_abs() > MAX_CREDITS.unsigned_abs() {

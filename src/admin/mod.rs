@@ -37,6 +37,7 @@ use crate::crd::Role;
 use crate::identity::Identity;
 use crate::index::{Caller, ChatflowEntry, Snapshot};
 use crate::ledger::CreditLedger;
+use crate::proxy::buffers::{Buffers, Held};
 use crate::proxy::{ProxyError, error, usage_log};
 use crate::server::Body;
 use models::{ChatflowSyncResult, string_field, string_list};
@@ -60,9 +61,26 @@ pub struct Call<'a> {
     pub caller: &'a Caller<'a>,
     pub snapshot: &'a Snapshot,
     pub now: jiff::Timestamp,
+    /// The process's body memory, which request bodies count in.
+    pub buffers: &'a Buffers,
 }
 
+/// The largest admin request body: 1,000 subjects of 512 bytes, with room to spare.
+pub const MAX_BODY: usize = 1024 * 1024;
+
 impl Call<'_> {
+    /// The request's JSON object body, at most [`MAX_BODY`] bytes, counted as the caller's in
+    /// the body memory while the hold lives. Read only once the caller is known to be allowed
+    /// the route: a body costs memory, and any caller with a token can send one.
+    pub async fn read_json(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(serde_json::Map<String, serde_json::Value>, Held), ProxyError> {
+        let mut held = self.buffers.hold_for(&self.identity.key);
+        let body = crate::proxy::read_json(req, MAX_BODY, &mut held).await?;
+        Ok((body, held))
+    }
+
     /// Whether the caller administers `cf`.
     pub fn administers(&self, cf: &ChatflowEntry) -> bool {
         self.identity.admin || self.snapshot.role(self.caller, cf, self.now) == Some(Role::Admin)
@@ -124,26 +142,34 @@ impl Admin {
     ) -> Result<Response<Body>, ProxyError> {
         let ok = |value: serde_json::Value| Ok(error::json(StatusCode::OK, &value));
         match route {
-            AdminRoute::AddUsers | AdminRoute::BulkAddUsers(_) => {
-                let body = crate::proxy::read_json(req, crate::proxy::MAX_JSON_BODY).await?;
-                let user_ids = string_list(&body, "user_ids")?;
-                let chatflow_id = match &route {
-                    AdminRoute::BulkAddUsers(id) => id.clone(),
-                    _ => string_field(&body, "chatflow_id")?,
+            AdminRoute::AddUsers
+            | AdminRoute::BulkAddUsers(_)
+            | AdminRoute::AddUsersByEmail
+            | AdminRoute::BulkAddUsersByEmail(_) => {
+                // The caller may use the route before its body is read: the chatflow in the
+                // path, or some chatflow when the body names it.
+                let in_path = match &route {
+                    AdminRoute::BulkAddUsers(id) | AdminRoute::BulkAddUsersByEmail(id) => {
+                        Some(call.chatflow(id)?)
+                    }
+                    _ => {
+                        call.administered()?;
+                        None
+                    }
                 };
-                let cf = call.chatflow(&chatflow_id)?;
-                let out = users::add(&self.client, call, &cf, &user_ids, users::Kind::Id).await?;
-                ok(to_json(&out))
-            }
-            AdminRoute::AddUsersByEmail | AdminRoute::BulkAddUsersByEmail(_) => {
-                let body = crate::proxy::read_json(req, crate::proxy::MAX_JSON_BODY).await?;
-                let emails = string_list(&body, "emails")?;
-                let chatflow_id = match &route {
-                    AdminRoute::BulkAddUsersByEmail(id) => id.clone(),
-                    _ => string_field(&body, "chatflow_id")?,
+                let (list, kind) = match route {
+                    AdminRoute::AddUsers | AdminRoute::BulkAddUsers(_) => {
+                        ("user_ids", users::Kind::Id)
+                    }
+                    _ => ("emails", users::Kind::Email),
                 };
-                let cf = call.chatflow(&chatflow_id)?;
-                let out = users::add(&self.client, call, &cf, &emails, users::Kind::Email).await?;
+                let (body, _held) = call.read_json(req).await?;
+                let subjects = string_list(&body, list)?;
+                let cf = match in_path {
+                    Some(cf) => cf,
+                    None => call.chatflow(&string_field(&body, "chatflow_id")?)?,
+                };
+                let out = users::add(&self.client, call, &cf, &subjects, kind).await?;
                 ok(to_json(&out))
             }
             AdminRoute::AddUser { chatflow, user } => {

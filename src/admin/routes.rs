@@ -137,6 +137,9 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<AdminRoute, Miss> {
                 _ => Err(Miss::MethodNotAllowed("POST, DELETE")),
             };
         }
+        // An email route whose email is missing (`users/email/` with an empty variable) is no
+        // user named `email`.
+        ["chatflows", _, "users", "email"] => return Err(Miss::NotFound),
         ["chatflows", id, "users", raw] => {
             let user = decode_user_id(raw).ok_or(Miss::NotFound)?;
             return match *method {
@@ -254,6 +257,17 @@ mod tests {
                 route(&Method::DELETE, &segs(&path)),
                 Err(Miss::NotFound),
                 "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_email_route_without_its_email_is_no_user_named_email() {
+        // `…/users/email/$EMAIL` with `$EMAIL` empty, its trailing slash trimmed.
+        for method in [Method::POST, Method::DELETE] {
+            assert_eq!(
+                route(&method, &segs("chatflows/abc/users/email")),
+                Err(Miss::NotFound)
             );
         }
     }

@@ -26,22 +26,22 @@ pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a whole request body may take (a 50 MB upload at 1 Mbit/s takes 400 s).
 pub const BODY_READ_LIMIT: Duration = Duration::from_secs(600);
 
-/// The request's JSON object body, at most `limit` bytes.
+/// The request's JSON object body, at most `limit` bytes, counted in `hold`.
 pub(crate) async fn read_json(
     req: Request<Incoming>,
     limit: usize,
+    hold: &mut Held,
 ) -> Result<serde_json::Map<String, Value>, ProxyError> {
     let (parts, body) = req.into_parts();
-    read_json_body(&parts.headers, body, limit, None).await
+    read_json_body(&parts.headers, body, limit, hold).await
 }
 
-/// Like [`read_json`], for a request already taken apart (its headers are still needed), and
-/// counted in `hold` if given.
+/// Like [`read_json`], for a request already taken apart (its headers are still needed).
 pub(super) async fn read_json_body(
     headers: &HeaderMap,
     body: Incoming,
     limit: usize,
-    hold: Option<&mut Held>,
+    hold: &mut Held,
 ) -> Result<serde_json::Map<String, Value>, ProxyError> {
     let is_json = headers
         .get(CONTENT_TYPE)
@@ -52,18 +52,15 @@ pub(super) async fn read_json_body(
             "the body must be JSON (Content-Type: application/json)".into(),
         ));
     }
-    let mut hold = hold;
     let bytes = collect(
         body,
         limit,
         BODY_IDLE_TIMEOUT,
         BODY_READ_LIMIT,
-        hold.as_deref_mut(),
+        Some(&mut *hold),
     )
     .await?;
-    if let Some(hold) = hold {
-        count_values(&bytes, hold)?;
-    }
+    count_values(&bytes, hold)?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ProxyError::BadRequest(

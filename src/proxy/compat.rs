@@ -29,7 +29,9 @@ impl Proxy {
                 "token endpoint not configured: set FLOWGATE_TOKEN_ENDPOINT_URL to enable /chat/authenticate and /chat/refresh".into(),
             )
         })?;
-        let body = read_json(req, 64 * 1024).await?;
+        // Counted in the body memory: anyone may send this one, without a token.
+        let mut held = self.buffers.hold();
+        let body = read_json(req, 64 * 1024, &mut held).await?;
         let field = |name: &str| {
             body.get(name)
                 .and_then(Value::as_str)

@@ -256,8 +256,7 @@ impl Proxy {
                 let idempotency_key = idempotency_key(&req)?;
                 let (parts, body) = req.into_parts();
                 let mut held = self.buffers.hold_for(&identity.key);
-                let body =
-                    read_json_body(&parts.headers, body, MAX_JSON_BODY, Some(&mut held)).await?;
+                let body = read_json_body(&parts.headers, body, MAX_JSON_BODY, &mut held).await?;
                 let (chatflow_id, mut prediction) = compat_request(body, &identity)?;
                 prediction.held = Some(held);
                 let lookup = Lookup::NameOrId(&chatflow_id);
@@ -311,6 +310,7 @@ impl Proxy {
                     caller: &caller,
                     snapshot: &snapshot,
                     now,
+                    buffers: &self.buffers,
                 };
                 let admin = self.admin.as_ref().ok_or_else(|| {
                     ProxyError::NotConfigured(

@@ -139,7 +139,7 @@ pub(super) async fn read_prediction(
         .unwrap_or_default();
     if !content_type.starts_with("multipart/form-data") {
         return prepare(
-            read_json_body(headers, body, MAX_JSON_BODY, Some(held)).await?,
+            read_json_body(headers, body, MAX_JSON_BODY, held).await?,
             identity,
         );
     }
