@@ -282,6 +282,37 @@ async fn requests_that_see_a_new_token_together_share_one_review() {
     account.delete().await;
 }
 
+/// A token unused for over two review intervals waits for a review: a burst after the pause
+/// shares one, and a token revoked during the pause is refused on its first request, not
+/// served while a review runs in the background.
+#[tokio::test]
+async fn a_token_back_from_a_pause_waits_for_one_review() {
+    let client = cluster().await;
+    let account = ServiceAccountFixture::create(&client, "paused").await;
+    let verifier = reviewing_verifier(client);
+    assert!(verifier.refresh().await, "keys load through the client");
+    let token = account.token(AUDIENCE).await;
+    verifier
+        .verify(&token)
+        .await
+        .expect("reviewed and accepted");
+    assert_eq!(verifier.token_reviews_sent(), 1);
+
+    // Past 2 s (twice the 1 s interval, in whole seconds): a burst waits for one review.
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let burst = futures::future::join_all((0..16).map(|_| verifier.verify(&token))).await;
+    assert!(burst.iter().all(Result::is_ok), "{burst:?}");
+    assert_eq!(verifier.token_reviews_sent(), 2, "one review for the burst");
+
+    // Revoked during a pause longer than the API server's own 10 s cache of its answers.
+    account.delete().await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(
+        matches!(verifier.verify(&token).await, Err(AuthError::Revoked(_))),
+        "the first request after the pause is refused"
+    );
+}
+
 #[tokio::test]
 async fn a_service_account_token_for_another_audience_is_rejected() {
     let client = cluster().await;

@@ -50,18 +50,18 @@ use remote::{RemoteKeys, Trigger};
 use review::{Next, Review, Reviewer};
 use select::{Domain, Inner, ServiceAccountKeys, Step, UserKeys};
 
-/// A first review's task: leaves the in-flight map when dropped, whether the review finished,
-/// panicked, or was dropped unpolled with its runtime (a proxy thread ending), so no request
-/// joins a flight that will never answer.
-struct FirstFlight {
+/// The task of a review requests wait for: leaves the in-flight map when dropped, whether the
+/// review finished, panicked, or was dropped unpolled with its runtime (a proxy thread ending),
+/// so no request joins a flight that will never answer.
+struct ReviewFlight {
     verifier: Verifier,
     token: String,
 }
 
-impl Drop for FirstFlight {
+impl Drop for ReviewFlight {
     fn drop(&mut self) {
         if let Some(keys) = &self.verifier.inner.service_accounts {
-            keys.reviewer.first_done(&self.token);
+            keys.reviewer.flight_done(&self.token);
         }
     }
 }
@@ -105,7 +105,8 @@ pub struct VerifierOptions {
     pub key_file_interval: Duration,
     /// A ServiceAccount token is reviewed with the API server when first seen, and again in the
     /// background once its last review is this old (`review.rs`): a token of a deleted pod or
-    /// ServiceAccount is refused this long after at most (plus one review).
+    /// ServiceAccount is refused this long after at most (plus one review). A token whose last
+    /// acceptance is twice this old (unused meanwhile) waits for a review.
     pub review_interval: Duration,
     /// While the API server cannot be asked, a ServiceAccount token it accepted this recently is
     /// still served; an older one, or a new token, gets a 503.
@@ -257,7 +258,9 @@ impl Verifier {
         let Some(Cached { identity, verdict }) = cached else {
             let identity = self.verify_uncached(bearer).await?;
             if identity.service_account.is_some() {
-                return self.first_review(bearer, identity, epochs).await;
+                return self
+                    .shared_review(bearer, identity, epochs, None, true)
+                    .await;
             }
             if let Some(cache) = &inner.cache {
                 cache.insert(bearer, &identity, epochs, inner.leeway);
@@ -276,9 +279,12 @@ impl Verifier {
             .and_then(|c| c.claim_review(bearer, now, hold));
         let Some(claim) = claim else {
             // Evicted since: as on first sight.
-            return self.first_review(bearer, identity, epochs).await;
+            return self
+                .shared_review(bearer, identity, epochs, None, true)
+                .await;
         };
-        match review::decide(claim, now, secs(inner.options.review_grace)) {
+        let fresh = secs(inner.options.review_interval).saturating_mul(2);
+        match review::decide(claim, now, fresh, secs(inner.options.review_grace)) {
             Next::Serve => Ok(identity),
             Next::ServeAndReview(seq) => {
                 let (verifier, token) = (self.clone(), bearer.to_string());
@@ -289,32 +295,43 @@ impl Verifier {
                 });
                 Ok(identity)
             }
-            Next::Review(seq) => self.review(bearer, identity, epochs, seq, false).await,
-            Next::ReviewUnclaimed => {
-                let seq = inner.cache.as_ref().map_or(0, TokenCache::next_review);
-                self.review(bearer, identity, epochs, seq, false).await
+            Next::Review {
+                claim,
+                outage_served,
+            } => {
+                let served = identity.clone();
+                match self
+                    .shared_review(bearer, identity, epochs, claim, false)
+                    .await
+                {
+                    Err(AuthError::ReviewUnavailable) if outage_served => Ok(served),
+                    reviewed => reviewed,
+                }
             }
             Next::Refuse(reason) => Err(AuthError::Revoked(reason)),
             Next::Unavailable => Err(AuthError::ReviewUnavailable),
         }
     }
 
-    /// The first review of `bearer`, a ServiceAccount token verified locally as `identity` and
-    /// not in the cache: one review, shared by every request that finds the token uncached
-    /// while it is in flight. It runs as a task of its own, so it records its verdict even when
-    /// every request waiting for it is gone.
-    async fn first_review(
+    /// A review of `bearer`, a ServiceAccount token verified locally as `identity`, that the
+    /// request waits for: one review, shared by every request that needs one while it is in
+    /// flight (`first`: the token is not in the cache; else its acceptance is too old), stamped
+    /// with `claim` if this request starts it and holds one. It runs as a task of its own, so
+    /// it records its verdict even when every request waiting for it is gone.
+    async fn shared_review(
         &self,
         bearer: &str,
         identity: Identity,
         epochs: Epochs,
+        claim: Option<u64>,
+        first: bool,
     ) -> Result<Identity, AuthError> {
         let Some(keys) = &self.inner.service_accounts else {
             // A ServiceAccount identity comes only from the ServiceAccount keys.
             return Err(AuthError::ReviewUnavailable);
         };
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let (flight, start) = keys.reviewer.first_review(bearer, || {
+        let (flight, start) = keys.reviewer.flight(bearer, || {
             // No answer (the review's task was dropped) is a review that could not be sent.
             let answered = answered.map(|r| r.unwrap_or(Err(AuthError::ReviewUnavailable)));
             answered.boxed().shared()
@@ -322,14 +339,15 @@ impl Verifier {
         if start {
             // Spawned outside the map's lock: a task dropped at once (its runtime shutting
             // down) takes the lock to leave the map.
-            let seq = self.inner.cache.as_ref().map_or(0, TokenCache::next_review);
-            let flight = FirstFlight {
+            let seq = claim
+                .unwrap_or_else(|| self.inner.cache.as_ref().map_or(0, TokenCache::next_review));
+            let flight = ReviewFlight {
                 verifier: self.clone(),
                 token: bearer.to_string(),
             };
             tokio::spawn(async move {
-                let FirstFlight { verifier, token } = &flight;
-                let result = verifier.review(token, identity, epochs, seq, true).await;
+                let ReviewFlight { verifier, token } = &flight;
+                let result = verifier.review(token, identity, epochs, seq, first).await;
                 drop(flight);
                 let _ = answer.send(result);
             });

@@ -37,8 +37,8 @@ pub(super) struct Reviewer {
     timeout: Duration,
     /// Reviews sent so far.
     sent: AtomicU64,
-    /// First reviews in flight, by token.
-    first: Mutex<HashMap<Box<str>, FirstReview>>,
+    /// Reviews requests wait for, in flight, by token.
+    flights: Mutex<HashMap<Box<str>, Flight>>,
     /// Told each review's outcome (a metric), once set.
     observer: OnceLock<ReviewObserver>,
 }
@@ -46,8 +46,8 @@ pub(super) struct Reviewer {
 /// Told the outcome of each review: `accepted`, `refused` or `unavailable`.
 pub(super) type ReviewObserver = Box<dyn Fn(&'static str) + Send + Sync>;
 
-/// The outcome of a first review, shared by every request waiting for it.
-pub(super) type FirstReview = Shared<BoxFuture<'static, Result<Identity, AuthError>>>;
+/// The outcome of a review requests wait for, shared by every one of them.
+pub(super) type Flight = Shared<BoxFuture<'static, Result<Identity, AuthError>>>;
 
 impl Reviewer {
     pub(super) fn new(client: kube::Client, audience: String, timeout: Duration) -> Self {
@@ -56,7 +56,7 @@ impl Reviewer {
             audience,
             timeout,
             sent: AtomicU64::new(0),
-            first: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
             observer: OnceLock::new(),
         }
     }
@@ -71,26 +71,23 @@ impl Reviewer {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// The first review of `token` in flight, or a new one made by `flight` (then `true`: the
-    /// caller must start it). Requests that see a new token together (a client's burst, or every
-    /// caller after the cluster's keys change) wait for one review, not one each.
-    pub(super) fn first_review(
-        &self,
-        token: &str,
-        flight: impl FnOnce() -> FirstReview,
-    ) -> (FirstReview, bool) {
-        let mut first = self.first.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(flight) = first.get(token) {
+    /// The review of `token` in flight that requests wait for, or a new one made by `flight`
+    /// (then `true`: the caller must start it). Requests that need a review of one token
+    /// together (a client's burst on a new token or after a pause, or every caller after the
+    /// cluster's keys change) wait for one review, not one each.
+    pub(super) fn flight(&self, token: &str, flight: impl FnOnce() -> Flight) -> (Flight, bool) {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(flight) = flights.get(token) {
             return (flight.clone(), false);
         }
         let flight = flight();
-        first.insert(token.into(), flight.clone());
+        flights.insert(token.into(), flight.clone());
         (flight, true)
     }
 
-    /// `token`'s first review is over: the next request that finds it uncached starts another.
-    pub(super) fn first_done(&self, token: &str) {
-        self.first
+    /// `token`'s review is over: the next request that needs one starts another.
+    pub(super) fn flight_done(&self, token: &str) {
+        self.flights
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(token);
@@ -132,27 +129,43 @@ pub(super) enum Next {
     Serve,
     /// Served, and this request starts the due review (stamped) in the background.
     ServeAndReview(u64),
-    /// Only a review now can accept it: this request sends the claimed review and waits.
-    Review(u64),
-    /// As `Review`, but another request holds the claim: this one sends a review of its own,
-    /// because nothing is known to be wrong (an acceptance that only grew old).
-    ReviewUnclaimed,
+    /// Only a review now can accept it: this request waits for one, the review in flight or
+    /// one it starts (stamped with its claim, if it has it). When the API server cannot be
+    /// asked, `outage_served` says the old acceptance is served all the same.
+    Review {
+        claim: Option<u64>,
+        outage_served: bool,
+    },
     /// Refused lately, and another request is asking again.
     Refuse(String),
     /// The API server could not be asked lately, and another request is asking again.
     Unavailable,
 }
 
-/// What to do with a request whose token has `claim` at `now`, when an acceptance is served
-/// for `grace` seconds without a fresh one.
-pub(super) fn decide(claim: Claim, now: i64, grace: i64) -> Next {
+/// What to do with a request whose token has `claim` at `now`. An acceptance is served
+/// without waiting for `fresh` seconds: a token in use is reviewed in the background when due,
+/// and stays fresher than that. An older one (a token unused for a while, whose
+/// ServiceAccount or pod may be gone since) waits for a review, unless the API server could
+/// not be asked lately: then it is served for `grace` seconds, as a review that fails now is.
+pub(super) fn decide(claim: Claim, now: i64, fresh: i64, grace: i64) -> Next {
+    let within = |at: i64, secs: i64| now <= at.saturating_add(secs);
     match (claim.verdict, claim.seq) {
-        (Verdict::Accepted { at, .. }, seq) if now <= at.saturating_add(grace) => match seq {
-            Some(seq) => Next::ServeAndReview(seq),
-            None => Next::Serve,
+        (Verdict::Accepted { at, failing }, seq)
+            if within(at, fresh) || (failing && within(at, grace)) =>
+        {
+            match seq {
+                Some(seq) => Next::ServeAndReview(seq),
+                None => Next::Serve,
+            }
+        }
+        (Verdict::Accepted { at, failing: false }, claim) => Next::Review {
+            claim,
+            outage_served: within(at, grace),
         },
-        (_, Some(seq)) => Next::Review(seq),
-        (Verdict::Accepted { failing: false, .. }, None) => Next::ReviewUnclaimed,
+        (_, Some(seq)) => Next::Review {
+            claim: Some(seq),
+            outage_served: false,
+        },
         (Verdict::Accepted { failing: true, .. } | Verdict::Unavailable, None) => Next::Unavailable,
         (Verdict::Refused(reason), None) => Next::Refuse(reason),
     }
@@ -219,38 +232,50 @@ mod tests {
     fn a_cached_verdict_decides_whether_the_request_waits_for_a_review() {
         let claim = |verdict: Verdict, seq| Claim { verdict, seq };
         let accepted = |at, failing| Verdict::Accepted { at, failing };
-        let grace = 300;
-        // Within the grace, an acceptance is served, failing or not; a due review goes along.
+        let (fresh, grace) = (60, 300);
+        let review = |claim, outage_served| Next::Review {
+            claim,
+            outage_served,
+        };
+        // A fresh acceptance is served; a due review goes along in the background.
         assert_eq!(
-            decide(claim(accepted(100, false), None), 400, grace),
-            Next::Serve
-        );
-        assert_eq!(
-            decide(claim(accepted(100, true), None), 400, grace),
+            decide(claim(accepted(100, false), None), 160, fresh, grace),
             Next::Serve
         );
         let due = claim(accepted(100, false), Some(7));
-        assert_eq!(decide(due, 400, grace), Next::ServeAndReview(7));
-        // Past it, only a fresh review accepts.
-        let old = claim(accepted(100, false), Some(8));
-        assert_eq!(decide(old, 401, grace), Next::Review(8));
-        // Another request is already asking: an idle client's old acceptance asks again too,
-        // one whose last review failed is answered 503 at once.
-        let idle = claim(accepted(100, false), None);
-        assert_eq!(decide(idle, 401, grace), Next::ReviewUnclaimed);
+        assert_eq!(decide(due, 160, fresh, grace), Next::ServeAndReview(7));
+        // An older one (the token went unused) waits for a review, the claimed one or the one
+        // in flight; served without it within the grace only if the API server cannot answer.
+        let idle = claim(accepted(100, false), Some(8));
+        assert_eq!(decide(idle, 161, fresh, grace), review(Some(8), true));
+        let joining = claim(accepted(100, false), None);
+        assert_eq!(decide(joining, 400, fresh, grace), review(None, true));
+        let old = claim(accepted(100, false), None);
+        assert_eq!(decide(old, 401, fresh, grace), review(None, false));
+        // While the API server fails, an acceptance is served for the grace without waiting;
+        // past it, only a review accepts, and another request's is answered 503 at once.
+        assert_eq!(
+            decide(claim(accepted(100, true), None), 400, fresh, grace),
+            Next::Serve
+        );
+        let failing = claim(accepted(100, true), Some(9));
+        assert_eq!(decide(failing, 400, fresh, grace), Next::ServeAndReview(9));
+        let outage = claim(accepted(100, true), Some(10));
+        assert_eq!(decide(outage, 401, fresh, grace), review(Some(10), false));
         let outage = claim(accepted(100, true), None);
-        assert_eq!(decide(outage, 401, grace), Next::Unavailable);
+        assert_eq!(decide(outage, 401, fresh, grace), Next::Unavailable);
         // A refusal or an outage is answered at once until its review is due.
         let refused = Verdict::Refused("pod deleted".into());
         assert_eq!(
-            decide(claim(refused.clone(), None), 401, grace),
+            decide(claim(refused.clone(), None), 401, fresh, grace),
             Next::Refuse("pod deleted".into())
         );
-        assert_eq!(decide(claim(refused, Some(9)), 401, grace), Next::Review(9));
+        let again = claim(refused, Some(11));
+        assert_eq!(decide(again, 401, fresh, grace), review(Some(11), false));
         let down = claim(Verdict::Unavailable, None);
-        assert_eq!(decide(down, 401, grace), Next::Unavailable);
-        let retry = claim(Verdict::Unavailable, Some(10));
-        assert_eq!(decide(retry, 401, grace), Next::Review(10));
+        assert_eq!(decide(down, 401, fresh, grace), Next::Unavailable);
+        let retry = claim(Verdict::Unavailable, Some(12));
+        assert_eq!(decide(retry, 401, fresh, grace), review(Some(12), false));
     }
 
     #[test]
