@@ -68,6 +68,32 @@ async fn a_token_without_kid_is_checked_against_the_remote_key_when_the_static_o
     );
 }
 
+/// A provider that names no key, mid-rotation: two RSA keys without `kid`, and tokens signed
+/// by either, with no `kid` or with one the keys do not carry.
+#[tokio::test]
+async fn tokens_no_key_is_named_for_are_checked_against_each_unnamed_key_of_their_algorithm() {
+    let (old, new) = (
+        Signer::rsa("rsa.key", Algorithm::RS256),
+        Signer::rsa("rsa2.key", Algorithm::RS256),
+    );
+    let server = KeyServer::start(jwks(&[&old, &new])).await;
+    let verifier = jwks_verifier(&server, Duration::from_secs(30));
+    for signer in [&old, &new] {
+        assert_eq!(reason(verifier.verify(&signer.sign(&claims())).await), "ok");
+    }
+    let named = Signer::rsa("rsa2.key", Algorithm::RS256).with_kid("2026-11");
+    assert_eq!(reason(verifier.verify(&named.sign(&claims())).await), "ok");
+    // Neither signed this one; an EdDSA token has no key of its algorithm.
+    let mut forged = old.sign(&claims());
+    forged.truncate(forged.len() - 4);
+    forged.push_str("AAAA");
+    assert_eq!(reason(verifier.verify(&forged).await), "bad_signature");
+    assert_ne!(
+        reason(verifier.verify(&Signer::ed25519().sign(&claims())).await),
+        "ok"
+    );
+}
+
 #[tokio::test]
 async fn an_unknown_kid_is_rejected() {
     let server = KeyServer::start(jwks(&[&Signer::ed25519().with_kid("ed")])).await;

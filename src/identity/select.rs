@@ -19,6 +19,10 @@ use super::remote::{RemoteKeys, Trigger};
 use super::token::{ClaimNames, Parsed};
 use super::{AuthError, VerifierOptions};
 
+/// Most remote keys a token no key is named for is checked against: a rotation lists two or
+/// three, and each costs an unauthenticated caller's token a signature check.
+const UNNAMED_CANDIDATES: usize = 3;
+
 /// Everything a [`super::Verifier`] shares between its clones.
 pub(super) struct Inner {
     pub(super) mapping: Mapping,
@@ -118,7 +122,7 @@ impl Inner {
 
     /// A token with a `kid` is checked against the remote key of that `kid`; without one (or
     /// when no remote key has it, after a refresh) against the static key of its algorithm
-    /// family, else the only remote key for its algorithm.
+    /// family, then the remote keys no `kid` names ([`Self::attempt_unnamed`]).
     fn attempt_user(&self, token: &Parsed<'_>, now: Timestamp, refreshed: bool) -> Step {
         let users = &self.users;
         let (kid, alg) = (token.kid.as_deref(), token.alg);
@@ -138,32 +142,29 @@ impl Inner {
                 }
             }
         }
+        let mut static_refusal = None;
         if kid.is_none() || users.remote.is_empty() || refreshed {
             let family = alg.family();
             let static_keys = users.static_keys.current();
             if let Some(key) = static_keys.iter().find(|k| k.key.family() == family) {
                 let checks = self.user_checks(now, None);
                 let step = self.check(token, key, checks, Domain::Users);
-                // A token without `kid` that the static key did not sign may still be signed
-                // by the only remote key for its algorithm (a provider that sends no `kid`).
-                let other_key = kid.is_none()
-                    && matches!(step, Step::Failed(AuthError::BadSignature))
-                    && !users.remote.is_empty();
+                // A token the static key did not sign (or could not: another curve) may still be
+                // signed by a remote key (a provider that sends no `kid`, or names no key).
+                let other_key = matches!(
+                    step,
+                    Step::Failed(AuthError::BadSignature | AuthError::AlgorithmMismatch)
+                ) && !users.remote.is_empty();
                 if !other_key {
                     return step;
                 }
+                static_refusal = Some(step);
             }
         }
-        if kid.is_none() && self.usable_remote_keys(alg) == 1 {
-            for remote in &users.remote {
-                let snapshot = remote.current();
-                if let Some(keys) = snapshot.as_deref()
-                    && let Lookup::Found(key) = keys::lookup(&keys.keys, None, alg)
-                {
-                    let checks = self.user_checks(now, keys.issuer.as_deref());
-                    return self.check(token, key, checks, Domain::Users);
-                }
-            }
+        if (kid.is_none() || refreshed)
+            && let Some(step) = self.attempt_unnamed(token, now)
+        {
+            return step;
         }
         if users.remote.is_empty() {
             return Step::Failed(if !users.static_keys.any() {
@@ -176,6 +177,9 @@ impl Inner {
         if !refreshed && (kid.is_some() || !all_loaded) {
             return Step::Refresh(Domain::Users);
         }
+        if let Some(step) = static_refusal {
+            return step;
+        }
         if users.remote.iter().any(|r| r.loaded()) {
             Step::Failed(AuthError::UnknownKey)
         } else {
@@ -183,16 +187,38 @@ impl Inner {
         }
     }
 
-    fn usable_remote_keys(&self, alg: jsonwebtoken::Algorithm) -> usize {
-        let count = |r: &Arc<RemoteKeys>| {
-            r.current().as_deref().map_or(0, |keys| {
-                keys.keys
-                    .iter()
-                    .filter(|k| k.algorithms.contains(alg))
-                    .count()
-            })
-        };
-        self.users.remote.iter().map(count).sum()
+    /// A token no key is named for: without a `kid` (a provider that sends none), or with one
+    /// no remote key has, where keys carry no `kid`. Checked against the remote keys for its
+    /// algorithm (without a `kid`, for a token with one), the first [`UNNAMED_CANDIDATES`]:
+    /// during a rotation a provider lists the old key and the new. `None` when there is no
+    /// such key; else the first outcome other than a bad signature.
+    fn attempt_unnamed(&self, token: &Parsed<'_>, now: Timestamp) -> Option<Step> {
+        let named = token.kid.is_some();
+        let mut outcome = None;
+        let mut tried = 0;
+        for remote in &self.users.remote {
+            let snapshot = remote.current();
+            let Some(keys) = snapshot.as_deref() else {
+                continue;
+            };
+            let candidates = keys
+                .keys
+                .iter()
+                .filter(|k| k.algorithms.contains(token.alg) && !(named && k.kid.is_some()));
+            for key in candidates {
+                if tried == UNNAMED_CANDIDATES {
+                    return outcome;
+                }
+                tried += 1;
+                let checks = self.user_checks(now, keys.issuer.as_deref());
+                let step = self.check(token, key, checks, Domain::Users);
+                if !matches!(step, Step::Failed(AuthError::BadSignature)) {
+                    return Some(step);
+                }
+                outcome = Some(step);
+            }
+        }
+        outcome
     }
 
     /// The configured issuer, else the one a discovery document named, and the audience.
