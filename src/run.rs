@@ -253,7 +253,7 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             .map_err(RunError::Threads)?;
         let listener = bind(config.listen_addr, "FLOWGATE_LISTEN_ADDR").await?;
         tasks.push(tokio::spawn(threads.serve(listener, shutdown.clone())));
-        tracing::info!(addr = %config.listen_addr, flowise = %config.flowise_url, threads = config.proxy_threads, "proxy listening");
+        tracing::info!(addr = %config.listen_addr, flowise = %crate::flowise::shown(&config.flowise_url), threads = config.proxy_threads, "proxy listening");
     }
 
     // The controller campaigns for the Lease and reconciles while it holds it; on shutdown it

@@ -327,7 +327,14 @@ pub(super) fn next_status(
         Outcome::NotFound(m) => (false, reason::NOT_FOUND_IN_FLOWISE, m.clone()),
         Outcome::Conflict(m) => (false, reason::CONFLICT, m.clone()),
         Outcome::Invalid(m) => (false, reason::INVALID_SPEC, m.clone()),
-        Outcome::Unreachable(m) => (false, reason::FLOWISE_UNREACHABLE, m.clone()),
+        // The last known state is kept, Ready's status with it: the proxy keeps serving a
+        // chatflow that was Ready (Flowise may well answer predictions while the controller
+        // cannot list or read it), and one that was not stays refused.
+        Outcome::Unreachable(m) => (
+            conditions::is_true(&old.conditions, conditions::READY),
+            reason::FLOWISE_UNREACHABLE,
+            m.clone(),
+        ),
     };
     if suspended && !matches!(outcome, Outcome::Invalid(_)) {
         (ok, why, message) = (

@@ -332,9 +332,21 @@ fn flowise_down_keeps_the_last_known_fields_and_says_unreachable() {
     let bad = next_status(&good, &down, Some(3), false, at(60), HOUR);
     assert_eq!(bad.flowise_id.as_deref(), Some("id-1"));
     assert_eq!(bad.last_sync_time, good.last_sync_time);
-    assert_eq!(ready(&bad), ("False".into(), "FlowiseUnreachable".into()));
+    assert_eq!(
+        ready(&bad),
+        ("True".into(), "FlowiseUnreachable".into()),
+        "served as it was"
+    );
     let still = next_status(&bad, &down, Some(3), false, at(120), HOUR);
     assert_eq!(still, bad, "a second failed attempt writes nothing");
+    // A chatflow that was not Ready stays refused.
+    let missing = Outcome::NotFound("no such chatflow".into());
+    let gone = next_status(&good, &missing, Some(3), false, at(60), HOUR);
+    let gone_down = next_status(&gone, &down, Some(3), false, at(120), HOUR);
+    assert_eq!(
+        ready(&gone_down),
+        ("False".into(), "FlowiseUnreachable".into())
+    );
 }
 
 #[test]

@@ -102,14 +102,20 @@ pub async fn refresh_all(
             }
         });
         let ns_api: Api<CreditPolicy> = Api::namespaced(api.clone().into_client(), &rule.namespace);
-        ns_api
+        let patched = ns_api
             .patch_status(
                 &rule.name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
-            .await?;
-        written += 1;
+            .await;
+        // One policy's failure (deleted since the listing, refused) holds up no other's.
+        match patched {
+            Ok(_) => written += 1,
+            Err(error) => {
+                tracing::warn!(%error, policy = %rule.id, "writing policy usage failed");
+            }
+        }
     }
     Ok(written)
 }

@@ -436,8 +436,13 @@ fn watcher_config() -> watcher::Config {
     watcher::Config::default().any_semantic()
 }
 
+/// Reconciles of one kind running at once. A Chatflow's reconcile may list every chatflow in
+/// Flowise (with their flows): a reconcile of all (a new leader, a sync pass that changed its
+/// mind) would otherwise ask Flowise for every one at once, and time out.
+const RECONCILES_AT_ONCE: u16 = 4;
+
 /// `KubeController::new`, with each object trimmed ([`crate::crd::trim`]) before the
-/// controller's store keeps it.
+/// controller's store keeps it, and at most [`RECONCILES_AT_ONCE`] reconciles at a time.
 fn controller<K: crate::crd::Watched>(api: Api<K>) -> KubeController<K> {
     let (reader, writer) = reflector::store();
     let objects = reflector::reflector(
@@ -446,6 +451,7 @@ fn controller<K: crate::crd::Watched>(api: Api<K>) -> KubeController<K> {
     )
     .applied_objects();
     KubeController::for_stream(objects, reader)
+        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILES_AT_ONCE))
 }
 
 /// Every object of `store` in the namespace of `cf`: a Chatflow appearing or going away changes
@@ -691,7 +697,8 @@ pub(crate) fn resolve_refs(names: &[String], existing: &BTreeSet<String>) -> (u3
     (count(wanted.len() - missing.len()), missing)
 }
 
-/// The Event for `Ready` turning False for a new reason: Warning, except for Suspended.
+/// The Event for `Ready` turning False for a new reason, or to `FlowiseUnreachable` (which
+/// keeps a True Ready): Warning, except for Suspended.
 pub(crate) fn ready_transition(
     old: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     new: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
@@ -701,7 +708,8 @@ pub(crate) fn ready_transition(
         list.iter().find(|c| c.type_ == READY).cloned()
     };
     let now = ready(new)?;
-    if now.status != "False" || ready(old).is_some_and(|before| before.reason == now.reason) {
+    let problem = now.status == "False" || now.reason == reason::FLOWISE_UNREACHABLE;
+    if !problem || ready(old).is_some_and(|before| before.reason == now.reason) {
         return None;
     }
     let why = [

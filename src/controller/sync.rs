@@ -380,7 +380,8 @@ fn ready_reason(status: &ChatflowStatus) -> Option<&str> {
 fn reflects(status: &ChatflowStatus, entry: &FlowiseChatflow) -> bool {
     status.flowise_id.as_deref() == Some(entry.id.as_str())
         && status.flowise_name.as_deref() == Some(entry.name.as_str())
-        && status.flow_type.as_deref() == Some(entry.flow_type.as_str())
+        // A chatflow without a type (an old row) has none in status either.
+        && status.flow_type.as_deref() == Some(entry.flow_type.as_str()).filter(|t| !t.is_empty())
         && status.deployed == Some(entry.deployed.unwrap_or(false))
         && status.api_key_bound == Some(entry.api_key_bound())
         && !matches!(
@@ -562,6 +563,17 @@ mod tests {
         let same = entry(A, "Old Name", None);
         let plan = plan(&[same], &[cf], None, None);
         assert!(plan.updated.is_empty() && plan.removed.is_empty());
+    }
+
+    #[test]
+    fn a_chatflow_without_a_type_is_unchanged_when_its_status_has_none() {
+        let mut untyped = entry(A, "Old Row", None);
+        untyped.flow_type = String::new();
+        let mut status = synced_status(A, "Old Row");
+        status.as_object_mut().expect("an object").remove("type");
+        let cf = chatflow("a", json!({"flowiseId": A}), Some(status));
+        let plan = plan(&[untyped], &[cf], None, None);
+        assert!(plan.updated.is_empty(), "{:?}", plan.updated);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct FlowiseClient {
     http: reqwest::Client,
     /// Base URL ending in `/`, so `join("api/v1/…")` keeps any path prefix.
     base: Url,
+    /// The base URL as errors, logs and status show it: a password in it masked.
+    shown: String,
     api_key: Option<String>,
     timeouts: Timeouts,
 }
@@ -41,7 +43,7 @@ pub struct FlowiseClient {
 impl std::fmt::Debug for FlowiseClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlowiseClient")
-            .field("base", &self.base.as_str())
+            .field("base", &self.shown)
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .field("timeouts", &self.timeouts)
             .finish()
@@ -68,6 +70,7 @@ impl FlowiseClient {
             .map_err(FlowiseError::Client)?;
         Ok(Self {
             http,
+            shown: super::shown(&base),
             base,
             api_key: api_key.filter(|k| !k.is_empty()),
             timeouts,
@@ -134,7 +137,7 @@ impl FlowiseClient {
             return Err(FlowiseError::NotJson {
                 status: status.as_u16(),
                 content_type,
-                url: self.base.to_string(),
+                url: self.shown.clone(),
             });
         }
         Ok((status, bytes))
@@ -148,7 +151,7 @@ impl FlowiseClient {
             // message that changed with the endpoint (a get by id, then the listing) would make
             // every reconcile write the status anew and trigger the next one, past the backoff.
             FlowiseError::Connect {
-                url: self.base.to_string(),
+                url: self.shown.clone(),
                 cause,
                 source: error,
             }
@@ -202,10 +205,13 @@ impl FlowiseClient {
             return Ok(Deletion::Deleted);
         }
         let message = error_message(&bytes);
-        // Flowise 3.1.2 answers an unknown id with 500 "... not found in the database!".
+        // Flowise 3.1.2 answers an unknown id with 500 "... not found in the database!" (not
+        // any 500 that says "not found": "Workspace not found" deleted nothing).
         if status == StatusCode::NOT_FOUND
             || (status == StatusCode::INTERNAL_SERVER_ERROR
-                && message.to_ascii_lowercase().contains("not found"))
+                && message
+                    .to_ascii_lowercase()
+                    .contains("not found in the database"))
         {
             return Ok(Deletion::AlreadyGone);
         }

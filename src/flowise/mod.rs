@@ -52,11 +52,12 @@ pub struct FlowiseChatflow {
     pub id: String,
     pub name: String,
     /// `CHATFLOW`, `AGENTFLOW`, `MULTIAGENT` or `ASSISTANT`; kept as text so a new type does not
-    /// break the listing.
-    #[serde(rename = "type", default)]
+    /// break the listing. Empty when Flowise has none: the column came with Flowise 1.8 and was
+    /// left `null` on older rows (Flowise reads those as chatflows).
+    #[serde(rename = "type", default, deserialize_with = "null_as_default")]
     pub flow_type: String,
     /// The flow JSON, as a string (Flowise's wire format).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub flow_data: String,
     #[serde(default)]
     pub deployed: Option<bool>,
@@ -137,6 +138,25 @@ impl ChatflowWrite {
     }
 }
 
+/// `url` as errors, logs and status may show it: a password in it masked.
+pub fn shown(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string()
+}
+
+/// A field's value, or its type's default for `null` (`#[serde(default)]` covers only a
+/// missing field: one `null` would fail the whole listing).
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// What a delete did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deletion {
@@ -169,6 +189,28 @@ mod tests {
             Some(serde_json::json!({"nodes": [], "edges": []}))
         );
         assert_eq!(cf.created_date.map(|t| t.as_second()), Some(1_795_321_069));
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_never_shown() {
+        let url = reqwest::Url::parse("http://flowgate:s3cret@flowise:3000/").expect("url");
+        assert_eq!(shown(&url), "http://flowgate:***@flowise:3000/");
+        let plain = reqwest::Url::parse("http://flowise:3000/").expect("url");
+        assert_eq!(shown(&plain), "http://flowise:3000/");
+    }
+
+    #[test]
+    fn a_row_older_than_the_type_column_decodes_in_a_listing() {
+        let json = r#"[
+            {"id": "a", "name": "old", "type": null, "flowData": null},
+            {"id": "b", "name": "new", "type": "CHATFLOW", "flowData": "{}"}
+        ]"#;
+        let list: Vec<FlowiseChatflow> = serde_json::from_str(json).expect("decodes");
+        assert_eq!(
+            (list[0].flow_type.as_str(), list[0].flow_data.as_str()),
+            ("", "")
+        );
+        assert_eq!(list[1].flow_type, "CHATFLOW");
     }
 
     #[test]

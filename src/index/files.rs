@@ -192,7 +192,8 @@ pub fn resolve(
                     [one] => {
                         status.flowise_id = Some(one.id.clone());
                         status.flowise_name = Some(one.name.clone());
-                        status.flow_type = Some(one.flow_type.clone());
+                        status.flow_type =
+                            Some(one.flow_type.clone()).filter(|t| !t.is_empty());
                         status.deployed = one.deployed;
                         status.api_key_bound = Some(one.api_key_bound());
                         status.last_sync_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));

@@ -84,8 +84,9 @@ async fn flowise_down_turns_ready_to_unreachable_deletes_nothing_and_recovers() 
     let owned_id = owned.status.and_then(|s| s.flowise_id).expect("id");
 
     gate.close();
+    // Ready as they were (the proxy keeps serving them), the reason says Flowise is unreachable.
     for object in ["owned", "adopted"] {
-        let cf = wait_ready(&api, object, "False", "FlowiseUnreachable").await;
+        let cf = wait_ready(&api, object, "True", "FlowiseUnreachable").await;
         assert!(
             cf.status.and_then(|s| s.flowise_id).is_some(),
             "last known id kept"

@@ -59,11 +59,15 @@ impl DerefMut for KillOnDrop {
 /// (Flowise 23000, etcd 23790/23800, PostgreSQL 25432, the API server 26443). A port `bind(0)`
 /// gave is in the ephemeral range: free only until the next outgoing connection took it, and the
 /// tests make many, so the server started on it a moment later could find it in use. Here only
-/// explicit binds compete.
+/// explicit binds compete, and this process never hands out one port twice (two tests of one
+/// binary drawing the same port a moment apart both found it free: "Address already in use").
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
+    use std::sync::{Mutex, PoisonError};
     const LOW: u64 = 27_000;
     const HIGH: u64 = 32_700;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
     for _ in 0..64 {
         let draw = std::collections::hash_map::RandomState::new()
             .build_hasher()
@@ -71,7 +75,8 @@ pub fn free_port() -> u16 {
         let Ok(port) = u16::try_from(LOW + draw % (HIGH - LOW)) else {
             continue;
         };
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
