@@ -337,7 +337,7 @@ mod tests {
     ) -> (Sender, Seen, tokio::time::Instant) {
         let (seen, on_end) = recorder();
         let (tx, inner) = fed();
-        let mut body = drains.wrap(Observed::new(inner, Resume::New, on_end), caller);
+        let mut body = drains.wrap(Observed::new(inner, Some(Resume::New), on_end), caller);
         tx.unbounded_send(event(first)).expect("send");
         assert!(body.frame().await.is_some(), "the client reads an event");
         drop(body);
@@ -467,7 +467,10 @@ mod tests {
         let (seen, on_end) = recorder();
         let (tx, inner) = fed();
         tx.unbounded_send(event(TOKEN)).expect("send");
-        let mut body = drains.wrap(Observed::new(inner, Resume::New, on_end), "user:alice");
+        let mut body = drains.wrap(
+            Observed::new(inner, Some(Resume::New), on_end),
+            "user:alice",
+        );
         let first = futures::executor::block_on(body.frame());
         assert!(first.is_some());
         drop(body);
@@ -481,7 +484,10 @@ mod tests {
         let (tx, inner) = fed();
         tx.unbounded_send(event(TOKEN)).expect("send");
         drop(tx);
-        let body = drains.wrap(Observed::new(inner, Resume::New, on_end), "user:alice");
+        let body = drains.wrap(
+            Observed::new(inner, Some(Resume::New), on_end),
+            "user:alice",
+        );
         assert!(body.collect().await.is_ok());
         assert_eq!(self::seen(&seen), vec![(StreamEnd::Completed, 0)]);
         assert!(drains.background.is_empty());

@@ -580,7 +580,9 @@ impl Proxy {
             // An answer is charged once it reached the caller, whatever follows it: an error
             // after the first token (a later Agentflow node failing) does not refund the tokens.
             let metrics = self.metrics.clone();
-            let observed = Observed::new(incoming, resume.clone(), move |report| {
+            // Where no policy prices tokens, the scanner keeps no node list (megabytes each).
+            let counted = drain.then(|| resume.clone());
+            let observed = Observed::new(incoming, counted, move |report| {
                 let answered = report.answered;
                 if report.error_event {
                     tracing::warn!(answered, "Flowise sent an error event in a streamed answer");

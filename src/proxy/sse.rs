@@ -39,6 +39,9 @@ pub struct SseScanner {
     token_event: bool,
     /// An `end` event with no `error` event before it.
     clean_end: bool,
+    /// No policy prices the stream's tokens: node lists are neither kept nor read past
+    /// [`MAX_EVENT`] (they can be tens of megabytes, and every stream has them).
+    uncounted: bool,
 }
 
 /// A stream's token reports, counted when asked: the last node list is read only then.
@@ -89,6 +92,15 @@ impl SseScanner {
         }
     }
 
+    /// A scanner for a stream whose tokens nobody prices: it tells only whether the stream
+    /// answered or failed, and holds no node list.
+    pub fn uncounted() -> Self {
+        Self {
+            uncounted: true,
+            ..Self::default()
+        }
+    }
+
     /// Feeds the next chunk of the stream.
     pub fn feed(&mut self, chunk: &[u8]) {
         let mut rest = chunk;
@@ -98,7 +110,7 @@ impl SseScanner {
             if !self.overflow {
                 self.pending.extend_from_slice(head);
                 let event = std::mem::take(&mut self.pending);
-                if event.len() <= MAX_EVENT || event.len() <= event_limit(&event) {
+                if event.len() <= MAX_EVENT || event.len() <= self.event_limit(&event) {
                     self.inspect(event);
                 }
             }
@@ -109,7 +121,9 @@ impl SseScanner {
         self.line = Line::after(line, rest);
         if !self.overflow {
             self.pending.extend_from_slice(rest);
-            if self.pending.len() > MAX_EVENT && self.pending.len() > event_limit(&self.pending) {
+            if self.pending.len() > MAX_EVENT
+                && self.pending.len() > self.event_limit(&self.pending)
+            {
                 self.pending = Vec::new();
                 self.overflow = true;
             }
@@ -144,6 +158,19 @@ impl SseScanner {
         self.error_event
     }
 
+    /// The largest size the scanner reads an event of, by how the event starts.
+    fn event_limit(&self, event: &[u8]) -> usize {
+        let head = &event[..event.len().min(64)];
+        let executed = head
+            .windows(EXECUTED_PREFIX.len())
+            .any(|w| w == EXECUTED_PREFIX);
+        if executed && !self.uncounted {
+            MAX_EXECUTED_EVENT
+        } else {
+            MAX_EVENT
+        }
+    }
+
     fn inspect(&mut self, event: Vec<u8>) {
         let Ok(text) = String::from_utf8(event) else {
             return;
@@ -173,7 +200,7 @@ impl SseScanner {
                         usage.streamed_tokens = usage.streamed_tokens.saturating_add(tokens);
                     }
                 }
-                Kind::Executed => executed = true,
+                Kind::Executed => executed = !self.uncounted,
                 Kind::Other => {}
             }
         }
@@ -233,19 +260,6 @@ impl Kind {
             "agentFlowExecutedData" => Self::Executed,
             _ => Self::Other,
         }
-    }
-}
-
-/// The largest size the scanner reads an event of, by how the event starts.
-fn event_limit(event: &[u8]) -> usize {
-    let head = &event[..event.len().min(64)];
-    if head
-        .windows(EXECUTED_PREFIX.len())
-        .any(|w| w == EXECUTED_PREFIX)
-    {
-        MAX_EXECUTED_EVENT
-    } else {
-        MAX_EVENT
     }
 }
 
@@ -400,6 +414,24 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
             }
             assert_eq!(scanner.tokens(), 550, "chunk size {chunk}");
             assert!(scanner.answered() && !scanner.failed());
+        }
+    }
+
+    #[test]
+    fn a_stream_nobody_prices_keeps_no_node_list_and_still_tells_how_it_ended() {
+        let big = "x".repeat(MAX_EVENT * 2);
+        let nodes = serde_json::json!([{"data": {"output": {"content": big}}}]);
+        let list = flowise_event("agentFlowExecutedData", nodes);
+        for fail_at_end in [false, true] {
+            let mut scanner = SseScanner::uncounted();
+            for chunk in list.as_bytes().chunks(64 * 1024) {
+                scanner.feed(chunk);
+                assert!(scanner.pending.len() <= MAX_EVENT + 64 * 1024);
+            }
+            scanner.feed(agentflow_stream(&[300, 50], fail_at_end).as_bytes());
+            assert!(scanner.usage.nodes.is_none(), "no node list kept");
+            assert!(scanner.answered());
+            assert_eq!(scanner.failed(), fail_at_end);
         }
     }
 

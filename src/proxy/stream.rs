@@ -85,17 +85,17 @@ struct Held {
 }
 
 impl<B> Observed<B> {
-    /// Wraps `inner`, the stream of a prediction that continues `resume`; `on_end` runs once
-    /// when the stream ends or is dropped, and the end reaches the client once what it returns
-    /// is done.
+    /// Wraps `inner`, the stream of a prediction that continues `resume` (`None`: nobody
+    /// prices its tokens, which are not counted); `on_end` runs once when the stream ends or is
+    /// dropped, and the end reaches the client once what it returns is done.
     pub fn new(
         inner: B,
-        resume: Resume,
+        resume: Option<Resume>,
         on_end: impl FnOnce(StreamReport) -> Option<Settling> + Send + Sync + 'static,
     ) -> Self {
         Self {
             inner,
-            scanner: SseScanner::resuming(resume),
+            scanner: resume.map_or_else(SseScanner::uncounted, SseScanner::resuming),
             on_end: Some(Box::new(on_end)),
             held: None,
             client_left: false,
@@ -278,7 +278,7 @@ mod tests {
                 ),
                 Ok("x"),
             ]),
-            Resume::New,
+            Some(Resume::New),
             on_end,
         );
         let bytes = body.collect().await.expect("collects").to_bytes();
@@ -314,7 +314,7 @@ mod tests {
                 async move {
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(Observed::new(
                         body,
-                        Resume::New,
+                        Some(Resume::New),
                         on_end,
                     )))
                 }
@@ -350,7 +350,7 @@ mod tests {
     #[tokio::test]
     async fn the_end_waits_for_the_settling_it_started() {
         let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let mut body = Observed::new(chunks(vec![Ok("a")]), Resume::New, move |_| {
+        let mut body = Observed::new(chunks(vec![Ok("a")]), Some(Resume::New), move |_| {
             Some(tokio::spawn(async move {
                 let _ = released.await;
             }))
@@ -367,7 +367,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_end_waits_for_its_settling_at_most_a_few_seconds() {
-        let mut body = Observed::new(chunks(vec![]), Resume::New, move |_| {
+        let mut body = Observed::new(chunks(vec![]), Some(Resume::New), move |_| {
             Some(tokio::spawn(std::future::pending::<()>()))
         });
         let started = tokio::time::Instant::now();
@@ -378,7 +378,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_goes_away_is_reported() {
         let (seen, on_end) = recorder();
-        let mut body = Observed::new(chunks(vec![Ok("a"), Ok("b")]), Resume::New, on_end);
+        let mut body = Observed::new(chunks(vec![Ok("a"), Ok("b")]), Some(Resume::New), on_end);
         let first = body.frame().await;
         assert!(first.is_some());
         drop(body);
@@ -390,7 +390,7 @@ mod tests {
         let (seen, on_end) = recorder();
         let body = Observed::new(
             chunks(vec![Ok("a"), Err(std::io::Error::other("reset"))]),
-            Resume::New,
+            Some(Resume::New),
             on_end,
         );
         assert!(body.collect().await.is_err());
