@@ -400,8 +400,8 @@ pub(super) fn notable(
     super::ready_transition(&old.conditions, &new.conditions)
 }
 
-/// Entry point: the finalizer for Chatflows that own (or owned) a definition, then
-/// [`apply`] or [`cleanup`].
+/// Entry point: the finalizer for Chatflows that own a definition with `deletionPolicy: Delete`
+/// (or did), then [`apply`] or [`cleanup`].
 pub(super) async fn reconcile(
     cf: Arc<Chatflow>,
     ctx: Arc<Context>,
@@ -414,14 +414,38 @@ pub(super) async fn reconcile(
     result
 }
 
+/// Only a Chatflow whose deletion deletes something in Flowise carries the finalizer: one on
+/// every Chatflow would hold each deletion for a controller (none leads, the CRDs are deleted
+/// after `helm uninstall`, a namespace goes) with nothing to do. A Chatflow whose policy turns
+/// `Retain` loses it.
 async fn with_finalizer(cf: Arc<Chatflow>, ctx: &Context) -> Result<Action, ControllerError> {
-    let needs_finalizer =
-        cf.spec.definition.is_some() || cf.finalizers().iter().any(|f| f == FINALIZER);
-    if !needs_finalizer {
-        return apply(&cf, ctx).await;
-    }
+    let wanted = cf.spec.definition.is_some() && cf.spec.deletion_policy == DeletionPolicy::Delete;
+    let held = cf.finalizers().iter().position(|f| f == FINALIZER);
     let ns = cf.namespace().ok_or(ControllerError::Unnamed)?;
     let api: Api<Chatflow> = Api::namespaced(ctx.client.clone(), &ns);
+    match held {
+        None if !wanted => return apply(&cf, ctx).await,
+        Some(at) if !wanted && cf.metadata.deletion_timestamp.is_none() => {
+            // Only over the object as read (its resourceVersion in the patch): a finalizer
+            // another controller added meanwhile is not lost. The patch brings the next
+            // reconcile; a conflict retries.
+            let mut finalizers = cf.finalizers().to_vec();
+            finalizers.remove(at);
+            let patch = serde_json::json!({"metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": cf.resource_version(),
+            }});
+            api.patch(
+                &cf.name_any(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .map_err(ControllerError::Kube)?;
+            return apply(&cf, ctx).await;
+        }
+        _ => {}
+    }
     finalizer(&api, FINALIZER, cf, |event| async {
         match event {
             Finalizer::Apply(cf) => apply(&cf, ctx).await,

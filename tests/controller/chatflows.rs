@@ -235,6 +235,8 @@ async fn a_retained_definition_stays_in_flowise_after_its_chatflow_is_deleted() 
 
     create(&api, owned_doc("kept", &name, "Retain")).await;
     let cf = wait_ready(&api, "kept", "True", "Synced").await;
+    // Its deletion deletes nothing in Flowise, so it waits for no controller.
+    assert!(cf.finalizers().is_empty(), "{:?}", cf.finalizers());
     let id = cf.status.and_then(|s| s.flowise_id).expect("id");
     api.delete("kept", &DeleteParams::default())
         .await
@@ -244,7 +246,33 @@ async fn a_retained_definition_stays_in_flowise_after_its_chatflow_is_deleted() 
         support::flowise().get(&id).await.expect("read").is_some(),
         "retained in Flowise"
     );
+
+    // One that turns from Delete to Retain loses its finalizer, and is retained.
+    let other = support::unique("fgtest-retain-later");
+    let _cleanup_other = support::FlowiseCleanup(other.clone());
+    create(&api, owned_doc("later", &other, "Delete")).await;
+    let cf = wait_ready(&api, "later", "True", "Synced").await;
+    assert_eq!(cf.finalizers(), [flowgate::crd::FINALIZER]);
+    let id = cf.status.and_then(|s| s.flowise_id).expect("id");
+    api.patch(
+        "later",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}})),
+    )
+    .await
+    .expect("patched");
+    support::eventually(15, "the finalizer removed", || async {
+        let cf = api.get("later").await.expect("read");
+        cf.finalizers().is_empty().then_some(())
+    })
+    .await;
     controller.stop().await;
+    // With no controller left, the deletion goes through, and Flowise keeps the chatflow.
+    api.delete("later", &DeleteParams::default())
+        .await
+        .expect("delete requested");
+    wait_deleted(&api, "later").await;
+    assert!(support::flowise().get(&id).await.expect("read").is_some());
 }
 
 #[tokio::test]
