@@ -101,16 +101,19 @@ impl Lease {
         }
     }
 
-    /// Renews every `renew_every` until `session` ends; cancels `session` when the Lease is lost
-    /// (someone else holds it, or no renewal succeeded for two thirds of its duration).
+    /// Renews every `renew_every` (every `retry_every` after a failure) until `session` ends;
+    /// cancels `session` when the Lease is lost (someone else holds it, or no renewal succeeded
+    /// for two thirds of its duration).
     pub(super) async fn hold(&self, session: CancellationToken) {
         let deadline = self.settings.duration * 2 / 3;
         let mut renewed = Instant::now();
+        let mut wait = self.settings.renew_every;
         loop {
             tokio::select! {
                 () = session.cancelled() => return,
-                () = tokio::time::sleep(self.settings.renew_every) => {}
+                () = tokio::time::sleep(wait) => {}
             }
+            wait = self.settings.renew_every;
             // A renewal counts from when it was sent, and may not outlast the deadline: a call
             // hanging on a slow API server (kube's read timeout is minutes) would otherwise let
             // this replica reconcile on while another takes the expired Lease.
@@ -128,7 +131,12 @@ impl Lease {
                     session.cancel();
                     return;
                 }
-                Ok(Err(error)) => tracing::debug!(%error, "Lease renewal failed; retrying"),
+                Ok(Err(error)) => {
+                    // Again soon, not a whole renewal period later: one failed call (a 5xx, a
+                    // 429) must not leave too little time for the next before the deadline.
+                    tracing::debug!(%error, "Lease renewal failed; retrying");
+                    wait = self.settings.retry_every.min(self.settings.renew_every);
+                }
                 Err(_) => {
                     tracing::warn!(?left, "the Lease renewal did not answer in time");
                     session.cancel();
