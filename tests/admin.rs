@@ -321,6 +321,16 @@ async fn adds_report_each_entry_and_refuse_bad_bodies_strangers_and_unknown_chat
             .iter()
             .any(|s| s.user.as_deref() == Some("ivan"))
     );
+    // Removing someone only narrows it: allowed.
+    let (status, out) = call(
+        &gate,
+        M::DELETE,
+        &format!("/api/admin/chatflows/{id}/users/racer-7"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
     ours.patch("admin-api-support-bot", &patch, &role("User"))
         .await
         .expect("patched back");

@@ -83,19 +83,20 @@ pub async fn edit_subjects<R>(
                  {LABEL_MANAGED_BY}={MANAGED_BY_ADMIN_API}; the admin API does not modify it"
             )));
         }
-        // Only what the admin API writes: a copy of a GitOps object that kept the label could
-        // grant Admin, or every chatflow, to whoever is added.
-        if access.spec.chatflows != [chatflow] || access.spec.role != Role::User {
-            return Err(ProxyError::Conflict(format!(
-                "ChatflowAccess {namespace}/{name} carries the label \
-                 {LABEL_MANAGED_BY}={MANAGED_BY_ADMIN_API} but does not grant role User on \
-                 chatflow {chatflow} alone; the admin API does not modify it"
-            )));
-        }
         let mut subjects = access.spec.subjects.clone();
         let result = edit(&mut subjects);
         if subjects == access.spec.subjects {
             return Ok(result);
+        }
+        // Only what the admin API writes is added to: a copy of a GitOps object that kept the
+        // label could grant Admin, or every chatflow, to whoever is added. Removing narrows it.
+        let adds = subjects.iter().any(|s| !access.spec.subjects.contains(s));
+        if adds && (access.spec.chatflows != [chatflow] || access.spec.role != Role::User) {
+            return Err(ProxyError::Conflict(format!(
+                "ChatflowAccess {namespace}/{name} carries the label \
+                 {LABEL_MANAGED_BY}={MANAGED_BY_ADMIN_API} but does not grant role User on \
+                 chatflow {chatflow} alone; the admin API adds no one to it"
+            )));
         }
         let written = if subjects.is_empty() {
             let params = DeleteParams {

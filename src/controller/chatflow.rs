@@ -329,9 +329,11 @@ pub(super) fn next_status(
         Outcome::Invalid(m) => (false, reason::INVALID_SPEC, m.clone()),
         // The last known state is kept, Ready's status with it: the proxy keeps serving a
         // chatflow that was Ready (Flowise may well answer predictions while the controller
-        // cannot list or read it), and one that was not stays refused.
+        // cannot list or read it), and one that was not stays refused, as does a spec changed
+        // since Ready was earned (what it names was never checked).
         Outcome::Unreachable(m) => (
-            conditions::is_true(&old.conditions, conditions::READY),
+            conditions::is_true(&old.conditions, conditions::READY)
+                && old.observed_generation == generation,
             reason::FLOWISE_UNREACHABLE,
             m.clone(),
         ),
@@ -424,6 +426,11 @@ async fn with_finalizer(cf: Arc<Chatflow>, ctx: &Context) -> Result<Action, Cont
     let ns = cf.namespace().ok_or(ControllerError::Unnamed)?;
     let api: Api<Chatflow> = Api::namespaced(ctx.client.clone(), &ns);
     match held {
+        // Being deleted with nothing to clean up (another finalizer holds it): nothing to do,
+        // least of all create its chatflow in Flowise.
+        None if !wanted && cf.metadata.deletion_timestamp.is_some() => {
+            return Ok(Action::await_change());
+        }
         None if !wanted => return apply(&cf, ctx).await,
         Some(at) if !wanted && cf.metadata.deletion_timestamp.is_none() => {
             // Only over the object as read (its resourceVersion in the patch): a finalizer

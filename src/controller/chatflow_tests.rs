@@ -347,6 +347,12 @@ fn flowise_down_keeps_the_last_known_fields_and_says_unreachable() {
         ready(&gone_down),
         ("False".into(), "FlowiseUnreachable".into())
     );
+    // Nor is a spec edited during the outage (what it names was never checked).
+    let edited = next_status(&good, &down, Some(4), false, at(60), HOUR);
+    assert_eq!(
+        ready(&edited),
+        ("False".into(), "FlowiseUnreachable".into())
+    );
 }
 
 #[test]

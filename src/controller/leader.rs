@@ -29,7 +29,7 @@ pub struct LeaseSettings {
     pub duration: Duration,
     /// How often the holder renews.
     pub renew_every: Duration,
-    /// How often a candidate tries to acquire.
+    /// How often a candidate tries to acquire, and how soon a leader retries a failed renewal.
     pub retry_every: Duration,
 }
 

@@ -146,7 +146,7 @@ impl FlowiseClient {
     fn transport(&self, error: reqwest::Error, url: &Url) -> FlowiseError {
         let cause = FlowiseError::cause(&error);
         if error.is_connect() {
-            tracing::debug!(%url, %cause, "cannot connect to Flowise");
+            tracing::debug!(url = %super::shown(url), %cause, "cannot connect to Flowise");
             // The base URL, not the endpoint's: the error ends up in Chatflow status, and a
             // message that changed with the endpoint (a get by id, then the listing) would make
             // every reconcile write the status anew and trigger the next one, past the backoff.

@@ -177,11 +177,10 @@ impl Inner {
         if !refreshed && (kid.is_some() || !all_loaded) {
             return Step::Refresh(Domain::Users);
         }
-        if let Some(step) = static_refusal {
-            return step;
-        }
+        // The static key's refusal is the answer once the remote keys could be tried; before
+        // they ever loaded, one of them may have signed it.
         if users.remote.iter().any(|r| r.loaded()) {
-            Step::Failed(AuthError::UnknownKey)
+            static_refusal.unwrap_or(Step::Failed(AuthError::UnknownKey))
         } else {
             Step::Failed(AuthError::KeysUnavailable)
         }

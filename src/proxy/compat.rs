@@ -18,6 +18,10 @@ use super::{Prediction, Proxy, flowise_message, prepare, read_json};
 use crate::identity::Identity;
 use crate::server::Body;
 
+/// The caller `/chat/authenticate` and `/chat/refresh` bodies count as in the body memory
+/// (not an identity key: those start `user:` or `sa:`).
+const TOKEN_GRANTS: &str = "token grants";
+
 impl Proxy {
     pub(super) async fn token_grant(
         &self,
@@ -29,8 +33,9 @@ impl Proxy {
                 "token endpoint not configured: set FLOWGATE_TOKEN_ENDPOINT_URL to enable /chat/authenticate and /chat/refresh".into(),
             )
         })?;
-        // Counted in the body memory: anyone may send this one, without a token.
-        let mut held = self.buffers.hold();
+        // Counted in the body memory, all of them as one caller (held to half of it): anyone
+        // may send this one, without a token.
+        let mut held = self.buffers.hold_for(TOKEN_GRANTS);
         let body = read_json(req, 64 * 1024, &mut held).await?;
         let field = |name: &str| {
             body.get(name)

@@ -63,7 +63,7 @@ async fn reconciles_settle_and_a_resync_of_an_unchanged_chatflow_writes_nothing(
 }
 
 #[tokio::test]
-async fn flowise_down_turns_ready_to_unreachable_deletes_nothing_and_recovers() {
+async fn flowise_down_marks_chatflows_unreachable_deletes_nothing_and_recovers() {
     let (client, ns, api, _objects) = setup("cf-down").await;
     let name = support::unique("fgtest-down");
     let _cleanup = support::FlowiseCleanup(name.clone());
