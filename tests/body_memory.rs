@@ -51,12 +51,23 @@ async fn declaring_to(gate: &Flowgate, bearer: &str, path: &str, length: usize) 
     conn
 }
 
-/// The status and JSON of an answer refused before the body was read (it closes the connection).
-/// Only the head is sent, so the refusal never races a body still being written.
-async fn refused_up_front(gate: &Flowgate, bearer: &str, id: &str, length: usize) -> (u16, String) {
-    let mut conn = declaring(gate, bearer, id, length).await;
+/// The answer to a POST to `path` whose head declares `length` bytes and whose body never comes:
+/// answered within 20 s (not a 408 in 30 s), it did not wait for the body. Only the head is
+/// sent, so the refusal never races a body still being written.
+async fn answered_without_body(gate: &Flowgate, bearer: &str, path: &str, length: usize) -> String {
+    let mut conn = declaring_to(gate, bearer, path, length).await;
     let mut answer = String::new();
-    conn.read_to_string(&mut answer).await.expect("read");
+    tokio::time::timeout(Duration::from_secs(20), conn.read_to_string(&mut answer))
+        .await
+        .expect("answered without the body")
+        .expect("read");
+    answer
+}
+
+/// The status and JSON of an answer refused before the body was read (it closes the connection).
+async fn refused_up_front(gate: &Flowgate, bearer: &str, id: &str, length: usize) -> (u16, String) {
+    let path = format!("/api/v1/prediction/{id}");
+    let answer = answered_without_body(gate, bearer, &path, length).await;
     let status = answer
         .split(' ')
         .nth(1)
@@ -219,14 +230,7 @@ async fn a_caller_no_grant_names_is_refused_before_its_compat_body_is_read() {
     let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
     let (team, gate, _) = gate_with("body-no-grants", &fake, "8Mi").await;
     let stranger = support::gate::token("stranger", json!({"email": "nobody@example.com"}));
-    // Only the head (declaring 1 MiB), so the refusal never races a body being written. The
-    // body never comes: an answer now (not a 408 in 30 s) was not waiting for it.
-    let mut conn = declaring_to(&gate, &stranger, "/chat/predict", 1 << 20).await;
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(20), conn.read_to_string(&mut answer))
-        .await
-        .expect("answered without the body")
-        .expect("read");
+    let answer = answered_without_body(&gate, &stranger, "/chat/predict", 1 << 20).await;
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert!(
         answer.contains("no ChatflowAccess grants this caller any chatflow"),
@@ -254,8 +258,7 @@ async fn admin_bodies_are_read_only_for_callers_allowed_the_route_and_count_in_t
     let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
     let (team, gate, _) = gate_with("body-admin", &fake, "8Mi").await;
     let id = team.flowise_id.clone();
-    // Alice may predict, and administers nothing: refused on the head alone (the body never
-    // comes: an answer now, not a 408 in 30 s, was not waiting for it).
+    // Alice may predict, and administers nothing: refused on the head alone.
     let alice = team.alice();
     for path in [
         "/api/admin/chatflows/add-users".to_string(),
@@ -264,12 +267,7 @@ async fn admin_bodies_are_read_only_for_callers_allowed_the_route_and_count_in_t
         format!("/api/admin/chatflows/{id}/users/email/bulk"),
         "/api/admin/credits/adjustments".to_string(),
     ] {
-        let mut conn = declaring_to(&gate, &alice, &path, 512 << 10).await;
-        let mut answer = String::new();
-        tokio::time::timeout(Duration::from_secs(20), conn.read_to_string(&mut answer))
-            .await
-            .expect("answered without the body")
-            .expect("read");
+        let answer = answered_without_body(&gate, &alice, &path, 512 << 10).await;
         assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");
     }
     assert_eq!(held(&gate).await, 0.0);

@@ -205,7 +205,10 @@ async fn round(
         .map(|(chat, turn, _)| (chat.as_str(), number(*turn)))
         .unzip();
     let both = async {
-        let mut conn = pool.get().await?;
+        let mut conn = match pool.get().await {
+            Ok(conn) => conn,
+            Err(error) => return (Err(failed(&error.to_string())), Err(error)),
+        };
         // Until both answers are read: a round given up on closes its connection (a half-open
         // one would hold every later round).
         conn.open = true;
@@ -228,18 +231,16 @@ async fn round(
         };
         let (end, begin) = futures::join!(end, begin);
         conn.open = false;
-        Ok::<_, LedgerError>((
+        (
             end.map_err(LedgerError::from),
             begin.map_err(LedgerError::from),
-        ))
+        )
     };
     // A round given up on ends nothing and takes nothing it hands out: the next renewal
     // deletes whatever of it the database did.
-    let (end, begin) = match tokio::time::timeout(ROUND_LIMIT, both).await {
-        Ok(Ok(both)) => both,
-        Ok(Err(error)) => (Err(failed(&error.to_string())), Err(error)),
-        Err(_) => (Err(gave_up()), Err(gave_up())),
-    };
+    let (end, begin) = tokio::time::timeout(ROUND_LIMIT, both)
+        .await
+        .unwrap_or_else(|_| (Err(gave_up()), Err(gave_up())));
     let mut failure = None;
     match begin {
         Ok(rows) => {
