@@ -179,7 +179,8 @@ pub(super) fn gave_up() -> LedgerError {
     }
 }
 
-fn micros(d: Duration) -> i64 {
+/// `d` in microseconds, as the statements take durations (saturating).
+pub(super) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 

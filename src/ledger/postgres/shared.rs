@@ -26,7 +26,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_postgres::Config;
 
 use super::pool::Pool;
-use super::rates::{ROUND_LIMIT, Rates, gave_up};
+use super::rates::{ROUND_LIMIT, Rates, gave_up, micros};
 use crate::ledger::{LedgerError, RateTake, SharedTurn};
 
 /// Connections per replica for what replicas share: one for each task (allowances, turns).
@@ -299,10 +299,6 @@ fn failed(message: &str) -> LedgerError {
         message: format!("chat turns: {message}"),
         transient: true,
     }
-}
-
-fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// A turn's number as PostgreSQL's `bigint` keeps it.
