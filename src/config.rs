@@ -81,7 +81,8 @@ pub struct RunArgs {
     pub sync_interval: String,
     /// How long Flowise may take to start answering (response headers) and to finish a
     /// non-streaming answer; past it the caller gets 504 and the reservation is refunded.
-    /// Streams are bounded by their first byte only.
+    /// A stream may go as long between two of its parts; past it the stream is cut (and
+    /// refunded unless it had answered).
     #[arg(long, env = "FLOWGATE_UPSTREAM_TIMEOUT", default_value = "300s")]
     pub upstream_timeout: String,
     /// Target of /chat/authenticate and /chat/refresh (OIDC token endpoint).

@@ -29,6 +29,12 @@ use crate::telemetry;
 /// How long a client may take to send a request's headers (hyper closes the connection after).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a client's connection may take no bytes of an answer before it is closed. A client
+/// that stops reading would otherwise hold its connection, the answer's stream from Flowise, and
+/// its credit reservation for as long as it likes: hyper stops reading a body it cannot write,
+/// so nothing else would notice.
+pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(60);
+
 /// Response body type shared by every handler.
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -46,7 +52,7 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut connections = Connections::new(handler);
+    let mut connections = Connections::new(handler, WRITE_STALL_LIMIT);
     while let Some((stream, peer)) = accept(&listener, &shutdown).await {
         connections.serve(stream, peer);
     }
@@ -92,7 +98,7 @@ impl Threads {
                 .spawn(move || {
                     telemetry::buffer_thread();
                     runtime.block_on(async move {
-                        let mut connections = Connections::new(handler);
+                        let mut connections = Connections::new(handler, WRITE_STALL_LIMIT);
                         loop {
                             let (stream, peer) = tokio::select! {
                                 handed = rx.recv() => match handed {
@@ -191,6 +197,8 @@ struct Connections<H> {
     handler: H,
     builder: auto::Builder<TokioExecutor>,
     graceful: GracefulShutdown,
+    /// How long a write to a client may wait before its connection is closed.
+    write_stall: Duration,
 }
 
 impl<H, F> Connections<H>
@@ -198,7 +206,7 @@ where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    fn new(handler: H) -> Self {
+    fn new(handler: H, write_stall: Duration) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // Without a timer hyper never times out a client that sends its headers slowly (or
         // never finishes them): each such connection would hold its task and buffer forever.
@@ -211,6 +219,7 @@ where
             handler,
             builder,
             graceful: GracefulShutdown::new(),
+            write_stall,
         }
     }
 
@@ -221,9 +230,13 @@ where
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler(req, peer).await) }
         });
+        // A write that waits too long fails the connection; its answer's body is dropped, as
+        // for a client that hung up (a stream is aborted in Flowise and settled).
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(self.write_stall));
         let conn = self
             .builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+            .serve_connection_with_upgrades(TokioIo::new(Box::pin(stream)), service);
         let conn = self.graceful.watch(conn.into_owned());
         tokio::spawn(async move {
             if let Err(error) = conn.await {
@@ -238,5 +251,62 @@ where
             () = self.graceful.shutdown() => {}
             () = tokio::time::sleep(drain) => tracing::warn!(?drain, "connections still open after the drain period"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use tokio::io::AsyncWriteExt;
+
+    /// Sets its flag when dropped.
+    struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_loses_its_connection_after_the_write_stall_limit() {
+        let (tx, dropped) = tokio::sync::oneshot::channel::<()>();
+        let tx = std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
+        // An endless answer, as a stream that never ends; its body tells when it is let go.
+        let handler = move |_req: Request<Incoming>, _peer: SocketAddr| {
+            let guard = Dropped(tx.lock().ok().and_then(|mut tx| tx.take()));
+            async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                let frames = futures::stream::repeat_with(move || {
+                    let _held = &guard;
+                    Ok::<_, std::io::Error>(Frame::data(chunk.clone()))
+                });
+                Response::new(StreamBody::new(frames).boxed())
+            }
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut connections = Connections::new(handler, Duration::from_millis(300));
+        tokio::spawn(async move {
+            let (stream, peer) = listener.accept().await.expect("accept");
+            connections.serve(stream, peer);
+            std::future::pending::<()>().await;
+        });
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: flowgate\r\n\r\n")
+            .await
+            .expect("request");
+        // The client reads nothing: the socket's buffers fill, then the write waits.
+        tokio::time::timeout(Duration::from_secs(20), dropped)
+            .await
+            .expect("the answer is let go once writing it stalled")
+            .expect("dropped, not forgotten");
+        drop(client);
     }
 }

@@ -276,6 +276,53 @@ async fn flowise_cutting_a_stream_refunds_unanswered_and_settles_answered_predic
 }
 
 #[tokio::test]
+async fn a_stream_flowise_stops_sending_is_cut_at_the_upstream_timeout_refunded_and_aborted() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (team, policy) = team_with_policy("faults-stall").await;
+        // The headers at once, then nothing for longer than the whole test.
+        let stalled = FakeFlowise::start(Mode::Stream {
+            tokens: 0,
+            gap: Duration::from_secs(120),
+        })
+        .await;
+        let gate = Flowgate::start_with(Options {
+            flowise_url: Some(stalled.url.clone()),
+            upstream_timeout: Some("1s".into()),
+            ..Default::default()
+        })
+        .await;
+        let alice = team.alice();
+        indexed(&gate, &alice, &policy).await;
+        let started = tokio::time::Instant::now();
+        let resp = reqwest::Client::new()
+            .post(format!(
+                "{}/api/v1/prediction/{}",
+                gate.base, team.flowise_id
+            ))
+            .bearer_auth(&alice)
+            .json(&json!({"question": "still there?", "streaming": true}))
+            .send()
+            .await
+            .expect("flowgate answers");
+        assert_eq!(resp.status(), 200, "the stream started");
+        // Cut: a broken body, never a clean end.
+        assert!(resp.text().await.is_err(), "the stream is cut, not ended");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "cut at the timeout, not when Flowise would have gone on"
+        );
+        used_becomes(&gate, &alice, &policy, 0).await;
+        support::eventually(10, "Flowise's abort endpoint called", || async {
+            (stalled.aborts.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+#[tokio::test]
 async fn a_client_hanging_up_mid_stream_aborts_in_flowise_and_is_charged() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let (team, policy) = team_with_policy("faults-hangup").await;
@@ -415,7 +462,8 @@ async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_w
         }
 
         // Still streaming FLOWGATE_UPSTREAM_TIMEOUT after the hang-up: aborted, charged what
-        // Flowise reported by then (the flat cost).
+        // Flowise reported by then (the flat cost). Each gap is inside the timeout (a longer
+        // one would cut the stream as stalled); the report comes 3 s after the hang-up.
         let slow = FakeFlowise::start(Mode::Stream {
             tokens: 10,
             gap: Duration::from_millis(1500),
@@ -423,7 +471,7 @@ async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_w
         .await;
         let gate = Flowgate::start_with(Options {
             flowise_url: Some(slow.url.clone()),
-            upstream_timeout: Some("1s".into()),
+            upstream_timeout: Some("2s".into()),
             ..Default::default()
         })
         .await;

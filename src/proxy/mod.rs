@@ -582,6 +582,7 @@ impl Proxy {
             let metrics = self.metrics.clone();
             // Where no policy prices tokens, the scanner keeps no node list (megabytes each).
             let counted = drain.then(|| resume.clone());
+            let stall = self.upstream.timeout();
             let observed = Observed::new(incoming, counted, move |report| {
                 let answered = report.answered;
                 if report.error_event {
@@ -613,7 +614,8 @@ impl Proxy {
                     (_, Some(charge)) => credits.refund_held(charge),
                     (_, None) => None,
                 }
-            });
+            })
+            .stalls_after(stall);
             let body = if drain {
                 self.drains.wrap(observed, &caller).boxed()
             } else {

@@ -76,6 +76,33 @@ pub struct Observed<B> {
     held: Option<Held>,
     /// The client went away and the stream is read on without it.
     client_left: bool,
+    /// How long Flowise may send nothing before the stream counts as failed.
+    stall: Option<Stall>,
+}
+
+/// The watch for a stream Flowise stopped sending: the timer is moved only when it fires (a
+/// frame just records its time), so a fast stream costs a clock read per frame.
+struct Stall {
+    limit: std::time::Duration,
+    last_frame: tokio::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Stall {
+    /// Whether Flowise has sent nothing for the whole limit; if not, the timer is set for when
+    /// it will have (and wakes `cx` then).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.last_frame + self.limit;
+            if due <= tokio::time::Instant::now() {
+                return true;
+            }
+            self.timer.as_mut().reset(due);
+        }
+    }
 }
 
 struct Held {
@@ -99,7 +126,20 @@ impl<B> Observed<B> {
             on_end: Some(Box::new(on_end)),
             held: None,
             client_left: false,
+            stall: None,
         }
+    }
+
+    /// Fails the stream once Flowise has sent nothing for `limit` (a hung run would otherwise
+    /// hold its client, its connection and its reservation for ever).
+    pub fn stalls_after(mut self, limit: std::time::Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        self.stall = Some(Stall {
+            limit,
+            last_frame: now,
+            timer: Box::pin(tokio::time::sleep_until(now + limit)),
+        });
+        self
     }
 
     /// The client went away; the stream is read on without it.
@@ -193,6 +233,9 @@ where
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(stall) = self.stall.as_mut() {
+                    stall.last_frame = tokio::time::Instant::now();
+                }
                 if let Some(data) = frame.data_ref() {
                     self.scanner.feed(data);
                 }
@@ -208,7 +251,24 @@ where
                 self.end(StreamEnd::UpstreamFailed, last, cx)
             }
             Poll::Ready(None) => self.end(StreamEnd::Completed, None, cx),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let Some(limit) = self
+                    .stall
+                    .as_mut()
+                    .and_then(|stall| stall.expired(cx).then_some(stall.limit))
+                else {
+                    return Poll::Pending;
+                };
+                tracing::warn!(
+                    ?limit,
+                    "Flowise sent nothing for too long; the stream is cut"
+                );
+                let error = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("Flowise sent nothing for {limit:?}"),
+                );
+                self.end(StreamEnd::UpstreamFailed, Some(Err(error)), cx)
+            }
         }
     }
 
@@ -383,6 +443,51 @@ mod tests {
         assert!(first.is_some());
         drop(body);
         assert_eq!(seen.lock().expect("lock")[0].end, StreamEnd::ClientGone);
+    }
+
+    /// Frames sent `gaps` apart (each gap before its frame), then a stream that never ends.
+    fn paced(
+        gaps: Vec<std::time::Duration>,
+    ) -> impl Body<Data = Bytes, Error = std::io::Error> + Unpin {
+        let frames = futures::stream::unfold(gaps.into_iter(), |mut gaps| async move {
+            let gap = gaps.next()?;
+            tokio::time::sleep(gap).await;
+            Some((Ok(Frame::data(Bytes::from_static(b"data:x\n\n"))), gaps))
+        });
+        StreamBody::new(Box::pin(futures::StreamExt::chain(
+            frames,
+            futures::stream::pending(),
+        )))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_flowise_stops_sending_fails_after_the_stall_limit() {
+        let (seen, on_end) = recorder();
+        let limit = std::time::Duration::from_secs(300);
+        // Steady frames, each just inside the limit, then silence.
+        let gaps = vec![limit - std::time::Duration::from_secs(1); 3];
+        let mut body = Observed::new(paced(gaps), Some(Resume::New), on_end).stalls_after(limit);
+        let started = tokio::time::Instant::now();
+        for _ in 0..3 {
+            assert!(
+                matches!(body.frame().await, Some(Ok(_))),
+                "a frame in time passes"
+            );
+        }
+        let last_frame = started.elapsed();
+        let error = match body.frame().await {
+            Some(Err(error)) => error,
+            other => panic!("the silence ends in an error, not {other:?}"),
+        };
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(
+            started.elapsed() - last_frame,
+            limit,
+            "measured from the last frame"
+        );
+        let reports = seen.lock().expect("lock").clone();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].end, StreamEnd::UpstreamFailed);
     }
 
     #[tokio::test]

@@ -89,6 +89,12 @@ impl Upstream {
         })
     }
 
+    /// How long Flowise may take to start an answer, to finish a whole one, or to send the next
+    /// part of a stream.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The default Flowise key, if configured.
     pub fn default_key(&self) -> Option<&HeaderValue> {
         self.default_key.as_ref()
