@@ -139,6 +139,52 @@ async fn a_user_added_by_email_can_predict_until_removed_and_gitops_objects_stay
 }
 
 #[tokio::test]
+async fn a_write_the_api_server_refuses_for_good_is_a_conflict_not_a_retry() {
+    // A quota of no ChatflowAccess: the API server's ResourceQuota admission refuses the
+    // admin API's object (403), which no retry changes.
+    let team = Team::new("admin-quota").await;
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(team.client.clone(), &team.ns);
+    let quota = serde_json::from_value(json!({
+        "metadata": {"name": "no-access-objects"},
+        "spec": {"hard": {"count/chatflowaccesses.flowgate.io": "0"}}
+    }))
+    .expect("quota");
+    quotas
+        .create(&kube::api::PostParams::default(), &quota)
+        .await
+        .expect("quota created");
+    // No quota controller runs here: its status, which admission reads, is written by hand.
+    let status = json!({"status": {
+        "hard": {"count/chatflowaccesses.flowgate.io": "0"},
+        "used": {"count/chatflowaccesses.flowgate.io": "1"}
+    }});
+    quotas
+        .patch_status(
+            "no-access-objects",
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await
+        .expect("quota status written");
+    let gate = Flowgate::start().await;
+    let path = format!(
+        "/api/admin/chatflows/{}/users/email/{}",
+        team.flowise_id,
+        encode(&format!("carol@{}.test", team.ns))
+    );
+    let (status, body) = call(&gate, M::POST, &path, Some(&root()), None).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "kubernetes_refused", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("quota"),
+        "the API server's reason: {message}"
+    );
+    team.cleanup().await;
+}
+
+#[tokio::test]
 async fn adds_report_each_entry_and_refuse_bad_bodies_strangers_and_unknown_chatflows() {
     let team = Team::new("admin-bulk").await;
     let gate = Flowgate::start().await;

@@ -155,14 +155,65 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-/// A Kubernetes failure as the proxy's error.
+/// A Kubernetes failure as the proxy's error: 503 for what may pass (the API server down,
+/// overloaded, throttling), 409 `kubernetes_refused` for what a retry cannot change — a 4xx
+/// such as an invalid or too large object, an admission webhook's or RBAC's denial.
 pub fn kube_error(e: kube::Error) -> ProxyError {
-    ProxyError::Kubernetes(e.to_string())
+    match e {
+        kube::Error::Api(status)
+            if (400..500).contains(&status.code) && ![408, 429].contains(&status.code) =>
+        {
+            ProxyError::KubernetesRefused(format!(
+                "{} ({}): {}",
+                status.reason, status.code, status.message
+            ))
+        }
+        other => ProxyError::Kubernetes(other.to_string()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(&format!("{reason} by the API server"), reason)
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn a_refusal_a_retry_cannot_change_is_a_conflict_and_the_rest_unavailable() {
+        for (code, reason) in [
+            (400, "BadRequest"),
+            (403, "Forbidden"),
+            (413, "RequestEntityTooLarge"),
+            (422, "Invalid"),
+        ] {
+            let error = kube_error(api_error(code, reason));
+            assert_eq!(error.status_and_code().1, "kubernetes_refused", "{code}");
+            let message = error.to_string();
+            assert!(
+                message.contains(&format!("{reason} by the API server")),
+                "{message}"
+            );
+        }
+        for (code, reason) in [
+            (408, "Timeout"),
+            (429, "TooManyRequests"),
+            (500, "InternalError"),
+            (503, "ServiceUnavailable"),
+        ] {
+            let error = kube_error(api_error(code, reason));
+            assert_eq!(
+                error.status_and_code().1,
+                "kubernetes_unavailable",
+                "{code}"
+            );
+        }
+    }
 
     #[test]
     fn new_objects_carry_the_label_and_name_one_chatflow() {

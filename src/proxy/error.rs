@@ -115,6 +115,10 @@ pub enum ProxyError {
     NotFoundDetail(String),
     #[error("Kubernetes API error: {0}")]
     Kubernetes(String),
+    /// The API server refused a write for good (invalid, too large, denied by an admission
+    /// webhook or by RBAC): asking again changes nothing.
+    #[error("the Kubernetes API server refused the change: {0}")]
+    KubernetesRefused(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -159,6 +163,7 @@ impl ProxyError {
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             NotFoundDetail(_) => (StatusCode::NOT_FOUND, "not_found"),
             Kubernetes(_) => (StatusCode::SERVICE_UNAVAILABLE, "kubernetes_unavailable"),
+            KubernetesRefused(_) => (StatusCode::CONFLICT, "kubernetes_refused"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
