@@ -10,6 +10,11 @@ use serde::de::DeserializeOwned;
 
 use super::{ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
 
+/// The most of one Flowise answer that is read. A listing carries every chatflow's flow JSON
+/// (tens of kilobytes each, a few megabytes with embedded files); past this, a wrong URL or a
+/// broken Flowise would otherwise be read into the controller's memory until it is killed.
+const MAX_ANSWER_BYTES: usize = 256 << 20;
+
 /// How long the client waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -129,10 +134,6 @@ impl FlowiseClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport(e, &url))?;
         if !content_type.contains("json") {
             return Err(FlowiseError::NotJson {
                 status: status.as_u16(),
@@ -140,7 +141,14 @@ impl FlowiseClient {
                 url: self.shown.clone(),
             });
         }
-        Ok((status, bytes))
+        match read_limited(response, MAX_ANSWER_BYTES).await {
+            Ok(Some(bytes)) => Ok((status, bytes)),
+            Ok(None) => Err(FlowiseError::TooLarge {
+                limit: MAX_ANSWER_BYTES,
+                url: self.shown.clone(),
+            }),
+            Err(e) => Err(self.transport(e, &url)),
+        }
     }
 
     fn transport(&self, error: reqwest::Error, url: &Url) -> FlowiseError {
@@ -220,6 +228,25 @@ impl FlowiseClient {
 }
 
 /// `api/v1/chatflows/{id}`, the id percent-encoded as one path segment.
+/// The whole body of `response`, or `None` once it is (or says it will be) longer than `limit`.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Bytes>, reqwest::Error> {
+    let declared = response.content_length().unwrap_or(0);
+    if usize::try_from(declared).map_or(true, |declared| declared > limit) {
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::with_capacity(declared as usize);
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
+}
+
 fn chatflow_path(id: &str) -> String {
     let encoded: String = id
         .bytes()
@@ -326,6 +353,64 @@ mod tests {
     fn ids_are_one_path_segment() {
         assert_eq!(chatflow_path("ab-12"), "api/v1/chatflows/ab-12");
         assert_eq!(chatflow_path("../x"), "api/v1/chatflows/..%2Fx");
+    }
+
+    /// Serves one answer of `head` (status line and headers) followed by `chunks` chunks of
+    /// 64 KiB, chunked; returns its URL.
+    async fn serve_once(head: &'static str, chunks: usize) -> Url {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url =
+            Url::parse(&format!("http://{}/", listener.local_addr().expect("addr"))).expect("url");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let _ = stream.write_all(head.as_bytes()).await;
+            let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+            for _ in 0..chunks {
+                if stream.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            let _ = stream.write_all(b"0\r\n\r\n").await;
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_read_up_to_the_limit_and_no_further() {
+        const CHUNKED: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                               transfer-encoding: chunked\r\n\r\n";
+        crate::telemetry::install_crypto_provider();
+        let limit = 4 * 0x10000;
+        let fits = reqwest::get(serve_once(CHUNKED, 4).await)
+            .await
+            .expect("answer");
+        let body = read_limited(fits, limit).await.expect("read");
+        assert_eq!(
+            body.map(|b| b.len()),
+            Some(limit),
+            "all of it, up to the limit"
+        );
+        // Longer: read only up to the limit.
+        let longer = reqwest::get(serve_once(CHUNKED, 64).await)
+            .await
+            .expect("answer");
+        assert!(read_limited(longer, limit).await.expect("read").is_none());
+        // Declared too long: not read at all.
+        let declared = reqwest::get(
+            serve_once(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 999999999\r\n\r\n",
+                0,
+            )
+            .await,
+        )
+        .await
+        .expect("answer");
+        assert!(read_limited(declared, limit).await.expect("read").is_none());
     }
 
     #[test]

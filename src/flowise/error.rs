@@ -36,6 +36,9 @@ pub enum FlowiseError {
         content_type: String,
         url: String,
     },
+    /// The answer was longer than the client reads.
+    #[error("Flowise's answer is longer than {limit} bytes; is {url} the Flowise API?")]
+    TooLarge { limit: usize, url: String },
     /// JSON that does not have the expected shape.
     #[error("Flowise answered JSON of an unexpected shape: {0}")]
     Decode(#[source] serde_json::Error),
@@ -72,6 +75,7 @@ impl FlowiseError {
             Self::Unauthorized(_)
             | Self::Forbidden(_)
             | Self::Decode(_)
+            | Self::TooLarge { .. }
             | Self::ApiKeyFile { .. }
             | Self::Client(_) => false,
         }
@@ -92,6 +96,7 @@ impl FlowiseError {
             Self::Status { status, .. } if *status >= 500 => "server_error",
             Self::Status { .. } => "status",
             Self::NotJson { .. } => "not_json",
+            Self::TooLarge { .. } => "too_large",
             Self::Decode(_) => "decode",
             Self::Http { .. } => "http",
             Self::ApiKeyFile { .. } => "api_key_file",
