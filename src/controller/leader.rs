@@ -101,16 +101,16 @@ impl Lease {
         }
     }
 
-    /// Renews every `renew_every` (every `retry_every` after a failure) until `session` ends;
-    /// cancels `session` when the Lease is lost (someone else holds it, or no renewal succeeded
-    /// for two thirds of its duration).
-    pub(super) async fn hold(&self, session: CancellationToken) {
+    /// Renews every `renew_every` (every `retry_every` after a failure) until `until` is
+    /// cancelled (true), or the Lease is lost (false: someone else holds it, or no renewal
+    /// succeeded for two thirds of its duration).
+    pub(super) async fn hold(&self, until: &CancellationToken) -> bool {
         let deadline = self.settings.duration * 2 / 3;
         let mut renewed = Instant::now();
         let mut wait = self.settings.renew_every;
         loop {
             tokio::select! {
-                () = session.cancelled() => return,
+                () = until.cancelled() => return true,
                 () = tokio::time::sleep(wait) => {}
             }
             wait = self.settings.renew_every;
@@ -123,13 +123,11 @@ impl Lease {
                 Ok(Ok(true)) => renewed = sent,
                 Ok(Ok(false)) => {
                     tracing::warn!("another replica holds the controller Lease");
-                    session.cancel();
-                    return;
+                    return false;
                 }
                 Ok(Err(error)) if renewed.elapsed() >= deadline => {
                     tracing::warn!(%error, "could not renew the controller Lease in time");
-                    session.cancel();
-                    return;
+                    return false;
                 }
                 Ok(Err(error)) => {
                     // Again soon, not a whole renewal period later: one failed call (a 5xx, a
@@ -139,8 +137,7 @@ impl Lease {
                 }
                 Err(_) => {
                     tracing::warn!(?left, "the Lease renewal did not answer in time");
-                    session.cancel();
-                    return;
+                    return false;
                 }
             }
         }

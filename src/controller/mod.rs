@@ -220,19 +220,24 @@ impl Controller {
             tracing::info!(identity = %self.settings.lease.identity, "leading: reconciling");
             self.metrics.controller.set_leader(true);
             let session = shutdown.child_token();
-            // Cancelled when the Lease is lost (not on shutdown): reconciles still running stop
-            // at their next await instead of finishing, so a Flowise write can no longer start
-            // here while another replica already leads.
+            // Cancelled when the Lease is lost: reconciles still running stop at their next
+            // await instead of finishing, so a Flowise write can no longer start here while
+            // another replica already leads.
             let fence = CancellationToken::new();
+            // The Lease is held until the last reconcile has finished, also through a
+            // shutdown's drain: released earlier, or left to expire, another replica could
+            // create what a reconcile here is still creating.
+            let led = CancellationToken::new();
             tokio::join!(
                 async {
                     self.lead(session.clone(), fence.clone()).await;
                     session.cancel();
+                    led.cancel();
                 },
                 async {
-                    lease.hold(session.clone()).await;
-                    if !shutdown.is_cancelled() {
+                    if !lease.hold(&led).await {
                         fence.cancel();
+                        session.cancel();
                     }
                 },
             );

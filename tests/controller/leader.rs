@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -73,12 +74,24 @@ async fn only_the_lease_holder_reconciles_and_another_takes_over_when_it_is_kill
     follower.stop().await;
 }
 
-/// The real Flowise, except that a create never answers. It records when one starts and when
-/// it is dropped by the controller.
+/// The real Flowise, except that a create waits until `release` is notified (for ever, if it
+/// never is). It records when one starts and when it is dropped by the controller.
 struct HangingCreates {
     inner: Arc<dyn FlowiseApi>,
     started: Arc<AtomicBool>,
     dropped: Arc<AtomicBool>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl HangingCreates {
+    fn new() -> Self {
+        Self {
+            inner: Arc::new(support::flowise()),
+            started: Arc::default(),
+            dropped: Arc::default(),
+            release: Arc::default(),
+        }
+    }
 }
 
 /// Sets its flag when dropped.
@@ -104,12 +117,13 @@ impl FlowiseApi for HangingCreates {
 
     fn create<'a>(
         &'a self,
-        _chatflow: &'a ChatflowWrite,
+        chatflow: &'a ChatflowWrite,
     ) -> BoxFuture<'a, Result<FlowiseChatflow, FlowiseError>> {
         Box::pin(async move {
             let _dropped = Dropped(self.dropped.clone());
             self.started.store(true, Ordering::SeqCst);
-            std::future::pending().await
+            self.release.notified().await;
+            self.inner.create(chatflow).await
         })
     }
 
@@ -131,12 +145,8 @@ async fn losing_the_lease_stops_a_flowise_call_in_flight() {
     let (client, ns, api, _objects) = setup("cf-fence").await;
     let name = support::unique("fgtest-fence");
     let _cleanup = support::FlowiseCleanup(name.clone());
-    let (started, dropped) = (Arc::default(), Arc::default());
-    let flowise = HangingCreates {
-        inner: Arc::new(support::flowise()),
-        started: Arc::clone(&started),
-        dropped: Arc::clone(&dropped),
-    };
+    let flowise = HangingCreates::new();
+    let (started, dropped) = (flowise.started.clone(), flowise.dropped.clone());
     let running = start_with(&client, settings(&ns), Arc::new(flowise));
     support::eventually(20, "the controller leads", || async {
         running.metrics.controller.is_leader().then_some(())
@@ -173,6 +183,57 @@ async fn losing_the_lease_stops_a_flowise_call_in_flight() {
     assert!(!running.metrics.controller.is_leader());
     // Nothing is left running that could hold up shutdown.
     running.stop().await;
+}
+
+/// A replica told to stop while a reconcile is still writing to Flowise keeps the Lease until
+/// that reconcile has finished: left to expire, it would let another replica create the same
+/// chatflow meanwhile.
+#[tokio::test]
+async fn a_stopping_leader_holds_the_lease_until_its_last_reconcile_finished() {
+    let (client, ns, api, _objects) = setup("cf-drain").await;
+    let name = support::unique("fgtest-drain");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let flowise = HangingCreates::new();
+    let (started, release) = (flowise.started.clone(), flowise.release.clone());
+    let running = start_with(&client, settings(&ns), Arc::new(flowise));
+    support::eventually(20, "the controller leads", || async {
+        running.metrics.controller.is_leader().then_some(())
+    })
+    .await;
+    create(&api, owned_doc("owned", &name, "Delete")).await;
+    support::eventually(20, "the create reaches Flowise", || async {
+        started.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let renewed = |lease: Lease| {
+        let spec = lease.spec.unwrap_or_default();
+        (spec.holder_identity, spec.renew_time.map(|t| t.0))
+    };
+    let (holder, before) = renewed(leases.get("flowgate-controller").await.expect("lease"));
+    let stopping = tokio::spawn(running.stop());
+    // Twice the Lease's duration (3 s): still held, renewed all along.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (still, after) = renewed(leases.get("flowgate-controller").await.expect("lease"));
+    assert_eq!(still, holder, "the stopping replica still holds the Lease");
+    let (Some(before), Some(after)) = (before, after) else {
+        panic!("a held Lease has a renewTime");
+    };
+    assert!(
+        jiff::Timestamp::now().duration_since(after) < jiff::SignedDuration::from_secs(3),
+        "renewed within its duration while the create ran ({before} → {after})"
+    );
+    assert!(!stopping.is_finished(), "the stop waits for the reconcile");
+
+    release.notify_one();
+    tokio::time::timeout(Duration::from_secs(30), stopping)
+        .await
+        .expect("the stop ends once the create did")
+        .expect("stopped cleanly");
+    wait_ready(&api, "owned", "True", "Synced").await;
+    let (holder, _) = renewed(leases.get("flowgate-controller").await.expect("lease"));
+    assert_eq!(holder, None, "released once the create finished");
 }
 
 /// A replica told to stop just as it starts leading (a rollout, a SIGTERM at the wrong moment)
