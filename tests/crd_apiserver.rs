@@ -197,11 +197,36 @@ async fn other_schema_violations_are_refused_naming_the_field() {
                    "spec": {"chatflows": ["*"], "budget": {"credits": u64::MAX, "period": "Daily"}}}),
             "spec.budget.credits",
         ),
+        // Values the API server's formats let through but flowgate could not read: each would
+        // fail the whole watch of its kind.
+        (
+            json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess", "metadata": {"name": "l"},
+                   "spec": {"chatflows": ["x"], "subjects": [{"user": "u"}],
+                            "rateLimit": {"requests": 4_294_967_296_u64, "per": "Minute"}}}),
+            "spec.rateLimit.requests",
+        ),
+        (
+            json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess", "metadata": {"name": "m"},
+                   "spec": {"chatflows": ["x"], "subjects": [{"user": "u"}],
+                            "expiresAt": "2030-01-01T00:00:00.1234567890Z"}}),
+            "spec.expiresAt",
+        ),
     ];
     for (doc, field) in cases {
         let message = rejection_message(create(&client, &ns, doc).await);
         assert!(message.contains(field), "expected {field} in: {message}");
     }
+    // The bounds keep what flowgate reads: nanoseconds and an offset, the largest rate.
+    let edge = json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess",
+        "metadata": {"name": "edge"},
+        "spec": {"chatflows": ["x"], "subjects": [{"user": "u"}],
+                 "expiresAt": "2030-01-01T00:00:00.123456789+02:00",
+                 "rateLimit": {"requests": u32::MAX, "per": "Hour"}}});
+    create(&client, &ns, edge).await.expect("accepted");
+    let typed: kube::Api<flowgate::crd::ChatflowAccess> =
+        kube::Api::namespaced(client.clone(), &ns);
+    let edge = typed.get("edge").await.expect("read back typed");
+    assert_eq!(edge.spec.rate_limit.map(|r| r.requests), Some(u32::MAX));
 }
 
 #[tokio::test]

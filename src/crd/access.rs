@@ -44,6 +44,7 @@ pub struct ChatflowAccessSpec {
 
     /// When set, the access ends by itself at this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = super::TIME_PATTERN))]
     pub expires_at: Option<Time>,
 
     /// When true, the access is kept but grants nothing.
@@ -63,7 +64,9 @@ pub struct ChatflowAccessSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     /// Predictions allowed per period.
-    #[schemars(range(min = 1))]
+    // Bounded in the schema: the API server does not check `uint32`, and one number past it
+    // would fail the whole watch of ChatflowAccess objects.
+    #[schemars(range(min = 1, max = 4_294_967_295_u32))]
     pub requests: u32,
     /// The period: `Second`, `Minute` or `Hour`.
     pub per: RatePeriod,
@@ -144,9 +147,11 @@ pub enum Role {
 pub struct ChatflowAccessStatus {
     /// How many Chatflows the rule resolves to now.
     #[serde(default)]
+    #[schemars(range(max = 4_294_967_295_u32))]
     pub resolved_chatflows: u32,
     /// How many valid subjects the rule names.
     #[serde(default)]
+    #[schemars(range(max = 4_294_967_295_u32))]
     pub subjects: u32,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

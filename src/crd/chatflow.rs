@@ -152,6 +152,7 @@ pub struct ChatflowStatus {
     pub api_key_bound: Option<bool>,
     /// When flowgate last compared this Chatflow with Flowise successfully.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = super::TIME_PATTERN))]
     pub last_sync_time: Option<Time>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

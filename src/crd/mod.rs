@@ -26,6 +26,11 @@ use kube::CustomResourceExt;
 
 /// API group of every flowgate resource.
 pub const GROUP: &str = "flowgate.io";
+
+/// The times flowgate reads (RFC 3339, at most nanoseconds). The API server's `date-time`
+/// format also takes ten or more fractional digits, which flowgate cannot read: one such
+/// object would fail the whole watch of its kind, and with it every update to the index.
+pub const TIME_PATTERN: &str = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$";
 /// Field manager for every server-side apply flowgate makes.
 pub const FIELD_MANAGER: &str = "flowgate";
 /// Finalizer on Chatflows that own a chatflow in Flowise.

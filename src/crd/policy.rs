@@ -152,9 +152,11 @@ fn one() -> u64 {
 pub struct CreditPolicyStatus {
     /// Start of the current period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = super::TIME_PATTERN))]
     pub period_start: Option<Time>,
     /// When the current period ends and the budget resets (absent for `Never`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = super::TIME_PATTERN))]
     pub next_reset: Option<Time>,
     /// Credits charged in the current period, over all subjects, net of admins' adjustments
     /// (refreshed periodically).
@@ -162,6 +164,7 @@ pub struct CreditPolicyStatus {
     pub credits_used: u64,
     /// Subjects with no credits left in the current period.
     #[serde(default)]
+    #[schemars(range(max = 4_294_967_295_u32))]
     pub subjects_exhausted: u32,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
