@@ -437,9 +437,14 @@ impl Conn {
         let mut used_after = vec![0; charges.len()];
         for i in lock_order(charges.iter().map(Charge::key)) {
             let charge = &charges[i];
-            let charged = if charge.fits(0) {
-                tx.query_opt(
-                    &st.charge,
+            let statement = if charge.fits(0) {
+                &st.charge
+            } else {
+                &st.charge_existing
+            };
+            let charged = tx
+                .query_opt(
+                    statement,
                     &[
                         &charge.policy,
                         &charge.bucket,
@@ -449,10 +454,7 @@ impl Conn {
                         &charge.own_limit,
                     ],
                 )
-                .await?
-            } else {
-                None
-            };
+                .await?;
             match charged {
                 Some(row) => used_after[i] = row.try_get(0)?,
                 None => {

@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn adjustment(bucket: &str, credits: i64) -> AdjustRequest {
+pub fn adjustment(bucket: &str, credits: i64) -> AdjustRequest {
     AdjustRequest {
         policy: POLICY.into(),
         bucket: bucket.into(),

@@ -123,6 +123,42 @@ async fn a_request_the_database_refuses_fails_alone() {
     assert_eq!(used(&*ledger, POLICY, "*").await, 10);
 }
 
+/// The one-operation path a refused batch falls back to admits what the batch admits: an
+/// amount larger than the budget into a bucket an admin gave credits to (a negative `used`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_path_admits_into_buckets_given_credits() {
+    let store = crate::support::postgres("fallback_given").await;
+    let ledger = store.open().await;
+    for i in 0..20 {
+        ledger
+            .adjust(adjustment(&format!("user-{i}"), 7))
+            .await
+            .expect("7 credits given");
+    }
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let ledger = ledger.clone();
+            // One bad request sends its batch down the fallback path.
+            let subject = if i == 7 {
+                "bad\0subject".to_string()
+            } else {
+                format!("user-{i}")
+            };
+            let req = request(&subject, vec![line(POLICY, &format!("user-{i}"), 10, 17)]);
+            tokio::spawn(async move { (i, ledger.reserve(req).await) })
+        })
+        .collect();
+    for task in tasks {
+        match task.await.expect("task") {
+            (7, _) => {}
+            (_, Ok(ReserveOutcome::Reserved { remaining, .. })) => {
+                assert_eq!(remaining, vec![(POLICY.to_string(), 0)]);
+            }
+            (i, other) => panic!("request {i}: 10 + 7 credits fit 17, got {other:?}"),
+        }
+    }
+}
+
 /// A batch PostgreSQL aborts leaves no transaction open on its connection: every request after
 /// a refused one is served.
 #[tokio::test]

@@ -145,6 +145,7 @@ pub(super) struct Statements {
     pub(super) insert_reservation: Statement,
     pub(super) find_key: Statement,
     pub(super) charge: Statement,
+    pub(super) charge_existing: Statement,
     pub(super) used_of: Statement,
     pub(super) lock_reservation: Statement,
     pub(super) lines_of: Statement,
@@ -166,7 +167,15 @@ pub(super) struct Statements {
 
 impl Statements {
     pub(super) async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
-        let (insert_reservation, find_key, charge, used_of, lock_reservation, lines_of) = futures::try_join!(
+        let (
+            insert_reservation,
+            find_key,
+            charge,
+            charge_existing,
+            used_of,
+            lock_reservation,
+            lines_of,
+        ) = futures::try_join!(
             // The reservation and its lines, in one round trip; with state `charged` (a final
             // cost) also its usage rows.
             client.prepare(
@@ -209,6 +218,14 @@ impl Statements {
                  ON CONFLICT (policy, bucket, window_start)
                  DO UPDATE SET used = b.used + EXCLUDED.used, own_limit = EXCLUDED.own_limit
                      WHERE b.used < $5::int8 AND b.used <= $5::int8 - EXCLUDED.used
+                 RETURNING used"
+            ),
+            // An amount a new bucket could not take may still fit one an admin gave credits to
+            // (a negative `used`): only an existing row is charged.
+            client.prepare(
+                "UPDATE buckets AS b SET used = b.used + $4::int8, own_limit = $6::int8
+                 WHERE b.policy = $1::text AND b.bucket = $2::text AND b.window_start = $3::int8
+                   AND b.used < $5::int8 AND b.used <= $5::int8 - $4::int8
                  RETURNING used"
             ),
             client.prepare(
@@ -518,6 +535,7 @@ impl Statements {
             insert_reservation,
             find_key,
             charge,
+            charge_existing,
             used_of,
             lock_reservation,
             lines_of,
