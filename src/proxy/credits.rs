@@ -521,9 +521,10 @@ impl Credits {
 
 /// Runs one ledger call and records how long it took, answered or failed.
 /// A settle or refund, retried while the ledger fails transiently (a lost connection, a
-/// failover, a busy database): 0.2 s doubling to 10 s, about two minutes in all — well inside
-/// a reservation's expiry, after which the sweep charges what it held. Both are idempotent (the
-/// reservation's state decides), so a retry of one that did commit changes nothing.
+/// failover, a busy database): 0.2 s doubling to 10 s, for as long as a reservation may stay
+/// open ([`RESERVATION_TTL`]). Both still correct a reservation the sweep charged meanwhile,
+/// and both are idempotent (the reservation's state decides), so a retry of one that did commit
+/// changes nothing. Few wait at once: while the ledger is down no new reservation is made.
 async fn retried<T, F, Fut>(
     call: F,
     reservation: ReservationId,
@@ -538,7 +539,8 @@ where
         .with_max_delay(Duration::from_secs(10))
         .with_factor(2.0)
         .with_jitter()
-        .with_max_times(15);
+        .without_max_times()
+        .with_total_delay(Some(RESERVATION_TTL));
     call.retry(backoff)
         .sleep(tokio::time::sleep)
         .when(LedgerError::transient)
@@ -644,6 +646,35 @@ fn secs_until(now: Timestamp, at: Timestamp) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settle_is_retried_for_as_long_as_a_reservation_may_stay_open() {
+        let started = tokio::time::Instant::now();
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let result: Result<(), LedgerError> = retried(
+            || async {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(LedgerError::Commit {
+                    message: "the database is failing over".into(),
+                    transient: true,
+                })
+            },
+            ReservationId(1),
+            "settle",
+        )
+        .await;
+        assert!(result.is_err(), "gives up in the end");
+        let waited = started.elapsed();
+        assert!(
+            waited >= RESERVATION_TTL - Duration::from_secs(30) && waited <= RESERVATION_TTL,
+            "gave up after {waited:?}"
+        );
+        let attempts = attempts.into_inner();
+        assert!(
+            attempts >= 40,
+            "every 20 s at most (jitter included): {attempts} attempts"
+        );
+    }
 
     #[test]
     fn retry_after_a_refusal_is_the_reset_in_whole_seconds() {
