@@ -322,7 +322,8 @@ pub fn compile(resources: &Resources) -> Snapshot {
         };
         let position = u32::try_from(snap.access_rules.len()).unwrap_or(u32::MAX);
         snap.access_rules.push(rule.clone());
-        if rule.suspended {
+        // Deleted, though a finalizer (another tool's) keeps the object: its grants end now.
+        if rule.suspended || access.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let grant = Grant {

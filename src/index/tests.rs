@@ -207,6 +207,19 @@ fn suspended_access_grants_nothing_but_stays_listed() {
 }
 
 #[test]
+fn an_access_being_deleted_grants_nothing_while_a_finalizer_keeps_it() {
+    let mut res = team_a();
+    let mut deleting = (*res.accesses[0]).clone();
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+    deleting.metadata.finalizers = Some(vec!["backup.example.com/keep".into()]);
+    res.accesses = vec![Arc::new(deleting)];
+    let snap = compile(&res);
+    let alice = ["alice@example.com".to_string()];
+    assert_eq!(role_on(&snap, &user(&alice), SUPPORT), None);
+}
+
+#[test]
 fn an_invalid_object_is_skipped_without_poisoning_the_rest() {
     let mut res = team_a();
     res.accesses.push(access(
