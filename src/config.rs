@@ -250,7 +250,12 @@ impl Config {
             oidc_issuer_url: optional_url("FLOWGATE_OIDC_ISSUER_URL", args.oidc_issuer_url)?,
             issuer: non_empty(args.jwt_issuer),
             audience: non_empty(args.jwt_audience),
-            leeway: duration("FLOWGATE_JWT_LEEWAY", &args.jwt_leeway)?,
+            // A slip like 30m for 30s would accept every expired token for that long.
+            leeway: at_most(
+                "FLOWGATE_JWT_LEEWAY",
+                duration("FLOWGATE_JWT_LEEWAY", &args.jwt_leeway)?,
+                Duration::from_secs(300),
+            )?,
             service_account_audience: non_empty(args.service_account_audience),
         };
         Ok(Self {
@@ -265,9 +270,15 @@ impl Config {
             jwt,
             identity: claim_mapping(&args.user_claims, &args.groups_claim, &args.admin_claim)?,
             import_namespace: non_empty(args.import_namespace),
-            sync_interval: positive(
+            // Also each Chatflow's requeue: kube-runtime's scheduler panics on a deadline past
+            // about two years.
+            sync_interval: at_most(
                 "FLOWGATE_SYNC_INTERVAL",
-                duration("FLOWGATE_SYNC_INTERVAL", &args.sync_interval)?,
+                positive(
+                    "FLOWGATE_SYNC_INTERVAL",
+                    duration("FLOWGATE_SYNC_INTERVAL", &args.sync_interval)?,
+                )?,
+                Duration::from_secs(24 * 3600),
             )?,
             upstream_timeout: positive(
                 "FLOWGATE_UPSTREAM_TIMEOUT",
@@ -489,6 +500,15 @@ fn retention(setting: &'static str, raw: &str) -> Result<Duration, ConfigError> 
     Ok(length)
 }
 
+fn at_most(setting: &'static str, value: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    if value > max {
+        let max = jiff::SignedDuration::try_from(max).unwrap_or(jiff::SignedDuration::MAX);
+        Err(invalid(setting, format!("must be at most {max:#}")))
+    } else {
+        Ok(value)
+    }
+}
+
 fn positive(setting: &'static str, value: Duration) -> Result<Duration, ConfigError> {
     if value.is_zero() {
         Err(invalid(setting, "must be greater than zero"))
@@ -649,6 +669,8 @@ mod tests {
             (&["--ledger-url", "sqlite://"], "FLOWGATE_LEDGER_URL"),
             (&["--sync-interval", "soon"], "FLOWGATE_SYNC_INTERVAL"),
             (&["--sync-interval", "0s"], "FLOWGATE_SYNC_INTERVAL"),
+            (&["--sync-interval", "25h"], "FLOWGATE_SYNC_INTERVAL"),
+            (&["--jwt-leeway", "30m"], "FLOWGATE_JWT_LEEWAY"),
             (&["--upstream-timeout", "0s"], "FLOWGATE_UPSTREAM_TIMEOUT"),
             (&["--upstream-timeout", "long"], "FLOWGATE_UPSTREAM_TIMEOUT"),
             (&["--admin-claim", "role"], "FLOWGATE_ADMIN_CLAIM"),
