@@ -159,6 +159,33 @@ async fn the_fallback_path_admits_into_buckets_given_credits() {
     }
 }
 
+/// A replica starts while another's write is open: its schema check takes no table lock once
+/// the tables and indexes exist (CREATE INDEX IF NOT EXISTS would wait for the write to end,
+/// and every write after it would wait for the start).
+#[tokio::test]
+async fn a_replica_starts_while_another_holds_a_write_open() {
+    let store = crate::support::postgres("start_during_write").await;
+    let _first = store.open().await;
+    let mut sql = store.sql().await;
+    let tx = sql.transaction().await.expect("begin");
+    for insert in [
+        "INSERT INTO buckets (policy, bucket, window_start, used) VALUES ('p', 'b', 0, 0)",
+        "INSERT INTO reservations (subject, chatflow, state, created_us, expires_us, updated_us)
+         VALUES ('s', 'c', 'reserved', 0, 0, 0)",
+        "INSERT INTO usage (time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome)
+         VALUES (0, 0, 's', 'c', 'p', 0, 0, 'charged')",
+        "INSERT INTO chat_turns (chat, replica, turn, expires_us) VALUES ('c', 'r', 0, 0)",
+    ] {
+        tx.execute(insert, &[]).await.expect("write");
+    }
+    let second = tokio::time::timeout(Duration::from_secs(10), ledger::open(&store.url))
+        .await
+        .expect("the start waits for no write")
+        .expect("opens");
+    drop(second);
+    tx.rollback().await.expect("rollback");
+}
+
 /// A batch PostgreSQL aborts leaves no transaction open on its connection: every request after
 /// a refused one is served.
 #[tokio::test]

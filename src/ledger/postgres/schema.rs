@@ -9,6 +9,9 @@ use crate::ledger::LedgerError;
 const SCHEMA_LOCK: i64 = 0x666c_6f77_6761_7465;
 const SCHEMA_VERSION: i32 = 1;
 
+// Every index is looked up before it is created: CREATE INDEX takes a share lock on its table
+// even when the index exists, and held to the commit of this transaction that would stop every
+// replica's writes while one starts (or deadlock with a write that locks two tables).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS ledger_schema (version integer PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS buckets (
@@ -26,8 +29,12 @@ DO $$ BEGIN
         ALTER TABLE buckets ADD COLUMN own_limit bigint;
     END IF;
 END $$;
-CREATE INDEX IF NOT EXISTS buckets_by_window ON buckets (policy, window_start);
-CREATE INDEX IF NOT EXISTS buckets_by_start ON buckets (window_start);
+DO $$ BEGIN IF to_regclass('buckets_by_window') IS NULL THEN
+    CREATE INDEX IF NOT EXISTS buckets_by_window ON buckets (policy, window_start);
+END IF; END $$;
+DO $$ BEGIN IF to_regclass('buckets_by_start') IS NULL THEN
+    CREATE INDEX IF NOT EXISTS buckets_by_start ON buckets (window_start);
+END IF; END $$;
 CREATE TABLE IF NOT EXISTS reservations (
     id              bigserial PRIMARY KEY,
     subject         text   NOT NULL,
@@ -39,10 +46,14 @@ CREATE TABLE IF NOT EXISTS reservations (
     updated_us      bigint NOT NULL,
     tokens          bigint NOT NULL DEFAULT 0
 );
-CREATE UNIQUE INDEX IF NOT EXISTS reservations_by_key ON reservations (subject, idempotency_key)
-    WHERE idempotency_key IS NOT NULL AND state <> 'refunded';
-CREATE INDEX IF NOT EXISTS reservations_open ON reservations (expires_us)
-    WHERE state = 'reserved';
+DO $$ BEGIN IF to_regclass('reservations_by_key') IS NULL THEN
+    CREATE UNIQUE INDEX IF NOT EXISTS reservations_by_key ON reservations (subject, idempotency_key)
+        WHERE idempotency_key IS NOT NULL AND state <> 'refunded';
+END IF; END $$;
+DO $$ BEGIN IF to_regclass('reservations_open') IS NULL THEN
+    CREATE INDEX IF NOT EXISTS reservations_open ON reservations (expires_us)
+        WHERE state = 'reserved';
+END IF; END $$;
 CREATE TABLE IF NOT EXISTS reservation_lines (
     reservation_id bigint  NOT NULL,
     idx            integer NOT NULL,
@@ -63,9 +74,15 @@ CREATE TABLE IF NOT EXISTS usage (
     tokens         bigint NOT NULL,
     outcome        text   NOT NULL
 );
-CREATE INDEX IF NOT EXISTS usage_by_time ON usage (time_us);
-CREATE INDEX IF NOT EXISTS usage_by_subject ON usage (subject, time_us);
-CREATE INDEX IF NOT EXISTS usage_by_policy ON usage (policy, time_us);
+DO $$ BEGIN IF to_regclass('usage_by_time') IS NULL THEN
+    CREATE INDEX IF NOT EXISTS usage_by_time ON usage (time_us);
+END IF; END $$;
+DO $$ BEGIN IF to_regclass('usage_by_subject') IS NULL THEN
+    CREATE INDEX IF NOT EXISTS usage_by_subject ON usage (subject, time_us);
+END IF; END $$;
+DO $$ BEGIN IF to_regclass('usage_by_policy') IS NULL THEN
+    CREATE INDEX IF NOT EXISTS usage_by_policy ON usage (policy, time_us);
+END IF; END $$;
 -- Added after version 1, without a new version: the rate allowances replicas share (GCRA: when
 -- each key's allowance is whole again). A row whose instant has passed is a key never seen.
 -- Unlogged: a take waits for no WAL flush (a logged take halved the throughput of a limited
@@ -99,7 +116,9 @@ CREATE UNLOGGED TABLE IF NOT EXISTS chat_turns (
     turn       bigint NOT NULL,
     expires_us bigint NOT NULL
 );
-CREATE INDEX IF NOT EXISTS chat_turns_by_replica ON chat_turns (replica, turn);
+DO $$ BEGIN IF to_regclass('chat_turns_by_replica') IS NULL THEN
+    CREATE INDEX IF NOT EXISTS chat_turns_by_replica ON chat_turns (replica, turn);
+END IF; END $$;
 ";
 
 /// Creates the tables if needed under an advisory lock, so replicas starting together do not
