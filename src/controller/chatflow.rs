@@ -33,7 +33,7 @@ use crate::crd::{
     Chatflow, ChatflowStatus, ChatflowType, DeletionPolicy, FIELD_MANAGER, FINALIZER,
 };
 use crate::flowise::{ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
-use crate::index::rules::{ChatflowSource, chatflow_source, claimed_flowise_id};
+use crate::index::rules::{ChatflowSource, chatflow_source, claim_order, claimed_flowise_id};
 
 pub(super) const KIND: &str = "Chatflow";
 
@@ -271,12 +271,12 @@ pub(super) enum Outcome {
         chatflow: FlowiseChatflow,
         change: Change,
     },
-    /// Synced, but other Chatflows (`others`, namespace/name) claim the same Flowise chatflow:
-    /// the proxy serves none of them.
+    /// Synced, but another Chatflow (`first`, namespace/name) claimed the same Flowise chatflow
+    /// first: the proxy serves that one, not this one.
     Shared {
         chatflow: FlowiseChatflow,
         change: Change,
-        others: Vec<String>,
+        first: String,
     },
     NotFound(String),
     Conflict(String),
@@ -307,14 +307,13 @@ pub(super) fn next_status(
             new.deployed = Some(chatflow.deployed.unwrap_or(false));
             new.api_key_bound = Some(chatflow.api_key_bound());
             match outcome {
-                Outcome::Shared { others, .. } => (
+                Outcome::Shared { first, .. } => (
                     false,
                     reason::CONFLICT,
                     format!(
-                        "Flowise chatflow {} is also claimed by {}: the proxy serves none of \
-                         them until one claim remains",
+                        "Flowise chatflow {} is claimed first by {first}: the proxy serves that \
+                         Chatflow, not this one, until this one points elsewhere",
                         chatflow.id,
-                        others.join(", ")
                     ),
                 ),
                 _ => (
@@ -476,18 +475,14 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
         }
     };
     let outcome = match outcome {
-        Outcome::Synced { chatflow, change } => {
-            let others = claimed_also_by(ctx, cf, &chatflow.id);
-            if others.is_empty() {
-                Outcome::Synced { chatflow, change }
-            } else {
-                Outcome::Shared {
-                    chatflow,
-                    change,
-                    others,
-                }
-            }
-        }
+        Outcome::Synced { chatflow, change } => match claimed_first_by(ctx, cf, &chatflow.id) {
+            None => Outcome::Synced { chatflow, change },
+            Some(first) => Outcome::Shared {
+                chatflow,
+                change,
+                first,
+            },
+        },
         outcome => outcome,
     };
     let new = next_status(
@@ -511,26 +506,19 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
     }
 }
 
-/// The other Chatflows, in any namespace, that claim Flowise chatflow `id` (as the proxy's index
-/// reads claims: [`claimed_flowise_id`]).
-fn claimed_also_by(ctx: &Context, cf: &Chatflow, id: &str) -> Vec<String> {
-    let me = (cf.namespace(), cf.metadata.name.as_deref());
-    let mut others: Vec<String> = ctx
-        .chatflows
+/// The Chatflow (namespace/name), in any namespace, that claimed Flowise chatflow `id` before
+/// `cf` did, if any: the one the proxy serves (claims read and ordered as the proxy's index does:
+/// [`claimed_flowise_id`], [`claim_order`]).
+fn claimed_first_by(ctx: &Context, cf: &Chatflow, id: &str) -> Option<String> {
+    let mine = claim_order(cf);
+    ctx.chatflows
         .state()
         .iter()
-        .filter(|other| (other.namespace(), other.metadata.name.as_deref()) != me)
         .filter(|other| claimed_flowise_id(other).is_some_and(|o| o.eq_ignore_ascii_case(id)))
-        .map(|other| {
-            format!(
-                "{}/{}",
-                other.namespace().unwrap_or_default(),
-                other.name_any()
-            )
-        })
-        .collect();
-    others.sort();
-    others
+        .map(|other| claim_order(other))
+        .filter(|order| *order < mine)
+        .min()
+        .map(|(_, _, name)| name)
 }
 
 /// Steps 2–4.

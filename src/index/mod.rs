@@ -13,6 +13,7 @@ pub mod watch;
 mod tests;
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use foldhash::HashMap as FastMap;
@@ -249,16 +250,21 @@ pub fn compile(resources: &Resources) -> Snapshot {
         .iter()
         .map(|cf| (cf, ChatflowRule::try_from(cf.as_ref())))
         .collect();
-    // Who claims each Flowise chatflow. Two Chatflows claiming one (in any namespaces): neither
-    // is served. Otherwise one namespace could take over another's chatflow, its grants and its
-    // budgets, just by naming its id.
-    let mut claimants: HashMap<String, Vec<String>> = HashMap::new();
-    for rule in rules.iter().filter_map(|(_, rule)| rule.as_ref().ok()) {
-        if let Some(id) = &rule.flowise_id {
-            claimants
-                .entry(id.to_ascii_lowercase())
-                .or_default()
-                .push(format!("{}/{}", rule.namespace, rule.name));
+    // The first claim on each Flowise chatflow ([`rules::claim_order`]): the only one served.
+    let mut first_claims: HashMap<String, (bool, Option<Timestamp>, String)> = HashMap::new();
+    for (cf, rule) in &rules {
+        let Some(id) = rule.as_ref().ok().and_then(|rule| rule.flowise_id.as_ref()) else {
+            continue;
+        };
+        let order = rules::claim_order(cf);
+        match first_claims.entry(id.to_ascii_lowercase()) {
+            Entry::Occupied(mut first) if order < *first.get() => {
+                first.insert(order);
+            }
+            Entry::Occupied(_) => {}
+            Entry::Vacant(slot) => {
+                slot.insert(order);
+            }
         }
     }
 
@@ -271,18 +277,12 @@ pub fn compile(resources: &Resources) -> Snapshot {
             }
         };
         if let Some(id) = &rule.flowise_id
-            && let Some(all) = claimants.get(&id.to_ascii_lowercase())
-            && all.len() > 1
+            && let Some((_, _, first)) = first_claims.get(&id.to_ascii_lowercase())
+            && *first != format!("{}/{}", rule.namespace, rule.name)
         {
-            let me = format!("{}/{}", rule.namespace, rule.name);
-            let others: Vec<&str> = all
-                .iter()
-                .filter(|c| **c != me)
-                .map(String::as_str)
-                .collect();
-            let error = InvalidSpec::SharedFlowiseId {
+            let error = InvalidSpec::ClaimedFirstBy {
                 id: id.clone(),
-                others: others.join(", "),
+                first: first.clone(),
             };
             snap.skip("Chatflow", &cf.metadata, error);
             continue;

@@ -35,9 +35,13 @@ pub enum InvalidSpec {
     #[error("{0} must be at most 9223372036854775807 (the ledger counts in signed 64 bits)")]
     TooLarge(String),
     #[error(
-        "Flowise chatflow {id} is also claimed by {others}: none of them is served until only one claims it"
+        "Flowise chatflow {id} is also claimed by {others}: in a cluster only the Chatflow created first is served"
     )]
     SharedFlowiseId { id: String, others: String },
+    #[error(
+        "Flowise chatflow {id} is claimed first by {first}: only that Chatflow is served until this one points elsewhere"
+    )]
+    ClaimedFirstBy { id: String, first: String },
     /// An object that does not even parse (a file under `--resources-dir`; the API server
     /// checks shapes against the CRD first).
     #[error("does not parse: {0}")]
@@ -183,6 +187,23 @@ pub fn claimed_flowise_id(cf: &Chatflow) -> Option<String> {
         cf.status
             .as_ref()
             .unwrap_or(&crd::ChatflowStatus::default()),
+    )
+}
+
+/// Where a Chatflow stands among the claims on one Flowise chatflow: the one created first is
+/// served, the later ones are not (else a namespace could take another's chatflow, its grants
+/// and budgets, offline, or over, just by naming its id). Ties, and objects without a creation
+/// time (files under `--resources-dir`), go by namespace/name.
+pub fn claim_order(cf: &Chatflow) -> (bool, Option<jiff::Timestamp>, String) {
+    let created = cf.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    (
+        created.is_none(),
+        created,
+        format!(
+            "{}/{}",
+            cf.metadata.namespace.as_deref().unwrap_or_default(),
+            cf.metadata.name.as_deref().unwrap_or_default()
+        ),
     )
 }
 

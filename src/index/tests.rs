@@ -725,37 +725,60 @@ fn equal_rates_are_settled_by_burst_then_by_object_whatever_grants_the_caller() 
     assert_eq!(winner(vec![second, first]), "second");
 }
 
+/// `cf` as created at `at`.
+fn created(cf: Arc<Chatflow>, at: &str) -> Arc<Chatflow> {
+    let mut cf = (*cf).clone();
+    cf.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        at.parse().expect("timestamp"),
+    ));
+    Arc::new(cf)
+}
+
 #[test]
-fn a_flowise_chatflow_claimed_by_two_chatflows_is_served_by_neither() {
+fn a_flowise_chatflow_claimed_twice_is_served_as_the_first_claim_only() {
     // A tenant in namespace "aa" (which sorts first) names team-b's chatflow, in another case,
-    // and grants itself access to it.
+    // and grants itself access to it: team-b's claim came first and keeps it.
     let mut res = team_a();
-    res.chatflows
-        .push(chatflow("aa", "borrowed", &OTHER.to_uppercase()));
+    res.chatflows[2] = created(res.chatflows[2].clone(), "2026-01-01T00:00:00Z");
+    res.chatflows.push(created(
+        chatflow("aa", "borrowed", &OTHER.to_uppercase()),
+        "2026-02-01T00:00:00Z",
+    ));
     res.accesses.push(access(
         "aa",
         "mine",
         "  chatflows: [borrowed]\n  subjects: [{user: mallory}]\n",
     ));
     let snap = compile(&res);
-    assert!(
-        snap.chatflow_by_flowise_id(OTHER).is_none(),
-        "neither claimant is served"
+    let served = snap.chatflow_by_flowise_id(OTHER).expect("served");
+    assert_eq!(
+        (served.rule.namespace.as_str(), served.rule.name.as_str()),
+        ("team-b", "other-bot"),
+        "the first claim is served"
     );
     assert!(snap.chatflow_by_name("aa", "borrowed").is_none());
-    assert!(snap.chatflow_by_name("team-b", "other-bot").is_none());
-    let mut skipped: Vec<_> = snap
+    let skipped: Vec<_> = snap
         .invalid
         .iter()
         .map(|i| (i.namespace.as_str(), i.name.as_str(), i.error.to_string()))
         .collect();
-    skipped.sort();
-    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!((skipped[0].0, skipped[0].1), ("aa", "borrowed"));
     assert!(skipped[0].2.contains("team-b/other-bot"), "{skipped:?}");
-    assert!(skipped[1].2.contains("aa/borrowed"), "{skipped:?}");
+    let mallory = ["mallory".to_string()];
+    assert_eq!(role_on(&snap, &user(&mallory), OTHER), None, "no way in");
     // The others are untouched.
     let alice = ["alice@example.com".to_string()];
     assert_eq!(role_on(&snap, &user(&alice), SUPPORT), Some(Role::User));
+
+    // Without creation times (files), the first by namespace/name.
+    let mut files = team_a();
+    files
+        .chatflows
+        .push(chatflow("aa", "borrowed", &OTHER.to_uppercase()));
+    let snap = compile(&files);
+    let served = snap.chatflow_by_flowise_id(OTHER).expect("served");
+    assert_eq!(served.rule.namespace, "aa");
 }
 
 #[test]

@@ -102,10 +102,22 @@ async fn an_ambiguous_name_is_a_conflict_and_unknown_ones_are_not_found() {
     controller.stop().await;
 }
 
+/// The Ready condition's message of `cf`.
+fn ready_message(cf: &Chatflow) -> String {
+    cf.status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
 #[tokio::test]
-async fn two_chatflows_claiming_one_flowise_chatflow_conflict_until_one_goes() {
-    // The proxy serves neither (one namespace could otherwise take over another's chatflow);
-    // status says so, and the survivor is Ready again as soon as the other is deleted.
+async fn a_flowise_chatflow_claimed_twice_stays_with_the_first_claim_until_it_goes() {
+    // A later claim is a Conflict naming the first, which stays Ready: one namespace cannot
+    // take another's chatflow offline (or over) by naming its id. When the first goes, the
+    // next oldest claim takes over at once. Created in name order (creation times have whole
+    // seconds; ties go by namespace/name).
     let (client, ns, api, _objects) = setup("cf-shared").await;
     let name = support::unique("fgtest-shared");
     let _cleanup = support::FlowiseCleanup(name.clone());
@@ -114,46 +126,51 @@ async fn two_chatflows_claiming_one_flowise_chatflow_conflict_until_one_goes() {
 
     create(
         &api,
-        chatflow_doc("first", json!({"flowiseId": existing.id})),
+        chatflow_doc("a-first", json!({"flowiseId": existing.id})),
     )
     .await;
-    wait_ready(&api, "first", "True", "Synced").await;
-    create(&api, chatflow_doc("second", json!({"flowiseName": name}))).await;
-    for (object, other) in [("first", "second"), ("second", "first")] {
-        let cf = wait_ready(&api, object, "False", "Conflict").await;
-        let message = cf
-            .status
-            .iter()
-            .flat_map(|s| &s.conditions)
-            .find(|c| c.type_ == "Ready")
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        assert!(
-            message.contains(&existing.id) && message.contains(&format!("{ns}/{other}")),
-            "{message}"
-        );
-    }
-    api.delete("second", &DeleteParams::default())
-        .await
-        .expect("deleted");
-    // wait_ready gives up after 30 s: the resync that would also clear it is a minute away.
-    wait_ready(&api, "first", "True", "Synced").await;
-    // A claim that moves elsewhere ends the conflict too.
+    wait_ready(&api, "a-first", "True", "Synced").await;
+    create(&api, chatflow_doc("b-second", json!({"flowiseName": name}))).await;
+    let second = wait_ready(&api, "b-second", "False", "Conflict").await;
+    let message = ready_message(&second);
+    assert!(
+        message.contains(&existing.id) && message.contains(&format!("{ns}/a-first")),
+        "{message}"
+    );
     create(
         &api,
-        chatflow_doc("third", json!({"flowiseId": existing.id})),
+        chatflow_doc("c-third", json!({"flowiseId": existing.id})),
     )
     .await;
-    wait_ready(&api, "first", "False", "Conflict").await;
-    wait_ready(&api, "third", "False", "Conflict").await;
-    // Let the reconciles these status writes triggered run, so that only the move can end it.
+    wait_ready(&api, "c-third", "False", "Conflict").await;
+    // Let the reconciles these status writes triggered run: the first stays Ready.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let elsewhere = json!({"spec": {"flowiseId": null, "flowiseName": format!("{name}-nowhere")}});
-    api.patch("third", &PatchParams::default(), &Patch::Merge(&elsewhere))
+    wait_ready(&api, "a-first", "True", "Synced").await;
+
+    api.delete("a-first", &DeleteParams::default())
         .await
-        .expect("patched");
-    wait_ready(&api, "third", "False", "NotFoundInFlowise").await;
-    wait_ready(&api, "first", "True", "Synced").await;
+        .expect("deleted");
+    // wait_ready gives up after 30 s: the resync that would also change it is a minute away.
+    wait_ready(&api, "b-second", "True", "Synced").await;
+    let third = support::eventually(30, "the third names the second", || async {
+        let third = api.get("c-third").await.ok()?;
+        ready_message(&third)
+            .contains(&format!("{ns}/b-second"))
+            .then_some(third)
+    })
+    .await;
+    assert!(ready_message(&third).contains(&existing.id));
+    // A claim that moves elsewhere hands the chatflow on too.
+    let elsewhere = json!({"spec": {"flowiseId": null, "flowiseName": format!("{name}-nowhere")}});
+    api.patch(
+        "b-second",
+        &PatchParams::default(),
+        &Patch::Merge(&elsewhere),
+    )
+    .await
+    .expect("patched");
+    wait_ready(&api, "b-second", "False", "NotFoundInFlowise").await;
+    wait_ready(&api, "c-third", "True", "Synced").await;
     controller.stop().await;
 }
 
