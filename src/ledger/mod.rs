@@ -531,6 +531,9 @@ pub enum LedgerError {
     Unsupported(&'static str),
     #[error("{} already exists: a backup never overwrites a file", .0.display())]
     BackupExists(std::path::PathBuf),
+    /// A read ran longer than its limit and was cancelled.
+    #[error("the ledger did not answer a read within {0:?}")]
+    ReadTimeout(std::time::Duration),
 }
 
 impl LedgerError {
@@ -549,6 +552,7 @@ impl LedgerError {
             | Self::Corrupt(_)
             | Self::Unsupported(_)
             | Self::BackupExists(_) => false,
+            Self::ReadTimeout(_) => true,
         }
     }
 
@@ -566,6 +570,7 @@ impl LedgerError {
             Self::Corrupt(_) => "Corrupt",
             Self::Unsupported(_) => "Unsupported",
             Self::BackupExists(_) => "BackupExists",
+            Self::ReadTimeout(_) => "ReadTimeout",
         }
     }
 }

@@ -181,12 +181,14 @@ impl CreditLedger for PostgresLedger {
         window: &'a Window,
     ) -> LedgerFuture<'a, i64> {
         Box::pin(async move {
-            let conn = self.pool.get().await?;
+            let mut conn = self.pool.get_for_read().await?;
             let start = window.start.as_microsecond();
-            let row = conn
-                .client
-                .query_opt(&conn.st.used_of, &[&policy, &bucket, &start])
-                .await?;
+            let row = pool::read(
+                conn.client
+                    .query_opt(&conn.st.used_of, &[&policy, &bucket, &start]),
+            )
+            .await?;
+            conn.open = false;
             Ok(match row {
                 Some(row) => row.try_get(0)?,
                 None => 0,
@@ -201,13 +203,15 @@ impl CreditLedger for PostgresLedger {
         limit: u64,
     ) -> LedgerFuture<'a, PolicyUsage> {
         Box::pin(async move {
-            let conn = self.pool.get().await?;
+            let mut conn = self.pool.get_for_read().await?;
             let start = window.start.as_microsecond();
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let row = conn
-                .client
-                .query_one(&conn.st.policy_usage, &[&policy, &start, &limit])
-                .await?;
+            let row = pool::read(
+                conn.client
+                    .query_one(&conn.st.policy_usage, &[&policy, &start, &limit]),
+            )
+            .await?;
+            conn.open = false;
             Ok(PolicyUsage {
                 credits_used: row.try_get(0)?,
                 buckets_exhausted: u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0),
@@ -223,7 +227,7 @@ impl CreditLedger for PostgresLedger {
         limit: u32,
     ) -> LedgerFuture<'a, Vec<BucketBalance>> {
         Box::pin(async move {
-            let conn = self.pool.get().await?;
+            let mut conn = self.pool.get_for_read().await?;
             let start = window.start.as_microsecond();
             let limit = i64::from(limit);
             let sql = buckets_query(
@@ -233,12 +237,11 @@ impl CreditLedger for PostgresLedger {
             );
             let rows = match bucket {
                 Some(bucket) => {
-                    conn.client
-                        .query(&sql, &[&policy, &start, &bucket, &limit])
-                        .await?
+                    pool::read(conn.client.query(&sql, &[&policy, &start, &bucket, &limit])).await?
                 }
-                None => conn.client.query(&sql, &[&policy, &start, &limit]).await?,
+                None => pool::read(conn.client.query(&sql, &[&policy, &start, &limit])).await?,
             };
+            conn.open = false;
             rows.iter()
                 .map(|row| {
                     Ok(BucketBalance {
@@ -253,7 +256,7 @@ impl CreditLedger for PostgresLedger {
 
     fn usage(&self, filter: UsageFilter) -> LedgerFuture<'_, Vec<UsageRecord>> {
         Box::pin(async move {
-            let conn = self.pool.get().await?;
+            let mut conn = self.pool.get_for_read().await?;
             let (sql, params) = usage_query(&filter, |n, kind| format!("${n}::{kind}"));
             let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
                 .iter()
@@ -263,7 +266,8 @@ impl CreditLedger for PostgresLedger {
                 })
                 .collect();
             // Prepared per call: each filter has its own plan (see `usage_query`).
-            let rows = conn.client.query(&sql, &params).await?;
+            let rows = pool::read(conn.client.query(&sql, &params)).await?;
+            conn.open = false;
             rows.iter().map(usage_record).collect()
         })
     }

@@ -13,6 +13,11 @@ use crate::ledger::LedgerError;
 
 /// Connections per ledger (per replica).
 const POOL_SIZE: usize = 8;
+/// Connections reads (balances, listings, the usage log) may hold at once: the rest stay free
+/// for the writers, so that slow reads never hold up a reservation.
+const READERS: usize = POOL_SIZE - 2;
+/// Longest a read may run; past it the query is cancelled and its connection closed.
+pub(super) const READ_LIMIT: Duration = Duration::from_secs(30);
 /// Used when the URL sets no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -67,6 +72,8 @@ pub(super) struct Pool {
     runtime: Handle,
     idle: Mutex<Vec<Conn>>,
     permits: Semaphore,
+    /// Of `permits`, those reads may hold ([`READERS`]).
+    reads: Semaphore,
 }
 
 impl Pool {
@@ -82,6 +89,7 @@ impl Pool {
             runtime,
             idle: Mutex::new(vec![first]),
             permits: Semaphore::new(POOL_SIZE),
+            reads: Semaphore::new(READERS),
         })
     }
 
@@ -93,7 +101,25 @@ impl Pool {
             runtime: Handle::current(),
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(size),
+            // Its users are the shared tasks' rounds, which are writes.
+            reads: Semaphore::new(0),
         }
+    }
+
+    /// A connection for a read, among at most [`READERS`] at once. It counts as [`Conn::open`]
+    /// until the read marks it done: a read given up on (its caller gone, [`read`] timed out)
+    /// closes the connection, and the server cancels the query, instead of a writer waiting
+    /// behind it.
+    pub(super) async fn get_for_read(&self) -> Result<Pooled<'_>, LedgerError> {
+        let read = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| LedgerError::Stopped)?;
+        let mut conn = self.get().await?;
+        conn.open = true;
+        conn._read = Some(read);
+        Ok(conn)
     }
 
     pub(super) async fn get(&self) -> Result<Pooled<'_>, LedgerError> {
@@ -125,6 +151,7 @@ impl Pool {
             conn: Some(conn),
             pool: self,
             _permit: permit,
+            _read: None,
         })
     }
 }
@@ -136,6 +163,18 @@ pub(super) struct Pooled<'p> {
     conn: Option<Conn>,
     pool: &'p Pool,
     _permit: SemaphorePermit<'p>,
+    /// Held by a read ([`Pool::get_for_read`]).
+    _read: Option<SemaphorePermit<'p>>,
+}
+
+/// Runs `query`, a read on a connection from [`Pool::get_for_read`], within [`READ_LIMIT`].
+pub(super) async fn read<T>(
+    query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, LedgerError> {
+    match tokio::time::timeout(READ_LIMIT, query).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(LedgerError::ReadTimeout(READ_LIMIT)),
+    }
 }
 
 impl std::ops::Deref for Pooled<'_> {
@@ -179,5 +218,57 @@ impl Drop for Pooled<'_> {
                 .unwrap_or_else(PoisonError::into_inner);
             idle.push(conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn reads_leave_connections_to_the_writers() {
+        // A server that accepts and never answers: each connection attempt hangs, holding the
+        // permits its user took, as reads stuck on a slow query would.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let mut config = Config::new();
+        config
+            .host("127.0.0.1")
+            .port(port)
+            .user("flowgate")
+            .connect_timeout(Duration::from_secs(60));
+        let pool = Arc::new(Pool {
+            config,
+            runtime: Handle::current(),
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(POOL_SIZE),
+            reads: Semaphore::new(READERS),
+        });
+        for _ in 0..POOL_SIZE * 2 {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let _ = pool.get_for_read().await;
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            pool.reads.available_permits(),
+            0,
+            "the reads took their share"
+        );
+        assert_eq!(
+            pool.permits.available_permits(),
+            POOL_SIZE - READERS,
+            "and left the rest to the writers"
+        );
     }
 }
