@@ -2,7 +2,8 @@
 //!
 //! The directory is polled (every second) and reloaded when a file changes, and Chatflows are
 //! resolved against Flowise on every change and every sync interval (a failed listing keeps the
-//! last good one and is retried within 5 s). An object defined twice keeps its first definition,
+//! last good one and is retried within 5 s). A file that stops parsing keeps what it held when
+//! last readable ([`LastReadable`]). An object defined twice keeps its first definition,
 //! as a cluster would refuse the second. There is no API server to write status to, so status
 //! is only logged. Adopting (`flowiseId`, `flowiseName`) works; owning a `definition` needs the
 //! controller and a cluster, so such Chatflows are reported and not served.
@@ -27,21 +28,46 @@ use crate::ops::Gate;
 /// How soon a failed Flowise listing is tried again.
 const LISTING_RETRY: Duration = Duration::from_secs(5);
 
+/// The documents of each file as last read whole: a file that stops parsing (an edit saved
+/// half done, a stray tab) keeps them in force, as an API server keeps an object whose new
+/// version it refused. Dropping them instead would drop the file's CreditPolicies — every
+/// prediction they charge would be free — and its grants.
+pub type LastReadable = HashMap<PathBuf, Vec<Value>>;
+
 /// Reads every `*.yaml`/`*.yml` file of `dir` (multi-document files allowed). Objects without a
 /// namespace land in `default`. Returns the resources and one message per unusable document.
 pub fn load(dir: &Path) -> (Resources, Vec<String>) {
+    load_keeping(dir, &mut LastReadable::new())
+}
+
+/// [`load`], with a file that cannot be read standing in with its documents in `kept`, which
+/// is updated with every file read whole (and forgets files that are gone).
+pub fn load_keeping(dir: &Path, kept: &mut LastReadable) -> (Resources, Vec<String>) {
     let mut resources = Resources::default();
     let mut problems = Vec::new();
     // kind/namespace/name → where it was first defined: a second definition is skipped (in a
     // cluster it could not exist; here it would, for a CreditPolicy, charge twice).
     let mut defined: HashMap<(String, String, String), String> = HashMap::new();
-    for path in yaml_files(dir) {
+    let files = yaml_files(dir);
+    kept.retain(|path, _| files.contains(path));
+    for path in files {
         let docs = match read_documents(&path) {
-            Ok(docs) => docs,
-            Err(problem) => {
-                problems.push(problem);
-                continue;
+            Ok(docs) => {
+                kept.insert(path.clone(), docs.clone());
+                docs
             }
+            Err(problem) => match kept.get(&path) {
+                Some(docs) => {
+                    problems.push(format!(
+                        "{problem}; what it held when last readable stays in force"
+                    ));
+                    docs.clone()
+                }
+                None => {
+                    problems.push(problem);
+                    continue;
+                }
+            },
         };
         for (i, mut doc) in docs.into_iter().enumerate() {
             if doc.is_null() {
@@ -228,6 +254,7 @@ pub fn spawn(
     let publisher = handle.clone();
     tokio::spawn(async move {
         let mut seen = None;
+        let mut kept = LastReadable::new();
         let mut next_sync = Instant::now() + resync;
         let mut logged: BTreeMap<String, String> = BTreeMap::new();
         // The last listing Flowise gave: one failed listing must not take every chatflow away.
@@ -235,7 +262,7 @@ pub fn spawn(
         loop {
             let now_fingerprint = fingerprint(&dir);
             if seen.as_ref() != Some(&now_fingerprint) || Instant::now() >= next_sync {
-                let (mut resources, problems) = load(&dir);
+                let (mut resources, problems) = load_keeping(&dir, &mut kept);
                 for problem in &problems {
                     tracing::warn!(dir = %dir.display(), "{problem}");
                 }
@@ -346,6 +373,45 @@ mod tests {
             "{:?}",
             res.unreadable[0]
         );
+    }
+
+    #[test]
+    fn a_file_that_stops_parsing_keeps_what_it_held_until_it_is_fixed_or_gone() {
+        let dir = tempfile::tempdir().expect("dir");
+        let budgets = "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: p, namespace: team}\n\
+                       spec: {chatflows: ['*'], budget: {credits: 5, period: Daily}}\n";
+        write(dir.path(), "budgets.yaml", budgets);
+        let mut kept = LastReadable::new();
+        let (res, problems) = load_keeping(dir.path(), &mut kept);
+        assert_eq!((res.policies.len(), problems.len()), (1, 0), "{problems:?}");
+        // Saved half edited: the budget stays, and the problem says so.
+        write(
+            dir.path(),
+            "budgets.yaml",
+            "kind: CreditPolicy\n\tspec: [unclosed\n",
+        );
+        let (res, problems) = load_keeping(dir.path(), &mut kept);
+        assert_eq!(
+            res.policies.len(),
+            1,
+            "the last readable budget stays in force"
+        );
+        assert_eq!(res.policies[0].spec.budget.credits, 5);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("stays in force"), "{problems:?}");
+        // Fixed: the new content counts.
+        write(
+            dir.path(),
+            "budgets.yaml",
+            &budgets.replace("credits: 5", "credits: 7"),
+        );
+        let (res, _) = load_keeping(dir.path(), &mut kept);
+        assert_eq!(res.policies[0].spec.budget.credits, 7);
+        // Removed: nothing is kept for it.
+        std::fs::remove_file(dir.path().join("budgets.yaml")).expect("remove");
+        let (res, _) = load_keeping(dir.path(), &mut kept);
+        assert!(res.policies.is_empty());
+        assert!(kept.is_empty());
     }
 
     fn chatflow(yaml_spec: &str) -> Arc<Chatflow> {
