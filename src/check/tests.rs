@@ -295,12 +295,12 @@ spec: {chatflows: [x, twin], subjects: [{group: g}]}
             .to_string(),
         "Error flows.yaml:6 Chatflow a/x: also defined at flows.yaml:1".into(),
         format!(
-            "Error flows.yaml:6 Chatflow a/x: {shared} Chatflow a/twin: in a cluster only the \
-             Chatflow created first is served"
+            "Error flows.yaml:6 Chatflow a/x: {shared} Chatflow a/twin: none of them is served \
+             until only one claims it"
         ),
         format!(
-            "Error flows.yaml:11 Chatflow a/twin: {shared} Chatflow a/x: in a cluster only the \
-             Chatflow created first is served"
+            "Error flows.yaml:11 Chatflow a/twin: {shared} Chatflow a/x: none of them is served \
+             until only one claims it"
         ),
     ];
     // The second x is the one checked across objects: its claim counts, and team finds it.

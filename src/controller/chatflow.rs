@@ -33,7 +33,7 @@ use crate::crd::{
     Chatflow, ChatflowStatus, ChatflowType, DeletionPolicy, FIELD_MANAGER, FINALIZER,
 };
 use crate::flowise::{ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
-use crate::index::rules::{ChatflowSource, chatflow_source, claim_order, claimed_flowise_id};
+use crate::index::rules::{ChatflowSource, chatflow_source, claimed_flowise_id, holds};
 
 pub(super) const KIND: &str = "Chatflow";
 
@@ -271,12 +271,14 @@ pub(super) enum Outcome {
         chatflow: FlowiseChatflow,
         change: Change,
     },
-    /// Synced, but another Chatflow (`first`, namespace/name) claimed the same Flowise chatflow
-    /// first: the proxy serves that one, not this one.
+    /// Synced, but other Chatflows (`others`, namespace/name) claim the same Flowise chatflow,
+    /// and this one does not hold it alone: the proxy serves `holder` if one of them holds it
+    /// ([`holds`]), else none of them.
     Shared {
         chatflow: FlowiseChatflow,
         change: Change,
-        first: String,
+        holder: Option<String>,
+        others: Vec<String>,
     },
     NotFound(String),
     Conflict(String),
@@ -307,13 +309,26 @@ pub(super) fn next_status(
             new.deployed = Some(chatflow.deployed.unwrap_or(false));
             new.api_key_bound = Some(chatflow.api_key_bound());
             match outcome {
-                Outcome::Shared { first, .. } => (
+                Outcome::Shared {
+                    holder: Some(holder),
+                    ..
+                } => (
                     false,
                     reason::CONFLICT,
                     format!(
-                        "Flowise chatflow {} is claimed first by {first}: the proxy serves that \
+                        "Flowise chatflow {} is held by {holder}: the proxy serves that \
                          Chatflow, not this one, until this one points elsewhere",
                         chatflow.id,
+                    ),
+                ),
+                Outcome::Shared { others, .. } => (
+                    false,
+                    reason::CONFLICT,
+                    format!(
+                        "Flowise chatflow {} is also claimed by {}: the proxy serves none of \
+                         them until one claim remains",
+                        chatflow.id,
+                        others.join(", ")
                     ),
                 ),
                 _ => (
@@ -475,14 +490,29 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
         }
     };
     let outcome = match outcome {
-        Outcome::Synced { chatflow, change } => match claimed_first_by(ctx, cf, &chatflow.id) {
-            None => Outcome::Synced { chatflow, change },
-            Some(first) => Outcome::Shared {
-                chatflow,
-                change,
-                first,
-            },
-        },
+        Outcome::Synced { chatflow, change } => {
+            let others = claimed_also_by(ctx, cf, &chatflow.id);
+            let holders: Vec<&String> = others
+                .iter()
+                .filter(|(_, holds)| *holds)
+                .map(|(name, _)| name)
+                .collect();
+            // As the proxy's index decides: this one is served if it is the only claim, or
+            // the only one that holds the Flowise chatflow.
+            if others.is_empty() || (holders.is_empty() && holds(cf, &chatflow.id)) {
+                Outcome::Synced { chatflow, change }
+            } else {
+                Outcome::Shared {
+                    chatflow,
+                    change,
+                    holder: match holders.as_slice() {
+                        [holder] => Some((*holder).clone()),
+                        _ => None,
+                    },
+                    others: others.into_iter().map(|(name, _)| name).collect(),
+                }
+            }
+        }
         outcome => outcome,
     };
     let new = next_status(
@@ -506,19 +536,27 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
     }
 }
 
-/// The Chatflow (namespace/name), in any namespace, that claimed Flowise chatflow `id` before
-/// `cf` did, if any: the one the proxy serves (claims read and ordered as the proxy's index does:
-/// [`claimed_flowise_id`], [`claim_order`]).
-fn claimed_first_by(ctx: &Context, cf: &Chatflow, id: &str) -> Option<String> {
-    let mine = claim_order(cf);
-    ctx.chatflows
+/// The other Chatflows (namespace/name), in any namespace, that claim Flowise chatflow `id`, and
+/// whether each holds it (as the proxy's index reads them: [`claimed_flowise_id`], [`holds`]).
+fn claimed_also_by(ctx: &Context, cf: &Chatflow, id: &str) -> Vec<(String, bool)> {
+    let me = (cf.namespace(), cf.metadata.name.as_deref());
+    let mut others: Vec<(String, bool)> = ctx
+        .chatflows
         .state()
         .iter()
+        .filter(|other| (other.namespace(), other.metadata.name.as_deref()) != me)
         .filter(|other| claimed_flowise_id(other).is_some_and(|o| o.eq_ignore_ascii_case(id)))
-        .map(|other| claim_order(other))
-        .filter(|order| *order < mine)
-        .min()
-        .map(|(_, _, name)| name)
+        .map(|other| {
+            let name = format!(
+                "{}/{}",
+                other.namespace().unwrap_or_default(),
+                other.name_any()
+            );
+            (name, holds(other, id))
+        })
+        .collect();
+    others.sort();
+    others
 }
 
 /// Steps 2–4.

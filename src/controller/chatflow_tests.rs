@@ -253,7 +253,8 @@ fn a_shared_chatflow_is_a_conflict_that_stays_put_across_resyncs() {
     let shared = Outcome::Shared {
         chatflow,
         change: Change::None,
-        first: "team-b/bot".into(),
+        holder: None,
+        others: vec!["team-b/bot".into()],
     };
     let first = next_status(&synced_status, &shared, Some(3), false, at(10), HOUR);
     assert_eq!(ready(&first), ("False".into(), "Conflict".into()));

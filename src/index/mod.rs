@@ -13,7 +13,6 @@ pub mod watch;
 mod tests;
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use foldhash::HashMap as FastMap;
@@ -250,21 +249,19 @@ pub fn compile(resources: &Resources) -> Snapshot {
         .iter()
         .map(|cf| (cf, ChatflowRule::try_from(cf.as_ref())))
         .collect();
-    // The first claim on each Flowise chatflow ([`rules::claim_order`]): the only one served.
-    let mut first_claims: HashMap<String, (bool, Option<Timestamp>, String)> = HashMap::new();
+    // Who claims each Flowise chatflow, and whether each holds it ([`rules::holds`]). Of several
+    // claims, only the one that holds it alone is served; none when no one (or more than one)
+    // holds it.
+    let mut claimants: HashMap<String, Vec<(String, bool)>> = HashMap::new();
     for (cf, rule) in &rules {
-        let Some(id) = rule.as_ref().ok().and_then(|rule| rule.flowise_id.as_ref()) else {
+        let Some(rule) = rule.as_ref().ok() else {
             continue;
         };
-        let order = rules::claim_order(cf);
-        match first_claims.entry(id.to_ascii_lowercase()) {
-            Entry::Occupied(mut first) if order < *first.get() => {
-                first.insert(order);
-            }
-            Entry::Occupied(_) => {}
-            Entry::Vacant(slot) => {
-                slot.insert(order);
-            }
+        if let Some(id) = &rule.flowise_id {
+            claimants.entry(id.to_ascii_lowercase()).or_default().push((
+                format!("{}/{}", rule.namespace, rule.name),
+                rules::holds(cf, id),
+            ));
         }
     }
 
@@ -277,15 +274,35 @@ pub fn compile(resources: &Resources) -> Snapshot {
             }
         };
         if let Some(id) = &rule.flowise_id
-            && let Some((_, _, first)) = first_claims.get(&id.to_ascii_lowercase())
-            && *first != format!("{}/{}", rule.namespace, rule.name)
+            && let Some(all) = claimants.get(&id.to_ascii_lowercase())
+            && all.len() > 1
         {
-            let error = InvalidSpec::ClaimedFirstBy {
-                id: id.clone(),
-                first: first.clone(),
+            let me = format!("{}/{}", rule.namespace, rule.name);
+            let holders: Vec<&str> = all
+                .iter()
+                .filter(|(_, holds)| *holds)
+                .map(|(name, _)| name.as_str())
+                .collect();
+            let error = match holders.as_slice() {
+                [holder] if *holder == me => None,
+                [holder] => Some(InvalidSpec::HeldBy {
+                    id: id.clone(),
+                    holder: (*holder).to_string(),
+                }),
+                _ => Some(InvalidSpec::SharedFlowiseId {
+                    id: id.clone(),
+                    others: all
+                        .iter()
+                        .filter(|(name, _)| *name != me)
+                        .map(|(name, _)| name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
             };
-            snap.skip("Chatflow", &cf.metadata, error);
-            continue;
+            if let Some(error) = error {
+                snap.skip("Chatflow", &cf.metadata, error);
+                continue;
+            }
         }
         let ns = intern(
             &mut ns_index,

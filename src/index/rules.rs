@@ -35,13 +35,13 @@ pub enum InvalidSpec {
     #[error("{0} must be at most 9223372036854775807 (the ledger counts in signed 64 bits)")]
     TooLarge(String),
     #[error(
-        "Flowise chatflow {id} is also claimed by {others}: in a cluster only the Chatflow created first is served"
+        "Flowise chatflow {id} is also claimed by {others}: none of them is served until only one claims it"
     )]
     SharedFlowiseId { id: String, others: String },
     #[error(
-        "Flowise chatflow {id} is claimed first by {first}: only that Chatflow is served until this one points elsewhere"
+        "Flowise chatflow {id} is held by {holder}: only that Chatflow is served while it claims it"
     )]
-    ClaimedFirstBy { id: String, first: String },
+    HeldBy { id: String, holder: String },
     /// An object that does not even parse (a file under `--resources-dir`; the API server
     /// checks shapes against the CRD first).
     #[error("does not parse: {0}")]
@@ -190,21 +190,24 @@ pub fn claimed_flowise_id(cf: &Chatflow) -> Option<String> {
     )
 }
 
-/// Where a Chatflow stands among the claims on one Flowise chatflow: the one created first is
-/// served, the later ones are not (else a namespace could take another's chatflow, its grants
-/// and budgets, offline, or over, just by naming its id). Ties, and objects without a creation
-/// time (files under `--resources-dir`), go by namespace/name.
-pub fn claim_order(cf: &Chatflow) -> (bool, Option<jiff::Timestamp>, String) {
-    let created = cf.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    (
-        created.is_none(),
-        created,
-        format!(
-            "{}/{}",
-            cf.metadata.namespace.as_deref().unwrap_or_default(),
-            cf.metadata.name.as_deref().unwrap_or_default()
-        ),
-    )
+/// Whether `cf` holds Flowise chatflow `id`: the controller found it there (`status.flowiseId`)
+/// and did not find it in conflict with another claim. Of several Chatflows claiming one
+/// Flowise chatflow, the one that holds it keeps it and is served; the others are not. Only
+/// the controller writes status, so editing a spec to name another's id never makes a holder:
+/// no namespace can take over another's chatflow, its grants and budgets, or take it offline.
+/// Claims that no one holds (made together, or left after the holder went) are served none
+/// until only one remains.
+pub fn holds(cf: &Chatflow, id: &str) -> bool {
+    let Some(status) = cf.status.as_ref() else {
+        return false;
+    };
+    status
+        .flowise_id
+        .as_deref()
+        .is_some_and(|held| held.eq_ignore_ascii_case(id))
+        && status.conditions.iter().any(|c| {
+            c.type_ == crd::conditions::READY && c.reason != crd::conditions::reason::CONFLICT
+        })
 }
 
 impl TryFrom<&Chatflow> for ChatflowRule {

@@ -725,25 +725,25 @@ fn equal_rates_are_settled_by_burst_then_by_object_whatever_grants_the_caller() 
     assert_eq!(winner(vec![second, first]), "second");
 }
 
-/// `cf` as created at `at`.
-fn created(cf: Arc<Chatflow>, at: &str) -> Arc<Chatflow> {
+/// `cf` as the controller left it: Ready with `reason`, its Flowise id in status.
+fn with_ready(cf: Arc<Chatflow>, reason: &str) -> Arc<Chatflow> {
     let mut cf = (*cf).clone();
-    cf.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        at.parse().expect("timestamp"),
-    ));
+    if let Some(status) = cf.status.as_mut() {
+        status.conditions[0].reason = reason.into();
+        status.conditions[0].status = if reason == "Synced" { "True" } else { "False" }.into();
+    }
     Arc::new(cf)
 }
 
 #[test]
-fn a_flowise_chatflow_claimed_twice_is_served_as_the_first_claim_only() {
-    // A tenant in namespace "aa" (which sorts first) names team-b's chatflow, in another case,
-    // and grants itself access to it: team-b's claim came first and keeps it.
+fn a_flowise_chatflow_claimed_twice_is_served_as_its_holders_only() {
+    // A tenant in namespace "aa" names team-b's chatflow, in another case, and grants itself
+    // access to it. team-b's Chatflow holds it (Ready, its id in status): only it is served.
     let mut res = team_a();
-    res.chatflows[2] = created(res.chatflows[2].clone(), "2026-01-01T00:00:00Z");
-    res.chatflows.push(created(
-        chatflow("aa", "borrowed", &OTHER.to_uppercase()),
-        "2026-02-01T00:00:00Z",
-    ));
+    let mut borrowed = (*chatflow("aa", "borrowed", &OTHER.to_uppercase())).clone();
+    // Its status still names what it held before the edit (the controller has not seen it yet).
+    borrowed.status.as_mut().expect("status").flowise_id = Some(FAQ.into());
+    res.chatflows.push(Arc::new(borrowed));
     res.accesses.push(access(
         "aa",
         "mine",
@@ -754,7 +754,7 @@ fn a_flowise_chatflow_claimed_twice_is_served_as_the_first_claim_only() {
     assert_eq!(
         (served.rule.namespace.as_str(), served.rule.name.as_str()),
         ("team-b", "other-bot"),
-        "the first claim is served"
+        "the holder is served"
     );
     assert!(snap.chatflow_by_name("aa", "borrowed").is_none());
     let skipped: Vec<_> = snap
@@ -764,21 +764,40 @@ fn a_flowise_chatflow_claimed_twice_is_served_as_the_first_claim_only() {
         .collect();
     assert_eq!(skipped.len(), 1, "{skipped:?}");
     assert_eq!((skipped[0].0, skipped[0].1), ("aa", "borrowed"));
-    assert!(skipped[0].2.contains("team-b/other-bot"), "{skipped:?}");
+    assert!(
+        skipped[0].2.contains("held by team-b/other-bot"),
+        "{skipped:?}"
+    );
     let mallory = ["mallory".to_string()];
     assert_eq!(role_on(&snap, &user(&mallory), OTHER), None, "no way in");
     // The others are untouched.
     let alice = ["alice@example.com".to_string()];
     assert_eq!(role_on(&snap, &user(&alice), SUPPORT), Some(Role::User));
 
-    // Without creation times (files), the first by namespace/name.
-    let mut files = team_a();
-    files
-        .chatflows
-        .push(chatflow("aa", "borrowed", &OTHER.to_uppercase()));
-    let snap = compile(&files);
-    let served = snap.chatflow_by_flowise_id(OTHER).expect("served");
-    assert_eq!(served.rule.namespace, "aa");
+    // The controller marked the newcomer Conflict: it still holds nothing.
+    res.chatflows[3] = with_ready(chatflow("aa", "borrowed", OTHER), "Conflict");
+    let snap = compile(&res);
+    assert_eq!(
+        snap.chatflow_by_flowise_id(OTHER)
+            .map(|cf| cf.rule.namespace.as_str()),
+        Some("team-b")
+    );
+
+    // Claims no one holds (the holder went; two made together): none is served.
+    res.chatflows[2] = with_ready(res.chatflows[2].clone(), "Conflict");
+    let snap = compile(&res);
+    assert!(
+        snap.chatflow_by_flowise_id(OTHER).is_none(),
+        "neither is served"
+    );
+    assert_eq!(snap.invalid.len(), 2);
+    assert!(
+        snap.invalid
+            .iter()
+            .all(|i| i.error.to_string().contains("none of them is served")),
+        "{:?}",
+        snap.invalid
+    );
 }
 
 #[test]

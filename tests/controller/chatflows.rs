@@ -113,64 +113,64 @@ fn ready_message(cf: &Chatflow) -> String {
 }
 
 #[tokio::test]
-async fn a_flowise_chatflow_claimed_twice_stays_with_the_first_claim_until_it_goes() {
-    // A later claim is a Conflict naming the first, which stays Ready: one namespace cannot
-    // take another's chatflow offline (or over) by naming its id. When the first goes, the
-    // next oldest claim takes over at once. Created in name order (creation times have whole
-    // seconds; ties go by namespace/name).
+async fn a_flowise_chatflow_claimed_twice_stays_with_its_holder() {
+    // The Chatflow that holds a Flowise chatflow keeps it; a later claim is a Conflict naming it,
+    // also when it comes from an older object edited to name the id (no takeover, and no way
+    // to take the chatflow offline). Claims no one holds are served none until one remains.
     let (client, ns, api, _objects) = setup("cf-shared").await;
     let name = support::unique("fgtest-shared");
     let _cleanup = support::FlowiseCleanup(name.clone());
     let existing = flowise_chatflow(&name, None).await;
     let controller = start(&client, settings(&ns));
 
+    // Older than the holder, pointing elsewhere for now.
     create(
         &api,
-        chatflow_doc("a-first", json!({"flowiseId": existing.id})),
+        chatflow_doc("older", json!({"flowiseName": format!("{name}-nowhere")})),
     )
     .await;
-    wait_ready(&api, "a-first", "True", "Synced").await;
-    create(&api, chatflow_doc("b-second", json!({"flowiseName": name}))).await;
-    let second = wait_ready(&api, "b-second", "False", "Conflict").await;
-    let message = ready_message(&second);
+    wait_ready(&api, "older", "False", "NotFoundInFlowise").await;
+    create(
+        &api,
+        chatflow_doc("holder", json!({"flowiseId": existing.id})),
+    )
+    .await;
+    wait_ready(&api, "holder", "True", "Synced").await;
+
+    let takeover = json!({"spec": {"flowiseName": null, "flowiseId": existing.id}});
+    api.patch("older", &PatchParams::default(), &Patch::Merge(&takeover))
+        .await
+        .expect("patched");
+    let older = wait_ready(&api, "older", "False", "Conflict").await;
+    let message = ready_message(&older);
     assert!(
-        message.contains(&existing.id) && message.contains(&format!("{ns}/a-first")),
+        message.contains(&existing.id) && message.contains(&format!("held by {ns}/holder")),
         "{message}"
     );
-    create(
-        &api,
-        chatflow_doc("c-third", json!({"flowiseId": existing.id})),
-    )
-    .await;
-    wait_ready(&api, "c-third", "False", "Conflict").await;
-    // Let the reconciles these status writes triggered run: the first stays Ready.
+    create(&api, chatflow_doc("later", json!({"flowiseName": name}))).await;
+    wait_ready(&api, "later", "False", "Conflict").await;
+    // Let the reconciles these status writes triggered run: the holder stays Ready.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    wait_ready(&api, "a-first", "True", "Synced").await;
+    wait_ready(&api, "holder", "True", "Synced").await;
 
-    api.delete("a-first", &DeleteParams::default())
+    // The holder goes: the two claims left hold nothing, and neither is served.
+    api.delete("holder", &DeleteParams::default())
         .await
         .expect("deleted");
-    // wait_ready gives up after 30 s: the resync that would also change it is a minute away.
-    wait_ready(&api, "b-second", "True", "Synced").await;
-    let third = support::eventually(30, "the third names the second", || async {
-        let third = api.get("c-third").await.ok()?;
-        ready_message(&third)
-            .contains(&format!("{ns}/b-second"))
-            .then_some(third)
-    })
-    .await;
-    assert!(ready_message(&third).contains(&existing.id));
-    // A claim that moves elsewhere hands the chatflow on too.
+    for object in ["older", "later"] {
+        support::eventually(30, "no one holds it", || async {
+            let cf = api.get(object).await.ok()?;
+            ready_message(&cf).contains("none of them").then_some(())
+        })
+        .await;
+    }
+    // One of them points elsewhere: the other is the only claim, and Ready at once.
     let elsewhere = json!({"spec": {"flowiseId": null, "flowiseName": format!("{name}-nowhere")}});
-    api.patch(
-        "b-second",
-        &PatchParams::default(),
-        &Patch::Merge(&elsewhere),
-    )
-    .await
-    .expect("patched");
-    wait_ready(&api, "b-second", "False", "NotFoundInFlowise").await;
-    wait_ready(&api, "c-third", "True", "Synced").await;
+    api.patch("older", &PatchParams::default(), &Patch::Merge(&elsewhere))
+        .await
+        .expect("patched");
+    wait_ready(&api, "older", "False", "NotFoundInFlowise").await;
+    wait_ready(&api, "later", "True", "Synced").await;
     controller.stop().await;
 }
 
