@@ -462,16 +462,17 @@ async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_w
         }
 
         // Still streaming FLOWGATE_UPSTREAM_TIMEOUT after the hang-up: aborted, charged what
-        // Flowise reported by then (the flat cost). Each gap is inside the timeout (a longer
-        // one would cut the stream as stalled); the report comes 3 s after the hang-up.
+        // Flowise reported by then (the flat cost). Each gap (2 s) is well inside the timeout
+        // (3 s; a longer one would cut the stream as stalled); the report comes two gaps (4 s)
+        // after the hang-up, well past it.
         let slow = FakeFlowise::start(Mode::Stream {
             tokens: 10,
-            gap: Duration::from_millis(1500),
+            gap: Duration::from_secs(2),
         })
         .await;
         let gate = Flowgate::start_with(Options {
             flowise_url: Some(slow.url.clone()),
-            upstream_timeout: Some("2s".into()),
+            upstream_timeout: Some("3s".into()),
             ..Default::default()
         })
         .await;

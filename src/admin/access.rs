@@ -160,8 +160,11 @@ fn is_not_found(e: &kube::Error) -> bool {
 /// such as an invalid or too large object, an admission webhook's or RBAC's denial.
 pub fn kube_error(e: kube::Error) -> ProxyError {
     match e {
+        // Not 401 (flowgate's own token, refreshed soon), 409 (a race, lost too often), 408
+        // and 429 (load): those may pass.
         kube::Error::Api(status)
-            if (400..500).contains(&status.code) && ![408, 429].contains(&status.code) =>
+            if (400..500).contains(&status.code)
+                && ![401, 408, 409, 429].contains(&status.code) =>
         {
             ProxyError::KubernetesRefused(format!(
                 "{} ({}): {}",
@@ -201,7 +204,9 @@ mod tests {
             );
         }
         for (code, reason) in [
+            (401, "Unauthorized"),
             (408, "Timeout"),
+            (409, "Conflict"),
             (429, "TooManyRequests"),
             (500, "InternalError"),
             (503, "ServiceUnavailable"),

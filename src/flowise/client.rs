@@ -227,7 +227,6 @@ impl FlowiseClient {
     }
 }
 
-/// `api/v1/chatflows/{id}`, the id percent-encoded as one path segment.
 /// The whole body of `response`, or `None` once it is (or says it will be) longer than `limit`.
 async fn read_limited(
     mut response: reqwest::Response,
@@ -237,7 +236,8 @@ async fn read_limited(
     if usize::try_from(declared).map_or(true, |declared| declared > limit) {
         return Ok(None);
     }
-    let mut body = bytes::BytesMut::with_capacity(declared as usize);
+    // What the answer declares is only reserved up to a few megabytes: it may not come.
+    let mut body = bytes::BytesMut::with_capacity((declared as usize).min(4 << 20));
     while let Some(chunk) = response.chunk().await? {
         if body.len() + chunk.len() > limit {
             return Ok(None);
@@ -247,6 +247,7 @@ async fn read_limited(
     Ok(Some(body.freeze()))
 }
 
+/// `api/v1/chatflows/{id}`, the id percent-encoded as one path segment.
 fn chatflow_path(id: &str) -> String {
     let encoded: String = id
         .bytes()

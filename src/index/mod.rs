@@ -330,6 +330,11 @@ pub fn compile(resources: &Resources) -> Snapshot {
     snap.policies.resize_with(snap.chatflows.len(), Vec::new);
 
     for access in &resources.accesses {
+        // Deleted, though a finalizer (another tool's) keeps the object: its grants end now,
+        // and it is not listed (the admin API's user listing reads the listed rules).
+        if access.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
         let rule = match AccessRule::try_from(access.as_ref()) {
             Ok(rule) => Arc::new(rule),
             Err(error) => {
@@ -339,8 +344,7 @@ pub fn compile(resources: &Resources) -> Snapshot {
         };
         let position = u32::try_from(snap.access_rules.len()).unwrap_or(u32::MAX);
         snap.access_rules.push(rule.clone());
-        // Deleted, though a finalizer (another tool's) keeps the object: its grants end now.
-        if rule.suspended || access.metadata.deletion_timestamp.is_some() {
+        if rule.suspended {
             continue;
         }
         let grant = Grant {

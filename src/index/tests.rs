@@ -217,6 +217,7 @@ fn an_access_being_deleted_grants_nothing_while_a_finalizer_keeps_it() {
     let snap = compile(&res);
     let alice = ["alice@example.com".to_string()];
     assert_eq!(role_on(&snap, &user(&alice), SUPPORT), None);
+    assert!(snap.access_rules().is_empty(), "nor listed");
 }
 
 #[test]

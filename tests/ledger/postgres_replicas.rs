@@ -5,6 +5,7 @@ use super::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use flowgate::config::LedgerUrl;
 use flowgate::ledger::CreditLedger;
 use tokio_postgres::error::SqlState;
 
@@ -184,6 +185,40 @@ async fn a_replica_starts_while_another_holds_a_write_open() {
         .expect("opens");
     drop(second);
     tx.rollback().await.expect("rollback");
+}
+
+/// A ledger in a schema ahead of another flowgate's on the search path (a per-user schema in
+/// front of `public`) gets its own indexes: the look-up before each is in its own schema.
+#[tokio::test]
+async fn a_schema_ahead_on_the_search_path_gets_its_own_indexes() {
+    let behind = crate::support::postgres("search_path_behind").await;
+    drop(behind.open().await);
+    let ahead = crate::support::postgres("search_path_ahead").await;
+    let (LedgerUrl::Postgres(ahead_url), LedgerUrl::Postgres(behind_url)) =
+        (&ahead.url, &behind.url)
+    else {
+        panic!("PostgreSQL stores");
+    };
+    let behind_schema = behind_url.rsplit("%3D").next().expect("schema");
+    let url = LedgerUrl::Postgres(format!("{ahead_url},{behind_schema}"));
+    let ledger = ledger::open(&url).await.expect("opens ahead of the other");
+    // Keyed reserves need the ahead schema's own unique index (ON CONFLICT infers it).
+    let mut keyed = request("alice", vec![line(POLICY, "alice", 10, 1)]);
+    keyed.idempotency_key = Some("k".into());
+    assert!(matches!(
+        ledger.reserve(keyed).await.expect("reserve"),
+        ReserveOutcome::Reserved { .. }
+    ));
+    let sql = ahead.sql().await;
+    let ahead_schema = ahead_url.rsplit("%3D").next().expect("schema");
+    let row = sql
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexname NOT LIKE '%pkey'",
+            &[&ahead_schema],
+        )
+        .await
+        .expect("indexes");
+    assert_eq!(row.get::<_, i64>(0), 8, "every index, in its own schema");
 }
 
 /// A batch PostgreSQL aborts leaves no transaction open on its connection: every request after

@@ -9,9 +9,10 @@ use crate::ledger::LedgerError;
 const SCHEMA_LOCK: i64 = 0x666c_6f77_6761_7465;
 const SCHEMA_VERSION: i32 = 1;
 
-// Every index is looked up before it is created: CREATE INDEX takes a share lock on its table
-// even when the index exists, and held to the commit of this transaction that would stop every
-// replica's writes while one starts (or deadlock with a write that locks two tables).
+// Every index is looked up (in the schema the tables are in) before it is created: CREATE INDEX
+// takes a share lock on its table even when the index exists, and held to the commit of this
+// transaction that would stop every replica's writes while one starts (or deadlock with a write
+// that locks two tables).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS ledger_schema (version integer PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS buckets (
@@ -29,10 +30,10 @@ DO $$ BEGIN
         ALTER TABLE buckets ADD COLUMN own_limit bigint;
     END IF;
 END $$;
-DO $$ BEGIN IF to_regclass('buckets_by_window') IS NULL THEN
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.buckets_by_window') IS NULL THEN
     CREATE INDEX IF NOT EXISTS buckets_by_window ON buckets (policy, window_start);
 END IF; END $$;
-DO $$ BEGIN IF to_regclass('buckets_by_start') IS NULL THEN
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.buckets_by_start') IS NULL THEN
     CREATE INDEX IF NOT EXISTS buckets_by_start ON buckets (window_start);
 END IF; END $$;
 CREATE TABLE IF NOT EXISTS reservations (
@@ -46,11 +47,11 @@ CREATE TABLE IF NOT EXISTS reservations (
     updated_us      bigint NOT NULL,
     tokens          bigint NOT NULL DEFAULT 0
 );
-DO $$ BEGIN IF to_regclass('reservations_by_key') IS NULL THEN
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.reservations_by_key') IS NULL THEN
     CREATE UNIQUE INDEX IF NOT EXISTS reservations_by_key ON reservations (subject, idempotency_key)
         WHERE idempotency_key IS NOT NULL AND state <> 'refunded';
 END IF; END $$;
-DO $$ BEGIN IF to_regclass('reservations_open') IS NULL THEN
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.reservations_open') IS NULL THEN
     CREATE INDEX IF NOT EXISTS reservations_open ON reservations (expires_us)
         WHERE state = 'reserved';
 END IF; END $$;
@@ -74,13 +75,13 @@ CREATE TABLE IF NOT EXISTS usage (
     tokens         bigint NOT NULL,
     outcome        text   NOT NULL
 );
-DO $$ BEGIN IF to_regclass('usage_by_time') IS NULL THEN
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.usage_by_time') IS NULL THEN
     CREATE INDEX IF NOT EXISTS usage_by_time ON usage (time_us);
 END IF; END $$;
-DO $$ BEGIN IF to_regclass('usage_by_subject') IS NULL THEN
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.usage_by_subject') IS NULL THEN
     CREATE INDEX IF NOT EXISTS usage_by_subject ON usage (subject, time_us);
 END IF; END $$;
-DO $$ BEGIN IF to_regclass('usage_by_policy') IS NULL THEN
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.usage_by_policy') IS NULL THEN
     CREATE INDEX IF NOT EXISTS usage_by_policy ON usage (policy, time_us);
 END IF; END $$;
 -- Added after version 1, without a new version: the rate allowances replicas share (GCRA: when
@@ -116,7 +117,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS chat_turns (
     turn       bigint NOT NULL,
     expires_us bigint NOT NULL
 );
-DO $$ BEGIN IF to_regclass('chat_turns_by_replica') IS NULL THEN
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.chat_turns_by_replica') IS NULL THEN
     CREATE INDEX IF NOT EXISTS chat_turns_by_replica ON chat_turns (replica, turn);
 END IF; END $$;
 ";
