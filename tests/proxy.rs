@@ -321,6 +321,17 @@ async fn the_python_service_routes_keep_working() {
         .await
         .expect("get");
     assert_eq!(by_name.status(), 200);
+    // A name the caller may not use is not found, as an unknown one: no probing for names.
+    let stranger = token("stranger-sub", json!({"email": "stranger@example.test"}));
+    for name in ["support-bot", "no-such-bot"] {
+        let probed = http
+            .get(format!("{}/chatflows/{name}", gate.base))
+            .bearer_auth(&stranger)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(probed.status(), 404, "{name}");
+    }
 
     let answer: Value = http
         .post(format!("{}/chat/predict", gate.base))

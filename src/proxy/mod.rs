@@ -717,7 +717,9 @@ fn log_decision(identity: &Identity, cf: &ChatflowEntry, decision: &str, reason:
     });
 }
 
-/// A chatflow named by its Chatflow name among those the caller may use.
+/// A chatflow named by its Chatflow name among those the caller may use. One the caller may not
+/// use is not found (404), as an unknown name is: names are guessable, and a 403 would tell a
+/// stranger which exist in other namespaces.
 fn by_visible_name(
     snapshot: &Snapshot,
     caller: &Caller<'_>,
@@ -730,11 +732,7 @@ fn by_visible_name(
         .filter(|cf| cf.rule.name == name && snapshot.role(caller, cf, now).is_some())
         .collect();
     match matches.as_slice() {
-        [] => Ok(snapshot
-            .chatflows()
-            .iter()
-            .find(|cf| cf.rule.name == name)
-            .cloned()),
+        [] => Ok(None),
         [one] => Ok(Some((*one).clone())),
         _ => Err(ProxyError::Ambiguous(name.to_string())),
     }

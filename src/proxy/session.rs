@@ -70,13 +70,21 @@ pub fn bind_body(
     body: &mut serde_json::Map<String, serde_json::Value>,
     subject_key: &str,
 ) -> String {
+    fn given(v: &serde_json::Value) -> Option<&str> {
+        v.as_str().filter(|s| !s.trim().is_empty())
+    }
     let requested = body
         .get("chatId")
-        .and_then(|v| v.as_str())
-        .or_else(|| body.get("overrideConfig")?.get("sessionId")?.as_str())
+        .and_then(given)
+        .or_else(|| body.get("overrideConfig")?.get("sessionId").and_then(given))
         .map(str::to_string);
     let bound = bind(subject_key, requested.as_deref());
     body.insert("chatId".into(), serde_json::Value::String(bound.clone()));
+    // Flowise 3.1 reads no top-level sessionId; an earlier one resumed an Agentflow's execution
+    // by it. Bound too, whatever reads it.
+    if body.contains_key("sessionId") {
+        body.insert("sessionId".into(), serde_json::Value::String(bound.clone()));
+    }
     // Flowise spreads overrideConfig over its own chatId and sessionId: bind both there too.
     if let Some(config) = body
         .get_mut("overrideConfig")
@@ -98,6 +106,20 @@ mod tests {
 
     fn body(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
         value.as_object().cloned().expect("object")
+    }
+
+    #[test]
+    fn an_empty_chat_id_gives_way_and_a_top_level_session_id_is_bound_too() {
+        let mut b = body(json!({"chatId": " ", "sessionId": "fg-victim-s-1",
+                                "overrideConfig": {"sessionId": "memory-1"}}));
+        let id = bind_body(&mut b, "user:alice");
+        assert_eq!(
+            id,
+            bind("user:alice", Some("memory-1")),
+            "the session's id, bound"
+        );
+        assert_eq!(b["sessionId"], json!(id), "never someone else's");
+        assert_eq!(b["overrideConfig"]["sessionId"], json!(id));
     }
 
     #[test]
