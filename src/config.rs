@@ -346,7 +346,7 @@ impl LedgerUrl {
         } else {
             Err(invalid(
                 SETTING,
-                format!("'{raw}' must start with sqlite:// or postgres://"),
+                format!("'{}' must start with sqlite:// or postgres://", masked(raw)),
             ))
         }
     }
@@ -443,9 +443,19 @@ fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
 }
 
+/// `raw` with what stands before its last `@` (a user and password) hidden: a value that does
+/// not parse is quoted in its error, which ends up in logs.
+fn masked(raw: &str) -> String {
+    let Some(at) = raw.rfind('@') else {
+        return raw.to_string();
+    };
+    let start = raw.find("://").map_or(0, |scheme| scheme + 3).min(at);
+    format!("{}***{}", &raw[..start], &raw[at..])
+}
+
 fn url(setting: &'static str, raw: &str) -> Result<Url, ConfigError> {
-    let parsed =
-        Url::parse(raw).map_err(|e| invalid(setting, format!("'{raw}' is not a URL: {e}")))?;
+    let parsed = Url::parse(raw)
+        .map_err(|e| invalid(setting, format!("'{}' is not a URL: {e}", masked(raw))))?;
     match parsed.scheme() {
         "http" | "https" => Ok(parsed),
         other => Err(invalid(
@@ -659,6 +669,20 @@ mod tests {
     fn proxy_threads_take_a_count() {
         let config = parse(&["--proxy-threads", " 3 "]).expect("valid");
         assert_eq!(config.proxy_threads, 3);
+    }
+
+    #[test]
+    fn a_value_that_does_not_parse_is_quoted_without_its_password() {
+        for args in [
+            &["--ledger-url", "postgresql+asyncpg://app:s3cret@db/ledger"][..],
+            &["--flowise-url", "http://admin:s3c#ret@flowise:3000/"][..],
+        ] {
+            let error = parse(args).expect_err("invalid").to_string();
+            assert!(!error.contains("s3c"), "{error}");
+            assert!(error.contains("***@"), "{error}");
+        }
+        assert_eq!(masked("no-credentials"), "no-credentials");
+        assert_eq!(masked("user:pw@host"), "***@host");
     }
 
     #[test]
