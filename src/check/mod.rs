@@ -193,100 +193,118 @@ pub fn check(paths: &[PathBuf]) -> Report {
                     continue;
                 }
             };
-            let api_version = text_at(&value, "/apiVersion").to_string();
-            if api_version.split('/').next() != Some(crd::GROUP) {
-                if api_version.contains("flowgate") {
-                    report.error(
-                        &at,
-                        None,
-                        format!("apiVersion {api_version}: flowgate's is {API_VERSION}"),
-                    );
+            // A List (as `kubectl get -o yaml` writes, and `kubectl apply` unpacks): each item
+            // is checked as a document of its own.
+            let list = text_at(&value, "/kind").ends_with("List")
+                && value.get("items").is_some_and(Value::is_array);
+            let items: Vec<(String, Value)> = if list {
+                match value.get_mut("items").map(Value::take) {
+                    Some(Value::Array(items)) => items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, item)| (format!("{at} (item {})", i + 1), item))
+                        .collect(),
+                    _ => Vec::new(),
                 }
-                continue;
-            }
-            report.objects += 1;
-            let kind = text_at(&value, "/kind").to_string();
-            let schema = match schemas.get(&kind) {
-                Some(schema) if api_version == API_VERSION => schema,
-                known => {
-                    let message = if known.is_some() {
-                        format!("apiVersion {api_version}: flowgate serves {API_VERSION}")
-                    } else {
-                        format!(
-                            "kind '{kind}' is not a flowgate resource (Chatflow, \
-                             ChatflowAccess, CreditPolicy)"
-                        )
-                    };
-                    report.error(&at, None, message);
+            } else {
+                vec![(at, value)]
+            };
+            for (at, mut value) in items {
+                let api_version = text_at(&value, "/apiVersion").to_string();
+                if api_version.split('/').next() != Some(crd::GROUP) {
+                    if api_version.contains("flowgate") {
+                        report.error(
+                            &at,
+                            None,
+                            format!("apiVersion {api_version}: flowgate's is {API_VERSION}"),
+                        );
+                    }
                     continue;
                 }
-            };
-            // The status subresource: what a file says there is never applied.
-            if let Some(fields) = value.as_object_mut() {
-                fields.remove("status");
-            }
-            let name = text_at(&value, "/metadata/name");
-            let place = match text_at(&value, "/metadata/namespace") {
-                "" => Place {
-                    object: format!("{kind} {name}"),
-                    namespaced: false,
-                    at,
-                },
-                ns => Place {
-                    object: format!("{kind} {ns}/{name}"),
-                    namespaced: true,
-                    at,
-                },
-            };
-            let object = Some(place.object.as_str());
-            let mut unknown = Vec::new();
-            unknown_fields(&value, schema, "", &mut unknown);
-            for field in unknown {
-                report.error(
-                    &place.at,
-                    object,
-                    format!(
-                        "unknown field {field}: not in the CRD (dropped or refused when applied)"
-                    ),
-                );
-            }
-            let parsed = parse(value);
-            match &parsed {
-                Ok(parsed) => {
-                    if let Err(invalid) = validate(parsed) {
-                        report.error(&place.at, object, invalid.to_string());
+                report.objects += 1;
+                let kind = text_at(&value, "/kind").to_string();
+                let schema = match schemas.get(&kind) {
+                    Some(schema) if api_version == API_VERSION => schema,
+                    known => {
+                        let message = if known.is_some() {
+                            format!("apiVersion {api_version}: flowgate serves {API_VERSION}")
+                        } else {
+                            format!(
+                                "kind '{kind}' is not a flowgate resource (Chatflow, \
+                                 ChatflowAccess, CreditPolicy)"
+                            )
+                        };
+                        report.error(&at, None, message);
+                        continue;
                     }
+                };
+                // The status subresource: what a file says there is never applied.
+                if let Some(fields) = value.as_object_mut() {
+                    fields.remove("status");
                 }
-                Err(e) => report.error(&place.at, object, format!("invalid: {e}")),
-            }
-            if let Some((first, namespaced, first_parsed)) = defined.get_mut(&place.object) {
-                let message = format!("also defined at {first}");
-                let stands_in = !*first_parsed && parsed.is_ok();
-                *first_parsed |= parsed.is_ok();
-                if *namespaced && place.namespaced {
-                    report.error(&place.at, object, message);
-                } else {
-                    report.push(
-                        Severity::Warning,
+                let name = text_at(&value, "/metadata/name");
+                let place = match text_at(&value, "/metadata/namespace") {
+                    "" => Place {
+                        object: format!("{kind} {name}"),
+                        namespaced: false,
+                        at,
+                    },
+                    ns => Place {
+                        object: format!("{kind} {ns}/{name}"),
+                        namespaced: true,
+                        at,
+                    },
+                };
+                let object = Some(place.object.as_str());
+                let mut unknown = Vec::new();
+                unknown_fields(&value, schema, "", &mut unknown);
+                for field in unknown {
+                    report.error(
                         &place.at,
                         object,
                         format!(
-                            "{message}, without a namespace (fine if they are applied to \
-                             different namespaces)"
+                            "unknown field {field}: not in the CRD (dropped or refused when applied)"
                         ),
                     );
                 }
-                if let (true, Ok(parsed)) = (stands_in, parsed) {
+                let parsed = parse(value);
+                match &parsed {
+                    Ok(parsed) => {
+                        if let Err(invalid) = validate(parsed) {
+                            report.error(&place.at, object, invalid.to_string());
+                        }
+                    }
+                    Err(e) => report.error(&place.at, object, format!("invalid: {e}")),
+                }
+                if let Some((first, namespaced, first_parsed)) = defined.get_mut(&place.object) {
+                    let message = format!("also defined at {first}");
+                    let stands_in = !*first_parsed && parsed.is_ok();
+                    *first_parsed |= parsed.is_ok();
+                    if *namespaced && place.namespaced {
+                        report.error(&place.at, object, message);
+                    } else {
+                        report.push(
+                            Severity::Warning,
+                            &place.at,
+                            object,
+                            format!(
+                                "{message}, without a namespace (fine if they are applied to \
+                                 different namespaces)"
+                            ),
+                        );
+                    }
+                    if let (true, Ok(parsed)) = (stands_in, parsed) {
+                        objects.push((place, parsed));
+                    }
+                    continue;
+                }
+                defined.insert(
+                    place.object.clone(),
+                    (place.at.clone(), place.namespaced, parsed.is_ok()),
+                );
+                if let Ok(parsed) = parsed {
                     objects.push((place, parsed));
                 }
-                continue;
-            }
-            defined.insert(
-                place.object.clone(),
-                (place.at.clone(), place.namespaced, parsed.is_ok()),
-            );
-            if let Ok(parsed) = parsed {
-                objects.push((place, parsed));
             }
         }
     }

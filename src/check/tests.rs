@@ -308,6 +308,36 @@ spec: {chatflows: [x, twin], subjects: [{group: g}]}
 }
 
 #[test]
+fn the_items_of_a_list_are_checked_as_documents() {
+    // As `kubectl get chatflowaccesses -o yaml` writes them, and `kubectl apply` unpacks them.
+    let dir = tempfile::tempdir().expect("dir");
+    write(
+        dir.path(),
+        "list.yaml",
+        "apiVersion: v1\nkind: List\nitems:\n\
+         - apiVersion: flowgate.io/v1alpha1\n  kind: ChatflowAccess\n  metadata: {name: good, namespace: a}\n  \
+           spec: {chatflows: [x], subjects: [{user: u}]}\n\
+         - apiVersion: flowgate.io/v1alpha1\n  kind: ChatflowAccess\n  metadata: {name: bad, namespace: a}\n  \
+           spec: {chatflows: [x], subjects: [{usr: u}]}\n",
+    );
+    let report = check(&[dir.path().to_path_buf()]);
+    assert_eq!(report.objects, 2, "{:?}", lines(&report, dir.path()));
+    let found = lines(&report, dir.path());
+    assert!(
+        found.iter().any(
+            |l| l.starts_with("Error list.yaml:1 (item 2) ChatflowAccess a/bad: unknown field")
+        ),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .all(|l| !(l.starts_with("Error") && l.contains("a/good"))),
+        "the good item has no error: {found:?}"
+    );
+}
+
+#[test]
 fn no_flowgate_resource_at_all_is_an_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     write(
