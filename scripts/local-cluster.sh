@@ -4,7 +4,8 @@
 # Usage: scripts/local-cluster.sh <build|start|stop [--purge]|prune|env|status>
 #
 #   build   Build kube-apiserver v1.20.2 from Debian's `kubernetes` source package and cache
-#           the binary at $CACHE/bin/kube-apiserver. No-op when the binary is cached.
+#           the binary at $CACHE/bin/kube-apiserver; kubectl too, into $CACHE/bin/kubectl, when
+#           the machine has none (`env` then puts it on PATH). No-op when both are at hand.
 #   start   Build if needed, then start etcd + kube-apiserver on 127.0.0.1 and write
 #           $CACHE/cluster/kubeconfig. No-op when both are already running and ready.
 #   stop    Stop both (TERM, then KILL). `stop --purge` also deletes all cluster state
@@ -45,6 +46,7 @@ readonly HOST=127.0.0.1
 readonly CACHE="${FLOWGATE_CACHE:-$HOME/.cache/flowgate}"
 readonly BIN_DIR="$CACHE/bin"
 readonly APISERVER_BIN="$BIN_DIR/kube-apiserver"
+readonly KUBECTL_BIN="$BIN_DIR/kubectl"
 readonly SRC_CACHE="$CACHE/src"          # downloaded source package files (kept: no refetch)
 readonly APT_DIR="$CACHE/apt"            # private apt sources + lists (only during a fetch)
 readonly BUILD_DIR="$CACHE/build"        # scratch build tree (deleted after a successful build)
@@ -281,8 +283,18 @@ fetch_source() {
   rm -rf "$APT_DIR" # the package lists (~20 MB) are only needed for this download
 }
 
+# Whether a kubectl is at hand: the machine's, or one built here (tests and scripts run it).
+kubectl_at_hand() {
+  command -v kubectl >/dev/null || [[ -x $KUBECTL_BIN ]]
+}
+
 cmd_build() {
-  if [[ -x $APISERVER_BIN ]]; then
+  # What is missing: the apiserver, and kubectl where the machine has none (Debian ships none;
+  # it comes from the same source tree).
+  local what=()
+  [[ -x $APISERVER_BIN ]] || what+=(cmd/kube-apiserver)
+  kubectl_at_hand || what+=(cmd/kubectl)
+  if [[ ${#what[@]} -eq 0 ]]; then
     log "kube-apiserver cached: $APISERVER_BIN"
     return 0
   fi
@@ -304,7 +316,7 @@ cmd_build() {
   cp -rL /usr/share/gocode/src/github.com/modern-go/reflect2 "$reflect2"
   find "$reflect2" -name '*_test.go' -delete
 
-  log "building kube-apiserver (takes several minutes)"
+  log "building ${what[*]} (takes several minutes)"
   local start=$SECONDS
   (
     cd "$src"
@@ -316,15 +328,19 @@ cmd_build() {
     ln -sfn ../../.. .go/src/k8s.io/kubernetes
     export GOPATH="$src/.go" CGO_ENABLED=0 GOCACHE="$GO_CACHE_DIR" GOFLAGS=
     export PATH="/usr/lib/go/bin:$PATH" # Debian's Go (1.19), whatever else is on PATH
-    make WHAT=cmd/kube-apiserver
+    make WHAT="${what[*]}"
   )
-  local out="$src/_output/bin/kube-apiserver"
-  [[ -x $out ]] || die "build finished without producing $out"
   mkdir -p "$BIN_DIR"
-  cp "$out" "$APISERVER_BIN.tmp"
-  mv -f "$APISERVER_BIN.tmp" "$APISERVER_BIN" # atomic: a half-copied binary is never "cached"
+  local cmd bin out
+  for cmd in "${what[@]}"; do
+    bin=${cmd#cmd/}
+    out="$src/_output/bin/$bin"
+    [[ -x $out ]] || die "build finished without producing $out"
+    cp "$out" "$BIN_DIR/$bin.tmp"
+    mv -f "$BIN_DIR/$bin.tmp" "$BIN_DIR/$bin" # atomic: a half-copied binary is never "cached"
+  done
   rm -rf "$BUILD_DIR" "$GO_CACHE_DIR"
-  log "built $APISERVER_BIN ($("$APISERVER_BIN" --version)) in $((SECONDS - start))s"
+  log "built ${what[*]} into $BIN_DIR in $((SECONDS - start))s"
 }
 
 # --- start ------------------------------------------------------------------------------------
@@ -571,6 +587,10 @@ cmd_prune() {
 
 cmd_env() {
   printf 'export KUBECONFIG=%q\n' "$KUBECONFIG_FILE"
+  # The kubectl built here, after the machine's own if it has one.
+  if [[ -x $KUBECTL_BIN ]]; then
+    printf 'export PATH="$PATH":%q\n' "$BIN_DIR"
+  fi
 }
 
 cmd_status() {
