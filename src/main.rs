@@ -154,7 +154,10 @@ fn backup(ledger_url: &str, dest: &std::path::Path) -> anyhow::Result<()> {
         .map_err(anyhow::Error::from)
         .and_then(|()| {
             let mut file = std::fs::File::open(&scratch)?;
-            std::io::copy(&mut file, &mut std::io::stdout().lock())?;
+            let mut out = std::io::stdout().lock();
+            std::io::copy(&mut file, &mut out)?;
+            // Its last bytes too, with their error: a copy cut short must not exit 0.
+            std::io::Write::flush(&mut out)?;
             Ok(())
         });
     let _ = std::fs::remove_file(&scratch);

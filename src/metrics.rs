@@ -79,6 +79,7 @@ pub struct Metrics {
     /// Unix time of the snapshot the proxy serves.
     pub snapshot_compiled: Gauge,
     index_invalid: Family<KindLabels, Gauge>,
+    index_watch_errors: Family<KindLabels, Counter>,
     /// Bytes of request and answer bodies held in memory now (the proxy's `Buffers` count).
     pub body_buffer: Gauge,
     /// What `body_buffer` may reach (FLOWGATE_BODY_MEMORY).
@@ -197,6 +198,13 @@ impl Metrics {
              says why: Ready=False, InvalidSpec)",
             index_invalid.clone(),
         );
+        let index_watch_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "index_watch_errors",
+            "Failed lists and watches of the index's objects, by kind: while they fail, the proxy \
+             enforces the last state it saw of that kind (a revocation is not seen)",
+            index_watch_errors.clone(),
+        );
         let body_buffer = Gauge::default();
         registry.register(
             "body_buffer_bytes",
@@ -228,6 +236,7 @@ impl Metrics {
             stream_hangups,
             snapshot_compiled,
             index_invalid,
+            index_watch_errors,
             body_buffer,
             body_buffer_limit,
             controller,
@@ -239,6 +248,18 @@ impl Metrics {
         self.index_invalid
             .get_or_create(&KindLabels { kind })
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one failed list or watch of `kind` by the index.
+    pub fn index_watch_error(&self, kind: &str) {
+        let kind = match kind {
+            "Chatflow" => "Chatflow",
+            "ChatflowAccess" => "ChatflowAccess",
+            _ => "CreditPolicy",
+        };
+        self.index_watch_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
     }
 
     /// Counts one answered request.

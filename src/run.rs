@@ -48,6 +48,9 @@ pub enum RunError {
     /// The proxy's threads could not be started.
     #[error("cannot start the proxy's threads: {0}")]
     Threads(#[source] std::io::Error),
+    /// A proxy thread stopped while serving (and so stopped the process).
+    #[error("a proxy thread stopped unexpectedly")]
+    ThreadStopped,
     /// The controller could not start.
     #[error("controller: {0}")]
     Controller(#[from] crate::controller::ControllerError),
@@ -84,6 +87,10 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::new());
     let shutdown = delayed(signalled, health.clone(), config.shutdown_delay);
+    // Closed until every part is started and has registered its own gate: /readyz answers from
+    // the moment the ops listener is up.
+    let started = health.gate("startup");
+    let threads_stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     let ops_listener = bind(config.ops_addr, "FLOWGATE_OPS_ADDR").await?;
     let mut tasks = Vec::new();
@@ -128,7 +135,13 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     if config.proxy {
         let snapshot = match (&client, &config.resources_dir) {
             (Some(client), _) => {
-                index::watch::spawn(client.clone(), health.gate("index"), shutdown.clone()).1
+                index::watch::spawn(
+                    client.clone(),
+                    health.gate("index"),
+                    shutdown.clone(),
+                    metrics.clone(),
+                )
+                .1
             }
             (None, Some(dir)) => {
                 let flowise = crate::flowise::FlowiseClient::from_config(&config).map_err(|e| {
@@ -252,7 +265,13 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
         let threads = server::Threads::start(handlers, &background, &shutdown, DRAIN_PERIOD)
             .map_err(RunError::Threads)?;
         let listener = bind(config.listen_addr, "FLOWGATE_LISTEN_ADDR").await?;
-        tasks.push(tokio::spawn(threads.serve(listener, shutdown.clone())));
+        let serve = threads.serve(listener, shutdown.clone());
+        let stopped = threads_stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            if !serve.await {
+                stopped.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }));
         tracing::info!(addr = %config.listen_addr, flowise = %crate::flowise::shown(&config.flowise_url), threads = config.proxy_threads, "proxy listening");
     }
 
@@ -266,12 +285,24 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     if let (true, Some(controller)) = (config.controller, controller) {
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(error) = controller.run(shutdown).await {
-                tracing::error!(%error, "controller failed");
+            // Reconciles still running get the drain period, as requests do; past it they are
+            // dropped (the Lease then expires instead of being released).
+            let stopping = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(DRAIN_PERIOD).await;
+            };
+            tokio::select! {
+                result = controller.run(shutdown.clone()) => {
+                    if let Err(error) = result {
+                        tracing::error!(%error, "controller failed");
+                    }
+                }
+                () = stopping => tracing::warn!(?DRAIN_PERIOD, "reconciles still running after the drain period"),
             }
         }));
     }
 
+    started.open();
     tracing::info!(
         controller = config.controller,
         proxy = config.proxy,
@@ -281,6 +312,9 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     tracing::info!("shutting down: draining in-flight requests");
     for task in tasks {
         let _ = task.await;
+    }
+    if threads_stopped.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(RunError::ThreadStopped);
     }
     Ok(())
 }

@@ -100,19 +100,21 @@ impl Threads {
                     runtime.block_on(async move {
                         let mut connections = Connections::new(handler, WRITE_STALL_LIMIT);
                         loop {
-                            let (stream, peer) = tokio::select! {
+                            // Connections already handed over come first: accepted, their
+                            // clients have sent requests that a shutdown must still answer.
+                            let handed = tokio::select! {
+                                biased;
                                 handed = rx.recv() => match handed {
                                     Some(conn) => conn,
                                     None => break,
                                 },
                                 () = shutdown.cancelled() => break,
                             };
-                            match TcpStream::from_std(stream) {
-                                Ok(stream) => connections.serve(stream, peer),
-                                Err(error) => {
-                                    tracing::warn!(%error, %peer, "cannot adopt a connection");
-                                }
-                            }
+                            connections.adopt(handed);
+                        }
+                        rx.close();
+                        while let Ok(handed) = rx.try_recv() {
+                            connections.adopt(handed);
                         }
                         connections.drain(drain).await;
                         background.close();
@@ -126,6 +128,9 @@ impl Threads {
                             );
                         }
                     });
+                    // Tasks that outlived the drain are dropped with the runtime, and may log
+                    // as they go: the lines are flushed after.
+                    drop(runtime);
                     telemetry::flush_thread();
                     let _ = done_tx.send(());
                 })?;
@@ -136,9 +141,11 @@ impl Threads {
     }
 
     /// Accepts on `listener` until `shutdown` fires, handing each connection to the next
-    /// thread in turn; returns once every thread has finished.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+    /// thread in turn; returns once every thread has finished: false when one stopped early
+    /// (and so stopped the process).
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> bool {
         let mut next = 0;
+        let mut healthy = true;
         while let Some((stream, peer)) = accept(&listener, &shutdown).await {
             if self.senders.is_empty() {
                 break;
@@ -152,10 +159,16 @@ impl Threads {
             };
             // Round robin: with few long-lived client connections (a load balancer's pool),
             // each thread gets its share; a hash of the peer address would not promise that.
-            if self.senders[next].send((stream, peer)).await.is_err() {
+            let handed = tokio::select! {
+                handed = self.senders[next].send((stream, peer)) => handed,
+                // Every thread's queue full as the shutdown begins: the drain comes first.
+                () = shutdown.cancelled() => break,
+            };
+            if handed.is_err() {
                 // Never expected (its tasks catch their own panics); rather than keep running
                 // with a part of the proxy gone, stop the whole process so it is restarted.
                 tracing::error!(thread = next, "a proxy thread stopped; shutting down");
+                healthy = false;
                 shutdown.cancel();
                 break;
             }
@@ -164,8 +177,9 @@ impl Threads {
         drop(listener);
         drop(self.senders);
         for done in self.finished {
-            let _ = done.await;
+            healthy &= done.await.is_ok();
         }
+        healthy
     }
 }
 
@@ -243,6 +257,14 @@ where
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
         });
+    }
+
+    /// Serves a connection another thread accepted.
+    fn adopt(&mut self, (stream, peer): (std::net::TcpStream, SocketAddr)) {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => self.serve(stream, peer),
+            Err(error) => tracing::warn!(%error, %peer, "cannot adopt a connection"),
+        }
     }
 
     /// Asks every connection to finish and waits at most `drain` for them.

@@ -128,6 +128,16 @@ fn series(sel: &str, healthy: bool) -> Vec<Value> {
             "",
             pick("0x40", "0+1x40"),
         ),
+        s(
+            "flowgate_index_watch_errors_total",
+            r#"kind="ChatflowAccess""#,
+            pick("0x40", "0+1x40"),
+        ),
+        s(
+            "flowgate_index_watch_errors_total",
+            r#"kind="Chatflow""#,
+            "0x40".into(),
+        ),
     ]
 }
 
@@ -182,6 +192,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
             "FlowgateFlowiseErrors",
             "FlowgateBodyMemoryFull",
             "FlowgateInvalidResources",
+            "FlowgateIndexStale",
             "FlowgateReconcileErrors",
             "FlowgateFlowiseSyncFailing",
             "FlowgateNoControllerLeader",
@@ -197,6 +208,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
             }
             "FlowgateReconcileErrors" => json!({"kind": "Chatflow"}),
             "FlowgateInvalidResources" => json!({"kind": "CreditPolicy"}),
+            "FlowgateIndexStale" => json!({"kind": "ChatflowAccess"}),
             _ => json!({}),
         }
     };

@@ -202,6 +202,19 @@ async fn an_unreachable_api_server_does_not_stop_decisions() {
         let (sent, bad) = steady(&gate.base, &alice, &id, 20, 60).await;
         assert!(bad.is_empty(), "{} of {sent} failed: {bad:?}", bad.len());
         eprintln!("{sent} predictions answered during the API server outage");
+        // ... while the failed watches are counted, for the alert on a stale index.
+        let metrics = reqwest::get(format!("{}/metrics", gate.ops))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let failed: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("flowgate_index_watch_errors_total{kind=\"ChatflowAccess\"}"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(failed >= 1.0, "watch errors counted: {metrics}");
 
         relay.reopen().await;
         // The watch comes back: a revocation made now takes effect.

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Resources, Snapshot, compile};
 use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy, Watched};
+use crate::metrics::Metrics;
 use crate::ops::Gate;
 
 /// Shared read access to the current snapshot.
@@ -94,11 +95,17 @@ fn key(meta: &kube::api::ObjectMeta) -> (Option<&str>, Option<&str>) {
 
 /// Starts reflectors on every namespace and the writer task. Returns the stores and the
 /// snapshot handle; `ready` opens after the first full sync of all three kinds.
-pub fn spawn(client: Client, ready: Gate, shutdown: CancellationToken) -> (Stores, SnapshotHandle) {
+pub fn spawn(
+    client: Client,
+    ready: Gate,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) -> (Stores, SnapshotHandle) {
     let dirty = Arc::new(Notify::new());
-    let (chatflows, cf_task) = reflect::<Chatflow>(client.clone(), dirty.clone());
-    let (accesses, cfa_task) = reflect::<ChatflowAccess>(client.clone(), dirty.clone());
-    let (policies, cpol_task) = reflect::<CreditPolicy>(client, dirty.clone());
+    let (chatflows, cf_task) = reflect::<Chatflow>(client.clone(), dirty.clone(), metrics.clone());
+    let (accesses, cfa_task) =
+        reflect::<ChatflowAccess>(client.clone(), dirty.clone(), metrics.clone());
+    let (policies, cpol_task) = reflect::<CreditPolicy>(client, dirty.clone(), metrics);
     let stores = Stores {
         chatflows,
         accesses,
@@ -167,7 +174,11 @@ fn watch_backoff() -> impl kube::runtime::utils::Backoff {
     )
 }
 
-fn reflect<K: Watched>(client: Client, dirty: Arc<Notify>) -> (Store<K>, impl Future<Output = ()>) {
+fn reflect<K: Watched>(
+    client: Client,
+    dirty: Arc<Notify>,
+    metrics: Arc<Metrics>,
+) -> (Store<K>, impl Future<Output = ()>) {
     let api: Api<K> = Api::all(client);
     let (reader, writer) = reflector::store();
     // Lists (at start and after a 410) read the latest state, not the API server's watch cache:
@@ -181,6 +192,9 @@ fn reflect<K: Watched>(client: Client, dirty: Arc<Notify>) -> (Store<K>, impl Fu
             match event {
                 Ok(_) => dirty.notify_one(),
                 Err(error) => {
+                    // A list that fails on one object's content (one the API server stored but
+                    // flowgate cannot read) fails every time: the alert on this counter says so.
+                    metrics.index_watch_error(K::kind(&()).as_ref());
                     tracing::warn!(kind = K::kind(&()).as_ref(), %error, "watch error; retrying")
                 }
             }
