@@ -194,7 +194,12 @@ fn reflect<K: Watched>(
                 Err(error) => {
                     // A list that fails on one object's content (one the API server stored but
                     // flowgate cannot read) fails every time: the alert on this counter says so.
-                    metrics.index_watch_error(K::kind(&()).as_ref());
+                    // A 410 (the watch fell behind; a relist follows at once) is no failure.
+                    let desync =
+                        matches!(&error, watcher::Error::WatchError(status) if status.code == 410);
+                    if !desync {
+                        metrics.index_watch_error(K::kind(&()).as_ref());
+                    }
                     tracing::warn!(kind = K::kind(&()).as_ref(), %error, "watch error; retrying")
                 }
             }
