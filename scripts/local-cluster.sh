@@ -519,6 +519,8 @@ cmd_start() {
     # Cheap and idempotent: re-assert what tests rely on, in case something deleted it.
     bootstrap_objects
     write_kubeconfig
+    # A cluster started before kubectl was built here, on a machine with none.
+    kubectl_at_hand || cmd_build
     log "already running: $APISERVER_URL (KUBECONFIG=$KUBECONFIG_FILE)"
     return 0
   fi

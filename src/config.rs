@@ -449,7 +449,7 @@ fn masked(raw: &str) -> String {
     let Some(at) = raw.rfind('@') else {
         return raw.to_string();
     };
-    let start = raw.find("://").map_or(0, |scheme| scheme + 3).min(at);
+    let start = raw[..at].find("://").map_or(0, |scheme| scheme + 3);
     format!("{}***{}", &raw[..start], &raw[at..])
 }
 
@@ -683,6 +683,11 @@ mod tests {
         }
         assert_eq!(masked("no-credentials"), "no-credentials");
         assert_eq!(masked("user:pw@host"), "***@host");
+        assert_eq!(
+            masked("user:pw@db/x?next=http://y"),
+            "***@db/x?next=http://y",
+            "a scheme after the credentials is not theirs"
+        );
     }
 
     #[test]

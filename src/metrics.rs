@@ -199,6 +199,10 @@ impl Metrics {
             index_invalid.clone(),
         );
         let index_watch_errors = Family::<KindLabels, Counter>::default();
+        // Every kind from the start, at 0: increase() sees the first error.
+        for kind in ["Chatflow", "ChatflowAccess", "CreditPolicy"] {
+            index_watch_errors.get_or_create(&KindLabels { kind }).get();
+        }
         registry.register(
             "index_watch_errors",
             "Failed lists and watches of the index's objects, by kind: while they fail, the proxy \

@@ -100,20 +100,13 @@ impl Threads {
                     runtime.block_on(async move {
                         let mut connections = Connections::new(handler, WRITE_STALL_LIMIT);
                         loop {
-                            // Connections already handed over come first: accepted, their
-                            // clients have sent requests that a shutdown must still answer.
                             let handed = tokio::select! {
-                                biased;
                                 handed = rx.recv() => match handed {
                                     Some(conn) => conn,
                                     None => break,
                                 },
                                 () = shutdown.cancelled() => break,
                             };
-                            connections.adopt(handed);
-                        }
-                        rx.close();
-                        while let Ok(handed) = rx.try_recv() {
                             connections.adopt(handed);
                         }
                         connections.drain(drain).await;
@@ -129,8 +122,9 @@ impl Threads {
                         }
                     });
                     // Tasks that outlived the drain are dropped with the runtime, and may log
-                    // as they go: the lines are flushed after.
-                    drop(runtime);
+                    // as they go: the lines are flushed after. Blocking work (a DNS lookup, a
+                    // token count) gets a second, not as long as it likes.
+                    runtime.shutdown_timeout(Duration::from_secs(1));
                     telemetry::flush_thread();
                     let _ = done_tx.send(());
                 })?;
@@ -160,11 +154,13 @@ impl Threads {
             // Round robin: with few long-lived client connections (a load balancer's pool),
             // each thread gets its share; a hash of the peer address would not promise that.
             let handed = tokio::select! {
-                handed = self.senders[next].send((stream, peer)) => handed,
+                biased;
                 // Every thread's queue full as the shutdown begins: the drain comes first.
                 () = shutdown.cancelled() => break,
+                handed = self.senders[next].send((stream, peer)) => handed,
             };
-            if handed.is_err() {
+            // A thread that saw the shutdown stops taking connections: not a failure.
+            if handed.is_err() && !shutdown.is_cancelled() {
                 // Never expected (its tasks catch their own panics); rather than keep running
                 // with a part of the proxy gone, stop the whole process so it is restarted.
                 tracing::error!(thread = next, "a proxy thread stopped; shutting down");

@@ -23,6 +23,8 @@ use support::team::Team;
 
 /// Test cases per operation and phase; with a fixed seed the run is repeatable.
 const MAX_EXAMPLES: &str = "150";
+/// What schemathesis prints when hypothesis trips over CPython 3.11's parser (not a finding).
+const TOOL_FLAKE: &str = "AST constructor recursion depth mismatch";
 const SEED: &str = "20261122";
 
 #[tokio::test]
@@ -89,12 +91,24 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
     let started = Instant::now();
     // The gate runs on this test's runtime: wait for schemathesis off it.
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(script)
-            .args(&args)
-            // schemathesis keeps a cache in `.schemathesis/` of its working directory.
-            .current_dir(&workdir)
-            .output()
-            .expect("scripts/schemathesis.sh runs (needs python3 with venv; PyPI on first run)")
+        let run = || {
+            std::process::Command::new(&script)
+                .args(&args)
+                // schemathesis keeps a cache in `.schemathesis/` of its working directory.
+                .current_dir(&workdir)
+                .output()
+                .expect("scripts/schemathesis.sh runs (needs python3 with venv; PyPI on first run)")
+        };
+        let out = run();
+        // One error of the tool itself is run again: CPython 3.11's parser, called by
+        // hypothesis to describe a lambda, now and then fails with this (seen in two runs of the
+        // suite, sessions apart, in the coverage phase). The seed is fixed, so a finding of
+        // flowgate's shows again.
+        if !out.status.success() && String::from_utf8_lossy(&out.stdout).contains(TOOL_FLAKE) {
+            eprintln!("schemathesis failed inside hypothesis ({TOOL_FLAKE}); running it again");
+            return run();
+        }
+        out
     })
     .await
     .expect("schemathesis finished");

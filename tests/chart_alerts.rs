@@ -131,7 +131,8 @@ fn series(sel: &str, healthy: bool) -> Vec<Value> {
         s(
             "flowgate_index_watch_errors_total",
             r#"kind="ChatflowAccess""#,
-            pick("0x40", "0+1x40"),
+            // Healthy: an error now and then (an API server restart); failing: every 12 s.
+            pick("0+0.3x40", "0+5x40"),
         ),
         s(
             "flowgate_index_watch_errors_total",
