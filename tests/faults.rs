@@ -1,6 +1,7 @@
 //! Faults between flowgate and Flowise, nothing lost: Flowise refusing connections or flowgate's
-//! credentials, Flowise dropping the connection mid-stream, and a client hanging up mid-stream. Each answer is a clear
-//! error (or a cut stream) and every charge ends refunded or settled as designed.
+//! credentials, Flowise dropping the connection mid-stream or going silent, and a client hanging
+//! up mid-stream. Each answer is a clear error (or a cut stream) and every charge ends refunded or
+//! settled as designed. The ledger's own faults are in `tests/ledger_faults.rs`.
 
 mod support;
 
@@ -12,43 +13,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{Flowgate, Options, credits_used, predict, used_becomes};
+use support::gate::{Flowgate, Options, indexed, predict, used_becomes};
 use support::team::Team;
-
-const POLICY_SPEC: &str = r#"{"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
-                               "cost": {"perPrediction": 1}}"#;
-
-async fn used(gate: &Flowgate, bearer: &str, policy: &str) -> Option<i64> {
-    credits_used(&gate.base, bearer, policy).await
-}
-
-/// Waits until the policy is indexed (used is Some).
-async fn indexed(gate: &Flowgate, bearer: &str, policy: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while used(gate, bearer, policy).await.is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "policy never indexed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn team_with_policy(prefix: &str) -> (Team, String) {
-    let team = Team::with_fake_flowise(prefix).await;
-    team.policy(
-        "flat",
-        serde_json::from_str(POLICY_SPEC).expect("policy JSON"),
-    )
-    .await;
-    let policy = format!("{}/flat", team.ns);
-    (team, policy)
-}
 
 #[tokio::test]
 async fn flowise_refusing_connections_is_a_502_and_every_charge_is_refunded() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let (team, policy) = team_with_policy("faults-refused").await;
+        let (team, policy) = Team::with_flat_policy("faults-refused").await;
         // A port nothing listens on: bound, then closed.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", closed.local_addr().expect("addr"));
@@ -78,7 +49,7 @@ async fn flowise_refusing_connections_is_a_502_and_every_charge_is_refunded() {
 #[tokio::test]
 async fn flowise_refusing_flowgates_credentials_is_a_502_not_the_callers_401() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let (team, policy) = team_with_policy("faults-flowise-401").await;
+        let (team, policy) = Team::with_flat_policy("faults-flowise-401").await;
         let refusing = FakeFlowise::start(Mode::Unauthorized).await;
         let gate = Flowgate::with_flowise(&refusing.url).await;
         let alice = team.alice();
@@ -110,7 +81,7 @@ async fn flowise_refusing_flowgates_credentials_is_a_502_not_the_callers_401() {
 #[tokio::test]
 async fn flowise_slower_than_the_upstream_timeout_is_a_504_refunded_and_aborted() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let (team, policy) = team_with_policy("faults-slow").await;
+        let (team, policy) = Team::with_flat_policy("faults-slow").await;
         let slow = FakeFlowise::start(Mode::Slow {
             delay: Duration::from_secs(10),
         })
@@ -243,7 +214,7 @@ async fn cutting_flowise(answered: bool) -> String {
 async fn flowise_cutting_a_stream_refunds_unanswered_and_settles_answered_predictions() {
     tokio::time::timeout(Duration::from_secs(60), async {
         for (answered, want) in [(false, 0), (true, 3)] {
-            let (team, policy) = team_with_policy("faults-cut").await;
+            let (team, policy) = Team::with_flat_policy("faults-cut").await;
             let gate = Flowgate::with_flowise(&cutting_flowise(answered).await).await;
             let alice = team.alice();
             indexed(&gate, &alice, &policy).await;
@@ -278,7 +249,7 @@ async fn flowise_cutting_a_stream_refunds_unanswered_and_settles_answered_predic
 #[tokio::test]
 async fn a_stream_flowise_stops_sending_is_cut_at_the_upstream_timeout_refunded_and_aborted() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let (team, policy) = team_with_policy("faults-stall").await;
+        let (team, policy) = Team::with_flat_policy("faults-stall").await;
         // The headers at once, then nothing for longer than the whole test.
         let stalled = FakeFlowise::start(Mode::Stream {
             tokens: 0,
@@ -325,7 +296,7 @@ async fn a_stream_flowise_stops_sending_is_cut_at_the_upstream_timeout_refunded_
 #[tokio::test]
 async fn a_client_hanging_up_mid_stream_aborts_in_flowise_and_is_charged() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let (team, policy) = team_with_policy("faults-hangup").await;
+        let (team, policy) = Team::with_flat_policy("faults-hangup").await;
         let fake = FakeFlowise::start(Mode::Stream {
             tokens: 0,
             gap: Duration::from_millis(400),
@@ -532,7 +503,7 @@ async fn long_question(gate: &Flowgate, bearer: &str, id: &str, chat: &str) -> r
 #[tokio::test]
 async fn a_chat_takes_one_prediction_at_a_time() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let (team, policy) = team_with_policy("faults-chat-turns").await;
+        let (team, policy) = Team::with_flat_policy("faults-chat-turns").await;
         let fake = FakeFlowise::start(Mode::Stream {
             tokens: 0,
             gap: Duration::from_millis(500),
@@ -587,7 +558,7 @@ async fn a_chat_takes_one_prediction_at_a_time() {
 #[tokio::test]
 async fn replicas_on_postgresql_share_a_chats_turn() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let pg = postgres_url();
+        let pg = support::postgres_url();
         // Replicas share turns while some policy prices tokens: this one does.
         let team = Team::with_fake_flowise("faults-shared-turns").await;
         team.policy(
@@ -647,7 +618,7 @@ async fn replicas_on_postgresql_share_a_chats_turn() {
 #[tokio::test]
 async fn a_client_hanging_up_before_the_answer_aborts_in_flowise_and_is_charged() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let (team, policy) = team_with_policy("faults-hangup-json").await;
+        let (team, policy) = Team::with_flat_policy("faults-hangup-json").await;
         let fake = FakeFlowise::start(Mode::Slow {
             delay: Duration::from_secs(3),
         })
@@ -689,148 +660,4 @@ async fn a_client_hanging_up_before_the_answer_aborts_in_flowise_and_is_charged(
     })
     .await
     .expect("bounded to 60 s");
-}
-
-/// The PostgreSQL URL of the tests.
-fn postgres_url() -> String {
-    let pg = std::env::var("FLOWGATE_TEST_POSTGRES_URL").unwrap_or_default();
-    assert!(
-        !pg.is_empty(),
-        "FLOWGATE_TEST_POSTGRES_URL is not set: run scripts/test.sh, or \
-         `scripts/postgres.sh start && eval \"$(scripts/postgres.sh env)\"`"
-    );
-    pg
-}
-
-/// The PostgreSQL URL of the tests, routed through a gate the test can close and reopen.
-async fn gated_postgres() -> (support::FlowiseGate, String) {
-    let pg = postgres_url();
-    // postgres://user@host:port/db — route host:port through a relay we can close.
-    let (scheme_user, rest) = pg.split_once('@').expect("postgres URL with user@");
-    let (host_port, db) = rest.split_once('/').expect("postgres URL with a database");
-    let relay = support::FlowiseGate::open_to(host_port).await;
-    let relayed = format!(
-        "{scheme_user}@{}/{db}",
-        relay.url().trim_start_matches("http://")
-    );
-    (relay, relayed)
-}
-
-#[tokio::test]
-async fn a_settle_that_meets_a_ledger_outage_is_retried_until_it_lands() {
-    tokio::time::timeout(Duration::from_secs(90), async {
-        let (relay, relayed) = gated_postgres().await;
-        let team = Team::with_fake_flowise("faults-settle-retry").await;
-        // Tokens priced: the charge is settled after the answer, not final at reserve.
-        team.policy(
-            "tokens",
-            json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
-                   "cost": {"perPrediction": 1, "perThousandTokens": 1}}),
-        )
-        .await;
-        let policy = format!("{}/tokens", team.ns);
-        let fake = FakeFlowise::start(Mode::Slow {
-            delay: Duration::from_millis(1500),
-        })
-        .await;
-        let gate = Flowgate::start_with(Options {
-            flowise_url: Some(fake.url.clone()),
-            ledger_url: Some(relayed),
-            ..Default::default()
-        })
-        .await;
-        let alice = team.alice();
-        indexed(&gate, &alice, &policy).await;
-        let asked = tokio::spawn({
-            let (base, alice, id) = (gate.base.clone(), alice.clone(), team.flowise_id.clone());
-            async move {
-                reqwest::Client::new()
-                    .post(format!("{base}/api/v1/prediction/{id}"))
-                    .bearer_auth(alice)
-                    .json(&json!({"question": "slow"}))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-            }
-        });
-        // Reserved and forwarded, Flowise still thinking: PostgreSQL goes away; the answer's
-        // settle fails.
-        support::eventually(10, "the prediction in Flowise", || async {
-            (fake.predictions() > 0).then_some(())
-        })
-        .await;
-        relay.close();
-        assert_eq!(asked.await.expect("task").expect("answer"), 200);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        relay.reopen().await;
-        // Without a retry the reservation would stay open until the sweep, 15 minutes later.
-        let usage = format!("{}/credits/usage?policy={policy}", gate.base);
-        support::eventually(40, "the settle, once PostgreSQL was back", || async {
-            let rows = reqwest::Client::new()
-                .get(&usage)
-                .bearer_auth(&alice)
-                .send()
-                .await
-                .ok()?;
-            let rows: serde_json::Value = rows.json().await.ok()?;
-            rows.to_string().contains("\"settled\"").then_some(())
-        })
-        .await;
-        team.cleanup().await;
-    })
-    .await
-    .expect("bounded to 90 s");
-}
-
-#[tokio::test]
-async fn postgres_unreachable_fails_closed_with_503_and_recovers_without_restart() {
-    tokio::time::timeout(Duration::from_secs(90), async {
-        let (relay, relayed) = gated_postgres().await;
-        let (team, policy) = team_with_policy("faults-postgres").await;
-        let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
-        let gate = Flowgate::start_with(Options {
-            flowise_url: Some(fake.url.clone()),
-            ledger_url: Some(relayed),
-            ..Default::default()
-        })
-        .await;
-        let alice = team.alice();
-        indexed(&gate, &alice, &policy).await;
-        let id = team.flowise_id.clone();
-        let (status, body) = predict(&gate, &alice, &id, json!({"question": "before"})).await;
-        assert_eq!(status, 200, "{body}");
-
-        relay.close();
-        for _ in 0..5 {
-            let (status, body) = tokio::time::timeout(
-                Duration::from_secs(15),
-                predict(&gate, &alice, &id, json!({"question": "during"})),
-            )
-            .await
-            .expect("a refusal within 15 s, not a hang");
-            assert_eq!(status, 503, "{body}");
-            assert_eq!(body["error"]["code"], "ledger_unavailable", "{body}");
-        }
-        assert_eq!(fake.predictions(), 1, "nothing forwarded without a ledger");
-
-        relay.reopen().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let (status, body) = predict(&gate, &alice, &id, json!({"question": "after"})).await;
-            if status == 200 {
-                break;
-            }
-            assert_eq!(status, 503, "{body}");
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "ledger back within 30 s of PostgreSQL coming back"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert_eq!(fake.predictions(), 2);
-        used_becomes(&gate, &alice, &policy, 2).await;
-        team.cleanup().await;
-    })
-    .await
-    .expect("bounded to 90 s");
 }

@@ -140,24 +140,62 @@ impl FlowiseApi for HangingCreates {
     }
 }
 
-#[tokio::test]
-async fn losing_the_lease_stops_a_flowise_call_in_flight() {
-    let (client, ns, api, _objects) = setup("cf-fence").await;
-    let name = support::unique("fgtest-fence");
-    let _cleanup = support::FlowiseCleanup(name.clone());
+/// A controller leading in a namespace of its own (`prefix`), with the create of its owned
+/// Chatflow `owned` waiting in Flowise ([`HangingCreates`]).
+struct CreateInFlight {
+    client: kube::Client,
+    ns: String,
+    api: Api<flowgate::crd::Chatflow>,
+    running: Running,
+    dropped: Arc<AtomicBool>,
+    release: Arc<tokio::sync::Notify>,
+    _objects: support::NamespaceCleanup,
+    _chatflow: support::FlowiseCleanup,
+}
+
+async fn a_create_in_flight(prefix: &str) -> CreateInFlight {
+    let (client, ns, api, objects) = setup(prefix).await;
+    let name = support::unique(&format!("fgtest-{prefix}"));
+    let chatflow = support::FlowiseCleanup(name.clone());
     let flowise = HangingCreates::new();
-    let (started, dropped) = (flowise.started.clone(), flowise.dropped.clone());
+    let (started, dropped, release) = (
+        flowise.started.clone(),
+        flowise.dropped.clone(),
+        flowise.release.clone(),
+    );
     let running = start_with(&client, settings(&ns), Arc::new(flowise));
     support::eventually(20, "the controller leads", || async {
         running.metrics.controller.is_leader().then_some(())
     })
     .await;
-
     create(&api, owned_doc("owned", &name, "Delete")).await;
     support::eventually(20, "the create reaches Flowise", || async {
         started.load(Ordering::SeqCst).then_some(())
     })
     .await;
+    CreateInFlight {
+        client,
+        ns,
+        api,
+        running,
+        dropped,
+        release,
+        _objects: objects,
+        _chatflow: chatflow,
+    }
+}
+
+#[tokio::test]
+async fn losing_the_lease_stops_a_flowise_call_in_flight() {
+    let CreateInFlight {
+        client,
+        ns,
+        running,
+        dropped,
+        _objects,
+        _chatflow,
+        ..
+    } = a_create_in_flight("cf-fence").await;
     assert!(
         !dropped.load(Ordering::SeqCst),
         "the create is still waiting"
@@ -190,21 +228,16 @@ async fn losing_the_lease_stops_a_flowise_call_in_flight() {
 /// chatflow meanwhile.
 #[tokio::test]
 async fn a_stopping_leader_holds_the_lease_until_its_last_reconcile_finished() {
-    let (client, ns, api, _objects) = setup("cf-drain").await;
-    let name = support::unique("fgtest-drain");
-    let _cleanup = support::FlowiseCleanup(name.clone());
-    let flowise = HangingCreates::new();
-    let (started, release) = (flowise.started.clone(), flowise.release.clone());
-    let running = start_with(&client, settings(&ns), Arc::new(flowise));
-    support::eventually(20, "the controller leads", || async {
-        running.metrics.controller.is_leader().then_some(())
-    })
-    .await;
-    create(&api, owned_doc("owned", &name, "Delete")).await;
-    support::eventually(20, "the create reaches Flowise", || async {
-        started.load(Ordering::SeqCst).then_some(())
-    })
-    .await;
+    let CreateInFlight {
+        client,
+        ns,
+        api,
+        running,
+        release,
+        _objects,
+        _chatflow,
+        ..
+    } = a_create_in_flight("cf-drain").await;
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let renewed = |lease: Lease| {

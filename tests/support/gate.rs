@@ -270,6 +270,18 @@ pub async fn get_json(url: &str, bearer: &str) -> Value {
 
 /// Credits `used` on `policy` for the caller of flowgate at `base`, from `GET /credits`; None
 /// while the policy is not indexed (or flowgate does not answer).
+/// Waits (15 s at most) until `policy` is indexed: `bearer`'s `/credits` lists it.
+pub async fn indexed(gate: &Flowgate, bearer: &str, policy: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while credits_used(&gate.base, bearer, policy).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "policy never indexed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn credits_used(base: &str, bearer: &str, policy: &str) -> Option<i64> {
     let credits: Value = reqwest::Client::new()
         .get(format!("{base}/credits"))

@@ -378,3 +378,14 @@ impl Drop for NamespaceCleanup {
         .join();
     }
 }
+
+/// The PostgreSQL URL of the tests.
+pub fn postgres_url() -> String {
+    let pg = std::env::var("FLOWGATE_TEST_POSTGRES_URL").unwrap_or_default();
+    assert!(
+        !pg.is_empty(),
+        "FLOWGATE_TEST_POSTGRES_URL is not set: run scripts/test.sh, or \
+         `scripts/postgres.sh start && eval \"$(scripts/postgres.sh env)\"`"
+    );
+    pg
+}

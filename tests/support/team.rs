@@ -39,6 +39,20 @@ impl Team {
         Self::setup(client, ns, flowise_id, false).await
     }
 
+    /// [`Team::with_fake_flowise`] with a CreditPolicy `flat` on all its chatflows: 1 credit per
+    /// prediction out of 100, never reset. Returns the team and the policy's `namespace/name`.
+    pub async fn with_flat_policy(prefix: &str) -> (Self, String) {
+        let team = Self::with_fake_flowise(prefix).await;
+        team.policy(
+            "flat",
+            json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
+                   "cost": {"perPrediction": 1}}),
+        )
+        .await;
+        let policy = format!("{}/flat", team.ns);
+        (team, policy)
+    }
+
     async fn setup(client: kube::Client, ns: String, flowise_id: String, owned: bool) -> Self {
         let _objects = super::NamespaceCleanup(ns.clone());
         let team = Self {
