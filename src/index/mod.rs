@@ -244,9 +244,12 @@ pub fn compile(resources: &Resources) -> Snapshot {
     let mut snap = Snapshot::default();
     let mut ns_index: HashMap<String, u32> = HashMap::new();
 
+    // A Chatflow being deleted (its Flowise chatflow being removed, or a finalizer of another
+    // tool holding it) is not served, and claims nothing.
     let rules: Vec<_> = resources
         .chatflows
         .iter()
+        .filter(|cf| cf.metadata.deletion_timestamp.is_none())
         .map(|cf| (cf, ChatflowRule::try_from(cf.as_ref())))
         .collect();
     // Who claims each Flowise chatflow, and whether each holds it ([`rules::holds`]). Of several

@@ -221,6 +221,20 @@ fn an_access_being_deleted_grants_nothing_while_a_finalizer_keeps_it() {
 }
 
 #[test]
+fn a_chatflow_being_deleted_is_not_served() {
+    let mut res = team_a();
+    let mut deleting = (*res.chatflows[0]).clone();
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+    deleting.metadata.finalizers = Some(vec!["flowgate.io/cleanup".into()]);
+    res.chatflows[0] = Arc::new(deleting);
+    let snap = compile(&res);
+    assert!(snap.chatflow_by_flowise_id(SUPPORT).is_none());
+    assert!(snap.chatflow_by_name("team-a", "support-bot").is_none());
+    assert!(snap.chatflow_by_flowise_id(FAQ).is_some(), "the others are");
+}
+
+#[test]
 fn an_invalid_object_is_skipped_without_poisoning_the_rest() {
     let mut res = team_a();
     res.accesses.push(access(
