@@ -81,13 +81,13 @@ async fn replicas_batching_two_line_requests_admit_exactly_the_budget() {
     assert_eq!(per_user, 50);
 }
 
-/// A request PostgreSQL refuses (a NUL byte in a text column) fails alone: the requests
-/// batched with it are decided one by one, exactly (a budget of 10 for 19 good requests), and
-/// the refusals of that path name the policy as the batch's do.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_the_database_refuses_fails_alone() {
-    let store = crate::support::postgres("refused_alone").await;
-    let ledger = store.open().await;
+/// 20 reserves at once, of `user-{i}` on `line(i)`, the 8th by a subject PostgreSQL refuses (a
+/// NUL byte in a text column): it sends the batch it lands in down the one-operation path.
+/// Their outcomes by `i`.
+async fn burst_with_a_refused_request(
+    ledger: &Arc<dyn CreditLedger>,
+    line: impl Fn(usize) -> ledger::BudgetLine,
+) -> Vec<(usize, Result<ReserveOutcome, LedgerError>)> {
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let ledger = ledger.clone();
@@ -96,13 +96,26 @@ async fn a_request_the_database_refuses_fails_alone() {
             } else {
                 format!("user-{i}")
             };
-            let req = request(&subject, vec![line(POLICY, "*", 10, 1)]);
+            let req = request(&subject, vec![line(i)]);
             tokio::spawn(async move { (i, ledger.reserve(req).await) })
         })
         .collect();
-    let (mut reserved, mut refused) = (0, 0);
+    let mut outcomes = Vec::new();
     for task in tasks {
-        let (i, outcome) = task.await.expect("task");
+        outcomes.push(task.await.expect("task"));
+    }
+    outcomes
+}
+
+/// A request PostgreSQL refuses (a NUL byte in a text column) fails alone: the requests
+/// batched with it are decided one by one, exactly (a budget of 10 for 19 good requests), and
+/// the refusals of that path name the policy as the batch's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_database_refuses_fails_alone() {
+    let store = crate::support::postgres("refused_alone").await;
+    let ledger = store.open().await;
+    let (mut reserved, mut refused) = (0, 0);
+    for (i, outcome) in burst_with_a_refused_request(&ledger, |_| line(POLICY, "*", 10, 1)).await {
         match (i, outcome) {
             // Refused by PostgreSQL, or by the budget before it reached PostgreSQL.
             (7, Err(LedgerError::Postgres(_)) | Ok(ReserveOutcome::Exhausted { .. })) => {}
@@ -136,21 +149,9 @@ async fn the_fallback_path_admits_into_buckets_given_credits() {
             .await
             .expect("7 credits given");
     }
-    let tasks: Vec<_> = (0..20)
-        .map(|i| {
-            let ledger = ledger.clone();
-            // One bad request sends its batch down the fallback path.
-            let subject = if i == 7 {
-                "bad\0subject".to_string()
-            } else {
-                format!("user-{i}")
-            };
-            let req = request(&subject, vec![line(POLICY, &format!("user-{i}"), 10, 17)]);
-            tokio::spawn(async move { (i, ledger.reserve(req).await) })
-        })
-        .collect();
-    for task in tasks {
-        match task.await.expect("task") {
+    let given = |i| line(POLICY, &format!("user-{i}"), 10, 17);
+    for outcome in burst_with_a_refused_request(&ledger, given).await {
+        match outcome {
             (7, _) => {}
             (_, Ok(ReserveOutcome::Reserved { remaining, .. })) => {
                 assert_eq!(remaining, vec![(POLICY.to_string(), 0)]);
