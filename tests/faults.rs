@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{Flowgate, Options, indexed, predict, used_becomes};
+use support::gate::{Flowgate, Options, indexed, predict, token, used_becomes};
 use support::team::Team;
 
 #[tokio::test]
@@ -470,6 +470,100 @@ async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_w
             .await,
             Some(1.0)
         );
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+/// `PUT /api/v1/chatmessage/abort/{id}/{chat}` as `bearer`: the status and the JSON answer.
+async fn stop(gate: &Flowgate, bearer: &str, id: &str, chat: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .put(format!(
+            "{}/api/v1/chatmessage/abort/{id}/{chat}",
+            gate.base
+        ))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .expect("flowgate answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn stop_generating_aborts_only_the_callers_own_run_and_charges_what_it_streamed() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let team = Team::with_fake_flowise("faults-stop").await;
+        // One credit per token: a run read to its end costs 1 + 10.
+        team.policy(
+            "tokens",
+            json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
+                   "cost": {"perPrediction": 1, "perThousandTokens": 1000}}),
+        )
+        .await;
+        let policy = format!("{}/tokens", team.ns);
+        let fake = FakeFlowise::start(Mode::Stream {
+            tokens: 10,
+            // Room for the stops below between the first token and the second.
+            gap: Duration::from_secs(1),
+        })
+        .await;
+        let gate = Flowgate::with_flowise(&fake.url).await;
+        let (alice, bob) = (team.alice(), team.member("bob"));
+        let id = team.flowise_id.clone();
+        indexed(&gate, &alice, &policy).await;
+        let aborts = || fake.abort_paths.lock().expect("abort paths").clone();
+
+        let mut answer = long_question(&gate, &alice, &id, "c1").await.bytes_stream();
+        let mut read = String::new();
+        while !read.contains("\"event\":\"token\"") {
+            let chunk = answer.next().await.expect("more events").expect("chunk");
+            read.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let run = fake.last_body()["chatId"]
+            .as_str()
+            .expect("the chat id Flowise got")
+            .to_string();
+
+        // Bob names Alice's chat as she named it and as Flowise knows it: each lands in a chat
+        // of his own. A caller no grant names is refused, and nothing reaches Flowise.
+        for chat in ["c1", run.as_str()] {
+            assert_eq!(stop(&gate, &bob, &id, chat).await.0, 200);
+        }
+        let stranger = token("stranger-sub", json!({"email": "stranger@nowhere.test"}));
+        assert_eq!(stop(&gate, &stranger, &id, "c1").await.0, 403);
+        let unknown = "00000000-0000-4000-8000-000000000000";
+        assert_eq!(stop(&gate, &alice, unknown, "c1").await.0, 404);
+        assert_eq!(aborts().len(), 2);
+        assert!(
+            aborts()
+                .iter()
+                .all(|p| p.rsplit('/').next() != Some(run.as_str())),
+            "{:?}",
+            aborts()
+        );
+
+        let (status, body) = stop(&gate, &alice, &id, "c1").await;
+        assert_eq!(
+            (status, &body["message"]),
+            (200, &json!("Chat message aborted"))
+        );
+        assert_eq!(
+            aborts().last(),
+            Some(&format!("/api/v1/chatmessage/abort/{id}/{run}"))
+        );
+        while let Some(chunk) = answer.next().await {
+            read.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+        }
+        assert!(read.contains("\"event\":\"abort\""), "{read}");
+        assert!(
+            !read.contains("usageMetadata"),
+            "stopped before the report: {read}"
+        );
+        // Flowise reported no tokens before it stopped: the text streamed ("Echo: ", 6 bytes)
+        // counts at 4 bytes a token, 1 + 2, not the whole run's 1 + 10.
+        used_becomes(&gate, &alice, &policy, 3).await;
         team.cleanup().await;
     })
     .await

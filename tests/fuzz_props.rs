@@ -96,6 +96,8 @@ fn routing_only_accepts_the_allow_list_spelled_out() {
         "prediction",
         "chatflows",
         "chatflows-streaming",
+        "chatmessage",
+        "abort",
         "chat",
         "predict",
         "authenticate",
@@ -125,7 +127,7 @@ fn routing_only_accepts_the_allow_list_spelled_out() {
         if rng.below(20) != 0 {
             path.push('/');
         }
-        let n = rng.below(6);
+        let n = rng.below(7);
         for i in 0..n {
             if i > 0 {
                 path.push('/');

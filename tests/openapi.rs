@@ -32,6 +32,7 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
         "/api/v1/chatflows/{id}",
         "/api/v1/chatflows-streaming/{id}",
         "/api/v1/prediction/{id}",
+        "/api/v1/chatmessage/abort/{id}/{chatId}",
         "/chatflows",
         "/chatflows/{id}",
         "/chat/predict",
@@ -79,6 +80,14 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
             "/api/v1/prediction/{id}".into(),
             Some(&alice),
             Some(json!({"question": "hi"})),
+        ),
+        // Forwarded to the real Flowise, which answers whether or not the chat is running.
+        (
+            M::PUT,
+            format!("/api/v1/chatmessage/abort/{id}/c1"),
+            "/api/v1/chatmessage/abort/{id}/{chatId}".into(),
+            Some(&alice),
+            None,
         ),
         (
             M::GET,
@@ -329,6 +338,14 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
                 && a["status"] == 200
                 && a["body"]["balances"][0]["subject"] == "user:alice-sub"),
         "a balances answer is checked: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .any(|a| a["path"] == "/api/v1/chatmessage/abort/{id}/{chatId}"
+                && a["status"] == 200
+                && a["body"]["message"] == "Chat message aborted"),
+        "Flowise answered the stop: {answers:?}"
     );
     for status in [200, 400, 401, 403, 404, 405] {
         assert!(

@@ -14,9 +14,9 @@ use super::models::{
     UserChatflowResponse,
 };
 use super::shapes::{
-    AuthenticateRequest, CompatChatflow, CompatPredictRequest, CompatPredictResponse,
-    CreditsResponse, ErrorEnvelope, FlowiseChatflow, PredictionRequest, PredictionResponse,
-    RefreshRequest, StreamingCapability, TokenResponse,
+    AbortResponse, AuthenticateRequest, CompatChatflow, CompatPredictRequest,
+    CompatPredictResponse, CreditsResponse, ErrorEnvelope, FlowiseChatflow, PredictionRequest,
+    PredictionResponse, RefreshRequest, StreamingCapability, TokenResponse,
 };
 
 /// One operation of the API.
@@ -102,6 +102,14 @@ pub const OPERATIONS: &[Operation] = &[
             &[400, 401, 402, 403, 404, 409, 413, 429, 502, 503, 504],
         )
     },
+    op(
+        "put",
+        "/api/v1/chatmessage/abort/{id}/{chatId}",
+        "Stop generating in one of the caller's own chats (forwarded to Flowise)",
+        None,
+        "AbortResponse",
+        &[401, 403, 404, 502, 503, 504],
+    ),
     op(
         "get",
         "/chatflows",
@@ -321,6 +329,7 @@ fn schemas() -> Map<String, Value> {
         FlowiseChatflow,
         CompatChatflow,
         StreamingCapability,
+        AbortResponse,
         PredictionRequest,
         PredictionResponse,
         CompatPredictRequest,

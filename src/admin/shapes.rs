@@ -60,6 +60,13 @@ pub struct StreamingCapability {
     pub is_streaming: bool,
 }
 
+/// `PUT /api/v1/chatmessage/abort/{id}/{chatId}`: Flowise's own answer.
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct AbortResponse {
+    pub status: u16,
+    pub message: String,
+}
+
 /// `POST /chat/predict` body: `question` or its alias `message` is required.
 #[derive(Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

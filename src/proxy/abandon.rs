@@ -12,10 +12,11 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use hyper::Method;
 use hyper::header::HeaderValue;
+use hyper::{Method, Response, StatusCode};
 
 use super::credits::{Charge, Credits};
+use super::error::{self, ProxyError};
 use super::session;
 use super::turns::Turn;
 use super::upstream::Upstream;
@@ -217,4 +218,42 @@ impl Abort {
         }
         drop(turn);
     }
+}
+
+/// A caller's own "stop generating" (`PUT /api/v1/chatmessage/abort/{id}/{chatId}`, as Flowise's
+/// chat window and embed send it): Flowise is asked to abort the run of `chat_id`, already bound
+/// to the caller ([`session::bind`]), so a caller can stop only its own chats. The run's stream
+/// then ends, and is charged for what Flowise reported of it.
+pub(super) async fn stop(
+    upstream: &Upstream,
+    flowise_id: &str,
+    chat_id: &str,
+    key: Option<&HeaderValue>,
+    peer: SocketAddr,
+) -> Result<Response<crate::server::Body>, ProxyError> {
+    let path = session::abort_path(flowise_id, chat_id);
+    let req = upstream.request(
+        Method::PUT,
+        &path,
+        &hyper::HeaderMap::new(),
+        peer,
+        key,
+        Bytes::new(),
+    )?;
+    let resp = tokio::time::timeout(ABORT_LIMIT, upstream.send(req))
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout)??;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = upstream
+            .read_body(resp.into_body(), 64 * 1024, None)
+            .await
+            .unwrap_or_default();
+        return Err(ProxyError::Upstream(super::flowise_message(status, &body)));
+    }
+    tracing::debug!(%chat_id, "the caller asked Flowise to abort");
+    Ok(error::json(
+        StatusCode::OK,
+        &serde_json::json!({"status": 200, "message": "Chat message aborted"}),
+    ))
 }

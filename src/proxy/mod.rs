@@ -289,6 +289,21 @@ impl Proxy {
                 };
                 Ok(self.telling(answered.await, allowance))
             }
+            Route::AbortChat { id, chat_id } => {
+                let (cf, _) =
+                    self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
+                // A suspended chatflow's runs may still be stopped.
+                let flowise_id = cf.rule.flowise_id.clone().ok_or_else(|| {
+                    ProxyError::ChatflowUnavailable(format!(
+                        "{}/{}",
+                        cf.rule.namespace, cf.rule.name
+                    ))
+                })?;
+                let key = self.forward_headers(&cf).await?;
+                log_decision(&identity, &cf, "allow", "abort");
+                let chat_id = session::bind(&identity.key, Some(&chat_id));
+                abandon::stop(&self.upstream, &flowise_id, &chat_id, key.as_ref(), peer).await
+            }
             Route::Credits => {
                 let balances = self
                     .credits
@@ -682,6 +697,7 @@ fn route_label(route: &Route) -> &'static str {
         Route::GetChatflow(_) => "get_chatflow",
         Route::Predict(_) => "prediction",
         Route::ChatflowStreaming(_) => "chatflow_streaming",
+        Route::AbortChat { .. } => "abort_chat",
         Route::CompatListChatflows => "compat_list_chatflows",
         Route::CompatGetChatflow(_) => "compat_get_chatflow",
         Route::CompatPredict => "compat_predict",

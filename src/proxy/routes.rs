@@ -20,6 +20,9 @@ pub enum Route {
     /// `GET /api/v1/chatflows-streaming/{flowiseId}` — asked without credentials by the official
     /// Flowise SDKs before every prediction; answered from the index.
     ChatflowStreaming(String),
+    /// `PUT /api/v1/chatmessage/abort/{flowiseId}/{chatId}` — stop generating in one of the
+    /// caller's own chats (as Flowise's chat window and embed do).
+    AbortChat { id: String, chat_id: String },
     /// `GET /chatflows` — the Python service's listing.
     CompatListChatflows,
     /// `GET /chatflows/{id}` — id is the Chatflow name or the Flowise id.
@@ -79,6 +82,13 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         ["api", "v1", "chatflows-streaming", id] => {
             (Route::ChatflowStreaming((*id).to_string()), Method::GET)
         }
+        ["api", "v1", "chatmessage", "abort", id, chat_id] => (
+            Route::AbortChat {
+                id: (*id).to_string(),
+                chat_id: (*chat_id).to_string(),
+            },
+            Method::PUT,
+        ),
         ["chatflows"] => (Route::CompatListChatflows, Method::GET),
         ["chatflows", id] => (Route::CompatGetChatflow((*id).to_string()), Method::GET),
         ["chat", "predict"] => (Route::CompatPredict, Method::POST),
@@ -144,6 +154,13 @@ mod tests {
             Some(Route::CompatPredict)
         );
         assert_eq!(route(&Method::GET, "/credits").ok(), Some(Route::Credits));
+        assert_eq!(
+            route(&Method::PUT, &format!("/api/v1/chatmessage/abort/{ID}/c-1")).ok(),
+            Some(Route::AbortChat {
+                id: ID.into(),
+                chat_id: "c-1".into()
+            })
+        );
     }
 
     #[test]
@@ -153,6 +170,8 @@ mod tests {
             "/api/v1/webhook/x",
             "/api/v1/mcp/x",
             "/api/v1/chatmessage/x",
+            "/api/v1/chatmessage/abort/x",
+            "/api/v1/chatmessage/abort/x/a%2Fb",
             "/api/v1/attachments/x/y",
             "/api/v1/get-upload-file",
             "/api/v1/feedback/x",

@@ -21,6 +21,10 @@ const MAX_EVENT: usize = 256 * 1024;
 /// the last list read and the usage events after it count.
 const MAX_EXECUTED_EVENT: usize = super::MAX_ANSWER;
 
+/// Bytes of streamed text counted as one token where Flowise reports none: about four
+/// characters of English text make a token.
+const BYTES_PER_TOKEN: u64 = 4;
+
 /// How an `agentFlowExecutedData` event starts (Flowise writes the `event` key first).
 const EXECUTED_PREFIX: &[u8] = b"\"event\":\"agentFlowExecutedData\"";
 
@@ -53,16 +57,29 @@ pub struct StreamUsage {
     streamed_tokens: u64,
     /// Which run the stream continues: which listed nodes are its own.
     resume: usage::Resume,
+    /// Bytes of `token` text streamed since the last report (`usageMetadata`, node list).
+    unreported_text: u64,
+    /// Flowise ended the run early (its `abort` event): a stop asked for while it answered.
+    aborted: bool,
 }
 
 impl StreamUsage {
-    /// Tokens Flowise reported.
+    /// Tokens Flowise reported. A run stopped while it answered never reports the node it
+    /// stopped in: the text that node streamed counts at [`BYTES_PER_TOKEN`], so stopping a run
+    /// just before its report does not make its answer free.
     pub fn tokens(&self) -> u64 {
         let listed = self
             .nodes
             .as_deref()
             .map_or(0, |event| executed_tokens(event, &self.resume));
-        listed.saturating_add(self.streamed_tokens)
+        let stopped = if self.aborted {
+            self.unreported_text.div_ceil(BYTES_PER_TOKEN)
+        } else {
+            0
+        };
+        listed
+            .saturating_add(self.streamed_tokens)
+            .saturating_add(stopped)
     }
 
     /// [`StreamUsage::tokens`], read on a blocking thread when the node list is large: a list of
@@ -190,14 +207,23 @@ impl SseScanner {
                 },
             };
             match kind {
-                Kind::Token => self.token_event = true,
+                Kind::Token => {
+                    self.token_event = true;
+                    if !self.uncounted {
+                        let text = token_text_len(data) as u64;
+                        let usage = &mut self.usage;
+                        usage.unreported_text = usage.unreported_text.saturating_add(text);
+                    }
+                }
                 Kind::End => self.clean_end |= !self.error_event,
                 Kind::Error => self.error_event = true,
+                Kind::Abort => self.usage.aborted = true,
                 Kind::Usage => {
                     if let Ok(event) = serde_json::from_str::<UsageEvent>(data) {
                         let tokens = usage::usage_tokens(&event.data);
                         let usage = &mut self.usage;
                         usage.streamed_tokens = usage.streamed_tokens.saturating_add(tokens);
+                        usage.unreported_text = 0;
                     }
                 }
                 Kind::Executed => executed = !self.uncounted,
@@ -208,6 +234,7 @@ impl SseScanner {
             // Kept whole, not copied out: the list can be megabytes, and comes after every node.
             self.usage.nodes = Some(text);
             self.usage.streamed_tokens = 0;
+            self.usage.unreported_text = 0;
         }
     }
 }
@@ -247,6 +274,7 @@ enum Kind {
     Error,
     Usage,
     Executed,
+    Abort,
     Other,
 }
 
@@ -258,6 +286,7 @@ impl Kind {
             "error" => Self::Error,
             "usageMetadata" => Self::Usage,
             "agentFlowExecutedData" => Self::Executed,
+            "abort" => Self::Abort,
             _ => Self::Other,
         }
     }
@@ -267,6 +296,13 @@ impl Kind {
 fn event_kind(data: &str) -> Option<&str> {
     let rest = data.strip_prefix("{\"event\":\"")?;
     rest.split_once('"').map(|(kind, _)| kind)
+}
+
+/// Bytes of the text of a `token` event's data line, `{"event":"token","data":"<text>"}` (its
+/// JSON escapes counted as written), without parsing it.
+fn token_text_len(data: &str) -> usize {
+    data.split_once("\"data\":")
+        .map_or(0, |(_, value)| value.trim_end().len().saturating_sub(3))
 }
 
 /// What the line being read holds so far: whether it can still be the blank line that ends an
@@ -336,6 +372,36 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
             assert!(!scanner.failed());
             assert!(scanner.answered());
         }
+    }
+
+    fn event(kind: &str, data: &str) -> String {
+        format!("message:\ndata:{{\"event\":\"{kind}\",\"data\":{data}}}\n\n")
+    }
+
+    #[test]
+    fn a_run_stopped_while_answering_counts_the_text_its_last_node_streamed() {
+        let usage = event("usageMetadata", r#"{"total_tokens":42}"#);
+        let abort = event("abort", r#""[DONE]""#);
+        // 16 bytes of text as written (escapes too): 4 tokens at 4 bytes each, counted only
+        // where the run was stopped before its report.
+        let text = event("token", r#""Echo: ""#) + &event("token", r#""a \"long\"""#);
+        for (stream, want) in [
+            (text.clone() + &abort, 4),
+            (text.clone() + &usage + &abort, 42),
+            (usage.clone() + &text + &abort, 42 + 4),
+            (text.clone() + &event("end", r#""[DONE]""#), 0),
+        ] {
+            for chunk in [1, 5, stream.len()] {
+                let mut scanner = SseScanner::default();
+                for piece in stream.as_bytes().chunks(chunk) {
+                    scanner.feed(piece);
+                }
+                assert_eq!(scanner.tokens(), want, "{stream}");
+            }
+        }
+        let mut uncounted = SseScanner::uncounted();
+        uncounted.feed((text + &abort).as_bytes());
+        assert_eq!(uncounted.tokens(), 0);
     }
 
     #[test]

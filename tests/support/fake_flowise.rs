@@ -48,6 +48,9 @@ pub struct FakeFlowise {
     pub aborts: Arc<AtomicU64>,
     /// How long the abort endpoint takes to answer, in milliseconds (0 at start).
     pub abort_delay_ms: Arc<AtomicU64>,
+    /// The paths of the abort requests received, in order. A `Stream` whose chat is named in
+    /// one ends at its next event, with Flowise's `abort` event.
+    pub abort_paths: Arc<Mutex<Vec<String>>>,
     /// Every request received, whatever its path.
     pub requests: Arc<AtomicU64>,
     /// The JSON bodies of the predictions received, in order.
@@ -63,11 +66,12 @@ impl FakeFlowise {
         let predictions = Arc::new(AtomicU64::new(0));
         let aborts = Arc::new(AtomicU64::new(0));
         let abort_delay_ms = Arc::new(AtomicU64::new(0));
+        let abort_paths = Arc::new(Mutex::new(Vec::new()));
         let requests = Arc::new(AtomicU64::new(0));
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let headers = Arc::new(Mutex::new(Vec::new()));
         let (p, a, r) = (predictions.clone(), aborts.clone(), requests.clone());
-        let d = abort_delay_ms.clone();
+        let (d, ap) = (abort_delay_ms.clone(), abort_paths.clone());
         let (b, h) = (bodies.clone(), headers.clone());
         tokio::spawn(async move {
             loop {
@@ -75,14 +79,15 @@ impl FakeFlowise {
                     return;
                 };
                 let (p, a, r, b, h) = (p.clone(), a.clone(), r.clone(), b.clone(), h.clone());
-                let d = d.clone();
+                let (d, ap) = (d.clone(), ap.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<_>| {
                         r.fetch_add(1, Ordering::SeqCst);
                         if req.uri().path().starts_with("/api/v1/prediction/") {
                             h.lock().expect("headers lock").push(req.headers().clone());
                         }
-                        answer(req, mode, p.clone(), (a.clone(), d.clone()), b.clone())
+                        let aborts = (a.clone(), d.clone(), ap.clone());
+                        answer(req, mode, p.clone(), aborts, b.clone())
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -95,6 +100,7 @@ impl FakeFlowise {
             predictions,
             aborts,
             abort_delay_ms,
+            abort_paths,
             requests,
             bodies,
             headers,
@@ -183,7 +189,11 @@ async fn answer(
     req: Request<hyper::body::Incoming>,
     mode: Mode,
     predictions: Arc<AtomicU64>,
-    (aborts, abort_delay_ms): (Arc<AtomicU64>, Arc<AtomicU64>),
+    (aborts, abort_delay_ms, abort_paths): (
+        Arc<AtomicU64>,
+        Arc<AtomicU64>,
+        Arc<Mutex<Vec<String>>>,
+    ),
     bodies: Arc<Mutex<Vec<serde_json::Value>>>,
 ) -> Result<Response<FakeBody>, Infallible> {
     let path = req.uri().path().to_string();
@@ -192,6 +202,10 @@ async fn answer(
     }
     if path.starts_with("/api/v1/chatmessage/abort/") {
         aborts.fetch_add(1, Ordering::SeqCst);
+        abort_paths
+            .lock()
+            .expect("abort paths lock")
+            .push(path.clone());
         tokio::time::sleep(Duration::from_millis(abort_delay_ms.load(Ordering::SeqCst))).await;
         return Ok(full(200, "application/json", "{}".into()));
     }
@@ -310,10 +324,19 @@ async fn answer(
                 serde_json::json!({"event": "metadata", "data": {"chatId": chat_id}}).to_string(),
                 r#"{"event":"end","data":"[DONE]"}"#.to_string(),
             ];
-            let stream = futures::stream::unfold(frames.into_iter(), move |mut it| async move {
-                let frame = it.next()?;
+            let aborted = format!("/{chat_id}");
+            let stream = futures::stream::unfold(frames.into_iter(), move |mut it| {
+                let (abort_paths, aborted) = (abort_paths.clone(), aborted.clone());
+                async move {
+                let mut frame = it.next()?;
                 tokio::time::sleep(gap).await;
+                if abort_paths.lock().expect("abort paths lock").iter().any(|p| p.ends_with(&aborted)) {
+                    // As Flowise ends an aborted run's stream.
+                    frame = r#"{"event":"abort","data":"[DONE]"}"#.to_string();
+                    it = Vec::new().into_iter();
+                }
                 Some((Ok::<_, Infallible>(Frame::data(Bytes::from(format!("message:\ndata:{frame}\n\n")))), it))
+                }
             });
             let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
             resp.headers_mut().insert("content-type", "text/event-stream".parse().expect("header"));
