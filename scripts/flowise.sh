@@ -25,6 +25,10 @@
 set -euo pipefail
 
 readonly FLOWISE_VERSION="3.1.2"
+# Flowise's ~3,300 dependencies resolve as they stood at this instant (npm --before), so a fresh
+# machine installs the tree this repository was tested with, not whatever was published since.
+# Move it forward deliberately, with a full test run.
+readonly NPM_BEFORE="2026-11-20T00:00:00Z"
 readonly CACHE="${FLOWGATE_CACHE:-$HOME/.cache/flowgate}"
 readonly ROOT="$CACHE/flowise"
 readonly APP="$ROOT/app"
@@ -91,8 +95,11 @@ if hits:
 
 # --- install ------------------------------------------------------------------------------
 
+# What a complete install holds, as written in its marker.
+install_id() { printf 'flowise@%s before %s' "$FLOWISE_VERSION" "$NPM_BEFORE"; }
+
 installed() {
-    [[ -f "$MARKER" ]] && [[ "$(cat "$MARKER")" == "flowise@$FLOWISE_VERSION" ]] \
+    [[ -f "$MARKER" ]] && [[ "$(cat "$MARKER")" == "$(install_id)" ]] \
         && [[ -x "$APP/node_modules/.bin/flowise" ]]
 }
 
@@ -129,6 +136,8 @@ do_install() {
     check_node
     mkdir -p "$APP"
     rm -f "$MARKER"
+    # From scratch: a lockfile or tree left by an earlier install would keep its versions.
+    rm -rf "$APP/node_modules" "$APP/package-lock.json"
     write_package_json
 
     # node-gyp must not download headers: point it at the local ones when present.
@@ -140,9 +149,9 @@ do_install() {
     export PUPPETEER_SKIP_DOWNLOAD=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 CYPRESS_INSTALL_BINARY=0 HUSKY=0
 
     local t0=$SECONDS
-    log "installing Flowise $FLOWISE_VERSION into $APP (several minutes, ~3 GB)"
+    log "installing Flowise $FLOWISE_VERSION (dependencies as of $NPM_BEFORE) into $APP (several minutes, ~3 GB)"
     # --ignore-scripts: one dependency's install script clones a repository from the internet.
-    (cd "$APP" && npm install --ignore-scripts --no-audit --no-fund --loglevel=error) \
+    (cd "$APP" && npm install --before="$NPM_BEFORE" --ignore-scripts --no-audit --no-fund --loglevel=error) \
         || die "npm install failed"
     log "compiling sqlite3"
     (cd "$APP" && npm rebuild sqlite3 --loglevel=error) || die "npm rebuild sqlite3 failed"
@@ -154,7 +163,7 @@ do_install() {
     got="$(cd "$APP" && node -p 'require("flowise/package.json").version')"
     [[ "$got" == "$FLOWISE_VERSION" ]] || die "installed flowise $got, expected $FLOWISE_VERSION"
 
-    printf 'flowise@%s\n' "$FLOWISE_VERSION" >"$MARKER"
+    install_id >"$MARKER"
     log "installed Flowise $FLOWISE_VERSION in $((SECONDS - t0)) s"
 }
 
