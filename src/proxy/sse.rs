@@ -59,20 +59,22 @@ pub struct StreamUsage {
     resume: usage::Resume,
     /// Bytes of `token` text streamed since the last report (`usageMetadata`, node list).
     unreported_text: u64,
-    /// Flowise ended the run early (its `abort` event): a stop asked for while it answered.
-    aborted: bool,
+    /// The run ended before Flowise reported it: stopped (an `abort` event, an Agentflow node or
+    /// flow `TERMINATED`) or failed (an `error` event). From then on a node list, which never
+    /// holds the tokens of the node that was cut, no longer clears `unreported_text`.
+    cut: bool,
 }
 
 impl StreamUsage {
-    /// Tokens Flowise reported. A run stopped while it answered never reports the node it
-    /// stopped in: the text that node streamed counts at [`BYTES_PER_TOKEN`], so stopping a run
-    /// just before its report does not make its answer free.
+    /// Tokens Flowise reported. A run stopped or failed while it answered never reports the node
+    /// it was cut in: the text that node streamed counts at [`BYTES_PER_TOKEN`], so stopping a
+    /// run just before its report does not make its answer free.
     pub fn tokens(&self) -> u64 {
         let listed = self
             .nodes
             .as_deref()
             .map_or(0, |event| executed_tokens(event, &self.resume));
-        let stopped = if self.aborted {
+        let stopped = if self.cut {
             self.unreported_text.div_ceil(BYTES_PER_TOKEN)
         } else {
             0
@@ -216,8 +218,13 @@ impl SseScanner {
                     }
                 }
                 Kind::End => self.clean_end |= !self.error_event,
-                Kind::Error => self.error_event = true,
-                Kind::Abort => self.usage.aborted = true,
+                Kind::Error => {
+                    self.error_event = true;
+                    self.usage.cut = true;
+                }
+                Kind::Abort => self.usage.cut = true,
+                // Flowise 3 stops an Agentflow with the node, then the flow, `TERMINATED`.
+                Kind::Flow => self.usage.cut |= data.contains("\"TERMINATED\""),
                 Kind::Usage => {
                     if let Ok(event) = serde_json::from_str::<UsageEvent>(data) {
                         let tokens = usage::usage_tokens(&event.data);
@@ -234,7 +241,9 @@ impl SseScanner {
             // Kept whole, not copied out: the list can be megabytes, and comes after every node.
             self.usage.nodes = Some(text);
             self.usage.streamed_tokens = 0;
-            self.usage.unreported_text = 0;
+            if !self.usage.cut {
+                self.usage.unreported_text = 0;
+            }
         }
     }
 }
@@ -275,6 +284,7 @@ enum Kind {
     Usage,
     Executed,
     Abort,
+    Flow,
     Other,
 }
 
@@ -287,6 +297,7 @@ impl Kind {
             "usageMetadata" => Self::Usage,
             "agentFlowExecutedData" => Self::Executed,
             "abort" => Self::Abort,
+            "nextAgentFlow" | "agentFlowEvent" => Self::Flow,
             _ => Self::Other,
         }
     }
@@ -379,7 +390,7 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
     }
 
     #[test]
-    fn a_run_stopped_while_answering_counts_the_text_its_last_node_streamed() {
+    fn a_run_cut_while_answering_counts_the_text_its_last_node_streamed() {
         let usage = event("usageMetadata", r#"{"total_tokens":42}"#);
         let abort = event("abort", r#""[DONE]""#);
         // 16 bytes of text as written (escapes too): 4 tokens at 4 bytes each, counted only
@@ -390,6 +401,31 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
             (text.clone() + &usage + &abort, 42),
             (usage.clone() + &text + &abort, 42 + 4),
             (text.clone() + &event("end", r#""[DONE]""#), 0),
+            // A failure mid-answer is cut as a stop is.
+            (text.clone() + &event("error", r#""Error: boom""#), 4),
+            // Flowise 3 stopping an Agentflow: the node, the node list (without the cut node's
+            // tokens, after it: it clears nothing), the flow.
+            (
+                event(
+                    "agentFlowExecutedData",
+                    r#"[{"data":{"output":{"usageMetadata":{"total_tokens":7}}}}]"#,
+                ) + &text
+                    + &event(
+                        "nextAgentFlow",
+                        r#"{"nodeId":"llm_1","status":"TERMINATED"}"#,
+                    )
+                    + &event(
+                        "agentFlowExecutedData",
+                        r#"[{"data":{"output":{"usageMetadata":{"total_tokens":7}}}},{"status":"TERMINATED","data":{}}]"#,
+                    )
+                    + &event("agentFlowEvent", r#""TERMINATED""#),
+                7 + 4,
+            ),
+            // A node list after the text, not cut: the node reported (or reports nothing).
+            (
+                text.clone() + &event("agentFlowExecutedData", "[]") + &abort,
+                0,
+            ),
         ] {
             for chunk in [1, 5, stream.len()] {
                 let mut scanner = SseScanner::default();
