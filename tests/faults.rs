@@ -556,7 +556,7 @@ async fn stop_generating_aborts_only_the_callers_own_run_and_charges_what_it_str
         while let Some(chunk) = answer.next().await {
             read.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
         }
-        assert!(read.contains("\"event\":\"abort\""), "{read}");
+        assert!(read.contains("\"TERMINATED\""), "{read}");
         assert!(
             !read.contains("usageMetadata"),
             "stopped before the report: {read}"

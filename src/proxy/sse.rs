@@ -63,18 +63,22 @@ pub struct StreamUsage {
     /// flow `TERMINATED`) or failed (an `error` event). From then on a node list, which never
     /// holds the tokens of the node that was cut, no longer clears `unreported_text`.
     cut: bool,
+    /// The stream is an Agentflow's (it sent flow or node events, or a token report): the only
+    /// kind Flowise reports tokens of. A flow that never reports costs its flat cost however it
+    /// ends, so a stop never costs more than the whole run would.
+    reporting: bool,
 }
 
 impl StreamUsage {
-    /// Tokens Flowise reported. A run stopped or failed while it answered never reports the node
-    /// it was cut in: the text that node streamed counts at [`BYTES_PER_TOKEN`], so stopping a
-    /// run just before its report does not make its answer free.
+    /// Tokens Flowise reported. An Agentflow stopped or failed while it answered never reports
+    /// the node it was cut in: the text that node streamed counts at [`BYTES_PER_TOKEN`], so
+    /// stopping a run just before its report does not make its answer free.
     pub fn tokens(&self) -> u64 {
         let listed = self
             .nodes
             .as_deref()
             .map_or(0, |event| executed_tokens(event, &self.resume));
-        let stopped = if self.cut {
+        let stopped = if self.cut && self.reporting {
             self.unreported_text.div_ceil(BYTES_PER_TOKEN)
         } else {
             0
@@ -211,7 +215,7 @@ impl SseScanner {
             match kind {
                 Kind::Token => {
                     self.token_event = true;
-                    if !self.uncounted {
+                    if !self.uncounted && !self.usage.cut {
                         let text = token_text_len(data) as u64;
                         let usage = &mut self.usage;
                         usage.unreported_text = usage.unreported_text.saturating_add(text);
@@ -224,8 +228,12 @@ impl SseScanner {
                 }
                 Kind::Abort => self.usage.cut = true,
                 // Flowise 3 stops an Agentflow with the node, then the flow, `TERMINATED`.
-                Kind::Flow => self.usage.cut |= data.contains("\"TERMINATED\""),
+                Kind::Flow => {
+                    self.usage.reporting = true;
+                    self.usage.cut |= data.contains("\"TERMINATED\"");
+                }
                 Kind::Usage => {
+                    self.usage.reporting = true;
                     if let Ok(event) = serde_json::from_str::<UsageEvent>(data) {
                         let tokens = usage::usage_tokens(&event.data);
                         let usage = &mut self.usage;
@@ -233,7 +241,10 @@ impl SseScanner {
                         usage.unreported_text = 0;
                     }
                 }
-                Kind::Executed => executed = !self.uncounted,
+                Kind::Executed => {
+                    self.usage.reporting = true;
+                    executed = !self.uncounted;
+                }
                 Kind::Other => {}
             }
         }
@@ -309,11 +320,19 @@ fn event_kind(data: &str) -> Option<&str> {
     rest.split_once('"').map(|(kind, _)| kind)
 }
 
-/// Bytes of the text of a `token` event's data line, `{"event":"token","data":"<text>"}` (its
-/// JSON escapes counted as written), without parsing it.
+/// Bytes of the text of a `token` event's data line: as written (JSON escapes too) and without
+/// parsing where Flowise wrote it, `{"event":"token","data":"<text>"}`; parsed otherwise.
 fn token_text_len(data: &str) -> usize {
-    data.split_once("\"data\":")
-        .map_or(0, |(_, value)| value.trim_end().len().saturating_sub(3))
+    if let Some(rest) = data.strip_prefix("{\"event\":\"token\",\"data\":\"")
+        && let Some(text) = rest.trim_end().strip_suffix("\"}")
+    {
+        return text.len();
+    }
+    #[derive(serde::Deserialize)]
+    struct TokenEvent {
+        data: String,
+    }
+    serde_json::from_str::<TokenEvent>(data).map_or(0, |e| e.data.len())
 }
 
 /// What the line being read holds so far: whether it can still be the blank line that ends an
@@ -393,18 +412,25 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
     fn a_run_cut_while_answering_counts_the_text_its_last_node_streamed() {
         let usage = event("usageMetadata", r#"{"total_tokens":42}"#);
         let abort = event("abort", r#""[DONE]""#);
+        let error = event("error", r#""Error: boom""#);
+        // What every Agentflow run streams first.
+        let flow = event("agentFlowEvent", r#""INPROGRESS""#);
         // 16 bytes of text as written (escapes too): 4 tokens at 4 bytes each, counted only
-        // where the run was stopped before its report.
+        // where an Agentflow was cut before its report.
         let text = event("token", r#""Echo: ""#) + &event("token", r#""a \"long\"""#);
         for (stream, want) in [
-            (text.clone() + &abort, 4),
+            (flow.clone() + &text + &abort, 4),
             (text.clone() + &usage + &abort, 42),
             (usage.clone() + &text + &abort, 42 + 4),
-            (text.clone() + &event("end", r#""[DONE]""#), 0),
+            (flow.clone() + &text + &event("end", r#""[DONE]""#), 0),
             // A failure mid-answer is cut as a stop is.
-            (text.clone() + &event("error", r#""Error: boom""#), 4),
+            (flow.clone() + &text + &error, 4),
+            // A flow that never reports tokens (a Chatflow, a legacy multi-agent flow) costs the
+            // same however it ends.
+            (text.clone() + &abort, 0),
+            (text.clone() + &error, 0),
             // Flowise 3 stopping an Agentflow: the node, the node list (without the cut node's
-            // tokens, after it: it clears nothing), the flow.
+            // tokens, after it: it clears nothing), the flow, an error.
             (
                 event(
                     "agentFlowExecutedData",
@@ -418,13 +444,21 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
                         "agentFlowExecutedData",
                         r#"[{"data":{"output":{"usageMetadata":{"total_tokens":7}}}},{"status":"TERMINATED","data":{}}]"#,
                     )
-                    + &event("agentFlowEvent", r#""TERMINATED""#),
+                    + &event("agentFlowEvent", r#""TERMINATED""#)
+                    + &error,
                 7 + 4,
             ),
             // A node list after the text, not cut: the node reported (or reports nothing).
             (
-                text.clone() + &event("agentFlowExecutedData", "[]") + &abort,
+                flow.clone() + &text + &event("agentFlowExecutedData", "[]") + &abort,
                 0,
+            ),
+            // Written in another key order: parsed, its text alone counted (5 bytes, 2 tokens).
+            (
+                flow.clone()
+                    + "message:\ndata:{\"data\":\"hello\",\"event\":\"token\"}\n\n"
+                    + &abort,
+                2,
             ),
         ] {
             for chunk in [1, 5, stream.len()] {

@@ -49,7 +49,7 @@ pub struct FakeFlowise {
     /// How long the abort endpoint takes to answer, in milliseconds (0 at start).
     pub abort_delay_ms: Arc<AtomicU64>,
     /// The paths of the abort requests received, in order. A `Stream` whose chat is named in
-    /// one ends at its next event, with Flowise's `abort` event.
+    /// one ends at its next event, as Flowise ends an Agentflow it stopped.
     pub abort_paths: Arc<Mutex<Vec<String>>>,
     /// Every request received, whatever its path.
     pub requests: Arc<AtomicU64>,
@@ -325,14 +325,24 @@ async fn answer(
                 r#"{"event":"end","data":"[DONE]"}"#.to_string(),
             ];
             let aborted = format!("/{chat_id}");
+            // Only an abort that arrives while the run goes stops it (Flowise aborts the runs in
+            // progress).
+            let before = abort_paths.lock().expect("abort paths lock").len();
             let stream = futures::stream::unfold(frames.into_iter(), move |mut it| {
                 let (abort_paths, aborted) = (abort_paths.clone(), aborted.clone());
                 async move {
                 let mut frame = it.next()?;
                 tokio::time::sleep(gap).await;
-                if abort_paths.lock().expect("abort paths lock").iter().any(|p| p.ends_with(&aborted)) {
-                    // As Flowise ends an aborted run's stream.
-                    frame = r#"{"event":"abort","data":"[DONE]"}"#.to_string();
+                if abort_paths.lock().expect("abort paths lock").iter().skip(before).any(|p| p.ends_with(&aborted)) {
+                    // As Flowise 3.1 ends an Agentflow it stopped: the node and the flow
+                    // TERMINATED, the node list without the cut node's tokens, an error.
+                    frame = [
+                        r#"{"event":"nextAgentFlow","data":{"nodeId":"llm_0","status":"TERMINATED"}}"#,
+                        r#"{"event":"agentFlowExecutedData","data":[{"nodeId":"llm_0","status":"TERMINATED","data":{}}]}"#,
+                        r#"{"event":"agentFlowEvent","data":"TERMINATED"}"#,
+                        r#"{"event":"error","data":"Flow execution was cancelled"}"#,
+                    ]
+                    .join("\n\nmessage:\ndata:");
                     it = Vec::new().into_iter();
                 }
                 Some((Ok::<_, Infallible>(Frame::data(Bytes::from(format!("message:\ndata:{frame}\n\n")))), it))
