@@ -448,6 +448,18 @@ async fn contradicting_values_are_refused_with_a_message_saying_what_to_change()
             "would block every node drain",
         ),
         (
+            json!({"podDisruptionBudget": {"minAvailable": "100%"}}),
+            "minAvailable: \"100%\" would block every node drain",
+        ),
+        (
+            json!({"podDisruptionBudget": {"maxUnavailable": 0}}),
+            "maxUnavailable: 0 would block every node drain",
+        ),
+        (
+            json!({"podDisruptionBudget": {"maxUnavailable": "0%"}}),
+            "maxUnavailable: 0% would block every node drain",
+        ),
+        (
             json!({"ingress": {"enabled": true}}),
             "ingress.enabled needs at least one entry in ingress.hosts",
         ),

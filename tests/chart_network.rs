@@ -114,3 +114,47 @@ async fn an_ingress_routes_outside_callers_to_the_proxy_port_only() {
     assert_eq!(http["targetPort"], "http");
     assert_eq!(http["port"], 8080);
 }
+
+#[test]
+fn a_service_reachable_from_outside_leaves_the_metrics_port_inside() {
+    let names = |svc: &serde_json::Value| -> Vec<String> {
+        svc["spec"]["ports"]
+            .as_array()
+            .map(|ports| {
+                ports
+                    .iter()
+                    .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (kind, main_ports, metrics_service) in [
+        ("ClusterIP", vec!["http", "metrics"], false),
+        ("NodePort", vec!["http"], true),
+        ("LoadBalancer", vec!["http"], true),
+    ] {
+        let release = chart_support::unique_release("chart-svc");
+        let objects = chart_support::template(&release, &json!({"service": {"type": kind}}));
+        let services: Vec<_> = objects.iter().filter(|o| o["kind"] == "Service").collect();
+        let main = format!("{release}-flowgate");
+        let Some(svc) = services
+            .iter()
+            .find(|s| s["metadata"]["name"] == main.as_str())
+        else {
+            panic!("no Service {main}: {services:?}");
+        };
+        assert_eq!(svc["spec"]["type"], kind);
+        assert_eq!(names(svc), main_ports, "{kind}");
+        let metrics = services
+            .iter()
+            .find(|s| s["metadata"]["name"] == format!("{main}-metrics").as_str());
+        assert_eq!(metrics.is_some(), metrics_service, "{kind}: {services:?}");
+        if let Some(metrics) = metrics {
+            assert_eq!(metrics["spec"]["type"], "ClusterIP");
+            assert_eq!(names(metrics), ["metrics"]);
+            assert_eq!(metrics["spec"]["ports"][0]["targetPort"], "ops");
+            // The ServiceMonitor selects it by the same labels.
+            assert_eq!(metrics["spec"]["selector"], svc["spec"]["selector"]);
+        }
+    }
+}

@@ -89,6 +89,20 @@ and how to fix it; `helm install` stops with the message.
 {{- if and $pdb.enabled (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "string" $pdb.minAvailable)) (ge (int $pdb.minAvailable) $replicas) }}
 {{- fail (printf "\n\nflowgate: podDisruptionBudget.minAvailable: %d with replicas: %d would block every node drain (no pod may ever be evicted). Use maxUnavailable, or fewer minAvailable than replicas.\n" (int $pdb.minAvailable) $replicas) }}
 {{- end }}
+{{- if $pdb.enabled }}
+{{- $min := $pdb.minAvailable }}
+{{- if kindIs "string" $min }}
+{{- if and (hasSuffix "%" $min) (ge (atoi (trimSuffix "%" $min)) 100) }}
+{{- fail (printf "\n\nflowgate: podDisruptionBudget.minAvailable: %q would block every node drain (no pod may ever be evicted). Use maxUnavailable, or a smaller share.\n" $min) }}
+{{- end }}
+{{- end }}
+{{- $max := $pdb.maxUnavailable }}
+{{- if and (kindIs "invalid" $min) (not (kindIs "invalid" $max)) }}
+{{- if or (and (kindIs "string" $max) (eq (atoi (trimSuffix "%" (toString $max))) 0)) (and (not (kindIs "string" $max)) (eq (int $max) 0)) }}
+{{- fail (printf "\n\nflowgate: podDisruptionBudget.maxUnavailable: %v would block every node drain (no pod may ever be evicted). Use 1 or more.\n" $max) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if not (or .Values.controller.enabled .Values.proxy.enabled) }}
 {{- fail "\n\nflowgate: controller.enabled and proxy.enabled are both false: nothing would run.\n" }}
 {{- end }}
