@@ -70,7 +70,6 @@ async fn run() {
         format!("/api/v1/webhook/{id}"),
         format!("/api/v1/mcp/{id}"),
         format!("/api/v1/chatmessage/{id}"),
-        format!("/api/v1/chatmessage/abort/{id}/x"),
         format!("/api/v1/internal-chatmessage/{id}"),
         format!("/api/v1/attachments/{id}/chat"),
         format!("/api/v1/get-upload-file?chatflowId={id}&chatId=x&fileName=a"),
@@ -166,11 +165,15 @@ async fn run() {
         }
     }
     // Allowed paths with other methods: 405, still nothing forwarded.
-    for path in [
-        format!("/api/v1/prediction/{id}"),
-        "/chat/predict".to_string(),
+    for (path, allowed) in [
+        (format!("/api/v1/prediction/{id}"), "POST"),
+        ("/chat/predict".to_string(), "POST"),
+        (format!("/api/v1/chatmessage/abort/{id}/x"), "PUT"),
     ] {
-        for method in ["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
+            if method == allowed {
+                continue;
+            }
             sent += 1;
             let (status, body) = raw(&gate.base, method, &path, &alice).await;
             if status != 405 {
