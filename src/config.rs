@@ -88,6 +88,13 @@ pub struct RunArgs {
     /// Target of /chat/authenticate and /chat/refresh (OIDC token endpoint).
     #[arg(long, env = "FLOWGATE_TOKEN_ENDPOINT_URL")]
     pub token_endpoint_url: Option<String>,
+    /// OAuth client flowgate presents at the token endpoint (unset: a caller's own `client_id`
+    /// and `client_secret`, if it sends them, are passed on).
+    #[arg(long, env = "FLOWGATE_TOKEN_CLIENT_ID")]
+    pub token_client_id: Option<String>,
+    /// File holding that client's secret (a confidential client), sent as HTTP Basic.
+    #[arg(long, env = "FLOWGATE_TOKEN_CLIENT_SECRET_FILE")]
+    pub token_client_secret_file: Option<PathBuf>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "FLOWGATE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -137,6 +144,8 @@ pub struct Config {
     pub sync_interval: Duration,
     pub upstream_timeout: Duration,
     pub token_endpoint_url: Option<Url>,
+    pub token_client_id: Option<String>,
+    pub token_client_secret_file: Option<PathBuf>,
     pub log_format: LogFormat,
     pub controller: bool,
     pub proxy: bool,
@@ -258,6 +267,21 @@ impl Config {
             )?,
             service_account_audience: non_empty(args.service_account_audience),
         };
+        let token_endpoint_url =
+            optional_url("FLOWGATE_TOKEN_ENDPOINT_URL", args.token_endpoint_url)?;
+        let token_client_id = non_empty(args.token_client_id);
+        if token_client_id.is_some() && token_endpoint_url.is_none() {
+            return Err(invalid(
+                "FLOWGATE_TOKEN_CLIENT_ID",
+                "set without FLOWGATE_TOKEN_ENDPOINT_URL, the token endpoint it is for",
+            ));
+        }
+        if args.token_client_secret_file.is_some() && token_client_id.is_none() {
+            return Err(invalid(
+                "FLOWGATE_TOKEN_CLIENT_SECRET_FILE",
+                "set without FLOWGATE_TOKEN_CLIENT_ID, the client whose secret it is",
+            ));
+        }
         Ok(Self {
             flowise_url: url("FLOWGATE_FLOWISE_URL", &args.flowise_url)?,
             flowise_api_key_file: args.flowise_api_key_file,
@@ -288,10 +312,9 @@ impl Config {
                 .map(|raw| duration("FLOWGATE_SHUTDOWN_DELAY", &raw))
                 .transpose()?
                 .unwrap_or_default(),
-            token_endpoint_url: optional_url(
-                "FLOWGATE_TOKEN_ENDPOINT_URL",
-                args.token_endpoint_url,
-            )?,
+            token_endpoint_url,
+            token_client_id,
+            token_client_secret_file: args.token_client_secret_file,
             log_format: match args.log_format.as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,

@@ -191,6 +191,19 @@ fn a_bad_value_names_its_setting() {
         (&["--ledger-retention", "3mo"], "FLOWGATE_LEDGER_RETENTION"),
         (&["--ledger-retention", "59m"], "FLOWGATE_LEDGER_RETENTION"),
         (&["--ledger-retention=-90d"], "FLOWGATE_LEDGER_RETENTION"),
+        (
+            &["--token-client-id", "flowgate"],
+            "FLOWGATE_TOKEN_CLIENT_ID",
+        ),
+        (
+            &[
+                "--token-endpoint-url",
+                "https://idp.example/token",
+                "--token-client-secret-file",
+                "/s",
+            ],
+            "FLOWGATE_TOKEN_CLIENT_SECRET_FILE",
+        ),
     ];
     for (args, setting) in cases {
         let err = parse(args).expect_err("bad value is refused");

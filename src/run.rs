@@ -240,6 +240,17 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             keys: ApiKeys::new(client.clone()),
             metrics: metrics.clone(),
             token_endpoint: config.token_endpoint_url.clone(),
+            token_client: match &config.token_client_id {
+                Some(id) => Some(crate::proxy::compat::TokenClient {
+                    id: id.clone(),
+                    secret: config
+                        .token_client_secret_file
+                        .as_deref()
+                        .map(|path| read_secret(path, "FLOWGATE_TOKEN_CLIENT_SECRET_FILE"))
+                        .transpose()?,
+                }),
+                None => None,
+            },
             http: reqwest::Client::new(),
             limiter: Arc::new(crate::proxy::ratelimit::RateLimiter::shared(ledger.clone())),
             admin: client

@@ -464,6 +464,10 @@ async fn contradicting_values_are_refused_with_a_message_saying_what_to_change()
             "ingress.enabled needs at least one entry in ingress.hosts",
         ),
         (
+            json!({"auth": {"tokenClient": {"id": "chat-ui"}}}),
+            "auth.tokenEndpointUrl is empty",
+        ),
+        (
             json!({"ingress": {"enabled": true, "hosts": [{"host": "a.example.com",
                    "paths": [{"path": "/", "pathType": "Prefix"}]}]},
                    "proxy": {"enabled": false}}),
@@ -488,7 +492,9 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
     let values = json!({
         "flowise": {"url": "http://flowise.ai-tools.svc:3000",
                     "apiKey": {"existingSecret": "flowise-admin"}},
-        "auth": {"jwt": {"hs256Secret": {"existingSecret": "flowgate-jwt"}, "issuer": "https://id.example.com"}},
+        "auth": {"jwt": {"hs256Secret": {"existingSecret": "flowgate-jwt"}, "issuer": "https://id.example.com"},
+                 "tokenEndpointUrl": "https://id.example.com/token",
+                 "tokenClient": {"id": "chat-ui", "secret": {"existingSecret": "chat-ui-client"}}},
         "controller": {"importNamespace": "flowise-imported", "syncInterval": "5m"},
         "logFormat": "text",
         "ledger": {"retention": "90d"},
@@ -555,6 +561,26 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
         .find(|v| v["name"] == "flowise-api-key")
         .expect("Flowise key volume");
     assert_eq!(api_key["secret"]["secretName"], "flowise-admin");
+    assert_eq!(env_value(&env, "FLOWGATE_TOKEN_CLIENT_ID"), "chat-ui");
+    assert_eq!(
+        env_value(&env, "FLOWGATE_TOKEN_CLIENT_SECRET_FILE"),
+        "/etc/flowgate/token-client-secret/client-secret"
+    );
+    let client_secret = volumes
+        .iter()
+        .find(|v| v["name"] == "token-client-secret")
+        .expect("client secret volume");
+    assert_eq!(client_secret["secret"]["secretName"], "chat-ui-client");
+    assert!(
+        container["volumeMounts"]
+            .as_array()
+            .is_some_and(
+                |mounts| mounts.iter().any(|m| m["name"] == "token-client-secret"
+                    && m["mountPath"] == "/etc/flowgate/token-client-secret"
+                    && m["readOnly"] == true)
+            ),
+        "{container}"
+    );
 }
 
 #[tokio::test]

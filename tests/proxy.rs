@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use flowgate::crd::{Chatflow, ChatflowAccess};
 use std::time::Duration;
 
-use support::fake_flowise::{FakeFlowise, Mode, TOKEN_PATH, TOKEN_USER};
+use support::fake_flowise::{
+    FakeFlowise, Mode, TOKEN_CLIENT, TOKEN_PATH, TOKEN_PUBLIC_CLIENT, TOKEN_USER,
+};
 use support::gate::{Flowgate, Options, eventually_status, get_json, predict, token};
 use support::team::Team;
 
@@ -619,4 +621,67 @@ async fn a_service_account_token_is_granted_as_its_service_account_subject() {
         (401, Some("invalid_token"))
     );
     team.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_configured_client_is_presented_at_the_token_endpoint_in_place_of_the_callers() {
+    let idp = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let (user, password) = TOKEN_USER;
+    // The caller names a client of its own; flowgate's replaces it (the endpoint refuses a
+    // request naming two, or one it does not know).
+    let grant = json!({"username": user, "password": password,
+                       "client_id": "someone-else", "client_secret": "guess"});
+    for (client, want) in [
+        (
+            (TOKEN_CLIENT.0.to_string(), Some(TOKEN_CLIENT.1.to_string())),
+            format!("at-1@{}", TOKEN_CLIENT.0),
+        ),
+        (
+            (TOKEN_PUBLIC_CLIENT.to_string(), None),
+            format!("at-1@{TOKEN_PUBLIC_CLIENT}"),
+        ),
+    ] {
+        let gate = Flowgate::start_with(Options {
+            token_endpoint_url: Some(format!("{}{TOKEN_PATH}", idp.url)),
+            token_client: Some(client),
+            ..Default::default()
+        })
+        .await;
+        let resp = reqwest::Client::new()
+            .post(format!("{}/chat/authenticate", gate.base))
+            .json(&grant)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 200, "{want}");
+        let tokens: Value = resp.json().await.expect("json");
+        assert_eq!(tokens["access_token"], json!(want), "{tokens}");
+    }
+    // A secret the endpoint refuses is flowgate's configuration, not the caller's 401.
+    let gate = Flowgate::start_with(Options {
+        token_endpoint_url: Some(format!("{}{TOKEN_PATH}", idp.url)),
+        token_client: Some((TOKEN_CLIENT.0.into(), Some("wrong".into()))),
+        ..Default::default()
+    })
+    .await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/authenticate", gate.base))
+        .json(&grant)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 502);
+    // Without one, the caller's own client goes through, and the endpoint judges it.
+    let gate = Flowgate::start_with(Options {
+        token_endpoint_url: Some(format!("{}{TOKEN_PATH}", idp.url)),
+        ..Default::default()
+    })
+    .await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/authenticate", gate.base))
+        .json(&grant)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 401);
 }

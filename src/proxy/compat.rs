@@ -22,6 +22,16 @@ use crate::server::Body;
 /// (not an identity key: those start `user:` or `sa:`).
 const TOKEN_GRANTS: &str = "token grants";
 
+/// The OAuth client flowgate presents at the token endpoint, in place of whatever client the
+/// caller names: a confidential client's secret stays on the server.
+#[derive(Clone)]
+pub struct TokenClient {
+    pub id: String,
+    /// Sent as HTTP Basic (RFC 6749 §2.3.1, which every token endpoint supports); `None`: a
+    /// public client, named by `client_id` in the form.
+    pub secret: Option<String>,
+}
+
 impl Proxy {
     pub(super) async fn token_grant(
         &self,
@@ -54,9 +64,14 @@ impl Proxy {
                 ("refresh_token", field("refresh_token")?),
             ],
         };
-        let mut extra: Vec<(&str, String)> = ["client_id", "client_secret", "scope"]
-            .into_iter()
-            .filter_map(|k| {
+        // With a configured client, the caller's own client fields are ignored.
+        let passed: &[&str] = match self.token_client {
+            Some(_) => &["scope"],
+            None => &["client_id", "client_secret", "scope"],
+        };
+        let mut extra: Vec<(&str, String)> = passed
+            .iter()
+            .filter_map(|&k| {
                 body.get(k)
                     .and_then(Value::as_str)
                     .map(|v| (k, v.to_string()))
@@ -64,12 +79,24 @@ impl Proxy {
             .collect();
         let mut params = form;
         params.append(&mut extra);
+        let mut request = self.http.post(endpoint);
+        match &self.token_client {
+            Some(TokenClient {
+                id,
+                secret: Some(secret),
+            }) => {
+                // Each form-encoded first (RFC 6749 §2.3.1): an id or secret may hold `:`.
+                let encode =
+                    |s: &str| -> String { form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+                request = request.basic_auth(encode(id), Some(encode(secret)));
+            }
+            Some(TokenClient { id, secret: None }) => params.push(("client_id", id.clone())),
+            None => {}
+        }
         let encoded = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(&params)
             .finish();
-        let answer = self
-            .http
-            .post(endpoint)
+        let answer = request
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(encoded)
             .timeout(Duration::from_secs(15))
@@ -107,6 +134,15 @@ impl Proxy {
                 }
             }
             Ok(error::json(StatusCode::OK, &out))
+        } else if self.token_client.is_some()
+            && value.get("error").and_then(Value::as_str) == Some("invalid_client")
+        {
+            // flowgate's configuration, not the caller's credentials.
+            Err(ProxyError::Upstream(
+                "the token endpoint refused flowgate's client (check FLOWGATE_TOKEN_CLIENT_ID \
+                 and FLOWGATE_TOKEN_CLIENT_SECRET_FILE)"
+                    .into(),
+            ))
         } else if status.is_client_error() {
             Err(ProxyError::InvalidToken {
                 reason: "token_endpoint_refused",

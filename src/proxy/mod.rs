@@ -77,6 +77,9 @@ pub struct Proxy {
     pub credits: Credits,
     pub metrics: Arc<Metrics>,
     pub token_endpoint: Option<reqwest::Url>,
+    /// The OAuth client flowgate presents there (`FLOWGATE_TOKEN_CLIENT_ID`); `None`: the
+    /// caller's own, if any.
+    pub token_client: Option<compat::TokenClient>,
     pub http: reqwest::Client,
     /// Rate limits of ChatflowAccess objects, shared by the serving threads.
     pub limiter: Arc<RateLimiter>,

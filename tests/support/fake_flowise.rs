@@ -144,9 +144,55 @@ pub const TOKEN_PATH: &str = "/oauth/token";
 /// The one password grant it accepts: this user with this password (which needs encoding).
 pub const TOKEN_USER: (&str, &str) = ("alice", "s3cret & more=+");
 
+/// The one confidential client it knows: this id with this secret (both need form-encoding).
+pub const TOKEN_CLIENT: (&str, &str) = ("flowgate ui", "s:cret/+");
+/// The one public client it knows.
+pub const TOKEN_PUBLIC_CLIENT: &str = "public-ui";
+
+/// The client of a token request: `Ok(None)` for none, `Err` for an unknown one or two
+/// authentication methods at once (RFC 6749 §2.3).
+fn token_client(
+    headers: &hyper::HeaderMap,
+    form: &std::collections::HashMap<String, String>,
+) -> Result<Option<String>, ()> {
+    use base64::Engine;
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "));
+    let in_form = form.contains_key("client_id") || form.contains_key("client_secret");
+    let Some(basic) = basic else {
+        return match form.get("client_id").map(String::as_str) {
+            None if !in_form => Ok(None),
+            Some(TOKEN_PUBLIC_CLIENT) if !form.contains_key("client_secret") => {
+                Ok(Some(TOKEN_PUBLIC_CLIENT.into()))
+            }
+            _ => Err(()),
+        };
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(basic)
+        .map_err(|_| ())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| ())?;
+    let (id, secret) = decoded.split_once(':').ok_or(())?;
+    let form_decode = |s: &str| -> String {
+        form_urlencoded::parse(format!("v={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    if in_form || (form_decode(id).as_str(), form_decode(secret).as_str()) != TOKEN_CLIENT {
+        return Err(());
+    }
+    Ok(Some(TOKEN_CLIENT.0.into()))
+}
+
 /// Password grant for [`TOKEN_USER`]: tokens `at-1` and `rt-1`. Refresh grant of `rt-1`: `at-2`
-/// and no new refresh token (a provider that does not rotate them). Anything else: 400.
+/// and no new refresh token (a provider that does not rotate them). Anything else: 400. A client
+/// it does not know ([`token_client`]): 401 `invalid_client`. The access token names the client:
+/// `at-1@<client id>` where there was one.
 async fn token_grant(req: Request<hyper::body::Incoming>) -> Response<FakeBody> {
+    let headers = req.headers().clone();
     let body = req
         .into_body()
         .collect()
@@ -156,12 +202,24 @@ async fn token_grant(req: Request<hyper::body::Incoming>) -> Response<FakeBody> 
     let form: std::collections::HashMap<String, String> =
         form_urlencoded::parse(&body).into_owned().collect();
     let field = |k: &str| form.get(k).map(String::as_str);
+    let Ok(client) = token_client(&headers, &form) else {
+        return full(
+            401,
+            "application/json",
+            serde_json::json!({"error": "invalid_client", "error_description": "unknown client"})
+                .to_string(),
+        );
+    };
+    let access = match client {
+        Some(client) => format!("at-1@{client}"),
+        None => "at-1".into(),
+    };
     let answer = match field("grant_type") {
         Some("password")
             if (field("username"), field("password"))
                 == (Some(TOKEN_USER.0), Some(TOKEN_USER.1)) =>
         {
-            serde_json::json!({"access_token": "at-1", "token_type": "Bearer", "refresh_token": "rt-1", "expires_in": 300})
+            serde_json::json!({"access_token": access, "token_type": "Bearer", "refresh_token": "rt-1", "expires_in": 300})
         }
         Some("refresh_token") if field("refresh_token") == Some("rt-1") => {
             serde_json::json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 300})

@@ -108,6 +108,9 @@ pub struct Options {
     pub ledger_retention: Option<String>,
     /// `--token-endpoint-url`; default: unset (`/chat/authenticate` answers 404).
     pub token_endpoint_url: Option<String>,
+    /// `--token-client-id`, and the secret written to the file `--token-client-secret-file`
+    /// names; default: unset.
+    pub token_client: Option<(String, Option<String>)>,
     /// `--body-memory`; default: 256Mi.
     pub body_memory: Option<String>,
     /// `--cors-origins`; default: none.
@@ -172,6 +175,16 @@ impl Flowgate {
             resources_dir: options.resources_dir,
             import_namespace: options.import_namespace,
             token_endpoint_url: options.token_endpoint_url,
+            token_client_id: options.token_client.as_ref().map(|(id, _)| id.clone()),
+            token_client_secret_file: options
+                .token_client
+                .as_ref()
+                .and_then(|(_, secret)| secret.as_ref())
+                .map(|secret| {
+                    let path = dir.path().join("token-client-secret");
+                    std::fs::write(&path, secret).expect("write the client secret");
+                    path
+                }),
             body_memory: options.body_memory.unwrap_or_default(),
             cors_origins: options.cors_origins,
             invalid_policies: options.invalid_policies.unwrap_or_default(),

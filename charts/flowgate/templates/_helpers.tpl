@@ -103,6 +103,14 @@ and how to fix it; `helm install` stops with the message.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- with .Values.auth.tokenClient }}
+{{- if and .id (not $.Values.auth.tokenEndpointUrl) }}
+{{- fail "\n\nflowgate: auth.tokenClient.id is set but auth.tokenEndpointUrl is empty: give the token endpoint the client is for.\n" }}
+{{- end }}
+{{- if and .secret.existingSecret (not .id) }}
+{{- fail "\n\nflowgate: auth.tokenClient.secret.existingSecret is set but auth.tokenClient.id is empty: give the client whose secret it is.\n" }}
+{{- end }}
+{{- end }}
 {{- if not (or .Values.controller.enabled .Values.proxy.enabled) }}
 {{- fail "\n\nflowgate: controller.enabled and proxy.enabled are both false: nothing would run.\n" }}
 {{- end }}
