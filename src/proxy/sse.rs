@@ -161,6 +161,12 @@ impl SseScanner {
         }
     }
 
+    /// The stream ended before its end (its client or flowgate cut it, the connection failed):
+    /// what it streamed since Flowise's last report counts as [`StreamUsage::tokens`] says.
+    pub fn cut(&mut self) {
+        self.usage.cut = true;
+    }
+
     /// Tokens Flowise reported so far.
     pub fn tokens(&self) -> u64 {
         self.usage.tokens()

@@ -166,6 +166,9 @@ impl<B> Observed<B> {
         let on_end = self.on_end.take()?;
         if end == StreamEnd::Completed {
             self.scanner.finish();
+        } else {
+            // Cut before its end: the text since Flowise's last report was never reported.
+            self.scanner.cut();
         }
         on_end(StreamReport {
             end,
@@ -433,6 +436,29 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert!(body.frame().await.is_none(), "the stream ends regardless");
         assert_eq!(started.elapsed(), SETTLING_WAIT);
+    }
+
+    #[tokio::test]
+    async fn an_agentflow_cut_after_its_text_is_charged_that_text() {
+        let (seen, on_end) = recorder();
+        let mut body = Observed::new(
+            chunks(vec![
+                Ok("message:\ndata:{\"event\":\"agentFlowEvent\",\"data\":\"INPROGRESS\"}\n\n"),
+                Ok("message:\ndata:{\"event\":\"token\",\"data\":\"four score\"}\n\n"),
+                Ok(
+                    "message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":7}}\n\n",
+                ),
+            ]),
+            Some(Resume::New),
+            on_end,
+        );
+        for _ in 0..2 {
+            assert!(body.frame().await.is_some());
+        }
+        // Gone before the report: 10 bytes of text, 3 tokens.
+        drop(body);
+        let seen = seen.lock().expect("lock");
+        assert_eq!((seen[0].end, seen[0].tokens), (StreamEnd::ClientGone, 3));
     }
 
     #[tokio::test]
