@@ -92,9 +92,13 @@ pub struct RunArgs {
     /// and `client_secret`, if it sends them, are passed on).
     #[arg(long, env = "FLOWGATE_TOKEN_CLIENT_ID")]
     pub token_client_id: Option<String>,
-    /// File holding that client's secret (a confidential client), sent as HTTP Basic.
+    /// File holding that client's secret (a confidential client).
     #[arg(long, env = "FLOWGATE_TOKEN_CLIENT_SECRET_FILE")]
     pub token_client_secret_file: Option<PathBuf>,
+    /// How that secret is sent: `basic` (HTTP Basic, client_secret_basic) or `post` (in the
+    /// form, client_secret_post), as the client is registered.
+    #[arg(long, env = "FLOWGATE_TOKEN_CLIENT_AUTH", default_value = "basic")]
+    pub token_client_auth: String,
     /// Log format: `text` or `json`.
     #[arg(long, env = "FLOWGATE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -146,6 +150,8 @@ pub struct Config {
     pub token_endpoint_url: Option<Url>,
     pub token_client_id: Option<String>,
     pub token_client_secret_file: Option<PathBuf>,
+    /// The secret goes in the form (client_secret_post), not as HTTP Basic.
+    pub token_client_secret_in_form: bool,
     pub log_format: LogFormat,
     pub controller: bool,
     pub proxy: bool,
@@ -315,6 +321,16 @@ impl Config {
             token_endpoint_url,
             token_client_id,
             token_client_secret_file: args.token_client_secret_file,
+            token_client_secret_in_form: match args.token_client_auth.trim() {
+                "basic" | "" => false,
+                "post" => true,
+                other => {
+                    return Err(invalid(
+                        "FLOWGATE_TOKEN_CLIENT_AUTH",
+                        format!("'{other}' is neither 'basic' nor 'post'"),
+                    ));
+                }
+            },
             log_format: match args.log_format.as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,

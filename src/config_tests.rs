@@ -196,6 +196,10 @@ fn a_bad_value_names_its_setting() {
             "FLOWGATE_TOKEN_CLIENT_ID",
         ),
         (
+            &["--token-client-auth", "jwt"],
+            "FLOWGATE_TOKEN_CLIENT_AUTH",
+        ),
+        (
             &[
                 "--token-endpoint-url",
                 "https://idp.example/token",

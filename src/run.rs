@@ -248,6 +248,7 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
                         .as_deref()
                         .map(|path| read_secret(path, "FLOWGATE_TOKEN_CLIENT_SECRET_FILE"))
                         .transpose()?,
+                    secret_in_form: config.token_client_secret_in_form,
                 }),
                 None => None,
             },

@@ -449,7 +449,11 @@ async fn contradicting_values_are_refused_with_a_message_saying_what_to_change()
         ),
         (
             json!({"podDisruptionBudget": {"minAvailable": "100%"}}),
-            "minAvailable: \"100%\" would block every node drain",
+            "minAvailable: \"100%\" of replicas: 1 keeps all 1 pods",
+        ),
+        (
+            json!({"podDisruptionBudget": {"minAvailable": "50%"}}),
+            "minAvailable: \"50%\" of replicas: 1 keeps all 1 pods",
         ),
         (
             json!({"podDisruptionBudget": {"maxUnavailable": 0}}),
@@ -464,7 +468,8 @@ async fn contradicting_values_are_refused_with_a_message_saying_what_to_change()
             "ingress.enabled needs at least one entry in ingress.hosts",
         ),
         (
-            json!({"auth": {"tokenClient": {"id": "chat-ui"}}}),
+            json!({"auth": {"serviceAccountAudience": "flowgate",
+                            "tokenClient": {"id": "chat-ui"}}}),
             "auth.tokenEndpointUrl is empty",
         ),
         (
@@ -484,7 +489,9 @@ async fn contradicting_values_are_refused_with_a_message_saying_what_to_change()
 async fn an_upgrade_with_changed_values_updates_the_deployment() {
     let client = support::client().await;
     let ns = support::fresh_namespace(&client, "chart-upgrade").await;
-    let _release = install(&ns, &ns, &json!({})).unwrap_or_else(|e| panic!("install: {e}"));
+    // Values without auth.tokenClient, as `--reuse-values` keeps a release's from before it.
+    let old = json!({"auth": {"serviceAccountAudience": "flowgate", "tokenClient": null}});
+    let _release = install(&ns, &ns, &old).unwrap_or_else(|e| panic!("install: {e}"));
     let name = format!("{ns}-flowgate");
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     let before = get(deployments.clone(), &name).await;
@@ -707,6 +714,13 @@ async fn the_service_monitor_and_the_dashboard_are_rendered_when_enabled() {
     assert_eq!(
         monitor.data["spec"]["endpoints"],
         json!([{"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}])
+    );
+    // Prometheus's job is the Service's name, whichever Service carries the metrics port.
+    assert_eq!(monitor.data["spec"]["jobLabel"], "flowgate.io/metrics-job");
+    let service = get(Api::<Service>::namespaced(client.clone(), &ns), &name).await;
+    assert_eq!(
+        service["metadata"]["labels"]["flowgate.io/metrics-job"],
+        json!(name)
     );
     assert_eq!(
         monitor.data["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"],

@@ -153,8 +153,12 @@ fn a_service_reachable_from_outside_leaves_the_metrics_port_inside() {
             assert_eq!(metrics["spec"]["type"], "ClusterIP");
             assert_eq!(names(metrics), ["metrics"]);
             assert_eq!(metrics["spec"]["ports"][0]["targetPort"], "ops");
-            // The ServiceMonitor selects it by the same labels.
+            // The ServiceMonitor selects it by the same labels, and names the job as before.
             assert_eq!(metrics["spec"]["selector"], svc["spec"]["selector"]);
+            assert_eq!(
+                metrics["metadata"]["labels"]["flowgate.io/metrics-job"],
+                json!(main)
+            );
         }
     }
 }

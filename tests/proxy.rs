@@ -631,19 +631,24 @@ async fn a_configured_client_is_presented_at_the_token_endpoint_in_place_of_the_
     // request naming two, or one it does not know).
     let grant = json!({"username": user, "password": password,
                        "client_id": "someone-else", "client_secret": "guess"});
-    for (client, want) in [
+    let confidential = (TOKEN_CLIENT.0.to_string(), Some(TOKEN_CLIENT.1.to_string()));
+    for (client, auth, want) in [
         (
-            (TOKEN_CLIENT.0.to_string(), Some(TOKEN_CLIENT.1.to_string())),
+            confidential.clone(),
+            "basic",
             format!("at-1@{}", TOKEN_CLIENT.0),
         ),
+        (confidential, "post", format!("at-1@{}", TOKEN_CLIENT.0)),
         (
             (TOKEN_PUBLIC_CLIENT.to_string(), None),
+            "basic",
             format!("at-1@{TOKEN_PUBLIC_CLIENT}"),
         ),
     ] {
         let gate = Flowgate::start_with(Options {
             token_endpoint_url: Some(format!("{}{TOKEN_PATH}", idp.url)),
             token_client: Some(client),
+            token_client_auth: Some(auth.into()),
             ..Default::default()
         })
         .await;

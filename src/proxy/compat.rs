@@ -27,9 +27,11 @@ const TOKEN_GRANTS: &str = "token grants";
 #[derive(Clone)]
 pub struct TokenClient {
     pub id: String,
-    /// Sent as HTTP Basic (RFC 6749 §2.3.1, which every token endpoint supports); `None`: a
-    /// public client, named by `client_id` in the form.
+    /// `None`: a public client, named by `client_id` in the form.
     pub secret: Option<String>,
+    /// The secret goes in the form with the id (client_secret_post), not as HTTP Basic
+    /// (client_secret_basic, RFC 6749 §2.3.1, the one every token endpoint must take).
+    pub secret_in_form: bool,
 }
 
 impl Proxy {
@@ -84,13 +86,24 @@ impl Proxy {
             Some(TokenClient {
                 id,
                 secret: Some(secret),
+                secret_in_form: true,
+            }) => {
+                params.push(("client_id", id.clone()));
+                params.push(("client_secret", secret.clone()));
+            }
+            Some(TokenClient {
+                id,
+                secret: Some(secret),
+                secret_in_form: false,
             }) => {
                 // Each form-encoded first (RFC 6749 §2.3.1): an id or secret may hold `:`.
                 let encode =
                     |s: &str| -> String { form_urlencoded::byte_serialize(s.as_bytes()).collect() };
                 request = request.basic_auth(encode(id), Some(encode(secret)));
             }
-            Some(TokenClient { id, secret: None }) => params.push(("client_id", id.clone())),
+            Some(TokenClient {
+                id, secret: None, ..
+            }) => params.push(("client_id", id.clone())),
             None => {}
         }
         let encoded = form_urlencoded::Serializer::new(String::new())
@@ -134,15 +147,18 @@ impl Proxy {
                 }
             }
             Ok(error::json(StatusCode::OK, &out))
-        } else if self.token_client.is_some()
-            && value.get("error").and_then(Value::as_str) == Some("invalid_client")
+        } else if let Some(error) = value
+            .get("error")
+            .and_then(Value::as_str)
+            .filter(|e| configuration_error(e, self.token_client.is_some()))
         {
-            // flowgate's configuration, not the caller's credentials.
-            Err(ProxyError::Upstream(
-                "the token endpoint refused flowgate's client (check FLOWGATE_TOKEN_CLIENT_ID \
-                 and FLOWGATE_TOKEN_CLIENT_SECRET_FILE)"
-                    .into(),
-            ))
+            // The client's registration or flowgate's configuration, not the caller's
+            // credentials: answered as the caller's 401, nobody would look at the settings.
+            Err(ProxyError::Upstream(format!(
+                "the token endpoint refused the grant with {error}: check the client it is for \
+                 (FLOWGATE_TOKEN_CLIENT_ID, FLOWGATE_TOKEN_CLIENT_SECRET_FILE, \
+                 FLOWGATE_TOKEN_CLIENT_AUTH) and its registration"
+            )))
         } else if status.is_client_error() {
             Err(ProxyError::InvalidToken {
                 reason: "token_endpoint_refused",
@@ -159,6 +175,14 @@ impl Proxy {
             )))
         }
     }
+}
+
+/// Whether an OAuth error answer (RFC 6749 §5.2) is about the client, not the caller: a client
+/// not allowed the grant, a grant the server does not take, and, where flowgate presents its
+/// own client, that client refused.
+fn configuration_error(error: &str, own_client: bool) -> bool {
+    matches!(error, "unauthorized_client" | "unsupported_grant_type")
+        || (own_client && error == "invalid_client")
 }
 
 /// The Python service's `{chatflow_id, question|message, sessionId?, overrideConfig?, streaming?}`.

@@ -162,10 +162,13 @@ fn token_client(
         .and_then(|v| v.strip_prefix("Basic "));
     let in_form = form.contains_key("client_id") || form.contains_key("client_secret");
     let Some(basic) = basic else {
+        let secret = form.get("client_secret").map(String::as_str);
         return match form.get("client_id").map(String::as_str) {
             None if !in_form => Ok(None),
-            Some(TOKEN_PUBLIC_CLIENT) if !form.contains_key("client_secret") => {
-                Ok(Some(TOKEN_PUBLIC_CLIENT.into()))
+            Some(TOKEN_PUBLIC_CLIENT) if secret.is_none() => Ok(Some(TOKEN_PUBLIC_CLIENT.into())),
+            // client_secret_post.
+            Some(id) if (id, secret) == (TOKEN_CLIENT.0, Some(TOKEN_CLIENT.1)) => {
+                Ok(Some(TOKEN_CLIENT.0.into()))
             }
             _ => Err(()),
         };

@@ -111,6 +111,8 @@ pub struct Options {
     /// `--token-client-id`, and the secret written to the file `--token-client-secret-file`
     /// names; default: unset.
     pub token_client: Option<(String, Option<String>)>,
+    /// `--token-client-auth`; default: basic.
+    pub token_client_auth: Option<String>,
     /// `--body-memory`; default: 256Mi.
     pub body_memory: Option<String>,
     /// `--cors-origins`; default: none.
@@ -176,6 +178,7 @@ impl Flowgate {
             import_namespace: options.import_namespace,
             token_endpoint_url: options.token_endpoint_url,
             token_client_id: options.token_client.as_ref().map(|(id, _)| id.clone()),
+            token_client_auth: options.token_client_auth.unwrap_or_default(),
             token_client_secret_file: options
                 .token_client
                 .as_ref()

@@ -92,8 +92,12 @@ and how to fix it; `helm install` stops with the message.
 {{- if $pdb.enabled }}
 {{- $min := $pdb.minAvailable }}
 {{- if kindIs "string" $min }}
-{{- if and (hasSuffix "%" $min) (ge (atoi (trimSuffix "%" $min)) 100) }}
-{{- fail (printf "\n\nflowgate: podDisruptionBudget.minAvailable: %q would block every node drain (no pod may ever be evicted). Use maxUnavailable, or a smaller share.\n" $min) }}
+{{- if hasSuffix "%" $min }}
+{{- /* Kubernetes rounds a share of minAvailable up: 50% of one replica is that replica. */}}
+{{- $need := div (add (mul (atoi (trimSuffix "%" $min)) $replicas) 99) 100 }}
+{{- if ge (int $need) (int $replicas) }}
+{{- fail (printf "\n\nflowgate: podDisruptionBudget.minAvailable: %q of replicas: %d keeps all %d pods and would block every node drain (no pod may ever be evicted). Use maxUnavailable, or a smaller share.\n" $min $replicas $need) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- $max := $pdb.maxUnavailable }}
@@ -103,13 +107,12 @@ and how to fix it; `helm install` stops with the message.
 {{- end }}
 {{- end }}
 {{- end }}
-{{- with .Values.auth.tokenClient }}
-{{- if and .id (not $.Values.auth.tokenEndpointUrl) }}
+{{- $clientId := dig "auth" "tokenClient" "id" "" .Values.AsMap }}
+{{- if and $clientId (not .Values.auth.tokenEndpointUrl) }}
 {{- fail "\n\nflowgate: auth.tokenClient.id is set but auth.tokenEndpointUrl is empty: give the token endpoint the client is for.\n" }}
 {{- end }}
-{{- if and .secret.existingSecret (not .id) }}
+{{- if and (dig "auth" "tokenClient" "secret" "existingSecret" "" .Values.AsMap) (not $clientId) }}
 {{- fail "\n\nflowgate: auth.tokenClient.secret.existingSecret is set but auth.tokenClient.id is empty: give the client whose secret it is.\n" }}
-{{- end }}
 {{- end }}
 {{- if not (or .Values.controller.enabled .Values.proxy.enabled) }}
 {{- fail "\n\nflowgate: controller.enabled and proxy.enabled are both false: nothing would run.\n" }}
