@@ -182,6 +182,50 @@ async fn a_failing_flowise_refunds_and_token_usage_is_charged() {
 }
 
 #[tokio::test]
+async fn reserved_tokens_bound_what_streams_at_once_can_spend() {
+    // One credit a token, 20 tokens held besides the flat cost: each prediction holds 21 of the
+    // 40 credits until Flowise reports its 10 tokens (1 + 10 charged). Without the hold, any
+    // number of streams at once would each be admitted and then charged past the budget.
+    let team = Team::with_fake_flowise("credits-reserve").await;
+    team.policy(
+        "tokens",
+        json!({"chatflows": ["*"], "budget": {"credits": 40, "period": "Never"},
+               "cost": {"perPrediction": 1, "perThousandTokens": 1000, "reserveTokens": 20}}),
+    )
+    .await;
+    let policy = format!("{}/tokens", team.ns);
+    let fake = FakeFlowise::start(Mode::Stream {
+        tokens: 10,
+        gap: Duration::from_millis(300),
+    })
+    .await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
+    let (alice, id) = (team.alice(), team.flowise_id.clone());
+    support::gate::indexed(&gate, &alice, &policy).await;
+    let ask = |chat: &'static str| {
+        reqwest::Client::new()
+            .post(format!("{}/api/v1/prediction/{id}", gate.base))
+            .bearer_auth(&alice)
+            .json(&json!({"question": "hi", "chatId": chat, "streaming": true}))
+            .send()
+    };
+    let first = ask("c1").await.expect("answer");
+    assert_eq!(first.status(), 200);
+    assert_eq!(credits_used(&gate.base, &alice, &policy).await, Some(21));
+    let second = ask("c2").await.expect("answer");
+    assert_eq!(second.status(), 402, "21 held + 21 > 40");
+    let text = first.text().await.expect("the first answer");
+    assert!(text.contains("usageMetadata"), "{text}");
+    // Settled at what it used; the hold is free again.
+    used_becomes(&gate, &alice, &policy, 11).await;
+    let third = ask("c2").await.expect("answer");
+    assert_eq!(third.status(), 200, "11 + 21 <= 40");
+    assert!(third.text().await.expect("answer").contains("[DONE]"));
+    used_becomes(&gate, &alice, &policy, 22).await;
+    team.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_streamed_agentflow_is_charged_every_node_even_when_it_fails_after_answering() {
     // Streaming, Flowise reports `usageMetadata` for the last LLM node only; the other nodes'
     // tokens are in the node list it sends after each node. The same Agentflow must cost the same

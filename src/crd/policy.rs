@@ -131,6 +131,13 @@ pub struct Cost {
     #[serde(default)]
     #[schemars(range(max = 9_007_199_254_740_991_u64))]
     pub per_thousand_tokens: u64,
+    /// Tokens held for a prediction until Flowise reports what it used, where tokens are priced:
+    /// each prediction reserves `perPrediction` plus these tokens' price, then is charged what
+    /// it used. It bounds what predictions running at once can spend past the budget (with 0,
+    /// each of them may). At most 2^32-1.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(max = 4_294_967_295_u32))]
+    pub reserve_tokens: u32,
 }
 
 impl Default for Cost {
@@ -138,8 +145,13 @@ impl Default for Cost {
         Self {
             per_prediction: 1,
             per_thousand_tokens: 0,
+            reserve_tokens: 0,
         }
     }
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 fn one() -> u64 {

@@ -298,6 +298,8 @@ pub struct PolicyRule {
     pub scope: BudgetScope,
     pub per_prediction: u64,
     pub per_thousand_tokens: u64,
+    /// Tokens held at reserve besides the flat cost (`cost.reserveTokens`).
+    pub reserve_tokens: u64,
     pub alert_at_percent: Vec<u8>,
     /// Budgets of their own for some subjects (`PerSubject` only): who, and how many credits.
     pub overrides: Vec<(Vec<SubjectRule>, u64)>,
@@ -367,6 +369,7 @@ impl TryFrom<&CreditPolicy> for PolicyRule {
             scope: spec.budget.scope,
             per_prediction: spec.cost.per_prediction,
             per_thousand_tokens: spec.cost.per_thousand_tokens,
+            reserve_tokens: u64::from(spec.cost.reserve_tokens),
             alert_at_percent: alerts,
             overrides,
             namespace,

@@ -120,7 +120,8 @@ impl Charge {
             .iter()
             .zip(&self.left)
             .map(|(policy, left)| {
-                left.saturating_sub(cost(policy, tokens).saturating_sub(policy.per_prediction))
+                left.saturating_add(held(policy))
+                    .saturating_sub(cost(policy, tokens))
             })
             .min()
     }
@@ -162,12 +163,7 @@ impl Credits {
 
     /// `limit`: the subject's credits per period on `policy` (its budget override's, if any).
     fn alert(&self, policy: &PolicyRule, limit: u64, subject: &str, remaining: u64) {
-        for percent in crossed(
-            limit,
-            remaining,
-            policy.per_prediction,
-            &policy.alert_at_percent,
-        ) {
+        for percent in crossed(limit, remaining, held(policy), &policy.alert_at_percent) {
             self.metrics.credit_alert(&policy.id, percent);
             tracing::info!(policy = %policy.id, subject, percent, remaining, "credit threshold crossed");
             let Some(alerts) = self.alerts.clone() else {
@@ -248,7 +244,7 @@ impl Credits {
                     limit,
                     own_limit,
                     window: window(p, now)?,
-                    amount: p.per_prediction,
+                    amount: held(p),
                 })
             })
             .collect::<Result<Vec<_>, ProxyError>>()?;
@@ -291,7 +287,7 @@ impl Credits {
                 let never_fits = policies
                     .iter()
                     .zip(&limits)
-                    .any(|(p, (limit, _))| *p.id == *policy && p.per_prediction > *limit);
+                    .any(|(p, (limit, _))| *p.id == *policy && held(p) > *limit);
                 Err(ProxyError::InsufficientCredits {
                     retry_after: reset_at
                         .filter(|_| !never_fits)
@@ -630,6 +626,15 @@ pub(crate) fn window(policy: &PolicyRule, now: Timestamp) -> Result<ledger::Wind
 }
 
 /// Credits one prediction costs on `policy` given the tokens Flowise reported.
+/// What a prediction holds on `policy` until it is settled: the flat cost, and where tokens are
+/// priced the price of `cost.reserveTokens` (the settle then charges what was used).
+pub fn held(policy: &PolicyRule) -> u64 {
+    if policy.per_thousand_tokens == 0 {
+        return policy.per_prediction;
+    }
+    cost(policy, policy.reserve_tokens)
+}
+
 pub fn cost(policy: &PolicyRule, tokens: u64) -> u64 {
     let token_cost = tokens
         .saturating_mul(policy.per_thousand_tokens)
