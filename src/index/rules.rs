@@ -317,6 +317,19 @@ impl TryFrom<&CreditPolicy> for PolicyRule {
         // Past the schema (a file under --resources-dir): a flat cost the ledger cannot hold
         // would make every prediction on the policy fail.
         let too_large = |value: u64| i64::try_from(value).is_err();
+        // What a prediction holds with `reserveTokens` (`proxy::credits::held`), exactly: past
+        // the ledger's range every prediction on the policy would fail.
+        let hold = (u128::from(spec.cost.reserve_tokens)
+            * u128::from(spec.cost.per_thousand_tokens))
+        .div_ceil(1000)
+            + u128::from(spec.cost.per_prediction);
+        if i64::try_from(hold).is_err() {
+            return Err(InvalidSpec::TooLarge(
+                "perPrediction + reserveTokens × perThousandTokens / 1000 (the hold of \
+                 cost.reserveTokens)"
+                    .into(),
+            ));
+        }
         for (field, value) in [
             ("budget.credits", spec.budget.credits),
             ("cost.perPrediction", spec.cost.per_prediction),

@@ -1,5 +1,6 @@
 //! Credits on the request path: reserve the flat cost of every applicable policy atomically before
-//! forwarding, then settle the actual cost (flat + tokens Flowise reported) or refund.
+//! forwarding (where a policy prices tokens and sets `reserveTokens`, the hold of [`held`]), then
+//! settle the actual cost (flat + tokens Flowise reported) or refund.
 //!
 //! Running out is a 402 naming the policy; a ledger that cannot be reached is a 503 — never a free
 //! pass. Settling and refunding happen off the request path (a spawned task), so a client never
@@ -8,8 +9,8 @@
 //! to settle, so such a prediction costs the ledger one write (a refund still undoes it).
 //!
 //! A charged answer carries `X-Credits-Remaining`: the smallest balance left over the policies
-//! that charged it — once its tokens are counted for a JSON answer, after the flat cost for a
-//! stream (its headers go out before its tokens are known, and a stream that ends unanswered is
+//! that charged it — once its tokens are counted for a JSON answer, after the hold for a stream
+//! (its headers go out before its tokens are known, and a stream that ends unanswered is
 //! refunded). A 402 carries it too (what is left of the policy that refused), with `Retry-After`
 //! until that budget resets — a hint: another policy may still refuse then, and none is sent
 //! for a `Never` period or a prediction dearer than the whole budget.
@@ -161,9 +162,19 @@ impl Credits {
         self
     }
 
-    /// `limit`: the subject's credits per period on `policy` (its budget override's, if any).
+    /// `limit`: the subject's credits per period on `policy` (its budget override's, if any);
+    /// `remaining`: what is left after the reservation's hold. Thresholds count the flat cost
+    /// only: a hold above it is mostly given back at the settle, and counting it would cross the
+    /// same threshold again with every prediction.
     fn alert(&self, policy: &PolicyRule, limit: u64, subject: &str, remaining: u64) {
-        for percent in crossed(limit, remaining, held(policy), &policy.alert_at_percent) {
+        let remaining =
+            remaining.saturating_add(held(policy).saturating_sub(policy.per_prediction));
+        for percent in crossed(
+            limit,
+            remaining,
+            policy.per_prediction,
+            &policy.alert_at_percent,
+        ) {
             self.metrics.credit_alert(&policy.id, percent);
             tracing::info!(policy = %policy.id, subject, percent, remaining, "credit threshold crossed");
             let Some(alerts) = self.alerts.clone() else {
@@ -625,7 +636,6 @@ pub(crate) fn window(policy: &PolicyRule, now: Timestamp) -> Result<ledger::Wind
         .map_err(|e| ProxyError::Internal(format!("policy {}: {e}", policy.id)))
 }
 
-/// Credits one prediction costs on `policy` given the tokens Flowise reported.
 /// What a prediction holds on `policy` until it is settled: the flat cost, and where tokens are
 /// priced the price of `cost.reserveTokens` (the settle then charges what was used).
 pub fn held(policy: &PolicyRule) -> u64 {
@@ -635,6 +645,7 @@ pub fn held(policy: &PolicyRule) -> u64 {
     cost(policy, policy.reserve_tokens)
 }
 
+/// Credits one prediction costs on `policy` given the tokens Flowise reported.
 pub fn cost(policy: &PolicyRule, tokens: u64) -> u64 {
     let token_cost = tokens
         .saturating_mul(policy.per_thousand_tokens)

@@ -258,6 +258,30 @@ fn a_number_past_the_ledger_names_its_field() {
 }
 
 #[test]
+fn a_hold_past_the_ledger_is_invalid() {
+    let mut res = team_a();
+    res.policies = vec![policy(
+        "team-a",
+        "huge-hold",
+        "  chatflows: ['*']\n  budget: {credits: 10, period: Daily}\n  \
+         cost: {perPrediction: 9223372036854775807, perThousandTokens: 1000, reserveTokens: 1}\n",
+    )];
+    let errors: Vec<String> = compile(&res)
+        .invalid
+        .iter()
+        .map(|i| i.error.to_string())
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            "perPrediction + reserveTokens × perThousandTokens / 1000 (the hold of \
+             cost.reserveTokens) must be at most 9223372036854775807 (the ledger counts in \
+             signed 64 bits)"
+        ]
+    );
+}
+
+#[test]
 fn the_snapshot_knows_whether_some_valid_policy_prices_tokens() {
     let mut res = team_a();
     res.policies.push(policy(
