@@ -317,6 +317,15 @@ impl TryFrom<&CreditPolicy> for PolicyRule {
         // Past the schema (a file under --resources-dir): a flat cost the ledger cannot hold
         // would make every prediction on the policy fail.
         let too_large = |value: u64| i64::try_from(value).is_err();
+        for (field, value) in [
+            ("budget.credits", spec.budget.credits),
+            ("cost.perPrediction", spec.cost.per_prediction),
+            ("cost.perThousandTokens", spec.cost.per_thousand_tokens),
+        ] {
+            if too_large(value) {
+                return Err(InvalidSpec::TooLarge(field.to_string()));
+            }
+        }
         // What a prediction holds with `reserveTokens` (`proxy::credits::held`), exactly: past
         // the ledger's range every prediction on the policy would fail.
         let hold = (u128::from(spec.cost.reserve_tokens)
@@ -329,15 +338,6 @@ impl TryFrom<&CreditPolicy> for PolicyRule {
                  cost.reserveTokens)"
                     .into(),
             ));
-        }
-        for (field, value) in [
-            ("budget.credits", spec.budget.credits),
-            ("cost.perPrediction", spec.cost.per_prediction),
-            ("cost.perThousandTokens", spec.cost.per_thousand_tokens),
-        ] {
-            if too_large(value) {
-                return Err(InvalidSpec::TooLarge(field.to_string()));
-            }
         }
         if let Some(i) = spec
             .budget
