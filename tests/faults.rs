@@ -324,6 +324,17 @@ async fn a_client_hanging_up_mid_stream_aborts_in_flowise_and_is_charged() {
     .expect("bounded to 60 s");
 }
 
+/// The CreditPolicy `tokens` of `team`: 100 credits, 1 a prediction and 1 a token; its id.
+async fn one_credit_a_token(team: &Team) -> String {
+    team.policy(
+        "tokens",
+        json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
+               "cost": {"perPrediction": 1, "perThousandTokens": 1000}}),
+    )
+    .await;
+    format!("{}/tokens", team.ns)
+}
+
 /// Streams a prediction, reads until an event of `kind` arrived, then hangs up.
 async fn hang_up_after(gate: &Flowgate, bearer: &str, flowise_id: &str, kind: &str) {
     hang_up_in(gate, bearer, flowise_id, None, kind).await;
@@ -389,14 +400,8 @@ async fn a_client_hanging_up_mid_stream_is_charged_the_tokens_of_the_whole_run_w
  {
     tokio::time::timeout(Duration::from_secs(60), async {
         let team = Team::with_fake_flowise("faults-hangup-tokens").await;
-        // One credit per token: the run's 10 tokens, reported after the client left, cost 10.
-        team.policy(
-            "tokens",
-            json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
-                   "cost": {"perPrediction": 1, "perThousandTokens": 1000}}),
-        )
-        .await;
-        let policy = format!("{}/tokens", team.ns);
+        // The run's 10 tokens, reported after the client left, cost 10.
+        let policy = one_credit_a_token(&team).await;
         let alice = team.alice();
         let aborts = |fake: &FakeFlowise| fake.aborts.load(std::sync::atomic::Ordering::SeqCst);
 
@@ -495,14 +500,8 @@ async fn stop(gate: &Flowgate, bearer: &str, id: &str, chat: &str) -> (u16, serd
 async fn stop_generating_aborts_only_the_callers_own_run_and_charges_what_it_streamed() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let team = Team::with_fake_flowise("faults-stop").await;
-        // One credit per token: a run read to its end costs 1 + 10.
-        team.policy(
-            "tokens",
-            json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
-                   "cost": {"perPrediction": 1, "perThousandTokens": 1000}}),
-        )
-        .await;
-        let policy = format!("{}/tokens", team.ns);
+        // A run read to its end costs 1 + 10.
+        let policy = one_credit_a_token(&team).await;
         let fake = FakeFlowise::start(Mode::Stream {
             tokens: 10,
             // Room for the stops below between the first token and the second.
@@ -655,13 +654,7 @@ async fn replicas_on_postgresql_share_a_chats_turn() {
         let pg = support::postgres_url();
         // Replicas share turns while some policy prices tokens: this one does.
         let team = Team::with_fake_flowise("faults-shared-turns").await;
-        team.policy(
-            "priced",
-            json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"},
-                   "cost": {"perPrediction": 1, "perThousandTokens": 1000}}),
-        )
-        .await;
-        let policy = format!("{}/priced", team.ns);
+        let policy = one_credit_a_token(&team).await;
         let fake = FakeFlowise::start(Mode::Stream {
             tokens: 0,
             gap: Duration::from_millis(500),

@@ -626,67 +626,49 @@ async fn a_service_account_token_is_granted_as_its_service_account_subject() {
 #[tokio::test]
 async fn a_configured_client_is_presented_at_the_token_endpoint_in_place_of_the_callers() {
     let idp = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
-    let (user, password) = TOKEN_USER;
-    // The caller names a client of its own; flowgate's replaces it (the endpoint refuses a
-    // request naming two, or one it does not know).
-    let grant = json!({"username": user, "password": password,
-                       "client_id": "someone-else", "client_secret": "guess"});
-    let confidential = (TOKEN_CLIENT.0.to_string(), Some(TOKEN_CLIENT.1.to_string()));
-    for (client, auth, want) in [
-        (
-            confidential.clone(),
-            "basic",
-            format!("at-1@{}", TOKEN_CLIENT.0),
-        ),
-        (confidential, "post", format!("at-1@{}", TOKEN_CLIENT.0)),
-        (
-            (TOKEN_PUBLIC_CLIENT.to_string(), None),
-            "basic",
-            format!("at-1@{TOKEN_PUBLIC_CLIENT}"),
-        ),
-    ] {
+    // The password grant through a flowgate presenting `client` (`auth`: basic or post). The
+    // caller names a client of its own; flowgate's replaces it (the endpoint refuses a request
+    // naming two, or one it does not know).
+    let authenticate = async |client: Option<(String, Option<String>)>, auth: &str| {
         let gate = Flowgate::start_with(Options {
             token_endpoint_url: Some(format!("{}{TOKEN_PATH}", idp.url)),
-            token_client: Some(client),
+            token_client: client,
             token_client_auth: Some(auth.into()),
             ..Default::default()
         })
         .await;
+        let (user, password) = TOKEN_USER;
         let resp = reqwest::Client::new()
             .post(format!("{}/chat/authenticate", gate.base))
-            .json(&grant)
+            .json(&json!({"username": user, "password": password,
+                          "client_id": "someone-else", "client_secret": "guess"}))
             .send()
             .await
             .expect("answer");
-        assert_eq!(resp.status(), 200, "{want}");
-        let tokens: Value = resp.json().await.expect("json");
-        assert_eq!(tokens["access_token"], json!(want), "{tokens}");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap_or_default())
+    };
+    let confidential = (TOKEN_CLIENT.0.to_string(), Some(TOKEN_CLIENT.1.to_string()));
+    for (client, auth, want) in [
+        (confidential.clone(), "basic", TOKEN_CLIENT.0),
+        (confidential, "post", TOKEN_CLIENT.0),
+        (
+            (TOKEN_PUBLIC_CLIENT.to_string(), None),
+            "basic",
+            TOKEN_PUBLIC_CLIENT,
+        ),
+    ] {
+        let (status, tokens) = authenticate(Some(client), auth).await;
+        assert_eq!(status, 200, "{want}: {tokens}");
+        assert_eq!(
+            tokens["access_token"],
+            json!(format!("at-1@{want}")),
+            "{tokens}"
+        );
     }
     // A secret the endpoint refuses is flowgate's configuration, not the caller's 401.
-    let gate = Flowgate::start_with(Options {
-        token_endpoint_url: Some(format!("{}{TOKEN_PATH}", idp.url)),
-        token_client: Some((TOKEN_CLIENT.0.into(), Some("wrong".into()))),
-        ..Default::default()
-    })
-    .await;
-    let resp = reqwest::Client::new()
-        .post(format!("{}/chat/authenticate", gate.base))
-        .json(&grant)
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(resp.status(), 502);
+    let wrong = Some((TOKEN_CLIENT.0.to_string(), Some("wrong".to_string())));
+    assert_eq!(authenticate(wrong, "basic").await.0, 502);
     // Without one, the caller's own client goes through, and the endpoint judges it.
-    let gate = Flowgate::start_with(Options {
-        token_endpoint_url: Some(format!("{}{TOKEN_PATH}", idp.url)),
-        ..Default::default()
-    })
-    .await;
-    let resp = reqwest::Client::new()
-        .post(format!("{}/chat/authenticate", gate.base))
-        .json(&grant)
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(resp.status(), 401);
+    assert_eq!(authenticate(None, "basic").await.0, 401);
 }
