@@ -10,9 +10,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{
-    Flowgate, Options, SECRET, credits_used, eventually_status, predict, used_becomes,
-};
+use support::gate::{Flowgate, SECRET, credits_used, eventually_status, predict, used_becomes};
 use support::process::{KillOnDrop, free_port};
 use support::team::Team;
 
@@ -474,13 +472,10 @@ async fn keyed_retries_after_failures(prefix: &str, mode: Mode, streaming: bool,
     )
     .await;
     let failing = FakeFlowise::start(mode).await;
-    let gate = Flowgate::start_with(Options {
-        flowise_url: Some(failing.url.clone()),
-        ledger_url: Some(
-            std::env::var("FLOWGATE_TEST_POSTGRES_URL").expect("PostgreSQL for tests"),
-        ),
-        ..Default::default()
-    })
+    let gate = Flowgate::with_flowise_and_ledger(
+        &failing.url,
+        std::env::var("FLOWGATE_TEST_POSTGRES_URL").expect("PostgreSQL for tests"),
+    )
     .await;
     let id = team.flowise_id.clone();
     eventually_status(&gate, &team.alice(), &id, status).await;
@@ -618,12 +613,7 @@ async fn policy_status_shows_usage_and_crossing_a_threshold_raises_an_event() {
     let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger_url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    let gate = Flowgate::start_with(Options {
-        flowise_url: Some(fake.url.clone()),
-        ledger_url: Some(ledger_url.clone()),
-        ..Default::default()
-    })
-    .await;
+    let gate = Flowgate::with_flowise_and_ledger(&fake.url, ledger_url.clone()).await;
     let id = team.flowise_id.clone();
     eventually_status(&gate, &team.alice(), &id, 200).await;
     for _ in 0..5 {
@@ -709,15 +699,8 @@ async fn a_budget_override_gives_its_subjects_their_own_credits() {
     let policy = format!("{}/daily", team.ns);
     let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let gate = Flowgate::start_with(Options {
-        flowise_url: Some(fake.url.clone()),
-        ledger_url: Some(format!(
-            "sqlite://{}",
-            dir.path().join("ledger.db").display()
-        )),
-        ..Default::default()
-    })
-    .await;
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let gate = Flowgate::with_flowise_and_ledger(&fake.url, ledger).await;
     let id = team.flowise_id.clone();
     let (alice, carol, dave) = (team.alice(), team.member("carol"), team.member("dave"));
     eventually_status(&gate, &alice, &id, 200).await;

@@ -660,13 +660,7 @@ async fn replicas_on_postgresql_share_a_chats_turn() {
             gap: Duration::from_millis(500),
         })
         .await;
-        let replica = || {
-            Flowgate::start_with(Options {
-                flowise_url: Some(fake.url.clone()),
-                ledger_url: Some(pg.clone()),
-                ..Default::default()
-            })
-        };
+        let replica = || Flowgate::with_flowise_and_ledger(&fake.url, pg.clone());
         let (a, b) = (replica().await, replica().await);
         let alice = team.alice();
         indexed(&a, &alice, &policy).await;

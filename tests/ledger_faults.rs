@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{Flowgate, Options, indexed, predict, used_becomes};
+use support::gate::{Flowgate, indexed, predict, used_becomes};
 use support::team::Team;
 
 /// The PostgreSQL URL of the tests, routed through a gate the test can close and reopen.
@@ -43,12 +43,7 @@ async fn a_settle_that_meets_a_ledger_outage_is_retried_until_it_lands() {
             delay: Duration::from_millis(1500),
         })
         .await;
-        let gate = Flowgate::start_with(Options {
-            flowise_url: Some(fake.url.clone()),
-            ledger_url: Some(relayed),
-            ..Default::default()
-        })
-        .await;
+        let gate = Flowgate::with_flowise_and_ledger(&fake.url, relayed).await;
         let alice = team.alice();
         indexed(&gate, &alice, &policy).await;
         let asked = tokio::spawn({
@@ -98,12 +93,7 @@ async fn postgres_unreachable_fails_closed_with_503_and_recovers_without_restart
         let (relay, relayed) = gated_postgres().await;
         let (team, policy) = Team::with_flat_policy("faults-postgres").await;
         let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
-        let gate = Flowgate::start_with(Options {
-            flowise_url: Some(fake.url.clone()),
-            ledger_url: Some(relayed),
-            ..Default::default()
-        })
-        .await;
+        let gate = Flowgate::with_flowise_and_ledger(&fake.url, relayed).await;
         let alice = team.alice();
         indexed(&gate, &alice, &policy).await;
         let id = team.flowise_id.clone();

@@ -149,13 +149,7 @@ async fn replicas_on_postgresql_share_one_allowance() {
     let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
     let bob_email = format!("bob@{}.test", team.ns);
     limited_access(&team, &bob_email).await;
-    let replica = || {
-        Flowgate::start_with(support::gate::Options {
-            flowise_url: Some(fake.url.clone()),
-            ledger_url: Some(pg.clone()),
-            ..Default::default()
-        })
-    };
+    let replica = || Flowgate::with_flowise_and_ledger(&fake.url, pg.clone());
     let (a, b) = (replica().await, replica().await);
     let id = team.flowise_id.clone();
     let bob = token("bob-sub", json!({"email": bob_email}));

@@ -137,6 +137,16 @@ impl Flowgate {
         .await
     }
 
+    /// [`Flowgate::with_flowise`] keeping credits in the ledger at `ledger_url`.
+    pub async fn with_flowise_and_ledger(url: &str, ledger_url: String) -> Self {
+        Self::start_with(Options {
+            flowise_url: Some(url.to_string()),
+            ledger_url: Some(ledger_url),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Starts the proxy (no controller) with `options` and waits until /readyz says ready.
     pub async fn start_with(options: Options) -> Self {
         flowgate::telemetry::install_crypto_provider();
