@@ -560,7 +560,17 @@ async fn chatflows_are_listed_counted_and_deleted_without_touching_flowise() {
         None,
     )
     .await;
-    assert_eq!((status, one["name"].clone()), (200, json!("support-bot")));
+    assert_eq!(status, 200, "{one}");
+    // The Python service's model: `name` is the chatflow's name in Flowise.
+    assert_eq!(
+        (&one["name"], &one["chatflow"], &one["is_public"]),
+        (
+            &json!(format!("flowgate-test-{}", team.ns)),
+            &json!("support-bot"),
+            &json!(false)
+        ),
+        "{one}"
+    );
     let unknown = "00000000-0000-4000-8000-00000000beef";
     assert_eq!(
         call(

@@ -40,6 +40,7 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
         "/chat/refresh",
         "/credits",
         "/credits/usage",
+        "/health",
         "/api/admin/chatflows/sync",
         "/api/admin/chatflows/{chatflow_id}/users/email/{email}",
         "/api/admin/credits/usage",
@@ -96,6 +97,7 @@ async fn the_openapi_document_validates_and_describes_real_answers() {
             Some(&alice),
             None,
         ),
+        (M::GET, "/health".into(), "/health".into(), None, None),
         (
             M::GET,
             "/chatflows/support-bot".into(),

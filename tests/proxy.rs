@@ -312,10 +312,21 @@ async fn the_python_service_routes_keep_working() {
     eventually_status(&gate, &team.alice(), &id, 200).await;
     let http = reqwest::Client::new();
 
+    // The Python service passed Flowise's listing through: Flowise's keys, the admin model's
+    // beside them.
     let list: Value = get_json(&format!("{}/chatflows", gate.base), &team.alice()).await;
-    assert_eq!(list[0]["id"], "support-bot");
-    assert_eq!(list[0]["flowise_id"], id.as_str());
-    assert_eq!(list[0]["status"], "active");
+    let one = &list[0];
+    assert_eq!(one["id"], id.as_str(), "{list}");
+    assert_eq!(one["flowise_id"], id.as_str());
+    assert_eq!(one["chatflow"], "support-bot");
+    assert_eq!(one["name"], format!("flowgate-test-{}", team.ns));
+    assert_eq!(one["status"], "active");
+    assert_eq!(
+        (&one["isPublic"], &one["is_public"]),
+        (&json!(false), &json!(false))
+    );
+    assert_eq!(one["createdDate"], one["created_at"]);
+    assert!(one.get("category").is_some(), "{one}");
     let by_name = http
         .get(format!("{}/chatflows/support-bot", gate.base))
         .bearer_auth(team.alice())
@@ -335,24 +346,58 @@ async fn the_python_service_routes_keep_working() {
         assert_eq!(probed.status(), 404, "{name}");
     }
 
-    let answer: Value = http
-        .post(format!("{}/chat/predict", gate.base))
-        .bearer_auth(team.alice())
-        .json(&json!({"chatflow_id": "support-bot", "message": "hello", "sessionId": "s-1"}))
-        .send()
+    let predict = |body: Value| {
+        http.post(format!("{}/chat/predict", gate.base))
+            .bearer_auth(team.alice())
+            .json(&body)
+            .send()
+    };
+    let answer: Value =
+        predict(json!({"chatflow_id": "support-bot", "message": "hello", "sessionId": "s-1"}))
+            .await
+            .expect("predict")
+            .json()
+            .await
+            .expect("json");
+    assert_eq!(answer["result"]["text"], "Echo: hello", "{answer}");
+    assert_eq!(answer["chatflow_id"], "support-bot");
+    // The session id comes back as it was sent, as the Python service answered it; Flowise's
+    // chat is the caller's own.
+    assert_eq!(answer["session_id"], "s-1", "{answer}");
+    let chat = answer["result"]["chatId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        chat.starts_with("fg-") && chat.ends_with("-s-1"),
+        "{answer}"
+    );
+    // Sent again, it continues that chat; sent by id from the listing, the chatflow is found.
+    let again: Value = predict(json!({"chatflow_id": id, "question": "hi", "sessionId": "s-1"}))
         .await
         .expect("predict")
         .json()
         .await
         .expect("json");
-    assert_eq!(answer["result"]["text"], "Echo: hello", "{answer}");
-    assert_eq!(answer["chatflow_id"], "support-bot");
-    assert!(
-        answer["session_id"]
-            .as_str()
-            .is_some_and(|s| s.starts_with("fg-") && s.ends_with("s-1")),
-        "{answer}"
+    assert_eq!(
+        (
+            &again["session_id"],
+            &again["result"]["chatId"],
+            &again["chatflow_id"]
+        ),
+        (&json!("s-1"), &json!(chat), &json!(id)),
+        "{again}"
     );
+    // Without one, a new chat's id, which continues that chat when sent back.
+    let fresh: Value = predict(json!({"chatflow_id": "support-bot", "question": "hi"}))
+        .await
+        .expect("predict")
+        .json()
+        .await
+        .expect("json");
+    let new_chat = fresh["session_id"].as_str().unwrap_or_default().to_string();
+    assert!(new_chat.starts_with("fg-") && new_chat != chat, "{fresh}");
+    assert_eq!(fresh["result"]["chatId"], new_chat.as_str(), "{fresh}");
 
     let missing = http
         .post(format!("{}/chat/authenticate", gate.base))

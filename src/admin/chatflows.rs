@@ -32,13 +32,18 @@ pub fn model(cf: &ChatflowEntry) -> ChatflowModel {
     ChatflowModel {
         id: format!("{}/{}", rule.namespace, rule.name),
         flowise_id: rule.flowise_id.clone(),
-        name: rule.name.clone(),
+        name: rule
+            .flowise_name
+            .clone()
+            .unwrap_or_else(|| rule.name.clone()),
+        chatflow: rule.name.clone(),
         namespace: rule.namespace.clone(),
-        description: rule.flowise_name.clone(),
+        description: None,
         status: status(cf).into(),
         created_at: rule.created.map(|t| t.to_string()),
         updated_at: rule.updated.or(rule.created).map(|t| t.to_string()),
-        is_public: rule.deployed.unwrap_or(false),
+        is_public: false,
+        deployed: rule.deployed.unwrap_or(false),
     }
 }
 

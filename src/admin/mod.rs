@@ -242,14 +242,16 @@ fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
-/// `include_deleted=true|false` (default false); anything else is a 400 naming the parameter.
+/// `include_deleted` (default false), with the words pydantic reads as booleans (`true`/`false`,
+/// `1`/`0`, `yes`/`no`, `on`/`off`, `t`/`f`, `y`/`n`, any case); anything else is a 400 naming
+/// the parameter.
 fn include_deleted(query: Option<&str>) -> Result<bool, ProxyError> {
     let mut value = false;
     for (key, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         if key == "include_deleted" {
             value = match v.to_ascii_lowercase().as_str() {
-                "true" | "1" => true,
-                "false" | "0" => false,
+                "true" | "1" | "yes" | "on" | "t" | "y" => true,
+                "false" | "0" | "no" | "off" | "f" | "n" => false,
                 _ => {
                     return Err(ProxyError::BadRequest(
                         "query parameter 'include_deleted' must be true or false".into(),
@@ -277,6 +279,17 @@ mod tests {
             Some(false)
         );
         assert!(include_deleted(Some("include_deleted=maybe")).is_err());
+        assert!(include_deleted(Some("include_deleted=")).is_err());
+        for (word, value) in [("Yes", true), ("on", true), ("T", true), ("y", true)]
+            .into_iter()
+            .chain([("NO", false), ("off", false), ("f", false), ("n", false)])
+        {
+            assert_eq!(
+                include_deleted(Some(&format!("include_deleted={word}"))).ok(),
+                Some(value),
+                "pydantic reads {word:?} as {value}"
+            );
+        }
         assert_eq!(
             include_deleted(Some("include%5Fdeleted=%74rue")).ok(),
             Some(true),

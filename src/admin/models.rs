@@ -95,16 +95,21 @@ pub struct ChatflowModel {
     /// `namespace/name` of the Chatflow object.
     pub id: String,
     pub flowise_id: Option<String>,
+    /// The chatflow's name in Flowise (the object's name until it is known).
     pub name: String,
+    /// The Chatflow object's name.
+    pub chatflow: String,
     pub namespace: String,
-    /// The chatflow's name in Flowise.
+    /// Always null: Flowise keeps no description.
     pub description: Option<String>,
     /// `active` (Ready, not suspended), `inactive` or `deleted` (gone from Flowise).
     pub status: String,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
-    /// Whether Flowise deploys the chatflow publicly (`deployed`).
+    /// Always false: through flowgate every caller needs a token.
     pub is_public: bool,
+    /// Flowise's `deployed`.
+    pub deployed: bool,
 }
 
 /// `GET /api/admin/chatflows/stats`.

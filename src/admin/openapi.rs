@@ -15,8 +15,8 @@ use super::models::{
 };
 use super::shapes::{
     AbortResponse, AuthenticateRequest, CompatChatflow, CompatPredictRequest,
-    CompatPredictResponse, CreditsResponse, ErrorEnvelope, FlowiseChatflow, PredictionRequest,
-    PredictionResponse, RefreshRequest, StreamingCapability, TokenResponse,
+    CompatPredictResponse, CreditsResponse, ErrorEnvelope, FlowiseChatflow, Health,
+    PredictionRequest, PredictionResponse, RefreshRequest, StreamingCapability, TokenResponse,
 };
 
 /// One operation of the API.
@@ -179,6 +179,17 @@ pub const OPERATIONS: &[Operation] = &[
         auth: false,
         ..op("get", "/openapi.json", "This document", None, "", &[])
     },
+    Operation {
+        auth: false,
+        ..op(
+            "get",
+            "/health",
+            "The proxy answers (the Python service's health check)",
+            None,
+            "Health",
+            &[],
+        )
+    },
     op(
         "post",
         "/api/admin/chatflows/add-users",
@@ -330,6 +341,7 @@ fn schemas() -> Map<String, Value> {
         CompatChatflow,
         StreamingCapability,
         AbortResponse,
+        Health,
         PredictionRequest,
         PredictionResponse,
         CompatPredictRequest,

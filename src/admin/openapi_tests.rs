@@ -44,6 +44,7 @@ fn every_route_is_documented() {
         "Credits",
         "OwnCreditUsage",
         "OpenApi",
+        "Health",
         "AddUsers",
         "AddUsersByEmail",
         "AddUser",
@@ -86,6 +87,7 @@ fn kind(route: &Route) -> String {
         Route::Credits => "Credits",
         Route::CreditUsage => "OwnCreditUsage",
         Route::OpenApi => "OpenApi",
+        Route::Health => "Health",
         Route::Admin(a) => match a {
             A::AddUsers => "AddUsers",
             A::AddUsersByEmail => "AddUsersByEmail",

@@ -35,11 +35,16 @@ pub struct FlowiseChatflow {
     pub updated_date: Option<String>,
 }
 
-/// A chatflow in the Python service's shape (`GET /chatflows`).
+/// A chatflow in the Python service's shape (`GET /chatflows`): Flowise's keys, as that service
+/// passed Flowise's listing through, with its admin `Chatflow` model's snake_case keys beside.
 #[derive(Serialize, Deserialize, JsonSchema)]
 pub struct CompatChatflow {
+    /// The Flowise id; the Chatflow object's name while the chatflow is not (yet) in Flowise.
     pub id: String,
+    /// The Chatflow object's name.
+    pub chatflow: String,
     pub flowise_id: Option<String>,
+    /// The chatflow's name in Flowise (the object's name until it is known).
     pub name: String,
     pub namespace: String,
     pub description: Option<String>,
@@ -48,7 +53,16 @@ pub struct CompatChatflow {
     #[serde(rename = "type")]
     pub flow_type: String,
     pub deployed: bool,
+    /// Always false: through flowgate every caller needs a token.
+    #[serde(rename = "isPublic")]
+    pub is_public_flowise: bool,
+    /// Always false, as `isPublic`.
     pub is_public: bool,
+    pub category: Option<String>,
+    #[serde(rename = "createdDate")]
+    pub created_date: Option<String>,
+    #[serde(rename = "updatedDate")]
+    pub updated_date: Option<String>,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
 }
@@ -58,6 +72,13 @@ pub struct CompatChatflow {
 #[serde(rename_all = "camelCase")]
 pub struct StreamingCapability {
     pub is_streaming: bool,
+}
+
+/// `GET /health`: `{"status": "healthy", "service": "flowgate"}`.
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    pub status: String,
+    pub service: String,
 }
 
 /// `PUT /api/v1/chatmessage/abort/{id}/{chatId}`: Flowise's own answer.
@@ -109,8 +130,12 @@ pub enum StreamingText {
 pub struct CompatPredictResponse {
     /// Flowise's answer.
     pub result: Value,
+    /// The smallest balance left over the policies that charged the prediction; null when no
+    /// CreditPolicy applies to it (nothing is counted).
     pub credits_remaining: Option<u64>,
     pub chatflow_id: String,
+    /// The `sessionId` the request sent (every request that sends it continues one chat of the
+    /// caller's own); a new chat's id when it sent none.
     pub session_id: String,
 }
 

@@ -185,12 +185,14 @@ fn configuration_error(error: &str, own_client: bool) -> bool {
         || (own_client && error == "invalid_client")
 }
 
-/// The Python service's `{chatflow_id, question|message, sessionId?, overrideConfig?, streaming?}`.
-/// Its fields are moved, not copied: the rest of the body is dropped here.
+/// The Python service's `{chatflow_id, question|message, sessionId?, overrideConfig?, streaming?}`:
+/// the chatflow, the session id the client sent (answered back as it was sent, as that service
+/// did; it binds to the same chat each time) and the prediction for Flowise. Its fields are
+/// moved, not copied: the rest of the body is dropped here.
 pub(super) fn compat_request(
     mut body: serde_json::Map<String, Value>,
     identity: &Identity,
-) -> Result<(String, Prediction), ProxyError> {
+) -> Result<(String, Option<String>, Prediction), ProxyError> {
     let chatflow_id = match body.remove("chatflow_id") {
         Some(Value::String(id)) if !id.is_empty() => id,
         _ => {
@@ -218,13 +220,17 @@ pub(super) fn compat_request(
         }
         forward.insert("overrideConfig".into(), config);
     }
-    if let Some(Value::String(session)) = body.remove("sessionId") {
-        forward.insert("chatId".into(), Value::String(session));
-    }
+    let session = match body.remove("sessionId") {
+        Some(Value::String(session)) if !session.trim().is_empty() => {
+            forward.insert("chatId".into(), Value::String(session.clone()));
+            Some(session)
+        }
+        _ => None,
+    };
     if let Some(streaming) = body.remove("streaming") {
         forward.insert("streaming".into(), streaming);
     }
-    Ok((chatflow_id, prepare(forward, identity)?))
+    Ok((chatflow_id, session, prepare(forward, identity)?))
 }
 
 /// The Python service's consolidated answer around Flowise's, counted in `held` as the answer

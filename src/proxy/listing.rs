@@ -1,5 +1,5 @@
-//! Chatflows rendered from the index: Flowise's JSON shape for `/api/v1/chatflows`, the Python
-//! service's `Chatflow` model for `/chatflows`.
+//! Chatflows rendered from the index: Flowise's JSON shape for `/api/v1/chatflows`, and the Python
+//! service's (Flowise's shape with its admin model's keys beside) for `/chatflows`.
 
 use serde_json::{Value, json};
 
@@ -9,6 +9,7 @@ use crate::index::ChatflowEntry;
 /// `flowData` and the API key binding are never shown to callers).
 pub fn flowise_shape(cf: &ChatflowEntry) -> Value {
     let rule = &cf.rule;
+    let (created, updated) = dates(cf);
     json!({
         "id": rule.flowise_id,
         "name": rule.flowise_name.clone().unwrap_or_else(|| rule.name.clone()),
@@ -16,12 +17,25 @@ pub fn flowise_shape(cf: &ChatflowEntry) -> Value {
         "isPublic": false,
         "type": rule.flow_type_or_default(),
         "category": null,
-        "createdDate": rule.created.map(|t| t.to_string()),
-        "updatedDate": rule.updated.or(rule.created).map(|t| t.to_string()),
+        "createdDate": created,
+        "updatedDate": updated,
     })
 }
 
-/// One chatflow in the Python service's `Chatflow` model.
+/// When the chatflow was created and last updated in Flowise, as Flowise writes them.
+fn dates(cf: &ChatflowEntry) -> (Option<String>, Option<String>) {
+    let rule = &cf.rule;
+    (
+        rule.created.map(|t| t.to_string()),
+        rule.updated.or(rule.created).map(|t| t.to_string()),
+    )
+}
+
+/// One chatflow as the Python service's `/chatflows` showed it. That service passed Flowise's
+/// listing through, so these are Flowise's keys (`id` the Flowise id, `isPublic`,
+/// `createdDate`, ...), with the admin API's `Chatflow` model's snake_case keys beside them and
+/// `chatflow`, the Chatflow object's name. A chatflow not (yet) found in Flowise has that name as
+/// its `id`: `/chatflows/{id}` and `/chat/predict` take either.
 pub fn compat_shape(cf: &ChatflowEntry) -> Value {
     let rule = &cf.rule;
     let status = if rule.suspended {
@@ -31,17 +45,22 @@ pub fn compat_shape(cf: &ChatflowEntry) -> Value {
     } else {
         "inactive"
     };
-    json!({
-        "id": rule.name,
-        "flowise_id": rule.flowise_id,
-        "name": rule.flowise_name.clone().unwrap_or_else(|| rule.name.clone()),
-        "namespace": rule.namespace,
-        "description": null,
-        "status": status,
-        "type": rule.flow_type_or_default(),
-        "deployed": rule.deployed.unwrap_or(false),
-        "is_public": false,
-        "created_at": rule.created.map(|t| t.to_string()),
-        "updated_at": rule.updated.or(rule.created).map(|t| t.to_string()),
-    })
+    let (created, updated) = dates(cf);
+    let mut shape = flowise_shape(cf);
+    if let Value::Object(fields) = &mut shape {
+        if rule.flowise_id.is_none() {
+            fields.insert("id".into(), json!(rule.name));
+        }
+        fields.extend([
+            ("chatflow".into(), json!(rule.name)),
+            ("flowise_id".into(), json!(rule.flowise_id)),
+            ("namespace".into(), json!(rule.namespace)),
+            ("description".into(), Value::Null),
+            ("status".into(), json!(status)),
+            ("is_public".into(), json!(false)),
+            ("created_at".into(), json!(created)),
+            ("updated_at".into(), json!(updated)),
+        ]);
+    }
+    shape
 }

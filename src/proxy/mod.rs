@@ -141,7 +141,7 @@ impl Proxy {
         let started = std::time::Instant::now();
         let id = request_id::assign(req.headers());
         let route = routes::route(req.method(), req.uri().path());
-        let label = route.as_ref().map(route_label).unwrap_or("unknown");
+        let label = route.as_ref().map(Route::label).unwrap_or("unknown");
         let mut resp = match route {
             Ok(route) => request_id::scope(id.clone(), self.dispatch(route, req, peer))
                 .await
@@ -187,6 +187,10 @@ impl Proxy {
                     StatusCode::OK,
                     &crate::admin::openapi::document(),
                 ));
+            }
+            Route::Health => {
+                let health = serde_json::json!({"status": "healthy", "service": "flowgate"});
+                return Ok(error::json(StatusCode::OK, &health));
             }
             _ => {}
         }
@@ -260,7 +264,7 @@ impl Proxy {
                 let (parts, body) = req.into_parts();
                 let mut held = self.buffers.hold_for(&identity.key);
                 let body = read_json_body(&parts.headers, body, MAX_JSON_BODY, &mut held).await?;
-                let (chatflow_id, mut prediction) = compat_request(body, &identity)?;
+                let (chatflow_id, session, mut prediction) = compat_request(body, &identity)?;
                 prediction.held = Some(held);
                 let lookup = Lookup::NameOrId(&chatflow_id);
                 let (cf, access) = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
@@ -274,7 +278,7 @@ impl Proxy {
                         .charge(&snapshot, &identity, &caller, &cf, idempotency_key, now)
                         .await?;
                     let remaining = charge.as_ref().and_then(|c| c.remaining);
-                    let chat_id = prediction.chat_id.clone();
+                    let chat_id = session.unwrap_or_else(|| prediction.chat_id.clone());
                     let resp = self
                         .forward(usable, prediction, parts.headers, key, peer, charge)
                         .await?;
@@ -338,12 +342,14 @@ impl Proxy {
                 })?;
                 admin.handle(route, req, &call).await
             }
-            Route::Authenticate | Route::Refresh | Route::ChatflowStreaming(_) | Route::OpenApi => {
-                Err(ProxyError::NotFound {
-                    method: String::new(),
-                    path: String::new(),
-                })
-            }
+            Route::Authenticate
+            | Route::Refresh
+            | Route::ChatflowStreaming(_)
+            | Route::OpenApi
+            | Route::Health => Err(ProxyError::NotFound {
+                method: String::new(),
+                path: String::new(),
+            }),
         }
     }
 
@@ -692,25 +698,6 @@ struct CreditsRemaining(u64);
 enum Lookup<'a> {
     FlowiseId(&'a str),
     NameOrId(&'a str),
-}
-
-fn route_label(route: &Route) -> &'static str {
-    match route {
-        Route::ListChatflows => "list_chatflows",
-        Route::GetChatflow(_) => "get_chatflow",
-        Route::Predict(_) => "prediction",
-        Route::ChatflowStreaming(_) => "chatflow_streaming",
-        Route::AbortChat { .. } => "abort_chat",
-        Route::CompatListChatflows => "compat_list_chatflows",
-        Route::CompatGetChatflow(_) => "compat_get_chatflow",
-        Route::CompatPredict => "compat_predict",
-        Route::Authenticate => "authenticate",
-        Route::Refresh => "refresh",
-        Route::Credits => "credits",
-        Route::CreditUsage => "credits_usage",
-        Route::OpenApi => "openapi",
-        Route::Admin(route) => route.label(),
-    }
 }
 
 fn caller(identity: &Identity) -> Caller<'_> {

@@ -39,8 +39,34 @@ pub enum Route {
     CreditUsage,
     /// `GET /openapi.json` — the OpenAPI document of this API, without credentials.
     OpenApi,
+    /// `GET /health` — the Python service's health check, without credentials: the proxy
+    /// answers. (Readiness is `/readyz` on the ops port.)
+    Health,
     /// Everything under `/api/admin` ([`crate::admin`]).
     Admin(AdminRoute),
+}
+
+impl Route {
+    /// The route's name in metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::ListChatflows => "list_chatflows",
+            Route::GetChatflow(_) => "get_chatflow",
+            Route::Predict(_) => "prediction",
+            Route::ChatflowStreaming(_) => "chatflow_streaming",
+            Route::AbortChat { .. } => "abort_chat",
+            Route::CompatListChatflows => "compat_list_chatflows",
+            Route::CompatGetChatflow(_) => "compat_get_chatflow",
+            Route::CompatPredict => "compat_predict",
+            Route::Authenticate => "authenticate",
+            Route::Refresh => "refresh",
+            Route::Credits => "credits",
+            Route::CreditUsage => "credits_usage",
+            Route::OpenApi => "openapi",
+            Route::Health => "health",
+            Route::Admin(route) => route.label(),
+        }
+    }
 }
 
 /// Longest path the router looks at.
@@ -97,6 +123,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         ["credits"] => (Route::Credits, Method::GET),
         ["credits", "usage"] => (Route::CreditUsage, Method::GET),
         ["openapi.json"] => (Route::OpenApi, Method::GET),
+        ["health"] => (Route::Health, Method::GET),
         _ => return Err(not_found()),
     };
     if *method == allowed || (allowed == Method::GET && *method == Method::HEAD) {
@@ -234,6 +261,9 @@ mod tests {
             route(&Method::GET, "/openapi.json").ok(),
             Some(Route::OpenApi)
         );
+        assert_eq!(route(&Method::GET, "/health").ok(), Some(Route::Health));
+        assert_eq!(route(&Method::HEAD, "/health/").ok(), Some(Route::Health));
+        assert!(route(&Method::POST, "/health").is_err());
         assert_eq!(
             route(
                 &Method::DELETE,

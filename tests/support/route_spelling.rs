@@ -33,6 +33,7 @@ pub fn canonical(route: &Route) -> String {
         Route::Credits => "/credits".into(),
         Route::CreditUsage => "/credits/usage".into(),
         Route::OpenApi => "/openapi.json".into(),
+        Route::Health => "/health".into(),
         Route::Admin(admin) => format!("/api/admin{}", admin_path(admin)),
     }
 }
