@@ -102,9 +102,7 @@ pub(super) async fn reconcile(
 ) -> Result<Action, ControllerError> {
     let started = std::time::Instant::now();
     let result = ctx.fenced(update(&access, &ctx)).await;
-    ctx.metrics
-        .controller
-        .reconciled(KIND, result.is_ok(), started.elapsed());
+    ctx.reconciled(access.as_ref(), result.is_ok(), started);
     result
 }
 

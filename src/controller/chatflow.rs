@@ -33,7 +33,7 @@ use crate::crd::{
     Chatflow, ChatflowStatus, ChatflowType, DeletionPolicy, FIELD_MANAGER, FINALIZER,
 };
 use crate::flowise::{ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
-use crate::index::rules::{ChatflowSource, chatflow_source, claimed_flowise_id, holds};
+use crate::index::rules::{ChatflowSource, chatflow_source, held_before};
 
 pub(super) const KIND: &str = "Chatflow";
 
@@ -61,8 +61,19 @@ pub(super) struct Owned {
 
 /// The ownership marker of the Chatflow `namespace/name`.
 pub(crate) fn marker(namespace: &str, name: &str) -> String {
-    format!("flowgate:{namespace}/{name}")
+    format!("{MARKER_PREFIX}{namespace}/{name}")
 }
+
+/// Whether `chatflow` carries some Chatflow's ownership marker: flowgate created it from a
+/// `definition`.
+pub(crate) fn carries_a_marker(chatflow: &FlowiseChatflow) -> bool {
+    chatflow
+        .categories()
+        .any(|tag| tag.starts_with(MARKER_PREFIX))
+}
+
+/// What every ownership marker starts with.
+const MARKER_PREFIX: &str = "flowgate:";
 
 /// Whether `chatflow` carries `marker` among its category tags.
 pub(crate) fn has_marker(chatflow: &FlowiseChatflow, marker: &str) -> bool {
@@ -352,7 +363,38 @@ pub(super) fn next_status(
             m.clone(),
         ),
     };
-    if suspended && !matches!(outcome, Outcome::Invalid(_)) {
+    // Only a comparison with Flowise (Synced, Shared) decides whether this Chatflow holds its
+    // Flowise chatflow, which [`holds`] reads from Ready's reason. A claim in Conflict stays
+    // in Conflict through anything else — Flowise away, an invalid edit, suspension — or it
+    // would come to hold the chatflow by being suspended and resumed.
+    let was_conflict = old
+        .conditions
+        .iter()
+        .any(|c| c.type_ == conditions::READY && c.reason == reason::CONFLICT);
+    if was_conflict && let Some(id) = old.flowise_id.as_deref() {
+        match outcome {
+            // The last known state, as for any other.
+            Outcome::Unreachable(_) => {
+                if let Some(ready) = old.conditions.iter().find(|c| c.type_ == conditions::READY) {
+                    (ok, why, message) = (false, reason::CONFLICT, ready.message.clone());
+                }
+            }
+            Outcome::Invalid(invalid) => {
+                (ok, why, message) = (
+                    false,
+                    reason::CONFLICT,
+                    format!(
+                        "{invalid}; and another Chatflow holds Flowise chatflow {id}, which \
+                         this one claimed"
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+    // Suspension is the reason unless the spec is invalid or the claim is in conflict (the
+    // stronger reason: not served either way, and [`holds`] must see it).
+    if suspended && !matches!(outcome, Outcome::Invalid(_)) && why != reason::CONFLICT {
         (ok, why, message) = (
             false,
             reason::SUSPENDED,
@@ -423,10 +465,8 @@ pub(super) async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
     let started = std::time::Instant::now();
-    let result = ctx.fenced(with_finalizer(cf, &ctx)).await;
-    ctx.metrics
-        .controller
-        .reconciled(KIND, result.is_ok(), started.elapsed());
+    let result = ctx.fenced(with_finalizer(cf.clone(), &ctx)).await;
+    ctx.reconciled(cf.as_ref(), result.is_ok(), started);
     result
 }
 
@@ -491,7 +531,7 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
     };
     let outcome = match outcome {
         Outcome::Synced { chatflow, change } => {
-            let others = claimed_also_by(ctx, cf, &chatflow.id);
+            let others = super::claims::others(&ctx.chatflows, cf, &chatflow.id);
             let holders: Vec<&String> = others
                 .iter()
                 .filter(|(_, holds)| *holds)
@@ -499,7 +539,7 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
                 .collect();
             // As the proxy's index decides: this one is served if it is the only claim, or
             // the only one that holds the Flowise chatflow.
-            if others.is_empty() || (holders.is_empty() && holds(cf, &chatflow.id)) {
+            if others.is_empty() || (holders.is_empty() && held_before(cf, &chatflow.id)) {
                 Outcome::Synced { chatflow, change }
             } else {
                 Outcome::Shared {
@@ -529,34 +569,8 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
     update_status(ctx, cf, &new).await?;
     match error {
         Some(error) => Err(error.into()),
-        None => {
-            ctx.backoff.reset(&object_key(cf));
-            Ok(Action::requeue(ctx.settings.sync_interval))
-        }
+        None => Ok(Action::requeue(ctx.settings.sync_interval)),
     }
-}
-
-/// The other Chatflows (namespace/name), in any namespace, that claim Flowise chatflow `id`, and
-/// whether each holds it (as the proxy's index reads them: [`claimed_flowise_id`], [`holds`]).
-fn claimed_also_by(ctx: &Context, cf: &Chatflow, id: &str) -> Vec<(String, bool)> {
-    let me = (cf.namespace(), cf.metadata.name.as_deref());
-    let mut others: Vec<(String, bool)> = ctx
-        .chatflows
-        .state()
-        .iter()
-        .filter(|other| (other.namespace(), other.metadata.name.as_deref()) != me)
-        .filter(|other| claimed_flowise_id(other).is_some_and(|o| o.eq_ignore_ascii_case(id)))
-        .map(|other| {
-            let name = format!(
-                "{}/{}",
-                other.namespace().unwrap_or_default(),
-                other.name_any()
-            );
-            (name, holds(other, id))
-        })
-        .collect();
-    others.sort();
-    others
 }
 
 /// Steps 2–4.

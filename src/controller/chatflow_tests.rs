@@ -279,6 +279,57 @@ fn a_shared_chatflow_is_a_conflict_that_stays_put_across_resyncs() {
 }
 
 #[test]
+fn a_claim_in_conflict_stays_in_conflict_until_flowise_is_compared_again() {
+    // A claim that does not hold its chatflow must not come to hold it (`holds` reads Ready's
+    // reason) by being suspended, made invalid, or reconciled while Flowise is away.
+    let chatflow = in_flowise("id-1", "Support Bot", None);
+    let shared = Outcome::Shared {
+        chatflow: chatflow.clone(),
+        change: Change::None,
+        holder: Some("team-a/bot".into()),
+        others: vec!["team-a/bot".into()],
+    };
+    let conflict = next_status(
+        &ChatflowStatus::default(),
+        &shared,
+        Some(3),
+        false,
+        at(0),
+        HOUR,
+    );
+    assert_eq!(ready(&conflict), ("False".into(), "Conflict".into()));
+
+    let suspended = next_status(&conflict, &shared, Some(4), true, at(10), HOUR);
+    assert_eq!(ready(&suspended), ("False".into(), "Conflict".into()));
+    let down = Outcome::Unreachable("connection refused".into());
+    let away = next_status(&conflict, &down, Some(4), false, at(10), HOUR);
+    assert_eq!(ready(&away), ("False".into(), "Conflict".into()));
+    assert_eq!(away.conditions[0].message, conflict.conditions[0].message);
+    let away_suspended = next_status(&conflict, &down, Some(4), true, at(10), HOUR);
+    assert_eq!(ready(&away_suspended), ("False".into(), "Conflict".into()));
+    let invalid = Outcome::Invalid("flowData has no nodes".into());
+    let broken = next_status(&conflict, &invalid, Some(4), false, at(10), HOUR);
+    assert_eq!(ready(&broken), ("False".into(), "Conflict".into()));
+    let message = &broken.conditions[0].message;
+    assert!(
+        message.contains("flowData has no nodes") && message.contains("id-1"),
+        "{message}"
+    );
+    let again = next_status(&broken, &invalid, Some(4), false, at(20), HOUR);
+    assert_eq!(
+        again.conditions[0].message, *message,
+        "no message grows on resync"
+    );
+
+    // Only a comparison decides: once this claim is the only one, it is Synced.
+    let alone = next_status(&broken, &synced(chatflow), Some(5), false, at(30), HOUR);
+    assert_eq!(ready(&alone), ("True".into(), "Synced".into()));
+    // A holder (not in Conflict) that Flowise cannot reach keeps its state as before.
+    let away = next_status(&alone, &down, Some(5), false, at(40), HOUR);
+    assert_eq!(ready(&away), ("True".into(), "FlowiseUnreachable".into()));
+}
+
+#[test]
 fn a_resync_that_finds_nothing_new_leaves_the_status_identical() {
     let outcome = synced(in_flowise("id-1", "Support Bot", None));
     let first = next_status(

@@ -14,6 +14,7 @@
 
 mod access;
 mod chatflow;
+mod claims;
 pub mod credits_status;
 mod leader;
 mod policy;
@@ -27,7 +28,7 @@ use futures::{FutureExt, StreamExt};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller as KubeController, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -35,7 +36,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy};
 use crate::flowise::{FlowiseApi, FlowiseClient, FlowiseError};
-use crate::index::rules::claimed_flowise_id;
 use crate::metrics::Metrics;
 
 pub use leader::LeaseSettings;
@@ -283,20 +283,27 @@ impl Controller {
             }
         };
 
-        let chatflow_store = chatflows.store();
         // Chatflows claiming the Flowise chatflow of one that changed or went: their Conflict
         // starts or ends with it, not at their next resync.
         let (claim_refs, claim_triggers) = futures::channel::mpsc::unbounded();
-        let chatflow_task = until_stopped(
-            chatflows
+        // A Chatflow reconcile weighs the other claims in `ctx.chatflows`: not before it holds
+        // them all (kube-runtime waits only for the controller's own store).
+        let chatflow_task = {
+            let (ctx, session) = (ctx.clone(), session.clone());
+            let store = chatflows.store();
+            let controller = chatflows
                 .reconcile_all_on(self.sync.reconcile_requests())
                 .reconcile_on(claim_triggers)
-                .graceful_shutdown_on(stop())
-                .run(chatflow::reconcile, error_policy::<Chatflow>, ctx.clone())
-                .for_each(log_outcome),
-            chatflow_store,
-            &session,
-        );
+                .graceful_shutdown_on(stop());
+            async move {
+                if ctx.chatflows.wait_until_ready().await.is_ok() {
+                    let run = controller
+                        .run(chatflow::reconcile, error_policy::<Chatflow>, ctx)
+                        .for_each(log_outcome);
+                    until_stopped(run, store, &session).await;
+                }
+            }
+        };
 
         let (access_refs, access_triggers) = futures::channel::mpsc::unbounded();
         let (policy_refs, policy_triggers) = futures::channel::mpsc::unbounded();
@@ -304,28 +311,30 @@ impl Controller {
         let policy_controller = controller(self.api::<CreditPolicy>());
         let fan_out = {
             let (accesses, policies) = (access_controller.store(), policy_controller.store());
-            let claims = ctx.chatflows.clone();
-            // What each Chatflow claimed at its last event: a claim moved or dropped ends the
-            // other claimants' Conflict, so they are triggered for the old id too.
-            let mut claimed: HashMap<ObjectRef<Chatflow>, String> = HashMap::new();
+            let store = ctx.chatflows.clone();
+            let mut claims = claims::Claims::default();
             let events = reflector::reflector(
                 writer,
                 watcher(self.api::<Chatflow>(), watcher_config())
                     .default_backoff()
                     .modify(crate::crd::trim),
             )
-            .touched_objects()
             .take_until(session.clone().cancelled_owned());
             events.for_each(move |event| {
                 match event {
-                    Ok(cf) => {
-                        for access in same_namespace(&accesses, &cf) {
-                            let _ = access_refs.unbounded_send(access);
+                    Ok(event) => {
+                        if let watcher::Event::Apply(cf)
+                        | watcher::Event::Delete(cf)
+                        | watcher::Event::InitApply(cf) = &event
+                        {
+                            for access in same_namespace(&accesses, cf) {
+                                let _ = access_refs.unbounded_send(access);
+                            }
+                            for policy in same_namespace(&policies, cf) {
+                                let _ = policy_refs.unbounded_send(policy);
+                            }
                         }
-                        for policy in same_namespace(&policies, &cf) {
-                            let _ = policy_refs.unbounded_send(policy);
-                        }
-                        for other in claims_changed(&claims, &mut claimed, &cf) {
+                        for other in claims.after(&store, &event) {
                             let _ = claim_refs.unbounded_send(other);
                         }
                     }
@@ -474,36 +483,6 @@ where
         .collect()
 }
 
-/// The Chatflows to reconcile after an event on `cf`: the other claimants of the Flowise
-/// chatflow it claims now and of the one it claimed before (`claimed`, updated here). A
-/// Chatflow no longer in `store` was deleted and claims nothing.
-fn claims_changed(
-    store: &Store<Chatflow>,
-    claimed: &mut HashMap<ObjectRef<Chatflow>, String>,
-    cf: &Chatflow,
-) -> Vec<ObjectRef<Chatflow>> {
-    let me = ObjectRef::from_obj(cf);
-    let now = store.get(&me).and_then(|_| claimed_flowise_id(cf));
-    let before = match &now {
-        Some(id) => claimed.insert(me.clone(), id.clone()),
-        None => claimed.remove(&me),
-    };
-    let ids: Vec<String> = match (before, now) {
-        (Some(before), Some(now)) if before == now => vec![now],
-        (before, now) => before.into_iter().chain(now).collect(),
-    };
-    if ids.is_empty() {
-        return Vec::new();
-    }
-    store
-        .state()
-        .iter()
-        .filter(|other| claimed_flowise_id(other).is_some_and(|o| ids.contains(&o)))
-        .map(|other| ObjectRef::from_obj(other.as_ref()))
-        .filter(|other| *other != me)
-        .collect()
-}
-
 fn log_outcome<K: Resource>(
     outcome: Result<
         (kube::runtime::reflector::ObjectRef<K>, Action),
@@ -549,6 +528,23 @@ impl Context {
             biased;
             () = self.fence.cancelled() => Err(ControllerError::LeaseLost),
             result = work => result,
+        }
+    }
+
+    /// Counts a reconcile of `obj` that began at `started`. One that succeeded forgets the
+    /// object's failures: its next transient error is retried after 1 s again.
+    pub fn reconciled<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        ok: bool,
+        started: std::time::Instant,
+    ) {
+        let kind = kind_name::<K>();
+        self.metrics
+            .controller
+            .reconciled(kind, ok, started.elapsed());
+        if ok {
+            self.backoff.reset(&object_key(obj));
         }
     }
 

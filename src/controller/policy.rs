@@ -82,9 +82,7 @@ pub(super) async fn reconcile(
 ) -> Result<Action, ControllerError> {
     let started = std::time::Instant::now();
     let result = ctx.fenced(update(&policy, &ctx)).await;
-    ctx.metrics
-        .controller
-        .reconciled(KIND, result.is_ok(), started.elapsed());
+    ctx.reconciled(policy.as_ref(), result.is_ok(), started);
     result
 }
 

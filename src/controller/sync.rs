@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::Settings;
-use super::chatflow::{Desired, changes, has_marker, marker, validate};
+use super::chatflow::{Desired, carries_a_marker, changes, has_marker, marker, validate};
 use crate::crd::conditions::{READY, reason};
 use crate::crd::{Chatflow, ChatflowSpec, ChatflowStatus, FIELD_MANAGER, LABEL_IMPORTED};
 use crate::flowise::{FlowiseApi, FlowiseChatflow};
@@ -362,6 +362,9 @@ pub(super) fn plan(
         plan.imports = in_scope
             .into_iter()
             .filter(|c| !claimed.contains(c.id.as_str()))
+            // Created for a Chatflow that is gone (deleted with `Retain`): it belongs to that
+            // Chatflow, which takes it back when created again; an import would take it first.
+            .filter(|c| !carries_a_marker(c))
             .map(|c| import_object(ns, c))
             .collect();
     }
@@ -511,6 +514,19 @@ mod tests {
         );
         assert_eq!(plan.imports[0].namespace().as_deref(), Some("imports"));
         assert_eq!(plan.total, 3);
+    }
+
+    #[test]
+    fn a_chatflow_left_behind_by_its_deleted_owner_is_not_imported() {
+        // `owned` was deleted with `Retain`: its chatflow waits for it, in any tag position.
+        let flowise = [
+            entry(B, "Owned", Some("support;flowgate:ns/owned")),
+            entry(C, "Nobody's", Some("support")),
+        ];
+        let plan = plan(&flowise, &[], Some("imports"), None);
+        let imported: Vec<String> = plan.imports.iter().map(|c| c.name_any()).collect();
+        assert_eq!(imported, ["nobody-s-cccccccc"]);
+        assert_eq!(plan.total, 2, "still counted");
     }
 
     #[test]

@@ -196,8 +196,21 @@ pub fn claimed_flowise_id(cf: &Chatflow) -> Option<String> {
 /// the controller writes status, so editing a spec to name another's id never makes a holder:
 /// no namespace can take over another's chatflow, its grants and budgets, or take it offline.
 /// Claims that no one holds (made together, or left after the holder went) are served none
-/// until only one remains.
+/// until only one remains. A status older than the spec (Ready's `observedGeneration` behind
+/// the object's `generation`) holds nothing until the controller has compared the new spec:
+/// an edit that points a claim elsewhere and back never brings back what it held before.
 pub fn holds(cf: &Chatflow, id: &str) -> bool {
+    held_by_status(cf, id, true)
+}
+
+/// Whether `cf`'s status says it held `id`, whatever spec it was written for: the controller
+/// asks this of the Chatflow whose new spec it has just compared with Flowise (and [`holds`]
+/// of every other).
+pub fn held_before(cf: &Chatflow, id: &str) -> bool {
+    held_by_status(cf, id, false)
+}
+
+fn held_by_status(cf: &Chatflow, id: &str, current: bool) -> bool {
     let Some(status) = cf.status.as_ref() else {
         return false;
     };
@@ -206,7 +219,9 @@ pub fn holds(cf: &Chatflow, id: &str) -> bool {
         .as_deref()
         .is_some_and(|held| held.eq_ignore_ascii_case(id))
         && status.conditions.iter().any(|c| {
-            c.type_ == crd::conditions::READY && c.reason != crd::conditions::reason::CONFLICT
+            c.type_ == crd::conditions::READY
+                && c.reason != crd::conditions::reason::CONFLICT
+                && (!current || c.observed_generation == cf.metadata.generation)
         })
 }
 

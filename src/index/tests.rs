@@ -564,6 +564,21 @@ fn a_flowise_chatflow_claimed_twice_is_served_as_its_holders_only() {
         Some("team-b")
     );
 
+    // The holder's spec was edited (pointed elsewhere and back, say): until the controller has
+    // compared it, its status holds nothing, and neither claim is served.
+    let mut edited = (*res.chatflows[2]).clone();
+    edited.metadata.generation = Some(3);
+    edited
+        .status
+        .as_mut()
+        .expect("status")
+        .conditions
+        .iter_mut()
+        .for_each(|c| c.observed_generation = Some(2));
+    let held = std::mem::replace(&mut res.chatflows[2], Arc::new(edited));
+    assert!(compile(&res).chatflow_by_flowise_id(OTHER).is_none());
+    res.chatflows[2] = held;
+
     // Claims no one holds (the holder went; two made together): none is served.
     res.chatflows[2] = with_ready(res.chatflows[2].clone(), "Conflict");
     let snap = compile(&res);

@@ -174,6 +174,87 @@ async fn a_flowise_chatflow_claimed_twice_stays_with_its_holder() {
     controller.stop().await;
 }
 
+/// Waits until the controller has written `name`'s status for its current spec.
+async fn compared(api: &kube::Api<Chatflow>, name: &str) -> Chatflow {
+    wait_until(
+        api,
+        name,
+        30,
+        "status of the current spec",
+        |cf: &Chatflow| {
+            let status = cf.status.as_ref();
+            status.and_then(|s| s.observed_generation) == cf.metadata.generation
+                && status.is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == "Ready" && c.observed_generation == cf.metadata.generation
+                    })
+                })
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_claim_in_conflict_never_comes_to_hold_and_a_new_leader_sees_claims_end() {
+    // A rival suspended and resumed stays in Conflict (suspension once replaced Conflict, and
+    // a status without Conflict holds the chatflow). A new leader still reconciles the rival
+    // at once when the holder goes (the claims of its first listing were not recorded).
+    let (client, ns, api, _objects) = setup("cf-rival").await;
+    let name = support::unique("fgtest-rival");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let existing = flowise_chatflow(&name, None).await;
+    let controller = start(&client, settings(&ns));
+    create(
+        &api,
+        chatflow_doc("holder", json!({"flowiseId": existing.id})),
+    )
+    .await;
+    wait_ready(&api, "holder", "True", "Synced").await;
+    create(
+        &api,
+        chatflow_doc("rival", json!({"flowiseId": existing.id})),
+    )
+    .await;
+    wait_ready(&api, "rival", "False", "Conflict").await;
+
+    for suspended in [true, false] {
+        let patch = json!({"spec": {"suspended": suspended}});
+        api.patch("rival", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patched");
+        let rival = compared(&api, "rival").await;
+        assert_eq!(
+            ready(&rival),
+            Some(("False".into(), "Conflict".into())),
+            "suspended: {suspended}"
+        );
+    }
+    // Let the reconciles these status writes triggered run: the holder stays Ready.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    wait_ready(&api, "holder", "True", "Synced").await;
+    assert_eq!(
+        ready(&api.get("rival").await.expect("rival")),
+        Some(("False".into(), "Conflict".into()))
+    );
+
+    // A new leader, then the holder goes: the rival is the only claim, Ready well before its
+    // next resync (60 s).
+    controller.stop().await;
+    let controller = start(&client, settings(&ns));
+    support::eventually(30, "the new leader reconciled the holder", || async {
+        (controller.reconciles() >= 2).then_some(())
+    })
+    .await;
+    api.delete("holder", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    wait_until(&api, "rival", 20, "Ready=True (Synced)", |cf: &Chatflow| {
+        ready(cf) == Some(("True".into(), "Synced".into()))
+    })
+    .await;
+    controller.stop().await;
+}
+
 #[tokio::test]
 async fn an_owned_definition_is_created_updated_on_change_and_deleted_with_delete_policy() {
     let (client, ns, api, _objects) = setup("cf-owned").await;
