@@ -356,7 +356,7 @@ async fn adds_report_each_entry_and_refuse_bad_bodies_strangers_and_unknown_chat
     assert!(
         out["error"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("does not grant role User")),
+            .is_some_and(|m| m.contains("more than role User")),
         "{out}"
     );
     let object = ours.get("admin-api-support-bot").await.expect("object");

@@ -570,4 +570,31 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
             .any(|(name, note)| name == "pool" && note.contains("took 200 credits from *")),
         "{notes:?}"
     );
+
+    // A policy that names a chatflow the index does not serve (not created yet, invalid, in
+    // conflict): its buckets may hold that chatflow's users' usage, so only an admin of every
+    // chatflow it names reads them.
+    let budget = json!({"credits": 1000, "period": "Daily"});
+    team.policy(
+        "named",
+        json!({"chatflows": ["support-bot", "later-bot"], "budget": budget}),
+    )
+    .await;
+    team.policy(
+        "mine",
+        json!({"chatflows": ["support-bot"], "budget": budget}),
+    )
+    .await;
+    let (named, mine) = (
+        format!("?policy={}/named", team.ns),
+        format!("?policy={}/mine", team.ns),
+    );
+    support::eventually(15, "both policies served", || async {
+        let (a, _) = balances(named.clone(), root()).await;
+        let (b, _) = balances(mine.clone(), root()).await;
+        (a == 200 && b == 200).then_some(())
+    })
+    .await;
+    assert_eq!(balances(mine, owner.clone()).await.0, 200);
+    assert_eq!(balances(named, owner).await.0, 403);
 }

@@ -4,14 +4,20 @@
 //! `resourceVersion` and retried on a 409 conflict, so concurrent admin calls (on any replica)
 //! never lose an update. Objects without the label are never modified. The proxy enforces the
 //! result through its normal watch, like any other ChatflowAccess.
+//!
+//! Each object is owned by its Chatflow (an `ownerReference`), so Kubernetes deletes it with the
+//! Chatflow however that goes (kubectl, a GitOps prune, the admin API): the users added to one
+//! Chatflow are never granted a later Chatflow of the same name.
 
 use std::collections::BTreeMap;
 
-use kube::Client;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
+use kube::{Client, Resource};
 
 use crate::crd::{
-    ChatflowAccess, ChatflowAccessSpec, LABEL_MANAGED_BY, MANAGED_BY_ADMIN_API, Role, Subject,
+    Chatflow, ChatflowAccess, ChatflowAccessSpec, LABEL_MANAGED_BY, MANAGED_BY_ADMIN_API, Role,
+    Subject,
 };
 use crate::proxy::ProxyError;
 
@@ -53,11 +59,14 @@ pub async fn edit_subjects<R>(
     let api: Api<ChatflowAccess> = Api::namespaced(client.clone(), namespace);
     let name = object_name(chatflow);
     if name.len() > 253 {
-        return Err(ProxyError::BadRequest(format!(
-            "chatflow name '{chatflow}' is too long for an admin-api ChatflowAccess"
+        return Err(ProxyError::Conflict(format!(
+            "chatflow name '{chatflow}' is too long for the admin API's ChatflowAccess \
+             ({name}: over 253 characters); grant its users with a ChatflowAccess of your own"
         )));
     }
     for _ in 0..ATTEMPTS {
+        // The owner, as it is now: the grants are written for this Chatflow, not a former one.
+        let owner = owner_of(client, namespace, chatflow).await?;
         let current = api.get_opt(&name).await.map_err(kube_error)?;
         let Some(mut access) = current else {
             let mut subjects = Vec::new();
@@ -68,7 +77,7 @@ pub async fn edit_subjects<R>(
             match api
                 .create(
                     &PostParams::default(),
-                    &new_object(&name, chatflow, subjects),
+                    &new_object(&name, chatflow, subjects, Some(owner)),
                 )
                 .await
             {
@@ -77,25 +86,30 @@ pub async fn edit_subjects<R>(
                 Err(e) => return Err(kube_error(e)),
             }
         };
-        if !is_managed(&access) {
-            return Err(ProxyError::Conflict(format!(
-                "ChatflowAccess {namespace}/{name} exists without the label \
-                 {LABEL_MANAGED_BY}={MANAGED_BY_ADMIN_API}; the admin API does not modify it"
-            )));
-        }
-        let mut subjects = access.spec.subjects.clone();
+        check_own(&access, namespace, chatflow)?;
+        // Left by a former Chatflow of this name, not yet collected by Kubernetes: its users
+        // were never granted this one.
+        let former = owned_by_another(&access, &owner);
+        let before = if former {
+            Vec::new()
+        } else {
+            access.spec.subjects.clone()
+        };
+        let mut subjects = before.clone();
         let result = edit(&mut subjects);
-        if subjects == access.spec.subjects {
+        if subjects == before && !former {
+            // Unchanged; an object from before owner references gets its owner on its next write.
             return Ok(result);
         }
         // Only what the admin API writes is added to: a copy of a GitOps object that kept the
-        // label could grant Admin, or every chatflow, to whoever is added. Removing narrows it.
-        let adds = subjects.iter().any(|s| !access.spec.subjects.contains(s));
-        if adds && (access.spec.chatflows != [chatflow] || access.spec.role != Role::User) {
+        // label could grant Admin to whoever is added, and a suspended or expiring one would
+        // answer "added" to users it does not let in.
+        let adds = subjects.iter().any(|s| !before.contains(s));
+        if adds && !former && !grants_plainly(&access) {
             return Err(ProxyError::Conflict(format!(
                 "ChatflowAccess {namespace}/{name} carries the label \
-                 {LABEL_MANAGED_BY}={MANAGED_BY_ADMIN_API} but does not grant role User on \
-                 chatflow {chatflow} alone; the admin API adds no one to it"
+                 {LABEL_MANAGED_BY}={MANAGED_BY_ADMIN_API} but is suspended, expires or grants \
+                 more than role User; the admin API adds no one to it"
             )));
         }
         let written = if subjects.is_empty() {
@@ -108,7 +122,14 @@ pub async fn edit_subjects<R>(
             };
             api.delete(&name, &params).await.map(|_| ())
         } else {
+            if former {
+                access.spec = new_object(&name, chatflow, Vec::new(), None).spec;
+            }
             access.spec.subjects = subjects;
+            let mut owners = access.metadata.owner_references.take().unwrap_or_default();
+            owners.retain(|theirs| !same_kind(theirs, &owner));
+            owners.push(owner);
+            access.metadata.owner_references = Some(owners);
             // `replace` sends metadata.resourceVersion: a concurrent write makes it fail with 409.
             api.replace(&name, &PostParams::default(), &access)
                 .await
@@ -120,12 +141,91 @@ pub async fn edit_subjects<R>(
             Err(e) => return Err(kube_error(e)),
         }
     }
-    Err(ProxyError::Conflict(format!(
-        "ChatflowAccess {namespace}/{name} kept changing; try again"
+    // Others kept writing it: worth retrying, as an API server that did not answer is.
+    Err(ProxyError::Kubernetes(format!(
+        "ChatflowAccess {namespace}/{name} kept changing while being written; try again"
     )))
 }
 
-fn new_object(name: &str, chatflow: &str, subjects: Vec<Subject>) -> ChatflowAccess {
+/// A ChatflowAccess the admin API may change: labelled as its own, and for this one chatflow
+/// alone (a removal from an object granting other chatflows too would take them away as well,
+/// from an admin of this one only).
+pub fn check_own(
+    access: &ChatflowAccess,
+    namespace: &str,
+    chatflow: &str,
+) -> Result<(), ProxyError> {
+    let name = access.metadata.name.as_deref().unwrap_or_default();
+    if !is_managed(access) {
+        return Err(ProxyError::Conflict(format!(
+            "ChatflowAccess {namespace}/{name} exists without the label \
+             {LABEL_MANAGED_BY}={MANAGED_BY_ADMIN_API}; the admin API does not modify it"
+        )));
+    }
+    if access.spec.chatflows != [chatflow] {
+        return Err(ProxyError::Conflict(format!(
+            "ChatflowAccess {namespace}/{name} carries the label \
+             {LABEL_MANAGED_BY}={MANAGED_BY_ADMIN_API} but names other chatflows than \
+             {chatflow}; the admin API does not modify it"
+        )));
+    }
+    Ok(())
+}
+
+/// What the admin API writes: role User, not suspended, no expiry, no rate limit of its own.
+fn grants_plainly(access: &ChatflowAccess) -> bool {
+    let spec = &access.spec;
+    spec.role == Role::User && !spec.suspended && spec.expires_at.is_none()
+}
+
+/// The owner reference to Chatflow `namespace/chatflow` as it is now; 404 when it is gone.
+async fn owner_of(
+    client: &Client,
+    namespace: &str,
+    chatflow: &str,
+) -> Result<OwnerReference, ProxyError> {
+    let api: Api<Chatflow> = Api::namespaced(client.clone(), namespace);
+    let gone =
+        || ProxyError::NotFoundDetail(format!("Chatflow {namespace}/{chatflow} no longer exists"));
+    let found = api
+        .get_opt(chatflow)
+        .await
+        .map_err(kube_error)?
+        .ok_or_else(gone)?;
+    if found.metadata.deletion_timestamp.is_some() {
+        return Err(gone());
+    }
+    found
+        .controller_owner_ref(&())
+        .map(|mut owner| {
+            // An owner, not a controller: the Chatflow's controller does not manage the object.
+            owner.controller = None;
+            owner.block_owner_deletion = None;
+            owner
+        })
+        .ok_or_else(gone)
+}
+
+/// Whether `access` is owned by another Chatflow (another uid) than `owner`.
+fn owned_by_another(access: &ChatflowAccess, owner: &OwnerReference) -> bool {
+    access
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|theirs| same_kind(theirs, owner) && theirs.uid != owner.uid)
+}
+
+fn same_kind(a: &OwnerReference, b: &OwnerReference) -> bool {
+    a.kind == b.kind && a.api_version.split('/').next() == b.api_version.split('/').next()
+}
+
+fn new_object(
+    name: &str,
+    chatflow: &str,
+    subjects: Vec<Subject>,
+    owner: Option<OwnerReference>,
+) -> ChatflowAccess {
     ChatflowAccess {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -133,6 +233,7 @@ fn new_object(name: &str, chatflow: &str, subjects: Vec<Subject>) -> ChatflowAcc
                 LABEL_MANAGED_BY.to_string(),
                 MANAGED_BY_ADMIN_API.to_string(),
             )])),
+            owner_references: owner.map(|owner| vec![owner]),
             ..ObjectMeta::default()
         },
         spec: ChatflowAccessSpec {
@@ -222,7 +323,7 @@ mod tests {
 
     #[test]
     fn new_objects_carry_the_label_and_name_one_chatflow() {
-        let access = new_object("admin-api-bot", "bot", vec![user("a@b.c")]);
+        let access = new_object("admin-api-bot", "bot", vec![user("a@b.c")], None);
         assert!(is_managed(&access));
         assert_eq!(access.spec.chatflows, vec!["bot".to_string()]);
         assert_eq!(access.spec.role, Role::User);

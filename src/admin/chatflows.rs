@@ -130,15 +130,25 @@ pub async fn delete(client: &Client, cf: &ChatflowEntry) -> Result<MessageRespon
 }
 
 /// Deletes the admin API's own grants for a deleted chatflow (`admin-api-<name>`, only when it
-/// carries the admin API's label: GitOps objects are never touched). Says what it removed.
+/// carries the admin API's label and names this chatflow alone: GitOps objects are never
+/// touched), as it was read. Says what it removed. Kubernetes also deletes it with the
+/// Chatflow that owns it.
 async fn remove_own_access(client: &Client, ns: &str, name: &str) -> Result<String, ProxyError> {
     let api: Api<ChatflowAccess> = Api::namespaced(client.clone(), ns);
     let object = access::object_name(name);
     match api.get_opt(&object).await.map_err(kube_error)? {
-        Some(found) if access::is_managed(&found) => {
-            match api.delete(&object, &DeleteParams::default()).await {
+        Some(found) if access::check_own(&found, ns, name).is_ok() => {
+            let exactly = DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: found.metadata.uid.clone(),
+                    resource_version: found.metadata.resource_version.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(&object, &exactly).await {
                 Ok(_) => Ok(format!(" with its admin API grants ({object})")),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(String::new()),
+                // Gone, or changed since it was read (its owner's deletion collects it).
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(String::new()),
                 Err(e) => Err(kube_error(e)),
             }
         }

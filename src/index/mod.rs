@@ -580,6 +580,23 @@ impl Snapshot {
         best
     }
 
+    /// The strongest role `caller` holds at `now` on every chatflow of `namespace`, present and
+    /// future (grants of `"*"` there): `None` without one.
+    pub fn namespace_role(
+        &self,
+        caller: &Caller<'_>,
+        namespace: &str,
+        now: Timestamp,
+    ) -> Option<Role> {
+        let ns = self.namespaces.iter().position(|n| n == namespace)?;
+        self.namespace_holders
+            .get(ns)?
+            .of(caller)
+            .filter(|grant| grant.live(now))
+            .map(|grant| grant.role)
+            .max()
+    }
+
     /// Whether some CreditPolicy prices tokens: only then can two predictions in one chat
     /// shift a charge (a token-priced run's events read on another prediction's stream).
     pub fn prices_tokens(&self) -> bool {
