@@ -14,7 +14,7 @@ use crate::crd::ServiceAccountRef;
 pub(crate) struct Mapping {
     pub(crate) names: ClaimNames,
     user_slots: Vec<usize>,
-    /// The `email` user claim and `email_verified`, when `email` names users.
+    /// The `email` claim and `email_verified`, when `email` names users or admins.
     email: Option<(usize, usize)>,
     groups_slot: usize,
     admin_slot: usize,
@@ -25,10 +25,8 @@ impl Mapping {
     pub(crate) fn new(mapping: &ClaimMapping) -> Self {
         let mut names = ClaimNames::new();
         let user_slots = mapping.user_claims.iter().map(|c| names.slot(c)).collect();
-        let email = mapping
-            .user_claims
-            .iter()
-            .any(|c| c == "email")
+        let email = (mapping.user_claims.iter().any(|c| c == "email")
+            || mapping.admin_claim == "email")
             .then(|| (names.slot("email"), names.slot("email_verified")));
         let groups_slot = names.slot(&mapping.groups_claim);
         let admin_slot = names.slot(&mapping.admin_claim);
@@ -173,7 +171,9 @@ pub(crate) fn user_identity(
         return Err(AuthError::MissingClaim(first_claim.to_string()));
     };
     let key = format!("user:{first}");
-    let admin = is_admin(claim(&claims, mapping.admin_slot), &mapping.admin_value);
+    // Nor does it make an admin (`FLOWGATE_ADMIN_CLAIM=email=ops@example.com`).
+    let admin = Some(mapping.admin_slot) != unverified
+        && is_admin(claim(&claims, mapping.admin_slot), &mapping.admin_value);
     let groups = groups(claims.get_mut(mapping.groups_slot).and_then(Option::take));
     Ok(Identity {
         users,

@@ -228,6 +228,11 @@ pub(crate) fn public_key_pem(pem: &[u8]) -> Result<VerifyingKey, &'static str> {
         return Err("is a private key; give the public key");
     }
     let (key, algorithms) = if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        // PKCS#1 DER of a 4096-bit modulus and an exponent the verifier takes (at most 33
+        // bits): at most 528 bytes.
+        if key.try_get_as_bytes().is_ok_and(|der| der.len() > 540) {
+            return Err(RSA_TOO_LONG);
+        }
         (key, AlgSet::RSA)
     } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
         let algorithms = ec_algorithms(&key).ok_or("EC key is neither P-256 nor P-384")?;
@@ -279,6 +284,10 @@ struct Jwk {
 
 /// RSA keys below this modulus size are refused (NIST SP 800-131A).
 const MIN_RSA_MODULUS_BYTES: usize = 256;
+/// The verifier (the `rsa` crate) refuses longer moduli at every verification: such a key would
+/// load and then fail every token as a bad signature.
+const MAX_RSA_MODULUS_BYTES: usize = 512;
+const RSA_TOO_LONG: &str = "RSA modulus longer than 4096 bits, which the verifier cannot use";
 
 /// Parses a JWKS document. Keys that are not public signature keys flowgate can use (encryption
 /// keys, symmetric keys, unknown curves, short RSA moduli) are skipped; an error means no usable
@@ -329,10 +338,14 @@ fn from_jwk(jwk: Jwk) -> Result<VerifyingKey, &'static str> {
                 return Err("RSA key without n or e");
             };
             let key = DecodingKey::from_rsa_components(n, e).map_err(|_| "bad RSA n or e")?;
-            if let jsonwebtoken::DecodingKeyKind::RsaModulusExponent { n, .. } = key.kind()
-                && n.iter().skip_while(|b| **b == 0).count() < MIN_RSA_MODULUS_BYTES
-            {
-                return Err("RSA modulus shorter than 2048 bits");
+            if let jsonwebtoken::DecodingKeyKind::RsaModulusExponent { n, .. } = key.kind() {
+                let len = n.iter().skip_while(|b| **b == 0).count();
+                if len < MIN_RSA_MODULUS_BYTES {
+                    return Err("RSA modulus shorter than 2048 bits");
+                }
+                if len > MAX_RSA_MODULUS_BYTES {
+                    return Err(RSA_TOO_LONG);
+                }
             }
             (key, AlgSet::RSA)
         }
@@ -432,6 +445,24 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].kid.as_deref(), Some("good"));
         assert_eq!(keys[0].algorithms, AlgSet::EDDSA);
+    }
+
+    #[test]
+    fn rsa_keys_longer_than_the_verifier_takes_are_refused_when_they_load() {
+        let long = include_bytes!("../../tests/fixtures/keys/rsa8192.pub");
+        assert_eq!(public_key_pem(long).err(), Some(RSA_TOO_LONG));
+        let usual = include_bytes!("../../tests/fixtures/keys/rsa.pub");
+        assert!(public_key_pem(usual).is_ok());
+        // base64url of 512 and 513 bytes of 0xC1.
+        let n_4096 = format!("{}wcE", "wcHB".repeat(170));
+        let n_4104 = "wcHB".repeat(171);
+        let keys = jwks(serde_json::json!([
+            {"kty": "RSA", "kid": "long", "n": n_4104, "e": "AQAB"},
+            {"kty": "RSA", "kid": "fits", "n": n_4096, "e": "AQAB"}
+        ]))
+        .expect("one usable key");
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid.as_deref(), Some("fits"));
     }
 
     #[test]

@@ -98,7 +98,9 @@ pub struct VerifierOptions {
     /// Bound on each fetched document.
     pub max_response_bytes: usize,
     /// Verified tokens remembered until their `exp` or a key-set change (`cache.rs`); 0 turns
-    /// the cache off. Each entry holds the token and its identity (~1–2 KiB).
+    /// the cache off. Each entry holds the token (at most 8 KiB) and its identity: ~1–2 KiB for
+    /// a typical token, up to ~16 KiB for one carrying hundreds of groups (10,000 such tokens
+    /// would hold ~160 MiB).
     pub token_cache_capacity: usize,
     /// How often the key files (HS256 secret, PEM public key) are read again for a rotation
     /// ([`Verifier::run_refresh`]). The kubelet updates a mounted Secret within about a minute.

@@ -177,8 +177,16 @@ fn judge(review: &TokenReview, audience: &str, account: &ServiceAccountRef) -> R
         return Review::Unavailable("the TokenReview has no status".into());
     };
     if status.authenticated != Some(true) {
-        let reason = status.error.as_deref().unwrap_or("not authenticated");
-        return Review::Refused(reason.to_string());
+        let reason = status.error.as_deref().unwrap_or_default();
+        // The API server answers any failure of its authenticators this way, a lookup it could
+        // not make (etcd timing out) included: only what says the token is no good refuses.
+        return if reason.is_empty() {
+            Review::Refused("not authenticated".into())
+        } else if revoked(reason) {
+            Review::Refused(reason.to_string())
+        } else {
+            Review::Unavailable(reason.to_string())
+        };
     }
     let expected = format!(
         "system:serviceaccount:{}:{}",
@@ -197,6 +205,25 @@ fn judge(review: &TokenReview, audience: &str, account: &ServiceAccountRef) -> R
         return Review::Refused(format!("not valid for the audience {audience}"));
     }
     Review::Accepted
+}
+
+/// Whether a review's error says the token is no good: its ServiceAccount, pod, secret or node
+/// is gone or another one now (`serviceaccounts "x" not found`, `... UID (...) does not match
+/// claim`, `... has been deleted`, `token has been invalidated`), it expired, or no
+/// authenticator took it (`invalid bearer token`).
+fn revoked(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    [
+        "not found",
+        "does not match",
+        "deleted",
+        "invalidated",
+        "expired",
+        "invalid",
+        "not valid",
+    ]
+    .iter()
+    .any(|says| error.contains(says))
 }
 
 #[cfg(test)]
@@ -307,5 +334,35 @@ mod tests {
         assert!(matches!(audience, Review::Refused(_)), "{audience:?}");
         let blank = judge(&TokenReview::default(), "flowgate", &account());
         assert!(matches!(blank, Review::Unavailable(_)), "{blank:?}");
+    }
+
+    #[test]
+    fn a_review_the_api_server_could_not_make_is_no_refusal() {
+        let failed = |error: Option<&str>| {
+            let mut review = answer(false, None, &[]);
+            if let Some(status) = review.status.as_mut() {
+                status.error = error.map(str::to_string);
+            }
+            judge(&review, "flowgate", &account())
+        };
+        for gone in [
+            "serviceaccounts \"chat-client\" not found",
+            "service account UID (1) does not match claim (2)",
+            "token has been invalidated",
+            "[invalid bearer token, service account token has expired]",
+        ] {
+            assert!(matches!(failed(Some(gone)), Review::Refused(_)), "{gone}");
+        }
+        assert!(matches!(failed(None), Review::Refused(_)));
+        for passing in [
+            "etcdserver: request timed out",
+            "context deadline exceeded",
+            "Timeout: request did not complete within requested timeout",
+        ] {
+            assert!(
+                matches!(failed(Some(passing)), Review::Unavailable(_)),
+                "{passing}"
+            );
+        }
     }
 }

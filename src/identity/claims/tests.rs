@@ -306,3 +306,32 @@ fn an_email_the_provider_has_not_verified_names_no_one() {
         assert_eq!(id.users, ["u-1", "alice@corp.io"], "{verified}");
     }
 }
+
+#[test]
+fn an_email_the_provider_has_not_verified_makes_no_admin() {
+    // `email` names the global admin but not users: its verification is still read.
+    let mapping = Mapping::new(&ClaimMapping {
+        user_claims: vec!["sub".into()],
+        admin_claim: "email".into(),
+        admin_value: "ops@corp.io".into(),
+        ..ClaimMapping::default()
+    });
+    let admin = |claims: Value| {
+        user_identity(slots(&mapping, claims), &mapping, Timestamp::UNIX_EPOCH)
+            .expect("identity")
+            .admin
+    };
+    assert!(!admin(
+        json!({"sub": "u-1", "email": "ops@corp.io", "email_verified": false})
+    ));
+    assert!(!admin(
+        json!({"sub": "u-1", "email": "ops@corp.io", "email_verified": "false"})
+    ));
+    assert!(admin(
+        json!({"sub": "u-1", "email": "ops@corp.io", "email_verified": true})
+    ));
+    assert!(
+        admin(json!({"sub": "u-1", "email": "ops@corp.io"})),
+        "nothing said"
+    );
+}
