@@ -35,6 +35,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// so nothing else would notice.
 pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(60);
 
+/// How long connections cut after the drain period may take to end (their bodies dropped).
+const CUT_WAIT: Duration = Duration::from_secs(1);
+
 /// Response body type shared by every handler.
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -209,6 +212,9 @@ struct Connections<H> {
     graceful: GracefulShutdown,
     /// How long a write to a client may wait before its connection is closed.
     write_stall: Duration,
+    /// The connections' tasks, and what ends those still open after the drain period.
+    tasks: TaskTracker,
+    cut: CancellationToken,
 }
 
 impl<H, F> Connections<H>
@@ -230,6 +236,8 @@ where
             builder,
             graceful: GracefulShutdown::new(),
             write_stall,
+            tasks: TaskTracker::new(),
+            cut: CancellationToken::new(),
         }
     }
 
@@ -248,9 +256,13 @@ where
             .builder
             .serve_connection_with_upgrades(TokioIo::new(Box::pin(stream)), service);
         let conn = self.graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, %peer, "connection ended with an error");
+        let cut = self.cut.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                result = conn => if let Err(error) = result {
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                },
+                () = cut.cancelled() => {}
             }
         });
     }
@@ -264,10 +276,23 @@ where
     }
 
     /// Asks every connection to finish and waits at most `drain` for them.
+    /// Those still open then are cut: each answer's body is dropped as for a client that hung
+    /// up, so a stream is aborted in Flowise and settled, in background work started now, while
+    /// the runtime still runs it (dropped with the runtime instead, it would start nothing).
     async fn drain(self, drain: Duration) {
         tokio::select! {
             () = self.graceful.shutdown() => {}
-            () = tokio::time::sleep(drain) => tracing::warn!(?drain, "connections still open after the drain period"),
+            () = tokio::time::sleep(drain) => {
+                tracing::warn!(?drain, "connections still open after the drain period; cutting them");
+                self.cut.cancel();
+            }
+        }
+        self.tasks.close();
+        if tokio::time::timeout(CUT_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections not ended after being cut");
         }
     }
 }
@@ -325,6 +350,55 @@ mod tests {
             .await
             .expect("the answer is let go once writing it stalled")
             .expect("dropped, not forgotten");
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_stream_still_open_after_the_drain_is_cut_while_its_settle_can_run() {
+        let (tx, settled) = tokio::sync::oneshot::channel::<()>();
+        let tx = std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
+        // An endless answer whose body, when let go, starts work of its own (as a stream's
+        // settle and abort are): it runs only if the runtime still does.
+        struct Settles(Option<tokio::sync::oneshot::Sender<()>>);
+        impl Drop for Settles {
+            fn drop(&mut self) {
+                if let Some(tx) = self.0.take() {
+                    tokio::spawn(async move {
+                        tokio::task::yield_now().await;
+                        let _ = tx.send(());
+                    });
+                }
+            }
+        }
+        let handler = move |_req: Request<Incoming>, _peer: SocketAddr| {
+            let guard = Settles(tx.lock().ok().and_then(|mut tx| tx.take()));
+            async move {
+                let frames = futures::stream::unfold(guard, |guard| async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Some((
+                        Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"x"))),
+                        guard,
+                    ))
+                });
+                Response::new(StreamBody::new(frames).boxed())
+            }
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut connections = Connections::new(handler, Duration::from_secs(60));
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        connections.serve(stream, peer);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: flowgate\r\n\r\n")
+            .await
+            .expect("request");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        connections.drain(Duration::from_millis(100)).await;
+        tokio::time::timeout(Duration::from_secs(5), settled)
+            .await
+            .expect("the stream's body was let go within the drain")
+            .expect("and its work ran");
         drop(client);
     }
 }

@@ -563,6 +563,24 @@ async fn stop_generating_aborts_only_the_callers_own_run_and_charges_what_it_str
         // Flowise reported no tokens before it stopped: the text streamed ("Echo: ", 6 bytes)
         // counts at 4 bytes a token, 1 + 2, not the whole run's 1 + 10.
         used_becomes(&gate, &alice, &policy, 3).await;
+
+        // Stopped before its first token (Flowise ends it with an error): the flat cost, as a
+        // stop after it, not a refund.
+        let mut answer = long_question(&gate, &alice, &id, "c2").await.bytes_stream();
+        let mut read = String::new();
+        while !read.contains("\"event\":\"start\"") {
+            let chunk = answer.next().await.expect("more events").expect("chunk");
+            read.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert_eq!(stop(&gate, &alice, &id, "c2").await.0, 200);
+        while let Some(chunk) = answer.next().await {
+            read.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+        }
+        assert!(
+            read.contains("\"TERMINATED\"") && !read.contains("\"event\":\"token\""),
+            "{read}"
+        );
+        used_becomes(&gate, &alice, &policy, 4).await;
         team.cleanup().await;
     })
     .await

@@ -43,6 +43,9 @@ pub struct SseScanner {
     token_event: bool,
     /// An `end` event with no `error` event before it.
     clean_end: bool,
+    /// Flowise stopped the run when asked (an `abort` event, or an Agentflow `TERMINATED`):
+    /// what it ran until then is answered, whatever error follows.
+    stopped: bool,
     /// No policy prices the stream's tokens: node lists are neither kept nor read past
     /// [`MAX_EVENT`] (they can be tens of megabytes, and every stream has them).
     uncounted: bool,
@@ -177,9 +180,11 @@ impl SseScanner {
         std::mem::take(&mut self.usage)
     }
 
-    /// Whether Flowise answered: it streamed a token, or ended without an error.
+    /// Whether Flowise answered: it streamed a token, ended without an error, or stopped the
+    /// run when asked (the flat cost and the tokens of the nodes before are due, as for a stop
+    /// after the first token).
     pub fn answered(&self) -> bool {
-        self.token_event || self.clean_end
+        self.token_event || self.clean_end || self.stopped
     }
 
     /// Whether Flowise sent an `error` event.
@@ -232,11 +237,16 @@ impl SseScanner {
                     self.error_event = true;
                     self.usage.cut = true;
                 }
-                Kind::Abort => self.usage.cut = true,
+                Kind::Abort => {
+                    self.usage.cut = true;
+                    self.stopped = true;
+                }
                 // Flowise 3 stops an Agentflow with the node, then the flow, `TERMINATED`.
                 Kind::Flow => {
                     self.usage.reporting = true;
-                    self.usage.cut |= data.contains("\"TERMINATED\"");
+                    let terminated = data.contains("\"TERMINATED\"");
+                    self.usage.cut |= terminated;
+                    self.stopped |= terminated;
                 }
                 Kind::Usage => {
                     self.usage.reporting = true;
@@ -500,6 +510,24 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
         assert_eq!(scanner.tokens(), 0, "not ended yet");
         scanner.feed(b"\n");
         assert_eq!(scanner.tokens(), 9);
+    }
+
+    #[test]
+    fn a_run_stopped_before_its_first_token_is_answered() {
+        // Flowise 3.1: the node and the flow TERMINATED, then an error, then the end.
+        for stop in [
+            r#"{"event":"nextAgentFlow","data":{"nodeId":"llm_0","status":"TERMINATED"}}"#,
+            r#"{"event":"agentFlowEvent","data":"TERMINATED"}"#,
+            r#"{"event":"abort","data":"[DONE]"}"#,
+        ] {
+            let mut scanner = SseScanner::default();
+            scanner.feed(b"message:\ndata:{\"event\":\"start\",\"data\":\"\"}\n\n");
+            assert!(!scanner.answered());
+            scanner.feed(format!("message:\ndata:{stop}\n\n").as_bytes());
+            scanner.feed(b"message:\ndata:{\"event\":\"error\",\"data\":\"Flow execution was cancelled\"}\n\n");
+            scanner.feed(b"message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n");
+            assert!(scanner.answered(), "{stop}");
+        }
     }
 
     #[test]
