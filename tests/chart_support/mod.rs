@@ -1,5 +1,5 @@
-//! Helpers of tests/chart.rs and tests/chart_alerts.rs: real Helm through scripts/helm.sh, and
-//! reading back what it stored in the local API server.
+//! Helpers of the chart tests (tests/chart*.rs, tests/rbac.rs): real Helm through
+//! scripts/helm.sh, and reading back what it stored in the local API server.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -98,6 +98,9 @@ and how to fix it; `helm install` stops with the message.
 {{- if ge (int $need) (int $replicas) }}
 {{- fail (printf "\n\nflowgate: podDisruptionBudget.minAvailable: %q of replicas: %d keeps all %d pods and would block every node drain (no pod may ever be evicted). Use maxUnavailable, or a smaller share.\n" $min $replicas $need) }}
 {{- end }}
+{{- else if ge (atoi $min) (int $replicas) }}
+{{- /* A count given as a string ("1", --set-string) renders as that count. */}}
+{{- fail (printf "\n\nflowgate: podDisruptionBudget.minAvailable: %q with replicas: %d would block every node drain (no pod may ever be evicted). Use maxUnavailable, or fewer minAvailable than replicas.\n" $min $replicas) }}
 {{- end }}
 {{- end }}
 {{- $max := $pdb.maxUnavailable }}
