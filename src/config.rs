@@ -258,6 +258,20 @@ impl Config {
                 "both set: nothing would run",
             ));
         }
+        if let Some(dir) = &args.resources_dir {
+            if args.no_proxy {
+                return Err(invalid(
+                    "FLOWGATE_NO_PROXY",
+                    "set with --resources-dir, which runs no controller: nothing would run",
+                ));
+            }
+            if !dir.is_dir() {
+                return Err(invalid(
+                    "FLOWGATE_RESOURCES_DIR",
+                    format!("{} is not a directory flowgate can read", dir.display()),
+                ));
+            }
+        }
         let jwt = JwtConfig {
             hs256_secret_file: args.jwt_hs256_secret_file,
             public_key_file: args.jwt_public_key_file,
@@ -379,8 +393,20 @@ impl LedgerUrl {
             }
             Ok(Self::Sqlite(PathBuf::from(path)))
         } else if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            raw.parse::<tokio_postgres::Config>()
+            let config = raw
+                .parse::<tokio_postgres::Config>()
                 .map_err(|e| invalid(SETTING, format!("not a valid PostgreSQL URL: {e}")))?;
+            // The ledger connects without TLS: a URL asking for it would fail at the first
+            // connection with a handshake error, or be believed encrypted.
+            if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                return Err(invalid(
+                    SETTING,
+                    "sslmode=require: the PostgreSQL ledger does not speak TLS yet; reach \
+                     PostgreSQL over a network you trust (in-cluster, a private link) or \
+                     through a TLS proxy beside flowgate (the provider's SQL proxy), with \
+                     sslmode=disable or without sslmode",
+                ));
+            }
             Ok(Self::Postgres(raw.to_string()))
         } else {
             Err(invalid(

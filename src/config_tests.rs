@@ -137,6 +137,15 @@ fn a_bad_value_names_its_setting() {
         (&["--listen-addr", "localhost"], "FLOWGATE_LISTEN_ADDR"),
         (&["--ledger-url", "mysql://x"], "FLOWGATE_LEDGER_URL"),
         (&["--ledger-url", "sqlite://"], "FLOWGATE_LEDGER_URL"),
+        (
+            &["--ledger-url", "postgres://db/ledger?sslmode=require"],
+            "FLOWGATE_LEDGER_URL",
+        ),
+        (
+            &["--resources-dir", "/no/such/dir", "--no-controller"],
+            "FLOWGATE_RESOURCES_DIR",
+        ),
+        (&["--resources-dir", ".", "--no-proxy"], "FLOWGATE_NO_PROXY"),
         (&["--sync-interval", "soon"], "FLOWGATE_SYNC_INTERVAL"),
         (&["--sync-interval", "0s"], "FLOWGATE_SYNC_INTERVAL"),
         (&["--sync-interval", "25h"], "FLOWGATE_SYNC_INTERVAL"),

@@ -48,8 +48,23 @@ pub fn load_keeping(dir: &Path, kept: &mut LastReadable) -> (Resources, Vec<Stri
     // kind/namespace/name → where it was first defined: a second definition is skipped (in a
     // cluster it could not exist; here it would, for a CreditPolicy, charge twice).
     let mut defined: HashMap<(String, String, String), String> = HashMap::new();
-    let files = yaml_files(dir);
-    kept.retain(|path, _| files.contains(path));
+    let files = match yaml_files(dir) {
+        Ok(files) => {
+            kept.retain(|path, _| files.contains(path));
+            files
+        }
+        // The directory itself could not be listed (a mount between swaps, a permission):
+        // the files last read stay in force, as one that stops parsing does.
+        Err(error) => {
+            problems.push(format!(
+                "{}: cannot list the directory ({error}); the files last read stay in force",
+                dir.display()
+            ));
+            let mut files: Vec<PathBuf> = kept.keys().cloned().collect();
+            files.sort();
+            files
+        }
+    };
     for path in files {
         let docs = match read_documents(&path) {
             Ok(docs) => {
@@ -163,21 +178,20 @@ fn str_at(doc: &Value, pointer: &str) -> String {
         .to_string()
 }
 
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
+fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     files.sort();
-    files
+    Ok(files)
 }
 
 /// What the directory looks like now: changes when a file is added, removed or written.
 fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     yaml_files(dir)
+        .unwrap_or_default()
         .into_iter()
         .map(|p| {
             let meta = std::fs::metadata(&p).ok();
@@ -188,13 +202,21 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
         .collect()
 }
 
-/// Fills each Chatflow's status from what Flowise holds, as the controller would.
+/// Fills each Chatflow's status from what Flowise holds, as the controller would. Of several
+/// claims on one Flowise chatflow the first defined (file order) holds it and the others are in
+/// Conflict, as a cluster's later claims are: adding one never takes the served one offline.
 pub fn resolve(
     chatflows: &mut [Arc<Chatflow>],
     flowise: Result<&[FlowiseChatflow], String>,
     now: Timestamp,
 ) {
+    let mut held: HashMap<String, String> = HashMap::new();
     for cf in chatflows.iter_mut() {
+        let me = format!(
+            "{}/{}",
+            cf.metadata.namespace.as_deref().unwrap_or_default(),
+            cf.metadata.name.as_deref().unwrap_or_default()
+        );
         let mut status = ChatflowStatus::default();
         let generation = cf.metadata.generation;
         let ready = |ok, why: &str, message: String| {
@@ -223,7 +245,12 @@ pub fn resolve(
                         status.deployed = one.deployed;
                         status.api_key_bound = Some(one.api_key_bound());
                         status.last_sync_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
-                        if cf.spec.suspended {
+                        let holder = held
+                            .entry(one.id.to_ascii_lowercase())
+                            .or_insert_with(|| me.clone());
+                        if *holder != me {
+                            ready(false, reason::CONFLICT, format!("Flowise chatflow {} is held by {holder}, defined first", one.id))
+                        } else if cf.spec.suspended {
                             ready(false, reason::SUSPENDED, "suspended by its spec".into())
                         } else {
                             ready(true, reason::SYNCED, "found in Flowise".into())
@@ -407,6 +434,18 @@ mod tests {
         );
         let (res, _) = load_keeping(dir.path(), &mut kept);
         assert_eq!(res.policies[0].spec.budget.credits, 7);
+        // The directory cannot be listed for a moment (a mount between swaps): every file last
+        // read stays in force, rather than none.
+        let moved = dir.path().with_extension("away");
+        std::fs::rename(dir.path(), &moved).expect("move away");
+        let (res, problems) = load_keeping(dir.path(), &mut kept);
+        assert_eq!(res.policies.len(), 1, "{problems:?}");
+        assert_eq!(res.policies[0].spec.budget.credits, 7);
+        assert!(
+            problems[0].contains("cannot list the directory"),
+            "{problems:?}"
+        );
+        std::fs::rename(&moved, dir.path()).expect("move back");
         // Removed: nothing is kept for it.
         std::fs::remove_file(dir.path().join("budgets.yaml")).expect("remove");
         let (res, _) = load_keeping(dir.path(), &mut kept);
@@ -466,6 +505,31 @@ mod tests {
             ..Default::default()
         });
         assert!(snap.chatflow_by_name("n", "c").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_second_claim_on_a_served_chatflow_is_a_conflict_not_an_outage() {
+        let fake = FakeFlowise::default();
+        let support = fake.insert("Support Bot", "CHATFLOW", None);
+        let list = fake.list().await.expect("list");
+        let named = |ns: &str, spec: &str| {
+            let mut cf = (*chatflow(spec)).clone();
+            cf.metadata.namespace = Some(ns.into());
+            Arc::new(cf)
+        };
+        let mut cfs = vec![
+            named("team-a", &format!("{{flowiseId: {support}}}")),
+            named("team-b", "{flowiseName: Support Bot}"),
+        ];
+        resolve(&mut cfs, Ok(&list), Timestamp::now());
+        assert_eq!(ready_reason(&cfs[0]), ("True".into(), "Synced".into()));
+        assert_eq!(ready_reason(&cfs[1]), ("False".into(), "Conflict".into()));
+        let snap = compile(&Resources {
+            chatflows: cfs,
+            ..Default::default()
+        });
+        let served = snap.chatflow_by_flowise_id(&support).expect("still served");
+        assert_eq!(served.rule.namespace, "team-a");
     }
 
     #[test]
