@@ -286,24 +286,15 @@ impl Controller {
         // Chatflows claiming the Flowise chatflow of one that changed or went: their Conflict
         // starts or ends with it, not at their next resync.
         let (claim_refs, claim_triggers) = futures::channel::mpsc::unbounded();
-        // A Chatflow reconcile weighs the other claims in `ctx.chatflows`: not before it holds
-        // them all (kube-runtime waits only for the controller's own store).
-        let chatflow_task = {
-            let (ctx, session) = (ctx.clone(), session.clone());
-            let store = chatflows.store();
-            let controller = chatflows
+        let chatflow_task = run_after_chatflows(
+            chatflows
                 .reconcile_all_on(self.sync.reconcile_requests())
                 .reconcile_on(claim_triggers)
-                .graceful_shutdown_on(stop());
-            async move {
-                if ctx.chatflows.wait_until_ready().await.is_ok() {
-                    let run = controller
-                        .run(chatflow::reconcile, error_policy::<Chatflow>, ctx)
-                        .for_each(log_outcome);
-                    until_stopped(run, store, &session).await;
-                }
-            }
-        };
+                .graceful_shutdown_on(stop()),
+            chatflow::reconcile,
+            ctx.clone(),
+            session.clone(),
+        );
 
         let (access_refs, access_triggers) = futures::channel::mpsc::unbounded();
         let (policy_refs, policy_triggers) = futures::channel::mpsc::unbounded();
@@ -343,37 +334,22 @@ impl Controller {
                 std::future::ready(())
             })
         };
-        let access_task = {
-            let (ctx, session) = (ctx.clone(), session.clone());
-            let store = access_controller.store();
-            let controller = access_controller
+        let access_task = run_after_chatflows(
+            access_controller
                 .reconcile_on(access_triggers)
-                .graceful_shutdown_on(stop());
-            async move {
-                if ctx.chatflows.wait_until_ready().await.is_ok() {
-                    let run = controller
-                        .run(access::reconcile, error_policy::<ChatflowAccess>, ctx)
-                        .for_each(log_outcome);
-                    until_stopped(run, store, &session).await;
-                }
-            }
-        };
-
-        let policy_task = {
-            let (ctx, session) = (ctx.clone(), session.clone());
-            let store = policy_controller.store();
-            let controller = policy_controller
+                .graceful_shutdown_on(stop()),
+            access::reconcile,
+            ctx.clone(),
+            session.clone(),
+        );
+        let policy_task = run_after_chatflows(
+            policy_controller
                 .reconcile_on(policy_triggers)
-                .graceful_shutdown_on(stop());
-            async move {
-                if ctx.chatflows.wait_until_ready().await.is_ok() {
-                    let run = controller
-                        .run(policy::reconcile, error_policy::<CreditPolicy>, ctx)
-                        .for_each(log_outcome);
-                    until_stopped(run, store, &session).await;
-                }
-            }
-        };
+                .graceful_shutdown_on(stop()),
+            policy::reconcile,
+            ctx.clone(),
+            session.clone(),
+        );
 
         let usage_task = {
             let (api, ledger, session) = (
@@ -419,6 +395,27 @@ pub async fn run(
     Controller::from_config(client, config, metrics)?
         .run(shutdown)
         .await
+}
+
+/// Runs `controller` with `reconcile` until `session` ends, once `ctx.chatflows` holds every
+/// Chatflow: each kind's reconciles weigh claims or resolve names against it, and kube-runtime
+/// waits only for the controller's own store.
+async fn run_after_chatflows<K, Fut>(
+    controller: KubeController<K>,
+    reconcile: impl FnMut(Arc<K>, Arc<Context>) -> Fut,
+    ctx: Arc<Context>,
+    session: CancellationToken,
+) where
+    K: crate::crd::Watched,
+    Fut: futures::TryFuture<Ok = Action, Error = ControllerError> + Send + 'static,
+{
+    let store = controller.store();
+    if ctx.chatflows.wait_until_ready().await.is_ok() {
+        let run = controller
+            .run(reconcile, error_policy::<K>, ctx)
+            .for_each(log_outcome);
+        until_stopped(run, store, &session).await;
+    }
 }
 
 /// Runs a controller until it ends or `session` does; then lets its graceful shutdown finish
