@@ -64,9 +64,9 @@ pub async fn edit_subjects<R>(
              ({name}: over 253 characters); grant its users with a ChatflowAccess of your own"
         )));
     }
+    // The owner, as it is now: the grants are written for this Chatflow, not a former one.
+    let owner = owner_of(client, namespace, chatflow).await?;
     for _ in 0..ATTEMPTS {
-        // The owner, as it is now: the grants are written for this Chatflow, not a former one.
-        let owner = owner_of(client, namespace, chatflow).await?;
         let current = api.get_opt(&name).await.map_err(kube_error)?;
         let Some(mut access) = current else {
             let mut subjects = Vec::new();
@@ -77,7 +77,7 @@ pub async fn edit_subjects<R>(
             match api
                 .create(
                     &PostParams::default(),
-                    &new_object(&name, chatflow, subjects, Some(owner)),
+                    &new_object(&name, chatflow, subjects, Some(owner.clone())),
                 )
                 .await
             {
@@ -128,7 +128,7 @@ pub async fn edit_subjects<R>(
             access.spec.subjects = subjects;
             let mut owners = access.metadata.owner_references.take().unwrap_or_default();
             owners.retain(|theirs| !same_kind(theirs, &owner));
-            owners.push(owner);
+            owners.push(owner.clone());
             access.metadata.owner_references = Some(owners);
             // `replace` sends metadata.resourceVersion: a concurrent write makes it fail with 409.
             api.replace(&name, &PostParams::default(), &access)

@@ -29,19 +29,17 @@ fn status(cf: &ChatflowEntry) -> &'static str {
 /// One chatflow in the `Chatflow` model.
 pub fn model(cf: &ChatflowEntry) -> ChatflowModel {
     let rule = &cf.rule;
+    let (created_at, updated_at) = rule.dates();
     ChatflowModel {
         id: format!("{}/{}", rule.namespace, rule.name),
         flowise_id: rule.flowise_id.clone(),
-        name: rule
-            .flowise_name
-            .clone()
-            .unwrap_or_else(|| rule.name.clone()),
+        name: rule.shown_name().to_string(),
         chatflow: rule.name.clone(),
         namespace: rule.namespace.clone(),
         description: None,
         status: status(cf).into(),
-        created_at: rule.created.map(|t| t.to_string()),
-        updated_at: rule.updated.or(rule.created).map(|t| t.to_string()),
+        created_at,
+        updated_at,
         is_public: false,
         deployed: rule.deployed.unwrap_or(false),
     }

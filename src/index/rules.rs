@@ -413,4 +413,17 @@ impl ChatflowRule {
             .as_deref()
             .unwrap_or(ChatflowType::Chatflow.as_str())
     }
+
+    /// The chatflow's name in Flowise, or the object's name until Flowise has told it.
+    pub fn shown_name(&self) -> &str {
+        self.flowise_name.as_deref().unwrap_or(&self.name)
+    }
+
+    /// When the chatflow was created and last updated in Flowise, as Flowise writes them.
+    pub fn dates(&self) -> (Option<String>, Option<String>) {
+        (
+            self.created.map(|t| t.to_string()),
+            self.updated.or(self.created).map(|t| t.to_string()),
+        )
+    }
 }

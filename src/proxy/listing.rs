@@ -9,10 +9,10 @@ use crate::index::ChatflowEntry;
 /// `flowData` and the API key binding are never shown to callers).
 pub fn flowise_shape(cf: &ChatflowEntry) -> Value {
     let rule = &cf.rule;
-    let (created, updated) = dates(cf);
+    let (created, updated) = rule.dates();
     json!({
         "id": rule.flowise_id,
-        "name": rule.flowise_name.clone().unwrap_or_else(|| rule.name.clone()),
+        "name": rule.shown_name(),
         "deployed": rule.deployed.unwrap_or(false),
         "isPublic": false,
         "type": rule.flow_type_or_default(),
@@ -20,15 +20,6 @@ pub fn flowise_shape(cf: &ChatflowEntry) -> Value {
         "createdDate": created,
         "updatedDate": updated,
     })
-}
-
-/// When the chatflow was created and last updated in Flowise, as Flowise writes them.
-fn dates(cf: &ChatflowEntry) -> (Option<String>, Option<String>) {
-    let rule = &cf.rule;
-    (
-        rule.created.map(|t| t.to_string()),
-        rule.updated.or(rule.created).map(|t| t.to_string()),
-    )
 }
 
 /// One chatflow as the Python service's `/chatflows` showed it. That service passed Flowise's
@@ -45,7 +36,7 @@ pub fn compat_shape(cf: &ChatflowEntry) -> Value {
     } else {
         "inactive"
     };
-    let (created, updated) = dates(cf);
+    let (created, updated) = rule.dates();
     let mut shape = flowise_shape(cf);
     if let Value::Object(fields) = &mut shape {
         if rule.flowise_id.is_none() {
