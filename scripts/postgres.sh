@@ -4,8 +4,15 @@
 #   scripts/postgres.sh start   # idempotent: creates the cluster and the database `flowgate`
 #   scripts/postgres.sh stop
 #   scripts/postgres.sh status
-#   scripts/postgres.sh env     # prints: export FLOWGATE_TEST_POSTGRES_URL=...
+#   scripts/postgres.sh env     # prints: export FLOWGATE_TEST_POSTGRES_URL=... (and _TLS=)
 #   eval "$(scripts/postgres.sh env)"
+#
+# The server also speaks TLS, for the ledger's TLS tests: a throwaway CA in
+# $FLOWGATE_TEST_POSTGRES_TLS (ca.crt; other-ca.crt, which signed nothing here; client.crt and
+# client.key for the role flowgate_cert) signed the server's certificate, for DNS:localhost
+# only. The role flowgate_tls connects over TLS only; flowgate_cert over TLS with its client
+# certificate only. FLOWGATE_TEST_POSTGRES_URL itself says sslmode=disable, so that the other
+# tests and the benchmarks measure what they always did.
 #
 # Data lives in ${FLOWGATE_CACHE:-$HOME/.cache/flowgate}/postgres; the server listens on
 # 127.0.0.1:25432 only, with trust authentication for loopback connections. PostgreSQL refuses
@@ -18,8 +25,9 @@ set -euo pipefail
 HOST=127.0.0.1
 PORT=25432
 DB=flowgate
-URL="postgres://postgres@$HOST:$PORT/$DB"
+URL="postgres://postgres@$HOST:$PORT/$DB?sslmode=disable"
 CACHE="${FLOWGATE_CACHE:-$HOME/.cache/flowgate}"
+TLS_DIR="$CACHE/postgres-tls"
 
 log() { printf 'postgres.sh: %s\n' "$*" >&2; }
 
@@ -39,12 +47,17 @@ find_bin() {
   return 1
 }
 
-install_postgres() {
-  log "no PostgreSQL server binaries found; installing Debian's postgresql package"
+# Installs Debian packages $@.
+install_packages() {
   local sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
   "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq postgresql >/dev/null
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@" >/dev/null
+}
+
+install_postgres() {
+  log "no PostgreSQL server binaries found; installing Debian's postgresql package"
+  install_packages postgresql
 }
 
 # As root, every server command runs as this unprivileged user.
@@ -102,6 +115,96 @@ max_connections = 200
 EOF
 }
 
+psql_admin() {
+  "$BIN/psql" -h "$HOST" -p "$PORT" -U postgres -d postgres "$@"
+}
+
+# A CA's key and self-signed certificate, TLS_DIR/$1.{key,crt}, named $2.
+new_ca() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+    -subj "/CN=$2" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$TLS_DIR/$1.key" -out "$TLS_DIR/$1.crt" 2>/dev/null
+}
+
+# TLS_DIR/$1.{key,crt}: an EC P-256 key and a certificate for subject $2 with the extensions in
+# $3 (one per line), signed by TLS_DIR/ca.
+issue() {
+  local name="$1"
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "$2" \
+    -keyout "$TLS_DIR/$name.key" -out "$TLS_DIR/$name.csr" 2>/dev/null
+  printf '%s\n' "$3" >"$TLS_DIR/$name.ext"
+  openssl x509 -req -in "$TLS_DIR/$name.csr" -CA "$TLS_DIR/ca.crt" -CAkey "$TLS_DIR/ca.key" \
+    -CAcreateserial -days 3650 -sha256 -extfile "$TLS_DIR/$name.ext" \
+    -out "$TLS_DIR/$name.crt" 2>/dev/null
+  rm -f "$TLS_DIR/$name.csr" "$TLS_DIR/$name.ext"
+}
+
+# The certificates (made once), the server told to use them, and the two TLS roles.
+ensure_tls() {
+  local data changed="" file
+  data="$(data_dir)"
+  if [ ! -s "$TLS_DIR/client.crt" ]; then
+    if ! command -v openssl >/dev/null; then
+      log "no openssl to make the test certificates with; installing Debian's openssl package"
+      install_packages openssl
+    fi
+    log "making a throwaway CA and certificates in $TLS_DIR"
+    rm -rf "$TLS_DIR"
+    mkdir -p "$TLS_DIR"
+    new_ca ca "flowgate test CA"
+    new_ca other-ca "flowgate test CA that signed nothing"
+    issue server "/CN=localhost" "subjectAltName=DNS:localhost
+basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=serverAuth"
+    issue client "/CN=flowgate_cert" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=clientAuth"
+    chmod 600 "$TLS_DIR"/*.key
+  fi
+  for file in server.crt server.key ca.crt; do
+    # Through the server user: the data directory is theirs, and may be out of our reach.
+    if ! as_server_user cat "$data/$file" 2>/dev/null | cmp -s - "$TLS_DIR/$file"; then
+      as_server_user tee "$data/$file" <"$TLS_DIR/$file" >/dev/null
+      as_server_user chmod 600 "$data/$file"
+      changed=1
+    fi
+  done
+  if ! as_server_user grep -q '^# scripts/postgres.sh tls' "$data/postgresql.conf"; then
+    printf '%s\n' "" "# scripts/postgres.sh tls" "ssl = on" "ssl_cert_file = 'server.crt'" \
+      "ssl_key_file = 'server.key'" "ssl_ca_file = 'ca.crt'" |
+      as_server_user tee -a "$data/postgresql.conf" >/dev/null
+    # First match wins: the TLS roles' lines go before initdb's trust-everything ones.
+    local hba
+    hba="$(as_server_user cat "$data/pg_hba.conf")"
+    printf '%s\n' "# scripts/postgres.sh tls" \
+      "hostnossl all flowgate_tls,flowgate_cert all reject" \
+      "hostssl all flowgate_tls $HOST/32 trust" \
+      "hostssl all flowgate_cert $HOST/32 cert" \
+      "$hba" | as_server_user tee "$data/pg_hba.conf" >/dev/null
+    changed=1
+  fi
+  if [ -n "$changed" ]; then
+    as_server_user "$BIN/pg_ctl" -D "$data" reload >/dev/null
+    # The reload is asynchronous: wait until the server has TLS on.
+    local i
+    for i in $(seq 1 100); do
+      [ "$(psql_admin -tAc "SHOW ssl")" != on ] || break
+      sleep 0.1
+    done
+    log "TLS on (certificates in $TLS_DIR)"
+  fi
+  local role
+  for role in flowgate_tls flowgate_cert; do
+    psql_admin -qc "DO \$\$ BEGIN
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN
+          CREATE ROLE $role LOGIN SUPERUSER;
+        END IF;
+      END \$\$" >/dev/null
+  done
+}
+
 start() {
   if running; then
     log "already running on $HOST:$PORT"
@@ -115,11 +218,11 @@ start() {
     }
     log "started on $HOST:$PORT (data: $data)"
   fi
-  if [ "$("$BIN/psql" -h "$HOST" -p "$PORT" -U postgres -d postgres -tAc \
-    "SELECT 1 FROM pg_database WHERE datname = '$DB'")" != 1 ]; then
-    "$BIN/psql" -h "$HOST" -p "$PORT" -U postgres -d postgres -qc "CREATE DATABASE $DB" >/dev/null
+  if [ "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'")" != 1 ]; then
+    psql_admin -qc "CREATE DATABASE $DB" >/dev/null
     log "created database $DB"
   fi
+  ensure_tls
 }
 
 stop() {
@@ -135,7 +238,8 @@ stop() {
 
 case "${1:-}" in
   env)
-    echo "export FLOWGATE_TEST_POSTGRES_URL=$URL"
+    echo "export FLOWGATE_TEST_POSTGRES_URL='$URL'"
+    echo "export FLOWGATE_TEST_POSTGRES_TLS='$TLS_DIR'"
     exit 0
     ;;
   start | stop | status) ;;

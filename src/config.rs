@@ -393,20 +393,11 @@ impl LedgerUrl {
             }
             Ok(Self::Sqlite(PathBuf::from(path)))
         } else if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            let config = raw
-                .parse::<tokio_postgres::Config>()
+            // libpq's TLS parameters are flowgate's to read; tokio-postgres parses the rest.
+            let rest =
+                crate::ledger::postgres_url_without_tls(raw).map_err(|e| invalid(SETTING, e))?;
+            rest.parse::<tokio_postgres::Config>()
                 .map_err(|e| invalid(SETTING, format!("not a valid PostgreSQL URL: {e}")))?;
-            // The ledger connects without TLS: a URL asking for it would fail at the first
-            // connection with a handshake error, or be believed encrypted.
-            if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-                return Err(invalid(
-                    SETTING,
-                    "sslmode=require: the PostgreSQL ledger does not speak TLS yet; reach \
-                     PostgreSQL over a network you trust (in-cluster, a private link) or \
-                     through a TLS proxy beside flowgate (the provider's SQL proxy), with \
-                     sslmode=disable or without sslmode",
-                ));
-            }
             Ok(Self::Postgres(raw.to_string()))
         } else {
             Err(invalid(

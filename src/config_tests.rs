@@ -138,7 +138,18 @@ fn a_bad_value_names_its_setting() {
         (&["--ledger-url", "mysql://x"], "FLOWGATE_LEDGER_URL"),
         (&["--ledger-url", "sqlite://"], "FLOWGATE_LEDGER_URL"),
         (
-            &["--ledger-url", "postgres://db/ledger?sslmode=require"],
+            &["--ledger-url", "postgres://db/ledger?sslmode=verify"],
+            "FLOWGATE_LEDGER_URL",
+        ),
+        (
+            &["--ledger-url", "postgres://db/ledger?sslrootcert=system"],
+            "FLOWGATE_LEDGER_URL",
+        ),
+        (
+            &[
+                "--ledger-url",
+                "postgres://db/ledger?sslmode=require&port=x",
+            ],
             "FLOWGATE_LEDGER_URL",
         ),
         (
@@ -268,4 +279,8 @@ fn postgres_and_claims_parse() {
     assert_eq!(config.identity.admin_claim, "realm_role");
     assert_eq!(config.identity.admin_value, "platform-admin");
     assert_eq!(config.sync_interval, Duration::from_secs(300));
+    // libpq's TLS parameters are the ledger's; the URL is kept whole for it.
+    let url = "postgres://db/ledger?sslmode=verify-full&sslrootcert=/etc/ca.pem&connect_timeout=5";
+    let config = parse(&["--ledger-url", url]).expect("valid");
+    assert!(matches!(&config.ledger, LedgerUrl::Postgres(kept) if kept == url));
 }

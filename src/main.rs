@@ -66,7 +66,7 @@ fn main() -> ExitCode {
         Command::Crd { out_dir } => match print_crds(out_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("flowgate crd: {error:#}");
+                eprintln!("flowgate crd: {}", telemetry::report(error.as_ref()));
                 ExitCode::FAILURE
             }
         },
@@ -95,7 +95,10 @@ fn main() -> ExitCode {
         } => match backup(&ledger_url, &dest) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("flowgate ledger backup: {error:#}");
+                eprintln!(
+                    "flowgate ledger backup: {}",
+                    telemetry::report(error.as_ref())
+                );
                 ExitCode::FAILURE
             }
         },
@@ -112,7 +115,7 @@ fn main() -> ExitCode {
             match start(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    tracing::error!("{error:#}");
+                    tracing::error!("{}", telemetry::report(error.as_ref()));
                     ExitCode::FAILURE
                 }
             }

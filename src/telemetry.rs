@@ -40,6 +40,22 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// `error`, then each cause under it after a colon, leaving out a cause whose text is already
+/// there (many errors print their cause in their own message, and also name it as source).
+pub fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = next.source();
+    }
+    message
+}
+
 /// A thread's buffered lines are written once they reach this many bytes (~50 decision lines).
 pub const FLUSH_AT: usize = 16 * 1024;
 
@@ -164,5 +180,20 @@ mod tests {
             lines.push(b"last words\n");
         }
         assert_eq!(out, b"last words\n");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("outer: {0}")]
+        Repeats(#[source] std::io::Error),
+        #[error("outer")]
+        Names(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn a_report_names_each_cause_once() {
+        let cause = || std::io::Error::other("the cause");
+        assert_eq!(report(&Outer::Repeats(cause())), "outer: the cause");
+        assert_eq!(report(&Outer::Names(cause())), "outer: the cause");
     }
 }

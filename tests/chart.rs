@@ -284,7 +284,8 @@ async fn three_replicas_on_postgresql_install_without_a_volume_claim() {
     let ns = support::fresh_namespace(&client, "chart-postgres").await;
     let values = json!({
         "replicas": 3,
-        "ledger": {"type": "postgres", "postgres": {"existingSecret": "flowgate-ledger"}},
+        "ledger": {"type": "postgres", "postgres": {"existingSecret": "flowgate-ledger",
+                   "tls": {"existingSecret": "ledger-tls"}}},
     });
     let _release = install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
     let name = format!("{ns}-flowgate");
@@ -306,6 +307,27 @@ async fn three_replicas_on_postgresql_install_without_a_volume_claim() {
         .find(|v| v["name"] == "data")
         .expect("data volume");
     assert!(data.get("emptyDir").is_some(), "{data}");
+    // The TLS Secret whole, where the URL's sslrootcert, sslcert and sslkey can name its files.
+    let tls = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "postgres-tls")
+        .expect("postgres-tls volume");
+    assert_eq!(
+        tls["secret"],
+        json!({"secretName": "ledger-tls", "defaultMode": 0o440})
+    );
+    let mounts = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("mounts");
+    assert!(
+        mounts.contains(
+            &json!({"name": "postgres-tls", "mountPath": "/etc/flowgate/postgres-tls",
+                                "readOnly": true})
+        ),
+        "{mounts:?}"
+    );
 
     let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())

@@ -19,6 +19,8 @@ mod retention;
 mod sqlite_crash;
 #[path = "ledger/support.rs"]
 mod support;
+#[path = "ledger/tls.rs"]
+mod tls;
 #[path = "ledger/usage_log.rs"]
 mod usage_log;
 

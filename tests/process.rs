@@ -469,14 +469,18 @@ const CRASH_BUDGET: i64 = 50;
 /// Where the crash scenario keeps its ledger, and how it reads the charged reservations back.
 enum CrashLedger {
     Sqlite(tempfile::TempDir),
-    Postgres(String),
+    /// flowgate's URL, and the test's own (flowgate's may need TLS the test does not speak).
+    Postgres {
+        url: String,
+        sql: String,
+    },
 }
 
 impl CrashLedger {
     fn url(&self) -> String {
         match self {
             Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("ledger.db").display()),
-            Self::Postgres(url) => url.clone(),
+            Self::Postgres { url, .. } => url.clone(),
         }
     }
 
@@ -494,8 +498,8 @@ impl CrashLedger {
                     .collect::<Result<_, _>>()
                     .expect("keys")
             }
-            Self::Postgres(url) => {
-                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            Self::Postgres { sql, .. } => {
+                let (client, connection) = tokio_postgres::connect(sql, tokio_postgres::NoTls)
                     .await
                     .expect("connect to PostgreSQL");
                 tokio::spawn(connection);
@@ -676,9 +680,22 @@ async fn kill_9_under_load_on_postgres_loses_no_charge_and_doubles_none() {
         !pg.is_empty(),
         "FLOWGATE_TEST_POSTGRES_URL is not set: run scripts/test.sh, or `scripts/postgres.sh start && eval \"$(scripts/postgres.sh env)\"`"
     );
+    // flowgate reaches the server over TLS, verified against the test CA, as a role the server
+    // refuses without TLS (see scripts/postgres.sh): the binary's ledger, restart included, on
+    // the path production takes.
+    let tls = std::env::var("FLOWGATE_TEST_POSTGRES_TLS").expect("FLOWGATE_TEST_POSTGRES_TLS set");
+    let config: tokio_postgres::Config = pg.parse().expect("the test URL parses");
+    let (port, db) = (
+        config.get_ports()[0],
+        config.get_dbname().expect("a database"),
+    );
+    let url = format!(
+        "postgres://flowgate_tls@localhost:{port}/{db}?sslmode=verify-full&sslrootcert={tls}/ca.crt"
+    );
+    let ledger = CrashLedger::Postgres { url, sql: pg };
     tokio::time::timeout(
         Duration::from_secs(120),
-        kill_9_under_load_then_restart("process-kill9-pg", CrashLedger::Postgres(pg)),
+        kill_9_under_load_then_restart("process-kill9-pg", ledger),
     )
     .await
     .expect("bounded to 120 s");

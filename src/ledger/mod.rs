@@ -224,6 +224,12 @@ pub trait CreditLedger: Send + Sync {
 }
 
 /// Opens (and creates, or migrates) the ledger `url` names.
+/// A PostgreSQL URL without libpq's TLS parameters (`sslmode`, `sslrootcert`, `sslcert`,
+/// `sslkey`), or why those cannot be met. Reads no file.
+pub(crate) fn postgres_url_without_tls(raw: &str) -> Result<String, String> {
+    postgres::tls::split(raw).map(|(rest, _)| rest)
+}
+
 pub async fn open(url: &LedgerUrl) -> Result<Arc<dyn CreditLedger>, LedgerError> {
     Ok(match url {
         LedgerUrl::Sqlite(path) => Arc::new(sqlite::SqliteLedger::open(path).await?),
@@ -511,8 +517,13 @@ pub enum LedgerError {
     /// The ledger's writer has ended (the ledger is shutting down).
     #[error("the ledger has stopped")]
     Stopped,
-    #[error("PostgreSQL ledger: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    /// With its causes in the message: tokio-postgres' own is only "db error" or "error
+    /// performing TLS handshake".
+    #[error("PostgreSQL ledger: {}", crate::telemetry::report(.0))]
+    Postgres(tokio_postgres::Error),
+    /// The TLS the ledger URL asks for cannot be set up (a file missing, no roots).
+    #[error("PostgreSQL ledger TLS: {0}")]
+    Tls(String),
     #[error("the ledger database has schema version {found}; this flowgate knows up to {known}")]
     SchemaTooNew { found: i64, known: i64 },
     #[error("reservation {0} does not exist")]
@@ -536,6 +547,12 @@ pub enum LedgerError {
     ReadTimeout(std::time::Duration),
 }
 
+impl From<tokio_postgres::Error> for LedgerError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Postgres(e)
+    }
+}
+
 impl LedgerError {
     /// Whether retrying later may succeed (database busy, connection lost, server restarting).
     pub fn transient(&self) -> bool {
@@ -551,7 +568,8 @@ impl LedgerError {
             | Self::OutOfRange { .. }
             | Self::Corrupt(_)
             | Self::Unsupported(_)
-            | Self::BackupExists(_) => false,
+            | Self::BackupExists(_)
+            | Self::Tls(_) => false,
             Self::ReadTimeout(_) => true,
         }
     }
@@ -563,6 +581,7 @@ impl LedgerError {
             Self::Commit { .. } => "CommitFailed",
             Self::Spawn(_) | Self::Stopped => "Stopped",
             Self::Postgres(_) => "PostgresError",
+            Self::Tls(_) => "PostgresTls",
             Self::SchemaTooNew { .. } => "SchemaTooNew",
             Self::UnknownReservation(_) => "UnknownReservation",
             Self::LineCount { .. } => "LineCount",

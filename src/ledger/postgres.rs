@@ -24,6 +24,7 @@ mod pool;
 mod rates;
 mod schema;
 mod shared;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -58,12 +59,15 @@ pub(super) struct PostgresLedger {
 impl PostgresLedger {
     /// Connects, and creates the schema if it is missing (safe when replicas start together).
     pub(super) async fn connect(url: &str) -> Result<Self, LedgerError> {
-        let config: tokio_postgres::Config = url.parse()?;
-        let pool = Arc::new(Pool::connect(config.clone()).await?);
+        let (url, tls) = tls::split(url).map_err(LedgerError::Tls)?;
+        let mut config: tokio_postgres::Config = url.parse()?;
+        config.ssl_mode(tls.ssl_mode());
+        let connector = tls.connector()?;
+        let pool = Arc::new(Pool::connect(config.clone(), connector.clone()).await?);
         let ops = batch::spawn(Arc::clone(&pool));
         Ok(Self {
             pool,
-            shared: shared::Shared::new(config),
+            shared: shared::Shared::new(config, connector),
             ops,
         })
     }

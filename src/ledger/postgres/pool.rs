@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::schema::{Statements, create_schema};
 use crate::ledger::LedgerError;
@@ -45,8 +46,12 @@ impl Conn {
 
 /// Connects; the connection's task runs on `runtime`. Called on the pool's runtime (see
 /// [`Pool::get`]), so that its socket is registered there too.
-async fn open_client(config: &Config, runtime: &Handle) -> Result<Client, LedgerError> {
-    let (client, connection) = config.connect(NoTls).await?;
+async fn open_client(
+    config: &Config,
+    tls: &MakeRustlsConnect,
+    runtime: &Handle,
+) -> Result<Client, LedgerError> {
+    let (client, connection) = config.connect(tls.clone()).await?;
     runtime.spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%error, "ledger PostgreSQL connection ended");
@@ -69,6 +74,8 @@ fn defaults(mut config: Config) -> Config {
 /// A fixed set of connections, created on demand and reused.
 pub(super) struct Pool {
     config: Config,
+    /// TLS as the URL asks ([`super::tls`]); `sslmode=disable` never uses it.
+    tls: MakeRustlsConnect,
     runtime: Handle,
     idle: Mutex<Vec<Conn>>,
     permits: Semaphore,
@@ -78,14 +85,18 @@ pub(super) struct Pool {
 
 impl Pool {
     /// Connects, creates the schema if it is missing, and keeps that first connection.
-    pub(super) async fn connect(config: Config) -> Result<Self, LedgerError> {
+    pub(super) async fn connect(
+        config: Config,
+        tls: MakeRustlsConnect,
+    ) -> Result<Self, LedgerError> {
         let config = defaults(config);
         let runtime = Handle::current();
-        let mut client = open_client(&config, &runtime).await?;
+        let mut client = open_client(&config, &tls, &runtime).await?;
         create_schema(&mut client).await?;
         let first = Conn::prepare(client).await?;
         Ok(Self {
             config,
+            tls,
             runtime,
             idle: Mutex::new(vec![first]),
             permits: Semaphore::new(POOL_SIZE),
@@ -95,9 +106,10 @@ impl Pool {
 
     /// A pool of at most `size` connections, opened when first asked for (the schema exists:
     /// [`Pool::connect`] made it).
-    pub(super) fn lazy(config: Config, size: usize) -> Self {
+    pub(super) fn lazy(config: Config, tls: MakeRustlsConnect, size: usize) -> Self {
         Self {
             config: defaults(config),
+            tls,
             runtime: Handle::current(),
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(size),
@@ -138,11 +150,12 @@ impl Pool {
             // On the pool's runtime, not that of whichever thread asked: a socket belongs to the
             // runtime it was opened on, and a proxy thread's runtime ends before the pool.
             None => {
-                let (config, runtime) = (self.config.clone(), self.runtime.clone());
+                let (config, tls, runtime) =
+                    (self.config.clone(), self.tls.clone(), self.runtime.clone());
                 self.runtime
-                    .spawn(
-                        async move { Conn::prepare(open_client(&config, &runtime).await?).await },
-                    )
+                    .spawn(async move {
+                        Conn::prepare(open_client(&config, &tls, &runtime).await?).await
+                    })
                     .await
                     .map_err(|_| LedgerError::Stopped)??
             }
@@ -205,8 +218,9 @@ impl Drop for Pooled<'_> {
             // it lets go of the socket: ask the server to cancel, so that a database that hangs
             // does not collect the connections of requests that gave up.
             let cancel = conn.client.cancel_token();
+            let tls = self.pool.tls.clone();
             self.pool.runtime.spawn(async move {
-                let _ = cancel.cancel_query(NoTls).await;
+                let _ = cancel.cancel_query(tls).await;
             });
             return;
         }
@@ -246,8 +260,14 @@ mod tests {
             .port(port)
             .user("flowgate")
             .connect_timeout(Duration::from_secs(60));
+        let tls = super::super::tls::split("postgres://127.0.0.1/l?sslmode=disable")
+            .expect("valid")
+            .1
+            .connector()
+            .expect("connector");
         let pool = Arc::new(Pool {
             config,
+            tls,
             runtime: Handle::current(),
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(POOL_SIZE),

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tokio_postgres::Config;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::pool::Pool;
 use super::rates::{ROUND_LIMIT, Rates, gave_up, micros};
@@ -57,8 +58,8 @@ enum TurnOp {
 impl Shared {
     /// Connects when first asked. Starts the tasks that take allowances, and take, end and
     /// renew turns, on the current runtime; they stop once this is dropped.
-    pub(super) fn new(config: Config) -> Self {
-        let pool = Arc::new(Pool::lazy(config, POOL_SIZE));
+    pub(super) fn new(config: Config, tls: MakeRustlsConnect) -> Self {
+        let pool = Arc::new(Pool::lazy(config, tls, POOL_SIZE));
         let replica: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         let (turns_tx, queue) = mpsc::unbounded_channel();
         tokio::spawn(turns(pool.clone(), replica, queue, turns_tx.downgrade()));

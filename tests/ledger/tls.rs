@@ -1,0 +1,176 @@
+//! PostgreSQL only: the ledger over TLS, as libpq's URL parameters ask, against the real
+//! server `scripts/postgres.sh` runs. Its roles `flowgate_tls` and `flowgate_cert` are refused
+//! without TLS (and the second without its client certificate), so that a connection that
+//! works is one that used TLS. Its certificate names `localhost` only, so that connecting to
+//! `127.0.0.1` tells `verify-ca` from `verify-full`.
+
+use super::*;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flowgate::config::LedgerUrl;
+
+/// The directory of the test CA's files (`FLOWGATE_TEST_POSTGRES_TLS`).
+fn tls_dir() -> PathBuf {
+    let Ok(dir) = std::env::var("FLOWGATE_TEST_POSTGRES_TLS") else {
+        panic!(
+            "FLOWGATE_TEST_POSTGRES_TLS is not set: run `scripts/postgres.sh start` and \
+             `eval \"$(scripts/postgres.sh env)\"`, then run the tests again"
+        );
+    };
+    PathBuf::from(dir)
+}
+
+fn file(name: &str) -> String {
+    tls_dir().join(name).display().to_string()
+}
+
+/// A URL for `role` at `host`, in a fresh schema named after `test`, with the TLS `parameters`.
+async fn url(test: &str, role: &str, host: &str, parameters: &str) -> LedgerUrl {
+    let store = crate::support::postgres(test).await;
+    let LedgerUrl::Postgres(plain) = &store.url else {
+        unreachable!("a PostgreSQL store");
+    };
+    let config: tokio_postgres::Config = plain.parse().expect("the test URL parses");
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let dbname = config
+        .get_dbname()
+        .expect("the test URL names its database");
+    let (_, options) = plain.split_once("options=").expect("a schema");
+    let separator = if parameters.is_empty() { "" } else { "&" };
+    LedgerUrl::Postgres(format!(
+        "postgres://{role}@{host}:{port}/{dbname}?options={options}{separator}{parameters}"
+    ))
+}
+
+/// Opens the ledger at `url`, and reserves and takes a rate allowance on it (each pool opens
+/// its own connections).
+async fn works(url: &LedgerUrl) {
+    let ledger = ledger::open(url)
+        .await
+        .unwrap_or_else(|e| panic!("{url:?} opens: {e}"));
+    let outcome = ledger
+        .reserve(request("alice", vec![line(POLICY, "alice", 10, 1)]))
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(outcome, ReserveOutcome::Reserved { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(used(&*ledger, POLICY, "alice").await, 1);
+    let take = ledger
+        .take_rate("tls", Duration::from_secs(1), Duration::from_secs(5))
+        .await
+        .expect("the shared pool connects too")
+        .expect("PostgreSQL shares allowances");
+    assert!(take.admitted);
+}
+
+/// Why opening the ledger at `url` fails.
+async fn refused(url: &LedgerUrl) -> String {
+    match ledger::open(url).await {
+        Ok(_) => panic!("{url:?} opened"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn tls_is_used_by_default_and_when_required_and_never_when_disabled() {
+    let test = "tls_by_default";
+    let disabled = refused(&url(test, "flowgate_tls", "127.0.0.1", "sslmode=disable").await).await;
+    assert!(disabled.contains("no encryption"), "{disabled}");
+    // libpq's default, prefer: TLS when the server offers it, any certificate.
+    works(&url(test, "flowgate_tls", "127.0.0.1", "").await).await;
+    works(&url(test, "flowgate_tls", "127.0.0.1", "sslmode=require").await).await;
+}
+
+#[tokio::test]
+async fn verify_full_checks_the_name_and_verify_ca_the_chain_only() {
+    let test = "tls_verify";
+    let ca = format!("sslrootcert={}", file("ca.crt"));
+    let other = format!("sslrootcert={}", file("other-ca.crt"));
+    works(
+        &url(
+            test,
+            "flowgate_tls",
+            "localhost",
+            &format!("sslmode=verify-full&{ca}"),
+        )
+        .await,
+    )
+    .await;
+    // The certificate names localhost, not 127.0.0.1.
+    let wrong_name = refused(
+        &url(
+            test,
+            "flowgate_tls",
+            "127.0.0.1",
+            &format!("sslmode=verify-full&{ca}"),
+        )
+        .await,
+    )
+    .await;
+    assert!(wrong_name.contains("not valid for name"), "{wrong_name}");
+    works(
+        &url(
+            test,
+            "flowgate_tls",
+            "127.0.0.1",
+            &format!("sslmode=verify-ca&{ca}"),
+        )
+        .await,
+    )
+    .await;
+    // Another CA: refused in verify-full, and in require too, as in libpq (roots given are
+    // always checked).
+    for mode in ["verify-full", "verify-ca", "require"] {
+        let untrusted = refused(
+            &url(
+                test,
+                "flowgate_tls",
+                "localhost",
+                &format!("sslmode={mode}&{other}"),
+            )
+            .await,
+        )
+        .await;
+        assert!(untrusted.contains("UnknownIssuer"), "{mode}: {untrusted}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_presented_when_named() {
+    let test = "tls_client_cert";
+    let without = refused(&url(test, "flowgate_cert", "localhost", "sslmode=require").await).await;
+    assert!(
+        without.contains("requires a valid client certificate"),
+        "{without}"
+    );
+    let identity = format!(
+        "sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        file("ca.crt"),
+        file("client.crt"),
+        file("client.key")
+    );
+    works(&url(test, "flowgate_cert", "localhost", &identity).await).await;
+}
+
+#[tokio::test]
+async fn a_file_that_cannot_be_read_is_named_before_connecting() {
+    let missing = tls_dir().join("no-such-ca.crt").display().to_string();
+    let error = refused(
+        &url(
+            "tls_missing_file",
+            "flowgate_tls",
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={missing}"),
+        )
+        .await,
+    )
+    .await;
+    assert!(
+        error.starts_with("PostgreSQL ledger TLS: sslrootcert=") && error.contains(&missing),
+        "{error}"
+    );
+}
