@@ -23,5 +23,6 @@ pub mod metrics;
 pub mod ops;
 pub mod proxy;
 pub mod run;
+pub mod secret_file;
 pub mod server;
 pub mod telemetry;

@@ -17,6 +17,7 @@ use crate::proxy::drain::Drains;
 use crate::proxy::keys::ApiKeys;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Proxy, ProxyError};
+use crate::secret_file::SecretFile;
 use crate::server;
 
 /// How long in-flight requests may take to finish after SIGTERM.
@@ -106,6 +107,15 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     }
     tracing::info!(addr = %config.ops_addr, "ops listener (healthz, readyz, metrics) up");
 
+    // Read again every 10 s, so that rotating the Secret needs no restart; the controller and the
+    // proxy share it.
+    let flowise_key = SecretFile::watched(
+        config.flowise_api_key_file.as_deref(),
+        "FLOWGATE_FLOWISE_API_KEY_FILE",
+        crate::flowise::api_key_header,
+        &shutdown,
+    )?;
+
     // With --resources-dir there is no cluster: resources come from files, status is logged.
     let client = match &config.resources_dir {
         Some(dir) => {
@@ -126,8 +136,13 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     // status refreshes then wait for the controller replica's own periodic pass.
     let controller = match &client {
         Some(client) => Some(
-            crate::controller::Controller::from_config(client.clone(), &config, metrics.clone())?
-                .with_ledger(ledger.clone()),
+            crate::controller::Controller::from_config(
+                client.clone(),
+                &config,
+                flowise_key.clone(),
+                metrics.clone(),
+            )?
+            .with_ledger(ledger.clone()),
         ),
         None => None,
     };
@@ -144,12 +159,12 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
                 .1
             }
             (None, Some(dir)) => {
-                let flowise = crate::flowise::FlowiseClient::from_config(&config).map_err(|e| {
-                    ConfigError {
-                        setting: "FLOWGATE_FLOWISE_URL",
-                        problem: e.to_string(),
-                    }
-                })?;
+                let flowise =
+                    crate::flowise::FlowiseClient::from_config(&config, flowise_key.clone())
+                        .map_err(|e| ConfigError {
+                            setting: "FLOWGATE_FLOWISE_URL",
+                            problem: e.to_string(),
+                        })?;
                 index::files::spawn(
                     dir.clone(),
                     Arc::new(flowise),
@@ -197,10 +212,6 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
                 }
             }
         });
-        let default_key = match &config.flowise_api_key_file {
-            Some(path) => Some(read_secret(path, "FLOWGATE_FLOWISE_API_KEY_FILE")?),
-            None => None,
-        };
         let mut credits = Credits::new(ledger.clone(), metrics.clone())
             .with_invalid_policies(config.invalid_policies);
         if let Some(client) = &client {
@@ -210,7 +221,7 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
         if let Some(keep) = config.ledger_retention {
             tokio::spawn(credits.clone().run_retention(keep, shutdown.clone()));
         }
-        let upstream = Upstream::new(&config.flowise_url, default_key, config.upstream_timeout)?;
+        let upstream = Upstream::new(&config.flowise_url, flowise_key, config.upstream_timeout)?;
         let background = credits.background().clone();
         // Streams left by their clients are read on during the connections' drain and stopped
         // before the background work's, so their settles land before the threads end.
@@ -243,11 +254,12 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             token_client: match &config.token_client_id {
                 Some(id) => Some(crate::proxy::compat::TokenClient {
                     id: id.clone(),
-                    secret: config
-                        .token_client_secret_file
-                        .as_deref()
-                        .map(|path| read_secret(path, "FLOWGATE_TOKEN_CLIENT_SECRET_FILE"))
-                        .transpose()?,
+                    secret: SecretFile::watched(
+                        config.token_client_secret_file.as_deref(),
+                        "FLOWGATE_TOKEN_CLIENT_SECRET_FILE",
+                        crate::secret_file::text,
+                        &shutdown,
+                    )?,
                     secret_in_form: config.token_client_secret_in_form,
                 }),
                 None => None,
@@ -339,20 +351,4 @@ async fn bind(addr: std::net::SocketAddr, setting: &'static str) -> Result<TcpLi
             addr,
             source,
         })
-}
-
-/// The trimmed content of a secret file.
-pub fn read_secret(path: &std::path::Path, setting: &'static str) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        setting,
-        problem: format!("cannot read {}: {e}", path.display()),
-    })?;
-    let text = text.trim().to_string();
-    if text.is_empty() {
-        return Err(ConfigError {
-            setting,
-            problem: format!("{} is empty", path.display()),
-        });
-    }
-    Ok(text)
 }

@@ -6,7 +6,8 @@ mod support;
 use std::time::Duration;
 
 use flowgate::flowise::{
-    ChatflowWrite, Deletion, FlowiseApi, FlowiseClient, FlowiseError, Timeouts,
+    ApiKey, ChatflowWrite, Deletion, FlowiseApi, FlowiseClient, FlowiseError, Timeouts,
+    api_key_header,
 };
 
 fn echo(name: &str) -> ChatflowWrite {
@@ -101,6 +102,39 @@ async fn a_wrong_api_key_is_a_permanent_unauthorized_error() {
     let error = flowise.list().await.expect_err("refused");
     assert!(matches!(error, FlowiseError::Unauthorized(_)), "{error:?}");
     assert!(!error.transient());
+}
+
+/// The key file a Secret mounts is read again (by `flowgate run` every 10 s): a rotated key is
+/// used from the next request on, and a file emptied by mistake keeps the key that works.
+#[tokio::test]
+async fn a_rotated_key_file_is_used_from_the_next_request_on() {
+    let (url, key) = support::flowise_env();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("api-key");
+    std::fs::write(&path, "the-old-key\n").expect("write");
+    let file = ApiKey::load(&path, "FLOWGATE_FLOWISE_API_KEY_FILE", api_key_header).expect("key");
+    let flowise = FlowiseClient::with_api_key(
+        url.parse().expect("url"),
+        Some(file.clone()),
+        Timeouts::default(),
+    )
+    .expect("client");
+    let refused = flowise.list().await.expect_err("the old key is refused");
+    assert!(
+        matches!(refused, FlowiseError::Unauthorized(_)),
+        "{refused:?}"
+    );
+
+    std::fs::write(&path, format!("{key}\n")).expect("write");
+    assert!(file.reload(), "the file changed");
+    flowise.list().await.expect("the rotated key is used");
+
+    std::fs::write(&path, "").expect("write");
+    assert!(!file.reload());
+    flowise
+        .list()
+        .await
+        .expect("an emptied file keeps the key in use");
 }
 
 #[tokio::test]

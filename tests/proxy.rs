@@ -717,3 +717,44 @@ async fn a_configured_client_is_presented_at_the_token_endpoint_in_place_of_the_
     // Without one, the caller's own client goes through, and the endpoint judges it.
     assert_eq!(authenticate(None, "basic").await.0, 401);
 }
+
+/// The client secret's file is read again (every 10 s): a rotated Secret needs no restart.
+#[tokio::test]
+async fn a_rotated_client_secret_is_presented_without_a_restart() {
+    let idp = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let gate = Flowgate::start_with(Options {
+        token_endpoint_url: Some(format!("{}{TOKEN_PATH}", idp.url)),
+        token_client: Some((TOKEN_CLIENT.0.to_string(), Some("the old one".to_string()))),
+        token_client_auth: Some("basic".into()),
+        ..Default::default()
+    })
+    .await;
+    let authenticate = async || {
+        let (user, password) = TOKEN_USER;
+        reqwest::Client::new()
+            .post(format!("{}/chat/authenticate", gate.base))
+            .json(&json!({"username": user, "password": password}))
+            .send()
+            .await
+            .expect("answer")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(authenticate().await, 502, "the old secret is refused");
+    let file = gate.dir.path().join("token-client-secret");
+    std::fs::write(&file, format!("{}\n", TOKEN_CLIENT.1)).expect("rotate");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        match authenticate().await {
+            200 => break,
+            status => {
+                assert_eq!(status, 502);
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the rotated secret is not presented after 25 s"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}

@@ -188,13 +188,14 @@ impl Controller {
         self
     }
 
-    /// A controller configured like `flowgate run`.
+    /// A controller configured like `flowgate run`, with Flowise's default `api_key`.
     pub fn from_config(
         client: Client,
         config: &Config,
+        api_key: Option<Arc<crate::flowise::ApiKey>>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ControllerError> {
-        let flowise = Arc::new(FlowiseClient::from_config(config)?);
+        let flowise = Arc::new(FlowiseClient::from_config(config, api_key)?);
         let settings = Settings::from_config(config, client.default_namespace());
         Ok(Self::new(client, flowise, settings, metrics))
     }
@@ -383,18 +384,6 @@ impl Controller {
             None => Api::all(self.client.clone()),
         }
     }
-}
-
-/// Runs the controller configured like `flowgate run` until `shutdown`.
-pub async fn run(
-    client: Client,
-    config: &Config,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> Result<(), ControllerError> {
-    Controller::from_config(client, config, metrics)?
-        .run(shutdown)
-        .await
 }
 
 /// Runs `controller` with `reconcile` until `session` ends, once `ctx.chatflows` holds every

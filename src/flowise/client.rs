@@ -1,5 +1,6 @@
 //! [`FlowiseApi`] over HTTP with reqwest.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -8,7 +9,7 @@ use futures::future::BoxFuture;
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
-use super::{ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
+use super::{ApiKey, ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
 
 /// The most of one Flowise answer that is read. A listing carries every chatflow's flow JSON
 /// (tens of kilobytes each, a few megabytes with embedded files); past this, a wrong URL or a
@@ -41,7 +42,7 @@ pub struct FlowiseClient {
     base: Url,
     /// The base URL as errors, logs and status show it: a password in it masked.
     shown: String,
-    api_key: Option<String>,
+    api_key: Option<Arc<ApiKey>>,
     timeouts: Timeouts,
 }
 
@@ -58,8 +59,22 @@ impl std::fmt::Debug for FlowiseClient {
 impl FlowiseClient {
     /// A client for the Flowise at `base`, sending `api_key` as a bearer token when set.
     pub fn new(
-        mut base: Url,
+        base: Url,
         api_key: Option<String>,
+        timeouts: Timeouts,
+    ) -> Result<Self, FlowiseError> {
+        let api_key = api_key
+            .filter(|k| !k.is_empty())
+            .map(|key| super::bearer(&key).map(ApiKey::fixed))
+            .transpose()
+            .map_err(|_| FlowiseError::ApiKey)?;
+        Self::with_api_key(base, api_key, timeouts)
+    }
+
+    /// A client for the Flowise at `base`, sending `api_key` as it is at each request.
+    pub fn with_api_key(
+        mut base: Url,
+        api_key: Option<Arc<ApiKey>>,
         timeouts: Timeouts,
     ) -> Result<Self, FlowiseError> {
         if !base.path().ends_with('/') {
@@ -77,26 +92,17 @@ impl FlowiseClient {
             http,
             shown: super::shown(&base),
             base,
-            api_key: api_key.filter(|k| !k.is_empty()),
+            api_key,
             timeouts,
         })
     }
 
-    /// A client configured like `flowgate run`: the URL and the key read from the key file.
-    pub fn from_config(config: &crate::config::Config) -> Result<Self, FlowiseError> {
-        let api_key = match &config.flowise_api_key_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|source| FlowiseError::ApiKeyFile {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
-        Self::new(config.flowise_url.clone(), api_key, Timeouts::default())
+    /// A client configured like `flowgate run`: its URL, and `api_key` (the key file's).
+    pub fn from_config(
+        config: &crate::config::Config,
+        api_key: Option<Arc<ApiKey>>,
+    ) -> Result<Self, FlowiseError> {
+        Self::with_api_key(config.flowise_url.clone(), api_key, Timeouts::default())
     }
 
     /// The base URL requests go to.
@@ -121,7 +127,7 @@ impl FlowiseClient {
         let url = self.url(path);
         let mut request = self.http.request(method, url.clone());
         if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
+            request = request.header(reqwest::header::AUTHORIZATION, (*key.current()).clone());
         }
         if let Some(body) = body {
             request = request.json(body);

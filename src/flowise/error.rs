@@ -50,13 +50,9 @@ pub enum FlowiseError {
         #[source]
         source: reqwest::Error,
     },
-    /// The API key file could not be read.
-    #[error("cannot read the Flowise API key from {path}: {source}")]
-    ApiKeyFile {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The API key given is not a valid header value.
+    #[error("the Flowise API key is not a valid header value")]
+    ApiKey,
     /// The HTTP client could not be built.
     #[error("cannot build the Flowise HTTP client: {0}")]
     Client(#[source] reqwest::Error),
@@ -76,7 +72,7 @@ impl FlowiseError {
             | Self::Forbidden(_)
             | Self::Decode(_)
             | Self::TooLarge { .. }
-            | Self::ApiKeyFile { .. }
+            | Self::ApiKey
             | Self::Client(_) => false,
         }
     }
@@ -99,7 +95,7 @@ impl FlowiseError {
             Self::TooLarge { .. } => "too_large",
             Self::Decode(_) => "decode",
             Self::Http { .. } => "http",
-            Self::ApiKeyFile { .. } => "api_key_file",
+            Self::ApiKey => "api_key",
             Self::Client(_) => "client",
         }
     }

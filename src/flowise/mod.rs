@@ -15,6 +15,22 @@ use serde::{Deserialize, Serialize};
 pub use client::{FlowiseClient, Timeouts};
 pub use error::FlowiseError;
 
+/// The default Flowise API key (`FLOWGATE_FLOWISE_API_KEY_FILE`), as the header it is sent in;
+/// the controller and the proxy share one, read again when the file changes.
+pub type ApiKey = crate::secret_file::SecretFile<http::HeaderValue>;
+
+/// `Bearer <key>` as a header value, marked sensitive (kept out of logs).
+pub fn bearer(key: &str) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+    let mut value = http::HeaderValue::from_str(&format!("Bearer {}", key.trim()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// An API key file's text as its header, for [`crate::secret_file::SecretFile::load`].
+pub fn api_key_header(key: &str) -> Result<http::HeaderValue, String> {
+    bearer(key).map_err(|_| "the Flowise API key is not a valid header value".to_string())
+}
+
 /// The chatflow operations flowgate needs. Object-safe: the controller holds an
 /// `Arc<dyn FlowiseApi>`.
 pub trait FlowiseApi: Send + Sync {

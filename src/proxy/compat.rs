@@ -2,6 +2,7 @@
 //! consolidated answer), `/chat/authenticate` and `/chat/refresh` (forwarded as OAuth password and
 //! refresh-token grants to `FLOWGATE_TOKEN_ENDPOINT_URL`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -16,6 +17,7 @@ use super::error::{self, ProxyError};
 use super::routes::Route;
 use super::{Prediction, Proxy, flowise_message, prepare, read_json};
 use crate::identity::Identity;
+use crate::secret_file::SecretFile;
 use crate::server::Body;
 
 /// The caller `/chat/authenticate` and `/chat/refresh` bodies count as in the body memory
@@ -27,8 +29,9 @@ const TOKEN_GRANTS: &str = "token grants";
 #[derive(Clone)]
 pub struct TokenClient {
     pub id: String,
-    /// `None`: a public client, named by `client_id` in the form.
-    pub secret: Option<String>,
+    /// `None`: a public client, named by `client_id` in the form. Read again when its file
+    /// changes.
+    pub secret: Option<Arc<SecretFile<String>>>,
     /// The secret goes in the form with the id (client_secret_post), not as HTTP Basic
     /// (client_secret_basic, RFC 6749 §2.3.1, the one every token endpoint must take).
     pub secret_in_form: bool,
@@ -89,7 +92,7 @@ impl Proxy {
                 secret_in_form: true,
             }) => {
                 params.push(("client_id", id.clone()));
-                params.push(("client_secret", secret.clone()));
+                params.push(("client_secret", (*secret.current()).clone()));
             }
             Some(TokenClient {
                 id,
@@ -99,7 +102,7 @@ impl Proxy {
                 // Each form-encoded first (RFC 6749 §2.3.1): an id or secret may hold `:`.
                 let encode =
                     |s: &str| -> String { form_urlencoded::byte_serialize(s.as_bytes()).collect() };
-                request = request.basic_auth(encode(id), Some(encode(secret)));
+                request = request.basic_auth(encode(id), Some(encode(&secret.current())));
             }
             Some(TokenClient {
                 id, secret: None, ..

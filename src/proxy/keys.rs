@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
 use super::error::ProxyError;
-use super::upstream::bearer;
 use crate::crd::SecretKeyRef;
+use crate::flowise::bearer;
 
 const TTL: Duration = Duration::from_secs(60);
 

@@ -465,7 +465,7 @@ impl Proxy {
             return self.keys.get(&cf.rule.namespace, secret).await.map(Some);
         }
         Ok(if cf.rule.api_key_bound {
-            self.upstream.default_key().cloned()
+            self.upstream.default_key()
         } else {
             None
         })

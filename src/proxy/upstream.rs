@@ -2,6 +2,7 @@
 //! built from an allow-list of headers, and every call bounded by a timeout.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use super::body::Joined;
 use super::buffers::Held;
 use super::error::ProxyError;
+use crate::flowise::ApiKey;
 use crate::server::Body;
 
 /// Request headers a client may send on to Flowise. Everything else — `Authorization`,
@@ -44,7 +46,7 @@ pub struct Upstream {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     base_path: String,
-    default_key: Option<HeaderValue>,
+    default_key: Option<Arc<ApiKey>>,
     timeout: Duration,
 }
 
@@ -53,7 +55,7 @@ impl Upstream {
     /// a key and has none of its own.
     pub fn new(
         base: &reqwest::Url,
-        default_key: Option<String>,
+        default_key: Option<Arc<ApiKey>>,
         timeout: Duration,
     ) -> Result<Self, ProxyError> {
         let uri: Uri = base
@@ -65,12 +67,6 @@ impl Upstream {
             .authority()
             .cloned()
             .ok_or_else(|| ProxyError::NotConfigured("Flowise URL has no host".into()))?;
-        let default_key = default_key
-            .map(|key| bearer(&key))
-            .transpose()
-            .map_err(|_| {
-                ProxyError::NotConfigured("the Flowise API key is not a valid header value".into())
-            })?;
         Ok(Self {
             client: pool()?,
             scheme,
@@ -95,9 +91,11 @@ impl Upstream {
         self.timeout
     }
 
-    /// The default Flowise key, if configured.
-    pub fn default_key(&self) -> Option<&HeaderValue> {
-        self.default_key.as_ref()
+    /// The default Flowise key as it is now, if configured.
+    pub fn default_key(&self) -> Option<HeaderValue> {
+        self.default_key
+            .as_ref()
+            .map(|key| (*key.current()).clone())
     }
 
     /// Builds a request to Flowise `path` with the client's allowed headers, the caller's address
@@ -198,18 +196,37 @@ fn pool() -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>, P
         .build(tls))
 }
 
-/// `Bearer <key>` as a header value.
-pub fn bearer(key: &str) -> Result<HeaderValue, header::InvalidHeaderValue> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim()))?;
-    value.set_sensitive(true);
-    Ok(value)
-}
-
 /// Copies the response headers a client may see.
 pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for name in FORWARDED_RESPONSE_HEADERS {
         if let Some(value) = from.get(name) {
             to.insert(HeaderName::from_static(name), value.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_key_is_the_files_at_each_request() {
+        crate::telemetry::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key");
+        std::fs::write(&path, "old\n").expect("write");
+        let key = ApiKey::load(&path, "SETTING", crate::flowise::api_key_header).expect("key");
+        let base = reqwest::Url::parse("http://flowise:3000").expect("url");
+        let upstream =
+            Upstream::new(&base, Some(key.clone()), Duration::from_secs(1)).expect("upstream");
+        assert_eq!(
+            upstream.default_key(),
+            Some(HeaderValue::from_static("Bearer old"))
+        );
+        std::fs::write(&path, "new\n").expect("write");
+        assert!(key.reload());
+        let sent = upstream.default_key().expect("a key");
+        assert_eq!(sent, HeaderValue::from_static("Bearer new"));
+        assert!(sent.is_sensitive(), "kept out of logs");
     }
 }

@@ -74,7 +74,8 @@ pub struct Flowgate {
     pub base: String,
     pub ops: String,
     shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
+    /// Its files: the ledger, the HS256 secret, `token-client-secret`.
+    pub dir: tempfile::TempDir,
 }
 
 impl Drop for Flowgate {
@@ -215,7 +216,7 @@ impl Flowgate {
             base: format!("http://{listen}"),
             ops: format!("http://{ops}"),
             shutdown,
-            _dir: dir,
+            dir,
         };
         let http = reqwest::Client::new();
         let ready = async {
