@@ -7,7 +7,9 @@
 //! - one caller's bodies hold at most half the budget (429 past it), so others keep the rest;
 //! - a question stops counting once Flowise has read it, not when Flowise answers;
 //! - an answer its client does not read counts whole, in the budget and its caller's share, and
-//!   keeps new bodies out, until it is written.
+//!   keeps new bodies out, until it is written;
+//! - a whole answer larger than flowgate holds is a 502 `answer_too_large`, charged: Flowise ran
+//!   it.
 
 mod support;
 
@@ -397,4 +399,27 @@ async fn unread_answers_count_whole_until_they_are_written() {
     })
     .await
     .expect("bounded to 60 s");
+}
+
+#[tokio::test]
+async fn an_answer_larger_than_flowgate_holds_is_refused_and_charged() {
+    let (team, policy) = Team::with_flat_policy("body-huge-answer").await;
+    let fake = FakeFlowise::start(Mode::Huge {
+        bytes: flowgate::proxy::MAX_ANSWER + 1,
+    })
+    .await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
+    let alice = team.alice();
+    support::gate::indexed(&gate, &alice, &policy).await;
+    let (status, body) = predict(&gate, &alice, &team.flowise_id, json!({"question": "all"})).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "answer_too_large", "{body}");
+    // The flat cost, as for an answer: Flowise ran it (a refund would make it free).
+    used_becomes(&gate, &alice, &policy, 1).await;
+    assert_eq!(
+        fake.aborts.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing to abort"
+    );
+    team.cleanup().await;
 }

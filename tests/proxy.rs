@@ -518,12 +518,13 @@ async fn multipart_predictions_with_files_are_forwarded_and_their_session_is_bou
     let text_only = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"question\"\r\n\r\nhi\r\n--{boundary}--\r\n"
     );
+    // Media types are case-insensitive (RFC 9110 §8.3.1).
     let answer: Value = reqwest::Client::new()
         .post(format!("{}/api/v1/prediction/{id}", gate.base))
         .bearer_auth(team.alice())
         .header(
             "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
+            format!("Multipart/Form-Data; boundary={boundary}"),
         )
         .body(text_only)
         .send()
@@ -539,6 +540,16 @@ async fn multipart_predictions_with_files_are_forwarded_and_their_session_is_bou
             .is_some_and(|c| c.starts_with("fg-")),
         "{answer}"
     );
+
+    let shouted = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .bearer_auth(team.alice())
+        .header("content-type", "Application/JSON; charset=UTF-8")
+        .body(json!({"question": "loud"}).to_string())
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(shouted.status(), 200);
 
     let broken = reqwest::Client::new()
         .post(format!("{}/api/v1/prediction/{id}", gate.base))

@@ -189,6 +189,11 @@ metadata: {name: group-typo}
 kind: Chatflow
 metadata: {name: faq}
 spec: {flowiseName: FAQ}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {name: drawn, namespace: c}
+spec: {definition: {flowData: {nodes: []}}}
 ",
     );
     write(
@@ -224,7 +229,7 @@ spec: {flowiseName: FAQ}
     write(dir.path(), "notes.txt", "flowgate.io: [\n");
     let report = check(&[dir.path().to_path_buf()]);
     assert_eq!(report.files, 7);
-    assert_eq!(report.objects, 10);
+    assert_eq!(report.objects, 11);
     let shared = "Flowise chatflow 3f1c2a7e-0000-4000-8000-000000000000 is also claimed by";
     let faq = "Flowise chatflow named 'FAQ' is also claimed by";
     let expected = [
@@ -243,6 +248,7 @@ spec: {flowiseName: FAQ}
         &format!("Error team/access.yaml:17 Chatflow a/bot: {shared} Chatflow a/twin"),
         &format!("Error team/more/policies.yml:1 Chatflow a/twin: {shared} Chatflow a/bot"),
         &format!("Error overlays/one.yaml:1 Chatflow faq: {faq} Chatflow b/faq-again"),
+        "Error overlays/one.yaml:6 Chatflow c/drawn: definition.flowData must be an object with an array 'edges'",
         &format!("Error overlays/two.yaml:6 Chatflow b/faq-again: {faq} Chatflow faq"),
         "Warning team/access.yaml:3 ChatflowAccess a/team: names Chatflows these files do not define in its namespace: missing-bot",
     ];

@@ -80,21 +80,14 @@ pub(crate) fn has_marker(chatflow: &FlowiseChatflow, marker: &str) -> bool {
     chatflow.categories().any(|tag| tag == marker)
 }
 
-/// Step 1: the spec checked for what the schema cannot express — exactly one source
-/// ([`chatflow_source`]) and, for a definition, `flowData` with `nodes` and `edges` arrays
-/// (Flowise stores nothing and answers 500 otherwise).
+/// Step 1: the spec checked for what the schema cannot express ([`chatflow_source`]): exactly
+/// one source and, for a definition, `flowData` with `nodes` and `edges` arrays (Flowise
+/// answers 500 otherwise).
 pub(super) fn validate(cf: &Chatflow) -> Result<Desired, String> {
     match chatflow_source(&cf.spec).map_err(|e| e.to_string())? {
         ChatflowSource::Id(id) => Ok(Desired::AdoptId(id)),
         ChatflowSource::Name(name) => Ok(Desired::AdoptName(name)),
         ChatflowSource::Definition(def) => {
-            for field in ["nodes", "edges"] {
-                if !def.flow_data.get(field).is_some_and(|v| v.is_array()) {
-                    return Err(format!(
-                        "definition.flowData must be an object with a '{field}' array"
-                    ));
-                }
-            }
             let namespace = cf.metadata.namespace.as_deref().unwrap_or_default();
             let name = cf.metadata.name.as_deref().unwrap_or_default();
             Ok(Desired::Own(Owned {

@@ -83,7 +83,7 @@ fn a_spec_with_two_sources_is_invalid_and_says_so() {
 fn a_definition_without_nodes_is_invalid_before_flowise_sees_it() {
     let cf = chatflow(json!({"definition": {"flowData": {"edges": []}}}));
     let message = validate(&cf).expect_err("invalid");
-    assert!(message.contains("'nodes' array"), "{message}");
+    assert!(message.contains("an array 'nodes'"), "{message}");
 }
 
 #[test]

@@ -17,6 +17,9 @@ use crate::crd::{
 pub enum InvalidSpec {
     #[error("set exactly one of flowiseId, flowiseName, definition (found {0})")]
     ChatflowSource(usize),
+    /// Flowise stores such a chatflow and then answers 500 on it.
+    #[error("definition.flowData must be an object with an array '{0}'")]
+    FlowData(&'static str),
     #[error("subjects[{index}] must set exactly one of user, group, serviceAccount")]
     Subject { index: usize },
     #[error(
@@ -162,7 +165,14 @@ pub fn chatflow_source(spec: &crd::ChatflowSpec) -> Result<ChatflowSource, Inval
     match (&spec.flowise_id, &spec.flowise_name, &spec.definition) {
         (Some(id), None, None) => Ok(ChatflowSource::Id(id.to_ascii_lowercase())),
         (None, Some(name), None) => Ok(ChatflowSource::Name(name.clone())),
-        (None, None, Some(def)) => Ok(ChatflowSource::Definition(def.clone())),
+        (None, None, Some(def)) => {
+            for field in ["nodes", "edges"] {
+                if !def.flow_data.get(field).is_some_and(|v| v.is_array()) {
+                    return Err(InvalidSpec::FlowData(field));
+                }
+            }
+            Ok(ChatflowSource::Definition(def.clone()))
+        }
         _ => Err(InvalidSpec::ChatflowSource(set)),
     }
 }

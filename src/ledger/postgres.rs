@@ -62,12 +62,11 @@ impl PostgresLedger {
         let (url, tls) = tls::split(url).map_err(LedgerError::Tls)?;
         let mut config: tokio_postgres::Config = url.parse()?;
         config.ssl_mode(tls.ssl_mode());
-        let connector = tls.connector()?;
-        let pool = Arc::new(Pool::connect(config.clone(), connector.clone()).await?);
+        let pool = Arc::new(Pool::connect(config.clone(), tls.clone()).await?);
         let ops = batch::spawn(Arc::clone(&pool));
         Ok(Self {
             pool,
-            shared: shared::Shared::new(config, connector),
+            shared: shared::Shared::new(config, tls),
             ops,
         })
     }
@@ -420,7 +419,7 @@ impl Conn {
         charges: &[Charge<'_>],
     ) -> Result<Option<ReserveOutcome>, LedgerError> {
         let st = &self.st;
-        let tx = self.client.transaction().await?;
+        let tx = pool::begin(&mut self.client).await?;
         let inserted = insert_reservation(&tx, st, request, charges).await?;
         let id: i64 = match (inserted, &request.idempotency_key) {
             (Some(id), _) => id,
@@ -526,7 +525,7 @@ impl Conn {
         now: Timestamp,
     ) -> Result<Resolution, LedgerError> {
         let st = &self.st;
-        let tx = self.client.transaction().await?;
+        let tx = pool::begin(&mut self.client).await?;
         let row = tx
             .query_opt(&st.lock_reservation, &[&id.0])
             .await?
@@ -673,16 +672,23 @@ fn usage_record(row: &Row) -> Result<UsageRecord, LedgerError> {
     })
 }
 
-/// Connection-level failures and overload: worth retrying later.
+/// Connection-level failures and overload: worth retrying later. Also a statement or lock
+/// timeout (a hot row, a role's `statement_timeout`) and a read-only server (a failover under
+/// way). Not a certificate the TLS handshake refused: that needs a configuration change.
 pub(super) fn is_transient(e: &tokio_postgres::Error) -> bool {
     if e.is_closed() {
         return true;
     }
     match e.code() {
-        Some(code) => ["08", "40", "53", "57P"]
+        Some(code) => ["08", "40", "53", "57P", "57014", "55P03", "25006"]
             .iter()
             .any(|class| code.code().starts_with(class)),
-        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+        None => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                !io.get_ref()
+                    .is_some_and(|inner| inner.is::<rustls::Error>())
+            }),
     }
 }
 

@@ -46,7 +46,11 @@ pub(super) async fn read_json_body(
     let is_json = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_none_or(|ct| ct.starts_with("application/json") || ct.contains("+json"));
+        .is_none_or(|ct| {
+            // Media types are case-insensitive (RFC 9110 §8.3.1).
+            let ct = ct.to_ascii_lowercase();
+            ct.starts_with("application/json") || ct.contains("+json")
+        });
     if !is_json {
         return Err(ProxyError::BadRequest(
             "the body must be JSON (Content-Type: application/json)".into(),

@@ -109,6 +109,9 @@ pub enum ProxyError {
     UpstreamNotConnected(String),
     #[error("Flowise did not answer in time")]
     UpstreamTimeout,
+    /// Flowise answered, more than flowgate holds of a whole (non-streaming) answer.
+    #[error("Flowise's answer is larger than {limit} bytes; ask for a streamed answer")]
+    AnswerTooLarge { limit: usize },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -160,6 +163,7 @@ impl ProxyError {
                 (StatusCode::BAD_GATEWAY, "upstream_unreachable")
             }
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            AnswerTooLarge { .. } => (StatusCode::BAD_GATEWAY, "answer_too_large"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             NotFoundDetail(_) => (StatusCode::NOT_FOUND, "not_found"),
             Kubernetes(_) => (StatusCode::SERVICE_UNAVAILABLE, "kubernetes_unavailable"),

@@ -658,6 +658,15 @@ impl Proxy {
             .await
         {
             Ok(answer) => answer,
+            // Flowise ran it and answered: the flat cost is due, as for any answer (its tokens
+            // are in the part not read).
+            Err(error @ ProxyError::AnswerTooLarge { .. }) => {
+                self.metrics.upstream_error(error.reason());
+                if let Some(charge) = flight.answered() {
+                    self.credits.settle(charge, 0);
+                }
+                return Err(error);
+            }
             Err(error) => {
                 self.metrics.upstream_error(error.reason());
                 flight.failed(&error).await;

@@ -137,7 +137,11 @@ pub(super) async fn read_prediction(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if !content_type.starts_with("multipart/form-data") {
+    let multipart = "multipart/form-data";
+    if !content_type
+        .get(..multipart.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(multipart))
+    {
         return prepare(
             read_json_body(headers, body, MAX_JSON_BODY, held).await?,
             identity,

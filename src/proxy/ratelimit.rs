@@ -150,7 +150,7 @@ impl RateLimiter {
         rate: RateLimit,
     ) -> Result<Allowance, Refused> {
         let per = rate.per.duration();
-        let interval = per / rate.requests.max(1);
+        let interval = interval(rate);
         let key = format!("{}/{} {subject}", access.0, access.1);
         let burst = per.saturating_sub(interval);
         let shared = self
@@ -174,7 +174,7 @@ impl RateLimiter {
         now: Instant,
     ) -> Result<Allowance, Refused> {
         let per = rate.per.duration();
-        let interval = per / rate.requests.max(1);
+        let interval = interval(rate);
         let burst = per.saturating_sub(interval);
         let hash = self.hasher.hash_one(key);
         let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
@@ -210,6 +210,12 @@ impl RateLimiter {
     }
 }
 
+/// The time one request of `rate` takes: at least a nanosecond (`requests` over a billion a
+/// `Second` would divide to none, and nothing would be limited).
+fn interval(rate: RateLimit) -> Duration {
+    (rate.per.duration() / rate.requests.max(1)).max(Duration::from_nanos(1))
+}
+
 /// `Retry-After` (or `RateLimit-Reset`) seconds for a wait: rounded up, at least 1.
 pub fn whole_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -220,6 +226,17 @@ pub fn whole_secs(wait: Duration) -> u64 {
 mod tests {
     use super::*;
     use crate::crd::RatePeriod;
+
+    #[test]
+    fn a_rate_past_a_billion_a_second_is_still_a_limit() {
+        // Divided down to no time at all, each request would cost nothing: no limit.
+        let huge = rate(u32::MAX, RatePeriod::Second);
+        assert_eq!(interval(huge), Duration::from_nanos(1));
+        assert_eq!(
+            interval(rate(3, RatePeriod::Second)),
+            Duration::from_nanos(333_333_333)
+        );
+    }
 
     fn rate(requests: u32, per: RatePeriod) -> RateLimit {
         RateLimit { requests, per }

@@ -161,7 +161,13 @@ impl Upstream {
             let mut body = std::pin::pin!(http_body_util::Limited::new(body, limit));
             let mut joined = Joined::new(declared.min(limit));
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
+                let frame = frame.map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        ProxyError::AnswerTooLarge { limit }
+                    } else {
+                        ProxyError::UpstreamUnreachable(e.to_string())
+                    }
+                })?;
                 if let Ok(data) = frame.into_data() {
                     if let Some(hold) = hold.as_deref_mut() {
                         hold.grow(data.len());

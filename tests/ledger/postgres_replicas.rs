@@ -44,6 +44,60 @@ async fn three_replicas_sharing_the_database_admit_exactly_the_budget() {
     }
 }
 
+/// A role whose transactions default to SERIALIZABLE (`ALTER ROLE … SET
+/// default_transaction_isolation`): the ledger's transactions still run at READ COMMITTED (a
+/// trigger notes the level each reservation is written at), so contended reserves do not fail
+/// with serialization errors, and the budget stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serializable_default_changes_nothing() {
+    let store = crate::support::postgres("serializable_default").await;
+    drop(store.open().await);
+    store
+        .execute(
+            "CREATE TABLE levels (level text);
+             CREATE FUNCTION note_level() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO levels VALUES (current_setting('transaction_isolation'));
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER note_level BEFORE INSERT ON reservations
+                 FOR EACH ROW EXECUTE FUNCTION note_level();",
+        )
+        .await;
+    let LedgerUrl::Postgres(url) = &store.url else {
+        unreachable!("a PostgreSQL store");
+    };
+    let url = LedgerUrl::Postgres(format!(
+        "{url}%20-cdefault_transaction_isolation%3Dserializable"
+    ));
+    let open = || async { ledger::open(&url).await.expect("opens") };
+    let replicas = [open().await, open().await];
+    let reserved = reserved_across(&replicas, 120, |i| {
+        request(&format!("user-{i}"), vec![line(POLICY, "*", 40, 1)])
+    })
+    .await;
+    assert_eq!(reserved, 40);
+    replicas[0]
+        .adjust(adjustment("*", 1))
+        .await
+        .expect("an adjustment, in its own transaction");
+    for replica in &replicas {
+        assert_eq!(
+            used(&**replica, POLICY, "*").await,
+            39,
+            "1 credit given back"
+        );
+    }
+    assert!(store.count("SELECT count(*) FROM levels").await >= 41);
+    assert_eq!(
+        store
+            .count("SELECT count(*) FROM levels WHERE level <> 'read committed'")
+            .await,
+        0,
+        "every reservation written at READ COMMITTED"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_create_the_schema_once() {
     let store = crate::support::postgres("replicas_starting_together").await;

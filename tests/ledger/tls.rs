@@ -67,11 +67,14 @@ async fn works(url: &LedgerUrl) {
     assert!(take.admitted);
 }
 
-/// Why opening the ledger at `url` fails.
+/// Why opening the ledger at `url` fails: a configuration to change, never worth retrying.
 async fn refused(url: &LedgerUrl) -> String {
     match ledger::open(url).await {
         Ok(_) => panic!("{url:?} opened"),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            assert!(!e.transient(), "{e}: not transient");
+            e.to_string()
+        }
     }
 }
 
@@ -173,4 +176,35 @@ async fn a_file_that_cannot_be_read_is_named_before_connecting() {
         error.starts_with("PostgreSQL ledger TLS: sslrootcert=") && error.contains(&missing),
         "{error}"
     );
+}
+
+/// The files are read for each new connection, as libpq reads them: a rotated CA (or client
+/// certificate) is used without a restart. The shared pool opens its first connection at the
+/// first rate take, after the ledger opened.
+#[tokio::test]
+async fn the_files_are_read_again_for_each_new_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root.crt");
+    std::fs::copy(tls_dir().join("ca.crt"), &root).expect("copy the CA");
+    let url = url(
+        "tls_rotation",
+        "flowgate_tls",
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", root.display()),
+    )
+    .await;
+    let ledger = ledger::open(&url).await.expect("opens");
+    std::fs::copy(tls_dir().join("other-ca.crt"), &root).expect("rotate to another CA");
+    let refused = ledger
+        .take_rate("rotation", Duration::from_secs(1), Duration::from_secs(5))
+        .await
+        .expect_err("a new connection trusts the new file only");
+    assert!(refused.to_string().contains("UnknownIssuer"), "{refused}");
+    std::fs::copy(tls_dir().join("ca.crt"), &root).expect("rotate back");
+    let take = ledger
+        .take_rate("rotation", Duration::from_secs(1), Duration::from_secs(5))
+        .await
+        .expect("connects with the file as it is now")
+        .expect("PostgreSQL shares allowances");
+    assert!(take.admitted);
 }

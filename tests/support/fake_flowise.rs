@@ -38,6 +38,8 @@ pub enum Mode {
     SlowBody { delay: Duration },
     /// 401 as Flowise answers a key-bound chatflow called without its key.
     Unauthorized,
+    /// 200 JSON of `bytes` bytes (an Agentflow's node list can be tens of megabytes).
+    Huge { bytes: usize },
 }
 
 /// A running fake; counts what it received.
@@ -289,6 +291,11 @@ async fn answer(
     let chat_id = request["chatId"].as_str().unwrap_or("new").to_string();
     let question = request["question"].as_str().unwrap_or_default().to_string();
     Ok(match mode {
+        Mode::Huge { bytes } => full(
+            200,
+            "application/json",
+            serde_json::json!({"text": "x".repeat(bytes), "chatId": chat_id}).to_string(),
+        ),
         Mode::Unauthorized => full(
             401,
             "application/json",

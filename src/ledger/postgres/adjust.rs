@@ -16,7 +16,7 @@ impl Conn {
         let now = request.now.as_microsecond();
         let start = request.window.start.as_microsecond();
         let state = ReservationState::Adjusted.as_str();
-        let tx = self.client.transaction().await?;
+        let tx = super::pool::begin(&mut self.client).await?;
         let inserted = tx
             .query_opt(
                 "INSERT INTO reservations (subject, chatflow, idempotency_key, state,

@@ -214,7 +214,13 @@ async fn run(
     // BEGIN by hand, to send it in the same round trip as the first lock. Until the batch is
     // known to be committed or rolled back, `open` has the pool roll it back before reuse.
     *open = true;
-    let begin = || async { Ok::<(), LedgerError>(tx.batch_execute("BEGIN").await?) };
+    // READ COMMITTED whatever the role's default, as `pool::begin`.
+    let begin = || async {
+        Ok::<(), LedgerError>(
+            tx.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                .await?,
+        )
+    };
     let charged = || charges.iter().flatten().map(Charge::key);
 
     let mut held = HashMap::new();
@@ -244,7 +250,8 @@ async fn run(
     let mut used = locked.clone();
     for (key, delta) in &deltas {
         if let Some(u) = used.get_mut(key) {
-            *u += delta;
+            // Settles past 2^63 in all leave the bucket full, never wrapped round to empty.
+            *u = u.saturating_add(*delta);
         }
     }
     // Polled in this order, the closes' writes go out before the first reserves (a refund

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tokio_postgres::{Client, Config};
-use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_postgres::{Client, Config, IsolationLevel, Transaction};
+
+use super::tls::TlsParams;
 
 use super::schema::{Statements, create_schema};
 use crate::ledger::LedgerError;
@@ -21,6 +22,10 @@ const READERS: usize = POOL_SIZE - 2;
 pub(super) const READ_LIMIT: Duration = Duration::from_secs(30);
 /// Used when the URL sets no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Used when the URL sets no `tcp_user_timeout`: a connection whose writes go unacknowledged
+/// this long (a partition, a server gone without a word) is closed, instead of after the
+/// kernel's ~15 minutes of retransmissions with a writer and its batch waiting on it.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One pooled connection and its prepared statements.
 pub(super) struct Conn {
@@ -48,10 +53,12 @@ impl Conn {
 /// [`Pool::get`]), so that its socket is registered there too.
 async fn open_client(
     config: &Config,
-    tls: &MakeRustlsConnect,
+    tls: &TlsParams,
     runtime: &Handle,
 ) -> Result<Client, LedgerError> {
-    let (client, connection) = config.connect(tls.clone()).await?;
+    // Built for each connection, as libpq reads its files for each: rotated certificates and
+    // keys are used from the next connection on.
+    let (client, connection) = config.connect(tls.connector()?).await?;
     runtime.spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%error, "ledger PostgreSQL connection ended");
@@ -60,10 +67,24 @@ async fn open_client(
     Ok(client)
 }
 
-/// `config` with flowgate's connect timeout and application name where the URL sets none.
+/// A transaction at READ COMMITTED, whatever the database's or role's
+/// `default_transaction_isolation`: the ledger's exactness comes from its locks and conditional
+/// writes, and a stricter level would only fail the contended ones with serialization errors.
+pub(super) async fn begin(client: &mut Client) -> Result<Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await
+}
+
+/// `config` with flowgate's timeouts and application name where the URL sets none.
 fn defaults(mut config: Config) -> Config {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
     }
     if config.get_application_name().is_none() {
         config.application_name("flowgate-ledger");
@@ -75,7 +96,7 @@ fn defaults(mut config: Config) -> Config {
 pub(super) struct Pool {
     config: Config,
     /// TLS as the URL asks ([`super::tls`]); `sslmode=disable` never uses it.
-    tls: MakeRustlsConnect,
+    tls: TlsParams,
     runtime: Handle,
     idle: Mutex<Vec<Conn>>,
     permits: Semaphore,
@@ -85,10 +106,7 @@ pub(super) struct Pool {
 
 impl Pool {
     /// Connects, creates the schema if it is missing, and keeps that first connection.
-    pub(super) async fn connect(
-        config: Config,
-        tls: MakeRustlsConnect,
-    ) -> Result<Self, LedgerError> {
+    pub(super) async fn connect(config: Config, tls: TlsParams) -> Result<Self, LedgerError> {
         let config = defaults(config);
         let runtime = Handle::current();
         let mut client = open_client(&config, &tls, &runtime).await?;
@@ -106,7 +124,7 @@ impl Pool {
 
     /// A pool of at most `size` connections, opened when first asked for (the schema exists:
     /// [`Pool::connect`] made it).
-    pub(super) fn lazy(config: Config, tls: MakeRustlsConnect, size: usize) -> Self {
+    pub(super) fn lazy(config: Config, tls: TlsParams, size: usize) -> Self {
         Self {
             config: defaults(config),
             tls,
@@ -218,10 +236,11 @@ impl Drop for Pooled<'_> {
             // it lets go of the socket: ask the server to cancel, so that a database that hangs
             // does not collect the connections of requests that gave up.
             let cancel = conn.client.cancel_token();
-            let tls = self.pool.tls.clone();
-            self.pool.runtime.spawn(async move {
-                let _ = cancel.cancel_query(tls).await;
-            });
+            if let Ok(tls) = self.pool.tls.connector() {
+                self.pool.runtime.spawn(async move {
+                    let _ = cancel.cancel_query(tls).await;
+                });
+            }
             return;
         }
         if !conn.client.is_closed() {
@@ -262,9 +281,7 @@ mod tests {
             .connect_timeout(Duration::from_secs(60));
         let tls = super::super::tls::split("postgres://127.0.0.1/l?sslmode=disable")
             .expect("valid")
-            .1
-            .connector()
-            .expect("connector");
+            .1;
         let pool = Arc::new(Pool {
             config,
             tls,

@@ -61,9 +61,7 @@ impl Rates {
         self.queue
             .send(Take {
                 key: key.to_owned(),
-                // At least a microsecond a request: a rate the clock cannot tell apart from
-                // none is still a limit.
-                every: micros(interval).max(1),
+                every: every(interval),
                 burst: micros(burst),
                 reply,
             })
@@ -179,6 +177,13 @@ pub(super) fn gave_up() -> LedgerError {
     }
 }
 
+/// A request's interval in the microseconds the statements count in: rounded up, never down
+/// (1.7 µs a request taken as 1 µs would admit 1.7 times the rate declared), and at least one
+/// (a rate the clock cannot tell apart from none is still a limit).
+fn every(interval: Duration) -> i64 {
+    micros(interval.saturating_add(Duration::from_nanos(999))).max(1)
+}
+
 /// `d` in microseconds, as the statements take durations (saturating).
 pub(super) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
@@ -195,6 +200,14 @@ fn count(n: usize) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interval_is_rounded_up_to_a_whole_microsecond() {
+        assert_eq!(every(Duration::from_nanos(1_666)), 2);
+        assert_eq!(every(Duration::from_micros(3)), 3);
+        assert_eq!(every(Duration::ZERO), 1);
+        assert_eq!(every(Duration::MAX), i64::MAX);
+    }
 
     fn taken(ahead: i64, taken: i64, asked: usize) -> Vec<(bool, u64)> {
         answers(ahead, taken, 10, 25)

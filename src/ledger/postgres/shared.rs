@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tokio_postgres::Config;
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::pool::Pool;
 use super::rates::{ROUND_LIMIT, Rates, gave_up, micros};
@@ -58,7 +57,7 @@ enum TurnOp {
 impl Shared {
     /// Connects when first asked. Starts the tasks that take allowances, and take, end and
     /// renew turns, on the current runtime; they stop once this is dropped.
-    pub(super) fn new(config: Config, tls: MakeRustlsConnect) -> Self {
+    pub(super) fn new(config: Config, tls: super::tls::TlsParams) -> Self {
         let pool = Arc::new(Pool::lazy(config, tls, POOL_SIZE));
         let replica: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         let (turns_tx, queue) = mpsc::unbounded_channel();

@@ -6,8 +6,8 @@
 //!   trusted root); `verify-full` (and names the host connected to).
 //! - `sslrootcert`: a PEM file of the roots to trust, or `system` (the system's roots, with
 //!   `verify-full` only, as in libpq). Given, the chain is verified in every mode, as in libpq.
-//!   Without it `verify-ca` and `verify-full` trust the system's roots (libpq would read
-//!   `~/.postgresql/root.crt`, which a container does not have).
+//!   Without it `verify-full` trusts the system's roots (libpq would read
+//!   `~/.postgresql/root.crt`, which a container does not have); `verify-ca` needs it.
 //! - `sslcert` and `sslkey`: PEM files of a client certificate and its key, both or neither.
 //!
 //! tokio-postgres knows only three modes and none of the files, so [`split`] takes these out of
@@ -134,6 +134,14 @@ impl TlsParams {
                     .to_string(),
             );
         }
+        // The system's roots without the name check would take any public certificate.
+        if roots.is_none() && mode == Mode::VerifyCa {
+            return Err(
+                "sslmode=verify-ca needs sslrootcert=<file>: the system's roots would take a \
+                 certificate a public CA issued for any name (use sslmode=verify-full)"
+                    .to_string(),
+            );
+        }
         let identity = match (
             cert.filter(|c| !c.is_empty()),
             key.filter(|k| !k.is_empty()),
@@ -176,6 +184,7 @@ impl TlsParams {
             (roots, mode) => {
                 let roots = match roots {
                     Some(Roots::File(path)) => file_roots(path)?,
+                    // `from_values` refuses the system's roots without the name check.
                     Some(Roots::System) | None => system_roots()?,
                 };
                 let webpki =
@@ -210,6 +219,9 @@ impl TlsParams {
                     .map_err(|e| tls_error(format!("sslcert and sslkey: {e}")))?
             }
         };
+        let mut config = config;
+        // PostgreSQL 17's sslnegotiation=direct requires it; earlier servers ignore it.
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(MakeRustlsConnect::new(config))
     }
 }
@@ -396,7 +408,7 @@ mod tests {
         assert_eq!(tls.ssl_mode(), SslMode::Prefer);
         assert_eq!(params("postgres://db/l?sslmode=allow").mode, Mode::Prefer);
         assert_eq!(
-            params("postgres://db/l?sslmode=verify-ca").mode,
+            params("postgres://db/l?sslmode=verify-ca&sslrootcert=/ca.pem").mode,
             Mode::VerifyCa
         );
         assert_eq!(
@@ -416,6 +428,10 @@ mod tests {
             (
                 "postgres://db/l?sslmode=verify-ca&sslrootcert=system",
                 "needs sslmode=verify-full",
+            ),
+            (
+                "postgres://db/l?sslmode=verify-ca",
+                "needs sslrootcert=<file>",
             ),
             ("postgres://db/l?sslcert=/c.pem", "go together"),
             ("postgres://db/l?sslkey=/k.pem", "go together"),
