@@ -640,6 +640,13 @@ impl Proxy {
                 }
             })
             .stalls_after(stall);
+            // The node lists a token-priced stream keeps count in the caller's share of the
+            // body memory, as its JSON answer would.
+            let observed = if drain {
+                observed.counting_in(answer_held.unwrap_or_else(|| self.buffers.hold()))
+            } else {
+                observed
+            };
             let body = if drain {
                 self.drains.wrap(observed, &caller).boxed()
             } else {

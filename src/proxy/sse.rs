@@ -10,6 +10,7 @@
 //! after it, so no node is counted twice and none is missed. The node lists grow with every
 //! node, so only the last one is kept (as bytes) and it is read once, when the stream ends.
 
+use super::buffers::Held;
 use super::usage;
 
 /// Largest SSE event the scanner looks into; bigger events pass through unscanned.
@@ -49,6 +50,10 @@ pub struct SseScanner {
     /// No policy prices the stream's tokens: node lists are neither kept nor read past
     /// [`MAX_EVENT`] (they can be tens of megabytes, and every stream has them).
     uncounted: bool,
+    /// What the scanner keeps (the event being read, the last node list), counted in the body
+    /// memory (`FLOWGATE_BODY_MEMORY`) beyond [`MAX_EVENT`]: a node list that does not fit is
+    /// skipped as one too large is. `None`: not counted.
+    memory: Option<Held>,
 }
 
 /// A stream's token reports, counted when asked: the last node list is read only then.
@@ -118,6 +123,12 @@ impl SseScanner {
         }
     }
 
+    /// Counts what the scanner keeps past [`MAX_EVENT`] in `memory`.
+    pub fn counting_in(mut self, memory: Held) -> Self {
+        self.memory = Some(memory);
+        self
+    }
+
     /// A scanner for a stream whose tokens nobody prices: it tells only whether the stream
     /// answered or failed, and holds no node list.
     pub fn uncounted() -> Self {
@@ -154,6 +165,38 @@ impl SseScanner {
                 self.overflow = true;
             }
         }
+        self.account();
+    }
+
+    /// Counts what the scanner keeps in its memory hold. The event being read is skipped when
+    /// it does not fit, and the node list kept before it is let go when that is not enough
+    /// (its tokens then go uncounted: the memory of every request comes first).
+    fn account(&mut self) {
+        let Some(memory) = self.memory.as_mut() else {
+            return;
+        };
+        let kept = |pending: &Vec<u8>, nodes: &Option<String>| {
+            let kept = pending.capacity() + nodes.as_ref().map_or(0, String::capacity);
+            // The first MAX_EVENT bytes are every stream's, as they always were.
+            kept.saturating_sub(MAX_EVENT)
+        };
+        let mut want = kept(&self.pending, &self.usage.nodes);
+        if want > memory.bytes() && memory.try_grow(want - memory.bytes()).is_err() {
+            if !self.pending.is_empty() {
+                tracing::warn!(
+                    bytes = self.pending.len(),
+                    "body memory full: a node list is not read"
+                );
+                self.pending = Vec::new();
+                self.overflow = true;
+            }
+            want = kept(&self.pending, &self.usage.nodes);
+            if want > memory.bytes() && memory.try_grow(want - memory.bytes()).is_err() {
+                self.usage.nodes = None;
+                want = 0;
+            }
+        }
+        memory.shrink_to(want);
     }
 
     /// The stream ended: reads a last event that had no blank line after it.
@@ -177,7 +220,9 @@ impl SseScanner {
 
     /// The token reports, taken out (once the stream ended).
     pub fn take_usage(&mut self) -> StreamUsage {
-        std::mem::take(&mut self.usage)
+        let usage = std::mem::take(&mut self.usage);
+        self.account();
+        usage
     }
 
     /// Whether Flowise answered: it streamed a token, ended without an error, or stopped the
@@ -398,338 +443,5 @@ fn find_event_end(mut line: Line, next: &[u8]) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const STREAM: &str = "message:\ndata:{\"event\":\"start\",\"data\":\"\"}\n\n\
-message:\ndata:{\"event\":\"token\",\"data\":\"Echo: hi\"}\n\n\
-message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"input_tokens\":12,\"output_tokens\":30,\"total_tokens\":42}}\n\n\
-message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"input_tokens\":5,\"output_tokens\":3}}\n\n\
-message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
-
-    #[test]
-    fn usage_is_summed_whatever_the_chunking() {
-        for chunk in [1, 2, 3, 7, 64, STREAM.len()] {
-            let mut scanner = SseScanner::default();
-            for piece in STREAM.as_bytes().chunks(chunk) {
-                scanner.feed(piece);
-            }
-            assert_eq!(scanner.tokens(), 50, "chunk size {chunk}");
-            assert!(!scanner.failed());
-            assert!(scanner.answered());
-        }
-    }
-
-    fn event(kind: &str, data: &str) -> String {
-        format!("message:\ndata:{{\"event\":\"{kind}\",\"data\":{data}}}\n\n")
-    }
-
-    #[test]
-    fn a_run_cut_while_answering_counts_the_text_its_last_node_streamed() {
-        let usage = event("usageMetadata", r#"{"total_tokens":42}"#);
-        let abort = event("abort", r#""[DONE]""#);
-        let error = event("error", r#""Error: boom""#);
-        // What every Agentflow run streams first.
-        let flow = event("agentFlowEvent", r#""INPROGRESS""#);
-        // 16 bytes of text as written (escapes too): 4 tokens at 4 bytes each, counted only
-        // where an Agentflow was cut before its report.
-        let text = event("token", r#""Echo: ""#) + &event("token", r#""a \"long\"""#);
-        for (stream, want) in [
-            (flow.clone() + &text + &abort, 4),
-            (text.clone() + &usage + &abort, 42),
-            (usage.clone() + &text + &abort, 42 + 4),
-            (flow.clone() + &text + &event("end", r#""[DONE]""#), 0),
-            // A failure mid-answer is cut as a stop is.
-            (flow.clone() + &text + &error, 4),
-            // A flow that never reports tokens (a Chatflow, a legacy multi-agent flow) costs the
-            // same however it ends.
-            (text.clone() + &abort, 0),
-            (text.clone() + &error, 0),
-            // Flowise 3 stopping an Agentflow: the node, the node list (without the cut node's
-            // tokens, after it: it clears nothing), the flow, an error.
-            (
-                event(
-                    "agentFlowExecutedData",
-                    r#"[{"data":{"output":{"usageMetadata":{"total_tokens":7}}}}]"#,
-                ) + &text
-                    + &event(
-                        "nextAgentFlow",
-                        r#"{"nodeId":"llm_1","status":"TERMINATED"}"#,
-                    )
-                    + &event(
-                        "agentFlowExecutedData",
-                        r#"[{"data":{"output":{"usageMetadata":{"total_tokens":7}}}},{"status":"TERMINATED","data":{}}]"#,
-                    )
-                    + &event("agentFlowEvent", r#""TERMINATED""#)
-                    + &error,
-                7 + 4,
-            ),
-            // A node list after the text, not cut: the node reported (or reports nothing).
-            (
-                flow.clone() + &text + &event("agentFlowExecutedData", "[]") + &abort,
-                0,
-            ),
-            // Written in another key order: parsed, its text alone counted (5 bytes, 2 tokens).
-            (
-                flow.clone()
-                    + "message:\ndata:{\"data\":\"hello\",\"event\":\"token\"}\n\n"
-                    + &abort,
-                2,
-            ),
-        ] {
-            for chunk in [1, 5, stream.len()] {
-                let mut scanner = SseScanner::default();
-                for piece in stream.as_bytes().chunks(chunk) {
-                    scanner.feed(piece);
-                }
-                assert_eq!(scanner.tokens(), want, "{stream}");
-            }
-        }
-        let mut uncounted = SseScanner::uncounted();
-        uncounted.feed((text + &abort).as_bytes());
-        assert_eq!(uncounted.tokens(), 0);
-    }
-
-    #[test]
-    fn lines_ending_in_crlf_are_read_the_same_whatever_the_chunking() {
-        let crlf = STREAM.replace('\n', "\r\n");
-        for chunk in [1, 2, 3, 7, 64, crlf.len()] {
-            let mut scanner = SseScanner::default();
-            for piece in crlf.as_bytes().chunks(chunk) {
-                scanner.feed(piece);
-            }
-            assert_eq!(scanner.tokens(), 50, "chunk size {chunk}");
-            assert!(!scanner.failed());
-            assert!(scanner.answered());
-        }
-        // A `\r` inside a line, even at a chunk's end, ends neither the line nor the event
-        // (here it is JSON whitespace): the event is read whole.
-        let mut scanner = SseScanner::default();
-        scanner.feed(b"message:\r\ndata:{\"event\":\"usageMetadata\",\r");
-        scanner.feed(b"\"data\":{\"total_tokens\":9}}\r\n\r");
-        assert_eq!(scanner.tokens(), 0, "not ended yet");
-        scanner.feed(b"\n");
-        assert_eq!(scanner.tokens(), 9);
-    }
-
-    #[test]
-    fn a_run_stopped_before_its_first_token_is_answered() {
-        // Flowise 3.1: the node and the flow TERMINATED, then an error, then the end.
-        for stop in [
-            r#"{"event":"nextAgentFlow","data":{"nodeId":"llm_0","status":"TERMINATED"}}"#,
-            r#"{"event":"agentFlowEvent","data":"TERMINATED"}"#,
-            r#"{"event":"abort","data":"[DONE]"}"#,
-        ] {
-            let mut scanner = SseScanner::default();
-            scanner.feed(b"message:\ndata:{\"event\":\"start\",\"data\":\"\"}\n\n");
-            assert!(!scanner.answered());
-            scanner.feed(format!("message:\ndata:{stop}\n\n").as_bytes());
-            scanner.feed(b"message:\ndata:{\"event\":\"error\",\"data\":\"Flow execution was cancelled\"}\n\n");
-            scanner.feed(b"message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n");
-            assert!(scanner.answered(), "{stop}");
-        }
-    }
-
-    #[test]
-    fn error_events_are_noticed() {
-        let mut scanner = SseScanner::default();
-        scanner.feed(b"message:\ndata:{\"event\":\"error\",\"data\":\"Unauthorized\"}\n\n");
-        assert!(scanner.failed());
-        scanner.feed(b"message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n");
-        assert!(
-            !scanner.answered(),
-            "Flowise ends every stream, also after an error"
-        );
-    }
-
-    /// An Agentflow streamed as Flowise 3 streams it: the node list after every node, the last
-    /// LLM node's tokens and `usageMetadata`, then the end.
-    fn agentflow_stream(nodes: &[u64], fail_at_end: bool) -> String {
-        let mut out = flowise_event("agentFlowEvent", "INPROGRESS".into());
-        let mut done = Vec::new();
-        for (i, tokens) in nodes.iter().enumerate() {
-            if i + 1 == nodes.len() {
-                out += &flowise_event("token", "Hello".into());
-                out += &flowise_event(
-                    "usageMetadata",
-                    serde_json::json!({"input_tokens": 1, "output_tokens": tokens - 1, "total_tokens": tokens}),
-                );
-            }
-            done.push(
-                serde_json::json!({"nodeId": format!("llm_{i}"), "status": "FINISHED",
-                "data": {"output": {"content": "x", "usageMetadata": {"total_tokens": tokens}}}}),
-            );
-            out += &flowise_event("agentFlowExecutedData", done.clone().into());
-        }
-        if fail_at_end {
-            out += &flowise_event("error", "boom".into());
-        } else {
-            out += &flowise_event("agentFlowEvent", "FINISHED".into());
-        }
-        out + &flowise_event("end", "[DONE]".into())
-    }
-
-    /// One event as Flowise writes it: `event` first.
-    fn flowise_event(kind: &str, data: serde_json::Value) -> String {
-        format!("message:\ndata:{{\"event\":\"{kind}\",\"data\":{data}}}\n\n")
-    }
-
-    #[test]
-    fn an_agentflow_stream_is_charged_every_node_once() {
-        let stream = agentflow_stream(&[300, 200, 50], false);
-        for chunk in [1, 5, 64, stream.len()] {
-            let mut scanner = SseScanner::default();
-            for piece in stream.as_bytes().chunks(chunk) {
-                scanner.feed(piece);
-            }
-            assert_eq!(scanner.tokens(), 550, "chunk size {chunk}");
-            assert!(scanner.answered() && !scanner.failed());
-        }
-    }
-
-    #[test]
-    fn a_stream_nobody_prices_keeps_no_node_list_and_still_tells_how_it_ended() {
-        let big = "x".repeat(MAX_EVENT * 2);
-        let nodes = serde_json::json!([{"data": {"output": {"content": big}}}]);
-        let list = flowise_event("agentFlowExecutedData", nodes);
-        for fail_at_end in [false, true] {
-            let mut scanner = SseScanner::uncounted();
-            for chunk in list.as_bytes().chunks(64 * 1024) {
-                scanner.feed(chunk);
-                assert!(scanner.pending.len() <= MAX_EVENT + 64 * 1024);
-            }
-            scanner.feed(agentflow_stream(&[300, 50], fail_at_end).as_bytes());
-            assert!(scanner.usage.nodes.is_none(), "no node list kept");
-            assert!(scanner.answered());
-            assert_eq!(scanner.failed(), fail_at_end);
-        }
-    }
-
-    #[test]
-    fn an_error_after_the_answer_started_keeps_the_answer() {
-        let mut scanner = SseScanner::default();
-        scanner.feed(agentflow_stream(&[300, 50], true).as_bytes());
-        assert!(scanner.failed());
-        assert!(
-            scanner.answered(),
-            "tokens reached the caller before the error"
-        );
-        assert_eq!(scanner.tokens(), 350);
-    }
-
-    #[test]
-    fn a_node_list_too_large_to_read_falls_back_to_the_events_after_the_last_one_read() {
-        let mut scanner = SseScanner::default();
-        scanner.feed(agentflow_stream(&[300], false).as_bytes());
-        assert_eq!(scanner.tokens(), 300);
-        // A big node list (past the general event limit) is still read.
-        let big = "x".repeat(MAX_EVENT * 2);
-        let nodes = serde_json::json!([
-            {"data": {"output": {"content": big, "usageMetadata": {"total_tokens": 300}}}},
-            {"data": {"output": {"usageMetadata": {"total_tokens": 40}}}}
-        ]);
-        for chunk in flowise_event("agentFlowExecutedData", nodes)
-            .as_bytes()
-            .chunks(64 * 1024)
-        {
-            scanner.feed(chunk);
-        }
-        assert_eq!(scanner.tokens(), 340);
-        // One past even that limit is skipped: the usage reported after the last list read counts.
-        let huge = "x".repeat(MAX_EXECUTED_EVENT);
-        scanner.feed(
-            b"message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":7}}\n\n",
-        );
-        let nodes = serde_json::json!([{"data": {"output": {"content": huge}}}]);
-        for chunk in flowise_event("agentFlowExecutedData", nodes)
-            .as_bytes()
-            .chunks(64 * 1024)
-        {
-            scanner.feed(chunk);
-        }
-        assert_eq!(scanner.tokens(), 347);
-        // And scanning goes on after it.
-        scanner.feed(
-            b"message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":3}}\n\n",
-        );
-        assert_eq!(scanner.tokens(), 350);
-    }
-
-    #[test]
-    fn events_written_with_another_key_order_are_read_too() {
-        let mut scanner = SseScanner::default();
-        for event in [
-            serde_json::json!({"data": "Hi", "event": "token"}),
-            serde_json::json!({"data": [{"data": {"output": {"usageMetadata": {"total_tokens": 5}}}}],
-                               "event": "agentFlowExecutedData"}),
-            serde_json::json!({"data": "[DONE]", "event": "end"}),
-        ] {
-            scanner.feed(format!("message:\ndata:{event}\n\n").as_bytes());
-        }
-        assert_eq!(scanner.tokens(), 5);
-        assert!(scanner.answered());
-    }
-
-    #[test]
-    fn the_blank_line_after_a_skipped_event_may_straddle_two_chunks() {
-        let mut scanner = SseScanner::default();
-        let big = format!(
-            "message:\ndata:{{\"event\":\"token\",\"data\":\"{}\"}}\n",
-            "x".repeat(MAX_EVENT + 1)
-        );
-        scanner.feed(big.as_bytes());
-        // The skipped event's blank line arrives alone, then the next event.
-        scanner.feed(b"\n");
-        scanner.feed(
-            b"message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":4}}\n\n",
-        );
-        assert_eq!(scanner.tokens(), 4);
-    }
-
-    #[test]
-    fn a_resumed_agentflow_stream_counts_only_its_own_nodes() {
-        // Resuming after a Human Input node: Flowise lists the first run's nodes (charged then)
-        // and the resumed node before this run's.
-        let earlier = serde_json::json!({"status": "FINISHED",
-            "data": {"name": "llmAgentflow", "output": {"usageMetadata": {"total_tokens": 500}}}});
-        let resumed = serde_json::json!({"nodeId": "human", "status": "FINISHED",
-            "data": {"name": "humanInputAgentflow", "output": {"content": "proceed"}}});
-        let mine = serde_json::json!({"status": "FINISHED",
-            "data": {"name": "llmAgentflow", "output": {"usageMetadata": {"total_tokens": 30}}}});
-        let mut scanner = SseScanner::resuming(usage::Resume::From("human".into()));
-        scanner.feed(
-            flowise_event(
-                "agentFlowExecutedData",
-                serde_json::json!([earlier, resumed]),
-            )
-            .as_bytes(),
-        );
-        scanner.feed(flowise_event("token", "Hello".into()).as_bytes());
-        scanner.feed(
-            flowise_event("usageMetadata", serde_json::json!({"total_tokens": 30})).as_bytes(),
-        );
-        assert_eq!(
-            scanner.tokens(),
-            30,
-            "the last LLM node's usage, before its list"
-        );
-        scanner.feed(
-            flowise_event(
-                "agentFlowExecutedData",
-                serde_json::json!([earlier, resumed, mine]),
-            )
-            .as_bytes(),
-        );
-        assert_eq!(scanner.tokens(), 30);
-    }
-
-    #[test]
-    fn a_last_event_without_a_blank_line_is_read_at_the_end() {
-        let mut scanner = SseScanner::default();
-        scanner
-            .feed(b"message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"total_tokens\":9}}\n");
-        assert_eq!(scanner.tokens(), 0);
-        scanner.finish();
-        assert_eq!(scanner.tokens(), 9);
-    }
-}
+#[path = "sse_tests.rs"]
+mod tests;

@@ -142,6 +142,12 @@ impl<B> Observed<B> {
         self
     }
 
+    /// Counts what its scanner keeps in `memory` ([`SseScanner::counting_in`]).
+    pub fn counting_in(mut self, memory: super::buffers::Held) -> Self {
+        self.scanner = std::mem::take(&mut self.scanner).counting_in(memory);
+        self
+    }
+
     /// The client went away; the stream is read on without it.
     pub(super) fn left(&mut self) {
         self.client_left = true;
