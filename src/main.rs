@@ -124,10 +124,18 @@ fn main() -> ExitCode {
 }
 
 fn print_crds(out_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(dir) = &out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     for (file, definition) in crd::definitions() {
         let yaml = crd::to_yaml(&definition)?;
         match &out_dir {
-            Some(dir) => std::fs::write(dir.join(file), yaml)?,
+            Some(dir) => {
+                let path = dir.join(file);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             None => print!("{yaml}"),
         }
     }

@@ -61,6 +61,19 @@ pub(crate) fn split(url: &str) -> Result<(String, TlsParams), String> {
     // tokio-postgres reads the credentials up to the first `@`, so a `?` in a password is not
     // the start of the parameters.
     let after_credentials = url.find('@').map_or(0, |at| at + 1);
+    // An `@` in a parameter's value, with no user before the host, would make the parameters
+    // before it credentials, to tokio-postgres too: TLS asked for would be silently dropped.
+    if let Some(question) = url[..after_credentials].find('?')
+        && url[question..after_credentials]
+            .split(['?', '&'])
+            .any(|pair| {
+                ["sslmode=", "sslrootcert=", "sslcert=", "sslkey="]
+                    .iter()
+                    .any(|k| pair.starts_with(k))
+            })
+    {
+        return Err("an '@' after the TLS parameters: write it %40 in a parameter's value".into());
+    }
     let Some(start) = url[after_credentials..]
         .find('?')
         .map(|q| after_credentials + q)
@@ -401,7 +414,7 @@ mod tests {
 
     #[test]
     fn the_default_is_libpqs_prefer_and_a_question_mark_in_a_password_is_no_parameter() {
-        let url = "postgres://u:p?sslmode=disable@db/ledger";
+        let url = "postgres://u:p?q=1@db/ledger";
         let (rest, tls) = split(url).expect("valid");
         assert_eq!(rest, url);
         assert_eq!(tls.mode, Mode::Prefer);
@@ -440,6 +453,10 @@ mod tests {
                 "needs TLS",
             ),
             ("postgres://db/l?sslrootcert=%FF", "percent-encoded UTF-8"),
+            (
+                "postgres://db/l?sslmode=verify-full&user=svc@tenant",
+                "write it %40",
+            ),
         ] {
             let error = split(url).expect_err(url);
             assert!(error.contains(says), "{url}: {error}");

@@ -1,0 +1,39 @@
+//! The binary's offline commands that have no suite of their own: `flowgate crd`.
+
+use std::process::Command;
+
+fn flowgate(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(args)
+        .output()
+        .expect("flowgate runs")
+}
+
+#[test]
+fn crd_writes_the_committed_files_into_a_directory_it_creates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("new/crds");
+    let written = flowgate(&["crd", "--out-dir", &out.display().to_string()]);
+    assert!(written.status.success(), "{written:?}");
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&committed).expect("crds/") {
+        let name = entry.expect("entry").file_name();
+        let want = std::fs::read_to_string(committed.join(&name)).expect("committed");
+        let have = std::fs::read_to_string(out.join(&name)).expect("written");
+        assert_eq!(have, want, "{name:?}");
+        files += 1;
+    }
+    assert_eq!(files, 3);
+
+    // A path that cannot be a directory is named in the error.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").expect("write");
+    let refused = flowgate(&["crd", "--out-dir", &file.join("crds").display().to_string()]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("creating {}", file.join("crds").display())),
+        "{stderr}"
+    );
+}
