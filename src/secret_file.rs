@@ -1,9 +1,9 @@
 //! Secrets read from files — the default Flowise API key, the token client's secret — and read
 //! again every [`RELOAD_EVERY`], so that rotating a mounted Kubernetes Secret needs no restart
-//! (the kubelet swaps the files in place; the JWT key files are read again the same way, see
-//! `identity::key_files`).
+//! (the kubelet swaps the files in place). The JWT key files are `SecretFile`s too
+//! (`identity::key_files`).
 //!
-//! At start a file that cannot be read, is empty, or does not parse stops flowgate. Later, such
+//! At start a file that cannot be read, or does not decode (empty, say), stops flowgate. Later, such
 //! a file is reported once and the secret in use stays in use: a Secret being rewritten, or
 //! deleted by mistake, does not take Flowise's key away from every request.
 
@@ -19,7 +19,11 @@ use crate::config::ConfigError;
 /// How often the files are read again.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(10);
 
-/// A secret, parsed into a `T`, that a file holds (or a fixed one).
+/// Turns a file's bytes into its secret, or says what is wrong with them (the path is for the
+/// message).
+pub type Decode<T> = fn(&Path, &[u8]) -> Result<T, String>;
+
+/// A secret, decoded into a `T`, that a file holds (or a fixed one).
 pub struct SecretFile<T> {
     /// `None`: a fixed secret, never read again.
     source: Option<Source<T>>,
@@ -30,36 +34,33 @@ struct Source<T> {
     path: PathBuf,
     /// The setting that named the file, for the messages.
     setting: &'static str,
-    parse: fn(&str) -> Result<T, String>,
+    decode: Decode<T>,
     state: Mutex<State>,
 }
 
 struct State {
-    /// The text (trimmed) the secret in use was parsed from.
-    loaded: String,
+    /// The bytes the secret in use was decoded from.
+    loaded: Vec<u8>,
     /// The problem last reported, so that a bad file is reported once, not at every look.
     reported: Option<String>,
 }
 
 impl<T> SecretFile<T> {
-    /// Reads `path` (its text without surrounding white space) and parses it with `parse`.
+    /// Reads `path` and decodes it with `decode`.
     pub fn load(
         path: &Path,
         setting: &'static str,
-        parse: fn(&str) -> Result<T, String>,
+        decode: Decode<T>,
     ) -> Result<Arc<Self>, ConfigError> {
-        let text = read(path).map_err(|problem| ConfigError { setting, problem })?;
-        let value = parse(&text).map_err(|problem| ConfigError {
-            setting,
-            problem: format!("{}: {problem}", path.display()),
-        })?;
+        let bytes = read(path).map_err(|problem| ConfigError { setting, problem })?;
+        let value = decode(path, &bytes).map_err(|problem| ConfigError { setting, problem })?;
         Ok(Arc::new(Self {
             source: Some(Source {
                 path: path.to_path_buf(),
                 setting,
-                parse,
+                decode,
                 state: Mutex::new(State {
-                    loaded: text,
+                    loaded: bytes,
                     reported: None,
                 }),
             }),
@@ -72,7 +73,7 @@ impl<T> SecretFile<T> {
     pub fn watched(
         path: Option<&Path>,
         setting: &'static str,
-        parse: fn(&str) -> Result<T, String>,
+        decode: Decode<T>,
         shutdown: &CancellationToken,
     ) -> Result<Option<Arc<Self>>, ConfigError>
     where
@@ -81,7 +82,7 @@ impl<T> SecretFile<T> {
         let Some(path) = path else {
             return Ok(None);
         };
-        let secret = Self::load(path, setting, parse)?;
+        let secret = Self::load(path, setting, decode)?;
         tokio::spawn(secret.clone().run_reload(shutdown.clone()));
         Ok(Some(secret))
     }
@@ -99,29 +100,27 @@ impl<T> SecretFile<T> {
         self.current.load_full()
     }
 
-    /// Reads the file again; true when the secret changed. A file that cannot be read, is
-    /// empty, or does not parse leaves the secret in use, and is reported once.
+    /// Reads the file again; true when it changed and the new secret is in use. A file that
+    /// cannot be read or does not decode leaves the secret in use, and is reported once.
     pub fn reload(&self) -> bool {
         let Some(source) = &self.source else {
             return false;
         };
         let mut state = source.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let parsed = read(&source.path).and_then(|text| {
-            if text == state.loaded {
+        let decoded = read(&source.path).and_then(|bytes| {
+            if bytes == state.loaded {
                 return Ok(None);
             }
-            (source.parse)(&text)
-                .map(|value| Some((text, value)))
-                .map_err(|problem| format!("{}: {problem}", source.path.display()))
+            (source.decode)(&source.path, &bytes).map(|value| Some((bytes, value)))
         });
-        match parsed {
+        match decoded {
             Ok(None) => {
                 state.reported = None;
                 false
             }
-            Ok(Some((text, value))) => {
+            Ok(Some((bytes, value))) => {
                 self.current.store(Arc::new(value));
-                state.loaded = text;
+                state.loaded = bytes;
                 state.reported = None;
                 tracing::info!(setting = source.setting, path = %source.path.display(), "secret file changed; the new secret is in use");
                 true
@@ -161,28 +160,29 @@ impl<T> SecretFile<T> {
     }
 }
 
-/// `path`'s text without surrounding white space; an error says why there is none.
-fn read(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let text = text.trim();
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// A secret kept as text, without surrounding white space; empty is no secret.
+pub fn text(path: &Path, bytes: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| format!("{} is not UTF-8 text", path.display()))?
+        .trim();
     if text.is_empty() {
         return Err(format!("{} is empty", path.display()));
     }
     Ok(text.to_string())
 }
 
-/// A secret kept as text.
-pub fn text(secret: &str) -> Result<String, String> {
-    Ok(secret.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn number(text: &str) -> Result<u32, String> {
-        text.parse().map_err(|e| format!("not a number: {e}"))
+    fn number(path: &Path, bytes: &[u8]) -> Result<u32, String> {
+        text(path, bytes)?
+            .parse()
+            .map_err(|e| format!("not a number: {e}"))
     }
 
     #[test]

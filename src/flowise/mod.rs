@@ -26,9 +26,14 @@ pub fn bearer(key: &str) -> Result<http::HeaderValue, http::header::InvalidHeade
     Ok(value)
 }
 
-/// An API key file's text as its header, for [`crate::secret_file::SecretFile::load`].
-pub fn api_key_header(key: &str) -> Result<http::HeaderValue, String> {
-    bearer(key).map_err(|_| "the Flowise API key is not a valid header value".to_string())
+/// An API key file as its header, for [`crate::secret_file::SecretFile::load`].
+pub fn api_key_header(path: &std::path::Path, bytes: &[u8]) -> Result<http::HeaderValue, String> {
+    bearer(&crate::secret_file::text(path, bytes)?).map_err(|_| {
+        format!(
+            "{}: the Flowise API key is not a valid header value",
+            path.display()
+        )
+    })
 }
 
 /// The chatflow operations flowgate needs. Object-safe: the controller holds an

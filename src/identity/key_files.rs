@@ -1,81 +1,55 @@
 //! Keys read from files — the HS256 secret and a PEM public key — and read again when a file
 //! changes, so that rotating a mounted Kubernetes Secret needs no restart. A file that changed
 //! into something unusable (empty, not a key) is reported and the key it held stays in use; so
-//! does a file that cannot be read for a moment.
+//! does a file that cannot be read for a moment. Each file is a [`SecretFile`]; this keeps the
+//! set of their keys that the request path reads.
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use super::keys::{self, VerifyingKey};
 use crate::config::{ConfigError, JwtConfig};
-
-/// Decodes a key file's bytes.
-type Decode = fn(&Path, &[u8]) -> Result<VerifyingKey, ConfigError>;
+use crate::secret_file::{Decode, SecretFile};
 
 /// The keys from files, read lock-free on the request path.
 pub(super) struct KeyFiles {
-    files: Vec<KeyFile>,
+    files: Vec<Arc<SecretFile<VerifyingKey>>>,
     current: ArcSwap<Vec<VerifyingKey>>,
     /// One reload at a time: two could otherwise store their key sets in the wrong order.
     reloading: Mutex<()>,
-}
-
-struct KeyFile {
-    path: PathBuf,
-    decode: Decode,
-    state: Mutex<FileState>,
-}
-
-struct FileState {
-    /// The bytes the key in use was decoded from.
-    loaded: Vec<u8>,
-    key: VerifyingKey,
-    /// Bytes last refused, so that a bad file is reported once, not at every look.
-    refused: Option<Vec<u8>>,
-    /// The file could not be read at the last look (reported once until it can be again).
-    unreadable: bool,
 }
 
 impl KeyFiles {
     /// Reads the configured key files; one that cannot be read or decoded is a configuration
     /// error.
     pub(super) fn load(config: &JwtConfig) -> Result<Self, ConfigError> {
-        let sources: [(&Option<PathBuf>, &'static str, Decode); 2] = [
+        let sources: [(
+            &Option<std::path::PathBuf>,
+            &'static str,
+            Decode<VerifyingKey>,
+        ); 2] = [
             (
                 &config.hs256_secret_file,
                 keys::HS256_SETTING,
-                keys::hs256_secret,
+                |path, bytes| keys::hs256_secret(path, bytes).map_err(|e| e.problem),
             ),
             (
                 &config.public_key_file,
                 keys::PUBLIC_KEY_SETTING,
-                keys::public_key_file,
+                |path, bytes| keys::public_key_file(path, bytes).map_err(|e| e.problem),
             ),
         ];
         let mut files = Vec::new();
         for (path, setting, decode) in sources {
-            let Some(path) = path else {
-                continue;
-            };
-            let loaded = keys::read_key_file(setting, path)?;
-            let key = decode(path, &loaded)?;
-            files.push(KeyFile {
-                path: path.clone(),
-                decode,
-                state: Mutex::new(FileState {
-                    loaded,
-                    key,
-                    refused: None,
-                    unreadable: false,
-                }),
-            });
+            if let Some(path) = path {
+                files.push(SecretFile::load(path, setting, decode)?);
+            }
         }
-        let keys = files.iter().map(|f| f.lock().key.clone()).collect();
+        let current = ArcSwap::from_pointee(keys_of(&files));
         Ok(Self {
             files,
-            current: ArcSwap::from_pointee(keys),
+            current,
             reloading: Mutex::new(()),
         })
     }
@@ -101,51 +75,12 @@ impl KeyFiles {
             changed |= file.reload();
         }
         if changed {
-            let keys = self.files.iter().map(|f| f.lock().key.clone()).collect();
-            self.current.store(Arc::new(keys));
+            self.current.store(Arc::new(keys_of(&self.files)));
         }
         changed
     }
 }
 
-impl KeyFile {
-    fn lock(&self) -> std::sync::MutexGuard<'_, FileState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn reload(&self) -> bool {
-        let read = std::fs::read(&self.path);
-        let mut state = self.lock();
-        let bytes = match read {
-            Ok(bytes) => {
-                state.unreadable = false;
-                bytes
-            }
-            Err(error) => {
-                if !std::mem::replace(&mut state.unreadable, true) {
-                    tracing::warn!(%error, path = %self.path.display(), "cannot read key file; the key read before stays in use");
-                }
-                return false;
-            }
-        };
-        if bytes == state.loaded || state.refused.as_ref() == Some(&bytes) {
-            return false;
-        }
-        match (self.decode)(&self.path, &bytes) {
-            Ok(key) => {
-                tracing::info!(path = %self.path.display(), "key file changed; its new key is in use");
-                state.loaded = bytes;
-                state.key = key;
-                state.refused = None;
-                true
-            }
-            Err(error) => {
-                tracing::error!(%error, "key file changed into an unusable key; the key read before stays in use");
-                state.refused = Some(bytes);
-                false
-            }
-        }
-    }
+fn keys_of(files: &[Arc<SecretFile<VerifyingKey>>]) -> Vec<VerifyingKey> {
+    files.iter().map(|f| (*f.current()).clone()).collect()
 }

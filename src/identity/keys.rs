@@ -167,21 +167,9 @@ pub(crate) fn lookup<'a>(
     }
 }
 
-fn unreadable(setting: &'static str, path: &Path, e: std::io::Error) -> ConfigError {
-    ConfigError {
-        setting,
-        problem: format!("cannot read {}: {e}", path.display()),
-    }
-}
-
 /// Where a key file is configured, for errors.
 pub(crate) const HS256_SETTING: &str = "FLOWGATE_JWT_HS256_SECRET_FILE";
 pub(crate) const PUBLIC_KEY_SETTING: &str = "FLOWGATE_JWT_PUBLIC_KEY_FILE";
-
-/// Reads a key file configured by `setting`.
-pub(crate) fn read_key_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|e| unreadable(setting, path, e))
-}
 
 /// The HS256 secret: the file's bytes, without trailing newline characters.
 pub(crate) fn hs256_secret(path: &Path, bytes: &[u8]) -> Result<VerifyingKey, ConfigError> {

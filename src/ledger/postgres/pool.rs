@@ -56,15 +56,25 @@ async fn open_client(
     tls: &TlsParams,
     runtime: &Handle,
 ) -> Result<Client, LedgerError> {
-    // Built for each connection, as libpq reads its files for each: rotated certificates and
-    // keys are used from the next connection on.
-    let (client, connection) = config.connect(tls.connector()?).await?;
+    let (client, connection) = config.connect(connector(tls).await?).await?;
     runtime.spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%error, "ledger PostgreSQL connection ended");
         }
     });
     Ok(client)
+}
+
+/// The TLS connector, built for each connection as libpq reads its files for each (rotated
+/// certificates and keys are used from the next connection on), off the runtime's threads: it
+/// reads files, the system's roots a whole directory of them.
+async fn connector(
+    tls: &TlsParams,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, LedgerError> {
+    let tls = tls.clone();
+    tokio::task::spawn_blocking(move || tls.connector())
+        .await
+        .map_err(|_| LedgerError::Stopped)?
 }
 
 /// A transaction at READ COMMITTED, whatever the database's or role's
@@ -236,11 +246,12 @@ impl Drop for Pooled<'_> {
             // it lets go of the socket: ask the server to cancel, so that a database that hangs
             // does not collect the connections of requests that gave up.
             let cancel = conn.client.cancel_token();
-            if let Ok(tls) = self.pool.tls.connector() {
-                self.pool.runtime.spawn(async move {
+            let tls = self.pool.tls.clone();
+            self.pool.runtime.spawn(async move {
+                if let Ok(tls) = connector(&tls).await {
                     let _ = cancel.cancel_query(tls).await;
-                });
-            }
+                }
+            });
             return;
         }
         if !conn.client.is_closed() {
