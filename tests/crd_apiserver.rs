@@ -211,8 +211,35 @@ async fn other_schema_violations_are_refused_naming_the_field() {
                             "expiresAt": "2030-01-01T00:00:00.1234567890Z"}}),
             "spec.expiresAt",
         ),
+        (
+            json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "CreditPolicy", "metadata": {"name": "n"},
+                   "spec": {"chatflows": ["*"], "budget": {"credits": 5, "period": "Daily"},
+                            "alertAtPercent": [150]}}),
+            "spec.alertAtPercent",
+        ),
+        (
+            json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess", "metadata": {"name": "o"},
+                   "spec": {"chatflows": ["Support_Bot"], "subjects": [{"user": "u"}]}}),
+            "spec.chatflows",
+        ),
+        (
+            json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess", "metadata": {"name": "Team_A"},
+                   "spec": {"chatflows": ["x"], "subjects": [{"user": "u"}]}}),
+            "metadata.name",
+        ),
     ];
     for (doc, field) in cases {
+        // Where there is no API server (`flowgate check`, `--resources-dir`), flowgate refuses
+        // the same objects, naming the same field.
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        let schema = flowgate::crd::schema::for_kind(kind).expect("a flowgate kind");
+        let violations = schema.violations(&doc);
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.starts_with(&format!(".{field}"))),
+            "expected {field} in {violations:?}"
+        );
         let message = rejection_message(create(&client, &ns, doc).await);
         assert!(message.contains(field), "expected {field} in: {message}");
     }
@@ -222,6 +249,8 @@ async fn other_schema_violations_are_refused_naming_the_field() {
         "spec": {"chatflows": ["x"], "subjects": [{"user": "u"}],
                  "expiresAt": "2030-01-01T00:00:00.123456789+02:00",
                  "rateLimit": {"requests": u32::MAX, "per": "Hour"}}});
+    let schema = flowgate::crd::schema::for_kind("ChatflowAccess").expect("schema");
+    assert_eq!(schema.violations(&edge), Vec::<String>::new());
     create(&client, &ns, edge).await.expect("accepted");
     let typed: kube::Api<flowgate::crd::ChatflowAccess> =
         kube::Api::namespaced(client.clone(), &ns);

@@ -7,9 +7,11 @@
 //! is applied. This runs the same checks as the index and the controller on the files:
 //!
 //! - **errors** (exit status 1): a flowgate object's document that is not YAML or whose shape
-//!   does not parse (with the field's path); a field its CRD or `metadata` does not know (a typo:
-//!   the API server drops it, kubectl may refuse it, and a GitOps tool may apply the rest
-//!   without it); a spec the index would refuse ([`InvalidSpec`]); an object defined twice in
+//!   does not parse (with the field's path); a value its CRD's schema refuses, as `kubectl
+//!   apply` would (a bound such as `minItems`, `pattern` or `maximum`, a missing required field,
+//!   a name that is not a DNS name: [`crd::schema`]); a field its CRD or `metadata` does not
+//!   know (a typo: the API server drops it, kubectl may refuse it, and a GitOps tool may apply
+//!   the rest without it); a spec the index would refuse ([`InvalidSpec`]); an object defined twice in
 //!   one namespace; two Chatflows claiming one Flowise chatflow by id or by name (neither would
 //!   be served); an `apiVersion` that looks like flowgate's but is not; no flowgate object at all
 //!   (a wrong path in CI);
@@ -151,7 +153,6 @@ struct Place {
 /// Checks every YAML file under `paths` (files, directories walked recursively, `-` for
 /// standard input).
 pub fn check(paths: &[PathBuf]) -> Report {
-    let schemas = schemas();
     let mut report = Report::default();
     let mut objects: Vec<(Place, Object)> = Vec::new();
     // Where each object was first defined, whether that one is namespaced, and whether it
@@ -223,7 +224,7 @@ pub fn check(paths: &[PathBuf]) -> Report {
                 }
                 report.objects += 1;
                 let kind = text_at(&value, "/kind").to_string();
-                let schema = match schemas.get(&kind) {
+                let schema = match crd::schema::for_kind(&kind) {
                     Some(schema) if api_version == API_VERSION => schema,
                     known => {
                         let message = if known.is_some() {
@@ -257,7 +258,7 @@ pub fn check(paths: &[PathBuf]) -> Report {
                 };
                 let object = Some(place.object.as_str());
                 let mut unknown = Vec::new();
-                unknown_fields(&value, schema, "", &mut unknown);
+                unknown_fields(&value, schema.openapi(), "", &mut unknown);
                 for field in unknown {
                     report.error(
                         &place.at,
@@ -267,6 +268,16 @@ pub fn check(paths: &[PathBuf]) -> Report {
                         ),
                     );
                 }
+                // What the API server would refuse; a shape that does not parse is mostly
+                // the same mistake again, so it is only reported when the schema found none.
+                let violations = schema.violations(&value);
+                for violation in &violations {
+                    report.error(
+                        &place.at,
+                        object,
+                        format!("{violation} (refused when applied)"),
+                    );
+                }
                 let parsed = parse(value);
                 match &parsed {
                     Ok(parsed) => {
@@ -274,8 +285,15 @@ pub fn check(paths: &[PathBuf]) -> Report {
                             report.error(&place.at, object, invalid.to_string());
                         }
                     }
-                    Err(e) => report.error(&place.at, object, format!("invalid: {e}")),
+                    Err(e) if violations.is_empty() => {
+                        report.error(&place.at, object, format!("invalid: {e}"));
+                    }
+                    Err(_) => {}
                 }
+                // An object the API server would refuse never exists in the cluster: it takes
+                // no part in the checks across objects (a good copy stands in for it, as for
+                // one that does not parse).
+                let parsed = parsed.ok().filter(|_| violations.is_empty()).ok_or(());
                 if let Some((first, namespaced, first_parsed)) = defined.get_mut(&place.object) {
                     let message = format!("also defined at {first}");
                     let stands_in = !*first_parsed && parsed.is_ok();
@@ -332,18 +350,6 @@ fn text_at<'a>(doc: &'a Value, pointer: &str) -> &'a str {
     doc.pointer(pointer)
         .and_then(Value::as_str)
         .unwrap_or_default()
-}
-
-/// Each kind's OpenAPI schema, from the CRDs flowgate generates.
-fn schemas() -> BTreeMap<String, Value> {
-    crd::definitions()
-        .into_iter()
-        .filter_map(|(_, crd)| {
-            let version = crd.spec.versions.into_iter().find(|v| v.served)?;
-            let schema = version.schema?.open_api_v3_schema?;
-            Some((crd.spec.names.kind, serde_json::to_value(schema).ok()?))
-        })
-        .collect()
 }
 
 /// The object, or what does not parse and where (`spec.budget.credits: invalid type: …`).

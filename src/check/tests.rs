@@ -239,7 +239,8 @@ spec: {flowiseName: FAQ}
         "Error team/access.yaml:3 ChatflowAccess a/team: unknown field .spec.rateLimit.burst: ",
         "Error team/access.yaml:3 ChatflowAccess a/team: subjects[0] must set exactly one of",
         "Error team/more/policies.yml:6 CreditPolicy a/monthly: budget.timeZone: unknown time zone 'Mars/Olympus'",
-        "Error team/more/policies.yml:13 CreditPolicy a/monthly: invalid: spec.budget.credits: invalid type: string \"ten\"",
+        "Error team/more/policies.yml:13 CreditPolicy a/monthly: .spec.budget.period: required (refused when applied)",
+        "Error team/more/policies.yml:13 CreditPolicy a/monthly: .spec.budget.credits: must be of type integer (is \"ten\") (refused when applied)",
         "Error team/more/policies.yml:13 CreditPolicy a/monthly: also defined at team/more/policies.yml:6",
         "Error team/more/policies.yml:18 -: apiVersion flowgate.io/v1: flowgate serves flowgate.io/v1alpha1",
         "Error team/more/policies.yml:22 -: kind 'ChatFlow' is not a flowgate resource",
@@ -260,6 +261,56 @@ spec: {flowiseName: FAQ}
         );
     }
     assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
+
+#[test]
+fn what_the_schema_refuses_is_an_error_as_kubectl_apply_would_make_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(
+        dir.path(),
+        "bounds.yaml",
+        "apiVersion: flowgate.io/v1alpha1
+kind: ChatflowAccess
+metadata: {name: Team_A, namespace: a}
+spec: {chatflows: [Support_Bot], subjects: []}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {name: bot, namespace: a}
+spec: {flowiseId: abc}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: CreditPolicy
+metadata: {name: daily, namespace: a}
+spec:
+  chatflows: [\"*\"]
+  budget: {credits: 10, period: Daily}
+  alertAtPercent: [150]
+---
+apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {namespace: a}
+spec: {flowiseName: FAQ}
+",
+    );
+    let report = check(&[dir.path().to_path_buf()]);
+    let found = lines(&report, dir.path());
+    let expected = [
+        "Error bounds.yaml:1 ChatflowAccess a/Team_A: .metadata.name: \"Team_A\" is not a DNS subdomain",
+        "Error bounds.yaml:1 ChatflowAccess a/Team_A: .spec.chatflows[0]: \"Support_Bot\" does not match ^",
+        "Error bounds.yaml:1 ChatflowAccess a/Team_A: .spec.subjects: must have at least 1 item (has 0) (refused when applied)",
+        "Error bounds.yaml:6 Chatflow a/bot: .spec.flowiseId: \"abc\" does not match ^[0-9a-fA-F]{8}-",
+        "Error bounds.yaml:11 CreditPolicy a/daily: .spec.alertAtPercent[0]: must be at most 100 (is 150) (refused when applied)",
+        "Error bounds.yaml:19 Chatflow a/: .metadata.name: required (refused when applied)",
+    ];
+    for want in expected {
+        assert!(
+            found.iter().any(|f| f.starts_with(want)),
+            "{want}\nnot in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    assert_eq!(report.errors(), expected.len());
 }
 
 #[test]
@@ -296,8 +347,8 @@ spec: {chatflows: [x, twin], subjects: [{group: g}]}
     let found = lines(&report, dir.path());
     let shared = "Flowise chatflow 3f1c2a7e-0000-4000-8000-000000000000 is also claimed by";
     let expected = [
-        "Error flows.yaml:1 Chatflow a/x: invalid: spec.flowiseId: invalid type: integer `5`, \
-         expected a string"
+        "Error flows.yaml:1 Chatflow a/x: .spec.flowiseId: must be of type string (is 5) \
+         (refused when applied)"
             .to_string(),
         "Error flows.yaml:6 Chatflow a/x: also defined at flows.yaml:1".into(),
         format!(

@@ -7,6 +7,7 @@ pub mod access;
 pub mod chatflow;
 pub mod conditions;
 pub mod policy;
+pub mod schema;
 
 pub use access::{
     ChatflowAccess, ChatflowAccessSpec, ChatflowAccessStatus, RateLimit, RatePeriod, Role,

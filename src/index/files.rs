@@ -21,6 +21,7 @@ use super::rules::{ChatflowSource, chatflow_source};
 use super::watch::SnapshotHandle;
 use super::{Resources, Unreadable, compile};
 use crate::crd::conditions::{self, READY, reason};
+use crate::crd::schema;
 use crate::crd::{Chatflow, ChatflowStatus};
 use crate::flowise::{FlowiseApi, FlowiseChatflow};
 use crate::ops::Gate;
@@ -113,22 +114,28 @@ pub fn load_keeping(dir: &Path, kept: &mut LastReadable) -> (Resources, Vec<Stri
                 ));
                 continue;
             }
-            let parsed = match kind.as_str() {
-                "Chatflow" => {
-                    serde_json::from_value(doc).map(|o| resources.chatflows.push(Arc::new(o)))
+            let Some(schema) = schema::for_kind(&kind) else {
+                problems.push(format!(
+                    "{at}: kind '{kind}' is not a flowgate resource; skipped"
+                ));
+                continue;
+            };
+            // What an API server would refuse is refused here too: without one, `subjects: []`
+            // or `alertAtPercent: [150]` would otherwise be served.
+            let violations = schema.violations(&doc);
+            let parsed = if !violations.is_empty() {
+                Err(violations.join("; "))
+            } else {
+                match kind.as_str() {
+                    "Chatflow" => {
+                        serde_json::from_value(doc).map(|o| resources.chatflows.push(Arc::new(o)))
+                    }
+                    "ChatflowAccess" => {
+                        serde_json::from_value(doc).map(|o| resources.accesses.push(Arc::new(o)))
+                    }
+                    _ => serde_json::from_value(doc).map(|o| resources.policies.push(Arc::new(o))),
                 }
-                "ChatflowAccess" => {
-                    serde_json::from_value(doc).map(|o| resources.accesses.push(Arc::new(o)))
-                }
-                "CreditPolicy" => {
-                    serde_json::from_value(doc).map(|o| resources.policies.push(Arc::new(o)))
-                }
-                _ => {
-                    problems.push(format!(
-                        "{at}: kind '{kind}' is not a flowgate resource; skipped"
-                    ));
-                    continue;
-                }
+                .map_err(|e| e.to_string())
             };
             match parsed {
                 Ok(()) => {
@@ -153,7 +160,7 @@ pub fn load_keeping(dir: &Path, kept: &mut LastReadable) -> (Resources, Vec<Stri
                         kind,
                         namespace,
                         name: key.2.clone(),
-                        error: e.to_string(),
+                        error: e,
                     });
                     if !key.2.is_empty() {
                         defined.insert(key, at);
@@ -372,6 +379,12 @@ mod tests {
         );
         write(dir.path(), "broken.yml", "kind: [unclosed\n");
         write(dir.path(), "notes.txt", "ignored");
+        // What an API server would refuse (its CRD's `minItems`) is not served either.
+        write(
+            dir.path(),
+            "bounds.yaml",
+            "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {name: none, namespace: team}\nspec: {chatflows: ['*'], subjects: []}\n",
+        );
         // The unreadable policy is its definition: this one, read later, is a second one.
         write(
             dir.path(),
@@ -386,19 +399,29 @@ mod tests {
         );
         assert_eq!(res.accesses.len(), 1);
         assert_eq!(res.policies.len(), 0, "a negative budget does not parse");
-        assert_eq!(problems.len(), 4, "{problems:?}");
-        assert!(problems[3].contains("already defined"), "{problems:?}");
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert!(problems[4].contains("already defined"), "{problems:?}");
         // ... and is kept as unreadable, so that the index counts it (and may refuse).
         let unreadable: Vec<_> = res
             .unreadable
             .iter()
             .map(|u| (u.kind, u.namespace.as_str(), u.name.as_str()))
             .collect();
-        assert_eq!(unreadable, vec![("CreditPolicy", "default", "p")]);
+        assert_eq!(
+            unreadable,
+            vec![
+                ("ChatflowAccess", "team", "none"),
+                ("CreditPolicy", "default", "p")
+            ]
+        );
+        assert_eq!(
+            res.unreadable[0].error,
+            ".spec.subjects: must have at least 1 item (has 0)"
+        );
         assert!(
-            res.unreadable[0].error.contains("-5"),
+            res.unreadable[1].error.contains("-5"),
             "{:?}",
-            res.unreadable[0]
+            res.unreadable[1]
         );
     }
 
