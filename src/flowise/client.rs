@@ -84,6 +84,7 @@ impl FlowiseClient {
         // reqwest is built without a default rustls provider and panics without one installed.
         crate::telemetry::install_crypto_provider();
         let http = reqwest::Client::builder()
+            .pool_idle_timeout(super::IDLE_CONNECTION)
             .connect_timeout(timeouts.connect)
             .timeout(timeouts.request)
             .build()

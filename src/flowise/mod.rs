@@ -15,6 +15,13 @@ use serde::{Deserialize, Serialize};
 pub use client::{FlowiseClient, Timeouts};
 pub use error::FlowiseError;
 
+/// How long a pooled connection to Flowise may sit idle before it is dropped instead of reused.
+/// Flowise's server (Node's `http`) closes a keep-alive connection idle for 5 s
+/// (`keepAliveTimeout`; it answers `Keep-Alive: timeout=5`): a request sent just as it closes is
+/// reset — for a prediction, a 502 and a refund for nothing Flowise did wrong. So the pools let
+/// go first. (A shorter idle time costs a new connection, not a failure.)
+pub const IDLE_CONNECTION: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// The default Flowise API key (`FLOWGATE_FLOWISE_API_KEY_FILE`), as the header it is sent in;
 /// the controller and the proxy share one, read again when the file changes.
 pub type ApiKey = crate::secret_file::SecretFile<http::HeaderValue>;

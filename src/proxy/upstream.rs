@@ -197,7 +197,7 @@ fn pool() -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>, P
         .enable_http1()
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(crate::flowise::IDLE_CONNECTION)
         .pool_max_idle_per_host(256)
         .build(tls))
 }
@@ -234,5 +234,70 @@ mod tests {
         let sent = upstream.default_key().expect("a key");
         assert_eq!(sent, HeaderValue::from_static("Bearer new"));
         assert!(sent.is_sensitive(), "kept out of logs");
+    }
+
+    /// Connections a server accepted, answering every request on them as Node does (keep-alive).
+    async fn counting_server() -> (reqwest::Url, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\nok";
+                            if socket.write_all(answer.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (reqwest::Url::parse(&url).expect("url"), accepted)
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_nearly_as_long_as_flowise_keeps_it_is_not_reused() {
+        use std::sync::atomic::Ordering;
+        crate::telemetry::install_crypto_provider();
+        let (base, accepted) = counting_server().await;
+        let upstream = Upstream::new(&base, None, Duration::from_secs(5)).expect("upstream");
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        let ask = || async {
+            let req = upstream
+                .request(
+                    Method::GET,
+                    "/api/v1/ping",
+                    &HeaderMap::new(),
+                    peer,
+                    None,
+                    Bytes::new(),
+                )
+                .expect("request");
+            let resp = upstream.send(req).await.expect("answer");
+            upstream
+                .read_body(resp.into_body(), 16, None)
+                .await
+                .expect("body")
+        };
+        ask().await;
+        ask().await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused at once");
+        // Past the pool's idle time, still short of the 5 s after which Flowise closes it.
+        tokio::time::sleep(crate::flowise::IDLE_CONNECTION + Duration::from_millis(300)).await;
+        assert!(
+            crate::flowise::IDLE_CONNECTION + Duration::from_millis(300) < Duration::from_secs(5)
+        );
+        ask().await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection");
     }
 }
