@@ -229,20 +229,33 @@ async fn a_streamed_agentflow_is_charged_every_node_even_when_it_fails_after_ans
     // tokens are in the node list it sends after each node. The same Agentflow must cost the same
     // streamed as answered in JSON, and a node failing after the answer reached the caller does
     // not refund it.
+    //
+    // A node failing before any token, after earlier nodes' outputs reached the caller in the
+    // node list, does not refund either: those nodes are charged. Only the Start node having
+    // run is a failure before answering: refunded.
     let (team, policy) = token_priced("credits-agentflow").await;
     let id = team.flowise_id.clone();
-    for fail_at_end in [false, true] {
+    // Each prediction (the readiness probe streamed too) costs 2 + ceil(tokens * 10 / 1000).
+    for (fail_after, cost) in [(None, 17), (Some(3), 17), (Some(2), 16), (Some(0), 0)] {
         let fake = FakeFlowise::start(Mode::Agentflow {
             nodes: [1000, 400, 100],
-            fail_at_end,
+            fail_after,
         })
         .await;
         let gate = Flowgate::with_flowise(&fake.url).await;
         eventually_status(&gate, &team.alice(), &id, 200).await;
         let text = streamed(&gate, &team.alice(), &id).await;
-        assert_eq!(text.contains("\"event\":\"error\""), fail_at_end, "{text}");
-        // Each prediction (the readiness probe streamed too): 2 + ceil(1500 * 10 / 1000) = 17.
-        let want = 17 * i64::try_from(fake.predictions()).expect("count");
+        assert_eq!(
+            text.contains("\"event\":\"error\""),
+            fail_after.is_some(),
+            "{text}"
+        );
+        assert_eq!(
+            text.contains("\"event\":\"token\""),
+            fail_after != Some(2) && fail_after != Some(0),
+            "{text}"
+        );
+        let want = cost * i64::try_from(fake.predictions()).expect("count");
         used_becomes(&gate, &team.alice(), &policy, want).await;
     }
     team.cleanup().await;

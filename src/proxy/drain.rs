@@ -151,7 +151,7 @@ where
         // abort the run. So it goes before any token (the client had nothing of the answer),
         // once the shutdown began (its grace counts from then), without a runtime, and past the
         // limit of readings at once.
-        if body.reported() || !body.answered() || self.drains.shutdown.is_cancelled() {
+        if body.reported() || !body.answering() || self.drains.shutdown.is_cancelled() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

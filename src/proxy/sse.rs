@@ -47,6 +47,9 @@ pub struct SseScanner {
     /// Flowise stopped the run when asked (an `abort` event, or an Agentflow `TERMINATED`):
     /// what it ran until then is answered, whatever error follows.
     stopped: bool,
+    /// An Agentflow node of this run finished ([`node_finished`]): its output reaches the caller
+    /// in the node list that follows, so a later failure does not make the run free.
+    node_finished: bool,
     /// No policy prices the stream's tokens: node lists are neither kept nor read past
     /// [`MAX_EVENT`] (they can be tens of megabytes, and every stream has them).
     uncounted: bool,
@@ -225,11 +228,18 @@ impl SseScanner {
         usage
     }
 
-    /// Whether Flowise answered: it streamed a token, ended without an error, or stopped the
-    /// run when asked (the flat cost and the tokens of the nodes before are due, as for a stop
-    /// after the first token).
-    pub fn answered(&self) -> bool {
+    /// Whether Flowise began to answer: it streamed a token, ended without an error, or stopped
+    /// the run when asked (the flat cost and the tokens of the nodes before are due, as for a
+    /// stop after the first token).
+    pub fn answering(&self) -> bool {
         self.token_event || self.clean_end || self.stopped
+    }
+
+    /// Whether the charge is due whatever follows: Flowise began to answer, or an Agentflow
+    /// node of this run finished (its output, an LLM's text, say, reached the caller in the
+    /// node list; a later node failing before any token must not make that free).
+    pub fn answered(&self) -> bool {
+        self.answering() || self.node_finished
     }
 
     /// Whether Flowise sent an `error` event.
@@ -292,6 +302,7 @@ impl SseScanner {
                     let terminated = data.contains("\"TERMINATED\"");
                     self.usage.cut |= terminated;
                     self.stopped |= terminated;
+                    self.node_finished |= node_finished(data);
                 }
                 Kind::Usage => {
                     self.usage.reporting = true;
@@ -330,6 +341,43 @@ struct Tagged<'a> {
 #[derive(serde::Deserialize)]
 struct UsageEvent {
     data: serde_json::Value,
+}
+
+/// Whether a flow event reports a node finished whose output is the run's own work:
+/// `{"event":"nextAgentFlow","data":{"nodeId":…,"status":"FINISHED"}}` for any node but the
+/// Start node (it only passes the question on) and a Human Input node (a resumed run's first,
+/// holding the human's own answer). Flowise names nodes `<type>_<n>`.
+fn node_finished(data: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Next {
+        event: String,
+        data: Option<NodeState>,
+    }
+    #[derive(serde::Deserialize)]
+    struct NodeState {
+        #[serde(rename = "nodeId")]
+        node_id: Option<String>,
+        status: Option<String>,
+    }
+    if !data.contains("\"FINISHED\"") {
+        return false;
+    }
+    let Ok(Next {
+        event,
+        data:
+            Some(NodeState {
+                node_id: Some(node),
+                status: Some(status),
+            }),
+    }) = serde_json::from_str(data)
+    else {
+        return false;
+    };
+    event == "nextAgentFlow"
+        && status == "FINISHED"
+        && !["startAgentflow", "humanInputAgentflow"]
+            .iter()
+            .any(|kind| node.starts_with(kind))
 }
 
 /// Tokens of the nodes in an `agentFlowExecutedData` event.

@@ -143,6 +143,58 @@ fn error_events_are_noticed() {
     );
 }
 
+#[test]
+fn a_node_finished_before_a_failure_is_answered_but_the_start_node_is_not() {
+    let node = |id: &str, status: &str| {
+        event(
+            "nextAgentFlow",
+            &format!(r#"{{"nodeId":"{id}","nodeLabel":"x","status":"{status}"}}"#),
+        )
+    };
+    let error = event("error", r#""Error: the HTTP node failed""#);
+    let start = node("startAgentflow_0", "INPROGRESS") + &node("startAgentflow_0", "FINISHED");
+    let listed = event(
+        "agentFlowExecutedData",
+        r#"[{"nodeId":"startAgentflow_0","status":"FINISHED","data":{}},{"nodeId":"llmAgentflow_0","status":"FINISHED","data":{"output":{"content":"the answer","usageMetadata":{"total_tokens":30}}}}]"#,
+    );
+    let llm = node("llmAgentflow_0", "INPROGRESS") + &node("llmAgentflow_0", "FINISHED") + &listed;
+    for (stream, answered, tokens) in [
+        // An LLM node's output reached the caller in the node list, then a node failed.
+        (
+            start.clone() + &llm + &node("httpAgentflow_0", "INPROGRESS") + &error,
+            true,
+            30,
+        ),
+        // Only the Start node ran, or a resumed run's Human Input node: nothing of the run's own.
+        (
+            start.clone() + &node("llmAgentflow_0", "INPROGRESS") + &error,
+            false,
+            0,
+        ),
+        (node("humanInputAgentflow_0", "FINISHED") + &error, false, 0),
+        // A node still running is not finished; another event saying FINISHED is not a node.
+        (
+            start.clone()
+                + &node("llmAgentflow_0", "INPROGRESS")
+                + &event("agentFlowEvent", r#""FINISHED""#)
+                + &error,
+            false,
+            0,
+        ),
+    ] {
+        for chunk in [1, 7, stream.len()] {
+            let mut scanner = SseScanner::default();
+            for piece in stream.as_bytes().chunks(chunk) {
+                scanner.feed(piece);
+            }
+            assert!(scanner.failed());
+            assert_eq!(scanner.answered(), answered, "{stream}");
+            assert!(!scanner.answering(), "no token: a hang-up aborts at once");
+            assert_eq!(scanner.tokens(), tokens, "{stream}");
+        }
+    }
+}
+
 /// An Agentflow streamed as Flowise 3 streams it: the node list after every node, the last
 /// LLM node's tokens and `usageMetadata`, then the end.
 fn agentflow_stream(nodes: &[u64], fail_at_end: bool) -> String {

@@ -158,9 +158,10 @@ impl<B> Observed<B> {
         self.on_end.is_none()
     }
 
-    /// Whether Flowise answered so far: it streamed a token, or ended without an error.
-    pub(super) fn answered(&self) -> bool {
-        self.scanner.answered()
+    /// Whether Flowise began to answer: it streamed a token, ended without an error, or
+    /// stopped the run when asked ([`SseScanner::answering`]).
+    pub(super) fn answering(&self) -> bool {
+        self.scanner.answering()
     }
 
     /// Reports the stream [`StreamEnd::Abandoned`] unless it already reported its end.

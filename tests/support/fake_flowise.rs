@@ -22,10 +22,14 @@ pub enum Mode {
     Fail,
     /// SSE: token events, one `usageMetadata` of `tokens`, `end`; `gap` between events.
     Stream { tokens: u64, gap: Duration },
-    /// SSE as Flowise 3 streams an Agentflow of LLM nodes using `nodes` tokens each: the node
-    /// list after every node, tokens and `usageMetadata` for the last node only; an `error`
-    /// event before the end when `fail_at_end`.
-    Agentflow { nodes: [u64; 3], fail_at_end: bool },
+    /// SSE as Flowise 3 streams an Agentflow of a Start node and LLM nodes using `nodes` tokens
+    /// each: `nextAgentFlow` before and after every node and the node list after it, tokens and
+    /// `usageMetadata` for the last node only; with `fail_after: Some(n)`, an `error` event
+    /// once `n` LLM nodes finished (`n` < 3: before any token), and the end.
+    Agentflow {
+        nodes: [u64; 3],
+        fail_after: Option<usize>,
+    },
     /// 200 JSON of an Agentflow resumed at Human Input node `human`: the resumed run's LLM
     /// node of `earlier` tokens, the resumed node, then this run's LLM node of `own` tokens.
     Resumed { earlier: u64, own: u64 },
@@ -358,23 +362,35 @@ async fn answer(
             resp.headers_mut().insert("content-type", "text/event-stream".parse().expect("header"));
             resp
         }
-        Mode::Agentflow { nodes, fail_at_end } => {
+        Mode::Agentflow { nodes, fail_after } => {
             // Written as Flowise writes them, `event` first.
             let event = |kind: &str, data: serde_json::Value| {
                 format!("message:\ndata:{{\"event\":\"{kind}\",\"data\":{data}}}\n\n")
             };
+            let next = |node: &str, status: &str| {
+                event("nextAgentFlow", serde_json::json!({"nodeId": node, "nodeLabel": node, "status": status}))
+            };
             let mut out = event("agentFlowEvent", "INPROGRESS".into());
-            let mut done = Vec::new();
+            out += &next("startAgentflow_0", "INPROGRESS");
+            out += &next("startAgentflow_0", "FINISHED");
+            let mut done = vec![serde_json::json!({"nodeId": "startAgentflow_0", "status": "FINISHED", "data": {"output": {"question": question}}})];
+            out += &event("agentFlowExecutedData", done.clone().into());
             for (i, tokens) in nodes.iter().enumerate() {
+                let node = format!("llmAgentflow_{i}");
+                out += &next(&node, "INPROGRESS");
+                if fail_after == Some(i) {
+                    break;
+                }
                 if i + 1 == nodes.len() {
                     out += &event("token", format!("Echo: {question}").into());
                     out += &event("usageMetadata", serde_json::json!({"input_tokens": tokens / 2, "output_tokens": tokens - tokens / 2, "total_tokens": tokens}));
                 }
-                done.push(serde_json::json!({"nodeId": format!("llmAgentflow_{i}"), "status": "FINISHED",
+                out += &next(&node, "FINISHED");
+                done.push(serde_json::json!({"nodeId": node, "status": "FINISHED",
                     "data": {"output": {"content": "x", "usageMetadata": {"total_tokens": tokens}}}}));
                 out += &event("agentFlowExecutedData", done.clone().into());
             }
-            if fail_at_end {
+            if fail_after.is_some() {
                 out += &event("error", "Error: the last node failed".into());
             } else {
                 out += &event("agentFlowEvent", "FINISHED".into());
