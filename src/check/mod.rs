@@ -268,6 +268,7 @@ pub fn check(paths: &[PathBuf]) -> Report {
                         ),
                     );
                 }
+                crd::schema::whole_numbers(&mut value);
                 // What the API server would refuse; a shape that does not parse is mostly
                 // the same mistake again, so it is only reported when the schema found none.
                 let violations = schema.violations(&value);

@@ -291,6 +291,12 @@ apiVersion: flowgate.io/v1alpha1
 kind: Chatflow
 metadata: {namespace: a}
 spec: {flowiseName: FAQ}
+---
+# What the API server takes: a name part longer than a DNS label, a whole float.
+apiVersion: flowgate.io/v1alpha1
+kind: CreditPolicy
+metadata: {name: marketing-and-sales-monthly-budget-for-support-chatflows-eu-region, namespace: a}
+spec: {chatflows: [\"*\"], budget: {credits: 5.0, period: Daily}}
 ",
     );
     let report = check(&[dir.path().to_path_buf()]);

@@ -8,7 +8,8 @@
 //! field is `nullable`: either way it passes), `status` is not validated (the status subresource
 //! ignores it on create and update), and formats are not checked here (flowgate's own times
 //! carry a pattern, and the types parse the rest). `metadata.name` must be a DNS subdomain and
-//! `metadata.namespace` a DNS label, as for every custom resource.
+//! `metadata.namespace` a DNS label, as for every custom resource. A whole number written as a
+//! float (`credits: 5.0`) is an integer, as kubectl sends it ([`whole_numbers`]).
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -89,10 +90,33 @@ fn prune_nulls(value: &mut Value) {
     }
 }
 
-/// `metadata.name` and `metadata.namespace`, as the API server checks them.
+/// Every whole number written as a float (`5.0`, `1e3`) made an integer, at any depth: kubectl
+/// converts YAML to JSON through Go's float64, which writes `5`, so the API server never sees
+/// the float. Call it before [`Schema::violations`] and before parsing into flowgate's types.
+pub fn whole_numbers(value: &mut Value) {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) {
+                if f >= 0.0 && f < 2f64.powi(64) {
+                    *value = Value::from(f as u64);
+                } else if f < 0.0 && f >= -(2f64.powi(63)) {
+                    *value = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Object(fields) => fields.values_mut().for_each(whole_numbers),
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        _ => {}
+    }
+}
+
+/// `metadata.name` and `metadata.namespace`, as the API server checks them. A `generateName`
+/// stands in for the name (the API server makes one; `kubectl create` takes it), and an empty
+/// namespace is none (the request's is used).
 fn names(object: &Value) -> Vec<String> {
     let mut found = Vec::new();
     match object.pointer("/metadata/name") {
+        None if object.pointer("/metadata/generateName").is_some() => {}
         None => found.push(".metadata.name: required".to_string()),
         Some(Value::String(name)) => {
             if let Err(why) = dns_subdomain(name) {
@@ -105,6 +129,7 @@ fn names(object: &Value) -> Vec<String> {
         Some(_) => {}
     }
     if let Some(Value::String(ns)) = object.pointer("/metadata/namespace")
+        && !ns.is_empty()
         && let Err(why) = dns_label(ns)
     {
         found.push(format!(
@@ -115,13 +140,13 @@ fn names(object: &Value) -> Vec<String> {
     found
 }
 
-/// RFC 1123 subdomain: at most 253 characters, dot-separated labels of lowercase letters,
-/// digits and `-`, starting and ending with a letter or digit.
+/// RFC 1123 subdomain as Kubernetes checks it (`IsDNS1123Subdomain`): at most 253 characters,
+/// dot-separated parts of lowercase letters, digits and `-`, each starting and ending with a
+/// letter or digit. Unlike a DNS label, a part may be longer than 63.
 pub fn dns_subdomain(name: &str) -> Result<(), &'static str> {
     if name.len() > 253 {
-        return Err("is longer than 253 characters");
-    }
-    if name.split('.').all(|label| dns_label(label).is_ok()) {
+        Err("is longer than 253 characters")
+    } else if name.split('.').all(label_characters) {
         Ok(())
     } else {
         Err(
@@ -133,22 +158,26 @@ pub fn dns_subdomain(name: &str) -> Result<(), &'static str> {
 /// RFC 1123 label: at most 63 lowercase letters, digits and `-`, starting and ending with a
 /// letter or digit.
 pub fn dns_label(name: &str) -> Result<(), &'static str> {
-    let bytes = name.as_bytes();
-    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if name.len() > 63 {
         Err("is longer than 63 characters")
-    } else if edge(bytes.first())
-        && edge(bytes.last())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-    {
+    } else if label_characters(name) {
         Ok(())
     } else {
         Err(
             "is not a DNS label (lowercase letters, digits and '-', starting and ending with a letter or digit)",
         )
     }
+}
+
+/// Lowercase letters, digits and `-`, starting and ending with a letter or digit.
+fn label_characters(label: &str) -> bool {
+    let bytes = label.as_bytes();
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    edge(bytes.first())
+        && edge(bytes.last())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 /// The violation's place, as `.spec.subjects[0].user` (empty for the object itself).
@@ -332,6 +361,29 @@ mod tests {
     }
 
     #[test]
+    fn whole_floats_are_integers_as_kubectl_sends_them() {
+        let mut value = json!({"a": 5.0, "b": [1e3, -2.0, 2.5], "c": {"d": 1.0e19}, "e": "5.0"});
+        whole_numbers(&mut value);
+        assert_eq!(
+            value,
+            json!({"a": 5, "b": [1000, -2, 2.5], "c": {"d": 10_000_000_000_000_000_000_u64}, "e": "5.0"})
+        );
+        let schema = for_kind("CreditPolicy").expect("schema");
+        let mut policy = json!({
+            "apiVersion": "flowgate.io/v1alpha1", "kind": "CreditPolicy",
+            "metadata": {"name": "p"},
+            "spec": {"chatflows": ["*"], "budget": {"credits": 5.0, "period": "Daily"}},
+        });
+        assert_eq!(
+            schema.violations(&policy).len(),
+            1,
+            "a float is not an integer"
+        );
+        whole_numbers(&mut policy);
+        assert_eq!(schema.violations(&policy), Vec::<String>::new());
+    }
+
+    #[test]
     fn names_must_be_dns_names() {
         let schema = for_kind("ChatflowAccess").expect("schema");
         let mut object = access(json!({"chatflows": ["x"], "subjects": [{"user": "u"}]}));
@@ -342,6 +394,12 @@ mod tests {
         assert!(found[1].starts_with(".metadata.namespace: \"a.b\" is not a DNS label"));
         object["metadata"] = json!({"namespace": "a"});
         assert_eq!(schema.violations(&object), [".metadata.name: required"]);
+        object["metadata"] = json!({"generateName": "team-", "namespace": ""});
+        assert_eq!(schema.violations(&object), Vec::<String>::new());
+        // A part of a subdomain may be longer than a label (the API server takes 253 in one).
+        let long = "a".repeat(100);
+        object["metadata"] = json!({"name": long, "namespace": "a"});
+        assert_eq!(schema.violations(&object), Vec::<String>::new());
         assert!(dns_subdomain("a.b-c.d9").is_ok());
         assert!(dns_subdomain(&"a".repeat(254)).is_err());
         assert!(dns_subdomain("a..b").is_err());

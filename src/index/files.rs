@@ -91,7 +91,7 @@ pub fn load_keeping(dir: &Path, kept: &mut LastReadable) -> (Resources, Vec<Stri
             }
             if doc
                 .pointer("/metadata/namespace")
-                .is_none_or(Value::is_null)
+                .is_none_or(|ns| ns.is_null() || ns == "")
                 && let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut)
             {
                 meta.insert("namespace".into(), Value::String("default".into()));
@@ -122,6 +122,7 @@ pub fn load_keeping(dir: &Path, kept: &mut LastReadable) -> (Resources, Vec<Stri
             };
             // What an API server would refuse is refused here too: without one, `subjects: []`
             // or `alertAtPercent: [150]` would otherwise be served.
+            schema::whole_numbers(&mut doc);
             let violations = schema.violations(&doc);
             let parsed = if !violations.is_empty() {
                 Err(violations.join("; "))

@@ -47,9 +47,13 @@ pub struct SseScanner {
     /// Flowise stopped the run when asked (an `abort` event, or an Agentflow `TERMINATED`):
     /// what it ran until then is answered, whatever error follows.
     stopped: bool,
-    /// An Agentflow node of this run finished ([`node_finished`]): its output reaches the caller
-    /// in the node list that follows, so a later failure does not make the run free.
-    node_finished: bool,
+    /// An Agentflow node of this run that does work finished ([`node_finished`]); its output
+    /// reaches the caller in the next node list.
+    finished_unlisted: bool,
+    /// A node list went by after such a node finished: the caller has its output, so a later
+    /// failure does not make the run free. (A nested run, an Iteration's body, finishes nodes
+    /// but lists none: that alone charges nothing.)
+    output_listed: bool,
     /// No policy prices the stream's tokens: node lists are neither kept nor read past
     /// [`MAX_EVENT`] (they can be tens of megabytes, and every stream has them).
     uncounted: bool,
@@ -152,6 +156,9 @@ impl SseScanner {
                 let event = std::mem::take(&mut self.pending);
                 if event.len() <= MAX_EVENT || event.len() <= self.event_limit(&event) {
                     self.inspect(event);
+                } else {
+                    // Too large to read, whole: as `skip`.
+                    self.output_listed |= self.finished_unlisted && is_node_list(&event);
                 }
             }
             self.overflow = false;
@@ -164,8 +171,7 @@ impl SseScanner {
             if self.pending.len() > MAX_EVENT
                 && self.pending.len() > self.event_limit(&self.pending)
             {
-                self.pending = Vec::new();
-                self.overflow = true;
+                self.skip();
             }
         }
         self.account();
@@ -190,6 +196,8 @@ impl SseScanner {
                     bytes = self.pending.len(),
                     "body memory full: a node list is not read"
                 );
+                // As `skip`, on the fields alone (`memory` is borrowed).
+                self.output_listed |= self.finished_unlisted && is_node_list(&self.pending);
                 self.pending = Vec::new();
                 self.overflow = true;
             }
@@ -235,11 +243,11 @@ impl SseScanner {
         self.token_event || self.clean_end || self.stopped
     }
 
-    /// Whether the charge is due whatever follows: Flowise began to answer, or an Agentflow
-    /// node of this run finished (its output, an LLM's text, say, reached the caller in the
-    /// node list; a later node failing before any token must not make that free).
+    /// Whether the charge is due whatever follows: Flowise began to answer, or a node list
+    /// brought the caller the output of an Agentflow node of this run (an LLM's text, say; a
+    /// later node failing before any token must not make that free).
     pub fn answered(&self) -> bool {
-        self.answering() || self.node_finished
+        self.answering() || self.output_listed
     }
 
     /// Whether Flowise sent an `error` event.
@@ -247,13 +255,17 @@ impl SseScanner {
         self.error_event
     }
 
+    /// Skips the event being read to its end (too large to read, or no memory for it). A node
+    /// list, even unread, still brought the caller what the nodes before it put out.
+    fn skip(&mut self) {
+        self.output_listed |= self.finished_unlisted && is_node_list(&self.pending);
+        self.pending = Vec::new();
+        self.overflow = true;
+    }
+
     /// The largest size the scanner reads an event of, by how the event starts.
     fn event_limit(&self, event: &[u8]) -> usize {
-        let head = &event[..event.len().min(64)];
-        let executed = head
-            .windows(EXECUTED_PREFIX.len())
-            .any(|w| w == EXECUTED_PREFIX);
-        if executed && !self.uncounted {
+        if is_node_list(event) && !self.uncounted {
             MAX_EXECUTED_EVENT
         } else {
             MAX_EVENT
@@ -302,7 +314,7 @@ impl SseScanner {
                     let terminated = data.contains("\"TERMINATED\"");
                     self.usage.cut |= terminated;
                     self.stopped |= terminated;
-                    self.node_finished |= node_finished(data);
+                    self.finished_unlisted |= node_finished(data);
                 }
                 Kind::Usage => {
                     self.usage.reporting = true;
@@ -315,6 +327,7 @@ impl SseScanner {
                 }
                 Kind::Executed => {
                     self.usage.reporting = true;
+                    self.output_listed |= self.finished_unlisted;
                     executed = !self.uncounted;
                 }
                 Kind::Other => {}
@@ -343,10 +356,28 @@ struct UsageEvent {
     data: serde_json::Value,
 }
 
+/// Whether an event (from its start) is an `agentFlowExecutedData` node list.
+fn is_node_list(event: &[u8]) -> bool {
+    event[..event.len().min(64)]
+        .windows(EXECUTED_PREFIX.len())
+        .any(|w| w == EXECUTED_PREFIX)
+}
+
+/// Agentflow node types whose output is no work of the run's own: the Start node passes the
+/// question on, a Human Input node holds the human's answer (a resumed run's first node), a
+/// condition or loop picks where to go on, a sticky note is a comment.
+const NO_OUTPUT_NODES: [&str; 6] = [
+    "startAgentflow",
+    "humanInputAgentflow",
+    "conditionAgentflow",
+    "conditionAgentAgentflow",
+    "loopAgentflow",
+    "stickyNoteAgentflow",
+];
+
 /// Whether a flow event reports a node finished whose output is the run's own work:
-/// `{"event":"nextAgentFlow","data":{"nodeId":…,"status":"FINISHED"}}` for any node but the
-/// Start node (it only passes the question on) and a Human Input node (a resumed run's first,
-/// holding the human's own answer). Flowise names nodes `<type>_<n>`.
+/// `{"event":"nextAgentFlow","data":{"nodeId":…,"status":"FINISHED"}}` for any node but those
+/// of [`NO_OUTPUT_NODES`]. Flowise names nodes `<type>_<n>`.
 fn node_finished(data: &str) -> bool {
     #[derive(serde::Deserialize)]
     struct Next {
@@ -373,11 +404,10 @@ fn node_finished(data: &str) -> bool {
     else {
         return false;
     };
-    event == "nextAgentFlow"
-        && status == "FINISHED"
-        && !["startAgentflow", "humanInputAgentflow"]
-            .iter()
-            .any(|kind| node.starts_with(kind))
+    let kind = node
+        .rsplit_once('_')
+        .map_or(node.as_str(), |(kind, _)| kind);
+    event == "nextAgentFlow" && status == "FINISHED" && !NO_OUTPUT_NODES.contains(&kind)
 }
 
 /// Tokens of the nodes in an `agentFlowExecutedData` event.

@@ -181,6 +181,28 @@ fn a_node_finished_before_a_failure_is_answered_but_the_start_node_is_not() {
             false,
             0,
         ),
+        // An Iteration's body is a nested run: its nodes finish, but Flowise lists none of
+        // them, so nothing of theirs reached the caller.
+        (
+            start.clone()
+                + &node("iterationAgentflow_0", "INPROGRESS")
+                + &node("llmAgentflow_1", "FINISHED")
+                + &error,
+            false,
+            0,
+        ),
+        // A condition only picks a branch: listed, it is still no output of the run's own.
+        (
+            start.clone()
+                + &node("conditionAgentflow_0", "FINISHED")
+                + &event(
+                    "agentFlowExecutedData",
+                    r#"[{"nodeId":"conditionAgentflow_0","status":"FINISHED","data":{}}]"#,
+                )
+                + &error,
+            false,
+            0,
+        ),
     ] {
         for chunk in [1, 7, stream.len()] {
             let mut scanner = SseScanner::default();
@@ -191,6 +213,35 @@ fn a_node_finished_before_a_failure_is_answered_but_the_start_node_is_not() {
             assert_eq!(scanner.answered(), answered, "{stream}");
             assert!(!scanner.answering(), "no token: a hang-up aborts at once");
             assert_eq!(scanner.tokens(), tokens, "{stream}");
+        }
+    }
+}
+
+#[test]
+fn a_node_list_too_large_to_read_still_brings_the_caller_the_nodes_output() {
+    let finished = event(
+        "nextAgentFlow",
+        r#"{"nodeId":"llmAgentflow_0","status":"FINISHED"}"#,
+    );
+    let content = "x".repeat(MAX_EVENT + 4096);
+    let list = event(
+        "agentFlowExecutedData",
+        &format!(
+            r#"[{{"nodeId":"llmAgentflow_0","status":"FINISHED","data":{{"output":{{"content":"{content}"}}}}}}]"#
+        ),
+    );
+    let error = event("error", r#""Error: the next node failed""#);
+    for (before, answered) in [(finished.clone(), true), (String::new(), false)] {
+        let stream = before + &list + &error;
+        // Read as it comes, the list is skipped before its end; in one piece, at its end.
+        for chunk in [1024, stream.len()] {
+            // Nobody prices tokens: a list past MAX_EVENT is skipped unread.
+            let mut scanner = SseScanner::uncounted();
+            for piece in stream.as_bytes().chunks(chunk) {
+                scanner.feed(piece);
+            }
+            assert!(scanner.failed());
+            assert_eq!(scanner.answered(), answered, "chunk {chunk}");
         }
     }
 }

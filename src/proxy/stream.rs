@@ -39,8 +39,10 @@ pub struct StreamReport {
     pub usage: StreamUsage,
     /// Flowise sent an `error` event (e.g. a key-bound chatflow without its key).
     pub error_event: bool,
-    /// Flowise answered: it streamed a token, or ended without an error. An error after the
-    /// answer started does not take the answer back.
+    /// Flowise answered ([`SseScanner::answered`]): it streamed a token, ended without an
+    /// error, stopped the run when asked, or a node list brought the caller an Agentflow node's
+    /// output. However the stream ends after that (an error, a stall, a reset), the answer is
+    /// not taken back.
     pub answered: bool,
     /// The client went away before the end (the rest may have been read without it).
     pub client_left: bool,
