@@ -108,8 +108,7 @@ pub struct RunArgs {
     /// Run without the proxy (controller only).
     #[arg(long, env = "FLOWGATE_NO_PROXY")]
     pub no_proxy: bool,
-    /// Read resources from the YAML files under this directory (subdirectories too) instead of
-    /// a cluster.
+    /// Read resources from YAML files in this directory instead of a cluster.
     #[arg(long, env = "FLOWGATE_RESOURCES_DIR")]
     pub resources_dir: Option<PathBuf>,
     /// Threads serving proxy connections, each with its own runtime and Flowise connection

@@ -244,6 +244,7 @@ pub fn check(paths: &[PathBuf]) -> Report {
                     fields.remove("status");
                 }
                 let name = text_at(&value, "/metadata/name");
+                let named = !name.is_empty();
                 let place = match text_at(&value, "/metadata/namespace") {
                     "" => Place {
                         object: format!("{kind} {name}"),
@@ -295,7 +296,10 @@ pub fn check(paths: &[PathBuf]) -> Report {
                 // no part in the checks across objects (a good copy stands in for it, as for
                 // one that does not parse).
                 let parsed = parsed.ok().filter(|_| violations.is_empty()).ok_or(());
-                if let Some((first, namespaced, first_parsed)) = defined.get_mut(&place.object) {
+                // Without a name (`generateName`) each is an object of its own.
+                if let Some((first, namespaced, first_parsed)) =
+                    defined.get_mut(&place.object).filter(|_| named)
+                {
                     let message = format!("also defined at {first}");
                     let stands_in = !*first_parsed && parsed.is_ok();
                     *first_parsed |= parsed.is_ok();
@@ -608,6 +612,7 @@ impl Source {
 /// to it). A directory that cannot be read is an error.
 fn sources(paths: &[PathBuf], report: &mut Report) -> Vec<Source> {
     let mut files = Vec::new();
+    let mut seen = BTreeSet::new();
     for path in paths {
         if path.as_os_str() == "-" {
             if files.iter().all(|f: &Source| f.path.is_some()) {
@@ -617,7 +622,7 @@ fn sources(paths: &[PathBuf], report: &mut Report) -> Vec<Source> {
                 });
             }
         } else if path.is_dir() {
-            walk(path, &mut files, report);
+            walk(path, &mut files, &mut seen, report);
         } else {
             files.push(Source {
                 name: path.display().to_string(),
@@ -635,18 +640,34 @@ fn sources(paths: &[PathBuf], report: &mut Report) -> Vec<Source> {
     files
 }
 
-fn walk(dir: &Path, files: &mut Vec<Source>, report: &mut Report) {
-    let found = match crate::index::files::yaml_files(dir) {
-        Ok(found) => found,
+fn walk(dir: &Path, files: &mut Vec<Source>, seen: &mut BTreeSet<PathBuf>, report: &mut Report) {
+    if !seen.insert(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())) {
+        return;
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
         Err(e) => return report.error(&dir.display().to_string(), None, e.to_string()),
     };
-    for (sub, e) in found.unlisted {
-        report.error(&sub.display().to_string(), None, e.to_string());
+    let mut entries: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        })
+        .collect();
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            walk(&entry, files, seen, report);
+        } else if entry.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            files.push(Source {
+                name: entry.display().to_string(),
+                path: Some(entry),
+            });
+        }
     }
-    files.extend(found.files.into_iter().map(|path| Source {
-        name: path.display().to_string(),
-        path: Some(path),
-    }));
 }
 
 #[cfg(test)]

@@ -292,6 +292,17 @@ kind: Chatflow
 metadata: {namespace: a}
 spec: {flowiseName: FAQ}
 ---
+# `kubectl create` makes two objects of these.
+apiVersion: flowgate.io/v1alpha1
+kind: ChatflowAccess
+metadata: {generateName: gen-, namespace: a}
+spec: {chatflows: [\"*\"], subjects: [{user: u}]}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: ChatflowAccess
+metadata: {generateName: gen-, namespace: a}
+spec: {chatflows: [\"*\"], subjects: [{user: v}]}
+---
 # What the API server takes: a name part longer than a DNS label, a whole float.
 apiVersion: flowgate.io/v1alpha1
 kind: CreditPolicy

@@ -90,16 +90,15 @@ fn prune_nulls(value: &mut Value) {
     }
 }
 
-/// Every whole number written as a float (`5.0`, `1e3`) made an integer, at any depth: kubectl
-/// converts YAML to JSON through Go's float64, which writes `5`, so the API server never sees
-/// the float. Call it before [`Schema::violations`] and before parsing into flowgate's types.
+/// Every whole number written as a float (`5.0`, `1e3`) within int64 made an integer, at any
+/// depth: kubectl converts YAML to JSON through Go's float64, which writes `5`, so the API
+/// server never sees the float. Call it before [`Schema::violations`] and before parsing into flowgate's types.
 pub fn whole_numbers(value: &mut Value) {
     match value {
         Value::Number(n) if n.is_f64() => {
             if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) {
-                if f >= 0.0 && f < 2f64.powi(64) {
-                    *value = Value::from(f as u64);
-                } else if f < 0.0 && f >= -(2f64.powi(63)) {
+                // Within int64, as the API server reads integers: a larger one stays a float.
+                if (-(2f64.powi(63))..2f64.powi(63)).contains(&f) {
                     *value = Value::from(f as i64);
                 }
             }
@@ -366,7 +365,7 @@ mod tests {
         whole_numbers(&mut value);
         assert_eq!(
             value,
-            json!({"a": 5, "b": [1000, -2, 2.5], "c": {"d": 10_000_000_000_000_000_000_u64}, "e": "5.0"})
+            json!({"a": 5, "b": [1000, -2, 2.5], "c": {"d": 1.0e19}, "e": "5.0"})
         );
         let schema = for_kind("CreditPolicy").expect("schema");
         let mut policy = json!({

@@ -1,7 +1,6 @@
 //! `flowgate run --resources-dir DIR`: the same resources, from YAML files instead of a cluster.
 //!
-//! The directory and its subdirectories ([`yaml_files`]) are polled (every second) and reloaded
-//! when a file changes, and Chatflows are
+//! The directory is polled (every second) and reloaded when a file changes, and Chatflows are
 //! resolved against Flowise on every change and every sync interval (a failed listing keeps the
 //! last good one and is retried within 5 s). A file that stops parsing keeps what it held when
 //! last readable ([`LastReadable`]). An object defined twice keeps its first definition,
@@ -9,7 +8,7 @@
 //! is only logged. Adopting (`flowiseId`, `flowiseName`) works; owning a `definition` needs the
 //! controller and a cluster, so such Chatflows are reported and not served.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -51,20 +50,7 @@ pub fn load_keeping(dir: &Path, kept: &mut LastReadable) -> (Resources, Vec<Stri
     // cluster it could not exist; here it would, for a CreditPolicy, charge twice).
     let mut defined: HashMap<(String, String, String), String> = HashMap::new();
     let files = match yaml_files(dir) {
-        Ok(YamlFiles {
-            mut files,
-            unlisted,
-        }) => {
-            // A subdirectory that cannot be listed keeps its files as the directory does.
-            for (sub, error) in unlisted {
-                problems.push(format!(
-                    "{}: cannot list the directory ({error}); the files last read under it stay in force",
-                    sub.display()
-                ));
-                files.extend(kept.keys().filter(|p| p.starts_with(&sub)).cloned());
-            }
-            files.sort();
-            files.dedup();
+        Ok(files) => {
             kept.retain(|path, _| files.contains(path));
             files
         }
@@ -137,7 +123,13 @@ pub fn load_keeping(dir: &Path, kept: &mut LastReadable) -> (Resources, Vec<Stri
             // What an API server would refuse is refused here too: without one, `subjects: []`
             // or `alertAtPercent: [150]` would otherwise be served.
             schema::whole_numbers(&mut doc);
-            let violations = schema.violations(&doc);
+            let mut violations = schema.violations(&doc);
+            if key.2.is_empty() && violations.is_empty() {
+                violations.push(
+                    ".metadata.name: required (no API server here makes one from generateName)"
+                        .into(),
+                );
+            }
             let parsed = if !violations.is_empty() {
                 Err(violations.join("; "))
             } else {
@@ -200,60 +192,20 @@ fn str_at(doc: &Value, pointer: &str) -> String {
         .to_string()
 }
 
-/// The `*.yaml`/`*.yml` files under a directory, walked recursively.
-#[derive(Debug, Default)]
-pub struct YamlFiles {
-    /// In path order.
-    pub files: Vec<PathBuf>,
-    /// Subdirectories that could not be listed, and why.
-    pub unlisted: Vec<(PathBuf, std::io::Error)>,
-}
-
-/// The `*.yaml`/`*.yml` files under `dir` and its subdirectories, in path order. Hidden entries
-/// are skipped (`.git`, a ConfigMap mount's `..data`, whose files the mount also links at its
-/// top), and each directory is walked once however many links lead to it. `dir` itself must be
-/// listable; a subdirectory that is not is reported in [`YamlFiles::unlisted`].
-pub fn yaml_files(dir: &Path) -> std::io::Result<YamlFiles> {
-    fn walk(
-        dir: &Path,
-        found: &mut YamlFiles,
-        seen: &mut BTreeSet<PathBuf>,
-    ) -> std::io::Result<()> {
-        if !seen.insert(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())) {
-            return Ok(());
-        }
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| !n.starts_with('.'))
-            })
-            .collect();
-        entries.sort();
-        for entry in entries {
-            if entry.is_dir() {
-                if let Err(error) = walk(&entry, found, seen) {
-                    found.unlisted.push((entry, error));
-                }
-            } else if entry.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                found.files.push(entry);
-            }
-        }
-        Ok(())
-    }
-    let mut found = YamlFiles::default();
-    walk(dir, &mut found, &mut BTreeSet::new())?;
-    found.files.sort();
-    Ok(found)
+fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// What the directory looks like now: changes when a file is added, removed or written.
 fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     yaml_files(dir)
         .unwrap_or_default()
-        .files
         .into_iter()
         .map(|p| {
             let meta = std::fs::metadata(&p).ok();
@@ -481,39 +433,21 @@ mod tests {
     }
 
     #[test]
-    fn subdirectories_are_read_and_hidden_entries_are_not() {
+    fn an_object_named_only_by_generate_name_is_refused_without_an_api_server() {
         let dir = tempfile::tempdir().expect("dir");
-        let access = |name: &str| {
-            format!(
-                "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {{name: {name}, namespace: team}}\nspec: {{chatflows: ['*'], subjects: [{{user: u}}]}}\n"
-            )
-        };
-        for sub in ["teams/a", "teams/b/deeper", ".git", "..data"] {
-            std::fs::create_dir_all(dir.path().join(sub)).expect("subdirectory");
-        }
-        write(dir.path(), "top.yaml", &access("top"));
-        write(&dir.path().join("teams/a"), "a.yml", &access("a"));
-        write(&dir.path().join("teams/b/deeper"), "b.yaml", &access("b"));
-        // A ConfigMap mount: the files in a hidden `..data`, linked at the top.
         write(
-            &dir.path().join("..data"),
-            "mounted.yaml",
-            &access("mounted"),
+            dir.path(),
+            "gen.yaml",
+            "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {generateName: team-}\nspec: {chatflows: ['*'], subjects: [{user: u}]}\n",
         );
-        std::os::unix::fs::symlink("..data/mounted.yaml", dir.path().join("mounted.yaml"))
-            .expect("link");
-        write(&dir.path().join(".git"), "config.yaml", &access("git"));
-        // A link back up is walked once.
-        std::os::unix::fs::symlink(dir.path(), dir.path().join("teams/loop")).expect("link");
-        let (res, problems) = load(dir.path());
-        assert_eq!(problems, Vec::<String>::new());
-        let mut names: Vec<&str> = res
-            .accesses
-            .iter()
-            .filter_map(|a| a.metadata.name.as_deref())
-            .collect();
-        names.sort_unstable();
-        assert_eq!(names, ["a", "b", "mounted", "top"]);
+        let (res, _) = load(dir.path());
+        assert!(res.accesses.is_empty());
+        assert_eq!(res.unreadable.len(), 1);
+        assert!(
+            res.unreadable[0].error.contains("generateName"),
+            "{:?}",
+            res.unreadable[0]
+        );
     }
 
     #[test]

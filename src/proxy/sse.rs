@@ -51,8 +51,8 @@ pub struct SseScanner {
     /// reaches the caller in the next node list.
     finished_unlisted: bool,
     /// A node list went by after such a node finished: the caller has its output, so a later
-    /// failure does not make the run free. (A nested run, an Iteration's body, finishes nodes
-    /// but lists none: that alone charges nothing.)
+    /// failure does not make the run free. (An Iteration's body runs nested: its nodes finish
+    /// with no list of their own; they are listed, and count, after the Iteration finished.)
     output_listed: bool,
     /// No policy prices the stream's tokens: node lists are neither kept nor read past
     /// [`MAX_EVENT`] (they can be tens of megabytes, and every stream has them).
