@@ -34,14 +34,11 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::crd::{self, Chatflow, ChatflowAccess, CreditPolicy};
+use crate::crd::{self, API_VERSION, Chatflow, ChatflowAccess, CreditPolicy};
 use crate::index::rules::{
     AccessRule, ChatflowRule, ChatflowSource, InvalidSpec, PolicyRule, chatflow_source,
     claimed_flowise_id,
 };
-
-/// The `apiVersion` every flowgate resource has.
-const API_VERSION: &str = "flowgate.io/v1alpha1";
 
 /// The fields of `metadata` (Kubernetes' ObjectMeta); the API server drops any other.
 const METADATA_FIELDS: [&str; 16] = [

@@ -27,6 +27,8 @@ use kube::CustomResourceExt;
 
 /// API group of every flowgate resource.
 pub const GROUP: &str = "flowgate.io";
+/// The `apiVersion` every flowgate resource has.
+pub const API_VERSION: &str = "flowgate.io/v1alpha1";
 
 /// The times flowgate reads (RFC 3339, at most nanoseconds). The API server's `date-time`
 /// format also takes ten or more fractional digits, which flowgate cannot read: one such

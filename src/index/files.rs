@@ -21,7 +21,7 @@ use super::rules::{ChatflowSource, chatflow_source};
 use super::watch::SnapshotHandle;
 use super::{Resources, Unreadable, compile};
 use crate::crd::conditions::{self, READY, reason};
-use crate::crd::schema;
+use crate::crd::{self, schema};
 use crate::crd::{Chatflow, ChatflowStatus};
 use crate::flowise::{FlowiseApi, FlowiseChatflow};
 use crate::ops::Gate;
@@ -97,6 +97,24 @@ pub fn load_keeping(dir: &Path, kept: &mut LastReadable) -> (Resources, Vec<Stri
                 meta.insert("namespace".into(), Value::String("default".into()));
             }
             let at = format!("{} (document {})", path.display(), i + 1);
+            // Another tool's object beside the resources (a Deployment, a kustomization) is
+            // not ours to report, as `flowgate check` leaves it alone. One that names flowgate
+            // (or no apiVersion at all) but not its apiVersion is a mistake: invalid, as one
+            // that does not parse (a CreditPolicy may refuse).
+            let api_version = str_at(&doc, "/apiVersion");
+            let mut wrong_version = None;
+            if api_version != crd::API_VERSION {
+                let ours = api_version.is_empty()
+                    || api_version.split('/').next() == Some(crd::GROUP)
+                    || api_version.contains("flowgate");
+                if !ours {
+                    continue;
+                }
+                wrong_version = Some(format!(
+                    "apiVersion '{api_version}': flowgate serves {}",
+                    crd::API_VERSION
+                ));
+            }
             let kind = doc
                 .get("kind")
                 .and_then(Value::as_str)
@@ -124,6 +142,7 @@ pub fn load_keeping(dir: &Path, kept: &mut LastReadable) -> (Resources, Vec<Stri
             // or `alertAtPercent: [150]` would otherwise be served.
             schema::whole_numbers(&mut doc);
             let mut violations = schema.violations(&doc);
+            violations.splice(0..0, wrong_version);
             if key.2.is_empty() && violations.is_empty() {
                 violations.push(
                     ".metadata.name: required (no API server here makes one from generateName)"
@@ -406,8 +425,9 @@ mod tests {
         );
         assert_eq!(res.accesses.len(), 1);
         assert_eq!(res.policies.len(), 0, "a negative budget does not parse");
-        assert_eq!(problems.len(), 5, "{problems:?}");
-        assert!(problems[4].contains("already defined"), "{problems:?}");
+        // The ConfigMap beside them is no one's problem.
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[3].contains("already defined"), "{problems:?}");
         // ... and is kept as unreadable, so that the index counts it (and may refuse).
         let unreadable: Vec<_> = res
             .unreadable
@@ -430,6 +450,44 @@ mod tests {
             "{:?}",
             res.unreadable[1]
         );
+    }
+
+    #[test]
+    fn other_tools_objects_are_left_alone_and_wrong_api_versions_reported() {
+        let dir = tempfile::tempdir().expect("dir");
+        let access = |api_version: &str, name: &str| {
+            format!(
+                "apiVersion: {api_version}\nkind: ChatflowAccess\nmetadata: {{name: {name}, namespace: t}}\nspec: {{chatflows: ['*'], subjects: [{{user: u}}]}}\n"
+            )
+        };
+        write(
+            dir.path(),
+            "all.yaml",
+            &[
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n".to_string(),
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n".into(),
+                access("flowgate.io/v1", "a"),
+                access("flowgate/v1alpha1", "b"),
+                "kind: ChatflowAccess\nmetadata: {name: c}\n".into(),
+                "apiVersion: flowgate.io/v1alpha1\nkind: ChatFlow\nmetadata: {name: d}\n".into(),
+                access("flowgate.io/v1alpha1", "e"),
+            ]
+            .join("---\n"),
+        );
+        let (res, problems) = load(dir.path());
+        assert_eq!(res.accesses.len(), 1);
+        // Counted invalid, as objects that do not parse.
+        let unreadable: Vec<&str> = res.unreadable.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(unreadable, ["a", "b", "c"]);
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        for (problem, want) in problems.iter().zip([
+            "(document 3): invalid ChatflowAccess: apiVersion 'flowgate.io/v1'",
+            "(document 4): invalid ChatflowAccess: apiVersion 'flowgate/v1alpha1'",
+            "(document 5): invalid ChatflowAccess: apiVersion ''",
+            "(document 6): kind 'ChatFlow' is not a flowgate resource",
+        ]) {
+            assert!(problem.contains(want), "{want} not in {problem}");
+        }
     }
 
     #[test]
