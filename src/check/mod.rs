@@ -11,10 +11,10 @@
 //!   apply` would (a bound such as `minItems`, `pattern` or `maximum`, a missing required field,
 //!   a name that is not a DNS name: [`crd::schema`]); a field its CRD or `metadata` does not
 //!   know (a typo: the API server drops it, kubectl may refuse it, and a GitOps tool may apply
-//!   the rest without it); a spec the index would refuse ([`InvalidSpec`]); an object defined twice in
-//!   one namespace; two Chatflows claiming one Flowise chatflow by id or by name (neither would
-//!   be served); an `apiVersion` that looks like flowgate's but is not; no flowgate object at all
-//!   (a wrong path in CI);
+//!   the rest without it); a spec the index would refuse ([`InvalidSpec`]); an object defined
+//!   twice in one namespace; two Chatflows claiming one Flowise chatflow by id or by name
+//!   (neither would be served); an `apiVersion` that looks like flowgate's but is not; no
+//!   flowgate object at all (a wrong path in CI);
 //! - **warnings**: a ChatflowAccess or CreditPolicy naming Chatflows not defined in the files of
 //!   its namespace (fine when they exist in the cluster or are imported from Flowise); an object
 //!   defined twice without a namespace (fine when they go to different namespaces, as two

@@ -92,7 +92,8 @@ fn prune_nulls(value: &mut Value) {
 
 /// Every whole number written as a float (`5.0`, `1e3`) within int64 made an integer, at any
 /// depth: kubectl converts YAML to JSON through Go's float64, which writes `5`, so the API
-/// server never sees the float. Call it before [`Schema::violations`] and before parsing into flowgate's types.
+/// server never sees the float. Call it before [`Schema::violations`] and before parsing into
+/// flowgate's types.
 pub fn whole_numbers(value: &mut Value) {
     match value {
         Value::Number(n) if n.is_f64() => {
