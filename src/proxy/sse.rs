@@ -157,8 +157,7 @@ impl SseScanner {
                 if event.len() <= MAX_EVENT || event.len() <= self.event_limit(&event) {
                     self.inspect(event);
                 } else {
-                    // Too large to read, whole: as `skip`.
-                    self.output_listed |= self.finished_unlisted && is_node_list(&event);
+                    self.unread(&event);
                 }
             }
             self.overflow = false;
@@ -181,7 +180,8 @@ impl SseScanner {
     /// it does not fit, and the node list kept before it is let go when that is not enough
     /// (its tokens then go uncounted: the memory of every request comes first).
     fn account(&mut self) {
-        let Some(memory) = self.memory.as_mut() else {
+        // Taken out for the while, so that `skip` can be called on the scanner.
+        let Some(mut memory) = self.memory.take() else {
             return;
         };
         let kept = |pending: &Vec<u8>, nodes: &Option<String>| {
@@ -196,10 +196,7 @@ impl SseScanner {
                     bytes = self.pending.len(),
                     "body memory full: a node list is not read"
                 );
-                // As `skip`, on the fields alone (`memory` is borrowed).
-                self.output_listed |= self.finished_unlisted && is_node_list(&self.pending);
-                self.pending = Vec::new();
-                self.overflow = true;
+                self.skip();
             }
             want = kept(&self.pending, &self.usage.nodes);
             if want > memory.bytes() && memory.try_grow(want - memory.bytes()).is_err() {
@@ -208,6 +205,7 @@ impl SseScanner {
             }
         }
         memory.shrink_to(want);
+        self.memory = Some(memory);
     }
 
     /// The stream ended: reads a last event that had no blank line after it.
@@ -258,9 +256,15 @@ impl SseScanner {
     /// Skips the event being read to its end (too large to read, or no memory for it). A node
     /// list, even unread, still brought the caller what the nodes before it put out.
     fn skip(&mut self) {
-        self.output_listed |= self.finished_unlisted && is_node_list(&self.pending);
-        self.pending = Vec::new();
+        let event = std::mem::take(&mut self.pending);
+        self.unread(&event);
         self.overflow = true;
+    }
+
+    /// An event went by unread: a node list still brought the caller the outputs of the nodes
+    /// finished before it.
+    fn unread(&mut self, event: &[u8]) {
+        self.output_listed |= self.finished_unlisted && is_node_list(event);
     }
 
     /// The largest size the scanner reads an event of, by how the event starts.
