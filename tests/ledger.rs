@@ -9,6 +9,8 @@
 mod adjust;
 #[path = "ledger/bursts.rs"]
 mod bursts;
+#[path = "ledger/commit_unanswered.rs"]
+mod commit_unanswered;
 #[path = "ledger/own_limits.rs"]
 mod own_limits;
 #[path = "ledger/postgres_replicas.rs"]

@@ -5,9 +5,10 @@
 //! Flowise's framing (`message:\ndata:{"event":…,"data":…}\n\n`). Each event's `data` is
 //! `"<index>:<unix µs when sent>"`, so a client on this machine can tell how long each event
 //! took to reach it. `--delay-ms` delays every answer (a model that takes time). `GET
-//! /api/v1/chatflows` lists one chatflow, `bench-flow`, so `flowgate run --resources-dir` can
-//! adopt it (to profile flowgate alone). Anything else is a Flowise-style 404. The JSON answer is fixed (like nginx returning a file): the upstream
-//! costs the same on every path.
+//! /api/v1/chatflows` lists one chatflow, `0b0e0c0a-0000-4000-8000-00000000be0c` (the id
+//! `scripts/bench-ab` declares), so `flowgate run --resources-dir` can adopt it (to profile
+//! flowgate alone). Anything else is a Flowise-style 404. The JSON answer is fixed (like nginx
+//! returning a file): the upstream costs the same on every path.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -48,8 +49,8 @@ pub struct Options {
 /// Flowise's answer to a non-streaming prediction of its echo flow (ids fixed).
 const ANSWER: &str = r#"{"text":"Echo: hello","question":"hello","chatId":"fg-0000000000000000-bench","chatMessageId":"7a1d0c1e-0000-4000-8000-000000000001","isStreamValid":false,"sessionId":"fg-0000000000000000-bench","memoryType":"Buffer Memory","executionId":"7a1d0c1e-0000-4000-8000-000000000002"}"#;
 
-/// Flowise's chatflow listing: the one chatflow `bench-flow`.
-const CHATFLOWS: &str = r#"[{"id":"bench-flow","name":"bench","type":"CHATFLOW","flowData":"{}","deployed":true,"isPublic":false,"apikeyid":null}]"#;
+/// Flowise's chatflow listing: the one chatflow `scripts/bench-ab` declares.
+const CHATFLOWS: &str = r#"[{"id":"0b0e0c0a-0000-4000-8000-00000000be0c","name":"bench","type":"CHATFLOW","flowData":"{}","deployed":true,"isPublic":false,"apikeyid":null}]"#;
 
 pub fn serve(options: Options) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()

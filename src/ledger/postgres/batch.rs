@@ -26,10 +26,13 @@
 //! An error before the commit rolls the whole batch back. If it came from one operation (a
 //! string PostgreSQL refuses, say) or was a serialization failure or deadlock, each operation
 //! reruns alone through the one-operation path (which retries), so a bad request fails alone;
-//! if the connection or server is gone, every operation fails with it at once. A failed COMMIT
-//! fails the batch: whether it was applied is unknowable, and rerunning it could charge twice.
-//! (The last write failing in PostgreSQL is not that case: the transaction was aborted, and the
-//! COMMIT behind it rolled it back.)
+//! if the connection or server is gone, every operation fails with it at once. A COMMIT whose
+//! answer never comes is asked about on a fresh connection ([`unanswered`]): applied, the batch's
+//! answers stand; rolled back, each operation runs again; unknowable, the batch fails. (The last
+//! write failing in PostgreSQL is not that case: the transaction was aborted, and the COMMIT
+//! behind it rolled it back.)
+
+mod unanswered;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -44,6 +47,7 @@ use super::schema::Statements;
 use super::state::{self, Close, HeldLine, Transition};
 use super::{Charge, LedgerError, Plan, ReservationId, ReserveOutcome, ReserveRequest, plan};
 use crate::ledger::{ReservationState, Resolution, expiry};
+use unanswered::Unanswered;
 
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 256;
@@ -111,10 +115,11 @@ async fn commit(pool: &Pool, batch: Vec<Op>) {
     let answers = match pool.get().await {
         Ok(mut pooled) => match run(&mut pooled, &requests, &closing).await {
             Ok((reserved, closed)) => (reserved.into_iter().map(Ok).collect(), closed),
-            Err(Failure::Commit(e)) => (
-                all_failed(&e, requests.len()),
-                all_failed(&e, closing.len()),
-            ),
+            Err(Failure::Commit(e, unanswered)) => {
+                // Closed now: PostgreSQL ends the transaction if the COMMIT never reached it.
+                drop(pooled);
+                after_unanswered(pool, e, unanswered, &requests, &closing).await
+            }
             // The connection or the server is gone: running each operation alone would only
             // wait for the same failure once per operation, the writer stalled meanwhile.
             Err(Failure::Before(e)) if e.transient() && !super::retryable(&e) => (
@@ -125,15 +130,7 @@ async fn commit(pool: &Pool, batch: Vec<Op>) {
                 tracing::debug!(%error, reserves = requests.len(), closes = closing.len(),
                     "ledger batch rolled back; running its operations one by one");
                 drop(pooled);
-                let mut closed = Vec::with_capacity(closing.len());
-                for c in &closing {
-                    closed.push(super::close_alone(pool, c.id, &c.how, c.now).await);
-                }
-                let mut reserved = Vec::with_capacity(requests.len());
-                for request in &requests {
-                    reserved.push(super::reserve_alone(pool, request).await);
-                }
-                (reserved, closed)
+                one_by_one(pool, &requests, &closing).await
             }
         },
         Err(e) => (
@@ -147,6 +144,61 @@ async fn commit(pool: &Pool, batch: Vec<Op>) {
     }
     for ((_, reply), answer) in closes.into_iter().zip(answers.1) {
         let _ = reply.send(answer);
+    }
+}
+
+/// Each caller's answer: reserves in queue order, then closes in queue order.
+type Replies = (
+    Vec<Result<ReserveOutcome, LedgerError>>,
+    Vec<Result<Resolution, LedgerError>>,
+);
+
+/// Runs every operation of a batch that did not commit alone, through the one-operation path.
+async fn one_by_one(pool: &Pool, requests: &[&ReserveRequest], closing: &[&Closing]) -> Replies {
+    let mut closed = Vec::with_capacity(closing.len());
+    for c in closing {
+        closed.push(super::close_alone(pool, c.id, &c.how, c.now).await);
+    }
+    let mut reserved = Vec::with_capacity(requests.len());
+    for request in requests {
+        reserved.push(super::reserve_alone(pool, request).await);
+    }
+    (reserved, closed)
+}
+
+/// The answers of a batch whose COMMIT failed: what it decided if it was applied, its
+/// operations run again if it was not, `e` for each if that cannot be told.
+async fn after_unanswered(
+    pool: &Pool,
+    e: LedgerError,
+    unanswered: Option<Box<Unanswered>>,
+    requests: &[&ReserveRequest],
+    closing: &[&Closing],
+) -> Replies {
+    let (reserves, closes) = (requests.len(), closing.len());
+    let checked = match unanswered {
+        Some(batch) => batch.check(pool).await,
+        None => Err(LedgerError::Corrupt(
+            "the batch's writes were incomplete".into(),
+        )),
+    };
+    match checked {
+        Ok(Some((reserved, closed))) => {
+            tracing::warn!(error = %e, reserves, closes,
+                "a ledger batch's COMMIT went unanswered; it was applied");
+            (reserved.into_iter().map(Ok).collect(), closed)
+        }
+        Ok(None) => {
+            tracing::warn!(error = %e, reserves, closes,
+                "a ledger batch's COMMIT went unanswered; it was rolled back, running it again");
+            one_by_one(pool, requests, closing).await
+        }
+        Err(check) => {
+            tracing::error!(error = %e, %check, reserves, closes,
+                "a ledger batch's COMMIT went unanswered and whether it was applied cannot be \
+                 told: its reservations may stay charged until refunded by hand");
+            (all_failed(&e, reserves), all_failed(&e, closes))
+        }
     }
 }
 
@@ -171,8 +223,9 @@ fn charges_of(request: &ReserveRequest) -> Result<Vec<Charge<'_>>, LedgerError> 
 enum Failure {
     /// Nothing was committed; each operation may run again.
     Before(LedgerError),
-    /// COMMIT itself failed: the batch may or may not be applied.
-    Commit(LedgerError),
+    /// COMMIT itself failed: the batch may or may not be applied. With what it decided and
+    /// wrote, when its writes all went out.
+    Commit(LedgerError, Option<Box<Unanswered>>),
 }
 
 impl From<LedgerError> for Failure {
@@ -282,7 +335,17 @@ async fn run(
     let (updated, committed) =
         futures::join!(set_used(tx, st, &changed), tx.batch_execute("COMMIT"));
     match (updated, committed) {
-        (_, Err(e)) => Err(Failure::Commit(e.into())),
+        (_, Err(e)) => Err(Failure::Commit(
+            e.into(),
+            Some(Box::new(Unanswered::new(
+                (reserved, closed),
+                closing,
+                transitions
+                    .iter()
+                    .map(|(id, t, now)| (id.0, t.state.as_str(), now.as_microsecond())),
+                changed.iter().map(|(key, ..)| *key),
+            ))),
+        )),
         // The statement failed in PostgreSQL, which aborted the transaction: COMMIT rolled it
         // back.
         (Err(e), Ok(())) if e.as_db_error().is_some() => {
@@ -290,10 +353,11 @@ async fn run(
             Err(Failure::Before(e.into()))
         }
         // Never sent, yet COMMIT went through without it.
-        (Err(e), Ok(())) => Err(Failure::Commit(e.into())),
-        (Ok(n), Ok(())) if n != changed.len() as u64 => Err(Failure::Commit(LedgerError::Corrupt(
-            format!("updated {n} of {} buckets", changed.len()),
-        ))),
+        (Err(e), Ok(())) => Err(Failure::Commit(e.into(), None)),
+        (Ok(n), Ok(())) if n != changed.len() as u64 => Err(Failure::Commit(
+            LedgerError::Corrupt(format!("updated {n} of {} buckets", changed.len())),
+            None,
+        )),
         (Ok(_), Ok(())) => {
             *open = false;
             Ok((reserved, closed))

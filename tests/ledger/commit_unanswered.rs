@@ -1,0 +1,198 @@
+//! PostgreSQL only: a batch's COMMIT whose answer never comes back. A relay between the ledger
+//! and PostgreSQL reads the client's messages and, armed, breaks the connection at the first
+//! `COMMIT`: passing it on late (the server commits after the client gave up) or not at all
+//! (the server rolls back). Either way the caller is answered as the database decided, and
+//! charged exactly once.
+
+use super::*;
+
+use std::sync::{Arc, Mutex};
+
+use flowgate::config::LedgerUrl;
+use flowgate::ledger::CreditLedger;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the relay does with the first `COMMIT` once armed.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Hangs up on the client, passes it on half a second later, then hangs up on the server:
+    /// the server commits, and the answer is lost.
+    Deliver,
+    /// Hangs up on both sides without passing it on.
+    Swallow,
+}
+
+struct CommitRelay {
+    addr: std::net::SocketAddr,
+    armed: Arc<Mutex<Option<Fault>>>,
+    fired: Arc<Mutex<Vec<Fault>>>,
+}
+
+impl CommitRelay {
+    async fn to(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let relay = Self {
+            addr: listener.local_addr().expect("address"),
+            armed: Arc::default(),
+            fired: Arc::default(),
+        };
+        let (armed, fired) = (relay.armed.clone(), relay.fired.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (target, armed, fired) = (target.clone(), armed.clone(), fired.clone());
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(&target).await {
+                        pass(client, server, armed, fired).await;
+                    }
+                });
+            }
+        });
+        relay
+    }
+
+    fn arm(&self, fault: Fault) {
+        *self.armed.lock().expect("lock") = Some(fault);
+    }
+
+    fn fired(&self) -> Vec<Fault> {
+        self.fired.lock().expect("lock").clone()
+    }
+}
+
+/// Copies the server's bytes back as they come; reads the client's message by message (the
+/// startup message has no type byte, every later one has), and acts on an armed `COMMIT`.
+async fn pass(
+    client: TcpStream,
+    server: TcpStream,
+    armed: Arc<Mutex<Option<Fault>>>,
+    fired: Arc<Mutex<Vec<Fault>>>,
+) {
+    let (mut from_client, to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let back = tokio::spawn(async move {
+        let mut to_client = to_client;
+        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+    });
+    let mut started = false;
+    loop {
+        let mut message = Vec::new();
+        let mut head = vec![0; if started { 5 } else { 4 }];
+        if from_client.read_exact(&mut head).await.is_err() {
+            break;
+        }
+        let length = u32::from_be_bytes(head[head.len() - 4..].try_into().expect("4 bytes"));
+        let mut body = vec![0; (length as usize).saturating_sub(4)];
+        if from_client.read_exact(&mut body).await.is_err() {
+            break;
+        }
+        // The startup message (protocol 3.0) ends the untyped part; an SSL or GSS request
+        // would be followed by another untyped message.
+        let startup = !started && body.get(..4) == Some(&[0, 3, 0, 0]);
+        let commit = started && head[0] == b'Q' && body.starts_with(b"COMMIT");
+        message.extend_from_slice(&head);
+        message.extend_from_slice(&body);
+        started |= startup;
+        let fault = if commit {
+            armed.lock().expect("lock").take()
+        } else {
+            None
+        };
+        if let Some(fault) = fault {
+            back.abort();
+            drop(from_client);
+            if let Fault::Deliver = fault {
+                // Late: the client has given up and asks on a fresh connection meanwhile, while
+                // the old transaction still holds its locks.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = to_server.write_all(&message).await;
+                let _ = to_server.flush().await;
+            }
+            fired.lock().expect("lock").push(fault);
+            // Dropping both halves of both sockets hangs up on each side.
+            return;
+        }
+        if to_server.write_all(&message).await.is_err() {
+            break;
+        }
+    }
+    back.abort();
+}
+
+/// A ledger on the test's schema, reached through a relay.
+async fn through_relay(test: &str) -> (crate::support::Store, CommitRelay, Arc<dyn CreditLedger>) {
+    let store = crate::support::postgres(test).await;
+    let LedgerUrl::Postgres(url) = &store.url else {
+        unreachable!("a PostgreSQL store");
+    };
+    // postgres://user@host:port/db?… — the relay in place of host:port.
+    let (user, rest) = url.split_once('@').expect("postgres URL with user@");
+    let (host_port, path) = rest.split_once('/').expect("postgres URL with a database");
+    let relay = CommitRelay::to(host_port.to_string()).await;
+    let relayed = LedgerUrl::Postgres(format!("{user}@{}/{path}", relay.addr));
+    let ledger = ledger::open(&relayed).await.expect("ledger opens");
+    (store, relay, ledger)
+}
+
+async fn reservations(store: &crate::support::Store) -> i64 {
+    store.count("SELECT count(*) FROM reservations").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_applied_but_unanswered_answers_the_reserve_it_made() {
+    let (store, relay, ledger) = through_relay("commit_unanswered_applied").await;
+    relay.arm(Fault::Deliver);
+    let outcome = ledger
+        .reserve(request("alice", vec![line(POLICY, "*", 10, 3)]))
+        .await
+        .expect("the reserve is answered as committed");
+    assert_eq!(
+        relay.fired().len(),
+        1,
+        "the COMMIT went out and its answer was lost"
+    );
+    let id = outcome.id();
+    assert_eq!(used(&*ledger, POLICY, "*").await, 3);
+    assert_eq!(reservations(&store).await, 1);
+    // The reservation the caller was given is the one in the database.
+    let refunded = ledger
+        .refund(id, now())
+        .await
+        .expect("the reservation refunds");
+    assert!(refunded.applied);
+    assert_eq!(used(&*ledger, POLICY, "*").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_never_arrived_runs_the_batch_again_and_charges_once() {
+    let (store, relay, ledger) = through_relay("commit_unanswered_lost").await;
+    relay.arm(Fault::Swallow);
+    let outcome = ledger
+        .reserve(request("alice", vec![line(POLICY, "*", 10, 3)]))
+        .await
+        .expect("the reserve runs again");
+    assert_eq!(relay.fired().len(), 1, "the COMMIT was dropped");
+    outcome.id();
+    assert_eq!(used(&*ledger, POLICY, "*").await, 3);
+    assert_eq!(reservations(&store).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_whose_commit_is_unanswered_is_answered_as_applied() {
+    let (store, relay, ledger) = through_relay("commit_unanswered_settle").await;
+    let id = ledger
+        .reserve(request("alice", vec![line(POLICY, "*", 10, 3)]))
+        .await
+        .expect("reserve")
+        .id();
+    relay.arm(Fault::Deliver);
+    let settled = ledger
+        .settle(id, &[5], 50, now())
+        .await
+        .expect("the settle is answered as committed");
+    assert_eq!(relay.fired().len(), 1);
+    assert!(settled.applied);
+    assert_eq!(settled.state, ReservationState::Settled);
+    assert_eq!(used(&*ledger, POLICY, "*").await, 5);
+    assert_eq!(reservations(&store).await, 1);
+}
