@@ -29,6 +29,9 @@ const BYTES_PER_TOKEN: u64 = 4;
 /// How an `agentFlowExecutedData` event starts (Flowise writes the `event` key first).
 const EXECUTED_PREFIX: &[u8] = b"\"event\":\"agentFlowExecutedData\"";
 
+/// How a legacy multi-agent or sequential-agent flow's `agentReasoning` event starts.
+const REASONING_PREFIX: &[u8] = b"\"event\":\"agentReasoning\"";
+
 /// The scanner's state between chunks.
 #[derive(Debug, Default)]
 pub struct SseScanner {
@@ -50,7 +53,8 @@ pub struct SseScanner {
     /// An Agentflow node of this run that does work finished ([`node_finished`]); its output
     /// reaches the caller in the next node list.
     finished_unlisted: bool,
-    /// A node list went by after such a node finished: the caller has its output, so a later
+    /// A node list went by after such a node finished, or an `agentReasoning` event brought an
+    /// agent's messages ([`reasoning_has_output`]): the caller has that output, so a later
     /// failure does not make the run free. (An Iteration's body runs nested: its nodes finish
     /// with no list of their own; they are listed, and count, after the Iteration finished.)
     output_listed: bool,
@@ -243,7 +247,8 @@ impl SseScanner {
 
     /// Whether the charge is due whatever follows: Flowise began to answer, or a node list
     /// brought the caller the output of an Agentflow node of this run (an LLM's text, say; a
-    /// later node failing before any token must not make that free).
+    /// later node failing before any token must not make that free), or an agents' reasoning
+    /// an agent's messages.
     pub fn answered(&self) -> bool {
         self.answering() || self.output_listed
     }
@@ -262,9 +267,10 @@ impl SseScanner {
     }
 
     /// An event went by unread: a node list still brought the caller the outputs of the nodes
-    /// finished before it.
+    /// finished before it, and an agents' reasoning that large is no empty one.
     fn unread(&mut self, event: &[u8]) {
         self.output_listed |= self.finished_unlisted && is_node_list(event);
+        self.output_listed |= starts_with_event(event, REASONING_PREFIX);
     }
 
     /// The largest size the scanner reads an event of, by how the event starts.
@@ -334,6 +340,9 @@ impl SseScanner {
                     self.output_listed |= self.finished_unlisted;
                     executed = !self.uncounted;
                 }
+                Kind::Reasoning => {
+                    self.output_listed = self.output_listed || reasoning_has_output(data);
+                }
                 Kind::Other => {}
             }
         }
@@ -362,9 +371,37 @@ struct UsageEvent {
 
 /// Whether an event (from its start) is an `agentFlowExecutedData` node list.
 fn is_node_list(event: &[u8]) -> bool {
+    starts_with_event(event, EXECUTED_PREFIX)
+}
+
+/// Whether an event's first bytes hold `prefix` (its `"event":"<kind>"`).
+fn starts_with_event(event: &[u8], prefix: &[u8]) -> bool {
     event[..event.len().min(64)]
-        .windows(EXECUTED_PREFIX.len())
-        .any(|w| w == EXECUTED_PREFIX)
+        .windows(prefix.len())
+        .any(|w| w == prefix)
+}
+
+/// Whether a legacy multi-agent or sequential-agent flow's `agentReasoning` event brought the
+/// caller an agent's output: Flowise sends, after every agent, all agents run so far as
+/// `[{"agentName":…,"messages":["<what it wrote>",…],…},…]`. A supervisor that only routes
+/// writes no message.
+fn reasoning_has_output(data: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Reasoning<'a> {
+        #[serde(borrow)]
+        data: Vec<Agent<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Agent<'a> {
+        #[serde(borrow, default)]
+        messages: Option<Vec<&'a serde_json::value::RawValue>>,
+    }
+    serde_json::from_str::<Reasoning<'_>>(data).is_ok_and(|r| {
+        r.data
+            .iter()
+            .flat_map(|agent| agent.messages.iter().flatten())
+            .any(|message| !matches!(message.get(), "\"\"" | "null" | "[]"))
+    })
 }
 
 /// Agentflow node types whose output is no work of the run's own: the Start node passes the
@@ -437,6 +474,7 @@ enum Kind {
     Error,
     Usage,
     Executed,
+    Reasoning,
     Abort,
     Flow,
     Other,
@@ -450,6 +488,7 @@ impl Kind {
             "error" => Self::Error,
             "usageMetadata" => Self::Usage,
             "agentFlowExecutedData" => Self::Executed,
+            "agentReasoning" => Self::Reasoning,
             "abort" => Self::Abort,
             "nextAgentFlow" | "agentFlowEvent" => Self::Flow,
             _ => Self::Other,

@@ -476,3 +476,57 @@ fn node_lists_count_in_the_body_memory_and_one_that_does_not_fit_is_not_read() {
     drop(scanner);
     assert_eq!(buffers.in_use(), 0, "let go with the stream");
 }
+
+#[test]
+fn an_agents_message_before_a_failure_is_answered_and_a_routing_supervisor_is_not() {
+    let error = event("error", r#""Error: the next agent failed""#);
+    let supervisor = r#"{"agentName":"Supervisor","messages":[],"next":"Writer","instructions":"Write it.","state":{}}"#;
+    let writer = r#"{"agentName":"Writer","messages":["Here is the \"draft\"."],"next":"Supervisor","usedTools":[],"state":{}}"#;
+    for (stream, answered) in [
+        // A worker's text reached the caller, then the next agent failed.
+        (
+            event("agentReasoning", &format!("[{supervisor}]"))
+                + &event("nextAgent", r#""Writer""#)
+                + &event("agentReasoning", &format!("[{supervisor},{writer}]"))
+                + &error,
+            true,
+        ),
+        // Only the supervisor routed (no message of its own), or the messages were empty.
+        (
+            event("agentReasoning", &format!("[{supervisor}]")) + &error,
+            false,
+        ),
+        (
+            event(
+                "agentReasoning",
+                r#"[{"agentName":"A","messages":[""]},{"agentName":"B","messages":null},{"agentName":"C"}]"#,
+            ) + &error,
+            false,
+        ),
+        // Not an array of agents: nothing read from it.
+        (event("agentReasoning", r#""thinking""#) + &error, false),
+    ] {
+        for chunk in [1, 7, stream.len()] {
+            let mut scanner = SseScanner::default();
+            for piece in stream.as_bytes().chunks(chunk) {
+                scanner.feed(piece);
+            }
+            assert!(scanner.failed());
+            assert_eq!(scanner.answered(), answered, "{stream}");
+            assert!(!scanner.answering(), "no token");
+        }
+    }
+    // Too large to read: an agents' reasoning that large carries their messages.
+    let big = format!(
+        r#"[{{"agentName":"Writer","messages":["{}"]}}]"#,
+        "x".repeat(MAX_EVENT + 4096)
+    );
+    let stream = event("agentReasoning", &big) + &error;
+    for chunk in [1024, stream.len()] {
+        let mut scanner = SseScanner::uncounted();
+        for piece in stream.as_bytes().chunks(chunk) {
+            scanner.feed(piece);
+        }
+        assert!(scanner.answered(), "chunk {chunk}");
+    }
+}
