@@ -9,6 +9,8 @@ use std::time::Duration;
 use hyper::header::HeaderValue;
 use reqwest::Url;
 
+use crate::index::files::ResourcesDir;
+
 /// `flowgate run` flags. Every flag also reads its `FLOWGATE_*` environment variable.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RunArgs {
@@ -111,6 +113,10 @@ pub struct RunArgs {
     /// Read resources from YAML files in this directory instead of a cluster.
     #[arg(long, env = "FLOWGATE_RESOURCES_DIR")]
     pub resources_dir: Option<PathBuf>,
+    /// Read the files of `--resources-dir`'s subdirectories too (as `kubectl apply -R`);
+    /// hidden ones are skipped, and links out of the directory are not followed.
+    #[arg(long, env = "FLOWGATE_RESOURCES_RECURSIVE")]
+    pub resources_recursive: bool,
     /// Threads serving proxy connections, each with its own runtime and Flowise connection
     /// pool (`auto`: one per CPU the process may use).
     #[arg(long, env = "FLOWGATE_PROXY_THREADS", default_value = "auto")]
@@ -155,7 +161,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub controller: bool,
     pub proxy: bool,
-    pub resources_dir: Option<PathBuf>,
+    pub resources_dir: Option<ResourcesDir>,
     pub proxy_threads: usize,
     pub shutdown_delay: Duration,
     /// Bytes.
@@ -271,6 +277,11 @@ impl Config {
                     format!("{} is not a directory flowgate can read", dir.display()),
                 ));
             }
+        } else if args.resources_recursive {
+            return Err(invalid(
+                "FLOWGATE_RESOURCES_RECURSIVE",
+                "set without --resources-dir: there is no directory to read",
+            ));
         }
         let jwt = JwtConfig {
             hs256_secret_file: args.jwt_hs256_secret_file,
@@ -357,7 +368,10 @@ impl Config {
             },
             controller: !args.no_controller,
             proxy: !args.no_proxy,
-            resources_dir: args.resources_dir,
+            resources_dir: args.resources_dir.map(|path| ResourcesDir {
+                path,
+                recursive: args.resources_recursive,
+            }),
             proxy_threads: proxy_threads(&args.proxy_threads)?,
             body_memory: non_empty(Some(args.body_memory))
                 .map(|raw| body_memory(&raw))

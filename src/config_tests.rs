@@ -157,6 +157,7 @@ fn a_bad_value_names_its_setting() {
             "FLOWGATE_RESOURCES_DIR",
         ),
         (&["--resources-dir", ".", "--no-proxy"], "FLOWGATE_NO_PROXY"),
+        (&["--resources-recursive"], "FLOWGATE_RESOURCES_RECURSIVE"),
         (&["--sync-interval", "soon"], "FLOWGATE_SYNC_INTERVAL"),
         (&["--sync-interval", "0s"], "FLOWGATE_SYNC_INTERVAL"),
         (&["--sync-interval", "25h"], "FLOWGATE_SYNC_INTERVAL"),

@@ -119,7 +119,8 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     // With --resources-dir there is no cluster: resources come from files, status is logged.
     let client = match &config.resources_dir {
         Some(dir) => {
-            tracing::info!(dir = %dir.display(), "resources from files; no cluster, status only logged");
+            tracing::info!(dir = %dir.path.display(), recursive = dir.recursive,
+                "resources from files; no cluster, status only logged");
             None
         }
         None => Some(kube::Client::try_default().await.map_err(RunError::Kube)?),

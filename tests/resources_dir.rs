@@ -98,6 +98,42 @@ async fn resources_from_files_are_enforced_and_edits_take_effect() {
     delete_chatflow(&flowise_id).await;
 }
 
+/// `--resources-recursive`: a checkout laid out by team is served whole, and a grant added in a
+/// new subdirectory takes effect as one in the directory does.
+#[tokio::test]
+async fn recursive_serves_the_subdirectories_and_their_edits() {
+    let name = format!("flowgate-tree-{}", jiff::Timestamp::now().as_millisecond());
+    let flowise_id = create_echo_chatflow(&name).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let bots = dir.path().join("platform/chatflows");
+    std::fs::create_dir_all(&bots).expect("mkdir");
+    std::fs::write(
+        bots.join("bot.yaml"),
+        format!("apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: local-bot}}\nspec: {{flowiseName: {name}}}\n"),
+    )
+    .expect("write");
+    let gate = Flowgate::start_with(Options {
+        resources_dir: Some(dir.path().to_path_buf()),
+        resources_recursive: true,
+        ..Default::default()
+    })
+    .await;
+    let dana = token("dana", json!({"email": "dana@example.com"}));
+    // Served (found in its subdirectory), but no grant yet.
+    let body = eventually_status(&gate, &dana, &flowise_id, 403).await;
+    assert_eq!(body["error"]["code"], "forbidden");
+    let team = dir.path().join("teams/local");
+    std::fs::create_dir_all(&team).expect("mkdir");
+    std::fs::write(team.join("access.yaml"), ACCESS).expect("write");
+    let body = eventually_status(&gate, &dana, &flowise_id, 200).await;
+    assert_eq!(
+        body["text"].as_str().map(|t| t.starts_with("Echo: ")),
+        Some(true),
+        "{body}"
+    );
+    delete_chatflow(&flowise_id).await;
+}
+
 /// [`ACCESS`], also granting the group `interns`.
 fn access_with_interns() -> String {
     ACCESS.replace(

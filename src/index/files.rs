@@ -1,6 +1,7 @@
 //! `flowgate run --resources-dir DIR`: the same resources, from YAML files instead of a cluster.
 //!
-//! The directory is polled (every second) and reloaded when a file changes, and Chatflows are
+//! The directory (with `--resources-recursive`, its subdirectories too: [`walk`]) is polled
+//! (every second, on a blocking thread) and reloaded when a file changes, and Chatflows are
 //! resolved against Flowise on every change and every sync interval (a failed listing keeps the
 //! last good one and is retried within 5 s). A file that stops parsing keeps what it held when
 //! last readable ([`LastReadable`]). An object defined twice keeps its first definition,
@@ -26,6 +27,10 @@ use crate::crd::{Chatflow, ChatflowStatus};
 use crate::flowise::{FlowiseApi, FlowiseChatflow};
 use crate::ops::Gate;
 
+pub mod walk;
+
+pub use walk::ResourcesDir;
+
 /// How soon a failed Flowise listing is tried again.
 const LISTING_RETRY: Duration = Duration::from_secs(5);
 
@@ -35,22 +40,41 @@ const LISTING_RETRY: Duration = Duration::from_secs(5);
 /// prediction they charge would be free — and its grants.
 pub type LastReadable = HashMap<PathBuf, Vec<Value>>;
 
-/// Reads every `*.yaml`/`*.yml` file of `dir` (multi-document files allowed). Objects without a
-/// namespace land in `default`. Returns the resources and one message per unusable document.
+/// Reads every `*.yaml`/`*.yml` file of `dir` (multi-document files allowed), not those of its
+/// subdirectories. Objects without a namespace land in `default`. Returns the resources and one
+/// message per unusable document.
 pub fn load(dir: &Path) -> (Resources, Vec<String>) {
-    load_keeping(dir, &mut LastReadable::new())
+    load_keeping(&ResourcesDir::flat(dir), &mut LastReadable::new())
 }
 
 /// [`load`], with a file that cannot be read standing in with its documents in `kept`, which
 /// is updated with every file read whole (and forgets files that are gone).
-pub fn load_keeping(dir: &Path, kept: &mut LastReadable) -> (Resources, Vec<String>) {
+pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, Vec<String>) {
     let mut resources = Resources::default();
     let mut problems = Vec::new();
     // kind/namespace/name → where it was first defined: a second definition is skipped (in a
     // cluster it could not exist; here it would, for a CreditPolicy, charge twice).
     let mut defined: HashMap<(String, String, String), String> = HashMap::new();
-    let files = match yaml_files(dir) {
-        Ok(files) => {
+    let files = match dir.yaml_files() {
+        Ok(found) => {
+            let mut files = found.files;
+            // A subdirectory that cannot be listed keeps its files, as the directory does.
+            for (sub, error) in found.unlisted {
+                problems.push(format!(
+                    "{}: cannot list the directory ({error}); the files last read under it stay in force",
+                    sub.display()
+                ));
+                files.extend(kept.keys().filter(|p| p.starts_with(&sub)).cloned());
+            }
+            for link in found.outside {
+                problems.push(format!(
+                    "{}: links to a directory outside {}; not read",
+                    link.display(),
+                    dir.path.display()
+                ));
+            }
+            files.sort();
+            files.dedup();
             kept.retain(|path, _| files.contains(path));
             files
         }
@@ -59,7 +83,7 @@ pub fn load_keeping(dir: &Path, kept: &mut LastReadable) -> (Resources, Vec<Stri
         Err(error) => {
             problems.push(format!(
                 "{}: cannot list the directory ({error}); the files last read stay in force",
-                dir.display()
+                dir.path.display()
             ));
             let mut files: Vec<PathBuf> = kept.keys().cloned().collect();
             files.sort();
@@ -211,19 +235,10 @@ fn str_at(doc: &Value, pointer: &str) -> String {
         .to_string()
 }
 
-fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
 /// What the directory looks like now: changes when a file is added, removed or written.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
-    yaml_files(dir)
+fn fingerprint(dir: &ResourcesDir) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    dir.yaml_files()
+        .map(|found| found.files)
         .unwrap_or_default()
         .into_iter()
         .map(|p| {
@@ -304,7 +319,7 @@ pub fn resolve(
 /// Loads, resolves and publishes the directory's resources whenever a file changes and every
 /// `resync`; `ready` opens after the first publish.
 pub fn spawn(
-    dir: PathBuf,
+    dir: ResourcesDir,
     flowise: Arc<dyn FlowiseApi>,
     resync: Duration,
     ready: Gate,
@@ -320,11 +335,21 @@ pub fn spawn(
         // The last listing Flowise gave: one failed listing must not take every chatflow away.
         let mut listed: Option<Vec<FlowiseChatflow>> = None;
         loop {
-            let now_fingerprint = fingerprint(&dir);
-            if seen.as_ref() != Some(&now_fingerprint) || Instant::now() >= next_sync {
-                let (mut resources, problems) = load_keeping(&dir, &mut kept);
+            // The file system is read on a blocking thread: a tree of many files, or a slow
+            // mount, must not hold up a runtime thread every second.
+            let walked = dir.clone();
+            let now_fingerprint = blocking(move || fingerprint(&walked)).await;
+            let changed = now_fingerprint.is_some() && seen != now_fingerprint;
+            let loaded = if changed || Instant::now() >= next_sync {
+                let (walked, mut last) = (dir.clone(), std::mem::take(&mut kept));
+                blocking(move || (load_keeping(&walked, &mut last), last)).await
+            } else {
+                None
+            };
+            if let Some(((mut resources, problems), last)) = loaded {
+                kept = last;
                 for problem in &problems {
-                    tracing::warn!(dir = %dir.display(), "{problem}");
+                    tracing::warn!(dir = %dir.path.display(), "{problem}");
                 }
                 next_sync = Instant::now() + resync;
                 let list = match flowise.list().await {
@@ -347,7 +372,7 @@ pub fn spawn(
                 snapshot.compiled_at = Some(now);
                 publisher.publish(snapshot);
                 ready.open();
-                seen = Some(now_fingerprint);
+                seen = now_fingerprint;
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -356,6 +381,14 @@ pub fn spawn(
         }
     });
     handle
+}
+
+/// Runs `read` on a blocking thread; `None` if that thread panicked (logged).
+async fn blocking<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .inspect_err(|error| tracing::error!(%error, "reading the resources directory failed"))
+        .ok()
 }
 
 /// "Status only logged": one line per Chatflow whose Ready condition changed.
@@ -453,6 +486,42 @@ mod tests {
     }
 
     #[test]
+    fn recursive_reads_the_subdirectories_and_names_a_link_out_of_the_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let access = |name: &str| {
+            format!(
+                "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {{name: {name}, namespace: t}}\nspec:\n  chatflows: [bot]\n  subjects: [{{user: u}}]\n"
+            )
+        };
+        write(dir.path(), "top.yaml", &access("top"));
+        std::fs::create_dir_all(dir.path().join("teams/a")).expect("mkdir");
+        write(&dir.path().join("teams/a"), "grant.yaml", &access("nested"));
+        let outside = tempfile::tempdir().expect("tempdir");
+        write(outside.path(), "stray.yaml", &access("stray"));
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).expect("link");
+        let names = |dir: &ResourcesDir| {
+            let (res, problems) = load_keeping(dir, &mut LastReadable::new());
+            let mut names: Vec<String> = res
+                .accesses
+                .iter()
+                .map(|a| a.metadata.name.clone().unwrap_or_default())
+                .collect();
+            names.sort();
+            (names, problems)
+        };
+        let (flat, problems) = names(&ResourcesDir::flat(dir.path()));
+        assert_eq!(flat, ["top"]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let (tree, problems) = names(&ResourcesDir {
+            path: dir.path().to_path_buf(),
+            recursive: true,
+        });
+        assert_eq!(tree, ["nested", "top"]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("outside"), "{problems:?}");
+    }
+
+    #[test]
     fn other_tools_objects_are_left_alone_and_wrong_api_versions_reported() {
         let dir = tempfile::tempdir().expect("dir");
         let access = |api_version: &str, name: &str| {
@@ -515,7 +584,7 @@ mod tests {
                        spec: {chatflows: ['*'], budget: {credits: 5, period: Daily}}\n";
         write(dir.path(), "budgets.yaml", budgets);
         let mut kept = LastReadable::new();
-        let (res, problems) = load_keeping(dir.path(), &mut kept);
+        let (res, problems) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
         assert_eq!((res.policies.len(), problems.len()), (1, 0), "{problems:?}");
         // Saved half edited: the budget stays, and the problem says so.
         write(
@@ -523,7 +592,7 @@ mod tests {
             "budgets.yaml",
             "kind: CreditPolicy\n\tspec: [unclosed\n",
         );
-        let (res, problems) = load_keeping(dir.path(), &mut kept);
+        let (res, problems) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
         assert_eq!(
             res.policies.len(),
             1,
@@ -538,13 +607,13 @@ mod tests {
             "budgets.yaml",
             &budgets.replace("credits: 5", "credits: 7"),
         );
-        let (res, _) = load_keeping(dir.path(), &mut kept);
+        let (res, _) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
         assert_eq!(res.policies[0].spec.budget.credits, 7);
         // The directory cannot be listed for a moment (a mount between swaps): every file last
         // read stays in force, rather than none.
         let moved = dir.path().with_extension("away");
         std::fs::rename(dir.path(), &moved).expect("move away");
-        let (res, problems) = load_keeping(dir.path(), &mut kept);
+        let (res, problems) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
         assert_eq!(res.policies.len(), 1, "{problems:?}");
         assert_eq!(res.policies[0].spec.budget.credits, 7);
         assert!(
@@ -554,7 +623,7 @@ mod tests {
         std::fs::rename(&moved, dir.path()).expect("move back");
         // Removed: nothing is kept for it.
         std::fs::remove_file(dir.path().join("budgets.yaml")).expect("remove");
-        let (res, _) = load_keeping(dir.path(), &mut kept);
+        let (res, _) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
         assert!(res.policies.is_empty());
         assert!(kept.is_empty());
     }
@@ -687,7 +756,7 @@ mod tests {
         let health = crate::ops::Health::default();
         let shutdown = CancellationToken::new();
         let handle = spawn(
-            dir.path().to_path_buf(),
+            ResourcesDir::flat(dir.path()),
             fake.clone(),
             Duration::from_secs(600),
             health.gate("resources"),

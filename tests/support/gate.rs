@@ -93,6 +93,8 @@ pub struct Options {
     pub ledger_url: Option<String>,
     /// Read resources from this directory instead of the cluster.
     pub resources_dir: Option<std::path::PathBuf>,
+    /// And from its subdirectories.
+    pub resources_recursive: bool,
     /// Accept Kubernetes ServiceAccount tokens with this audience.
     pub service_account_audience: Option<String>,
     /// `--import-namespace` for the admin API's sync pass; default: none.
@@ -186,6 +188,7 @@ impl Flowgate {
             log_format: "text".into(),
             no_controller: true,
             resources_dir: options.resources_dir,
+            resources_recursive: options.resources_recursive,
             import_namespace: options.import_namespace,
             token_endpoint_url: options.token_endpoint_url,
             token_client_id: options.token_client.as_ref().map(|(id, _)| id.clone()),
