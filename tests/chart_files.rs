@@ -66,7 +66,7 @@ fn settings() -> BTreeSet<String> {
 }
 
 /// Settings that make no sense in a cluster, so the chart never sets them.
-const NOT_FOR_THE_CHART: [&str; 1] = ["FLOWGATE_RESOURCES_DIR"];
+const NOT_FOR_THE_CHART: [&str; 2] = ["FLOWGATE_RESOURCES_DIR", "FLOWGATE_RESOURCES_RECURSIVE"];
 
 #[test]
 fn every_flowgate_setting_is_mapped_by_the_chart_and_documented() {

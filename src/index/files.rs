@@ -68,14 +68,14 @@ pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, 
             }
             for link in found.outside {
                 problems.push(format!(
-                    "{}: links to a directory outside {}; not read",
+                    "{}: a link that leads out of {}; not read",
                     link.display(),
                     dir.path.display()
                 ));
             }
             files.sort();
             files.dedup();
-            kept.retain(|path, _| files.contains(path));
+            kept.retain(|path, _| files.binary_search(path).is_ok());
             files
         }
         // The directory itself could not be listed (a mount between swaps, a permission):
@@ -341,8 +341,13 @@ pub fn spawn(
             let now_fingerprint = blocking(move || fingerprint(&walked)).await;
             let changed = now_fingerprint.is_some() && seen != now_fingerprint;
             let loaded = if changed || Instant::now() >= next_sync {
-                let (walked, mut last) = (dir.clone(), std::mem::take(&mut kept));
-                blocking(move || (load_keeping(&walked, &mut last), last)).await
+                // A copy: a panic while loading must not take what each file last held.
+                let (walked, mut last) = (dir.clone(), kept.clone());
+                next_sync = Instant::now() + resync;
+                let loaded = blocking(move || (load_keeping(&walked, &mut last), last)).await;
+                // Tried once per change (and sync), loaded or not.
+                seen = now_fingerprint;
+                loaded
             } else {
                 None
             };
@@ -351,7 +356,6 @@ pub fn spawn(
                 for problem in &problems {
                     tracing::warn!(dir = %dir.path.display(), "{problem}");
                 }
-                next_sync = Instant::now() + resync;
                 let list = match flowise.list().await {
                     Ok(list) => Ok(&**listed.insert(list)),
                     Err(error) => {
@@ -372,7 +376,6 @@ pub fn spawn(
                 snapshot.compiled_at = Some(now);
                 publisher.publish(snapshot);
                 ready.open();
-                seen = now_fingerprint;
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -518,7 +521,7 @@ mod tests {
         });
         assert_eq!(tree, ["nested", "top"]);
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains("outside"), "{problems:?}");
+        assert!(problems[0].contains("leads out of"), "{problems:?}");
     }
 
     #[test]

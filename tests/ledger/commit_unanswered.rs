@@ -21,6 +21,8 @@ enum Fault {
     Deliver,
     /// Hangs up on both sides without passing it on.
     Swallow,
+    /// As `Swallow`, and refuses new connections for a while (a server restarting).
+    SwallowAndGo(Duration),
 }
 
 struct CommitRelay {
@@ -28,6 +30,9 @@ struct CommitRelay {
     armed: Arc<Mutex<Option<Fault>>>,
     fired: Arc<Mutex<Vec<Fault>>>,
 }
+
+/// Until when the relay hangs up on every new connection.
+type Away = Arc<Mutex<Option<tokio::time::Instant>>>;
 
 impl CommitRelay {
     async fn to(target: String) -> Self {
@@ -38,12 +43,18 @@ impl CommitRelay {
             fired: Arc::default(),
         };
         let (armed, fired) = (relay.armed.clone(), relay.fired.clone());
+        let away = Away::default();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (target, armed, fired) = (target.clone(), armed.clone(), fired.clone());
+                let gone = *away.lock().expect("lock");
+                if gone.is_some_and(|until| tokio::time::Instant::now() < until) {
+                    continue;
+                }
+                let (target, armed, fired, away) =
+                    (target.clone(), armed.clone(), fired.clone(), away.clone());
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(&target).await {
-                        pass(client, server, armed, fired).await;
+                        pass(client, server, armed, fired, away).await;
                     }
                 });
             }
@@ -67,6 +78,7 @@ async fn pass(
     server: TcpStream,
     armed: Arc<Mutex<Option<Fault>>>,
     fired: Arc<Mutex<Vec<Fault>>>,
+    away: Away,
 ) {
     let (mut from_client, to_client) = client.into_split();
     let (mut from_server, mut to_server) = server.into_split();
@@ -99,6 +111,10 @@ async fn pass(
             None
         };
         if let Some(fault) = fault {
+            fired.lock().expect("lock").push(fault);
+            if let Fault::SwallowAndGo(gone) = fault {
+                *away.lock().expect("lock") = Some(tokio::time::Instant::now() + gone);
+            }
             back.abort();
             drop(from_client);
             if let Fault::Deliver = fault {
@@ -108,7 +124,6 @@ async fn pass(
                 let _ = to_server.write_all(&message).await;
                 let _ = to_server.flush().await;
             }
-            fired.lock().expect("lock").push(fault);
             // Dropping both halves of both sockets hangs up on each side.
             return;
         }
@@ -194,5 +209,19 @@ async fn a_settle_whose_commit_is_unanswered_is_answered_as_applied() {
     assert!(settled.applied);
     assert_eq!(settled.state, ReservationState::Settled);
     assert_eq!(used(&*ledger, POLICY, "*").await, 5);
+    assert_eq!(reservations(&store).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_commit_is_asked_about_again_once_the_database_is_back() {
+    let (store, relay, ledger) = through_relay("commit_unanswered_away").await;
+    relay.arm(Fault::SwallowAndGo(Duration::from_millis(1500)));
+    let outcome = ledger
+        .reserve(request("alice", vec![line(POLICY, "*", 10, 3)]))
+        .await
+        .expect("the reserve runs again once the database answers");
+    assert_eq!(relay.fired().len(), 1);
+    outcome.id();
+    assert_eq!(used(&*ledger, POLICY, "*").await, 3);
     assert_eq!(reservations(&store).await, 1);
 }

@@ -24,9 +24,9 @@ impl ResourcesDir {
 
     /// Its `*.yaml`/`*.yml` files in path order. Recursive, hidden entries are skipped (`.git`,
     /// a ConfigMap mount's `..data`, whose files the mount also links at its top), each
-    /// directory is read once however many links lead to it, and a link to a directory outside
-    /// this one is not followed: what is served is what is under the directory. The directory
-    /// itself must be listable.
+    /// directory and file is read once however many links lead to it, and a link (to a
+    /// directory or a file) that leads out of this directory is not followed: what is served is
+    /// what is under the directory. The directory itself must be listable.
     pub fn yaml_files(&self) -> io::Result<YamlFiles> {
         let mut found = YamlFiles::default();
         if !self.recursive {
@@ -34,9 +34,13 @@ impl ResourcesDir {
             return Ok(found);
         }
         let root = self.path.canonicalize()?;
-        let mut seen = BTreeSet::from([root.clone()]);
+        let mut seen = Seen {
+            dirs: BTreeSet::from([root.clone()]),
+            files: BTreeSet::new(),
+        };
         walk(&self.path, &root, &mut seen, &mut found)?;
         found.files.sort();
+        found.outside.sort();
         Ok(found)
     }
 }
@@ -47,7 +51,7 @@ pub struct YamlFiles {
     pub files: Vec<PathBuf>,
     /// Subdirectories that could not be listed, and why: the files last read under them stay.
     pub unlisted: Vec<(PathBuf, io::Error)>,
-    /// Links to directories outside the one being read, not followed.
+    /// Links that lead out of the directory being read, not followed.
     pub outside: Vec<PathBuf>,
 }
 
@@ -83,14 +87,26 @@ fn yaml_entries(dir: &Path, dirs: bool) -> io::Result<Entries> {
     Ok(entries)
 }
 
-fn walk(
-    dir: &Path,
-    root: &Path,
-    seen: &mut BTreeSet<PathBuf>,
-    found: &mut YamlFiles,
-) -> io::Result<()> {
+/// What a recursive walk has read, by real path.
+struct Seen {
+    dirs: BTreeSet<PathBuf>,
+    files: BTreeSet<PathBuf>,
+}
+
+fn walk(dir: &Path, root: &Path, seen: &mut Seen, found: &mut YamlFiles) -> io::Result<()> {
     let entries = yaml_entries(dir, true)?;
-    found.files.extend(entries.files);
+    for file in entries.files {
+        // One that cannot be resolved (a dangling link) is read, and reported, as it is.
+        match file.canonicalize() {
+            Ok(real) if !real.starts_with(root) => found.outside.push(file),
+            Ok(real) => {
+                if seen.files.insert(real) {
+                    found.files.push(file);
+                }
+            }
+            Err(_) => found.files.push(file),
+        }
+    }
     for sub in entries.dirs {
         let real = match sub.canonicalize() {
             Ok(real) => real,
@@ -103,7 +119,7 @@ fn walk(
             found.outside.push(sub);
             continue;
         }
-        if !seen.insert(real) {
+        if !seen.dirs.insert(real) {
             continue;
         }
         if let Err(error) = walk(&sub, root, seen, found) {
@@ -158,6 +174,9 @@ mod tests {
         // A link back into the tree is read once, under the name met first.
         std::os::unix::fs::symlink(d.join("teams"), d.join("z-again")).expect("link");
         std::os::unix::fs::symlink(d, d.join("teams/x/root")).expect("link");
+        std::os::unix::fs::symlink(outside.path().join("elsewhere.yaml"), d.join("out.yaml"))
+            .expect("link");
+        std::os::unix::fs::symlink(d.join("b.yaml"), d.join("c.yaml")).expect("link");
         let tree = ResourcesDir {
             path: d.to_path_buf(),
             recursive: true,
@@ -168,7 +187,7 @@ mod tests {
             names(d, &tree.files),
             ["a.yml", "b.yaml", "teams/a.yaml", "teams/x/policy.yaml"]
         );
-        assert_eq!(names(d, &tree.outside), ["linked-out"]);
+        assert_eq!(names(d, &tree.outside), ["linked-out", "out.yaml"]);
         assert!(tree.unlisted.is_empty());
     }
 }

@@ -27,7 +27,7 @@
 //! string PostgreSQL refuses, say) or was a serialization failure or deadlock, each operation
 //! reruns alone through the one-operation path (which retries), so a bad request fails alone;
 //! if the connection or server is gone, every operation fails with it at once. A COMMIT whose
-//! answer never comes is asked about on a fresh connection ([`unanswered`]): applied, the batch's
+//! answer never comes is asked about on another connection ([`unanswered`]): applied, the batch's
 //! answers stand; rolled back, each operation runs again; unknowable, the batch fails. (The last
 //! write failing in PostgreSQL is not that case: the transaction was aborted, and the COMMIT
 //! behind it rolled it back.)
@@ -176,12 +176,14 @@ async fn after_unanswered(
     closing: &[&Closing],
 ) -> Replies {
     let (reserves, closes) = (requests.len(), closing.len());
-    let checked = match unanswered {
-        Some(batch) => batch.check(pool).await,
-        None => Err(LedgerError::Corrupt(
-            "the batch's writes were incomplete".into(),
-        )),
+    let Some(batch) = unanswered else {
+        tracing::error!(error = %e, reserves, closes,
+            "a ledger batch's writes did not all go through, and it may have committed without \
+             them: its operations failed, and its reservations may be charged without their \
+             buckets");
+        return (all_failed(&e, reserves), all_failed(&e, closes));
     };
+    let checked = batch.check(pool).await;
     match checked {
         Ok(Some((reserved, closed))) => {
             tracing::warn!(error = %e, reserves, closes,
@@ -335,6 +337,11 @@ async fn run(
     let (updated, committed) =
         futures::join!(set_used(tx, st, &changed), tx.batch_execute("COMMIT"));
     match (updated, committed) {
+        // The last write refused by the client (never sent): had COMMIT gone through, it went
+        // without it, and the batch's marker would say applied.
+        (Err(u), Err(e)) if u.as_db_error().is_none() && !u.is_closed() => {
+            Err(Failure::Commit(e.into(), None))
+        }
         (_, Err(e)) => Err(Failure::Commit(
             e.into(),
             Some(Box::new(Unanswered::new(

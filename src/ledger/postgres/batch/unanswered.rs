@@ -3,16 +3,19 @@
 //! every operation, as if it had rolled back, would leave its reservations charged for
 //! predictions never forwarded when it had in fact committed; rerunning them would charge twice.
 //!
-//! So the writer asks on a fresh connection. It first waits for the batch's transaction to end:
+//! So the writer asks on another connection. It first waits for the batch's transaction to end:
 //! it locks what the batch locked (the reservations it closed, then the buckets it changed, in
 //! the batch's order), which blocks while the old transaction still holds them and returns once
 //! PostgreSQL has committed or rolled it back. Then one row tells which: a reservation the batch
 //! created exists, or one it closed is in the state, stamped with the time, the batch wrote.
 //! Applied, every caller gets the answer the batch had decided; rolled back, every operation
-//! runs again; still unknowable (the database unreachable, a lock not granted in time), the batch
-//! fails as before, and says so in the log.
+//! runs again. The check is tried again for up to [`CHECK_FOR`] while the database is
+//! unreachable or a lock is not granted; still unknowable then, the batch fails as before, and
+//! says so in the log.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_postgres::Client;
 
@@ -23,6 +26,9 @@ use crate::ledger::{LedgerError, ReserveOutcome};
 /// How long the check waits for a lock the unanswered transaction may still hold (a server that
 /// has not yet noticed the old connection is gone).
 const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// How long the check is tried (a server restarting, a failover), its writer waiting meanwhile.
+const CHECK_FOR: Duration = Duration::from_secs(60);
 
 /// What a batch had decided and wrote, kept for the check.
 pub(super) struct Unanswered {
@@ -83,12 +89,37 @@ impl Unanswered {
             // It wrote nothing a caller's answer depends on: refusals and duplicates stand.
             return Ok(Some(self.answers));
         };
+        if self.closed.is_empty() && self.buckets.is_empty() {
+            // Nothing to wait on (a reserve with no lines): a read now could run before the
+            // old transaction ends.
+            return Err(LedgerError::Corrupt(
+                "the batch locked no row to wait for its end on".into(),
+            ));
+        }
+        let deadline = Instant::now() + CHECK_FOR;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match self.ask(pool, marker).await {
+                Ok(applied) => return Ok(applied.then_some(self.answers)),
+                Err(error) if error.transient() && Instant::now() + pause < deadline => {
+                    tracing::debug!(%error, "cannot tell yet whether a ledger batch committed");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Whether the batch was applied, asked once on a connection of the pool (the broken one
+    /// is gone: it was marked open, so the pool closed it).
+    async fn ask(&self, pool: &Pool, marker: &Marker) -> Result<bool, LedgerError> {
         let mut conn = pool.get().await?;
         conn.open = true;
-        let applied = applied(&conn.client, &conn.st, marker, &self).await?;
+        let applied = applied(&conn.client, &conn.st, marker, self).await?;
         conn.client.batch_execute("ROLLBACK").await?;
         conn.open = false;
-        Ok(applied.then_some(self.answers))
+        Ok(applied)
     }
 }
 
