@@ -12,24 +12,10 @@ use support::fake_flowise::{FakeFlowise, Mode};
 use support::gate::{Flowgate, indexed, predict, used_becomes};
 use support::team::Team;
 
-/// The PostgreSQL URL of the tests, routed through a gate the test can close and reopen.
-async fn gated_postgres() -> (support::FlowiseGate, String) {
-    let pg = support::postgres_url();
-    // postgres://user@host:port/db — route host:port through a relay we can close.
-    let (scheme_user, rest) = pg.split_once('@').expect("postgres URL with user@");
-    let (host_port, db) = rest.split_once('/').expect("postgres URL with a database");
-    let relay = support::FlowiseGate::open_to(host_port).await;
-    let relayed = format!(
-        "{scheme_user}@{}/{db}",
-        relay.url().trim_start_matches("http://")
-    );
-    (relay, relayed)
-}
-
 #[tokio::test]
 async fn a_settle_that_meets_a_ledger_outage_is_retried_until_it_lands() {
     tokio::time::timeout(Duration::from_secs(90), async {
-        let (relay, relayed) = gated_postgres().await;
+        let (relay, relayed) = support::gated_postgres().await;
         let team = Team::with_fake_flowise("faults-settle-retry").await;
         // Tokens priced: the charge is settled after the answer, not final at reserve.
         team.policy(
@@ -90,7 +76,7 @@ async fn a_settle_that_meets_a_ledger_outage_is_retried_until_it_lands() {
 #[tokio::test]
 async fn postgres_unreachable_fails_closed_with_503_and_recovers_without_restart() {
     tokio::time::timeout(Duration::from_secs(90), async {
-        let (relay, relayed) = gated_postgres().await;
+        let (relay, relayed) = support::gated_postgres().await;
         let (team, policy) = Team::with_flat_policy("faults-postgres").await;
         let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
         let gate = Flowgate::with_flowise_and_ledger(&fake.url, relayed).await;

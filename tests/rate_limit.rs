@@ -170,6 +170,35 @@ async fn replicas_on_postgresql_share_one_allowance() {
     team.cleanup().await;
 }
 
+/// A replica cut off from PostgreSQL counts on its own, from where the shared allowance stood:
+/// a caller who spent it all is not given a fresh one by the outage.
+#[tokio::test]
+async fn a_replica_cut_off_from_postgresql_goes_on_from_the_shared_allowance() {
+    let (relay, relayed) = support::gated_postgres().await;
+    let team = Team::with_fake_flowise("rate-cut-off").await;
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let bob_email = format!("bob@{}.test", team.ns);
+    limited_access(&team, &bob_email).await;
+    let gate = Flowgate::with_flowise_and_ledger(&fake.url, relayed).await;
+    let id = team.flowise_id.clone();
+    let bob = token("bob-sub", json!({"email": bob_email}));
+    eventually_status(&gate, &bob, &id, 200).await;
+    let http = reqwest::Client::new();
+    for want in [200, 200, 429] {
+        let (status, _, body) = predict_raw(&http, &gate, &bob, &id).await;
+        assert_eq!(status, want, "{body}");
+    }
+    relay.close();
+    let (status, retry_after, body) = predict_raw(&http, &gate, &bob, &id).await;
+    assert_eq!(status, 429, "the outage gave back no allowance: {body}");
+    assert!(
+        retry_after.is_some_and(|s| (1..=20).contains(&s)),
+        "{retry_after:?}"
+    );
+    assert_eq!(fake.predictions(), 3);
+    team.cleanup().await;
+}
+
 /// A header's value as a number.
 fn number(resp: &reqwest::Response, name: &str) -> Option<u64> {
     header(resp.headers(), name).and_then(|v| v.parse().ok())

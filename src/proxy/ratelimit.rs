@@ -12,7 +12,8 @@
 //! cost of a round trip per limited request (shared by the requests that queued meanwhile: one
 //! statement takes them all). While the database cannot be asked, each replica
 //! counts on its own, as it does on SQLite (one replica): in sharded maps shared by every proxy
-//! thread. A pair whose instant has passed is the same as a pair never seen, so a shard drops
+//! thread, which hold, for every pair the database answered for, where the database last said
+//! it stood — so a replica cut off goes on from the shared allowance, not from a full one. A pair whose instant has passed is the same as a pair never seen, so a shard drops
 //! those entries when it grows (and the ledger's sweep deletes such rows); memory is bounded by
 //! the callers active within the longest period (an hour).
 //!
@@ -56,6 +57,14 @@ struct Shard {
     /// By key hash: when the key's allowance is whole again.
     full_at: HashMap<u64, Instant>,
     prune_at: usize,
+}
+
+impl Shard {
+    /// Drops the keys whose allowance is whole again (the same as never seen).
+    fn prune(&mut self, now: Instant) {
+        self.full_at.retain(|_, at| *at > now);
+        self.prune_at = PRUNE_FROM.max(self.full_at.len() * 2);
+    }
 }
 
 impl Default for RateLimiter {
@@ -157,12 +166,32 @@ impl RateLimiter {
             .shared
             .ask(|ledger| ledger.take_rate(&key, interval, burst))
             .await;
+        let local = (access.0, access.1, subject);
         match shared {
-            Some(take) if take.admitted => return Ok(Allowance::at(rate, interval, take.ahead)),
-            Some(take) => return Err(Refused(Allowance::at(rate, interval, take.ahead))),
-            None => {}
+            Some(take) => {
+                self.remember(local, take.ahead, Instant::now());
+                let allowance = Allowance::at(rate, interval, take.ahead);
+                match take.admitted {
+                    true => Ok(allowance),
+                    false => Err(Refused(allowance)),
+                }
+            }
+            None => self.check(local, rate, Instant::now()),
         }
-        self.check((access.0, access.1, subject), rate, Instant::now())
+    }
+
+    /// Notes where the database said `key` stands (its instant `ahead` of `now`), for when this
+    /// replica counts on its own.
+    fn remember(&self, key: impl Hash, ahead: Duration, now: Instant) {
+        let hash = self.hasher.hash_one(key);
+        let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
+        let mut shard = self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.full_at.insert(hash, now + ahead);
+        if shard.full_at.len() >= shard.prune_at {
+            shard.prune(now);
+        }
     }
 
     /// Spends one request of `key`'s allowance under `rate` at `now` and says what is left, or
@@ -188,8 +217,7 @@ impl RateLimiter {
         }
         shard.full_at.insert(hash, full_at + interval);
         if shard.full_at.len() >= shard.prune_at {
-            shard.full_at.retain(|_, at| *at > now);
-            shard.prune_at = PRUNE_FROM.max(shard.full_at.len() * 2);
+            shard.prune(now);
         }
         drop(shard);
         Ok(Allowance::at(rate, interval, ahead + interval))
@@ -291,6 +319,25 @@ mod tests {
             assert_eq!(allowed, Ok(remaining));
         }
         assert!(limiter.check("alice", three, later).is_err());
+    }
+
+    #[test]
+    fn counting_alone_goes_on_from_where_the_shared_allowance_stood() {
+        let limiter = RateLimiter::default();
+        let three = rate(3, RatePeriod::Minute);
+        let now = Instant::now();
+        // The database last said the caller's instant is a minute ahead: all three spent.
+        limiter.remember("caller", Duration::from_secs(60), now);
+        let Refused(allowance) = limiter.check("caller", three, now).expect_err("none left");
+        assert_eq!(allowance.remaining, 0);
+        assert_eq!(allowance.next_in, Duration::from_secs(20));
+        // One interval (20 s) on, one more; another caller was never held back.
+        assert!(
+            limiter
+                .check("caller", three, now + Duration::from_secs(20))
+                .is_ok()
+        );
+        assert!(limiter.check("another", three, now).is_ok());
     }
 
     #[test]

@@ -319,6 +319,20 @@ impl Drop for FlowiseGate {
     }
 }
 
+/// The PostgreSQL URL of the tests, routed through a gate the test can close and reopen.
+pub async fn gated_postgres() -> (FlowiseGate, String) {
+    let pg = postgres_url();
+    // postgres://user@host:port/db — route host:port through a relay we can close.
+    let (scheme_user, rest) = pg.split_once('@').expect("postgres URL with user@");
+    let (host_port, db) = rest.split_once('/').expect("postgres URL with a database");
+    let relay = FlowiseGate::open_to(host_port).await;
+    let relayed = format!(
+        "{scheme_user}@{}/{db}",
+        relay.url().trim_start_matches("http://")
+    );
+    (relay, relayed)
+}
+
 /// Sends the code's logs to the test's output, filtered by `RUST_LOG` (default: warnings).
 pub fn logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
