@@ -20,8 +20,10 @@
 //!   defined twice without a namespace (fine when they go to different namespaces, as two
 //!   kustomize overlays do); a Helm template that mentions `flowgate.io` (check what it renders).
 //!
-//! Directories are walked recursively (`*.yaml`, `*.yml`; hidden ones skipped); `-` reads
-//! standard input, for rendered output (`kustomize build overlays/prod | flowgate check -`).
+//! Directories are walked recursively as `flowgate run --resources-dir DIR --resources-recursive`
+//! reads them (`*.yaml`, `*.yml`; hidden ones skipped; a link out of the directory is reported
+//! and not followed); `-` reads standard input, for rendered output (`kustomize build
+//! overlays/prod | flowgate check -`).
 //! Files that never mention `flowgate.io` are not parsed (Helm templates, other kinds), and other
 //! kinds in the files are left alone. `status` is ignored, as the API server ignores it on apply.
 //! Objects without a namespace are checked together, as if applied into one.
@@ -35,6 +37,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::crd::{self, API_VERSION, Chatflow, ChatflowAccess, CreditPolicy};
+use crate::index::files::ResourcesDir;
 use crate::index::rules::{
     AccessRule, ChatflowRule, ChatflowSource, InvalidSpec, PolicyRule, chatflow_source,
     claimed_flowise_id,
@@ -605,11 +608,10 @@ impl Source {
 }
 
 /// The files of `paths`: `-` is standard input, directories are walked recursively for
-/// `*.yaml` and `*.yml` (hidden entries skipped, each directory once however many links lead
-/// to it). A directory that cannot be read is an error.
+/// `*.yaml` and `*.yml` as `--resources-recursive` walks them ([`walk`]). A directory that
+/// cannot be read is an error.
 fn sources(paths: &[PathBuf], report: &mut Report) -> Vec<Source> {
     let mut files = Vec::new();
-    let mut seen = BTreeSet::new();
     for path in paths {
         if path.as_os_str() == "-" {
             if files.iter().all(|f: &Source| f.path.is_some()) {
@@ -619,7 +621,7 @@ fn sources(paths: &[PathBuf], report: &mut Report) -> Vec<Source> {
                 });
             }
         } else if path.is_dir() {
-            walk(path, &mut files, &mut seen, report);
+            walk(path, &mut files, report);
         } else {
             files.push(Source {
                 name: path.display().to_string(),
@@ -637,34 +639,36 @@ fn sources(paths: &[PathBuf], report: &mut Report) -> Vec<Source> {
     files
 }
 
-fn walk(dir: &Path, files: &mut Vec<Source>, seen: &mut BTreeSet<PathBuf>, report: &mut Report) {
-    if !seen.insert(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())) {
-        return;
-    }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
+/// The YAML files under `dir` as `flowgate run --resources-dir DIR --resources-recursive` reads
+/// them ([`ResourcesDir::yaml_files`]); what it would not read is reported.
+fn walk(dir: &Path, files: &mut Vec<Source>, report: &mut Report) {
+    let tree = ResourcesDir {
+        path: dir.to_path_buf(),
+        recursive: true,
+    };
+    let found = match tree.yaml_files() {
+        Ok(found) => found,
         Err(e) => return report.error(&dir.display().to_string(), None, e.to_string()),
     };
-    let mut entries: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.starts_with('.'))
-        })
-        .collect();
-    entries.sort();
-    for entry in entries {
-        if entry.is_dir() {
-            walk(&entry, files, seen, report);
-        } else if entry.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            files.push(Source {
-                name: entry.display().to_string(),
-                path: Some(entry),
-            });
-        }
+    for (sub, error) in found.unlisted {
+        report.error(&sub.display().to_string(), None, error.to_string());
     }
+    for link in found.outside {
+        report.push(
+            Severity::Warning,
+            &link.display().to_string(),
+            None,
+            format!(
+                "a link that leads out of {}: not checked, and not read by `flowgate run \
+                 --resources-dir` either",
+                dir.display()
+            ),
+        );
+    }
+    files.extend(found.files.into_iter().map(|path| Source {
+        name: path.display().to_string(),
+        path: Some(path),
+    }));
 }
 
 #[cfg(test)]

@@ -447,3 +447,27 @@ fn no_flowgate_resource_at_all_is_an_error() {
         "{found:#?}"
     );
 }
+
+#[test]
+fn a_link_out_of_a_checked_directory_is_a_warning_as_run_does_not_read_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let access = "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\n\
+                  metadata: {name: team, namespace: a}\n\
+                  spec: {chatflows: ['*'], subjects: [{group: g}]}\n";
+    write(dir.path(), "teams/a/access.yaml", access);
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let stray = write(elsewhere.path(), "stray.yaml", access);
+    std::os::unix::fs::symlink(&stray, dir.path().join("stray.yaml")).expect("symlink");
+    std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("more")).expect("symlink");
+    let report = check(&[dir.path().to_path_buf()]);
+    // Read, the stray copy would have been a second definition of a/team.
+    assert_eq!((report.files, report.objects, report.errors()), (1, 1, 0));
+    let found = lines(&report, dir.path());
+    assert_eq!(found.len(), 2, "{found:#?}");
+    for (line, link) in found.iter().zip(["more", "stray.yaml"]) {
+        assert!(
+            line.starts_with(&format!("Warning {link} -: a link that leads out of")),
+            "{found:#?}"
+        );
+    }
+}
