@@ -153,23 +153,30 @@ async fn reservations(store: &crate::support::Store) -> i64 {
     store.count("SELECT count(*) FROM reservations").await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_applied_but_unanswered_answers_the_reserve_it_made() {
-    let (store, relay, ledger) = through_relay("commit_unanswered_applied").await;
-    relay.arm(Fault::Deliver);
+/// Reserves 3 of alice's 10 with `fault` armed: the reserve is answered `Reserved`, the fault
+/// fired once, and the database holds exactly that one charge.
+async fn reserve_through(
+    test: &str,
+    fault: Fault,
+) -> (crate::support::Store, Arc<dyn CreditLedger>, ReservationId) {
+    let (store, relay, ledger) = through_relay(test).await;
+    relay.arm(fault);
     let outcome = ledger
         .reserve(request("alice", vec![line(POLICY, "*", 10, 3)]))
         .await
-        .expect("the reserve is answered as committed");
-    assert_eq!(
-        relay.fired().len(),
-        1,
-        "the COMMIT went out and its answer was lost"
-    );
+        .unwrap_or_else(|e| panic!("{fault:?}: the reserve is answered ({e})"));
+    assert_eq!(relay.fired().len(), 1, "{fault:?} happened");
     let id = outcome.id();
     assert_eq!(used(&*ledger, POLICY, "*").await, 3);
-    assert_eq!(reservations(&store).await, 1);
-    // The reservation the caller was given is the one in the database.
+    assert_eq!(reservations(&store).await, 1, "charged once");
+    (store, ledger, id)
+}
+
+/// The COMMIT went out and its answer was lost: the reservation the caller was given is the one
+/// in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_applied_but_unanswered_answers_the_reserve_it_made() {
+    let (_store, ledger, id) = reserve_through("commit_unanswered_applied", Fault::Deliver).await;
     let refunded = ledger
         .refund(id, now())
         .await
@@ -180,16 +187,13 @@ async fn a_commit_applied_but_unanswered_answers_the_reserve_it_made() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_that_never_arrived_runs_the_batch_again_and_charges_once() {
-    let (store, relay, ledger) = through_relay("commit_unanswered_lost").await;
-    relay.arm(Fault::Swallow);
-    let outcome = ledger
-        .reserve(request("alice", vec![line(POLICY, "*", 10, 3)]))
-        .await
-        .expect("the reserve runs again");
-    assert_eq!(relay.fired().len(), 1, "the COMMIT was dropped");
-    outcome.id();
-    assert_eq!(used(&*ledger, POLICY, "*").await, 3);
-    assert_eq!(reservations(&store).await, 1);
+    reserve_through("commit_unanswered_lost", Fault::Swallow).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_commit_is_asked_about_again_once_the_database_is_back() {
+    let away = Fault::SwallowAndGo(Duration::from_millis(1500));
+    reserve_through("commit_unanswered_away", away).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,19 +213,5 @@ async fn a_settle_whose_commit_is_unanswered_is_answered_as_applied() {
     assert!(settled.applied);
     assert_eq!(settled.state, ReservationState::Settled);
     assert_eq!(used(&*ledger, POLICY, "*").await, 5);
-    assert_eq!(reservations(&store).await, 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unanswered_commit_is_asked_about_again_once_the_database_is_back() {
-    let (store, relay, ledger) = through_relay("commit_unanswered_away").await;
-    relay.arm(Fault::SwallowAndGo(Duration::from_millis(1500)));
-    let outcome = ledger
-        .reserve(request("alice", vec![line(POLICY, "*", 10, 3)]))
-        .await
-        .expect("the reserve runs again once the database answers");
-    assert_eq!(relay.fired().len(), 1);
-    outcome.id();
-    assert_eq!(used(&*ledger, POLICY, "*").await, 3);
     assert_eq!(reservations(&store).await, 1);
 }
