@@ -11,14 +11,19 @@ message:\ndata:{\"event\":\"end\",\"data\":\"[DONE]\"}\n\n";
 #[test]
 fn usage_is_summed_whatever_the_chunking() {
     for chunk in [1, 2, 3, 7, 64, STREAM.len()] {
-        let mut scanner = SseScanner::default();
-        for piece in STREAM.as_bytes().chunks(chunk) {
-            scanner.feed(piece);
-        }
+        let scanner = fed(SseScanner::default(), STREAM, chunk);
         assert_eq!(scanner.tokens(), 50, "chunk size {chunk}");
         assert!(!scanner.failed());
         assert!(scanner.answered());
     }
+}
+
+/// `scanner` fed `stream` in pieces of `chunk` bytes, as a connection may deliver it.
+fn fed(mut scanner: SseScanner, stream: &str, chunk: usize) -> SseScanner {
+    for piece in stream.as_bytes().chunks(chunk) {
+        scanner.feed(piece);
+    }
+    scanner
 }
 
 fn event(kind: &str, data: &str) -> String {
@@ -77,10 +82,7 @@ fn a_run_cut_while_answering_counts_the_text_its_last_node_streamed() {
         ),
     ] {
         for chunk in [1, 5, stream.len()] {
-            let mut scanner = SseScanner::default();
-            for piece in stream.as_bytes().chunks(chunk) {
-                scanner.feed(piece);
-            }
+            let scanner = fed(SseScanner::default(), &stream, chunk);
             assert_eq!(scanner.tokens(), want, "{stream}");
         }
     }
@@ -93,10 +95,7 @@ fn a_run_cut_while_answering_counts_the_text_its_last_node_streamed() {
 fn lines_ending_in_crlf_are_read_the_same_whatever_the_chunking() {
     let crlf = STREAM.replace('\n', "\r\n");
     for chunk in [1, 2, 3, 7, 64, crlf.len()] {
-        let mut scanner = SseScanner::default();
-        for piece in crlf.as_bytes().chunks(chunk) {
-            scanner.feed(piece);
-        }
+        let scanner = fed(SseScanner::default(), &crlf, chunk);
         assert_eq!(scanner.tokens(), 50, "chunk size {chunk}");
         assert!(!scanner.failed());
         assert!(scanner.answered());
@@ -205,10 +204,7 @@ fn a_node_finished_before_a_failure_is_answered_but_the_start_node_is_not() {
         ),
     ] {
         for chunk in [1, 7, stream.len()] {
-            let mut scanner = SseScanner::default();
-            for piece in stream.as_bytes().chunks(chunk) {
-                scanner.feed(piece);
-            }
+            let scanner = fed(SseScanner::default(), &stream, chunk);
             assert!(scanner.failed());
             assert_eq!(scanner.answered(), answered, "{stream}");
             assert!(!scanner.answering(), "no token: a hang-up aborts at once");
@@ -236,10 +232,7 @@ fn a_node_list_too_large_to_read_still_brings_the_caller_the_nodes_output() {
         // Read as it comes, the list is skipped before its end; in one piece, at its end.
         for chunk in [1024, stream.len()] {
             // Nobody prices tokens: a list past MAX_EVENT is skipped unread.
-            let mut scanner = SseScanner::uncounted();
-            for piece in stream.as_bytes().chunks(chunk) {
-                scanner.feed(piece);
-            }
+            let scanner = fed(SseScanner::uncounted(), &stream, chunk);
             assert!(scanner.failed());
             assert_eq!(scanner.answered(), answered, "chunk {chunk}");
         }
@@ -282,10 +275,7 @@ fn flowise_event(kind: &str, data: serde_json::Value) -> String {
 fn an_agentflow_stream_is_charged_every_node_once() {
     let stream = agentflow_stream(&[300, 200, 50], false);
     for chunk in [1, 5, 64, stream.len()] {
-        let mut scanner = SseScanner::default();
-        for piece in stream.as_bytes().chunks(chunk) {
-            scanner.feed(piece);
-        }
+        let scanner = fed(SseScanner::default(), &stream, chunk);
         assert_eq!(scanner.tokens(), 550, "chunk size {chunk}");
         assert!(scanner.answered() && !scanner.failed());
     }
@@ -507,10 +497,7 @@ fn an_agents_message_before_a_failure_is_answered_and_a_routing_supervisor_is_no
         (event("agentReasoning", r#""thinking""#) + &error, false),
     ] {
         for chunk in [1, 7, stream.len()] {
-            let mut scanner = SseScanner::default();
-            for piece in stream.as_bytes().chunks(chunk) {
-                scanner.feed(piece);
-            }
+            let scanner = fed(SseScanner::default(), &stream, chunk);
             assert!(scanner.failed());
             assert_eq!(scanner.answered(), answered, "{stream}");
             assert!(!scanner.answering(), "no token");
@@ -523,10 +510,7 @@ fn an_agents_message_before_a_failure_is_answered_and_a_routing_supervisor_is_no
     );
     let stream = event("agentReasoning", &big) + &error;
     for chunk in [1024, stream.len()] {
-        let mut scanner = SseScanner::uncounted();
-        for piece in stream.as_bytes().chunks(chunk) {
-            scanner.feed(piece);
-        }
+        let scanner = fed(SseScanner::uncounted(), &stream, chunk);
         assert!(scanner.answered(), "chunk {chunk}");
     }
 }
