@@ -13,7 +13,8 @@
 #   prune   Delete the chart releases' Services, ClusterRoles and ClusterRoleBindings that test
 #           runs (scratch namespaces `chart-*`/`rbac-*`) left behind more than an hour ago.
 #           Nothing else frees them here, and the Service range holds only 253 cluster IPs.
-#   env     Print `export KUBECONFIG=...` (use: eval "$(scripts/local-cluster.sh env)").
+#   env     Print `export KUBECONFIG=...` and etcd's URL for tests (use:
+#           eval "$(scripts/local-cluster.sh env)").
 #   status  Say whether the cluster is up; exit 0 if it is, 1 if not.
 #
 # CACHE is ${FLOWGATE_CACHE:-$HOME/.cache/flowgate}. Everything the script needs (Go, etcd, ...)
@@ -589,6 +590,8 @@ cmd_prune() {
 
 cmd_env() {
   printf 'export KUBECONFIG=%q\n' "$KUBECONFIG_FILE"
+  # For tests that store what the API server would refuse (an object from before a CRD bound).
+  printf 'export FLOWGATE_TEST_ETCD_URL=%q\n' "$ETCD_URL"
   # The kubectl built here, after the machine's own if it has one.
   if [[ -x $KUBECTL_BIN ]]; then
     printf 'export PATH="$PATH":%q\n' "$BIN_DIR"

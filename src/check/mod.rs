@@ -33,9 +33,9 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::crd::lenient::read_as;
 use crate::crd::{self, API_VERSION, Chatflow, ChatflowAccess, CreditPolicy};
 use crate::index::files::ResourcesDir;
 use crate::index::rules::{
@@ -359,16 +359,10 @@ fn text_at<'a>(doc: &'a Value, pointer: &str) -> &'a str {
 
 /// The object, or what does not parse and where (`spec.budget.credits: invalid type: …`).
 fn parse(doc: Value) -> Result<Object, String> {
-    fn typed<T: DeserializeOwned>(doc: Value) -> Result<T, String> {
-        serde_path_to_error::deserialize(doc).map_err(|e| match e.path().to_string() {
-            path if path == "." => e.inner().to_string(),
-            path => format!("{path}: {}", e.inner()),
-        })
-    }
     Ok(match text_at(&doc, "/kind") {
-        "Chatflow" => Object::Chatflow(typed(doc)?),
-        "ChatflowAccess" => Object::Access(typed(doc)?),
-        _ => Object::Policy(typed(doc)?),
+        "Chatflow" => Object::Chatflow(read_as(&doc)?),
+        "ChatflowAccess" => Object::Access(read_as(&doc)?),
+        _ => Object::Policy(read_as(&doc)?),
     })
 }
 

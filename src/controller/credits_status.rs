@@ -14,7 +14,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::crd::{CreditPolicy, CreditPolicyStatus};
+use crate::crd::{CreditPolicy, CreditPolicyStatus, Lenient};
 use crate::index::PolicyRule;
 use crate::ledger::{self, CreditLedger};
 
@@ -46,7 +46,7 @@ impl Usage {
 
 /// Refreshes every policy's usage until `session` ends.
 pub async fn run(
-    api: Api<CreditPolicy>,
+    api: Api<Lenient<CreditPolicy>>,
     ledger: Arc<dyn CreditLedger>,
     session: CancellationToken,
 ) {
@@ -63,13 +63,15 @@ pub async fn run(
 
 /// One pass over every policy; returns how many statuses were written.
 pub async fn refresh_all(
-    api: &Api<CreditPolicy>,
+    api: &Api<Lenient<CreditPolicy>>,
     ledger: &dyn CreditLedger,
     now: Timestamp,
 ) -> Result<usize, kube::Error> {
     let mut written = 0;
-    for policy in api.list(&ListParams::default()).await?.items {
-        let Ok(rule) = PolicyRule::try_from(&policy) else {
+    // A policy that cannot be read is reported by its reconcile; it has no usage to show.
+    let listed = api.list(&ListParams::default()).await?.items;
+    for policy in listed.iter().filter_map(Lenient::read) {
+        let Ok(rule) = PolicyRule::try_from(policy.as_ref()) else {
             continue;
         };
         let Ok(window) = ledger::window(rule.period, &rule.time_zone_name, now) else {

@@ -19,6 +19,7 @@ pub mod credits_status;
 mod leader;
 mod policy;
 mod sync;
+mod unreadable;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy};
+use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy, FIELD_MANAGER, Lenient};
 use crate::flowise::{FlowiseApi, FlowiseClient, FlowiseError};
 use crate::metrics::Metrics;
 
@@ -254,7 +255,7 @@ impl Controller {
 
     /// Runs every reconciler and the periodic sync until `session` ends.
     async fn lead(&self, session: CancellationToken, fence: CancellationToken) {
-        let chatflows = controller(self.api::<Chatflow>());
+        let chatflows = controller(self.api::<Lenient<Chatflow>>());
         // One Chatflow reflector: ChatflowAccess and CreditPolicy reconciles resolve names
         // against its store and are triggered by its events, which it applies to the store
         // before passing on. With a watch of their own the trigger could run ahead of the store
@@ -273,6 +274,7 @@ impl Controller {
                 },
             ),
             backoff: Backoff::default(),
+            event_only: unreadable::EventOnly::default(),
             chatflows: chatflow_names,
             fence,
         });
@@ -290,26 +292,32 @@ impl Controller {
         let chatflow_task = run_after_chatflows(
             chatflows
                 .reconcile_all_on(self.sync.reconcile_requests())
-                .reconcile_on(claim_triggers)
+                .reconcile_on(claim_triggers.map(unreadable::lenient_ref))
                 .graceful_shutdown_on(stop()),
-            chatflow::reconcile,
+            unreadable::or_report(chatflow::reconcile, FIELD_MANAGER),
             ctx.clone(),
             session.clone(),
         );
 
         let (access_refs, access_triggers) = futures::channel::mpsc::unbounded();
         let (policy_refs, policy_triggers) = futures::channel::mpsc::unbounded();
-        let access_controller = controller(self.api::<ChatflowAccess>());
-        let policy_controller = controller(self.api::<CreditPolicy>());
+        let access_controller = controller(self.api::<Lenient<ChatflowAccess>>());
+        let policy_controller = controller(self.api::<Lenient<CreditPolicy>>());
         let fan_out = {
             let (accesses, policies) = (access_controller.store(), policy_controller.store());
             let store = ctx.chatflows.clone();
             let mut claims = claims::Claims::default();
             let events = reflector::reflector(
                 writer,
-                watcher(self.api::<Chatflow>(), watcher_config())
+                watcher(self.api::<Lenient<Chatflow>>(), watcher_config())
                     .default_backoff()
-                    .modify(crate::crd::trim),
+                    .modify(crate::crd::trim)
+                    .filter_map(|event| {
+                        std::future::ready(match event {
+                            Ok(event) => unreadable::readable(event).map(Ok),
+                            Err(error) => Some(Err(error)),
+                        })
+                    }),
             )
             .take_until(session.clone().cancelled_owned());
             events.for_each(move |event| {
@@ -339,7 +347,7 @@ impl Controller {
             access_controller
                 .reconcile_on(access_triggers)
                 .graceful_shutdown_on(stop()),
-            access::reconcile,
+            unreadable::or_report(access::reconcile, FIELD_MANAGER),
             ctx.clone(),
             session.clone(),
         );
@@ -347,14 +355,14 @@ impl Controller {
             policy_controller
                 .reconcile_on(policy_triggers)
                 .graceful_shutdown_on(stop()),
-            policy::reconcile,
+            unreadable::or_report(policy::reconcile, policy::POLICY_STATUS_MANAGER),
             ctx.clone(),
             session.clone(),
         );
 
         let usage_task = {
             let (api, ledger, session) = (
-                self.api::<CreditPolicy>(),
+                self.api::<Lenient<CreditPolicy>>(),
                 self.ledger.clone(),
                 session.clone(),
             );
@@ -442,8 +450,9 @@ fn watcher_config() -> watcher::Config {
 const RECONCILES_AT_ONCE: u16 = 4;
 
 /// `KubeController::new`, with each object trimmed ([`crate::crd::trim`]) before the
-/// controller's store keeps it, and at most [`RECONCILES_AT_ONCE`] reconciles at a time.
-fn controller<K: crate::crd::Watched>(api: Api<K>) -> KubeController<K> {
+/// controller's store keeps it, and at most [`RECONCILES_AT_ONCE`] reconciles at a time. Its
+/// objects are [`Lenient`]: one that does not read is reported, not a failure of every list.
+fn controller<K: crate::crd::Watched>(api: Api<Lenient<K>>) -> KubeController<Lenient<K>> {
     let (reader, writer) = reflector::store();
     let objects = reflector::reflector(
         writer,
@@ -495,6 +504,8 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub backoff: Backoff,
+    /// Unreadable objects reported by Event alone (the API server refused their status).
+    pub event_only: unreadable::EventOnly,
     /// Chatflows as the reflector that triggers ChatflowAccess and CreditPolicy reconciles sees
     /// them (for resolving references).
     pub chatflows: Store<Chatflow>,

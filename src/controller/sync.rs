@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::Settings;
 use super::chatflow::{Desired, carries_a_marker, changes, has_marker, marker, validate};
 use crate::crd::conditions::{READY, reason};
-use crate::crd::{Chatflow, ChatflowSpec, ChatflowStatus, FIELD_MANAGER, LABEL_IMPORTED};
+use crate::crd::{Chatflow, ChatflowSpec, ChatflowStatus, FIELD_MANAGER, LABEL_IMPORTED, Lenient};
 use crate::flowise::{FlowiseApi, FlowiseChatflow};
 use crate::metrics::{Metrics, SyncCounts};
 
@@ -139,14 +139,26 @@ impl SyncState {
                 errors: vec![error],
                 ..Default::default()
             },
-            Ok((flowise, chatflows)) => {
-                let plan = plan(
+            Ok((flowise, chatflows, unreadable)) => {
+                let mut plan = plan(
                     &flowise,
                     &chatflows,
                     inner.settings.import_namespace.as_deref(),
                     inner.settings.import_name_prefix.as_deref(),
                 );
-                let (added, errors) = self.import(plan.imports).await;
+                // A Chatflow that cannot be read may claim one of the chatflows the plan would
+                // import: importing it would make a second claim.
+                let held = if unreadable.is_empty() || plan.imports.is_empty() {
+                    None
+                } else {
+                    plan.imports.clear();
+                    Some(format!(
+                        "not importing while these Chatflow objects cannot be read: {}",
+                        unreadable.join(", ")
+                    ))
+                };
+                let (added, mut errors) = self.import(plan.imports).await;
+                errors.extend(held);
                 if !plan.updated.is_empty() || !plan.removed.is_empty() {
                     let _ = inner.reconcile_all.send(());
                 }
@@ -164,24 +176,36 @@ impl SyncState {
         result
     }
 
-    /// Flowise's listing and the Chatflow objects in scope.
-    async fn observe(&self) -> Result<(Vec<FlowiseChatflow>, Vec<Chatflow>), String> {
+    /// Flowise's listing, the Chatflow objects in scope, and `namespace/name` of those in scope
+    /// that cannot be read.
+    async fn observe(&self) -> Result<(Vec<FlowiseChatflow>, Vec<Chatflow>, Vec<String>), String> {
         let inner = &self.inner;
         let flowise = inner
             .flowise
             .list()
             .await
             .map_err(|e| format!("listing Flowise chatflows: {e}"))?;
-        let api: Api<Chatflow> = match &inner.settings.namespace {
+        let api: Api<Lenient<Chatflow>> = match &inner.settings.namespace {
             Some(ns) => Api::namespaced(inner.client.clone(), ns),
             None => Api::all(inner.client.clone()),
         };
-        let chatflows = api
+        let listed = api
             .list(&ListParams::default())
             .await
             .map_err(|e| format!("listing Chatflow objects: {e}"))?
             .items;
-        Ok((flowise, chatflows))
+        let (mut chatflows, mut unreadable) = (Vec::new(), Vec::new());
+        for cf in listed {
+            match cf {
+                Lenient::Read(cf) => chatflows.push(Arc::unwrap_or_clone(cf)),
+                Lenient::Unreadable(bad) => unreadable.push(format!(
+                    "{}/{}",
+                    bad.metadata.namespace.unwrap_or_default(),
+                    bad.metadata.name.unwrap_or_default()
+                )),
+            }
+        }
+        Ok((flowise, chatflows, unreadable))
     }
 
     /// Creates the imported Chatflows; an object that already exists and adopts the same id

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod chatflow;
 pub mod conditions;
+pub mod lenient;
 pub mod policy;
 pub mod schema;
 
@@ -17,6 +18,7 @@ pub use chatflow::{
     Chatflow, ChatflowDefinition, ChatflowSpec, ChatflowStatus, ChatflowType, DeletionPolicy,
     SecretKeyRef,
 };
+pub use lenient::Lenient;
 pub use policy::{
     Budget, BudgetOverride, BudgetScope, Cost, CreditPolicy, CreditPolicySpec, CreditPolicyStatus,
     Period,

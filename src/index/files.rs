@@ -22,6 +22,7 @@ use super::rules::{ChatflowSource, chatflow_source};
 use super::watch::SnapshotHandle;
 use super::{Resources, Unreadable, compile};
 use crate::crd::conditions::{self, READY, reason};
+use crate::crd::lenient::read_as;
 use crate::crd::{self, schema};
 use crate::crd::{Chatflow, ChatflowStatus};
 use crate::flowise::{FlowiseApi, FlowiseChatflow};
@@ -177,15 +178,10 @@ pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, 
                 Err(violations.join("; "))
             } else {
                 match kind.as_str() {
-                    "Chatflow" => {
-                        serde_json::from_value(doc).map(|o| resources.chatflows.push(Arc::new(o)))
-                    }
-                    "ChatflowAccess" => {
-                        serde_json::from_value(doc).map(|o| resources.accesses.push(Arc::new(o)))
-                    }
-                    _ => serde_json::from_value(doc).map(|o| resources.policies.push(Arc::new(o))),
+                    "Chatflow" => read_as(&doc).map(|o| resources.chatflows.push(Arc::new(o))),
+                    "ChatflowAccess" => read_as(&doc).map(|o| resources.accesses.push(Arc::new(o))),
+                    _ => read_as(&doc).map(|o| resources.policies.push(Arc::new(o))),
                 }
-                .map_err(|e| e.to_string())
             };
             match parsed {
                 Ok(()) => {

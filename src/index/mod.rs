@@ -28,7 +28,8 @@ pub struct Resources {
     pub chatflows: Vec<Arc<Chatflow>>,
     pub accesses: Vec<Arc<ChatflowAccess>>,
     pub policies: Vec<Arc<CreditPolicy>>,
-    /// Objects of these kinds that do not parse (files only), reported as invalid.
+    /// Objects of these kinds that do not parse (a file's typo, an object the API server stored
+    /// before its CRD had the bound it breaks), reported as invalid.
     pub unreadable: Vec<Unreadable>,
 }
 

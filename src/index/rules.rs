@@ -45,8 +45,8 @@ pub enum InvalidSpec {
         "Flowise chatflow {id} is held by {holder}: only that Chatflow is served while it claims it"
     )]
     HeldBy { id: String, holder: String },
-    /// An object that does not even parse (a file under `--resources-dir`; the API server
-    /// checks shapes against the CRD first).
+    /// An object that does not even parse: a file under `--resources-dir`, or an object the API
+    /// server stored before its CRD had the bound or pattern it breaks.
     #[error("does not parse: {0}")]
     Unreadable(String),
 }

@@ -15,8 +15,8 @@ use kube::{Api, Client};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Resources, Snapshot, compile};
-use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy, Watched};
+use super::{Resources, Snapshot, Unreadable, compile};
+use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy, Lenient, Watched};
 use crate::metrics::Metrics;
 use crate::ops::Gate;
 
@@ -60,24 +60,22 @@ impl SnapshotHandle {
     }
 }
 
-/// The reflector stores, as the controller also reads them.
+/// The reflector stores. Objects that do not read as their kind are kept too (see
+/// [`Lenient`]): the index reports them, and a CreditPolicy among them may refuse.
 #[derive(Clone)]
 pub struct Stores {
-    pub chatflows: Store<Chatflow>,
-    pub accesses: Store<ChatflowAccess>,
-    pub policies: Store<CreditPolicy>,
+    pub chatflows: Store<Lenient<Chatflow>>,
+    pub accesses: Store<Lenient<ChatflowAccess>>,
+    pub policies: Store<Lenient<CreditPolicy>>,
 }
 
 impl Stores {
     /// Everything the stores hold now.
     pub fn resources(&self) -> Resources {
-        let mut res = Resources {
-            chatflows: self.chatflows.state(),
-            accesses: self.accesses.state(),
-            policies: self.policies.state(),
-            // The API server checked every object against its CRD.
-            unreadable: Vec::new(),
-        };
+        let mut res = Resources::default();
+        res.chatflows = readable(&self.chatflows, &mut res.unreadable);
+        res.accesses = readable(&self.accesses, &mut res.unreadable);
+        res.policies = readable(&self.policies, &mut res.unreadable);
         // Deterministic order: the same objects always compile to the same snapshot.
         res.chatflows
             .sort_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
@@ -85,7 +83,39 @@ impl Stores {
             .sort_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
         res.policies
             .sort_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
+        res.unreadable
+            .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
         res
+    }
+}
+
+/// The objects of `store` that read as their kind; the others go to `unreadable`.
+fn readable<K: Watched>(
+    store: &Store<Lenient<K>>,
+    unreadable: &mut Vec<Unreadable>,
+) -> Vec<Arc<K>> {
+    let state = store.state();
+    let mut read = Vec::with_capacity(state.len());
+    for obj in state {
+        match obj.as_ref() {
+            Lenient::Read(obj) => read.push(obj.clone()),
+            Lenient::Unreadable(bad) => unreadable.push(Unreadable {
+                kind: kind_name::<K>(),
+                namespace: bad.metadata.namespace.clone().unwrap_or_default(),
+                name: bad.metadata.name.clone().unwrap_or_default(),
+                error: bad.error.clone(),
+            }),
+        }
+    }
+    read
+}
+
+/// The kind as the static name [`Unreadable`] keeps.
+fn kind_name<K: Watched>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "Chatflow" => "Chatflow",
+        "ChatflowAccess" => "ChatflowAccess",
+        _ => "CreditPolicy",
     }
 }
 
@@ -102,10 +132,11 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> (Stores, SnapshotHandle) {
     let dirty = Arc::new(Notify::new());
-    let (chatflows, cf_task) = reflect::<Chatflow>(client.clone(), dirty.clone(), metrics.clone());
+    let (chatflows, cf_task) =
+        reflect::<Lenient<Chatflow>>(client.clone(), dirty.clone(), metrics.clone());
     let (accesses, cfa_task) =
-        reflect::<ChatflowAccess>(client.clone(), dirty.clone(), metrics.clone());
-    let (policies, cpol_task) = reflect::<CreditPolicy>(client, dirty.clone(), metrics);
+        reflect::<Lenient<ChatflowAccess>>(client.clone(), dirty.clone(), metrics.clone());
+    let (policies, cpol_task) = reflect::<Lenient<CreditPolicy>>(client, dirty.clone(), metrics);
     let stores = Stores {
         chatflows,
         accesses,
@@ -192,8 +223,8 @@ fn reflect<K: Watched>(
             match event {
                 Ok(_) => dirty.notify_one(),
                 Err(error) => {
-                    // A list that fails on one object's content (one the API server stored but
-                    // flowgate cannot read) fails every time: the alert on this counter says so.
+                    // Objects flowgate cannot read are kept as such (`Lenient`), so this is
+                    // the API server failing or refusing: the alert on this counter says so.
                     // A 410 (the watch fell behind; a relist follows at once) is no failure.
                     let desync =
                         matches!(&error, watcher::Error::WatchError(status) if status.code == 410);

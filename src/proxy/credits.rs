@@ -682,7 +682,11 @@ mod tests {
         assert!(result.is_err(), "gives up in the end");
         let waited = started.elapsed();
         assert!(
-            waited >= RESERVATION_TTL - Duration::from_secs(30) && waited <= RESERVATION_TTL,
+            // Each sleep's deadline rounds up to the timer's millisecond: ~50 of them may end a
+            // few tens of milliseconds past the TTL (harmless: a settle still corrects a
+            // reservation the sweep charged).
+            waited >= RESERVATION_TTL - Duration::from_secs(30)
+                && waited <= RESERVATION_TTL + Duration::from_secs(1),
             "gave up after {waited:?}"
         );
         let attempts = attempts.into_inner();

@@ -11,3 +11,4 @@ mod harness;
 mod leader;
 mod rules;
 mod sync;
+mod unreadable;

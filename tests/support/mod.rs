@@ -178,6 +178,48 @@ pub async fn delete_flowise_chatflows(prefix: &str) {
     }
 }
 
+/// Edits a flowgate object where the API server keeps it, in etcd, past the CRD's validation:
+/// as an object stored before its CRD had a bound or pattern is. The API server's watch sees
+/// the write as a change of the object.
+pub async fn edit_in_etcd(
+    plural: &str,
+    ns: &str,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let etcd = std::env::var("FLOWGATE_TEST_ETCD_URL").expect(
+        "FLOWGATE_TEST_ETCD_URL is not set: run scripts/test.sh, or \
+         `eval \"$(scripts/local-cluster.sh env)\"`",
+    );
+    let key = b64.encode(format!("/registry/flowgate.io/{plural}/{ns}/{name}"));
+    let http = reqwest::Client::new();
+    let found: serde_json::Value = http
+        .post(format!("{etcd}/v3/kv/range"))
+        .json(&serde_json::json!({"key": key}))
+        .send()
+        .await
+        .expect("etcd answers")
+        .json()
+        .await
+        .expect("etcd's JSON");
+    let stored = found["kvs"][0]["value"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{plural}/{ns}/{name} is in etcd: {found}"));
+    let mut object: serde_json::Value =
+        serde_json::from_slice(&b64.decode(stored).expect("base64")).expect("stored as JSON");
+    edit(&mut object);
+    let value = b64.encode(serde_json::to_vec(&object).expect("JSON"));
+    http.post(format!("{etcd}/v3/kv/put"))
+        .json(&serde_json::json!({"key": key, "value": value}))
+        .send()
+        .await
+        .expect("etcd answers")
+        .error_for_status()
+        .expect("etcd stored it");
+}
+
 /// Waits up to `secs` seconds for `check` to return `Some`, polling every 100 ms.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where

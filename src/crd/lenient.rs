@@ -1,0 +1,192 @@
+//! [`Lenient`]: an object of a flowgate kind as the API server hands it over, read or not.
+//!
+//! The API server checks an object against its CRD when it is written, never again: an object
+//! stored before a bound or pattern was added (an older flowgate's CRD, a hand-edited one) may be
+//! one flowgate cannot read. Read strictly, that one object fails every list of its kind, and
+//! with it the index's and the controller's view of all the others. Read through `Lenient`, it
+//! is kept with its metadata and the reason, reported, and skipped.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use kube::Resource;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+
+/// An object of kind `K`, or its metadata and why the rest could not be read.
+#[derive(Debug, Clone)]
+pub enum Lenient<K> {
+    Read(Arc<K>),
+    Unreadable(Box<Unreadable>),
+}
+
+/// What is known of an object that does not read as its kind.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    pub metadata: ObjectMeta,
+    /// Where and why it does not read (`spec.budget.credits: invalid value: ...`).
+    pub error: String,
+    /// Its `status.conditions` and `status.observedGeneration`, where those read: what the
+    /// controller last reported, so that it reports an unchanged problem only once.
+    pub conditions: Vec<Condition>,
+    pub observed_generation: Option<i64>,
+}
+
+/// `doc` read as `T`, or where and why not (`spec.budget.credits: invalid type: ...`).
+pub fn read_as<T: DeserializeOwned>(doc: &serde_json::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(doc).map_err(|e| match e.path().to_string() {
+        path if path == "." => e.inner().to_string(),
+        path => format!("{path}: {}", e.inner()),
+    })
+}
+
+impl<K> Lenient<K> {
+    /// The object, when it reads.
+    pub fn read(&self) -> Option<&Arc<K>> {
+        match self {
+            Self::Read(obj) => Some(obj),
+            Self::Unreadable(_) => None,
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Clone> Resource for Lenient<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+
+    fn api_version(dt: &()) -> Cow<'_, str> {
+        K::api_version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Self::Read(obj) => obj.meta(),
+            Self::Unreadable(unreadable) => &unreadable.metadata,
+        }
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            // Fresh from the API server the Arc is not shared, and nothing is cloned.
+            Self::Read(obj) => Arc::make_mut(obj).meta_mut(),
+            Self::Unreadable(unreadable) => &mut unreadable.metadata,
+        }
+    }
+}
+
+impl<'de, K: DeserializeOwned> Deserialize<'de> for Lenient<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Through a `Value`: a watch event may have been buffered by serde already, and a
+        // second attempt needs the document again. Lists are rare; a watch event is one object.
+        let value = serde_json::Value::deserialize(deserializer)?;
+        match read_as::<K>(&value) {
+            Ok(obj) => Ok(Self::Read(Arc::new(obj))),
+            Err(error) => {
+                // Metadata the API server wrote is always readable; without it there is nothing
+                // to report, and the list fails as it would have.
+                let metadata = value
+                    .get("metadata")
+                    .map(ObjectMeta::deserialize)
+                    .transpose()
+                    .map_err(D::Error::custom)?
+                    .ok_or_else(|| D::Error::custom(format!("no metadata ({error})")))?;
+                let status = value.get("status");
+                let field = |name| status.and_then(|s| s.get(name));
+                Ok(Self::Unreadable(Box::new(Unreadable {
+                    metadata,
+                    error,
+                    conditions: field("conditions")
+                        .and_then(|c| Vec::<Condition>::deserialize(c).ok())
+                        .unwrap_or_default(),
+                    observed_generation: field("observedGeneration").and_then(|g| g.as_i64()),
+                })))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::crd::CreditPolicy;
+
+    fn policy(credits: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "flowgate.io/v1alpha1",
+            "kind": "CreditPolicy",
+            "metadata": {"name": "budget", "namespace": "team-a", "generation": 3},
+            "spec": {
+                "chatflows": ["*"],
+                "budget": {"credits": credits, "period": "Monthly"},
+                "cost": {"perPrediction": 1},
+            },
+        })
+    }
+
+    #[test]
+    fn a_readable_object_reads_as_its_kind() {
+        let lenient: Lenient<CreditPolicy> =
+            serde_json::from_value(policy(json!(100))).expect("parses");
+        let read = lenient.read().expect("read");
+        assert_eq!(read.spec.budget.credits, 100);
+        assert_eq!(lenient.meta().generation, Some(3));
+    }
+
+    #[test]
+    fn an_unreadable_object_keeps_its_metadata_and_why() {
+        let list: kube::core::ObjectList<Lenient<CreditPolicy>> = serde_json::from_value(json!({
+            "apiVersion": "flowgate.io/v1alpha1",
+            "kind": "CreditPolicyList",
+            "metadata": {"resourceVersion": "7"},
+            "items": [policy(json!(-5)), policy(json!(5))],
+        }))
+        .expect("one bad object does not fail the list");
+        let Lenient::Unreadable(bad) = &list.items[0] else {
+            panic!("read a negative budget: {:?}", list.items[0]);
+        };
+        assert_eq!(bad.metadata.name.as_deref(), Some("budget"));
+        assert!(
+            bad.error.starts_with("spec.budget.credits: ") && bad.error.contains("-5"),
+            "{}",
+            bad.error
+        );
+        assert!(list.items[1].read().is_some());
+    }
+
+    #[test]
+    fn a_watch_event_of_an_unreadable_object_is_delivered() {
+        let event: kube::core::WatchEvent<Lenient<CreditPolicy>> =
+            serde_json::from_value(json!({"type": "MODIFIED", "object": policy(json!("many"))}))
+                .expect("parses");
+        let kube::core::WatchEvent::Modified(Lenient::Unreadable(bad)) = event else {
+            panic!("{event:?}");
+        };
+        assert!(bad.error.contains("many"), "{}", bad.error);
+    }
+
+    #[test]
+    fn without_metadata_it_fails_as_before() {
+        let error = serde_json::from_value::<Lenient<CreditPolicy>>(json!({"spec": 1}))
+            .expect_err("nothing to report");
+        assert!(error.to_string().contains("metadata"), "{error}");
+    }
+}
