@@ -62,11 +62,11 @@ async fn objects_flowgate_cannot_read_are_skipped_and_the_others_served() {
 
     // A budget that cannot be read would have charged something: it refuses instead.
     team.policy(
-        "budget",
+        "spend",
         json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Never"}}),
     )
     .await;
-    edit_in_etcd("creditpolicies", &team.ns, "budget", |policy| {
+    edit_in_etcd("creditpolicies", &team.ns, "spend", |policy| {
         policy["spec"]["budget"]["credits"] = json!(-5);
     })
     .await;
@@ -77,7 +77,7 @@ async fn objects_flowgate_cannot_read_are_skipped_and_the_others_served() {
     .await;
     let text = refused.to_string();
     assert!(
-        text.contains("budget") && text.contains("spec.budget.credits"),
+        text.contains(&format!("{}/spend", team.ns)) && text.contains("spec.budget.credits"),
         "says which policy and where: {text}"
     );
     team.cleanup().await;

@@ -5,31 +5,53 @@
 
 use std::collections::HashMap;
 
-use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Event;
+use kube::{Resource, ResourceExt};
 
-use crate::crd::Chatflow;
-use crate::index::rules::{claimed_flowise_id, holds};
+use crate::crd::{Chatflow, Lenient};
+use crate::index::rules::{claimed_flowise_id, holds, unreadable_claim};
+
+/// What `obj` claims: a readable Chatflow as the index reads it, an unreadable one as far as its
+/// stored document says ([`unreadable_claim`]).
+fn claim(obj: &Lenient<Chatflow>) -> Option<String> {
+    match obj {
+        Lenient::Read(cf) => claimed_flowise_id(cf),
+        Lenient::Unreadable(bad) => unreadable_claim(bad).map(|(id, _)| id),
+    }
+}
+
+/// Whether `obj` holds `id` ([`holds`], [`unreadable_claim`]).
+fn holds_it(obj: &Lenient<Chatflow>, id: &str) -> bool {
+    match obj {
+        Lenient::Read(cf) => holds(cf, id),
+        Lenient::Unreadable(bad) => unreadable_claim(bad)
+            .is_some_and(|(claimed, holds)| holds && claimed.eq_ignore_ascii_case(id)),
+    }
+}
 
 /// The other Chatflows (namespace/name), in any namespace, that claim Flowise chatflow `id`, and
-/// whether each holds it, as the proxy's index reads them ([`claimed_flowise_id`], [`holds`]):
-/// one being deleted claims nothing.
-pub(super) fn others(store: &Store<Chatflow>, cf: &Chatflow, id: &str) -> Vec<(String, bool)> {
+/// whether each holds it, as the proxy's index reads them ([`claimed_flowise_id`], [`holds`];
+/// one that cannot be read by what its stored document says): one being deleted claims nothing.
+pub(super) fn others(
+    store: &Store<Lenient<Chatflow>>,
+    cf: &Chatflow,
+    id: &str,
+) -> Vec<(String, bool)> {
     let me = (cf.namespace(), cf.metadata.name.as_deref());
     let mut others: Vec<(String, bool)> = store
         .state()
         .iter()
-        .filter(|other| (other.namespace(), other.metadata.name.as_deref()) != me)
-        .filter(|other| other.metadata.deletion_timestamp.is_none())
-        .filter(|other| claimed_flowise_id(other).is_some_and(|o| o.eq_ignore_ascii_case(id)))
+        .filter(|other| (other.namespace(), other.meta().name.as_deref()) != me)
+        .filter(|other| other.meta().deletion_timestamp.is_none())
+        .filter(|other| claim(other).is_some_and(|o| o.eq_ignore_ascii_case(id)))
         .map(|other| {
             let name = format!(
                 "{}/{}",
                 other.namespace().unwrap_or_default(),
                 other.name_any()
             );
-            (name, holds(other, id))
+            (name, holds_it(other, id))
         })
         .collect();
     others.sort();
@@ -40,7 +62,7 @@ pub(super) fn others(store: &Store<Chatflow>, cf: &Chatflow, id: &str) -> Vec<(S
 /// after the next one.
 #[derive(Default)]
 pub(super) struct Claims {
-    claimed: HashMap<ObjectRef<Chatflow>, String>,
+    claimed: HashMap<ObjectRef<Lenient<Chatflow>>, String>,
 }
 
 impl Claims {
@@ -50,21 +72,21 @@ impl Claims {
     /// has a Chatflow ends its claim as a deletion does.
     pub fn after(
         &mut self,
-        store: &Store<Chatflow>,
-        event: &Event<Chatflow>,
-    ) -> Vec<ObjectRef<Chatflow>> {
+        store: &Store<Lenient<Chatflow>>,
+        event: &Event<Lenient<Chatflow>>,
+    ) -> Vec<ObjectRef<Lenient<Chatflow>>> {
         match event {
-            Event::Apply(cf) => self.changed(store, cf, claimed_flowise_id(cf)),
+            Event::Apply(cf) => self.changed(store, cf, claim(cf)),
             Event::Delete(cf) => self.changed(store, cf, None),
             Event::InitApply(cf) => {
-                if let Some(id) = claimed_flowise_id(cf) {
+                if let Some(id) = claim(cf) {
                     self.claimed.insert(ObjectRef::from_obj(cf), id);
                 }
                 Vec::new()
             }
             Event::Init => Vec::new(),
             Event::InitDone => {
-                let gone: Vec<ObjectRef<Chatflow>> = self
+                let gone: Vec<ObjectRef<Lenient<Chatflow>>> = self
                     .claimed
                     .keys()
                     .filter(|me| store.get(me).is_none())
@@ -83,10 +105,10 @@ impl Claims {
 
     fn changed(
         &mut self,
-        store: &Store<Chatflow>,
-        cf: &Chatflow,
+        store: &Store<Lenient<Chatflow>>,
+        cf: &Lenient<Chatflow>,
         now: Option<String>,
-    ) -> Vec<ObjectRef<Chatflow>> {
+    ) -> Vec<ObjectRef<Lenient<Chatflow>>> {
         let me = ObjectRef::from_obj(cf);
         let before = match &now {
             Some(id) => self.claimed.insert(me.clone(), id.clone()),
@@ -102,17 +124,17 @@ impl Claims {
 
 /// The Chatflows in `store` other than `me` that claim one of `ids`.
 fn claimants(
-    store: &Store<Chatflow>,
+    store: &Store<Lenient<Chatflow>>,
     ids: &[String],
-    me: &ObjectRef<Chatflow>,
-) -> Vec<ObjectRef<Chatflow>> {
+    me: &ObjectRef<Lenient<Chatflow>>,
+) -> Vec<ObjectRef<Lenient<Chatflow>>> {
     if ids.is_empty() {
         return Vec::new();
     }
     store
         .state()
         .iter()
-        .filter(|other| claimed_flowise_id(other).is_some_and(|o| ids.contains(&o)))
+        .filter(|other| claim(other).is_some_and(|o| ids.contains(&o)))
         .map(|other| ObjectRef::from_obj(other.as_ref()))
         .filter(|other| other != me)
         .collect()
@@ -125,7 +147,7 @@ mod tests {
 
     use super::*;
 
-    fn chatflow(name: &str, id: &str) -> Chatflow {
+    fn chatflow(name: &str, id: &str) -> Lenient<Chatflow> {
         serde_json::from_value(json!({
             "apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow",
             "metadata": {"name": name, "namespace": "team-a"},
@@ -136,9 +158,9 @@ mod tests {
 
     /// Applies `event` to the store, as the reflector does, then asks `claims`.
     fn after(
-        writer: &mut Writer<Chatflow>,
+        writer: &mut Writer<Lenient<Chatflow>>,
         claims: &mut Claims,
-        event: Event<Chatflow>,
+        event: Event<Lenient<Chatflow>>,
     ) -> Vec<String> {
         writer.apply_watcher_event(&event);
         let store = writer.as_reader();
@@ -153,7 +175,7 @@ mod tests {
 
     #[test]
     fn claims_from_the_first_listing_trigger_their_rivals_when_they_end() {
-        let mut writer = Writer::<Chatflow>::default();
+        let mut writer = Writer::<Lenient<Chatflow>>::default();
         let mut claims = Claims::default();
         let (holder, rival, other) = (
             chatflow("holder", "x"),
@@ -198,5 +220,31 @@ mod tests {
             assert!(after(&mut writer, &mut claims, event).is_empty());
         }
         assert_eq!(after(&mut writer, &mut claims, Event::InitDone), ["rival"]);
+    }
+
+    #[test]
+    fn a_holder_that_cannot_be_read_is_weighed_as_one() {
+        let mut writer = Writer::<Lenient<Chatflow>>::default();
+        // It held "x" (Ready, its id in status) before a CRD bound made it unreadable.
+        let holder: Lenient<Chatflow> = serde_json::from_value(json!({
+            "apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow",
+            "metadata": {"name": "holder", "namespace": "team-b", "generation": 2},
+            "spec": {"flowiseId": "X", "deletionPolicy": "Sometimes"},
+            "status": {"flowiseId": "x", "conditions": [{"type": "Ready", "status": "True",
+                "reason": "Synced", "message": "in sync", "observedGeneration": 2,
+                "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+        }))
+        .expect("parses");
+        assert!(holder.read().is_none(), "unreadable");
+        writer.apply_watcher_event(&Event::Apply(holder));
+        let Lenient::Read(rival) = chatflow("rival", "x") else {
+            panic!("readable");
+        };
+        let store = writer.as_reader();
+        assert_eq!(
+            others(&store, &rival, "x"),
+            [("team-b/holder".to_string(), true)]
+        );
+        assert!(others(&store, &rival, "y").is_empty());
     }
 }

@@ -260,7 +260,7 @@ impl Controller {
         // against its store and are triggered by its events, which it applies to the store
         // before passing on. With a watch of their own the trigger could run ahead of the store
         // and leave `ResolvedRefs` stale until the next resync.
-        let (chatflow_names, writer) = reflector::store::<Chatflow>();
+        let (chatflow_names, writer) = reflector::store::<Lenient<Chatflow>>();
         let ctx = Arc::new(Context {
             client: self.client.clone(),
             flowise: self.flowise.clone(),
@@ -292,7 +292,7 @@ impl Controller {
         let chatflow_task = run_after_chatflows(
             chatflows
                 .reconcile_all_on(self.sync.reconcile_requests())
-                .reconcile_on(claim_triggers.map(unreadable::lenient_ref))
+                .reconcile_on(claim_triggers)
                 .graceful_shutdown_on(stop()),
             unreadable::or_report(chatflow::reconcile, FIELD_MANAGER),
             ctx.clone(),
@@ -311,13 +311,7 @@ impl Controller {
                 writer,
                 watcher(self.api::<Lenient<Chatflow>>(), watcher_config())
                     .default_backoff()
-                    .modify(crate::crd::trim)
-                    .filter_map(|event| {
-                        std::future::ready(match event {
-                            Ok(event) => unreadable::readable(event).map(Ok),
-                            Err(error) => Some(Err(error)),
-                        })
-                    }),
+                    .modify(crate::crd::trim),
             )
             .take_until(session.clone().cancelled_owned());
             events.for_each(move |event| {
@@ -465,7 +459,10 @@ fn controller<K: crate::crd::Watched>(api: Api<Lenient<K>>) -> KubeController<Le
 
 /// Every object of `store` in the namespace of `cf`: a Chatflow appearing or going away changes
 /// how rules in its namespace resolve.
-fn same_namespace<K>(store: &Store<K>, cf: &Chatflow) -> Vec<kube::runtime::reflector::ObjectRef<K>>
+fn same_namespace<K>(
+    store: &Store<K>,
+    cf: &Lenient<Chatflow>,
+) -> Vec<kube::runtime::reflector::ObjectRef<K>>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
@@ -508,7 +505,7 @@ pub(crate) struct Context {
     pub event_only: unreadable::EventOnly,
     /// Chatflows as the reflector that triggers ChatflowAccess and CreditPolicy reconciles sees
     /// them (for resolving references).
-    pub chatflows: Store<Chatflow>,
+    pub chatflows: Store<Lenient<Chatflow>>,
     /// Cancelled when the Lease is lost.
     pub fence: CancellationToken,
 }
@@ -573,8 +570,8 @@ impl Context {
         self.chatflows
             .state()
             .iter()
-            .filter(|cf| cf.metadata.namespace.as_deref() == Some(namespace))
-            .filter_map(|cf| cf.metadata.name.clone())
+            .filter(|cf| cf.meta().namespace.as_deref() == Some(namespace))
+            .filter_map(|cf| cf.meta().name.clone())
             .collect()
     }
 }

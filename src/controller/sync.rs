@@ -23,6 +23,7 @@ use super::chatflow::{Desired, carries_a_marker, changes, has_marker, marker, va
 use crate::crd::conditions::{READY, reason};
 use crate::crd::{Chatflow, ChatflowSpec, ChatflowStatus, FIELD_MANAGER, LABEL_IMPORTED, Lenient};
 use crate::flowise::{FlowiseApi, FlowiseChatflow};
+use crate::index::rules::unreadable_claim;
 use crate::metrics::{Metrics, SyncCounts};
 
 /// The counts of one sync pass, in the Python service's shape (`ChatflowSyncResult`).
@@ -146,19 +147,27 @@ impl SyncState {
                     inner.settings.import_namespace.as_deref(),
                     inner.settings.import_name_prefix.as_deref(),
                 );
-                // A Chatflow that cannot be read may claim one of the chatflows the plan would
-                // import: importing it would make a second claim.
-                let held = if unreadable.is_empty() || plan.imports.is_empty() {
-                    None
-                } else {
-                    plan.imports.clear();
-                    Some(format!(
-                        "not importing while these Chatflow objects cannot be read: {}",
-                        unreadable.join(", ")
-                    ))
-                };
+                // A Chatflow that cannot be read still claims what its stored document names:
+                // importing that would make a second claim. One whose claim cannot be told
+                // holds every import back.
+                let mut held = Vec::new();
+                plan.imports.retain(|import| {
+                    let id = import.spec.flowise_id.as_deref().unwrap_or_default();
+                    let claimed_by: Vec<&str> = unreadable
+                        .iter()
+                        .filter(|(_, claim)| claim.as_deref().is_none_or(|c| c.eq_ignore_ascii_case(id)))
+                        .map(|(name, _)| name.as_str())
+                        .collect();
+                    if !claimed_by.is_empty() {
+                        held.push(format!(
+                            "not importing {id}: it may be claimed by Chatflow objects that cannot be read: {}",
+                            claimed_by.join(", ")
+                        ));
+                    }
+                    claimed_by.is_empty()
+                });
                 let (added, mut errors) = self.import(plan.imports).await;
-                errors.extend(held);
+                errors.append(&mut held);
                 if !plan.updated.is_empty() || !plan.removed.is_empty() {
                     let _ = inner.reconcile_all.send(());
                 }
@@ -177,8 +186,9 @@ impl SyncState {
     }
 
     /// Flowise's listing, the Chatflow objects in scope, and `namespace/name` of those in scope
-    /// that cannot be read.
-    async fn observe(&self) -> Result<(Vec<FlowiseChatflow>, Vec<Chatflow>, Vec<String>), String> {
+    /// that cannot be read, each with the Flowise chatflow its stored document claims, when it
+    /// says.
+    async fn observe(&self) -> Result<Observed, String> {
         let inner = &self.inner;
         let flowise = inner
             .flowise
@@ -198,10 +208,15 @@ impl SyncState {
         for cf in listed {
             match cf {
                 Lenient::Read(cf) => chatflows.push(Arc::unwrap_or_clone(cf)),
-                Lenient::Unreadable(bad) => unreadable.push(format!(
-                    "{}/{}",
-                    bad.metadata.namespace.unwrap_or_default(),
-                    bad.metadata.name.unwrap_or_default()
+                // Being deleted, it claims nothing (as the index reads it).
+                Lenient::Unreadable(bad) if bad.metadata.deletion_timestamp.is_some() => {}
+                Lenient::Unreadable(bad) => unreadable.push((
+                    format!(
+                        "{}/{}",
+                        bad.metadata.namespace.as_deref().unwrap_or_default(),
+                        bad.metadata.name.as_deref().unwrap_or_default()
+                    ),
+                    unreadable_claim(&bad).map(|(id, _)| id),
                 )),
             }
         }
@@ -282,6 +297,13 @@ impl SyncState {
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
+
+/// Flowise's listing, the readable Chatflows, and the others with what they claim.
+type Observed = (
+    Vec<FlowiseChatflow>,
+    Vec<Chatflow>,
+    Vec<(String, Option<String>)>,
+);
 
 /// What a pass found.
 #[derive(Debug, Default)]

@@ -1,19 +1,22 @@
 //! Objects the API server stored that flowgate cannot read ([`Lenient::Unreadable`]): each is
-//! reported in its `Ready` condition (InvalidSpec, naming the field) and otherwise left alone,
-//! while every other object of its kind is reconciled as usual.
+//! reported in its `Ready` condition (InvalidSpec, naming the field) or, where the API server
+//! refuses that, by Event, and otherwise left alone, while every other object of its kind is
+//! reconciled as usual. A Chatflow among them keeps its claim on its Flowise chatflow
+//! (`claims.rs`, [`crate::index::rules::unreadable_claim`]).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 
-use super::{Context, ControllerError, apply_status};
+use super::{Context, ControllerError};
 use crate::crd::Watched;
 use crate::crd::conditions::{self, READY, reason};
 use crate::crd::lenient::{Lenient, Unreadable};
@@ -41,13 +44,15 @@ where
 }
 
 /// Says in `Ready` why `obj` cannot be read, once (unchanged, nothing is written), with a
-/// Warning Event. Its other conditions go: nothing else about it is known. A Chatflow's
-/// finalizer stays — its Flowise chatflow cannot be cleaned up unread — so deleting one waits
-/// for its spec to be fixed.
+/// Warning Event. Its other conditions go: nothing else about it is known; its other status
+/// fields stay (a merge patch: a Chatflow's `flowiseId` is what its claim rests on). A
+/// Chatflow's finalizer stays — its Flowise chatflow cannot be cleaned up unread — so deleting
+/// one that owns its chatflow waits for its spec to be fixed.
 ///
-/// Without CRD validation ratcheting (Kubernetes before 1.30, or the feature off) the API server
-/// checks the whole stored object on a status write too, and refuses it for the very field
-/// that makes it unreadable: then the Event is the report, sent once per generation.
+/// Without CRD validation ratcheting (Kubernetes before 1.30, or the feature off), and for a
+/// value of the wrong type on any version, the API server checks the whole stored object on a
+/// status write too and refuses it (422) for the very field that makes it unreadable: then the
+/// Event is the report, sent again every [`EVENT_AGAIN`] so that it outlives Events' TTL.
 async fn report<K>(
     obj: &Lenient<K>,
     ctx: &Context,
@@ -64,13 +69,38 @@ where
         return Ok(resync);
     };
     let key = super::object_key(obj);
-    if ctx.event_only.has(&key, generation, &bad.error) {
+    if ctx.event_only.sent(&key, generation, &bad.error) {
         return Ok(resync);
     }
+    let (Some(name), Some(ns)) = (&bad.metadata.name, &bad.metadata.namespace) else {
+        return Err(ControllerError::Unnamed);
+    };
+    let patch = serde_json::json!({"status": {
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }});
+    let params = PatchParams {
+        field_manager: Some(manager.to_string()),
+        ..PatchParams::default()
+    };
+    let written = Api::<Lenient<K>>::namespaced(ctx.client.clone(), ns)
+        .patch_status(name, &params, &Patch::Merge(&patch))
+        .await;
+    let event_only = match written {
+        Ok(_) => {
+            ctx.metrics
+                .controller
+                .status_written(super::kind_name::<K>());
+            false
+        }
+        Err(kube::Error::Api(refused)) if refused.code == 422 => true,
+        Err(error) => return Err(error.into()),
+    };
     tracing::warn!(
         object = %key,
         error = %bad.error,
-        "cannot read this object; reported in its status and skipped"
+        event_only,
+        "cannot read this object; reported and skipped"
     );
     if let Some(ready) = conditions.first() {
         ctx.event(
@@ -82,37 +112,40 @@ where
         )
         .await;
     }
-    let status = serde_json::json!({
-        "observedGeneration": generation,
-        "conditions": conditions,
-    });
-    match apply_status(ctx, obj, status, manager).await {
-        Err(ControllerError::Kube(kube::Error::Api(refused))) if refused.code == 422 => {
-            tracing::warn!(object = %key, "the API server refuses a status for it too (its stored spec fails the CRD); reported by Event only");
-            ctx.event_only.add(key, generation, bad.error.clone());
-        }
-        written => written?,
+    if event_only {
+        ctx.event_only.add(key, generation, bad.error.clone());
     }
     Ok(resync)
 }
 
-/// Unreadable objects whose status the API server refused, each with the generation and
-/// problem its Event reported.
+/// How often the Event of an object whose status the API server refuses is sent again: well
+/// within the hour Events live by default.
+const EVENT_AGAIN: Duration = Duration::from_secs(30 * 60);
+
+/// Unreadable objects whose status the API server refused: the generation and problem their
+/// last Event reported, and when.
 #[derive(Default)]
-pub(crate) struct EventOnly(Mutex<HashMap<String, (Option<i64>, String)>>);
+pub(crate) struct EventOnly(Mutex<HashMap<String, Reported>>);
+
+/// The generation and problem an Event reported, and when.
+type Reported = (Option<i64>, String, Instant);
 
 impl EventOnly {
-    fn has(&self, key: &str, generation: Option<i64>, error: &str) -> bool {
+    /// Whether this problem of this generation was reported by Event lately.
+    fn sent(&self, key: &str, generation: Option<i64>, error: &str) -> bool {
         self.lock()
             .get(key)
-            .is_some_and(|(g, e)| *g == generation && e == error)
+            .is_some_and(|(g, e, at)| *g == generation && e == error && at.elapsed() < EVENT_AGAIN)
     }
 
     fn add(&self, key: String, generation: Option<i64>, error: String) {
-        self.lock().insert(key, (generation, error));
+        let mut reported = self.lock();
+        // Objects fixed or deleted since leave their entries; a few thousand at most.
+        reported.retain(|_, (_, _, at)| at.elapsed() < EVENT_AGAIN * 2);
+        reported.insert(key, (generation, error, Instant::now()));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<i64>, String)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Reported>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -144,34 +177,6 @@ fn next_conditions(
     (!unchanged).then_some((conditions, generation))
 }
 
-/// A watch event with what reads of it: an event of an object that does not read is dropped
-/// (a store keeps the last version of it that did).
-pub(super) fn readable<K: Clone>(event: watcher::Event<Lenient<K>>) -> Option<watcher::Event<K>> {
-    let read = |obj: Lenient<K>| match obj {
-        Lenient::Read(obj) => Some(Arc::unwrap_or_clone(obj)),
-        Lenient::Unreadable(_) => None,
-    };
-    Some(match event {
-        watcher::Event::Apply(obj) => watcher::Event::Apply(read(obj)?),
-        watcher::Event::Delete(obj) => watcher::Event::Delete(read(obj)?),
-        watcher::Event::InitApply(obj) => watcher::Event::InitApply(read(obj)?),
-        watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitDone => watcher::Event::InitDone,
-    })
-}
-
-/// The same object, as the controller of [`Lenient`] objects of its kind names it.
-pub(super) fn lenient_ref<K>(r: ObjectRef<K>) -> ObjectRef<Lenient<K>>
-where
-    K: Watched,
-{
-    let named = ObjectRef::new(&r.name);
-    match &r.namespace {
-        Some(ns) => named.within(ns),
-        None => named,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -187,6 +192,8 @@ mod tests {
             error: "spec.budget.credits: invalid value: integer `-5`, expected u64".into(),
             conditions: Vec::new(),
             observed_generation: None,
+            spec: serde_json::Value::Null,
+            status: serde_json::Value::Null,
         }
     }
 

@@ -31,6 +31,10 @@ pub struct Unreadable {
     /// controller last reported, so that it reports an unchanged problem only once.
     pub conditions: Vec<Condition>,
     pub observed_generation: Option<i64>,
+    /// Its `spec` and `status` as stored (`null` when absent): what can still be said about it,
+    /// such as the Flowise chatflow a Chatflow claims.
+    pub spec: serde_json::Value,
+    pub status: serde_json::Value,
 }
 
 /// `doc` read as `T`, or where and why not (`spec.budget.credits: invalid type: ...`).
@@ -95,30 +99,48 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for Lenient<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // Through a `Value`: a watch event may have been buffered by serde already, and a
         // second attempt needs the document again. Lists are rare; a watch event is one object.
-        let value = serde_json::Value::deserialize(deserializer)?;
-        match read_as::<K>(&value) {
-            Ok(obj) => Ok(Self::Read(Arc::new(obj))),
-            Err(error) => {
-                // Metadata the API server wrote is always readable; without it there is nothing
-                // to report, and the list fails as it would have.
-                let metadata = value
-                    .get("metadata")
-                    .map(ObjectMeta::deserialize)
-                    .transpose()
-                    .map_err(D::Error::custom)?
-                    .ok_or_else(|| D::Error::custom(format!("no metadata ({error})")))?;
-                let status = value.get("status");
-                let field = |name| status.and_then(|s| s.get(name));
-                Ok(Self::Unreadable(Box::new(Unreadable {
-                    metadata,
-                    error,
-                    conditions: field("conditions")
-                        .and_then(|c| Vec::<Condition>::deserialize(c).ok())
-                        .unwrap_or_default(),
-                    observed_generation: field("observedGeneration").and_then(|g| g.as_i64()),
-                })))
+        let mut value = serde_json::Value::deserialize(deserializer)?;
+        let error = match read_as::<K>(&value) {
+            Ok(obj) => return Ok(Self::Read(Arc::new(obj))),
+            Err(error) => error,
+        };
+        // A status flowgate cannot read (another version's shape) is no reason to skip the
+        // object: its controller writes the status again.
+        if error.starts_with("status") {
+            let status = value.as_object_mut().and_then(|o| o.remove("status"));
+            if let Ok(obj) = read_as::<K>(&value) {
+                return Ok(Self::Read(Arc::new(obj)));
+            }
+            if let (Some(object), Some(status)) = (value.as_object_mut(), status) {
+                object.insert("status".into(), status);
             }
         }
+        // Metadata the API server wrote is always readable; without it there is nothing to
+        // report, and the list fails as it would have.
+        let metadata = value
+            .get("metadata")
+            .map(ObjectMeta::deserialize)
+            .transpose()
+            .map_err(D::Error::custom)?
+            .ok_or_else(|| D::Error::custom(format!("no metadata ({error})")))?;
+        let mut take = |name: &str| {
+            value
+                .as_object_mut()
+                .and_then(|o| o.remove(name))
+                .unwrap_or_default()
+        };
+        let (spec, status) = (take("spec"), take("status"));
+        let field = |name| status.get(name);
+        Ok(Self::Unreadable(Box::new(Unreadable {
+            metadata,
+            error,
+            conditions: field("conditions")
+                .and_then(|c| Vec::<Condition>::deserialize(c).ok())
+                .unwrap_or_default(),
+            observed_generation: field("observedGeneration").and_then(|g| g.as_i64()),
+            spec,
+            status,
+        })))
     }
 }
 
@@ -181,6 +203,24 @@ mod tests {
             panic!("{event:?}");
         };
         assert!(bad.error.contains("many"), "{}", bad.error);
+    }
+
+    #[test]
+    fn a_status_flowgate_cannot_read_is_dropped_not_the_object() {
+        let mut doc = policy(json!(10));
+        doc["status"] = json!({"creditsUsed": "lots", "conditions": "none"});
+        let lenient: Lenient<CreditPolicy> = serde_json::from_value(doc).expect("parses");
+        let read = lenient.read().expect("read without its status");
+        assert!(read.status.is_none());
+
+        let mut both = policy(json!(-1));
+        both["status"] = json!({"creditsUsed": "lots"});
+        let Ok(Lenient::Unreadable(bad)) = serde_json::from_value::<Lenient<CreditPolicy>>(both)
+        else {
+            panic!("a spec flowgate cannot read");
+        };
+        assert_eq!(bad.status["creditsUsed"], "lots", "kept as stored");
+        assert_eq!(bad.spec["budget"]["credits"], -1);
     }
 
     #[test]

@@ -207,6 +207,8 @@ pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, 
                         namespace,
                         name: key.2.clone(),
                         error: e,
+                        // No controller writes a file's status: nothing to hold.
+                        claim: None,
                     });
                     if !key.2.is_empty() {
                         defined.insert(key, at);

@@ -41,6 +41,9 @@ pub struct Unreadable {
     pub namespace: String,
     pub name: String,
     pub error: String,
+    /// For a Chatflow: the Flowise chatflow it claims and whether it holds it
+    /// ([`rules::unreadable_claim`]).
+    pub claim: Option<(String, bool)>,
 }
 
 /// Who is asking, as far as access is concerned.
@@ -266,6 +269,14 @@ pub fn compile(resources: &Resources) -> Snapshot {
                 format!("{}/{}", rule.namespace, rule.name),
                 rules::holds(cf, id),
             ));
+        }
+    }
+    for bad in &resources.unreadable {
+        if let Some((id, holds)) = &bad.claim {
+            claimants
+                .entry(id.clone())
+                .or_default()
+                .push((format!("{}/{}", bad.namespace, bad.name), *holds));
         }
     }
 

@@ -200,6 +200,32 @@ pub fn claimed_flowise_id(cf: &Chatflow) -> Option<String> {
     )
 }
 
+/// The Flowise chatflow (lowercase id) a Chatflow that cannot be read claims, as far as its
+/// stored document says (`spec.flowiseId`, else the id its status records), and whether its
+/// status says it holds it, as [`holds`] reads a readable one. It is never served, but it keeps
+/// its claim: one that turned unreadable (a CRD upgrade, not its namespace's doing) must not
+/// hand its chatflow, grants and budgets to another namespace's claim. One being deleted
+/// claims nothing.
+pub fn unreadable_claim(bad: &crd::lenient::Unreadable) -> Option<(String, bool)> {
+    if bad.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let text = |v: &serde_json::Value, key: &str| {
+        v.get(key)
+            .and_then(|v| v.as_str())
+            .map(str::to_ascii_lowercase)
+    };
+    let recorded = text(&bad.status, "flowiseId");
+    let id = text(&bad.spec, "flowiseId").or_else(|| recorded.clone())?;
+    let holds = recorded.as_deref() == Some(id.as_str())
+        && bad.conditions.iter().any(|c| {
+            c.type_ == crd::conditions::READY
+                && c.reason != crd::conditions::reason::CONFLICT
+                && c.observed_generation == bad.metadata.generation
+        });
+    Some((id, holds))
+}
+
 /// Whether `cf` holds Flowise chatflow `id`: the controller found it there (`status.flowiseId`)
 /// and did not find it in conflict with another claim. Of several Chatflows claiming one
 /// Flowise chatflow, the one that holds it keeps it and is served; the others are not. Only

@@ -596,4 +596,62 @@ fn a_flowise_chatflow_claimed_twice_is_served_as_its_holders_only() {
     );
 }
 
+/// `cf` as it reads after a CRD upgrade added a bound it breaks.
+fn unreadable(cf: &Chatflow) -> Unreadable {
+    let mut doc = serde_json::to_value(cf).expect("JSON");
+    doc["spec"]["deletionPolicy"] = "Sometimes".into();
+    let lenient: crate::crd::Lenient<Chatflow> = serde_json::from_value(doc).expect("parses");
+    let crate::crd::Lenient::Unreadable(bad) = lenient else {
+        panic!("read");
+    };
+    Unreadable {
+        kind: "Chatflow",
+        namespace: bad.metadata.namespace.clone().unwrap_or_default(),
+        name: bad.metadata.name.clone().unwrap_or_default(),
+        error: bad.error.clone(),
+        claim: rules::unreadable_claim(&bad),
+    }
+}
+
+#[test]
+fn a_holder_that_cannot_be_read_keeps_its_chatflow_from_other_claims() {
+    // team-b's Chatflow held OTHER; aa's claim was refused. Then team-b's turned unreadable.
+    let mut res = team_a();
+    let holder = res.chatflows.remove(2);
+    res.unreadable.push(unreadable(&holder));
+    res.chatflows
+        .push(with_ready(chatflow("aa", "borrowed", OTHER), "Conflict"));
+    let snap = compile(&res);
+    assert!(
+        snap.chatflow_by_flowise_id(OTHER).is_none(),
+        "neither is served"
+    );
+    let borrowed = snap
+        .invalid
+        .iter()
+        .find(|i| i.name == "borrowed")
+        .expect("skipped");
+    assert!(
+        borrowed
+            .error
+            .to_string()
+            .contains("held by team-b/other-bot"),
+        "{}",
+        borrowed.error
+    );
+
+    // One that never held it (Conflict) is a rival like any other: the holder keeps it.
+    let mut res = team_a();
+    res.unreadable.push(unreadable(&with_ready(
+        chatflow("aa", "borrowed", OTHER),
+        "Conflict",
+    )));
+    let snap = compile(&res);
+    assert_eq!(
+        snap.chatflow_by_flowise_id(OTHER)
+            .map(|cf| cf.rule.namespace.as_str()),
+        Some("team-b")
+    );
+}
+
 mod policies;

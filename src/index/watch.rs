@@ -104,6 +104,9 @@ fn readable<K: Watched>(
                 namespace: bad.metadata.namespace.clone().unwrap_or_default(),
                 name: bad.metadata.name.clone().unwrap_or_default(),
                 error: bad.error.clone(),
+                claim: (kind_name::<K>() == "Chatflow")
+                    .then(|| super::rules::unreadable_claim(bad))
+                    .flatten(),
             }),
         }
     }

@@ -1,19 +1,20 @@
 //! Objects of every kind that the API server stored but flowgate cannot read (written here
 //! straight into etcd, as an object from before a CRD bound is): each is reported once, naming
-//! the field, by a Warning Event (and in `Ready`, where the API server takes its status); the
-//! other objects of its kind are reconciled as usual.
+//! the field, by a Warning Event; the other objects of its kind are reconciled as usual. This
+//! API server (1.20, no CRD validation ratcheting) refuses their status, as every version does
+//! for a value of the wrong type; where it takes it, `Ready` says the same (a unit test in
+//! `controller::unreadable`).
 
 use std::time::Duration;
 
-use kube::api::Api;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use flowgate::crd::{Chatflow, ChatflowAccess, CreditPolicy, Lenient};
 
-use k8s_openapi::api::events::v1::Event;
-
-use crate::harness::{chatflow_doc, create, settings, setup, start, wait_ready};
-use crate::support::edit_in_etcd;
+use crate::harness::{chatflow_doc, create, flowise_chatflow, settings, setup, start, wait_ready};
+use crate::support::{self, edit_in_etcd};
 
 #[tokio::test]
 async fn unreadable_objects_are_reported_and_the_rest_of_their_kind_reconciled() {
@@ -46,8 +47,9 @@ async fn unreadable_objects_are_reported_and_the_rest_of_their_kind_reconciled()
         o["spec"]["rateLimit"] = json!({"requests": -1, "per": "Second"});
     })
     .await;
+    // A value of the wrong type: the API server refuses a status for it on every version.
     edit_in_etcd("creditpolicies", &ns, "broken", |o| {
-        o["spec"]["budget"]["credits"] = json!(-5);
+        o["spec"]["budget"]["credits"] = json!("many");
     })
     .await;
     edit_in_etcd("chatflows", &ns, "broken", |o| {
@@ -79,17 +81,6 @@ async fn unreadable_objects_are_reported_and_the_rest_of_their_kind_reconciled()
             note.contains(field) && note.contains("cannot be read"),
             "{kind}: {note}"
         );
-        // Where the API server takes a status for it (CRD validation ratcheting, Kubernetes
-        // 1.30 on), Ready says the same; this one refuses it, for the same field.
-        let ready = match kind {
-            "ChatflowAccess" => ready_message::<ChatflowAccess>(&client, &ns).await,
-            "CreditPolicy" => ready_message::<CreditPolicy>(&client, &ns).await,
-            _ => ready_message::<Chatflow>(&client, &ns).await,
-        };
-        assert!(
-            ready.as_ref().is_none_or(|m| *m == note),
-            "{kind}: Ready says {ready:?}"
-        );
     }
 
     // Reported once: resyncs every 2 s find it reported and send nothing more.
@@ -105,6 +96,66 @@ async fn unreadable_objects_are_reported_and_the_rest_of_their_kind_reconciled()
         before,
         "nothing reported again"
     );
+    controller.stop().await;
+}
+
+/// A Chatflow that cannot be read may claim a Flowise chatflow: the sync pass imports nothing
+/// while one in scope cannot be read, and says so; once it is fixed, what it claims stays
+/// claimed.
+#[tokio::test]
+async fn nothing_is_imported_while_a_chatflow_cannot_be_read() {
+    let (client, ns, api, _objects) = setup("unread-import").await;
+    let prefix = support::unique("fgtest-unread");
+    let _cleanup = support::FlowiseCleanup(prefix.clone());
+    let claimed = flowise_chatflow(&format!("{prefix} Claimed"), None).await;
+    create::<Chatflow>(
+        &api,
+        chatflow_doc("claims", json!({"flowiseId": claimed.id})),
+    )
+    .await;
+    edit_in_etcd("chatflows", &ns, "claims", |o| {
+        o["spec"]["deletionPolicy"] = json!("Sometimes");
+    })
+    .await;
+
+    let mut import = settings(&ns);
+    import.import_namespace = Some(ns.clone());
+    import.import_name_prefix = Some(prefix.clone());
+    let controller = start(&client, import);
+    let pass = support::eventually(30, "the first sync pass", || async {
+        controller.sync.last()
+    })
+    .await;
+    assert_eq!(pass.result.new_chatflows_added, 0, "{pass:?}");
+    let held = format!("cannot be read: {ns}/claims");
+    assert!(
+        pass.result.errors.iter().any(|e| e.contains(&held)),
+        "{:?}",
+        pass.result.errors
+    );
+    let lenient: Api<Lenient<Chatflow>> = Api::namespaced(client.clone(), &ns);
+    let all = lenient.list(&ListParams::default()).await.expect("lists");
+    assert_eq!(all.items.len(), 1, "no second claim of {}", claimed.id);
+
+    // Fixed through the API server: it claims its chatflow, and nothing is imported.
+    api.patch(
+        "claims",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}})),
+    )
+    .await
+    .expect("a valid spec is accepted");
+    let fixed = support::eventually(30, "a pass that sees it", || async {
+        let pass = controller.sync.sync_now().await;
+        pass.errors.is_empty().then_some(pass)
+    })
+    .await;
+    assert_eq!(
+        (fixed.new_chatflows_added, fixed.total_chatflows_synced),
+        (0, 1),
+        "{fixed:?}"
+    );
+    wait_ready(&api, "claims", "True", "Synced").await;
     controller.stop().await;
 }
 
@@ -132,19 +183,4 @@ async fn reports(client: &kube::Client, ns: &str) -> Vec<(String, String, i32)> 
         .collect();
     found.sort();
     found
-}
-
-/// Ready's message of the object `broken` of kind `K`, read as the controller reads it.
-async fn ready_message<K>(client: &kube::Client, ns: &str) -> Option<String>
-where
-    K: flowgate::crd::Watched<Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    let api: Api<Lenient<K>> = Api::namespaced(client.clone(), ns);
-    let Lenient::Unreadable(bad) = api.get("broken").await.expect("readable as Lenient") else {
-        panic!("the broken {} reads", std::any::type_name::<K>());
-    };
-    bad.conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.message.clone())
 }

@@ -213,6 +213,7 @@ fn an_unreadable_policy_reaches_its_whole_namespace() {
         namespace: "team-a".into(),
         name: "typo".into(),
         error: "unknown variant `Dialy`".into(),
+        claim: None,
     }];
     let snap = compile(&res);
     let nobody = Caller::default();
