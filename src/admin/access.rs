@@ -272,6 +272,12 @@ pub fn kube_error(e: kube::Error) -> ProxyError {
                 status.reason, status.code, status.message
             ))
         }
+        // An object the API server stored that flowgate cannot read (from before a CRD bound):
+        // no retry helps until someone fixes it.
+        kube::Error::SerdeError(error) => ProxyError::KubernetesRefused(format!(
+            "an object this needs cannot be read (stored before its CRD had the bound it \
+             breaks?); its status or Events name the field: {error}"
+        )),
         other => ProxyError::Kubernetes(other.to_string()),
     }
 }
@@ -319,6 +325,14 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    #[test]
+    fn an_object_that_cannot_be_read_is_a_conflict_not_a_retry() {
+        let unreadable = serde_json::from_str::<u32>("-5").expect_err("not a u32");
+        let error = kube_error(kube::Error::SerdeError(unreadable));
+        assert_eq!(error.status_and_code().1, "kubernetes_refused");
+        assert!(error.to_string().contains("cannot be read"), "{error}");
     }
 
     #[test]
