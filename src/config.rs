@@ -24,11 +24,11 @@ pub struct RunArgs {
     /// File holding the default Flowise API key.
     #[arg(long, env = "FLOWGATE_FLOWISE_API_KEY_FILE")]
     pub flowise_api_key_file: Option<PathBuf>,
-    /// Address the proxy listens on.
-    #[arg(long, env = "FLOWGATE_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    /// Address the proxy listens on (`[::]`: every IPv6 and IPv4 address).
+    #[arg(long, env = "FLOWGATE_LISTEN_ADDR", default_value = "[::]:8080")]
     pub listen_addr: String,
     /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "FLOWGATE_OPS_ADDR", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = "FLOWGATE_OPS_ADDR", default_value = "[::]:9090")]
     pub ops_addr: String,
     /// Credits ledger: `sqlite:///path/ledger.db` or `postgres://…`.
     #[arg(
@@ -543,7 +543,7 @@ fn socket_addr(setting: &'static str, raw: &str) -> Result<SocketAddr, ConfigErr
     raw.parse().map_err(|_| {
         invalid(
             setting,
-            format!("'{raw}' is not an address like 0.0.0.0:8080"),
+            format!("'{raw}' is not an address like [::]:8080 or 0.0.0.0:8080"),
         )
     })
 }

@@ -23,8 +23,8 @@ fn parse(args: &[&str]) -> Result<Config, ConfigError> {
 fn defaults_match_the_documented_table() {
     let config = parse(&[]).expect("defaults are valid");
     assert_eq!(config.flowise_url.as_str(), "http://127.0.0.1:3000/");
-    assert_eq!(config.listen_addr, "0.0.0.0:8080".parse().expect("addr"));
-    assert_eq!(config.ops_addr, "0.0.0.0:9090".parse().expect("addr"));
+    assert_eq!(config.listen_addr, "[::]:8080".parse().expect("addr"));
+    assert_eq!(config.ops_addr, "[::]:9090".parse().expect("addr"));
     assert_eq!(
         config.ledger,
         LedgerUrl::Sqlite(PathBuf::from("./flowgate-ledger.db"))

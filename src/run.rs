@@ -344,12 +344,89 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     Ok(())
 }
 
+/// Binds `addr`. The unspecified IPv6 address (`[::]`, the default) takes IPv4 connections too
+/// (`IPV6_V6ONLY` off, whatever the host's default), so one setting serves IPv4, IPv6 and
+/// dual-stack clusters; on a host without IPv6 it falls back to `0.0.0.0` on the same port.
 async fn bind(addr: std::net::SocketAddr, setting: &'static str) -> Result<TcpListener, RunError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| RunError::Bind {
-            setting,
-            addr,
-            source,
-        })
+    let refused = |source| RunError::Bind {
+        setting,
+        addr,
+        source,
+    };
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        use socket2::{Domain, Protocol, Socket, Type};
+        match Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP)) {
+            Ok(socket) => return dual_stack(socket, addr).map_err(refused),
+            Err(error) => {
+                let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], addr.port()));
+                tracing::warn!(%error, %v4, setting, "no IPv6 on this host; listening on IPv4 only");
+                return TcpListener::bind(v4).await.map_err(refused);
+            }
+        }
+    }
+    TcpListener::bind(addr).await.map_err(refused)
+}
+
+/// `socket` listening on `addr` for IPv6 and IPv4, as tokio's own bind sets a listener up.
+fn dual_stack(socket: socket2::Socket, addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn reaches(listener: &TcpListener, to: std::net::SocketAddr) {
+        let (mut client, accepted) = tokio::join!(
+            async { tokio::net::TcpStream::connect(to).await.expect("connects") },
+            listener.accept()
+        );
+        let (mut server, _) = accepted.expect("accepted");
+        client.write_all(b"x").await.expect("writes");
+        let mut byte = [0u8; 1];
+        server.read_exact(&mut byte).await.expect("reads");
+        assert_eq!(&byte, b"x", "{to}");
+    }
+
+    #[tokio::test]
+    async fn the_unspecified_ipv6_address_takes_ipv4_and_ipv6() {
+        let listener = bind("[::]:0".parse().expect("addr"), "FLOWGATE_LISTEN_ADDR")
+            .await
+            .expect("binds");
+        let port = listener.local_addr().expect("addr").port();
+        reaches(&listener, ([127, 0, 0, 1], port).into()).await;
+        // Where this host has IPv6 (a loopback socket can be bound), the listener is dual-stack.
+        if std::net::TcpListener::bind("[::1]:0").is_ok() {
+            assert!(listener.local_addr().expect("addr").is_ipv6());
+            reaches(
+                &listener,
+                "[::1]:0"
+                    .parse::<std::net::SocketAddr>()
+                    .map(|mut a| {
+                        a.set_port(port);
+                        a
+                    })
+                    .expect("addr"),
+            )
+            .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_is_an_error_naming_the_setting() {
+        let taken = bind("[::]:0".parse().expect("addr"), "FLOWGATE_OPS_ADDR")
+            .await
+            .expect("binds");
+        let port = taken.local_addr().expect("addr").port();
+        let again = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+        let error = bind(again, "FLOWGATE_OPS_ADDR").await.expect_err("in use");
+        assert!(error.to_string().contains("FLOWGATE_OPS_ADDR"), "{error}");
+    }
 }

@@ -124,8 +124,8 @@ async fn a_default_install_creates_the_expected_objects() {
             "FLOWGATE_FLOWISE_URL",
             "http://flowise.flowise.svc.cluster.local:3000",
         ),
-        ("FLOWGATE_LISTEN_ADDR", "0.0.0.0:8080"),
-        ("FLOWGATE_OPS_ADDR", "0.0.0.0:9090"),
+        ("FLOWGATE_LISTEN_ADDR", "[::]:8080"),
+        ("FLOWGATE_OPS_ADDR", "[::]:9090"),
         (
             "FLOWGATE_LEDGER_URL",
             "sqlite:///var/lib/flowgate/ledger.db",
