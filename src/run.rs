@@ -405,17 +405,7 @@ mod tests {
         // Where this host has IPv6 (a loopback socket can be bound), the listener is dual-stack.
         if std::net::TcpListener::bind("[::1]:0").is_ok() {
             assert!(listener.local_addr().expect("addr").is_ipv6());
-            reaches(
-                &listener,
-                "[::1]:0"
-                    .parse::<std::net::SocketAddr>()
-                    .map(|mut a| {
-                        a.set_port(port);
-                        a
-                    })
-                    .expect("addr"),
-            )
-            .await;
+            reaches(&listener, (std::net::Ipv6Addr::LOCALHOST, port).into()).await;
         }
     }
 

@@ -99,9 +99,9 @@ async fn unreadable_objects_are_reported_and_the_rest_of_their_kind_reconciled()
     controller.stop().await;
 }
 
-/// A Chatflow that cannot be read may claim a Flowise chatflow: the sync pass imports nothing
-/// while one in scope cannot be read, and says so; once it is fixed, what it claims stays
-/// claimed.
+/// A Chatflow that cannot be read still claims the Flowise chatflow its stored spec names: the
+/// sync pass does not import that one, and says why; once it is fixed, it holds what it
+/// claims.
 #[tokio::test]
 async fn nothing_is_imported_while_a_chatflow_cannot_be_read() {
     let (client, ns, api, _objects) = setup("unread-import").await;
