@@ -470,7 +470,15 @@ async fn a_keyed_request_that_failed_upstream_may_be_retried_at_once() {
 async fn a_keyed_stream_that_failed_before_answering_may_be_retried_at_once() {
     // Flowise answers 200 and streams an error: the refund of a keyed request lands before the
     // stream's end reaches the client, so an immediate retry with the key is not a 409.
-    keyed_retries_after_failures("credits-idem-stream", Mode::StreamFail, true, 200).await;
+    keyed_retries_after_failures(
+        "credits-idem-stream",
+        Mode::StreamFail {
+            end_after: Duration::ZERO,
+        },
+        true,
+        200,
+    )
+    .await;
 }
 
 /// Sends 20 keyed predictions to a Flowise failing as `mode`, each retried at once with its key,

@@ -1,7 +1,8 @@
 //! Faults between flowgate and Flowise, nothing lost: Flowise refusing connections or flowgate's
 //! credentials, Flowise dropping the connection mid-stream or going silent, and a client hanging
-//! up mid-stream. Each answer is a clear error (or a cut stream) and every charge ends refunded or
-//! settled as designed. The ledger's own faults are in `tests/ledger_faults.rs`.
+//! up mid-stream. Each answer is a clear error (a stream cut ends with an error event) and every
+//! charge ends refunded or settled as designed. The ledger's own faults are in
+//! `tests/ledger_faults.rs`.
 
 mod support;
 
@@ -230,11 +231,13 @@ async fn flowise_cutting_a_stream_refunds_unanswered_and_settles_answered_predic
                     .await
                     .expect("flowgate answers");
                 assert_eq!(resp.status(), 200);
-                // The cut reaches the client as a broken body, never as a clean end.
-                let text = resp.text().await;
+                // The cut reaches the client as Flowise's own failures do: an error event, and
+                // never the end of a whole answer.
+                let text = resp.text().await.expect("the stream ends with its error");
                 assert!(
-                    text.is_err() || !text.as_deref().unwrap_or_default().contains("[DONE]"),
-                    "{text:?}"
+                    text.contains(r#"data:{"event":"error","data":"flowgate: the stream from Flowise broke off"#)
+                        && !text.contains("[DONE]"),
+                    "{text}"
                 );
             }
             // Nothing answered: refunded; a partial answer was delivered: settled at 1 each.
@@ -276,8 +279,13 @@ async fn a_stream_flowise_stops_sending_is_cut_at_the_upstream_timeout_refunded_
             .await
             .expect("flowgate answers");
         assert_eq!(resp.status(), 200, "the stream started");
-        // Cut: a broken body, never a clean end.
-        assert!(resp.text().await.is_err(), "the stream is cut, not ended");
+        // Cut with an error event saying why, never the end of a whole answer.
+        let text = resp.text().await.expect("the stream ends with its error");
+        assert!(
+            text.contains(r#""event":"error","data":"flowgate: Flowise sent nothing for 1s"#)
+                && !text.contains("[DONE]"),
+            "{text}"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "cut at the timeout, not when Flowise would have gone on"

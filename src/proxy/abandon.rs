@@ -5,7 +5,7 @@
 //! prediction then still runs in Flowise, and its charge would stay reserved until the sweep
 //! charges it, 15 minutes later. [`InFlight`] is armed for that time: dropped while armed, it asks
 //! Flowise to abort the run and settles the charge at once at its flat cost (the tokens are
-//! never known). A hang-up mid-stream is the stream's to handle ([`super::stream`]): aborted as
+//! never known); dropped by a request that panicked, it refunds ([`super::unwind`]). A hang-up mid-stream is the stream's to handle ([`super::stream`]): aborted as
 //! here, or, once the answer started and a policy prices tokens, read on for Flowise's report
 //! ([`super::drain`]).
 
@@ -139,11 +139,17 @@ impl Drop for InFlight<'_> {
         if !self.armed {
             return;
         }
-        tracing::debug!(chat_id = %self.chat_id, "client gone before Flowise answered");
         self.take_abort().spawn();
-        if let Some(charge) = self.charge.take() {
-            self.credits.settle(charge, 0);
+        let Some(charge) = self.charge.take() else {
+            return;
+        };
+        // flowgate's own failure, not the caller's hang-up.
+        if super::unwind::unwinding() {
+            self.credits.refund(charge);
+            return;
         }
+        tracing::debug!(chat_id = %self.chat_id, "client gone before Flowise answered");
+        self.credits.settle(charge, 0);
     }
 }
 

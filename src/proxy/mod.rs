@@ -16,6 +16,7 @@ pub mod cors;
 pub mod credits;
 pub mod drain;
 pub mod error;
+mod forward;
 pub mod keys;
 pub mod listing;
 pub mod multipart;
@@ -28,6 +29,7 @@ pub mod session;
 pub mod sse;
 pub mod stream;
 pub mod turns;
+mod unwind;
 pub mod upstream;
 pub mod usage;
 pub mod usage_log;
@@ -35,9 +37,8 @@ pub mod usage_log;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -46,14 +47,12 @@ use crate::index::watch::SnapshotHandle;
 use crate::index::{Access, Caller, ChatflowEntry, Snapshot};
 use crate::metrics::Metrics;
 use crate::server::Body;
-use abandon::InFlight;
 use compat::{compat_request, compat_response};
 use credits::{Charge, Credits};
 pub use error::ProxyError;
 use keys::ApiKeys;
 use ratelimit::RateLimiter;
 use routes::Route;
-use stream::{Observed, StreamEnd};
 use upstream::Upstream;
 
 pub(crate) use body::read_json;
@@ -143,9 +142,13 @@ impl Proxy {
         let route = routes::route(req.method(), req.uri().path());
         let label = route.as_ref().map(Route::label).unwrap_or("unknown");
         let mut resp = match route {
-            Ok(route) => request_id::scope(id.clone(), self.dispatch(route, req, peer))
-                .await
-                .unwrap_or_else(|e| self.refuse(e)),
+            Ok(route) => {
+                let answering = request_id::scope(id.clone(), self.dispatch(route, req, peer));
+                unwind::caught(answering)
+                    .await
+                    .and_then(|answer| answer)
+                    .unwrap_or_else(|e| self.refuse(e))
+            }
             Err(e) => self.refuse(e),
         };
         resp.headers_mut().insert(request_id::X_REQUEST_ID, id);
@@ -509,200 +512,6 @@ impl Proxy {
                 Err(error)
             }
         }
-    }
-
-    /// Forwards a prediction and settles or refunds its charge by how Flowise answered. A client
-    /// gone before the answer gets Flowise's run aborted and the flat cost charged ([`InFlight`]).
-    async fn forward(
-        &self,
-        flowise_id: String,
-        prediction: Prediction,
-        mut client_headers: hyper::HeaderMap,
-        key: Option<HeaderValue>,
-        peer: SocketAddr,
-        charge: Option<Charge>,
-    ) -> Result<Response<Body>, ProxyError> {
-        let resume = prediction.resume;
-        let caller = prediction.caller;
-        // The answer counts in the same caller's share as the question.
-        let answer_held = prediction.held.as_ref().map(buffers::Held::sibling);
-        let (body, content_type) = prediction.body.encode(prediction.held);
-        client_headers.insert(CONTENT_TYPE, content_type);
-        let path = format!("/api/v1/prediction/{flowise_id}");
-        let mut flight = InFlight::new(
-            &self.upstream,
-            &self.credits,
-            flowise_id,
-            prediction.chat_id,
-            key,
-            peer,
-            charge,
-        )
-        .holding(prediction.turn);
-        let req = match self.upstream.request(
-            Method::POST,
-            &path,
-            &client_headers,
-            peer,
-            flight.key(),
-            body,
-        ) {
-            Ok(req) => req,
-            Err(error) => {
-                flight.refund().await;
-                return Err(error);
-            }
-        };
-        let upstream = match self.upstream.send(req).await {
-            Ok(resp) => resp,
-            Err(error) => {
-                self.metrics.upstream_error(error.reason());
-                flight.failed(&error).await;
-                return Err(error);
-            }
-        };
-        let status = upstream.status();
-        // Flowise refusing flowgate's key is flowgate's configuration, not the caller's token:
-        // passed through, it would read as the caller's 401.
-        let key_refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
-        if status.is_server_error() || key_refused {
-            flight.refund().await;
-            let body = self
-                .upstream
-                .read_body(upstream.into_body(), 64 * 1024, None)
-                .await
-                .unwrap_or_default();
-            let message = flowise_message(status, &body);
-            if !key_refused {
-                self.metrics.upstream_error("status_5xx");
-                return Err(ProxyError::Upstream(message));
-            }
-            self.metrics.upstream_error("status_auth");
-            return Err(ProxyError::Upstream(format!(
-                "Flowise refused flowgate's credentials for this chatflow (check the Chatflow's \
-                 apiKeySecretRef or FLOWGATE_FLOWISE_API_KEY_FILE): {message}"
-            )));
-        }
-        let (parts, incoming) = upstream.into_parts();
-        let mut resp = Response::builder().status(parts.status);
-        if let Some(headers) = resp.headers_mut() {
-            upstream::copy_response_headers(&parts.headers, headers);
-        }
-        // What Flowise sent decides, not what the client asked: Flowise answers a chatflow it
-        // cannot stream with JSON, and such an answer must be settled like any other.
-        if status.is_success() && stream::is_event_stream(&parts.headers) {
-            let (abort, charge) = flight.streaming();
-            if let Some(headers) = resp.headers_mut()
-                && let Some(left) = charge.as_ref().and_then(|c| c.remaining)
-            {
-                headers.insert(credits::X_CREDITS_REMAINING, HeaderValue::from(left));
-            }
-            // Tokens priced: the run's report comes after its last token, so a client that
-            // leaves mid-stream leaves the rest to be read for it ([`drain`]).
-            let drain = charge.as_ref().is_some_and(Charge::counts_tokens);
-            let credits = self.credits.clone();
-            // An answer is charged once it reached the caller, whatever follows it: an error
-            // after the first token (a later Agentflow node failing) does not refund the tokens.
-            let metrics = self.metrics.clone();
-            // Where no policy prices tokens, the scanner keeps no node list (megabytes each).
-            let counted = drain.then(|| resume.clone());
-            let stall = self.upstream.timeout();
-            let observed = Observed::new(incoming, counted, move |report| {
-                let answered = report.answered;
-                if report.error_event {
-                    tracing::warn!(answered, "Flowise sent an error event in a streamed answer");
-                }
-                if report.client_left {
-                    metrics.stream_hangup(match report.end {
-                        StreamEnd::ClientGone => "aborted",
-                        StreamEnd::Abandoned => "stopped",
-                        StreamEnd::Completed | StreamEnd::UpstreamFailed => "read_to_end",
-                    });
-                }
-                // Flowise may still be running it: asked to stop, and the chat's turn waits for
-                // that (dropped unused, the callback ends the turn at once).
-                let gone = matches!(report.end, StreamEnd::ClientGone | StreamEnd::Abandoned);
-                if gone || report.end == StreamEnd::UpstreamFailed {
-                    abort();
-                }
-                match (report.end, charge) {
-                    (_, Some(charge)) if gone => {
-                        credits.settle_stream(charge, report.usage);
-                        None
-                    }
-                    (_, Some(charge)) if answered => {
-                        credits.settle_stream(charge, report.usage);
-                        None
-                    }
-                    // A keyed refund lands before the stream's end reaches the client.
-                    (_, Some(charge)) => credits.refund_held(charge),
-                    (_, None) => None,
-                }
-            })
-            .stalls_after(stall);
-            // The node lists a token-priced stream keeps count in the caller's share of the
-            // body memory, as its JSON answer would.
-            let observed = if drain {
-                observed.counting_in(answer_held.unwrap_or_else(|| self.buffers.hold()))
-            } else {
-                observed
-            };
-            let body = if drain {
-                self.drains.wrap(observed, &caller).boxed()
-            } else {
-                observed.boxed()
-            };
-            return resp
-                .body(body)
-                .map_err(|e| ProxyError::Internal(e.to_string()));
-        }
-        // Counted as it arrives, until the last of it is written to the client's connection;
-        // never refused, it is already paid for.
-        let mut held = answer_held.unwrap_or_else(|| self.buffers.hold());
-        let answer = match self
-            .upstream
-            .read_body(incoming, MAX_ANSWER, Some(&mut held))
-            .await
-        {
-            Ok(answer) => answer,
-            // Flowise ran it and answered: the flat cost is due, as for any answer (its tokens
-            // are in the part not read).
-            Err(error @ ProxyError::AnswerTooLarge { .. }) => {
-                self.metrics.upstream_error(error.reason());
-                if let Some(charge) = flight.answered() {
-                    self.credits.settle(charge, 0);
-                }
-                return Err(error);
-            }
-            Err(error) => {
-                self.metrics.upstream_error(error.reason());
-                flight.failed(&error).await;
-                return Err(error);
-            }
-        };
-        if let Some(charge) = flight.answered() {
-            if status.is_success() {
-                let tokens = if charge.counts_tokens() {
-                    usage::json_answer_tokens(&answer, &resume)
-                } else {
-                    0
-                };
-                if let Some(left) = charge.remaining_after(tokens) {
-                    resp = resp
-                        .header(credits::X_CREDITS_REMAINING, left)
-                        .extension(CreditsRemaining(left));
-                }
-                self.credits.settle(charge, tokens);
-            } else {
-                self.credits.refund_now(charge).await;
-            }
-        }
-        resp.body(
-            http_body_util::Full::new(buffers::owning(answer, held))
-                .map_err(|e| match e {})
-                .boxed(),
-        )
-        .map_err(|e| ProxyError::Internal(e.to_string()))
     }
 }
 

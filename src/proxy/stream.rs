@@ -80,6 +80,8 @@ pub struct Observed<B> {
     client_left: bool,
     /// How long Flowise may send nothing before the stream counts as failed.
     stall: Option<Stall>,
+    /// The stream failed upstream and its [`failure_event`] went out: nothing follows.
+    closed: bool,
 }
 
 /// The watch for a stream Flowise stopped sending: the timer is moved only when it fires (a
@@ -129,6 +131,7 @@ impl<B> Observed<B> {
             held: None,
             client_left: false,
             stall: None,
+            closed: false,
         }
     }
 
@@ -204,6 +207,13 @@ impl<B> Observed<B> {
         }
     }
 
+    /// Ends a stream Flowise failed with its [`failure_event`], saying `what` happened.
+    fn fail(&mut self, what: &str, cx: &mut Context<'_>) -> Poll<Last> {
+        self.closed = true;
+        let last = Some(Ok(failure_event(what)));
+        self.end(StreamEnd::UpstreamFailed, last, cx)
+    }
+
     fn release(&mut self, cx: &mut Context<'_>) -> Poll<Last> {
         let Some(held) = self.held.as_mut() else {
             return Poll::Ready(None);
@@ -219,6 +229,16 @@ impl<B> Observed<B> {
         }
         Poll::Ready(self.held.take().and_then(|held| held.last))
     }
+}
+
+/// The last event of a stream Flowise failed: an `error` event in Flowise's own form, as Flowise
+/// sends when a run fails, so a client reads it as it reads Flowise's own failures (and never as
+/// a whole answer: no `end` event follows). The blank lines first end whatever event the failure
+/// cut short (an empty event is ignored).
+fn failure_event(what: &str) -> Frame<Bytes> {
+    let message = serde_json::Value::String(format!("flowgate: {what}"));
+    let event = format!("\n\nmessage:\ndata:{{\"event\":\"error\",\"data\":{message}}}\n\n");
+    Frame::data(Bytes::from(event))
 }
 
 impl<B> Drop for Observed<B> {
@@ -243,6 +263,9 @@ where
         if self.held.is_some() {
             return self.release(cx);
         }
+        if self.closed {
+            return Poll::Ready(None);
+        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(stall) = self.stall.as_mut() {
@@ -259,8 +282,8 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
-                let last = Some(Err(std::io::Error::other(error.to_string())));
-                self.end(StreamEnd::UpstreamFailed, last, cx)
+                tracing::warn!(%error, "the stream from Flowise broke off");
+                self.fail(&format!("the stream from Flowise broke off: {error}"), cx)
             }
             Poll::Ready(None) => self.end(StreamEnd::Completed, None, cx),
             Poll::Pending => {
@@ -275,17 +298,13 @@ where
                     ?limit,
                     "Flowise sent nothing for too long; the stream is cut"
                 );
-                let error = std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("Flowise sent nothing for {limit:?}"),
-                );
-                self.end(StreamEnd::UpstreamFailed, Some(Err(error)), cx)
+                self.fail(&format!("Flowise sent nothing for {limit:?}"), cx)
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.held.is_none() && self.inner.is_end_stream()
+        self.held.is_none() && (self.closed || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -510,11 +529,13 @@ mod tests {
             );
         }
         let last_frame = started.elapsed();
-        let error = match body.frame().await {
-            Some(Err(error)) => error,
-            other => panic!("the silence ends in an error, not {other:?}"),
-        };
-        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        let last = body.frame().await;
+        let event = last_event(last);
+        assert!(
+            event.contains("Flowise sent nothing for 300s"),
+            "the silence ends in an error event saying so: {event}"
+        );
+        assert!(body.frame().await.is_none(), "and nothing after it");
         assert_eq!(
             started.elapsed() - last_frame,
             limit,
@@ -529,11 +550,34 @@ mod tests {
     async fn an_upstream_failure_is_reported() {
         let (seen, on_end) = recorder();
         let body = Observed::new(
-            chunks(vec![Ok("a"), Err(std::io::Error::other("reset"))]),
+            chunks(vec![
+                Ok("message:\ndata:{\"event\":\"token\",\"da"),
+                Err(std::io::Error::other("reset")),
+            ]),
             Some(Resume::New),
             on_end,
         );
-        assert!(body.collect().await.is_err());
+        let text = body.collect().await.expect("ends cleanly").to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        // The half-sent event is ended first, then the error event follows whole.
+        let (cut, last) = text.split_once("\n\n").expect("the cut event is ended");
+        assert_eq!(cut, "message:\ndata:{\"event\":\"token\",\"da");
+        assert_eq!(
+            last,
+            "message:\ndata:{\"event\":\"error\",\
+             \"data\":\"flowgate: the stream from Flowise broke off: reset\"}\n\n"
+        );
         assert_eq!(seen.lock().expect("lock")[0].end, StreamEnd::UpstreamFailed);
+    }
+
+    /// The text of the data frame `frame` is, which must be an error event.
+    fn last_event(frame: Option<Result<Frame<Bytes>, std::io::Error>>) -> String {
+        let data = frame
+            .and_then(Result::ok)
+            .and_then(|frame| frame.into_data().ok())
+            .expect("a data frame");
+        let text = String::from_utf8_lossy(&data).into_owned();
+        assert!(text.contains("\"event\":\"error\""), "{text}");
+        text
     }
 }

@@ -33,13 +33,15 @@ pub enum Mode {
     /// 200 JSON of an Agentflow resumed at Human Input node `human`: the resumed run's LLM
     /// node of `earlier` tokens, the resumed node, then this run's LLM node of `own` tokens.
     Resumed { earlier: u64, own: u64 },
-    /// SSE that fails before answering: `start`, an `error` event, `end` (as Flowise streams a
-    /// run that failed at once).
-    StreamFail,
+    /// SSE that fails before answering: `start`, an `error` event, and `end_after` later `end`
+    /// (as Flowise streams a run that failed at once).
+    StreamFail { end_after: Duration },
     /// 200 JSON like `Answer { tokens: 0 }`, after `delay` (the request is recorded on arrival).
     Slow { delay: Duration },
     /// 200 JSON headers at once, the body after `delay`.
     SlowBody { delay: Duration },
+    /// 400 with Flowise's error shape: the headers at once, the body after `delay`.
+    SlowRefusal { delay: Duration },
     /// 401 as Flowise answers a key-bound chatflow called without its key.
     Unauthorized,
     /// 200 JSON of `bytes` bytes (an Agentflow's node list can be tens of megabytes).
@@ -318,6 +320,17 @@ async fn answer(
                 serde_json::json!({"text": format!("Echo: {question}"), "question": question, "chatId": chat_id, "sessionId": chat_id}).to_string(),
             )
         }
+        Mode::SlowRefusal { delay } => {
+            let answer = serde_json::json!({"statusCode": 400, "success": false, "message": "Error: buildChatflow - bad input", "stack": {}}).to_string();
+            let body = futures::stream::once(async move {
+                tokio::time::sleep(delay).await;
+                Ok::<_, Infallible>(Frame::data(Bytes::from(answer)))
+            });
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(body)));
+            *resp.status_mut() = hyper::StatusCode::BAD_REQUEST;
+            resp.headers_mut().insert("content-type", "application/json".parse().expect("header"));
+            resp
+        }
         Mode::SlowBody { delay } => {
             let answer = serde_json::json!({"text": format!("Echo: {question}"), "question": question, "chatId": chat_id, "sessionId": chat_id}).to_string();
             let body = futures::stream::once(async move {
@@ -350,15 +363,21 @@ async fn answer(
             })
             .to_string(),
         ),
-        Mode::StreamFail => {
+        Mode::StreamFail { end_after } => {
             // Chunked, event by event, as Flowise writes it.
             let frames = [
                 r#"{"event":"start","data":""}"#,
                 r#"{"event":"error","data":"Error: buildAgentflow - boom"}"#,
                 r#"{"event":"end","data":"[DONE]"}"#,
             ]
-            .map(|e| Ok::<_, Infallible>(Frame::data(Bytes::from(format!("message:\ndata:{e}\n\n")))));
-            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(futures::stream::iter(frames))));
+            .map(|e| Frame::data(Bytes::from(format!("message:\ndata:{e}\n\n"))));
+            let frames = futures::StreamExt::then(futures::stream::iter(frames), move |frame| async move {
+                if frame.data_ref().is_some_and(|d| d.ends_with(b"[DONE]\"}\n\n")) {
+                    tokio::time::sleep(end_after).await;
+                }
+                Ok::<_, Infallible>(frame)
+            });
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(frames)));
             resp.headers_mut().insert("content-type", "text/event-stream".parse().expect("header"));
             resp
         }

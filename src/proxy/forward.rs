@@ -1,0 +1,215 @@
+//! The upstream leg of a prediction: forwarded to Flowise, and its charge settled or refunded
+//! by how Flowise answered — a JSON answer read whole, a stream watched as it passes
+//! ([`super::stream`]), a failure refunded.
+
+use std::net::SocketAddr;
+
+use http_body_util::BodyExt;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Response, StatusCode};
+
+use super::abandon::InFlight;
+use super::credits::{self, Charge};
+use super::prediction::Prediction;
+use super::stream::{self, Observed, StreamEnd};
+use super::{
+    CreditsRemaining, MAX_ANSWER, Proxy, ProxyError, buffers, flowise_message, upstream, usage,
+};
+use crate::server::Body;
+
+impl Proxy {
+    /// Forwards a prediction and settles or refunds its charge by how Flowise answered. A client
+    /// gone before the answer gets Flowise's run aborted and the flat cost charged ([`InFlight`]).
+    pub(super) async fn forward(
+        &self,
+        flowise_id: String,
+        prediction: Prediction,
+        mut client_headers: hyper::HeaderMap,
+        key: Option<HeaderValue>,
+        peer: SocketAddr,
+        charge: Option<Charge>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let resume = prediction.resume;
+        let caller = prediction.caller;
+        // The answer counts in the same caller's share as the question.
+        let answer_held = prediction.held.as_ref().map(buffers::Held::sibling);
+        let (body, content_type) = prediction.body.encode(prediction.held);
+        client_headers.insert(CONTENT_TYPE, content_type);
+        let path = format!("/api/v1/prediction/{flowise_id}");
+        let mut flight = InFlight::new(
+            &self.upstream,
+            &self.credits,
+            flowise_id,
+            prediction.chat_id,
+            key,
+            peer,
+            charge,
+        )
+        .holding(prediction.turn);
+        let req = match self.upstream.request(
+            Method::POST,
+            &path,
+            &client_headers,
+            peer,
+            flight.key(),
+            body,
+        ) {
+            Ok(req) => req,
+            Err(error) => {
+                flight.refund().await;
+                return Err(error);
+            }
+        };
+        let upstream = match self.upstream.send(req).await {
+            Ok(resp) => resp,
+            Err(error) => {
+                self.metrics.upstream_error(error.reason());
+                flight.failed(&error).await;
+                return Err(error);
+            }
+        };
+        let status = upstream.status();
+        // Flowise refusing flowgate's key is flowgate's configuration, not the caller's token:
+        // passed through, it would read as the caller's 401.
+        let key_refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+        if status.is_server_error() || key_refused {
+            flight.refund().await;
+            let body = self
+                .upstream
+                .read_body(upstream.into_body(), 64 * 1024, None)
+                .await
+                .unwrap_or_default();
+            let message = flowise_message(status, &body);
+            if !key_refused {
+                self.metrics.upstream_error("status_5xx");
+                return Err(ProxyError::Upstream(message));
+            }
+            self.metrics.upstream_error("status_auth");
+            return Err(ProxyError::Upstream(format!(
+                "Flowise refused flowgate's credentials for this chatflow (check the Chatflow's \
+                 apiKeySecretRef or FLOWGATE_FLOWISE_API_KEY_FILE): {message}"
+            )));
+        }
+        // Flowise refused the prediction (a 4xx): refunded before its answer is read, so that a
+        // client gone meanwhile is not charged for it either.
+        if !status.is_success() {
+            flight.refund().await;
+        }
+        let (parts, incoming) = upstream.into_parts();
+        let mut resp = Response::builder().status(parts.status);
+        if let Some(headers) = resp.headers_mut() {
+            upstream::copy_response_headers(&parts.headers, headers);
+        }
+        // What Flowise sent decides, not what the client asked: Flowise answers a chatflow it
+        // cannot stream with JSON, and such an answer must be settled like any other.
+        if status.is_success() && stream::is_event_stream(&parts.headers) {
+            let (abort, charge) = flight.streaming();
+            if let Some(headers) = resp.headers_mut()
+                && let Some(left) = charge.as_ref().and_then(|c| c.remaining)
+            {
+                headers.insert(credits::X_CREDITS_REMAINING, HeaderValue::from(left));
+            }
+            // Tokens priced: the run's report comes after its last token, so a client that
+            // leaves mid-stream leaves the rest to be read for it ([`drain`]).
+            let drain = charge.as_ref().is_some_and(Charge::counts_tokens);
+            let credits = self.credits.clone();
+            // An answer is charged once it reached the caller, whatever follows it: an error
+            // after the first token (a later Agentflow node failing) does not refund the tokens.
+            let metrics = self.metrics.clone();
+            // Where no policy prices tokens, the scanner keeps no node list (megabytes each).
+            let counted = drain.then(|| resume.clone());
+            let stall = self.upstream.timeout();
+            let observed = Observed::new(incoming, counted, move |report| {
+                let answered = report.answered;
+                if report.error_event {
+                    tracing::warn!(answered, "Flowise sent an error event in a streamed answer");
+                }
+                if report.client_left {
+                    metrics.stream_hangup(match report.end {
+                        StreamEnd::ClientGone => "aborted",
+                        StreamEnd::Abandoned => "stopped",
+                        StreamEnd::Completed | StreamEnd::UpstreamFailed => "read_to_end",
+                    });
+                }
+                // Flowise may still be running it: asked to stop, and the chat's turn waits for
+                // that (dropped unused, the callback ends the turn at once).
+                let gone = matches!(report.end, StreamEnd::ClientGone | StreamEnd::Abandoned);
+                if gone || report.end == StreamEnd::UpstreamFailed {
+                    abort();
+                }
+                // A client gone before the answer is charged the run it started (Flowise may
+                // still be running it), unless Flowise had already failed it: how long the
+                // client stayed for the end does not decide a refund.
+                match charge {
+                    Some(charge) if answered || (gone && !report.error_event) => {
+                        credits.settle_stream(charge, report.usage);
+                        None
+                    }
+                    // A keyed refund lands before the stream's end reaches the client.
+                    Some(charge) => credits.refund_held(charge),
+                    None => None,
+                }
+            })
+            .stalls_after(stall);
+            // The node lists a token-priced stream keeps count in the caller's share of the
+            // body memory, as its JSON answer would.
+            let observed = if drain {
+                observed.counting_in(answer_held.unwrap_or_else(|| self.buffers.hold()))
+            } else {
+                observed
+            };
+            let body = if drain {
+                self.drains.wrap(observed, &caller).boxed()
+            } else {
+                observed.boxed()
+            };
+            return resp
+                .body(body)
+                .map_err(|e| ProxyError::Internal(e.to_string()));
+        }
+        // Counted as it arrives, until the last of it is written to the client's connection;
+        // never refused, it is already paid for.
+        let mut held = answer_held.unwrap_or_else(|| self.buffers.hold());
+        let answer = match self
+            .upstream
+            .read_body(incoming, MAX_ANSWER, Some(&mut held))
+            .await
+        {
+            Ok(answer) => answer,
+            // Flowise ran it and answered: the flat cost is due, as for any answer (its tokens
+            // are in the part not read).
+            Err(error @ ProxyError::AnswerTooLarge { .. }) => {
+                self.metrics.upstream_error(error.reason());
+                if let Some(charge) = flight.answered() {
+                    self.credits.settle(charge, 0);
+                }
+                return Err(error);
+            }
+            Err(error) => {
+                self.metrics.upstream_error(error.reason());
+                flight.failed(&error).await;
+                return Err(error);
+            }
+        };
+        // A refused prediction's charge is gone already.
+        if let Some(charge) = flight.answered() {
+            let tokens = if charge.counts_tokens() {
+                usage::json_answer_tokens(&answer, &resume)
+            } else {
+                0
+            };
+            if let Some(left) = charge.remaining_after(tokens) {
+                resp = resp
+                    .header(credits::X_CREDITS_REMAINING, left)
+                    .extension(CreditsRemaining(left));
+            }
+            self.credits.settle(charge, tokens);
+        }
+        resp.body(
+            http_body_util::Full::new(buffers::owning(answer, held))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .map_err(|e| ProxyError::Internal(e.to_string()))
+    }
+}

@@ -1,0 +1,96 @@
+//! A client that hangs up once Flowise has failed its prediction is refunded, as one that stayed
+//! to the end is: when the client leaves does not decide a refund. (A hang-up before Flowise
+//! answered or failed is charged: `tests/faults.rs`.)
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+
+use support::fake_flowise::{FakeFlowise, Mode};
+use support::gate::{Flowgate, indexed, used_becomes};
+use support::team::Team;
+
+#[tokio::test]
+async fn a_client_hanging_up_after_flowises_error_event_is_refunded() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (team, policy) = Team::with_flat_policy("hangup-error-event").await;
+        // The error event at once, Flowise's `end` long after the client left.
+        let fake = FakeFlowise::start(Mode::StreamFail {
+            end_after: Duration::from_secs(30),
+        })
+        .await;
+        let gate = Flowgate::with_flowise(&fake.url).await;
+        let alice = team.alice();
+        indexed(&gate, &alice, &policy).await;
+        for _ in 0..2 {
+            let resp = reqwest::Client::new()
+                .post(format!(
+                    "{}/api/v1/prediction/{}",
+                    gate.base, team.flowise_id
+                ))
+                .bearer_auth(&alice)
+                .json(&json!({"question": "hi", "streaming": true}))
+                .send()
+                .await
+                .expect("flowgate answers");
+            assert_eq!(resp.status(), 200);
+            let mut body = resp.bytes_stream();
+            let mut read = String::new();
+            while !read.contains(r#""event":"error""#) {
+                let chunk = body.next().await.expect("more events").expect("chunk");
+                read.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            assert!(!read.contains("[DONE]"), "hung up before the end: {read}");
+            // Hung up here, with Flowise's failure in hand.
+        }
+        assert_eq!(fake.predictions(), 2, "both were charged and forwarded");
+        used_becomes(&gate, &alice, &policy, 0).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_while_flowise_refuses_its_prediction_is_refunded() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (team, policy) = Team::with_flat_policy("hangup-refusal").await;
+        // A 400's headers at once, its body long after the client left.
+        let fake = FakeFlowise::start(Mode::SlowRefusal {
+            delay: Duration::from_secs(30),
+        })
+        .await;
+        let gate = Flowgate::with_flowise(&fake.url).await;
+        let alice = team.alice();
+        indexed(&gate, &alice, &policy).await;
+        for i in 1..=2 {
+            let asking = tokio::spawn({
+                let url = format!("{}/api/v1/prediction/{}", gate.base, team.flowise_id);
+                let alice = alice.clone();
+                async move {
+                    reqwest::Client::new()
+                        .post(url)
+                        .bearer_auth(alice)
+                        .json(&json!({"question": "hi"}))
+                        .send()
+                        .await
+                }
+            });
+            support::eventually(10, "the prediction in Flowise", || async {
+                (fake.predictions() >= i).then_some(())
+            })
+            .await;
+            // Flowise's 400 headers went out at once; flowgate has them well within this.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            asking.abort();
+            assert!(asking.await.is_err(), "the client gave up before the body");
+        }
+        used_becomes(&gate, &alice, &policy, 0).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
