@@ -265,7 +265,12 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
                 }),
                 None => None,
             },
-            http: reqwest::Client::new(),
+            // The token endpoint's client: a redirect is refused, not followed (a 307 would
+            // send the caller's password and flowgate's client secret on to wherever it points).
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| ProxyError::Internal(format!("token endpoint client: {e}")))?,
             limiter: Arc::new(crate::proxy::ratelimit::RateLimiter::shared(ledger.clone())),
             admin: client
                 .clone()

@@ -126,15 +126,18 @@ impl Proxy {
                 }
             })?;
         let status = answer.status();
-        let bytes = answer
-            .bytes()
-            .await
-            .map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
+        let bytes = token_answer(answer).await?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
         if status.is_success() {
+            // The Python service always said `bearer`; providers say `Bearer` (the type is
+            // case-insensitive, RFC 6749 section 5.1). Another type passes as it is.
+            let token_type = match value.get("token_type") {
+                Some(Value::String(t)) if !t.eq_ignore_ascii_case("bearer") => json!(t),
+                _ => json!("bearer"),
+            };
             let mut out = json!({
                 "access_token": value.get("access_token"),
-                "token_type": value.get("token_type").cloned().unwrap_or(json!("bearer")),
+                "token_type": token_type,
             });
             for k in ["refresh_token", "expires_in"] {
                 if let Some(v) = value.get(k) {
@@ -178,6 +181,25 @@ impl Proxy {
             )))
         }
     }
+}
+
+/// Most of a token endpoint's answer flowgate reads: tokens and an error are a few KiB.
+const TOKEN_ANSWER_LIMIT: usize = 64 * 1024;
+
+/// A token endpoint's answer, read up to [`TOKEN_ANSWER_LIMIT`] (anyone may ask these routes).
+async fn token_answer(mut answer: reqwest::Response) -> Result<Vec<u8>, ProxyError> {
+    let unreachable = |e: reqwest::Error| ProxyError::UpstreamUnreachable(e.to_string());
+    let mut bytes = Vec::new();
+    while let Some(chunk) = answer.chunk().await.map_err(unreachable)? {
+        if bytes.len() + chunk.len() > TOKEN_ANSWER_LIMIT {
+            return Err(ProxyError::Upstream(format!(
+                "the token endpoint's answer is over {} KiB",
+                TOKEN_ANSWER_LIMIT / 1024
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// Whether an OAuth error answer (RFC 6749 §5.2) is about the client, not the caller: a client

@@ -1,0 +1,101 @@
+//! The token routes (`/chat/authenticate`, `/chat/refresh`) ask the configured token endpoint
+//! with the caller's password (and flowgate's client secret): a redirect is refused, not
+//! followed, and an answer past 64 KiB is not read whole. Anyone may call these routes.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use support::gate::{Flowgate, Options};
+
+/// A server that answers every request with `status`, `headers` and `body`; its URL and the
+/// number of requests it received.
+async fn answering(
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Bytes,
+) -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let requests = Arc::new(AtomicU64::new(0));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (seen, headers, body) = (seen.clone(), headers.clone(), body.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let mut resp = Response::new(Full::new(body.clone()));
+                    *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                    for (name, value) in &headers {
+                        resp.headers_mut()
+                            .insert(*name, value.parse().expect("header value"));
+                    }
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, requests)
+}
+
+/// `/chat/authenticate` through a flowgate whose token endpoint is `endpoint`.
+async fn authenticate(endpoint: String) -> (u16, Value) {
+    let gate = Flowgate::start_with(Options {
+        token_endpoint_url: Some(endpoint),
+        ..Default::default()
+    })
+    .await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/authenticate", gate.base))
+        .json(&json!({"username": "alice", "password": "s3cret"}))
+        .send()
+        .await
+        .expect("flowgate answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("a JSON answer"))
+}
+
+#[tokio::test]
+async fn a_token_endpoint_that_redirects_is_not_followed() {
+    let tokens = Bytes::from_static(br#"{"access_token":"stolen","token_type":"Bearer"}"#);
+    let (elsewhere, asked_elsewhere) = answering(200, vec![], tokens).await;
+    let location = vec![("location", format!("{elsewhere}/token"))];
+    let (endpoint, asked) = answering(307, location, Bytes::new()).await;
+    let (status, body) = authenticate(format!("{endpoint}/token")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_error", "{body}");
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        asked_elsewhere.load(Ordering::SeqCst),
+        0,
+        "the password never went where the redirect pointed"
+    );
+}
+
+#[tokio::test]
+async fn a_token_endpoint_answer_past_its_limit_is_refused() {
+    let padding = "x".repeat(100 * 1024);
+    let huge = json!({"access_token": "at", "token_type": "Bearer", "padding": padding});
+    let (endpoint, _) = answering(200, vec![], Bytes::from(huge.to_string())).await;
+    let (status, body) = authenticate(format!("{endpoint}/token")).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("over 64 KiB")),
+        "{body}"
+    );
+}
