@@ -96,6 +96,7 @@ fn routing_only_accepts_the_allow_list_spelled_out() {
         "prediction",
         "chatflows",
         "chatflows-streaming",
+        "public-chatbotConfig",
         "chatmessage",
         "abort",
         "chat",

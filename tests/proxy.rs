@@ -53,6 +53,19 @@ async fn a_granted_user_lists_gets_and_predicts_through_flowgate() {
         .expect("json");
     assert_eq!(streaming["isStreaming"], true);
 
+    // The chat window's settings are Flowise's answer, for a caller granted the chatflow only.
+    let config_of = |bearer: String| {
+        http.get(format!("{}/api/v1/public-chatbotConfig/{id}", gate.base))
+            .bearer_auth(bearer)
+            .send()
+    };
+    let config = config_of(team.alice()).await.expect("config");
+    assert_eq!(config.status(), 200);
+    let config: Value = config.json().await.expect("json");
+    assert!(config["uploads"].is_object(), "Flowise's answer: {config}");
+    let bob = token("bob", json!({"email": "bob@example.com"}));
+    assert_eq!(config_of(bob).await.expect("refused").status(), 403);
+
     let one = http
         .get(format!("{}/api/v1/chatflows/{id}", gate.base))
         .bearer_auth(team.alice())
@@ -441,6 +454,8 @@ async fn the_token_routes_forward_password_and_refresh_grants() {
     let tokens: Value = resp.json().await.expect("json");
     assert_eq!(tokens["access_token"], "at-1", "{tokens}");
     assert_eq!(tokens["refresh_token"], "rt-1", "{tokens}");
+    // The provider says `Bearer`; the Python service always said `bearer`.
+    assert_eq!(tokens["token_type"], "bearer", "{tokens}");
 
     let resp = post(
         "/chat/authenticate",

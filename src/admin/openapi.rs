@@ -14,7 +14,7 @@ use super::models::{
     UserChatflowResponse,
 };
 use super::shapes::{
-    AbortResponse, AuthenticateRequest, CompatChatflow, CompatPredictRequest,
+    AbortResponse, AuthenticateRequest, ChatbotConfig, CompatChatflow, CompatPredictRequest,
     CompatPredictResponse, CreditsResponse, ErrorEnvelope, FlowiseChatflow, Health,
     PredictionRequest, PredictionResponse, RefreshRequest, StreamingCapability, TokenResponse,
 };
@@ -102,6 +102,14 @@ pub const OPERATIONS: &[Operation] = &[
             &[400, 401, 402, 403, 404, 409, 413, 429, 502, 503, 504],
         )
     },
+    op(
+        "get",
+        "/api/v1/public-chatbotConfig/{id}",
+        "The chat window's settings of a granted chatflow (forwarded to Flowise)",
+        None,
+        "ChatbotConfig",
+        &[401, 403, 404, 502, 503, 504],
+    ),
     op(
         "put",
         "/api/v1/chatmessage/abort/{id}/{chatId}",
@@ -340,6 +348,7 @@ fn schemas() -> Map<String, Value> {
         FlowiseChatflow,
         CompatChatflow,
         StreamingCapability,
+        ChatbotConfig,
         AbortResponse,
         Health,
         PredictionRequest,

@@ -81,6 +81,16 @@ pub struct Health {
     pub service: String,
 }
 
+/// `GET /api/v1/public-chatbotConfig/{id}`: Flowise's own answer, passed through — the chat
+/// window's settings (`welcomeMessage`, `starterPrompts`, …) with `uploads`, `isTTSEnabled` and
+/// the flow data Flowise strips for public use; `"OK"` when the chatflow has none of them.
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ChatbotConfig {
+    Settings(Map<String, Value>),
+    Nothing(String),
+}
+
 /// `PUT /api/v1/chatmessage/abort/{id}/{chatId}`: Flowise's own answer.
 #[derive(Serialize, Deserialize, JsonSchema)]
 pub struct AbortResponse {

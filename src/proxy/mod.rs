@@ -299,6 +299,14 @@ impl Proxy {
                 };
                 Ok(self.telling(answered.await, allowance))
             }
+            Route::ChatbotConfig(id) => {
+                let (cf, _) =
+                    self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
+                let flowise_id = usable(&cf)?;
+                let key = self.forward_headers(&cf).await?;
+                let held = self.buffers.hold_for(&identity.key);
+                listing::chatbot_config(&self.upstream, &flowise_id, key.as_ref(), peer, held).await
+            }
             Route::AbortChat { id, chat_id } => {
                 let (cf, _) =
                     self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;

@@ -20,6 +20,9 @@ pub enum Route {
     /// `GET /api/v1/chatflows-streaming/{flowiseId}` — asked without credentials by the official
     /// Flowise SDKs before every prediction; answered from the index.
     ChatflowStreaming(String),
+    /// `GET /api/v1/public-chatbotConfig/{flowiseId}` — the chat window's settings, forwarded
+    /// to Flowise (public there; here for a caller the chatflow is granted to).
+    ChatbotConfig(String),
     /// `PUT /api/v1/chatmessage/abort/{flowiseId}/{chatId}` — stop generating in one of the
     /// caller's own chats (as Flowise's chat window and embed do).
     AbortChat { id: String, chat_id: String },
@@ -54,6 +57,7 @@ impl Route {
             Route::GetChatflow(_) => "get_chatflow",
             Route::Predict(_) => "prediction",
             Route::ChatflowStreaming(_) => "chatflow_streaming",
+            Route::ChatbotConfig(_) => "chatbot_config",
             Route::AbortChat { .. } => "abort_chat",
             Route::CompatListChatflows => "compat_list_chatflows",
             Route::CompatGetChatflow(_) => "compat_get_chatflow",
@@ -107,6 +111,9 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         ["api", "v1", "prediction", id] => (Route::Predict((*id).to_string()), Method::POST),
         ["api", "v1", "chatflows-streaming", id] => {
             (Route::ChatflowStreaming((*id).to_string()), Method::GET)
+        }
+        ["api", "v1", "public-chatbotConfig", id] => {
+            (Route::ChatbotConfig((*id).to_string()), Method::GET)
         }
         ["api", "v1", "chatmessage", "abort", id, chat_id] => (
             Route::AbortChat {

@@ -24,6 +24,7 @@ pub fn canonical(route: &Route) -> String {
         Route::GetChatflow(id) => format!("/api/v1/chatflows/{id}"),
         Route::Predict(id) => format!("/api/v1/prediction/{id}"),
         Route::ChatflowStreaming(id) => format!("/api/v1/chatflows-streaming/{id}"),
+        Route::ChatbotConfig(id) => format!("/api/v1/public-chatbotConfig/{id}"),
         Route::AbortChat { id, chat_id } => format!("/api/v1/chatmessage/abort/{id}/{chat_id}"),
         Route::CompatListChatflows => "/chatflows".into(),
         Route::CompatGetChatflow(id) => format!("/chatflows/{id}"),
