@@ -77,7 +77,6 @@ async fn run() {
         format!("/api/v1/feedback/{id}"),
         format!("/api/v1/leads/{id}"),
         format!("/api/v1/public-chatflows/{id}"),
-        format!("/api/v1/public-chatbotConfig/{id}"),
         format!("/api/v1/vector/upsert/{id}"),
         format!("/api/v1/vector/internal-upsert/{id}"),
         "/api/v1/apikey".to_string(),
@@ -169,9 +168,11 @@ async fn run() {
         (format!("/api/v1/prediction/{id}"), "POST"),
         ("/chat/predict".to_string(), "POST"),
         (format!("/api/v1/chatmessage/abort/{id}/x"), "PUT"),
+        (format!("/api/v1/public-chatbotConfig/{id}"), "GET"),
     ] {
         for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
-            if method == allowed {
+            // HEAD is answered as GET is.
+            if method == allowed || (allowed, method) == ("GET", "HEAD") {
                 continue;
             }
             sent += 1;
