@@ -516,7 +516,15 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
     let (outcome, error) = match validate(cf) {
         Err(message) => (Outcome::Invalid(message), None),
         Ok(desired) => {
-            match sync(ctx.flowise.as_ref(), &desired, old.flowise_id.as_deref()).await {
+            // Another Chatflow that holds a Flowise chatflow keeps it: this one writes nothing
+            // to it, even one that carries this one's marker (left by a retained namesake).
+            let held_by = |id: &str| {
+                super::claims::others(&ctx.chatflows, cf, id)
+                    .into_iter()
+                    .find_map(|(name, holds)| holds.then_some(name))
+            };
+            let known = old.flowise_id.as_deref();
+            match sync(ctx.flowise.as_ref(), &desired, known, &held_by).await {
                 Ok(outcome) => (outcome, None),
                 Err(error) => (Outcome::Unreachable(error.to_string()), Some(error)),
             }
@@ -566,14 +574,21 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
     }
 }
 
-/// Steps 2–4.
+/// Steps 2–4. `held_by` names the other Chatflow that holds a Flowise chatflow, if one does: an
+/// update is not sent to a chatflow another holds, and a rename not into a name another
+/// chatflow has (which would make a `flowiseName` claim on it ambiguous, taking it offline).
 pub(super) async fn sync(
     flowise: &dyn FlowiseApi,
     desired: &Desired,
     known_id: Option<&str>,
+    held_by: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<Outcome, FlowiseError> {
     let found = dereference(flowise, desired, known_id).await?;
-    Ok(match plan(desired, found) {
+    let plan = match plan(desired, found) {
+        Plan::Update(current, changes) => guard(flowise, current, changes, held_by).await?,
+        plan => plan,
+    };
+    Ok(match plan {
         Plan::Keep(chatflow) => Outcome::Synced {
             chatflow,
             change: Change::None,
@@ -589,6 +604,40 @@ pub(super) async fn sync(
         Plan::NotFound(message) => Outcome::NotFound(message),
         Plan::Conflict(message) => Outcome::Conflict(message),
     })
+}
+
+/// An update, unless the chatflow is another's ([`sync`]'s `held_by`) or it renames the chatflow
+/// to a name another chatflow in Flowise has: then a conflict, and nothing is written.
+async fn guard(
+    flowise: &dyn FlowiseApi,
+    current: FlowiseChatflow,
+    changes: ChatflowWrite,
+    held_by: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Plan, FlowiseError> {
+    if let Some(holder) = held_by(&current.id) {
+        return Ok(Plan::Conflict(format!(
+            "Flowise chatflow {} carries this Chatflow's marker but is held by {holder}: \
+             nothing is written to it",
+            current.id
+        )));
+    }
+    if let Some(name) = &changes.name {
+        let taken: Vec<String> = flowise
+            .list()
+            .await?
+            .into_iter()
+            .filter(|c| &c.name == name && c.id != current.id)
+            .map(|c| c.id)
+            .collect();
+        if !taken.is_empty() {
+            return Ok(Plan::Conflict(format!(
+                "Flowise already has a chatflow named '{name}' ({}); the chatflow is not \
+                 renamed to it: rename the definition",
+                taken.join(", ")
+            )));
+        }
+    }
+    Ok(Plan::Update(current, changes))
 }
 
 /// Step 6: writes `new` when it differs from what the object carries.
@@ -632,6 +681,21 @@ async fn cleanup(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError
         .filter(|c| has_marker(c, &marker))
         .collect();
     for chatflow in owned {
+        // Another Chatflow that claims it (adopted after this one's namesake retained it) keeps
+        // it: deleting it would take it, and its chat history, from under them.
+        let others = super::claims::others(&ctx.chatflows, cf, &chatflow.id);
+        if !others.is_empty() {
+            let names: Vec<String> = others.into_iter().map(|(name, _)| name).collect();
+            let note = format!(
+                "kept Flowise chatflow {} '{}': claimed by {}",
+                chatflow.id,
+                chatflow.name,
+                names.join(", ")
+            );
+            ctx.event(cf, EventType::Normal, "Kept", "Cleanup", note)
+                .await;
+            continue;
+        }
         if ctx.flowise.delete(&chatflow.id).await? == Deletion::Deleted {
             let note = format!(
                 "deleted Flowise chatflow {} '{}'",

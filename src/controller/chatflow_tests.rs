@@ -464,11 +464,16 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
+/// No other Chatflow holds anything.
+fn unheld(_: &str) -> Option<String> {
+    None
+}
+
 #[test]
 fn a_lost_status_write_finds_the_chatflow_again_instead_of_creating_a_second() {
     let flowise = FakeFlowise::default();
     let desired = Desired::Own(owned());
-    let first = block_on(sync(&flowise, &desired, None)).expect("synced");
+    let first = block_on(sync(&flowise, &desired, None, &unheld)).expect("synced");
     let Outcome::Synced {
         chatflow,
         change: Change::Created,
@@ -477,7 +482,7 @@ fn a_lost_status_write_finds_the_chatflow_again_instead_of_creating_a_second() {
         panic!("expected a creation, got {first:?}")
     };
     // The status write with the id was lost: the next reconcile knows no id.
-    let second = block_on(sync(&flowise, &desired, None)).expect("synced");
+    let second = block_on(sync(&flowise, &desired, None, &unheld)).expect("synced");
     assert_eq!(second, synced(chatflow));
     assert_eq!(flowise.creates.load(Ordering::SeqCst), 1);
     assert_eq!(flowise.all().len(), 1);
@@ -489,7 +494,7 @@ fn an_adopted_chatflow_in_status_is_not_taken_over_when_the_spec_turns_to_a_defi
     // Someone else's chatflow, adopted before: its id is in status, it carries no marker.
     let theirs = flowise.insert("their bot", "CHATFLOW", Some("their-tag"));
     let desired = Desired::Own(owned());
-    let outcome = block_on(sync(&flowise, &desired, Some(&theirs))).expect("synced");
+    let outcome = block_on(sync(&flowise, &desired, Some(&theirs), &unheld)).expect("synced");
     let Outcome::Synced {
         chatflow,
         change: Change::Created,
@@ -515,15 +520,69 @@ fn an_adopted_chatflow_in_status_is_not_taken_over_when_the_spec_turns_to_a_defi
 }
 
 #[test]
+fn a_chatflow_with_its_marker_that_another_chatflow_holds_is_not_written() {
+    let flowise = FakeFlowise::default();
+    let owned = owned();
+    // Left by a namesake retained, then adopted by another namespace, which holds it now.
+    let kept = flowise.insert("someone's bot", "AGENTFLOW", Some(&owned.marker));
+    let held = |id: &str| (id == kept).then(|| "team-b/adopted".to_string());
+    let outcome = block_on(sync(&flowise, &Desired::Own(owned), None, &held)).expect("synced");
+    let Outcome::Conflict(message) = outcome else {
+        panic!("expected a conflict, got {outcome:?}")
+    };
+    assert!(message.contains("team-b/adopted"), "{message}");
+    assert_eq!(flowise.updates.load(Ordering::SeqCst), 0, "nothing written");
+    assert_eq!(flowise.creates.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn an_owned_chatflow_is_not_renamed_to_a_name_another_chatflow_has() {
+    let flowise = FakeFlowise::default();
+    let desired = Desired::Own(owned());
+    let Outcome::Synced { chatflow, .. } =
+        block_on(sync(&flowise, &desired, None, &unheld)).expect("ok")
+    else {
+        panic!("expected a chatflow")
+    };
+    // Someone else's chatflow, which another Chatflow may adopt by this name.
+    flowise.insert("their bot", "CHATFLOW", None);
+    let Desired::Own(mut renamed) = desired else {
+        unreachable!()
+    };
+    renamed.name = "their bot".into();
+    let renamed = Desired::Own(renamed);
+    let outcome = block_on(sync(&flowise, &renamed, Some(&chatflow.id), &unheld)).expect("ok");
+    let Outcome::Conflict(message) = outcome else {
+        panic!("expected a conflict, got {outcome:?}")
+    };
+    assert!(message.contains("their bot"), "{message}");
+    assert_eq!(flowise.updates.load(Ordering::SeqCst), 0, "not renamed");
+    // A name no one has is taken.
+    let Desired::Own(mut free) = renamed else {
+        unreachable!()
+    };
+    free.name = "a name of its own".into();
+    let outcome = block_on(sync(
+        &flowise,
+        &Desired::Own(free),
+        Some(&chatflow.id),
+        &unheld,
+    ));
+    assert!(matches!(outcome, Ok(Outcome::Synced { .. })), "{outcome:?}");
+    assert_eq!(flowise.updates.load(Ordering::SeqCst), 1);
+}
+
+#[test]
 fn a_chatflow_deleted_in_flowise_is_created_again() {
     let flowise = FakeFlowise::default();
     let desired = Desired::Own(owned());
-    let Outcome::Synced { chatflow, .. } = block_on(sync(&flowise, &desired, None)).expect("ok")
+    let Outcome::Synced { chatflow, .. } =
+        block_on(sync(&flowise, &desired, None, &unheld)).expect("ok")
     else {
         panic!("expected a chatflow")
     };
     block_on(flowise.delete(&chatflow.id)).expect("deleted");
-    let again = block_on(sync(&flowise, &desired, Some(&chatflow.id))).expect("ok");
+    let again = block_on(sync(&flowise, &desired, Some(&chatflow.id), &unheld)).expect("ok");
     assert!(
         matches!(
             again,
@@ -541,12 +600,13 @@ fn a_chatflow_deleted_in_flowise_is_created_again() {
 fn an_unchanged_definition_is_not_sent_again() {
     let flowise = FakeFlowise::default();
     let desired = Desired::Own(owned());
-    let Outcome::Synced { chatflow, .. } = block_on(sync(&flowise, &desired, None)).expect("ok")
+    let Outcome::Synced { chatflow, .. } =
+        block_on(sync(&flowise, &desired, None, &unheld)).expect("ok")
     else {
         panic!("expected a chatflow")
     };
     for _ in 0..3 {
-        block_on(sync(&flowise, &desired, Some(&chatflow.id))).expect("ok");
+        block_on(sync(&flowise, &desired, Some(&chatflow.id), &unheld)).expect("ok");
     }
     assert_eq!(
         flowise.updates.load(Ordering::SeqCst),
@@ -559,7 +619,7 @@ fn an_unchanged_definition_is_not_sent_again() {
 fn flowise_down_is_a_transient_error_and_creates_nothing() {
     let flowise = FakeFlowise::default();
     flowise.set_down(true);
-    let error = block_on(sync(&flowise, &Desired::Own(owned()), None)).expect_err("down");
+    let error = block_on(sync(&flowise, &Desired::Own(owned()), None, &unheld)).expect_err("down");
     assert!(error.transient());
     flowise.set_down(false);
     assert!(flowise.all().is_empty());
@@ -574,6 +634,7 @@ fn adoption_by_name_finds_the_single_chatflow_of_that_name() {
         &flowise,
         &Desired::AdoptName("Support Bot".into()),
         None,
+        &unheld,
     ))
     .expect("ok");
     assert!(matches!(&outcome, Outcome::Synced { chatflow, .. } if chatflow.id == id));
@@ -582,6 +643,7 @@ fn adoption_by_name_finds_the_single_chatflow_of_that_name() {
         &flowise,
         &Desired::AdoptName("Support Bot".into()),
         None,
+        &unheld,
     ))
     .expect("ok");
     assert!(matches!(outcome, Outcome::Conflict(_)), "{outcome:?}");

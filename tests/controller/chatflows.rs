@@ -374,6 +374,59 @@ async fn a_retained_definition_stays_in_flowise_after_its_chatflow_is_deleted() 
 }
 
 #[tokio::test]
+async fn a_namesake_neither_rewrites_nor_deletes_a_retained_chatflow_adopted_since() {
+    // A retained chatflow keeps its old owner's marker. Adopted by another Chatflow since, it is
+    // theirs: a new Chatflow of the old owner's name, with another definition and
+    // `deletionPolicy: Delete`, is in Conflict, writes nothing to it, and leaves it when deleted.
+    let (client, ns, api, _objects) = setup("cf-namesake").await;
+    let name = support::unique("fgtest-namesake");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let controller = start(&client, settings(&ns));
+    create(&api, owned_doc("bot", &name, "Retain")).await;
+    let cf = wait_ready(&api, "bot", "True", "Synced").await;
+    let id = cf.status.and_then(|s| s.flowise_id).expect("id");
+    api.delete("bot", &DeleteParams::default())
+        .await
+        .expect("delete requested");
+    wait_deleted(&api, "bot").await;
+    create(&api, chatflow_doc("adopter", json!({"flowiseId": id}))).await;
+    wait_ready(&api, "adopter", "True", "Synced").await;
+    let before = support::flowise()
+        .get(&id)
+        .await
+        .expect("read")
+        .expect("kept");
+
+    create(&api, owned_doc("bot", &format!("{name} again"), "Delete")).await;
+    let bot = wait_ready(&api, "bot", "False", "Conflict").await;
+    let message = ready_message(&bot);
+    assert!(
+        message.contains(&format!("held by {ns}/adopter")),
+        "{message}"
+    );
+    let after = support::flowise()
+        .get(&id)
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!(
+        (after.name.as_str(), after.flow_data_json()),
+        (before.name.as_str(), before.flow_data_json()),
+        "nothing written to it"
+    );
+    api.delete("bot", &DeleteParams::default())
+        .await
+        .expect("delete requested");
+    wait_deleted(&api, "bot").await;
+    assert!(
+        support::flowise().get(&id).await.expect("read").is_some(),
+        "not deleted from under its holder"
+    );
+    wait_ready(&api, "adopter", "True", "Synced").await;
+    controller.stop().await;
+}
+
+#[tokio::test]
 async fn a_restart_or_a_lost_status_write_never_creates_a_second_chatflow() {
     let (client, ns, api, _objects) = setup("cf-once").await;
     let name = support::unique("fgtest-once");
