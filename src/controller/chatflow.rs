@@ -394,9 +394,20 @@ pub(super) fn next_status(
             "spec.suspended is true: predictions are refused".to_string(),
         );
     }
+    // Ready's observedGeneration is the spec last compared with Flowise, which [`holds`] reads:
+    // Flowise away compared nothing, so a spec pointed elsewhere and back meanwhile does not
+    // come to hold what another Chatflow took over in between.
+    let compared = match outcome {
+        Outcome::Unreachable(_) => old
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::READY)
+            .and_then(|c| c.observed_generation),
+        _ => generation,
+    };
     conditions::upsert(
         &mut new.conditions,
-        conditions::new(conditions::READY, ok, why, message, generation, now),
+        conditions::new(conditions::READY, ok, why, message, compared, now),
     );
     if matches!(outcome, Outcome::Synced { .. } | Outcome::Shared { .. }) {
         let stale = old.last_sync_time.as_ref().is_none_or(|t| {

@@ -371,6 +371,39 @@ fn any_other_change_moves_last_sync_time_at_once() {
 }
 
 #[test]
+fn flowise_away_compares_no_spec_so_a_claim_pointed_back_meanwhile_holds_nothing() {
+    // Held id-1 at generation 3; pointed elsewhere (not found) at 4; pointed back at 5 while
+    // Flowise is away. Ready's observedGeneration stays the last compared spec's, so `holds`
+    // does not count generation 5 as holding id-1, which another may have taken meanwhile.
+    let held = next_status(
+        &ChatflowStatus::default(),
+        &synced(in_flowise("id-1", "Support Bot", None)),
+        Some(3),
+        false,
+        at(0),
+        HOUR,
+    );
+    let elsewhere = Outcome::NotFound("Flowise has no chatflow with id id-2".into());
+    let away_from_it = next_status(&held, &elsewhere, Some(4), false, at(10), HOUR);
+    assert_eq!(away_from_it.conditions[0].observed_generation, Some(4));
+    let down = Outcome::Unreachable("refused".into());
+    let back = next_status(&away_from_it, &down, Some(5), false, at(20), HOUR);
+    assert_eq!(
+        back.flowise_id.as_deref(),
+        Some("id-1"),
+        "the last known id"
+    );
+    assert_eq!(
+        back.conditions[0].observed_generation,
+        Some(4),
+        "generation 5 was never compared"
+    );
+    // A holder whose spec did not change keeps holding while Flowise is away.
+    let away = next_status(&held, &down, Some(3), false, at(30), HOUR);
+    assert_eq!(away.conditions[0].observed_generation, Some(3));
+}
+
+#[test]
 fn flowise_down_keeps_the_last_known_fields_and_says_unreachable() {
     let good = next_status(
         &ChatflowStatus::default(),

@@ -162,16 +162,21 @@ fn next_conditions(
     let generation = bad.metadata.generation;
     let mut conditions = bad.conditions.clone();
     conditions.retain(|c| c.type_ == READY);
+    let message = format!("cannot be read, so it is skipped: {}", bad.error);
+    // A Chatflow's claim in Conflict stays in Conflict, or the report would make it hold the
+    // Flowise chatflow another Chatflow holds ([`crate::index::rules::unreadable_claim`]).
+    let conflict = conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.reason == reason::CONFLICT);
+    let (why, message) = if conflict {
+        let held = "another Chatflow holds the Flowise chatflow it claims";
+        (reason::CONFLICT, format!("{message}; and {held}"))
+    } else {
+        (reason::INVALID_SPEC, message)
+    };
     conditions::upsert(
         &mut conditions,
-        conditions::new(
-            READY,
-            false,
-            reason::INVALID_SPEC,
-            format!("cannot be read, so it is skipped: {}", bad.error),
-            generation,
-            now,
-        ),
+        conditions::new(READY, false, why, message, generation, now),
     );
     let unchanged = conditions == bad.conditions && bad.observed_generation == generation;
     (!unchanged).then_some((conditions, generation))
@@ -229,6 +234,30 @@ mod tests {
             at(100),
             "still False since the first report"
         );
+    }
+
+    #[test]
+    fn a_claim_in_conflict_is_reported_still_in_conflict() {
+        // Reported as InvalidSpec, it would read as holding the Flowise chatflow another holds.
+        let mut bad = unreadable(4);
+        bad.conditions = vec![conditions::new(
+            READY,
+            false,
+            reason::CONFLICT,
+            "Flowise chatflow x is held by team-a/bot",
+            Some(4),
+            at(0),
+        )];
+        let (conditions, _) = next_conditions(&bad, at(100)).expect("a report");
+        assert_eq!(conditions[0].reason, reason::CONFLICT);
+        assert!(
+            conditions[0].message.contains("cannot be read"),
+            "{}",
+            conditions[0].message
+        );
+        bad.conditions = conditions;
+        bad.observed_generation = Some(4);
+        assert_eq!(next_conditions(&bad, at(200)), None, "and once");
     }
 
     #[test]
