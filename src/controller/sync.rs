@@ -372,6 +372,11 @@ pub(super) fn plan(
                 .and_then(|id| by_id.get(id).copied())
                 .or_else(|| flowise.iter().find(|c| has_marker(c, &owned.marker))),
         };
+        // An owned definition in Conflict (its name taken, its chatflow held by another) is one
+        // a reconcile cannot bring in line: counted, it would make every pass reconcile all.
+        if matches!(desired, Desired::Own(_)) && ready_reason(status) == Some(reason::CONFLICT) {
+            continue;
+        }
         let key = format!("{ns}/{name}");
         match (target, &desired) {
             (Some(entry), Desired::Own(owned)) => {
@@ -588,6 +593,22 @@ mod tests {
         let plan = plan(&flowise, &[], Some("ns"), Some("team-x"));
         assert_eq!(plan.total, 1);
         assert_eq!(plan.imports.len(), 1);
+    }
+
+    #[test]
+    fn an_owned_definition_in_conflict_is_not_counted_as_updated_on_every_pass() {
+        // It adopted A, then turned to a definition of A's name: Conflict, A still in status.
+        let mut status = synced_status(A, "Their Bot");
+        status["conditions"][0]["status"] = json!("False");
+        status["conditions"][0]["reason"] = json!("Conflict");
+        let cf = chatflow(
+            "owned",
+            json!({"definition": {"name": "Their Bot", "flowData": {"nodes": [], "edges": []}}}),
+            Some(status),
+        );
+        let flowise = [entry(A, "Their Bot", None)];
+        let plan = plan(&flowise, std::slice::from_ref(&cf), None, None);
+        assert!(plan.updated.is_empty(), "{:?}", plan.updated);
     }
 
     #[test]
