@@ -692,16 +692,19 @@ async fn cleanup(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError
         .filter(|c| has_marker(c, &marker))
         .collect();
     for chatflow in owned {
-        // Another Chatflow that claims it (adopted after this one's namesake retained it) keeps
-        // it: deleting it would take it, and its chat history, from under them.
-        let others = super::claims::others(&ctx.chatflows, cf, &chatflow.id);
-        if !others.is_empty() {
-            let names: Vec<String> = others.into_iter().map(|(name, _)| name).collect();
+        // One this Chatflow never held, another holds (adopted after this one's namesake
+        // retained it): deleting it would take it, and its chat history, from under them. One
+        // this Chatflow held is deleted, whoever claims it now (a claim in Conflict comes to
+        // hold it as soon as this one is being deleted, which claims nothing).
+        let holder = (!held_before(cf, &chatflow.id))
+            .then(|| super::claims::others(&ctx.chatflows, cf, &chatflow.id))
+            .into_iter()
+            .flatten()
+            .find_map(|(name, holds)| holds.then_some(name));
+        if let Some(holder) = holder {
             let note = format!(
-                "kept Flowise chatflow {} '{}': claimed by {}",
-                chatflow.id,
-                chatflow.name,
-                names.join(", ")
+                "kept Flowise chatflow {} '{}': held by {holder}",
+                chatflow.id, chatflow.name,
             );
             ctx.event(cf, EventType::Normal, "Kept", "Cleanup", note)
                 .await;

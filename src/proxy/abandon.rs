@@ -5,9 +5,9 @@
 //! prediction then still runs in Flowise, and its charge would stay reserved until the sweep
 //! charges it, 15 minutes later. [`InFlight`] is armed for that time: dropped while armed, it asks
 //! Flowise to abort the run and settles the charge at once at its flat cost (the tokens are
-//! never known); dropped by a request that panicked, it refunds ([`super::unwind`]). A hang-up mid-stream is the stream's to handle ([`super::stream`]): aborted as
-//! here, or, once the answer started and a policy prices tokens, read on for Flowise's report
-//! ([`super::drain`]).
+//! never known); dropped by a request that panicked, it refunds ([`super::unwind`]). A hang-up
+//! mid-stream is the stream's to handle ([`super::stream`]): aborted as here, or, once the answer
+//! started and a policy prices tokens, read on for Flowise's report ([`super::drain`]).
 
 use std::net::SocketAddr;
 

@@ -311,6 +311,9 @@ async fn an_owned_definition_is_created_updated_on_change_and_deleted_with_delet
     assert_eq!(named_in_flowise(&name).await.len(), 1, "updated in place");
     wait_for_event(&client, &ns, "owned", "Updated").await;
 
+    // A claim on it in Conflict keeps nothing from the deletion (it would come to hold it).
+    create(&api, chatflow_doc("stray", json!({"flowiseId": id}))).await;
+    wait_ready(&api, "stray", "False", "Conflict").await;
     api.delete("owned", &DeleteParams::default())
         .await
         .expect("delete requested");
