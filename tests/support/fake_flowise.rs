@@ -246,6 +246,19 @@ async fn token_grant(req: Request<hyper::body::Incoming>) -> Response<FakeBody> 
     full(200, "application/json", answer.to_string())
 }
 
+/// A JSON answer of `status` whose headers go out at once and whose body follows `delay` later.
+fn json_later(status: u16, answer: serde_json::Value, delay: Duration) -> Response<FakeBody> {
+    let body = futures::stream::once(async move {
+        tokio::time::sleep(delay).await;
+        Ok::<_, Infallible>(Frame::data(Bytes::from(answer.to_string())))
+    });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(body)));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("header"));
+    resp
+}
+
 fn full(status: u16, content_type: &str, body: String) -> Response<FakeBody> {
     let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
     *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
@@ -320,27 +333,16 @@ async fn answer(
                 serde_json::json!({"text": format!("Echo: {question}"), "question": question, "chatId": chat_id, "sessionId": chat_id}).to_string(),
             )
         }
-        Mode::SlowRefusal { delay } => {
-            let answer = serde_json::json!({"statusCode": 400, "success": false, "message": "Error: buildChatflow - bad input", "stack": {}}).to_string();
-            let body = futures::stream::once(async move {
-                tokio::time::sleep(delay).await;
-                Ok::<_, Infallible>(Frame::data(Bytes::from(answer)))
-            });
-            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(body)));
-            *resp.status_mut() = hyper::StatusCode::BAD_REQUEST;
-            resp.headers_mut().insert("content-type", "application/json".parse().expect("header"));
-            resp
-        }
-        Mode::SlowBody { delay } => {
-            let answer = serde_json::json!({"text": format!("Echo: {question}"), "question": question, "chatId": chat_id, "sessionId": chat_id}).to_string();
-            let body = futures::stream::once(async move {
-                tokio::time::sleep(delay).await;
-                Ok::<_, Infallible>(Frame::data(Bytes::from(answer)))
-            });
-            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(body)));
-            resp.headers_mut().insert("content-type", "application/json".parse().expect("header"));
-            resp
-        }
+        Mode::SlowRefusal { delay } => json_later(
+            400,
+            serde_json::json!({"statusCode": 400, "success": false, "message": "Error: buildChatflow - bad input", "stack": {}}),
+            delay,
+        ),
+        Mode::SlowBody { delay } => json_later(
+            200,
+            serde_json::json!({"text": format!("Echo: {question}"), "question": question, "chatId": chat_id, "sessionId": chat_id}),
+            delay,
+        ),
         Mode::Answer { tokens } => full(
             200,
             "application/json",
