@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{Flowgate, Options, indexed, predict, token, used_becomes};
+use support::gate::{Flowgate, Options, give_up_in_flowise, indexed, predict, token, used_becomes};
 use support::team::Team;
 
 #[tokio::test]
@@ -734,28 +734,8 @@ async fn a_client_hanging_up_before_the_answer_aborts_in_flowise_and_is_charged(
         let alice = team.alice();
         indexed(&gate, &alice, &policy).await;
         for i in 1..=2 {
-            let asking = tokio::spawn({
-                let url = format!("{}/api/v1/prediction/{}", gate.base, team.flowise_id);
-                let alice = alice.clone();
-                async move {
-                    reqwest::Client::new()
-                        .post(url)
-                        .bearer_auth(alice)
-                        .json(&json!({"question": "a long one"}))
-                        .send()
-                        .await
-                }
-            });
             // Once Flowise has the prediction, the client gives up (its connection is dropped).
-            support::eventually(10, "the prediction in Flowise", || async {
-                (fake.predictions() >= i).then_some(())
-            })
-            .await;
-            asking.abort();
-            assert!(
-                asking.await.is_err(),
-                "the client gave up before the answer"
-            );
+            give_up_in_flowise(&gate, &alice, &team.flowise_id, &fake, i, Duration::ZERO).await;
             support::eventually(10, "Flowise's abort endpoint called", || async {
                 (fake.aborts.load(std::sync::atomic::Ordering::SeqCst) >= i).then_some(())
             })

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{Flowgate, indexed, used_becomes};
+use support::gate::{Flowgate, give_up_in_flowise, indexed, used_becomes};
 use support::team::Team;
 
 #[tokio::test]
@@ -67,26 +67,9 @@ async fn a_client_hanging_up_while_flowise_refuses_its_prediction_is_refunded() 
         let alice = team.alice();
         indexed(&gate, &alice, &policy).await;
         for i in 1..=2 {
-            let asking = tokio::spawn({
-                let url = format!("{}/api/v1/prediction/{}", gate.base, team.flowise_id);
-                let alice = alice.clone();
-                async move {
-                    reqwest::Client::new()
-                        .post(url)
-                        .bearer_auth(alice)
-                        .json(&json!({"question": "hi"}))
-                        .send()
-                        .await
-                }
-            });
-            support::eventually(10, "the prediction in Flowise", || async {
-                (fake.predictions() >= i).then_some(())
-            })
-            .await;
-            // Flowise's 400 headers went out at once; flowgate has them well within this.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            asking.abort();
-            assert!(asking.await.is_err(), "the client gave up before the body");
+            // Flowise's 400 headers went out at once; flowgate has them well within a second.
+            let after = Duration::from_secs(1);
+            give_up_in_flowise(&gate, &alice, &team.flowise_id, &fake, i, after).await;
         }
         used_becomes(&gate, &alice, &policy, 0).await;
         team.cleanup().await;

@@ -344,3 +344,38 @@ pub async fn used_becomes(gate: &Flowgate, bearer: &str, policy: &str, want: i64
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Asks `gate` for a JSON prediction of `flowise_id` as `bearer`, and gives it up (drops the
+/// connection) once `flowise` has received its `nth` prediction and `after` has passed: a client
+/// that hangs up before flowgate answers.
+pub async fn give_up_in_flowise(
+    gate: &Flowgate,
+    bearer: &str,
+    flowise_id: &str,
+    flowise: &super::fake_flowise::FakeFlowise,
+    nth: u64,
+    after: Duration,
+) {
+    let asking = tokio::spawn({
+        let url = format!("{}/api/v1/prediction/{flowise_id}", gate.base);
+        let bearer = bearer.to_string();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(bearer)
+                .json(&serde_json::json!({"question": "a long one"}))
+                .send()
+                .await
+        }
+    });
+    super::eventually(10, "the prediction in Flowise", || async {
+        (flowise.predictions() >= nth).then_some(())
+    })
+    .await;
+    tokio::time::sleep(after).await;
+    asking.abort();
+    assert!(
+        asking.await.is_err(),
+        "the client gave up before the answer"
+    );
+}
