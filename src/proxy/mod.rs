@@ -143,7 +143,10 @@ impl Proxy {
         let label = route.as_ref().map(Route::label).unwrap_or("unknown");
         let mut resp = match route {
             Ok(route) => {
-                let answering = request_id::scope(id.clone(), self.dispatch(route, req, peer));
+                // Boxed: the routes' states make this future several KB, and unboxed every
+                // layer around it (and hyper, per request) would hold and move a copy of it.
+                let dispatching = Box::pin(self.dispatch(route, req, peer));
+                let answering = request_id::scope(id.clone(), dispatching);
                 unwind::caught(answering)
                     .await
                     .and_then(|answer| answer)

@@ -32,8 +32,8 @@ pub fn current() -> Option<HeaderValue> {
 }
 
 /// Runs `work` with `id` as the current request's id.
-pub async fn scope<F: std::future::Future>(id: HeaderValue, work: F) -> F::Output {
-    CURRENT.scope(id, work).await
+pub fn scope<F: std::future::Future>(id: HeaderValue, work: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(id, work)
 }
 
 /// Calls `f` with the current request's id (empty outside a request).
