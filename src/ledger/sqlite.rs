@@ -377,10 +377,19 @@ impl rusqlite::ToSql for UsageParam {
     }
 }
 
+/// Busy or locked, and the failures of the disk under the database (full, an I/O error, a file
+/// that cannot be opened): each passes once the disk is mended, and a settle or refund that met
+/// one is retried until then instead of being given up (PostgreSQL's class 53 is the same).
 pub(super) fn is_transient(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        Some(
+            rusqlite::ErrorCode::DatabaseBusy
+                | rusqlite::ErrorCode::DatabaseLocked
+                | rusqlite::ErrorCode::DiskFull
+                | rusqlite::ErrorCode::SystemIoFailure
+                | rusqlite::ErrorCode::CannotOpen
+        )
     )
 }
 

@@ -435,3 +435,29 @@ async fn a_ledger_from_before_buckets_by_start_gets_the_index() {
     drop(SqliteLedger::open(&path).await.expect("reopen"));
     assert!(has_index(&Connection::open(&path).expect("open")));
 }
+
+#[test]
+fn a_full_disk_or_an_io_error_is_worth_retrying_and_a_constraint_is_not() {
+    let conn = Connection::open_in_memory().expect("open");
+    conn.execute_batch("CREATE TABLE t (x BLOB); PRAGMA max_page_count = 2;")
+        .expect("table");
+    // A database that may not grow fails as a full disk does: SQLITE_FULL.
+    let full = conn
+        .execute("INSERT INTO t VALUES (zeroblob(100000))", [])
+        .expect_err("no room");
+    assert_eq!(
+        full.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DiskFull)
+    );
+    assert!(is_transient(&full));
+    assert!(commit_failure(&full).transient());
+    let io = rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+        None,
+    );
+    assert!(is_transient(&io));
+    let constraint = conn
+        .execute("INSERT INTO nowhere VALUES (1)", [])
+        .expect_err("no such table");
+    assert!(!is_transient(&constraint));
+}
