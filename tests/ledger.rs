@@ -72,6 +72,7 @@ scenarios!(
     several_policies_are_charged_all_or_nothing,
     per_subject_buckets_are_independent_and_a_shared_bucket_is_not,
     settle_may_charge_more_than_reserved_and_the_next_reserve_is_refused,
+    settles_past_the_counters_range_leave_the_bucket_full_and_usable,
     refund_releases_what_was_held,
     settle_and_refund_are_idempotent,
     closing_an_unknown_reservation_or_with_the_wrong_line_count_fails,
@@ -312,6 +313,48 @@ async fn settle_may_charge_more_than_reserved_and_the_next_reserve_is_refused(st
         .id();
     ledger.settle(id, &[3], 0, now()).await.expect("settle");
     assert_eq!(used(&*ledger, POLICY, "bob").await, 3);
+}
+
+/// A cost or token count past 2^63 (a Flowise answer's usage, times a price) is charged as
+/// 2^63 - 1, and the bucket saturates there: the settle is not refused and left to the sweep,
+/// and the bucket stays a number later reserves, settles and adjustments can read.
+async fn settles_past_the_counters_range_leave_the_bucket_full_and_usable(store: Store) {
+    let ledger = store.open().await;
+    let spend = |amount| request("alice", vec![line(POLICY, "alice", 10, amount)]);
+    let first = ledger.reserve(spend(1)).await.expect("reserve").id();
+    let second = ledger.reserve(spend(1)).await.expect("reserve").id();
+    for id in [first, second] {
+        let settled = ledger
+            .settle(id, &[u64::MAX], u64::MAX, now())
+            .await
+            .expect("a settle past 2^63 is applied");
+        assert_eq!(settled.state, ReservationState::Settled);
+        assert!(settled.applied);
+        assert_eq!(used(&*ledger, POLICY, "alice").await, i64::MAX, "saturated");
+    }
+    assert!(matches!(
+        ledger.reserve(spend(0)).await.expect("reserve"),
+        ReserveOutcome::Exhausted { remaining: 0, .. }
+    ));
+    let given = ledger
+        .adjust(adjustment("alice", i64::MAX))
+        .await
+        .expect("an adjustment still reads the bucket");
+    assert!(
+        matches!(given, AdjustOutcome::Adjusted { used: 0, .. }),
+        "{given:?}"
+    );
+    // An adjustment that takes past the range saturates too.
+    ledger.adjust(adjustment("alice", -5)).await.expect("take");
+    ledger
+        .adjust(adjustment("alice", i64::MIN + 1))
+        .await
+        .expect("take");
+    assert_eq!(used(&*ledger, POLICY, "alice").await, i64::MAX);
+    assert!(matches!(
+        ledger.reserve(spend(1)).await.expect("reserve"),
+        ReserveOutcome::Exhausted { .. }
+    ));
 }
 
 async fn refund_releases_what_was_held(store: Store) {

@@ -639,6 +639,12 @@ impl<'a> Charge<'a> {
     }
 }
 
+/// An amount Flowise's answer decided (a settle's cost, its tokens): past 2^63 it is 2^63 - 1, as
+/// the bucket it is added to saturates there, rather than a settle refused and left to the sweep.
+fn saturated(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 fn credits(what: &'static str, value: u64) -> Result<i64, LedgerError> {
     i64::try_from(value).map_err(|_| LedgerError::OutOfRange { what, value })
 }

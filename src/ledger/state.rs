@@ -1,7 +1,7 @@
 //! Settle and refund as a pure transition, shared by both backends: given the reservation's
 //! state and held amounts, what changes in the buckets, the reservation and the usage log.
 
-use super::{LedgerError, ReservationId, ReservationState, credits};
+use super::{LedgerError, ReservationId, ReservationState, saturated};
 
 /// How a reservation is being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,10 +49,7 @@ pub(super) fn close(
                     given: actual.len(),
                 });
             }
-            actual
-                .iter()
-                .map(|&a| credits("actual amount", a))
-                .collect::<Result<Vec<_>, _>>()?
+            actual.iter().map(|&a| saturated(a)).collect::<Vec<_>>()
         }
         Close::Refund => vec![0; held.len()],
     };
@@ -66,7 +63,7 @@ pub(super) fn close(
         }
     };
     let (target, tokens) = match close {
-        Close::Settle { tokens, .. } => (ReservationState::Settled, credits("tokens", *tokens)?),
+        Close::Settle { tokens, .. } => (ReservationState::Settled, saturated(*tokens)),
         Close::Refund => (ReservationState::Refunded, 0),
     };
     Ok(Some(Transition {

@@ -65,7 +65,9 @@ impl Conn {
                 "INSERT INTO buckets (policy, bucket, window_start, used)
                  VALUES ($1::text, $2::text, $3::int8, $4::int8)
                  ON CONFLICT (policy, bucket, window_start)
-                 DO UPDATE SET used = buckets.used + excluded.used
+                 DO UPDATE SET used = CASE
+                     WHEN excluded.used > 0 AND buckets.used > 9223372036854775807 - excluded.used
+                     THEN 9223372036854775807 ELSE buckets.used + excluded.used END
                  RETURNING used",
                 &[&request.policy, &request.bucket, &start, &delta],
             )

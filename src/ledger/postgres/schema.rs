@@ -356,7 +356,9 @@ impl Statements {
         )?;
         let (adjust, rehold, log, finish, sweep, policy_usage) = futures::try_join!(
             client.prepare(
-                "UPDATE buckets SET used = used + $4::int8
+                "UPDATE buckets SET used = CASE
+                     WHEN $4::int8 > 0 AND used > 9223372036854775807 - $4::int8
+                     THEN 9223372036854775807 ELSE used + $4::int8 END
                  WHERE policy = $1::text AND bucket = $2::text AND window_start = $3::int8"
             ),
             client.prepare(

@@ -37,8 +37,12 @@ const RESERVATION: &str = "SELECT state, subject, chatflow FROM reservations WHE
 const HELD_LINES: &str = "
     SELECT idx, policy, bucket, window_start, amount FROM reservation_lines
     WHERE reservation_id = ?1";
-const ADJUST_BUCKET: &str =
-    "UPDATE buckets SET used = used + ?4 WHERE policy = ?1 AND bucket = ?2 AND window_start = ?3";
+/// `used` saturates at 2^63 - 1: past it SQLite would make the sum a REAL, which no later read
+/// of the bucket (an integer) accepts.
+const ADJUST_BUCKET: &str = "
+    UPDATE buckets SET used = CASE WHEN ?4 > 0 AND used > 9223372036854775807 - ?4
+        THEN 9223372036854775807 ELSE used + ?4 END
+    WHERE policy = ?1 AND bucket = ?2 AND window_start = ?3";
 const REHOLD_LINE: &str =
     "UPDATE reservation_lines SET amount = ?3 WHERE reservation_id = ?1 AND idx = ?2";
 const LOG_USAGE: &str = "
@@ -247,7 +251,9 @@ pub(super) fn close(
 /// A bucket's own limit is left as its last reserve wrote it.
 const ADJUST: &str = "
     INSERT INTO buckets (policy, bucket, window_start, used) VALUES (?1, ?2, ?3, ?4)
-    ON CONFLICT (policy, bucket, window_start) DO UPDATE SET used = used + excluded.used
+    ON CONFLICT (policy, bucket, window_start) DO UPDATE SET used =
+        CASE WHEN excluded.used > 0 AND used > 9223372036854775807 - excluded.used
+        THEN 9223372036854775807 ELSE used + excluded.used END
     RETURNING used";
 
 /// An admin's adjustment: a final `Adjusted` reservation with one line, its bucket changed by
