@@ -10,7 +10,7 @@
 //! Reserves, settles and refunds are group-committed ([`batch`]): a writer task runs everything
 //! that queued while it was busy in one transaction, so a hot budget row (one caller, or a
 //! `Shared` budget) costs one COMMIT per batch instead of two per request. The one-operation
-//! transactions below are the fallback when a batch fails before its commit.
+//! transactions ([`alone`]) are the fallback when a batch fails before its commit.
 //!
 //! Connections come from a small pool ([`pool`]) whose connections prepare every statement
 //! once ([`schema`]).
@@ -19,6 +19,7 @@
 //! on a pool of its own ([`shared`]).
 
 mod adjust;
+mod alone;
 mod batch;
 mod pool;
 mod rates;
@@ -27,7 +28,6 @@ mod shared;
 pub(crate) mod tls;
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,9 +35,9 @@ use jiff::Timestamp;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{GenericClient, Row};
 
-use self::pool::{Conn, Pool};
+use self::pool::Pool;
 use self::schema::Statements;
-use super::state::{self, Close, HeldLine};
+use super::state::{self, Close};
 use super::{
     AdjustOutcome, AdjustRequest, BucketBalance, Charge, CreditLedger, LedgerError, LedgerFuture,
     PolicyUsage, PrunedChunk, RateTake, ReservationId, ReservationState, ReserveOutcome,
@@ -78,17 +78,7 @@ impl CreditLedger for PostgresLedger {
     }
 
     fn adjust(&self, request: AdjustRequest) -> LedgerFuture<'_, AdjustOutcome> {
-        Box::pin(async move {
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let mut conn = self.pool.get().await?;
-                match conn.adjust(&request).await {
-                    Err(e) if attempt < ATTEMPTS && retryable(&e) => backoff(attempt).await,
-                    result => return result,
-                }
-            }
-        })
+        Box::pin(async move { alone::adjust(&self.pool, &request).await })
     }
 
     fn settle<'a>(
@@ -276,50 +266,6 @@ impl CreditLedger for PostgresLedger {
     }
 }
 
-/// One reservation in its own transaction, retried on serialization failures and deadlocks:
-/// the writer's fallback when a batch fails before its commit.
-async fn reserve_alone(
-    pool: &Pool,
-    request: &ReserveRequest,
-) -> Result<ReserveOutcome, LedgerError> {
-    let charges = request
-        .lines
-        .iter()
-        .map(Charge::of)
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut conn = pool.get().await?;
-        match conn.reserve(request, &charges).await {
-            Ok(Some(outcome)) => return Ok(outcome),
-            // The key's holder was refunded between our insert and our look-up.
-            Ok(None) if attempt < ATTEMPTS => {}
-            Ok(None) => return Err(LedgerError::Corrupt("idempotency key race".into())),
-            Err(e) if attempt < ATTEMPTS && retryable(&e) => backoff(attempt).await,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// One settle or refund in its own transaction, retried like [`reserve_alone`].
-async fn close_alone(
-    pool: &Pool,
-    id: ReservationId,
-    how: &Close,
-    now: Timestamp,
-) -> Result<Resolution, LedgerError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut conn = pool.get().await?;
-        match conn.close(id, how, now).await {
-            Err(e) if attempt < ATTEMPTS && retryable(&e) => backoff(attempt).await,
-            result => return result,
-        }
-    }
-}
-
 impl PostgresLedger {
     /// Runs a one-row statement on a pooled connection in its own transaction, retried on
     /// serialization failures and deadlocks.
@@ -409,198 +355,6 @@ async fn insert_reservation(
         )
         .await?;
     Ok(row.map(|row| row.try_get(0)).transpose()?)
-}
-
-impl Conn {
-    /// One attempt; `None` asks for another.
-    async fn reserve(
-        &mut self,
-        request: &ReserveRequest,
-        charges: &[Charge<'_>],
-    ) -> Result<Option<ReserveOutcome>, LedgerError> {
-        let st = &self.st;
-        let tx = pool::begin(&mut self.client).await?;
-        let inserted = insert_reservation(&tx, st, request, charges).await?;
-        let id: i64 = match (inserted, &request.idempotency_key) {
-            (Some(id), _) => id,
-            // ON CONFLICT DO NOTHING: the key belongs to a reservation that is not refunded
-            // (it waited for that reservation's transaction to commit first).
-            (None, Some(key)) => {
-                let existing = tx.query_opt(&st.find_key, &[&request.subject, key]).await?;
-                tx.rollback().await?;
-                return match existing {
-                    Some(row) => Ok(Some(ReserveOutcome::Duplicate {
-                        id: ReservationId(row.try_get(0)?),
-                        state: ReservationState::parse(row.try_get(1)?)?,
-                    })),
-                    None => Ok(None),
-                };
-            }
-            (None, None) => return Err(LedgerError::Corrupt("reservation not inserted".into())),
-        };
-
-        // The bucket rows are the contended ones: charge them last, to hold their locks only
-        // until the commit.
-        let mut used_after = vec![0; charges.len()];
-        for i in lock_order(charges.iter().map(Charge::key)) {
-            let charge = &charges[i];
-            let statement = if charge.fits(0) {
-                &st.charge
-            } else {
-                &st.charge_existing
-            };
-            let charged = tx
-                .query_opt(
-                    statement,
-                    &[
-                        &charge.policy,
-                        &charge.bucket,
-                        &charge.window_start,
-                        &charge.amount,
-                        &charge.limit,
-                        &charge.own_limit,
-                    ],
-                )
-                .await?;
-            match charged {
-                Some(row) => used_after[i] = row.try_get(0)?,
-                None => {
-                    tx.rollback().await?;
-                    return self.exhausted(request, charges, i).await.map(Some);
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(Some(ReserveOutcome::Reserved {
-            id: ReservationId(id),
-            remaining: charges
-                .iter()
-                .zip(used_after)
-                .map(|(charge, used)| (charge.policy.to_string(), charge.remaining(used)))
-                .collect(),
-        }))
-    }
-
-    /// After a rollback: names the first line in request order that does not fit now, or the
-    /// line that failed if the buckets changed in between.
-    async fn exhausted(
-        &self,
-        request: &ReserveRequest,
-        charges: &[Charge<'_>],
-        failed: usize,
-    ) -> Result<ReserveOutcome, LedgerError> {
-        let mut used = HashMap::new();
-        for charge in charges {
-            if let Entry::Vacant(slot) = used.entry(charge.key()) {
-                slot.insert(self.used(charge).await?);
-            }
-        }
-        Ok(match plan(request, charges, &used) {
-            Plan::Refused(outcome) => outcome,
-            Plan::Fits(after) => {
-                let before = after[failed] - charges[failed].amount;
-                exhausted(request, charges, failed, before)
-            }
-        })
-    }
-
-    async fn used(&self, charge: &Charge<'_>) -> Result<i64, LedgerError> {
-        let row = self
-            .client
-            .query_opt(
-                &self.st.used_of,
-                &[&charge.policy, &charge.bucket, &charge.window_start],
-            )
-            .await?;
-        Ok(match row {
-            Some(row) => row.try_get(0)?,
-            None => 0,
-        })
-    }
-
-    async fn close(
-        &mut self,
-        id: ReservationId,
-        how: &Close,
-        now: Timestamp,
-    ) -> Result<Resolution, LedgerError> {
-        let st = &self.st;
-        let tx = pool::begin(&mut self.client).await?;
-        let row = tx
-            .query_opt(&st.lock_reservation, &[&id.0])
-            .await?
-            .ok_or(LedgerError::UnknownReservation(id))?;
-        let state = ReservationState::parse(row.try_get(0)?)?;
-        let subject: &str = row.try_get(1)?;
-        let chatflow: &str = row.try_get(2)?;
-        let lines = tx
-            .query(&st.lines_of, &[&id.0])
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(HeldLine {
-                    idx: row.try_get(0)?,
-                    policy: row.try_get(1)?,
-                    bucket: row.try_get(2)?,
-                    window_start: row.try_get(3)?,
-                    amount: row.try_get(4)?,
-                })
-            })
-            .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
-        let held: Vec<i64> = lines.iter().map(|line| line.amount).collect();
-        let Some(change) = state::close(id, state, &held, how)? else {
-            tx.rollback().await?;
-            return Ok(Resolution {
-                state,
-                applied: false,
-            });
-        };
-
-        let keys = lines
-            .iter()
-            .map(|l| (l.policy.as_str(), l.bucket.as_str(), l.window_start));
-        for i in lock_order(keys) {
-            if change.bucket_delta[i] != 0 {
-                let line = &lines[i];
-                tx.execute(
-                    &st.adjust,
-                    &[
-                        &line.policy,
-                        &line.bucket,
-                        &line.window_start,
-                        &change.bucket_delta[i],
-                    ],
-                )
-                .await?;
-            }
-        }
-        let now = now.as_microsecond();
-        let idx: Vec<i32> = lines.iter().map(|line| line.idx).collect();
-        let policies: Vec<&str> = lines.iter().map(|line| line.policy.as_str()).collect();
-        let outcome = change.state.as_str();
-        tx.execute(&st.rehold, &[&id.0, &idx, &change.held]).await?;
-        tx.execute(
-            &st.log,
-            &[
-                &now,
-                &id.0,
-                &subject,
-                &chatflow,
-                &change.tokens,
-                &outcome,
-                &policies,
-                &change.logged,
-            ],
-        )
-        .await?;
-        tx.execute(&st.finish, &[&id.0, &outcome, &change.tokens, &now])
-            .await?;
-        tx.commit().await?;
-        Ok(Resolution {
-            state: change.state,
-            applied: true,
-        })
-    }
 }
 
 fn exhausted(

@@ -6,6 +6,7 @@
 
 use super::*;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use flowgate::config::LedgerUrl;
@@ -13,7 +14,7 @@ use flowgate::ledger::CreditLedger;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// What the relay does with the first `COMMIT` once armed.
+/// What the relay does with a `COMMIT` once armed (each armed fault fires once, in order).
 #[derive(Clone, Copy, Debug)]
 enum Fault {
     /// Hangs up on the client, passes it on half a second later, then hangs up on the server:
@@ -27,7 +28,7 @@ enum Fault {
 
 struct CommitRelay {
     addr: std::net::SocketAddr,
-    armed: Arc<Mutex<Option<Fault>>>,
+    armed: Arc<Mutex<VecDeque<Fault>>>,
     fired: Arc<Mutex<Vec<Fault>>>,
 }
 
@@ -62,8 +63,9 @@ impl CommitRelay {
         relay
     }
 
+    /// Queues `fault` for the next `COMMIT` not already given one.
     fn arm(&self, fault: Fault) {
-        *self.armed.lock().expect("lock") = Some(fault);
+        self.armed.lock().expect("lock").push_back(fault);
     }
 
     fn fired(&self) -> Vec<Fault> {
@@ -76,7 +78,7 @@ impl CommitRelay {
 async fn pass(
     client: TcpStream,
     server: TcpStream,
-    armed: Arc<Mutex<Option<Fault>>>,
+    armed: Arc<Mutex<VecDeque<Fault>>>,
     fired: Arc<Mutex<Vec<Fault>>>,
     away: Away,
 ) {
@@ -106,7 +108,7 @@ async fn pass(
         message.extend_from_slice(&body);
         started |= startup;
         let fault = if commit {
-            armed.lock().expect("lock").take()
+            armed.lock().expect("lock").pop_front()
         } else {
             None
         };
@@ -214,4 +216,61 @@ async fn a_settle_whose_commit_is_unanswered_is_answered_as_applied() {
     assert_eq!(settled.state, ReservationState::Settled);
     assert_eq!(used(&*ledger, POLICY, "*").await, 5);
     assert_eq!(reservations(&store).await, 1);
+}
+
+/// The batch's COMMIT is lost and it rolled back, so its reserve runs again alone (the
+/// one-operation path); that one's COMMIT goes unanswered too. Asked on another connection, the
+/// caller is answered as the database decided — before, it was refused while a delivered
+/// reservation stayed charged, and a flat cost for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_run_alone_whose_commit_is_unanswered_is_answered_as_decided() {
+    for (test, second) in [
+        ("commit_unanswered_alone_applied", Fault::Deliver),
+        ("commit_unanswered_alone_lost", Fault::Swallow),
+    ] {
+        let (store, relay, ledger) = through_relay(test).await;
+        relay.arm(Fault::Swallow);
+        relay.arm(second);
+        let id = ledger
+            .reserve(request("alice", vec![line(POLICY, "*", 10, 3)]))
+            .await
+            .unwrap_or_else(|e| panic!("{second:?}: the reserve is answered ({e})"))
+            .id();
+        assert_eq!(relay.fired().len(), 2, "{second:?}: both COMMITs were cut");
+        assert_eq!(used(&*ledger, POLICY, "*").await, 3, "{second:?}");
+        assert_eq!(reservations(&store).await, 1, "{second:?}: charged once");
+        let refunded = ledger.refund(id, now()).await.expect("refund");
+        assert!(
+            refunded.applied,
+            "{second:?}: the answered id is the one charged"
+        );
+    }
+}
+
+/// An admin's adjustment (always its own transaction) whose COMMIT went out and whose answer
+/// was lost is answered as applied, once; one whose COMMIT never arrived runs again, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adjustment_whose_commit_is_unanswered_is_applied_once() {
+    for (test, fault) in [
+        ("commit_unanswered_adjust_applied", Fault::Deliver),
+        ("commit_unanswered_adjust_lost", Fault::Swallow),
+    ] {
+        let (store, relay, ledger) = through_relay(test).await;
+        relay.arm(fault);
+        let outcome = ledger
+            .adjust(crate::adjust::adjustment("*", -4))
+            .await
+            .unwrap_or_else(|e| panic!("{fault:?}: the adjustment is answered ({e})"));
+        assert_eq!(relay.fired().len(), 1, "{fault:?} happened");
+        assert!(
+            matches!(outcome, AdjustOutcome::Adjusted { used: 4, .. }),
+            "{fault:?}: {outcome:?}"
+        );
+        assert_eq!(
+            used(&*ledger, POLICY, "*").await,
+            4,
+            "{fault:?}: applied once"
+        );
+        assert_eq!(reservations(&store).await, 1, "{fault:?}");
+    }
 }

@@ -1,6 +1,7 @@
 //! An admin's adjustment on PostgreSQL ([`crate::ledger::CreditLedger::adjust`]), in its own
 //! transaction outside the batches.
 
+use super::alone::{Attempt, Committed, commit};
 use super::pool::Conn;
 use crate::ledger::{AdjustOutcome, AdjustRequest, LedgerError, ReservationId, ReservationState};
 
@@ -11,7 +12,7 @@ impl Conn {
     pub(super) async fn adjust(
         &mut self,
         request: &AdjustRequest,
-    ) -> Result<AdjustOutcome, LedgerError> {
+    ) -> Result<Attempt<AdjustOutcome>, LedgerError> {
         let delta = request.delta()?;
         let now = request.now.as_microsecond();
         let start = request.window.start.as_microsecond();
@@ -39,10 +40,10 @@ impl Conn {
                 let row = existing.ok_or_else(|| {
                     LedgerError::Corrupt("idempotency key taken by nothing".into())
                 })?;
-                return Ok(AdjustOutcome::Duplicate {
+                return Ok(Attempt::Done(AdjustOutcome::Duplicate {
                     id: ReservationId(row.try_get(0)?),
                     state: ReservationState::parse(row.try_get(1)?)?,
-                });
+                }));
             }
             (None, None) => return Err(LedgerError::Corrupt("adjustment not inserted".into())),
         };
@@ -73,10 +74,18 @@ impl Conn {
             )
             .await?
             .try_get(0)?;
-        tx.commit().await?;
-        Ok(AdjustOutcome::Adjusted {
+        let outcome = AdjustOutcome::Adjusted {
             id: ReservationId(id),
             used,
+        };
+        Ok(match commit(tx).await? {
+            Committed::Yes => Attempt::Done(outcome),
+            Committed::Unknown(error) => Attempt::Unanswered {
+                error,
+                id,
+                buckets: vec![(request.policy.clone(), request.bucket.clone(), start)],
+                outcome,
+            },
         })
     }
 }

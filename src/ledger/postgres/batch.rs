@@ -32,7 +32,7 @@
 //! write failing in PostgreSQL is not that case: the transaction was aborted, and the COMMIT
 //! behind it rolled it back.)
 
-mod unanswered;
+pub(super) mod unanswered;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -157,11 +157,11 @@ type Replies = (
 async fn one_by_one(pool: &Pool, requests: &[&ReserveRequest], closing: &[&Closing]) -> Replies {
     let mut closed = Vec::with_capacity(closing.len());
     for c in closing {
-        closed.push(super::close_alone(pool, c.id, &c.how, c.now).await);
+        closed.push(super::alone::close_alone(pool, c.id, &c.how, c.now).await);
     }
     let mut reserved = Vec::with_capacity(requests.len());
     for request in requests {
-        reserved.push(super::reserve_alone(pool, request).await);
+        reserved.push(super::alone::reserve_alone(pool, request).await);
     }
     (reserved, closed)
 }

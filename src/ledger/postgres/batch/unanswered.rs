@@ -89,59 +89,87 @@ impl Unanswered {
             // It wrote nothing a caller's answer depends on: refusals and duplicates stand.
             return Ok(Some(self.answers));
         };
-        if self.closed.is_empty() && self.buckets.is_empty() {
-            // Nothing to wait on (a reserve with no lines): a read now could run before the
-            // old transaction ends.
-            return Err(LedgerError::Corrupt(
-                "the batch locked no row to wait for its end on".into(),
-            ));
-        }
-        let deadline = Instant::now() + CHECK_FOR;
-        let mut pause = Duration::from_millis(200);
-        loop {
-            match self.ask(pool, marker).await {
-                Ok(applied) => return Ok(applied.then_some(self.answers)),
-                Err(error) if error.transient() && Instant::now() + pause < deadline => {
-                    tracing::debug!(%error, "cannot tell yet whether a ledger batch committed");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        let applied = committed(pool, marker, &self.closed, &self.buckets).await?;
+        Ok(applied.then_some(self.answers))
     }
+}
 
-    /// Whether the batch was applied, asked once on a connection of the pool (the broken one
-    /// is gone: it was marked open, so the pool closed it).
-    async fn ask(&self, pool: &Pool, marker: &Marker) -> Result<bool, LedgerError> {
-        let mut conn = pool.get().await?;
-        conn.open = true;
-        let applied = applied(&conn.client, &conn.st, marker, self).await?;
-        conn.client.batch_execute("ROLLBACK").await?;
-        conn.open = false;
-        Ok(applied)
+/// Whether the one-operation transaction (a reserve or an adjustment) that created reservation
+/// `id` and changed `buckets` committed, its COMMIT having gone unanswered; an error if that
+/// cannot be told. Asked as for a batch.
+pub(in crate::ledger::postgres) async fn created(
+    pool: &Pool,
+    id: i64,
+    buckets: &[(String, String, i64)],
+) -> Result<bool, LedgerError> {
+    committed(pool, &Marker::Created(id), &[], buckets).await
+}
+
+/// Waits for the transaction to end and asks whether it committed, tried again while that
+/// cannot be told yet.
+async fn committed(
+    pool: &Pool,
+    marker: &Marker,
+    closed: &[i64],
+    buckets: &[(String, String, i64)],
+) -> Result<bool, LedgerError> {
+    if closed.is_empty() && buckets.is_empty() {
+        // Nothing to wait on (a reserve with no lines): a read now could run before the
+        // old transaction ends.
+        return Err(LedgerError::Corrupt(
+            "the transaction locked no row to wait for its end on".into(),
+        ));
     }
+    let deadline = Instant::now() + CHECK_FOR;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match ask(pool, marker, closed, buckets).await {
+            Ok(applied) => return Ok(applied),
+            Err(error) if error.transient() && Instant::now() + pause < deadline => {
+                tracing::debug!(%error, "cannot tell yet whether a ledger transaction committed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Whether the transaction was applied, asked once on a connection of the pool (the broken one
+/// is gone: it was marked open, so the pool closed it).
+async fn ask(
+    pool: &Pool,
+    marker: &Marker,
+    closed: &[i64],
+    buckets: &[(String, String, i64)],
+) -> Result<bool, LedgerError> {
+    let mut conn = pool.get().await?;
+    conn.open = true;
+    let applied = applied(&conn.client, &conn.st, marker, closed, buckets).await?;
+    conn.client.batch_execute("ROLLBACK").await?;
+    conn.open = false;
+    Ok(applied)
 }
 
 async fn applied(
     tx: &Client,
     st: &super::super::schema::Statements,
     marker: &Marker,
-    batch: &Unanswered,
+    closed: &[i64],
+    buckets: &[(String, String, i64)],
 ) -> Result<bool, LedgerError> {
     tx.batch_execute(&format!(
         "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{}ms'",
         LOCK_WAIT.as_millis()
     ))
     .await?;
-    if !batch.closed.is_empty() {
-        tx.query(&st.lock_reservations, &[&batch.closed]).await?;
+    if !closed.is_empty() {
+        tx.query(&st.lock_reservations, &[&closed]).await?;
     }
     lock_buckets(
         tx,
         st,
-        batch
-            .buckets
+        buckets
             .iter()
             .map(|(policy, bucket, start)| (policy.as_str(), bucket.as_str(), *start))
             .collect(),
