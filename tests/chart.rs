@@ -21,9 +21,12 @@ use chart_support::{
     monitoring_objects, pdb, refused, release_json, template, unique_release, upgrade,
 };
 
-/// The rules the chart's ClusterRole grants with default values — every one of them. Any
-/// added rule or verb fails `a_default_install_creates_the_expected_objects`; tests/rbac.rs
-/// shows each one is needed, running flowgate under the chart's ServiceAccount.
+/// The rules the chart's ClusterRole grants with the tests' default values (the proxy on, with
+/// `auth.serviceAccountAudience` set by `chart_support`) — every one of them. Any added rule or
+/// verb fails `a_default_install_creates_the_expected_objects`; tests/rbac.rs shows each one is
+/// needed, running flowgate under the chart's ServiceAccount. The last three are the proxy's
+/// only: Secrets, then the two for ServiceAccount tokens (see
+/// `rules_only_the_proxy_needs_are_rendered_only_when_it_needs_them`).
 fn expected_cluster_rules() -> Value {
     json!([
         {"apiGroups": ["flowgate.io"], "resources": ["chatflows", "chatflowaccesses", "creditpolicies"],
@@ -171,6 +174,14 @@ async fn a_default_install_creates_the_expected_objects() {
         data["persistentVolumeClaim"]["claimName"],
         format!("{name}-ledger")
     );
+    // /tmp (SQLite's temporary files) is bounded.
+    let tmp = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "tmp")
+        .expect("tmp volume");
+    assert_eq!(tmp["emptyDir"], json!({"sizeLimit": "1Gi"}));
 
     let pvc = get(
         Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns),
@@ -380,6 +391,7 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "proxy": {"bodyMemory": "512Mi", "invalidPolicies": "refuse",
                   "corsOrigins": ["https://chat.example.com", "http://localhost:5173"]},
+        "tmpSizeLimit": "2Gi",
     });
     let release = upgrade(&ns, &ns, &values).unwrap_or_else(|e| panic!("upgrade: {e}"));
     assert_eq!(release["revision"], 2);
@@ -426,6 +438,11 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
     let volumes = after["spec"]["template"]["spec"]["volumes"]
         .as_array()
         .expect("volumes");
+    let tmp = volumes
+        .iter()
+        .find(|v| v["name"] == "tmp")
+        .expect("tmp volume");
+    assert_eq!(tmp["emptyDir"]["sizeLimit"], "2Gi");
     let jwt = volumes
         .iter()
         .find(|v| v["name"] == "jwt-hs256")
@@ -612,6 +629,64 @@ async fn the_service_monitor_and_the_dashboard_are_rendered_when_enabled() {
     let json_text = dashboard["data"]["flowgate.json"].as_str().expect("JSON");
     let parsed: Value = serde_json::from_str(json_text).expect("the dashboard is JSON");
     assert_eq!(parsed["uid"], "flowgate-overview");
+}
+
+/// Rules only the proxy needs follow what runs: Secrets (`get` cluster-wide, or the Roles of
+/// `rbac.secretNamespaces`) only with `proxy.enabled`, and the rules for ServiceAccount tokens
+/// (discovery URLs, TokenReview) only with `auth.serviceAccountAudience` set too.
+#[test]
+fn rules_only_the_proxy_needs_are_rendered_only_when_it_needs_them() {
+    let expected = expected_cluster_rules();
+    let all = expected.as_array().expect("rules");
+    // all[5]: Secrets; all[6], all[7]: ServiceAccount tokens.
+    let without = |skip: &[usize]| -> Value {
+        Value::Array(
+            all.iter()
+                .enumerate()
+                .filter(|(i, _)| !skip.contains(i))
+                .map(|(_, rule)| rule.clone())
+                .collect(),
+        )
+    };
+    let cases = [
+        // chart_support sets auth.serviceAccountAudience when `auth` is not given.
+        (json!({}), without(&[]), 0),
+        (
+            json!({"auth": {"jwt": {"jwksUrl": "https://id.example.com/jwks"}}}),
+            without(&[6, 7]),
+            0,
+        ),
+        (
+            json!({"rbac": {"secretNamespaces": ["default"]}}),
+            without(&[5]),
+            1,
+        ),
+        (
+            json!({"proxy": {"enabled": false}, "rbac": {"secretNamespaces": ["default"]}}),
+            without(&[5, 6, 7]),
+            0,
+        ),
+    ];
+    for (values, rules, key_roles) in cases {
+        let docs = template(&unique_release("rbac"), &values);
+        let cluster_role = docs
+            .iter()
+            .find(|d| d["kind"] == "ClusterRole")
+            .expect("a ClusterRole");
+        assert_eq!(cluster_role["rules"], rules, "{values}");
+        for kind in ["Role", "RoleBinding"] {
+            let granting_secrets = docs
+                .iter()
+                .filter(|d| {
+                    d["kind"] == kind
+                        && d["metadata"]["name"]
+                            .as_str()
+                            .is_some_and(|n| n.ends_with("-chatflow-api-keys"))
+                })
+                .count();
+            assert_eq!(granting_secrets, key_roles, "{values}: {kind}s for Secrets");
+        }
+    }
 }
 
 #[test]

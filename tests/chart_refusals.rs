@@ -72,6 +72,12 @@ async fn values_of_the_wrong_shape_are_refused_by_the_schema() {
             json!({"ingress": {"tls": [{"secretName": 5}]}}),
             "at '/ingress/tls/0/secretName'",
         ),
+        // SQLite in WAL mode must never be on a network filesystem or open in two pods.
+        (
+            json!({"ledger": {"sqlite": {"persistence": {"accessModes": ["ReadWriteMany"]}}}}),
+            "at '/ledger/sqlite/persistence/accessModes/0'",
+        ),
+        (json!({"tmpSizeLimit": "lots"}), "at '/tmpSizeLimit'"),
     ];
     for (values, expected) in cases {
         let error = refused(&ns, &ns, &values);
