@@ -127,6 +127,26 @@ async fn the_admin_apis_grants_belong_to_their_chatflow_and_to_it_alone() {
         .expect("suspended");
     let (status, out) = add("quinn").await;
     assert_eq!(status, 409, "{out}");
+    // Nor "already has access" to someone it lists and does not let in.
+    let (status, out) = add("pavel").await;
+    assert_eq!(status, 409, "{out}");
+    // A rate limit of its own, set by hand: what the admin API grants has none.
+    ours.patch(OBJECT, &PatchParams::default(), &suspend(false))
+        .await
+        .expect("resumed");
+    let limit = Patch::Merge(json!({"spec": {"rateLimit": {"requests": 5, "per": "Minute"}}}));
+    ours.patch(OBJECT, &PatchParams::default(), &limit)
+        .await
+        .expect("limited");
+    let (status, out) = add("quinn").await;
+    assert_eq!(status, 409, "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limits its rate")),
+        "{out}"
+    );
+    assert_eq!(users(&ours.get(OBJECT).await.expect("object")), ["pavel"]);
     // Removing from it narrows it: allowed.
     let (status, out) = remove("pavel").await;
     assert_eq!(status, 200, "{out}");
@@ -135,4 +155,80 @@ async fn the_admin_apis_grants_belong_to_their_chatflow_and_to_it_alone() {
         "no one left: deleted"
     );
     team.cleanup().await;
+}
+
+/// A Chatflow the admin API switched to `Retain` for a delete that Kubernetes then refused (here
+/// RBAC: the identity may patch Chatflows but not delete them; in a cluster, an admission
+/// policy protecting GitOps objects) is switched back to `Delete`: it must not be left
+/// retaining its chatflow in Flowise when it is deleted later.
+#[tokio::test]
+async fn a_delete_refused_after_the_switch_to_retain_switches_it_back() {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use kube::api::PostParams;
+
+    let admin = support::client().await;
+    support::install_crds(&admin).await;
+    let ns = support::fresh_namespace(&admin, "admin-delete-refused").await;
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "no-delete"},
+        "rules": [{"apiGroups": ["flowgate.io"], "resources": ["chatflows"],
+                   "verbs": ["get", "patch"]}],
+    }))
+    .expect("role");
+    Api::<Role>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("role created");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "no-delete"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "no-delete"},
+        "subjects": [{"kind": "ServiceAccount", "name": "restricted", "namespace": ns}],
+    }))
+    .expect("binding");
+    Api::<RoleBinding>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("binding created");
+    let mut config = kube::Config::infer().await.expect("kubeconfig");
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:restricted"));
+    let restricted = kube::Client::try_from(config).expect("impersonating client");
+
+    let chatflows: Api<Chatflow> = Api::namespaced(admin.clone(), &ns);
+    let object: Chatflow = serde_json::from_value(json!({
+        "apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow",
+        "metadata": {"name": "kept", "namespace": ns},
+        "spec": {"flowiseName": "kept", "deletionPolicy": "Delete"},
+    }))
+    .expect("chatflow");
+    let created = chatflows
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("chatflow created");
+    let snapshot = flowgate::index::compile(&flowgate::index::Resources {
+        chatflows: vec![std::sync::Arc::new(created)],
+        ..Default::default()
+    });
+    let entry = snapshot
+        .chatflow_by_name(&ns, "kept")
+        .expect("indexed")
+        .clone();
+
+    let refused = flowgate::admin::chatflows::delete(&restricted, &entry)
+        .await
+        .expect_err("the delete is forbidden");
+    assert_eq!(
+        refused.status_and_code().1,
+        "kubernetes_refused",
+        "{refused}"
+    );
+    let after = chatflows.get("kept").await.expect("still there");
+    assert_eq!(
+        after.spec.deletion_policy,
+        flowgate::crd::DeletionPolicy::Delete,
+        "switched back"
+    );
+    chatflows
+        .delete("kept", &Default::default())
+        .await
+        .expect("cleaned up");
 }

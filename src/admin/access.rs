@@ -24,6 +24,11 @@ use crate::proxy::ProxyError;
 /// How often a write is retried after losing a race.
 const ATTEMPTS: usize = 10;
 
+/// Largest admin API ChatflowAccess written, in bytes of JSON: well under etcd's default
+/// request limit (1.5 MiB), which the API server reports as a 500 that never passes. Some
+/// 20,000 typical emails; past it, grant a group instead.
+const MAX_OBJECT_BYTES: usize = 1024 * 1024;
+
 /// Name of the admin API's ChatflowAccess for chatflow `name`.
 pub fn object_name(chatflow: &str) -> String {
     format!("admin-api-{chatflow}")
@@ -47,6 +52,14 @@ pub fn user(value: &str) -> Subject {
     }
 }
 
+/// What an edit of the subjects does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    /// Adds users (some may be listed already).
+    Adds,
+    Removes,
+}
+
 /// Applies `edit` to the subjects of the admin API's ChatflowAccess for `namespace/chatflow`,
 /// creating, replacing or (when no subject is left) deleting it. `edit` may run more than once
 /// (once per attempt) and must be pure.
@@ -54,6 +67,7 @@ pub async fn edit_subjects<R>(
     client: &Client,
     namespace: &str,
     chatflow: &str,
+    kind: Edit,
     edit: impl Fn(&mut Vec<Subject>) -> R,
 ) -> Result<R, ProxyError> {
     let api: Api<ChatflowAccess> = Api::namespaced(client.clone(), namespace);
@@ -74,13 +88,9 @@ pub async fn edit_subjects<R>(
             if subjects.is_empty() {
                 return Ok(result);
             }
-            match api
-                .create(
-                    &PostParams::default(),
-                    &new_object(&name, chatflow, subjects, Some(owner.clone())),
-                )
-                .await
-            {
+            let created = new_object(&name, chatflow, subjects, Some(owner.clone()));
+            fits(&created, namespace)?;
+            match api.create(&PostParams::default(), &created).await {
                 Ok(_) => return Ok(result),
                 Err(e) if is_conflict(&e) => continue,
                 Err(e) => return Err(kube_error(e)),
@@ -97,20 +107,20 @@ pub async fn edit_subjects<R>(
         };
         let mut subjects = before.clone();
         let result = edit(&mut subjects);
-        if subjects == before && !former {
-            // Unchanged; an object from before owner references gets its owner on its next write.
-            return Ok(result);
-        }
         // Only what the admin API writes is added to: a copy of a GitOps object that kept the
         // label could grant Admin to whoever is added, and a suspended or expiring one would
-        // answer "added" to users it does not let in.
-        let adds = subjects.iter().any(|s| !before.contains(s));
+        // answer "added" (or "already has access") to users it does not let in.
+        let adds = kind == Edit::Adds || subjects.iter().any(|s| !before.contains(s));
         if adds && !former && !grants_plainly(&access) {
             return Err(ProxyError::Conflict(format!(
                 "ChatflowAccess {namespace}/{name} carries the label \
                  {LABEL_MANAGED_BY}={MANAGED_BY_ADMIN_API} but is suspended, expires or grants \
-                 more than role User; the admin API adds no one to it"
+                 more than role User, or limits its rate; the admin API adds no one to it"
             )));
+        }
+        if subjects == before && !former {
+            // Unchanged; an object from before owner references gets its owner on its next write.
+            return Ok(result);
         }
         let written = if subjects.is_empty() {
             let params = DeleteParams {
@@ -130,6 +140,7 @@ pub async fn edit_subjects<R>(
             owners.retain(|theirs| !same_kind(theirs, &owner));
             owners.push(owner.clone());
             access.metadata.owner_references = Some(owners);
+            fits(&access, namespace)?;
             // `replace` sends metadata.resourceVersion: a concurrent write makes it fail with 409.
             api.replace(&name, &PostParams::default(), &access)
                 .await
@@ -145,6 +156,20 @@ pub async fn edit_subjects<R>(
     Err(ProxyError::Kubernetes(format!(
         "ChatflowAccess {namespace}/{name} kept changing while being written; try again"
     )))
+}
+
+/// Refuses an object too large to store: 409, naming what to do instead.
+fn fits(access: &ChatflowAccess, namespace: &str) -> Result<(), ProxyError> {
+    let size = serde_json::to_vec(access).map_or(usize::MAX, |json| json.len());
+    if size > MAX_OBJECT_BYTES {
+        let name = access.metadata.name.as_deref().unwrap_or_default();
+        return Err(ProxyError::Conflict(format!(
+            "ChatflowAccess {namespace}/{name} would be {size} bytes with these users, over the \
+             {MAX_OBJECT_BYTES} the admin API writes to one object; grant them with a group \
+             (a ChatflowAccess of your own naming an IdP group) instead"
+        )));
+    }
+    Ok(())
 }
 
 /// A ChatflowAccess the admin API may change: labelled as its own, and for this one chatflow
@@ -175,7 +200,10 @@ pub fn check_own(
 /// What the admin API writes: role User, not suspended, no expiry, no rate limit of its own.
 fn grants_plainly(access: &ChatflowAccess) -> bool {
     let spec = &access.spec;
-    spec.role == Role::User && !spec.suspended && spec.expires_at.is_none()
+    spec.role == Role::User
+        && !spec.suspended
+        && spec.expires_at.is_none()
+        && spec.rate_limit.is_none()
 }
 
 /// The owner reference to Chatflow `namespace/chatflow` as it is now; 404 when it is gone.
@@ -248,6 +276,12 @@ fn new_object(
     }
 }
 
+/// etcd's refusal of an object over its request limit (1.5 MiB by default), which the API
+/// server passes on as a 500 (kubernetes#112152): no retry helps.
+fn too_large_for_etcd(status: &kube::core::Status) -> bool {
+    status.code == 500 && status.message.contains("request is too large")
+}
+
 fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
@@ -265,7 +299,8 @@ pub fn kube_error(e: kube::Error) -> ProxyError {
         // and 429 (load): those may pass.
         kube::Error::Api(status)
             if (400..500).contains(&status.code)
-                && ![401, 408, 409, 429].contains(&status.code) =>
+                && ![401, 408, 409, 429].contains(&status.code)
+                || too_large_for_etcd(&status) =>
         {
             ProxyError::KubernetesRefused(format!(
                 "{} ({}): {}",
@@ -292,6 +327,30 @@ mod tests {
                 .with_code(code)
                 .boxed(),
         )
+    }
+
+    #[test]
+    fn an_object_past_the_size_limit_is_refused_before_it_is_written() {
+        let few = new_object("admin-api-x", "x", vec![user("a@example.com")], None);
+        assert!(fits(&few, "t").is_ok());
+        let many: Vec<Subject> = (0..40_000)
+            .map(|i| user(&format!("someone-{i}@example.com")))
+            .collect();
+        let error = fits(&new_object("admin-api-x", "x", many, None), "t").expect_err("too large");
+        assert_eq!(error.status_and_code().0, hyper::StatusCode::CONFLICT);
+        assert!(error.to_string().contains("group"), "{error}");
+        // etcd's own refusal, should one get through: refused, not worth retrying.
+        let etcd = api_error(500, "InternalError");
+        assert_eq!(
+            kube_error(etcd).status_and_code().1,
+            "kubernetes_unavailable"
+        );
+        let etcd = kube::Error::Api(
+            kube::core::Status::failure("etcdserver: request is too large", "InternalError")
+                .with_code(500)
+                .boxed(),
+        );
+        assert_eq!(kube_error(etcd).status_and_code().1, "kubernetes_refused");
     }
 
     #[test]

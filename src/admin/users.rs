@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use kube::Client;
 
 use super::Call;
-use super::access::{self, edit_subjects, object_name};
+use super::access::{self, Edit, edit_subjects, object_name};
 use super::models::{ChatflowUser, MessageResponse, UserChatflowResponse};
 use super::routes::valid_email;
 use crate::crd::Role;
@@ -101,29 +101,35 @@ pub async fn add(
             .any(|rule| names_user(rule, value))
     };
     let flow = cf.rule.name.clone();
-    edit_subjects(client, &cf.rule.namespace, &cf.rule.name, |subjects| {
-        checked
-            .iter()
-            .map(|entry| match entry {
-                Err(answer) => answer.clone(),
-                Ok(value) if subjects.iter().any(|s| s.user.as_deref() == Some(value)) => {
-                    UserChatflowResponse::success(
-                        value,
-                        format!("User {value} already has access to chatflow {flow}."),
-                    )
-                }
-                Ok(value) => {
-                    subjects.push(access::user(value));
-                    let message = if kind == Kind::Email && !known(value) {
-                        format!("New user {value} created and added to chatflow {flow}.")
-                    } else {
-                        format!("User {value} successfully added to chatflow {flow}.")
-                    };
-                    UserChatflowResponse::success(value, message)
-                }
-            })
-            .collect()
-    })
+    edit_subjects(
+        client,
+        &cf.rule.namespace,
+        &cf.rule.name,
+        Edit::Adds,
+        |subjects| {
+            checked
+                .iter()
+                .map(|entry| match entry {
+                    Err(answer) => answer.clone(),
+                    Ok(value) if subjects.iter().any(|s| s.user.as_deref() == Some(value)) => {
+                        UserChatflowResponse::success(
+                            value,
+                            format!("User {value} already has access to chatflow {flow}."),
+                        )
+                    }
+                    Ok(value) => {
+                        subjects.push(access::user(value));
+                        let message = if kind == Kind::Email && !known(value) {
+                            format!("New user {value} created and added to chatflow {flow}.")
+                        } else {
+                            format!("User {value} successfully added to chatflow {flow}.")
+                        };
+                        UserChatflowResponse::success(value, message)
+                    }
+                })
+                .collect()
+        },
+    )
     .await
 }
 
@@ -156,11 +162,17 @@ pub async fn remove(
     cf: &ChatflowEntry,
     user: &str,
 ) -> Result<MessageResponse, ProxyError> {
-    let removed = edit_subjects(client, &cf.rule.namespace, &cf.rule.name, |subjects| {
-        let before = subjects.len();
-        subjects.retain(|s| s.user.as_deref() != Some(user));
-        before != subjects.len()
-    })
+    let removed = edit_subjects(
+        client,
+        &cf.rule.namespace,
+        &cf.rule.name,
+        Edit::Removes,
+        |subjects| {
+            let before = subjects.len();
+            subjects.retain(|s| s.user.as_deref() != Some(user));
+            before != subjects.len()
+        },
+    )
     .await?;
     let own = object_name(&cf.rule.name);
     let others: Vec<String> = rules_for(call, cf)
