@@ -76,15 +76,29 @@ pub fn stats(chatflows: &[&Arc<ChatflowEntry>], last: Option<SyncReport>) -> Cha
 }
 
 /// Deletes the Chatflow object, switching `deletionPolicy: Delete` to `Retain` first so the
-/// chatflow in Flowise stays.
+/// chatflow in Flowise stays. Runs to its end in a task of its own: a client that hangs up
+/// between the switch and the delete must not leave the object switched and not deleted.
 pub async fn delete(client: &Client, cf: &ChatflowEntry) -> Result<MessageResponse, ProxyError> {
-    let (ns, name) = (&cf.rule.namespace, &cf.rule.name);
+    let (client, ns, name) = (
+        client.clone(),
+        cf.rule.namespace.clone(),
+        cf.rule.name.clone(),
+    );
+    tokio::spawn(async move { delete_now(&client, &ns, &name).await })
+        .await
+        .map_err(|e| ProxyError::Internal(format!("the delete stopped: {e}")))?
+}
+
+async fn delete_now(client: &Client, ns: &str, name: &str) -> Result<MessageResponse, ProxyError> {
     let api: Api<Chatflow> = Api::namespaced(client.clone(), ns);
     let gone = || ProxyError::NotFoundDetail(format!("Chatflow {ns}/{name} no longer exists"));
     // The switch to Retain and the delete must see the same object: a GitOps sync putting
     // `Delete` back in between (or a new object of that name) would otherwise have its chatflow
     // deleted in Flowise. Both are conditional on the version read; a race is retried.
     let mut attempts = 0;
+    // The object this call switched to Retain (its uid and generation then), to switch back if
+    // it cannot be deleted.
+    let mut switched: Option<(Option<String>, Option<i64>)> = None;
     loop {
         attempts += 1;
         let Some(mut current) = api.get_opt(name).await.map_err(kube_error)? else {
@@ -99,7 +113,10 @@ pub async fn delete(client: &Client, cf: &ChatflowEntry) -> Result<MessageRespon
                 .patch(name, &PatchParams::default(), &Patch::Merge(&retain))
                 .await
             {
-                Ok(patched) => current = patched,
+                Ok(patched) => {
+                    switched = Some((patched.metadata.uid.clone(), patched.metadata.generation));
+                    current = patched;
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 && attempts < 5 => continue,
                 Err(kube::Error::Api(s)) if s.code == 404 => return Err(gone()),
                 Err(e) => return Err(kube_error(e)),
@@ -116,10 +133,15 @@ pub async fn delete(client: &Client, cf: &ChatflowEntry) -> Result<MessageRespon
             Ok(_) => break,
             Err(kube::Error::Api(s)) if s.code == 409 && attempts < 5 => continue,
             Err(kube::Error::Api(s)) if s.code == 404 => return Err(gone()),
-            Err(e) => return Err(kube_error(e)),
+            Err(e) => {
+                if let Some((uid, generation)) = switched {
+                    switch_back(&api, ns, name, uid, generation).await;
+                }
+                return Err(kube_error(e));
+            }
         }
     }
-    let access = remove_own_access(client, ns, name).await?;
+    let access = remove_own_access(client, ns, name).await;
     Ok(MessageResponse {
         message: format!(
             "Chatflow {ns}/{name} deleted from Kubernetes{access}; the chatflow in Flowise is kept."
@@ -127,30 +149,95 @@ pub async fn delete(client: &Client, cf: &ChatflowEntry) -> Result<MessageRespon
     })
 }
 
+/// Puts `deletionPolicy: Delete` back on a Chatflow this call switched to `Retain` and then
+/// could not delete (a webhook refused, the API server failed): only while it is the same
+/// object with the same spec (uid and generation as the switch left them, still `Retain`), so
+/// a change made since is never overwritten. A failure is logged: the object then keeps
+/// `Retain`, and a later delete keeps its chatflow in Flowise.
+async fn switch_back(
+    api: &Api<Chatflow>,
+    ns: &str,
+    name: &str,
+    uid: Option<String>,
+    generation: Option<i64>,
+) {
+    let restored = async {
+        for _ in 0..3 {
+            let Some(current) = api.get_opt(name).await? else {
+                // Deleted meanwhile: nothing is left to switch back.
+                return Ok(true);
+            };
+            let same = current.metadata.uid == uid
+                && current.metadata.generation == generation
+                && current.spec.deletion_policy == DeletionPolicy::Retain;
+            if !same {
+                return Ok(false);
+            }
+            // A status write since (the controller's) changes the version, not the generation.
+            let back = serde_json::json!({
+                "metadata": {"resourceVersion": current.metadata.resource_version},
+                "spec": {"deletionPolicy": "Delete"},
+            });
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&back))
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    };
+    let restored = match restored.await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("changed since the switch".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(error) = restored {
+        tracing::warn!(%error, chatflow = %format!("{ns}/{name}"),
+            "a Chatflow switched to Retain for a delete that failed could not be switched back; \
+             it keeps Retain");
+    }
+}
+
 /// Deletes the admin API's own grants for a deleted chatflow (`admin-api-<name>`, only when it
 /// carries the admin API's label and names this chatflow alone: GitOps objects are never
 /// touched), as it was read. Says what it removed. Kubernetes also deletes it with the
-/// Chatflow that owns it.
-async fn remove_own_access(client: &Client, ns: &str, name: &str) -> Result<String, ProxyError> {
+/// Chatflow that owns it, so a failure here is logged, not the delete's answer: the Chatflow is
+/// gone either way.
+async fn remove_own_access(client: &Client, ns: &str, name: &str) -> String {
     let api: Api<ChatflowAccess> = Api::namespaced(client.clone(), ns);
     let object = access::object_name(name);
-    match api.get_opt(&object).await.map_err(kube_error)? {
-        Some(found) if access::check_own(&found, ns, name).is_ok() => {
-            let exactly = DeleteParams {
-                preconditions: Some(kube::api::Preconditions {
-                    uid: found.metadata.uid.clone(),
-                    resource_version: found.metadata.resource_version.clone(),
-                }),
-                ..DeleteParams::default()
-            };
-            match api.delete(&object, &exactly).await {
-                Ok(_) => Ok(format!(" with its admin API grants ({object})")),
-                // Gone, or changed since it was read (its owner's deletion collects it).
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(String::new()),
-                Err(e) => Err(kube_error(e)),
+    let removed = async {
+        match api.get_opt(&object).await? {
+            Some(found) if access::check_own(&found, ns, name).is_ok() => {
+                let exactly = DeleteParams {
+                    preconditions: Some(kube::api::Preconditions {
+                        uid: found.metadata.uid.clone(),
+                        resource_version: found.metadata.resource_version.clone(),
+                    }),
+                    ..DeleteParams::default()
+                };
+                match api.delete(&object, &exactly).await {
+                    Ok(_) => Ok(true),
+                    // Gone, or changed since it was read (its owner's deletion collects it).
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                }
             }
+            _ => Ok(false),
         }
-        _ => Ok(String::new()),
+    };
+    match removed.await {
+        Ok(true) => format!(" with its admin API grants ({object})"),
+        Ok(false) => String::new(),
+        Err(error) => {
+            tracing::warn!(%error, access = %format!("{ns}/{object}"),
+                "the admin API's grants of a deleted Chatflow were not removed; Kubernetes \
+                 collects them with it");
+            String::new()
+        }
     }
 }
 

@@ -64,25 +64,6 @@ pub async fn adjust(
     let policy = find_policy(call, &request.policy)?;
     let subject = Subject::of(policy, request.subject)?;
     let window = crate::proxy::credits::window(policy, call.now)?;
-    let outcome = admin
-        .ledger
-        .adjust(AdjustRequest {
-            policy: policy.id.to_string(),
-            bucket: subject.key.clone(),
-            window,
-            credits: request.credits,
-            idempotency_key: key,
-            now: call.now,
-        })
-        .await
-        .map_err(|error| {
-            tracing::warn!(%error, "credit adjustment failed");
-            ProxyError::LedgerUnavailable
-        })?;
-    let (id, used) = match outcome {
-        AdjustOutcome::Adjusted { id, used } => (id, used),
-        AdjustOutcome::Duplicate { .. } => return Err(ProxyError::DuplicateRequest),
-    };
     let verb = if request.credits > 0 { "gave" } else { "took" };
     let note = format!(
         "{} {verb} {} credits {} {} for the period from {}{}",
@@ -97,11 +78,48 @@ pub async fn adjust(
             format!(": {reason}")
         },
     );
-    tracing::info!(admin = %call.identity.key, policy = %policy.id, subject = %subject.key, credits = request.credits, used, reason, "credits adjusted");
-    admin.metrics.credits_adjusted(&policy.id, request.credits);
-    // In the background: the ledger has committed, and a slow API server must not make an
-    // unkeyed client time out and adjust again.
-    tokio::spawn(record(admin.client.clone(), policy.clone(), note));
+    let adjustment = AdjustRequest {
+        policy: policy.id.to_string(),
+        bucket: subject.key.clone(),
+        window,
+        credits: request.credits,
+        idempotency_key: key,
+        now: call.now,
+    };
+    // In a task of its own, the write and its records together: a client that hangs up while
+    // the ledger commits must not leave an adjustment without its log line, metric and Event.
+    let (ledger, metrics, client) = (
+        admin.ledger.clone(),
+        admin.metrics.clone(),
+        admin.client.clone(),
+    );
+    let (admin_key, subject_key, policy_rule, credits) = (
+        call.identity.key.to_string(),
+        subject.key.clone(),
+        policy.clone(),
+        request.credits,
+    );
+    let outcome = tokio::spawn(async move {
+        let outcome = ledger.adjust(adjustment).await?;
+        if let AdjustOutcome::Adjusted { used, .. } = outcome {
+            tracing::info!(admin = %admin_key, policy = %policy_rule.id, subject = %subject_key, credits, used, reason, "credits adjusted");
+            metrics.credits_adjusted(&policy_rule.id, credits);
+            // In the background: a slow API server must not make an unkeyed client time out and
+            // adjust again.
+            tokio::spawn(record(client, policy_rule, note));
+        }
+        Ok::<_, crate::ledger::LedgerError>(outcome)
+    })
+    .await
+    .map_err(|e| ProxyError::Internal(format!("the adjustment stopped: {e}")))?
+    .map_err(|error| {
+        tracing::warn!(%error, "credit adjustment failed");
+        ProxyError::LedgerUnavailable
+    })?;
+    let (id, used) = match outcome {
+        AdjustOutcome::Adjusted { id, used } => (id, used),
+        AdjustOutcome::Duplicate { .. } => return Err(ProxyError::DuplicateRequest),
+    };
     let credits = subject.credits;
     Ok(CreditAdjustment {
         id: id.0,
