@@ -335,9 +335,15 @@ impl Config {
                 )?,
                 Duration::from_secs(24 * 3600),
             )?,
-            upstream_timeout: positive(
+            // Below the 15 minutes a reservation stays open: a longer wait for Flowise would have
+            // the sweep charge the hold of a call still under way.
+            upstream_timeout: at_most(
                 "FLOWGATE_UPSTREAM_TIMEOUT",
-                duration("FLOWGATE_UPSTREAM_TIMEOUT", &args.upstream_timeout)?,
+                positive(
+                    "FLOWGATE_UPSTREAM_TIMEOUT",
+                    duration("FLOWGATE_UPSTREAM_TIMEOUT", &args.upstream_timeout)?,
+                )?,
+                MAX_UPSTREAM_TIMEOUT,
             )?,
             shutdown_delay: non_empty(Some(args.shutdown_delay))
                 .map(|raw| duration("FLOWGATE_SHUTDOWN_DELAY", &raw))
@@ -405,6 +411,18 @@ impl LedgerUrl {
                     "sqlite:// needs a file path, e.g. sqlite:///var/lib/flowgate/ledger.db",
                 ));
             }
+            // A file path, nothing else: rusqlite would take `file:` or `:memory:` as SQLite
+            // URIs (an in-memory ledger lost at every restart, not even shared by its own
+            // connections), and `?mode=rwc` (another URL style) would end up in the file's name.
+            if path.starts_with("file:") || path.contains(":memory:") || path.contains('?') {
+                return Err(invalid(
+                    SETTING,
+                    format!(
+                        "sqlite://{path} is not a file path: write sqlite:// and the path alone, \
+                         e.g. sqlite:///var/lib/flowgate/ledger.db (no query, no :memory:)"
+                    ),
+                ));
+            }
             Ok(Self::Sqlite(PathBuf::from(path)))
         } else if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
             // libpq's TLS parameters are flowgate's to read; tokio-postgres parses the rest.
@@ -422,11 +440,15 @@ impl LedgerUrl {
     }
 }
 
-/// `auto` (one per CPU this process may use, cgroup quota included) or a count from 1 to 256.
+/// Longest `FLOWGATE_UPSTREAM_TIMEOUT`: 14 minutes, inside the reservation's 15.
+pub const MAX_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(14 * 60);
+
+/// `auto` (one per CPU this process may use, cgroup quota included, at most 256) or a count
+/// from 1 to 256.
 fn proxy_threads(raw: &str) -> Result<usize, ConfigError> {
     const SETTING: &str = "FLOWGATE_PROXY_THREADS";
     if matches!(raw.trim(), "auto" | "") {
-        return Ok(std::thread::available_parallelism().map_or(1, usize::from));
+        return Ok(std::thread::available_parallelism().map_or(1, |n| usize::from(n).min(256)));
     }
     match raw.trim().parse::<usize>() {
         Ok(n @ 1..=256) => Ok(n),

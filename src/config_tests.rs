@@ -164,6 +164,23 @@ fn a_bad_value_names_its_setting() {
         (&["--jwt-leeway", "30m"], "FLOWGATE_JWT_LEEWAY"),
         (&["--upstream-timeout", "0s"], "FLOWGATE_UPSTREAM_TIMEOUT"),
         (&["--upstream-timeout", "long"], "FLOWGATE_UPSTREAM_TIMEOUT"),
+        (&["--upstream-timeout", "15m"], "FLOWGATE_UPSTREAM_TIMEOUT"),
+        (
+            &["--upstream-timeout", "9223372036854775807s"],
+            "FLOWGATE_UPSTREAM_TIMEOUT",
+        ),
+        (
+            &["--ledger-url", "sqlite://:memory:"],
+            "FLOWGATE_LEDGER_URL",
+        ),
+        (
+            &["--ledger-url", "sqlite:///var/lib/ledger.db?mode=rwc"],
+            "FLOWGATE_LEDGER_URL",
+        ),
+        (
+            &["--ledger-url", "sqlite://file:ledger.db"],
+            "FLOWGATE_LEDGER_URL",
+        ),
         (&["--admin-claim", "role"], "FLOWGATE_ADMIN_CLAIM"),
         (&["--flowise-url", "ftp://x"], "FLOWGATE_FLOWISE_URL"),
         (&["--log-format", "xml"], "FLOWGATE_LOG_FORMAT"),

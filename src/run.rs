@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LedgerUrl};
 use crate::identity::Verifier;
 use crate::index;
 use crate::ledger;
@@ -129,6 +129,11 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     // One ledger for both parts: the proxy charges it, the controller reports usage from it.
     let ledger_gate = health.gate("ledger");
     let ledger = ledger::open(&config.ledger).await?;
+    if let LedgerUrl::Sqlite(path) = &config.ledger {
+        // The file itself: a relative path depends on the working directory.
+        let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        tracing::info!(file = %file.display(), "SQLite ledger opened");
+    }
     ledger_gate.open();
 
     // The controller is built first so the proxy's admin API shares its sync handle. Without the

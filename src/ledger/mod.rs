@@ -223,13 +223,13 @@ pub trait CreditLedger: Send + Sync {
     fn prune_buckets(&self, started_before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64>;
 }
 
-/// Opens (and creates, or migrates) the ledger `url` names.
 /// A PostgreSQL URL without libpq's TLS parameters (`sslmode`, `sslrootcert`, `sslcert`,
 /// `sslkey`), or why those cannot be met. Reads no file.
 pub(crate) fn postgres_url_without_tls(raw: &str) -> Result<String, String> {
     postgres::tls::split(raw).map(|(rest, _)| rest)
 }
 
+/// Opens (and creates, or migrates) the ledger `url` names.
 pub async fn open(url: &LedgerUrl) -> Result<Arc<dyn CreditLedger>, LedgerError> {
     Ok(match url {
         LedgerUrl::Sqlite(path) => Arc::new(sqlite::SqliteLedger::open(path).await?),
