@@ -72,18 +72,23 @@ fn main() -> ExitCode {
         },
         Command::Check { paths } => {
             let report = check::check(&paths);
+            let mut text = String::new();
             for finding in &report.findings {
-                println!("{finding}");
+                text.push_str(&format!("{finding}\n"));
             }
             let count =
                 |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-            println!(
-                "{}, {}: {}, {}",
+            text.push_str(&format!(
+                "{}, {}: {}, {}\n",
                 count(report.files, "file"),
                 count(report.objects, "flowgate object"),
                 count(report.errors(), "error"),
                 count(report.warnings(), "warning")
-            );
+            ));
+            if let Err(error) = to_stdout(&text) {
+                eprintln!("flowgate check: {error}");
+                return ExitCode::FAILURE;
+            }
             if report.errors() == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -123,6 +128,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes `text` to standard output. A reader that stopped reading (`| head`) is not an error:
+/// Rust ignores SIGPIPE, and `print!` would panic there.
+fn to_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 fn print_crds(out_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     use anyhow::Context;
     if let Some(dir) = &out_dir {
@@ -136,7 +152,7 @@ fn print_crds(out_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
                 std::fs::write(&path, yaml)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            None => print!("{yaml}"),
+            None => to_stdout(&yaml).context("writing to standard output")?,
         }
     }
     Ok(())
@@ -187,26 +203,52 @@ fn start(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+/// Cancels `shutdown` on SIGTERM or Ctrl-C; a second one ends the process at once (the drain,
+/// the settles still running and the Lease's release cut short), as `kill -9` would but with a
+/// line in the log.
 async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("interrupt received"),
-        () = term => tracing::info!("SIGTERM received"),
-    }
+    let mut signals = Signals::new();
+    let first = signals.next().await;
+    tracing::info!("{first} received; shutting down");
     shutdown.cancel();
+    let second = signals.next().await;
+    tracing::warn!("{second} received again; exiting without finishing the shutdown");
+    std::process::exit(if second == "SIGTERM" { 143 } else { 130 });
+}
+
+/// SIGTERM and Ctrl-C, as often as they come.
+struct Signals {
+    /// `None` where SIGTERM cannot be listened for: Ctrl-C alone then.
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .inspect_err(|error| tracing::warn!(%error, "cannot listen for SIGTERM"))
+            .ok();
+        Self {
+            #[cfg(unix)]
+            term,
+        }
+    }
+
+    /// The next one's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        let term = async {
+            match &mut self.term {
+                Some(term) => term.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupt",
+            _ = term => "SIGTERM",
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! The binary's offline commands that have no suite of their own: `flowgate crd`.
+//! The binary's offline commands that have no suite of their own: `flowgate crd`, and how
+//! the offline commands write to a pipe.
 
 use std::process::Command;
 
@@ -36,4 +37,28 @@ fn crd_writes_the_committed_files_into_a_directory_it_creates() {
         stderr.contains(&format!("creating {}", file.join("crds").display())),
         "{stderr}"
     );
+}
+
+/// `flowgate crd | head` and `flowgate check … | head`: a reader that stops early is not a
+/// failure (Rust ignores SIGPIPE, and `print!` would panic with exit 101).
+#[test]
+fn a_reader_that_stops_early_is_not_a_failure() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for args in [
+        vec!["crd"],
+        vec!["check", examples.to_str().expect("utf-8 path")],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("flowgate runs");
+        // Nothing read: the pipe's reader is gone before the first write.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("flowgate ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }

@@ -308,6 +308,39 @@ async fn sigterm_with_a_shutdown_delay_serves_on_unready_then_drains_and_exits()
     .expect("bounded to 60 s");
 }
 
+/// A second SIGTERM (an operator who does not want to wait) ends the process at once, however
+/// long the shutdown would still take.
+#[tokio::test]
+async fn a_second_sigterm_exits_at_once() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
+        let team = Team::with_fake_flowise("process-twice").await;
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+        let delay = ("FLOWGATE_SHUTDOWN_DELAY", "60s");
+        let kubeconfig = std::path::Path::new(&kubeconfig);
+        let mut gate = spawn_with(&fake.url, kubeconfig, &[delay]).await;
+        let (id, alice) = (team.flowise_id.clone(), team.alice());
+        eventually(&gate.base, &alice, &id, 200).await;
+
+        gate.child.sigterm();
+        let readyz = format!("{}/readyz", gate.ops);
+        support::eventually(5, "/readyz answers 503 once signalled", || async {
+            let resp = reqwest::get(&readyz).await.ok()?;
+            (resp.status() == 503).then_some(())
+        })
+        .await;
+        gate.child.sigterm();
+        let status = gate
+            .child
+            .exited(10, "flowgate after a second SIGTERM")
+            .await;
+        assert_eq!(status.code(), Some(143), "exit status {status}");
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
 /// Decision lines in a log file (`decision="allow"` and the like).
 fn decisions(log: &std::path::Path) -> usize {
     std::fs::read_to_string(log)
