@@ -273,6 +273,18 @@ impl TryFrom<&Chatflow> for ChatflowRule {
                 && c.reason == crd::conditions::reason::NOT_FOUND_IN_FLOWISE
         });
         let flowise_id = flowise_id(&source, &status);
+        // Ready for the id the spec names, not one it named before: after an edit of
+        // `flowiseId` the old Ready stands until the controller has checked the new id (its
+        // status then carries it), and forwarding meanwhile would reach a chatflow nothing
+        // checked, with the old check's key binding.
+        let checked = match &source {
+            ChatflowSource::Id(id) => status
+                .flowise_id
+                .as_deref()
+                .is_some_and(|found| found.eq_ignore_ascii_case(id)),
+            _ => true,
+        };
+        let ready = checked && crd::conditions::is_true(&status.conditions, crd::conditions::READY);
         let flow_type = status.flow_type.clone().or_else(|| match &source {
             ChatflowSource::Definition(def) => Some(def.flow_type.as_str().to_string()),
             _ => None,
@@ -284,7 +296,7 @@ impl TryFrom<&Chatflow> for ChatflowRule {
             flowise_name: status.flowise_name,
             flow_type,
             deployed: status.deployed,
-            ready: crd::conditions::is_true(&status.conditions, crd::conditions::READY),
+            ready,
             gone_from_flowise,
             suspended: cf.spec.suspended,
             api_key: cf.spec.api_key_secret_ref.clone(),

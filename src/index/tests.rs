@@ -340,6 +340,34 @@ fn a_chatflow_without_a_ready_status_is_indexed_but_not_ready() {
 }
 
 #[test]
+fn a_ready_status_for_another_id_than_the_spec_names_is_not_ready() {
+    // `flowiseId` edited from SUPPORT to FAQ; the controller has not checked FAQ yet.
+    let edited = parse::<Chatflow>(&format!(
+        "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: support-bot, namespace: team-a}}\n\
+         spec: {{flowiseId: {FAQ}}}\n\
+         status: {{flowiseId: {SUPPORT}, type: CHATFLOW, conditions: [{{type: Ready, status: 'True', reason: Synced, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}}]}}\n"
+    ));
+    let snap = compile(&Resources {
+        chatflows: vec![edited],
+        ..Default::default()
+    });
+    let cf = snap.chatflow_by_flowise_id(FAQ).expect("claims the new id");
+    assert!(!cf.rule.ready, "the new id was never checked");
+    // Checked (the status names it, in any case): ready.
+    let checked = compile(&Resources {
+        chatflows: vec![chatflow("team-a", "support-bot", &FAQ.to_ascii_uppercase())],
+        ..Default::default()
+    });
+    assert!(
+        checked
+            .chatflow_by_flowise_id(FAQ)
+            .expect("indexed")
+            .rule
+            .ready
+    );
+}
+
+#[test]
 fn a_status_id_found_by_an_older_flowise_name_is_not_used() {
     let adopted = |spec_name: &str| {
         parse::<Chatflow>(&format!(
