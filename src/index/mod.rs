@@ -391,6 +391,11 @@ pub fn compile(resources: &Resources) -> Snapshot {
     }
 
     for policy in &resources.policies {
+        // Deleted, held only by another tool's finalizer: it neither charges nor refuses, as
+        // an access being deleted grants nothing.
+        if policy.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
         let rule = match PolicyRule::try_from(policy.as_ref()) {
             Ok(rule) => Arc::new(rule),
             Err(error) => {

@@ -304,3 +304,28 @@ fn the_snapshot_knows_whether_some_valid_policy_prices_tokens() {
     ));
     assert!(compile(&res).prices_tokens());
 }
+
+#[test]
+fn a_policy_being_deleted_neither_charges_nor_refuses_while_a_finalizer_keeps_it() {
+    let mut res = team_a();
+    let deleting = |body: &str| {
+        let mut object = (*policy("team-a", "going", body)).clone();
+        object.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+        object.metadata.finalizers = Some(vec!["backup.example.com/keep".into()]);
+        Arc::new(object)
+    };
+    res.policies = vec![
+        deleting("  chatflows: ['*']\n  budget: {credits: 10, period: Monthly}\n"),
+        // Invalid too (no such time zone): it would refuse under FLOWGATE_INVALID_POLICIES=refuse.
+        deleting(
+            "  chatflows: ['*']\n  budget: {credits: 5, period: Daily, timeZone: Europe/Pariss}\n",
+        ),
+    ];
+    let snap = compile(&res);
+    let support = snap.chatflow_by_flowise_id(SUPPORT).expect("support");
+    let alice = ["alice@example.com".to_string()];
+    assert!(snap.policies_for(&user(&alice), support).is_empty());
+    assert!(snap.policy_rules().is_empty());
+    assert!(snap.invalid_policy_for(&user(&alice), support).is_none());
+}
