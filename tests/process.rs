@@ -308,6 +308,81 @@ async fn sigterm_with_a_shutdown_delay_serves_on_unready_then_drains_and_exits()
     .expect("bounded to 60 s");
 }
 
+/// Until its index has loaded, flowgate answers every request that needs it 503
+/// `index_not_ready` (try again), not "no such chatflow" or "no access" as if for good: here the
+/// API server accepts connections and never answers, so the index never loads.
+#[tokio::test]
+async fn before_the_index_has_loaded_requests_are_told_to_try_again() {
+    flowgate::telemetry::install_crypto_provider();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = silent.local_addr().expect("address");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = silent.accept().await {
+                held.push(conn);
+            }
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\n\
+                 clusters: [{{name: s, cluster: {{server: 'https://{server}', insecure-skip-tls-verify: true}}}}]\n\
+                 users: [{{name: s, user: {{token: x}}}}]\n\
+                 contexts: [{{name: s, context: {{cluster: s, user: s}}}}]\ncurrent-context: s\n"
+            ),
+        )
+        .expect("kubeconfig");
+        let secret = dir.path().join("hs256");
+        std::fs::write(&secret, SECRET).expect("secret");
+        let (port, ops) = (free_port(), free_port());
+        let _child = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_flowgate"))
+                .args(["run", "--no-controller"])
+                .env("KUBECONFIG", &kubeconfig)
+                .env("FLOWGATE_FLOWISE_URL", "http://127.0.0.1:9")
+                .env("FLOWGATE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+                .env("FLOWGATE_OPS_ADDR", format!("127.0.0.1:{ops}"))
+                .env(
+                    "FLOWGATE_LEDGER_URL",
+                    format!("sqlite://{}", dir.path().join("ledger.db").display()),
+                )
+                .env("FLOWGATE_JWT_HS256_SECRET_FILE", &secret)
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("flowgate binary starts"),
+        );
+        let alice = support::gate::token("alice@example.com", json!({}));
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let answer = support::eventually(20, "the proxy answers", || async {
+            let resp = http
+                .get(format!("{base}/api/v1/chatflows"))
+                .bearer_auth(&alice)
+                .send()
+                .await
+                .ok()?;
+            let retry = resp.headers().get("retry-after").cloned();
+            Some((resp.status(), retry, resp.json::<serde_json::Value>().await.ok()?))
+        })
+        .await;
+        assert_eq!(answer.0, 503, "{answer:?}");
+        assert_eq!(answer.1.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
+        assert_eq!(answer.2["error"]["code"], "index_not_ready", "{answer:?}");
+        let ready = reqwest::get(format!("http://127.0.0.1:{ops}/readyz"))
+            .await
+            .expect("readyz");
+        assert_eq!(ready.status(), 503, "not ready either");
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
 /// A second SIGTERM (an operator who does not want to wait) ends the process at once, however
 /// long the shutdown would still take.
 #[tokio::test]

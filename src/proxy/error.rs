@@ -31,6 +31,8 @@ pub enum ProxyError {
     },
     #[error("the identity keys could not be loaded; try again")]
     KeysUnavailable,
+    #[error("flowgate has not loaded its chatflows and grants yet; try again")]
+    IndexNotReady,
     #[error(
         "the Kubernetes API server could not be asked whether it still accepts the ServiceAccount token; try again"
     )]
@@ -137,6 +139,7 @@ impl ProxyError {
             Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             InvalidToken { .. } => (StatusCode::UNAUTHORIZED, "invalid_token"),
             KeysUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "keys_unavailable"),
+            IndexNotReady => (StatusCode::SERVICE_UNAVAILABLE, "index_not_ready"),
             TokenReviewUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "token_review_unavailable"),
             ChatflowNotFound(_) => (StatusCode::NOT_FOUND, "chatflow_not_found"),
             Forbidden(_) | NoGrants => (StatusCode::FORBIDDEN, "forbidden"),
@@ -222,6 +225,7 @@ impl ProxyError {
                     .insert(ALLOW, HeaderValue::from_static(allow));
             }
             Self::KeysUnavailable
+            | Self::IndexNotReady
             | Self::TokenReviewUnavailable
             | Self::LedgerUnavailable
             | Self::ChatBusy => {

@@ -202,6 +202,12 @@ impl Proxy {
         }
         let identity = self.authenticate(&req).await?;
         let snapshot = self.snapshot.load();
+        // Before the first load the index is empty: every answer would say "no such chatflow"
+        // or "no access", as if for good (with --resources-dir nothing holds traffic back
+        // until then; in a cluster /readyz does).
+        if snapshot.compiled_at.is_none() {
+            return Err(ProxyError::IndexNotReady);
+        }
         let now = jiff::Timestamp::now();
         let caller = caller(&identity);
         match route {
