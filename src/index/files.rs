@@ -18,18 +18,17 @@ use jiff::Timestamp;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::rules::{ChatflowSource, chatflow_source};
 use super::watch::SnapshotHandle;
 use super::{Resources, Unreadable, compile};
-use crate::crd::conditions::{self, READY, reason};
 use crate::crd::lenient::read_as;
 use crate::crd::{self, schema};
-use crate::crd::{Chatflow, ChatflowStatus};
 use crate::flowise::{FlowiseApi, FlowiseChatflow};
 use crate::ops::Gate;
 
+mod resolve;
 pub mod walk;
 
+pub use resolve::{Holders, resolve};
 pub use walk::ResourcesDir;
 
 /// How soon a failed Flowise listing is tried again.
@@ -248,72 +247,6 @@ fn fingerprint(dir: &ResourcesDir) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
         .collect()
 }
 
-/// Fills each Chatflow's status from what Flowise holds, as the controller would. Of several
-/// claims on one Flowise chatflow the first defined (file order) holds it and the others are in
-/// Conflict, as a cluster's later claims are: adding one never takes the served one offline.
-pub fn resolve(
-    chatflows: &mut [Arc<Chatflow>],
-    flowise: Result<&[FlowiseChatflow], String>,
-    now: Timestamp,
-) {
-    let mut held: HashMap<String, String> = HashMap::new();
-    for cf in chatflows.iter_mut() {
-        let me = format!(
-            "{}/{}",
-            cf.metadata.namespace.as_deref().unwrap_or_default(),
-            cf.metadata.name.as_deref().unwrap_or_default()
-        );
-        let mut status = ChatflowStatus::default();
-        let generation = cf.metadata.generation;
-        let ready = |ok, why: &str, message: String| {
-            conditions::new(READY, ok, why, message, generation, now)
-        };
-        let condition = match (chatflow_source(&cf.spec), &flowise) {
-            (Err(e), _) => ready(false, reason::INVALID_SPEC, e.to_string()),
-            (Ok(ChatflowSource::Definition(_)), _) => ready(
-                false,
-                reason::INVALID_SPEC,
-                "owning a definition needs the controller and a cluster; use flowiseId or flowiseName with --resources-dir".into(),
-            ),
-            (Ok(_), Err(why)) => ready(false, reason::FLOWISE_UNREACHABLE, why.clone()),
-            (Ok(source), Ok(list)) => {
-                let found: Vec<&FlowiseChatflow> = match &source {
-                    ChatflowSource::Id(id) => list.iter().filter(|c| c.id.eq_ignore_ascii_case(id)).collect(),
-                    ChatflowSource::Name(name) => list.iter().filter(|c| &c.name == name).collect(),
-                    ChatflowSource::Definition(_) => Vec::new(),
-                };
-                match found.as_slice() {
-                    [one] => {
-                        status.flowise_id = Some(one.id.clone());
-                        status.flowise_name = Some(one.name.clone());
-                        status.flow_type =
-                            Some(one.flow_type.clone()).filter(|t| !t.is_empty());
-                        status.deployed = one.deployed;
-                        status.api_key_bound = Some(one.api_key_bound());
-                        status.last_sync_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
-                        let holder = held
-                            .entry(one.id.to_ascii_lowercase())
-                            .or_insert_with(|| me.clone());
-                        if *holder != me {
-                            ready(false, reason::CONFLICT, format!("Flowise chatflow {} is held by {holder}, defined first", one.id))
-                        } else if cf.spec.suspended {
-                            ready(false, reason::SUSPENDED, "suspended by its spec".into())
-                        } else {
-                            ready(true, reason::SYNCED, "found in Flowise".into())
-                        }
-                    }
-                    [] => ready(false, reason::NOT_FOUND_IN_FLOWISE, "no such chatflow in Flowise".into()),
-                    many => ready(false, reason::CONFLICT, format!("{} Flowise chatflows carry this name", many.len())),
-                }
-            }
-        };
-        status.conditions.push(condition);
-        let mut updated = (**cf).clone();
-        updated.status = Some(status);
-        *cf = Arc::new(updated);
-    }
-}
-
 /// Loads, resolves and publishes the directory's resources whenever a file changes and every
 /// `resync`; `ready` opens after the first publish.
 pub fn spawn(
@@ -332,6 +265,7 @@ pub fn spawn(
         let mut logged: BTreeMap<String, String> = BTreeMap::new();
         // The last listing Flowise gave: one failed listing must not take every chatflow away.
         let mut listed: Option<Vec<FlowiseChatflow>> = None;
+        let mut held = Holders::new();
         loop {
             // The file system is read on a blocking thread: a tree of many files, or a slow
             // mount, must not hold up a runtime thread every second.
@@ -368,7 +302,7 @@ pub fn spawn(
                     }
                 };
                 let now = Timestamp::now();
-                resolve(&mut resources.chatflows, list, now);
+                resolve(&mut resources, list, now, &mut held);
                 log_status_changes(&resources, &mut logged);
                 let mut snapshot = compile(&resources);
                 snapshot.compiled_at = Some(now);
@@ -419,7 +353,6 @@ fn log_status_changes(resources: &Resources, logged: &mut BTreeMap<String, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flowise::FlowiseApi;
     use crate::flowise::fake::FakeFlowise;
 
     fn write(dir: &Path, name: &str, text: &str) {
@@ -629,85 +562,6 @@ mod tests {
         assert!(kept.is_empty());
     }
 
-    fn chatflow(yaml_spec: &str) -> Arc<Chatflow> {
-        Arc::new(
-            serde_saphyr::from_str(&format!(
-                "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: c, namespace: n}}\nspec: {yaml_spec}\n"
-            ))
-            .expect("fixture"),
-        )
-    }
-
-    fn ready_reason(cf: &Chatflow) -> (String, String) {
-        let c = &cf.status.as_ref().expect("status").conditions[0];
-        (c.status.clone(), c.reason.clone())
-    }
-
-    #[tokio::test]
-    async fn chatflows_resolve_by_id_and_name_like_the_controller_would() {
-        let fake = FakeFlowise::default();
-        let support = fake.insert("Support Bot", "CHATFLOW", None);
-        fake.insert("Twin", "CHATFLOW", None);
-        fake.insert("Twin", "AGENTFLOW", None);
-        let list = fake.list().await.expect("list");
-        let mut cfs = vec![
-            chatflow(&format!("{{flowiseId: {support}}}")),
-            chatflow("{flowiseName: Support Bot}"),
-            chatflow("{flowiseName: Twin}"),
-            chatflow("{flowiseName: Nobody}"),
-            chatflow("{definition: {type: CHATFLOW, flowData: {nodes: []}}}"),
-            chatflow("{flowiseName: Support Bot, suspended: true}"),
-        ];
-        resolve(&mut cfs, Ok(&list), Timestamp::now());
-        let reasons: Vec<(String, String)> = cfs.iter().map(|c| ready_reason(c)).collect();
-        let expect = |s: &str, r: &str| (s.to_string(), r.to_string());
-        assert_eq!(
-            reasons,
-            vec![
-                expect("True", "Synced"),
-                expect("True", "Synced"),
-                expect("False", "Conflict"),
-                expect("False", "NotFoundInFlowise"),
-                expect("False", "InvalidSpec"),
-                expect("False", "Suspended"),
-            ]
-        );
-        assert_eq!(
-            cfs[1].status.as_ref().and_then(|s| s.flowise_id.clone()),
-            Some(support)
-        );
-        let snap = compile(&Resources {
-            chatflows: cfs,
-            ..Default::default()
-        });
-        assert!(snap.chatflow_by_name("n", "c").is_some());
-    }
-
-    #[tokio::test]
-    async fn a_second_claim_on_a_served_chatflow_is_a_conflict_not_an_outage() {
-        let fake = FakeFlowise::default();
-        let support = fake.insert("Support Bot", "CHATFLOW", None);
-        let list = fake.list().await.expect("list");
-        let named = |ns: &str, spec: &str| {
-            let mut cf = (*chatflow(spec)).clone();
-            cf.metadata.namespace = Some(ns.into());
-            Arc::new(cf)
-        };
-        let mut cfs = vec![
-            named("team-a", &format!("{{flowiseId: {support}}}")),
-            named("team-b", "{flowiseName: Support Bot}"),
-        ];
-        resolve(&mut cfs, Ok(&list), Timestamp::now());
-        assert_eq!(ready_reason(&cfs[0]), ("True".into(), "Synced".into()));
-        assert_eq!(ready_reason(&cfs[1]), ("False".into(), "Conflict".into()));
-        let snap = compile(&Resources {
-            chatflows: cfs,
-            ..Default::default()
-        });
-        let served = snap.chatflow_by_flowise_id(&support).expect("still served");
-        assert_eq!(served.rule.namespace, "team-a");
-    }
-
     #[test]
     fn a_second_definition_of_an_object_is_skipped_and_reported() {
         let dir = tempfile::tempdir().expect("dir");
@@ -779,15 +633,5 @@ mod tests {
         published.changed().await.expect("publisher alive");
         assert!(ready(&handle), "still served from the last listing");
         shutdown.cancel();
-    }
-
-    #[tokio::test]
-    async fn flowise_down_makes_chatflows_unavailable_not_invalid() {
-        let mut cfs = vec![chatflow("{flowiseName: Support Bot}")];
-        resolve(&mut cfs, Err("connection refused".into()), Timestamp::now());
-        assert_eq!(
-            ready_reason(&cfs[0]),
-            ("False".into(), "FlowiseUnreachable".into())
-        );
     }
 }
