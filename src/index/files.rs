@@ -104,6 +104,19 @@ pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, 
                     docs.clone()
                 }
                 None => {
+                    // Never read whole (since this process started): what it holds is unknown.
+                    // If it may hold a CreditPolicy, that policy is counted invalid where it
+                    // would have charged, as one that does not parse (so that
+                    // FLOWGATE_INVALID_POLICIES=refuse refuses rather than serving free).
+                    for namespace in policy_namespaces(&path) {
+                        resources.unreadable.push(Unreadable {
+                            kind: "CreditPolicy",
+                            namespace,
+                            name: path.display().to_string(),
+                            error: problem.clone(),
+                            claim: None,
+                        });
+                    }
                     problems.push(problem);
                     continue;
                 }
@@ -160,6 +173,16 @@ pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, 
                 problems.push(format!(
                     "{at}: kind '{kind}' is not a flowgate resource; skipped"
                 ));
+                // A misspelt CreditPolicy (`Creditpolicy`) is a policy that does not parse.
+                if kind.to_ascii_lowercase().contains("polic") {
+                    resources.unreadable.push(Unreadable {
+                        kind: "CreditPolicy",
+                        namespace: key.1.clone(),
+                        name: key.2.clone(),
+                        error: format!("kind '{kind}' is not a flowgate resource"),
+                        claim: None,
+                    });
+                }
                 continue;
             };
             // What an API server would refuse is refused here too: without one, `subjects: []`
@@ -217,6 +240,38 @@ pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, 
         }
     }
     (resources, problems)
+}
+
+/// The namespaces a file that does not parse may hold CreditPolicies in: none unless it names
+/// `CreditPolicy` somewhere, else every `namespace:` value it names (block or flow style), or `default`
+/// (where an object without one lands) when it names none. Over-inclusive on purpose: each is
+/// only refused, and only under `FLOWGATE_INVALID_POLICIES=refuse`.
+fn policy_namespaces(path: &Path) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    if !text.contains("CreditPolicy") {
+        return Vec::new();
+    }
+    let mut namespaces: Vec<String> = text
+        .split("namespace:")
+        .skip(1)
+        .filter_map(|after| {
+            let value = after.trim_start();
+            let end = value
+                .find(|c: char| c == ',' || c == '}' || c.is_whitespace())
+                .unwrap_or(value.len());
+            let value = value[..end].trim_matches(['"', '\'']);
+            (!value.is_empty()).then(|| value.to_string())
+        })
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    if namespaces.is_empty() {
+        namespaces.push("default".into());
+    }
+    namespaces
 }
 
 /// The YAML documents of one file, or why it cannot be read.
@@ -560,6 +615,52 @@ mod tests {
         let (res, _) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
         assert!(res.policies.is_empty());
         assert!(kept.is_empty());
+    }
+
+    /// A policy file that has not parsed since the process started (a restart with a typo in
+    /// it), or a policy whose kind is misspelt, is a CreditPolicy that does not parse: counted
+    /// invalid in the namespaces it names, so that FLOWGATE_INVALID_POLICIES=refuse refuses
+    /// rather than serving free.
+    #[test]
+    fn a_policy_file_never_read_whole_counts_as_an_invalid_policy() {
+        let dir = tempfile::tempdir().expect("dir");
+        write(
+            dir.path(),
+            "bots.yaml",
+            "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {name: bot, namespace: team}\nspec: {flowiseName: Bot}\n---\n\
+             apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {name: bot, namespace: other}\nspec: {flowiseName: Other}\n",
+        );
+        write(
+            dir.path(),
+            "budgets.yaml",
+            "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: p, namespace: team}\n\tspec: [unclosed\n",
+        );
+        write(
+            dir.path(),
+            "typo.yaml",
+            "apiVersion: flowgate.io/v1alpha1\nkind: Creditpolicy\nmetadata:\n  name: q\n  namespace: third\nspec: {}\n",
+        );
+        write(dir.path(), "notes.yaml", "title: [unclosed\n");
+        let (res, problems) =
+            load_keeping(&ResourcesDir::flat(dir.path()), &mut LastReadable::new());
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let mut invalid: Vec<(&str, &str)> = res
+            .unreadable
+            .iter()
+            .map(|u| (u.kind, u.namespace.as_str()))
+            .collect();
+        invalid.sort();
+        assert_eq!(
+            invalid,
+            [("CreditPolicy", "team"), ("CreditPolicy", "third")],
+            "a file that names no CreditPolicy is no policy"
+        );
+        let snap = compile(&res);
+        let caller = crate::index::Caller::default();
+        let team = snap.chatflow_by_name("team", "bot").expect("team's bot");
+        let other = snap.chatflow_by_name("other", "bot").expect("other's bot");
+        assert!(snap.invalid_policy_for(&caller, team).is_some());
+        assert!(snap.invalid_policy_for(&caller, other).is_none());
     }
 
     #[test]
