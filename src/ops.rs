@@ -30,6 +30,11 @@ impl Gate {
     pub fn open(&self) {
         self.0.store(true, Ordering::Release);
     }
+
+    /// Marks the component not ready (again).
+    pub fn close(&self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Health {

@@ -359,10 +359,19 @@ pub fn spawn(
                 let now = Timestamp::now();
                 resolve(&mut resources, list, now, &mut held);
                 log_status_changes(&resources, &mut logged);
-                let mut snapshot = compile(&resources);
-                snapshot.compiled_at = Some(now);
-                publisher.publish(snapshot);
-                ready.open();
+                match blocking(move || compile(&resources)).await {
+                    Some(mut snapshot) => {
+                        snapshot.compiled_at = Some(now);
+                        publisher.publish(snapshot);
+                        ready.open();
+                    }
+                    // A bug (logged). Fail closed, as the cluster's index does: the last
+                    // snapshot may grant what the files no longer do.
+                    None => {
+                        publisher.publish(super::Snapshot::default());
+                        ready.close();
+                    }
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -377,7 +386,7 @@ pub fn spawn(
 async fn blocking<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     tokio::task::spawn_blocking(read)
         .await
-        .inspect_err(|error| tracing::error!(%error, "reading the resources directory failed"))
+        .inspect_err(|error| tracing::error!(%error, "loading the resources directory failed"))
         .ok()
 }
 

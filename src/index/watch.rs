@@ -163,17 +163,23 @@ pub fn spawn(
                 let notified = dirty.notified();
                 let started = std::time::Instant::now();
                 let resources = stores.resources();
-                let mut snapshot = match tokio::task::spawn_blocking(move || compile(&resources))
-                    .await
+                let snapshot = match tokio::task::spawn_blocking(move || compile(&resources)).await
                 {
-                    Ok(snapshot) => snapshot,
+                    Ok(mut snapshot) => {
+                        snapshot.compiled_at = Some(jiff::Timestamp::now());
+                        snapshot
+                    }
                     Err(error) => {
-                        // A bug; the last snapshot keeps serving, and /readyz says nothing.
-                        tracing::error!(%error, "index compile failed; the index stops updating");
-                        return;
+                        // A bug. Fail closed: the last snapshot may grant what has since been
+                        // revoked, so none is served (503 index_not_ready) and /readyz says so;
+                        // the next change is compiled again.
+                        tracing::error!(%error, "index compile failed; refusing until a compile succeeds");
+                        ready.close();
+                        handle.publish(Snapshot::default());
+                        notified.await;
+                        continue;
                     }
                 };
-                snapshot.compiled_at = Some(jiff::Timestamp::now());
                 tracing::debug!(elapsed = ?started.elapsed(), chatflows = snapshot.chatflows().len(), "index recompiled");
                 handle.publish(snapshot);
                 ready.open();
