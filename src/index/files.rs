@@ -287,17 +287,58 @@ fn str_at(doc: &Value, pointer: &str) -> String {
         .to_string()
 }
 
+/// One file as the poll sees it.
+#[derive(Debug, PartialEq, Eq)]
+struct FileState {
+    path: PathBuf,
+    modified: Option<SystemTime>,
+    len: u64,
+    /// The inode on Unix: a file written anew and renamed into place (editors, a ConfigMap
+    /// mount's swap) is another file even at the same time and length.
+    inode: u64,
+    /// A hash of the content while the file is recent (modified in the last [`RECENT`]): two
+    /// same-length edits within the file system's time granularity, the poll between them,
+    /// differ in content only.
+    recent: u64,
+}
+
+/// How long after its modification a file's content is part of its fingerprint.
+const RECENT: Duration = Duration::from_secs(3);
+
 /// What the directory looks like now: changes when a file is added, removed or written.
-fn fingerprint(dir: &ResourcesDir) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+fn fingerprint(dir: &ResourcesDir) -> Vec<FileState> {
+    let now = SystemTime::now();
     dir.yaml_files()
         .map(|found| found.files)
         .unwrap_or_default()
         .into_iter()
-        .map(|p| {
-            let meta = std::fs::metadata(&p).ok();
+        .map(|path| {
+            let meta = std::fs::metadata(&path).ok();
             let modified = meta.as_ref().and_then(|m| m.modified().ok());
-            let len = meta.map(|m| m.len()).unwrap_or(0);
-            (p, modified, len)
+            let len = meta.as_ref().map_or(0, std::fs::Metadata::len);
+            #[cfg(unix)]
+            let inode = meta.as_ref().map_or(0, std::os::unix::fs::MetadataExt::ino);
+            #[cfg(not(unix))]
+            let inode = 0;
+            let is_recent =
+                modified.is_none_or(|at| now.duration_since(at).map_or(true, |age| age < RECENT));
+            let recent = if is_recent {
+                std::fs::read(&path).map_or(0, |bytes| {
+                    use std::hash::{Hash, Hasher};
+                    let mut hasher = std::hash::DefaultHasher::new();
+                    bytes.hash(&mut hasher);
+                    hasher.finish()
+                })
+            } else {
+                0
+            };
+            FileState {
+                path,
+                modified,
+                len,
+                inode,
+                recent,
+            }
         })
         .collect()
 }
@@ -670,6 +711,32 @@ mod tests {
         let other = snap.chatflow_by_name("other", "bot").expect("other's bot");
         assert!(snap.invalid_policy_for(&caller, team).is_some());
         assert!(snap.invalid_policy_for(&caller, other).is_none());
+    }
+
+    /// `user: alice` → `user: bobby` written in place within the file system's time
+    /// granularity: same length, same modification time, same inode. The content tells.
+    #[test]
+    fn a_same_length_edit_in_the_same_instant_changes_the_fingerprint() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("access.yaml");
+        write(dir.path(), "access.yaml", "user: alice\n");
+        let at = std::fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        let before = fingerprint(&ResourcesDir::flat(dir.path()));
+        write(dir.path(), "access.yaml", "user: bobby\n");
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .and_then(|f| f.set_modified(at))
+            .expect("set the time back");
+        let after = fingerprint(&ResourcesDir::flat(dir.path()));
+        assert_eq!(after[0].modified, Some(at));
+        assert_eq!(
+            (after[0].len, after[0].inode),
+            (before[0].len, before[0].inode)
+        );
+        assert_ne!(after, before);
     }
 
     #[test]
