@@ -313,11 +313,26 @@ impl Config {
                 "set without FLOWGATE_TOKEN_CLIENT_ID, the client whose secret it is",
             ));
         }
+        let listen_addr = socket_addr("FLOWGATE_LISTEN_ADDR", &args.listen_addr)?;
+        let ops_addr = socket_addr("FLOWGATE_OPS_ADDR", &args.ops_addr)?;
+        // One port for both would fail at the second bind, after the ledger was opened, with
+        // an error that names neither setting.
+        if !args.no_proxy && listen_addr.port() != 0 && listen_addr.port() == ops_addr.port() {
+            let wildcard = |a: &SocketAddr| a.ip().is_unspecified();
+            if listen_addr.ip() == ops_addr.ip() || wildcard(&listen_addr) || wildcard(&ops_addr) {
+                return Err(invalid(
+                    "FLOWGATE_OPS_ADDR",
+                    format!(
+                        "{ops_addr} is the proxy's port too (FLOWGATE_LISTEN_ADDR {listen_addr})"
+                    ),
+                ));
+            }
+        }
         Ok(Self {
             flowise_url: url("FLOWGATE_FLOWISE_URL", &args.flowise_url)?,
             flowise_api_key_file: args.flowise_api_key_file,
-            listen_addr: socket_addr("FLOWGATE_LISTEN_ADDR", &args.listen_addr)?,
-            ops_addr: socket_addr("FLOWGATE_OPS_ADDR", &args.ops_addr)?,
+            listen_addr,
+            ops_addr,
             ledger: LedgerUrl::parse(&args.ledger_url)?,
             ledger_retention: non_empty(args.ledger_retention)
                 .map(|raw| retention("FLOWGATE_LEDGER_RETENTION", &raw))

@@ -135,6 +135,24 @@ fn a_value_that_does_not_parse_is_quoted_without_its_password() {
 fn a_bad_value_names_its_setting() {
     let cases: &[(&[&str], &str)] = &[
         (&["--listen-addr", "localhost"], "FLOWGATE_LISTEN_ADDR"),
+        (
+            &[
+                "--listen-addr",
+                "127.0.0.1:8080",
+                "--ops-addr",
+                "127.0.0.1:8080",
+            ],
+            "FLOWGATE_OPS_ADDR",
+        ),
+        (
+            &[
+                "--listen-addr",
+                "0.0.0.0:9090",
+                "--ops-addr",
+                "127.0.0.1:9090",
+            ],
+            "FLOWGATE_OPS_ADDR",
+        ),
         (&["--ledger-url", "mysql://x"], "FLOWGATE_LEDGER_URL"),
         (&["--ledger-url", "sqlite://"], "FLOWGATE_LEDGER_URL"),
         (
