@@ -1,8 +1,14 @@
-//! Real `flowgate` processes in tests: a child killed (SIGKILL) and reaped when dropped, and
-//! free loopback ports to give it.
+//! Real `flowgate` processes in tests: a child killed (SIGKILL) and reaped when dropped, free
+//! loopback ports to give it, and the binary started as the process tests start it (proxy only,
+//! against a given Flowise and API server, waited for until ready).
 
 use std::ops::{Deref, DerefMut};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::gate::SECRET;
 
 /// A child process that is killed and reaped when dropped (a failing test leaves none behind).
 pub struct KillOnDrop(pub Child);
@@ -84,4 +90,136 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// A flowgate process; killed when dropped.
+pub struct Process {
+    pub child: KillOnDrop,
+    pub base: String,
+    pub ops: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the binary (proxy only) against `flowise_url` with `kubeconfig`; waits until ready.
+pub async fn spawn(flowise_url: &str, kubeconfig: &std::path::Path) -> Process {
+    spawn_with(flowise_url, kubeconfig, &[]).await
+}
+
+/// Like [`spawn`], with `extra_env` set.
+pub async fn spawn_with(
+    flowise_url: &str,
+    kubeconfig: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> Process {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    launch(flowise_url, kubeconfig, &ledger, dir, None, extra_env).await
+}
+
+/// Like [`spawn`], with the ledger at `ledger_url` (which may outlive the process).
+pub async fn spawn_on(
+    flowise_url: &str,
+    kubeconfig: &std::path::Path,
+    ledger_url: &str,
+    dir: tempfile::TempDir,
+) -> Process {
+    launch(flowise_url, kubeconfig, ledger_url, dir, None, &[]).await
+}
+
+/// Like [`spawn`], logging at `info` (every decision) to the file `log`.
+pub async fn spawn_logging(
+    flowise_url: &str,
+    kubeconfig: &std::path::Path,
+    log: &std::path::Path,
+) -> Process {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    launch(flowise_url, kubeconfig, &ledger, dir, Some(log), &[]).await
+}
+
+pub async fn launch(
+    flowise_url: &str,
+    kubeconfig: &std::path::Path,
+    ledger_url: &str,
+    dir: tempfile::TempDir,
+    log: Option<&std::path::Path>,
+    extra_env: &[(&str, &str)],
+) -> Process {
+    let secret = dir.path().join("hs256");
+    std::fs::write(&secret, SECRET).expect("secret");
+    let (port, ops) = (free_port(), free_port());
+    let (filter, stderr) = match log {
+        Some(log) => (
+            "info",
+            Stdio::from(std::fs::File::create(log).expect("log file")),
+        ),
+        None => ("error", Stdio::inherit()),
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["run", "--no-controller"])
+        .env("KUBECONFIG", kubeconfig)
+        .env("FLOWGATE_FLOWISE_URL", flowise_url)
+        .env("FLOWGATE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("FLOWGATE_OPS_ADDR", format!("127.0.0.1:{ops}"))
+        .env("FLOWGATE_LEDGER_URL", ledger_url)
+        .env("FLOWGATE_JWT_HS256_SECRET_FILE", &secret)
+        .env("RUST_LOG", filter)
+        .envs(extra_env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("flowgate binary starts");
+    let process = Process {
+        child: KillOnDrop(child),
+        base: format!("http://127.0.0.1:{port}"),
+        ops: format!("http://127.0.0.1:{ops}"),
+        _dir: dir,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(resp) = reqwest::get(format!("{}/readyz", process.ops)).await
+            && resp.status().is_success()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flowgate never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    process
+}
+
+/// A prediction's status (0 when no answer came within 5 s).
+pub async fn predict(base: &str, bearer: &str, id: &str) -> u16 {
+    predict_with(&reqwest::Client::new(), base, bearer, id).await
+}
+
+/// [`predict`] on `http`'s connections.
+pub async fn predict_with(http: &reqwest::Client, base: &str, bearer: &str, id: &str) -> u16 {
+    http.post(format!("{base}/api/v1/prediction/{id}"))
+        .bearer_auth(bearer)
+        .json(&json!({"question": "ping"}))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Predicts until `base` answers `want` (20 s at most).
+pub async fn eventually(base: &str, bearer: &str, id: &str, want: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = predict(base, bearer, id).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status {status}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -1,0 +1,355 @@
+//! The resources directory's own tests: loading, what a broken file keeps, the fingerprint.
+
+use super::*;
+use crate::flowise::fake::FakeFlowise;
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).expect("write fixture");
+}
+
+#[test]
+fn multi_document_files_load_and_bad_documents_are_reported_not_fatal() {
+    let dir = tempfile::tempdir().expect("dir");
+    write(
+        dir.path(),
+        "team.yaml",
+        "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {name: a}\nspec: {flowiseName: A}\n---\n\
+        apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {name: r, namespace: team}\nspec: {chatflows: ['*'], subjects: [{user: u}]}\n---\n\
+        apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\n\
+        apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: p}\nspec: {chatflows: ['*'], budget: {credits: -5, period: Daily}}\n",
+    );
+    write(dir.path(), "broken.yml", "kind: [unclosed\n");
+    write(dir.path(), "notes.txt", "ignored");
+    // What an API server would refuse (its CRD's `minItems`) is not served either.
+    write(
+        dir.path(),
+        "bounds.yaml",
+        "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {name: none, namespace: team}\nspec: {chatflows: ['*'], subjects: []}\n",
+    );
+    // The unreadable policy is its definition: this one, read later, is a second one.
+    write(
+        dir.path(),
+        "z.yaml",
+        "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: p}\nspec: {chatflows: ['*'], budget: {credits: 5, period: Daily}}\n",
+    );
+    let (res, problems) = load(dir.path());
+    assert_eq!(res.chatflows.len(), 1);
+    assert_eq!(
+        res.chatflows[0].metadata.namespace.as_deref(),
+        Some("default")
+    );
+    assert_eq!(res.accesses.len(), 1);
+    assert_eq!(res.policies.len(), 0, "a negative budget does not parse");
+    // The ConfigMap beside them is no one's problem.
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    assert!(problems[3].contains("already defined"), "{problems:?}");
+    // ... and is kept as unreadable, so that the index counts it (and may refuse).
+    let unreadable: Vec<_> = res
+        .unreadable
+        .iter()
+        .map(|u| (u.kind, u.namespace.as_str(), u.name.as_str()))
+        .collect();
+    assert_eq!(
+        unreadable,
+        vec![
+            ("ChatflowAccess", "team", "none"),
+            ("CreditPolicy", "default", "p")
+        ]
+    );
+    assert_eq!(
+        res.unreadable[0].error,
+        ".spec.subjects: must have at least 1 item (has 0)"
+    );
+    assert!(
+        res.unreadable[1].error.contains("-5"),
+        "{:?}",
+        res.unreadable[1]
+    );
+}
+
+#[test]
+fn recursive_reads_the_subdirectories_and_names_a_link_out_of_the_tree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let access = |name: &str| {
+        format!(
+            "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {{name: {name}, namespace: t}}\nspec:\n  chatflows: [bot]\n  subjects: [{{user: u}}]\n"
+        )
+    };
+    write(dir.path(), "top.yaml", &access("top"));
+    std::fs::create_dir_all(dir.path().join("teams/a")).expect("mkdir");
+    write(&dir.path().join("teams/a"), "grant.yaml", &access("nested"));
+    let outside = tempfile::tempdir().expect("tempdir");
+    write(outside.path(), "stray.yaml", &access("stray"));
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).expect("link");
+    let names = |dir: &ResourcesDir| {
+        let (res, problems) = load_keeping(dir, &mut LastReadable::new());
+        let mut names: Vec<String> = res
+            .accesses
+            .iter()
+            .map(|a| a.metadata.name.clone().unwrap_or_default())
+            .collect();
+        names.sort();
+        (names, problems)
+    };
+    let (flat, problems) = names(&ResourcesDir::flat(dir.path()));
+    assert_eq!(flat, ["top"]);
+    assert!(problems.is_empty(), "{problems:?}");
+    let (tree, problems) = names(&ResourcesDir {
+        path: dir.path().to_path_buf(),
+        recursive: true,
+    });
+    assert_eq!(tree, ["nested", "top"]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("leads out of"), "{problems:?}");
+}
+
+#[test]
+fn other_tools_objects_are_left_alone_and_wrong_api_versions_reported() {
+    let dir = tempfile::tempdir().expect("dir");
+    let access = |api_version: &str, name: &str| {
+        format!(
+            "apiVersion: {api_version}\nkind: ChatflowAccess\nmetadata: {{name: {name}, namespace: t}}\nspec: {{chatflows: ['*'], subjects: [{{user: u}}]}}\n"
+        )
+    };
+    write(
+        dir.path(),
+        "all.yaml",
+        &[
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n".to_string(),
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n".into(),
+            access("flowgate.io/v1", "a"),
+            access("flowgate/v1alpha1", "b"),
+            "kind: ChatflowAccess\nmetadata: {name: c}\n".into(),
+            "apiVersion: flowgate.io/v1alpha1\nkind: ChatFlow\nmetadata: {name: d}\n".into(),
+            access("flowgate.io/v1alpha1", "e"),
+        ]
+        .join("---\n"),
+    );
+    let (res, problems) = load(dir.path());
+    assert_eq!(res.accesses.len(), 1);
+    // Counted invalid, as objects that do not parse.
+    let unreadable: Vec<&str> = res.unreadable.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(unreadable, ["a", "b", "c"]);
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    for (problem, want) in problems.iter().zip([
+        "(document 3): invalid ChatflowAccess: apiVersion 'flowgate.io/v1'",
+        "(document 4): invalid ChatflowAccess: apiVersion 'flowgate/v1alpha1'",
+        "(document 5): invalid ChatflowAccess: apiVersion ''",
+        "(document 6): kind 'ChatFlow' is not a flowgate resource",
+    ]) {
+        assert!(problem.contains(want), "{want} not in {problem}");
+    }
+}
+
+#[test]
+fn an_object_named_only_by_generate_name_is_refused_without_an_api_server() {
+    let dir = tempfile::tempdir().expect("dir");
+    write(
+        dir.path(),
+        "gen.yaml",
+        "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {generateName: team-}\nspec: {chatflows: ['*'], subjects: [{user: u}]}\n",
+    );
+    let (res, _) = load(dir.path());
+    assert!(res.accesses.is_empty());
+    assert_eq!(res.unreadable.len(), 1);
+    assert!(
+        res.unreadable[0].error.contains("generateName"),
+        "{:?}",
+        res.unreadable[0]
+    );
+}
+
+#[test]
+fn a_file_that_stops_parsing_keeps_what_it_held_until_it_is_fixed_or_gone() {
+    let dir = tempfile::tempdir().expect("dir");
+    let budgets = "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: p, namespace: team}\n\
+                   spec: {chatflows: ['*'], budget: {credits: 5, period: Daily}}\n";
+    write(dir.path(), "budgets.yaml", budgets);
+    let mut kept = LastReadable::new();
+    let (res, problems) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
+    assert_eq!((res.policies.len(), problems.len()), (1, 0), "{problems:?}");
+    // Saved half edited: the budget stays, and the problem says so.
+    write(
+        dir.path(),
+        "budgets.yaml",
+        "kind: CreditPolicy\n\tspec: [unclosed\n",
+    );
+    let (res, problems) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
+    assert_eq!(
+        res.policies.len(),
+        1,
+        "the last readable budget stays in force"
+    );
+    assert_eq!(res.policies[0].spec.budget.credits, 5);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("stays in force"), "{problems:?}");
+    // Fixed: the new content counts.
+    write(
+        dir.path(),
+        "budgets.yaml",
+        &budgets.replace("credits: 5", "credits: 7"),
+    );
+    let (res, _) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
+    assert_eq!(res.policies[0].spec.budget.credits, 7);
+    // The directory cannot be listed for a moment (a mount between swaps): every file last
+    // read stays in force, rather than none.
+    let moved = dir.path().with_extension("away");
+    std::fs::rename(dir.path(), &moved).expect("move away");
+    let (res, problems) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
+    assert_eq!(res.policies.len(), 1, "{problems:?}");
+    assert_eq!(res.policies[0].spec.budget.credits, 7);
+    assert!(
+        problems[0].contains("cannot list the directory"),
+        "{problems:?}"
+    );
+    std::fs::rename(&moved, dir.path()).expect("move back");
+    // Removed: nothing is kept for it.
+    std::fs::remove_file(dir.path().join("budgets.yaml")).expect("remove");
+    let (res, _) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
+    assert!(res.policies.is_empty());
+    assert!(kept.is_empty());
+}
+
+/// A policy file that has not parsed since the process started (a restart with a typo in
+/// it), or a policy whose kind is misspelt, is a CreditPolicy that does not parse: counted
+/// invalid in the namespaces it names, so that FLOWGATE_INVALID_POLICIES=refuse refuses
+/// rather than serving free.
+#[test]
+fn a_policy_file_never_read_whole_counts_as_an_invalid_policy() {
+    let dir = tempfile::tempdir().expect("dir");
+    write(
+        dir.path(),
+        "bots.yaml",
+        "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {name: bot, namespace: team}\nspec: {flowiseName: Bot}\n---\n\
+         apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {name: bot, namespace: other}\nspec: {flowiseName: Other}\n",
+    );
+    write(
+        dir.path(),
+        "budgets.yaml",
+        "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: p, namespace: team}\n\tspec: [unclosed\n",
+    );
+    write(
+        dir.path(),
+        "typo.yaml",
+        "apiVersion: flowgate.io/v1alpha1\nkind: Creditpolicy\nmetadata:\n  name: q\n  namespace: third\nspec: {}\n",
+    );
+    write(dir.path(), "notes.yaml", "title: [unclosed\n");
+    let (res, problems) = load_keeping(&ResourcesDir::flat(dir.path()), &mut LastReadable::new());
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    let mut invalid: Vec<(&str, &str)> = res
+        .unreadable
+        .iter()
+        .map(|u| (u.kind, u.namespace.as_str()))
+        .collect();
+    invalid.sort();
+    assert_eq!(
+        invalid,
+        [("CreditPolicy", "team"), ("CreditPolicy", "third")],
+        "a file that names no CreditPolicy is no policy"
+    );
+    let snap = compile(&res);
+    let caller = crate::index::Caller::default();
+    let team = snap.chatflow_by_name("team", "bot").expect("team's bot");
+    let other = snap.chatflow_by_name("other", "bot").expect("other's bot");
+    assert!(snap.invalid_policy_for(&caller, team).is_some());
+    assert!(snap.invalid_policy_for(&caller, other).is_none());
+}
+
+/// `user: alice` → `user: bobby` written in place within the file system's time
+/// granularity: same length, same modification time, same inode. The content tells.
+#[test]
+fn a_same_length_edit_in_the_same_instant_changes_the_fingerprint() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("access.yaml");
+    write(dir.path(), "access.yaml", "user: alice\n");
+    let at = std::fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let before = fingerprint(&ResourcesDir::flat(dir.path()));
+    write(dir.path(), "access.yaml", "user: bobby\n");
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_modified(at))
+        .expect("set the time back");
+    let after = fingerprint(&ResourcesDir::flat(dir.path()));
+    assert_eq!(after[0].modified, Some(at));
+    assert_eq!(
+        (after[0].len, after[0].inode),
+        (before[0].len, before[0].inode)
+    );
+    assert_ne!(after, before);
+}
+
+#[test]
+fn a_second_definition_of_an_object_is_skipped_and_reported() {
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = |credits: u32| {
+        format!(
+            "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {{name: p, namespace: team}}\n\
+             spec: {{chatflows: ['*'], budget: {{credits: {credits}, period: Daily}}}}\n"
+        )
+    };
+    write(dir.path(), "a.yaml", &policy(10));
+    write(
+        dir.path(),
+        "b.yaml",
+        &format!("{}---\n{}", policy(20), policy(30)),
+    );
+    // Another kind, or another namespace, with the same name is another object.
+    write(
+        dir.path(),
+        "c.yaml",
+        "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {name: p, namespace: team}\nspec: {chatflows: ['*'], subjects: [{user: u}]}\n---\n\
+         apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: p, namespace: other}\nspec: {chatflows: ['*'], budget: {credits: 5, period: Daily}}\n",
+    );
+    let (res, problems) = load(dir.path());
+    let credits: Vec<u64> = res.policies.iter().map(|p| p.spec.budget.credits).collect();
+    assert_eq!(credits, vec![10, 5], "the first definition wins");
+    assert_eq!(res.accesses.len(), 1);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.contains("CreditPolicy team/p is already defined in")
+                && p.contains("a.yaml (document 1)")),
+        "{problems:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_flowise_listing_keeps_the_last_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    write(
+        dir.path(),
+        "bot.yaml",
+        "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {name: bot, namespace: team}\nspec: {flowiseName: Bot}\n",
+    );
+    let fake = Arc::new(FakeFlowise::default());
+    fake.insert("Bot", "CHATFLOW", None);
+    let health = crate::ops::Health::default();
+    let shutdown = CancellationToken::new();
+    let handle = spawn(
+        ResourcesDir::flat(dir.path()),
+        fake.clone(),
+        Duration::from_secs(600),
+        health.gate("resources"),
+        shutdown.clone(),
+    );
+    let mut published = handle.subscribe();
+    let ready = |handle: &SnapshotHandle| {
+        handle
+            .load()
+            .chatflow_by_name("team", "bot")
+            .is_some_and(|cf| cf.rule.ready)
+    };
+    while !ready(&handle) {
+        published.changed().await.expect("publisher alive");
+    }
+    fake.set_down(true);
+    // A file change reloads, and lists Flowise again.
+    write(dir.path(), "more.yaml", "# nothing yet\n");
+    published.changed().await.expect("publisher alive");
+    assert!(ready(&handle), "still served from the last listing");
+    shutdown.cancel();
+}

@@ -1,0 +1,202 @@
+//! The real flowgate binary starting and stopping: SIGTERM draining an in-flight stream, a
+//! shutdown delay served out unready, a second SIGTERM ending it at once, and requests before
+//! the index has loaded told to try again.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+
+use support::fake_flowise::{FakeFlowise, Mode};
+use support::gate::SECRET;
+use support::process::{KillOnDrop, eventually, free_port, predict, spawn, spawn_with};
+use support::team::Team;
+
+#[tokio::test]
+async fn sigterm_drains_an_in_flight_stream() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
+        let team = Team::with_fake_flowise("process-sigterm").await;
+        let fake = FakeFlowise::start(Mode::Stream {
+            tokens: 4,
+            gap: Duration::from_millis(400),
+        })
+        .await;
+        let mut gate = spawn(&fake.url, std::path::Path::new(&kubeconfig)).await;
+        let (id, alice) = (team.flowise_id.clone(), team.alice());
+        eventually(&gate.base, &alice, &id, 200).await;
+
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v1/prediction/{id}", gate.base))
+            .bearer_auth(&alice)
+            .json(&json!({"question": "slow", "streaming": true}))
+            .send()
+            .await
+            .expect("stream starts");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let mut text =
+            String::from_utf8_lossy(&body.next().await.expect("chunk").expect("chunk")).to_string();
+        gate.child.sigterm();
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("stream not cut")));
+        }
+        assert!(text.contains("[DONE]"), "stream drained to its end: {text}");
+        // The process exits by itself once drained.
+        let status = gate.child.exited(20, "flowgate after SIGTERM").await;
+        assert!(status.success(), "exit status {status}");
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+#[tokio::test]
+async fn sigterm_with_a_shutdown_delay_serves_on_unready_then_drains_and_exits() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
+        let team = Team::with_fake_flowise("process-delay").await;
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+        let delay = ("FLOWGATE_SHUTDOWN_DELAY", "5s");
+        let kubeconfig = std::path::Path::new(&kubeconfig);
+        let mut gate = spawn_with(&fake.url, kubeconfig, &[delay]).await;
+        let (id, alice) = (team.flowise_id.clone(), team.alice());
+        eventually(&gate.base, &alice, &id, 200).await;
+
+        gate.child.sigterm();
+        let signalled = tokio::time::Instant::now();
+        let readyz = format!("{}/readyz", gate.ops);
+        support::eventually(5, "/readyz answers 503 once signalled", || async {
+            let resp = reqwest::get(&readyz).await.ok()?;
+            (resp.status() == 503).then_some(resp.text().await.ok()?)
+        })
+        .await;
+        // Out of the load balancers, still serving: a new connection is answered.
+        assert_eq!(predict(&gate.base, &alice, &id).await, 200);
+        assert!(
+            gate.child.try_wait().expect("wait").is_none(),
+            "still running"
+        );
+
+        let status = gate.child.exited(30, "flowgate after the delay").await;
+        assert!(status.success(), "exit status {status}");
+        assert!(
+            signalled.elapsed() >= Duration::from_secs(5),
+            "not before the delay"
+        );
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+/// Until its index has loaded, flowgate answers every request that needs it 503
+/// `index_not_ready` (try again), not "no such chatflow" or "no access" as if for good: here the
+/// API server accepts connections and never answers, so the index never loads.
+#[tokio::test]
+async fn before_the_index_has_loaded_requests_are_told_to_try_again() {
+    flowgate::telemetry::install_crypto_provider();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = silent.local_addr().expect("address");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = silent.accept().await {
+                held.push(conn);
+            }
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\n\
+                 clusters: [{{name: s, cluster: {{server: 'https://{server}', insecure-skip-tls-verify: true}}}}]\n\
+                 users: [{{name: s, user: {{token: x}}}}]\n\
+                 contexts: [{{name: s, context: {{cluster: s, user: s}}}}]\ncurrent-context: s\n"
+            ),
+        )
+        .expect("kubeconfig");
+        let secret = dir.path().join("hs256");
+        std::fs::write(&secret, SECRET).expect("secret");
+        let (port, ops) = (free_port(), free_port());
+        let _child = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_flowgate"))
+                .args(["run", "--no-controller"])
+                .env("KUBECONFIG", &kubeconfig)
+                .env("FLOWGATE_FLOWISE_URL", "http://127.0.0.1:9")
+                .env("FLOWGATE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+                .env("FLOWGATE_OPS_ADDR", format!("127.0.0.1:{ops}"))
+                .env(
+                    "FLOWGATE_LEDGER_URL",
+                    format!("sqlite://{}", dir.path().join("ledger.db").display()),
+                )
+                .env("FLOWGATE_JWT_HS256_SECRET_FILE", &secret)
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("flowgate binary starts"),
+        );
+        let alice = support::gate::token("alice@example.com", json!({}));
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let answer = support::eventually(20, "the proxy answers", || async {
+            let resp = http
+                .get(format!("{base}/api/v1/chatflows"))
+                .bearer_auth(&alice)
+                .send()
+                .await
+                .ok()?;
+            let retry = resp.headers().get("retry-after").cloned();
+            Some((resp.status(), retry, resp.json::<serde_json::Value>().await.ok()?))
+        })
+        .await;
+        assert_eq!(answer.0, 503, "{answer:?}");
+        assert_eq!(answer.1.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
+        assert_eq!(answer.2["error"]["code"], "index_not_ready", "{answer:?}");
+        let ready = reqwest::get(format!("http://127.0.0.1:{ops}/readyz"))
+            .await
+            .expect("readyz");
+        assert_eq!(ready.status(), 503, "not ready either");
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+/// A second SIGTERM (an operator who does not want to wait) ends the process at once, however
+/// long the shutdown would still take.
+#[tokio::test]
+async fn a_second_sigterm_exits_at_once() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
+        let team = Team::with_fake_flowise("process-twice").await;
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+        let delay = ("FLOWGATE_SHUTDOWN_DELAY", "60s");
+        let kubeconfig = std::path::Path::new(&kubeconfig);
+        let mut gate = spawn_with(&fake.url, kubeconfig, &[delay]).await;
+        let (id, alice) = (team.flowise_id.clone(), team.alice());
+        eventually(&gate.base, &alice, &id, 200).await;
+
+        gate.child.sigterm();
+        let readyz = format!("{}/readyz", gate.ops);
+        support::eventually(5, "/readyz answers 503 once signalled", || async {
+            let resp = reqwest::get(&readyz).await.ok()?;
+            (resp.status() == 503).then_some(())
+        })
+        .await;
+        gate.child.sigterm();
+        let status = gate
+            .child
+            .exited(10, "flowgate after a second SIGTERM")
+            .await;
+        assert_eq!(status.code(), Some(143), "exit status {status}");
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
