@@ -639,6 +639,23 @@ impl<'a> Charge<'a> {
     }
 }
 
+/// A reservation `id` made of `charges`, its buckets at `used_after` (in the same order): what
+/// is left of each policy.
+fn reserved<'c>(
+    id: i64,
+    charges: impl IntoIterator<Item = &'c Charge<'c>>,
+    used_after: impl IntoIterator<Item = i64>,
+) -> ReserveOutcome {
+    ReserveOutcome::Reserved {
+        id: ReservationId(id),
+        remaining: charges
+            .into_iter()
+            .zip(used_after)
+            .map(|(charge, used)| (charge.policy.to_string(), charge.remaining(used)))
+            .collect(),
+    }
+}
+
 /// An amount Flowise's answer decided (a settle's cost, its tokens): past 2^63 it is 2^63 - 1, as
 /// the bucket it is added to saturates there, rather than a settle refused and left to the sweep.
 fn saturated(value: u64) -> i64 {

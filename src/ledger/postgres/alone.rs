@@ -41,6 +41,8 @@ pub(super) async fn reserve_alone(
                 buckets,
                 outcome,
             })) => {
+                // Closed, not pooled: a transaction the server still holds open ends with it.
+                conn.open = true;
                 drop(conn);
                 if was_applied(pool, &error, id, &buckets, "reserve").await? {
                     return Ok(outcome);
@@ -75,6 +77,8 @@ pub(super) async fn adjust(
                 buckets,
                 outcome,
             }) => {
+                // Closed, not pooled: a transaction the server still holds open ends with it.
+                conn.open = true;
                 drop(conn);
                 if was_applied(pool, &error, id, &buckets, "adjust").await? {
                     return Ok(outcome);
@@ -227,14 +231,7 @@ impl Conn {
                 }
             }
         }
-        let outcome = ReserveOutcome::Reserved {
-            id: ReservationId(id),
-            remaining: charges
-                .iter()
-                .zip(used_after)
-                .map(|(charge, used)| (charge.policy.to_string(), charge.remaining(used)))
-                .collect(),
-        };
+        let outcome = crate::ledger::reserved(id, charges, used_after);
         Ok(Some(match commit(tx).await? {
             Committed::Yes => Attempt::Done(outcome),
             Committed::Unknown(error) => Attempt::Unanswered {

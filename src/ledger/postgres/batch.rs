@@ -608,14 +608,7 @@ async fn reserve<'a>(
         for ((i, after), id) in segment.into_iter().zip(inserted) {
             let request = requests[i];
             outcomes[i] = Some(match (id, &request.idempotency_key) {
-                (Some(id), _) => ReserveOutcome::Reserved {
-                    id: ReservationId(id),
-                    remaining: charges[i]
-                        .iter()
-                        .zip(after)
-                        .map(|(charge, used)| (charge.policy.to_string(), charge.remaining(used)))
-                        .collect(),
-                },
+                (Some(id), _) => crate::ledger::reserved(id, &charges[i], after),
                 (None, Some(key)) => {
                     // Nothing was inserted: take the plan back (it was the segment's last).
                     for charge in &charges[i] {

@@ -161,14 +161,7 @@ pub(super) fn reserve(
             ])?;
         }
     }
-    Ok(ReserveOutcome::Reserved {
-        id: ReservationId(id),
-        remaining: charges
-            .iter()
-            .zip(used_after)
-            .map(|(charge, used)| (charge.policy.to_string(), charge.remaining(used)))
-            .collect(),
-    })
+    Ok(super::super::reserved(id, &charges, used_after))
 }
 
 pub(super) fn close(
