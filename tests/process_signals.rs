@@ -4,15 +4,13 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::json;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::SECRET;
-use support::process::{KillOnDrop, eventually, free_port, predict, spawn, spawn_with};
+use support::process::{eventually, predict, sigterm_until_unready, spawn, spawn_with, start};
 use support::team::Team;
 
 #[tokio::test]
@@ -122,28 +120,10 @@ async fn before_the_index_has_loaded_requests_are_told_to_try_again() {
             ),
         )
         .expect("kubeconfig");
-        let secret = dir.path().join("hs256");
-        std::fs::write(&secret, SECRET).expect("secret");
-        let (port, ops) = (free_port(), free_port());
-        let _child = KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_flowgate"))
-                .args(["run", "--no-controller"])
-                .env("KUBECONFIG", &kubeconfig)
-                .env("FLOWGATE_FLOWISE_URL", "http://127.0.0.1:9")
-                .env("FLOWGATE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-                .env("FLOWGATE_OPS_ADDR", format!("127.0.0.1:{ops}"))
-                .env(
-                    "FLOWGATE_LEDGER_URL",
-                    format!("sqlite://{}", dir.path().join("ledger.db").display()),
-                )
-                .env("FLOWGATE_JWT_HS256_SECRET_FILE", &secret)
-                .env("RUST_LOG", "error")
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("flowgate binary starts"),
-        );
+        let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+        let gate = start("http://127.0.0.1:9", &kubeconfig, &ledger, dir, None, &[]);
         let alice = support::gate::token("alice@example.com", json!({}));
-        let base = format!("http://127.0.0.1:{port}");
+        let base = gate.base.clone();
         let http = reqwest::Client::new();
         let answer = support::eventually(20, "the proxy answers", || async {
             let resp = http
@@ -159,7 +139,7 @@ async fn before_the_index_has_loaded_requests_are_told_to_try_again() {
         assert_eq!(answer.0, 503, "{answer:?}");
         assert_eq!(answer.1.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
         assert_eq!(answer.2["error"]["code"], "index_not_ready", "{answer:?}");
-        let ready = reqwest::get(format!("http://127.0.0.1:{ops}/readyz"))
+        let ready = reqwest::get(format!("{}/readyz", gate.ops))
             .await
             .expect("readyz");
         assert_eq!(ready.status(), 503, "not ready either");
@@ -182,13 +162,7 @@ async fn a_second_sigterm_exits_at_once() {
         let (id, alice) = (team.flowise_id.clone(), team.alice());
         eventually(&gate.base, &alice, &id, 200).await;
 
-        gate.child.sigterm();
-        let readyz = format!("{}/readyz", gate.ops);
-        support::eventually(5, "/readyz answers 503 once signalled", || async {
-            let resp = reqwest::get(&readyz).await.ok()?;
-            (resp.status() == 503).then_some(())
-        })
-        .await;
+        sigterm_until_unready(&gate).await;
         gate.child.sigterm();
         let status = gate
             .child

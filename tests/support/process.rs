@@ -137,7 +137,35 @@ pub async fn spawn_logging(
     launch(flowise_url, kubeconfig, &ledger, dir, Some(log), &[]).await
 }
 
+/// [`start`], then waits until `/readyz` says ready.
 pub async fn launch(
+    flowise_url: &str,
+    kubeconfig: &std::path::Path,
+    ledger_url: &str,
+    dir: tempfile::TempDir,
+    log: Option<&std::path::Path>,
+    extra_env: &[(&str, &str)],
+) -> Process {
+    let process = start(flowise_url, kubeconfig, ledger_url, dir, log, extra_env);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(resp) = reqwest::get(format!("{}/readyz", process.ops)).await
+            && resp.status().is_success()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flowgate never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    process
+}
+
+/// Starts the binary (`run --no-controller`, the HS256 secret [`SECRET`], free ports) without
+/// waiting for it; `log` gets its stderr at `info`, else errors go to the test's.
+pub fn start(
     flowise_url: &str,
     kubeconfig: &std::path::Path,
     ledger_url: &str,
@@ -169,26 +197,23 @@ pub async fn launch(
         .stderr(stderr)
         .spawn()
         .expect("flowgate binary starts");
-    let process = Process {
+    Process {
         child: KillOnDrop(child),
         base: format!("http://127.0.0.1:{port}"),
         ops: format!("http://127.0.0.1:{ops}"),
         _dir: dir,
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(resp) = reqwest::get(format!("{}/readyz", process.ops)).await
-            && resp.status().is_success()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "flowgate never ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    process
+}
+
+/// Sends SIGTERM and waits (5 s at most) until `/readyz` answers 503.
+pub async fn sigterm_until_unready(process: &Process) {
+    process.child.sigterm();
+    let readyz = format!("{}/readyz", process.ops);
+    super::eventually(5, "/readyz answers 503 once signalled", || async {
+        let resp = reqwest::get(&readyz).await.ok()?;
+        (resp.status() == 503).then_some(())
+    })
+    .await;
 }
 
 /// A prediction's status (0 when no answer came within 5 s).
