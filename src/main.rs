@@ -119,6 +119,12 @@ fn main() -> ExitCode {
             telemetry::install_crypto_provider();
             match start(config) {
                 Ok(()) => ExitCode::SUCCESS,
+                // A setting found unusable at start (an unreadable file, no key source, …):
+                // the same answer as one refused while parsing.
+                Err(error) if matches!(error.downcast_ref(), Some(run::RunError::Config(_))) => {
+                    eprintln!("flowgate: invalid configuration: {error}");
+                    ExitCode::from(2)
+                }
                 Err(error) => {
                     tracing::error!("{}", telemetry::report(error.as_ref()));
                     ExitCode::FAILURE

@@ -126,6 +126,20 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
         None => Some(kube::Client::try_default().await.map_err(RunError::Kube)?),
     };
 
+    // Before the ledger is opened: no key source, or a ServiceAccount audience without a
+    // cluster, is a configuration error, and must not leave a new ledger file behind.
+    let verifier = config
+        .proxy
+        .then(|| {
+            let sa_client = config
+                .jwt
+                .service_account_audience
+                .as_ref()
+                .and(client.clone());
+            Verifier::new(&config.jwt, &config.identity, sa_client)
+        })
+        .transpose()?;
+
     // One ledger for both parts: the proxy charges it, the controller reports usage from it.
     let ledger_gate = health.gate("ledger");
     let ledger = ledger::open(&config.ledger).await?;
@@ -153,7 +167,7 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
         None => None,
     };
 
-    if config.proxy {
+    if let Some(verifier) = verifier {
         let snapshot = match (&client, &config.resources_dir) {
             (Some(client), _) => {
                 index::watch::spawn(
@@ -181,12 +195,6 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             }
             (None, None) => unreachable!("a client exists unless resources come from files"),
         };
-        let sa_client = config
-            .jwt
-            .service_account_audience
-            .as_ref()
-            .and(client.clone());
-        let verifier = Verifier::new(&config.jwt, &config.identity, sa_client)?;
         let reviews = metrics.clone();
         verifier.observe_reviews(move |outcome| reviews.token_review(outcome));
         tokio::spawn(verifier.clone().run_refresh(shutdown.clone()));

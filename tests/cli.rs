@@ -62,3 +62,50 @@ fn a_reader_that_stops_early_is_not_a_failure() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// `flowgate run` with settings that only turn out unusable at start: exit 2, "invalid
+/// configuration" naming the settings, and no ledger file left behind.
+#[test]
+fn run_refuses_unusable_settings_before_opening_the_ledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (resources, secret) = (dir.path().join("resources"), dir.path().join("secret"));
+    std::fs::create_dir(&resources).expect("resources dir");
+    std::fs::write(&secret, "a-secret-of-at-least-32-bytes-long!!").expect("secret");
+    let ledger = dir.path().join("ledger.db");
+    let no_key: &[(&str, &std::path::Path)] = &[];
+    let secret_and_audience: &[(&str, &std::path::Path)] = &[
+        ("FLOWGATE_JWT_HS256_SECRET_FILE", &secret),
+        (
+            "FLOWGATE_SERVICE_ACCOUNT_AUDIENCE",
+            std::path::Path::new("flowgate"),
+        ),
+    ];
+    for (settings, named) in [
+        (no_key, "FLOWGATE_JWKS_URL"),
+        (secret_and_audience, "FLOWGATE_SERVICE_ACCOUNT_AUDIENCE"),
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flowgate"));
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("FLOWGATE_")) {
+            command.env_remove(name);
+        }
+        let out = command
+            .args(["run", "--resources-dir"])
+            .arg(&resources)
+            .env(
+                "FLOWGATE_LEDGER_URL",
+                format!("sqlite://{}", ledger.display()),
+            )
+            .env("FLOWGATE_LISTEN_ADDR", "127.0.0.1:0")
+            .env("FLOWGATE_OPS_ADDR", "127.0.0.1:0")
+            .envs(settings.iter().copied())
+            .output()
+            .expect("flowgate runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{named}: {stderr}");
+        assert!(
+            stderr.contains("invalid configuration") && stderr.contains(named),
+            "{stderr}"
+        );
+        assert!(!ledger.exists(), "{named}: a ledger file was created");
+    }
+}
