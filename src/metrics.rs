@@ -112,8 +112,10 @@ impl Metrics {
             "Proxy requests by route and status",
             requests.clone(),
         );
+        // 0.25 ms to 17.5 min: a JSON prediction's time is its whole run in Flowise, up to
+        // the longest upstream timeout (14 min).
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+            Histogram::new(exponential_buckets(0.00025, 2.0, 23))
         });
         registry.register(
             "proxy_request_duration_seconds",
@@ -399,6 +401,8 @@ pub struct ControllerMetrics {
     sync_changes: Family<ChangeLabels, Counter>,
     sync_last: Family<ChangeLabels, Gauge>,
     sync_last_timestamp: Gauge,
+    sync_last_success: Gauge,
+    sync_interval: Gauge,
     leader: Gauge,
 }
 
@@ -464,6 +468,18 @@ impl ControllerMetrics {
             "Unix time the last sync pass finished",
             sync_last_timestamp.clone(),
         );
+        let sync_last_success = Gauge::default();
+        registry.register(
+            "sync_last_success_timestamp_seconds",
+            "Unix time the last successful sync pass finished (0: none yet on this replica)",
+            sync_last_success.clone(),
+        );
+        let sync_interval = Gauge::default();
+        registry.register(
+            "sync_interval_seconds",
+            "FLOWGATE_SYNC_INTERVAL: the time between two sync passes of the leader",
+            sync_interval.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "controller_leader",
@@ -479,8 +495,16 @@ impl ControllerMetrics {
             sync_changes,
             sync_last,
             sync_last_timestamp,
+            sync_last_success,
+            sync_interval,
             leader,
         }
+    }
+
+    /// Records the configured time between sync passes (for the alert on passes failing).
+    pub fn set_sync_interval(&self, interval: Duration) {
+        let secs = i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
+        self.sync_interval.set(secs);
     }
 
     /// Counts one finished reconcile of `kind`.
@@ -534,6 +558,9 @@ impl ControllerMetrics {
                 .set(i64::try_from(value).unwrap_or(i64::MAX));
         }
         self.sync_last_timestamp.set(finished_unix);
+        if success {
+            self.sync_last_success.set(finished_unix);
+        }
     }
 
     /// Whether this replica leads.
@@ -617,6 +644,13 @@ mod tests {
             errors: 0,
         };
         controller.sync_pass(true, counts, 1_700_000_000);
+        // A failed pass later: the last one's time moves, the last success's does not.
+        let failed = SyncCounts {
+            total: 7,
+            ..SyncCounts::default()
+        };
+        controller.sync_pass(false, failed, 1_700_000_060);
+        controller.set_sync_interval(Duration::from_secs(60));
         controller.set_leader(true);
         assert_eq!(controller.reconciles("Chatflow"), 1);
         assert_eq!(controller.status_writes("Chatflow"), 1);
@@ -626,9 +660,12 @@ mod tests {
             "flowgate_reconcile_errors_total{kind=\"Chatflow\",reason=\"connect\"} 1",
             "flowgate_status_writes_total{kind=\"Chatflow\"} 1",
             "flowgate_sync_passes_total{outcome=\"success\"} 1",
+            "flowgate_sync_passes_total{outcome=\"failed\"} 1",
             "flowgate_sync_chatflows_total{change=\"added\"} 2",
             "flowgate_sync_last_chatflows{change=\"total\"} 7",
-            "flowgate_sync_last_timestamp_seconds 1700000000",
+            "flowgate_sync_last_timestamp_seconds 1700000060",
+            "flowgate_sync_last_success_timestamp_seconds 1700000000",
+            "flowgate_sync_interval_seconds 60",
             "flowgate_controller_leader 1",
         ] {
             assert!(text.contains(line), "{line} in {text}");

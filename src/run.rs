@@ -207,7 +207,8 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             }
             keys_gate.open();
         });
-        // The age of the served snapshot, for alerting on a stale index.
+        // When the served snapshot was compiled, that is, last changed: it grows old in a quiet
+        // cluster too, so a stale watch is alerted on by its errors (FlowgateIndexStale).
         let (watched, gauge) = (snapshot.clone(), metrics.clone());
         let mut published = snapshot.subscribe();
         tokio::spawn(async move {
@@ -246,6 +247,7 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             background.clone(),
         );
         let proxy = Proxy {
+            streaming: Default::default(),
             drains,
             turns: crate::proxy::turns::ChatTurns::shared(ledger.clone()),
             cors: config

@@ -112,6 +112,13 @@ fn series(sel: &str, healthy: bool) -> Vec<Value> {
             r#"outcome="failed""#,
             pick("0x40", "0+1x40"),
         ),
+        // Healthy: the last success is now (the series' minute × 60 is `time()`).
+        s(
+            "flowgate_sync_last_success_timestamp_seconds",
+            "",
+            pick("0+60x40", "0x40"),
+        ),
+        s("flowgate_sync_interval_seconds", "", "60x40".into()),
         s("flowgate_controller_leader", "", pick("1x40", "0x40")),
         s(
             "flowgate_index_invalid_resources",
@@ -243,6 +250,12 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
         .find(|t| t["alertname"] == "FlowgateIdentityUnavailable")
         .cloned()
         .expect("the identity alert is among the rules");
+    let mut sync_alert = firing
+        .iter()
+        .find(|t| t["alertname"] == "FlowgateFlowiseSyncFailing")
+        .cloned()
+        .expect("the sync alert is among the rules");
+    sync_alert["eval_time"] = json!("130m");
     let unit_tests = json!({
         "rule_files": ["rules.yaml"],
         "evaluation_interval": "1m",
@@ -255,6 +268,22 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
                  r#"flowgate_proxy_decisions_total{{{sel}, decision="deny", reason="keys_unavailable"}}"#),
                  "values": "0+5x40"}],
              "alert_rule_test": [identity_alert]},
+            // An hourly sync: a success 30 minutes ago is on time; 2 hours and 10 minutes is
+            // not. Without any sync pass (no controller), nothing fires.
+            {"interval": "1m",
+             "input_series": [
+                 {"series": format!("flowgate_sync_last_success_timestamp_seconds{{{sel}}}"), "values": "0x150"},
+                 {"series": format!("flowgate_sync_interval_seconds{{{sel}}}"), "values": "3600x150"},
+                 {"series": format!(r#"flowgate_sync_passes_total{{{sel}, outcome="success"}}"#), "values": "1x150"}],
+             "alert_rule_test": [
+                 {"alertname": "FlowgateFlowiseSyncFailing", "eval_time": "30m", "exp_alerts": []},
+                 sync_alert.clone()]},
+            {"interval": "1m",
+             "input_series": [
+                 {"series": format!("flowgate_sync_last_success_timestamp_seconds{{{sel}}}"), "values": "0x40"},
+                 {"series": format!("flowgate_sync_interval_seconds{{{sel}}}"), "values": "60x40"}],
+             "alert_rule_test": [
+                 {"alertname": "FlowgateFlowiseSyncFailing", "eval_time": "30m", "exp_alerts": []}]},
             {"interval": "1m",
              "input_series": [{"series": format!("flowgate_controller_leader{{{sel}}}"), "values": "1x40"}],
              "alert_rule_test": [{"alertname": "FlowgateDown", "eval_time": "30m", "exp_alerts": [{

@@ -41,6 +41,24 @@ async fn flowise_refusing_connections_is_a_502_and_every_charge_is_refunded() {
             assert_eq!(body["error"]["code"], "upstream_unreachable", "{body}");
         }
         used_becomes(&gate, &alice, &policy, 0).await;
+        // Counted once, as Flowise's failure: the grant was the access decision.
+        let count = |series: &'static str| support::metric(&gate.ops, series);
+        assert_eq!(
+            count(r#"flowgate_upstream_errors_total{reason="upstream_unreachable"}"#).await,
+            Some(5.0)
+        );
+        assert_eq!(
+            count(r#"flowgate_proxy_decisions_total{decision="allow",reason="granted"}"#).await,
+            Some(5.0)
+        );
+        assert_eq!(
+            count(
+                r#"flowgate_proxy_decisions_total{decision="deny",reason="upstream_unreachable"}"#
+            )
+            .await,
+            None,
+            "not an access decision"
+        );
         team.cleanup().await;
     })
     .await
@@ -295,6 +313,13 @@ async fn a_stream_flowise_stops_sending_is_cut_at_the_upstream_timeout_refunded_
             (stalled.aborts.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
         })
         .await;
+        // After the 200's head, yet a failure in Flowise all the same.
+        let stalls = support::metric(
+            &gate.ops,
+            r#"flowgate_upstream_errors_total{reason="stream_failed"}"#,
+        )
+        .await;
+        assert_eq!(stalls, Some(1.0), "counted as Flowise's failure");
         team.cleanup().await;
     })
     .await
@@ -743,6 +768,12 @@ async fn a_client_hanging_up_before_the_answer_aborts_in_flowise_and_is_charged(
         }
         // Charged the flat cost at once, as a hang-up mid-stream is; not left to the sweep.
         used_becomes(&gate, &alice, &policy, 2).await;
+        // Never answered, yet counted: as 499, the client's hang-up.
+        support::eventually(10, "both hang-ups counted as 499", || async {
+            let series = r#"flowgate_proxy_requests_total{route="prediction",status="499"}"#;
+            (support::metric(&gate.ops, series).await == Some(2.0)).then_some(())
+        })
+        .await;
         team.cleanup().await;
     })
     .await

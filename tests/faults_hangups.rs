@@ -48,6 +48,15 @@ async fn a_client_hanging_up_after_flowises_error_event_is_refunded() {
         }
         assert_eq!(fake.predictions(), 2, "both were charged and forwarded");
         used_becomes(&gate, &alice, &policy, 0).await;
+        support::eventually(
+            10,
+            "both error events counted as Flowise's failures",
+            || async {
+                let series = r#"flowgate_upstream_errors_total{reason="stream_error_event"}"#;
+                (support::metric(&gate.ops, series).await == Some(2.0)).then_some(())
+            },
+        )
+        .await;
         team.cleanup().await;
     })
     .await

@@ -1,6 +1,7 @@
 //! The token routes (`/chat/authenticate`, `/chat/refresh`) ask the configured token endpoint
 //! with the caller's password (and flowgate's client secret): a redirect is refused, not
-//! followed, and an answer past 64 KiB is not read whole. Anyone may call these routes.
+//! followed, an answer past 64 KiB is not read whole, and a body past 16 KiB is refused. Anyone
+//! may call these routes.
 
 mod support;
 
@@ -98,4 +99,33 @@ async fn a_token_endpoint_answer_past_its_limit_is_refused() {
             .is_some_and(|m| m.contains("over 64 KiB")),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn a_grant_body_past_16_kib_is_refused_before_the_token_endpoint_is_asked() {
+    let tokens = Bytes::from_static(br#"{"access_token":"at","token_type":"Bearer"}"#);
+    let (endpoint, asked) = answering(200, vec![], tokens).await;
+    let gate = Flowgate::start_with(Options {
+        token_endpoint_url: Some(format!("{endpoint}/token")),
+        ..Default::default()
+    })
+    .await;
+    let grant = |password: String| {
+        reqwest::Client::new()
+            .post(format!("{}/chat/authenticate", gate.base))
+            .json(&json!({"username": "alice", "password": password}))
+            .send()
+    };
+    // A large password is still a grant; past the limit, it is refused unread.
+    let fits = grant("p".repeat(15 * 1024))
+        .await
+        .expect("flowgate answers");
+    assert_eq!(fits.status(), 200);
+    let refused = grant("p".repeat(17 * 1024))
+        .await
+        .expect("flowgate answers");
+    assert_eq!(refused.status(), 413);
+    let body: Value = refused.json().await.expect("a JSON answer");
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "only the grant that fit");
 }

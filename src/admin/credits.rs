@@ -114,7 +114,7 @@ pub async fn adjust(
     .map_err(|e| ProxyError::Internal(format!("the adjustment stopped: {e}")))?
     .map_err(|error| {
         tracing::warn!(%error, "credit adjustment failed");
-        ProxyError::LedgerUnavailable
+        ProxyError::LedgerQueryUnavailable
     })?;
     let (id, used) = match outcome {
         AdjustOutcome::Adjusted { id, used } => (id, used),
@@ -304,7 +304,7 @@ pub async fn balances(
     let window = crate::proxy::credits::window(policy, call.now)?;
     let unavailable = |error: crate::ledger::LedgerError| {
         tracing::error!(%error, "reading credit balances failed");
-        ProxyError::LedgerUnavailable
+        ProxyError::LedgerQueryUnavailable
     };
     let buckets = admin
         .ledger

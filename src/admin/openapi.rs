@@ -15,8 +15,9 @@ use super::models::{
 };
 use super::shapes::{
     AbortResponse, AuthenticateRequest, ChatbotConfig, CompatChatflow, CompatPredictRequest,
-    CompatPredictResponse, CreditsResponse, ErrorEnvelope, FlowiseChatflow, Health,
-    PredictionRequest, PredictionResponse, RefreshRequest, StreamingCapability, TokenResponse,
+    CompatPredictResponse, CreditsResponse, ErrorEnvelope, FlowiseChatflow, FlowiseChatflowList,
+    Health, PredictionRequest, PredictionResponse, RefreshRequest, StreamingCapability,
+    TokenResponse,
 };
 
 /// One operation of the API.
@@ -69,8 +70,8 @@ pub const OPERATIONS: &[Operation] = &[
         "/api/v1/chatflows",
         "Chatflows the caller may use (Flowise shape)",
         None,
-        "[FlowiseChatflow]",
-        &[401],
+        "FlowiseChatflowList",
+        &[400, 401],
     ),
     op(
         "get",
@@ -85,10 +86,10 @@ pub const OPERATIONS: &[Operation] = &[
         ..op(
             "get",
             "/api/v1/chatflows-streaming/{id}",
-            "Whether the chatflow streams (asked by the Flowise SDKs without credentials)",
+            "Whether Flowise streams the chatflow's answers, as Flowise says (asked by the Flowise SDKs without credentials)",
             None,
             "StreamingCapability",
-            &[404],
+            &[403, 404, 502, 503],
         )
     },
     Operation {
@@ -346,6 +347,7 @@ fn schemas() -> Map<String, Value> {
     add!(
         ErrorEnvelope,
         FlowiseChatflow,
+        FlowiseChatflowList,
         CompatChatflow,
         StreamingCapability,
         ChatbotConfig,
@@ -412,11 +414,17 @@ fn operation(op: &Operation) -> Value {
     responses.insert("200".into(), ok);
     let mut errors = op.errors.to_vec();
     errors.push(405);
+    if op.auth {
+        // The index not loaded yet, keys or a TokenReview unavailable.
+        errors.push(503);
+    }
     if op.request.is_some() {
-        // A body not received in time (`proxy::body`).
-        errors.push(408);
+        // A body not received in time, too large, past the caller's share of the body memory,
+        // or the body memory full (`proxy::body`, `proxy::buffers`).
+        errors.extend([408, 413, 429, 503]);
     }
     errors.sort_unstable();
+    errors.dedup();
     for status in errors {
         responses.insert(
             status.to_string(),
@@ -493,7 +501,22 @@ fn prediction_headers(responses: &mut Map<String, Value>) {
 
 /// The query parameters of an operation.
 fn query_parameters(op: &Operation) -> Vec<Value> {
+    let count =
+        |name, description| param(name, description, json!({"type": "integer", "minimum": 0}));
     match (op.method, op.path) {
+        ("get", "/api/v1/chatflows") => vec![
+            param(
+                "type",
+                "Only chatflows of this type (CHATFLOW, AGENTFLOW, MULTIAGENT, ASSISTANT; \
+                 any other value lists every type, as Flowise does)",
+                json!({"type": "string"}),
+            ),
+            count(
+                "page",
+                "With limit, both over 0: this page, as {data, total}",
+            ),
+            count("limit", "With page, both over 0: this many a page"),
+        ],
         ("get", "/api/admin/chatflows") => vec![param(
             "include_deleted",
             "Also chatflows gone from Flowise",

@@ -83,6 +83,7 @@ pub(crate) fn allow(method: &Method) -> &'static str {
         Method::GET => "GET, HEAD",
         Method::POST => "POST",
         Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
         _ => "",
     }
 }

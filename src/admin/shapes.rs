@@ -35,6 +35,18 @@ pub struct FlowiseChatflow {
     pub updated_date: Option<String>,
 }
 
+/// `GET /api/v1/chatflows`: the list, or with `page` and `limit` one page of it and the count of
+/// every page's.
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FlowiseChatflowList {
+    All(Vec<FlowiseChatflow>),
+    Page {
+        data: Vec<FlowiseChatflow>,
+        total: u64,
+    },
+}
+
 /// A chatflow in the Python service's shape (`GET /chatflows`): Flowise's keys, as that service
 /// passed Flowise's listing through, with its admin `Chatflow` model's snake_case keys beside.
 #[derive(Serialize, Deserialize, JsonSchema)]

@@ -167,6 +167,7 @@ impl Controller {
         metrics: Arc<Metrics>,
     ) -> Self {
         let settings = Arc::new(settings);
+        metrics.controller.set_sync_interval(settings.sync_interval);
         let sync = SyncState::new(
             client.clone(),
             flowise.clone(),

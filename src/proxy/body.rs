@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
-use hyper::header::CONTENT_TYPE;
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use hyper::{HeaderMap, Request};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -36,6 +36,22 @@ pub(crate) async fn read_json(
     read_json_body(&parts.headers, body, limit, hold).await
 }
 
+/// A body sent compressed is refused by name: read as it is, it would be "not valid JSON".
+pub(super) fn uncompressed(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let encoded = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?").trim())
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
+    match encoded {
+        None => Ok(()),
+        Some(coding) => Err(ProxyError::BadRequest(format!(
+            "request bodies are read as sent: Content-Encoding '{coding}' is not accepted; send \
+             the body uncompressed"
+        ))),
+    }
+}
+
 /// Like [`read_json`], for a request already taken apart (its headers are still needed).
 pub(super) async fn read_json_body(
     headers: &HeaderMap,
@@ -43,6 +59,7 @@ pub(super) async fn read_json_body(
     limit: usize,
     hold: &mut Held,
 ) -> Result<serde_json::Map<String, Value>, ProxyError> {
+    uncompressed(headers)?;
     let is_json = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -372,6 +389,20 @@ mod tests {
         let waiting = collect(Declared(40), 1024, IDLE, TOTAL, Some(&mut held)).now_or_never();
         assert!(waiting.is_none(), "waits for the body");
         assert_eq!((held.bytes(), buffers.in_use()), (0, 0));
+    }
+
+    #[test]
+    fn a_compressed_body_is_refused_by_name() {
+        let mut headers = HeaderMap::new();
+        assert!(uncompressed(&headers).is_ok());
+        headers.insert(CONTENT_ENCODING, "identity".parse().expect("value"));
+        assert!(uncompressed(&headers).is_ok());
+        headers.append(CONTENT_ENCODING, "gzip".parse().expect("value"));
+        let refused = uncompressed(&headers).expect_err("gzip");
+        assert!(
+            refused.to_string().contains("'gzip' is not accepted"),
+            "{refused}"
+        );
     }
 
     #[test]

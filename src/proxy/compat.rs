@@ -24,6 +24,9 @@ use crate::server::Body;
 /// (not an identity key: those start `user:` or `sa:`).
 const TOKEN_GRANTS: &str = "token grants";
 
+/// The largest `/chat/authenticate` or `/chat/refresh` body.
+const MAX_GRANT: usize = 16 * 1024;
+
 /// The OAuth client flowgate presents at the token endpoint, in place of whatever client the
 /// caller names: a confidential client's secret stays on the server.
 #[derive(Clone)]
@@ -49,9 +52,10 @@ impl Proxy {
             )
         })?;
         // Counted in the body memory, all of them as one caller (held to half of it): anyone
-        // may send this one, without a token.
+        // may send this one, without a token. A grant is a name and a password, or a refresh
+        // token (a few KiB at most): a small limit keeps slow senders from filling that share.
         let mut held = self.buffers.hold_for(TOKEN_GRANTS);
-        let body = read_json(req, 64 * 1024, &mut held).await?;
+        let body = read_json(req, MAX_GRANT, &mut held).await?;
         let field = |name: &str| {
             body.get(name)
                 .and_then(Value::as_str)

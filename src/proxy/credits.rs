@@ -425,7 +425,7 @@ impl Credits {
                 .ledger
                 .balance(&policy.id, bucket, &window)
                 .await
-                .map_err(|_| ProxyError::LedgerUnavailable)?;
+                .map_err(|_| ProxyError::LedgerQueryUnavailable)?;
             // The caller's own budget where an override names it.
             let (limit, _) = policy.credits_for(caller);
             let credits = i64::try_from(limit).unwrap_or(i64::MAX);

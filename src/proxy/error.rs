@@ -90,6 +90,10 @@ pub enum ProxyError {
     PolicyInvalid { policy: String, problem: String },
     #[error("the credits ledger is unavailable")]
     LedgerUnavailable,
+    /// As `LedgerUnavailable` (the same answer), for a call that charges no prediction: a
+    /// balance, the usage log, an admin's adjustment. Not an access decision.
+    #[error("the credits ledger is unavailable")]
+    LedgerQueryUnavailable,
     #[error(
         "flowgate holds as many request and answer bodies in memory as FLOWGATE_BODY_MEMORY \
          allows; retry shortly"
@@ -156,7 +160,9 @@ impl ProxyError {
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             DuplicateRequest => (StatusCode::CONFLICT, "duplicate_request"),
             ChatBusy => (StatusCode::CONFLICT, "chat_busy"),
-            LedgerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable"),
+            LedgerUnavailable | LedgerQueryUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable")
+            }
             PolicyInvalid { .. } => (StatusCode::SERVICE_UNAVAILABLE, "policy_invalid"),
             Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             BodyShareFull => (StatusCode::TOO_MANY_REQUESTS, "body_memory_share"),
@@ -182,6 +188,55 @@ impl ProxyError {
             Self::Unauthenticated { reason } | Self::InvalidToken { reason, .. } => reason,
             Self::NoGrants => "no_grants",
             other => other.status_and_code().1,
+        }
+    }
+
+    /// Whether this refusal is an access decision (`flowgate_proxy_decisions_total`): who
+    /// the caller is, whether they may, what they may spend, or what that could not be decided
+    /// without. Not: a request that is malformed or unrouted, Flowise's failures (counted in
+    /// `flowgate_upstream_errors_total`), or errors of the admin API's writes and the ledger's
+    /// reads.
+    pub fn is_decision(&self) -> bool {
+        use ProxyError::*;
+        match self {
+            Unauthenticated { .. }
+            | InvalidToken { .. }
+            | KeysUnavailable
+            | IndexNotReady
+            | TokenReviewUnavailable
+            | ChatflowNotFound(_)
+            | Forbidden(_)
+            | NoGrants
+            | Suspended(_)
+            | AdminRequired
+            | ChatflowUnavailable(_)
+            | InsufficientCredits { .. }
+            | RateLimited { .. }
+            | DuplicateRequest
+            | ChatBusy
+            | LedgerUnavailable
+            | PolicyInvalid { .. }
+            | Overloaded
+            | BodyShareFull => true,
+            NotFound { .. }
+            | MethodNotAllowed { .. }
+            | BadRequest(_)
+            | PayloadTooLarge { .. }
+            | TooManyValues
+            | RequestTimeout
+            | Ambiguous(_)
+            | LedgerQueryUnavailable
+            | NotConfigured(_)
+            | Upstream(_)
+            | UpstreamUnreachable(_)
+            | UpstreamNotConnected(_)
+            | UpstreamTimeout
+            | AnswerTooLarge { .. }
+            | Conflict(_)
+            | NotFoundDetail(_)
+            | Kubernetes(_)
+            | KubernetesRefused(_)
+            | Internal(_) => false,
         }
     }
 
@@ -228,6 +283,7 @@ impl ProxyError {
             | Self::IndexNotReady
             | Self::TokenReviewUnavailable
             | Self::LedgerUnavailable
+            | Self::LedgerQueryUnavailable
             | Self::ChatBusy => {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));

@@ -124,6 +124,13 @@ impl Proxy {
                 if report.error_event {
                     tracing::warn!(answered, "Flowise sent an error event in a streamed answer");
                 }
+                // Failures after the 200's head: most of a streaming client's failures in
+                // Flowise (an LLM's error event, a stall, a broken connection) show only here.
+                if report.end == StreamEnd::UpstreamFailed {
+                    metrics.upstream_error("stream_failed");
+                } else if report.error_event {
+                    metrics.upstream_error("stream_error_event");
+                }
                 if report.client_left {
                     metrics.stream_hangup(match report.end {
                         StreamEnd::ClientGone => "aborted",

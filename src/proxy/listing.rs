@@ -1,8 +1,12 @@
 //! Chatflows rendered from the index: Flowise's JSON shape for `/api/v1/chatflows`, and the Python
 //! service's (Flowise's shape with its admin model's keys beside) for `/chatflows`. What only
-//! Flowise knows of a chatflow, its chat window's settings, is asked of it ([`chatbot_config`]).
+//! Flowise knows of a chatflow, its chat window's settings and whether it can stream, is asked of
+//! it ([`chatbot_config`], [`streaming_capability`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -64,6 +68,49 @@ pub(super) async fn chatbot_config(
     .map_err(|e| ProxyError::Internal(e.to_string()))
 }
 
+/// The query of Flowise's `GET /api/v1/chatflows`, as Flowise reads it: `type` lists one type
+/// (matched exactly; a value Flowise has no type of lists every type, as Flowise does), and
+/// `page` with `limit`, both over 0, one page of the list as `{"data": [...], "total": n}`
+/// (`total` counting every page). A value that is not a whole number, or below 0, is a 400.
+pub(super) fn flowise_list(
+    chatflows: Vec<&ChatflowEntry>,
+    query: Option<&str>,
+) -> Result<Value, ProxyError> {
+    const TYPES: [&str; 4] = ["CHATFLOW", "AGENTFLOW", "MULTIAGENT", "ASSISTANT"];
+    let (mut flow_type, mut page, mut limit) = (None, 0_usize, 0_usize);
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        // A number past any list's length is as good as the largest one.
+        let number = |name: &str| match value.parse::<usize>() {
+            Ok(n) => Ok(n),
+            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(usize::MAX),
+            Err(_) => Err(ProxyError::BadRequest(format!(
+                "query parameter '{name}' must be a whole number, 0 or more"
+            ))),
+        };
+        match &*key {
+            "type" => flow_type = TYPES.into_iter().find(|t| *t == value),
+            "page" => page = number("page")?,
+            "limit" => limit = number("limit")?,
+            _ => {}
+        }
+    }
+    let listed: Vec<Value> = chatflows
+        .into_iter()
+        .filter(|cf| flow_type.is_none_or(|t| cf.rule.flow_type_or_default() == t))
+        .map(flowise_shape)
+        .collect();
+    if page == 0 || limit == 0 {
+        return Ok(Value::Array(listed));
+    }
+    let total = listed.len();
+    let data: Vec<Value> = listed
+        .into_iter()
+        .skip((page - 1).saturating_mul(limit))
+        .take(limit)
+        .collect();
+    Ok(json!({ "data": data, "total": total }))
+}
+
 /// One chatflow in Flowise's shape (the fields Flowise's own listing has that the index knows;
 /// `flowData` and the API key binding are never shown to callers).
 pub fn flowise_shape(cf: &ChatflowEntry) -> Value {
@@ -113,4 +160,158 @@ pub fn compat_shape(cf: &ChatflowEntry) -> Value {
         ]);
     }
     shape
+}
+
+/// How long Flowise's answer to `chatflows-streaming` is used before it is asked again: an edit
+/// that changes whether a chatflow can stream shows within this.
+const STREAMING_TTL: Duration = Duration::from_secs(30);
+
+/// Flowise's `isStreaming` of chatflows by Flowise id, kept for [`STREAMING_TTL`]: the official
+/// SDKs ask before every prediction, and anyone may ask.
+#[derive(Clone, Default)]
+pub struct StreamingAnswers(Arc<Mutex<HashMap<String, (Instant, bool)>>>);
+
+impl StreamingAnswers {
+    fn get(&self, flowise_id: &str) -> Option<bool> {
+        let answers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        answers
+            .get(flowise_id)
+            .filter(|(at, _)| at.elapsed() < STREAMING_TTL)
+            .map(|&(_, streams)| streams)
+    }
+
+    fn put(&self, flowise_id: &str, streams: bool) {
+        let mut answers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Only chatflows in the index are asked about; those gone since go when they expire.
+        if answers.len() >= 4096 {
+            answers.retain(|_, (at, _)| at.elapsed() < STREAMING_TTL);
+        }
+        answers.insert(flowise_id.to_string(), (Instant::now(), streams));
+    }
+}
+
+/// `GET /api/v1/chatflows-streaming/{id}`: whether Flowise streams the chatflow's answers, as
+/// Flowise says (`{"isStreaming": bool}`). The official SDKs and the chat embed ask it, without
+/// credentials, to choose how to read a prediction's answer: a chatflow Flowise cannot stream
+/// (its ending node cannot) answers JSON even when asked to stream.
+pub(super) async fn streaming_capability(
+    upstream: &Upstream,
+    answers: &StreamingAnswers,
+    flowise_id: &str,
+    key: Option<&HeaderValue>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ProxyError> {
+    let streams = match answers.get(flowise_id) {
+        Some(streams) => streams,
+        None => {
+            let path = format!("/api/v1/chatflows-streaming/{flowise_id}");
+            let req = upstream.request(
+                Method::GET,
+                &path,
+                &HeaderMap::new(),
+                peer,
+                key,
+                Bytes::new(),
+            )?;
+            let (parts, body) = upstream.send(req).await?.into_parts();
+            let answer = upstream.read_body(body, 64 * 1024, None).await?;
+            if !parts.status.is_success() {
+                return Err(ProxyError::Upstream(super::flowise_message(
+                    parts.status,
+                    &answer,
+                )));
+            }
+            let streams = serde_json::from_slice::<Value>(&answer)
+                .ok()
+                .and_then(|v| v.get("isStreaming")?.as_bool())
+                .ok_or_else(|| {
+                    ProxyError::Upstream(
+                        "Flowise's chatflows-streaming answer has no isStreaming".into(),
+                    )
+                })?;
+            answers.put(flowise_id, streams);
+            streams
+        }
+    };
+    Ok(super::error::json(
+        StatusCode::OK,
+        &json!({ "isStreaming": streams }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::Chatflow;
+    use crate::index::{Resources, compile};
+
+    fn chatflow(name: &str, id: &str, flow_type: &str) -> Arc<Chatflow> {
+        let yaml = format!(
+            "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: {name}, namespace: a}}\n\
+             spec: {{flowiseId: {id}}}\nstatus: {{flowiseId: {id}, type: {flow_type}}}\n"
+        );
+        Arc::new(serde_saphyr::from_str(&yaml).expect("fixture is valid YAML"))
+    }
+
+    #[test]
+    fn the_list_is_filtered_by_type_and_paged_as_flowise_does() {
+        let ids = [
+            "00000000-0000-4000-8000-000000000001",
+            "00000000-0000-4000-8000-000000000002",
+            "00000000-0000-4000-8000-000000000003",
+        ];
+        let snapshot = compile(&Resources {
+            chatflows: vec![
+                chatflow("one", ids[0], "CHATFLOW"),
+                chatflow("two", ids[1], "AGENTFLOW"),
+                chatflow("three", ids[2], "AGENTFLOW"),
+            ],
+            ..Default::default()
+        });
+        let entries = || {
+            ids.iter()
+                .map(|id| &**snapshot.chatflow_by_flowise_id(id).expect("indexed"))
+                .collect::<Vec<_>>()
+        };
+        let listed = |query: &str| flowise_list(entries(), Some(query)).expect("a list");
+        let names = |list: &Value| -> Vec<String> {
+            list.as_array()
+                .expect("an array")
+                .iter()
+                .map(|c| c["id"].as_str().expect("id").to_string())
+                .collect()
+        };
+        assert_eq!(names(&listed("")), ids);
+        assert_eq!(names(&listed("type=AGENTFLOW")), ids[1..]);
+        // Exact, as Flowise matches: anything else lists every type.
+        assert_eq!(names(&listed("type=agentflow")), ids);
+        assert_eq!(names(&listed("type=BOGUS")), ids);
+        // A page only with both over 0.
+        assert_eq!(names(&listed("page=1")), ids);
+        assert_eq!(names(&listed("page=0&limit=2")), ids);
+        let page = listed("page=2&limit=2");
+        assert_eq!(page["total"], 3);
+        assert_eq!(names(&page["data"]), ids[2..]);
+        let page = listed("type=AGENTFLOW&page=1&limit=1");
+        assert_eq!(page["total"], 2);
+        assert_eq!(names(&page["data"]), ids[1..2]);
+        assert_eq!(
+            names(&listed("page=9&limit=2")["data"]),
+            Vec::<String>::new()
+        );
+        let huge = "99999999999999999999999999999999";
+        let page = listed(&format!("page={huge}&limit={huge}"));
+        assert_eq!(page["total"], 3);
+        assert_eq!(names(&page["data"]), Vec::<String>::new());
+        assert_eq!(names(&listed(&format!("page=1&limit={huge}"))["data"]), ids);
+        for bad in ["page=-1&limit=2", "limit=x"] {
+            assert!(
+                matches!(
+                    flowise_list(entries(), Some(bad)),
+                    Err(ProxyError::BadRequest(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
 }

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::identity::{Identity, Verifier, bearer_token};
 use crate::index::watch::SnapshotHandle;
@@ -92,6 +92,8 @@ pub struct Proxy {
     pub buffers: buffers::Buffers,
     /// What browser pages of other origins may call (`FLOWGATE_CORS_ORIGINS`); `None`: none.
     pub cors: Option<cors::Cors>,
+    /// Flowise's answers to `chatflows-streaming`, shared by the serving threads.
+    pub streaming: listing::StreamingAnswers,
 }
 
 impl Proxy {
@@ -137,10 +139,10 @@ impl Proxy {
 
     /// [`Proxy::handle`] past the CORS rules.
     async fn answer(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let started = std::time::Instant::now();
         let id = request_id::assign(req.headers());
         let route = routes::route(req.method(), req.uri().path());
         let label = route.as_ref().map(Route::label).unwrap_or("unknown");
+        let counted = Unanswered::new(&self.metrics, label);
         let mut resp = match route {
             Ok(route) => {
                 // Boxed: the routes' states make this future several KB, and unboxed every
@@ -155,13 +157,14 @@ impl Proxy {
             Err(e) => self.refuse(e),
         };
         resp.headers_mut().insert(request_id::X_REQUEST_ID, id);
-        self.metrics
-            .observe_request(label, resp.status().as_u16(), started.elapsed());
+        counted.answered(resp.status().as_u16());
         resp
     }
 
     fn refuse(&self, error: ProxyError) -> Response<Body> {
-        self.metrics.decision("deny", error.reason());
+        if error.is_decision() {
+            self.metrics.decision("deny", error.reason());
+        }
         error.into_response()
     }
 
@@ -187,7 +190,7 @@ impl Proxy {
     ) -> Result<Response<Body>, ProxyError> {
         match route {
             Route::Authenticate | Route::Refresh => return self.token_grant(route, req).await,
-            Route::ChatflowStreaming(id) => return self.streaming_capability(&id),
+            Route::ChatflowStreaming(id) => return self.streaming_capability(&id, peer).await,
             Route::OpenApi => {
                 return Ok(error::json(
                     StatusCode::OK,
@@ -213,13 +216,14 @@ impl Proxy {
         match route {
             Route::ListChatflows => {
                 // Flowise's shape needs an id: chatflows not (yet) found in Flowise are left out.
-                let list: Vec<Value> = snapshot
+                let listed = snapshot
                     .visible(&caller, now)
                     .into_iter()
                     .filter(|cf| cf.rule.flowise_id.is_some())
-                    .map(|cf| listing::flowise_shape(cf))
+                    .map(|cf| &**cf)
                     .collect();
-                Ok(error::json(StatusCode::OK, &Value::Array(list)))
+                let list = listing::flowise_list(listed, req.uri().query())?;
+                Ok(error::json(StatusCode::OK, &list))
             }
             Route::GetChatflow(id) => {
                 let (cf, _) =
@@ -376,11 +380,25 @@ impl Proxy {
     /// `{"isStreaming": true}` for a chatflow the index knows. The official SDKs ask this without
     /// credentials, so it is answered without them — and says nothing beyond whether an id (a
     /// UUID) exists. Nothing is forwarded to Flowise.
-    fn streaming_capability(&self, id: &str) -> Result<Response<Body>, ProxyError> {
-        match self.snapshot.load().chatflow_by_flowise_id(id) {
-            Some(_) => Ok(error::json(StatusCode::OK, &json!({"isStreaming": true}))),
-            None => Err(ProxyError::ChatflowNotFound(id.to_string())),
-        }
+    /// Asked without credentials: only of a chatflow in the index.
+    async fn streaming_capability(
+        &self,
+        id: &str,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, ProxyError> {
+        let Some(cf) = self.snapshot.load().chatflow_by_flowise_id(id).cloned() else {
+            return Err(ProxyError::ChatflowNotFound(id.to_string()));
+        };
+        let flowise_id = usable(&cf)?;
+        let key = self.forward_headers(&cf).await?;
+        listing::streaming_capability(
+            &self.upstream,
+            &self.streaming,
+            &flowise_id,
+            key.as_ref(),
+            peer,
+        )
+        .await
     }
 
     async fn authenticate(&self, req: &Request<Incoming>) -> Result<Identity, ProxyError> {
@@ -528,6 +546,42 @@ impl Proxy {
                 log_decision(identity, cf, "deny", error.reason());
                 Err(error)
             }
+        }
+    }
+}
+
+/// Counts a request in `flowgate_proxy_requests_total` and the latency histogram once it is
+/// answered, or, when hyper drops it unanswered because the client went away, as status 499
+/// (nginx's "client closed request"): a Flowise that hangs until clients give up shows there.
+struct Unanswered<'a> {
+    metrics: &'a Metrics,
+    route: &'static str,
+    started: std::time::Instant,
+    answered: bool,
+}
+
+impl<'a> Unanswered<'a> {
+    fn new(metrics: &'a Metrics, route: &'static str) -> Self {
+        Self {
+            metrics,
+            route,
+            started: std::time::Instant::now(),
+            answered: false,
+        }
+    }
+
+    fn answered(mut self, status: u16) {
+        self.answered = true;
+        let elapsed = self.started.elapsed();
+        self.metrics.observe_request(self.route, status, elapsed);
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let elapsed = self.started.elapsed();
+            self.metrics.observe_request(self.route, 499, elapsed);
         }
     }
 }

@@ -147,6 +147,7 @@ pub(super) async fn read_prediction(
             identity,
         );
     }
+    super::body::uncompressed(headers)?;
     let body = read_limited(body, MAX_MULTIPART_BODY, held).await?;
     let mut form = multipart::parse(content_type, body).await?;
     if form.text("question").is_none() && !form.parts.iter().any(|p| p.file_name.is_some()) {

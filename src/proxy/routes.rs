@@ -253,6 +253,10 @@ mod tests {
                 ..
             })
         ));
+        assert!(matches!(
+            route(&Method::GET, "/api/v1/chatmessage/abort/x/c1"),
+            Err(ProxyError::MethodNotAllowed { allow: "PUT", .. })
+        ));
         let answer = route(&Method::TRACE, "/credits")
             .err()
             .map(ProxyError::into_response);

@@ -31,6 +31,9 @@ const EXECUTED_PREFIX: &[u8] = b"\"event\":\"agentFlowExecutedData\"";
 
 /// How a legacy multi-agent or sequential-agent flow's `agentReasoning` event starts.
 const REASONING_PREFIX: &[u8] = b"\"event\":\"agentReasoning\"";
+/// How an `error` event starts, and a `token` event.
+const ERROR_PREFIX: &[u8] = b"\"event\":\"error\"";
+const TOKEN_PREFIX: &[u8] = b"\"event\":\"token\"";
 
 /// The scanner's state between chunks.
 #[derive(Debug, Default)]
@@ -253,6 +256,20 @@ impl SseScanner {
         self.answering() || self.output_listed
     }
 
+    /// The newlines that end the event being read when the stream is cut in it, so that an
+    /// event added after it is not read as part of it; none at an event's end, where a blank
+    /// line would be an empty event (which some clients, Flowise's chat embed among them, fail
+    /// to parse).
+    pub fn unfinished_event_end(&self) -> &'static str {
+        if self.pending.is_empty() && !self.overflow {
+            return "";
+        }
+        match self.line {
+            Line::Empty => "\n",
+            Line::Cr | Line::Text => "\n\n",
+        }
+    }
+
     /// Whether Flowise sent an `error` event.
     pub fn failed(&self) -> bool {
         self.error_event
@@ -267,10 +284,16 @@ impl SseScanner {
     }
 
     /// An event went by unread: a node list still brought the caller the outputs of the nodes
-    /// finished before it, and an agents' reasoning that large is no empty one.
+    /// finished before it, an agents' reasoning or a token that large is no empty one (a
+    /// Direct Reply's whole text comes as one token), and an error that large is still one.
     fn unread(&mut self, event: &[u8]) {
         self.output_listed |= self.finished_unlisted && is_node_list(event);
         self.output_listed |= starts_with_event(event, REASONING_PREFIX);
+        self.token_event |= starts_with_event(event, TOKEN_PREFIX);
+        if starts_with_event(event, ERROR_PREFIX) {
+            self.error_event = true;
+            self.usage.cut = true;
+        }
     }
 
     /// The largest size the scanner reads an event of, by how the event starts.
@@ -302,11 +325,13 @@ impl SseScanner {
             };
             match kind {
                 Kind::Token => {
-                    self.token_event = true;
+                    let text = token_text_len(data);
+                    // An empty token (a model's role-only first chunk, a tool call's) brought
+                    // the caller nothing: Flowise's Agentflow nodes send one per chunk.
+                    self.token_event |= text > 0;
                     if !self.uncounted && !self.usage.cut {
-                        let text = token_text_len(data) as u64;
                         let usage = &mut self.usage;
-                        usage.unreported_text = usage.unreported_text.saturating_add(text);
+                        usage.unreported_text = usage.unreported_text.saturating_add(text as u64);
                     }
                 }
                 Kind::End => self.clean_end |= !self.error_event,

@@ -514,3 +514,67 @@ fn an_agents_message_before_a_failure_is_answered_and_a_routing_supervisor_is_no
         assert!(scanner.answered(), "chunk {chunk}");
     }
 }
+
+#[test]
+fn empty_tokens_before_a_failure_are_no_answer() {
+    // An Agentflow LLM node's role-only first chunk and a tool call's chunks, then the model's
+    // error: the caller got nothing.
+    let failed = [
+        event("token", r#""""#),
+        event("token", r#""""#),
+        event("error", r#""overloaded_error""#),
+        event("end", r#""[DONE]""#),
+    ]
+    .concat();
+    for chunk in [1, 5, failed.len()] {
+        let scanner = fed(SseScanner::default(), &failed, chunk);
+        assert!(!scanner.answering(), "chunk {chunk}");
+        assert!(!scanner.answered() && scanner.failed(), "chunk {chunk}");
+    }
+    let answering = [event("token", r#""""#), event("token", r#""Hi""#)].concat();
+    assert!(fed(SseScanner::default(), &answering, 3).answering());
+}
+
+#[test]
+fn a_cut_is_ended_by_as_many_newlines_as_the_event_read_needs() {
+    let whole = event("token", r#""Hi""#);
+    let cases = [
+        (whole.clone(), ""),
+        (format!("{whole}message:\ndata:{{\"ev"), "\n\n"),
+        (format!("{whole}message:\ndata:{{}}\n"), "\n"),
+        (format!("{whole}message:\r"), "\n\n"),
+    ];
+    for (stream, want) in cases {
+        for chunk in [1, 4, stream.len()] {
+            let scanner = fed(SseScanner::uncounted(), &stream, chunk);
+            assert_eq!(
+                scanner.unfinished_event_end(),
+                want,
+                "{stream:?} by {chunk}"
+            );
+        }
+    }
+    // Inside an event too large to read, too.
+    let mut scanner = SseScanner::default();
+    let big = format!(
+        "data:{{\"event\":\"token\",\"data\":\"{}",
+        "x".repeat(MAX_EVENT + 1)
+    );
+    scanner.feed(big.as_bytes());
+    assert_eq!(scanner.unfinished_event_end(), "\n\n");
+}
+
+#[test]
+fn a_token_or_an_error_too_large_to_read_still_counts_as_one() {
+    let huge = format!("\"{}\"", "x".repeat(MAX_EVENT + 1));
+    for chunk in [1000, MAX_EVENT * 2] {
+        let token = fed(SseScanner::default(), &event("token", &huge), chunk);
+        assert!(
+            token.answering(),
+            "a Direct Reply's whole text: chunk {chunk}"
+        );
+        let error = [event("error", &huge), event("end", r#""[DONE]""#)].concat();
+        let failed = fed(SseScanner::default(), &error, chunk);
+        assert!(failed.failed() && !failed.answered(), "chunk {chunk}");
+    }
+}

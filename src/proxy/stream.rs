@@ -210,7 +210,8 @@ impl<B> Observed<B> {
     /// Ends a stream Flowise failed with its [`failure_event`], saying `what` happened.
     fn fail(&mut self, what: &str, cx: &mut Context<'_>) -> Poll<Last> {
         self.closed = true;
-        let last = Some(Ok(failure_event(what)));
+        let lead = self.scanner.unfinished_event_end();
+        let last = Some(Ok(failure_event(lead, what)));
         self.end(StreamEnd::UpstreamFailed, last, cx)
     }
 
@@ -233,11 +234,11 @@ impl<B> Observed<B> {
 
 /// The last event of a stream Flowise failed: an `error` event in Flowise's own form, as Flowise
 /// sends when a run fails, so a client reads it as it reads Flowise's own failures (and never as
-/// a whole answer: no `end` event follows). The blank lines first end whatever event the failure
-/// cut short (an empty event is ignored).
-fn failure_event(what: &str) -> Frame<Bytes> {
+/// a whole answer: no `end` event follows). `lead` first ends the event the failure cut short,
+/// if it did ([`SseScanner::unfinished_event_end`]).
+fn failure_event(lead: &str, what: &str) -> Frame<Bytes> {
     let message = serde_json::Value::String(format!("flowgate: {what}"));
-    let event = format!("\n\nmessage:\ndata:{{\"event\":\"error\",\"data\":{message}}}\n\n");
+    let event = format!("{lead}message:\ndata:{{\"event\":\"error\",\"data\":{message}}}\n\n");
     Frame::data(Bytes::from(event))
 }
 
@@ -568,6 +569,28 @@ mod tests {
              \"data\":\"flowgate: the stream from Flowise broke off: reset\"}\n\n"
         );
         assert_eq!(seen.lock().expect("lock")[0].end, StreamEnd::UpstreamFailed);
+    }
+
+    #[tokio::test]
+    async fn a_failure_at_an_events_end_adds_no_blank_line() {
+        // A blank line is an empty event to Flowise's chat embed, which fails to parse it.
+        let (_, on_end) = recorder();
+        let token = "message:\ndata:{\"event\":\"token\",\"data\":\"Hi\"}\n\n";
+        let body = Observed::new(
+            chunks(vec![Ok(token), Err(std::io::Error::other("reset"))]),
+            Some(Resume::New),
+            on_end,
+        );
+        let text = body.collect().await.expect("ends cleanly").to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert_eq!(
+            text.strip_prefix(token),
+            Some(
+                "message:\ndata:{\"event\":\"error\",\
+                 \"data\":\"flowgate: the stream from Flowise broke off: reset\"}\n\n"
+            ),
+            "{text:?}"
+        );
     }
 
     /// The text of the data frame `frame` is, which must be an error event.

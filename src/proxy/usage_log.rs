@@ -58,7 +58,7 @@ pub async fn usage_records(
 ) -> Result<Vec<CreditUsageRecord>, ProxyError> {
     let rows = ledger.usage(filter).await.map_err(|error| {
         tracing::error!(%error, "reading the credits usage log failed");
-        ProxyError::LedgerUnavailable
+        ProxyError::LedgerQueryUnavailable
     })?;
     Ok(rows.into_iter().map(Into::into).collect())
 }

@@ -291,6 +291,15 @@ async fn answer(
         tokio::time::sleep(Duration::from_millis(abort_delay_ms.load(Ordering::SeqCst))).await;
         return Ok(full(200, "application/json", "{}".into()));
     }
+    // As Flowise answers: its streamed modes come from chatflows it can stream.
+    if path.starts_with("/api/v1/chatflows-streaming/") {
+        let streams = matches!(
+            mode,
+            Mode::Stream { .. } | Mode::Agentflow { .. } | Mode::StreamFail { .. }
+        );
+        let answer = serde_json::json!({ "isStreaming": streams }).to_string();
+        return Ok(full(200, "application/json", answer));
+    }
     if !path.starts_with("/api/v1/prediction/") {
         return Ok(full(
             404,
