@@ -1,5 +1,6 @@
 //! The bound on bodies held in memory (`FLOWGATE_BODY_MEMORY`), end to end:
 //!
+//! - a JSON prediction may be as large as an upload (50 MiB; images come as base64 in it);
 //! - a body that could never fit is 413, one that does not fit beside the bodies held now is 503
 //!   `overloaded` with `Retry-After`; neither is charged or sent to Flowise;
 //! - a declared length holds nothing; what arrives holds twice its size, and a stalled upload
@@ -422,4 +423,34 @@ async fn an_answer_larger_than_flowgate_holds_is_refused_and_charged() {
         "nothing to abort"
     );
     team.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_json_prediction_may_be_as_large_as_an_upload() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        // Flowise's chat window sends images in the JSON, as base64 data URLs: two photos of
+        // 5 MB make about 13.4 MB.
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+        let (team, gate, policy) = gate_with("body-large", &fake, "256Mi").await;
+        let (alice, id) = (team.alice(), team.flowise_id.clone());
+        let photo = format!("data:image/png;base64,{}", "A".repeat(7 << 20));
+        let upload =
+            |name: &str| json!({"data": photo, "type": "file", "name": name, "mime": "image/png"});
+        let (status, body) = predict(
+            &gate,
+            &alice,
+            &id,
+            json!({"question": "what is in these?", "uploads": [upload("a.png"), upload("b.png")]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(fake.predictions(), 1);
+        // Past the upload limit (50 MiB), refused before it is read, and not charged.
+        let (status, answer) = refused_up_front(&gate, &alice, &id, (50 << 20) + 1).await;
+        assert_eq!(status, 413, "{answer}");
+        used_becomes(&gate, &alice, &policy, 1).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
 }

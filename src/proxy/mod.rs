@@ -59,8 +59,9 @@ pub(crate) use body::read_json;
 use body::read_json_body;
 use prediction::{Prediction, prepare, read_prediction};
 
-/// Largest JSON request body accepted.
-pub const MAX_JSON_BODY: usize = 10 * 1024 * 1024;
+/// Largest JSON request body accepted: as large as an upload, since Flowise's chat window sends
+/// its images and audio in the JSON, as base64 data URLs.
+pub const MAX_JSON_BODY: usize = 50 * 1024 * 1024;
 /// Largest multipart (file upload) request body accepted.
 pub const MAX_MULTIPART_BODY: usize = 50 * 1024 * 1024;
 /// Largest non-streaming Flowise answer read back.

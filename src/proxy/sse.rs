@@ -192,9 +192,10 @@ impl SseScanner {
             return;
         };
         let kept = |pending: &Vec<u8>, nodes: &Option<String>| {
-            let kept = pending.capacity() + nodes.as_ref().map_or(0, String::capacity);
-            // The first MAX_EVENT bytes are every stream's, as they always were.
-            kept.saturating_sub(MAX_EVENT)
+            // The first MAX_EVENT bytes of each are every stream's, as they always were: an
+            // event of the usual size is never skipped for memory, even beside a kept list.
+            let list = nodes.as_ref().map_or(0, String::capacity);
+            pending.capacity().saturating_sub(MAX_EVENT) + list.saturating_sub(MAX_EVENT)
         };
         let mut want = kept(&self.pending, &self.usage.nodes);
         if want > memory.bytes() && memory.try_grow(want - memory.bytes()).is_err() {

@@ -459,6 +459,13 @@ fn node_lists_count_in_the_body_memory_and_one_that_does_not_fit_is_not_read() {
     assert_eq!(scanner.tokens(), 7);
     assert!(buffers.in_use() <= 4 * MAX_EVENT, "{}", buffers.in_use());
 
+    // Events of the usual size are read all the same, also split across chunks.
+    let usage = event("usageMetadata", r#"{"total_tokens":5}"#);
+    let (head, tail) = usage.split_at(usage.len() / 2);
+    scanner.feed(head.as_bytes());
+    scanner.feed(tail.as_bytes());
+    assert_eq!(scanner.tokens(), 12, "the report after the last list read");
+
     // Room again: the next list is read.
     drop(others);
     feed(&mut scanner, list(11));
