@@ -34,7 +34,9 @@ kubectl get namespace apps >/dev/null 2>&1 || kubectl create namespace apps >/de
 # examples/chatflow-support-bot.yaml adopts a Flowise chatflow named "Support Bot": make sure one
 # exists (the offline echo flow), so the adoption succeeds.
 key=$(cat "$FLOWGATE_FLOWISE_API_KEY_FILE")
-if ! curl -fsS -H "Authorization: Bearer $key" "$FLOWGATE_FLOWISE_URL/api/v1/chatflows" | grep -q '"name":"Support Bot"'; then
+# Read whole first: `grep -q` stopping early would fail curl's write, and pipefail the test.
+listing=$(curl -fsS -H "Authorization: Bearer $key" "$FLOWGATE_FLOWISE_URL/api/v1/chatflows")
+if ! grep -q '"name":"Support Bot"' <<<"$listing"; then
   python3 - "$root/tests/fixtures/flowise-echo-agentflow.json" > "$dev/support-bot.json" <<'PY'
 import json, sys
 flow = json.load(open(sys.argv[1]))
@@ -65,23 +67,27 @@ PY
 )
 echo "$token" > "$dev/alice.token"
 
+# Ports of your choice: FLOWGATE_LISTEN_ADDR=127.0.0.1:18080 FLOWGATE_OPS_ADDR=127.0.0.1:19090.
+listen=${FLOWGATE_LISTEN_ADDR:-127.0.0.1:8080}
+ops=${FLOWGATE_OPS_ADDR:-127.0.0.1:9090}
+
 cat >&2 <<MSG
 
-[dev] flowgate is starting on http://127.0.0.1:8080 (ops: http://127.0.0.1:9090/readyz, /metrics).
+[dev] flowgate is starting on http://$listen (ops: http://$ops/readyz, /metrics).
 [dev] A token for alice@example.com is in $dev/alice.token. Try:
 
   TOKEN=\$(cat $dev/alice.token)
   kubectl get chatflows,chatflowaccesses,creditpolicies -n team-a
-  curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:8080/api/v1/chatflows
+  curl -s -H "Authorization: Bearer \$TOKEN" http://$listen/api/v1/chatflows
   ID=\$(kubectl get chatflow faq-bot -n team-a -o jsonpath='{.status.flowiseId}')
   curl -s -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
-       -d '{"question":"hello"}' http://127.0.0.1:8080/api/v1/prediction/\$ID
-  curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:8080/credits
+       -d '{"question":"hello"}' http://$listen/api/v1/prediction/\$ID
+  curl -s -H "Authorization: Bearer \$TOKEN" http://$listen/credits
 
 MSG
 
-export FLOWGATE_LISTEN_ADDR=127.0.0.1:8080
-export FLOWGATE_OPS_ADDR=127.0.0.1:9090
+export FLOWGATE_LISTEN_ADDR=$listen
+export FLOWGATE_OPS_ADDR=$ops
 export FLOWGATE_LEDGER_URL="sqlite://$dev/ledger.db"
 export FLOWGATE_JWT_HS256_SECRET_FILE="$dev/hs256"
 export FLOWGATE_SYNC_INTERVAL=${FLOWGATE_SYNC_INTERVAL:-30s}

@@ -21,7 +21,7 @@ use super::models::{CreditAdjustment, CreditAdjustmentRequest, PolicyBalances, S
 use super::{Admin, Call};
 use crate::crd::{BudgetScope, Role};
 use crate::index::{Caller, ChatflowSelector, PolicyRule};
-use crate::ledger::{AdjustOutcome, AdjustRequest};
+use crate::ledger::{AdjustOutcome, AdjustRequest, ReservationState, UsageFilter};
 use crate::proxy::ProxyError;
 
 /// Longest `reason`, in bytes: an Event's note holds at most 1 KiB.
@@ -78,6 +78,25 @@ pub async fn adjust(
             format!(": {reason}")
         },
     );
+    // A subject no prediction was ever charged as is most likely misspelt (best effort: a
+    // failed read, or rows retention deleted, only cost the warning). Its own earlier
+    // adjustments do not count.
+    let unseen = match policy.scope {
+        BudgetScope::Shared => false,
+        BudgetScope::PerSubject => admin
+            .ledger
+            .usage(UsageFilter {
+                subject: Some(subject.key.clone()),
+                policy: Some(policy.id.to_string()),
+                limit: 100,
+                ..UsageFilter::default()
+            })
+            .await
+            .is_ok_and(|rows| {
+                rows.iter()
+                    .all(|row| row.outcome == ReservationState::Adjusted)
+            }),
+    };
     let adjustment = AdjustRequest {
         policy: policy.id.to_string(),
         bucket: subject.key.clone(),
@@ -121,7 +140,18 @@ pub async fn adjust(
         AdjustOutcome::Duplicate { .. } => return Err(ProxyError::DuplicateRequest),
     };
     let credits = subject.credits;
+    let warning = unseen.then(|| {
+        let warning = format!(
+            "no prediction was ever charged to {} on {}: flowgate names a caller \
+             user:<first user claim> (sub by default) or sa:<namespace>/<name>, as the usage log \
+             shows; a subject spelt otherwise has a budget no caller draws from",
+            subject.key, policy.id
+        );
+        tracing::warn!(policy = %policy.id, subject = %subject.key, "credits adjusted for a subject never charged on the policy");
+        warning
+    });
     Ok(CreditAdjustment {
+        warning,
         id: id.0,
         policy: policy.id.to_string(),
         subject: subject.key,

@@ -233,6 +233,11 @@ pub struct CreditAdjustment {
     pub remaining: i64,
     pub period_start: String,
     pub reset_at: Option<String>,
+    /// Set when the usage log has no charge of this subject on this policy: a subject spelt
+    /// otherwise than flowgate names the caller (`user:<first user claim>`) gets a budget of
+    /// its own that no caller draws from. The adjustment is applied all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// `GET /api/admin/credits/balances`: one policy's budgets in its current period.
@@ -262,8 +267,9 @@ pub struct PolicyBalances {
 pub struct SubjectBalance {
     /// The identity key (`user:…`, `sa:namespace/name`), or `*` for a `Shared` budget.
     pub subject: String,
-    /// Its credits per period: the budget override its last prediction was charged against,
-    /// else one naming its user or ServiceAccount, else the policy's.
+    /// Its credits per period: a budget override naming its user or ServiceAccount in the
+    /// current spec, else the one its last prediction was charged against (an override by
+    /// group), else the policy's.
     pub credits: u64,
     /// Used so far (below 0 when an adjustment gave more than was used).
     pub used: i64,

@@ -156,8 +156,11 @@ pub(crate) fn user_identity(
         if Some(slot) == unverified {
             continue;
         }
+        // A value with a control character names no one: no provider's ids have one, and
+        // the ledger (PostgreSQL refuses a NUL in text) keys budgets and limits by it.
         if let Some(Value::String(s)) = claims.get(slot).and_then(Option::as_ref)
             && !s.is_empty()
+            && !s.contains(char::is_control)
             && !users.contains(s)
         {
             users.push(s.clone());

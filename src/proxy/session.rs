@@ -32,7 +32,16 @@ const MAX_CLIENT_ID: usize = 200;
 /// The chat id Flowise gets for a client's requested id (`None`: a new session).
 pub fn bind(subject_key: &str, requested: Option<&str>) -> String {
     let mut bound = prefix(subject_key);
-    match requested.map(str::trim).filter(|r| !r.is_empty()) {
+    // Control characters are dropped: no chat id needs one, and a NUL (which PostgreSQL
+    // refuses in text) would fail the shared chat turns of every chat asked with it.
+    let cleaned = requested.map(|id| {
+        if id.contains(char::is_control) {
+            std::borrow::Cow::Owned(id.chars().filter(|c| !c.is_control()).collect())
+        } else {
+            std::borrow::Cow::Borrowed(id)
+        }
+    });
+    match cleaned.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
         Some(id) if id.starts_with(&bound) => {
             return truncate(id, PREFIX_LEN + MAX_CLIENT_ID).into();
         }
@@ -120,6 +129,18 @@ mod tests {
         );
         assert_eq!(b["sessionId"], json!(id), "never someone else's");
         assert_eq!(b["overrideConfig"]["sessionId"], json!(id));
+    }
+
+    #[test]
+    fn control_characters_are_dropped_from_a_chat_id() {
+        assert_eq!(
+            bind("user:alice", Some("a\0b\n")),
+            bind("user:alice", Some("ab"))
+        );
+        let own = bind("user:alice", Some("c1"));
+        assert_eq!(bind("user:alice", Some(&format!("{own}\0"))), own);
+        // Nothing left: a new session, as for an empty id.
+        assert!(bind("user:alice", Some("\0\t")).len() == PREFIX_LEN + 36);
     }
 
     #[test]

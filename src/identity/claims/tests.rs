@@ -55,6 +55,9 @@ fn user_claims_are_taken_in_configured_order_and_key_uses_the_first() {
 fn non_string_and_empty_user_claims_are_ignored() {
     let id = user(json!({"sub": 42, "email": "a@x.io"})).expect("identity");
     assert_eq!(id.users, ["a@x.io"]);
+    let id = user(json!({"sub": "u-1\0", "email": "a@x.io"})).expect("identity");
+    assert_eq!(id.users, ["a@x.io"], "a control character names no one");
+    assert_eq!(id.key, "user:a@x.io");
     assert_eq!(
         user(json!({"sub": "", "email": null})),
         Err(AuthError::MissingClaim("sub".into()))

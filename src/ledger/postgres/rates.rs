@@ -58,11 +58,12 @@ impl Rates {
         burst: Duration,
     ) -> Result<RateTake, LedgerError> {
         let (reply, answer) = oneshot::channel();
+        let every = every(interval);
         self.queue
             .send(Take {
                 key: key.to_owned(),
-                every: every(interval),
-                burst: micros(burst),
+                every,
+                burst: whole_intervals(burst, interval, every),
                 reply,
             })
             .map_err(|_| LedgerError::Stopped)?;
@@ -184,6 +185,19 @@ fn every(interval: Duration) -> i64 {
     micros(interval.saturating_add(Duration::from_nanos(999))).max(1)
 }
 
+/// `burst` in microseconds as the whole number of `interval`s it is, each `every` long: the
+/// statements admit `burst / every + 1` at once, and `burst` rounded down on its own would
+/// admit one fewer than the limit's `requests` where the interval is not a whole number of
+/// microseconds (3 a second: 2).
+fn whole_intervals(burst: Duration, interval: Duration, every: i64) -> i64 {
+    match burst.as_nanos().checked_div(interval.as_nanos()) {
+        Some(intervals) => i64::try_from(intervals)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(every),
+        None => micros(burst),
+    }
+}
+
 /// `d` in microseconds, as the statements take durations (saturating).
 pub(super) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
@@ -207,6 +221,34 @@ mod tests {
         assert_eq!(every(Duration::from_micros(3)), 3);
         assert_eq!(every(Duration::ZERO), 1);
         assert_eq!(every(Duration::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn a_burst_is_a_whole_number_of_rounded_intervals() {
+        // The limits as `ratelimit` gives them: `per / requests` and `per` less one of it.
+        for (requests, per) in [
+            (3_u32, 1_u64),
+            (7, 60),
+            (45, 60),
+            (90, 60),
+            (30, 60),
+            (10, 1),
+        ] {
+            let per = Duration::from_secs(per);
+            let interval = per / requests;
+            let every = every(interval);
+            let burst = whole_intervals(per - interval, interval, every);
+            // The statements admit burst / every + 1 at once: the whole limit.
+            assert_eq!(
+                burst / every + 1,
+                i64::from(requests),
+                "{requests} a {per:?}"
+            );
+        }
+        assert_eq!(
+            whole_intervals(Duration::from_secs(1), Duration::ZERO, 1),
+            1_000_000
+        );
     }
 
     fn taken(ahead: i64, taken: i64, asked: usize) -> Vec<(bool, u64)> {

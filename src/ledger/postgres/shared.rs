@@ -260,11 +260,15 @@ async fn round(
             }
         }
         Err(error) => {
-            // Not held: if the database took some before the error, the next renewal deletes
-            // them.
+            // Not held: if the database took some before the error (or after the round gave
+            // up), the next round deletes them, or failing that the next renewal; till then
+            // other replicas would answer their chats busy.
             let message = error.to_string();
-            for (_, _, reply) in begins {
+            for (_, turn, reply) in begins {
                 let _ = reply.send(Err(failed(&message)));
+                if let Some(ends) = &ends {
+                    let _ = ends.send(TurnOp::End(turn));
+                }
             }
             failure = Some(error);
         }
