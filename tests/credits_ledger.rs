@@ -338,19 +338,6 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
         given.get("warning").is_none(),
         "alice was charged before: {given}"
     );
-    // A subject spelt otherwise than flowgate names the caller: applied, with a warning, also
-    // the second time (its own adjustments are no charge).
-    for _ in 0..2 {
-        let misspelt = json!({"policy": policy, "subject": "user:alice", "credits": -1});
-        let (status, warned) = adjust(misspelt, root(), None).await;
-        assert_eq!(status, 200, "{warned}");
-        assert!(
-            warned["warning"]
-                .as_str()
-                .is_some_and(|w| w.contains("no prediction was ever charged to user:alice on")),
-            "{warned}"
-        );
-    }
     let (status, again) = adjust(give, root(), Some("ticket-42")).await;
     assert_eq!(
         (status, &again["error"]["code"]),
@@ -614,4 +601,18 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
     .await;
     assert_eq!(balances(mine, owner.clone()).await.0, 200);
     assert_eq!(balances(named, owner).await.0, 403);
+
+    // A subject spelt otherwise than flowgate names the caller: applied, with a warning, also
+    // the second time (its own adjustments are no charge).
+    for _ in 0..2 {
+        let misspelt = json!({"policy": policy, "subject": "user:alice", "credits": -1});
+        let (status, warned) = adjust(misspelt, root(), None).await;
+        assert_eq!(status, 200, "{warned}");
+        assert!(
+            warned["warning"]
+                .as_str()
+                .is_some_and(|w| w.contains("no prediction was ever charged to user:alice on")),
+            "{warned}"
+        );
+    }
 }
