@@ -616,3 +616,41 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
         );
     }
 }
+
+#[tokio::test]
+async fn a_budget_spent_on_tokens_crosses_its_thresholds_at_the_settle() {
+    // No flat cost: only the settles, 30 credits a prediction, move the budget.
+    let team = Team::with_fake_flowise("credits-token-alerts").await;
+    team.policy(
+        "tokens",
+        json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Daily"},
+               "cost": {"perPrediction": 0, "perThousandTokens": 1000},
+               "alertAtPercent": [50, 100]}),
+    )
+    .await;
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 30 }).await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
+    let (id, alice) = (team.flowise_id.clone(), team.alice());
+    // The first charged prediction: 30 used.
+    eventually_status(&gate, &alice, &id, 200).await;
+    let alerts = |percent: u8| {
+        let series = format!(
+            "flowgate_credit_alerts_total{{policy=\"{}/tokens\",percent=\"{percent}\"}}",
+            team.ns
+        );
+        let ops = gate.ops.clone();
+        async move { support::metric(&ops, &series).await }
+    };
+    for (used, crossed) in [(60, Some(50)), (90, None), (120, Some(100))] {
+        let (status, body) = predict(&gate, &alice, &id, json!({"question": "q"})).await;
+        assert_eq!(status, 200, "{used}: {body}");
+        if let Some(percent) = crossed {
+            support::eventually(10, "the threshold alerted at the settle", || async {
+                (alerts(percent).await == Some(1.0)).then_some(())
+            })
+            .await;
+        }
+    }
+    assert_eq!(alerts(50).await, Some(1.0), "each threshold once");
+    team.cleanup().await;
+}

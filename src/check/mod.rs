@@ -168,7 +168,11 @@ pub fn check(paths: &[PathBuf]) -> Report {
                 continue;
             }
         };
-        if !text.contains("flowgate") {
+        // A flowgate kind whose apiVersion was forgotten is one of ours too.
+        if !text.contains("flowgate")
+            && !text.contains("kind: Chatflow")
+            && !text.contains("kind: CreditPolicy")
+        {
             continue;
         }
         for doc in documents(&text) {
@@ -213,11 +217,20 @@ pub fn check(paths: &[PathBuf]) -> Report {
             for (at, mut value) in items {
                 let api_version = text_at(&value, "/apiVersion").to_string();
                 if api_version.split('/').next() != Some(crd::GROUP) {
-                    if api_version.contains("flowgate") {
+                    // A kind of ours without a group (`v1alpha1`, or none at all) is ours with
+                    // a mistake: kubectl refuses it. One of another group is left alone.
+                    let ours = crd::schema::for_kind(text_at(&value, "/kind")).is_some()
+                        && !api_version.contains('/');
+                    if api_version.contains("flowgate") || ours {
                         report.error(
                             &at,
                             None,
-                            format!("apiVersion {api_version}: flowgate's is {API_VERSION}"),
+                            match api_version.as_str() {
+                                "" => format!("no apiVersion: flowgate's is {API_VERSION}"),
+                                _ => {
+                                    format!("apiVersion {api_version}: flowgate's is {API_VERSION}")
+                                }
+                            },
                         );
                     }
                     continue;
@@ -270,6 +283,7 @@ pub fn check(paths: &[PathBuf]) -> Report {
                     );
                 }
                 crd::schema::whole_numbers(&mut value);
+                crd::schema::prune_nulls(&mut value);
                 // What the API server would refuse; a shape that does not parse is mostly
                 // the same mistake again, so it is only reported when the schema found none.
                 let violations = schema.violations(&value);
@@ -547,11 +561,23 @@ fn documents(text: &str) -> Vec<Document<'_>> {
         .collect()
 }
 
-/// Whether a text that is not YAML is a Go template (Helm's `{{ .Values.x }}`, `{{- if … }}`),
-/// not a Flowise prompt's `{{question}}`.
+/// Whether a text that is not YAML is a Go template (Helm's `{{ .Values.x }}`, `{{- if … }}`,
+/// `{{ include … }}`), not a Flowise prompt's `{{question}}` or `{{ question }}`: an action
+/// starts with `-`, `.` or `$`, or with one of the template language's words.
 fn is_template(text: &str) -> bool {
-    ["{{ ", "{{-", "{{."].iter().any(|t| text.contains(t))
-        || text.lines().any(|line| line.trim_start().starts_with("{{"))
+    const WORDS: [&str; 16] = [
+        "if", "else", "end", "range", "with", "include", "template", "define", "block", "toYaml",
+        "tpl", "required", "default", "quote", "printf", "nindent",
+    ];
+    text.split("{{").skip(1).any(|action| {
+        let action = action.trim_start();
+        action.starts_with(['-', '.', '$'])
+            || WORDS.iter().any(|word| {
+                action
+                    .strip_prefix(word)
+                    .is_some_and(|rest| rest.starts_with([' ', '}']))
+            })
+    })
 }
 
 /// Whether a document names the flowgate API (an `apiVersion` line mentioning it), so that

@@ -84,6 +84,11 @@ fn documents_start_where_their_first_line_is_and_empty_ones_are_skipped() {
     ));
     assert!(is_template("metadata:\n  name: {{ include \"x\" . }}\n"));
     assert!(!is_template("template: \"Answer {{question}}\"\nkind: [\n"));
+    // A Flowise variable with spaces, as examples/chatflow-faq-bot.yaml writes one, in a
+    // document that does not parse: an error, not a template.
+    assert!(!is_template("message: 'Echo: {{ question }}'\n edges: [\n"));
+    assert!(is_template("{{ end }}\n"));
+    assert!(is_template("name: {{ $name }}\n"));
     // An object on its separator line (flow style, as PyYAML's explicit_start writes it).
     let docs = documents("--- {kind: A}\n--- {kind: B}\n");
     let found: Vec<(usize, &str)> = docs.iter().map(|d| (d.line, d.text.trim())).collect();
@@ -408,6 +413,33 @@ fn the_items_of_a_list_are_checked_as_documents() {
             .iter()
             .all(|l| !(l.starts_with("Error") && l.contains("a/good"))),
         "the good item has no error: {found:?}"
+    );
+}
+
+#[test]
+fn null_fields_get_their_defaults_and_a_kind_without_its_api_version_is_an_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    // Every child of `cost` and `alertAtPercent` commented out: the API server drops the nulls
+    // and defaults them.
+    write(
+        dir.path(),
+        "policy.yaml",
+        "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: monthly, namespace: a}\n\
+         spec:\n  chatflows: [\"*\"]\n  budget: {credits: 100, period: Monthly}\n  cost:\n    \
+         # perPrediction: 2\n  alertAtPercent:\n    # - 80\n",
+    );
+    write(
+        dir.path(),
+        "access.yaml",
+        "kind: ChatflowAccess\nmetadata: {name: team, namespace: a}\n\
+         spec: {chatflows: [\"*\"], subjects: [{group: g}]}\n",
+    );
+    let report = check(&[dir.path().to_path_buf()]);
+    let found = lines(&report, dir.path());
+    assert_eq!(
+        found,
+        ["Error access.yaml:1 -: no apiVersion: flowgate's is flowgate.io/v1alpha1"],
+        "{found:?}"
     );
 }
 

@@ -78,8 +78,10 @@ impl Schema {
     }
 }
 
-/// Removes every `null` object field, at any depth, as the API server prunes them.
-fn prune_nulls(value: &mut Value) {
+/// Removes every `null` object field, at any depth, as the API server prunes them (so that a
+/// field whose children are all commented out gets its default, as in the cluster). Call it
+/// before parsing into the resource types too.
+pub fn prune_nulls(value: &mut Value) {
     match value {
         Value::Object(fields) => {
             fields.retain(|_, v| !v.is_null());

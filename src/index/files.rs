@@ -188,6 +188,7 @@ pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, 
             // What an API server would refuse is refused here too: without one, `subjects: []`
             // or `alertAtPercent: [150]` would otherwise be served.
             schema::whole_numbers(&mut doc);
+            schema::prune_nulls(&mut doc);
             let mut violations = schema.violations(&doc);
             violations.splice(0..0, wrong_version);
             if key.2.is_empty() && violations.is_empty() {

@@ -40,6 +40,11 @@ use crate::ledger::{
 };
 use crate::metrics::Metrics;
 
+mod alerts;
+
+use alerts::Alerting;
+pub use alerts::Alerts;
+
 /// How long a reservation may stay open before a sweep settles it as expired (longer than any
 /// upstream call may take).
 pub const RESERVATION_TTL: Duration = Duration::from_secs(900);
@@ -63,42 +68,6 @@ pub struct Credits {
     background: TaskTracker,
 }
 
-/// Kubernetes Events on a CreditPolicy when a subject crosses one of its `alertAtPercent`.
-#[derive(Clone)]
-pub struct Alerts {
-    recorder: kube::runtime::events::Recorder,
-}
-
-impl Alerts {
-    pub fn new(client: kube::Client) -> Self {
-        let reporter = kube::runtime::events::Reporter {
-            controller: "flowgate-proxy".into(),
-            instance: None,
-        };
-        Self {
-            recorder: kube::runtime::events::Recorder::new(client, reporter),
-        }
-    }
-}
-
-/// The `alertAtPercent` thresholds a charge of `amount` crossed, leaving `remaining` of `limit`.
-pub fn crossed(limit: u64, remaining: u64, amount: u64, percents: &[u8]) -> Vec<u8> {
-    if limit == 0 {
-        return Vec::new();
-    }
-    let after = limit.saturating_sub(remaining);
-    let before = after.saturating_sub(amount);
-    percents
-        .iter()
-        .copied()
-        .filter(|p| {
-            // In u128: a budget near u64::MAX (a stand-in for "unlimited") must not overflow.
-            let threshold = (u128::from(limit) * u128::from(*p)).div_ceil(100);
-            u128::from(before) < threshold && threshold <= u128::from(after)
-        })
-        .collect()
-}
-
 /// Credits held for one request.
 pub struct Charge {
     id: ReservationId,
@@ -112,6 +81,8 @@ pub struct Charge {
     left: Vec<u64>,
     /// Smallest remaining balance over the charged policies, after this reservation.
     pub remaining: Option<u64>,
+    /// For the settle's `alertAtPercent` check, where one is due.
+    alerting: Option<Alerting>,
 }
 
 impl Charge {
@@ -160,48 +131,6 @@ impl Credits {
     pub fn with_alerts(mut self, alerts: Alerts) -> Self {
         self.alerts = Some(alerts);
         self
-    }
-
-    /// `limit`: the subject's credits per period on `policy` (its budget override's, if any);
-    /// `remaining`: what is left after the reservation's hold. Thresholds count the flat cost
-    /// only: a hold above it is mostly given back at the settle, and counting it would cross the
-    /// same threshold again with every prediction.
-    fn alert(&self, policy: &PolicyRule, limit: u64, subject: &str, remaining: u64) {
-        let remaining =
-            remaining.saturating_add(held(policy).saturating_sub(policy.per_prediction));
-        for percent in crossed(
-            limit,
-            remaining,
-            policy.per_prediction,
-            &policy.alert_at_percent,
-        ) {
-            self.metrics.credit_alert(&policy.id, percent);
-            tracing::info!(policy = %policy.id, subject, percent, remaining, "credit threshold crossed");
-            let Some(alerts) = self.alerts.clone() else {
-                continue;
-            };
-            let reference = k8s_openapi::api::core::v1::ObjectReference {
-                api_version: Some("flowgate.io/v1alpha1".into()),
-                kind: Some("CreditPolicy".into()),
-                name: Some(policy.name.clone()),
-                namespace: Some(policy.namespace.clone()),
-                ..Default::default()
-            };
-            let event = kube::runtime::events::Event {
-                type_: kube::runtime::events::EventType::Warning,
-                reason: "CreditThresholdCrossed".into(),
-                note: Some(format!(
-                    "{subject} has used {percent}% of {limit} credits ({remaining} left this period)"
-                )),
-                action: "Charge".into(),
-                secondary: None,
-            };
-            self.background.spawn(async move {
-                if let Err(error) = alerts.recorder.publish(&event, &reference).await {
-                    tracing::debug!(%error, "could not publish the credit alert Event");
-                }
-            });
-        }
     }
 
     /// With [`InvalidPolicies::Refuse`], 503 `policy_invalid` when an invalid CreditPolicy would
@@ -277,10 +206,18 @@ impl Credits {
                     policies.iter().zip(&remaining).zip(&limits)
                 {
                     if !policy.alert_at_percent.is_empty() {
-                        self.alert(policy, *limit, &identity.key, *left);
+                        self.alert_reserved(policy, *limit, &identity.key, *left);
                     }
                 }
+                // A settle may cross a threshold with its tokens.
+                let alerting = (!final_cost
+                    && policies.iter().any(|p| !p.alert_at_percent.is_empty()))
+                .then(|| Alerting {
+                    subject: identity.key.clone(),
+                    limits: limits.iter().map(|(limit, _)| *limit).collect(),
+                });
                 Ok(Some(Charge {
+                    alerting,
                     id,
                     policies,
                     final_cost,
@@ -322,12 +259,25 @@ impl Credits {
     /// A final-cost charge is already what it should be; only the metrics see it.
     pub fn settle(&self, charge: Charge, tokens: u64) {
         let actual: Vec<u64> = charge.policies.iter().map(|p| cost(p, tokens)).collect();
+        self.settle_at(charge, actual, tokens);
+    }
+
+    /// Charges what was held: Flowise ran the prediction, but how many tokens it took cannot
+    /// be read (its answer was larger than flowgate holds). The hold is each policy's own
+    /// estimate (`reserveTokens`), where the flat cost alone would make the run's tokens free.
+    pub fn settle_held(&self, charge: Charge) {
+        let actual: Vec<u64> = charge.policies.iter().map(|p| held(p)).collect();
+        self.settle_at(charge, actual, 0);
+    }
+
+    fn settle_at(&self, charge: Charge, actual: Vec<u64>, tokens: u64) {
         for (policy, credits) in charge.policies.iter().zip(&actual) {
             self.metrics.credits_charged(&policy.id, *credits);
         }
         if charge.final_cost {
             return;
         }
+        self.alert_settled(&charge, &actual);
         let ledger = self.ledger.clone();
         let metrics = self.metrics.clone();
         self.background.spawn(async move {
@@ -762,35 +712,5 @@ mod tests {
             matches!(outcome, ReserveOutcome::Reserved { .. }),
             "{outcome:?}"
         );
-    }
-
-    #[test]
-    fn a_threshold_is_crossed_once_by_the_charge_that_reaches_it() {
-        // 1000 credits, alerts at 80% and 100%, cost 1.
-        assert_eq!(
-            crossed(1000, 201, 1, &[80, 100]),
-            Vec::<u8>::new(),
-            "799 used"
-        );
-        assert_eq!(crossed(1000, 200, 1, &[80, 100]), vec![80], "800 used");
-        assert_eq!(
-            crossed(1000, 199, 1, &[80, 100]),
-            Vec::<u8>::new(),
-            "801 used"
-        );
-        assert_eq!(crossed(1000, 0, 1, &[80, 100]), vec![100]);
-        assert_eq!(
-            crossed(10, 0, 10, &[50, 100]),
-            vec![50, 100],
-            "one big charge crosses both"
-        );
-        assert_eq!(crossed(0, 0, 1, &[80]), Vec::<u8>::new());
-        let huge = u64::MAX / 2;
-        assert_eq!(
-            crossed(huge, huge - huge / 10 * 8, huge / 10 * 8, &[80]),
-            Vec::<u8>::new(),
-            "just below 80 % of a huge budget, without overflowing"
-        );
-        assert_eq!(crossed(huge, 0, huge, &[80, 100]), vec![80, 100]);
     }
 }

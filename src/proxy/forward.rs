@@ -183,12 +183,12 @@ impl Proxy {
             .await
         {
             Ok(answer) => answer,
-            // Flowise ran it and answered: the flat cost is due, as for any answer (its tokens
-            // are in the part not read).
+            // Flowise ran it and answered: what was held is due (its tokens are in the part not
+            // read; the flat cost alone would make them free).
             Err(error @ ProxyError::AnswerTooLarge { .. }) => {
                 self.metrics.upstream_error(error.reason());
                 if let Some(charge) = flight.answered() {
-                    self.credits.settle(charge, 0);
+                    self.credits.settle_held(charge);
                 }
                 return Err(error);
             }
