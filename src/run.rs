@@ -227,8 +227,11 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
                 }
             }
         });
+        // Cancelled when the drain period is over and open connections are cut.
+        let cut = CancellationToken::new();
         let mut credits = Credits::new(ledger.clone(), metrics.clone())
-            .with_invalid_policies(config.invalid_policies);
+            .with_invalid_policies(config.invalid_policies)
+            .with_shutdown_cut(cut.clone());
         if let Some(client) = &client {
             credits = credits.with_alerts(crate::proxy::credits::Alerts::new(client.clone()));
         }
@@ -307,7 +310,7 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
                 Ok(move |req, peer| proxy.clone().handle(req, peer))
             })
             .collect::<Result<Vec<_>, ProxyError>>()?;
-        let threads = server::Threads::start(handlers, &background, &shutdown, DRAIN_PERIOD)
+        let threads = server::Threads::start(handlers, &background, &shutdown, DRAIN_PERIOD, &cut)
             .map_err(RunError::Threads)?;
         let listener = bind(config.listen_addr, "FLOWGATE_LISTEN_ADDR").await?;
         let serve = threads.serve(listener, shutdown.clone());

@@ -72,12 +72,14 @@ pub struct Threads {
 impl Threads {
     /// Starts one thread per handler. After `shutdown` each drains its connections and then
     /// finishes the work its handler left in `background` (settling credits after an answer),
-    /// each within `drain`.
+    /// each within `drain`. `cut` is cancelled when connections still open after the drain
+    /// are cut, before their answers are dropped (so handlers can tell that from a hang-up).
     pub fn start<H, F>(
         handlers: Vec<H>,
         background: &TaskTracker,
         shutdown: &CancellationToken,
         drain: Duration,
+        cut: &CancellationToken,
     ) -> std::io::Result<Self>
     where
         H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -90,7 +92,7 @@ impl Threads {
         for (i, handler) in handlers.into_iter().enumerate() {
             let (tx, mut rx) = mpsc::channel::<(std::net::TcpStream, SocketAddr)>(HANDOFF_QUEUE);
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-            let (shutdown, background) = (shutdown.clone(), background.clone());
+            let (shutdown, background, cut) = (shutdown.clone(), background.clone(), cut.clone());
             // The thread's log lines (a decision per request) are written when it goes idle.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -102,6 +104,7 @@ impl Threads {
                     telemetry::buffer_thread();
                     runtime.block_on(async move {
                         let mut connections = Connections::new(handler, WRITE_STALL_LIMIT);
+                        connections.cut = cut;
                         loop {
                             let handed = tokio::select! {
                                 handed = rx.recv() => match handed {

@@ -10,7 +10,7 @@ use serde_json::json;
 use flowgate::crd::{Chatflow, ChatflowAccess};
 use reqwest::Method as M;
 use support::admin::{call, root};
-use support::gate::{Flowgate, eventually_status};
+use support::gate::{Flowgate, Options, eventually_status};
 use support::team::Team;
 
 const OBJECT: &str = "admin-api-support-bot";
@@ -52,6 +52,13 @@ async fn the_admin_apis_grants_belong_to_their_chatflow_and_to_it_alone() {
         .metadata
         .uid
         .expect("uid");
+
+    // Nothing to add: `[]`, as the Python service answered, and no object written.
+    let bulk = format!("/api/admin/chatflows/{id}/users/bulk");
+    let none = Some(json!({"user_ids": []}));
+    let (status, out) = call(&gate, M::POST, &bulk, Some(&admin), none).await;
+    assert_eq!((status, &out), (200, &json!([])));
+    assert!(ours.get_opt(OBJECT).await.expect("read").is_none());
 
     // Owned by the Chatflow: Kubernetes' garbage collector deletes it with the Chatflow.
     let (status, out) = add("olga").await;
@@ -213,7 +220,7 @@ async fn a_delete_refused_after_the_switch_to_retain_switches_it_back() {
         .expect("indexed")
         .clone();
 
-    let refused = flowgate::admin::chatflows::delete(&restricted, &entry)
+    let refused = flowgate::admin::chatflows::delete(&restricted, &entry, false)
         .await
         .expect_err("the delete is forbidden");
     assert_eq!(
@@ -231,4 +238,39 @@ async fn a_delete_refused_after_the_switch_to_retain_switches_it_back() {
         .delete("kept", &Default::default())
         .await
         .expect("cleaned up");
+}
+
+#[tokio::test]
+async fn an_imported_chatflow_flowise_still_has_is_not_deleted() {
+    // With import on, the next sync pass would import it again: the delete would not last.
+    let team = Team::new("admin-imported").await;
+    let gate = Flowgate::start_with(Options {
+        import_namespace: Some(team.ns.clone()),
+        ..Options::default()
+    })
+    .await;
+    let id = team.flowise_id.clone();
+    eventually_status(&gate, &team.alice(), &id, 200).await;
+    let chatflows: Api<Chatflow> = Api::namespaced(team.client.clone(), &team.ns);
+    let imported = json!({"metadata": {"labels": {"flowgate.io/imported": "true"}}});
+    chatflows
+        .patch(
+            "support-bot",
+            &PatchParams::default(),
+            &Patch::Merge(&imported),
+        )
+        .await
+        .expect("labelled imported");
+    let path = format!("/api/admin/chatflows/{id}");
+    let (status, body) = call(&gate, M::DELETE, &path, Some(&root()), None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("would import it again")),
+        "{body}"
+    );
+    let kept = chatflows.get_opt("support-bot").await.expect("read");
+    assert!(kept.is_some(), "the Chatflow is kept");
+    team.cleanup().await;
 }

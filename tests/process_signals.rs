@@ -1,6 +1,7 @@
 //! The real flowgate binary starting and stopping: SIGTERM draining an in-flight stream, a
-//! shutdown delay served out unready, a second SIGTERM ending it at once, and requests before
-//! the index has loaded told to try again.
+//! prediction still running after the drain cut and refunded, a shutdown delay served out
+//! unready, a second SIGTERM ending it at once, and requests before the index has loaded told
+//! to try again.
 
 mod support;
 
@@ -10,7 +11,9 @@ use futures::StreamExt;
 use serde_json::json;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::process::{eventually, predict, sigterm_until_unready, spawn, spawn_with, start};
+use support::process::{
+    eventually, predict, sigterm_until_unready, spawn, spawn_on, spawn_with, start,
+};
 use support::team::Team;
 
 #[tokio::test]
@@ -173,4 +176,77 @@ async fn a_second_sigterm_exits_at_once() {
     })
     .await
     .expect("bounded to 60 s");
+}
+
+#[tokio::test]
+async fn a_prediction_the_drain_cuts_is_refunded_not_charged() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
+        let (team, policy) = Team::with_flat_policy("process-cut").await;
+        // Flowise takes longer than the drain period (25 s).
+        let fake = FakeFlowise::start(Mode::Slow {
+            delay: Duration::from_secs(60),
+        })
+        .await;
+        let kept = tempfile::tempdir().expect("ledger dir");
+        let ledger = kept.path().join("ledger.db");
+        let url = format!("sqlite://{}", ledger.display());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = std::path::Path::new(&kubeconfig);
+        let mut gate = spawn_on(&fake.url, kubeconfig, &url, dir).await;
+        let (id, alice) = (team.flowise_id.clone(), team.alice());
+        // Served once the policy is: a prediction now is charged.
+        let credits = format!("{}/credits", gate.base);
+        support::eventually(15, "the policy indexed", || async {
+            let body: serde_json::Value = reqwest::Client::new()
+                .get(&credits)
+                .bearer_auth(&alice)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            body.to_string().contains(&policy).then_some(())
+        })
+        .await;
+        // A client that waits as long as it takes (`predict` gives up after 5 s).
+        let asked = tokio::spawn(
+            reqwest::Client::new()
+                .post(format!("{}/api/v1/prediction/{id}", gate.base))
+                .bearer_auth(&alice)
+                .json(&json!({"question": "a long run"}))
+                .send(),
+        );
+        support::eventually(15, "Flowise has the prediction", || async {
+            (fake.predictions() == 1).then_some(())
+        })
+        .await;
+        gate.child.sigterm();
+        let status = gate.child.exited(60, "flowgate after the drain").await;
+        assert!(status.success(), "exit status {status}");
+        asked.abort();
+        // The reservation was refunded: the cut was flowgate's, not the caller's hang-up.
+        let ledger = flowgate::ledger::open(&flowgate::config::LedgerUrl::Sqlite(ledger))
+            .await
+            .expect("ledger opens");
+        let filter = flowgate::ledger::UsageFilter {
+            policy: Some(policy.clone()),
+            ..Default::default()
+        };
+        let outcomes: Vec<String> = ledger
+            .usage(filter)
+            .await
+            .expect("usage log")
+            .iter()
+            .map(|row| row.outcome.to_string())
+            .collect();
+        assert!(
+            outcomes.contains(&"refunded".to_string()),
+            "the cut prediction is refunded: {outcomes:?}"
+        );
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 90 s");
 }

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
 
 use super::access::{self, kube_error};
 use super::models::{ChatflowModel, ChatflowStats, MessageResponse};
@@ -78,18 +78,30 @@ pub fn stats(chatflows: &[&Arc<ChatflowEntry>], last: Option<SyncReport>) -> Cha
 /// Deletes the Chatflow object, switching `deletionPolicy: Delete` to `Retain` first so the
 /// chatflow in Flowise stays. Runs to its end in a task of its own: a client that hangs up
 /// between the switch and the delete must not leave the object switched and not deleted.
-pub async fn delete(client: &Client, cf: &ChatflowEntry) -> Result<MessageResponse, ProxyError> {
+pub async fn delete(
+    client: &Client,
+    cf: &ChatflowEntry,
+    imports: bool,
+) -> Result<MessageResponse, ProxyError> {
     let (client, ns, name) = (
         client.clone(),
         cf.rule.namespace.clone(),
         cf.rule.name.clone(),
     );
-    tokio::spawn(async move { delete_now(&client, &ns, &name).await })
+    // An imported Chatflow whose chatflow Flowise still has would be imported again by the
+    // next sync pass: the delete would not last.
+    let reimported = imports && cf.rule.ready;
+    tokio::spawn(async move { delete_now(&client, &ns, &name, reimported).await })
         .await
         .map_err(|e| ProxyError::Internal(format!("the delete stopped: {e}")))?
 }
 
-async fn delete_now(client: &Client, ns: &str, name: &str) -> Result<MessageResponse, ProxyError> {
+async fn delete_now(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reimported: bool,
+) -> Result<MessageResponse, ProxyError> {
     let api: Api<Chatflow> = Api::namespaced(client.clone(), ns);
     let gone = || ProxyError::NotFoundDetail(format!("Chatflow {ns}/{name} no longer exists"));
     // The switch to Retain and the delete must see the same object: a GitOps sync putting
@@ -104,6 +116,14 @@ async fn delete_now(client: &Client, ns: &str, name: &str) -> Result<MessageResp
         let Some(mut current) = api.get_opt(name).await.map_err(kube_error)? else {
             return Err(gone());
         };
+        let imported = current.labels().get(crate::crd::LABEL_IMPORTED);
+        if reimported && imported.is_some_and(|v| v == "true") {
+            return Err(ProxyError::Conflict(format!(
+                "Chatflow {ns}/{name} was imported from Flowise, which still has its chatflow: \
+                 the next sync pass (FLOWGATE_IMPORT_NAMESPACE) would import it again. Delete \
+                 the chatflow in Flowise, or claim it with a Chatflow of your own"
+            )));
+        }
         if current.spec.deletion_policy == DeletionPolicy::Delete {
             let retain = serde_json::json!({
                 "metadata": {"resourceVersion": current.metadata.resource_version},

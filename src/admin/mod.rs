@@ -169,6 +169,10 @@ impl Admin {
                     Some(cf) => cf,
                     None => call.chatflow(&string_field(&body, "chatflow_id")?)?,
                 };
+                // Nothing to add, as the Python service answered it.
+                if subjects.is_empty() {
+                    return ok(serde_json::json!([]));
+                }
                 let out = users::add(&self.client, call, &cf, &subjects, kind).await?;
                 ok(to_json(&out))
             }
@@ -221,7 +225,10 @@ impl Admin {
             }
             AdminRoute::DeleteChatflow(id) => {
                 let cf = call.chatflow(&id)?;
-                ok(to_json(&chatflows::delete(&self.client, &cf).await?))
+                let reimported = self.sync.imports();
+                ok(to_json(
+                    &chatflows::delete(&self.client, &cf, reimported).await?,
+                ))
             }
             AdminRoute::CreditUsage => {
                 let mut filter = usage_log::usage_filter(req.uri().query())?;

@@ -9,8 +9,8 @@ use crate::proxy::ProxyError;
 /// `AddUsersToChatflowRequest`: users (subject `user:` values) to grant a chatflow.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct AddUsersToChatflowRequest {
-    /// Values matched against the caller's user claims (`sub`, `email`, …); 1–1000 entries.
-    #[schemars(length(min = 1, max = 1000))]
+    /// Values matched against the caller's user claims (`sub`, `email`, …); at most 1000 (none: nothing is done, `[]`).
+    #[schemars(length(max = 1000))]
     pub user_ids: Vec<String>,
     /// Flowise id of the chatflow (or `namespace/name`, the listing's `id`).
     #[schemars(length(min = 1))]
@@ -20,8 +20,9 @@ pub struct AddUsersToChatflowRequest {
 /// `AddUsersToChatlowByEmailRequest` (sic): users by email to grant a chatflow.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct AddUsersToChatflowByEmailRequest {
-    /// 1–1000 entries; an unusable one is reported in its own result.
-    #[schemars(length(min = 1, max = 1000))]
+    /// At most 1000 (none: nothing is done, `[]`); an unusable one is reported in its own
+    /// result.
+    #[schemars(length(max = 1000))]
     pub emails: Vec<String>,
     /// Flowise id of the chatflow (or `namespace/name`, the listing's `id`).
     #[schemars(length(min = 1))]
@@ -32,16 +33,17 @@ pub struct AddUsersToChatflowByEmailRequest {
 /// (a `chatflow_id` in the body is ignored).
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct BulkAddUsersRequest {
-    /// Values matched against the caller's user claims (`sub`, `email`, …); 1–1000 entries.
-    #[schemars(length(min = 1, max = 1000))]
+    /// Values matched against the caller's user claims (`sub`, `email`, …); at most 1000 (none: nothing is done, `[]`).
+    #[schemars(length(max = 1000))]
     pub user_ids: Vec<String>,
 }
 
 /// The body of `POST /api/admin/chatflows/{flowise_id}/users/email/bulk`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct BulkAddUsersByEmailRequest {
-    /// 1–1000 entries; an unusable one is reported in its own result.
-    #[schemars(length(min = 1, max = 1000))]
+    /// At most 1000 (none: nothing is done, `[]`); an unusable one is reported in its own
+    /// result.
+    #[schemars(length(max = 1000))]
     pub emails: Vec<String>,
 }
 
@@ -163,18 +165,18 @@ impl From<crate::controller::ChatflowSyncResult> for ChatflowSyncResult {
     }
 }
 
-/// `field` of a body as a non-empty list of strings; the 400 names the field.
+/// `field` of a body as a list of at most 1000 strings; the 400 names the field.
 pub fn string_list(
     body: &serde_json::Map<String, serde_json::Value>,
     field: &str,
 ) -> Result<Vec<String>, ProxyError> {
     let bad = || {
         ProxyError::BadRequest(format!(
-            "field '{field}' must be a non-empty list of strings"
+            "field '{field}' must be a list of at most 1000 strings"
         ))
     };
     let list = body.get(field).and_then(|v| v.as_array()).ok_or_else(bad)?;
-    if list.is_empty() || list.len() > 1000 {
+    if list.len() > 1000 {
         return Err(bad());
     }
     list.iter()

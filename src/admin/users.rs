@@ -182,7 +182,9 @@ pub async fn remove(
     match (removed, others.is_empty()) {
         (true, true) => Ok(MessageResponse {
             message: format!(
-                "User {user} access to chatflow {} successfully revoked.",
+                "User {user} access to chatflow {} successfully revoked. A grant naming the \
+                 same person by another identifier (an id for an email, or the reverse) is a \
+                 grant of its own, untouched.",
                 cf.rule.name
             ),
         }),
@@ -199,7 +201,8 @@ pub async fn remove(
             others.join(", ")
         ))),
         (false, true) => Err(ProxyError::NotFoundDetail(format!(
-            "user {user} has no access to chatflow {} through the admin API",
+            "user {user} has no access to chatflow {} through the admin API under this \
+             identifier (a grant naming the same person by another one is a grant of its own)",
             cf.rule.name
         ))),
     }

@@ -96,6 +96,11 @@ impl SyncState {
         }
     }
 
+    /// Whether sync passes import unclaimed Flowise chatflows (`FLOWGATE_IMPORT_NAMESPACE`).
+    pub fn imports(&self) -> bool {
+        self.inner.settings.import_namespace.is_some()
+    }
+
     /// The last pass, if one has run.
     pub fn last(&self) -> Option<SyncReport> {
         self.inner

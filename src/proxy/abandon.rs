@@ -143,8 +143,9 @@ impl Drop for InFlight<'_> {
         let Some(charge) = self.charge.take() else {
             return;
         };
-        // flowgate's own failure, not the caller's hang-up.
-        if super::unwind::unwinding() {
+        // flowgate's own failure, or its shutdown cutting the connection: not the caller's
+        // hang-up.
+        if super::unwind::unwinding() || self.credits.cut_by_shutdown() {
             self.credits.refund(charge);
             return;
         }

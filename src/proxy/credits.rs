@@ -25,6 +25,7 @@ use futures::future::BoxFuture;
 use hyper::header::HeaderName;
 use jiff::Timestamp;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::ProxyError;
@@ -66,6 +67,8 @@ pub struct Credits {
     /// Settles, refunds and alerts still running after their request was answered; the proxy
     /// waits for them when it stops.
     background: TaskTracker,
+    /// Cancelled when a shutdown cuts the connections still open after its drain period.
+    cut: CancellationToken,
 }
 
 /// Credits held for one request.
@@ -112,6 +115,7 @@ impl Credits {
             alerts: None,
             invalid_policies: InvalidPolicies::Skip,
             background: TaskTracker::new(),
+            cut: CancellationToken::new(),
         }
     }
 
@@ -128,6 +132,19 @@ impl Credits {
     }
 
     /// Also publishes an Event when a subject crosses a policy's `alertAtPercent`.
+    /// `cut` says when a shutdown cuts the connections its drain left open: a prediction
+    /// dropped then was flowgate's to stop, not the caller's, and is refunded.
+    pub fn with_shutdown_cut(mut self, cut: CancellationToken) -> Self {
+        self.cut = cut;
+        self
+    }
+
+    /// Whether a shutdown cut the connections: predictions dropped now are refunded, not
+    /// charged as a client's hang-up.
+    pub fn cut_by_shutdown(&self) -> bool {
+        self.cut.is_cancelled()
+    }
+
     pub fn with_alerts(mut self, alerts: Alerts) -> Self {
         self.alerts = Some(alerts);
         self

@@ -147,8 +147,10 @@ impl Proxy {
                 // A client gone before the answer is charged the run it started (Flowise may
                 // still be running it), unless Flowise had already failed it: how long the
                 // client stayed for the end does not decide a refund.
+                // A shutdown cutting it is flowgate's doing: refunded unless answered.
+                let hung_up = gone && !credits.cut_by_shutdown();
                 match charge {
-                    Some(charge) if answered || (gone && !report.error_event) => {
+                    Some(charge) if answered || (hung_up && !report.error_event) => {
                         credits.settle_stream(charge, report.usage);
                         None
                     }

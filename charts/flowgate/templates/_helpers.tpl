@@ -82,8 +82,8 @@ and how to fix it; `helm install` stops with the message.
 {{- fail "\n\nflowgate: serviceAccount.create=false needs serviceAccount.name: without it flowgate's permissions (Secret reads included) would go to the namespace's \"default\" ServiceAccount and every pod using it.\n" }}
 {{- end }}
 {{- $grace := int .Values.terminationGracePeriodSeconds }}
-{{- if lt $grace (add (int .Values.shutdownDelaySeconds) 50) }}
-{{- fail (printf "\n\nflowgate: terminationGracePeriodSeconds: %d is shorter than flowgate's shutdown (shutdownDelaySeconds + 25 s of draining + up to 25 s of settling = %d s): settles, refunds and the Lease release would be cut off. Raise it to at least %d.\n" $grace (add (int .Values.shutdownDelaySeconds) 50) (add (int .Values.shutdownDelaySeconds) 50)) }}
+{{- if lt $grace (add (int .Values.shutdownDelaySeconds) 55) }}
+{{- fail (printf "\n\nflowgate: terminationGracePeriodSeconds: %d is shorter than flowgate's shutdown (shutdownDelaySeconds + 25 s of draining + up to 25 s of settling + about 5 s of cutting and stopping = %d s): settles, refunds and the Lease release would be cut off. Raise it to at least %d.\n" $grace (add (int .Values.shutdownDelaySeconds) 55) (add (int .Values.shutdownDelaySeconds) 55)) }}
 {{- end }}
 {{- $pdb := .Values.podDisruptionBudget }}
 {{- if and $pdb.enabled (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "string" $pdb.minAvailable)) (ge (int $pdb.minAvailable) $replicas) }}
