@@ -511,23 +511,28 @@ struct Document<'a> {
 /// those too, so counting the documents it returns would point at the wrong one.)
 fn documents(text: &str) -> Vec<Document<'_>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut starts = vec![0];
+    // Where each document starts: its offset, and the lines before it (counted once here: a
+    // count from the start for each would take quadratic time on a file of many documents).
+    let mut starts = vec![(0, 0)];
     // The current piece holds directives and nothing else but blanks and comments: they belong
     // to the document the next `---` starts.
     let mut directives_only = false;
     // The current piece holds something but blanks, comments and directives.
     let mut content = false;
-    let mut offset = 0;
+    let (mut offset, mut lines) = (0, 0);
     for line in text.split_inclusive('\n') {
         let bare = line.trim_end_matches(['\n', '\r']);
         if is_separator(line) {
             if !directives_only {
-                starts.push(offset);
+                starts.push((offset, lines));
             }
             directives_only = false;
             content = true;
         } else if is_end_marker(line) {
-            starts.push(offset + line.len());
+            starts.push((
+                offset + line.len(),
+                lines + usize::from(line.ends_with('\n')),
+            ));
             directives_only = false;
             content = false;
         } else if bare.starts_with('%') && !content {
@@ -537,14 +542,15 @@ fn documents(text: &str) -> Vec<Document<'_>> {
             content = true;
         }
         offset += line.len();
+        lines += usize::from(line.ends_with('\n'));
     }
-    starts.push(text.len());
-    starts.dedup();
+    starts.push((text.len(), lines));
+    starts.dedup_by_key(|(offset, _)| *offset);
     starts
         .windows(2)
         .filter_map(|w| {
-            let chunk = &text[w[0]..w[1]];
-            let before = text[..w[0]].matches('\n').count();
+            let ((start, before), (end, _)) = (w[0], w[1]);
+            let chunk = &text[start..end];
             let (skip, _) = chunk.split_inclusive('\n').enumerate().find(|(_, line)| {
                 let trimmed = line.trim();
                 !(trimmed.is_empty()

@@ -89,6 +89,10 @@ fn documents_start_where_their_first_line_is_and_empty_ones_are_skipped() {
     assert!(!is_template("message: 'Echo: {{ question }}'\n edges: [\n"));
     assert!(is_template("{{ end }}\n"));
     assert!(is_template("name: {{ $name }}\n"));
+    // Many documents: the lines before each are counted once, not again from the start.
+    let many = format!("{}kind: A\n", "---\n".repeat(100_000));
+    let found: Vec<usize> = documents(&many).iter().map(|d| d.line).collect();
+    assert_eq!(found, [100_001]);
     // An object on its separator line (flow style, as PyYAML's explicit_start writes it).
     let docs = documents("--- {kind: A}\n--- {kind: B}\n");
     let found: Vec<(usize, &str)> = docs.iter().map(|d| (d.line, d.text.trim())).collect();
