@@ -196,18 +196,8 @@ async fn a_prediction_the_drain_cuts_is_refunded_not_charged() {
         let mut gate = spawn_on(&fake.url, kubeconfig, &url, dir).await;
         let (id, alice) = (team.flowise_id.clone(), team.alice());
         // Served once the policy is: a prediction now is charged.
-        let credits = format!("{}/credits", gate.base);
-        support::eventually(15, "the policy indexed", || async {
-            let body: serde_json::Value = reqwest::Client::new()
-                .get(&credits)
-                .bearer_auth(&alice)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            body.to_string().contains(&policy).then_some(())
+        support::eventually(15, "the policy indexed", || {
+            support::gate::credits_used(&gate.base, &alice, &policy)
         })
         .await;
         // A client that waits as long as it takes (`predict` gives up after 5 s).

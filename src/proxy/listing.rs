@@ -34,9 +34,32 @@ pub(super) async fn chatbot_config(
     mut held: Held,
 ) -> Result<Response<Body>, ProxyError> {
     let path = format!("/api/v1/public-chatbotConfig/{flowise_id}");
+    let (parts, answer) = ask(upstream, &path, key, peer, MAX_ANSWER, Some(&mut held)).await?;
+    let mut resp = Response::builder().status(StatusCode::OK);
+    if let Some(headers) = resp.headers_mut() {
+        upstream::copy_response_headers(&parts.headers, headers);
+    }
+    resp.body(
+        http_body_util::Full::new(buffers::owning(answer, held))
+            .map_err(|e| match e {})
+            .boxed(),
+    )
+    .map_err(|e| ProxyError::Internal(e.to_string()))
+}
+
+/// Flowise's answer to `GET path` (at most `limit` bytes, counted in `held`), with its head; a
+/// refusal is 502 with Flowise's message.
+async fn ask(
+    upstream: &Upstream,
+    path: &str,
+    key: Option<&HeaderValue>,
+    peer: SocketAddr,
+    limit: usize,
+    held: Option<&mut Held>,
+) -> Result<(hyper::http::response::Parts, Bytes), ProxyError> {
     let req = upstream.request(
         Method::GET,
-        &path,
+        path,
         &HeaderMap::new(),
         peer,
         key,
@@ -53,19 +76,8 @@ pub(super) async fn chatbot_config(
             &body,
         )));
     }
-    let answer = upstream
-        .read_body(body, MAX_ANSWER, Some(&mut held))
-        .await?;
-    let mut resp = Response::builder().status(StatusCode::OK);
-    if let Some(headers) = resp.headers_mut() {
-        upstream::copy_response_headers(&parts.headers, headers);
-    }
-    resp.body(
-        http_body_util::Full::new(buffers::owning(answer, held))
-            .map_err(|e| match e {})
-            .boxed(),
-    )
-    .map_err(|e| ProxyError::Internal(e.to_string()))
+    let answer = upstream.read_body(body, limit, held).await?;
+    Ok((parts, answer))
 }
 
 /// The query of Flowise's `GET /api/v1/chatflows`, as Flowise reads it: `type` lists one type
@@ -205,22 +217,7 @@ pub(super) async fn streaming_capability(
         Some(streams) => streams,
         None => {
             let path = format!("/api/v1/chatflows-streaming/{flowise_id}");
-            let req = upstream.request(
-                Method::GET,
-                &path,
-                &HeaderMap::new(),
-                peer,
-                key,
-                Bytes::new(),
-            )?;
-            let (parts, body) = upstream.send(req).await?.into_parts();
-            let answer = upstream.read_body(body, 64 * 1024, None).await?;
-            if !parts.status.is_success() {
-                return Err(ProxyError::Upstream(super::flowise_message(
-                    parts.status,
-                    &answer,
-                )));
-            }
+            let (_, answer) = ask(upstream, &path, key, peer, 64 * 1024, None).await?;
             let streams = serde_json::from_slice::<Value>(&answer)
                 .ok()
                 .and_then(|v| v.get("isStreaming")?.as_bool())
