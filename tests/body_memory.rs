@@ -10,7 +10,8 @@
 //! - an answer its client does not read counts whole, in the budget and its caller's share, and
 //!   keeps new bodies out, until it is written;
 //! - a whole answer larger than flowgate holds is a 502 `answer_too_large`, charged: Flowise ran
-//!   it.
+//!   it;
+//! - a prediction is decided again once its body has come: a grant revoked while it came holds.
 
 mod support;
 
@@ -449,6 +450,70 @@ async fn a_json_prediction_may_be_as_large_as_an_upload() {
         let (status, answer) = refused_up_front(&gate, &alice, &id, (50 << 20) + 1).await;
         assert_eq!(status, 413, "{answer}");
         used_becomes(&gate, &alice, &policy, 1).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+/// A connection that has sent the head of a POST of `length` bytes to `path` with `Expect:
+/// 100-continue`, and read flowgate's `100 Continue`: flowgate has decided on the head and begun
+/// reading the body.
+async fn continued(gate: &Flowgate, bearer: &str, path: &str, length: usize) -> TcpStream {
+    let mut conn = TcpStream::connect(gate.base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: flowgate\r\n\
+         Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\n\
+         Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.expect("send");
+    let mut interim = Vec::new();
+    while !interim.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        conn.read_exact(&mut byte).await.expect("an interim answer");
+        interim.push(byte[0]);
+    }
+    let interim = String::from_utf8_lossy(&interim);
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    conn
+}
+
+#[tokio::test]
+async fn a_grant_revoked_while_the_body_comes_holds_for_the_prediction() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+        let (team, gate, _) = gate_with("body-revoked", &fake, "16Mi").await;
+        let (alice, id) = (team.alice(), team.flowise_id.clone());
+        let direct = serde_json::to_vec(&json!({"question": "hello"})).expect("JSON");
+        let named = serde_json::to_vec(&json!({"chatflow_id": "support-bot", "question": "hello"}))
+            .expect("JSON");
+        // Both allowed on their heads, and half their bodies sent...
+        let path = format!("/api/v1/prediction/{id}");
+        let mut by_id = continued(&gate, &alice, &path, direct.len()).await;
+        let mut by_name = continued(&gate, &alice, "/chat/predict", named.len()).await;
+        by_id.write_all(&direct[..8]).await.expect("send");
+        by_name.write_all(&named[..8]).await.expect("send");
+        // ...when the grant is deleted, and flowgate has seen it.
+        let api: kube::Api<flowgate::crd::ChatflowAccess> =
+            kube::Api::namespaced(team.client.clone(), &team.ns);
+        api.delete("support-team", &kube::api::DeleteParams::default())
+            .await
+            .expect("grant deleted");
+        support::gate::eventually_status(&gate, &alice, &id, 403).await;
+        // By name, a chatflow the caller may not see is not found.
+        let refusals = [
+            (&mut by_id, &direct, "forbidden"),
+            (&mut by_name, &named, "chatflow_not_found"),
+        ];
+        for (conn, body, code) in refusals {
+            conn.write_all(&body[8..]).await.expect("send");
+            let answer: serde_json::Value =
+                serde_json::from_slice(&read_answer(conn).await).expect("a JSON answer");
+            assert_eq!(answer["error"]["code"], code, "{answer}");
+        }
+        assert_eq!(fake.predictions(), 0, "nothing reached Flowise");
         team.cleanup().await;
     })
     .await

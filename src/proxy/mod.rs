@@ -245,10 +245,9 @@ impl Proxy {
                 Ok(error::json(StatusCode::OK, &listing::compat_shape(&cf)))
             }
             Route::Predict(id) => {
-                let (cf, access) =
-                    self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
-                let usable = usable(&cf)?;
-                self.refuse_invalid(&snapshot, &identity, &caller, &cf)?;
+                // Decided before the body is read, so a caller refused costs no memory...
+                let lookup = Lookup::FlowiseId(&id);
+                self.admit(&snapshot, &identity, &caller, lookup, now)?;
                 let idempotency_key = idempotency_key(&req)?;
                 // The headers go on to Flowise (the allowed ones) after the body is read.
                 let (parts, body) = req.into_parts();
@@ -256,6 +255,12 @@ impl Proxy {
                 let mut prediction =
                     read_prediction(&parts.headers, body, &identity, &mut held).await?;
                 prediction.held = Some(held);
+                // ...and again once it has come, which may be minutes later: a grant revoked,
+                // expired or suspended meanwhile, or a policy applied meanwhile, holds for it,
+                // and its credits are counted in the period it is forwarded in.
+                let (snapshot, now) = (self.snapshot.load(), jiff::Timestamp::now());
+                let (cf, access, usable) =
+                    self.admit(&snapshot, &identity, &caller, lookup, now)?;
                 prediction.turn = Some(self.turn(&snapshot, &prediction.chat_id).await?);
                 let allowance = self.rate_limit(&snapshot, &identity, &cf, access).await?;
                 let answered = async {
@@ -283,10 +288,11 @@ impl Proxy {
                 let body = read_json_body(&parts.headers, body, MAX_JSON_BODY, &mut held).await?;
                 let (chatflow_id, session, mut prediction) = compat_request(body, &identity)?;
                 prediction.held = Some(held);
+                // Decided on what holds once the body has come, which may be minutes later.
+                let (snapshot, now) = (self.snapshot.load(), jiff::Timestamp::now());
                 let lookup = Lookup::NameOrId(&chatflow_id);
-                let (cf, access) = self.authorize(&snapshot, &identity, &caller, lookup, now)?;
-                let usable = usable(&cf)?;
-                self.refuse_invalid(&snapshot, &identity, &caller, &cf)?;
+                let (cf, access, usable) =
+                    self.admit(&snapshot, &identity, &caller, lookup, now)?;
                 prediction.turn = Some(self.turn(&snapshot, &prediction.chat_id).await?);
                 let allowance = self.rate_limit(&snapshot, &identity, &cf, access).await?;
                 let answered = async {
@@ -462,6 +468,22 @@ impl Proxy {
         Ok((cf, access))
     }
 
+    /// The chatflow a prediction may go to, the access that allows it and the Flowise id to
+    /// send it to: granted, not suspended, Ready, and under no invalid CreditPolicy.
+    fn admit(
+        &self,
+        snapshot: &Snapshot,
+        identity: &Identity,
+        caller: &Caller<'_>,
+        lookup: Lookup<'_>,
+        now: jiff::Timestamp,
+    ) -> Result<(Arc<ChatflowEntry>, Access, String), ProxyError> {
+        let (cf, access) = self.authorize(snapshot, identity, caller, lookup, now)?;
+        let usable = usable(&cf)?;
+        self.refuse_invalid(snapshot, identity, caller, &cf)?;
+        Ok((cf, access, usable))
+    }
+
     /// The turn of the prediction's chat: across replicas where they share turns while some
     /// policy prices tokens (only then can two predictions in one chat shift a charge).
     async fn turn(&self, snapshot: &Snapshot, chat_id: &str) -> Result<turns::Turn, ProxyError> {
@@ -592,6 +614,7 @@ impl Drop for Unanswered<'_> {
 #[derive(Debug, Clone, Copy)]
 struct CreditsRemaining(u64);
 
+#[derive(Clone, Copy)]
 enum Lookup<'a> {
     FlowiseId(&'a str),
     NameOrId(&'a str),
