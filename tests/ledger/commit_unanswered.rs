@@ -24,6 +24,9 @@ enum Fault {
     Swallow,
     /// As `Swallow`, and refuses new connections for a while (a server restarting).
     SwallowAndGo(Duration),
+    /// Passes nothing more either way and hangs up on no one: a replica frozen (its node gone,
+    /// its VM paused) after its batch's writes, before their COMMIT.
+    Hold,
 }
 
 struct CommitRelay {
@@ -114,6 +117,10 @@ async fn pass(
         };
         if let Some(fault) = fault {
             fired.lock().expect("lock").push(fault);
+            if let Fault::Hold = fault {
+                let _frozen = (&from_client, &to_server, &back);
+                std::future::pending::<()>().await;
+            }
             if let Fault::SwallowAndGo(gone) = fault {
                 *away.lock().expect("lock") = Some(tokio::time::Instant::now() + gone);
             }
@@ -273,4 +280,43 @@ async fn an_adjustment_whose_commit_is_unanswered_is_applied_once() {
         );
         assert_eq!(reservations(&store).await, 1, "{fault:?}");
     }
+}
+
+/// A replica frozen inside a batch leaves its session idle in the transaction, holding the
+/// budget's row: PostgreSQL ends that session within flowgate's default
+/// `idle_in_transaction_session_timeout` (10 s; the server's own default is never), its batch
+/// rolls back, and another replica's reserve on that budget goes on instead of waiting for TCP
+/// keepalive's two hours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_frozen_inside_a_batch_holds_the_budget_only_briefly() {
+    let (store, relay, frozen) = through_relay("commit_unanswered_frozen").await;
+    relay.arm(Fault::Hold);
+    let stuck = tokio::spawn(async move {
+        frozen
+            .reserve(request("alice", vec![line(POLICY, "*", 10, 3)]))
+            .await
+    });
+    while relay.fired().is_empty() {
+        assert!(!stuck.is_finished(), "the reserve waits for its COMMIT");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other = ledger::open(&store.url).await.expect("ledger opens");
+    let reserved = tokio::time::timeout(
+        Duration::from_secs(40),
+        other.reserve(request("bob", vec![line(POLICY, "*", 10, 4)])),
+    )
+    .await
+    .expect("the other replica is answered long before keepalive's two hours")
+    .expect("and reserves");
+    assert!(
+        matches!(reserved, ReserveOutcome::Reserved { .. }),
+        "{reserved:?}"
+    );
+    assert_eq!(
+        used(&*other, POLICY, "*").await,
+        4,
+        "the frozen batch rolled back"
+    );
+    assert!(!stuck.is_finished(), "the frozen replica is still waiting");
+    stuck.abort();
 }

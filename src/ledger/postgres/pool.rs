@@ -26,6 +26,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// this long (a partition, a server gone without a word) is closed, instead of after the
 /// kernel's ~15 minutes of retransmissions with a writer and its batch waiting on it.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle time before TCP keepalive probes, unless the URL sets `keepalives_idle` (libpq's and
+/// tokio-postgres's default is two hours): a pooled connection a NAT or a failover dropped is
+/// found dead in the background, within this plus [`TCP_USER_TIMEOUT`], instead of failing the
+/// batch that next takes it 30 s later.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(15);
+/// The library's default `keepalives_idle`, to tell whether the URL set one.
+const LIBRARY_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+/// `idle_in_transaction_session_timeout` for flowgate's sessions where neither the role, the
+/// database nor the URL sets one. A replica frozen inside a batch (its node gone, its VM paused)
+/// leaves its session idle in the transaction, with the row locks of the budgets it touched,
+/// until the server notices: by TCP keepalive, two hours. Every other replica's reserves on
+/// those budgets would wait as long. flowgate's transactions never sit idle: their statements
+/// follow each other within a round trip.
+const IDLE_IN_TRANSACTION: &str = "10s";
 
 /// One pooled connection and its prepared statements.
 pub(super) struct Conn {
@@ -62,6 +76,15 @@ async fn open_client(
             tracing::warn!(%error, "ledger PostgreSQL connection ended");
         }
     });
+    // In one round trip, and only where the setting is off: a limit the role, the database or
+    // the URL's `options` set is theirs to keep.
+    client
+        .execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', $1, false) \
+             WHERE current_setting('idle_in_transaction_session_timeout') IN ('0', '0ms')",
+            &[&IDLE_IN_TRANSACTION],
+        )
+        .await?;
     Ok(client)
 }
 
@@ -95,6 +118,9 @@ fn defaults(mut config: Config) -> Config {
     }
     if config.get_tcp_user_timeout().is_none() {
         config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if config.get_keepalives_idle() == LIBRARY_KEEPALIVES_IDLE {
+        config.keepalives_idle(KEEPALIVES_IDLE);
     }
     if config.get_application_name().is_none() {
         config.application_name("flowgate-ledger");
