@@ -169,9 +169,9 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
 
     if let Some(verifier) = verifier {
         let snapshot = match (&client, &config.resources_dir) {
-            (Some(client), _) => {
+            (Some(_), _) => {
                 index::watch::spawn(
-                    client.clone(),
+                    index::watch::client().await.map_err(RunError::Kube)?,
                     health.gate("index"),
                     shutdown.clone(),
                     metrics.clone(),

@@ -38,29 +38,36 @@ async fn steady(base: &str, bearer: &str, id: &str, rate: u64, secs: u64) -> (us
     ((rate * secs) as usize, bad)
 }
 
+/// A relay to the test's API server, and a kubeconfig (in the directory returned) that reaches
+/// the API server through it.
+async fn relayed_api_server() -> (FlowiseGate, std::path::PathBuf, tempfile::TempDir) {
+    let kubeconfig_path = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
+    let kubeconfig = std::fs::read_to_string(&kubeconfig_path).expect("kubeconfig");
+    let server = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .expect("a server line")
+        .to_string();
+    let relay = FlowiseGate::open_to(&server).await;
+    let relayed_addr = relay.url().trim_start_matches("http://").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let relayed = dir.path().join("kubeconfig");
+    std::fs::write(
+        &relayed,
+        kubeconfig.replace(
+            &format!("server: https://{server}"),
+            &format!("server: https://{relayed_addr}"),
+        ),
+    )
+    .expect("write kubeconfig");
+    (relay, relayed, dir)
+}
+
 #[tokio::test]
 async fn an_unreachable_api_server_does_not_stop_decisions() {
     tokio::time::timeout(Duration::from_secs(180), async {
-        let kubeconfig_path = std::env::var("KUBECONFIG").expect("KUBECONFIG set");
         let team = Team::with_fake_flowise("process-apiserver").await;
-        let kubeconfig = std::fs::read_to_string(&kubeconfig_path).expect("kubeconfig");
-        let server = kubeconfig
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("server: https://"))
-            .expect("a server line")
-            .to_string();
-        let relay = FlowiseGate::open_to(&server).await;
-        let relayed_addr = relay.url().trim_start_matches("http://").to_string();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let relayed = dir.path().join("kubeconfig");
-        std::fs::write(
-            &relayed,
-            kubeconfig.replace(
-                &format!("server: https://{server}"),
-                &format!("server: https://{relayed_addr}"),
-            ),
-        )
-        .expect("write kubeconfig");
+        let (relay, relayed, _dir) = relayed_api_server().await;
         let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
         let gate = spawn(&fake.url, &relayed).await;
         let (id, alice) = (team.flowise_id.clone(), team.alice());
@@ -93,6 +100,53 @@ async fn an_unreachable_api_server_does_not_stop_decisions() {
             .await
             .expect("revoke");
         eventually(&gate.base, &alice, &id, 403).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 180 s");
+}
+
+/// The API server's connections go silent without a word (the API server frozen, or replaced
+/// behind a route that still takes the packets): the index's watches are found dead and made
+/// again on new connections, so a grant deleted meanwhile is enforced within about a minute,
+/// not the five minutes of kube-runtime's default watch nor the kernel's fifteen.
+#[tokio::test]
+async fn watches_on_connections_gone_silent_are_made_again() {
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let team = Team::with_fake_flowise("process-silent").await;
+        let (relay, relayed, _dir) = relayed_api_server().await;
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+        let gate = spawn(&fake.url, &relayed).await;
+        let (id, alice) = (team.flowise_id.clone(), team.alice());
+        eventually(&gate.base, &alice, &id, 200).await;
+        // Healthy watches on a quiet API server are no trouble, past the client's 45 s wait for
+        // an answer: the server ends each watch within 30 s, and a new one begins.
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        for kind in ["Chatflow", "ChatflowAccess", "CreditPolicy"] {
+            let series = format!("flowgate_index_watch_errors_total{{kind=\"{kind}\"}}");
+            let errors = support::metric(&gate.ops, &series).await.unwrap_or(0.0);
+            assert_eq!(errors, 0.0, "{series}");
+        }
+
+        relay.freeze();
+        let frozen = tokio::time::Instant::now();
+        let api: kube::Api<flowgate::crd::ChatflowAccess> =
+            kube::Api::namespaced(team.client.clone(), &team.ns);
+        api.delete("support-team", &Default::default())
+            .await
+            .expect("revoke");
+        let deadline = frozen + Duration::from_secs(120);
+        while support::process::predict(&gate.base, &alice, &id).await != 403 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the deleted grant still allows after 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        eprintln!(
+            "enforced {:?} after the connections went silent",
+            frozen.elapsed()
+        );
         team.cleanup().await;
     })
     .await

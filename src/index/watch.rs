@@ -198,6 +198,29 @@ pub fn spawn(
     (stores, handle)
 }
 
+/// How long the API server keeps one watch open (`timeoutSeconds`) before the reflector watches
+/// again from where it was: kube-runtime takes a watch that has said nothing for this plus 5 s
+/// for dead. Its default, 290 s, left a watch on a connection gone dead without a word (an API
+/// server frozen or replaced behind a ClusterIP that still routes to it, a load balancer
+/// dropping the flow) silent for five minutes, enforcing deleted grants and counting no error.
+const WATCH_TIMEOUT_SECS: u32 = 30;
+/// Longest the index's client waits for the API server's next bytes, counted from the request
+/// (a list, or a watch whose stream the server ends or fills within [`WATCH_TIMEOUT_SECS`]):
+/// a request sent on a pooled connection gone dead fails then and is retried on a new one,
+/// instead of waiting for the kernel's ~15 minutes of retransmissions.
+const READ_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// The index's own client (its own connection pool), whose requests time out: see
+/// [`READ_TIMEOUT`]. The controller keeps the default client.
+pub async fn client() -> Result<Client, kube::Error> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    config.read_timeout = Some(READ_TIMEOUT);
+    config.reset_reader_on_write = true;
+    Client::try_from(config)
+}
+
 /// How the reflectors retry a failed watch: kube-runtime's default (client-go's: 0.8 s doubling to
 /// 30 s, with jitter) capped at 5 s instead, so enforcement catches up within seconds of an API
 /// server coming back after a long outage. Three watches retrying every 5 s are no burden on it.
@@ -224,7 +247,7 @@ fn reflect<K: Watched>(
     // Lists (at start and after a 410) read the latest state, not the API server's watch cache:
     // a cache behind etcd (another API server instance) could grant a just-deleted access again
     // until the watch caught up. The controller's watches may read the cache.
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, watcher::Config::default().timeout(WATCH_TIMEOUT_SECS))
         .backoff(watch_backoff())
         .modify(crate::crd::trim)
         .reflect(writer)

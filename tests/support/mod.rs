@@ -280,6 +280,8 @@ pub struct FlowiseGate {
     addr: std::net::SocketAddr,
     target: String,
     forwarding: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Cancelled by [`FlowiseGate::freeze`] for the connections open then.
+    thaw: std::sync::Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
 }
 
 impl FlowiseGate {
@@ -304,6 +306,7 @@ impl FlowiseGate {
             addr,
             target,
             forwarding: std::sync::Mutex::new(None),
+            thaw: Default::default(),
         };
         gate.serve(listener);
         gate
@@ -319,6 +322,14 @@ impl FlowiseGate {
         if let Some(task) = self.forwarding.lock().expect("gate lock").take() {
             task.abort();
         }
+    }
+
+    /// The connections open now pass nothing more either way, and stay open: a peer frozen, or
+    /// gone behind a route that still takes the packets. New connections pass as before.
+    pub fn freeze(&self) {
+        let mut current = self.thaw.lock().expect("gate lock");
+        current.cancel();
+        *current = tokio_util::sync::CancellationToken::new();
     }
 
     /// Forwards again, on the same port.
@@ -338,15 +349,19 @@ impl FlowiseGate {
     }
 
     fn serve(&self, listener: tokio::net::TcpListener) {
-        let target = self.target.clone();
+        let (target, thaw) = (self.target.clone(), self.thaw.clone());
         let task = tokio::spawn(async move {
             // Dropping this set (when the task is aborted) cuts every open connection.
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let target = target.clone();
+                let frozen = thaw.lock().expect("gate lock").clone();
                 connections.spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            () = frozen.cancelled() => std::future::pending().await,
+                        }
                     }
                 });
             }
