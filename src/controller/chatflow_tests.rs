@@ -521,6 +521,39 @@ fn a_lost_status_write_finds_the_chatflow_again_instead_of_creating_a_second() {
     assert_eq!(flowise.all().len(), 1);
 }
 
+#[tokio::test]
+async fn an_unanswered_create_is_found_where_it_landed_instead_of_sent_again() {
+    let fake = std::sync::Arc::new(FakeFlowise::default());
+    let flowise = crate::flowise::CreatesInDoubt::new(fake.clone(), HOUR);
+    let desired = Desired::Own(owned());
+    fake.set_late(true);
+    let first = sync(&flowise, &desired, None, &unheld).await;
+    assert!(matches!(first, Err(FlowiseError::Timeout(_))), "{first:?}");
+    fake.set_late(false);
+    // The next reconcile comes at once (the status write): nothing is listed yet.
+    let second = sync(&flowise, &desired, None, &unheld).await;
+    assert!(
+        matches!(second, Err(FlowiseError::CreateInDoubt { .. })),
+        "{second:?}"
+    );
+    fake.land();
+    let third = sync(&flowise, &desired, None, &unheld)
+        .await
+        .expect("synced");
+    assert!(
+        matches!(
+            &third,
+            Outcome::Synced {
+                change: Change::None,
+                ..
+            }
+        ),
+        "{third:?}"
+    );
+    assert_eq!(fake.creates.load(Ordering::SeqCst), 1);
+    assert_eq!(fake.all().len(), 1, "no duplicate");
+}
+
 #[test]
 fn an_adopted_chatflow_in_status_is_not_taken_over_when_the_spec_turns_to_a_definition() {
     let flowise = FakeFlowise::default();

@@ -168,6 +168,11 @@ impl Controller {
     ) -> Self {
         let settings = Arc::new(settings);
         metrics.controller.set_sync_interval(settings.sync_interval);
+        // A create that went unanswered may land after the next listing: not sent again until
+        // it has had twice the request timeout to.
+        let window = 2 * crate::flowise::Timeouts::default().request;
+        let flowise: Arc<dyn FlowiseApi> =
+            Arc::new(crate::flowise::CreatesInDoubt::new(flowise, window));
         let sync = SyncState::new(
             client.clone(),
             flowise.clone(),

@@ -50,6 +50,16 @@ pub enum FlowiseError {
         #[source]
         source: reqwest::Error,
     },
+    /// Not sent: a create of the same chatflow went unanswered a moment ago and may still land
+    /// ([`crate::flowise::CreatesInDoubt`]).
+    #[error(
+        "a create of this chatflow sent {sent_ago:?} ago went unanswered and may still land in \
+         Flowise; not creating it again for {again_in:?} unless it appears"
+    )]
+    CreateInDoubt {
+        sent_ago: std::time::Duration,
+        again_in: std::time::Duration,
+    },
     /// The API key given is not a valid header value.
     #[error("the Flowise API key is not a valid header value")]
     ApiKey,
@@ -64,7 +74,10 @@ impl FlowiseError {
     /// a change of configuration or spec.
     pub fn transient(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::Timeout(_) | Self::Http { .. } => true,
+            Self::Connect { .. }
+            | Self::Timeout(_)
+            | Self::Http { .. }
+            | Self::CreateInDoubt { .. } => true,
             Self::Status { status, .. } | Self::NotJson { status, .. } => {
                 *status >= 500 || *status == 429 || *status == 408
             }
@@ -75,6 +88,21 @@ impl FlowiseError {
             | Self::ApiKey
             | Self::Client(_) => false,
         }
+    }
+
+    /// Whether a write that failed so may have been carried out all the same, possibly later
+    /// than the next look at Flowise: no answer in time, a connection cut after sending, or a
+    /// gateway in front of Flowise that gave up on it (502, 503, 504).
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout(_)
+                | Self::Http { .. }
+                | Self::Status {
+                    status: 502..=504,
+                    ..
+                }
+        )
     }
 
     /// A short stable label for metrics and Event reasons.
@@ -95,6 +123,7 @@ impl FlowiseError {
             Self::TooLarge { .. } => "too_large",
             Self::Decode(_) => "decode",
             Self::Http { .. } => "http",
+            Self::CreateInDoubt { .. } => "create_in_doubt",
             Self::ApiKey => "api_key",
             Self::Client(_) => "client",
         }

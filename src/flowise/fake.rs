@@ -15,6 +15,9 @@ pub(crate) struct FakeFlowise {
     chatflows: Mutex<Vec<FlowiseChatflow>>,
     next_id: AtomicUsize,
     down: AtomicBool,
+    /// Creates go unanswered (a timeout) and land only when [`FakeFlowise::land`] says.
+    late: AtomicBool,
+    landing: Mutex<Vec<FlowiseChatflow>>,
     pub(crate) creates: AtomicUsize,
     pub(crate) updates: AtomicUsize,
 }
@@ -54,6 +57,17 @@ impl FakeFlowise {
     /// From now on every call fails as if Flowise were down (503).
     pub(crate) fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// From now on creates time out, and what they create lands at the next [`Self::land`].
+    pub(crate) fn set_late(&self, late: bool) {
+        self.late.store(late, Ordering::SeqCst);
+    }
+
+    /// The creates that timed out are committed now.
+    pub(crate) fn land(&self) {
+        let landed = std::mem::take(&mut *self.landing.lock().unwrap_or_else(|p| p.into_inner()));
+        self.lock().extend(landed);
     }
 
     fn new_id(&self) -> String {
@@ -121,9 +135,20 @@ impl FlowiseApi for FakeFlowise {
             self.creates.fetch_add(1, Ordering::SeqCst);
             let mut created = self.blank();
             merge(&mut created, chatflow);
-            self.lock().push(created.clone());
             created
         });
+        let result = match result {
+            Ok(created) if self.late.load(Ordering::SeqCst) => {
+                let mut landing = self.landing.lock().unwrap_or_else(|p| p.into_inner());
+                landing.push(created);
+                Err(FlowiseError::Timeout(std::time::Duration::from_secs(30)))
+            }
+            Ok(created) => {
+                self.lock().push(created.clone());
+                Ok(created)
+            }
+            Err(error) => Err(error),
+        };
         async move { result }.boxed()
     }
 

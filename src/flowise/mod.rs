@@ -5,6 +5,7 @@
 //! an unknown id on DELETE answers 500 "not found", and unknown routes answer 200 with HTML.
 
 mod client;
+mod doubt;
 mod error;
 #[cfg(test)]
 pub(crate) mod fake;
@@ -13,6 +14,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 pub use client::{FlowiseClient, Timeouts};
+pub use doubt::CreatesInDoubt;
 pub use error::FlowiseError;
 
 /// How long a pooled connection to Flowise may sit idle before it is dropped instead of reused.
