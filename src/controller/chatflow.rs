@@ -537,7 +537,7 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
             let known = old.flowise_id.as_deref();
             match sync(ctx.flowise.as_ref(), &desired, known, &held_by).await {
                 Ok(outcome) => (outcome, None),
-                Err(error) => (Outcome::Unreachable(error.to_string()), Some(error)),
+                Err(unsynced) => unsynced.outcome(),
             }
         }
     };
@@ -585,6 +585,41 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
     }
 }
 
+/// A [`sync`] that failed.
+#[derive(Debug)]
+pub(super) struct Unsynced {
+    pub(super) error: FlowiseError,
+    /// Flowise had answered that the chatflow to own is not there (the create after failed).
+    pub(super) absent: bool,
+}
+
+impl Unsynced {
+    /// What it tells of the chatflow, and the error to retry on.
+    pub(super) fn outcome(self) -> (Outcome, Option<FlowiseError>) {
+        let Self { error, absent } = self;
+        let outcome = if absent {
+            // Flowise said the chatflow is not there: Ready does not stay True on the id of
+            // one it no longer has.
+            Outcome::NotFound(format!(
+                "Flowise has no chatflow carrying this Chatflow's marker, and creating it \
+                 failed: {error}"
+            ))
+        } else {
+            Outcome::Unreachable(error.to_string())
+        };
+        (outcome, Some(error))
+    }
+}
+
+impl From<FlowiseError> for Unsynced {
+    fn from(error: FlowiseError) -> Self {
+        Self {
+            error,
+            absent: false,
+        }
+    }
+}
+
 /// Steps 2–4. `held_by` names the other Chatflow that holds a Flowise chatflow, if one does: an
 /// update is not sent to a chatflow another holds, and a rename not into a name another
 /// chatflow has (which would make a `flowiseName` claim on it ambiguous, taking it offline).
@@ -593,7 +628,7 @@ pub(super) async fn sync(
     desired: &Desired,
     known_id: Option<&str>,
     held_by: &(dyn Fn(&str) -> Option<String> + Sync),
-) -> Result<Outcome, FlowiseError> {
+) -> Result<Outcome, Unsynced> {
     let found = dereference(flowise, desired, known_id).await?;
     let plan = match plan(desired, found) {
         Plan::Update(current, changes) => guard(flowise, current, changes, held_by).await?,
@@ -605,7 +640,10 @@ pub(super) async fn sync(
             change: Change::None,
         },
         Plan::Create(body) => Outcome::Synced {
-            chatflow: flowise.create(&body).await?,
+            chatflow: flowise.create(&body).await.map_err(|error| Unsynced {
+                error,
+                absent: true,
+            })?,
             change: Change::Created,
         },
         Plan::Update(current, changes) => Outcome::Synced {

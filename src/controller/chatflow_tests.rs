@@ -528,12 +528,27 @@ async fn an_unanswered_create_is_found_where_it_landed_instead_of_sent_again() {
     let desired = Desired::Own(owned());
     fake.set_late(true);
     let first = sync(&flowise, &desired, None, &unheld).await;
-    assert!(matches!(first, Err(FlowiseError::Timeout(_))), "{first:?}");
+    assert!(
+        matches!(
+            first,
+            Err(Unsynced {
+                error: FlowiseError::Timeout(_),
+                absent: true
+            })
+        ),
+        "{first:?}"
+    );
     fake.set_late(false);
     // The next reconcile comes at once (the status write): nothing is listed yet.
     let second = sync(&flowise, &desired, None, &unheld).await;
     assert!(
-        matches!(second, Err(FlowiseError::CreateInDoubt { .. })),
+        matches!(
+            second,
+            Err(Unsynced {
+                error: FlowiseError::CreateInDoubt { .. },
+                ..
+            })
+        ),
         "{second:?}"
     );
     fake.land();
@@ -682,11 +697,47 @@ fn an_unchanged_definition_is_not_sent_again() {
 }
 
 #[test]
+fn a_chatflow_gone_from_flowise_that_cannot_be_made_again_is_not_ready() {
+    let flowise = FakeFlowise::default();
+    let desired = Desired::Own(owned());
+    let Outcome::Synced { chatflow, .. } =
+        block_on(sync(&flowise, &desired, None, &unheld)).expect("created")
+    else {
+        panic!("expected a chatflow")
+    };
+    let was = next_status(
+        &ChatflowStatus::default(),
+        &synced(chatflow.clone()),
+        Some(3),
+        false,
+        at(0),
+        HOUR,
+    );
+    assert_eq!(ready(&was).0, "True");
+    // Deleted in Flowise, and the create that would make it again fails.
+    block_on(flowise.delete(&chatflow.id)).expect("deleted");
+    flowise.set_late(true);
+    let failed = block_on(sync(&flowise, &desired, Some(&chatflow.id), &unheld))
+        .expect_err("the create times out");
+    let (outcome, error) = failed.outcome();
+    assert!(error.is_some_and(|e| e.transient()), "retried");
+    let now = next_status(&was, &outcome, Some(3), false, at(60), HOUR);
+    assert_eq!(
+        ready(&now),
+        (
+            "False".to_string(),
+            reason::NOT_FOUND_IN_FLOWISE.to_string()
+        )
+    );
+}
+
+#[test]
 fn flowise_down_is_a_transient_error_and_creates_nothing() {
     let flowise = FakeFlowise::default();
     flowise.set_down(true);
-    let error = block_on(sync(&flowise, &Desired::Own(owned()), None, &unheld)).expect_err("down");
-    assert!(error.transient());
+    let failed = block_on(sync(&flowise, &Desired::Own(owned()), None, &unheld)).expect_err("down");
+    assert!(failed.error.transient());
+    assert!(!failed.absent, "nothing was learnt");
     flowise.set_down(false);
     assert!(flowise.all().is_empty());
 }
