@@ -722,10 +722,11 @@ async fn cleanup(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError
         .as_deref()
         .ok_or(ControllerError::Unnamed)?;
     let marker = marker(ns, &cf.name_any());
-    let owned: Vec<FlowiseChatflow> = ctx
-        .flowise
-        .list()
-        .await?
+    let listed = match ctx.flowise.list().await {
+        Ok(listed) => listed,
+        Err(error) => return Err(cleanup_failed(cf, ctx, error).await),
+    };
+    let owned: Vec<FlowiseChatflow> = listed
         .into_iter()
         .filter(|c| has_marker(c, &marker))
         .collect();
@@ -748,7 +749,11 @@ async fn cleanup(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError
                 .await;
             continue;
         }
-        if ctx.flowise.delete(&chatflow.id).await? == Deletion::Deleted {
+        let deleted = match ctx.flowise.delete(&chatflow.id).await {
+            Ok(deletion) => deletion,
+            Err(error) => return Err(cleanup_failed(cf, ctx, error).await),
+        };
+        if deleted == Deletion::Deleted {
             let note = format!(
                 "deleted Flowise chatflow {} '{}'",
                 chatflow.id, chatflow.name
@@ -759,6 +764,19 @@ async fn cleanup(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError
         }
     }
     Ok(Action::await_change())
+}
+
+/// Says on the Chatflow why it is not gone yet, and the way out: until Flowise answers (a key
+/// revoked or without `chatflows:delete` never does) the finalizer stays, and so does the
+/// Chatflow, and its namespace if that is being deleted.
+async fn cleanup_failed(cf: &Chatflow, ctx: &Context, error: FlowiseError) -> ControllerError {
+    let note = format!(
+        "cannot delete the chatflow in Flowise: {error}; retrying. To delete the Chatflow \
+         without touching Flowise, set spec.deletionPolicy: Retain"
+    );
+    ctx.event(cf, EventType::Warning, "CleanupFailed", "Cleanup", note)
+        .await;
+    error.into()
 }
 
 #[cfg(test)]

@@ -563,3 +563,54 @@ async fn quick_successive_edits_of_a_new_definition_create_one_chatflow() {
     );
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn a_cleanup_flowise_refuses_says_so_and_retain_lets_the_chatflow_go() {
+    let (client, ns, api, _objects) = setup("cf-cleanup-fails").await;
+    let name = support::unique("fgtest-cleanup-fails");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let controller = start(&client, settings(&ns));
+    create(&api, owned_doc("bot", &name, "Delete")).await;
+    wait_ready(&api, "bot", "True", "Synced").await;
+    controller.stop().await;
+
+    // Flowise out of reach: the Chatflow stays, and says why and what to do.
+    let controller = start_with(&client, settings(&ns), flowise_at("http://127.0.0.1:1"));
+    api.delete("bot", &DeleteParams::default())
+        .await
+        .expect("delete requested");
+    wait_for_event(&client, &ns, "bot", "CleanupFailed").await;
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(client.clone(), &ns);
+    let notes: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("CleanupFailed"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("spec.deletionPolicy: Retain")),
+        "{notes:?}"
+    );
+    assert!(
+        api.get_opt("bot").await.expect("get").is_some(),
+        "still there"
+    );
+
+    // The way out the Event names.
+    api.patch(
+        "bot",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}})),
+    )
+    .await
+    .expect("retained");
+    wait_deleted(&api, "bot").await;
+    assert_eq!(named_in_flowise(&name).await.len(), 1, "left in Flowise");
+    controller.stop().await;
+}
