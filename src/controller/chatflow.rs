@@ -92,9 +92,9 @@ pub(super) fn validate(cf: &Chatflow) -> Result<Desired, String> {
             let name = cf.metadata.name.as_deref().unwrap_or_default();
             Ok(Desired::Own(Owned {
                 marker: marker(namespace, name),
-                name: def.name.unwrap_or_else(|| name.to_string()),
+                name: def.name.clone().unwrap_or_else(|| name.to_string()),
                 flow_type: def.flow_type,
-                flow_data: def.flow_data,
+                flow_data: def.flow_data.clone(),
                 deployed: def.deployed,
             }))
         }
@@ -105,9 +105,10 @@ pub(super) fn validate(cf: &Chatflow) -> Result<Desired, String> {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Found {
     One(FlowiseChatflow),
-    /// Nothing; for an owned chatflow, the ids of unmarked chatflows that already have its name.
+    /// Nothing; for an owned chatflow, the chatflows without its marker that already have its
+    /// name: their ids, each with the Chatflow (`namespace/name`) whose marker it carries, if any.
     None {
-        name_taken_by: Vec<String>,
+        name_taken_by: Vec<(String, Option<String>)>,
     },
     /// Several candidates (ids).
     Many(Vec<String>),
@@ -154,10 +155,13 @@ pub(super) async fn dereference(
                 return Ok(Found::One(chatflow));
             }
             let all = flowise.list().await?;
-            let name_taken_by: Vec<String> = all
+            let name_taken_by = all
                 .iter()
                 .filter(|c| c.name == owned.name && !has_marker(c, &owned.marker))
-                .map(|c| c.id.clone())
+                .map(|c| {
+                    let owner = c.categories().find_map(|t| t.strip_prefix(MARKER_PREFIX));
+                    (c.id.clone(), owner.map(str::to_string))
+                })
                 .collect();
             match one_of(
                 all.into_iter()
@@ -197,12 +201,22 @@ pub(super) fn plan(desired: &Desired, found: Found) -> Plan {
         (Desired::Own(owned), Found::None { name_taken_by }) if name_taken_by.is_empty() => {
             Plan::Create(create_body(owned))
         }
-        (Desired::Own(owned), Found::None { name_taken_by }) => Plan::Conflict(format!(
-            "Flowise already has a chatflow named '{}' that flowgate does not own ({}); \
-             rename the definition, or adopt that chatflow with flowiseId",
-            owned.name,
-            name_taken_by.join(", ")
-        )),
+        (Desired::Own(owned), Found::None { name_taken_by }) => {
+            let taken: Vec<String> = name_taken_by
+                .iter()
+                .map(|(id, owner)| match owner {
+                    Some(owner) => format!("{id}, created for Chatflow {owner}"),
+                    None => format!("{id}, not created by flowgate"),
+                })
+                .collect();
+            Plan::Conflict(format!(
+                "Flowise already has a chatflow named '{}' that this Chatflow does not own ({}); \
+                 give the definition another name (definition.name), or adopt that chatflow \
+                 with flowiseId",
+                owned.name,
+                taken.join("; ")
+            ))
+        }
         (Desired::Own(owned), Found::Many(ids)) => Plan::Conflict(format!(
             "several Flowise chatflows carry the marker {}: {}",
             owned.marker,

@@ -87,6 +87,38 @@ fn a_definition_without_nodes_is_invalid_before_flowise_sees_it() {
 }
 
 #[test]
+fn a_definition_whose_nodes_or_edges_flowise_cannot_save_is_invalid() {
+    for (flow, says) in [
+        (
+            json!({"nodes": [{}], "edges": []}),
+            "nodes[0] must be an object",
+        ),
+        (
+            json!({"nodes": [{"id": "a", "data": {}}, "x"], "edges": []}),
+            "nodes[1]",
+        ),
+        (
+            json!({"nodes": [{"id": 1, "data": {}}], "edges": []}),
+            "nodes[0]",
+        ),
+        (
+            json!({"nodes": [{"id": "a", "data": null}], "edges": []}),
+            "nodes[0]",
+        ),
+        (
+            json!({"nodes": [], "edges": [null]}),
+            "edges[0] must be an object",
+        ),
+    ] {
+        let cf = chatflow(json!({"definition": {"flowData": flow}}));
+        let message = validate(&cf).expect_err("invalid");
+        assert!(message.contains(says), "{flow}: {message}");
+    }
+    let cf = chatflow(json!({"definition": {"flowData": flow()}}));
+    assert!(validate(&cf).is_ok());
+}
+
+#[test]
 fn an_owned_definition_defaults_its_name_and_carries_its_marker() {
     let owned = owned();
     assert_eq!(owned.name, "support-bot");
@@ -136,11 +168,15 @@ fn an_unmarked_chatflow_of_the_same_name_is_a_conflict_not_a_second_chatflow() {
     let plan = plan(
         &Desired::Own(owned()),
         Found::None {
-            name_taken_by: vec!["id-1".into()],
+            name_taken_by: vec![
+                ("id-1".into(), None),
+                ("id-2".into(), Some("team-b/support-bot".into())),
+            ],
         },
     );
     assert!(
-        matches!(&plan, Plan::Conflict(m) if m.contains("id-1")),
+        matches!(&plan, Plan::Conflict(m) if m.contains("id-1, not created by flowgate")
+            && m.contains("id-2, created for Chatflow team-b/support-bot")),
         "{plan:?}"
     );
 }

@@ -20,6 +20,15 @@ pub enum InvalidSpec {
     /// Flowise stores such a chatflow and then answers 500 on it.
     #[error("definition.flowData must be an object with an array '{0}'")]
     FlowData(&'static str),
+    /// Flowise reads `node.data.category` of every node when it saves a chatflow, and answers
+    /// 500 (a TypeError) for a node without `data`; it runs nodes by their `id`.
+    #[error(
+        "definition.flowData.nodes[{0}] must be an object with a string 'id' and an object 'data'"
+    )]
+    FlowDataNode(usize),
+    /// Flowise reads `edge.source` and `edge.target` of every edge when it saves a chatflow.
+    #[error("definition.flowData.edges[{0}] must be an object")]
+    FlowDataEdge(usize),
     #[error("subjects[{index}] must set exactly one of user, group, serviceAccount")]
     Subject { index: usize },
     #[error(
@@ -122,10 +131,12 @@ fn subjects(list: &[Subject]) -> Result<Vec<SubjectRule>, InvalidSpec> {
 
 /// Where a Chatflow's Flowise chatflow comes from.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ChatflowSource {
+pub enum ChatflowSource<'a> {
     Id(String),
     Name(String),
-    Definition(crd::ChatflowDefinition),
+    /// Borrowed: a definition's `flowData` may be a large JSON, and the index compiles every
+    /// Chatflow at every change.
+    Definition(&'a crd::ChatflowDefinition),
 }
 
 /// A Chatflow as the data plane sees it.
@@ -133,7 +144,6 @@ pub enum ChatflowSource {
 pub struct ChatflowRule {
     pub namespace: String,
     pub name: String,
-    pub source: ChatflowSource,
     /// The Flowise id, from the spec or, once synced, from status.
     pub flowise_id: Option<String>,
     pub flowise_name: Option<String>,
@@ -153,7 +163,7 @@ pub struct ChatflowRule {
 }
 
 /// Checks the spec of a Chatflow (the rule the schema cannot express).
-pub fn chatflow_source(spec: &crd::ChatflowSpec) -> Result<ChatflowSource, InvalidSpec> {
+pub fn chatflow_source(spec: &crd::ChatflowSpec) -> Result<ChatflowSource<'_>, InvalidSpec> {
     let set = [
         spec.flowise_id.is_some(),
         spec.flowise_name.is_some(),
@@ -166,12 +176,24 @@ pub fn chatflow_source(spec: &crd::ChatflowSpec) -> Result<ChatflowSource, Inval
         (Some(id), None, None) => Ok(ChatflowSource::Id(id.to_ascii_lowercase())),
         (None, Some(name), None) => Ok(ChatflowSource::Name(name.clone())),
         (None, None, Some(def)) => {
-            for field in ["nodes", "edges"] {
-                if !def.flow_data.get(field).is_some_and(|v| v.is_array()) {
-                    return Err(InvalidSpec::FlowData(field));
-                }
+            let array = |field| {
+                def.flow_data
+                    .get(field)
+                    .and_then(|v| v.as_array())
+                    .ok_or(InvalidSpec::FlowData(field))
+            };
+            let (nodes, edges) = (array("nodes")?, array("edges")?);
+            let node = |n: &serde_json::Value| {
+                n.get("id").is_some_and(|id| id.is_string())
+                    && n.get("data").is_some_and(|data| data.is_object())
+            };
+            if let Some(index) = nodes.iter().position(|n| !node(n)) {
+                return Err(InvalidSpec::FlowDataNode(index));
             }
-            Ok(ChatflowSource::Definition(def.clone()))
+            if let Some(index) = edges.iter().position(|e| !e.is_object()) {
+                return Err(InvalidSpec::FlowDataEdge(index));
+            }
+            Ok(ChatflowSource::Definition(def))
         }
         _ => Err(InvalidSpec::ChatflowSource(set)),
     }
@@ -181,7 +203,7 @@ pub fn chatflow_source(spec: &crd::ChatflowSpec) -> Result<ChatflowSource, Inval
 /// status found. The spec wins because status can lag behind an edit of `flowiseId`; a status
 /// id found for another `flowiseName` than the spec's now names another chatflow, so there is
 /// none until the controller resolves the new name.
-pub fn flowise_id(source: &ChatflowSource, status: &crd::ChatflowStatus) -> Option<String> {
+pub fn flowise_id(source: &ChatflowSource<'_>, status: &crd::ChatflowStatus) -> Option<String> {
     match source {
         ChatflowSource::Id(id) => Some(id.clone()),
         ChatflowSource::Name(name) if status.flowise_name.as_deref() != Some(name) => None,
@@ -303,7 +325,6 @@ impl TryFrom<&Chatflow> for ChatflowRule {
             api_key_bound: status.api_key_bound.unwrap_or(false),
             created: cf.metadata.creation_timestamp.as_ref().map(|t| t.0),
             updated: status.last_sync_time.map(|t| t.0),
-            source,
         })
     }
 }
