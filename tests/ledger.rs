@@ -355,6 +355,17 @@ async fn settles_past_the_counters_range_leave_the_bucket_full_and_usable(store:
         ledger.reserve(spend(1)).await.expect("reserve"),
         ReserveOutcome::Exhausted { .. }
     ));
+    // The policy's total (its status, the admin API) saturates too, beside others' charges.
+    ledger
+        .reserve(request("bob", vec![line(POLICY, "bob", 10, 3)]))
+        .await
+        .expect("reserve");
+    let usage = ledger
+        .policy_usage(POLICY, &support::monthly_utc(now()), 10)
+        .await
+        .expect("the policy's usage still reads");
+    assert_eq!(usage.credits_used, i64::MAX);
+    assert_eq!(usage.buckets_exhausted, 1);
 }
 
 async fn refund_releases_what_was_held(store: Store) {

@@ -283,19 +283,24 @@ impl CreditLedger for SqliteLedger {
         let start = window.start.as_microsecond();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |conn| {
-            let (credits_used, exhausted): (i64, i64) = conn
-                .prepare_cached(
-                    "SELECT COALESCE(SUM(used), 0),
-                            COUNT(*) FILTER (WHERE used >= COALESCE(own_limit, ?3))
-                     FROM buckets WHERE policy = ?1 AND window_start = ?2",
-                )?
-                .query_row(params![policy, start, limit], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?;
-            Ok(PolicyUsage {
-                credits_used,
-                buckets_exhausted: u64::try_from(exhausted).unwrap_or(0),
-            })
+            // Summed here, saturating: SQLite's SUM fails with "integer overflow" past 2^63 - 1
+            // (buckets saturated by a settle of absurd token counts), and would fail every read
+            // of the policy.
+            let mut statement = conn.prepare_cached(
+                "SELECT used, used >= COALESCE(own_limit, ?3)
+                 FROM buckets WHERE policy = ?1 AND window_start = ?2",
+            )?;
+            let mut rows = statement.query(params![policy, start, limit])?;
+            let mut usage = PolicyUsage {
+                credits_used: 0,
+                buckets_exhausted: 0,
+            };
+            while let Some(row) = rows.next()? {
+                let (used, exhausted): (i64, bool) = (row.get(0)?, row.get(1)?);
+                usage.credits_used = usage.credits_used.saturating_add(used);
+                usage.buckets_exhausted += u64::from(exhausted);
+            }
+            Ok(usage)
         })
     }
 

@@ -392,7 +392,9 @@ impl Statements {
                  SELECT count(*) FROM expired"
             ),
             client.prepare(
-                "SELECT COALESCE(SUM(used), 0)::int8,
+                // The sum is numeric: buckets saturated at 2^63 - 1 (a settle of absurd token
+                // counts) would overflow an int8, and fail every read of the policy.
+                "SELECT LEAST(COALESCE(SUM(used), 0), 9223372036854775807)::int8,
                         COUNT(*) FILTER (WHERE used >= COALESCE(own_limit, $3::int8))
                  FROM buckets WHERE policy = $1::text AND window_start = $2::int8"
             ),

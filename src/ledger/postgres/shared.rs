@@ -184,6 +184,9 @@ async fn round(
                 held.remove(&turn);
                 ended.push(number(turn));
             }
+            // Given up on (the database was slow, and the asker took a turn of its own): not
+            // taken, or the chat would be busy on the other replicas until the renewal.
+            TurnOp::Begin { reply, .. } if reply.is_closed() => {}
             TurnOp::Begin { chat, turn, reply } => asked.push((chat, turn, reply)),
         }
     }
