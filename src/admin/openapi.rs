@@ -28,6 +28,8 @@ pub struct Operation {
     /// Needs a bearer token.
     pub auth: bool,
     pub request: Option<&'static str>,
+    /// Schema name of a `multipart/form-data` body it takes besides the JSON one.
+    pub form: Option<&'static str>,
     /// Schema name of the 200 answer; `[Name]` for a list of them.
     pub response: &'static str,
     /// Error statuses the operation answers with.
@@ -50,6 +52,7 @@ const fn op(
         summary,
         auth: true,
         request,
+        form: None,
         response,
         errors,
         streams: false,
@@ -89,15 +92,17 @@ pub const OPERATIONS: &[Operation] = &[
             "Whether Flowise streams the chatflow's answers, as Flowise says (asked by the Flowise SDKs without credentials)",
             None,
             "StreamingCapability",
-            &[403, 404, 502, 503],
+            &[403, 404, 502, 503, 504],
         )
     },
     Operation {
         streams: true,
+        form: Some("PredictionForm"),
         ..op(
             "post",
             "/api/v1/prediction/{id}",
-            "Prediction, forwarded to Flowise (JSON, or SSE when streaming)",
+            "Prediction, forwarded to Flowise: a JSON body, or multipart/form-data with files; \
+             answered in JSON, or SSE when streaming",
             Some("PredictionRequest"),
             "PredictionResponse",
             &[400, 401, 402, 403, 404, 409, 413, 429, 502, 503, 504],
@@ -269,7 +274,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Run a Flowise sync pass now (global admin)",
         None,
         "ChatflowSyncResult",
-        &[401, 403],
+        &[401, 403, 404],
     ),
     op(
         "get",
@@ -277,7 +282,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Chatflows the caller administers",
         None,
         "[ChatflowModel]",
-        &[400, 401, 403],
+        &[400, 401, 403, 404],
     ),
     op(
         "get",
@@ -285,7 +290,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Counts and the last sync pass",
         None,
         "ChatflowStats",
-        &[401, 403],
+        &[401, 403, 404],
     ),
     op(
         "get",
@@ -301,7 +306,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Delete the Chatflow object (never the chatflow in Flowise)",
         None,
         "MessageResponse",
-        &[401, 403, 404, 503],
+        &[401, 403, 404, 409, 503],
     ),
     op(
         "get",
@@ -376,7 +381,9 @@ fn schemas() -> Map<String, Value> {
         CreditAdjustment,
         PolicyBalances,
     );
-    generator.take_definitions(true).into_iter().collect()
+    let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    schemas.insert("PredictionForm".into(), prediction_form());
+    schemas
 }
 
 fn reference(name: &str) -> Value {
@@ -451,9 +458,36 @@ fn operation(op: &Operation) -> Value {
         value["security"] = json!([]);
     }
     if let Some(request) = op.request {
-        value["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": reference(request)}}});
+        let mut content = json!({"application/json": {"schema": reference(request)}});
+        if let Some(form) = op.form {
+            content["multipart/form-data"] = json!({"schema": reference(form),
+                "encoding": {"files": {"contentType": "application/octet-stream"}}});
+        }
+        value["requestBody"] = json!({"required": true, "content": content});
     }
     value
+}
+
+/// `multipart/form-data` prediction fields, as Flowise reads them (schemars has no binary
+/// strings).
+fn prediction_form() -> Value {
+    json!({
+        "type": "object",
+        "description": "A prediction with files: at most 50 MiB and 1000 parts, read whole, \
+            uncompressed. Every field that names a session (chatId, sessionId, \
+            overrideConfig[sessionId], ...) is replaced by the caller's own chatId (and one \
+            sessionId and overrideConfig[sessionId] where sent). Flowise reads the other text \
+            fields as overrideConfig.",
+        "properties": {
+            "question": {"type": "string", "description": "Required unless files are sent"},
+            "files": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"},
+                      "description": "The uploads; Flowise takes files under this name only"},
+            "streaming": {"type": "string", "enum": ["true", "false"]},
+            "chatId": {"type": "string"},
+        },
+        "anyOf": [{"required": ["question"]}, {"required": ["files"]}],
+        "additionalProperties": {"type": "string"},
+    })
 }
 
 /// The headers a prediction's answers carry: the caller's balance and rate allowance.
@@ -499,11 +533,16 @@ fn prediction_headers(responses: &mut Map<String, Value>) {
     }
 }
 
-/// The query parameters of an operation.
+/// The query (and header) parameters of an operation.
 fn query_parameters(op: &Operation) -> Vec<Value> {
     let count =
         |name, description| param(name, description, json!({"type": "integer", "minimum": 0}));
     match (op.method, op.path) {
+        ("post", "/api/v1/prediction/{id}" | "/chat/predict") => vec![json!({
+            "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "A retry with the same key is charged once (409 while the first runs)",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        })],
         ("get", "/api/v1/chatflows") => vec![
             param(
                 "type",

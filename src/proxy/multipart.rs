@@ -48,7 +48,10 @@ pub async fn parse(content_type: &str, body: Bytes) -> Result<Form, ProxyError> 
             .name()
             .map(str::to_string)
             .ok_or_else(|| ProxyError::BadRequest("multipart body: a part has no name".into()))?;
-        let file_name = field.file_name().map(str::to_string);
+        let file_name = field
+            .file_name()
+            .map(str::to_string)
+            .or_else(|| extended_file_name(field.headers()));
         let content_type = field.content_type().map(|m| m.to_string());
         let data = field.bytes().await.map_err(bad)?;
         parts.push(Part {
@@ -59,6 +62,32 @@ pub async fn parse(content_type: &str, body: Bytes) -> Result<Form, ProxyError> 
         });
     }
     Ok(Form { parts })
+}
+
+/// The file name a part gives only as RFC 5987's `filename*=UTF-8''r%C3%A9sum%C3%A9.pdf` (as
+/// older clients do for names outside ASCII), which multer does not read: without it the part
+/// would go on as a text field, and Flowise, whose parser reads it, would get no file.
+fn extended_file_name(headers: &hyper::HeaderMap) -> Option<String> {
+    let disposition = headers
+        .get(hyper::header::CONTENT_DISPOSITION)?
+        .to_str()
+        .ok()?;
+    let value = disposition.split(';').find_map(|param| {
+        let (key, value) = param.split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case("filename*")
+            .then(|| value.trim().trim_matches('"'))
+    })?;
+    let (charset, rest) = value.split_once('\'')?;
+    let (_language, encoded) = rest.split_once('\'')?;
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(encoded).collect();
+    if charset.eq_ignore_ascii_case("utf-8") {
+        String::from_utf8(bytes).ok()
+    } else if charset.eq_ignore_ascii_case("iso-8859-1") {
+        Some(bytes.into_iter().map(char::from).collect())
+    } else {
+        None
+    }
 }
 
 impl Form {
@@ -196,6 +225,29 @@ mod tests {
         let (again, ct2) = parsed.encode("flowgate-x");
         let reparsed = parse(&ct2, again).await.expect("re-parses");
         assert_eq!(reparsed, parsed);
+    }
+
+    #[tokio::test]
+    async fn a_file_named_only_by_filename_star_stays_a_file() {
+        let body = "--b\r\nContent-Disposition: form-data; name=\"files\"; \
+                    filename*=UTF-8''r%C3%A9sum%C3%A9.pdf\r\n\r\nPDF\r\n\
+                    --b\r\nContent-Disposition: form-data; name=\"files\"; \
+                    filename*=iso-8859-1'en'caf%E9.txt\r\n\r\ntext\r\n\
+                    --b\r\nContent-Disposition: form-data; name=\"files\"; \
+                    filename*=koi8-r''x\r\n\r\nunknown charset\r\n--b--\r\n";
+        let parsed = parse("multipart/form-data; boundary=b", Bytes::from(body))
+            .await
+            .expect("parses");
+        let names: Vec<Option<&str>> = parsed
+            .parts
+            .iter()
+            .map(|p| p.file_name.as_deref())
+            .collect();
+        assert_eq!(names, [Some("résumé.pdf"), Some("café.txt"), None]);
+        // Sent on as Flowise's parser reads it best: a plain filename.
+        let (body, ct) = parsed.encode("flowgate-x");
+        let again = parse(&ct, body).await.expect("parses");
+        assert_eq!(again.parts[0].file_name.as_deref(), Some("résumé.pdf"));
     }
 
     #[tokio::test]

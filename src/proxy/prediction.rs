@@ -155,6 +155,36 @@ pub(super) async fn read_prediction(
             "a prediction needs 'question' or files".into(),
         ));
     }
+    // Flowise's form parser takes files under `files` only, and answers 500 for any other: a
+    // client's mistake that would read as Flowise failing.
+    if let Some(part) = form
+        .parts
+        .iter()
+        .find(|p| p.file_name.is_some() && p.name != "files")
+    {
+        return Err(ProxyError::BadRequest(format!(
+            "a file is sent under '{}': Flowise takes uploads under 'files' only",
+            part.name
+        )));
+    }
+    if form
+        .parts
+        .iter()
+        .any(|p| p.file_name.is_none() && p.name == "files")
+    {
+        return Err(ProxyError::BadRequest(
+            "'files' parts must be files (with a filename)".into(),
+        ));
+    }
+    // As for a JSON body.
+    if form
+        .text("streaming")
+        .is_some_and(|v| !matches!(v, "true" | "false"))
+    {
+        return Err(ProxyError::BadRequest(
+            "'streaming' must be \"true\" or \"false\"".into(),
+        ));
+    }
     let chat_id = form.bind_session(&identity.key);
     let resume = usage::Resume::of_form(&form);
     Ok(Prediction {
