@@ -5,6 +5,8 @@
 //! it is unset: run `scripts/postgres.sh start` and `eval "$(scripts/postgres.sh env)"`).
 //! The clock is injected through `now`; nothing sleeps.
 
+#[path = "ledger/abandoned.rs"]
+mod abandoned;
 #[path = "ledger/adjust.rs"]
 mod adjust;
 #[path = "ledger/bursts.rs"]

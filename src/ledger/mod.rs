@@ -56,8 +56,11 @@
 //!   the same (subject, key) in any state but `Refunded` returns [`ReserveOutcome::Duplicate`]
 //!   and charges nothing; a refunded key may reserve anew.
 //!
-//! Dropping a `reserve` future does not cancel it: the reservation may still be committed, and
-//! then it expires and stays charged like any other abandoned one.
+//! Dropping a `reserve` future does not cancel it on SQLite: the reservation may still be
+//! committed, and then it expires and stays charged like any other abandoned one. PostgreSQL's
+//! writers, which a slow database can keep waiting, drop a reserve whose future was dropped
+//! before its batch began, and refund one whose batch was running
+//! ([`CreditLedger::refunds_dropped_reserves`]).
 //!
 //! # Usage log
 //!
@@ -117,6 +120,13 @@ pub type LedgerFuture<'a, T> = BoxFuture<'a, Result<T, LedgerError>>;
 pub trait CreditLedger: Send + Sync {
     /// Charges every line of the request, or none. Durable before it returns.
     fn reserve(&self, request: ReserveRequest) -> LedgerFuture<'_, ReserveOutcome>;
+
+    /// Whether a `reserve` future dropped before it answered leaves nothing charged: not
+    /// reserved, or refunded by the ledger itself. Otherwise its caller must see it land and
+    /// refund it.
+    fn refunds_dropped_reserves(&self) -> bool {
+        false
+    }
 
     /// Replaces the held amounts by `actual` (one per line, in the order of the reservation's
     /// lines) and records `tokens`. Idempotent.

@@ -77,6 +77,10 @@ impl CreditLedger for PostgresLedger {
         Box::pin(self.write(|reply| batch::Op::Reserve(request, reply)))
     }
 
+    fn refunds_dropped_reserves(&self) -> bool {
+        true
+    }
+
     fn adjust(&self, request: AdjustRequest) -> LedgerFuture<'_, AdjustOutcome> {
         Box::pin(async move { alone::adjust(&self.pool, &request).await })
     }

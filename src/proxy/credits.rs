@@ -527,7 +527,8 @@ where
 /// A reservation on its way to disk. Dropped before it lands (its client went away while the
 /// group commit ran), it still lands, in the background, and is refunded at once: no request owns
 /// its charge, which would otherwise stay held until the sweep charged it (and hold its
-/// `Idempotency-Key` for as long).
+/// `Idempotency-Key` for as long). A ledger that does this itself
+/// ([`CreditLedger::refunds_dropped_reserves`]) is left to.
 struct Landing {
     reserve: Option<BoxFuture<'static, Result<ReserveOutcome, LedgerError>>>,
     credits: Credits,
@@ -563,6 +564,9 @@ impl Drop for Landing {
         let Some(reserve) = self.reserve.take() else {
             return;
         };
+        if self.credits.ledger.refunds_dropped_reserves() {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("a reservation whose client went away cannot be refunded: no runtime");
             return;

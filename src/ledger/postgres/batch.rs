@@ -70,21 +70,45 @@ pub(super) fn spawn(pool: Arc<Pool>) -> mpsc::Sender<Op> {
     let (queue, waiting) = mpsc::channel(QUEUE);
     let waiting = Arc::new(Mutex::new(waiting));
     for _ in 0..WRITERS {
-        tokio::spawn(write(Arc::clone(&pool), Arc::clone(&waiting)));
+        let requeue = queue.downgrade();
+        tokio::spawn(write(Arc::clone(&pool), Arc::clone(&waiting), requeue));
     }
     queue
 }
 
-/// Takes what queued while it was busy, commits it, and again.
-async fn write(pool: Arc<Pool>, waiting: Arc<Mutex<mpsc::Receiver<Op>>>) {
+/// Takes what queued while it was busy, commits it, and again. `requeue` queues the refunds of
+/// reservations whose callers went away while their batch ran.
+async fn write(
+    pool: Arc<Pool>,
+    waiting: Arc<Mutex<mpsc::Receiver<Op>>>,
+    requeue: mpsc::WeakSender<Op>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let taken = waiting.lock().await.recv_many(&mut batch, MAX_BATCH).await;
         if taken == 0 {
             return;
         }
-        commit(&pool, std::mem::take(&mut batch)).await;
+        commit(&pool, std::mem::take(&mut batch), &requeue).await;
     }
+}
+
+/// Queues the refund of reservation `id`, whose caller went away while its batch ran: nobody
+/// holds it to settle or refund it, and it would hold its budget (and its `Idempotency-Key`)
+/// until the sweep charged it.
+fn refund_abandoned(requeue: &mpsc::WeakSender<Op>, id: ReservationId, now: Timestamp) {
+    // The ledger is gone: the sweep of the next start expires it.
+    let Some(queue) = requeue.upgrade() else {
+        return;
+    };
+    tracing::debug!(
+        reservation = id.0,
+        "caller gone during its reserve; refunding"
+    );
+    let (reply, _) = oneshot::channel();
+    tokio::spawn(async move {
+        let _ = queue.send(Op::Close(id, Close::Refund, now, reply)).await;
+    });
 }
 
 /// A settle or refund of the batch.
@@ -95,11 +119,15 @@ struct Closing {
 }
 
 /// Runs the batch and answers each caller once the batch is durable.
-async fn commit(pool: &Pool, batch: Vec<Op>) {
+async fn commit(pool: &Pool, batch: Vec<Op>, requeue: &mpsc::WeakSender<Op>) {
     let mut reserves = Vec::new();
     let mut closes = Vec::new();
     for op in batch {
         match op {
+            // Its caller went away while it queued (a client gone while the database was slow):
+            // nothing is charged, rather than charged and refunded after the backlog, holding
+            // budgets meanwhile that live callers would be refused for.
+            Op::Reserve(_, reply) if reply.is_closed() => {}
             // Requests whose lines cannot be stored are answered at once.
             Op::Reserve(request, reply) => match charges_of(&request) {
                 Ok(_) => reserves.push((request, reply)),
@@ -138,9 +166,10 @@ async fn commit(pool: &Pool, batch: Vec<Op>) {
             all_failed(&e, closing.len()),
         ),
     };
-    // A caller that went away still has its reservation (see the trait documentation).
-    for ((_, reply), answer) in reserves.into_iter().zip(answers.0) {
-        let _ = reply.send(answer);
+    for ((request, reply), answer) in reserves.into_iter().zip(answers.0) {
+        if let Err(Ok(ReserveOutcome::Reserved { id, .. })) = reply.send(answer) {
+            refund_abandoned(requeue, id, request.now);
+        }
     }
     for ((_, reply), answer) in closes.into_iter().zip(answers.1) {
         let _ = reply.send(answer);
