@@ -1,7 +1,8 @@
 //! `flowgate run --resources-dir DIR`: the same resources, from YAML files instead of a cluster.
 //!
 //! The directory (with `--resources-recursive`, its subdirectories too: [`walk`]) is polled
-//! (every second, on a blocking thread) and reloaded when a file changes, and Chatflows are
+//! (every second, on a blocking thread) and reloaded when a file changes (once the change has
+//! held for a poll, so that a file being written is not read half written), and Chatflows are
 //! resolved against Flowise on every change and every sync interval (a failed listing keeps the
 //! last good one and is retried within 5 s). A file that stops parsing keeps what it held when
 //! last readable ([`LastReadable`]). An object defined twice keeps its first definition,
@@ -289,7 +290,7 @@ fn str_at(doc: &Value, pointer: &str) -> String {
 }
 
 /// One file as the poll sees it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct FileState {
     path: PathBuf,
     modified: Option<SystemTime>,
@@ -357,6 +358,8 @@ pub fn spawn(
     let publisher = handle.clone();
     tokio::spawn(async move {
         let mut seen = None;
+        // The fingerprint of the poll before: a change is loaded once it has held for a poll.
+        let mut previous = None;
         let mut kept = LastReadable::new();
         let mut next_sync = Instant::now() + resync;
         let mut logged: BTreeMap<String, String> = BTreeMap::new();
@@ -368,8 +371,9 @@ pub fn spawn(
             // mount, must not hold up a runtime thread every second.
             let walked = dir.clone();
             let now_fingerprint = blocking(move || fingerprint(&walked)).await;
-            let changed = now_fingerprint.is_some() && seen != now_fingerprint;
-            let loaded = if changed || Instant::now() >= next_sync {
+            let settled = settled(&seen, &previous, &now_fingerprint);
+            previous.clone_from(&now_fingerprint);
+            let loaded = if settled || Instant::now() >= next_sync {
                 // A copy: a panic while loading must not take what each file last held.
                 let (walked, mut last) = (dir.clone(), kept.clone());
                 next_sync = Instant::now() + resync;
@@ -422,6 +426,16 @@ pub fn spawn(
         }
     });
     handle
+}
+
+/// Whether the directory changed since it was last loaded (`seen`) and has stayed so since the
+/// poll before (`previous`): a file written in place (`helm template > all.yaml`, `cp` over
+/// it, an editor that truncates first) is not loaded half written, which would drop the
+/// objects of its missing part (a CreditPolicy, and its predictions would be free) or the
+/// `suspended: true` or `expiresAt` that ends its last object.
+/// The first load is not held back.
+fn settled<T: PartialEq>(seen: &Option<T>, previous: &Option<T>, now: &Option<T>) -> bool {
+    now.is_some() && seen != now && (previous == now || seen.is_none())
 }
 
 /// Runs `read` on a blocking thread; `None` if that thread panicked (logged).

@@ -353,3 +353,17 @@ async fn a_failed_flowise_listing_keeps_the_last_one() {
     assert!(ready(&handle), "still served from the last listing");
     shutdown.cancel();
 }
+
+#[test]
+fn a_change_is_loaded_once_it_has_held_for_a_poll() {
+    let (a, b, c) = (Some(1), Some(2), Some(3));
+    assert!(settled(&None, &None, &a), "the first load at once");
+    assert!(!settled(&a, &a, &a), "nothing changed");
+    assert!(
+        !settled(&a, &a, &b),
+        "changed since the poll before: maybe half written"
+    );
+    assert!(settled(&a, &b, &b), "and held since");
+    assert!(!settled(&a, &b, &c), "still being written");
+    assert!(!settled(&a, &b, &None), "the directory could not be read");
+}
