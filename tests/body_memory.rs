@@ -502,6 +502,8 @@ async fn a_grant_revoked_while_the_body_comes_holds_for_the_prediction() {
             .await
             .expect("grant deleted");
         support::gate::eventually_status(&gate, &alice, &id, 403).await;
+        // (Those of its polls that came before the deletion reached Flowise.)
+        let reached = fake.predictions();
         // By name, a chatflow the caller may not see is not found.
         let refusals = [
             (&mut by_id, &direct, "forbidden"),
@@ -513,6 +515,31 @@ async fn a_grant_revoked_while_the_body_comes_holds_for_the_prediction() {
                 serde_json::from_slice(&read_answer(conn).await).expect("a JSON answer");
             assert_eq!(answer["error"]["code"], code, "{answer}");
         }
+        assert_eq!(fake.predictions(), reached, "neither reached Flowise");
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
+
+#[tokio::test]
+async fn a_token_that_expires_while_the_body_comes_is_refused() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+        let (team, gate, _) = gate_with("body-expired", &fake, "16Mi").await;
+        let id = team.flowise_id.clone();
+        // Valid for 3 s more (exp 27 s ago, 30 s of leeway).
+        let exp = jiff::Timestamp::now().as_second() - 27;
+        let short = support::gate::token("alice-sub", json!({"email": team.user(), "exp": exp}));
+        let body = serde_json::to_vec(&json!({"question": "hello"})).expect("JSON");
+        let path = format!("/api/v1/prediction/{id}");
+        let mut conn = continued(&gate, &short, &path, body.len()).await;
+        conn.write_all(&body[..8]).await.expect("send");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        conn.write_all(&body[8..]).await.expect("send");
+        let answer: serde_json::Value =
+            serde_json::from_slice(&read_answer(&mut conn).await).expect("a JSON answer");
+        assert_eq!(answer["error"]["code"], "invalid_token", "{answer}");
         assert_eq!(fake.predictions(), 0, "nothing reached Flowise");
         team.cleanup().await;
     })

@@ -540,7 +540,7 @@ fn query_parameters(op: &Operation) -> Vec<Value> {
     match (op.method, op.path) {
         ("post", "/api/v1/prediction/{id}" | "/chat/predict") => vec![json!({
             "name": "Idempotency-Key", "in": "header", "required": false,
-            "description": "A retry with the same key is charged once (409 while the first runs)",
+            "description": "A retry with the same key is charged once: 409 while a reservation with it stands (not refunded)",
             "schema": {"type": "string", "minLength": 1, "maxLength": 255},
         })],
         ("get", "/api/v1/chatflows") => vec![

@@ -603,7 +603,8 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
 #[derive(Debug)]
 pub(super) struct Unsynced {
     pub(super) error: FlowiseError,
-    /// Flowise had answered that the chatflow to own is not there (the create after failed).
+    /// Flowise had answered that the chatflow it owned is no longer there (and the create that
+    /// would make it again failed).
     pub(super) absent: bool,
 }
 
@@ -654,9 +655,11 @@ pub(super) async fn sync(
             change: Change::None,
         },
         Plan::Create(body) => Outcome::Synced {
+            // A chatflow it had (an id in status) is gone from Flowise; one it never had is
+            // not "gone", and its failed first create is Flowise being unreachable.
             chatflow: flowise.create(&body).await.map_err(|error| Unsynced {
                 error,
-                absent: true,
+                absent: known_id.is_some(),
             })?,
             change: Change::Created,
         },

@@ -569,7 +569,7 @@ async fn an_unanswered_create_is_found_where_it_landed_instead_of_sent_again() {
             first,
             Err(Unsynced {
                 error: FlowiseError::Timeout(_),
-                absent: true
+                absent: false
             })
         ),
         "{first:?}"

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::{ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
 
 /// [`FlowiseApi`] with creates held back while an earlier create of the same chatflow (the same
-/// name and category, which holds flowgate's marker) may still land.
+/// category, which is flowgate's marker) may still land.
 pub struct CreatesInDoubt {
     inner: Arc<dyn FlowiseApi>,
     /// How long after an unanswered create it may still land: twice the request timeout.
@@ -27,12 +27,14 @@ pub struct CreatesInDoubt {
     sent: Mutex<HashMap<String, Instant>>,
 }
 
+/// The marker alone: a definition renamed meanwhile is the same chatflow.
 fn key(chatflow: &ChatflowWrite) -> String {
-    format!(
-        "{}\n{}",
-        chatflow.name.as_deref().unwrap_or_default(),
-        chatflow.category.as_deref().unwrap_or_default()
-    )
+    chatflow
+        .category
+        .as_deref()
+        .or(chatflow.name.as_deref())
+        .unwrap_or_default()
+        .to_string()
 }
 
 impl CreatesInDoubt {
@@ -54,10 +56,9 @@ impl CreatesInDoubt {
         let mut sent = self.sent();
         sent.retain(|_, at| now.duration_since(*at) < self.window);
         if let Some(at) = sent.get(key) {
-            let sent_ago = now.duration_since(*at);
             return Err(FlowiseError::CreateInDoubt {
-                sent_ago,
-                again_in: self.window.saturating_sub(sent_ago),
+                window: self.window,
+                again_in: self.window.saturating_sub(now.duration_since(*at)),
             });
         }
         sent.insert(key.to_string(), now);
@@ -147,6 +148,12 @@ mod tests {
             "{again}"
         );
         assert!(again.transient());
+        // The same message a moment later (it goes into status), and for a renamed definition.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let mut renamed = create.clone();
+        renamed.name = Some("support-bot-2".into());
+        let later = flowise.create(&renamed).await.expect_err("held back");
+        assert_eq!(later.to_string(), again.to_string());
         // Another chatflow's create is not held back.
         flowise
             .create(&body("flowgate:team-b/support-bot"))
@@ -157,7 +164,7 @@ mod tests {
         fake.land();
         assert_eq!(fake.all().len(), 2);
         // Past the window, a create nothing has found is sent again.
-        tokio::time::advance(Duration::from_secs(40)).await;
+        tokio::time::advance(Duration::from_secs(39)).await;
         flowise.create(&create).await.expect("sent again");
         assert_eq!(fake.creates.load(Ordering::SeqCst), 3);
     }
@@ -179,6 +186,16 @@ mod tests {
             .await
             .expect("a success leaves no doubt");
         assert_eq!(fake.creates.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_gateways_error_page_is_an_unknown_outcome() {
+        let page = FlowiseError::NotJson {
+            status: 504,
+            content_type: "text/html".into(),
+            url: "http://flowise/api/v1/chatflows".into(),
+        };
+        assert!(page.outcome_unknown());
     }
 
     #[test]

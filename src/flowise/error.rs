@@ -52,12 +52,15 @@ pub enum FlowiseError {
     },
     /// Not sent: a create of the same chatflow went unanswered a moment ago and may still land
     /// ([`crate::flowise::CreatesInDoubt`]).
+    /// The message stays the same while the doubt lasts: it goes into status, and a status that
+    /// changed at every reconcile would trigger the next one at once, past the backoff.
     #[error(
-        "a create of this chatflow sent {sent_ago:?} ago went unanswered and may still land in \
-         Flowise; not creating it again for {again_in:?} unless it appears"
+        "a create of this chatflow went unanswered and may still land in Flowise; it is not sent \
+         again until {window:?} after it was, unless the chatflow appears"
     )]
     CreateInDoubt {
-        sent_ago: std::time::Duration,
+        window: std::time::Duration,
+        /// How long until it may be sent again.
         again_in: std::time::Duration,
     },
     /// The API key given is not a valid header value.
@@ -99,6 +102,11 @@ impl FlowiseError {
             Self::Timeout(_)
                 | Self::Http { .. }
                 | Self::Status {
+                    status: 502..=504,
+                    ..
+                }
+                // A gateway's error page, as most are.
+                | Self::NotJson {
                     status: 502..=504,
                     ..
                 }

@@ -204,8 +204,8 @@ pub fn spawn(
 /// server frozen or replaced behind a ClusterIP that still routes to it, a load balancer
 /// dropping the flow) silent for five minutes, enforcing deleted grants and counting no error.
 const WATCH_TIMEOUT_SECS: u32 = 30;
-/// Longest the index's client waits for the API server's next bytes, counted from the request
-/// (a list, or a watch whose stream the server ends or fills within [`WATCH_TIMEOUT_SECS`]):
+/// Longest the index's client waits for the API server's next bytes, since the request was
+/// written or bytes last came (a list, or a watch the server ends within [`WATCH_TIMEOUT_SECS`]):
 /// a request sent on a pooled connection gone dead fails then and is retried on a new one,
 /// instead of waiting for the kernel's ~15 minutes of retransmissions.
 const READ_TIMEOUT: Duration = Duration::from_secs(45);

@@ -74,7 +74,23 @@ impl PostgresLedger {
 
 impl CreditLedger for PostgresLedger {
     fn reserve(&self, request: ReserveRequest) -> LedgerFuture<'_, ReserveOutcome> {
-        Box::pin(self.write(|reply| batch::Op::Reserve(request, reply)))
+        Box::pin(async move {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let now = request.now;
+            self.ops
+                .send(batch::Op::Reserve(request, reply))
+                .await
+                .map_err(|_| LedgerError::Stopped)?;
+            let mut unread = Unread {
+                answer: Some(answer),
+                ops: &self.ops,
+                now,
+            };
+            let answer = unread.answer.as_mut().ok_or(LedgerError::Stopped)?;
+            let outcome = answer.await.map_err(|_| LedgerError::Stopped)?;
+            unread.answer = None;
+            outcome
+        })
     }
 
     fn refunds_dropped_reserves(&self) -> bool {
@@ -324,6 +340,27 @@ impl PostgresLedger {
             .await
             .map_err(|_| LedgerError::Stopped)?;
         answer.await.map_err(|_| LedgerError::Stopped)?
+    }
+}
+
+/// A reserve's answer not read yet. Dropped so (its caller went away), an answer already sent is
+/// refunded; one not sent yet finds the answer closed, and the writer does not reserve, or
+/// refunds ([`batch`]).
+struct Unread<'a> {
+    answer: Option<tokio::sync::oneshot::Receiver<Result<ReserveOutcome, LedgerError>>>,
+    ops: &'a tokio::sync::mpsc::Sender<batch::Op>,
+    now: jiff::Timestamp,
+}
+
+impl Drop for Unread<'_> {
+    fn drop(&mut self) {
+        let Some(mut answer) = self.answer.take() else {
+            return;
+        };
+        answer.close();
+        if let Ok(Ok(ReserveOutcome::Reserved { id, .. })) = answer.try_recv() {
+            batch::refund_abandoned(&self.ops.downgrade(), id, self.now);
+        }
     }
 }
 

@@ -252,9 +252,11 @@ impl Proxy {
                 // The headers go on to Flowise (the allowed ones) after the body is read.
                 let (parts, body) = req.into_parts();
                 let mut held = self.buffers.hold_for(&identity.key);
+                let read_since = std::time::Instant::now();
                 let mut prediction =
                     read_prediction(&parts.headers, body, &identity, &mut held).await?;
                 prediction.held = Some(held);
+                self.still_authenticated(&parts.headers, read_since).await?;
                 // ...and again once it has come, which may be minutes later: a grant revoked,
                 // expired or suspended meanwhile, or a policy applied meanwhile, holds for it,
                 // and its credits are counted in the period it is forwarded in.
@@ -285,7 +287,9 @@ impl Proxy {
                 let idempotency_key = idempotency_key(&req)?;
                 let (parts, body) = req.into_parts();
                 let mut held = self.buffers.hold_for(&identity.key);
+                let read_since = std::time::Instant::now();
                 let body = read_json_body(&parts.headers, body, MAX_JSON_BODY, &mut held).await?;
+                self.still_authenticated(&parts.headers, read_since).await?;
                 let (chatflow_id, session, mut prediction) = compat_request(body, &identity)?;
                 prediction.held = Some(held);
                 // Decided on what holds once the body has come, which may be minutes later.
@@ -409,9 +413,29 @@ impl Proxy {
     }
 
     async fn authenticate(&self, req: &Request<Incoming>) -> Result<Identity, ProxyError> {
+        self.authenticate_headers(req.headers()).await
+    }
+
+    /// A body that took long to come: its token is verified again (it may have expired, or its
+    /// ServiceAccount been deleted, meanwhile), as its grant is decided again.
+    async fn still_authenticated(
+        &self,
+        headers: &hyper::HeaderMap,
+        read_since: std::time::Instant,
+    ) -> Result<(), ProxyError> {
+        if read_since.elapsed() > std::time::Duration::from_secs(1) {
+            self.authenticate_headers(headers).await?;
+        }
+        Ok(())
+    }
+
+    async fn authenticate_headers(
+        &self,
+        headers: &hyper::HeaderMap,
+    ) -> Result<Identity, ProxyError> {
         // More than one Authorization header is ambiguous (proxies and servers disagree on which
         // one counts): refuse it rather than pick one.
-        let mut authorizations = req.headers().get_all(hyper::header::AUTHORIZATION).iter();
+        let mut authorizations = headers.get_all(hyper::header::AUTHORIZATION).iter();
         let first = authorizations.next();
         if authorizations.next().is_some() {
             return Err(ProxyError::InvalidToken {

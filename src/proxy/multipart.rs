@@ -48,10 +48,12 @@ pub async fn parse(content_type: &str, body: Bytes) -> Result<Form, ProxyError> 
             .name()
             .map(str::to_string)
             .ok_or_else(|| ProxyError::BadRequest("multipart body: a part has no name".into()))?;
-        let file_name = field
-            .file_name()
-            .map(str::to_string)
-            .or_else(|| extended_file_name(field.headers()));
+        // RFC 6266: `filename*` first, when both are given and it can be read.
+        let file_name = match extended_file_name(field.headers()) {
+            Some(Ok(name)) => Some(name),
+            Some(Err(raw)) => field.file_name().map(str::to_string).or(Some(raw)),
+            None => field.file_name().map(str::to_string),
+        };
         let content_type = field.content_type().map(|m| m.to_string());
         let data = field.bytes().await.map_err(bad)?;
         parts.push(Part {
@@ -64,10 +66,12 @@ pub async fn parse(content_type: &str, body: Bytes) -> Result<Form, ProxyError> 
     Ok(Form { parts })
 }
 
-/// The file name a part gives only as RFC 5987's `filename*=UTF-8''r%C3%A9sum%C3%A9.pdf` (as
-/// older clients do for names outside ASCII), which multer does not read: without it the part
-/// would go on as a text field, and Flowise, whose parser reads it, would get no file.
-fn extended_file_name(headers: &hyper::HeaderMap) -> Option<String> {
+/// The file name a part gives as RFC 5987's `filename*=UTF-8''r%C3%A9sum%C3%A9.pdf` (as older
+/// clients do for names outside ASCII), which multer does not read: without it a part named only
+/// so would go on as a text field, and Flowise, whose parser reads it, would get no file. `None`
+/// without one; the value as sent (`Err`) when it names a charset other than UTF-8 or
+/// ISO-8859-1, or is not what it says.
+fn extended_file_name(headers: &hyper::HeaderMap) -> Option<Result<String, String>> {
     let disposition = headers
         .get(hyper::header::CONTENT_DISPOSITION)?
         .to_str()
@@ -78,16 +82,21 @@ fn extended_file_name(headers: &hyper::HeaderMap) -> Option<String> {
             .eq_ignore_ascii_case("filename*")
             .then(|| value.trim().trim_matches('"'))
     })?;
-    let (charset, rest) = value.split_once('\'')?;
-    let (_language, encoded) = rest.split_once('\'')?;
+    let raw = || Err(value.to_string());
+    let Some((charset, rest)) = value.split_once('\'') else {
+        return Some(raw());
+    };
+    let Some((_language, encoded)) = rest.split_once('\'') else {
+        return Some(raw());
+    };
     let bytes: Vec<u8> = percent_encoding::percent_decode_str(encoded).collect();
-    if charset.eq_ignore_ascii_case("utf-8") {
-        String::from_utf8(bytes).ok()
+    Some(if charset.eq_ignore_ascii_case("utf-8") {
+        String::from_utf8(bytes).or_else(|_| raw())
     } else if charset.eq_ignore_ascii_case("iso-8859-1") {
-        Some(bytes.into_iter().map(char::from).collect())
+        Ok(bytes.into_iter().map(char::from).collect())
     } else {
-        None
-    }
+        raw()
+    })
 }
 
 impl Form {
@@ -234,7 +243,10 @@ mod tests {
                     --b\r\nContent-Disposition: form-data; name=\"files\"; \
                     filename*=iso-8859-1'en'caf%E9.txt\r\n\r\ntext\r\n\
                     --b\r\nContent-Disposition: form-data; name=\"files\"; \
-                    filename*=koi8-r''x\r\n\r\nunknown charset\r\n--b--\r\n";
+                    filename*=koi8-r''x\r\n\r\nunknown charset\r\n\
+                    --b\r\nContent-Disposition: form-data; name=\"files\"; \
+                    filename=\"resume.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf\r\n\r\nPDF\r\n\
+                    --b--\r\n";
         let parsed = parse("multipart/form-data; boundary=b", Bytes::from(body))
             .await
             .expect("parses");
@@ -243,7 +255,8 @@ mod tests {
             .iter()
             .map(|p| p.file_name.as_deref())
             .collect();
-        assert_eq!(names, [Some("résumé.pdf"), Some("café.txt"), None]);
+        let want = ["résumé.pdf", "café.txt", "koi8-r''x", "résumé.pdf"];
+        assert_eq!(names, want.map(Some));
         // Sent on as Flowise's parser reads it best: a plain filename.
         let (body, ct) = parsed.encode("flowgate-x");
         let again = parse(&ct, body).await.expect("parses");

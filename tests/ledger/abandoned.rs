@@ -65,3 +65,26 @@ async fn reserves_whose_callers_left_while_the_database_was_slow_charge_nothing(
         .expect("reserve");
     assert!(matches!(live, ReserveOutcome::Reserved { .. }), "{live:?}");
 }
+
+/// The answer was sent and never read: its caller went away between the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_answered_but_never_read_is_refunded() {
+    let store = crate::support::postgres("abandoned_unread").await;
+    let ledger = store.open().await;
+    let mut reserve = ledger.reserve(request("alice", vec![line(POLICY, "alice", 10, 3)]));
+    assert!(futures::poll!(&mut reserve).is_pending(), "queued");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.count("SELECT count(*) FROM reservations").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The writer answers right after its commit.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(reserve);
+    while used(&*ledger, POLICY, "alice").await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "still charged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refunded = "SELECT count(*) FROM reservations WHERE state = 'refunded'";
+    assert_eq!(store.count(refunded).await, 1);
+}

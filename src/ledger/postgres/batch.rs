@@ -96,7 +96,7 @@ async fn write(
 /// Queues the refund of reservation `id`, whose caller went away while its batch ran: nobody
 /// holds it to settle or refund it, and it would hold its budget (and its `Idempotency-Key`)
 /// until the sweep charged it.
-fn refund_abandoned(requeue: &mpsc::WeakSender<Op>, id: ReservationId, now: Timestamp) {
+pub(super) fn refund_abandoned(requeue: &mpsc::WeakSender<Op>, id: ReservationId, now: Timestamp) {
     // The ledger is gone: the sweep of the next start expires it.
     let Some(queue) = requeue.upgrade() else {
         return;
@@ -106,9 +106,15 @@ fn refund_abandoned(requeue: &mpsc::WeakSender<Op>, id: ReservationId, now: Time
         "caller gone during its reserve; refunding"
     );
     let (reply, _) = oneshot::channel();
-    tokio::spawn(async move {
-        let _ = queue.send(Op::Close(id, Close::Refund, now, reply)).await;
-    });
+    // Queued at once unless the queue is full; the writers drain the queue before they end.
+    match queue.try_send(Op::Close(id, Close::Refund, now, reply)) {
+        Err(mpsc::error::TrySendError::Full(op)) => {
+            tokio::spawn(async move {
+                let _ = queue.send(op).await;
+            });
+        }
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
 }
 
 /// A settle or refund of the batch.
