@@ -247,7 +247,7 @@ impl Proxy {
             Route::Predict(id) => {
                 // Decided before the body is read, so a caller refused costs no memory...
                 let lookup = Lookup::FlowiseId(&id);
-                self.admit(&snapshot, &identity, &caller, lookup, now)?;
+                let early = self.admit(&snapshot, &identity, &caller, lookup, now)?;
                 let idempotency_key = idempotency_key(&req)?;
                 // The headers go on to Flowise (the allowed ones) after the body is read.
                 let (parts, body) = req.into_parts();
@@ -257,12 +257,19 @@ impl Proxy {
                     read_prediction(&parts.headers, body, &identity, &mut held).await?;
                 prediction.held = Some(held);
                 self.still_authenticated(&parts.headers, read_since).await?;
-                // ...and again once it has come, which may be minutes later: a grant revoked,
-                // expired or suspended meanwhile, or a policy applied meanwhile, holds for it,
-                // and its credits are counted in the period it is forwarded in.
-                let (snapshot, now) = (self.snapshot.load(), jiff::Timestamp::now());
-                let (cf, access, usable) =
-                    self.admit(&snapshot, &identity, &caller, lookup, now)?;
+                // ...and again once it has come, if the index changed meanwhile or that took
+                // long (it may take minutes): a grant revoked, expired or suspended meanwhile,
+                // or a policy applied meanwhile, holds for it, and its credits are counted in
+                // the period it is forwarded in.
+                let current = self.snapshot.load();
+                let (snapshot, now, (cf, access, usable)) =
+                    if Arc::ptr_eq(&current, &snapshot) && !slow(read_since) {
+                        (snapshot, now, early)
+                    } else {
+                        let now = jiff::Timestamp::now();
+                        let admitted = self.admit(&current, &identity, &caller, lookup, now)?;
+                        (current, now, admitted)
+                    };
                 prediction.turn = Some(self.turn(&snapshot, &prediction.chat_id).await?);
                 let allowance = self.rate_limit(&snapshot, &identity, &cf, access).await?;
                 let answered = async {
@@ -423,7 +430,7 @@ impl Proxy {
         headers: &hyper::HeaderMap,
         read_since: std::time::Instant,
     ) -> Result<(), ProxyError> {
-        if read_since.elapsed() > std::time::Duration::from_secs(1) {
+        if slow(read_since) {
             self.authenticate_headers(headers).await?;
         }
         Ok(())
@@ -689,6 +696,11 @@ fn by_visible_name(
 }
 
 /// The Flowise id to forward to, if the chatflow may be used now.
+/// A body read since `since` took long enough for its token and grant to be checked again.
+fn slow(since: std::time::Instant) -> bool {
+    since.elapsed() > std::time::Duration::from_secs(1)
+}
+
 fn usable(cf: &ChatflowEntry) -> Result<String, ProxyError> {
     let name = || format!("{}/{}", cf.rule.namespace, cf.rule.name);
     if cf.rule.suspended {
