@@ -43,13 +43,25 @@ async fn declaring(gate: &Flowgate, bearer: &str, id: &str, length: usize) -> Tc
 
 /// A connection to `gate` that has sent the head of a POST to `path` declaring `length` bytes.
 async fn declaring_to(gate: &Flowgate, bearer: &str, path: &str, length: usize) -> TcpStream {
+    with_head(gate, bearer, path, length, "").await
+}
+
+/// A connection to `gate` that has sent the head of a POST to `path` declaring `length` bytes,
+/// with `extra` header lines (each ending in CRLF).
+async fn with_head(
+    gate: &Flowgate,
+    bearer: &str,
+    path: &str,
+    length: usize,
+    extra: &str,
+) -> TcpStream {
     let mut conn = TcpStream::connect(gate.base.trim_start_matches("http://"))
         .await
         .expect("connect");
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: flowgate\r\n\
          Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\n\
-         Content-Length: {length}\r\n\r\n"
+         {extra}Content-Length: {length}\r\n\r\n"
     );
     conn.write_all(head.as_bytes()).await.expect("send");
     conn
@@ -460,15 +472,8 @@ async fn a_json_prediction_may_be_as_large_as_an_upload() {
 /// 100-continue`, and read flowgate's `100 Continue`: flowgate has decided on the head and begun
 /// reading the body.
 async fn continued(gate: &Flowgate, bearer: &str, path: &str, length: usize) -> TcpStream {
-    let mut conn = TcpStream::connect(gate.base.trim_start_matches("http://"))
-        .await
-        .expect("connect");
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: flowgate\r\n\
-         Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\n\
-         Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
-    );
-    conn.write_all(head.as_bytes()).await.expect("send");
+    let expect = "Expect: 100-continue\r\n";
+    let mut conn = with_head(gate, bearer, path, length, expect).await;
     let mut interim = Vec::new();
     while !interim.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];

@@ -7,6 +7,26 @@ use serde_json::{Value, json};
 use support::gate::{Flowgate, eventually_status};
 use support::team::Team;
 
+/// POSTs `body` as a prediction of `id` with `content_type`; the status and the JSON answer.
+async fn post(
+    gate: &Flowgate,
+    bearer: &str,
+    id: &str,
+    content_type: &str,
+    body: String,
+) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/prediction/{id}", gate.base))
+        .bearer_auth(bearer)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("answer");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 #[tokio::test]
 async fn multipart_predictions_with_files_are_forwarded_and_their_session_is_bound() {
     let team = Team::new("proxy-multipart").await;
@@ -21,19 +41,12 @@ async fn multipart_predictions_with_files_are_forwarded_and_their_session_is_bou
          --{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"notes.txt\"\r\nContent-Type: text/plain\r\n\r\nsome notes\r\n\
          --{boundary}--\r\n"
     );
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/v1/prediction/{id}", gate.base))
-        .bearer_auth(team.alice())
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(resp.status(), 200);
-    let answer: Value = resp.json().await.expect("json");
+    let (alice, form) = (
+        team.alice(),
+        format!("multipart/form-data; boundary={boundary}"),
+    );
+    let (status, answer) = post(&gate, &alice, &id, &form, body).await;
+    assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["text"], "Echo: hello", "{answer}");
     assert_ne!(
         answer["chatId"].as_str(),
@@ -45,20 +58,8 @@ async fn multipart_predictions_with_files_are_forwarded_and_their_session_is_bou
         "--{boundary}\r\nContent-Disposition: form-data; name=\"question\"\r\n\r\nhi\r\n--{boundary}--\r\n"
     );
     // Media types are case-insensitive (RFC 9110 §8.3.1).
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/prediction/{id}", gate.base))
-        .bearer_auth(team.alice())
-        .header(
-            "content-type",
-            format!("Multipart/Form-Data; boundary={boundary}"),
-        )
-        .body(text_only)
-        .send()
-        .await
-        .expect("answer")
-        .json()
-        .await
-        .expect("json");
+    let shouting = format!("Multipart/Form-Data; boundary={boundary}");
+    let (_, answer) = post(&gate, &alice, &id, &shouting, text_only).await;
     assert_eq!(answer["text"], "Echo: hi");
     assert!(
         answer["chatId"]
@@ -67,52 +68,29 @@ async fn multipart_predictions_with_files_are_forwarded_and_their_session_is_bou
         "{answer}"
     );
 
-    let shouted = reqwest::Client::new()
-        .post(format!("{}/api/v1/prediction/{id}", gate.base))
-        .bearer_auth(team.alice())
-        .header("content-type", "Application/JSON; charset=UTF-8")
-        .body(json!({"question": "loud"}).to_string())
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(shouted.status(), 200);
+    let loud = json!({"question": "loud"}).to_string();
+    let (status, _) = post(&gate, &alice, &id, "Application/JSON; charset=UTF-8", loud).await;
+    assert_eq!(status, 200);
 
-    let broken = reqwest::Client::new()
-        .post(format!("{}/api/v1/prediction/{id}", gate.base))
-        .bearer_auth(team.alice())
-        .header("content-type", "multipart/form-data; boundary=nope")
-        .body("not multipart at all")
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(broken.status(), 400);
+    let broken = "not multipart at all".to_string();
+    let (status, _) = post(
+        &gate,
+        &alice,
+        &id,
+        "multipart/form-data; boundary=nope",
+        broken,
+    )
+    .await;
+    assert_eq!(status, 400);
 
     // What Flowise's form parser would answer 500 for, or read otherwise than asked, is 400
     // here, before anything is charged or sent.
     let refused = |body: String| {
-        let (base, bearer) = (gate.base.clone(), team.alice());
-        let id = id.clone();
+        let (gate, alice, id, form) = (&gate, &alice, &id, &form);
         async move {
-            let resp = reqwest::Client::new()
-                .post(format!("{base}/api/v1/prediction/{id}"))
-                .bearer_auth(bearer)
-                .header(
-                    "content-type",
-                    format!("multipart/form-data; boundary={boundary}"),
-                )
-                .body(body)
-                .send()
-                .await
-                .expect("answer");
-            let status = resp.status().as_u16();
-            let answer: Value = resp.json().await.expect("json");
-            (
-                status,
-                answer["error"]["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
+            let (status, answer) = post(gate, alice, id, form, body).await;
+            let message = answer["error"]["message"].as_str().unwrap_or_default();
+            (status, message.to_string())
         }
     };
     let misnamed = format!(
