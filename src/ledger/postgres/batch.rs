@@ -108,10 +108,13 @@ pub(super) fn refund_abandoned(requeue: &mpsc::WeakSender<Op>, id: ReservationId
     let (reply, _) = oneshot::channel();
     // Queued at once unless the queue is full; the writers drain the queue before they end.
     match queue.try_send(Op::Close(id, Close::Refund, now, reply)) {
+        // (A future dropped off any runtime cannot wait: the sweep expires that one.)
         Err(mpsc::error::TrySendError::Full(op)) => {
-            tokio::spawn(async move {
-                let _ = queue.send(op).await;
-            });
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = queue.send(op).await;
+                });
+            }
         }
         Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
