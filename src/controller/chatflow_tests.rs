@@ -533,6 +533,14 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
+/// `desired` synced into `flowise`, where it was not: the chatflow created.
+fn created(flowise: &FakeFlowise, desired: &Desired) -> FlowiseChatflow {
+    match block_on(sync(flowise, desired, None, &unheld)) {
+        Ok(Outcome::Synced { chatflow, .. }) => chatflow,
+        other => panic!("expected a chatflow, got {other:?}"),
+    }
+}
+
 /// No other Chatflow holds anything.
 fn unheld(_: &str) -> Option<String> {
     None
@@ -656,11 +664,7 @@ fn a_chatflow_with_its_marker_that_another_chatflow_holds_is_not_written() {
 fn an_owned_chatflow_is_not_renamed_to_a_name_another_chatflow_has() {
     let flowise = FakeFlowise::default();
     let desired = Desired::Own(owned());
-    let Outcome::Synced { chatflow, .. } =
-        block_on(sync(&flowise, &desired, None, &unheld)).expect("ok")
-    else {
-        panic!("expected a chatflow")
-    };
+    let chatflow = created(&flowise, &desired);
     // Someone else's chatflow, which another Chatflow may adopt by this name.
     flowise.insert("their bot", "CHATFLOW", None);
     let Desired::Own(mut renamed) = desired else {
@@ -693,11 +697,7 @@ fn an_owned_chatflow_is_not_renamed_to_a_name_another_chatflow_has() {
 fn a_chatflow_deleted_in_flowise_is_created_again() {
     let flowise = FakeFlowise::default();
     let desired = Desired::Own(owned());
-    let Outcome::Synced { chatflow, .. } =
-        block_on(sync(&flowise, &desired, None, &unheld)).expect("ok")
-    else {
-        panic!("expected a chatflow")
-    };
+    let chatflow = created(&flowise, &desired);
     block_on(flowise.delete(&chatflow.id)).expect("deleted");
     let again = block_on(sync(&flowise, &desired, Some(&chatflow.id), &unheld)).expect("ok");
     assert!(
@@ -717,11 +717,7 @@ fn a_chatflow_deleted_in_flowise_is_created_again() {
 fn an_unchanged_definition_is_not_sent_again() {
     let flowise = FakeFlowise::default();
     let desired = Desired::Own(owned());
-    let Outcome::Synced { chatflow, .. } =
-        block_on(sync(&flowise, &desired, None, &unheld)).expect("ok")
-    else {
-        panic!("expected a chatflow")
-    };
+    let chatflow = created(&flowise, &desired);
     for _ in 0..3 {
         block_on(sync(&flowise, &desired, Some(&chatflow.id), &unheld)).expect("ok");
     }
@@ -736,11 +732,7 @@ fn an_unchanged_definition_is_not_sent_again() {
 fn a_chatflow_gone_from_flowise_that_cannot_be_made_again_is_not_ready() {
     let flowise = FakeFlowise::default();
     let desired = Desired::Own(owned());
-    let Outcome::Synced { chatflow, .. } =
-        block_on(sync(&flowise, &desired, None, &unheld)).expect("created")
-    else {
-        panic!("expected a chatflow")
-    };
+    let chatflow = created(&flowise, &desired);
     let was = next_status(
         &ChatflowStatus::default(),
         &synced(chatflow.clone()),

@@ -256,14 +256,17 @@ impl Proxy {
                 let mut prediction =
                     read_prediction(&parts.headers, body, &identity, &mut held).await?;
                 prediction.held = Some(held);
-                self.still_authenticated(&parts.headers, read_since).await?;
                 // ...and again once it has come, if the index changed meanwhile or that took
-                // long (it may take minutes): a grant revoked, expired or suspended meanwhile,
-                // or a policy applied meanwhile, holds for it, and its credits are counted in
-                // the period it is forwarded in.
+                // long (it may take minutes): its token may have expired, and a grant revoked,
+                // expired or suspended meanwhile, or a policy applied meanwhile, holds for it;
+                // its credits are counted in the period it is forwarded in.
+                let slow = slow(read_since);
+                if slow {
+                    self.authenticate_headers(&parts.headers).await?;
+                }
                 let current = self.snapshot.load();
                 let (snapshot, now, (cf, access, usable)) =
-                    if Arc::ptr_eq(&current, &snapshot) && !slow(read_since) {
+                    if Arc::ptr_eq(&current, &snapshot) && !slow {
                         (snapshot, now, early)
                     } else {
                         let now = jiff::Timestamp::now();
@@ -296,7 +299,9 @@ impl Proxy {
                 let mut held = self.buffers.hold_for(&identity.key);
                 let read_since = std::time::Instant::now();
                 let body = read_json_body(&parts.headers, body, MAX_JSON_BODY, &mut held).await?;
-                self.still_authenticated(&parts.headers, read_since).await?;
+                if slow(read_since) {
+                    self.authenticate_headers(&parts.headers).await?;
+                }
                 let (chatflow_id, session, mut prediction) = compat_request(body, &identity)?;
                 prediction.held = Some(held);
                 // Decided on what holds once the body has come, which may be minutes later.
@@ -421,19 +426,6 @@ impl Proxy {
 
     async fn authenticate(&self, req: &Request<Incoming>) -> Result<Identity, ProxyError> {
         self.authenticate_headers(req.headers()).await
-    }
-
-    /// A body that took long to come: its token is verified again (it may have expired, or its
-    /// ServiceAccount been deleted, meanwhile), as its grant is decided again.
-    async fn still_authenticated(
-        &self,
-        headers: &hyper::HeaderMap,
-        read_since: std::time::Instant,
-    ) -> Result<(), ProxyError> {
-        if slow(read_since) {
-            self.authenticate_headers(headers).await?;
-        }
-        Ok(())
     }
 
     async fn authenticate_headers(
@@ -696,7 +688,8 @@ fn by_visible_name(
 }
 
 /// The Flowise id to forward to, if the chatflow may be used now.
-/// A body read since `since` took long enough for its token and grant to be checked again.
+/// A body read since `since` took long enough for its token and grant to be checked again
+/// (they may have expired, been revoked, or its ServiceAccount deleted, meanwhile).
 fn slow(since: std::time::Instant) -> bool {
     since.elapsed() > std::time::Duration::from_secs(1)
 }

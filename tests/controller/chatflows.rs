@@ -580,13 +580,8 @@ async fn a_cleanup_flowise_refuses_says_so_and_retain_lets_the_chatflow_go() {
         .await
         .expect("delete requested");
     wait_for_event(&client, &ns, "bot", "CleanupFailed").await;
-    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
-        kube::Api::namespaced(client.clone(), &ns);
-    let notes: Vec<String> = events
-        .list(&Default::default())
+    let notes: Vec<String> = events_about(&client, &ns, "bot")
         .await
-        .expect("events")
-        .items
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("CleanupFailed"))
         .filter_map(|e| e.note)

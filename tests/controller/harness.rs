@@ -252,8 +252,8 @@ pub async fn wait_deleted(api: &Api<Chatflow>, name: &str) {
         .expect("watching works");
 }
 
-/// Reasons of the Events about `name` in `ns`.
-pub async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
+/// The Events about `name` in `ns`.
+pub async fn events_about(client: &Client, ns: &str, name: &str) -> Vec<Event> {
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
     events
         .list(&ListParams::default())
@@ -262,6 +262,14 @@ pub async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String>
         .items
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
+
+/// Reasons of the Events about `name` in `ns`.
+pub async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
+    events_about(client, ns, name)
+        .await
+        .into_iter()
         .filter_map(|e| e.reason)
         .collect()
 }
