@@ -6,7 +6,7 @@
 //! fetch keeps the previous keys. The small mutex only guards the in-flight handle and the time
 //! of the last attempt; it is never held across an await.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -51,6 +51,8 @@ pub(crate) struct RemoteKeys {
     current: ArcSwapOption<KeySnapshot>,
     flight: Mutex<Flight>,
     fetches: AtomicU64,
+    /// The last fetch failed: a key these keys lack may be one the source has added since.
+    stale: AtomicBool,
     /// The epoch of this source's kind (callers' sources share one, the cluster's has its
     /// own); moved whenever this source's keys change (see [`super::cache`]).
     epoch: Arc<AtomicU64>,
@@ -70,6 +72,7 @@ impl RemoteKeys {
             current: ArcSwapOption::empty(),
             flight: Mutex::new(Flight::default()),
             fetches: AtomicU64::new(0),
+            stale: AtomicBool::new(false),
             epoch,
         })
     }
@@ -81,6 +84,12 @@ impl RemoteKeys {
 
     pub(crate) fn loaded(&self) -> bool {
         self.current.load().is_some()
+    }
+
+    /// The last fetch failed, so a key missing here is not known to be unknown to the source
+    /// (a key added while it was unreachable).
+    pub(crate) fn stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
     }
 
     /// How many fetches were started.
@@ -126,7 +135,9 @@ impl RemoteKeys {
     async fn fetch_and_store(self: Arc<Self>) -> bool {
         // Ends the flight however the fetch ends (even by a panic), so the next refresh can start.
         let _end = EndFlight(&self);
-        match self.fetcher.fetch(self.limits).await {
+        let fetched = self.fetcher.fetch(self.limits).await;
+        self.stale.store(fetched.is_err(), Ordering::Relaxed);
+        match fetched {
             Ok(fetched) => {
                 tracing::debug!(
                     source = %self.fetcher.describe(),

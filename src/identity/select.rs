@@ -103,7 +103,11 @@ impl Inner {
                             self.check(token, key, checks, Domain::ServiceAccounts)
                         }
                         Lookup::WrongAlgorithm => Step::Failed(AuthError::AlgorithmMismatch),
-                        Lookup::NotFound if refreshed => Step::Failed(AuthError::UnknownKey),
+                        Lookup::NotFound if refreshed => Step::Failed(if sa.remote.stale() {
+                            AuthError::KeysUnavailable
+                        } else {
+                            AuthError::UnknownKey
+                        }),
                         Lookup::NotFound => Step::Refresh(Domain::ServiceAccounts),
                     };
                 }
@@ -177,9 +181,11 @@ impl Inner {
         if !refreshed && (kid.is_some() || !all_loaded) {
             return Step::Refresh(Domain::Users);
         }
-        // The static key's refusal is the answer once the remote keys could be tried; before
-        // they ever loaded, one of them may have signed it.
-        if users.remote.iter().any(|r| r.loaded()) {
+        // The static key's refusal is the answer once the remote keys could be tried. Before
+        // they ever loaded, or while a source cannot be fetched, a key added to it may have
+        // signed the token: not known yet is a 503, not a refusal that makes clients drop a good
+        // token.
+        if users.remote.iter().any(|r| r.loaded()) && !users.remote.iter().any(|r| r.stale()) {
             static_refusal.unwrap_or(Step::Failed(AuthError::UnknownKey))
         } else {
             Step::Failed(AuthError::KeysUnavailable)
