@@ -90,13 +90,18 @@ CREATE TABLE usage (
 CREATE INDEX usage_by_time ON usage (time_us);
 CREATE INDEX usage_by_subject ON usage (subject, time_us);
 CREATE INDEX usage_by_policy ON usage (policy, time_us);
+CREATE INDEX usage_by_chatflow ON usage (chatflow, time_us);
 ";
 
 /// Added after schema version 1 was released, without a new version (older flowgates ignore
-/// them): the index retention finds past windows' buckets by, and (in `migrate`) the column a
-/// bucket keeps a budget override's limit in.
-const BUCKETS_BY_START: &str =
-    "CREATE INDEX IF NOT EXISTS buckets_by_start ON buckets (window_start)";
+/// them): the index retention finds past windows' buckets by, the one a chatflow's usage is
+/// read by (a chatflow admin's usage query always names the chatflow: without it, SQLite walked
+/// the whole log for a quiet one, holding the reader), and (in `migrate`) the column a bucket
+/// keeps a budget override's limit in.
+const LATER_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS buckets_by_start ON buckets (window_start);
+CREATE INDEX IF NOT EXISTS usage_by_chatflow ON usage (chatflow, time_us);
+";
 
 type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
 
@@ -452,7 +457,7 @@ fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
         }
         SCHEMA_VERSION => {
             // Added after version 1 was released, without a version: older flowgates ignore it.
-            tx.execute_batch(BUCKETS_BY_START)?;
+            tx.execute_batch(LATER_INDEXES)?;
             let has_own_limit: bool = tx.query_row(
                 "SELECT count(*) > 0 FROM pragma_table_info('buckets') WHERE name = 'own_limit'",
                 [],
@@ -488,7 +493,10 @@ fn run_writer(mut conn: Connection, queue: mpsc::Receiver<Op>) {
 fn commit_batch(conn: &mut Connection, batch: Vec<Op>) -> Vec<Answer> {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => return batch.into_iter().map(|op| op.fail(&e)).collect(),
+        Err(e) => {
+            let e = BatchFailure::from(&e);
+            return batch.into_iter().map(|op| op.fail(&e)).collect();
+        }
     };
     let mut answers = Vec::with_capacity(batch.len());
     let mut ops = batch.into_iter();
@@ -507,7 +515,10 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Op>) -> Vec<Answer> {
     }
     match tx.commit() {
         Ok(()) => answers,
-        Err(e) => answers.into_iter().map(|a| a.fail(&e)).collect(),
+        Err(e) => {
+            let e = BatchFailure::from(&e);
+            answers.into_iter().map(|a| a.fail(&e)).collect()
+        }
     }
 }
 
@@ -522,36 +533,68 @@ const RELEASE: &str = "RELEASE op";
 fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
-) -> Result<Result<T, LedgerError>, rusqlite::Error> {
+) -> Result<Result<T, LedgerError>, BatchFailure> {
     let run = |sql: &str| conn.prepare_cached(sql)?.execute([]).map(drop);
-    run(SAVEPOINT)?;
+    run(SAVEPOINT).map_err(|e| BatchFailure::from(&e))?;
     let out = f(conn);
-    if out.is_err() {
-        run("ROLLBACK TO op")?;
+    if let Err(error) = &out
+        && let Err(rollback) = run("ROLLBACK TO op")
+    {
+        return Err(rolled_back(conn, error, &rollback));
     }
-    run(RELEASE)?;
+    run(RELEASE).map_err(|e| BatchFailure::from(&e))?;
     Ok(out)
 }
 
-fn commit_failure(e: &rusqlite::Error) -> LedgerError {
-    LedgerError::Commit {
-        message: e.to_string(),
-        transient: is_transient(e),
+/// The batch's failure when an operation's savepoint could not be rolled back to. On a full
+/// disk or an I/O error SQLite may roll back the whole transaction itself, savepoint and all:
+/// then nothing of the batch is kept, and every operation in it is worth retrying (a settle or
+/// refund given up here would leave its credits charged). Otherwise what the transaction holds
+/// is unknown, and the rollback's own error decides.
+fn rolled_back(conn: &Connection, error: &LedgerError, rollback: &rusqlite::Error) -> BatchFailure {
+    BatchFailure {
+        message: format!("{error} (and the rollback to its savepoint failed: {rollback})"),
+        transient: conn.is_autocommit() || is_transient(rollback),
+    }
+}
+
+/// Why a batch was not committed, given to each of its operations.
+#[derive(Debug)]
+struct BatchFailure {
+    message: String,
+    transient: bool,
+}
+
+impl BatchFailure {
+    fn error(&self) -> LedgerError {
+        LedgerError::Commit {
+            message: self.message.clone(),
+            transient: self.transient,
+        }
+    }
+}
+
+impl From<&rusqlite::Error> for BatchFailure {
+    fn from(e: &rusqlite::Error) -> Self {
+        Self {
+            message: e.to_string(),
+            transient: is_transient(e),
+        }
     }
 }
 
 impl Op {
     /// Applies the operation in its own savepoint. With its answer comes the savepoint's own
     /// failure, if it had one.
-    fn apply(self, conn: &Connection) -> (Answer, Option<rusqlite::Error>) {
+    fn apply(self, conn: &Connection) -> (Answer, Option<BatchFailure>) {
         fn answer<T>(
             reply: Reply<T>,
-            out: Result<Result<T, LedgerError>, rusqlite::Error>,
+            out: Result<Result<T, LedgerError>, BatchFailure>,
             wrap: fn(Reply<T>, Result<T, LedgerError>) -> Answer,
-        ) -> (Answer, Option<rusqlite::Error>) {
+        ) -> (Answer, Option<BatchFailure>) {
             match out {
                 Ok(result) => (wrap(reply, result), None),
-                Err(e) => (wrap(reply, Err(commit_failure(&e))), Some(e)),
+                Err(e) => (wrap(reply, Err(e.error())), Some(e)),
             }
         }
         match self {
@@ -588,28 +631,28 @@ impl Op {
         }
     }
 
-    fn fail(self, e: &rusqlite::Error) -> Answer {
+    fn fail(self, e: &BatchFailure) -> Answer {
         match self {
-            Op::Reserve(_, reply) => Answer::Reserve(reply, Err(commit_failure(e))),
-            Op::Adjust(_, reply) => Answer::Adjust(reply, Err(commit_failure(e))),
-            Op::Close(.., reply) => Answer::Close(reply, Err(commit_failure(e))),
+            Op::Reserve(_, reply) => Answer::Reserve(reply, Err(e.error())),
+            Op::Adjust(_, reply) => Answer::Adjust(reply, Err(e.error())),
+            Op::Close(.., reply) => Answer::Close(reply, Err(e.error())),
             Op::Sweep(_, reply) | Op::DeleteChunk(.., reply) => {
-                Answer::Count(reply, Err(commit_failure(e)))
+                Answer::Count(reply, Err(e.error()))
             }
-            Op::PruneReservations(.., reply) => Answer::Pruned(reply, Err(commit_failure(e))),
+            Op::PruneReservations(.., reply) => Answer::Pruned(reply, Err(e.error())),
         }
     }
 }
 
 impl Answer {
     /// The batch was not committed: what succeeded in it failed after all.
-    fn fail(self, e: &rusqlite::Error) -> Answer {
+    fn fail(self, e: &BatchFailure) -> Answer {
         match self {
-            Answer::Reserve(reply, r) => Answer::Reserve(reply, r.and(Err(commit_failure(e)))),
-            Answer::Adjust(reply, r) => Answer::Adjust(reply, r.and(Err(commit_failure(e)))),
-            Answer::Close(reply, r) => Answer::Close(reply, r.and(Err(commit_failure(e)))),
-            Answer::Count(reply, r) => Answer::Count(reply, r.and(Err(commit_failure(e)))),
-            Answer::Pruned(reply, r) => Answer::Pruned(reply, r.and(Err(commit_failure(e)))),
+            Answer::Reserve(reply, r) => Answer::Reserve(reply, r.and(Err(e.error()))),
+            Answer::Adjust(reply, r) => Answer::Adjust(reply, r.and(Err(e.error()))),
+            Answer::Close(reply, r) => Answer::Close(reply, r.and(Err(e.error()))),
+            Answer::Count(reply, r) => Answer::Count(reply, r.and(Err(e.error()))),
+            Answer::Pruned(reply, r) => Answer::Pruned(reply, r.and(Err(e.error()))),
         }
     }
 

@@ -187,6 +187,33 @@ async fn a_missing_directory_is_an_error_not_a_hang() {
     assert_eq!(err.reason(), "SqliteError");
 }
 
+/// A reserve of 10 credits from the one bucket of `team/pool` (a limit of 1,000).
+fn reserve_request(subject: &str, final_cost: bool, now: Timestamp) -> ReserveRequest {
+    ReserveRequest {
+        subject: subject.into(),
+        chatflow: "team/bot".into(),
+        idempotency_key: None,
+        lines: vec![BudgetLine {
+            policy: "team/pool".into(),
+            bucket: "*".into(),
+            limit: 1_000,
+            own_limit: false,
+            window: Window {
+                start: now,
+                end: None,
+            },
+            amount: 10,
+        }],
+        now,
+        ttl: Duration::from_secs(900),
+        final_cost,
+    }
+}
+
+fn count(conn: &Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |row| row.get(0)).expect(sql)
+}
+
 /// A batch's operations commit together, but one that fails after it has written (here: a
 /// trigger refuses its usage row) is rolled back alone to its savepoint — its reservation,
 /// bucket charge and held line, or its settle's bucket and line changes — while the operations
@@ -201,29 +228,7 @@ async fn an_operation_failing_after_its_writes_is_rolled_back_alone() {
     )
     .expect("trigger");
     let now = Timestamp::now();
-    let window = Window {
-        start: now,
-        end: None,
-    };
-    let reserve = |subject: &str, final_cost: bool| ReserveRequest {
-        subject: subject.into(),
-        chatflow: "team/bot".into(),
-        idempotency_key: None,
-        lines: vec![BudgetLine {
-            policy: "team/pool".into(),
-            bucket: "*".into(),
-            limit: 1_000,
-            own_limit: false,
-            window,
-            amount: 10,
-        }],
-        now,
-        ttl: Duration::from_secs(900),
-        final_cost,
-    };
-    let count = |conn: &Connection, sql: &str| -> i64 {
-        conn.query_row(sql, [], |row| row.get(0)).expect(sql)
-    };
+    let reserve = |subject: &str, final_cost: bool| reserve_request(subject, final_cost, now);
     let used = |conn: &Connection| count(conn, "SELECT used FROM buckets");
 
     // Three final-cost reserves in one batch; the middle one fails at its usage row.
@@ -312,6 +317,45 @@ async fn an_operation_failing_after_its_writes_is_rolled_back_alone() {
     assert_eq!(state, "reserved");
 }
 
+/// On a full disk or an I/O error SQLite may roll back the whole transaction, the failing
+/// operation's savepoint with it (here a trigger's `RAISE(ROLLBACK)` does what such an error
+/// would). Nothing of the batch is then kept, and every operation in it, the ones before the
+/// failure included, is told so with an error worth retrying: a settle or refund that gave up
+/// would leave its credits charged.
+#[tokio::test]
+async fn a_transaction_sqlite_rolled_back_itself_fails_its_whole_batch_as_worth_retrying() {
+    let (_dir, path) = created().await;
+    let mut conn = open_writer(&path).expect("reopen");
+    conn.execute_batch(
+        "CREATE TRIGGER gone BEFORE INSERT ON usage WHEN NEW.subject = 'gone'
+         BEGIN SELECT RAISE(ROLLBACK, 'the transaction is gone'); END;",
+    )
+    .expect("trigger");
+    let now = Timestamp::now();
+    let mut replies = Vec::new();
+    let batch = ["before", "gone", "after"]
+        .into_iter()
+        .map(|subject| {
+            let (reply, answer) = oneshot::channel();
+            replies.push(answer);
+            Op::Reserve(reserve_request(subject, true, now), reply)
+        })
+        .collect();
+    commit_batch(&mut conn, batch)
+        .into_iter()
+        .for_each(Answer::send);
+    for (subject, answer) in ["before", "gone", "after"].iter().zip(&mut replies) {
+        let error = answer
+            .try_recv()
+            .expect("answered")
+            .expect_err("nothing of the batch is kept");
+        assert!(error.transient(), "{subject}: {error}");
+    }
+    assert!(conn.is_autocommit(), "no transaction is left open");
+    assert_eq!(count(&conn, "SELECT count(*) FROM reservations"), 0);
+    assert_eq!(count(&conn, "SELECT count(*) FROM buckets"), 0);
+}
+
 /// Each usage query reaches its rows through the index of its filter (a subject's rows through
 /// `usage_by_subject`, a cursor as a range of it), never by walking the whole log.
 #[tokio::test]
@@ -355,10 +399,17 @@ async fn usage_queries_use_the_index_of_their_filter() {
         (
             UsageFilter {
                 policy: text("team/monthly"),
-                chatflow: text("team/bot"),
                 ..UsageFilter::default()
             },
             "usage_by_policy (policy=?)",
+        ),
+        (
+            UsageFilter {
+                policy: text("team/monthly"),
+                chatflow: text("team/bot"),
+                ..UsageFilter::default()
+            },
+            "usage_by_chatflow (chatflow=?)",
         ),
     ] {
         let (sql, _) = usage_query(&filter, |n, _| format!("?{n}"));
@@ -377,8 +428,6 @@ async fn usage_queries_use_the_index_of_their_filter() {
     }
 }
 
-/// `buckets_by_start` came after schema version 1 was released: a ledger created before it
-/// gets it when flowgate opens it.
 /// `buckets.own_limit` came after schema version 1 was released too: a ledger created before it
 /// gets the column when flowgate opens it, and keeps its buckets.
 #[tokio::test]
@@ -414,26 +463,26 @@ async fn a_ledger_from_before_own_limits_gets_the_column() {
     assert_eq!(used, 3);
 }
 
+/// `buckets_by_start` and `usage_by_chatflow` came after schema version 1 was released: a
+/// ledger created before them gets them when flowgate opens it.
 #[tokio::test]
-async fn a_ledger_from_before_buckets_by_start_gets_the_index() {
+async fn a_ledger_from_before_the_later_indexes_gets_them() {
     let (_dir, path) = created().await;
-    let has_index = |conn: &Connection| -> bool {
-        conn.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'buckets_by_start'",
-            [],
-            |row| row.get::<_, i64>(0),
+    let indexes = |conn: &Connection| -> i64 {
+        count(
+            conn,
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' \
+             AND name IN ('buckets_by_start', 'usage_by_chatflow')",
         )
-        .expect("sqlite_master")
-            == 1
     };
     let conn = Connection::open(&path).expect("open");
-    assert!(has_index(&conn));
-    conn.execute_batch("DROP INDEX buckets_by_start")
+    assert_eq!(indexes(&conn), 2);
+    conn.execute_batch("DROP INDEX buckets_by_start; DROP INDEX usage_by_chatflow")
         .expect("as a version-1 ledger had it");
-    assert!(!has_index(&conn));
+    assert_eq!(indexes(&conn), 0);
     drop(conn);
     drop(SqliteLedger::open(&path).await.expect("reopen"));
-    assert!(has_index(&Connection::open(&path).expect("open")));
+    assert_eq!(indexes(&Connection::open(&path).expect("open")), 2);
 }
 
 #[test]
@@ -450,7 +499,7 @@ fn a_full_disk_or_an_io_error_is_worth_retrying_and_a_constraint_is_not() {
         Some(rusqlite::ErrorCode::DiskFull)
     );
     assert!(is_transient(&full));
-    assert!(commit_failure(&full).transient());
+    assert!(BatchFailure::from(&full).error().transient());
     let io = rusqlite::Error::SqliteFailure(
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
         None,
