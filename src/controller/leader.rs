@@ -86,16 +86,25 @@ impl Lease {
         }
     }
 
-    /// Tries every `retry_every` until this replica holds the Lease (true) or `shutdown` (false).
-    pub(super) async fn acquire(&self, shutdown: &CancellationToken) -> bool {
+    /// Tries every `retry_every` until this replica holds the Lease, or `shutdown` (`None`).
+    /// Returns when the successful attempt was sent: the Lease is held from then, not from its
+    /// answer, which a slow API server may deliver after another replica saw the record.
+    pub(super) async fn acquire(&self, shutdown: &CancellationToken) -> Option<Instant> {
+        let deadline = self.settings.duration * 2 / 3;
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => return true,
-                Ok(false) => {}
-                Err(error) => tracing::warn!(%error, "cannot read or write the controller Lease"),
+            let sent = Instant::now();
+            // An attempt answered later than a renewal could be does not lead: the Lease may be
+            // another's by the time this replica would start.
+            match tokio::time::timeout(deadline, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => return Some(sent),
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "cannot read or write the controller Lease");
+                }
+                Err(_) => tracing::warn!(?deadline, "the controller Lease did not answer in time"),
             }
             tokio::select! {
-                () = shutdown.cancelled() => return false,
+                () = shutdown.cancelled() => return None,
                 () = tokio::time::sleep(self.settings.retry_every) => {}
             }
         }
@@ -103,15 +112,19 @@ impl Lease {
 
     /// Renews every `renew_every` (every `retry_every` after a failure) until `until` is
     /// cancelled (true), or the Lease is lost (false: someone else holds it, or no renewal
-    /// succeeded for two thirds of its duration).
-    pub(super) async fn hold(&self, until: &CancellationToken) -> bool {
+    /// succeeded for two thirds of its duration). `acquired`: when the acquiring attempt was
+    /// sent.
+    pub(super) async fn hold(&self, until: &CancellationToken, acquired: Instant) -> bool {
         let deadline = self.settings.duration * 2 / 3;
-        let mut renewed = Instant::now();
+        let mut renewed = acquired;
         let mut wait = self.settings.renew_every;
         loop {
+            // Never past the deadline: a retry due after it would leave this replica leading
+            // longer than it may.
+            let wait_for = wait.min(deadline.saturating_sub(renewed.elapsed()));
             tokio::select! {
                 () = until.cancelled() => return true,
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(wait_for) => {}
             }
             wait = self.settings.renew_every;
             // A renewal counts from when it was sent, and may not outlast the deadline: a call

@@ -222,9 +222,9 @@ impl Controller {
             "controller campaigning for leadership"
         );
         loop {
-            if !lease.acquire(&shutdown).await {
+            let Some(acquired) = lease.acquire(&shutdown).await else {
                 return Ok(());
-            }
+            };
             tracing::info!(identity = %self.settings.lease.identity, "leading: reconciling");
             self.metrics.controller.set_leader(true);
             let session = shutdown.child_token();
@@ -243,7 +243,8 @@ impl Controller {
                     led.cancel();
                 },
                 async {
-                    if !lease.hold(&led).await {
+                    if !lease.hold(&led, acquired).await {
+                        self.metrics.controller.set_leader(false);
                         fence.cancel();
                         session.cancel();
                     }
@@ -282,7 +283,7 @@ impl Controller {
             backoff: Backoff::default(),
             event_only: unreadable::EventOnly::default(),
             chatflows: chatflow_names,
-            fence,
+            fence: fence.clone(),
         });
         let stop = {
             let session = session.clone();
@@ -373,13 +374,23 @@ impl Controller {
             }
         };
 
+        // The periodic passes stop midway when the session ends: once the Lease is lost, a
+        // usage pass finishing on a slow API server would write older `creditsUsed` over the
+        // new leader's (and hold up this replica's next campaign); at shutdown nothing is lost
+        // by leaving a pass the next leader makes anyway.
+        let fenced = |task| async {
+            tokio::select! {
+                () = task => {}
+                () = session.cancelled() => {}
+            }
+        };
         tokio::join!(
             fan_out,
             chatflow_task,
             access_task,
             policy_task,
-            usage_task,
-            self.sync.run_periodically(session.clone()),
+            fenced(usage_task.boxed()),
+            fenced(self.sync.run_periodically(session.clone()).boxed()),
         );
     }
 

@@ -27,6 +27,19 @@ pub struct Running {
 }
 
 impl Running {
+    /// Runs `controller`, which reports to `metrics`, until stopped or killed.
+    pub fn spawn(controller: Controller, metrics: Arc<Metrics>) -> Self {
+        let sync = controller.sync_state();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(controller.run(shutdown.clone()));
+        Running {
+            shutdown,
+            task,
+            metrics,
+            sync,
+        }
+    }
+
     /// Stops it as SIGTERM does: in-flight work finishes, the Lease is released.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -66,15 +79,7 @@ pub fn settings(ns: &str) -> Settings {
 pub fn start_with(client: &Client, settings: Settings, flowise: Arc<dyn FlowiseApi>) -> Running {
     let metrics = Arc::new(Metrics::new());
     let controller = Controller::new(client.clone(), flowise, settings, metrics.clone());
-    let sync = controller.sync_state();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(controller.run(shutdown.clone()));
-    Running {
-        shutdown,
-        task,
-        metrics,
-        sync,
-    }
+    Running::spawn(controller, metrics)
 }
 
 pub fn start(client: &Client, settings: Settings) -> Running {

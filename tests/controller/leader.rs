@@ -11,7 +11,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
+use flowgate::controller::Controller;
 use flowgate::flowise::{ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
+use flowgate::ledger::{
+    AdjustOutcome, AdjustRequest, BucketBalance, CreditLedger, LedgerFuture, PolicyUsage,
+    PrunedChunk, ReservationId, ReserveOutcome, ReserveRequest, Resolution, UsageFilter,
+    UsageRecord, Window,
+};
+use flowgate::metrics::Metrics;
+use jiff::Timestamp;
 
 use crate::harness::*;
 use crate::support;
@@ -185,6 +193,22 @@ async fn a_create_in_flight(prefix: &str) -> CreateInFlight {
     }
 }
 
+/// Gives the Lease in `ns` to `holder` for ten minutes (`None`: releases it), as another
+/// replica would after a partition: the one holding it learns at its next renewal (every second
+/// here).
+async fn hand_the_lease_to(client: &kube::Client, ns: &str, holder: Option<&str>) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let mut lease = leases.get("flowgate-controller").await.expect("lease");
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    spec.holder_identity = holder.map(String::from);
+    spec.lease_duration_seconds = Some(600);
+    spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+    leases
+        .replace("flowgate-controller", &PostParams::default(), &lease)
+        .await
+        .expect("the Lease changes hands");
+}
+
 #[tokio::test]
 async fn losing_the_lease_stops_a_flowise_call_in_flight() {
     let CreateInFlight {
@@ -201,19 +225,7 @@ async fn losing_the_lease_stops_a_flowise_call_in_flight() {
         "the create is still waiting"
     );
 
-    // Another replica takes the Lease, as after a partition: this one learns it at its next
-    // renewal (every second here).
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let mut lease = leases.get("flowgate-controller").await.expect("lease");
-    let spec = lease.spec.get_or_insert_with(Default::default);
-    spec.holder_identity = Some("another-replica".into());
-    spec.lease_duration_seconds = Some(600);
-    spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
-    leases
-        .replace("flowgate-controller", &PostParams::default(), &lease)
-        .await
-        .expect("the Lease changes hands");
-
+    hand_the_lease_to(&client, &ns, Some("another-replica")).await;
     support::eventually(20, "the create in flight is dropped", || async {
         dropped.load(Ordering::SeqCst).then_some(())
     })
@@ -282,4 +294,145 @@ async fn a_controller_stopped_as_soon_as_it_leads_stops_at_once() {
         .await;
         running.stop().await;
     }
+}
+
+/// An SQLite ledger whose usage reads never answer: a CreditPolicy status pass waits there.
+struct HangingUsage {
+    inner: Arc<dyn CreditLedger>,
+    started: Arc<AtomicBool>,
+    dropped: Arc<AtomicBool>,
+}
+
+impl CreditLedger for HangingUsage {
+    fn reserve(&self, request: ReserveRequest) -> LedgerFuture<'_, ReserveOutcome> {
+        self.inner.reserve(request)
+    }
+
+    fn settle<'a>(
+        &'a self,
+        id: ReservationId,
+        actual: &'a [u64],
+        tokens: u64,
+        now: Timestamp,
+    ) -> LedgerFuture<'a, Resolution> {
+        self.inner.settle(id, actual, tokens, now)
+    }
+
+    fn refund(&self, id: ReservationId, now: Timestamp) -> LedgerFuture<'_, Resolution> {
+        self.inner.refund(id, now)
+    }
+
+    fn adjust(&self, request: AdjustRequest) -> LedgerFuture<'_, AdjustOutcome> {
+        self.inner.adjust(request)
+    }
+
+    fn sweep(&self, now: Timestamp) -> LedgerFuture<'_, u64> {
+        self.inner.sweep(now)
+    }
+
+    fn balance<'a>(
+        &'a self,
+        policy: &'a str,
+        bucket: &'a str,
+        window: &'a Window,
+    ) -> LedgerFuture<'a, i64> {
+        self.inner.balance(policy, bucket, window)
+    }
+
+    fn policy_usage<'a>(
+        &'a self,
+        _policy: &'a str,
+        _window: &'a Window,
+        _limit: u64,
+    ) -> LedgerFuture<'a, PolicyUsage> {
+        Box::pin(async move {
+            let _dropped = Dropped(self.dropped.clone());
+            self.started.store(true, Ordering::SeqCst);
+            std::future::pending().await
+        })
+    }
+
+    fn buckets<'a>(
+        &'a self,
+        policy: &'a str,
+        window: &'a Window,
+        bucket: Option<&'a str>,
+        limit: u32,
+    ) -> LedgerFuture<'a, Vec<BucketBalance>> {
+        self.inner.buckets(policy, window, bucket, limit)
+    }
+
+    fn usage(&self, filter: UsageFilter) -> LedgerFuture<'_, Vec<UsageRecord>> {
+        self.inner.usage(filter)
+    }
+
+    fn prune_reservations(
+        &self,
+        before: Timestamp,
+        after: ReservationId,
+        chunk: u32,
+    ) -> LedgerFuture<'_, PrunedChunk> {
+        self.inner.prune_reservations(before, after, chunk)
+    }
+
+    fn prune_usage(&self, before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64> {
+        self.inner.prune_usage(before, chunk)
+    }
+
+    fn prune_buckets(&self, started_before: Timestamp, chunk: u32) -> LedgerFuture<'_, u64> {
+        self.inner.prune_buckets(started_before, chunk)
+    }
+}
+
+/// A CreditPolicy usage pass still running when the Lease is lost stops there: finished on a
+/// slow API server, it would write older `creditsUsed` over the new leader's, and the replica
+/// could not campaign again until it had.
+#[tokio::test]
+async fn losing_the_lease_stops_a_credit_usage_pass_in_flight() {
+    let (client, ns, _api, _objects) = setup("cf-fence-usage").await;
+    let policies: Api<flowgate::crd::CreditPolicy> = Api::namespaced(client.clone(), &ns);
+    create(
+        &policies,
+        json!({
+            "apiVersion": "flowgate.io/v1alpha1", "kind": "CreditPolicy",
+            "metadata": {"name": "pool"},
+            "spec": {"chatflows": ["*"], "budget": {"credits": 100, "period": "Monthly"}}
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = flowgate::config::LedgerUrl::Sqlite(dir.path().join("ledger.db"));
+    let ledger = HangingUsage {
+        inner: flowgate::ledger::open(&url).await.expect("ledger"),
+        started: Arc::default(),
+        dropped: Arc::default(),
+    };
+    let (started, dropped) = (ledger.started.clone(), ledger.dropped.clone());
+    let metrics = Arc::new(Metrics::new());
+    let controller = Controller::new(
+        client.clone(),
+        Arc::new(support::flowise()),
+        settings(&ns),
+        metrics.clone(),
+    )
+    .with_ledger(Arc::new(ledger));
+    let running = Running::spawn(controller, metrics);
+    support::eventually(20, "the usage pass reads the ledger", || async {
+        started.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+
+    hand_the_lease_to(&client, &ns, Some("another-replica")).await;
+    support::eventually(20, "the usage pass is dropped", || async {
+        dropped.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    assert!(!running.metrics.controller.is_leader());
+    // Given back, the Lease is this replica's again: nothing of the last term held it up.
+    hand_the_lease_to(&client, &ns, None).await;
+    support::eventually(20, "the replica leads again", || async {
+        running.metrics.controller.is_leader().then_some(())
+    })
+    .await;
+    running.stop().await;
 }

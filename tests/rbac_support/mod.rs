@@ -242,15 +242,7 @@ impl Stack {
             metrics.clone(),
         )
         .with_ledger(ledger);
-        let sync = controller.sync_state();
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(controller.run(shutdown.clone()));
-        let controller = crate::harness::Running {
-            shutdown,
-            task,
-            metrics,
-            sync,
-        };
+        let controller = crate::harness::Running::spawn(controller, metrics);
         let binary = Binary::start(&account.kubeconfig).await;
         Self {
             controller: Some(controller),
