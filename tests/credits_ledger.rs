@@ -270,9 +270,11 @@ async fn a_ledger_retention_prunes_old_rows_at_start_keeps_budgets_and_counts_fa
 async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_records_why() {
     let team = Team::with_fake_flowise("credits-adjust").await;
     let policy = format!("{}/daily", team.ns);
+    // Bob's group has a budget of its own, which his name cannot tell.
     team.policy(
         "daily",
-        json!({"chatflows": ["*"], "budget": {"credits": 2, "period": "Daily"}}),
+        json!({"chatflows": ["*"], "budget": {"credits": 2, "period": "Daily",
+               "overrides": [{"subjects": [{"group": team.group()}], "credits": 5}]}}),
     )
     .await;
     team.policy(
@@ -351,6 +353,18 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
     let member = team.member("bob");
     let (status, _) = predict(&gate, &member, &id, json!({"question": "q"})).await;
     assert_eq!(status, 200, "bob has his own budget");
+    // The answer gives bob's budget as his last prediction was charged against: his group's.
+    let (status, bob) = adjust(
+        json!({"policy": policy, "subject": "user:bob-sub", "credits": 1}),
+        root(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &bob["credits"], &bob["used"], &bob["remaining"]),
+        (200, &json!(5), &json!(0), &json!(5)),
+        "{bob}"
+    );
 
     // The Shared pool has one bucket: no subject. Taking goes past its budget.
     let (status, taken) = adjust(
@@ -370,8 +384,8 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
     };
     assert_eq!(
         support::metric(&gate.ops, &adjusted(policy.clone(), "given")).await,
-        Some(3.0),
-        "the retried adjustment counts once"
+        Some(4.0),
+        "alice's 3 and bob's 1: the retried adjustment counts once"
     );
     assert_eq!(
         support::metric(&gate.ops, &adjusted(format!("{}/pool", team.ns), "taken")).await,
@@ -449,7 +463,7 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
         rows,
         vec![
             (&json!("user:alice-sub"), &json!(2), &json!(2), &json!(0)),
-            (&json!("user:bob-sub"), &json!(1), &json!(2), &json!(1)),
+            (&json!("user:bob-sub"), &json!(0), &json!(5), &json!(5)),
         ],
         "{daily}"
     );
@@ -459,7 +473,7 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
             &daily["subjectsExhausted"],
             &daily["scope"]
         ),
-        (&json!(3), &json!(1), &json!("PerSubject")),
+        (&json!(2), &json!(1), &json!("PerSubject")),
         "{daily}"
     );
     let (status, one) = balances(format!("?policy={policy}&subject=user:alice-sub"), root()).await;
@@ -528,7 +542,7 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|r| r["outcome"] == "adjusted")
+        .filter(|r| r["outcome"] == "adjusted" && r["subject"] == "user:alice-sub")
         .collect();
     assert_eq!(adjusted.len(), 1, "{rows}");
     assert_eq!(
@@ -543,7 +557,7 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
     let events: kube::Api<k8s_openapi::api::events::v1::Event> =
         kube::Api::namespaced(team.client.clone(), &team.ns);
     // Published in the background, after the answer.
-    let notes = support::eventually(10, "both CreditsAdjusted Events", || async {
+    let notes = support::eventually(10, "the three CreditsAdjusted Events", || async {
         let list = events.list(&Default::default()).await.ok()?;
         let notes: Vec<(String, String)> = list
             .items
@@ -559,7 +573,7 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
                 )
             })
             .collect();
-        (notes.len() == 2).then_some(notes)
+        (notes.len() == 3).then_some(notes)
     })
     .await;
     assert!(

@@ -139,7 +139,21 @@ pub async fn adjust(
         AdjustOutcome::Adjusted { id, used } => (id, used),
         AdjustOutcome::Duplicate { .. } => return Err(ProxyError::DuplicateRequest),
     };
-    let credits = subject.credits;
+    // A budget override its name cannot tell (by email or group) is the limit its bucket was
+    // just charged against, as `credits/balances` reads it.
+    let own_limit = if subject.overridden {
+        None
+    } else {
+        admin
+            .ledger
+            .buckets(&policy.id, &window, Some(&subject.key), 1)
+            .await
+            .inspect_err(|error| tracing::warn!(%error, "reading the adjusted bucket failed"))
+            .ok()
+            .and_then(|buckets| buckets.into_iter().next())
+            .and_then(|bucket| bucket.own_limit)
+    };
+    let credits = subject.credits_with(policy, own_limit);
     let warning = unseen.then(|| {
         let warning = format!(
             "no prediction was ever charged to {} on {}: flowgate names a caller \
@@ -243,6 +257,25 @@ impl Subject {
             }
         }
     }
+}
+
+impl Subject {
+    /// Its credits per period, its bucket holding `own_limit`: an override its name tells is
+    /// the current spec's; else the limit its last prediction was charged against (an override
+    /// by email or group, which the name cannot tell); else the policy's.
+    fn credits_with(&self, policy: &PolicyRule, own_limit: Option<i64>) -> u64 {
+        if self.overridden {
+            self.credits
+        } else {
+            own_or_policy(policy, own_limit)
+        }
+    }
+}
+
+fn own_or_policy(policy: &PolicyRule, own_limit: Option<i64>) -> u64 {
+    own_limit
+        .and_then(|own| u64::try_from(own).ok())
+        .unwrap_or(policy.credits)
 }
 
 /// A Normal Event on the policy: who changed whose budget, by how much, and why. Best effort:
@@ -349,15 +382,9 @@ pub async fn balances(
     let mut balances: Vec<SubjectBalance> = buckets
         .into_iter()
         .map(|bucket| {
-            // An override the subject's name tells is the current spec's; the bucket's own
-            // limit is the one its last prediction was charged against (an override by group,
-            // which the name cannot tell).
             let credits = match Subject::of(policy, Some(bucket.bucket.clone())) {
-                Ok(named) if named.overridden => named.credits,
-                _ => bucket
-                    .own_limit
-                    .and_then(|own| u64::try_from(own).ok())
-                    .unwrap_or(policy.credits),
+                Ok(named) => named.credits_with(policy, bucket.own_limit),
+                Err(_) => own_or_policy(policy, bucket.own_limit),
             };
             SubjectBalance {
                 remaining: remaining(credits, bucket.used),
