@@ -34,6 +34,8 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "FLOWGATE_LEDGER_URL",
+        // A PostgreSQL URL may carry a password: `--help` must not print it.
+        hide_env_values = true,
         default_value = "sqlite://./flowgate-ledger.db"
     )]
     pub ledger_url: String,

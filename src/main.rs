@@ -52,6 +52,7 @@ enum LedgerCommand {
         #[arg(
             long,
             env = "FLOWGATE_LEDGER_URL",
+            hide_env_values = true,
             default_value = "sqlite://./flowgate-ledger.db"
         )]
         ledger_url: String,

@@ -109,3 +109,25 @@ fn run_refuses_unusable_settings_before_opening_the_ledger() {
         assert!(!ledger.exists(), "{named}: a ledger file was created");
     }
 }
+
+/// `--help` shows which environment variable sets each option, and the values of most; not the
+/// ledger's URL, which may carry a PostgreSQL password.
+#[test]
+fn help_does_not_print_the_ledger_url() {
+    let url = "postgres://flowgate:s3cret-password@db.example/flowgate";
+    for args in [vec!["run", "--help"], vec!["ledger", "backup", "--help"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+            .args(&args)
+            .env("FLOWGATE_LEDGER_URL", url)
+            .env("FLOWGATE_OPS_ADDR", "[::]:9191")
+            .output()
+            .expect("flowgate runs");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(help.contains("FLOWGATE_LEDGER_URL"), "{args:?}: {help}");
+        assert!(!help.contains("s3cret-password"), "{args:?}: {help}");
+        if args[0] == "run" {
+            assert!(help.contains("FLOWGATE_OPS_ADDR=[::]:9191"), "{help}");
+        }
+    }
+}

@@ -538,6 +538,7 @@ async fn with_finalizer(cf: Arc<Chatflow>, ctx: &Context) -> Result<Action, Cont
 /// The driver: validate → dereference → plan → sync → status.
 async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> {
     let old = cf.status.clone().unwrap_or_default();
+    let flowise = announce::Announced::new(ctx, cf);
     let (outcome, error) = match validate(cf) {
         Err(message) => (Outcome::Invalid(message), None),
         Ok(desired) => {
@@ -549,12 +550,13 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
                     .find_map(|(name, holds)| holds.then_some(name))
             };
             let known = old.flowise_id.as_deref();
-            match sync(ctx.flowise.as_ref(), &desired, known, &held_by).await {
+            match sync(&flowise, &desired, known, &held_by).await {
                 Ok(outcome) => (outcome, None),
                 Err(unsynced) => unsynced.outcome(),
             }
         }
     };
+    flowise.settle(&outcome, error.as_ref()).await;
     let outcome = match outcome {
         Outcome::Synced { chatflow, change } => {
             let others = super::claims::others(&ctx.chatflows, cf, &chatflow.id);
@@ -712,13 +714,20 @@ async fn update_status(
     cf: &Chatflow,
     new: &ChatflowStatus,
 ) -> Result<(), ControllerError> {
-    if cf.status.as_ref() == Some(new) {
+    // `createSentAt` is another field manager's ([`announce`]): neither kept nor removed here.
+    let without_intent = |status: &ChatflowStatus| ChatflowStatus {
+        create_sent_at: None,
+        ..status.clone()
+    };
+    let new = without_intent(new);
+    if cf.status.as_ref().map(without_intent) == Some(new.clone()) {
         return Ok(());
     }
-    let status = serde_json::to_value(new).map_err(ControllerError::Serialize)?;
+    let status = serde_json::to_value(&new).map_err(ControllerError::Serialize)?;
     apply_status(ctx, cf, status, FIELD_MANAGER).await
 }
 
+mod announce;
 mod cleanup;
 
 #[cfg(test)]

@@ -64,7 +64,13 @@ pub struct Settings {
     pub last_sync_refresh: Duration,
     /// The Lease that elects the one reconciling replica.
     pub lease: LeaseSettings,
+    /// How long after a create whose outcome is unknown it may still land in Flowise (twice
+    /// the request timeout): not sent again meanwhile ([`crate::flowise::CreatesInDoubt`]).
+    pub create_window: Duration,
 }
+
+/// [`Settings::create_window`] by default: twice Flowise's default request timeout.
+pub const CREATE_WINDOW: Duration = Duration::from_secs(60);
 
 impl Settings {
     /// The settings of `flowgate run`; the Lease lives in `lease_namespace` (the namespace the
@@ -77,6 +83,7 @@ impl Settings {
             sync_interval: config.sync_interval,
             last_sync_refresh: LAST_SYNC_REFRESH,
             lease: LeaseSettings::new(lease_namespace),
+            create_window: CREATE_WINDOW,
         }
     }
 }
@@ -170,9 +177,10 @@ impl Controller {
         metrics.controller.set_sync_interval(settings.sync_interval);
         // A create that went unanswered may land after the next listing: not sent again until
         // it has had twice the request timeout to.
-        let window = 2 * crate::flowise::Timeouts::default().request;
-        let flowise: Arc<dyn FlowiseApi> =
-            Arc::new(crate::flowise::CreatesInDoubt::new(flowise, window));
+        let flowise: Arc<dyn FlowiseApi> = Arc::new(crate::flowise::CreatesInDoubt::new(
+            flowise,
+            settings.create_window,
+        ));
         let sync = SyncState::new(
             client.clone(),
             flowise.clone(),

@@ -157,6 +157,12 @@ pub struct ChatflowStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// When a create of this chatflow was sent to Flowise whose outcome flowgate has not
+    /// learnt (no answer in time, or the controller stopped or lost its Lease meanwhile). It
+    /// may still land, so no controller sends it again for a while unless the chatflow appears.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = super::TIME_PATTERN))]
+    pub create_sent_at: Option<Time>,
     /// `Ready`: True when the chatflow exists in Flowise and may be used. Reasons: Synced,
     /// NotFoundInFlowise, FlowiseUnreachable, InvalidSpec, Suspended, Conflict.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -63,6 +63,10 @@ pub enum FlowiseError {
         /// How long until it may be sent again.
         again_in: std::time::Duration,
     },
+    /// Not sent: recording the create in the Chatflow's status first failed (so that any
+    /// controller would know it may land, [`crate::flowise::CreatesInDoubt`]).
+    #[error("the create was not sent: recording it in the Chatflow's status failed: {0}")]
+    Unannounced(String),
     /// The API key given is not a valid header value.
     #[error("the Flowise API key is not a valid header value")]
     ApiKey,
@@ -80,7 +84,8 @@ impl FlowiseError {
             Self::Connect { .. }
             | Self::Timeout(_)
             | Self::Http { .. }
-            | Self::CreateInDoubt { .. } => true,
+            | Self::CreateInDoubt { .. }
+            | Self::Unannounced(_) => true,
             Self::Status { status, .. } | Self::NotJson { status, .. } => {
                 *status >= 500 || *status == 429 || *status == 408
             }
@@ -132,6 +137,7 @@ impl FlowiseError {
             Self::Decode(_) => "decode",
             Self::Http { .. } => "http",
             Self::CreateInDoubt { .. } => "create_in_doubt",
+            Self::Unannounced(_) => "unannounced",
             Self::ApiKey => "api_key",
             Self::Client(_) => "client",
         }

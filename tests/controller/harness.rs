@@ -73,6 +73,7 @@ pub fn settings(ns: &str) -> Settings {
         sync_interval: Duration::from_secs(60),
         last_sync_refresh: LAST_SYNC_REFRESH,
         lease,
+        create_window: Duration::from_secs(8),
     }
 }
 

@@ -12,6 +12,7 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 
 use flowgate::controller::Controller;
+use flowgate::crd::Chatflow;
 use flowgate::flowise::{ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
 use flowgate::ledger::{
     AdjustOutcome, AdjustRequest, BucketBalance, CreditLedger, LedgerFuture, PolicyUsage,
@@ -157,6 +158,8 @@ struct CreateInFlight {
     running: Running,
     dropped: Arc<AtomicBool>,
     release: Arc<tokio::sync::Notify>,
+    /// The Flowise chatflow's name.
+    name: String,
     _objects: support::NamespaceCleanup,
     _chatflow: support::FlowiseCleanup,
 }
@@ -188,6 +191,7 @@ async fn a_create_in_flight(prefix: &str) -> CreateInFlight {
         running,
         dropped,
         release,
+        name,
         _objects: objects,
         _chatflow: chatflow,
     }
@@ -233,6 +237,73 @@ async fn losing_the_lease_stops_a_flowise_call_in_flight() {
     assert!(!running.metrics.controller.is_leader());
     // Nothing is left running that could hold up shutdown.
     running.stop().await;
+}
+
+/// A leader killed while its create was in flight: the create may still land in Flowise, so
+/// the next leader does not send it again until the window (15 s here) has passed since it
+/// was sent, as `status.createSentAt` tells; then it does, and the field goes.
+#[tokio::test]
+async fn a_create_the_last_leader_left_in_flight_is_not_sent_again_until_it_could_have_landed() {
+    let CreateInFlight {
+        client,
+        ns,
+        api,
+        running,
+        name,
+        _objects,
+        _chatflow,
+        ..
+    } = a_create_in_flight("cf-handover").await;
+    let announced = api.get("owned").await.expect("owned");
+    let Some(sent_at) = announced.status.and_then(|s| s.create_sent_at) else {
+        panic!("the create is recorded in status before it is sent");
+    };
+    running.kill();
+
+    let mut settings = settings(&ns);
+    settings.create_window = Duration::from_secs(15);
+    let next = start(&client, settings);
+    support::eventually(20, "the next replica leads", || async {
+        next.metrics.controller.is_leader().then_some(())
+    })
+    .await;
+    let held = wait_until(
+        &api,
+        "owned",
+        20,
+        "the create held back",
+        |cf: &Chatflow| {
+            cf.conditions()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.message.contains("went unanswered"))
+        },
+    )
+    .await;
+    let waited = jiff::Timestamp::now().duration_since(sent_at.0);
+    assert!(
+        named_in_flowise(&name).await.is_empty(),
+        "not created again {waited} after the first was sent"
+    );
+    assert_eq!(
+        held.status.and_then(|s| s.create_sent_at),
+        Some(sent_at.clone()),
+        "the new leader keeps the first create's time"
+    );
+
+    let created = wait_ready(&api, "owned", "True", "Synced").await;
+    let waited = jiff::Timestamp::now().duration_since(sent_at.0);
+    assert!(
+        waited >= jiff::SignedDuration::from_secs(15),
+        "created {waited} after the first was sent"
+    );
+    assert_eq!(named_in_flowise(&name).await.len(), 1);
+    // Removed before the status that says Synced is written.
+    assert_eq!(
+        created.status.and_then(|s| s.create_sent_at),
+        None,
+        "the create's outcome is known"
+    );
+    next.stop().await;
 }
 
 /// A replica told to stop while a reconcile is still writing to Flowise keeps the Lease until

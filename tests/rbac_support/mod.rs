@@ -229,6 +229,7 @@ impl Stack {
             sync_interval: Duration::from_secs(60),
             last_sync_refresh: LAST_SYNC_REFRESH,
             lease,
+            create_window: flowgate::controller::CREATE_WINDOW,
         };
         let ledger: Arc<dyn CreditLedger> =
             ledger::open(&flowgate::config::LedgerUrl::Postgres(postgres_url()))
