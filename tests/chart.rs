@@ -295,8 +295,9 @@ async fn three_replicas_on_postgresql_install_without_a_volume_claim() {
     let ns = support::fresh_namespace(&client, "chart-postgres").await;
     let values = json!({
         "replicas": 3,
-        "ledger": {"type": "postgres", "postgres": {"existingSecret": "flowgate-ledger",
-                   "tls": {"existingSecret": "ledger-tls"}}},
+        // Names and keys YAML would read as numbers are rendered as strings.
+        "ledger": {"type": "postgres", "postgres": {"existingSecret": "2026", "key": "1",
+                   "tls": {"existingSecret": "0123"}}},
     });
     let _release = install(&ns, &ns, &values).unwrap_or_else(|e| panic!("install: {e}"));
     let name = format!("{ns}-flowgate");
@@ -308,7 +309,7 @@ async fn three_replicas_on_postgresql_install_without_a_volume_claim() {
     let env = env_of(&pod["containers"][0]);
     assert_eq!(
         env["FLOWGATE_LEDGER_URL"]["valueFrom"]["secretKeyRef"],
-        json!({"name": "flowgate-ledger", "key": "url"}),
+        json!({"name": "2026", "key": "1"}),
         "the URL (with its password) comes from the Secret"
     );
     let data = pod["volumes"]
@@ -327,7 +328,7 @@ async fn three_replicas_on_postgresql_install_without_a_volume_claim() {
         .expect("postgres-tls volume");
     assert_eq!(
         tls["secret"],
-        json!({"secretName": "ledger-tls", "defaultMode": 0o440})
+        json!({"secretName": "0123", "defaultMode": 0o440})
     );
     let mounts = pod["containers"][0]["volumeMounts"]
         .as_array()

@@ -99,6 +99,20 @@ async fn contradicting_values_are_refused_with_a_message_saying_what_to_change()
             "ledger.type=postgres needs the database URL",
         ),
         (
+            json!({"ledger": {"postgres": {"existingSecret": "flowgate-ledger"}}}),
+            "ledger.postgres is set but ledger.type is sqlite",
+        ),
+        (
+            json!({"ledger": {"type": "postgres",
+                              "postgres": {"url": "postgres://flowgate:pw@db:5432/flowgate"}}}),
+            "ledger.postgres.url carries a password",
+        ),
+        (
+            json!({"ledger": {"type": "postgres",
+                              "postgres": {"url": "postgres://db/flowgate?user=f&password=pw"}}}),
+            "ledger.postgres.url carries a password",
+        ),
+        (
             json!({"controller": {"enabled": false}, "proxy": {"enabled": false}}),
             "nothing would run",
         ),

@@ -74,6 +74,15 @@ and how to fix it; `helm install` stops with the message.
 {{- if and .Values.ledger.postgres.existingSecret .Values.ledger.postgres.url }}
 {{- fail "\n\nflowgate: set only one of ledger.postgres.existingSecret and ledger.postgres.url.\n" }}
 {{- end }}
+{{- $pg := .Values.ledger.postgres }}
+{{- if and (include "flowgate.sqlite" .) (or $pg.existingSecret $pg.url $pg.tls.existingSecret) }}
+{{- fail "\n\nflowgate: ledger.postgres is set but ledger.type is sqlite (the default): the PostgreSQL settings would be ignored and budgets kept in SQLite.\nAdd --set ledger.type=postgres, or remove the ledger.postgres settings.\n" }}
+{{- end }}
+{{- with $pg.url }}
+{{- if or (regexMatch "^[^:/?#]+://[^/?#@]*:[^/?#@]*@" .) (regexMatch "[?&]password=" .) }}
+{{- fail "\n\nflowgate: ledger.postgres.url carries a password, which would be written into the Deployment (readable by anyone who may read Pods) and into Helm's release record.\nPut the URL in a Secret and set ledger.postgres.existingSecret instead.\n" }}
+{{- end }}
+{{- end }}
 {{- $jwt := .Values.auth.jwt }}
 {{- if and .Values.proxy.enabled (not (or $jwt.hs256Secret.existingSecret $jwt.publicKey.existingSecret $jwt.jwksUrl $jwt.oidcIssuerUrl .Values.auth.serviceAccountAudience)) }}
 {{- fail "\n\nflowgate: the proxy needs a way to verify callers' tokens, and none is set (flowgate would exit at start).\nSet at least one of auth.jwt.hs256Secret.existingSecret, auth.jwt.publicKey.existingSecret, auth.jwt.jwksUrl, auth.jwt.oidcIssuerUrl or auth.serviceAccountAudience (docs/install.md, \"Callers (identity)\"), or proxy.enabled=false for a controller-only release.\n" }}
