@@ -438,8 +438,9 @@ fn ready_reason(status: &ChatflowStatus) -> Option<&str> {
 /// Whether `status` says what Flowise says of `entry` (and is not stuck on an earlier failure).
 fn reflects(status: &ChatflowStatus, entry: &FlowiseChatflow) -> bool {
     status.flowise_id.as_deref() == Some(entry.id.as_str())
-        && status.flowise_name.as_deref() == Some(entry.name.as_str())
-        // A chatflow without a type (an old row) has none in status either.
+        // Status never carries an empty name or type (`next_status`): a chatflow without one
+        // has none in status either.
+        && status.flowise_name.as_deref() == Some(entry.name.as_str()).filter(|n| !n.is_empty())
         && status.flow_type.as_deref() == Some(entry.flow_type.as_str()).filter(|t| !t.is_empty())
         && status.deployed == Some(entry.deployed.unwrap_or(false))
         && status.api_key_bound == Some(entry.api_key_bound())
@@ -661,6 +662,18 @@ mod tests {
         status.as_object_mut().expect("an object").remove("type");
         let cf = chatflow("a", json!({"flowiseId": A}), Some(status));
         let plan = plan(&[untyped], &[cf], None, None);
+        assert!(plan.updated.is_empty(), "{:?}", plan.updated);
+    }
+
+    /// An unnamed chatflow (Flowise takes an empty name) counted as updated would make every
+    /// pass reconcile every Chatflow.
+    #[test]
+    fn a_chatflow_without_a_name_is_unchanged_when_its_status_has_none() {
+        let unnamed = entry(A, "", None);
+        let mut status = synced_status(A, "");
+        status.as_object_mut().expect("an object").remove("flowiseName");
+        let cf = chatflow("a", json!({"flowiseId": A}), Some(status));
+        let plan = plan(&[unnamed], &[cf], None, None);
         assert!(plan.updated.is_empty(), "{:?}", plan.updated);
     }
 
