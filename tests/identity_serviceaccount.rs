@@ -552,7 +552,6 @@ async fn while_the_api_server_cannot_be_asked_only_recently_reviewed_tokens_pass
         ..VerifierOptions::default()
     };
     let verifier = verifier_with(relay.client().await, JwtConfig::default(), options);
-    // Keys first: a key load moves the cache's epoch, which would drop the first entry.
     assert!(verifier.refresh().await, "keys load through the relay");
     let seen = account.token(AUDIENCE).await;
     // Tokens have no `jti` here: one requested in the same second would be the same token.
@@ -640,5 +639,36 @@ async fn a_rotated_user_key_keeps_service_account_reviews() {
         served.is_ok(),
         "the ServiceAccount token's review outlives a user-key change: {served:?}"
     );
+    account.delete().await;
+}
+
+/// The cluster's key set changing (here: loading for the first time, while the first token is
+/// verified) does not throw away the reviews made before: a token reviewed a moment ago is
+/// served from that review while the API server cannot be asked.
+#[tokio::test]
+async fn a_review_outlives_a_change_of_the_cluster_keys() {
+    let admin = cluster().await;
+    let account = ServiceAccountFixture::create(&admin, "epoch").await;
+    let relay = Relay::start(api_server_address().await).await;
+    let options = VerifierOptions {
+        fetch_timeout: Duration::from_secs(2),
+        ..VerifierOptions::default()
+    };
+    let verifier = verifier_with(relay.client().await, JwtConfig::default(), options);
+    let token = account.token(AUDIENCE).await;
+    // The keys load on demand, inside this verification: the key set changes under it.
+    verifier
+        .verify(&token)
+        .await
+        .expect("reviewed and accepted");
+    assert_eq!(verifier.token_reviews_sent(), 1);
+
+    relay.cut(true);
+    let served = verifier.verify(&token).await;
+    assert!(
+        served.is_ok(),
+        "verified again under the new keys, served from its review: {served:?}"
+    );
+    assert_eq!(verifier.token_reviews_sent(), 1, "no second review");
     account.delete().await;
 }

@@ -671,7 +671,10 @@ mod tests {
     fn a_chatflow_without_a_name_is_unchanged_when_its_status_has_none() {
         let unnamed = entry(A, "", None);
         let mut status = synced_status(A, "");
-        status.as_object_mut().expect("an object").remove("flowiseName");
+        status
+            .as_object_mut()
+            .expect("an object")
+            .remove("flowiseName");
         let cf = chatflow("a", json!({"flowiseId": A}), Some(status));
         let plan = plan(&[unnamed], &[cf], None, None);
         assert!(plan.updated.is_empty(), "{:?}", plan.updated);

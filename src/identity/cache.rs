@@ -5,7 +5,8 @@
 //! Only tokens whose signature and claims passed are stored, keyed by the whole token. An entry is
 //! served while the token's `exp` (plus leeway) has not passed and the key sets are unchanged
 //! since it was verified (the `epoch` moves whenever a key set changes, so a key removed from a
-//! JWKS stops its tokens at once). Bounded: sharded maps with a fixed capacity each; a full
+//! JWKS stops its tokens at once; a ServiceAccount token verified again keeps its verdict).
+//! Bounded: sharded maps with a fixed capacity each; a full
 //! shard drops expired entries, then an arbitrary one.
 //!
 //! A ServiceAccount token's entry also holds the API server's last verdict on it
@@ -136,14 +137,40 @@ impl TokenCache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.get(token)?;
-        if entry.epoch == epochs.of(entry) && now <= entry.valid_until {
+        if now > entry.valid_until {
+            shard.remove(token);
+            return None;
+        }
+        if entry.epoch == epochs.of(entry) {
             return Some(Cached {
                 identity: entry.identity.clone(),
                 verdict: entry.review.as_ref().map(|r| r.verdict.clone()),
             });
         }
-        shard.remove(token);
+        // Verified under keys that have changed since: the token is checked again. A
+        // ServiceAccount token's review history is kept for [`Self::restamp`]: the API
+        // server's verdict does not depend on the keys that checked the signature.
+        if entry.review.is_none() {
+            shard.remove(token);
+        }
         None
+    }
+
+    /// A ServiceAccount token verified again under the keys of `epochs`: its entry, verdict and
+    /// all, counts as verified in them. False when there is none to keep (never reviewed,
+    /// evicted, expired).
+    pub(crate) fn restamp(&self, token: &str, epochs: Epochs, now: i64) -> bool {
+        let mut shard = self
+            .shard(token)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match shard.get_mut(token) {
+            Some(entry) if entry.review.is_some() && now <= entry.valid_until => {
+                entry.epoch = entry.epoch.max(epochs.service_accounts);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The stamp of a review about to be sent for a token the cache has no verdict on.

@@ -260,6 +260,12 @@ impl Verifier {
         let Some(Cached { identity, verdict }) = cached else {
             let identity = self.verify_uncached(bearer).await?;
             if identity.service_account.is_some() {
+                // Verified again after the cluster's keys changed: its last verdict stands.
+                if let Some(cache) = &inner.cache
+                    && cache.restamp(bearer, epochs, now)
+                {
+                    return self.as_reviewed(bearer, identity, epochs, now).await;
+                }
                 return self
                     .shared_review(bearer, identity, epochs, None, true)
                     .await;
@@ -272,8 +278,20 @@ impl Verifier {
         if verdict.is_none() {
             return Ok(identity);
         }
-        // A ServiceAccount token: its verdict and, when due, the claim on its next review, read
-        // under one lock.
+        self.as_reviewed(bearer, identity, epochs, now).await
+    }
+
+    /// A ServiceAccount token verified as `identity`, with a verdict in the cache: served,
+    /// reviewed again, or refused as that verdict and its age decide.
+    async fn as_reviewed(
+        &self,
+        bearer: &str,
+        identity: Identity,
+        epochs: Epochs,
+        now: i64,
+    ) -> Result<Identity, AuthError> {
+        let inner = &*self.inner;
+        // Its verdict and, when due, the claim on its next review, read under one lock.
         let hold = secs(inner.options.fetch_timeout).saturating_add(1);
         let claim = inner
             .cache
