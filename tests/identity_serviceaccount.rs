@@ -672,3 +672,62 @@ async fn a_review_outlives_a_change_of_the_cluster_keys() {
     assert_eq!(verifier.token_reviews_sent(), 1, "no second review");
     account.delete().await;
 }
+
+/// While the API server cannot be asked, reviews back off together: tokens never seen are
+/// answered 503 at once, without a review each every second, and the first review after it
+/// answers again brings them back.
+#[tokio::test]
+async fn reviews_back_off_together_while_the_api_server_cannot_be_asked() {
+    let admin = cluster().await;
+    let relay = Relay::start(api_server_address().await).await;
+    let options = VerifierOptions {
+        fetch_timeout: Duration::from_secs(2),
+        ..VerifierOptions::default()
+    };
+    let verifier = verifier_with(relay.client().await, JwtConfig::default(), options);
+    assert!(verifier.refresh().await, "keys load through the relay");
+    let mut accounts = Vec::new();
+    let mut tokens = Vec::new();
+    for n in 0..6 {
+        let account = ServiceAccountFixture::create(&admin, &format!("backoff{n}")).await;
+        tokens.push(account.token(AUDIENCE).await);
+        accounts.push(account);
+    }
+
+    relay.cut(true);
+    let before = verifier.token_reviews_sent();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        for token in &tokens {
+            assert_eq!(
+                verifier.verify(token).await,
+                Err(AuthError::ReviewUnavailable)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Backing off 1 s, 2 s, 4 s: a probe at 0, 1 and 3 s (and the first round's, sent
+    // together); each token retried every second would be about 6 × 4.
+    let sent = verifier.token_reviews_sent() - before;
+    assert!(sent <= 9, "{sent} reviews in 4 s of outage");
+
+    relay.cut(false);
+    let back = std::time::Instant::now();
+    for token in &tokens {
+        loop {
+            match verifier.verify(token).await {
+                Ok(_) => break,
+                Err(AuthError::ReviewUnavailable) => {}
+                Err(other) => panic!("expected success or ReviewUnavailable, got {other:?}"),
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "not reviewed again within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for account in accounts {
+        account.delete().await;
+    }
+}

@@ -41,6 +41,33 @@ pub(super) struct Reviewer {
     flights: Mutex<HashMap<Box<str>, Flight>>,
     /// Told each review's outcome (a metric), once set.
     observer: OnceLock<ReviewObserver>,
+    outage: Mutex<Outage>,
+}
+
+/// The API server could not be asked: until `until`, no review is sent (each is answered
+/// `Unavailable` at once), then one probe at a time, backing off from [`FIRST_BACKOFF`] to
+/// [`LONGEST_BACKOFF`]. Each token's own retry (a second after its failure) would otherwise
+/// make an outage cost a review per second per token in use, on an API server shedding load.
+#[derive(Default)]
+struct Outage {
+    failures: u32,
+    until: Option<std::time::Instant>,
+    probing: bool,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const LONGEST_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Ends a probe however it ends (dropped included), so that the next can start.
+struct Probe<'a>(&'a Mutex<Outage>);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .probing = false;
+    }
 }
 
 /// Told the outcome of each review: `accepted`, `refused` or `unavailable`.
@@ -58,6 +85,7 @@ impl Reviewer {
             sent: AtomicU64::new(0),
             flights: Mutex::new(HashMap::new()),
             observer: OnceLock::new(),
+            outage: Mutex::default(),
         }
     }
 
@@ -93,8 +121,39 @@ impl Reviewer {
             .remove(token);
     }
 
-    /// Reviews `token`, which verified locally as `account`'s.
+    /// Reviews `token`, which verified locally as `account`'s: `Unavailable` without asking
+    /// while the API server is known to be unreachable ([`Outage`]).
     pub(super) async fn review(&self, token: &str, account: &ServiceAccountRef) -> Review {
+        let _probe = {
+            let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
+            match outage.until {
+                None => None,
+                Some(until) if std::time::Instant::now() < until || outage.probing => {
+                    return Review::Unavailable(
+                        "the API server could not be asked lately; asking again shortly".into(),
+                    );
+                }
+                Some(_) => {
+                    outage.probing = true;
+                    Some(Probe(&self.outage))
+                }
+            }
+        };
+        let review = self.ask(token, account).await;
+        let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(review, Review::Unavailable(_)) {
+            outage.failures = outage.failures.saturating_add(1);
+            let backoff = FIRST_BACKOFF
+                .saturating_mul(1 << (outage.failures - 1).min(8))
+                .min(LONGEST_BACKOFF);
+            outage.until = Some(std::time::Instant::now() + backoff);
+        } else {
+            *outage = Outage::default();
+        }
+        review
+    }
+
+    async fn ask(&self, token: &str, account: &ServiceAccountRef) -> Review {
         self.sent.fetch_add(1, Ordering::Relaxed);
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let request = TokenReview {
