@@ -549,9 +549,17 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
         (
             &adjusted[0]["credits"],
             &adjusted[0]["chatflow"],
-            &adjusted[0]["reservation_id"]
+            &adjusted[0]["reservation_id"],
+            &adjusted[0]["adjusted_by"],
+            &adjusted[0]["reason"]
         ),
-        (&json!(-3), &json!(""), &given["id"]),
+        (
+            &json!(-3),
+            &json!(""),
+            &given["id"],
+            &json!("user:root"),
+            &json!("refund for ticket 42")
+        ),
         "{rows}"
     );
     let events: kube::Api<k8s_openapi::api::events::v1::Event> =

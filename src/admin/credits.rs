@@ -4,8 +4,8 @@
 //!
 //! The ledger applies it in one durable write that no budget refuses ([`CreditLedger::adjust`]):
 //! given credits may take `used` below 0 (more than the budget this period), taken ones past the
-//! limit. It is logged in the usage log (outcome `adjusted`, an empty chatflow), in the proxy's
-//! log and as a Kubernetes Event on the policy naming the admin and the reason. With an
+//! limit. It is logged in the usage log (outcome `adjusted`, an empty chatflow, the admin and
+//! the reason), in the proxy's log and as a Kubernetes Event on the policy naming them too. With an
 //! `Idempotency-Key` (scoped to the policy and the subject) a retried adjustment is applied once
 //! (409 the second time). It lasts the period: the next period starts from an empty bucket as
 //! always.
@@ -104,6 +104,8 @@ pub async fn adjust(
         credits: request.credits,
         idempotency_key: key,
         now: call.now,
+        actor: call.identity.key.to_string(),
+        reason: (!reason.is_empty()).then(|| reason.clone()),
     };
     // In a task of its own, the write and its records together: a client that hangs up while
     // the ledger commits must not leave an adjustment without its log line, metric and Event.

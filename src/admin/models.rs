@@ -302,6 +302,12 @@ pub struct CreditUsageRecord {
     pub tokens: u64,
     /// `charged`, `settled`, `refunded`, `expired` or `adjusted`.
     pub outcome: String,
+    /// An adjustment's: who made it (the admin's identity key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adjusted_by: Option<String>,
+    /// An adjustment's: the reason its admin gave, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl From<crate::ledger::UsageRecord> for CreditUsageRecord {
@@ -316,6 +322,8 @@ impl From<crate::ledger::UsageRecord> for CreditUsageRecord {
             credits: r.credits,
             tokens: r.tokens,
             outcome: r.outcome.as_str().to_string(),
+            adjusted_by: r.adjusted_by,
+            reason: r.reason,
         }
     }
 }

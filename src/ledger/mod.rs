@@ -357,6 +357,10 @@ pub struct AdjustRequest {
     /// prediction's key, which callers choose.
     pub idempotency_key: Option<String>,
     pub now: Timestamp,
+    /// Who made it (an identity key), kept with its usage row.
+    pub actor: String,
+    /// Why, as the admin said, kept with its usage row.
+    pub reason: Option<String>,
 }
 
 impl AdjustRequest {

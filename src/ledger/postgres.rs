@@ -464,6 +464,8 @@ fn usage_record(row: &Row) -> Result<UsageRecord, LedgerError> {
         tokens: u64::try_from(tokens)
             .map_err(|_| LedgerError::Corrupt(format!("tokens {tokens}")))?,
         outcome: ReservationState::parse(row.try_get(8)?)?,
+        adjusted_by: row.try_get(9)?,
+        reason: row.try_get(10)?,
     })
 }
 

@@ -87,6 +87,10 @@ pub struct UsageRecord {
     /// The state the event moved the reservation to: `Settled`, `Refunded`, `Expired`,
     /// `Charged` or `Adjusted`.
     pub outcome: ReservationState,
+    /// An adjustment's: who made it (an identity key).
+    pub adjusted_by: Option<String>,
+    /// An adjustment's: why, as its admin said.
+    pub reason: Option<String>,
 }
 
 /// A value bound to the usage query.
@@ -141,9 +145,11 @@ pub(super) fn usage_query(
         conditions.push(format!("time_us <= {at} AND (time_us < {at} OR id < {id})"));
     }
     let limit = bind(UsageParam::Int(i64::from(filter.limit)));
+    // An adjustment's who and why from its own table: one primary-key look-up per row read.
     let mut sql = String::from(
-        "SELECT id, time_us, reservation_id, subject, chatflow, policy, credits, tokens, outcome \
-         FROM usage",
+        "SELECT id, time_us, usage.reservation_id, subject, chatflow, policy, credits, tokens, \
+         outcome, adjustments.actor, adjustments.reason \
+         FROM usage LEFT JOIN adjustments ON adjustments.reservation_id = usage.reservation_id",
     );
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");

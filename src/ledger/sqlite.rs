@@ -91,16 +91,27 @@ CREATE INDEX usage_by_time ON usage (time_us);
 CREATE INDEX usage_by_subject ON usage (subject, time_us);
 CREATE INDEX usage_by_policy ON usage (policy, time_us);
 CREATE INDEX usage_by_chatflow ON usage (chatflow, time_us);
+
+CREATE TABLE adjustments (
+    reservation_id INTEGER PRIMARY KEY, -- the adjustment's reservation and usage row
+    actor          TEXT    NOT NULL,
+    reason         TEXT
+);
 ";
 
 /// Added after schema version 1 was released, without a new version (older flowgates ignore
 /// them): the index retention finds past windows' buckets by, the one a chatflow's usage is
 /// read by (a chatflow admin's usage query always names the chatflow: without it, SQLite walked
 /// the whole log for a quiet one, holding the reader), and (in `migrate`) the column a bucket
-/// keeps a budget override's limit in.
+/// keeps a budget override's limit in; and the table adjustments' who and why are kept in.
 const LATER_INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS buckets_by_start ON buckets (window_start);
 CREATE INDEX IF NOT EXISTS usage_by_chatflow ON usage (chatflow, time_us);
+CREATE TABLE IF NOT EXISTS adjustments (
+    reservation_id INTEGER PRIMARY KEY,
+    actor          TEXT    NOT NULL,
+    reason         TEXT
+);
 ";
 
 type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
@@ -355,11 +366,24 @@ impl CreditLedger for SqliteLedger {
                     row.get::<_, i64>(6)?,
                     row.get::<_, i64>(7)?,
                     row.get::<_, String>(8)?,
+                    row.get::<_, Option<String>>(9)?,
+                    row.get::<_, Option<String>>(10)?,
                 ))
             })?;
             rows.map(|row| {
-                let (id, time, reservation, subject, chatflow, policy, credits, tokens, outcome) =
-                    row?;
+                let (
+                    id,
+                    time,
+                    reservation,
+                    subject,
+                    chatflow,
+                    policy,
+                    credits,
+                    tokens,
+                    outcome,
+                    adjusted_by,
+                    reason,
+                ) = row?;
                 Ok(UsageRecord {
                     id,
                     time: timestamp(time)?,
@@ -371,6 +395,8 @@ impl CreditLedger for SqliteLedger {
                     tokens: u64::try_from(tokens)
                         .map_err(|_| LedgerError::Corrupt(format!("tokens {tokens}")))?,
                     outcome: ReservationState::parse(&outcome)?,
+                    adjusted_by,
+                    reason,
                 })
             })
             .collect()

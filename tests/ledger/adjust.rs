@@ -11,6 +11,8 @@ pub fn adjustment(bucket: &str, credits: i64) -> AdjustRequest {
         credits,
         idempotency_key: None,
         now: now(),
+        actor: "user:root".into(),
+        reason: None,
     }
 }
 
@@ -43,7 +45,11 @@ pub async fn an_adjustment_gives_back_or_takes_credits_whatever_the_budget(store
     // Taking is never refused for the budget: the bucket goes past its limit.
     let (taken, used_after) = adjusted(
         ledger
-            .adjust(adjustment("alice", -20))
+            .adjust(AdjustRequest {
+                actor: "user:auditor".into(),
+                reason: Some("abuse, ticket 9".into()),
+                ..adjustment("alice", -20)
+            })
             .await
             .expect("adjust"),
     );
@@ -75,9 +81,28 @@ pub async fn an_adjustment_gives_back_or_takes_credits_whatever_the_budget(store
         }
     );
 
-    // Logged as what they changed in the charge, with no chatflow.
-    let log: Vec<(ReservationId, String, String, i64, ReservationState)> = whole_log(&*ledger)
-        .await
+    // Logged as what they changed in the charge, with no chatflow, and who made them and why;
+    // a prediction's rows have neither.
+    let whole = whole_log(&*ledger).await;
+    let who = |r: &UsageRecord| (r.adjusted_by.clone(), r.reason.clone());
+    let made: Vec<_> = whole
+        .iter()
+        .filter(|r| r.subject == "alice")
+        .map(|r| (r.reservation, who(r)))
+        .collect();
+    assert!(made.contains(&(
+        taken,
+        (Some("user:auditor".into()), Some("abuse, ticket 9".into()))
+    )));
+    assert!(made.contains(&(given, (Some("user:root".into()), None))));
+    assert!(
+        whole
+            .iter()
+            .filter(|r| r.outcome != ReservationState::Adjusted)
+            .all(|r| who(r) == (None, None)),
+        "{whole:?}"
+    );
+    let log: Vec<(ReservationId, String, String, i64, ReservationState)> = whole
         .into_iter()
         .filter(|r| r.outcome == ReservationState::Adjusted && r.subject == "alice")
         .map(|r| (r.reservation, r.subject, r.chatflow, r.credits, r.outcome))

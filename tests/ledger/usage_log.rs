@@ -54,6 +54,8 @@ pub async fn the_usage_log_records_every_settle_refund_and_expiry(store: Store) 
             credits,
             tokens,
             outcome,
+            adjusted_by: None,
+            reason: None,
         };
     use ReservationState::{Expired, Refunded, Settled};
     let logged = ledger.usage(UsageFilter::default()).await.expect("usage");

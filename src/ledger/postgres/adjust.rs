@@ -54,6 +54,12 @@ impl Conn {
         )
         .await?;
         tx.execute(
+            "INSERT INTO adjustments (reservation_id, actor, reason)
+             VALUES ($1::int8, $2::text, $3::text)",
+            &[&id, &request.actor, &request.reason],
+        )
+        .await?;
+        tx.execute(
             "INSERT INTO usage (time_us, reservation_id, subject, chatflow, policy, credits, tokens,
                                 outcome)
              VALUES ($1::int8, $2::int8, $3::text, '', $4::text, $5::int8, 0, $6::text)",

@@ -84,6 +84,12 @@ END IF; END $$;
 DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.usage_by_policy') IS NULL THEN
     CREATE INDEX IF NOT EXISTS usage_by_policy ON usage (policy, time_us);
 END IF; END $$;
+-- Added after version 1, without a new version: who made each adjustment, and why.
+CREATE TABLE IF NOT EXISTS adjustments (
+    reservation_id bigint PRIMARY KEY,
+    actor          text   NOT NULL,
+    reason         text
+);
 -- Added after version 1, without a new version: a chatflow admin's usage query always names
 -- the chatflow.
 DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.usage_by_chatflow') IS NULL THEN
@@ -529,6 +535,8 @@ impl Statements {
                      RETURNING r.id
                  ), lines AS (
                      DELETE FROM reservation_lines l USING gone WHERE l.reservation_id = gone.id
+                 ), adjusted AS (
+                     DELETE FROM adjustments a USING gone WHERE a.reservation_id = gone.id
                  )
                  SELECT (SELECT count(*) FROM gone), count(*), COALESCE(max(id), 0)::int8,
                         COALESCE(min(created_us), 0)::int8

@@ -304,6 +304,11 @@ pub(super) fn adjust(
         0,
         state.as_str()
     ])?;
+    // Rare: prepared when used.
+    conn.execute(
+        "INSERT INTO adjustments (reservation_id, actor, reason) VALUES (?1, ?2, ?3)",
+        params![id, request.actor, request.reason],
+    )?;
     Ok(AdjustOutcome::Adjusted {
         id: ReservationId(id),
         used,
@@ -346,6 +351,12 @@ pub(super) const PRUNE_LINES: &str = "
         SELECT id FROM reservations
         WHERE id > ?1 AND id <= ?2 AND state <> 'reserved' AND updated_us < ?3)";
 
+/// The who and why of the adjustments [`PRUNE_RESERVATIONS`] deletes.
+pub(super) const PRUNE_ADJUSTMENTS: &str = "
+    DELETE FROM adjustments WHERE reservation_id IN (
+        SELECT id FROM reservations
+        WHERE id > ?1 AND id <= ?2 AND state <> 'reserved' AND updated_us < ?3)";
+
 /// Closed reservations of the chunk last changed before the cutoff.
 pub(super) const PRUNE_RESERVATIONS: &str = "
     DELETE FROM reservations
@@ -381,6 +392,8 @@ pub(super) fn prune_reservations(
     let mut deleted = 0;
     if seen > 0 && oldest < before {
         conn.prepare_cached(PRUNE_LINES)?
+            .execute(params![after.0, last, before])?;
+        conn.prepare_cached(PRUNE_ADJUSTMENTS)?
             .execute(params![after.0, last, before])?;
         deleted = conn
             .prepare_cached(PRUNE_RESERVATIONS)?

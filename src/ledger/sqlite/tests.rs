@@ -463,26 +463,28 @@ async fn a_ledger_from_before_own_limits_gets_the_column() {
     assert_eq!(used, 3);
 }
 
-/// `buckets_by_start` and `usage_by_chatflow` came after schema version 1 was released: a
-/// ledger created before them gets them when flowgate opens it.
+/// `buckets_by_start`, `usage_by_chatflow` and the `adjustments` table came after schema
+/// version 1 was released: a ledger created before them gets them when flowgate opens it.
 #[tokio::test]
 async fn a_ledger_from_before_the_later_indexes_gets_them() {
     let (_dir, path) = created().await;
-    let indexes = |conn: &Connection| -> i64 {
+    let later = |conn: &Connection| -> i64 {
         count(
             conn,
-            "SELECT count(*) FROM sqlite_master WHERE type = 'index' \
-             AND name IN ('buckets_by_start', 'usage_by_chatflow')",
+            "SELECT count(*) FROM sqlite_master \
+             WHERE name IN ('buckets_by_start', 'usage_by_chatflow', 'adjustments')",
         )
     };
     let conn = Connection::open(&path).expect("open");
-    assert_eq!(indexes(&conn), 2);
-    conn.execute_batch("DROP INDEX buckets_by_start; DROP INDEX usage_by_chatflow")
-        .expect("as a version-1 ledger had it");
-    assert_eq!(indexes(&conn), 0);
+    assert_eq!(later(&conn), 3);
+    conn.execute_batch(
+        "DROP INDEX buckets_by_start; DROP INDEX usage_by_chatflow; DROP TABLE adjustments",
+    )
+    .expect("as a version-1 ledger had it");
+    assert_eq!(later(&conn), 0);
     drop(conn);
     drop(SqliteLedger::open(&path).await.expect("reopen"));
-    assert_eq!(indexes(&Connection::open(&path).expect("open")), 2);
+    assert_eq!(later(&Connection::open(&path).expect("open")), 3);
 }
 
 #[test]
