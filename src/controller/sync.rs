@@ -55,6 +55,9 @@ pub struct SyncReport {
     pub result: ChatflowSyncResult,
     pub finished_at: jiff::Timestamp,
     pub outcome: SyncOutcome,
+    /// Flowise's listing was read (a pass may fail on other things: the Chatflow listing, an
+    /// import).
+    pub flowise_listed: bool,
 }
 
 /// Shared handle on the sync: the last pass and a way to run one now. Cheap to clone.
@@ -140,11 +143,15 @@ impl SyncState {
     async fn pass(&self) -> ChatflowSyncResult {
         let inner = &self.inner;
         let _one_at_a_time = inner.running.lock().await;
+        let mut flowise_listed = true;
         let result = match self.observe().await {
-            Err(error) => ChatflowSyncResult {
-                errors: vec![error],
-                ..Default::default()
-            },
+            Err((error, listed)) => {
+                flowise_listed = listed;
+                ChatflowSyncResult {
+                    errors: vec![error],
+                    ..Default::default()
+                }
+            }
             Ok((flowise, chatflows, unreadable)) => {
                 let mut plan = plan(
                     &flowise,
@@ -152,27 +159,9 @@ impl SyncState {
                     inner.settings.import_namespace.as_deref(),
                     inner.settings.import_name_prefix.as_deref(),
                 );
-                // A Chatflow that cannot be read still claims what its stored document names:
-                // importing that would make a second claim. One whose claim cannot be told
-                // holds every import back.
-                let mut held = Vec::new();
-                plan.imports.retain(|import| {
-                    let id = import.spec.flowise_id.as_deref().unwrap_or_default();
-                    let claimed_by: Vec<&str> = unreadable
-                        .iter()
-                        .filter(|(_, claim)| claim.as_deref().is_none_or(|c| c.eq_ignore_ascii_case(id)))
-                        .map(|(name, _)| name.as_str())
-                        .collect();
-                    if !claimed_by.is_empty() {
-                        held.push(format!(
-                            "not importing {id}: it may be claimed by Chatflow objects that cannot be read: {}",
-                            claimed_by.join(", ")
-                        ));
-                    }
-                    claimed_by.is_empty()
-                });
+                let held = hold_back(&mut plan.imports, &unreadable);
                 let (added, mut errors) = self.import(plan.imports).await;
-                errors.append(&mut held);
+                errors.extend(held);
                 if !plan.updated.is_empty() || !plan.removed.is_empty() {
                     let _ = inner.reconcile_all.send(());
                 }
@@ -186,20 +175,21 @@ impl SyncState {
                 }
             }
         };
-        self.record(&result);
+        self.record(&result, flowise_listed);
         result
     }
 
     /// Flowise's listing, the Chatflow objects in scope, and `namespace/name` of those in scope
     /// that cannot be read, each with the Flowise chatflow its stored document claims, when it
     /// says.
-    async fn observe(&self) -> Result<Observed, String> {
+    /// An error says whether Flowise's listing was read.
+    async fn observe(&self) -> Result<Observed, (String, bool)> {
         let inner = &self.inner;
         let flowise = inner
             .flowise
             .list()
             .await
-            .map_err(|e| format!("listing Flowise chatflows: {e}"))?;
+            .map_err(|e| (format!("listing Flowise chatflows: {e}"), false))?;
         let api: Api<Lenient<Chatflow>> = match &inner.settings.namespace {
             Some(ns) => Api::namespaced(inner.client.clone(), ns),
             None => Api::all(inner.client.clone()),
@@ -207,7 +197,7 @@ impl SyncState {
         let listed = api
             .list(&ListParams::default())
             .await
-            .map_err(|e| format!("listing Chatflow objects: {e}"))?
+            .map_err(|e| (format!("listing Chatflow objects: {e}"), true))?
             .items;
         let (mut chatflows, mut unreadable) = (Vec::new(), Vec::new());
         for cf in listed {
@@ -261,7 +251,7 @@ impl SyncState {
         (added, errors)
     }
 
-    fn record(&self, result: &ChatflowSyncResult) {
+    fn record(&self, result: &ChatflowSyncResult, flowise_listed: bool) {
         let inner = &self.inner;
         let outcome = if result.errors.is_empty() {
             SyncOutcome::Success
@@ -277,9 +267,11 @@ impl SyncState {
                 result: result.clone(),
                 finished_at,
                 outcome,
+                flowise_listed,
             });
         // Flowise went away or came back: let every Chatflow say so now, not at its next resync.
-        if previous.is_some_and(|p| p.outcome != outcome) {
+        // (Not on an import's error coming or going: that changes no Chatflow's status.)
+        if previous.is_some_and(|p| p.flowise_listed != flowise_listed) {
             let _ = inner.reconcile_all.send(());
         }
         if outcome == SyncOutcome::Failed {
@@ -297,6 +289,50 @@ impl SyncState {
             finished_at.as_second(),
         );
     }
+}
+
+/// Takes out of `imports` those a Chatflow that cannot be read may claim (it still claims what
+/// its stored document names: importing that would make a second claim; one whose claim cannot
+/// be told holds every import back), and says so in one error.
+fn hold_back(
+    imports: &mut Vec<Chatflow>,
+    unreadable: &[(String, Option<String>)],
+) -> Option<String> {
+    let mut held = Vec::new();
+    let mut claimants = std::collections::BTreeSet::new();
+    imports.retain(|import| {
+        let id = import.spec.flowise_id.as_deref().unwrap_or_default();
+        let claimed_by: Vec<&str> = unreadable
+            .iter()
+            .filter(|(_, claim)| claim.as_deref().is_none_or(|c| c.eq_ignore_ascii_case(id)))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if claimed_by.is_empty() {
+            return true;
+        }
+        held.push(id.to_string());
+        claimants.extend(claimed_by.into_iter().map(str::to_string));
+        false
+    });
+    if held.is_empty() {
+        return None;
+    }
+    // One error for them all: a thousand chatflows held back by one object are one problem.
+    const NAMED: usize = 5;
+    let more = held.len().saturating_sub(NAMED);
+    held.truncate(NAMED);
+    Some(format!(
+        "not importing {} Flowise chatflow(s) ({}{}): they may be claimed by Chatflow objects \
+         that cannot be read: {}",
+        held.len() + more,
+        held.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        },
+        claimants.into_iter().collect::<Vec<_>>().join(", ")
+    ))
 }
 
 fn count(n: usize) -> u32 {
@@ -663,6 +699,35 @@ mod tests {
         let cf = chatflow("a", json!({"flowiseId": A}), Some(status));
         let plan = plan(&[untyped], &[cf], None, None);
         assert!(plan.updated.is_empty(), "{:?}", plan.updated);
+    }
+
+    /// Imports a Chatflow that cannot be read may claim are held back, all in one error.
+    #[test]
+    fn imports_an_unreadable_chatflow_may_claim_are_held_back_in_one_error() {
+        let ids: Vec<String> = (1..=7)
+            .map(|n| format!("{n:08}-0000-4000-8000-000000000000"))
+            .collect();
+        let flowise: Vec<FlowiseChatflow> = ids.iter().map(|id| entry(id, "x", None)).collect();
+        let imports = || plan(&flowise, &[], Some("imports"), None).imports;
+
+        // Its claim cannot be told: every import waits.
+        let mut held = imports();
+        let error = hold_back(&mut held, &[("ns/bad".into(), None)]).expect("held back");
+        assert!(held.is_empty());
+        assert!(
+            error.starts_with("not importing 7 Flowise chatflow(s) (")
+                && error.contains("and 2 more")
+                && error.ends_with("cannot be read: ns/bad"),
+            "{error}"
+        );
+        // It claims one: only that one waits.
+        let mut held = imports();
+        let error = hold_back(&mut held, &[("ns/bad".into(), Some(ids[0].to_uppercase()))]);
+        assert_eq!(held.len(), 6);
+        assert!(error.is_some_and(|e| e.contains(&ids[0]) && !e.contains("more")));
+        let mut all = imports();
+        assert_eq!(hold_back(&mut all, &[]), None);
+        assert_eq!(all.len(), 7);
     }
 
     /// An unnamed chatflow (Flowise takes an empty name) counted as updated would make every
