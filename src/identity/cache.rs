@@ -7,7 +7,8 @@
 //! since it was verified (the `epoch` moves whenever a key set changes, so a key removed from a
 //! JWKS stops its tokens at once; a ServiceAccount token verified again keeps its verdict).
 //! Bounded: sharded maps with a fixed capacity each; a full
-//! shard drops expired entries, then an arbitrary one.
+//! shard drops expired entries, then a user token's, then the ServiceAccount token accepted
+//! longest ago.
 //!
 //! A ServiceAccount token's entry also holds the API server's last verdict on it
 //! ([`Verdict`]), stamped with the order its review was sent in, so a slow review never
@@ -275,7 +276,7 @@ impl TokenCache {
             // that started before the keys changed.
             shard.retain(|_, e| e.epoch >= epochs.of(e) && now <= e.valid_until);
             if shard.len() >= self.per_shard
-                && let Some(victim) = shard.keys().next().cloned()
+                && let Some(victim) = least_worth(shard)
             {
                 shard.remove(&victim);
             }
@@ -290,6 +291,26 @@ impl TokenCache {
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
     }
+}
+
+/// The entry a full shard gives up. A user token costs a signature check to verify again; a
+/// ServiceAccount token a review its next request waits for (a 503 while the API server cannot
+/// be asked): users' go first, then a refusal or an outage, then the acceptance longest ago.
+fn least_worth(shard: &HashMap<Box<str>, Entry>) -> Option<Box<str>> {
+    shard
+        .iter()
+        .min_by_key(|(_, e)| match &e.review {
+            None => (0, 0),
+            Some(ReviewRecord {
+                verdict: Verdict::Refused(_) | Verdict::Unavailable,
+                ..
+            }) => (1, 0),
+            Some(ReviewRecord {
+                verdict: Verdict::Accepted { at, .. },
+                ..
+            }) => (2, *at),
+        })
+        .map(|(token, _)| token.clone())
 }
 
 #[cfg(test)]
@@ -363,6 +384,55 @@ mod tests {
         );
         assert_eq!(cache.get("t.o.k", E1, 1031), None);
         assert_eq!(cache.len(), 0, "an expired entry is dropped");
+    }
+
+    /// A full shard gives up a user token before a reviewed ServiceAccount token, and of those
+    /// the one accepted longest ago.
+    #[test]
+    fn a_full_cache_keeps_reviewed_service_account_tokens_longest() {
+        // A full shard first drops what has expired by the clock: these expire in 2096.
+        const LATER: i64 = 4_000_000_000;
+        // Three entries per shard; five tokens of one shard.
+        let cache = TokenCache::new(SHARDS * 3).expect("enabled");
+        let all = tokens(64, 4_000);
+        let shard = cache.shard(&all[0]) as *const Shard;
+        let same: Vec<&String> = all
+            .iter()
+            .filter(|t| std::ptr::eq(cache.shard(t), shard))
+            .take(5)
+            .collect();
+        let accepted = |at| ReviewRecord {
+            verdict: Verdict::Accepted { at, failing: false },
+            seq: 1,
+            due: 2_000,
+        };
+        let [old_sa, new_sa, user, next, last] = same[..] else {
+            panic!("five tokens of one shard");
+        };
+        // The service accounts' first: an arbitrary victim would be one of them.
+        cache.record(old_sa, &identity(LATER), E1, 0, accepted(100), true);
+        cache.record(new_sa, &identity(LATER), E1, 0, accepted(200), true);
+        cache.insert(user, &identity(LATER), E1, 0);
+        cache.insert(next, &identity(LATER), E1, 0);
+        assert!(
+            cache.get(user, E1, 0).is_none(),
+            "the user token went first"
+        );
+        assert!(cache.get(old_sa, E1, 0).is_some() && cache.get(new_sa, E1, 0).is_some());
+        cache.insert(last, &identity(LATER), E1, 0);
+        assert!(
+            cache.get(next, E1, 0).is_none(),
+            "then the other user token"
+        );
+        assert!(cache.get(old_sa, E1, 0).is_some());
+        cache.record(user, &identity(LATER), E1, 0, accepted(300), true);
+        assert!(cache.get(last, E1, 0).is_none(), "and the last user token");
+        cache.record(next, &identity(LATER), E1, 0, accepted(400), true);
+        assert!(
+            cache.get(old_sa, E1, 0).is_none(),
+            "then the acceptance longest ago"
+        );
+        assert!(cache.get(new_sa, E1, 0).is_some());
     }
 
     #[test]
