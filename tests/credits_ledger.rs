@@ -562,6 +562,19 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
         ),
         "{rows}"
     );
+    // Alice sees it in her own log, without who made it or the note they left.
+    let (status, own) = admin_get(&gate, "/credits/usage".into(), alice.clone()).await;
+    assert_eq!(status, 200, "{own}");
+    let mine: Vec<&Value> = own
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["outcome"] == "adjusted")
+        .collect();
+    assert!(
+        mine.len() == 1 && mine[0].get("adjusted_by").is_none() && mine[0].get("reason").is_none(),
+        "{own}"
+    );
     let events: kube::Api<k8s_openapi::api::events::v1::Event> =
         kube::Api::namespaced(team.client.clone(), &team.ns);
     // Published in the background, after the answer.

@@ -49,7 +49,8 @@ pub enum AuthError {
     /// ServiceAccount's, …).
     #[error("token has an invalid {0} claim")]
     InvalidClaim(String),
-    /// No key could be loaded yet from the key sources the token needs. Transient.
+    /// No key could be loaded yet from the key sources the token needs, or the token names a
+    /// key those keys lack while a source cannot be fetched (it may have added it). Transient.
     #[error("verification keys are not available yet")]
     KeysUnavailable,
     /// The API server no longer accepts this ServiceAccount token (its ServiceAccount or pod is

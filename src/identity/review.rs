@@ -139,9 +139,11 @@ impl Reviewer {
                 }
             }
         };
-        let review = self.ask(token, account).await;
+        let (review, answered) = self.ask(token, account).await;
         let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
-        if matches!(review, Review::Unavailable(_)) {
+        // Only no answer at all moves it: an answer that is no verdict on one token (an error
+        // its authenticator gave) says nothing of the others.
+        if !answered {
             outage.failures = outage.failures.saturating_add(1);
             let backoff = FIRST_BACKOFF
                 .saturating_mul(1 << (outage.failures - 1).min(8))
@@ -153,7 +155,8 @@ impl Reviewer {
         review
     }
 
-    async fn ask(&self, token: &str, account: &ServiceAccountRef) -> Review {
+    /// The review, and whether the API server answered it.
+    async fn ask(&self, token: &str, account: &ServiceAccountRef) -> (Review, bool) {
         self.sent.fetch_add(1, Ordering::Relaxed);
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let request = TokenReview {
@@ -165,10 +168,14 @@ impl Reviewer {
         };
         let answer =
             tokio::time::timeout(self.timeout, api.create(&PostParams::default(), &request)).await;
-        let review = match answer {
-            Err(_) => Review::Unavailable(format!("no answer within {:?}", self.timeout)),
-            Ok(Err(error)) => Review::Unavailable(error.to_string()),
-            Ok(Ok(review)) => judge(&review, &self.audience, account),
+        let (review, answered) = match answer {
+            Err(_) => (
+                Review::Unavailable(format!("no answer within {:?}", self.timeout)),
+                false,
+            ),
+            // An error status (a 5xx, a 429, a 403 for missing RBAC) is no answer on the token.
+            Ok(Err(error)) => (Review::Unavailable(error.to_string()), false),
+            Ok(Ok(review)) => (judge(&review, &self.audience, account), true),
         };
         if let Some(observer) = self.observer.get() {
             observer(match review {
@@ -177,7 +184,7 @@ impl Reviewer {
                 Review::Unavailable(_) => "unavailable",
             });
         }
-        review
+        (review, answered)
     }
 }
 

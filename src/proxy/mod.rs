@@ -368,7 +368,12 @@ impl Proxy {
             Route::CreditUsage => {
                 let mut filter = usage_log::usage_filter(req.uri().query())?;
                 filter.subject = Some(identity.key.clone());
-                let rows = self.credits.usage(filter).await?;
+                let mut rows = self.credits.usage(filter).await?;
+                // Who adjusted a caller's budget, and the note they left, are for admins.
+                for row in &mut rows {
+                    row.adjusted_by = None;
+                    row.reason = None;
+                }
                 let rows = serde_json::to_value(rows)
                     .map_err(|e| ProxyError::Internal(format!("usage rows: {e}")))?;
                 Ok(error::json(StatusCode::OK, &rows))

@@ -273,7 +273,7 @@ async fn a_schema_ahead_on_the_search_path_gets_its_own_indexes() {
         )
         .await
         .expect("indexes");
-    assert_eq!(row.get::<_, i64>(0), 9, "every index, in its own schema");
+    assert_eq!(row.get::<_, i64>(0), 8, "every index, in its own schema");
 }
 
 /// A batch PostgreSQL aborts leaves no transaction open on its connection: every request after

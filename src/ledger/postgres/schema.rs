@@ -90,11 +90,6 @@ CREATE TABLE IF NOT EXISTS adjustments (
     actor          text   NOT NULL,
     reason         text
 );
--- Added after version 1, without a new version: a chatflow admin's usage query always names
--- the chatflow.
-DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.usage_by_chatflow') IS NULL THEN
-    CREATE INDEX IF NOT EXISTS usage_by_chatflow ON usage (chatflow, time_us);
-END IF; END $$;
 -- Added after version 1, without a new version: the rate allowances replicas share (GCRA: when
 -- each key's allowance is whole again). A row whose instant has passed is a key never seen.
 -- Unlogged: a take waits for no WAL flush (a logged take halved the throughput of a limited
