@@ -540,6 +540,26 @@ async fn api_server_address() -> String {
     )
 }
 
+/// Waits, within 10 s, until each of `tokens` is accepted again once the API server answers;
+/// meanwhile only `ReviewUnavailable` (503) is expected.
+async fn accepted_again(verifier: &Verifier, tokens: &[&String]) {
+    let back = std::time::Instant::now();
+    for token in tokens {
+        loop {
+            match verifier.verify(token).await {
+                Ok(_) => break,
+                Err(AuthError::ReviewUnavailable) => {}
+                Err(other) => panic!("expected success or ReviewUnavailable, got {other:?}"),
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "not reviewed again within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn while_the_api_server_cannot_be_asked_only_recently_reviewed_tokens_pass() {
     let admin = cluster().await;
@@ -582,21 +602,7 @@ async fn while_the_api_server_cannot_be_asked_only_recently_reviewed_tokens_pass
 
     // Back: answered 503 at once until the failed review's claim (fetch timeout + 1 s) ends.
     relay.cut(false);
-    for token in [&seen, &unseen] {
-        let started = std::time::Instant::now();
-        loop {
-            match verifier.verify(token).await {
-                Ok(_) => break,
-                Err(AuthError::ReviewUnavailable) => {}
-                Err(other) => panic!("expected success or ReviewUnavailable, got {other:?}"),
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "not reviewed again within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    accepted_again(&verifier, &[&seen, &unseen]).await;
     account.delete().await;
 }
 
@@ -712,21 +718,7 @@ async fn reviews_back_off_together_while_the_api_server_cannot_be_asked() {
     assert!(sent <= 9, "{sent} reviews in 4 s of outage");
 
     relay.cut(false);
-    let back = std::time::Instant::now();
-    for token in &tokens {
-        loop {
-            match verifier.verify(token).await {
-                Ok(_) => break,
-                Err(AuthError::ReviewUnavailable) => {}
-                Err(other) => panic!("expected success or ReviewUnavailable, got {other:?}"),
-            }
-            assert!(
-                back.elapsed() < Duration::from_secs(10),
-                "not reviewed again within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    accepted_again(&verifier, &tokens.iter().collect::<Vec<_>>()).await;
     for account in accounts {
         account.delete().await;
     }

@@ -210,6 +210,29 @@ fn reserve_request(subject: &str, final_cost: bool, now: Timestamp) -> ReserveRe
     }
 }
 
+/// Commits one batch of final-cost reserves, one for each of `subjects`; their answers.
+fn reserve_batch(
+    conn: &mut Connection,
+    subjects: &[&str],
+    now: Timestamp,
+) -> Vec<Result<ReserveOutcome, LedgerError>> {
+    let (batch, mut replies): (Vec<Op>, Vec<_>) = subjects
+        .iter()
+        .map(|subject| {
+            let (reply, answer) = oneshot::channel();
+            (
+                Op::Reserve(reserve_request(subject, true, now), reply),
+                answer,
+            )
+        })
+        .unzip();
+    commit_batch(conn, batch).into_iter().for_each(Answer::send);
+    replies
+        .iter_mut()
+        .map(|answer| answer.try_recv().expect("answered"))
+        .collect()
+}
+
 fn count(conn: &Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |row| row.get(0)).expect(sql)
 }
@@ -232,21 +255,9 @@ async fn an_operation_failing_after_its_writes_is_rolled_back_alone() {
     let used = |conn: &Connection| count(conn, "SELECT used FROM buckets");
 
     // Three final-cost reserves in one batch; the middle one fails at its usage row.
-    let mut replies = Vec::new();
-    let batch = ["kept-1", "refused", "kept-2"]
-        .into_iter()
-        .map(|subject| {
-            let (reply, answer) = oneshot::channel();
-            replies.push(answer);
-            Op::Reserve(reserve(subject, true), reply)
-        })
-        .collect();
-    commit_batch(&mut conn, batch)
-        .into_iter()
-        .for_each(Answer::send);
-    let outcomes: Vec<_> = replies
-        .iter_mut()
-        .map(|answer| answer.try_recv().expect("answered").is_ok())
+    let outcomes: Vec<_> = reserve_batch(&mut conn, &["kept-1", "refused", "kept-2"], now)
+        .iter()
+        .map(Result::is_ok)
         .collect();
     assert_eq!(outcomes, [true, false, true]);
     assert_eq!(
@@ -331,24 +342,10 @@ async fn a_transaction_sqlite_rolled_back_itself_fails_its_whole_batch_as_worth_
          BEGIN SELECT RAISE(ROLLBACK, 'the transaction is gone'); END;",
     )
     .expect("trigger");
-    let now = Timestamp::now();
-    let mut replies = Vec::new();
-    let batch = ["before", "gone", "after"]
-        .into_iter()
-        .map(|subject| {
-            let (reply, answer) = oneshot::channel();
-            replies.push(answer);
-            Op::Reserve(reserve_request(subject, true, now), reply)
-        })
-        .collect();
-    commit_batch(&mut conn, batch)
-        .into_iter()
-        .for_each(Answer::send);
-    for (subject, answer) in ["before", "gone", "after"].iter().zip(&mut replies) {
-        let error = answer
-            .try_recv()
-            .expect("answered")
-            .expect_err("nothing of the batch is kept");
+    let subjects = ["before", "gone", "after"];
+    let outcomes = reserve_batch(&mut conn, &subjects, Timestamp::now());
+    for (subject, outcome) in subjects.iter().zip(outcomes) {
+        let error = outcome.expect_err("nothing of the batch is kept");
         assert!(error.transient(), "{subject}: {error}");
     }
     assert!(conn.is_autocommit(), "no transaction is left open");
