@@ -537,6 +537,17 @@ async fn with_finalizer(cf: Arc<Chatflow>, ctx: &Context) -> Result<Action, Cont
 
 /// The driver: validate → dereference → plan → sync → status.
 async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> {
+    // A create recorded in status, as the cache has it: the object may be one of the create's
+    // own writes, from before its outcome was (a status without the id, which a reconcile
+    // that fails now would write back over it). Read as the API server has it.
+    let read;
+    let cf = match cf.status.as_ref().and_then(|s| s.create_sent_at.as_ref()) {
+        Some(_) => {
+            read = announce::fresh(ctx, cf).await?;
+            &read
+        }
+        None => cf,
+    };
     let old = cf.status.clone().unwrap_or_default();
     let flowise = announce::Announced::new(ctx, cf);
     let (outcome, error) = match validate(cf) {
@@ -556,7 +567,6 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
             }
         }
     };
-    flowise.settle(&outcome, error.as_ref()).await;
     let outcome = match outcome {
         Outcome::Synced { chatflow, change } => {
             let others = super::claims::others(&ctx.chatflows, cf, &chatflow.id);
@@ -595,6 +605,9 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
         ctx.event(cf, type_, why, "Reconcile", note).await;
     }
     update_status(ctx, cf, &new).await?;
+    // After the status it leads to: every version of the object written between the create
+    // and this one carries `createSentAt`, so a reconcile of any of them reads it again.
+    flowise.settle(&outcome, error.as_ref()).await;
     match error {
         Some(error) => Err(error.into()),
         None => Ok(Action::requeue(ctx.settings.sync_interval)),

@@ -225,9 +225,13 @@ where
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(secs), watch)
-        .await
-        .unwrap_or_else(|_| panic!("{name}: timed out after {secs} s waiting for {what}"))
+    match tokio::time::timeout(Duration::from_secs(secs), watch).await {
+        Ok(obj) => obj,
+        Err(_) => {
+            let now = api.get_opt(name).await;
+            panic!("{name}: timed out after {secs} s waiting for {what}; it is now {now:?}")
+        }
+    }
 }
 
 /// Waits until Ready has `status` and `reason`.

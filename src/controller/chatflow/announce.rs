@@ -18,6 +18,13 @@ use super::*;
 /// The field manager of `status.createSentAt`.
 const INTENT_MANAGER: &str = "flowgate-create-intent";
 
+/// `cf` as the API server has it now.
+pub(super) async fn fresh(ctx: &Context, cf: &Chatflow) -> Result<Chatflow, ControllerError> {
+    let ns = cf.namespace().ok_or(ControllerError::Unnamed)?;
+    let api: Api<Chatflow> = Api::namespaced(ctx.client.clone(), &ns);
+    Ok(api.get(&cf.name_any()).await?)
+}
+
 /// `ctx.flowise` for one reconcile of `cf`, with its create announced first.
 pub(super) struct Announced<'a> {
     ctx: &'a Context,
@@ -67,25 +74,12 @@ impl<'a> Announced<'a> {
         if !known || !(sent || announced) {
             return;
         }
-        // Best effort: one left behind only holds a create back until the window passes.
-        let cleared = async {
-            // Another reconcile's create, as the cache saw it: often one already cleared.
-            if !sent && !self.still_announced().await? {
-                return Ok(());
-            }
-            self.write(None).await
-        };
-        if let Err(error) = cleared.await {
+        // Best effort: one left behind only holds a create back until the window passes. (An
+        // object carrying it was read from the API server, [`fresh`]: it is not one already
+        // cleared.)
+        if let Err(error) = self.write(None).await {
             tracing::warn!(chatflow = %object_key(self.cf), %error, "could not clear status.createSentAt");
         }
-    }
-
-    /// The object as the API server has it now still carries `createSentAt`.
-    async fn still_announced(&self) -> Result<bool, ControllerError> {
-        let ns = self.cf.namespace().ok_or(ControllerError::Unnamed)?;
-        let api: Api<Chatflow> = Api::namespaced(self.ctx.client.clone(), &ns);
-        let now = api.get(&self.cf.name_any()).await?;
-        Ok(now.status.is_some_and(|s| s.create_sent_at.is_some()))
     }
 
     async fn write(&self, at: Option<jiff::Timestamp>) -> Result<(), ControllerError> {
