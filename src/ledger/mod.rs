@@ -552,6 +552,16 @@ pub enum LedgerError {
     OutOfRange { what: &'static str, value: u64 },
     #[error("ledger data is corrupt: {0}")]
     Corrupt(String),
+    /// SQLite kept another journal mode than WAL (a filesystem without shared memory or
+    /// locking): reads would block the writer's commits, and two processes could corrupt it.
+    #[error(
+        "the SQLite ledger {path} cannot use WAL (journal_mode stayed {mode}): put it on a local \
+         filesystem"
+    )]
+    NoWal {
+        path: std::path::PathBuf,
+        mode: String,
+    },
     #[error("{0}")]
     Unsupported(&'static str),
     #[error("{} already exists: a backup never overwrites a file", .0.display())]
@@ -581,6 +591,7 @@ impl LedgerError {
             | Self::LineCount { .. }
             | Self::OutOfRange { .. }
             | Self::Corrupt(_)
+            | Self::NoWal { .. }
             | Self::Unsupported(_)
             | Self::BackupExists(_)
             | Self::Tls(_) => false,
@@ -601,6 +612,7 @@ impl LedgerError {
             Self::LineCount { .. } => "LineCount",
             Self::OutOfRange { .. } => "OutOfRange",
             Self::Corrupt(_) => "Corrupt",
+            Self::NoWal { .. } => "NoWal",
             Self::Unsupported(_) => "Unsupported",
             Self::BackupExists(_) => "BackupExists",
             Self::ReadTimeout(_) => "ReadTimeout",

@@ -435,7 +435,10 @@ fn open_writer(path: &Path) -> Result<Connection, LedgerError> {
     let mode: String =
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(path = %path.display(), mode, "ledger database is not in WAL mode");
+        return Err(LedgerError::NoWal {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     // FULL: a commit is on disk (WAL fsynced) before the writer answers anyone.
     conn.pragma_update(None, "synchronous", "FULL")?;

@@ -11,6 +11,19 @@ async fn created() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
+/// A database SQLite will not put in WAL mode (here one in memory, whose mode stays `memory`;
+/// in a cluster, a filesystem without shared memory) is refused at start, not run with reads
+/// that block the writer.
+#[test]
+fn a_database_without_wal_is_refused() {
+    let error = open_writer(Path::new(":memory:")).expect_err("no WAL in memory");
+    assert!(
+        matches!(&error, LedgerError::NoWal { mode, .. } if mode == "memory"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("local filesystem"), "{error}");
+}
+
 #[tokio::test]
 async fn the_database_is_wal_with_full_sync_and_versioned() {
     let dir = tempfile::tempdir().expect("tempdir");
