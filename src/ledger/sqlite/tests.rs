@@ -223,6 +223,19 @@ fn reserve_request(subject: &str, final_cost: bool, now: Timestamp) -> ReserveRe
     }
 }
 
+/// The writer's connection to a new ledger whose usage row of `subject` a trigger refuses with
+/// `RAISE(raise)`, and the directory that lives as long as it is needed.
+async fn raising(subject: &str, raise: &str) -> (tempfile::TempDir, Connection) {
+    let (dir, path) = created().await;
+    let conn = open_writer(&path).expect("reopen");
+    conn.execute_batch(&format!(
+        "CREATE TRIGGER raising BEFORE INSERT ON usage WHEN NEW.subject = '{subject}'
+         BEGIN SELECT RAISE({raise}); END;"
+    ))
+    .expect("trigger");
+    (dir, conn)
+}
+
 /// Commits one batch of final-cost reserves, one for each of `subjects`; their answers.
 fn reserve_batch(
     conn: &mut Connection,
@@ -256,13 +269,7 @@ fn count(conn: &Connection, sql: &str) -> i64 {
 /// before and after it in the same transaction are kept.
 #[tokio::test]
 async fn an_operation_failing_after_its_writes_is_rolled_back_alone() {
-    let (_dir, path) = created().await;
-    let mut conn = open_writer(&path).expect("reopen");
-    conn.execute_batch(
-        "CREATE TRIGGER refuse BEFORE INSERT ON usage WHEN NEW.subject = 'refused'
-         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
-    )
-    .expect("trigger");
+    let (_dir, mut conn) = raising("refused", "ABORT, 'refused by the test'").await;
     let now = Timestamp::now();
     let reserve = |subject: &str, final_cost: bool| reserve_request(subject, final_cost, now);
     let used = |conn: &Connection| count(conn, "SELECT used FROM buckets");
@@ -348,13 +355,7 @@ async fn an_operation_failing_after_its_writes_is_rolled_back_alone() {
 /// would leave its credits charged.
 #[tokio::test]
 async fn a_transaction_sqlite_rolled_back_itself_fails_its_whole_batch_as_worth_retrying() {
-    let (_dir, path) = created().await;
-    let mut conn = open_writer(&path).expect("reopen");
-    conn.execute_batch(
-        "CREATE TRIGGER gone BEFORE INSERT ON usage WHEN NEW.subject = 'gone'
-         BEGIN SELECT RAISE(ROLLBACK, 'the transaction is gone'); END;",
-    )
-    .expect("trigger");
+    let (_dir, mut conn) = raising("gone", "ROLLBACK, 'the transaction is gone'").await;
     let subjects = ["before", "gone", "after"];
     let outcomes = reserve_batch(&mut conn, &subjects, Timestamp::now());
     for (subject, outcome) in subjects.iter().zip(outcomes) {
