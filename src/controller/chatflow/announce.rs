@@ -8,7 +8,7 @@
 //! The field has a field manager of its own, so that the reconcile's status writes (which
 //! start from the object as the cache last saw it) neither keep nor remove it.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -30,7 +30,7 @@ pub(super) struct Announced<'a> {
     ctx: &'a Context,
     cf: &'a Chatflow,
     /// A create was sent in this reconcile.
-    sent: Mutex<bool>,
+    sent: AtomicBool,
 }
 
 impl<'a> Announced<'a> {
@@ -38,7 +38,7 @@ impl<'a> Announced<'a> {
         Self {
             ctx,
             cf,
-            sent: Mutex::new(false),
+            sent: AtomicBool::new(false),
         }
     }
 
@@ -59,7 +59,7 @@ impl<'a> Announced<'a> {
     /// After the reconcile, with what came of it: a create this reconcile sent whose outcome is
     /// known, or a chatflow found, leaves nothing in doubt.
     pub(super) async fn settle(&self, outcome: &Outcome, error: Option<&FlowiseError>) {
-        let sent = *self.sent.lock().unwrap_or_else(PoisonError::into_inner);
+        let sent = self.sent.load(Ordering::Relaxed);
         let found = matches!(outcome, Outcome::Synced { .. } | Outcome::Shared { .. });
         let announced = self
             .cf
@@ -119,7 +119,7 @@ impl FlowiseApi for Announced<'_> {
             self.write(Some(now))
                 .await
                 .map_err(|e| FlowiseError::Unannounced(e.to_string()))?;
-            *self.sent.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            self.sent.store(true, Ordering::Relaxed);
             self.ctx.flowise.create(chatflow).await
         }
         .boxed()
