@@ -26,6 +26,7 @@ use crate::crd::{self, schema};
 use crate::flowise::{FlowiseApi, FlowiseChatflow};
 use crate::ops::Gate;
 
+pub mod documents;
 mod resolve;
 pub mod walk;
 
@@ -34,6 +35,9 @@ pub use walk::ResourcesDir;
 
 /// How soon a failed Flowise listing is tried again.
 const LISTING_RETRY: Duration = Duration::from_secs(5);
+
+/// The largest file read: a dump or a log named `*.yaml` is reported, not read every second.
+const MAX_FILE: u64 = 64 << 20;
 
 /// The documents of each file as last read whole: a file that stops parsing (an edit saved
 /// half done, a stray tab) keeps them in force, as an API server keeps an object whose new
@@ -92,38 +96,61 @@ pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, 
         }
     };
     for path in files {
-        let docs = match read_documents(&path) {
-            Ok(docs) => {
+        let docs: Vec<(usize, Value)> = match read_documents(&path) {
+            Ok(read) if read.broken.is_empty() => {
+                let docs: Vec<Value> = read.documents.into_iter().map(|(_, doc)| doc).collect();
                 kept.insert(path.clone(), docs.clone());
-                docs
+                numbered(docs)
             }
-            Err(problem) => match kept.get(&path) {
+            // A document that is not YAML costs the file what it held when last readable,
+            // or, never read whole, only itself.
+            Ok(read) => match kept.get(&path) {
                 Some(docs) => {
-                    problems.push(format!(
-                        "{problem}; what it held when last readable stays in force"
-                    ));
-                    docs.clone()
+                    for (problem, _) in read.broken {
+                        problems.push(kept_instead(&problem));
+                    }
+                    numbered(docs.clone())
                 }
                 None => {
-                    // Never read whole (since this process started): what it holds is unknown.
-                    // If it may hold a CreditPolicy, that policy is counted invalid where it
-                    // would have charged, as one that does not parse (so that
-                    // FLOWGATE_INVALID_POLICIES=refuse refuses rather than serving free).
-                    for namespace in policy_namespaces(&path) {
-                        resources.unreadable.push(Unreadable {
-                            kind: "CreditPolicy",
-                            namespace,
-                            name: path.display().to_string(),
-                            error: problem.clone(),
-                            claim: None,
-                        });
+                    for (problem, text) in read.broken {
+                        never_read(&path, problem, &text, &mut resources, &mut problems);
                     }
-                    problems.push(problem);
+                    read.documents
+                }
+            },
+            Err(unread) => match kept.get(&path) {
+                Some(docs) => {
+                    problems.push(kept_instead(&unread.problem));
+                    numbered(docs.clone())
+                }
+                None => {
+                    never_read(
+                        &path,
+                        unread.problem,
+                        &unread.text,
+                        &mut resources,
+                        &mut problems,
+                    );
                     continue;
                 }
             },
         };
-        for (i, mut doc) in docs.into_iter().enumerate() {
+        // A List (as `kubectl get -o yaml` writes one, and `kubectl apply` unpacks): each item
+        // is an object of its own, as `flowgate check` reads it.
+        let objects = docs.into_iter().flat_map(|(n, mut doc)| {
+            let at = format!("{} (document {n})", path.display());
+            let list = str_at(&doc, "/kind").ends_with("List")
+                && doc.get("items").is_some_and(Value::is_array);
+            match doc.get_mut("items").map(Value::take) {
+                Some(Value::Array(items)) if list => items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| (format!("{at} (item {})", i + 1), item))
+                    .collect(),
+                _ => vec![(at, doc)],
+            }
+        });
+        for (at, mut doc) in objects {
             if doc.is_null() {
                 continue;
             }
@@ -134,17 +161,19 @@ pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, 
             {
                 meta.insert("namespace".into(), Value::String("default".into()));
             }
-            let at = format!("{} (document {})", path.display(), i + 1);
             // Another tool's object beside the resources (a Deployment, a kustomization) is
             // not ours to report, as `flowgate check` leaves it alone. One that names flowgate
-            // (or no apiVersion at all) but not its apiVersion is a mistake: invalid, as one
-            // that does not parse (a CreditPolicy may refuse).
+            // (or no apiVersion at all, or a flowgate kind with a version but no group) but
+            // not its apiVersion is a mistake: invalid, as one that does not parse (a
+            // CreditPolicy may refuse).
             let api_version = str_at(&doc, "/apiVersion");
+            let kind = str_at(&doc, "/kind");
             let mut wrong_version = None;
             if api_version != crd::API_VERSION {
-                let ours = api_version.is_empty()
+                let ours = (api_version.is_empty() && !kind.is_empty())
                     || api_version.split('/').next() == Some(crd::GROUP)
-                    || api_version.contains("flowgate");
+                    || api_version.contains("flowgate")
+                    || (schema::for_kind(&kind).is_some() && !api_version.contains('/'));
                 if !ours {
                     continue;
                 }
@@ -153,11 +182,6 @@ pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, 
                     crd::API_VERSION
                 ));
             }
-            let kind = doc
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
             let key = (
                 kind.clone(),
                 str_at(&doc, "/metadata/namespace"),
@@ -248,11 +272,7 @@ pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, 
 /// `CreditPolicy` somewhere, else every `namespace:` value it names (block or flow style), or `default`
 /// (where an object without one lands) when it names none. Over-inclusive on purpose: each is
 /// only refused, and only under `FLOWGATE_INVALID_POLICIES=refuse`.
-fn policy_namespaces(path: &Path) -> Vec<String> {
-    let Ok(bytes) = std::fs::read(path) else {
-        return Vec::new();
-    };
-    let text = String::from_utf8_lossy(&bytes);
+fn policy_namespaces(text: &str) -> Vec<String> {
     if !text.contains("CreditPolicy") {
         return Vec::new();
     }
@@ -276,10 +296,108 @@ fn policy_namespaces(path: &Path) -> Vec<String> {
     namespaces
 }
 
+/// A file (or a document of it) never read whole since this process started: what it holds
+/// is unknown. If it may hold a CreditPolicy, that policy is counted invalid where it would
+/// have charged, as one that does not parse (so that FLOWGATE_INVALID_POLICIES=refuse refuses
+/// rather than serving free).
+fn never_read(
+    path: &Path,
+    problem: String,
+    text: &str,
+    resources: &mut Resources,
+    problems: &mut Vec<String>,
+) {
+    for namespace in policy_namespaces(text) {
+        resources.unreadable.push(Unreadable {
+            kind: "CreditPolicy",
+            namespace,
+            name: path.display().to_string(),
+            error: problem.clone(),
+            claim: None,
+        });
+    }
+    problems.push(problem);
+}
+
+fn kept_instead(problem: &str) -> String {
+    format!("{problem}; what the file held when last readable stays in force")
+}
+
+fn numbered(docs: Vec<Value>) -> Vec<(usize, Value)> {
+    docs.into_iter()
+        .enumerate()
+        .map(|(i, doc)| (i + 1, doc))
+        .collect()
+}
+
+/// A file's YAML documents, each parsed alone ([`documents::documents`]): one that is not
+/// YAML (a stray tab) is only itself, and the parser's limits (documents, nodes) are each
+/// document's, not the file's.
+pub(crate) struct FileDocuments {
+    /// Those that parse, with their number in the file.
+    pub documents: Vec<(usize, Value)>,
+    /// Those that do not: why, and their text.
+    pub broken: Vec<(String, String)>,
+}
+
+/// A file that cannot be read at all: why, and what of it could be read as text.
+pub(crate) struct Unread {
+    pub problem: String,
+    pub text: String,
+}
+
 /// The YAML documents of one file, or why it cannot be read.
-pub(crate) fn read_documents(path: &Path) -> Result<Vec<Value>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_saphyr::from_multiple(&text).map_err(|e| format!("{}: not YAML: {e}", path.display()))
+pub(crate) fn read_documents(path: &Path) -> Result<FileDocuments, Unread> {
+    let bytes = read_file(path).map_err(|problem| Unread {
+        problem,
+        text: String::new(),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| Unread {
+        problem: format!("{}: not UTF-8 text ({})", path.display(), e.utf8_error()),
+        text: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })?;
+    let mut read = FileDocuments {
+        documents: Vec::new(),
+        broken: Vec::new(),
+    };
+    for (i, doc) in documents::documents(&text).into_iter().enumerate() {
+        match serde_saphyr::from_str::<Value>(doc.text) {
+            Ok(value) => read.documents.push((i + 1, value)),
+            Err(e) => read.broken.push((
+                format!(
+                    "{}:{} (document {}): not YAML: {e}",
+                    path.display(),
+                    doc.line,
+                    i + 1
+                ),
+                doc.text.to_string(),
+            )),
+        }
+    }
+    Ok(read)
+}
+
+/// A file's bytes, unless it is not a regular file (a FIFO would hold the reading thread for
+/// good) or is larger than [`MAX_FILE`].
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let at = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{at}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{at}: not a regular file; not read"));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(format!(
+            "{at}: {} bytes, more than the {} MiB a resources file may hold; not read",
+            meta.len(),
+            MAX_FILE >> 20
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("{at}: {e}"))?;
+    Ok(bytes)
 }
 
 fn str_at(doc: &Value, pointer: &str) -> String {
@@ -324,7 +442,12 @@ fn fingerprint(dir: &ResourcesDir) -> Vec<FileState> {
             let inode = 0;
             let is_recent =
                 modified.is_none_or(|at| now.duration_since(at).map_or(true, |age| age < RECENT));
-            let recent = if is_recent {
+            // Only a regular file is read (a FIFO would hold the thread), and only one that
+            // may be served (see `read_file`).
+            let readable = meta
+                .as_ref()
+                .is_some_and(|m| m.is_file() && m.len() <= MAX_FILE);
+            let recent = if is_recent && readable {
                 std::fs::read(&path).map_or(0, |bytes| {
                     use std::hash::{Hash, Hasher};
                     let mut hasher = std::hash::DefaultHasher::new();
@@ -371,16 +494,35 @@ pub fn spawn(
             // mount, must not hold up a runtime thread every second.
             let walked = dir.clone();
             let now_fingerprint = blocking(move || fingerprint(&walked)).await;
-            let settled = settled(&seen, &previous, &now_fingerprint);
+            let due = due(
+                &seen,
+                &previous,
+                &now_fingerprint,
+                Instant::now() >= next_sync,
+            );
             previous.clone_from(&now_fingerprint);
-            let loaded = if settled || Instant::now() >= next_sync {
+            let loaded = if due {
                 // A copy: a panic while loading must not take what each file last held.
                 let (walked, mut last) = (dir.clone(), kept.clone());
-                next_sync = Instant::now() + resync;
-                let loaded = blocking(move || (load_keeping(&walked, &mut last), last)).await;
-                // Tried once per change (and sync), loaded or not.
-                seen = now_fingerprint;
-                loaded
+                let loaded = blocking(move || {
+                    let loaded = load_keeping(&walked, &mut last);
+                    (loaded, last, fingerprint(&walked))
+                })
+                .await;
+                match loaded {
+                    // A file changed while it was read: what was read may be half of it. Read
+                    // again once the change has held for a poll.
+                    Some((_, _, after)) if Some(&after) != now_fingerprint.as_ref() => {
+                        previous = Some(after);
+                        None
+                    }
+                    loaded => {
+                        // Tried once per change (and sync), loaded or not.
+                        next_sync = Instant::now() + resync;
+                        seen = now_fingerprint;
+                        loaded.map(|(loaded, last, _)| (loaded, last))
+                    }
+                }
             } else {
                 None
             };
@@ -428,14 +570,20 @@ pub fn spawn(
     handle
 }
 
-/// Whether the directory changed since it was last loaded (`seen`) and has stayed so since the
-/// poll before (`previous`): a file written in place (`helm template > all.yaml`, `cp` over
-/// it, an editor that truncates first) is not loaded half written, which would drop the
-/// objects of its missing part (a CreditPolicy, and its predictions would be free) or the
-/// `suspended: true` or `expiresAt` that ends its last object.
-/// The first load is not held back.
-fn settled<T: PartialEq>(seen: &Option<T>, previous: &Option<T>, now: &Option<T>) -> bool {
-    now.is_some() && seen != now && (previous == now || seen.is_none())
+/// Whether to load the directory now: it changed since it was last loaded (`seen`), or a
+/// sync is due, and it has stayed as it is since the poll before (`previous`): a file written
+/// in place (`helm template > all.yaml`, `cp` over it, an editor that truncates first) is not
+/// loaded half written, which would drop the objects of its missing part (a CreditPolicy, and
+/// its predictions would be free) or the `suspended: true` or `expiresAt` that ends its last
+/// object. (A write that starts after this poll is caught by the fingerprint taken after the
+/// load.) The first load is not held back.
+fn due<T: PartialEq>(
+    seen: &Option<T>,
+    previous: &Option<T>,
+    now: &Option<T>,
+    sync_due: bool,
+) -> bool {
+    now.is_some() && (seen != now || sync_due) && (previous == now || seen.is_none())
 }
 
 /// Runs `read` on a blocking thread; `None` if that thread panicked (logged).

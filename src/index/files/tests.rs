@@ -122,20 +122,39 @@ fn other_tools_objects_are_left_alone_and_wrong_api_versions_reported() {
             "kind: ChatflowAccess\nmetadata: {name: c}\n".into(),
             "apiVersion: flowgate.io/v1alpha1\nkind: ChatFlow\nmetadata: {name: d}\n".into(),
             access("flowgate.io/v1alpha1", "e"),
+            // A flowgate kind whose group was forgotten is ours, as `flowgate check` says.
+            access("v1alpha1", "f"),
+            // Neither apiVersion nor kind: another tool's file (a compose file).
+            "services: {web: {image: x}}\n".into(),
+            // A List, as `kubectl get -o yaml` writes one: its items are objects of their own.
+            format!(
+                "apiVersion: v1\nkind: List\nitems:\n- {}\n- {{apiVersion: v1, kind: ConfigMap}}\n",
+                serde_json::to_string(
+                    &serde_saphyr::from_str::<Value>(&access("flowgate.io/v1alpha1", "g"))
+                        .expect("yaml")
+                )
+                .expect("json")
+            ),
         ]
         .join("---\n"),
     );
     let (res, problems) = load(dir.path());
-    assert_eq!(res.accesses.len(), 1);
+    let served: Vec<&str> = res
+        .accesses
+        .iter()
+        .filter_map(|a| a.metadata.name.as_deref())
+        .collect();
+    assert_eq!(served, ["e", "g"]);
     // Counted invalid, as objects that do not parse.
     let unreadable: Vec<&str> = res.unreadable.iter().map(|u| u.name.as_str()).collect();
-    assert_eq!(unreadable, ["a", "b", "c"]);
-    assert_eq!(problems.len(), 4, "{problems:?}");
+    assert_eq!(unreadable, ["a", "b", "c", "f"]);
+    assert_eq!(problems.len(), 5, "{problems:?}");
     for (problem, want) in problems.iter().zip([
         "(document 3): invalid ChatflowAccess: apiVersion 'flowgate.io/v1'",
         "(document 4): invalid ChatflowAccess: apiVersion 'flowgate/v1alpha1'",
         "(document 5): invalid ChatflowAccess: apiVersion ''",
         "(document 6): kind 'ChatFlow' is not a flowgate resource",
+        "(document 8): invalid ChatflowAccess: apiVersion 'v1alpha1'",
     ]) {
         assert!(problem.contains(want), "{want} not in {problem}");
     }
@@ -208,6 +227,102 @@ fn a_file_that_stops_parsing_keeps_what_it_held_until_it_is_fixed_or_gone() {
     let (res, _) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
     assert!(res.policies.is_empty());
     assert!(kept.is_empty());
+}
+
+/// One document that is not YAML costs only itself in a file never read whole (and a
+/// CreditPolicy in it counts invalid in its namespace), not the file's other objects; in a
+/// file read whole before, the file keeps what it held. The parser's limits are a document's:
+/// a file of more objects than it allows in one text is read.
+#[test]
+fn a_document_that_is_not_yaml_costs_only_itself() {
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = |ns: &str, credits: i64| {
+        format!(
+            "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {{name: p, namespace: {ns}}}\n\
+             spec: {{chatflows: ['*'], budget: {{credits: {credits}, period: Daily}}}}\n"
+        )
+    };
+    let broken = "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: q, namespace: b}\n\tspec: [\n";
+    write(
+        dir.path(),
+        "all.yaml",
+        &[policy("a", 5), broken.into(), policy("c", 7)].join("---\n"),
+    );
+    let mut kept = LastReadable::new();
+    let (res, problems) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
+    let served: Vec<&str> = res
+        .policies
+        .iter()
+        .filter_map(|p| p.metadata.namespace.as_deref())
+        .collect();
+    assert_eq!(served, ["a", "c"], "{problems:?}");
+    let invalid: Vec<&str> = res
+        .unreadable
+        .iter()
+        .map(|u| u.namespace.as_str())
+        .collect();
+    assert_eq!(invalid, ["b"], "only the broken document's namespace");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("all.yaml:6 (document 2): not YAML"),
+        "{problems:?}"
+    );
+    assert!(kept.is_empty(), "not read whole");
+    // Read whole once, then broken: the file keeps what it held.
+    write(
+        dir.path(),
+        "all.yaml",
+        &[policy("a", 5), policy("c", 7)].join("---\n"),
+    );
+    load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
+    write(
+        dir.path(),
+        "all.yaml",
+        &[policy("a", 9), broken.into()].join("---\n"),
+    );
+    let (res, problems) = load_keeping(&ResourcesDir::flat(dir.path()), &mut kept);
+    let served: Vec<(&str, u64)> = res
+        .policies
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.spec.budget.credits,
+            )
+        })
+        .collect();
+    assert_eq!(served, [("a", 5), ("c", 7)]);
+    assert!(problems[0].contains("stays in force"), "{problems:?}");
+    // 1,100 objects in one file: more documents than the parser takes in one text.
+    let many: Vec<String> = (0..1_100)
+        .map(|i| {
+            format!(
+                "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {{name: a{i}, namespace: t}}\nspec: {{chatflows: ['*'], subjects: [{{user: u}}]}}\n"
+            )
+        })
+        .collect();
+    write(dir.path(), "all.yaml", &many.join("---\n"));
+    let (res, problems) = load(dir.path());
+    assert_eq!(res.accesses.len(), 1_100, "{problems:?}");
+}
+
+/// What is not a regular file is not read: a FIFO would hold the reading thread for good.
+#[cfg(unix)]
+#[test]
+fn a_fifo_named_yaml_is_reported_not_read() {
+    let dir = tempfile::tempdir().expect("dir");
+    let fifo = dir.path().join("pipe.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let (_, problems) = load(dir.path());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("not a regular file"), "{problems:?}");
+    // Nor is it read for the fingerprint, however recent.
+    let states = fingerprint(&ResourcesDir::flat(dir.path()));
+    assert_eq!(states.len(), 1);
 }
 
 /// A policy file that has not parsed since the process started (a restart with a typo in
@@ -357,6 +472,7 @@ async fn a_failed_flowise_listing_keeps_the_last_one() {
 #[test]
 fn a_change_is_loaded_once_it_has_held_for_a_poll() {
     let (a, b, c) = (Some(1), Some(2), Some(3));
+    let settled = |seen, previous, now| due(seen, previous, now, false);
     assert!(settled(&None, &None, &a), "the first load at once");
     assert!(!settled(&a, &a, &a), "nothing changed");
     assert!(
@@ -366,4 +482,11 @@ fn a_change_is_loaded_once_it_has_held_for_a_poll() {
     assert!(settled(&a, &b, &b), "and held since");
     assert!(!settled(&a, &b, &c), "still being written");
     assert!(!settled(&a, &b, &None), "the directory could not be read");
+    // A sync reloads what did not change, but not what is being written.
+    assert!(due(&a, &a, &a, true));
+    assert!(
+        !due(&a, &a, &b, true),
+        "a sync waits for the change to hold"
+    );
+    assert!(!due(&a, &a, &None, true));
 }
