@@ -212,6 +212,12 @@ async fn other_schema_violations_are_refused_naming_the_field() {
             "spec.expiresAt",
         ),
         (
+            json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "ChatflowAccess", "metadata": {"name": "p"},
+                   "spec": {"chatflows": ["x"], "subjects": [{"user": "u"}],
+                            "expiresAt": "9999-12-31T00:00:00Z"}}),
+            "spec.expiresAt",
+        ),
+        (
             json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "CreditPolicy", "metadata": {"name": "n"},
                    "spec": {"chatflows": ["*"], "budget": {"credits": 5, "period": "Daily"},
                             "alertAtPercent": [150]}}),

@@ -32,10 +32,11 @@ pub const GROUP: &str = "flowgate.io";
 /// The `apiVersion` every flowgate resource has.
 pub const API_VERSION: &str = "flowgate.io/v1alpha1";
 
-/// The times flowgate reads (RFC 3339, at most nanoseconds). The API server's `date-time`
-/// format also takes ten or more fractional digits, which flowgate cannot read: one such
-/// object would fail the whole watch of its kind, and with it every update to the index.
-pub const TIME_PATTERN: &str = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$";
+/// The times flowgate reads (RFC 3339, at most nanoseconds, before the year 9999). The API
+/// server's `date-time` format also takes ten or more fractional digits and the last day of
+/// 9999 (`9999-12-31`, a common "never"), which flowgate cannot read (its latest time is
+/// 9999-12-30T22:00Z): such an object would grant nothing, or fail the whole watch of its kind.
+pub const TIME_PATTERN: &str = r"^([0-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$";
 /// Field manager for every server-side apply flowgate makes.
 pub const FIELD_MANAGER: &str = "flowgate";
 /// Finalizer on Chatflows that own a chatflow in Flowise.
