@@ -77,13 +77,39 @@ async fn a_token_endpoint_that_redirects_is_not_followed() {
     let (endpoint, asked) = answering(307, location, Bytes::new()).await;
     let (status, body) = authenticate(format!("{endpoint}/token")).await;
     assert_eq!(status, 502, "{body}");
-    assert_eq!(body["error"]["code"], "upstream_error", "{body}");
+    assert_eq!(body["error"]["code"], "token_endpoint_error", "{body}");
     assert_eq!(asked.load(Ordering::SeqCst), 1);
     assert_eq!(
         asked_elsewhere.load(Ordering::SeqCst),
         0,
         "the password never went where the redirect pointed"
     );
+}
+
+/// The token endpoint's own failures are named as its own, not Flowise's, and are not the
+/// caller's wrong password: a 200 without a token (a login page, an app's index.html), a 429.
+#[tokio::test]
+async fn a_token_endpoint_answer_without_a_token_or_a_rate_limit_is_not_a_login() {
+    let page = Bytes::from_static(b"<!doctype html><title>Sign in</title>");
+    let (endpoint, _) = answering(200, vec![], page).await;
+    let (status, body) = authenticate(format!("{endpoint}/token")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "token_endpoint_error", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("without an access_token")),
+        "{body}"
+    );
+    let empty = Bytes::from_static(br#"{"access_token":"","token_type":"Bearer"}"#);
+    let (endpoint, _) = answering(200, vec![], empty).await;
+    let (status, body) = authenticate(format!("{endpoint}/token")).await;
+    assert_eq!(status, 502, "{body}");
+    let limited = Bytes::from_static(br#"{"error":"slow_down"}"#);
+    let (endpoint, _) = answering(429, vec![], limited).await;
+    let (status, body) = authenticate(format!("{endpoint}/token")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "token_endpoint_busy", "{body}");
 }
 
 #[tokio::test]

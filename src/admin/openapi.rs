@@ -159,7 +159,7 @@ pub const OPERATIONS: &[Operation] = &[
             "Password grant at the configured token endpoint",
             Some("AuthenticateRequest"),
             "TokenResponse",
-            &[400, 401, 404, 502, 504],
+            &[400, 401, 404, 502, 503, 504],
         )
     },
     Operation {
@@ -170,7 +170,7 @@ pub const OPERATIONS: &[Operation] = &[
             "Refresh-token grant at the configured token endpoint",
             Some("RefreshRequest"),
             "TokenResponse",
-            &[400, 401, 404, 502, 504],
+            &[400, 401, 404, 502, 503, 504],
         )
     },
     op(

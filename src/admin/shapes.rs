@@ -197,7 +197,7 @@ pub struct RefreshRequest {
 /// Tokens from the token endpoint.
 #[derive(Serialize, Deserialize, JsonSchema)]
 pub struct TokenResponse {
-    pub access_token: Option<String>,
+    pub access_token: String,
     pub token_type: String,
     pub refresh_token: Option<String>,
     pub expires_in: Option<u64>,

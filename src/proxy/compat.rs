@@ -124,15 +124,26 @@ impl Proxy {
             .await
             .map_err(|e| {
                 if e.is_timeout() {
-                    ProxyError::UpstreamTimeout
+                    ProxyError::TokenEndpointTimeout
                 } else {
-                    ProxyError::UpstreamUnreachable(e.to_string())
+                    ProxyError::TokenEndpoint(e.to_string())
                 }
             })?;
         let status = answer.status();
         let bytes = token_answer(answer).await?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
         if status.is_success() {
+            // A login page or an app's index.html answering 200 is not a token: the caller
+            // would send `Bearer null` next.
+            let Some(access_token) = value
+                .get("access_token")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            else {
+                return Err(ProxyError::TokenEndpoint(format!(
+                    "it answered {status} without an access_token"
+                )));
+            };
             // The Python service always said `bearer`; providers say `Bearer` (the type is
             // case-insensitive, RFC 6749 section 5.1). Another type passes as it is.
             let token_type = match value.get("token_type") {
@@ -140,7 +151,7 @@ impl Proxy {
                 _ => json!("bearer"),
             };
             let mut out = json!({
-                "access_token": value.get("access_token"),
+                "access_token": access_token,
                 "token_type": token_type,
             });
             for k in ["refresh_token", "expires_in"] {
@@ -164,11 +175,13 @@ impl Proxy {
         {
             // The client's registration or flowgate's configuration, not the caller's
             // credentials: answered as the caller's 401, nobody would look at the settings.
-            Err(ProxyError::Upstream(format!(
-                "the token endpoint refused the grant with {error}: check the client it is for \
+            Err(ProxyError::TokenEndpoint(format!(
+                "it refused the grant with {error}: check the client it is for \
                  (FLOWGATE_TOKEN_CLIENT_ID, FLOWGATE_TOKEN_CLIENT_SECRET_FILE, \
                  FLOWGATE_TOKEN_CLIENT_AUTH) and its registration"
             )))
+        } else if status == StatusCode::TOO_MANY_REQUESTS {
+            Err(ProxyError::TokenEndpointBusy)
         } else if status.is_client_error() {
             Err(ProxyError::InvalidToken {
                 reason: "token_endpoint_refused",
@@ -180,9 +193,7 @@ impl Proxy {
                     .to_string(),
             })
         } else {
-            Err(ProxyError::Upstream(format!(
-                "token endpoint answered {status}"
-            )))
+            Err(ProxyError::TokenEndpoint(format!("it answered {status}")))
         }
     }
 }
@@ -192,12 +203,12 @@ const TOKEN_ANSWER_LIMIT: usize = 64 * 1024;
 
 /// A token endpoint's answer, read up to [`TOKEN_ANSWER_LIMIT`] (anyone may ask these routes).
 async fn token_answer(mut answer: reqwest::Response) -> Result<Vec<u8>, ProxyError> {
-    let unreachable = |e: reqwest::Error| ProxyError::UpstreamUnreachable(e.to_string());
+    let unreachable = |e: reqwest::Error| ProxyError::TokenEndpoint(e.to_string());
     let mut bytes = Vec::new();
     while let Some(chunk) = answer.chunk().await.map_err(unreachable)? {
         if bytes.len() + chunk.len() > TOKEN_ANSWER_LIMIT {
-            return Err(ProxyError::Upstream(format!(
-                "the token endpoint's answer is over {} KiB",
+            return Err(ProxyError::TokenEndpoint(format!(
+                "its answer is over {} KiB",
                 TOKEN_ANSWER_LIMIT / 1024
             )));
         }

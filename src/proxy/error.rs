@@ -115,6 +115,15 @@ pub enum ProxyError {
     UpstreamNotConnected(String),
     #[error("Flowise did not answer in time")]
     UpstreamTimeout,
+    /// The token endpoint (`/chat/authenticate`, `/chat/refresh`) failed, not the caller's
+    /// credentials: it could not be reached, answered with an error or without a token.
+    #[error("the token endpoint failed: {0}")]
+    TokenEndpoint(String),
+    #[error("the token endpoint did not answer in time")]
+    TokenEndpointTimeout,
+    /// The token endpoint is limiting requests (429): not a wrong password.
+    #[error("the token endpoint is limiting requests; retry shortly")]
+    TokenEndpointBusy,
     /// Flowise answered, more than flowgate holds of a whole (non-streaming) answer.
     #[error("Flowise's answer is larger than {limit} bytes; ask for a streamed answer")]
     AnswerTooLarge { limit: usize },
@@ -172,6 +181,9 @@ impl ProxyError {
                 (StatusCode::BAD_GATEWAY, "upstream_unreachable")
             }
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            TokenEndpoint(_) => (StatusCode::BAD_GATEWAY, "token_endpoint_error"),
+            TokenEndpointTimeout => (StatusCode::GATEWAY_TIMEOUT, "token_endpoint_timeout"),
+            TokenEndpointBusy => (StatusCode::SERVICE_UNAVAILABLE, "token_endpoint_busy"),
             AnswerTooLarge { .. } => (StatusCode::BAD_GATEWAY, "answer_too_large"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             NotFoundDetail(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -231,6 +243,9 @@ impl ProxyError {
             | UpstreamUnreachable(_)
             | UpstreamNotConnected(_)
             | UpstreamTimeout
+            | TokenEndpoint(_)
+            | TokenEndpointTimeout
+            | TokenEndpointBusy
             | AnswerTooLarge { .. }
             | Conflict(_)
             | NotFoundDetail(_)
