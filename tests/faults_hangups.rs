@@ -1,6 +1,7 @@
 //! A client that hangs up once Flowise has failed its prediction is refunded, as one that stayed
 //! to the end is: when the client leaves does not decide a refund. (A hang-up before Flowise
-//! answered or failed is charged: `tests/faults.rs`.)
+//! answered or failed is charged: `tests/faults.rs`.) And a gateway in front of Flowise that
+//! gives up on it is refunded and the run aborted, as flowgate's own timeout is.
 
 mod support;
 
@@ -10,8 +11,71 @@ use futures::StreamExt;
 use serde_json::json;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{Flowgate, give_up_in_flowise, indexed, used_becomes};
+use support::gate::{Flowgate, give_up_in_flowise, indexed, predict, used_becomes};
 use support::team::Team;
+
+/// An ingress between flowgate and Flowise answering 504 (its read timeout) or 502/503 gave up
+/// on a run that may still be going: refunded, and Flowise asked to stop it (a 500 is
+/// Flowise's own failure, the run over: refunded only). A 504 stays a timeout for the caller.
+#[tokio::test]
+async fn a_gateway_giving_up_on_flowise_is_refunded_and_the_run_aborted() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (team, policy) = Team::with_flat_policy("faults-gateway").await;
+        let alice = team.alice();
+        for (status, code) in [(504, "upstream_timeout"), (502, "upstream_unreachable")] {
+            let fake = FakeFlowise::start(Mode::Gateway { status }).await;
+            let gate = Flowgate::with_flowise(&fake.url).await;
+            indexed(&gate, &alice, &policy).await;
+            for streaming in [false, true] {
+                // After a 504 the answer waits for the abort, so a retry finds the chat free;
+                // after a 502 the chat is held until Flowise confirms in the background.
+                let chat = if status == 504 {
+                    "gw".to_string()
+                } else {
+                    format!("gw-{streaming}")
+                };
+                let (answered, body) = predict(
+                    &gate,
+                    &alice,
+                    &team.flowise_id,
+                    json!({"question": "still there?", "streaming": streaming, "chatId": chat}),
+                )
+                .await;
+                assert_eq!(answered, status, "{body}");
+                assert_eq!(body["error"]["code"], code, "{body}");
+            }
+            used_becomes(&gate, &alice, &policy, 0).await;
+            support::eventually(10, "Flowise asked to stop both runs", || async {
+                (fake.aborts.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(())
+            })
+            .await;
+        }
+        let failing = FakeFlowise::start(Mode::Fail).await;
+        let gate = Flowgate::with_flowise(&failing.url).await;
+        indexed(&gate, &alice, &policy).await;
+        let (answered, body) = predict(
+            &gate,
+            &alice,
+            &team.flowise_id,
+            json!({"question": "boom?"}),
+        )
+        .await;
+        assert_eq!(
+            (answered, &body["error"]["code"]),
+            (502, &json!("upstream_error"))
+        );
+        used_becomes(&gate, &alice, &policy, 0).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            failing.aborts.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "Flowise's own failure ended the run"
+        );
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}
 
 #[tokio::test]
 async fn a_client_hanging_up_after_flowises_error_event_is_refunded() {

@@ -252,10 +252,7 @@ pub(super) async fn stop(
         .map_err(|_| ProxyError::UpstreamTimeout)??;
     let status = resp.status();
     if !status.is_success() {
-        let body = upstream
-            .read_body(resp.into_body(), 64 * 1024, None)
-            .await
-            .unwrap_or_default();
+        let body = upstream.error_body(resp.into_body()).await;
         return Err(ProxyError::Upstream(super::flowise_message(status, &body)));
     }
     tracing::debug!(%chat_id, "the caller asked Flowise to abort");

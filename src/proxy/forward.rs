@@ -72,13 +72,23 @@ impl Proxy {
         // Flowise refusing flowgate's key is flowgate's configuration, not the caller's token:
         // passed through, it would read as the caller's 401.
         let key_refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+        // A gateway in front of Flowise that gave up on it (an ingress's 504 after its read
+        // timeout): the run may still be going. It is aborted, as after flowgate's own timeout,
+        // so that it does not run on free and the chat's next run is not mixed with it.
+        if matches!(status.as_u16(), 502..=504) {
+            let body = self.upstream.error_body(upstream.into_body()).await;
+            let error = if status == StatusCode::GATEWAY_TIMEOUT {
+                ProxyError::UpstreamTimeout
+            } else {
+                ProxyError::UpstreamUnreachable(flowise_message(status, &body))
+            };
+            self.metrics.upstream_error("status_5xx");
+            flight.failed(&error).await;
+            return Err(error);
+        }
         if status.is_server_error() || key_refused {
             flight.refund().await;
-            let body = self
-                .upstream
-                .read_body(upstream.into_body(), 64 * 1024, None)
-                .await
-                .unwrap_or_default();
+            let body = self.upstream.error_body(upstream.into_body()).await;
             let message = flowise_message(status, &body);
             if !key_refused {
                 self.metrics.upstream_error("status_5xx");

@@ -67,10 +67,7 @@ async fn ask(
     )?;
     let (parts, body) = upstream.send(req).await?.into_parts();
     if !parts.status.is_success() {
-        let body = upstream
-            .read_body(body, 64 * 1024, None)
-            .await
-            .unwrap_or_default();
+        let body = upstream.error_body(body).await;
         return Err(ProxyError::Upstream(super::flowise_message(
             parts.status,
             &body,

@@ -22,6 +22,9 @@ use crate::server::Body;
 
 /// Request headers a client may send on to Flowise. Everything else — `Authorization`,
 /// cookies, `x-request-from`, `flowise-tool`, forwarding headers — is dropped.
+/// How long the body of Flowise's error answer is waited for ([`Upstream::error_body`]).
+const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
+
 const FORWARDED_REQUEST_HEADERS: [HeaderName; 5] = [
     header::CONTENT_TYPE,
     header::ACCEPT,
@@ -146,6 +149,18 @@ impl Upstream {
             Ok(Err(error)) => Err(ProxyError::UpstreamUnreachable(error.to_string())),
             Err(_) => Err(ProxyError::UpstreamTimeout),
         }
+    }
+
+    /// The body of an error answer, for its message: at most 64 KiB within [`ERROR_BODY_WAIT`],
+    /// else what could not be read is left out (empty). An answer whose headers came and whose
+    /// body stalls must not hold the caller's error, and its chat, for the whole upstream
+    /// timeout.
+    pub async fn error_body(&self, body: Incoming) -> Bytes {
+        tokio::time::timeout(ERROR_BODY_WAIT, self.read_body(body, 64 * 1024, None))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
     }
 
     /// Reads a whole (non-streaming) upstream body, bounded in size and time, each frame counted

@@ -44,6 +44,9 @@ pub enum Mode {
     SlowRefusal { delay: Duration },
     /// 401 as Flowise answers a key-bound chatflow called without its key.
     Unauthorized,
+    /// `status` (502, 503, 504) with an HTML page, as an ingress in front of Flowise answers
+    /// when it gives up on it.
+    Gateway { status: u16 },
     /// 200 JSON of `bytes` bytes (an Agentflow's node list can be tens of megabytes).
     Huge { bytes: usize },
 }
@@ -328,6 +331,11 @@ async fn answer(
             401,
             "application/json",
             serde_json::json!({"statusCode": 401, "success": false, "message": "Unauthorized", "stack": {}}).to_string(),
+        ),
+        Mode::Gateway { status } => full(
+            status,
+            "text/html",
+            format!("<html><body><h1>{status} Gateway</h1>nginx</body></html>"),
         ),
         Mode::Fail => full(
             500,
