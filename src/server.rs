@@ -232,7 +232,9 @@ where
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            // An answer's head and body in one buffer, one `write` (see `proxy::upstream::pool`).
+            .writev(false);
         builder.http2().timer(TokioTimer::new());
         Self {
             handler,
