@@ -116,7 +116,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            telemetry::init(config.log_format);
+            if let Err(error) = telemetry::init(config.log_format) {
+                eprintln!("flowgate: invalid configuration: {error}");
+                return ExitCode::from(2);
+            }
             telemetry::install_crypto_provider();
             match start(config) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -11,13 +11,15 @@ use std::cell::RefCell;
 use std::io::Write;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. Call once, first thing in `main`.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber. Call once, first thing in `main`. Refuses a `RUST_LOG` that
+/// does not parse, or that would log nothing by mistake ([`filter`]).
+pub fn init(format: LogFormat) -> Result<(), String> {
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref())?;
     // Colours only on a terminal: a log collector reading a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -32,6 +34,27 @@ pub fn init(format: LogFormat) {
             .init(),
         LogFormat::Text => builder.init(),
     }
+    Ok(())
+}
+
+/// The filter `RUST_LOG` asks for (`info` when unset or empty). A word alone that is not a
+/// level is refused: `tracing` reads `warning` (Python's spelling) or `inf` as a *target* to
+/// log at `trace`, and since no target has that name, nothing at all would be logged — errors
+/// and the decision lines included — without a word. (`flowgate=trace` still names a target.)
+pub fn filter(raw: Option<&str>) -> Result<EnvFilter, String> {
+    let raw = raw.map(str::trim).filter(|r| !r.is_empty()).unwrap_or("info");
+    for directive in raw.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains(['=', '[']);
+        if bare && directive.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "RUST_LOG '{raw}': '{directive}' is not a level (off, error, warn, info, debug, \
+                 trace); one target's level is target=level (info,flowgate=debug)"
+            ));
+        }
+    }
+    EnvFilter::builder()
+        .parse(raw)
+        .map_err(|e| format!("RUST_LOG '{raw}': {e}"))
 }
 
 /// Installs rustls' ring provider as the process default, for reqwest (kube picks ring itself).
@@ -180,6 +203,29 @@ mod tests {
             lines.push(b"last words\n");
         }
         assert_eq!(out, b"last words\n");
+    }
+
+    #[test]
+    fn a_log_filter_that_would_log_nothing_by_mistake_is_refused() {
+        for fine in [
+            None,
+            Some(""),
+            Some("warn"),
+            Some("WARN"),
+            Some("info,flowgate=debug"),
+            Some("flowgate::proxy=trace"),
+            Some("debug,hyper=off"),
+        ] {
+            assert!(filter(fine).is_ok(), "{fine:?}");
+        }
+        for (wrong, why) in [
+            ("warning", "'warning' is not a level"),
+            ("inf", "'inf' is not a level"),
+            ("info,flowgate=verbose", "RUST_LOG 'info,flowgate=verbose'"),
+        ] {
+            let refused = filter(Some(wrong)).expect_err(wrong);
+            assert!(refused.contains(why), "{wrong}: {refused}");
+        }
     }
 
     #[derive(Debug, thiserror::Error)]
