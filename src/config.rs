@@ -343,12 +343,14 @@ impl Config {
             identity: claim_mapping(&args.user_claims, &args.groups_claim, &args.admin_claim)?,
             import_namespace: non_empty(args.import_namespace),
             // Also each Chatflow's requeue: kube-runtime's scheduler panics on a deadline past
-            // about two years.
+            // about two years, and below a few seconds every Chatflow would ask Flowise and
+            // write its status many times a second.
             sync_interval: at_most(
                 "FLOWGATE_SYNC_INTERVAL",
-                positive(
+                at_least(
                     "FLOWGATE_SYNC_INTERVAL",
                     duration("FLOWGATE_SYNC_INTERVAL", &args.sync_interval)?,
+                    MIN_SYNC_INTERVAL,
                 )?,
                 Duration::from_secs(24 * 3600),
             )?,
@@ -457,6 +459,8 @@ impl LedgerUrl {
     }
 }
 
+/// The shortest `FLOWGATE_SYNC_INTERVAL`.
+const MIN_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest `FLOWGATE_UPSTREAM_TIMEOUT`: 14 minutes, inside the reservation's 15.
 pub const MAX_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(14 * 60);
 
@@ -623,6 +627,19 @@ fn at_most(setting: &'static str, value: Duration, max: Duration) -> Result<Dura
     if value > max {
         let max = jiff::SignedDuration::try_from(max).unwrap_or(jiff::SignedDuration::MAX);
         Err(invalid(setting, format!("must be at most {max:#}")))
+    } else {
+        Ok(value)
+    }
+}
+
+fn at_least(
+    setting: &'static str,
+    value: Duration,
+    min: Duration,
+) -> Result<Duration, ConfigError> {
+    if value < min {
+        let min = jiff::SignedDuration::try_from(min).unwrap_or(jiff::SignedDuration::MAX);
+        Err(invalid(setting, format!("must be at least {min:#}")))
     } else {
         Ok(value)
     }

@@ -178,6 +178,7 @@ fn a_bad_value_names_its_setting() {
         (&["--resources-recursive"], "FLOWGATE_RESOURCES_RECURSIVE"),
         (&["--sync-interval", "soon"], "FLOWGATE_SYNC_INTERVAL"),
         (&["--sync-interval", "0s"], "FLOWGATE_SYNC_INTERVAL"),
+        (&["--sync-interval", "100ms"], "FLOWGATE_SYNC_INTERVAL"),
         (&["--sync-interval", "25h"], "FLOWGATE_SYNC_INTERVAL"),
         (&["--jwt-leeway", "30m"], "FLOWGATE_JWT_LEEWAY"),
         (&["--upstream-timeout", "0s"], "FLOWGATE_UPSTREAM_TIMEOUT"),
