@@ -115,6 +115,12 @@ impl Threads {
                             };
                             connections.adopt(handed);
                         }
+                        // Connections accepted and handed over but not yet taken: served (and
+                        // closed by the drain) rather than left unanswered until the thread ends.
+                        rx.close();
+                        while let Ok(handed) = rx.try_recv() {
+                            connections.adopt(handed);
+                        }
                         connections.drain(drain).await;
                         background.close();
                         if tokio::time::timeout(drain, background.wait())
