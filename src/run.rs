@@ -22,6 +22,9 @@ use crate::server;
 
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN_PERIOD: Duration = Duration::from_secs(25);
+/// How long the ledger's queued writes are waited for at shutdown ([`ledger::CreditLedger::close`];
+/// PostgreSQL then takes up to 2 s more to let go of the replica's chat turns).
+const LEDGER_CLOSE: Duration = Duration::from_secs(1);
 
 /// Why `flowgate run` could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -360,6 +363,11 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     tracing::info!("shutting down: draining in-flight requests");
     for task in tasks {
         let _ = task.await;
+    }
+    // Nothing charges the ledger now; what the drain queued (refunds of requests it cut, the
+    // ends of their chats' turns) is written before the runtime, and its tasks, go.
+    if let Err(error) = ledger.close(LEDGER_CLOSE).await {
+        tracing::warn!(%error, "closing the credits ledger");
     }
     if threads_stopped.load(std::sync::atomic::Ordering::Acquire) {
         return Err(RunError::ThreadStopped);

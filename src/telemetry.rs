@@ -42,7 +42,10 @@ pub fn init(format: LogFormat) -> Result<(), String> {
 /// log at `trace`, and since no target has that name, nothing at all would be logged — errors
 /// and the decision lines included — without a word. (`flowgate=trace` still names a target.)
 pub fn filter(raw: Option<&str>) -> Result<EnvFilter, String> {
-    let raw = raw.map(str::trim).filter(|r| !r.is_empty()).unwrap_or("info");
+    let raw = raw
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .unwrap_or("info");
     for directive in raw.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let bare = !directive.contains(['=', '[']);
         if bare && directive.parse::<LevelFilter>().is_err() {

@@ -177,6 +177,14 @@ pub trait CreditLedger: Send + Sync {
         let _ = turn;
     }
 
+    /// At shutdown, once nothing charges it any more: finishes what is queued (the refunds of
+    /// requests cut by the drain) and lets go of what this replica holds in the ledger (chat
+    /// turns), within `limit`. Nothing to do by default.
+    fn close(&self, limit: std::time::Duration) -> LedgerFuture<'_, ()> {
+        let _ = limit;
+        Box::pin(async { Ok(()) })
+    }
+
     /// Marks reservations whose `created + ttl` is at or before `now` as expired (they stay
     /// charged) and returns how many there were.
     fn sweep(&self, now: Timestamp) -> LedgerFuture<'_, u64>;

@@ -53,7 +53,7 @@ pub(super) struct PostgresLedger {
     pool: Arc<Pool>,
     /// Rate allowances and chat turns.
     shared: shared::Shared,
-    ops: tokio::sync::mpsc::Sender<batch::Op>,
+    writers: batch::Writers,
 }
 
 impl PostgresLedger {
@@ -63,11 +63,11 @@ impl PostgresLedger {
         let mut config: tokio_postgres::Config = url.parse()?;
         config.ssl_mode(tls.ssl_mode());
         let pool = Arc::new(Pool::connect(config.clone(), tls.clone()).await?);
-        let ops = batch::spawn(Arc::clone(&pool));
+        let writers = batch::spawn(Arc::clone(&pool));
         Ok(Self {
             pool,
             shared: shared::Shared::new(config, tls),
-            ops,
+            writers,
         })
     }
 }
@@ -77,13 +77,14 @@ impl CreditLedger for PostgresLedger {
         Box::pin(async move {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let now = request.now;
-            self.ops
+            self.writers
+                .queue
                 .send(batch::Op::Reserve(request, reply))
                 .await
                 .map_err(|_| LedgerError::Stopped)?;
             let mut unread = Unread {
                 answer: Some(answer),
-                ops: &self.ops,
+                ops: &self.writers.queue,
                 now,
             };
             let answer = unread.answer.as_mut().ok_or(LedgerError::Stopped)?;
@@ -134,6 +135,15 @@ impl CreditLedger for PostgresLedger {
 
     fn end_turn(&self, turn: u64) {
         self.shared.end_turn(turn);
+    }
+
+    fn close(&self, limit: Duration) -> LedgerFuture<'_, ()> {
+        Box::pin(async move {
+            if !self.writers.drained(limit).await {
+                tracing::warn!(?limit, "ledger operations still queued at shutdown");
+            }
+            self.shared.end_all_turns().await
+        })
     }
 
     fn sweep(&self, now: Timestamp) -> LedgerFuture<'_, u64> {
@@ -335,7 +345,8 @@ impl PostgresLedger {
         op: impl FnOnce(batch::Reply<T>) -> batch::Op,
     ) -> Result<T, LedgerError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.ops
+        self.writers
+            .queue
             .send(op(reply))
             .await
             .map_err(|_| LedgerError::Stopped)?;

@@ -428,6 +428,17 @@ async fn replicas_share_one_rate_allowance_per_key() {
         );
     }
     assert_eq!(admitted.len(), 10, "10 a minute, however many replicas");
+    // 7 a minute is no whole number of microseconds (the database counts 8,571,429 each): the
+    // first take of a fresh key is still exactly one of the caller's intervals ahead, which
+    // the allowance headers count in (6 left, the next in 9 s).
+    let seventh = Duration::from_nanos(60_000_000_000 / 7);
+    let take = replicas[0]
+        .take_rate("team-a/limited user:dave", seventh, seventh * 6)
+        .await
+        .expect("take")
+        .expect("shared");
+    assert!(take.admitted);
+    assert_eq!(take.ahead, seventh);
     // Each admitted take moved the instant 6 s on, also those a replica took in one statement.
     admitted.sort();
     for (ahead, whole) in admitted.iter().zip((6..).step_by(6)) {
@@ -683,5 +694,59 @@ async fn a_turn_given_up_on_ends() {
                 None => panic!("PostgreSQL shares turns"),
             }
         }
+    }
+}
+
+/// A replica closing at shutdown writes what its writers still have queued (the refunds of
+/// requests the drain cut), and lets go of its chat turns at once rather than after their
+/// lease: a chat whose stream was cut is free on the other replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_replica_finishes_its_queue_and_lets_go_of_its_turns() {
+    use flowgate::ledger::SharedTurn;
+
+    let store = crate::support::postgres("replicas_close").await;
+    let (a, b) = (store.open().await, store.open().await);
+    let Some(SharedTurn::Taken(_)) = a.begin_turn("chat-1").await.expect("asked") else {
+        panic!("a free chat is taken");
+    };
+    assert_eq!(
+        b.begin_turn("chat-1").await.expect("asked"),
+        Some(SharedTurn::Busy)
+    );
+    let make = |i: usize| request(&format!("user-{i}"), vec![line(POLICY, "*", 1_000, 1)]);
+    a.reserve(make(0)).await.expect("the bucket exists");
+    // The bucket's row held by someone else: the writers' batches wait behind it.
+    let holder = store.sql().await;
+    holder
+        .batch_execute("BEGIN; SELECT * FROM buckets FOR UPDATE")
+        .await
+        .expect("locked");
+    let queued: Vec<_> = (1..=20)
+        .map(|i| {
+            let (a, request) = (a.clone(), make(i));
+            tokio::spawn(async move { a.reserve(request).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        holder.batch_execute("COMMIT").await.expect("released");
+    });
+    a.close(Duration::from_secs(5)).await.expect("closed");
+    assert_eq!(
+        store.count("SELECT count(*) FROM reservations").await,
+        21,
+        "every reserve queued before the close is written when it returns"
+    );
+    assert!(
+        matches!(
+            b.begin_turn("chat-1").await.expect("asked"),
+            Some(SharedTurn::Taken(_))
+        ),
+        "the closing replica's turn is gone"
+    );
+    release.await.expect("released");
+    for task in queued {
+        task.await.expect("task").expect("reserved");
     }
 }

@@ -36,6 +36,8 @@ pub(super) mod unanswered;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -63,33 +65,86 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
 pub(super) enum Op {
     Reserve(ReserveRequest, Reply<ReserveOutcome>),
     Close(ReservationId, Close, Timestamp, Reply<Resolution>),
+    /// Answered once its batch, and so every operation queued before it, is done with
+    /// ([`Writers::drained`]).
+    Flush(oneshot::Sender<()>),
 }
 
-/// Starts the writers; they end when the returned sender (the ledger) is dropped.
-pub(super) fn spawn(pool: Arc<Pool>) -> mpsc::Sender<Op> {
+/// The writers' queue, and how many batches they are running.
+pub(super) struct Writers {
+    pub queue: mpsc::Sender<Op>,
+    busy: Arc<AtomicUsize>,
+}
+
+/// Starts the writers; they end when the returned queue (the ledger) is dropped.
+pub(super) fn spawn(pool: Arc<Pool>) -> Writers {
     let (queue, waiting) = mpsc::channel(QUEUE);
     let waiting = Arc::new(Mutex::new(waiting));
+    let busy = Arc::new(AtomicUsize::new(0));
     for _ in 0..WRITERS {
         let requeue = queue.downgrade();
-        tokio::spawn(write(Arc::clone(&pool), Arc::clone(&waiting), requeue));
+        tokio::spawn(write(
+            Arc::clone(&pool),
+            Arc::clone(&waiting),
+            Arc::clone(&busy),
+            requeue,
+        ));
     }
-    queue
+    Writers { queue, busy }
+}
+
+impl Writers {
+    /// Waits until every operation queued so far is committed (or failed) and answered — the
+    /// refunds of requests cut at shutdown among them — for at most `limit`. Whether it was.
+    pub(super) async fn drained(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            let (done, flushed) = oneshot::channel();
+            if self.queue.send(Op::Flush(done)).await.is_ok() {
+                let _ = flushed.await;
+            }
+            // A batch the other writer took before the flush's is counted busy: it was
+            // counted before the flush's writer could take the queue. Operations queued since
+            // (a refund of a reserve whose caller left) count too, once taken; an empty queue
+            // seen twice lets one just taken be counted.
+            let mut idle = 0;
+            while idle < 2 {
+                let empty = self.queue.capacity() == self.queue.max_capacity()
+                    && self.busy.load(Ordering::SeqCst) == 0;
+                idle = if empty { idle + 1 } else { 0 };
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
 }
 
 /// Takes what queued while it was busy, commits it, and again. `requeue` queues the refunds of
-/// reservations whose callers went away while their batch ran.
+/// reservations whose callers went away while their batch ran. A batch taken is counted in
+/// `busy` before the queue is let go, until it is answered.
 async fn write(
     pool: Arc<Pool>,
     waiting: Arc<Mutex<mpsc::Receiver<Op>>>,
+    busy: Arc<AtomicUsize>,
     requeue: mpsc::WeakSender<Op>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        let taken = waiting.lock().await.recv_many(&mut batch, MAX_BATCH).await;
+        let taken = {
+            let mut waiting = waiting.lock().await;
+            let taken = waiting.recv_many(&mut batch, MAX_BATCH).await;
+            busy.fetch_add(1, Ordering::SeqCst);
+            taken
+        };
         if taken == 0 {
+            busy.fetch_sub(1, Ordering::SeqCst);
             return;
         }
-        commit(&pool, std::mem::take(&mut batch), &requeue).await;
+        let flushes = commit(&pool, std::mem::take(&mut batch), &requeue).await;
+        busy.fetch_sub(1, Ordering::SeqCst);
+        for flushed in flushes {
+            let _ = flushed.send(());
+        }
     }
 }
 
@@ -127,12 +182,19 @@ struct Closing {
     now: Timestamp,
 }
 
-/// Runs the batch and answers each caller once the batch is durable.
-async fn commit(pool: &Pool, batch: Vec<Op>, requeue: &mpsc::WeakSender<Op>) {
+/// Runs the batch and answers each caller once the batch is durable; returns its flushes, to
+/// answer.
+async fn commit(
+    pool: &Pool,
+    batch: Vec<Op>,
+    requeue: &mpsc::WeakSender<Op>,
+) -> Vec<oneshot::Sender<()>> {
     let mut reserves = Vec::new();
     let mut closes = Vec::new();
+    let mut flushes = Vec::new();
     for op in batch {
         match op {
+            Op::Flush(done) => flushes.push(done),
             // Its caller went away while it queued (a client gone while the database was slow):
             // nothing is charged, rather than charged and refunded after the backlog, holding
             // budgets meanwhile that live callers would be refused for.
@@ -183,6 +245,7 @@ async fn commit(pool: &Pool, batch: Vec<Op>, requeue: &mpsc::WeakSender<Op>) {
     for ((_, reply), answer) in closes.into_iter().zip(answers.1) {
         let _ = reply.send(answer);
     }
+    flushes
 }
 
 /// Each caller's answer: reserves in queue order, then closes in queue order.

@@ -67,8 +67,22 @@ impl Rates {
                 reply,
             })
             .map_err(|_| LedgerError::Stopped)?;
-        answer.await.map_err(|_| LedgerError::Stopped)?
+        let take = answer.await.map_err(|_| LedgerError::Stopped)??;
+        Ok(RateTake {
+            ahead: in_intervals(take.ahead, every, interval),
+            ..take
+        })
     }
+}
+
+/// `ahead` as the database counts it (each request `every` whole microseconds, `interval`
+/// rounded up) in the caller's exact `interval`s: the allowance left is the number of
+/// intervals that fit, and 7 a minute (8,571,428,571 ns, 8,571,429 µs in the database) would
+/// otherwise read one request fewer, and the next in 426 ns, after the first.
+fn in_intervals(ahead: Duration, every: i64, interval: Duration) -> Duration {
+    let every = u128::try_from(every).unwrap_or(1).max(1);
+    let nanos = ahead.as_micros().saturating_mul(interval.as_nanos()) / every;
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 /// Takes what is asked on `queue`, a round trip at a time for all that queued, until it closes.
@@ -272,6 +286,22 @@ mod tests {
         );
         // A lone request: as one take alone.
         assert_eq!(taken(10, 1, 1), [(true, 10)]);
+    }
+
+    #[test]
+    fn the_databases_microseconds_are_read_as_the_callers_intervals() {
+        let interval = Duration::from_nanos(60_000_000_000 / 7);
+        let every = every(interval);
+        assert_eq!(every, 8_571_429);
+        // After the first request of a full allowance: one interval ahead, exactly.
+        assert_eq!(in_intervals(duration(every), every, interval), interval);
+        assert_eq!(
+            in_intervals(duration(6 * every), every, interval),
+            interval * 6
+        );
+        // Whole microseconds stay what they are.
+        let second = Duration::from_secs(1);
+        assert_eq!(in_intervals(second * 3, 1_000_000, second), second * 3);
     }
 
     #[test]

@@ -40,6 +40,8 @@ const OPS_PER_ROUND: usize = 256;
 
 pub(super) struct Shared {
     rates: Rates,
+    pool: Arc<Pool>,
+    replica: Arc<str>,
     next_turn: AtomicU64,
     /// Turns to take and to end, for [`turns`].
     turns: mpsc::UnboundedSender<TurnOp>,
@@ -61,9 +63,16 @@ impl Shared {
         let pool = Arc::new(Pool::lazy(config, tls, POOL_SIZE));
         let replica: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         let (turns_tx, queue) = mpsc::unbounded_channel();
-        tokio::spawn(turns(pool.clone(), replica, queue, turns_tx.downgrade()));
+        tokio::spawn(turns(
+            pool.clone(),
+            replica.clone(),
+            queue,
+            turns_tx.downgrade(),
+        ));
         Self {
-            rates: Rates::new(pool),
+            rates: Rates::new(pool.clone()),
+            pool,
+            replica,
             next_turn: AtomicU64::new(1),
             turns: turns_tx,
         }
@@ -95,6 +104,18 @@ impl Shared {
     pub(super) fn end_turn(&self, turn: u64) {
         // Closed only once this is dropped: nothing is left to end then but leases.
         let _ = self.turns.send(TurnOp::End(turn));
+    }
+
+    /// Ends every turn of this replica's, at once: it stops, and no prediction of its is left.
+    /// Otherwise a chat whose stream was cut at shutdown would answer `chat_busy` on the other
+    /// replicas for the lease's minute.
+    pub(super) async fn end_all_turns(&self) -> Result<(), LedgerError> {
+        tokio::time::timeout(
+            ROUND_LIMIT,
+            renew_turns(&self.pool, &self.replica, &HashSet::new()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(gave_up()))
     }
 }
 
