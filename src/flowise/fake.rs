@@ -15,6 +15,8 @@ pub(crate) struct FakeFlowise {
     chatflows: Mutex<Vec<FlowiseChatflow>>,
     next_id: AtomicUsize,
     down: AtomicBool,
+    /// Listings never answer.
+    hung: AtomicBool,
     /// Creates go unanswered (a timeout) and land only when [`FakeFlowise::land`] says.
     late: AtomicBool,
     landing: Mutex<Vec<FlowiseChatflow>>,
@@ -57,6 +59,11 @@ impl FakeFlowise {
     /// From now on every call fails as if Flowise were down (503).
     pub(crate) fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// From now on listings never answer (a Flowise that accepts and hangs).
+    pub(crate) fn set_hung(&self, hung: bool) {
+        self.hung.store(hung, Ordering::SeqCst);
     }
 
     /// From now on creates time out, and what they create lands at the next [`Self::land`].
@@ -113,6 +120,9 @@ fn merge(target: &mut FlowiseChatflow, write: &ChatflowWrite) {
 
 impl FlowiseApi for FakeFlowise {
     fn list(&self) -> BoxFuture<'_, Result<Vec<FlowiseChatflow>, FlowiseError>> {
+        if self.hung.load(Ordering::SeqCst) {
+            return futures::future::pending().boxed();
+        }
         let result = self.check_up().map(|()| self.all());
         async move { result }.boxed()
     }

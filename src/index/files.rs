@@ -36,6 +36,10 @@ pub use walk::ResourcesDir;
 /// How soon a failed Flowise listing is tried again.
 const LISTING_RETRY: Duration = Duration::from_secs(5);
 
+/// How long a reload waits for Flowise's listing when it has one to fall back on: a change of
+/// the files (a grant taken away) must not wait for a Flowise that does not answer.
+const LISTING_WAIT: Duration = Duration::from_secs(2);
+
 /// The largest file read: a dump or a log named `*.yaml` is reported, not read every second.
 const MAX_FILE: u64 = 64 << 20;
 
@@ -531,7 +535,15 @@ pub fn spawn(
                 for problem in &problems {
                     tracing::warn!(dir = %dir.path.display(), "{problem}");
                 }
-                let list = match flowise.list().await {
+                let listing = async {
+                    if listed.is_none() {
+                        return flowise.list().await;
+                    }
+                    tokio::time::timeout(LISTING_WAIT, flowise.list())
+                        .await
+                        .unwrap_or(Err(crate::flowise::FlowiseError::Timeout(LISTING_WAIT)))
+                };
+                let list = match listing.await {
                     Ok(list) => Ok(&**listed.insert(list)),
                     Err(error) => {
                         next_sync = Instant::now() + LISTING_RETRY.min(resync);

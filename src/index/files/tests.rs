@@ -466,6 +466,18 @@ async fn a_failed_flowise_listing_keeps_the_last_one() {
     write(dir.path(), "more.yaml", "# nothing yet\n");
     published.changed().await.expect("publisher alive");
     assert!(ready(&handle), "still served from the last listing");
+    // A Flowise that does not answer at all holds a change up for a moment, not for its
+    // request timeout: what the files take away is taken away.
+    fake.set_down(false);
+    fake.set_hung(true);
+    std::fs::remove_file(dir.path().join("bot.yaml")).expect("remove");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while handle.load().chatflow_by_name("team", "bot").is_some() {
+            published.changed().await.expect("publisher alive");
+        }
+    })
+    .await
+    .expect("the removal served without Flowise's listing");
     shutdown.cancel();
 }
 
