@@ -16,18 +16,25 @@ dev="$FLOWGATE_CACHE/dev"
 mkdir -p "$dev"
 
 say() { printf '[dev] %s\n' "$*" >&2; }
+# shellcheck source=lib/checkout.sh
+. "$root/scripts/lib/checkout.sh"
 
 scripts/local-cluster.sh start >&2
-eval "$(scripts/local-cluster.sh env)"
+use_env scripts/local-cluster.sh
 scripts/flowise.sh start >&2
-eval "$(scripts/flowise.sh env)"
+use_env scripts/flowise.sh
 
 say "building flowgate"
+same_checkout "$root"
 cargo build --quiet --bin flowgate
 bin="$CARGO_TARGET_DIR/debug/flowgate"
 
 say "installing CRDs and the team-a examples"
-"$bin" crd | kubectl apply --server-side --field-manager flowgate-dev -f - >/dev/null
+# Forced: the tests apply the same fields under a manager of their own.
+"$bin" crd | kubectl apply --server-side --force-conflicts --field-manager flowgate-dev -f - >/dev/null
+# Objects of a kind whose CRD is not served yet are refused ("no matches for kind").
+kubectl wait --for condition=established --timeout=60s \
+  crd/chatflows.flowgate.io crd/chatflowaccesses.flowgate.io crd/creditpolicies.flowgate.io >/dev/null
 kubectl get namespace team-a >/dev/null 2>&1 || kubectl create namespace team-a >/dev/null
 kubectl get namespace apps >/dev/null 2>&1 || kubectl create namespace apps >/dev/null
 
@@ -76,6 +83,7 @@ cat >&2 <<MSG
 [dev] flowgate is starting on http://$listen (ops: http://$ops/readyz, /metrics).
 [dev] A token for alice@example.com is in $dev/alice.token. Try:
 
+  eval "\$($root/scripts/local-cluster.sh env)"   # kubectl for the local cluster
   TOKEN=\$(cat $dev/alice.token)
   kubectl get chatflows,chatflowaccesses,creditpolicies -n team-a
   curl -s -H "Authorization: Bearer \$TOKEN" http://$listen/api/v1/chatflows

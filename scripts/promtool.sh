@@ -23,8 +23,13 @@ setup() {
   log "extracting promtool from Debian's prometheus package (once)"
   # apt-get download writes into the current directory; `_apt` may not write to a root-owned
   # mktemp directory, which apt only warns about.
+  # The package lists may be missing (a slim image): updated, as root, and then it is said why
+  # the download failed.
+  local sudo=()
+  [[ $EUID -eq 0 ]] || sudo=(sudo)
   (cd "$scratch" && apt-get download prometheus >/dev/null 2>&1) ||
-    { apt-get update -qq >/dev/null && (cd "$scratch" && apt-get download prometheus >/dev/null 2>&1); }
+    { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
+      (cd "$scratch" && apt-get download prometheus >/dev/null); }
   dpkg-deb -x "$scratch"/prometheus_*.deb "$scratch/root"
   mkdir -p "$(dirname "$BIN")"
   install -m 0755 "$scratch/root/usr/bin/promtool" "$BIN"

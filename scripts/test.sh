@@ -40,32 +40,24 @@ trim() { # DIR BUDGET_GB
 trim "$CARGO_TARGET_DIR/debug" "$budget_gb"
 trim "$FLOWGATE_CACHE/fuzz-target" $((budget_gb / 2))
 
-# Two checkouts sharing this target dir (a CI clone and a working copy) confuse cargo: it keeps
-# source paths relative to the package, so a binary built in the other checkout looks fresh
-# when its sources are older, yet its `env!("CARGO_MANIFEST_DIR")` still names the other tree
-# (a fixture then reads a file that is not there). Rebuild flowgate itself on a switch.
-checkout_stamp=$CARGO_TARGET_DIR/flowgate-checkout
-if [[ -f $checkout_stamp && $(<"$checkout_stamp") != "$root" ]]; then
-  step "the target dir was last built from $(<"$checkout_stamp"): rebuilding flowgate's own crates"
-  cargo clean --locked -p flowgate
-fi
-mkdir -p "$CARGO_TARGET_DIR"
-printf '%s\n' "$root" >"$checkout_stamp"
+# shellcheck source=lib/checkout.sh
+. "$root/scripts/lib/checkout.sh"
+same_checkout "$root"
 
 step "local API server"
 scripts/local-cluster.sh start
-eval "$(scripts/local-cluster.sh env)"
+use_env scripts/local-cluster.sh
 # What interrupted runs left behind (there is no garbage collector here); an hour old at least,
 # so a run going on beside this one keeps its releases.
 scripts/local-cluster.sh prune
 
 step "PostgreSQL"
 scripts/postgres.sh start
-eval "$(scripts/postgres.sh env)"
+use_env scripts/postgres.sh
 
 step "Flowise"
 scripts/flowise.sh start
-eval "$(scripts/flowise.sh env)"
+use_env scripts/flowise.sh
 
 step "Helm (helm-sdkpy venv)"
 scripts/helm.sh setup
@@ -78,7 +70,7 @@ scripts/schemathesis.sh setup
 
 step "promtool (from Debian's prometheus package)"
 scripts/promtool.sh setup
-eval "$(scripts/promtool.sh env)"
+use_env scripts/promtool.sh
 
 step "Official Flowise clients (npm flowise-sdk, PyPI flowise)"
 scripts/clients.sh setup
