@@ -17,6 +17,7 @@ mod chatflow;
 mod claims;
 pub mod credits_status;
 mod leader;
+mod names;
 mod policy;
 mod sync;
 mod unreadable;
@@ -322,6 +323,7 @@ impl Controller {
             let (accesses, policies) = (access_controller.store(), policy_controller.store());
             let store = ctx.chatflows.clone();
             let mut claims = claims::Claims::default();
+            let mut names = names::Names::default();
             let events = reflector::reflector(
                 writer,
                 watcher(self.api::<Lenient<Chatflow>>(), watcher_config())
@@ -332,14 +334,11 @@ impl Controller {
             events.for_each(move |event| {
                 match event {
                     Ok(event) => {
-                        if let watcher::Event::Apply(cf)
-                        | watcher::Event::Delete(cf)
-                        | watcher::Event::InitApply(cf) = &event
-                        {
-                            for access in same_namespace(&accesses, cf) {
+                        for namespace in names.after(&event) {
+                            for access in in_namespace(&accesses, &namespace) {
                                 let _ = access_refs.unbounded_send(access);
                             }
-                            for policy in same_namespace(&policies, cf) {
+                            for policy in in_namespace(&policies, &namespace) {
                                 let _ = policy_refs.unbounded_send(policy);
                             }
                         }
@@ -484,18 +483,14 @@ fn controller<K: crate::crd::Watched>(api: Api<Lenient<K>>) -> KubeController<Le
 
 /// Every object of `store` in the namespace of `cf`: a Chatflow appearing or going away changes
 /// how rules in its namespace resolve.
-fn same_namespace<K>(
-    store: &Store<K>,
-    cf: &Lenient<Chatflow>,
-) -> Vec<kube::runtime::reflector::ObjectRef<K>>
+fn in_namespace<K>(store: &Store<K>, ns: &str) -> Vec<kube::runtime::reflector::ObjectRef<K>>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
-    let ns = cf.namespace();
     store
         .state()
         .iter()
-        .filter(|obj| obj.namespace() == ns)
+        .filter(|obj| obj.namespace().as_deref() == Some(ns))
         .map(|obj| kube::runtime::reflector::ObjectRef::from_obj(obj.as_ref()))
         .collect()
 }
