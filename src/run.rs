@@ -142,6 +142,32 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             Verifier::new(&config.jwt, &config.identity, sa_client)
         })
         .transpose()?;
+    // The token endpoint's client secret, and Flowise's client for resources from files: also
+    // before the ledger is opened, for the same reason.
+    let token_client = match (&config.token_client_id, config.proxy) {
+        (Some(id), true) => Some(crate::proxy::compat::TokenClient {
+            id: id.clone(),
+            secret: SecretFile::watched(
+                config.token_client_secret_file.as_deref(),
+                "FLOWGATE_TOKEN_CLIENT_SECRET_FILE",
+                crate::secret_file::text,
+                &shutdown,
+            )?,
+            secret_in_form: config.token_client_secret_in_form,
+        }),
+        _ => None,
+    };
+    let files_flowise = match (&config.resources_dir, config.proxy) {
+        (Some(_), true) => Some(
+            crate::flowise::FlowiseClient::from_config(&config, flowise_key.clone()).map_err(
+                |e| ConfigError {
+                    setting: "FLOWGATE_FLOWISE_URL",
+                    problem: e.to_string(),
+                },
+            )?,
+        ),
+        _ => None,
+    };
 
     // One ledger for both parts: the proxy charges it, the controller reports usage from it.
     let ledger_gate = health.gate("ledger");
@@ -171,8 +197,8 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     };
 
     if let Some(verifier) = verifier {
-        let snapshot = match (&client, &config.resources_dir) {
-            (Some(_), _) => {
+        let snapshot = match (&client, &config.resources_dir, files_flowise) {
+            (Some(_), _, _) => {
                 index::watch::spawn(
                     index::watch::client().await.map_err(RunError::Kube)?,
                     health.gate("index"),
@@ -181,22 +207,14 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
                 )
                 .1
             }
-            (None, Some(dir)) => {
-                let flowise =
-                    crate::flowise::FlowiseClient::from_config(&config, flowise_key.clone())
-                        .map_err(|e| ConfigError {
-                            setting: "FLOWGATE_FLOWISE_URL",
-                            problem: e.to_string(),
-                        })?;
-                index::files::spawn(
-                    dir.clone(),
-                    Arc::new(flowise),
-                    config.sync_interval,
-                    health.gate("index"),
-                    shutdown.clone(),
-                )
-            }
-            (None, None) => unreachable!("a client exists unless resources come from files"),
+            (None, Some(dir), Some(flowise)) => index::files::spawn(
+                dir.clone(),
+                Arc::new(flowise),
+                config.sync_interval,
+                health.gate("index"),
+                shutdown.clone(),
+            ),
+            (None, _, _) => unreachable!("a client exists unless resources come from files"),
         };
         let reviews = metrics.clone();
         verifier.observe_reviews(move |outcome| reviews.token_review(outcome));
@@ -273,19 +291,7 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             keys: ApiKeys::new(client.clone()),
             metrics: metrics.clone(),
             token_endpoint: config.token_endpoint_url.clone(),
-            token_client: match &config.token_client_id {
-                Some(id) => Some(crate::proxy::compat::TokenClient {
-                    id: id.clone(),
-                    secret: SecretFile::watched(
-                        config.token_client_secret_file.as_deref(),
-                        "FLOWGATE_TOKEN_CLIENT_SECRET_FILE",
-                        crate::secret_file::text,
-                        &shutdown,
-                    )?,
-                    secret_in_form: config.token_client_secret_in_form,
-                }),
-                None => None,
-            },
+            token_client,
             // The token endpoint's client: a redirect is refused, not followed (a 307 would
             // send the caller's password and flowgate's client secret on to wherever it points).
             http: reqwest::Client::builder()

@@ -80,12 +80,33 @@ fn run_refuses_unusable_settings_before_opening_the_ledger() {
             std::path::Path::new("flowgate"),
         ),
     ];
+    let missing = dir.path().join("missing");
+    let unreadable_client_secret: &[(&str, &std::path::Path)] = &[
+        ("FLOWGATE_JWT_HS256_SECRET_FILE", &secret),
+        (
+            "FLOWGATE_TOKEN_ENDPOINT_URL",
+            std::path::Path::new("http://127.0.0.1:9/token"),
+        ),
+        ("FLOWGATE_TOKEN_CLIENT_ID", std::path::Path::new("flowgate")),
+        ("FLOWGATE_TOKEN_CLIENT_SECRET_FILE", &missing),
+    ];
+    let logging_nothing: &[(&str, &std::path::Path)] = &[
+        ("FLOWGATE_JWT_HS256_SECRET_FILE", &secret),
+        ("RUST_LOG", std::path::Path::new("warning")),
+    ];
     for (settings, named) in [
         (no_key, "FLOWGATE_JWKS_URL"),
         (secret_and_audience, "FLOWGATE_SERVICE_ACCOUNT_AUDIENCE"),
+        (
+            unreadable_client_secret,
+            "FLOWGATE_TOKEN_CLIENT_SECRET_FILE",
+        ),
+        (logging_nothing, "RUST_LOG"),
     ] {
         let mut command = Command::new(env!("CARGO_BIN_EXE_flowgate"));
-        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("FLOWGATE_")) {
+        for (name, _) in
+            std::env::vars().filter(|(n, _)| n.starts_with("FLOWGATE_") || n == "RUST_LOG")
+        {
             command.env_remove(name);
         }
         let out = command
