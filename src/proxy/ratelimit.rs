@@ -160,7 +160,7 @@ impl RateLimiter {
     ) -> Result<Allowance, Refused> {
         let per = rate.per.duration();
         let interval = interval(rate);
-        let key = format!("{}/{} {subject}", access.0, access.1);
+        let key = shared_key(access, subject);
         let burst = per.saturating_sub(interval);
         let shared = self
             .shared
@@ -240,6 +240,21 @@ impl RateLimiter {
 
 /// The time one request of `rate` takes: at least a nanosecond (`requests` over a billion a
 /// `Second` would divide to none, and nothing would be limited).
+/// The key of `subject`'s allowance under `access` where replicas share it: a primary key in
+/// PostgreSQL, whose index refuses a row past about 2.7 KB, and one statement takes every
+/// replica's keys at once. A subject that long (a token's claim is the caller's to choose) is
+/// kept as its digest, so it cannot fail everyone's takes.
+fn shared_key(access: (&str, &str), subject: &str) -> String {
+    const LONGEST: usize = 512;
+    if subject.len() <= LONGEST {
+        format!("{}/{} {subject}", access.0, access.1)
+    } else {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(subject.as_bytes());
+        format!("{}/{} sha256:{digest:x}", access.0, access.1)
+    }
+}
+
 fn interval(rate: RateLimit) -> Duration {
     (rate.per.duration() / rate.requests.max(1)).max(Duration::from_nanos(1))
 }
@@ -264,6 +279,22 @@ mod tests {
             interval(rate(3, RatePeriod::Second)),
             Duration::from_nanos(333_333_333)
         );
+    }
+
+    #[test]
+    fn a_long_subject_is_shared_as_its_digest() {
+        let short = shared_key(("team", "bots"), "user:alice");
+        assert_eq!(short, "team/bots user:alice");
+        let long = |c: char| {
+            shared_key(
+                ("team", "bots"),
+                &format!("user:{}", c.to_string().repeat(3000)),
+            )
+        };
+        assert!(long('a').len() < 100, "{}", long('a'));
+        assert!(long('a').starts_with("team/bots sha256:"));
+        assert_ne!(long('a'), long('b'));
+        assert_eq!(long('a'), long('a'));
     }
 
     fn rate(requests: u32, per: RatePeriod) -> RateLimit {
