@@ -20,16 +20,23 @@
 //!   caller's share, new request bodies (that caller's) are refused.
 //!
 //! A counted body is handed on as [`Bytes`] that own their hold ([`owning`]), so the count ends
-//! when the memory is freed, wherever the last reference is (hyper's write queue included). The
-//! kernel's socket buffers are not counted.
+//! when the memory is freed, wherever the last reference is. hyper copies what it writes into a
+//! buffer of its own per connection (a message's head and body go out in one `write`), so a
+//! whole body goes to it in slices of [`FRAME`] bytes ([`whole`]): the buffer stays, counted,
+//! until its last slice is copied, and hyper's copy is bounded by its buffer's limit (~400 KiB a
+//! connection), which is not counted, as the kernel's socket buffers are not.
 //!
 //! The count is the gauge `flowgate_body_buffer_bytes` itself, so exporting it costs nothing.
 
 use std::hash::BuildHasher;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
 
 /// What a request body counts per byte: the body as read, and as rewritten for Flowise.
@@ -244,6 +251,45 @@ impl Drop for Held {
         if self.bytes != 0 {
             self.release(self.bytes);
         }
+    }
+}
+
+/// The largest slice of a whole body handed to hyper at a time ([`whole`]).
+pub const FRAME: usize = 64 * 1024;
+
+/// `bytes` as a body of slices of at most [`FRAME`] bytes, its length declared: hyper copies
+/// each into its write buffer as there is room, so a body counted with [`owning`] stays counted
+/// until the last of it is copied. (Handed whole, all of it would be copied at once and let go
+/// of: held in memory, counted nowhere.)
+pub fn whole(bytes: Bytes) -> crate::server::Body {
+    Whole { rest: bytes }.boxed()
+}
+
+struct Whole {
+    rest: Bytes,
+}
+
+impl hyper::body::Body for Whole {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = self.rest.len().min(FRAME);
+        Poll::Ready(Some(Ok(Frame::data(self.rest.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(u64::try_from(self.rest.len()).unwrap_or(u64::MAX))
     }
 }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -299,8 +298,7 @@ pub(super) async fn compat_response(
     let body = serde_json::to_vec(&answer).unwrap_or_default();
     drop(answer);
     held.grow(body.capacity());
-    let body = Full::new(owning(body, held)).map_err(|e| match e {});
-    let mut resp = Response::new(body.boxed());
+    let mut resp = Response::new(super::buffers::whole(owning(body, held)));
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(left) = credits_remaining {

@@ -224,11 +224,7 @@ impl Proxy {
             }
             self.credits.settle(charge, tokens);
         }
-        resp.body(
-            http_body_util::Full::new(buffers::owning(answer, held))
-                .map_err(|e| match e {})
-                .boxed(),
-        )
-        .map_err(|e| ProxyError::Internal(e.to_string()))
+        resp.body(buffers::whole(buffers::owning(answer, held)))
+            .map_err(|e| ProxyError::Internal(e.to_string()))
     }
 }

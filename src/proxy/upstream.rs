@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Uri};
@@ -118,7 +118,7 @@ impl Upstream {
             .path_and_query(format!("{}{}", self.base_path, path))
             .build()
             .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URL: {e}")))?;
-        let mut req = Request::new(Full::new(body).map_err(|e| match e {}).boxed());
+        let mut req = Request::new(super::buffers::whole(body));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
