@@ -326,6 +326,8 @@ pub(super) fn next_status(
             new.flow_type = non_empty(&chatflow.flow_type);
             new.deployed = Some(chatflow.deployed.unwrap_or(false));
             new.api_key_bound = Some(chatflow.api_key_bound());
+            new.flowise_created_at = chatflow.created_date.map(Time);
+            new.flowise_updated_at = chatflow.updated_date.map(Time);
             match outcome {
                 Outcome::Shared {
                     holder: Some(holder),

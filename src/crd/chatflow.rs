@@ -150,6 +150,14 @@ pub struct ChatflowStatus {
     /// Whether Flowise binds the chatflow to an API key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_bound: Option<bool>,
+    /// When Flowise created the chatflow (its `createdDate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = super::TIME_PATTERN))]
+    pub flowise_created_at: Option<Time>,
+    /// When Flowise last updated the chatflow (its `updatedDate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = super::TIME_PATTERN))]
+    pub flowise_updated_at: Option<Time>,
     /// When flowgate last compared this Chatflow with Flowise successfully.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = super::TIME_PATTERN))]

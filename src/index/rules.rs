@@ -323,8 +323,12 @@ impl TryFrom<&Chatflow> for ChatflowRule {
             suspended: cf.spec.suspended,
             api_key: cf.spec.api_key_secret_ref.clone(),
             api_key_bound: status.api_key_bound.unwrap_or(false),
-            created: cf.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            updated: status.last_sync_time.map(|t| t.0),
+            // Flowise's own dates; the object's creation until Flowise has told them.
+            created: status
+                .flowise_created_at
+                .or(cf.metadata.creation_timestamp.clone())
+                .map(|t| t.0),
+            updated: status.flowise_updated_at.map(|t| t.0),
         })
     }
 }
@@ -488,7 +492,8 @@ impl ChatflowRule {
         self.flowise_name.as_deref().unwrap_or(&self.name)
     }
 
-    /// When the chatflow was created and last updated in Flowise, as Flowise writes them.
+    /// When the chatflow was created and last updated in Flowise, as Flowise writes them (until
+    /// it has told them, when the object was created).
     pub fn dates(&self) -> (Option<String>, Option<String>) {
         (
             self.created.map(|t| t.to_string()),

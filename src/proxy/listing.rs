@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::header::HeaderValue;
 use hyper::{HeaderMap, Method, Response, StatusCode};
 use serde_json::{Value, json};
@@ -39,12 +38,8 @@ pub(super) async fn chatbot_config(
     if let Some(headers) = resp.headers_mut() {
         upstream::copy_response_headers(&parts.headers, headers);
     }
-    resp.body(
-        http_body_util::Full::new(buffers::owning(answer, held))
-            .map_err(|e| match e {})
-            .boxed(),
-    )
-    .map_err(|e| ProxyError::Internal(e.to_string()))
+    resp.body(buffers::whole(buffers::owning(answer, held)))
+        .map_err(|e| ProxyError::Internal(e.to_string()))
 }
 
 /// Flowise's answer to `GET path` (at most `limit` bytes, counted in `held`), with its head; a
@@ -103,6 +98,8 @@ pub(super) fn flowise_list(
             _ => {}
         }
     }
+    let mut chatflows = chatflows;
+    newest_first(&mut chatflows);
     let listed: Vec<Value> = chatflows
         .into_iter()
         .filter(|cf| flow_type.is_none_or(|t| cf.rule.flow_type_or_default() == t))
@@ -118,6 +115,11 @@ pub(super) fn flowise_list(
         .take(limit)
         .collect();
     Ok(json!({ "data": data, "total": total }))
+}
+
+/// Newest first, by when Flowise last updated them, as Flowise lists its chatflows.
+pub(super) fn newest_first(chatflows: &mut [&ChatflowEntry]) {
+    chatflows.sort_by_key(|cf| std::cmp::Reverse(cf.rule.updated.or(cf.rule.created)));
 }
 
 /// One chatflow in Flowise's shape (the fields Flowise's own listing has that the index knows;
@@ -245,6 +247,60 @@ mod tests {
              spec: {{flowiseId: {id}}}\nstatus: {{flowiseId: {id}, type: {flow_type}}}\n"
         );
         Arc::new(serde_saphyr::from_str(&yaml).expect("fixture is valid YAML"))
+    }
+
+    /// Flowise's own dates are shown (not the object's creation and flowgate's last sync, which
+    /// moves every few minutes), newest first by `updatedDate`, as Flowise lists.
+    #[test]
+    fn chatflows_show_flowises_dates_newest_first() {
+        let dated = |name: &str, id: &str, updated: &str| -> Arc<Chatflow> {
+            let yaml = format!(
+                "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\n\
+                 metadata: {{name: {name}, namespace: a, creationTimestamp: '2026-11-20T00:00:00Z'}}\n\
+                 spec: {{flowiseId: {id}}}\nstatus: {{flowiseId: {id}, \
+                 flowiseCreatedAt: '2025-01-01T00:00:00Z', flowiseUpdatedAt: '{updated}', \
+                 lastSyncTime: '2026-11-25T10:00:00Z'}}\n"
+            );
+            Arc::new(serde_saphyr::from_str(&yaml).expect("fixture is valid YAML"))
+        };
+        let ids = [
+            "00000000-0000-4000-8000-000000000001",
+            "00000000-0000-4000-8000-000000000002",
+            "00000000-0000-4000-8000-000000000003",
+        ];
+        let snapshot = compile(&Resources {
+            chatflows: vec![
+                dated("old", ids[0], "2025-02-01T00:00:00Z"),
+                dated("new", ids[1], "2025-06-01T00:00:00Z"),
+                dated("mid", ids[2], "2025-03-01T00:00:00Z"),
+            ],
+            ..Default::default()
+        });
+        let entries: Vec<&ChatflowEntry> = ids
+            .iter()
+            .map(|id| &**snapshot.chatflow_by_flowise_id(id).expect("indexed"))
+            .collect();
+        let list = flowise_list(entries, None).expect("a list");
+        let shown: Vec<(&str, &str, &str)> = list
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap_or_default(),
+                    c["createdDate"].as_str().unwrap_or_default(),
+                    c["updatedDate"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("new", "2025-01-01T00:00:00Z", "2025-06-01T00:00:00Z"),
+                ("mid", "2025-01-01T00:00:00Z", "2025-03-01T00:00:00Z"),
+                ("old", "2025-01-01T00:00:00Z", "2025-02-01T00:00:00Z"),
+            ]
+        );
     }
 
     #[test]

@@ -232,11 +232,13 @@ impl Proxy {
                 Ok(error::json(StatusCode::OK, &listing::flowise_shape(&cf)))
             }
             Route::CompatListChatflows => {
-                let list: Vec<Value> = snapshot
+                let mut visible: Vec<&ChatflowEntry> = snapshot
                     .visible(&caller, now)
                     .into_iter()
-                    .map(|cf| listing::compat_shape(cf))
+                    .map(|cf| &**cf)
                     .collect();
+                listing::newest_first(&mut visible);
+                let list: Vec<Value> = visible.into_iter().map(listing::compat_shape).collect();
                 Ok(error::json(StatusCode::OK, &Value::Array(list)))
             }
             Route::CompatGetChatflow(id) => {

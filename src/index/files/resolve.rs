@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::super::Resources;
 use super::super::rules::{ChatflowSource, chatflow_source};
@@ -137,8 +138,9 @@ pub fn resolve(
                 status.flow_type = Some(one.flow_type.clone()).filter(|t| !t.is_empty());
                 status.deployed = one.deployed;
                 status.api_key_bound = Some(one.api_key_bound());
-                status.last_sync_time =
-                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+                status.flowise_created_at = one.created_date.map(Time);
+                status.flowise_updated_at = one.updated_date.map(Time);
+                status.last_sync_time = Some(Time(now));
                 let holder = held
                     .get(&one.id.to_ascii_lowercase())
                     .cloned()
