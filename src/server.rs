@@ -115,8 +115,9 @@ impl Threads {
                             };
                             connections.adopt(handed);
                         }
-                        // Connections accepted and handed over but not yet taken: served (and
-                        // closed by the drain) rather than left unanswered until the thread ends.
+                        // Connections accepted and handed over but not yet taken: closed by the
+                        // drain at once (a request not read yet is not answered; the client may
+                        // retry elsewhere) rather than left open until the thread ends.
                         rx.close();
                         while let Ok(handed) = rx.try_recv() {
                             connections.adopt(handed);

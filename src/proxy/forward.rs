@@ -75,16 +75,23 @@ impl Proxy {
         // A gateway in front of Flowise that gave up on it (an ingress's 504 after its read
         // timeout): the run may still be going. It is aborted, as after flowgate's own timeout,
         // so that it does not run on free and the chat's next run is not mixed with it.
+        // Refunded (and aborted) before the body is read, as every failure is: a client gone
+        // meanwhile is not charged.
         if matches!(status.as_u16(), 502..=504) {
-            let body = self.upstream.error_body(upstream.into_body()).await;
-            let error = if status == StatusCode::GATEWAY_TIMEOUT {
-                ProxyError::UpstreamTimeout
-            } else {
-                ProxyError::UpstreamUnreachable(flowise_message(status, &body))
+            let timeout = status == StatusCode::GATEWAY_TIMEOUT;
+            let failure = match timeout {
+                true => ProxyError::UpstreamTimeout,
+                false => ProxyError::UpstreamUnreachable(String::new()),
             };
             self.metrics.upstream_error("status_5xx");
-            flight.failed(&error).await;
-            return Err(error);
+            flight.failed(&failure).await;
+            if timeout {
+                return Err(failure);
+            }
+            let body = self.upstream.error_body(upstream.into_body()).await;
+            return Err(ProxyError::UpstreamUnreachable(flowise_message(
+                status, &body,
+            )));
         }
         if status.is_server_error() || key_refused {
             flight.refund().await;

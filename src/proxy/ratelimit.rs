@@ -238,8 +238,6 @@ impl RateLimiter {
     }
 }
 
-/// The time one request of `rate` takes: at least a nanosecond (`requests` over a billion a
-/// `Second` would divide to none, and nothing would be limited).
 /// The key of `subject`'s allowance under `access` where replicas share it: a primary key in
 /// PostgreSQL, whose index refuses a row past about 2.7 KB, and one statement takes every
 /// replica's keys at once. A subject that long (a token's claim is the caller's to choose) is
@@ -255,6 +253,8 @@ fn shared_key(access: (&str, &str), subject: &str) -> String {
     }
 }
 
+/// The time one request of `rate` takes: at least a nanosecond (`requests` over a billion a
+/// `Second` would divide to none, and nothing would be limited).
 fn interval(rate: RateLimit) -> Duration {
     (rate.per.duration() / rate.requests.max(1)).max(Duration::from_nanos(1))
 }

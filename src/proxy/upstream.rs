@@ -20,11 +20,11 @@ use super::error::ProxyError;
 use crate::flowise::ApiKey;
 use crate::server::Body;
 
-/// Request headers a client may send on to Flowise. Everything else — `Authorization`,
-/// cookies, `x-request-from`, `flowise-tool`, forwarding headers — is dropped.
 /// How long the body of Flowise's error answer is waited for ([`Upstream::error_body`]).
 const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
 
+/// Request headers a client may send on to Flowise. Everything else — `Authorization`,
+/// cookies, `x-request-from`, `flowise-tool`, forwarding headers — is dropped.
 const FORWARDED_REQUEST_HEADERS: [HeaderName; 5] = [
     header::CONTENT_TYPE,
     header::ACCEPT,
