@@ -37,18 +37,35 @@ pub fn init(format: LogFormat) -> Result<(), String> {
     Ok(())
 }
 
-/// The filter `RUST_LOG` asks for (`info` when unset or empty). A word alone that is not a
-/// level is refused: `tracing` reads `warning` (Python's spelling) or `inf` as a *target* to
-/// log at `trace`, and since no target has that name, nothing at all would be logged — errors
-/// and the decision lines included — without a word. (`flowgate=trace` still names a target.)
+/// The filter `RUST_LOG` asks for (`info` when unset or empty). A level's other spellings alone
+/// (`warning`, Python's; `inf`, `fatal`, …) are refused: `tracing` reads a word alone as a
+/// *target* to log at `trace`, and since no target has such a name, nothing at all would be
+/// logged — errors and the decision lines included — without a word. A target alone
+/// (`flowgate`, `flowgate::proxy`) still logs that target.
 pub fn filter(raw: Option<&str>) -> Result<EnvFilter, String> {
+    const NOT_LEVELS: [&str; 14] = [
+        "warning",
+        "information",
+        "informational",
+        "notice",
+        "critical",
+        "fatal",
+        "err",
+        "crit",
+        "verbose",
+        "inf",
+        "dbg",
+        "wrn",
+        "none",
+        "all",
+    ];
     let raw = raw
         .map(str::trim)
         .filter(|r| !r.is_empty())
         .unwrap_or("info");
     for directive in raw.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let bare = !directive.contains(['=', '[']);
-        if bare && directive.parse::<LevelFilter>().is_err() {
+        let misspelt = NOT_LEVELS.iter().any(|w| directive.eq_ignore_ascii_case(w));
+        if misspelt && directive.parse::<LevelFilter>().is_err() {
             return Err(format!(
                 "RUST_LOG '{raw}': '{directive}' is not a level (off, error, warn, info, debug, \
                  trace); one target's level is target=level (info,flowgate=debug)"
@@ -218,6 +235,8 @@ mod tests {
             Some("info,flowgate=debug"),
             Some("flowgate::proxy=trace"),
             Some("debug,hyper=off"),
+            Some("flowgate"),
+            Some("warn,flowgate::proxy"),
         ] {
             assert!(filter(fine).is_ok(), "{fine:?}");
         }
