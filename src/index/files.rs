@@ -43,6 +43,9 @@ const LISTING_WAIT: Duration = Duration::from_secs(2);
 /// The largest file read: a dump or a log named `*.yaml` is reported, not read every second.
 const MAX_FILE: u64 = 64 << 20;
 
+/// Polls a due sync waits for the files to hold still before it loads them anyway.
+const OVERDUE_POLLS: u32 = 5;
+
 /// The documents of each file as last read whole: a file that stops parsing (an edit saved
 /// half done, a stray tab) keeps them in force, as an API server keeps an object whose new
 /// version it refused. Dropping them instead would drop the file's CreditPolicies — every
@@ -451,7 +454,17 @@ fn fingerprint(dir: &ResourcesDir) -> Vec<FileState> {
             let readable = meta
                 .as_ref()
                 .is_some_and(|m| m.is_file() && m.len() <= MAX_FILE);
-            let recent = if is_recent && readable {
+            // A file that is not read is only its path: it growing does not hold a load back.
+            if !readable {
+                return FileState {
+                    path,
+                    modified: None,
+                    len: 0,
+                    inode: 0,
+                    recent: 0,
+                };
+            }
+            let recent = if is_recent {
                 std::fs::read(&path).map_or(0, |bytes| {
                     use std::hash::{Hash, Hasher};
                     let mut hasher = std::hash::DefaultHasher::new();
@@ -493,17 +506,20 @@ pub fn spawn(
         // The last listing Flowise gave: one failed listing must not take every chatflow away.
         let mut listed: Option<Vec<FlowiseChatflow>> = None;
         let mut held = Holders::new();
+        // Polls since a sync fell due.
+        let mut overdue = 0_u32;
         loop {
             // The file system is read on a blocking thread: a tree of many files, or a slow
             // mount, must not hold up a runtime thread every second.
             let walked = dir.clone();
             let now_fingerprint = blocking(move || fingerprint(&walked)).await;
-            let due = due(
-                &seen,
-                &previous,
-                &now_fingerprint,
-                Instant::now() >= next_sync,
-            );
+            let sync_due = Instant::now() >= next_sync;
+            let files_changed = seen != now_fingerprint;
+            // A sync waits for changes to hold, but not for ever: a file rewritten every
+            // second must not stop every reload of the others.
+            overdue = if sync_due { overdue + 1 } else { 0 };
+            let forced = overdue > OVERDUE_POLLS;
+            let due = forced || due(&seen, &previous, &now_fingerprint, sync_due);
             previous.clone_from(&now_fingerprint);
             let loaded = if due {
                 // A copy: a panic while loading must not take what each file last held.
@@ -516,12 +532,13 @@ pub fn spawn(
                 match loaded {
                     // A file changed while it was read: what was read may be half of it. Read
                     // again once the change has held for a poll.
-                    Some((_, _, after)) if Some(&after) != now_fingerprint.as_ref() => {
+                    Some((_, _, after)) if !forced && Some(&after) != now_fingerprint.as_ref() => {
                         previous = Some(after);
                         None
                     }
                     loaded => {
                         // Tried once per change (and sync), loaded or not.
+                        overdue = 0;
                         next_sync = Instant::now() + resync;
                         seen = now_fingerprint;
                         loaded.map(|(loaded, last, _)| (loaded, last))
@@ -535,8 +552,9 @@ pub fn spawn(
                 for problem in &problems {
                     tracing::warn!(dir = %dir.path.display(), "{problem}");
                 }
+                // A change of the files waits little for Flowise (a sync waits its time).
                 let listing = async {
-                    if listed.is_none() {
+                    if listed.is_none() || !files_changed {
                         return flowise.list().await;
                     }
                     tokio::time::timeout(LISTING_WAIT, flowise.list())
