@@ -275,10 +275,40 @@ async fn settle_may_charge_more_than_reserved_and_the_next_reserve_is_refused(st
         settled,
         Resolution {
             state: ReservationState::Settled,
-            applied: true
+            applied: true,
+            used: vec![Some(12)],
         }
     );
     assert_eq!(used(&*ledger, POLICY, "alice").await, 12, "over the limit");
+    // Two reserved at once, settled in turn: each settle says where it left the bucket, the
+    // second counting the first (alertAtPercent checks a settle against that).
+    let (first, second) = (
+        ledger
+            .reserve(request("dave", vec![line(POLICY, "dave", 10, 0)]))
+            .await
+            .expect("reserve")
+            .id(),
+        ledger
+            .reserve(request("dave", vec![line(POLICY, "dave", 10, 0)]))
+            .await
+            .expect("reserve")
+            .id(),
+    );
+    let landed = ledger
+        .settle(first, &[3], 300, now())
+        .await
+        .expect("settle");
+    assert_eq!(landed.used, [Some(3)]);
+    let landed = ledger
+        .settle(second, &[4], 400, now())
+        .await
+        .expect("settle");
+    assert_eq!(landed.used, [Some(7)]);
+    let again = ledger
+        .settle(second, &[4], 400, now())
+        .await
+        .expect("settle");
+    assert!(!again.applied && again.used.is_empty(), "{again:?}");
 
     let refused = ledger
         .reserve(request("alice", vec![line(POLICY, "alice", 10, 1)]))
@@ -384,7 +414,8 @@ async fn refund_releases_what_was_held(store: Store) {
         refunded,
         Resolution {
             state: ReservationState::Refunded,
-            applied: true
+            applied: true,
+            used: vec![Some(0)],
         }
     );
     assert_eq!(used(&*ledger, POLICY, "alice").await, 0);
@@ -397,6 +428,7 @@ async fn settle_and_refund_are_idempotent(store: Store) {
     let noop = |state| Resolution {
         state,
         applied: false,
+        used: Vec::new(),
     };
 
     let settled = reserve().await.expect("reserve").id();
@@ -590,7 +622,8 @@ async fn expired_reservations_stay_charged_and_a_late_settle_or_refund_still_app
         ledger.refund(refunded_late, later).await.expect("refund"),
         Resolution {
             state: ReservationState::Refunded,
-            applied: true
+            applied: true,
+            used: vec![Some(3)],
         }
     );
     assert_eq!(used(&*ledger, POLICY, "alice").await, 3, "released");

@@ -508,12 +508,16 @@ impl PrunedChunk {
 }
 
 /// What a settle or refund found or did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolution {
     /// The reservation's state after the call.
     pub state: ReservationState,
     /// False when the call was a no-op (the reservation was already final).
     pub applied: bool,
+    /// Each line's bucket `used` right after the call, where the call changed it (in line
+    /// order; empty when nothing was applied): where a settle left the budget, for
+    /// `alertAtPercent`.
+    pub used: Vec<Option<i64>>,
 }
 
 /// Aggregate use of one policy in one window.

@@ -294,9 +294,7 @@ impl Credits {
         if charge.final_cost {
             return;
         }
-        self.alert_settled(&charge, &actual);
-        let ledger = self.ledger.clone();
-        let metrics = self.metrics.clone();
+        let (ledger, metrics, credits) = (self.ledger.clone(), self.metrics.clone(), self.clone());
         self.background.spawn(async move {
             let settle = || {
                 timed(
@@ -305,9 +303,14 @@ impl Credits {
                     ledger.settle(charge.id, &actual, tokens, Timestamp::now()),
                 )
             };
-            if let Err(error) = retried(settle, charge.id, "settle").await {
+            match retried(settle, charge.id, "settle").await {
+                Ok(landed) => {
+                    if let Some(alerting) = &charge.alerting {
+                        credits.alert_settled(&charge, alerting, &actual, &landed.used);
+                    }
+                }
                 // The reservation stays; the sweep charges it at the reserved amount.
-                tracing::error!(%error, reservation = charge.id.0, "settling failed");
+                Err(error) => tracing::error!(%error, reservation = charge.id.0, "settling failed"),
             }
         });
     }

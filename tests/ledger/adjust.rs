@@ -135,7 +135,8 @@ pub async fn an_adjustment_gives_back_or_takes_credits_whatever_the_budget(store
             resolution,
             Resolution {
                 state: ReservationState::Adjusted,
-                applied: false
+                applied: false,
+                used: Vec::new(),
             }
         );
     }

@@ -221,7 +221,9 @@ pub async fn a_final_cost_is_charged_and_logged_at_once_and_only_a_refund_or_set
         ledger.refund(refunded, t(1)).await.expect("refund"),
         Resolution {
             state: ReservationState::Refunded,
-            applied: true
+            applied: true,
+            // Alice's own bucket, and the pool bob's and carol's reserves still hold 2 of.
+            used: vec![Some(0), Some(2)],
         }
     );
     assert_eq!(used(&*ledger, POLICY, "alice").await, 0, "released");

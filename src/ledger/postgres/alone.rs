@@ -318,8 +318,10 @@ impl Conn {
             return Ok(Resolution {
                 state,
                 applied: false,
+                used: Vec::new(),
             });
         };
+        let mut used = vec![None; lines.len()];
 
         let keys = lines
             .iter()
@@ -327,16 +329,19 @@ impl Conn {
         for i in lock_order(keys) {
             if change.bucket_delta[i] != 0 {
                 let line = &lines[i];
-                tx.execute(
-                    &st.adjust,
-                    &[
-                        &line.policy,
-                        &line.bucket,
-                        &line.window_start,
-                        &change.bucket_delta[i],
-                    ],
-                )
-                .await?;
+                used[i] = tx
+                    .query_opt(
+                        &st.adjust,
+                        &[
+                            &line.policy,
+                            &line.bucket,
+                            &line.window_start,
+                            &change.bucket_delta[i],
+                        ],
+                    )
+                    .await?
+                    .map(|row| row.try_get(0))
+                    .transpose()?;
             }
         }
         let now = now.as_microsecond();
@@ -364,6 +369,7 @@ impl Conn {
         Ok(Resolution {
             state: change.state,
             applied: true,
+            used,
         })
     }
 }

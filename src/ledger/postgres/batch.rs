@@ -404,10 +404,33 @@ async fn run(
         lock_buckets(tx, st, keys).await?
     };
     let mut used = locked.clone();
-    for (key, delta) in &deltas {
-        if let Some(u) = used.get_mut(key) {
-            // Settles past 2^63 in all leave the bucket full, never wrapped round to empty.
-            *u = u.saturating_add(*delta);
+    // In the order the closes were decided, each leaving its buckets' `used` for the next.
+    let mut left: HashMap<ReservationId, Vec<Option<i64>>> = HashMap::new();
+    for (id, t, _) in &transitions {
+        let after = held[id]
+            .lines
+            .iter()
+            .zip(&t.bucket_delta)
+            .map(|(line, &delta)| {
+                let key = (
+                    line.policy.as_str(),
+                    line.bucket.as_str(),
+                    line.window_start,
+                );
+                let u = used.get_mut(&key).filter(|_| delta != 0)?;
+                // Settles past 2^63 in all leave the bucket full, never wrapped round to empty.
+                *u = u.saturating_add(delta);
+                Some(*u)
+            })
+            .collect();
+        left.insert(*id, after);
+    }
+    for (c, resolution) in closing.iter().zip(closed.iter_mut()) {
+        if let Ok(resolution) = resolution
+            && resolution.applied
+            && let Some(after) = left.remove(&c.id)
+        {
+            resolution.used = after;
         }
     }
     // Polled in this order, the closes' writes go out before the first reserves (a refund
@@ -533,15 +556,18 @@ fn close(
         return Ok(Resolution {
             state: h.state,
             applied: false,
+            used: Vec::new(),
         });
     };
     h.state = t.state;
     for (line, &amount) in h.lines.iter_mut().zip(&t.held) {
         line.amount = amount;
     }
+    // `used` is known once the buckets are locked (`run`).
     let resolution = Resolution {
         state: t.state,
         applied: true,
+        used: Vec::new(),
     };
     transitions.push((c.id, t, c.now));
     Ok(resolution)

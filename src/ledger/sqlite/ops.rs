@@ -42,7 +42,8 @@ const HELD_LINES: &str = "
 const ADJUST_BUCKET: &str = "
     UPDATE buckets SET used = CASE WHEN ?4 > 0 AND used > 9223372036854775807 - ?4
         THEN 9223372036854775807 ELSE used + ?4 END
-    WHERE policy = ?1 AND bucket = ?2 AND window_start = ?3";
+    WHERE policy = ?1 AND bucket = ?2 AND window_start = ?3
+    RETURNING used";
 const REHOLD_LINE: &str =
     "UPDATE reservation_lines SET amount = ?3 WHERE reservation_id = ?1 AND idx = ?2";
 const LOG_USAGE: &str = "
@@ -200,21 +201,28 @@ pub(super) fn close(
         return Ok(Resolution {
             state,
             applied: false,
+            used: Vec::new(),
         });
     };
 
     let now = now.as_microsecond();
+    let mut used = vec![None; lines.len()];
     let mut adjust = conn.prepare_cached(ADJUST_BUCKET)?;
     let mut rehold = conn.prepare_cached(REHOLD_LINE)?;
     let mut log = conn.prepare_cached(LOG_USAGE)?;
     for (i, line) in lines.iter().enumerate() {
         if change.bucket_delta[i] != 0 {
-            adjust.execute(params![
-                line.policy,
-                line.bucket,
-                line.window_start,
-                change.bucket_delta[i]
-            ])?;
+            used[i] = adjust
+                .query_row(
+                    params![
+                        line.policy,
+                        line.bucket,
+                        line.window_start,
+                        change.bucket_delta[i]
+                    ],
+                    |row| row.get(0),
+                )
+                .optional()?;
         }
         rehold.execute(params![id.0, line.idx, change.held[i]])?;
         log.execute(params![
@@ -237,6 +245,7 @@ pub(super) fn close(
     Ok(Resolution {
         state: change.state,
         applied: true,
+        used,
     })
 }
 
