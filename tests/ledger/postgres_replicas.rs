@@ -750,3 +750,46 @@ async fn a_closing_replica_finishes_its_queue_and_lets_go_of_its_turns() {
         task.await.expect("task").expect("reserved");
     }
 }
+
+/// A role that only uses the tables (a DBA made them; PostgreSQL 15 grants CREATE on a schema to
+/// no one by default) starts on them and charges: CREATE TABLE IF NOT EXISTS would have needed
+/// CREATE on the schema even with every table there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_only_uses_the_tables_starts_on_them() {
+    let store = crate::support::postgres("replicas_app_role").await;
+    store.open().await;
+    let sql = store.sql().await;
+    let schema: String = sql
+        .query_one("SELECT current_schema()", &[])
+        .await
+        .expect("schema")
+        .get(0);
+    sql.batch_execute(&format!(
+        "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'flowgate_app_test') THEN
+             DROP OWNED BY flowgate_app_test; DROP ROLE flowgate_app_test;
+         END IF; END $$;
+         CREATE ROLE flowgate_app_test LOGIN;
+         GRANT USAGE ON SCHEMA {schema} TO flowgate_app_test;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO flowgate_app_test;
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO flowgate_app_test;"
+    ))
+    .await
+    .expect("a role that only uses the tables");
+    let LedgerUrl::Postgres(url) = &store.url else {
+        panic!("a PostgreSQL store");
+    };
+    let app = LedgerUrl::Postgres(url.replacen("postgres@", "flowgate_app_test@", 1));
+    let ledger = ledger::open(&app).await.expect("starts without CREATE");
+    let outcome = ledger
+        .reserve(request("alice", vec![line(POLICY, "alice", 10, 1)]))
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(outcome, ReserveOutcome::Reserved { .. }),
+        "{outcome:?}"
+    );
+    drop(ledger);
+    sql.batch_execute("DROP OWNED BY flowgate_app_test; DROP ROLE flowgate_app_test")
+        .await
+        .expect("cleaned up");
+}

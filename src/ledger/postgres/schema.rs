@@ -9,19 +9,24 @@ use crate::ledger::LedgerError;
 const SCHEMA_LOCK: i64 = 0x666c_6f77_6761_7465;
 const SCHEMA_VERSION: i32 = 1;
 
-// Every index is looked up (in the schema the tables are in) before it is created: CREATE INDEX
-// takes a share lock on its table even when the index exists, and held to the commit of this
-// transaction that would stop every replica's writes while one starts (or deadlock with a write
-// that locks two tables).
+// Every table and index is looked up (in the schema the tables are in) before it is created:
+// CREATE INDEX takes a share lock on its table even when the index exists, and held to the commit
+// of this transaction that would stop every replica's writes while one starts (or deadlock with
+// a write that locks two tables); and CREATE TABLE IF NOT EXISTS needs CREATE on the schema even
+// when the table exists, which a role that does not own it (PostgreSQL 15 grants `public` to no
+// one) lacks: it could not start on tables a DBA made for it.
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS ledger_schema (version integer PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS buckets (
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.ledger_schema') IS NULL THEN
+CREATE TABLE ledger_schema (version integer PRIMARY KEY);
+END IF; END $$;
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.buckets') IS NULL THEN
+CREATE TABLE buckets (
     policy       text   NOT NULL,
     bucket       text   NOT NULL,
     window_start bigint NOT NULL, -- microseconds since the epoch
     used         bigint NOT NULL,
-    PRIMARY KEY (policy, bucket, window_start)
-);
+    PRIMARY KEY (policy, bucket, window_start));
+END IF; END $$;
 -- Added after version 1, without a new version: a budget override's limit, from the last reserve.
 -- Looked up first: ALTER TABLE would lock the table even when the column is there.
 DO $$ BEGIN
@@ -36,7 +41,8 @@ END IF; END $$;
 DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.buckets_by_start') IS NULL THEN
     CREATE INDEX IF NOT EXISTS buckets_by_start ON buckets (window_start);
 END IF; END $$;
-CREATE TABLE IF NOT EXISTS reservations (
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.reservations') IS NULL THEN
+CREATE TABLE reservations (
     id              bigserial PRIMARY KEY,
     subject         text   NOT NULL,
     chatflow        text   NOT NULL,
@@ -45,8 +51,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     created_us      bigint NOT NULL,
     expires_us      bigint NOT NULL,
     updated_us      bigint NOT NULL,
-    tokens          bigint NOT NULL DEFAULT 0
-);
+    tokens          bigint NOT NULL DEFAULT 0);
+END IF; END $$;
 DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.reservations_by_key') IS NULL THEN
     CREATE UNIQUE INDEX IF NOT EXISTS reservations_by_key ON reservations (subject, idempotency_key)
         WHERE idempotency_key IS NOT NULL AND state <> 'refunded';
@@ -55,16 +61,18 @@ DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.reservations_open'
     CREATE INDEX IF NOT EXISTS reservations_open ON reservations (expires_us)
         WHERE state = 'reserved';
 END IF; END $$;
-CREATE TABLE IF NOT EXISTS reservation_lines (
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.reservation_lines') IS NULL THEN
+CREATE TABLE reservation_lines (
     reservation_id bigint  NOT NULL,
     idx            integer NOT NULL,
     policy         text    NOT NULL,
     bucket         text    NOT NULL,
     window_start   bigint  NOT NULL,
     amount         bigint  NOT NULL, -- what the line holds now
-    PRIMARY KEY (reservation_id, idx)
-);
-CREATE TABLE IF NOT EXISTS usage (
+    PRIMARY KEY (reservation_id, idx));
+END IF; END $$;
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.usage') IS NULL THEN
+CREATE TABLE usage (
     id             bigserial PRIMARY KEY,
     time_us        bigint NOT NULL,
     reservation_id bigint NOT NULL,
@@ -73,8 +81,8 @@ CREATE TABLE IF NOT EXISTS usage (
     policy         text   NOT NULL,
     credits        bigint NOT NULL,
     tokens         bigint NOT NULL,
-    outcome        text   NOT NULL
-);
+    outcome        text   NOT NULL);
+END IF; END $$;
 DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.usage_by_time') IS NULL THEN
     CREATE INDEX IF NOT EXISTS usage_by_time ON usage (time_us);
 END IF; END $$;
@@ -85,19 +93,21 @@ DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.usage_by_policy') 
     CREATE INDEX IF NOT EXISTS usage_by_policy ON usage (policy, time_us);
 END IF; END $$;
 -- Added after version 1, without a new version: who made each adjustment, and why.
-CREATE TABLE IF NOT EXISTS adjustments (
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.adjustments') IS NULL THEN
+CREATE TABLE adjustments (
     reservation_id bigint PRIMARY KEY,
     actor          text   NOT NULL,
-    reason         text
-);
+    reason         text);
+END IF; END $$;
 -- Added after version 1, without a new version: the rate allowances replicas share (GCRA: when
 -- each key's allowance is whole again). A row whose instant has passed is a key never seen.
 -- Unlogged: a take waits for no WAL flush (a logged take halved the throughput of a limited
 -- path), and a crash of the database, or a failover to a standby, whole-fills every allowance.
-CREATE UNLOGGED TABLE IF NOT EXISTS rate_limits (
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.rate_limits') IS NULL THEN
+CREATE UNLOGGED TABLE rate_limits (
     key        text   PRIMARY KEY,
-    full_at_us bigint NOT NULL
-);
+    full_at_us bigint NOT NULL);
+END IF; END $$;
 -- Added later, without a new version: how many requests the row's last take admitted.
 DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
@@ -117,12 +127,13 @@ END $$;
 -- replicas share them. A turn is its replica's (a random id per process) until deleted, or until
 -- it expires when its replica stopped renewing it. Unlogged: a turn's commit waits for no disk,
 -- and a crash of the database frees every chat (as a restart of a single replica does).
-CREATE UNLOGGED TABLE IF NOT EXISTS chat_turns (
+DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.chat_turns') IS NULL THEN
+CREATE UNLOGGED TABLE chat_turns (
     chat       text   PRIMARY KEY,
     replica    text   NOT NULL,
     turn       bigint NOT NULL,
-    expires_us bigint NOT NULL
-);
+    expires_us bigint NOT NULL);
+END IF; END $$;
 DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.chat_turns_by_replica') IS NULL THEN
     CREATE INDEX IF NOT EXISTS chat_turns_by_replica ON chat_turns (replica, turn);
 END IF; END $$;
@@ -134,6 +145,27 @@ pub(super) async fn create_schema(client: &mut Client) -> Result<(), LedgerError
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .await?;
+    // A newer flowgate's schema is refused before this one's DDL touches it (a rollback to an
+    // older build must not lock or alter the newer one's tables first).
+    let existing: Option<String> = tx
+        .query_one(
+            "SELECT to_regclass(quote_ident(current_schema()) || '.ledger_schema')::text",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if existing.is_some() {
+        let found: Option<i32> = tx
+            .query_one("SELECT max(version) FROM ledger_schema", &[])
+            .await?
+            .try_get(0)?;
+        if let Some(found) = found.filter(|found| *found > SCHEMA_VERSION) {
+            return Err(LedgerError::SchemaTooNew {
+                found: found.into(),
+                known: SCHEMA_VERSION.into(),
+            });
+        }
+    }
     tx.batch_execute(SCHEMA).await?;
     let found: Option<i32> = tx
         .query_one("SELECT max(version) FROM ledger_schema", &[])
@@ -365,7 +397,8 @@ impl Statements {
                 "UPDATE buckets SET used = CASE
                      WHEN $4::int8 > 0 AND used > 9223372036854775807 - $4::int8
                      THEN 9223372036854775807 ELSE used + $4::int8 END
-                 WHERE policy = $1::text AND bucket = $2::text AND window_start = $3::int8"
+                 WHERE policy = $1::text AND bucket = $2::text AND window_start = $3::int8
+                 RETURNING used"
             ),
             client.prepare(
                 "UPDATE reservation_lines SET amount = u.amount
