@@ -104,6 +104,17 @@ pub(super) fn prepare(
     {
         return Err(ProxyError::BadRequest("'chatId' must be a string".into()));
     }
+    if body.get("overrideConfig").is_some_and(names_stored_files) {
+        return Err(stored_files_refused());
+    }
+    if let Some(Value::Array(uploads)) = body.get("uploads")
+        && let Some(name) = uploads
+            .iter()
+            .filter_map(|u| u.get("name").and_then(Value::as_str))
+            .find(|name| !plain_file_name(name))
+    {
+        return Err(not_plain(name));
+    }
     // Flowise streams for `true` and for the string "true" (form-style clients send strings).
     // Whether it did is read from its answer (`forward`), so only the type is checked here.
     let flag =
@@ -123,6 +134,40 @@ pub(super) fn prepare(
         held: None,
         caller: identity.key.clone(),
     })
+}
+
+/// What Flowise reads a stored upload by (`FILE-STORAGE::["name"]`). Flowise keeps a chatflow's
+/// multipart uploads in one folder of the chatflow, not of the chat, so a caller naming a file
+/// there would read (or feed its chatflow) another caller's upload: only Flowise writes these.
+const STORED: &str = "FILE-STORAGE::";
+
+/// Whether a value names a stored upload anywhere in it (a string holding [`STORED`], however
+/// deep, a JSON string inside a string included).
+fn names_stored_files(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains(STORED),
+        Value::Array(items) => items.iter().any(names_stored_files),
+        Value::Object(fields) => fields.values().any(names_stored_files),
+        _ => false,
+    }
+}
+
+fn stored_files_refused() -> ProxyError {
+    ProxyError::BadRequest(format!(
+        "'{STORED}' references are Flowise's own: send the file itself (a 'files' part, or \
+         'uploads')"
+    ))
+}
+
+/// A file name that stays one path segment wherever Flowise stores it.
+fn plain_file_name(name: &str) -> bool {
+    !name.contains(['/', '\\']) && name != ".." && name != "."
+}
+
+fn not_plain(name: &str) -> ProxyError {
+    ProxyError::BadRequest(format!(
+        "file name '{name}' is not a plain file name (no '/', '\\', or '..' alone)"
+    ))
 }
 
 /// A Flowise prediction body: JSON, or `multipart/form-data` with file uploads, counted in
@@ -177,6 +222,20 @@ pub(super) async fn read_prediction(
         ));
     }
     // As for a JSON body.
+    let text = |p: &multipart::Part| std::str::from_utf8(&p.data).ok().map(str::to_owned);
+    if form.parts.iter().any(|p| {
+        p.file_name.is_none() && p.name != "question" && text(p).is_some_and(|t| t.contains(STORED))
+    }) {
+        return Err(stored_files_refused());
+    }
+    if let Some(name) = form
+        .parts
+        .iter()
+        .filter_map(|p| p.file_name.as_deref())
+        .find(|name| !plain_file_name(name))
+    {
+        return Err(not_plain(name));
+    }
     if form
         .text("streaming")
         .is_some_and(|v| !matches!(v, "true" | "false"))
@@ -195,4 +254,52 @@ pub(super) async fn read_prediction(
         held: None,
         caller: identity.key.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn alice() -> Identity {
+        Identity {
+            users: vec!["alice".into()],
+            groups: Vec::new(),
+            service_account: None,
+            admin: false,
+            key: "user:alice".into(),
+            expires_at: jiff::Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    fn prepared(body: Value) -> Result<Prediction, ProxyError> {
+        let Value::Object(body) = body else {
+            panic!("an object");
+        };
+        prepare(body, &alice())
+    }
+
+    /// Flowise keeps a chatflow's multipart uploads in one folder, read by `FILE-STORAGE::`
+    /// names: a caller naming one would read another caller's upload. And an upload's name is
+    /// a path segment where Flowise stores it.
+    #[test]
+    fn stored_file_references_and_upload_names_that_are_paths_are_refused() {
+        for refused in [
+            json!({"question": "x", "overrideConfig": {"pdfFile": "FILE-STORAGE::[\"q3.pdf\"]"}}),
+            json!({"question": "x", "overrideConfig": {"nodes": {"a": ["FILE-STORAGE::x"]}}}),
+            json!({"question": "x", "uploads": [{"type": "file", "name": "../../x.pdf", "data": ""}]}),
+            json!({"question": "x", "uploads": [{"type": "stored-file", "name": "..", "mime": ""}]}),
+        ] {
+            assert!(
+                matches!(prepared(refused.clone()), Err(ProxyError::BadRequest(_))),
+                "{refused}"
+            );
+        }
+        for fine in [
+            json!({"question": "what is FILE-STORAGE:: in Flowise?"}),
+            json!({"question": "x", "uploads": [{"type": "file", "name": "q3 (final).pdf", "data": ""}]}),
+        ] {
+            assert!(prepared(fine.clone()).is_ok(), "{fine}");
+        }
+    }
 }

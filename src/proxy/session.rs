@@ -6,6 +6,11 @@
 //! derived from the caller's identity. A client that sends an id it got back from Flowise (already
 //! carrying its own prefix) keeps its session; any other id — including another caller's — lands
 //! in a fresh session of the caller's own. Stateless, so every replica agrees.
+//!
+//! The client's part keeps letters, digits, `.`, `_` and `-`; any other character becomes `_`.
+//! Flowise uses the chat id as a segment of where it stores a chat's uploads, and not every
+//! storage it offers cleans it: `/../` in a chat id would reach another chatflow's, or another
+//! caller's, files. (The mapping is its own fixed point, so a bound id sent back is unchanged.)
 
 use sha2::{Digest, Sha256};
 
@@ -34,14 +39,19 @@ pub fn bind(subject_key: &str, requested: Option<&str>) -> String {
     let mut bound = prefix(subject_key);
     // Control characters are dropped: no chat id needs one, and a NUL (which PostgreSQL
     // refuses in text) would fail the shared chat turns of every chat asked with it.
-    let cleaned = requested.map(|id| {
-        if id.contains(char::is_control) {
-            std::borrow::Cow::Owned(id.chars().filter(|c| !c.is_control()).collect())
-        } else {
+    let cleaned = requested.map(str::trim).map(|id| {
+        if id.chars().all(kept) {
             std::borrow::Cow::Borrowed(id)
+        } else {
+            std::borrow::Cow::Owned(
+                id.chars()
+                    .filter(|c| !c.is_control())
+                    .map(|c| if kept(c) { c } else { '_' })
+                    .collect(),
+            )
         }
     });
-    match cleaned.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+    match cleaned.as_deref().filter(|r| !r.is_empty()) {
         Some(id) if id.starts_with(&bound) => {
             return truncate(id, PREFIX_LEN + MAX_CLIENT_ID).into();
         }
@@ -53,6 +63,11 @@ pub fn bind(subject_key: &str, requested: Option<&str>) -> String {
         ),
     }
     bound
+}
+
+/// Whether a character of the client's chat id is kept as it is (else it becomes `_`).
+fn kept(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
 /// Flowise's abort endpoint for a chat. The chat id carries the client's own id, so it is one
@@ -176,16 +191,42 @@ mod tests {
         assert!(mallory.starts_with(&prefix("user:mallory")));
     }
 
+    /// Flowise stores a chat's uploads under its id, on storage that may not clean it: the
+    /// bound id is never more than one path segment, and sent back it is kept.
+    #[test]
+    fn a_bound_id_is_one_path_segment_whatever_the_client_sent() {
+        for sent in [
+            "/../../other-chatflow",
+            "..\\..\\x",
+            "a%2Fb",
+            "user@example.com:1",
+            "会话 1",
+        ] {
+            let id = bind("user:alice", Some(sent));
+            assert!(
+                !id.contains(['/', '\\', '%', '@', ':', ' ']),
+                "{sent} → {id}"
+            );
+            assert_eq!(bind("user:alice", Some(&id)), id, "kept when sent back");
+        }
+        assert_eq!(
+            bind("user:alice", Some("/../x")),
+            format!("{}_.._x", prefix("user:alice"))
+        );
+        assert_eq!(
+            bind("user:alice", Some("会话-1")),
+            format!("{}会话-1", prefix("user:alice")),
+            "letters of any script are kept"
+        );
+    }
+
     #[test]
     fn the_abort_path_holds_the_chat_id_as_one_segment() {
-        let id = bind("user:alice", Some("/../../../../apikey?x=1"));
-        let path = abort_path("f1", &id);
+        // Bound ids hold no `/` or `?` any more; whatever a chat id holds, it is one segment.
+        let path = abort_path("f1", "fg-x-/../apikey?x=1");
         assert_eq!(
             path,
-            format!(
-                "/api/v1/chatmessage/abort/f1/{}%2F..%2F..%2F..%2F..%2Fapikey%3Fx%3D1",
-                prefix("user:alice")
-            )
+            "/api/v1/chatmessage/abort/f1/fg-x-%2F..%2Fapikey%3Fx%3D1"
         );
         let plain = bind("user:alice", None);
         assert_eq!(
