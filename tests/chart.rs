@@ -373,8 +373,10 @@ async fn three_replicas_on_sqlite_are_refused_with_a_clear_message() {
 async fn an_upgrade_with_changed_values_updates_the_deployment() {
     let client = support::client().await;
     let ns = support::fresh_namespace(&client, "chart-upgrade").await;
-    // Values without auth.tokenClient, as `--reuse-values` keeps a release's from before it.
-    let old = json!({"auth": {"serviceAccountAudience": "flowgate", "tokenClient": null}});
+    // Values without auth.tokenClient and ledger.postgres.tls, as `--reuse-values` keeps a
+    // release's from before them.
+    let old = json!({"auth": {"serviceAccountAudience": "flowgate", "tokenClient": null},
+                     "ledger": {"postgres": {"tls": null}}});
     let _release = install(&ns, &ns, &old).unwrap_or_else(|e| panic!("install: {e}"));
     let name = format!("{ns}-flowgate");
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);

@@ -169,6 +169,22 @@ async fn contradicting_values_are_refused_with_a_message_saying_what_to_change()
             "ingress.enabled needs at least one entry in ingress.hosts",
         ),
         (
+            json!({"proxy": {"upstreamTimeout": "30m"}}),
+            "proxy.upstreamTimeout: 30m is refused by flowgate (above 0s and at most 14m)",
+        ),
+        (
+            json!({"controller": {"syncInterval": "2s"}}),
+            "controller.syncInterval: 2s is refused by flowgate (from 5s to 24h)",
+        ),
+        (
+            json!({"auth": {"serviceAccountAudience": "flowgate", "jwt": {"leeway": "10m"}}}),
+            "auth.jwt.leeway: 10m is refused by flowgate (at most 5m)",
+        ),
+        (
+            json!({"logLevel": "info,WARNING"}),
+            "logLevel: \"WARNING\" is not a level",
+        ),
+        (
             json!({"auth": {"serviceAccountAudience": "flowgate",
                             "tokenClient": {"id": "chat-ui"}}}),
             "auth.tokenEndpointUrl is empty",

@@ -75,7 +75,7 @@ and how to fix it; `helm install` stops with the message.
 {{- fail "\n\nflowgate: set only one of ledger.postgres.existingSecret and ledger.postgres.url.\n" }}
 {{- end }}
 {{- $pg := .Values.ledger.postgres }}
-{{- if and (include "flowgate.sqlite" .) (or $pg.existingSecret $pg.url $pg.tls.existingSecret) }}
+{{- if and (include "flowgate.sqlite" .) (or $pg.existingSecret $pg.url (include "flowgate.postgresTls" .)) }}
 {{- fail "\n\nflowgate: ledger.postgres is set but ledger.type is sqlite (the default): the PostgreSQL settings would be ignored and budgets kept in SQLite.\nAdd --set ledger.type=postgres, or remove the ledger.postgres settings.\n" }}
 {{- end }}
 {{- with $pg.url }}
@@ -89,6 +89,19 @@ and how to fix it; `helm install` stops with the message.
 {{- end }}
 {{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
 {{- fail "\n\nflowgate: serviceAccount.create=false needs serviceAccount.name: without it flowgate's permissions (Secret reads included) would go to the namespace's \"default\" ServiceAccount and every pod using it.\n" }}
+{{- end }}
+{{- /* Durations flowgate would refuse at start (a crash loop; with SQLite's Recreate strategy, after the working pod is gone): checked here where written plainly (30s, 5m, 1h). */}}
+{{- range (list (list "auth.jwt.leeway" (dig "auth" "jwt" "leeway" "" .Values.AsMap) 0 300 "at most 5m") (list "controller.syncInterval" (dig "controller" "syncInterval" "" .Values.AsMap) 5 86400 "from 5s to 24h") (list "proxy.upstreamTimeout" (dig "proxy" "upstreamTimeout" "" .Values.AsMap) 1 840 "above 0s and at most 14m")) }}
+{{- $seconds := include "flowgate.seconds" (toString (index . 1)) }}
+{{- if and $seconds (or (lt (int $seconds) (index . 2)) (gt (int $seconds) (index . 3))) }}
+{{- fail (printf "\n\nflowgate: %s: %s is refused by flowgate (%s): the pod would not start.\n" (index . 0) (toString (index . 1)) (index . 4)) }}
+{{- end }}
+{{- end }}
+{{- /* A level's other spellings alone log nothing at all (flowgate refuses them at start). */}}
+{{- range (splitList "," (toString .Values.logLevel)) }}
+{{- if has (lower (trim .)) (list "warning" "information" "informational" "notice" "critical" "fatal" "err" "crit" "verbose" "inf" "dbg" "wrn" "none" "all") }}
+{{- fail (printf "\n\nflowgate: logLevel: %q is not a level: use off, error, warn, info, debug or trace (or target=level, e.g. info,flowgate=debug).\n" (trim .)) }}
+{{- end }}
 {{- end }}
 {{- $grace := int .Values.terminationGracePeriodSeconds }}
 {{- if lt $grace (add (int .Values.shutdownDelaySeconds) 55) }}
@@ -145,4 +158,17 @@ and how to fix it; `helm install` stops with the message.
 {{- if and .Values.podDisruptionBudget.enabled (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable) (kindIs "invalid" .Values.podDisruptionBudget.minAvailable) }}
 {{- fail "\n\nflowgate: podDisruptionBudget.enabled needs maxUnavailable or minAvailable.\n" }}
 {{- end }}
+{{- end }}
+
+{{/* A duration written as whole seconds, minutes or hours (30s, 5m, 1h), in seconds; empty for any other form (left to flowgate to check). */}}
+{{- define "flowgate.seconds" -}}
+{{- if regexMatch "^[0-9]+s$" . }}{{ trimSuffix "s" . | int }}
+{{- else if regexMatch "^[0-9]+m$" . }}{{ mul (trimSuffix "m" . | int) 60 }}
+{{- else if regexMatch "^[0-9]+h$" . }}{{ mul (trimSuffix "h" . | int) 3600 }}
+{{- end }}
+{{- end }}
+
+{{/* ledger.postgres.tls.existingSecret, or empty; read with dig, so that values kept from a release older than the key (--reuse-values) still render. */}}
+{{- define "flowgate.postgresTls" -}}
+{{- dig "ledger" "postgres" "tls" "existingSecret" "" .Values.AsMap }}
 {{- end }}
