@@ -660,7 +660,7 @@ async fn a_budget_spent_on_tokens_crosses_its_thresholds_at_the_settle() {
         "tokens",
         json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Daily"},
                "cost": {"perPrediction": 0, "perThousandTokens": 1000},
-               "alertAtPercent": [50, 100]}),
+               "alertAtPercent": [50, 80, 100]}),
     )
     .await;
     let fake = FakeFlowise::start(Mode::Answer { tokens: 30 }).await;
@@ -676,7 +676,7 @@ async fn a_budget_spent_on_tokens_crosses_its_thresholds_at_the_settle() {
         let ops = gate.ops.clone();
         async move { support::metric(&ops, &series).await }
     };
-    for (used, crossed) in [(60, Some(50)), (90, None), (120, Some(100))] {
+    for (used, crossed) in [(60, Some(50)), (90, Some(80)), (120, Some(100))] {
         let (status, body) = predict(&gate, &alice, &id, json!({"question": "q"})).await;
         assert_eq!(status, 200, "{used}: {body}");
         if let Some(percent) = crossed {
@@ -686,6 +686,44 @@ async fn a_budget_spent_on_tokens_crosses_its_thresholds_at_the_settle() {
             .await;
         }
     }
+    // The last settle went past the limit (90 → 120): 100 %, not 80 % again.
     assert_eq!(alerts(50).await, Some(1.0), "each threshold once");
+    assert_eq!(alerts(80).await, Some(1.0), "each threshold once");
+    team.cleanup().await;
+}
+
+/// With `reserveTokens` a prediction holds more than it costs: the tokens it did use still
+/// cross the thresholds at the settle.
+#[tokio::test]
+async fn tokens_within_the_hold_cross_their_thresholds_too() {
+    let team = Team::with_fake_flowise("credits-token-hold-alerts").await;
+    team.policy(
+        "held",
+        json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Daily"},
+               "cost": {"perPrediction": 0, "perThousandTokens": 1000, "reserveTokens": 40},
+               "alertAtPercent": [50, 80]}),
+    )
+    .await;
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 30 }).await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
+    let (id, alice) = (team.flowise_id.clone(), team.alice());
+    eventually_status(&gate, &alice, &id, 200).await;
+    let alerts = |percent: u8| {
+        let series = format!(
+            "flowgate_credit_alerts_total{{policy=\"{}/held\",percent=\"{percent}\"}}",
+            team.ns
+        );
+        let ops = gate.ops.clone();
+        async move { support::metric(&ops, &series).await }
+    };
+    // 30 used; then 60 (50 %), 90 (80 %), each settle 10 below its 40-credit hold.
+    for percent in [50, 80] {
+        let (status, body) = predict(&gate, &alice, &id, json!({"question": "q"})).await;
+        assert_eq!(status, 200, "{body}");
+        support::eventually(10, "the threshold alerted at the settle", || async {
+            (alerts(percent).await == Some(1.0)).then_some(())
+        })
+        .await;
+    }
     team.cleanup().await;
 }

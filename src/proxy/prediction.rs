@@ -159,6 +159,40 @@ fn stored_files_refused() -> ProxyError {
     ))
 }
 
+/// The form fields Flowise turns into references to a chatflow's stored files (its
+/// `mapExtToInputField`), adding an uploaded file's name to what such a field already names.
+const FILE_FIELDS: [&str; 7] = [
+    "txtFile",
+    "pdfFile",
+    "jsonFile",
+    "csvFile",
+    "jsonlinesFile",
+    "docxFile",
+    "yamlFile",
+];
+
+/// Whether a form's text part names stored files: one of [`FILE_FIELDS`], [`STORED`] in its
+/// bytes (however they decode), or a charset Flowise's parser would decode differently from
+/// what is checked here. The question is the caller's text, not a setting.
+fn names_stored_part(part: &multipart::Part) -> bool {
+    let charset = part
+        .content_type
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .and_then(|ct| {
+            let (_, after) = ct.split_once("charset=")?;
+            let value = after.split(';').next().unwrap_or_default();
+            Some(value.trim().trim_matches('"').to_string())
+        });
+    FILE_FIELDS.contains(&part.name.as_str())
+        || charset.is_some_and(|c| !matches!(c.as_str(), "utf-8" | "utf8" | "us-ascii"))
+        || (part.name != "question"
+            && part
+                .data
+                .windows(STORED.len())
+                .any(|w| w == STORED.as_bytes()))
+}
+
 /// A file name that stays one path segment wherever Flowise stores it.
 fn plain_file_name(name: &str) -> bool {
     !name.contains(['/', '\\']) && name != ".." && name != "."
@@ -222,19 +256,16 @@ pub(super) async fn read_prediction(
         ));
     }
     // As for a JSON body.
-    let text = |p: &multipart::Part| std::str::from_utf8(&p.data).ok().map(str::to_owned);
-    if form.parts.iter().any(|p| {
-        p.file_name.is_none() && p.name != "question" && text(p).is_some_and(|t| t.contains(STORED))
-    }) {
-        return Err(stored_files_refused());
-    }
-    if let Some(name) = form
+    if let Some(part) = form
         .parts
         .iter()
-        .filter_map(|p| p.file_name.as_deref())
-        .find(|name| !plain_file_name(name))
+        .find(|p| p.file_name.is_none() && names_stored_part(p))
     {
-        return Err(not_plain(name));
+        return Err(ProxyError::BadRequest(format!(
+            "form field '{}': {}",
+            part.name,
+            stored_files_refused()
+        )));
     }
     if form
         .text("streaming")
@@ -300,6 +331,34 @@ mod tests {
             json!({"question": "x", "uploads": [{"type": "file", "name": "q3 (final).pdf", "data": ""}]}),
         ] {
             assert!(prepared(fine.clone()).is_ok(), "{fine}");
+        }
+    }
+
+    /// In a form, Flowise merges an uploaded file into a `*File` field's stored names, and its
+    /// parser decodes a field by its charset: each way around the check is refused.
+    #[test]
+    fn form_fields_naming_stored_files_are_refused_however_written() {
+        let part = |name: &str, content_type: Option<&str>, data: &[u8]| multipart::Part {
+            name: name.into(),
+            file_name: None,
+            content_type: content_type.map(Into::into),
+            data: Bytes::copy_from_slice(data),
+        };
+        let mut hidden = b"FILE-STORAGE::[\"q3.pdf\"]".to_vec();
+        hidden.push(0xff);
+        for refused in [
+            part("pdfFile", None, b"[\"q3.pdf\"]"),
+            part("overrideConfig", None, &hidden),
+            part("memo", Some("text/plain; charset=utf-16le"), b"x\0"),
+        ] {
+            assert!(names_stored_part(&refused), "{refused:?}");
+        }
+        for fine in [
+            part("question", None, b"what does FILE-STORAGE:: mean?"),
+            part("chatId", Some("text/plain; charset=UTF-8; x=y"), b"c1"),
+            part("overrideConfig", None, b"{\"temperature\": 0}"),
+        ] {
+            assert!(!names_stored_part(&fine), "{fine:?}");
         }
     }
 }

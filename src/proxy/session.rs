@@ -7,10 +7,11 @@
 //! carrying its own prefix) keeps its session; any other id — including another caller's — lands
 //! in a fresh session of the caller's own. Stateless, so every replica agrees.
 //!
-//! The client's part keeps letters, digits, `.`, `_` and `-`; any other character becomes `_`.
-//! Flowise uses the chat id as a segment of where it stores a chat's uploads, and not every
-//! storage it offers cleans it: `/../` in a chat id would reach another chatflow's, or another
-//! caller's, files. (The mapping is its own fixed point, so a bound id sent back is unchanged.)
+//! In the client's part `/`, `\`, `%`, `?` and `#` become `_`. Flowise uses the chat id as a
+//! segment of where it stores a chat's uploads, and not every storage it offers cleans it:
+//! `/../` in a chat id would reach another chatflow's, or another caller's, files. (The mapping
+//! is its own fixed point, so a bound id sent back is unchanged, and ids without those
+//! characters — emails, the embed widget's `customer+uuid` — bind as they always did.)
 
 use sha2::{Digest, Sha256};
 
@@ -65,9 +66,10 @@ pub fn bind(subject_key: &str, requested: Option<&str>) -> String {
     bound
 }
 
-/// Whether a character of the client's chat id is kept as it is (else it becomes `_`).
+/// Whether a character of the client's chat id is kept as it is (else it becomes `_`, or is
+/// dropped if it is a control character).
 fn kept(c: char) -> bool {
-    c.is_alphanumeric() || matches!(c, '.' | '_' | '-')
+    !c.is_control() && !matches!(c, '/' | '\\' | '%' | '?' | '#')
 }
 
 /// Flowise's abort endpoint for a chat. The chat id carries the client's own id, so it is one
@@ -199,25 +201,24 @@ mod tests {
             "/../../other-chatflow",
             "..\\..\\x",
             "a%2Fb",
-            "user@example.com:1",
-            "会话 1",
+            "a?b#c",
+            "x/../会话",
         ] {
             let id = bind("user:alice", Some(sent));
-            assert!(
-                !id.contains(['/', '\\', '%', '@', ':', ' ']),
-                "{sent} → {id}"
-            );
+            assert!(!id.contains(['/', '\\', '%', '?', '#']), "{sent} → {id}");
             assert_eq!(bind("user:alice", Some(&id)), id, "kept when sent back");
         }
         assert_eq!(
             bind("user:alice", Some("/../x")),
             format!("{}_.._x", prefix("user:alice"))
         );
-        assert_eq!(
-            bind("user:alice", Some("会话-1")),
-            format!("{}会话-1", prefix("user:alice")),
-            "letters of any script are kept"
-        );
+        // What was bound before stays bound the same: emails, the embed's `customer+uuid`.
+        for kept_as_is in ["user@example.com:1", "cust-7+0b0e0c0a", "会话 1"] {
+            assert_eq!(
+                bind("user:alice", Some(kept_as_is)),
+                format!("{}{kept_as_is}", prefix("user:alice"))
+            );
+        }
     }
 
     #[test]

@@ -65,8 +65,10 @@ impl Credits {
     }
 
     /// Checks a settle that landed: `actual` the charge on each of the charge's policies, `used`
-    /// each line's bucket right after it ([`crate::ledger::Resolution::used`]). What the settle
-    /// added on top of the hold took the bucket to there.
+    /// each line's bucket right after it ([`crate::ledger::Resolution::used`]). What the charge
+    /// came to on top of the flat cost (which the reservation checked) took the bucket to
+    /// there. (A settle that left its bucket as it was, the hold exactly right, is not
+    /// checked.)
     pub(super) fn alert_settled(
         &self,
         charge: &Charge,
@@ -80,7 +82,7 @@ impl Credits {
             else {
                 continue;
             };
-            let added = i128::from(*actual) - i128::from(held(policy));
+            let added = i128::from(*actual) - i128::from(policy.per_prediction);
             if policy.alert_at_percent.is_empty() || added <= 0 {
                 continue;
             }
