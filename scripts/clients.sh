@@ -12,13 +12,14 @@ case "${1:-}" in
     mkdir -p "$cache/node" "$cache/python"
     if [ ! -d "$cache/node/node_modules/flowise-sdk" ]; then
       (cd "$cache/node" && npm init -y >/dev/null &&
-        npm install --no-audit --no-fund flowise-sdk@1.0.9 >/dev/null)
+        npm install --before="2026-11-20T00:00:00Z" --no-audit --no-fund flowise-sdk@1.0.9 >/dev/null)
     fi
     if [ ! -x "$cache/python/venv/bin/python" ]; then
       python3 -m venv "$cache/python/venv"
     fi
     if ! "$cache/python/venv/bin/python" -c 'import flowise' 2>/dev/null; then
-      "$cache/python/venv/bin/pip" install --quiet flowise==1.0.4
+      # Pinned whole, from `pip freeze` of the venv the tests passed with.
+      "$cache/python/venv/bin/pip" install --quiet certifi==2026.10.19.post1 charset-normalizer==3.5.2 flowise==1.0.4 idna==3.20 requests==2.34.2 urllib3==2.8.0
     fi
     ;;
   env)

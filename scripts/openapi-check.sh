@@ -9,7 +9,30 @@
 # tests/fixtures/openapi_check.py.
 set -euo pipefail
 
-readonly PY_DEPS=(openapi-spec-validator==0.9.0 jsonschema==4.26.0)
+# Every package pinned (from `pip freeze` of the venv the tests passed with), so a fresh machine
+# gets the same validators.
+readonly PY_DEPS=(
+  annotated-types==0.8.0
+  attrs==26.1.0
+  jsonschema==4.26.0
+  jsonschema-path==0.5.0
+  jsonschema-specifications==2025.9.1
+  lazy-object-proxy==1.13.0
+  openapi-schema-validator==0.9.0
+  openapi-spec-validator==0.9.0
+  pathable==0.6.0
+  pydantic==2.14.4
+  pydantic-settings==2.16.3
+  pydantic_core==2.50.5
+  python-dotenv==1.2.4
+  PyYAML==6.0.4
+  referencing==0.37.0
+  rfc3339-validator==0.1.4
+  rpds-py==2026.9.1
+  six==1.17.0
+  typing-inspection==0.4.5
+  typing_extensions==4.16.0
+)
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/venv.sh
