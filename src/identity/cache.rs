@@ -296,7 +296,7 @@ impl TokenCache {
     }
 }
 
-/// The `n` entries a full shard gives up. A user token costs a signature check to verify again; a
+/// The entries a full shard gives up: up to `n` users' tokens, else one other. A user token costs a signature check to verify again; a
 /// ServiceAccount token a review its next request waits for (a 503 while the API server cannot
 /// be asked): users' go first, then a refusal or an outage, then the acceptance longest ago.
 fn least_worth(shard: &HashMap<Box<str>, Entry>, n: usize) -> Vec<Box<str>> {
@@ -323,9 +323,21 @@ fn least_worth(shard: &HashMap<Box<str>, Entry>, n: usize) -> Vec<Box<str>> {
     }
     // The n least worth first, in no order among themselves.
     ranked.select_nth_unstable_by_key(n - 1, |(rank, _)| *rank);
+    // Only users' tokens go by the batch (a signature check brings one back); a ServiceAccount
+    // token, whose next request waits for a review, goes one at a time, the least worth.
+    let users: Vec<Box<str>> = ranked[..n]
+        .iter()
+        .filter(|(rank, _)| rank.0 == 0)
+        .map(|(_, token)| (*token).clone())
+        .collect();
+    if !users.is_empty() {
+        return users;
+    }
     ranked[..n]
         .iter()
+        .min_by_key(|(rank, _)| *rank)
         .map(|(_, token)| (*token).clone())
+        .into_iter()
         .collect()
 }
 
@@ -588,6 +600,21 @@ mod tests {
             .count();
         assert_eq!(held, 16 - 2 + 1, "two made room for the seventeenth");
         assert!(cache.get(same[16], E1, 0).is_some(), "the newest is kept");
+        // A shard of reviewed ServiceAccount tokens gives up one, the acceptance longest ago,
+        // not an eighth: each would wait for a review at its next request.
+        let cache = TokenCache::new(SHARDS * 16).expect("enabled");
+        for (at, token) in (1_i64..).zip(&same[..16]) {
+            let accepted = ReviewRecord {
+                verdict: Verdict::Accepted { at, failing: false },
+                seq: 1,
+                due: 2_000,
+            };
+            cache.record(token, &identity(4_000_000_000), E1, 0, accepted, true);
+        }
+        cache.insert(same[16], &identity(4_000_000_000), E1, 0);
+        let kept: Vec<bool> = same.iter().map(|t| cache.get(t, E1, 0).is_some()).collect();
+        assert!(!kept[0], "the acceptance longest ago went");
+        assert!(kept[1..].iter().all(|k| *k), "and only it: {kept:?}");
     }
 
     #[test]
