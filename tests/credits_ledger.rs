@@ -652,30 +652,43 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
     }
 }
 
+/// A team whose policy `name` (`spec`) prices 30 tokens a prediction, behind a flowgate, after
+/// its first charged prediction (30 used).
+async fn token_alerts(
+    prefix: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> (Team, Flowgate, FakeFlowise) {
+    let team = Team::with_fake_flowise(prefix).await;
+    team.policy(name, spec).await;
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 30 }).await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
+    eventually_status(&gate, &team.alice(), &team.flowise_id, 200).await;
+    (team, gate, fake)
+}
+
+/// How often `percent` of `policy` has alerted.
+async fn alerted(gate: &Flowgate, team: &Team, policy: &str, percent: u8) -> Option<f64> {
+    let series = format!(
+        "flowgate_credit_alerts_total{{policy=\"{}/{policy}\",percent=\"{percent}\"}}",
+        team.ns
+    );
+    support::metric(&gate.ops, &series).await
+}
+
 #[tokio::test]
 async fn a_budget_spent_on_tokens_crosses_its_thresholds_at_the_settle() {
     // No flat cost: only the settles, 30 credits a prediction, move the budget.
-    let team = Team::with_fake_flowise("credits-token-alerts").await;
-    team.policy(
+    let (team, gate, _fake) = token_alerts(
+        "credits-token-alerts",
         "tokens",
         json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Daily"},
                "cost": {"perPrediction": 0, "perThousandTokens": 1000},
                "alertAtPercent": [50, 80, 100]}),
     )
     .await;
-    let fake = FakeFlowise::start(Mode::Answer { tokens: 30 }).await;
-    let gate = Flowgate::with_flowise(&fake.url).await;
     let (id, alice) = (team.flowise_id.clone(), team.alice());
-    // The first charged prediction: 30 used.
-    eventually_status(&gate, &alice, &id, 200).await;
-    let alerts = |percent: u8| {
-        let series = format!(
-            "flowgate_credit_alerts_total{{policy=\"{}/tokens\",percent=\"{percent}\"}}",
-            team.ns
-        );
-        let ops = gate.ops.clone();
-        async move { support::metric(&ops, &series).await }
-    };
+    let alerts = |percent: u8| alerted(&gate, &team, "tokens", percent);
     for (used, crossed) in [(60, Some(50)), (90, Some(80)), (120, Some(100))] {
         let (status, body) = predict(&gate, &alice, &id, json!({"question": "q"})).await;
         assert_eq!(status, 200, "{used}: {body}");
@@ -696,26 +709,16 @@ async fn a_budget_spent_on_tokens_crosses_its_thresholds_at_the_settle() {
 /// cross the thresholds at the settle.
 #[tokio::test]
 async fn tokens_within_the_hold_cross_their_thresholds_too() {
-    let team = Team::with_fake_flowise("credits-token-hold-alerts").await;
-    team.policy(
+    let (team, gate, _fake) = token_alerts(
+        "credits-token-hold-alerts",
         "held",
         json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Daily"},
                "cost": {"perPrediction": 0, "perThousandTokens": 1000, "reserveTokens": 40},
                "alertAtPercent": [50, 80]}),
     )
     .await;
-    let fake = FakeFlowise::start(Mode::Answer { tokens: 30 }).await;
-    let gate = Flowgate::with_flowise(&fake.url).await;
     let (id, alice) = (team.flowise_id.clone(), team.alice());
-    eventually_status(&gate, &alice, &id, 200).await;
-    let alerts = |percent: u8| {
-        let series = format!(
-            "flowgate_credit_alerts_total{{policy=\"{}/held\",percent=\"{percent}\"}}",
-            team.ns
-        );
-        let ops = gate.ops.clone();
-        async move { support::metric(&ops, &series).await }
-    };
+    let alerts = |percent: u8| alerted(&gate, &team, "held", percent);
     // 30 used; then 60 (50 %), 90 (80 %), each settle 10 below its 40-credit hold.
     for percent in [50, 80] {
         let (status, body) = predict(&gate, &alice, &id, json!({"question": "q"})).await;

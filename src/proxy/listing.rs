@@ -241,6 +241,12 @@ mod tests {
     use crate::crd::Chatflow;
     use crate::index::{Resources, compile};
 
+    const IDS: [&str; 3] = [
+        "00000000-0000-4000-8000-000000000001",
+        "00000000-0000-4000-8000-000000000002",
+        "00000000-0000-4000-8000-000000000003",
+    ];
+
     fn chatflow(name: &str, id: &str, flow_type: &str) -> Arc<Chatflow> {
         let yaml = format!(
             "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: {name}, namespace: a}}\n\
@@ -263,11 +269,7 @@ mod tests {
             );
             Arc::new(serde_saphyr::from_str(&yaml).expect("fixture is valid YAML"))
         };
-        let ids = [
-            "00000000-0000-4000-8000-000000000001",
-            "00000000-0000-4000-8000-000000000002",
-            "00000000-0000-4000-8000-000000000003",
-        ];
+        let ids = IDS;
         let snapshot = compile(&Resources {
             chatflows: vec![
                 dated("old", ids[0], "2025-02-01T00:00:00Z"),
@@ -305,11 +307,7 @@ mod tests {
 
     #[test]
     fn the_list_is_filtered_by_type_and_paged_as_flowise_does() {
-        let ids = [
-            "00000000-0000-4000-8000-000000000001",
-            "00000000-0000-4000-8000-000000000002",
-            "00000000-0000-4000-8000-000000000003",
-        ];
+        let ids = IDS;
         let snapshot = compile(&Resources {
             chatflows: vec![
                 chatflow("one", ids[0], "CHATFLOW"),
