@@ -247,6 +247,13 @@ mod tests {
         "00000000-0000-4000-8000-000000000003",
     ];
 
+    /// The snapshot's chatflows of [`IDS`], in that order.
+    fn in_order(snapshot: &crate::index::Snapshot) -> Vec<&ChatflowEntry> {
+        IDS.iter()
+            .map(|id| &**snapshot.chatflow_by_flowise_id(id).expect("indexed"))
+            .collect()
+    }
+
     fn chatflow(name: &str, id: &str, flow_type: &str) -> Arc<Chatflow> {
         let yaml = format!(
             "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: {name}, namespace: a}}\n\
@@ -278,10 +285,7 @@ mod tests {
             ],
             ..Default::default()
         });
-        let entries: Vec<&ChatflowEntry> = ids
-            .iter()
-            .map(|id| &**snapshot.chatflow_by_flowise_id(id).expect("indexed"))
-            .collect();
+        let entries = in_order(&snapshot);
         let list = flowise_list(entries, None).expect("a list");
         let shown: Vec<(&str, &str, &str)> = list
             .as_array()
@@ -316,11 +320,7 @@ mod tests {
             ],
             ..Default::default()
         });
-        let entries = || {
-            ids.iter()
-                .map(|id| &**snapshot.chatflow_by_flowise_id(id).expect("indexed"))
-                .collect::<Vec<_>>()
-        };
+        let entries = || in_order(&snapshot);
         let listed = |query: &str| flowise_list(entries(), Some(query)).expect("a list");
         let names = |list: &Value| -> Vec<String> {
             list.as_array()

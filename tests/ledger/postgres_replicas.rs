@@ -779,16 +779,7 @@ async fn a_role_that_only_uses_the_tables_starts_on_them() {
         panic!("a PostgreSQL store");
     };
     let app = LedgerUrl::Postgres(url.replacen("postgres@", "flowgate_app_test@", 1));
-    let ledger = ledger::open(&app).await.expect("starts without CREATE");
-    let outcome = ledger
-        .reserve(request("alice", vec![line(POLICY, "alice", 10, 1)]))
-        .await
-        .expect("reserve");
-    assert!(
-        matches!(outcome, ReserveOutcome::Reserved { .. }),
-        "{outcome:?}"
-    );
-    drop(ledger);
+    crate::support::opens_and_charges(&app).await;
     sql.batch_execute("DROP OWNED BY flowgate_app_test; DROP ROLE flowgate_app_test")
         .await
         .expect("cleaned up");

@@ -218,3 +218,26 @@ pub async fn concurrently(
     }
     outcomes
 }
+
+/// Opens the ledger at `url`, and reserves and takes a rate allowance on it (each pool opens
+/// its own connections).
+pub async fn opens_and_charges(url: &LedgerUrl) {
+    let ledger = ledger::open(url)
+        .await
+        .unwrap_or_else(|e| panic!("{url:?} opens: {e}"));
+    let outcome = ledger
+        .reserve(request("alice", vec![line(crate::POLICY, "alice", 10, 1)]))
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(outcome, ReserveOutcome::Reserved { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(used(&*ledger, crate::POLICY, "alice").await, 1);
+    let take = ledger
+        .take_rate("tls", Duration::from_secs(1), Duration::from_secs(5))
+        .await
+        .expect("the shared pool connects too")
+        .expect("PostgreSQL shares allowances");
+    assert!(take.admitted);
+}

@@ -5,6 +5,7 @@
 //! `127.0.0.1` tells `verify-ca` from `verify-full`.
 
 use super::*;
+use crate::support::opens_and_charges;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,29 +45,6 @@ async fn url(test: &str, role: &str, host: &str, parameters: &str) -> LedgerUrl 
     ))
 }
 
-/// Opens the ledger at `url`, and reserves and takes a rate allowance on it (each pool opens
-/// its own connections).
-async fn works(url: &LedgerUrl) {
-    let ledger = ledger::open(url)
-        .await
-        .unwrap_or_else(|e| panic!("{url:?} opens: {e}"));
-    let outcome = ledger
-        .reserve(request("alice", vec![line(POLICY, "alice", 10, 1)]))
-        .await
-        .expect("reserve");
-    assert!(
-        matches!(outcome, ReserveOutcome::Reserved { .. }),
-        "{outcome:?}"
-    );
-    assert_eq!(used(&*ledger, POLICY, "alice").await, 1);
-    let take = ledger
-        .take_rate("tls", Duration::from_secs(1), Duration::from_secs(5))
-        .await
-        .expect("the shared pool connects too")
-        .expect("PostgreSQL shares allowances");
-    assert!(take.admitted);
-}
-
 /// Why opening the ledger at `url` fails: a configuration to change, never worth retrying.
 async fn refused(url: &LedgerUrl) -> String {
     match ledger::open(url).await {
@@ -84,8 +62,8 @@ async fn tls_is_used_by_default_and_when_required_and_never_when_disabled() {
     let disabled = refused(&url(test, "flowgate_tls", "127.0.0.1", "sslmode=disable").await).await;
     assert!(disabled.contains("no encryption"), "{disabled}");
     // libpq's default, prefer: TLS when the server offers it, any certificate.
-    works(&url(test, "flowgate_tls", "127.0.0.1", "").await).await;
-    works(&url(test, "flowgate_tls", "127.0.0.1", "sslmode=require").await).await;
+    opens_and_charges(&url(test, "flowgate_tls", "127.0.0.1", "").await).await;
+    opens_and_charges(&url(test, "flowgate_tls", "127.0.0.1", "sslmode=require").await).await;
 }
 
 #[tokio::test]
@@ -93,7 +71,7 @@ async fn verify_full_checks_the_name_and_verify_ca_the_chain_only() {
     let test = "tls_verify";
     let ca = format!("sslrootcert={}", file("ca.crt"));
     let other = format!("sslrootcert={}", file("other-ca.crt"));
-    works(
+    opens_and_charges(
         &url(
             test,
             "flowgate_tls",
@@ -115,7 +93,7 @@ async fn verify_full_checks_the_name_and_verify_ca_the_chain_only() {
     )
     .await;
     assert!(wrong_name.contains("not valid for name"), "{wrong_name}");
-    works(
+    opens_and_charges(
         &url(
             test,
             "flowgate_tls",
@@ -156,7 +134,7 @@ async fn a_client_certificate_is_presented_when_named() {
         file("client.crt"),
         file("client.key")
     );
-    works(&url(test, "flowgate_cert", "localhost", &identity).await).await;
+    opens_and_charges(&url(test, "flowgate_cert", "localhost", &identity).await).await;
 }
 
 #[tokio::test]
