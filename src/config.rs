@@ -68,6 +68,11 @@ pub struct RunArgs {
     /// Accept Kubernetes ServiceAccount tokens with this audience (unset: off).
     #[arg(long, env = "FLOWGATE_SERVICE_ACCOUNT_AUDIENCE")]
     pub service_account_audience: Option<String>,
+    /// Verified tokens remembered until their `exp` (or a key change), so a caller that sends
+    /// the same token again is not verified again; 0 turns the cache off. An entry holds the
+    /// token and its identity, about 1–2 KiB for a typical token.
+    #[arg(long, env = "FLOWGATE_TOKEN_CACHE_SIZE", default_value = "10000")]
+    pub token_cache_size: String,
     /// Claims naming the user, in order.
     #[arg(long, env = "FLOWGATE_USER_CLAIMS", default_value = "sub,email")]
     pub user_claims: String,
@@ -151,6 +156,8 @@ pub struct Config {
     pub ledger: LedgerUrl,
     pub ledger_retention: Option<Duration>,
     pub jwt: JwtConfig,
+    /// Verified tokens remembered at most (0: none).
+    pub token_cache_size: usize,
     pub identity: ClaimMapping,
     pub import_namespace: Option<String>,
     pub sync_interval: Duration,
@@ -300,6 +307,7 @@ impl Config {
             )?,
             service_account_audience: non_empty(args.service_account_audience),
         };
+        let token_cache_size = token_cache_size(&args.token_cache_size)?;
         let token_endpoint_url =
             optional_url("FLOWGATE_TOKEN_ENDPOINT_URL", args.token_endpoint_url)?;
         let token_client_id = non_empty(args.token_client_id);
@@ -340,6 +348,7 @@ impl Config {
                 .map(|raw| retention("FLOWGATE_LEDGER_RETENTION", &raw))
                 .transpose()?,
             jwt,
+            token_cache_size,
             identity: claim_mapping(&args.user_claims, &args.groups_claim, &args.admin_claim)?,
             import_namespace: non_empty(args.import_namespace),
             // Also each Chatflow's requeue: kube-runtime's scheduler panics on a deadline past
@@ -476,6 +485,23 @@ fn proxy_threads(raw: &str) -> Result<usize, ConfigError> {
         _ => Err(invalid(
             SETTING,
             format!("'{raw}' is neither 'auto' nor a number of threads from 1 to 256"),
+        )),
+    }
+}
+
+/// `FLOWGATE_TOKEN_CACHE_SIZE` when unset.
+const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
+
+/// A number of cached tokens: at most a million (a few GiB at most of memory).
+fn token_cache_size(raw: &str) -> Result<usize, ConfigError> {
+    if raw.trim().is_empty() {
+        return Ok(DEFAULT_TOKEN_CACHE_SIZE);
+    }
+    match raw.trim().parse::<usize>() {
+        Ok(n @ 0..=1_000_000) => Ok(n),
+        _ => Err(invalid(
+            "FLOWGATE_TOKEN_CACHE_SIZE",
+            format!("'{raw}' is not a number of tokens from 0 (no cache) to 1000000"),
         )),
     }
 }

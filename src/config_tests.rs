@@ -37,6 +37,7 @@ fn defaults_match_the_documented_table() {
     assert_eq!(config.ledger_retention, None, "keep everything");
     assert_eq!(config.shutdown_delay, Duration::ZERO, "drain at once");
     assert_eq!(config.body_memory, 256 << 20);
+    assert_eq!(config.token_cache_size, 10_000);
     assert_eq!(config.cors_origins, None, "no CORS headers");
     assert_eq!(
         config.invalid_policies,
@@ -63,6 +64,21 @@ fn invalid_policies_are_skipped_or_refuse() {
     assert_eq!(config.invalid_policies, InvalidPolicies::Refuse);
     let config = parse(&["--invalid-policies", "skip"]).expect("valid");
     assert_eq!(config.invalid_policies, InvalidPolicies::Skip);
+}
+
+#[test]
+fn the_token_cache_size_is_a_count_and_zero_turns_it_off() {
+    let config = parse(&["--token-cache-size", "0"]).expect("valid");
+    assert_eq!(config.token_cache_size, 0);
+    let config = parse(&["--token-cache-size", " 250000 "]).expect("valid");
+    assert_eq!(config.token_cache_size, 250_000);
+    let config = parse(&["--token-cache-size", ""]).expect("valid");
+    assert_eq!(config.token_cache_size, 10_000, "empty: the default");
+    for bad in ["-1", "10k", "1000001"] {
+        let flag = format!("--token-cache-size={bad}");
+        let error = parse(&[&flag]).expect_err(bad);
+        assert_eq!(error.setting, "FLOWGATE_TOKEN_CACHE_SIZE", "{bad}");
+    }
 }
 
 #[test]

@@ -1,11 +1,14 @@
 //! Prometheus metrics, registered once at start-up and shared. Metric families are atomic
 //! internally; recording never takes a lock on the request path beyond the family's label map.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -61,6 +64,50 @@ struct RouteLabels {
     route: &'static str,
 }
 
+/// `flowgate_token_cache_lookups_total{result="hit"|"miss"}`: bearer tokens answered from the
+/// verified-token cache or verified, read from the verifier at each scrape (the request path
+/// only bumps the cache's own atomic). Absent until a source is set, and with the cache off.
+#[derive(Clone, Default)]
+pub struct TokenCacheLookups(Arc<OnceLock<LookupSource>>);
+
+type LookupSource = Box<dyn Fn() -> Option<crate::identity::Lookups> + Send + Sync>;
+
+impl TokenCacheLookups {
+    /// Where the counts come from (the verifier); only the first source set is kept.
+    pub fn read_from(
+        &self,
+        source: impl Fn() -> Option<crate::identity::Lookups> + Send + Sync + 'static,
+    ) {
+        // A second source would be a second verifier in one process: the first one counts.
+        let _ = self.0.set(Box::new(source));
+    }
+}
+
+impl std::fmt::Debug for TokenCacheLookups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenCacheLookups")
+    }
+}
+
+impl Collector for TokenCacheLookups {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(lookups) = self.0.get().and_then(|read| read()) else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "token_cache_lookups",
+            "Bearer tokens looked up in the verified-token cache, by result: hit (not verified again) or miss",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, count) in [("hit", lookups.hits), ("miss", lookups.misses)] {
+            let labels = [("result", result)];
+            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Every metric flowgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -84,6 +131,8 @@ pub struct Metrics {
     pub body_buffer: Gauge,
     /// What `body_buffer` may reach (FLOWGATE_BODY_MEMORY).
     pub body_buffer_limit: Gauge,
+    /// The verified-token cache's hits and misses, read at each scrape.
+    pub token_cache: TokenCacheLookups,
     /// The controller's reconciles, status writes, Flowise sync passes and leadership.
     pub controller: ControllerMetrics,
 }
@@ -178,6 +227,8 @@ impl Metrics {
             "TokenReviews of ServiceAccount tokens sent to the API server, by outcome: accepted, refused, unavailable",
             token_reviews.clone(),
         );
+        let token_cache = TokenCacheLookups::default();
+        registry.register_collector(Box::new(token_cache.clone()));
         let stream_hangups = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "stream_hangups",
@@ -245,6 +296,7 @@ impl Metrics {
             index_watch_errors,
             body_buffer,
             body_buffer_limit,
+            token_cache,
             controller,
         }
     }
@@ -625,6 +677,36 @@ mod tests {
             text.contains(
                 "flowgate_ledger_operation_duration_seconds_count{operation=\"reserve\"} 1"
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn token_cache_lookups_are_read_at_each_scrape() {
+        let metrics = Metrics::new();
+        let text = metrics.encode().expect("encodes");
+        assert!(!text.contains("token_cache"), "no source yet: {text}");
+        let hits = Arc::new(std::sync::atomic::AtomicU64::new(3));
+        let source = hits.clone();
+        metrics.token_cache.read_from(move || {
+            Some(crate::identity::Lookups {
+                hits: source.load(std::sync::atomic::Ordering::Relaxed),
+                misses: 2,
+            })
+        });
+        let text = metrics.encode().expect("encodes");
+        assert!(
+            text.contains("# TYPE flowgate_token_cache_lookups counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flowgate_token_cache_lookups_total{result=\"miss\"} 2"),
+            "{text}"
+        );
+        hits.store(5, std::sync::atomic::Ordering::Relaxed);
+        let text = metrics.encode().expect("encodes");
+        assert!(
+            text.contains("flowgate_token_cache_lookups_total{result=\"hit\"} 5"),
             "{text}"
         );
     }

@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, LedgerUrl};
-use crate::identity::Verifier;
+use crate::identity::{Verifier, VerifierOptions};
 use crate::index;
 use crate::ledger;
 use crate::metrics::Metrics;
@@ -139,7 +139,11 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
                 .service_account_audience
                 .as_ref()
                 .and(client.clone());
-            Verifier::new(&config.jwt, &config.identity, sa_client)
+            let options = VerifierOptions {
+                token_cache_capacity: config.token_cache_size,
+                ..VerifierOptions::default()
+            };
+            Verifier::with_options(&config.jwt, &config.identity, sa_client, options)
         })
         .transpose()?;
     // The token endpoint's client secret, and Flowise's client for resources from files: also
@@ -218,6 +222,9 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
         };
         let reviews = metrics.clone();
         verifier.observe_reviews(move |outcome| reviews.token_review(outcome));
+        metrics
+            .token_cache
+            .read_from(verifier.token_cache_lookups());
         tokio::spawn(verifier.clone().run_refresh(shutdown.clone()));
         // Ready once remote keys (JWKS, OIDC, the cluster's ServiceAccount issuer) have loaded.
         let keys_gate = health.gate("identity keys");

@@ -260,6 +260,45 @@ async fn a_cached_token_still_expires() {
     assert_eq!(verifier.verify(&token).await, Err(AuthError::Expired));
 }
 
+#[tokio::test]
+async fn the_cache_counts_its_hits_and_misses_unless_it_is_off() {
+    let (verifier, _file) = hs256_verifier(|_| {});
+    let lookups = verifier.token_cache_lookups();
+    let token = Signer::hs256(SECRET).sign(&claims());
+    for _ in 0..3 {
+        assert_eq!(reason(verifier.verify(&token).await), "ok");
+    }
+    let bad = Signer::hs256(b"another secret").sign(&claims());
+    assert_eq!(verifier.verify(&bad).await, Err(AuthError::BadSignature));
+    let counts = lookups().expect("the cache is on by default");
+    assert_eq!((counts.hits, counts.misses), (2, 2), "{counts:?}");
+    drop(verifier);
+    assert_eq!(
+        lookups(),
+        None,
+        "the reader does not keep the verifier alive"
+    );
+
+    let (_, file) = hs256_verifier(|_| {});
+    let config = JwtConfig {
+        hs256_secret_file: Some(file.path().to_path_buf()),
+        ..config()
+    };
+    let off = Verifier::with_options(
+        &config,
+        &ClaimMapping::default(),
+        None,
+        VerifierOptions {
+            token_cache_capacity: 0,
+            ..VerifierOptions::default()
+        },
+    )
+    .expect("valid");
+    assert_eq!(reason(off.verify(&token).await), "ok");
+    assert_eq!(reason(off.verify(&token).await), "ok", "verified again");
+    assert_eq!(off.token_cache_lookups()(), None, "no cache, no counts");
+}
+
 // --- shape and size -------------------------------------------------------------------------
 
 #[tokio::test]

@@ -702,3 +702,38 @@ async fn a_rotated_client_secret_is_presented_without_a_restart() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_token_cache_size_reaches_the_verifier() {
+    let scrape = async |gate: &Flowgate| {
+        let http = reqwest::Client::new();
+        let alice = token("alice", json!({}));
+        for _ in 0..2 {
+            let listing = get_json(&format!("{}/api/v1/chatflows", gate.base), &alice).await;
+            assert!(listing.is_array(), "{listing}");
+        }
+        http.get(format!("{}/metrics", gate.ops))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    let cached = Flowgate::start().await;
+    let metrics = scrape(&cached).await;
+    assert!(
+        metrics.contains("flowgate_token_cache_lookups_total{result=\"hit\"} 1"),
+        "the second request was answered from the cache: {metrics}"
+    );
+    let off = Flowgate::start_with(Options {
+        token_cache_size: Some("0".into()),
+        ..Default::default()
+    })
+    .await;
+    let metrics = scrape(&off).await;
+    assert!(
+        !metrics.contains("token_cache_lookups"),
+        "no cache, no lookups: {metrics}"
+    );
+}

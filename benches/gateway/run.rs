@@ -1,8 +1,10 @@
 //! `flowgate-bench run`: set up, measure in phases, tear down, print the report.
 //!
 //! 1. Keys, the JWKS server, the team's resources in the API server, the upstream, HAProxy, and
-//!    two flowgate processes (SQLite ledger; PostgreSQL ledger when a URL is given).
-//! 2. Small index (10 ChatflowAccess): saturation rounds; apply-to-enforce.
+//!    three flowgate processes (SQLite ledger; the same with its verified-token cache off;
+//!    PostgreSQL ledger when a URL is given).
+//! 2. Small index (10 ChatflowAccess): saturation rounds, with and without the token cache;
+//!    apply-to-enforce.
 //! 3. Bulk load (10,000 ChatflowAccess, 1,000 Chatflows): saturation rounds with and without
 //!    credits; fixed-rate rounds; streaming; apply-to-enforce; memory.
 //! 4. The pure index figures, then the report.
@@ -12,10 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use kube::Client;
 use serde_json::json;
 
+use crate::gates::{Gate, Launch, fresh_schema, wait_answering, wait_bulk_visible};
 use crate::load::{FixedRate, Saturation, Target};
 use crate::measure::{self, Scenario};
 use crate::procs::{self, Child};
@@ -105,14 +108,6 @@ impl Settings {
             bulk: if quick { Bulk::QUICK } else { Bulk::FULL },
         }
     }
-}
-
-/// A flowgate child process and its addresses.
-struct Gate {
-    child: Child,
-    base: String,
-    /// The ops address (`/metrics`), as a URL.
-    ops: String,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -222,30 +217,27 @@ async fn measure_all(
     let mut peer = haproxy::start(dir, &keys, upstream_addr)?;
     let upstream_url = format!("http://{upstream_addr}");
     let jwks_url = format!("http://{jwks}/jwks.json");
-    let ledger = format!("sqlite://{}", dir.join("ledger.db").display());
-    let mut sqlite_gate = start_flowgate(
-        "flowgate-sqlite",
-        flowgate,
+    let launch = Launch {
+        binary: flowgate,
         dir,
-        &upstream_url,
-        &jwks_url,
-        &keys,
-        &ledger,
-        &options.flowgate_log,
+        upstream: &upstream_url,
+        jwks: &jwks_url,
+        keys: &keys,
+        log: &options.flowgate_log,
+    };
+    let sqlite = |file: &str| format!("sqlite://{}", dir.join(file).display());
+    let mut sqlite_gate = launch.start("flowgate-sqlite", &sqlite("ledger.db"), &[])?;
+    // Every token verified: what a caller minting a token per request costs, and the fair
+    // match for HAProxy, which has no such cache.
+    let uncached_gate = launch.start(
+        "flowgate-uncached",
+        &sqlite("ledger-uncached.db"),
+        &[("FLOWGATE_TOKEN_CACHE_SIZE", "0")],
     )?;
     let mut pg_gate = match &options.postgres_url {
         Some(url) => {
             let url = fresh_schema(url).await?;
-            Some(start_flowgate(
-                "flowgate-postgres",
-                flowgate,
-                dir,
-                &upstream_url,
-                &jwks_url,
-                &keys,
-                &url,
-                &options.flowgate_log,
-            )?)
+            Some(launch.start("flowgate-postgres", &url, &[])?)
         }
         None => {
             eprintln!("FLOWGATE_TEST_POSTGRES_URL is unset: skipping the PostgreSQL ledger");
@@ -308,6 +300,19 @@ async fn measure_all(
         target(&sq.base, &free, &rs),
         sq.child.pid(),
     );
+    let un = &uncached_gate;
+    let fg_hs_uncached = scenario(
+        "flowgate-hs256-uncached",
+        "flowgate HS256 + access, token cache off",
+        target(&un.base, &free, &hs),
+        un.child.pid(),
+    );
+    let fg_rs_uncached = scenario(
+        "flowgate-rs256-uncached",
+        "flowgate RS256 (JWKS) + access, token cache off",
+        target(&un.base, &free, &rs),
+        un.child.pid(),
+    );
     let fg_sqlite = scenario(
         "flowgate-sqlite",
         "flowgate RS256 + access + SQLite credits",
@@ -324,7 +329,15 @@ async fn measure_all(
     });
 
     let all: Vec<&Scenario> = [
-        &direct, &ha_plain, &ha_hs, &ha_rs, &fg_hs, &fg_rs, &fg_sqlite,
+        &direct,
+        &ha_plain,
+        &ha_hs,
+        &ha_rs,
+        &fg_hs,
+        &fg_rs,
+        &fg_hs_uncached,
+        &fg_rs_uncached,
+        &fg_sqlite,
     ]
     .into_iter()
     .chain(fg_pg.as_ref())
@@ -349,7 +362,11 @@ async fn measure_all(
         ha_rs.clone(),
         fg_hs,
         fg_rs.clone(),
+        fg_hs_uncached,
+        fg_rs_uncached,
     ];
+    let http = reqwest::Client::new();
+    let lookups_before = scrape::token_cache(&http, &sqlite_gate.ops).await?;
     let rows_a = measure::saturation(
         &phase_a,
         settings.rounds,
@@ -358,6 +375,11 @@ async fn measure_all(
         dir,
     )
     .await?;
+    let lookups_a = scrape::token_cache(&http, &sqlite_gate.ops)
+        .await?
+        .since(lookups_before);
+    let uncached_lookups = scrape::token_cache(&http, &uncached_gate.ops).await?;
+    drop(uncached_gate);
     eprintln!("phase A: apply-to-enforce");
     let enforce_small =
         control::apply_to_enforce(client, plan, &sqlite_gate.base, &probe, settings.changes)
@@ -412,7 +434,6 @@ async fn measure_all(
     .into_iter()
     .chain(fg_pg.clone())
     .collect();
-    let http = reqwest::Client::new();
     let ops = sqlite_gate.ops.clone();
     let reserves = || scrape::reserves(&http, &ops);
     let pg_ops = pg_gate.as_ref().map(|g| g.ops.clone());
@@ -461,6 +482,11 @@ async fn measure_all(
         fmt_duration(settings.saturation.duration),
     ));
     report.push_str(&measure::saturation_table(&rows_a));
+    report.push_str(&format!(
+        "\nThe token cache of the flowgate with it on, over these rounds: {}. With it off: {}.\n",
+        lookups_a.describe(),
+        uncached_lookups.describe(),
+    ));
     report.push_str(&format!(
         "\n### Saturation, {} ChatflowAccess + {} Chatflows in the index\n\n",
         plan.bulk.total_accesses() + workload::TEAM_ACCESSES,
@@ -632,115 +658,6 @@ fn start_upstream(dir: &Path, quick: bool) -> anyhow::Result<(Child, SocketAddr)
         command.args(["--sse-events", "5", "--sse-gap-ms", "5"]);
     }
     Child::spawn_printing_addr("upstream", command, dir)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn start_flowgate(
-    name: &str,
-    binary: &Path,
-    dir: &Path,
-    upstream: &str,
-    jwks: &str,
-    keys: &Keys,
-    ledger: &str,
-    log: &str,
-) -> anyhow::Result<Gate> {
-    let (listen, ops) = (procs::free_port()?, procs::free_port()?);
-    let mut command = Command::new(binary);
-    command.env_clear();
-    for keep in ["PATH", "HOME", "KUBECONFIG"] {
-        if let Some(value) = std::env::var_os(keep) {
-            command.env(keep, value);
-        }
-    }
-    command
-        .arg("run")
-        .env("RUST_LOG", log)
-        .env("FLOWGATE_NO_CONTROLLER", "true")
-        .env("FLOWGATE_FLOWISE_URL", upstream)
-        .env("FLOWGATE_LISTEN_ADDR", listen.to_string())
-        .env("FLOWGATE_OPS_ADDR", ops.to_string())
-        .env("FLOWGATE_LEDGER_URL", ledger)
-        .env("FLOWGATE_JWT_HS256_SECRET_FILE", &keys.hs256_file)
-        .env("FLOWGATE_JWKS_URL", jwks);
-    let mut child = Child::spawn(name, command, dir)?;
-    procs::wait_listening(&mut child, listen, Duration::from_secs(30))?;
-    Ok(Gate {
-        child,
-        base: format!("http://{listen}"),
-        ops: format!("http://{ops}"),
-    })
-}
-
-/// A fresh schema for this run's PostgreSQL ledger; the URL selecting it.
-async fn fresh_schema(base: &str) -> anyhow::Result<String> {
-    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
-        .await
-        .context("connecting to FLOWGATE_TEST_POSTGRES_URL")?;
-    tokio::spawn(connection);
-    client
-        .batch_execute("DROP SCHEMA IF EXISTS flowgate_bench CASCADE; CREATE SCHEMA flowgate_bench")
-        .await?;
-    let separator = if base.contains('?') { '&' } else { '?' };
-    Ok(format!(
-        "{base}{separator}options=-csearch_path%3Dflowgate_bench"
-    ))
-}
-
-/// Waits until `target` answers 200 (flowgate has synced the resources and fetched the keys).
-async fn wait_answering(target: &Target) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = http
-            .post(&target.url)
-            .bearer_auth(&target.token)
-            .header("content-type", "application/json")
-            .body(target.body.clone())
-            .send()
-            .await;
-        let status = match answer {
-            Ok(resp) if resp.status().is_success() => return Ok(()),
-            Ok(resp) => format!(
-                "{} {}",
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            ),
-            Err(e) => e.to_string(),
-        };
-        if Instant::now() > deadline {
-            bail!("{} does not answer 200 after 30 s: {status}", target.url);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until `gate` grants the last ChatflowAccess of every bulk namespace.
-async fn wait_bulk_visible(gate: &mut Gate, plan: &Plan, keys: &Keys) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let bulk = plan.bulk;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    for k in 0..bulk.namespaces {
-        let j = bulk.accesses - 1;
-        let token = keys.hs256(&format!("user-{k}-{j}@example.com"), json!({}))?;
-        let id = plan.bulk_flowise_id(k, j % bulk.chatflows);
-        let url = format!("{}/api/v1/chatflows/{id}", gate.base);
-        loop {
-            let status = http.get(&url).bearer_auth(&token).send().await?.status();
-            if status.is_success() {
-                break;
-            }
-            gate.child.check_alive()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "{} does not serve the bulk objects after 300 s ({url}: {status})",
-                    gate.child.name
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
-//! flowgate's own account of where a charged request's time went: the reserve-latency histogram
-//! (`flowgate_ledger_operation_duration_seconds{operation="reserve"}`) read from `/metrics`
-//! before and after a phase, so a phase's added latency can be split into "waiting for the
-//! ledger" and the rest.
+//! flowgate's own account of a phase, read from `/metrics` before and after it: where a charged
+//! request's time went (the reserve-latency histogram,
+//! `flowgate_ledger_operation_duration_seconds{operation="reserve"}`), so a phase's added
+//! latency can be split into "waiting for the ledger" and the rest; and how many tokens the
+//! verified-token cache answered (`flowgate_token_cache_lookups_total`), so a row is known to
+//! measure cache hits or signature checks.
 
 use anyhow::Context;
 
@@ -86,19 +88,67 @@ impl Buckets {
     }
 }
 
+/// The verified-token cache's counts; `None` when not exported (the cache is off, or an older
+/// binary under `--flowgate`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lookups(Option<(u64, u64)>);
+
+impl Lookups {
+    const FAMILY: &str = "flowgate_token_cache_lookups_total{result=\"";
+
+    pub fn of(page: &str) -> Self {
+        let count = |result: &str| {
+            let prefix = format!("{}{result}\"}} ", Self::FAMILY);
+            page.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        };
+        Self(count("hit").zip(count("miss")))
+    }
+
+    /// What was counted between `before` and `self`.
+    pub fn since(self, before: Lookups) -> Lookups {
+        Self(self.0.map(|(hits, misses)| {
+            let (h, m) = before.0.unwrap_or_default();
+            (hits.saturating_sub(h), misses.saturating_sub(m))
+        }))
+    }
+
+    /// `n hits, m misses (x% hits)`, or that nothing was exported.
+    pub fn describe(&self) -> String {
+        match self.0 {
+            None => "no lookups exported (cache off, or a binary without the metric)".into(),
+            Some((hits, misses)) => {
+                let total = (hits + misses).max(1) as f64;
+                format!(
+                    "{hits} hits, {misses} misses ({:.1}% hits)",
+                    hits as f64 * 100.0 / total
+                )
+            }
+        }
+    }
+}
+
 /// The reserve histogram on flowgate's `/metrics`, at its ops address.
 pub async fn reserves(http: &reqwest::Client, ops: &str) -> anyhow::Result<Buckets> {
+    Ok(Buckets::reserve(&page(http, ops).await?))
+}
+
+/// The token cache's counts on flowgate's `/metrics`, at its ops address.
+pub async fn token_cache(http: &reqwest::Client, ops: &str) -> anyhow::Result<Lookups> {
+    Ok(Lookups::of(&page(http, ops).await?))
+}
+
+async fn page(http: &reqwest::Client, ops: &str) -> anyhow::Result<String> {
     let url = format!("{ops}/metrics");
-    let page = http
-        .get(&url)
+    http.get(&url)
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
         .with_context(|| format!("GET {url}"))?
         .text()
         .await
-        .with_context(|| format!("reading {url}"))?;
-    Ok(Buckets::reserve(&page))
+        .with_context(|| format!("reading {url}"))
 }
 
 #[cfg(test)]
@@ -125,6 +175,28 @@ flowgate_ledger_operation_duration_seconds_bucket{le=\"0.0002\",operation=\"sett
         assert!((p50 - 0.24).abs() < 1e-9, "{p50}");
         // Rank 9.9 is in the +Inf bucket: no finite answer.
         assert_eq!(buckets.quantile_ms(0.99), None);
+    }
+
+    #[test]
+    fn token_cache_lookups_are_read_and_subtracted() {
+        let page = |hits: u64, misses: u64| {
+            format!(
+                "# TYPE flowgate_token_cache_lookups counter\nflowgate_token_cache_lookups_total{{result=\"hit\"}} {hits}\nflowgate_token_cache_lookups_total{{result=\"miss\"}} {misses}\n"
+            )
+        };
+        let before = Lookups::of(&page(10, 5));
+        let after = Lookups::of(&page(1010, 6));
+        assert_eq!(after.since(before), Lookups(Some((1000, 1))));
+        assert_eq!(
+            after.since(before).describe(),
+            "1000 hits, 1 misses (99.9% hits)"
+        );
+        assert_eq!(Lookups::of(PAGE), Lookups(None));
+        assert!(
+            Lookups::of("")
+                .describe()
+                .starts_with("no lookups exported")
+        );
     }
 
     #[test]

@@ -83,10 +83,20 @@ pub(crate) struct ReviewRecord {
     pub(crate) due: i64,
 }
 
+/// How many token lookups the cache answered ([`TokenCache::lookups`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lookups {
+    pub hits: u64,
+    pub misses: u64,
+}
+
 pub(crate) struct TokenCache {
     shards: Box<[Shard]>,
     per_shard: usize,
     reviews: AtomicU64,
+    /// Lookups answered from the cache, and not ([`Self::count`]).
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 struct Entry {
@@ -111,7 +121,23 @@ impl TokenCache {
             shards,
             per_shard: capacity.div_ceil(SHARDS),
             reviews: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         })
+    }
+
+    /// Counts one lookup of a token, answered from the cache (`hit`) or not.
+    pub(crate) fn count(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Lookups so far: answered from the cache, and not.
+    pub(crate) fn lookups(&self) -> Lookups {
+        Lookups {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
     }
 
     /// The shard of a token, from the six bits of the next-to-last character of its signature,

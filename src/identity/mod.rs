@@ -42,6 +42,7 @@ pub use token::{MAX_HEADER_BYTES, MAX_TOKEN_BYTES};
 
 use crate::config::{ClaimMapping, ConfigError, JwtConfig};
 use crate::crd::ServiceAccountRef;
+pub use cache::Lookups;
 use cache::{Cached, Epochs, ReviewRecord, TokenCache, Verdict};
 use claims::Mapping;
 use fetch::{Fetcher, Limits};
@@ -253,10 +254,11 @@ impl Verifier {
             service_accounts: inner.service_account_epoch.load(Ordering::Acquire),
         };
         let now = Timestamp::now().as_second();
-        let cached = inner
-            .cache
-            .as_ref()
-            .and_then(|c| c.get(bearer, epochs, now));
+        let cached = inner.cache.as_ref().and_then(|cache| {
+            let cached = cache.get(bearer, epochs, now);
+            cache.count(cached.is_some());
+            cached
+        });
         let Some(Cached { identity, verdict }) = cached else {
             let identity = self.verify_uncached(bearer).await?;
             if identity.service_account.is_some() {
@@ -381,6 +383,14 @@ impl Verifier {
         if let Some(keys) = &self.inner.service_accounts {
             keys.reviewer.observe(Box::new(observer));
         }
+    }
+
+    /// Reads how many tokens the verified-token cache answered, and not (`None` with the cache
+    /// off, or once the verifier is gone). It does not keep the verifier alive: the metrics
+    /// hold it, and the verifier's review observer holds the metrics.
+    pub fn token_cache_lookups(&self) -> impl Fn() -> Option<Lookups> + Send + Sync + 'static {
+        let inner = Arc::downgrade(&self.inner);
+        move || inner.upgrade()?.cache.as_ref().map(TokenCache::lookups)
     }
 
     /// How many TokenReviews this verifier has sent (0 without ServiceAccount tokens).

@@ -122,6 +122,8 @@ pub struct Options {
     pub cors_origins: Option<String>,
     /// `--invalid-policies`; default: skip.
     pub invalid_policies: Option<String>,
+    /// `--token-cache-size`; default: 10000.
+    pub token_cache_size: Option<String>,
 }
 
 impl Flowgate {
@@ -205,6 +207,7 @@ impl Flowgate {
             body_memory: options.body_memory.unwrap_or_default(),
             cors_origins: options.cors_origins,
             invalid_policies: options.invalid_policies.unwrap_or_default(),
+            token_cache_size: options.token_cache_size.unwrap_or_default(),
             ..Default::default()
         };
         let config = Config::from_args(args).expect("valid test config");
