@@ -177,6 +177,17 @@ impl Metrics {
             "Access decisions by outcome and reason",
             decisions.clone(),
         );
+        // The decisions the chart's alerts watch, from 0: increase() sees the first of each.
+        for (decision, reason) in [
+            ("allow", "granted"),
+            ("deny", "ledger_unavailable"),
+            ("deny", "policy_invalid"),
+            ("deny", "keys_unavailable"),
+            ("deny", "token_review_unavailable"),
+            ("deny", "overloaded"),
+        ] {
+            let _ = decisions.get_or_create(&DecisionLabels { decision, reason });
+        }
         let upstream_errors = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "upstream_errors",
@@ -394,6 +405,28 @@ impl Metrics {
     /// Counts a retention run that stopped on a ledger error.
     pub fn ledger_prune_failed(&self) {
         self.ledger_prune_failures.inc();
+    }
+
+    /// Starts a policy's counters at 0 (charged, adjusted both ways, each alert threshold):
+    /// `increase()` and `rate()` count nothing of a series' first value, so a counter that
+    /// appeared at its first adjustment or alert would hide it (they are rare, and per pod).
+    pub fn policy_seen(&self, policy: &str, alert_at_percent: &[u8]) {
+        let policy = policy.to_string();
+        let _ = self.credits_charged.get_or_create(&PolicyLabels {
+            policy: policy.clone(),
+        });
+        for direction in ["given", "taken"] {
+            let _ = self.credits_adjusted.get_or_create(&AdjustmentLabels {
+                policy: policy.clone(),
+                direction,
+            });
+        }
+        for &percent in alert_at_percent {
+            let _ = self.credit_alerts.get_or_create(&AlertLabels {
+                policy: policy.clone(),
+                percent,
+            });
+        }
     }
 
     /// Counts a subject crossing a policy's alert threshold.
@@ -679,6 +712,24 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn counters_alerts_watch_start_at_zero() {
+        let metrics = Metrics::new();
+        metrics.policy_seen("team-a/monthly", &[80, 100]);
+        let text = metrics.encode().expect("encodes");
+        for line in [
+            "flowgate_proxy_decisions_total{decision=\"deny\",reason=\"ledger_unavailable\"} 0",
+            "flowgate_proxy_decisions_total{decision=\"allow\",reason=\"granted\"} 0",
+            "flowgate_credits_charged_total{policy=\"team-a/monthly\"} 0",
+            "flowgate_credits_adjusted_total{policy=\"team-a/monthly\",direction=\"given\"} 0",
+            "flowgate_credits_adjusted_total{policy=\"team-a/monthly\",direction=\"taken\"} 0",
+            "flowgate_credit_alerts_total{policy=\"team-a/monthly\",percent=\"80\"} 0",
+            "flowgate_credit_alerts_total{policy=\"team-a/monthly\",percent=\"100\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,8 +28,22 @@ use tokio_util::task::TaskTracker;
 
 use crate::telemetry;
 
-/// How long a client may take to send a request's headers (hyper closes the connection after).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take from connecting to having sent its first request's headers,
+/// whatever the protocol: a connection that sends nothing, part of the HTTP/2 preface, or only
+/// the handshake would otherwise be held forever (hyper times none of those).
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// HTTP/1: how long a client may take to send a request's headers, and how long a kept-alive
+/// connection may wait for its next request (hyper closes the connection after). Longer than
+/// the idle time of the proxies usually in front (ingress-nginx and AWS load balancers keep an
+/// idle upstream connection 60 s): closing first races their next request, which they answer
+/// 502 without retrying a POST.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// HTTP/2: how often an idle connection is pinged, and how long the ping may go unanswered
+/// before the connection is closed (a peer gone without a word).
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a client's connection may take no bytes of an answer before it is closed. A client
 /// that stops reading would otherwise hold its connection, the answer's stream from Flowise, and
@@ -55,7 +71,7 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut connections = Connections::new(handler, WRITE_STALL_LIMIT);
+    let mut connections = Connections::new(handler, Limits::DEFAULT);
     while let Some((stream, peer)) = accept(&listener, &shutdown).await {
         connections.serve(stream, peer);
     }
@@ -103,7 +119,7 @@ impl Threads {
                 .spawn(move || {
                     telemetry::buffer_thread();
                     runtime.block_on(async move {
-                        let mut connections = Connections::new(handler, WRITE_STALL_LIMIT);
+                        let mut connections = Connections::new(handler, Limits::DEFAULT);
                         connections.cut = cut;
                         loop {
                             let handed = tokio::select! {
@@ -215,13 +231,31 @@ async fn accept(
     }
 }
 
+/// A connection's time limits.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// [`WRITE_STALL_LIMIT`].
+    write_stall: Duration,
+    /// [`FIRST_REQUEST_TIMEOUT`].
+    first_request: Duration,
+    /// [`HEADER_READ_TIMEOUT`].
+    header_read: Duration,
+}
+
+impl Limits {
+    const DEFAULT: Self = Self {
+        write_stall: WRITE_STALL_LIMIT,
+        first_request: FIRST_REQUEST_TIMEOUT,
+        header_read: HEADER_READ_TIMEOUT,
+    };
+}
+
 /// The connections one runtime serves, watched for graceful shutdown.
 struct Connections<H> {
     handler: H,
     builder: auto::Builder<TokioExecutor>,
     graceful: GracefulShutdown,
-    /// How long a write to a client may wait before its connection is closed.
-    write_stall: Duration,
+    limits: Limits,
     /// The connections' tasks, and what ends those still open after the drain period.
     tasks: TaskTracker,
     cut: CancellationToken,
@@ -232,22 +266,26 @@ where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    fn new(handler: H, write_stall: Duration) -> Self {
+    fn new(handler: H, limits: Limits) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // Without a timer hyper never times out a client that sends its headers slowly (or
         // never finishes them): each such connection would hold its task and buffer forever.
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(limits.header_read)
             // An answer's head and body in one buffer, one `write` (see `proxy::upstream::pool`).
             .writev(false);
-        builder.http2().timer(TokioTimer::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(HTTP2_PING_INTERVAL)
+            .keep_alive_timeout(HTTP2_PING_TIMEOUT);
         Self {
             handler,
             builder,
             graceful: GracefulShutdown::new(),
-            write_stall,
+            limits,
             tasks: TaskTracker::new(),
             cut: CancellationToken::new(),
         }
@@ -256,14 +294,25 @@ where
     /// Serves one connection in a task of the current runtime.
     fn serve(&mut self, stream: TcpStream, peer: SocketAddr) {
         let handler = self.handler.clone();
+        let asked = Arc::new(AtomicBool::new(false));
+        let first = asked.clone();
         let service = hyper::service::service_fn(move |req| {
             let handler = handler.clone();
+            first.store(true, Ordering::Relaxed);
             async move { Ok::<_, Infallible>(handler(req, peer).await) }
         });
+        // No request within the limit: closed, whatever stage the connection is stuck in.
+        let first_request = self.limits.first_request;
+        let silent = async move {
+            tokio::time::sleep(first_request).await;
+            if asked.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+        };
         // A write that waits too long fails the connection; its answer's body is dropped, as
         // for a client that hung up (a stream is aborted in Flowise and settled).
         let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
-        stream.set_write_timeout(Some(self.write_stall));
+        stream.set_write_timeout(Some(self.limits.write_stall));
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(Box::pin(stream)), service);
@@ -274,6 +323,9 @@ where
                 result = conn => if let Err(error) = result {
                     tracing::debug!(%error, %peer, "connection ended with an error");
                 },
+                () = silent => {
+                    tracing::debug!(%peer, ?first_request, "no request on a new connection; closed");
+                }
                 () = cut.cancelled() => {}
             }
         });
@@ -328,6 +380,70 @@ mod tests {
         }
     }
 
+    /// A server whose connections have `first_request` as their limit, answering 200 to all.
+    async fn quick_to_close(first_request: Duration) -> SocketAddr {
+        let handler = |_req: Request<Incoming>, _peer: SocketAddr| async {
+            Response::new(
+                http_body_util::Full::new(Bytes::from_static(b"ok"))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let limits = Limits {
+            first_request,
+            ..Limits::DEFAULT
+        };
+        let mut connections = Connections::new(handler, limits);
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                connections.serve(stream, peer);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_no_request_is_closed_at_the_first_request_limit() {
+        use tokio::io::AsyncReadExt;
+        let addr = quick_to_close(Duration::from_millis(200)).await;
+        // Nothing at all; a piece of the HTTP/2 preface; the whole preface and nothing else.
+        let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice();
+        for sent in [b"".as_slice(), &h2[..10], h2] {
+            let mut client = TcpStream::connect(addr).await.expect("connect");
+            client.write_all(sent).await.expect("write");
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+                .await
+                .unwrap_or_else(|_| panic!("still open after sending {sent:?}"))
+                .expect("closed, not failed");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_outlives_the_first_request_limit() {
+        use tokio::io::AsyncReadExt;
+        let addr = quick_to_close(Duration::from_millis(200)).await;
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        for _ in 0..2 {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: flowgate\r\n\r\n")
+                .await
+                .expect("request");
+            let mut answer = vec![0; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut answer))
+                .await
+                .expect("answered")
+                .expect("read");
+            let answer = String::from_utf8_lossy(&answer[..n]);
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            assert!(answer.ends_with("ok"), "{answer}");
+            // Idle past the first request's limit: only the keep-alive limit applies now.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     #[tokio::test]
     async fn a_client_that_stops_reading_loses_its_connection_after_the_write_stall_limit() {
         let (tx, dropped) = tokio::sync::oneshot::channel::<()>();
@@ -346,7 +462,11 @@ mod tests {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut connections = Connections::new(handler, Duration::from_millis(300));
+        let limits = Limits {
+            write_stall: Duration::from_millis(300),
+            ..Limits::DEFAULT
+        };
+        let mut connections = Connections::new(handler, limits);
         tokio::spawn(async move {
             let (stream, peer) = listener.accept().await.expect("accept");
             connections.serve(stream, peer);
@@ -397,7 +517,7 @@ mod tests {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut connections = Connections::new(handler, Duration::from_secs(60));
+        let mut connections = Connections::new(handler, Limits::DEFAULT);
         let mut client = TcpStream::connect(addr).await.expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
         connections.serve(stream, peer);

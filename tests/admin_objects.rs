@@ -272,5 +272,51 @@ async fn an_imported_chatflow_flowise_still_has_is_not_deleted() {
     );
     let kept = chatflows.get_opt("support-bot").await.expect("read");
     assert!(kept.is_some(), "the Chatflow is kept");
+
+    // Not Ready for another reason than Flowise not having it (Flowise unreachable; a suspended
+    // one likewise): the next pass would still import it again, unsuspended.
+    let not_ready = async |reason: &str| {
+        let status = json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow", "status": {
+            "flowiseId": id, "flowiseName": format!("flowgate-test-{}", team.ns),
+            "type": "AGENTFLOW", "deployed": false, "apiKeyBound": false,
+            "conditions": [{"type": "Ready", "status": "False", "reason": reason,
+                            "message": reason, "lastTransitionTime": "2026-11-22T00:01:00Z"}]}});
+        chatflows
+            .patch_status(
+                "support-bot",
+                &PatchParams::apply("flowgate-tests").force(),
+                &Patch::Apply(&status),
+            )
+            .await
+            .expect("status written");
+    };
+    not_ready("FlowiseUnreachable").await;
+    eventually_status(&gate, &team.alice(), &id, 503).await;
+    let (status, body) = call(&gate, M::DELETE, &path, Some(&root()), None).await;
+    assert_eq!(status, 409, "{body}");
+    let kept = chatflows.get_opt("support-bot").await.expect("read");
+    assert!(kept.is_some(), "the Chatflow is kept");
+
+    // Flowise is known not to have it: deleted (the pass has nothing to import again).
+    not_ready("NotFoundInFlowise").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (status, body) = call(&gate, M::DELETE, &path, Some(&root()), None).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 409, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still refused: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let deleted = async || chatflows.get_opt("support-bot").await.expect("read");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while deleted().await.is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "not deleted");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     team.cleanup().await;
 }

@@ -256,6 +256,11 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
         .cloned()
         .expect("the sync alert is among the rules");
     sync_alert["eval_time"] = json!("130m");
+    let flowise_alert = firing
+        .iter()
+        .find(|t| t["alertname"] == "FlowgateFlowiseErrors")
+        .cloned()
+        .expect("the Flowise alert is among the rules");
     let unit_tests = json!({
         "rule_files": ["rules.yaml"],
         "evaluation_interval": "1m",
@@ -284,6 +289,30 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
                  {"series": format!("flowgate_sync_interval_seconds{{{sel}}}"), "values": "60x40"}],
              "alert_rule_test": [
                  {"alertname": "FlowgateFlowiseSyncFailing", "eval_time": "30m", "exp_alerts": []}]},
+            // One blip each: a failed reserve batch, one failed retention run. Quiet.
+            {"interval": "1m",
+             "input_series": [
+                 {"series": format!(
+                     r#"flowgate_proxy_decisions_total{{{sel}, decision="deny", reason="ledger_unavailable"}}"#),
+                  "values": "0x10 12x30"},
+                 {"series": format!("flowgate_ledger_prune_failures_total{{{sel}}}"),
+                  "values": "0x10 1x30"}],
+             "alert_rule_test": [
+                 {"alertname": "FlowgateLedgerUnavailable", "eval_time": "14m", "exp_alerts": []},
+                 {"alertname": "FlowgateLedgerUnavailable", "eval_time": "30m", "exp_alerts": []},
+                 {"alertname": "FlowgateLedgerRetentionFailing", "eval_time": "14m", "exp_alerts": []},
+                 {"alertname": "FlowgateLedgerRetentionFailing", "eval_time": "30m", "exp_alerts": []}]},
+            // Flowise fails every forwarded prediction while retrying clients collect refusals
+            // (429, chat_busy) fifty times as often: still every prediction Flowise saw failed.
+            {"interval": "1m",
+             "input_series": [
+                 {"series": format!(r#"flowgate_upstream_errors_total{{{sel}, reason="status_5xx"}}"#),
+                  "values": "0+20x40"},
+                 {"series": format!(r#"flowgate_proxy_decisions_total{{{sel}, decision="allow", reason="granted"}}"#),
+                  "values": "0+20x40"},
+                 {"series": format!(r#"flowgate_proxy_requests_total{{{sel}, route="prediction", status="429"}}"#),
+                  "values": "0+1000x40"}],
+             "alert_rule_test": [flowise_alert]},
             {"interval": "1m",
              "input_series": [{"series": format!("flowgate_controller_leader{{{sel}}}"), "values": "1x40"}],
              "alert_rule_test": [{"alertname": "FlowgateDown", "eval_time": "30m", "exp_alerts": [{
@@ -300,7 +329,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
 }
 
 #[tokio::test]
-async fn without_a_controller_there_is_no_leader_alert() {
+async fn without_a_controller_there_is_no_leader_or_sync_alert() {
     let client = support::client().await;
     install_monitoring_crd(&client, "PrometheusRule").await;
     let ns = support::fresh_namespace(&client, "chart-alerts-proxy").await;
@@ -320,7 +349,9 @@ async fn without_a_controller_there_is_no_leader_alert() {
         .unwrap_or_default();
     assert!(!alerts.is_empty());
     for alert in &alerts {
+        // No leader, and no periodic sync pass: an admin's one sync call would age forever.
         assert_ne!(alert["alert"], "FlowgateNoControllerLeader");
+        assert_ne!(alert["alert"], "FlowgateFlowiseSyncFailing");
         let expr = alert["expr"].as_str().expect("expr");
         assert!(expr.contains(r#"job="flowgate-proxy""#), "{expr}");
         assert!(

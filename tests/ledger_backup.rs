@@ -210,3 +210,36 @@ async fn a_backup_refuses_what_it_cannot_do_and_says_why() {
     }
     assert_eq!(std::fs::read(&dest).expect("still there"), b"keep me");
 }
+
+/// A copy that fails partway (the disk full; here, a file size limit) leaves nothing: what it
+/// wrote would open as a new, empty ledger, every balance back to zero.
+#[tokio::test]
+async fn a_backup_that_fails_partway_leaves_no_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = dir.path().join("ledger.db");
+    drop(
+        ledger::open(&LedgerUrl::Sqlite(real.clone()))
+            .await
+            .expect("ledger"),
+    );
+    let dest = dir.path().join("copy.db");
+    // Writes past 8 KiB fail with EFBIG (SIGXFSZ ignored, as the shell passes it on to exec).
+    let run = Command::new("bash")
+        .args([
+            "-c",
+            r#"trap '' XFSZ; ulimit -f 8; exec "$0" ledger backup --ledger-url "$1" "$2""#,
+            env!("CARGO_BIN_EXE_flowgate"),
+            &format!("sqlite://{}", real.display()),
+            &dest.display().to_string(),
+        ])
+        .env_remove("FLOWGATE_LEDGER_URL")
+        .output()
+        .expect("bash runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "the copy cannot fit: {stderr}");
+    assert!(
+        !dest.exists(),
+        "a failed copy is removed ({} bytes left): {stderr}",
+        std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0)
+    );
+}

@@ -411,6 +411,31 @@ async fn the_python_service_routes_keep_working() {
     let new_chat = fresh["session_id"].as_str().unwrap_or_default().to_string();
     assert!(new_chat.starts_with("fg-") && new_chat != chat, "{fresh}");
     assert_eq!(fresh["result"]["chatId"], new_chat.as_str(), "{fresh}");
+    // A field of the wrong type is refused, not skipped (a number `sessionId` would start a
+    // new chat every time, silently).
+    for (field, body) in [
+        (
+            "sessionId",
+            json!({"chatflow_id": "support-bot", "question": "hi", "sessionId": 12345}),
+        ),
+        (
+            "message",
+            json!({"chatflow_id": "support-bot", "question": "hi", "message": ["hi"]}),
+        ),
+        (
+            "question",
+            json!({"chatflow_id": "support-bot", "question": 7, "message": "hi"}),
+        ),
+    ] {
+        let refused = predict(body).await.expect("answer");
+        assert_eq!(refused.status(), 400, "{field}");
+        let error: Value = refused.json().await.expect("json");
+        assert_eq!(
+            error["error"]["message"],
+            format!("field '{field}' must be a string"),
+            "{error}"
+        );
+    }
 
     let missing = http
         .post(format!("{}/chat/authenticate", gate.base))

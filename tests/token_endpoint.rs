@@ -155,3 +155,27 @@ async fn a_grant_body_past_16_kib_is_refused_before_the_token_endpoint_is_asked(
     assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
     assert_eq!(asked.load(Ordering::SeqCst), 1, "only the grant that fit");
 }
+
+#[tokio::test]
+async fn expires_in_is_a_number_of_seconds_whatever_the_provider_writes() {
+    for (written, answered) in [
+        (json!(3599), json!(3599)),
+        // Azure AD's v1 endpoint writes a string.
+        (json!("3599"), json!(3599)),
+        (json!("soon"), Value::Null),
+        (json!(12.5), Value::Null),
+    ] {
+        let body = json!({"access_token": "at", "token_type": "Bearer", "expires_in": written,
+                          "refresh_token": "rt"});
+        let (url, _) = answering(200, Vec::new(), Bytes::from(body.to_string())).await;
+        let (status, answer) = authenticate(url).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["access_token"], "at");
+        assert_eq!(answer["refresh_token"], "rt");
+        assert_eq!(
+            answer.get("expires_in").cloned().unwrap_or(Value::Null),
+            answered,
+            "{written} → {answer}"
+        );
+    }
+}

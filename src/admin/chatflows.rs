@@ -89,8 +89,10 @@ pub async fn delete(
         cf.rule.name.clone(),
     );
     // An imported Chatflow whose chatflow Flowise still has would be imported again by the
-    // next sync pass: the delete would not last.
-    let reimported = imports && cf.rule.ready;
+    // next sync pass (unsuspended): the delete would not last. Only one Flowise is known not to
+    // have is let go; not Ready for another reason (suspended, Flowise unreachable) says
+    // nothing about that.
+    let reimported = imports && !cf.rule.gone_from_flowise;
     tokio::spawn(async move { delete_now(&client, &ns, &name, reimported).await })
         .await
         .map_err(|e| ProxyError::Internal(format!("the delete stopped: {e}")))?
@@ -119,9 +121,10 @@ async fn delete_now(
         let imported = current.labels().get(crate::crd::LABEL_IMPORTED);
         if reimported && imported.is_some_and(|v| v == "true") {
             return Err(ProxyError::Conflict(format!(
-                "Chatflow {ns}/{name} was imported from Flowise, which still has its chatflow: \
-                 the next sync pass (FLOWGATE_IMPORT_NAMESPACE) would import it again. Delete \
-                 the chatflow in Flowise, or claim it with a Chatflow of your own"
+                "Chatflow {ns}/{name} was imported from Flowise, which still has its chatflow \
+                 (as far as flowgate knows): the next sync pass (FLOWGATE_IMPORT_NAMESPACE) \
+                 would import it again. Delete the chatflow in Flowise, or claim it with a \
+                 Chatflow of your own"
             )));
         }
         if current.spec.deletion_policy == DeletionPolicy::Delete {

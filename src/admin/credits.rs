@@ -23,6 +23,7 @@ use crate::crd::{BudgetScope, Role};
 use crate::index::{Caller, ChatflowSelector, PolicyRule};
 use crate::ledger::{AdjustOutcome, AdjustRequest, ReservationState, UsageFilter};
 use crate::proxy::ProxyError;
+use crate::proxy::usage_log::text_param;
 
 /// Longest `reason`, in bytes: an Event's note holds at most 1 KiB.
 const MAX_REASON: usize = 500;
@@ -333,13 +334,13 @@ pub async fn balances(
     let (mut policy_id, mut subject, mut limit) = (None, None, 100);
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*key {
-            "policy" => policy_id = Some(value.into_owned()),
+            "policy" => policy_id = Some(text_param("policy", value)?),
             "subject" if value.is_empty() => {
                 return Err(ProxyError::BadRequest(
                     "query parameter 'subject' must not be empty".into(),
                 ));
             }
-            "subject" => subject = Some(value.into_owned()),
+            "subject" => subject = Some(text_param("subject", value)?),
             "limit" => {
                 limit = value
                     .parse()

@@ -174,16 +174,33 @@ impl Admin {
                     return ok(serde_json::json!([]));
                 }
                 let out = users::add(&self.client, call, &cf, &subjects, kind).await?;
+                audit(call, &cf, "users granted", &subjects);
                 ok(to_json(&out))
             }
             AdminRoute::AddUser { chatflow, user } => {
                 let cf = call.chatflow(&chatflow)?;
-                let out = users::add(&self.client, call, &cf, &[user], users::Kind::Id).await?;
+                let out = users::add(
+                    &self.client,
+                    call,
+                    &cf,
+                    std::slice::from_ref(&user),
+                    users::Kind::Id,
+                )
+                .await?;
+                audit(call, &cf, "users granted", &[user]);
                 ok(to_json(&out.into_iter().next()))
             }
             AdminRoute::AddUserByEmail { chatflow, email } => {
                 let cf = call.chatflow(&chatflow)?;
-                let out = users::add(&self.client, call, &cf, &[email], users::Kind::Email).await?;
+                let out = users::add(
+                    &self.client,
+                    call,
+                    &cf,
+                    std::slice::from_ref(&email),
+                    users::Kind::Email,
+                )
+                .await?;
+                audit(call, &cf, "users granted", &[email]);
                 ok(to_json(&out.into_iter().next()))
             }
             AdminRoute::RemoveUser {
@@ -195,9 +212,9 @@ impl Admin {
                 email: subject,
             } => {
                 let cf = call.chatflow(&chatflow)?;
-                ok(to_json(
-                    &users::remove(&self.client, call, &cf, &subject).await?,
-                ))
+                let out = users::remove(&self.client, call, &cf, &subject).await?;
+                audit(call, &cf, "user revoked", &[subject]);
+                ok(to_json(&out))
             }
             AdminRoute::ListUsers(id) => {
                 let cf = call.chatflow(&id)?;
@@ -226,9 +243,9 @@ impl Admin {
             AdminRoute::DeleteChatflow(id) => {
                 let cf = call.chatflow(&id)?;
                 let reimported = self.sync.imports();
-                ok(to_json(
-                    &chatflows::delete(&self.client, &cf, reimported).await?,
-                ))
+                let out = chatflows::delete(&self.client, &cf, reimported).await?;
+                audit(call, &cf, "Chatflow deleted", &[]);
+                ok(to_json(&out))
             }
             AdminRoute::CreditUsage => {
                 let mut filter = usage_log::usage_filter(req.uri().query())?;
@@ -243,6 +260,18 @@ impl Admin {
             )),
         }
     }
+}
+
+/// Logs an admin's change to who may use `cf`, naming the admin: the Kubernetes audit log shows
+/// only flowgate's own ServiceAccount as the writer. (Credit adjustments are recorded in the
+/// ledger and as Events, with their reason.)
+fn audit(call: &Call<'_>, cf: &ChatflowEntry, change: &str, subjects: &[String]) {
+    tracing::info!(
+        admin = %call.identity.key,
+        chatflow = %format_args!("{}/{}", cf.rule.namespace, cf.rule.name),
+        ?subjects,
+        "admin API: {change}"
+    );
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {

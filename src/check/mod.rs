@@ -163,7 +163,8 @@ pub fn check(paths: &[PathBuf]) -> Report {
     for source in sources(paths, &mut report) {
         report.files += 1;
         let text = match source.read() {
-            Ok(text) => text,
+            Ok(Some(text)) => text,
+            Ok(None) => continue,
             Err(e) => {
                 report.error(&source.name, None, e.to_string());
                 continue;
@@ -259,6 +260,18 @@ pub fn check(paths: &[PathBuf]) -> Report {
                 }
                 let name = text_at(&value, "/metadata/name");
                 let named = !name.is_empty();
+                if !named && value.pointer("/metadata/generateName").is_some() {
+                    report.push(
+                        Severity::Warning,
+                        &at,
+                        None,
+                        format!(
+                            "{kind} with generateName: only `kubectl create` names it; \
+                             `kubectl apply`, Argo CD, Flux and `flowgate run --resources-dir` \
+                             refuse an object without a name"
+                        ),
+                    );
+                }
                 let place = match text_at(&value, "/metadata/namespace") {
                     "" => Place {
                         object: format!("{kind} {name}"),
@@ -318,8 +331,20 @@ pub fn check(paths: &[PathBuf]) -> Report {
                     let message = format!("also defined at {first}");
                     let stands_in = !*first_parsed && parsed.is_ok();
                     *first_parsed |= parsed.is_ok();
+                    // Two documents of one file (or one stream) always go to one namespace.
+                    let source = |at: &str| at.rsplit_once(':').map(|(s, _)| s.to_string());
+                    let one_source = source(first) == source(&place.at);
                     if *namespaced && place.namespaced {
                         report.error(&place.at, object, message);
+                    } else if one_source && !*namespaced && !place.namespaced {
+                        report.error(
+                            &place.at,
+                            object,
+                            format!(
+                                "{message}, in the same file: applied together, one replaces \
+                                 the other"
+                            ),
+                        );
                     } else {
                         report.push(
                             Severity::Warning,
@@ -501,15 +526,24 @@ fn unknown_fields(value: &Value, schema: &Value, path: &str, out: &mut Vec<Strin
 
 /// Whether a text that is not YAML is a Go template (Helm's `{{ .Values.x }}`, `{{- if … }}`,
 /// `{{ include … }}`), not a Flowise prompt's `{{question}}` or `{{ question }}`: an action
-/// starts with `-`, `.` or `$`, or with one of the template language's words.
+/// starts with `-`, `.` or `$`, or with one of the template language's words. Flowise's own
+/// variables (`{{$vars.company}}`, `{{ $flow.state.step }}`) are not template actions.
 fn is_template(text: &str) -> bool {
+    const FLOWISE_VARIABLES: [&str; 4] = ["vars", "flow", "form", "iteration"];
     const WORDS: [&str; 16] = [
         "if", "else", "end", "range", "with", "include", "template", "define", "block", "toYaml",
         "tpl", "required", "default", "quote", "printf", "nindent",
     ];
     text.split("{{").skip(1).any(|action| {
         let action = action.trim_start();
-        action.starts_with(['-', '.', '$'])
+        let flowise_variable = action.strip_prefix('$').is_some_and(|rest| {
+            let name = rest
+                .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .next()
+                .unwrap_or_default();
+            FLOWISE_VARIABLES.contains(&name)
+        });
+        (action.starts_with(['-', '.', '$']) && !flowise_variable)
             || WORDS.iter().any(|word| {
                 action
                     .strip_prefix(word)
@@ -532,14 +566,24 @@ struct Source {
 }
 
 impl Source {
-    fn read(&self) -> std::io::Result<String> {
-        match &self.path {
-            Some(path) => std::fs::read_to_string(path),
+    /// The text of the source; `None` for one that is not text and names nothing of flowgate's
+    /// (an encrypted secret beside the manifests, say): not ours to judge.
+    fn read(&self) -> std::io::Result<Option<String>> {
+        let bytes = match &self.path {
+            Some(path) => std::fs::read(path)?,
             None => {
-                let mut text = String::new();
-                std::io::stdin().read_to_string(&mut text)?;
-                Ok(text)
+                let mut bytes = Vec::new();
+                std::io::stdin().read_to_end(&mut bytes)?;
+                bytes
             }
+        };
+        match String::from_utf8(bytes) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if !e.as_bytes().windows(8).any(|w| w == b"flowgate") => Ok(None),
+            Err(e) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e.utf8_error(),
+            )),
         }
     }
 }

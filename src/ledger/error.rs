@@ -51,9 +51,24 @@ pub enum LedgerError {
     Unsupported(&'static str),
     #[error("{} already exists: a backup never overwrites a file", .0.display())]
     BackupExists(std::path::PathBuf),
+    /// Too little free space where a backup would write its copy.
+    #[error(
+        "a backup needs about {needed_mib} MiB free in {}, and {available_mib} MiB are: the copy \
+         would fill the volume (and with it the ledger's, if they are one); back up to a file on \
+         another volume",
+        .dir.display()
+    )]
+    BackupNoRoom {
+        dir: std::path::PathBuf,
+        needed_mib: u64,
+        available_mib: u64,
+    },
     /// A read ran longer than its limit and was cancelled.
     #[error("the ledger did not answer a read within {0:?}")]
     ReadTimeout(std::time::Duration),
+    /// A reservation was not committed within its limit; it is refunded if it lands later.
+    #[error("the ledger did not commit a reservation within {0:?}")]
+    WriteTimeout(std::time::Duration),
 }
 
 impl From<tokio_postgres::Error> for LedgerError {
@@ -79,8 +94,9 @@ impl LedgerError {
             | Self::NoWal { .. }
             | Self::Unsupported(_)
             | Self::BackupExists(_)
+            | Self::BackupNoRoom { .. }
             | Self::Tls(_) => false,
-            Self::ReadTimeout(_) => true,
+            Self::ReadTimeout(_) | Self::WriteTimeout(_) => true,
         }
     }
 
@@ -100,7 +116,9 @@ impl LedgerError {
             Self::NoWal { .. } => "NoWal",
             Self::Unsupported(_) => "Unsupported",
             Self::BackupExists(_) => "BackupExists",
+            Self::BackupNoRoom { .. } => "BackupNoRoom",
             Self::ReadTimeout(_) => "ReadTimeout",
+            Self::WriteTimeout(_) => "WriteTimeout",
         }
     }
 }

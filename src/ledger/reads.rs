@@ -128,6 +128,16 @@ pub(super) fn usage_query(
         ("chatflow", &filter.chatflow),
     ] {
         if let Some(value) = value {
+            // Beside a subject, a policy or chatflow is checked on the subject's rows, never the
+            // index the planner walks: SQLite picks the index created last among equal
+            // conditions, and would walk a busy policy's whole history looking for one
+            // caller's rows. `|| ''` keeps the column out of any index, in both dialects.
+            let keep_off_index = column != "subject" && filter.subject.is_some();
+            let column = if keep_off_index {
+                format!("{column} || ''")
+            } else {
+                column.to_string()
+            };
             conditions.push(format!(
                 "{column} = {}",
                 bind(UsageParam::Text(value.clone()))

@@ -147,6 +147,14 @@ pub(super) struct SqliteLedger {
 impl SqliteLedger {
     /// Opens `path`, creating the file and schema if needed.
     pub(super) async fn open(path: &Path) -> Result<Self, LedgerError> {
+        Self::open_with(path, commit_batch).await
+    }
+
+    /// [`Self::open`], committing each batch with `commit` (a test's, to fail one).
+    async fn open_with(
+        path: &Path,
+        commit: impl Fn(&mut Connection, Vec<Op>) -> Vec<Answer> + Send + 'static,
+    ) -> Result<Self, LedgerError> {
         let (ops, queue) = mpsc::channel();
         let (ready, started) = oneshot::channel();
         let writer_path = path.to_path_buf();
@@ -156,7 +164,7 @@ impl SqliteLedger {
                 Ok(conn) => {
                     // The receiver only goes away if `open` was cancelled; then so are we.
                     if ready.send(Ok(())).is_ok() {
-                        run_writer(conn, queue);
+                        run_writer(conn, queue, commit);
                     }
                 }
                 Err(e) => {
@@ -184,11 +192,21 @@ impl SqliteLedger {
             .ops
             .as_ref()
             .is_some_and(|ops| ops.send(op(reply)).is_ok());
+        let writer_running = || self.writer.as_ref().is_some_and(|w| !w.is_finished());
         Box::pin(async move {
             if !queued {
                 return Err(LedgerError::Stopped);
             }
-            answer.await.map_err(|_| LedgerError::Stopped)?
+            match answer.await {
+                Ok(answer) => answer,
+                // Unanswered by a writer still running: its batch failed on a panic (and was
+                // rolled back); a retry meets the next batch.
+                Err(_) if writer_running() => Err(LedgerError::Commit {
+                    message: "the ledger writer failed on this batch (see its log)".into(),
+                    transient: true,
+                }),
+                Err(_) => Err(LedgerError::Stopped),
+            }
         })
     }
 
@@ -429,7 +447,12 @@ pub(super) fn is_transient(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Bytes of WAL kept after a checkpoint resets it.
+const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
+
 fn open_writer(path: &Path) -> Result<Connection, LedgerError> {
+    // An empty file where the ledger should be: a backup that failed, or a restore gone wrong.
+    let was_empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String =
@@ -442,7 +465,16 @@ fn open_writer(path: &Path) -> Result<Connection, LedgerError> {
     }
     // FULL: a commit is on disk (WAL fsynced) before the writer answers anyone.
     conn.pragma_update(None, "synchronous", "FULL")?;
-    migrate(&mut conn)?;
+    // A WAL that grew while a reader held it (a backup's long read) is cut back to this at the
+    // next reset, not kept at its peak on a volume that has to fit the backup's copy too.
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    if migrate(&mut conn)? {
+        if was_empty {
+            tracing::warn!(path = %path.display(), "the ledger file was empty: created a NEW ledger, every balance at zero (if it was restored from a backup, that backup is empty)");
+        } else {
+            tracing::info!(path = %path.display(), "created a new ledger");
+        }
+    }
     Ok(conn)
 }
 
@@ -461,11 +493,45 @@ pub(super) fn backup(path: &Path, dest: &Path) -> Result<(), LedgerError> {
             path.display()
         )));
     }
-    let dest = dest.to_str().ok_or_else(|| {
+    let pages: i64 = conn.query_row(
+        "SELECT (page_count - freelist_count) * page_size \
+         FROM pragma_page_count, pragma_freelist_count, pragma_page_size",
+        [],
+        |row| row.get(0),
+    )?;
+    let dir = match dest.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let available = rustix::fs::statvfs(dir)
+        .map(|fs| fs.f_bavail.saturating_mul(fs.f_frsize))
+        .map_err(|e| LedgerError::Corrupt(format!("free space in {}: {e}", dir.display())))?;
+    room_for_copy(dir, u64::try_from(pages).unwrap_or(0), available)?;
+    let dest_text = dest.to_str().ok_or_else(|| {
         LedgerError::Corrupt(format!("backup path {} is not UTF-8", dest.display()))
     })?;
-    conn.execute("VACUUM INTO ?1", [dest])?;
+    if let Err(error) = conn.execute("VACUUM INTO ?1", [dest_text]) {
+        // What a failed copy leaves (SQLite truncates it, often to nothing) would open as a
+        // new, empty ledger: every balance back to zero. It did not exist before.
+        let _ = std::fs::remove_file(dest);
+        return Err(error.into());
+    }
     Ok(())
+}
+
+/// Refuses a backup whose copy (`needed` bytes: the ledger's pages in use) would leave less
+/// than [`JOURNAL_SIZE_LIMIT`] free in `dir`: on the ledger's own volume (`backup -` writes its
+/// copy beside the ledger) a full disk fails every charge while the copy lasts.
+fn room_for_copy(dir: &Path, needed: u64, available: u64) -> Result<(), LedgerError> {
+    let needed = needed.saturating_add(JOURNAL_SIZE_LIMIT.unsigned_abs());
+    if available >= needed {
+        return Ok(());
+    }
+    Err(LedgerError::BackupNoRoom {
+        dir: dir.to_path_buf(),
+        needed_mib: needed.div_ceil(1 << 20),
+        available_mib: available >> 20,
+    })
 }
 
 fn open_reader(path: &Path) -> Result<Connection, LedgerError> {
@@ -475,14 +541,17 @@ fn open_reader(path: &Path) -> Result<Connection, LedgerError> {
     Ok(conn)
 }
 
-/// Creates the schema in an empty database; refuses one written by a newer flowgate.
-fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
+/// Creates the schema in an empty database (true when it did); refuses one written by a newer
+/// flowgate.
+fn migrate(conn: &mut Connection) -> Result<bool, LedgerError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
     match version {
         0 => {
             tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+            return Ok(true);
         }
         SCHEMA_VERSION => {
             // Added after version 1 was released, without a version: older flowgates ignore it.
@@ -505,16 +574,32 @@ fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
         found => return Err(LedgerError::Corrupt(format!("schema version {found}"))),
     }
     tx.commit()?;
-    Ok(())
+    Ok(false)
 }
 
 /// The writer loop: one transaction per batch of queued operations, until the channel closes.
-fn run_writer(mut conn: Connection, queue: mpsc::Receiver<Op>) {
+/// A batch that panics is rolled back as it unwinds and its callers get a transient error (see
+/// [`SqliteLedger::write`]); the writer goes on, rather than leave every later charge refused
+/// and every settle and refund lost until someone restarts the process.
+fn run_writer(
+    mut conn: Connection,
+    queue: mpsc::Receiver<Op>,
+    commit: impl Fn(&mut Connection, Vec<Op>) -> Vec<Answer>,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(MAX_BATCH - 1));
-        for answer in commit_batch(&mut conn, batch) {
-            answer.send();
+        let batch_size = batch.len();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit(&mut conn, batch))) {
+            Ok(answers) => answers.into_iter().for_each(Answer::send),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(%message, batch_size, "the ledger writer panicked on a batch: rolled back, its callers told to retry");
+            }
         }
     }
 }

@@ -153,10 +153,18 @@ impl Proxy {
                 "access_token": access_token,
                 "token_type": token_type,
             });
-            for k in ["refresh_token", "expires_in"] {
-                if let Some(v) = value.get(k) {
-                    out[k] = v.clone();
-                }
+            if let Some(token) = value.get("refresh_token").and_then(Value::as_str) {
+                out["refresh_token"] = json!(token);
+            }
+            // A whole number of seconds, as documented; some providers (Azure AD v1) write it
+            // as a string. One that is neither is left out.
+            let expires_in = match value.get("expires_in") {
+                Some(Value::Number(n)) => n.as_u64(),
+                Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+                _ => None,
+            };
+            if let Some(seconds) = expires_in {
+                out["expires_in"] = json!(seconds);
             }
             // A provider that does not rotate refresh tokens returns none: the one sent stays
             // valid (RFC 6749 section 6), and the Python service always answered one.
@@ -240,9 +248,19 @@ pub(super) fn compat_request(
             ));
         }
     };
-    // `message` stands in for a `question` that is absent or null.
-    let question = match (body.remove("question"), body.remove("message")) {
-        (Some(Value::String(q)), _) | (_, Some(Value::String(q))) => q,
+    // `message` stands in for a `question` that is absent or null; either of another type is
+    // refused, as the Python service's model refused it, not skipped.
+    let text = |field: &str, value: Option<Value>| match value {
+        Some(Value::String(s)) => Ok(Some(s)),
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => Err(ProxyError::BadRequest(format!(
+            "field '{field}' must be a string"
+        ))),
+    };
+    let question = text("question", body.remove("question"))?;
+    let message = text("message", body.remove("message"))?;
+    let question = match (question, message) {
+        (Some(q), _) | (None, Some(q)) => q,
         _ => {
             return Err(ProxyError::BadRequest(
                 "field 'question' (or 'message') is required".into(),
@@ -259,8 +277,8 @@ pub(super) fn compat_request(
         }
         forward.insert("overrideConfig".into(), config);
     }
-    let session = match body.remove("sessionId") {
-        Some(Value::String(session)) if !session.trim().is_empty() => {
+    let session = match text("sessionId", body.remove("sessionId"))? {
+        Some(session) if !session.trim().is_empty() => {
             forward.insert("chatId".into(), Value::String(session.clone()));
             Some(session)
         }

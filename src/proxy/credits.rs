@@ -53,6 +53,11 @@ pub const RESERVATION_TTL: Duration = Duration::from_secs(900);
 pub const KEYED_REFUND_WAIT: Duration = Duration::from_secs(5);
 /// How often expired reservations are swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a prediction waits for its reservation to be committed before it is refused with
+/// 503 `ledger_unavailable`. A ledger that stalls (SQLite's write lock held by another process,
+/// a PostgreSQL failover) would otherwise hold every charged request, its body and its chat's
+/// turn for as long as the stall lasts. A reservation that lands after is refunded at once.
+pub const RESERVE_DEADLINE: Duration = Duration::from_secs(10);
 /// The caller's smallest balance left after a charged answer, or of the budget that refused.
 pub const X_CREDITS_REMAINING: HeaderName = HeaderName::from_static("x-credits-remaining");
 
@@ -69,6 +74,8 @@ pub struct Credits {
     background: TaskTracker,
     /// Cancelled when a shutdown cuts the connections still open after its drain period.
     cut: CancellationToken,
+    /// [`RESERVE_DEADLINE`].
+    reserve_deadline: Duration,
 }
 
 /// Credits held for one request.
@@ -116,6 +123,7 @@ impl Credits {
             invalid_policies: InvalidPolicies::Skip,
             background: TaskTracker::new(),
             cut: CancellationToken::new(),
+            reserve_deadline: RESERVE_DEADLINE,
         }
     }
 
@@ -216,8 +224,7 @@ impl Credits {
             ttl: RESERVATION_TTL,
             final_cost,
         };
-        let landing = Landing::new(self, request);
-        match timed(&self.metrics, "reserve", landing).await {
+        match timed(&self.metrics, "reserve", self.land(request)).await {
             Ok(ReserveOutcome::Reserved { id, remaining }) => {
                 for ((policy, (_, left)), (limit, _)) in
                     policies.iter().zip(&remaining).zip(&limits)
@@ -270,6 +277,15 @@ impl Credits {
                 Err(ProxyError::LedgerUnavailable)
             }
         }
+    }
+
+    /// `request` committed to the ledger, or an error once [`RESERVE_DEADLINE`] has passed
+    /// (the reservation refunded when it lands).
+    async fn land(&self, request: ReserveRequest) -> Result<ReserveOutcome, LedgerError> {
+        let deadline = self.reserve_deadline;
+        tokio::time::timeout(deadline, Landing::new(self, request))
+            .await
+            .unwrap_or(Err(LedgerError::WriteTimeout(deadline)))
     }
 
     /// Charges the actual cost in the background: the flat cost plus tokens on every policy.
@@ -735,6 +751,42 @@ mod tests {
         assert!(
             matches!(outcome, ReserveOutcome::Reserved { .. }),
             "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reserve_not_committed_in_time_is_refused_and_refunded_when_it_lands() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut credits = sqlite_credits(&dir).await;
+        credits.reserve_deadline = Duration::from_millis(200);
+        // Another process holds the write lock (someone's sqlite3 shell in a transaction).
+        let outsider = rusqlite::Connection::open(dir.path().join("ledger.db")).expect("open");
+        outsider
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("the write lock");
+        let now = Timestamp::now();
+        let (request, window) = two_credits("stalled", now);
+        let started = tokio::time::Instant::now();
+        let refused = credits.land(request).await;
+        assert!(
+            matches!(refused, Err(LedgerError::WriteTimeout(_))),
+            "{refused:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "at the deadline"
+        );
+        // The lock goes; the reservation lands after all, and is refunded.
+        outsider.execute_batch("ROLLBACK").expect("unlock");
+        credits.background().close();
+        credits.background().wait().await;
+        let used = credits.ledger.balance("team-a/budget", "*", &window);
+        assert_eq!(used.await.expect("balance"), 0, "nothing kept");
+        let (request, _) = two_credits("stalled", now);
+        let outcome = credits.land(request).await.expect("reserve");
+        assert!(
+            matches!(outcome, ReserveOutcome::Reserved { .. }),
+            "its key is free again: {outcome:?}"
         );
     }
 }

@@ -16,9 +16,9 @@ pub fn usage_filter(query: Option<&str>) -> Result<UsageFilter, ProxyError> {
     let mut filter = UsageFilter::default();
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*key {
-            "subject" => filter.subject = Some(value.into_owned()),
-            "policy" => filter.policy = Some(value.into_owned()),
-            "chatflow" => filter.chatflow = Some(value.into_owned()),
+            "subject" => filter.subject = Some(text_param("subject", value)?),
+            "policy" => filter.policy = Some(text_param("policy", value)?),
+            "chatflow" => filter.chatflow = Some(text_param("chatflow", value)?),
             "before" => {
                 filter.before = Some(value.parse().map_err(|_| {
                     ProxyError::BadRequest(
@@ -51,6 +51,18 @@ pub fn usage_filter(query: Option<&str>) -> Result<UsageFilter, ProxyError> {
     Ok(filter)
 }
 
+/// A query parameter compared with the ledger's text: no subject, policy or chatflow holds a
+/// control character, and PostgreSQL refuses a NUL outright (which would be a 503 and a
+/// dropped connection, not the caller's 400).
+pub fn text_param(key: &str, value: std::borrow::Cow<'_, str>) -> Result<String, ProxyError> {
+    if value.contains(char::is_control) {
+        return Err(ProxyError::BadRequest(format!(
+            "query parameter '{key}' must not contain control characters"
+        )));
+    }
+    Ok(value.into_owned())
+}
+
 /// The usage log rows `filter` selects, as the API shows them; a ledger error is a 503.
 pub async fn usage_records(
     ledger: &dyn CreditLedger,
@@ -66,6 +78,17 @@ pub async fn usage_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_in_a_text_parameter_are_refused() {
+        for query in ["policy=%00", "subject=user%3Aa%0Ab", "chatflow=ns%2Fbot%7F"] {
+            let Err(ProxyError::BadRequest(message)) = usage_filter(Some(query)) else {
+                panic!("{query} is accepted");
+            };
+            let key = query.split('=').next().unwrap_or_default();
+            assert!(message.contains(&format!("'{key}'")), "{message}");
+        }
+    }
 
     #[test]
     fn the_usage_filter_reads_its_parameters_and_names_a_bad_one() {

@@ -41,9 +41,34 @@ async fn the_database_is_wal_with_full_sync_and_versioned() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("user_version");
+    let wal_kept: i64 = conn
+        .pragma_query_value(None, "journal_size_limit", |r| r.get(0))
+        .expect("journal_size_limit");
     assert_eq!(mode, "wal");
     assert_eq!(sync, 2, "FULL");
     assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(wal_kept, JOURNAL_SIZE_LIMIT, "a grown WAL is cut back");
+}
+
+/// A backup's copy must fit beside what the volume needs to keep working.
+#[test]
+fn a_backup_needs_room_for_its_copy_and_some() {
+    let dir = Path::new("/var/lib/flowgate");
+    let mib = 1u64 << 20;
+    assert!(room_for_copy(dir, 100 * mib, 200 * mib).is_ok());
+    let error = room_for_copy(dir, 100 * mib, 150 * mib).expect_err("no margin");
+    assert!(
+        matches!(
+            error,
+            LedgerError::BackupNoRoom {
+                needed_mib: 164,
+                available_mib: 150,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("/var/lib/flowgate"), "{error}");
 }
 
 /// The steps of `statement`'s query plan, its `?` parameters bound to 0.
@@ -422,6 +447,26 @@ async fn usage_queries_use_the_index_of_their_filter() {
             },
             "usage_by_chatflow (chatflow=?)",
         ),
+        // A caller reading its own rows of one policy or chatflow: its own rows are walked, not
+        // the policy's or chatflow's whole history (`GET /credits/usage?policy=...`).
+        (
+            UsageFilter {
+                subject: text("user:alice"),
+                policy: text("team/monthly"),
+                ..UsageFilter::default()
+            },
+            "usage_by_subject (subject=?)",
+        ),
+        (
+            UsageFilter {
+                subject: text("user:alice"),
+                chatflow: text("team/bot"),
+                policy: text("team/monthly"),
+                since,
+                ..UsageFilter::default()
+            },
+            "usage_by_subject (subject=? AND time_us>?)",
+        ),
     ] {
         let (sql, _) = usage_query(&filter, |n, _| format!("?{n}"));
         let steps = plan(&conn, &sql);
@@ -522,4 +567,47 @@ fn a_full_disk_or_an_io_error_is_worth_retrying_and_a_constraint_is_not() {
         .execute("INSERT INTO nowhere VALUES (1)", [])
         .expect_err("no such table");
     assert!(!is_transient(&constraint));
+}
+
+/// A batch that panics is rolled back, its callers are told to retry, and the writer goes on.
+#[tokio::test]
+async fn the_writer_survives_a_batch_that_panics() {
+    use crate::ledger::CreditLedger;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let ledger = SqliteLedger::open_with(&path, move |conn, batch| {
+        if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            // Writes of its own, then a panic before the commit.
+            let tx = conn.transaction().expect("transaction");
+            tx.execute_batch(
+                "INSERT INTO buckets (policy, bucket, window_start, used) \
+                 VALUES ('team/pool', '*', 0, 5)",
+            )
+            .expect("a write");
+            panic!("the first batch fails after its writes");
+        }
+        commit_batch(conn, batch)
+    })
+    .await
+    .expect("open");
+    let now = Timestamp::now();
+    let failed = ledger.reserve(reserve_request("alice", false, now)).await;
+    assert!(
+        matches!(&failed, Err(e) if e.transient()),
+        "a retry may succeed: {failed:?}"
+    );
+    let window = Window {
+        start: now,
+        end: None,
+    };
+    let used = ledger.balance("team/pool", "*", &window).await;
+    assert_eq!(used.expect("balance"), 0, "rolled back");
+    let retried = ledger.reserve(reserve_request("alice", false, now)).await;
+    assert!(
+        matches!(retried, Ok(ReserveOutcome::Reserved { .. })),
+        "{retried:?}"
+    );
+    let used = ledger.balance("team/pool", "*", &window).await;
+    assert_eq!(used.expect("balance"), 10);
 }
