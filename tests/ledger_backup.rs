@@ -222,12 +222,22 @@ async fn a_backup_that_fails_partway_leaves_no_file() {
             .await
             .expect("ledger"),
     );
+    // Some history, so that the copy is larger than the limit below.
+    let db = rusqlite::Connection::open(&real).expect("open");
+    db.execute_batch(
+        "CREATE TABLE history (line TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+         INSERT INTO history SELECT printf('%.1000c', 'x') FROM n;",
+    )
+    .expect("history");
+    drop(db);
     let dest = dir.path().join("copy.db");
-    // Writes past 8 KiB fail with EFBIG (SIGXFSZ ignored, as the shell passes it on to exec).
+    // Writes past 64 KiB fail with EFBIG (SIGXFSZ ignored, as the shell passes it on to exec):
+    // room for the ledger's shared-memory file (32 KiB), not for the 200 KiB copy.
     let run = Command::new("bash")
         .args([
             "-c",
-            r#"trap '' XFSZ; ulimit -f 8; exec "$0" ledger backup --ledger-url "$1" "$2""#,
+            r#"trap '' XFSZ; ulimit -f 64; exec "$0" ledger backup --ledger-url "$1" "$2""#,
             env!("CARGO_BIN_EXE_flowgate"),
             &format!("sqlite://{}", real.display()),
             &dest.display().to_string(),
