@@ -142,6 +142,7 @@ async fn a_default_install_creates_the_expected_objects() {
         // A stopping pod serves on, unready, while endpoints drop it.
         ("FLOWGATE_SHUTDOWN_DELAY", "5s"),
         ("FLOWGATE_BODY_MEMORY", "256Mi"),
+        ("FLOWGATE_TOKEN_CACHE_SIZE", "10000"),
         ("FLOWGATE_INVALID_POLICIES", "skip"),
     ] {
         assert_eq!(env_value(&env, var), value, "{var}");
@@ -392,7 +393,7 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
         "logFormat": "text",
         "ledger": {"retention": "90d"},
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        "proxy": {"bodyMemory": "512Mi", "invalidPolicies": "refuse",
+        "proxy": {"bodyMemory": "512Mi", "invalidPolicies": "refuse", "tokenCacheSize": 0,
                   "corsOrigins": ["https://chat.example.com", "http://localhost:5173"]},
         "tmpSizeLimit": "2Gi",
     });
@@ -415,6 +416,7 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
     assert_eq!(env_value(&env, "FLOWGATE_SYNC_INTERVAL"), "5m");
     assert_eq!(env_value(&env, "FLOWGATE_LEDGER_RETENTION"), "90d");
     assert_eq!(env_value(&env, "FLOWGATE_BODY_MEMORY"), "512Mi");
+    assert_eq!(env_value(&env, "FLOWGATE_TOKEN_CACHE_SIZE"), "0");
     assert_eq!(env_value(&env, "FLOWGATE_INVALID_POLICIES"), "refuse");
     assert_eq!(
         env_value(&env, "FLOWGATE_CORS_ORIGINS"),

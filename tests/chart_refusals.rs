@@ -36,6 +36,10 @@ async fn values_of_the_wrong_shape_are_refused_by_the_schema() {
             "at '/proxy/bodyMemory'",
         ),
         (
+            json!({"proxy": {"tokenCacheSize": 2000000}}),
+            "at '/proxy/tokenCacheSize'",
+        ),
+        (
             json!({"proxy": {"corsOrigins": ["chat.example.com"]}}),
             "at '/proxy/corsOrigins'",
         ),

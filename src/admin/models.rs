@@ -207,11 +207,14 @@ pub struct CreditAdjustmentRequest {
     /// Whose budget, as the usage log names subjects (`user:<first user claim>`,
     /// `sa:<namespace>/<name>`); left out for a `Shared` policy.
     #[serde(default)]
+    #[schemars(regex(pattern = r"^(user:.+|sa:[^/]+/[^/]+)$"))]
     pub subject: Option<String>,
-    /// Credits given (positive) or taken (negative); not 0.
+    /// Credits given (positive) or taken (negative); not 0, at most 10^12 either way.
+    #[schemars(range(min = -1_000_000_000_000i64, max = 1_000_000_000_000i64))]
+    #[schemars(extend("not" = {"enum": [0]}))]
     pub credits: i64,
     /// Why, for the record: the log line and the Kubernetes Event on the policy (at most 500
-    /// characters).
+    /// bytes of UTF-8, without control characters).
     #[serde(default)]
     pub reason: Option<String>,
 }

@@ -438,6 +438,16 @@ fn operation(op: &Operation) -> Value {
             json!({"description": reason(status), "content": {"application/json": {"schema": reference("ErrorEnvelope")}}}),
         );
     }
+    if op.path == "/api/v1/prediction/{id}" {
+        // `forward.rs`: Flowise's own refusal, passed on as it came (and refunded).
+        responses.insert(
+            "4XX".into(),
+            json!({"description": "Flowise refused the prediction itself (its chatflow gone, \
+                   its own rate limit, a request it cannot take): Flowise's status and body, \
+                   passed on as they came, not flowgate's error envelope; nothing is charged",
+                   "content": {"application/json": {"schema": {}}}}),
+        );
+    }
     if op.streams {
         prediction_headers(&mut responses);
     }
@@ -541,6 +551,11 @@ fn query_parameters(op: &Operation) -> Vec<Value> {
         ("post", "/api/v1/prediction/{id}" | "/chat/predict") => vec![json!({
             "name": "Idempotency-Key", "in": "header", "required": false,
             "description": "A retry with the same key is charged once: 409 while a reservation with it stands (not refunded)",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        })],
+        ("post", "/api/admin/credits/adjustments") => vec![json!({
+            "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "A retry with the same key, on the same policy and subject, is applied once: 409 duplicate_request after the first",
             "schema": {"type": "string", "minLength": 1, "maxLength": 255},
         })],
         ("get", "/api/v1/chatflows") => vec![

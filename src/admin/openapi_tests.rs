@@ -126,3 +126,40 @@ fn the_document_references_only_defined_schemas() {
         );
     }
 }
+
+/// What `credits::adjust` refuses, the document says: a generated client (and schemathesis)
+/// sends what the server takes, and the key that makes a retry safe.
+#[test]
+fn an_adjustment_is_documented_as_the_server_checks_it() {
+    let doc = document();
+    let request = &doc["components"]["schemas"]["CreditAdjustmentRequest"]["properties"];
+    assert_eq!(request["credits"]["minimum"], -1_000_000_000_000i64);
+    assert_eq!(request["credits"]["maximum"], 1_000_000_000_000i64);
+    assert_eq!(request["credits"]["not"], serde_json::json!({"enum": [0]}));
+    assert_eq!(request["subject"]["pattern"], r"^(user:.+|sa:[^/]+/[^/]+)$");
+    let parameters = doc["paths"]["/api/admin/credits/adjustments"]["post"]["parameters"]
+        .as_array()
+        .expect("parameters");
+    assert!(
+        parameters
+            .iter()
+            .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"),
+        "{parameters:?}"
+    );
+}
+
+#[test]
+fn flowises_own_refusals_of_a_prediction_are_documented_as_passed_on() {
+    let doc = document();
+    let responses = &doc["paths"]["/api/v1/prediction/{id}"]["post"]["responses"];
+    let passed_on = responses["4XX"]["description"].as_str().expect("4XX");
+    assert!(
+        passed_on.contains("Flowise's status and body"),
+        "{passed_on}"
+    );
+    // flowgate's own refusals keep their envelope.
+    assert_eq!(
+        responses["402"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ErrorEnvelope"
+    );
+}

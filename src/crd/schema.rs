@@ -8,7 +8,8 @@
 //! field is `nullable`: either way it passes), `status` is not validated (the status subresource
 //! ignores it on create and update), and formats are not checked here (flowgate's own times
 //! carry a pattern, and the types parse the rest). `metadata.name` must be a DNS subdomain and
-//! `metadata.namespace` a DNS label, as for every custom resource. A whole number written as a
+//! `metadata.namespace` a DNS label, as for every custom resource, and labels, annotations and
+//! finalizers have the syntax the API server checks ([`metadata`]). A whole number written as a
 //! float (`credits: 5.0`) is an integer, as kubectl sends it ([`whole_numbers`]).
 
 use std::collections::BTreeMap;
@@ -139,7 +140,110 @@ fn names(object: &Value) -> Vec<String> {
             quoted(&object["metadata"]["namespace"])
         ));
     }
+    metadata(object, &mut found);
     found
+}
+
+/// The most bytes of annotations, keys and values together (`TotalAnnotationSizeLimitB`).
+const ANNOTATIONS_LIMIT: usize = 256 * 1024;
+
+/// Labels, annotations and finalizers, as the API server checks them (`ValidateLabels`,
+/// `ValidateAnnotations`, `ValidateFinalizers`): keys and finalizers are qualified names, label
+/// values at most 63 characters of the same alphabet.
+fn metadata(object: &Value, found: &mut Vec<String>) {
+    if let Some(Value::Object(labels)) = object.pointer("/metadata/labels") {
+        for (key, value) in labels {
+            if let Err(why) = qualified_name(key) {
+                found.push(format!(
+                    ".metadata.labels: {} {why}",
+                    quoted(&Value::from(key.as_str()))
+                ));
+            }
+            if let Value::String(value) = value
+                && let Err(why) = label_value(value)
+            {
+                found.push(format!(
+                    ".metadata.labels.{key}: {} {why}",
+                    quoted(&Value::from(value.as_str()))
+                ));
+            }
+        }
+    }
+    if let Some(Value::Object(annotations)) = object.pointer("/metadata/annotations") {
+        let mut size = 0;
+        for (key, value) in annotations {
+            if let Err(why) = qualified_name(key) {
+                found.push(format!(
+                    ".metadata.annotations: {} {why}",
+                    quoted(&Value::from(key.as_str()))
+                ));
+            }
+            size += key.len() + value.as_str().map_or(0, str::len);
+        }
+        if size > ANNOTATIONS_LIMIT {
+            found.push(format!(
+                ".metadata.annotations: {size} bytes, more than the {ANNOTATIONS_LIMIT} the API server takes"
+            ));
+        }
+    }
+    if let Some(Value::Array(finalizers)) = object.pointer("/metadata/finalizers") {
+        for finalizer in finalizers.iter().filter_map(Value::as_str) {
+            if let Err(why) = qualified_name(finalizer) {
+                found.push(format!(
+                    ".metadata.finalizers: {} {why}",
+                    quoted(&Value::from(finalizer))
+                ));
+            }
+        }
+    }
+}
+
+/// `prefix/name` or `name` (`IsQualifiedName`): the prefix a DNS subdomain, the name at most
+/// 63 letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit.
+pub fn qualified_name(key: &str) -> Result<(), &'static str> {
+    let name = match key.split_once('/') {
+        Some((prefix, name)) => {
+            if prefix.is_empty() || dns_subdomain(prefix).is_err() {
+                return Err("has a prefix that is not a DNS subdomain");
+            }
+            name
+        }
+        None => key,
+    };
+    if name.is_empty() || !name_characters(name) {
+        return Err(
+            "is not a qualified name (letters, digits, '-', '_' and '.', starting and ending with a letter or digit, after an optional DNS subdomain prefix and '/')",
+        );
+    }
+    if name.len() > 63 {
+        return Err("has a name part longer than 63 characters");
+    }
+    Ok(())
+}
+
+/// A label's value (`IsValidLabelValue`): empty, or at most 63 characters as a qualified name's
+/// name part.
+pub fn label_value(value: &str) -> Result<(), &'static str> {
+    if value.len() > 63 {
+        Err("is longer than 63 characters (a label value)")
+    } else if value.is_empty() || name_characters(value) {
+        Ok(())
+    } else {
+        Err(
+            "is not a label value (empty, or letters, digits, '-', '_' and '.', starting and ending with a letter or digit)",
+        )
+    }
+}
+
+/// Letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit.
+fn name_characters(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let edge = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    edge(bytes.first())
+        && edge(bytes.last())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// RFC 1123 subdomain as Kubernetes checks it (`IsDNS1123Subdomain`): at most 253 characters,
@@ -407,5 +511,40 @@ mod tests {
         assert!(dns_subdomain("a..b").is_err());
         assert!(dns_label("-a").is_err());
         assert!(dns_label(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn labels_annotations_and_finalizers_have_the_api_servers_syntax() {
+        let schema = for_kind("ChatflowAccess").expect("schema");
+        let mut object = access(json!({"chatflows": ["x"], "subjects": [{"user": "u"}]}));
+        object["metadata"] = json!({"name": "team", "namespace": "a",
+            "labels": {"app.kubernetes.io/version": "1.2.3", "team": "support", "empty": "",
+                       "flowgate.io/imported": "true"},
+            "annotations": {"example.com/note": "Anything at all: spaces, / and +."},
+            "finalizers": ["example.com/cleanup"]});
+        assert_eq!(schema.violations(&object), Vec::<String>::new());
+        object["metadata"]["labels"] = json!({"team": "Support Team", "-x": "a",
+            "Example.com/x": "a", "v": "1.2+b3", "long": "a".repeat(64)});
+        object["metadata"]["annotations"] =
+            json!({"a b": "x", "big": "x".repeat(ANNOTATIONS_LIMIT)});
+        object["metadata"]["finalizers"] = json!(["no spaces please"]);
+        let found = schema.violations(&object);
+        for want in [
+            ".metadata.labels: \"-x\" is not a qualified name",
+            ".metadata.labels: \"Example.com/x\" has a prefix that is not a DNS subdomain",
+            ".metadata.labels.team: \"Support Team\" is not a label value",
+            ".metadata.labels.v: \"1.2+b3\" is not a label value",
+            ".metadata.labels.long: ",
+            ".metadata.annotations: \"a b\" is not a qualified name",
+            ".metadata.annotations: 262151 bytes, more than the 262144",
+            ".metadata.finalizers: \"no spaces please\" is not a qualified name",
+        ] {
+            assert!(
+                found.iter().any(|f| f.starts_with(want)),
+                "{want} not in {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), 8, "{found:#?}");
+        assert!(qualified_name(&format!("example.com/{}", "n".repeat(64))).is_err());
     }
 }

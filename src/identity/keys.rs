@@ -221,6 +221,16 @@ pub(crate) fn public_key_pem(pem: &[u8]) -> Result<VerifyingKey, &'static str> {
         if key.try_get_as_bytes().is_ok_and(|der| der.len() > 540) {
             return Err(RSA_TOO_LONG);
         }
+        // As for a JWK: shorter moduli are refused (and `signature.rs` would refuse them).
+        let utils = &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.key_utils;
+        let modulus = key
+            .try_get_as_bytes()
+            .ok()
+            .and_then(|der| (utils.rsa_pub_components_from_public_key)(der).ok())
+            .map(|(n, _)| n.iter().skip_while(|b| **b == 0).count());
+        if modulus.is_none_or(|len| len < MIN_RSA_MODULUS_BYTES) {
+            return Err("RSA modulus shorter than 2048 bits");
+        }
         (key, AlgSet::RSA)
     } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
         let algorithms = ec_algorithms(&key).ok_or("EC key is neither P-256 nor P-384")?;
@@ -441,6 +451,11 @@ mod tests {
         assert_eq!(public_key_pem(long).err(), Some(RSA_TOO_LONG));
         let usual = include_bytes!("../../tests/fixtures/keys/rsa.pub");
         assert!(public_key_pem(usual).is_ok());
+        let short = include_bytes!("../../tests/fixtures/keys/rsa1024.pub");
+        assert_eq!(
+            public_key_pem(short).err(),
+            Some("RSA modulus shorter than 2048 bits")
+        );
         // base64url of 512 and 513 bytes of 0xC1.
         let n_4096 = format!("{}wcE", "wcHB".repeat(170));
         let n_4104 = "wcHB".repeat(171);

@@ -26,6 +26,7 @@ mod keys;
 mod remote;
 mod review;
 mod select;
+mod signature;
 mod token;
 
 use std::sync::Arc;

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use jiff::Timestamp;
-use jsonwebtoken::errors::ErrorKind;
 
 use super::cache::TokenCache;
 use super::claims::{self, Checks, Mapping};
 use super::key_files::KeyFiles;
 use super::keys::{self, Lookup, VerifyingKey};
 use super::remote::{RemoteKeys, Trigger};
+use super::signature::{self, Checked};
 use super::token::{ClaimNames, Parsed};
 use super::{AuthError, VerifierOptions};
 
@@ -258,19 +258,17 @@ impl Inner {
         if !key.algorithms.contains(token.alg) {
             return Step::Failed(AuthError::AlgorithmMismatch);
         }
-        let verified = jsonwebtoken::crypto::verify(
+        match signature::verify(
             token.signature,
             token.signed.as_bytes(),
             &key.key,
             token.alg,
-        );
-        match verified {
-            Ok(true) => {}
-            Ok(false) => return Step::Failed(AuthError::BadSignature),
-            Err(e) if matches!(e.kind(), ErrorKind::Base64(_)) => {
+        ) {
+            Checked::Valid => {}
+            Checked::Invalid => return Step::Failed(AuthError::BadSignature),
+            Checked::NotBase64 => {
                 return Step::Failed(AuthError::Malformed("signature is not base64url"));
             }
-            Err(_) => return Step::Failed(AuthError::BadSignature),
         }
         match claims::validate(&token.claims, checks) {
             Ok(expires_at) => Step::Verified(domain, expires_at),
