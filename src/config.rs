@@ -308,6 +308,15 @@ impl Config {
             service_account_audience: non_empty(args.service_account_audience),
         };
         let token_cache_size = token_cache_size(&args.token_cache_size)?;
+        if token_cache_size == 0 && jwt.service_account_audience.is_some() {
+            // A ServiceAccount token's TokenReview verdict is kept in the cache: without it every
+            // such request would send one, and an API server outage refuse them all at once.
+            return Err(invalid(
+                "FLOWGATE_TOKEN_CACHE_SIZE",
+                "0 with FLOWGATE_SERVICE_ACCOUNT_AUDIENCE set: ServiceAccount tokens' reviews are \
+                 kept in the cache (without it, a TokenReview per request); leave it on",
+            ));
+        }
         let token_endpoint_url =
             optional_url("FLOWGATE_TOKEN_ENDPOINT_URL", args.token_endpoint_url)?;
         let token_client_id = non_empty(args.token_client_id);

@@ -72,6 +72,14 @@ fn the_token_cache_size_is_a_count_and_zero_turns_it_off() {
     assert_eq!(config.token_cache_size, 0);
     let config = parse(&["--token-cache-size", " 250000 "]).expect("valid");
     assert_eq!(config.token_cache_size, 250_000);
+    let error = parse(&[
+        "--token-cache-size",
+        "0",
+        "--service-account-audience",
+        "flowgate",
+    ])
+    .expect_err("reviews live in the cache");
+    assert_eq!(error.setting, "FLOWGATE_TOKEN_CACHE_SIZE");
     let config = parse(&["--token-cache-size", ""]).expect("valid");
     assert_eq!(config.token_cache_size, 10_000, "empty: the default");
     for bad in ["-1", "10k", "1000001"] {

@@ -121,6 +121,7 @@ pub struct Metrics {
     credit_alerts: Family<AlertLabels, Counter>,
     ledger_pruned: Family<TableLabels, Counter>,
     ledger_prune_failures: Counter,
+    corrections_lost: Family<OperationLabels, Counter>,
     token_reviews: Family<OutcomeLabels, Counter>,
     stream_hangups: Family<OutcomeLabels, Counter>,
     /// Unix time of the snapshot the proxy serves.
@@ -226,6 +227,16 @@ impl Metrics {
             "Ledger rows deleted by FLOWGATE_LEDGER_RETENTION: reservations, usage, buckets",
             ledger_pruned.clone(),
         );
+        let corrections_lost = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "ledger_corrections_lost",
+            "Settles and refunds the ledger never took (failed past their retries, or for good): \
+             each of those reservations is charged what it held, by the sweep",
+            corrections_lost.clone(),
+        );
+        for operation in ["settle", "refund"] {
+            let _ = corrections_lost.get_or_create(&OperationLabels { operation });
+        }
         let ledger_prune_failures = Counter::default();
         registry.register(
             "ledger_prune_failures",
@@ -300,6 +311,7 @@ impl Metrics {
             credit_alerts,
             ledger_pruned,
             ledger_prune_failures,
+            corrections_lost,
             token_reviews,
             stream_hangups,
             snapshot_compiled,
@@ -400,6 +412,13 @@ impl Metrics {
         self.ledger_pruned
             .get_or_create(&TableLabels { table })
             .inc_by(rows);
+    }
+
+    /// Counts a settle or refund (`operation`) given up: its reservation is swept at its hold.
+    pub fn correction_lost(&self, operation: &'static str) {
+        self.corrections_lost
+            .get_or_create(&OperationLabels { operation })
+            .inc();
     }
 
     /// Counts a retention run that stopped on a ledger error.

@@ -136,6 +136,11 @@ fn series(sel: &str, healthy: bool) -> Vec<Value> {
             pick("0x40", "0+1x40"),
         ),
         s(
+            "flowgate_ledger_corrections_lost_total",
+            r#"operation="refund""#,
+            pick("0x40", "0x20 3x20"),
+        ),
+        s(
             "flowgate_index_watch_errors_total",
             r#"kind="ChatflowAccess""#,
             // Healthy: an error now and then (an API server restart); failing: every 12 s.
@@ -197,6 +202,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
             "FlowgateIdentityUnavailable",
             "FlowgateLedgerSlow",
             "FlowgateLedgerRetentionFailing",
+            "FlowgateLedgerCorrectionsLost",
             "FlowgateFlowiseErrors",
             "FlowgateBodyMemoryFull",
             "FlowgateInvalidResources",

@@ -15,6 +15,10 @@ mod bursts;
 mod commit_unanswered;
 #[path = "ledger/own_limits.rs"]
 mod own_limits;
+#[path = "ledger/postgres_indexes.rs"]
+mod postgres_indexes;
+#[path = "ledger/postgres_rates.rs"]
+mod postgres_rates;
 #[path = "ledger/postgres_replicas.rs"]
 mod postgres_replicas;
 #[path = "ledger/retention.rs"]

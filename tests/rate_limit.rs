@@ -106,6 +106,27 @@ async fn predictions_over_the_rate_are_refused_with_429_and_charge_nothing() {
         forwarded + 2,
         "refused ones reach no Flowise"
     );
+    // Over the limit, a prediction is refused before its body is read: a body announced at
+    // 10 MB that never comes gets the 429 at once, not the 408 of a body that stalled.
+    let (mut sender, never_ends) =
+        futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    futures::SinkExt::send(&mut sender, Ok(b"{\"question\": \"".to_vec()))
+        .await
+        .expect("first bytes");
+    let announced = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        http.post(format!("{}/api/v1/prediction/{id}", gate.base))
+            .bearer_auth(&bob)
+            .header("content-type", "application/json")
+            .header("content-length", "10000000")
+            .body(reqwest::Body::wrap_stream(never_ends))
+            .send(),
+    )
+    .await
+    .expect("answered before the body came")
+    .expect("an answer");
+    assert_eq!(announced.status().as_u16(), 429);
+    drop(sender);
 
     // The Python-compatible route spends the same allowance.
     let compat = http

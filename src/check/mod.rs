@@ -177,12 +177,17 @@ pub fn check(paths: &[PathBuf]) -> Report {
         {
             continue;
         }
+        // Documents of other kinds that are not YAML: worth a word only beside ours.
+        let mut broken_others = Vec::new();
+        let objects_before = report.objects;
         for doc in documents(&text) {
             let at = format!("{}:{}", source.name, doc.line);
             let mut value: Value = match serde_saphyr::from_str(doc.text) {
                 Ok(value) => value,
-                // Only a document that may be one of ours is worth a word.
-                Err(_) if !names_flowgate_api(doc.text) => continue,
+                Err(_) if !names_flowgate_api(doc.text) => {
+                    broken_others.push(at);
+                    continue;
+                }
                 Err(_) if is_template(doc.text) => {
                     templates += 1;
                     report.push(
@@ -368,6 +373,18 @@ pub fn check(paths: &[PathBuf]) -> Report {
                 if let Ok(parsed) = parsed {
                     objects.push((place, parsed));
                 }
+            }
+        }
+        if report.objects > objects_before {
+            for at in broken_others {
+                report.push(
+                    Severity::Warning,
+                    &at,
+                    None,
+                    "not YAML, in a file with flowgate objects: `kubectl apply` refuses the \
+                     file, and `flowgate run --resources-dir` keeps its last readable version"
+                        .into(),
+                );
             }
         }
     }
@@ -577,9 +594,16 @@ impl Source {
                 bytes
             }
         };
+        // UTF-16 and UTF-32 (Windows PowerShell's `>` writes UTF-16) start with a byte-order
+        // mark: text, in an encoding nothing here reads.
+        let unicode_bom = [&b"\xff\xfe"[..], b"\xfe\xff", b"\x00\x00\xfe\xff"]
+            .iter()
+            .any(|bom| bytes.starts_with(bom));
         match String::from_utf8(bytes) {
             Ok(text) => Ok(Some(text)),
-            Err(e) if !e.as_bytes().windows(8).any(|w| w == b"flowgate") => Ok(None),
+            Err(e) if !unicode_bom && !e.as_bytes().windows(8).any(|w| w == b"flowgate") => {
+                Ok(None)
+            }
             Err(e) => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 e.utf8_error(),

@@ -527,12 +527,59 @@ metadata: {name: bot, namespace: a}
 spec: {flowiseName: Bot}
 ",
     );
+    // What Windows PowerShell's `>` writes: UTF-16, its mark first.
+    let utf16: Vec<u8> = [0xff, 0xfe]
+        .into_iter()
+        .chain(
+            "kind: CreditPolicy\n"
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes),
+        )
+        .collect();
+    std::fs::write(dir.path().join("utf16.yaml"), utf16).expect("write");
     let report = check(&[dir.path().to_path_buf()]);
     let found = lines(&report, dir.path());
-    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found.len(), 2, "{found:#?}");
     assert!(
         found[0].starts_with("Error latin1.yaml -: invalid utf-8"),
         "{found:#?}"
     );
+    assert!(
+        found[1].starts_with("Error utf16.yaml -: invalid utf-8"),
+        "{found:#?}"
+    );
     assert_eq!(report.objects, 1);
+}
+
+#[test]
+fn a_broken_document_of_another_kind_beside_ours_is_a_warning() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(
+        dir.path(),
+        "team.yaml",
+        "apiVersion: flowgate.io/v1alpha1
+kind: ChatflowAccess
+metadata: {name: team, namespace: a}
+spec: {chatflows: [\"*\"], subjects: [{user: u}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: notes
+data: {a: b}
+",
+    );
+    // Alone, another kind's broken document is none of flowgate's business.
+    write(
+        dir.path(),
+        "other/config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: [\n# flowgate\n",
+    );
+    let report = check(&[dir.path().to_path_buf()]);
+    let found = lines(&report, dir.path());
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("Warning team.yaml:6 -: not YAML, in a file with flowgate objects"),
+        "{found:#?}"
+    );
+    assert_eq!(report.errors(), 0);
 }

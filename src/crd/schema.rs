@@ -172,7 +172,9 @@ fn metadata(object: &Value, found: &mut Vec<String>) {
     if let Some(Value::Object(annotations)) = object.pointer("/metadata/annotations") {
         let mut size = 0;
         for (key, value) in annotations {
-            if let Err(why) = qualified_name(key) {
+            // Annotation keys are checked lowercased (`ValidateAnnotations`): `MyCorp.io/x` is
+            // fine; label keys are not.
+            if let Err(why) = qualified_name(&key.to_ascii_lowercase()) {
                 found.push(format!(
                     ".metadata.annotations: {} {why}",
                     quoted(&Value::from(key.as_str()))
@@ -520,7 +522,8 @@ mod tests {
         object["metadata"] = json!({"name": "team", "namespace": "a",
             "labels": {"app.kubernetes.io/version": "1.2.3", "team": "support", "empty": "",
                        "flowgate.io/imported": "true"},
-            "annotations": {"example.com/note": "Anything at all: spaces, / and +."},
+            "annotations": {"example.com/note": "Anything at all: spaces, / and +.",
+                            "MyCorp.io/Owner": "an uppercase prefix is fine here"},
             "finalizers": ["example.com/cleanup"]});
         assert_eq!(schema.violations(&object), Vec::<String>::new());
         object["metadata"]["labels"] = json!({"team": "Support Team", "-x": "a",

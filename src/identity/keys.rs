@@ -228,8 +228,14 @@ pub(crate) fn public_key_pem(pem: &[u8]) -> Result<VerifyingKey, &'static str> {
             .ok()
             .and_then(|der| (utils.rsa_pub_components_from_public_key)(der).ok())
             .map(|(n, _)| n.iter().skip_while(|b| **b == 0).count());
-        if modulus.is_none_or(|len| len < MIN_RSA_MODULUS_BYTES) {
-            return Err("RSA modulus shorter than 2048 bits");
+        match modulus {
+            Some(len) if len < MIN_RSA_MODULUS_BYTES => {
+                return Err("RSA modulus shorter than 2048 bits");
+            }
+            // RustCrypto's reader takes 4096 bits at most: a key it cannot read is longer.
+            Some(len) if len > MAX_RSA_MODULUS_BYTES => return Err(RSA_TOO_LONG),
+            None => return Err(RSA_TOO_LONG),
+            Some(_) => {}
         }
         (key, AlgSet::RSA)
     } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
@@ -451,6 +457,9 @@ mod tests {
         assert_eq!(public_key_pem(long).err(), Some(RSA_TOO_LONG));
         let usual = include_bytes!("../../tests/fixtures/keys/rsa.pub");
         assert!(public_key_pem(usual).is_ok());
+        // Its PKCS#1 DER is under the size bound, its modulus over 4096 bits.
+        let over = include_bytes!("../../tests/fixtures/keys/rsa4104.pub");
+        assert_eq!(public_key_pem(over).err(), Some(RSA_TOO_LONG));
         let short = include_bytes!("../../tests/fixtures/keys/rsa1024.pub");
         assert_eq!(
             public_key_pem(short).err(),

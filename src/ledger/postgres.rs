@@ -63,6 +63,7 @@ impl PostgresLedger {
         let mut config: tokio_postgres::Config = url.parse()?;
         config.ssl_mode(tls.ssl_mode());
         let pool = Arc::new(Pool::connect(config.clone(), tls.clone()).await?);
+        pool.build_late_indexes();
         let writers = batch::spawn(Arc::clone(&pool));
         Ok(Self {
             pool,

@@ -105,7 +105,7 @@ pub(super) enum UsageParam {
 /// the backend's dialect.
 ///
 /// Only the conditions it sets, so that each backend's planner picks the index that matches
-/// (`usage_by_subject`, `usage_by_policy`, on SQLite `usage_by_chatflow`, else `usage_by_time`): written once for every filter
+/// (`usage_by_subject`, `usage_by_policy`, `usage_by_chatflow` (on PostgreSQL built after start), else `usage_by_time`): written once for every filter
 /// as `(?1 IS NULL OR subject = ?1)`, SQLite walked the whole time index backwards for every
 /// query, a subject's included (a test checks the plans).
 pub(super) fn usage_query(

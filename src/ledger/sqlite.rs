@@ -13,7 +13,7 @@
 
 mod ops;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -164,7 +164,7 @@ impl SqliteLedger {
                 Ok(conn) => {
                     // The receiver only goes away if `open` was cancelled; then so are we.
                     if ready.send(Ok(())).is_ok() {
-                        run_writer(conn, queue, commit);
+                        run_writer(conn, queue, commit, &writer_path);
                     }
                 }
                 Err(e) => {
@@ -585,10 +585,16 @@ fn run_writer(
     mut conn: Connection,
     queue: mpsc::Receiver<Op>,
     commit: impl Fn(&mut Connection, Vec<Op>) -> Vec<Answer>,
+    path: &Path,
 ) {
+    let mut file = FileWatch::new(path);
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(MAX_BATCH - 1));
+        if let Some(failure) = file.moved() {
+            batch.into_iter().for_each(|op| op.fail(&failure).send());
+            continue;
+        }
         let batch_size = batch.len();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit(&mut conn, batch))) {
             Ok(answers) => answers.into_iter().for_each(Answer::send),
@@ -601,6 +607,55 @@ fn run_writer(
                 tracing::error!(%message, batch_size, "the ledger writer panicked on a batch: rolled back, its callers told to retry");
             }
         }
+    }
+}
+
+/// The ledger file the writer opened, looked at again at most once a second: removed or
+/// replaced underneath (a restore into a running pod, an `rm`), the writer would go on committing
+/// into the file it holds open, which nothing will ever read again, and the next start would open
+/// whatever is there now. From then on every write fails, for good: charges are refused (503)
+/// until flowgate is restarted on the file now there.
+struct FileWatch {
+    path: PathBuf,
+    /// Device and inode at open.
+    opened: Option<(u64, u64)>,
+    checked: std::time::Instant,
+    moved: bool,
+}
+
+impl FileWatch {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            opened: Self::identity(path),
+            checked: std::time::Instant::now(),
+            moved: false,
+        }
+    }
+
+    fn identity(path: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+
+    /// Why every write now fails, once the file was found removed or replaced.
+    fn moved(&mut self) -> Option<BatchFailure> {
+        if !self.moved && self.opened.is_some() && self.checked.elapsed() >= Self::EVERY {
+            self.checked = std::time::Instant::now();
+            if Self::identity(&self.path) != self.opened {
+                self.moved = true;
+                tracing::error!(path = %self.path.display(), "the ledger file was removed or replaced while flowgate ran: every charge is refused until flowgate restarts on the file now there");
+            }
+        }
+        self.moved.then(|| BatchFailure {
+            message: format!(
+                "the ledger file {} was removed or replaced while flowgate ran; restart flowgate",
+                self.path.display()
+            ),
+            transient: false,
+        })
     }
 }
 

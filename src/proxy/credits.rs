@@ -280,12 +280,32 @@ impl Credits {
     }
 
     /// `request` committed to the ledger, or an error once [`RESERVE_DEADLINE`] has passed
-    /// (the reservation refunded when it lands).
+    /// (the reservation refunded when it lands). A keyed request waits [`KEYED_REFUND_WAIT`]
+    /// longer for its reservation to land and be refunded, as [`Self::refund_now`] does: the
+    /// 503 invites a retry with the same key, which would otherwise meet the late reservation
+    /// and get 409.
     async fn land(&self, request: ReserveRequest) -> Result<ReserveOutcome, LedgerError> {
         let deadline = self.reserve_deadline;
-        tokio::time::timeout(deadline, Landing::new(self, request))
-            .await
-            .unwrap_or(Err(LedgerError::WriteTimeout(deadline)))
+        let keyed = request.idempotency_key.is_some();
+        let mut landing = Landing::new(self, request);
+        if let Ok(outcome) = tokio::time::timeout(deadline, &mut landing).await {
+            return outcome;
+        }
+        if keyed {
+            let landed = tokio::time::timeout(KEYED_REFUND_WAIT, &mut landing).await;
+            if let Ok(Ok(ReserveOutcome::Reserved { id, .. })) = landed {
+                let refund = self.release(id);
+                if tokio::time::timeout(KEYED_REFUND_WAIT, refund)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(?KEYED_REFUND_WAIT, "answering before a keyed refund landed");
+                }
+            }
+        }
+        // Not landed yet: dropped, it is refunded when it lands (`Landing`).
+        drop(landing);
+        Err(LedgerError::WriteTimeout(deadline))
     }
 
     /// Charges the actual cost in the background: the flat cost plus tokens on every policy.
@@ -326,7 +346,10 @@ impl Credits {
                     }
                 }
                 // The reservation stays; the sweep charges it at the reserved amount.
-                Err(error) => tracing::error!(%error, reservation = charge.id.0, "settling failed"),
+                Err(error) => {
+                    tracing::error!(%error, reservation = charge.id.0, "settling failed");
+                    metrics.correction_lost("settle");
+                }
             }
         });
     }
@@ -383,6 +406,7 @@ impl Credits {
             if let Err(error) = retried(refund, id, "refund").await {
                 // The reservation stays; the sweep charges it at the reserved amount.
                 tracing::error!(%error, reservation = id.0, "refund failed");
+                metrics.correction_lost("refund");
             }
         })
     }
@@ -650,143 +674,4 @@ fn secs_until(now: Timestamp, at: Timestamp) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_settle_is_retried_for_as_long_as_a_reservation_may_stay_open() {
-        let started = tokio::time::Instant::now();
-        let attempts = std::sync::atomic::AtomicU32::new(0);
-        let result: Result<(), LedgerError> = retried(
-            || async {
-                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Err(LedgerError::Commit {
-                    message: "the database is failing over".into(),
-                    transient: true,
-                })
-            },
-            ReservationId(1),
-            "settle",
-        )
-        .await;
-        assert!(result.is_err(), "gives up in the end");
-        let waited = started.elapsed();
-        assert!(
-            // Each sleep's deadline rounds up to the timer's millisecond: ~50 of them may end a
-            // few tens of milliseconds past the TTL (harmless: a settle still corrects a
-            // reservation the sweep charged).
-            waited >= RESERVATION_TTL - Duration::from_secs(30)
-                && waited <= RESERVATION_TTL + Duration::from_secs(1),
-            "gave up after {waited:?}"
-        );
-        let attempts = attempts.into_inner();
-        assert!(
-            attempts >= 40,
-            "every 20 s at most (jitter included): {attempts} attempts"
-        );
-    }
-
-    #[test]
-    fn retry_after_a_refusal_is_the_reset_in_whole_seconds() {
-        let now: Timestamp = "2026-11-24T23:59:58.5Z".parse().expect("time");
-        let reset: Timestamp = "2026-11-25T00:00:00Z".parse().expect("time");
-        assert_eq!(secs_until(now, reset), 2);
-        assert_eq!(secs_until(reset, reset), 1, "never 0");
-        assert_eq!(secs_until(reset, now), 1, "a reset just passed");
-    }
-
-    async fn sqlite_credits(dir: &tempfile::TempDir) -> Credits {
-        let url = crate::config::LedgerUrl::Sqlite(dir.path().join("ledger.db"));
-        let ledger = ledger::open(&url).await.expect("ledger");
-        Credits::new(ledger, Arc::new(Metrics::new()))
-    }
-
-    fn two_credits(subject: &str, now: Timestamp) -> (ReserveRequest, ledger::Window) {
-        let window = ledger::window(crate::crd::Period::Never, "UTC", now).expect("window");
-        let line = BudgetLine {
-            policy: "team-a/budget".into(),
-            bucket: "*".into(),
-            limit: 100,
-            own_limit: false,
-            window,
-            amount: 2,
-        };
-        let request = ReserveRequest {
-            subject: subject.into(),
-            chatflow: "team-a/bot".into(),
-            idempotency_key: Some(format!("{subject}-key")),
-            lines: vec![line],
-            now,
-            ttl: RESERVATION_TTL,
-            final_cost: false,
-        };
-        (request, window)
-    }
-
-    #[tokio::test]
-    async fn a_reserve_whose_client_went_away_lands_and_is_refunded() {
-        let dir = tempfile::tempdir().expect("dir");
-        let credits = sqlite_credits(&dir).await;
-        let now = Timestamp::now();
-        // Kept: the reservation stays held.
-        let (request, window) = two_credits("kept", now);
-        let outcome = Landing::new(&credits, request).await.expect("reserve");
-        assert!(matches!(outcome, ReserveOutcome::Reserved { .. }));
-        let used = || credits.ledger.balance("team-a/budget", "*", &window);
-        assert_eq!(used().await.expect("balance"), 2);
-        // Dropped while its group commit runs: it lands in the background, then is refunded.
-        let (request, _) = two_credits("gone", now);
-        let mut landing = Landing::new(&credits, request);
-        assert!(
-            futures::poll!(&mut landing).is_pending(),
-            "the reserve waits for the writer"
-        );
-        drop(landing);
-        credits.background().close();
-        credits.background().wait().await;
-        assert_eq!(used().await.expect("balance"), 2, "only the kept charge");
-        // Its key is free again.
-        let (request, _) = two_credits("gone", now);
-        let outcome = Landing::new(&credits, request).await.expect("reserve");
-        assert!(
-            matches!(outcome, ReserveOutcome::Reserved { .. }),
-            "{outcome:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_reserve_not_committed_in_time_is_refused_and_refunded_when_it_lands() {
-        let dir = tempfile::tempdir().expect("dir");
-        let mut credits = sqlite_credits(&dir).await;
-        credits.reserve_deadline = Duration::from_millis(200);
-        // Another process holds the write lock (someone's sqlite3 shell in a transaction).
-        let outsider = rusqlite::Connection::open(dir.path().join("ledger.db")).expect("open");
-        outsider
-            .execute_batch("BEGIN IMMEDIATE")
-            .expect("the write lock");
-        let now = Timestamp::now();
-        let (request, window) = two_credits("stalled", now);
-        let started = tokio::time::Instant::now();
-        let refused = credits.land(request).await;
-        assert!(
-            matches!(refused, Err(LedgerError::WriteTimeout(_))),
-            "{refused:?}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "at the deadline"
-        );
-        // The lock goes; the reservation lands after all, and is refunded.
-        outsider.execute_batch("ROLLBACK").expect("unlock");
-        credits.background().close();
-        credits.background().wait().await;
-        let used = credits.ledger.balance("team-a/budget", "*", &window);
-        assert_eq!(used.await.expect("balance"), 0, "nothing kept");
-        let (request, _) = two_credits("stalled", now);
-        let outcome = credits.land(request).await.expect("reserve");
-        assert!(
-            matches!(outcome, ReserveOutcome::Reserved { .. }),
-            "its key is free again: {outcome:?}"
-        );
-    }
-}
+mod tests;

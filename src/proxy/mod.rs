@@ -44,7 +44,7 @@ use serde_json::Value;
 
 use crate::identity::{Identity, Verifier, bearer_token};
 use crate::index::watch::SnapshotHandle;
-use crate::index::{Access, Caller, ChatflowEntry, Snapshot};
+use crate::index::{Access, AccessRule, Caller, ChatflowEntry, Snapshot};
 use crate::metrics::Metrics;
 use crate::server::Body;
 use compat::{compat_request, compat_response};
@@ -250,6 +250,8 @@ impl Proxy {
                 // Decided before the body is read, so a caller refused costs no memory...
                 let lookup = Lookup::FlowiseId(&id);
                 let early = self.admit(&snapshot, &identity, &caller, lookup, now)?;
+                // ...and a caller already over its rate limit sends no body either.
+                self.rate_refused(&snapshot, &identity, &early.0, early.1)?;
                 let idempotency_key = idempotency_key(&req)?;
                 // The headers go on to Flowise (the allowed ones) after the body is read.
                 let (parts, body) = req.into_parts();
@@ -538,14 +540,28 @@ impl Proxy {
         let access = (rule.namespace.as_str(), rule.name.as_str());
         match self.limiter.take(access, &identity.key, limit.rate).await {
             Ok(allowance) => Ok(Some(allowance)),
-            Err(ratelimit::Refused(allowance)) => {
-                log_decision(identity, cf, "deny", "rate_limited");
-                Err(ProxyError::RateLimited {
-                    access: format!("{}/{}", rule.namespace, rule.name),
-                    retry_after: ratelimit::whole_secs(allowance.next_in),
-                    allowance,
-                })
-            }
+            Err(refused) => Err(rate_limited(identity, cf, rule, refused)),
+        }
+    }
+
+    /// [`Self::rate_limit`]'s refusal when this replica already knows it, spending nothing.
+    fn rate_refused(
+        &self,
+        snapshot: &Snapshot,
+        identity: &Identity,
+        cf: &ChatflowEntry,
+        access: Access,
+    ) -> Result<(), ProxyError> {
+        let Some(limit) = access.limit else {
+            return Ok(());
+        };
+        let Some(rule) = snapshot.access_rules().get(limit.rule as usize) else {
+            return Ok(());
+        };
+        let access = (rule.namespace.as_str(), rule.name.as_str());
+        match self.limiter.refusal(access, &identity.key, limit.rate) {
+            Some(refused) => Err(rate_limited(identity, cf, rule, refused)),
+            None => Ok(()),
         }
     }
 
@@ -658,6 +674,21 @@ fn caller(identity: &Identity) -> Caller<'_> {
             .service_account
             .as_ref()
             .and_then(|_| identity.key.strip_prefix("sa:")),
+    }
+}
+
+/// A 429 for `identity` over `rule`'s rate limit, logged.
+fn rate_limited(
+    identity: &Identity,
+    cf: &ChatflowEntry,
+    rule: &AccessRule,
+    ratelimit::Refused(allowance): ratelimit::Refused,
+) -> ProxyError {
+    log_decision(identity, cf, "deny", "rate_limited");
+    ProxyError::RateLimited {
+        access: format!("{}/{}", rule.namespace, rule.name),
+        retry_after: ratelimit::whole_secs(allowance.next_in),
+        allowance,
     }
 }
 

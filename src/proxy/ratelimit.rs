@@ -96,18 +96,11 @@ pub struct Allowance {
 
 impl Allowance {
     /// What is left when the key's instant is `ahead` of now: each request moves the instant
-    /// one `interval` on, and it may be one period ahead at most — unless the rule's period was
-    /// shortened since (the key is the rule and the caller, not the rate), when the caller waits
-    /// until it is back within one period.
+    /// one `interval` on, and it is one period ahead at most (an instant kept from before the
+    /// rule's period was shortened counts as one period ahead: see [`RateLimiter::check`]).
     fn at(rate: RateLimit, interval: Duration, ahead: Duration) -> Self {
         let per = rate.per.duration();
-        if ahead > per {
-            return Self {
-                rate,
-                remaining: 0,
-                next_in: ahead - per + interval,
-            };
-        }
+        let ahead = ahead.min(per);
         let room = (per - ahead).as_nanos();
         let interval = interval.as_nanos().max(1);
         // `interval` is rounded down: with a very large `requests` the room could hold one more.
@@ -180,6 +173,27 @@ impl RateLimiter {
         }
     }
 
+    /// The refusal [`Self::take`] would give `subject` under `rate` now, by what this replica
+    /// knows, without spending anything: a prediction sure to be refused is refused before its
+    /// body is read. (On a shared ledger the instant noted at the last take only lags behind
+    /// the database's, which other replicas' takes move on, never back.) `None` when `take`
+    /// may admit it: it decides.
+    pub fn refusal(&self, access: (&str, &str), subject: &str, rate: RateLimit) -> Option<Refused> {
+        let per = rate.per.duration();
+        let interval = interval(rate);
+        let burst = per.saturating_sub(interval);
+        let hash = self.hasher.hash_one((access.0, access.1, subject));
+        let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
+        let now = Instant::now();
+        let full_at = *self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .full_at
+            .get(&hash)?;
+        let ahead = full_at.max(now).min(now + per) - now;
+        (ahead > burst).then(|| Refused(Allowance::at(rate, interval, ahead)))
+    }
+
     /// Notes where the database said `key` stands (its instant `ahead` of `now`), for when this
     /// replica counts on its own.
     fn remember(&self, key: impl Hash, ahead: Duration, now: Instant) {
@@ -210,7 +224,16 @@ impl RateLimiter {
         let mut shard = self.shards[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let full_at = shard.full_at.get(&hash).map_or(now, |at| (*at).max(now));
+        // The key is the rule and the caller, not the rate: an instant kept from before the
+        // rule changed may be further ahead than the new period (10 per hour spent, the rule
+        // now 10 per minute: an hour ahead). It counts as a spent allowance under the new rule,
+        // not as the old wait, which a looser rule would otherwise make longer.
+        let stored = shard.full_at.get(&hash).copied();
+        let full_at = stored.map_or(now, |at| at.max(now)).min(now + per);
+        if stored.is_some_and(|at| at > full_at) {
+            // Kept so, refused or not: it drains under the new rule from here.
+            shard.full_at.insert(hash, full_at);
+        }
         let ahead = full_at - now;
         if ahead > burst {
             return Err(Refused(Allowance::at(rate, interval, ahead)));
@@ -440,22 +463,53 @@ mod tests {
     }
 
     #[test]
-    fn a_shortened_period_waits_for_what_the_longer_one_spent() {
+    fn a_shortened_period_starts_spent_under_the_new_rule_not_the_old_wait() {
         let limiter = RateLimiter::default();
         let now = Instant::now();
         let hourly = rate(10, RatePeriod::Hour);
         for _ in 0..10 {
             assert!(limiter.check("k", hourly, now).is_ok());
         }
-        // The rule becomes 10 per minute: the instant is an hour ahead, the wait 59 min 6 s.
+        // The rule becomes 10 per minute: spent under it, one more request in 6 s (not the
+        // 59 min the hour's instant would make it).
         let minutely = rate(10, RatePeriod::Minute);
         let refused = limiter.check("k", minutely, now);
         let expected = Allowance {
             rate: minutely,
             remaining: 0,
-            next_in: Duration::from_secs(3546),
+            next_in: Duration::from_secs(6),
         };
         assert_eq!(refused, Err(Refused(expected)));
+        let later = now + Duration::from_secs(6);
+        assert!(limiter.check("k", minutely, later).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_known_without_spending() {
+        let limiter = RateLimiter::default();
+        let two = rate(2, RatePeriod::Minute);
+        let access = ("team", "limited");
+        assert_eq!(limiter.refusal(access, "bob", two), None, "never seen");
+        for _ in 0..2 {
+            assert_eq!(limiter.refusal(access, "bob", two), None);
+            assert!(limiter.take(access, "bob", two).await.is_ok());
+        }
+        // Spent: refused, and asking again spends nothing more (the wait stays one interval).
+        for _ in 0..3 {
+            let Some(Refused(allowance)) = limiter.refusal(access, "bob", two) else {
+                panic!("spent");
+            };
+            assert!(
+                allowance.next_in <= Duration::from_secs(30),
+                "{allowance:?}"
+            );
+        }
+        assert!(limiter.take(access, "bob", two).await.is_err());
+        assert_eq!(
+            limiter.refusal(access, "alice", two),
+            None,
+            "another caller"
+        );
     }
 
     #[test]

@@ -609,3 +609,52 @@ async fn a_cleanup_flowise_refuses_says_so_and_retain_lets_the_chatflow_go() {
     assert_eq!(named_in_flowise(&name).await.len(), 1, "left in Flowise");
     controller.stop().await;
 }
+
+/// A Chatflow deleted while a create of its chatflow may still land in Flowise (sent, no answer:
+/// `status.createSentAt`) keeps its finalizer until the create's window has passed, so that the
+/// listing that deletes its chatflows comes after anything that could land.
+#[tokio::test]
+async fn a_chatflow_deleted_while_its_create_is_in_doubt_waits_for_the_window() {
+    let (client, ns, api, _objects) = setup("cf-cleanup-doubt").await;
+    let name = support::unique("fgtest-cleanup-doubt");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let controller = start(&client, settings(&ns));
+    create(&api, owned_doc("bot", &name, "Delete")).await;
+    wait_ready(&api, "bot", "True", "Synced").await;
+    controller.stop().await;
+
+    // As a create sent just now and not answered leaves it (its field manager's write).
+    let sent = json!({"apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow",
+                      "status": {"createSentAt": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}});
+    api.patch_status(
+        "bot",
+        &PatchParams::apply("flowgate-create-intent").force(),
+        &Patch::Apply(&sent),
+    )
+    .await
+    .expect("createSentAt written");
+    let controller = start(&client, settings(&ns));
+    api.delete("bot", &DeleteParams::default())
+        .await
+        .expect("delete requested");
+    wait_for_event(&client, &ns, "bot", "CleanupFailed").await;
+    let notes: Vec<String> = events_about(&client, &ns, "bot")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("CleanupFailed"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains("may still land")),
+        "{notes:?}"
+    );
+    assert!(
+        api.get_opt("bot").await.expect("get").is_some(),
+        "kept while the create is in doubt"
+    );
+    assert_eq!(named_in_flowise(&name).await.len(), 1);
+    // The window (8 s in these tests) passes: the chatflow is deleted, then the Chatflow.
+    wait_deleted(&api, "bot").await;
+    assert_eq!(named_in_flowise(&name).await.len(), 0, "deleted in Flowise");
+    controller.stop().await;
+}

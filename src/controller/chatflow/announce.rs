@@ -44,7 +44,7 @@ impl<'a> Announced<'a> {
 
     /// A create announced by anyone (this reconcile or an earlier one, here or on another
     /// replica) that is still in doubt: how long until it may be sent again.
-    fn in_doubt(&self, now: jiff::Timestamp) -> Option<Duration> {
+    pub(super) fn in_doubt(&self, now: jiff::Timestamp) -> Option<Duration> {
         let at = self.cf.status.as_ref()?.create_sent_at.as_ref()?.0;
         let window = jiff::SignedDuration::try_from(self.ctx.settings.create_window).ok()?;
         let age = now.duration_since(at);

@@ -22,6 +22,16 @@ pub(super) async fn cleanup(cf: &Chatflow, ctx: &Context) -> Result<Action, Cont
         .as_deref()
         .ok_or(ControllerError::Unnamed)?;
     let marker = marker(ns, &cf.name_any());
+    // A create still in doubt may land after the listing below found nothing: the finalizer
+    // stays until its window has passed, and the listing then finds (and deletes) what landed.
+    let fresh = announce::fresh(ctx, cf).await?;
+    if let Some(again_in) = announce::Announced::new(ctx, &fresh).in_doubt(jiff::Timestamp::now()) {
+        let error = FlowiseError::CreateInDoubt {
+            window: ctx.settings.create_window,
+            again_in,
+        };
+        return Err(cleanup_failed(cf, ctx, error).await);
+    }
     let listed = match ctx.flowise.list().await {
         Ok(listed) => listed,
         Err(error) => return Err(cleanup_failed(cf, ctx, error).await),

@@ -158,6 +158,24 @@ impl Pool {
         })
     }
 
+    /// Builds the indexes added after tables may have grown ([`super::schema::late_indexes`]) on
+    /// a connection of its own, in the background: the ledger serves meanwhile.
+    pub(super) fn build_late_indexes(&self) {
+        let (config, tls, runtime) = (self.config.clone(), self.tls.clone(), self.runtime.clone());
+        self.runtime.spawn(async move {
+            let built = async {
+                let client = open_client(&config, &tls, &runtime).await?;
+                super::schema::late_indexes(&client)
+                    .await
+                    .map_err(LedgerError::from)
+            }
+            .await;
+            if let Err(error) = built {
+                tracing::warn!(%error, "building the usage log's chatflow index failed: a chatflow's usage is read without it");
+            }
+        });
+    }
+
     /// A pool of at most `size` connections, opened when first asked for (the schema exists:
     /// [`Pool::connect`] made it).
     pub(super) fn lazy(config: Config, tls: TlsParams, size: usize) -> Self {

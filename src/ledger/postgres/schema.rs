@@ -139,6 +139,57 @@ DO $$ BEGIN IF to_regclass(quote_ident(current_schema()) || '.chat_turns_by_repl
 END IF; END $$;
 ";
 
+/// Held (for its session) by the replica building [`late_indexes`]: another would drop the index
+/// it is building, which shows as invalid until the build ends.
+const LATE_INDEX_LOCK: i64 = SCHEMA_LOCK + 1;
+
+/// Indexes added after version 1, on tables a running ledger may have grown large: built with
+/// `CREATE INDEX CONCURRENTLY`, outside any transaction, after start, so that writes go on while
+/// they build (a plain `CREATE INDEX` would hold every replica's writes for as long). One that an
+/// interrupted build left invalid is dropped and built again. The usage log's by-chatflow index is
+/// what a chatflow admin's usage read uses (it always names a chatflow); without it, PostgreSQL
+/// walks the log by time. A role that may not create it leaves the reads slower, nothing else.
+pub(super) async fn late_indexes(client: &Client) -> Result<(), tokio_postgres::Error> {
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&LATE_INDEX_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(());
+    }
+    let state: Option<bool> = client
+        .query_one(
+            "SELECT (SELECT indisvalid FROM pg_index WHERE indexrelid = \
+             to_regclass(quote_ident(current_schema()) || '.usage_by_chatflow'))",
+            &[],
+        )
+        .await?
+        .get(0);
+    let built = async {
+        if state == Some(false) {
+            tracing::info!("dropping the usage log's chatflow index an interrupted build left");
+            client
+                .batch_execute("DROP INDEX CONCURRENTLY IF EXISTS usage_by_chatflow")
+                .await?;
+        }
+        if state != Some(true) {
+            tracing::info!("building the usage log's chatflow index (writes go on meanwhile)");
+            client
+                .batch_execute(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS usage_by_chatflow \
+                     ON usage (chatflow, time_us)",
+                )
+                .await?;
+        }
+        Ok(())
+    }
+    .await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LATE_INDEX_LOCK])
+        .await?;
+    built
+}
+
 /// Creates the tables if needed under an advisory lock, so replicas starting together do not
 /// race on `CREATE … IF NOT EXISTS`; refuses a schema written by a newer flowgate.
 pub(super) async fn create_schema(client: &mut Client) -> Result<(), LedgerError> {
@@ -468,7 +519,10 @@ impl Statements {
                                   ($4::int8[])[i] AS burst
                            FROM (SELECT (-EXCLUDED.taken)::int4 AS i) position) asked,
                           now,
-                          LATERAL (SELECT greatest(r.full_at_us, now.us) AS us) base,
+                          -- At most one period ahead: an instant kept from a longer period
+                          -- counts as spent under the new rule (see proxy::ratelimit).
+                          LATERAL (SELECT least(greatest(r.full_at_us, now.us),
+                                                now.us + asked.burst + asked.every) AS us) base,
                           LATERAL (SELECT CASE WHEN base.us - now.us > asked.burst THEN 0
                                           ELSE least(asked.n, (asked.burst - (base.us - now.us))
                                                               / asked.every + 1)

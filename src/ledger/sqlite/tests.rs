@@ -611,3 +611,31 @@ async fn the_writer_survives_a_batch_that_panics() {
     let used = ledger.balance("team/pool", "*", &window).await;
     assert_eq!(used.expect("balance"), 10);
 }
+
+/// A ledger file removed or replaced underneath is never written again: a charge is refused, for
+/// good, rather than committed into a file nothing will read.
+#[tokio::test]
+async fn a_ledger_file_replaced_underneath_fails_every_write() {
+    use crate::ledger::CreditLedger;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = SqliteLedger::open(&path).await.expect("open");
+    let now = Timestamp::now();
+    let reserved = ledger.reserve(reserve_request("alice", false, now)).await;
+    assert!(
+        matches!(reserved, Ok(ReserveOutcome::Reserved { .. })),
+        "{reserved:?}"
+    );
+    // A restore into the running pod: another file moved over the ledger's name.
+    let other = dir.path().join("restored.db");
+    drop(SqliteLedger::open(&other).await.expect("another ledger"));
+    std::fs::rename(&other, &path).expect("replace");
+    tokio::time::sleep(FileWatch::EVERY + Duration::from_millis(100)).await;
+    for _ in 0..2 {
+        let refused = ledger.reserve(reserve_request("alice", false, now)).await;
+        assert!(
+            matches!(&refused, Err(e) if !e.transient() && e.to_string().contains("replaced")),
+            "{refused:?}"
+        );
+    }
+}
