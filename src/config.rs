@@ -40,8 +40,8 @@ pub struct RunArgs {
     )]
     pub ledger_url: String,
     /// Delete settled, refunded and expired reservations and usage-log rows older than this
-    /// (`90d`, `2160h`, `12w`; unset: keep everything), and budgets of periods long over. A current
-    /// budget is never deleted.
+    /// (`90d`, `2160h`, `12w`: at least 1h, in hours, days or weeks, not months; unset: keep
+    /// everything), and budgets of periods long over. A current budget is never deleted.
     #[arg(long, env = "FLOWGATE_LEDGER_RETENTION")]
     pub ledger_retention: Option<String>,
     /// File holding the HS256 secret for caller JWTs.
@@ -62,15 +62,16 @@ pub struct RunArgs {
     /// Required `aud` of caller JWTs (unset: not checked).
     #[arg(long, env = "FLOWGATE_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
-    /// Clock leeway for `exp`/`nbf`.
+    /// Clock leeway for `exp`/`nbf` (at most 5m).
     #[arg(long, env = "FLOWGATE_JWT_LEEWAY", default_value = "30s")]
     pub jwt_leeway: String,
     /// Accept Kubernetes ServiceAccount tokens with this audience (unset: off).
     #[arg(long, env = "FLOWGATE_SERVICE_ACCOUNT_AUDIENCE")]
     pub service_account_audience: Option<String>,
     /// Verified tokens remembered until their `exp` (or a key change), so a caller that sends
-    /// the same token again is not verified again; 0 turns the cache off. An entry holds the
-    /// token and its identity, about 1–2 KiB for a typical token.
+    /// the same token again is not verified again; 0 turns the cache off (refused with
+    /// ServiceAccount tokens, whose reviews it keeps). An entry holds the token and its
+    /// identity, about 1–2 KiB for a typical token.
     #[arg(long, env = "FLOWGATE_TOKEN_CACHE_SIZE", default_value = "10000")]
     pub token_cache_size: String,
     /// Claims naming the user, in order.
@@ -85,13 +86,13 @@ pub struct RunArgs {
     /// Import every unclaimed Flowise chatflow as a Chatflow in this namespace.
     #[arg(long, env = "FLOWGATE_IMPORT_NAMESPACE")]
     pub import_namespace: Option<String>,
-    /// How often Chatflows are compared with Flowise.
+    /// How often Chatflows are compared with Flowise (5s to 24h).
     #[arg(long, env = "FLOWGATE_SYNC_INTERVAL", default_value = "60s")]
     pub sync_interval: String,
     /// How long Flowise may take to start answering (response headers) and to finish a
     /// non-streaming answer; past it the caller gets 504 and the reservation is refunded.
     /// A stream may go as long between two of its parts; past it the stream is cut (and
-    /// refunded unless it had answered).
+    /// refunded unless it had answered). At most 14m.
     #[arg(long, env = "FLOWGATE_UPSTREAM_TIMEOUT", default_value = "300s")]
     pub upstream_timeout: String,
     /// Target of /chat/authenticate and /chat/refresh (OIDC token endpoint).

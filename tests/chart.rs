@@ -393,7 +393,7 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
         "logFormat": "text",
         "ledger": {"retention": "90d"},
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        "proxy": {"bodyMemory": "512Mi", "invalidPolicies": "refuse", "tokenCacheSize": 0,
+        "proxy": {"bodyMemory": "512Mi", "invalidPolicies": "refuse", "tokenCacheSize": 1000000,
                   "corsOrigins": ["https://chat.example.com", "http://localhost:5173"]},
         "tmpSizeLimit": "2Gi",
     });
@@ -416,7 +416,8 @@ async fn an_upgrade_with_changed_values_updates_the_deployment() {
     assert_eq!(env_value(&env, "FLOWGATE_SYNC_INTERVAL"), "5m");
     assert_eq!(env_value(&env, "FLOWGATE_LEDGER_RETENTION"), "90d");
     assert_eq!(env_value(&env, "FLOWGATE_BODY_MEMORY"), "512Mi");
-    assert_eq!(env_value(&env, "FLOWGATE_TOKEN_CACHE_SIZE"), "0");
+    // The largest, which Helm holds as a float (quote alone would write 1e+06).
+    assert_eq!(env_value(&env, "FLOWGATE_TOKEN_CACHE_SIZE"), "1000000");
     assert_eq!(env_value(&env, "FLOWGATE_INVALID_POLICIES"), "refuse");
     assert_eq!(
         env_value(&env, "FLOWGATE_CORS_ORIGINS"),

@@ -56,6 +56,10 @@ async fn values_of_the_wrong_shape_are_refused_by_the_schema() {
             "at '/proxy/corsOrigins'",
         ),
         (
+            json!({"proxy": {"corsOrigins": ["https://chat.example.com:80800"]}}),
+            "at '/proxy/corsOrigins'",
+        ),
+        (
             json!({"auth": {"adminClaim": "role"}}),
             "at '/auth/adminClaim'",
         ),
@@ -187,6 +191,23 @@ async fn contradicting_values_are_refused_with_a_message_saying_what_to_change()
         (
             json!({"logLevel": "info,WARNING"}),
             "logLevel: \"WARNING\" is not a level",
+        ),
+        (
+            json!({"logLevel": "info,flowgate=warning"}),
+            "logLevel: \"warning\" is not a level",
+        ),
+        (
+            json!({"ledger": {"retention": "6mo"}}),
+            "ledger.retention: 6mo is refused by flowgate: months and years",
+        ),
+        (
+            json!({"ledger": {"retention": "30m"}}),
+            "ledger.retention: 30m is refused by flowgate (at least 1h)",
+        ),
+        (
+            json!({"auth": {"serviceAccountAudience": "flowgate"},
+                   "proxy": {"tokenCacheSize": 0}}),
+            "proxy.tokenCacheSize: 0 with auth.serviceAccountAudience is refused",
         ),
         (
             json!({"auth": {"serviceAccountAudience": "flowgate",

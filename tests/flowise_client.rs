@@ -194,3 +194,77 @@ async fn flow_data_without_nodes_is_rejected_with_a_server_error() {
     assert_eq!(error.reason(), "server_error", "{error}");
     support::delete_flowise_chatflows(&name).await;
 }
+
+/// A server answering every request with `status` and the JSON `body`; its URL.
+async fn answering(status: u16, body: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    let mut resp = hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(body.as_bytes()),
+                    ));
+                    *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                    resp.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+/// What a DELETE's refusal means: only Flowise's own "not found in the database" is a chatflow
+/// already gone; a key without the flow type's delete permission (Flowise 3.1.3 answers 500)
+/// is refused, for good; a gateway's 404 is no answer about the chatflow.
+#[tokio::test]
+async fn a_delete_refused_is_gone_only_when_flowise_says_so() {
+    let id = "3f1c2a7e-1111-4222-8333-444455556666";
+    let cases: [(u16, &'static str, Result<Deletion, &str>); 4] = [
+        (
+            500,
+            r#"{"statusCode":500,"message":"Error: chatflowsService.deleteChatflow - Chatflow 3f1c not found in the database!"}"#,
+            Ok(Deletion::AlreadyGone),
+        ),
+        (
+            500,
+            r#"{"statusCode":500,"message":"Error: chatflowsService.deleteChatflow - You do not have permission to delete this chatflow type"}"#,
+            Err("forbidden"),
+        ),
+        (
+            404,
+            r#"{"message":"no Route matched with those values"}"#,
+            Err("not_found"),
+        ),
+        (
+            404,
+            r#"{"statusCode":404,"message":"Workspace undefined not found!"}"#,
+            Err("not_found"),
+        ),
+    ];
+    for (status, body, want) in cases {
+        let url = answering(status, body).await;
+        let client = FlowiseClient::new(
+            url.parse().expect("url"),
+            Some("key".into()),
+            Timeouts::default(),
+        )
+        .expect("client");
+        let found = client.delete(id).await.map_err(|e| e.reason());
+        assert_eq!(found, want, "{status} {body}");
+        if let Err(reason) = want {
+            let error = client.delete(id).await.expect_err("refused");
+            assert!(!error.transient(), "{reason}: retried for ever otherwise");
+        }
+    }
+}

@@ -220,15 +220,21 @@ impl FlowiseClient {
             return Ok(Deletion::Deleted);
         }
         let message = error_message(&bytes);
-        // Flowise 3.1.2 answers an unknown id with 500 "... not found in the database!" (not
-        // any 500 that says "not found": "Workspace not found" deleted nothing).
-        if status == StatusCode::NOT_FOUND
-            || (status == StatusCode::INTERNAL_SERVER_ERROR
-                && message
-                    .to_ascii_lowercase()
-                    .contains("not found in the database"))
+        let said = message.to_ascii_lowercase();
+        // Flowise 3.1.2 answers an unknown id with 500 "... not found in the database!"; only
+        // that says the chatflow is gone: "Workspace not found" (a 404 too) deleted nothing, nor
+        // did a gateway's 404 for a route it does not know.
+        if matches!(
+            status,
+            StatusCode::NOT_FOUND | StatusCode::INTERNAL_SERVER_ERROR
+        ) && said.contains("not found in the database")
         {
             return Ok(Deletion::AlreadyGone);
+        }
+        // Flowise 3.1.3 checks the key's permission per flow type (agentflows:delete for an
+        // Agentflow) and answers a refusal as a 500: it is the key's, not a passing failure.
+        if status == StatusCode::INTERNAL_SERVER_ERROR && said.contains("do not have permission") {
+            return Err(FlowiseError::Forbidden(message));
         }
         Err(FlowiseError::from_status(status.as_u16(), message))
     }

@@ -97,11 +97,25 @@ and how to fix it; `helm install` stops with the message.
 {{- fail (printf "\n\nflowgate: %s: %s is refused by flowgate (%s): the pod would not start.\n" (index . 0) (toString (index . 1)) (index . 4)) }}
 {{- end }}
 {{- end }}
-{{- /* A level's other spellings alone log nothing at all (flowgate refuses them at start). */}}
+{{- /* A level's other spellings, alone or in target=level, log nothing at all (flowgate refuses them at start). */}}
 {{- range (splitList "," (toString .Values.logLevel)) }}
-{{- if has (lower (trim .)) (list "warning" "information" "informational" "notice" "critical" "fatal" "err" "crit" "verbose" "inf" "dbg" "wrn" "none" "all") }}
-{{- fail (printf "\n\nflowgate: logLevel: %q is not a level: use off, error, warn, info, debug or trace (or target=level, e.g. info,flowgate=debug).\n" (trim .)) }}
+{{- $level := trim (last (splitList "=" .)) }}
+{{- if has (lower $level) (list "warning" "information" "informational" "notice" "critical" "fatal" "err" "crit" "verbose" "inf" "dbg" "wrn" "none" "all") }}
+{{- fail (printf "\n\nflowgate: logLevel: %q is not a level: use off, error, warn, info, debug or trace (or target=level, e.g. info,flowgate=debug).\n" $level) }}
 {{- end }}
+{{- end }}
+{{- /* Retention flowgate refuses at start: months and years (no fixed length), or under 1h. */}}
+{{- $retention := lower (trim (toString (dig "ledger" "retention" "" .Values.AsMap))) }}
+{{- if regexMatch "^[0-9]+ *(mo|mos|month|months|y|yr|yrs|year|years)$" $retention }}
+{{- fail (printf "\n\nflowgate: ledger.retention: %s is refused by flowgate: months and years have no fixed length; write days or weeks (180d, 26w).\n" $retention) }}
+{{- end }}
+{{- $retained := include "flowgate.seconds" $retention }}
+{{- if and $retained (lt (int $retained) 3600) }}
+{{- fail (printf "\n\nflowgate: ledger.retention: %s is refused by flowgate (at least 1h): the pod would not start.\n" $retention) }}
+{{- end }}
+{{- /* The TokenReview verdicts of ServiceAccount tokens live in the token cache. */}}
+{{- if and (eq (int64 (dig "proxy" "tokenCacheSize" 10000 .Values.AsMap)) 0) .Values.auth.serviceAccountAudience }}
+{{- fail "\n\nflowgate: proxy.tokenCacheSize: 0 with auth.serviceAccountAudience is refused by flowgate: ServiceAccount tokens' TokenReview verdicts are kept in the token cache (without it, one TokenReview per request). Leave the cache on.\n" }}
 {{- end }}
 {{- $grace := int .Values.terminationGracePeriodSeconds }}
 {{- if lt $grace (add (int .Values.shutdownDelaySeconds) 55) }}
