@@ -579,11 +579,11 @@ fn query_parameters(op: &Operation) -> Vec<Value> {
         ("get", "/api/admin/credits/balances") => vec![
             json!({"name": "policy", "in": "query", "required": true,
                    "description": "The CreditPolicy, `namespace/name`",
-                   "schema": {"type": "string", "minLength": 1}}),
+                   "schema": {"type": "string", "minLength": 1, "pattern": NO_CONTROL}}),
             param(
                 "subject",
                 "Only this subject (identity key, e.g. `user:alice-sub`)",
-                json!({"type": "string", "minLength": 1}),
+                json!({"type": "string", "minLength": 1, "pattern": NO_CONTROL}),
             ),
             param(
                 "limit",
@@ -596,12 +596,12 @@ fn query_parameters(op: &Operation) -> Vec<Value> {
                 param(
                     "subject",
                     "Only this subject (identity key, e.g. `user:alice@example.com`)",
-                    json!({"type": "string"}),
+                    json!({"type": "string", "pattern": NO_CONTROL}),
                 ),
                 param(
                     "chatflow",
                     "Only this chatflow (Flowise id or `namespace/name`); required unless a global admin",
-                    json!({"type": "string"}),
+                    json!({"type": "string", "pattern": NO_CONTROL}),
                 ),
             ];
             params.extend(usage_parameters());
@@ -611,7 +611,7 @@ fn query_parameters(op: &Operation) -> Vec<Value> {
             let mut params = vec![param(
                 "chatflow",
                 "Only this chatflow (`namespace/name`)",
-                json!({"type": "string"}),
+                json!({"type": "string", "pattern": NO_CONTROL}),
             )];
             params.extend(usage_parameters());
             params
@@ -620,13 +620,17 @@ fn query_parameters(op: &Operation) -> Vec<Value> {
     }
 }
 
+/// No control character (C0, DEL, C1: what `char::is_control` counts), as the usage and balance
+/// reads check their text parameters (`proxy::usage_log::text_param`).
+const NO_CONTROL: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
 /// The query parameters both usage logs take.
 fn usage_parameters() -> Vec<Value> {
     vec![
         param(
             "policy",
             "Only this CreditPolicy (`namespace/name`)",
-            json!({"type": "string"}),
+            json!({"type": "string", "pattern": NO_CONTROL}),
         ),
         param(
             "since",

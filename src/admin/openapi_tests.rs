@@ -163,3 +163,40 @@ fn flowises_own_refusals_of_a_prediction_are_documented_as_passed_on() {
         "#/components/schemas/ErrorEnvelope"
     );
 }
+
+/// The text filters of the usage and balance reads say what they refuse (control characters),
+/// so a client, and schemathesis, does not send what is answered 400.
+#[test]
+fn usage_and_balance_filters_refuse_control_characters_in_the_document_too() {
+    let doc = document();
+    for (path, name) in [
+        ("/api/admin/credits/balances", "policy"),
+        ("/api/admin/credits/balances", "subject"),
+        ("/api/admin/credits/usage", "subject"),
+        ("/api/admin/credits/usage", "chatflow"),
+        ("/api/admin/credits/usage", "policy"),
+        ("/credits/usage", "chatflow"),
+        ("/credits/usage", "policy"),
+    ] {
+        let parameters = doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .expect("parameters");
+        let schema = &parameters
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} {name}"))["schema"];
+        assert_eq!(schema["pattern"], NO_CONTROL, "{path} {name}");
+    }
+    // The pattern refuses what `text_param` refuses (`char::is_control`), and takes the rest.
+    let schema = serde_json::json!({"type": "string", "pattern": NO_CONTROL});
+    for c in [
+        '\u{0}', '\u{1f}', '\u{7f}', '\u{80}', '\u{9f}', 'a', '/', '\u{a0}', 'é', '😀',
+    ] {
+        let text = format!("team-a/x{c}y");
+        assert_eq!(
+            jsonschema::is_valid(&schema, &serde_json::json!(text)),
+            !c.is_control(),
+            "{c:?}"
+        );
+    }
+}

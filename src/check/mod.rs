@@ -170,11 +170,7 @@ pub fn check(paths: &[PathBuf]) -> Report {
                 continue;
             }
         };
-        // A flowgate kind whose apiVersion was forgotten is one of ours too.
-        if !text.contains("flowgate")
-            && !text.contains("kind: Chatflow")
-            && !text.contains("kind: CreditPolicy")
-        {
+        if !mentions_flowgate(&text) {
             continue;
         }
         // Documents of other kinds that are not YAML: worth a word only beside ours.
@@ -541,6 +537,14 @@ fn unknown_fields(value: &Value, schema: &Value, path: &str, out: &mut Vec<Strin
     }
 }
 
+/// Whether a text may hold flowgate objects: it names the API, or one of its kinds (a flowgate
+/// kind whose apiVersion was forgotten is one of ours too).
+fn mentions_flowgate(text: &str) -> bool {
+    text.contains("flowgate")
+        || text.contains("kind: Chatflow")
+        || text.contains("kind: CreditPolicy")
+}
+
 /// Whether a text that is not YAML is a Go template (Helm's `{{ .Values.x }}`, `{{- if … }}`,
 /// `{{ include … }}`), not a Flowise prompt's `{{question}}` or `{{ question }}`: an action
 /// starts with `-`, `.` or `$`, or with one of the template language's words. Flowise's own
@@ -594,16 +598,28 @@ impl Source {
                 bytes
             }
         };
-        // UTF-16 and UTF-32 (Windows PowerShell's `>` writes UTF-16) start with a byte-order
-        // mark: text, in an encoding nothing here reads.
-        let unicode_bom = [&b"\xff\xfe"[..], b"\xfe\xff", b"\x00\x00\xfe\xff"]
-            .iter()
-            .any(|bom| bytes.starts_with(bom));
+        // UTF-16 (what Windows PowerShell's `>` writes) starts with a byte-order mark: read as
+        // such only to tell whether it is ours, which `kubectl` and `--resources-dir` would
+        // refuse too (they read UTF-8).
+        let utf16 = match bytes.get(..2) {
+            Some([0xff, 0xfe]) => Some(u16::from_le_bytes as fn([u8; 2]) -> u16),
+            Some([0xfe, 0xff]) => Some(u16::from_be_bytes as fn([u8; 2]) -> u16),
+            _ => None,
+        };
+        if let Some(unit) = utf16 {
+            let units = bytes[2..].chunks_exact(2).map(|c| unit([c[0], c[1]]));
+            let text = String::from_utf16_lossy(&units.collect::<Vec<u16>>());
+            if mentions_flowgate(&text) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "UTF-16 text: save it as UTF-8, which kubectl and flowgate read",
+                ));
+            }
+            return Ok(None);
+        }
         match String::from_utf8(bytes) {
             Ok(text) => Ok(Some(text)),
-            Err(e) if !unicode_bom && !e.as_bytes().windows(8).any(|w| w == b"flowgate") => {
-                Ok(None)
-            }
+            Err(e) if !e.as_bytes().windows(8).any(|w| w == b"flowgate") => Ok(None),
             Err(e) => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 e.utf8_error(),

@@ -537,6 +537,16 @@ spec: {flowiseName: Bot}
         )
         .collect();
     std::fs::write(dir.path().join("utf16.yaml"), utf16).expect("write");
+    // Another's UTF-16 file (big-endian here) is not ours to judge.
+    let other: Vec<u8> = [0xfe, 0xff]
+        .into_iter()
+        .chain(
+            "kind: ConfigMap\n"
+                .encode_utf16()
+                .flat_map(u16::to_be_bytes),
+        )
+        .collect();
+    std::fs::write(dir.path().join("other16.yaml"), other).expect("write");
     let report = check(&[dir.path().to_path_buf()]);
     let found = lines(&report, dir.path());
     assert_eq!(found.len(), 2, "{found:#?}");
@@ -545,7 +555,7 @@ spec: {flowiseName: Bot}
         "{found:#?}"
     );
     assert!(
-        found[1].starts_with("Error utf16.yaml -: invalid utf-8"),
+        found[1].starts_with("Error utf16.yaml -: UTF-16 text: save it as UTF-8"),
         "{found:#?}"
     );
     assert_eq!(report.objects, 1);

@@ -232,9 +232,9 @@ pub(crate) fn public_key_pem(pem: &[u8]) -> Result<VerifyingKey, &'static str> {
             Some(len) if len < MIN_RSA_MODULUS_BYTES => {
                 return Err("RSA modulus shorter than 2048 bits");
             }
-            // RustCrypto's reader takes 4096 bits at most: a key it cannot read is longer.
             Some(len) if len > MAX_RSA_MODULUS_BYTES => return Err(RSA_TOO_LONG),
-            None => return Err(RSA_TOO_LONG),
+            // RustCrypto's reader takes 4096 bits at most, and exponents from 2 to 2^33 - 1.
+            None => return Err(RSA_UNREADABLE),
             Some(_) => {}
         }
         (key, AlgSet::RSA)
@@ -292,6 +292,7 @@ const MIN_RSA_MODULUS_BYTES: usize = 256;
 /// load and then fail every token as a bad signature.
 const MAX_RSA_MODULUS_BYTES: usize = 512;
 const RSA_TOO_LONG: &str = "RSA modulus longer than 4096 bits, which the verifier cannot use";
+const RSA_UNREADABLE: &str = "RSA key the verifier cannot use (a modulus over 4096 bits, or an exponent outside 2 to 2^33 - 1)";
 
 /// Parses a JWKS document. Keys that are not public signature keys flowgate can use (encryption
 /// keys, symmetric keys, unknown curves, short RSA moduli) are skipped; an error means no usable
@@ -459,7 +460,7 @@ mod tests {
         assert!(public_key_pem(usual).is_ok());
         // Its PKCS#1 DER is under the size bound, its modulus over 4096 bits.
         let over = include_bytes!("../../tests/fixtures/keys/rsa4104.pub");
-        assert_eq!(public_key_pem(over).err(), Some(RSA_TOO_LONG));
+        assert_eq!(public_key_pem(over).err(), Some(RSA_UNREADABLE));
         let short = include_bytes!("../../tests/fixtures/keys/rsa1024.pub");
         assert_eq!(
             public_key_pem(short).err(),

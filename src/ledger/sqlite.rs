@@ -11,9 +11,14 @@
 //! Reads (`balance`, `policy_usage`, `usage`) use a second connection on the blocking pool; WAL
 //! lets them run while the writer commits.
 
+mod backup;
+mod file_watch;
 mod ops;
 
-use std::path::{Path, PathBuf};
+pub(super) use backup::backup;
+use file_watch::FileWatch;
+
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -478,62 +483,6 @@ fn open_writer(path: &Path) -> Result<Connection, LedgerError> {
     Ok(conn)
 }
 
-/// See [`super::backup`]. Refuses a `path` that is not a flowgate ledger and a `dest` that
-/// exists (SQLite would write into it).
-pub(super) fn backup(path: &Path, dest: &Path) -> Result<(), LedgerError> {
-    if dest.exists() {
-        return Err(LedgerError::BackupExists(dest.to_path_buf()));
-    }
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if version == 0 {
-        return Err(LedgerError::Corrupt(format!(
-            "{} is not a flowgate ledger (no schema)",
-            path.display()
-        )));
-    }
-    let pages: i64 = conn.query_row(
-        "SELECT (page_count - freelist_count) * page_size \
-         FROM pragma_page_count, pragma_freelist_count, pragma_page_size",
-        [],
-        |row| row.get(0),
-    )?;
-    let dir = match dest.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let available = rustix::fs::statvfs(dir)
-        .map(|fs| fs.f_bavail.saturating_mul(fs.f_frsize))
-        .map_err(|e| LedgerError::Corrupt(format!("free space in {}: {e}", dir.display())))?;
-    room_for_copy(dir, u64::try_from(pages).unwrap_or(0), available)?;
-    let dest_text = dest.to_str().ok_or_else(|| {
-        LedgerError::Corrupt(format!("backup path {} is not UTF-8", dest.display()))
-    })?;
-    if let Err(error) = conn.execute("VACUUM INTO ?1", [dest_text]) {
-        // What a failed copy leaves (SQLite truncates it, often to nothing) would open as a
-        // new, empty ledger: every balance back to zero. It did not exist before.
-        let _ = std::fs::remove_file(dest);
-        return Err(error.into());
-    }
-    Ok(())
-}
-
-/// Refuses a backup whose copy (`needed` bytes: the ledger's pages in use) would leave less
-/// than [`JOURNAL_SIZE_LIMIT`] free in `dir`: on the ledger's own volume (`backup -` writes its
-/// copy beside the ledger) a full disk fails every charge while the copy lasts.
-fn room_for_copy(dir: &Path, needed: u64, available: u64) -> Result<(), LedgerError> {
-    let needed = needed.saturating_add(JOURNAL_SIZE_LIMIT.unsigned_abs());
-    if available >= needed {
-        return Ok(());
-    }
-    Err(LedgerError::BackupNoRoom {
-        dir: dir.to_path_buf(),
-        needed_mib: needed.div_ceil(1 << 20),
-        available_mib: available >> 20,
-    })
-}
-
 fn open_reader(path: &Path) -> Result<Connection, LedgerError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -607,55 +556,6 @@ fn run_writer(
                 tracing::error!(%message, batch_size, "the ledger writer panicked on a batch: rolled back, its callers told to retry");
             }
         }
-    }
-}
-
-/// The ledger file the writer opened, looked at again at most once a second: removed or
-/// replaced underneath (a restore into a running pod, an `rm`), the writer would go on committing
-/// into the file it holds open, which nothing will ever read again, and the next start would open
-/// whatever is there now. From then on every write fails, for good: charges are refused (503)
-/// until flowgate is restarted on the file now there.
-struct FileWatch {
-    path: PathBuf,
-    /// Device and inode at open.
-    opened: Option<(u64, u64)>,
-    checked: std::time::Instant,
-    moved: bool,
-}
-
-impl FileWatch {
-    const EVERY: Duration = Duration::from_secs(1);
-
-    fn new(path: &Path) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            opened: Self::identity(path),
-            checked: std::time::Instant::now(),
-            moved: false,
-        }
-    }
-
-    fn identity(path: &Path) -> Option<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-    }
-
-    /// Why every write now fails, once the file was found removed or replaced.
-    fn moved(&mut self) -> Option<BatchFailure> {
-        if !self.moved && self.opened.is_some() && self.checked.elapsed() >= Self::EVERY {
-            self.checked = std::time::Instant::now();
-            if Self::identity(&self.path) != self.opened {
-                self.moved = true;
-                tracing::error!(path = %self.path.display(), "the ledger file was removed or replaced while flowgate ran: every charge is refused until flowgate restarts on the file now there");
-            }
-        }
-        self.moved.then(|| BatchFailure {
-            message: format!(
-                "the ledger file {} was removed or replaced while flowgate ran; restart flowgate",
-                self.path.display()
-            ),
-            transient: false,
-        })
     }
 }
 

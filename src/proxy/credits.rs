@@ -292,15 +292,23 @@ impl Credits {
             return outcome;
         }
         if keyed {
-            let landed = tokio::time::timeout(KEYED_REFUND_WAIT, &mut landing).await;
-            if let Ok(Ok(ReserveOutcome::Reserved { id, .. })) = landed {
-                let refund = self.release(id);
-                if tokio::time::timeout(KEYED_REFUND_WAIT, refund)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(?KEYED_REFUND_WAIT, "answering before a keyed refund landed");
+            match tokio::time::timeout(KEYED_REFUND_WAIT, &mut landing).await {
+                Ok(Ok(ReserveOutcome::Reserved { id, .. })) => {
+                    let refund = self.release(id);
+                    if tokio::time::timeout(KEYED_REFUND_WAIT, refund)
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(
+                            ?KEYED_REFUND_WAIT,
+                            "answering before a keyed refund landed"
+                        );
+                    }
                 }
+                // Known late, and nothing to undo: the answer it deserves (402, 409), not a
+                // 503 whose retry would only meet it.
+                Ok(Ok(outcome)) => return Ok(outcome),
+                _ => {}
             }
         }
         // Not landed yet: dropped, it is refunded when it lands (`Landing`).

@@ -155,6 +155,9 @@ impl RateLimiter {
         let interval = interval(rate);
         let key = shared_key(access, subject);
         let burst = per.saturating_sub(interval);
+        // Before the ask: the database's `now` is later, so the instant noted from its answer
+        // lags behind the database's, never leads it (an early refusal, `refusal`, relies on it).
+        let asked = Instant::now();
         let shared = self
             .shared
             .ask(|ledger| ledger.take_rate(&key, interval, burst))
@@ -162,7 +165,7 @@ impl RateLimiter {
         let local = (access.0, access.1, subject);
         match shared {
             Some(take) => {
-                self.remember(local, take.ahead, Instant::now());
+                self.remember(local, take.ahead, asked);
                 let allowance = Allowance::at(rate, interval, take.ahead);
                 match take.admitted {
                     true => Ok(allowance),

@@ -166,6 +166,12 @@ pub(super) async fn late_indexes(client: &Client) -> Result<(), tokio_postgres::
         .await?
         .get(0);
     let built = async {
+        // A build takes as long as the table is large, and waits for older transactions (a
+        // pg_dump): the role's or URL's time limits, meant for requests, would cut it every
+        // time and leave an invalid index behind (updated on each write, used by no read).
+        client
+            .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+            .await?;
         if state == Some(false) {
             tracing::info!("dropping the usage log's chatflow index an interrupted build left");
             client
@@ -184,6 +190,12 @@ pub(super) async fn late_indexes(client: &Client) -> Result<(), tokio_postgres::
         Ok(())
     }
     .await;
+    if built.is_err() {
+        // What a failed build left, invalid, goes (best effort: the next start drops it too).
+        let _ = client
+            .batch_execute("DROP INDEX CONCURRENTLY IF EXISTS usage_by_chatflow")
+            .await;
+    }
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&LATE_INDEX_LOCK])
         .await?;

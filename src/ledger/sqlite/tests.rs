@@ -1,5 +1,6 @@
 //! The SQLite backend's own tests: its pragmas, query plans, statement cache and savepoints.
 
+use super::backup::room_for_copy;
 use super::*;
 use crate::ledger::{BudgetLine, Window};
 

@@ -1,0 +1,124 @@
+//! What each metric exports, as Prometheus reads it.
+
+use super::*;
+
+#[test]
+fn recorded_values_are_exported() {
+    let metrics = Metrics::new();
+    metrics.observe_request("prediction", 200, Duration::from_millis(3));
+    metrics.decision("deny", "forbidden");
+    metrics.upstream_error("timeout");
+    metrics.ledger_call("reserve", Duration::from_micros(300));
+    let text = metrics.encode().expect("encodes");
+    assert!(
+        text.contains("flowgate_proxy_requests_total{route=\"prediction\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flowgate_proxy_decisions_total{decision=\"deny\",reason=\"forbidden\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flowgate_upstream_errors_total{reason=\"timeout\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flowgate_proxy_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flowgate_ledger_operation_duration_seconds_count{operation=\"reserve\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn counters_alerts_watch_start_at_zero() {
+    let metrics = Metrics::new();
+    metrics.policy_seen("team-a/monthly", &[80, 100]);
+    let text = metrics.encode().expect("encodes");
+    for line in [
+        "flowgate_proxy_decisions_total{decision=\"deny\",reason=\"ledger_unavailable\"} 0",
+        "flowgate_proxy_decisions_total{decision=\"allow\",reason=\"granted\"} 0",
+        "flowgate_credits_charged_total{policy=\"team-a/monthly\"} 0",
+        "flowgate_credits_adjusted_total{policy=\"team-a/monthly\",direction=\"given\"} 0",
+        "flowgate_credits_adjusted_total{policy=\"team-a/monthly\",direction=\"taken\"} 0",
+        "flowgate_credit_alerts_total{policy=\"team-a/monthly\",percent=\"80\"} 0",
+        "flowgate_credit_alerts_total{policy=\"team-a/monthly\",percent=\"100\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} not in {text}");
+    }
+}
+
+#[test]
+fn token_cache_lookups_are_read_at_each_scrape() {
+    let metrics = Metrics::new();
+    let text = metrics.encode().expect("encodes");
+    assert!(!text.contains("token_cache"), "no source yet: {text}");
+    let hits = Arc::new(std::sync::atomic::AtomicU64::new(3));
+    let source = hits.clone();
+    metrics.token_cache.read_from(move || {
+        Some(crate::identity::Lookups {
+            hits: source.load(std::sync::atomic::Ordering::Relaxed),
+            misses: 2,
+        })
+    });
+    let text = metrics.encode().expect("encodes");
+    assert!(
+        text.contains("# TYPE flowgate_token_cache_lookups counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flowgate_token_cache_lookups_total{result=\"miss\"} 2"),
+        "{text}"
+    );
+    hits.store(5, std::sync::atomic::Ordering::Relaxed);
+    let text = metrics.encode().expect("encodes");
+    assert!(
+        text.contains("flowgate_token_cache_lookups_total{result=\"hit\"} 5"),
+        "{text}"
+    );
+}
+
+#[test]
+fn controller_values_are_exported() {
+    let metrics = Metrics::new();
+    let controller = &metrics.controller;
+    controller.reconciled("Chatflow", true, Duration::from_millis(2));
+    controller.reconcile_error("Chatflow", "connect");
+    controller.status_written("Chatflow");
+    let counts = SyncCounts {
+        added: 2,
+        updated: 1,
+        removed: 0,
+        total: 7,
+        errors: 0,
+    };
+    controller.sync_pass(true, counts, 1_700_000_000);
+    // A failed pass later: the last one's time moves, the last success's does not.
+    let failed = SyncCounts {
+        total: 7,
+        ..SyncCounts::default()
+    };
+    controller.sync_pass(false, failed, 1_700_000_060);
+    controller.set_sync_interval(Duration::from_secs(60));
+    controller.set_leader(true);
+    assert_eq!(controller.reconciles("Chatflow"), 1);
+    assert_eq!(controller.status_writes("Chatflow"), 1);
+    let text = metrics.encode().expect("encodes");
+    for line in [
+        "flowgate_reconciles_total{kind=\"Chatflow\",result=\"success\"} 1",
+        "flowgate_reconcile_errors_total{kind=\"Chatflow\",reason=\"connect\"} 1",
+        "flowgate_status_writes_total{kind=\"Chatflow\"} 1",
+        "flowgate_sync_passes_total{outcome=\"success\"} 1",
+        "flowgate_sync_passes_total{outcome=\"failed\"} 1",
+        "flowgate_sync_chatflows_total{change=\"added\"} 2",
+        "flowgate_sync_last_chatflows{change=\"total\"} 7",
+        "flowgate_sync_last_timestamp_seconds 1700000060",
+        "flowgate_sync_last_success_timestamp_seconds 1700000000",
+        "flowgate_sync_interval_seconds 60",
+        "flowgate_controller_leader 1",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+}
