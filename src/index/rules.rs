@@ -29,6 +29,15 @@ pub enum InvalidSpec {
     /// Flowise reads `edge.source` and `edge.target` of every edge when it saves a chatflow.
     #[error("definition.flowData.edges[{0}] must be an object")]
     FlowDataEdge(usize),
+    /// Flowise keeps a file embedded in a node's input (a `data:…;base64,` URI, as its UI saves
+    /// a document loader's upload) in its own storage and puts `FILE-STORAGE::` in its place:
+    /// what it holds would never match the definition, which would be sent again every sync.
+    #[error(
+        "definition.flowData.nodes[{node}].data.inputs.{input} embeds a file (a data: URI); \
+         Flowise stores such a file and rewrites the input, so the chatflow would never match \
+         its definition: load the file into a Flowise document store and name that instead"
+    )]
+    EmbeddedFile { node: usize, input: String },
     #[error("subjects[{index}] must set exactly one of user, group, serviceAccount")]
     Subject { index: usize },
     #[error(
@@ -163,6 +172,22 @@ pub struct ChatflowRule {
 }
 
 /// Checks the spec of a Chatflow (the rule the schema cannot express).
+/// The first node input that embeds a file: a string that is a `data:…;base64,` URI, or a JSON
+/// list of them (Flowise's `containsBase64File` looks for these).
+fn embedded_file(nodes: &[serde_json::Value]) -> Option<(usize, String)> {
+    let embeds = |text: &str| {
+        let text = text.trim_start();
+        (text.starts_with("data:") || text.starts_with("[\"data:")) && text.contains(";base64,")
+    };
+    nodes.iter().enumerate().find_map(|(index, node)| {
+        let inputs = node.pointer("/data/inputs")?.as_object()?;
+        inputs
+            .iter()
+            .find(|(_, value)| value.as_str().is_some_and(embeds))
+            .map(|(name, _)| (index, name.clone()))
+    })
+}
+
 pub fn chatflow_source(spec: &crd::ChatflowSpec) -> Result<ChatflowSource<'_>, InvalidSpec> {
     let set = [
         spec.flowise_id.is_some(),
@@ -192,6 +217,9 @@ pub fn chatflow_source(spec: &crd::ChatflowSpec) -> Result<ChatflowSource<'_>, I
             }
             if let Some(index) = edges.iter().position(|e| !e.is_object()) {
                 return Err(InvalidSpec::FlowDataEdge(index));
+            }
+            if let Some((node, input)) = embedded_file(nodes) {
+                return Err(InvalidSpec::EmbeddedFile { node, input });
             }
             Ok(ChatflowSource::Definition(def))
         }

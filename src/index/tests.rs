@@ -683,3 +683,33 @@ fn a_holder_that_cannot_be_read_keeps_its_chatflow_from_other_claims() {
 }
 
 mod policies;
+
+#[test]
+fn a_definition_that_embeds_a_file_is_invalid() {
+    let spec = |inputs: serde_json::Value| -> crate::crd::ChatflowSpec {
+        serde_json::from_value(serde_json::json!({"definition": {"flowData": {
+            "nodes": [{"id": "start", "data": {"inputs": {}}},
+                      {"id": "pdf", "data": {"category": "Document Loaders", "inputs": inputs}}],
+            "edges": []}}}))
+        .expect("spec")
+    };
+    for inputs in [
+        serde_json::json!({"pdfFile": "data:application/pdf;base64,JVBERi0=,filename:a.pdf"}),
+        serde_json::json!({"txtFile": "[\"data:text/plain;base64,aGk=,filename:a.txt\"]"}),
+    ] {
+        let spec = spec(inputs.clone());
+        let refused = rules::chatflow_source(&spec).err();
+        assert!(
+            matches!(&refused, Some(InvalidSpec::EmbeddedFile { node: 1, .. })),
+            "{inputs}: {refused:?}"
+        );
+    }
+    // What Flowise stores in its place, and a prompt that talks about data: URIs, are fine.
+    for inputs in [
+        serde_json::json!({"pdfFile": "FILE-STORAGE::[\"a.pdf\"]"}),
+        serde_json::json!({"prompt": "Explain data: URIs and ;base64, encoding"}),
+    ] {
+        let spec = spec(inputs.clone());
+        assert!(rules::chatflow_source(&spec).is_ok(), "{inputs}");
+    }
+}

@@ -51,6 +51,8 @@ pub enum LedgerError {
     Unsupported(&'static str),
     #[error("{} already exists: a backup never overwrites a file", .0.display())]
     BackupExists(std::path::PathBuf),
+    #[error("cannot create the backup file {}: {}", .0.display(), .1)]
+    BackupFile(std::path::PathBuf, #[source] std::io::Error),
     /// Too little free space where a backup would write its copy.
     #[error(
         "a backup needs about {needed_mib} MiB free in {}, and {available_mib} MiB are: the copy \
@@ -94,6 +96,7 @@ impl LedgerError {
             | Self::NoWal { .. }
             | Self::Unsupported(_)
             | Self::BackupExists(_)
+            | Self::BackupFile(..)
             | Self::BackupNoRoom { .. }
             | Self::Tls(_) => false,
             Self::ReadTimeout(_) | Self::WriteTimeout(_) => true,
@@ -116,6 +119,7 @@ impl LedgerError {
             Self::NoWal { .. } => "NoWal",
             Self::Unsupported(_) => "Unsupported",
             Self::BackupExists(_) => "BackupExists",
+            Self::BackupFile(..) => "BackupFile",
             Self::BackupNoRoom { .. } => "BackupNoRoom",
             Self::ReadTimeout(_) => "ReadTimeout",
             Self::WriteTimeout(_) => "WriteTimeout",

@@ -40,9 +40,22 @@ pub(in crate::ledger) fn backup(path: &Path, dest: &Path) -> Result<(), LedgerEr
     let dest_text = dest.to_str().ok_or_else(|| {
         LedgerError::Corrupt(format!("backup path {} is not UTF-8", dest.display()))
     })?;
+    // Claimed first (SQLite writes into an empty file): a backup to the same path at the same
+    // time fails here, and never removes this one's copy when its own fails.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(LedgerError::BackupExists(dest.to_path_buf()));
+        }
+        Err(e) => return Err(LedgerError::BackupFile(dest.to_path_buf(), e)),
+    }
     if let Err(error) = conn.execute("VACUUM INTO ?1", [dest_text]) {
         // What a failed copy leaves (SQLite truncates it, often to nothing) would open as a
-        // new, empty ledger: every balance back to zero. It did not exist before.
+        // new, empty ledger: every balance back to zero. This call created it.
         let _ = std::fs::remove_file(dest);
         return Err(error.into());
     }
