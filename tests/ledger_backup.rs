@@ -201,6 +201,14 @@ async fn a_backup_refuses_what_it_cannot_do_and_says_why() {
             ],
             "FLOWGATE_LEDGER_URL",
         ),
+        (
+            vec![
+                "--ledger-url".to_string(),
+                format!("sqlite://{}", real.display()),
+                "file:copy.db".to_string(),
+            ],
+            "which SQLite reads as a URI",
+        ),
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = backup(&args);

@@ -601,18 +601,35 @@ impl Source {
         // UTF-16 (what Windows PowerShell's `>` writes) starts with a byte-order mark: read as
         // such only to tell whether it is ours, which `kubectl` and `--resources-dir` would
         // refuse too (they read UTF-8).
+        // UTF-32 too, by its mark (checked first: its little-endian mark begins as UTF-16's).
+        let wide = match bytes.get(..4) {
+            Some([0xff, 0xfe, 0, 0]) => Some(u32::from_le_bytes as fn([u8; 4]) -> u32),
+            Some([0, 0, 0xfe, 0xff]) => Some(u32::from_be_bytes as fn([u8; 4]) -> u32),
+            _ => None,
+        };
         let utf16 = match bytes.get(..2) {
             Some([0xff, 0xfe]) => Some(u16::from_le_bytes as fn([u8; 2]) -> u16),
             Some([0xfe, 0xff]) => Some(u16::from_be_bytes as fn([u8; 2]) -> u16),
             _ => None,
         };
-        if let Some(unit) = utf16 {
-            let units = bytes[2..].chunks_exact(2).map(|c| unit([c[0], c[1]]));
-            let text = String::from_utf16_lossy(&units.collect::<Vec<u16>>());
+        let decoded = match (wide, utf16) {
+            (Some(unit), _) => Some(
+                bytes[4..]
+                    .chunks_exact(4)
+                    .filter_map(|c| char::from_u32(unit([c[0], c[1], c[2], c[3]])))
+                    .collect::<String>(),
+            ),
+            (None, Some(unit)) => {
+                let units = bytes[2..].chunks_exact(2).map(|c| unit([c[0], c[1]]));
+                Some(String::from_utf16_lossy(&units.collect::<Vec<u16>>()))
+            }
+            (None, None) => None,
+        };
+        if let Some(text) = decoded {
             if mentions_flowgate(&text) {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    "UTF-16 text: save it as UTF-8, which kubectl and flowgate read",
+                    "UTF-16 or UTF-32 text: save it as UTF-8, which kubectl and flowgate read",
                 ));
             }
             return Ok(None);

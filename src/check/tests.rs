@@ -547,17 +547,31 @@ spec: {flowiseName: Bot}
         )
         .collect();
     std::fs::write(dir.path().join("other16.yaml"), other).expect("write");
+    // UTF-32, whose little-endian mark begins as UTF-16's.
+    let utf32: Vec<u8> = [0xff, 0xfe, 0, 0]
+        .into_iter()
+        .chain(
+            "kind: Chatflow\n"
+                .chars()
+                .flat_map(|c| u32::from(c).to_le_bytes()),
+        )
+        .collect();
+    std::fs::write(dir.path().join("utf32.yaml"), utf32).expect("write");
     let report = check(&[dir.path().to_path_buf()]);
     let found = lines(&report, dir.path());
-    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_eq!(found.len(), 3, "{found:#?}");
     assert!(
         found[0].starts_with("Error latin1.yaml -: invalid utf-8"),
         "{found:#?}"
     );
-    assert!(
-        found[1].starts_with("Error utf16.yaml -: UTF-16 text: save it as UTF-8"),
-        "{found:#?}"
-    );
+    for (i, file) in [(1, "utf16.yaml"), (2, "utf32.yaml")] {
+        assert!(
+            found[i].starts_with(&format!(
+                "Error {file} -: UTF-16 or UTF-32 text: save it as UTF-8"
+            )),
+            "{found:#?}"
+        );
+    }
     assert_eq!(report.objects, 1);
 }
 

@@ -172,14 +172,19 @@ pub struct ChatflowRule {
 }
 
 /// Checks the spec of a Chatflow (the rule the schema cannot express).
-/// The first node input that embeds a file: a string that is a `data:…;base64,` URI, or a JSON
-/// list of them (Flowise's `containsBase64File` looks for these).
+/// The first input of a document loader that embeds a file: a string that is a
+/// `data:…;base64,` URI, or a JSON list of them. Flowise's `containsBase64File` looks only at
+/// nodes of the `Document Loaders` category; a file another node takes the same way (an OpenAPI
+/// toolkit's YAML, a CSV agent's file) is kept as it is, and matches its definition.
 fn embedded_file(nodes: &[serde_json::Value]) -> Option<(usize, String)> {
     let embeds = |text: &str| {
-        let text = text.trim_start();
         (text.starts_with("data:") || text.starts_with("[\"data:")) && text.contains(";base64,")
     };
     nodes.iter().enumerate().find_map(|(index, node)| {
+        let category = node.pointer("/data/category").and_then(|c| c.as_str());
+        if category != Some("Document Loaders") {
+            return None;
+        }
         let inputs = node.pointer("/data/inputs")?.as_object()?;
         inputs
             .iter()

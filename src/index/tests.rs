@@ -712,4 +712,11 @@ fn a_definition_that_embeds_a_file_is_invalid() {
         let spec = spec(inputs.clone());
         assert!(rules::chatflow_source(&spec).is_ok(), "{inputs}");
     }
+    // A file another kind of node takes (an OpenAPI toolkit's YAML): Flowise keeps it as it is.
+    let tool: crate::crd::ChatflowSpec = serde_json::from_value(serde_json::json!({
+        "definition": {"flowData": {"edges": [], "nodes": [{"id": "api", "data": {
+            "category": "Tools",
+            "inputs": {"yamlFile": "data:application/x-yaml;base64,b3BlbmFwaQ==,filename:api.yaml"}}}]}}}))
+    .expect("spec");
+    assert!(rules::chatflow_source(&tool).is_ok());
 }

@@ -37,6 +37,14 @@ pub(in crate::ledger) fn backup(path: &Path, dest: &Path) -> Result<(), LedgerEr
         .map(|fs| fs.f_bavail.saturating_mul(fs.f_frsize))
         .map_err(|e| LedgerError::Corrupt(format!("free space in {}: {e}", dir.display())))?;
     room_for_copy(dir, u64::try_from(pages).unwrap_or(0), available)?;
+    // SQLite reads a name starting with `file:` as a URI, and would write the copy elsewhere
+    // than the file claimed below.
+    if dest.to_str().is_some_and(|d| d.starts_with("file:")) {
+        return Err(LedgerError::Corrupt(format!(
+            "backup path {} starts with 'file:', which SQLite reads as a URI: write ./{0}",
+            dest.display()
+        )));
+    }
     let dest_text = dest.to_str().ok_or_else(|| {
         LedgerError::Corrupt(format!("backup path {} is not UTF-8", dest.display()))
     })?;
