@@ -107,12 +107,20 @@ pub async fn postgres(test: &str) -> Store {
             panic!("cannot connect to FLOWGATE_TEST_POSTGRES_URL={base} ({e}); run `scripts/postgres.sh start`")
         });
     tokio::spawn(connection);
-    client
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-        ))
-        .await
-        .expect("fresh schema");
+    // A ledger opened on the schema before may still be building its late index there (in
+    // the background, concurrently): dropping the schema meanwhile can meet "tuple
+    // concurrently updated"; the next try finds the build gone.
+    let fresh = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}");
+    for attempt in 1.. {
+        match client.batch_execute(&fresh).await {
+            Ok(()) => break,
+            Err(error) if attempt < 20 => {
+                eprintln!("fresh schema {schema}, attempt {attempt}: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("fresh schema {schema}: {error}"),
+        }
+    }
     let separator = if base.contains('?') { '&' } else { '?' };
     Store {
         url: LedgerUrl::Postgres(format!("{base}{separator}options=-csearch_path%3D{schema}")),
