@@ -579,13 +579,7 @@ async fn a_cleanup_flowise_refuses_says_so_and_retain_lets_the_chatflow_go() {
     api.delete("bot", &DeleteParams::default())
         .await
         .expect("delete requested");
-    wait_for_event(&client, &ns, "bot", "CleanupFailed").await;
-    let notes: Vec<String> = events_about(&client, &ns, "bot")
-        .await
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("CleanupFailed"))
-        .filter_map(|e| e.note)
-        .collect();
+    let notes = cleanup_failed_notes(&client, &ns, "bot").await;
     assert!(
         notes
             .iter()
@@ -637,13 +631,7 @@ async fn a_chatflow_deleted_while_its_create_is_in_doubt_waits_for_the_window() 
     api.delete("bot", &DeleteParams::default())
         .await
         .expect("delete requested");
-    wait_for_event(&client, &ns, "bot", "CleanupFailed").await;
-    let notes: Vec<String> = events_about(&client, &ns, "bot")
-        .await
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("CleanupFailed"))
-        .filter_map(|e| e.note)
-        .collect();
+    let notes = cleanup_failed_notes(&client, &ns, "bot").await;
     assert!(
         notes.iter().any(|n| n.contains("may still land")),
         "{notes:?}"

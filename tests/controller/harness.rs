@@ -295,6 +295,17 @@ pub async fn wait_for_event(client: &Client, ns: &str, name: &str, reason: &str)
     .await;
 }
 
+/// The notes of the `CleanupFailed` Events about `name`, once there is one.
+pub async fn cleanup_failed_notes(client: &Client, ns: &str, name: &str) -> Vec<String> {
+    wait_for_event(client, ns, name, "CleanupFailed").await;
+    events_about(client, ns, name)
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("CleanupFailed"))
+        .filter_map(|e| e.note)
+        .collect()
+}
+
 /// An owned-definition Chatflow: the echo Agentflow named `flowise_name` in Flowise.
 pub fn owned_doc(object: &str, flowise_name: &str, policy: &str) -> serde_json::Value {
     chatflow_doc(

@@ -116,16 +116,23 @@ async fn outcomes(credits: &Credits, subject: &str) -> Vec<ledger::ReservationSt
     rows.into_iter().map(|row| row.outcome).collect()
 }
 
-#[tokio::test]
-async fn a_reserve_not_committed_in_time_is_refused_and_refunded_when_it_lands() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut credits = sqlite_credits(&dir).await;
+/// Credits on a SQLite ledger in `dir` whose reserves give up after 200 ms, and another
+/// process's connection holding the ledger's write lock (someone's sqlite3 shell in a
+/// transaction): roll it back to let the writer on.
+async fn stalled(dir: &tempfile::TempDir) -> (Credits, rusqlite::Connection) {
+    let mut credits = sqlite_credits(dir).await;
     credits.reserve_deadline = Duration::from_millis(200);
-    // Another process holds the write lock (someone's sqlite3 shell in a transaction).
     let outsider = rusqlite::Connection::open(dir.path().join("ledger.db")).expect("open");
     outsider
         .execute_batch("BEGIN IMMEDIATE")
         .expect("the write lock");
+    (credits, outsider)
+}
+
+#[tokio::test]
+async fn a_reserve_not_committed_in_time_is_refused_and_refunded_when_it_lands() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (credits, outsider) = stalled(&dir).await;
     let now = Timestamp::now();
     let (mut request, window) = two_credits("stalled", now);
     request.idempotency_key = None;
@@ -155,12 +162,7 @@ async fn a_reserve_not_committed_in_time_is_refused_and_refunded_when_it_lands()
 #[tokio::test]
 async fn a_keyed_reserve_past_the_deadline_leaves_its_key_free_for_a_retry() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut credits = sqlite_credits(&dir).await;
-    credits.reserve_deadline = Duration::from_millis(200);
-    let outsider = rusqlite::Connection::open(dir.path().join("ledger.db")).expect("open");
-    outsider
-        .execute_batch("BEGIN IMMEDIATE")
-        .expect("the write lock");
+    let (credits, outsider) = stalled(&dir).await;
     // The stall ends a second in: after the deadline, before the keyed wait is over.
     let unlock = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(1));
