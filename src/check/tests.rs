@@ -527,36 +527,30 @@ metadata: {name: bot, namespace: a}
 spec: {flowiseName: Bot}
 ",
     );
+    // `text` encoded after the byte-order mark `bom`, written as `name`.
+    let marked = |name: &str, bom: &[u8], text: Vec<u8>| {
+        std::fs::write(dir.path().join(name), [bom, &text].concat()).expect("write");
+    };
+    let utf16 = |text: &str, bytes: fn(u16) -> [u8; 2]| -> Vec<u8> {
+        text.encode_utf16().flat_map(bytes).collect()
+    };
     // What Windows PowerShell's `>` writes: UTF-16, its mark first.
-    let utf16: Vec<u8> = [0xff, 0xfe]
-        .into_iter()
-        .chain(
-            "kind: CreditPolicy\n"
-                .encode_utf16()
-                .flat_map(u16::to_le_bytes),
-        )
-        .collect();
-    std::fs::write(dir.path().join("utf16.yaml"), utf16).expect("write");
+    marked(
+        "utf16.yaml",
+        &[0xff, 0xfe],
+        utf16("kind: CreditPolicy\n", u16::to_le_bytes),
+    );
     // Another's UTF-16 file (big-endian here) is not ours to judge.
-    let other: Vec<u8> = [0xfe, 0xff]
-        .into_iter()
-        .chain(
-            "kind: ConfigMap\n"
-                .encode_utf16()
-                .flat_map(u16::to_be_bytes),
-        )
-        .collect();
-    std::fs::write(dir.path().join("other16.yaml"), other).expect("write");
+    marked(
+        "other16.yaml",
+        &[0xfe, 0xff],
+        utf16("kind: ConfigMap\n", u16::to_be_bytes),
+    );
     // UTF-32, whose little-endian mark begins as UTF-16's.
-    let utf32: Vec<u8> = [0xff, 0xfe, 0, 0]
-        .into_iter()
-        .chain(
-            "kind: Chatflow\n"
-                .chars()
-                .flat_map(|c| u32::from(c).to_le_bytes()),
-        )
-        .collect();
-    std::fs::write(dir.path().join("utf32.yaml"), utf32).expect("write");
+    let utf32 = "kind: Chatflow\n"
+        .chars()
+        .flat_map(|c| u32::from(c).to_le_bytes());
+    marked("utf32.yaml", &[0xff, 0xfe, 0, 0], utf32.collect());
     let report = check(&[dir.path().to_path_buf()]);
     let found = lines(&report, dir.path());
     assert_eq!(found.len(), 3, "{found:#?}");

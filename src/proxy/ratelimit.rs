@@ -162,7 +162,7 @@ impl RateLimiter {
             .shared
             .ask(|ledger| ledger.take_rate(&key, interval, burst))
             .await;
-        let local = (access.0, access.1, subject);
+        let local = local_key(access, subject);
         match shared {
             Some(take) => {
                 self.remember(local, take.ahead, asked);
@@ -185,26 +185,28 @@ impl RateLimiter {
         let per = rate.per.duration();
         let interval = interval(rate);
         let burst = per.saturating_sub(interval);
-        let hash = self.hasher.hash_one((access.0, access.1, subject));
-        let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
+        let (hash, shard) = self.shard(local_key(access, subject));
+        let stored = *shard.full_at.get(&hash)?;
+        drop(shard);
         let now = Instant::now();
-        let full_at = *self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .full_at
-            .get(&hash)?;
-        let ahead = full_at.max(now).min(now + per) - now;
+        let ahead = capped(Some(stored), now, per) - now;
         (ahead > burst).then(|| Refused(Allowance::at(rate, interval, ahead)))
+    }
+
+    /// `key`'s hash and its shard, locked.
+    fn shard(&self, key: impl Hash) -> (u64, std::sync::MutexGuard<'_, Shard>) {
+        let hash = self.hasher.hash_one(key);
+        let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
+        let shard = self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (hash, shard)
     }
 
     /// Notes where the database said `key` stands (its instant `ahead` of `now`), for when this
     /// replica counts on its own.
     fn remember(&self, key: impl Hash, ahead: Duration, now: Instant) {
-        let hash = self.hasher.hash_one(key);
-        let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
-        let mut shard = self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let (hash, mut shard) = self.shard(key);
         shard.full_at.insert(hash, now + ahead);
         if shard.full_at.len() >= shard.prune_at {
             shard.prune(now);
@@ -222,17 +224,9 @@ impl RateLimiter {
         let per = rate.per.duration();
         let interval = interval(rate);
         let burst = per.saturating_sub(interval);
-        let hash = self.hasher.hash_one(key);
-        let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
-        let mut shard = self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // The key is the rule and the caller, not the rate: an instant kept from before the
-        // rule changed may be further ahead than the new period (10 per hour spent, the rule
-        // now 10 per minute: an hour ahead). It counts as a spent allowance under the new rule,
-        // not as the old wait, which a looser rule would otherwise make longer.
+        let (hash, mut shard) = self.shard(key);
         let stored = shard.full_at.get(&hash).copied();
-        let full_at = stored.map_or(now, |at| at.max(now)).min(now + per);
+        let full_at = capped(stored, now, per);
         if stored.is_some_and(|at| at > full_at) {
             // Kept so, refused or not: it drains under the new rule from here.
             shard.full_at.insert(hash, full_at);
@@ -268,6 +262,20 @@ impl RateLimiter {
 /// PostgreSQL, whose index refuses a row past about 2.7 KB, and one statement takes every
 /// replica's keys at once. A subject that long (a token's claim is the caller's to choose) is
 /// kept as its digest, so it cannot fail everyone's takes.
+/// The key of `subject`'s allowance under rule `access` in this replica's own maps.
+fn local_key<'a>(access: (&'a str, &'a str), subject: &'a str) -> (&'a str, &'a str, &'a str) {
+    (access.0, access.1, subject)
+}
+
+/// When a key's allowance is whole again, as of `now`, from the instant `stored` for it. The
+/// key is the rule and the caller, not the rate: an instant kept from before the rule changed
+/// may be further ahead than the new period (10 per hour spent, the rule now 10 per minute: an
+/// hour ahead). It counts as a spent allowance under the new rule, at most one period ahead,
+/// not as the old wait, which a looser rule would otherwise make longer.
+fn capped(stored: Option<Instant>, now: Instant, per: Duration) -> Instant {
+    stored.map_or(now, |at| at.max(now)).min(now + per)
+}
+
 fn shared_key(access: (&str, &str), subject: &str) -> String {
     const LONGEST: usize = 512;
     if subject.len() <= LONGEST {
