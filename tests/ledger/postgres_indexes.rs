@@ -4,38 +4,11 @@
 
 use super::*;
 
-/// Whether the usage log's chatflow index exists and is valid (`None`: it does not exist).
-async fn chatflow_index(store: &support::Store) -> Option<bool> {
-    store
-        .sql()
-        .await
-        .query_one(
-            "SELECT (SELECT indisvalid FROM pg_index WHERE indexrelid = \
-             to_regclass(quote_ident(current_schema()) || '.usage_by_chatflow'))",
-            &[],
-        )
-        .await
-        .expect("SQL runs")
-        .get(0)
-}
-
-async fn eventually_valid(store: &support::Store) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while chatflow_index(store).await != Some(true) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "usage_by_chatflow not built: {:?}",
-            chatflow_index(store).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chatflow_index_is_built_after_start_and_rebuilt_when_invalid() {
     let store = support::postgres("late_indexes").await;
     let ledger = store.open().await;
-    eventually_valid(&store).await;
+    store.late_index_built().await;
     ledger
         .reserve(request("alice", vec![line(POLICY, "alice", 10, 1)]))
         .await
@@ -48,9 +21,9 @@ async fn the_chatflow_index_is_built_after_start_and_rebuilt_when_invalid() {
              to_regclass(quote_ident(current_schema()) || '.usage_by_chatflow')",
         )
         .await;
-    assert_eq!(chatflow_index(&store).await, Some(false));
+    assert_eq!(store.chatflow_index().await, Some(false));
     let ledger = store.open().await;
-    eventually_valid(&store).await;
+    store.late_index_built().await;
     let rows = ledger
         .usage(UsageFilter {
             chatflow: Some("team-a/support-bot".into()),

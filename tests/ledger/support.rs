@@ -49,6 +49,37 @@ impl Store {
         row.get(0)
     }
 
+    /// Whether the usage log's chatflow index, which a PostgreSQL ledger builds in the background
+    /// after it opens, exists and is valid (`None`: it does not exist).
+    pub async fn chatflow_index(&self) -> Option<bool> {
+        self.sql()
+            .await
+            .query_one(
+                "SELECT (SELECT indisvalid FROM pg_index WHERE indexrelid = \
+                 to_regclass(quote_ident(current_schema()) || '.usage_by_chatflow'))",
+                &[],
+            )
+            .await
+            .expect("SQL runs")
+            .get(0)
+    }
+
+    /// Waits until a ledger opened on this PostgreSQL store has built its chatflow index.
+    pub async fn late_index_built(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let state = self.chatflow_index().await;
+            if state == Some(true) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "usage_by_chatflow not built: {state:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Makes the database refuse every usage row of subject `refused`, as a database can refuse
     /// any write (a full disk, a constraint): the operation fails after its earlier writes.
     pub async fn refuse_usage_of_subject_refused(&self) {
@@ -62,6 +93,10 @@ impl Store {
                 .expect("trigger");
             }
             LedgerUrl::Postgres(_) => {
+                // A trigger's lock on `usage` waits for the index build still running since the
+                // ledger opened, which waits for this transaction: PostgreSQL ends one of the two
+                // as a deadlock. Once built, nothing waits.
+                self.late_index_built().await;
                 self.sql()
                     .await
                     .batch_execute(
