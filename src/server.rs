@@ -28,6 +28,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::telemetry;
 
+mod send_deadline;
+
 /// How long a client may take from connecting to having sent its first request's headers,
 /// whatever the protocol: a connection that sends nothing, part of the HTTP/2 preface, or only
 /// the handshake would otherwise be held forever (hyper times none of those).
@@ -48,7 +50,8 @@ const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a client's connection may take no bytes of an answer before it is closed. A client
 /// that stops reading would otherwise hold its connection, the answer's stream from Flowise, and
 /// its credit reservation for as long as it likes: hyper stops reading a body it cannot write,
-/// so nothing else would notice.
+/// so nothing else would notice. Over HTTP/2, also how long one answer's stream may take no
+/// frame (a client can withhold flow-control credit from a stream and keep its connection busy).
 pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// How long connections cut after the drain period may take to end (their bodies dropped).
@@ -296,10 +299,22 @@ where
         let handler = self.handler.clone();
         let asked = Arc::new(AtomicBool::new(false));
         let first = asked.clone();
+        let (tasks, write_stall) = (self.tasks.clone(), self.limits.write_stall);
         let service = hyper::service::service_fn(move |req| {
             let handler = handler.clone();
             first.store(true, Ordering::Relaxed);
-            async move { Ok::<_, Infallible>(handler(req, peer).await) }
+            // An HTTP/2 stream the client grants no room is not a stalled write: its answer
+            // gets a deadline of its own (see `send_deadline`).
+            let h2 = (req.version() == hyper::Version::HTTP_2).then(|| tasks.clone());
+            async move {
+                let answer = handler(req, peer).await;
+                Ok::<_, Infallible>(match h2 {
+                    Some(tasks) => {
+                        answer.map(|body| send_deadline::paced(body, write_stall, &tasks))
+                    }
+                    None => answer,
+                })
+            }
         });
         // No request within the limit: closed, whatever stage the connection is stuck in.
         let first_request = self.limits.first_request;
@@ -370,7 +385,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     /// Sets its flag when dropped.
-    struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
+    pub(super) struct Dropped(pub(super) Option<tokio::sync::oneshot::Sender<()>>);
 
     impl Drop for Dropped {
         fn drop(&mut self) {
@@ -444,11 +459,11 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_client_that_stops_reading_loses_its_connection_after_the_write_stall_limit() {
+    /// A server answering each request with an endless body, whose write stall limit is 300 ms;
+    /// `dropped` fires when the first answer is let go.
+    async fn endless_answers() -> (SocketAddr, tokio::sync::oneshot::Receiver<()>) {
         let (tx, dropped) = tokio::sync::oneshot::channel::<()>();
         let tx = std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
-        // An endless answer, as a stream that never ends; its body tells when it is let go.
         let handler = move |_req: Request<Incoming>, _peer: SocketAddr| {
             let guard = Dropped(tx.lock().ok().and_then(|mut tx| tx.take()));
             async move {
@@ -472,6 +487,12 @@ mod tests {
             connections.serve(stream, peer);
             std::future::pending::<()>().await;
         });
+        (addr, dropped)
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_loses_its_connection_after_the_write_stall_limit() {
+        let (addr, dropped) = endless_answers().await;
         let mut client = TcpStream::connect(addr).await.expect("connect");
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: flowgate\r\n\r\n")
@@ -483,6 +504,31 @@ mod tests {
             .expect("the answer is let go once writing it stalled")
             .expect("dropped, not forgotten");
         drop(client);
+    }
+
+    /// An HTTP/2 client that reads its connection but grants one stream no more room: no write
+    /// ever waits, yet the answer is let go after the limit.
+    #[tokio::test]
+    async fn an_http2_stream_given_no_room_lets_go_of_its_answer_after_the_write_stall_limit() {
+        let (addr, dropped) = endless_answers().await;
+        let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .expect("handshake");
+        tokio::spawn(connection);
+        let request = Request::get("http://flowgate/")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let answer = sender.send_request(request).await.expect("answered");
+        assert_eq!(answer.status(), hyper::StatusCode::OK);
+        // The body is never read, so its stream's window is never given back; the connection
+        // (pings, other streams) goes on being read.
+        tokio::time::timeout(Duration::from_secs(20), dropped)
+            .await
+            .expect("the answer is let go once its stream stalled")
+            .expect("dropped, not forgotten");
+        drop(answer);
     }
 
     #[tokio::test]
