@@ -166,7 +166,7 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<AdminRoute, Miss> {
 
 /// Percent-decodes a path segment once; `None` for a `%` not followed by two hex digits (which
 /// the decoder would keep as it is, making `%zz` and `%25zz` the same id).
-fn decode_segment(raw: &str) -> Option<String> {
+pub(crate) fn decode_segment(raw: &str) -> Option<String> {
     let escapes_valid = raw.split('%').skip(1).all(|escape| {
         escape
             .as_bytes()

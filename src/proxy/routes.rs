@@ -18,7 +18,7 @@ pub enum Route {
     /// `POST /api/v1/prediction/{flowiseId}` — forwarded to Flowise.
     Predict(String),
     /// `GET /api/v1/chatflows-streaming/{flowiseId}` — asked without credentials by the official
-    /// Flowise SDKs before every prediction; answered from the index.
+    /// Flowise SDKs before every prediction; asked of Flowise for a chatflow the index knows.
     ChatflowStreaming(String),
     /// `GET /api/v1/public-chatbotConfig/{flowiseId}` — the chat window's settings, forwarded
     /// to Flowise (public there; here for a caller the chatflow is granted to).
@@ -102,10 +102,26 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
                 },
             });
     }
-    if segments.iter().any(|s| !plain_segment(s)) {
-        return Err(not_found());
-    }
     let (route, allowed) = match segments.as_slice() {
+        // A chat id is the client's own, as its predictions sent it (an email, the embed's
+        // `customer+uuid`, any script): percent-decoded once, not held to the characters of
+        // ids and names. Binding it to the caller cleans it as for a prediction, and the path
+        // to Flowise encodes it again.
+        ["api", "v1", "chatmessage", "abort", id, chat_id] => {
+            let chat_id = crate::admin::routes::decode_segment(chat_id)
+                .filter(|c| !c.trim().is_empty() && !c.chars().any(char::is_control));
+            match chat_id {
+                Some(chat_id) if plain_segment(id) => (
+                    Route::AbortChat {
+                        id: (*id).to_string(),
+                        chat_id,
+                    },
+                    Method::PUT,
+                ),
+                _ => return Err(not_found()),
+            }
+        }
+        _ if segments.iter().any(|s| !plain_segment(s)) => return Err(not_found()),
         ["api", "v1", "chatflows"] => (Route::ListChatflows, Method::GET),
         ["api", "v1", "chatflows", id] => (Route::GetChatflow((*id).to_string()), Method::GET),
         ["api", "v1", "prediction", id] => (Route::Predict((*id).to_string()), Method::POST),
@@ -115,13 +131,6 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         ["api", "v1", "public-chatbotConfig", id] => {
             (Route::ChatbotConfig((*id).to_string()), Method::GET)
         }
-        ["api", "v1", "chatmessage", "abort", id, chat_id] => (
-            Route::AbortChat {
-                id: (*id).to_string(),
-                chat_id: (*chat_id).to_string(),
-            },
-            Method::PUT,
-        ),
         ["chatflows"] => (Route::CompatListChatflows, Method::GET),
         ["chatflows", id] => (Route::CompatGetChatflow((*id).to_string()), Method::GET),
         ["chat", "predict"] => (Route::CompatPredict, Method::POST),
@@ -198,6 +207,27 @@ mod tests {
     }
 
     #[test]
+    fn an_abort_takes_the_chat_id_a_prediction_takes() {
+        let abort = |chat: &str| match route(
+            &Method::PUT,
+            &format!("/api/v1/chatmessage/abort/{ID}/{chat}"),
+        ) {
+            Ok(Route::AbortChat { id, chat_id }) if id == ID => Some(chat_id),
+            _ => None,
+        };
+        for (spelled, chat_id) in [
+            ("user@example.com", "user@example.com"),
+            ("user%40example.com", "user@example.com"),
+            ("cust-7+0b0e0c0a", "cust-7+0b0e0c0a"),
+            ("%E4%BC%9A%E8%AF%9D%201", "会话 1"),
+            ("a%2Fb", "a/b"),
+            ("..", ".."),
+        ] {
+            assert_eq!(abort(spelled).as_deref(), Some(chat_id), "{spelled}");
+        }
+    }
+
+    #[test]
     fn side_doors_are_not_found() {
         for path in [
             "/api/v1/internal-prediction/x",
@@ -205,7 +235,11 @@ mod tests {
             "/api/v1/mcp/x",
             "/api/v1/chatmessage/x",
             "/api/v1/chatmessage/abort/x",
-            "/api/v1/chatmessage/abort/x/a%2Fb",
+            "/api/v1/chatmessage/abort/x/%zz",
+            "/api/v1/chatmessage/abort/x/%20",
+            "/api/v1/chatmessage/abort/x/a%0Ab",
+            "/api/v1/chatmessage/abort/x/%FF",
+            "/api/v1/chatmessage/abort/a%2Fb/c1",
             "/api/v1/attachments/x/y",
             "/api/v1/get-upload-file",
             "/api/v1/feedback/x",

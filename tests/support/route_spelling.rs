@@ -25,7 +25,9 @@ pub fn canonical(route: &Route) -> String {
         Route::Predict(id) => format!("/api/v1/prediction/{id}"),
         Route::ChatflowStreaming(id) => format!("/api/v1/chatflows-streaming/{id}"),
         Route::ChatbotConfig(id) => format!("/api/v1/public-chatbotConfig/{id}"),
-        Route::AbortChat { id, chat_id } => format!("/api/v1/chatmessage/abort/{id}/{chat_id}"),
+        Route::AbortChat { id, chat_id } => {
+            format!("/api/v1/chatmessage/abort/{id}/{}", percent_encode(chat_id))
+        }
         Route::CompatListChatflows => "/chatflows".into(),
         Route::CompatGetChatflow(id) => format!("/chatflows/{id}"),
         Route::CompatPredict => "/chat/predict".into(),
@@ -75,6 +77,7 @@ pub fn user_segment(route: &Route) -> Option<&str> {
             | AdminRoute::AddUser { user, .. }
             | AdminRoute::RemoveUser { user, .. },
         ) => Some(user),
+        Route::AbortChat { chat_id, .. } => Some(chat_id),
         _ => None,
     }
 }
