@@ -258,6 +258,17 @@ async fn revoked_access_and_suspension_take_effect_from_the_watch() {
         .expect("suspend");
     let body = eventually_status(&gate, &team.alice(), &id, 403).await;
     assert_eq!(body["error"]["code"], "chatflow_suspended");
+    // Asked without credentials, the SDKs' streaming question names only the id: not the
+    // Chatflow, its namespace, or that it is suspended.
+    let streaming = reqwest::get(format!("{}/api/v1/chatflows-streaming/{id}", gate.base))
+        .await
+        .expect("answer");
+    assert_eq!(streaming.status(), 503);
+    let streaming = streaming.text().await.expect("body");
+    assert!(
+        streaming.contains(&id) && !streaming.contains(&team.ns) && !streaming.contains("suspend"),
+        "{streaming}"
+    );
     chatflows
         .patch(
             "support-bot",

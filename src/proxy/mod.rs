@@ -409,10 +409,11 @@ impl Proxy {
         }
     }
 
-    /// `{"isStreaming": true}` for a chatflow the index knows. The official SDKs ask this without
+    /// Flowise's `{"isStreaming": …}` for a chatflow the index knows (asked of Flowise, kept a
+    /// while: [`listing::streaming_capability`]). The official SDKs ask this without
     /// credentials, so it is answered without them — and says nothing beyond whether an id (a
-    /// UUID) exists. Nothing is forwarded to Flowise.
-    /// Asked without credentials: only of a chatflow in the index.
+    /// UUID) exists and is served: a refusal names only the id, never the Chatflow, its
+    /// namespace or its key's Secret.
     async fn streaming_capability(
         &self,
         id: &str,
@@ -421,8 +422,12 @@ impl Proxy {
         let Some(cf) = self.snapshot.load().chatflow_by_flowise_id(id).cloned() else {
             return Err(ProxyError::ChatflowNotFound(id.to_string()));
         };
-        let flowise_id = usable(&cf)?;
-        let key = self.forward_headers(&cf).await?;
+        let unavailable = |error: ProxyError| {
+            tracing::info!(%error, chatflow = id, "streaming capability asked without credentials");
+            ProxyError::ChatflowUnavailable(id.to_string())
+        };
+        let flowise_id = usable(&cf).map_err(unavailable)?;
+        let key = self.forward_headers(&cf).await.map_err(unavailable)?;
         listing::streaming_capability(
             &self.upstream,
             &self.streaming,
