@@ -12,7 +12,7 @@ pub mod watch;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use foldhash::HashMap as FastMap;
@@ -72,6 +72,35 @@ pub struct Invalid {
     pub namespace: String,
     pub name: String,
     pub error: InvalidSpec,
+}
+
+/// Logs the resources `now` skips that `before` did not skip for the same reason: a snapshot is
+/// compiled again on every change anywhere (the controller's status writes among them), and
+/// repeating every skip each time would bury what is new.
+pub fn log_newly_invalid(before: &[Invalid], now: &[Invalid]) {
+    for invalid in newly_invalid(before, now) {
+        let Invalid {
+            kind,
+            namespace,
+            name,
+            error,
+        } = invalid;
+        tracing::warn!(kind = *kind, %namespace, %name, %error, "skipping invalid resource");
+    }
+}
+
+/// The skips of `now` that `before` does not have, for the same reason.
+fn newly_invalid<'a>(before: &[Invalid], now: &'a [Invalid]) -> Vec<&'a Invalid> {
+    let key = |i: &Invalid| {
+        (
+            i.kind,
+            i.namespace.clone(),
+            i.name.clone(),
+            i.error.to_string(),
+        )
+    };
+    let known: HashSet<_> = before.iter().map(key).collect();
+    now.iter().filter(|i| !known.contains(&key(i))).collect()
 }
 
 /// A CreditPolicy the index skipped, kept with whom it would have charged: with
@@ -259,15 +288,19 @@ pub fn compile(resources: &Resources) -> Snapshot {
     // Who claims each Flowise chatflow, and whether each holds it ([`rules::holds`]). Of several
     // claims, only the one that holds it alone is served; none when no one (or more than one)
     // holds it.
+    // A Chatflow served none (an invalid spec, a new name not resolved yet) still claims
+    // ([`rules::claimed_flowise_id`]).
     let mut claimants: HashMap<String, Vec<(String, bool)>> = HashMap::new();
-    for (cf, rule) in &rules {
-        let Some(rule) = rule.as_ref().ok() else {
-            continue;
-        };
-        if let Some(id) = &rule.flowise_id {
-            claimants.entry(id.to_ascii_lowercase()).or_default().push((
-                format!("{}/{}", rule.namespace, rule.name),
-                rules::holds(cf, id),
+    for (cf, _) in &rules {
+        if let Some(id) = rules::claimed_flowise_id(cf) {
+            let holds = rules::holds(cf, &id);
+            claimants.entry(id).or_default().push((
+                format!(
+                    "{}/{}",
+                    cf.metadata.namespace.as_deref().unwrap_or_default(),
+                    cf.metadata.name.as_deref().unwrap_or_default()
+                ),
+                holds,
             ));
         }
     }
@@ -442,7 +475,6 @@ pub fn compile(resources: &Resources) -> Snapshot {
                     .push(invalid.clone());
             }
         }
-        tracing::warn!(kind = object.kind, namespace = %object.namespace, name = %object.name, %error, "skipping invalid resource");
         snap.invalid.push(Invalid {
             kind: object.kind,
             namespace: object.namespace.clone(),
@@ -485,7 +517,6 @@ impl Snapshot {
     fn skip(&mut self, kind: &'static str, meta: &kube::api::ObjectMeta, error: InvalidSpec) {
         let namespace = meta.namespace.clone().unwrap_or_default();
         let name = meta.name.clone().unwrap_or_default();
-        tracing::warn!(kind, %namespace, %name, %error, "skipping invalid resource");
         self.invalid.push(Invalid {
             kind,
             namespace,

@@ -48,8 +48,9 @@ impl SnapshotHandle {
         self.current.load_full()
     }
 
-    /// Replaces the snapshot and tells every subscriber.
+    /// Replaces the snapshot and tells every subscriber; logs what it newly skips.
     pub fn publish(&self, snapshot: Snapshot) {
+        super::log_newly_invalid(&self.current.load().invalid, &snapshot.invalid);
         self.current.store(Arc::new(snapshot));
         self.generation.send_modify(|g| *g += 1);
     }
@@ -89,7 +90,9 @@ impl Stores {
     }
 }
 
-/// The objects of `store` that read as their kind; the others go to `unreadable`.
+/// The objects of `store` that read as their kind; the others go to `unreadable`, but for those
+/// being deleted: as a readable one being deleted, such an object neither refuses (a policy),
+/// grants (an access) nor claims (a Chatflow), whatever finalizer still holds it.
 fn readable<K: Watched>(
     store: &Store<Lenient<K>>,
     unreadable: &mut Vec<Unreadable>,
@@ -99,6 +102,7 @@ fn readable<K: Watched>(
     for obj in state {
         match obj.as_ref() {
             Lenient::Read(obj) => read.push(obj.clone()),
+            Lenient::Unreadable(bad) if bad.metadata.deletion_timestamp.is_some() => {}
             Lenient::Unreadable(bad) => unreadable.push(Unreadable {
                 kind: kind_name::<K>(),
                 namespace: bad.metadata.namespace.clone().unwrap_or_default(),
@@ -269,4 +273,45 @@ fn reflect<K: Watched>(
             std::future::ready(())
         });
     (reader, stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_unreadable_object_being_deleted_is_left_out() {
+        // A policy stored before a CRD bound it now breaks, and another like it being deleted
+        // (a finalizer holds it): with FLOWGATE_INVALID_POLICIES=refuse the first refuses its
+        // namespace; the second must not.
+        let policy = |name: &str, deleting: bool| -> Lenient<CreditPolicy> {
+            let mut metadata = json!({"name": name, "namespace": "team-a"});
+            if deleting {
+                metadata["deletionTimestamp"] = json!("2026-06-01T12:00:00Z");
+                metadata["finalizers"] = json!(["example.com/hold"]);
+            }
+            serde_json::from_value(json!({
+                "apiVersion": "flowgate.io/v1alpha1", "kind": "CreditPolicy",
+                "metadata": metadata,
+                "spec": {"budgets": "not a list"},
+            }))
+            .expect("policy literal")
+        };
+        let (store, mut writer) = reflector::store::<Lenient<CreditPolicy>>();
+        for (name, deleting) in [("broken", false), ("going", true)] {
+            let policy = policy(name, deleting);
+            assert!(
+                matches!(policy, Lenient::Unreadable(_)),
+                "{name} unreadable"
+            );
+            writer.apply_watcher_event(&Event::Apply(policy));
+        }
+        let mut unreadable = Vec::new();
+        assert!(readable(&store, &mut unreadable).is_empty());
+        let names: Vec<&str> = unreadable.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["broken"]);
+    }
 }
