@@ -144,6 +144,45 @@ impl Default for Metrics {
     }
 }
 
+/// The policies whose counters exist, with their alert thresholds: started at 0 as policies
+/// appear ([`Metrics::policy_seen`]) and removed as they go, so that namespaces and policies
+/// coming and going (one per pull request, say) do not grow `/metrics` for ever.
+#[derive(Debug, Default)]
+pub struct PolicySeries {
+    known: std::collections::HashMap<Arc<str>, Vec<u8>>,
+}
+
+impl PolicySeries {
+    /// Brings the series in line with `policies` (each policy's id and alert thresholds).
+    pub fn follow<'a>(
+        &mut self,
+        metrics: &Metrics,
+        policies: impl IntoIterator<Item = (&'a Arc<str>, &'a [u8])>,
+    ) {
+        let now: std::collections::HashMap<Arc<str>, Vec<u8>> = policies
+            .into_iter()
+            .map(|(id, thresholds)| (id.clone(), thresholds.to_vec()))
+            .collect();
+        for (id, before) in &self.known {
+            let kept = now.get(id);
+            let gone: Vec<u8> = before
+                .iter()
+                .copied()
+                .filter(|percent| kept.is_none_or(|kept| !kept.contains(percent)))
+                .collect();
+            if kept.is_none() || !gone.is_empty() {
+                metrics.policy_gone(id, &gone, kept.is_none());
+            }
+        }
+        for (id, thresholds) in &now {
+            if self.known.get(id) != Some(thresholds) {
+                metrics.policy_seen(id, thresholds);
+            }
+        }
+        self.known = now;
+    }
+}
+
 impl Metrics {
     /// Builds the registry with every metric family.
     pub fn new() -> Self {
@@ -445,6 +484,27 @@ impl Metrics {
                 policy: policy.clone(),
                 percent,
             });
+        }
+    }
+
+    /// Removes a policy's alert counters for `thresholds` and, when `whole`, its charged and
+    /// adjusted counters: the policy is gone (deleted, or invalid), or no longer lists them.
+    fn policy_gone(&self, policy: &str, thresholds: &[u8], whole: bool) {
+        let policy = policy.to_string();
+        for &percent in thresholds {
+            self.credit_alerts.remove(&AlertLabels {
+                policy: policy.clone(),
+                percent,
+            });
+        }
+        if whole {
+            for direction in ["given", "taken"] {
+                self.credits_adjusted.remove(&AdjustmentLabels {
+                    policy: policy.clone(),
+                    direction,
+                });
+            }
+            self.credits_charged.remove(&PolicyLabels { policy });
         }
     }
 

@@ -240,21 +240,20 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
         let (watched, gauge) = (snapshot.clone(), metrics.clone());
         let mut published = snapshot.subscribe();
         tokio::spawn(async move {
-            // Policies whose counters start at 0 already (a changed threshold list starts its
-            // new thresholds' counters).
-            let mut seen = std::collections::HashSet::<(Arc<str>, Vec<u8>)>::new();
+            // Policies' counters: started at 0 as they come, removed as they go.
+            let mut series = crate::metrics::PolicySeries::default();
             loop {
                 let served = watched.load();
                 if let Some(at) = served.compiled_at {
                     gauge.snapshot_compiled.set(at.as_second());
                 }
-                for policy in served.policy_rules() {
-                    let key = (policy.id.clone(), policy.alert_at_percent.clone());
-                    if !seen.contains(&key) {
-                        gauge.policy_seen(&policy.id, &policy.alert_at_percent);
-                        seen.insert(key);
-                    }
-                }
+                series.follow(
+                    &gauge,
+                    served
+                        .policy_rules()
+                        .iter()
+                        .map(|policy| (&policy.id, policy.alert_at_percent.as_slice())),
+                );
                 for kind in ["Chatflow", "ChatflowAccess", "CreditPolicy"] {
                     let skipped = served.invalid.iter().filter(|i| i.kind == kind).count();
                     gauge.set_invalid(kind, skipped);

@@ -51,6 +51,46 @@ fn counters_alerts_watch_start_at_zero() {
 }
 
 #[test]
+fn a_policys_counters_go_with_it_and_its_thresholds() {
+    let metrics = Metrics::new();
+    let mut series = PolicySeries::default();
+    let (monthly, daily): (Arc<str>, Arc<str>) = ("team-a/monthly".into(), "team-a/daily".into());
+    series.follow(
+        &metrics,
+        [(&monthly, [80, 100].as_slice()), (&daily, [90].as_slice())],
+    );
+    metrics.credit_alert("team-a/monthly", 80);
+    let text = metrics.encode().expect("encodes");
+    assert!(
+        text.contains("flowgate_credit_alerts_total{policy=\"team-a/monthly\",percent=\"80\"} 1")
+    );
+    assert!(text.contains("flowgate_credits_charged_total{policy=\"team-a/daily\"} 0"));
+
+    // monthly drops its 80 % alert; daily is deleted.
+    series.follow(&metrics, [(&monthly, [100].as_slice())]);
+    let text = metrics.encode().expect("encodes");
+    assert!(!text.contains("team-a/daily"), "{text}");
+    assert!(!text.contains("percent=\"80\""), "{text}");
+    for line in [
+        "flowgate_credit_alerts_total{policy=\"team-a/monthly\",percent=\"100\"} 0",
+        "flowgate_credits_charged_total{policy=\"team-a/monthly\"} 0",
+        "flowgate_credits_adjusted_total{policy=\"team-a/monthly\",direction=\"given\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} not in {text}");
+    }
+
+    // daily comes back: its counters start again at 0.
+    series.follow(
+        &metrics,
+        [(&monthly, [100].as_slice()), (&daily, [90].as_slice())],
+    );
+    let text = metrics.encode().expect("encodes");
+    assert!(
+        text.contains("flowgate_credit_alerts_total{policy=\"team-a/daily\",percent=\"90\"} 0")
+    );
+}
+
+#[test]
 fn token_cache_lookups_are_read_at_each_scrape() {
     let metrics = Metrics::new();
     let text = metrics.encode().expect("encodes");
