@@ -33,3 +33,44 @@ async fn the_chatflow_index_is_built_after_start_and_rebuilt_when_invalid() {
         .expect("usage");
     assert!(rows.is_empty(), "a held reservation is not in the log yet");
 }
+
+/// Two installations in one database (a schema each) build their indexes side by side: one
+/// whose build is still going does not make the other skip its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_in_another_schema_does_not_hold_this_ones_back() {
+    let (first, second) = (
+        support::postgres("late_indexes_first").await,
+        support::postgres("late_indexes_second").await,
+    );
+    // A build waits for every older snapshot in the database (a pg_dump's, say): this one
+    // keeps the first build going until it ends.
+    let holder = first.sql().await;
+    holder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM pg_class")
+        .await
+        .expect("an old snapshot");
+    let _first = first.open().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while first.chatflow_index().await != Some(false) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first build never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _second = second.open().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while second.chatflow_index().await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second build never started while the first went on"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder
+        .batch_execute("COMMIT")
+        .await
+        .expect("snapshot let go");
+    first.late_index_built().await;
+    second.late_index_built().await;
+}

@@ -140,7 +140,9 @@ END IF; END $$;
 ";
 
 /// Held (for its session) by the replica building [`late_indexes`]: another would drop the index
-/// it is building, which shows as invalid until the build ends.
+/// it is building, which shows as invalid until the build ends. The lock's key is this seed
+/// hashed with the schema's name: ledgers of other schemas in the database (other
+/// installations) build theirs at the same time rather than skip it.
 const LATE_INDEX_LOCK: i64 = SCHEMA_LOCK + 1;
 
 /// Indexes added after version 1, on tables a running ledger may have grown large: built with
@@ -151,7 +153,10 @@ const LATE_INDEX_LOCK: i64 = SCHEMA_LOCK + 1;
 /// walks the log by time. A role that may not create it leaves the reads slower, nothing else.
 pub(super) async fn late_indexes(client: &Client) -> Result<(), tokio_postgres::Error> {
     let locked: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&LATE_INDEX_LOCK])
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended(current_schema(), $1))",
+            &[&LATE_INDEX_LOCK],
+        )
         .await?
         .get(0);
     if !locked {
@@ -197,7 +202,10 @@ pub(super) async fn late_indexes(client: &Client) -> Result<(), tokio_postgres::
             .await;
     }
     client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LATE_INDEX_LOCK])
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended(current_schema(), $1))",
+            &[&LATE_INDEX_LOCK],
+        )
         .await?;
     built
 }
