@@ -81,10 +81,12 @@ ops=${FLOWGATE_OPS_ADDR:-127.0.0.1:9090}
 cat >&2 <<MSG
 
 [dev] flowgate is starting on http://$listen (ops: http://$ops/readyz, /metrics).
-[dev] A token for alice@example.com is in $dev/alice.token. Try:
+[dev] A token for alice@example.com is in $dev/alice.token. Try, in another terminal:
 
   eval "\$($root/scripts/local-cluster.sh env)"   # kubectl for the local cluster
   TOKEN=\$(cat $dev/alice.token)
+  curl -s --retry 30 --retry-connrefused --retry-all-errors -o /dev/null http://$ops/readyz
+  kubectl wait --for condition=Ready chatflow/faq-bot -n team-a --timeout=120s
   kubectl get chatflows,chatflowaccesses,creditpolicies -n team-a
   curl -s -H "Authorization: Bearer \$TOKEN" http://$listen/api/v1/chatflows
   ID=\$(kubectl get chatflow faq-bot -n team-a -o jsonpath='{.status.flowiseId}')
@@ -99,4 +101,7 @@ export FLOWGATE_OPS_ADDR=$ops
 export FLOWGATE_LEDGER_URL="sqlite://$dev/ledger.db"
 export FLOWGATE_JWT_HS256_SECRET_FILE="$dev/hs256"
 export FLOWGATE_SYNC_INTERVAL=${FLOWGATE_SYNC_INTERVAL:-30s}
+# scripts/test.sh refuses to run beside this flowgate, whose controller would reconcile the
+# tests' Chatflows too (`exec` keeps this shell's pid).
+echo $$ > "$dev/flowgate.pid"
 exec "$bin" run

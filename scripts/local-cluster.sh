@@ -35,6 +35,8 @@ set -euo pipefail
 readonly K8S_SRC_PACKAGE=kubernetes
 readonly K8S_SRC_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 readonly K8S_ORIG_TARBALL=kubernetes_1.20.5+really1.20.2.orig.tar.gz
+# The upstream tarball is the same in every Debian revision of this version (only it is used).
+readonly K8S_ORIG_SHA256=b83c0780efb182d928dc63d46488a847f161f04e40a94b96bf5247dd671ecdfc
 readonly K8S_SRC_DIRNAME=kubernetes-1.20.2
 readonly DEBIAN_SUITE=bookworm
 
@@ -278,9 +280,19 @@ fetch_source() {
   )
   log "fetching source package $K8S_SRC_PACKAGE=$K8S_SRC_VERSION from $uri"
   apt-get "${apt_opts[@]}" -q update
-  (cd "$SRC_CACHE" && apt-get "${apt_opts[@]}" -q source --download-only \
-    "$K8S_SRC_PACKAGE=$K8S_SRC_VERSION")
-  [[ -f $SRC_CACHE/$K8S_ORIG_TARBALL ]] || die "apt-get source did not produce $K8S_ORIG_TARBALL"
+  # A newer Debian revision replaces this one in the suite (a point release): its upstream
+  # tarball is the same, and is what the checksum below holds it to.
+  if ! (cd "$SRC_CACHE" && apt-get "${apt_opts[@]}" -q source --download-only \
+    "$K8S_SRC_PACKAGE=$K8S_SRC_VERSION"); then
+    log "$K8S_SRC_VERSION is no longer in $DEBIAN_SUITE; fetching its current revision"
+    (cd "$SRC_CACHE" && apt-get "${apt_opts[@]}" -q source --download-only "$K8S_SRC_PACKAGE")
+  fi
+  [[ -f $SRC_CACHE/$K8S_ORIG_TARBALL ]] ||
+    die "apt-get source did not produce $K8S_ORIG_TARBALL (found: $(ls "$SRC_CACHE"))"
+  if ! echo "$K8S_ORIG_SHA256  $SRC_CACHE/$K8S_ORIG_TARBALL" | sha256sum --check --quiet; then
+    rm -f "$SRC_CACHE/$K8S_ORIG_TARBALL"
+    die "$K8S_ORIG_TARBALL does not have the expected SHA-256; removed"
+  fi
   rm -rf "$APT_DIR" # the package lists (~20 MB) are only needed for this download
 }
 

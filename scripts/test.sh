@@ -40,6 +40,16 @@ trim() { # DIR BUDGET_GB
 trim "$CARGO_TARGET_DIR/debug" "$budget_gb"
 trim "$FLOWGATE_CACHE/fuzz-target" $((budget_gb / 2))
 
+# scripts/dev.sh's flowgate shares the API server and Flowise, and its controller would
+# reconcile the tests' Chatflows (in every namespace) as well as the tests' own.
+dev_pid=$(cat "$FLOWGATE_CACHE/dev/flowgate.pid" 2>/dev/null || true)
+if [[ $dev_pid =~ ^[0-9]+$ ]] && tr '\0' ' ' 2>/dev/null <"/proc/$dev_pid/cmdline" |
+  grep -q 'flowgate run'; then
+  echo "test.sh: scripts/dev.sh's flowgate runs (pid $dev_pid) on the API server the tests use;" \
+    "stop it first" >&2
+  exit 1
+fi
+
 # shellcheck source=lib/checkout.sh
 . "$root/scripts/lib/checkout.sh"
 same_checkout "$root"
