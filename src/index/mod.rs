@@ -288,19 +288,15 @@ pub fn compile(resources: &Resources) -> Snapshot {
     // Who claims each Flowise chatflow, and whether each holds it ([`rules::holds`]). Of several
     // claims, only the one that holds it alone is served; none when no one (or more than one)
     // holds it.
-    // A Chatflow served none (an invalid spec, a new name not resolved yet) still claims
-    // ([`rules::claimed_flowise_id`]).
     let mut claimants: HashMap<String, Vec<(String, bool)>> = HashMap::new();
-    for (cf, _) in &rules {
-        if let Some(id) = rules::claimed_flowise_id(cf) {
-            let holds = rules::holds(cf, &id);
-            claimants.entry(id).or_default().push((
-                format!(
-                    "{}/{}",
-                    cf.metadata.namespace.as_deref().unwrap_or_default(),
-                    cf.metadata.name.as_deref().unwrap_or_default()
-                ),
-                holds,
+    for (cf, rule) in &rules {
+        let Some(rule) = rule.as_ref().ok() else {
+            continue;
+        };
+        if let Some(id) = &rule.flowise_id {
+            claimants.entry(id.to_ascii_lowercase()).or_default().push((
+                format!("{}/{}", rule.namespace, rule.name),
+                rules::holds(cf, id),
             ));
         }
     }

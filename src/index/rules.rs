@@ -244,30 +244,15 @@ pub fn flowise_id(source: &ChatflowSource<'_>, status: &crd::ChatflowStatus) -> 
     }
 }
 
-/// The Flowise chatflow (lowercase id) a Chatflow claims: [`flowise_id`] of a valid spec, which
-/// is the one it is served by. One whose spec is invalid (a mistake the schema lets through, as
-/// both `flowiseId` and `flowiseName`), or whose new `flowiseName` the controller has not
-/// resolved yet, is served none but still claims what its spec's `flowiseId` names, else what
-/// its status records: an edit of its own must not hand its chatflow, grants and budgets to
-/// another namespace's claim, as [`unreadable_claim`] keeps an unreadable one's.
+/// [`flowise_id`] of a Chatflow, if its spec is valid.
 pub fn claimed_flowise_id(cf: &Chatflow) -> Option<String> {
-    let status = cf.status.as_ref();
-    let recorded = || {
-        status
-            .and_then(|status| status.flowise_id.as_deref())
-            .map(str::to_ascii_lowercase)
-    };
-    match chatflow_source(&cf.spec) {
-        Ok(source) => {
-            flowise_id(&source, status.unwrap_or(&crd::ChatflowStatus::default())).or_else(recorded)
-        }
-        Err(_) => cf
-            .spec
-            .flowise_id
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .or_else(recorded),
-    }
+    let source = chatflow_source(&cf.spec).ok()?;
+    flowise_id(
+        &source,
+        cf.status
+            .as_ref()
+            .unwrap_or(&crd::ChatflowStatus::default()),
+    )
 }
 
 /// The Flowise chatflow (lowercase id) a Chatflow that cannot be read claims, as far as its

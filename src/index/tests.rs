@@ -683,51 +683,6 @@ fn a_holder_that_cannot_be_read_keeps_its_chatflow_from_other_claims() {
 }
 
 #[test]
-fn a_holder_served_none_after_its_own_edit_keeps_its_chatflow_from_other_claims() {
-    // team-b's Chatflow holds OTHER; aa's claim is in Conflict.
-    let rival = || with_ready(chatflow("aa", "borrowed", OTHER), "Conflict");
-    let served = |res: &Resources| {
-        compile(res)
-            .chatflow_by_flowise_id(OTHER)
-            .map(|cf| format!("{}/{}", cf.rule.namespace, cf.rule.name))
-    };
-    let mut res = team_a();
-    res.chatflows.push(rival());
-    assert_eq!(served(&res).as_deref(), Some("team-b/other-bot"));
-
-    // team-b's spec turns invalid (both flowiseId and flowiseName: the schema lets it through),
-    // and the controller reports it so.
-    let mut invalid = (*with_ready(res.chatflows[2].clone(), "InvalidSpec")).clone();
-    invalid.spec.flowise_name = Some("other".into());
-    res.chatflows[2] = Arc::new(invalid);
-    let snap = compile(&res);
-    assert!(
-        snap.chatflow_by_flowise_id(OTHER).is_none(),
-        "neither is served"
-    );
-    let borrowed = snap.invalid.iter().find(|i| i.name == "borrowed");
-    assert!(
-        borrowed.is_some_and(|b| b.error.to_string().contains("held by team-b/other-bot")),
-        "{:?}",
-        snap.invalid
-    );
-
-    // team-b's spec now names another chatflow by name, which the controller has not resolved
-    // yet: it still claims the one its status records.
-    let mut res = team_a();
-    res.chatflows.push(rival());
-    let mut renamed = (*res.chatflows[2]).clone();
-    renamed.spec.flowise_id = None;
-    renamed.spec.flowise_name = Some("renamed".into());
-    renamed.metadata.generation = Some(2);
-    let status = renamed.status.as_mut().expect("status");
-    status.flowise_name = Some("other".into());
-    status.conditions[0].observed_generation = Some(1);
-    res.chatflows[2] = Arc::new(renamed);
-    assert_eq!(served(&res), None, "neither is served");
-}
-
-#[test]
 fn only_what_a_compile_newly_skips_is_logged() {
     let mut res = team_a();
     res.chatflows
