@@ -99,9 +99,9 @@ pub struct FlowiseChatflow {
     /// Free text; the Flowise UI uses `;`-separated tags. flowgate keeps its ownership marker here.
     #[serde(default)]
     pub category: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "to_the_second")]
     pub created_date: Option<jiff::Timestamp>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "to_the_second")]
     pub updated_date: Option<jiff::Timestamp>,
 }
 
@@ -187,6 +187,18 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+/// A Flowise date, to the second. Flowise on PostgreSQL or MySQL keeps milliseconds, and a
+/// Kubernetes `Time` is written to the second: a Chatflow's status holding them would differ
+/// from what it reads back at every comparison, and be written again (and reconciled again
+/// through the watch) for ever.
+fn to_the_second<'de, D>(deserializer: D) -> Result<Option<jiff::Timestamp>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let date = Option::<jiff::Timestamp>::deserialize(deserializer)?;
+    Ok(date.map(|date| jiff::Timestamp::from_second(date.as_second()).unwrap_or(date)))
+}
+
 /// What a delete did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deletion {
@@ -219,6 +231,22 @@ mod tests {
             Some(serde_json::json!({"nodes": [], "edges": []}))
         );
         assert_eq!(cf.created_date.map(|t| t.as_second()), Some(1_795_321_069));
+    }
+
+    #[test]
+    fn dates_are_kept_to_the_second_as_a_status_holds_them() {
+        // Flowise on PostgreSQL writes milliseconds; the status written back holds seconds.
+        let json = r#"{"id": "x", "name": "echo", "createdDate": "2026-11-22T04:17:49.123Z",
+                       "updatedDate": null}"#;
+        let cf: FlowiseChatflow = serde_json::from_str(json).expect("decodes");
+        let created = cf.created_date.expect("a date");
+        assert_eq!(created, "2026-11-22T04:17:49Z".parse().expect("timestamp"));
+        let written = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            created,
+        ))
+        .expect("a status date");
+        assert_eq!(written, "2026-11-22T04:17:49Z");
+        assert_eq!(cf.updated_date, None);
     }
 
     #[test]
