@@ -10,12 +10,13 @@
 //! the next replica takes over at once.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease as KubeLease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Which Lease, who we are, and the timing.
@@ -117,23 +118,31 @@ impl Lease {
     pub(super) async fn hold(&self, until: &CancellationToken, acquired: Instant) -> bool {
         let deadline = self.settings.duration * 2 / 3;
         let mut renewed = acquired;
-        let mut wait = self.settings.renew_every;
+        // Renewals are due `renew_every` after the last one was sent, however long it took to
+        // answer: counted from its answer, each slow renewal would leave the next less time
+        // before the deadline, and an API server answering in a few seconds would make the
+        // Lease flap (and every object be listed and reconciled again at each take-over).
+        let mut due = acquired + self.settings.renew_every;
         loop {
             // Never past the deadline: a retry due after it would leave this replica leading
             // longer than it may.
-            let wait_for = wait.min(deadline.saturating_sub(renewed.elapsed()));
+            let wait_for = due
+                .saturating_duration_since(Instant::now())
+                .min(deadline.saturating_sub(renewed.elapsed()));
             tokio::select! {
                 () = until.cancelled() => return true,
                 () = tokio::time::sleep(wait_for) => {}
             }
-            wait = self.settings.renew_every;
             // A renewal counts from when it was sent, and may not outlast the deadline: a call
             // hanging on a slow API server (kube's read timeout is minutes) would otherwise let
             // this replica reconcile on while another takes the expired Lease.
             let sent = Instant::now();
             let left = deadline.saturating_sub(renewed.elapsed());
             match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
-                Ok(Ok(true)) => renewed = sent,
+                Ok(Ok(true)) => {
+                    renewed = sent;
+                    due = sent + self.settings.renew_every;
+                }
                 Ok(Ok(false)) => {
                     tracing::warn!("another replica holds the controller Lease");
                     return false;
@@ -146,7 +155,7 @@ impl Lease {
                     // Again soon, not a whole renewal period later: one failed call (a 5xx, a
                     // 429) must not leave too little time for the next before the deadline.
                     tracing::debug!(%error, "Lease renewal failed; retrying");
-                    wait = self.settings.retry_every.min(self.settings.renew_every);
+                    due = Instant::now() + self.settings.retry_every.min(self.settings.renew_every);
                 }
                 Err(_) => {
                     tracing::warn!(?left, "the Lease renewal did not answer in time");
@@ -186,12 +195,18 @@ impl Lease {
         let spec = current.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty());
         let mine = holder == Some(self.settings.identity.as_str());
-        let seen_at = self.observe(current.resource_version().unwrap_or_default(), now);
+        // Another's record is seen when its answer came, not when it was asked for: a GET held
+        // up in the API server's queues would otherwise date the record earlier than it was
+        // written, and the Lease be taken before its holder stopped (as client-go does).
+        let seen_at = self.observe(
+            current.resource_version().unwrap_or_default(),
+            if mine { now } else { Instant::now() },
+        );
         let duration = spec
             .lease_duration_seconds
             .and_then(|s| u64::try_from(s).ok())
             .map_or(self.settings.duration, Duration::from_secs);
-        let expired = holder.is_none() || now.duration_since(seen_at) >= duration;
+        let expired = holder.is_none() || seen_at.elapsed() >= duration;
         if !mine && !expired {
             return Ok(false);
         }
@@ -269,5 +284,106 @@ impl Lease {
 
     fn duration_seconds(&self) -> i32 {
         i32::try_from(self.settings.duration.as_secs().max(1)).unwrap_or(i32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// An API server holding one Lease, answering every call `latency` after it came.
+    #[derive(Clone)]
+    struct SlowApi {
+        latency: Duration,
+        lease: Arc<Mutex<Option<Value>>>,
+        version: Arc<AtomicU64>,
+    }
+
+    impl SlowApi {
+        fn answer(&self, method: &http::Method, body: &[u8]) -> (u16, Value) {
+            let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+            match (method, lease.as_ref()) {
+                (&http::Method::GET, Some(stored)) => (200, stored.clone()),
+                (&http::Method::GET, None) => (
+                    404,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                           "status": "Failure", "reason": "NotFound", "code": 404,
+                           "message": "not found"}),
+                ),
+                _ => {
+                    let mut written: Value = serde_json::from_slice(body).unwrap_or_default();
+                    let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+                    written["metadata"]["resourceVersion"] = json!(version.to_string());
+                    *lease = Some(written.clone());
+                    (
+                        if method == http::Method::POST {
+                            201
+                        } else {
+                            200
+                        },
+                        written,
+                    )
+                }
+            }
+        }
+    }
+
+    impl tower_service::Service<http::Request<kube::client::Body>> for SlowApi {
+        type Response = http::Response<Full<Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+            let api = self.clone();
+            Box::pin(async move {
+                tokio::time::sleep(api.latency).await;
+                let method = req.method().clone();
+                let body = req.into_body().collect_bytes().await.unwrap_or_default();
+                let (status, answer) = api.answer(&method, &body);
+                let mut resp = http::Response::new(Full::new(Bytes::from(answer.to_string())));
+                *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+                Ok(resp)
+            })
+        }
+    }
+
+    /// Every call to the API server takes 1.5 s, so a renewal (a GET, then a PUT) takes 3 s, well
+    /// inside the 10 s a holder has: the Lease is held, renewal after renewal.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_api_server_does_not_make_the_lease_flap() {
+        let api = SlowApi {
+            latency: Duration::from_millis(1500),
+            lease: Arc::default(),
+            version: Arc::default(),
+        };
+        let renewals = api.version.clone();
+        let lease = Lease::new(Client::new(api, "flowgate"), LeaseSettings::new("flowgate"));
+        let acquired = lease
+            .acquire(&CancellationToken::new())
+            .await
+            .expect("acquired");
+        let until = CancellationToken::new();
+        let stop = until.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            stop.cancel();
+        });
+        assert!(lease.hold(&until, acquired).await, "held for two minutes");
+        let written = renewals.load(Ordering::Relaxed);
+        assert!(written >= 20, "renewed every 5 s or so: {written} writes");
     }
 }
