@@ -63,6 +63,19 @@ async fn a_granted_user_lists_gets_and_predicts_through_flowgate() {
     assert_eq!(config.status(), 200);
     let config: Value = config.json().await.expect("json");
     assert!(config["uploads"].is_object(), "Flowise's answer: {config}");
+    // Of the flow's definition, only the start node's form settings the chat window reads: not
+    // the reply node, its message, or the start node's state.
+    let flow: Value = serde_json::from_str(config["flowData"].as_str().expect("flowData"))
+        .expect("flowData is JSON");
+    let nodes = flow["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 1, "{flow}");
+    assert_eq!(nodes[0]["data"]["name"], "startAgentflow");
+    assert_eq!(nodes[0]["data"]["inputs"]["startInputType"], "chatInput");
+    assert!(
+        nodes[0]["data"]["inputs"].get("startState").is_none(),
+        "{flow}"
+    );
+    assert!(!flow.to_string().contains("Echo"), "{flow}");
     let bob = token("bob", json!({"email": "bob@example.com"}));
     assert_eq!(config_of(bob).await.expect("refused").status(), 403);
 

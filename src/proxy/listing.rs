@@ -21,10 +21,11 @@ use crate::server::Body;
 
 /// `GET /api/v1/public-chatbotConfig/{id}`, Flowise's answer passed through: what Flowise's chat
 /// window and embed ask before a chat (the welcome message, starter prompts, follow-up prompts,
-/// uploads allowed, text-to-speech, and the flow data Flowise strips for public use), which the
-/// index does not have. Public in Flowise; asked here only for a granted chatflow (the caller
-/// was authorized), with the chatflow's Flowise key. The answer counts in the caller's share of
-/// the body memory (`held`) until it is written.
+/// uploads allowed, text-to-speech), which the index does not have. Public in Flowise; asked
+/// here only for a granted chatflow (the caller was authorized), with the chatflow's Flowise
+/// key. Of the flow's definition Flowise adds (`flowData`, its secrets stripped but its prompts,
+/// tool URLs and every node kept), only what the chat window reads stays ([`chat_window_view`]).
+/// The answer counts in the caller's share of the body memory (`held`) until it is written.
 pub(super) async fn chatbot_config(
     upstream: &Upstream,
     flowise_id: &str,
@@ -34,12 +35,65 @@ pub(super) async fn chatbot_config(
 ) -> Result<Response<Body>, ProxyError> {
     let path = format!("/api/v1/public-chatbotConfig/{flowise_id}");
     let (parts, answer) = ask(upstream, &path, key, peer, MAX_ANSWER, Some(&mut held)).await?;
+    let mut config: Value = serde_json::from_slice(&answer)
+        .map_err(|e| ProxyError::Upstream(format!("Flowise's chatbot config is not JSON: {e}")))?;
+    drop(answer);
+    if let Some(config) = config.as_object_mut()
+        && let Some(flow_data) = config.remove("flowData")
+    {
+        let view = flow_data.as_str().map(chat_window_view);
+        if let Some(view) = view {
+            config.insert("flowData".into(), Value::String(view));
+        }
+    }
+    let body = serde_json::to_vec(&config).map_err(|e| ProxyError::Internal(e.to_string()))?;
+    drop(config);
+    held.grow(body.capacity());
     let mut resp = Response::builder().status(StatusCode::OK);
     if let Some(headers) = resp.headers_mut() {
         upstream::copy_response_headers(&parts.headers, headers);
     }
-    resp.body(buffers::whole(buffers::owning(answer, held)))
+    resp.body(buffers::whole(buffers::owning(body, held)))
         .map_err(|e| ProxyError::Internal(e.to_string()))
+}
+
+/// The inputs of an Agentflow's start node that Flowise's chat window and flowise-embed read
+/// from a chatbot config's `flowData`: whether the chat starts with a form, and the form.
+const START_INPUTS: [&str; 4] = [
+    "startInputType",
+    "formTitle",
+    "formDescription",
+    "formInputTypes",
+];
+
+/// What of a chatflow's definition (`flowData`, JSON in a string) the chat window needs: its
+/// start nodes (`startAgentflow`) with [`START_INPUTS`] only. Prompts, tool URLs, other nodes
+/// and edges are the chatflow's builders', not its callers'. A definition that does not parse
+/// is shown as none.
+fn chat_window_view(flow_data: &str) -> String {
+    let definition: Value = serde_json::from_str(flow_data).unwrap_or_default();
+    let starts: Vec<Value> = definition
+        .get("nodes")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|node| node.pointer("/data/name").and_then(Value::as_str) == Some("startAgentflow"))
+        .map(|node| {
+            let inputs: serde_json::Map<String, Value> = START_INPUTS
+                .iter()
+                .filter_map(|name| {
+                    let value = node.pointer(&format!("/data/inputs/{name}"))?;
+                    Some(((*name).to_string(), value.clone()))
+                })
+                .collect();
+            json!({
+                "id": node.get("id").cloned().unwrap_or(Value::Null),
+                "data": {"name": "startAgentflow", "inputs": inputs},
+            })
+        })
+        .collect();
+    json!({"nodes": starts, "edges": []}).to_string()
 }
 
 /// Flowise's answer to `GET path` (at most `limit` bytes, counted in `held`), with its head; a
@@ -238,6 +292,37 @@ pub(super) async fn streaming_capability(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_chat_window_sees_only_the_start_nodes_form() {
+        let definition = json!({
+            "nodes": [
+                {"id": "start", "data": {"name": "startAgentflow", "inputs": {
+                    "startInputType": "formInput", "formTitle": "Ticket",
+                    "formInputTypes": [{"type": "string", "name": "subject"}],
+                    "startState": [{"key": "secret", "value": "s3cret"}]}}},
+                {"id": "llm", "data": {"name": "llmAgentflow", "inputs": {
+                    "llmMessages": [{"role": "system", "content": "You are ACME's internal bot"}]}}}
+            ],
+            "edges": [{"source": "start", "target": "llm"}]
+        });
+        let view: Value =
+            serde_json::from_str(&chat_window_view(&definition.to_string())).expect("JSON");
+        assert_eq!(
+            view,
+            json!({"nodes": [{"id": "start", "data": {"name": "startAgentflow", "inputs": {
+                "startInputType": "formInput", "formTitle": "Ticket",
+                "formInputTypes": [{"type": "string", "name": "subject"}]}}}], "edges": []})
+        );
+        // A chatflow (no start node) and a definition that does not parse show none.
+        for definition in [
+            r#"{"nodes": [{"id": "a", "data": {"name": "chatOpenAI"}}]}"#,
+            "{",
+        ] {
+            let view: Value = serde_json::from_str(&chat_window_view(definition)).expect("JSON");
+            assert_eq!(view, json!({"nodes": [], "edges": []}));
+        }
+    }
     use crate::crd::Chatflow;
     use crate::index::{Resources, compile};
 
