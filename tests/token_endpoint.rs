@@ -70,6 +70,32 @@ async fn authenticate(endpoint: String) -> (u16, Value) {
 }
 
 #[tokio::test]
+async fn tokens_are_answered_not_to_be_cached() {
+    let tokens = Bytes::from_static(br#"{"access_token":"at","token_type":"Bearer"}"#);
+    let (endpoint, _) = answering(200, vec![], tokens).await;
+    let gate = Flowgate::start_with(Options {
+        token_endpoint_url: Some(format!("{endpoint}/token")),
+        ..Default::default()
+    })
+    .await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/authenticate", gate.base))
+        .json(&json!({"username": "alice", "password": "s3cret"}))
+        .send()
+        .await
+        .expect("flowgate answers");
+    assert_eq!(resp.status(), 200);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    assert_eq!(header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(header("pragma").as_deref(), Some("no-cache"));
+}
+
+#[tokio::test]
 async fn a_token_endpoint_that_redirects_is_not_followed() {
     let tokens = Bytes::from_static(br#"{"access_token":"stolen","token_type":"Bearer"}"#);
     let (elsewhere, asked_elsewhere) = answering(200, vec![], tokens).await;

@@ -181,6 +181,21 @@ pub(crate) fn hs256_secret(path: &Path, bytes: &[u8]) -> Result<VerifyingKey, Co
             problem: format!("{} is empty", path.display()),
         });
     }
+    // A public key is no secret: anyone could sign HS256 tokens with it (algorithm confusion by
+    // configuration: one Secret holding both files, the wrong key of it mounted).
+    let text = String::from_utf8_lossy(secret);
+    let json_key = serde_json::from_slice::<serde_json::Value>(secret)
+        .is_ok_and(|v| v.get("kty").is_some() || v.get("keys").is_some());
+    if text.contains("-----BEGIN") || json_key {
+        return Err(ConfigError {
+            setting: SETTING,
+            problem: format!(
+                "{} holds a PEM or JWK key, not a shared secret: an HS256 secret must be secret \
+                 (for a public key use FLOWGATE_JWT_PUBLIC_KEY_FILE)",
+                path.display()
+            ),
+        });
+    }
     if secret.len() < 32 {
         tracing::warn!(
             setting = SETTING,
@@ -402,6 +417,24 @@ fn from_jwk(jwk: Jwk) -> Result<VerifyingKey, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_public_key_is_refused_as_an_hs256_secret() {
+        let path = Path::new("/etc/flowgate/jwt/secret");
+        let pem = include_bytes!("../../tests/fixtures/keys/rsa1024.pub");
+        let jwks = br#"{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}"#;
+        let jwk = br#"{"kty": "oct", "k": "c2VjcmV0"}"#;
+        for refused in [pem.as_slice(), jwks, jwk] {
+            let error = hs256_secret(path, refused).err().map(|e| e.problem);
+            assert!(
+                error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("not a shared secret")),
+                "{error:?}"
+            );
+        }
+        assert!(hs256_secret(path, b"a long enough random shared secret, 48 bytes!!\n").is_ok());
+    }
 
     #[test]
     fn none_and_unknown_algorithms_are_not_parsed() {

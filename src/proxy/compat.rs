@@ -174,7 +174,18 @@ impl Proxy {
                     out["refresh_token"] = json!(token);
                 }
             }
-            Ok(error::json(StatusCode::OK, &out))
+            // Tokens are not for caches (RFC 6749 §5.1): not a CDN's, not an ingress's.
+            let mut answer = error::json(StatusCode::OK, &out);
+            let headers = answer.headers_mut();
+            headers.insert(
+                hyper::header::CACHE_CONTROL,
+                hyper::header::HeaderValue::from_static("no-store"),
+            );
+            headers.insert(
+                hyper::header::PRAGMA,
+                hyper::header::HeaderValue::from_static("no-cache"),
+            );
+            Ok(answer)
         } else if let Some(error) = value
             .get("error")
             .and_then(Value::as_str)
