@@ -553,7 +553,23 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
     let old = cf.status.clone().unwrap_or_default();
     let flowise = announce::Announced::new(ctx, cf);
     let (outcome, error) = match validate(cf) {
-        Err(message) => (Outcome::Invalid(message), None),
+        // An invalid spec still claims what its flowiseId (or status) names, and would read as
+        // holding it when reported InvalidSpec: when another holds it, it is in Conflict.
+        Err(message) => match crate::index::rules::claimed_flowise_id(cf).and_then(|id| {
+            let holder = super::claims::others(&ctx.chatflows, cf, &id)
+                .into_iter()
+                .find_map(|(name, holds)| holds.then_some(name))?;
+            Some((id, holder))
+        }) {
+            Some((id, holder)) => (
+                Outcome::Conflict(format!(
+                    "{message}; and Flowise chatflow {id}, which this one claims, is held by \
+                     {holder}"
+                )),
+                None,
+            ),
+            None => (Outcome::Invalid(message), None),
+        },
         Ok(desired) => {
             // Another Chatflow that holds a Flowise chatflow keeps it: this one writes nothing
             // to it, even one that carries this one's marker (left by a retained namesake).

@@ -288,15 +288,19 @@ pub fn compile(resources: &Resources) -> Snapshot {
     // Who claims each Flowise chatflow, and whether each holds it ([`rules::holds`]). Of several
     // claims, only the one that holds it alone is served; none when no one (or more than one)
     // holds it.
+    // One whose spec is invalid is served none but still claims ([`rules::claimed_flowise_id`]).
     let mut claimants: HashMap<String, Vec<(String, bool)>> = HashMap::new();
-    for (cf, rule) in &rules {
-        let Some(rule) = rule.as_ref().ok() else {
-            continue;
-        };
-        if let Some(id) = &rule.flowise_id {
-            claimants.entry(id.to_ascii_lowercase()).or_default().push((
-                format!("{}/{}", rule.namespace, rule.name),
-                rules::holds(cf, id),
+    for (cf, _) in &rules {
+        if let Some(id) = rules::claimed_flowise_id(cf) {
+            let holds = rules::holds(cf, &id);
+            let meta = &cf.metadata;
+            claimants.entry(id).or_default().push((
+                format!(
+                    "{}/{}",
+                    meta.namespace.as_deref().unwrap_or_default(),
+                    meta.name.as_deref().unwrap_or_default()
+                ),
+                holds,
             ));
         }
     }

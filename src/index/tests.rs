@@ -683,6 +683,42 @@ fn a_holder_that_cannot_be_read_keeps_its_chatflow_from_other_claims() {
 }
 
 #[test]
+fn a_holder_whose_spec_turns_invalid_keeps_its_chatflow_from_other_claims() {
+    // team-b's Chatflow holds OTHER; aa's claim is in Conflict.
+    let mut res = team_a();
+    res.chatflows
+        .push(with_ready(chatflow("aa", "borrowed", OTHER), "Conflict"));
+    let served = |res: &Resources| {
+        compile(res)
+            .chatflow_by_flowise_id(OTHER)
+            .map(|cf| format!("{}/{}", cf.rule.namespace, cf.rule.name))
+    };
+    assert_eq!(served(&res).as_deref(), Some("team-b/other-bot"));
+
+    // team-b's spec turns invalid (both flowiseId and flowiseName: the schema lets it through).
+    // Until the controller has seen the edit, its status is for the spec before: it holds
+    // nothing, and neither claim is served.
+    let mut invalid = (*res.chatflows[2]).clone();
+    invalid.spec.flowise_name = Some("other".into());
+    invalid.metadata.generation = Some(2);
+    invalid.status.as_mut().expect("status").conditions[0].observed_generation = Some(1);
+    res.chatflows[2] = Arc::new(invalid.clone());
+    assert_eq!(served(&res), None, "neither is served");
+
+    // Reported InvalidSpec: it still holds OTHER, and aa's claim is still refused.
+    invalid.status.as_mut().expect("status").conditions[0].observed_generation = Some(2);
+    res.chatflows[2] = with_ready(Arc::new(invalid), "InvalidSpec");
+    let snap = compile(&res);
+    assert!(snap.chatflow_by_flowise_id(OTHER).is_none());
+    let borrowed = snap.invalid.iter().find(|i| i.name == "borrowed");
+    assert!(
+        borrowed.is_some_and(|b| b.error.to_string().contains("held by team-b/other-bot")),
+        "{:?}",
+        snap.invalid
+    );
+}
+
+#[test]
 fn only_what_a_compile_newly_skips_is_logged() {
     let mut res = team_a();
     res.chatflows

@@ -174,6 +174,78 @@ async fn a_flowise_chatflow_claimed_twice_stays_with_its_holder() {
     controller.stop().await;
 }
 
+/// A Chatflow whose spec turns invalid (a mistake the schema lets through: both `flowiseId`
+/// and `flowiseName`) still claims what it names: a holder keeps its Flowise chatflow from a
+/// rival meanwhile, and one that held it before (its status still names it) is in Conflict
+/// with the holder rather than holding it again.
+#[tokio::test]
+async fn an_invalid_spec_neither_gives_up_nor_takes_a_flowise_chatflow() {
+    let (client, ns, api, _objects) = setup("cf-invalid-claim").await;
+    let name = support::unique("fgtest-invalid-claim");
+    let _cleanup = support::FlowiseCleanup(name.clone());
+    let existing = flowise_chatflow(&name, None).await;
+    let controller = start(&client, settings(&ns));
+    let patch = |object: &'static str, spec: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                object,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": spec})),
+            )
+            .await
+            .expect("patched");
+        }
+    };
+    let state = |cf: &Chatflow| ready(cf).map(|(_, reason)| reason);
+
+    // "former" holds it, then points at a name Flowise does not have: its status still names
+    // the chatflow, which "holder" then takes.
+    create(
+        &api,
+        chatflow_doc("former", json!({"flowiseId": existing.id})),
+    )
+    .await;
+    wait_ready(&api, "former", "True", "Synced").await;
+    patch(
+        "former",
+        json!({"flowiseId": null, "flowiseName": format!("{name}-nowhere")}),
+    )
+    .await;
+    wait_ready(&api, "former", "False", "NotFoundInFlowise").await;
+    create(
+        &api,
+        chatflow_doc("holder", json!({"flowiseId": existing.id})),
+    )
+    .await;
+    wait_ready(&api, "holder", "True", "Synced").await;
+
+    // "former" names it again, in an invalid spec: in Conflict, not holding it.
+    patch(
+        "former",
+        json!({"flowiseId": existing.id, "flowiseName": name}),
+    )
+    .await;
+    let former = compared(&api, "former").await;
+    assert_eq!(state(&former).as_deref(), Some("Conflict"), "{former:?}");
+    assert!(ready_message(&former).contains(&format!("held by {ns}/holder")));
+
+    // The holder's spec turns invalid: the rival does not come to hold it.
+    patch("holder", json!({"flowiseName": name})).await;
+    let holder = compared(&api, "holder").await;
+    assert_eq!(state(&holder).as_deref(), Some("InvalidSpec"), "{holder:?}");
+    patch("former", json!({"flowiseName": null})).await;
+    let former = compared(&api, "former").await;
+    assert_eq!(state(&former).as_deref(), Some("Conflict"), "{former:?}");
+
+    // Fixed, the holder is Synced again; the rival stays in Conflict.
+    patch("holder", json!({"flowiseName": null})).await;
+    wait_ready(&api, "holder", "True", "Synced").await;
+    let former = compared(&api, "former").await;
+    assert_eq!(state(&former).as_deref(), Some("Conflict"), "{former:?}");
+    controller.stop().await;
+}
+
 /// Waits until the controller has written `name`'s status for its current spec.
 async fn compared(api: &kube::Api<Chatflow>, name: &str) -> Chatflow {
     wait_until(
