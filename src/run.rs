@@ -308,6 +308,9 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             metrics: metrics.clone(),
             token_endpoint: config.token_endpoint_url.clone(),
             token_client,
+            token_grants: Arc::new(tokio::sync::Semaphore::new(
+                crate::proxy::compat::TOKEN_GRANTS_AT_ONCE,
+            )),
             // The token endpoint's client: a redirect is refused, not followed (a 307 would
             // send the caller's password and flowgate's client secret on to wherever it points).
             http: reqwest::Client::builder()

@@ -69,6 +69,50 @@ async fn authenticate(endpoint: String) -> (u16, Value) {
     (status, resp.json().await.expect("a JSON answer"))
 }
 
+/// A login past the ones flowgate may ask at once is refused at once, not queued: a token
+/// endpoint that never answers holds the first 64.
+#[tokio::test]
+async fn logins_at_once_past_the_limit_are_refused_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/token", listener.local_addr().expect("addr"));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let gate = Flowgate::start_with(Options {
+        token_endpoint_url: Some(url),
+        ..Default::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let login = {
+        let (client, base) = (client.clone(), gate.base.clone());
+        move || {
+            client
+                .post(format!("{base}/chat/authenticate"))
+                .json(&json!({"username": "alice", "password": "guess"}))
+                .send()
+        }
+    };
+    let waiting: Vec<_> = (0..64).map(|_| tokio::spawn(login())).collect();
+    support::eventually(20, "64 logins at the token endpoint", || async {
+        (accepted.load(Ordering::SeqCst) >= 64).then_some(())
+    })
+    .await;
+    let refused = login().await.expect("flowgate answers");
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "token_endpoint_busy", "{body}");
+    for login in waiting {
+        login.abort();
+    }
+}
+
 #[tokio::test]
 async fn tokens_are_answered_not_to_be_cached() {
     let tokens = Bytes::from_static(br#"{"access_token":"at","token_type":"Bearer"}"#);

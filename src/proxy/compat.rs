@@ -26,6 +26,11 @@ const TOKEN_GRANTS: &str = "token grants";
 /// The largest `/chat/authenticate` or `/chat/refresh` body.
 const MAX_GRANT: usize = 16 * 1024;
 
+/// Most grants asked of the token endpoint at once; past it, 503 `token_endpoint_busy` at once.
+/// Anyone may call these routes: a password-guessing loop would otherwise hold a connection to
+/// the identity provider per guess (15 s each when it is slow), without bound.
+pub const TOKEN_GRANTS_AT_ONCE: usize = 64;
+
 /// The OAuth client flowgate presents at the token endpoint, in place of whatever client the
 /// caller names: a confidential client's secret stays on the server.
 #[derive(Clone)]
@@ -53,6 +58,11 @@ impl Proxy {
         // Counted in the body memory, all of them as one caller (held to half of it): anyone
         // may send this one, without a token. A grant is a name and a password, or a refresh
         // token (a few KiB at most): a small limit keeps slow senders from filling that share.
+        let _asking = self
+            .token_grants
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ProxyError::TokenEndpointBusy)?;
         let mut held = self.buffers.hold_for(TOKEN_GRANTS);
         let body = read_json(req, MAX_GRANT, &mut held).await?;
         let field = |name: &str| {

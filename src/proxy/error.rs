@@ -121,7 +121,8 @@ pub enum ProxyError {
     TokenEndpoint(String),
     #[error("the token endpoint did not answer in time")]
     TokenEndpointTimeout,
-    /// The token endpoint is limiting requests (429): not a wrong password.
+    /// The token endpoint is limiting requests (429), or flowgate is already asking it as many
+    /// grants as it may at once: not a wrong password.
     #[error("the token endpoint is limiting requests; retry shortly")]
     TokenEndpointBusy,
     /// Flowise answered, more than flowgate holds of a whole (non-streaming) answer.

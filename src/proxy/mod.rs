@@ -95,6 +95,9 @@ pub struct Proxy {
     pub cors: Option<cors::Cors>,
     /// Flowise's answers to `chatflows-streaming`, shared by the serving threads.
     pub streaming: listing::StreamingAnswers,
+    /// Grants being asked of the token endpoint, all threads together
+    /// ([`compat::TOKEN_GRANTS_AT_ONCE`]).
+    pub token_grants: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
