@@ -260,10 +260,22 @@ debian_mirror() {
 # Download the source package into SRC_CACHE using a private apt configuration: our own
 # sources file (deb-src only), no sources.list.d, and package lists/caches under APT_DIR.
 # The machine's apt configuration and state are left untouched.
+# Whether the cached upstream tarball is the expected one; a wrong one is removed.
+orig_checks_out() {
+  if echo "$K8S_ORIG_SHA256  $SRC_CACHE/$K8S_ORIG_TARBALL" | sha256sum --check --quiet; then
+    return 0
+  fi
+  rm -f "$SRC_CACHE/$K8S_ORIG_TARBALL"
+  return 1
+}
+
 fetch_source() {
   if [[ -f $SRC_CACHE/$K8S_ORIG_TARBALL ]]; then
-    log "source tarball cached: $SRC_CACHE/$K8S_ORIG_TARBALL"
-    return 0
+    if orig_checks_out; then
+      log "source tarball cached: $SRC_CACHE/$K8S_ORIG_TARBALL"
+      return 0
+    fi
+    log "cached $K8S_ORIG_TARBALL does not have the expected SHA-256; fetching it again"
   fi
   local uri key
   read -r uri key < <(debian_mirror)
@@ -289,10 +301,7 @@ fetch_source() {
   fi
   [[ -f $SRC_CACHE/$K8S_ORIG_TARBALL ]] ||
     die "apt-get source did not produce $K8S_ORIG_TARBALL (found: $(ls "$SRC_CACHE"))"
-  if ! echo "$K8S_ORIG_SHA256  $SRC_CACHE/$K8S_ORIG_TARBALL" | sha256sum --check --quiet; then
-    rm -f "$SRC_CACHE/$K8S_ORIG_TARBALL"
-    die "$K8S_ORIG_TARBALL does not have the expected SHA-256; removed"
-  fi
+  orig_checks_out || die "$K8S_ORIG_TARBALL does not have the expected SHA-256; removed"
   rm -rf "$APT_DIR" # the package lists (~20 MB) are only needed for this download
 }
 

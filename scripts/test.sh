@@ -23,6 +23,19 @@ trap 'printf "test.sh: failed (exit %s) at line %s: %s\n" "$?" "$LINENO" "$BASH_
 
 step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
 
+# scripts/dev.sh's flowgate shares the API server and Flowise, and its controller would
+# reconcile the tests' Chatflows (in every namespace) as well as the tests' own.
+dev_pid=$(cat "$FLOWGATE_CACHE/dev/flowgate.pid" 2>/dev/null || true)
+dev_cmdline=""
+if [[ $dev_pid =~ ^[0-9]+$ ]]; then
+  dev_cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$dev_pid/cmdline" || true)
+fi
+if [[ $dev_cmdline == *"flowgate run"* ]]; then
+  echo "test.sh: scripts/dev.sh's flowgate runs (pid $dev_pid) on the API server the tests use;" \
+    "stop it first" >&2
+  exit 1
+fi
+
 # Cargo never deletes what it built before: every change leaves its old test binaries and
 # incremental state behind, and a long-lived cache grows without bound (the debug build once
 # reached 57 GB and filled the disk). Past its budget a build starts over: one cold build, then
@@ -39,16 +52,6 @@ trim() { # DIR BUDGET_GB
 }
 trim "$CARGO_TARGET_DIR/debug" "$budget_gb"
 trim "$FLOWGATE_CACHE/fuzz-target" $((budget_gb / 2))
-
-# scripts/dev.sh's flowgate shares the API server and Flowise, and its controller would
-# reconcile the tests' Chatflows (in every namespace) as well as the tests' own.
-dev_pid=$(cat "$FLOWGATE_CACHE/dev/flowgate.pid" 2>/dev/null || true)
-if [[ $dev_pid =~ ^[0-9]+$ ]] && tr '\0' ' ' 2>/dev/null <"/proc/$dev_pid/cmdline" |
-  grep -q 'flowgate run'; then
-  echo "test.sh: scripts/dev.sh's flowgate runs (pid $dev_pid) on the API server the tests use;" \
-    "stop it first" >&2
-  exit 1
-fi
 
 # shellcheck source=lib/checkout.sh
 . "$root/scripts/lib/checkout.sh"

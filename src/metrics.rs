@@ -150,9 +150,15 @@ impl Default for Metrics {
 #[derive(Debug, Default)]
 pub struct PolicySeries {
     known: std::collections::HashMap<Arc<str>, Vec<u8>>,
+    /// Policies gone lately, with their thresholds: a prediction still under way when its
+    /// policy went may count a charge or an alert after, which brings a series back. Removed
+    /// again at each change for [`PolicySeries::GONE_FOR`] (past the longest a prediction runs).
+    gone: std::collections::HashMap<Arc<str>, (Vec<u8>, std::time::Instant)>,
 }
 
 impl PolicySeries {
+    const GONE_FOR: Duration = Duration::from_secs(15 * 60);
+
     /// Brings the series in line with `policies` (each policy's id and alert thresholds).
     pub fn follow<'a>(
         &mut self,
@@ -173,7 +179,18 @@ impl PolicySeries {
             if kept.is_none() || !gone.is_empty() {
                 metrics.policy_gone(id, &gone, kept.is_none());
             }
+            if kept.is_none() {
+                self.gone
+                    .insert(id.clone(), (before.clone(), std::time::Instant::now()));
+            }
         }
+        self.gone.retain(|id, (thresholds, since)| {
+            let back = now.contains_key(id);
+            if !back && !self.known.contains_key(id) {
+                metrics.policy_gone(id, thresholds, true);
+            }
+            !back && since.elapsed() < Self::GONE_FOR
+        });
         for (id, thresholds) in &now {
             if self.known.get(id) != Some(thresholds) {
                 metrics.policy_seen(id, thresholds);

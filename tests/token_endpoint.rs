@@ -113,6 +113,43 @@ async fn logins_at_once_past_the_limit_are_refused_at_once() {
     }
 }
 
+/// Callers slow to send their body hold no place: only a call to the token endpoint does.
+#[tokio::test]
+async fn logins_slow_to_send_their_body_take_no_place() {
+    use tokio::io::AsyncWriteExt;
+    let tokens = Bytes::from_static(br#"{"access_token":"at","token_type":"Bearer"}"#);
+    let (endpoint, _) = answering(200, vec![], tokens).await;
+    let gate = Flowgate::start_with(Options {
+        token_endpoint_url: Some(format!("{endpoint}/token")),
+        ..Default::default()
+    })
+    .await;
+    let addr = gate.base.trim_start_matches("http://").to_string();
+    let mut slow = Vec::new();
+    for _ in 0..70 {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        stream
+            .write_all(
+                b"POST /chat/authenticate HTTP/1.1\r\nhost: flowgate\r\n\
+                  content-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+            )
+            .await
+            .expect("a head and the start of a body");
+        slow.push(stream);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/authenticate", gate.base))
+        .json(&json!({"username": "alice", "password": "s3cret"}))
+        .send()
+        .await
+        .expect("flowgate answers");
+    assert_eq!(resp.status(), 200);
+    drop(slow);
+}
+
 #[tokio::test]
 async fn tokens_are_answered_not_to_be_cached() {
     let tokens = Bytes::from_static(br#"{"access_token":"at","token_type":"Bearer"}"#);

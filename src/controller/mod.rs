@@ -131,6 +131,20 @@ impl ControllerError {
         }
     }
 
+    /// When retrying is known to be of use: a create in doubt is not resolved before its window
+    /// ends, and is at once after it (a backoff would drift past it, doubling from 1 s).
+    pub fn due_in(&self) -> Option<Duration> {
+        match self {
+            Self::Flowise(FlowiseError::CreateInDoubt { again_in, .. }) => Some(*again_in),
+            Self::Finalizer(error) => match error.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.due_in(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// A short stable label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -605,7 +619,11 @@ where
     let kind = kind_name::<K>();
     ctx.metrics.controller.reconcile_error(kind, error.reason());
     let key = object_key(obj.as_ref());
-    if error.transient() {
+    if let Some(due) = error.due_in() {
+        ctx.backoff.reset(&key);
+        tracing::info!(kind, object = %key, %error, retry_in = ?due, "reconcile waits");
+        Action::requeue(due)
+    } else if error.transient() {
         let delay = ctx.backoff.next(&key, ctx.settings.sync_interval);
         tracing::warn!(kind, object = %key, %error, retry_in = ?delay, "reconcile failed (transient)");
         Action::requeue(delay)

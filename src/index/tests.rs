@@ -716,6 +716,21 @@ fn a_holder_whose_spec_turns_invalid_keeps_its_chatflow_from_other_claims() {
         "{:?}",
         snap.invalid
     );
+
+    // One whose invalid spec names no flowiseId claims nothing, whatever its status still
+    // records (kept from before it pointed at a name Flowise does not have): aa is served.
+    let mut stale = (*res.chatflows[2]).clone();
+    stale.spec.flowise_id = None;
+    stale.spec.definition = Some(
+        serde_json::from_value(serde_json::json!({"flowData": {"nodes": [], "edges": []}}))
+            .expect("definition"),
+    );
+    assert!(
+        rules::chatflow_source(&stale.spec).is_err(),
+        "both a name and a definition"
+    );
+    res.chatflows[2] = Arc::new(stale);
+    assert_eq!(served(&res).as_deref(), Some("aa/borrowed"));
 }
 
 #[test]

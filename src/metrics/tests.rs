@@ -79,6 +79,12 @@ fn a_policys_counters_go_with_it_and_its_thresholds() {
         assert!(text.contains(line), "{line} not in {text}");
     }
 
+    // A prediction still under way when daily went counts a charge: removed at the next change.
+    metrics.credits_charged("team-a/daily", 3);
+    series.follow(&metrics, [(&monthly, [100].as_slice())]);
+    let text = metrics.encode().expect("encodes");
+    assert!(!text.contains("team-a/daily"), "{text}");
+
     // daily comes back: its counters start again at 0.
     series.follow(
         &metrics,

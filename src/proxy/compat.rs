@@ -58,11 +58,6 @@ impl Proxy {
         // Counted in the body memory, all of them as one caller (held to half of it): anyone
         // may send this one, without a token. A grant is a name and a password, or a refresh
         // token (a few KiB at most): a small limit keeps slow senders from filling that share.
-        let _asking = self
-            .token_grants
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ProxyError::TokenEndpointBusy)?;
         let mut held = self.buffers.hold_for(TOKEN_GRANTS);
         let body = read_json(req, MAX_GRANT, &mut held).await?;
         let field = |name: &str| {
@@ -125,6 +120,13 @@ impl Proxy {
         let encoded = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(&params)
             .finish();
+        // Taken for the call alone, once the caller's body is in: one slow to send it holds
+        // no place of the others'.
+        let _asking = self
+            .token_grants
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ProxyError::TokenEndpointBusy)?;
         let answer = request
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(encoded)

@@ -48,6 +48,8 @@ pub(super) async fn chatbot_config(
     }
     let body = serde_json::to_vec(&config).map_err(|e| ProxyError::Internal(e.to_string()))?;
     drop(config);
+    // Flowise's answer is gone: the reduced one is what is held now.
+    held.shrink_to(0);
     held.grow(body.capacity());
     let mut resp = Response::builder().status(StatusCode::OK);
     if let Some(headers) = resp.headers_mut() {

@@ -109,7 +109,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         // to Flowise encodes it again.
         ["api", "v1", "chatmessage", "abort", id, chat_id] => {
             let chat_id = crate::admin::routes::decode_segment(chat_id)
-                .filter(|c| !c.trim().is_empty() && !c.chars().any(char::is_control));
+                .filter(|c| c.chars().any(|c| !c.is_control() && !c.is_whitespace()));
             match chat_id {
                 Some(chat_id) if plain_segment(id) => (
                     Route::AbortChat {
@@ -221,6 +221,7 @@ mod tests {
             ("cust-7+0b0e0c0a", "cust-7+0b0e0c0a"),
             ("%E4%BC%9A%E8%AF%9D%201", "会话 1"),
             ("a%2Fb", "a/b"),
+            ("a%0Ab", "a\nb"),
             ("..", ".."),
         ] {
             assert_eq!(abort(spelled).as_deref(), Some(chat_id), "{spelled}");
@@ -237,7 +238,6 @@ mod tests {
             "/api/v1/chatmessage/abort/x",
             "/api/v1/chatmessage/abort/x/%zz",
             "/api/v1/chatmessage/abort/x/%20",
-            "/api/v1/chatmessage/abort/x/a%0Ab",
             "/api/v1/chatmessage/abort/x/%FF",
             "/api/v1/chatmessage/abort/a%2Fb/c1",
             "/api/v1/attachments/x/y",
