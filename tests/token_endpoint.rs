@@ -52,19 +52,29 @@ async fn answering(
     (url, requests)
 }
 
-/// `/chat/authenticate` through a flowgate whose token endpoint is `endpoint`.
-async fn authenticate(endpoint: String) -> (u16, Value) {
-    let gate = Flowgate::start_with(Options {
+/// A flowgate whose token endpoint is `endpoint`.
+async fn gate_asking(endpoint: String) -> Flowgate {
+    Flowgate::start_with(Options {
         token_endpoint_url: Some(endpoint),
         ..Default::default()
     })
-    .await;
-    let resp = reqwest::Client::new()
-        .post(format!("{}/chat/authenticate", gate.base))
+    .await
+}
+
+/// Alice's `/chat/authenticate` at the flowgate at `base`.
+fn login(
+    base: &str,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+    reqwest::Client::new()
+        .post(format!("{base}/chat/authenticate"))
         .json(&json!({"username": "alice", "password": "s3cret"}))
         .send()
-        .await
-        .expect("flowgate answers");
+}
+
+/// `/chat/authenticate` through a flowgate whose token endpoint is `endpoint`.
+async fn authenticate(endpoint: String) -> (u16, Value) {
+    let gate = gate_asking(endpoint).await;
+    let resp = login(&gate.base).await.expect("flowgate answers");
     let status = resp.status().as_u16();
     (status, resp.json().await.expect("a JSON answer"))
 }
@@ -84,27 +94,13 @@ async fn logins_at_once_past_the_limit_are_refused_at_once() {
             held.push(stream);
         }
     });
-    let gate = Flowgate::start_with(Options {
-        token_endpoint_url: Some(url),
-        ..Default::default()
-    })
-    .await;
-    let client = reqwest::Client::new();
-    let login = {
-        let (client, base) = (client.clone(), gate.base.clone());
-        move || {
-            client
-                .post(format!("{base}/chat/authenticate"))
-                .json(&json!({"username": "alice", "password": "guess"}))
-                .send()
-        }
-    };
-    let waiting: Vec<_> = (0..64).map(|_| tokio::spawn(login())).collect();
+    let gate = gate_asking(url).await;
+    let waiting: Vec<_> = (0..64).map(|_| tokio::spawn(login(&gate.base))).collect();
     support::eventually(20, "64 logins at the token endpoint", || async {
         (accepted.load(Ordering::SeqCst) >= 64).then_some(())
     })
     .await;
-    let refused = login().await.expect("flowgate answers");
+    let refused = login(&gate.base).await.expect("flowgate answers");
     assert_eq!(refused.status(), 503);
     let body: Value = refused.json().await.expect("JSON");
     assert_eq!(body["error"]["code"], "token_endpoint_busy", "{body}");
@@ -119,11 +115,7 @@ async fn logins_slow_to_send_their_body_take_no_place() {
     use tokio::io::AsyncWriteExt;
     let tokens = Bytes::from_static(br#"{"access_token":"at","token_type":"Bearer"}"#);
     let (endpoint, _) = answering(200, vec![], tokens).await;
-    let gate = Flowgate::start_with(Options {
-        token_endpoint_url: Some(format!("{endpoint}/token")),
-        ..Default::default()
-    })
-    .await;
+    let gate = gate_asking(format!("{endpoint}/token")).await;
     let addr = gate.base.trim_start_matches("http://").to_string();
     let mut slow = Vec::new();
     for _ in 0..70 {
@@ -140,12 +132,7 @@ async fn logins_slow_to_send_their_body_take_no_place() {
         slow.push(stream);
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let resp = reqwest::Client::new()
-        .post(format!("{}/chat/authenticate", gate.base))
-        .json(&json!({"username": "alice", "password": "s3cret"}))
-        .send()
-        .await
-        .expect("flowgate answers");
+    let resp = login(&gate.base).await.expect("flowgate answers");
     assert_eq!(resp.status(), 200);
     drop(slow);
 }
@@ -154,17 +141,8 @@ async fn logins_slow_to_send_their_body_take_no_place() {
 async fn tokens_are_answered_not_to_be_cached() {
     let tokens = Bytes::from_static(br#"{"access_token":"at","token_type":"Bearer"}"#);
     let (endpoint, _) = answering(200, vec![], tokens).await;
-    let gate = Flowgate::start_with(Options {
-        token_endpoint_url: Some(format!("{endpoint}/token")),
-        ..Default::default()
-    })
-    .await;
-    let resp = reqwest::Client::new()
-        .post(format!("{}/chat/authenticate", gate.base))
-        .json(&json!({"username": "alice", "password": "s3cret"}))
-        .send()
-        .await
-        .expect("flowgate answers");
+    let gate = gate_asking(format!("{endpoint}/token")).await;
+    let resp = login(&gate.base).await.expect("flowgate answers");
     assert_eq!(resp.status(), 200);
     let header = |name: &str| {
         resp.headers()
@@ -238,11 +216,7 @@ async fn a_token_endpoint_answer_past_its_limit_is_refused() {
 async fn a_grant_body_past_16_kib_is_refused_before_the_token_endpoint_is_asked() {
     let tokens = Bytes::from_static(br#"{"access_token":"at","token_type":"Bearer"}"#);
     let (endpoint, asked) = answering(200, vec![], tokens).await;
-    let gate = Flowgate::start_with(Options {
-        token_endpoint_url: Some(format!("{endpoint}/token")),
-        ..Default::default()
-    })
-    .await;
+    let gate = gate_asking(format!("{endpoint}/token")).await;
     let grant = |password: String| {
         reqwest::Client::new()
             .post(format!("{}/chat/authenticate", gate.base))
