@@ -257,9 +257,6 @@ debian_mirror() {
   echo "${uri:-http://deb.debian.org/debian} ${key:-/usr/share/keyrings/debian-archive-keyring.gpg}"
 }
 
-# Download the source package into SRC_CACHE using a private apt configuration: our own
-# sources file (deb-src only), no sources.list.d, and package lists/caches under APT_DIR.
-# The machine's apt configuration and state are left untouched.
 # Whether the cached upstream tarball is the expected one; a wrong one is removed.
 orig_checks_out() {
   if echo "$K8S_ORIG_SHA256  $SRC_CACHE/$K8S_ORIG_TARBALL" | sha256sum --check --quiet; then
@@ -269,6 +266,9 @@ orig_checks_out() {
   return 1
 }
 
+# Download the source package into SRC_CACHE using a private apt configuration: our own
+# sources file (deb-src only), no sources.list.d, and package lists/caches under APT_DIR.
+# The machine's apt configuration and state are left untouched.
 fetch_source() {
   if [[ -f $SRC_CACHE/$K8S_ORIG_TARBALL ]]; then
     if orig_checks_out; then

@@ -553,8 +553,9 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
     let old = cf.status.clone().unwrap_or_default();
     let flowise = announce::Announced::new(ctx, cf);
     let (outcome, error) = match validate(cf) {
-        // An invalid spec still claims what its flowiseId (or status) names, and would read as
-        // holding it when reported InvalidSpec: when another holds it, it is in Conflict.
+        // An invalid spec still claims ([`claimed_flowise_id`]: its flowiseId, else its
+        // status's id), and would read as holding it when reported InvalidSpec: when another
+        // holds it, it is in Conflict.
         Err(message) => match crate::index::rules::claimed_flowise_id(cf).and_then(|id| {
             let holder = super::claims::others(&ctx.chatflows, cf, &id)
                 .into_iter()

@@ -247,19 +247,21 @@ pub fn flowise_id(source: &ChatflowSource<'_>, status: &crd::ChatflowStatus) -> 
 /// The Flowise chatflow (lowercase id) a Chatflow claims: [`flowise_id`] of a valid spec, the
 /// one it is served by. One whose spec is invalid (a mistake the schema lets through, as both
 /// `flowiseId` and `flowiseName`) is served none but still claims what its spec's `flowiseId`
-/// names: an edit of its own must not hand its chatflow, grants and budgets to another
-/// namespace's claim. (Not what its status records: that may be stale, kept from before the
-/// spec pointed at a name Flowise does not have. Whether it holds it is [`holds`]; the
-/// controller reports an invalid spec whose claim another holds as `Conflict`.)
+/// names, else (an owned definition, say) what its status records: an edit of its own must not
+/// hand its chatflow, grants and budgets to another namespace's claim. A status id found for
+/// another `flowiseName` than the spec's is not claimed, as [`flowise_id`] reads it: it is
+/// stale, kept from before the spec pointed at a name Flowise does not have. Whether it holds
+/// what it claims is [`holds`]; the controller reports an invalid spec whose claim another holds
+/// as `Conflict`.
 pub fn claimed_flowise_id(cf: &Chatflow) -> Option<String> {
+    let status = cf.status.clone().unwrap_or_default();
     match chatflow_source(&cf.spec) {
-        Ok(source) => flowise_id(
-            &source,
-            cf.status
-                .as_ref()
-                .unwrap_or(&crd::ChatflowStatus::default()),
-        ),
-        Err(_) => cf.spec.flowise_id.as_deref().map(str::to_ascii_lowercase),
+        Ok(source) => flowise_id(&source, &status),
+        Err(_) => match (&cf.spec.flowise_id, &cf.spec.flowise_name) {
+            (Some(id), _) => Some(id.to_ascii_lowercase()),
+            (None, Some(name)) if status.flowise_name.as_deref() != Some(name) => None,
+            (None, _) => status.flowise_id.map(|id| id.to_ascii_lowercase()),
+        },
     }
 }
 

@@ -46,7 +46,12 @@ impl<'a> Announced<'a> {
     /// replica) that is still in doubt: how long until it may be sent again.
     pub(super) fn in_doubt(&self, now: jiff::Timestamp) -> Option<Duration> {
         let at = self.cf.status.as_ref()?.create_sent_at.as_ref()?.0;
-        let window = jiff::SignedDuration::try_from(self.ctx.settings.create_window).ok()?;
+        // Two seconds more: the stamp is written to the second, and this process's own record
+        // of the create (`flowise::CreatesInDoubt`) is taken after the stamp's write. Ended
+        // before that record, the doubt would let a create be announced that the record then
+        // refuses, and the new stamp would hold the next try a whole window more.
+        let window = jiff::SignedDuration::try_from(self.ctx.settings.create_window).ok()?
+            + jiff::SignedDuration::from_secs(2);
         let age = now.duration_since(at);
         // A time ahead of this clock (another replica's runs ahead) counts from now; one a
         // window or more ahead is no create flowgate sent.

@@ -191,3 +191,35 @@ fn a_holder_whose_spec_turns_invalid_keeps_its_chatflow_from_other_claims() {
     res.chatflows[2] = Arc::new(stale);
     assert_eq!(served(&res).as_deref(), Some("aa/borrowed"));
 }
+
+#[test]
+fn an_owned_definition_made_invalid_keeps_its_chatflow_from_other_claims() {
+    // team-b's Chatflow owns a definition (no flowiseId): it holds OTHER, which it created and
+    // its status records; aa's claim is in Conflict.
+    let definition = |inputs: serde_json::Value| {
+        serde_json::from_value(serde_json::json!({"flowData": {"edges": [], "nodes": [
+            {"id": "pdf", "data": {"category": "Document Loaders", "inputs": inputs}}]}}))
+        .expect("definition")
+    };
+    let mut res = team_a();
+    let mut owner = (*res.chatflows[2]).clone();
+    owner.spec.flowise_id = None;
+    owner.spec.definition = Some(definition(serde_json::json!({})));
+    res.chatflows[2] = Arc::new(owner.clone());
+    res.chatflows
+        .push(with_ready(chatflow("aa", "borrowed", OTHER), "Conflict"));
+    let served = |res: &Resources| {
+        compile(res)
+            .chatflow_by_flowise_id(OTHER)
+            .map(|cf| format!("{}/{}", cf.rule.namespace, cf.rule.name))
+    };
+    assert_eq!(served(&res).as_deref(), Some("team-b/other-bot"));
+
+    // Its definition turns invalid (a file embedded in a node), reported so: still its claim.
+    owner.spec.definition = Some(definition(serde_json::json!({
+        "pdfFile": "data:application/pdf;base64,JVBERi0=,filename:a.pdf"
+    })));
+    assert!(rules::chatflow_source(&owner.spec).is_err());
+    res.chatflows[2] = with_ready(Arc::new(owner), "InvalidSpec");
+    assert_eq!(served(&res), None, "aa's claim is not served");
+}
