@@ -50,23 +50,15 @@ async fn a_build_in_another_schema_does_not_hold_this_ones_back() {
         .await
         .expect("an old snapshot");
     let _first = first.open().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while first.chatflow_index().await != Some(false) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first build never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first
+        .chatflow_index_becomes("being built", |state| state == Some(false))
+        .await;
     let _second = second.open().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while second.chatflow_index().await.is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the second build never started while the first went on"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    second
+        .chatflow_index_becomes("started while the first build goes on", |state| {
+            state.is_some()
+        })
+        .await;
     holder
         .batch_execute("COMMIT")
         .await

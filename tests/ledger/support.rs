@@ -66,17 +66,23 @@ impl Store {
 
     /// Waits until a ledger opened on this PostgreSQL store has built its chatflow index.
     pub async fn late_index_built(&self) {
+        self.chatflow_index_becomes("built", |state| state == Some(true))
+            .await;
+    }
+
+    /// Waits (20 s at most) until [`Store::chatflow_index`] is as `wanted` says: `what`.
+    pub async fn chatflow_index_becomes(&self, what: &str, wanted: impl Fn(Option<bool>) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let state = self.chatflow_index().await;
-            if state == Some(true) {
+            if wanted(state) {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "usage_by_chatflow not built: {state:?}"
+                "usage_by_chatflow not {what}: {state:?}"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -141,17 +141,19 @@ fn a_holder_that_cannot_be_read_keeps_its_chatflow_from_other_claims() {
     );
 }
 
+/// `namespace/name` of the Chatflow served as Flowise chatflow OTHER, if any.
+fn served(res: &Resources) -> Option<String> {
+    compile(res)
+        .chatflow_by_flowise_id(OTHER)
+        .map(|cf| format!("{}/{}", cf.rule.namespace, cf.rule.name))
+}
+
 #[test]
 fn a_holder_whose_spec_turns_invalid_keeps_its_chatflow_from_other_claims() {
     // team-b's Chatflow holds OTHER; aa's claim is in Conflict.
     let mut res = team_a();
     res.chatflows
         .push(with_ready(chatflow("aa", "borrowed", OTHER), "Conflict"));
-    let served = |res: &Resources| {
-        compile(res)
-            .chatflow_by_flowise_id(OTHER)
-            .map(|cf| format!("{}/{}", cf.rule.namespace, cf.rule.name))
-    };
     assert_eq!(served(&res).as_deref(), Some("team-b/other-bot"));
 
     // team-b's spec turns invalid (both flowiseId and flowiseName: the schema lets it through).
@@ -208,11 +210,6 @@ fn an_owned_definition_made_invalid_keeps_its_chatflow_from_other_claims() {
     res.chatflows[2] = Arc::new(owner.clone());
     res.chatflows
         .push(with_ready(chatflow("aa", "borrowed", OTHER), "Conflict"));
-    let served = |res: &Resources| {
-        compile(res)
-            .chatflow_by_flowise_id(OTHER)
-            .map(|cf| format!("{}/{}", cf.rule.namespace, cf.rule.name))
-    };
     assert_eq!(served(&res).as_deref(), Some("team-b/other-bot"));
 
     // Its definition turns invalid (a file embedded in a node), reported so: still its claim.
