@@ -1,5 +1,8 @@
-//! The connection to Flowise: a pooled HTTP/1.1 client (TLS when the URL is https), requests
-//! built from an allow-list of headers, and every call bounded by a timeout.
+//! The connection to Flowise: a pool of HTTP/1.1 connections per proxy thread ([`pool`]; TLS
+//! when the URL is https), requests built from an allow-list of headers, and every call
+//! bounded by a timeout.
+
+mod pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,15 +13,14 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Uri};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use super::body::Joined;
 use super::buffers::Held;
 use super::error::ProxyError;
 use crate::flowise::ApiKey;
 use crate::server::Body;
+use pool::{Pool, SendError};
 
 /// How long the body of Flowise's error answer is waited for ([`Upstream::error_body`]).
 const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
@@ -45,9 +47,11 @@ const FORWARDED_RESPONSE_HEADERS: [&str; 4] = [
 /// The Flowise upstream.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
+    pool: Arc<Pool>,
+    /// Scheme and authority, where connections go.
+    origin: Uri,
+    /// The `Host` of every request: Flowise's authority.
+    host: HeaderValue,
     base_path: String,
     default_key: Option<Arc<ApiKey>>,
     timeout: Duration,
@@ -70,10 +74,18 @@ impl Upstream {
             .authority()
             .cloned()
             .ok_or_else(|| ProxyError::NotConfigured("Flowise URL has no host".into()))?;
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| ProxyError::NotConfigured(format!("Flowise URL host: {e}")))?;
+        let origin = Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query("/")
+            .build()
+            .map_err(|e| ProxyError::NotConfigured(format!("Flowise URL: {e}")))?;
         Ok(Self {
-            client: pool()?,
-            scheme,
-            authority,
+            pool: pool(&origin)?,
+            origin,
+            host,
             base_path: uri.path().trim_end_matches('/').to_string(),
             default_key,
             timeout,
@@ -83,7 +95,7 @@ impl Upstream {
     /// The same upstream with a pool of its own (for another thread's runtime).
     pub fn with_own_pool(&self) -> Result<Self, ProxyError> {
         Ok(Self {
-            client: pool()?,
+            pool: pool(&self.origin)?,
             ..self.clone()
         })
     }
@@ -112,16 +124,14 @@ impl Upstream {
         key: Option<&HeaderValue>,
         body: Bytes,
     ) -> Result<Request<Body>, ProxyError> {
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{}", self.base_path, path))
-            .build()
+        // Origin form (`/path?query`), as a request on an open connection is written.
+        let uri = Uri::try_from(format!("{}{}", self.base_path, path))
             .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URL: {e}")))?;
         let mut req = Request::new(super::buffers::whole(body));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
+        headers.insert(header::HOST, self.host.clone());
         for name in &FORWARDED_REQUEST_HEADERS {
             if let Some(value) = client_headers.get(name) {
                 headers.insert(name.clone(), value.clone());
@@ -141,12 +151,14 @@ impl Upstream {
 
     /// Sends `req`; the response headers must arrive within the timeout.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.timeout, self.pool.send(req)).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(error)) if error.is_connect() => {
+            Ok(Err(error @ SendError::Connect(_))) => {
                 Err(ProxyError::UpstreamNotConnected(error.to_string()))
             }
-            Ok(Err(error)) => Err(ProxyError::UpstreamUnreachable(error.to_string())),
+            Ok(Err(SendError::Send(error))) => Err(ProxyError::UpstreamUnreachable(
+                crate::telemetry::report(&error),
+            )),
             Err(_) => Err(ProxyError::UpstreamTimeout),
         }
     }
@@ -198,9 +210,9 @@ impl Upstream {
     }
 }
 
-/// An empty pool of HTTP/1.1 connections (TLS for https URLs). A connection's task runs on the
-/// runtime that opened it.
-fn pool() -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>, ProxyError> {
+/// An empty pool of HTTP/1.1 connections to `origin` (TLS for https). A connection's task runs
+/// on the runtime that opened it.
+fn pool(origin: &Uri) -> Result<Arc<Pool>, ProxyError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -211,14 +223,11 @@ fn pool() -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>, P
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(crate::flowise::IDLE_CONNECTION)
-        .pool_max_idle_per_host(256)
-        // A request's head and body copied into one buffer and sent in one `write`, not a
-        // `writev` of the pieces: cheaper for the small bodies of predictions (with the
-        // server side's, ~6 % less CPU per request, docs/benchmarks.md).
-        .http1_writev(false)
-        .build(tls))
+    Ok(Arc::new(Pool::new(
+        tls,
+        origin.clone(),
+        crate::flowise::IDLE_CONNECTION,
+    )))
 }
 
 /// Copies the response headers a client may see.
@@ -255,8 +264,27 @@ mod tests {
         assert!(sent.is_sensitive(), "kept out of logs");
     }
 
+    /// How a test server answers each request on a connection.
+    #[derive(Clone, Copy)]
+    enum Answers {
+        /// At once, keeping the connection, as Node does.
+        KeepAlive,
+        /// At once, then closing the connection when it has been idle 100 ms, without having
+        /// said so (`Connection: close`), as Node does when its keep-alive time runs out.
+        HangingUpWhenIdle,
+        /// The head and half the body at once, the rest 200 ms later.
+        Slowly,
+    }
+
     /// Connections a server accepted, answering every request on them as Node does (keep-alive).
     async fn counting_server() -> (reqwest::Url, Arc<std::sync::atomic::AtomicUsize>) {
+        answering_server(Answers::KeepAlive).await
+    }
+
+    /// Connections a server accepted, answering every request on them as `answers` says.
+    async fn answering_server(
+        answers: Answers,
+    ) -> (reqwest::Url, Arc<std::sync::atomic::AtomicUsize>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -270,11 +298,27 @@ mod tests {
                 counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let mut buf = [0u8; 4096];
-                    while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                    let idle_for = match answers {
+                        Answers::HangingUpWhenIdle => Duration::from_millis(100),
+                        _ => Duration::from_secs(3600),
+                    };
+                    while let Ok(Ok(n @ 1..)) =
+                        tokio::time::timeout(idle_for, socket.read(&mut buf)).await
+                    {
                         if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                            let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\nok";
-                            if socket.write_all(answer.as_bytes()).await.is_err() {
+                            let head = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\n";
+                            let (now, later) = match answers {
+                                Answers::Slowly => (format!("{head}o"), "k"),
+                                _ => (format!("{head}ok"), ""),
+                            };
+                            if socket.write_all(now.as_bytes()).await.is_err() {
                                 return;
+                            }
+                            if !later.is_empty() {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                if socket.write_all(later.as_bytes()).await.is_err() {
+                                    return;
+                                }
                             }
                         }
                     }
@@ -290,33 +334,73 @@ mod tests {
         crate::telemetry::install_crypto_provider();
         let (base, accepted) = counting_server().await;
         let upstream = Upstream::new(&base, None, Duration::from_secs(5)).expect("upstream");
-        let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
-        let ask = || async {
-            let req = upstream
-                .request(
-                    Method::GET,
-                    "/api/v1/ping",
-                    &HeaderMap::new(),
-                    peer,
-                    None,
-                    Bytes::new(),
-                )
-                .expect("request");
-            let resp = upstream.send(req).await.expect("answer");
-            upstream
-                .read_body(resp.into_body(), 16, None)
-                .await
-                .expect("body")
-        };
-        ask().await;
-        ask().await;
+        ask(&upstream).await.expect("answer");
+        ask(&upstream).await.expect("answer");
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused at once");
         // Past the pool's idle time, still short of the 5 s after which Flowise closes it.
         tokio::time::sleep(crate::flowise::IDLE_CONNECTION + Duration::from_millis(300)).await;
         assert!(
             crate::flowise::IDLE_CONNECTION + Duration::from_millis(300) < Duration::from_secs(5)
         );
-        ask().await;
+        ask(&upstream).await.expect("answer");
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection");
+    }
+
+    /// Asks `upstream` for a page and reads the answer.
+    async fn ask(upstream: &Upstream) -> Result<Bytes, ProxyError> {
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        let req = upstream.request(
+            Method::GET,
+            "/api/v1/ping",
+            &HeaderMap::new(),
+            peer,
+            None,
+            Bytes::new(),
+        )?;
+        let resp = upstream.send(req).await?;
+        upstream.read_body(resp.into_body(), 16, None).await
+    }
+
+    #[tokio::test]
+    async fn a_connection_flowise_closed_while_idle_is_not_used_again() {
+        use std::sync::atomic::Ordering;
+        crate::telemetry::install_crypto_provider();
+        let (base, accepted) = answering_server(Answers::HangingUpWhenIdle).await;
+        let upstream = Upstream::new(&base, None, Duration::from_secs(5)).expect("upstream");
+        for n in 1..=3 {
+            assert_eq!(ask(&upstream).await.expect("answer"), "ok");
+            assert_eq!(ask(&upstream).await.expect("answer"), "ok");
+            assert_eq!(accepted.load(Ordering::SeqCst), n, "reused while open");
+            // Flowise closes the idle connection, and the close reaches this side.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_used_again_once_a_slow_answer_has_been_read() {
+        use std::sync::atomic::Ordering;
+        crate::telemetry::install_crypto_provider();
+        let (base, accepted) = answering_server(Answers::Slowly).await;
+        let upstream = Upstream::new(&base, None, Duration::from_secs(5)).expect("upstream");
+        for _ in 0..3 {
+            assert_eq!(ask(&upstream).await.expect("answer"), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, reused");
+    }
+
+    #[tokio::test]
+    async fn flowise_not_listening_is_not_connected() {
+        crate::telemetry::install_crypto_provider();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        drop(listener);
+        let base = reqwest::Url::parse(&base).expect("url");
+        let upstream = Upstream::new(&base, None, Duration::from_secs(5)).expect("upstream");
+        match ask(&upstream).await {
+            Err(ProxyError::UpstreamNotConnected(message)) => {
+                assert!(message.contains("refused"), "{message}")
+            }
+            other => panic!("not connected, not {other:?}"),
+        }
     }
 }
