@@ -74,18 +74,25 @@ impl Upstream {
             .authority()
             .cloned()
             .ok_or_else(|| ProxyError::NotConfigured("Flowise URL has no host".into()))?;
-        let host = HeaderValue::from_str(authority.as_str())
+        // Host and port only: a `user:password@` in the URL (reqwest's basic credentials for
+        // the controller's calls) goes neither into `Host` nor anywhere else on this path. The
+        // port is there only when it is not the scheme's default (the URL dropped that one).
+        let host = match authority.port_u16() {
+            Some(port) => format!("{}:{port}", authority.host()),
+            None => authority.host().to_string(),
+        };
+        let header = HeaderValue::from_str(&host)
             .map_err(|e| ProxyError::NotConfigured(format!("Flowise URL host: {e}")))?;
         let origin = Uri::builder()
             .scheme(scheme)
-            .authority(authority)
+            .authority(host)
             .path_and_query("/")
             .build()
             .map_err(|e| ProxyError::NotConfigured(format!("Flowise URL: {e}")))?;
         Ok(Self {
             pool: pool(&origin)?,
             origin,
-            host,
+            host: header,
             base_path: uri.path().trim_end_matches('/').to_string(),
             default_key,
             timeout,
@@ -359,6 +366,36 @@ mod tests {
         )?;
         let resp = upstream.send(req).await?;
         upstream.read_body(resp.into_body(), 16, None).await
+    }
+
+    #[test]
+    fn credentials_in_the_flowise_url_stay_out_of_the_host_and_the_pool() {
+        crate::telemetry::install_crypto_provider();
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        for (url, host) in [
+            ("http://admin:s3cret@flowise:3000/base/", "flowise:3000"),
+            (
+                "https://admin:s3cret@flowise.example.com",
+                "flowise.example.com",
+            ),
+            ("http://[::1]:8080", "[::1]:8080"),
+        ] {
+            let base = reqwest::Url::parse(url).expect("url");
+            let upstream = Upstream::new(&base, None, Duration::from_secs(1)).expect("upstream");
+            let req = upstream
+                .request(
+                    Method::GET,
+                    "/api/v1/ping",
+                    &HeaderMap::new(),
+                    peer,
+                    None,
+                    Bytes::new(),
+                )
+                .expect("request");
+            assert_eq!(req.headers()[header::HOST], host, "{url}");
+            assert!(!upstream.origin.to_string().contains("s3cret"), "{url}");
+            assert!(req.uri().to_string().starts_with('/'), "origin form");
+        }
     }
 
     #[tokio::test]

@@ -27,7 +27,8 @@ const MAX_IDLE: usize = 256;
 /// Why a request could not be sent, or got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// No connection could be made: the request never went out.
+    /// No connection could be made, or a new one closed before the request was written: the
+    /// request never went out.
     #[error("{0}")]
     Connect(String),
     /// The connection failed while the request was written or its answer awaited.
@@ -78,7 +79,9 @@ impl Pool {
                 }
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(SendError::Send(error.into_error())),
+                    // A new connection that closed before the request was written.
+                    Some(_) => return Err(SendError::Connect(error.into_error().to_string())),
+                    None => return Err(SendError::Send(error.into_error())),
                 },
             }
         }
@@ -123,7 +126,11 @@ impl Pool {
                 tracing::debug!(%error, "a connection to Flowise failed");
             }
         });
-        sender.ready().await.map_err(SendError::Send)?;
+        // Not ready means closed before any request was handed over: none went out.
+        sender
+            .ready()
+            .await
+            .map_err(|e| SendError::Connect(crate::telemetry::report(&e)))?;
         Ok(sender)
     }
 
