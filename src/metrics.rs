@@ -47,6 +47,11 @@ struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CrdLabels {
+    crd: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AdjustmentLabels {
     policy: String,
     /// `given` or `taken`.
@@ -128,6 +133,7 @@ pub struct Metrics {
     pub snapshot_compiled: Gauge,
     index_invalid: Family<KindLabels, Gauge>,
     index_watch_errors: Family<KindLabels, Counter>,
+    crd_fields_missing: Family<CrdLabels, Gauge>,
     /// Bytes of request and answer bodies held in memory now (the proxy's `Buffers` count).
     pub body_buffer: Gauge,
     /// What `body_buffer` may reach (FLOWGATE_BODY_MEMORY).
@@ -340,6 +346,14 @@ impl Metrics {
              enforces the last state it saw of that kind (a revocation is not seen)",
             index_watch_errors.clone(),
         );
+        let crd_fields_missing = Family::<CrdLabels, Gauge>::default();
+        registry.register(
+            "crd_fields_missing",
+            "Fields of this flowgate's CRD that the cluster's installed CRD lacks, by CRD: the API \
+             server drops them from every object (apply this version's crds/); no series while \
+             the CRDs cannot be read",
+            crd_fields_missing.clone(),
+        );
         let body_buffer = Gauge::default();
         registry.register(
             "body_buffer_bytes",
@@ -373,6 +387,7 @@ impl Metrics {
             snapshot_compiled,
             index_invalid,
             index_watch_errors,
+            crd_fields_missing,
             body_buffer,
             body_buffer_limit,
             token_cache,
@@ -384,6 +399,15 @@ impl Metrics {
     pub fn set_invalid(&self, kind: &'static str, count: usize) {
         self.index_invalid
             .get_or_create(&KindLabels { kind })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// How many fields of this binary's `crd` the installed one lacks ([`crate::crd::installed`]).
+    pub fn crd_fields_missing(&self, crd: &str, count: usize) {
+        self.crd_fields_missing
+            .get_or_create(&CrdLabels {
+                crd: crd.to_string(),
+            })
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 

@@ -183,6 +183,11 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     }
     ledger_gate.open();
 
+    // The installed CRDs against this binary's: older ones silently drop the fields they lack.
+    if let Some(client) = &client {
+        crate::crd::installed::spawn(client.clone(), metrics.clone(), shutdown.clone());
+    }
+
     // The controller is built first so the proxy's admin API shares its sync handle. Without the
     // controller (`--no-controller`) the admin API still gets a sync handle of its own: a pass only
     // creates imported Chatflow objects (create, never overwrite), which is safe on any replica;

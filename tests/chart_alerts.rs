@@ -131,6 +131,16 @@ fn series(sel: &str, healthy: bool) -> Vec<Value> {
             "0x40".into(),
         ),
         s(
+            "flowgate_crd_fields_missing",
+            r#"crd="chatflowaccesses.flowgate.io""#,
+            pick("0x40", "2x40"),
+        ),
+        s(
+            "flowgate_crd_fields_missing",
+            r#"crd="chatflows.flowgate.io""#,
+            "0x40".into(),
+        ),
+        s(
             "flowgate_ledger_prune_failures_total",
             "",
             pick("0x40", "0+1x40"),
@@ -206,6 +216,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
             "FlowgateFlowiseErrors",
             "FlowgateBodyMemoryFull",
             "FlowgateInvalidResources",
+            "FlowgateCRDsStale",
             "FlowgateIndexStale",
             "FlowgateReconcileErrors",
             "FlowgateFlowiseSyncFailing",
@@ -222,6 +233,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
             }
             "FlowgateReconcileErrors" => json!({"kind": "Chatflow"}),
             "FlowgateInvalidResources" => json!({"kind": "CreditPolicy"}),
+            "FlowgateCRDsStale" => json!({"crd": "chatflowaccesses.flowgate.io"}),
             "FlowgateIndexStale" => json!({"kind": "ChatflowAccess"}),
             _ => json!({}),
         }

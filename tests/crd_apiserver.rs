@@ -400,3 +400,59 @@ async fn short_names_category_and_explain_work_through_kubectl() {
         "{explain}"
     );
 }
+
+/// The installed CRDs compared with the binary's (`crd::installed`, behind
+/// `flowgate_crd_fields_missing`): the ones this suite installs lack nothing, as the API server
+/// holds them; an older copy, installed under a group of the test's own so that no other test
+/// sees it, lacks the fields it was installed without; a CRD not installed lacks everything.
+#[tokio::test]
+async fn an_installed_crd_older_than_the_binary_is_found_lacking_its_new_fields() {
+    use flowgate::crd::installed;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    use kube::runtime::wait::{await_condition, conditions};
+
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    for (_, crd) in flowgate::crd::definitions() {
+        let missing = installed::check(&client, &crd).await.expect("readable");
+        assert_eq!(missing, Vec::<String>::new(), "{:?}", crd.metadata.name);
+    }
+
+    let group = "older.flowgate.test";
+    let mut ours = ChatflowAccess::crd();
+    ours.spec.group = group.to_string();
+    ours.metadata.name = Some(format!("{}.{group}", ours.spec.names.plural));
+    let name = ours.metadata.name.clone().expect("named");
+    let mut older = serde_json::to_value(&ours).expect("json");
+    let spec = &mut older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let removed = spec["properties"]
+        .as_object_mut()
+        .and_then(|p| p.remove("rateLimit"));
+    assert!(removed.is_some(), "ChatflowAccess has spec.rateLimit");
+    let older: CustomResourceDefinition = serde_json::from_value(older).expect("a CRD");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        &name,
+        &PatchParams::apply("flowgate-tests").force(),
+        &Patch::Apply(&older),
+    )
+    .await
+    .expect("the older CRD applies");
+    let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
+    tokio::time::timeout(Duration::from_secs(30), established)
+        .await
+        .expect("established within 30 s")
+        .expect("watching the CRD works");
+
+    let missing = installed::check(&client, &ours).await.expect("readable");
+    crds.delete(&name, &Default::default())
+        .await
+        .expect("the test's CRD is deleted");
+    assert_eq!(missing, ["spec.rateLimit"]);
+
+    let mut absent = ours.clone();
+    absent.metadata.name = Some(format!("absent.{group}"));
+    let missing = installed::check(&client, &absent).await.expect("readable");
+    assert_eq!(missing, ["the whole CRD (not installed)"]);
+}

@@ -23,6 +23,7 @@
 //! | flowgate.io chatflowaccesses: get, create, update, delete | `the_admin_api_grants_revokes_and_deletes_under_the_chart_service_account` |
 //! | flowgate.io */status: patch (server-side apply) | `every_example_reaches_ready_under_the_chart_service_account` (conditions of all three kinds, and `creditsUsed` by the leader) |
 //! | events.k8s.io events: create, patch | `credit_alerts_are_recorded_as_events_under_the_chart_service_account` (a second crossing patches the Event's series); controller Events in the examples test |
+//! | apiextensions.k8s.io customresourcedefinitions (flowgate's three by name): get | `every_example_reaches_ready_under_the_chart_service_account` (the binary compares them with its own: `flowgate_crd_fields_missing` is 0 for each, and has no series when it cannot read them) |
 //! | core secrets: get | `chatflow_api_keys_are_read_from_secrets_under_the_chart_service_account` |
 //! | nonResourceURLs /.well-known/openid-configuration, /openid/v1/jwks: get | `service_account_callers_are_verified_under_the_chart_service_account` (needed: without the keys /readyz never opens; but Kubernetes' bootstrap binding `system:service-account-issuer-discovery` grants the same to every ServiceAccount, so on a default cluster only the exact-rules test notices the chart's rule missing) |
 //! | authentication.k8s.io tokenreviews: create | `service_account_callers_are_verified_under_the_chart_service_account` (every ServiceAccount token is reviewed before it is accepted; without the rule the caller gets 503) |

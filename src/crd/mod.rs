@@ -6,6 +6,7 @@
 pub mod access;
 pub mod chatflow;
 pub mod conditions;
+pub mod installed;
 pub mod lenient;
 pub mod policy;
 pub mod schema;

@@ -156,6 +156,24 @@ async fn every_example_reaches_ready_under_the_chart_service_account() {
     let (status, _) = stack.predict(&bob, &support_bot).await;
     assert_eq!(status, 403, "nobody else is granted");
 
+    // The binary read the installed CRDs (get on customresourcedefinitions, by name) and found
+    // them this version's.
+    let scrape = format!("{}/metrics", stack.binary.ops);
+    for crd in [
+        "chatflows.flowgate.io",
+        "chatflowaccesses.flowgate.io",
+        "creditpolicies.flowgate.io",
+    ] {
+        let series = format!("flowgate_crd_fields_missing{{crd=\"{crd}\"}} 0");
+        let metrics = reqwest::get(&scrape)
+            .await
+            .expect("/metrics")
+            .text()
+            .await
+            .expect("text");
+        assert!(metrics.contains(&series), "{series} in:\n{metrics}");
+    }
+
     // The leader writes usage from the ledger into the policies' status (its own field manager).
     wait_until(&policies, "monthly-default", 60, "creditsUsed > 0", |p| {
         p.status.as_ref().is_some_and(|s| s.credits_used > 0)

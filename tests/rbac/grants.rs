@@ -4,6 +4,7 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use reqwest::Method as M;
 use serde_json::{Value, json};
@@ -275,6 +276,19 @@ async fn the_chart_service_account_is_refused_what_the_chart_does_not_grant() {
             .list(&ListParams::default())
             .await
             .map(drop)),
+    );
+    // flowgate's own CRDs are read by name; no other, and none is listed or changed.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.get("chatflows.flowgate.io")
+        .await
+        .expect("flowgate's CRDs: get is granted");
+    forbidden(
+        "customresourcedefinitions: get of another CRD",
+        ok(crds.get("leases.coordination.k8s.io").await.map(drop)),
+    );
+    forbidden(
+        "customresourcedefinitions: list",
+        ok(crds.list(&ListParams::default()).await.map(drop)),
     );
     let lease: Lease =
         serde_json::from_value(json!({"metadata": {"name": "elsewhere"}})).expect("literal");

@@ -1,0 +1,233 @@
+//! The cluster's CRDs against this binary's.
+//!
+//! Helm installs a chart's CRDs on the first install only and never upgrades them, so a new
+//! flowgate can run on its older CRDs. The API server then drops every field those CRDs do not
+//! know from every object, without an error: a new setting a user writes (a `rateLimit`, a
+//! budget override) is simply not there when flowgate reads the object, and a status field
+//! flowgate writes is lost. flowgate cannot see a dropped field in an object, but it can see its
+//! place missing from the installed schema: [`spawn`] compares the two at start and every
+//! [`EVERY`], logs an error naming the fields and the fix, and sets
+//! `flowgate_crd_fields_missing{crd}`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
+use kube::Api;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// How often the installed CRDs are compared again (they change only when someone applies them).
+pub const EVERY: Duration = Duration::from_secs(300);
+
+/// The fields of `ours` that `theirs` (a CRD of the same name, as installed) has no place for,
+/// as paths (`spec.rateLimit.burst`, `spec.subjects[].serviceAccount`), or the versions of ours
+/// it does not serve at all. Empty when `theirs` knows everything `ours` does.
+pub fn missing_fields(
+    ours: &CustomResourceDefinition,
+    theirs: &CustomResourceDefinition,
+) -> Vec<String> {
+    let mut missing = Vec::new();
+    for version in &ours.spec.versions {
+        let installed = theirs
+            .spec
+            .versions
+            .iter()
+            .find(|v| v.name == version.name && v.served);
+        let Some(installed) = installed else {
+            missing.push(format!("version {} (not served)", version.name));
+            continue;
+        };
+        let schema = |v: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinitionVersion| {
+            v.schema.as_ref().and_then(|s| s.open_api_v3_schema.clone())
+        };
+        if let (Some(ours), Some(theirs)) = (schema(version), schema(installed)) {
+            compare(&ours, &theirs, "", &mut missing);
+        }
+    }
+    missing
+}
+
+/// Adds to `missing` the paths under `path` that `ours` has and `theirs` does not. A place
+/// where `theirs` keeps unknown fields (`x-kubernetes-preserve-unknown-fields`) drops nothing.
+fn compare(
+    ours: &JSONSchemaProps,
+    theirs: &JSONSchemaProps,
+    path: &str,
+    missing: &mut Vec<String>,
+) {
+    if theirs.x_kubernetes_preserve_unknown_fields == Some(true) {
+        return;
+    }
+    let empty = BTreeMap::new();
+    let their_properties = theirs.properties.as_ref().unwrap_or(&empty);
+    for (name, schema) in ours.properties.iter().flatten() {
+        let at = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
+        match their_properties.get(name) {
+            Some(installed) => compare(schema, installed, &at, missing),
+            None => missing.push(at),
+        }
+    }
+    if let (
+        Some(JSONSchemaPropsOrArray::Schema(ours)),
+        Some(JSONSchemaPropsOrArray::Schema(theirs)),
+    ) = (&ours.items, &theirs.items)
+    {
+        compare(ours, theirs, &format!("{path}[]"), missing);
+    }
+    if let (
+        Some(JSONSchemaPropsOrBool::Schema(ours)),
+        Some(JSONSchemaPropsOrBool::Schema(theirs)),
+    ) = (&ours.additional_properties, &theirs.additional_properties)
+    {
+        compare(ours, theirs, &format!("{path}{{}}"), missing);
+    }
+}
+
+/// What the cluster's copy of `ours` lacks ([`missing_fields`]); a CRD not installed lacks
+/// everything, reported as such.
+pub async fn check(
+    client: &kube::Client,
+    ours: &CustomResourceDefinition,
+) -> Result<Vec<String>, kube::Error> {
+    let name = ours.metadata.name.clone().unwrap_or_default();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    Ok(match api.get_opt(&name).await? {
+        Some(theirs) => missing_fields(ours, &theirs),
+        None => vec!["the whole CRD (not installed)".to_string()],
+    })
+}
+
+/// Compares the cluster's three CRDs with this binary's now and every [`EVERY`] until
+/// `shutdown`: a CRD that lacks fields is logged as an error (with the fix) and counted in
+/// `flowgate_crd_fields_missing{crd}`; one that cannot be read (no `get` on
+/// customresourcedefinitions) is logged once as a warning and has no series.
+pub fn spawn(client: kube::Client, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let ours = super::definitions();
+        let mut warned = false;
+        loop {
+            for (_, crd) in &ours {
+                let name = crd.metadata.name.clone().unwrap_or_default();
+                match check(&client, crd).await {
+                    Ok(missing) => {
+                        metrics.crd_fields_missing(&name, missing.len());
+                        if !missing.is_empty() {
+                            tracing::error!(
+                                crd = %name,
+                                missing = %missing.join(", "),
+                                "the installed CRD is older than this flowgate: the API server \
+                                 drops these fields from every object without an error; apply \
+                                 this version's CRDs (kubectl apply --server-side \
+                                 --force-conflicts -f crds/, or flowgate crd | kubectl apply \
+                                 --server-side --force-conflicts -f -)"
+                            );
+                        }
+                    }
+                    Err(error) if !warned => {
+                        warned = true;
+                        tracing::warn!(
+                            crd = %name,
+                            error = %crate::telemetry::report(&error),
+                            "cannot read the installed CRDs to compare them with this \
+                             flowgate's (the chart grants get on the three); not checked"
+                        );
+                    }
+                    Err(_) => {}
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(EVERY) => {}
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    use crate::crd::{ChatflowAccess, CreditPolicy};
+
+    /// `crd` with the field at `path` (dot-separated, `[]` into arrays) removed.
+    fn without(crd: CustomResourceDefinition, path: &str) -> CustomResourceDefinition {
+        let mut json = serde_json::to_value(&crd).expect("json");
+        let mut at = &mut json["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let parts: Vec<&str> = path.split('.').collect();
+        for part in &parts[..parts.len() - 1] {
+            let (name, into_items) = match part.strip_suffix("[]") {
+                Some(name) => (name, true),
+                None => (*part, false),
+            };
+            at = &mut at["properties"][name];
+            if into_items {
+                at = &mut at["items"];
+            }
+        }
+        let last = parts[parts.len() - 1];
+        let removed = at["properties"]
+            .as_object_mut()
+            .and_then(|p| p.remove(last));
+        assert!(removed.is_some(), "{path} is in the CRD");
+        serde_json::from_value(json).expect("a CRD still")
+    }
+
+    #[test]
+    fn the_same_crd_lacks_nothing() {
+        for (_, crd) in crate::crd::definitions() {
+            assert_eq!(missing_fields(&crd, &crd), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn an_older_crd_lacks_the_fields_it_never_had() {
+        let ours = ChatflowAccess::crd();
+        let older = without(
+            without(ours.clone(), "spec.rateLimit"),
+            "spec.subjects[].serviceAccount",
+        );
+        assert_eq!(
+            missing_fields(&ours, &older),
+            ["spec.rateLimit", "spec.subjects[].serviceAccount"]
+        );
+        let older = without(ours.clone(), "status.conditions[].reason");
+        assert_eq!(
+            missing_fields(&ours, &older),
+            ["status.conditions[].reason"]
+        );
+        // The other way round (a newer CRD installed under an older flowgate) drops nothing.
+        assert!(missing_fields(&older, &ours).is_empty());
+    }
+
+    #[test]
+    fn a_version_not_served_is_missing_whole_and_kept_unknown_fields_are_not() {
+        let ours = CreditPolicy::crd();
+        let mut other = ours.clone();
+        other.spec.versions[0].name = "v1alpha0".to_string();
+        assert_eq!(
+            missing_fields(&ours, &other),
+            ["version v1alpha1 (not served)"]
+        );
+        let mut kept = without(ours.clone(), "spec.budget");
+        if let Some(schema) = kept.spec.versions[0]
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("spec"))
+        {
+            schema.x_kubernetes_preserve_unknown_fields = Some(true);
+        }
+        assert!(missing_fields(&ours, &kept).is_empty());
+    }
+}
