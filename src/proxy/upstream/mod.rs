@@ -292,16 +292,28 @@ mod tests {
     async fn answering_server(
         answers: Answers,
     ) -> (reqwest::Url, Arc<std::sync::atomic::AtomicUsize>) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        serve(listener, answers, usize::MAX)
+    }
+
+    /// Serves the first `accepting` connections `listener` accepts, answering every request
+    /// on them as `answers` says; then accepts no more, the listener still open.
+    fn serve(
+        listener: tokio::net::TcpListener,
+        answers: Answers,
+        accepting: usize,
+    ) -> (reqwest::Url, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
         tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
+            while counter.load(Ordering::SeqCst) < accepting
+                && let Ok((mut socket, _)) = listener.accept().await
+            {
                 counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let mut buf = [0u8; 4096];
@@ -331,6 +343,8 @@ mod tests {
                     }
                 });
             }
+            let _open = listener;
+            std::future::pending::<()>().await;
         });
         (reqwest::Url::parse(&url).expect("url"), accepted)
     }
@@ -423,6 +437,49 @@ mod tests {
             assert_eq!(ask(&upstream).await.expect("answer"), "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, reused");
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_for_a_new_connection_takes_one_freed_meanwhile() {
+        use std::sync::atomic::Ordering;
+        crate::telemetry::install_crypto_provider();
+        // A Flowise that accepts one connection, then no more, with room for one waiting in its
+        // queue (backlog 0): once a bystander takes that, a new connection's SYNs are dropped.
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        socket.listen(0).expect("listen");
+        socket.set_nonblocking(true).expect("non-blocking");
+        let listener = tokio::net::TcpListener::from_std(socket.into()).expect("listener");
+        let addr = listener.local_addr().expect("address");
+        let (base, accepted) = serve(listener, Answers::Slowly, 1);
+        let upstream = Upstream::new(&base, None, Duration::from_secs(10)).expect("upstream");
+        let first = tokio::spawn({
+            let upstream = upstream.clone();
+            async move { ask(&upstream).await }
+        });
+        for _ in 0..500 {
+            if accepted.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the first request connected"
+        );
+        let _bystander = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("the queue's one place");
+        // No idle connection: the second request starts a new one, which cannot be made (5 s
+        // connect timeout), and takes the first's connection once its slow answer was read.
+        let second = ask(&upstream).await;
+        assert_eq!(second.expect("answered on the freed connection"), "ok");
+        assert_eq!(first.await.expect("joined").expect("answer"), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -43,6 +44,8 @@ pub struct Pool {
     origin: Uri,
     idle: Mutex<Vec<Idle>>,
     idle_for: Duration,
+    /// Told each time a connection is kept: a request waiting for a new one may take it.
+    kept: Notify,
 }
 
 struct Idle {
@@ -57,12 +60,14 @@ impl Pool {
             origin,
             idle: Mutex::new(Vec::new()),
             idle_for,
+            kept: Notify::new(),
         }
     }
 
-    /// Sends `req` (origin form, with its `Host`) on an idle connection, or a new one. A
-    /// request an idle connection gave back unsent (Flowise had closed it) goes out on the
-    /// next one; a new connection's failure is the caller's.
+    /// Sends `req` (origin form, with its `Host`) on an idle connection, or a new one, or one
+    /// freed while the new one is being made ([`Pool::connect_or_freed`]). A request an idle
+    /// connection gave back unsent (Flowise had closed it) goes out on the next one; a new
+    /// connection's failure is the caller's.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<Body>,
@@ -70,7 +75,7 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                None => self.connect_or_freed().await?,
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -103,7 +108,32 @@ impl Pool {
         None
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, SendError> {
+    /// A new connection, or one another request frees meanwhile (`true`), whichever comes
+    /// first: a connection can take long to make (a remote Flowise, TLS, lost SYNs) while a
+    /// request on an open one ends. The connection being made then is kept for later.
+    async fn connect_or_freed(self: &Arc<Self>) -> Result<(SendRequest<Body>, bool), SendError> {
+        let mut connect = Box::pin(Arc::clone(self).connect());
+        loop {
+            let kept = self.kept.notified();
+            tokio::pin!(kept);
+            kept.as_mut().enable();
+            if let Some(sender) = self.checkout() {
+                let pool = Arc::downgrade(self);
+                tokio::spawn(async move {
+                    if let (Ok(sender), Some(pool)) = (connect.await, pool.upgrade()) {
+                        pool.keep(sender);
+                    }
+                });
+                return Ok((sender, true));
+            }
+            tokio::select! {
+                made = &mut connect => return made.map(|sender| (sender, false)),
+                () = &mut kept => {}
+            }
+        }
+    }
+
+    async fn connect(self: Arc<Self>) -> Result<SendRequest<Body>, SendError> {
         let mut connector = self.connector.clone();
         let io = async {
             std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
@@ -159,6 +189,8 @@ impl Pool {
         idle.drain(..stale);
         if idle.len() < MAX_IDLE {
             idle.push(Idle { sender, since: now });
+            drop(idle);
+            self.kept.notify_one();
         }
     }
 }
