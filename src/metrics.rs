@@ -137,6 +137,7 @@ pub struct Metrics {
     index_invalid: Family<KindLabels, Gauge>,
     index_watch_errors: Family<KindLabels, Counter>,
     crd_fields_missing: Family<CrdLabels, Gauge>,
+    crd_readable: Family<CrdLabels, Gauge>,
     /// Bytes of request and answer bodies held in memory now (the proxy's `Buffers` count).
     pub body_buffer: Gauge,
     /// What `body_buffer` may reach (FLOWGATE_BODY_MEMORY).
@@ -354,8 +355,15 @@ impl Metrics {
             "crd_fields_missing",
             "Fields of this flowgate's CRD that the cluster's installed CRD lacks, by CRD: the API \
              server drops them from every object (apply this version's crds/); no series while \
-             the CRDs cannot be read",
+             the CRD cannot be read",
             crd_fields_missing.clone(),
+        );
+        let crd_readable = Family::<CrdLabels, Gauge>::default();
+        registry.register(
+            "crd_readable",
+            "Whether the last read of the installed CRD, to compare it with this flowgate's, \
+             succeeded (1) or failed (0: flowgate_crd_fields_missing has no series then)",
+            crd_readable.clone(),
         );
         let body_buffer = Gauge::default();
         registry.register(
@@ -391,6 +399,7 @@ impl Metrics {
             index_invalid,
             index_watch_errors,
             crd_fields_missing,
+            crd_readable,
             body_buffer,
             body_buffer_limit,
             token_cache,
@@ -405,13 +414,25 @@ impl Metrics {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
-    /// How many fields of this binary's `crd` the installed one lacks ([`crate::crd::installed`]).
-    pub fn crd_fields_missing(&self, crd: &str, count: usize) {
-        self.crd_fields_missing
-            .get_or_create(&CrdLabels {
-                crd: crd.to_string(),
-            })
-            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    /// How many fields of this binary's `crd` the installed one lacks, or `None` when it could
+    /// not be read ([`crate::crd::installed`]).
+    pub fn crd_fields_missing(&self, crd: &str, count: Option<usize>) {
+        let labels = CrdLabels {
+            crd: crd.to_string(),
+        };
+        self.crd_readable
+            .get_or_create(&labels)
+            .set(i64::from(count.is_some()));
+        match count {
+            Some(count) => {
+                self.crd_fields_missing
+                    .get_or_create(&labels)
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+            None => {
+                self.crd_fields_missing.remove(&labels);
+            }
+        }
     }
 
     /// Counts one failed list or watch of `kind` by the index.

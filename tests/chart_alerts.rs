@@ -141,6 +141,11 @@ fn series(sel: &str, healthy: bool) -> Vec<Value> {
             "0x40".into(),
         ),
         s(
+            "flowgate_crd_readable",
+            r#"crd="creditpolicies.flowgate.io""#,
+            pick("1x40", "0x40"),
+        ),
+        s(
             "flowgate_ledger_prune_failures_total",
             "",
             pick("0x40", "0+1x40"),
@@ -217,6 +222,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
             "FlowgateBodyMemoryFull",
             "FlowgateInvalidResources",
             "FlowgateCRDsStale",
+            "FlowgateCRDsUnchecked",
             "FlowgateIndexStale",
             "FlowgateReconcileErrors",
             "FlowgateFlowiseSyncFailing",
@@ -234,6 +240,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
             "FlowgateReconcileErrors" => json!({"kind": "Chatflow"}),
             "FlowgateInvalidResources" => json!({"kind": "CreditPolicy"}),
             "FlowgateCRDsStale" => json!({"crd": "chatflowaccesses.flowgate.io"}),
+            "FlowgateCRDsUnchecked" => json!({"crd": "creditpolicies.flowgate.io"}),
             "FlowgateIndexStale" => json!({"kind": "ChatflowAccess"}),
             _ => json!({}),
         }

@@ -53,25 +53,42 @@ pub fn missing_fields(
 }
 
 /// Adds to `missing` the paths under `path` that `ours` has and `theirs` does not. A place
-/// where `theirs` keeps unknown fields (`x-kubernetes-preserve-unknown-fields`) drops nothing.
+/// where `theirs` keeps unknown fields (`x-kubernetes-preserve-unknown-fields`, or any key
+/// as `additionalProperties: true`) drops nothing; where it is a map, each of our fields is
+/// compared with its values' schema; where ours keeps unknown fields and theirs does not,
+/// they are dropped.
 fn compare(
     ours: &JSONSchemaProps,
     theirs: &JSONSchemaProps,
     path: &str,
     missing: &mut Vec<String>,
 ) {
-    if theirs.x_kubernetes_preserve_unknown_fields == Some(true) {
+    let keeps_unknown = |s: &JSONSchemaProps| {
+        s.x_kubernetes_preserve_unknown_fields == Some(true)
+            || matches!(
+                s.additional_properties,
+                Some(JSONSchemaPropsOrBool::Bool(true))
+            )
+    };
+    if keeps_unknown(theirs) {
         return;
+    }
+    if keeps_unknown(ours) {
+        missing.push(format!("{path} (fields of any name)"));
     }
     let empty = BTreeMap::new();
     let their_properties = theirs.properties.as_ref().unwrap_or(&empty);
+    let their_values = match &theirs.additional_properties {
+        Some(JSONSchemaPropsOrBool::Schema(values)) => Some(values.as_ref()),
+        _ => None,
+    };
     for (name, schema) in ours.properties.iter().flatten() {
         let at = if path.is_empty() {
             name.clone()
         } else {
             format!("{path}.{name}")
         };
-        match their_properties.get(name) {
+        match their_properties.get(name).or(their_values) {
             Some(installed) => compare(schema, installed, &at, missing),
             None => missing.push(at),
         }
@@ -107,42 +124,16 @@ pub async fn check(
 }
 
 /// Compares the cluster's three CRDs with this binary's now and every [`EVERY`] until
-/// `shutdown`: a CRD that lacks fields is logged as an error (with the fix) and counted in
-/// `flowgate_crd_fields_missing{crd}`; one that cannot be read (no `get` on
-/// customresourcedefinitions) is logged once as a warning and has no series.
+/// `shutdown` ([`report`]).
 pub fn spawn(client: kube::Client, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let ours = super::definitions();
-        let mut warned = false;
+        let mut readable = vec![None; ours.len()];
         loop {
-            for (_, crd) in &ours {
+            for ((_, crd), was) in ours.iter().zip(readable.iter_mut()) {
                 let name = crd.metadata.name.clone().unwrap_or_default();
-                match check(&client, crd).await {
-                    Ok(missing) => {
-                        metrics.crd_fields_missing(&name, missing.len());
-                        if !missing.is_empty() {
-                            tracing::error!(
-                                crd = %name,
-                                missing = %missing.join(", "),
-                                "the installed CRD is older than this flowgate: the API server \
-                                 drops these fields from every object without an error; apply \
-                                 this version's CRDs (kubectl apply --server-side \
-                                 --force-conflicts -f crds/, or flowgate crd | kubectl apply \
-                                 --server-side --force-conflicts -f -)"
-                            );
-                        }
-                    }
-                    Err(error) if !warned => {
-                        warned = true;
-                        tracing::warn!(
-                            crd = %name,
-                            error = %crate::telemetry::report(&error),
-                            "cannot read the installed CRDs to compare them with this \
-                             flowgate's (the chart grants get on the three); not checked"
-                        );
-                    }
-                    Err(_) => {}
-                }
+                let result = check(&client, crd).await;
+                *was = Some(report(&metrics, &name, &result, *was));
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -150,6 +141,50 @@ pub fn spawn(client: kube::Client, metrics: Arc<Metrics>, shutdown: Cancellation
             }
         }
     });
+}
+
+/// Reports one comparison of `crd`: missing fields are logged as an error (with the fix) at
+/// every round and counted in `flowgate_crd_fields_missing{crd}`; a CRD that cannot be read
+/// (no `get` on it, the API server unreachable) is logged as a warning when it stops being
+/// readable (`was_readable` not `Some(false)`), has no such series while unreadable, and
+/// `flowgate_crd_readable{crd}` says which. Returns whether it was read.
+fn report(
+    metrics: &Metrics,
+    crd: &str,
+    result: &Result<Vec<String>, kube::Error>,
+    was_readable: Option<bool>,
+) -> bool {
+    match result {
+        Ok(missing) => {
+            metrics.crd_fields_missing(crd, Some(missing.len()));
+            if !missing.is_empty() {
+                tracing::error!(
+                    crd,
+                    missing = %missing.join(", "),
+                    "the installed CRD is older than this flowgate: the API server drops these \
+                     fields from every object it stores (an apply that validates strictly, as \
+                     kubectl's does, is refused instead); apply this version's CRDs (kubectl \
+                     apply --server-side --force-conflicts -f crds/, or flowgate crd | kubectl \
+                     apply --server-side --force-conflicts -f -), then the objects again"
+                );
+            } else if was_readable == Some(false) {
+                tracing::info!(crd, "the installed CRD can be read again; it is current");
+            }
+            true
+        }
+        Err(error) => {
+            metrics.crd_fields_missing(crd, None);
+            if was_readable != Some(false) {
+                tracing::warn!(
+                    crd,
+                    error = %crate::telemetry::report(error),
+                    "cannot read the installed CRD to compare it with this flowgate's (the \
+                     chart grants get on flowgate's three); tried again every 5 min"
+                );
+            }
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +215,35 @@ mod tests {
             .and_then(|p| p.remove(last));
         assert!(removed.is_some(), "{path} is in the CRD");
         serde_json::from_value(json).expect("a CRD still")
+    }
+
+    #[test]
+    fn an_unreadable_crd_has_no_count_of_missing_fields_until_it_is_read_again() {
+        let metrics = Metrics::new();
+        let crd = "chatflowaccesses.flowgate.io";
+        let scrape = || metrics.encode().expect("encodes");
+        let series = |name: &str, value: u8| format!("{name}{{crd=\"{crd}\"}} {value}");
+        let forbidden = || {
+            Err(kube::Error::Api(
+                kube::core::Status::failure("forbidden", "Forbidden")
+                    .with_code(403)
+                    .boxed(),
+            ))
+        };
+        let stale = Ok(vec!["spec.rateLimit".to_string()]);
+        assert!(report(&metrics, crd, &stale, None));
+        assert!(scrape().contains(&series("flowgate_crd_fields_missing", 1)));
+        assert!(scrape().contains(&series("flowgate_crd_readable", 1)));
+        assert!(!report(&metrics, crd, &forbidden(), Some(true)));
+        assert!(
+            !scrape().contains("flowgate_crd_fields_missing{"),
+            "{}",
+            scrape()
+        );
+        assert!(scrape().contains(&series("flowgate_crd_readable", 0)));
+        assert!(report(&metrics, crd, &Ok(Vec::new()), Some(false)));
+        assert!(scrape().contains(&series("flowgate_crd_fields_missing", 0)));
+        assert!(scrape().contains(&series("flowgate_crd_readable", 1)));
     }
 
     #[test]
@@ -229,5 +293,31 @@ mod tests {
             schema.x_kubernetes_preserve_unknown_fields = Some(true);
         }
         assert!(missing_fields(&ours, &kept).is_empty());
+        // A map in theirs (any key, values of one schema) drops none of our fields there.
+        let access = ChatflowAccess::crd();
+        let mut map = serde_json::to_value(&access).expect("json");
+        let limit = &mut map["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["rateLimit"];
+        assert!(
+            limit["properties"].is_object(),
+            "rateLimit lists its fields"
+        );
+        limit["properties"] = serde_json::Value::Null;
+        limit["additionalProperties"] = serde_json::json!({"type": "string"});
+        let map: CustomResourceDefinition = serde_json::from_value(map).expect("a CRD");
+        assert!(missing_fields(&access, &map).is_empty());
+        // The other way round: a place that keeps any field in ours (Flowise's flowData), a
+        // fixed list of fields in theirs.
+        let flowise = crate::crd::Chatflow::crd();
+        let mut fixed = serde_json::to_value(&flowise).expect("json");
+        let flow_data = &mut fixed["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"]["definition"]["properties"]["flowData"];
+        assert_eq!(flow_data["x-kubernetes-preserve-unknown-fields"], true);
+        flow_data["x-kubernetes-preserve-unknown-fields"] = serde_json::Value::Null;
+        let fixed: CustomResourceDefinition = serde_json::from_value(fixed).expect("a CRD");
+        assert_eq!(
+            missing_fields(&flowise, &fixed),
+            ["spec.definition.flowData (fields of any name)"]
+        );
     }
 }

@@ -164,14 +164,18 @@ async fn every_example_reaches_ready_under_the_chart_service_account() {
         "chatflowaccesses.flowgate.io",
         "creditpolicies.flowgate.io",
     ] {
-        let series = format!("flowgate_crd_fields_missing{{crd=\"{crd}\"}} 0");
         let metrics = reqwest::get(&scrape)
             .await
             .expect("/metrics")
             .text()
             .await
             .expect("text");
-        assert!(metrics.contains(&series), "{series} in:\n{metrics}");
+        for series in [
+            format!("flowgate_crd_fields_missing{{crd=\"{crd}\"}} 0"),
+            format!("flowgate_crd_readable{{crd=\"{crd}\"}} 1"),
+        ] {
+            assert!(metrics.contains(&series), "{series} in:\n{metrics}");
+        }
     }
 
     // The leader writes usage from the ledger into the policies' status (its own field manager).
