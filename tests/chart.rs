@@ -648,32 +648,43 @@ async fn the_service_monitor_and_the_dashboard_are_rendered_when_enabled() {
 fn rules_only_the_proxy_needs_are_rendered_only_when_it_needs_them() {
     let expected = expected_cluster_rules();
     let all = expected.as_array().expect("rules");
-    // all[5]: Secrets; all[6], all[7]: ServiceAccount tokens.
-    let without = |skip: &[usize]| -> Value {
-        Value::Array(
-            all.iter()
-                .enumerate()
-                .filter(|(i, _)| !skip.contains(i))
-                .map(|(_, rule)| rule.clone())
-                .collect(),
-        )
+    // The rules left out, picked by what they grant, not by place (a rule added before them
+    // would shift places).
+    const SECRETS: &str = r#""secrets""#;
+    const SERVICE_ACCOUNT_TOKENS: [&str; 2] = ["nonResourceURLs", r#""tokenreviews""#];
+    let without = |skip: &[&str]| -> Value {
+        let kept: Vec<Value> = all
+            .iter()
+            .filter(|rule| !skip.iter().any(|s| rule.to_string().contains(s)))
+            .cloned()
+            .collect();
+        assert_eq!(
+            kept.len(),
+            all.len() - skip.len(),
+            "one rule each: {skip:?}"
+        );
+        Value::Array(kept)
     };
     let cases = [
         // chart_support sets auth.serviceAccountAudience when `auth` is not given.
         (json!({}), without(&[]), 0),
         (
             json!({"auth": {"jwt": {"jwksUrl": "https://id.example.com/jwks"}}}),
-            without(&[6, 7]),
+            without(&SERVICE_ACCOUNT_TOKENS),
             0,
         ),
         (
             json!({"rbac": {"secretNamespaces": ["default"]}}),
-            without(&[5]),
+            without(&[SECRETS]),
             1,
         ),
         (
             json!({"proxy": {"enabled": false}, "rbac": {"secretNamespaces": ["default"]}}),
-            without(&[5, 6, 7]),
+            without(&[
+                SECRETS,
+                SERVICE_ACCOUNT_TOKENS[0],
+                SERVICE_ACCOUNT_TOKENS[1],
+            ]),
             0,
         ),
     ];

@@ -52,11 +52,12 @@ pub fn missing_fields(
     missing
 }
 
-/// Adds to `missing` the paths under `path` that `ours` has and `theirs` does not. A place
-/// where `theirs` keeps unknown fields (`x-kubernetes-preserve-unknown-fields`, or any key
-/// as `additionalProperties: true`) drops nothing; where it is a map, each of our fields is
-/// compared with its values' schema; where ours keeps unknown fields and theirs does not,
-/// they are dropped.
+/// Adds to `missing` the paths under `path` that `ours` has and `theirs` does not. Where
+/// `theirs` keeps unknown fields (`x-kubernetes-preserve-unknown-fields`, or any key as
+/// `additionalProperties: true`) a field it does not list is kept, and one it lists is
+/// compared with its schema there (the API server prunes inside it); where it is a map, each
+/// of our fields is compared with its values' schema; where ours keeps unknown fields and
+/// theirs does not, they are dropped.
 fn compare(
     ours: &JSONSchemaProps,
     theirs: &JSONSchemaProps,
@@ -70,10 +71,8 @@ fn compare(
                 Some(JSONSchemaPropsOrBool::Bool(true))
             )
     };
-    if keeps_unknown(theirs) {
-        return;
-    }
-    if keeps_unknown(ours) {
+    let open = keeps_unknown(theirs);
+    if keeps_unknown(ours) && !open {
         missing.push(format!("{path} (fields of any name)"));
     }
     let empty = BTreeMap::new();
@@ -90,7 +89,8 @@ fn compare(
         };
         match their_properties.get(name).or(their_values) {
             Some(installed) => compare(schema, installed, &at, missing),
-            None => missing.push(at),
+            None if !open => missing.push(at),
+            None => {}
         }
     }
     if let (
@@ -293,6 +293,18 @@ mod tests {
             schema.x_kubernetes_preserve_unknown_fields = Some(true);
         }
         assert!(missing_fields(&ours, &kept).is_empty());
+        // ...but what it lists there is pruned by its own schema.
+        let mut listed = without(ours.clone(), "spec.budget.credits");
+        if let Some(schema) = listed.spec.versions[0]
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("spec"))
+        {
+            schema.x_kubernetes_preserve_unknown_fields = Some(true);
+        }
+        assert_eq!(missing_fields(&ours, &listed), ["spec.budget.credits"]);
         // A map in theirs (any key, values of one schema) drops none of our fields there.
         let access = ChatflowAccess::crd();
         let mut map = serde_json::to_value(&access).expect("json");

@@ -25,6 +25,10 @@ use crate::server::Body;
 /// Idle connections kept at most; more are closed when their request ends.
 const MAX_IDLE: usize = 256;
 
+/// How long a connection made for a request that took a freed one may take to be made (TCP,
+/// TLS and HTTP handshakes); a request's own connect is bounded by the request's timeout.
+const BACKGROUND_CONNECT_LIMIT: Duration = Duration::from_secs(30);
+
 /// Why a request could not be sent, or got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -118,9 +122,10 @@ impl Pool {
             tokio::pin!(kept);
             kept.as_mut().enable();
             if let Some(sender) = self.checkout() {
-                let pool = Arc::downgrade(self);
+                let pool = Arc::clone(self);
                 tokio::spawn(async move {
-                    if let (Ok(sender), Some(pool)) = (connect.await, pool.upgrade()) {
+                    let made = tokio::time::timeout(BACKGROUND_CONNECT_LIMIT, connect).await;
+                    if let Ok(Ok(sender)) = made {
                         pool.keep(sender);
                     }
                 });
