@@ -410,7 +410,6 @@ async fn an_installed_crd_older_than_the_binary_is_found_lacking_its_new_fields(
     use flowgate::crd::installed;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::CustomResourceExt;
-    use kube::runtime::wait::{await_condition, conditions};
 
     let client = support::client().await;
     support::install_crds(&client).await;
@@ -431,19 +430,8 @@ async fn an_installed_crd_older_than_the_binary_is_found_lacking_its_new_fields(
         .and_then(|p| p.remove("rateLimit"));
     assert!(removed.is_some(), "ChatflowAccess has spec.rateLimit");
     let older: CustomResourceDefinition = serde_json::from_value(older).expect("a CRD");
+    support::apply_crd(&client, &older).await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        &name,
-        &PatchParams::apply("flowgate-tests").force(),
-        &Patch::Apply(&older),
-    )
-    .await
-    .expect("the older CRD applies");
-    let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
-    tokio::time::timeout(Duration::from_secs(30), established)
-        .await
-        .expect("established within 30 s")
-        .expect("watching the CRD works");
 
     let missing = installed::check(&client, &ours).await.expect("readable");
     crds.delete(&name, &Default::default())

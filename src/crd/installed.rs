@@ -282,28 +282,22 @@ mod tests {
             missing_fields(&ours, &other),
             ["version v1alpha1 (not served)"]
         );
-        let mut kept = without(ours.clone(), "spec.budget");
-        if let Some(schema) = kept.spec.versions[0]
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-            .and_then(|s| s.properties.as_mut())
-            .and_then(|p| p.get_mut("spec"))
-        {
-            schema.x_kubernetes_preserve_unknown_fields = Some(true);
-        }
+        // `crd` keeping unknown fields under `spec`.
+        let open_spec = |mut crd: CustomResourceDefinition| {
+            let spec = crd.spec.versions[0]
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+                .and_then(|s| s.properties.as_mut())
+                .and_then(|p| p.get_mut("spec"))
+                .expect("a spec");
+            spec.x_kubernetes_preserve_unknown_fields = Some(true);
+            crd
+        };
+        let kept = open_spec(without(ours.clone(), "spec.budget"));
         assert!(missing_fields(&ours, &kept).is_empty());
         // ...but what it lists there is pruned by its own schema.
-        let mut listed = without(ours.clone(), "spec.budget.credits");
-        if let Some(schema) = listed.spec.versions[0]
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-            .and_then(|s| s.properties.as_mut())
-            .and_then(|p| p.get_mut("spec"))
-        {
-            schema.x_kubernetes_preserve_unknown_fields = Some(true);
-        }
+        let listed = open_spec(without(ours.clone(), "spec.budget.credits"));
         assert_eq!(missing_fields(&ours, &listed), ["spec.budget.credits"]);
         // A map in theirs (any key, values of one schema) drops none of our fields there.
         let access = ChatflowAccess::crd();

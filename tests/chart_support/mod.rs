@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -212,21 +212,5 @@ pub async fn install_monitoring_crd(client: &kube::Client, kind: &str) {
         },
     }))
     .expect("CRD literal");
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.patch(
-        &name,
-        &PatchParams::apply("flowgate-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("monitoring CRD applies");
-    let established = kube::runtime::wait::await_condition(
-        api,
-        &name,
-        kube::runtime::wait::conditions::is_crd_established(),
-    );
-    tokio::time::timeout(std::time::Duration::from_secs(30), established)
-        .await
-        .expect("established within 30 s")
-        .expect("watch works");
+    support::apply_crd(client, &crd).await;
 }

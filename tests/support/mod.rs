@@ -32,19 +32,27 @@ pub async fn client() -> Client {
 
 /// Applies the generated CRDs (server-side apply, idempotent) and waits until they are served.
 pub async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let params = PatchParams::apply("flowgate-tests").force();
     for (_, crd) in flowgate::crd::definitions() {
-        let name = crd.metadata.name.clone().expect("CRD has a name");
-        api.patch(&name, &params, &Patch::Apply(&crd))
-            .await
-            .expect("CRD applies");
-        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
-        tokio::time::timeout(Duration::from_secs(30), established)
-            .await
-            .expect("CRD established within 30 s")
-            .expect("watching the CRD works");
+        apply_crd(client, &crd).await;
     }
+}
+
+/// Applies `crd` (server-side apply, idempotent) and waits until it is served.
+pub async fn apply_crd(client: &Client, crd: &CustomResourceDefinition) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.metadata.name.clone().expect("CRD has a name");
+    api.patch(
+        &name,
+        &PatchParams::apply("flowgate-tests").force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("CRD {name} applies: {e}"));
+    let established = await_condition(api, &name, conditions::is_crd_established());
+    tokio::time::timeout(Duration::from_secs(30), established)
+        .await
+        .expect("CRD established within 30 s")
+        .expect("watching the CRD works");
 }
 
 /// A namespace of its own for one test: `<prefix>-<unique suffix>`.

@@ -367,25 +367,28 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection");
     }
 
-    /// Asks `upstream` for a page and reads the answer.
-    async fn ask(upstream: &Upstream) -> Result<Bytes, ProxyError> {
+    /// A request for a page of `upstream`, from no one in particular.
+    fn ping(upstream: &Upstream) -> Result<Request<Body>, ProxyError> {
         let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
-        let req = upstream.request(
+        upstream.request(
             Method::GET,
             "/api/v1/ping",
             &HeaderMap::new(),
             peer,
             None,
             Bytes::new(),
-        )?;
-        let resp = upstream.send(req).await?;
+        )
+    }
+
+    /// Asks `upstream` for a page and reads the answer.
+    async fn ask(upstream: &Upstream) -> Result<Bytes, ProxyError> {
+        let resp = upstream.send(ping(upstream)?).await?;
         upstream.read_body(resp.into_body(), 16, None).await
     }
 
     #[test]
     fn credentials_in_the_flowise_url_stay_out_of_the_host_and_the_pool() {
         crate::telemetry::install_crypto_provider();
-        let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
         for (url, host) in [
             ("http://admin:s3cret@flowise:3000/base/", "flowise:3000"),
             (
@@ -396,16 +399,7 @@ mod tests {
         ] {
             let base = reqwest::Url::parse(url).expect("url");
             let upstream = Upstream::new(&base, None, Duration::from_secs(1)).expect("upstream");
-            let req = upstream
-                .request(
-                    Method::GET,
-                    "/api/v1/ping",
-                    &HeaderMap::new(),
-                    peer,
-                    None,
-                    Bytes::new(),
-                )
-                .expect("request");
+            let req = ping(&upstream).expect("request");
             assert_eq!(req.headers()[header::HOST], host, "{url}");
             assert!(!upstream.origin.to_string().contains("s3cret"), "{url}");
             assert!(req.uri().to_string().starts_with('/'), "origin form");
