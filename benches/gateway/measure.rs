@@ -210,26 +210,33 @@ pub fn fixed_rate_table(rows: &[Measured]) -> String {
     table.render()
 }
 
-/// Streams `count` predictions through each of `direct` and `via`, interleaved.
+/// Streams `count` predictions straight to the upstream and through each of `paths`,
+/// interleaved (direct, then each path, `count` times): what each path streamed, direct first.
 pub async fn streaming(
     direct: &Target,
-    via: &Target,
+    paths: &[&Target],
     count: usize,
-) -> anyhow::Result<(Vec<Streamed>, Vec<Streamed>)> {
+) -> anyhow::Result<Vec<Vec<Streamed>>> {
     let http = reqwest::Client::new();
-    // Warm both connection pools.
-    sse::stream_once(&http, direct).await?;
-    sse::stream_once(&http, via).await?;
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..count {
-        a.push(sse::stream_once(&http, direct).await?);
-        b.push(sse::stream_once(&http, via).await?);
+    let targets: Vec<&Target> = std::iter::once(direct)
+        .chain(paths.iter().copied())
+        .collect();
+    // Warm every connection pool.
+    for target in &targets {
+        sse::stream_once(&http, target).await?;
     }
-    Ok((a, b))
+    let mut streamed = vec![Vec::with_capacity(count); targets.len()];
+    for _ in 0..count {
+        for (target, out) in targets.iter().zip(&mut streamed) {
+            out.push(sse::stream_once(&http, target).await?);
+        }
+    }
+    Ok(streamed)
 }
 
-/// The streaming table: first-event time and per-event delay, and what the path adds.
-pub fn streaming_table(label: &str, direct: &[Streamed], via: &[Streamed]) -> String {
+/// The streaming table: first-event time and per-event delay, and what each path adds to the
+/// direct streams measured beside it. `paths`: a label and its streams, in `direct`'s order.
+pub fn streaming_table(direct: &[Streamed], paths: &[(&str, &[Streamed])]) -> String {
     let first = |s: &[Streamed]| Stat::of(&s.iter().map(|x| x.first_event_ms).collect::<Vec<_>>());
     let delays = |s: &[Streamed]| {
         let mut all: Vec<f64> = s.iter().flat_map(|x| x.event_delays_ms.clone()).collect();
@@ -238,12 +245,7 @@ pub fn streaming_table(label: &str, direct: &[Streamed], via: &[Streamed]) -> St
     };
     let events = |s: &[Streamed]| s.iter().map(|x| x.event_delays_ms.len()).sum::<usize>();
     let batched = |s: &[Streamed]| s.iter().map(|x| x.batched).sum::<usize>();
-    let added_first: Vec<f64> = via
-        .iter()
-        .zip(direct)
-        .map(|(v, d)| v.first_event_ms - d.first_event_ms)
-        .collect();
-    let (dd, vd) = (delays(direct), delays(via));
+    let dd = delays(direct);
     let mut table = Table::new(&[
         "path",
         "streams",
@@ -263,18 +265,26 @@ pub fn streaming_table(label: &str, direct: &[Streamed], via: &[Streamed]) -> St
         "–".into(),
         format!("{} of {}", batched(direct), events(direct)),
     ]);
-    table.row(vec![
-        label.into(),
-        via.len().to_string(),
-        first(via).show(3),
-        Stat::of(&added_first).show_signed(3),
-        format!("{:.3} / {:.3}", pct(&vd, 50.0), pct(&vd, 99.0)),
-        format!(
-            "{:+.3} / {:+.3}",
-            pct(&vd, 50.0) - pct(&dd, 50.0),
-            pct(&vd, 99.0) - pct(&dd, 99.0)
-        ),
-        format!("{} of {}", batched(via), events(via)),
-    ]);
+    for (label, via) in paths {
+        let added_first: Vec<f64> = via
+            .iter()
+            .zip(direct)
+            .map(|(v, d)| v.first_event_ms - d.first_event_ms)
+            .collect();
+        let vd = delays(via);
+        table.row(vec![
+            (*label).into(),
+            via.len().to_string(),
+            first(via).show(3),
+            Stat::of(&added_first).show_signed(3),
+            format!("{:.3} / {:.3}", pct(&vd, 50.0), pct(&vd, 99.0)),
+            format!(
+                "{:+.3} / {:+.3}",
+                pct(&vd, 50.0) - pct(&dd, 50.0),
+                pct(&vd, 99.0) - pct(&dd, 99.0)
+            ),
+            format!("{} of {}", batched(via), events(via)),
+        ]);
+    }
     table.render()
 }

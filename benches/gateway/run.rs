@@ -452,12 +452,20 @@ async fn measure_all(
         body: streaming_body.clone(),
         ..direct.target.clone()
     };
-    let stream_via = Target {
+    let stream_free = Target {
+        body: streaming_body.clone(),
+        ..fg_rs.target.clone()
+    };
+    let stream_paid = Target {
         body: streaming_body,
         ..fg_sqlite.target.clone()
     };
-    let (streams_direct, streams_via) =
-        measure::streaming(&stream_direct, &stream_via, settings.streams).await?;
+    let streamed = measure::streaming(
+        &stream_direct,
+        &[&stream_free, &stream_paid],
+        settings.streams,
+    )
+    .await?;
     let after_streams = reserves().await?;
     eprintln!("phase B: apply-to-enforce");
     let enforce_bulk =
@@ -517,13 +525,18 @@ async fn measure_all(
         if options.quick { 5 } else { 20 },
         if options.quick { "5 ms" } else { "10 ms" },
     ));
+    let [streams_direct, streams_free, streams_paid] = &streamed[..] else {
+        anyhow::bail!("streamed {} paths, not 3", streamed.len());
+    };
     report.push_str(&measure::streaming_table(
-        "flowgate RS256 + access + SQLite credits",
-        &streams_direct,
-        &streams_via,
+        streams_direct,
+        &[
+            ("flowgate RS256 + access", streams_free),
+            ("flowgate RS256 + access + SQLite credits", streams_paid),
+        ],
     ));
     report.push_str(&format!(
-        "\nOf the added first-event time, the reserve (on disk before the request is forwarded): {}.\n",
+        "\nOf the added first-event time with credits, the reserve (on disk before the request is forwarded): {}.\n",
         after_streams.since(&after_fixed).describe(),
     ));
     report.push_str("\n### Control plane\n\n");
