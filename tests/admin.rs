@@ -23,6 +23,45 @@ async fn resource_version(team: &Team, name: &str) -> String {
         .expect("resourceVersion")
 }
 
+/// Whether an added address is "new" is told from the chatflow's own namespace: a chatflow's
+/// admin cannot probe which addresses other teams' ChatflowAccess objects name.
+#[tokio::test]
+async fn an_add_tells_nothing_of_other_namespaces_grants() {
+    let (ours, theirs) = tokio::join!(Team::new("admin-probe-a"), Team::new("admin-probe-b"));
+    let gate = Flowgate::start().await;
+    let id = ours.flowise_id.clone();
+    // Theirs names its own user; the index must have it before the probe means anything.
+    eventually_status(
+        &gate,
+        &token("t-sub", json!({"email": theirs.user()})),
+        &theirs.flowise_id,
+        200,
+    )
+    .await;
+    let add = |email: String| {
+        let path = format!("/api/admin/chatflows/{id}/users/email/{}", encode(&email));
+        let gate = &gate;
+        async move { call(gate, M::POST, &path, Some(&root()), None).await }
+    };
+    let (status, body) = add(theirs.user()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("New user")),
+        "another namespace's grant is not told: {body}"
+    );
+    // Our own namespace's grants still are.
+    let (status, body) = add(ours.user()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("successfully added")),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn a_user_added_by_email_can_predict_until_removed_and_gitops_objects_stay_untouched() {
     let team = Team::new("admin-cycle").await;

@@ -93,21 +93,23 @@ pub async fn add(
 ) -> Result<Vec<UserChatflowResponse>, ProxyError> {
     let checked: Vec<Result<String, UserChatflowResponse>> =
         entries.iter().map(|e| check(e, kind)).collect();
-    // "Never seen": no ChatflowAccess anywhere names the value.
+    // "Never seen": no ChatflowAccess of the chatflow's namespace names the value. Only there:
+    // a chatflow's admin learns nothing of the grants of other teams' namespaces.
     let known = |value: &str| {
         call.snapshot
             .access_rules()
             .iter()
-            .any(|rule| names_user(rule, value))
+            .any(|rule| rule.namespace == cf.rule.namespace && names_user(rule, value))
     };
     let flow = cf.rule.name.clone();
-    let answers = edit_subjects(
+    let (answers, granted) = edit_subjects(
         client,
         &cf.rule.namespace,
         &cf.rule.name,
         Edit::Adds,
         |subjects| {
-            checked
+            let mut granted = Vec::new();
+            let answers = checked
                 .iter()
                 .map(|entry| match entry {
                     Err(answer) => answer.clone(),
@@ -119,6 +121,7 @@ pub async fn add(
                     }
                     Ok(value) => {
                         subjects.push(access::user(value));
+                        granted.push(value.clone());
                         let message = if kind == Kind::Email && !known(value) {
                             format!("New user {value} created and added to chatflow {flow}.")
                         } else {
@@ -127,11 +130,15 @@ pub async fn add(
                         UserChatflowResponse::success(value, message)
                     }
                 })
-                .collect()
+                .collect();
+            (answers, granted)
         },
     )
     .await?;
-    super::audit(call, cf, "users granted", entries);
+    // Only what was written: not an entry refused, nor one that already had access.
+    if !granted.is_empty() {
+        super::audit(call, cf, "users granted", &granted);
+    }
     Ok(answers)
 }
 

@@ -112,11 +112,12 @@ impl Form {
     /// and `overrideConfig[sessionId]` where the form had such fields); returns the bound id.
     /// Each field once and unbracketed: Flowise's form parser turns a repeated name into an array
     /// and a bracketed one into an object, which Flowise would read as another chat id (`a,a`,
-    /// `[object Object]`) than the one bound.
+    /// `[object Object]`) than the one bound. A blank field asks for nothing, as in a JSON
+    /// body: a form's empty `chatId` does not hide its `sessionId`.
     pub fn bind_session(&mut self, subject_key: &str) -> String {
         let requested = ["chatId", "sessionId", "overrideConfig[sessionId]"]
             .iter()
-            .find_map(|name| self.text(name))
+            .find_map(|name| self.text(name).filter(|id| !id.trim().is_empty()))
             .map(str::to_string);
         let bound = session::bind(subject_key, requested.as_deref());
         let (mut session_id, mut override_session) = (false, false);
@@ -340,6 +341,21 @@ mod tests {
             matches!(&refused, Err(ProxyError::BadRequest(m)) if m.contains("parts")),
             "{refused:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_blank_chat_id_does_not_hide_the_session_asked_for() {
+        for blank in ["", "  "] {
+            let (body, ct) = form(&[
+                ("question", None, "hi"),
+                ("chatId", None, blank),
+                ("overrideConfig[sessionId]", None, "my-chat"),
+            ]);
+            let mut parsed = parse(&ct, body).await.expect("parses");
+            let bound = parsed.bind_session("user:alice");
+            assert_eq!(bound, session::bind("user:alice", Some("my-chat")));
+            assert_eq!(parsed.text("chatId"), Some(bound.as_str()));
+        }
     }
 
     #[tokio::test]
