@@ -184,7 +184,10 @@ pub(super) enum Plan {
     /// Send these changes to the chatflow.
     Update(FlowiseChatflow, ChatflowWrite),
     NotFound(String),
+    /// The chatflow found is held by another Chatflow.
     Conflict(String),
+    /// Flowise's chatflows leave the spec ambiguous or undoable (several match, a name taken).
+    FlowiseConflict(String),
 }
 
 /// Step 3: the plan for what was found.
@@ -209,7 +212,7 @@ pub(super) fn plan(desired: &Desired, found: Found) -> Plan {
                     None => format!("{id}, not created by flowgate"),
                 })
                 .collect();
-            Plan::Conflict(format!(
+            Plan::FlowiseConflict(format!(
                 "Flowise already has a chatflow named '{}' that this Chatflow does not own ({}); \
                  give the definition another name (definition.name), or adopt that chatflow \
                  with flowiseId",
@@ -217,7 +220,7 @@ pub(super) fn plan(desired: &Desired, found: Found) -> Plan {
                 taken.join("; ")
             ))
         }
-        (Desired::Own(owned), Found::Many(ids)) => Plan::Conflict(format!(
+        (Desired::Own(owned), Found::Many(ids)) => Plan::FlowiseConflict(format!(
             "several Flowise chatflows carry the marker {}: {}",
             owned.marker,
             ids.join(", ")
@@ -229,12 +232,12 @@ pub(super) fn plan(desired: &Desired, found: Found) -> Plan {
         (Desired::AdoptName(name), Found::None { .. }) => {
             Plan::NotFound(format!("Flowise has no chatflow named '{name}'"))
         }
-        (Desired::AdoptName(name), Found::Many(ids)) => Plan::Conflict(format!(
+        (Desired::AdoptName(name), Found::Many(ids)) => Plan::FlowiseConflict(format!(
             "several Flowise chatflows are named '{name}' ({}); adopt one with flowiseId",
             ids.join(", ")
         )),
         (Desired::AdoptId(id), Found::Many(_)) => {
-            Plan::Conflict(format!("Flowise answered several chatflows for id {id}"))
+            Plan::FlowiseConflict(format!("Flowise answered several chatflows for id {id}"))
         }
     }
 }
@@ -299,7 +302,10 @@ pub(super) enum Outcome {
         others: Vec<String>,
     },
     NotFound(String),
+    /// Another Chatflow holds the Flowise chatflow this one claims.
     Conflict(String),
+    /// [`Plan::FlowiseConflict`]: this one keeps what it held.
+    FlowiseConflict(String),
     Invalid(String),
     /// Flowise could not be asked (transient) or refused the call (permanent).
     Unreachable(String),
@@ -360,6 +366,7 @@ pub(super) fn next_status(
         }
         Outcome::NotFound(m) => (false, reason::NOT_FOUND_IN_FLOWISE, m.clone()),
         Outcome::Conflict(m) => (false, reason::CONFLICT, m.clone()),
+        Outcome::FlowiseConflict(m) => (false, reason::FLOWISE_CONFLICT, m.clone()),
         Outcome::Invalid(m) => (false, reason::INVALID_SPEC, m.clone()),
         // The last known state is kept, Ready's status with it: the proxy keeps serving a
         // chatflow that was Ready (Flowise may well answer predictions while the controller
@@ -388,12 +395,12 @@ pub(super) fn next_status(
                     (ok, why, message) = (false, reason::CONFLICT, ready.message.clone());
                 }
             }
-            Outcome::Invalid(invalid) => {
+            Outcome::Invalid(problem) | Outcome::FlowiseConflict(problem) => {
                 (ok, why, message) = (
                     false,
                     reason::CONFLICT,
                     format!(
-                        "{invalid}; and another Chatflow holds Flowise chatflow {id}, which \
+                        "{problem}; and another Chatflow holds Flowise chatflow {id}, which \
                          this one claimed"
                     ),
                 );
@@ -703,6 +710,7 @@ pub(super) async fn sync(
         },
         Plan::NotFound(message) => Outcome::NotFound(message),
         Plan::Conflict(message) => Outcome::Conflict(message),
+        Plan::FlowiseConflict(message) => Outcome::FlowiseConflict(message),
     })
 }
 
@@ -730,7 +738,7 @@ async fn guard(
             .map(|c| c.id)
             .collect();
         if !taken.is_empty() {
-            return Ok(Plan::Conflict(format!(
+            return Ok(Plan::FlowiseConflict(format!(
                 "Flowise already has a chatflow named '{name}' ({}); the chatflow is not \
                  renamed to it: rename the definition",
                 taken.join(", ")

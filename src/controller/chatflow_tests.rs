@@ -175,7 +175,7 @@ fn an_unmarked_chatflow_of_the_same_name_is_a_conflict_not_a_second_chatflow() {
         },
     );
     assert!(
-        matches!(&plan, Plan::Conflict(m) if m.contains("id-1, not created by flowgate")
+        matches!(&plan, Plan::FlowiseConflict(m) if m.contains("id-1, not created by flowgate")
             && m.contains("id-2, created for Chatflow team-b/support-bot")),
         "{plan:?}"
     );
@@ -223,7 +223,7 @@ fn several_chatflows_of_an_adopted_name_are_a_conflict() {
         Found::Many(vec!["a".into(), "b".into()]),
     );
     assert!(
-        matches!(&plan, Plan::Conflict(m) if m.contains("a, b")),
+        matches!(&plan, Plan::FlowiseConflict(m) if m.contains("a, b")),
         "{plan:?}"
     );
 }
@@ -315,6 +315,32 @@ fn a_shared_chatflow_is_a_conflict_that_stays_put_across_resyncs() {
 }
 
 #[test]
+fn a_holder_keeps_its_chatflow_while_flowise_is_ambiguous_about_it() {
+    // A second Flowise chatflow of its adopted name, say: a problem of what Flowise holds, not
+    // a claim of another Chatflow's. What this one held stays held, and no rival takes it.
+    let found = in_flowise("id-1", "Support Bot", None);
+    let synced_status = next_status(
+        &ChatflowStatus::default(),
+        &synced(found),
+        Some(3),
+        false,
+        at(0),
+        HOUR,
+    );
+    let ambiguous =
+        Outcome::FlowiseConflict("several Flowise chatflows are named 'Support Bot'".into());
+    let status = next_status(&synced_status, &ambiguous, Some(3), false, at(10), HOUR);
+    assert_eq!(ready(&status), ("False".into(), "FlowiseConflict".into()));
+    let mut cf = chatflow(json!({"flowiseName": "Support Bot"}));
+    cf.status = Some(status);
+    assert!(crate::index::rules::holds(&cf, "id-1"), "{:?}", cf.status);
+    assert_eq!(
+        crate::index::rules::claimed_flowise_id(&cf).as_deref(),
+        Some("id-1")
+    );
+}
+
+#[test]
 fn a_claim_in_conflict_stays_in_conflict_until_flowise_is_compared_again() {
     // A claim that does not hold its chatflow must not come to hold it (`holds` reads Ready's
     // reason) by being suspended, made invalid, or reconciled while Flowise is away.
@@ -356,6 +382,9 @@ fn a_claim_in_conflict_stays_in_conflict_until_flowise_is_compared_again() {
         again.conditions[0].message, *message,
         "no message grows on resync"
     );
+    let ambiguous = Outcome::FlowiseConflict("several Flowise chatflows are named 'x'".into());
+    let still = next_status(&conflict, &ambiguous, Some(4), false, at(10), HOUR);
+    assert_eq!(ready(&still), ("False".into(), "Conflict".into()));
 
     // Only a comparison decides: once this claim is the only one, it is Synced.
     let alone = next_status(&broken, &synced(chatflow), Some(5), false, at(30), HOUR);
@@ -673,7 +702,7 @@ fn an_owned_chatflow_is_not_renamed_to_a_name_another_chatflow_has() {
     renamed.name = "their bot".into();
     let renamed = Desired::Own(renamed);
     let outcome = block_on(sync(&flowise, &renamed, Some(&chatflow.id), &unheld)).expect("ok");
-    let Outcome::Conflict(message) = outcome else {
+    let Outcome::FlowiseConflict(message) = outcome else {
         panic!("expected a conflict, got {outcome:?}")
     };
     assert!(message.contains("their bot"), "{message}");
@@ -791,5 +820,8 @@ fn adoption_by_name_finds_the_single_chatflow_of_that_name() {
         &unheld,
     ))
     .expect("ok");
-    assert!(matches!(outcome, Outcome::Conflict(_)), "{outcome:?}");
+    assert!(
+        matches!(outcome, Outcome::FlowiseConflict(_)),
+        "{outcome:?}"
+    );
 }

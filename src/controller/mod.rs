@@ -648,6 +648,7 @@ pub(crate) fn ready_transition(
         reason::INVALID_SPEC,
         reason::SUSPENDED,
         reason::CONFLICT,
+        reason::FLOWISE_CONFLICT,
         reason::EXPIRED,
     ]
     .into_iter()

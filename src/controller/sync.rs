@@ -413,9 +413,14 @@ pub(super) fn plan(
                 .and_then(|id| by_id.get(id).copied())
                 .or_else(|| flowise.iter().find(|c| has_marker(c, &owned.marker))),
         };
-        // An owned definition in Conflict (its name taken, its chatflow held by another) is one
+        // An owned definition in conflict (its name taken, its chatflow held by another) is one
         // a reconcile cannot bring in line: counted, it would make every pass reconcile all.
-        if matches!(desired, Desired::Own(_)) && ready_reason(status) == Some(reason::CONFLICT) {
+        if matches!(desired, Desired::Own(_))
+            && matches!(
+                ready_reason(status),
+                Some(reason::CONFLICT | reason::FLOWISE_CONFLICT)
+            )
+        {
             continue;
         }
         let key = format!("{ns}/{name}");

@@ -19,8 +19,13 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// The object is suspended by its spec.
     pub const SUSPENDED: &str = "Suspended";
-    /// Another object or Flowise chatflow claims the same thing.
+    /// Another object claims the same thing (for a Chatflow: another Chatflow holds its Flowise
+    /// chatflow, or several claim it and none holds it).
     pub const CONFLICT: &str = "Conflict";
+    /// What Flowise holds leaves the spec ambiguous or undoable: several Flowise chatflows
+    /// match it, or the name it would give is taken. Not about other Chatflows: one that held
+    /// its Flowise chatflow keeps holding it.
+    pub const FLOWISE_CONFLICT: &str = "FlowiseConflict";
     /// The access has passed its `expiresAt`.
     pub const EXPIRED: &str = "Expired";
     /// The rule is in force.

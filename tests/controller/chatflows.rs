@@ -95,10 +95,10 @@ async fn an_ambiguous_name_is_a_conflict_and_unknown_ones_are_not_found() {
     )
     .await;
 
-    wait_ready(&api, "twice", "False", "Conflict").await;
+    wait_ready(&api, "twice", "False", "FlowiseConflict").await;
     wait_ready(&api, "no-id", "False", "NotFoundInFlowise").await;
     wait_ready(&api, "no-name", "False", "NotFoundInFlowise").await;
-    wait_for_event(&client, &ns, "twice", "Conflict").await;
+    wait_for_event(&client, &ns, "twice", "FlowiseConflict").await;
     controller.stop().await;
 }
 

@@ -66,7 +66,7 @@ pub fn resolve(
                     )),
                     many => Err((
                         false,
-                        reason::CONFLICT,
+                        reason::FLOWISE_CONFLICT,
                         format!("{} Flowise chatflows carry this name", many.len()),
                     )),
                 }
@@ -226,7 +226,7 @@ mod tests {
             vec![
                 expect("True", "Synced"),
                 expect("True", "Synced"),
-                expect("False", "Conflict"),
+                expect("False", "FlowiseConflict"),
                 expect("False", "NotFoundInFlowise"),
                 expect("False", "InvalidSpec"),
                 expect("False", "Suspended"),
