@@ -32,7 +32,8 @@ pub const LONGEST_WINDOW: std::time::Duration = std::time::Duration::from_secs(3
 
 /// The window of `period` that contains `now`, calendar-aligned in the IANA zone `tz`.
 ///
-/// - `Hourly`: from the top of the local hour, one hour long.
+/// - `Hourly`: from the top of the local hour, one hour long; a change of the zone's offset
+///   inside the hour (Lord Howe's half-hour daylight saving) ends one window and starts the next.
 /// - `Daily`: from local midnight (or the first instant of the day where midnight is skipped)
 ///   to the next one.
 /// - `Weekly`: from local midnight on Monday.
@@ -59,8 +60,19 @@ pub fn window(period: Period, tz: &str, now: Timestamp) -> Result<Window, Period
             let into_hour = SignedDuration::from_secs(
                 i64::from(local.minute()) * 60 + i64::from(local.second()),
             ) + SignedDuration::from_nanos(i64::from(local.subsec_nanosecond()));
-            let start = now.checked_sub(into_hour)?;
-            (start, start.checked_add(SignedDuration::from_hours(1))?)
+            let top = now.checked_sub(into_hour)?;
+            let end = top.checked_add(SignedDuration::from_hours(1))?;
+            // Where the offset changes by half an hour, the local hours before and after the
+            // change would overlap (a second budget) or leave a gap: the change bounds both.
+            let changed = zone
+                .preceding(now.checked_add(SignedDuration::from_nanos(1))?)
+                .next()
+                .map(|t| t.timestamp());
+            let changes = zone.following(now).next().map(|t| t.timestamp());
+            (
+                changed.filter(|&at| at > top).unwrap_or(top),
+                changes.filter(|&at| at < end).unwrap_or(end),
+            )
         }
         Period::Daily => (midnight(today, &zone)?, midnight(today.tomorrow()?, &zone)?),
         Period::Weekly => {
@@ -205,6 +217,52 @@ mod tests {
         let never = win(Period::Never, "Europe/Berlin", "2026-05-04T10:00:00Z");
         assert_eq!(never.start, Timestamp::UNIX_EPOCH);
         assert_eq!(never.end, None);
+    }
+
+    #[test]
+    fn hourly_windows_neither_overlap_nor_leave_a_gap_where_the_offset_moves_half_an_hour() {
+        // Lord Howe Island: 2026-04-05 02:00 (+11:00) falls back to 01:30 (+10:30) at 15:00Z
+        // on 04-04; 2026-10-04 02:00 (+10:30) springs to 02:30 (+11:00) at 15:30Z on 10-03.
+        let zone = "Australia/Lord_Howe";
+        let before = win(Period::Hourly, zone, "2026-04-04T14:45:00Z");
+        assert_eq!(before.start, ts("2026-04-04T14:00:00Z"));
+        assert_eq!(before.end, Some(ts("2026-04-04T15:00:00Z")));
+        let after = win(Period::Hourly, zone, "2026-04-04T15:10:00Z");
+        assert_eq!(
+            after.start,
+            ts("2026-04-04T15:00:00Z"),
+            "not 14:30Z: no overlap"
+        );
+        assert_eq!(after.end, Some(ts("2026-04-04T15:30:00Z")));
+        let spring = win(Period::Hourly, zone, "2026-10-03T15:40:00Z");
+        assert_eq!(
+            spring.start,
+            ts("2026-10-03T15:30:00Z"),
+            "not 15:00Z, a time that was not"
+        );
+        assert_eq!(spring.end, Some(ts("2026-10-03T16:00:00Z")));
+        // A change inside a local hour ends its window there: Newfoundland (-03:30) sprang
+        // forward at 00:01 local until 2011, 00:01 becoming 01:01 (-02:30) at 03:31Z.
+        let st_johns = win(Period::Hourly, "America/St_Johns", "2010-03-14T03:30:30Z");
+        assert_eq!(st_johns.start, ts("2010-03-14T03:30:00Z"));
+        assert_eq!(st_johns.end, Some(ts("2010-03-14T03:31:00Z")));
+        // Every window of those days runs into the next, whatever instant asks.
+        for (zone, day) in [
+            (zone, "2026-04-04T10:00:00Z"),
+            (zone, "2026-10-03T10:00:00Z"),
+            ("America/St_Johns", "2010-03-13T22:00:00Z"),
+        ] {
+            let mut at = ts(day);
+            let stop = at.checked_add(SignedDuration::from_hours(12)).expect("t");
+            while at < stop {
+                let w = window(Period::Hourly, zone, at).expect("window");
+                let end = w.end.expect("end");
+                assert!(w.start <= at && at < end, "{at}: {w:?}");
+                let next = window(Period::Hourly, zone, end).expect("next");
+                assert_eq!(next.start, end, "{at}");
+                at = at.checked_add(SignedDuration::from_mins(5)).expect("t");
+            }
+        }
     }
 
     #[test]
