@@ -84,6 +84,19 @@ async fn a_user_added_by_email_can_predict_until_removed_and_gitops_objects_stay
         "a never-seen email is 'created': {added}"
     );
     eventually_status(&gate, &bob_token, &id, 200).await;
+    // The same address in another case is the same user: already granted, not a second grant.
+    let shouting = format!(
+        "/api/admin/chatflows/{id}/users/email/{}",
+        encode(&bob.to_uppercase())
+    );
+    let (status, again) = call(&gate, M::POST, &shouting, Some(&root()), None).await;
+    assert_eq!(status, 200, "{again}");
+    assert!(
+        again["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already has access")),
+        "{again}"
+    );
 
     let ours: Api<ChatflowAccess> = Api::namespaced(team.client.clone(), &team.ns);
     let object = ours

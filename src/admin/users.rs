@@ -10,6 +10,7 @@ use super::access::{self, Edit, edit_subjects, object_name};
 use super::models::{ChatflowUser, MessageResponse, UserChatflowResponse};
 use super::routes::valid_email;
 use crate::crd::Role;
+use crate::crd::access::same_user;
 use crate::index::{AccessRule, ChatflowEntry, ChatflowSelector, SubjectRule};
 use crate::proxy::ProxyError;
 
@@ -41,7 +42,7 @@ fn rules_for<'s>(
 fn names_user(rule: &AccessRule, user: &str) -> bool {
     rule.subjects
         .iter()
-        .any(|s| matches!(s, SubjectRule::User(u) if u == user))
+        .any(|s| matches!(s, SubjectRule::User(u) if same_user(u, user)))
 }
 
 /// Every user subject granted `cf`, with the strongest role and the objects that grant it.
@@ -113,7 +114,11 @@ pub async fn add(
                 .iter()
                 .map(|entry| match entry {
                     Err(answer) => answer.clone(),
-                    Ok(value) if subjects.iter().any(|s| s.user.as_deref() == Some(value)) => {
+                    Ok(value)
+                        if subjects
+                            .iter()
+                            .any(|s| s.user.as_deref().is_some_and(|u| same_user(u, value))) =>
+                    {
                         UserChatflowResponse::success(
                             value,
                             format!("User {value} already has access to chatflow {flow}."),
@@ -178,7 +183,7 @@ pub async fn remove(
         Edit::Removes,
         |subjects| {
             let before = subjects.len();
-            subjects.retain(|s| s.user.as_deref() != Some(user));
+            subjects.retain(|s| !s.user.as_deref().is_some_and(|u| same_user(u, user)));
             before != subjects.len()
         },
     )

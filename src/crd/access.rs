@@ -94,7 +94,8 @@ impl RatePeriod {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Subject {
-    /// A user, matched against the identity claims (by default `sub`, then `email`).
+    /// A user, matched against the identity claims (by default `sub`, then `email`). A value
+    /// with an `@` is an address, matched whatever its case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub user: Option<String>,
@@ -160,4 +161,50 @@ pub struct ChatflowAccessStatus {
     /// (False names the Chatflows that do not exist).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// What a user subject value is compared by: an address (a value with an `@`) in lower case,
+/// since providers and people write the same one in different cases (`Alice@Corp.com` in Git,
+/// `alice@corp.com` in the token); any other value as it is (ids are case-sensitive).
+pub fn user_key(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains('@') {
+        let lower = value.to_lowercase();
+        if lower != value {
+            return std::borrow::Cow::Owned(lower);
+        }
+    }
+    std::borrow::Cow::Borrowed(value)
+}
+
+/// Whether two user subject values name the same user, as [`user_key`] compares them.
+pub fn same_user(a: &str, b: &str) -> bool {
+    a == b
+        || (a.contains('@')
+            && a.chars()
+                .flat_map(char::to_lowercase)
+                .eq(b.chars().flat_map(char::to_lowercase)))
+}
+
+#[cfg(test)]
+mod user_tests {
+    use super::*;
+
+    #[test]
+    fn addresses_compare_whatever_their_case_and_ids_as_they_are() {
+        assert_eq!(user_key("Alice@Corp.IO"), "alice@corp.io");
+        assert!(matches!(
+            user_key("alice@corp.io"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(user_key("User-ABC"), "User-ABC");
+        assert!(same_user("Alice@Corp.IO", "alice@corp.io"));
+        assert!(same_user("alice@corp.io", "ALICE@CORP.IO"));
+        assert!(same_user("Émile@Café.fr", "émile@café.fr"));
+        assert!(
+            !same_user("User-ABC", "user-abc"),
+            "an id is case-sensitive"
+        );
+        assert!(!same_user("alice@corp.io", "alice@corp.iq"));
+        assert!(!same_user("alice@corp.io", "alice@corp.io.evil"));
+    }
 }

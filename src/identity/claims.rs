@@ -166,6 +166,15 @@ pub(crate) fn user_identity(
             users.push(s.clone());
         }
     }
+    // An address also in lower case, as access rules compare addresses (`user_key`); after the
+    // values as given, so that the first (the ledger's subject key) stays what it was.
+    for i in 0..users.len() {
+        if let std::borrow::Cow::Owned(lower) = crate::crd::access::user_key(&users[i])
+            && !users.contains(&lower)
+        {
+            users.push(lower);
+        }
+    }
     let Some(first) = users.first() else {
         let first_claim = mapping
             .user_slots
@@ -208,7 +217,8 @@ fn groups(value: Option<Value>) -> Vec<String> {
 /// numbers compare by their JSON text (`is_admin=true`).
 fn is_admin(value: Option<&Value>, expected: &str) -> bool {
     let scalar = |v: &Value| match v {
-        Value::String(s) => s == expected,
+        // An address whatever its case, as access rules compare them.
+        Value::String(s) => crate::crd::access::same_user(expected, s),
         Value::Bool(b) => expected == if *b { "true" } else { "false" },
         Value::Number(n) => n.to_string() == expected,
         _ => false,

@@ -12,6 +12,7 @@ pub mod watch;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use foldhash::HashMap as FastMap;
 use foldhash::HashSet as FastSet;
 use jiff::Timestamp;
 
+use crate::crd::access::{same_user, user_key};
 use crate::crd::{Chatflow, ChatflowAccess, CreditPolicy, RateLimit, Role};
 pub use rules::{AccessRule, ChatflowRule, ChatflowSelector, InvalidSpec, PolicyRule, SubjectRule};
 
@@ -182,15 +184,18 @@ struct Holders {
 
 impl Holders {
     fn grant(&mut self, subject: &SubjectRule, grant: Grant) {
+        // A caller names an address in lower case too ([`crate::crd::access::user_key`]).
         let (map, key) = match subject {
-            SubjectRule::User(u) => (&mut self.users, u),
-            SubjectRule::Group(g) => (&mut self.groups, g),
-            SubjectRule::ServiceAccount(sa) => (&mut self.service_accounts, sa),
+            SubjectRule::User(u) => (&mut self.users, user_key(u)),
+            SubjectRule::Group(g) => (&mut self.groups, Cow::Borrowed(g.as_str())),
+            SubjectRule::ServiceAccount(sa) => {
+                (&mut self.service_accounts, Cow::Borrowed(sa.as_str()))
+            }
         };
-        match map.get_mut(key.as_str()) {
+        match map.get_mut(key.as_ref()) {
             Some(grants) => grants.push(grant),
             None => {
-                map.insert(key.as_str().into(), vec![grant]);
+                map.insert(key.as_ref().into(), vec![grant]);
             }
         }
     }
@@ -223,12 +228,14 @@ struct Granted {
 impl Granted {
     fn add(&mut self, subject: &SubjectRule) {
         let (set, key) = match subject {
-            SubjectRule::User(u) => (&mut self.users, u),
-            SubjectRule::Group(g) => (&mut self.groups, g),
-            SubjectRule::ServiceAccount(sa) => (&mut self.service_accounts, sa),
+            SubjectRule::User(u) => (&mut self.users, user_key(u)),
+            SubjectRule::Group(g) => (&mut self.groups, Cow::Borrowed(g.as_str())),
+            SubjectRule::ServiceAccount(sa) => {
+                (&mut self.service_accounts, Cow::Borrowed(sa.as_str()))
+            }
         };
-        if !set.contains(key.as_str()) {
-            set.insert(key.as_str().into());
+        if !set.contains(key.as_ref()) {
+            set.insert(key.as_ref().into());
         }
     }
 
@@ -732,7 +739,7 @@ impl PolicyRule {
 
 fn matches(subject: &SubjectRule, caller: &Caller<'_>) -> bool {
     match subject {
-        SubjectRule::User(u) => caller.users.iter().any(|v| v == u),
+        SubjectRule::User(u) => caller.users.iter().any(|v| same_user(u, v)),
         SubjectRule::Group(g) => caller.groups.iter().any(|v| v == g),
         SubjectRule::ServiceAccount(sa) => caller.service_account == Some(sa.as_str()),
     }

@@ -78,6 +78,36 @@ fn a_user_named_in_an_access_rule_may_use_only_its_chatflows() {
 }
 
 #[test]
+fn an_address_is_matched_whatever_its_case_and_an_id_as_it_is() {
+    let mut res = team_a();
+    res.accesses.push(access(
+        "team-a",
+        "mixed",
+        "  chatflows: [faq-bot]\n  subjects: [{user: Bob.Smith@Example.COM}, {user: User-ABC}]\n",
+    ));
+    let snap = compile(&res);
+    // The identity names an address in lower case too (`claims::user_identity`).
+    let bob = ["bob-sub".to_string(), "bob.smith@example.com".to_string()];
+    assert_eq!(role_on(&snap, &user(&bob), FAQ), Some(Role::User));
+    assert!(snap.grants_anything(&user(&bob)));
+    let upper_alice = [
+        "ALICE@EXAMPLE.COM".to_string(),
+        "alice@example.com".to_string(),
+    ];
+    assert_eq!(
+        role_on(&snap, &user(&upper_alice), SUPPORT),
+        Some(Role::User)
+    );
+    let id = ["user-abc".to_string()];
+    assert_eq!(
+        role_on(&snap, &user(&id), FAQ),
+        None,
+        "an id is case-sensitive"
+    );
+    assert!(!snap.grants_anything(&user(&id)));
+}
+
+#[test]
 fn there_is_no_implicit_access() {
     let snap = compile(&team_a());
     let bob = ["bob@example.com".to_string()];

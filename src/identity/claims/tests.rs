@@ -52,6 +52,24 @@ fn user_claims_are_taken_in_configured_order_and_key_uses_the_first() {
 }
 
 #[test]
+fn an_address_is_also_named_in_lower_case_after_the_values_as_given() {
+    let id = user(json!({"sub": "u-1", "email": "Alice@Corp.IO"})).expect("identity");
+    assert_eq!(id.users, ["u-1", "Alice@Corp.IO", "alice@corp.io"]);
+    assert_eq!(id.key, "user:u-1");
+    let id = user(json!({"email": "Alice@Corp.IO"})).expect("identity");
+    assert_eq!(id.users, ["Alice@Corp.IO", "alice@corp.io"]);
+    assert_eq!(
+        id.key, "user:Alice@Corp.IO",
+        "the ledger's key is the value as given"
+    );
+    // Not twice, and an id stays as it is.
+    let id = user(json!({"sub": "alice@corp.io", "email": "ALICE@corp.io"})).expect("identity");
+    assert_eq!(id.users, ["alice@corp.io", "ALICE@corp.io"]);
+    let id = user(json!({"sub": "User-ABC"})).expect("identity");
+    assert_eq!(id.users, ["User-ABC"]);
+}
+
+#[test]
 fn non_string_and_empty_user_claims_are_ignored() {
     let id = user(json!({"sub": 42, "email": "a@x.io"})).expect("identity");
     assert_eq!(id.users, ["a@x.io"]);
@@ -337,4 +355,9 @@ fn an_email_the_provider_has_not_verified_makes_no_admin() {
         admin(json!({"sub": "u-1", "email": "ops@corp.io"})),
         "nothing said"
     );
+    assert!(
+        admin(json!({"sub": "u-1", "email": "Ops@Corp.IO"})),
+        "an address whatever its case"
+    );
+    assert!(!admin(json!({"sub": "u-1", "email": "ops@corp.io.evil"})));
 }

@@ -124,6 +124,27 @@ fn policies_apply_by_chatflow_and_subject() {
         .map(|p| &*p.id)
         .collect();
     assert_eq!(ids, vec!["team-a/monthly"]);
+    // A policy naming an address charges it whatever the case the token writes it in.
+    let mut named = res.clone();
+    named.policies.push(policy(
+        "team-a",
+        "carol",
+        "  chatflows: [faq-bot]\n  subjects: [{user: Carol@Example.com}]\n  budget: {credits: 5, period: Daily}\n",
+    ));
+    let snap_named = compile(&named);
+    let faq_named = snap_named.chatflow_by_flowise_id(FAQ).expect("faq");
+    let carol = ["c-sub".to_string(), "carol@example.com".to_string()];
+    let carol = Caller {
+        users: &carol,
+        groups: &staff,
+        service_account: None,
+    };
+    let ids: Vec<&str> = snap_named
+        .policies_for(&carol, faq_named)
+        .iter()
+        .map(|p| &*p.id)
+        .collect();
+    assert_eq!(ids, vec!["team-a/carol", "team-a/monthly"]);
     let daily = snap
         .policy_rules()
         .iter()
