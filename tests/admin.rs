@@ -112,9 +112,13 @@ async fn a_user_added_by_email_can_predict_until_removed_and_gitops_objects_stay
         Some(&"admin-api".to_string())
     );
 
-    // Alice is granted by GitOps; the admin API may add its own grant next to it.
+    // Alice is granted by GitOps; the admin API may add its own grant next to it, here
+    // written in capitals: still the one user, listed once with both grants.
     let alice = team.user();
-    let path_alice = format!("/api/admin/chatflows/{id}/users/email/{}", encode(&alice));
+    let path_alice = format!(
+        "/api/admin/chatflows/{id}/users/email/{}",
+        encode(&alice.to_uppercase())
+    );
     let (status, body) = call(&gate, M::POST, &path_alice, Some(&root()), None).await;
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -127,7 +131,14 @@ async fn a_user_added_by_email_can_predict_until_removed_and_gitops_objects_stay
     let users = support::eventually(10, "both users listed", || async {
         let (_, users) = call(&gate, M::GET, &users_path, Some(&root()), None).await;
         let list = users.as_array().cloned().unwrap_or_default();
-        let alice_row = list.iter().find(|u| u["user_id"] == json!(alice))?;
+        let alices = list.iter().filter(|u| {
+            u["user_id"]
+                .as_str()
+                .is_some_and(|id| id.eq_ignore_ascii_case(&alice))
+        });
+        let [alice_row] = alices.collect::<Vec<_>>()[..] else {
+            return None;
+        };
         (list.iter().any(|u| u["email"] == json!(bob))
             && alice_row["granted_by"]
                 .as_array()

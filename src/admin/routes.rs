@@ -199,17 +199,7 @@ pub fn decode_user_id(raw: &str) -> Option<String> {
 /// One `@` with something on both sides, at most 254 bytes, and none of `/ \ % ?  #`,
 /// whitespace or control characters.
 pub fn valid_email(email: &str) -> bool {
-    let mut parts = email.split('@');
-    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    !local.is_empty()
-        && !domain.is_empty()
-        && email.len() <= 254
-        && !domain.starts_with('.')
-        && !email.chars().any(|c| {
-            c.is_whitespace() || c.is_control() || matches!(c, '/' | '\\' | '%' | '?' | '#')
-        })
+    crate::crd::access::is_address(email)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use super::access::{self, Edit, edit_subjects, object_name};
 use super::models::{ChatflowUser, MessageResponse, UserChatflowResponse};
 use super::routes::valid_email;
 use crate::crd::Role;
-use crate::crd::access::same_user;
+use crate::crd::access::{same_user, user_key};
 use crate::index::{AccessRule, ChatflowEntry, ChatflowSelector, SubjectRule};
 use crate::proxy::ProxyError;
 
@@ -45,7 +45,8 @@ fn names_user(rule: &AccessRule, user: &str) -> bool {
         .any(|s| matches!(s, SubjectRule::User(u) if same_user(u, user)))
 }
 
-/// Every user subject granted `cf`, with the strongest role and the objects that grant it.
+/// Every user subject granted `cf`, with the strongest role and the objects that grant it. An
+/// address written in several cases is one user, shown as first met.
 pub fn list(call: &Call<'_>, cf: &ChatflowEntry) -> Vec<ChatflowUser> {
     let mut users: BTreeMap<String, ChatflowUser> = BTreeMap::new();
     for rule in rules_for(call, cf) {
@@ -54,7 +55,8 @@ pub fn list(call: &Call<'_>, cf: &ChatflowEntry) -> Vec<ChatflowUser> {
             let SubjectRule::User(value) = subject else {
                 continue;
             };
-            let entry = users.entry(value.clone()).or_insert_with(|| ChatflowUser {
+            let key = user_key(value).into_owned();
+            let entry = users.entry(key).or_insert_with(|| ChatflowUser {
                 user_id: value.clone(),
                 username: value.clone(),
                 email: valid_email(value).then(|| value.clone()),

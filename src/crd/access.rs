@@ -163,26 +163,41 @@ pub struct ChatflowAccessStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// What a user subject value is compared by: an address (a value with an `@`) in lower case,
-/// since providers and people write the same one in different cases (`Alice@Corp.com` in Git,
-/// `alice@corp.com` in the token); any other value as it is (ids are case-sensitive).
-pub fn user_key(value: &str) -> std::borrow::Cow<'_, str> {
-    if value.contains('@') {
-        let lower = value.to_lowercase();
-        if lower != value {
-            return std::borrow::Cow::Owned(lower);
-        }
-    }
-    std::borrow::Cow::Borrowed(value)
+/// Whether `value` has an email address's shape: one `@` between a local part and a domain,
+/// at most 254 bytes, nothing a path, query or line could hide in. Not a check that it exists.
+pub fn is_address(value: &str) -> bool {
+    let mut parts = value.split('@');
+    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.is_empty()
+        && value.len() <= 254
+        && !domain.starts_with('.')
+        && !value.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '/' | '\\' | '%' | '?' | '#')
+        })
 }
 
-/// Whether two user subject values name the same user, as [`user_key`] compares them.
+/// What a user subject value is compared by: an address ([`is_address`]) with its ASCII letters
+/// in lower case, since providers and people write the same one in different cases
+/// (`Alice@Corp.com` in Git, `alice@corp.com` in the token); any other value as it is: ids,
+/// and values that only contain an `@` (a workflow ref `…/chat.yml@refs/heads/main`), are
+/// case-sensitive. ASCII only: Unicode case folding would make distinct characters one
+/// (the Kelvin sign and `k`).
+pub fn user_key(value: &str) -> std::borrow::Cow<'_, str> {
+    if is_address(value) && value.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(value.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
+/// Whether two user subject values name the same user: `user_key(a) == user_key(b)`, without
+/// allocating.
 pub fn same_user(a: &str, b: &str) -> bool {
-    a == b
-        || (a.contains('@')
-            && a.chars()
-                .flat_map(char::to_lowercase)
-                .eq(b.chars().flat_map(char::to_lowercase)))
+    // The shape does not depend on ASCII case: `b` is an address too when this holds.
+    a == b || (is_address(a) && a.eq_ignore_ascii_case(b))
 }
 
 #[cfg(test)]
@@ -199,12 +214,22 @@ mod user_tests {
         assert_eq!(user_key("User-ABC"), "User-ABC");
         assert!(same_user("Alice@Corp.IO", "alice@corp.io"));
         assert!(same_user("alice@corp.io", "ALICE@CORP.IO"));
-        assert!(same_user("Émile@Café.fr", "émile@café.fr"));
         assert!(
             !same_user("User-ABC", "user-abc"),
             "an id is case-sensitive"
         );
         assert!(!same_user("alice@corp.io", "alice@corp.iq"));
         assert!(!same_user("alice@corp.io", "alice@corp.io.evil"));
+        // Something with an `@` that is no address keeps its case.
+        let workflow = "org/repo/.github/workflows/chat.yml@refs/heads/main";
+        assert!(!same_user(workflow, &workflow.to_uppercase()));
+        assert_eq!(user_key("A@b@C"), "A@b@C");
+        // ASCII letters only: the Kelvin sign is not a `k`.
+        assert!(!same_user("\u{212A}ate@corp.io", "kate@corp.io"));
+        assert_eq!(user_key("\u{212A}ATE@corp.io"), "\u{212A}ate@corp.io");
+        // The two agree.
+        for (a, b) in [("Bo@X.io", "bo@x.io"), ("x@Y.io", "X@y.io"), ("id", "ID")] {
+            assert_eq!(same_user(a, b), user_key(a) == user_key(b), "{a} {b}");
+        }
     }
 }

@@ -35,7 +35,8 @@ pub struct ChatflowSpec {
     pub flowise_id: Option<String>,
 
     /// Adopt the existing Flowise chatflow with this name. The name must be unique in Flowise;
-    /// when several chatflows carry it the Chatflow reports `Ready=False, reason Conflict`.
+    /// when several chatflows carry it the Chatflow reports `Ready=False, reason
+    /// FlowiseConflict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub flowise_name: Option<String>,
@@ -172,7 +173,9 @@ pub struct ChatflowStatus {
     #[schemars(regex(pattern = super::TIME_PATTERN))]
     pub create_sent_at: Option<Time>,
     /// `Ready`: True when the chatflow exists in Flowise and may be used. Reasons: Synced,
-    /// NotFoundInFlowise, FlowiseUnreachable, InvalidSpec, Suspended, Conflict.
+    /// NotFoundInFlowise, FlowiseUnreachable, InvalidSpec, Suspended, Conflict (another
+    /// Chatflow claims the same Flowise chatflow), FlowiseConflict (several Flowise chatflows
+    /// match the spec, or the name it would give is taken).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
