@@ -6,7 +6,8 @@
 //! still — also while its file does not parse, as a cluster's unreadable holder does — and a new
 //! claim goes to the first defined (path order). Without that memory a file added or fixed
 //! before the holder's path would take the chatflow over: another namespace's grants on it,
-//! the holder's budgets no longer charged.
+//! the holder's budgets no longer charged. A holder whose name Flowise makes ambiguous (a second
+//! chatflow of that name) keeps what it held too, unserved until the name is one chatflow's.
 
 use std::collections::HashMap;
 
@@ -35,18 +36,26 @@ pub fn resolve(
     let key = |ns: Option<&str>, name: Option<&str>| {
         format!("{}/{}", ns.unwrap_or_default(), name.unwrap_or_default())
     };
-    // What each Chatflow finds in Flowise: the one chatflow, or why not.
-    let found: Vec<Result<&FlowiseChatflow, (bool, &'static str, String)>> = resources
+    // What each Chatflow finds in Flowise: the one chatflow, or why not (and, for a name
+    // several chatflows carry, those chatflows).
+    type Failure<'f> = (bool, &'static str, String, Vec<&'f FlowiseChatflow>);
+    let found: Vec<Result<&FlowiseChatflow, Failure<'_>>> = resources
         .chatflows
         .iter()
         .map(|cf| match (chatflow_source(&cf.spec), &flowise) {
-            (Err(e), _) => Err((false, reason::INVALID_SPEC, e.to_string())),
+            (Err(e), _) => Err((false, reason::INVALID_SPEC, e.to_string(), Vec::new())),
             (Ok(ChatflowSource::Definition(_)), _) => Err((
                 false,
                 reason::INVALID_SPEC,
                 "owning a definition needs the controller and a cluster; use flowiseId or flowiseName with --resources-dir".into(),
+                Vec::new(),
             )),
-            (Ok(_), Err(why)) => Err((false, reason::FLOWISE_UNREACHABLE, why.clone())),
+            (Ok(_), Err(why)) => Err((
+                false,
+                reason::FLOWISE_UNREACHABLE,
+                why.clone(),
+                Vec::new(),
+            )),
             (Ok(source), Ok(list)) => {
                 let found: Vec<&FlowiseChatflow> = match &source {
                     ChatflowSource::Id(id) => {
@@ -63,11 +72,13 @@ pub fn resolve(
                         false,
                         reason::NOT_FOUND_IN_FLOWISE,
                         "no such chatflow in Flowise".into(),
+                        Vec::new(),
                     )),
                     many => Err((
                         false,
                         reason::FLOWISE_CONFLICT,
                         format!("{} Flowise chatflows carry this name", many.len()),
+                        many.to_vec(),
                     )),
                 }
             }
@@ -78,11 +89,16 @@ pub fn resolve(
     if flowise.is_ok() {
         let mut claims: HashMap<String, Vec<String>> = HashMap::new();
         for (cf, found) in resources.chatflows.iter().zip(&found) {
-            if let Ok(one) = found {
-                let me = key(
-                    cf.metadata.namespace.as_deref(),
-                    cf.metadata.name.as_deref(),
-                );
+            let me = key(
+                cf.metadata.namespace.as_deref(),
+                cf.metadata.name.as_deref(),
+            );
+            // An ambiguous name still claims the one of its chatflows its Chatflow held.
+            let claimed = match found {
+                Ok(one) => Some(*one),
+                Err((.., matches)) => held_of(held, matches, &me),
+            };
+            if let Some(one) = claimed {
                 claims
                     .entry(one.id.to_ascii_lowercase())
                     .or_default()
@@ -131,7 +147,14 @@ pub fn resolve(
             conditions::new(READY, ok, why, message, generation, now)
         };
         let condition = match found {
-            Err((ok, why, message)) => ready(ok, why, message),
+            Err((ok, why, message, matches)) => {
+                // Recorded as held, so that the index keeps the chatflow from the other claims.
+                if let Some(one) = held_of(held, &matches, &me) {
+                    status.flowise_id = Some(one.id.clone());
+                    status.flowise_name = Some(one.name.clone());
+                }
+                ready(ok, why, message)
+            }
             Ok(one) => {
                 status.flowise_id = Some(one.id.clone());
                 status.flowise_name = Some(one.name.clone());
@@ -163,6 +186,18 @@ pub fn resolve(
         updated.status = Some(status);
         *cf = std::sync::Arc::new(updated);
     }
+}
+
+/// The one of `matches` (the chatflows an ambiguous name matches) that `me` holds.
+fn held_of<'f>(
+    held: &Holders,
+    matches: &[&'f FlowiseChatflow],
+    me: &str,
+) -> Option<&'f FlowiseChatflow> {
+    matches
+        .iter()
+        .find(|c| held.get(&c.id.to_ascii_lowercase()).map(String::as_str) == Some(me))
+        .copied()
 }
 
 #[cfg(test)]
@@ -313,6 +348,59 @@ mod tests {
         let mut res = of(vec![claim("team-a")]);
         resolve(&mut res, Ok(&list), Timestamp::now(), &mut held);
         assert_eq!(served(&res).as_deref(), Some("team-a"));
+    }
+
+    /// A second Flowise chatflow of the holder's adopted name makes the holder unserved, not
+    /// the rival served: once the name is one chatflow's again, the holder has it back.
+    #[tokio::test]
+    async fn a_holder_whose_name_turns_ambiguous_keeps_its_chatflow() {
+        let fake = FakeFlowise::default();
+        let support = fake.insert("Support Bot", "CHATFLOW", None);
+        let mut held = Holders::new();
+        let resources = || {
+            of(vec![
+                named("team-a", "{flowiseName: Support Bot}"),
+                named("team-b", &format!("{{flowiseId: {support}}}")),
+            ])
+        };
+        // Whose the chatflow is in the index, and whether predictions may use it.
+        let served = |res: &Resources| {
+            compile(res)
+                .chatflow_by_flowise_id(&support)
+                .map(|cf| (cf.rule.namespace.clone(), cf.rule.ready))
+        };
+        let list = fake.list().await.expect("list");
+        let mut res = resources();
+        resolve(&mut res, Ok(&list), Timestamp::now(), &mut held);
+        assert_eq!(served(&res), Some(("team-a".into(), true)));
+
+        let twin = fake.insert("Support Bot", "CHATFLOW", None);
+        let list = fake.list().await.expect("list");
+        let mut res = resources();
+        resolve(&mut res, Ok(&list), Timestamp::now(), &mut held);
+        assert_eq!(
+            ready_reason(&res.chatflows[0]),
+            ("False".into(), "FlowiseConflict".into())
+        );
+        assert_eq!(
+            ready_reason(&res.chatflows[1]),
+            ("False".into(), "Conflict".into()),
+            "the rival is still not the holder"
+        );
+        assert_eq!(
+            served(&res),
+            Some(("team-a".into(), false)),
+            "held, not ready"
+        );
+
+        let list: Vec<_> = list.into_iter().filter(|c| c.id != twin).collect();
+        let mut res = resources();
+        resolve(&mut res, Ok(&list), Timestamp::now(), &mut held);
+        assert_eq!(
+            ready_reason(&res.chatflows[0]),
+            ("True".into(), "Synced".into())
+        );
+        assert_eq!(served(&res), Some(("team-a".into(), true)));
     }
 
     #[tokio::test]
