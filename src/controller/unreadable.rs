@@ -174,9 +174,19 @@ fn next_conditions(
     } else {
         (reason::INVALID_SPEC, message)
     };
+    // Ready's observedGeneration stays the spec last compared with Flowise, as the reconciler
+    // keeps it while it compares nothing (`chatflow::next_status`): a Chatflow edited while it
+    // cannot be read holds nothing by its status, so an edit pointing its claim elsewhere and
+    // back does not take back what another Chatflow took meanwhile. (Unedited, as after a CRD
+    // upgrade, it keeps holding what it held.)
+    let compared = bad
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .and_then(|c| c.observed_generation);
     conditions::upsert(
         &mut conditions,
-        conditions::new(READY, false, why, message, generation, now),
+        conditions::new(READY, false, why, message, compared, now),
     );
     let unchanged = conditions == bad.conditions && bad.observed_generation == generation;
     (!unchanged).then_some((conditions, generation))
@@ -228,11 +238,55 @@ mod tests {
         assert_eq!(next_conditions(&bad, at(200)), None, "written already");
 
         bad.metadata.generation = Some(5);
-        let (again, _) = next_conditions(&bad, at(300)).expect("a new generation");
+        let (again, generation) = next_conditions(&bad, at(300)).expect("a new generation");
         assert_eq!(
             again[0].last_transition_time.0,
             at(100),
             "still False since the first report"
+        );
+        assert_eq!(generation, Some(5));
+        bad.conditions = again;
+        bad.observed_generation = generation;
+        assert_eq!(next_conditions(&bad, at(400)), None, "and that once");
+    }
+
+    #[test]
+    fn an_edit_while_unreadable_holds_nothing_by_its_status() {
+        // Held Flowise chatflow x at generation 4, then turned unreadable (a CRD upgrade).
+        let mut bad = unreadable(4);
+        bad.status = serde_json::json!({"flowiseId": "x"});
+        bad.spec = serde_json::json!({"flowiseId": "x"});
+        bad.conditions = vec![conditions::new(
+            READY,
+            true,
+            reason::SYNCED,
+            "",
+            Some(4),
+            at(0),
+        )];
+        let (conditions, _) = next_conditions(&bad, at(100)).expect("a report");
+        bad.conditions = conditions;
+        bad.observed_generation = Some(4);
+        let claim = crate::index::rules::unreadable_claim;
+        assert_eq!(
+            claim(&bad),
+            Some(("x".into(), true)),
+            "unedited, it keeps it"
+        );
+        // Edited (pointed elsewhere and back, say) while it still cannot be read.
+        bad.metadata.generation = Some(6);
+        let (conditions, _) = next_conditions(&bad, at(200)).expect("a report");
+        assert_eq!(
+            conditions[0].observed_generation,
+            Some(4),
+            "nothing compared"
+        );
+        bad.conditions = conditions;
+        bad.observed_generation = Some(6);
+        assert_eq!(
+            claim(&bad),
+            Some(("x".into(), false)),
+            "it claims, holding nothing"
         );
     }
 
