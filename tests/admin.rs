@@ -84,6 +84,40 @@ async fn a_user_added_by_email_can_predict_until_removed_and_gitops_objects_stay
         "a never-seen email is 'created': {added}"
     );
     eventually_status(&gate, &bob_token, &id, 200).await;
+    // A user added later is listed as assigned later, though one object grants both.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let carol = format!("carol@{}.test", team.ns);
+    let path_carol = format!("/api/admin/chatflows/{id}/users/email/{}", encode(&carol));
+    let (status, body) = call(&gate, M::POST, &path_carol, Some(&root()), None).await;
+    assert_eq!(status, 200, "{body}");
+    let times = support::eventually(10, "carol listed", || async {
+        let (_, users) = call(
+            &gate,
+            M::GET,
+            &format!("/api/admin/chatflows/{id}/users"),
+            Some(&root()),
+            None,
+        )
+        .await;
+        let list = users.as_array().cloned().unwrap_or_default();
+        let at = |who: &str| {
+            list.iter()
+                .find(|u| u["user_id"] == json!(who))
+                .and_then(|u| u["assigned_at"].as_str())
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        };
+        Some((at(&bob)?, at(&carol)?))
+    })
+    .await;
+    assert!(
+        times.0 < times.1,
+        "bob {} before carol {}",
+        times.0,
+        times.1
+    );
+    let (status, _) = call(&gate, M::DELETE, &path_carol, Some(&root()), None).await;
+    assert_eq!(status, 200);
+
     // The same address in another case is the same user: already granted, not a second grant.
     let shouting = format!(
         "/api/admin/chatflows/{id}/users/email/{}",

@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
 use kube::{Client, Resource};
 
+use crate::crd::access::ASSIGNED_AT_ANNOTATION;
 use crate::crd::{
     Chatflow, ChatflowAccess, ChatflowAccessSpec, LABEL_MANAGED_BY, MANAGED_BY_ADMIN_API, Role,
     Subject,
@@ -88,7 +89,13 @@ pub async fn edit_subjects<R>(
             if subjects.is_empty() {
                 return Ok(result);
             }
-            let created = new_object(&name, chatflow, subjects, Some(owner.clone()));
+            let mut created = new_object(&name, chatflow, subjects, Some(owner.clone()));
+            stamp_assigned(
+                &mut created.metadata,
+                &created.spec.subjects,
+                &[],
+                jiff::Timestamp::now(),
+            );
             fits(&created, namespace)?;
             match api.create(&PostParams::default(), &created).await {
                 Ok(_) => return Ok(result),
@@ -134,8 +141,18 @@ pub async fn edit_subjects<R>(
         } else {
             if former {
                 access.spec = new_object(&name, chatflow, Vec::new(), None).spec;
+                // Nor were they assigned it.
+                if let Some(annotations) = access.metadata.annotations.as_mut() {
+                    annotations.remove(ASSIGNED_AT_ANNOTATION);
+                }
             }
             access.spec.subjects = subjects;
+            stamp_assigned(
+                &mut access.metadata,
+                &access.spec.subjects,
+                &before,
+                jiff::Timestamp::now(),
+            );
             let mut owners = access.metadata.owner_references.take().unwrap_or_default();
             owners.retain(|theirs| !same_kind(theirs, &owner));
             owners.push(owner.clone());
@@ -156,6 +173,51 @@ pub async fn edit_subjects<R>(
     Err(ProxyError::Kubernetes(format!(
         "ChatflowAccess {namespace}/{name} kept changing while being written; try again"
     )))
+}
+
+/// Most bytes of [`ASSIGNED_AT_ANNOTATION`]: Kubernetes refuses an object whose annotations
+/// pass 256 KiB. Past it (several thousand users on one chatflow) the times are left out, and
+/// the listing falls back to the object's creation time.
+const MAX_ASSIGNED_BYTES: usize = 128 * 1024;
+
+/// Records in [`ASSIGNED_AT_ANNOTATION`] when each user of `subjects` was added: the time it
+/// has for one; for one the object held `before` without a time (written before the
+/// annotation), the object's creation, as the listing showed; `now` for one just added. Users
+/// no longer there are left out.
+fn stamp_assigned(
+    meta: &mut ObjectMeta,
+    subjects: &[Subject],
+    before: &[Subject],
+    now: jiff::Timestamp,
+) {
+    let known = crate::crd::access::assigned_at(meta);
+    let created = meta.creation_timestamp.as_ref().map(|t| t.0);
+    let times: BTreeMap<&str, String> = subjects
+        .iter()
+        .filter_map(|s| s.user.as_deref())
+        .map(|user| {
+            let held = || before.iter().any(|b| b.user.as_deref() == Some(user));
+            let at = match known.get(user) {
+                Some(at) => *at,
+                None => created.filter(|_| held()).unwrap_or(now),
+            };
+            // Whole seconds, as Kubernetes writes its own times.
+            let at = jiff::Timestamp::from_second(at.as_second()).unwrap_or(at);
+            (user, at.to_string())
+        })
+        .collect();
+    let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+    match serde_json::to_string(&times) {
+        Ok(json) if !times.is_empty() && json.len() <= MAX_ASSIGNED_BYTES => {
+            annotations.insert(ASSIGNED_AT_ANNOTATION.to_string(), json);
+        }
+        _ => {
+            annotations.remove(ASSIGNED_AT_ANNOTATION);
+        }
+    }
+    if annotations.is_empty() {
+        meta.annotations = None;
+    }
 }
 
 /// Refuses an object too large to store: 409, naming what to do instead.
@@ -327,6 +389,39 @@ mod tests {
                 .with_code(code)
                 .boxed(),
         )
+    }
+
+    #[test]
+    fn each_user_keeps_the_time_it_was_added() {
+        let t = |s: &str| s.parse::<jiff::Timestamp>().expect("time");
+        let created = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(
+            "2026-01-01T00:00:00Z",
+        )));
+        // An object written before the annotation: its users were there at its creation.
+        let mut access = new_object("admin-api-x", "x", vec![user("a@x.io")], None);
+        access.metadata.creation_timestamp = created;
+        let before = access.spec.subjects.clone();
+        access.spec.subjects.push(user("b@x.io"));
+        let at_b = t("2026-03-01T10:00:00.75Z");
+        stamp_assigned(&mut access.metadata, &access.spec.subjects, &before, at_b);
+        let times = crate::crd::access::assigned_at(&access.metadata);
+        assert_eq!(times["a@x.io"], t("2026-01-01T00:00:00Z"));
+        assert_eq!(times["b@x.io"], t("2026-03-01T10:00:00Z"), "whole seconds");
+        // Later: c added, a removed; b keeps its time.
+        let before = access.spec.subjects.clone();
+        access.spec.subjects = vec![user("b@x.io"), user("c@x.io")];
+        let at_c = t("2026-04-01T00:00:00Z");
+        stamp_assigned(&mut access.metadata, &access.spec.subjects, &before, at_c);
+        let times = crate::crd::access::assigned_at(&access.metadata);
+        assert_eq!(times.len(), 2);
+        assert_eq!(times["b@x.io"], t("2026-03-01T10:00:00Z"));
+        assert_eq!(times["c@x.io"], at_c);
+        // Too many to record: no times at all rather than an object Kubernetes refuses.
+        let many: Vec<Subject> = (0..4_000)
+            .map(|i| user(&format!("someone-{i}@example.com")))
+            .collect();
+        stamp_assigned(&mut access.metadata, &many, &before, at_c);
+        assert_eq!(access.metadata.annotations, None);
     }
 
     #[test]

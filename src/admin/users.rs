@@ -65,11 +65,15 @@ pub fn list(call: &Call<'_>, cf: &ChatflowEntry) -> Vec<ChatflowUser> {
                 is_active_in_chatflow: false,
                 granted_by: Vec::new(),
             });
-            // The earliest grant still standing is when the user was assigned.
-            if let Some(created) = rule.created {
-                let created = created.to_string();
-                if entry.assigned_at.as_ref().is_none_or(|at| created < *at) {
-                    entry.assigned_at = Some(created);
+            // The earliest grant still standing is when the user was assigned: by the admin
+            // API's record of when it added them, else when the granting object was created.
+            if let Some(at) = rule.assigned.get(value).copied().or(rule.created) {
+                let earlier = entry
+                    .assigned_at
+                    .as_ref()
+                    .and_then(|s| s.parse::<jiff::Timestamp>().ok());
+                if earlier.is_none_or(|earlier| at < earlier) {
+                    entry.assigned_at = Some(at.to_string());
                 }
             }
             if active {

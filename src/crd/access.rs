@@ -163,6 +163,30 @@ pub struct ChatflowAccessStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// The annotation the admin API keeps on the ChatflowAccess objects it writes: when it added
+/// each user subject, a JSON object of user value → RFC 3339 time (its `assigned_at`; one
+/// object holds every user of a chatflow, so its creation time is only the first one's).
+pub const ASSIGNED_AT_ANNOTATION: &str = "flowgate.io/assigned-at";
+
+/// [`ASSIGNED_AT_ANNOTATION`] read; empty when absent or not such an object, and entries that
+/// are not times left out: it is only ever shown.
+pub fn assigned_at(
+    meta: &kube::api::ObjectMeta,
+) -> std::collections::BTreeMap<String, jiff::Timestamp> {
+    let Some(raw) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ASSIGNED_AT_ANNOTATION))
+    else {
+        return Default::default();
+    };
+    serde_json::from_str::<std::collections::BTreeMap<String, String>>(raw)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(user, at)| Some((user, at.parse().ok()?)))
+        .collect()
+}
+
 /// Whether `value` has an email address's shape: one `@` between a local part and a domain,
 /// at most 254 bytes, nothing a path, query or line could hide in. Not a check that it exists.
 pub fn is_address(value: &str) -> bool {

@@ -386,8 +386,10 @@ pub struct AccessRule {
     pub role: Role,
     pub expires_at: Option<Timestamp>,
     pub suspended: bool,
-    /// When the object was created (the admin API's `assigned_at`).
+    /// When the object was created (the admin API's `assigned_at`, unless `assigned` has one).
     pub created: Option<Timestamp>,
+    /// When the admin API added each user subject ([`crd::access::ASSIGNED_AT_ANNOTATION`]).
+    pub assigned: std::collections::BTreeMap<String, Timestamp>,
     pub rate_limit: Option<crd::RateLimit>,
 }
 
@@ -404,6 +406,7 @@ impl TryFrom<&ChatflowAccess> for AccessRule {
             expires_at: access.spec.expires_at.as_ref().map(|t| t.0),
             suspended: access.spec.suspended,
             created: access.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            assigned: crd::access::assigned_at(&access.metadata),
             rate_limit: match access.spec.rate_limit {
                 Some(limit) if limit.requests == 0 => return Err(InvalidSpec::RateLimit),
                 limit => limit,
