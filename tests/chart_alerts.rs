@@ -281,6 +281,8 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
         .cloned()
         .expect("the sync alert is among the rules");
     sync_alert["eval_time"] = json!("130m");
+    let mut sync_after_lead = sync_alert.clone();
+    sync_after_lead["eval_time"] = json!("40m");
     let flowise_alert = firing
         .iter()
         .find(|t| t["alertname"] == "FlowgateFlowiseErrors")
@@ -308,6 +310,16 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
              "alert_rule_test": [
                  {"alertname": "FlowgateFlowiseSyncFailing", "eval_time": "30m", "exp_alerts": []},
                  sync_alert.clone()]},
+            // A replica that took the lead at 10 minutes (its clock starts there) and whose passes
+            // fail: quiet for two intervals from then (at least 15 minutes), then firing.
+            {"interval": "1m",
+             "input_series": [
+                 {"series": format!("flowgate_sync_last_success_timestamp_seconds{{{sel}}}"), "values": "600x60"},
+                 {"series": format!("flowgate_sync_interval_seconds{{{sel}}}"), "values": "60x60"},
+                 {"series": format!(r#"flowgate_sync_passes_total{{{sel}, outcome="failed"}}"#), "values": "1x60"}],
+             "alert_rule_test": [
+                 {"alertname": "FlowgateFlowiseSyncFailing", "eval_time": "20m", "exp_alerts": []},
+                 sync_after_lead]},
             {"interval": "1m",
              "input_series": [
                  {"series": format!("flowgate_sync_last_success_timestamp_seconds{{{sel}}}"), "values": "0x40"},

@@ -110,7 +110,8 @@ impl ControllerMetrics {
         let sync_last_success = Gauge::default();
         registry.register(
             "sync_last_success_timestamp_seconds",
-            "Unix time the last successful sync pass finished (0: none yet on this replica)",
+            "Unix time the last successful sync pass finished; before one, when this replica \
+             first took the lead (0 before that)",
             sync_last_success.clone(),
         );
         let sync_interval = Gauge::default();
@@ -202,9 +203,15 @@ impl ControllerMetrics {
         }
     }
 
-    /// Whether this replica leads.
+    /// Whether this replica leads. Taking the lead before any pass succeeded here starts the
+    /// last success's clock: `FlowgateFlowiseSyncFailing` counts two sync intervals from then,
+    /// not from 1970 (it fired 5 minutes after a restart while Flowise was still away).
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+        if leader && self.sync_last_success.get() == 0 {
+            self.sync_last_success
+                .set(jiff::Timestamp::now().as_second());
+        }
     }
 
     /// Reconciles of `kind` so far, whatever their result (for tests and diagnostics).

@@ -127,6 +127,34 @@ fn token_cache_lookups_are_read_at_each_scrape() {
 }
 
 #[test]
+fn taking_the_lead_before_any_success_starts_the_last_success_clock() {
+    let metrics = Metrics::new();
+    let controller = &metrics.controller;
+    let line = |metrics: &Metrics| {
+        let text = metrics.encode().expect("encodes");
+        text.lines()
+            .find_map(|l| l.strip_prefix("flowgate_sync_last_success_timestamp_seconds "))
+            .and_then(|v| v.parse::<i64>().ok())
+            .expect("the gauge")
+    };
+    assert_eq!(line(&metrics), 0, "a replica that never led");
+    controller.set_leader(false);
+    assert_eq!(line(&metrics), 0);
+    let before = jiff::Timestamp::now().as_second();
+    controller.set_leader(true);
+    let led = line(&metrics);
+    assert!(
+        led >= before && led <= jiff::Timestamp::now().as_second(),
+        "{led}"
+    );
+    // A failed pass moves nothing; losing and taking the lead again neither.
+    controller.sync_pass(false, SyncCounts::default(), led + 60);
+    controller.set_leader(false);
+    controller.set_leader(true);
+    assert_eq!(line(&metrics), led);
+}
+
+#[test]
 fn controller_values_are_exported() {
     let metrics = Metrics::new();
     let controller = &metrics.controller;
@@ -148,6 +176,7 @@ fn controller_values_are_exported() {
     };
     controller.sync_pass(false, failed, 1_700_000_060);
     controller.set_sync_interval(Duration::from_secs(60));
+    // Leading after a success leaves its time alone.
     controller.set_leader(true);
     assert_eq!(controller.reconciles("Chatflow"), 1);
     assert_eq!(controller.status_writes("Chatflow"), 1);
