@@ -773,3 +773,7 @@ mod cleanup;
 #[cfg(test)]
 #[path = "chatflow_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "chatflow_sync_tests.rs"]
+mod sync_tests;

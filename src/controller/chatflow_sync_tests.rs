@@ -1,0 +1,278 @@
+//! `sync` against an in-process Flowise: what is created, found, updated or refused.
+
+use std::sync::atomic::Ordering;
+
+use super::tests::{HOUR, at, owned, ready, synced};
+use super::*;
+use crate::flowise::fake::FakeFlowise;
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// `desired` synced into `flowise`, where it was not: the chatflow created.
+fn created(flowise: &FakeFlowise, desired: &Desired) -> FlowiseChatflow {
+    match block_on(sync(flowise, desired, None, &unheld)) {
+        Ok(Outcome::Synced { chatflow, .. }) => chatflow,
+        other => panic!("expected a chatflow, got {other:?}"),
+    }
+}
+
+/// No other Chatflow holds anything.
+fn unheld(_: &str) -> Option<String> {
+    None
+}
+
+#[test]
+fn a_lost_status_write_finds_the_chatflow_again_instead_of_creating_a_second() {
+    let flowise = FakeFlowise::default();
+    let desired = Desired::Own(owned());
+    let first = block_on(sync(&flowise, &desired, None, &unheld)).expect("synced");
+    let Outcome::Synced {
+        chatflow,
+        change: Change::Created,
+    } = first
+    else {
+        panic!("expected a creation, got {first:?}")
+    };
+    // The status write with the id was lost: the next reconcile knows no id.
+    let second = block_on(sync(&flowise, &desired, None, &unheld)).expect("synced");
+    assert_eq!(second, synced(chatflow));
+    assert_eq!(flowise.creates.load(Ordering::SeqCst), 1);
+    assert_eq!(flowise.all().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unanswered_create_is_found_where_it_landed_instead_of_sent_again() {
+    let fake = std::sync::Arc::new(FakeFlowise::default());
+    let flowise = crate::flowise::CreatesInDoubt::new(fake.clone(), HOUR);
+    let desired = Desired::Own(owned());
+    fake.set_late(true);
+    let first = sync(&flowise, &desired, None, &unheld).await;
+    assert!(
+        matches!(
+            first,
+            Err(Unsynced {
+                error: FlowiseError::Timeout(_),
+                absent: false
+            })
+        ),
+        "{first:?}"
+    );
+    fake.set_late(false);
+    // The next reconcile comes at once (the status write): nothing is listed yet.
+    let second = sync(&flowise, &desired, None, &unheld).await;
+    assert!(
+        matches!(
+            second,
+            Err(Unsynced {
+                error: FlowiseError::CreateInDoubt { .. },
+                ..
+            })
+        ),
+        "{second:?}"
+    );
+    fake.land();
+    let third = sync(&flowise, &desired, None, &unheld)
+        .await
+        .expect("synced");
+    assert!(
+        matches!(
+            &third,
+            Outcome::Synced {
+                change: Change::None,
+                ..
+            }
+        ),
+        "{third:?}"
+    );
+    assert_eq!(fake.creates.load(Ordering::SeqCst), 1);
+    assert_eq!(fake.all().len(), 1, "no duplicate");
+}
+
+#[test]
+fn an_adopted_chatflow_in_status_is_not_taken_over_when_the_spec_turns_to_a_definition() {
+    let flowise = FakeFlowise::default();
+    // Someone else's chatflow, adopted before: its id is in status, it carries no marker.
+    let theirs = flowise.insert("their bot", "CHATFLOW", Some("their-tag"));
+    let desired = Desired::Own(owned());
+    let outcome = block_on(sync(&flowise, &desired, Some(&theirs), &unheld)).expect("synced");
+    let Outcome::Synced {
+        chatflow,
+        change: Change::Created,
+    } = outcome
+    else {
+        panic!("expected a chatflow of its own, got {outcome:?}")
+    };
+    assert_ne!(chatflow.id, theirs);
+    assert_eq!(
+        flowise.updates.load(Ordering::SeqCst),
+        0,
+        "theirs untouched"
+    );
+    let kept = flowise
+        .all()
+        .into_iter()
+        .find(|c| c.id == theirs)
+        .expect("kept");
+    assert_eq!(
+        (kept.name.as_str(), kept.category.as_deref()),
+        ("their bot", Some("their-tag"))
+    );
+}
+
+#[test]
+fn a_chatflow_with_its_marker_that_another_chatflow_holds_is_not_written() {
+    let flowise = FakeFlowise::default();
+    let owned = owned();
+    // Left by a namesake retained, then adopted by another namespace, which holds it now.
+    let kept = flowise.insert("someone's bot", "AGENTFLOW", Some(&owned.marker));
+    let held = |id: &str| (id == kept).then(|| "team-b/adopted".to_string());
+    let outcome = block_on(sync(&flowise, &Desired::Own(owned), None, &held)).expect("synced");
+    let Outcome::Conflict(message) = outcome else {
+        panic!("expected a conflict, got {outcome:?}")
+    };
+    assert!(message.contains("team-b/adopted"), "{message}");
+    assert_eq!(flowise.updates.load(Ordering::SeqCst), 0, "nothing written");
+    assert_eq!(flowise.creates.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn an_owned_chatflow_is_not_renamed_to_a_name_another_chatflow_has() {
+    let flowise = FakeFlowise::default();
+    let desired = Desired::Own(owned());
+    let chatflow = created(&flowise, &desired);
+    // Someone else's chatflow, which another Chatflow may adopt by this name.
+    flowise.insert("their bot", "CHATFLOW", None);
+    let Desired::Own(mut renamed) = desired else {
+        unreachable!()
+    };
+    renamed.name = "their bot".into();
+    let renamed = Desired::Own(renamed);
+    let outcome = block_on(sync(&flowise, &renamed, Some(&chatflow.id), &unheld)).expect("ok");
+    let Outcome::FlowiseConflict(message) = outcome else {
+        panic!("expected a conflict, got {outcome:?}")
+    };
+    assert!(message.contains("their bot"), "{message}");
+    assert_eq!(flowise.updates.load(Ordering::SeqCst), 0, "not renamed");
+    // A name no one has is taken.
+    let Desired::Own(mut free) = renamed else {
+        unreachable!()
+    };
+    free.name = "a name of its own".into();
+    let outcome = block_on(sync(
+        &flowise,
+        &Desired::Own(free),
+        Some(&chatflow.id),
+        &unheld,
+    ));
+    assert!(matches!(outcome, Ok(Outcome::Synced { .. })), "{outcome:?}");
+    assert_eq!(flowise.updates.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_chatflow_deleted_in_flowise_is_created_again() {
+    let flowise = FakeFlowise::default();
+    let desired = Desired::Own(owned());
+    let chatflow = created(&flowise, &desired);
+    block_on(flowise.delete(&chatflow.id)).expect("deleted");
+    let again = block_on(sync(&flowise, &desired, Some(&chatflow.id), &unheld)).expect("ok");
+    assert!(
+        matches!(
+            again,
+            Outcome::Synced {
+                change: Change::Created,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    assert_eq!(flowise.all().len(), 1);
+}
+
+#[test]
+fn an_unchanged_definition_is_not_sent_again() {
+    let flowise = FakeFlowise::default();
+    let desired = Desired::Own(owned());
+    let chatflow = created(&flowise, &desired);
+    for _ in 0..3 {
+        block_on(sync(&flowise, &desired, Some(&chatflow.id), &unheld)).expect("ok");
+    }
+    assert_eq!(
+        flowise.updates.load(Ordering::SeqCst),
+        0,
+        "PUT only when different"
+    );
+}
+
+#[test]
+fn a_chatflow_gone_from_flowise_that_cannot_be_made_again_is_not_ready() {
+    let flowise = FakeFlowise::default();
+    let desired = Desired::Own(owned());
+    let chatflow = created(&flowise, &desired);
+    let was = next_status(
+        &ChatflowStatus::default(),
+        &synced(chatflow.clone()),
+        Some(3),
+        false,
+        at(0),
+        HOUR,
+    );
+    assert_eq!(ready(&was).0, "True");
+    // Deleted in Flowise, and the create that would make it again fails.
+    block_on(flowise.delete(&chatflow.id)).expect("deleted");
+    flowise.set_late(true);
+    let failed = block_on(sync(&flowise, &desired, Some(&chatflow.id), &unheld))
+        .expect_err("the create times out");
+    let (outcome, error) = failed.outcome();
+    assert!(error.is_some_and(|e| e.transient()), "retried");
+    let now = next_status(&was, &outcome, Some(3), false, at(60), HOUR);
+    assert_eq!(
+        ready(&now),
+        (
+            "False".to_string(),
+            reason::NOT_FOUND_IN_FLOWISE.to_string()
+        )
+    );
+}
+
+#[test]
+fn flowise_down_is_a_transient_error_and_creates_nothing() {
+    let flowise = FakeFlowise::default();
+    flowise.set_down(true);
+    let failed = block_on(sync(&flowise, &Desired::Own(owned()), None, &unheld)).expect_err("down");
+    assert!(failed.error.transient());
+    assert!(!failed.absent, "nothing was learnt");
+    flowise.set_down(false);
+    assert!(flowise.all().is_empty());
+}
+
+#[test]
+fn adoption_by_name_finds_the_single_chatflow_of_that_name() {
+    let flowise = FakeFlowise::default();
+    let id = flowise.insert("Support Bot", "CHATFLOW", None);
+    flowise.insert("Other", "CHATFLOW", None);
+    let outcome = block_on(sync(
+        &flowise,
+        &Desired::AdoptName("Support Bot".into()),
+        None,
+        &unheld,
+    ))
+    .expect("ok");
+    assert!(matches!(&outcome, Outcome::Synced { chatflow, .. } if chatflow.id == id));
+    flowise.insert("Support Bot", "AGENTFLOW", None);
+    let outcome = block_on(sync(
+        &flowise,
+        &Desired::AdoptName("Support Bot".into()),
+        None,
+        &unheld,
+    ))
+    .expect("ok");
+    assert!(
+        matches!(outcome, Outcome::FlowiseConflict(_)),
+        "{outcome:?}"
+    );
+}
