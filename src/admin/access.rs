@@ -176,8 +176,8 @@ pub async fn edit_subjects<R>(
 }
 
 /// Most bytes of [`ASSIGNED_AT_ANNOTATION`]: Kubernetes refuses an object whose annotations
-/// pass 256 KiB. Past it (several thousand users on one chatflow) the times are left out, and
-/// the listing falls back to the object's creation time.
+/// pass 256 KiB. Past it (a few thousand users on one chatflow) the newest times are left out,
+/// and the listing shows those users the object's creation time.
 const MAX_ASSIGNED_BYTES: usize = 128 * 1024;
 
 /// Records in [`ASSIGNED_AT_ANNOTATION`] when each user of `subjects` was added: the time it
@@ -192,7 +192,7 @@ fn stamp_assigned(
 ) {
     let known = crate::crd::access::assigned_at(meta);
     let created = meta.creation_timestamp.as_ref().map(|t| t.0);
-    let times: BTreeMap<&str, String> = subjects
+    let mut times: Vec<(&str, jiff::Timestamp)> = subjects
         .iter()
         .filter_map(|s| s.user.as_deref())
         .map(|user| {
@@ -202,13 +202,29 @@ fn stamp_assigned(
                 None => created.filter(|_| held()).unwrap_or(now),
             };
             // Whole seconds, as Kubernetes writes its own times.
-            let at = jiff::Timestamp::from_second(at.as_second()).unwrap_or(at);
-            (user, at.to_string())
+            (
+                user,
+                jiff::Timestamp::from_second(at.as_second()).unwrap_or(at),
+            )
         })
         .collect();
+    // Oldest first, so that what does not fit is the newest, and what was kept stays kept.
+    times.sort_by_key(|&(user, at)| (at, user));
+    let mut kept = BTreeMap::new();
+    let mut bytes = 2;
+    for (user, at) in times {
+        let at = at.to_string();
+        // `"user":"time",`, escapes aside (an address has few).
+        bytes += user.len() + at.len() + 6;
+        if bytes > MAX_ASSIGNED_BYTES {
+            break;
+        }
+        kept.insert(user, at);
+    }
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
-    match serde_json::to_string(&times) {
-        Ok(json) if !times.is_empty() && json.len() <= MAX_ASSIGNED_BYTES => {
+    match serde_json::to_string(&kept) {
+        // (Well under Kubernetes' limit still if quotes in addresses made escapes.)
+        Ok(json) if !kept.is_empty() && json.len() <= MAX_ASSIGNED_BYTES * 5 / 4 => {
             annotations.insert(ASSIGNED_AT_ANNOTATION.to_string(), json);
         }
         _ => {
@@ -416,12 +432,35 @@ mod tests {
         assert_eq!(times.len(), 2);
         assert_eq!(times["b@x.io"], t("2026-03-01T10:00:00Z"));
         assert_eq!(times["c@x.io"], at_c);
-        // Too many to record: no times at all rather than an object Kubernetes refuses.
-        let many: Vec<Subject> = (0..4_000)
-            .map(|i| user(&format!("someone-{i}@example.com")))
-            .collect();
-        stamp_assigned(&mut access.metadata, &many, &before, at_c);
-        assert_eq!(access.metadata.annotations, None);
+        // Too many to record: the oldest times are kept, within the annotation's budget.
+        let mut many = access.spec.subjects.clone();
+        many.extend((0..4_000).map(|i| user(&format!("someone-{i}@example.com"))));
+        let later = t("2026-05-01T00:00:00Z");
+        stamp_assigned(&mut access.metadata, &many, &access.spec.subjects, later);
+        let json =
+            &access.metadata.annotations.as_ref().expect("annotations")[ASSIGNED_AT_ANNOTATION];
+        assert!(json.len() <= MAX_ASSIGNED_BYTES, "{}", json.len());
+        let times = crate::crd::access::assigned_at(&access.metadata);
+        assert!(
+            times.len() > 2_000 && times.len() < 4_002,
+            "{}",
+            times.len()
+        );
+        assert_eq!(
+            times["b@x.io"],
+            t("2026-03-01T10:00:00Z"),
+            "the oldest stay"
+        );
+        assert_eq!(times["c@x.io"], at_c);
+        // A hand-edited entry that is not a time loses only itself.
+        let mut edited = new_object("admin-api-x", "x", vec![], None);
+        edited.metadata.annotations = Some(BTreeMap::from([(
+            ASSIGNED_AT_ANNOTATION.to_string(),
+            r#"{"a@x.io":"2026-01-01T00:00:00Z","b@x.io":null,"c@x.io":"soon"}"#.to_string(),
+        )]));
+        let times = crate::crd::access::assigned_at(&edited.metadata);
+        assert_eq!(times.len(), 1);
+        assert_eq!(times["a@x.io"], t("2026-01-01T00:00:00Z"));
     }
 
     #[test]

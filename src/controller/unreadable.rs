@@ -65,7 +65,8 @@ where
     let Lenient::Unreadable(bad) = obj else {
         return Ok(resync);
     };
-    let Some((conditions, generation)) = next_conditions(bad, super::now()) else {
+    let chatflow = K::kind(&()) == "Chatflow";
+    let Some((conditions, generation)) = next_conditions(bad, chatflow, super::now()) else {
         return Ok(resync);
     };
     let key = super::object_key(obj);
@@ -150,10 +151,11 @@ impl EventOnly {
     }
 }
 
-/// The conditions to write for `bad`, with its generation; `None` when its status says so
-/// already.
+/// The conditions to write for `bad` (a Chatflow's when `chatflow`), with its generation; `None`
+/// when its status says so already.
 fn next_conditions(
     bad: &Unreadable,
+    chatflow: bool,
     now: jiff::Timestamp,
 ) -> Option<(
     Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
@@ -179,11 +181,16 @@ fn next_conditions(
     // cannot be read holds nothing by its status, so an edit pointing its claim elsewhere and
     // back does not take back what another Chatflow took meanwhile. (Unedited, as after a CRD
     // upgrade, it keeps holding what it held.)
-    let compared = bad
-        .conditions
-        .iter()
-        .find(|c| c.type_ == READY)
-        .and_then(|c| c.observed_generation);
+    // Other kinds hold nothing by it: theirs is the generation described, as Kubernetes'
+    // clients (`kubectl wait`) read it.
+    let compared = if chatflow {
+        bad.conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .and_then(|c| c.observed_generation)
+    } else {
+        generation
+    };
     conditions::upsert(
         &mut conditions,
         conditions::new(READY, false, why, message, compared, now),
@@ -212,6 +219,9 @@ mod tests {
         }
     }
 
+    /// The kind the tests report as: a Chatflow, whose Ready's generation is what it compared.
+    const CHATFLOW: bool = true;
+
     fn at(secs: i64) -> jiff::Timestamp {
         jiff::Timestamp::from_second(secs).expect("time")
     }
@@ -219,7 +229,8 @@ mod tests {
     #[test]
     fn an_unreadable_object_is_reported_once() {
         let mut bad = unreadable(4);
-        let (conditions, generation) = next_conditions(&bad, at(100)).expect("a first report");
+        let (conditions, generation) =
+            next_conditions(&bad, CHATFLOW, at(100)).expect("a first report");
         assert_eq!(generation, Some(4));
         assert_eq!(conditions.len(), 1);
         let ready = &conditions[0];
@@ -235,10 +246,15 @@ mod tests {
 
         bad.conditions = conditions;
         bad.observed_generation = generation;
-        assert_eq!(next_conditions(&bad, at(200)), None, "written already");
+        assert_eq!(
+            next_conditions(&bad, CHATFLOW, at(200)),
+            None,
+            "written already"
+        );
 
         bad.metadata.generation = Some(5);
-        let (again, generation) = next_conditions(&bad, at(300)).expect("a new generation");
+        let (again, generation) =
+            next_conditions(&bad, CHATFLOW, at(300)).expect("a new generation");
         assert_eq!(
             again[0].last_transition_time.0,
             at(100),
@@ -247,7 +263,11 @@ mod tests {
         assert_eq!(generation, Some(5));
         bad.conditions = again;
         bad.observed_generation = generation;
-        assert_eq!(next_conditions(&bad, at(400)), None, "and that once");
+        assert_eq!(
+            next_conditions(&bad, CHATFLOW, at(400)),
+            None,
+            "and that once"
+        );
     }
 
     #[test]
@@ -264,7 +284,7 @@ mod tests {
             Some(4),
             at(0),
         )];
-        let (conditions, _) = next_conditions(&bad, at(100)).expect("a report");
+        let (conditions, _) = next_conditions(&bad, CHATFLOW, at(100)).expect("a report");
         bad.conditions = conditions;
         bad.observed_generation = Some(4);
         let claim = crate::index::rules::unreadable_claim;
@@ -275,7 +295,10 @@ mod tests {
         );
         // Edited (pointed elsewhere and back, say) while it still cannot be read.
         bad.metadata.generation = Some(6);
-        let (conditions, _) = next_conditions(&bad, at(200)).expect("a report");
+        // Another kind's Ready describes the generation it reports on, as `kubectl wait` reads.
+        let (other, _) = next_conditions(&bad, false, at(200)).expect("a report");
+        assert_eq!(other[0].observed_generation, Some(6));
+        let (conditions, _) = next_conditions(&bad, CHATFLOW, at(200)).expect("a report");
         assert_eq!(
             conditions[0].observed_generation,
             Some(4),
@@ -302,7 +325,7 @@ mod tests {
             Some(4),
             at(0),
         )];
-        let (conditions, _) = next_conditions(&bad, at(100)).expect("a report");
+        let (conditions, _) = next_conditions(&bad, CHATFLOW, at(100)).expect("a report");
         assert_eq!(conditions[0].reason, reason::CONFLICT);
         assert!(
             conditions[0].message.contains("cannot be read"),
@@ -311,7 +334,7 @@ mod tests {
         );
         bad.conditions = conditions;
         bad.observed_generation = Some(4);
-        assert_eq!(next_conditions(&bad, at(200)), None, "and once");
+        assert_eq!(next_conditions(&bad, CHATFLOW, at(200)), None, "and once");
     }
 
     #[test]
@@ -321,7 +344,7 @@ mod tests {
             conditions::new(READY, true, reason::ACTIVE, "", Some(1), at(1)),
             conditions::new("ResolvedRefs", true, "Resolved", "", Some(1), at(1)),
         ];
-        let (conditions, _) = next_conditions(&bad, at(100)).expect("changed");
+        let (conditions, _) = next_conditions(&bad, CHATFLOW, at(100)).expect("changed");
         let types: Vec<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, [READY]);
         assert_eq!(conditions[0].last_transition_time.0, at(100));

@@ -180,10 +180,11 @@ pub fn assigned_at(
     else {
         return Default::default();
     };
-    serde_json::from_str::<std::collections::BTreeMap<String, String>>(raw)
+    // Entry by entry: one hand-edited into something else loses only itself.
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw)
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|(user, at)| Some((user, at.parse().ok()?)))
+        .filter_map(|(user, at)| Some((user, at.as_str()?.parse().ok()?)))
         .collect()
 }
 
