@@ -3,6 +3,7 @@
 //! and must then be a plausible email (no `/`, no control characters, no whitespace), so it can
 //! never smuggle a path.
 
+use crate::crd::access::is_address;
 use hyper::Method;
 
 /// A request to the admin API.
@@ -184,7 +185,7 @@ pub(crate) fn decode_segment(raw: &str) -> Option<String> {
 
 /// Percent-decodes an email segment once; `None` unless the result is a plausible email.
 pub fn decode_email(raw: &str) -> Option<String> {
-    decode_segment(raw).filter(|email| valid_email(email))
+    decode_segment(raw).filter(|email| is_address(email))
 }
 
 /// Percent-decodes a user id segment once; `None` unless it is an id the admin API accepts in
@@ -194,12 +195,6 @@ pub fn decode_user_id(raw: &str) -> Option<String> {
     decode_segment(raw).filter(|id| {
         !id.is_empty() && id.len() <= 512 && id.trim() == id && !id.chars().any(char::is_control)
     })
-}
-
-/// One `@` with something on both sides, at most 254 bytes, and none of `/ \ % ?  #`,
-/// whitespace or control characters.
-pub fn valid_email(email: &str) -> bool {
-    crate::crd::access::is_address(email)
 }
 
 #[cfg(test)]

@@ -8,9 +8,8 @@ use kube::Client;
 use super::Call;
 use super::access::{self, Edit, edit_subjects, object_name};
 use super::models::{ChatflowUser, MessageResponse, UserChatflowResponse};
-use super::routes::valid_email;
 use crate::crd::Role;
-use crate::crd::access::{same_user, user_key};
+use crate::crd::access::{is_address, same_user, user_key};
 use crate::index::{AccessRule, ChatflowEntry, ChatflowSelector, SubjectRule};
 use crate::proxy::ProxyError;
 
@@ -59,7 +58,7 @@ pub fn list(call: &Call<'_>, cf: &ChatflowEntry) -> Vec<ChatflowUser> {
             let entry = users.entry(key).or_insert_with(|| ChatflowUser {
                 user_id: value.clone(),
                 username: value.clone(),
-                email: valid_email(value).then(|| value.clone()),
+                email: is_address(value).then(|| value.clone()),
                 role: "User".into(),
                 assigned_at: None,
                 is_active_in_chatflow: false,
@@ -157,7 +156,7 @@ pub async fn add(
 fn check(entry: &str, kind: Kind) -> Result<String, UserChatflowResponse> {
     let value = entry.trim();
     match kind {
-        Kind::Email if !valid_email(value) => Err(UserChatflowResponse::error(
+        Kind::Email if !is_address(value) => Err(UserChatflowResponse::error(
             None,
             entry,
             format!("Failed to process user {entry}: not a valid email address."),
