@@ -11,7 +11,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
-use super::{Context, ControllerError, apply_status, ready_transition, resolve_refs};
+use super::{Context, ControllerError, apply_status, object_key, ready_transition, resolve_refs};
 use crate::crd::conditions::{self, reason};
 use crate::crd::{ChatflowAccess, ChatflowAccessStatus, FIELD_MANAGER};
 use crate::index::AccessRule;
@@ -108,6 +108,9 @@ pub(super) async fn reconcile(
 
 /// Writes the status when it changed; requeues at `expiresAt` or the sync interval.
 async fn update(access: &ChatflowAccess, ctx: &Context) -> Result<Action, ControllerError> {
+    // As last written, where the API server dropped fields an older CRD lacks.
+    let written = ctx.written.as_written(&object_key(access), access);
+    let access = written.as_ref();
     let ns = access.namespace().ok_or(ControllerError::Unnamed)?;
     let (new, expires_in) = next_status(access, &ctx.chatflow_names(&ns), super::now());
     let old = access.status.clone().unwrap_or_default();

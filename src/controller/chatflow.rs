@@ -557,6 +557,9 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
         }
         None => cf,
     };
+    // As last written, where the API server dropped fields an older CRD lacks.
+    let written = ctx.written.as_written(&object_key(cf), cf);
+    let cf = written.as_ref();
     let old = cf.status.clone().unwrap_or_default();
     let flowise = announce::Announced::new(ctx, cf);
     let (outcome, error) = match validate(cf) {

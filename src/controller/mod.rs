@@ -22,6 +22,7 @@ mod names;
 mod policy;
 mod sync;
 mod unreadable;
+mod written;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -227,6 +228,7 @@ impl Controller {
             ),
             backoff: Backoff::default(),
             event_only: unreadable::EventOnly::default(),
+            written: written::Written::default(),
             chatflows: chatflow_names,
             fence: fence.clone(),
         });
@@ -459,6 +461,8 @@ pub(crate) struct Context {
     pub backoff: Backoff,
     /// Unreadable objects reported by Event alone (the API server refused their status).
     pub event_only: unreadable::EventOnly,
+    /// Statuses written whose stored copy lacks part of them (an older CRD).
+    pub written: written::Written,
     /// Chatflows as the reflector that triggers ChatflowAccess and CreditPolicy reconciles sees
     /// them (for resolving references).
     pub chatflows: Store<Lenient<Chatflow>>,
@@ -577,7 +581,8 @@ fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 }
 
 /// Writes `status` with server-side apply on `/status` as field manager `manager` (forced).
-/// Only the fields in `status` are owned; fields other managers set are left alone.
+/// Only the fields in `status` are owned; fields other managers set are left alone. What the
+/// API server kept of it is noted in [`Context::written`].
 pub(crate) async fn apply_status<K>(
     ctx: &Context,
     obj: &K,
@@ -588,6 +593,7 @@ where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
+        + serde::Serialize
         + std::fmt::Debug,
 {
     let name = obj.meta().name.as_deref().ok_or(ControllerError::Unnamed)?;
@@ -597,18 +603,22 @@ where
         .as_deref()
         .ok_or(ControllerError::Unnamed)?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(manager).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
+    let stored = api
+        .patch_status(
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
     ctx.metrics.controller.status_written(kind_name::<K>());
+    let stored = serde_json::to_value(&stored).map_err(ControllerError::Serialize)?;
+    ctx.written
+        .after_write(object_key(obj), &stored, body["status"].take());
     Ok(())
 }
 

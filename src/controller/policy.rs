@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::access::refs_condition;
-use super::{Context, ControllerError, apply_status, ready_transition, resolve_refs};
+use super::{Context, ControllerError, apply_status, object_key, ready_transition, resolve_refs};
 use crate::crd::CreditPolicy;
 use crate::crd::conditions::{self, reason};
 use crate::index::PolicyRule;
@@ -88,6 +88,9 @@ pub(super) async fn reconcile(
 
 /// Writes the controller's part of the status when it changed.
 async fn update(policy: &CreditPolicy, ctx: &Context) -> Result<Action, ControllerError> {
+    // As last written, where the API server dropped fields an older CRD lacks.
+    let written = ctx.written.as_written(&object_key(policy), policy);
+    let policy = written.as_ref();
     let ns = policy.namespace().ok_or(ControllerError::Unnamed)?;
     let old = PolicyConditions::of(policy);
     let new = next_status(policy, &ctx.chatflow_names(&ns), super::now());

@@ -9,6 +9,7 @@ mod support;
 mod chatflows;
 mod harness;
 mod leader;
+mod older_crd;
 mod rules;
 mod sync;
 mod unreadable;
