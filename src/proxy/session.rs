@@ -39,7 +39,8 @@ const MAX_CLIENT_ID: usize = 200;
 pub fn bind(subject_key: &str, requested: Option<&str>) -> String {
     let mut bound = prefix(subject_key);
     // Control characters are dropped: no chat id needs one, and a NUL (which PostgreSQL
-    // refuses in text) would fail the shared chat turns of every chat asked with it.
+    // refuses in text) would fail the shared chat turns of every chat asked with it. Ends are
+    // trimmed after that and after the cut, so that an id sent back is bound to itself.
     let cleaned = requested.map(str::trim).map(|id| {
         if id.chars().all(kept) {
             std::borrow::Cow::Borrowed(id)
@@ -52,11 +53,11 @@ pub fn bind(subject_key: &str, requested: Option<&str>) -> String {
             )
         }
     });
-    match cleaned.as_deref().filter(|r| !r.is_empty()) {
+    match cleaned.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
         Some(id) if id.starts_with(&bound) => {
-            return truncate(id, PREFIX_LEN + MAX_CLIENT_ID).into();
+            return truncate(id, PREFIX_LEN + MAX_CLIENT_ID).trim_end().into();
         }
-        Some(id) => bound.push_str(truncate(id, MAX_CLIENT_ID)),
+        Some(id) => bound.push_str(truncate(id, MAX_CLIENT_ID).trim_end()),
         None => bound.push_str(
             uuid::Uuid::new_v4()
                 .hyphenated()
@@ -158,6 +159,7 @@ mod tests {
         assert_eq!(bind("user:alice", Some(&format!("{own}\0"))), own);
         // Nothing left: a new session, as for an empty id.
         assert!(bind("user:alice", Some("\0\t")).len() == PREFIX_LEN + 36);
+        assert!(bind("user:alice", Some("\u{1} \u{1}")).len() == PREFIX_LEN + 36);
     }
 
     #[test]
@@ -242,6 +244,24 @@ mod tests {
         let id = bind_body(&mut b, "user:mallory");
         assert_eq!(b["overrideConfig"]["chatId"], json!(id));
         assert_eq!(b["chatId"], json!(id));
+    }
+
+    /// Flowise answers with the bound id and the client sends it back: it must bind to itself,
+    /// or the conversation continues in another chat.
+    #[test]
+    fn a_bound_id_sent_back_is_the_same_chat() {
+        let long = format!("{} b", "a".repeat(MAX_CLIENT_ID - 1));
+        for sent in [long.as_str(), "a \u{1}", " c\td ", "x \0"] {
+            let first = bind("user:alice", Some(sent));
+            assert_eq!(first, first.trim(), "{sent:?}");
+            assert_eq!(bind("user:alice", Some(&first)), first, "{sent:?}");
+        }
+        // Sent with the caller's prefix already, it is cut the same way.
+        let own = format!("{}{long}", prefix("user:alice"));
+        assert_eq!(
+            bind("user:alice", Some(&own)),
+            bind("user:alice", Some(&long))
+        );
     }
 
     #[test]
