@@ -260,3 +260,27 @@ async fn expires_in_is_a_number_of_seconds_whatever_the_provider_writes() {
         );
     }
 }
+
+/// Only an OAuth error (or a 401) is the caller's wrong password: a 404 or 405 of a mistyped
+/// endpoint URL, or an ingress's HTML page, is the token endpoint's failure, a 502 an operator
+/// sees, not a 401 every user takes for their own mistake.
+#[tokio::test]
+async fn only_an_oauth_error_or_a_401_from_the_token_endpoint_is_the_callers() {
+    for (status, body, want) in [
+        (400, &br#"{"error":"invalid_grant"}"#[..], 401),
+        (401, &b""[..], 401),
+        (403, &br#"{"error":"access_denied"}"#[..], 401),
+        (404, &b"<html>Not Found</html>"[..], 502),
+        (405, &b""[..], 502),
+        (400, &b"<html>Bad Request</html>"[..], 502),
+    ] {
+        let (endpoint, _) = answering(status, vec![], Bytes::from_static(body)).await;
+        let (answered, json) = authenticate(format!("{endpoint}/token")).await;
+        assert_eq!(answered, want, "{status}: {json}");
+        if want == 502 {
+            assert_eq!(json["error"]["code"], "token_endpoint_error", "{json}");
+            let message = json["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(&status.to_string()), "{json}");
+        }
+    }
+}

@@ -212,7 +212,11 @@ impl Proxy {
             )))
         } else if status == StatusCode::TOO_MANY_REQUESTS {
             Err(ProxyError::TokenEndpointBusy)
-        } else if status.is_client_error() {
+        } else if status == StatusCode::UNAUTHORIZED
+            || (status.is_client_error() && value.get("error").is_some_and(Value::is_string))
+        {
+            // An OAuth error (RFC 6749 §5.2) or a 401: the caller's credentials. Any other 4xx
+            // (a 404 or 405 of a mistyped URL, an ingress's HTML page) is the endpoint's.
             Err(ProxyError::InvalidToken {
                 reason: "token_endpoint_refused",
                 detail: value
