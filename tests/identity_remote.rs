@@ -13,7 +13,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::json;
 
 use identity_support::{
-    KeyServer, SECRET, Signer, claims, config, fixture_path, hs256_verifier, jwks, reason,
+    KeyServer, SECRET, Signer, claims, config, fixture_path, hs256_verifier, jwks, now, reason,
     verifier, with,
 };
 
@@ -136,11 +136,26 @@ async fn a_rotated_key_is_picked_up_through_its_unknown_kid() {
     assert_eq!(server.jwks_fetches(), 1);
 
     server.set_jwks(jwks(&[&new]));
-    let token = new.sign(&claims());
+    // Issued before the keys were fetched: its key was not in the set then.
+    let token = new.sign(&with(json!({"iat": now() - 10})));
     assert_eq!(
         verifier.verify(&token).await,
         Err(AuthError::UnknownKey),
         "within the cooldown the key set is not fetched again"
+    );
+    assert_eq!(server.jwks_fetches(), 1);
+    // Issued after: its key may be one published since, which the cooldown keeps from being
+    // fetched. Not known yet is a 503, not a 401 that makes the client drop a good token.
+    let newer = new.sign(&with(json!({"iat": now() + 2})));
+    assert_eq!(
+        verifier.verify(&newer).await,
+        Err(AuthError::KeysUnavailable)
+    );
+    let far_ahead = new.sign(&with(json!({"iat": now() + 3600})));
+    assert_eq!(
+        verifier.verify(&far_ahead).await,
+        Err(AuthError::UnknownKey),
+        "an iat an hour ahead is nobody's clock"
     );
     assert_eq!(server.jwks_fetches(), 1);
 
@@ -166,9 +181,11 @@ async fn a_flood_of_unknown_kids_causes_one_shared_fetch() {
         let tasks: Vec<_> = (0..100)
             .map(|i| {
                 let verifier = verifier.clone();
+                // Issued before the keys were fetched (a newer one is a 503 within the
+                // cooldown: its key may be new).
                 let token = Signer::ed25519()
                     .with_kid(&format!("random-{round}-{i}"))
-                    .sign(&claims());
+                    .sign(&with(json!({"iat": now() - 5})));
                 tokio::spawn(async move { verifier.verify(&token).await })
             })
             .collect();

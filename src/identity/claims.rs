@@ -123,6 +123,13 @@ fn numeric_date(claims: &[Option<Value>], slot: usize) -> Result<Option<i64>, Au
     }
 }
 
+/// The token's `iat` in whole seconds, as it says (before its signature is checked); `None`
+/// without one, or one that is not a number.
+pub(crate) fn issued_at(claims: &[Option<Value>]) -> Option<i64> {
+    let n = claim(claims, ClaimNames::IAT)?.as_number()?;
+    n.as_i64().or_else(|| n.as_f64().map(|f| f.floor() as i64))
+}
+
 /// Whether a token says it is a Kubernetes ServiceAccount's, before its keys are known.
 pub(crate) fn looks_like_service_account(claims: &[Option<Value>]) -> bool {
     claim(claims, ClaimNames::KUBERNETES).is_some()

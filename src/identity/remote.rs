@@ -6,7 +6,7 @@
 //! fetch keeps the previous keys. The small mutex only guards the in-flight handle and the time
 //! of the last attempt; it is never held across an await.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -38,6 +38,10 @@ pub(crate) enum Trigger {
 
 type InFlight = Shared<BoxFuture<'static, bool>>;
 
+/// How far ahead of this clock a token's `iat` may be and still count (see
+/// [`RemoteKeys::older_than`]).
+const FUTURE_IAT: i64 = 60;
+
 #[derive(Default)]
 struct Flight {
     in_flight: Option<InFlight>,
@@ -53,6 +57,8 @@ pub(crate) struct RemoteKeys {
     fetches: AtomicU64,
     /// The last fetch failed: a key these keys lack may be one the source has added since.
     stale: AtomicBool,
+    /// When the last fetch that succeeded started (Unix seconds; 0: never).
+    fetched_at: AtomicI64,
     /// The epoch of this source's kind (callers' sources share one, the cluster's has its
     /// own); moved whenever this source's keys change (see [`super::cache`]).
     epoch: Arc<AtomicU64>,
@@ -73,6 +79,7 @@ impl RemoteKeys {
             flight: Mutex::new(Flight::default()),
             fetches: AtomicU64::new(0),
             stale: AtomicBool::new(false),
+            fetched_at: AtomicI64::new(0),
             epoch,
         })
     }
@@ -90,6 +97,15 @@ impl RemoteKeys {
     /// (a key added while it was unreachable).
     pub(crate) fn stale(&self) -> bool {
         self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Whether a token issued at `issued_at` (Unix seconds) is newer than these keys: its key
+    /// may be one the source published since they were fetched (a provider that signs with a new
+    /// key at once), which a refresh held back by the cooldown has not seen. A time more than
+    /// [`FUTURE_IAT`] ahead is not taken for newer: nobody's clock is that far off.
+    pub(crate) fn older_than(&self, issued_at: i64, now: i64) -> bool {
+        issued_at > self.fetched_at.load(Ordering::Relaxed)
+            && issued_at <= now.saturating_add(FUTURE_IAT)
     }
 
     /// How many fetches were started.
@@ -135,6 +151,7 @@ impl RemoteKeys {
     async fn fetch_and_store(self: Arc<Self>) -> bool {
         // Ends the flight however the fetch ends (even by a panic), so the next refresh can start.
         let _end = EndFlight(&self);
+        let started = jiff::Timestamp::now().as_second();
         let fetched = self.fetcher.fetch(self.limits).await;
         self.stale.store(fetched.is_err(), Ordering::Relaxed);
         match fetched {
@@ -149,6 +166,7 @@ impl RemoteKeys {
                     issuer: fetched.issuer,
                 });
                 let previous = self.current.swap(Some(fresh.clone()));
+                self.fetched_at.fetch_max(started, Ordering::Relaxed);
                 let unchanged = previous
                     .is_some_and(|p| p.issuer == fresh.issuer && same_keys(&p.keys, &fresh.keys));
                 if !unchanged {

@@ -103,11 +103,13 @@ impl Inner {
                             self.check(token, key, checks, Domain::ServiceAccounts)
                         }
                         Lookup::WrongAlgorithm => Step::Failed(AuthError::AlgorithmMismatch),
-                        Lookup::NotFound if refreshed => Step::Failed(if sa.remote.stale() {
-                            AuthError::KeysUnavailable
-                        } else {
-                            AuthError::UnknownKey
-                        }),
+                        Lookup::NotFound if refreshed => Step::Failed(
+                            if sa.remote.stale() || newer_than(token, &sa.remote, now) {
+                                AuthError::KeysUnavailable
+                            } else {
+                                AuthError::UnknownKey
+                            },
+                        ),
                         Lookup::NotFound => Step::Refresh(Domain::ServiceAccounts),
                     };
                 }
@@ -182,10 +184,14 @@ impl Inner {
             return Step::Refresh(Domain::Users);
         }
         // The static key's refusal is the answer once the remote keys could be tried. Before
-        // they ever loaded, or while a source cannot be fetched, a key added to it may have
-        // signed the token: not known yet is a 503, not a refusal that makes clients drop a good
-        // token.
-        if users.remote.iter().any(|r| r.loaded()) && !users.remote.iter().any(|r| r.stale()) {
+        // they ever loaded, while a source cannot be fetched, or when the token is newer than
+        // its keys and the cooldown held the refresh back, a key added to it may have signed
+        // the token: not known yet is a 503, not a refusal that makes clients drop a good token.
+        let newer = kid.is_some() && users.remote.iter().any(|r| newer_than(token, r, now));
+        if users.remote.iter().any(|r| r.loaded())
+            && !users.remote.iter().any(|r| r.stale())
+            && !newer
+        {
             static_refusal.unwrap_or(Step::Failed(AuthError::UnknownKey))
         } else {
             Step::Failed(AuthError::KeysUnavailable)
@@ -275,6 +281,11 @@ impl Inner {
             Err(error) => Step::Failed(error),
         }
     }
+}
+
+/// Whether `token` says it was issued after `remote`'s keys were fetched ([`RemoteKeys::older_than`]).
+fn newer_than(token: &Parsed<'_>, remote: &RemoteKeys, now: Timestamp) -> bool {
+    claims::issued_at(&token.claims).is_some_and(|iat| remote.older_than(iat, now.as_second()))
 }
 
 fn token_issuer<'t>(token: &'t Parsed<'_>) -> Option<&'t str> {

@@ -45,10 +45,11 @@ impl ClaimNames {
     pub(crate) const AUD: usize = 3;
     pub(crate) const SUB: usize = 4;
     pub(crate) const KUBERNETES: usize = 5;
+    pub(crate) const IAT: usize = 6;
 
     pub(crate) fn new() -> Self {
         Self(
-            ["exp", "nbf", "iss", "aud", "sub", "kubernetes.io"]
+            ["exp", "nbf", "iss", "aud", "sub", "kubernetes.io", "iat"]
                 .into_iter()
                 .map(Box::from)
                 .collect(),
