@@ -88,3 +88,66 @@ async fn a_reserve_answered_but_never_read_is_refunded() {
     let refunded = "SELECT count(*) FROM reservations WHERE state = 'refunded'";
     assert_eq!(store.count(refunded).await, 1);
 }
+
+/// The refund of a reserve whose caller went away meets a failing database (here its statements
+/// are cancelled, as a `statement_timeout` or a failover would): it is retried until it lands,
+/// not lost with the batch it was in. A flat cost's reservation is a final charge no sweep gives
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refund_of_an_abandoned_reserve_is_retried_until_it_lands() {
+    let store = crate::support::postgres("abandoned_retried").await;
+    let ledger = store.open().await;
+    store
+        .sql()
+        .await
+        .batch_execute(
+            "CREATE TABLE failing (on_purpose BOOLEAN);
+             INSERT INTO failing VALUES (true);
+             CREATE FUNCTION cancel_refunds() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.state = 'refunded' AND EXISTS (SELECT 1 FROM failing) THEN
+                     RAISE EXCEPTION 'cancelled by the test' USING ERRCODE = 'query_canceled';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER cancel_refunds BEFORE UPDATE ON reservations
+                 FOR EACH ROW EXECUTE FUNCTION cancel_refunds();",
+        )
+        .await
+        .expect("trigger");
+    let mut charged = request("alice", vec![line(POLICY, "alice", 10, 3)]);
+    charged.final_cost = true;
+    let mut reserve = ledger.reserve(charged);
+    assert!(futures::poll!(&mut reserve).is_pending(), "queued");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.count("SELECT count(*) FROM reservations").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The writer answers right after its commit; nobody reads the answer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(reserve);
+    // Refunds fail for a while.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        used(&*ledger, POLICY, "alice").await,
+        3,
+        "still charged meanwhile"
+    );
+    store
+        .sql()
+        .await
+        .batch_execute("DELETE FROM failing")
+        .await
+        .expect("the database recovers");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while used(&*ledger, POLICY, "alice").await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refund was lost"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refunded = "SELECT count(*) FROM reservations WHERE state = 'refunded'";
+    assert_eq!(store.count(refunded).await, 1);
+}

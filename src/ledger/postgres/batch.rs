@@ -154,7 +154,8 @@ async fn write(
 /// holds it to settle or refund it, and it would hold its budget (and its `Idempotency-Key`)
 /// until the sweep charged it.
 pub(super) fn refund_abandoned(requeue: &mpsc::WeakSender<Op>, id: ReservationId, now: Timestamp) {
-    // The ledger is gone: the sweep of the next start expires it.
+    // The ledger is gone: it stays as it is (a final charge charged, an open one swept at what it
+    // holds when a ledger opens on the database next).
     let Some(queue) = requeue.upgrade() else {
         return;
     };
@@ -162,20 +163,56 @@ pub(super) fn refund_abandoned(requeue: &mpsc::WeakSender<Op>, id: ReservationId
         reservation = id.0,
         "caller gone during its reserve; refunding"
     );
-    let (reply, _) = oneshot::channel();
-    // Queued at once unless the queue is full; the writers drain the queue before they end.
-    match queue.try_send(Op::Close(id, Close::Refund, now, reply)) {
-        // (A future dropped off any runtime cannot wait: the sweep expires that one.)
-        Err(mpsc::error::TrySendError::Full(op)) => {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = queue.send(op).await;
-                });
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // A future dropped off any runtime cannot wait: one try, and the sweep expires the rest.
+        let (reply, _) = oneshot::channel();
+        let _ = queue.try_send(Op::Close(id, Close::Refund, now, reply));
+        return;
+    };
+    // Retried while the database fails transiently, as the proxy retries its own refunds: the
+    // reservation may be a final charge, which no sweep gives back. Only a weak sender is held
+    // between tries, so the ledger can still close; the writers drain the queue before they end.
+    let requeue = queue.downgrade();
+    drop(queue);
+    runtime.spawn(async move {
+        use backon::Retryable;
+        let refund = || {
+            let requeue = requeue.clone();
+            async move {
+                let queue = requeue.upgrade().ok_or(LedgerError::Stopped)?;
+                let (reply, answer) = oneshot::channel();
+                queue
+                    .send(Op::Close(id, Close::Refund, now, reply))
+                    .await
+                    .map_err(|_| LedgerError::Stopped)?;
+                drop(queue);
+                answer.await.map_err(|_| LedgerError::Stopped)?
             }
+        };
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(ABANDONED_REFUND_FOR));
+        let refunded = refund
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(LedgerError::transient)
+            .notify(|error, after| {
+                tracing::warn!(%error, reservation = id.0, ?after, "refund of an abandoned reserve failed; retrying");
+            })
+            .await;
+        if let Err(error) = refunded {
+            tracing::error!(%error, reservation = id.0, "refund of an abandoned reserve failed");
         }
-        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-    }
+    });
 }
+
+/// How long the refund of an abandoned reserve is retried: as long as a reservation may stay
+/// open (the proxy's `RESERVATION_TTL`).
+const ABANDONED_REFUND_FOR: Duration = Duration::from_secs(900);
 
 /// A settle or refund of the batch.
 struct Closing {
