@@ -344,11 +344,12 @@ impl SseScanner {
                     self.usage.cut = true;
                     self.stopped = true;
                 }
-                // Flowise 3 stops an Agentflow with the node, then the flow, `TERMINATED`.
+                // Flowise 3 stops an Agentflow with the node, then the flow, `TERMINATED`; a
+                // node that fails is `ERROR` before the node list, which then has no usage of it.
                 Kind::Flow => {
                     self.usage.reporting = true;
                     let terminated = data.contains("\"TERMINATED\"");
-                    self.usage.cut |= terminated;
+                    self.usage.cut |= terminated || flow_failed(data);
                     self.stopped |= terminated;
                     self.finished_unlisted |= node_finished(data);
                 }
@@ -393,6 +394,29 @@ struct Tagged<'a> {
 #[derive(serde::Deserialize)]
 struct UsageEvent {
     data: serde_json::Value,
+}
+
+/// Whether a flow event says a node or the run failed: `nextAgentFlow`'s `data.status`, or
+/// `agentFlowEvent`'s `data`, is `ERROR` (parsed: a node's label or error message may hold the
+/// word).
+fn flow_failed(data: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Flow {
+        data: Option<FlowData>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum FlowData {
+        Run(String),
+        Node { status: Option<String> },
+    }
+    data.contains("\"ERROR\"")
+        && matches!(
+            serde_json::from_str::<Flow>(data),
+            Ok(Flow {
+                data: Some(FlowData::Run(status) | FlowData::Node { status: Some(status) })
+            }) if status == "ERROR"
+        )
 }
 
 /// Whether an event (from its start) is an `agentFlowExecutedData` node list.

@@ -70,6 +70,37 @@ fn a_run_cut_while_answering_counts_the_text_its_last_node_streamed() {
                 + &error,
             7 + 4,
         ),
+        // Flowise 3 when a node fails mid-answer: the node ERROR, the node list (the failed
+        // node without usage), the flow ERROR, an error. Its streamed text is counted.
+        (
+            event(
+                "agentFlowExecutedData",
+                r#"[{"data":{"output":{"usageMetadata":{"total_tokens":7}}}}]"#,
+            ) + &text
+                + &event(
+                    "nextAgentFlow",
+                    r#"{"nodeId":"llm_1","nodeLabel":"LLM","status":"ERROR","error":"boom"}"#,
+                )
+                + &event(
+                    "agentFlowExecutedData",
+                    r#"[{"data":{"output":{"usageMetadata":{"total_tokens":7}}}},{"status":"ERROR","data":{"error":"boom"}}]"#,
+                )
+                + &event("agentFlowEvent", r#""ERROR""#)
+                + &error,
+            7 + 4,
+        ),
+        // A node that finished, though its label says ERROR, cuts nothing.
+        (
+            flow.clone()
+                + &text
+                + &event(
+                    "nextAgentFlow",
+                    r#"{"nodeId":"llm_1","nodeLabel":"ERROR","status":"FINISHED"}"#,
+                )
+                + &event("agentFlowExecutedData", "[]")
+                + &event("end", r#""[DONE]""#),
+            0,
+        ),
         // A node list after the text, not cut: the node reported (or reports nothing).
         (
             flow.clone() + &text + &event("agentFlowExecutedData", "[]") + &abort,
