@@ -76,12 +76,15 @@ async fn open_client(
             tracing::warn!(%error, "ledger PostgreSQL connection ended");
         }
     });
-    // In one round trip, and only where the setting is off: a limit the role, the database or
-    // the URL's `options` set is theirs to keep.
+    // In one round trip. The idle limit only where the setting is off: a limit the role, the
+    // database or the URL's `options` set is theirs to keep. READ COMMITTED whatever they set,
+    // for the statements run outside [`begin`]'s transactions too (rate takes, chat turns): a
+    // stricter level fails contended ones with serialization errors, which nothing retries.
     client
         .execute(
-            "SELECT set_config('idle_in_transaction_session_timeout', $1, false) \
-             WHERE current_setting('idle_in_transaction_session_timeout') IN ('0', '0ms')",
+            "SELECT set_config('default_transaction_isolation', 'read committed', false), \
+                 CASE WHEN current_setting('idle_in_transaction_session_timeout') IN ('0', '0ms') \
+                 THEN set_config('idle_in_transaction_session_timeout', $1, false) END",
             &[&IDLE_IN_TRANSACTION],
         )
         .await?;
