@@ -730,3 +730,55 @@ async fn tokens_within_the_hold_cross_their_thresholds_too() {
     }
     team.cleanup().await;
 }
+
+/// A caller whose name has an override and whose group a larger one is charged against the
+/// larger (the proxy takes the largest that applies): the admin's balances and adjustments say
+/// so, though the name alone tells only the smaller.
+#[tokio::test]
+async fn an_admin_reads_the_larger_override_a_callers_group_gives() {
+    let team = Team::with_fake_flowise("credits-two-overrides").await;
+    let policy = format!("{}/daily", team.ns);
+    team.policy(
+        "daily",
+        json!({"chatflows": ["*"], "budget": {"credits": 1, "period": "Daily",
+               "overrides": [{"subjects": [{"user": "carol-sub"}], "credits": 2},
+                             {"subjects": [{"group": team.group()}], "credits": 4}]}}),
+    )
+    .await;
+    let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
+    let gate = Flowgate::with_flowise(&fake.url).await;
+    let (id, carol) = (team.flowise_id.clone(), team.member("carol"));
+    eventually_status(&gate, &carol, &id, 200).await;
+    for _ in 0..2 {
+        assert_eq!(
+            predict(&gate, &carol, &id, json!({"question": "q"}))
+                .await
+                .0,
+            200
+        );
+    }
+    let path = format!("/api/admin/credits/balances?policy={policy}&subject=user:carol-sub");
+    let (status, one) = admin_get(&gate, path, root()).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(
+        one["balances"],
+        json!([{"subject": "user:carol-sub", "credits": 4, "used": 3, "remaining": 1}]),
+        "3 of her group's 4 used (the probe was one)"
+    );
+    let take = json!({"policy": policy, "subject": "user:carol-sub", "credits": -1});
+    let (status, taken) = call(
+        &gate,
+        reqwest::Method::POST,
+        "/api/admin/credits/adjustments",
+        Some(&root()),
+        Some(take),
+    )
+    .await;
+    assert_eq!(status, 200, "{taken}");
+    assert_eq!(
+        (&taken["credits"], &taken["used"], &taken["remaining"]),
+        (&json!(4), &json!(4), &json!(0)),
+        "{taken}"
+    );
+    team.cleanup().await;
+}

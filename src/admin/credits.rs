@@ -144,18 +144,14 @@ pub async fn adjust(
     };
     // A budget override its name cannot tell (by email or group) is the limit its bucket was
     // just charged against, as `credits/balances` reads it.
-    let own_limit = if subject.overridden {
-        None
-    } else {
-        admin
-            .ledger
-            .buckets(&policy.id, &window, Some(&subject.key), 1)
-            .await
-            .inspect_err(|error| tracing::warn!(%error, "reading the adjusted bucket failed"))
-            .ok()
-            .and_then(|buckets| buckets.into_iter().next())
-            .and_then(|bucket| bucket.own_limit)
-    };
+    let own_limit = admin
+        .ledger
+        .buckets(&policy.id, &window, Some(&subject.key), 1)
+        .await
+        .inspect_err(|error| tracing::warn!(%error, "reading the adjusted bucket failed"))
+        .ok()
+        .and_then(|buckets| buckets.into_iter().next())
+        .and_then(|bucket| bucket.own_limit);
     let credits = subject.credits_with(policy, own_limit);
     let warning = unseen.then(|| {
         let warning = format!(
@@ -263,12 +259,16 @@ impl Subject {
 }
 
 impl Subject {
-    /// Its credits per period, its bucket holding `own_limit`: an override its name tells is
-    /// the current spec's; else the limit its last prediction was charged against (an override
-    /// by email or group, which the name cannot tell); else the policy's.
+    /// Its credits per period, its bucket holding `own_limit`: the largest override applies
+    /// (as the proxy picks it), so an override its name tells (the current spec's) or, if
+    /// larger, the limit its last prediction was charged against (an override by email or
+    /// group, which the name cannot tell); without one its name tells, that limit or the
+    /// policy's.
     fn credits_with(&self, policy: &PolicyRule, own_limit: Option<i64>) -> u64 {
         if self.overridden {
-            self.credits
+            own_limit
+                .and_then(|own| u64::try_from(own).ok())
+                .map_or(self.credits, |own| own.max(self.credits))
         } else {
             own_or_policy(policy, own_limit)
         }
