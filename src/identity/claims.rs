@@ -164,9 +164,11 @@ pub(crate) fn user_identity(
             continue;
         }
         // A value with a control character names no one: no provider's ids have one, and
-        // the ledger (PostgreSQL refuses a NUL in text) keys budgets and limits by it.
+        // the ledger (PostgreSQL refuses a NUL in text) keys budgets and limits by it. Nor does
+        // one past [`MAX_USER_VALUE`]: PostgreSQL cannot index the key.
         if let Some(Value::String(s)) = claims.get(slot).and_then(Option::as_ref)
             && !s.is_empty()
+            && s.len() <= MAX_USER_VALUE
             && !s.contains(char::is_control)
             && !users.contains(s)
         {
@@ -203,6 +205,11 @@ pub(crate) fn user_identity(
         expires_at,
     })
 }
+
+/// The longest user value that names someone, in bytes. OIDC's `sub` is at most 255 ASCII
+/// characters and an address 254; the ledger keys budgets by the first value, and PostgreSQL
+/// refuses an index entry over 2,704 bytes, so a key past it could never be charged there.
+const MAX_USER_VALUE: usize = 1024;
 
 /// A groups claim: an array of strings, or one string (Keycloak/Azure style). Other values and
 /// non-string members are ignored.

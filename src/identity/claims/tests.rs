@@ -76,6 +76,10 @@ fn non_string_and_empty_user_claims_are_ignored() {
     let id = user(json!({"sub": "u-1\0", "email": "a@x.io"})).expect("identity");
     assert_eq!(id.users, ["a@x.io"], "a control character names no one");
     assert_eq!(id.key, "user:a@x.io");
+    let id = user(json!({"sub": "u".repeat(1025), "email": "a@x.io"})).expect("identity");
+    assert_eq!(id.key, "user:a@x.io", "nor does a value past 1 KiB");
+    let id = user(json!({"sub": "u".repeat(1024)})).expect("identity");
+    assert_eq!(id.key.len(), "user:".len() + 1024, "1 KiB is kept");
     assert_eq!(
         user(json!({"sub": "", "email": null})),
         Err(AuthError::MissingClaim("sub".into()))
