@@ -292,7 +292,7 @@ async fn a_stream_flowise_stops_sending_is_cut_at_the_upstream_timeout_refunded_
                 gate.base, team.flowise_id
             ))
             .bearer_auth(&alice)
-            .json(&json!({"question": "still there?", "streaming": true}))
+            .json(&json!({"question": "still there?", "streaming": true, "chatId": "stalled"}))
             .send()
             .await
             .expect("flowgate answers");
@@ -308,18 +308,29 @@ async fn a_stream_flowise_stops_sending_is_cut_at_the_upstream_timeout_refunded_
             started.elapsed() < Duration::from_secs(10),
             "cut at the timeout, not when Flowise would have gone on"
         );
-        used_becomes(&gate, &alice, &policy, 0).await;
-        support::eventually(10, "Flowise's abort endpoint called", || async {
-            (stalled.aborts.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
-        })
+        // The end waited for the abort: the chat is free for a prompt retry, not 409.
+        assert_eq!(
+            stalled.aborts.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "Flowise was asked to stop the run before the stream ended"
+        );
+        let (status, body) = predict(
+            &gate,
+            &alice,
+            &team.flowise_id,
+            json!({"question": "again?", "chatId": "stalled", "streaming": true}),
+        )
         .await;
+        assert_ne!(status, 409, "the chat was free: {body}");
+        used_becomes(&gate, &alice, &policy, 0).await;
         // After the 200's head, yet a failure in Flowise all the same.
         let stalls = support::metric(
             &gate.ops,
             r#"flowgate_upstream_errors_total{reason="stream_failed"}"#,
         )
         .await;
-        assert_eq!(stalls, Some(1.0), "counted as Flowise's failure");
+        assert_eq!(stalls, Some(2.0), "both counted as Flowise's failure");
+        assert_eq!(stalled.predictions(), 2, "both reached Flowise");
         team.cleanup().await;
     })
     .await

@@ -83,9 +83,8 @@ impl<'a> InFlight<'a> {
     /// never reached Flowise (no connection), the run may still be going (a timeout, a
     /// connection cut after the request went out): Flowise is asked to stop it, so that no one's
     /// work goes uncharged and the chat's next run is not mixed with it; the chat's turn waits
-    /// for that. After a timeout the error answer also waits for the abort, so a prompt retry
-    /// finds the chat free. Both run in tasks of their own: a client gone meanwhile cancels
-    /// neither.
+    /// for that. The error answer also waits for the abort, so a prompt retry finds the chat
+    /// free. Both run in tasks of their own: a client gone meanwhile cancels neither.
     pub(super) async fn failed(&mut self, error: &super::ProxyError) {
         if matches!(error, super::ProxyError::UpstreamNotConnected(_)) {
             self.refund().await;
@@ -94,11 +93,7 @@ impl<'a> InFlight<'a> {
         tracing::debug!(chat_id = %self.chat_id, %error, "Flowise failed; aborting the run");
         let abort = self.take_abort().spawn();
         self.refund().await;
-        if matches!(error, super::ProxyError::UpstreamTimeout)
-            && tokio::time::timeout(ABORT_WAIT, abort).await.is_err()
-        {
-            tracing::warn!(?ABORT_WAIT, "Flowise did not confirm the abort in time");
-        }
+        within_abort_wait(abort).await;
     }
 
     /// Flowise answered: the charge, for the caller to settle.
@@ -108,16 +103,16 @@ impl<'a> InFlight<'a> {
     }
 
     /// Flowise streams its answer: the stream watches it from here, with a callback that asks
-    /// Flowise to abort and the charge.
-    pub(super) fn streaming(mut self) -> (impl FnOnce() + Send + Sync + 'static, Option<Charge>) {
+    /// Flowise to abort (its task ends once the chat's turn is free) and the charge.
+    pub(super) fn streaming(
+        mut self,
+    ) -> (
+        impl FnOnce() -> tokio::task::JoinHandle<()> + Send + Sync + 'static,
+        Option<Charge>,
+    ) {
         self.armed = false;
         let abort = self.take_abort();
-        (
-            move || {
-                abort.spawn();
-            },
-            self.charge.take(),
-        )
+        (move || abort.spawn(), self.charge.take())
     }
 
     /// The abort of this chat's run, built from what the flight holds (taken out of it).
@@ -160,9 +155,17 @@ const RUN_UNWIND: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest an abort request is waited for (and its chat kept busy).
 const ABORT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long a 504 waits for Flowise to confirm the abort of the run it did not answer (and the
-/// run to unwind, [`RUN_UNWIND`]).
+/// How long the error answer of a run Flowise failed (a 504, a cut stream) waits for Flowise to
+/// confirm its abort (and the run to unwind, [`RUN_UNWIND`]).
 const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits for an abort's task (the chat's turn is free once it ends), at most [`ABORT_WAIT`]: it
+/// runs on by itself after that.
+pub(super) async fn within_abort_wait(abort: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(ABORT_WAIT, abort).await.is_err() {
+        tracing::warn!(?ABORT_WAIT, "Flowise did not confirm the abort in time");
+    }
+}
 
 /// A request asking Flowise to stop generating for `chat_id` on `flowise_id`, with the chat's
 /// turn, which ends a moment after Flowise answered.

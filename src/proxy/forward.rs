@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 
-use super::abandon::InFlight;
+use super::abandon::{self, InFlight};
 use super::credits::{self, Charge};
 use super::prediction::Prediction;
 use super::stream::{self, Observed, StreamEnd};
@@ -158,15 +158,14 @@ impl Proxy {
                 // Flowise may still be running it: asked to stop, and the chat's turn waits for
                 // that (dropped unused, the callback ends the turn at once).
                 let gone = matches!(report.end, StreamEnd::ClientGone | StreamEnd::Abandoned);
-                if gone || report.end == StreamEnd::UpstreamFailed {
-                    abort();
-                }
+                let failed = report.end == StreamEnd::UpstreamFailed;
+                let aborting = (gone || failed).then(abort);
                 // A client gone before the answer is charged the run it started (Flowise may
                 // still be running it), unless Flowise had already failed it: how long the
                 // client stayed for the end does not decide a refund.
                 // A shutdown cutting it is flowgate's doing: refunded unless answered.
                 let hung_up = gone && !credits.cut_by_shutdown();
-                match charge {
+                let settling = match charge {
                     Some(charge) if answered || (hung_up && !report.error_event) => {
                         credits.settle_stream(charge, report.usage);
                         None
@@ -174,6 +173,17 @@ impl Proxy {
                     // A keyed refund lands before the stream's end reaches the client.
                     Some(charge) => credits.refund_held(charge),
                     None => None,
+                };
+                // A stream flowgate cut (Flowise stalled, its connection broke) ends for the
+                // client once the abort freed the chat (at most `ABORT_WAIT`), as a timed-out
+                // JSON answer does: a prompt retry finds the chat free, not 409.
+                match (aborting.filter(|_| failed), settling) {
+                    (None, settling) => settling,
+                    (Some(abort), None) => Some(tokio::spawn(abandon::within_abort_wait(abort))),
+                    (Some(abort), Some(settling)) => Some(tokio::spawn(async move {
+                        abandon::within_abort_wait(abort).await;
+                        let _ = settling.await;
+                    })),
                 }
             })
             .stalls_after(stall);
