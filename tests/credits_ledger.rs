@@ -742,7 +742,8 @@ async fn an_admin_reads_the_larger_override_a_callers_group_gives() {
         "daily",
         json!({"chatflows": ["*"], "budget": {"credits": 1, "period": "Daily",
                "overrides": [{"subjects": [{"user": "carol-sub"}], "credits": 2},
-                             {"subjects": [{"group": team.group()}], "credits": 4}]}}),
+                             {"subjects": [{"group": team.group()}], "credits": 4},
+                             {"subjects": [{"user": "erin-sub"}], "credits": 6}]}}),
     )
     .await;
     let fake = FakeFlowise::start(Mode::Answer { tokens: 0 }).await;
@@ -780,5 +781,22 @@ async fn an_admin_reads_the_larger_override_a_callers_group_gives() {
         (&json!(4), &json!(4), &json!(0)),
         "{taken}"
     );
+    // Taken from erin before she was ever charged: her bucket keeps her own 6, so 3 used is
+    // not spent though the policy's budget is 1. Carol, 4 of her 4, is.
+    let take = json!({"policy": policy, "subject": "user:erin-sub", "credits": -3});
+    let adjustments = "/api/admin/credits/adjustments";
+    let (status, taken) = call(
+        &gate,
+        reqwest::Method::POST,
+        adjustments,
+        Some(&root()),
+        Some(take),
+    )
+    .await;
+    assert_eq!(status, 200, "{taken}");
+    let path = format!("/api/admin/credits/balances?policy={policy}");
+    let (status, all) = admin_get(&gate, path, root()).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["subjectsExhausted"], json!(1), "{all}");
     team.cleanup().await;
 }

@@ -107,6 +107,7 @@ scenarios!(
     an_adjustment_gives_back_or_takes_credits_whatever_the_budget,
     an_adjustment_with_an_idempotency_key_is_applied_once,
     an_adjustment_during_a_burst_of_reserves_keeps_the_budget_exact,
+    an_adjustment_creating_a_bucket_keeps_the_subjects_own_limit,
     a_policys_buckets_are_listed_most_used_first,
 );
 

@@ -107,6 +107,10 @@ pub async fn adjust(
         now: call.now,
         actor: call.identity.key.to_string(),
         reason: (!reason.is_empty()).then(|| reason.clone()),
+        // An override its name tells, for a bucket this creates (else the policy's budget).
+        own_limit: subject
+            .overridden
+            .then(|| i64::try_from(subject.credits).unwrap_or(i64::MAX)),
     };
     // In a task of its own, the write and its records together: a client that hangs up while
     // the ledger commits must not leave an adjustment without its log line, metric and Event.

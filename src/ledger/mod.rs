@@ -371,6 +371,9 @@ pub struct AdjustRequest {
     pub actor: String,
     /// Why, as the admin said, kept with its usage row.
     pub reason: Option<String>,
+    /// The subject's own budget, where an override applies to it: kept as the limit of a
+    /// bucket the adjustment creates (a bucket already there keeps its last reserve's).
+    pub own_limit: Option<i64>,
 }
 
 impl AdjustRequest {

@@ -13,6 +13,7 @@ pub fn adjustment(bucket: &str, credits: i64) -> AdjustRequest {
         now: now(),
         actor: "user:root".into(),
         reason: None,
+        own_limit: None,
     }
 }
 
@@ -234,4 +235,38 @@ pub async fn an_adjustment_during_a_burst_of_reserves_keeps_the_budget_exact(sto
     }
     assert_eq!(admitted, 60);
     assert_eq!(used(&*ledger, POLICY, "*").await, 50);
+}
+
+/// A bucket an adjustment creates keeps the subject's own budget (an override), as a reserve's
+/// would: a policy's status does not count the subject spent against the policy's budget. A
+/// bucket already there keeps the limit its last reserve wrote.
+pub async fn an_adjustment_creating_a_bucket_keeps_the_subjects_own_limit(store: Store) {
+    let ledger = store.open().await;
+    let take = |bucket: &str, credits, own_limit| AdjustRequest {
+        own_limit,
+        ..adjustment(bucket, credits)
+    };
+    // The policy's budget is 5; erin's own is 10, frank has the policy's.
+    for request in [take("erin", -8, Some(10)), take("frank", -8, None)] {
+        ledger.adjust(request).await.expect("adjust");
+    }
+    let window = support::monthly_utc(now());
+    let usage = || ledger.policy_usage(POLICY, &window, 5);
+    assert_eq!(
+        usage().await.expect("usage"),
+        PolicyUsage {
+            credits_used: 16,
+            buckets_exhausted: 1
+        },
+        "frank, 8 of 5, is spent; erin, 8 of her 10, is not"
+    );
+    ledger
+        .adjust(take("erin", -1, Some(3)))
+        .await
+        .expect("adjust");
+    assert_eq!(
+        usage().await.expect("usage").buckets_exhausted,
+        1,
+        "erin's bucket keeps its limit of 10"
+    );
 }

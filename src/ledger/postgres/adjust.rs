@@ -69,14 +69,20 @@ impl Conn {
         // The contended row last, to hold its lock only until the commit.
         let used: i64 = tx
             .query_one(
-                "INSERT INTO buckets (policy, bucket, window_start, used)
-                 VALUES ($1::text, $2::text, $3::int8, $4::int8)
+                "INSERT INTO buckets (policy, bucket, window_start, used, own_limit)
+                 VALUES ($1::text, $2::text, $3::int8, $4::int8, $5::int8)
                  ON CONFLICT (policy, bucket, window_start)
                  DO UPDATE SET used = CASE
                      WHEN excluded.used > 0 AND buckets.used > 9223372036854775807 - excluded.used
                      THEN 9223372036854775807 ELSE buckets.used + excluded.used END
                  RETURNING used",
-                &[&request.policy, &request.bucket, &start, &delta],
+                &[
+                    &request.policy,
+                    &request.bucket,
+                    &start,
+                    &delta,
+                    &request.own_limit,
+                ],
             )
             .await?
             .try_get(0)?;

@@ -250,9 +250,9 @@ pub(super) fn close(
 }
 
 /// An adjustment's change to its bucket (`?4`: added to `used`), with the bucket's `used` after.
-/// A bucket's own limit is left as its last reserve wrote it.
+/// A bucket's own limit is left as its last reserve wrote it; a new one gets `?5`.
 const ADJUST: &str = "
-    INSERT INTO buckets (policy, bucket, window_start, used) VALUES (?1, ?2, ?3, ?4)
+    INSERT INTO buckets (policy, bucket, window_start, used, own_limit) VALUES (?1, ?2, ?3, ?4, ?5)
     ON CONFLICT (policy, bucket, window_start) DO UPDATE SET used =
         CASE WHEN excluded.used > 0 AND used > 9223372036854775807 - excluded.used
         THEN 9223372036854775807 ELSE used + excluded.used END
@@ -300,7 +300,13 @@ pub(super) fn adjust(
         delta
     ])?;
     let used: i64 = conn.prepare_cached(ADJUST)?.query_row(
-        params![request.policy, request.bucket, start, delta],
+        params![
+            request.policy,
+            request.bucket,
+            start,
+            delta,
+            request.own_limit
+        ],
         |row| row.get(0),
     )?;
     conn.prepare_cached(LOG_USAGE)?.execute(params![
