@@ -67,9 +67,12 @@ pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, 
     // kind/namespace/name → where it was first defined: a second definition is skipped (in a
     // cluster it could not exist; here it would, for a CreditPolicy, charge twice).
     let mut defined: HashMap<(String, String, String), String> = HashMap::new();
+    // The files the walk found (not those kept for a directory it could not list).
+    let mut listed = std::collections::HashSet::new();
     let files = match dir.yaml_files() {
         Ok(found) => {
             let mut files = found.files;
+            listed.extend(files.iter().cloned());
             // A subdirectory that cannot be listed keeps its files, as the directory does.
             for (sub, error) in found.unlisted {
                 problems.push(format!(
@@ -102,45 +105,71 @@ pub fn load_keeping(dir: &ResourcesDir, kept: &mut LastReadable) -> (Resources, 
             files
         }
     };
+    let now = SystemTime::now();
     for path in files {
-        let docs: Vec<(usize, Value)> = match read_documents(&path) {
-            Ok(read) if read.broken.is_empty() => {
-                let docs: Vec<Value> = read.documents.into_iter().map(|(_, doc)| doc).collect();
-                kept.insert(path.clone(), docs.clone());
-                numbered(docs)
+        // Gone since it was listed, or a link to nothing (its target deleted, to revoke what
+        // it held): nothing is kept for it, as for a file no longer listed.
+        if listed.contains(&path)
+            && std::fs::metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            kept.remove(&path);
+            continue;
+        }
+        // Emptied moments ago (`helm template … > all.yaml` empties it at once, then renders
+        // for seconds): what it last held stays in force for [`EMPTIED_GRACE`], rather than
+        // its policies (every prediction they charge would be free) and grants for a while.
+        let emptied = kept
+            .get(&path)
+            .filter(|docs| !docs.is_empty() && emptied_lately(&path, now))
+            .cloned();
+        let docs: Vec<(usize, Value)> = if let Some(docs) = emptied {
+            problems.push(format!(
+                "{}: empty since it was written less than {} s ago; what it last held stays in \
+                 force until it holds something or has been empty that long",
+                path.display(),
+                EMPTIED_GRACE.as_secs()
+            ));
+            numbered(docs)
+        } else {
+            match read_documents(&path) {
+                Ok(read) if read.broken.is_empty() => {
+                    let docs: Vec<Value> = read.documents.into_iter().map(|(_, doc)| doc).collect();
+                    kept.insert(path.clone(), docs.clone());
+                    numbered(docs)
+                }
+                // A document that is not YAML costs the file what it held when last readable,
+                // or, never read whole, only itself.
+                Ok(read) => match kept.get(&path) {
+                    Some(docs) => {
+                        for (problem, _) in read.broken {
+                            problems.push(kept_instead(&problem));
+                        }
+                        numbered(docs.clone())
+                    }
+                    None => {
+                        for (problem, text) in read.broken {
+                            never_read(&path, problem, &text, &mut resources, &mut problems);
+                        }
+                        read.documents
+                    }
+                },
+                Err(unread) => match kept.get(&path) {
+                    Some(docs) => {
+                        problems.push(kept_instead(&unread.problem));
+                        numbered(docs.clone())
+                    }
+                    None => {
+                        never_read(
+                            &path,
+                            unread.problem,
+                            &unread.text,
+                            &mut resources,
+                            &mut problems,
+                        );
+                        continue;
+                    }
+                },
             }
-            // A document that is not YAML costs the file what it held when last readable,
-            // or, never read whole, only itself.
-            Ok(read) => match kept.get(&path) {
-                Some(docs) => {
-                    for (problem, _) in read.broken {
-                        problems.push(kept_instead(&problem));
-                    }
-                    numbered(docs.clone())
-                }
-                None => {
-                    for (problem, text) in read.broken {
-                        never_read(&path, problem, &text, &mut resources, &mut problems);
-                    }
-                    read.documents
-                }
-            },
-            Err(unread) => match kept.get(&path) {
-                Some(docs) => {
-                    problems.push(kept_instead(&unread.problem));
-                    numbered(docs.clone())
-                }
-                None => {
-                    never_read(
-                        &path,
-                        unread.problem,
-                        &unread.text,
-                        &mut resources,
-                        &mut problems,
-                    );
-                    continue;
-                }
-            },
         };
         // A List (as `kubectl get -o yaml` writes one, and `kubectl apply` unpacks): each item
         // is an object of its own, as `flowgate check` reads it.
@@ -427,6 +456,23 @@ struct FileState {
     /// same-length edits within the file system's time granularity, the poll between them,
     /// differ in content only.
     recent: u64,
+    /// Empty and written in the last [`EMPTIED_GRACE`]: when that ends, the file changes, and
+    /// the load that keeps what it held ([`emptied_lately`]) is done again.
+    emptied: bool,
+}
+
+/// How long a file emptied by a write keeps what it last held (see `load_keeping`).
+const EMPTIED_GRACE: Duration = Duration::from_secs(30);
+
+/// Whether `path` is empty and was written less than [`EMPTIED_GRACE`] before `now`.
+fn emptied_lately(path: &Path, now: SystemTime) -> bool {
+    std::fs::metadata(path).is_ok_and(|meta| {
+        meta.len() == 0
+            && meta.modified().is_ok_and(|at| {
+                now.duration_since(at)
+                    .map_or(true, |age| age < EMPTIED_GRACE)
+            })
+    })
 }
 
 /// How long after its modification a file's content is part of its fingerprint.
@@ -434,7 +480,11 @@ const RECENT: Duration = Duration::from_secs(3);
 
 /// What the directory looks like now: changes when a file is added, removed or written.
 fn fingerprint(dir: &ResourcesDir) -> Vec<FileState> {
-    let now = SystemTime::now();
+    fingerprint_at(dir, SystemTime::now())
+}
+
+/// [`fingerprint`] as of `now`.
+fn fingerprint_at(dir: &ResourcesDir, now: SystemTime) -> Vec<FileState> {
     dir.yaml_files()
         .map(|found| found.files)
         .unwrap_or_default()
@@ -462,6 +512,7 @@ fn fingerprint(dir: &ResourcesDir) -> Vec<FileState> {
                     len: 0,
                     inode: 0,
                     recent: 0,
+                    emptied: false,
                 };
             }
             let recent = if is_recent {
@@ -474,12 +525,18 @@ fn fingerprint(dir: &ResourcesDir) -> Vec<FileState> {
             } else {
                 0
             };
+            let emptied = len == 0
+                && modified.is_some_and(|at| {
+                    now.duration_since(at)
+                        .map_or(true, |age| age < EMPTIED_GRACE)
+                });
             FileState {
                 path,
                 modified,
                 len,
                 inode,
                 recent,
+                emptied,
             }
         })
         .collect()

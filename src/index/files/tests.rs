@@ -502,3 +502,64 @@ fn a_change_is_loaded_once_it_has_held_for_a_poll() {
     );
     assert!(!due(&a, &a, &None, true));
 }
+
+/// A file a write is emptying first (`helm template … > all.yaml` empties it at once, then
+/// renders for seconds) keeps what it held for a while, and the end of that while is a change
+/// the poll loads again; emptied longer ago, it holds nothing.
+#[test]
+fn a_file_emptied_lately_keeps_what_it_held_for_a_while() {
+    let dir = tempfile::tempdir().expect("dir");
+    let budgets = "apiVersion: flowgate.io/v1alpha1\nkind: CreditPolicy\nmetadata: {name: p, namespace: team}\n\
+                   spec: {chatflows: ['*'], budget: {credits: 5, period: Daily}}\n";
+    write(dir.path(), "all.yaml", budgets);
+    let flat = ResourcesDir::flat(dir.path());
+    let mut kept = LastReadable::new();
+    let (res, _) = load_keeping(&flat, &mut kept);
+    assert_eq!(res.policies.len(), 1);
+    write(dir.path(), "all.yaml", "");
+    let (res, problems) = load_keeping(&flat, &mut kept);
+    assert_eq!(res.policies.len(), 1, "kept while it may be being written");
+    assert!(problems[0].contains("empty since"), "{problems:?}");
+    // Empty for 10 s, then 31 s: the end of the grace alone changes the file's state.
+    let written = std::fs::metadata(dir.path().join("all.yaml"))
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_ne!(
+        fingerprint_at(&flat, written + Duration::from_secs(10)),
+        fingerprint_at(&flat, written + EMPTIED_GRACE + Duration::from_secs(1)),
+        "the grace's end is a change"
+    );
+    std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("all.yaml"))
+        .and_then(|f| f.set_modified(SystemTime::now() - EMPTIED_GRACE - Duration::from_secs(1)))
+        .expect("set the time");
+    let (res, problems) = load_keeping(&flat, &mut kept);
+    assert!(res.policies.is_empty(), "empty long enough: {problems:?}");
+}
+
+/// A link whose target is deleted (to revoke what it held) holds nothing from then on.
+#[cfg(unix)]
+#[test]
+fn a_link_to_a_deleted_file_holds_nothing() {
+    let (dir, elsewhere) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let grants = "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {name: a, namespace: team}\n\
+                  spec: {chatflows: ['*'], subjects: [{user: alice@example.com}]}\n";
+    write(elsewhere.path(), "grants.yaml", grants);
+    std::os::unix::fs::symlink(
+        elsewhere.path().join("grants.yaml"),
+        dir.path().join("grants.yaml"),
+    )
+    .expect("link");
+    let flat = ResourcesDir::flat(dir.path());
+    let mut kept = LastReadable::new();
+    let (res, problems) = load_keeping(&flat, &mut kept);
+    assert_eq!(res.accesses.len(), 1, "{problems:?}");
+    std::fs::remove_file(elsewhere.path().join("grants.yaml")).expect("remove");
+    let (res, problems) = load_keeping(&flat, &mut kept);
+    assert!(res.accesses.is_empty(), "{problems:?}");
+    assert!(kept.is_empty());
+}
