@@ -50,6 +50,15 @@ pub fn resolve(
                 "owning a definition needs the controller and a cluster; use flowiseId or flowiseName with --resources-dir".into(),
                 Vec::new(),
             )),
+            // Every prediction would be a 503: the key is read from a Secret.
+            (Ok(_), _) if cf.spec.api_key_secret_ref.is_some() => Err((
+                false,
+                reason::INVALID_SPEC,
+                "apiKeySecretRef needs a cluster to read the Secret from; with --resources-dir \
+                 use a chatflow without an API key"
+                    .into(),
+                Vec::new(),
+            )),
             (Ok(_), Err(why)) => Err((
                 false,
                 reason::FLOWISE_UNREACHABLE,
@@ -123,6 +132,28 @@ pub fn resolve(
         for (id, old) in held.iter() {
             if unreadable.contains(old) {
                 next.entry(id.clone()).or_insert_with(|| old.clone());
+            }
+        }
+        // So does one whose chatflow this listing lacks while it still claims it (its
+        // flowiseId, or the name it adopted by), as the controller keeps its status's id: a
+        // chatflow re-imported, or renamed and back, is not handed to the first rival.
+        for (cf, found) in resources.chatflows.iter().zip(&found) {
+            let Err((_, reason::NOT_FOUND_IN_FLOWISE, ..)) = found else {
+                continue;
+            };
+            let me = key(
+                cf.metadata.namespace.as_deref(),
+                cf.metadata.name.as_deref(),
+            );
+            for (id, old) in held.iter().filter(|(_, old)| **old == me) {
+                let claims = match chatflow_source(&cf.spec) {
+                    Ok(ChatflowSource::Id(wanted)) => wanted.eq_ignore_ascii_case(id),
+                    Ok(ChatflowSource::Name(_)) => true,
+                    _ => false,
+                };
+                if claims {
+                    next.entry(id.clone()).or_insert_with(|| old.clone());
+                }
             }
         }
         for bad in resources.unreadable.iter_mut() {
@@ -251,6 +282,7 @@ mod tests {
             chatflow("{flowiseName: Nobody}"),
             chatflow("{definition: {type: CHATFLOW, flowData: {nodes: []}}}"),
             chatflow("{flowiseName: Support Bot, suspended: true}"),
+            chatflow("{flowiseName: Support Bot, apiKeySecretRef: {name: s, key: k}}"),
         ]);
         resolve(&mut res, Ok(&list), Timestamp::now(), &mut Holders::new());
         let reasons: Vec<(String, String)> =
@@ -265,6 +297,7 @@ mod tests {
                 expect("False", "NotFoundInFlowise"),
                 expect("False", "InvalidSpec"),
                 expect("False", "Suspended"),
+                expect("False", "InvalidSpec"),
             ]
         );
         assert_eq!(
@@ -299,6 +332,39 @@ mod tests {
         let snap = compile(&res);
         let served = snap.chatflow_by_flowise_id(&support).expect("still served");
         assert_eq!(served.rule.namespace, "team-a");
+    }
+
+    /// A listing that lacks the held chatflow for a moment (re-imported in Flowise, or renamed
+    /// and back) leaves it with its holder, by id or by adopted name, not with the first rival.
+    #[tokio::test]
+    async fn the_holder_keeps_its_chatflow_through_a_listing_that_lacks_it() {
+        let fake = FakeFlowise::default();
+        let support = fake.insert("Support Bot", "CHATFLOW", None);
+        let list = fake.list().await.expect("list");
+        let served = |res: &Resources| {
+            compile(res)
+                .chatflow_by_flowise_id(&support)
+                .map(|cf| cf.rule.namespace.clone())
+        };
+        for holder in [
+            format!("{{flowiseId: {support}}}"),
+            "{flowiseName: Support Bot}".into(),
+        ] {
+            let mut held = Holders::new();
+            let rival = named("team-a", &format!("{{flowiseId: {support}}}"));
+            let mut res = of(vec![named("team-b", &holder)]);
+            resolve(&mut res, Ok(&list), Timestamp::now(), &mut held);
+            assert_eq!(served(&res).as_deref(), Some("team-b"), "{holder}");
+            let mut res = of(vec![rival.clone(), named("team-b", &holder)]);
+            resolve(&mut res, Ok(&[]), Timestamp::now(), &mut held);
+            assert_eq!(
+                ready_reason(&res.chatflows[1]),
+                ("False".into(), "NotFoundInFlowise".into())
+            );
+            let mut res = of(vec![rival, named("team-b", &holder)]);
+            resolve(&mut res, Ok(&list), Timestamp::now(), &mut held);
+            assert_eq!(served(&res).as_deref(), Some("team-b"), "{holder}");
+        }
     }
 
     /// The holder keeps its chatflow when a claim defined before it (path order) is added, and
