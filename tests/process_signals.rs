@@ -142,6 +142,13 @@ async fn before_the_index_has_loaded_requests_are_told_to_try_again() {
         assert_eq!(answer.0, 503, "{answer:?}");
         assert_eq!(answer.1.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
         assert_eq!(answer.2["error"]["code"], "index_not_ready", "{answer:?}");
+        // Also the one route asked without credentials (the SDKs' streaming check): not 404.
+        let streaming = http
+            .get(format!("{base}/api/v1/chatflows-streaming/3f1c2a7e-0000-4000-8000-000000000001"))
+            .send()
+            .await
+            .expect("flowgate answers");
+        assert_eq!(streaming.status(), 503);
         let ready = reqwest::get(format!("{}/readyz", gate.ops))
             .await
             .expect("readyz");

@@ -422,7 +422,13 @@ impl Proxy {
         id: &str,
         peer: SocketAddr,
     ) -> Result<Response<Body>, ProxyError> {
-        let Some(cf) = self.snapshot.load().chatflow_by_flowise_id(id).cloned() else {
+        let snapshot = self.snapshot.load();
+        // As on every route: before the first load "no such chatflow" would be an answer for
+        // good (the SDKs then stop streaming).
+        if snapshot.compiled_at.is_none() {
+            return Err(ProxyError::IndexNotReady);
+        }
+        let Some(cf) = snapshot.chatflow_by_flowise_id(id).cloned() else {
             return Err(ProxyError::ChatflowNotFound(id.to_string()));
         };
         let unavailable = |error: ProxyError| {
