@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
@@ -184,23 +184,29 @@ impl Threads {
                 }
             };
             // Round robin: with few long-lived client connections (a load balancer's pool),
-            // each thread gets its share; a hash of the peer address would not promise that.
-            let handed = tokio::select! {
-                biased;
-                // Every thread's queue full as the shutdown begins: the drain comes first.
-                () = shutdown.cancelled() => break,
-                handed = self.senders[next].send((stream, peer)) => handed,
+            // each thread gets its share; a hash of the peer address would not promise that. A
+            // thread whose queue is full (busy for a moment) is passed over, so that one slow
+            // thread does not hold up every other's connections; with every queue full, the
+            // connection waits for the next thread in turn.
+            let (handed, thread) = match hand_over(&self.senders, next, (stream, peer)) {
+                Ok(handed) => handed,
+                Err(conn) => tokio::select! {
+                    biased;
+                    // Every thread's queue full as the shutdown begins: the drain comes first.
+                    () = shutdown.cancelled() => break,
+                    handed = self.senders[next].send(conn) => (handed.is_ok(), next),
+                },
             };
             // A thread that saw the shutdown stops taking connections: not a failure.
-            if handed.is_err() && !shutdown.is_cancelled() {
+            if !handed && !shutdown.is_cancelled() {
                 // Never expected (its tasks catch their own panics); rather than keep running
                 // with a part of the proxy gone, stop the whole process so it is restarted.
-                tracing::error!(thread = next, "a proxy thread stopped; shutting down");
+                tracing::error!(thread, "a proxy thread stopped; shutting down");
                 healthy = false;
                 shutdown.cancel();
                 break;
             }
-            next = (next + 1) % self.senders.len();
+            next = (thread + 1) % self.senders.len();
         }
         drop(listener);
         drop(self.senders);
@@ -209,6 +215,21 @@ impl Threads {
         }
         healthy
     }
+}
+
+/// `conn` handed to the first thread from `first` on with room in its queue: whether it took it
+/// (not if it stopped), and which; `conn` back when every queue is full.
+fn hand_over<T>(senders: &[mpsc::Sender<T>], first: usize, conn: T) -> Result<(bool, usize), T> {
+    let mut conn = conn;
+    for offset in 0..senders.len() {
+        let thread = (first + offset) % senders.len();
+        match senders[thread].try_send(conn) {
+            Ok(()) => return Ok((true, thread)),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Ok((false, thread)),
+            Err(mpsc::error::TrySendError::Full(back)) => conn = back,
+        }
+    }
+    Err(conn)
 }
 
 /// The next connection, or `None` once `shutdown` fires.
@@ -253,10 +274,27 @@ impl Limits {
     };
 }
 
+/// Where hyper runs an HTTP/2 connection's streams (each request's handler is a task of its
+/// own there): among the connections' tasks, so that the drain waits for them too. Cut at
+/// shutdown, a stream's handler still runs the refund and abort its end starts, before the
+/// runtime goes.
+#[derive(Clone)]
+struct Tracked(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for Tracked
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        self.0.spawn(future);
+    }
+}
+
 /// The connections one runtime serves, watched for graceful shutdown.
 struct Connections<H> {
     handler: H,
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<Tracked>,
     graceful: GracefulShutdown,
     limits: Limits,
     /// The connections' tasks, and what ends those still open after the drain period.
@@ -270,7 +308,8 @@ where
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     fn new(handler: H, limits: Limits) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let tasks = TaskTracker::new();
+        let mut builder = auto::Builder::new(Tracked(tasks.clone()));
         // Without a timer hyper never times out a client that sends its headers slowly (or
         // never finishes them): each such connection would hold its task and buffer forever.
         builder
@@ -289,7 +328,7 @@ where
             builder,
             graceful: GracefulShutdown::new(),
             limits,
-            tasks: TaskTracker::new(),
+            tasks,
             cut: CancellationToken::new(),
         }
     }
@@ -379,6 +418,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread whose queue is full is passed over; a stopped one is reported; with every queue
+    /// full the connection comes back to wait.
+    #[test]
+    fn a_connection_goes_to_the_next_thread_with_room() {
+        let (full, _full_rx) = mpsc::channel::<u32>(1);
+        full.try_send(0).expect("room for one");
+        let (free, mut free_rx) = mpsc::channel::<u32>(1);
+        let senders = [full.clone(), free];
+        assert!(matches!(hand_over(&senders, 0, 7), Ok((true, 1))));
+        assert_eq!(free_rx.try_recv().ok(), Some(7));
+        assert!(matches!(hand_over(&senders, 1, 8), Ok((true, 1))));
+        assert_eq!(hand_over(&senders, 0, 9).err(), Some(9), "both full");
+        drop(free_rx);
+        assert!(
+            matches!(hand_over(&senders, 1, 10), Ok((false, 1))),
+            "stopped"
+        );
+    }
 
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Frame;
@@ -513,7 +571,7 @@ mod tests {
         let (addr, dropped) = endless_answers().await;
         let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
         let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                 .await
                 .expect("handshake");
         tokio::spawn(connection);
