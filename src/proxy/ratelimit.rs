@@ -54,15 +54,16 @@ pub struct RateLimiter {
 
 #[derive(Default)]
 struct Shard {
-    /// By key hash: when the key's allowance is whole again.
-    full_at: HashMap<u64, Instant>,
+    /// By key hash: when the key's allowance is whole again, and the interval of one request
+    /// of the rule it was counted under ([`rescaled`]).
+    full_at: HashMap<u64, (Instant, Duration)>,
     prune_at: usize,
 }
 
 impl Shard {
     /// Drops the keys whose allowance is whole again (the same as never seen).
     fn prune(&mut self, now: Instant) {
-        self.full_at.retain(|_, at| *at > now);
+        self.full_at.retain(|_, (at, _)| *at > now);
         self.prune_at = PRUNE_FROM.max(self.full_at.len() * 2);
     }
 }
@@ -165,7 +166,7 @@ impl RateLimiter {
         let local = local_key(access, subject);
         match shared {
             Some(take) => {
-                self.remember(local, take.ahead, asked);
+                self.remember(local, take.ahead, asked, interval);
                 let allowance = Allowance::at(rate, interval, take.ahead);
                 match take.admitted {
                     true => Ok(allowance),
@@ -189,7 +190,7 @@ impl RateLimiter {
         let stored = *shard.full_at.get(&hash)?;
         drop(shard);
         let now = Instant::now();
-        let ahead = capped(Some(stored), now, per) - now;
+        let ahead = rescaled(Some(stored), now, interval, per) - now;
         (ahead > burst).then(|| Refused(Allowance::at(rate, interval, ahead)))
     }
 
@@ -203,11 +204,11 @@ impl RateLimiter {
         (hash, shard)
     }
 
-    /// Notes where the database said `key` stands (its instant `ahead` of `now`), for when this
-    /// replica counts on its own.
-    fn remember(&self, key: impl Hash, ahead: Duration, now: Instant) {
+    /// Notes where the database said `key` stands (its instant `ahead` of `now`, counted in
+    /// requests of `interval`), for when this replica counts on its own.
+    fn remember(&self, key: impl Hash, ahead: Duration, now: Instant, interval: Duration) {
         let (hash, mut shard) = self.shard(key);
-        shard.full_at.insert(hash, now + ahead);
+        shard.full_at.insert(hash, (now + ahead, interval));
         if shard.full_at.len() >= shard.prune_at {
             shard.prune(now);
         }
@@ -226,16 +227,16 @@ impl RateLimiter {
         let burst = per.saturating_sub(interval);
         let (hash, mut shard) = self.shard(key);
         let stored = shard.full_at.get(&hash).copied();
-        let full_at = capped(stored, now, per);
-        if stored.is_some_and(|at| at > full_at) {
+        let full_at = rescaled(stored, now, interval, per);
+        if stored.is_some_and(|(at, every)| at > full_at || every != interval) {
             // Kept so, refused or not: it drains under the new rule from here.
-            shard.full_at.insert(hash, full_at);
+            shard.full_at.insert(hash, (full_at, interval));
         }
         let ahead = full_at - now;
         if ahead > burst {
             return Err(Refused(Allowance::at(rate, interval, ahead)));
         }
-        shard.full_at.insert(hash, full_at + interval);
+        shard.full_at.insert(hash, (full_at + interval, interval));
         if shard.full_at.len() >= shard.prune_at {
             shard.prune(now);
         }
@@ -267,13 +268,29 @@ fn local_key<'a>(access: (&'a str, &'a str), subject: &'a str) -> (&'a str, &'a 
     (access.0, access.1, subject)
 }
 
-/// When a key's allowance is whole again, as of `now`, from the instant `stored` for it. The
-/// key is the rule and the caller, not the rate: an instant kept from before the rule changed
-/// may be further ahead than the new period (10 per hour spent, the rule now 10 per minute: an
-/// hour ahead). It counts as a spent allowance under the new rule, at most one period ahead,
-/// not as the old wait, which a looser rule would otherwise make longer.
-fn capped(stored: Option<Instant>, now: Instant, per: Duration) -> Instant {
-    stored.map_or(now, |at| at.max(now)).min(now + per)
+/// When a key's allowance is whole again, as of `now`, under a rule of `interval` a request and
+/// period `per`, from what is stored for it: an instant, and the interval it was counted in.
+/// The key is the rule and the caller, not the rate, so after an edit what was spent counts as
+/// as many requests under the new rule (the time ahead scaled by the intervals' ratio: 60 sent
+/// under 60 a minute are 60 under 60 an hour, not one minute's worth), and at most one period
+/// ahead (10 per hour spent, the rule now 10 per minute: spent, not the hour's wait).
+fn rescaled(
+    stored: Option<(Instant, Duration)>,
+    now: Instant,
+    interval: Duration,
+    per: Duration,
+) -> Instant {
+    let Some((at, every)) = stored else {
+        return now;
+    };
+    let ahead = at.saturating_duration_since(now);
+    let ahead = if every == interval || every.is_zero() {
+        ahead
+    } else {
+        let scaled = ahead.as_nanos() * interval.as_nanos() / every.as_nanos();
+        Duration::from_nanos(u64::try_from(scaled).unwrap_or(u64::MAX))
+    };
+    now + ahead.min(per)
 }
 
 fn shared_key(access: (&str, &str), subject: &str) -> String {
@@ -392,7 +409,12 @@ mod tests {
         let three = rate(3, RatePeriod::Minute);
         let now = Instant::now();
         // The database last said the caller's instant is a minute ahead: all three spent.
-        limiter.remember("caller", Duration::from_secs(60), now);
+        limiter.remember(
+            "caller",
+            Duration::from_secs(60),
+            now,
+            Duration::from_secs(20),
+        );
         let Refused(allowance) = limiter.check("caller", three, now).expect_err("none left");
         assert_eq!(allowance.remaining, 0);
         assert_eq!(allowance.next_in, Duration::from_secs(20));
@@ -493,6 +515,26 @@ mod tests {
         assert_eq!(refused, Err(Refused(expected)));
         let later = now + Duration::from_secs(6);
         assert!(limiter.check("k", minutely, later).is_ok());
+    }
+
+    /// After a rule's rate changes, what the caller spent counts as that many requests under
+    /// the new one: tightened, no more than it allows; loosened, the rest of it at once.
+    #[test]
+    fn an_edited_rate_counts_the_requests_spent_not_the_time() {
+        let limiter = RateLimiter::default();
+        let now = Instant::now();
+        let (minutely, hourly) = (rate(60, RatePeriod::Minute), rate(60, RatePeriod::Hour));
+        for _ in 0..60 {
+            assert!(limiter.check("tightened", minutely, now).is_ok());
+        }
+        let refused = limiter
+            .check("tightened", hourly, now)
+            .expect_err("60 of 60 spent");
+        assert_eq!(refused.0.remaining, 0);
+        let (sparse, busy) = (rate(1, RatePeriod::Hour), rate(60, RatePeriod::Minute));
+        assert!(limiter.check("loosened", sparse, now).is_ok());
+        let admitted = limiter.check("loosened", busy, now).expect("1 of 60 spent");
+        assert_eq!(admitted.remaining, 58);
     }
 
     #[tokio::test]
