@@ -53,6 +53,13 @@ pub enum AuthError {
     /// key those keys lack while a source cannot be fetched (it may have added it). Transient.
     #[error("verification keys are not available yet")]
     KeysUnavailable,
+    /// The token names a key the sources lack, and was issued after they were last fetched,
+    /// within the cooldown that holds back another fetch: it may be signed by a key published
+    /// since. Transient; told apart from [`AuthError::KeysUnavailable`] because anyone can
+    /// send such a token (its `iat` is not checked before its key is known), so it must not
+    /// read as an outage.
+    #[error("the token's key may be newer than the verification keys; try again shortly")]
+    KeyNotFetchedYet,
     /// The API server no longer accepts this ServiceAccount token (its ServiceAccount or pod is
     /// gone); its reason.
     #[error("the Kubernetes API server refused the ServiceAccount token: {0}")]
@@ -81,6 +88,7 @@ impl AuthError {
             Self::MissingClaim(_) => "missing_claim",
             Self::InvalidClaim(_) => "invalid_claim",
             Self::KeysUnavailable => "keys_unavailable",
+            Self::KeyNotFetchedYet => "key_not_fetched_yet",
             Self::Revoked(_) => "revoked",
             Self::ReviewUnavailable => "review_unavailable",
         }
@@ -88,7 +96,10 @@ impl AuthError {
 
     /// True when trying again later may succeed without a new token.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::KeysUnavailable | Self::ReviewUnavailable)
+        matches!(
+            self,
+            Self::KeysUnavailable | Self::KeyNotFetchedYet | Self::ReviewUnavailable
+        )
     }
 }
 
@@ -113,6 +124,7 @@ mod tests {
             AuthError::MissingClaim("exp".into()),
             AuthError::InvalidClaim("exp".into()),
             AuthError::KeysUnavailable,
+            AuthError::KeyNotFetchedYet,
             AuthError::Revoked("gone".into()),
             AuthError::ReviewUnavailable,
         ];
@@ -128,7 +140,11 @@ mod tests {
         let transient: Vec<_> = all.iter().filter(|e| e.is_transient()).collect();
         assert_eq!(
             transient,
-            [&AuthError::KeysUnavailable, &AuthError::ReviewUnavailable]
+            [
+                &AuthError::KeysUnavailable,
+                &AuthError::KeyNotFetchedYet,
+                &AuthError::ReviewUnavailable
+            ]
         );
     }
 }

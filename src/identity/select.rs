@@ -103,13 +103,13 @@ impl Inner {
                             self.check(token, key, checks, Domain::ServiceAccounts)
                         }
                         Lookup::WrongAlgorithm => Step::Failed(AuthError::AlgorithmMismatch),
-                        Lookup::NotFound if refreshed => Step::Failed(
-                            if sa.remote.stale() || newer_than(token, &sa.remote, now) {
-                                AuthError::KeysUnavailable
-                            } else {
-                                AuthError::UnknownKey
-                            },
-                        ),
+                        Lookup::NotFound if refreshed => Step::Failed(if sa.remote.stale() {
+                            AuthError::KeysUnavailable
+                        } else if newer_than(token, &sa.remote, now) {
+                            AuthError::KeyNotFetchedYet
+                        } else {
+                            AuthError::UnknownKey
+                        }),
                         Lookup::NotFound => Step::Refresh(Domain::ServiceAccounts),
                     };
                 }
@@ -187,14 +187,12 @@ impl Inner {
         // they ever loaded, while a source cannot be fetched, or when the token is newer than
         // its keys and the cooldown held the refresh back, a key added to it may have signed
         // the token: not known yet is a 503, not a refusal that makes clients drop a good token.
-        let newer = kid.is_some() && users.remote.iter().any(|r| newer_than(token, r, now));
-        if users.remote.iter().any(|r| r.loaded())
-            && !users.remote.iter().any(|r| r.stale())
-            && !newer
-        {
-            static_refusal.unwrap_or(Step::Failed(AuthError::UnknownKey))
-        } else {
+        if !users.remote.iter().any(|r| r.loaded()) || users.remote.iter().any(|r| r.stale()) {
             Step::Failed(AuthError::KeysUnavailable)
+        } else if kid.is_some() && users.remote.iter().any(|r| newer_than(token, r, now)) {
+            Step::Failed(AuthError::KeyNotFetchedYet)
+        } else {
+            static_refusal.unwrap_or(Step::Failed(AuthError::UnknownKey))
         }
     }
 

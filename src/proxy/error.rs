@@ -31,6 +31,11 @@ pub enum ProxyError {
     },
     #[error("the identity keys could not be loaded; try again")]
     KeysUnavailable,
+    /// The caller's token names a key flowgate may not have fetched yet ([`AuthError::KeyNotFetchedYet`]
+    /// (crate::identity::AuthError::KeyNotFetchedYet)): answered as `keys_unavailable`, counted
+    /// apart (anyone can send one; it is no outage).
+    #[error("the token's key may be newer than flowgate's copy of the key set; try again shortly")]
+    KeyNotFetchedYet,
     #[error("flowgate has not loaded its chatflows and grants yet; try again")]
     IndexNotReady,
     #[error(
@@ -152,7 +157,9 @@ impl ProxyError {
             MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             InvalidToken { .. } => (StatusCode::UNAUTHORIZED, "invalid_token"),
-            KeysUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "keys_unavailable"),
+            KeysUnavailable | KeyNotFetchedYet => {
+                (StatusCode::SERVICE_UNAVAILABLE, "keys_unavailable")
+            }
             IndexNotReady => (StatusCode::SERVICE_UNAVAILABLE, "index_not_ready"),
             TokenReviewUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "token_review_unavailable"),
             ChatflowNotFound(_) => (StatusCode::NOT_FOUND, "chatflow_not_found"),
@@ -200,6 +207,7 @@ impl ProxyError {
         match self {
             Self::Unauthenticated { reason } | Self::InvalidToken { reason, .. } => reason,
             Self::NoGrants => "no_grants",
+            Self::KeyNotFetchedYet => "key_not_fetched_yet",
             other => other.status_and_code().1,
         }
     }
@@ -215,6 +223,7 @@ impl ProxyError {
             Unauthenticated { .. }
             | InvalidToken { .. }
             | KeysUnavailable
+            | KeyNotFetchedYet
             | IndexNotReady
             | TokenReviewUnavailable
             | ChatflowNotFound(_)
@@ -296,6 +305,7 @@ impl ProxyError {
                     .insert(ALLOW, HeaderValue::from_static(allow));
             }
             Self::KeysUnavailable
+            | Self::KeyNotFetchedYet
             | Self::IndexNotReady
             | Self::TokenReviewUnavailable
             | Self::LedgerUnavailable
@@ -383,6 +393,22 @@ mod tests {
                 .as_str()
                 .is_some_and(|m| m.contains("team-a/monthly"))
         );
+    }
+
+    /// A token whose key may be newer than the key set is answered as any missing key is (try
+    /// again), and counted apart: anyone can send one, so it must not fire the outage alert on
+    /// `keys_unavailable`.
+    #[tokio::test]
+    async fn a_key_not_fetched_yet_is_a_503_counted_apart() {
+        let error = ProxyError::KeyNotFetchedYet;
+        assert!(error.is_decision());
+        assert_eq!(error.reason(), "key_not_fetched_yet");
+        let resp = error.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[RETRY_AFTER], "1");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(value["error"]["code"], "keys_unavailable");
     }
 
     #[test]

@@ -470,6 +470,8 @@ impl Proxy {
         self.verifier.verify(token).await.map_err(|e| {
             if e == crate::identity::AuthError::ReviewUnavailable {
                 ProxyError::TokenReviewUnavailable
+            } else if e == crate::identity::AuthError::KeyNotFetchedYet {
+                ProxyError::KeyNotFetchedYet
             } else if e.is_transient() {
                 ProxyError::KeysUnavailable
             } else {
