@@ -271,6 +271,7 @@ async fn only_an_oauth_error_or_a_401_from_the_token_endpoint_is_the_callers() {
         (401, &b""[..], 401),
         (403, &br#"{"error":"access_denied"}"#[..], 401),
         (404, &b"<html>Not Found</html>"[..], 502),
+        (404, &br#"{"error":"Realm does not exist"}"#[..], 502),
         (405, &b""[..], 502),
         (400, &b"<html>Bad Request</html>"[..], 502),
     ] {

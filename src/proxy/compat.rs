@@ -213,10 +213,13 @@ impl Proxy {
         } else if status == StatusCode::TOO_MANY_REQUESTS {
             Err(ProxyError::TokenEndpointBusy)
         } else if status == StatusCode::UNAUTHORIZED
-            || (status.is_client_error() && value.get("error").is_some_and(Value::is_string))
+            || (matches!(status, StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN)
+                && value.get("error").is_some_and(Value::is_string))
         {
-            // An OAuth error (RFC 6749 §5.2) or a 401: the caller's credentials. Any other 4xx
-            // (a 404 or 405 of a mistyped URL, an ingress's HTML page) is the endpoint's.
+            // An OAuth error (RFC 6749 §5.2: a 400, some providers' 403) or a 401: the caller's
+            // credentials. Any other 4xx (a 404 or 405 of a mistyped URL, whatever its body says,
+            // as Keycloak's `{"error":"Realm does not exist"}`; an ingress's HTML page) is the
+            // endpoint's.
             Err(ProxyError::InvalidToken {
                 reason: "token_endpoint_refused",
                 detail: value
