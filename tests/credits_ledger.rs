@@ -798,5 +798,26 @@ async fn an_admin_reads_the_larger_override_a_callers_group_gives() {
     let (status, all) = admin_get(&gate, path, root()).await;
     assert_eq!(status, 200, "{all}");
     assert_eq!(all["subjectsExhausted"], json!(1), "{all}");
+    // Erin's override lowered to 3 (her bucket still holds the 6 it was made with): the admin
+    // reads 3, as the proxy now charges her against.
+    let api: kube::Api<flowgate::crd::CreditPolicy> =
+        kube::Api::namespaced(team.client.clone(), &team.ns);
+    let lowered = json!({"spec": {"budget": {"overrides": [
+        {"subjects": [{"user": "carol-sub"}], "credits": 2},
+        {"subjects": [{"group": team.group()}], "credits": 4},
+        {"subjects": [{"user": "erin-sub"}], "credits": 3}]}}});
+    api.patch(
+        "daily",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&lowered),
+    )
+    .await
+    .expect("override lowered");
+    let path = format!("/api/admin/credits/balances?policy={policy}&subject=user:erin-sub");
+    support::eventually(15, "erin's lowered override read", || async {
+        let (_, one) = admin_get(&gate, path.clone(), root()).await;
+        (one["balances"][0]["credits"] == json!(3)).then_some(())
+    })
+    .await;
     team.cleanup().await;
 }

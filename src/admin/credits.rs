@@ -265,14 +265,15 @@ impl Subject {
 impl Subject {
     /// Its credits per period, its bucket holding `own_limit`: the largest override applies
     /// (as the proxy picks it), so an override its name tells (the current spec's) or, if
-    /// larger, the limit its last prediction was charged against (an override by email or
-    /// group, which the name cannot tell); without one its name tells, that limit or the
-    /// policy's.
+    /// larger, the limit its last prediction was charged against while the spec still has an
+    /// override of that many (one by email or group, which the name cannot tell; not one since
+    /// lowered); without one its name tells, that limit or the policy's.
     fn credits_with(&self, policy: &PolicyRule, own_limit: Option<i64>) -> u64 {
         if self.overridden {
             own_limit
                 .and_then(|own| u64::try_from(own).ok())
-                .map_or(self.credits, |own| own.max(self.credits))
+                .filter(|own| *own > self.credits && policy.overrides.iter().any(|(_, c)| c == own))
+                .unwrap_or(self.credits)
         } else {
             own_or_policy(policy, own_limit)
         }
