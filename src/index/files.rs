@@ -464,14 +464,14 @@ struct FileState {
 /// How long a file emptied by a write keeps what it last held (see `load_keeping`).
 const EMPTIED_GRACE: Duration = Duration::from_secs(30);
 
-/// Whether `path` is empty and was written less than [`EMPTIED_GRACE`] before `now`.
+/// Whether `path` is empty and was written less than [`EMPTIED_GRACE`] before `now` (a time
+/// ahead of this clock, another machine's or `touch -d`'s, is no grace).
 fn emptied_lately(path: &Path, now: SystemTime) -> bool {
     std::fs::metadata(path).is_ok_and(|meta| {
         meta.len() == 0
-            && meta.modified().is_ok_and(|at| {
-                now.duration_since(at)
-                    .map_or(true, |age| age < EMPTIED_GRACE)
-            })
+            && meta
+                .modified()
+                .is_ok_and(|at| now.duration_since(at).is_ok_and(|age| age < EMPTIED_GRACE))
     })
 }
 
@@ -526,10 +526,8 @@ fn fingerprint_at(dir: &ResourcesDir, now: SystemTime) -> Vec<FileState> {
                 0
             };
             let emptied = len == 0
-                && modified.is_some_and(|at| {
-                    now.duration_since(at)
-                        .map_or(true, |age| age < EMPTIED_GRACE)
-                });
+                && modified
+                    .is_some_and(|at| now.duration_since(at).is_ok_and(|age| age < EMPTIED_GRACE));
             FileState {
                 path,
                 modified,

@@ -50,15 +50,6 @@ pub fn resolve(
                 "owning a definition needs the controller and a cluster; use flowiseId or flowiseName with --resources-dir".into(),
                 Vec::new(),
             )),
-            // Every prediction would be a 503: the key is read from a Secret.
-            (Ok(_), _) if cf.spec.api_key_secret_ref.is_some() => Err((
-                false,
-                reason::INVALID_SPEC,
-                "apiKeySecretRef needs a cluster to read the Secret from; with --resources-dir \
-                 use a chatflow without an API key"
-                    .into(),
-                Vec::new(),
-            )),
             (Ok(_), Err(why)) => Err((
                 false,
                 reason::FLOWISE_UNREACHABLE,
@@ -120,10 +111,40 @@ pub fn resolve(
             .filter(|u| u.kind == "Chatflow")
             .map(|u| format!("{}/{}", u.namespace, u.name))
             .collect();
+        // A holder that finds nothing under what it claims (its flowiseId, or the name it
+        // adopted by: re-imported in Flowise, renamed and back) still claims what it held, as
+        // the controller keeps its status's id: it is not handed to a rival meanwhile. (By
+        // name, whatever its spec's name now: the files keep no status to compare with.)
+        let mut lost: Vec<(String, String)> = Vec::new();
+        for (cf, found) in resources.chatflows.iter().zip(&found) {
+            let Err((_, reason::NOT_FOUND_IN_FLOWISE, ..)) = found else {
+                continue;
+            };
+            let me = key(
+                cf.metadata.namespace.as_deref(),
+                cf.metadata.name.as_deref(),
+            );
+            for (id, old) in held.iter().filter(|(_, old)| **old == me) {
+                let still = match chatflow_source(&cf.spec) {
+                    Ok(ChatflowSource::Id(wanted)) => wanted.eq_ignore_ascii_case(id),
+                    Ok(ChatflowSource::Name(_)) => true,
+                    _ => false,
+                };
+                if still {
+                    lost.push((id.clone(), old.clone()));
+                }
+            }
+        }
         let mut next = Holders::new();
         for (id, claimants) in &claims {
             let holder = match held.get(id) {
-                Some(old) if claimants.contains(old) || unreadable.contains(old) => old.clone(),
+                Some(old)
+                    if claimants.contains(old)
+                        || unreadable.contains(old)
+                        || lost.iter().any(|(i, h)| i == id && h == old) =>
+                {
+                    old.clone()
+                }
                 _ => claimants[0].clone(),
             };
             next.insert(id.clone(), holder);
@@ -134,27 +155,8 @@ pub fn resolve(
                 next.entry(id.clone()).or_insert_with(|| old.clone());
             }
         }
-        // So does one whose chatflow this listing lacks while it still claims it (its
-        // flowiseId, or the name it adopted by), as the controller keeps its status's id: a
-        // chatflow re-imported, or renamed and back, is not handed to the first rival.
-        for (cf, found) in resources.chatflows.iter().zip(&found) {
-            let Err((_, reason::NOT_FOUND_IN_FLOWISE, ..)) = found else {
-                continue;
-            };
-            let me = key(
-                cf.metadata.namespace.as_deref(),
-                cf.metadata.name.as_deref(),
-            );
-            for (id, old) in held.iter().filter(|(_, old)| **old == me) {
-                let claims = match chatflow_source(&cf.spec) {
-                    Ok(ChatflowSource::Id(wanted)) => wanted.eq_ignore_ascii_case(id),
-                    Ok(ChatflowSource::Name(_)) => true,
-                    _ => false,
-                };
-                if claims {
-                    next.entry(id.clone()).or_insert_with(|| old.clone());
-                }
-            }
+        for (id, old) in lost {
+            next.entry(id).or_insert(old);
         }
         for bad in resources.unreadable.iter_mut() {
             let me = format!("{}/{}", bad.namespace, bad.name);
@@ -183,6 +185,15 @@ pub fn resolve(
                 if let Some(one) = held_of(held, &matches, &me) {
                     status.flowise_id = Some(one.id.clone());
                     status.flowise_name = Some(one.name.clone());
+                } else if why == reason::NOT_FOUND_IN_FLOWISE {
+                    // Still claimed while not found (see `lost` above), as the controller's
+                    // status keeps its id.
+                    if let Some((id, _)) = held.iter().find(|(_, holder)| **holder == me) {
+                        status.flowise_id = Some(id.clone());
+                        if let Ok(ChatflowSource::Name(name)) = chatflow_source(&cf.spec) {
+                            status.flowise_name = Some(name.to_string());
+                        }
+                    }
                 }
                 ready(ok, why, message)
             }
@@ -204,6 +215,16 @@ pub fn resolve(
                         false,
                         reason::CONFLICT,
                         format!("Flowise chatflow {} is held by {holder}", one.id),
+                    )
+                } else if cf.spec.api_key_secret_ref.is_some() {
+                    // Every prediction would be a 503: the key is read from a Secret. Invalid,
+                    // as in a cluster an invalid spec is, and holding what it claims.
+                    ready(
+                        false,
+                        reason::INVALID_SPEC,
+                        "apiKeySecretRef needs a cluster to read the Secret from; with \
+                         --resources-dir use a chatflow without an API key"
+                            .into(),
                     )
                 } else if cf.spec.suspended {
                     ready(false, reason::SUSPENDED, "suspended by its spec".into())
@@ -282,7 +303,6 @@ mod tests {
             chatflow("{flowiseName: Nobody}"),
             chatflow("{definition: {type: CHATFLOW, flowData: {nodes: []}}}"),
             chatflow("{flowiseName: Support Bot, suspended: true}"),
-            chatflow("{flowiseName: Support Bot, apiKeySecretRef: {name: s, key: k}}"),
         ]);
         resolve(&mut res, Ok(&list), Timestamp::now(), &mut Holders::new());
         let reasons: Vec<(String, String)> =
@@ -297,7 +317,6 @@ mod tests {
                 expect("False", "NotFoundInFlowise"),
                 expect("False", "InvalidSpec"),
                 expect("False", "Suspended"),
-                expect("False", "InvalidSpec"),
             ]
         );
         assert_eq!(
@@ -365,6 +384,51 @@ mod tests {
             resolve(&mut res, Ok(&list), Timestamp::now(), &mut held);
             assert_eq!(served(&res).as_deref(), Some("team-b"), "{holder}");
         }
+        // Renamed in Flowise, and back: the holder by name finds nothing meanwhile, the rival
+        // by id finds it and is in Conflict, not served.
+        let renamed: Vec<FlowiseChatflow> = list
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                c.name = "Support Bot 2".into();
+                c
+            })
+            .collect();
+        let mut held = Holders::new();
+        let (rival, holder) = (
+            named("team-a", &format!("{{flowiseId: {support}}}")),
+            named("team-b", "{flowiseName: Support Bot}"),
+        );
+        let mut res = of(vec![holder.clone()]);
+        resolve(&mut res, Ok(&list), Timestamp::now(), &mut held);
+        for (listing, want) in [(&renamed, "NotFoundInFlowise"), (&list, "Synced")] {
+            let mut res = of(vec![rival.clone(), holder.clone()]);
+            resolve(&mut res, Ok(listing), Timestamp::now(), &mut held);
+            assert_eq!(ready_reason(&res.chatflows[0]).1, "Conflict");
+            assert_eq!(ready_reason(&res.chatflows[1]).1, want);
+            assert_ne!(served(&res).as_deref(), Some("team-a"));
+        }
+    }
+
+    /// A Chatflow with an API key Secret is invalid without a cluster, and, as an invalid spec
+    /// in a cluster, still holds what it claims: a rival is in Conflict.
+    #[tokio::test]
+    async fn an_api_key_secret_is_invalid_without_a_cluster_and_keeps_its_claim() {
+        let fake = FakeFlowise::default();
+        let support = fake.insert("Support Bot", "CHATFLOW", None);
+        let list = fake.list().await.expect("list");
+        let mut held = Holders::new();
+        let keyed = named(
+            "team-b",
+            &format!("{{flowiseId: {support}, apiKeySecretRef: {{name: s, key: k}}}}"),
+        );
+        let mut res = of(vec![keyed.clone()]);
+        resolve(&mut res, Ok(&list), Timestamp::now(), &mut held);
+        assert_eq!(ready_reason(&res.chatflows[0]).1, "InvalidSpec");
+        let rival = named("team-a", &format!("{{flowiseId: {support}}}"));
+        let mut res = of(vec![rival, keyed]);
+        resolve(&mut res, Ok(&list), Timestamp::now(), &mut held);
+        assert_eq!(ready_reason(&res.chatflows[0]).1, "Conflict");
     }
 
     /// The holder keeps its chatflow when a claim defined before it (path order) is added, and
