@@ -50,11 +50,21 @@ impl Written {
     where
         K: Resource + Clone + Serialize + DeserializeOwned,
     {
-        let sent = match self.lock().get(key) {
-            Some((version, sent)) if obj.meta().resource_version.as_deref() == Some(version) => {
-                sent.clone()
+        let sent = {
+            let mut written = self.lock();
+            match written.get(key) {
+                Some((version, sent))
+                    if obj.meta().resource_version.as_deref() == Some(version) =>
+                {
+                    sent.clone()
+                }
+                // Written since by someone else, or gone and made again: forgotten.
+                Some(_) => {
+                    written.remove(key);
+                    return Cow::Borrowed(obj);
+                }
+                None => return Cow::Borrowed(obj),
             }
-            _ => return Cow::Borrowed(obj),
         };
         let Ok(mut json) = serde_json::to_value(obj) else {
             return Cow::Borrowed(obj);
@@ -153,6 +163,10 @@ mod tests {
         // A later version (another writer, an edit) is read as stored.
         let later = chatflow("8", dropped);
         assert!(matches!(written.as_written(KEY, &later), Cow::Borrowed(_)));
+        assert!(
+            matches!(written.as_written(KEY, &cf), Cow::Borrowed(_)),
+            "forgotten once the object moved on"
+        );
         assert!(written.as_written("Chatflow/team/b", &cf).status.as_ref() == cf.status.as_ref());
     }
 

@@ -218,8 +218,9 @@ impl Abort {
             Ok(Ok(resp)) => {
                 tracing::debug!(status = %resp.status(), %chat_id, "asked Flowise to abort");
                 // Flowise answers once it signalled the run, which then still unwinds (and ends
-                // the chat's stream on its way out): the turn waits a moment longer.
-                if turn.is_some() {
+                // the chat's stream on its way out): the turn waits a moment longer. Not after a
+                // refusal (a gateway's 502 with Flowise down): no run was stopped.
+                if turn.is_some() && resp.status().is_success() {
                     tokio::time::sleep(RUN_UNWIND).await;
                 }
             }

@@ -163,19 +163,38 @@ pub(super) fn refund_abandoned(requeue: &mpsc::WeakSender<Op>, id: ReservationId
         reservation = id.0,
         "caller gone during its reserve; refunding"
     );
+    // Queued at once where there is room, whatever becomes of the task below (a runtime shutting
+    // down drops it unpolled); the writers drain the queue before they end.
+    let (reply, answer) = oneshot::channel();
+    let waiting = match queue.try_send(Op::Close(id, Close::Refund, now, reply)) {
+        Ok(()) => None,
+        Err(mpsc::error::TrySendError::Full(op)) => Some(op),
+        Err(mpsc::error::TrySendError::Closed(_)) => return,
+    };
+    // (A future dropped off any runtime cannot wait: that one try, and the sweep the rest.)
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        // A future dropped off any runtime cannot wait: one try, and the sweep expires the rest.
-        let (reply, _) = oneshot::channel();
-        let _ = queue.try_send(Op::Close(id, Close::Refund, now, reply));
         return;
     };
     // Retried while the database fails transiently, as the proxy retries its own refunds: the
     // reservation may be a final charge, which no sweep gives back. Only a weak sender is held
-    // between tries, so the ledger can still close; the writers drain the queue before they end.
+    // between tries, so the ledger can still close.
     let requeue = queue.downgrade();
-    drop(queue);
     runtime.spawn(async move {
         use backon::Retryable;
+        if let Some(op) = waiting
+            && queue.send(op).await.is_err()
+        {
+            return;
+        }
+        drop(queue);
+        let Err(error) = answer.await.unwrap_or(Err(LedgerError::Stopped)) else {
+            return;
+        };
+        if !error.transient() {
+            tracing::error!(%error, reservation = id.0, "refund of an abandoned reserve failed");
+            return;
+        }
+        tracing::warn!(%error, reservation = id.0, "refund of an abandoned reserve failed; retrying");
         let refund = || {
             let requeue = requeue.clone();
             async move {
