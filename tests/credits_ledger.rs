@@ -8,16 +8,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use support::admin::{call, root};
+use support::admin::{admin_get, call, root};
 use support::fake_flowise::{FakeFlowise, Mode};
 use support::gate::{Flowgate, Options, eventually_status, predict};
 use support::team::Team;
-
-/// GETs `path` with `bearer` (an admin's, or a caller's own routes); the status and the JSON
-/// body.
-async fn admin_get(gate: &Flowgate, path: String, bearer: String) -> (u16, Value) {
-    call(gate, reqwest::Method::GET, &path, Some(&bearer), None).await
-}
 
 #[tokio::test]
 async fn a_global_admin_reads_the_usage_log_filtered_and_no_one_else_does() {

@@ -606,6 +606,20 @@ fn credits(what: &'static str, value: u64) -> Result<i64, LedgerError> {
     i64::try_from(value).map_err(|_| LedgerError::OutOfRange { what, value })
 }
 
+/// How a settle or refund is retried while the ledger fails transiently
+/// ([`LedgerError::transient`]: a lost connection, a failover, a busy database): 0.2 s doubling
+/// to 10 s, with jitter, for up to `total` (as long as a reservation may stay open). Each still
+/// corrects a reservation the sweep charged meanwhile, and both are idempotent.
+pub fn correction_backoff(total: Duration) -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .with_total_delay(Some(total))
+}
+
 /// `now + ttl` in microseconds, saturating far in the future.
 fn expiry(now: Timestamp, ttl: Duration) -> i64 {
     let ttl = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);

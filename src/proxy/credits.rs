@@ -559,14 +559,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, LedgerError>>,
 {
-    let backoff = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .with_total_delay(Some(RESERVATION_TTL));
-    call.retry(backoff)
+    call.retry(crate::ledger::correction_backoff(RESERVATION_TTL))
         .sleep(tokio::time::sleep)
         .when(LedgerError::transient)
         .notify(|error, after| {

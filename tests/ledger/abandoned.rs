@@ -73,14 +73,9 @@ async fn a_reserve_answered_but_never_read_is_refunded() {
     let ledger = store.open().await;
     let mut reserve = ledger.reserve(request("alice", vec![line(POLICY, "alice", 10, 3)]));
     assert!(futures::poll!(&mut reserve).is_pending(), "queued");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while store.count("SELECT count(*) FROM reservations").await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never committed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // The writer answers right after its commit.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    answered(&store).await;
     drop(reserve);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while used(&*ledger, POLICY, "alice").await != 0 {
         assert!(tokio::time::Instant::now() < deadline, "still charged");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -119,13 +114,8 @@ async fn the_refund_of_an_abandoned_reserve_is_retried_until_it_lands() {
     charged.final_cost = true;
     let mut reserve = ledger.reserve(charged);
     assert!(futures::poll!(&mut reserve).is_pending(), "queued");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while store.count("SELECT count(*) FROM reservations").await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never committed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // The writer answers right after its commit; nobody reads the answer.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nobody reads the answer.
+    answered(&store).await;
     drop(reserve);
     // Refunds fail for a while.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -150,4 +140,15 @@ async fn the_refund_of_an_abandoned_reserve_is_retried_until_it_lands() {
     }
     let refunded = "SELECT count(*) FROM reservations WHERE state = 'refunded'";
     assert_eq!(store.count(refunded).await, 1);
+}
+
+/// Waits until the one reservation queued is committed, and its answer sent (the writer answers
+/// right after its commit).
+async fn answered(store: &Store) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.count("SELECT count(*) FROM reservations").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
 }

@@ -9,6 +9,12 @@ pub fn root() -> String {
     token("root", json!({"role": "Admin"}))
 }
 
+/// GETs `path` with `bearer` (an admin's, or a caller's own routes); the status and the JSON
+/// body.
+pub async fn admin_get(gate: &Flowgate, path: String, bearer: String) -> (u16, Value) {
+    call(gate, reqwest::Method::GET, &path, Some(&bearer), None).await
+}
+
 /// Sends a request; returns the status and the JSON body (Null when not JSON).
 pub async fn call(
     gate: &Flowgate,

@@ -208,15 +208,8 @@ pub(super) fn refund_abandoned(requeue: &mpsc::WeakSender<Op>, id: ReservationId
                 answer.await.map_err(|_| LedgerError::Stopped)?
             }
         };
-        let backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10))
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .with_total_delay(Some(ABANDONED_REFUND_FOR));
         let refunded = refund
-            .retry(backoff)
+            .retry(crate::ledger::correction_backoff(ABANDONED_REFUND_FOR))
             .sleep(tokio::time::sleep)
             .when(LedgerError::transient)
             .notify(|error, after| {
