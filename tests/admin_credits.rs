@@ -432,15 +432,19 @@ async fn an_admin_reads_the_larger_override_a_callers_group_gives() {
         json!([{"subject": "user:carol-sub", "credits": 4, "used": 3, "remaining": 1}]),
         "3 of her group's 4 used (the probe was one)"
     );
-    let take = json!({"policy": policy, "subject": "user:carol-sub", "credits": -1});
-    let (status, taken) = call(
-        &gate,
-        reqwest::Method::POST,
-        "/api/admin/credits/adjustments",
-        Some(&root()),
-        Some(take),
-    )
-    .await;
+    // The global admin takes `credits` from `subject`.
+    let admin = root();
+    let take = |subject: &str, credits: i64| {
+        let body = json!({"policy": policy, "subject": subject, "credits": -credits});
+        call(
+            &gate,
+            reqwest::Method::POST,
+            "/api/admin/credits/adjustments",
+            Some(&admin),
+            Some(body),
+        )
+    };
+    let (status, taken) = take("user:carol-sub", 1).await;
     assert_eq!(status, 200, "{taken}");
     assert_eq!(
         (&taken["credits"], &taken["used"], &taken["remaining"]),
@@ -449,16 +453,7 @@ async fn an_admin_reads_the_larger_override_a_callers_group_gives() {
     );
     // Taken from erin before she was ever charged: her bucket keeps her own 6, so 3 used is
     // not spent though the policy's budget is 1. Carol, 4 of her 4, is.
-    let take = json!({"policy": policy, "subject": "user:erin-sub", "credits": -3});
-    let adjustments = "/api/admin/credits/adjustments";
-    let (status, taken) = call(
-        &gate,
-        reqwest::Method::POST,
-        adjustments,
-        Some(&root()),
-        Some(take),
-    )
-    .await;
+    let (status, taken) = take("user:erin-sub", 3).await;
     assert_eq!(status, 200, "{taken}");
     let path = format!("/api/admin/credits/balances?policy={policy}");
     let (status, all) = admin_get(&gate, path, root()).await;
