@@ -3,48 +3,38 @@
 //! The directory (with `--resources-recursive`, its subdirectories too: [`walk`]) is polled
 //! (every second, on a blocking thread) and reloaded when a file changes (once the change has
 //! held for a poll, so that a file being written is not read half written), and Chatflows are
-//! resolved against Flowise on every change and every sync interval (a failed listing keeps the
-//! last good one and is retried within 5 s). A file that stops parsing keeps what it held when
+//! resolved against Flowise on every change and every sync interval ([`poll`]: Flowise is listed
+//! beside the loop, so a Flowise that does not answer holds up no reload; a failed listing keeps
+//! the last good one and is retried within 5 s). A file that stops parsing keeps what it held when
 //! last readable ([`LastReadable`]). An object defined twice keeps its first definition,
 //! as a cluster would refuse the second. There is no API server to write status to, so status
 //! is only logged. Adopting (`flowiseId`, `flowiseName`) works; owning a `definition` needs the
 //! controller and a cluster, so such Chatflows are reported and not served.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use jiff::Timestamp;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-use super::watch::SnapshotHandle;
-use super::{Resources, Unreadable, compile};
+use super::{Resources, Unreadable};
 use crate::crd::lenient::read_as;
 use crate::crd::{self, schema};
-use crate::flowise::{FlowiseApi, FlowiseChatflow};
-use crate::ops::Gate;
 
 pub mod documents;
+mod poll;
 mod resolve;
 pub mod walk;
 
+#[cfg(test)]
+use poll::due;
+pub use poll::spawn;
 pub use resolve::{Holders, resolve};
 pub use walk::ResourcesDir;
 
-/// How soon a failed Flowise listing is tried again.
-const LISTING_RETRY: Duration = Duration::from_secs(5);
-
-/// How long a reload waits for Flowise's listing when it has one to fall back on: a change of
-/// the files (a grant taken away) must not wait for a Flowise that does not answer.
-const LISTING_WAIT: Duration = Duration::from_secs(2);
-
 /// The largest file read: a dump or a log named `*.yaml` is reported, not read every second.
 const MAX_FILE: u64 = 64 << 20;
-
-/// Polls a due sync waits for the files to hold still before it loads them anyway.
-const OVERDUE_POLLS: u32 = 5;
 
 /// The documents of each file as last read whole: a file that stops parsing (an edit saved
 /// half done, a stray tab) keeps them in force, as an API server keeps an object whose new
@@ -538,169 +528,6 @@ fn fingerprint_at(dir: &ResourcesDir, now: SystemTime) -> Vec<FileState> {
             }
         })
         .collect()
-}
-
-/// Loads, resolves and publishes the directory's resources whenever a file changes and every
-/// `resync`; `ready` opens after the first publish.
-pub fn spawn(
-    dir: ResourcesDir,
-    flowise: Arc<dyn FlowiseApi>,
-    resync: Duration,
-    ready: Gate,
-    shutdown: CancellationToken,
-) -> SnapshotHandle {
-    let handle = SnapshotHandle::default();
-    let publisher = handle.clone();
-    tokio::spawn(async move {
-        let mut seen = None;
-        // The fingerprint of the poll before: a change is loaded once it has held for a poll.
-        let mut previous = None;
-        let mut kept = LastReadable::new();
-        let mut next_sync = Instant::now() + resync;
-        let mut logged: BTreeMap<String, String> = BTreeMap::new();
-        // The last listing Flowise gave: one failed listing must not take every chatflow away.
-        let mut listed: Option<Vec<FlowiseChatflow>> = None;
-        let mut held = Holders::new();
-        // Polls since a sync fell due.
-        let mut overdue = 0_u32;
-        loop {
-            // The file system is read on a blocking thread: a tree of many files, or a slow
-            // mount, must not hold up a runtime thread every second.
-            let walked = dir.clone();
-            let now_fingerprint = blocking(move || fingerprint(&walked)).await;
-            let sync_due = Instant::now() >= next_sync;
-            let files_changed = seen != now_fingerprint;
-            // A sync waits for changes to hold, but not for ever: a file rewritten every
-            // second must not stop every reload of the others.
-            overdue = if sync_due { overdue + 1 } else { 0 };
-            let forced = overdue > OVERDUE_POLLS;
-            let due = forced || due(&seen, &previous, &now_fingerprint, sync_due);
-            previous.clone_from(&now_fingerprint);
-            let loaded = if due {
-                // A copy: a panic while loading must not take what each file last held.
-                let (walked, mut last) = (dir.clone(), kept.clone());
-                let loaded = blocking(move || {
-                    let loaded = load_keeping(&walked, &mut last);
-                    (loaded, last, fingerprint(&walked))
-                })
-                .await;
-                match loaded {
-                    // A file changed while it was read: what was read may be half of it. Read
-                    // again once the change has held for a poll.
-                    Some((_, _, after)) if !forced && Some(&after) != now_fingerprint.as_ref() => {
-                        previous = Some(after);
-                        None
-                    }
-                    loaded => {
-                        // Tried once per change (and sync), loaded or not.
-                        overdue = 0;
-                        next_sync = Instant::now() + resync;
-                        seen = now_fingerprint;
-                        loaded.map(|(loaded, last, _)| (loaded, last))
-                    }
-                }
-            } else {
-                None
-            };
-            if let Some(((mut resources, problems), last)) = loaded {
-                kept = last;
-                for problem in &problems {
-                    tracing::warn!(dir = %dir.path.display(), "{problem}");
-                }
-                // A change of the files waits little for Flowise (a sync waits its time).
-                let listing = async {
-                    if listed.is_none() || !files_changed {
-                        return flowise.list().await;
-                    }
-                    tokio::time::timeout(LISTING_WAIT, flowise.list())
-                        .await
-                        .unwrap_or(Err(crate::flowise::FlowiseError::Timeout(LISTING_WAIT)))
-                };
-                let list = match listing.await {
-                    Ok(list) => Ok(&**listed.insert(list)),
-                    Err(error) => {
-                        next_sync = Instant::now() + LISTING_RETRY.min(resync);
-                        match &listed {
-                            Some(last) => {
-                                tracing::warn!(%error, "cannot list Flowise's chatflows; keeping the last listing");
-                                Ok(last.as_slice())
-                            }
-                            None => Err(error.to_string()),
-                        }
-                    }
-                };
-                let now = Timestamp::now();
-                resolve(&mut resources, list, now, &mut held);
-                log_status_changes(&resources, &mut logged);
-                match blocking(move || compile(&resources)).await {
-                    Some(mut snapshot) => {
-                        snapshot.compiled_at = Some(now);
-                        publisher.publish(snapshot);
-                        ready.open();
-                    }
-                    // A bug (logged). Fail closed, as the cluster's index does: the last
-                    // snapshot may grant what the files no longer do.
-                    None => {
-                        publisher.publish(super::Snapshot::default());
-                        ready.close();
-                    }
-                }
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    });
-    handle
-}
-
-/// Whether to load the directory now: it changed since it was last loaded (`seen`), or a
-/// sync is due, and it has stayed as it is since the poll before (`previous`): a file written
-/// in place (`helm template > all.yaml`, `cp` over it, an editor that truncates first) is not
-/// loaded half written, which would drop the objects of its missing part (a CreditPolicy, and
-/// its predictions would be free) or the `suspended: true` or `expiresAt` that ends its last
-/// object. (A write that starts after this poll is caught by the fingerprint taken after the
-/// load.) The first load is not held back.
-fn due<T: PartialEq>(
-    seen: &Option<T>,
-    previous: &Option<T>,
-    now: &Option<T>,
-    sync_due: bool,
-) -> bool {
-    now.is_some() && (seen != now || sync_due) && (previous == now || seen.is_none())
-}
-
-/// Runs `read` on a blocking thread; `None` if that thread panicked (logged).
-async fn blocking<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    tokio::task::spawn_blocking(read)
-        .await
-        .inspect_err(|error| tracing::error!(%error, "loading the resources directory failed"))
-        .ok()
-}
-
-/// "Status only logged": one line per Chatflow whose Ready condition changed.
-fn log_status_changes(resources: &Resources, logged: &mut BTreeMap<String, String>) {
-    for cf in &resources.chatflows {
-        let key = format!(
-            "{}/{}",
-            cf.metadata.namespace.as_deref().unwrap_or_default(),
-            cf.metadata.name.as_deref().unwrap_or_default()
-        );
-        let Some(cond) = cf.status.as_ref().and_then(|s| s.conditions.first()) else {
-            continue;
-        };
-        let line = format!("{} {} {}", cond.status, cond.reason, cond.message);
-        if logged.get(&key) != Some(&line) {
-            let flowise_id = cf
-                .status
-                .as_ref()
-                .and_then(|s| s.flowise_id.clone())
-                .unwrap_or_default();
-            tracing::info!(chatflow = %key, ready = %cond.status, reason = %cond.reason, message = %cond.message, %flowise_id, "chatflow status");
-            logged.insert(key, line);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,9 @@
 
 use super::*;
 use crate::flowise::fake::FakeFlowise;
+use crate::index::compile;
+use crate::index::watch::SnapshotHandle;
+use tokio_util::sync::CancellationToken;
 
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).expect("write fixture");
@@ -478,6 +481,45 @@ async fn a_failed_flowise_listing_keeps_the_last_one() {
     })
     .await
     .expect("the removal served without Flowise's listing");
+    shutdown.cancel();
+}
+
+/// A sync lists Flowise beside the poll loop: a listing Flowise never answers (it waits for the
+/// client's timeout, 30 s) holds up no change of the files meanwhile.
+#[tokio::test]
+async fn a_sync_waiting_for_flowise_holds_up_no_change_of_the_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    write(
+        dir.path(),
+        "bot.yaml",
+        "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {name: bot, namespace: team}\nspec: {flowiseName: Bot}\n",
+    );
+    let fake = Arc::new(FakeFlowise::default());
+    fake.insert("Bot", "CHATFLOW", None);
+    let health = crate::ops::Health::default();
+    let shutdown = CancellationToken::new();
+    let handle = spawn(
+        ResourcesDir::flat(dir.path()),
+        fake.clone(),
+        Duration::from_secs(1),
+        health.gate("resources"),
+        shutdown.clone(),
+    );
+    let mut published = handle.subscribe();
+    while handle.load().chatflow_by_name("team", "bot").is_none() {
+        published.changed().await.expect("publisher alive");
+    }
+    // Every sync from now on waits for ever; let one start.
+    fake.set_hung(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    std::fs::remove_file(dir.path().join("bot.yaml")).expect("remove");
+    tokio::time::timeout(Duration::from_secs(8), async {
+        while handle.load().chatflow_by_name("team", "bot").is_some() {
+            published.changed().await.expect("publisher alive");
+        }
+    })
+    .await
+    .expect("the removal served while a sync waits for Flowise");
     shutdown.cancel();
 }
 
