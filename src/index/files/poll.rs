@@ -102,10 +102,11 @@ pub fn spawn(
                 stale |= files_changed;
                 files = Some(resources);
                 listing.start();
-                if files_changed && listing.last.is_some() {
-                    if let Some(result) = listing.wait(LISTING_WAIT).await {
-                        listing.arrived(result, &mut next_sync, resync);
-                    }
+                if files_changed
+                    && listing.last.is_some()
+                    && let Some(result) = listing.wait(LISTING_WAIT).await
+                {
+                    listing.arrived(result, &mut next_sync, resync);
                 }
             }
             if let Some(resources) = files.as_ref().filter(|_| stale && listing.known()) {
