@@ -381,8 +381,10 @@ pub(super) fn next_status(
     };
     // Only a comparison with Flowise (Synced, Shared) decides whether this Chatflow holds its
     // Flowise chatflow, which [`holds`] reads from Ready's reason. A claim in Conflict stays
-    // in Conflict through anything else — Flowise away, an invalid edit, suspension — or it
-    // would come to hold the chatflow by being suspended and resumed.
+    // in Conflict through anything else — Flowise away, an invalid edit, suspension, the name
+    // it adopts gone (its holder renamed it) — or it would come to hold the chatflow by being
+    // suspended and resumed, or take it from its holder by being pointed at it by id after its
+    // name was not found.
     let was_conflict = old
         .conditions
         .iter()
@@ -395,7 +397,9 @@ pub(super) fn next_status(
                     (ok, why, message) = (false, reason::CONFLICT, ready.message.clone());
                 }
             }
-            Outcome::Invalid(problem) | Outcome::FlowiseConflict(problem) => {
+            Outcome::Invalid(problem)
+            | Outcome::FlowiseConflict(problem)
+            | Outcome::NotFound(problem) => {
                 (ok, why, message) = (
                     false,
                     reason::CONFLICT,
