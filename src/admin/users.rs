@@ -33,7 +33,9 @@ fn rules_for<'s>(
             rule.namespace == cf.rule.namespace
                 && match &rule.chatflows {
                     ChatflowSelector::All => true,
-                    ChatflowSelector::Names(names) => names.contains(&cf.rule.name),
+                    ChatflowSelector::Names(names) => {
+                        names.contains(&cf.rule.name) && !rule.left_by_former(&cf.rule)
+                    }
                 }
         })
 }

@@ -412,7 +412,14 @@ pub fn compile(resources: &Resources) -> Snapshot {
         };
         let (holders, at) = match snap.targets(&rule.namespace, &rule.chatflows, &ns_index) {
             Target::Namespace(ns) => (&mut snap.namespace_holders, vec![ns]),
-            Target::Chatflows(ids) => (&mut snap.chatflow_holders, ids),
+            Target::Chatflows(mut ids) => {
+                ids.retain(|&i| {
+                    snap.chatflows
+                        .get(i as usize)
+                        .is_some_and(|cf| !rule.left_by_former(&cf.rule))
+                });
+                (&mut snap.chatflow_holders, ids)
+            }
             Target::Nothing => continue,
         };
         if !at.is_empty() {

@@ -169,6 +169,8 @@ pub struct ChatflowRule {
     pub api_key_bound: bool,
     pub created: Option<Timestamp>,
     pub updated: Option<Timestamp>,
+    /// The object's uid (none in files mode): which Chatflow of this name it is.
+    pub uid: Option<String>,
 }
 
 /// Checks the spec of a Chatflow (the rule the schema cannot express).
@@ -372,6 +374,7 @@ impl TryFrom<&Chatflow> for ChatflowRule {
                 .or(cf.metadata.creation_timestamp.clone())
                 .map(|t| t.0),
             updated: status.flowise_updated_at.map(|t| t.0),
+            uid: cf.metadata.uid.clone(),
         })
     }
 }
@@ -391,6 +394,22 @@ pub struct AccessRule {
     /// When the admin API added each user subject ([`crd::access::ASSIGNED_AT_ANNOTATION`]).
     pub assigned: std::collections::BTreeMap<String, Timestamp>,
     pub rate_limit: Option<crd::RateLimit>,
+    /// The Chatflows that own the object (name, uid), as the admin API's objects are owned by
+    /// the Chatflow they grant.
+    pub owners: Vec<(String, String)>,
+}
+
+impl AccessRule {
+    /// Whether the object was written for another Chatflow of `cf`'s name (one deleted, whose
+    /// dependents Kubernetes has not collected yet): its users were never granted this one.
+    pub fn left_by_former(&self, cf: &ChatflowRule) -> bool {
+        let Some(uid) = cf.uid.as_deref() else {
+            return false;
+        };
+        self.owners
+            .iter()
+            .any(|(name, owner)| *name == cf.name && owner != uid)
+    }
 }
 
 impl TryFrom<&ChatflowAccess> for AccessRule {
@@ -411,6 +430,17 @@ impl TryFrom<&ChatflowAccess> for AccessRule {
                 Some(limit) if limit.requests == 0 => return Err(InvalidSpec::RateLimit),
                 limit => limit,
             },
+            owners: access
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .filter(|owner| {
+                    owner.kind == "Chatflow"
+                        && owner.api_version.split('/').next() == Some(crd::GROUP)
+                })
+                .map(|owner| (owner.name.clone(), owner.uid.clone()))
+                .collect(),
         })
     }
 }

@@ -223,6 +223,40 @@ fn grants_anything_knows_every_subject_some_live_object_names() {
     );
 }
 
+/// The admin API's objects are owned by the Chatflow they grant. Deleted and created again
+/// under the same name, the Chatflow is another one: until Kubernetes collects the old
+/// objects, their users are not granted the new one.
+#[test]
+fn an_access_owned_by_a_former_chatflow_of_the_name_grants_nothing_on_the_new_one() {
+    let mut res = team_a();
+    let mut new = (*res.chatflows[0]).clone();
+    new.metadata.uid = Some("uid-2".into());
+    res.chatflows[0] = Arc::new(new);
+    let mut faq = (*res.chatflows[1]).clone();
+    faq.metadata.uid = Some("uid-faq".into());
+    res.chatflows[1] = Arc::new(faq);
+    let owned_by = |uid: &str| {
+        parse::<ChatflowAccess>(&format!(
+            "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\n\
+             metadata: {{name: admin-api-support-bot, namespace: team-a, ownerReferences: \
+             [{{apiVersion: flowgate.io/v1alpha1, kind: Chatflow, name: support-bot, uid: {uid}}}]}}\n\
+             spec: {{chatflows: [support-bot, faq-bot], subjects: [{{user: alice@example.com}}]}}\n"
+        ))
+    };
+    let alice = ["alice@example.com".to_string()];
+    res.accesses = vec![owned_by("uid-1")];
+    let snap = compile(&res);
+    assert_eq!(role_on(&snap, &user(&alice), SUPPORT), None);
+    assert_eq!(
+        role_on(&snap, &user(&alice), FAQ),
+        Some(Role::User),
+        "a chatflow it names that no owner names is granted as before"
+    );
+    res.accesses = vec![owned_by("uid-2")];
+    let snap = compile(&res);
+    assert_eq!(role_on(&snap, &user(&alice), SUPPORT), Some(Role::User));
+}
+
 #[test]
 fn suspended_access_grants_nothing_but_stays_listed() {
     let mut res = team_a();
