@@ -297,8 +297,37 @@ async fn an_imported_chatflow_flowise_still_has_is_not_deleted() {
     let kept = chatflows.get_opt("support-bot").await.expect("read");
     assert!(kept.is_some(), "the Chatflow is kept");
 
-    // Flowise is known not to have it: deleted (the pass has nothing to import again).
+    // Flowise is known not to have it: its callers no longer see it, as Flowise's own routes
+    // would not show it...
     not_ready("NotFoundInFlowise").await;
+    let alice = team.alice();
+    let get = format!("/api/v1/chatflows/{id}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (status, body) = call(&gate, M::GET, &get, Some(&alice), None).await;
+        if status == 404 {
+            assert_eq!(body["error"]["code"], "chatflow_not_found", "{body}");
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "still listed");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, body) = call(
+        &gate,
+        M::GET,
+        &format!("/chatflows/{id}"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    for list in ["/api/v1/chatflows", "/chatflows"] {
+        let (status, body) = call(&gate, M::GET, list, Some(&alice), None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, json!([]), "{list}");
+    }
+    // ...and the admin API deletes it (the pass has nothing to import again).
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let (status, body) = call(&gate, M::DELETE, &path, Some(&root()), None).await;

@@ -219,11 +219,12 @@ impl Proxy {
         let caller = caller(&identity);
         match route {
             Route::ListChatflows => {
-                // Flowise's shape needs an id: chatflows not (yet) found in Flowise are left out.
+                // Flowise's shape needs an id: chatflows not (yet) found in Flowise are left out,
+                // as are those Flowise no longer has.
                 let listed = snapshot
                     .visible(&caller, now)
                     .into_iter()
-                    .filter(|cf| cf.rule.flowise_id.is_some())
+                    .filter(|cf| cf.rule.flowise_id.is_some() && !cf.rule.gone_from_flowise)
                     .map(|cf| &**cf)
                     .collect();
                 let list = listing::flowise_list(listed, req.uri().query())?;
@@ -232,12 +233,15 @@ impl Proxy {
             Route::GetChatflow(id) => {
                 let (cf, _) =
                     self.authorize(&snapshot, &identity, &caller, Lookup::FlowiseId(&id), now)?;
+                listed_in_flowise(&cf, &id)?;
                 Ok(error::json(StatusCode::OK, &listing::flowise_shape(&cf)))
             }
             Route::CompatListChatflows => {
+                // Deleted in Flowise: the Python service listed what Flowise listed.
                 let mut visible: Vec<&ChatflowEntry> = snapshot
                     .visible(&caller, now)
                     .into_iter()
+                    .filter(|cf| !cf.rule.gone_from_flowise)
                     .map(|cf| &**cf)
                     .collect();
                 listing::newest_first(&mut visible);
@@ -247,6 +251,7 @@ impl Proxy {
             Route::CompatGetChatflow(id) => {
                 let (cf, _) =
                     self.authorize(&snapshot, &identity, &caller, Lookup::NameOrId(&id), now)?;
+                listed_in_flowise(&cf, &id)?;
                 Ok(error::json(StatusCode::OK, &listing::compat_shape(&cf)))
             }
             Route::Predict(id) => {
@@ -746,6 +751,15 @@ fn by_visible_name(
 /// (they may have expired, been revoked, or its ServiceAccount deleted, meanwhile).
 fn slow(since: std::time::Instant) -> bool {
     since.elapsed() > std::time::Duration::from_secs(1)
+}
+
+/// A chatflow the caller may see, unless Flowise no longer has it (deleted in Flowise: the
+/// Chatflow object stays, `NotFoundInFlowise`): 404, as Flowise answers.
+fn listed_in_flowise(cf: &ChatflowEntry, id: &str) -> Result<(), ProxyError> {
+    if cf.rule.gone_from_flowise {
+        return Err(ProxyError::ChatflowNotFound(id.to_string()));
+    }
+    Ok(())
 }
 
 fn usable(cf: &ChatflowEntry) -> Result<String, ProxyError> {
