@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -330,12 +330,22 @@ pub(super) async fn compat_response(
     mut held: Held,
 ) -> Result<Response<Body>, ProxyError> {
     let status = resp.status();
+    let retry_after = resp.headers().get(RETRY_AFTER).cloned();
     let bytes = resp
         .into_body()
         .collect()
         .await
         .map_err(|e| ProxyError::Upstream(e.to_string()))?
         .to_bytes();
+    // Flowise's own refusal (its rate limit, a chatflow it no longer has) keeps its status, as
+    // on `/api/v1/prediction`: a client backs off a 429 and does not retry a 404.
+    if status.is_client_error() {
+        return Err(ProxyError::UpstreamRefused {
+            status,
+            message: flowise_message(status, &bytes),
+            retry_after,
+        });
+    }
     if !status.is_success() {
         return Err(ProxyError::Upstream(flowise_message(status, &bytes)));
     }

@@ -120,6 +120,15 @@ pub enum ProxyError {
     UpstreamNotConnected(String),
     #[error("Flowise did not answer in time")]
     UpstreamTimeout,
+    /// Flowise refused the request itself with a 4xx (its own rate limit, a chatflow it no
+    /// longer has, input it rejects) on a route that answers in flowgate's shape: its status
+    /// (and `Retry-After`) passed on.
+    #[error("Flowise refused the request: {message}")]
+    UpstreamRefused {
+        status: StatusCode,
+        message: String,
+        retry_after: Option<HeaderValue>,
+    },
     /// The token endpoint (`/chat/authenticate`, `/chat/refresh`) failed, not the caller's
     /// credentials: it could not be reached, answered with an error or without a token.
     #[error("the token endpoint failed: {0}")]
@@ -189,6 +198,7 @@ impl ProxyError {
                 (StatusCode::BAD_GATEWAY, "upstream_unreachable")
             }
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            UpstreamRefused { status, .. } => (*status, "upstream_refused"),
             TokenEndpoint(_) => (StatusCode::BAD_GATEWAY, "token_endpoint_error"),
             TokenEndpointTimeout => (StatusCode::GATEWAY_TIMEOUT, "token_endpoint_timeout"),
             TokenEndpointBusy => (StatusCode::SERVICE_UNAVAILABLE, "token_endpoint_busy"),
@@ -253,6 +263,7 @@ impl ProxyError {
             | UpstreamUnreachable(_)
             | UpstreamNotConnected(_)
             | UpstreamTimeout
+            | UpstreamRefused { .. }
             | TokenEndpoint(_)
             | TokenEndpointTimeout
             | TokenEndpointBusy
@@ -335,6 +346,12 @@ impl ProxyError {
                     resp.headers_mut()
                         .insert(RETRY_AFTER, HeaderValue::from(secs));
                 }
+            }
+            Self::UpstreamRefused {
+                retry_after: Some(wait),
+                ..
+            } => {
+                resp.headers_mut().insert(RETRY_AFTER, wait);
             }
             // The rest of the body may still arrive: this connection cannot carry another request.
             Self::RequestTimeout => {

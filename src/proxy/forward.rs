@@ -97,6 +97,11 @@ impl Proxy {
             flight.refund().await;
             let body = self.upstream.error_body(upstream.into_body()).await;
             let message = flowise_message(status, &body);
+            // Flowise 3 answers a chatflow bound to an API key, called with another key or
+            // none, with a 500 "predictionsServices.buildChatflow - Unauthorized".
+            let key_refused = key_refused
+                || (status == StatusCode::INTERNAL_SERVER_ERROR
+                    && message.trim_end().ends_with("- Unauthorized"));
             if !key_refused {
                 self.metrics.upstream_error("status_5xx");
                 return Err(ProxyError::Upstream(message));

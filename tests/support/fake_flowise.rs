@@ -42,8 +42,12 @@ pub enum Mode {
     SlowBody { delay: Duration },
     /// 400 with Flowise's error shape: the headers at once, the body after `delay`.
     SlowRefusal { delay: Duration },
-    /// 401 as Flowise answers a key-bound chatflow called without its key.
+    /// 401, as Flowise answers a route called without its key.
     Unauthorized,
+    /// 500, as Flowise 3 answers a prediction on a chatflow bound to another key.
+    KeyBound,
+    /// 429 with `Retry-After: 7`, as Flowise's own per-chatflow rate limit answers.
+    RateLimited,
     /// `status` (502, 503, 504) with an HTML page, as an ingress in front of Flowise answers
     /// when it gives up on it.
     Gateway { status: u16 },
@@ -332,6 +336,23 @@ async fn answer(
             "application/json",
             serde_json::json!({"statusCode": 401, "success": false, "message": "Unauthorized", "stack": {}}).to_string(),
         ),
+        Mode::KeyBound => full(
+            500,
+            "application/json",
+            serde_json::json!({"statusCode": 500, "success": false,
+                "message": "Error: predictionsServices.buildChatflow - Unauthorized", "stack": {}})
+            .to_string(),
+        ),
+        Mode::RateLimited => {
+            let mut resp = full(
+                429,
+                "text/html; charset=utf-8",
+                "Too many requests, please try again later.".into(),
+            );
+            resp.headers_mut()
+                .insert("retry-after", hyper::header::HeaderValue::from_static("7"));
+            resp
+        }
         Mode::Gateway { status } => full(
             status,
             "text/html",

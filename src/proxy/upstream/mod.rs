@@ -37,11 +37,13 @@ const FORWARDED_REQUEST_HEADERS: [HeaderName; 5] = [
 ];
 
 /// Response headers passed back to the client.
-const FORWARDED_RESPONSE_HEADERS: [&str; 4] = [
+const FORWARDED_RESPONSE_HEADERS: [&str; 5] = [
     "content-type",
     "cache-control",
     "x-accel-buffering",
     "content-disposition",
+    // Flowise's own rate limit says when to ask again.
+    "retry-after",
 ];
 
 /// The Flowise upstream.
