@@ -224,6 +224,50 @@ async fn answering(status: u16, body: &'static str) -> String {
     url
 }
 
+/// What a GET's refusal means: Flowise's own "not found in the database" (a 500 before 3.0.13,
+/// a 404 since) is no such chatflow; a gateway's 404, or a workspace not found, is an error.
+#[tokio::test]
+async fn a_chatflow_is_missing_only_when_flowise_says_so() {
+    let id = "3f1c2a7e-1111-4222-8333-444455556666";
+    let cases: [(u16, &'static str, Result<bool, &str>); 4] = [
+        (
+            500,
+            r#"{"statusCode":500,"message":"Error: chatflowsService.getChatflowById - Error: Chatflow 3f1c not found in the database!"}"#,
+            Ok(false),
+        ),
+        (
+            404,
+            r#"{"statusCode":404,"success":false,"message":"Chatflow 3f1c not found in the database!","stack":{}}"#,
+            Ok(false),
+        ),
+        (
+            404,
+            r#"{"message":"no Route matched with those values"}"#,
+            Err("not_found"),
+        ),
+        (
+            404,
+            r#"{"statusCode":404,"message":"Workspace undefined not found!"}"#,
+            Err("not_found"),
+        ),
+    ];
+    for (status, body, want) in cases {
+        let url = answering(status, body).await;
+        let client = FlowiseClient::new(
+            url.parse().expect("url"),
+            Some("key".into()),
+            Timeouts::default(),
+        )
+        .expect("client");
+        let found = client
+            .get(id)
+            .await
+            .map(|found| found.is_some())
+            .map_err(|e| e.reason());
+        assert_eq!(found, want, "{status} {body}");
+    }
+}
+
 /// What a DELETE's refusal means: only Flowise's own "not found in the database" is a chatflow
 /// already gone; a key without the flow type's delete permission (Flowise 3.1.3 answers 500)
 /// is refused, for good; a gateway's 404 is no answer about the chatflow.

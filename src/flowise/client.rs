@@ -203,7 +203,18 @@ impl FlowiseClient {
     async fn get_chatflow(&self, id: &str) -> Result<Option<FlowiseChatflow>, FlowiseError> {
         match self.call(Method::GET, &chatflow_path(id), None).await {
             Ok(chatflow) => Ok(Some(chatflow)),
-            Err(FlowiseError::Status { status: 404, .. }) => Ok(None),
+            // Flowise's own "Chatflow … not found in the database!": a 404 since 3.0.13, a 500
+            // before. Only that says the chatflow is gone: a gateway's 404 for a route it does
+            // not know, or Flowise's "Workspace … not found", says nothing about it.
+            Err(FlowiseError::Status {
+                status: 404 | 500,
+                message,
+            }) if message
+                .to_ascii_lowercase()
+                .contains("not found in the database") =>
+            {
+                Ok(None)
+            }
             // Flowise refuses ids it considers malformed (e.g. a wrong UUID version nibble):
             // no chatflow can have such an id.
             Err(FlowiseError::Status {
