@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use hyper::header::HeaderValue;
 use reqwest::Url;
 
@@ -113,17 +114,17 @@ pub struct RunArgs {
     #[arg(long, env = "FLOWGATE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
     /// Run without the controller (proxy only).
-    #[arg(long, env = "FLOWGATE_NO_CONTROLLER")]
+    #[arg(long, env = "FLOWGATE_NO_CONTROLLER", value_parser = BoolishValueParser::new())]
     pub no_controller: bool,
     /// Run without the proxy (controller only).
-    #[arg(long, env = "FLOWGATE_NO_PROXY")]
+    #[arg(long, env = "FLOWGATE_NO_PROXY", value_parser = BoolishValueParser::new())]
     pub no_proxy: bool,
     /// Read resources from YAML files in this directory instead of a cluster.
     #[arg(long, env = "FLOWGATE_RESOURCES_DIR")]
     pub resources_dir: Option<PathBuf>,
     /// Read the files of `--resources-dir`'s subdirectories too (as `kubectl apply -R`);
     /// hidden ones are skipped, and links out of the directory are not followed.
-    #[arg(long, env = "FLOWGATE_RESOURCES_RECURSIVE")]
+    #[arg(long, env = "FLOWGATE_RESOURCES_RECURSIVE", value_parser = BoolishValueParser::new())]
     pub resources_recursive: bool,
     /// Threads serving proxy connections, each with its own runtime and Flowise connection
     /// pool (`auto`: one per CPU the process may use).

@@ -131,6 +131,28 @@ fn run_refuses_unusable_settings_before_opening_the_ledger() {
     }
 }
 
+/// A switch set by its environment variable takes the words a shell user writes (`1`, `yes`,
+/// `on`, any case), as `true` and `false` do: both switches read, so nothing would run.
+#[test]
+fn switches_from_the_environment_take_1_yes_and_on() {
+    for (yes, no) in [("1", "0"), ("yes", "no"), ("On", "off"), ("TRUE", "false")] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flowgate"));
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("FLOWGATE_")) {
+            command.env_remove(name);
+        }
+        let out = command
+            .args(["run"])
+            .env("FLOWGATE_NO_CONTROLLER", yes)
+            .env("FLOWGATE_NO_PROXY", yes)
+            .env("FLOWGATE_RESOURCES_RECURSIVE", no)
+            .output()
+            .expect("flowgate runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{yes}: {stderr}");
+        assert!(stderr.contains("nothing would run"), "{yes}: {stderr}");
+    }
+}
+
 /// `--help` shows which environment variable sets each option, and the values of most; not the
 /// ledger's URL, which may carry a PostgreSQL password.
 #[test]
