@@ -79,17 +79,17 @@ pub enum ChatflowSelector {
 }
 
 impl ChatflowSelector {
+    /// A name given twice counts once (the schema lets `['*', '*']` through: a patch that
+    /// appends `*` makes it).
     fn parse(names: &[String]) -> Result<Self, InvalidSpec> {
+        let mut names = names.to_vec();
+        names.sort();
+        names.dedup();
         let wildcard = names.iter().any(|n| n == "*");
         match (wildcard, names.len()) {
             (true, 1) => Ok(Self::All),
             (true, _) => Err(InvalidSpec::MixedWildcard),
-            (false, _) => {
-                let mut names = names.to_vec();
-                names.sort();
-                names.dedup();
-                Ok(Self::Names(names))
-            }
+            (false, _) => Ok(Self::Names(names)),
         }
     }
 }

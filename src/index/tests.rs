@@ -258,6 +258,24 @@ fn an_access_owned_by_a_former_chatflow_of_the_name_grants_nothing_on_the_new_on
 }
 
 #[test]
+fn a_wildcard_given_twice_is_every_chatflow() {
+    let mut res = team_a();
+    res.accesses = vec![access(
+        "team-a",
+        "all",
+        "  chatflows: ['*', '*']\n  subjects: [{user: alice}]\n",
+    )];
+    let snap = compile(&res);
+    let alice = ["alice".to_string()];
+    assert_eq!(role_on(&snap, &user(&alice), FAQ), Some(Role::User));
+    assert_eq!(
+        role_on(&snap, &user(&alice), OTHER),
+        None,
+        "its namespace's"
+    );
+}
+
+#[test]
 fn suspended_access_grants_nothing_but_stays_listed() {
     let mut res = team_a();
     res.accesses = vec![access(
