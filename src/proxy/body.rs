@@ -81,8 +81,15 @@ pub(super) async fn read_json_body(
         Some(&mut *hold),
     )
     .await?;
-    count_values(&bytes, hold)?;
-    match serde_json::from_slice::<Value>(&bytes) {
+    json_object(&bytes, hold)
+}
+
+/// `text` parsed as a JSON object, its values counted in `hold` first. A leading UTF-8 byte
+/// order mark (PowerShell's `Out-File`, Notepad) is skipped, as Flowise's own parser does.
+fn json_object(text: &[u8], hold: &mut Held) -> Result<serde_json::Map<String, Value>, ProxyError> {
+    let text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
+    count_values(text, hold)?;
+    match serde_json::from_slice::<Value>(text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ProxyError::BadRequest(
             "the body must be a JSON object".into(),
@@ -288,6 +295,16 @@ mod tests {
         assert_eq!(&one.expect("read")[..], b"{}");
         let empty = collect(paced(vec![]), 1024, IDLE, TOTAL, None).await;
         assert!(empty.expect("read").is_empty());
+    }
+
+    #[test]
+    fn a_json_body_may_start_with_a_byte_order_mark() {
+        let buffers = budget(1 << 20);
+        let mut held = buffers.hold();
+        let body = json_object(b"\xEF\xBB\xBF{\"question\": \"hi\"}", &mut held).expect("read");
+        assert_eq!(body["question"], "hi");
+        let error = json_object(b"\xEF\xBB\xBF\xEF\xBB\xBF{}", &mut held).expect_err("one mark");
+        assert!(matches!(error, ProxyError::BadRequest(_)), "{error:?}");
     }
 
     #[tokio::test(start_paused = true)]
