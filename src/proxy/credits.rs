@@ -266,9 +266,7 @@ impl Credits {
                         .map(|at| secs_until(now, at)),
                     policy,
                     remaining: i64::try_from(remaining).unwrap_or(i64::MAX),
-                    reset: reset_at
-                        .map(|t| t.to_string())
-                        .unwrap_or_else(|| "never".into()),
+                    reset: reset_at.map(|t| t.to_string()),
                 })
             }
             Ok(ReserveOutcome::Duplicate { .. }) => Err(ProxyError::DuplicateRequest),

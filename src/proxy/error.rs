@@ -67,11 +67,16 @@ pub enum ProxyError {
     RequestTimeout,
     #[error("the request names chatflow '{0}' ambiguously; use its Flowise id")]
     Ambiguous(String),
-    #[error("insufficient credits on policy {policy}: {remaining} left, resets {reset}")]
+    #[error(
+        "insufficient credits on policy {policy}: {remaining} left, resets {}",
+        reset.as_deref().unwrap_or("never")
+    )]
     InsufficientCredits {
         policy: String,
         remaining: i64,
-        reset: String,
+        /// When the budget's period ends (`resetAt`, as `GET /credits` says it); `None` for a
+        /// `Never` period.
+        reset: Option<String>,
         /// Seconds until the budget resets (`Retry-After`); `None` for a `Never` period.
         retry_after: Option<u64>,
     },
@@ -394,7 +399,7 @@ mod tests {
         let resp = ProxyError::InsufficientCredits {
             policy: "team-a/monthly".into(),
             remaining: 0,
-            reset: "2026-12-01T00:00:00+01:00".into(),
+            reset: Some("2026-12-01T00:00:00+01:00".into()),
             retry_after: Some(3600),
         }
         .into_response();
@@ -409,6 +414,34 @@ mod tests {
             value["error"]["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("team-a/monthly"))
+        );
+        assert_eq!(value["error"]["resetAt"], "2026-12-01T00:00:00+01:00");
+    }
+
+    /// A budget that never resets says so as `GET /credits` does: `resetAt` null, and no
+    /// `Retry-After`.
+    #[tokio::test]
+    async fn a_budget_that_never_resets_has_no_reset_time() {
+        let resp = ProxyError::InsufficientCredits {
+            policy: "team-a/lifetime".into(),
+            remaining: 0,
+            reset: None,
+            retry_after: None,
+        }
+        .into_response();
+        assert!(resp.headers().get(RETRY_AFTER).is_none());
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            value["error"]["resetAt"],
+            serde_json::Value::Null,
+            "{value}"
+        );
+        assert!(
+            value["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.ends_with("resets never")),
+            "{value}"
         );
     }
 
