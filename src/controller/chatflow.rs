@@ -381,10 +381,8 @@ pub(super) fn next_status(
     };
     // Only a comparison with Flowise (Synced, Shared) decides whether this Chatflow holds its
     // Flowise chatflow, which [`holds`] reads from Ready's reason. A claim in Conflict stays
-    // in Conflict through anything else — Flowise away, an invalid edit, suspension, the name
-    // it adopts gone (its holder renamed it) — or it would come to hold the chatflow by being
-    // suspended and resumed, or take it from its holder by being pointed at it by id after its
-    // name was not found.
+    // in Conflict through anything else — Flowise away, an invalid edit, suspension — or it
+    // would come to hold the chatflow by being suspended and resumed.
     let was_conflict = old
         .conditions
         .iter()
@@ -397,9 +395,14 @@ pub(super) fn next_status(
                     (ok, why, message) = (false, reason::CONFLICT, ready.message.clone());
                 }
             }
-            Outcome::Invalid(problem)
-            | Outcome::FlowiseConflict(problem)
-            | Outcome::NotFound(problem) => {
+            // What it claims is not in Flowise (the name it adopts gone: its holder renamed
+            // it, say): it records the holder's chatflow no more, or that status would count as
+            // holding it ([`holds`]), taking it from its holder, offline or into this namespace.
+            Outcome::NotFound(_) => {
+                new.flowise_id = None;
+                new.flowise_name = None;
+            }
+            Outcome::Invalid(problem) | Outcome::FlowiseConflict(problem) => {
                 (ok, why, message) = (
                     false,
                     reason::CONFLICT,

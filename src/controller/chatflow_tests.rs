@@ -382,17 +382,23 @@ fn a_claim_in_conflict_stays_in_conflict_until_flowise_is_compared_again() {
     let ambiguous = Outcome::FlowiseConflict("several Flowise chatflows are named 'x'".into());
     let still = next_status(&conflict, &ambiguous, Some(4), false, at(10), HOUR);
     assert_eq!(ready(&still), ("False".into(), "Conflict".into()));
-    // The holder renamed the chatflow: the name this claim adopts is gone, and the id its
-    // status keeps is still the holder's.
+    // The holder renamed the chatflow: the name this claim adopts is gone. Its status no
+    // longer records the holder's chatflow, which it would otherwise count as holding.
     let renamed = Outcome::NotFound("Flowise has no chatflow named 'Support Bot'".into());
     let lost = next_status(&conflict, &renamed, Some(3), false, at(10), HOUR);
-    assert_eq!(ready(&lost), ("False".into(), "Conflict".into()));
-    assert_eq!(lost.flowise_id.as_deref(), Some("id-1"));
-    assert!(
-        lost.conditions[0].message.contains("no chatflow named"),
-        "{}",
-        lost.conditions[0].message
+    assert_eq!(ready(&lost), ("False".into(), "NotFoundInFlowise".into()));
+    assert_eq!((lost.flowise_id, lost.flowise_name), (None, None));
+    // A holder whose chatflow is not found keeps its claim (Flowise may list it again).
+    let holder = next_status(
+        &ChatflowStatus::default(),
+        &synced(chatflow.clone()),
+        Some(3),
+        false,
+        at(0),
+        HOUR,
     );
+    let held = next_status(&holder, &renamed, Some(3), false, at(10), HOUR);
+    assert_eq!(held.flowise_id.as_deref(), Some("id-1"));
 
     // Only a comparison decides: once this claim is the only one, it is Synced.
     let alone = next_status(&broken, &synced(chatflow), Some(5), false, at(30), HOUR);
