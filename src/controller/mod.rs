@@ -531,6 +531,7 @@ impl Context {
             .state()
             .iter()
             .filter(|cf| cf.meta().namespace.as_deref() == Some(namespace))
+            .filter(|cf| !names::deleting(cf))
             .filter_map(|cf| cf.meta().name.clone())
             .collect()
     }

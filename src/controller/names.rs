@@ -2,12 +2,13 @@
 //! event. Their status says which of the Chatflows they name exist in their namespace, so only a
 //! Chatflow that comes or goes changes it: not an update (a status write at every sync), which
 //! in a namespace of thousands of Chatflows and grants would reconcile every grant many times a
-//! second.
+//! second. A Chatflow being deleted counts as gone (the proxy serves it no more), whatever
+//! finalizer keeps it.
 
 use std::collections::{BTreeSet, HashSet};
 
-use kube::ResourceExt;
 use kube::runtime::watcher::Event;
+use kube::{Resource, ResourceExt};
 
 use crate::crd::{Chatflow, Lenient};
 
@@ -28,6 +29,14 @@ impl Names {
     /// watch was down.
     pub fn after(&mut self, event: &Event<Lenient<Chatflow>>) -> Vec<String> {
         match event {
+            Event::Apply(cf) if deleting(cf) => {
+                let key = key(cf);
+                if self.known.remove(&key) {
+                    vec![key.0]
+                } else {
+                    Vec::new()
+                }
+            }
             Event::Apply(cf) => {
                 let key = key(cf);
                 let namespace = key.0.clone();
@@ -49,6 +58,7 @@ impl Names {
                 self.relisting = Some((HashSet::new(), BTreeSet::new()));
                 Vec::new()
             }
+            Event::InitApply(cf) if deleting(cf) => Vec::new(),
             Event::InitApply(cf) => {
                 let key = key(cf);
                 if let Some((listed, gained)) = &mut self.relisting {
@@ -73,6 +83,11 @@ impl Names {
 
 fn key(cf: &Lenient<Chatflow>) -> Key {
     (cf.namespace().unwrap_or_default(), cf.name_any())
+}
+
+/// Whether `cf` is being deleted (a finalizer keeps it until its cleanup is done).
+pub fn deleting(cf: &Lenient<Chatflow>) -> bool {
+    cf.meta().deletion_timestamp.is_some()
 }
 
 #[cfg(test)]
@@ -111,6 +126,17 @@ mod tests {
                 .after(&Event::Delete(chatflow("a", "y", 1)))
                 .is_empty()
         );
+        // Being deleted (its cleanup may be stuck for long): gone at once, and once only.
+        let mut leaving = chatflow("a", "x", 2);
+        if let Lenient::Read(cf) = &mut leaving {
+            std::sync::Arc::make_mut(cf).metadata.deletion_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+            );
+        }
+        assert_eq!(names.after(&Event::Apply(leaving.clone())), ["a"]);
+        assert!(names.after(&Event::Apply(leaving.clone())).is_empty());
+        assert!(names.after(&Event::Delete(leaving.clone())).is_empty());
+        names.after(&Event::Apply(chatflow("a", "x", 3)));
         // A relist after the watch was down: `b`'s Chatflow went meanwhile, `d` gained one,
         // and what was known before changes nothing.
         names.after(&Event::Init);

@@ -70,6 +70,37 @@ async fn access_resolves_refs_as_chatflows_come_and_reports_expiry_and_invalid_s
     )
     .await;
 
+    // Being deleted, though another tool's finalizer keeps it: the proxy serves it no more, and
+    // the access no longer counts it.
+    let mut finalizers = api
+        .get("support-bot")
+        .await
+        .expect("read")
+        .metadata
+        .finalizers
+        .unwrap_or_default();
+    finalizers.push("example.com/keep".into());
+    let keep = json!({"metadata": {"finalizers": finalizers}});
+    api.patch("support-bot", &PatchParams::default(), &Patch::Merge(&keep))
+        .await
+        .expect("finalizer added");
+    api.delete("support-bot", &Default::default())
+        .await
+        .expect("deletion started");
+    wait_until(
+        &accesses,
+        "team",
+        30,
+        "ResolvedRefs=False while support-bot is being deleted",
+        |a: &ChatflowAccess| a.status.as_ref().is_some_and(|s| s.resolved_chatflows == 1),
+    )
+    .await;
+    finalizers.retain(|f| f != "example.com/keep");
+    let release = json!({"metadata": {"finalizers": finalizers}});
+    api.patch("support-bot", &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .expect("finalizer removed");
+
     let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(5);
     let soon = jiff::Timestamp::from_second(soon.as_second()).expect("time");
     create(&accesses, json!({
