@@ -75,6 +75,33 @@ pub(crate) fn carries_a_marker(chatflow: &FlowiseChatflow) -> bool {
 /// What every ownership marker starts with.
 const MARKER_PREFIX: &str = "flowgate:";
 
+/// The Flowise chatflow a Chatflow's status records.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Known<'a> {
+    pub id: &'a str,
+    /// The status says the spec as it is now found it (`Synced` at the object's generation):
+    /// an owned chatflow, found by its marker or created.
+    pub ours: bool,
+}
+
+impl<'a> Known<'a> {
+    /// An id the status records, for whatever spec.
+    #[cfg(test)]
+    pub fn id(id: &'a str) -> Self {
+        Self { id, ours: false }
+    }
+
+    fn from_status(status: &'a ChatflowStatus, generation: Option<i64>) -> Option<Self> {
+        let id = status.flowise_id.as_deref()?;
+        let ours = status.conditions.iter().any(|c| {
+            c.type_ == conditions::READY
+                && c.reason == reason::SYNCED
+                && c.observed_generation == generation
+        });
+        Some(Self { id, ours })
+    }
+}
+
 /// Whether `chatflow` carries `marker` among its category tags.
 pub(crate) fn has_marker(chatflow: &FlowiseChatflow, marker: &str) -> bool {
     chatflow.categories().any(|tag| tag == marker)
@@ -129,7 +156,7 @@ fn one_of(mut candidates: Vec<FlowiseChatflow>) -> Found {
 pub(super) async fn dereference(
     flowise: &dyn FlowiseApi,
     desired: &Desired,
-    known_id: Option<&str>,
+    known: Option<Known<'_>>,
 ) -> Result<Found, FlowiseError> {
     match desired {
         Desired::AdoptId(id) => Ok(match flowise.get(id).await? {
@@ -147,10 +174,13 @@ pub(super) async fn dereference(
         Desired::Own(owned) => {
             // The id in status is a shortcut only to a chatflow that carries our marker: a
             // Chatflow that adopted X and was switched to a `definition` must not take X over
-            // (and delete it later with `deletionPolicy: Delete`).
-            if let Some(id) = known_id
-                && let Some(chatflow) = flowise.get(id).await?
-                && has_marker(&chatflow, &owned.marker)
+            // (and delete it later with `deletionPolicy: Delete`). Or to one whose marker a
+            // Flowise user took away (the UI edits the category's tags), when the status says
+            // this very spec found it: the marker is put back.
+            if let Some(known) = known
+                && let Some(chatflow) = flowise.get(known.id).await?
+                && (has_marker(&chatflow, &owned.marker)
+                    || (known.ours && !carries_a_marker(&chatflow)))
             {
                 return Ok(Found::One(chatflow));
             }
@@ -596,7 +626,7 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
                     .into_iter()
                     .find_map(|(name, holds)| holds.then_some(name))
             };
-            let known = old.flowise_id.as_deref();
+            let known = Known::from_status(&old, cf.metadata.generation);
             match sync(&flowise, &desired, known, &held_by).await {
                 Ok(outcome) => (outcome, None),
                 Err(unsynced) => unsynced.outcome(),
@@ -692,10 +722,10 @@ impl From<FlowiseError> for Unsynced {
 pub(super) async fn sync(
     flowise: &dyn FlowiseApi,
     desired: &Desired,
-    known_id: Option<&str>,
+    known: Option<Known<'_>>,
     held_by: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<Outcome, Unsynced> {
-    let found = dereference(flowise, desired, known_id).await?;
+    let found = dereference(flowise, desired, known).await?;
     let plan = match plan(desired, found) {
         Plan::Update(current, changes) => guard(flowise, current, changes, held_by).await?,
         plan => plan,
@@ -710,7 +740,7 @@ pub(super) async fn sync(
             // not "gone", and its failed first create is Flowise being unreachable.
             chatflow: flowise.create(&body).await.map_err(|error| Unsynced {
                 error,
-                absent: known_id.is_some(),
+                absent: known.is_some(),
             })?,
             change: Change::Created,
         },

@@ -93,13 +93,63 @@ async fn an_unanswered_create_is_found_where_it_landed_instead_of_sent_again() {
     assert_eq!(fake.all().len(), 1, "no duplicate");
 }
 
+/// A Flowise user took the marker off an owned chatflow (the UI edits the category's tags): the
+/// status says this spec found it, so it is still this Chatflow's and the marker is put back,
+/// rather than the chatflow read as someone else's (offline) or, renamed too, made twice.
+#[test]
+fn an_owned_chatflow_whose_marker_was_taken_off_gets_it_back() {
+    let flowise = FakeFlowise::default();
+    let desired = Desired::Own(owned());
+    let chatflow = created(&flowise, &desired);
+    for name in [chatflow.name.as_str(), "renamed in the UI"] {
+        let untagged = ChatflowWrite {
+            name: Some(name.into()),
+            category: Some("team-tag".into()),
+            ..ChatflowWrite::default()
+        };
+        block_on(flowise.update(&chatflow.id, &untagged)).expect("untagged");
+        let known = Known {
+            id: &chatflow.id,
+            ours: true,
+        };
+        let outcome = block_on(sync(&flowise, &desired, Some(known), &unheld)).expect("synced");
+        let Outcome::Synced {
+            chatflow: repaired,
+            change: Change::Updated(fields),
+        } = outcome
+        else {
+            panic!("expected the marker put back, got {outcome:?}")
+        };
+        assert_eq!(repaired.id, chatflow.id);
+        assert!(fields.contains("category"), "{fields}");
+        assert!(has_marker(&repaired, &owned().marker), "{repaired:?}");
+        assert_eq!(flowise.all().len(), 1, "no second chatflow");
+    }
+    // Another Chatflow's marker is not taken over, whatever the status says.
+    let elsewhere = ChatflowWrite {
+        category: Some(marker("team-b", "theirs")),
+        ..ChatflowWrite::default()
+    };
+    block_on(flowise.update(&chatflow.id, &elsewhere)).expect("retagged");
+    let known = Known {
+        id: &chatflow.id,
+        ours: true,
+    };
+    let outcome = block_on(sync(&flowise, &desired, Some(known), &unheld)).expect("synced");
+    assert!(
+        !matches!(&outcome, Outcome::Synced { chatflow: c, .. } if c.id == chatflow.id),
+        "{outcome:?}"
+    );
+}
+
 #[test]
 fn an_adopted_chatflow_in_status_is_not_taken_over_when_the_spec_turns_to_a_definition() {
     let flowise = FakeFlowise::default();
     // Someone else's chatflow, adopted before: its id is in status, it carries no marker.
     let theirs = flowise.insert("their bot", "CHATFLOW", Some("their-tag"));
     let desired = Desired::Own(owned());
-    let outcome = block_on(sync(&flowise, &desired, Some(&theirs), &unheld)).expect("synced");
+    let outcome =
+        block_on(sync(&flowise, &desired, Some(Known::id(&theirs)), &unheld)).expect("synced");
     let Outcome::Synced {
         chatflow,
         change: Change::Created,
@@ -152,7 +202,13 @@ fn an_owned_chatflow_is_not_renamed_to_a_name_another_chatflow_has() {
     };
     renamed.name = "their bot".into();
     let renamed = Desired::Own(renamed);
-    let outcome = block_on(sync(&flowise, &renamed, Some(&chatflow.id), &unheld)).expect("ok");
+    let outcome = block_on(sync(
+        &flowise,
+        &renamed,
+        Some(Known::id(&chatflow.id)),
+        &unheld,
+    ))
+    .expect("ok");
     let Outcome::FlowiseConflict(message) = outcome else {
         panic!("expected a conflict, got {outcome:?}")
     };
@@ -166,7 +222,7 @@ fn an_owned_chatflow_is_not_renamed_to_a_name_another_chatflow_has() {
     let outcome = block_on(sync(
         &flowise,
         &Desired::Own(free),
-        Some(&chatflow.id),
+        Some(Known::id(&chatflow.id)),
         &unheld,
     ));
     assert!(matches!(outcome, Ok(Outcome::Synced { .. })), "{outcome:?}");
@@ -179,7 +235,13 @@ fn a_chatflow_deleted_in_flowise_is_created_again() {
     let desired = Desired::Own(owned());
     let chatflow = created(&flowise, &desired);
     block_on(flowise.delete(&chatflow.id)).expect("deleted");
-    let again = block_on(sync(&flowise, &desired, Some(&chatflow.id), &unheld)).expect("ok");
+    let again = block_on(sync(
+        &flowise,
+        &desired,
+        Some(Known::id(&chatflow.id)),
+        &unheld,
+    ))
+    .expect("ok");
     assert!(
         matches!(
             again,
@@ -199,7 +261,13 @@ fn an_unchanged_definition_is_not_sent_again() {
     let desired = Desired::Own(owned());
     let chatflow = created(&flowise, &desired);
     for _ in 0..3 {
-        block_on(sync(&flowise, &desired, Some(&chatflow.id), &unheld)).expect("ok");
+        block_on(sync(
+            &flowise,
+            &desired,
+            Some(Known::id(&chatflow.id)),
+            &unheld,
+        ))
+        .expect("ok");
     }
     assert_eq!(
         flowise.updates.load(Ordering::SeqCst),
@@ -225,8 +293,13 @@ fn a_chatflow_gone_from_flowise_that_cannot_be_made_again_is_not_ready() {
     // Deleted in Flowise, and the create that would make it again fails.
     block_on(flowise.delete(&chatflow.id)).expect("deleted");
     flowise.set_late(true);
-    let failed = block_on(sync(&flowise, &desired, Some(&chatflow.id), &unheld))
-        .expect_err("the create times out");
+    let failed = block_on(sync(
+        &flowise,
+        &desired,
+        Some(Known::id(&chatflow.id)),
+        &unheld,
+    ))
+    .expect_err("the create times out");
     let (outcome, error) = failed.outcome();
     assert!(error.is_some_and(|e| e.transient()), "retried");
     let now = next_status(&was, &outcome, Some(3), false, at(60), HOUR);
