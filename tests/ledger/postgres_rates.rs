@@ -238,3 +238,38 @@ async fn a_shortened_period_starts_spent_under_the_new_rule() {
         "at most one new period ahead, not the hour: {refused:?}"
     );
 }
+
+/// After an edit of a rule's rate, what a caller spent counts as that many requests under the
+/// new rate, across replicas as in one process (`proxy::ratelimit::rescaled`): 60 sent under
+/// 60 a minute spend all of 60 an hour; 1 sent under 1 an hour leaves 59 of 60 a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rate_edit_what_was_spent_counts_as_requests_under_the_new_rate() {
+    let store = crate::support::postgres("rates_rescaled").await;
+    let ledger = store.open().await;
+    let take = async |key: &str, (interval, burst): (Duration, Duration)| {
+        ledger
+            .take_rate(key, interval, burst)
+            .await
+            .expect("take")
+            .expect("shared")
+    };
+    let per_minute = (Duration::from_secs(1), Duration::from_secs(59));
+    let per_hour = (Duration::from_secs(60), Duration::from_secs(3540));
+    for _ in 0..60 {
+        assert!(take("tightened", per_minute).await.admitted);
+    }
+    let refused = take("tightened", per_hour).await;
+    assert!(!refused.admitted, "all of the hour's 60 spent: {refused:?}");
+
+    let hourly_one = (Duration::from_secs(3600), Duration::ZERO);
+    assert!(take("loosened", hourly_one).await.admitted);
+    for i in 0..59 {
+        let taken = take("loosened", per_minute).await;
+        assert!(
+            taken.admitted,
+            "request {} of the minute's 60: {taken:?}",
+            i + 2
+        );
+    }
+    assert!(!take("loosened", per_minute).await.admitted, "the 61st");
+}

@@ -115,6 +115,15 @@ DO $$ BEGIN
         ALTER TABLE rate_limits ADD COLUMN taken bigint NOT NULL DEFAULT 0;
     END IF;
 END $$;
+-- Added later, without a new version: the interval (microseconds a request) the row's instant
+-- was counted in, so that after an edit of the rule what was spent counts as as many requests
+-- under the new one. NULL (a row from before): counted as the new rule's.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'rate_limits' AND column_name = 'every_us') THEN
+        ALTER TABLE rate_limits ADD COLUMN every_us bigint;
+    END IF;
+END $$;
 -- Earlier flowgates made it logged; it is made unlogged once, keeping its rows. Looked up
 -- first: ALTER TABLE would lock (and rewrite) the table even when it is unlogged already.
 DO $$ BEGIN
@@ -518,6 +527,9 @@ impl Statements {
             // rows in byte order, as every statement on the table does, so replicas taking at
             // once queue on them and never deadlock; a key whose requests are all refused is
             // written unchanged, locked all the same.
+            // The instant kept is scaled by the ratio of the intervals when the rule's rate was
+            // edited since it was counted (`every_us`), as `proxy::ratelimit::rescaled` does:
+            // 60 sent under 60 a minute are 60 under 60 an hour, not a minute's worth.
             // A key's position in the arrays reaches the update as `-EXCLUDED.taken` (an update
             // looking the key up in the arrays instead took time quadratic in the keys: 1.9 s
             // for 4,096); a row inserted keeps it, and its count is worked out on return.
@@ -525,24 +537,31 @@ impl Statements {
                 "WITH now AS (
                      SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS us
                  )
-                 INSERT INTO rate_limits AS r (key, full_at_us, taken)
+                 INSERT INTO rate_limits AS r (key, full_at_us, taken, every_us)
                  SELECT asked.key,
                         now.us + least(asked.n, asked.burst / asked.every + 1) * asked.every,
-                        -asked.i
+                        -asked.i,
+                        asked.every
                  FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) WITH ORDINALITY
                           AS asked (key, n, every, burst, i),
                       now
                  ORDER BY asked.key COLLATE \"C\"
-                 ON CONFLICT (key) DO UPDATE SET (full_at_us, taken) = (
-                     SELECT base.us + admitted.n * asked.every, admitted.n
+                 ON CONFLICT (key) DO UPDATE SET (full_at_us, taken, every_us) = (
+                     SELECT base.us + admitted.n * asked.every, admitted.n, asked.every
                      FROM (SELECT ($2::int8[])[i] AS n, ($3::int8[])[i] AS every,
                                   ($4::int8[])[i] AS burst
                            FROM (SELECT (-EXCLUDED.taken)::int4 AS i) position) asked,
                           now,
                           -- At most one period ahead: an instant kept from a longer period
                           -- counts as spent under the new rule (see proxy::ratelimit).
-                          LATERAL (SELECT least(greatest(r.full_at_us, now.us),
-                                                now.us + asked.burst + asked.every) AS us) base,
+                          LATERAL (SELECT greatest(r.full_at_us - now.us, 0) AS us) kept,
+                          LATERAL (SELECT now.us + CASE
+                                       WHEN r.every_us IS NULL OR r.every_us = asked.every
+                                           THEN least(kept.us, asked.burst + asked.every)
+                                       ELSE least(kept.us::numeric * asked.every
+                                                      / greatest(r.every_us, 1),
+                                                  asked.burst + asked.every)::int8
+                                   END AS us) base,
                           LATERAL (SELECT CASE WHEN base.us - now.us > asked.burst THEN 0
                                           ELSE least(asked.n, (asked.burst - (base.us - now.us))
                                                               / asked.every + 1)
