@@ -142,6 +142,11 @@ pub struct RunArgs {
     /// as `https://chat.example.com,http://localhost:5173`. Unset: none (no CORS headers).
     #[arg(long, env = "FLOWGATE_CORS_ORIGINS")]
     pub cors_origins: Option<String>,
+    /// Proxies in front of flowgate (an ingress, a load balancer) whose `X-Forwarded-For` is
+    /// believed: addresses and networks, comma-separated (`10.0.0.0/8,192.168.1.7`). Flowise is
+    /// then told the caller's address, not theirs. Unset: the connection's peer.
+    #[arg(long, env = "FLOWGATE_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
     /// What an invalid CreditPolicy does to the predictions it names: `skip` (charge nothing on
     /// it, as if it did not exist) or `refuse` (503 `policy_invalid` until it is fixed).
     #[arg(long, env = "FLOWGATE_INVALID_POLICIES", default_value = "skip")]
@@ -178,6 +183,7 @@ pub struct Config {
     /// Bytes.
     pub body_memory: usize,
     pub cors_origins: Option<CorsOrigins>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub invalid_policies: InvalidPolicies,
 }
 
@@ -425,6 +431,8 @@ impl Config {
             cors_origins: non_empty(args.cors_origins)
                 .map(|raw| cors_origins(&raw))
                 .transpose()?,
+            trusted_proxies: crate::proxy::forwarded::parse_trusted(&args.trusted_proxies)
+                .map_err(|problem| invalid("FLOWGATE_TRUSTED_PROXIES", problem))?,
             invalid_policies: match args.invalid_policies.trim() {
                 "skip" | "" => InvalidPolicies::Skip,
                 "refuse" => InvalidPolicies::Refuse,

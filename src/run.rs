@@ -293,6 +293,7 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
         );
         let proxy = Proxy {
             streaming: Default::default(),
+            trusted_proxies: config.trusted_proxies.clone().into(),
             drains,
             turns: crate::proxy::turns::ChatTurns::shared(ledger.clone()),
             cors: config

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::fake_flowise::{FakeFlowise, Mode};
-use support::gate::{Flowgate, eventually_status};
+use support::gate::{Flowgate, Options, eventually_status};
 use support::team::Team;
 
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
@@ -355,6 +355,29 @@ async fn headers() {
     for dropped in ["authorization", "cookie", "x-request-from", "flowise-tool"] {
         assert_eq!(header(dropped), None, "{dropped} reached Flowise");
     }
+    // Behind a proxy flowgate trusts (here the test itself, on loopback), Flowise is told the
+    // address that proxy forwarded for: the first untrusted one from the right.
+    let behind = Flowgate::start_with(Options {
+        flowise_url: Some(fake.url.clone()),
+        trusted_proxies: Some("127.0.0.0/8, ::1".into()),
+        ..Options::default()
+    })
+    .await;
+    eventually_status(&behind, &alice, &id, 200).await;
+    let resp = http
+        .post(format!("{}/api/v1/prediction/{id}", behind.base))
+        .bearer_auth(&alice)
+        .header("x-forwarded-for", "6.6.6.6, 203.0.113.9, 127.0.0.5")
+        .json(&serde_json::json!({"question": "hi"}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+    let sent = fake.last_headers();
+    assert_eq!(
+        sent.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+        Some("203.0.113.9")
+    );
 
     // Without one (or with an implausible one), flowgate makes one up and sends it both ways.
     for given in [None, Some("has space")] {

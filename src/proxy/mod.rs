@@ -17,6 +17,7 @@ pub mod credits;
 pub mod drain;
 pub mod error;
 mod forward;
+pub mod forwarded;
 pub mod keys;
 pub mod listing;
 pub mod multipart;
@@ -98,6 +99,8 @@ pub struct Proxy {
     /// Grants being asked of the token endpoint, all threads together
     /// ([`compat::TOKEN_GRANTS_AT_ONCE`]).
     pub token_grants: Arc<tokio::sync::Semaphore>,
+    /// The proxies in front whose `X-Forwarded-For` names the caller ([`forwarded`]).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 impl Proxy {
@@ -115,6 +118,8 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
+        // From here on `peer` is the caller, as Flowise is told it.
+        let peer = forwarded::client(peer, req.headers(), &self.trusted_proxies);
         let Some(cors) = &self.cors else {
             return self.clone().answer(req, peer).await;
         };

@@ -120,6 +120,8 @@ pub struct Options {
     pub body_memory: Option<String>,
     /// `--cors-origins`; default: none.
     pub cors_origins: Option<String>,
+    /// `--trusted-proxies`; default: none.
+    pub trusted_proxies: Option<String>,
     /// `--invalid-policies`; default: skip.
     pub invalid_policies: Option<String>,
     /// `--token-cache-size`; default: 10000.
@@ -206,6 +208,7 @@ impl Flowgate {
                 }),
             body_memory: options.body_memory.unwrap_or_default(),
             cors_origins: options.cors_origins,
+            trusted_proxies: options.trusted_proxies.unwrap_or_default(),
             invalid_policies: options.invalid_policies.unwrap_or_default(),
             token_cache_size: options.token_cache_size.unwrap_or_default(),
             ..Default::default()
