@@ -97,9 +97,13 @@ async fn access_resolves_refs_as_chatflows_come_and_reports_expiry_and_invalid_s
     .await;
     finalizers.retain(|f| f != "example.com/keep");
     let release = json!({"metadata": {"finalizers": finalizers}});
-    api.patch("support-bot", &PatchParams::default(), &Patch::Merge(&release))
-        .await
-        .expect("finalizer removed");
+    api.patch(
+        "support-bot",
+        &PatchParams::default(),
+        &Patch::Merge(&release),
+    )
+    .await
+    .expect("finalizer removed");
 
     let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(5);
     let soon = jiff::Timestamp::from_second(soon.as_second()).expect("time");
