@@ -98,10 +98,13 @@ impl Proxy {
             let body = self.upstream.error_body(upstream.into_body()).await;
             let message = flowise_message(status, &body);
             // Flowise 3 answers a chatflow bound to an API key, called with another key or
-            // none, with a 500 "predictionsServices.buildChatflow - Unauthorized".
+            // none, with a 500 "Error: predictionsServices.buildChatflow - Unauthorized" (its
+            // wrap of any failure of the run: only this whole message is the key's).
             let key_refused = key_refused
                 || (status == StatusCode::INTERNAL_SERVER_ERROR
-                    && message.trim_end().ends_with("- Unauthorized"));
+                    && message
+                        .trim_end()
+                        .ends_with(": Error: predictionsServices.buildChatflow - Unauthorized"));
             if !key_refused {
                 self.metrics.upstream_error("status_5xx");
                 return Err(ProxyError::Upstream(message));

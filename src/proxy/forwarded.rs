@@ -18,12 +18,13 @@ pub fn client(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Socke
     if !is_trusted(&peer.ip()) {
         return peer;
     }
-    // Several headers are one list, in order (RFC 9110 §5.3).
-    let hops: Vec<&str> = headers
+    // Several headers are one list, in order (RFC 9110 §5.3). Split as bytes: an entry that is
+    // not text (a caller's, left of the proxy's) spoils only itself, and only if it is reached.
+    let hops: Vec<&[u8]> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .flat_map(|value| value.to_str().unwrap_or(",").split(','))
-        .map(str::trim)
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
         .collect();
     let mut client = peer.ip();
     for hop in hops.iter().rev() {
@@ -47,23 +48,34 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// One `X-Forwarded-For` entry: an address, maybe with a port (`1.2.3.4:5678`, `[::1]:80`).
-fn address(hop: &str) -> Option<IpAddr> {
+fn address(hop: &[u8]) -> Option<IpAddr> {
+    let hop = std::str::from_utf8(hop).ok()?;
     hop.parse::<IpAddr>()
         .ok()
         .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
 }
 
 /// `FLOWGATE_TRUSTED_PROXIES`: addresses and networks, comma-separated (`10.0.0.0/8,
-/// 192.168.1.7`); a bare address is a network of one.
+/// 192.168.1.7`); a bare address is a network of one. Every address (`0.0.0.0/0`) is refused:
+/// it would let every caller tell Flowise any address.
 pub fn parse_trusted(list: &str) -> Result<Vec<IpNet>, String> {
     list.split(',')
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
         .map(|entry| {
-            entry
+            let net = entry
                 .parse::<IpNet>()
                 .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| format!("'{entry}' is neither an address nor a network (10.0.0.0/8)"))
+                .map_err(|_| {
+                    format!("'{entry}' is neither an address nor a network (10.0.0.0/8)")
+                })?;
+            if net.prefix_len() == 0 {
+                return Err(format!(
+                    "'{entry}' trusts every address: every caller could name its own; name the \
+                     proxies in front of flowgate"
+                ));
+            }
+            Ok(net)
         })
         .collect()
 }
@@ -125,6 +137,19 @@ mod tests {
         assert_eq!(from("10.1.2.3", &[], trusted), "10.1.2.3");
         // An entry that is no address: the peer.
         assert_eq!(from("10.1.2.3", &["unknown"], trusted), "10.1.2.3");
+        // One that is not text, left of the proxy's own entry, is never reached.
+        let mut spoiled = HeaderMap::new();
+        spoiled.append(
+            "x-forwarded-for",
+            hyper::header::HeaderValue::from_bytes(b"\xff, 198.51.100.4").expect("obs-text"),
+        );
+        let trusted = parse_trusted(trusted).expect("trusted");
+        assert_eq!(
+            client(peer("10.1.2.3"), &spoiled, &trusted)
+                .ip()
+                .to_string(),
+            "198.51.100.4"
+        );
     }
 
     #[test]
@@ -133,5 +158,9 @@ mod tests {
         assert_eq!(parse_trusted(" 10.0.0.0/8 ,::1").expect("two").len(), 2);
         let error = parse_trusted("10.0.0.0/33").expect_err("no such network");
         assert!(error.contains("10.0.0.0/33"), "{error}");
+        for everyone in ["0.0.0.0/0", "::/0"] {
+            let error = parse_trusted(everyone).expect_err("every address");
+            assert!(error.contains("every address"), "{error}");
+        }
     }
 }
