@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::tests::{HOUR, at, owned, ready, synced};
+use super::tests::{HOUR, at, in_flowise, owned, ready, synced};
 use super::*;
 use crate::flowise::fake::FakeFlowise;
 
@@ -142,14 +142,60 @@ fn an_owned_chatflow_whose_marker_was_taken_off_gets_it_back() {
     );
 }
 
+/// Only a status `Synced` at the object's generation says the spec as it is found the chatflow
+/// it records (for a definition: by its marker, or created): not one written for an earlier
+/// spec (adopted, then turned into a definition), nor one of Flowise away or in conflict.
+#[test]
+fn only_a_status_synced_for_this_spec_vouches_for_its_chatflow() {
+    let ours = |status: &ChatflowStatus, generation: i64| {
+        Known::from_status(status, Some(generation)).map(|known| (known.id.to_owned(), known.ours))
+    };
+    let found = synced(in_flowise("id-1", "Support Bot", None));
+    let status = next_status(
+        &ChatflowStatus::default(),
+        &found,
+        Some(3),
+        false,
+        at(0),
+        HOUR,
+    );
+    assert_eq!(ours(&status, 3), Some(("id-1".into(), true)));
+    assert_eq!(
+        ours(&status, 4),
+        Some(("id-1".into(), false)),
+        "an edit since"
+    );
+    let down = Outcome::Unreachable("refused".into());
+    let away = next_status(&status, &down, Some(3), false, at(10), HOUR);
+    assert_eq!(ours(&away, 3), Some(("id-1".into(), false)));
+    let ambiguous = Outcome::FlowiseConflict("the name is taken".into());
+    let taken = next_status(&status, &ambiguous, Some(4), false, at(10), HOUR);
+    assert_eq!(ours(&taken, 4), Some(("id-1".into(), false)));
+    assert_eq!(ours(&ChatflowStatus::default(), 3), None);
+}
+
 #[test]
 fn an_adopted_chatflow_in_status_is_not_taken_over_when_the_spec_turns_to_a_definition() {
     let flowise = FakeFlowise::default();
     // Someone else's chatflow, adopted before: its id is in status, it carries no marker.
     let theirs = flowise.insert("their bot", "CHATFLOW", Some("their-tag"));
+    let found = flowise
+        .all()
+        .into_iter()
+        .find(|c| c.id == theirs)
+        .expect("listed");
+    // Synced when the spec adopted it (generation 1); the spec is a definition now.
+    let adopted = next_status(
+        &ChatflowStatus::default(),
+        &synced(found),
+        Some(1),
+        false,
+        at(0),
+        HOUR,
+    );
+    let known = Known::from_status(&adopted, Some(2));
     let desired = Desired::Own(owned());
-    let outcome =
-        block_on(sync(&flowise, &desired, Some(Known::id(&theirs)), &unheld)).expect("synced");
+    let outcome = block_on(sync(&flowise, &desired, known, &unheld)).expect("synced");
     let Outcome::Synced {
         chatflow,
         change: Change::Created,

@@ -32,7 +32,7 @@ pub(super) fn owned() -> Owned {
     }
 }
 
-fn in_flowise(id: &str, name: &str, category: Option<&str>) -> FlowiseChatflow {
+pub(super) fn in_flowise(id: &str, name: &str, category: Option<&str>) -> FlowiseChatflow {
     FlowiseChatflow {
         id: id.into(),
         name: name.into(),

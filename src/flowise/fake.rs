@@ -15,8 +15,9 @@ pub(crate) struct FakeFlowise {
     chatflows: Mutex<Vec<FlowiseChatflow>>,
     next_id: AtomicUsize,
     down: AtomicBool,
-    /// Listings never answer.
+    /// Listings do not answer until released ([`FakeFlowise::set_hung`]).
     hung: AtomicBool,
+    released: tokio::sync::Notify,
     /// Creates go unanswered (a timeout) and land only when [`FakeFlowise::land`] says.
     late: AtomicBool,
     landing: Mutex<Vec<FlowiseChatflow>>,
@@ -61,9 +62,13 @@ impl FakeFlowise {
         self.down.store(down, Ordering::SeqCst);
     }
 
-    /// From now on listings never answer (a Flowise that accepts and hangs).
+    /// From now on listings do not answer (a Flowise that accepts and hangs); unhung, the
+    /// listings waiting answer what Flowise held when they were asked.
     pub(crate) fn set_hung(&self, hung: bool) {
         self.hung.store(hung, Ordering::SeqCst);
+        if !hung {
+            self.released.notify_waiters();
+        }
     }
 
     /// From now on creates time out, and what they create lands at the next [`Self::land`].
@@ -120,11 +125,19 @@ fn merge(target: &mut FlowiseChatflow, write: &ChatflowWrite) {
 
 impl FlowiseApi for FakeFlowise {
     fn list(&self) -> BoxFuture<'_, Result<Vec<FlowiseChatflow>, FlowiseError>> {
-        if self.hung.load(Ordering::SeqCst) {
-            return futures::future::pending().boxed();
-        }
         let result = self.check_up().map(|()| self.all());
-        async move { result }.boxed()
+        async move {
+            loop {
+                let released = self.released.notified();
+                let mut released = std::pin::pin!(released);
+                released.as_mut().enable();
+                if !self.hung.load(Ordering::SeqCst) {
+                    return result;
+                }
+                released.await;
+            }
+        }
+        .boxed()
     }
 
     fn get<'a>(

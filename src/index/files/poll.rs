@@ -101,7 +101,11 @@ pub fn spawn(
                 // A sync publishes when its listing arrives; a change at once.
                 stale |= files_changed;
                 files = Some(resources);
-                listing.start();
+                // A listing already under way began before this change: what it lists may
+                // predate a chatflow the change names, so Flowise is listed again after it.
+                if !listing.start() && files_changed {
+                    listing.again = true;
+                }
                 if files_changed
                     && listing.last.is_some()
                     && let Some(result) = listing.wait(LISTING_WAIT).await
@@ -155,6 +159,8 @@ struct Listing {
     failed: Option<String>,
     /// The listing under way.
     task: Option<JoinHandle<()>>,
+    /// List again once the listing under way arrives: the files changed after it began.
+    again: bool,
     sender: mpsc::Sender<Result<Vec<FlowiseChatflow>, FlowiseError>>,
     results: mpsc::Receiver<Result<Vec<FlowiseChatflow>, FlowiseError>>,
 }
@@ -167,21 +173,23 @@ impl Listing {
             last: None,
             failed: None,
             task: None,
+            again: false,
             sender,
             results,
         }
     }
 
-    /// Lists Flowise again, unless a listing is under way.
-    fn start(&mut self) {
+    /// Lists Flowise again, unless a listing is under way; whether it did.
+    fn start(&mut self) -> bool {
         if self.task.is_some() {
-            return;
+            return false;
         }
         let (flowise, sender) = (self.flowise.clone(), self.sender.clone());
         self.task = Some(tokio::spawn(async move {
             // The receiver outlives the task (it is aborted with it).
             let _ = sender.send(flowise.list().await).await;
         }));
+        true
     }
 
     /// The listing under way, if it arrives within `wait`.
@@ -200,6 +208,9 @@ impl Listing {
         resync: Duration,
     ) {
         self.task = None;
+        if std::mem::take(&mut self.again) {
+            self.start();
+        }
         match result {
             Ok(list) => {
                 self.last = Some(list);

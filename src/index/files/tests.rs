@@ -523,6 +523,69 @@ async fn a_sync_waiting_for_flowise_holds_up_no_change_of_the_files() {
     shutdown.cancel();
 }
 
+/// A change made while a listing is under way (begun before it, so it may predate a chatflow
+/// the change names) is resolved again against a listing begun after it.
+#[tokio::test]
+async fn a_change_during_a_listing_is_resolved_against_a_later_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let chatflow = |name: &str, flowise: &str| {
+        format!(
+            "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: {name}, namespace: team}}\nspec: {{flowiseName: {flowise}}}\n"
+        )
+    };
+    write(dir.path(), "bot.yaml", &chatflow("bot", "Bot"));
+    let fake = Arc::new(FakeFlowise::default());
+    fake.insert("Bot", "CHATFLOW", None);
+    let health = crate::ops::Health::default();
+    let shutdown = CancellationToken::new();
+    let handle = spawn(
+        ResourcesDir::flat(dir.path()),
+        fake.clone(),
+        Duration::from_secs(600),
+        health.gate("resources"),
+        shutdown.clone(),
+    );
+    let mut published = handle.subscribe();
+    let ready = |handle: &SnapshotHandle, name: &str| {
+        handle
+            .load()
+            .chatflow_by_name("team", name)
+            .is_some_and(|cf| cf.rule.ready)
+    };
+    while !ready(&handle, "bot") {
+        published.changed().await.expect("publisher alive");
+    }
+    // A change starts a listing that Flowise holds on to: it lists what Flowise had then.
+    fake.set_hung(true);
+    write(dir.path(), "other.yaml", "# nothing yet\n");
+    published
+        .changed()
+        .await
+        .expect("served from the last listing");
+    // Meanwhile a chatflow is created in Flowise, and a file names it.
+    fake.insert("New", "CHATFLOW", None);
+    write(dir.path(), "new.yaml", &chatflow("new", "New"));
+    while handle.load().chatflow_by_name("team", "new").is_none() {
+        published.changed().await.expect("publisher alive");
+    }
+    assert!(
+        !ready(&handle, "new"),
+        "not in the listing it was resolved against"
+    );
+    // Past the while a file written counts as recent (its end is a change of its own, which
+    // lists again too), still with the first listing under way.
+    tokio::time::sleep(RECENT + Duration::from_secs(1)).await;
+    fake.set_hung(false);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !ready(&handle, "new") {
+            published.changed().await.expect("publisher alive");
+        }
+    })
+    .await
+    .expect("listed again after the listing that began before the change");
+    shutdown.cancel();
+}
+
 #[test]
 fn a_change_is_loaded_once_it_has_held_for_a_poll() {
     let (a, b, c) = (Some(1), Some(2), Some(3));
