@@ -252,6 +252,17 @@ async fn an_imported_chatflow_flowise_still_has_is_not_deleted() {
     let id = team.flowise_id.clone();
     eventually_status(&gate, &team.alice(), &id, 200).await;
     let chatflows: Api<Chatflow> = Api::namespaced(team.client.clone(), &team.ns);
+    // Adopted by a team (not imported): gone, it would be imported all the same, into the
+    // import namespace and for whoever that namespace grants.
+    let path = format!("/api/admin/chatflows/{id}");
+    let (status, body) = call(&gate, M::DELETE, &path, Some(&root()), None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("would import that chatflow")),
+        "{body}"
+    );
     let imported = json!({"metadata": {"labels": {"flowgate.io/imported": "true"}}});
     chatflows
         .patch(
@@ -261,7 +272,6 @@ async fn an_imported_chatflow_flowise_still_has_is_not_deleted() {
         )
         .await
         .expect("labelled imported");
-    let path = format!("/api/admin/chatflows/{id}");
     let (status, body) = call(&gate, M::DELETE, &path, Some(&root()), None).await;
     assert_eq!(status, 409, "{body}");
     assert!(

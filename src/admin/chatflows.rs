@@ -88,10 +88,12 @@ pub async fn delete(
         cf.rule.namespace.clone(),
         cf.rule.name.clone(),
     );
-    // An imported Chatflow whose chatflow Flowise still has would be imported again by the
-    // next sync pass (unsuspended): the delete would not last. Only one Flowise is known not to
-    // have is let go; not Ready for another reason (suspended, Flowise unreachable) says
-    // nothing about that.
+    // A chatflow Flowise still has and no Chatflow claims once this one is gone would be
+    // imported by the next sync pass (unsuspended, into the import namespace, with its grants):
+    // an imported Chatflow's delete would not last, and an adopted one's would hand its
+    // chatflow to whoever the import namespace grants. Only one Flowise is known not to have is
+    // let go; not Ready for another reason (suspended, Flowise unreachable) says nothing about
+    // that. One created from a definition carries its marker, which no pass imports.
     let reimported = imports && !cf.rule.gone_from_flowise;
     tokio::spawn(async move { delete_now(&client, &ns, &name, reimported).await })
         .await
@@ -118,13 +120,24 @@ async fn delete_now(
         let Some(mut current) = api.get_opt(name).await.map_err(kube_error)? else {
             return Err(gone());
         };
-        let imported = current.labels().get(crate::crd::LABEL_IMPORTED);
-        if reimported && imported.is_some_and(|v| v == "true") {
+        let imported = current
+            .labels()
+            .get(crate::crd::LABEL_IMPORTED)
+            .is_some_and(|v| v == "true");
+        if reimported && imported {
             return Err(ProxyError::Conflict(format!(
                 "Chatflow {ns}/{name} was imported from Flowise, which still has its chatflow \
                  (as far as flowgate knows): the next sync pass (FLOWGATE_IMPORT_NAMESPACE) \
                  would import it again. Delete the chatflow in Flowise, or claim it with a \
                  Chatflow of your own"
+            )));
+        }
+        if reimported && current.spec.definition.is_none() {
+            return Err(ProxyError::Conflict(format!(
+                "Chatflow {ns}/{name} adopts a chatflow Flowise still has (as far as flowgate \
+                 knows): once it is gone the next sync pass would import that chatflow into \
+                 FLOWGATE_IMPORT_NAMESPACE, for whoever that namespace grants. Delete the \
+                 chatflow in Flowise first"
             )));
         }
         if current.spec.deletion_policy == DeletionPolicy::Delete {

@@ -239,7 +239,7 @@ impl Admin {
             }
             AdminRoute::DeleteChatflow(id) => {
                 let cf = call.chatflow(&id)?;
-                let reimported = self.sync.imports();
+                let reimported = self.sync.would_import(cf.rule.flowise_name.as_deref());
                 let out = chatflows::delete(&self.client, &cf, reimported).await?;
                 audit(call, &cf, "Chatflow deleted", &[]);
                 ok(to_json(&out))

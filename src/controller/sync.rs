@@ -104,6 +104,13 @@ impl SyncState {
         self.inner.settings.import_namespace.is_some()
     }
 
+    /// Whether a sync pass would import an unclaimed chatflow Flowise names `name` (a name not
+    /// known: as if it would).
+    pub fn would_import(&self, name: Option<&str>) -> bool {
+        let prefix = self.inner.settings.import_name_prefix.as_deref();
+        self.imports() && name.is_none_or(|name| prefix.is_none_or(|p| name.starts_with(p)))
+    }
+
     /// The last pass, if one has run.
     pub fn last(&self) -> Option<SyncReport> {
         self.inner
