@@ -274,7 +274,8 @@ impl Metrics {
             credits_adjusted.clone(),
         );
         let ledger_latency = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.00005, 1.6, 24))
+            // 50 µs to 16 s: a reserve waits up to 15 s (its deadline, a keyed one's refund).
+            Histogram::new(exponential_buckets(0.00005, 1.6, 28))
         });
         registry.register(
             "ledger_operation_duration_seconds",

@@ -158,8 +158,9 @@ fn series(sel: &str, healthy: bool) -> Vec<Value> {
         s(
             "flowgate_index_watch_errors_total",
             r#"kind="ChatflowAccess""#,
-            // Healthy: an error now and then (an API server restart); failing: every 12 s.
-            pick("0+0.3x40", "0+5x40"),
+            // Healthy: an error now and then (an API server restart); failing: one a minute, as
+            // against an API server that accepts and never answers (45 s, then the backoff).
+            pick("0+0.3x40", "0+1x40"),
         ),
         s(
             "flowgate_index_watch_errors_total",

@@ -553,7 +553,7 @@ fn run_writer(
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                tracing::error!(%message, batch_size, "the ledger writer panicked on a batch: rolled back, its callers told to retry");
+                tracing::error!(panic = %message, batch_size, "the ledger writer panicked on a batch: rolled back, its callers told to retry");
             }
         }
     }

@@ -70,7 +70,8 @@ impl ControllerMetrics {
             reconcile_errors.clone(),
         );
         let reconcile_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            // 1 ms to 131 s: one Flowise call of a reconcile may take its 30 s timeout.
+            Histogram::new(exponential_buckets(0.001, 2.0, 18))
         });
         registry.register(
             "reconcile_duration_seconds",

@@ -283,7 +283,7 @@ fn log_status_changes(resources: &Resources, logged: &mut BTreeMap<String, Strin
                 .as_ref()
                 .and_then(|s| s.flowise_id.clone())
                 .unwrap_or_default();
-            tracing::info!(chatflow = %key, ready = %cond.status, reason = %cond.reason, message = %cond.message, %flowise_id, "chatflow status");
+            tracing::info!(chatflow = %key, ready = %cond.status, reason = %cond.reason, detail = %cond.message, %flowise_id, "chatflow status");
             logged.insert(key, line);
         }
     }
