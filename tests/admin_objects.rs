@@ -161,6 +161,42 @@ async fn the_admin_apis_grants_belong_to_their_chatflow_and_to_it_alone() {
         ours.get_opt(OBJECT).await.expect("get").is_none(),
         "no one left: deleted"
     );
+
+    // Being deleted, held by another tool's finalizer: it grants no one, so nothing is
+    // answered "added" into it; once it is gone, a new one is made.
+    let (status, out) = add("rita").await;
+    assert_eq!(status, 200, "{out}");
+    let keep =
+        |finalizers: Vec<&str>| Patch::Merge(json!({"metadata": {"finalizers": finalizers}}));
+    ours.patch(
+        OBJECT,
+        &PatchParams::default(),
+        &keep(vec!["example.com/keep"]),
+    )
+    .await
+    .expect("finalizer added");
+    ours.delete(OBJECT, &Default::default())
+        .await
+        .expect("deletion started");
+    let (status, out) = add("sam").await;
+    assert_eq!(status, 409, "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("being deleted")),
+        "{out}"
+    );
+    ours.patch(OBJECT, &PatchParams::default(), &keep(vec![]))
+        .await
+        .expect("finalizer removed");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while ours.get_opt(OBJECT).await.expect("get").is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "not deleted");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, out) = add("sam").await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(users(&ours.get(OBJECT).await.expect("object")), ["sam"]);
     team.cleanup().await;
 }
 

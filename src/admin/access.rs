@@ -104,6 +104,14 @@ pub async fn edit_subjects<R>(
             }
         };
         check_own(&access, namespace, chatflow)?;
+        // Being deleted, another tool's finalizer keeping it: it grants no one, and what would
+        // be written into it would go with it.
+        if access.metadata.deletion_timestamp.is_some() {
+            return Err(ProxyError::Conflict(format!(
+                "ChatflowAccess {namespace}/{name} is being deleted (a finalizer keeps it) and \
+                 grants no one meanwhile; try again once it is gone"
+            )));
+        }
         // Left by a former Chatflow of this name, not yet collected by Kubernetes: its users
         // were never granted this one.
         let former = owned_by_another(&access, &owner);
