@@ -54,7 +54,9 @@ pub struct ChatflowAccessSpec {
     /// At most this many predictions per subject through this access, over its chatflows
     /// together; more are refused with 429 until the rate allows again. Replicas on a
     /// PostgreSQL ledger share one allowance (each counts its own while the database is
-    /// unreachable). Unset: no limit.
+    /// unreachable). Unset: no limit. A caller several objects grant gets the most generous
+    /// of their limits, none if one has none (but for the admin API's own objects, which grant
+    /// access and take the caller's other limits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
 }

@@ -122,6 +122,9 @@ struct Grant {
     role: Role,
     expires_at: Option<Timestamp>,
     limit: Option<Limit>,
+    /// Without a limit of its own, it takes the caller's other grants' (the admin API's
+    /// objects: they grant access, not a rate a GitOps grant limits).
+    inherits_limit: bool,
 }
 
 /// The rate limit of one ChatflowAccess, carried by each of its grants.
@@ -409,6 +412,7 @@ pub fn compile(resources: &Resources) -> Snapshot {
                 rule: position,
                 rate,
             }),
+            inherits_limit: rule.admin_api,
         };
         let (holders, at) = match snap.targets(&rule.namespace, &rule.chatflows, &ns_index) {
             Target::Namespace(ns) => (&mut snap.namespace_holders, vec![ns]),
@@ -613,7 +617,8 @@ impl Snapshot {
     }
 
     /// What `caller` may do with `chatflow` at `now`: `None` without a live grant. Access is the
-    /// union of the grants, so the strongest role and the most generous rate limit count.
+    /// union of the grants, so the strongest role and the most generous rate limit count: none
+    /// if a grant has none, except one of the admin API's, which takes the others' limit.
     pub fn access(
         &self,
         caller: &Caller<'_>,
@@ -623,23 +628,25 @@ impl Snapshot {
         let exact = self.chatflow_holders.get(chatflow.idx as usize);
         let wide = self.namespace_holders.get(chatflow.ns as usize);
         let grants = exact.into_iter().chain(wide).flat_map(|h| h.of(caller));
-        let mut best: Option<Access> = None;
+        let mut role: Option<Role> = None;
+        let mut limit: Option<Limit> = None;
+        let mut unlimited = false;
         for grant in grants.filter(|g| g.live(now)) {
-            let Some(access) = best.as_mut() else {
-                best = Some(Access {
-                    role: grant.role,
-                    limit: grant.limit,
-                });
-                continue;
-            };
-            access.role = access.role.max(grant.role);
-            access.limit = match (access.limit, grant.limit) {
-                (Some(held), Some(limit)) if limit.more_than(&held) => Some(limit),
-                (Some(held), Some(_)) => Some(held),
-                _ => None,
-            };
+            role = Some(role.map_or(grant.role, |held| held.max(grant.role)));
+            match grant.limit {
+                Some(other) => {
+                    limit = match limit {
+                        Some(held) if !other.more_than(&held) => Some(held),
+                        _ => Some(other),
+                    };
+                }
+                None => unlimited |= !grant.inherits_limit,
+            }
         }
-        best
+        role.map(|role| Access {
+            role,
+            limit: limit.filter(|_| !unlimited),
+        })
     }
 
     /// The strongest role `caller` holds at `now` on every chatflow of `namespace`, present and

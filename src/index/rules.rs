@@ -397,6 +397,8 @@ pub struct AccessRule {
     /// The Chatflows that own the object (name, uid), as the admin API's objects are owned by
     /// the Chatflow they grant.
     pub owners: Vec<(String, String)>,
+    /// Written by the admin API (its label): it grants access, and no rate of its own.
+    pub admin_api: bool,
 }
 
 impl AccessRule {
@@ -441,6 +443,12 @@ impl TryFrom<&ChatflowAccess> for AccessRule {
                 })
                 .map(|owner| (owner.name.clone(), owner.uid.clone()))
                 .collect(),
+            admin_api: access
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(crd::LABEL_MANAGED_BY))
+                .is_some_and(|by| by == crd::MANAGED_BY_ADMIN_API),
         })
     }
 }

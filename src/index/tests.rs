@@ -555,6 +555,44 @@ fn the_most_generous_rate_limit_of_the_live_grants_applies() {
     assert_eq!(snap.access(&user(&bob), cf, now()), None);
 }
 
+/// The admin API grants access, not a rate: a caller it adds keeps the limit their other
+/// grants give (a chatflow's Admin cannot lift a limit set in GitOps by adding someone, or
+/// themselves), and one it alone grants has none.
+#[test]
+fn an_admin_api_grant_takes_the_rate_limit_of_the_callers_other_grants() {
+    let mut resources = team_a();
+    resources.accesses = vec![
+        access(
+            "team-a",
+            "members",
+            "  chatflows: [support-bot]\n  subjects: [{group: support}]\n  rateLimit: {requests: 10, per: Minute}\n",
+        ),
+        parse(
+            "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\n\
+             metadata: {name: admin-api-support-bot, namespace: team-a, labels: {flowgate.io/managed-by: admin-api}}\n\
+             spec: {chatflows: [support-bot], subjects: [{user: alice@example.com}, {user: carol@example.com}]}\n",
+        ),
+    ];
+    let snap = compile(&resources);
+    let cf = snap.chatflow_by_flowise_id(SUPPORT).expect("indexed");
+    let (alice, support) = (["alice@example.com".to_string()], ["support".to_string()]);
+    let member = Caller {
+        users: &alice,
+        groups: &support,
+        service_account: None,
+    };
+    let limit = snap.access(&member, cf, now()).and_then(|a| a.limit);
+    assert_eq!(
+        limit
+            .map(|l| snap.access_rules()[l.rule as usize].name.clone())
+            .as_deref(),
+        Some("members")
+    );
+    let carol = ["carol@example.com".to_string()];
+    let alone = snap.access(&user(&carol), cf, now()).expect("granted");
+    assert_eq!(alone.limit, None, "no other grant: no limit");
+}
+
 #[test]
 fn equal_rates_are_settled_by_burst_then_by_object_whatever_grants_the_caller() {
     let limited = |name: &str, chatflows: &str, who: &str, limit: &str| {
