@@ -20,6 +20,7 @@ mod forward;
 pub mod forwarded;
 pub mod keys;
 pub mod listing;
+mod lookup;
 pub mod multipart;
 mod prediction;
 pub mod ratelimit;
@@ -45,7 +46,7 @@ use serde_json::Value;
 
 use crate::identity::{Identity, Verifier, bearer_token};
 use crate::index::watch::SnapshotHandle;
-use crate::index::{Access, AccessRule, Caller, ChatflowEntry, Snapshot};
+use crate::index::{Access, Caller, ChatflowEntry, Snapshot};
 use crate::metrics::Metrics;
 use crate::server::Body;
 use compat::{compat_request, compat_response};
@@ -58,6 +59,11 @@ use upstream::Upstream;
 
 pub(crate) use body::read_json;
 use body::read_json_body;
+pub(crate) use lookup::idempotency_key;
+use lookup::{
+    Lookup, by_visible_name, caller, flowise_message, listed_in_flowise, log_decision,
+    rate_limited, slow, usable,
+};
 use prediction::{Prediction, prepare, read_prediction};
 
 /// Largest JSON request body accepted: as large as an upload, since Flowise's chat window sends
@@ -685,120 +691,3 @@ impl Drop for Unanswered<'_> {
 /// for the compat route's `credits_remaining`.
 #[derive(Debug, Clone, Copy)]
 struct CreditsRemaining(u64);
-
-#[derive(Clone, Copy)]
-enum Lookup<'a> {
-    FlowiseId(&'a str),
-    NameOrId(&'a str),
-}
-
-fn caller(identity: &Identity) -> Caller<'_> {
-    Caller {
-        users: &identity.users,
-        groups: &identity.groups,
-        service_account: identity
-            .service_account
-            .as_ref()
-            .and_then(|_| identity.key.strip_prefix("sa:")),
-    }
-}
-
-/// A 429 for `identity` over `rule`'s rate limit, logged.
-fn rate_limited(
-    identity: &Identity,
-    cf: &ChatflowEntry,
-    rule: &AccessRule,
-    ratelimit::Refused(allowance): ratelimit::Refused,
-) -> ProxyError {
-    log_decision(identity, cf, "deny", "rate_limited");
-    ProxyError::RateLimited {
-        access: format!("{}/{}", rule.namespace, rule.name),
-        retry_after: ratelimit::whole_secs(allowance.next_in),
-        allowance,
-    }
-}
-
-fn log_decision(identity: &Identity, cf: &ChatflowEntry, decision: &str, reason: &str) {
-    request_id::with_current(|request_id| {
-        tracing::info!(
-            subject = %identity.key,
-            chatflow = %format_args!("{}/{}", cf.rule.namespace, cf.rule.name),
-            decision,
-            reason,
-            request_id,
-        );
-    });
-}
-
-/// A chatflow named by its Chatflow name among those the caller may use. One the caller may not
-/// use is not found (404), as an unknown name is: names are guessable, and a 403 would tell a
-/// stranger which exist in other namespaces.
-fn by_visible_name(
-    snapshot: &Snapshot,
-    caller: &Caller<'_>,
-    name: &str,
-    now: jiff::Timestamp,
-) -> Result<Option<Arc<ChatflowEntry>>, ProxyError> {
-    let matches: Vec<_> = snapshot
-        .chatflows()
-        .iter()
-        .filter(|cf| cf.rule.name == name && snapshot.role(caller, cf, now).is_some())
-        .collect();
-    match matches.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(Some((*one).clone())),
-        _ => Err(ProxyError::Ambiguous(name.to_string())),
-    }
-}
-
-/// The Flowise id to forward to, if the chatflow may be used now.
-/// A body read since `since` took long enough for its token and grant to be checked again
-/// (they may have expired, been revoked, or its ServiceAccount deleted, meanwhile).
-fn slow(since: std::time::Instant) -> bool {
-    since.elapsed() > std::time::Duration::from_secs(1)
-}
-
-/// A chatflow the caller may see, unless Flowise no longer has it (deleted in Flowise: the
-/// Chatflow object stays, `NotFoundInFlowise`): 404, as Flowise answers.
-fn listed_in_flowise(cf: &ChatflowEntry, id: &str) -> Result<(), ProxyError> {
-    if cf.rule.gone_from_flowise {
-        return Err(ProxyError::ChatflowNotFound(id.to_string()));
-    }
-    Ok(())
-}
-
-fn usable(cf: &ChatflowEntry) -> Result<String, ProxyError> {
-    let name = || format!("{}/{}", cf.rule.namespace, cf.rule.name);
-    if cf.rule.suspended {
-        return Err(ProxyError::Suspended(name()));
-    }
-    match (&cf.rule.flowise_id, cf.rule.ready) {
-        (Some(id), true) => Ok(id.clone()),
-        _ => Err(ProxyError::ChatflowUnavailable(name())),
-    }
-}
-
-/// The `Idempotency-Key` header, if any: a retried request with the same key is charged once.
-pub(crate) fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
-    match req.headers().get("idempotency-key") {
-        None => Ok(None),
-        Some(value) => match value.to_str() {
-            Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key.to_string())),
-            _ => Err(ProxyError::BadRequest(
-                "Idempotency-Key must be 1-255 visible ASCII characters".into(),
-            )),
-        },
-    }
-}
-
-/// Flowise's own error message from an error answer, for our JSON error.
-fn flowise_message(status: StatusCode, body: &[u8]) -> String {
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let message = parsed
-        .as_ref()
-        .and_then(|v| v.get("message").or(v.get("error")))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
-    format!("{status}: {message}")
-}
