@@ -186,6 +186,9 @@ async fn the_admin_apis_grants_belong_to_their_chatflow_and_to_it_alone() {
             .is_some_and(|m| m.contains("being deleted")),
         "{out}"
     );
+    // A revocation still answers as one.
+    let (status, out) = remove("rita").await;
+    assert_eq!(status, 200, "{out}");
     ours.patch(OBJECT, &PatchParams::default(), &keep(vec![]))
         .await
         .expect("finalizer removed");

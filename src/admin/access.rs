@@ -104,14 +104,6 @@ pub async fn edit_subjects<R>(
             }
         };
         check_own(&access, namespace, chatflow)?;
-        // Being deleted, another tool's finalizer keeping it: it grants no one, and what would
-        // be written into it would go with it.
-        if access.metadata.deletion_timestamp.is_some() {
-            return Err(ProxyError::Conflict(format!(
-                "ChatflowAccess {namespace}/{name} is being deleted (a finalizer keeps it) and \
-                 grants no one meanwhile; try again once it is gone"
-            )));
-        }
         // Left by a former Chatflow of this name, not yet collected by Kubernetes: its users
         // were never granted this one.
         let former = owned_by_another(&access, &owner);
@@ -126,6 +118,14 @@ pub async fn edit_subjects<R>(
         // label could grant Admin to whoever is added, and a suspended or expiring one would
         // answer "added" (or "already has access") to users it does not let in.
         let adds = kind == Edit::Adds || subjects.iter().any(|s| !before.contains(s));
+        // Being deleted, another tool's finalizer keeping it: it grants no one, and who would
+        // be added into it would go with it. (A removal is written as before.)
+        if adds && access.metadata.deletion_timestamp.is_some() {
+            return Err(ProxyError::Conflict(format!(
+                "ChatflowAccess {namespace}/{name} is being deleted (a finalizer keeps it) and \
+                 grants no one meanwhile; try again once it is gone"
+            )));
+        }
         if adds && !former && !grants_plainly(&access) {
             return Err(ProxyError::Conflict(format!(
                 "ChatflowAccess {namespace}/{name} carries the label \

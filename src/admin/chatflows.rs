@@ -100,6 +100,21 @@ pub async fn delete(
         .map_err(|e| ProxyError::Internal(format!("the delete stopped: {e}")))?
 }
 
+/// Whether `cf`'s chatflow carries its ownership marker, which no sync pass imports: its spec is
+/// a `definition`, and its status says that spec as it is found or created the chatflow it
+/// records (`Synced` at its generation). A definition whose status still names a chatflow it
+/// adopted before (a name taken, Flowise away) is not vouched for.
+fn owns_its_chatflow(cf: &Chatflow) -> bool {
+    cf.spec.definition.is_some()
+        && cf.status.as_ref().is_some_and(|status| {
+            status.conditions.iter().any(|c| {
+                c.type_ == crate::crd::conditions::READY
+                    && c.reason == crate::crd::conditions::reason::SYNCED
+                    && c.observed_generation == cf.metadata.generation
+            })
+        })
+}
+
 async fn delete_now(
     client: &Client,
     ns: &str,
@@ -132,12 +147,13 @@ async fn delete_now(
                  Chatflow of your own"
             )));
         }
-        if reimported && current.spec.definition.is_none() {
+        if reimported && !owns_its_chatflow(&current) {
             return Err(ProxyError::Conflict(format!(
-                "Chatflow {ns}/{name} adopts a chatflow Flowise still has (as far as flowgate \
-                 knows): once it is gone the next sync pass would import that chatflow into \
-                 FLOWGATE_IMPORT_NAMESPACE, for whoever that namespace grants. Delete the \
-                 chatflow in Flowise first"
+                "Chatflow {ns}/{name} names a chatflow Flowise still has that flowgate did not \
+                 create for it (as far as flowgate knows): once it is gone the next sync pass \
+                 would import that chatflow into FLOWGATE_IMPORT_NAMESPACE, for whoever that \
+                 namespace grants. Delete the chatflow in Flowise first, or let another Chatflow \
+                 claim it and delete this one with kubectl"
             )));
         }
         if current.spec.deletion_policy == DeletionPolicy::Delete {
@@ -291,6 +307,34 @@ mod tests {
             ))
             .expect("fixture"),
         )
+    }
+
+    /// Only a definition whose status says that spec found or created its chatflow (marked, so
+    /// no sync pass imports it) is deleted with imports on without more ado.
+    #[test]
+    fn only_a_definition_synced_at_its_generation_owns_its_chatflow() {
+        let owned = |spec: &str, reason: &str, observed: i64| {
+            let cf: Chatflow = serde_saphyr::from_str(&format!(
+                "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\n\
+                 metadata: {{name: bot, namespace: t, generation: 2}}\nspec: {spec}\n\
+                 status: {{flowiseId: x, conditions: [{{type: Ready, status: 'False', reason: {reason}, \
+                 message: m, lastTransitionTime: '2026-01-01T00:00:00Z', observedGeneration: {observed}}}]}}\n"
+            ))
+            .expect("fixture");
+            owns_its_chatflow(&cf)
+        };
+        let definition =
+            "{definition: {name: Bot, type: AGENTFLOW, flowData: {nodes: [], edges: []}}}";
+        assert!(owned(definition, "Synced", 2));
+        assert!(
+            !owned(definition, "Synced", 1),
+            "adopted before the spec turned"
+        );
+        assert!(
+            !owned(definition, "FlowiseConflict", 2),
+            "its name taken: the id is old"
+        );
+        assert!(!owned("{flowiseId: x}", "Synced", 2), "adopted");
     }
 
     #[test]

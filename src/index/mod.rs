@@ -159,7 +159,8 @@ impl Limit {
 pub struct Access {
     /// The strongest role of the caller's live grants.
     pub role: Role,
-    /// The most generous rate limit among them; `None` when any of them has none.
+    /// The most generous rate limit among them; `None` when any of them has none (but for an
+    /// admin-API grant, which takes the others').
     pub limit: Option<Limit>,
 }
 
