@@ -224,6 +224,17 @@ async fn answering(status: u16, body: &'static str) -> String {
     url
 }
 
+/// A client (with a key) of a server answering every request with `status` and `body`.
+async fn answering_client(status: u16, body: &'static str) -> FlowiseClient {
+    let url = answering(status, body).await;
+    FlowiseClient::new(
+        url.parse().expect("url"),
+        Some("key".into()),
+        Timeouts::default(),
+    )
+    .expect("client")
+}
+
 /// What a GET's refusal means: Flowise's own "not found in the database" (a 500 before 3.0.13,
 /// a 404 since) is no such chatflow; a gateway's 404, or a workspace not found, is an error.
 #[tokio::test]
@@ -252,13 +263,7 @@ async fn a_chatflow_is_missing_only_when_flowise_says_so() {
         ),
     ];
     for (status, body, want) in cases {
-        let url = answering(status, body).await;
-        let client = FlowiseClient::new(
-            url.parse().expect("url"),
-            Some("key".into()),
-            Timeouts::default(),
-        )
-        .expect("client");
+        let client = answering_client(status, body).await;
         let found = client
             .get(id)
             .await
@@ -297,13 +302,7 @@ async fn a_delete_refused_is_gone_only_when_flowise_says_so() {
         ),
     ];
     for (status, body, want) in cases {
-        let url = answering(status, body).await;
-        let client = FlowiseClient::new(
-            url.parse().expect("url"),
-            Some("key".into()),
-            Timeouts::default(),
-        )
-        .expect("client");
+        let client = answering_client(status, body).await;
         let found = client.delete(id).await.map_err(|e| e.reason());
         assert_eq!(found, want, "{status} {body}");
         if let Err(reason) = want {

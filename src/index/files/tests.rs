@@ -435,14 +435,27 @@ fn a_second_definition_of_an_object_is_skipped_and_reported() {
     );
 }
 
-#[tokio::test]
-async fn a_failed_flowise_listing_keeps_the_last_one() {
+/// A Chatflow `team/name` adopting Flowise's chatflow `flowise` by name, as a file holds it.
+fn chatflow_file(name: &str, flowise: &str) -> String {
+    format!(
+        "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: {name}, namespace: team}}\nspec: {{flowiseName: {flowise}}}\n"
+    )
+}
+
+/// The poll loop over a new directory holding Chatflow `team/bot` (adopting `Bot`, which the
+/// fake Flowise has), synced every `resync`: the directory, Flowise, the published snapshots,
+/// the shutdown, and the health its gate belongs to.
+fn polled(
+    resync: Duration,
+) -> (
+    tempfile::TempDir,
+    Arc<FakeFlowise>,
+    SnapshotHandle,
+    CancellationToken,
+    crate::ops::Health,
+) {
     let dir = tempfile::tempdir().expect("dir");
-    write(
-        dir.path(),
-        "bot.yaml",
-        "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {name: bot, namespace: team}\nspec: {flowiseName: Bot}\n",
-    );
+    write(dir.path(), "bot.yaml", &chatflow_file("bot", "Bot"));
     let fake = Arc::new(FakeFlowise::default());
     fake.insert("Bot", "CHATFLOW", None);
     let health = crate::ops::Health::default();
@@ -450,10 +463,16 @@ async fn a_failed_flowise_listing_keeps_the_last_one() {
     let handle = spawn(
         ResourcesDir::flat(dir.path()),
         fake.clone(),
-        Duration::from_secs(600),
+        resync,
         health.gate("resources"),
         shutdown.clone(),
     );
+    (dir, fake, handle, shutdown, health)
+}
+
+#[tokio::test]
+async fn a_failed_flowise_listing_keeps_the_last_one() {
+    let (dir, fake, handle, shutdown, _health) = polled(Duration::from_secs(600));
     let mut published = handle.subscribe();
     let ready = |handle: &SnapshotHandle| {
         handle
@@ -488,23 +507,7 @@ async fn a_failed_flowise_listing_keeps_the_last_one() {
 /// client's timeout, 30 s) holds up no change of the files meanwhile.
 #[tokio::test]
 async fn a_sync_waiting_for_flowise_holds_up_no_change_of_the_files() {
-    let dir = tempfile::tempdir().expect("dir");
-    write(
-        dir.path(),
-        "bot.yaml",
-        "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {name: bot, namespace: team}\nspec: {flowiseName: Bot}\n",
-    );
-    let fake = Arc::new(FakeFlowise::default());
-    fake.insert("Bot", "CHATFLOW", None);
-    let health = crate::ops::Health::default();
-    let shutdown = CancellationToken::new();
-    let handle = spawn(
-        ResourcesDir::flat(dir.path()),
-        fake.clone(),
-        Duration::from_secs(1),
-        health.gate("resources"),
-        shutdown.clone(),
-    );
+    let (dir, fake, handle, shutdown, _health) = polled(Duration::from_secs(1));
     let mut published = handle.subscribe();
     while handle.load().chatflow_by_name("team", "bot").is_none() {
         published.changed().await.expect("publisher alive");
@@ -527,24 +530,7 @@ async fn a_sync_waiting_for_flowise_holds_up_no_change_of_the_files() {
 /// the change names) is resolved again against a listing begun after it.
 #[tokio::test]
 async fn a_change_during_a_listing_is_resolved_against_a_later_one() {
-    let dir = tempfile::tempdir().expect("dir");
-    let chatflow = |name: &str, flowise: &str| {
-        format!(
-            "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: {name}, namespace: team}}\nspec: {{flowiseName: {flowise}}}\n"
-        )
-    };
-    write(dir.path(), "bot.yaml", &chatflow("bot", "Bot"));
-    let fake = Arc::new(FakeFlowise::default());
-    fake.insert("Bot", "CHATFLOW", None);
-    let health = crate::ops::Health::default();
-    let shutdown = CancellationToken::new();
-    let handle = spawn(
-        ResourcesDir::flat(dir.path()),
-        fake.clone(),
-        Duration::from_secs(600),
-        health.gate("resources"),
-        shutdown.clone(),
-    );
+    let (dir, fake, handle, shutdown, _health) = polled(Duration::from_secs(600));
     let mut published = handle.subscribe();
     let ready = |handle: &SnapshotHandle, name: &str| {
         handle
@@ -564,7 +550,7 @@ async fn a_change_during_a_listing_is_resolved_against_a_later_one() {
         .expect("served from the last listing");
     // Meanwhile a chatflow is created in Flowise, and a file names it.
     fake.insert("New", "CHATFLOW", None);
-    write(dir.path(), "new.yaml", &chatflow("new", "New"));
+    write(dir.path(), "new.yaml", &chatflow_file("new", "New"));
     while handle.load().chatflow_by_name("team", "new").is_none() {
         published.changed().await.expect("publisher alive");
     }
