@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::tests::{HOUR, at, in_flowise, owned, ready, synced};
+use super::tests::{HOUR, at, first_synced, in_flowise, owned, ready, synced};
 use super::*;
 use crate::flowise::fake::FakeFlowise;
 
@@ -327,14 +327,7 @@ fn a_chatflow_gone_from_flowise_that_cannot_be_made_again_is_not_ready() {
     let flowise = FakeFlowise::default();
     let desired = Desired::Own(owned());
     let chatflow = created(&flowise, &desired);
-    let was = next_status(
-        &ChatflowStatus::default(),
-        &synced(chatflow.clone()),
-        Some(3),
-        false,
-        at(0),
-        HOUR,
-    );
+    let was = first_synced(chatflow.clone());
     assert_eq!(ready(&was).0, "True");
     // Deleted in Flowise, and the create that would make it again fails.
     block_on(flowise.delete(&chatflow.id)).expect("deleted");

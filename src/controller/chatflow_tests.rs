@@ -47,6 +47,18 @@ pub(super) fn in_flowise(id: &str, name: &str, category: Option<&str>) -> Flowis
     }
 }
 
+/// The status of a first comparison that found `chatflow`, at generation 3.
+pub(super) fn first_synced(chatflow: FlowiseChatflow) -> ChatflowStatus {
+    next_status(
+        &ChatflowStatus::default(),
+        &synced(chatflow),
+        Some(3),
+        false,
+        at(0),
+        HOUR,
+    )
+}
+
 pub(super) fn synced(chatflow: FlowiseChatflow) -> Outcome {
     Outcome::Synced {
         chatflow,
@@ -254,14 +266,7 @@ fn an_adopted_chatflow_is_never_changed() {
 fn a_synced_chatflow_reports_what_flowise_holds() {
     let mut chatflow = in_flowise("id-1", "Support Bot", None);
     chatflow.apikeyid = Some("key-id".into());
-    let status = next_status(
-        &ChatflowStatus::default(),
-        &synced(chatflow),
-        Some(3),
-        false,
-        at(0),
-        HOUR,
-    );
+    let status = first_synced(chatflow);
     assert_eq!(status.flowise_id.as_deref(), Some("id-1"));
     assert_eq!(status.flowise_name.as_deref(), Some("Support Bot"));
     assert_eq!(status.flow_type.as_deref(), Some("AGENTFLOW"));
@@ -275,14 +280,7 @@ fn a_synced_chatflow_reports_what_flowise_holds() {
 #[test]
 fn a_shared_chatflow_is_a_conflict_that_stays_put_across_resyncs() {
     let chatflow = in_flowise("id-1", "Support Bot", None);
-    let synced_status = next_status(
-        &ChatflowStatus::default(),
-        &synced(chatflow.clone()),
-        Some(3),
-        false,
-        at(0),
-        HOUR,
-    );
+    let synced_status = first_synced(chatflow.clone());
     let shared = Outcome::Shared {
         chatflow,
         change: Change::None,
@@ -316,14 +314,7 @@ fn a_holder_keeps_its_chatflow_while_flowise_is_ambiguous_about_it() {
     // A second Flowise chatflow of its adopted name, say: a problem of what Flowise holds, not
     // a claim of another Chatflow's. What this one held stays held, and no rival takes it.
     let found = in_flowise("id-1", "Support Bot", None);
-    let synced_status = next_status(
-        &ChatflowStatus::default(),
-        &synced(found),
-        Some(3),
-        false,
-        at(0),
-        HOUR,
-    );
+    let synced_status = first_synced(found);
     let ambiguous =
         Outcome::FlowiseConflict("several Flowise chatflows are named 'Support Bot'".into());
     let status = next_status(&synced_status, &ambiguous, Some(3), false, at(10), HOUR);
@@ -389,14 +380,7 @@ fn a_claim_in_conflict_stays_in_conflict_until_flowise_is_compared_again() {
     assert_eq!(ready(&lost), ("False".into(), "NotFoundInFlowise".into()));
     assert_eq!((lost.flowise_id, lost.flowise_name), (None, None));
     // A holder whose chatflow is not found keeps its claim (Flowise may list it again).
-    let holder = next_status(
-        &ChatflowStatus::default(),
-        &synced(chatflow.clone()),
-        Some(3),
-        false,
-        at(0),
-        HOUR,
-    );
+    let holder = first_synced(chatflow.clone());
     let held = next_status(&holder, &renamed, Some(3), false, at(10), HOUR);
     assert_eq!(held.flowise_id.as_deref(), Some("id-1"));
 
@@ -434,14 +418,7 @@ fn a_resync_that_finds_nothing_new_leaves_the_status_identical() {
 
 #[test]
 fn any_other_change_moves_last_sync_time_at_once() {
-    let first = next_status(
-        &ChatflowStatus::default(),
-        &synced(in_flowise("id-1", "Support Bot", None)),
-        Some(3),
-        false,
-        at(0),
-        HOUR,
-    );
+    let first = first_synced(in_flowise("id-1", "Support Bot", None));
     let mut deployed = in_flowise("id-1", "Support Bot", None);
     deployed.deployed = Some(true);
     let next = next_status(&first, &synced(deployed), Some(3), false, at(60), HOUR);
@@ -454,14 +431,7 @@ fn flowise_away_compares_no_spec_so_a_claim_pointed_back_meanwhile_holds_nothing
     // Held id-1 at generation 3; pointed elsewhere (not found) at 4; pointed back at 5 while
     // Flowise is away. Ready's observedGeneration stays the last compared spec's, so `holds`
     // does not count generation 5 as holding id-1, which another may have taken meanwhile.
-    let held = next_status(
-        &ChatflowStatus::default(),
-        &synced(in_flowise("id-1", "Support Bot", None)),
-        Some(3),
-        false,
-        at(0),
-        HOUR,
-    );
+    let held = first_synced(in_flowise("id-1", "Support Bot", None));
     let elsewhere = Outcome::NotFound("Flowise has no chatflow with id id-2".into());
     let away_from_it = next_status(&held, &elsewhere, Some(4), false, at(10), HOUR);
     assert_eq!(away_from_it.conditions[0].observed_generation, Some(4));
@@ -484,14 +454,7 @@ fn flowise_away_compares_no_spec_so_a_claim_pointed_back_meanwhile_holds_nothing
 
 #[test]
 fn flowise_down_keeps_the_last_known_fields_and_says_unreachable() {
-    let good = next_status(
-        &ChatflowStatus::default(),
-        &synced(in_flowise("id-1", "Support Bot", None)),
-        Some(3),
-        false,
-        at(0),
-        HOUR,
-    );
+    let good = first_synced(in_flowise("id-1", "Support Bot", None));
     let down = Outcome::Unreachable("cannot connect".into());
     let bad = next_status(&good, &down, Some(3), false, at(60), HOUR);
     assert_eq!(bad.flowise_id.as_deref(), Some("id-1"));
