@@ -179,6 +179,20 @@ pub fn check(paths: &[PathBuf]) -> Report {
         for doc in documents(&text) {
             let at = format!("{}:{}", source.name, doc.line);
             let mut value: Value = match serde_saphyr::from_str(doc.text) {
+                // A template whose every `{{ }}` is quoted parses, but what it says is not what
+                // is applied (`namespace: "{{ .Release.Namespace }}"`): a warning, as any other.
+                Ok(_) if names_flowgate_api(doc.text) && is_template(doc.text) => {
+                    templates += 1;
+                    report.push(
+                        Severity::Warning,
+                        &at,
+                        None,
+                        "a template: check what it renders \
+                         (`helm template … | flowgate check -`)"
+                            .into(),
+                    );
+                    continue;
+                }
                 Ok(value) => value,
                 Err(_) if !names_flowgate_api(doc.text) => {
                     broken_others.push(at);
@@ -442,8 +456,18 @@ fn across(objects: &[(Place, Object)], report: &mut Report) {
             .entry(ns)
             .or_default()
             .insert(cf.metadata.name.clone().unwrap_or_default());
+        // A definition creates its chatflow under its name, which Flowise then holds: a second
+        // definition of that name is refused by the controller ("name taken"), and a Chatflow
+        // adopting it by name shares what the first created.
         let claim = match chatflow_source(&cf.spec) {
             Ok(ChatflowSource::Name(name)) => Some(format!("named '{name}'")),
+            Ok(ChatflowSource::Definition(def)) => Some(format!(
+                "named '{}'",
+                def.name
+                    .as_deref()
+                    .or(cf.metadata.name.as_deref())
+                    .unwrap_or_default()
+            )),
             _ => claimed_flowise_id(cf),
         };
         if let Some(claim) = claim {

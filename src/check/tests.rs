@@ -601,3 +601,88 @@ data: {a: b}
     );
     assert_eq!(report.errors(), 0);
 }
+
+/// A definition creates its chatflow under a name Flowise then holds: a second definition of
+/// that name (another Chatflow's, here in another namespace, as Flowise's names are global) is
+/// refused by the controller, and a Chatflow adopting that name shares the first's chatflow.
+#[test]
+fn a_definition_claims_its_name_in_flowise() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let flow = "flowData: {nodes: [], edges: []}";
+    write(
+        dir.path(),
+        "bots.yaml",
+        &format!(
+            "apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {{name: faq, namespace: a}}
+spec: {{definition: {{name: FAQ Bot, {flow}}}}}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {{name: faq-v2, namespace: b}}
+spec: {{definition: {{name: FAQ Bot, {flow}}}}}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {{name: helper, namespace: a}}
+spec: {{definition: {{{flow}}}}}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {{name: adopter, namespace: c}}
+spec: {{flowiseName: helper}}
+---
+apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {{name: other, namespace: a}}
+spec: {{definition: {{name: Other, {flow}}}}}
+"
+        ),
+    );
+    let report = check(&[dir.path().to_path_buf()]);
+    let found = lines(&report, dir.path());
+    let faq = "Flowise chatflow named 'FAQ Bot' is also claimed by";
+    let helper = "Flowise chatflow named 'helper' is also claimed by";
+    let expected = [
+        format!("Error bots.yaml:1 Chatflow a/faq: {faq} Chatflow b/faq-v2"),
+        format!("Error bots.yaml:6 Chatflow b/faq-v2: {faq} Chatflow a/faq"),
+        format!("Error bots.yaml:11 Chatflow a/helper: {helper} Chatflow c/adopter"),
+        format!("Error bots.yaml:16 Chatflow c/adopter: {helper} Chatflow a/helper"),
+    ];
+    for want in &expected {
+        assert!(
+            found.iter().any(|f| f.starts_with(want.as_str())),
+            "{want}\nnot in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
+
+/// A Helm template whose every `{{ }}` is quoted parses as YAML; it is still a template, and
+/// warned about as one instead of being checked as what it says before rendering.
+#[test]
+fn a_template_that_parses_is_still_a_template() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(
+        dir.path(),
+        "chart/templates/access.yaml",
+        "apiVersion: flowgate.io/v1alpha1
+kind: ChatflowAccess
+metadata: {name: team, namespace: \"{{ .Release.Namespace }}\"}
+spec: {chatflows: [\"*\"], subjects: [{user: u}]}
+",
+    );
+    let report = check(&[dir.path().to_path_buf()]);
+    let found = lines(&report, dir.path());
+    assert_eq!(report.errors(), 1, "{found:#?}");
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with("Warning chart/templates/access.yaml:1 -: a template: check what"),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].contains("only templates that mention them"),
+        "{found:#?}"
+    );
+}
