@@ -367,7 +367,10 @@ impl Config {
             jwt,
             token_cache_size,
             identity: claim_mapping(&args.user_claims, &args.groups_claim, &args.admin_claim)?,
-            import_namespace: non_empty(args.import_namespace),
+            import_namespace: import_namespace(
+                args.import_namespace,
+                args.resources_dir.is_some(),
+            )?,
             // Also each Chatflow's requeue: kube-runtime's scheduler panics on a deadline past
             // about two years, and below a few seconds every Chatflow would ask Flowise and
             // write its status many times a second.
@@ -595,6 +598,28 @@ fn cors_origins(raw: &str) -> Result<CorsOrigins, ConfigError> {
     Ok(CorsOrigins::List(
         items.into_iter().map(origin).collect::<Result<_, _>>()?,
     ))
+}
+
+/// The namespace imports go to: a name Kubernetes takes, since a bad one would only show as
+/// a failed create per Flowise chatflow at every sync pass. Imports are the controller's, so
+/// the value is refused with `--resources-dir`, which runs none.
+fn import_namespace(
+    value: Option<String>,
+    resources_dir: bool,
+) -> Result<Option<String>, ConfigError> {
+    const SETTING: &str = "FLOWGATE_IMPORT_NAMESPACE";
+    let Some(ns) = non_empty(value) else {
+        return Ok(None);
+    };
+    let ns = ns.trim();
+    crate::crd::schema::dns_label(ns).map_err(|why| invalid(SETTING, format!("'{ns}' {why}")))?;
+    if resources_dir {
+        return Err(invalid(
+            SETTING,
+            "set with --resources-dir, which runs no controller: nothing would import",
+        ));
+    }
+    Ok(Some(ns.to_string()))
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {

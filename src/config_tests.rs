@@ -199,6 +199,14 @@ fn a_bad_value_names_its_setting() {
             "FLOWGATE_RESOURCES_DIR",
         ),
         (&["--resources-dir", ".", "--no-proxy"], "FLOWGATE_NO_PROXY"),
+        (
+            &["--import-namespace", "Team_A"],
+            "FLOWGATE_IMPORT_NAMESPACE",
+        ),
+        (
+            &["--resources-dir", ".", "--import-namespace", "team-a"],
+            "FLOWGATE_IMPORT_NAMESPACE",
+        ),
         (&["--resources-recursive"], "FLOWGATE_RESOURCES_RECURSIVE"),
         (&["--sync-interval", "soon"], "FLOWGATE_SYNC_INTERVAL"),
         (&["--sync-interval", "0s"], "FLOWGATE_SYNC_INTERVAL"),
@@ -344,4 +352,12 @@ fn postgres_and_claims_parse() {
     let url = "postgres://db/ledger?sslmode=verify-full&sslrootcert=/etc/ca.pem&connect_timeout=5";
     let config = parse(&["--ledger-url", url]).expect("valid");
     assert!(matches!(&config.ledger, LedgerUrl::Postgres(kept) if kept == url));
+}
+
+#[test]
+fn the_import_namespace_is_a_dns_label_and_trimmed() {
+    let config = parse(&["--import-namespace", " team-a "]).expect("valid");
+    assert_eq!(config.import_namespace.as_deref(), Some("team-a"));
+    let config = parse(&["--import-namespace", " "]).expect("blank is unset");
+    assert_eq!(config.import_namespace, None);
 }
