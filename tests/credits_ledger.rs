@@ -338,3 +338,29 @@ async fn tokens_within_the_hold_cross_their_thresholds_too() {
     }
     team.cleanup().await;
 }
+
+/// A hold exactly right leaves the bucket as the reserve left it at the settle: the tokens it
+/// counted still cross the thresholds then.
+#[tokio::test]
+async fn tokens_that_use_the_hold_exactly_cross_their_thresholds_too() {
+    let (team, gate, _fake) = token_alerts(
+        "credits-token-exact-alerts",
+        "exact",
+        json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Daily"},
+               "cost": {"perPrediction": 0, "perThousandTokens": 1000, "reserveTokens": 30},
+               "alertAtPercent": [50, 80]}),
+    )
+    .await;
+    let (id, alice) = (team.flowise_id.clone(), team.alice());
+    let alerts = |percent: u8| alerted(&gate, &team, "exact", percent);
+    // 30 used; then 60 (50 %), 90 (80 %), each settle what its 30-credit hold held.
+    for percent in [50, 80] {
+        let (status, body) = predict(&gate, &alice, &id, json!({"question": "q"})).await;
+        assert_eq!(status, 200, "{body}");
+        support::eventually(10, "the threshold alerted at the settle", || async {
+            (alerts(percent).await == Some(1.0)).then_some(())
+        })
+        .await;
+    }
+    team.cleanup().await;
+}

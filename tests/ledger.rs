@@ -309,6 +309,18 @@ async fn settle_may_charge_more_than_reserved_and_the_next_reserve_is_refused(st
         .await
         .expect("settle");
     assert_eq!(landed.used, [Some(7)]);
+    // A settle of exactly what was held leaves the bucket as it was, and says where that is:
+    // the hold's share above the flat cost is checked against the alerts only then.
+    let exact = ledger
+        .reserve(request("dave", vec![line(POLICY, "dave", 10, 2)]))
+        .await
+        .expect("reserve")
+        .id();
+    let landed = ledger
+        .settle(exact, &[2], 200, now())
+        .await
+        .expect("settle");
+    assert_eq!(landed.used, [Some(9)]);
     let again = ledger
         .settle(second, &[4], 400, now())
         .await

@@ -519,9 +519,9 @@ pub struct Resolution {
     pub state: ReservationState,
     /// False when the call was a no-op (the reservation was already final).
     pub applied: bool,
-    /// Each line's bucket `used` right after the call, where the call changed it (in line
-    /// order; empty when nothing was applied): where a settle left the budget, for
-    /// `alertAtPercent`.
+    /// Each line's bucket `used` right after the call, changed or not (in line order; `None`
+    /// for a bucket no longer there; empty when nothing was applied): where a settle left the
+    /// budget, for `alertAtPercent`.
     pub used: Vec<Option<i64>>,
 }
 

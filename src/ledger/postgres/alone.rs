@@ -327,22 +327,28 @@ impl Conn {
             .iter()
             .map(|l| (l.policy.as_str(), l.bucket.as_str(), l.window_start));
         for i in lock_order(keys) {
-            if change.bucket_delta[i] != 0 {
-                let line = &lines[i];
-                used[i] = tx
-                    .query_opt(
-                        &st.adjust,
-                        &[
-                            &line.policy,
-                            &line.bucket,
-                            &line.window_start,
-                            &change.bucket_delta[i],
-                        ],
-                    )
-                    .await?
-                    .map(|row| row.try_get(0))
-                    .transpose()?;
-            }
+            let line = &lines[i];
+            // An unchanged bucket's `used` is an answer too: the alerts check what the hold
+            // already counted against it.
+            let row = if change.bucket_delta[i] != 0 {
+                tx.query_opt(
+                    &st.adjust,
+                    &[
+                        &line.policy,
+                        &line.bucket,
+                        &line.window_start,
+                        &change.bucket_delta[i],
+                    ],
+                )
+                .await?
+            } else {
+                tx.query_opt(
+                    &st.used_of,
+                    &[&line.policy, &line.bucket, &line.window_start],
+                )
+                .await?
+            };
+            used[i] = row.map(|row| row.try_get(0)).transpose()?;
         }
         let now = now.as_microsecond();
         let idx: Vec<i32> = lines.iter().map(|line| line.idx).collect();

@@ -433,7 +433,6 @@ async fn run(
     let mut held = HashMap::new();
     let mut closed = Vec::with_capacity(closing.len());
     let mut transitions = Vec::new();
-    let mut deltas: Vec<(Key<'_>, i64)> = Vec::new();
     let locked = if closing.is_empty() {
         futures::try_join!(begin(), lock_buckets(tx, st, charged().collect()))?.1
     } else {
@@ -441,16 +440,11 @@ async fn run(
         for c in closing {
             closed.push(close(&mut held, c, &mut transitions));
         }
-        for (id, t, _) in &transitions {
-            let h = &held[id];
-            for (line, &delta) in h.lines.iter().zip(&t.bucket_delta) {
-                if delta != 0 {
-                    deltas.push(((&line.policy, &line.bucket, line.window_start), delta));
-                }
-            }
-        }
+        // Every bucket a settle or refund holds a line in, changed or not: an unchanged one's
+        // `used` is still its answer, for the alerts on what the hold already counted.
+        let closed_lines = transitions.iter().flat_map(|(id, ..)| &held[id].lines);
         let keys = charged()
-            .chain(deltas.iter().map(|(key, _)| *key))
+            .chain(closed_lines.map(|l| (l.policy.as_str(), l.bucket.as_str(), l.window_start)))
             .collect();
         lock_buckets(tx, st, keys).await?
     };
@@ -468,7 +462,7 @@ async fn run(
                     line.bucket.as_str(),
                     line.window_start,
                 );
-                let u = used.get_mut(&key).filter(|_| delta != 0)?;
+                let u = used.get_mut(&key)?;
                 // Settles past 2^63 in all leave the bucket full, never wrapped round to empty.
                 *u = u.saturating_add(delta);
                 Some(*u)

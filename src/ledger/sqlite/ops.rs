@@ -210,9 +210,12 @@ pub(super) fn close(
     let mut adjust = conn.prepare_cached(ADJUST_BUCKET)?;
     let mut rehold = conn.prepare_cached(REHOLD_LINE)?;
     let mut log = conn.prepare_cached(LOG_USAGE)?;
+    let mut used_of = conn.prepare_cached(BUCKET_USED)?;
     for (i, line) in lines.iter().enumerate() {
-        if change.bucket_delta[i] != 0 {
-            used[i] = adjust
+        // An unchanged bucket's `used` is an answer too: the alerts check what the hold
+        // already counted against it.
+        used[i] = if change.bucket_delta[i] != 0 {
+            adjust
                 .query_row(
                     params![
                         line.policy,
@@ -222,8 +225,15 @@ pub(super) fn close(
                     ],
                     |row| row.get(0),
                 )
-                .optional()?;
-        }
+                .optional()?
+        } else {
+            used_of
+                .query_row(
+                    params![line.policy, line.bucket, line.window_start],
+                    |row| row.get(0),
+                )
+                .optional()?
+        };
         rehold.execute(params![id.0, line.idx, change.held[i]])?;
         log.execute(params![
             now,

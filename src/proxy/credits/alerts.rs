@@ -67,8 +67,8 @@ impl Credits {
     /// Checks a settle that landed: `actual` the charge on each of the charge's policies, `used`
     /// each line's bucket right after it ([`crate::ledger::Resolution::used`]). What the charge
     /// came to on top of the flat cost (which the reservation checked) took the bucket to
-    /// there. (A settle that left its bucket as it was, the hold exactly right, is not
-    /// checked.)
+    /// there — also when the settle left the bucket as it was (the hold exactly right): the
+    /// hold's share above the flat cost was counted at the reserve, but checked only now.
     pub(super) fn alert_settled(
         &self,
         charge: &Charge,
