@@ -82,6 +82,9 @@ pub struct Observed<B> {
     stall: Option<Stall>,
     /// The stream failed upstream and its [`failure_event`] went out: nothing follows.
     closed: bool,
+    /// Inside `poll_frame`: dropped so, the poll panicked (hyper's connection task died with
+    /// it), which is flowgate's failure, not a client gone.
+    polling: bool,
 }
 
 /// The watch for a stream Flowise stopped sending: the timer is moved only when it fires (a
@@ -132,6 +135,7 @@ impl<B> Observed<B> {
             client_left: false,
             stall: None,
             closed: false,
+            polling: false,
         }
     }
 
@@ -244,8 +248,16 @@ fn failure_event(lead: &str, what: &str) -> Frame<Bytes> {
 
 impl<B> Drop for Observed<B> {
     fn drop(&mut self) {
+        // A poll that never returned panicked: the stream failed on flowgate's side, and is
+        // charged (or refunded) as one Flowise broke off, not as one its client left.
+        let end = if self.polling {
+            tracing::error!("flowgate failed while streaming an answer; the stream is cut");
+            StreamEnd::UpstreamFailed
+        } else {
+            StreamEnd::ClientGone
+        };
         // A settling started here runs on by itself: no one waits for this end.
-        let _ = self.finish(StreamEnd::ClientGone);
+        let _ = self.finish(end);
     }
 }
 
@@ -261,6 +273,35 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.polling = true;
+        let polled = self.as_mut().poll_watched(cx);
+        self.polling = false;
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.is_none() && (self.closed || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.held.is_some() {
+            // The held last frame is no longer counted by the inner body.
+            return SizeHint::default();
+        }
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Observed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    /// [`Body::poll_frame`], watched.
+    fn poll_watched(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         if self.held.is_some() {
             return self.release(cx);
         }
@@ -302,18 +343,6 @@ where
                 self.fail(&format!("Flowise sent nothing for {limit:?}"), cx)
             }
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.held.is_none() && (self.closed || self.inner.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        if self.held.is_some() {
-            // The held last frame is no longer counted by the inner body.
-            return SizeHint::default();
-        }
-        self.inner.size_hint()
     }
 }
 
@@ -437,6 +466,34 @@ mod tests {
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].end, StreamEnd::Completed);
         assert!(reports[0].answered);
+    }
+
+    /// A poll that panics is flowgate's failure: the body dropped after it (as tokio drops a
+    /// task that panicked, the panic already caught) reports the stream failed, not its client
+    /// gone, which would charge it.
+    #[tokio::test]
+    async fn a_stream_dropped_by_a_panic_in_its_poll_reports_a_failure() {
+        let (seen, on_end) = recorder();
+        let panicking = StreamBody::new(futures::stream::poll_fn(
+            |_| -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> { panic!("a bug") },
+        ));
+        let mut body = Observed::new(panicking, Some(Resume::New), on_end);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let waker = futures::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            let _ = Pin::new(&mut body).poll_frame(&mut cx);
+        }));
+        assert!(caught.is_err(), "the poll panicked");
+        drop(body);
+        let reports = seen.lock().expect("lock").clone();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].end, StreamEnd::UpstreamFailed);
+        // Dropped between polls, it is the client that left.
+        let (seen, on_end) = recorder();
+        let mut body = Observed::new(chunks(vec![Ok("a"), Ok("b")]), Some(Resume::New), on_end);
+        assert!(body.frame().await.is_some());
+        drop(body);
+        assert_eq!(seen.lock().expect("lock")[0].end, StreamEnd::ClientGone);
     }
 
     #[tokio::test]
