@@ -540,7 +540,7 @@ fn run_writer(
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(MAX_BATCH - 1));
-        if let Some(failure) = file.moved() {
+        if let Some(failure) = file.moved(&conn) {
             batch.into_iter().for_each(|op| op.fail(&failure).send());
             continue;
         }
