@@ -25,15 +25,20 @@ use super::buffers::{Held, REQUEST_WEIGHT, Refused};
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a whole request body may take (a 50 MB upload at 1 Mbit/s takes 400 s).
 pub const BODY_READ_LIMIT: Duration = Duration::from_secs(600);
+/// Longest a small body (an admin write, a token grant: at most a MiB) may take. An admin write
+/// is authorized before its body is read, against the access and token of that moment: a body
+/// sent for minutes would be acted on long after a revocation or the token's `exp`.
+pub const SMALL_BODY_READ_LIMIT: Duration = Duration::from_secs(30);
 
-/// The request's JSON object body, at most `limit` bytes, counted in `hold`.
+/// The request's small JSON object body (an admin write, a token grant), at most `limit`
+/// bytes and [`SMALL_BODY_READ_LIMIT`], counted in `hold`.
 pub(crate) async fn read_json(
     req: Request<Incoming>,
     limit: usize,
     hold: &mut Held,
 ) -> Result<serde_json::Map<String, Value>, ProxyError> {
     let (parts, body) = req.into_parts();
-    read_json_body(&parts.headers, body, limit, hold).await
+    read_json_within(&parts.headers, body, limit, SMALL_BODY_READ_LIMIT, hold).await
 }
 
 /// A body sent compressed is refused by name: read as it is, it would be "not valid JSON".
@@ -52,11 +57,23 @@ pub(super) fn uncompressed(headers: &HeaderMap) -> Result<(), ProxyError> {
     }
 }
 
-/// Like [`read_json`], for a request already taken apart (its headers are still needed).
+/// A prediction's JSON object body, from a request already taken apart (its headers are still
+/// needed): at most `limit` bytes and [`BODY_READ_LIMIT`], counted in `hold`.
 pub(super) async fn read_json_body(
     headers: &HeaderMap,
     body: Incoming,
     limit: usize,
+    hold: &mut Held,
+) -> Result<serde_json::Map<String, Value>, ProxyError> {
+    read_json_within(headers, body, limit, BODY_READ_LIMIT, hold).await
+}
+
+/// The JSON object body, at most `limit` bytes, all within `total`, counted in `hold`.
+async fn read_json_within(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    total: Duration,
     hold: &mut Held,
 ) -> Result<serde_json::Map<String, Value>, ProxyError> {
     uncompressed(headers)?;
@@ -73,14 +90,7 @@ pub(super) async fn read_json_body(
             "the body must be JSON (Content-Type: application/json)".into(),
         ));
     }
-    let bytes = collect(
-        body,
-        limit,
-        BODY_IDLE_TIMEOUT,
-        BODY_READ_LIMIT,
-        Some(&mut *hold),
-    )
-    .await?;
+    let bytes = collect(body, limit, BODY_IDLE_TIMEOUT, total, Some(&mut *hold)).await?;
     json_object(&bytes, hold)
 }
 
