@@ -69,7 +69,13 @@ fn default_identity() -> String {
 struct Observed {
     resource_version: String,
     at: Instant,
+    /// Held by another replica, for this long: a holder whose Lease was deleted under it still
+    /// leads until its next renewal recreates it, so the Lease's absence counts as that record.
+    others: Option<Duration>,
 }
+
+/// The `resource_version` [`Observed`] records for a Lease found missing.
+const MISSING: &str = "";
 
 /// One replica's view of the Lease.
 pub(super) struct Lease {
@@ -190,6 +196,9 @@ impl Lease {
     async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
         let now = Instant::now();
         let Some(current) = self.api.get_opt(&self.settings.name).await? else {
+            if !self.may_create(Instant::now()) {
+                return Ok(false);
+            }
             return self.create().await;
         };
         let spec = current.spec.clone().unwrap_or_default();
@@ -198,14 +207,15 @@ impl Lease {
         // Another's record is seen when its answer came, not when it was asked for: a GET held
         // up in the API server's queues would otherwise date the record earlier than it was
         // written, and the Lease be taken before its holder stopped (as client-go does).
-        let seen_at = self.observe(
-            current.resource_version().unwrap_or_default(),
-            if mine { now } else { Instant::now() },
-        );
         let duration = spec
             .lease_duration_seconds
             .and_then(|s| u64::try_from(s).ok())
             .map_or(self.settings.duration, Duration::from_secs);
+        let seen_at = self.observe(
+            current.resource_version().unwrap_or_default(),
+            if mine { now } else { Instant::now() },
+            (!mine && holder.is_some()).then_some(duration),
+        );
         let expired = holder.is_none() || seen_at.elapsed() >= duration;
         if !mine && !expired {
             return Ok(false);
@@ -228,7 +238,7 @@ impl Lease {
             .await
         {
             Ok(written) => {
-                self.observe(written.resource_version().unwrap_or_default(), now);
+                self.observe(written.resource_version().unwrap_or_default(), now, None);
                 Ok(true)
             }
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
@@ -258,6 +268,7 @@ impl Lease {
                 self.observe(
                     written.resource_version().unwrap_or_default(),
                     Instant::now(),
+                    None,
                 );
                 Ok(true)
             }
@@ -266,9 +277,9 @@ impl Lease {
         }
     }
 
-    /// Records `resource_version` as seen at `now` unless it is the one already seen; returns when
-    /// the current record was first seen.
-    fn observe(&self, resource_version: String, now: Instant) -> Instant {
+    /// Records `resource_version` (held by another for `others`) as seen at `now` unless it is
+    /// the one already seen; returns when the current record was first seen.
+    fn observe(&self, resource_version: String, now: Instant, others: Option<Duration>) -> Instant {
         let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
         match observed.as_ref() {
             Some(seen) if seen.resource_version == resource_version => seen.at,
@@ -276,10 +287,30 @@ impl Lease {
                 *observed = Some(Observed {
                     resource_version,
                     at: now,
+                    others,
                 });
                 now
             }
         }
+    }
+
+    /// Whether the Lease, found missing at `now`, may be created: at once, unless the last
+    /// record seen was another replica's. Deleted under its holder (`kubectl delete lease` to
+    /// force a fail-over), that holder leads on until its next renewal, which recreates it: the
+    /// absence expires as that record would have, and the holder comes back first.
+    fn may_create(&self, now: Instant) -> bool {
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(seen) = observed.as_mut() else {
+            return true;
+        };
+        let Some(duration) = seen.others else {
+            return true;
+        };
+        if seen.resource_version != MISSING {
+            seen.resource_version = MISSING.to_string();
+            seen.at = now;
+        }
+        now.saturating_duration_since(seen.at) >= duration
     }
 
     fn duration_seconds(&self) -> i32 {
@@ -385,5 +416,61 @@ mod tests {
         assert!(lease.hold(&until, acquired).await, "held for two minutes");
         let written = renewals.load(Ordering::Relaxed);
         assert!(written >= 20, "renewed every 5 s or so: {written} writes");
+    }
+
+    /// A Lease deleted under its holder (`kubectl delete lease`) is not taken at once by a
+    /// replica that saw it held: the holder still leads until its next renewal, which recreates
+    /// it. Missing for a whole duration, it is anyone's.
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_lease_goes_back_to_its_holder_not_to_a_waiting_replica() {
+        let api = SlowApi {
+            latency: Duration::ZERO,
+            lease: Arc::default(),
+            version: Arc::default(),
+        };
+        let stored = api.lease.clone();
+        let replica = |name: &str| {
+            let mut settings = LeaseSettings::new("flowgate");
+            settings.identity = name.to_string();
+            Lease::new(Client::new(api.clone(), "flowgate"), settings)
+        };
+        let (a, b) = (replica("a"), replica("b"));
+        let holder = |stored: &Arc<Mutex<Option<Value>>>| {
+            stored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|l| l["spec"]["holderIdentity"].clone())
+        };
+        assert!(a.try_acquire_or_renew().await.expect("a acquires"));
+        assert!(!b.try_acquire_or_renew().await.expect("b waits"));
+        *stored.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        assert!(
+            !b.try_acquire_or_renew().await.expect("b waits on"),
+            "b took a deleted Lease"
+        );
+        assert_eq!(holder(&stored), None);
+        assert!(
+            a.try_acquire_or_renew().await.expect("a renews"),
+            "a recreates it"
+        );
+        assert_eq!(holder(&stored), Some(json!("a")));
+        assert!(!b.try_acquire_or_renew().await.expect("b waits"));
+        // Deleted again, and a gone: b takes it once it has been missing a whole duration.
+        *stored.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        assert!(!b.try_acquire_or_renew().await.expect("b waits"));
+        tokio::time::sleep(Duration::from_secs(14)).await;
+        assert!(!b.try_acquire_or_renew().await.expect("b waits"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(b.try_acquire_or_renew().await.expect("b acquires"));
+        assert_eq!(holder(&stored), Some(json!("b")));
+        // A replica that never saw it held creates it at once (a fresh install).
+        *stored.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        assert!(
+            replica("c")
+                .try_acquire_or_renew()
+                .await
+                .expect("c acquires")
+        );
     }
 }
