@@ -364,8 +364,13 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             "controller not started: with --resources-dir there is no cluster to reconcile"
         );
     }
+    let controller_stopped = Arc::new(std::sync::OnceLock::new());
     if let (true, Some(controller)) = (config.controller, controller) {
-        let shutdown = shutdown.clone();
+        let (shutdown, stopped, metrics) = (
+            shutdown.clone(),
+            controller_stopped.clone(),
+            metrics.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             // Reconciles still running get the drain period, as requests do; past it they are
             // dropped (the Lease then expires instead of being released).
@@ -373,13 +378,31 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
                 shutdown.cancelled().await;
                 tokio::time::sleep(DRAIN_PERIOD).await;
             };
+            // A task of its own: a panic ends it, not this one.
+            let mut running = tokio::spawn(controller.run(shutdown.clone()));
             tokio::select! {
-                result = controller.run(shutdown.clone()) => {
-                    if let Err(error) = result {
-                        tracing::error!(%error, "controller failed");
-                    }
+                ended = &mut running => {
+                    let why = match ended {
+                        Ok(Ok(())) if shutdown.is_cancelled() => return,
+                        Ok(Ok(())) => "it returned".to_string(),
+                        Ok(Err(error)) => error.to_string(),
+                        Err(join) => match join.try_into_panic() {
+                            Ok(panic) => format!("panicked: {}", crate::telemetry::panic_message(&*panic)),
+                            Err(join) => join.to_string(),
+                        },
+                    };
+                    // Never expected; a replica whose controller is gone would go on looking
+                    // healthy while nothing is reconciled (and report itself the leader): the
+                    // process stops instead, to be restarted, as for a proxy thread.
+                    tracing::error!(why = %why, "the controller stopped; shutting down");
+                    metrics.controller.set_leader(false);
+                    let _ = stopped.set(why);
+                    shutdown.cancel();
                 }
-                () = stopping => tracing::warn!(?DRAIN_PERIOD, "reconciles still running after the drain period"),
+                () = stopping => {
+                    running.abort();
+                    tracing::warn!(?DRAIN_PERIOD, "reconciles still running after the drain period");
+                }
             }
         }));
     }
@@ -402,6 +425,9 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     }
     if threads_stopped.load(std::sync::atomic::Ordering::Acquire) {
         return Err(RunError::ThreadStopped);
+    }
+    if let Some(why) = controller_stopped.get() {
+        return Err(crate::controller::ControllerError::Stopped(why.clone()).into());
     }
     Ok(())
 }

@@ -83,6 +83,15 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// What a caught panic said, for its log line.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not text)")
+}
+
 /// `error`, then each cause under it after a colon, leaving out a cause whose text is already
 /// there (many errors print their cause in their own message, and also name it as source).
 pub fn report(error: &(dyn std::error::Error + 'static)) -> String {

@@ -29,6 +29,12 @@ pub enum ControllerError {
     /// reaches Flowise or the API server from this replica.
     #[error("the controller Lease was lost; the reconcile was stopped")]
     LeaseLost,
+    /// The reconcile panicked (a bug in flowgate): tried again at the sync interval.
+    #[error("the reconcile failed inside flowgate (panicked: {0})")]
+    Panicked(String),
+    /// The controller stopped before the process was asked to (a task of it panicked).
+    #[error("the controller stopped unexpectedly: {0}")]
+    Stopped(String),
 }
 
 impl ControllerError {
@@ -44,7 +50,7 @@ impl ControllerError {
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.transient(),
                 _ => true,
             },
-            Self::Unnamed | Self::Serialize(_) => false,
+            Self::Unnamed | Self::Serialize(_) | Self::Panicked(_) | Self::Stopped(_) => false,
             Self::LeaseLost => true,
         }
     }
@@ -76,6 +82,8 @@ impl ControllerError {
             Self::Unnamed => "unnamed",
             Self::Serialize(_) => "serialize",
             Self::LeaseLost => "lease_lost",
+            Self::Panicked(_) => "panicked",
+            Self::Stopped(_) => "stopped",
         }
     }
 

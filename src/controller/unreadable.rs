@@ -31,15 +31,34 @@ where
     F: FnMut(Arc<K>, Arc<Context>) -> Fut,
     Fut: Future<Output = Result<Action, ControllerError>> + Send + 'static,
 {
-    move |obj, ctx| match obj.as_ref() {
-        Lenient::Read(read) => reconcile(read.clone(), ctx).boxed(),
-        Lenient::Unreadable(_) => async move {
-            let started = std::time::Instant::now();
-            let result = ctx.fenced(report(&obj, &ctx, manager)).await;
-            ctx.reconciled(obj.as_ref(), result.is_ok(), started);
-            result
-        }
-        .boxed(),
+    move |obj, ctx| {
+        let reconciling = match obj.as_ref() {
+            Lenient::Read(read) => reconcile(read.clone(), ctx).boxed(),
+            Lenient::Unreadable(_) => async move {
+                let started = std::time::Instant::now();
+                let result = ctx.fenced(report(&obj, &ctx, manager)).await;
+                ctx.reconciled(obj.as_ref(), result.is_ok(), started);
+                result
+            }
+            .boxed(),
+        };
+        caught(reconciling).boxed()
+    }
+}
+
+/// `reconciling`, a panic in it an error of its object: kube-runtime would raise it again in
+/// the controller's own task, which would end it (and its Lease's renewals) for good.
+async fn caught(
+    reconciling: impl Future<Output = Result<Action, ControllerError>>,
+) -> Result<Action, ControllerError> {
+    match std::panic::AssertUnwindSafe(reconciling)
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(panic) => Err(ControllerError::Panicked(
+            crate::telemetry::panic_message(&*panic).to_string(),
+        )),
     }
 }
 
@@ -204,6 +223,27 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
+
+    /// A reconcile that panics is its object's error, tried again at the sync interval; the
+    /// controller's task, which runs every reconcile and renews the Lease, goes on.
+    #[tokio::test]
+    async fn a_reconcile_that_panics_is_an_error_of_its_object() {
+        let panicking = async {
+            if std::hint::black_box(true) {
+                panic!("a bug");
+            }
+            Ok(Action::await_change())
+        };
+        let error = caught(panicking).await.expect_err("caught");
+        assert!(
+            matches!(&error, ControllerError::Panicked(m) if m == "a bug"),
+            "{error}"
+        );
+        assert!(!error.transient());
+        assert_eq!(error.reason(), "panicked");
+        let fine = caught(async { Ok(Action::await_change()) }).await;
+        assert!(fine.is_ok());
+    }
 
     fn unreadable(generation: i64) -> Unreadable {
         Unreadable {

@@ -548,12 +548,12 @@ fn run_writer(
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit(&mut conn, batch))) {
             Ok(answers) => answers.into_iter().for_each(Answer::send),
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(panic = %message, batch_size, "the ledger writer panicked on a batch: rolled back, its callers told to retry");
+                let message = crate::telemetry::panic_message(&*panic);
+                tracing::error!(
+                    panic = message,
+                    batch_size,
+                    "the ledger writer panicked on a batch: rolled back, its callers told to retry"
+                );
             }
         }
     }

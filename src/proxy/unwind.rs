@@ -2,7 +2,6 @@
 //! reset connection, and a prediction it was forwarding is refunded, not charged as a client's
 //! hang-up would be ([`super::abandon::InFlight`] asks [`unwinding`]).
 
-use std::any::Any;
 use std::cell::Cell;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -30,7 +29,10 @@ pub(super) async fn caught<F: Future>(answering: F) -> Result<F::Output, super::
     match AssertUnwindSafe(answering.as_mut()).catch_unwind().await {
         Ok(answer) => Ok(answer),
         Err(panic) => {
-            tracing::error!(panic = message(&*panic), "a request panicked");
+            tracing::error!(
+                panic = crate::telemetry::panic_message(&*panic),
+                "a request panicked"
+            );
             scope.enter();
             Err(super::ProxyError::Internal(
                 "flowgate failed while answering (its log has the request id)".into(),
@@ -54,14 +56,6 @@ impl Drop for Scope {
             UNWOUND.set(false);
         }
     }
-}
-
-fn message(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(not text)")
 }
 
 #[cfg(test)]
