@@ -352,12 +352,19 @@ cmd_start() {
     local pid
     if pid="$(running_pid)"; then
         check_port
-        if ping_ok || wait_ready; then
+        # A Flowise of another version (FLOWISE_VERSION or NPM_BEFORE moved since it started)
+        # or one that stopped answering is replaced, not used.
+        if ! installed; then
+            log "the running Flowise (pid $pid) is not the version wanted ($(install_id)): replacing it"
+            stop_process
+        elif ping_ok || wait_ready; then
             ensure_api_key
             log "already running (pid $pid) at $URL"
             return 0
+        else
+            log "process $pid is running but $URL does not answer: replacing it"
+            stop_process
         fi
-        die "process $pid is running but $URL does not answer"
     fi
     rm -f "$PID_FILE"
     if port_in_use; then

@@ -49,9 +49,17 @@ fuzz() {
 
 targets() { sed -n 's/^name = "\(.*\)"$/\1/p' "$root/fuzz/Cargo.toml" | grep -v '^flowgate-fuzz$'; }
 
+# Inputs a cached corpus may grow to before it is minimised (libFuzzer's merge, keeping the
+# inputs that add coverage): every run adds some, and loading them all takes a run's time.
+CORPUS_MAX=4000
+
 run_one() {
   local target=$1 seconds=$2 out
   mkdir -p "$CORPUS/$target" "$root/fuzz/seeds/$target"
+  if (($(find "$CORPUS/$target" -type f | wc -l) > CORPUS_MAX)); then
+    log "$target: minimising its cached corpus"
+    fuzz cmin "$target" "$CORPUS/$target" >/dev/null 2>&1 || log "$target: could not minimise; corpus kept"
+  fi
   out=$(mktemp)
   # The cached corpus comes first: libFuzzer adds new inputs to the first directory only.
   if ! fuzz run "$target" "$CORPUS/$target" "$root/fuzz/seeds/$target" -- \
@@ -80,6 +88,10 @@ main() {
   if [[ ${1:-} =~ ^[0-9]+$ ]]; then seconds=$1; shift; fi
   local list=("$@")
   [[ ${#list[@]} -gt 0 ]] || mapfile -t list < <(targets)
+  # The fuzzers build against fuzz/Cargo.lock: refused if it no longer matches the manifests
+  # (a dependency added to flowgate and not to it), rather than resolved anew from crates.io.
+  (cd "$root/fuzz" && cargo metadata --locked --format-version 1 >/dev/null) ||
+    { log "fuzz/Cargo.lock is out of date: run 'cargo update --workspace' in fuzz/ and commit it"; exit 1; }
   if [[ $# -eq 0 ]]; then
     fuzz build
   else

@@ -381,11 +381,20 @@ ensure_credentials() {
   fi
   # kube-apiserver generates a self-signed CA + serving cert into --cert-dir when absent, valid
   # for one year. Drop them when they are about to expire so a fresh pair gets generated.
-  local crt="$CERT_DIR/apiserver.crt"
-  if [[ -f $crt ]] && ! openssl x509 -checkend 86400 -noout -in "$crt" >/dev/null 2>&1; then
-    log "serving certificate expires soon, regenerating"
+  if cert_expiring; then
+    log "serving certificate expires within $CERT_MARGIN_DAYS days, regenerating"
     rm -f "$CERT_DIR"/apiserver.crt "$CERT_DIR"/apiserver.key
   fi
+}
+
+# Days before its end a serving certificate is replaced: wide, because the cluster stays up
+# between runs and keeps serving the certificate it started with.
+CERT_MARGIN_DAYS=30
+
+# Whether the API server's serving certificate exists and expires within the margin.
+cert_expiring() {
+  local crt="$CERT_DIR/apiserver.crt"
+  [[ -f $crt ]] && ! openssl x509 -checkend $((CERT_MARGIN_DAYS * 86400)) -noout -in "$crt" >/dev/null 2>&1
 }
 
 # etcd's database in MB (0 when there is none).
@@ -549,6 +558,12 @@ cmd_start() {
     log "etcd's database is over $ETCD_MAX_DB_MB MB: stopping the cluster to start it over"
     cmd_stop
   fi
+  # A running API server keeps serving its certificate past its end (clients that verify it
+  # would then all fail): restarted in time, it gets a new one (ensure_credentials).
+  if cert_expiring && cluster_up; then
+    log "the serving certificate expires within $CERT_MARGIN_DAYS days: restarting the cluster for a new one"
+    cmd_stop
+  fi
   if cluster_up; then
     # Cheap and idempotent: re-assert what tests rely on, in case something deleted it.
     bootstrap_objects
@@ -587,8 +602,9 @@ cmd_stop() {
   fi
 }
 
-# A test's chart release is named after its scratch namespace: `<prefix>-<hex suffix>`.
-readonly TEST_RELEASE_RE='^(chart|rbac)-[a-z0-9-]*-[0-9a-f]+$'
+# A test's chart release is named after its scratch namespace: `<prefix>-<hex suffix>`, the
+# prefix `chart`, `rbac` or either with more words (`chart-files-<hex>`, `rbac-<hex>`).
+readonly TEST_RELEASE_RE='^(chart|rbac)(-[a-z0-9-]*)?-[0-9a-f]+$'
 readonly PRUNE_AGE='1 hour'
 
 cmd_prune() {
@@ -597,9 +613,13 @@ cmd_prune() {
   # RFC 3339 UTC timestamps compare correctly as strings.
   cutoff=$(date -u -d "-$PRUNE_AGE" +%Y-%m-%dT%H:%M:%SZ)
   selector='app.kubernetes.io/name%3Dflowgate,app.kubernetes.io/managed-by%3DHelm'
+  local listed
   for collection in /api/v1/services \
     /apis/rbac.authorization.k8s.io/v1/clusterroles \
     /apis/rbac.authorization.k8s.io/v1/clusterrolebindings; do
+    # Listed first: a failed list is an error, not "nothing to prune".
+    listed=$(api_curl -f "$APISERVER_URL$collection?labelSelector=$selector") ||
+      die "listing $collection failed"
     # Objects of a namespaced collection live under /namespaces/NS/ (no selfLink in 1.20).
     while read -r ns name; do
       [[ -n $name ]] || continue
@@ -612,11 +632,10 @@ cmd_prune() {
       code=$(api_curl -o /dev/null -w '%{http_code}' -X DELETE "$APISERVER_URL$path" || true)
       [[ $code == 200 || $code == 202 || $code == 404 ]] || die "deleting $path: HTTP $code"
       deleted=$((deleted + 1))
-    done < <(api_curl -f "$APISERVER_URL$collection?labelSelector=$selector" |
-      jq -r --arg cutoff "$cutoff" --arg re "$TEST_RELEASE_RE" '.items[]
+    done < <(jq -r --arg cutoff "$cutoff" --arg re "$TEST_RELEASE_RE" '.items[]
         | select(.metadata.creationTimestamp < $cutoff)
         | select(.metadata.labels["app.kubernetes.io/instance"] // "" | test($re))
-        | "\(.metadata.namespace // "-") \(.metadata.name)"')
+        | "\(.metadata.namespace // "-") \(.metadata.name)"' <<<"$listed")
   done
   log "pruned $deleted objects left by test runs before $cutoff"
 }

@@ -266,3 +266,50 @@ async fn mutated_tokens_never_verify() {
     }
     eprintln!("tokens: {tried} mutations");
 }
+
+/// The versions the `[[package]]` entries of a lock file name, by crate.
+fn locked_versions(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    let text = std::fs::read_to_string(path).expect("lock file");
+    let mut versions = std::collections::BTreeMap::<String, Vec<String>>::new();
+    let mut name = None;
+    for line in text.lines() {
+        if let Some(value) = line.strip_prefix("name = ") {
+            name = Some(value.trim_matches('"').to_string());
+        } else if let (Some(value), Some(crate_name)) = (line.strip_prefix("version = "), &name) {
+            versions
+                .entry(crate_name.clone())
+                .or_default()
+                .push(value.trim_matches('"').to_string());
+            name = None;
+        }
+    }
+    versions
+}
+
+/// The fuzzers build flowgate against their own lock file: each crate the two share is at the
+/// versions the test suite runs, or the fuzzers would test another dependency tree.
+#[test]
+fn the_fuzzers_lock_the_versions_the_tests_run() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ours = locked_versions(&root.join("Cargo.lock"));
+    let fuzz = locked_versions(&root.join("fuzz/Cargo.lock"));
+    assert!(
+        ours.contains_key("hyper") && fuzz.contains_key("hyper"),
+        "read both"
+    );
+    let differing: Vec<String> = ours
+        .iter()
+        .filter_map(|(name, versions)| {
+            let theirs = fuzz.get(name)?;
+            let (mut a, mut b) = (versions.clone(), theirs.clone());
+            a.sort();
+            b.sort();
+            (a != b).then(|| format!("{name}: {a:?} here, {b:?} in fuzz/Cargo.lock"))
+        })
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "run 'cargo update --workspace' in fuzz/ (or pin the same versions):\n{}",
+        differing.join("\n")
+    );
+}
