@@ -13,7 +13,7 @@ async fn post(
     bearer: &str,
     id: &str,
     content_type: &str,
-    body: String,
+    body: impl Into<reqwest::Body>,
 ) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(format!("{}/api/v1/prediction/{id}", gate.base))
@@ -109,5 +109,56 @@ async fn multipart_predictions_with_files_are_forwarded_and_their_session_is_bou
     let (status, message) = refused(streaming).await;
     assert_eq!(status, 400, "{message}");
     assert!(message.contains("'streaming'"), "{message}");
+    let unnamed = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"question\"\r\n\r\nhi\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"\"\r\n\r\nx\r\n\
+         --{boundary}--\r\n"
+    );
+    let (status, message) = refused(unnamed).await;
+    assert_eq!(status, 400, "{message}");
+    assert!(message.contains("not a plain file name"), "{message}");
+    // Flowise's parser takes a text field of at most 1 MiB.
+    let long = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"question\"\r\n\r\n{}\r\n\
+         --{boundary}--\r\n",
+        "x".repeat(1024 * 1024 + 1)
+    );
+    let (status, message) = refused(long).await;
+    assert_eq!(status, 413, "{message}");
+    let latin1 = [
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"question\"\r\n\r\n")
+            .into_bytes(),
+        b"caf\xe9".to_vec(),
+        format!("\r\n--{boundary}--\r\n").into_bytes(),
+    ]
+    .concat();
+    let (status, answer) = post(&gate, &alice, &id, &form, latin1).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("not UTF-8"), "{answer}");
+
+    // An Agentflow's form is an input as a question is: forwarded, Flowise answers it.
+    let form_only = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"form[question]\"\r\n\r\nby form\r\n\
+         --{boundary}--\r\n"
+    );
+    let (status, answer) = post(&gate, &alice, &id, &form, form_only).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["form"]["question"], "by form", "{answer}");
+
+    // A text part goes to Flowise as the UTF-8 text flowgate checked, whatever type or charset
+    // it was sent with: Flowise's parser would take a part typed as a file's for a file (and
+    // drop it), and decode one by its charset.
+    for typed in [
+        "application/octet-stream",
+        "text/plain; xcharset=utf-8; charset=utf-16le",
+    ] {
+        let body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"question\"\r\n\
+             Content-Type: {typed}\r\n\r\ntyped\r\n--{boundary}--\r\n"
+        );
+        let (status, answer) = post(&gate, &alice, &id, &form, body).await;
+        assert_eq!(status, 200, "{typed}: {answer}");
+        assert_eq!(answer["text"], "Echo: typed", "{typed}: {answer}");
+    }
     team.cleanup().await;
 }

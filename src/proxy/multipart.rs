@@ -165,7 +165,10 @@ impl Form {
             }
             out.put_slice(disposition.as_bytes());
             out.put_slice(b"\r\n");
-            if let Some(ct) = &part.content_type {
+            // A text part goes without its Content-Type: Flowise's parser then reads it as the
+            // UTF-8 it was checked as (a charset, or a type it takes for a file's, would have
+            // it read something else).
+            if let (Some(ct), Some(_)) = (&part.content_type, &part.file_name) {
                 out.put_slice(format!("Content-Type: {}\r\n", strip_newlines(ct)).as_bytes());
             }
             out.put_slice(b"\r\n");
@@ -289,6 +292,29 @@ mod tests {
         assert_eq!(parsed.parts[0].name, "-%5C");
         assert_eq!(parsed.parts[0].file_name.as_deref(), Some("a%5C"));
         assert_eq!(parsed.text("question"), Some("hi"));
+    }
+
+    /// A file keeps its type; a text part goes without one, read by Flowise as the UTF-8 that
+    /// was checked.
+    #[tokio::test]
+    async fn only_files_keep_their_content_type() {
+        let part = |name: &str, file: Option<&str>| Part {
+            name: name.into(),
+            file_name: file.map(Into::into),
+            content_type: Some("text/plain; charset=utf-16le".into()),
+            data: Bytes::from_static(b"x"),
+        };
+        let form = Form {
+            parts: vec![part("files", Some("a.txt")), part("question", None)],
+        };
+        let (body, ct) = form.encode("flowgate-x");
+        let parsed = parse(&ct, body).await.expect("parses");
+        let types: Vec<Option<&str>> = parsed
+            .parts
+            .iter()
+            .map(|p| p.content_type.as_deref())
+            .collect();
+        assert_eq!(types, [Some("text/plain; charset=utf-16le"), None]);
     }
 
     #[tokio::test]

@@ -107,6 +107,12 @@ pub(super) fn prepare(
     if body.get("overrideConfig").is_some_and(names_stored_files) {
         return Err(stored_files_refused());
     }
+    if body
+        .get("uploads")
+        .is_some_and(|u| !u.is_array() && !u.is_null())
+    {
+        return Err(ProxyError::BadRequest("'uploads' must be an array".into()));
+    }
     if let Some(Value::Array(uploads)) = body.get("uploads")
         && let Some(name) = uploads
             .iter()
@@ -171,21 +177,11 @@ const FILE_FIELDS: [&str; 7] = [
     "yamlFile",
 ];
 
-/// Whether a form's text part names stored files: one of [`FILE_FIELDS`], [`STORED`] in its
-/// bytes (however they decode), or a charset Flowise's parser would decode differently from
-/// what is checked here. The question is the caller's text, not a setting.
+/// Whether a form's text part names stored files: one of [`FILE_FIELDS`], or [`STORED`] in
+/// its text (UTF-8, as it is forwarded: see [`multipart::Form::encode`]). The question is the
+/// caller's text, not a setting.
 fn names_stored_part(part: &multipart::Part) -> bool {
-    let charset = part
-        .content_type
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .and_then(|ct| {
-            let (_, after) = ct.split_once("charset=")?;
-            let value = after.split(';').next().unwrap_or_default();
-            Some(value.trim().trim_matches('"').to_string())
-        });
     FILE_FIELDS.contains(&part.name.as_str())
-        || charset.is_some_and(|c| !matches!(c.as_str(), "utf-8" | "utf8" | "us-ascii"))
         || (part.name != "question"
             && part
                 .data
@@ -193,14 +189,34 @@ fn names_stored_part(part: &multipart::Part) -> bool {
                 .any(|w| w == STORED.as_bytes()))
 }
 
-/// A file name that stays one path segment wherever Flowise stores it.
+/// A file name that stays one path segment wherever Flowise stores it, and that Flowise's form
+/// parser reads as a file's (an empty one makes the part a text field; a control character,
+/// a part it skips).
 fn plain_file_name(name: &str) -> bool {
-    !name.contains(['/', '\\']) && name != ".." && name != "."
+    !name.is_empty()
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(char::is_control)
+        && name != ".."
+        && name != "."
+}
+
+/// Longest text part Flowise's form parser takes (busboy's `fieldSize`): a longer one fails
+/// the prediction inside Flowise (500, or no answer at all once `streaming` was read).
+const MAX_FORM_FIELD: usize = 1024 * 1024;
+
+/// Whether a form part is an input Flowise runs on, as the JSON body's keys
+/// (`question`, `form[…]`, `humanInput[…]`, `uploads[…]`).
+fn input_part(name: &str) -> bool {
+    name == "question"
+        || ["form", "humanInput", "uploads"].iter().any(|input| {
+            name.strip_prefix(input)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
+        })
 }
 
 fn not_plain(name: &str) -> ProxyError {
     ProxyError::BadRequest(format!(
-        "file name '{name}' is not a plain file name (no '/', '\\', or '..' alone)"
+        "file name '{name}' is not a plain file name (not empty, no '/', '\\' or control characters, not '..')"
     ))
 }
 
@@ -229,10 +245,39 @@ pub(super) async fn read_prediction(
     super::body::uncompressed(headers)?;
     let body = read_limited(body, MAX_MULTIPART_BODY, held).await?;
     let mut form = multipart::parse(content_type, body).await?;
-    if form.text("question").is_none() && !form.parts.iter().any(|p| p.file_name.is_some()) {
+    if !form
+        .parts
+        .iter()
+        .any(|p| p.file_name.is_some() || input_part(&p.name))
+    {
         return Err(ProxyError::BadRequest(
-            "a prediction needs 'question' or files".into(),
+            "a prediction needs 'question' or files (or 'form', 'uploads', 'humanInput' fields)"
+                .into(),
         ));
+    }
+    for part in &form.parts {
+        match &part.file_name {
+            Some(name) if !plain_file_name(name) => return Err(not_plain(name)),
+            Some(_) => {}
+            None if part.data.len() > MAX_FORM_FIELD => {
+                return Err(ProxyError::PayloadTooLarge {
+                    limit: MAX_FORM_FIELD,
+                });
+            }
+            None if std::str::from_utf8(&part.data).is_err() => {
+                return Err(ProxyError::BadRequest(format!(
+                    "form field '{}' is not UTF-8 text",
+                    part.name
+                )));
+            }
+            None if part.name.starts_with("uploads[")
+                && part.name.ends_with("[name]")
+                && !plain_file_name(&String::from_utf8_lossy(&part.data)) =>
+            {
+                return Err(not_plain(&String::from_utf8_lossy(&part.data)));
+            }
+            None => {}
+        }
     }
     // Flowise's form parser takes files under `files` only, and answers 500 for any other: a
     // client's mistake that would read as Flowise failing.
@@ -320,6 +365,8 @@ mod tests {
             json!({"question": "x", "overrideConfig": {"nodes": {"a": ["FILE-STORAGE::x"]}}}),
             json!({"question": "x", "uploads": [{"type": "file", "name": "../../x.pdf", "data": ""}]}),
             json!({"question": "x", "uploads": [{"type": "stored-file", "name": "..", "mime": ""}]}),
+            // Flowise walks `uploads.length`: an object would pass unchecked.
+            json!({"question": "x", "uploads": {"length": 1, "0": {"type": "file", "name": "../x"}}}),
         ] {
             assert!(
                 matches!(prepared(refused.clone()), Err(ProxyError::BadRequest(_))),
@@ -334,8 +381,9 @@ mod tests {
         }
     }
 
-    /// In a form, Flowise merges an uploaded file into a `*File` field's stored names, and its
-    /// parser decodes a field by its charset: each way around the check is refused.
+    /// In a form, Flowise merges an uploaded file into a `*File` field's stored names, and a
+    /// reference may be anywhere in a field's text. (A field's charset no longer matters: it
+    /// is forwarded as the UTF-8 checked here, without it.)
     #[test]
     fn form_fields_naming_stored_files_are_refused_however_written() {
         let part = |name: &str, content_type: Option<&str>, data: &[u8]| multipart::Part {
@@ -349,7 +397,6 @@ mod tests {
         for refused in [
             part("pdfFile", None, b"[\"q3.pdf\"]"),
             part("overrideConfig", None, &hidden),
-            part("memo", Some("text/plain; charset=utf-16le"), b"x\0"),
         ] {
             assert!(names_stored_part(&refused), "{refused:?}");
         }
@@ -359,6 +406,40 @@ mod tests {
             part("overrideConfig", None, b"{\"temperature\": 0}"),
         ] {
             assert!(!names_stored_part(&fine), "{fine:?}");
+        }
+    }
+
+    /// A form is an input as a JSON body is: by a question, a file, or an Agentflow's form,
+    /// human input or uploads fields.
+    #[test]
+    fn a_form_runs_on_the_inputs_a_json_body_does() {
+        for input in [
+            "question",
+            "form",
+            "form[email]",
+            "humanInput[type]",
+            "uploads[0][name]",
+        ] {
+            assert!(input_part(input), "{input}");
+        }
+        for other in [
+            "questions",
+            "formula",
+            "chatId",
+            "overrideConfig[form]",
+            "uploadsX",
+        ] {
+            assert!(!input_part(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_plain_file_name_is_one_segment_flowise_reads_as_a_file() {
+        for fine in ["q3 (final).pdf", "résumé.pdf", "..x", "a.b"] {
+            assert!(plain_file_name(fine), "{fine}");
+        }
+        for refused in ["", "a/b", "a\\b", "..", ".", "a\u{1}.pdf", "a\n.pdf"] {
+            assert!(!plain_file_name(refused), "{refused:?}");
         }
     }
 }
