@@ -11,7 +11,7 @@ use serde_json::json;
 
 use flowgate::config::{ClaimMapping, JwtConfig};
 use flowgate::identity::{Verifier, bearer_token};
-use flowgate::proxy::routes::route;
+use flowgate::proxy::routes::{AdminRoute, Route, route};
 use flowgate::proxy::session;
 
 #[path = "support/route_spelling.rs"]
@@ -57,7 +57,7 @@ fn bearer_parsing_returns_a_plain_token_or_an_error() {
         b"\xc3\xa9",
     ];
     let started = Instant::now();
-    let mut tried = 0u64;
+    let (mut tried, mut accepted) = (0u64, 0u64);
     while started.elapsed() < BUDGET && tried < 200_000 {
         let mut raw = Vec::new();
         for _ in 0..rng.below(6) {
@@ -72,6 +72,7 @@ fn bearer_parsing_returns_a_plain_token_or_an_error() {
             continue;
         };
         if let Ok(token) = bearer_token(Some(&value)) {
+            accepted += 1;
             assert!(!token.is_empty(), "{raw:?}");
             assert!(!token.contains([' ', '\t']), "{raw:?}");
             assert!(token.is_ascii(), "{raw:?}");
@@ -83,7 +84,12 @@ fn bearer_parsing_returns_a_plain_token_or_an_error() {
             assert!(text.trim_end().ends_with(token), "{raw:?}");
         }
     }
-    eprintln!("bearer: {tried} inputs");
+    // The checks above ran on enough accepted tokens to mean something.
+    assert!(
+        tried >= 20_000 && accepted >= 100,
+        "{tried} inputs, {accepted} accepted"
+    );
+    eprintln!("bearer: {tried} inputs, {accepted} accepted");
 }
 
 #[test]
@@ -120,20 +126,112 @@ fn routing_only_accepts_the_allow_list_spelled_out() {
         "é",
         "a?b",
         "*",
+        "admin",
+        "users",
+        "email",
+        "bulk",
+        "add-users",
+        "add-users-by-email",
+        "sync",
+        "stats",
+        "usage",
+        "adjustments",
+        "balances",
+        "openapi.json",
+        "health",
+        "a%40b.example",
+        "a+b@example.com",
+        "%2540",
     ];
+    // Every route, spelled as it should be: half the inputs start from one of them, changed a
+    // little, so that the long admin paths are reached too, not only by chance.
+    let id = || "3f1c2a7e-0000-4000-8000-000000000001".to_string();
+    let (user, email) = (|| "user-1".to_string(), || "a+b@example.com".to_string());
+    let admin = [
+        AdminRoute::AddUsers,
+        AdminRoute::AddUsersByEmail,
+        AdminRoute::AddUser {
+            chatflow: id(),
+            user: user(),
+        },
+        AdminRoute::AddUserByEmail {
+            chatflow: id(),
+            email: email(),
+        },
+        AdminRoute::RemoveUser {
+            chatflow: id(),
+            user: user(),
+        },
+        AdminRoute::RemoveUserByEmail {
+            chatflow: id(),
+            email: email(),
+        },
+        AdminRoute::BulkAddUsers(id()),
+        AdminRoute::BulkAddUsersByEmail(id()),
+        AdminRoute::Sync,
+        AdminRoute::ListChatflows,
+        AdminRoute::Stats,
+        AdminRoute::GetChatflow(id()),
+        AdminRoute::DeleteChatflow(id()),
+        AdminRoute::ListUsers(id()),
+        AdminRoute::CreditUsage,
+        AdminRoute::AdjustCredits,
+        AdminRoute::CreditBalances,
+    ];
+    let mut every = vec![
+        Route::ListChatflows,
+        Route::GetChatflow(id()),
+        Route::Predict(id()),
+        Route::ChatflowStreaming(id()),
+        Route::ChatbotConfig(id()),
+        Route::AbortChat {
+            id: id(),
+            chat_id: "chat 1".into(),
+        },
+        Route::CompatListChatflows,
+        Route::CompatGetChatflow(id()),
+        Route::CompatPredict,
+        Route::Authenticate,
+        Route::Refresh,
+        Route::Credits,
+        Route::CreditUsage,
+        Route::OpenApi,
+        Route::Health,
+    ];
+    every.extend(admin.into_iter().map(Route::Admin));
+    let canonical: Vec<String> = every.iter().map(route_spelling::canonical).collect();
+    let mut reached = std::collections::BTreeSet::new();
     let started = Instant::now();
     let (mut tried, mut routed) = (0u64, 0u64);
     while started.elapsed() < BUDGET && tried < 300_000 {
         let mut path = String::new();
-        if rng.below(20) != 0 {
-            path.push('/');
-        }
-        let n = rng.below(7);
-        for i in 0..n {
-            if i > 0 {
+        if rng.below(2) == 0 {
+            let mut parts: Vec<String> = rng
+                .pick(&canonical)
+                .split('/')
+                .map(str::to_string)
+                .collect();
+            for _ in 0..rng.below(3) {
+                let at = rng.below(parts.len());
+                match rng.below(4) {
+                    0 => parts[at] = rng.pick::<&str>(&segments).to_string(),
+                    1 => parts[at] = parts[at].to_uppercase(),
+                    2 => parts.insert(at, String::new()),
+                    _ => parts[at] = parts[at].replace('-', "%2D"),
+                }
+            }
+            path = parts.join("/");
+        } else {
+            if rng.below(20) != 0 {
                 path.push('/');
             }
-            path.push_str(rng.pick::<&str>(&segments));
+            let n = rng.below(7);
+            for i in 0..n {
+                if i > 0 {
+                    path.push('/');
+                }
+                path.push_str(rng.pick::<&str>(&segments));
+            }
         }
         if rng.below(8) == 0 {
             path.push('/');
@@ -147,6 +245,7 @@ fn routing_only_accepts_the_allow_list_spelled_out() {
             continue;
         };
         routed += 1;
+        reached.insert(found.label());
         let want = route_spelling::canonical(&found);
         if route_spelling::user_segment(&found).is_some() {
             // A user segment is decoded once: any spelling that routes to the same place.
@@ -162,7 +261,12 @@ fn routing_only_accepts_the_allow_list_spelled_out() {
         assert!(!path.contains('%') && !path.contains("//"), "{path:?}");
         assert!(path.split('/').all(|s| s != ".." && s != "."), "{path:?}");
     }
-    assert!(routed > 0, "the generator reaches the allow-list");
+    let missed: Vec<&str> = every
+        .iter()
+        .map(Route::label)
+        .filter(|label| !reached.contains(label))
+        .collect();
+    assert!(missed.is_empty(), "never routed to: {missed:?}");
     eprintln!("routes: {tried} inputs, {routed} routed");
 }
 

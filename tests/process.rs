@@ -12,7 +12,7 @@ use serde_json::json;
 use support::FlowiseGate;
 use support::fake_flowise::{FakeFlowise, Mode};
 use support::gate::credits_used;
-use support::process::{eventually, predict, predict_with, spawn, spawn_logging, spawn_on};
+use support::process::{eventually, predict_with, spawn, spawn_logging, spawn_on};
 use support::team::Team;
 
 /// Sends predictions at `rate` per second for `secs`; returns (sent, statuses other than 200).
@@ -177,7 +177,18 @@ async fn every_decision_is_logged_when_idle_and_before_exit() {
 
         // One request on an idle proxy: its line appears without any further traffic.
         let before = decisions(&log);
-        assert_eq!(predict(&gate.base, &alice, &id).await, 200);
+        let answer = reqwest::Client::new()
+            .post(format!("{}/api/v1/prediction/{id}", gate.base))
+            .bearer_auth(&alice)
+            .json(&json!({"question": "ping"}))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(answer.status(), 200);
+        let answered_id = answer.headers()["x-request-id"]
+            .to_str()
+            .expect("text")
+            .to_string();
         support::eventually(5, "the decision line of an idle proxy", || async {
             (decisions(&log) != before).then_some(())
         })
@@ -193,6 +204,7 @@ async fn every_decision_is_logged_when_idle_and_before_exit() {
             .split_once("request_id=\"")
             .and_then(|(_, rest)| rest.split_once('"'))
             .map(|(request_id, _)| request_id);
+        assert_eq!(request_id, Some(answered_id.as_str()), "{line}");
         assert!(
             request_id.is_some_and(|r| r.len() == 32 && r.bytes().all(|b| b.is_ascii_hexdigit())),
             "{line}"

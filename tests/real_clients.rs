@@ -1,7 +1,8 @@
-//! The official Flowise clients, unchanged, against an in-process flowgate with a user token:
-//! the npm `flowise-sdk` (1.0.9) and the PyPI `flowise` client (1.0.4), installed by
-//! `scripts/clients.sh setup`, run as subprocesses for a JSON and a streaming prediction. Both
-//! first ask `GET /api/v1/chatflows-streaming/{id}` without credentials, which Flowise answers.
+//! The official Flowise clients, unchanged, against an in-process flowgate with a user token in
+//! front of the real Flowise: the npm `flowise-sdk` (1.0.9) and the PyPI `flowise` client
+//! (1.0.4), installed by `scripts/clients.sh setup`, run as subprocesses for a JSON and a
+//! streaming prediction. Both first ask `GET /api/v1/chatflows-streaming/{id}` without
+//! credentials, which Flowise answers.
 
 mod support;
 
@@ -89,32 +90,32 @@ async fn run(client: &str, base: &str, token: &str, id: &str, stream: bool) -> S
 #[tokio::test]
 async fn the_official_sdks_predict_and_stream_through_flowgate() {
     tokio::time::timeout(Duration::from_secs(120), async {
-        let team = Team::with_fake_flowise("real-clients").await;
-        let answering = FakeFlowise::start(Mode::Answer { tokens: 2 }).await;
-        let streaming = FakeFlowise::start(Mode::Stream {
-            tokens: 2,
-            gap: Duration::from_millis(5),
-        })
-        .await;
-        let json_gate = Flowgate::with_flowise(&answering.url).await;
-        let stream_gate = Flowgate::with_flowise(&streaming.url).await;
+        let team = Team::new("real-clients").await;
+        let gate = Flowgate::start().await;
         let (id, alice) = (team.flowise_id.clone(), team.alice());
-        eventually_status(&json_gate, &alice, &id, 200).await;
-        eventually_status(&stream_gate, &alice, &id, 200).await;
+        eventually_status(&gate, &alice, &id, 200).await;
+        // A chatflow Flowise cannot stream, which the real one here does not have: the fake
+        // answers `chatflows-streaming` with false.
+        let fake_team = Team::with_fake_flowise("real-clients-json").await;
+        let answering = FakeFlowise::start(Mode::Answer { tokens: 2 }).await;
+        let json_gate = Flowgate::with_flowise(&answering.url).await;
+        let (json_id, json_alice) = (fake_team.flowise_id.clone(), fake_team.alice());
+        eventually_status(&json_gate, &json_alice, &json_id, 200).await;
         for client in ["node", "python"] {
-            let answer = run(client, &json_gate.base, &alice, &id, false).await;
+            let answer = run(client, &gate.base, &alice, &id, false).await;
             assert!(answer.contains("Echo: hello sdk"), "{client}: {answer}");
-            let events = run(client, &stream_gate.base, &alice, &id, true).await;
+            let events = run(client, &gate.base, &alice, &id, true).await;
             assert!(
-                events.contains("hello sdk") && events.contains("[DONE]"),
+                events.contains("Echo: hello sdk") && events.contains("[DONE]"),
                 "{client} streaming: {events}"
             );
             // Asked to stream a chatflow Flowise cannot stream: the client learns so from
             // Flowise's `chatflows-streaming` and reads the JSON answer.
-            let answer = run(client, &json_gate.base, &alice, &id, true).await;
+            let answer = run(client, &json_gate.base, &json_alice, &json_id, true).await;
             assert!(answer.contains("Echo: hello sdk"), "{client}: {answer}");
         }
         team.cleanup().await;
+        fake_team.cleanup().await;
     })
     .await
     .expect("bounded to 120 s");

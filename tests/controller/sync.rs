@@ -26,12 +26,17 @@ async fn reconciles_settle_and_a_resync_of_an_unchanged_chatflow_writes_nothing(
     // reconcile, which may see the object as the cache had it a moment before and write the
     // same status again: wait until no write has come for two seconds.
     let mut writes = controller.metrics.controller.status_writes("Chatflow");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let now = controller.metrics.controller.status_writes("Chatflow");
         if now == writes {
             break;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the status is still written at every resync after 30 s ({now} writes)"
+        );
         writes = now;
     }
     let cf = api.get("quiet").await.expect("read");

@@ -119,6 +119,17 @@ async fn replicas_starting_together_create_the_schema_once() {
     for opened in [a, b, c] {
         opened.expect("every replica opens");
     }
+    // Each migration recorded once, from the first to the last.
+    let (rows, last) = (
+        store.count("SELECT count(*) FROM ledger_schema").await,
+        store
+            .count("SELECT max(version)::int8 FROM ledger_schema")
+            .await,
+    );
+    assert!(
+        rows > 0 && rows == last,
+        "{rows} migrations recorded, the last {last}"
+    );
 }
 
 /// Replicas batch concurrently and lock buckets in one order whatever the order of a request's

@@ -2,6 +2,7 @@
 //! secret of its own to mint caller tokens.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -74,6 +75,9 @@ pub struct Flowgate {
     pub base: String,
     pub ops: String,
     shutdown: CancellationToken,
+    /// Why it stopped, if it stopped with an error. A panic in its task would only be printed
+    /// (tokio catches it); the test fails at the drop instead.
+    stopped: Arc<std::sync::OnceLock<String>>,
     /// Its files: the ledger, the HS256 secret, `token-client-secret`.
     pub dir: tempfile::TempDir,
 }
@@ -81,6 +85,11 @@ pub struct Flowgate {
 impl Drop for Flowgate {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if let Some(error) = self.stopped.get()
+            && !std::thread::panicking()
+        {
+            panic!("flowgate stopped during the test: {error}");
+        }
     }
 }
 
@@ -216,15 +225,18 @@ impl Flowgate {
         let config = Config::from_args(args).expect("valid test config");
         let shutdown = CancellationToken::new();
         let task_shutdown = shutdown.clone();
+        let stopped = Arc::new(std::sync::OnceLock::new());
+        let task_stopped = stopped.clone();
         tokio::spawn(async move {
             if let Err(error) = flowgate::run::run(config, task_shutdown).await {
-                panic!("flowgate stopped: {error}");
+                let _ = task_stopped.set(error.to_string());
             }
         });
         let me = Self {
             base: format!("http://{listen}"),
             ops: format!("http://{ops}"),
             shutdown,
+            stopped,
             dir,
         };
         let http = reqwest::Client::new();
