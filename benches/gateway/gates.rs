@@ -107,15 +107,27 @@ pub async fn wait_answering(target: &Target) -> anyhow::Result<()> {
     }
 }
 
-/// Waits until `gate` grants the last ChatflowAccess of every bulk namespace.
+/// Waits until `gate` grants the last ChatflowAccess of every bulk namespace, and the last of
+/// those added to the team namespace.
 pub async fn wait_bulk_visible(gate: &mut Gate, plan: &Plan, keys: &Keys) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let bulk = plan.bulk;
     let deadline = Instant::now() + Duration::from_secs(300);
-    for k in 0..bulk.namespaces {
-        let j = bulk.accesses - 1;
-        let token = keys.hs256(&format!("user-{k}-{j}@example.com"), json!({}))?;
-        let id = plan.bulk_flowise_id(k, j % bulk.chatflows);
+    let j = bulk.accesses - 1;
+    let last_of_each = (0..bulk.namespaces).map(|k| {
+        (
+            format!("user-{k}-{j}@example.com"),
+            plan.bulk_flowise_id(k, j % bulk.chatflows),
+        )
+    });
+    let last_of_team = (bulk.team > 0).then(|| {
+        (
+            format!("team-user-{}@example.com", bulk.team - 1),
+            plan.paid_id(),
+        )
+    });
+    for (user, id) in last_of_each.chain(last_of_team) {
+        let token = keys.hs256(&user, json!({}))?;
         let url = format!("{}/api/v1/chatflows/{id}", gate.base);
         loop {
             let status = http.get(&url).bearer_auth(&token).send().await?.status();

@@ -21,6 +21,12 @@ pub struct Figures {
     pub compile: Stat,
     /// Nanoseconds per decision.
     pub decision_ns: Stat,
+    /// Nanoseconds per decision over many callers, each on a chatflow of its own (bulk only).
+    pub spread_ns: Option<Stat>,
+    /// How many callers `spread_ns` took in turn.
+    pub spread_callers: usize,
+    /// ChatflowAccess objects in the measured chatflow's namespace.
+    pub team_accesses: usize,
 }
 
 /// Measures the team-only index and the team + bulk index.
@@ -51,9 +57,22 @@ fn figures(label: &str, plan: &Plan, res: &Resources, quick: bool) -> Figures {
     let snap = compile(res);
     let iterations = if quick { 20_000 } else { 1_000_000 };
     let rounds = if quick { 3 } else { 9 };
+    let users = vec![USER.to_string(), USER_EMAIL.to_string()];
+    let groups = vec![GROUP.to_string()];
+    let bench_user = [(users, groups, plan.paid_id())];
     let decision: Vec<f64> = (0..rounds)
-        .map(|_| decision_ns(&snap, &plan.paid_id(), iterations))
+        .map(|_| decision_ns(&snap, &bench_user, iterations))
         .collect();
+    // The same decision for many callers in turn, each on its own chatflow: what one caller's
+    // loop repeated from the caches hides.
+    let spread = bulk_callers(plan);
+    let spread_ns = (res.accesses.len() > plan.bulk.total_accesses()).then(|| {
+        Stat::of(
+            &(0..rounds)
+                .map(|_| decision_ns(&snap, &spread, iterations))
+                .collect::<Vec<_>>(),
+        )
+    });
     Figures {
         label: format!(
             "{label} ({} ChatflowAccess, {} Chatflows)",
@@ -64,29 +83,53 @@ fn figures(label: &str, plan: &Plan, res: &Resources, quick: bool) -> Figures {
         accesses: res.accesses.len(),
         compile: Stat::of(&samples),
         decision_ns: Stat::of(&decision),
+        spread_ns,
+        spread_callers: spread.len(),
+        team_accesses: res
+            .accesses
+            .iter()
+            .filter(|a| a.metadata.namespace.as_deref() == Some(plan.team_namespace().as_str()))
+            .count(),
     }
 }
 
-/// Mean nanoseconds of one request's decision over `iterations`.
-fn decision_ns(snap: &Snapshot, flowise_id: &str, iterations: u32) -> f64 {
-    let users = vec![USER.to_string(), USER_EMAIL.to_string()];
-    let groups = vec![GROUP.to_string()];
-    let caller = Caller {
-        users: &users,
-        groups: &groups,
-        service_account: None,
-    };
+/// A caller (its users and groups) and the Flowise id of a chatflow it is granted.
+type Asking = (Vec<String>, Vec<String>, String);
+
+/// Every bulk namespace's first 10 users, each with its group, on a chatflow it is granted.
+fn bulk_callers(plan: &Plan) -> Vec<Asking> {
+    let bulk = plan.bulk;
+    (0..bulk.namespaces)
+        .flat_map(|k| (0..bulk.accesses.min(10)).map(move |j| (k, j)))
+        .map(|(k, j)| {
+            (
+                vec![format!("user-{k}-{j}@example.com")],
+                vec![format!("group-{k}-{}", j % 10)],
+                plan.bulk_flowise_id(k, j % bulk.chatflows),
+            )
+        })
+        .collect()
+}
+
+/// Mean nanoseconds of one request's decision over `iterations`, taking `asking` in turn.
+fn decision_ns(snap: &Snapshot, asking: &[Asking], iterations: u32) -> f64 {
     let now = jiff::Timestamp::now();
+    let mut turn = asking.iter().cycle();
     let started = Instant::now();
     for _ in 0..iterations {
+        let Some((users, groups, flowise_id)) = turn.next() else {
+            break;
+        };
+        let caller = Caller {
+            users,
+            groups,
+            service_account: None,
+        };
         let cf = snap
             .chatflow_by_flowise_id(black_box(flowise_id))
-            .expect("the paid chatflow is in the index");
+            .expect("the chatflow is in the index");
         let role = snap.role(black_box(&caller), cf, now);
-        assert!(
-            role.is_some(),
-            "the bench user is granted the paid chatflow"
-        );
+        assert!(role.is_some(), "the caller is granted its chatflow");
         let policies = snap.policies_for(&caller, cf);
         black_box((role, policies));
     }
@@ -130,12 +173,19 @@ pub fn table(figures: &[Figures]) -> String {
     }
     if let [small, large] = figures {
         out.push_str(&format!(
-            "\nDecision time, {} vs {} access objects: {:.2}× ({} Chatflows in the larger index).\n",
+            "\nDecision time of the bench user on `paid`, {} vs {} access objects (of them {} on `paid`'s namespace): {:.2}× ({} Chatflows in the larger index).\n",
             large.accesses,
             small.accesses,
+            large.team_accesses,
             large.decision_ns.median / small.decision_ns.median,
             large.chatflows,
         ));
+        if let Some(spread) = &large.spread_ns {
+            out.push_str(&format!(
+                "The same decision in the larger index for {} different callers in turn, each on its own chatflow: {:.0} ns ({:.0}–{:.0}).\n",
+                large.spread_callers, spread.median, spread.min, spread.max,
+            ));
+        }
     }
     out
 }

@@ -18,6 +18,9 @@ pub struct Scenario {
     pub target: Target,
     /// The process whose CPU time is charged to this path (the proxy; the upstream for direct).
     pub pid: u32,
+    /// The processes (by name) of a server the proxy uses on the same machine — PostgreSQL's
+    /// backends for its ledger — whose CPU is shown apart.
+    pub server: Option<&'static str>,
 }
 
 /// What the rounds measured for one scenario.
@@ -28,6 +31,8 @@ pub struct Measured {
     pub samples: Vec<Sample>,
     /// CPU microseconds the proxy process spent per request, per round.
     pub cpu_us: Vec<f64>,
+    /// CPU microseconds the scenario's server processes spent per request, per round.
+    pub server_cpu_us: Vec<f64>,
 }
 
 /// Runs `rounds` interleaved rounds of `wrk` over `scenarios` (direct first), after a warm-up.
@@ -49,11 +54,22 @@ pub async fn saturation(
     for round in 0..rounds {
         for (scenario, measured) in scenarios.iter().zip(&mut out) {
             let before = procs::cpu_time(scenario.pid);
+            let server_before = scenario.server.map(procs::cpu_time_of_named);
             let sample = run_wrk(scenario, load, dir).await?;
             let after = procs::cpu_time(scenario.pid);
+            let per_request = |used: std::time::Duration| {
+                used.as_secs_f64() * 1e6 / sample.requests.max(1) as f64
+            };
             if let (Some(before), Some(after)) = (before, after) {
-                let used = after.saturating_sub(before).as_secs_f64() * 1e6;
-                measured.cpu_us.push(used / sample.requests.max(1) as f64);
+                measured
+                    .cpu_us
+                    .push(per_request(after.saturating_sub(before)));
+            }
+            if let (Some(server), Some(before)) = (scenario.server, server_before) {
+                let after = procs::cpu_time_of_named(server);
+                measured
+                    .server_cpu_us
+                    .push(per_request(after.saturating_sub(before)));
             }
             eprintln!(
                 "  round {}/{rounds} {:<28} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms{}",
@@ -75,7 +91,8 @@ async fn run_wrk(scenario: &Scenario, load: Saturation, dir: &Path) -> anyhow::R
     tokio::task::spawn_blocking(move || load::wrk(&target, load, &dir)).await?
 }
 
-/// Runs `rounds` interleaved rounds of `oha` at a fixed rate over `scenarios` (direct first).
+/// Runs `rounds` interleaved rounds of `oha` at a fixed rate over `scenarios` (direct first),
+/// after an unrecorded warm-up run of each.
 pub async fn fixed_rate(
     oha: &Path,
     scenarios: &[Scenario],
@@ -83,6 +100,14 @@ pub async fn fixed_rate(
     load: FixedRate,
 ) -> anyhow::Result<Vec<Measured>> {
     let mut out = empty(scenarios);
+    let warm = FixedRate {
+        duration: load.duration.min(std::time::Duration::from_secs(2)),
+        ..load
+    };
+    for scenario in scenarios {
+        let (oha, target) = (oha.to_path_buf(), scenario.target.clone());
+        tokio::task::spawn_blocking(move || load::oha(&oha, &target, warm)).await??;
+    }
     for round in 0..rounds {
         for (scenario, measured) in scenarios.iter().zip(&mut out) {
             let (oha, target) = (oha.to_path_buf(), scenario.target.clone());
@@ -119,6 +144,7 @@ fn empty(scenarios: &[Scenario]) -> Vec<Measured> {
             label: s.label.clone(),
             samples: Vec::new(),
             cpu_us: Vec::new(),
+            server_cpu_us: Vec::new(),
         })
         .collect()
 }
@@ -150,7 +176,8 @@ pub fn saturation_table(rows: &[Measured]) -> String {
         "× HAProxy RS256",
         "p50 ms",
         "p99 ms",
-        "proxy CPU µs/req",
+        "CPU µs/req: the proxy (direct: the upstream)",
+        "CPU µs/req: its database server",
         "failed",
     ]);
     let ratio = |row: &Measured, reference: &str| {
@@ -172,14 +199,21 @@ pub fn saturation_table(rows: &[Measured]) -> String {
             format!("{:.3}", Stat::of(&p50).median),
             format!("{:.3}", Stat::of(&p99).median),
             format!("{:.1}", Stat::of(&row.cpu_us).median),
+            if row.server_cpu_us.is_empty() {
+                "–".into()
+            } else {
+                format!("{:.1}", Stat::of(&row.server_cpu_us).median)
+            },
             failed.to_string(),
         ]);
     }
     table.render()
 }
 
-/// The fixed-rate table: latency and what each path adds to the direct path's.
-pub fn fixed_rate_table(rows: &[Measured]) -> String {
+/// The fixed-rate table: latency and what each path adds to the direct path's. A path that
+/// fell short of `rate` (below 99 % of it) in any round is marked: oha then drops the requests
+/// that waited longest, and its latencies read low.
+pub fn fixed_rate_table(rows: &[Measured], rate: u32) -> String {
     let mut table = Table::new(&[
         "path",
         "achieved req/s",
@@ -197,8 +231,22 @@ pub fn fixed_rate_table(rows: &[Measured]) -> String {
                 .map_or("–".into(), |s| s.show_signed(3))
         };
         let failed: u64 = row.samples.iter().map(|s| s.failures).sum();
+        let short = row
+            .samples
+            .iter()
+            .filter(|s| s.rps < 0.99 * f64::from(rate))
+            .count();
+        let label = if short == 0 {
+            row.label.clone()
+        } else {
+            format!(
+                "{} — **below the rate in {short} of {} rounds: latencies read low**",
+                row.label,
+                row.samples.len()
+            )
+        };
         table.row(vec![
-            row.label.clone(),
+            label,
             format!("{:.0}", stat(|s| s.rps).median),
             stat(|s| s.p50_ms).show(3),
             stat(|s| s.p99_ms).show(3),

@@ -229,7 +229,7 @@ async fn measure_all(
     let mut sqlite_gate = launch.start("flowgate-sqlite", &sqlite("ledger.db"), &[])?;
     // Every token verified: what a caller minting a token per request costs, and the fair
     // match for HAProxy, which has no such cache.
-    let uncached_gate = launch.start(
+    let mut uncached_gate = launch.start(
         "flowgate-uncached",
         &sqlite("ledger-uncached.db"),
         &[("FLOWGATE_TOKEN_CACHE_SIZE", "0")],
@@ -262,6 +262,7 @@ async fn measure_all(
         label: label.to_string(),
         target,
         pid,
+        server: None,
     };
     let direct = scenario(
         "direct",
@@ -290,13 +291,13 @@ async fn measure_all(
     let sq = &sqlite_gate;
     let fg_hs = scenario(
         "flowgate-hs256",
-        "flowgate HS256 + access",
+        "flowgate HS256 + access (token cache on)",
         target(&sq.base, &free, &hs),
         sq.child.pid(),
     );
     let fg_rs = scenario(
         "flowgate-rs256",
-        "flowgate RS256 (JWKS) + access",
+        "flowgate RS256 (JWKS) + access (token cache on)",
         target(&sq.base, &free, &rs),
         sq.child.pid(),
     );
@@ -315,14 +316,15 @@ async fn measure_all(
     );
     let fg_sqlite = scenario(
         "flowgate-sqlite",
-        "flowgate RS256 + access + SQLite credits",
+        "flowgate RS256 + access + SQLite credits (token cache on)",
         target(&sq.base, &paid, &rs),
         sq.child.pid(),
     );
-    let fg_pg = pg_gate.as_ref().map(|g| {
-        scenario(
+    let fg_pg = pg_gate.as_ref().map(|g| Scenario {
+        server: Some("postgres"),
+        ..scenario(
             "flowgate-postgres",
-            "flowgate RS256 + access + PostgreSQL credits",
+            "flowgate RS256 + access + PostgreSQL credits (token cache on)",
             target(&g.base, &paid, &rs),
             g.child.pid(),
         )
@@ -360,10 +362,10 @@ async fn measure_all(
         ha_plain,
         ha_hs.clone(),
         ha_rs.clone(),
-        fg_hs,
+        fg_hs.clone(),
         fg_rs.clone(),
-        fg_hs_uncached,
-        fg_rs_uncached,
+        fg_hs_uncached.clone(),
+        fg_rs_uncached.clone(),
     ];
     let http = reqwest::Client::new();
     let lookups_before = scrape::token_cache(&http, &sqlite_gate.ops).await?;
@@ -379,7 +381,6 @@ async fn measure_all(
         .await?
         .since(lookups_before);
     let uncached_lookups = scrape::token_cache(&http, &uncached_gate.ops).await?;
-    drop(uncached_gate);
     eprintln!("phase A: apply-to-enforce");
     let enforce_small =
         control::apply_to_enforce(client, plan, &sqlite_gate.base, &probe, settings.changes)
@@ -394,7 +395,7 @@ async fn measure_all(
     let load_started = Instant::now();
     cluster::create(client, plan.bulk()).await?;
     let api_load = load_started.elapsed();
-    let mut gates: Vec<&mut Gate> = vec![&mut sqlite_gate];
+    let mut gates: Vec<&mut Gate> = vec![&mut sqlite_gate, &mut uncached_gate];
     if let Some(g) = pg_gate.as_mut() {
         gates.push(g);
     }
@@ -404,18 +405,23 @@ async fn measure_all(
     let visible = load_started.elapsed();
     let bulk_memory = memory(&sqlite_gate.child);
 
-    // Phase B: bulk index, with and without credits.
+    // Phase B: bulk index, with and without credits; each HAProxy row beside flowgate's with
+    // the same algorithm and every token verified (HAProxy has no cache), and with the cache on.
     eprintln!("phase B: saturation, bulk index");
     let phase_b: Vec<Scenario> = [
         direct.clone(),
         ha_hs.clone(),
         ha_rs.clone(),
+        fg_hs,
         fg_rs.clone(),
+        fg_hs_uncached,
+        fg_rs_uncached,
         fg_sqlite.clone(),
     ]
     .into_iter()
     .chain(fg_pg.clone())
     .collect();
+    let charged_before = reserves_of(&http, &sqlite_gate, pg_gate.as_ref()).await?;
     let rows_b = measure::saturation(
         &phase_b,
         settings.rounds,
@@ -424,6 +430,24 @@ async fn measure_all(
         dir,
     )
     .await?;
+    let charged_after = reserves_of(&http, &sqlite_gate, pg_gate.as_ref()).await?;
+    drop(uncached_gate);
+    // Every answer a credits row counted was charged: a policy that did not apply would have
+    // it measure the path without credits, answered 200 all the same.
+    let uncharged = charged(
+        &rows_b,
+        "flowgate-sqlite",
+        charged_before.0,
+        charged_after.0,
+    )
+    .into_iter()
+    .chain(charged(
+        &rows_b,
+        "flowgate-postgres",
+        charged_before.1,
+        charged_after.1,
+    ))
+    .collect::<Vec<_>>();
     eprintln!("phase B: fixed rate {} req/s", settings.fixed.rate);
     let fixed: Vec<Scenario> = [
         direct.clone(),
@@ -501,6 +525,16 @@ async fn measure_all(
         plan.bulk.total_chatflows() + 2,
     ));
     report.push_str(&measure::saturation_table(&rows_b));
+    if uncharged.is_empty() {
+        report.push_str(
+            "\nEvery answer the credits rows counted was charged (the ledger's reserves over the phase ≥ the answers).\n",
+        );
+    } else {
+        report.push_str(&format!(
+            "\n**Fewer reserves than answers: {} — those rows did not measure the credits path.**\n",
+            uncharged.join("; ")
+        ));
+    }
     report.push_str(&format!(
         "\n### Fixed rate {} req/s, bulk index\n\noha, {} connections, `--latency-correction`, {} rounds × {}, interleaved. Added = path − direct in the same round.\n\n",
         settings.fixed.rate,
@@ -508,7 +542,7 @@ async fn measure_all(
         settings.rounds,
         fmt_duration(settings.fixed.duration),
     ));
-    report.push_str(&measure::fixed_rate_table(&rows_fixed));
+    report.push_str(&measure::fixed_rate_table(&rows_fixed, settings.fixed.rate));
     report.push_str(&format!(
         "\nThe SQLite flowgate's own reserve latency over its fixed-rate rounds (`flowgate_ledger_operation_duration_seconds`, bucket-interpolated): {}.\n",
         after_fixed.since(&before_fixed).describe(),
@@ -577,6 +611,39 @@ async fn measure_all(
     report.push_str(&index::table(&figures));
     report.push_str(&failures_note(&[&rows_a, &rows_b, &rows_fixed]));
     Ok(report)
+}
+
+/// The reserves the SQLite flowgate's ledger and the PostgreSQL one's (if any) have counted.
+async fn reserves_of(
+    http: &reqwest::Client,
+    sqlite: &Gate,
+    postgres: Option<&Gate>,
+) -> anyhow::Result<(u64, Option<u64>)> {
+    let sqlite = scrape::reserves(http, &sqlite.ops).await?.count();
+    let postgres = match postgres {
+        Some(gate) => Some(scrape::reserves(http, &gate.ops).await?.count()),
+        None => None,
+    };
+    Ok((sqlite, postgres))
+}
+
+/// `key`'s answers and the reserves counted meanwhile, when fewer reserves than answers.
+fn charged(
+    rows: &[measure::Measured],
+    key: &str,
+    before: impl Into<Option<u64>>,
+    after: impl Into<Option<u64>>,
+) -> Option<String> {
+    let (before, after) = (before.into()?, after.into()?);
+    let answered: u64 = rows
+        .iter()
+        .find(|r| r.key == key)?
+        .samples
+        .iter()
+        .map(|s| s.requests)
+        .sum();
+    let reserved = after.saturating_sub(before);
+    (reserved < answered).then(|| format!("{key}: {reserved} reserves, {answered} answers"))
 }
 
 fn mb(kib: Option<u64>) -> String {

@@ -4,10 +4,12 @@
 //!
 //! - The **team** namespace: Chatflows `free` (no CreditPolicy) and `paid` (a PerSubject budget,
 //!   1 credit per prediction), and 10 ChatflowAccess objects, one of which grants the bench user.
-//! - The **bulk** namespaces (loaded for the "10,000 objects" scenarios): `namespaces` ×
-//!   `chatflows` Chatflows and `namespaces` × `accesses` ChatflowAccess objects, each granting two
-//!   chatflows of its namespace to a user and a group; every 10th also grants the bench user's
-//!   group, so the caller's own grant tables grow with the index too.
+//! - The **bulk** load (for the "10,000 objects" scenarios): `namespaces` × `chatflows`
+//!   Chatflows and `namespaces` × `accesses` ChatflowAccess objects, each granting two chatflows
+//!   of its namespace to a user and a group; and `team` more in the team namespace, granting
+//!   `free` and `paid` (the chatflows measured) to other users and groups, every 10th also to
+//!   the bench user's group. A decision looks only at the grants of its chatflow and namespace,
+//!   so those are the ones that must grow for the bulk load to weigh on it.
 
 use serde_json::{Value, json};
 
@@ -26,20 +28,25 @@ pub struct Bulk {
     pub namespaces: usize,
     pub chatflows: usize,
     pub accesses: usize,
+    /// ChatflowAccess objects added to the team namespace, on the measured chatflows.
+    pub team: usize,
 }
 
 impl Bulk {
-    /// 1,000 Chatflows and 10,000 ChatflowAccess objects.
+    /// 1,000 Chatflows and 10,000 ChatflowAccess objects, 1,000 of them on the measured
+    /// chatflows.
     pub const FULL: Self = Self {
         namespaces: 100,
         chatflows: 10,
-        accesses: 100,
+        accesses: 90,
+        team: 1_000,
     };
     /// Enough to exercise the path in `--quick` mode.
     pub const QUICK: Self = Self {
         namespaces: 4,
         chatflows: 5,
         accesses: 50,
+        team: 20,
     };
 
     pub fn total_chatflows(&self) -> usize {
@@ -47,7 +54,7 @@ impl Bulk {
     }
 
     pub fn total_accesses(&self) -> usize {
-        self.namespaces * self.accesses
+        self.namespaces * self.accesses + self.team
     }
 }
 
@@ -131,8 +138,9 @@ impl Plan {
             namespaces,
             chatflows,
             accesses,
+            team,
         } = self.bulk;
-        let mut objects = Vec::with_capacity(namespaces * (chatflows + accesses));
+        let mut objects = Vec::with_capacity(namespaces * (chatflows + accesses) + team);
         for k in 0..namespaces {
             let ns = self.bulk_namespace(k);
             for j in 0..chatflows {
@@ -165,6 +173,27 @@ impl Plan {
                     Value::Array(subjects),
                 ));
             }
+        }
+        let ns = self.team_namespace();
+        for j in 0..team {
+            let flows: &[&str] = if j % 2 == 0 {
+                &["free", "paid"]
+            } else {
+                &["paid"]
+            };
+            let mut subjects = vec![
+                json!({"user": format!("team-user-{j}@example.com")}),
+                json!({"group": format!("team-group-{}", j % 100)}),
+            ];
+            if j % 10 == 0 {
+                subjects.push(json!({"group": GROUP}));
+            }
+            objects.push(access(
+                &ns,
+                &format!("bulk-{j}"),
+                flows,
+                Value::Array(subjects),
+            ));
         }
         objects
     }
