@@ -150,8 +150,13 @@ where
         // Dropped here instead, an unreported body reports its client gone: Flowise is asked to
         // abort the run. So it goes before any token (the client had nothing of the answer),
         // once the shutdown began (its grace counts from then), without a runtime, and past the
-        // limit of readings at once.
-        if body.reported() || !body.answering() || self.drains.shutdown.is_cancelled() {
+        // limit of readings at once. One whose poll panicked is flowgate's failure, never read on:
+        // it reports so as it drops.
+        if body.reported()
+            || !body.answering()
+            || body.panicked()
+            || self.drains.shutdown.is_cancelled()
+        {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -365,6 +370,31 @@ mod tests {
         drains.background.close();
         drains.background.wait().await;
         assert_eq!(drains.running(), 0, "the reading let its permit go");
+    }
+
+    /// A poll that panicked after the answer began is flowgate's failure: the body is not read
+    /// on as if its client had left, and reports the stream failed.
+    #[tokio::test]
+    async fn a_stream_whose_poll_panicked_is_not_read_on() {
+        let (drains, _) = drains(Duration::from_secs(60));
+        let (seen, on_end) = recorder();
+        let mut sent = false;
+        let inner = StreamBody::new(futures::stream::poll_fn(move |_| {
+            assert!(!sent, "a bug");
+            sent = true;
+            std::task::Poll::Ready(Some(event(TOKEN)))
+        }));
+        let mut body = drains.wrap(Observed::new(inner, Some(Resume::New), on_end), "user:a");
+        assert!(body.frame().await.is_some(), "the client reads a token");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let waker = futures::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            let _ = std::pin::Pin::new(&mut body).poll_frame(&mut cx);
+        }));
+        assert!(panicked.is_err());
+        drop(body);
+        assert_eq!(self::seen(&seen), vec![(StreamEnd::UpstreamFailed, 0)]);
+        assert!(drains.background.is_empty(), "nothing read on");
     }
 
     #[tokio::test]

@@ -173,6 +173,11 @@ impl<B> Observed<B> {
         self.scanner.answering()
     }
 
+    /// Whether a poll of it never returned: it panicked, and the stream failed on flowgate's side.
+    pub(super) fn panicked(&self) -> bool {
+        self.polling
+    }
+
     /// Reports the stream [`StreamEnd::Abandoned`] unless it already reported its end.
     pub(super) fn abandon(&mut self) {
         let _ = self.finish(StreamEnd::Abandoned);
