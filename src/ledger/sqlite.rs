@@ -557,6 +557,9 @@ fn run_writer(
             }
         }
     }
+    // At the end too: replaced while the writer waited for work, the old file's write-ahead log
+    // must be emptied before the connection closes and leaves it for the next start.
+    let _ = file.moved(&conn);
 }
 
 fn commit_batch(conn: &mut Connection, batch: Vec<Op>) -> Vec<Answer> {

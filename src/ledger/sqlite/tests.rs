@@ -659,3 +659,35 @@ async fn a_ledger_file_replaced_underneath_fails_every_write() {
         .expect("integrity check");
     assert_eq!(check, "ok");
 }
+
+/// Replaced while the writer had nothing to do and closed before anything else was written:
+/// the old file's write-ahead log is still emptied at close, not replayed at the next start.
+#[tokio::test]
+async fn a_ledger_file_replaced_while_idle_is_not_replayed_after_a_restart() {
+    use crate::ledger::CreditLedger;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.db");
+    let ledger = SqliteLedger::open(&path).await.expect("open");
+    let now = Timestamp::now();
+    let reserved = ledger.reserve(reserve_request("alice", false, now)).await;
+    assert!(
+        matches!(reserved, Ok(ReserveOutcome::Reserved { .. })),
+        "{reserved:?}"
+    );
+    let other = dir.path().join("restored.db");
+    drop(SqliteLedger::open(&other).await.expect("another ledger"));
+    std::fs::rename(&other, &path).expect("replace");
+    ledger.close(Duration::from_secs(5)).await.expect("closed");
+    drop(ledger);
+    let restarted = SqliteLedger::open(&path).await.expect("reopen");
+    let window = Window {
+        start: now,
+        end: None,
+    };
+    let used = restarted.balance("team/pool", "*", &window).await;
+    assert_eq!(
+        used.expect("balance"),
+        0,
+        "the restored ledger's, untouched"
+    );
+}
