@@ -364,47 +364,13 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
             "controller not started: with --resources-dir there is no cluster to reconcile"
         );
     }
-    let controller_stopped = Arc::new(std::sync::OnceLock::new());
     if let (true, Some(controller)) = (config.controller, controller) {
-        let (shutdown, stopped, metrics) = (
-            shutdown.clone(),
-            controller_stopped.clone(),
-            metrics.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            // Reconciles still running get the drain period, as requests do; past it they are
-            // dropped (the Lease then expires instead of being released).
-            let stopping = async {
-                shutdown.cancelled().await;
-                tokio::time::sleep(DRAIN_PERIOD).await;
-            };
-            // A task of its own: a panic ends it, not this one.
-            let mut running = tokio::spawn(controller.run(shutdown.clone()));
-            tokio::select! {
-                ended = &mut running => {
-                    let why = match ended {
-                        Ok(Ok(())) if shutdown.is_cancelled() => return,
-                        Ok(Ok(())) => "it returned".to_string(),
-                        Ok(Err(error)) => error.to_string(),
-                        Err(join) => match join.try_into_panic() {
-                            Ok(panic) => format!("panicked: {}", crate::telemetry::panic_message(&*panic)),
-                            Err(join) => join.to_string(),
-                        },
-                    };
-                    // Never expected; a replica whose controller is gone would go on looking
-                    // healthy while nothing is reconciled (and report itself the leader): the
-                    // process stops instead, to be restarted, as for a proxy thread.
-                    tracing::error!(why = %why, "the controller stopped; shutting down");
-                    metrics.controller.set_leader(false);
-                    let _ = stopped.set(why);
-                    shutdown.cancel();
-                }
-                () = stopping => {
-                    running.abort();
-                    tracing::warn!(?DRAIN_PERIOD, "reconciles still running after the drain period");
-                }
-            }
-        }));
+        let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
+        tasks.push(tokio::spawn(supervise(
+            Arc::new(controller),
+            shutdown,
+            metrics,
+        )));
     }
 
     started.open();
@@ -426,10 +392,60 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     if threads_stopped.load(std::sync::atomic::Ordering::Acquire) {
         return Err(RunError::ThreadStopped);
     }
-    if let Some(why) = controller_stopped.get() {
-        return Err(crate::controller::ControllerError::Stopped(why.clone()).into());
-    }
     Ok(())
+}
+
+/// First wait before the controller is started again after it stopped unexpectedly; it doubles
+/// up to [`RESTART_MAX`].
+const RESTART_FIRST: Duration = Duration::from_secs(5);
+const RESTART_MAX: Duration = Duration::from_secs(300);
+
+/// Runs the controller until shutdown, in a task of its own: one that stops before (a panic
+/// outside a reconcile; one inside is that object's error) is started again after a wait,
+/// rather than leave a replica that serves requests but never reconciles (and reports itself
+/// the leader) — or stop the proxy with it. Reconciles still running at shutdown get the drain
+/// period, as requests do; past it they are dropped (the Lease then expires instead of being
+/// released).
+async fn supervise(
+    controller: Arc<crate::controller::Controller>,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) {
+    let stopping = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_PERIOD).await;
+    };
+    let mut stopping = std::pin::pin!(stopping);
+    let mut wait = RESTART_FIRST;
+    loop {
+        let mut running = tokio::spawn(controller.clone().run(shutdown.clone()));
+        tokio::select! {
+            ended = &mut running => {
+                let why = match ended {
+                    Ok(Ok(())) if shutdown.is_cancelled() => return,
+                    Ok(Ok(())) => "it returned".to_string(),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(join) => match join.try_into_panic() {
+                        Ok(panic) => format!("panicked: {}", crate::telemetry::panic_message(&*panic)),
+                        Err(join) => join.to_string(),
+                    },
+                };
+                tracing::error!(why = %why, restart_in = ?wait, "the controller stopped; starting it again");
+                metrics.controller.set_leader(false);
+                metrics.controller.restarted();
+            }
+            () = &mut stopping => {
+                running.abort();
+                tracing::warn!(?DRAIN_PERIOD, "reconciles still running after the drain period");
+                return;
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RESTART_MAX);
+    }
 }
 
 /// Binds `addr`. The unspecified IPv6 address (`[::]`, the default) takes IPv4 connections too

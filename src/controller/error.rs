@@ -32,9 +32,6 @@ pub enum ControllerError {
     /// The reconcile panicked (a bug in flowgate): tried again at the sync interval.
     #[error("the reconcile failed inside flowgate (panicked: {0})")]
     Panicked(String),
-    /// The controller stopped before the process was asked to (a task of it panicked).
-    #[error("the controller stopped unexpectedly: {0}")]
-    Stopped(String),
 }
 
 impl ControllerError {
@@ -50,7 +47,7 @@ impl ControllerError {
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.transient(),
                 _ => true,
             },
-            Self::Unnamed | Self::Serialize(_) | Self::Panicked(_) | Self::Stopped(_) => false,
+            Self::Unnamed | Self::Serialize(_) | Self::Panicked(_) => false,
             Self::LeaseLost => true,
         }
     }
@@ -83,7 +80,6 @@ impl ControllerError {
             Self::Serialize(_) => "serialize",
             Self::LeaseLost => "lease_lost",
             Self::Panicked(_) => "panicked",
-            Self::Stopped(_) => "stopped",
         }
     }
 

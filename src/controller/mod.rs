@@ -160,7 +160,7 @@ impl Controller {
 
     /// Campaigns for the Lease and, while holding it, reconciles everything; returns after
     /// `shutdown` once in-flight reconciles have finished and the Lease is released.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ControllerError> {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), ControllerError> {
         let lease = leader::Lease::new(self.client.clone(), self.settings.lease.clone());
         tracing::info!(
             identity = %self.settings.lease.identity,

@@ -43,6 +43,7 @@ pub struct ControllerMetrics {
     sync_last_success: Gauge,
     sync_interval: Gauge,
     leader: Gauge,
+    restarts: Counter,
 }
 
 /// Counts of one Flowise sync pass, as exported.
@@ -127,6 +128,13 @@ impl ControllerMetrics {
             "1 while this replica holds the controller Lease",
             leader.clone(),
         );
+        let restarts = Counter::default();
+        registry.register(
+            "controller_restarts",
+            "Times the controller stopped unexpectedly (a panic outside a reconcile) and was \
+             started again",
+            restarts.clone(),
+        );
         Self {
             reconciles,
             reconcile_errors,
@@ -139,7 +147,13 @@ impl ControllerMetrics {
             sync_last_success,
             sync_interval,
             leader,
+            restarts,
         }
+    }
+
+    /// Counts a restart of a controller that stopped unexpectedly.
+    pub fn restarted(&self) {
+        self.restarts.inc();
     }
 
     /// Records the configured time between sync passes (for the alert on passes failing).

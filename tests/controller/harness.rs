@@ -31,7 +31,7 @@ impl Running {
     pub fn spawn(controller: Controller, metrics: Arc<Metrics>) -> Self {
         let sync = controller.sync_state();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(controller.run(shutdown.clone()));
+        let task = tokio::spawn(Arc::new(controller).run(shutdown.clone()));
         Running {
             shutdown,
             task,
