@@ -189,15 +189,15 @@ fn names_stored_part(part: &multipart::Part) -> bool {
                 .any(|w| w == STORED.as_bytes()))
 }
 
-/// A file name that stays one path segment wherever Flowise stores it, and that Flowise's form
-/// parser reads as a file's (an empty one makes the part a text field; a control character,
-/// a part it skips).
+/// A file name that stays one path segment wherever Flowise stores it.
 fn plain_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.contains(['/', '\\'])
-        && !name.chars().any(char::is_control)
-        && name != ".."
-        && name != "."
+    !name.contains(['/', '\\']) && name != ".." && name != "."
+}
+
+/// A form file's name: plain, and one Flowise's form parser reads as a file's (an empty one
+/// makes the part a text field; a control character, a part it skips).
+fn form_file_name(name: &str) -> bool {
+    plain_file_name(name) && !name.is_empty() && !name.chars().any(char::is_control)
 }
 
 /// Longest text part Flowise's form parser takes (busboy's `fieldSize`): a longer one fails
@@ -257,7 +257,7 @@ pub(super) async fn read_prediction(
     }
     for part in &form.parts {
         match &part.file_name {
-            Some(name) if !plain_file_name(name) => return Err(not_plain(name)),
+            Some(name) if !form_file_name(name) => return Err(not_plain(name)),
             Some(_) => {}
             None if part.data.len() > MAX_FORM_FIELD => {
                 return Err(ProxyError::PayloadTooLarge {
@@ -434,12 +434,15 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_file_name_is_one_segment_flowise_reads_as_a_file() {
+    fn a_form_file_name_is_one_segment_flowise_reads_as_a_file() {
         for fine in ["q3 (final).pdf", "résumé.pdf", "..x", "a.b"] {
-            assert!(plain_file_name(fine), "{fine}");
+            assert!(form_file_name(fine), "{fine}");
         }
         for refused in ["", "a/b", "a\\b", "..", ".", "a\u{1}.pdf", "a\n.pdf"] {
-            assert!(!plain_file_name(refused), "{refused:?}");
+            assert!(!form_file_name(refused), "{refused:?}");
         }
+        // A JSON upload's name only has to stay one segment: a URL upload's may be empty.
+        assert!(plain_file_name(""));
+        assert!(!plain_file_name("../x"));
     }
 }
