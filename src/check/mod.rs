@@ -181,7 +181,7 @@ pub fn check(paths: &[PathBuf]) -> Report {
             let mut value: Value = match serde_saphyr::from_str(doc.text) {
                 // A template whose every `{{ }}` is quoted parses, but what it says is not what
                 // is applied (`namespace: "{{ .Release.Namespace }}"`): a warning, as any other.
-                Ok(_) if names_flowgate_api(doc.text) && is_template(doc.text) => {
+                Ok(value) if names_flowgate_api(doc.text) && templated(&value) => {
                     templates += 1;
                     report.push(
                         Severity::Warning,
@@ -595,6 +595,35 @@ fn is_template(text: &str) -> bool {
                     .is_some_and(|rest| rest.starts_with([' ', '}']))
             })
     })
+}
+
+/// Whether a parsed document holds a Go template action in a key or a value, outside a flow
+/// definition's `flowData` (whose prompts may have `{{.}}`, `{{ $json… }}` of their own).
+fn templated(value: &Value) -> bool {
+    fn walk(value: &Value, at: &mut Vec<String>) -> bool {
+        if at
+            .iter()
+            .map(String::as_str)
+            .eq(["spec", "definition", "flowData"])
+        {
+            return false;
+        }
+        match value {
+            Value::String(s) => is_template(s),
+            Value::Array(items) => items.iter().any(|v| walk(v, at)),
+            Value::Object(fields) => fields.iter().any(|(k, v)| {
+                if is_template(k) {
+                    return true;
+                }
+                at.push(k.clone());
+                let found = walk(v, at);
+                at.pop();
+                found
+            }),
+            _ => false,
+        }
+    }
+    walk(value, &mut Vec::new())
 }
 
 /// Whether a document names the flowgate API (an `apiVersion` line mentioning it), so that

@@ -685,4 +685,24 @@ spec: {chatflows: [\"*\"], subjects: [{user: u}]}
         found[1].contains("only templates that mention them"),
         "{found:#?}"
     );
+    // A flow definition's own `{{.}}` is a prompt's, checked as the rest of the object.
+    write(
+        dir.path(),
+        "chart/templates/access.yaml",
+        "apiVersion: flowgate.io/v1alpha1
+kind: Chatflow
+metadata: {name: bot, namespace: a}
+spec:
+  definition:
+    flowData: {nodes: [{id: node1, data: {prompt: \"{{.}} and {{ .x }}\"}}], edges: []}
+  flowiseIdd: typo
+",
+    );
+    let report = check(&[dir.path().to_path_buf()]);
+    let found = lines(&report, dir.path());
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].contains("unknown field .spec.flowiseIdd"),
+        "{found:#?}"
+    );
 }
