@@ -85,10 +85,10 @@ pub struct Flowgate {
 impl Drop for Flowgate {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        if let Some(error) = self.stopped.get()
-            && !std::thread::panicking()
-        {
-            panic!("flowgate stopped during the test: {error}");
+        match self.stopped.get() {
+            Some(error) if std::thread::panicking() => eprintln!("flowgate had stopped: {error}"),
+            Some(error) => panic!("flowgate stopped during the test: {error}"),
+            None => {}
         }
     }
 }
@@ -246,6 +246,9 @@ impl Flowgate {
                     && resp.status().is_success()
                 {
                     return;
+                }
+                if let Some(error) = me.stopped.get() {
+                    panic!("flowgate stopped while starting: {error}");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
