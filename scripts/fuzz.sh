@@ -57,8 +57,19 @@ run_one() {
   local target=$1 seconds=$2 out
   mkdir -p "$CORPUS/$target" "$root/fuzz/seeds/$target"
   if (($(find "$CORPUS/$target" -type f | wc -l) > CORPUS_MAX)); then
+    # libFuzzer's merge into a directory beside it (cargo fuzz cmin renames across the checkout
+    # and the cache, which fails when they are on different filesystems), swapped in when done.
     log "$target: minimising its cached corpus"
-    fuzz cmin "$target" "$CORPUS/$target" >/dev/null 2>&1 || log "$target: could not minimise; corpus kept"
+    rm -rf "$CORPUS/$target.min"
+    mkdir -p "$CORPUS/$target.min"
+    if fuzz run "$target" "$CORPUS/$target.min" "$CORPUS/$target" -- -merge=1 >/dev/null 2>&1 &&
+      [[ -n $(find "$CORPUS/$target.min" -type f -print -quit) ]]; then
+      rm -rf "$CORPUS/$target"
+      mv "$CORPUS/$target.min" "$CORPUS/$target"
+    else
+      rm -rf "$CORPUS/$target.min"
+      log "$target: could not minimise; corpus kept"
+    fi
   fi
   out=$(mktemp)
   # The cached corpus comes first: libFuzzer adds new inputs to the first directory only.
@@ -90,8 +101,9 @@ main() {
   [[ ${#list[@]} -gt 0 ]] || mapfile -t list < <(targets)
   # The fuzzers build against fuzz/Cargo.lock: refused if it no longer matches the manifests
   # (a dependency added to flowgate and not to it), rather than resolved anew from crates.io.
-  (cd "$root/fuzz" && cargo metadata --locked --format-version 1 >/dev/null) ||
-    { log "fuzz/Cargo.lock is out of date: run 'cargo update --workspace' in fuzz/ and commit it"; exit 1; }
+  # Fetched for this machine's target only (cargo's own error says why if it fails).
+  (cd "$root/fuzz" && cargo fetch --locked --quiet --target "$(rustc -vV | sed -n 's/^host: //p')") ||
+    { log "could not fetch the fuzzers' dependencies as fuzz/Cargo.lock pins them (if it is out of date: 'cargo update --workspace' in fuzz/, and commit it)"; exit 1; }
   if [[ $# -eq 0 ]]; then
     fuzz build
   else

@@ -7,7 +7,9 @@
 #           the binary at $CACHE/bin/kube-apiserver; kubectl too, into $CACHE/bin/kubectl, when
 #           the machine has none (`env` then puts it on PATH). No-op when both are at hand.
 #   start   Build if needed, then start etcd + kube-apiserver on 127.0.0.1 and write
-#           $CACHE/cluster/kubeconfig. No-op when both are already running and ready.
+#           $CACHE/cluster/kubeconfig. No-op when both are already running and ready, unless
+#           the API server's certificate ends within 30 days: then both are restarted for a new
+#           one (clients of the old CA, a run in progress, then fail: once a year).
 #   stop    Stop both (TERM, then KILL). `stop --purge` also deletes all cluster state
 #           (etcd data, certificates, token, service-account keys, logs, kubeconfig).
 #   prune   Delete the chart releases' Services, ClusterRoles and ClusterRoleBindings that test
@@ -617,9 +619,11 @@ cmd_prune() {
   for collection in /api/v1/services \
     /apis/rbac.authorization.k8s.io/v1/clusterroles \
     /apis/rbac.authorization.k8s.io/v1/clusterrolebindings; do
-    # Listed first: a failed list is an error, not "nothing to prune".
-    listed=$(api_curl -f "$APISERVER_URL$collection?labelSelector=$selector") ||
-      die "listing $collection failed"
+    # Listed first: a failed list is said, not taken for "nothing to prune".
+    if ! listed=$(api_curl -f "$APISERVER_URL$collection?labelSelector=$selector"); then
+      log "listing $collection failed; not pruning it this time"
+      continue
+    fi
     # Objects of a namespaced collection live under /namespaces/NS/ (no selfLink in 1.20).
     while read -r ns name; do
       [[ -n $name ]] || continue
