@@ -737,3 +737,91 @@ fn a_definition_that_embeds_a_file_is_invalid() {
     .expect("spec");
     assert!(rules::chatflow_source(&tool).is_ok());
 }
+
+/// One subject named by many objects on one chatflow is decided from their grants folded into
+/// one (those that never expire): the union is what it was grant by grant — the strongest role,
+/// the most generous limit, none when one grant has none, the others' when all are the admin
+/// API's.
+#[test]
+fn many_grants_of_one_subject_decide_as_their_union() {
+    let grant = |name: &str, who: &str, extra: &str| {
+        access(
+            "team-a",
+            name,
+            &format!("  chatflows: [support-bot]\n  subjects: [{{{who}}}]\n{extra}"),
+        )
+    };
+    let admin_api = |name: &str, user: &str| {
+        parse(&format!(
+            "apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\n\
+             metadata: {{name: {name}, namespace: team-a, labels: {{flowgate.io/managed-by: admin-api}}}}\n\
+             spec: {{chatflows: [support-bot], subjects: [{{user: {user}}}]}}\n"
+        ))
+    };
+    let mut resources = team_a();
+    resources.accesses = vec![
+        grant(
+            "slow",
+            "group: many",
+            "  rateLimit: {requests: 10, per: Minute}\n",
+        ),
+        grant(
+            "fast",
+            "group: many",
+            "  role: Admin\n  rateLimit: {requests: 1, per: Second}\n",
+        ),
+        grant(
+            "slower",
+            "group: many",
+            "  rateLimit: {requests: 5, per: Minute}\n",
+        ),
+        grant(
+            "brief",
+            "group: many",
+            "  rateLimit: {requests: 100, per: Second}\n  expiresAt: '2026-06-01T11:00:00Z'\n",
+        ),
+        grant(
+            "members",
+            "group: members",
+            "  rateLimit: {requests: 10, per: Minute}\n",
+        ),
+        admin_api("admin-api-one", "carol@example.com"),
+        admin_api("admin-api-two", "carol@example.com"),
+    ];
+    let snap = compile(&resources);
+    let cf = snap.chatflow_by_flowise_id(SUPPORT).expect("indexed");
+    let limit_of = |access: Option<Access>| {
+        let limit = access.and_then(|a| a.limit)?;
+        Some(snap.access_rules()[limit.rule as usize].name.clone())
+    };
+    let (none, many, members) = ([], ["many".to_string()], ["members".to_string()]);
+    let in_group = |groups| Caller {
+        users: &none,
+        groups,
+        service_account: None,
+    };
+    let access = snap.access(&in_group(&many), cf, now()).expect("granted");
+    assert_eq!(access.role, Role::Admin, "the strongest role");
+    assert_eq!(
+        limit_of(Some(access)).as_deref(),
+        Some("fast"),
+        "expired 'brief' is out"
+    );
+    // Two admin-API grants and a limited one: the limited one's limit.
+    let carol = ["carol@example.com".to_string()];
+    let member = Caller {
+        users: &carol,
+        groups: &members,
+        service_account: None,
+    };
+    let access = snap.access(&member, cf, now());
+    assert_eq!(limit_of(access).as_deref(), Some("members"));
+    // A lasting grant without a limit lifts every other.
+    resources
+        .accesses
+        .push(grant("open", "group: many", "  role: User\n"));
+    let snap = compile(&resources);
+    let cf = snap.chatflow_by_flowise_id(SUPPORT).expect("indexed");
+    let access = snap.access(&in_group(&many), cf, now()).expect("granted");
+    assert_eq!((access.role, access.limit), (Role::Admin, None));
+}
