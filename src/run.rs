@@ -418,11 +418,15 @@ async fn supervise(
     let mut stopping = std::pin::pin!(stopping);
     let mut wait = RESTART_FIRST;
     loop {
+        let started = tokio::time::Instant::now();
         let mut running = tokio::spawn(controller.clone().run(shutdown.clone()));
         tokio::select! {
             ended = &mut running => {
+                // Ended in the shutdown (whatever way): nothing to start again.
+                if shutdown.is_cancelled() {
+                    return;
+                }
                 let why = match ended {
-                    Ok(Ok(())) if shutdown.is_cancelled() => return,
                     Ok(Ok(())) => "it returned".to_string(),
                     Ok(Err(error)) => error.to_string(),
                     Err(join) => match join.try_into_panic() {
@@ -430,6 +434,10 @@ async fn supervise(
                         Err(join) => join.to_string(),
                     },
                 };
+                // A run that lasted starts the waits over: only stops in a row back off.
+                if started.elapsed() >= RESTART_MAX {
+                    wait = RESTART_FIRST;
+                }
                 tracing::error!(why = %why, restart_in = ?wait, "the controller stopped; starting it again");
                 metrics.controller.set_leader(false);
                 metrics.controller.restarted();
