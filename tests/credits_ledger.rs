@@ -317,43 +317,31 @@ async fn a_budget_spent_on_tokens_crosses_its_thresholds_at_the_settle() {
 /// cross the thresholds at the settle.
 #[tokio::test]
 async fn tokens_within_the_hold_cross_their_thresholds_too() {
-    let (team, gate, _fake) = token_alerts(
-        "credits-token-hold-alerts",
-        "held",
-        json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Daily"},
-               "cost": {"perPrediction": 0, "perThousandTokens": 1000, "reserveTokens": 40},
-               "alertAtPercent": [50, 80]}),
-    )
-    .await;
-    let (id, alice) = (team.flowise_id.clone(), team.alice());
-    let alerts = |percent: u8| alerted(&gate, &team, "held", percent);
     // 30 used; then 60 (50 %), 90 (80 %), each settle 10 below its 40-credit hold.
-    for percent in [50, 80] {
-        let (status, body) = predict(&gate, &alice, &id, json!({"question": "q"})).await;
-        assert_eq!(status, 200, "{body}");
-        support::eventually(10, "the threshold alerted at the settle", || async {
-            (alerts(percent).await == Some(1.0)).then_some(())
-        })
-        .await;
-    }
-    team.cleanup().await;
+    thresholds_cross_at_the_settle("credits-token-hold-alerts", "held", 40).await;
 }
 
 /// A hold exactly right leaves the bucket as the reserve left it at the settle: the tokens it
 /// counted still cross the thresholds then.
 #[tokio::test]
 async fn tokens_that_use_the_hold_exactly_cross_their_thresholds_too() {
+    // 30 used; then 60 (50 %), 90 (80 %), each settle what its 30-credit hold held.
+    thresholds_cross_at_the_settle("credits-token-exact-alerts", "exact", 30).await;
+}
+
+/// A policy `name` pricing 30 tokens a prediction at 30 credits, holding `reserve_tokens`'
+/// worth: after the first prediction (30 of 100 used), each of two more crosses 50 % and 80 %.
+async fn thresholds_cross_at_the_settle(prefix: &str, name: &str, reserve_tokens: u64) {
     let (team, gate, _fake) = token_alerts(
-        "credits-token-exact-alerts",
-        "exact",
+        prefix,
+        name,
         json!({"chatflows": ["*"], "budget": {"credits": 100, "period": "Daily"},
-               "cost": {"perPrediction": 0, "perThousandTokens": 1000, "reserveTokens": 30},
+               "cost": {"perPrediction": 0, "perThousandTokens": 1000, "reserveTokens": reserve_tokens},
                "alertAtPercent": [50, 80]}),
     )
     .await;
     let (id, alice) = (team.flowise_id.clone(), team.alice());
-    let alerts = |percent: u8| alerted(&gate, &team, "exact", percent);
-    // 30 used; then 60 (50 %), 90 (80 %), each settle what its 30-credit hold held.
+    let alerts = |percent: u8| alerted(&gate, &team, name, percent);
     for percent in [50, 80] {
         let (status, body) = predict(&gate, &alice, &id, json!({"question": "q"})).await;
         assert_eq!(status, 200, "{body}");

@@ -613,10 +613,9 @@ async fn the_writer_survives_a_batch_that_panics() {
     assert_eq!(used.expect("balance"), 10);
 }
 
-/// A ledger file removed or replaced underneath is never written again: a charge is refused, for
-/// good, rather than committed into a file nothing will read.
-#[tokio::test]
-async fn a_ledger_file_replaced_underneath_fails_every_write() {
+/// A ledger with one charge (alice's 10), whose file another ledger's was then moved over (a
+/// restore into the running pod); its directory, and when the charge was made.
+async fn replaced_underneath() -> (SqliteLedger, tempfile::TempDir, Timestamp) {
     use crate::ledger::CreditLedger;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ledger.db");
@@ -627,21 +626,20 @@ async fn a_ledger_file_replaced_underneath_fails_every_write() {
         matches!(reserved, Ok(ReserveOutcome::Reserved { .. })),
         "{reserved:?}"
     );
-    // A restore into the running pod: another file moved over the ledger's name.
     let other = dir.path().join("restored.db");
     drop(SqliteLedger::open(&other).await.expect("another ledger"));
     std::fs::rename(&other, &path).expect("replace");
-    for _ in 0..2 {
-        let refused = ledger.reserve(reserve_request("alice", false, now)).await;
-        assert!(
-            matches!(&refused, Err(e) if !e.transient() && e.to_string().contains("replaced")),
-            "{refused:?}"
-        );
-    }
-    // Restarted on the file now there, flowgate reads that file: the old one's write-ahead log,
-    // which SQLite leaves beside a moved database it closes, was emptied, not replayed onto it.
+    (ledger, dir, now)
+}
+
+/// Closes `ledger` and opens what is now at its path, as a restart does: it must be the file
+/// moved there, untouched (the old one's write-ahead log, which SQLite leaves beside a moved
+/// database it closes, emptied, not replayed onto it).
+async fn restart_finds_the_restored_ledger(ledger: SqliteLedger, dir: &Path, now: Timestamp) {
+    use crate::ledger::CreditLedger;
     ledger.close(Duration::from_secs(5)).await.expect("closed");
     drop(ledger);
+    let path = dir.join("ledger.db");
     let restarted = SqliteLedger::open(&path).await.expect("reopen");
     let window = Window {
         start: now,
@@ -660,34 +658,26 @@ async fn a_ledger_file_replaced_underneath_fails_every_write() {
     assert_eq!(check, "ok");
 }
 
+/// A ledger file removed or replaced underneath is never written again: a charge is refused, for
+/// good, rather than committed into a file nothing will read.
+#[tokio::test]
+async fn a_ledger_file_replaced_underneath_fails_every_write() {
+    use crate::ledger::CreditLedger;
+    let (ledger, dir, now) = replaced_underneath().await;
+    for _ in 0..2 {
+        let refused = ledger.reserve(reserve_request("alice", false, now)).await;
+        assert!(
+            matches!(&refused, Err(e) if !e.transient() && e.to_string().contains("replaced")),
+            "{refused:?}"
+        );
+    }
+    restart_finds_the_restored_ledger(ledger, dir.path(), now).await;
+}
+
 /// Replaced while the writer had nothing to do and closed before anything else was written:
 /// the old file's write-ahead log is still emptied at close, not replayed at the next start.
 #[tokio::test]
 async fn a_ledger_file_replaced_while_idle_is_not_replayed_after_a_restart() {
-    use crate::ledger::CreditLedger;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("ledger.db");
-    let ledger = SqliteLedger::open(&path).await.expect("open");
-    let now = Timestamp::now();
-    let reserved = ledger.reserve(reserve_request("alice", false, now)).await;
-    assert!(
-        matches!(reserved, Ok(ReserveOutcome::Reserved { .. })),
-        "{reserved:?}"
-    );
-    let other = dir.path().join("restored.db");
-    drop(SqliteLedger::open(&other).await.expect("another ledger"));
-    std::fs::rename(&other, &path).expect("replace");
-    ledger.close(Duration::from_secs(5)).await.expect("closed");
-    drop(ledger);
-    let restarted = SqliteLedger::open(&path).await.expect("reopen");
-    let window = Window {
-        start: now,
-        end: None,
-    };
-    let used = restarted.balance("team/pool", "*", &window).await;
-    assert_eq!(
-        used.expect("balance"),
-        0,
-        "the restored ledger's, untouched"
-    );
+    let (ledger, dir, now) = replaced_underneath().await;
+    restart_finds_the_restored_ledger(ledger, dir.path(), now).await;
 }
