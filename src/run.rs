@@ -422,11 +422,9 @@ async fn supervise(
         let mut running = tokio::spawn(controller.clone().run(shutdown.clone()));
         tokio::select! {
             ended = &mut running => {
-                // Ended in the shutdown (whatever way): nothing to start again.
-                if shutdown.is_cancelled() {
-                    return;
-                }
                 let why = match ended {
+                    // Ended in the shutdown: nothing to start again.
+                    Ok(Ok(())) if shutdown.is_cancelled() => return,
                     Ok(Ok(())) => "it returned".to_string(),
                     Ok(Err(error)) => error.to_string(),
                     Err(join) => match join.try_into_panic() {
@@ -434,6 +432,10 @@ async fn supervise(
                         Err(join) => join.to_string(),
                     },
                 };
+                if shutdown.is_cancelled() {
+                    tracing::warn!(why = %why, "the controller stopped during the shutdown");
+                    return;
+                }
                 // A run that lasted starts the waits over: only stops in a row back off.
                 if started.elapsed() >= RESTART_MAX {
                     wait = RESTART_FIRST;

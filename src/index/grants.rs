@@ -25,7 +25,7 @@ pub(super) struct Grant {
 /// The rate limit of one ChatflowAccess, carried by each of its grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
-    /// Position of the ChatflowAccess in [`Snapshot::access_rules`]: whose allowance is counted.
+    /// Position of the ChatflowAccess in [`super::Snapshot::access_rules`]: whose allowance is counted.
     pub rule: u32,
     pub rate: RateLimit,
 }
@@ -100,7 +100,7 @@ impl Holders {
     }
 
     /// Folds each subject's grants that never expire into one that the union of
-    /// [`Snapshot::access`] reads as it read them all, keeping those that expire apart: a
+    /// [`super::Snapshot::access`] reads as it read them all, keeping those that expire apart: a
     /// caller named by many objects on one chatflow (a group in a hundred of them) is then
     /// decided in a few steps, not one per object.
     pub(super) fn fold_lasting(&mut self) {
