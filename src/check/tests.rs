@@ -26,6 +26,17 @@ fn lines(report: &Report, dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `found` is `expected`, line for line in any order, each expected line the start of one found.
+fn same_findings(found: &[String], expected: &[impl AsRef<str>]) {
+    for want in expected.iter().map(AsRef::as_ref) {
+        assert!(
+            found.iter().any(|f| f.starts_with(want)),
+            "{want}\nnot in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
+
 #[test]
 fn unknown_fields_are_found_where_the_schema_lists_properties() {
     let schema = json!({"properties": {
@@ -226,14 +237,7 @@ spec: {flowiseName: FAQ}
         &format!("Error overlays/two.yaml:6 Chatflow b/faq-again: {faq} Chatflow faq"),
         "Warning team/access.yaml:3 ChatflowAccess a/team: names Chatflows these files do not define in its namespace: missing-bot",
     ];
-    let found = lines(&report, dir.path());
-    for want in expected {
-        assert!(
-            found.iter().any(|f| f.starts_with(want)),
-            "{want}\nnot in {found:#?}"
-        );
-    }
-    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    same_findings(&lines(&report, dir.path()), &expected);
 }
 
 #[test]
@@ -295,13 +299,7 @@ spec: {chatflows: [\"*\"], budget: {credits: 5.0, period: Daily}}
         "Warning bounds.yaml:25 -: ChatflowAccess with generateName: only `kubectl create` names it",
         "Warning bounds.yaml:30 -: ChatflowAccess with generateName: only `kubectl create` names it",
     ];
-    for want in expected {
-        assert!(
-            found.iter().any(|f| f.starts_with(want)),
-            "{want}\nnot in {found:#?}"
-        );
-    }
-    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    same_findings(&found, &expected);
     assert_eq!(report.errors(), expected.len() - 2);
 }
 
@@ -650,13 +648,7 @@ spec: {{definition: {{name: Other, {flow}}}}}
         format!("Error bots.yaml:11 Chatflow a/helper: {helper} Chatflow c/adopter"),
         format!("Error bots.yaml:16 Chatflow c/adopter: {helper} Chatflow a/helper"),
     ];
-    for want in &expected {
-        assert!(
-            found.iter().any(|f| f.starts_with(want.as_str())),
-            "{want}\nnot in {found:#?}"
-        );
-    }
-    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    same_findings(&found, &expected);
 }
 
 /// A Helm template whose every `{{ }}` is quoted parses as YAML; it is still a template, and
