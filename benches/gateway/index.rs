@@ -3,15 +3,13 @@
 //! with the team's 10 ChatflowAccess objects and with the bulk load on top.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowgate::crd::{Chatflow, ChatflowAccess, CreditPolicy};
-use flowgate::index::{Caller, Resources, Snapshot, compile};
-use serde_json::Value;
+use flowgate::index::{Resources, Snapshot, compile};
 
+use crate::decide::{self, Asking, bulk_callers, resources};
 use crate::report::{Stat, fmt_duration};
-use crate::workload::{Bulk, GROUP, Plan, USER, USER_EMAIL};
+use crate::workload::{Bulk, Plan};
 
 /// Figures for one index size.
 pub struct Figures {
@@ -57,9 +55,7 @@ fn figures(label: &str, plan: &Plan, res: &Resources, quick: bool) -> Figures {
     let snap = compile(res);
     let iterations = if quick { 20_000 } else { 1_000_000 };
     let rounds = if quick { 3 } else { 9 };
-    let users = vec![USER.to_string(), USER_EMAIL.to_string()];
-    let groups = vec![GROUP.to_string()];
-    let bench_user = [(users, groups, plan.paid_id())];
+    let bench_user = [decide::bench_user(plan)];
     let decision: Vec<f64> = (0..rounds)
         .map(|_| decision_ns(&snap, &bench_user, iterations))
         .collect();
@@ -93,65 +89,18 @@ fn figures(label: &str, plan: &Plan, res: &Resources, quick: bool) -> Figures {
     }
 }
 
-/// A caller (its users and groups) and the Flowise id of a chatflow it is granted.
-type Asking = (Vec<String>, Vec<String>, String);
-
-/// Every bulk namespace's first 10 users, each with its group, on a chatflow it is granted.
-fn bulk_callers(plan: &Plan) -> Vec<Asking> {
-    let bulk = plan.bulk;
-    (0..bulk.namespaces)
-        .flat_map(|k| (0..bulk.accesses.min(10)).map(move |j| (k, j)))
-        .map(|(k, j)| {
-            (
-                vec![format!("user-{k}-{j}@example.com")],
-                vec![format!("group-{k}-{}", j % 10)],
-                plan.bulk_flowise_id(k, j % bulk.chatflows),
-            )
-        })
-        .collect()
-}
-
 /// Mean nanoseconds of one request's decision over `iterations`, taking `asking` in turn.
 fn decision_ns(snap: &Snapshot, asking: &[Asking], iterations: u32) -> f64 {
     let now = jiff::Timestamp::now();
     let mut turn = asking.iter().cycle();
     let started = Instant::now();
     for _ in 0..iterations {
-        let Some((users, groups, flowise_id)) = turn.next() else {
+        let Some(asking) = turn.next() else {
             break;
         };
-        let caller = Caller {
-            users,
-            groups,
-            service_account: None,
-        };
-        let cf = snap
-            .chatflow_by_flowise_id(black_box(flowise_id))
-            .expect("the chatflow is in the index");
-        let role = snap.role(black_box(&caller), cf, now);
-        assert!(role.is_some(), "the caller is granted its chatflow");
-        let policies = snap.policies_for(&caller, cf);
-        black_box((role, policies));
+        decide::decide(snap, asking, now);
     }
     started.elapsed().as_secs_f64() * 1e9 / f64::from(iterations)
-}
-
-/// Typed resources from the workload's JSON objects.
-pub fn resources(objects: Vec<Value>) -> Resources {
-    let mut res = Resources::default();
-    for object in objects {
-        match object["kind"].as_str() {
-            Some("Chatflow") => res.chatflows.push(Arc::new(typed::<Chatflow>(object))),
-            Some("ChatflowAccess") => res.accesses.push(Arc::new(typed::<ChatflowAccess>(object))),
-            Some("CreditPolicy") => res.policies.push(Arc::new(typed::<CreditPolicy>(object))),
-            other => panic!("unexpected kind {other:?}"),
-        }
-    }
-    res
-}
-
-fn typed<T: serde::de::DeserializeOwned>(object: Value) -> T {
-    serde_json::from_value(object).expect("workload objects match the CRD types")
 }
 
 /// The index figures as a Markdown table.

@@ -14,6 +14,7 @@
 
 mod cluster;
 mod control;
+mod decide;
 mod gates;
 mod haproxy;
 mod index;
