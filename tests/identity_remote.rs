@@ -94,6 +94,50 @@ async fn tokens_no_key_is_named_for_are_checked_against_each_unnamed_key_of_thei
     );
 }
 
+/// A provider that names no key (or keeps one `kid` through a rotation) signs with its new key
+/// as it publishes it: a token the fetched keys refuse has them fetched again, as an unknown
+/// `kid` does, within the same cooldown.
+#[tokio::test]
+async fn a_rotation_by_a_provider_that_names_no_key_is_fetched_at_once() {
+    let cooldown = Duration::from_millis(400);
+    for kid in [None, Some("main")] {
+        let mut old = Signer::rsa("rsa.key", Algorithm::RS256);
+        let mut new = Signer::rsa("rsa2.key", Algorithm::RS256);
+        if let Some(kid) = kid {
+            (old, new) = (old.with_kid(kid), new.with_kid(kid));
+        }
+        let server = KeyServer::start(jwks(&[&old])).await;
+        let verifier = jwks_verifier(&server, cooldown);
+        assert_eq!(reason(verifier.verify(&old.sign(&claims())).await), "ok");
+        assert_eq!(server.jwks_fetches(), 1);
+
+        server.set_jwks(jwks(&[&new]));
+        // Within the cooldown: a token issued after the keys were fetched may be signed by a
+        // key published since (503); one issued before cannot (401).
+        let newer = new.sign(&with(json!({"iat": now() + 2})));
+        assert_eq!(
+            verifier.verify(&newer).await,
+            Err(AuthError::KeyNotFetchedYet),
+            "{kid:?}"
+        );
+        let older = new.sign(&with(json!({"iat": now() - 10})));
+        assert_eq!(
+            verifier.verify(&older).await,
+            Err(AuthError::BadSignature),
+            "{kid:?}"
+        );
+        assert_eq!(server.jwks_fetches(), 1, "{kid:?}: the cooldown holds");
+
+        tokio::time::sleep(cooldown + Duration::from_millis(100)).await;
+        assert_eq!(
+            reason(verifier.verify(&new.sign(&claims())).await),
+            "ok",
+            "{kid:?}: the new key is fetched at once, not at the next scheduled refresh"
+        );
+        assert_eq!(server.jwks_fetches(), 2, "{kid:?}");
+    }
+}
+
 #[tokio::test]
 async fn an_unknown_kid_is_rejected() {
     let server = KeyServer::start(jwks(&[&Signer::ed25519().with_kid("ed")])).await;

@@ -141,7 +141,22 @@ impl Inner {
                 match keys::lookup(&keys.keys, kid, alg) {
                     Lookup::Found(key) => {
                         let checks = self.user_checks(now, keys.issuer.as_deref());
-                        return self.check(token, key, checks, Domain::Users);
+                        let step = self.check(token, key, checks, Domain::Users);
+                        // A provider that keeps the `kid` through a rotation: the key under it
+                        // may have changed since it was fetched. After the refresh, as for an
+                        // unknown `kid`: not fetched yet is a 503.
+                        if !matches!(step, Step::Failed(AuthError::BadSignature)) {
+                            return step;
+                        }
+                        return if !refreshed {
+                            Step::Refresh(Domain::Users)
+                        } else if remote.stale() {
+                            Step::Failed(AuthError::KeysUnavailable)
+                        } else if newer_than(token, remote, now) {
+                            Step::Failed(AuthError::KeyNotFetchedYet)
+                        } else {
+                            step
+                        };
                     }
                     Lookup::WrongAlgorithm => return Step::Failed(AuthError::AlgorithmMismatch),
                     Lookup::NotFound => {}
@@ -167,10 +182,16 @@ impl Inner {
                 static_refusal = Some(step);
             }
         }
+        // Every remote key refusing the signature is, before a refresh, a reason to fetch them
+        // again: a provider that names no key signs with a new one as it publishes it.
+        let mut unnamed_refusal = None;
         if (kid.is_none() || refreshed)
             && let Some(step) = self.attempt_unnamed(token, now)
         {
-            return step;
+            if !matches!(step, Step::Failed(AuthError::BadSignature)) {
+                return step;
+            }
+            unnamed_refusal = Some(step);
         }
         if users.remote.is_empty() {
             return Step::Failed(if !users.static_keys.any() {
@@ -180,7 +201,7 @@ impl Inner {
             });
         }
         let all_loaded = users.remote.iter().all(|r| r.loaded());
-        if !refreshed && (kid.is_some() || !all_loaded) {
+        if !refreshed && (kid.is_some() || !all_loaded || unnamed_refusal.is_some()) {
             return Step::Refresh(Domain::Users);
         }
         // The static key's refusal is the answer once the remote keys could be tried. Before
@@ -189,10 +210,14 @@ impl Inner {
         // the token: not known yet is a 503, not a refusal that makes clients drop a good token.
         if !users.remote.iter().any(|r| r.loaded()) || users.remote.iter().any(|r| r.stale()) {
             Step::Failed(AuthError::KeysUnavailable)
-        } else if kid.is_some() && users.remote.iter().any(|r| newer_than(token, r, now)) {
+        } else if (kid.is_some() || unnamed_refusal.is_some())
+            && users.remote.iter().any(|r| newer_than(token, r, now))
+        {
             Step::Failed(AuthError::KeyNotFetchedYet)
         } else {
-            static_refusal.unwrap_or(Step::Failed(AuthError::UnknownKey))
+            unnamed_refusal
+                .or(static_refusal)
+                .unwrap_or(Step::Failed(AuthError::UnknownKey))
         }
     }
 
