@@ -225,8 +225,9 @@ impl TokenCache {
     }
 
     /// Records a review's verdict. A review sent before the one that gave the current verdict
-    /// changes nothing; `Unavailable` over an acceptance only marks it `failing` (and is retried
-    /// from `due`). Without an entry (evicted, or expired) a verdict is stored only when
+    /// changes nothing; `Unavailable` over an acceptance only marks it `failing`, over a refusal
+    /// keeps the refusal (a revoked token's holder is told so, not to retry), and is retried
+    /// from `due`. Without an entry (evicted, or expired) a verdict is stored only when
     /// `create` (a first review): a stale claimed review must not bring back an evicted one.
     pub(crate) fn record(
         &self,
@@ -246,13 +247,20 @@ impl TokenCache {
             None => {}
             Some(current) if current.seq >= review.seq => return,
             Some(current) => {
-                if let (Verdict::Unavailable, Verdict::Accepted { at, .. }) =
-                    (&review.verdict, &current.verdict)
-                {
-                    current.verdict = Verdict::Accepted {
-                        at: *at,
-                        failing: true,
-                    };
+                let kept = match (&review.verdict, &current.verdict) {
+                    (Verdict::Unavailable, Verdict::Accepted { at, .. }) => {
+                        Some(Verdict::Accepted {
+                            at: *at,
+                            failing: true,
+                        })
+                    }
+                    (Verdict::Unavailable, Verdict::Refused(reason)) => {
+                        Some(Verdict::Refused(reason.clone()))
+                    }
+                    _ => None,
+                };
+                if let Some(verdict) = kept {
+                    current.verdict = verdict;
                     current.seq = review.seq;
                     current.due = review.due;
                     return;
@@ -569,6 +577,19 @@ mod tests {
         assert_eq!(verdict(), Some(failing));
         put(&cache, cache.next_review(), ACCEPTED, 150, false);
         assert_eq!(verdict(), Some(ACCEPTED), "a success ends the failing mark");
+
+        // An outage after a refusal keeps the refusal: a 401, not a 503 to retry on.
+        let refused = Verdict::Refused("pod deleted".into());
+        put(&cache, cache.next_review(), refused.clone(), 160, false);
+        let outage = cache.next_review();
+        put(&cache, outage, Verdict::Unavailable, 170, false);
+        assert_eq!(verdict(), Some(refused));
+        assert_eq!(
+            cache.claim_review("s.a.t", 169, 5).and_then(|c| c.seq),
+            None,
+            "retried from the outage's due time"
+        );
+        assert!(cache.claim_review("s.a.t", 170, 5).and_then(|c| c.seq) > Some(outage));
     }
 
     #[test]
