@@ -455,17 +455,22 @@ async fn an_admin_reads_the_larger_override_a_callers_group_gives() {
     // not spent though the policy's budget is 1. Carol, 4 of her 4, is.
     let (status, taken) = take("user:erin-sub", 3).await;
     assert_eq!(status, 200, "{taken}");
+    // Dave has no override by name: his group's 4 is what his bucket keeps.
+    let dave = team.member("dave");
+    let (status, answer) = predict(&gate, &dave, &id, json!({"question": "q"})).await;
+    assert_eq!(status, 200, "{answer}");
     let path = format!("/api/admin/credits/balances?policy={policy}");
     let (status, all) = admin_get(&gate, path, root()).await;
     assert_eq!(status, 200, "{all}");
     assert_eq!(all["subjectsExhausted"], json!(1), "{all}");
     // Erin's override lowered to 3 (her bucket still holds the 6 it was made with): the admin
-    // reads 3, as the proxy now charges her against.
+    // reads 3, as the proxy now charges her against. The group's override removed: dave's
+    // bucket still holds 4 (a refused caller's bucket is not written again), but the policy's 1
+    // is his budget now.
     let api: kube::Api<flowgate::crd::CreditPolicy> =
         kube::Api::namespaced(team.client.clone(), &team.ns);
     let lowered = json!({"spec": {"budget": {"overrides": [
         {"subjects": [{"user": "carol-sub"}], "credits": 2},
-        {"subjects": [{"group": team.group()}], "credits": 4},
         {"subjects": [{"user": "erin-sub"}], "credits": 3}]}}});
     api.patch(
         "daily",
@@ -480,5 +485,20 @@ async fn an_admin_reads_the_larger_override_a_callers_group_gives() {
         (one["balances"][0]["credits"] == json!(3)).then_some(())
     })
     .await;
+    let path = format!("/api/admin/credits/balances?policy={policy}&subject=user:dave-sub");
+    let (status, one) = admin_get(&gate, path, root()).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(
+        one["balances"],
+        json!([{"subject": "user:dave-sub", "credits": 1, "used": 1, "remaining": 0}])
+    );
+    let path = format!("/api/admin/credits/balances?policy={policy}");
+    let (status, all) = admin_get(&gate, path, root()).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(
+        all["subjectsExhausted"],
+        json!(3),
+        "carol (4 of 2), erin (3 of 3) and dave (1 of 1): {all}"
+    );
     team.cleanup().await;
 }

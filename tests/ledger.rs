@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use flowgate::crd::policy::Period;
 use flowgate::ledger::{
-    self, AdjustOutcome, AdjustRequest, LedgerError, PolicyUsage, ReservationId, ReservationState,
-    ReserveOutcome, Resolution, UsageFilter, UsageRecord,
+    self, AdjustOutcome, AdjustRequest, LedgerError, Limits, PolicyUsage, ReservationId,
+    ReservationState, ReserveOutcome, Resolution, UsageFilter, UsageRecord,
 };
 use jiff::SignedDuration;
 
@@ -100,6 +100,7 @@ scenarios!(
     a_bucket_with_its_own_limit_is_exhausted_against_it,
     a_burst_of_reserves_keeps_each_buckets_own_limit,
     a_reserve_of_nothing_still_keeps_its_own_limit,
+    an_override_lowered_or_removed_since_gives_way_to_the_policys_limit,
     an_operation_the_database_refuses_fails_alone_in_its_burst,
     pruning_deletes_closed_reservations_and_usage_before_the_cutoff,
     pruning_during_a_burst_keeps_the_budget_exact,
@@ -112,6 +113,11 @@ scenarios!(
 );
 
 const POLICY: &str = "team-a/monthly";
+
+/// A policy's `credits` and the credits its overrides give.
+fn limits(credits: u64, overrides: &[u64]) -> Limits<'_> {
+    Limits { credits, overrides }
+}
 
 async fn a_reserve_within_budget_is_charged_and_reports_what_remains(store: Store) {
     let ledger = store.open().await;
@@ -410,7 +416,7 @@ async fn settles_past_the_counters_range_leave_the_bucket_full_and_usable(store:
         .await
         .expect("reserve");
     let usage = ledger
-        .policy_usage(POLICY, &support::monthly_utc(now()), 10)
+        .policy_usage(POLICY, &support::monthly_utc(now()), limits(10, &[]))
         .await
         .expect("the policy's usage still reads");
     assert_eq!(usage.credits_used, i64::MAX);

@@ -21,7 +21,7 @@ use super::models::{CreditAdjustment, CreditAdjustmentRequest, PolicyBalances, S
 use super::{Admin, Call};
 use crate::crd::{BudgetScope, Role};
 use crate::index::{Caller, ChatflowSelector, PolicyRule};
-use crate::ledger::{AdjustOutcome, AdjustRequest, ReservationState, UsageFilter};
+use crate::ledger::{AdjustOutcome, AdjustRequest, Limits, ReservationState, UsageFilter};
 use crate::proxy::ProxyError;
 use crate::proxy::usage_log::text_param;
 
@@ -280,10 +280,14 @@ impl Subject {
     }
 }
 
+/// The bucket's own limit while an override still gives it, else the policy's.
 fn own_or_policy(policy: &PolicyRule, own_limit: Option<i64>) -> u64 {
-    own_limit
-        .and_then(|own| u64::try_from(own).ok())
-        .unwrap_or(policy.credits)
+    let overrides = policy.override_credits();
+    let limits = Limits {
+        credits: policy.credits,
+        overrides: &overrides,
+    };
+    limits.of_bucket(own_limit)
 }
 
 /// A Normal Event on the policy: who changed whose budget, by how much, and why. Best effort:
@@ -382,9 +386,14 @@ pub async fn balances(
         .buckets(&policy.id, &window, subject.as_deref(), limit)
         .await
         .map_err(unavailable)?;
+    let overrides = policy.override_credits();
+    let limits = Limits {
+        credits: policy.credits,
+        overrides: &overrides,
+    };
     let usage = admin
         .ledger
-        .policy_usage(&policy.id, &window, policy.credits)
+        .policy_usage(&policy.id, &window, limits)
         .await
         .map_err(unavailable)?;
     let mut balances: Vec<SubjectBalance> = buckets

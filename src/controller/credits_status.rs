@@ -77,7 +77,12 @@ pub async fn refresh_all(
         let Ok(window) = ledger::window(rule.period, &rule.time_zone_name, now) else {
             continue;
         };
-        let usage = match ledger.policy_usage(&rule.id, &window, rule.credits).await {
+        let overrides = rule.override_credits();
+        let limits = ledger::Limits {
+            credits: rule.credits,
+            overrides: &overrides,
+        };
+        let usage = match ledger.policy_usage(&rule.id, &window, limits).await {
             Ok(usage) => usage,
             Err(error) => {
                 tracing::warn!(%error, policy = %rule.id, "reading policy usage failed");

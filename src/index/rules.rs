@@ -477,6 +477,13 @@ pub struct PolicyRule {
     pub overrides: Vec<(Vec<SubjectRule>, u64)>,
 }
 
+impl PolicyRule {
+    /// The credits each budget override gives, for [`crate::ledger::Limits`].
+    pub fn override_credits(&self) -> Vec<u64> {
+        self.overrides.iter().map(|(_, credits)| *credits).collect()
+    }
+}
+
 impl TryFrom<&CreditPolicy> for PolicyRule {
     type Error = InvalidSpec;
 

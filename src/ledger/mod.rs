@@ -201,13 +201,12 @@ pub trait CreditLedger: Send + Sync {
     ) -> LedgerFuture<'a, i64>;
 
     /// Aggregate use of a policy in `window`, for its status: a bucket is exhausted once its
-    /// `used` reaches its own limit (kept by its last reserve with [`BudgetLine::own_limit`]),
-    /// else `limit`.
+    /// `used` reaches its limit by [`Limits::of_bucket`].
     fn policy_usage<'a>(
         &'a self,
         policy: &'a str,
         window: &'a Window,
-        limit: u64,
+        limits: Limits<'a>,
     ) -> LedgerFuture<'a, PolicyUsage>;
 
     /// The buckets of a policy in `window`, most used first (then by bucket), at most `limit`;
@@ -523,6 +522,31 @@ pub struct Resolution {
     /// for a bucket no longer there; empty when nothing was applied): where a settle left the
     /// budget, for `alertAtPercent`.
     pub used: Vec<Option<i64>>,
+}
+
+/// A policy's limits as its spec has them now, to read its buckets against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits<'a> {
+    /// Credits per period.
+    pub credits: u64,
+    /// The credits each budget override gives.
+    pub overrides: &'a [u64],
+}
+
+impl Limits<'_> {
+    /// A bucket's limit: its own (the override its last reserve was charged against, kept with
+    /// [`BudgetLine::own_limit`]) while some override still gives that many, else the policy's.
+    /// A bucket keeps its own limit until its next successful reserve, so an override lowered
+    /// or removed since (the subject refused ever after) must not keep counting. The ledger
+    /// knows buckets, not whom an override names: a subject whose override by name changed
+    /// counts against the policy's credits here until its next reserve (the admin API's
+    /// balance of one subject reads its name's override, `admin::credits`).
+    pub fn of_bucket(&self, own_limit: Option<i64>) -> u64 {
+        own_limit
+            .and_then(|own| u64::try_from(own).ok())
+            .filter(|own| self.overrides.contains(own))
+            .unwrap_or(self.credits)
+    }
 }
 
 /// Aggregate use of one policy in one window.

@@ -40,7 +40,7 @@ use self::schema::Statements;
 use super::state::{self, Close};
 use super::{
     AdjustOutcome, AdjustRequest, BucketBalance, Charge, CreditLedger, LedgerError, LedgerFuture,
-    PolicyUsage, PrunedChunk, RateTake, ReservationId, ReservationState, ReserveOutcome,
+    Limits, PolicyUsage, PrunedChunk, RateTake, ReservationId, ReservationState, ReserveOutcome,
     ReserveRequest, Resolution, SharedTurn, UsageFilter, UsageParam, UsageRecord, Window,
     buckets_query, expiry, timestamp, usage_query,
 };
@@ -224,16 +224,21 @@ impl CreditLedger for PostgresLedger {
         &'a self,
         policy: &'a str,
         window: &'a Window,
-        limit: u64,
+        limits: Limits<'a>,
     ) -> LedgerFuture<'a, PolicyUsage> {
         Box::pin(async move {
             let mut conn = self.pool.get_for_read().await?;
             let start = window.start.as_microsecond();
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let row = pool::read(
-                conn.client
-                    .query_one(&conn.st.policy_usage, &[&policy, &start, &limit]),
-            )
+            let limit = i64::try_from(limits.credits).unwrap_or(i64::MAX);
+            let overrides: Vec<i64> = limits
+                .overrides
+                .iter()
+                .map(|c| i64::try_from(*c).unwrap_or(i64::MAX))
+                .collect();
+            let row = pool::read(conn.client.query_one(
+                &conn.st.policy_usage,
+                &[&policy, &start, &limit, &overrides],
+            ))
             .await?;
             conn.open = false;
             Ok(PolicyUsage {

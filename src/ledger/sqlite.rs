@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use super::state::Close;
 use super::{
-    AdjustOutcome, AdjustRequest, BucketBalance, CreditLedger, LedgerError, LedgerFuture,
+    AdjustOutcome, AdjustRequest, BucketBalance, CreditLedger, LedgerError, LedgerFuture, Limits,
     PolicyUsage, PrunedChunk, ReservationId, ReservationState, ReserveOutcome, ReserveRequest,
     Resolution, UsageFilter, UsageParam, UsageRecord, Window, buckets_query, timestamp,
     usage_query,
@@ -316,28 +316,33 @@ impl CreditLedger for SqliteLedger {
         &'a self,
         policy: &'a str,
         window: &'a Window,
-        limit: u64,
+        limits: Limits<'a>,
     ) -> LedgerFuture<'a, PolicyUsage> {
         let policy = policy.to_string();
         let start = window.start.as_microsecond();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let overrides = limits.overrides.to_vec();
+        let credits = limits.credits;
         self.read(move |conn| {
+            let limits = Limits {
+                credits,
+                overrides: &overrides,
+            };
             // Summed here, saturating: SQLite's SUM fails with "integer overflow" past 2^63 - 1
             // (buckets saturated by a settle of absurd token counts), and would fail every read
             // of the policy.
             let mut statement = conn.prepare_cached(
-                "SELECT used, used >= COALESCE(own_limit, ?3)
-                 FROM buckets WHERE policy = ?1 AND window_start = ?2",
+                "SELECT used, own_limit FROM buckets WHERE policy = ?1 AND window_start = ?2",
             )?;
-            let mut rows = statement.query(params![policy, start, limit])?;
+            let mut rows = statement.query(params![policy, start])?;
             let mut usage = PolicyUsage {
                 credits_used: 0,
                 buckets_exhausted: 0,
             };
             while let Some(row) = rows.next()? {
-                let (used, exhausted): (i64, bool) = (row.get(0)?, row.get(1)?);
+                let (used, own_limit): (i64, Option<i64>) = (row.get(0)?, row.get(1)?);
                 usage.credits_used = usage.credits_used.saturating_add(used);
-                usage.buckets_exhausted += u64::from(exhausted);
+                let limit = i64::try_from(limits.of_bucket(own_limit)).unwrap_or(i64::MAX);
+                usage.buckets_exhausted += u64::from(used >= limit);
             }
             Ok(usage)
         })

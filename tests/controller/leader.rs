@@ -15,7 +15,7 @@ use flowgate::controller::Controller;
 use flowgate::crd::Chatflow;
 use flowgate::flowise::{ChatflowWrite, Deletion, FlowiseApi, FlowiseChatflow, FlowiseError};
 use flowgate::ledger::{
-    AdjustOutcome, AdjustRequest, BucketBalance, CreditLedger, LedgerFuture, PolicyUsage,
+    AdjustOutcome, AdjustRequest, BucketBalance, CreditLedger, LedgerFuture, Limits, PolicyUsage,
     PrunedChunk, ReservationId, ReserveOutcome, ReserveRequest, Resolution, UsageFilter,
     UsageRecord, Window,
 };
@@ -421,7 +421,7 @@ impl CreditLedger for HangingUsage {
         &'a self,
         _policy: &'a str,
         _window: &'a Window,
-        _limit: u64,
+        _limits: Limits<'a>,
     ) -> LedgerFuture<'a, PolicyUsage> {
         Box::pin(async move {
             let _dropped = Dropped(self.dropped.clone());

@@ -73,7 +73,7 @@ pub async fn an_adjustment_gives_back_or_takes_credits_whatever_the_budget(store
     assert_eq!(remaining, vec![(POLICY.to_string(), 0)]);
     assert_eq!(
         ledger
-            .policy_usage(POLICY, &support::monthly_utc(now()), 10)
+            .policy_usage(POLICY, &support::monthly_utc(now()), limits(10, &[]))
             .await
             .expect("usage"),
         PolicyUsage {
@@ -251,7 +251,7 @@ pub async fn an_adjustment_creating_a_bucket_keeps_the_subjects_own_limit(store:
         ledger.adjust(request).await.expect("adjust");
     }
     let window = support::monthly_utc(now());
-    let usage = || ledger.policy_usage(POLICY, &window, 5);
+    let usage = || ledger.policy_usage(POLICY, &window, limits(5, &[10]));
     assert_eq!(
         usage().await.expect("usage"),
         PolicyUsage {

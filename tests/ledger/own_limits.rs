@@ -23,7 +23,7 @@ pub async fn policy_usage_sums_credits_and_counts_exhausted_buckets(store: Store
         .id();
 
     let usage = ledger
-        .policy_usage(POLICY, &support::monthly_utc(now()), 5)
+        .policy_usage(POLICY, &support::monthly_utc(now()), limits(5, &[]))
         .await
         .expect("policy usage");
     assert_eq!(
@@ -71,7 +71,7 @@ pub async fn a_bucket_with_its_own_limit_is_exhausted_against_it(store: Store) {
         .id();
     let window = support::monthly_utc(now());
     let usage = ledger
-        .policy_usage(POLICY, &window, 5)
+        .policy_usage(POLICY, &window, limits(5, &[2, 10]))
         .await
         .expect("policy usage");
     assert_eq!(
@@ -89,7 +89,7 @@ pub async fn a_bucket_with_its_own_limit_is_exhausted_against_it(store: Store) {
         .expect("reserve")
         .id();
     let usage = ledger
-        .policy_usage(POLICY, &window, 5)
+        .policy_usage(POLICY, &window, limits(5, &[2, 10]))
         .await
         .expect("policy usage");
     assert_eq!(usage.buckets_exhausted, 0);
@@ -97,7 +97,7 @@ pub async fn a_bucket_with_its_own_limit_is_exhausted_against_it(store: Store) {
     drop(ledger);
     let reopened = store.open().await;
     let usage = reopened
-        .policy_usage(POLICY, &window, 3)
+        .policy_usage(POLICY, &window, limits(3, &[2, 10]))
         .await
         .expect("policy usage");
     assert_eq!(
@@ -127,7 +127,7 @@ pub async fn a_burst_of_reserves_keeps_each_buckets_own_limit(store: Store) {
         outcome.expect("reserve").id();
     }
     let usage = ledger
-        .policy_usage(POLICY, &support::monthly_utc(now()), 5)
+        .policy_usage(POLICY, &support::monthly_utc(now()), limits(5, &[1]))
         .await
         .expect("policy usage");
     assert_eq!(
@@ -148,7 +148,7 @@ pub async fn a_reserve_of_nothing_still_keeps_its_own_limit(store: Store) {
         .id();
     let window = support::monthly_utc(now());
     let before = ledger
-        .policy_usage(POLICY, &window, 1)
+        .policy_usage(POLICY, &window, limits(1, &[2]))
         .await
         .expect("usage");
     assert_eq!(before.buckets_exhausted, 1, "1 used against the policy's 1");
@@ -158,7 +158,7 @@ pub async fn a_reserve_of_nothing_still_keeps_its_own_limit(store: Store) {
         .expect("reserve")
         .id();
     let after = ledger
-        .policy_usage(POLICY, &window, 1)
+        .policy_usage(POLICY, &window, limits(1, &[2]))
         .await
         .expect("usage");
     assert_eq!(
@@ -166,4 +166,33 @@ pub async fn a_reserve_of_nothing_still_keeps_its_own_limit(store: Store) {
         (1, 0),
         "1 used against her own 2"
     );
+}
+
+/// A bucket keeps the override its last reserve was charged against until its next reserve
+/// that passes; once the override is lowered or removed, its subject is refused from then on,
+/// and the policy's status must count it against the limit the spec gives it now.
+pub async fn an_override_lowered_or_removed_since_gives_way_to_the_policys_limit(store: Store) {
+    let ledger = store.open().await;
+    // carol's override (by group, say) is 4; she uses 3. The policy's own budget is 1.
+    ledger
+        .reserve(request("carol", vec![own_line("carol", 4, 3)]))
+        .await
+        .expect("reserve")
+        .id();
+    let window = support::monthly_utc(now());
+    let exhausted = async |overrides| {
+        ledger
+            .policy_usage(POLICY, &window, limits(1, overrides))
+            .await
+            .expect("usage")
+            .buckets_exhausted
+    };
+    assert_eq!(exhausted(&[4]).await, 0, "3 of her 4");
+    assert_eq!(
+        exhausted(&[2]).await,
+        1,
+        "lowered to 2: the policy's 1 counts"
+    );
+    assert_eq!(exhausted(&[]).await, 1, "removed: the policy's 1 counts");
+    assert_eq!(exhausted(&[2, 4]).await, 0, "some override still gives 4");
 }

@@ -512,9 +512,11 @@ impl Statements {
             ),
             client.prepare(
                 // The sum is numeric: buckets saturated at 2^63 - 1 (a settle of absurd token
-                // counts) would overflow an int8, and fail every read of the policy.
+                // counts) would overflow an int8, and fail every read of the policy. A bucket's
+                // own limit counts while an override ($4) still gives it (`Limits::of_bucket`).
                 "SELECT LEAST(COALESCE(SUM(used), 0), 9223372036854775807)::int8,
-                        COUNT(*) FILTER (WHERE used >= COALESCE(own_limit, $3::int8))
+                        COUNT(*) FILTER (WHERE used >= CASE WHEN own_limit = ANY($4::int8[])
+                                                            THEN own_limit ELSE $3::int8 END)
                  FROM buckets WHERE policy = $1::text AND window_start = $2::int8"
             ),
         )?;
