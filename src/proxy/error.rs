@@ -211,7 +211,9 @@ impl ProxyError {
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             NotFoundDetail(_) => (StatusCode::NOT_FOUND, "not_found"),
             Kubernetes(_) => (StatusCode::SERVICE_UNAVAILABLE, "kubernetes_unavailable"),
-            KubernetesRefused(_) => (StatusCode::CONFLICT, "kubernetes_refused"),
+            // Not 409: the Python service's 409 means "already so", which its clients take for
+            // success; a write the API server refused did not happen.
+            KubernetesRefused(_) => (StatusCode::BAD_GATEWAY, "kubernetes_refused"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
