@@ -486,13 +486,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts credits settled on a policy (`namespace/name`).
+    /// Counts credits settled on a policy (`namespace/name`). Saturates: a charge of absurd
+    /// token counts (saturated at `u64::MAX`, as the ledger saturates its buckets) would wrap
+    /// the counter, which Prometheus reads as a reset.
     pub fn credits_charged(&self, policy: &str, credits: u64) {
-        self.credits_charged
-            .get_or_create(&PolicyLabels {
-                policy: policy.to_string(),
-            })
-            .inc_by(credits);
+        let counter = self.credits_charged.get_or_create(&PolicyLabels {
+            policy: policy.to_string(),
+        });
+        counter.inc_by(credits.min(u64::MAX - counter.get()));
     }
 
     /// Counts an admin's adjustment of `credits` (positive: given) on a policy.

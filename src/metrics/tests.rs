@@ -197,3 +197,17 @@ fn controller_values_are_exported() {
         assert!(text.contains(line), "{line} in {text}");
     }
 }
+
+#[test]
+fn credits_charged_saturates_instead_of_wrapping() {
+    let metrics = Metrics::new();
+    metrics.credits_charged("team-a/daily", 5);
+    metrics.credits_charged("team-a/daily", u64::MAX);
+    metrics.credits_charged("team-a/daily", 1);
+    let text = metrics.encode().expect("encodes");
+    let line = format!(
+        "flowgate_credits_charged_total{{policy=\"team-a/daily\"}} {}",
+        u64::MAX
+    );
+    assert!(text.contains(&line), "{line} not in {text}");
+}
