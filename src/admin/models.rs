@@ -205,9 +205,11 @@ pub struct CreditAdjustmentRequest {
     /// The CreditPolicy, `namespace/name`.
     pub policy: String,
     /// Whose budget, as the usage log names subjects (`user:<first user claim>`,
-    /// `sa:<namespace>/<name>`); left out for a `Shared` policy.
+    /// `sa:<namespace>/<name>`); left out, empty or `*` for a `Shared` policy.
     #[serde(default)]
-    #[schemars(regex(pattern = r"^(user:.+|sa:[^/]+/[^/]+)$"))]
+    #[schemars(regex(
+        pattern = r"^(user:[^\u0000-\u001f\u007f-\u009f]+|sa:[^/\u0000-\u001f\u007f-\u009f]+/[^/\u0000-\u001f\u007f-\u009f]+|\*|)$"
+    ))]
     pub subject: Option<String>,
     /// Credits given (positive) or taken (negative); not 0, at most 10^12 either way.
     #[schemars(range(min = -1_000_000_000_000i64, max = 1_000_000_000_000i64))]
@@ -216,6 +218,10 @@ pub struct CreditAdjustmentRequest {
     /// Why, for the record: the log line and the Kubernetes Event on the policy (at most 500
     /// bytes of UTF-8, without control characters).
     #[serde(default)]
+    #[schemars(
+        length(max = 500),
+        regex(pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")
+    )]
     pub reason: Option<String>,
 }
 

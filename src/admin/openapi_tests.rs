@@ -136,7 +136,33 @@ fn an_adjustment_is_documented_as_the_server_checks_it() {
     assert_eq!(request["credits"]["minimum"], -1_000_000_000_000i64);
     assert_eq!(request["credits"]["maximum"], 1_000_000_000_000i64);
     assert_eq!(request["credits"]["not"], serde_json::json!({"enum": [0]}));
-    assert_eq!(request["subject"]["pattern"], r"^(user:.+|sa:[^/]+/[^/]+)$");
+    let schema = &doc["components"]["schemas"]["CreditAdjustmentRequest"];
+    let body = |extra: serde_json::Value| {
+        let mut body = serde_json::json!({"policy": "team-a/daily", "credits": 5});
+        body.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        body
+    };
+    for (extra, taken) in [
+        (
+            serde_json::json!({"subject": "user:alice@example.com"}),
+            true,
+        ),
+        (serde_json::json!({"subject": "sa:team-a/bot"}), true),
+        // A Shared policy's budget: left out, empty or `*`.
+        (serde_json::json!({"subject": "*"}), true),
+        (serde_json::json!({"subject": ""}), true),
+        (serde_json::json!({"subject": "alice"}), false),
+        (serde_json::json!({"subject": "user:al\u{1}ice"}), false),
+        (serde_json::json!({"subject": "sa:team-a/"}), false),
+        (serde_json::json!({"reason": "refund for INC-42"}), true),
+        (serde_json::json!({"reason": "a\nb"}), false),
+        (serde_json::json!({"reason": "x".repeat(501)}), false),
+    ] {
+        let body = body(extra);
+        assert_eq!(jsonschema::is_valid(schema, &body), taken, "{body}");
+    }
     let parameters = doc["paths"]["/api/admin/credits/adjustments"]["post"]["parameters"]
         .as_array()
         .expect("parameters");
