@@ -112,7 +112,7 @@ async fn a_default_install_creates_the_expected_objects() {
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["runAsNonRoot"], true);
     assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
-    assert_eq!(pod["terminationGracePeriodSeconds"], 60);
+    assert_eq!(pod["terminationGracePeriodSeconds"], 65);
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["livenessProbe"]["httpGet"]["port"], "ops");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
