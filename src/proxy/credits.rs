@@ -361,15 +361,29 @@ impl Credits {
     }
 
     /// [`Credits::settle`] with the tokens of a stream, counted in the background: reading a
-    /// large node list is not the request path's work.
+    /// large node list is not the request path's work. A stream whose node list went unread
+    /// is charged at least what it held (as [`Credits::settle_held`]).
     pub fn settle_stream(&self, charge: Charge, usage: StreamUsage) {
         if !charge.counts_tokens() {
             return self.settle(charge, 0);
         }
         let credits = self.clone();
         self.background.spawn(async move {
+            let at_least_held = usage.list_unread();
             let tokens = usage.count().await;
-            credits.settle(charge, tokens);
+            let actual: Vec<u64> = charge
+                .policies
+                .iter()
+                .map(|p| {
+                    let counted = cost(p, tokens);
+                    if at_least_held {
+                        counted.max(held(p))
+                    } else {
+                        counted
+                    }
+                })
+                .collect();
+            credits.settle_at(charge, actual, tokens);
         });
     }
 

@@ -34,6 +34,8 @@ const REASONING_PREFIX: &[u8] = b"\"event\":\"agentReasoning\"";
 /// How an `error` event starts, and a `token` event.
 const ERROR_PREFIX: &[u8] = b"\"event\":\"error\"";
 const TOKEN_PREFIX: &[u8] = b"\"event\":\"token\"";
+/// How a `thinking` event starts: a reasoning model's thoughts, streamed before its answer.
+const THINKING_PREFIX: &[u8] = b"\"event\":\"thinking\"";
 
 /// The scanner's state between chunks.
 #[derive(Debug, Default)]
@@ -44,6 +46,8 @@ pub struct SseScanner {
     overflow: bool,
     /// What the line being read holds so far (an event's blank line may straddle two chunks).
     line: Line,
+    /// The last chunk ended inside a line (not after a newline).
+    mid_line: bool,
     /// What the stream reported of its tokens so far.
     usage: StreamUsage,
     error_event: bool,
@@ -89,6 +93,10 @@ pub struct StreamUsage {
     /// kind Flowise reports tokens of. A flow that never reports costs its flat cost however it
     /// ends, so a stop never costs more than the whole run would.
     reporting: bool,
+    /// A node list went unread (too large, or no body memory for it) or was let go, and no
+    /// later one was read: the tokens of the nodes it listed are unknown, and the run is
+    /// charged at least what it held, as an answer too large to read is.
+    list_unread: bool,
 }
 
 impl StreamUsage {
@@ -108,6 +116,11 @@ impl StreamUsage {
         listed
             .saturating_add(self.streamed_tokens)
             .saturating_add(stopped)
+    }
+
+    /// Whether a node list's tokens went uncounted ([`StreamUsage::list_unread`]).
+    pub fn list_unread(&self) -> bool {
+        self.list_unread
     }
 
     /// [`StreamUsage::tokens`], read on a blocking thread when the node list is large: a list of
@@ -152,8 +165,11 @@ impl SseScanner {
         }
     }
 
-    /// Feeds the next chunk of the stream.
-    pub fn feed(&mut self, chunk: &[u8]) {
+    /// Feeds the next chunk of the stream; whether it carried anything but comment lines and
+    /// blank lines ([`carries_content`]).
+    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+        let content = carries_content(self.mid_line, chunk);
+        self.mid_line = chunk.last().map_or(self.mid_line, |&b| b != b'\n');
         let mut rest = chunk;
         let mut line = self.line;
         while let Some(end) = find_event_end(line, rest) {
@@ -181,6 +197,7 @@ impl SseScanner {
             }
         }
         self.account();
+        content
     }
 
     /// Counts what the scanner keeps in its memory hold. The event being read is skipped when
@@ -208,7 +225,7 @@ impl SseScanner {
             }
             want = kept(&self.pending, &self.usage.nodes);
             if want > memory.bytes() && memory.try_grow(want - memory.bytes()).is_err() {
-                self.usage.nodes = None;
+                self.usage.list_unread |= self.usage.nodes.take().is_some();
                 want = 0;
             }
         }
@@ -288,9 +305,11 @@ impl SseScanner {
     /// finished before it, an agents' reasoning or a token that large is no empty one (a
     /// Direct Reply's whole text comes as one token), and an error that large is still one.
     fn unread(&mut self, event: &[u8]) {
+        self.usage.list_unread |= !self.uncounted && is_node_list(event);
         self.output_listed |= self.finished_unlisted && is_node_list(event);
         self.output_listed |= starts_with_event(event, REASONING_PREFIX);
         self.token_event |= starts_with_event(event, TOKEN_PREFIX);
+        self.token_event |= starts_with_event(event, THINKING_PREFIX);
         if starts_with_event(event, ERROR_PREFIX) {
             self.error_event = true;
             self.usage.cut = true;
@@ -325,8 +344,10 @@ impl SseScanner {
                 },
             };
             match kind {
-                Kind::Token => {
-                    let text = token_text_len(data);
+                // A reasoning model's thoughts reach the caller as its answer does, and its
+                // tokens are the node's as much (Flowise reports them together).
+                Kind::Token | Kind::Thinking => {
+                    let text = text_len(data, kind);
                     // An empty token (a model's role-only first chunk, a tool call's) brought
                     // the caller nothing: Flowise's Agentflow nodes send one per chunk.
                     self.token_event |= text > 0;
@@ -348,8 +369,8 @@ impl SseScanner {
                 // node that fails is `ERROR` before the node list, which then has no usage of it.
                 Kind::Flow => {
                     self.usage.reporting = true;
-                    let terminated = data.contains("\"TERMINATED\"");
-                    self.usage.cut |= terminated || flow_failed(data);
+                    let terminated = flow_status_is(data, "TERMINATED");
+                    self.usage.cut |= terminated || flow_status_is(data, "ERROR");
                     self.stopped |= terminated;
                     self.finished_unlisted |= node_finished(data);
                 }
@@ -376,6 +397,7 @@ impl SseScanner {
         if executed {
             // Kept whole, not copied out: the list can be megabytes, and comes after every node.
             self.usage.nodes = Some(text);
+            self.usage.list_unread = false;
             self.usage.streamed_tokens = 0;
             if !self.usage.cut {
                 self.usage.unreported_text = 0;
@@ -396,10 +418,10 @@ struct UsageEvent {
     data: serde_json::Value,
 }
 
-/// Whether a flow event says a node or the run failed: `nextAgentFlow`'s `data.status`, or
-/// `agentFlowEvent`'s `data`, is `ERROR` (parsed: a node's label or error message may hold the
-/// word).
-fn flow_failed(data: &str) -> bool {
+/// Whether a flow event gives a node or the run `status` (`ERROR`: failed; `TERMINATED`:
+/// stopped): `nextAgentFlow`'s `data.status`, or `agentFlowEvent`'s `data` (parsed: a node's
+/// label or error message may hold the word).
+fn flow_status_is(data: &str, status: &str) -> bool {
     #[derive(serde::Deserialize)]
     struct Flow {
         data: Option<FlowData>,
@@ -410,18 +432,33 @@ fn flow_failed(data: &str) -> bool {
         Run(String),
         Node { status: Option<String> },
     }
-    data.contains("\"ERROR\"")
+    data.contains(&format!("\"{status}\""))
         && matches!(
             serde_json::from_str::<Flow>(data),
             Ok(Flow {
-                data: Some(FlowData::Run(status) | FlowData::Node { status: Some(status) })
-            }) if status == "ERROR"
+                data: Some(FlowData::Run(given) | FlowData::Node { status: Some(given) })
+            }) if given == status
         )
 }
 
 /// Whether an event (from its start) is an `agentFlowExecutedData` node list.
 fn is_node_list(event: &[u8]) -> bool {
     starts_with_event(event, EXECUTED_PREFIX)
+}
+
+/// Whether `chunk` holds more than SSE comment lines (`:…`: Flowise writes `:heartbeat` to every
+/// open stream every 30 s) and blank lines. `mid_line`: its first bytes continue a line an
+/// earlier chunk began, which counts as content unless they only end it.
+fn carries_content(mid_line: bool, chunk: &[u8]) -> bool {
+    let mut lines = chunk.split(|&b| b == b'\n');
+    if mid_line
+        && lines
+            .next()
+            .is_some_and(|rest| !matches!(rest, [] | [b'\r']))
+    {
+        return true;
+    }
+    lines.any(|line| !matches!(line, [] | [b'\r'] | [b':', ..]))
 }
 
 /// Whether an event's first bytes hold `prefix` (its `"event":"<kind>"`).
@@ -520,6 +557,7 @@ fn executed_tokens(event: &str, resume: &usage::Resume) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Token,
+    Thinking,
     End,
     Error,
     Usage,
@@ -534,6 +572,7 @@ impl Kind {
     fn of(event: &str) -> Self {
         match event {
             "token" => Self::Token,
+            "thinking" => Self::Thinking,
             "end" => Self::End,
             "error" => Self::Error,
             "usageMetadata" => Self::Usage,
@@ -552,10 +591,15 @@ fn event_kind(data: &str) -> Option<&str> {
     rest.split_once('"').map(|(kind, _)| kind)
 }
 
-/// Bytes of the text of a `token` event's data line: as written (JSON escapes too) and without
-/// parsing where Flowise wrote it, `{"event":"token","data":"<text>"}`; parsed otherwise.
-fn token_text_len(data: &str) -> usize {
-    if let Some(rest) = data.strip_prefix("{\"event\":\"token\",\"data\":\"")
+/// Bytes of the text of a `token` (or `thinking`) event's data line: as written (JSON escapes
+/// too) and without parsing where Flowise wrote it, `{"event":"token","data":"<text>"}`;
+/// parsed otherwise.
+fn text_len(data: &str, kind: Kind) -> usize {
+    let prefix = match kind {
+        Kind::Thinking => "{\"event\":\"thinking\",\"data\":\"",
+        _ => "{\"event\":\"token\",\"data\":\"",
+    };
+    if let Some(rest) = data.strip_prefix(prefix)
         && let Some(text) = rest.trim_end().strip_suffix("\"}")
     {
         return text.len();

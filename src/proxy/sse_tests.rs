@@ -376,6 +376,69 @@ fn a_node_list_too_large_to_read_falls_back_to_the_events_after_the_last_one_rea
     assert_eq!(scanner.tokens(), 350);
 }
 
+/// Flowise 3's LLM and Agent nodes stream a reasoning model's thoughts as `thinking` events
+/// before its first token: they reach the caller as its answer does.
+#[test]
+fn a_reasoning_models_thoughts_are_an_answer_and_count_when_the_run_is_cut() {
+    let thinking = "message:\ndata:{\"event\":\"thinking\",\"data\":\"Let me see: 2 + 2\"}\n\n";
+    let done = "message:\ndata:{\"event\":\"thinking\",\"data\":\"\",\"duration\":3}\n\n";
+    let flow = event("agentFlowEvent", r#""INPROGRESS""#);
+    let mut scanner = SseScanner::default();
+    scanner.feed(flow.as_bytes());
+    scanner.feed(done.as_bytes());
+    assert!(
+        !scanner.answering(),
+        "an empty thought (its duration) is nothing yet"
+    );
+    scanner.feed(thinking.as_bytes());
+    assert!(scanner.answering(), "the caller has the thoughts");
+    // Stopped before Flowise reported the node: its streamed text counts at 4 bytes a token.
+    scanner.cut();
+    assert_eq!(
+        scanner.tokens(),
+        "Let me see: 2 + 2".len().div_ceil(4) as u64
+    );
+}
+
+/// `TERMINATED` is a status, not a word anywhere in the event: a node may be labelled so.
+#[test]
+fn only_a_terminated_status_stops_the_run() {
+    let mut scanner = SseScanner::default();
+    scanner.feed(
+        event(
+            "nextAgentFlow",
+            r#"{"nodeId":"llm_1","nodeLabel":"TERMINATED","status":"INPROGRESS"}"#,
+        )
+        .as_bytes(),
+    );
+    assert!(!scanner.answering() && !scanner.usage.cut, "a label");
+    scanner.feed(
+        event(
+            "nextAgentFlow",
+            r#"{"nodeId":"llm_1","status":"TERMINATED"}"#,
+        )
+        .as_bytes(),
+    );
+    assert!(scanner.answering() && scanner.usage.cut, "the status");
+}
+
+/// Flowise writes `:heartbeat` to every open stream every 30 s: only events are progress.
+#[test]
+fn comments_and_blank_lines_carry_no_content() {
+    let mut scanner = SseScanner::default();
+    assert!(!scanner.feed(b":heartbeat\n\n"));
+    assert!(!scanner.feed(b":heartbeat\r\n\r\n"));
+    assert!(scanner.feed(b"message:\ndata:{\"event\":\"start\"}\n\n"));
+    // An event split across chunks: each piece of it is content, its blank line alone is not.
+    assert!(scanner.feed(b"message:\ndata:{\"event\":\"tok"));
+    assert!(scanner.feed(b"en\",\"data\":\"x\"}"));
+    assert!(!scanner.feed(b"\n\n"));
+    assert!(
+        scanner.feed(b":heartbeat\n\nmessage:\ndata:{}\n\n"),
+        "one event among them"
+    );
+}
+
 #[test]
 fn events_written_with_another_key_order_are_read_too() {
     let mut scanner = SseScanner::default();
@@ -486,8 +549,13 @@ fn node_lists_count_in_the_body_memory_and_one_that_does_not_fit_is_not_read() {
     others
         .try_grow(4 * MAX_EVENT - buffers.in_use())
         .expect("the rest of the budget");
+    assert!(!scanner.usage.list_unread(), "every list so far was read");
     feed(&mut scanner, list(9));
     assert_eq!(scanner.tokens(), 7);
+    assert!(
+        scanner.usage.list_unread(),
+        "its nodes' tokens are unknown: the run is charged at least its hold"
+    );
     assert!(buffers.in_use() <= 4 * MAX_EVENT, "{}", buffers.in_use());
 
     // Events of the usual size are read all the same, also split across chunks.
@@ -501,6 +569,10 @@ fn node_lists_count_in_the_body_memory_and_one_that_does_not_fit_is_not_read() {
     drop(others);
     feed(&mut scanner, list(11));
     assert_eq!(scanner.tokens(), 11);
+    assert!(
+        !scanner.usage.list_unread(),
+        "a later list read lists every node again"
+    );
     drop(scanner);
     assert_eq!(buffers.in_use(), 0, "let go with the stream");
 }

@@ -315,11 +315,11 @@ where
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(stall) = self.stall.as_mut() {
+                let content = frame.data_ref().is_some_and(|data| self.scanner.feed(data));
+                // Only an event restarts the stall clock: Flowise writes `:heartbeat` to every
+                // open stream, a run hung inside it included.
+                if content && let Some(stall) = self.stall.as_mut() {
                     stall.last_frame = tokio::time::Instant::now();
-                }
-                if let Some(data) = frame.data_ref() {
-                    self.scanner.feed(data);
                 }
                 // A body of known length is not polled past its last byte: hyper drops it then,
                 // which must not read as a client gone. Its last frame is the end.
@@ -566,10 +566,21 @@ mod tests {
     fn paced(
         gaps: Vec<std::time::Duration>,
     ) -> impl Body<Data = Bytes, Error = std::io::Error> + Unpin {
-        let frames = futures::stream::unfold(gaps.into_iter(), |mut gaps| async move {
-            let gap = gaps.next()?;
+        paced_frames(
+            gaps.into_iter()
+                .map(|gap| (gap, &b"data:x\n\n"[..]))
+                .collect(),
+        )
+    }
+
+    /// Each frame after its gap, then a stream that never ends.
+    fn paced_frames(
+        frames: Vec<(std::time::Duration, &'static [u8])>,
+    ) -> impl Body<Data = Bytes, Error = std::io::Error> + Unpin {
+        let frames = futures::stream::unfold(frames.into_iter(), |mut frames| async move {
+            let (gap, frame) = frames.next()?;
             tokio::time::sleep(gap).await;
-            Some((Ok(Frame::data(Bytes::from_static(b"data:x\n\n"))), gaps))
+            Some((Ok(Frame::data(Bytes::from_static(frame))), frames))
         });
         StreamBody::new(Box::pin(futures::StreamExt::chain(
             frames,
@@ -607,6 +618,39 @@ mod tests {
         let reports = seen.lock().expect("lock").clone();
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].end, StreamEnd::UpstreamFailed);
+    }
+
+    /// A run hung inside Flowise: its stream stays open, and Flowise writes `:heartbeat` to it
+    /// every 30 s. The stall clock runs from the last event, not the last comment.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_do_not_keep_a_silent_run_open() {
+        let (seen, on_end) = recorder();
+        let limit = std::time::Duration::from_secs(300);
+        let second = std::time::Duration::from_secs(1);
+        let mut frames = vec![(second, &b"message:\ndata:{\"event\":\"start\"}\n\n"[..])];
+        frames.extend(std::iter::repeat_n(
+            (29 * second, &b":heartbeat\n\n"[..]),
+            20,
+        ));
+        let mut body =
+            Observed::new(paced_frames(frames), Some(Resume::New), on_end).stalls_after(limit);
+        assert!(matches!(body.frame().await, Some(Ok(_))), "the event");
+        let event_at = tokio::time::Instant::now();
+        let mut heartbeats = 0;
+        let last = loop {
+            let frame = body.frame().await;
+            match frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+                Some(data) if data.starts_with(b":heartbeat") => heartbeats += 1,
+                _ => break frame,
+            }
+        };
+        assert!(
+            last_event(last).contains("Flowise sent nothing for 300s"),
+            "the silence ends in an error event"
+        );
+        assert_eq!(event_at.elapsed(), limit, "measured from the event");
+        assert_eq!(heartbeats, 10, "the heartbeats before it passed through");
+        assert_eq!(seen.lock().expect("lock")[0].end, StreamEnd::UpstreamFailed);
     }
 
     #[tokio::test]
