@@ -26,6 +26,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use super::error::ProxyError;
 use super::replicas::Replicas;
@@ -66,6 +67,10 @@ impl fmt::Debug for Turn {
     }
 }
 
+/// How long a chat another replica holds is waited for before it is busy: an ended turn's
+/// end is written in the replica's next round, normally within milliseconds.
+const BUSY_RECHECK: Duration = Duration::from_millis(250);
+
 impl ChatTurns {
     /// Turns shared by the replicas of `ledger` where it shares them.
     pub fn shared(ledger: Arc<dyn CreditLedger>) -> Self {
@@ -86,7 +91,15 @@ impl ChatTurns {
         if !across_replicas {
             return Ok(turn);
         }
-        match self.shared.ask(|ledger| ledger.begin_turn(chat_id)).await {
+        let mut asked = self.shared.ask(|ledger| ledger.begin_turn(chat_id)).await;
+        if asked == Some(SharedTurn::Busy) {
+            // The chat's last prediction may have just ended on another replica, its turn's end
+            // queued there and not written yet (a client that asks again at once, sent to
+            // another replica). Asked once more a moment later before it is busy.
+            tokio::time::sleep(BUSY_RECHECK).await;
+            asked = self.shared.ask(|ledger| ledger.begin_turn(chat_id)).await;
+        }
+        match asked {
             Some(SharedTurn::Taken(number)) => {
                 turn.shared = self.shared.ledger().map(|ledger| (ledger.clone(), number));
             }

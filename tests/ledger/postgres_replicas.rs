@@ -469,6 +469,43 @@ async fn replicas_share_a_chats_turn() {
     assert_eq!(store.count("SELECT count(*) FROM chat_turns").await, 2);
 }
 
+/// A chat's prediction that just ended on one replica (its turn's end queued there, not yet
+/// written) and the client asking again at once through another replica: the chat is asked for
+/// once more a moment later before it is `chat_busy`. One still running stays busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_ended_on_another_replica_just_before_is_taken() {
+    use flowgate::ledger::SharedTurn;
+    use flowgate::proxy::ProxyError;
+    use flowgate::proxy::turns::ChatTurns;
+
+    let store = crate::support::postgres("replicas_turn_recheck").await;
+    let (a, b) = (store.open().await, store.open().await);
+    let on_b = ChatTurns::shared(b.clone());
+    let Ok(Some(SharedTurn::Taken(first))) = a.begin_turn("chat-1").await else {
+        panic!("a free chat is taken");
+    };
+    let ending = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            a.end_turn(first);
+        })
+    };
+    let turn = on_b
+        .begin("chat-1", true)
+        .await
+        .expect("taken once its end landed");
+    ending.await.expect("ended");
+    drop(turn);
+    let Ok(Some(SharedTurn::Taken(_))) = a.begin_turn("chat-2").await else {
+        panic!("a free chat is taken");
+    };
+    assert!(matches!(
+        on_b.begin("chat-2", true).await,
+        Err(ProxyError::ChatBusy)
+    ));
+}
+
 /// A take its asker gives up on (a client gone, the proxy's time limit) ends, whenever it is
 /// given up: the chat is free for another replica at once, not after a lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
