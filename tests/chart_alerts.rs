@@ -120,6 +120,12 @@ fn series(sel: &str, healthy: bool) -> Vec<Value> {
         ),
         s("flowgate_sync_interval_seconds", "", "60x40".into()),
         s("flowgate_controller_leader", "", pick("1x40", "0x40")),
+        // Failing: one restart at 20 minutes (a counter that appears at 0 first).
+        s(
+            "flowgate_controller_restarts_total",
+            "",
+            pick("0x40", "0x20 1x20"),
+        ),
         s(
             "flowgate_index_invalid_resources",
             r#"kind="CreditPolicy""#,
@@ -228,6 +234,7 @@ async fn the_alerts_pass_promtool_and_fire_on_the_failures_they_name() {
             "FlowgateReconcileErrors",
             "FlowgateFlowiseSyncFailing",
             "FlowgateNoControllerLeader",
+            "FlowgateControllerRestarted",
         ]
     );
 
@@ -391,6 +398,7 @@ async fn without_a_controller_there_is_no_leader_or_sync_alert() {
         // No leader, and no periodic sync pass: an admin's one sync call would age forever.
         assert_ne!(alert["alert"], "FlowgateNoControllerLeader");
         assert_ne!(alert["alert"], "FlowgateFlowiseSyncFailing");
+        assert_ne!(alert["alert"], "FlowgateControllerRestarted");
         let expr = alert["expr"].as_str().expect("expr");
         assert!(expr.contains(r#"job="flowgate-proxy""#), "{expr}");
         assert!(
