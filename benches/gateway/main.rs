@@ -3,6 +3,7 @@
 //! ```text
 //!   flowgate-bench run [--quick]   the whole benchmark: starts what it needs, prints the table
 //!   flowgate-bench upstream        a Flowise-like upstream (JSON prediction and SSE)
+//!   flowgate-bench passthrough     flowgate's proxy threads and Flowise client, no auth
 //!   flowgate-bench index           the pure index figures (compile time, decision time)
 //! ```
 //!
@@ -20,6 +21,7 @@ mod haproxy;
 mod index;
 mod load;
 mod measure;
+mod passthrough;
 mod procs;
 mod report;
 mod run;
@@ -49,6 +51,9 @@ enum Command {
     Run(run::Options),
     /// Serves Flowise-shaped answers: JSON predictions, or SSE when the body asks to stream.
     Upstream(upstream::Options),
+    /// flowgate's transport alone (its proxy threads and Flowise client), forwarding every
+    /// request unauthenticated: the pass-through row. Prints its address.
+    Passthrough(passthrough::Options),
     /// Compile time and per-request decision time of the index, 10 vs 10,000 access objects.
     Index {
         /// Also write the table to this file.
@@ -64,6 +69,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Upstream(options) => upstream::serve(options),
+        Command::Passthrough(options) => {
+            flowgate::telemetry::install_crypto_provider();
+            passthrough::serve(options)
+        }
         Command::Index { out, quick } => {
             let table = index::table(&index::measure(quick));
             print!("{table}");

@@ -216,6 +216,7 @@ async fn measure_all(
     let (upstream, upstream_addr) = start_upstream(dir, options.quick)?;
     let mut peer = haproxy::start(dir, &keys, upstream_addr)?;
     let upstream_url = format!("http://{upstream_addr}");
+    let (transport, transport_addr) = start_passthrough(dir, &upstream_url)?;
     let jwks_url = format!("http://{jwks}/jwks.json");
     let launch = Launch {
         binary: flowgate,
@@ -276,6 +277,12 @@ async fn measure_all(
         target(&format!("http://{}", peer.plain), &free, &rs),
         haproxy_pid,
     );
+    let fg_plain = scenario(
+        "flowgate-plain",
+        "flowgate pass-through (no auth: its proxy threads and Flowise client alone)",
+        target(&format!("http://{transport_addr}"), &free, &rs),
+        transport.pid(),
+    );
     let ha_hs = scenario(
         "haproxy-hs256",
         "HAProxy jwt_verify HS256 + exp",
@@ -333,6 +340,7 @@ async fn measure_all(
     let all: Vec<&Scenario> = [
         &direct,
         &ha_plain,
+        &fg_plain,
         &ha_hs,
         &ha_rs,
         &fg_hs,
@@ -360,6 +368,7 @@ async fn measure_all(
     let phase_a = [
         direct.clone(),
         ha_plain,
+        fg_plain,
         ha_hs.clone(),
         ha_rs.clone(),
         fg_hs.clone(),
@@ -731,6 +740,13 @@ fn version(command: &mut Command) -> String {
 }
 
 /// Starts the upstream (this binary, `upstream` subcommand).
+/// flowgate's transport alone in front of the upstream (`passthrough.rs`).
+fn start_passthrough(dir: &Path, upstream: &str) -> anyhow::Result<(Child, SocketAddr)> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["passthrough", "--upstream", upstream]);
+    Child::spawn_printing_addr("flowgate-passthrough", command, dir)
+}
+
 fn start_upstream(dir: &Path, quick: bool) -> anyhow::Result<(Child, SocketAddr)> {
     let mut command = Command::new(std::env::current_exe()?);
     command.args(["upstream", "--print-addr"]);
