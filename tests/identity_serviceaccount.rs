@@ -606,6 +606,45 @@ async fn while_the_api_server_cannot_be_asked_only_recently_reviewed_tokens_pass
     account.delete().await;
 }
 
+/// A refused token whose next reviews cannot be made (the API server unreachable): refused at
+/// every request all the same (401), never a 503 that its holder retries on.
+#[tokio::test]
+async fn a_refused_token_stays_refused_while_the_api_server_cannot_be_asked() {
+    let admin = cluster().await;
+    let account = ServiceAccountFixture::create(&admin, "refused-outage").await;
+    let relay = Relay::start(api_server_address().await).await;
+    let options = VerifierOptions {
+        review_interval: Duration::from_secs(1),
+        review_grace: Duration::from_secs(4),
+        fetch_timeout: Duration::from_secs(2),
+        ..VerifierOptions::default()
+    };
+    let verifier = verifier_with(relay.client().await, JwtConfig::default(), options);
+    assert!(verifier.refresh().await, "keys load through the relay");
+    let token = account.token(AUDIENCE).await;
+    verifier
+        .verify(&token)
+        .await
+        .expect("accepted while it exists");
+    account.recreate().await;
+    until_revoked(&verifier, &token).await;
+
+    relay.cut(true);
+    // Past the refusal's 5 s its reviews are due again, and fail.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let answer = verifier.verify(&token).await;
+        assert!(
+            matches!(answer, Err(AuthError::Revoked(_))),
+            "{:?} after the cut: {answer:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    relay.cut(false);
+    account.delete().await;
+}
+
 #[tokio::test]
 async fn a_rotated_user_key_keeps_service_account_reviews() {
     let admin = cluster().await;

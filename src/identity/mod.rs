@@ -321,14 +321,19 @@ impl Verifier {
             Next::Review {
                 claim,
                 outage_served,
+                refused,
             } => {
                 let served = identity.clone();
-                match self
+                let reviewed = self
                     .shared_review(bearer, identity, epochs, claim, false)
-                    .await
-                {
-                    Err(AuthError::ReviewUnavailable) if outage_served => Ok(served),
-                    reviewed => reviewed,
+                    .await;
+                match (reviewed, refused) {
+                    (Err(AuthError::ReviewUnavailable), _) if outage_served => Ok(served),
+                    // Refused before, and the API server cannot be asked again: still refused.
+                    (Err(AuthError::ReviewUnavailable), Some(reason)) => {
+                        Err(AuthError::Revoked(reason))
+                    }
+                    (reviewed, _) => reviewed,
                 }
             }
             Next::Refuse(reason) => Err(AuthError::Revoked(reason)),
