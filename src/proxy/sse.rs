@@ -46,8 +46,8 @@ pub struct SseScanner {
     overflow: bool,
     /// What the line being read holds so far (an event's blank line may straddle two chunks).
     line: Line,
-    /// The last chunk ended inside a line (not after a newline).
-    mid_line: bool,
+    /// What the last chunk left of a line it did not end.
+    partial: Partial,
     /// What the stream reported of its tokens so far.
     usage: StreamUsage,
     error_event: bool,
@@ -168,8 +168,8 @@ impl SseScanner {
     /// Feeds the next chunk of the stream; whether it carried anything but comment lines and
     /// blank lines ([`carries_content`]).
     pub fn feed(&mut self, chunk: &[u8]) -> bool {
-        let content = carries_content(self.mid_line, chunk);
-        self.mid_line = chunk.last().map_or(self.mid_line, |&b| b != b'\n');
+        let content = carries_content(self.partial, chunk);
+        self.partial = Partial::after(self.partial, chunk);
         let mut rest = chunk;
         let mut line = self.line;
         while let Some(end) = find_event_end(line, rest) {
@@ -446,17 +446,46 @@ fn is_node_list(event: &[u8]) -> bool {
     starts_with_event(event, EXECUTED_PREFIX)
 }
 
+/// A line an earlier chunk began and did not end.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Partial {
+    #[default]
+    None,
+    /// A comment (`:…`).
+    Comment,
+    /// Anything else.
+    Content,
+}
+
+impl Partial {
+    /// What is left unended after `chunk`.
+    fn after(before: Self, chunk: &[u8]) -> Self {
+        match chunk.iter().rposition(|&b| b == b'\n') {
+            Some(end) => Self::of(&chunk[end + 1..]),
+            None if before == Self::None => Self::of(chunk),
+            None => before,
+        }
+    }
+
+    /// A line that begins with `start`.
+    fn of(start: &[u8]) -> Self {
+        match start {
+            [] => Self::None,
+            [b':', ..] => Self::Comment,
+            _ => Self::Content,
+        }
+    }
+}
+
 /// Whether `chunk` holds more than SSE comment lines (`:…`: Flowise writes `:heartbeat` to every
-/// open stream every 30 s) and blank lines. `mid_line`: its first bytes continue a line an
-/// earlier chunk began, which counts as content unless they only end it.
-fn carries_content(mid_line: bool, chunk: &[u8]) -> bool {
+/// open stream every 30 s) and blank lines, given the line an earlier chunk left unended.
+fn carries_content(partial: Partial, chunk: &[u8]) -> bool {
     let mut lines = chunk.split(|&b| b == b'\n');
-    if mid_line
-        && lines
-            .next()
-            .is_some_and(|rest| !matches!(rest, [] | [b'\r']))
-    {
-        return true;
+    if partial != Partial::None {
+        let rest = lines.next().unwrap_or_default();
+        if partial == Partial::Content && !matches!(rest, [] | [b'\r']) {
+            return true;
+        }
     }
     lines.any(|line| !matches!(line, [] | [b'\r'] | [b':', ..]))
 }

@@ -437,6 +437,11 @@ fn comments_and_blank_lines_carry_no_content() {
         scanner.feed(b":heartbeat\n\nmessage:\ndata:{}\n\n"),
         "one event among them"
     );
+    // A heartbeat split across chunks stays a comment.
+    assert!(!scanner.feed(b":heart"));
+    assert!(!scanner.feed(b"beat\n"));
+    assert!(!scanner.feed(b"\n"));
+    assert!(scanner.feed(b"data"), "a line begun");
 }
 
 #[test]
