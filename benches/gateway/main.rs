@@ -35,6 +35,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// flowgate's allocator (`src/main.rs`): the pass-through row measures flowgate's transport as
+/// it ships. (Since session 43; the upstream, this binary too, allocates with it as well.)
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "flowgate-bench",

@@ -739,7 +739,6 @@ fn version(command: &mut Command) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// Starts the upstream (this binary, `upstream` subcommand).
 /// flowgate's transport alone in front of the upstream (`passthrough.rs`).
 fn start_passthrough(dir: &Path, upstream: &str) -> anyhow::Result<(Child, SocketAddr)> {
     let mut command = Command::new(std::env::current_exe()?);
@@ -747,6 +746,7 @@ fn start_passthrough(dir: &Path, upstream: &str) -> anyhow::Result<(Child, Socke
     Child::spawn_printing_addr("flowgate-passthrough", command, dir)
 }
 
+/// Starts the upstream (this binary, `upstream` subcommand).
 fn start_upstream(dir: &Path, quick: bool) -> anyhow::Result<(Child, SocketAddr)> {
     let mut command = Command::new(std::env::current_exe()?);
     command.args(["upstream", "--print-addr"]);

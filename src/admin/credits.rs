@@ -25,7 +25,8 @@ use crate::ledger::{AdjustOutcome, AdjustRequest, Limits, ReservationState, Usag
 use crate::proxy::ProxyError;
 use crate::proxy::usage_log::text_param;
 
-/// Longest `reason`, in bytes: an Event's note holds at most 1 KiB.
+/// Longest `reason`, in characters (as the OpenAPI document's `maxLength` counts them; an
+/// Event's note, at most 1 KiB, is cut to fit).
 const MAX_REASON: usize = 500;
 
 /// Largest adjustment either way. Far beyond any real correction, and far from the ledger's
@@ -57,9 +58,9 @@ pub async fn adjust(
         )));
     }
     let reason = request.reason.unwrap_or_default();
-    if reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
+    if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
         return Err(ProxyError::BadRequest(format!(
-            "field 'reason' must be at most {MAX_REASON} bytes, without control characters"
+            "field 'reason' must be at most {MAX_REASON} characters, without control characters"
         )));
     }
     let policy = find_policy(call, &request.policy)?;

@@ -216,7 +216,7 @@ pub struct CreditAdjustmentRequest {
     #[schemars(extend("not" = {"enum": [0]}))]
     pub credits: i64,
     /// Why, for the record: the log line and the Kubernetes Event on the policy (at most 500
-    /// bytes of UTF-8, without control characters).
+    /// characters, without control characters).
     #[serde(default)]
     #[schemars(
         length(max = 500),
