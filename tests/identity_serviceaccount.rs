@@ -560,10 +560,9 @@ async fn accepted_again(verifier: &Verifier, tokens: &[&String]) {
     }
 }
 
-#[tokio::test]
-async fn while_the_api_server_cannot_be_asked_only_recently_reviewed_tokens_pass() {
-    let admin = cluster().await;
-    let account = ServiceAccountFixture::create(&admin, "outage").await;
+/// A relay to the API server and a verifier reviewing through it: tokens in use every second,
+/// an acceptance served for 4 s while reviews fail, a review given 2 s; its keys loaded.
+async fn reviewing_often_through_a_relay() -> (Relay, Verifier) {
     let relay = Relay::start(api_server_address().await).await;
     let options = VerifierOptions {
         review_interval: Duration::from_secs(1),
@@ -573,6 +572,14 @@ async fn while_the_api_server_cannot_be_asked_only_recently_reviewed_tokens_pass
     };
     let verifier = verifier_with(relay.client().await, JwtConfig::default(), options);
     assert!(verifier.refresh().await, "keys load through the relay");
+    (relay, verifier)
+}
+
+#[tokio::test]
+async fn while_the_api_server_cannot_be_asked_only_recently_reviewed_tokens_pass() {
+    let admin = cluster().await;
+    let account = ServiceAccountFixture::create(&admin, "outage").await;
+    let (relay, verifier) = reviewing_often_through_a_relay().await;
     let seen = account.token(AUDIENCE).await;
     // Tokens have no `jti` here: one requested in the same second would be the same token.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
@@ -612,15 +619,7 @@ async fn while_the_api_server_cannot_be_asked_only_recently_reviewed_tokens_pass
 async fn a_refused_token_stays_refused_while_the_api_server_cannot_be_asked() {
     let admin = cluster().await;
     let account = ServiceAccountFixture::create(&admin, "refused-outage").await;
-    let relay = Relay::start(api_server_address().await).await;
-    let options = VerifierOptions {
-        review_interval: Duration::from_secs(1),
-        review_grace: Duration::from_secs(4),
-        fetch_timeout: Duration::from_secs(2),
-        ..VerifierOptions::default()
-    };
-    let verifier = verifier_with(relay.client().await, JwtConfig::default(), options);
-    assert!(verifier.refresh().await, "keys load through the relay");
+    let (relay, verifier) = reviewing_often_through_a_relay().await;
     let token = account.token(AUDIENCE).await;
     verifier
         .verify(&token)
