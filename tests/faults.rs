@@ -220,7 +220,7 @@ async fn a_stream_flowise_stops_sending_is_cut_at_the_upstream_timeout_refunded_
         // Cut with an error event saying why, never the end of a whole answer.
         let text = resp.text().await.expect("the stream ends with its error");
         assert!(
-            text.contains(r#""event":"error","data":"flowgate: Flowise sent nothing for 1s"#)
+            text.contains(r#""event":"error","data":"flowgate: Flowise sent no event for 1s"#)
                 && !text.contains("[DONE]"),
             "{text}"
         );

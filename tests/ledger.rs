@@ -115,8 +115,11 @@ scenarios!(
 const POLICY: &str = "team-a/monthly";
 
 /// A policy's `credits` and the credits its overrides give.
-fn limits(credits: u64, overrides: &[u64]) -> Limits<'_> {
-    Limits { credits, overrides }
+fn limits(credits: u64, overrides: &[u64]) -> Limits {
+    Limits {
+        credits,
+        overrides: overrides.to_vec(),
+    }
 }
 
 async fn a_reserve_within_budget_is_charged_and_reports_what_remains(store: Store) {

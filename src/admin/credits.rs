@@ -157,7 +157,7 @@ pub async fn adjust(
         .ok()
         .and_then(|buckets| buckets.into_iter().next())
         .and_then(|bucket| bucket.own_limit);
-    let credits = subject.credits_with(policy, own_limit);
+    let credits = subject.credits_with(&limits_of(policy), own_limit);
     let warning = unseen.then(|| {
         let warning = format!(
             "no prediction was ever charged to {} on {}: flowgate names a caller \
@@ -269,26 +269,24 @@ impl Subject {
     /// larger, the limit its last prediction was charged against while the spec still has an
     /// override of that many (one by email or group, which the name cannot tell; not one since
     /// lowered); without one its name tells, that limit or the policy's.
-    fn credits_with(&self, policy: &PolicyRule, own_limit: Option<i64>) -> u64 {
+    fn credits_with(&self, limits: &Limits, own_limit: Option<i64>) -> u64 {
         if self.overridden {
-            own_limit
-                .and_then(|own| u64::try_from(own).ok())
-                .filter(|own| *own > self.credits && policy.overrides.iter().any(|(_, c)| c == own))
+            limits
+                .own(own_limit)
+                .filter(|own| *own > self.credits)
                 .unwrap_or(self.credits)
         } else {
-            own_or_policy(policy, own_limit)
+            limits.of_bucket(own_limit)
         }
     }
 }
 
-/// The bucket's own limit while an override still gives it, else the policy's.
-fn own_or_policy(policy: &PolicyRule, own_limit: Option<i64>) -> u64 {
-    let overrides = policy.override_credits();
-    let limits = Limits {
+/// The policy's limits as its spec has them now.
+fn limits_of(policy: &PolicyRule) -> Limits {
+    Limits {
         credits: policy.credits,
-        overrides: &overrides,
-    };
-    limits.of_bucket(own_limit)
+        overrides: policy.override_credits(),
+    }
 }
 
 /// A Normal Event on the policy: who changed whose budget, by how much, and why. Best effort:
@@ -387,22 +385,18 @@ pub async fn balances(
         .buckets(&policy.id, &window, subject.as_deref(), limit)
         .await
         .map_err(unavailable)?;
-    let overrides = policy.override_credits();
-    let limits = Limits {
-        credits: policy.credits,
-        overrides: &overrides,
-    };
+    let limits = limits_of(policy);
     let usage = admin
         .ledger
-        .policy_usage(&policy.id, &window, limits)
+        .policy_usage(&policy.id, &window, limits.clone())
         .await
         .map_err(unavailable)?;
     let mut balances: Vec<SubjectBalance> = buckets
         .into_iter()
         .map(|bucket| {
             let credits = match Subject::of(policy, Some(bucket.bucket.clone())) {
-                Ok(named) => named.credits_with(policy, bucket.own_limit),
-                Err(_) => own_or_policy(policy, bucket.own_limit),
+                Ok(named) => named.credits_with(&limits, bucket.own_limit),
+                Err(_) => limits.of_bucket(bucket.own_limit),
             };
             SubjectBalance {
                 remaining: remaining(credits, bucket.used),

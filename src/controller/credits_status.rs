@@ -77,10 +77,9 @@ pub async fn refresh_all(
         let Ok(window) = ledger::window(rule.period, &rule.time_zone_name, now) else {
             continue;
         };
-        let overrides = rule.override_credits();
         let limits = ledger::Limits {
             credits: rule.credits,
-            overrides: &overrides,
+            overrides: rule.override_credits(),
         };
         let usage = match ledger.policy_usage(&rule.id, &window, limits).await {
             Ok(usage) => usage,

@@ -229,6 +229,7 @@ impl TokenCache {
     /// keeps the refusal (a revoked token's holder is told so, not to retry), and is retried
     /// from `due`. Without an entry (evicted, or expired) a verdict is stored only when
     /// `create` (a first review): a stale claimed review must not bring back an evicted one.
+    /// Returns the refusal an `Unavailable` verdict left standing, if any.
     pub(crate) fn record(
         &self,
         token: &str,
@@ -237,38 +238,35 @@ impl TokenCache {
         leeway: i64,
         review: ReviewRecord,
         create: bool,
-    ) {
+    ) -> Option<String> {
         let mut shard = self
             .shard(token)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         match shard.get_mut(token).and_then(|e| e.review.as_mut()) {
-            None if !create => return,
+            None if !create => return None,
             None => {}
-            Some(current) if current.seq >= review.seq => return,
-            Some(current) => {
-                let kept = match (&review.verdict, &current.verdict) {
-                    (Verdict::Unavailable, Verdict::Accepted { at, .. }) => {
-                        Some(Verdict::Accepted {
-                            at: *at,
-                            failing: true,
-                        })
+            Some(current) if current.seq >= review.seq => return None,
+            Some(current)
+                if matches!(review.verdict, Verdict::Unavailable)
+                    && !matches!(current.verdict, Verdict::Unavailable) =>
+            {
+                current.seq = review.seq;
+                current.due = review.due;
+                return match &mut current.verdict {
+                    Verdict::Accepted { failing, .. } => {
+                        *failing = true;
+                        None
                     }
-                    (Verdict::Unavailable, Verdict::Refused(reason)) => {
-                        Some(Verdict::Refused(reason.clone()))
-                    }
-                    _ => None,
+                    Verdict::Refused(reason) => Some(reason.clone()),
+                    Verdict::Unavailable => None,
                 };
-                if let Some(verdict) = kept {
-                    current.verdict = verdict;
-                    current.seq = review.seq;
-                    current.due = review.due;
-                    return;
-                }
             }
+            Some(_) => {}
         }
         let entry = self.entry(identity, epochs.service_accounts, leeway, Some(review));
         self.put_locked(&mut shard, token, entry, epochs);
+        None
     }
 
     /// Remembers a verified token that needs no review (a user's).
@@ -506,9 +504,15 @@ mod tests {
     }
 
     /// Records `verdict` for the token `s.a.t` under stamp `seq`, next due at `due`.
-    fn put(cache: &TokenCache, seq: u64, verdict: Verdict, due: i64, create: bool) {
+    fn put(
+        cache: &TokenCache,
+        seq: u64,
+        verdict: Verdict,
+        due: i64,
+        create: bool,
+    ) -> Option<String> {
         let review = ReviewRecord { verdict, seq, due };
-        cache.record("s.a.t", &identity(1000), E1, 0, review, create);
+        cache.record("s.a.t", &identity(1000), E1, 0, review, create)
     }
 
     const ACCEPTED: Verdict = Verdict::Accepted {
@@ -582,7 +586,11 @@ mod tests {
         let refused = Verdict::Refused("pod deleted".into());
         put(&cache, cache.next_review(), refused.clone(), 160, false);
         let outage = cache.next_review();
-        put(&cache, outage, Verdict::Unavailable, 170, false);
+        assert_eq!(
+            put(&cache, outage, Verdict::Unavailable, 170, false),
+            Some("pod deleted".into()),
+            "the refusal standing, for the request that asked"
+        );
         assert_eq!(verdict(), Some(refused));
         assert_eq!(
             cache.claim_review("s.a.t", 169, 5).and_then(|c| c.seq),

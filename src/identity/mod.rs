@@ -321,19 +321,14 @@ impl Verifier {
             Next::Review {
                 claim,
                 outage_served,
-                refused,
             } => {
                 let served = identity.clone();
-                let reviewed = self
+                match self
                     .shared_review(bearer, identity, epochs, claim, false)
-                    .await;
-                match (reviewed, refused) {
-                    (Err(AuthError::ReviewUnavailable), _) if outage_served => Ok(served),
-                    // Refused before, and the API server cannot be asked again: still refused.
-                    (Err(AuthError::ReviewUnavailable), Some(reason)) => {
-                        Err(AuthError::Revoked(reason))
-                    }
-                    (reviewed, _) => reviewed,
+                    .await
+                {
+                    Err(AuthError::ReviewUnavailable) if outage_served => Ok(served),
+                    reviewed => reviewed,
                 }
             }
             Next::Refuse(reason) => Err(AuthError::Revoked(reason)),
@@ -453,7 +448,12 @@ impl Verifier {
         };
         if let Some(cache) = &inner.cache {
             let record = ReviewRecord { verdict, seq, due };
-            cache.record(bearer, &identity, epochs, inner.leeway, record, first);
+            // An outage does not undo a refusal: still refused (401), not a 503 to retry on.
+            if let Some(reason) =
+                cache.record(bearer, &identity, epochs, inner.leeway, record, first)
+            {
+                return Err(AuthError::Revoked(reason));
+            }
         }
         result.map(|()| identity)
     }

@@ -197,12 +197,10 @@ pub(super) enum Next {
     ServeAndReview(u64),
     /// Only a review now can accept it: this request waits for one, the review in flight or
     /// one it starts (stamped with its claim, if it has it). When the API server cannot be
-    /// asked, `outage_served` says the old acceptance is served all the same, and `refused`
-    /// holds the refusal it had (still refused: a 401, not a 503 its holder retries on).
+    /// asked, `outage_served` says the old acceptance is served all the same.
     Review {
         claim: Option<u64>,
         outage_served: bool,
-        refused: Option<String>,
     },
     /// Refused lately, and another request is asking again.
     Refuse(String),
@@ -229,17 +227,10 @@ pub(super) fn decide(claim: Claim, now: i64, fresh: i64, grace: i64) -> Next {
         (Verdict::Accepted { at, failing: false }, claim) => Next::Review {
             claim,
             outage_served: within(at, grace),
-            refused: None,
-        },
-        (Verdict::Refused(reason), Some(seq)) => Next::Review {
-            claim: Some(seq),
-            outage_served: false,
-            refused: Some(reason),
         },
         (_, Some(seq)) => Next::Review {
             claim: Some(seq),
             outage_served: false,
-            refused: None,
         },
         (Verdict::Accepted { failing: true, .. } | Verdict::Unavailable, None) => Next::Unavailable,
         (Verdict::Refused(reason), None) => Next::Refuse(reason),
@@ -338,7 +329,6 @@ mod tests {
         let review = |claim, outage_served| Next::Review {
             claim,
             outage_served,
-            refused: None,
         };
         // A fresh acceptance is served; a due review goes along in the background.
         assert_eq!(
@@ -374,14 +364,7 @@ mod tests {
             Next::Refuse("pod deleted".into())
         );
         let again = claim(refused, Some(11));
-        assert_eq!(
-            decide(again, 401, fresh, grace),
-            Next::Review {
-                claim: Some(11),
-                outage_served: false,
-                refused: Some("pod deleted".into())
-            }
-        );
+        assert_eq!(decide(again, 401, fresh, grace), review(Some(11), false));
         let down = claim(Verdict::Unavailable, None);
         assert_eq!(decide(down, 401, fresh, grace), Next::Unavailable);
         let retry = claim(Verdict::Unavailable, Some(12));

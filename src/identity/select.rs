@@ -103,13 +103,12 @@ impl Inner {
                             self.check(token, key, checks, Domain::ServiceAccounts)
                         }
                         Lookup::WrongAlgorithm => Step::Failed(AuthError::AlgorithmMismatch),
-                        Lookup::NotFound if refreshed => Step::Failed(if sa.remote.stale() {
-                            AuthError::KeysUnavailable
-                        } else if newer_than(token, &sa.remote, now) {
-                            AuthError::KeyNotFetchedYet
-                        } else {
-                            AuthError::UnknownKey
-                        }),
+                        Lookup::NotFound if refreshed => Step::Failed(not_fetched_yet(
+                            token,
+                            &sa.remote,
+                            now,
+                            AuthError::UnknownKey,
+                        )),
                         Lookup::NotFound => Step::Refresh(Domain::ServiceAccounts),
                     };
                 }
@@ -148,14 +147,15 @@ impl Inner {
                         if !matches!(step, Step::Failed(AuthError::BadSignature)) {
                             return step;
                         }
-                        return if !refreshed {
-                            Step::Refresh(Domain::Users)
-                        } else if remote.stale() {
-                            Step::Failed(AuthError::KeysUnavailable)
-                        } else if newer_than(token, remote, now) {
-                            Step::Failed(AuthError::KeyNotFetchedYet)
+                        return if refreshed {
+                            Step::Failed(not_fetched_yet(
+                                token,
+                                remote,
+                                now,
+                                AuthError::BadSignature,
+                            ))
                         } else {
-                            step
+                            Step::Refresh(Domain::Users)
                         };
                     }
                     Lookup::WrongAlgorithm => return Step::Failed(AuthError::AlgorithmMismatch),
@@ -307,6 +307,24 @@ impl Inner {
 }
 
 /// Whether `token` says it was issued after `remote`'s keys were fetched ([`RemoteKeys::older_than`]).
+/// After a refresh, a token `remote`'s keys did not verify: 503 while they cannot be fetched,
+/// or when the token is newer than them (a key published since, the cooldown holding the fetch
+/// back); else `refusal`.
+fn not_fetched_yet(
+    token: &Parsed<'_>,
+    remote: &RemoteKeys,
+    now: Timestamp,
+    refusal: AuthError,
+) -> AuthError {
+    if remote.stale() {
+        AuthError::KeysUnavailable
+    } else if newer_than(token, remote, now) {
+        AuthError::KeyNotFetchedYet
+    } else {
+        refusal
+    }
+}
+
 fn newer_than(token: &Parsed<'_>, remote: &RemoteKeys, now: Timestamp) -> bool {
     claims::issued_at(&token.claims).is_some_and(|iat| remote.older_than(iat, now.as_second()))
 }

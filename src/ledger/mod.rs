@@ -206,7 +206,7 @@ pub trait CreditLedger: Send + Sync {
         &'a self,
         policy: &'a str,
         window: &'a Window,
-        limits: Limits<'a>,
+        limits: Limits,
     ) -> LedgerFuture<'a, PolicyUsage>;
 
     /// The buckets of a policy in `window`, most used first (then by bucket), at most `limit`;
@@ -525,15 +525,23 @@ pub struct Resolution {
 }
 
 /// A policy's limits as its spec has them now, to read its buckets against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
     /// Credits per period.
     pub credits: u64,
     /// The credits each budget override gives.
-    pub overrides: &'a [u64],
+    pub overrides: Vec<u64>,
 }
 
-impl Limits<'_> {
+impl Limits {
+    /// A bucket's own limit (the override its last reserve was charged against, kept with
+    /// [`BudgetLine::own_limit`]) while some override still gives that many.
+    pub fn own(&self, own_limit: Option<i64>) -> Option<u64> {
+        own_limit
+            .and_then(|own| u64::try_from(own).ok())
+            .filter(|own| self.overrides.contains(own))
+    }
+
     /// A bucket's limit: its own (the override its last reserve was charged against, kept with
     /// [`BudgetLine::own_limit`]) while some override still gives that many, else the policy's.
     /// A bucket keeps its own limit until its next successful reserve, so an override lowered
@@ -542,10 +550,7 @@ impl Limits<'_> {
     /// counts against the policy's credits here until its next reserve (the admin API's
     /// balance of one subject reads its name's override, `admin::credits`).
     pub fn of_bucket(&self, own_limit: Option<i64>) -> u64 {
-        own_limit
-            .and_then(|own| u64::try_from(own).ok())
-            .filter(|own| self.overrides.contains(own))
-            .unwrap_or(self.credits)
+        self.own(own_limit).unwrap_or(self.credits)
     }
 }
 

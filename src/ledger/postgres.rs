@@ -224,7 +224,7 @@ impl CreditLedger for PostgresLedger {
         &'a self,
         policy: &'a str,
         window: &'a Window,
-        limits: Limits<'a>,
+        limits: Limits,
     ) -> LedgerFuture<'a, PolicyUsage> {
         Box::pin(async move {
             let mut conn = self.pool.get_for_read().await?;

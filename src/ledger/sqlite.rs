@@ -316,17 +316,11 @@ impl CreditLedger for SqliteLedger {
         &'a self,
         policy: &'a str,
         window: &'a Window,
-        limits: Limits<'a>,
+        limits: Limits,
     ) -> LedgerFuture<'a, PolicyUsage> {
         let policy = policy.to_string();
         let start = window.start.as_microsecond();
-        let overrides = limits.overrides.to_vec();
-        let credits = limits.credits;
         self.read(move |conn| {
-            let limits = Limits {
-                credits,
-                overrides: &overrides,
-            };
             // Summed here, saturating: SQLite's SUM fails with "integer overflow" past 2^63 - 1
             // (buckets saturated by a settle of absurd token counts), and would fail every read
             // of the policy.

@@ -369,8 +369,9 @@ impl SseScanner {
                 // node that fails is `ERROR` before the node list, which then has no usage of it.
                 Kind::Flow => {
                     self.usage.reporting = true;
-                    let terminated = flow_status_is(data, "TERMINATED");
-                    self.usage.cut |= terminated || flow_status_is(data, "ERROR");
+                    let status = flow_status(data);
+                    let terminated = status.as_deref() == Some("TERMINATED");
+                    self.usage.cut |= terminated || status.as_deref() == Some("ERROR");
                     self.stopped |= terminated;
                     self.finished_unlisted |= node_finished(data);
                 }
@@ -418,10 +419,10 @@ struct UsageEvent {
     data: serde_json::Value,
 }
 
-/// Whether a flow event gives a node or the run `status` (`ERROR`: failed; `TERMINATED`:
-/// stopped): `nextAgentFlow`'s `data.status`, or `agentFlowEvent`'s `data` (parsed: a node's
-/// label or error message may hold the word).
-fn flow_status_is(data: &str, status: &str) -> bool {
+/// The status a flow event gives a node or the run, when it may be `ERROR` (failed) or
+/// `TERMINATED` (stopped): `nextAgentFlow`'s `data.status`, or `agentFlowEvent`'s `data`
+/// (parsed: a node's label or error message may hold the word). Others are not parsed.
+fn flow_status(data: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Flow {
         data: Option<FlowData>,
@@ -432,13 +433,16 @@ fn flow_status_is(data: &str, status: &str) -> bool {
         Run(String),
         Node { status: Option<String> },
     }
-    data.contains(&format!("\"{status}\""))
-        && matches!(
-            serde_json::from_str::<Flow>(data),
-            Ok(Flow {
-                data: Some(FlowData::Run(given) | FlowData::Node { status: Some(given) })
-            }) if given == status
-        )
+    if !data.contains("\"ERROR\"") && !data.contains("\"TERMINATED\"") {
+        return None;
+    }
+    match serde_json::from_str::<Flow>(data).ok()?.data? {
+        FlowData::Run(status)
+        | FlowData::Node {
+            status: Some(status),
+        } => Some(status),
+        FlowData::Node { status: None } => None,
+    }
 }
 
 /// Whether an event (from its start) is an `agentFlowExecutedData` node list.

@@ -87,23 +87,24 @@ pub struct Observed<B> {
     polling: bool,
 }
 
-/// The watch for a stream Flowise stopped sending: the timer is moved only when it fires (a
-/// frame just records its time), so a fast stream costs a clock read per frame.
+/// The watch for a stream Flowise stopped sending events on (its `:heartbeat` comments do not
+/// count): the timer is moved only when it fires (an event just records its time), so a fast
+/// stream costs a clock read per frame.
 struct Stall {
     limit: std::time::Duration,
-    last_frame: tokio::time::Instant,
+    last_event: tokio::time::Instant,
     timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Stall {
-    /// Whether Flowise has sent nothing for the whole limit; if not, the timer is set for when
+    /// Whether Flowise has sent no event for the whole limit; if not, the timer is set for when
     /// it will have (and wakes `cx` then).
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
             if self.timer.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            let due = self.last_frame + self.limit;
+            let due = self.last_event + self.limit;
             if due <= tokio::time::Instant::now() {
                 return true;
             }
@@ -139,13 +140,13 @@ impl<B> Observed<B> {
         }
     }
 
-    /// Fails the stream once Flowise has sent nothing for `limit` (a hung run would otherwise
+    /// Fails the stream once Flowise has sent no event for `limit` (a hung run would otherwise
     /// hold its client, its connection and its reservation for ever).
     pub fn stalls_after(mut self, limit: std::time::Duration) -> Self {
         let now = tokio::time::Instant::now();
         self.stall = Some(Stall {
             limit,
-            last_frame: now,
+            last_event: now,
             timer: Box::pin(tokio::time::sleep_until(now + limit)),
         });
         self
@@ -319,7 +320,7 @@ where
                 // Only an event restarts the stall clock: Flowise writes `:heartbeat` to every
                 // open stream, a run hung inside it included.
                 if content && let Some(stall) = self.stall.as_mut() {
-                    stall.last_frame = tokio::time::Instant::now();
+                    stall.last_event = tokio::time::Instant::now();
                 }
                 // A body of known length is not polled past its last byte: hyper drops it then,
                 // which must not read as a client gone. Its last frame is the end.
@@ -343,9 +344,9 @@ where
                 };
                 tracing::warn!(
                     ?limit,
-                    "Flowise sent nothing for too long; the stream is cut"
+                    "Flowise sent no event for too long; the stream is cut"
                 );
-                self.fail(&format!("Flowise sent nothing for {limit:?}"), cx)
+                self.fail(&format!("Flowise sent no event for {limit:?}"), cx)
             }
         }
     }
@@ -602,16 +603,16 @@ mod tests {
                 "a frame in time passes"
             );
         }
-        let last_frame = started.elapsed();
+        let last_sent = started.elapsed();
         let last = body.frame().await;
         let event = last_event(last);
         assert!(
-            event.contains("Flowise sent nothing for 300s"),
+            event.contains("Flowise sent no event for 300s"),
             "the silence ends in an error event saying so: {event}"
         );
         assert!(body.frame().await.is_none(), "and nothing after it");
         assert_eq!(
-            started.elapsed() - last_frame,
+            started.elapsed() - last_sent,
             limit,
             "measured from the last frame"
         );
@@ -645,7 +646,7 @@ mod tests {
             }
         };
         assert!(
-            last_event(last).contains("Flowise sent nothing for 300s"),
+            last_event(last).contains("Flowise sent no event for 300s"),
             "the silence ends in an error event"
         );
         assert_eq!(event_at.elapsed(), limit, "measured from the event");

@@ -421,7 +421,7 @@ impl CreditLedger for HangingUsage {
         &'a self,
         _policy: &'a str,
         _window: &'a Window,
-        _limits: Limits<'a>,
+        _limits: Limits,
     ) -> LedgerFuture<'a, PolicyUsage> {
         Box::pin(async move {
             let _dropped = Dropped(self.dropped.clone());
