@@ -156,6 +156,11 @@ async fn a_global_admin_gives_and_takes_credits_once_per_key_and_the_policy_reco
             400,
         ),
         (
+            json!({"policy": policy, "subject": "sa:team/a/b", "credits": 1}),
+            root(),
+            400,
+        ),
+        (
             json!({"policy": policy, "subject": "user:alice-sub", "credits": 0}),
             root(),
             400,

@@ -237,9 +237,9 @@ impl Subject {
                         ..Caller::default()
                     }
                 } else if let Some(account) = key.strip_prefix("sa:")
-                    && account
-                        .split_once('/')
-                        .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty())
+                    && account.split_once('/').is_some_and(|(ns, name)| {
+                        !ns.is_empty() && !name.is_empty() && !name.contains('/')
+                    })
                 {
                     Caller {
                         service_account: Some(account),
