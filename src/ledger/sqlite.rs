@@ -38,6 +38,16 @@ use super::{
 /// The schema this code writes; stored in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
 
+/// Longest a read may run on the one read connection before SQLite is told to stop it
+/// ([`LedgerError::ReadTimeout`]): every read waits for the one before, so a caller's query that
+/// walks a long history (its own rows, looking for a policy it was never charged on) must not
+/// hold up the others for long. The usage log's filters are indexed; a read that needs this
+/// long is one that walks rows it does not return.
+const READ_LIMIT: Duration = Duration::from_secs(5);
+
+/// SQLite's virtual-machine steps between two looks at the clock during a read.
+const READ_CLOCK_STEPS: std::ffi::c_int = 10_000;
+
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 256;
 
@@ -147,6 +157,8 @@ pub(super) struct SqliteLedger {
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<JoinHandle<()>>,
     reader: Arc<Mutex<Connection>>,
+    /// [`READ_LIMIT`], shorter in a test.
+    read_limit: Duration,
 }
 
 impl SqliteLedger {
@@ -187,6 +199,7 @@ impl SqliteLedger {
             ops: Some(ops),
             writer: Some(writer),
             reader: Arc::new(Mutex::new(reader)),
+            read_limit: READ_LIMIT,
         })
     }
 
@@ -215,16 +228,33 @@ impl SqliteLedger {
         })
     }
 
-    /// Runs a query on the read connection, off the async threads.
+    /// Runs a query on the read connection, off the async threads, stopped past the read limit.
     fn read<T: Send + 'static>(
         &self,
         query: impl FnOnce(&Connection) -> Result<T, LedgerError> + Send + 'static,
     ) -> LedgerFuture<'_, T> {
-        let reader = self.reader.clone();
+        let (reader, limit) = (self.reader.clone(), self.read_limit);
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
-                query(&conn)
+                let mut conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
+                // Each read puts in its own deadline (the connection is only ever read here).
+                let deadline = std::time::Instant::now() + limit;
+                let limited = || {
+                    conn.progress_handler(
+                        READ_CLOCK_STEPS,
+                        Some(move || std::time::Instant::now() >= deadline),
+                    )?;
+                    query(&conn)
+                };
+                limited().map_err(|error| match error {
+                    LedgerError::Sqlite(e)
+                        if e.sqlite_error_code()
+                            == Some(rusqlite::ErrorCode::OperationInterrupted) =>
+                    {
+                        LedgerError::ReadTimeout(limit)
+                    }
+                    other => other,
+                })
             })
             .await
             .map_err(|_| LedgerError::Stopped)?

@@ -681,3 +681,47 @@ async fn a_ledger_file_replaced_while_idle_is_not_replayed_after_a_restart() {
     let (ledger, dir, now) = replaced_underneath().await;
     restart_finds_the_restored_ledger(ledger, dir.path(), now).await;
 }
+
+/// A read that walks more rows than it can in the read limit (a caller's long history, looking
+/// for a policy it was never charged on) is stopped with `ReadTimeout`, and the read connection
+/// answers the next read as before.
+#[tokio::test]
+async fn a_read_past_its_limit_is_stopped_and_the_reader_goes_on() {
+    let (_dir, path) = created().await;
+    let mut conn = open_writer(&path).expect("reopen");
+    let tx = conn.transaction().expect("begin");
+    tx.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)
+         INSERT INTO usage (time_us, reservation_id, subject, chatflow, policy, credits, tokens,
+                            outcome)
+         SELECT i, i, 'user:heavy', 'team/bot', 'team/monthly', 1, 0, 'charged' FROM n",
+        [],
+    )
+    .expect("history");
+    tx.commit().expect("commit");
+    drop(conn);
+
+    let mut ledger = SqliteLedger::open(&path).await.expect("open");
+    let nowhere = || UsageFilter {
+        subject: Some("user:heavy".into()),
+        policy: Some("team/never-charged".into()),
+        ..UsageFilter::default()
+    };
+    ledger.read_limit = Duration::ZERO;
+    let error = ledger.usage(nowhere()).await.expect_err("past the limit");
+    assert!(
+        matches!(error, LedgerError::ReadTimeout(limit) if limit == Duration::ZERO),
+        "{error}"
+    );
+    assert!(error.transient(), "worth asking again");
+
+    ledger.read_limit = READ_LIMIT;
+    assert_eq!(ledger.usage(nowhere()).await.expect("within the limit"), []);
+    let newest = UsageFilter {
+        subject: Some("user:heavy".into()),
+        limit: 1,
+        ..UsageFilter::default()
+    };
+    let rows = ledger.usage(newest).await.expect("the newest row");
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), [200000]);
+}
