@@ -371,6 +371,21 @@ async fn an_imported_chatflow_flowise_still_has_is_not_deleted() {
     )
     .await;
     assert_eq!(status, 404, "{body}");
+    // A prediction too is 404 (for good), not 503 (a retry), as Flowise would answer.
+    for (path, question) in [
+        (
+            format!("/api/v1/prediction/{id}"),
+            json!({"question": "hi"}),
+        ),
+        (
+            "/chat/predict".to_string(),
+            json!({"chatflow_id": id, "message": "hi"}),
+        ),
+    ] {
+        let (status, body) = call(&gate, M::POST, &path, Some(&alice), Some(question)).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "chatflow_not_found", "{body}");
+    }
     for list in ["/api/v1/chatflows", "/chatflows"] {
         let (status, body) = call(&gate, M::GET, list, Some(&alice), None).await;
         assert_eq!(status, 200, "{body}");

@@ -93,10 +93,17 @@ pub(super) fn listed_in_flowise(cf: &ChatflowEntry, id: &str) -> Result<(), Prox
     Ok(())
 }
 
+/// Flowise no longer having it is a 404, as Flowise answers (and for good: a 503 would have
+/// clients retry).
 pub(super) fn usable(cf: &ChatflowEntry) -> Result<String, ProxyError> {
     let name = || format!("{}/{}", cf.rule.namespace, cf.rule.name);
     if cf.rule.suspended {
         return Err(ProxyError::Suspended(name()));
+    }
+    if cf.rule.gone_from_flowise {
+        return Err(ProxyError::ChatflowNotFound(
+            cf.rule.flowise_id.clone().unwrap_or_else(name),
+        ));
     }
     match (&cf.rule.flowise_id, cf.rule.ready) {
         (Some(id), true) => Ok(id.clone()),
