@@ -100,6 +100,7 @@ scenarios!(
     a_bucket_with_its_own_limit_is_exhausted_against_it,
     a_burst_of_reserves_keeps_each_buckets_own_limit,
     a_reserve_of_nothing_still_keeps_its_own_limit,
+    a_refused_reserve_leaves_no_bucket_behind,
     an_override_lowered_or_removed_since_gives_way_to_the_policys_limit,
     an_operation_the_database_refuses_fails_alone_in_its_burst,
     pruning_deletes_closed_reservations_and_usage_before_the_cutoff,

@@ -196,3 +196,37 @@ pub async fn an_override_lowered_or_removed_since_gives_way_to_the_policys_limit
     assert_eq!(exhausted(&[]).await, 1, "removed: the policy's 1 counts");
     assert_eq!(exhausted(&[2, 4]).await, 0, "some override still gives 4");
 }
+
+/// A refused reserve leaves no budget behind: no bucket of 0 used for the policy's status to
+/// count as spent against the policy's limit (alice's override gives her 50 of a policy's 0),
+/// nor for the admin's balances to list.
+pub async fn a_refused_reserve_leaves_no_bucket_behind(store: Store) {
+    let ledger = store.open().await;
+    for (who, line) in [
+        ("alice", own_line("alice", 50, 60)),
+        ("bob", line(POLICY, "bob", 0, 1)),
+    ] {
+        let refused = ledger.reserve(request(who, vec![line])).await;
+        assert!(
+            matches!(refused, Ok(ReserveOutcome::Exhausted { .. })),
+            "{who}: {refused:?}"
+        );
+    }
+    let window = support::monthly_utc(now());
+    let usage = ledger
+        .policy_usage(POLICY, &window, limits(0, &[50]))
+        .await
+        .expect("policy usage");
+    assert_eq!(
+        usage,
+        PolicyUsage {
+            credits_used: 0,
+            buckets_exhausted: 0
+        }
+    );
+    let listed = ledger
+        .buckets(POLICY, &window, None, 10)
+        .await
+        .expect("buckets");
+    assert_eq!(listed, [], "nothing was charged");
+}

@@ -433,7 +433,7 @@ async fn run(
     let mut held = HashMap::new();
     let mut closed = Vec::with_capacity(closing.len());
     let mut transitions = Vec::new();
-    let locked = if closing.is_empty() {
+    let (locked, created) = if closing.is_empty() {
         futures::try_join!(begin(), lock_buckets(tx, st, charged().collect()))?.1
     } else {
         held = futures::try_join!(begin(), lock_reservations(tx, st, closing))?.1;
@@ -502,9 +502,16 @@ async fn run(
         .filter(|(key, u)| locked.get(*key) != Some(*u) || own_limits.contains_key(*key))
         .map(|(key, u)| (*key, *u, own_limits.get(key).copied()))
         .collect();
+    // Buckets this batch created for reserves it refused.
+    let unused: Vec<Key<'_>> = created
+        .into_iter()
+        .filter(|key| !changed.iter().any(|(k, ..)| k == key))
+        .collect();
     // The last write and COMMIT in one round trip.
-    let (updated, committed) =
-        futures::join!(set_used(tx, st, &changed), tx.batch_execute("COMMIT"));
+    let (updated, committed) = futures::join!(
+        set_used(tx, st, &changed, &unused),
+        tx.batch_execute("COMMIT")
+    );
     match (updated, committed) {
         // The last write refused by the client (never sent): had COMMIT gone through, it went
         // without it, and the batch's marker would say applied.
@@ -623,9 +630,9 @@ async fn lock_buckets<'a>(
     tx: &Client,
     st: &Statements,
     keys: BTreeSet<Key<'a>>,
-) -> Result<HashMap<Key<'a>, i64>, LedgerError> {
+) -> Result<(HashMap<Key<'a>, i64>, Vec<Key<'a>>), LedgerError> {
     if keys.is_empty() {
-        return Ok(HashMap::new());
+        return Ok((HashMap::new(), Vec::new()));
     }
     let policies: Vec<&str> = keys.iter().map(|k| k.0).collect();
     let buckets: Vec<&str> = keys.iter().map(|k| k.1).collect();
@@ -641,6 +648,7 @@ async fn lock_buckets<'a>(
         )));
     }
     let mut used = HashMap::with_capacity(keys.len());
+    let mut created = Vec::new();
     for (key, row) in keys.into_iter().zip(rows) {
         let locked: (&str, &str, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         if locked != key {
@@ -649,6 +657,9 @@ async fn lock_buckets<'a>(
             )));
         }
         used.insert(key, row.try_get::<_, i64>(3)?);
+        if row.try_get::<_, bool>(4)? {
+            created.push(key);
+        }
     }
-    Ok(used)
+    Ok((used, created))
 }

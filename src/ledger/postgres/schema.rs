@@ -380,19 +380,29 @@ impl Statements {
         )?;
         let (lock_buckets, set_used, lock_reservations, close_many, lines_of_many, insert_many) = futures::try_join!(
             // A batch's buckets, created if missing and locked in byte order (the order of
-            // `lock_order`, whatever the database's collation).
+            // `lock_order`, whatever the database's collation); whether this created each (an
+            // updated row's `xmax` is this transaction).
             client.prepare(
                 "INSERT INTO buckets AS b (policy, bucket, window_start, used)
                  SELECT k.policy, k.bucket, k.window_start, 0
                  FROM unnest($1::text[], $2::text[], $3::int8[]) AS k (policy, bucket, window_start)
                  ORDER BY k.policy COLLATE \"C\", k.bucket COLLATE \"C\", k.window_start
                  ON CONFLICT (policy, bucket, window_start) DO UPDATE SET used = b.used
-                 RETURNING policy, bucket, window_start, used"
+                 RETURNING policy, bucket, window_start, used, b.xmax = 0"
             ),
             // A batch's final bucket values (its buckets are locked); the own limit only where
-            // a reserve of the batch set one (or set none).
+            // a reserve of the batch set one (or set none). The buckets the batch created and
+            // then charged nothing (its reserves on them refused) are deleted: as if never
+            // locked, as on SQLite, where a refused reserve writes nothing.
             client.prepare(
-                "UPDATE buckets AS b SET used = v.used,
+                "WITH unused AS (
+                     DELETE FROM buckets AS d
+                     USING unnest($7::text[], $8::text[], $9::int8[])
+                         AS g (policy, bucket, window_start)
+                     WHERE d.policy = g.policy AND d.bucket = g.bucket
+                       AND d.window_start = g.window_start
+                 )
+                 UPDATE buckets AS b SET used = v.used,
                      own_limit = CASE WHEN v.reserved THEN v.own_limit ELSE b.own_limit END
                  FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::bool[], $6::int8[])
                       AS v (policy, bucket, window_start, used, reserved, own_limit)

@@ -257,13 +257,15 @@ async fn insert_plain(
 }
 
 /// Writes the final `used` of every bucket the batch changed (all of them locked), and the own
-/// limit of those a reserve charged (`Some`); how many rows it updated.
+/// limit of those a reserve charged (`Some`), and deletes the `unused` ones it created; how
+/// many rows it updated.
 pub(super) async fn set_used(
     tx: &Client,
     st: &Statements,
     changed: &[(Key<'_>, i64, Option<Option<i64>>)],
+    unused: &[Key<'_>],
 ) -> Result<u64, tokio_postgres::Error> {
-    if changed.is_empty() {
+    if changed.is_empty() && unused.is_empty() {
         return Ok(0);
     }
     let policies: Vec<&str> = changed.iter().map(|(k, ..)| k.0).collect();
@@ -272,9 +274,22 @@ pub(super) async fn set_used(
     let used: Vec<i64> = changed.iter().map(|(_, u, _)| *u).collect();
     let reserved: Vec<bool> = changed.iter().map(|(.., own)| own.is_some()).collect();
     let own_limits: Vec<Option<i64>> = changed.iter().map(|(.., own)| own.flatten()).collect();
+    let unused_policies: Vec<&str> = unused.iter().map(|k| k.0).collect();
+    let unused_buckets: Vec<&str> = unused.iter().map(|k| k.1).collect();
+    let unused_starts: Vec<i64> = unused.iter().map(|k| k.2).collect();
     tx.execute(
         &st.set_used,
-        &[&policies, &buckets, &starts, &used, &reserved, &own_limits],
+        &[
+            &policies,
+            &buckets,
+            &starts,
+            &used,
+            &reserved,
+            &own_limits,
+            &unused_policies,
+            &unused_buckets,
+            &unused_starts,
+        ],
     )
     .await
 }
