@@ -97,7 +97,12 @@ impl ChatTurns {
             // queued there and not written yet (a client that asks again at once, sent to
             // another replica). Asked once more a moment later before it is busy.
             tokio::time::sleep(BUSY_RECHECK).await;
-            asked = self.shared.ask(|ledger| ledger.begin_turn(chat_id)).await;
+            asked = match self.shared.ask(|ledger| ledger.begin_turn(chat_id)).await {
+                // Not asked this time (the database slow or failing): busy a moment ago is
+                // what is known, not a chat to take alone beside another replica's run.
+                None => Some(SharedTurn::Busy),
+                answer => answer,
+            };
         }
         match asked {
             Some(SharedTurn::Taken(number)) => {
@@ -151,6 +156,12 @@ impl Drop for Turn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::{
+        AdjustOutcome, AdjustRequest, BucketBalance, LedgerError, LedgerFuture, Limits,
+        PolicyUsage, PrunedChunk, ReservationId, ReserveOutcome, ReserveRequest, Resolution,
+        UsageFilter, UsageRecord, Window,
+    };
+    use jiff::Timestamp;
 
     #[test]
     fn a_chat_takes_one_prediction_at_a_time() {
@@ -168,6 +179,93 @@ mod tests {
             .expect("free once the turn ended");
         drop((again, other));
         assert_eq!(turns.busy(), 0);
+    }
+
+    /// A ledger that answers `begin_turn` from a script, and is asked nothing else.
+    struct Scripted(Mutex<Vec<Result<Option<SharedTurn>, LedgerError>>>);
+
+    impl CreditLedger for Scripted {
+        fn begin_turn<'a>(&'a self, _chat: &'a str) -> LedgerFuture<'a, Option<SharedTurn>> {
+            let next = self.0.lock().expect("script").remove(0);
+            Box::pin(async move { next })
+        }
+        fn reserve(&self, _: ReserveRequest) -> LedgerFuture<'_, ReserveOutcome> {
+            unreachable!("not asked")
+        }
+        fn settle<'a>(
+            &'a self,
+            _: ReservationId,
+            _: &'a [u64],
+            _: u64,
+            _: Timestamp,
+        ) -> LedgerFuture<'a, Resolution> {
+            unreachable!("not asked")
+        }
+        fn refund(&self, _: ReservationId, _: Timestamp) -> LedgerFuture<'_, Resolution> {
+            unreachable!("not asked")
+        }
+        fn adjust(&self, _: AdjustRequest) -> LedgerFuture<'_, AdjustOutcome> {
+            unreachable!("not asked")
+        }
+        fn sweep(&self, _: Timestamp) -> LedgerFuture<'_, u64> {
+            unreachable!("not asked")
+        }
+        fn balance<'a>(&'a self, _: &'a str, _: &'a str, _: &'a Window) -> LedgerFuture<'a, i64> {
+            unreachable!("not asked")
+        }
+        fn policy_usage<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a Window,
+            _: Limits,
+        ) -> LedgerFuture<'a, PolicyUsage> {
+            unreachable!("not asked")
+        }
+        fn buckets<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a Window,
+            _: Option<&'a str>,
+            _: u32,
+        ) -> LedgerFuture<'a, Vec<BucketBalance>> {
+            unreachable!("not asked")
+        }
+        fn usage(&self, _: UsageFilter) -> LedgerFuture<'_, Vec<UsageRecord>> {
+            unreachable!("not asked")
+        }
+        fn prune_reservations(
+            &self,
+            _: Timestamp,
+            _: ReservationId,
+            _: u32,
+        ) -> LedgerFuture<'_, PrunedChunk> {
+            unreachable!("not asked")
+        }
+        fn prune_usage(&self, _: Timestamp, _: u32) -> LedgerFuture<'_, u64> {
+            unreachable!("not asked")
+        }
+        fn prune_buckets(&self, _: Timestamp, _: u32) -> LedgerFuture<'_, u64> {
+            unreachable!("not asked")
+        }
+    }
+
+    /// A chat another replica holds, and the database not answering the second look a moment
+    /// later: still busy, not taken alone beside the other replica's run. Answered the second
+    /// time, the answer stands.
+    #[tokio::test]
+    async fn a_chat_busy_elsewhere_stays_busy_when_the_second_look_is_not_answered() {
+        let turns = |script| ChatTurns::shared(Arc::new(Scripted(Mutex::new(script))));
+        let unanswered = turns(vec![Ok(Some(SharedTurn::Busy)), Err(LedgerError::Stopped)]);
+        assert!(matches!(
+            unanswered.begin("fg-a-1", true).await,
+            Err(ProxyError::ChatBusy)
+        ));
+        let ended = turns(vec![
+            Ok(Some(SharedTurn::Busy)),
+            Ok(Some(SharedTurn::Taken(7))),
+        ]);
+        let turn = ended.begin("fg-a-1", true).await.expect("ended meanwhile");
+        assert_eq!(turn.shared.as_ref().map(|(_, n)| *n), Some(7));
     }
 
     #[test]
