@@ -425,7 +425,7 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
         Err(message) => match crate::index::rules::claimed_flowise_id(cf).and_then(|id| {
             let holder = super::claims::others(&ctx.chatflows, cf, &id)
                 .into_iter()
-                .find_map(|(name, holds)| holds.then_some(name))?;
+                .find_map(|other| other.holds.then_some(other.name))?;
             Some((id, holder))
         }) {
             Some((id, holder)) => (
@@ -439,11 +439,13 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
         },
         Ok(desired) => {
             // Another Chatflow that holds a Flowise chatflow keeps it: this one writes nothing
-            // to it, even one that carries this one's marker (left by a retained namesake).
+            // to it, even one that carries this one's marker (left by a retained namesake);
+            // nor while the holder's edited spec is not compared yet (`keeps`: its status
+            // says it held it, for an older generation), when it holds it for the index not.
             let held_by = |id: &str| {
                 super::claims::others(&ctx.chatflows, cf, id)
                     .into_iter()
-                    .find_map(|(name, holds)| holds.then_some(name))
+                    .find_map(|other| other.keeps.then_some(other.name))
             };
             let known = Known::from_status(&old, cf.metadata.generation);
             match sync(&flowise, &desired, known, &held_by).await {
@@ -457,8 +459,8 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
             let others = super::claims::others(&ctx.chatflows, cf, &chatflow.id);
             let holders: Vec<&String> = others
                 .iter()
-                .filter(|(_, holds)| *holds)
-                .map(|(name, _)| name)
+                .filter(|other| other.holds)
+                .map(|other| &other.name)
                 .collect();
             // As the proxy's index decides: this one is served if it is the only claim, or
             // the only one that holds the Flowise chatflow.
@@ -472,7 +474,7 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
                         [holder] => Some((*holder).clone()),
                         _ => None,
                     },
-                    others: others.into_iter().map(|(name, _)| name).collect(),
+                    others: others.into_iter().map(|other| other.name).collect(),
                 }
             }
         }

@@ -10,7 +10,9 @@ use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{Chatflow, Lenient};
-use crate::index::rules::{claimed_flowise_id, holds, unreadable_claim};
+use crate::index::rules::{
+    claimed_flowise_id, held_before, holds, unreadable_claim, unreadable_held_before,
+};
 
 /// What `obj` claims: a readable Chatflow as the index reads it, an unreadable one as far as its
 /// stored document says ([`unreadable_claim`]).
@@ -21,37 +23,53 @@ fn claim(obj: &Lenient<Chatflow>) -> Option<String> {
     }
 }
 
-/// Whether `obj` holds `id` ([`holds`], [`unreadable_claim`]).
-fn holds_it(obj: &Lenient<Chatflow>, id: &str) -> bool {
+/// Whether `obj` holds `id` ([`holds`], [`unreadable_claim`]), or with `current` false, whether
+/// its status says it held it, whatever spec the status was written for ([`held_before`]).
+fn holds_it(obj: &Lenient<Chatflow>, id: &str, current: bool) -> bool {
     match obj {
-        Lenient::Read(cf) => holds(cf, id),
-        Lenient::Unreadable(bad) => unreadable_claim(bad)
-            .is_some_and(|(claimed, holds)| holds && claimed.eq_ignore_ascii_case(id)),
+        Lenient::Read(cf) if current => holds(cf, id),
+        Lenient::Read(cf) => held_before(cf, id),
+        Lenient::Unreadable(bad) => if current {
+            unreadable_claim(bad)
+        } else {
+            unreadable_held_before(bad)
+        }
+        .is_some_and(|(claimed, holds)| holds && claimed.eq_ignore_ascii_case(id)),
     }
 }
 
-/// The other Chatflows (namespace/name), in any namespace, that claim Flowise chatflow `id`, and
-/// whether each holds it, as the proxy's index reads them ([`claimed_flowise_id`], [`holds`];
-/// one that cannot be read by what its stored document says): one being deleted claims nothing.
-pub(super) fn others(
-    store: &Store<Lenient<Chatflow>>,
-    cf: &Chatflow,
-    id: &str,
-) -> Vec<(String, bool)> {
+/// Another Chatflow that claims a Flowise chatflow ([`others`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Claimant {
+    /// namespace/name
+    pub name: String,
+    /// It holds the chatflow, as the proxy's index reads it ([`holds`]): it is served.
+    pub holds: bool,
+    /// Its status says it held the chatflow, also when written for an older spec
+    /// ([`held_before`]): it is the holder while the controller has not compared its edited
+    /// spec yet, and nothing else writes to the chatflow or deletes it meanwhile.
+    pub keeps: bool,
+}
+
+/// The other Chatflows, in any namespace, that claim Flowise chatflow `id`, and whether each
+/// holds it as the proxy's index reads them ([`claimed_flowise_id`], [`holds`]; one that cannot
+/// be read by what its stored document says): one being deleted claims nothing.
+pub(super) fn others(store: &Store<Lenient<Chatflow>>, cf: &Chatflow, id: &str) -> Vec<Claimant> {
     let me = (cf.namespace(), cf.metadata.name.as_deref());
-    let mut others: Vec<(String, bool)> = store
+    let mut others: Vec<Claimant> = store
         .state()
         .iter()
         .filter(|other| (other.namespace(), other.meta().name.as_deref()) != me)
         .filter(|other| other.meta().deletion_timestamp.is_none())
         .filter(|other| claim(other).is_some_and(|o| o.eq_ignore_ascii_case(id)))
-        .map(|other| {
-            let name = format!(
+        .map(|other| Claimant {
+            name: format!(
                 "{}/{}",
                 other.namespace().unwrap_or_default(),
                 other.name_any()
-            );
-            (name, holds_it(other, id))
+            ),
+            holds: holds_it(other, id, true),
+            keeps: holds_it(other, id, false),
         })
         .collect();
     others.sort();
@@ -243,8 +261,52 @@ mod tests {
         let store = writer.as_reader();
         assert_eq!(
             others(&store, &rival, "x"),
-            [("team-b/holder".to_string(), true)]
+            [Claimant {
+                name: "team-b/holder".to_string(),
+                holds: true,
+                keeps: true
+            }]
         );
         assert!(others(&store, &rival, "y").is_empty());
+    }
+
+    /// A holder whose spec was edited (its Ready written for the generation before) holds
+    /// nothing for the index until the controller has compared the new spec, but keeps the
+    /// chatflow from other claims' writes and deletes meanwhile; readable or not.
+    #[test]
+    fn a_holder_edited_since_its_status_keeps_its_chatflow() {
+        let held = |generation: i64, unreadable: bool| -> Lenient<Chatflow> {
+            let policy = if unreadable { "Sometimes" } else { "Retain" };
+            serde_json::from_value(json!({
+                "apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow",
+                "metadata": {"name": "holder", "namespace": "team-b", "generation": generation},
+                "spec": {"flowiseId": "x", "deletionPolicy": policy},
+                "status": {"flowiseId": "x", "conditions": [{"type": "Ready", "status": "True",
+                    "reason": "Synced", "message": "in sync", "observedGeneration": 2,
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+            }))
+            .expect("parses")
+        };
+        let Lenient::Read(rival) = chatflow("rival", "x") else {
+            panic!("readable");
+        };
+        for unreadable in [false, true] {
+            for (generation, holds) in [(2, true), (3, false)] {
+                let mut writer = Writer::<Lenient<Chatflow>>::default();
+                let holder = held(generation, unreadable);
+                assert_eq!(holder.read().is_none(), unreadable);
+                writer.apply_watcher_event(&Event::Apply(holder));
+                let claimants = others(&writer.as_reader(), &rival, "x");
+                assert_eq!(
+                    claimants,
+                    [Claimant {
+                        name: "team-b/holder".to_string(),
+                        holds,
+                        keeps: true
+                    }],
+                    "generation {generation}, unreadable {unreadable}"
+                );
+            }
+        }
     }
 }

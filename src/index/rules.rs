@@ -274,6 +274,16 @@ pub fn claimed_flowise_id(cf: &Chatflow) -> Option<String> {
 /// hand its chatflow, grants and budgets to another namespace's claim. One being deleted
 /// claims nothing.
 pub fn unreadable_claim(bad: &crd::lenient::Unreadable) -> Option<(String, bool)> {
+    unreadable_status(bad, true)
+}
+
+/// [`unreadable_claim`], with whether its status says it held the id whatever spec it was
+/// written for, as [`held_before`] reads a readable one.
+pub fn unreadable_held_before(bad: &crd::lenient::Unreadable) -> Option<(String, bool)> {
+    unreadable_status(bad, false)
+}
+
+fn unreadable_status(bad: &crd::lenient::Unreadable, current: bool) -> Option<(String, bool)> {
     if bad.metadata.deletion_timestamp.is_some() {
         return None;
     }
@@ -288,7 +298,7 @@ pub fn unreadable_claim(bad: &crd::lenient::Unreadable) -> Option<(String, bool)
         && bad.conditions.iter().any(|c| {
             c.type_ == crd::conditions::READY
                 && c.reason != crd::conditions::reason::CONFLICT
-                && c.observed_generation == bad.metadata.generation
+                && (!current || c.observed_generation == bad.metadata.generation)
         });
     Some((id, holds))
 }

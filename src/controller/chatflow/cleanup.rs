@@ -42,14 +42,15 @@ pub(super) async fn cleanup(cf: &Chatflow, ctx: &Context) -> Result<Action, Cont
         .collect();
     for chatflow in owned {
         // One this Chatflow never held, another holds (adopted after this one's namesake
-        // retained it): deleting it would take it, and its chat history, from under them. One
-        // this Chatflow held is deleted, whoever claims it now (a claim in Conflict comes to
-        // hold it as soon as this one is being deleted, which claims nothing).
+        // retained it; also while the holder's edited spec is not compared yet): deleting it
+        // would take it, and its chat history, from under them. One this Chatflow held is
+        // deleted, whoever claims it now (a claim in Conflict comes to hold it as soon as this
+        // one is being deleted, which claims nothing).
         let holder = (!held_before(cf, &chatflow.id))
             .then(|| crate::controller::claims::others(&ctx.chatflows, cf, &chatflow.id))
             .into_iter()
             .flatten()
-            .find_map(|(name, holds)| holds.then_some(name));
+            .find_map(|other| other.keeps.then_some(other.name));
         if let Some(holder) = holder {
             let note = format!(
                 "kept Flowise chatflow {} '{}': held by {holder}",
