@@ -30,6 +30,11 @@ pub struct Form {
 /// an allocation and its re-encoding, so a body of a million empty parts is refused.
 pub const MAX_PARTS: usize = 1000;
 
+/// Longest name, file name or content type a part may give, in bytes. Flowise's parser keeps
+/// only a field name's first 100 bytes; a header as long as the body would be copied several
+/// times over while the body's count covers it once.
+pub const MAX_PART_HEADER: usize = 1024;
+
 /// Parses `body` sent with `content_type` (which carries the boundary).
 pub async fn parse(content_type: &str, body: Bytes) -> Result<Form, ProxyError> {
     let boundary = multer::parse_boundary(content_type)
@@ -42,6 +47,29 @@ pub async fn parse(content_type: &str, body: Bytes) -> Result<Form, ProxyError> 
         if parts.len() == MAX_PARTS {
             return Err(ProxyError::BadRequest(format!(
                 "multipart body: more than {MAX_PARTS} parts"
+            )));
+        }
+        let header_values = [
+            field.name(),
+            field.file_name(),
+            field
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes())
+                .and_then(|v| std::str::from_utf8(v).ok()),
+        ];
+        if header_values
+            .iter()
+            .flatten()
+            .any(|value| value.len() > MAX_PART_HEADER)
+            || field
+                .headers()
+                .get(hyper::header::CONTENT_DISPOSITION)
+                .is_some_and(|v| v.len() > 4 * MAX_PART_HEADER)
+        {
+            return Err(ProxyError::BadRequest(format!(
+                "multipart body: a part's name, file name or content type is longer than \
+                 {MAX_PART_HEADER} bytes"
             )));
         }
         let name = field
@@ -238,6 +266,40 @@ mod tests {
         let (again, ct2) = parsed.encode("flowgate-x");
         let reparsed = parse(&ct2, again).await.expect("re-parses");
         assert_eq!(reparsed, parsed);
+    }
+
+    /// A part's name, file name or content type past 1 KiB is refused, not copied over and over.
+    #[tokio::test]
+    async fn a_part_header_past_its_bound_is_refused() {
+        let long = "n".repeat(MAX_PART_HEADER + 1);
+        let most = "n".repeat(MAX_PART_HEADER);
+        let refused = |parts: &[(&str, Option<&str>, &str)]| {
+            let (body, ct) = form(parts);
+            async move { parse(&ct, body).await }
+        };
+        for parts in [
+            [("question", None, "hi"), (long.as_str(), None, "x")],
+            [
+                ("question", None, "hi"),
+                ("files", Some(long.as_str()), "x"),
+            ],
+        ] {
+            let error = refused(&parts).await.expect_err("too long");
+            assert!(
+                matches!(&error, ProxyError::BadRequest(m) if m.contains("longer than 1024")),
+                "{error:?}"
+            );
+        }
+        let typed = format!(
+            "--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.txt\"\r\n\
+             Content-Type: text/{long}\r\n\r\nx\r\n--b--\r\n"
+        );
+        let parsed = parse("multipart/form-data; boundary=b", Bytes::from(typed)).await;
+        assert!(parsed.is_err(), "a long content type");
+        let parsed = refused(&[(most.as_str(), Some(most.as_str()), "x")])
+            .await
+            .expect("at the bound");
+        assert_eq!(parsed.parts[0].name, most);
     }
 
     #[tokio::test]
