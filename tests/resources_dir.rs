@@ -280,3 +280,74 @@ async fn the_examples_directory_serves_the_same_decisions_without_a_cluster() {
         "faq-bot owns a definition: not served without the controller"
     );
 }
+
+/// `/chat/predict` and `/chatflows/{id}` take a Flowise id or a Chatflow's name; a string
+/// shaped like a Flowise id (a UUID) is only ever an id: a Chatflow named like one, in any
+/// namespace, never receives what was sent to that id.
+#[tokio::test]
+async fn a_name_shaped_like_a_flowise_id_is_never_looked_up_by_name() {
+    let stamp = jiff::Timestamp::now().as_millisecond();
+    let (by_uuid, by_name) = (
+        format!("flowgate-uuid-{stamp}"),
+        format!("flowgate-named-{stamp}"),
+    );
+    let (uuid_id, named_id) = (
+        create_echo_chatflow(&by_uuid).await,
+        create_echo_chatflow(&by_name).await,
+    );
+    let lookalike = "3f1c2a7e-0000-4000-8000-000000000001";
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("chatflows.yaml"),
+        format!(
+            "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: {lookalike}}}\n\
+             spec: {{flowiseName: {by_uuid}}}\n---\n\
+             apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: named-bot}}\n\
+             spec: {{flowiseName: {by_name}}}\n---\n\
+             apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {{name: both}}\n\
+             spec: {{chatflows: [{lookalike}, named-bot], subjects: [{{user: dana@example.com}}]}}\n"
+        ),
+    )
+    .expect("write");
+    let gate = Flowgate::start_with(Options {
+        resources_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    let dana = token("dana", json!({"email": "dana@example.com"}));
+    eventually_status(&gate, &dana, &uuid_id, 200).await;
+    eventually_status(&gate, &dana, &named_id, 200).await;
+    let compat = async |chatflow: &str| {
+        let answer = reqwest::Client::new()
+            .post(format!("{}/chat/predict", gate.base))
+            .bearer_auth(&dana)
+            .json(&json!({"chatflow_id": chatflow, "question": "hi"}))
+            .send()
+            .await
+            .expect("flowgate answers");
+        let status = answer.status().as_u16();
+        (
+            status,
+            answer.json::<serde_json::Value>().await.expect("JSON"),
+        )
+    };
+    let (status, answer) = compat("named-bot").await;
+    assert_eq!(status, 200, "a name is looked up: {answer}");
+    let (status, answer) = compat(&uuid_id).await;
+    assert_eq!(status, 200, "an id is: {answer}");
+    let (status, answer) = compat(lookalike).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (404, &json!("chatflow_not_found")),
+        "{answer}"
+    );
+    let listed = reqwest::Client::new()
+        .get(format!("{}/chatflows/{lookalike}", gate.base))
+        .bearer_auth(&dana)
+        .send()
+        .await
+        .expect("flowgate answers");
+    assert_eq!(listed.status().as_u16(), 404);
+    delete_chatflow(&uuid_id).await;
+    delete_chatflow(&named_id).await;
+}
