@@ -150,3 +150,47 @@ async fn a_client_hanging_up_while_flowise_refuses_its_prediction_is_refunded() 
     .await
     .expect("bounded to 60 s");
 }
+
+/// A client that hangs up while flowgate is still connecting to Flowise never had its request
+/// reach Flowise: refunded, and no abort sent, as when the connection fails (a Flowise whose
+/// accept queue is full: its SYNs are dropped, and the connection is never made).
+#[tokio::test]
+async fn a_client_hanging_up_before_its_request_reached_flowise_is_refunded() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (team, policy) = Team::with_flat_policy("hangup-connecting").await;
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let _listener = socket.listen(0).expect("listen");
+        let _queued = std::net::TcpStream::connect(addr).expect("fills the accept queue");
+        let gate = Flowgate::with_flowise(&format!("http://{addr}")).await;
+        let alice = team.alice();
+        indexed(&gate, &alice, &policy).await;
+        let asking = tokio::spawn({
+            let url = format!("{}/api/v1/prediction/{}", gate.base, team.flowise_id);
+            let alice = alice.clone();
+            async move {
+                reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(alice)
+                    .json(&json!({"question": "hi"}))
+                    .send()
+                    .await
+            }
+        });
+        let started = tokio::time::Instant::now();
+        // The reserve lands within this (a flat cost: final at once), the connection does not.
+        used_becomes(&gate, &alice, &policy, 1).await;
+        asking.abort();
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "hung up while connecting, before the 5 s connect timeout"
+        );
+        used_becomes(&gate, &alice, &policy, 0).await;
+        team.cleanup().await;
+    })
+    .await
+    .expect("bounded to 60 s");
+}

@@ -10,6 +10,7 @@
 //! started and a policy prices tokens, read on for Flowise's report ([`super::drain`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use hyper::header::HeaderValue;
@@ -32,6 +33,8 @@ pub(super) struct InFlight<'a> {
     peer: SocketAddr,
     charge: Option<Charge>,
     armed: bool,
+    /// The request was handed to a connection to Flowise ([`Upstream::send_tracked`]).
+    sent: AtomicBool,
     /// The chat's turn: released when the prediction is done with, or once Flowise answered the
     /// abort of its run (an abort still on its way would stop the chat's next run).
     turn: Option<Turn>,
@@ -56,8 +59,14 @@ impl<'a> InFlight<'a> {
             peer,
             charge,
             armed: true,
+            sent: AtomicBool::new(false),
             turn: None,
         }
+    }
+
+    /// Turns true once the request is on its way to Flowise, for [`Upstream::send_tracked`].
+    pub(super) fn sent(&self) -> &AtomicBool {
+        &self.sent
     }
 
     /// The flight holds its chat's `turn` until it is done with.
@@ -86,7 +95,9 @@ impl<'a> InFlight<'a> {
     /// for that. The error answer also waits for the abort, so a prompt retry finds the chat
     /// free. Both run in tasks of their own: a client gone meanwhile cancels neither.
     pub(super) async fn failed(&mut self, error: &super::ProxyError) {
-        if matches!(error, super::ProxyError::UpstreamNotConnected(_)) {
+        if matches!(error, super::ProxyError::UpstreamNotConnected(_))
+            || !self.sent.load(Ordering::Relaxed)
+        {
             self.refund().await;
             return;
         }
@@ -132,6 +143,15 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.armed {
+            return;
+        }
+        // Still connecting (Flowise slow to accept, or not at all): it never had the request,
+        // so there is no run to stop or charge, as when the connection fails.
+        if !self.sent.load(Ordering::Relaxed) {
+            tracing::debug!(chat_id = %self.chat_id, "client gone before the request reached Flowise");
+            if let Some(charge) = self.charge.take() {
+                self.credits.refund(charge);
+            }
             return;
         }
         self.take_abort().spawn();

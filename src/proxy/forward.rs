@@ -60,7 +60,7 @@ impl Proxy {
                 return Err(error);
             }
         };
-        let upstream = match self.upstream.send(req).await {
+        let upstream = match self.upstream.send_tracked(req, flight.sent()).await {
             Ok(resp) => resp,
             Err(error) => {
                 self.metrics.upstream_error(error.reason());

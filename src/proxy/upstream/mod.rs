@@ -6,6 +6,7 @@ mod pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -160,7 +161,18 @@ impl Upstream {
 
     /// Sends `req`; the response headers must arrive within the timeout.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.timeout, self.pool.send(req)).await {
+        self.send_tracked(req, &AtomicBool::new(false)).await
+    }
+
+    /// [`Self::send`], `sent` turning true once the request is handed to a connection to
+    /// Flowise ([`Pool::send`]): a request given up before (its client gone while a connection
+    /// was being made) never reached Flowise.
+    pub async fn send_tracked(
+        &self,
+        req: Request<Body>,
+        sent: &AtomicBool,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.timeout, self.pool.send(req, sent)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(error @ SendError::Connect(_))) => {
                 Err(ProxyError::UpstreamNotConnected(error.to_string()))

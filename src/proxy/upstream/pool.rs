@@ -8,6 +8,7 @@
 //! and one idle longer than [`crate::flowise::IDLE_CONNECTION`] is closed, not used, since
 //! Flowise (Node) closes its side after 5 s and a request written as it does would fail.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -72,22 +73,29 @@ impl Pool {
     /// freed while the new one is being made ([`Pool::connect_or_freed`]). A request an idle
     /// connection gave back unsent (Flowise had closed it) goes out on the next one; a new
     /// connection's failure is the caller's.
+    /// `sent` turns true once the request is handed to a connection to be written (false again
+    /// when it comes back unsent): until then Flowise cannot have it.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<Body>,
+        sent: &AtomicBool,
     ) -> Result<Response<Incoming>, SendError> {
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
                 None => self.connect_or_freed().await?,
             };
+            sent.store(true, Ordering::Relaxed);
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     self.give_back(sender);
                     return Ok(resp);
                 }
                 Err(mut error) => match error.take_message() {
-                    Some(unsent) if reused => req = unsent,
+                    Some(unsent) if reused => {
+                        sent.store(false, Ordering::Relaxed);
+                        req = unsent;
+                    }
                     // A new connection that closed before the request was written.
                     Some(_) => return Err(SendError::Connect(error.into_error().to_string())),
                     None => return Err(SendError::Send(error.into_error())),
