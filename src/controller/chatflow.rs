@@ -448,7 +448,7 @@ async fn apply(cf: &Chatflow, ctx: &Context) -> Result<Action, ControllerError> 
                     .find_map(|other| other.keeps.then_some(other.name))
             };
             let known = Known::from_status(&old, cf.metadata.generation);
-            match sync(&flowise, &desired, known, &held_by).await {
+            match sync_named(&ctx.flowise_names, &flowise, &desired, known, &held_by).await {
                 Ok(outcome) => (outcome, None),
                 Err(unsynced) => unsynced.outcome(),
             }
@@ -573,6 +573,43 @@ pub(super) async fn sync(
         Plan::Conflict(message) => Outcome::Conflict(message),
         Plan::FlowiseConflict(message) => Outcome::FlowiseConflict(message),
     })
+}
+
+/// Owned definitions are synced one name at a time (in stripes of names): two Chatflows whose
+/// definitions name one Flowise chatflow, reconciled together, would both find the name free
+/// in their listings and both create it (or rename into it), where the second must find the
+/// first's and report `FlowiseConflict`.
+pub(crate) struct FlowiseNames([tokio::sync::Mutex<()>; 64]);
+
+impl Default for FlowiseNames {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+}
+
+impl FlowiseNames {
+    async fn lock(&self, name: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        let stripe = usize::try_from(hasher.finish() % 64).unwrap_or(0);
+        self.0[stripe].lock().await
+    }
+}
+
+/// [`sync`], holding `desired`'s name ([`FlowiseNames`]) when it is an owned definition.
+pub(super) async fn sync_named(
+    names: &FlowiseNames,
+    flowise: &dyn FlowiseApi,
+    desired: &Desired,
+    known: Option<Known<'_>>,
+    held_by: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Outcome, Unsynced> {
+    let _name = match desired {
+        Desired::Own(owned) => Some(names.lock(&owned.name).await),
+        Desired::AdoptId(_) | Desired::AdoptName(_) => None,
+    };
+    sync(flowise, desired, known, held_by).await
 }
 
 /// An update, unless the chatflow is another's ([`sync`]'s `held_by`) or it renames the chatflow

@@ -388,3 +388,45 @@ fn adoption_by_name_finds_the_single_chatflow_of_that_name() {
         "{outcome:?}"
     );
 }
+
+/// Two Chatflows whose definitions name one Flowise chatflow, synced together (each listing
+/// before the other created): one creates it, the other finds it and reports the conflict.
+#[tokio::test]
+async fn two_definitions_of_one_name_synced_together_create_it_once() {
+    let flowise = FakeFlowise::default();
+    let names = FlowiseNames::default();
+    let (a, b) = (
+        Desired::Own(owned()),
+        Desired::Own(Owned {
+            marker: marker("team-b", "support-bot"),
+            ..owned()
+        }),
+    );
+    flowise.set_hung(true);
+    let release = async {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        flowise.set_hung(false);
+    };
+    let (first, second, ()) = tokio::join!(
+        sync_named(&names, &flowise, &a, None, &unheld),
+        sync_named(&names, &flowise, &b, None, &unheld),
+        release,
+    );
+    assert!(
+        matches!(
+            first,
+            Ok(Outcome::Synced {
+                change: Change::Created,
+                ..
+            })
+        ),
+        "{first:?}"
+    );
+    assert!(
+        matches!(second, Ok(Outcome::FlowiseConflict(_))),
+        "{second:?}"
+    );
+    assert_eq!(flowise.creates.load(Ordering::SeqCst), 1);
+}

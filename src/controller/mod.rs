@@ -231,6 +231,7 @@ impl Controller {
             written: written::Written::default(),
             chatflows: chatflow_names,
             fence: fence.clone(),
+            flowise_names: chatflow::FlowiseNames::default(),
         });
         let stop = {
             let session = session.clone();
@@ -468,6 +469,8 @@ pub(crate) struct Context {
     pub chatflows: Store<Lenient<Chatflow>>,
     /// Cancelled when the Lease is lost.
     pub fence: CancellationToken,
+    /// Owned definitions synced one Flowise name at a time.
+    pub flowise_names: chatflow::FlowiseNames,
 }
 
 impl Context {
