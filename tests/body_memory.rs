@@ -264,6 +264,12 @@ async fn a_caller_no_grant_names_is_refused_before_its_compat_body_is_read() {
         .expect("answer");
     assert_eq!(resp.status(), 200);
     assert_eq!(fake.predictions(), 1, "only the member's reached Flowise");
+    resp.bytes().await.expect("the answer");
+    // Flowise's answer and the consolidated one let go once written.
+    support::eventually(10, "the compat answer let go", || async {
+        (held(&gate).await == 0.0).then_some(())
+    })
+    .await;
     team.cleanup().await;
 }
 

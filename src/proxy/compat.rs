@@ -321,7 +321,9 @@ pub(super) fn compat_request(
 }
 
 /// The Python service's consolidated answer around Flowise's, counted in `held` as the answer
-/// it replaces was. (Flowise's answer counts until it is parsed; the parsed tree is not counted.)
+/// it replaces was. Flowise's answer, gathered into one buffer (its slices' own counts end as
+/// they are gathered), counts in `held` by its size until the new answer is built; its parsed
+/// tree is not counted beyond that.
 pub(super) async fn compat_response(
     resp: Response<Body>,
     chatflow_id: &str,
@@ -331,6 +333,9 @@ pub(super) async fn compat_response(
 ) -> Result<Response<Body>, ProxyError> {
     let status = resp.status();
     let retry_after = resp.headers().get(RETRY_AFTER).cloned();
+    held.grow(
+        usize::try_from(hyper::body::Body::size_hint(resp.body()).lower()).unwrap_or(usize::MAX),
+    );
     let bytes = resp
         .into_body()
         .collect()
@@ -355,6 +360,7 @@ pub(super) async fn compat_response(
     let answer = json!({"result": result, "credits_remaining": credits_remaining, "chatflow_id": chatflow_id, "session_id": chat_id});
     let body = serde_json::to_vec(&answer).unwrap_or_default();
     drop(answer);
+    held.shrink_to(0);
     held.grow(body.capacity());
     let mut resp = Response::new(super::buffers::whole(owning(body, held)));
     resp.headers_mut()
