@@ -236,10 +236,15 @@ where
 
 /// A body's frames in one buffer. A body in one frame (the usual JSON request or answer) is not
 /// copied; one in several is copied into a buffer sized by the declared length given (Flowise's,
-/// for an answer), or grown as frames come.
+/// for an answer) as frames come, or, without one, kept as they came and copied once into a
+/// buffer of their size at the end (a buffer grown as frames come doubles, and would hold up
+/// to twice the body).
 pub(super) struct Joined {
     first: Option<Bytes>,
     rest: BytesMut,
+    /// Frames after the first of a body that declared no length.
+    undeclared: Vec<Bytes>,
+    len: usize,
     declared: usize,
 }
 
@@ -249,13 +254,17 @@ impl Joined {
         Self {
             first: None,
             rest: BytesMut::new(),
+            undeclared: Vec::new(),
+            len: 0,
             declared,
         }
     }
 
     pub(super) fn push(&mut self, data: Bytes) {
+        self.len = self.len.saturating_add(data.len());
         match &self.first {
             None => self.first = Some(data),
+            Some(_) if self.declared == 0 => self.undeclared.push(data),
             Some(head) => {
                 if self.rest.is_empty() {
                     self.rest
@@ -268,7 +277,13 @@ impl Joined {
     }
 
     pub(super) fn finish(self) -> Bytes {
-        if self.rest.is_empty() {
+        if !self.undeclared.is_empty() {
+            let mut whole = BytesMut::with_capacity(self.len);
+            for frame in self.first.iter().chain(&self.undeclared) {
+                whole.extend_from_slice(frame);
+            }
+            whole.freeze()
+        } else if self.rest.is_empty() {
             self.first.unwrap_or_default()
         } else {
             self.rest.freeze()
@@ -295,6 +310,25 @@ mod tests {
 
     const IDLE: Duration = Duration::from_secs(30);
     const TOTAL: Duration = Duration::from_secs(600);
+
+    /// Frames joined whether a length was declared or not; a body in one frame is not copied.
+    #[test]
+    fn frames_are_joined_in_order_and_one_frame_is_not_copied() {
+        let frames = ["ab", "", "cde", "f"].map(|s: &'static str| Bytes::from_static(s.as_bytes()));
+        for declared in [0, 6, 100] {
+            let mut joined = Joined::new(declared);
+            for frame in &frames {
+                joined.push(frame.clone());
+            }
+            assert_eq!(&joined.finish()[..], b"abcdef", "declared {declared}");
+        }
+        let one = Bytes::from(vec![7u8; 1000]);
+        for declared in [0, 1000] {
+            let mut joined = Joined::new(declared);
+            joined.push(one.clone());
+            assert_eq!(joined.finish().as_ptr(), one.as_ptr(), "not copied");
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_body_in_pieces_is_joined_and_a_slow_but_steady_one_is_read() {
