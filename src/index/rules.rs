@@ -174,13 +174,23 @@ pub struct ChatflowRule {
 }
 
 /// Checks the spec of a Chatflow (the rule the schema cannot express).
-/// The first input of a document loader that embeds a file: a string that is a
-/// `data:…;base64,` URI, or a JSON list of them. Flowise's `containsBase64File` looks only at
-/// nodes of the `Document Loaders` category; a file another node takes the same way (an OpenAPI
-/// toolkit's YAML, a CSV agent's file) is kept as it is, and matches its definition.
+/// The first input of a document loader that embeds a file, as Flowise's `containsBase64File`
+/// reads one (and then stores the file in place of it): a string that matches
+/// `/^data.*;base64/i`, or that starts with `[` and is a JSON list of which one element does.
+/// It looks only at nodes of the `Document Loaders` category; a file another node takes the
+/// same way (an OpenAPI toolkit's YAML, a CSV agent's file) is kept as it is, and matches its
+/// definition.
 fn embedded_file(nodes: &[serde_json::Value]) -> Option<(usize, String)> {
     let embeds = |text: &str| {
-        (text.starts_with("data:") || text.starts_with("[\"data:")) && text.contains(";base64,")
+        if text.starts_with('[') {
+            return serde_json::from_str::<Vec<serde_json::Value>>(text).is_ok_and(|files| {
+                files
+                    .iter()
+                    .filter_map(serde_json::Value::as_str)
+                    .any(base64_file)
+            });
+        }
+        base64_file(text)
     };
     nodes.iter().enumerate().find_map(|(index, node)| {
         let category = node.pointer("/data/category").and_then(|c| c.as_str());
@@ -193,6 +203,20 @@ fn embedded_file(nodes: &[serde_json::Value]) -> Option<(usize, String)> {
             .find(|(_, value)| value.as_str().is_some_and(embeds))
             .map(|(name, _)| (index, name.clone()))
     })
+}
+
+/// `/^data.*;base64/i` (JavaScript's `.` stops at a line break).
+fn base64_file(text: &str) -> bool {
+    let line = text
+        .split(['\n', '\r', '\u{2028}', '\u{2029}'])
+        .next()
+        .unwrap_or_default()
+        .as_bytes();
+    line.len() >= 4
+        && line[..4].eq_ignore_ascii_case(b"data")
+        && line[4..]
+            .windows(7)
+            .any(|w| w.eq_ignore_ascii_case(b";base64"))
 }
 
 pub fn chatflow_source(spec: &crd::ChatflowSpec) -> Result<ChatflowSource<'_>, InvalidSpec> {

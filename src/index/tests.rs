@@ -553,6 +553,10 @@ fn a_definition_that_embeds_a_file_is_invalid() {
     for inputs in [
         serde_json::json!({"pdfFile": "data:application/pdf;base64,JVBERi0=,filename:a.pdf"}),
         serde_json::json!({"txtFile": "[\"data:text/plain;base64,aGk=,filename:a.txt\"]"}),
+        // As Flowise's test reads them: any case, a list with a stored file first, spaces.
+        serde_json::json!({"pdfFile": "DATA:application/pdf;BASE64,JVBERi0=,filename:a.pdf"}),
+        serde_json::json!({"files": "[\"FILE-STORAGE::a.pdf\", \"data:application/pdf;base64,JVBE,filename:b.pdf\"]"}),
+        serde_json::json!({"files": "[ \"data:text/plain;base64,aGk=,filename:a.txt\"]"}),
     ] {
         let spec = spec(inputs.clone());
         let refused = rules::chatflow_source(&spec).err();
@@ -565,6 +569,8 @@ fn a_definition_that_embeds_a_file_is_invalid() {
     for inputs in [
         serde_json::json!({"pdfFile": "FILE-STORAGE::[\"a.pdf\"]"}),
         serde_json::json!({"prompt": "Explain data: URIs and ;base64, encoding"}),
+        serde_json::json!({"prompt": "data: URIs are\nlike ;base64, a line on"}),
+        serde_json::json!({"files": "[\"data:text/plain;base64,aGk=\""}),
     ] {
         let spec = spec(inputs.clone());
         assert!(rules::chatflow_source(&spec).is_ok(), "{inputs}");
