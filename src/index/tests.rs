@@ -571,6 +571,7 @@ fn a_definition_that_embeds_a_file_is_invalid() {
         serde_json::json!({"prompt": "Explain data: URIs and ;base64, encoding"}),
         serde_json::json!({"prompt": "data: URIs are\nlike ;base64, a line on"}),
         serde_json::json!({"files": "[\"data:text/plain;base64,aGk=\""}),
+        serde_json::json!({"files": "[\"data:text/plain,not base64\"]"}),
     ] {
         let spec = spec(inputs.clone());
         assert!(rules::chatflow_source(&spec).is_ok(), "{inputs}");
