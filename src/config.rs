@@ -670,8 +670,10 @@ pub fn duration(setting: &'static str, raw: &str) -> Result<Duration, ConfigErro
     Duration::try_from(parsed).map_err(|_| invalid(setting, format!("'{raw}' is negative")))
 }
 
-/// The shortest retention: far beyond a reservation's ttl, so that pruning never deletes what a
-/// proxy may still settle, nor an idempotency key a client is still retrying.
+/// The shortest retention: well beyond a reservation's ttl (15 minutes), so that pruning does not
+/// delete what a proxy may still settle, nor an idempotency key a client is still retrying —
+/// unless a stream runs longer than the retention (a stream has no total time limit, only one
+/// between events): docs/credits.md says to keep streams well inside the ttl.
 pub const MIN_RETENTION: Duration = Duration::from_secs(3_600);
 
 /// Parses a retention like [`duration`], with days and weeks (of 24 hours) as well.
