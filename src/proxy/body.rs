@@ -236,15 +236,13 @@ where
 
 /// A body's frames in one buffer. A body in one frame (the usual JSON request or answer) is not
 /// copied; one in several is copied into a buffer sized by the declared length given (Flowise's,
-/// for an answer) as frames come, or, without one, kept as they came and copied once into a
-/// buffer of their size at the end (a buffer grown as frames come doubles, and would hold up
-/// to twice the body).
+/// for an answer), or grown as frames come (doubling: up to twice the body, within the two
+/// copies a request body counts for). Frames are not kept to be copied once at the end: each is
+/// a slice of hyper's read buffer, which a kept frame keeps whole (8–64 KiB for a frame of a
+/// byte).
 pub(super) struct Joined {
     first: Option<Bytes>,
     rest: BytesMut,
-    /// Frames after the first of a body that declared no length.
-    undeclared: Vec<Bytes>,
-    len: usize,
     declared: usize,
 }
 
@@ -254,17 +252,13 @@ impl Joined {
         Self {
             first: None,
             rest: BytesMut::new(),
-            undeclared: Vec::new(),
-            len: 0,
             declared,
         }
     }
 
     pub(super) fn push(&mut self, data: Bytes) {
-        self.len = self.len.saturating_add(data.len());
         match &self.first {
             None => self.first = Some(data),
-            Some(_) if self.declared == 0 => self.undeclared.push(data),
             Some(head) => {
                 if self.rest.is_empty() {
                     self.rest
@@ -277,13 +271,7 @@ impl Joined {
     }
 
     pub(super) fn finish(self) -> Bytes {
-        if !self.undeclared.is_empty() {
-            let mut whole = BytesMut::with_capacity(self.len);
-            for frame in self.first.iter().chain(&self.undeclared) {
-                whole.extend_from_slice(frame);
-            }
-            whole.freeze()
-        } else if self.rest.is_empty() {
+        if self.rest.is_empty() {
             self.first.unwrap_or_default()
         } else {
             self.rest.freeze()
