@@ -302,10 +302,10 @@ async fn a_name_shaped_like_a_flowise_id_is_never_looked_up_by_name() {
         format!(
             "apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: {lookalike}}}\n\
              spec: {{flowiseName: {by_uuid}}}\n---\n\
-             apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: named-bot}}\n\
+             apiVersion: flowgate.io/v1alpha1\nkind: Chatflow\nmetadata: {{name: \"0123456789abcdef0123456789abcdef\"}}\n\
              spec: {{flowiseName: {by_name}}}\n---\n\
              apiVersion: flowgate.io/v1alpha1\nkind: ChatflowAccess\nmetadata: {{name: both}}\n\
-             spec: {{chatflows: [{lookalike}, named-bot], subjects: [{{user: dana@example.com}}]}}\n"
+             spec: {{chatflows: [{lookalike}, \"0123456789abcdef0123456789abcdef\"], subjects: [{{user: dana@example.com}}]}}\n"
         ),
     )
     .expect("write");
@@ -331,8 +331,11 @@ async fn a_name_shaped_like_a_flowise_id_is_never_looked_up_by_name() {
             answer.json::<serde_json::Value>().await.expect("JSON"),
         )
     };
-    let (status, answer) = compat("named-bot").await;
-    assert_eq!(status, 200, "a name is looked up: {answer}");
+    let (status, answer) = compat("0123456789abcdef0123456789abcdef").await;
+    assert_eq!(
+        status, 200,
+        "a name is looked up, 32 hex digits too: {answer}"
+    );
     let (status, answer) = compat(&uuid_id).await;
     assert_eq!(status, 200, "an id is: {answer}");
     let (status, answer) = compat(lookalike).await;

@@ -515,10 +515,10 @@ impl Proxy {
             Lookup::FlowiseId(id) => snapshot.chatflow_by_flowise_id(id).cloned(),
             Lookup::NameOrId(id) => match snapshot.chatflow_by_flowise_id(id) {
                 Some(cf) => Some(cf.clone()),
-                // A Flowise id is never looked up as a name: a Chatflow of another namespace
+                // A Flowise id (a hyphenated UUID) is never looked up as a name: a Chatflow of another namespace
                 // named like it would receive the questions meant for that chatflow whenever
                 // the index has no chatflow of that id (none yet, or its holder mid-change).
-                None if uuid::Uuid::try_parse(id).is_ok() => None,
+                None if id.len() == 36 && uuid::Uuid::try_parse(id).is_ok() => None,
                 None => by_visible_name(snapshot, caller, id, now)?,
             },
         };
