@@ -82,6 +82,14 @@ pub async fn parse(content_type: &str, body: Bytes) -> Result<Form, ProxyError> 
             Some(Err(raw)) => field.file_name().map(str::to_string).or(Some(raw)),
             None => field.file_name().map(str::to_string),
         };
+        if file_name
+            .as_ref()
+            .is_some_and(|f| f.len() > MAX_PART_HEADER)
+        {
+            return Err(ProxyError::BadRequest(format!(
+                "multipart body: a part's file name is longer than {MAX_PART_HEADER} bytes"
+            )));
+        }
         let content_type = field.content_type().map(|m| m.to_string());
         let data = field.bytes().await.map_err(bad)?;
         parts.push(Part {
@@ -296,6 +304,17 @@ mod tests {
         );
         let parsed = parse("multipart/form-data; boundary=b", Bytes::from(typed)).await;
         assert!(parsed.is_err(), "a long content type");
+        // A `filename*` of 1025 decoded bytes, in a Content-Disposition under 4 KiB.
+        let extended = format!(
+            "--b\r\nContent-Disposition: form-data; name=\"files\"; \
+             filename*=UTF-8''{}\r\n\r\nx\r\n--b--\r\n",
+            "%C3%A9".repeat(512) + "x"
+        );
+        let parsed = parse("multipart/form-data; boundary=b", Bytes::from(extended)).await;
+        assert!(
+            matches!(&parsed, Err(ProxyError::BadRequest(m)) if m.contains("file name is longer")),
+            "a long filename*: {parsed:?}"
+        );
         let parsed = refused(&[(most.as_str(), Some(most.as_str()), "x")])
             .await
             .expect("at the bound");
