@@ -152,8 +152,8 @@ async fn a_client_hanging_up_while_flowise_refuses_its_prediction_is_refunded() 
 }
 
 /// A client that hangs up while flowgate is still connecting to Flowise never had its request
-/// reach Flowise: refunded, and no abort sent, as when the connection fails (a Flowise whose
-/// accept queue is full: its SYNs are dropped, and the connection is never made).
+/// reach Flowise: refunded, as when the connection fails (a Flowise whose accept queue is full:
+/// its SYNs are dropped, and the connection is never made).
 #[tokio::test]
 async fn a_client_hanging_up_before_its_request_reached_flowise_is_refunded() {
     tokio::time::timeout(Duration::from_secs(60), async {

@@ -93,8 +93,9 @@ pub(super) fn listed_in_flowise(cf: &ChatflowEntry, id: &str) -> Result<(), Prox
     Ok(())
 }
 
-/// Flowise no longer having it is a 404, as Flowise answers (and for good: a 503 would have
-/// clients retry).
+/// A chatflow the controller last found missing from Flowise (`NotFoundInFlowise`) is a 404, as
+/// Flowise itself answers for it, not a 503 `chatflow_unavailable` that tells clients to retry
+/// (it may come back: a definition created again, a name adopted once Flowise has it).
 pub(super) fn usable(cf: &ChatflowEntry) -> Result<String, ProxyError> {
     let name = || format!("{}/{}", cf.rule.namespace, cf.rule.name);
     if cf.rule.suspended {
