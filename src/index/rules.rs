@@ -276,7 +276,9 @@ pub fn flowise_id(source: &ChatflowSource<'_>, status: &crd::ChatflowStatus) -> 
 /// names, else (an owned definition, say) what its status records: an edit of its own must not
 /// hand its chatflow, grants and budgets to another namespace's claim. A status id found for
 /// another `flowiseName` than the spec's is not claimed, as [`flowise_id`] reads it: it is
-/// stale, kept from before the spec pointed at a name Flowise does not have. Whether it holds
+/// stale, kept from before the spec pointed at a name Flowise does not have — unless the spec
+/// also has a definition whose name the status records (it came from the definition: adding a
+/// `flowiseName` beside it gives nothing up). Whether it holds
 /// what it claims is [`holds`]; the controller reports an invalid spec whose claim another holds
 /// as `Conflict`.
 pub fn claimed_flowise_id(cf: &Chatflow) -> Option<String> {
@@ -285,10 +287,22 @@ pub fn claimed_flowise_id(cf: &Chatflow) -> Option<String> {
         Ok(source) => flowise_id(&source, &status),
         Err(_) => match (&cf.spec.flowise_id, &cf.spec.flowise_name) {
             (Some(id), _) => Some(id.to_ascii_lowercase()),
-            (None, Some(name)) if status.flowise_name.as_deref() != Some(name) => None,
+            (None, Some(name))
+                if status.flowise_name.as_deref() != Some(name)
+                    && (status.flowise_name.is_none()
+                        || status.flowise_name != definition_name(cf)) =>
+            {
+                None
+            }
             (None, _) => status.flowise_id.map(|id| id.to_ascii_lowercase()),
         },
     }
+}
+
+/// The name an owned definition gives its chatflow (`definition.name`, else the object's).
+fn definition_name(cf: &Chatflow) -> Option<String> {
+    let definition = cf.spec.definition.as_ref()?;
+    definition.name.clone().or_else(|| cf.metadata.name.clone())
 }
 
 /// The Flowise chatflow (lowercase id) a Chatflow that cannot be read claims, as far as its

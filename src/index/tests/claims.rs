@@ -212,6 +212,16 @@ fn an_owned_definition_made_invalid_keeps_its_chatflow_from_other_claims() {
         .push(with_ready(chatflow("aa", "borrowed", OTHER), "Conflict"));
     assert_eq!(served(&res).as_deref(), Some("team-b/other-bot"));
 
+    // A flowiseName added beside the definition (invalid: two sources), its status recording
+    // the name the definition gave the chatflow: the status came from the definition, and is
+    // still its claim.
+    let mut renamed = owner.clone();
+    renamed.spec.flowise_name = Some("Support Bot".into());
+    renamed.status.as_mut().expect("status").flowise_name = Some("other-bot".into());
+    assert!(rules::chatflow_source(&renamed.spec).is_err());
+    res.chatflows[2] = with_ready(Arc::new(renamed), "InvalidSpec");
+    assert_eq!(served(&res), None, "aa's claim is not served");
+
     // Its definition turns invalid (a file embedded in a node), reported so: still its claim.
     owner.spec.definition = Some(definition(serde_json::json!({
         "pdfFile": "data:application/pdf;base64,JVBERi0=,filename:a.pdf"
