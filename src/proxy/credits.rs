@@ -255,11 +255,10 @@ impl Credits {
                 remaining,
                 reset_at,
             }) => {
-                // A prediction dearer than the caller's whole budget fits after no reset either.
                 let never_fits = policies
                     .iter()
                     .zip(&limits)
-                    .any(|(p, (limit, _))| *p.id == *policy && held(p) > *limit);
+                    .any(|(p, (limit, _))| *p.id == *policy && fits_no_budget(held(p), *limit));
                 Err(ProxyError::InsufficientCredits {
                     retry_after: reset_at
                         .filter(|_| !never_fits)
@@ -678,6 +677,13 @@ pub fn cost(policy: &PolicyRule, tokens: u64) -> u64 {
         .saturating_mul(policy.per_thousand_tokens)
         .div_ceil(1000);
     policy.per_prediction.saturating_add(token_cost)
+}
+
+/// Whether a prediction holding `held` fits no period of a budget of `limit` (no `Retry-After`):
+/// dearer than the whole budget, or any prediction on a budget of 0 (the ledger admits none
+/// once the bucket is at its limit, which a bucket of 0 always is).
+fn fits_no_budget(held: u64, limit: u64) -> bool {
+    held > limit || limit == 0
 }
 
 /// Whole seconds from `now` until `at` (`Retry-After`): rounded up, at least 1.

@@ -208,3 +208,14 @@ async fn a_refund_the_ledger_never_takes_is_counted() {
     let text = credits.metrics.encode().expect("encodes");
     assert_eq!(lost(&text).as_deref(), Some("1"), "{text}");
 }
+
+/// A 402 says when the budget comes back, unless no prediction fits it after a reset either:
+/// one dearer than the whole budget, or any on a budget of 0 (a tokens-only policy holds 0).
+#[test]
+fn a_budget_no_prediction_fits_has_no_retry_after() {
+    assert!(!fits_no_budget(1, 5));
+    assert!(!fits_no_budget(5, 5));
+    assert!(fits_no_budget(6, 5));
+    assert!(fits_no_budget(1, 0));
+    assert!(fits_no_budget(0, 0), "a hold of 0 on a budget of 0");
+}
