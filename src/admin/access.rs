@@ -117,7 +117,10 @@ pub async fn edit_subjects<R>(
         // Only what the admin API writes is added to: a copy of a GitOps object that kept the
         // label could grant Admin to whoever is added, and a suspended or expiring one would
         // answer "added" (or "already has access") to users it does not let in.
-        let adds = kind == Edit::Adds || subjects.iter().any(|s| !before.contains(s));
+        let adds = kind == Edit::Adds || {
+            let before: std::collections::HashSet<&Subject> = before.iter().collect();
+            subjects.iter().any(|s| !before.contains(s))
+        };
         // Being deleted, another tool's finalizer keeping it: it grants no one, and who would
         // be added into it would go with it. (A removal is written as before.)
         if adds && access.metadata.deletion_timestamp.is_some() {
@@ -199,21 +202,35 @@ fn stamp_assigned(
     now: jiff::Timestamp,
 ) {
     let known = crate::crd::access::assigned_at(meta);
-    let created = meta.creation_timestamp.as_ref().map(|t| t.0);
+    // The object's creation stands for the users it held before any time was recorded (an
+    // object written before the annotation was): not for those left out of a full one, which
+    // would then sort first and push the newest recorded times out at every write.
+    let created = meta
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .filter(|_| known.is_empty());
+    let held: std::collections::HashSet<&str> =
+        before.iter().filter_map(|b| b.user.as_deref()).collect();
     let mut times: Vec<(&str, jiff::Timestamp)> = subjects
         .iter()
         .filter_map(|s| s.user.as_deref())
-        .map(|user| {
-            let held = || before.iter().any(|b| b.user.as_deref() == Some(user));
+        .filter_map(|user| {
             let at = match known.get(user) {
                 Some(at) => *at,
-                None => created.filter(|_| held()).unwrap_or(now),
+                None if held.contains(user) => match created {
+                    Some(created) => created,
+                    // Left out of a full annotation: stays out.
+                    None if !known.is_empty() => return None,
+                    None => now,
+                },
+                None => now,
             };
             // Whole seconds, as Kubernetes writes its own times.
-            (
+            Some((
                 user,
                 jiff::Timestamp::from_second(at.as_second()).unwrap_or(at),
-            )
+            ))
         })
         .collect();
     // Oldest first, so that what does not fit is the newest, and what was kept stays kept.
@@ -460,6 +477,22 @@ mod tests {
             "the oldest stay"
         );
         assert_eq!(times["c@x.io"], at_c);
+        // A later write: those left out stay out, those kept keep their times (none left out
+        // turns into the object's creation, sorting first and pushing the kept out).
+        let kept = times;
+        let before = many.clone();
+        many.push(user("late@example.com"));
+        stamp_assigned(
+            &mut access.metadata,
+            &many,
+            &before,
+            t("2026-06-01T00:00:00Z"),
+        );
+        let times = crate::crd::access::assigned_at(&access.metadata);
+        let lost = kept
+            .iter()
+            .filter(|&(user, at)| times.get(user) != Some(at));
+        assert_eq!(lost.count(), 0, "every time kept stays kept");
         // A hand-edited entry that is not a time loses only itself.
         let mut edited = new_object("admin-api-x", "x", vec![], None);
         edited.metadata.annotations = Some(BTreeMap::from([(
