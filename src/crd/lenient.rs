@@ -105,8 +105,33 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for Lenient<K> {
             Err(error) => error,
         };
         // A status flowgate cannot read (another version's shape) is no reason to skip the
-        // object: its controller writes the status again.
+        // object: its controller writes the status again. Meanwhile the fields that do read
+        // stand (a Chatflow's `flowiseId` and `conditions` are its claim on its Flowise
+        // chatflow, which another namespace's claim must not take over): the fields that do
+        // not are dropped one by one, and only a status that still does not read goes whole.
         if error.starts_with("status") {
+            let stored = value.get("status").cloned();
+            let mut last = error.clone();
+            for _ in 0..MAX_STATUS_FIELDS_DROPPED {
+                let Some(field) = status_field(&last) else {
+                    break;
+                };
+                let dropped = value
+                    .get_mut("status")
+                    .and_then(serde_json::Value::as_object_mut)
+                    .and_then(|status| status.remove(field));
+                if dropped.is_none() {
+                    break;
+                }
+                match read_as::<K>(&value) {
+                    Ok(obj) => return Ok(Self::Read(Arc::new(obj))),
+                    Err(next) if next.starts_with("status.") => last = next,
+                    Err(_) => break,
+                }
+            }
+            if let (Some(object), Some(stored)) = (value.as_object_mut(), stored) {
+                object.insert("status".into(), stored);
+            }
             let status = value.as_object_mut().and_then(|o| o.remove("status"));
             if let Ok(obj) = read_as::<K>(&value) {
                 return Ok(Self::Read(Arc::new(obj)));
@@ -142,6 +167,18 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for Lenient<K> {
             status,
         })))
     }
+}
+
+/// Most status fields dropped one by one before the whole status is.
+const MAX_STATUS_FIELDS_DROPPED: usize = 8;
+
+/// The top-level status field a [`read_as`] error names (`status.creditsUsed: invalid type…`
+/// names `creditsUsed`; `status.conditions[0].type: …` names `conditions`).
+fn status_field(error: &str) -> Option<&str> {
+    let (path, _) = error.split_once(": ")?;
+    let rest = path.strip_prefix("status.")?;
+    let end = rest.find(['.', '[']).unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|field| !field.is_empty())
 }
 
 #[cfg(test)]
@@ -210,8 +247,13 @@ mod tests {
         let mut doc = policy(json!(10));
         doc["status"] = json!({"creditsUsed": "lots", "conditions": "none"});
         let lenient: Lenient<CreditPolicy> = serde_json::from_value(doc).expect("parses");
-        let read = lenient.read().expect("read without its status");
-        assert!(read.status.is_none());
+        let read = lenient.read().expect("read without what does not read");
+        let status = read.status.as_ref().expect("what reads of it");
+        assert_eq!((status.credits_used, status.conditions.len()), (0, 0));
+        let mut doc = policy(json!(10));
+        doc["status"] = json!("not an object");
+        let lenient: Lenient<CreditPolicy> = serde_json::from_value(doc).expect("parses");
+        assert!(lenient.read().expect("read").status.is_none());
 
         let mut both = policy(json!(-1));
         both["status"] = json!({"creditsUsed": "lots"});
@@ -221,6 +263,33 @@ mod tests {
         };
         assert_eq!(bad.status["creditsUsed"], "lots", "kept as stored");
         assert_eq!(bad.spec["budget"]["credits"], -1);
+    }
+
+    /// A Chatflow whose status has a field of another version's shape keeps the rest of it:
+    /// its `flowiseId` and Ready, its claim on the Flowise chatflow it holds.
+    #[test]
+    fn a_status_field_flowgate_cannot_read_costs_only_itself() {
+        let doc = json!({
+            "apiVersion": "flowgate.io/v1alpha1", "kind": "Chatflow",
+            "metadata": {"name": "bot", "namespace": "team-b", "generation": 2},
+            "spec": {"definition": {"flowData": {"nodes": [], "edges": []}}},
+            "status": {"flowiseId": "x", "deployed": "yes", "apiKeyBound": {"new": "shape"},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Synced",
+                    "message": "in sync", "observedGeneration": 2,
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+        });
+        let lenient: Lenient<crate::crd::Chatflow> = serde_json::from_value(doc).expect("parses");
+        let read = lenient.read().expect("read");
+        assert!(crate::index::rules::holds(read, "x"), "{read:?}");
+        assert_eq!(
+            crate::index::rules::claimed_flowise_id(read).as_deref(),
+            Some("x")
+        );
+        assert_eq!(
+            status_field("status.conditions[0].type: bad"),
+            Some("conditions")
+        );
+        assert_eq!(status_field("status: invalid type"), None);
     }
 
     #[test]
