@@ -102,6 +102,10 @@ async fn logins_at_once_past_the_limit_are_refused_at_once() {
     .await;
     let refused = login(&gate.base).await.expect("flowgate answers");
     assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
     let body: Value = refused.json().await.expect("JSON");
     assert_eq!(body["error"]["code"], "token_endpoint_busy", "{body}");
     for login in waiting {
@@ -191,10 +195,50 @@ async fn a_token_endpoint_answer_without_a_token_or_a_rate_limit_is_not_a_login(
     let (status, body) = authenticate(format!("{endpoint}/token")).await;
     assert_eq!(status, 502, "{body}");
     let limited = Bytes::from_static(br#"{"error":"slow_down"}"#);
-    let (endpoint, _) = answering(429, vec![], limited).await;
-    let (status, body) = authenticate(format!("{endpoint}/token")).await;
-    assert_eq!(status, 503, "{body}");
+    let (endpoint, _) = answering(429, vec![("retry-after", "30".into())], limited).await;
+    let gate = gate_asking(format!("{endpoint}/token")).await;
+    let answer = login(&gate.base).await.expect("flowgate answers");
+    assert_eq!(answer.status(), 503);
+    assert_eq!(
+        answer.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"30"[..]),
+        "the token endpoint's own Retry-After"
+    );
+    let body: Value = answer.json().await.expect("JSON");
     assert_eq!(body["error"]["code"], "token_endpoint_busy", "{body}");
+}
+
+/// A token endpoint that cannot be reached is a 502 that does not name it (anyone may ask
+/// these routes; its URL is an internal host's): the operator finds it in the log.
+#[tokio::test]
+async fn a_token_endpoint_out_of_reach_is_not_named_to_the_caller() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let (status, body) = authenticate(format!("http://127.0.0.1:{port}/realms/acme/token")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "token_endpoint_error", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        !message.contains("127.0.0.1") && !message.contains("acme"),
+        "{message}"
+    );
+}
+
+/// A refused login says no more than the Python service did: the provider's own words ("User
+/// not found", "Account is disabled") would tell anyone which accounts exist.
+#[tokio::test]
+async fn a_refused_login_does_not_repeat_the_providers_reason() {
+    let refused =
+        Bytes::from_static(br#"{"error":"invalid_grant","error_description":"User not found"}"#);
+    let (endpoint, _) = answering(400, vec![], refused).await;
+    let (status, body) = authenticate(format!("{endpoint}/token")).await;
+    assert_eq!(status, 401, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("authentication failed") && !message.contains("User not found"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

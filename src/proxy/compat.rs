@@ -126,7 +126,7 @@ impl Proxy {
             .token_grants
             .clone()
             .try_acquire_owned()
-            .map_err(|_| ProxyError::TokenEndpointBusy)?;
+            .map_err(|_| ProxyError::TokenEndpointBusy(None))?;
         let answer = request
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(encoded)
@@ -137,10 +137,11 @@ impl Proxy {
                 if e.is_timeout() {
                     ProxyError::TokenEndpointTimeout
                 } else {
-                    ProxyError::TokenEndpoint(e.to_string())
+                    unreachable_endpoint(e)
                 }
             })?;
         let status = answer.status();
+        let retry_after = answer.headers().get(RETRY_AFTER).cloned();
         let bytes = token_answer(answer).await?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
         if status.is_success() {
@@ -211,7 +212,7 @@ impl Proxy {
                  FLOWGATE_TOKEN_CLIENT_AUTH) and its registration"
             )))
         } else if status == StatusCode::TOO_MANY_REQUESTS {
-            Err(ProxyError::TokenEndpointBusy)
+            Err(ProxyError::TokenEndpointBusy(retry_after))
         } else if status == StatusCode::UNAUTHORIZED
             || (matches!(status, StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN)
                 && value.get("error").is_some_and(Value::is_string))
@@ -219,15 +220,22 @@ impl Proxy {
             // An OAuth error (RFC 6749 §5.2: a 400, some providers' 403) or a 401: the caller's
             // credentials. Any other 4xx (a 404 or 405 of a mistyped URL, whatever its body says,
             // as Keycloak's `{"error":"Realm does not exist"}`; an ingress's HTML page) is the
-            // endpoint's.
+            // endpoint's. The provider's own words ("User not found", "Account is disabled")
+            // are logged, not answered: anyone may ask these routes, and would learn which
+            // accounts exist. The Python service answered as plainly.
+            let said = value
+                .get("error_description")
+                .or(value.get("error"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            tracing::debug!(%status, said, "the token endpoint refused the grant");
             Err(ProxyError::InvalidToken {
                 reason: "token_endpoint_refused",
-                detail: value
-                    .get("error_description")
-                    .or(value.get("error"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("authentication failed")
-                    .to_string(),
+                detail: match route {
+                    Route::Authenticate => "authentication failed",
+                    _ => "the refresh token is invalid or expired",
+                }
+                .to_string(),
             })
         } else {
             Err(ProxyError::TokenEndpoint(format!("it answered {status}")))
@@ -238,9 +246,16 @@ impl Proxy {
 /// Most of a token endpoint's answer flowgate reads: tokens and an error are a few KiB.
 const TOKEN_ANSWER_LIMIT: usize = 64 * 1024;
 
+/// The token endpoint could not be reached or read: logged with its URL for the operator, and
+/// answered without it (anyone may ask these routes; the URL names an internal host).
+fn unreachable_endpoint(error: reqwest::Error) -> ProxyError {
+    tracing::warn!(error = %crate::telemetry::report(&error), "the token endpoint failed");
+    ProxyError::TokenEndpoint(crate::telemetry::report(&error.without_url()))
+}
+
 /// A token endpoint's answer, read up to [`TOKEN_ANSWER_LIMIT`] (anyone may ask these routes).
 async fn token_answer(mut answer: reqwest::Response) -> Result<Vec<u8>, ProxyError> {
-    let unreachable = |e: reqwest::Error| ProxyError::TokenEndpoint(e.to_string());
+    let unreachable = unreachable_endpoint;
     let mut bytes = Vec::new();
     while let Some(chunk) = answer.chunk().await.map_err(unreachable)? {
         if bytes.len() + chunk.len() > TOKEN_ANSWER_LIMIT {

@@ -140,10 +140,10 @@ pub enum ProxyError {
     TokenEndpoint(String),
     #[error("the token endpoint did not answer in time")]
     TokenEndpointTimeout,
-    /// The token endpoint is limiting requests (429), or flowgate is already asking it as many
-    /// grants as it may at once: not a wrong password.
+    /// The token endpoint is limiting requests (429, with its `Retry-After` if it gave one), or
+    /// flowgate is already asking it as many grants as it may at once: not a wrong password.
     #[error("the token endpoint is limiting requests; retry shortly")]
-    TokenEndpointBusy,
+    TokenEndpointBusy(Option<HeaderValue>),
     /// Flowise answered, more than flowgate holds of a whole (non-streaming) answer.
     #[error("Flowise's answer is larger than {limit} bytes; ask for a streamed answer")]
     AnswerTooLarge { limit: usize },
@@ -206,7 +206,7 @@ impl ProxyError {
             UpstreamRefused { status, .. } => (*status, "upstream_refused"),
             TokenEndpoint(_) => (StatusCode::BAD_GATEWAY, "token_endpoint_error"),
             TokenEndpointTimeout => (StatusCode::GATEWAY_TIMEOUT, "token_endpoint_timeout"),
-            TokenEndpointBusy => (StatusCode::SERVICE_UNAVAILABLE, "token_endpoint_busy"),
+            TokenEndpointBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "token_endpoint_busy"),
             AnswerTooLarge { .. } => (StatusCode::BAD_GATEWAY, "answer_too_large"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             NotFoundDetail(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -273,7 +273,7 @@ impl ProxyError {
             | UpstreamRefused { .. }
             | TokenEndpoint(_)
             | TokenEndpointTimeout
-            | TokenEndpointBusy
+            | TokenEndpointBusy(_)
             | AnswerTooLarge { .. }
             | Conflict(_)
             | NotFoundDetail(_)
@@ -331,6 +331,12 @@ impl ProxyError {
             | Self::ChatBusy => {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::TokenEndpointBusy(retry_after) => {
+                let retry_after = retry_after
+                    .clone()
+                    .unwrap_or_else(|| HeaderValue::from_static("1"));
+                resp.headers_mut().insert(RETRY_AFTER, retry_after);
             }
             Self::RateLimited {
                 retry_after,
