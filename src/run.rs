@@ -344,8 +344,16 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
                 Ok(move |req, peer| proxy.clone().handle(req, peer))
             })
             .collect::<Result<Vec<_>, ProxyError>>()?;
-        let threads = server::Threads::start(handlers, &background, &shutdown, DRAIN_PERIOD, &cut)
-            .map_err(RunError::Threads)?;
+        let max_connections = server::connection_limit();
+        let threads = server::Threads::start(
+            handlers,
+            &background,
+            &shutdown,
+            DRAIN_PERIOD,
+            &cut,
+            max_connections,
+        )
+        .map_err(RunError::Threads)?;
         let listener = bind(config.listen_addr, "FLOWGATE_LISTEN_ADDR").await?;
         let serve = threads.serve(listener, shutdown.clone());
         let stopped = threads_stopped.clone();
@@ -354,7 +362,7 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
                 stopped.store(true, std::sync::atomic::Ordering::Release);
             }
         }));
-        tracing::info!(addr = %config.listen_addr, flowise = %crate::flowise::shown(&config.flowise_url), threads = config.proxy_threads, "proxy listening");
+        tracing::info!(addr = %config.listen_addr, flowise = %crate::flowise::shown(&config.flowise_url), threads = config.proxy_threads, max_connections, "proxy listening");
     }
 
     // The controller campaigns for the Lease and reconciles while it holds it; on shutdown it

@@ -22,13 +22,16 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::telemetry;
 
+mod fd_limit;
 mod send_deadline;
+
+pub use fd_limit::connection_limit;
 
 /// How long a client may take from connecting to having sent its first request's headers,
 /// whatever the protocol: a connection that sends nothing, part of the HTTP/2 preface, or only
@@ -76,16 +79,21 @@ pub async fn serve<H, F>(
 {
     let mut connections = Connections::new(handler, Limits::DEFAULT);
     while let Some((stream, peer)) = accept(&listener, &shutdown).await {
-        connections.serve(stream, peer);
+        connections.serve(stream, peer, None);
     }
     drop(listener);
     connections.drain(drain).await;
 }
 
+/// A connection accepted for a proxy thread, with its place among the open ones.
+type Handed = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
 /// Threads serving proxy connections, each with its own current-thread runtime.
 pub struct Threads {
-    senders: Vec<mpsc::Sender<(std::net::TcpStream, SocketAddr)>>,
+    senders: Vec<mpsc::Sender<Handed>>,
     finished: Vec<tokio::sync::oneshot::Receiver<()>>,
+    /// One per connection open ([`connection_limit`]): accepting waits for a free one.
+    places: Arc<Semaphore>,
 }
 
 impl Threads {
@@ -93,12 +101,14 @@ impl Threads {
     /// finishes the work its handler left in `background` (settling credits after an answer),
     /// each within `drain`. `cut` is cancelled when connections still open after the drain
     /// are cut, before their answers are dropped (so handlers can tell that from a hang-up).
+    /// At most `max_connections` are open at once ([`connection_limit`]).
     pub fn start<H, F>(
         handlers: Vec<H>,
         background: &TaskTracker,
         shutdown: &CancellationToken,
         drain: Duration,
         cut: &CancellationToken,
+        max_connections: usize,
     ) -> std::io::Result<Self>
     where
         H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -107,9 +117,10 @@ impl Threads {
         let mut threads = Self {
             senders: Vec::with_capacity(handlers.len()),
             finished: Vec::with_capacity(handlers.len()),
+            places: Arc::new(Semaphore::new(max_connections.max(1))),
         };
         for (i, handler) in handlers.into_iter().enumerate() {
-            let (tx, mut rx) = mpsc::channel::<(std::net::TcpStream, SocketAddr)>(HANDOFF_QUEUE);
+            let (tx, mut rx) = mpsc::channel::<Handed>(HANDOFF_QUEUE);
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             let (shutdown, background, cut) = (shutdown.clone(), background.clone(), cut.clone());
             // The thread's log lines (a decision per request) are written when it goes idle.
@@ -172,7 +183,32 @@ impl Threads {
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> bool {
         let mut next = 0;
         let mut healthy = true;
-        while let Some((stream, peer)) = accept(&listener, &shutdown).await {
+        let mut warned: Option<std::time::Instant> = None;
+        loop {
+            // A place among the open connections first: with none, accepting waits (the kernel
+            // queues new connections) until one closes.
+            let place = match self.places.clone().try_acquire_owned() {
+                Ok(place) => place,
+                Err(_) => {
+                    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                        warned = Some(std::time::Instant::now());
+                        tracing::warn!(
+                            "as many client connections open as flowgate allows (from the file \
+                             descriptor limit); new ones wait until one closes"
+                        );
+                    }
+                    tokio::select! {
+                        place = self.places.clone().acquire_owned() => match place {
+                            Ok(place) => place,
+                            Err(_) => break,
+                        },
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            let Some((stream, peer)) = accept(&listener, &shutdown).await else {
+                break;
+            };
             if self.senders.is_empty() {
                 break;
             }
@@ -188,7 +224,7 @@ impl Threads {
             // thread whose queue is full (busy for a moment) is passed over, so that one slow
             // thread does not hold up every other's connections; with every queue full, the
             // connection waits for the next thread in turn.
-            let (handed, thread) = match hand_over(&self.senders, next, (stream, peer)) {
+            let (handed, thread) = match hand_over(&self.senders, next, (stream, peer, place)) {
                 Ok(handed) => handed,
                 Err(conn) => tokio::select! {
                     biased;
@@ -333,8 +369,9 @@ where
         }
     }
 
-    /// Serves one connection in a task of the current runtime.
-    fn serve(&mut self, stream: TcpStream, peer: SocketAddr) {
+    /// Serves one connection in a task of the current runtime, holding its `place` (if it has
+    /// one) until it ends.
+    fn serve(&mut self, stream: TcpStream, peer: SocketAddr, place: Option<OwnedSemaphorePermit>) {
         let handler = self.handler.clone();
         let asked = Arc::new(AtomicBool::new(false));
         let first = asked.clone();
@@ -373,6 +410,7 @@ where
         let conn = self.graceful.watch(conn.into_owned());
         let cut = self.cut.clone();
         self.tasks.spawn(async move {
+            let _place = place;
             tokio::select! {
                 result = conn => if let Err(error) = result {
                     tracing::debug!(%error, %peer, "connection ended with an error");
@@ -386,9 +424,9 @@ where
     }
 
     /// Serves a connection another thread accepted.
-    fn adopt(&mut self, (stream, peer): (std::net::TcpStream, SocketAddr)) {
+    fn adopt(&mut self, (stream, peer, place): Handed) {
         match TcpStream::from_std(stream) {
-            Ok(stream) => self.serve(stream, peer),
+            Ok(stream) => self.serve(stream, peer, Some(place)),
             Err(error) => tracing::warn!(%error, %peer, "cannot adopt a connection"),
         }
     }
@@ -471,7 +509,7 @@ mod tests {
         let mut connections = Connections::new(handler, limits);
         tokio::spawn(async move {
             while let Ok((stream, peer)) = listener.accept().await {
-                connections.serve(stream, peer);
+                connections.serve(stream, peer, None);
             }
         });
         addr
@@ -517,6 +555,66 @@ mod tests {
         }
     }
 
+    /// Past the connection limit, accepting waits: a new connection is served once an open one
+    /// closes, not before.
+    #[tokio::test]
+    async fn past_the_connection_limit_a_new_connection_waits_for_one_to_close() {
+        use tokio::io::AsyncReadExt;
+        let handler = |_req: Request<Incoming>, _peer: SocketAddr| async {
+            Response::new(
+                http_body_util::Full::new(Bytes::from_static(b"ok"))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+        };
+        let (background, shutdown, cut) = (
+            TaskTracker::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let threads = Threads::start(
+            vec![handler],
+            &background,
+            &shutdown,
+            Duration::ZERO,
+            &cut,
+            1,
+        )
+        .expect("threads");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let serving = tokio::spawn(threads.serve(listener, shutdown.clone()));
+        let ask = async |client: &mut TcpStream, wait: Duration| {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: flowgate\r\n\r\n")
+                .await
+                .expect("request");
+            let mut answer = vec![0; 1024];
+            let n = tokio::time::timeout(wait, client.read(&mut answer))
+                .await
+                .ok()?;
+            Some(String::from_utf8_lossy(&answer[..n.expect("read")]).to_string())
+        };
+        let mut first = TcpStream::connect(addr).await.expect("connect");
+        let answer = ask(&mut first, Duration::from_secs(5))
+            .await
+            .expect("served");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // The kernel queues the second (its connect returns); flowgate does not take it yet.
+        let mut second = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(ask(&mut second, Duration::from_millis(500)).await, None);
+        drop(first);
+        let mut answer = vec![0; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut answer))
+            .await
+            .expect("served once the first closed")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        shutdown.cancel();
+        assert!(serving.await.expect("serve"), "stopped cleanly");
+    }
+
     /// A server answering each request with an endless body, whose write stall limit is 300 ms;
     /// `dropped` fires when the first answer is let go.
     async fn endless_answers() -> (SocketAddr, tokio::sync::oneshot::Receiver<()>) {
@@ -542,7 +640,7 @@ mod tests {
         let mut connections = Connections::new(handler, limits);
         tokio::spawn(async move {
             let (stream, peer) = listener.accept().await.expect("accept");
-            connections.serve(stream, peer);
+            connections.serve(stream, peer, None);
             std::future::pending::<()>().await;
         });
         (addr, dropped)
@@ -624,7 +722,7 @@ mod tests {
         let mut connections = Connections::new(handler, Limits::DEFAULT);
         let mut client = TcpStream::connect(addr).await.expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
-        connections.serve(stream, peer);
+        connections.serve(stream, peer, None);
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: flowgate\r\n\r\n")
             .await

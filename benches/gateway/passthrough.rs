@@ -52,8 +52,14 @@ pub fn serve(options: Options) -> anyhow::Result<()> {
             CancellationToken::new(),
             CancellationToken::new(),
         );
-        let threads =
-            server::Threads::start(handlers, &background, &shutdown, Duration::ZERO, &cut)?;
+        let threads = server::Threads::start(
+            handlers,
+            &background,
+            &shutdown,
+            Duration::ZERO,
+            &cut,
+            server::connection_limit(),
+        )?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("{}", listener.local_addr()?);
         threads.serve(listener, shutdown).await;
