@@ -298,7 +298,7 @@ struct Limits {
     write_stall: Duration,
     /// [`FIRST_REQUEST_TIMEOUT`].
     first_request: Duration,
-    /// [`HEADER_READ_TIMEOUT`].
+    /// [`HEADER_READ_TIMEOUT`]: also how long an HTTP/2 connection may stay without a stream.
     header_read: Duration,
 }
 
@@ -308,6 +308,62 @@ impl Limits {
         first_request: FIRST_REQUEST_TIMEOUT,
         header_read: HEADER_READ_TIMEOUT,
     };
+}
+
+/// The streams an HTTP/2 connection has open, and since when it has had none. hyper closes an
+/// idle HTTP/1 connection (its header timer runs between requests too) but never an HTTP/2 one
+/// (its pings are answered by any client on its own), which would hold its place among the
+/// open connections ([`connection_limit`]) for ever.
+#[derive(Default)]
+struct Streams {
+    open: std::sync::atomic::AtomicUsize,
+    /// When the last stream ended, in milliseconds since `epoch`.
+    idle_since_ms: std::sync::atomic::AtomicU64,
+    epoch: std::sync::OnceLock<tokio::time::Instant>,
+}
+
+impl Streams {
+    fn now_ms(&self) -> u64 {
+        let epoch = *self.epoch.get_or_init(tokio::time::Instant::now);
+        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A stream opened: open until the guard is dropped (with its answer's body).
+    fn opened(self: &Arc<Self>) -> StreamOpen {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        StreamOpen(self.clone())
+    }
+
+    /// Resolves once the connection has had no stream for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let wait = if self.open.load(Ordering::Acquire) > 0 {
+                limit
+            } else {
+                let idle = self
+                    .now_ms()
+                    .saturating_sub(self.idle_since_ms.load(Ordering::Acquire));
+                match limit.checked_sub(Duration::from_millis(idle)) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return,
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// One open HTTP/2 stream ([`Streams::opened`]).
+struct StreamOpen(Arc<Streams>);
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        let streams = &self.0;
+        streams
+            .idle_since_ms
+            .store(streams.now_ms(), Ordering::Release);
+        streams.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Where hyper runs an HTTP/2 connection's streams (each request's handler is a task of its
@@ -375,30 +431,43 @@ where
         let handler = self.handler.clone();
         let asked = Arc::new(AtomicBool::new(false));
         let first = asked.clone();
+        let streams = Arc::new(Streams::default());
+        let (h2_streams, h2_seen) = (streams.clone(), Arc::new(AtomicBool::new(false)));
+        let h2_asked = h2_seen.clone();
         let (tasks, write_stall) = (self.tasks.clone(), self.limits.write_stall);
         let service = hyper::service::service_fn(move |req| {
             let handler = handler.clone();
             first.store(true, Ordering::Relaxed);
             // An HTTP/2 stream the client grants no room is not a stalled write: its answer
-            // gets a deadline of its own (see `send_deadline`).
-            let h2 = (req.version() == hyper::Version::HTTP_2).then(|| tasks.clone());
+            // gets a deadline of its own (see `send_deadline`). Its stream is counted open
+            // until its answer is let go.
+            let h2 = (req.version() == hyper::Version::HTTP_2).then(|| {
+                h2_seen.store(true, Ordering::Relaxed);
+                (tasks.clone(), h2_streams.opened())
+            });
             async move {
                 let answer = handler(req, peer).await;
                 Ok::<_, Infallible>(match h2 {
-                    Some(tasks) => {
-                        answer.map(|body| send_deadline::paced(body, write_stall, &tasks))
+                    Some((tasks, open)) => {
+                        answer.map(|body| send_deadline::paced(body, write_stall, &tasks, open))
                     }
                     None => answer,
                 })
             }
         });
-        // No request within the limit: closed, whatever stage the connection is stuck in.
-        let first_request = self.limits.first_request;
+        // No request within the limit: closed, whatever stage the connection is stuck in. An
+        // HTTP/2 one with no stream open for the keep-alive limit is closed too.
+        let (first_request, idle_limit) = (self.limits.first_request, self.limits.header_read);
         let silent = async move {
             tokio::time::sleep(first_request).await;
-            if asked.load(Ordering::Relaxed) {
+            if !asked.load(Ordering::Relaxed) {
+                return "no request on a new connection";
+            }
+            if !h2_asked.load(Ordering::Relaxed) {
                 std::future::pending::<()>().await;
             }
+            streams.idle_for(idle_limit).await;
+            "an HTTP/2 connection without a stream for the keep-alive limit"
         };
         // A write that waits too long fails the connection; its answer's body is dropped, as
         // for a client that hung up (a stream is aborted in Flowise and settled).
@@ -415,9 +484,7 @@ where
                 result = conn => if let Err(error) = result {
                     tracing::debug!(%error, %peer, "connection ended with an error");
                 },
-                () = silent => {
-                    tracing::debug!(%peer, ?first_request, "no request on a new connection; closed");
-                }
+                why = silent => tracing::debug!(%peer, "{why}; closed"),
                 () = cut.cancelled() => {}
             }
         });
@@ -513,6 +580,64 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// An HTTP/2 connection without a stream for the keep-alive limit (here 400 ms) is closed,
+    /// as hyper closes an idle HTTP/1 one; one whose answer is still being sent is not.
+    #[tokio::test]
+    async fn an_http2_connection_without_a_stream_is_closed_after_the_keep_alive_limit() {
+        // `/slow` answers a body that ends after 1.5 s.
+        let handler = |req: Request<Incoming>, _peer: SocketAddr| async move {
+            let slow = req.uri().path() == "/slow";
+            let frames = futures::stream::once(async move {
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"ok")))
+            });
+            Response::new(StreamBody::new(frames).boxed())
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let limits = Limits {
+            first_request: Duration::from_millis(100),
+            header_read: Duration::from_millis(400),
+            ..Limits::DEFAULT
+        };
+        let mut connections = Connections::new(handler, limits);
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                connections.serve(stream, peer, None);
+            }
+        });
+        let connect = async || {
+            let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+            let (sender, connection) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .expect("handshake");
+            (sender, tokio::spawn(connection))
+        };
+        let get = |path: &str| {
+            Request::get(format!("http://flowgate{path}"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .expect("request")
+        };
+        // Asked once, then idle: closed after the limit.
+        let (mut sender, connection) = connect().await;
+        let answer = sender.send_request(get("/")).await.expect("answered");
+        answer.into_body().collect().await.expect("body");
+        tokio::time::timeout(Duration::from_secs(5), connection)
+            .await
+            .expect("closed by flowgate")
+            .expect("task")
+            .ok();
+        // An answer still coming past the limit: the connection stays, and so does the answer.
+        let (mut sender, connection) = connect().await;
+        let answer = sender.send_request(get("/slow")).await.expect("answered");
+        let body = answer.into_body().collect().await.expect("the whole body");
+        assert_eq!(body.to_bytes(), Bytes::from_static(b"ok"));
+        assert!(!connection.is_finished(), "open while its answer came");
     }
 
     #[tokio::test]

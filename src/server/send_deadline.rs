@@ -32,7 +32,12 @@ enum Piece {
 
 /// `body`, read by a task of `tasks` and handed over one frame at a time, each within `limit`.
 /// An answer with nothing to send is returned as it is.
-pub(super) fn paced(body: Body, limit: Duration, tasks: &TaskTracker) -> Body {
+pub(super) fn paced(
+    body: Body,
+    limit: Duration,
+    tasks: &TaskTracker,
+    open: super::StreamOpen,
+) -> Body {
     if body.is_end_stream() {
         return body;
     }
@@ -43,6 +48,7 @@ pub(super) fn paced(body: Body, limit: Duration, tasks: &TaskTracker) -> Body {
         rx,
         hint,
         ended: false,
+        _open: open,
     })
 }
 
@@ -81,6 +87,8 @@ struct Paced {
     rx: mpsc::Receiver<Piece>,
     hint: SizeHint,
     ended: bool,
+    /// Its stream counts as open while hyper holds the answer.
+    _open: super::StreamOpen,
 }
 
 impl hyper::body::Body for Paced {
@@ -136,6 +144,11 @@ mod tests {
         TaskTracker::new()
     }
 
+    /// A stream of a connection of its own.
+    fn open() -> super::super::StreamOpen {
+        std::sync::Arc::new(super::super::Streams::default()).opened()
+    }
+
     #[tokio::test]
     async fn frames_and_the_end_pass_through_in_order() {
         let frames = futures::stream::iter(
@@ -145,6 +158,7 @@ mod tests {
             StreamBody::new(frames).boxed(),
             Duration::from_secs(5),
             &tracker(),
+            open(),
         );
         let whole = body.collect().await.expect("whole").to_bytes();
         assert_eq!(whole, "abc");
@@ -160,6 +174,7 @@ mod tests {
             StreamBody::new(frames).boxed(),
             Duration::from_secs(5),
             &tracker(),
+            open(),
         );
         let error = body.collect().await.expect_err("failed");
         assert_eq!(error.to_string(), "Flowise went away");
@@ -174,6 +189,7 @@ mod tests {
                 .boxed(),
             Duration::from_secs(5),
             &tasks,
+            open(),
         );
         assert!(body.is_end_stream());
         assert!(tasks.is_empty());
@@ -191,6 +207,7 @@ mod tests {
             StreamBody::new(frames).boxed(),
             Duration::from_secs(60),
             &tracker(),
+            open(),
         );
         let first = body.frame().await.expect("a frame").expect("data");
         assert_eq!(first.into_data().ok(), Some(Bytes::from_static(b"x")));
@@ -226,6 +243,7 @@ mod tests {
             StreamBody::new(frames).boxed(),
             Duration::from_secs(3600),
             &tasks,
+            open(),
         );
         tokio::task::yield_now().await;
         drop(body);
