@@ -193,6 +193,10 @@ extendedKeyUsage=clientAuth"
       [ "$(psql_admin -tAc "SHOW ssl")" != on ] || break
       sleep 0.1
     done
+    if [ "$(psql_admin -tAc "SHOW ssl")" != on ]; then
+      log "TLS did not come on after the reload (see $data/server.log); the TLS ledger tests need it"
+      exit 1
+    fi
     log "TLS on (certificates in $TLS_DIR)"
   fi
   local role
