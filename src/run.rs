@@ -71,8 +71,8 @@ fn delayed(
     let stop = shutdown.clone();
     tokio::spawn(async move {
         signalled.cancelled().await;
+        health.stop();
         if !delay.is_zero() {
-            health.stop();
             tracing::info!(
                 ?delay,
                 "stopping: /readyz answers 503; serving on before draining"
@@ -98,16 +98,19 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
 
     let ops_listener = bind(config.ops_addr, "FLOWGATE_OPS_ADDR").await?;
     let mut tasks = Vec::new();
-    {
+    // The ops listener stops last: what the drain counts (the settles and refunds of requests
+    // it ended, streams cut) can still be scraped, and probes are answered (503 on /readyz).
+    let ops_shutdown = CancellationToken::new();
+    let ops = {
         let (health, metrics) = (health.clone(), metrics.clone());
         let handler = move |req, peer| ops::handle(req, peer, health.clone(), metrics.clone());
-        tasks.push(tokio::spawn(server::serve(
+        tokio::spawn(server::serve(
             ops_listener,
             handler,
-            shutdown.clone(),
+            ops_shutdown.clone(),
             Duration::from_secs(1),
-        )));
-    }
+        ))
+    };
     tracing::info!(addr = %config.ops_addr, "ops listener (healthz, readyz, metrics) up");
 
     // Read again every 10 s, so that rotating the Secret needs no restart; the controller and the
@@ -397,6 +400,8 @@ pub async fn run(config: Config, signalled: CancellationToken) -> Result<(), Run
     if let Err(error) = ledger.close(LEDGER_CLOSE).await {
         tracing::warn!(%error, "closing the credits ledger");
     }
+    ops_shutdown.cancel();
+    let _ = ops.await;
     if threads_stopped.load(std::sync::atomic::Ordering::Acquire) {
         return Err(RunError::ThreadStopped);
     }

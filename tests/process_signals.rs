@@ -42,6 +42,19 @@ async fn sigterm_drains_an_in_flight_stream() {
         let mut text =
             String::from_utf8_lossy(&body.next().await.expect("chunk").expect("chunk")).to_string();
         gate.child.sigterm();
+        // While it drains, the ops listener still answers: unready, and its metrics.
+        let ops = |path: &'static str| {
+            let url = format!("{}{path}", gate.ops);
+            async move {
+                let answer = reqwest::get(url).await.expect("the ops listener answers");
+                answer.status().as_u16()
+            }
+        };
+        support::eventually(10, "unready while draining", || async {
+            (ops("/readyz").await == 503).then_some(())
+        })
+        .await;
+        assert_eq!(ops("/metrics").await, 200, "metrics scraped while draining");
         while let Some(chunk) = body.next().await {
             text.push_str(&String::from_utf8_lossy(&chunk.expect("stream not cut")));
         }
