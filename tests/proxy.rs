@@ -514,10 +514,11 @@ async fn the_token_routes_forward_password_and_refresh_grants() {
     .expect("answer");
     assert_eq!(resp.status(), 401);
     let body: Value = resp.json().await.expect("json");
+    // As plainly as the Python service: the provider's own reason is not repeated.
     assert!(
         body["error"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("wrong credentials")),
+            .is_some_and(|m| m.contains("authentication failed") && !m.contains("wrong")),
         "{body}"
     );
 
