@@ -20,7 +20,6 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -383,11 +382,21 @@ where
     }
 }
 
+/// Why a connection's watcher closes it.
+enum Quiet {
+    /// No request within [`FIRST_REQUEST_TIMEOUT`].
+    NoRequest,
+    /// HTTP/2, no stream open for the keep-alive limit.
+    Idle,
+}
+
 /// The connections one runtime serves, watched for graceful shutdown.
 struct Connections<H> {
     handler: H,
     builder: auto::Builder<Tracked>,
-    graceful: GracefulShutdown,
+    /// Cancelled at shutdown: each connection is asked to finish (HTTP/1: after the request in
+    /// hand; HTTP/2: a GOAWAY, its open streams answered).
+    draining: CancellationToken,
     limits: Limits,
     /// The connections' tasks, and what ends those still open after the drain period.
     tasks: TaskTracker,
@@ -418,7 +427,7 @@ where
         Self {
             handler,
             builder,
-            graceful: GracefulShutdown::new(),
+            draining: CancellationToken::new(),
             limits,
             tasks,
             cut: CancellationToken::new(),
@@ -456,18 +465,20 @@ where
             }
         });
         // No request within the limit: closed, whatever stage the connection is stuck in. An
-        // HTTP/2 one with no stream open for the keep-alive limit is closed too.
+        // HTTP/2 one with no stream open for the keep-alive limit is closed too, gracefully (a
+        // GOAWAY tells its client that a request it sent meanwhile was not taken: safe to send
+        // again).
         let (first_request, idle_limit) = (self.limits.first_request, self.limits.header_read);
         let silent = async move {
             tokio::time::sleep(first_request).await;
             if !asked.load(Ordering::Relaxed) {
-                return "no request on a new connection";
+                return Quiet::NoRequest;
             }
             if !h2_asked.load(Ordering::Relaxed) {
                 std::future::pending::<()>().await;
             }
             streams.idle_for(idle_limit).await;
-            "an HTTP/2 connection without a stream for the keep-alive limit"
+            Quiet::Idle
         };
         // A write that waits too long fails the connection; its answer's body is dropped, as
         // for a client that hung up (a stream is aborted in Flowise and settled).
@@ -476,16 +487,39 @@ where
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(Box::pin(stream)), service);
-        let conn = self.graceful.watch(conn.into_owned());
-        let cut = self.cut.clone();
+        let conn = conn.into_owned();
+        let (cut, draining) = (self.cut.clone(), self.draining.clone());
         self.tasks.spawn(async move {
             let _place = place;
-            tokio::select! {
-                result = conn => if let Err(error) = result {
-                    tracing::debug!(%error, %peer, "connection ended with an error");
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                result = conn.as_mut() => Some(result),
+                quiet = silent => match quiet {
+                    Quiet::NoRequest => {
+                        tracing::debug!(%peer, ?first_request, "no request on a new connection; closed");
+                        return;
+                    }
+                    Quiet::Idle => {
+                        tracing::debug!(%peer, "an HTTP/2 connection without a stream for the keep-alive limit; closing");
+                        conn.as_mut().graceful_shutdown();
+                        None
+                    }
                 },
-                why = silent => tracing::debug!(%peer, "{why}; closed"),
-                () = cut.cancelled() => {}
+                () = draining.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    None
+                }
+                () = cut.cancelled() => return,
+            };
+            let result = match ended {
+                Some(result) => result,
+                None => tokio::select! {
+                    result = conn => result,
+                    () = cut.cancelled() => return,
+                },
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, %peer, "connection ended with an error");
             }
         });
     }
@@ -503,14 +537,15 @@ where
     /// up, so a stream is aborted in Flowise and settled, in background work started now, while
     /// the runtime still runs it (dropped with the runtime instead, it would start nothing).
     async fn drain(self, drain: Duration) {
+        self.draining.cancel();
+        self.tasks.close();
         tokio::select! {
-            () = self.graceful.shutdown() => {}
+            () = self.tasks.wait() => return,
             () = tokio::time::sleep(drain) => {
                 tracing::warn!(?drain, "connections still open after the drain period; cutting them");
                 self.cut.cancel();
             }
         }
-        self.tasks.close();
         if tokio::time::timeout(CUT_WAIT, self.tasks.wait())
             .await
             .is_err()
@@ -582,16 +617,17 @@ mod tests {
         addr
     }
 
-    /// An HTTP/2 connection without a stream for the keep-alive limit (here 400 ms) is closed,
-    /// as hyper closes an idle HTTP/1 one; one whose answer is still being sent is not.
+    /// An HTTP/2 connection without a stream for the keep-alive limit (here 1.5 s) is closed,
+    /// gracefully (a GOAWAY), as hyper closes an idle HTTP/1 one; one whose answer is still
+    /// being sent is not.
     #[tokio::test]
     async fn an_http2_connection_without_a_stream_is_closed_after_the_keep_alive_limit() {
-        // `/slow` answers a body that ends after 1.5 s.
+        // `/slow` answers a body that ends after 4 s.
         let handler = |req: Request<Incoming>, _peer: SocketAddr| async move {
             let slow = req.uri().path() == "/slow";
             let frames = futures::stream::once(async move {
                 if slow {
-                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    tokio::time::sleep(Duration::from_millis(4000)).await;
                 }
                 Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"ok")))
             });
@@ -600,8 +636,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let limits = Limits {
-            first_request: Duration::from_millis(100),
-            header_read: Duration::from_millis(400),
+            first_request: Duration::from_millis(1000),
+            header_read: Duration::from_millis(1500),
             ..Limits::DEFAULT
         };
         let mut connections = Connections::new(handler, limits);
@@ -631,7 +667,7 @@ mod tests {
             .await
             .expect("closed by flowgate")
             .expect("task")
-            .ok();
+            .expect("closed with a GOAWAY, not cut");
         // An answer still coming past the limit: the connection stays, and so does the answer.
         let (mut sender, connection) = connect().await;
         let answer = sender.send_request(get("/slow")).await.expect("answered");
