@@ -246,11 +246,12 @@ impl Proxy {
 /// Most of a token endpoint's answer flowgate reads: tokens and an error are a few KiB.
 const TOKEN_ANSWER_LIMIT: usize = 64 * 1024;
 
-/// The token endpoint could not be reached or read: logged with its URL for the operator, and
-/// answered without it (anyone may ask these routes; the URL names an internal host).
+/// The token endpoint could not be reached or read: logged with its cause for the operator, and
+/// answered without it (anyone may ask these routes; the URL, or a certificate's names, tell
+/// an internal host's).
 fn unreachable_endpoint(error: reqwest::Error) -> ProxyError {
     tracing::warn!(error = %crate::telemetry::report(&error), "the token endpoint failed");
-    ProxyError::TokenEndpoint(crate::telemetry::report(&error.without_url()))
+    ProxyError::TokenEndpoint("it could not be reached or read (flowgate's log says why)".into())
 }
 
 /// A token endpoint's answer, read up to [`TOKEN_ANSWER_LIMIT`] (anyone may ask these routes).
