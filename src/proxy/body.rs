@@ -236,10 +236,10 @@ where
 
 /// A body's frames in one buffer. A body in one frame (the usual JSON request or answer) is not
 /// copied; one in several is copied into a buffer sized by the declared length given (Flowise's,
-/// for an answer), or grown as frames come (doubling: up to twice the body, within the two
-/// copies a request body counts for). Frames are not kept to be copied once at the end: each is
-/// a slice of hyper's read buffer, which a kept frame keeps whole (8–64 KiB for a frame of a
-/// byte).
+/// for an answer), or grown as frames come (doubling: up to twice the body, the two copies a
+/// request body counts for; a multipart body's parse copies it once more meanwhile). Frames are
+/// not kept to be copied once at the end: each is a slice of hyper's read buffer, which a kept
+/// frame keeps whole (8–64 KiB for a frame of a byte).
 pub(super) struct Joined {
     first: Option<Bytes>,
     rest: BytesMut,
