@@ -466,8 +466,9 @@ where
         });
         // No request within the limit: closed, whatever stage the connection is stuck in. An
         // HTTP/2 one with no stream open for the keep-alive limit is closed too, gracefully (a
-        // GOAWAY tells its client that a request it sent meanwhile was not taken: safe to send
+        // GOAWAY names the last stream taken: one the client sent after it is safe to send
         // again).
+        let asked_yet = asked.clone();
         let (first_request, idle_limit) = (self.limits.first_request, self.limits.header_read);
         let silent = async move {
             tokio::time::sleep(first_request).await;
@@ -506,6 +507,11 @@ where
                     }
                 },
                 () = draining.cancelled() => {
+                    // One that never asked (its headers or preface stalled) has nothing to
+                    // finish: closed at once, as a connection still queued is.
+                    if !asked_yet.load(Ordering::Relaxed) {
+                        return;
+                    }
                     conn.as_mut().graceful_shutdown();
                     None
                 }
@@ -674,6 +680,33 @@ mod tests {
         let body = answer.into_body().collect().await.expect("the whole body");
         assert_eq!(body.to_bytes(), Bytes::from_static(b"ok"));
         assert!(!connection.is_finished(), "open while its answer came");
+    }
+
+    /// At shutdown a connection that never finished its first request (its headers stalled)
+    /// is closed at once, not waited for until the drain period cuts it.
+    #[tokio::test]
+    async fn the_drain_closes_a_connection_that_never_asked_at_once() {
+        let handler = |_req: Request<Incoming>, _peer: SocketAddr| async {
+            Response::new(
+                http_body_util::Full::new(Bytes::from_static(b"ok"))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut connections = Connections::new(handler, Limits::DEFAULT);
+        let cut = connections.cut.clone();
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        connections.serve(stream, peer, None);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: flo")
+            .await
+            .expect("part of a request");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        connections.drain(Duration::from_secs(3)).await;
+        assert!(!cut.is_cancelled(), "closed by the drain, not cut after it");
     }
 
     #[tokio::test]
