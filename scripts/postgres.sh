@@ -195,13 +195,13 @@ extendedKeyUsage=clientAuth"
       [ "$(psql_admin -tAc "SHOW ssl")" != on ] || break
       sleep 0.1
     done
-    log "TLS on (certificates in $TLS_DIR)"
   fi
-  # Checked every time, not only after a change: a reload that failed before is not retried.
+  # Checked every time, not only after a change.
   if [ "$(psql_admin -tAc "SHOW ssl")" != on ]; then
     log "TLS is not on (see $data/server.log); the TLS ledger tests need it"
     exit 1
   fi
+  [ -z "$changed" ] || log "TLS on (certificates in $TLS_DIR)"
   local role
   for role in flowgate_tls flowgate_cert; do
     psql_admin -qc "DO \$\$ BEGIN
